@@ -1,0 +1,115 @@
+"""Validate a composed config before anything is loaded: each error names the bad value and what is allowed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+METHODS = ("zeroshot", "fewshot", "full", "lora", "dora")
+MODEL_SOURCES = ("hub", "gguf", "tiny")
+LOGGERS = ("wandb", "csv", "none")
+PROMPT_STYLES = ("auto", "chat", "plain")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+class ConfigError(ValueError):
+    """A configuration value is not allowed."""
+
+
+def group_options(group: str) -> list[str]:
+    """Names of the config files of a group under conf/, e.g. the models one can choose."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _positive_int(cfg: Mapping, path: str, allow_none: bool = False) -> None:
+    value = OmegaConf.select(cfg, path) if isinstance(cfg, DictConfig) else _select(cfg, path)
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{path}={value!r} must be a positive integer" + (" or null" if allow_none else ""))
+
+
+def _positive_number(cfg: Mapping, path: str) -> None:
+    value = OmegaConf.select(cfg, path) if isinstance(cfg, DictConfig) else _select(cfg, path)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{path}={value!r} must be a positive number")
+
+
+def _select(cfg: Mapping, path: str) -> Any:
+    node: Any = cfg
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def _one_of(value: Any, allowed, path: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{path}={value!r} is not one of: {', '.join(map(str, allowed))}")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise ConfigError on the first value that cannot work; returns None for a usable config."""
+    for key in ("model", "method", "dataset", "trainer", "eval", "logger"):
+        if key not in cfg or cfg[key] is None:
+            raise ConfigError(f"the config has no {key!r} group; choose one of: {', '.join(group_options(key))}")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ConfigError(f"seed={cfg.seed!r} must be a non-negative integer")
+
+    _one_of(cfg.model.get("source"), MODEL_SOURCES, "model.source")
+    if cfg.model.source == "hub" and not cfg.model.get("id"):
+        raise ConfigError(f"model={cfg.model.get('name')!r} has source hub but no model.id")
+
+    method = cfg.method
+    _one_of(method.get("name"), METHODS, "method.name")
+    if method.name in ("full", "lora", "dora"):
+        _positive_number(cfg, "method.lr")
+    if method.name in ("lora", "dora"):
+        _positive_int(cfg, "method.r")
+        _positive_number(cfg, "method.alpha")
+        dropout = method.get("dropout")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ConfigError(f"method.dropout={dropout!r} must be a number in [0, 1)")
+    if method.name == "fewshot":
+        _positive_int(cfg, "method.num_fewshot")
+
+    trainer = cfg.trainer
+    if method.name in ("full", "lora", "dora"):
+        for key in ("max_steps", "batch_size", "max_length"):
+            _positive_int(cfg, f"trainer.{key}")
+        _positive_int(cfg, "trainer.micro_batch_size", allow_none=True)
+        micro = trainer.get("micro_batch_size") or trainer.batch_size
+        if trainer.batch_size % micro:
+            raise ConfigError(
+                f"trainer.batch_size={trainer.batch_size} must be a multiple of trainer.micro_batch_size={micro}"
+            )
+
+    dataset = cfg.dataset
+    for key in ("train_limit", "test_limit", "val_size", "test_size"):
+        if key in dataset:
+            _positive_int(cfg, f"dataset.{key}", allow_none=True)
+    if dataset.get("data_dir") is not None and not Path(str(dataset.data_dir)).expanduser().is_dir():
+        raise ConfigError(f"dataset.data_dir={str(dataset.data_dir)!r} is not an existing directory")
+    if cfg.get("data_root") is not None and not Path(str(cfg.data_root)).expanduser().is_dir():
+        raise ConfigError(f"data_root={str(cfg.data_root)!r} is not an existing directory")
+    if dataset.get("eval_only") and (method.name in ("full", "lora", "dora") or method.name == "fewshot"):
+        raise ConfigError(
+            f"dataset={dataset.name!r} is an evaluation-only set (no train split) and cannot be used with "
+            f"method={method.name!r}; use it with method=zeroshot or list it in eval.ood_sets"
+        )
+
+    _positive_int(cfg, "eval.max_new_tokens")
+    _positive_int(cfg, "eval.max_batch_size")
+    _positive_int(cfg, "eval.token_budget")
+    known_sets = group_options("dataset")
+    for name in cfg.eval.get("ood_sets") or []:
+        _one_of(name, known_sets, "eval.ood_sets[]")
+    _positive_int(cfg, "eval.ood_limit", allow_none=True)
+
+    _one_of(cfg.prompt.style, PROMPT_STYLES, "prompt.style")
+    _one_of(cfg.logger.get("name"), LOGGERS, "logger.name")
+    if cfg.logger.name == "wandb":
+        _one_of(cfg.logger.get("mode", "auto"), WANDB_MODES, "logger.mode")

@@ -1,0 +1,55 @@
+"""Token ids for training: prompt tokens carry no loss, answer tokens do; collation pads a batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from slm_sweep.data.prompts import QA, build_prompt, build_target
+
+IGNORE_INDEX = -100
+
+
+def encode_for_training(tokenizer, example: QA, style: str, max_length: int, system: str | None = None) -> dict:
+    """``input_ids`` of prompt + answer and ``labels`` that are IGNORE_INDEX on every prompt token.
+
+    Prompt and answer are tokenized separately and concatenated so the boundary is exact: no token straddles
+    it, and the loss covers the answer and its end-of-turn token, nothing else. Over-long examples lose the
+    end of their answer.
+    """
+    prompt_ids = tokenizer(build_prompt(tokenizer, example.question, style=style, system=system),
+                           add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(build_target(tokenizer, example.answer, style), add_special_tokens=False)["input_ids"]
+    input_ids = (prompt_ids + target_ids)[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt_ids) + target_ids)[:max_length]
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def encode_all(tokenizer, examples: Sequence[QA], style: str, max_length: int, system: str | None = None) -> list[dict]:
+    encoded = [encode_for_training(tokenizer, ex, style, max_length, system) for ex in examples]
+    # An example whose answer was cut away entirely would contribute no loss and only cost compute.
+    return [e for e in encoded if any(label != IGNORE_INDEX for label in e["labels"])]
+
+
+class PadCollator:
+    """Right-pads ``input_ids`` with the pad id and ``labels`` with IGNORE_INDEX; builds the attention mask."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, batch: Sequence[dict]) -> dict[str, torch.Tensor]:
+        length = max(len(b["input_ids"]) for b in batch)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            length = (length + m - 1) // m * m
+        input_ids = torch.full((len(batch), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(batch), length), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            input_ids[i, :n] = torch.tensor(b["input_ids"])
+            labels[i, :n] = torch.tensor(b["labels"])
+            attention_mask[i, :n] = 1
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}

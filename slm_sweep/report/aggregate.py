@@ -1,0 +1,430 @@
+"""Find, read and aggregate the ``result.json`` files of a sweep (see docs/results.md).
+
+A record is the parsed ``result.json`` of one cell (model × method × dataset × seed) plus a
+``result_path`` key naming the file it came from. Reading never raises on a bad file: an unreadable or
+malformed file is logged with its path and skipped. When the same cell is found more than once (for
+example in two sweep directories), one record is kept: a completed one if any, and among those the most
+recent ``finished_at``; the others are logged and dropped.
+
+Only completed records enter the statistics. Per group of seeds the mean, the sample standard deviation
+(ddof=1, 0 for a single seed) and the half-width of a 95% Student-t confidence interval (None for a
+single seed) are reported.
+
+Every method that is not a baseline (``zeroshot``, ``fewshot``) counts as fine-tuned; a fine-tuned
+group whose mean flexible accuracy is below the zero-shot mean of the same model and dataset is flagged
+as negative transfer. Out-of-domain rows are compared with the zero-shot row of the same model, training
+dataset and evaluation set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+SCHEMA_VERSION = 1
+COMPLETED = "completed"
+STATUSES = ("completed", "running", "failed", "diverged", "interrupted")
+BASELINE_METHODS = ("zeroshot", "fewshot")
+METHOD_ORDER = ("zeroshot", "fewshot", "full", "lora", "dora")
+ACCURACY_METRICS = ("accuracy_flexible", "accuracy_strict")
+
+# Two-sided 95% Student-t critical values for df = 1..30, used when scipy is not installed.
+_T_975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+_Z_975 = 1.96
+
+_EPOCH = datetime.min.replace(tzinfo=timezone.utc)
+
+
+class NoResultsError(FileNotFoundError):
+    """No result.json was found under any of the given directories."""
+
+
+@dataclass
+class Collection:
+    """Everything read from a set of directories."""
+
+    dirs: list[Path]
+    files: list[Path] = field(default_factory=list)  # every result.json found, readable or not
+    records: list[dict[str, Any]] = field(default_factory=list)  # one per cell, any status
+    malformed: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
+    duplicates: list[tuple[Path, Path]] = field(default_factory=list)  # (kept, dropped)
+
+    @property
+    def completed(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["status"] == COMPLETED]
+
+    @property
+    def status_counts(self) -> Counter:
+        return Counter(r["status"] for r in self.records)
+
+    @property
+    def skipped_counts(self) -> dict[str, int]:
+        """Cells per status other than completed, known statuses first (zeros included)."""
+        counts = self.status_counts
+        others = sorted(s for s in counts if s not in STATUSES)
+        return {s: counts.get(s, 0) for s in (*STATUSES[1:], *others)}
+
+
+# ---------------------------------------------------------------- finding and reading files
+
+
+def find_result_files(dirs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Every result.json under ``dirs`` (recursively), each file once, in a stable order.
+
+    A path may also name a result.json directly. Raises FileNotFoundError for a path that does not exist.
+    """
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for d in dirs:
+        root = Path(d)
+        if not root.exists():
+            raise FileNotFoundError(f"directory does not exist: {root}")
+        if root.is_file():
+            candidates = [root] if root.name == RESULT_FILE else []
+        else:
+            candidates = []
+            for parent, subdirs, files in os.walk(root):
+                subdirs.sort()
+                if RESULT_FILE in files:
+                    candidates.append(Path(parent) / RESULT_FILE)
+        for path in candidates:
+            key = path.resolve()
+            if key not in seen:  # overlapping arguments must not look like duplicate cells
+                seen.add(key)
+                found.append(path)
+    return found
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, else None (bools are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _nonempty_str(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def read_result(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse and check one result.json; raise ValueError with the reason when it is not usable."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read: {exc}") from exc
+    if not isinstance(record, dict):
+        raise ValueError("top level is not a JSON object")
+    for key in ("status", "model", "method", "dataset"):
+        if not _nonempty_str(record.get(key)):
+            raise ValueError(f"missing or invalid {key!r}")
+    seed = record.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError("missing or invalid 'seed'")
+    version = record.get("schema_version")
+    if version != SCHEMA_VERSION:
+        log.warning("%s: schema_version %r, expected %d; reading it anyway", path, version, SCHEMA_VERSION)
+
+    metrics = record.get("metrics")
+    if metrics is None:
+        metrics = {}
+    if not isinstance(metrics, dict):
+        raise ValueError("'metrics' is not an object")
+    if record["status"] == COMPLETED and _number(metrics.get("accuracy_flexible")) is None:
+        raise ValueError("completed but metrics.accuracy_flexible is not a number")
+    record["metrics"] = metrics
+
+    eval_sets = record.get("eval_sets")
+    if eval_sets is None:
+        eval_sets = {}
+    if not isinstance(eval_sets, dict):
+        log.warning("%s: 'eval_sets' is not an object; ignoring it", path)
+        eval_sets = {}
+    for name in list(eval_sets):
+        entry = eval_sets[name]
+        if not isinstance(entry, dict) or _number(entry.get("accuracy_flexible")) is None:
+            log.warning("%s: eval_sets[%r] has no numeric accuracy_flexible; ignoring it", path, name)
+            del eval_sets[name]
+    record["eval_sets"] = eval_sets
+
+    record["result_path"] = str(path)
+    return record
+
+
+# ---------------------------------------------------------------- duplicates
+
+
+def cell_key(record: dict[str, Any]) -> tuple[str, str, str, int]:
+    return record["model"], record["method"], record["dataset"], record["seed"]
+
+
+def _timestamp(value: Any) -> datetime:
+    if not isinstance(value, str):
+        return _EPOCH
+    text = value.strip()
+    if text.endswith("Z"):  # fromisoformat accepts "Z" only from Python 3.11
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return _EPOCH
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _preference(record: dict[str, Any]) -> tuple[bool, datetime, datetime]:
+    return (
+        record["status"] == COMPLETED,
+        _timestamp(record.get("finished_at")),
+        _timestamp(record.get("started_at")),
+    )
+
+
+def deduplicate(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[Path, Path]]]:
+    """One record per cell; returns (kept records, [(kept file, dropped file), ...]) and logs each drop."""
+    by_cell: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        by_cell[cell_key(record)].append(record)
+    kept: list[dict[str, Any]] = []
+    dropped: list[tuple[Path, Path]] = []
+    for key, group in by_cell.items():
+        best = max(group, key=_preference)  # max keeps the first of equals: earlier arguments win ties
+        kept.append(best)
+        for other in group:
+            if other is best:
+                continue
+            pair = (Path(best.get("result_path", "?")), Path(other.get("result_path", "?")))
+            dropped.append(pair)
+            log.warning(
+                "duplicate cell model=%s method=%s dataset=%s seed=%s: keeping %s (finished_at %s), "
+                "dropping %s (finished_at %s)",
+                *key, pair[0], best.get("finished_at"), pair[1], other.get("finished_at"),
+            )  # fmt: skip
+    return kept, dropped
+
+
+# ---------------------------------------------------------------- collecting
+
+
+def collect(dirs: Sequence[str | os.PathLike]) -> Collection:
+    """Read every result.json under ``dirs``; raise NoResultsError when there is none at all."""
+    collection = Collection(dirs=[Path(d) for d in dirs])
+    collection.files = find_result_files(dirs)
+    if not collection.files:
+        raise NoResultsError(f"no {RESULT_FILE} found under: {', '.join(str(d) for d in dirs)}")
+    readable = []
+    for path in collection.files:
+        try:
+            readable.append(read_result(path))
+        except ValueError as exc:
+            log.warning("skipping %s: %s", path, exc)
+            collection.malformed.append((path, str(exc)))
+    collection.records, collection.duplicates = deduplicate(readable)
+    return collection
+
+
+def load_results(dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """All readable records under ``dirs``, one per cell, of any status (filter on ``status`` yourself)."""
+    return collect(dirs).records
+
+
+# ---------------------------------------------------------------- statistics
+
+
+@cache
+def t_critical(df: int) -> float:
+    """Two-sided 95% critical value of Student's t with ``df`` degrees of freedom."""
+    if df < 1:
+        raise ValueError("df must be at least 1")
+    try:
+        from scipy.stats import t
+    except ImportError:
+        return _T_975[df - 1] if df <= len(_T_975) else _Z_975
+    return float(t.ppf(0.975, df))
+
+
+def describe(values: Sequence[float]) -> tuple[float | None, float | None, float | None]:
+    """(mean, sample std, 95% CI half-width) of ``values``; (None, None, None) when empty."""
+    n = len(values)
+    if n == 0:
+        return None, None, None
+    mean = statistics.fmean(values)
+    if n == 1:
+        return mean, 0.0, None
+    std = statistics.stdev(values)
+    return mean, std, t_critical(n - 1) * std / math.sqrt(n)
+
+
+def _mean_or_none(values: Iterable[Any]) -> float | None:
+    numbers = [v for v in (_number(x) for x in values) if v is not None]
+    return statistics.fmean(numbers) if numbers else None
+
+
+def _first_int(values: Iterable[Any]) -> int | None:
+    for value in values:
+        number = _number(value)
+        if number is not None:
+            return int(number)
+    return None
+
+
+# ---------------------------------------------------------------- ordering
+
+
+def method_sort_key(method: str) -> tuple[int, str]:
+    if method in METHOD_ORDER:
+        return METHOD_ORDER.index(method), ""
+    return len(METHOD_ORDER), method
+
+
+def is_fine_tuned(method: str) -> bool:
+    return method not in BASELINE_METHODS
+
+
+def model_sizes(records: Iterable[dict[str, Any]]) -> dict[str, int | None]:
+    """Per model the smallest reported total_params (the base model: adapters only add to it)."""
+    sizes: dict[str, int | None] = {}
+    for record in records:
+        model = record["model"]
+        total = _number(record.get("metrics", {}).get("total_params"))
+        sizes.setdefault(model, None)
+        if total is not None and (sizes[model] is None or total < sizes[model]):
+            sizes[model] = int(total)
+    return sizes
+
+
+def model_sort_key(model: str, sizes: dict[str, int | None]) -> tuple[bool, int, str]:
+    size = sizes.get(model)
+    return size is None, size or 0, model
+
+
+# ---------------------------------------------------------------- summary rows
+
+
+def _accuracy_columns(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for metric in ACCURACY_METRICS:
+        values = [v for v in (_number(e.get(metric)) for e in entries) if v is not None]
+        mean, std, ci95 = describe(values)
+        row[f"{metric}_mean"] = mean
+        row[f"{metric}_std"] = std
+        row[f"{metric}_ci95"] = ci95
+    row["n_eval"] = _first_int(e.get("n_eval") for e in entries)
+    return row
+
+
+def _completed(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    unique, _ = deduplicate(records)
+    return [r for r in unique if r.get("status") == COMPLETED]
+
+
+def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str], deltas: bool) -> None:
+    """Set delta_zeroshot/delta_fewshot (when ``deltas``) and negative_transfer on ``rows`` in place."""
+    means = {
+        (tuple(row[k] for k in group_keys), row["method"]): row["accuracy_flexible_mean"] for row in rows
+    }
+    for row in rows:
+        group = tuple(row[k] for k in group_keys)
+        mean = row["accuracy_flexible_mean"]
+        zeroshot = means.get((group, "zeroshot"))
+        for baseline in BASELINE_METHODS if deltas else ("zeroshot",):
+            reference = means.get((group, baseline))
+            row[f"delta_{baseline}"] = None if reference is None or mean is None else mean - reference
+        row["negative_transfer"] = bool(
+            is_fine_tuned(row["method"]) and zeroshot is not None and mean is not None and mean < zeroshot
+        )
+
+
+def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per dataset × model × method over the completed records' seeds, in report order.
+
+    Keys: dataset, model, method, n, seeds, accuracy_flexible_{mean,std,ci95},
+    accuracy_strict_{mean,std,ci95}, n_eval, trainable_params, total_params, train_time_s_mean,
+    train_tokens_per_s_mean, delta_zeroshot, delta_fewshot, negative_transfer. Accuracies are fractions.
+    """
+    completed = _completed(records)
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in completed:
+        groups[record["dataset"], record["model"], record["method"]].append(record)
+    sizes = model_sizes(completed)
+
+    rows = []
+    for (dataset, model, method), group in groups.items():
+        group.sort(key=lambda r: r["seed"])
+        metrics = [r["metrics"] for r in group]
+        row: dict[str, Any] = {
+            "dataset": dataset,
+            "model": model,
+            "method": method,
+            "n": len(group),
+            "seeds": [r["seed"] for r in group],
+        }
+        row.update(_accuracy_columns(metrics))
+        row["trainable_params"] = _first_int(m.get("trainable_params") for m in metrics)
+        row["total_params"] = _first_int(m.get("total_params") for m in metrics)
+        row["train_time_s_mean"] = _mean_or_none(m.get("train_time_s") for m in metrics)
+        row["train_tokens_per_s_mean"] = _mean_or_none(m.get("train_tokens_per_s") for m in metrics)
+        rows.append(row)
+
+    _add_baseline_columns(rows, ("dataset", "model"), deltas=True)
+    rows.sort(key=lambda r: (r["dataset"], model_sort_key(r["model"], sizes), method_sort_key(r["method"])))
+    return rows
+
+
+def summarize_ood(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per training dataset × eval set × model × method from the records' ``eval_sets``.
+
+    Keys: dataset (the training dataset), eval_set, model, method, n, seeds,
+    accuracy_flexible_{mean,std,ci95}, accuracy_strict_{mean,std,ci95}, n_eval, delta_zeroshot,
+    negative_transfer.
+    """
+    completed = _completed(records)
+    groups: dict[tuple[str, str, str, str], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+    for record in completed:
+        for eval_set, entry in (record.get("eval_sets") or {}).items():
+            if isinstance(entry, dict) and _number(entry.get("accuracy_flexible")) is not None:
+                key = (record["dataset"], eval_set, record["model"], record["method"])
+                groups[key].append((record["seed"], entry))
+    sizes = model_sizes(completed)
+
+    rows = []
+    for (dataset, eval_set, model, method), group in groups.items():
+        group.sort(key=lambda item: item[0])
+        row: dict[str, Any] = {
+            "dataset": dataset,
+            "eval_set": eval_set,
+            "model": model,
+            "method": method,
+            "n": len(group),
+            "seeds": [seed for seed, _ in group],
+        }
+        row.update(_accuracy_columns([entry for _, entry in group]))
+        rows.append(row)
+
+    _add_baseline_columns(rows, ("dataset", "eval_set", "model"), deltas=False)
+    rows.sort(
+        key=lambda r: (
+            r["dataset"],
+            r["eval_set"],
+            model_sort_key(r["model"], sizes),
+            method_sort_key(r["method"]),
+        )
+    )
+    return rows

@@ -1,0 +1,238 @@
+"""PNG plots of the summary rows, one file per plot kind and dataset.
+
+Files (``<dataset>`` is the dataset name reduced to ``[A-Za-z0-9_.-]``, made unique when two names
+reduce to the same text):
+
+- ``accuracy_by_model_<dataset>.png``: grouped bars, models on x by size, one bar per method, std error bars.
+- ``accuracy_vs_size_<dataset>.png``: flexible accuracy against total parameters (log x), a line per
+  method; the baselines are included since their total parameters are the base model's.
+- ``accuracy_vs_trainable_<dataset>.png`` and ``accuracy_vs_train_time_<dataset>.png``: flexible
+  accuracy against trainable parameters / mean training time (log x), a line per fine-tuned method.
+  Zero-shot and few-shot train nothing (0 trainable parameters, 0 s), which has no place on a log axis,
+  and one reference line per model would clutter the plot, so the baselines are left out of these two;
+  they are in the other plots. A plot with no point to draw is not written.
+- ``ood_accuracy_<dataset>.png``: heatmap of mean flexible accuracy of the models trained on
+  ``<dataset>`` (rows model · method) on every evaluation set (columns, in-domain first); only written
+  when there are out-of-domain results.
+
+Figures are drawn with the Agg canvas directly and never through pyplot, so no global backend is
+switched and a caller's own matplotlib state is left alone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .aggregate import METHOD_ORDER, is_fine_tuned, method_sort_key
+
+DPI = 120
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "dataset"
+
+
+def file_slugs(names: Sequence[str]) -> dict[str, str]:
+    """A file-name-safe, distinct slug per name."""
+    slugs: dict[str, str] = {}
+    used: set[str] = set()
+    for name in sorted(set(names)):
+        base = candidate = _slug(name)
+        suffix = 2
+        while candidate in used:
+            candidate = f"{base}_{suffix}"
+            suffix += 1
+        used.add(candidate)
+        slugs[name] = candidate
+    return slugs
+
+
+def _method_colors(methods: Sequence[str]) -> dict[str, Any]:
+    """A fixed color per method, so a method looks the same in every plot."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"].colors
+    ordered = sorted(set(methods) | set(METHOD_ORDER), key=method_sort_key)
+    return {m: palette[i % len(palette)] for i, m in enumerate(ordered)}
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, format="png")
+    return path
+
+
+def _percent(value: float | None) -> float:
+    return math.nan if value is None else 100 * value
+
+
+def _methods(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return sorted({r["method"] for r in rows}, key=method_sort_key)
+
+
+def _models(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(r["model"] for r in rows))  # rows are already sorted by model size
+
+
+def plot_accuracy_by_model(rows: Sequence[dict[str, Any]], dataset: str, path: Path, colors: dict) -> Path:
+    models, methods = _models(rows), _methods(rows)
+    by_cell = {(r["model"], r["method"]): r for r in rows}
+    sizes = {r["model"]: r["total_params"] for r in rows if r["method"] in ("zeroshot", "fewshot")}
+    for r in rows:
+        sizes.setdefault(r["model"], r["total_params"])
+
+    fig = Figure(figsize=(max(6.0, 1.2 * len(models) * max(1, len(methods)) / 2.5), 4.5))
+    ax = fig.subplots()
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        xs, ys, errs = [], [], []
+        for j, model in enumerate(models):
+            row = by_cell.get((model, method))
+            if row is None or row["accuracy_flexible_mean"] is None:
+                continue
+            xs.append(j - 0.4 + width * (i + 0.5))
+            ys.append(_percent(row["accuracy_flexible_mean"]))
+            errs.append(_percent(row["accuracy_flexible_std"] or 0.0))
+        ax.bar(xs, ys, width, yerr=errs, capsize=3, label=method, color=colors[method])
+    labels = [m if sizes.get(m) is None else f"{m}\n{sizes[m] / 1e6:,.0f}M" for m in models]
+    ax.set_xticks(range(len(models)), labels)
+    ax.set_ylabel("flexible accuracy (%)")
+    ax.set_title(f"{dataset}: accuracy by model (mean ± std over seeds)")
+    ax.legend(title="method")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_accuracy_vs(
+    rows: Sequence[dict[str, Any]],
+    dataset: str,
+    path: Path,
+    colors: dict,
+    x_of: Callable[[dict[str, Any]], float | None],
+    x_label: str,
+    title: str,
+    annotate: bool,
+) -> Path | None:
+    """Flexible accuracy against a positive quantity on a log axis, one line per method."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    drawn = False
+    for method in _methods(rows):
+        points = []
+        for row in rows:
+            x = x_of(row)
+            if (
+                row["method"] == method
+                and x is not None
+                and x > 0
+                and row["accuracy_flexible_mean"] is not None
+            ):
+                points.append((x, row))
+        if not points:
+            continue
+        points.sort(key=lambda p: p[0])
+        xs = [x for x, _ in points]
+        ys = [_percent(r["accuracy_flexible_mean"]) for _, r in points]
+        errs = [_percent(r["accuracy_flexible_std"] or 0.0) for _, r in points]
+        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=method, color=colors[method])
+        if annotate:
+            for x, y, (_, row) in zip(xs, ys, points):
+                ax.annotate(row["model"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        drawn = True
+    if not drawn:
+        return None
+    ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("flexible accuracy (%)")
+    ax.set_title(f"{dataset}: {title}")
+    ax.legend(title="method")
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def plot_ood_heatmap(
+    in_domain: Sequence[dict[str, Any]], ood: Sequence[dict[str, Any]], dataset: str, path: Path
+) -> Path:
+    import numpy as np
+
+    eval_sets = [dataset, *sorted({r["eval_set"] for r in ood} - {dataset})]
+    order = list(dict.fromkeys((r["model"], r["method"]) for r in (*in_domain, *ood)))
+    values = np.full((len(order), len(eval_sets)), np.nan)
+    index = {cell: i for i, cell in enumerate(order)}
+    for row in in_domain:
+        values[index[row["model"], row["method"]], 0] = _percent(row["accuracy_flexible_mean"])
+    for row in ood:
+        values[index[row["model"], row["method"]], eval_sets.index(row["eval_set"])] = _percent(
+            row["accuracy_flexible_mean"]
+        )
+
+    fig = Figure(figsize=(max(5.0, 1.4 * len(eval_sets) + 3), max(3.0, 0.35 * len(order) + 1.5)))
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(eval_sets)), [f"{dataset}\n(in-domain)", *eval_sets[1:]])
+    ax.set_yticks(range(len(order)), [f"{model} · {method}" for model, method in order])
+    for i in range(len(order)):
+        for j in range(len(eval_sets)):
+            if not math.isnan(values[i, j]):
+                color = "black" if image.norm(values[i, j]) > 0.6 else "white"  # readable on light cells
+                ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=7, color=color)
+    fig.colorbar(image, ax=ax, label="flexible accuracy (%)")
+    ax.set_title(f"trained on {dataset}: accuracy per evaluation set")
+    return _save(fig, path)
+
+
+def write_plots(
+    rows: Sequence[dict[str, Any]], ood_rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike
+) -> list[Path]:
+    """Write every plot that has something to show; returns the written paths."""
+    out_dir = Path(out_dir)
+    colors = _method_colors([r["method"] for r in rows] + [r["method"] for r in ood_rows])
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    slugs = file_slugs(datasets + [r["dataset"] for r in ood_rows])
+    written: list[Path] = []
+    for dataset in datasets:
+        subset = [r for r in rows if r["dataset"] == dataset]
+        fine_tuned = [r for r in subset if is_fine_tuned(r["method"])]
+        slug = slugs[dataset]
+        written.append(
+            plot_accuracy_by_model(subset, dataset, out_dir / f"accuracy_by_model_{slug}.png", colors)
+        )
+        candidates = [
+            (subset, "size", lambda r: r["total_params"], "total parameters", "accuracy vs model size", False),
+            (fine_tuned, "trainable", lambda r: r["trainable_params"], "trainable parameters",
+             "accuracy vs trainable parameters (fine-tuned methods)", True),
+            (fine_tuned, "train_time", lambda r: r["train_time_s_mean"], "mean training time (s)",
+             "accuracy vs training time (fine-tuned methods)", True),
+        ]  # fmt: skip
+        for plot_rows, kind, x_of, x_label, title, annotate in candidates:
+            path = plot_accuracy_vs(
+                plot_rows,
+                dataset,
+                out_dir / f"accuracy_vs_{kind}_{slug}.png",
+                colors,
+                x_of,
+                x_label,
+                title,
+                annotate,
+            )
+            if path is not None:
+                written.append(path)
+    for dataset in sorted({r["dataset"] for r in ood_rows}):
+        written.append(
+            plot_ood_heatmap(
+                [r for r in rows if r["dataset"] == dataset],
+                [r for r in ood_rows if r["dataset"] == dataset],
+                dataset,
+                out_dir / f"ood_accuracy_{slugs[dataset]}.png",
+            )
+        )
+    return written

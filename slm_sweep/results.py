@@ -1,0 +1,127 @@
+"""Result records of a cell: result.json and predictions.jsonl, written atomically; the run's provenance."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+RESULT_FILE = "result.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
+TRACKED_PACKAGES = ("torch", "transformers", "peft", "lightning", "hydra-core", "omegaconf", "wandb", "datasets",
+                    "tokenizers", "safetensors", "gguf", "slm_sweep")
+SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password)", re.IGNORECASE)
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_result(out_dir: str | Path, record: Mapping[str, Any]) -> Path:
+    path = Path(out_dir) / RESULT_FILE
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
+    return path
+
+
+def write_predictions(out_dir: str | Path, records: Iterable[Mapping[str, Any]]) -> Path:
+    path = Path(out_dir) / PREDICTIONS_FILE
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return path
+
+
+def read_result(path: str | Path) -> dict | None:
+    """The record at ``path`` (a result.json or its directory), or None when absent or unreadable."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULT_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def read_predictions(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / PREDICTIONS_FILE
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def is_complete(record: Mapping[str, Any] | None) -> bool:
+    """A finished cell whose metrics can be trusted."""
+    if not record or record.get("status") != "completed":
+        return False
+    metrics = record.get("metrics") or {}
+    return all(metrics.get(k) is not None for k in ("accuracy_strict", "accuracy_flexible", "n_eval"))
+
+
+def redact(value: Any) -> Any:
+    """A copy of a config with every value under a key that looks like a credential replaced."""
+    if isinstance(value, Mapping):
+        return {k: ("<redacted>" if SECRET_KEY.search(str(k)) and v else redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit(repo_dir: str | Path | None = None) -> str | None:
+    cwd = Path(repo_dir or Path(__file__).resolve().parents[1])
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("-dirty" if dirty else "")
+
+
+def hardware_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
+                            "cpu_count": os.cpu_count(), "accelerator": "cpu", "accelerator_count": 0}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["accelerator"] = torch.cuda.get_device_name(0)
+            info["accelerator_count"] = torch.cuda.device_count()
+            info["cuda"] = torch.version.cuda
+    except ImportError:
+        pass
+    return info

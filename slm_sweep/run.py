@@ -1,0 +1,209 @@
+"""One cell, from a composed config to a result record: validate, load, (train), evaluate, write, log.
+
+``run(cfg)`` is what the Hydra entry point calls and what tests call directly. Whatever happens, the cell's
+result.json says so: ``completed``, ``failed`` (with the error), ``diverged`` or ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from slm_sweep.config import validate_config
+from slm_sweep.results import (
+    PREDICTIONS_FILE,
+    SCHEMA_VERSION,
+    git_commit,
+    hardware_info,
+    library_versions,
+    now_iso,
+    read_result,
+    redact,
+    write_predictions,
+    write_result,
+)
+from slm_sweep.sweep.resume import cell_key, find_checkpoint, find_completed
+
+log = logging.getLogger(__name__)
+
+
+def _output_dir(out_dir: str | Path | None) -> Path:
+    if out_dir is not None:
+        return Path(out_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _sweep_tag() -> str | None:
+    """``sweep-<date>-<time>`` of the multirun this job belongs to, None for a single run."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            parts = Path(hc.sweep.dir).parts[-2:]
+            return "sweep-" + "-".join(parts)
+    except (ImportError, ValueError):
+        pass
+    return None
+
+
+def _base_record(cfg: DictConfig, config: dict) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "status": "running",
+        "error": None,
+        "model": cfg.model.name,
+        "model_id": str(cfg.model.get("id")),
+        "method": cfg.method.name,
+        "dataset": cfg.dataset.name,
+        "seed": int(cfg.seed),
+        "cell_key": cell_key(config),
+        "metrics": {},
+        "eval_sets": {},
+        "reused_from": None,
+        "skipped_rows": {},
+        "config": config,
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+        "hardware": hardware_info(),
+        "started_at": now_iso(),
+        "finished_at": None,
+    }
+
+
+def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run one cell and return its result record (also written to ``out_dir/result.json``)."""
+    validate_config(cfg)
+    out = _output_dir(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = redact(OmegaConf.to_container(cfg, resolve=True))
+    record = _base_record(cfg, config)
+    search_dir = Path(str(cfg.resume.search_dir)) if cfg.resume.enabled else None
+
+    if search_dir is not None:
+        previous = find_completed(search_dir, record["cell_key"], exclude=out)
+        if previous is not None:
+            return _reuse(previous, out, record)
+    write_result(out, record)
+
+    from slm_sweep.tracking import Tracker
+
+    tracker = Tracker(cfg.logger, {**record, "sweep_tag": _sweep_tag()}, config, out)
+    predictions: list[dict] = []
+    try:
+        _run_cell(cfg, out, record, tracker, predictions, search_dir)
+        record["status"] = "completed"
+    except KeyboardInterrupt:
+        record["status"], record["error"] = "interrupted", "KeyboardInterrupt"
+        raise
+    except Exception as err:
+        from slm_sweep.train.module import DivergedError
+
+        record["status"] = "diverged" if isinstance(err, DivergedError) else "failed"
+        record["error"] = f"{type(err).__name__}: {err}"
+        record["traceback"] = traceback.format_exc()
+        log.error("cell failed: %s", record["error"])
+    finally:
+        record["finished_at"] = now_iso()
+        write_result(out, record)
+        try:
+            tracker.log_result(record, predictions)
+        finally:
+            tracker.finish(record["status"])
+    return record
+
+
+def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Copy a finished cell's numbers into this cell's directory instead of computing them again."""
+    source = read_result(previous)
+    assert source is not None
+    log.info("reusing the finished result in %s", previous)
+    for key in ("status", "metrics", "eval_sets", "skipped_rows"):
+        record[key] = source.get(key)
+    record["reused_from"] = str(previous / "result.json")
+    record["finished_at"] = now_iso()
+    if (previous / PREDICTIONS_FILE).is_file():
+        shutil.copyfile(previous / PREDICTIONS_FILE, out / PREDICTIONS_FILE)
+    write_result(out, record)
+    return record
+
+
+def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: list[dict],
+              search_dir: Path | None) -> None:
+    import lightning as L
+
+    from slm_sweep.data.encode import encode_all
+    from slm_sweep.data.prompts import ShotSampler, resolve_style
+    from slm_sweep.data.sources import load_eval_set, load_splits
+    from slm_sweep.evaluate.evaluator import build_eval_prompts, evaluate
+    from slm_sweep.models import apply_method, count_parameters, load_model_and_tokenizer, merge_adapters_for_eval
+
+    method = cfg.method
+    num_fewshot = int(method.get("num_fewshot") or 0)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    splits = load_splits(cfg.dataset, data_root=cfg.get("data_root"), need_train=bool(method.train or num_fewshot))
+    record["skipped_rows"] = dict(splits.skipped)
+    ood_sets = {
+        name: load_eval_set(name, data_root=cfg.get("data_root"), limit=cfg.eval.get("ood_limit"))
+        for name in (cfg.eval.get("ood_sets") or [])
+    }
+
+    model, tokenizer = load_model_and_tokenizer(cfg.model, cache_dir=Path(str(cfg.cache_dir)).expanduser())
+    model = apply_method(model, method)
+    trainable, total = count_parameters(model)
+    style = resolve_style(cfg.prompt.style, tokenizer)
+    metrics: dict[str, Any] = {"trainable_params": trainable, "total_params": total, "train_time_s": 0.0,
+                               "train_loss": None, "val_loss": None, "train_steps": 0, "train_tokens": 0,
+                               "train_tokens_per_s": None, "mfu": None}
+    record["metrics"] = metrics
+
+    if method.train:
+        from slm_sweep.train.fit import fit
+
+        max_length = int(cfg.trainer.max_length)
+        train = encode_all(tokenizer, splits.train, style, max_length, cfg.prompt.system)
+        val = encode_all(tokenizer, splits.val, style, max_length, cfg.prompt.system)
+        resume_from = find_checkpoint(search_dir, record["cell_key"], exclude=out) if search_dir else None
+        outcome = fit(model, train, val, cfg.trainer, method, seed=int(cfg.seed), out_dir=out,
+                      pad_token_id=tokenizer.pad_token_id, loggers=tracker.lightning_loggers,
+                      resume_from=resume_from)
+        metrics.update(train_time_s=outcome.train_time_s, train_loss=outcome.train_loss, val_loss=outcome.val_loss,
+                       train_steps=outcome.train_steps, **outcome.perf)
+        write_result(out, record)  # training is the expensive part: keep its numbers even if evaluation fails
+        model = merge_adapters_for_eval(model)
+
+    shot_seed = method.get("shot_seed")
+    sampler = ShotSampler(splits.train, num_fewshot, int(cfg.seed if shot_seed is None else shot_seed)) \
+        if num_fewshot else None
+    start = time.perf_counter()
+    prompts = build_eval_prompts(tokenizer, splits.test, style, sampler, cfg.prompt.system)
+    preds, scores = evaluate(model, tokenizer, splits.test, prompts, cfg.eval, cfg.dataset.name,
+                             tolerance=cfg.dataset.get("answer_tolerance"), progress=bool(cfg.eval.progress))
+    predictions.extend(preds)
+    metrics.update(scores)
+    write_predictions(out, predictions)
+
+    for name, examples in ood_sets.items():
+        from slm_sweep.data.sources import dataset_spec
+
+        prompts = build_eval_prompts(tokenizer, examples, style, sampler, cfg.prompt.system)
+        preds, scores = evaluate(model, tokenizer, examples, prompts, cfg.eval, name,
+                                 tolerance=dataset_spec(name).get("answer_tolerance"),
+                                 progress=bool(cfg.eval.progress))
+        predictions.extend(preds)
+        record["eval_sets"][name] = {k: scores[k] for k in ("accuracy_strict", "accuracy_flexible", "n_eval")}
+        write_predictions(out, predictions)
+    metrics["eval_time_s"] = time.perf_counter() - start
+    from slm_sweep.train.callbacks import peak_memory_mb
+
+    metrics["peak_memory_mb"] = max(metrics.get("peak_memory_mb") or 0.0, peak_memory_mb())

@@ -1,0 +1,112 @@
+"""Metric loggers of a cell: Weights & Biases (online or offline), Lightning's CSV logger, or none.
+
+A W&B problem (no network, a bad key) never stops a run: it falls back to offline mode and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import netrc
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from slm_sweep.results import redact
+
+log = logging.getLogger(__name__)
+
+PREDICTION_COLUMNS = ("eval_set", "index", "question", "reference", "output", "extracted_strict",
+                      "extracted_flexible", "correct_strict", "correct_flexible")
+
+
+def wandb_api_key_available() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        hosts = netrc.netrc().hosts
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return any("wandb" in host for host in hosts)
+
+
+def group_name(model: str, method: str, dataset: str) -> str:
+    return f"{model}-{method}-{dataset}"
+
+
+class Tracker:
+    """Owns the run's metric loggers from the start of the cell to ``finish``."""
+
+    def __init__(self, logger_cfg: Mapping[str, Any], cell: Mapping[str, Any], config: Mapping[str, Any],
+                 out_dir: str | Path):
+        self.kind = logger_cfg.get("name", "none")
+        self.cfg = logger_cfg
+        self.out_dir = Path(out_dir)
+        self.wandb_run = None
+        self.lightning_loggers: list = []
+        if self.kind == "wandb":
+            self._start_wandb(cell, config)
+        elif self.kind == "csv":
+            from lightning.pytorch.loggers import CSVLogger
+
+            self.lightning_loggers = [CSVLogger(save_dir=str(self.out_dir), name="csv", version="")]
+
+    def _start_wandb(self, cell: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+        import wandb
+        from lightning.pytorch.loggers import WandbLogger
+
+        mode = self.cfg.get("mode", "auto")
+        if mode == "auto":
+            mode = "online" if wandb_api_key_available() else "offline"
+        tags = [cell["model"], cell["method"], cell["dataset"], *(self.cfg.get("tags") or [])]
+        if cell.get("sweep_tag"):
+            tags.append(cell["sweep_tag"])
+        kwargs = dict(
+            project=self.cfg.get("project", "slm_sweep"),
+            entity=self.cfg.get("entity"),
+            group=group_name(cell["model"], cell["method"], cell["dataset"]),
+            job_type=cell["method"],
+            tags=sorted(set(tags)),
+            name=f"{group_name(cell['model'], cell['method'], cell['dataset'])}-seed{cell['seed']}",
+            config=redact(dict(config)),
+            dir=str(self.out_dir),
+        )
+        try:
+            self.wandb_run = wandb.init(mode=mode, **kwargs)
+        except Exception as err:  # noqa: BLE001 - any W&B failure must leave the run going
+            if mode == "offline":
+                raise
+            log.warning("W&B could not start online (%s); logging offline into %s instead", err, self.out_dir)
+            self.wandb_run = wandb.init(mode="offline", **kwargs)
+        self.lightning_loggers = [WandbLogger(experiment=self.wandb_run, log_model=False)]
+
+    def log_result(self, record: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> None:
+        """Final metrics, out-of-domain scores and a table of predictions."""
+        if self.wandb_run is None:
+            return
+        import wandb
+
+        metrics = record.get("metrics") or {}
+        values = {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+        for name, scores in (record.get("eval_sets") or {}).items():
+            values.update({f"eval_{name}/{k}": v for k, v in scores.items() if isinstance(v, (int, float))})
+        values["status"] = record.get("status")
+        self.wandb_run.summary.update(values)
+        self.wandb_run.log({k: v for k, v in values.items() if k != "status"})
+        if self.cfg.get("log_predictions", True) and predictions:
+            table = wandb.Table(columns=list(PREDICTION_COLUMNS),
+                                data=[[p.get(c) for c in PREDICTION_COLUMNS] for p in predictions])
+            self.wandb_run.log({"eval/predictions": table})
+
+    def finish(self, status: str) -> None:
+        """Always called, also when the cell failed, so W&B never leaves a run open."""
+        if self.wandb_run is not None:
+            self.wandb_run.summary["status"] = status
+            self.wandb_run.finish(exit_code=0 if status == "completed" else 1)
+            self.wandb_run = None
+        for logger in self.lightning_loggers:
+            if hasattr(logger, "finalize"):
+                try:
+                    logger.finalize("success" if status == "completed" else "failed")
+                except Exception:  # noqa: BLE001 - closing a logger must not hide the run's outcome
+                    log.exception("closing logger %s failed", logger)

@@ -1,0 +1,577 @@
+"""Dataset reading and split carving (slm_sweep.data): real files from ../shared/data, a small OrcaMath-format
+fixture, and small broken files written per test. Never touches the network."""
+
+import json
+import logging
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import slm_sweep.data.sources as sources
+from slm_sweep.data import DataError, Example, dataset_spec, known_datasets, load_eval_set, load_splits
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+ORCAMATH_FIXTURE = REPO / "tests" / "fixtures" / "orcamath"
+
+needs_shared_data = pytest.mark.skipif(
+    not (SHARED_DATA / "gsm8k" / "train.jsonl").is_file(), reason=f"real datasets not found at {SHARED_DATA}"
+)
+
+ALL_DATASETS = [
+    "gsm8k",
+    "gsm_hard",
+    "mawps_addsub",
+    "mawps_singleeq",
+    "mawps_singleop",
+    "multiarith",
+    "orcamath",
+    "svamp",
+]
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def gsm_row(i: int, final: str | None = None) -> dict:
+    return {
+        "question": f"Question {i}: what is {i} + 1?",
+        "answer": f"{i} + 1 = {i + 1}\n#### {final or i + 1}",
+    }
+
+
+def local_spec(data_dir: Path, **overrides) -> dict:
+    """A gsm8k-like spec reading train.jsonl / test.jsonl from data_dir."""
+    spec = {**dataset_spec("gsm8k"), "data_dir": str(data_dir), "val_size": 2}
+    spec.update(overrides)
+    return spec
+
+
+@pytest.fixture
+def small_dir(tmp_path: Path) -> Path:
+    write_jsonl(tmp_path / "train.jsonl", [gsm_row(i) for i in range(10)])
+    write_jsonl(tmp_path / "test.jsonl", [gsm_row(i) for i in range(100, 105)])
+    return tmp_path
+
+
+def questions(examples: list[Example]) -> set[str]:
+    return {example.question for example in examples}
+
+
+# ---------------------------------------------------------------------------------------------- the yaml specs
+
+
+def test_every_dataset_yaml_has_the_same_keys_and_its_own_name():
+    assert known_datasets() == sorted(ALL_DATASETS)
+    expected_keys = {"name", *sources.DEFAULTS}
+    for name in ALL_DATASETS:
+        spec = dataset_spec(name)
+        assert set(spec) == expected_keys, name
+        assert spec.name == name
+        sources._resolved(spec)  # validates
+
+
+def test_numeric_target_sets_are_eval_only_with_a_tolerance():
+    for name in ["svamp", "gsm_hard", "mawps_addsub", "mawps_singleeq", "mawps_singleop", "multiarith"]:
+        spec = dataset_spec(name)
+        assert (
+            spec.eval_only and spec.answer_format == "number" and spec.answer_tolerance == pytest.approx(1e-4)
+        )
+    for name in ["gsm8k", "orcamath"]:
+        assert not dataset_spec(name).eval_only and dataset_spec(name).answer_tolerance is None
+
+
+def test_unknown_dataset_name_lists_the_known_ones():
+    with pytest.raises(DataError, match="unknown dataset 'gsm9k'") as err:
+        dataset_spec("gsm9k")
+    assert all(name in str(err.value) for name in ALL_DATASETS)
+
+
+# ---------------------------------------------------------------------------------------------- real GSM8K
+
+
+@needs_shared_data
+def test_gsm8k_counts_and_first_reference():
+    splits = load_splits(dataset_spec("gsm8k"), data_root=SHARED_DATA)
+    assert len(splits.val) == 100
+    assert len(splits.train) + len(splits.val) == 7473
+    assert len(splits.test) == 1319
+    assert splits.skipped == {"train": 0, "test": 0}
+    uncarved = load_splits({**dataset_spec("gsm8k"), "val_size": None}, data_root=SHARED_DATA)
+    assert len(uncarved.train) == 7473 and uncarved.val == []
+    assert uncarved.train[0].question.startswith("Natalia sold clips")
+    assert uncarved.train[0].reference == "72"
+    assert uncarved.train[0].answer.endswith("#### 72")
+
+
+@needs_shared_data
+def test_gsm8k_carving_is_deterministic_whatever_the_global_seed_and_disjoint():
+    random.seed(0)
+    first = load_splits(dataset_spec("gsm8k"), data_root=SHARED_DATA)
+    random.seed(99)
+    second = load_splits(dataset_spec("gsm8k"), data_root=SHARED_DATA)
+    assert first == second
+    train, val, test = questions(first.train), questions(first.val), questions(first.test)
+    assert not train & val
+    assert not val & test
+    assert len(train | val) == 7473
+
+
+@needs_shared_data
+def test_split_seed_changes_the_validation_slice():
+    default = load_splits(dataset_spec("gsm8k"), data_root=SHARED_DATA)
+    reseeded = load_splits({**dataset_spec("gsm8k"), "split_seed": 7}, data_root=SHARED_DATA)
+    assert questions(default.val) != questions(reseeded.val)
+
+
+@needs_shared_data
+def test_limits_keep_the_first_examples():
+    full = load_splits(dataset_spec("gsm8k"), data_root=SHARED_DATA)
+    limited = load_splits(
+        {**dataset_spec("gsm8k"), "train_limit": 50, "test_limit": 7}, data_root=SHARED_DATA
+    )
+    assert limited.train == full.train[:50]
+    assert limited.test == full.test[:7]
+    assert limited.val == full.val
+
+
+@needs_shared_data
+def test_need_train_false_reads_only_the_test_split():
+    splits = load_splits(dataset_spec("gsm8k"), data_root=SHARED_DATA, need_train=False)
+    assert splits.train == [] and splits.val == []
+    assert len(splits.test) == 1319
+    assert splits.skipped == {"test": 0}
+
+
+# ---------------------------------------------------------------------------------------------- real eval sets
+
+EVAL_SETS = [
+    # name, file, row count, first reference
+    ("svamp", "svamp/SVAMP.json", 1000, "51"),
+    ("gsm_hard", "gsm_hard/gsmhardv2.jsonl", 1319, "-9867630"),
+    ("mawps_addsub", "mawps/mawpsaddsub.jsonl", 395, "43"),
+    ("mawps_singleeq", "mawps/mawpssingleeq.jsonl", 508, "43"),
+    ("mawps_singleop", "mawps/mawpssingleop.jsonl", 562, "14"),
+    ("multiarith", "multiarith/mawpsmultiarith.jsonl", 600, "39"),
+]
+
+
+def raw_targets(relative: str) -> list:
+    path = SHARED_DATA / relative
+    if path.suffix == ".json":
+        return [row["Answer"] for row in json.loads(path.read_text())]
+    return [json.loads(line)["target"] for line in path.read_text().splitlines() if line.strip()]
+
+
+@needs_shared_data
+@pytest.mark.parametrize(("name", "relative", "count", "first_reference"), EVAL_SETS)
+def test_eval_set_counts_and_references_match_the_numeric_target(name, relative, count, first_reference):
+    examples = load_eval_set(name, data_root=SHARED_DATA)
+    assert len(examples) == count
+    assert examples[0].reference == first_reference
+    targets = raw_targets(relative)
+    assert len(targets) == count
+    for example, target in zip(examples, targets, strict=True):
+        assert float(example.reference) == pytest.approx(float(target), rel=1e-12)
+        assert example.answer == example.reference
+
+
+@needs_shared_data
+def test_eval_set_loads_nothing_to_skip_and_honours_limit():
+    assert load_splits(dataset_spec("svamp"), data_root=SHARED_DATA, need_train=False).skipped == {"test": 0}
+    assert len(load_eval_set("multiarith", data_root=SHARED_DATA, limit=25)) == 25
+
+
+@needs_shared_data
+def test_svamp_question_joins_body_and_question():
+    first = load_eval_set("svamp", data_root=SHARED_DATA, limit=3)
+    assert first[0].question == (
+        "Each pack of dvds costs 76 dollars. If there is a discount of 25 dollars on each pack. "
+        "How much do you have to pay to buy each pack?"
+    )
+    assert first[2].question.startswith("Paco had 26 salty cookies and 17 sweet cookies. He ate")
+    assert ".." not in first[2].question
+
+
+@needs_shared_data
+@pytest.mark.parametrize("name", ["svamp", "gsm_hard", "multiarith", "mawps_addsub"])
+def test_eval_only_set_refuses_training(name):
+    with pytest.raises(DataError, match=f"'{name}' is eval-only") as err:
+        load_splits(dataset_spec(name), data_root=SHARED_DATA)
+    assert "few-shot" in str(err.value) and "gsm8k" in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------- OrcaMath fixture
+
+
+def orcamath_spec(**overrides) -> dict:
+    spec = {**dataset_spec("orcamath"), "data_dir": str(ORCAMATH_FIXTURE), "test_size": 10, "val_size": 5}
+    spec.update(overrides)
+    return spec
+
+
+def test_orcamath_heldout_test_is_deterministic_sized_and_disjoint(caplog):
+    with caplog.at_level(logging.WARNING):
+        first = load_splits(orcamath_spec())
+    second = load_splits(orcamath_spec())
+    assert first == second
+    assert len(first.test) == 10 and len(first.val) == 5 and len(first.train) == 25
+    train, val, test = questions(first.train), questions(first.val), questions(first.test)
+    assert not train & test and not val & test and not train & val
+    assert len(train | val | test) == 40
+    assert "train_limit=7473 exceeds the 25 examples" in caplog.text
+
+
+def test_orcamath_heldout_test_does_not_depend_on_need_train_or_val_size():
+    reference = load_splits(orcamath_spec()).test
+    assert load_splits(orcamath_spec(), need_train=False).test == reference
+    assert load_splits(orcamath_spec(val_size=12)).test == reference
+    assert load_eval_set(orcamath_spec()) == reference
+
+
+def test_orcamath_prose_answers_give_their_last_number():
+    splits = load_splits(orcamath_spec(test_size=1, val_size=None))
+    first = splits.train[0]
+    assert "####" not in first.answer
+    assert first.answer.endswith("Mia has 10 marbles left.")
+    assert first.reference == "10"
+    assert splits.skipped == {"train": 0}
+
+
+def test_orcamath_train_limit_applies_after_carving():
+    splits = load_splits(orcamath_spec(train_limit=4))
+    unlimited = load_splits(orcamath_spec(train_limit=None))
+    assert splits.train == unlimited.train[:4]
+    assert splits.test == unlimited.test
+
+
+def test_heldout_test_size_must_leave_train_examples():
+    with pytest.raises(DataError, match="test_size=40 must be smaller than the 40"):
+        load_splits(orcamath_spec(test_size=40))
+    with pytest.raises(DataError, match="val_size=30 must be smaller than the 30"):
+        load_splits(orcamath_spec(val_size=30))
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+def test_missing_data_dir_names_the_key_and_path(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError, match="does not exist") as err:
+        load_splits(local_spec(missing))
+    assert f"dataset.data_dir={missing}" in str(err.value)
+
+
+def test_missing_folder_under_data_root_names_it(tmp_path):
+    with pytest.raises(DataError, match="does not exist") as err:
+        load_splits(dataset_spec("gsm8k"), data_root=tmp_path)
+    assert str(tmp_path / "gsm8k") in str(err.value) and "data_root" in str(err.value)
+
+
+def test_data_dir_wins_over_data_root(small_dir, tmp_path_factory):
+    other_root = tmp_path_factory.mktemp("empty_root")
+    splits = load_splits(local_spec(small_dir), data_root=other_root)
+    assert len(splits.test) == 5
+
+
+def test_missing_file_lists_what_is_there(tmp_path):
+    write_jsonl(tmp_path / "test.jsonl", [gsm_row(1)])
+    write_jsonl(tmp_path / "other.jsonl", [gsm_row(1)])
+    with pytest.raises(DataError, match="expected train file train.jsonl") as err:
+        load_splits(local_spec(tmp_path))
+    assert "found: other.jsonl, test.jsonl" in str(err.value)
+
+
+def test_unsupported_file_suffix(tmp_path):
+    (tmp_path / "test.csv").write_text("question,answer\n")
+    spec = local_spec(tmp_path, local={"dir_name": "x", "files": {"test": "test.csv"}})
+    with pytest.raises(DataError, match=r"test\.csv: can't read \.csv files"):
+        load_splits(spec, need_train=False)
+
+
+def test_malformed_jsonl_line_names_file_and_line(small_dir):
+    lines = (small_dir / "test.jsonl").read_text().splitlines()
+    lines[2] = '{"question": "broken", "answer": '
+    (small_dir / "test.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"test\.jsonl: line 3 is not valid JSON"):
+        load_splits(local_spec(small_dir))
+
+
+def test_jsonl_line_that_is_not_an_object(small_dir):
+    (small_dir / "test.jsonl").write_text(json.dumps(gsm_row(1)) + "\n[1, 2]\n")
+    with pytest.raises(DataError, match=r"test\.jsonl line 2: expected a JSON object"):
+        load_splits(local_spec(small_dir))
+
+
+def test_blank_lines_and_missing_trailing_newline_are_fine(small_dir):
+    rows = [json.dumps(gsm_row(i)) for i in range(3)]
+    (small_dir / "test.jsonl").write_text(rows[0] + "\n\n" + rows[1] + "\n" + rows[2])
+    assert len(load_splits(local_spec(small_dir)).test) == 3
+
+
+def test_invalid_json_file_names_path_and_position(tmp_path):
+    (tmp_path / "set.json").write_text('[\n  {"Body": "a", "Question": "b?", "Answer": 1.0},\n  {"Body": \n]')
+    spec = {**dataset_spec("svamp"), "data_dir": str(tmp_path), "local": {"files": {"test": "set.json"}}}
+    with pytest.raises(DataError, match=r"set\.json is not valid JSON: .* at line 4, column 1"):
+        load_eval_set(spec)
+
+
+def test_json_file_that_is_not_an_array(tmp_path):
+    (tmp_path / "set.json").write_text('{"Body": "a", "Question": "b?", "Answer": 1.0}')
+    spec = {**dataset_spec("svamp"), "data_dir": str(tmp_path), "local": {"files": {"test": "set.json"}}}
+    with pytest.raises(DataError, match=r"set\.json: expected a JSON array of row objects, got a JSON dict"):
+        load_eval_set(spec)
+
+
+def test_empty_file_is_an_error(small_dir):
+    (small_dir / "test.jsonl").write_text("\n")
+    with pytest.raises(DataError, match=r"test\.jsonl has no rows"):
+        load_splits(local_spec(small_dir))
+
+
+# ---------------------------------------------------------------------------------------------- rows
+
+
+def test_row_missing_question_names_file_line_field_and_fields_present(small_dir):
+    rows = [gsm_row(1), {"prompt": "x", "answer": "#### 3"}]
+    write_jsonl(small_dir / "test.jsonl", rows)
+    with pytest.raises(
+        DataError, match=r"test\.jsonl line 2: missing field 'question'; fields present: answer, prompt"
+    ):
+        load_splits(local_spec(small_dir))
+
+
+def test_row_missing_or_null_answer_field(small_dir):
+    write_jsonl(
+        small_dir / "train.jsonl", [gsm_row(i) for i in range(5)] + [{"question": "q?", "solution": "4"}]
+    )
+    with pytest.raises(
+        DataError, match=r"train\.jsonl line 6: missing field 'answer'; fields present: question, solution"
+    ):
+        load_splits(local_spec(small_dir))
+    write_jsonl(
+        small_dir / "train.jsonl", [gsm_row(i) for i in range(5)] + [{"question": "q?", "answer": None}]
+    )
+    with pytest.raises(
+        DataError, match=r"train\.jsonl line 6: field 'answer' is null; fields present: answer, question"
+    ):
+        load_splits(local_spec(small_dir))
+
+
+def test_json_row_missing_field_names_the_row(tmp_path):
+    rows = [{"Body": "a", "Question": "b?", "Answer": 1.0}, {"Body": "a", "Answer": 2.0}]
+    (tmp_path / "set.json").write_text(json.dumps(rows))
+    spec = {**dataset_spec("svamp"), "data_dir": str(tmp_path), "local": {"files": {"test": "set.json"}}}
+    with pytest.raises(
+        DataError, match=r"set\.json row 2: missing field 'Question'; fields present: Answer, Body"
+    ):
+        load_eval_set(spec)
+
+
+def test_question_field_must_be_text(small_dir):
+    write_jsonl(small_dir / "test.jsonl", [{"question": 12, "answer": "#### 3"}])
+    with pytest.raises(DataError, match=r"test\.jsonl line 1: field 'question' must be text, got int"):
+        load_splits(local_spec(small_dir))
+
+
+def test_unparsable_answers_are_skipped_and_counted(small_dir):
+    rows = [
+        gsm_row(1),
+        {"question": "q?", "answer": "no marker 5"},
+        {"question": "r?", "answer": "#### none"},
+    ]
+    write_jsonl(small_dir / "test.jsonl", rows)
+    splits = load_splits(local_spec(small_dir))
+    assert [example.reference for example in splits.test] == ["2"]
+    assert splits.skipped == {"test": 2, "train": 0}
+
+
+def test_unparsable_answer_with_error_policy_names_file_and_line(small_dir):
+    write_jsonl(small_dir / "test.jsonl", [gsm_row(1), {"question": "q?", "answer": "the answer is five"}])
+    with pytest.raises(DataError, match=r"test\.jsonl line 2: no parsable final number in field 'answer'"):
+        load_splits(local_spec(small_dir, unparsable_answers="error"))
+
+
+def test_number_format_accepts_numeric_strings_and_rejects_text(tmp_path):
+    rows = [
+        {"input": "a?", "target": "1,250"},
+        {"input": "b?", "target": 2.5},
+        {"input": "c?", "target": "n/a"},
+    ]
+    write_jsonl(tmp_path / "set.jsonl", rows)
+    spec = {
+        **dataset_spec("multiarith"),
+        "data_dir": str(tmp_path),
+        "local": {"files": {"test": "set.jsonl"}},
+    }
+    splits = load_splits(spec, need_train=False)
+    assert [example.reference for example in splits.test] == ["1250", "2.5"]
+    assert splits.skipped == {"test": 1}
+
+
+def test_all_rows_unparsable_is_an_error(small_dir):
+    write_jsonl(small_dir / "test.jsonl", [{"question": "q?", "answer": "nothing"}])
+    with pytest.raises(DataError, match=r"none of the 1 test rows \(from .*test\.jsonl line 1\)"):
+        load_splits(local_spec(small_dir))
+
+
+# ---------------------------------------------------------------------------------------------- spec values
+
+
+@pytest.mark.parametrize("key", ["val_size", "train_limit", "test_limit"])
+@pytest.mark.parametrize("value", [0, -3, 2.5, True, "10"])
+def test_sizes_must_be_positive_integers(small_dir, key, value):
+    with pytest.raises(DataError, match=f"{key}={value!r} must be a positive integer or null"):
+        load_splits(local_spec(small_dir, **{key: value}))
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_heldout_test_size_must_be_a_positive_integer(value):
+    with pytest.raises(DataError, match=f"test_size={value} must be a positive integer or null"):
+        load_splits(orcamath_spec(test_size=value))
+
+
+def test_eval_set_limit_must_be_a_positive_integer():
+    with pytest.raises(DataError, match="limit=0 must be a positive integer"):
+        load_eval_set("svamp", limit=0)
+
+
+def test_val_size_must_be_smaller_than_train(small_dir):
+    with pytest.raises(DataError, match="val_size=10 must be smaller than the 10 train examples"):
+        load_splits(local_spec(small_dir, val_size=10))
+
+
+def test_heldout_needs_test_size_and_test_size_needs_heldout(small_dir):
+    with pytest.raises(DataError, match="test_split: heldout needs test_size"):
+        load_splits(orcamath_spec(test_size=None))
+    with pytest.raises(DataError, match="test_size=3 applies only with test_split: heldout; .* test_limit"):
+        load_splits(local_spec(small_dir, test_size=3))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("answer_format", "latex", "gsm8k, prose, number"),
+        ("test_split", "validation", "test, heldout"),
+        ("unparsable_answers", "ignore", "skip, error"),
+    ],
+)
+def test_choices_name_the_bad_value_and_the_allowed_ones(small_dir, key, value, allowed):
+    with pytest.raises(DataError, match=f"{key}='{value}' is not allowed; use one of {allowed}"):
+        load_splits(local_spec(small_dir, **{key: value}))
+
+
+@pytest.mark.parametrize("value", [-0.1, "tight", float("inf")])
+def test_answer_tolerance_must_be_a_non_negative_number(small_dir, value):
+    with pytest.raises(DataError, match="answer_tolerance="):
+        load_splits(local_spec(small_dir, answer_tolerance=value))
+
+
+def test_spec_must_be_a_mapping():
+    with pytest.raises(DataError, match="must be a mapping"):
+        load_splits(["gsm8k"])
+
+
+# ---------------------------------------------------------------------------------------------- hub
+
+
+class FakeHub:
+    """Stands in for datasets.load_dataset: records calls, serves given splits or fails like an offline hub."""
+
+    def __init__(self, splits: dict[str, list[dict]] | None = None):
+        self.splits = splits
+        self.calls = []
+
+    def __call__(self, path, name=None, split=None, revision=None):
+        self.calls.append((path, name, split))
+        if self.splits is None:
+            raise ConnectionError("Couldn't reach the Hugging Face Hub (offline mode is enabled)")
+        return self.splits[split]
+
+
+def test_hub_is_used_when_no_local_folder_is_given(monkeypatch, small_dir):
+    import datasets
+
+    fake = FakeHub()
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match="could not be loaded from the Hugging Face hub") as err:
+        load_splits(dataset_spec("gsm8k"))
+    assert fake.calls == [("openai/gsm8k", "main", "test")]
+    message = str(err.value)
+    assert "openai/gsm8k" in message and "offline" in message
+    assert "dataset.data_dir=" in message and "data_root=" in message
+
+
+def test_hub_splits_listed_for_a_role_are_concatenated(monkeypatch):
+    import datasets
+
+    def svamp_rows(count, start):
+        return [
+            {"Body": f"Body {i}", "Question": "How many?", "Answer": float(i)}
+            for i in range(start, start + count)
+        ]
+
+    fake = FakeHub({"train": svamp_rows(7, 0), "test": svamp_rows(3, 7)})
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    examples = load_eval_set("svamp")
+    assert [call[2] for call in fake.calls] == ["train", "test"]
+    assert [example.reference for example in examples] == [str(i) for i in range(10)]
+    assert examples[0].question == "Body 0. How many?"
+
+
+def test_hub_heldout_reads_the_train_split(monkeypatch):
+    import datasets
+
+    rows = [{"question": f"q{i}?", "answer": f"So the answer is {i}."} for i in range(30)]
+    fake = FakeHub({"train": rows})
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    splits = load_splits({**dataset_spec("orcamath"), "test_size": 5, "val_size": 5, "train_limit": None})
+    assert fake.calls == [("microsoft/orca-math-word-problems-200k", None, "train")]
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (20, 5, 5)
+
+
+def test_hub_without_the_needed_split_says_so(monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", FakeHub({"train": []}))
+    with pytest.raises(DataError, match="hub.splits has no 'test' entry"):
+        load_splits({**dataset_spec("orcamath"), "test_split": "test", "test_size": None})
+
+
+def test_local_only_dataset_without_a_folder_says_how_to_point_at_files():
+    with pytest.raises(DataError, match="'mawps_addsub' is local only") as err:
+        load_eval_set("mawps_addsub")
+    assert "mawpsaddsub.jsonl" in str(err.value) and "data_root=<folder holding mawps/>" in str(err.value)
+
+
+def test_real_load_dataset_offline_fails_with_the_hub_id(tmp_path):
+    """The unpatched hub path with the HF offline switches on and an empty cache, in a fresh interpreter."""
+    script = (
+        "from slm_sweep.data import DataError, dataset_spec, load_splits\n"
+        "try:\n"
+        "    load_splits(dataset_spec('gsm8k'), need_train=False)\n"
+        "except DataError as exc:\n"
+        "    print(exc)\n"
+        "else:\n"
+        "    raise SystemExit('loaded from the hub although offline')\n"
+    )
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_DATASETS_CACHE": str(tmp_path / "hf" / "datasets"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "openai/gsm8k" in result.stdout and "offline" in result.stdout

@@ -1,0 +1,373 @@
+"""Tests of slm_sweep.report on a small grid of result.json files written here."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import random
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slm_sweep.report import collect, load_results, summarize, summarize_ood, write_report
+from slm_sweep.report.aggregate import t_critical
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+DATASET = "gsm8k"
+OOD_SET = "svamp"
+SEEDS = (0, 1, 2)
+METHODS = ("zeroshot", "fewshot", "full", "lora")
+# "alpha" is the larger model, so sorting by size must put "beta" first
+MODELS = {"alpha": 360_000_000, "beta": 135_000_000}
+TRAINABLE = {"zeroshot": 0, "fewshot": 0, "full": None, "lora": 1_000_000}
+# mean flexible accuracy per cell; alpha's lora is below its zeroshot (negative transfer)
+BASE_ACCURACY = {
+    ("alpha", "zeroshot"): 0.30, ("alpha", "fewshot"): 0.35, ("alpha", "full"): 0.45, ("alpha", "lora"): 0.20,
+    ("beta", "zeroshot"): 0.10, ("beta", "fewshot"): 0.12, ("beta", "full"): 0.25, ("beta", "lora"): 0.22,
+}  # fmt: skip
+
+
+def make_record(model, method, seed, flexible, strict, *, status="completed", finished_at=None, ood=None):
+    total = MODELS[model] + (TRAINABLE["lora"] if method == "lora" else 0)
+    trainable = total if method == "full" else TRAINABLE[method]
+    fine_tuned = method not in ("zeroshot", "fewshot")
+    metrics = {
+        "accuracy_strict": strict,
+        "accuracy_flexible": flexible,
+        "n_eval": 100,
+        "trainable_params": trainable,
+        "total_params": total,
+        "train_time_s": 50.0 + 10 * seed if fine_tuned else 0.0,
+        "eval_time_s": 5.0,
+        "train_loss": 1.0 if fine_tuned else None,
+        "val_loss": 1.1 if fine_tuned else None,
+        "train_steps": 10 if fine_tuned else 0,
+        "train_tokens": 1000 if fine_tuned else 0,
+        "train_tokens_per_s": 1000.0 + seed if fine_tuned else None,
+        "eval_tokens_per_s": 200.0,
+        "peak_memory_mb": 512.0,
+        "mfu": None,
+    }
+    return {
+        "schema_version": 1,
+        "status": status,
+        "error": None if status == "completed" else "RuntimeError: boom",
+        "model": model,
+        "model_id": f"org/{model}",
+        "method": method,
+        "dataset": DATASET,
+        "seed": seed,
+        "metrics": metrics if status == "completed" else {},
+        "eval_sets": ood or {},
+        "reused_from": None,
+        "config": {},
+        "versions": {},
+        "git_commit": None,
+        "hardware": {},
+        "started_at": "2024-01-01T12:00:00Z",
+        "finished_at": finished_at or "2024-01-01T13:00:00Z",
+    }
+
+
+def write_json(path: Path, record) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record) if not isinstance(record, str) else record)
+    return path
+
+
+@pytest.fixture
+def grid(tmp_path):
+    """A sweep directory with 2 models × 4 methods × 3 seeds; returns (dir, expected values per cell)."""
+    rng = random.Random(1234)
+    sweep = tmp_path / "multirun" / "2024-01-01" / "12-00-00"
+    values: dict[tuple[str, str], dict[str, list[float]]] = {}
+    job = 0
+    for model in MODELS:
+        for method in METHODS:
+            cell = values.setdefault((model, method), {"flexible": [], "strict": [], "ood": []})
+            for seed in SEEDS:
+                flexible = BASE_ACCURACY[model, method] + rng.uniform(-0.02, 0.02)
+                strict = flexible - rng.uniform(0.0, 0.05)
+                ood = BASE_ACCURACY[model, method] / 2 + rng.uniform(-0.02, 0.02)
+                cell["flexible"].append(flexible)
+                cell["strict"].append(strict)
+                cell["ood"].append(ood)
+                eval_sets = {OOD_SET: {"accuracy_strict": ood - 0.01, "accuracy_flexible": ood, "n_eval": 50}}
+                record = make_record(model, method, seed, flexible, strict, ood=eval_sets)
+                write_json(sweep / str(job) / "result.json", record)
+                job += 1
+    return sweep, values
+
+
+def expected_stats(values):
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values)
+    return mean, std, t_critical(len(values) - 1) * std / math.sqrt(len(values))
+
+
+def test_t_critical_matches_student_t():
+    assert t_critical(2) == pytest.approx(4.303, abs=1e-3)
+    assert t_critical(30) == pytest.approx(2.042, abs=1e-3)
+
+
+def test_t_critical_without_scipy(monkeypatch):
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # makes `from scipy.stats import t` fail
+    t_critical.cache_clear()
+    try:
+        assert t_critical(2) == 4.303
+        assert t_critical(31) == 1.96
+    finally:
+        t_critical.cache_clear()
+
+
+def test_rows_order_and_statistics(grid):
+    sweep, values = grid
+    rows = summarize(load_results([sweep]))
+    assert [(r["model"], r["method"]) for r in rows] == [
+        (m, method) for m in ("beta", "alpha") for method in METHODS
+    ]
+    for row in rows:
+        cell = values[row["model"], row["method"]]
+        assert row["dataset"] == DATASET
+        assert row["n"] == 3 and row["seeds"] == [0, 1, 2]
+        for key, metric in (("flexible", "accuracy_flexible"), ("strict", "accuracy_strict")):
+            mean, std, ci = expected_stats(cell[key])
+            assert row[f"{metric}_mean"] == pytest.approx(mean)
+            assert row[f"{metric}_std"] == pytest.approx(std)
+            assert row[f"{metric}_ci95"] == pytest.approx(ci)
+        assert row["total_params"] == MODELS[row["model"]] + (1_000_000 if row["method"] == "lora" else 0)
+        assert row["n_eval"] == 100
+        if row["method"] in ("full", "lora"):
+            assert row["train_time_s_mean"] == pytest.approx(60.0)
+            assert row["train_tokens_per_s_mean"] == pytest.approx(1001.0)
+        else:
+            assert row["trainable_params"] == 0
+            assert row["train_tokens_per_s_mean"] is None
+
+
+def test_deltas_and_negative_transfer(grid):
+    sweep, values = grid
+    rows = {(r["model"], r["method"]): r for r in summarize(load_results([sweep]))}
+    for (model, method), row in rows.items():
+        mean = statistics.fmean(values[model, method]["flexible"])
+        zeroshot = statistics.fmean(values[model, "zeroshot"]["flexible"])
+        fewshot = statistics.fmean(values[model, "fewshot"]["flexible"])
+        assert row["delta_zeroshot"] == pytest.approx(mean - zeroshot)
+        assert row["delta_fewshot"] == pytest.approx(mean - fewshot)
+        assert row["negative_transfer"] is ((model, method) == ("alpha", "lora"))
+
+
+def test_single_seed_and_missing_baseline(tmp_path):
+    write_json(tmp_path / "a" / "result.json", make_record("beta", "full", 0, 0.4, 0.3))
+    (row,) = summarize(load_results([tmp_path]))
+    assert row["n"] == 1
+    assert row["accuracy_flexible_std"] == 0.0
+    assert row["accuracy_flexible_ci95"] is None
+    assert row["delta_zeroshot"] is None and row["delta_fewshot"] is None
+    assert row["negative_transfer"] is False
+
+
+def test_unfinished_cells_skipped_and_counted(grid, tmp_path):
+    sweep, _ = grid
+    write_json(sweep / "failed" / "result.json", make_record("beta", "full", 3, None, None, status="failed"))
+    write_json(sweep / "nan" / "result.json", make_record("beta", "lora", 3, None, None, status="diverged"))
+    write_json(sweep / "run" / "result.json", make_record("alpha", "full", 3, None, None, status="running"))
+    report = write_report([sweep], tmp_path / "out", plots=False)
+    rows = {(r["model"], r["method"]): r for r in report["rows"]}
+    assert rows["beta", "full"]["n"] == 3 and rows["beta", "lora"]["n"] == 3
+    counts = report["collection"].skipped_counts
+    assert counts == {"running": 1, "failed": 1, "diverged": 1, "interrupted": 0}
+    assert "Skipped cells: 1 running, 1 failed, 1 diverged, 0 interrupted." in report["markdown"]
+    assert len(report["collection"].files) == 27
+
+
+def test_malformed_files_skipped_with_warning(grid, caplog):
+    sweep, _ = grid
+    broken = write_json(sweep / "broken" / "result.json", "{not json")
+    no_model = make_record("beta", "full", 7, 0.5, 0.4)
+    del no_model["model"]
+    incomplete = write_json(sweep / "incomplete" / "result.json", no_model)
+    no_accuracy = make_record("beta", "full", 8, None, 0.4)
+    nan_accuracy = write_json(sweep / "noacc" / "result.json", no_accuracy)
+    write_json(sweep / "list" / "result.json", "[1, 2]")
+    with caplog.at_level(logging.WARNING, logger="slm_sweep.report"):
+        collection = collect([sweep])
+    assert len(collection.malformed) == 4
+    for path in (broken, incomplete, nan_accuracy):
+        assert any(str(path) in message for message in caplog.messages)
+    rows = summarize(collection.records)
+    assert len(rows) == 8 and all(r["n"] == 3 for r in rows)
+
+
+def test_duplicates_keep_most_recent(grid, tmp_path, caplog):
+    sweep, values = grid
+    rerun = tmp_path / "multirun" / "2024-02-01" / "09-00-00"
+    later = make_record("beta", "full", 0, 0.9, 0.8, finished_at="2024-02-01T10:00:00+00:00")
+    earlier = make_record("beta", "full", 1, 0.0, 0.0, finished_at="2023-12-01T10:00:00Z")
+    failed_later = make_record(
+        "beta", "lora", 2, None, None, status="failed", finished_at="2024-03-01T10:00:00Z"
+    )
+    write_json(rerun / "0" / "result.json", later)
+    write_json(rerun / "1" / "result.json", earlier)
+    write_json(rerun / "2" / "result.json", failed_later)
+    with caplog.at_level(logging.WARNING, logger="slm_sweep.report"):
+        collection = collect([sweep, rerun])
+    assert len(collection.duplicates) == 3
+    assert sum("duplicate cell" in m for m in caplog.messages) == 3
+    # passing a directory twice (or nested) does not create duplicates
+    assert not collect([sweep, sweep / "0"]).duplicates
+
+    rows = {(r["model"], r["method"]): r for r in summarize(collection.records)}
+    flexible = list(values["beta", "full"]["flexible"])
+    flexible[0] = 0.9  # seed 0 replaced by the later run, seed 1's older rerun ignored
+    assert rows["beta", "full"]["n"] == 3
+    assert rows["beta", "full"]["accuracy_flexible_mean"] == pytest.approx(statistics.fmean(flexible))
+    # a later failed attempt does not replace a completed cell
+    assert rows["beta", "lora"]["n"] == 3
+    assert rows["beta", "lora"]["accuracy_flexible_mean"] == pytest.approx(
+        statistics.fmean(values["beta", "lora"]["flexible"])
+    )
+
+
+def test_out_of_domain_rows_and_table(grid, tmp_path):
+    sweep, values = grid
+    report = write_report([sweep], tmp_path / "out", plots=False)
+    ood = report["ood_rows"]
+    assert [(r["model"], r["method"]) for r in ood] == [
+        (m, method) for m in ("beta", "alpha") for method in METHODS
+    ]
+    for row in ood:
+        mean, std, ci = expected_stats(values[row["model"], row["method"]]["ood"])
+        assert (row["dataset"], row["eval_set"], row["n"]) == (DATASET, OOD_SET, 3)
+        assert row["accuracy_flexible_mean"] == pytest.approx(mean)
+        assert row["accuracy_flexible_std"] == pytest.approx(std)
+        assert row["accuracy_flexible_ci95"] == pytest.approx(ci)
+        assert row["n_eval"] == 50
+    assert summarize_ood(load_results([sweep])) == ood
+
+    with open(report["summary_ood_csv"], newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert len(csv_rows) == 8
+    assert float(csv_rows[0]["accuracy_flexible_mean"]) == pytest.approx(ood[0]["accuracy_flexible_mean"])
+
+    markdown = report["markdown"]
+    assert "### trained on gsm8k" in markdown
+    header = next(line for line in markdown.splitlines() if "(in-domain)" in line)
+    assert header.startswith("| model | method | gsm8k (in-domain) | svamp |")
+    zeroshot = statistics.fmean(values["alpha", "zeroshot"]["ood"])
+    alpha_lora_ood = statistics.fmean(values["alpha", "lora"]["ood"])
+    alpha_lora = next(r for r in ood if (r["model"], r["method"]) == ("alpha", "lora"))
+    assert alpha_lora["delta_zeroshot"] == pytest.approx(alpha_lora_ood - zeroshot)
+    assert alpha_lora["negative_transfer"] is True
+
+
+def test_summary_files(grid, tmp_path):
+    sweep, _ = grid
+    out = tmp_path / "out"
+    report = write_report([sweep], out)
+    assert report["summary_csv"] == out / "summary.csv"
+    with open(report["summary_csv"], newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [(r["model"], r["method"]) for r in csv_rows] == [
+        (r["model"], r["method"]) for r in report["rows"]
+    ]
+    for csv_row, row in zip(csv_rows, report["rows"]):
+        assert float(csv_row["accuracy_flexible_mean"]) == pytest.approx(row["accuracy_flexible_mean"])
+        assert csv_row["negative_transfer"] == str(row["negative_transfer"])
+        assert csv_row["seeds"] == "0 1 2"
+
+    markdown = (out / "summary.md").read_text()
+    assert markdown.strip() == report["markdown"].strip()
+    assert "Aggregated from 24 result files" in markdown and str(sweep) in markdown
+    assert "## gsm8k" in markdown
+    alpha_lora = next(r for r in report["rows"] if (r["model"], r["method"]) == ("alpha", "lora"))
+    cell = f"{100 * alpha_lora['accuracy_flexible_mean']:.1f} ± {100 * alpha_lora['accuracy_flexible_std']:.1f} ▼"
+    assert cell in markdown
+    table_rows = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[:2] for line in table_rows if "▼" in line] == [["| alpha", "lora"]] * 2
+
+
+def test_plots_are_png(grid, tmp_path):
+    sweep, _ = grid
+    out = tmp_path / "out"
+    report = write_report([sweep], out)
+    names = sorted(p.name for p in report["plots"])
+    assert names == sorted(
+        [
+            "accuracy_by_model_gsm8k.png",
+            "accuracy_vs_size_gsm8k.png",
+            "accuracy_vs_trainable_gsm8k.png",
+            "accuracy_vs_train_time_gsm8k.png",
+            "ood_accuracy_gsm8k.png",
+        ]
+    )
+    for path in report["plots"]:
+        data = path.read_bytes()
+        assert path.parent == out and len(data) > 1000 and data.startswith(PNG_MAGIC)
+
+
+def test_default_out_dir_is_first_dir(grid):
+    sweep, _ = grid
+    report = write_report([sweep], plots=False)
+    assert report["summary_md"] == sweep / "summary.md" and report["summary_md"].exists()
+
+
+def run_python(*args, cwd):
+    """Run this interpreter in a subprocess that finds the package from the repository root."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=cwd, env=dict(os.environ, PYTHONPATH=path), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def run_cli(*args, cwd):
+    return run_python("-m", "slm_sweep.report", *args, cwd=cwd)
+
+
+def test_cli_success(grid, tmp_path):
+    sweep, _ = grid
+    out = tmp_path / "cli_out"
+    result = run_cli(sweep, "--out", out, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "## gsm8k" in result.stdout
+    assert "Wrote:" in result.stdout and str(out / "summary.md") in result.stdout
+    assert (out / "summary.csv").exists() and (out / "accuracy_by_model_gsm8k.png").exists()
+
+
+def test_cli_single_cell_directory(grid, tmp_path):
+    sweep, _ = grid
+    result = run_cli(sweep / "0", "--out", tmp_path / "one", "--no-plots", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "1 result files" in result.stdout
+
+
+def test_cli_errors(tmp_path):
+    missing = run_cli(tmp_path / "nope", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "does not exist" in missing.stderr and "nope" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = run_cli(tmp_path / "empty", cwd=tmp_path)
+    assert empty.returncode == 2
+    assert "no result.json found" in empty.stderr
+
+
+def test_report_does_not_import_ml_frameworks(grid, tmp_path):
+    sweep, _ = grid
+    code = (
+        "import sys\n"
+        "import slm_sweep.report as report\n"
+        f"report.write_report([{str(sweep)!r}], {str(tmp_path / 'out')!r})\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'lightning', 'peft') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    result = run_python("-c", code, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
