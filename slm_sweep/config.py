@@ -110,6 +110,7 @@ def validate_config(cfg: DictConfig) -> None:
     _positive_int(cfg, "eval.ood_limit", allow_none=True)
 
     _one_of(cfg.prompt.style, PROMPT_STYLES, "prompt.style")
+    _one_of(cfg.resume.enabled, ("auto", True, False), "resume.enabled")
     _one_of(cfg.logger.get("name"), LOGGERS, "logger.name")
     if cfg.logger.name == "wandb":
         _one_of(cfg.logger.get("mode", "auto"), WANDB_MODES, "logger.mode")

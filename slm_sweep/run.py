@@ -56,6 +56,13 @@ def _sweep_tag() -> str | None:
     return None
 
 
+def _resume_search_dir(cfg: DictConfig) -> Path | None:
+    enabled = cfg.resume.enabled
+    if enabled == "auto":
+        enabled = _sweep_tag() is not None
+    return Path(str(cfg.resume.search_dir)) if enabled else None
+
+
 def _base_record(cfg: DictConfig, config: dict) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
@@ -87,7 +94,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     config = redact(OmegaConf.to_container(cfg, resolve=True))
     record = _base_record(cfg, config)
-    search_dir = Path(str(cfg.resume.search_dir)) if cfg.resume.enabled else None
+    search_dir = _resume_search_dir(cfg)
 
     if search_dir is not None:
         previous = find_completed(search_dir, record["cell_key"], exclude=out)

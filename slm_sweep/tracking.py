@@ -70,6 +70,8 @@ class Tracker:
             name=f"{group_name(cell['model'], cell['method'], cell['dataset'])}-seed{cell['seed']}",
             config=redact(dict(config)),
             dir=str(self.out_dir),
+            # W&B's run metadata records the command line, which may carry credentials given as overrides
+            settings=wandb.Settings(x_disable_meta=True, save_code=False),
         )
         try:
             self.wandb_run = wandb.init(mode=mode, **kwargs)

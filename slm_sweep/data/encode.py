@@ -1,4 +1,4 @@
-"""Token ids for training: prompt tokens carry no loss, answer tokens do; collation pads a batch."""
+"""Token ids for training: prompt tokens carry no loss, answer tokens do; collation pads or packs a batch."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ def encode_all(tokenizer, examples: Sequence[QA], style: str, max_length: int, s
     return [e for e in encoded if any(label != IGNORE_INDEX for label in e["labels"])]
 
 
+def loss_token_count(labels: Sequence[int]) -> int:
+    """Tokens the next-token loss is computed on: labels after the first position that are not ignored."""
+    return sum(1 for label in labels[1:] if label != IGNORE_INDEX)
+
+
 class PadCollator:
     """Right-pads ``input_ids`` with the pad id and ``labels`` with IGNORE_INDEX; builds the attention mask."""
 
@@ -53,3 +58,35 @@ class PadCollator:
             labels[i, :n] = torch.tensor(b["labels"])
             attention_mask[i, :n] = 1
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+class PackCollator:
+    """Concatenates a batch into one row without padding; ``position_ids`` restart at 0 for every example.
+
+    Without an attention mask, transformers reads the restarts as sequence boundaries and keeps examples apart
+    (a block-diagonal causal mask for sdpa and eager, variable-length kernels for flash attention). The first
+    label of every example is ignored so no token is predicted across a boundary.
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, batch: Sequence[dict]) -> dict[str, torch.Tensor]:
+        input_ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for b in batch:
+            n = len(b["input_ids"])
+            input_ids += b["input_ids"]
+            labels += [IGNORE_INDEX] + list(b["labels"][1:])
+            positions += range(n)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            extra = -len(input_ids) % m
+            # The padding forms one more "example" of its own that carries no loss.
+            input_ids += [self.pad_token_id] * extra
+            labels += [IGNORE_INDEX] * extra
+            positions += range(extra)
+        return {"input_ids": torch.tensor([input_ids]), "labels": torch.tensor([labels]),
+                "position_ids": torch.tensor([positions])}

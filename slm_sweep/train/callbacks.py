@@ -9,22 +9,22 @@ import time
 import lightning as L
 import torch
 
-# Dense bf16 tensor-core peaks in FLOP/s (vendor datasheets, without sparsity).
+# Dense bf16 tensor-core peaks in FLOP/s with fp32 accumulation (vendor datasheets, the figures without
+# sparsity). Chips without bf16 tensor cores (V100, T4) are absent: they get no MFU.
 BF16_PEAK_FLOPS = {
+    "B200": 2250e12,
+    "H200 NVL": 835e12,
     "H200": 989e12,
-    "H100 SXM": 989e12,
-    "H100 PCIe": 756e12,
-    "H100 NVL": 835e12,
-    "H100": 989e12,
     "GH200": 989e12,
+    "H100 NVL": 835e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,  # the SXM part reports itself as e.g. "NVIDIA H100 80GB HBM3"
     "A100": 312e12,
-    "A10G": 70e12,
     "L40S": 362e12,
+    "L40": 181e12,
     "L4": 121e12,
-    "RTX 4090": 165e12,
-    "RTX 3090": 71e12,
-    "V100": 125e12,
-    "T4": 65e12,
+    "RTX 4090": 82.6e12,
+    "RTX 3090": 35.6e12,
 }
 
 
@@ -42,6 +42,30 @@ def bf16_peak_flops(device_name: str) -> float | None:
     return None
 
 
+def matmul_parameter_count(model) -> int:
+    """N in the 6N/4N FLOPs-per-token rule: base-model weights that take part in matrix products.
+
+    Adapter weights are left out (their FLOPs are small against the base), and so is an input embedding that is
+    not tied to the output head, since a lookup is no product; a tied one counts once, as the head.
+    """
+    count = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+    embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if embeddings is not None and (head is None or head.weight is not embeddings.weight):
+        count -= embeddings.weight.numel()
+    return count
+
+
+def flops_per_token(model, method: str) -> float:
+    """6N for full fine-tuning; 4N for adapters: the frozen base needs no weight gradients."""
+    return (6 if method == "full" else 4) * matmul_parameter_count(model)
+
+
+def mfu(tokens_per_s: float | None, flops_per_token: float, peak_flops: float | None, devices: int = 1) -> float | None:
+    if not tokens_per_s or not peak_flops:
+        return None
+    return tokens_per_s * flops_per_token / (peak_flops * devices)
+
+
 def peak_memory_mb() -> float:
     """Peak CUDA memory allocated, or the process's peak resident memory on CPU."""
     if torch.cuda.is_available():
@@ -51,56 +75,126 @@ def peak_memory_mb() -> float:
 
 
 class ThroughputMonitor(L.Callback):
-    """Counts non-padding tokens and wall time of the training batches.
+    """Tokens/s, step time, padding, peak memory and MFU of the optimizer steps, logged under ``perf/``.
 
-    ``flops_per_token`` is 6N for full fine-tuning and 4N for adapters (no weight gradients for the frozen base).
+    Tokens are the non-padding tokens of every micro-batch (counted on the host from the batch's ``num_tokens``),
+    summed over devices. Time is wall-clock from the end of one optimizer step to the end of the next, so data
+    loading, logging and checkpoint writes are in it; validation is not. The first ``warmup_steps`` steps
+    (allocator growth, kernel selection, compilation) are left out of the rates unless the run has no other.
+    The accelerator is synchronised only at the ends of measuring windows of ``log_every_n_steps`` steps, so
+    measuring does not stall the queue of kernels.
     """
 
-    def __init__(self, flops_per_token: float, peak_flops: float | None, log_every_n_steps: int = 10):
+    def __init__(self, flops_per_token: float, peak_flops: float | None, log_every_n_steps: int = 10,
+                 warmup_steps: int = 1):
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
-        self.log_every_n_steps = log_every_n_steps
-        self.tokens = 0
-        self.seconds = 0.0
+        self.log_every_n_steps = max(1, log_every_n_steps)
+        self.warmup_steps = max(0, warmup_steps)
         self.steps = 0
-        self._t0 = 0.0
-        self._window_tokens = 0
-        self._window_seconds = 0.0
+        self.tokens = 0
+        self.positions = 0
+        self.measured = {"steps": 0, "tokens": 0, "seconds": 0.0}
+        self.warmup = {"steps": 0, "tokens": 0, "seconds": 0.0}
+        self._step_tokens = 0
+        self._window = {"steps": 0, "tokens": 0}
+        self._window_start: float | None = None
+        self._train_start = 0.0
 
-    def _sync(self, trainer):
+    def _now(self, trainer) -> float:
         if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(trainer.strategy.root_device)
+        return time.perf_counter()
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._sync(trainer)
-        self._t0 = time.perf_counter()
+    def on_train_start(self, trainer, pl_module):
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
+        self._train_start = self._now(trainer)
+        if self.warmup_steps == 0:
+            self._window_start = self._train_start
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._sync(trainer)
-        dt = time.perf_counter() - self._t0
-        n = int(batch["attention_mask"].sum())
-        self.tokens += n
-        self.seconds += dt
-        self._window_tokens += n
-        self._window_seconds += dt
-        if trainer.global_step > self.steps:
-            self.steps = trainer.global_step
-            if self.steps % self.log_every_n_steps == 0 and self._window_seconds > 0:
-                stats = {"perf/tokens_per_s": self._window_tokens / self._window_seconds,
-                         "perf/step_time_s": self._window_seconds / self.log_every_n_steps,
-                         "perf/peak_memory_mb": peak_memory_mb()}
-                if self.peak_flops:
-                    stats["perf/mfu"] = stats["perf/tokens_per_s"] * self.flops_per_token / self.peak_flops
-                pl_module.log_dict(stats, on_step=True, on_epoch=False)
-                self._window_tokens, self._window_seconds = 0, 0.0
+        self._step_tokens += batch["num_tokens"]
+        self.positions += batch["input_ids"].numel()
+        if not batch["last_in_step"]:
+            return
+        self.steps += 1
+        self.tokens += self._step_tokens
+        if self.steps <= self.warmup_steps:
+            self.warmup["steps"] += 1
+            self.warmup["tokens"] += self._step_tokens
+            if self.steps == self.warmup_steps:
+                self._window_start = self._now(trainer)
+                self.warmup["seconds"] = self._window_start - self._train_start
+        else:
+            self._window["steps"] += 1
+            self._window["tokens"] += self._step_tokens
+            if self._window["steps"] >= self.log_every_n_steps:
+                self._close_window(trainer, log=True)
+                self._window_start = time.perf_counter()
+        self._step_tokens = 0
 
-    def summary(self, world_size: int = 1) -> dict:
-        tokens_per_s = self.tokens * world_size / self.seconds if self.seconds else None
-        mfu = None
-        if tokens_per_s and self.peak_flops:
-            mfu = tokens_per_s * self.flops_per_token / (self.peak_flops * world_size)
+    def on_validation_start(self, trainer, pl_module):
+        if trainer.training:
+            self._close_window(trainer, log=False)
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.training and self._window_start is not None:
+            self._window_start = self._now(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        self._close_window(trainer, log=False)
+        self._log(trainer, {f"perf/{k}": v for k, v in self.summary(trainer).items() if v is not None})
+
+    def _close_window(self, trainer, log: bool) -> None:
+        """Add the open window to the measured totals (and log its rates)."""
+        if self._window_start is None:
+            return
+        seconds = self._now(trainer) - self._window_start
+        self._window_start = None
+        steps, tokens = self._window["steps"], self._world_sum(trainer, self._window["tokens"])
+        self._window = {"steps": 0, "tokens": 0}
+        if not steps:
+            return
+        self.measured["steps"] += steps
+        self.measured["tokens"] += tokens
+        self.measured["seconds"] += seconds
+        if log and seconds > 0:
+            self._log(trainer, {"perf/tokens_per_s": tokens / seconds, "perf/step_time_s": seconds / steps,
+                                "perf/peak_memory_mb": peak_memory_mb(),
+                                "perf/mfu": mfu(tokens / seconds, self.flops_per_token, self.peak_flops,
+                                                trainer.world_size)})
+
+    @staticmethod
+    def _world_sum(trainer, value: int) -> int:
+        if trainer.world_size == 1:
+            return value
+        total = trainer.strategy.reduce(torch.tensor(float(value), device=trainer.strategy.root_device),
+                                        reduce_op="sum")
+        return int(total.item())
+
+    @staticmethod
+    def _log(trainer, metrics: dict) -> None:
+        metrics = {k: v for k, v in metrics.items() if v is not None}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def summary(self, trainer=None) -> dict:
+        """Rates over the measured steps, or over all steps (warm-up included) when none were measured."""
+        span = self.measured if self.measured["steps"] else _sum(self.measured, self.warmup)
+        world_size = trainer.world_size if trainer is not None else 1
+        tokens_per_s = span["tokens"] / span["seconds"] if span["seconds"] > 0 else None
+        all_tokens = self.tokens if trainer is None else self._world_sum(trainer, self.tokens)
+        positions = self.positions if trainer is None else self._world_sum(trainer, self.positions)
         return {
-            "train_tokens": self.tokens * world_size,
+            "train_tokens": all_tokens,
             "train_tokens_per_s": tokens_per_s,
-            "step_time_s": self.seconds / self.steps if self.steps else None,
-            "mfu": mfu,
+            "step_time_s": span["seconds"] / span["steps"] if span["steps"] else None,
+            "mfu": mfu(tokens_per_s, self.flops_per_token, self.peak_flops, world_size),
+            "train_padding_fraction": 1 - all_tokens / positions if positions else None,
+            "throughput_warmup_steps": self.warmup["steps"] if self.measured["steps"] else 0,
+            "peak_memory_mb": peak_memory_mb(),
         }
+
+
+def _sum(a: dict, b: dict) -> dict:
+    return {k: a[k] + b[k] for k in a}

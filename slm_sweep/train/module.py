@@ -2,14 +2,51 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterable
 
 import lightning as L
 import torch
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "labels")
+
 
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
+                    betas: tuple[float, float] = (0.9, 0.999), fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; no weight decay on vectors (norms, biases, DoRA magnitudes).
+
+    ``fused=None`` takes the fused kernel when every parameter is on CUDA.
+    """
+    params = [p for p in params if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    if fused is None:
+        fused = all(p.is_cuda for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=bool(fused) or None)
+
+
+def lr_factor(step: int, warmup_steps: int, max_steps: int) -> float:
+    """Linear warm-up, then cosine decay to zero at ``max_steps``."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, max_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def micro_batch_loss(model, batch: dict, loss_tokens) -> torch.Tensor:
+    """Summed next-token loss of the micro-batch divided by ``loss_tokens``, the answer tokens of the whole step.
+
+    Summing these over the micro-batches of a step gives the mean loss per answer token of the step, whatever
+    the cut into micro-batches (transformers' ``num_items_in_batch``).
+    """
+    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    return model(**inputs, num_items_in_batch=loss_tokens).loss
 
 
 class CausalLMModule(L.LightningModule):
@@ -17,60 +54,100 @@ class CausalLMModule(L.LightningModule):
 
     full, lora and dora all train through this one module: which parameters have ``requires_grad`` decides
     what is trained, so the method only changes the model handed in.
+
+    Optimization is manual because a step has a varying number of micro-batches (see ``batching``): gradients
+    accumulate until the batch marked ``last_in_step``, then the optimizer steps. The loss is read back from the
+    device only every ``log_every_n_steps`` steps, so the host never waits on the accelerator in between.
     """
 
     def __init__(self, model, lr: float, weight_decay: float = 0.0, warmup_steps: int = 0,
-                 max_steps: int = 1, betas: tuple[float, float] = (0.9, 0.999), fused_adamw: bool | None = None):
+                 max_steps: int = 1, betas: tuple[float, float] = (0.9, 0.999), fused_adamw: bool | None = None,
+                 gradient_clip_val: float | None = None, log_every_n_steps: int = 10):
         super().__init__()
+        self.automatic_optimization = False
         self.model = model
         self.lr, self.weight_decay, self.warmup_steps, self.max_steps = lr, weight_decay, warmup_steps, max_steps
         self.betas = tuple(betas)
         self.fused_adamw = fused_adamw
+        self.gradient_clip_val = gradient_clip_val
+        self.log_every_n_steps = max(1, log_every_n_steps)
         self.last_train_loss: float | None = None
         self.last_val_loss: float | None = None
-        self._val_losses: list[tuple[float, int]] = []
+        self._step_loss: torch.Tensor | None = None
+        self._pending: list[tuple[int, torch.Tensor]] = []
+        self._val_sums: list[torch.Tensor] = []
+        self._no_sync = contextlib.ExitStack()
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
-        ).loss
+    def forward(self, batch: dict, loss_tokens) -> torch.Tensor:
+        return micro_batch_loss(self.model, batch, loss_tokens)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        # Only the last micro-batch of a step reduces gradients across devices (DDP's no_sync otherwise).
+        block = getattr(self.trainer.strategy, "block_backward_sync", None)
+        if block is not None and not batch["last_in_step"]:
+            self._no_sync.enter_context(block())
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self._no_sync.close()
 
     def training_step(self, batch, batch_idx):
-        loss = self(batch)
-        if not torch.isfinite(loss):
-            raise DivergedError(f"training loss is {loss.item()} at step {self.global_step}")
-        self.last_train_loss = loss.detach().item()
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
-        return loss
+        loss = self(batch, batch["step_loss_tokens"])
+        # DDP averages gradients over devices; the loss is already normalised by the step's total answer tokens.
+        self.manual_backward(loss * self.trainer.world_size)
+        detached = loss.detach()
+        self._step_loss = detached if self._step_loss is None else self._step_loss + detached
+        if batch["last_in_step"]:
+            self._optimizer_step()
+
+    def _optimizer_step(self) -> None:
+        optimizer = self.optimizers()
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.lr_schedulers().step()
+        self._pending.append((self.global_step, self._step_loss))
+        self._step_loss = None
+        if self.global_step % self.log_every_n_steps == 0 or self.global_step >= self.max_steps:
+            self._flush_losses()
+            self.log("train/loss", self.last_train_loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+
+    def _flush_losses(self) -> None:
+        """Read the pending step losses back (one wait), stop on a non-finite one, log the latest."""
+        if not self._pending:
+            return
+        steps = [s for s, _ in self._pending]
+        losses = self.trainer.strategy.reduce(torch.stack([v for _, v in self._pending]), reduce_op="sum")
+        self._pending.clear()
+        for step, value in zip(steps, losses.tolist()):
+            if not math.isfinite(value):
+                raise DivergedError(f"training loss is {value} at step {step}")
+        self.last_train_loss = losses[-1].item()
+        metrics = {"train/loss": self.last_train_loss, "train/lr": self.optimizers().param_groups[0]["lr"]}
+        for logger in self.trainer.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
+
+    def on_train_end(self):
+        self._flush_losses()
 
     def validation_step(self, batch, batch_idx):
-        loss = self(batch)
-        n_tokens = int((batch["labels"][:, 1:] != -100).sum())
-        self._val_losses.append((loss.detach().float().item() * n_tokens, n_tokens))
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        summed = self.model(**inputs, num_items_in_batch=1).loss.detach().float()
+        n_tokens = (batch["labels"][:, 1:] != -100).sum()
+        self._val_sums.append(torch.stack([summed, n_tokens.to(summed)]))
 
     def on_validation_epoch_end(self):
-        total = sum(n for _, n in self._val_losses)
-        if total:
-            self.last_val_loss = sum(s for s, _ in self._val_losses) / total
-        self._val_losses.clear()
+        local = torch.stack(self._val_sums).sum(0) if self._val_sums else torch.zeros(2, device=self.device)
+        self._val_sums.clear()
+        total_loss, total_tokens = self.trainer.strategy.reduce(local, reduce_op="sum").tolist()
+        if total_tokens:
+            self.last_val_loss = total_loss / total_tokens
+            if not self.trainer.sanity_checking:
+                for logger in self.trainer.loggers:
+                    logger.log_metrics({"val/loss": self.last_val_loss}, step=self.global_step)
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        fused = self.fused_adamw
-        if fused is None:
-            fused = all(p.is_cuda for p in params)
-        optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, fused=bool(fused) or None)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        optimizer = build_optimizer(self.model.parameters(), self.lr, self.weight_decay, self.betas, self.fused_adamw)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, self.warmup_steps, self.max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _lr_factor(self, step: int) -> float:
-        if self.warmup_steps and step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        span = max(1, self.max_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))

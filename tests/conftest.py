@@ -1,0 +1,61 @@
+"""Shared fixtures: composing the project's Hydra config, the real data folder, fast settings for the tiny model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+DATA_ROOT = REPO.parent / "shared" / "data"
+
+# Settings that make a tiny cell take seconds: a small slice of GSM8K, a few steps, short generations.
+FAST_TINY = [
+    "model=tiny",
+    f"data_root={DATA_ROOT}",
+    "dataset.train_limit=48",
+    "dataset.val_size=8",
+    "dataset.test_limit=12",
+    "trainer.max_steps=3",
+    "trainer.batch_size=4",
+    "trainer.micro_batch_size=2",
+    "trainer.max_length=256",
+    "trainer.progress_bar=false",
+    "trainer.log_every_n_steps=1",
+    "trainer.checkpoint_every_n_steps=null",
+    "eval.max_new_tokens=12",
+    "eval.progress=false",
+    "logger=none",
+    "resume.enabled=false",
+]
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def compose_config(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture
+def requires_data():
+    if not (DATA_ROOT / "gsm8k" / "test.jsonl").is_file():
+        pytest.skip(f"the GSM8K files are not at {DATA_ROOT}")
+    return DATA_ROOT
+
+
+@pytest.fixture
+def tiny_cfg(requires_data):
+    """Compose a fast tiny-model cell: ``tiny_cfg("method=lora", ...)``."""
+
+    def make(*overrides: str):
+        return compose_config([*FAST_TINY, *overrides])
+
+    return make

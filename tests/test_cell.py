@@ -1,0 +1,85 @@
+"""One cell per method runs end to end on the tiny model and writes valid result files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slm_sweep.results import read_predictions, read_result
+from slm_sweep.run import run
+
+METHODS = ("zeroshot", "fewshot", "full", "lora", "dora")
+REQUIRED_METRICS = ("accuracy_strict", "accuracy_flexible", "n_eval", "trainable_params", "total_params",
+                    "train_time_s", "eval_time_s", "train_tokens_per_s", "eval_tokens_per_s", "peak_memory_mb")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cell_runs_end_to_end(tiny_cfg, tmp_path, method):
+    cfg = tiny_cfg(f"method={method}", "method.num_fewshot=2" if method == "fewshot" else "seed=0")
+    returned = run(cfg, out_dir=tmp_path)
+
+    record = read_result(tmp_path)
+    assert record == json.loads(json.dumps(returned, default=str))
+    assert record["status"] == "completed", record.get("error")
+    assert (record["model"], record["method"], record["dataset"], record["seed"]) == ("tiny", method, "gsm8k", 0)
+    metrics = record["metrics"]
+    for key in REQUIRED_METRICS:
+        assert key in metrics, key
+    assert metrics["n_eval"] == 12
+    assert 0.0 <= metrics["accuracy_strict"] <= 1.0 and 0.0 <= metrics["accuracy_flexible"] <= 1.0
+    assert metrics["total_params"] > 0
+    trained = method in ("full", "lora", "dora")
+    if trained:
+        assert metrics["train_steps"] == 3
+        assert metrics["train_tokens_per_s"] > 0 and metrics["train_time_s"] > 0
+        assert metrics["val_loss"] is not None and metrics["train_loss"] is not None
+    else:
+        assert metrics["trainable_params"] == 0 and metrics["train_steps"] == 0
+    if method == "full":
+        assert metrics["trainable_params"] == metrics["total_params"]
+    if method in ("lora", "dora"):
+        assert 0 < metrics["trainable_params"] < metrics["total_params"]
+
+    assert record["config"]["method"]["name"] == method
+    assert record["versions"]["torch"] and record["versions"]["peft"] and record["versions"]["lightning"]
+    assert "git_commit" in record and record["hardware"]["cpu_count"] >= 1
+
+    predictions = read_predictions(tmp_path)
+    assert len(predictions) == 12
+    fields = {"question", "reference", "output", "extracted_strict", "extracted_flexible", "correct_strict",
+              "correct_flexible"}
+    assert all(fields <= set(p) for p in predictions)
+    accuracy = sum(p["correct_flexible"] for p in predictions) / len(predictions)
+    assert accuracy == metrics["accuracy_flexible"]
+    assert not list(tmp_path.glob(".*.tmp*")), "no temporary files left behind"
+
+
+def test_dora_trains_more_parameters_than_lora_with_the_same_rank(tiny_cfg, tmp_path):
+    lora = run(tiny_cfg("method=lora", "trainer.max_steps=1"), out_dir=tmp_path / "lora")
+    dora = run(tiny_cfg("method=dora", "trainer.max_steps=1"), out_dir=tmp_path / "dora")
+    # DoRA adds one magnitude vector per adapted layer
+    assert dora["metrics"]["trainable_params"] > lora["metrics"]["trainable_params"]
+
+
+def test_same_seed_gives_identical_metrics(tiny_cfg, tmp_path):
+    first = run(tiny_cfg("method=lora", "seed=3"), out_dir=tmp_path / "a")
+    second = run(tiny_cfg("method=lora", "seed=3"), out_dir=tmp_path / "b")
+    volatile = ("time", "per_s", "peak_memory", "step_time", "mfu")
+    stable = {k: v for k, v in first["metrics"].items() if not any(s in k for s in volatile)}
+    assert stable and stable == {k: second["metrics"][k] for k in stable}
+    assert read_predictions(tmp_path / "a") == read_predictions(tmp_path / "b")
+
+
+def test_different_seeds_train_differently(tiny_cfg, tmp_path):
+    a = run(tiny_cfg("method=full", "seed=1"), out_dir=tmp_path / "a")
+    b = run(tiny_cfg("method=full", "seed=2"), out_dir=tmp_path / "b")
+    assert a["metrics"]["train_loss"] != b["metrics"]["train_loss"]
+
+
+def test_failure_is_recorded_with_the_error(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("method=lora", "method.target_modules=[no_such_module]")
+    record = run(cfg, out_dir=tmp_path)
+    assert record["status"] == "failed"
+    assert "no_such_module" in record["error"]
+    assert read_result(tmp_path)["status"] == "failed"

@@ -1,0 +1,71 @@
+"""The real entry point, as a user runs it: ``python -m slm_sweep`` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import FAST_TINY, REPO
+
+
+def run_cli(args: list[str], cwd, env_extra: dict | None = None, timeout: int = 300):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "slm_sweep", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_single_run_writes_under_outputs(requires_data, tmp_path):
+    proc = run_cli([*FAST_TINY, "method=lora", "logger=csv"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = list((tmp_path / "outputs").rglob("result.json"))
+    assert len(results) == 1
+    record = json.loads(results[0].read_text())
+    assert record["status"] == "completed"
+    run_dir = results[0].parent
+    assert (run_dir / "predictions.jsonl").is_file()
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    metrics_csv = next(run_dir.rglob("metrics.csv")).read_text()
+    assert "train/loss" in metrics_csv and "val/loss" in metrics_csv
+
+
+def test_wandb_offline_logs_the_run_and_keeps_secrets_out(requires_data, tmp_path):
+    fake_key = "fake-wandb-key-0123456789abcdef0123456789abcdef"
+    fake_token = "hf_FAKEtoken0123456789"
+    env = {"WANDB_MODE": "", "WANDB_API_KEY": "", "HF_TOKEN": fake_token, "WANDB_DIR": str(tmp_path)}
+    env.pop("WANDB_MODE")
+    proc = run_cli([*FAST_TINY, "method=lora", "logger=wandb", "logger.mode=offline", "+logger.api_key=" + fake_key],
+                   cwd=tmp_path, env_extra=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = next((tmp_path / "outputs").rglob("result.json")).parent
+    offline_runs = list(run_dir.glob("wandb/offline-run-*"))
+    assert len(offline_runs) == 1, list(run_dir.rglob("*"))[:20]
+    wandb_files = list(offline_runs[0].rglob("*.wandb"))
+    assert len(wandb_files) == 1
+    # the run's record stream (protobuf) holds the keys and names as plain strings
+    stream = wandb_files[0].read_bytes()
+    for expected in (b"tiny-lora-gsm8k", b"tiny-lora-gsm8k-seed0", b"train/loss", b"val/loss",
+                     b"eval/accuracy_strict", b"eval/accuracy_flexible", b"perf/tokens_per_s"):
+        assert expected in stream, expected
+    table = json.loads(next(offline_runs[0].rglob("predictions*.table.json")).read_text())
+    assert table["columns"][:5] == ["eval_set", "index", "question", "reference", "output"]
+    assert len(table["data"]) == 12
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert fake_key.encode() not in data, f"API key written to {path}"
+            assert fake_token.encode() not in data, f"HF token written to {path}"
+
+
+def test_failed_single_run_exits_non_zero_and_records_the_error(requires_data, tmp_path):
+    proc = run_cli([*FAST_TINY, "method=lora", "method.target_modules=[no_such_module]"], cwd=tmp_path)
+    assert proc.returncode != 0
+    record = json.loads(next((tmp_path / "outputs").rglob("result.json")).read_text())
+    assert record["status"] == "failed" and "no_such_module" in record["error"]
+
+
+def test_bad_value_fails_before_loading_anything(requires_data, tmp_path):
+    proc = run_cli([*FAST_TINY, "method=lora", "method.r=0"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "method.r=0 must be a positive integer" in proc.stderr

@@ -1,0 +1,61 @@
+"""Training examples: the loss covers exactly the answer tokens, in chat and plain style."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from slm_sweep.data.encode import IGNORE_INDEX, PadCollator, encode_for_training
+from slm_sweep.data.sources import Example
+from slm_sweep.models import load_model_and_tokenizer
+from tests.conftest import CONF_DIR
+
+EXAMPLE = Example(
+    question="Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?",
+    answer="Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips.\n#### 72",
+    reference="72",
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    _, tok = load_model_and_tokenizer(OmegaConf.load(CONF_DIR / "model" / "tiny.yaml"))
+    return tok
+
+
+@pytest.mark.parametrize("style", ["chat", "plain"])
+def test_loss_mask_covers_exactly_the_answer(tokenizer, style):
+    enc = encode_for_training(tokenizer, EXAMPLE, style=style, max_length=1024)
+    ids, labels = enc["input_ids"], enc["labels"]
+    assert len(ids) == len(labels)
+    answer_positions = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
+    # one contiguous block at the end
+    assert answer_positions == list(range(answer_positions[0], len(ids)))
+    assert [labels[i] for i in answer_positions] == [ids[i] for i in answer_positions]
+    answer_text = tokenizer.decode([ids[i] for i in answer_positions])
+    expected = (" " if style == "plain" else "") + EXAMPLE.answer + tokenizer.eos_token
+    assert answer_text == expected
+    prompt_text = tokenizer.decode(ids[: answer_positions[0]])
+    assert EXAMPLE.question in prompt_text and "#### 72" not in prompt_text
+    if style == "chat":
+        assert prompt_text.startswith("<|im_start|>user\n") and prompt_text.endswith("<|im_start|>assistant\n")
+    else:
+        assert prompt_text == f"Question: {EXAMPLE.question}\nAnswer:"
+
+
+def test_truncation_keeps_the_prompt_and_cuts_the_answer(tokenizer):
+    full = encode_for_training(tokenizer, EXAMPLE, style="chat", max_length=4096)
+    n_prompt = full["labels"].count(IGNORE_INDEX)
+    cut = encode_for_training(tokenizer, EXAMPLE, style="chat", max_length=n_prompt + 5)
+    assert len(cut["input_ids"]) == n_prompt + 5
+    assert cut["input_ids"] == full["input_ids"][: n_prompt + 5]
+    assert sum(label != IGNORE_INDEX for label in cut["labels"]) == 5
+
+
+def test_collator_pads_right_with_masked_labels():
+    collate = PadCollator(pad_token_id=0)
+    batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
