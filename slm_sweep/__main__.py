@@ -16,7 +16,7 @@ def main(cfg: DictConfig) -> float | None:
     record = run(cfg)
     if record["status"] != "completed" and HydraConfig.get().mode != RunMode.MULTIRUN:
         raise SystemExit(f"cell {record['status']}: {record.get('error')}")
-    return record["metrics"].get("accuracy_flexible")
+    return (record.get("metrics") or {}).get(cfg.optimized_metric)
 
 
 if __name__ == "__main__":

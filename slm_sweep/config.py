@@ -101,6 +101,9 @@ def validate_config(cfg: DictConfig) -> None:
             f"method={method.name!r}; use it with method=zeroshot or list it in eval.ood_sets"
         )
 
+    _one_of(cfg.eval.get("split", "test"), ("test", "val"), "eval.split")
+    if cfg.eval.get("split") == "val" and not dataset.get("val_size"):
+        raise ConfigError("eval.split='val' needs a validation split: set dataset.val_size to a positive integer")
     _positive_int(cfg, "eval.max_new_tokens")
     _positive_int(cfg, "eval.max_batch_size")
     _positive_int(cfg, "eval.token_budget")

@@ -47,10 +47,11 @@ def _sweep_tag() -> str | None:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        from slm_sweep.sweep.callbacks import sweep_tag
+
         hc = HydraConfig.get()
         if hc.mode == RunMode.MULTIRUN:
-            parts = Path(hc.sweep.dir).parts[-2:]
-            return "sweep-" + "-".join(parts)
+            return sweep_tag(hc.sweep.dir)
     except (ImportError, ValueError):
         pass
     return None
@@ -163,6 +164,7 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
     ood_sets = {
         name: load_eval_set(name, data_root=cfg.get("data_root"), limit=cfg.eval.get("ood_limit"))
         for name in (cfg.eval.get("ood_sets") or [])
+        if cfg.eval.get("split", "test") == "test"
     }
 
     model, tokenizer = load_model_and_tokenizer(cfg.model, cache_dir=Path(str(cfg.cache_dir)).expanduser())
@@ -193,10 +195,17 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
     sampler = ShotSampler(splits.train, num_fewshot, int(cfg.seed if shot_seed is None else shot_seed)) \
         if num_fewshot else None
     start = time.perf_counter()
-    prompts = build_eval_prompts(tokenizer, splits.test, style, sampler, cfg.prompt.system)
-    preds, scores = evaluate(model, tokenizer, splits.test, prompts, cfg.eval, cfg.dataset.name,
+    # eval.split=val scores the validation split (hyperparameter search) and never generates on the test split.
+    on_val = cfg.eval.get("split", "test") == "val"
+    examples = splits.val if on_val else splits.test
+    prefix = "val_" if on_val else ""
+    prompts = build_eval_prompts(tokenizer, examples, style, sampler, cfg.prompt.system)
+    preds, scores = evaluate(model, tokenizer, examples, prompts, cfg.eval,
+                             cfg.dataset.name + ("/val" if on_val else ""),
                              tolerance=cfg.dataset.get("answer_tolerance"), progress=bool(cfg.eval.progress))
     predictions.extend(preds)
+    for key in ("accuracy_strict", "accuracy_flexible", "n_eval"):
+        metrics[prefix + key] = scores.pop(key)
     metrics.update(scores)
     write_predictions(out, predictions)
 

@@ -34,6 +34,40 @@ def group_name(model: str, method: str, dataset: str) -> str:
     return f"{model}-{method}-{dataset}"
 
 
+def start_wandb_run(logger_cfg: Mapping[str, Any], name: str, group: str, job_type: str, tags: Sequence[str],
+                    config: Mapping[str, Any], out_dir: str | Path):
+    """A W&B run in ``out_dir/wandb``; offline without an API key; falls back to offline if online fails.
+
+    Returns None when W&B is disabled.
+    """
+    import wandb
+
+    mode = logger_cfg.get("mode", "auto")
+    if mode == "auto":
+        mode = "online" if wandb_api_key_available() else "offline"
+    if mode == "disabled":
+        return None
+    kwargs = dict(
+        project=logger_cfg.get("project", "slm_sweep"),
+        entity=logger_cfg.get("entity"),
+        group=group,
+        job_type=job_type,
+        tags=sorted({*tags, *(logger_cfg.get("tags") or [])}),
+        name=name,
+        config=redact(dict(config)),
+        dir=str(out_dir),
+        # W&B's run metadata records the command line, which may carry credentials given as overrides
+        settings=wandb.Settings(x_disable_meta=True, save_code=False),
+    )
+    try:
+        return wandb.init(mode=mode, **kwargs)
+    except Exception as err:  # noqa: BLE001 - any W&B failure must leave the run going
+        if mode == "offline":
+            raise
+        log.warning("W&B could not start online (%s); logging offline into %s instead", err, out_dir)
+        return wandb.init(mode="offline", **kwargs)
+
+
 class Tracker:
     """Owns the run's metric loggers from the start of the cell to ``finish``."""
 
@@ -52,35 +86,16 @@ class Tracker:
             self.lightning_loggers = [CSVLogger(save_dir=str(self.out_dir), name="csv", version="")]
 
     def _start_wandb(self, cell: Mapping[str, Any], config: Mapping[str, Any]) -> None:
-        import wandb
         from lightning.pytorch.loggers import WandbLogger
 
-        mode = self.cfg.get("mode", "auto")
-        if mode == "auto":
-            mode = "online" if wandb_api_key_available() else "offline"
-        tags = [cell["model"], cell["method"], cell["dataset"], *(self.cfg.get("tags") or [])]
+        tags = [cell["model"], cell["method"], cell["dataset"]]
         if cell.get("sweep_tag"):
             tags.append(cell["sweep_tag"])
-        kwargs = dict(
-            project=self.cfg.get("project", "slm_sweep"),
-            entity=self.cfg.get("entity"),
-            group=group_name(cell["model"], cell["method"], cell["dataset"]),
-            job_type=cell["method"],
-            tags=sorted(set(tags)),
-            name=f"{group_name(cell['model'], cell['method'], cell['dataset'])}-seed{cell['seed']}",
-            config=redact(dict(config)),
-            dir=str(self.out_dir),
-            # W&B's run metadata records the command line, which may carry credentials given as overrides
-            settings=wandb.Settings(x_disable_meta=True, save_code=False),
-        )
-        try:
-            self.wandb_run = wandb.init(mode=mode, **kwargs)
-        except Exception as err:  # noqa: BLE001 - any W&B failure must leave the run going
-            if mode == "offline":
-                raise
-            log.warning("W&B could not start online (%s); logging offline into %s instead", err, self.out_dir)
-            self.wandb_run = wandb.init(mode="offline", **kwargs)
-        self.lightning_loggers = [WandbLogger(experiment=self.wandb_run, log_model=False)]
+        group = group_name(cell["model"], cell["method"], cell["dataset"])
+        self.wandb_run = start_wandb_run(self.cfg, name=f"{group}-seed{cell['seed']}", group=group,
+                                         job_type=cell["method"], tags=tags, config=config, out_dir=self.out_dir)
+        if self.wandb_run is not None:
+            self.lightning_loggers = [WandbLogger(experiment=self.wandb_run, log_model=False)]
 
     def log_result(self, record: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> None:
         """Final metrics, out-of-domain scores and a table of predictions."""

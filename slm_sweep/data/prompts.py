@@ -62,10 +62,15 @@ def build_target(tokenizer, answer: str, style: str) -> str:
 
 
 class ShotSampler:
-    """Draws k training examples per test question from one seeded stream, in test order.
+    """Draws k training examples for each question of an evaluation set, as lm-evaluation-harness does.
 
-    A draw that contains the test question itself is replaced, so a prompt never holds its own answer.
-    The same seed and test order give the same shots, whatever else the run does.
+    lm-eval (``ContextSampler`` with ``fewshot_random_seed``) seeds one ``random.Random`` per task and calls
+    ``rng.sample(train_docs, k)`` once per test document, in document order. ``draw`` does the same: a fresh
+    stream from ``seed`` for every evaluation set, one draw per question, the pool in file order. So the shots
+    of a question depend only on the seed, the pool and its position in the set, whatever else the run does.
+
+    A question that is itself in the pool is never its own shot: lm-eval's rule for a few-shot split that is
+    the test split (draw k + 1, drop the question, keep the first k) is applied to that question only.
     """
 
     def __init__(self, pool: Sequence[QA], k: int, seed: int):
@@ -73,17 +78,22 @@ class ShotSampler:
             raise ValueError(f"num_fewshot={k} must be >= 0")
         if k > len(pool):
             raise ValueError(f"num_fewshot={k} is larger than the {len(pool)} training examples to draw shots from")
-        self.pool, self.k = pool, k
-        self._rng = random.Random(seed)
+        self.pool, self.k, self.seed = list(pool), k, seed
+        self._pool_questions = {s.question.strip() for s in self.pool}
 
-    def shots_for(self, question: str) -> list[QA]:
+    def draw(self, questions: Sequence[str]) -> list[list[QA]]:
+        """The shots for each question, from a fresh seeded stream."""
+        rng = random.Random(self.seed)
+        return [self._shots(rng, question) for question in questions]
+
+    def _shots(self, rng: random.Random, question: str) -> list[QA]:
         if self.k == 0:
             return []
-        shots = self._rng.sample(self.pool, self.k)
         key = question.strip()
-        if any(s.question.strip() == key for s in shots):
-            others = [s for s in self.pool if s.question.strip() != key]
-            if len(others) < self.k:
-                raise ValueError(f"fewer than num_fewshot={self.k} training examples differ from the test question")
-            shots = self._rng.sample(others, self.k)
-        return shots
+        if key not in self._pool_questions:
+            return rng.sample(self.pool, self.k)
+        others = [s for s in self.pool if s.question.strip() != key]
+        if len(others) < self.k:
+            raise ValueError(f"fewer than num_fewshot={self.k} training examples differ from the test question")
+        shots = [s for s in rng.sample(self.pool, min(self.k + 1, len(self.pool))) if s.question.strip() != key]
+        return shots[: self.k] if len(shots) >= self.k else rng.sample(others, self.k)

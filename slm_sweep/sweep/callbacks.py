@@ -52,3 +52,42 @@ class RedactSecrets(Callback):
             for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
                 scrub_yaml(output_dir / str(hydra_cfg.output_subdir) / name)
         scrub_yaml(output_dir.parent / "multirun.yaml")
+
+
+class AggregateSweep(Callback):
+    """At the end of every multirun: summary tables and plots in the sweep directory, and (with logger=wandb)
+    the summary as one W&B table in a run of its own, tagged with the sweep."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from slm_sweep.report import write_report
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            report = write_report([sweep_dir], sweep_dir)
+        except FileNotFoundError as err:
+            log.warning("no sweep summary written: %s", err)
+            return
+        log.info("sweep summary: %s", report["summary_md"])
+        if config.get("logger") and config.logger.get("name") == "wandb":
+            log_summary_to_wandb(config, sweep_dir, report["rows"])
+
+
+def sweep_tag(sweep_dir: str | Path) -> str:
+    """``sweep-<date>-<time>``: shared by every run of one multirun, so the dashboard can filter on it."""
+    return "sweep-" + "-".join(Path(sweep_dir).parts[-2:])
+
+
+def log_summary_to_wandb(config: DictConfig, sweep_dir: Path, rows: list[dict]) -> None:
+    from slm_sweep.tracking import start_wandb_run
+
+    run = start_wandb_run(
+        config.logger, name=f"{sweep_tag(sweep_dir)}-summary", group="sweep-summary", job_type="summary",
+        tags=[sweep_tag(sweep_dir)], config={"sweep_dir": str(sweep_dir)}, out_dir=sweep_dir,
+    )
+    if run is None:
+        return
+    import wandb
+
+    columns = list(rows[0]) if rows else []
+    run.log({"sweep/summary": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])})
+    run.finish()

@@ -99,6 +99,8 @@ class ThroughputMonitor(L.Callback):
         self._window = {"steps": 0, "tokens": 0}
         self._window_start: float | None = None
         self._train_start = 0.0
+        self._paused = False
+        self.result: dict = {}
 
     def _now(self, trainer) -> float:
         if trainer.strategy.root_device.type == "cuda":
@@ -134,16 +136,20 @@ class ThroughputMonitor(L.Callback):
         self._step_tokens = 0
 
     def on_validation_start(self, trainer, pl_module):
-        if trainer.training:
-            self._close_window(trainer, log=False)
+        self._paused = self._window_start is not None
+        self._close_window(trainer, log=False)
 
     def on_validation_end(self, trainer, pl_module):
-        if trainer.training and self._window_start is not None:
+        if self._paused:
             self._window_start = self._now(trainer)
+            self._paused = False
 
     def on_train_end(self, trainer, pl_module):
+        if self.steps and self.steps < self.warmup_steps:
+            self.warmup["seconds"] = self._now(trainer) - self._train_start
         self._close_window(trainer, log=False)
-        self._log(trainer, {f"perf/{k}": v for k, v in self.summary(trainer).items() if v is not None})
+        self.result = self.summary(trainer)
+        self._log(trainer, {f"perf/{k}": v for k, v in self.result.items()})
 
     def _close_window(self, trainer, log: bool) -> None:
         """Add the open window to the measured totals (and log its rates)."""
@@ -179,22 +185,26 @@ class ThroughputMonitor(L.Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
 
     def summary(self, trainer=None) -> dict:
-        """Rates over the measured steps, or over all steps (warm-up included) when none were measured."""
-        span = self.measured if self.measured["steps"] else _sum(self.measured, self.warmup)
-        world_size = trainer.world_size if trainer is not None else 1
-        tokens_per_s = span["tokens"] / span["seconds"] if span["seconds"] > 0 else None
-        all_tokens = self.tokens if trainer is None else self._world_sum(trainer, self.tokens)
-        positions = self.positions if trainer is None else self._world_sum(trainer, self.positions)
+        """Rates over the measured steps, or over all steps (warm-up included) when none were measured.
+
+        With a trainer, counts are summed over devices (a collective: every device must call it).
+        """
+        def world_sum(value: int) -> int:
+            return value if trainer is None else self._world_sum(trainer, value)
+
+        measured = self.measured["steps"] > 0
+        steps = self.measured["steps"] if measured else self.warmup["steps"]
+        seconds = self.measured["seconds"] if measured else self.warmup["seconds"]
+        tokens = self.measured["tokens"] if measured else world_sum(self.warmup["tokens"])
+        tokens_per_s = tokens / seconds if seconds > 0 else None
+        all_tokens, positions = world_sum(self.tokens), world_sum(self.positions)
         return {
             "train_tokens": all_tokens,
             "train_tokens_per_s": tokens_per_s,
-            "step_time_s": span["seconds"] / span["steps"] if span["steps"] else None,
-            "mfu": mfu(tokens_per_s, self.flops_per_token, self.peak_flops, world_size),
+            "step_time_s": seconds / steps if steps and seconds > 0 else None,
+            "mfu": mfu(tokens_per_s, self.flops_per_token, self.peak_flops,
+                       trainer.world_size if trainer is not None else 1),
             "train_padding_fraction": 1 - all_tokens / positions if positions else None,
-            "throughput_warmup_steps": self.warmup["steps"] if self.measured["steps"] else 0,
+            "throughput_warmup_steps": self.warmup["steps"] if measured else 0,
             "peak_memory_mb": peak_memory_mb(),
         }
-
-
-def _sum(a: dict, b: dict) -> dict:
-    return {k: a[k] + b[k] for k in a}

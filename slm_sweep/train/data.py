@@ -50,11 +50,11 @@ class EncodedDataModule(L.LightningDataModule):
         self.seed, self.num_workers = seed, num_workers
 
     def _rank_and_world(self) -> tuple[int, int]:
-        trainer = self._trainer
+        trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def _completed_steps(self) -> int:
-        return self._trainer.global_step if self._trainer is not None else 0
+        return self.trainer.global_step if self.trainer is not None else 0
 
     def train_sampler(self) -> StepBatchSampler:
         rank, world_size = self._rank_and_world()

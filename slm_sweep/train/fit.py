@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
-
-from slm_sweep.train.callbacks import ThroughputMonitor, accelerator_name, bf16_peak_flops, peak_memory_mb
+from slm_sweep.train.callbacks import ThroughputMonitor, accelerator_name, bf16_peak_flops, flops_per_token
 from slm_sweep.train.data import EncodedDataModule
 from slm_sweep.train.module import CausalLMModule
 
@@ -30,68 +28,59 @@ class TrainOutcome:
     perf: dict[str, Any] = field(default_factory=dict)
 
 
-def accumulation_steps(batch_size: int, micro_batch_size: int, world_size: int = 1) -> int:
-    """Micro-batches per optimizer step so that the effective batch stays ``batch_size`` sequences."""
-    per_step = micro_batch_size * world_size
-    if batch_size % per_step:
-        raise ValueError(
-            f"trainer.batch_size={batch_size} is not a multiple of trainer.micro_batch_size={micro_batch_size}"
-            f" x {world_size} device(s)"
-        )
-    return batch_size // per_step
+def micro_batch_size(trainer_cfg: Mapping[str, Any]) -> int:
+    return int(trainer_cfg.get("micro_batch_size") or trainer_cfg["batch_size"])
 
 
-def base_parameter_count(model) -> int:
-    """Parameters of the frozen or trained base model, without adapter weights."""
-    return sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+def optional_int(value) -> int | None:
+    return int(value) if value else None
 
 
-def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[str, Any], method_cfg: Mapping[str, Any],
-        seed: int, out_dir: str | Path, pad_token_id: int, loggers: list | None = None,
-        extra_callbacks: list | None = None, resume_from: str | Path | None = None) -> TrainOutcome:
-    out_dir = Path(out_dir)
-    devices = trainer_cfg.get("devices", 1)
-    world_size = devices if isinstance(devices, int) and devices > 0 else 1
-    micro = int(trainer_cfg.get("micro_batch_size") or trainer_cfg["batch_size"])
-    accumulate = accumulation_steps(int(trainer_cfg["batch_size"]), micro, world_size)
-    max_steps = int(trainer_cfg["max_steps"])
-
+def prepare_model(model, trainer_cfg: Mapping[str, Any]):
+    """Gradient checkpointing and torch.compile, as the trainer config asks."""
     if trainer_cfg.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
-    module = CausalLMModule(
-        model, lr=float(method_cfg["lr"]), weight_decay=float(trainer_cfg.get("weight_decay", 0.0)),
-        warmup_steps=int(trainer_cfg.get("warmup_steps", 0)), max_steps=max_steps,
-        fused_adamw=trainer_cfg.get("fused_adamw"),
-    )
     if trainer_cfg.get("compile"):
-        module.model = torch.compile(module.model)
-    data = EncodedDataModule(train, val, micro, pad_token_id, seed=seed,
-                             num_workers=int(trainer_cfg.get("num_workers", 0)),
-                             pad_to_multiple_of=trainer_cfg.get("pad_to_multiple_of"))
+        # In place, so parameter names, checkpoints and adapter merging are those of the uncompiled model.
+        # Micro-batch shapes vary with the token budget: dynamic shapes avoid one compilation per shape.
+        model.compile(dynamic=True)
+    return model
 
-    flops_per_token = (6 if method_cfg["name"] == "full" else 4) * base_parameter_count(model)
-    throughput = ThroughputMonitor(flops_per_token, bf16_peak_flops(accelerator_name()),
-                                   int(trainer_cfg.get("log_every_n_steps", 10)))
-    callbacks = [throughput, *(extra_callbacks or [])]
-    ckpt_every = trainer_cfg.get("checkpoint_every_n_steps")
-    if ckpt_every:
-        from lightning.pytorch.callbacks import ModelCheckpoint
 
-        callbacks.append(ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, save_last=True, save_top_k=0,
-                                         every_n_train_steps=int(ckpt_every), save_weights_only=False))
+def build_data(train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[str, Any], seed: int,
+               pad_token_id: int) -> EncodedDataModule:
+    return EncodedDataModule(
+        train, val, batch_size=int(trainer_cfg["batch_size"]), micro_batch_size=micro_batch_size(trainer_cfg),
+        pad_token_id=pad_token_id, seed=seed, max_tokens=optional_int(trainer_cfg.get("micro_batch_tokens")),
+        packing=bool(trainer_cfg.get("packing", False)), num_workers=int(trainer_cfg.get("num_workers", 0)),
+        pad_to_multiple_of=optional_int(trainer_cfg.get("pad_to_multiple_of")),
+    )
 
+
+def build_module(model, trainer_cfg: Mapping[str, Any], method_cfg: Mapping[str, Any]) -> CausalLMModule:
+    clip = trainer_cfg.get("gradient_clip_val")
+    return CausalLMModule(
+        model, lr=float(method_cfg["lr"]), weight_decay=float(trainer_cfg.get("weight_decay", 0.0)),
+        warmup_steps=int(trainer_cfg.get("warmup_steps", 0)), max_steps=int(trainer_cfg["max_steps"]),
+        fused_adamw=trainer_cfg.get("fused_adamw"), gradient_clip_val=float(clip) if clip else None,
+        log_every_n_steps=int(trainer_cfg.get("log_every_n_steps", 10)),
+    )
+
+
+def build_trainer(trainer_cfg: Mapping[str, Any], out_dir: Path, callbacks: list, loggers: list | None,
+                  checkpointing: bool) -> L.Trainer:
     val_every = trainer_cfg.get("val_check_interval")
-    trainer = L.Trainer(
+    return L.Trainer(
         accelerator=trainer_cfg.get("accelerator", "auto"),
-        devices=devices,
+        devices=trainer_cfg.get("devices", 1),
         strategy=trainer_cfg.get("strategy", "auto"),
         precision=trainer_cfg.get("precision", "32-true"),
-        max_steps=max_steps,
+        max_steps=int(trainer_cfg["max_steps"]),
         max_epochs=-1,
-        accumulate_grad_batches=accumulate,
-        gradient_clip_val=trainer_cfg.get("gradient_clip_val"),
+        # Each device plans its own share of every optimizer step (see batching).
+        use_distributed_sampler=False,
         # Periodic validation counts micro-batches; without it, validation runs once, after training.
         val_check_interval=int(val_every) if val_every else None,
         check_val_every_n_epoch=None if val_every else 10**9,
@@ -99,13 +88,37 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
         num_sanity_val_steps=0,
         logger=loggers or False,
         callbacks=callbacks,
-        enable_checkpointing=bool(ckpt_every),
+        enable_checkpointing=checkpointing,
         enable_progress_bar=bool(trainer_cfg.get("progress_bar", True)),
         enable_model_summary=False,
         log_every_n_steps=int(trainer_cfg.get("log_every_n_steps", 10)),
         deterministic=bool(trainer_cfg.get("deterministic", False)),
         default_root_dir=str(out_dir),
     )
+
+
+def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[str, Any], method_cfg: Mapping[str, Any],
+        seed: int, out_dir: str | Path, pad_token_id: int, loggers: list | None = None,
+        extra_callbacks: list | None = None, resume_from: str | Path | None = None) -> TrainOutcome:
+    """Train ``model`` in place for ``trainer.max_steps`` optimizer steps of ``trainer.batch_size`` sequences."""
+    out_dir = Path(out_dir)
+    flops = flops_per_token(model, method_cfg["name"])
+    model = prepare_model(model, trainer_cfg)
+    module = build_module(model, trainer_cfg, method_cfg)
+    data = build_data(train, val, trainer_cfg, seed, pad_token_id)
+
+    throughput = ThroughputMonitor(flops, bf16_peak_flops(accelerator_name()),
+                                   int(trainer_cfg.get("log_every_n_steps", 10)),
+                                   int(trainer_cfg.get("throughput_warmup_steps", 1)))
+    callbacks = [throughput, *(extra_callbacks or [])]
+    ckpt_every = trainer_cfg.get("checkpoint_every_n_steps")
+    if ckpt_every:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        callbacks.append(ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, save_last=True, save_top_k=0,
+                                         every_n_train_steps=int(ckpt_every), save_weights_only=False))
+    trainer = build_trainer(trainer_cfg, out_dir, callbacks, loggers, checkpointing=bool(ckpt_every))
+
     resume_from = resume_from or last_checkpoint(out_dir)
     if resume_from:
         log.info("resuming training from %s", resume_from)
@@ -115,11 +128,9 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
     if val:
         trainer.validate(module, datamodule=data, verbose=False)
     train_time = time.perf_counter() - start
-
-    perf = throughput.summary(world_size)
-    perf["peak_memory_mb"] = peak_memory_mb()
     return TrainOutcome(train_time_s=train_time, train_steps=trainer.global_step,
-                        train_loss=module.last_train_loss, val_loss=module.last_val_loss, perf=perf)
+                        train_loss=module.last_train_loss, val_loss=module.last_val_loss,
+                        perf=dict(throughput.result))
 
 
 def last_checkpoint(out_dir: str | Path) -> Path | None:
