@@ -57,6 +57,16 @@ def _sweep_tag() -> str | None:
     return None
 
 
+def global_rank() -> int:
+    """This process's rank in a distributed run (0 when not distributed), from the launcher's environment."""
+    import os
+
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
 def _resume_search_dir(cfg: DictConfig) -> Path | None:
     enabled = cfg.resume.enabled
     if enabled == "auto":
@@ -96,6 +106,10 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     config = redact(OmegaConf.to_container(cfg, resolve=True))
     record = _base_record(cfg, config)
     search_dir = _resume_search_dir(cfg)
+    if global_rank() != 0:
+        # Other ranks of a distributed run only join training; rank 0 evaluates and writes every file.
+        _run_cell(cfg, out, record, None, [], search_dir, train_only=True)
+        return record
 
     if search_dir is not None:
         previous = find_completed(search_dir, record["cell_key"], exclude=out)
@@ -105,21 +119,35 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
 
     from slm_sweep.tracking import Tracker
 
+    from slm_sweep.train.interrupt import CheckpointOnInterrupt, is_interrupt, sigterm_as_interrupt
+
     tracker = Tracker(cfg.logger, {**record, "sweep_tag": _sweep_tag()}, config, out)
+    interrupt = CheckpointOnInterrupt(out / "checkpoints" / "last.ckpt")
     predictions: list[dict] = []
     try:
-        _run_cell(cfg, out, record, tracker, predictions, search_dir)
+        with sigterm_as_interrupt(interrupt):
+            _run_cell(cfg, out, record, tracker, predictions, search_dir, callbacks=[interrupt])
         record["status"] = "completed"
-    except KeyboardInterrupt:
-        record["status"], record["error"] = "interrupted", "KeyboardInterrupt"
-        raise
-    except Exception as err:
+        if not cfg.trainer.get("keep_checkpoints", False):
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    except BaseException as err:
         from slm_sweep.train.module import DivergedError
 
-        record["status"] = "diverged" if isinstance(err, DivergedError) else "failed"
+        if is_interrupt(err):
+            record["status"] = "interrupted"
+        elif isinstance(err, DivergedError):
+            record["status"] = "diverged"
+        else:
+            record["status"] = "failed"
         record["error"] = f"{type(err).__name__}: {err}"
         record["traceback"] = traceback.format_exc()
-        log.error("cell failed: %s", record["error"])
+        log.error("cell %s: %s", record["status"], record["error"])
+        if not isinstance(err, Exception):
+            # Ctrl-C, SIGTERM: stop the process (and the sweep) after recording it, with a failing exit status
+            # (Lightning's SIGTERMException is a SystemExit without a code, which would exit with 0)
+            if isinstance(err, SystemExit) and not err.code:
+                raise SystemExit(f"cell interrupted: {record['error']}") from err
+            raise
     finally:
         record["finished_at"] = now_iso()
         write_result(out, record)
@@ -146,7 +174,7 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: list[dict],
-              search_dir: Path | None) -> None:
+              search_dir: Path | None, train_only: bool = False, callbacks: list | None = None) -> None:
     import lightning as L
 
     from slm_sweep.data.encode import encode_all
@@ -167,6 +195,11 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
         if cfg.eval.get("split", "test") == "test"
     }
 
+    shot_seed = method.get("shot_seed")
+    # built before the model is loaded, so that a k larger than the train split fails at once
+    sampler = ShotSampler(splits.train, num_fewshot, int(cfg.seed if shot_seed is None else shot_seed)) \
+        if num_fewshot else None
+
     model, tokenizer = load_model_and_tokenizer(cfg.model, cache_dir=Path(str(cfg.cache_dir)).expanduser())
     model = apply_method(model, method)
     trainable, total = count_parameters(model)
@@ -184,16 +217,18 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
         val = encode_all(tokenizer, splits.val, style, max_length, cfg.prompt.system)
         resume_from = find_checkpoint(search_dir, record["cell_key"], exclude=out) if search_dir else None
         outcome = fit(model, train, val, cfg.trainer, method, seed=int(cfg.seed), out_dir=out,
-                      pad_token_id=tokenizer.pad_token_id, loggers=tracker.lightning_loggers,
-                      resume_from=resume_from)
+                      pad_token_id=tokenizer.pad_token_id, loggers=tracker.lightning_loggers if tracker else None,
+                      resume_from=resume_from, extra_callbacks=callbacks)
+        if train_only:
+            return
+        record["resumed_from_checkpoint"] = str(resume_from) if resume_from else None
         metrics.update(train_time_s=outcome.train_time_s, train_loss=outcome.train_loss, val_loss=outcome.val_loss,
                        train_steps=outcome.train_steps, **outcome.perf)
         write_result(out, record)  # training is the expensive part: keep its numbers even if evaluation fails
         model = merge_adapters_for_eval(model)
+    if train_only:
+        return
 
-    shot_seed = method.get("shot_seed")
-    sampler = ShotSampler(splits.train, num_fewshot, int(cfg.seed if shot_seed is None else shot_seed)) \
-        if num_fewshot else None
     start = time.perf_counter()
     # eval.split=val scores the validation split (hyperparameter search) and never generates on the test split.
     on_val = cfg.eval.get("split", "test") == "val"

@@ -57,14 +57,16 @@ def start_wandb_run(logger_cfg: Mapping[str, Any], name: str, group: str, job_ty
         config=redact(dict(config)),
         dir=str(out_dir),
         # W&B's run metadata records the command line, which may carry credentials given as overrides
-        settings=wandb.Settings(x_disable_meta=True, save_code=False),
+        settings=wandb.Settings(x_disable_meta=True, save_code=False,
+                                init_timeout=float(logger_cfg.get("init_timeout", 90))),
     )
     try:
         return wandb.init(mode=mode, **kwargs)
     except Exception as err:  # noqa: BLE001 - any W&B failure must leave the run going
         if mode == "offline":
             raise
-        log.warning("W&B could not start online (%s); logging offline into %s instead", err, out_dir)
+        log.warning("W&B could not start online (%s); logging offline into %s instead "
+                    "(upload later with `wandb sync`)", err, out_dir)
         return wandb.init(mode="offline", **kwargs)
 
 
@@ -98,9 +100,15 @@ class Tracker:
             self.lightning_loggers = [WandbLogger(experiment=self.wandb_run, log_model=False)]
 
     def log_result(self, record: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> None:
-        """Final metrics, out-of-domain scores and a table of predictions."""
+        """Final metrics, out-of-domain scores and a table of predictions; a W&B error is logged, not raised."""
         if self.wandb_run is None:
             return
+        try:
+            self._log_result_to_wandb(record, predictions)
+        except Exception:  # noqa: BLE001 - the result files are written already; W&B is a copy
+            log.exception("logging the result to W&B failed; result.json has it")
+
+    def _log_result_to_wandb(self, record: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> None:
         import wandb
 
         metrics = record.get("metrics") or {}
@@ -118,8 +126,11 @@ class Tracker:
     def finish(self, status: str) -> None:
         """Always called, also when the cell failed, so W&B never leaves a run open."""
         if self.wandb_run is not None:
-            self.wandb_run.summary["status"] = status
-            self.wandb_run.finish(exit_code=0 if status == "completed" else 1)
+            try:
+                self.wandb_run.summary["status"] = status
+                self.wandb_run.finish(exit_code=0 if status == "completed" else 1)
+            except Exception:  # noqa: BLE001 - closing W&B must not hide the run's outcome
+                log.exception("closing the W&B run failed")
             self.wandb_run = None
         for logger in self.lightning_loggers:
             if hasattr(logger, "finalize"):

@@ -13,10 +13,9 @@ from slm_sweep.evaluate.scoring import extract_answer, is_correct
 
 def build_eval_prompts(tokenizer, examples: Sequence, style: str, sampler: ShotSampler | None = None,
                        system: str | None = None) -> list[str]:
-    return [
-        build_prompt(tokenizer, ex.question, sampler.shots_for(ex.question) if sampler else (), style, system)
-        for ex in examples
-    ]
+    """One prompt per example; with a sampler, its shots are drawn afresh for this evaluation set (as lm-eval)."""
+    shots = sampler.draw([ex.question for ex in examples]) if sampler else [()] * len(examples)
+    return [build_prompt(tokenizer, ex.question, s, style, system) for ex, s in zip(examples, shots)]
 
 
 def score_output(output: str, reference: str, tolerance: float | None) -> dict[str, Any]:
@@ -28,25 +27,39 @@ def score_output(output: str, reference: str, tolerance: float | None) -> dict[s
     }
 
 
+def _cast_for_eval(model, dtype: str | None):
+    """The model in ``eval.dtype`` (e.g. bfloat16 on a GPU); null keeps the model's own dtype. Casts in place."""
+    if dtype in (None, "", "auto"):
+        return model
+    import torch
+
+    target = getattr(torch, str(dtype), None)
+    if not isinstance(target, torch.dtype):
+        raise ValueError(f"eval.dtype={dtype!r} is not a torch dtype (float32, bfloat16, float16) or null")
+    return model.to(target)
+
+
 def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_cfg: Mapping[str, Any],
              eval_set: str, tolerance: float | None = None, progress: bool = True) -> tuple[list[dict], dict]:
-    """Generate for every prompt and score it; returns (prediction records in input order, metrics)."""
+    """Generate for every prompt and score it; returns (prediction records in input order, metrics).
+
+    ``eval_cfg`` keys (conf/eval/default.yaml): max_new_tokens, stop, token_budget, max_batch_size, and optionally
+    engine (cache | static | plain), cuda_graphs, dtype.
+    """
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(prompts), desc=f"eval {eval_set}", unit="q", disable=not progress, dynamic_ncols=True)
-    counts = {"strict": 0, "flexible": 0, "done": 0}
-    start = time.perf_counter()
+    scored: dict[int, dict[str, Any]] = {}
 
     def on_batch(indices, gens):
         for i, g in zip(indices, gens):
-            scored = score_output(g.text, examples[i].reference, tolerance)
-            counts["strict"] += scored["correct_strict"]
-            counts["flexible"] += scored["correct_flexible"]
-        counts["done"] += len(indices)
+            scored[i] = score_output(g.text, examples[i].reference, tolerance)
         bar.update(len(indices))
-        bar.set_postfix(acc_flex=f"{counts['flexible'] / counts['done']:.3f}",
-                        acc_strict=f"{counts['strict'] / counts['done']:.3f}")
+        bar.set_postfix(acc_flex=f"{_mean(s['correct_flexible'] for s in scored.values()):.3f}",
+                        acc_strict=f"{_mean(s['correct_strict'] for s in scored.values()):.3f}")
 
+    start = time.perf_counter()
+    model = _cast_for_eval(model, eval_cfg.get("dtype"))
     generations = generate(
         model, tokenizer, prompts,
         max_new_tokens=int(eval_cfg["max_new_tokens"]),
@@ -54,22 +67,30 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
         token_budget=int(eval_cfg.get("token_budget", 65536)),
         max_batch_size=int(eval_cfg.get("max_batch_size", 64)),
         on_batch=on_batch,
+        engine=str(eval_cfg.get("engine") or "cache"),
+        cuda_graphs=bool(eval_cfg.get("cuda_graphs", False)),
     )
     seconds = time.perf_counter() - start
     bar.close()
 
-    records = []
-    for i, (ex, gen) in enumerate(zip(examples, generations)):
-        records.append({"eval_set": eval_set, "index": i, "question": ex.question, "reference": ex.reference,
-                        "output": gen.text, **score_output(gen.text, ex.reference, tolerance)})
+    records = [
+        {"eval_set": eval_set, "index": i, "question": ex.question, "reference": ex.reference,
+         "output": gen.text, **scored[i]}
+        for i, (ex, gen) in enumerate(zip(examples, generations))
+    ]
     n = len(records)
     new_tokens = sum(g.new_tokens for g in generations)
     metrics = {
-        "accuracy_strict": sum(r["correct_strict"] for r in records) / n if n else None,
-        "accuracy_flexible": sum(r["correct_flexible"] for r in records) / n if n else None,
+        "accuracy_strict": _mean(r["correct_strict"] for r in records) if n else None,
+        "accuracy_flexible": _mean(r["correct_flexible"] for r in records) if n else None,
         "n_eval": n,
         "eval_time_s": seconds,
         "eval_tokens_per_s": new_tokens / seconds if seconds else None,
         "eval_new_tokens": new_tokens,
     }
     return records, metrics
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)

@@ -81,8 +81,8 @@ class ThroughputMonitor(L.Callback):
     summed over devices. Time is wall-clock from the end of one optimizer step to the end of the next, so data
     loading, logging and checkpoint writes are in it; validation is not. The first ``warmup_steps`` steps
     (allocator growth, kernel selection, compilation) are left out of the rates unless the run has no other.
-    The accelerator is synchronised only at the ends of measuring windows of ``log_every_n_steps`` steps, so
-    measuring does not stall the queue of kernels.
+    The accelerator is synchronised only where a measuring window ends (every ``log_every_n_steps`` global
+    steps), so measuring does not stall the queue of kernels.
     """
 
     def __init__(self, flops_per_token: float, peak_flops: float | None, log_every_n_steps: int = 10,
@@ -130,7 +130,7 @@ class ThroughputMonitor(L.Callback):
         else:
             self._window["steps"] += 1
             self._window["tokens"] += self._step_tokens
-            if self._window["steps"] >= self.log_every_n_steps:
+            if trainer.global_step % self.log_every_n_steps == 0:
                 self._close_window(trainer, log=True)
                 self._window_start = time.perf_counter()
         self._step_tokens = 0

@@ -39,8 +39,11 @@ def optional_int(value) -> int | None:
 def prepare_model(model, trainer_cfg: Mapping[str, Any]):
     """Gradient checkpointing and torch.compile, as the trainer config asks."""
     if trainer_cfg.get("gradient_checkpointing"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(model, "enable_input_require_grads"):
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:  # transformers 4.x; frozen embeddings must still pass gradients on to the adapters
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             model.enable_input_require_grads()
     if trainer_cfg.get("compile"):
         # In place, so parameter names, checkpoints and adapter merging are those of the uncompiled model.

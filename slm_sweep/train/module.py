@@ -43,10 +43,11 @@ def micro_batch_loss(model, batch: dict, loss_tokens) -> torch.Tensor:
     """Summed next-token loss of the micro-batch divided by ``loss_tokens``, the answer tokens of the whole step.
 
     Summing these over the micro-batches of a step gives the mean loss per answer token of the step, whatever
-    the cut into micro-batches (transformers' ``num_items_in_batch``).
+    the cut into micro-batches (transformers' ``num_items_in_batch``). No key/value cache: training needs none,
+    and with one transformers would not read packed ``position_ids`` as sequence boundaries.
     """
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-    return model(**inputs, num_items_in_batch=loss_tokens).loss
+    return model(**inputs, num_items_in_batch=loss_tokens, use_cache=False).loss
 
 
 class CausalLMModule(L.LightningModule):
@@ -102,7 +103,7 @@ class CausalLMModule(L.LightningModule):
     def _optimizer_step(self) -> None:
         optimizer = self.optimizers()
         if self.gradient_clip_val:
-            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+            self._clip_gradients(optimizer)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self.lr_schedulers().step()
@@ -111,6 +112,14 @@ class CausalLMModule(L.LightningModule):
         if self.global_step % self.log_every_n_steps == 0 or self.global_step >= self.max_steps:
             self._flush_losses()
             self.log("train/loss", self.last_train_loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+
+    def _clip_gradients(self, optimizer) -> None:
+        wrapped = self.trainer.strategy.model
+        if hasattr(wrapped, "clip_grad_norm_"):
+            # FSDP shards the gradients: only its root module can take their global norm.
+            wrapped.clip_grad_norm_(self.gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
 
     def _flush_losses(self) -> None:
         """Read the pending step losses back (one wait), stop on a non-finite one, log the latest."""
@@ -131,8 +140,7 @@ class CausalLMModule(L.LightningModule):
         self._flush_losses()
 
     def validation_step(self, batch, batch_idx):
-        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-        summed = self.model(**inputs, num_items_in_batch=1).loss.detach().float()
+        summed = micro_batch_loss(self.model, batch, 1).detach().float()
         n_tokens = (batch["labels"][:, 1:] != -100).sum()
         self._val_sums.append(torch.stack([summed, n_tokens.to(summed)]))
 

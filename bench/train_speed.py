@@ -1,0 +1,234 @@
+"""Training throughput of slm_sweep's training path against a plain PyTorch loop, in one process.
+
+Both paths train the same model from the same weights on the same micro-batches (slm_sweep's token-budget
+batcher, epoch 0 of the run seed) with the same optimizer, schedule, clipping, loss and precision, for the same
+number of optimizer steps. Both leave the first ``--warmup`` steps out of the rate and count non-padding tokens.
+The plain loop gets its batches already collated; slm_sweep collates inside its loop.
+
+    python bench/train_speed.py --model tiny --steps 30 --batch-size 16
+    python bench/train_speed.py --model smollm135_q4 --steps 4 --batch-size 4 --max-length 256
+
+Prints one row per method (tokens/s of both, the ratio slm_sweep / plain) and, with --json, writes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from slm_sweep.data.encode import encode_all  # noqa: E402
+from slm_sweep.data.prompts import resolve_style  # noqa: E402
+from slm_sweep.data.sources import dataset_spec, load_splits  # noqa: E402
+from slm_sweep.models import apply_method, load_model_and_tokenizer  # noqa: E402
+from slm_sweep.train.data import EncodedDataModule  # noqa: E402
+from slm_sweep.train.fit import build_data, fit  # noqa: E402
+from slm_sweep.train.module import build_optimizer, lr_factor, micro_batch_loss  # noqa: E402
+
+METHODS = ("full", "lora", "dora")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="tiny", choices=["tiny", "smollm135_q4"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--steps", type=int, default=20, help="measured optimizer steps")
+    parser.add_argument("--warmup", type=int, default=2, help="optimizer steps run first and left out of the rate")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step")
+    parser.add_argument("--micro-batch-size", type=int, default=None, help="default: the trainer config's")
+    parser.add_argument("--micro-batch-tokens", type=int, default=None, help="token budget per micro-batch")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=1, help="alternate plain/slm_sweep runs, report medians")
+    parser.add_argument("--progress-bar", action="store_true", help="keep Lightning's progress bar on")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--cache-dir", default=str(ROOT / ".cache" / "slm_sweep"))
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    return parser.parse_args(argv)
+
+
+def trainer_config(args) -> dict:
+    """The trainer config a cell would use on this device, with the benchmark's sizes."""
+    name = "gpu" if args.device == "cuda" else "default"
+    cfg = OmegaConf.load(ROOT / "conf" / "trainer" / f"{name}.yaml")
+    if "defaults" in cfg:
+        cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "trainer" / "default.yaml"), cfg)
+        cfg.pop("defaults")
+    overrides = {
+        "accelerator": args.device, "batch_size": args.batch_size, "max_length": args.max_length,
+        "max_steps": args.warmup + args.steps, "throughput_warmup_steps": args.warmup,
+        "checkpoint_every_n_steps": None, "progress_bar": args.progress_bar,
+    }
+    if args.micro_batch_size:
+        overrides["micro_batch_size"] = args.micro_batch_size
+    if args.micro_batch_tokens:
+        overrides["micro_batch_tokens"] = args.micro_batch_tokens
+    return OmegaConf.to_container(OmegaConf.merge(cfg, overrides))
+
+
+def load_examples(args, tokenizer, count: int) -> list[dict]:
+    splits = load_splits(dataset_spec("gsm8k"), data_root=args.data_root)
+    style = resolve_style("auto", tokenizer)
+    examples = encode_all(tokenizer, splits.train[: count + count // 4], style, args.max_length)
+    if len(examples) < count:
+        raise SystemExit(f"only {len(examples)} training examples for {count} sequences")
+    return examples[:count]
+
+
+def step_batches(data: EncodedDataModule) -> list[list[dict]]:
+    """The micro-batches of epoch 0, grouped by optimizer step: exactly what ``fit`` will see."""
+    steps: list[list[dict]] = [[]]
+    for batch in data.train_dataloader():
+        steps[-1].append(batch)
+        if batch["last_in_step"]:
+            steps.append([])
+    return steps[:-1]
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def plain_loop(model, steps: list[list[dict]], cfg: dict, method_cfg, device: str, warmup: int) -> dict:
+    """The reference: forward, backward, clip, AdamW step, schedule step; nothing else."""
+    model.to(device).train()
+    optimizer = build_optimizer(model.parameters(), float(method_cfg["lr"]), float(cfg["weight_decay"]),
+                                fused=cfg.get("fused_adamw"))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, int(cfg["warmup_steps"]), int(cfg["max_steps"])))
+    params = [p for p in model.parameters() if p.requires_grad]
+    bf16 = str(cfg["precision"]).startswith("bf16")
+    tokens, start = 0, None
+    for i, step in enumerate(steps):
+        if i == warmup:
+            synchronize(device)
+            start = time.perf_counter()
+        for batch in step:
+            inputs = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
+                loss = micro_batch_loss(model, inputs, batch["step_loss_tokens"])
+            loss.backward()
+            if i >= warmup:
+                tokens += batch["num_tokens"]
+        if cfg.get("gradient_clip_val"):
+            torch.nn.utils.clip_grad_norm_(params, float(cfg["gradient_clip_val"]))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return {"tokens_per_s": tokens / seconds, "step_time_s": seconds / (len(steps) - warmup)}
+
+
+class StepClock(L.Callback):
+    """An independent clock on slm_sweep's path: tokens and time after the warm-up steps, as the plain loop."""
+
+    def __init__(self, warmup: int, device: str):
+        self.warmup, self.device = warmup, device
+        self.steps, self.tokens, self.start, self.seconds = 0, 0, 0.0, 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.steps >= self.warmup:
+            self.tokens += batch["num_tokens"]
+        if batch["last_in_step"]:
+            self.steps += 1
+            if self.steps == self.warmup:
+                synchronize(self.device)
+                self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module):
+        synchronize(self.device)
+        self.seconds = time.perf_counter() - self.start
+
+
+def slm_sweep_path(model, examples: list[dict], cfg: dict, method_cfg, args, pad_token_id: int) -> dict:
+    clock = StepClock(args.warmup, args.device)
+    with tempfile.TemporaryDirectory() as out_dir:
+        outcome = fit(model, examples, [], cfg, method_cfg, seed=args.seed, out_dir=out_dir,
+                      pad_token_id=pad_token_id, extra_callbacks=[clock])
+    perf = outcome.perf
+    return {"tokens_per_s": perf["train_tokens_per_s"], "step_time_s": perf["step_time_s"],
+            "clock_tokens_per_s": clock.tokens / clock.seconds, "padding_fraction": perf["train_padding_fraction"],
+            "peak_memory_mb": perf["peak_memory_mb"]}
+
+
+def fresh_model(base, method_cfg, seed: int):
+    torch.manual_seed(seed)  # the same adapter initialisation for both paths
+    return apply_method(copy.deepcopy(base), method_cfg)
+
+
+def bench_method(method: str, base, examples, steps, cfg, args, pad_token_id) -> dict:
+    method_cfg = OmegaConf.load(ROOT / "conf" / "method" / f"{method}.yaml")
+    if "defaults" in method_cfg:
+        method_cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "method" / "lora.yaml"), method_cfg)
+    plain, ours = [], []
+    for _ in range(args.repeats):
+        plain.append(plain_loop(fresh_model(base, method_cfg, args.seed), steps, cfg, method_cfg, args.device,
+                                args.warmup))
+        ours.append(slm_sweep_path(fresh_model(base, method_cfg, args.seed), examples, cfg, method_cfg, args,
+                                   pad_token_id))
+    plain_rate = statistics.median(r["tokens_per_s"] for r in plain)
+    our_rate = statistics.median(r["tokens_per_s"] for r in ours)
+    return {
+        "method": method,
+        "plain_tokens_per_s": plain_rate,
+        "slm_sweep_tokens_per_s": our_rate,
+        "ratio": our_rate / plain_rate,
+        "plain_step_time_s": statistics.median(r["step_time_s"] for r in plain),
+        "slm_sweep_step_time_s": statistics.median(r["step_time_s"] for r in ours),
+        "slm_sweep_clock_tokens_per_s": statistics.median(r["clock_tokens_per_s"] for r in ours),
+        "padding_fraction": ours[0]["padding_fraction"],
+        "runs": {"plain": plain, "slm_sweep": ours},
+    }
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    model_cfg = OmegaConf.load(ROOT / "conf" / "model" / f"{args.model}.yaml")
+    base, tokenizer = load_model_and_tokenizer(model_cfg, cache_dir=args.cache_dir)
+    cfg = trainer_config(args)
+    examples = load_examples(args, tokenizer, (args.warmup + args.steps) * args.batch_size)
+    steps = step_batches(build_data(examples, [], cfg, args.seed, tokenizer.pad_token_id))
+    print(f"model={args.model} device={args.device} precision={cfg['precision']} threads={torch.get_num_threads()}"
+          f" steps={args.warmup}+{args.steps} batch={args.batch_size} micro_batch_size={cfg['micro_batch_size']}"
+          f" micro_batch_tokens={cfg.get('micro_batch_tokens')} max_length={args.max_length}"
+          f" repeats={args.repeats} load_avg={os.getloadavg()[0]:.2f}", flush=True)
+    print(f"{'method':<6} {'plain tok/s':>12} {'slm_sweep tok/s':>16} {'ratio':>6} {'plain step s':>13}"
+          f" {'slm step s':>11} {'padding':>8}", flush=True)
+    results = []
+    for method in args.methods:
+        r = bench_method(method, base, examples, steps, cfg, args, tokenizer.pad_token_id)
+        results.append(r)
+        print(f"{method:<6} {r['plain_tokens_per_s']:>12.0f} {r['slm_sweep_tokens_per_s']:>16.0f} {r['ratio']:>6.3f}"
+              f" {r['plain_step_time_s']:>13.4f} {r['slm_sweep_step_time_s']:>11.4f}"
+              f" {r['padding_fraction']:>8.3f}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
+                                        indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

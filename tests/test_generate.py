@@ -1,0 +1,200 @@
+"""Batched greedy generation: encoding, stop handling, and the engines agreeing token for token."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from slm_sweep.data.sources import dataset_spec, load_splits
+from slm_sweep.evaluate.evaluator import evaluate
+from slm_sweep.evaluate.generate import (
+    ENGINES,
+    StopCheck,
+    context_window,
+    encode_prompts,
+    generate,
+    to_generation,
+    token_budget_batches,
+)
+from slm_sweep.models import load_model_and_tokenizer
+from tests.conftest import CONF_DIR, DATA_ROOT
+
+GSM8K_STOP = ["Question:", "</s>", "<|im_end|>"]
+# Strings that the untied tiny model below writes at different points, so its rows end at different steps.
+VARIED_STOP = [*GSM8K_STOP, "than", ">>", "weeks"]
+
+
+def _tiny():
+    return load_model_and_tokenizer(OmegaConf.load(CONF_DIR / "model" / "tiny.yaml"))
+
+
+@pytest.fixture(scope="module")
+def varied_tiny():
+    """The tiny model with an untied random output layer: a tied random model repeats its last token forever,
+    this one writes varied text, so rows end at different steps and by different stop strings."""
+    model, tokenizer = _tiny()
+    generator = torch.Generator().manual_seed(0)
+    model.config.tie_word_embeddings = False  # else lm-eval's HFLM ties the layers again
+    model.lm_head.weight = torch.nn.Parameter(torch.randn(model.lm_head.weight.shape, generator=generator))
+    return model.eval(), tokenizer
+
+
+@pytest.fixture(scope="module")
+def zero_shot_prompts():
+    if not (DATA_ROOT / "gsm8k" / "test.jsonl").is_file():
+        pytest.skip(f"the GSM8K files are not at {DATA_ROOT}")
+    test = load_splits(dataset_spec("gsm8k"), data_root=DATA_ROOT, need_train=False).test[:16]
+    return [f"Question: {ex.question}\nAnswer:" for ex in test]
+
+
+# ---------------------------------------------------------------------------------------------- batching
+
+
+def test_token_budget_batches_sorts_longest_first_and_respects_both_limits():
+    lengths = [5, 50, 20, 40, 10, 30]
+    batches = list(token_budget_batches(lengths, max_new_tokens=10, token_budget=130, max_batch_size=3))
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(lengths, reverse=True)
+    for batch in batches:
+        assert len(batch) <= 3
+        assert len(batch) == 1 or len(batch) * (lengths[batch[0]] + 10) <= 130
+
+
+# ---------------------------------------------------------------------------------------------- encoding
+
+
+def test_prompts_are_left_truncated_to_the_window():
+    _, tokenizer = _tiny()
+    text = "Question: how many apples did she buy? Answer: 12 apples. " * 20
+    full = tokenizer(text)["input_ids"]
+    (ids,) = encode_prompts(tokenizer, [text], max_prompt_tokens=30)
+    assert ids == full[-30:]
+    with pytest.raises(ValueError, match="no room for a prompt"):
+        encode_prompts(tokenizer, [text], max_prompt_tokens=0)
+
+
+def test_bos_is_added_as_the_tokenizer_does_unless_the_prompt_starts_with_it():
+    from tokenizers import processors
+
+    _, tokenizer = _tiny()
+    bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, bos_id)])
+    plain, templated = encode_prompts(tokenizer, ["how many", f"{bos}how many"], max_prompt_tokens=100)
+    assert plain[0] == bos_id and plain[1] != bos_id
+    assert templated[0] == bos_id and templated[1] != bos_id
+
+
+def test_context_window_comes_from_the_model_config():
+    model, tokenizer = _tiny()
+    assert context_window(model, tokenizer) == model.config.max_position_embeddings == 2048
+
+
+# ---------------------------------------------------------------------------------------------- stopping
+
+
+def test_stop_string_ends_a_sequence_whatever_its_tokenization():
+    _, tokenizer = _tiny()
+    check = StopCheck(tokenizer, GSM8K_STOP, eos_ids={tokenizer.eos_token_id})
+    whole = tokenizer("so 12.\n\nQuestion:", add_special_tokens=False)["input_ids"]
+    by_char = [i for ch in "so 12.\n\nQuestion:" for i in tokenizer(ch, add_special_tokens=False)["input_ids"]]
+    assert len(by_char) > len(whole)
+    for ids in (whole, by_char):
+        assert check.finished(ids)
+        assert not any(check.finished(ids[:n]) for n in range(1, len(ids)))
+
+
+def test_end_of_sequence_and_special_token_stops():
+    _, tokenizer = _tiny()
+    words = tokenizer("so 12", add_special_tokens=False)["input_ids"]
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert StopCheck(tokenizer, [], eos_ids={im_end}).finished([*words, im_end])
+    assert not StopCheck(tokenizer, [], eos_ids=set()).finished([*words, im_end])
+    # as lm-eval's stopping criterion, stop strings are searched with special tokens decoded
+    assert StopCheck(tokenizer, ["<|im_end|>"], eos_ids=set()).finished([*words, im_end])
+
+
+def test_the_answer_is_decoded_without_special_tokens_and_cut_at_the_first_stop():
+    _, tokenizer = _tiny()
+    ids = tokenizer("so 12 apples.\n\nQuestion: more", add_special_tokens=False)["input_ids"]
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    generation = to_generation(tokenizer, [*ids, im_end], GSM8K_STOP)
+    assert generation.text == "so 12 apples.\n\n"
+    assert generation.new_tokens == len(ids) + 1
+
+
+# ---------------------------------------------------------------------------------------------- engines
+
+
+def _run(model, tokenizer, prompts, engine, **kwargs):
+    return generate(model, tokenizer, prompts, max_new_tokens=40, stop=VARIED_STOP, engine=engine, **kwargs)
+
+
+def test_engines_give_the_same_tokens(varied_tiny, zero_shot_prompts):
+    model, tokenizer = varied_tiny
+    results = {engine: _run(model, tokenizer, zero_shot_prompts, engine, max_batch_size=8) for engine in ENGINES}
+    plain = results["plain"]
+    lengths = [g.new_tokens for g in plain]
+    assert len(set(lengths)) > 3, "rows end at different steps"
+    assert min(lengths) < 40 and max(lengths) == 40
+    for engine in ("cache", "static"):
+        assert [(g.text, g.new_tokens) for g in results[engine]] == [(g.text, g.new_tokens) for g in plain]
+
+
+def test_batching_does_not_change_the_answers(varied_tiny, zero_shot_prompts):
+    model, tokenizer = varied_tiny
+    batched = _run(model, tokenizer, zero_shot_prompts, "cache", max_batch_size=16)
+    alone = [_run(model, tokenizer, [p], "cache")[0] for p in zero_shot_prompts[:6]]
+    assert [g.text for g in alone] == [g.text for g in batched[:6]]
+
+
+def test_finished_sequences_leave_the_batch(varied_tiny, zero_shot_prompts):
+    model, tokenizer = varied_tiny
+    sizes: list[int] = []
+    handle = model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        generations = _run(model, tokenizer, zero_shot_prompts, "cache", max_batch_size=16)
+    finally:
+        handle.remove()
+    assert sizes[0] == 16
+    assert sizes == sorted(sizes, reverse=True)
+    running = [sum(g.new_tokens > step for g in generations) for step in range(1, 40)]
+    assert sizes[1:] == running[: len(sizes) - 1]
+
+
+def test_evaluate_scores_the_generations_and_reports_throughput(varied_tiny, requires_data):
+    model, tokenizer = varied_tiny
+    examples = load_splits(dataset_spec("gsm8k"), data_root=requires_data, need_train=False).test[:6]
+    prompts = [f"Question: {ex.question}\nAnswer:" for ex in examples]
+    eval_cfg = {"max_new_tokens": 16, "stop": VARIED_STOP, "max_batch_size": 4}
+    records, metrics = evaluate(model, tokenizer, examples, prompts, eval_cfg, "gsm8k", progress=True)
+    assert [r["index"] for r in records] == list(range(6))
+    assert metrics["n_eval"] == 6 and 0 <= metrics["accuracy_flexible"] <= 1
+    assert metrics["eval_new_tokens"] > 0 and metrics["eval_tokens_per_s"] > 0
+    direct = generate(model, tokenizer, prompts, max_new_tokens=16, stop=VARIED_STOP)
+    assert [r["output"] for r in records] == [g.text for g in direct]
+
+
+def test_unknown_engine_is_an_error(varied_tiny):
+    model, tokenizer = varied_tiny
+    with pytest.raises(ValueError, match="eval.engine='fast' is not one of cache, static, plain"):
+        generate(model, tokenizer, ["Question: 1\nAnswer:"], engine="fast")
+
+
+@pytest.mark.slow
+def test_engines_agree_on_smollm(requires_data):
+    from slm_sweep.data.prompts import ShotSampler
+    from slm_sweep.evaluate.evaluator import build_eval_prompts
+
+    model, tokenizer = load_model_and_tokenizer(OmegaConf.load(CONF_DIR / "model" / "smollm135_q4.yaml"),
+                                                cache_dir=".cache/slm_sweep")
+    splits = load_splits({**dataset_spec("gsm8k"), "val_size": None}, data_root=requires_data)
+    prompts = build_eval_prompts(tokenizer, splits.test[:12], "plain", ShotSampler(splits.train, 5, seed=1234))
+    results = {engine: generate(model, tokenizer, prompts, max_new_tokens=96, stop=GSM8K_STOP, engine=engine,
+                                max_batch_size=6) for engine in ENGINES}
+    assert any(g.new_tokens < 96 for g in results["plain"]), "some answers end at a stop string"
+    for engine in ("cache", "static"):
+        assert [g.text for g in results[engine]] == [g.text for g in results["plain"]]

@@ -1,0 +1,70 @@
+"""Few-shot GSM8K in plain style reproduces lm-evaluation-harness's gsm8k task, question by question.
+
+lm-eval runs its own gsm8k task (v3) through its HF backend on the same in-memory model and the local GSM8K
+files; our prompts (``build_eval_prompts`` with a ``ShotSampler`` over the whole train split, seed 1234) and our
+evaluator must give the same prompt, the same generation, the same strict and flexible answers and the same
+accuracy for every question.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from slm_sweep.data.prompts import ShotSampler
+from slm_sweep.data.sources import dataset_spec, load_splits
+from slm_sweep.evaluate.evaluator import build_eval_prompts, evaluate
+from slm_sweep.evaluate.scoring import normalise
+from slm_sweep.models import load_model_and_tokenizer
+from tests.conftest import CONF_DIR
+
+pytest.importorskip("lm_eval", reason="lm-eval is in the dev extra")
+
+from bench.eval_harness import run_lm_eval_gsm8k  # noqa: E402
+
+LM_EVAL_SHOT_SEED = 1234  # lm_eval.simple_evaluate's default fewshot_random_seed
+GSM8K_EVAL = {"max_new_tokens": 256, "stop": ["Question:", "</s>", "<|im_end|>"]}
+
+
+def _lm_eval_answer(filtered: str):
+    """lm-eval's filtered answer as ``scoring.extract_answer`` reports it: normalised, None when there is none."""
+    if filtered == "[invalid]":
+        return None
+    answer = normalise(filtered)
+    return answer if any(ch.isdigit() for ch in answer) else None
+
+
+def _assert_same_as_lm_eval(model, tokenizer, data_root, limit: int, lm_eval_batch_size: int) -> None:
+    splits = load_splits({**dataset_spec("gsm8k"), "val_size": None}, data_root=data_root)
+    test = splits.test[:limit]
+    prompts = build_eval_prompts(tokenizer, test, "plain", ShotSampler(splits.train, 5, seed=LM_EVAL_SHOT_SEED))
+    records, metrics = evaluate(model, tokenizer, test, prompts, GSM8K_EVAL, "gsm8k", progress=False)
+
+    harness = run_lm_eval_gsm8k(model, tokenizer, data_root, limit=limit, batch_size=lm_eval_batch_size)
+
+    assert harness.task_version == 3.0
+    assert prompts == harness.prompts
+    assert [r["output"] for r in records] == harness.outputs
+    for mode in ("strict", "flexible"):
+        assert [r[f"extracted_{mode}"] for r in records] == [_lm_eval_answer(a) for a in harness.extracted[mode]]
+        assert [float(r[f"correct_{mode}"]) for r in records] == harness.correct[mode]
+        assert metrics[f"accuracy_{mode}"] == pytest.approx(harness.accuracy[mode])
+
+
+def test_tiny_model_matches_lm_eval(requires_data):
+    # A tied random model repeats its last token whatever the prompt; an untied random output layer makes it
+    # write varied text that depends on every prompt token, so any difference in prompt, truncation or
+    # decoding shows up in the output.
+    model, tokenizer = load_model_and_tokenizer(OmegaConf.load(CONF_DIR / "model" / "tiny.yaml"))
+    generator = torch.Generator().manual_seed(0)
+    model.config.tie_word_embeddings = False  # else lm-eval's HFLM ties the layers again
+    model.lm_head.weight = torch.nn.Parameter(torch.randn(model.lm_head.weight.shape, generator=generator))
+    _assert_same_as_lm_eval(model, tokenizer, requires_data, limit=5, lm_eval_batch_size=5)
+
+
+@pytest.mark.slow
+def test_smollm_matches_lm_eval(requires_data):
+    model, tokenizer = load_model_and_tokenizer(OmegaConf.load(CONF_DIR / "model" / "smollm135_q4.yaml"),
+                                                cache_dir=".cache/slm_sweep")
+    _assert_same_as_lm_eval(model, tokenizer, requires_data, limit=30, lm_eval_batch_size=8)

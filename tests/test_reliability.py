@@ -1,0 +1,112 @@
+"""Faults a long sweep meets: bad input, divergence, signals, W&B outages. Each is injected for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from slm_sweep.run import run
+from tests.conftest import FAST_TINY, REPO
+
+
+def test_k_larger_than_the_train_split_fails_before_the_model_loads(tiny_cfg, tmp_path):
+    record = run(tiny_cfg("method=fewshot", "dataset.train_limit=3"), out_dir=tmp_path)
+    assert record["status"] == "failed"
+    assert "num_fewshot=5 is larger than the 3 training examples" in record["error"]
+    assert "total_params" not in record["metrics"], "the model must not have been loaded"
+
+
+def test_malformed_jsonl_names_file_and_line(tiny_cfg, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    good = json.dumps({"question": "What is 2+2?", "answer": "2+2=4\n#### 4"})
+    (data / "train.jsonl").write_text("\n".join([good] * 20) + "\n")
+    (data / "test.jsonl").write_text(good + "\n" + good + "\n{not json\n")
+    record = run(tiny_cfg("method=zeroshot", f"dataset.data_dir={data}"), out_dir=tmp_path / "out")
+    assert record["status"] == "failed"
+    assert "test.jsonl" in record["error"] and "line 3" in record["error"]
+    assert "total_params" not in record["metrics"]
+
+
+def test_exploding_loss_stops_the_cell_as_diverged(tiny_cfg, tmp_path):
+    record = run(tiny_cfg("method=full", "method.lr=1e30", "trainer.gradient_clip_val=null",
+                          "trainer.max_steps=6"), out_dir=tmp_path)
+    assert record["status"] == "diverged", record.get("error")
+    assert "loss" in record["error"]
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "diverged"
+
+
+def test_unknown_launcher_lists_the_choices(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "slm_sweep", "-m", "hydra/launcher=nope"], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "nope" in proc.stderr and "joblib" in proc.stderr and "submitit_slurm" in proc.stderr
+
+
+def test_wandb_unreachable_falls_back_to_offline(tiny_cfg, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there: connection refused
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = tiny_cfg("method=zeroshot", "logger=wandb", "logger.mode=online", "logger.init_timeout=3")
+    with caplog.at_level("WARNING"):
+        record = run(cfg, out_dir=tmp_path)
+    assert record["status"] == "completed"
+    assert any("logging offline" in r.getMessage() for r in caplog.records)
+    assert list(tmp_path.glob("wandb/offline-run-*"))
+
+
+def _start(args, cwd):
+    proc = subprocess.Popen([sys.executable, "-m", "slm_sweep", *args], cwd=cwd,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    started = threading.Event()
+    lines: list[str] = []
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if "training from step" in line:
+                started.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    return proc, started, lines
+
+
+def test_sigterm_saves_a_checkpoint_marks_interrupted_and_rerun_resumes(requires_data, tmp_path):
+    args = [*FAST_TINY, "method=lora", "trainer.max_steps=120", "resume.enabled=true",
+            f"resume.search_dir={tmp_path / 'outputs'}"]
+    proc, started, lines = _start(args, tmp_path)
+    assert started.wait(240), "".join(lines)[-3000:]
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(120)
+    assert proc.returncode != 0
+    (first,) = list((tmp_path / "outputs").rglob("result.json"))
+    record = json.loads(first.read_text())
+    assert record["status"] == "interrupted", record.get("error")
+    checkpoint = first.parent / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file()
+
+    proc, _, lines = _start(args, tmp_path)
+    assert proc.wait(600) == 0, "".join(lines)[-3000:]
+    second = [p for p in (tmp_path / "outputs").rglob("result.json") if p != first][0]
+    resumed = json.loads(second.read_text())
+    assert resumed["status"] == "completed"
+    assert resumed["resumed_from_checkpoint"] == str(checkpoint)
+    assert resumed["metrics"]["train_steps"] == 120
+
+
+@pytest.mark.parametrize("method", ["zeroshot", "lora"])
+def test_result_metrics_are_bit_identical_across_runs(tiny_cfg, tmp_path, method):
+    a = run(tiny_cfg(f"method={method}", "seed=5"), out_dir=tmp_path / "a")
+    b = run(tiny_cfg(f"method={method}", "seed=5"), out_dir=tmp_path / "b")
+    keys = ("accuracy_strict", "accuracy_flexible", "n_eval", "train_loss", "val_loss", "train_tokens")
+    assert [a["metrics"][k] for k in keys] == [b["metrics"][k] for k in keys]
+    assert (tmp_path / "a" / "predictions.jsonl").read_bytes() == (tmp_path / "b" / "predictions.jsonl").read_bytes()

@@ -1,0 +1,151 @@
+"""Real sweeps: ``python -m slm_sweep -m ...`` as a subprocess over tiny grids, launchers, resume, DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAST_TINY, REPO
+
+SWEEP_SETTINGS = [o for o in FAST_TINY if not o.startswith("resume.")]
+
+
+def cli(args: list[str], cwd: Path) -> list[str]:
+    return [sys.executable, "-m", "slm_sweep", *args]
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "1"}
+
+
+def run_sweep(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cli(["-m", *SWEEP_SETTINGS, *args], cwd), cwd=cwd, env=env(), capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def sweep_dirs(cwd: Path) -> list[Path]:
+    return sorted(p for p in (cwd / "multirun").glob("*/*") if p.is_dir())
+
+
+def results(sweep: Path) -> dict[tuple, dict]:
+    out = {}
+    for path in sweep.glob("*/result.json"):
+        r = json.loads(path.read_text())
+        out[(r["model"], r["method"], r["seed"])] = {**r, "dir": path.parent}
+    return out
+
+
+def test_tiny_grid_sweep_writes_every_cell_and_a_correct_summary(requires_data, tmp_path):
+    run_sweep(["model=tiny,tiny_wide", "method=zeroshot,full,lora", "seed=0,1"], tmp_path)
+    (sweep,) = sweep_dirs(tmp_path)
+    cells = results(sweep)
+    assert len(cells) == 12
+    assert all(c["status"] == "completed" for c in cells.values())
+    job_dirs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert len(job_dirs) == 12 and len(set(job_dirs)) == 12
+    for cell in cells.values():
+        assert (cell["dir"] / "predictions.jsonl").is_file() and (cell["dir"] / ".hydra" / "config.yaml").is_file()
+        assert cell["dir"].name.endswith(f"-{cell['model']}-{cell['method']}-gsm8k-seed{cell['seed']}")
+    # zero-shot does not depend on the seed: computed for seed 0, reused for seed 1
+    for model in ("tiny", "tiny_wide"):
+        assert cells[(model, "zeroshot", 0)]["reused_from"] is None
+        assert cells[(model, "zeroshot", 1)]["reused_from"].endswith("seed0/result.json")
+        assert cells[(model, "zeroshot", 1)]["metrics"]["accuracy_flexible"] == \
+            cells[(model, "zeroshot", 0)]["metrics"]["accuracy_flexible"]
+
+    with open(sweep / "summary.csv", newline="") as f:
+        rows = {(r["model"], r["method"]): r for r in csv.DictReader(f)}
+    assert set(rows) == {(m, k) for m in ("tiny", "tiny_wide") for k in ("zeroshot", "full", "lora")}
+    for (model, method), row in rows.items():
+        values = [cells[(model, method, s)]["metrics"]["accuracy_flexible"] for s in (0, 1)]
+        assert int(row["n"]) == 2
+        assert float(row["accuracy_flexible_mean"]) == pytest.approx(statistics.mean(values))
+        assert float(row["accuracy_flexible_std"]) == pytest.approx(statistics.stdev(values))
+        assert int(row["trainable_params"]) == cells[(model, method, 0)]["metrics"]["trainable_params"]
+        if method != "zeroshot":
+            zs = statistics.mean(cells[(model, "zeroshot", s)]["metrics"]["accuracy_flexible"] for s in (0, 1))
+            assert float(row["delta_zeroshot"]) == pytest.approx(statistics.mean(values) - zs)
+            assert (row["negative_transfer"] == "True") == (statistics.mean(values) < zs)
+    assert (sweep / "summary.md").read_text().count("tiny_wide") >= 3
+    for name in ("accuracy_by_model_gsm8k.png", "accuracy_vs_size_gsm8k.png", "accuracy_vs_trainable_gsm8k.png",
+                 "accuracy_vs_train_time_gsm8k.png"):
+        data = (sweep / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000, name
+
+
+def test_killed_sweep_resumes_without_redoing_completed_cells(requires_data, tmp_path):
+    args = ["-m", *SWEEP_SETTINGS, "method=zeroshot,lora", "trainer.max_steps=60",
+            "trainer.checkpoint_every_n_steps=2"]
+    proc = subprocess.Popen(cli(args, tmp_path), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    ckpt = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list((tmp_path / "multirun").glob("*/*/*lora*/checkpoints/last.ckpt"))
+        if found:
+            ckpt = found[0]
+            break
+        time.sleep(0.2)
+    assert ckpt is not None, "the lora cell never wrote a checkpoint"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (first,) = sweep_dirs(tmp_path)
+    killed = results(first)
+    assert killed[("tiny", "zeroshot", 0)]["status"] == "completed"
+    assert killed[("tiny", "lora", 0)]["status"] == "running"
+
+    subprocess.run(cli(args, tmp_path), cwd=tmp_path, env=env(), check=True, capture_output=True, timeout=600)
+    second = [d for d in sweep_dirs(tmp_path) if d != first][0]
+    rerun = results(second)
+    assert rerun[("tiny", "zeroshot", 0)]["reused_from"].startswith(str(first.relative_to(tmp_path)))
+    lora = rerun[("tiny", "lora", 0)]
+    assert lora["status"] == "completed"
+    assert lora["resumed_from_checkpoint"] and Path(lora["resumed_from_checkpoint"]).name == "last.ckpt"
+    assert lora["metrics"]["train_steps"] == 60
+    import torch
+
+    checkpoint = tmp_path / lora["resumed_from_checkpoint"]
+    resumed_at = torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
+    assert 0 < resumed_at < 60
+
+
+@pytest.mark.parametrize("launcher", ["parallel", "local"])
+def test_joblib_and_submitit_local_launchers_run_a_grid(requires_data, tmp_path, launcher):
+    run_sweep([f"hydra/launcher={launcher}", "model=tiny,tiny_wide", "method=zeroshot"], tmp_path)
+    (sweep,) = sweep_dirs(tmp_path)
+    cells = results(sweep)
+    assert {k[0] for k in cells} == {"tiny", "tiny_wide"}
+    assert all(c["status"] == "completed" for c in cells.values())
+    assert (sweep / "summary.csv").is_file()
+
+
+def test_failing_cell_is_recorded_and_the_others_go_on(requires_data, tmp_path):
+    run_sweep(["method=lora,zeroshot", "method.target_modules=[no_such_module]"], tmp_path)
+    (sweep,) = sweep_dirs(tmp_path)
+    cells = results(sweep)
+    assert cells[("tiny", "lora", 0)]["status"] == "failed"
+    assert "no_such_module" in cells[("tiny", "lora", 0)]["error"]
+    assert cells[("tiny", "zeroshot", 0)]["status"] == "completed"
+
+
+def test_ddp_on_two_cpu_processes_trains_a_cell(requires_data, tmp_path):
+    proc = subprocess.run(cli([*FAST_TINY, "trainer=ddp_cpu", "method=lora", "trainer.max_steps=2"], tmp_path),
+                          cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (path,) = list((tmp_path / "outputs").rglob("result.json"))
+    record = json.loads(path.read_text())
+    assert record["status"] == "completed"
+    assert record["config"]["trainer"]["devices"] == 2
+    assert record["metrics"]["train_steps"] == 2
+    assert "world_size=2" in proc.stderr or "distributed_backend=gloo" in proc.stderr

@@ -1,0 +1,221 @@
+"""Training a tiny model through slm_sweep.train.fit: the effective batch, what each method trains, throughput
+metrics and their loggers, gradient checkpointing, packing, resuming and divergence."""
+
+from __future__ import annotations
+
+import csv
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import OmegaConf
+
+from slm_sweep.data.encode import encode_all
+from slm_sweep.data.prompts import resolve_style
+from slm_sweep.data.sources import dataset_spec, load_splits
+from slm_sweep.models import apply_method, load_model_and_tokenizer
+from slm_sweep.train.batching import step_groups
+from slm_sweep.train.fit import fit
+from slm_sweep.train.module import DivergedError
+from tests.conftest import CONF_DIR, compose_config
+
+SEED = 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model's kernels are too small to gain from threads, and spinning threads lose badly on a busy
+    machine; one thread keeps these tests fast. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def examples():
+    from tests.conftest import DATA_ROOT
+
+    if not (DATA_ROOT / "gsm8k" / "train.jsonl").is_file():
+        pytest.skip(f"the GSM8K files are not at {DATA_ROOT}")
+    _, tokenizer = tiny()
+    splits = load_splits(dataset_spec("gsm8k"), data_root=DATA_ROOT)
+    return encode_all(tokenizer, splits.train[:16], resolve_style("auto", tokenizer), max_length=160)
+
+
+def tiny():
+    return load_model_and_tokenizer(OmegaConf.load(CONF_DIR / "model" / "tiny.yaml"))
+
+
+def method_config(name: str, **overrides):
+    cfg = compose_config([f"method={name}"]).method
+    OmegaConf.set_struct(cfg, False)
+    return OmegaConf.merge(cfg, overrides)
+
+
+def trainer_config(**overrides):
+    cfg = OmegaConf.load(CONF_DIR / "trainer" / "default.yaml")
+    base = {"max_steps": 2, "batch_size": 4, "micro_batch_size": 4, "max_length": 160, "progress_bar": False,
+            "checkpoint_every_n_steps": None, "log_every_n_steps": 1, "warmup_steps": 0}
+    return OmegaConf.merge(cfg, base, overrides)
+
+
+class GradientRecorder(L.Callback):
+    """The gradients the optimizer is about to apply, one dict per optimizer step."""
+
+    def __init__(self):
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.steps.append({n: p.grad.detach().clone() for n, p in pl_module.model.named_parameters()
+                           if p.grad is not None})
+
+
+class StopAfter(L.Callback):
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.steps:
+            trainer.should_stop = True
+
+
+def train(examples, tmp_path, method="full", method_overrides=None, callbacks=(), loggers=None, **trainer_overrides):
+    model, tokenizer = tiny()
+    torch.manual_seed(0)  # the same adapter initialisation in every run
+    model = apply_method(model, method_config(method, **(method_overrides or {})))
+    outcome = fit(model, examples, [], trainer_config(**trainer_overrides), method_config(method), seed=SEED,
+                  out_dir=tmp_path, pad_token_id=tokenizer.pad_token_id, loggers=loggers,
+                  extra_callbacks=list(callbacks))
+    return model, outcome
+
+
+def assert_same_tensors(a: dict, b: dict, rtol=1e-4, atol=1e-6):
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=name)
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_the_micro_batch_changes_neither_gradients_nor_weights(examples, tmp_path, method):
+    runs = {}
+    for name, overrides in {"micro4": {"micro_batch_size": 4}, "micro2": {"micro_batch_size": 2},
+                            "budget": {"micro_batch_size": 4, "micro_batch_tokens": 300}}.items():
+        grads = GradientRecorder()
+        model, outcome = train(examples, tmp_path / name, method, {"dropout": 0.0}, callbacks=[grads],
+                               **overrides)
+        runs[name] = (grads.steps, weights(model), outcome)
+    (g4, w4, o4), (g2, w2, o2), (gb, wb, ob) = runs["micro4"], runs["micro2"], runs["budget"]
+    assert len(g4) == len(g2) == len(gb) == 2
+    for step in range(2):
+        assert_same_tensors(g4[step], g2[step])
+        assert_same_tensors(g4[step], gb[step])
+    assert_same_tensors(w4, w2)
+    assert_same_tensors(w4, wb)
+    assert o4.train_loss == pytest.approx(o2.train_loss, rel=1e-5)
+    # the token budget really cut the steps finer
+    assert ob.perf["train_padding_fraction"] < o4.perf["train_padding_fraction"]
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "dora"])
+def test_each_method_changes_exactly_the_parameters_it_trains(examples, tmp_path, method):
+    model, tokenizer = tiny()
+    model = apply_method(model, method_config(method))
+    before = weights(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    fit(model, examples, [], trainer_config(max_steps=3), method_config(method), seed=SEED, out_dir=tmp_path,
+        pad_token_id=tokenizer.pad_token_id)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed == trainable
+    if method == "full":
+        assert changed == set(before)
+    else:
+        assert changed and all("lora_" in n for n in changed)
+
+
+def test_throughput_is_measured_on_real_tokens_and_logged(examples, tmp_path):
+    logger = CSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    _, outcome = train(examples, tmp_path, "lora", loggers=[logger], max_steps=3, micro_batch_size=2,
+                       throughput_warmup_steps=1)
+    logger.finalize("success")
+    perf = outcome.perf
+    seen = [i for group in step_groups(len(examples), 4, SEED, 0)[:3] for i in group]
+    assert perf["train_tokens"] == sum(len(examples[i]["input_ids"]) for i in seen)
+    assert perf["train_tokens_per_s"] > 0 and perf["step_time_s"] > 0 and perf["peak_memory_mb"] > 0
+    assert 0 <= perf["train_padding_fraction"] < 1
+    assert perf["throughput_warmup_steps"] == 1
+    assert perf["mfu"] is None  # no bf16 peak for a CPU
+
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    logged = {k for row in rows for k, v in row.items() if v}
+    assert {"perf/tokens_per_s", "perf/step_time_s", "perf/peak_memory_mb", "perf/train_tokens_per_s",
+            "train/loss", "train/lr"} <= logged
+    final = [r for r in rows if r.get("perf/train_tokens_per_s")][-1]
+    assert float(final["perf/train_tokens_per_s"]) == pytest.approx(perf["train_tokens_per_s"])
+
+
+def test_a_run_shorter_than_the_warmup_still_reports_a_rate(examples, tmp_path):
+    _, outcome = train(examples, tmp_path, "lora", max_steps=1, throughput_warmup_steps=2)
+    assert outcome.perf["train_tokens_per_s"] > 0 and outcome.perf["throughput_warmup_steps"] == 0
+
+
+def test_gradient_checkpointing_runs_and_gives_the_same_gradients(examples, tmp_path):
+    plain, checkpointed = GradientRecorder(), GradientRecorder()
+    train(examples, tmp_path / "a", "lora", {"dropout": 0.0}, callbacks=[plain])
+    model, _ = train(examples, tmp_path / "b", "lora", {"dropout": 0.0}, callbacks=[checkpointed],
+                     gradient_checkpointing=True)
+    assert model.base_model.model.model.gradient_checkpointing
+    for a, b in zip(plain.steps, checkpointed.steps):
+        assert_same_tensors(a, b)
+
+
+def test_packing_keeps_examples_apart(examples, tmp_path):
+    padded, packed = GradientRecorder(), GradientRecorder()
+    _, o1 = train(examples, tmp_path / "a", callbacks=[padded], micro_batch_size=2)
+    _, o2 = train(examples, tmp_path / "b", callbacks=[packed], micro_batch_size=2, packing=True)
+    for a, b in zip(padded.steps, packed.steps):
+        assert_same_tensors(a, b)
+    assert o2.perf["train_padding_fraction"] == 0
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(examples, tmp_path):
+    straight, _ = train(examples, tmp_path / "straight", max_steps=6)
+    train(examples, tmp_path / "resumed", max_steps=6, checkpoint_every_n_steps=5, callbacks=[StopAfter(5)])
+    resumed, outcome = train(examples, tmp_path / "resumed", max_steps=6, checkpoint_every_n_steps=5)
+    assert outcome.train_steps == 6
+    assert_same_tensors(weights(straight), weights(resumed))
+
+
+def test_a_non_finite_loss_stops_training(examples, tmp_path):
+    model, tokenizer = tiny()
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    with pytest.raises(DivergedError, match="nan at step 1"):
+        fit(model, examples, [], trainer_config(max_steps=3), method_config("full"), seed=SEED, out_dir=tmp_path,
+            pad_token_id=tokenizer.pad_token_id)
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_like_eager(examples, tmp_path):
+    eager, compiled = GradientRecorder(), GradientRecorder()
+    train(examples, tmp_path / "a", "lora", {"dropout": 0.0}, callbacks=[eager], micro_batch_size=2)
+    _, outcome = train(examples, tmp_path / "b", "lora", {"dropout": 0.0}, callbacks=[compiled],
+                       micro_batch_size=2, compile=True)
+    for a, b in zip(eager.steps, compiled.steps):
+        assert_same_tensors(a, b, rtol=1e-3, atol=1e-5)
+    assert outcome.perf["train_tokens_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_like_one(examples, tmp_path):
+    """DDP (gloo, spawned): each process takes half of every step, cut into micro-batches of one sequence."""
+    single, _ = train(examples, tmp_path / "one", max_steps=3)
+    spawned, _ = train(examples, tmp_path / "two", max_steps=3, micro_batch_size=1, accelerator="cpu",
+                       devices=2, strategy="ddp_spawn")
+    assert not torch.equal(weights(spawned)["model.norm.weight"], weights(tiny()[0])["model.norm.weight"])
+    assert_same_tensors(weights(single), weights(spawned))

@@ -1,0 +1,56 @@
+"""Throughput arithmetic (slm_sweep.train.callbacks): accelerator peaks, FLOPs per token, MFU."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from slm_sweep.models import apply_method, load_model_and_tokenizer
+from slm_sweep.train.callbacks import bf16_peak_flops, flops_per_token, matmul_parameter_count, mfu
+from tests.conftest import CONF_DIR, compose_config
+
+
+@pytest.mark.parametrize("name, peak", [
+    ("NVIDIA H200", 989e12),
+    ("NVIDIA H200 NVL", 835e12),
+    ("NVIDIA H100 80GB HBM3", 989e12),
+    ("NVIDIA H100 PCIe", 756e12),
+    ("NVIDIA H100 NVL", 835e12),
+    ("NVIDIA GH200 480GB", 989e12),
+    ("NVIDIA A100-SXM4-80GB", 312e12),
+    ("NVIDIA L40S", 362e12),
+    ("NVIDIA L4", 121e12),
+    ("NVIDIA GeForce RTX 4090", 82.6e12),
+    ("Tesla V100-SXM2-16GB", None),
+    ("Tesla T4", None),
+    ("cpu", None),
+])
+def test_bf16_peaks_of_known_accelerators(name, peak):
+    assert bf16_peak_flops(name) == peak
+
+
+def test_mfu_is_achieved_over_peak_flops():
+    # 10k tokens/s of a 135M-parameter model in full fine-tuning on one H200
+    per_token = 6 * 135e6
+    assert mfu(10_000, per_token, bf16_peak_flops("NVIDIA H200")) == pytest.approx(10_000 * per_token / 989e12)
+    assert mfu(20_000, per_token, 989e12, devices=2) == pytest.approx(mfu(10_000, per_token, 989e12))
+    assert mfu(10_000, per_token, None) is None
+    assert mfu(None, per_token, 989e12) is None
+
+
+@pytest.mark.parametrize("method, factor", [("full", 6), ("lora", 4), ("dora", 4)])
+def test_flops_per_token_count_the_base_weights_only(method, factor):
+    model, _ = load_model_and_tokenizer(OmegaConf.load(CONF_DIR / "model" / "tiny.yaml"))
+    base = sum(p.numel() for p in model.parameters())  # tied embeddings: the head counts once
+    model = apply_method(model, compose_config([f"method={method}"]).method)
+    assert matmul_parameter_count(model) == base
+    assert flops_per_token(model, method) == factor * base
+
+
+def test_an_untied_input_embedding_is_no_matmul():
+    config = LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    total = sum(p.numel() for p in model.parameters())
+    assert matmul_parameter_count(model) == total - 100 * 16
