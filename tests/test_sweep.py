@@ -149,3 +149,20 @@ def test_ddp_on_two_cpu_processes_trains_a_cell(requires_data, tmp_path):
     assert record["config"]["trainer"]["devices"] == 2
     assert record["metrics"]["train_steps"] == 2
     assert "world_size=2" in proc.stderr or "distributed_backend=gloo" in proc.stderr
+
+
+def test_optuna_search_optimises_validation_accuracy_never_test(requires_data, tmp_path):
+    run_sweep(["hparams_search=optuna", "hydra.sweeper.n_trials=2", "method=lora", "dataset.val_size=8",
+               "hydra.sweep.dir=multirun/hparams"], tmp_path)
+    sweep = tmp_path / "multirun" / "hparams"
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "best_params" in best and "method.lr" in best and "method.r" in best
+    job_dirs = [p.parent for p in sweep.glob("*/result.json")]
+    assert len(job_dirs) == 2
+    for job in job_dirs:
+        trial = json.loads((job / "result.json").read_text())
+        assert trial["status"] == "completed"
+        assert trial["metrics"]["val_accuracy_flexible"] is not None and trial["metrics"]["val_n_eval"] == 8
+        assert "accuracy_flexible" not in trial["metrics"]
+        predictions = [json.loads(line) for line in (job / "predictions.jsonl").read_text().splitlines()]
+        assert len(predictions) == 8 and all(p["eval_set"] == "gsm8k/val" for p in predictions)

@@ -62,6 +62,8 @@ class AggregateSweep(Callback):
         from slm_sweep.report import write_report
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        if config.get("eval") and config.eval.get("split", "test") != "test":
+            return  # a hyperparameter search scores the validation split: Optuna writes its own summary
         try:
             report = write_report([sweep_dir], sweep_dir)
         except FileNotFoundError as err:
