@@ -52,8 +52,9 @@ def gsm8k_task_file(folder: Path, data_root: Path) -> Path:
 
 
 def run_lm_eval_gsm8k(model, tokenizer, data_root: Path, limit: int, batch_size: int | str = 1,
-                      num_fewshot: int | None = None) -> HarnessRun:
-    """lm-eval's gsm8k on the first ``limit`` test questions with its default seeds and generation settings."""
+                      max_gen_toks: int | None = None) -> HarnessRun:
+    """lm-eval's gsm8k on the first ``limit`` test questions with its default seeds and generation settings
+    (``max_gen_toks`` overrides the task's 256 new tokens)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -64,7 +65,8 @@ def run_lm_eval_gsm8k(model, tokenizer, data_root: Path, limit: int, batch_size:
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         start = time.perf_counter()
         result = lm_eval.simple_evaluate(model=lm, tasks=[TASK_NAME], limit=limit, log_samples=True,
-                                         task_manager=manager, num_fewshot=num_fewshot)
+                                         task_manager=manager,
+                                         gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None)
         seconds = time.perf_counter() - start
     return _harness_run(result, seconds)
 

@@ -1,0 +1,126 @@
+"""Time our evaluator against lm-evaluation-harness's HF backend on the same model, questions and prompts.
+
+Both run GSM8K 5-shot in lm-eval's plain format (seed 1234, stop strings "Question:", "</s>", "<|im_end|>",
+greedy, the same max new tokens) in one process, one after the other, on the same in-memory model. Prints each
+run's wall time, questions/s and accuracy, the speed ratio, and whether the answers are identical.
+
+    python bench/eval_speed.py --model smollm135_q4 --questions 16 --lm-eval-batch-sizes 1 16
+
+Needs the dev extra (lm-eval) and the local GSM8K files (``--data-root``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+GSM8K_STOP = ["Question:", "</s>", "<|im_end|>"]
+LM_EVAL_SHOT_SEED = 1234
+
+
+@dataclass
+class Timed:
+    name: str
+    seconds: float
+    outputs: list[str]
+    accuracy: dict[str, float]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm135_q4", help="a conf/model/*.yaml name")
+    parser.add_argument("--questions", type=int, default=16, help="first N GSM8K test questions")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--engines", nargs="+", default=["cache"], help="our engines to time: cache static plain")
+    parser.add_argument("--max-batch-size", type=int, default=64, help="our eval.max_batch_size")
+    parser.add_argument("--token-budget", type=int, default=65536, help="our eval.token_budget")
+    parser.add_argument("--lm-eval-batch-sizes", nargs="+", default=["1"],
+                        help="lm-eval HFLM batch_size values to time (1 is its default; 'auto' is allowed)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--cache-dir", default=str(REPO / ".cache" / "slm_sweep"))
+    return parser.parse_args(argv)
+
+
+def load(args):
+    from omegaconf import OmegaConf
+
+    from slm_sweep.models import load_model_and_tokenizer
+
+    model_cfg = OmegaConf.load(REPO / "conf" / "model" / f"{args.model}.yaml")
+    model, tokenizer = load_model_and_tokenizer(model_cfg, cache_dir=args.cache_dir)
+    return model.eval(), tokenizer
+
+
+def time_ours(model, tokenizer, args, engine: str) -> Timed:
+    from slm_sweep.data.prompts import ShotSampler
+    from slm_sweep.data.sources import dataset_spec, load_splits
+    from slm_sweep.evaluate.evaluator import build_eval_prompts, evaluate
+
+    start = time.perf_counter()
+    splits = load_splits({**dataset_spec("gsm8k"), "val_size": None}, data_root=args.data_root)
+    test = splits.test[: args.questions]
+    prompts = build_eval_prompts(tokenizer, test, "plain", ShotSampler(splits.train, 5, seed=LM_EVAL_SHOT_SEED))
+    eval_cfg = {"max_new_tokens": args.max_new_tokens, "stop": GSM8K_STOP, "engine": engine,
+                "max_batch_size": args.max_batch_size, "token_budget": args.token_budget}
+    records, metrics = evaluate(model, tokenizer, test, prompts, eval_cfg, "gsm8k", progress=False)
+    seconds = time.perf_counter() - start
+    return Timed(f"ours engine={engine}", seconds, [r["output"] for r in records],
+                 {"strict": metrics["accuracy_strict"], "flexible": metrics["accuracy_flexible"]})
+
+
+def time_lm_eval(model, tokenizer, args, batch_size: str) -> Timed:
+    from bench.eval_harness import run_lm_eval_gsm8k
+
+    size = int(batch_size) if batch_size.isdigit() else batch_size
+    start = time.perf_counter()
+    run = run_lm_eval_gsm8k(model, tokenizer, Path(args.data_root), limit=args.questions, batch_size=size,
+                            max_gen_toks=args.max_new_tokens)
+    seconds = time.perf_counter() - start
+    return Timed(f"lm-eval {run.version} batch_size={batch_size}", seconds, run.outputs, run.accuracy)
+
+
+def warm_up(model, tokenizer) -> None:
+    """One short generation, so that one-time library setup is not charged to whichever run goes first."""
+    from slm_sweep.evaluate.generate import generate
+
+    generate(model, tokenizer, ["Question: What is 2 + 3?\nAnswer:"], max_new_tokens=4)
+
+
+def report(runs: list[Timed], reference: Timed, questions: int) -> None:
+    print(f"\n{'run':<34} {'seconds':>9} {'q/s':>7} {'strict':>7} {'flex':>7} {'x ours':>7} identical")
+    for run in runs:
+        same = run.outputs == reference.outputs
+        print(f"{run.name:<34} {run.seconds:9.1f} {questions / run.seconds:7.3f} {run.accuracy['strict']:7.3f} "
+              f"{run.accuracy['flexible']:7.3f} {run.seconds / reference.seconds:7.2f} {'yes' if same else 'NO'}")
+        if not same:
+            differ = [i for i, (a, b) in enumerate(zip(run.outputs, reference.outputs)) if a != b]
+            print(f"    outputs differ from {reference.name} at questions {differ}")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = load(args)
+    print(f"model={args.model} questions={args.questions} max_new_tokens={args.max_new_tokens} "
+          f"threads={torch.get_num_threads()} device={next(model.parameters()).device} "
+          f"load_avg_before={os.getloadavg()[0]:.1f}")
+    warm_up(model, tokenizer)
+    ours = [time_ours(model, tokenizer, args, engine) for engine in args.engines]
+    theirs = [time_lm_eval(model, tokenizer, args, size) for size in args.lm_eval_batch_sizes]
+    print(f"load_avg_after={os.getloadavg()[0]:.1f}")
+    report(ours + theirs, ours[0], args.questions)
+
+
+if __name__ == "__main__":
+    main()
