@@ -130,13 +130,25 @@ def test_joblib_and_submitit_local_launchers_run_a_grid(requires_data, tmp_path,
     assert (sweep / "summary.csv").is_file()
 
 
-def test_failing_cell_is_recorded_and_the_others_go_on(requires_data, tmp_path):
-    run_sweep(["method=lora,zeroshot", "method.target_modules=[no_such_module]"], tmp_path)
+def test_failing_cell_is_recorded_and_the_others_go_on_with_wandb_offline(requires_data, tmp_path):
+    run_sweep(["method=lora,zeroshot", "++method.target_modules=[no_such_module]", "logger=wandb",
+               "logger.mode=offline"], tmp_path)
     (sweep,) = sweep_dirs(tmp_path)
     cells = results(sweep)
     assert cells[("tiny", "lora", 0)]["status"] == "failed"
     assert "no_such_module" in cells[("tiny", "lora", 0)]["error"]
     assert cells[("tiny", "zeroshot", 0)]["status"] == "completed"
+    tag = "sweep-" + "-".join(sweep.parts[-2:])
+    for cell in cells.values():
+        (stream,) = list(cell["dir"].glob("wandb/offline-run-*/*.wandb"))
+        data = stream.read_bytes()
+        assert tag.encode() in data and f"tiny-{cell['method']}-gsm8k".encode() in data
+    # the sweep's summary is one W&B table, in a run of its own
+    (summary_stream,) = list(sweep.glob("wandb/offline-run-*/*.wandb"))
+    assert b"sweep/summary" in summary_stream.read_bytes()
+    (table,) = list(sweep.glob("wandb/offline-run-*/files/media/table/sweep/summary*.table.json"))
+    rows = json.loads(table.read_text())
+    assert "accuracy_flexible_mean" in rows["columns"] and len(rows["data"]) == 1
 
 
 def test_ddp_on_two_cpu_processes_trains_a_cell(requires_data, tmp_path):
