@@ -6,8 +6,8 @@ A W&B problem (no network, a bad key) never stops a run: it falls back to offlin
 from __future__ import annotations
 
 import logging
-import os
 import netrc
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any

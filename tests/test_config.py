@@ -79,10 +79,11 @@ def test_bad_values_are_named_with_what_is_allowed(override, message):
     assert message in str(err.value)
 
 
-def test_unknown_group_option_is_rejected_by_hydra_with_the_choices():
+@pytest.mark.parametrize(("group", "known"), [("model", "smollm135"), ("method", "dora"), ("dataset", "orcamath")])
+def test_unknown_group_option_is_rejected_by_hydra_with_the_choices(group, known):
     from hydra.errors import MissingConfigException
 
     with pytest.raises(MissingConfigException) as err:
-        compose_config(["model=gpt5"])
+        compose_config([f"{group}=gpt5"])
     text = str(err.value)
-    assert "gpt5" in text and "smollm135" in text
+    assert f"{group}/gpt5" in text and known in text
