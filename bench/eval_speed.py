@@ -1,10 +1,11 @@
 """Time our evaluator against lm-evaluation-harness's HF backend on the same model, questions and prompts.
 
 Both run GSM8K 5-shot in lm-eval's plain format (seed 1234, stop strings "Question:", "</s>", "<|im_end|>",
-greedy, the same max new tokens) in one process, one after the other, on the same in-memory model. Prints each
-run's wall time, questions/s and accuracy, the speed ratio, and whether the answers are identical.
+greedy, the same max new tokens) in one process on the same in-memory model, the runs interleaved over
+``--rounds`` rounds so that a change in machine load hits all of them alike. Prints each run's median wall and
+CPU seconds, questions/s and accuracy, the speed ratio, and whether the answers are identical.
 
-    python bench/eval_speed.py --model smollm135_q4 --questions 16 --lm-eval-batch-sizes 1 16
+    python bench/eval_speed.py --model smollm135_q4 --questions 16 --lm-eval-batch-sizes 1 16 --rounds 2
 
 Needs the dev extra (lm-eval) and the local GSM8K files (``--data-root``).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -28,7 +30,8 @@ LM_EVAL_SHOT_SEED = 1234
 @dataclass
 class Timed:
     name: str
-    seconds: float
+    seconds: float       # wall time
+    cpu_seconds: float   # CPU time of this process (all its threads)
     outputs: list[str]
     accuracy: dict[str, float]
 
@@ -44,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lm-eval-batch-sizes", nargs="+", default=["1"],
                         help="lm-eval HFLM batch_size values to time (1 is its default; 'auto' is allowed)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions of every run; medians shown")
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--cache-dir", default=str(REPO / ".cache" / "slm_sweep"))
     return parser.parse_args(argv)
@@ -64,15 +68,15 @@ def time_ours(model, tokenizer, args, engine: str) -> Timed:
     from slm_sweep.data.sources import dataset_spec, load_splits
     from slm_sweep.evaluate.evaluator import build_eval_prompts, evaluate
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     splits = load_splits({**dataset_spec("gsm8k"), "val_size": None}, data_root=args.data_root)
     test = splits.test[: args.questions]
     prompts = build_eval_prompts(tokenizer, test, "plain", ShotSampler(splits.train, 5, seed=LM_EVAL_SHOT_SEED))
     eval_cfg = {"max_new_tokens": args.max_new_tokens, "stop": GSM8K_STOP, "engine": engine,
                 "max_batch_size": args.max_batch_size, "token_budget": args.token_budget}
     records, metrics = evaluate(model, tokenizer, test, prompts, eval_cfg, "gsm8k", progress=False)
-    seconds = time.perf_counter() - start
-    return Timed(f"ours engine={engine}", seconds, [r["output"] for r in records],
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return Timed(f"ours engine={engine}", seconds, cpu, [r["output"] for r in records],
                  {"strict": metrics["accuracy_strict"], "flexible": metrics["accuracy_flexible"]})
 
 
@@ -80,11 +84,11 @@ def time_lm_eval(model, tokenizer, args, batch_size: str) -> Timed:
     from bench.eval_harness import run_lm_eval_gsm8k
 
     size = int(batch_size) if batch_size.isdigit() else batch_size
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     run = run_lm_eval_gsm8k(model, tokenizer, Path(args.data_root), limit=args.questions, batch_size=size,
                             max_gen_toks=args.max_new_tokens)
-    seconds = time.perf_counter() - start
-    return Timed(f"lm-eval {run.version} batch_size={batch_size}", seconds, run.outputs, run.accuracy)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return Timed(f"lm-eval {run.version} batch_size={batch_size}", seconds, cpu, run.outputs, run.accuracy)
 
 
 def warm_up(model, tokenizer) -> None:
@@ -94,15 +98,24 @@ def warm_up(model, tokenizer) -> None:
     generate(model, tokenizer, ["Question: What is 2 + 3?\nAnswer:"], max_new_tokens=4)
 
 
+def median_run(runs: list[Timed]) -> Timed:
+    """The runs of one configuration folded into one: median wall and CPU time; outputs must agree."""
+    first = runs[0]
+    same = all(r.outputs == first.outputs for r in runs)
+    return Timed(first.name, statistics.median(r.seconds for r in runs), statistics.median(r.cpu_seconds for r in runs),
+                 first.outputs if same else [], first.accuracy)
+
+
 def report(runs: list[Timed], reference: Timed, questions: int) -> None:
-    print(f"\n{'run':<34} {'seconds':>9} {'q/s':>7} {'strict':>7} {'flex':>7} {'x ours':>7} identical")
+    print(f"\n{'run':<34} {'wall s':>8} {'cpu s':>8} {'q/s':>7} {'strict':>7} {'flex':>7} {'x ours':>7} identical")
     for run in runs:
         same = run.outputs == reference.outputs
-        print(f"{run.name:<34} {run.seconds:9.1f} {questions / run.seconds:7.3f} {run.accuracy['strict']:7.3f} "
-              f"{run.accuracy['flexible']:7.3f} {run.seconds / reference.seconds:7.2f} {'yes' if same else 'NO'}")
+        print(f"{run.name:<34} {run.seconds:8.1f} {run.cpu_seconds:8.1f} {questions / run.seconds:7.3f} "
+              f"{run.accuracy['strict']:7.3f} {run.accuracy['flexible']:7.3f} {run.seconds / reference.seconds:7.2f} "
+              f"{'yes' if same else 'NO'}")
         if not same:
-            differ = [i for i, (a, b) in enumerate(zip(run.outputs, reference.outputs)) if a != b]
-            print(f"    outputs differ from {reference.name} at questions {differ}")
+            differ = [i for i, (a, b) in enumerate(zip(run.outputs, reference.outputs)) if a != b] or "all"
+            print(f"    outputs differ from {reference.name} (or between rounds) at questions {differ}")
 
 
 def main(argv=None) -> None:
@@ -116,10 +129,17 @@ def main(argv=None) -> None:
           f"threads={torch.get_num_threads()} device={next(model.parameters()).device} "
           f"load_avg_before={os.getloadavg()[0]:.1f}")
     warm_up(model, tokenizer)
-    ours = [time_ours(model, tokenizer, args, engine) for engine in args.engines]
-    theirs = [time_lm_eval(model, tokenizer, args, size) for size in args.lm_eval_batch_sizes]
-    print(f"load_avg_after={os.getloadavg()[0]:.1f}")
-    report(ours + theirs, ours[0], args.questions)
+    runs = [("ours", engine) for engine in args.engines] + [("lm-eval", size) for size in args.lm_eval_batch_sizes]
+    timed: dict[tuple[str, str], list[Timed]] = {run: [] for run in runs}
+    for round_index in range(args.rounds):
+        for kind, setting in runs:
+            time_run = time_ours if kind == "ours" else time_lm_eval
+            result = time_run(model, tokenizer, args, setting)
+            timed[(kind, setting)].append(result)
+            print(f"round {round_index + 1}: {result.name}: {result.seconds:.1f} s wall, {result.cpu_seconds:.1f} s cpu, "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+    folded = [median_run(timed[run]) for run in runs]
+    report(folded, folded[0], args.questions)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ The plain loop gets its batches already collated; slm_sweep collates inside its 
     python bench/train_speed.py --model tiny --steps 30 --batch-size 16
     python bench/train_speed.py --model smollm135_q4 --steps 4 --batch-size 4 --max-length 256
 
-Prints one row per method (tokens/s of both, the ratio slm_sweep / plain) and, with --json, writes them.
+Prints one row per method: tokens/s of both (the fastest of --repeats runs: other work on the machine only ever
+slows a run down), their ratio slm_sweep / plain, the median ratio of runs made back to back, the shortest step
+times and the padding fraction; --json writes every run, with CPU time as well.
 """
 
 from __future__ import annotations
@@ -116,11 +118,11 @@ def plain_loop(model, steps: list[list[dict]], cfg: dict, method_cfg, device: st
         optimizer, lambda s: lr_factor(s, int(cfg["warmup_steps"]), int(cfg["max_steps"])))
     params = [p for p in model.parameters() if p.requires_grad]
     bf16 = str(cfg["precision"]).startswith("bf16")
-    tokens, start = 0, None
+    tokens, start, cpu_start = 0, None, None
     for i, step in enumerate(steps):
         if i == warmup:
             synchronize(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
         for batch in step:
             inputs = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
@@ -134,16 +136,19 @@ def plain_loop(model, steps: list[list[dict]], cfg: dict, method_cfg, device: st
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
     synchronize(device)
-    seconds = time.perf_counter() - start
-    return {"tokens_per_s": tokens / seconds, "step_time_s": seconds / (len(steps) - warmup)}
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    return {"tokens_per_s": tokens / seconds, "step_time_s": seconds / (len(steps) - warmup),
+            "tokens_per_cpu_s": tokens / cpu_seconds}
 
 
 class StepClock(L.Callback):
-    """An independent clock on slm_sweep's path: tokens and time after the warm-up steps, as the plain loop."""
+    """An independent clock on slm_sweep's path: tokens, wall and CPU time after the warm-up steps, as the plain
+    loop counts them."""
 
     def __init__(self, warmup: int, device: str):
         self.warmup, self.device = warmup, device
-        self.steps, self.tokens, self.start, self.seconds = 0, 0, 0.0, 0.0
+        self.steps, self.tokens = 0, 0
+        self.start = self.seconds = self.cpu_start = self.cpu_seconds = 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.steps >= self.warmup:
@@ -152,11 +157,12 @@ class StepClock(L.Callback):
             self.steps += 1
             if self.steps == self.warmup:
                 synchronize(self.device)
-                self.start = time.perf_counter()
+                self.start, self.cpu_start = time.perf_counter(), time.process_time()
 
     def on_train_end(self, trainer, pl_module):
         synchronize(self.device)
         self.seconds = time.perf_counter() - self.start
+        self.cpu_seconds = time.process_time() - self.cpu_start
 
 
 def slm_sweep_path(model, examples: list[dict], cfg: dict, method_cfg, args, pad_token_id: int) -> dict:
@@ -166,7 +172,8 @@ def slm_sweep_path(model, examples: list[dict], cfg: dict, method_cfg, args, pad
                       pad_token_id=pad_token_id, extra_callbacks=[clock])
     perf = outcome.perf
     return {"tokens_per_s": perf["train_tokens_per_s"], "step_time_s": perf["step_time_s"],
-            "clock_tokens_per_s": clock.tokens / clock.seconds, "padding_fraction": perf["train_padding_fraction"],
+            "clock_tokens_per_s": clock.tokens / clock.seconds, "tokens_per_cpu_s": clock.tokens / clock.cpu_seconds,
+            "padding_fraction": perf["train_padding_fraction"],
             "peak_memory_mb": perf["peak_memory_mb"]}
 
 
@@ -180,21 +187,26 @@ def bench_method(method: str, base, examples, steps, cfg, args, pad_token_id) ->
     if "defaults" in method_cfg:
         method_cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "method" / "lora.yaml"), method_cfg)
     plain, ours = [], []
-    for _ in range(args.repeats):
-        plain.append(plain_loop(fresh_model(base, method_cfg, args.seed), steps, cfg, method_cfg, args.device,
-                                args.warmup))
-        ours.append(slm_sweep_path(fresh_model(base, method_cfg, args.seed), examples, cfg, method_cfg, args,
-                                   pad_token_id))
-    plain_rate = statistics.median(r["tokens_per_s"] for r in plain)
-    our_rate = statistics.median(r["tokens_per_s"] for r in ours)
+    for repeat in range(args.repeats):
+        runs = [
+            lambda: plain.append(plain_loop(fresh_model(base, method_cfg, args.seed), steps, cfg, method_cfg,
+                                            args.device, args.warmup)),
+            lambda: ours.append(slm_sweep_path(fresh_model(base, method_cfg, args.seed), examples, cfg,
+                                               method_cfg, args, pad_token_id)),
+        ]
+        for run in runs if repeat % 2 == 0 else reversed(runs):  # neither path always goes first
+            run()
+    best_plain = max(r["tokens_per_s"] for r in plain)
+    best_ours = max(r["tokens_per_s"] for r in ours)
     return {
         "method": method,
-        "plain_tokens_per_s": plain_rate,
-        "slm_sweep_tokens_per_s": our_rate,
-        "ratio": our_rate / plain_rate,
-        "plain_step_time_s": statistics.median(r["step_time_s"] for r in plain),
-        "slm_sweep_step_time_s": statistics.median(r["step_time_s"] for r in ours),
-        "slm_sweep_clock_tokens_per_s": statistics.median(r["clock_tokens_per_s"] for r in ours),
+        "plain_tokens_per_s": best_plain,
+        "slm_sweep_tokens_per_s": best_ours,
+        "ratio": best_ours / best_plain,
+        # Runs of a pair follow each other and share the machine's load.
+        "pair_ratio_median": statistics.median(o["tokens_per_s"] / p["tokens_per_s"] for p, o in zip(plain, ours)),
+        "plain_step_time_s": min(r["step_time_s"] for r in plain),
+        "slm_sweep_step_time_s": min(r["step_time_s"] for r in ours),
         "padding_fraction": ours[0]["padding_fraction"],
         "runs": {"plain": plain, "slm_sweep": ours},
     }
@@ -215,14 +227,14 @@ def main(argv=None) -> list[dict]:
           f" steps={args.warmup}+{args.steps} batch={args.batch_size} micro_batch_size={cfg['micro_batch_size']}"
           f" micro_batch_tokens={cfg.get('micro_batch_tokens')} max_length={args.max_length}"
           f" repeats={args.repeats} load_avg={os.getloadavg()[0]:.2f}", flush=True)
-    print(f"{'method':<6} {'plain tok/s':>12} {'slm_sweep tok/s':>16} {'ratio':>6} {'plain step s':>13}"
-          f" {'slm step s':>11} {'padding':>8}", flush=True)
+    print(f"{'method':<6} {'plain tok/s':>12} {'slm_sweep tok/s':>16} {'ratio':>6} {'pair ratio':>11}"
+          f" {'plain step s':>13} {'slm step s':>11} {'padding':>8}", flush=True)
     results = []
     for method in args.methods:
         r = bench_method(method, base, examples, steps, cfg, args, tokenizer.pad_token_id)
         results.append(r)
         print(f"{method:<6} {r['plain_tokens_per_s']:>12.0f} {r['slm_sweep_tokens_per_s']:>16.0f} {r['ratio']:>6.3f}"
-              f" {r['plain_step_time_s']:>13.4f} {r['slm_sweep_step_time_s']:>11.4f}"
+              f" {r['pair_ratio_median']:>11.3f} {r['plain_step_time_s']:>13.4f} {r['slm_sweep_step_time_s']:>11.4f}"
               f" {r['padding_fraction']:>8.3f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},

@@ -118,7 +118,6 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     write_result(out, record)
 
     from slm_sweep.tracking import Tracker
-
     from slm_sweep.train.interrupt import CheckpointOnInterrupt, is_interrupt, sigterm_as_interrupt
 
     tracker = Tracker(cfg.logger, {**record, "sweep_tag": _sweep_tag()}, config, out)
@@ -181,7 +180,12 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
     from slm_sweep.data.prompts import ShotSampler, resolve_style
     from slm_sweep.data.sources import load_eval_set, load_splits
     from slm_sweep.evaluate.evaluator import build_eval_prompts, evaluate
-    from slm_sweep.models import apply_method, count_parameters, load_model_and_tokenizer, merge_adapters_for_eval
+    from slm_sweep.models import (
+        apply_method,
+        count_parameters,
+        load_model_and_tokenizer,
+        merge_adapters_for_eval,
+    )
 
     method = cfg.method
     num_fewshot = int(method.get("num_fewshot") or 0)

@@ -153,6 +153,43 @@ def test_engines_give_the_same_tokens(varied_tiny, zero_shot_prompts):
         assert [(g.text, g.new_tokens) for g in results[engine]] == [(g.text, g.new_tokens) for g in plain]
 
 
+@pytest.mark.parametrize("engine", ["cache", "static"])
+def test_prompts_read_one_by_one_or_in_groups_give_the_same_tokens(varied_tiny, zero_shot_prompts, engine):
+    model, tokenizer = varied_tiny
+    one_by_one = _run(model, tokenizer, zero_shot_prompts, engine, max_batch_size=16, prefill_batch_size=1)
+    for group in (5, 16):
+        grouped = _run(model, tokenizer, zero_shot_prompts, engine, max_batch_size=16, prefill_batch_size=group)
+        assert [g.text for g in grouped] == [g.text for g in one_by_one]
+
+
+def test_repetition_penalty_of_the_generation_config_is_applied_as_model_generate_does(varied_tiny,
+                                                                                     zero_shot_prompts):
+    model, tokenizer = varied_tiny
+    prompts = zero_shot_prompts[:8]
+    before = _run(model, tokenizer, prompts, "cache", max_batch_size=8)
+    model.generation_config.repetition_penalty = 1.5
+    try:
+        # one prompt per batch: model.generate would also penalise the left padding of a batch
+        plain = _run(model, tokenizer, prompts, "plain", max_batch_size=1)
+        for engine in ("cache", "static"):
+            assert [g.text for g in _run(model, tokenizer, prompts, engine, max_batch_size=8)] == [g.text for g in plain]
+    finally:
+        model.generation_config.repetition_penalty = 1.0
+    assert [g.text for g in plain] != [g.text for g in before]
+
+
+def test_other_logits_processors_fall_back_to_model_generate(varied_tiny, zero_shot_prompts, caplog):
+    model, tokenizer = varied_tiny
+    model.generation_config.no_repeat_ngram_size = 2
+    try:
+        cache = _run(model, tokenizer, zero_shot_prompts[:4], "cache")
+        plain = _run(model, tokenizer, zero_shot_prompts[:4], "plain")
+    finally:
+        model.generation_config.no_repeat_ngram_size = 0
+    assert "using eval.engine=plain" in caplog.text
+    assert [g.text for g in cache] == [g.text for g in plain]
+
+
 def test_batching_does_not_change_the_answers(varied_tiny, zero_shot_prompts):
     model, tokenizer = varied_tiny
     batched = _run(model, tokenizer, zero_shot_prompts, "cache", max_batch_size=16)
@@ -162,17 +199,28 @@ def test_batching_does_not_change_the_answers(varied_tiny, zero_shot_prompts):
 
 def test_finished_sequences_leave_the_batch(varied_tiny, zero_shot_prompts):
     model, tokenizer = varied_tiny
-    sizes: list[int] = []
+    shapes: list[tuple[int, int]] = []
     handle = model.model.register_forward_pre_hook(
-        lambda module, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
     try:
         generations = _run(model, tokenizer, zero_shot_prompts, "cache", max_batch_size=16)
     finally:
         handle.remove()
-    assert sizes[0] == 16
-    assert sizes == sorted(sizes, reverse=True)
+    step_sizes = [batch for batch, length in shapes if length == 1]  # decode steps; the prefill reads prompts
     running = [sum(g.new_tokens > step for g in generations) for step in range(1, 40)]
-    assert sizes[1:] == running[: len(sizes) - 1]
+    assert step_sizes == running[: len(step_sizes)]
+    assert step_sizes[0] == 16 and step_sizes[-1] < 16
+    assert step_sizes == sorted(step_sizes, reverse=True)
+
+
+@pytest.mark.parametrize("engine", ["cache", "static"])
+def test_each_generation_is_reported_when_it_ends(varied_tiny, zero_shot_prompts, engine):
+    model, tokenizer = varied_tiny
+    seen: list[tuple[int, int]] = []
+    generations = _run(model, tokenizer, zero_shot_prompts, engine, max_batch_size=16,
+                       on_batch=lambda indices, gens: seen.extend((i, g.new_tokens) for i, g in zip(indices, gens)))
+    assert sorted(i for i, _ in seen) == list(range(16))
+    assert [n for _, n in seen] == sorted(g.new_tokens for g in generations)
 
 
 def test_evaluate_scores_the_generations_and_reports_throughput(varied_tiny, requires_data):

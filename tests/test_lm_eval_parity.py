@@ -74,7 +74,8 @@ def test_tiny_model_matches_lm_eval(requires_data):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_smollm_matches_lm_eval(requires_data):
     model, tokenizer = load_model_and_tokenizer(OmegaConf.load(CONF_DIR / "model" / "smollm135_q4.yaml"),
                                                 cache_dir=".cache/slm_sweep")
-    _assert_same_as_lm_eval(model, tokenizer, requires_data, limit=30, lm_eval_batch_size=8)
+    _assert_same_as_lm_eval(model, tokenizer, requires_data, limit=30, lm_eval_batch_size=1)

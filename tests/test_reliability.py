@@ -80,7 +80,7 @@ def _start(args, cwd):
 
 
 def test_sigterm_saves_a_checkpoint_marks_interrupted_and_rerun_resumes(requires_data, tmp_path):
-    args = [*FAST_TINY, "method=lora", "trainer.max_steps=120", "resume.enabled=true",
+    args = [*FAST_TINY, "method=lora", "trainer.max_steps=60", "resume.enabled=true",
             f"resume.search_dir={tmp_path / 'outputs'}"]
     proc, started, lines = _start(args, tmp_path)
     assert started.wait(240), "".join(lines)[-3000:]
@@ -100,7 +100,7 @@ def test_sigterm_saves_a_checkpoint_marks_interrupted_and_rerun_resumes(requires
     resumed = json.loads(second.read_text())
     assert resumed["status"] == "completed"
     assert resumed["resumed_from_checkpoint"] == str(checkpoint)
-    assert resumed["metrics"]["train_steps"] == 120
+    assert resumed["metrics"]["train_steps"] == 60
 
 
 @pytest.mark.parametrize("method", ["zeroshot", "lora"])

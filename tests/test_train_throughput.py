@@ -54,3 +54,13 @@ def test_an_untied_input_embedding_is_no_matmul():
     model = LlamaForCausalLM(config)
     total = sum(p.numel() for p in model.parameters())
     assert matmul_parameter_count(model) == total - 100 * 16
+
+
+def test_adamw_is_fused_where_torch_has_the_kernel():
+    import torch
+
+    from slm_sweep.train.module import build_optimizer
+
+    params = [torch.nn.Parameter(torch.randn(4, 4)), torch.nn.Parameter(torch.randn(4))]
+    assert build_optimizer(params, 1e-3).defaults["fused"] is True  # CPU kernel since torch 2.4
+    assert not build_optimizer(params, 1e-3, fused=False).defaults["fused"]

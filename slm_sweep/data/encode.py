@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from slm_sweep.data.prompts import QA, build_prompt, build_target
@@ -49,15 +50,17 @@ class PadCollator:
         if self.pad_to_multiple_of:
             m = self.pad_to_multiple_of
             length = (length + m - 1) // m * m
-        input_ids = torch.full((len(batch), length), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(batch), length), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
+        # Filled in numpy and handed to torch without a copy: several times faster than per-row torch.tensor.
+        input_ids = np.full((len(batch), length), self.pad_token_id, dtype=np.int64)
+        labels = np.full((len(batch), length), IGNORE_INDEX, dtype=np.int64)
+        attention_mask = np.zeros((len(batch), length), dtype=np.int64)
         for i, b in enumerate(batch):
             n = len(b["input_ids"])
-            input_ids[i, :n] = torch.tensor(b["input_ids"])
-            labels[i, :n] = torch.tensor(b["labels"])
+            input_ids[i, :n] = b["input_ids"]
+            labels[i, :n] = b["labels"]
             attention_mask[i, :n] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels),
+                "attention_mask": torch.from_numpy(attention_mask)}
 
 
 class PackCollator:

@@ -44,19 +44,22 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
     """Generate for every prompt and score it; returns (prediction records in input order, metrics).
 
     ``eval_cfg`` keys (conf/eval/default.yaml): max_new_tokens, stop, token_budget, max_batch_size, and optionally
-    engine (cache | static | plain), cuda_graphs, dtype.
+    engine (cache | static | plain), cuda_graphs, prefill_batch_size, dtype.
     """
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(prompts), desc=f"eval {eval_set}", unit="q", disable=not progress, dynamic_ncols=True)
     scored: dict[int, dict[str, Any]] = {}
+    correct = {"strict": 0, "flexible": 0}
 
     def on_batch(indices, gens):
         for i, g in zip(indices, gens):
             scored[i] = score_output(g.text, examples[i].reference, tolerance)
+            for mode in correct:
+                correct[mode] += scored[i][f"correct_{mode}"]
         bar.update(len(indices))
-        bar.set_postfix(acc_flex=f"{_mean(s['correct_flexible'] for s in scored.values()):.3f}",
-                        acc_strict=f"{_mean(s['correct_strict'] for s in scored.values()):.3f}")
+        bar.set_postfix(acc_flex=f"{correct['flexible'] / len(scored):.3f}",
+                        acc_strict=f"{correct['strict'] / len(scored):.3f}", refresh=False)
 
     start = time.perf_counter()
     model = _cast_for_eval(model, eval_cfg.get("dtype"))
@@ -69,6 +72,7 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
         on_batch=on_batch,
         engine=str(eval_cfg.get("engine") or "cache"),
         cuda_graphs=bool(eval_cfg.get("cuda_graphs", False)),
+        prefill_batch_size=eval_cfg.get("prefill_batch_size"),
     )
     seconds = time.perf_counter() - start
     bar.close()

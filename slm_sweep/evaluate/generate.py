@@ -1,13 +1,14 @@
 """Greedy batched generation: prompts sorted by length and batched under a token budget; every sequence stops at
-its end-of-sequence token or its first stop string.
+its end-of-sequence token or its first stop string, and a finished sequence leaves the batch.
 
 Engines, all giving the same tokens:
 
-- ``cache``: a greedy decode loop over the model's forward with a dynamic KV cache; a finished sequence leaves the
-  batch (and the cache) at once, so the batch shrinks as answers end.
-- ``static``: the same loop over a preallocated static KV cache whose batch shrinks in halving steps; on CUDA the
-  decode step can be captured as a CUDA graph (``cuda_graphs``).
-- ``plain``: ``model.generate`` with a per-sequence stopping criterion, kept for comparison.
+- ``cache``: a greedy decode loop over the model's forward with a dynamic KV cache; a finished row leaves the
+  batch (and the cache) at the next step.
+- ``static``: the same loop over a preallocated KV cache written in place (no copy of the cache per step);
+  with ``cuda_graphs`` on a CUDA device each decode step is replayed as a CUDA graph, and the batch then shrinks
+  in halving steps, one graph per size.
+- ``plain``: ``model.generate`` with a per-row stopping criterion; finished rows idle until the batch ends.
 
 Prompt encoding and stopping follow lm-evaluation-harness's HF backend (``HFLM.generate_until``): the tokenizer's
 default special tokens unless the prompt already starts with the BOS text; prompts left-truncated to the context
@@ -18,12 +19,13 @@ the answer is the continuation decoded without special tokens and cut at the fir
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, StaticCache, StoppingCriteria, StoppingCriteriaList
 
 from slm_sweep.evaluate.scoring import truncate_at_stop
 
@@ -36,7 +38,7 @@ _UNSET_TOKENIZER_LENGTH = 1e29
 # generation_config settings that change greedy decoding; the cache engines implement only repetition_penalty.
 _UNSUPPORTED_PROCESSORS = ("no_repeat_ngram_size", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens",
                            "forced_bos_token_id", "forced_eos_token_id", "sequence_bias", "min_new_tokens",
-                           "exponential_decay_length_penalty")
+                           "min_length", "exponential_decay_length_penalty")
 
 
 @dataclass
@@ -73,14 +75,13 @@ def token_budget_batches(lengths: Sequence[int], max_new_tokens: int, token_budg
 
 def context_window(model, tokenizer) -> int:
     """The model's maximum sequence length, looked up as lm-eval does (config, then tokenizer, then 2048)."""
-    config = model.config
-    config = getattr(config, "text_config", None) or config
+    config = getattr(model.config, "text_config", None) or model.config
     for key in _CONFIG_LENGTH_KEYS:
         value = getattr(config, key, None)
-        if value:
+        if value is not None:
             return int(value)
     tokenizer_length = getattr(tokenizer, "model_max_length", None)
-    if tokenizer_length and tokenizer_length < _UNSET_TOKENIZER_LENGTH:
+    if tokenizer_length is not None and tokenizer_length < _UNSET_TOKENIZER_LENGTH:
         return int(tokenizer_length)
     return DEFAULT_CONTEXT_WINDOW
 
@@ -105,7 +106,7 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_prompt_tokens: int) ->
 def eos_token_ids(model, tokenizer) -> set[int]:
     """The ids that end a sequence: the model's generation config, as ``model.generate`` uses, else the tokenizer's."""
     config = getattr(model, "generation_config", None)
-    ids = getattr(config, "eos_token_id", None) if config is not None else None
+    ids = getattr(config, "eos_token_id", None)
     if ids is None:
         ids = tokenizer.eos_token_id
     if ids is None:
@@ -137,7 +138,7 @@ class StopCheck:
             return True
         if not self.stop or not self._can_complete(last):
             return False
-        tail = self.tokenizer.decode(tokens[-self.window:], skip_special_tokens=False)
+        tail = self.tokenizer.decode(list(tokens[-self.window:]), skip_special_tokens=False)
         return any(s in tail for s in self.stop)
 
     def _can_complete(self, token: int) -> bool:
@@ -157,29 +158,60 @@ def to_generation(tokenizer, tokens: Sequence[int], stop: Sequence[str]) -> Gene
 # ---------------------------------------------------------------------------------------------- entry point
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How every batch is decoded."""
+
+    max_new_tokens: int
+    stop_check: StopCheck
+    pad_id: int
+    repetition_penalty: float = 1.0
+    prefill_batch_size: int | None = None  # prompts per prefill forward; None: 1 on CPU, the whole batch elsewhere
+    cuda_graphs: bool = False
+
+
+RowDone = Callable[[int, list[int]], None]  # (row of the batch, its generated token ids), called once per row
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256, stop: Sequence[str] = (),
              token_budget: int = 65536, max_batch_size: int = 64,
              on_batch: Callable[[list[int], list[Generation]], None] | None = None,
-             engine: str = "cache", cuda_graphs: bool = False) -> list[Generation]:
-    """Greedy continuations of ``prompts``, in input order. ``on_batch(indices, generations)`` sees each batch."""
+             engine: str = "cache", cuda_graphs: bool = False,
+             prefill_batch_size: int | None = None) -> list[Generation]:
+    """Greedy continuations of ``prompts``, in input order.
+
+    ``on_batch(indices, generations)`` sees the generations as they finish: a row at a time for the cache engines,
+    a batch at a time for ``plain``.
+    """
     if engine not in ENGINES:
         raise ValueError(f"eval.engine={engine!r} is not one of {', '.join(ENGINES)}")
-    engine = _usable_engine(model, engine)
+    if max_new_tokens < 1:
+        raise ValueError(f"eval.max_new_tokens={max_new_tokens} must be a positive integer")
+    if prefill_batch_size is not None and prefill_batch_size < 1:
+        raise ValueError(f"eval.prefill_batch_size={prefill_batch_size} must be a positive integer or null")
+    decode = _ENGINE_LOOPS[_usable_engine(model, engine)]
     encoded = encode_prompts(tokenizer, prompts, context_window(model, tokenizer) - max_new_tokens)
-    stop_check = StopCheck(tokenizer, stop, eos_token_ids(model, tokenizer))
-    decode = _decoder(model, engine, max_new_tokens, stop_check, _pad_id(tokenizer), cuda_graphs)
+    settings = Decoding(
+        max_new_tokens=max_new_tokens,
+        stop_check=StopCheck(tokenizer, stop, eos_token_ids(model, tokenizer)),
+        pad_id=_pad_id(tokenizer),
+        repetition_penalty=float(getattr(model.generation_config, "repetition_penalty", None) or 1.0),
+        prefill_batch_size=prefill_batch_size,
+        cuda_graphs=cuda_graphs,
+    )
     was_training = model.training
     model.eval()
     results: list[Generation | None] = [None] * len(prompts)
     try:
         for indices in token_budget_batches([len(e) for e in encoded], max_new_tokens, token_budget, max_batch_size):
-            tokens = decode([encoded[i] for i in indices])
-            gens = [to_generation(tokenizer, t, stop) for t in tokens]
-            for i, g in zip(indices, gens):
-                results[i] = g
-            if on_batch:
-                on_batch(indices, gens)
+
+            def done(row: int, tokens: list[int], indices=indices) -> None:
+                results[indices[row]] = generation = to_generation(tokenizer, tokens, stop)
+                if on_batch:
+                    on_batch([indices[row]], [generation])
+
+            decode(model, [encoded[i] for i in indices], settings, done)
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]
@@ -197,9 +229,7 @@ def _usable_engine(model, engine: str) -> str:
     if engine == "plain":
         return engine
     config = getattr(model, "generation_config", None)
-    active = [key for key in _UNSUPPORTED_PROCESSORS if config is not None and getattr(config, key, None)]
-    if config is not None and (getattr(config, "min_length", 0) or 0) > 0:
-        active.append("min_length")
+    active = [key for key in _UNSUPPORTED_PROCESSORS if _is_set(key, getattr(config, key, None))]
     if active:
         log.warning("the model's generation_config sets %s, which eval.engine=%s does not implement; "
                     "using eval.engine=plain", ", ".join(active), engine)
@@ -207,13 +237,9 @@ def _usable_engine(model, engine: str) -> str:
     return engine
 
 
-def _decoder(model, engine: str, max_new_tokens: int, stop_check: StopCheck, pad_id: int, cuda_graphs: bool):
-    penalty = float(getattr(getattr(model, "generation_config", None), "repetition_penalty", None) or 1.0)
-    if engine == "plain":
-        return lambda rows: hf_generate(model, rows, max_new_tokens, stop_check, pad_id)
-    if engine == "static":
-        return lambda rows: static_cache_decode(model, rows, max_new_tokens, stop_check, pad_id, penalty, cuda_graphs)
-    return lambda rows: dynamic_cache_decode(model, rows, max_new_tokens, stop_check, pad_id, penalty)
+def _is_set(key: str, value) -> bool:
+    """Whether a generation_config value turns its logits processor on (token ids: any id, 0 included)."""
+    return value is not None if key.endswith("_token_id") else bool(value)
 
 
 # ---------------------------------------------------------------------------------------------- shared pieces
@@ -240,12 +266,16 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
 
-def _append_tokens(outputs: list[list[int]], live: list[int], next_ids: list[int], stop_check: StopCheck) -> list[int]:
-    """Append each live row's new token; return the positions (in ``live``) of rows that go on."""
+def _append_tokens(outputs: list[list[int]], live: list[int], next_ids: list[int], stop_check: StopCheck,
+                   done: RowDone, last_step: bool) -> list[int]:
+    """Append each live row's new token and report the rows that end; return the positions (in ``live``) of
+    the rows that go on."""
     keep = []
     for j, (row, token) in enumerate(zip(live, next_ids)):
         outputs[row].append(token)
-        if not stop_check.finished(outputs[row]):
+        if last_step or stop_check.finished(outputs[row]):
+            done(row, outputs[row])
+        else:
             keep.append(j)
     return keep
 
@@ -256,50 +286,92 @@ def _seen_tokens(input_ids: torch.Tensor, mask: torch.Tensor, vocab_size: int) -
     return counts.scatter_add_(1, input_ids, mask.long()) > 0
 
 
-def _penalised(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+def _penalised(logits: torch.Tensor, seen: torch.Tensor | None, penalty: float) -> torch.Tensor:
     """transformers' RepetitionPenaltyLogitsProcessor over the tokens a row has seen."""
+    if seen is None:
+        return logits
     scaled = torch.where(logits < 0, logits * penalty, logits / penalty)
     return torch.where(seen, scaled, logits)
 
 
 def _cache_kwarg(model) -> str:
     """The forward argument that takes the KV cache: ``cache`` in transformers 5, ``past_key_values`` before."""
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _forward(model, cache_kwarg: str, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
+def _forward(model, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
     """Float32 logits of the last position of each row (``model.generate`` casts them the same way)."""
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                use_cache=True, logits_to_keep=1, **{cache_kwarg: cache})
+                use_cache=True, logits_to_keep=1, **{_cache_kwarg(model): cache})
     return out.logits[:, -1, :].float()
+
+
+def _has_sliding_layers(model) -> bool:
+    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    types = getattr(config, "layer_types", None) or []
+    return bool(getattr(config, "sliding_window", None)) and any(t != "full_attention" for t in types)
+
+
+def _prefill_group_size(model, rows: int, settings: Decoding) -> int:
+    """Prompts per prefill forward. On CPU one at a time: attention over a padded batch takes the slow masked
+    path there, while one prompt of a few hundred tokens already keeps the matrix products busy."""
+    if settings.prefill_batch_size is not None:
+        return min(settings.prefill_batch_size, rows)
+    return 1 if _device(model).type == "cpu" else rows
+
+
+def _prefill(model, rows: Sequence[Sequence[int]], settings: Decoding, cache) -> torch.Tensor:
+    """Read the prompts into ``cache`` (left-padded to the longest) and return each row's last-position logits.
+
+    Prompts go through the model in groups of similar length, each group into a cache of its own whose keys and
+    values are then copied into place; the padded slots hold zeros and are masked in every later step.
+    """
+    device, width = _device(model), max(len(r) for r in rows)
+    group = _prefill_group_size(model, len(rows), settings)
+    logits: list[torch.Tensor] = []
+    keys: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
+    for start in range(0, len(rows), group):
+        input_ids, mask = left_padded(rows[start:start + group], settings.pad_id, device)
+        own = DynamicCache(config=model.config)
+        # As model.generate: no mask at all when nothing is padded, so attention takes its causal fast path.
+        attention = None if bool(mask.all()) else mask
+        logits.append(_forward(model, input_ids, attention, positions_from_mask(mask), own))
+        layers = [(k, v) for k, v, *_ in own]
+        if not keys:
+            keys = [k.new_zeros((len(rows), k.shape[1], width, k.shape[3])) for k, _ in layers]
+            values = [v.new_zeros((len(rows), v.shape[1], width, v.shape[3])) for _, v in layers]
+        stop = start + input_ids.shape[0]
+        for layer, (k, v) in enumerate(layers):
+            keys[layer][start:stop, :, width - k.shape[2]:] = k
+            values[layer][start:stop, :, width - v.shape[2]:] = v
+    for layer, (k, v) in enumerate(zip(keys, values)):
+        cache.update(k, v, layer)
+    return torch.cat(logits)
 
 
 # ---------------------------------------------------------------------------------------------- engines
 
 
-def dynamic_cache_decode(model, rows: Sequence[Sequence[int]], max_new_tokens: int, stop_check: StopCheck,
-                         pad_id: int, penalty: float = 1.0) -> list[list[int]]:
+def decode_dynamic(model, rows: Sequence[Sequence[int]], settings: Decoding, done: RowDone) -> None:
     """Greedy continuations of ``rows`` (token ids); a row that ends leaves the batch and the KV cache at once."""
     device = _device(model)
-    input_ids, mask = left_padded(rows, pad_id, device)
-    position = positions_from_mask(mask)
-    # As model.generate: no mask at all when nothing is padded, so attention takes its causal fast path.
+    input_ids, mask = left_padded(rows, settings.pad_id, device)
+    cache = DynamicCache(config=model.config)
+    if _has_sliding_layers(model):  # a sliding-window cache keeps only its window: read the batch in one pass
+        logits = _forward(model, input_ids, None if bool(mask.all()) else mask, positions_from_mask(mask), cache)
+    else:
+        logits = _prefill(model, rows, settings, cache)
     attention = None if bool(mask.all()) else mask
-    seen = _seen_tokens(input_ids, mask, model.config.vocab_size) if penalty != 1.0 else None
-    cache, cache_kwarg = DynamicCache(config=model.config), _cache_kwarg(model)
-    logits = _forward(model, cache_kwarg, input_ids, attention, position, cache)
-    last_position = position[:, -1]
+    seen = _seen_tokens(input_ids, mask, logits.shape[-1]) if settings.repetition_penalty != 1.0 else None
+    last_position = positions_from_mask(mask)[:, -1]
     outputs: list[list[int]] = [[] for _ in rows]
     live = list(range(len(rows)))
-    for step in range(max_new_tokens):
-        if seen is not None:
-            logits = _penalised(logits, seen, penalty)
-        next_ids = logits.argmax(dim=-1)
-        keep = _append_tokens(outputs, live, next_ids.tolist(), stop_check)
-        if not keep or step == max_new_tokens - 1:
+    for step in range(settings.max_new_tokens):
+        next_ids = _penalised(logits, seen, settings.repetition_penalty).argmax(dim=-1)
+        last_step = step == settings.max_new_tokens - 1
+        keep = _append_tokens(outputs, live, next_ids.tolist(), settings.stop_check, done, last_step)
+        if not keep:
             break
         if len(keep) < len(live):
             index = torch.tensor(keep, device=device)
@@ -313,8 +385,7 @@ def dynamic_cache_decode(model, rows: Sequence[Sequence[int]], max_new_tokens: i
         if attention is not None:
             attention = torch.cat([attention, attention.new_ones((len(live), 1))], dim=1)
         last_position = last_position + 1
-        logits = _forward(model, cache_kwarg, next_ids[:, None], attention, last_position[:, None], cache)
-    return outputs
+        logits = _forward(model, next_ids[:, None], attention, last_position[:, None], cache)
 
 
 class _RowStops(StoppingCriteria):
@@ -332,41 +403,28 @@ class _RowStops(StoppingCriteria):
         return torch.tensor([n is not None for n in self.lengths], device=input_ids.device)
 
 
-def hf_generate(model, rows: Sequence[Sequence[int]], max_new_tokens: int, stop_check: StopCheck,
-                pad_id: int) -> list[list[int]]:
+def decode_plain(model, rows: Sequence[Sequence[int]], settings: Decoding, done: RowDone) -> None:
     """Greedy continuations of ``rows`` by ``model.generate``; a finished row idles in the batch until all end."""
-    input_ids, mask = left_padded(rows, pad_id, _device(model))
-    stops = _RowStops(stop_check, input_ids.shape[1], len(rows))
+    input_ids, mask = left_padded(rows, settings.pad_id, _device(model))
+    stops = _RowStops(settings.stop_check, input_ids.shape[1], len(rows))
     output = model.generate(
-        input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-        temperature=None, top_p=None, top_k=None, pad_token_id=pad_id,
-        eos_token_id=sorted(stop_check.eos_ids) or None, stopping_criteria=StoppingCriteriaList([stops]),
+        input_ids=input_ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens, do_sample=False,
+        temperature=None, top_p=None, top_k=None, pad_token_id=settings.pad_id,
+        eos_token_id=sorted(settings.stop_check.eos_ids) or None, stopping_criteria=StoppingCriteriaList([stops]),
     )
     generated = output[:, input_ids.shape[1]:].tolist()
-    return [tokens[:n] if n is not None else tokens for tokens, n in zip(generated, stops.lengths)]
+    for row, (tokens, n) in enumerate(zip(generated, stops.lengths)):
+        done(row, tokens[:n] if n is not None else tokens)
 
 
 # ---------------------------------------------------------------------------------------------- static cache
 
 
-def _static_masks(prompt_mask: torch.Tensor, cache_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(prefill_mask, key_valid)``: the 4D boolean prefill mask and which cache slots hold real tokens.
-
-    Slot j of the cache holds padded column j of the prompt, then generated token j - width. A padding query
-    attends to itself only, so no attention row is empty (an empty row gives NaN, and NaN x 0 spreads).
-    """
-    batch, width = prompt_mask.shape
-    key_valid = torch.ones((batch, cache_len), dtype=torch.bool, device=prompt_mask.device)
-    key_valid[:, :width] = prompt_mask.bool()
-    slots = torch.arange(cache_len, device=prompt_mask.device)
-    queries = torch.arange(width, device=prompt_mask.device)
-    causal = slots[None, :] <= queries[:, None]
-    prefill = (key_valid[:, None, None, :] & causal[None, None]) | (slots[None, :] == queries[:, None])[None, None]
-    return prefill, key_valid
-
-
 def _decode_mask(key_valid: torch.Tensor, slot: int) -> torch.Tensor:
-    """The 4D mask of one decode step whose new token is written to ``slot``."""
+    """The 4D mask of one decode step whose new token is written to cache slot ``slot``.
+
+    Slot j of the cache holds padded column j of the prompt, then generated token j - width.
+    """
     slots = torch.arange(key_valid.shape[1], device=key_valid.device)
     return (key_valid & (slots <= slot))[:, None, None, :]
 
@@ -391,12 +449,6 @@ def _select_static_rows(cache, index: torch.Tensor) -> None:
                 torch._dynamo.mark_static_address(layer.values)
 
 
-def _has_sliding_layers(model) -> bool:
-    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
-    types = getattr(config, "layer_types", None) or []
-    return bool(getattr(config, "sliding_window", None)) and any(t != "full_attention" for t in types)
-
-
 class _DecodeStep:
     """One greedy decode step over a static cache for a fixed batch size; on CUDA optionally a captured graph.
 
@@ -404,9 +456,9 @@ class _DecodeStep:
     a CUDA graph captured once per batch size replays the whole forward without Python in the loop.
     """
 
-    def __init__(self, model, cache, cache_kwarg: str, batch: int, cache_len: int, use_graph: bool):
+    def __init__(self, model, cache, batch: int, cache_len: int, use_graph: bool):
         device = _device(model)
-        self.model, self.cache, self.cache_kwarg = model, cache, cache_kwarg
+        self.model, self.cache, self.batch = model, cache, batch
         self.token = torch.zeros((batch, 1), dtype=torch.long, device=device)
         self.position = torch.zeros((batch, 1), dtype=torch.long, device=device)
         self.mask = _as_attention_mask(torch.ones((batch, 1, 1, cache_len), dtype=torch.bool, device=device), model)
@@ -416,14 +468,14 @@ class _DecodeStep:
             self._capture()
 
     def _eager(self) -> torch.Tensor:
-        return _forward(self.model, self.cache_kwarg, self.token, self.mask, self.position, self.cache)
+        return _forward(self.model, self.token, self.mask, self.position, self.cache)
 
     def _capture(self) -> None:
         lengths = [layer.cumulative_length.clone() for layer in self.cache.layers]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up, as CUDA graph capture requires
+            for _ in range(2):  # warm-up runs, as CUDA graph capture requires; they advance the cache, so undo
                 self._eager()
                 self._restore(lengths)
         torch.cuda.current_stream().wait_stream(stream)
@@ -451,45 +503,41 @@ def _slots_of(slot_rows: list[int], rows: list[int]) -> list[int]:
     return [where[row] for row in rows]
 
 
-def static_cache_decode(model, rows: Sequence[Sequence[int]], max_new_tokens: int, stop_check: StopCheck,
-                        pad_id: int, penalty: float = 1.0, cuda_graphs: bool = False) -> list[list[int]]:
+def decode_static(model, rows: Sequence[Sequence[int]], settings: Decoding, done: RowDone) -> None:
     """Greedy continuations of ``rows`` over a preallocated KV cache.
 
-    Finished rows stop costing anything beyond their slot; when at most half the rows are still running, the
-    cache is compacted to them, so the batch shrinks in halving steps (each size is one CUDA graph when
-    ``cuda_graphs`` is on and the model is on a CUDA device).
+    Finished rows leave the batch: the cache is compacted to the running rows as soon as one ends, or, with CUDA
+    graphs (``cuda_graphs`` on a CUDA device; one graph per batch size), once at most half of them still run.
     """
-    from transformers import StaticCache
-
     if _has_sliding_layers(model):
         log.warning("eval.engine=static does not handle sliding-window attention; using eval.engine=cache")
-        return dynamic_cache_decode(model, rows, max_new_tokens, stop_check, pad_id, penalty)
+        return decode_dynamic(model, rows, settings, done)
     device = _device(model)
-    use_graph = cuda_graphs and device.type == "cuda"
-    input_ids, prompt_mask = left_padded(rows, pad_id, device)
+    use_graph = settings.cuda_graphs and device.type == "cuda"
+    input_ids, prompt_mask = left_padded(rows, settings.pad_id, device)
     width = input_ids.shape[1]
-    cache_len = width + max_new_tokens
-    cache, cache_kwarg = StaticCache(config=model.config, max_cache_len=cache_len), _cache_kwarg(model)
-    prefill_mask, key_valid = _static_masks(prompt_mask, cache_len)
-    position = positions_from_mask(prompt_mask)
-    logits = _forward(model, cache_kwarg, input_ids, _as_attention_mask(prefill_mask, model), position, cache)
-    last_position = position[:, -1]
-    seen = _seen_tokens(input_ids, prompt_mask, model.config.vocab_size) if penalty != 1.0 else None
+    cache_len = width + settings.max_new_tokens
+    cache = StaticCache(config=model.config, max_cache_len=cache_len)
+    logits = _prefill(model, rows, settings, cache)
+    key_valid = torch.ones((len(rows), cache_len), dtype=torch.bool, device=device)
+    key_valid[:, :width] = prompt_mask.bool()
+    last_position = positions_from_mask(prompt_mask)[:, -1]
+    penalty = settings.repetition_penalty
+    seen = _seen_tokens(input_ids, prompt_mask, logits.shape[-1]) if penalty != 1.0 else None
     outputs: list[list[int]] = [[] for _ in rows]
     live = list(range(len(rows)))   # rows still running
     slot_rows = list(live)          # the row in each batch slot of the cache; finished rows idle in theirs
-    steps: dict[int, _DecodeStep] = {}
-    for step in range(max_new_tokens):
-        if seen is not None:
-            logits = _penalised(logits, seen, penalty)
-        next_ids = logits.argmax(dim=-1)
-        live_slots = _slots_of(slot_rows, live)
-        live_ids = next_ids if len(live) == len(slot_rows) else next_ids[torch.tensor(live_slots, device=device)]
-        keep = _append_tokens(outputs, live, live_ids.tolist(), stop_check)
-        if not keep or step == max_new_tokens - 1:
+    decode_step: _DecodeStep | None = None  # rebuilt when the batch shrinks; the old graph and cache are freed
+    for step in range(settings.max_new_tokens):
+        next_ids = _penalised(logits, seen, penalty).argmax(dim=-1)
+        live_ids = next_ids if len(live) == len(slot_rows) else next_ids[
+            torch.tensor(_slots_of(slot_rows, live), device=device)]
+        last_step = step == settings.max_new_tokens - 1
+        keep = _append_tokens(outputs, live, live_ids.tolist(), settings.stop_check, done, last_step)
+        if not keep:
             break
         live = [live[j] for j in keep]
-        if len(live) <= len(slot_rows) // 2:
+        if len(live) < len(slot_rows) and (not use_graph or len(live) <= len(slot_rows) // 2):
             index = torch.tensor(_slots_of(slot_rows, live), device=device)
             _select_static_rows(cache, index)
             next_ids, last_position, key_valid = next_ids[index], last_position[index], key_valid[index]
@@ -498,7 +546,10 @@ def static_cache_decode(model, rows: Sequence[Sequence[int]], max_new_tokens: in
         if seen is not None:
             seen[torch.arange(len(slot_rows), device=device), next_ids] = True
         last_position = last_position + 1
-        if len(slot_rows) not in steps:
-            steps[len(slot_rows)] = _DecodeStep(model, cache, cache_kwarg, len(slot_rows), cache_len, use_graph)
-        logits = steps[len(slot_rows)](next_ids, last_position, _decode_mask(key_valid, width + step))
-    return outputs
+        if decode_step is None or decode_step.batch != len(slot_rows):
+            decode_step = None
+            decode_step = _DecodeStep(model, cache, len(slot_rows), cache_len, use_graph)
+        logits = decode_step(next_ids, last_position, _decode_mask(key_valid, width + step))
+
+
+_ENGINE_LOOPS = {"cache": decode_dynamic, "static": decode_static, "plain": decode_plain}

@@ -1,1 +1,1 @@
-"""Training: the LightningModule, the data module, callbacks and the fit loop of one cell."""
+"""Training: the micro-batch planner, the LightningModule, the data module, callbacks and the fit loop of one cell."""

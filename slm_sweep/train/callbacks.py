@@ -131,8 +131,7 @@ class ThroughputMonitor(L.Callback):
             self._window["steps"] += 1
             self._window["tokens"] += self._step_tokens
             if trainer.global_step % self.log_every_n_steps == 0:
-                self._close_window(trainer, log=True)
-                self._window_start = time.perf_counter()
+                self._window_start = self._close_window(trainer, log=True)
         self._step_tokens = 0
 
     def on_validation_start(self, trainer, pl_module):
@@ -151,16 +150,17 @@ class ThroughputMonitor(L.Callback):
         self.result = self.summary(trainer)
         self._log(trainer, {f"perf/{k}": v for k, v in self.result.items()})
 
-    def _close_window(self, trainer, log: bool) -> None:
-        """Add the open window to the measured totals (and log its rates)."""
+    def _close_window(self, trainer, log: bool) -> float | None:
+        """Add the open window to the measured totals (and log its rates); returns when it ended."""
         if self._window_start is None:
-            return
-        seconds = self._now(trainer) - self._window_start
+            return None
+        end = self._now(trainer)
+        seconds = end - self._window_start
         self._window_start = None
         steps, tokens = self._window["steps"], self._world_sum(trainer, self._window["tokens"])
         self._window = {"steps": 0, "tokens": 0}
         if not steps:
-            return
+            return end
         self.measured["steps"] += steps
         self.measured["tokens"] += tokens
         self.measured["seconds"] += seconds
@@ -169,6 +169,7 @@ class ThroughputMonitor(L.Callback):
                                 "perf/peak_memory_mb": peak_memory_mb(),
                                 "perf/mfu": mfu(tokens / seconds, self.flops_per_token, self.peak_flops,
                                                 trainer.world_size)})
+        return end
 
     @staticmethod
     def _world_sum(trainer, value: int) -> int:

@@ -30,9 +30,6 @@ class PlannedMicroBatches(Dataset):
         batch["last_in_step"] = plan.last_in_step
         return batch
 
-    def __len__(self) -> int:
-        return len(self.examples)
-
 
 class EncodedDataModule(L.LightningDataModule):
     """Serves already-encoded examples. The training order depends on the run seed only (see ``batching``)."""

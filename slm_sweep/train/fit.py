@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+
 from slm_sweep.train.callbacks import ThroughputMonitor, accelerator_name, bf16_peak_flops, flops_per_token
 from slm_sweep.train.data import EncodedDataModule
 from slm_sweep.train.module import CausalLMModule

@@ -20,13 +20,17 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_deca
                     betas: tuple[float, float] = (0.9, 0.999), fused: bool | None = None) -> torch.optim.AdamW:
     """AdamW over the trainable parameters; no weight decay on vectors (norms, biases, DoRA magnitudes).
 
-    ``fused=None`` takes the fused kernel when every parameter is on CUDA.
+    ``fused=None`` takes the fused kernel wherever torch has one for the parameters' device (CUDA, and CPU since
+    torch 2.4, where it is several times faster than the per-tensor loop), the default kernel elsewhere.
     """
     params = [p for p in params if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     if fused is None:
-        fused = all(p.is_cuda for p in params)
+        try:
+            return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
+        except RuntimeError:  # no fused kernel for this device or dtype
+            fused = False
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=bool(fused) or None)
 
 
@@ -93,8 +97,9 @@ class CausalLMModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self(batch, batch["step_loss_tokens"])
+        world_size = self.trainer.world_size
         # DDP averages gradients over devices; the loss is already normalised by the step's total answer tokens.
-        self.manual_backward(loss * self.trainer.world_size)
+        self.manual_backward(loss * world_size if world_size > 1 else loss)
         detached = loss.detach()
         self._step_loss = detached if self._step_loss is None else self._step_loss + detached
         if batch["last_in_step"]:
