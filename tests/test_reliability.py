@@ -64,7 +64,10 @@ def test_wandb_unreachable_falls_back_to_offline(tiny_cfg, tmp_path, monkeypatch
 
 def _start(args, cwd):
     proc = subprocess.Popen([sys.executable, "-m", "slm_sweep", *args], cwd=cwd,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            # one thread per process: on a loaded 2-core machine a step stays short enough
+                            # for the signal to arrive after the first checkpointable step
+                            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     started = threading.Event()
     lines: list[str] = []
