@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", default="smollm135_q4", help="a conf/model/*.yaml name")
     parser.add_argument("--questions", type=int, default=16, help="first N GSM8K test questions")
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--engines", nargs="+", default=["cache"], help="our engines to time: cache static plain")
+    parser.add_argument("--engines", nargs="+", default=["static"], help="our engines to time: static cache plain")
     parser.add_argument("--max-batch-size", type=int, default=64, help="our eval.max_batch_size")
     parser.add_argument("--token-budget", type=int, default=65536, help="our eval.token_budget")
     parser.add_argument("--lm-eval-batch-sizes", nargs="+", default=["1"],

@@ -104,6 +104,8 @@ def validate_config(cfg: DictConfig) -> None:
     _one_of(cfg.eval.get("split", "test"), ("test", "val"), "eval.split")
     if cfg.eval.get("split") == "val" and not dataset.get("val_size"):
         raise ConfigError("eval.split='val' needs a validation split: set dataset.val_size to a positive integer")
+    _one_of(cfg.eval.get("engine", "static"), ("static", "cache", "plain"), "eval.engine")
+    _positive_int(cfg, "eval.prefill_batch_size", allow_none=True)
     _positive_int(cfg, "eval.max_new_tokens")
     _positive_int(cfg, "eval.max_batch_size")
     _positive_int(cfg, "eval.token_budget")

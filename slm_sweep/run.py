@@ -191,7 +191,11 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
     num_fewshot = int(method.get("num_fewshot") or 0)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
-    splits = load_splits(cfg.dataset, data_root=cfg.get("data_root"), need_train=bool(method.train or num_fewshot))
+    # lm-eval draws shots from the whole train split: carve no validation set when nothing is trained
+    keep_val = method.train or cfg.eval.get("split", "test") == "val"
+    dataset_cfg = cfg.dataset if keep_val else {**OmegaConf.to_container(cfg.dataset, resolve=True),
+                                                    "val_size": None}
+    splits = load_splits(dataset_cfg, data_root=cfg.get("data_root"), need_train=bool(method.train or num_fewshot))
     record["skipped_rows"] = dict(splits.skipped)
     ood_sets = {
         name: load_eval_set(name, data_root=cfg.get("data_root"), limit=cfg.eval.get("ood_limit"))

@@ -197,13 +197,14 @@ def test_batching_does_not_change_the_answers(varied_tiny, zero_shot_prompts):
     assert [g.text for g in alone] == [g.text for g in batched[:6]]
 
 
-def test_finished_sequences_leave_the_batch(varied_tiny, zero_shot_prompts):
+@pytest.mark.parametrize("engine", ["static", "cache"])
+def test_finished_sequences_leave_the_batch(varied_tiny, zero_shot_prompts, engine):
     model, tokenizer = varied_tiny
     shapes: list[tuple[int, int]] = []
     handle = model.model.register_forward_pre_hook(
         lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
     try:
-        generations = _run(model, tokenizer, zero_shot_prompts, "cache", max_batch_size=16)
+        generations = _run(model, tokenizer, zero_shot_prompts, engine, max_batch_size=16)
     finally:
         handle.remove()
     step_sizes = [batch for batch, length in shapes if length == 1]  # decode steps; the prefill reads prompts
@@ -238,7 +239,7 @@ def test_evaluate_scores_the_generations_and_reports_throughput(varied_tiny, req
 
 def test_unknown_engine_is_an_error(varied_tiny):
     model, tokenizer = varied_tiny
-    with pytest.raises(ValueError, match="eval.engine='fast' is not one of cache, static, plain"):
+    with pytest.raises(ValueError, match="eval.engine='fast' is not one of static, cache, plain"):
         generate(model, tokenizer, ["Question: 1\nAnswer:"], engine="fast")
 
 

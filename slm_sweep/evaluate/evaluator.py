@@ -44,7 +44,7 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
     """Generate for every prompt and score it; returns (prediction records in input order, metrics).
 
     ``eval_cfg`` keys (conf/eval/default.yaml): max_new_tokens, stop, token_budget, max_batch_size, and optionally
-    engine (cache | static | plain), cuda_graphs, prefill_batch_size, dtype.
+    engine (static | cache | plain), cuda_graphs, prefill_batch_size, dtype.
     """
     from tqdm.auto import tqdm
 
@@ -70,7 +70,7 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
         token_budget=int(eval_cfg.get("token_budget", 65536)),
         max_batch_size=int(eval_cfg.get("max_batch_size", 64)),
         on_batch=on_batch,
-        engine=str(eval_cfg.get("engine") or "cache"),
+        engine=str(eval_cfg.get("engine") or "static"),
         cuda_graphs=bool(eval_cfg.get("cuda_graphs", False)),
         prefill_batch_size=eval_cfg.get("prefill_batch_size"),
     )

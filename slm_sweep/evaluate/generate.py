@@ -3,11 +3,11 @@ its end-of-sequence token or its first stop string, and a finished sequence leav
 
 Engines, all giving the same tokens:
 
-- ``cache``: a greedy decode loop over the model's forward with a dynamic KV cache; a finished row leaves the
-  batch (and the cache) at the next step.
-- ``static``: the same loop over a preallocated KV cache written in place (no copy of the cache per step);
-  with ``cuda_graphs`` on a CUDA device each decode step is replayed as a CUDA graph, and the batch then shrinks
-  in halving steps, one graph per size.
+- ``static`` (default): a greedy decode loop over the model's forward with a preallocated KV cache written in
+  place; a finished row leaves the batch (and the cache) at the next step. With ``cuda_graphs`` on a CUDA device
+  each decode step is replayed as a CUDA graph, and the batch then shrinks in halving steps, one graph per size.
+- ``cache``: the same loop over transformers' dynamic KV cache, which copies the cache at every step; it also
+  serves models with sliding-window attention, which ``static`` hands over to it.
 - ``plain``: ``model.generate`` with a per-row stopping criterion; finished rows idle until the batch ends.
 
 Prompt encoding and stopping follow lm-evaluation-harness's HF backend (``HFLM.generate_until``): the tokenizer's
@@ -31,7 +31,7 @@ from slm_sweep.evaluate.scoring import truncate_at_stop
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("cache", "static", "plain")
+ENGINES = ("static", "cache", "plain")
 DEFAULT_CONTEXT_WINDOW = 2048  # lm-eval's fallback when neither config nor tokenizer gives a length
 _CONFIG_LENGTH_KEYS = ("n_positions", "max_position_embeddings", "n_ctx")
 _UNSET_TOKENIZER_LENGTH = 1e29
@@ -177,7 +177,7 @@ RowDone = Callable[[int, list[int]], None]  # (row of the batch, its generated t
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256, stop: Sequence[str] = (),
              token_budget: int = 65536, max_batch_size: int = 64,
              on_batch: Callable[[list[int], list[Generation]], None] | None = None,
-             engine: str = "cache", cuda_graphs: bool = False,
+             engine: str = "static", cuda_graphs: bool = False,
              prefill_batch_size: int | None = None) -> list[Generation]:
     """Greedy continuations of ``prompts``, in input order.
 
