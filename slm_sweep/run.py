@@ -261,6 +261,7 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
                                  progress=bool(cfg.eval.progress))
         predictions.extend(preds)
         record["eval_sets"][name] = {k: scores[k] for k in ("accuracy_strict", "accuracy_flexible", "n_eval")}
+        metrics["eval_oom_halvings"] += scores["eval_oom_halvings"]
         write_predictions(out, predictions)
     metrics["eval_time_s"] = time.perf_counter() - start
     from slm_sweep.train.callbacks import peak_memory_mb

@@ -257,3 +257,50 @@ def test_engines_agree_on_smollm(requires_data):
     assert any(g.new_tokens < 96 for g in results["plain"]), "some answers end at a stop string"
     for engine in ("cache", "static"):
         assert [g.text for g in results[engine]] == [g.text for g in results["plain"]]
+
+
+# ---------------------------------------------------------------------------------------------- out of memory
+
+
+class OutOfMemoryAbove:
+    """Makes the model raise torch's out-of-memory error for forwards of more than ``rows`` rows."""
+
+    def __init__(self, model, rows: int):
+        self.rows, self.refused, self.largest = rows, 0, 0
+        self.handle = model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        rows = kwargs["input_ids"].shape[0]
+        if rows > self.rows:
+            self.refused += 1
+            raise torch.OutOfMemoryError(f"CUDA out of memory (injected for {rows} rows)")
+        self.largest = max(self.largest, rows)
+
+
+@pytest.mark.parametrize("engine", ["static", "plain"])
+def test_out_of_memory_in_evaluation_halves_the_batch_and_gives_the_same_answers(varied_tiny, zero_shot_prompts,
+                                                                                 engine):
+    model, tokenizer = varied_tiny
+    expected = _run(model, tokenizer, zero_shot_prompts, engine, max_batch_size=16)
+    reported: list[int] = []
+    stats: dict = {}
+    fault = OutOfMemoryAbove(model, rows=4)
+    try:
+        got = _run(model, tokenizer, zero_shot_prompts, engine, max_batch_size=16, stats=stats,
+                   on_batch=lambda indices, gens: reported.extend(indices))
+    finally:
+        fault.handle.remove()
+    assert fault.refused == 2 and stats["oom_halvings"] == 2  # 16 rows fail, then 8, then 4 fit
+    assert fault.largest == 4
+    assert [(g.text, g.new_tokens) for g in got] == [(g.text, g.new_tokens) for g in expected]
+    assert sorted(reported) == list(range(len(zero_shot_prompts))), "each answer is reported once"
+
+
+def test_out_of_memory_on_a_single_prompt_is_a_clear_error(varied_tiny, zero_shot_prompts):
+    model, tokenizer = varied_tiny
+    fault = OutOfMemoryAbove(model, rows=0)
+    try:
+        with pytest.raises(RuntimeError, match="single prompt of .* tokens with eval.max_new_tokens=40"):
+            _run(model, tokenizer, zero_shot_prompts[:3], "static")
+    finally:
+        fault.handle.remove()

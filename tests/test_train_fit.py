@@ -219,3 +219,84 @@ def test_two_cpu_processes_train_like_one(examples, tmp_path):
                        devices=2, strategy="ddp_spawn")
     assert not torch.equal(weights(spawned)["model.norm.weight"], weights(tiny()[0])["model.norm.weight"])
     assert_same_tensors(weights(single), weights(spawned))
+
+
+class OutOfMemoryAbove:
+    """Makes the model raise torch's out-of-memory error for inputs over ``rows`` rows or ``tokens`` positions,
+    as a GPU with less memory would; counts the forwards it let through and the ones it refused."""
+
+    def __init__(self, model, rows: int | None = None, tokens: int | None = None):
+        self.rows, self.tokens, self.refused, self.shapes = rows, tokens, 0, []
+        self.handle = model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        shape = tuple(kwargs["input_ids"].shape)
+        if (self.rows is not None and shape[0] > self.rows) or (self.tokens is not None and shape[1] > self.tokens):
+            self.refused += 1
+            raise torch.OutOfMemoryError(f"CUDA out of memory (injected for a micro-batch of shape {shape})")
+        self.shapes.append(shape)
+
+
+def train_out_of_memory(examples, tmp_path, method="full", callbacks=(), rows=None, tokens=None, **trainer_overrides):
+    model, tokenizer = tiny()
+    torch.manual_seed(0)
+    model = apply_method(model, method_config(method, dropout=0.0))
+    fault = OutOfMemoryAbove(model, rows=rows, tokens=tokens)
+    outcome = fit(model, examples, [], trainer_config(**trainer_overrides), method_config(method), seed=SEED,
+                  out_dir=tmp_path, pad_token_id=tokenizer.pad_token_id, extra_callbacks=list(callbacks))
+    return model, outcome, fault
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_out_of_memory_in_training_halves_the_micro_batch_and_keeps_the_gradient(examples, tmp_path, method):
+    whole = GradientRecorder()
+    reference, reference_outcome = train(examples, tmp_path / "whole", method, {"dropout": 0.0}, callbacks=[whole],
+                                         micro_batch_size=4, max_steps=3)
+    halved = GradientRecorder()
+    model, outcome, fault = train_out_of_memory(examples, tmp_path / "halved", method, callbacks=[halved], rows=1,
+                                                micro_batch_size=4, max_steps=3)
+    assert fault.refused == 2, "4 rows fail, then 2 rows fail, then single rows fit, and stay so"
+    assert {rows for rows, _ in fault.shapes} == {1}
+    assert outcome.perf["train_oom_halvings"] == 2 and outcome.train_steps == 3
+    assert len(halved.steps) == len(whole.steps) == 3
+    for a, b in zip(whole.steps, halved.steps):
+        assert_same_tensors(a, b)
+    assert_same_tensors(weights(reference), weights(model))
+    assert outcome.train_loss == pytest.approx(reference_outcome.train_loss, rel=1e-5)
+
+
+def test_out_of_memory_with_packing_cuts_at_sequence_boundaries(examples, tmp_path):
+    whole = GradientRecorder()
+    train(examples, tmp_path / "whole", callbacks=[whole], micro_batch_size=4, packing=True)
+    halved = GradientRecorder()
+    _, outcome, fault = train_out_of_memory(examples, tmp_path / "halved", callbacks=[halved], tokens=300,
+                                            micro_batch_size=4, packing=True)
+    assert fault.refused >= 1 and outcome.perf["train_oom_halvings"] >= 1
+    assert all(tokens <= 300 for _, tokens in fault.shapes)
+    for a, b in zip(whole.steps, halved.steps):
+        assert_same_tensors(a, b)
+
+
+def test_out_of_memory_on_a_single_sequence_is_a_clear_error(examples, tmp_path):
+    with pytest.raises(RuntimeError, match="single sequence: lower dataset.max_length"):
+        train_out_of_memory(examples, tmp_path, tokens=10, micro_batch_size=2)
+
+
+def test_checkpoints_are_replaced_whole_or_not_at_all(tmp_path):
+    from slm_sweep.train.checkpoint_io import AtomicCheckpointIO
+    from slm_sweep.train.fit import build_trainer
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("killed mid-write")
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"step": 1, "weights": torch.arange(1000.0)}, path)
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        io.save_checkpoint({"weights": torch.zeros(100_000), "step": 2, "broken": Unpicklable()}, path)
+    survivor = io.load_checkpoint(path)
+    assert survivor["step"] == 1 and torch.equal(survivor["weights"], torch.arange(1000.0))
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"], "no temporary file is left behind"
+    trainer = build_trainer(trainer_config(), tmp_path, [], None, checkpointing=True)
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)

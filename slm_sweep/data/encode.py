@@ -93,3 +93,37 @@ class PackCollator:
             positions += range(extra)
         return {"input_ids": torch.tensor([input_ids]), "labels": torch.tensor([labels]),
                 "position_ids": torch.tensor([positions])}
+
+
+def split_micro_batch(batch: dict) -> list[dict] | None:
+    """Two halves of a collated micro-batch that together give the same summed loss, or None if it is one sequence.
+
+    Padded batches split by rows and drop the padding columns neither half needs; packed batches (one row) split
+    at the sequence boundary nearest the middle. Keys other than the model inputs are left to the caller.
+    """
+    input_ids = batch["input_ids"]
+    if input_ids.shape[0] > 1:
+        half = input_ids.shape[0] // 2
+        halves = [{k: batch[k][:half] for k in _TENSOR_KEYS if k in batch},
+                  {k: batch[k][half:] for k in _TENSOR_KEYS if k in batch}]
+        if "attention_mask" in batch:
+            halves = [_trim_right_padding(h) for h in halves]
+        return halves
+    positions = batch.get("position_ids")
+    if positions is None:
+        return None
+    starts = (positions[0] == 0).nonzero().flatten().tolist()[1:]
+    if not starts:
+        return None
+    middle = input_ids.shape[1] / 2
+    cut = min(starts, key=lambda s: abs(s - middle))
+    return [{k: batch[k][:, :cut] for k in _TENSOR_KEYS if k in batch},
+            {k: batch[k][:, cut:] for k in _TENSOR_KEYS if k in batch}]
+
+
+_TENSOR_KEYS = ("input_ids", "attention_mask", "labels", "position_ids")
+
+
+def _trim_right_padding(batch: dict) -> dict:
+    width = int(batch["attention_mask"].sum(dim=1).max())
+    return {k: v[:, :width] for k, v in batch.items()}

@@ -62,6 +62,7 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
                         acc_strict=f"{correct['strict'] / len(scored):.3f}", refresh=False)
 
     start = time.perf_counter()
+    stats: dict[str, int] = {}
     model = _cast_for_eval(model, eval_cfg.get("dtype"))
     generations = generate(
         model, tokenizer, prompts,
@@ -73,6 +74,7 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
         engine=str(eval_cfg.get("engine") or "static"),
         cuda_graphs=bool(eval_cfg.get("cuda_graphs", False)),
         prefill_batch_size=eval_cfg.get("prefill_batch_size"),
+        stats=stats,
     )
     seconds = time.perf_counter() - start
     bar.close()
@@ -91,6 +93,7 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
         "eval_time_s": seconds,
         "eval_tokens_per_s": new_tokens / seconds if seconds else None,
         "eval_new_tokens": new_tokens,
+        "eval_oom_halvings": stats["oom_halvings"],
     }
     return records, metrics
 

@@ -28,6 +28,7 @@ import torch
 from transformers import DynamicCache, StaticCache, StoppingCriteria, StoppingCriteriaList
 
 from slm_sweep.evaluate.scoring import truncate_at_stop
+from slm_sweep.memory import is_out_of_memory, release_cached_memory
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +179,14 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
              token_budget: int = 65536, max_batch_size: int = 64,
              on_batch: Callable[[list[int], list[Generation]], None] | None = None,
              engine: str = "static", cuda_graphs: bool = False,
-             prefill_batch_size: int | None = None) -> list[Generation]:
+             prefill_batch_size: int | None = None, stats: dict | None = None) -> list[Generation]:
     """Greedy continuations of ``prompts``, in input order.
 
     ``on_batch(indices, generations)`` sees the generations as they finish: a row at a time for the cache engines,
     a batch at a time for ``plain``.
+
+    A batch that runs out of accelerator memory is retried as batches of half its size (and every later batch is
+    capped the same way); answers already reported are kept. ``stats["oom_halvings"]`` counts the halvings.
     """
     if engine not in ENGINES:
         raise ValueError(f"eval.engine={engine!r} is not one of {', '.join(ENGINES)}")
@@ -203,18 +207,51 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
     was_training = model.training
     model.eval()
     results: list[Generation | None] = [None] * len(prompts)
+    stats = stats if stats is not None else {}
+    stats.setdefault("oom_halvings", 0)
+    pending, batch_cap = list(range(len(prompts))), max_batch_size
     try:
-        for indices in token_budget_batches([len(e) for e in encoded], max_new_tokens, token_budget, max_batch_size):
-
-            def done(row: int, tokens: list[int], indices=indices) -> None:
-                results[indices[row]] = generation = to_generation(tokenizer, tokens, stop)
-                if on_batch:
-                    on_batch([indices[row]], [generation])
-
-            decode(model, [encoded[i] for i in indices], settings, done)
+        while pending:
+            batches = token_budget_batches([len(encoded[i]) for i in pending], max_new_tokens, token_budget,
+                                           batch_cap)
+            failed: list[int] | None = None
+            for batch in batches:
+                indices = [pending[j] for j in batch]
+                try:
+                    decode(model, [encoded[i] for i in indices], settings, _reporter(indices, results, tokenizer,
+                                                                                     stop, on_batch))
+                except Exception as error:  # noqa: BLE001 - only out-of-memory is retried, the rest re-raised
+                    if not is_out_of_memory(error):
+                        raise
+                    if len(indices) == 1:
+                        raise RuntimeError(
+                            f"out of memory generating for a single prompt of {len(encoded[indices[0]])} tokens "
+                            f"with eval.max_new_tokens={max_new_tokens}: lower eval.max_new_tokens or use a "
+                            "smaller eval.dtype") from error
+                    failed = indices
+                    break
+            if failed is None:
+                break
+            batch_cap = max(1, len(failed) // 2)
+            stats["oom_halvings"] += 1
+            log.warning("out of memory evaluating a batch of %d prompts; retrying at most %d per batch",
+                        len(failed), batch_cap)
+            release_cached_memory()
+            pending = [i for i in pending if results[i] is None]
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]
+
+
+def _reporter(indices: list[int], results: list, tokenizer, stop: Sequence[str], on_batch) -> RowDone:
+    """The ``done`` callback of one batch: decode the row's tokens, store and report them under its index."""
+
+    def done(row: int, tokens: list[int]) -> None:
+        results[indices[row]] = generation = to_generation(tokenizer, tokens, stop)
+        if on_batch:
+            on_batch([indices[row]], [generation])
+
+    return done
 
 
 def _pad_id(tokenizer) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 
 from slm_sweep.train.callbacks import ThroughputMonitor, accelerator_name, bf16_peak_flops, flops_per_token
+from slm_sweep.train.checkpoint_io import AtomicCheckpointIO
 from slm_sweep.train.data import EncodedDataModule
 from slm_sweep.train.module import CausalLMModule
 
@@ -98,6 +99,7 @@ def build_trainer(trainer_cfg: Mapping[str, Any], out_dir: Path, callbacks: list
         log_every_n_steps=int(trainer_cfg.get("log_every_n_steps", 10)),
         deterministic=bool(trainer_cfg.get("deterministic", False)),
         default_root_dir=str(out_dir),
+        plugins=[AtomicCheckpointIO()],
     )
 
 
@@ -134,7 +136,7 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
     train_time = time.perf_counter() - start
     return TrainOutcome(train_time_s=train_time, train_steps=trainer.global_step,
                         train_loss=module.last_train_loss, val_loss=module.last_val_loss,
-                        perf=dict(throughput.result))
+                        perf={**throughput.result, "train_oom_halvings": module.oom_halvings})
 
 
 def last_checkpoint(out_dir: str | Path) -> Path | None:

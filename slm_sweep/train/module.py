@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Iterable
 
 import lightning as L
 import torch
+
+from slm_sweep.data.encode import split_micro_batch
+from slm_sweep.memory import is_out_of_memory, release_cached_memory
+
+log = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "labels")
 
@@ -63,6 +69,10 @@ class CausalLMModule(L.LightningModule):
     Optimization is manual because a step has a varying number of micro-batches (see ``batching``): gradients
     accumulate until the batch marked ``last_in_step``, then the optimizer steps. The loss is read back from the
     device only every ``log_every_n_steps`` steps, so the host never waits on the accelerator in between.
+
+    Out of accelerator memory on one device, the step starts over: its gradients are dropped and its
+    micro-batches so far are replayed cut in halves (and every later micro-batch too). The step's sequences and
+    the loss normalisation stay the same, so the effective batch and the gradient do not change.
     """
 
     def __init__(self, model, lr: float, weight_decay: float = 0.0, warmup_steps: int = 0,
@@ -82,6 +92,9 @@ class CausalLMModule(L.LightningModule):
         self._pending: list[tuple[int, torch.Tensor]] = []
         self._val_sums: list[torch.Tensor] = []
         self._no_sync = contextlib.ExitStack()
+        self.split_depth = 0      # each micro-batch is halved this many times (raised on out-of-memory)
+        self.oom_halvings = 0
+        self._step_batches: list[dict] = []
 
     def forward(self, batch: dict, loss_tokens) -> torch.Tensor:
         return micro_batch_loss(self.model, batch, loss_tokens)
@@ -96,14 +109,66 @@ class CausalLMModule(L.LightningModule):
         self._no_sync.close()
 
     def training_step(self, batch, batch_idx):
-        loss = self(batch, batch["step_loss_tokens"])
-        world_size = self.trainer.world_size
-        # DDP averages gradients over devices; the loss is already normalised by the step's total answer tokens.
-        self.manual_backward(loss * world_size if world_size > 1 else loss)
-        detached = loss.detach()
-        self._step_loss = detached if self._step_loss is None else self._step_loss + detached
+        self._step_batches.append(batch)
+        try:
+            self._accumulate(batch)
+            out_of_memory = False
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+            if not is_out_of_memory(error):
+                raise
+            self._check_can_split(error)
+            out_of_memory = True
+        if out_of_memory:  # outside the except block, so the failed attempt's tensors can be freed first
+            self._replay_step_in_halves()
         if batch["last_in_step"]:
+            self._step_batches.clear()
             self._optimizer_step()
+
+    def _pieces(self, batch: dict) -> list[dict]:
+        """``batch`` cut in halves ``split_depth`` times over (pieces of one sequence stay whole)."""
+        pieces = [batch]
+        for _ in range(self.split_depth):
+            pieces = [half for piece in pieces for half in (split_micro_batch(piece) or [piece])]
+        return pieces
+
+    def _accumulate(self, batch: dict) -> None:
+        """Forward and backward of one micro-batch, piece by piece."""
+        world_size = self.trainer.world_size
+        for piece in self._pieces(batch):
+            loss = self(piece, batch["step_loss_tokens"])
+            # DDP averages gradients over devices; the loss is already normalised by the step's answer tokens.
+            self.manual_backward(loss * world_size if world_size > 1 else loss)
+            detached = loss.detach()
+            self._step_loss = detached if self._step_loss is None else self._step_loss + detached
+
+    def _check_can_split(self, error: BaseException) -> None:
+        if self.trainer.world_size > 1:
+            raise RuntimeError(
+                "out of memory on one of several devices, which the others cannot wait for: lower "
+                "trainer.micro_batch_size or trainer.micro_batch_tokens") from error
+        if not any(split_micro_batch(p) is not None for b in self._step_batches for p in self._pieces(b)):
+            raise RuntimeError(
+                "out of memory on a micro-batch of a single sequence: lower dataset.max_length, turn on "
+                "trainer.gradient_checkpointing or use a smaller model") from error
+
+    def _replay_step_in_halves(self) -> None:
+        """Drop the step's gradients and redo its micro-batches so far, each cut once more, until they fit."""
+        while True:
+            self.split_depth += 1
+            self.oom_halvings += 1
+            log.warning("out of memory in training step %d; micro-batches are now cut into %d pieces",
+                        self.global_step, 2 ** self.split_depth)
+            self.optimizers().zero_grad(set_to_none=True)
+            self._step_loss = None
+            release_cached_memory()
+            try:
+                for batch in self._step_batches:
+                    self._accumulate(batch)
+                return
+            except Exception as error:  # noqa: BLE001
+                if not is_out_of_memory(error):
+                    raise
+                self._check_can_split(error)
 
     def _optimizer_step(self) -> None:
         optimizer = self.optimizers()

@@ -1,0 +1,21 @@
+"""Accelerator out-of-memory faults: recognising one and giving the cached memory back before a retry."""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for torch's out-of-memory error (CUDA, MPS, XPU) and for the older RuntimeError spellings of it."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def release_cached_memory() -> None:
+    """Drop unreachable tensors and hand the allocator's cached blocks back, so a smaller retry can use them."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
