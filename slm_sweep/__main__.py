@@ -11,9 +11,13 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from slm_sweep.config import ConfigError
     from slm_sweep.run import run
 
-    record = run(cfg)
+    try:
+        record = run(cfg)
+    except ConfigError as error:  # the message says it all; a traceback would only hide it
+        raise SystemExit(f"config error: {error}") from None
     if record["status"] != "completed" and HydraConfig.get().mode != RunMode.MULTIRUN:
         raise SystemExit(f"cell {record['status']}: {record.get('error')}")
     return (record.get("metrics") or {}).get(cfg.optimized_metric)

@@ -14,6 +14,10 @@ MODEL_SOURCES = ("hub", "gguf", "tiny")
 LOGGERS = ("wandb", "csv", "none")
 PROMPT_STYLES = ("auto", "chat", "plain")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "transformer-engine",
+              "transformer-engine-float16")
+TRAINER_SWITCHES = ("packing", "gradient_checkpointing", "compile", "deterministic", "progress_bar",
+                    "keep_checkpoints")
 
 
 class ConfigError(ValueError):
@@ -37,6 +41,55 @@ def _positive_number(cfg: Mapping, path: str) -> None:
     value = OmegaConf.select(cfg, path) if isinstance(cfg, DictConfig) else _select(cfg, path)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ConfigError(f"{path}={value!r} must be a positive number")
+
+
+def _non_negative_int(cfg: Mapping, path: str) -> None:
+    value = OmegaConf.select(cfg, path)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{path}={value!r} must be a non-negative integer")
+
+
+def _non_negative_number(cfg: Mapping, path: str, allow_none: bool = False) -> None:
+    value = OmegaConf.select(cfg, path)
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigError(f"{path}={value!r} must be a non-negative number" + (" or null" if allow_none else ""))
+
+
+def _switch(cfg: Mapping, path: str, allow_none: bool = False) -> None:
+    value = OmegaConf.select(cfg, path)
+    if not isinstance(value, bool) and not (value is None and allow_none):
+        raise ConfigError(f"{path}={value!r} must be true or false" + (" or null" if allow_none else ""))
+
+
+def _validate_trainer(cfg: DictConfig) -> None:
+    trainer = cfg.trainer
+    for key in ("max_steps", "batch_size", "max_length", "log_every_n_steps"):
+        _positive_int(cfg, f"trainer.{key}")
+    for key in ("micro_batch_size", "micro_batch_tokens", "checkpoint_every_n_steps", "pad_to_multiple_of",
+                "val_check_interval"):
+        if key in trainer:
+            _positive_int(cfg, f"trainer.{key}", allow_none=True)
+    for key in ("warmup_steps", "throughput_warmup_steps", "num_workers"):
+        if key in trainer:
+            _non_negative_int(cfg, f"trainer.{key}")
+    _non_negative_number(cfg, "trainer.weight_decay")
+    _non_negative_number(cfg, "trainer.gradient_clip_val", allow_none=True)
+    for key in TRAINER_SWITCHES:
+        if key in trainer:
+            _switch(cfg, f"trainer.{key}")
+    _switch(cfg, "trainer.fused_adamw", allow_none=True)
+    _one_of(str(trainer.precision), PRECISIONS, "trainer.precision")
+    micro = trainer.get("micro_batch_size") or trainer.batch_size
+    if trainer.batch_size % micro:
+        raise ConfigError(
+            f"trainer.batch_size={trainer.batch_size} must be a multiple of trainer.micro_batch_size={micro}"
+        )
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > 1 and trainer.batch_size % devices:
+        raise ConfigError(f"trainer.batch_size={trainer.batch_size} must be a multiple of "
+                          f"trainer.devices={devices}: every device takes the same share of each step")
 
 
 def _select(cfg: Mapping, path: str) -> Any:
@@ -76,16 +129,8 @@ def validate_config(cfg: DictConfig) -> None:
     if method.name == "fewshot":
         _positive_int(cfg, "method.num_fewshot")
 
-    trainer = cfg.trainer
     if method.name in ("full", "lora", "dora"):
-        for key in ("max_steps", "batch_size", "max_length"):
-            _positive_int(cfg, f"trainer.{key}")
-        _positive_int(cfg, "trainer.micro_batch_size", allow_none=True)
-        micro = trainer.get("micro_batch_size") or trainer.batch_size
-        if trainer.batch_size % micro:
-            raise ConfigError(
-                f"trainer.batch_size={trainer.batch_size} must be a multiple of trainer.micro_batch_size={micro}"
-            )
+        _validate_trainer(cfg)
 
     dataset = cfg.dataset
     for key in ("train_limit", "test_limit", "val_size", "test_size"):

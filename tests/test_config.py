@@ -70,6 +70,13 @@ def test_method_defaults():
         ("prompt.style=fancy", "prompt.style='fancy' is not one of: auto, chat, plain"),
         ("eval.ood_sets=[svamp,nope]", "eval.ood_sets[]='nope' is not one of"),
         ("seed=-1", "seed=-1 must be a non-negative integer"),
+        ("trainer.micro_batch_tokens=-5", "trainer.micro_batch_tokens=-5 must be a positive integer or null"),
+        ("trainer.packing=maybe", "trainer.packing='maybe' must be true or false"),
+        ("trainer.throughput_warmup_steps=-1", "trainer.throughput_warmup_steps=-1 must be a non-negative integer"),
+        ("trainer.precision=17", "trainer.precision='17' is not one of: 32-true"),
+        ("trainer.weight_decay=-0.1", "trainer.weight_decay=-0.1 must be a non-negative number"),
+        ("trainer.devices=3", "trainer.batch_size=16 must be a multiple of trainer.devices=3"),
+        ("trainer.fused_adamw=sometimes", "trainer.fused_adamw='sometimes' must be true or false or null"),
     ],
 )
 def test_bad_values_are_named_with_what_is_allowed(override, message):
