@@ -53,8 +53,10 @@ def make_record(model, method, seed, flexible, strict, *, status="completed", fi
         "train_tokens": 1000 if fine_tuned else 0,
         "train_tokens_per_s": 1000.0 + seed if fine_tuned else None,
         "eval_tokens_per_s": 200.0,
-        "peak_memory_mb": 512.0,
-        "mfu": None,
+        "peak_memory_mb": 512.0 + 100 * seed,
+        "step_time_s": 0.5 + 0.1 * seed if fine_tuned else None,
+        "train_padding_fraction": 0.1 * seed if fine_tuned else None,
+        "mfu": 0.01 * (seed + 1) if fine_tuned else None,
     }
     return {
         "schema_version": 1,
@@ -148,9 +150,14 @@ def test_rows_order_and_statistics(grid):
         if row["method"] in ("full", "lora"):
             assert row["train_time_s_mean"] == pytest.approx(60.0)
             assert row["train_tokens_per_s_mean"] == pytest.approx(1001.0)
+            assert row["step_time_s_mean"] == pytest.approx(0.6)
+            assert row["mfu_mean"] == pytest.approx(0.02)
+            assert row["train_padding_fraction_mean"] == pytest.approx(0.1)
         else:
             assert row["trainable_params"] == 0
-            assert row["train_tokens_per_s_mean"] is None
+            assert row["train_tokens_per_s_mean"] is None and row["mfu_mean"] is None
+        assert row["peak_memory_mb_max"] == pytest.approx(712.0)
+        assert row["eval_time_s_mean"] == pytest.approx(5.0)
 
 
 def test_deltas_and_negative_transfer(grid):

@@ -272,6 +272,11 @@ def describe(values: Sequence[float]) -> tuple[float | None, float | None, float
     return mean, std, t_critical(n - 1) * std / math.sqrt(n)
 
 
+def _max_or_none(values: Iterable[Any]) -> float | None:
+    numbers = [v for v in (_number(x) for x in values) if v is not None]
+    return max(numbers) if numbers else None
+
+
 def _mean_or_none(values: Iterable[Any]) -> float | None:
     numbers = [v for v in (_number(x) for x in values) if v is not None]
     return statistics.fmean(numbers) if numbers else None
@@ -357,7 +362,8 @@ def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
     Keys: dataset, model, method, n, seeds, accuracy_flexible_{mean,std,ci95},
     accuracy_strict_{mean,std,ci95}, n_eval, trainable_params, total_params, train_time_s_mean,
-    train_tokens_per_s_mean, delta_zeroshot, delta_fewshot, negative_transfer. Accuracies are fractions.
+    train_tokens_per_s_mean, step_time_s_mean, mfu_mean, train_padding_fraction_mean, peak_memory_mb_max,
+    eval_time_s_mean, delta_zeroshot, delta_fewshot, negative_transfer. Accuracies are fractions.
     """
     completed = _completed(records)
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -381,6 +387,11 @@ def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         row["total_params"] = _first_int(m.get("total_params") for m in metrics)
         row["train_time_s_mean"] = _mean_or_none(m.get("train_time_s") for m in metrics)
         row["train_tokens_per_s_mean"] = _mean_or_none(m.get("train_tokens_per_s") for m in metrics)
+        row["step_time_s_mean"] = _mean_or_none(m.get("step_time_s") for m in metrics)
+        row["mfu_mean"] = _mean_or_none(m.get("mfu") for m in metrics)
+        row["train_padding_fraction_mean"] = _mean_or_none(m.get("train_padding_fraction") for m in metrics)
+        row["peak_memory_mb_max"] = _max_or_none(m.get("peak_memory_mb") for m in metrics)
+        row["eval_time_s_mean"] = _mean_or_none(m.get("eval_time_s") for m in metrics)
         rows.append(row)
 
     _add_baseline_columns(rows, ("dataset", "model"), deltas=True)

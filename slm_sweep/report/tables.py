@@ -21,6 +21,7 @@ SUMMARY_COLUMNS = (
     "dataset", "model", "method", "n", "seeds",
     *(f"{m}_{s}" for m in ACCURACY_METRICS for s in ("mean", "std", "ci95")),
     "n_eval", "trainable_params", "total_params", "train_time_s_mean", "train_tokens_per_s_mean",
+    "step_time_s_mean", "mfu_mean", "train_padding_fraction_mean", "peak_memory_mb_max", "eval_time_s_mean",
     "delta_zeroshot", "delta_fewshot", "negative_transfer",
 )  # fmt: skip
 
@@ -96,6 +97,12 @@ def rate(per_second: float | None) -> str:
     return EMPTY if per_second is None else f"{per_second:,.0f}"
 
 
+def megabytes(mb: float | None) -> str:
+    if mb is None:
+        return EMPTY
+    return f"{mb / 1024:.1f} GiB" if mb >= 1024 else f"{mb:.0f} MiB"
+
+
 # ---------------------------------------------------------------- markdown
 
 
@@ -143,7 +150,8 @@ def _sources(collection: Collection) -> list[str]:
 def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]]) -> list[str]:
     header = (
         "model", "method", "n", "flexible (%)", "95% CI", "strict (%)", "95% CI",
-        "Δ zero-shot (pp)", "Δ few-shot (pp)", "trainable", "total", "train time", "train tok/s",
+        "Δ zero-shot (pp)", "Δ few-shot (pp)", "trainable", "total", "train time", "train tok/s", "MFU",
+        "peak memory",
     )  # fmt: skip
     body = []
     for row in rows:
@@ -165,6 +173,8 @@ def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]]) -> list[str
                 params(row["total_params"]),
                 duration(row["train_time_s_mean"]),
                 rate(row["train_tokens_per_s_mean"]),
+                f"{percent(row['mfu_mean'])} %" if row["mfu_mean"] is not None else EMPTY,
+                megabytes(row["peak_memory_mb_max"]),
             )
         )
     return [f"## {dataset}", "", *_table(header, body), ""]
