@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,3 +60,22 @@ def tiny_cfg(requires_data):
         return compose_config([*FAST_TINY, *overrides])
 
     return make
+
+
+class OutOfMemoryAbove:
+    """Makes the model raise torch's out-of-memory error for inputs over ``rows`` rows or ``tokens`` positions,
+    as a GPU with less memory would; counts the forwards it let through and the ones it refused."""
+
+    def __init__(self, model, rows: int | None = None, tokens: int | None = None):
+        self.rows, self.tokens, self.refused, self.shapes = rows, tokens, 0, []
+        self.handle = model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        shape = tuple(kwargs["input_ids"].shape)
+        if (self.rows is not None and shape[0] > self.rows) or (self.tokens is not None and shape[1] > self.tokens):
+            self.refused += 1
+            raise torch.OutOfMemoryError(f"CUDA out of memory (injected for a micro-batch of shape {shape})")
+        self.shapes.append(shape)
+
+    def remove(self) -> None:
+        self.handle.remove()

@@ -18,7 +18,7 @@ from slm_sweep.evaluate.generate import (
     token_budget_batches,
 )
 from slm_sweep.models import load_model_and_tokenizer
-from tests.conftest import CONF_DIR, DATA_ROOT
+from tests.conftest import CONF_DIR, DATA_ROOT, OutOfMemoryAbove
 
 GSM8K_STOP = ["Question:", "</s>", "<|im_end|>"]
 # Strings that the untied tiny model below writes at different points, so its rows end at different steps.
@@ -262,21 +262,6 @@ def test_engines_agree_on_smollm(requires_data):
 # ---------------------------------------------------------------------------------------------- out of memory
 
 
-class OutOfMemoryAbove:
-    """Makes the model raise torch's out-of-memory error for forwards of more than ``rows`` rows."""
-
-    def __init__(self, model, rows: int):
-        self.rows, self.refused, self.largest = rows, 0, 0
-        self.handle = model.register_forward_pre_hook(self, with_kwargs=True)
-
-    def __call__(self, module, args, kwargs):
-        rows = kwargs["input_ids"].shape[0]
-        if rows > self.rows:
-            self.refused += 1
-            raise torch.OutOfMemoryError(f"CUDA out of memory (injected for {rows} rows)")
-        self.largest = max(self.largest, rows)
-
-
 @pytest.mark.parametrize("engine", ["static", "plain"])
 def test_out_of_memory_in_evaluation_halves_the_batch_and_gives_the_same_answers(varied_tiny, zero_shot_prompts,
                                                                                  engine):
@@ -289,9 +274,9 @@ def test_out_of_memory_in_evaluation_halves_the_batch_and_gives_the_same_answers
         got = _run(model, tokenizer, zero_shot_prompts, engine, max_batch_size=16, stats=stats,
                    on_batch=lambda indices, gens: reported.extend(indices))
     finally:
-        fault.handle.remove()
+        fault.remove()
     assert fault.refused == 2 and stats["oom_halvings"] == 2  # 16 rows fail, then 8, then 4 fit
-    assert fault.largest == 4
+    assert max(rows for rows, _ in fault.shapes) == 4
     assert [(g.text, g.new_tokens) for g in got] == [(g.text, g.new_tokens) for g in expected]
     assert sorted(reported) == list(range(len(zero_shot_prompts))), "each answer is reported once"
 
@@ -303,4 +288,4 @@ def test_out_of_memory_on_a_single_prompt_is_a_clear_error(varied_tiny, zero_sho
         with pytest.raises(RuntimeError, match="single prompt of .* tokens with eval.max_new_tokens=40"):
             _run(model, tokenizer, zero_shot_prompts[:3], "static")
     finally:
-        fault.handle.remove()
+        fault.remove()

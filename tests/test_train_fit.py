@@ -18,7 +18,7 @@ from slm_sweep.models import apply_method, load_model_and_tokenizer
 from slm_sweep.train.batching import step_groups
 from slm_sweep.train.fit import fit
 from slm_sweep.train.module import DivergedError
-from tests.conftest import CONF_DIR, compose_config
+from tests.conftest import CONF_DIR, OutOfMemoryAbove, compose_config
 
 SEED = 3
 
@@ -219,22 +219,6 @@ def test_two_cpu_processes_train_like_one(examples, tmp_path):
                        devices=2, strategy="ddp_spawn")
     assert not torch.equal(weights(spawned)["model.norm.weight"], weights(tiny()[0])["model.norm.weight"])
     assert_same_tensors(weights(single), weights(spawned))
-
-
-class OutOfMemoryAbove:
-    """Makes the model raise torch's out-of-memory error for inputs over ``rows`` rows or ``tokens`` positions,
-    as a GPU with less memory would; counts the forwards it let through and the ones it refused."""
-
-    def __init__(self, model, rows: int | None = None, tokens: int | None = None):
-        self.rows, self.tokens, self.refused, self.shapes = rows, tokens, 0, []
-        self.handle = model.register_forward_pre_hook(self, with_kwargs=True)
-
-    def __call__(self, module, args, kwargs):
-        shape = tuple(kwargs["input_ids"].shape)
-        if (self.rows is not None and shape[0] > self.rows) or (self.tokens is not None and shape[1] > self.tokens):
-            self.refused += 1
-            raise torch.OutOfMemoryError(f"CUDA out of memory (injected for a micro-batch of shape {shape})")
-        self.shapes.append(shape)
 
 
 def train_out_of_memory(examples, tmp_path, method="full", callbacks=(), rows=None, tokens=None, **trainer_overrides):
