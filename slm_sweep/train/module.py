@@ -152,7 +152,11 @@ class CausalLMModule(L.LightningModule):
                 "trainer.gradient_checkpointing or use a smaller model") from error
 
     def _replay_step_in_halves(self) -> None:
-        """Drop the step's gradients and redo its micro-batches so far, each cut once more, until they fit."""
+        """Drop the step's gradients and redo its micro-batches so far, each cut once more, until they fit.
+
+        The whole step is redone, not just the failed piece: an error inside backward may already have added
+        part of that piece's gradient to some parameters.
+        """
         while True:
             self.split_depth += 1
             self.oom_halvings += 1
