@@ -261,6 +261,25 @@ def test_out_of_memory_with_packing_cuts_at_sequence_boundaries(examples, tmp_pa
         assert_same_tensors(a, b)
 
 
+def test_out_of_memory_in_validation_halves_the_batch_and_keeps_the_loss(examples, tmp_path):
+    def validate(rows):
+        model, tokenizer = tiny()
+        fault = OutOfMemoryAbove(model, rows=rows) if rows else None
+        outcome = fit(model, examples[:8], examples[8:], trainer_config(max_steps=1, batch_size=2,
+                                                                       micro_batch_size=2),
+                      method_config("full"), seed=SEED, out_dir=tmp_path / f"rows{rows}",
+                      pad_token_id=tokenizer.pad_token_id)
+        return outcome, fault
+
+    whole, _ = validate(None)
+    halved, fault = validate(1)
+    full_val_batches = len(examples[8:]) // 2
+    assert full_val_batches >= 1
+    # one halving in training, then every validation batch of 2 rows is halved
+    assert halved.perf["train_oom_halvings"] == fault.refused == 1 + full_val_batches
+    assert halved.val_loss == pytest.approx(whole.val_loss, rel=1e-6)
+
+
 def test_out_of_memory_on_a_single_sequence_is_a_clear_error(examples, tmp_path):
     with pytest.raises(RuntimeError, match="single sequence: lower dataset.max_length"):
         train_out_of_memory(examples, tmp_path, tokens=10, micro_batch_size=2)

@@ -214,9 +214,23 @@ class CausalLMModule(L.LightningModule):
         self._flush_losses()
 
     def validation_step(self, batch, batch_idx):
-        summed = micro_batch_loss(self.model, batch, 1).detach().float()
-        n_tokens = (batch["labels"][:, 1:] != -100).sum()
-        self._val_sums.append(torch.stack([summed, n_tokens.to(summed)]))
+        self._val_sums.append(self._validation_sums(batch))
+
+    def _validation_sums(self, batch: dict) -> torch.Tensor:
+        """(summed loss, answer tokens) of a validation batch; out of memory, the sum of its two halves."""
+        try:
+            summed = micro_batch_loss(self.model, batch, 1).detach().float()
+            n_tokens = (batch["labels"][:, 1:] != -100).sum()
+            return torch.stack([summed, n_tokens.to(summed)])
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+            if not is_out_of_memory(error):
+                raise
+            halves = split_micro_batch(batch)
+            if halves is None:
+                raise RuntimeError("out of memory validating a single sequence: lower dataset.max_length") from error
+        self.oom_halvings += 1
+        release_cached_memory()
+        return self._validation_sums(halves[0]) + self._validation_sums(halves[1])
 
     def on_validation_epoch_end(self):
         local = torch.stack(self._val_sums).sum(0) if self._val_sums else torch.zeros(2, device=self.device)
