@@ -29,36 +29,33 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+_NUMBER_KINDS = {
+    "a positive integer": lambda v: isinstance(v, int) and v > 0,
+    "a non-negative integer": lambda v: isinstance(v, int) and v >= 0,
+    "a positive number": lambda v: isinstance(v, (int, float)) and v > 0,
+    "a non-negative number": lambda v: isinstance(v, (int, float)) and v >= 0,
+}
+
+
+def _value(cfg: Mapping, path: str) -> Any:
+    return OmegaConf.select(cfg, path) if isinstance(cfg, DictConfig) else _select(cfg, path)
+
+
+def _number(cfg: Mapping, path: str, kind: str, allow_none: bool = False) -> None:
+    """Raise unless the value at ``path`` is of ``kind`` (a key of _NUMBER_KINDS), or null where allowed."""
+    value = _value(cfg, path)
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not _NUMBER_KINDS[kind](value):
+        raise ConfigError(f"{path}={value!r} must be {kind}" + (" or null" if allow_none else ""))
+
+
 def _positive_int(cfg: Mapping, path: str, allow_none: bool = False) -> None:
-    value = OmegaConf.select(cfg, path) if isinstance(cfg, DictConfig) else _select(cfg, path)
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{path}={value!r} must be a positive integer" + (" or null" if allow_none else ""))
-
-
-def _positive_number(cfg: Mapping, path: str) -> None:
-    value = OmegaConf.select(cfg, path) if isinstance(cfg, DictConfig) else _select(cfg, path)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"{path}={value!r} must be a positive number")
-
-
-def _non_negative_int(cfg: Mapping, path: str) -> None:
-    value = OmegaConf.select(cfg, path)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{path}={value!r} must be a non-negative integer")
-
-
-def _non_negative_number(cfg: Mapping, path: str, allow_none: bool = False) -> None:
-    value = OmegaConf.select(cfg, path)
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ConfigError(f"{path}={value!r} must be a non-negative number" + (" or null" if allow_none else ""))
+    _number(cfg, path, "a positive integer", allow_none)
 
 
 def _switch(cfg: Mapping, path: str, allow_none: bool = False) -> None:
-    value = OmegaConf.select(cfg, path)
+    value = _value(cfg, path)
     if not isinstance(value, bool) and not (value is None and allow_none):
         raise ConfigError(f"{path}={value!r} must be true or false" + (" or null" if allow_none else ""))
 
@@ -73,9 +70,9 @@ def _validate_trainer(cfg: DictConfig) -> None:
             _positive_int(cfg, f"trainer.{key}", allow_none=True)
     for key in ("warmup_steps", "throughput_warmup_steps", "num_workers"):
         if key in trainer:
-            _non_negative_int(cfg, f"trainer.{key}")
-    _non_negative_number(cfg, "trainer.weight_decay")
-    _non_negative_number(cfg, "trainer.gradient_clip_val", allow_none=True)
+            _number(cfg, f"trainer.{key}", "a non-negative integer")
+    _number(cfg, "trainer.weight_decay", "a non-negative number")
+    _number(cfg, "trainer.gradient_clip_val", "a non-negative number", allow_none=True)
     for key in TRAINER_SWITCHES:
         if key in trainer:
             _switch(cfg, f"trainer.{key}")
@@ -109,8 +106,7 @@ def validate_config(cfg: DictConfig) -> None:
     for key in ("model", "method", "dataset", "trainer", "eval", "logger"):
         if key not in cfg or cfg[key] is None:
             raise ConfigError(f"the config has no {key!r} group; choose one of: {', '.join(group_options(key))}")
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
-        raise ConfigError(f"seed={cfg.seed!r} must be a non-negative integer")
+    _number(cfg, "seed", "a non-negative integer")
 
     _one_of(cfg.model.get("source"), MODEL_SOURCES, "model.source")
     if cfg.model.source == "hub" and not cfg.model.get("id"):
@@ -119,10 +115,10 @@ def validate_config(cfg: DictConfig) -> None:
     method = cfg.method
     _one_of(method.get("name"), METHODS, "method.name")
     if method.name in ("full", "lora", "dora"):
-        _positive_number(cfg, "method.lr")
+        _number(cfg, "method.lr", "a positive number")
     if method.name in ("lora", "dora"):
         _positive_int(cfg, "method.r")
-        _positive_number(cfg, "method.alpha")
+        _number(cfg, "method.alpha", "a positive number")
         dropout = method.get("dropout")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ConfigError(f"method.dropout={dropout!r} must be a number in [0, 1)")

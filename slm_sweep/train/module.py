@@ -110,19 +110,25 @@ class CausalLMModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         self._step_batches.append(batch)
-        try:
-            self._accumulate(batch)
-            out_of_memory = False
-        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
-            if not is_out_of_memory(error):
-                raise
-            self._check_can_split(error)
-            out_of_memory = True
-        if out_of_memory:  # outside the except block, so the failed attempt's tensors can be freed first
+        if not self._fits(lambda: self._accumulate(batch)):
             self._replay_step_in_halves()
         if batch["last_in_step"]:
             self._step_batches.clear()
             self._optimizer_step()
+
+    def _fits(self, work) -> bool:
+        """Run ``work``; False if it ran out of memory and the step can still be cut finer, else re-raise.
+
+        Returning (rather than retrying inside the ``except``) lets the failed attempt's tensors be freed first.
+        """
+        try:
+            work()
+            return True
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+            if not is_out_of_memory(error):
+                raise
+            self._check_can_split(error)
+            return False
 
     def _pieces(self, batch: dict) -> list[dict]:
         """``batch`` cut in halves ``split_depth`` times over (pieces of one sequence stay whole)."""
@@ -165,14 +171,8 @@ class CausalLMModule(L.LightningModule):
             self.optimizers().zero_grad(set_to_none=True)
             self._step_loss = None
             release_cached_memory()
-            try:
-                for batch in self._step_batches:
-                    self._accumulate(batch)
+            if self._fits(lambda: [self._accumulate(b) for b in self._step_batches]):
                 return
-            except Exception as error:  # noqa: BLE001
-                if not is_out_of_memory(error):
-                    raise
-                self._check_can_split(error)
 
     def _optimizer_step(self) -> None:
         optimizer = self.optimizers()
