@@ -51,6 +51,23 @@ report: ## Tables and plots of a sweep: make report SWEEP=multirun/<date>/<time>
 	@test -n "$(SWEEP)" || { echo "no sweep under multirun/; run one first or pass SWEEP=DIR"; exit 2; }
 	$(PY) -m slm_sweep.report $(SWEEP)
 
+# What a bare GPU machine (Python 3.12, manylinux x86_64, no network) lacks of the cell path, at the versions tested here.
+GPU_WHEELS = $(shell $(PY) -c "from importlib.metadata import version as v; print(' '.join(f'{n}=={v(n)}' for n in ('hydra-core', 'omegaconf', 'gguf')))")
+ANTLR = antlr4-python3-runtime==$(shell $(PY) -c "from importlib.metadata import version; print(version('antlr4-python3-runtime'))")
+
+wheelhouse: install ## Wheels a bare GPU machine lacks (hydra-core, omegaconf, antlr4, gguf) into .gpu/wheels
+	rm -rf .gpu/wheels && mkdir -p .gpu/wheels
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .gpu/wheels $(GPU_WHEELS)
+	$(PIP) wheel -q --no-deps -w .gpu/wheels $(ANTLR)  # published as a source archive only
+	@ls .gpu/wheels
+
+gpu-bundle: wheelhouse ## Everything bench/gpu_check.sh needs on a GPU machine, in .gpu/ (wheels, GSM8K, SmolLM2 in 2 parts)
+	$(PY) bench/gpu_bundle.py build $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
+
+gpu-check: install ## The GPU acceptance job here (a dry run on the tiny model where there is no CUDA)
+	PYTHON=$(PY) bash bench/gpu_check.sh
+
 lint: ## ruff on the code and tests
 	$(VENV)/bin/ruff check slm_sweep tests bench
 
@@ -58,4 +75,4 @@ clean: ## Remove outputs/, multirun/, caches (keeps .venv and the converted mode
 	rm -rf outputs multirun .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
 
-.PHONY: help install test test-slow demo smoke paper report lint clean
+.PHONY: help install test test-slow demo smoke paper report wheelhouse gpu-bundle gpu-check lint clean

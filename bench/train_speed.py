@@ -47,7 +47,9 @@ METHODS = ("full", "lora", "dora")
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="tiny", choices=["tiny", "smollm135_q4"])
+    parser.add_argument("--model", default="tiny", help="a conf/model/*.yaml name, e.g. tiny, smollm135_q4")
+    parser.add_argument("--model-override", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="model settings, e.g. gguf_dir=.gpu/weights or id=.gpu/smollm135")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--steps", type=int, default=20, help="measured optimizer steps")
     parser.add_argument("--warmup", type=int, default=2, help="optimizer steps run first and left out of the rate")
@@ -55,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--micro-batch-size", type=int, default=None, help="default: the trainer config's")
     parser.add_argument("--micro-batch-tokens", type=int, default=None, help="token budget per micro-batch")
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--trainer-override", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="trainer settings, e.g. compile=true packing=true micro_batch_tokens=4096")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=1, help="alternate plain/slm_sweep runs, report medians")
     parser.add_argument("--progress-bar", action="store_true", help="keep Lightning's progress bar on")
@@ -82,7 +86,20 @@ def trainer_config(args) -> dict:
         overrides["micro_batch_size"] = args.micro_batch_size
     if args.micro_batch_tokens:
         overrides["micro_batch_tokens"] = args.micro_batch_tokens
-    return OmegaConf.to_container(OmegaConf.merge(cfg, overrides))
+    return OmegaConf.to_container(OmegaConf.merge(cfg, overrides, OmegaConf.from_dotlist(args.trainer_override)))
+
+
+def load_model_config(name: str, overrides: list[str]):
+    """conf/model/<name>.yaml (with the file it extends, if any) and ``key=value`` overrides."""
+    path = ROOT / "conf" / "model" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise SystemExit(f"--model {name!r} is not one of: {', '.join(known)}")
+    cfg = OmegaConf.load(path)
+    for parent in cfg.pop("defaults", []):
+        if parent != "_self_":
+            cfg = OmegaConf.merge(OmegaConf.load(path.parent / f"{parent}.yaml"), cfg)
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
 
 
 def load_examples(args, tokenizer, count: int) -> list[dict]:
@@ -218,7 +235,7 @@ def main(argv=None) -> list[dict]:
         torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
-    model_cfg = OmegaConf.load(ROOT / "conf" / "model" / f"{args.model}.yaml")
+    model_cfg = load_model_config(args.model, args.model_override)
     base, tokenizer = load_model_and_tokenizer(model_cfg, cache_dir=args.cache_dir)
     cfg = trainer_config(args)
     examples = load_examples(args, tokenizer, (args.warmup + args.steps) * args.batch_size)

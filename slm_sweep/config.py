@@ -10,10 +10,11 @@ from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 METHODS = ("zeroshot", "fewshot", "full", "lora", "dora")
-MODEL_SOURCES = ("hub", "gguf", "tiny")
+MODEL_SOURCES = ("hub", "gguf", "tiny", "random")
 LOGGERS = ("wandb", "csv", "none")
 PROMPT_STYLES = ("auto", "chat", "plain")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+PREFLIGHT_MODES = ("skip", "refuse", "warn")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "transformer-engine",
               "transformer-engine-float16")
 TRAINER_SWITCHES = ("packing", "gradient_checkpointing", "compile", "deterministic", "progress_bar",
@@ -101,6 +102,23 @@ def _one_of(value: Any, allowed, path: str) -> None:
         raise ConfigError(f"{path}={value!r} is not one of: {', '.join(map(str, allowed))}")
 
 
+def _validate_placement(cfg: DictConfig) -> None:
+    from slm_sweep.placement import PlacementError, check_device_setting, check_dtype_setting
+
+    try:
+        check_device_setting(cfg.eval.get("device"))
+        check_dtype_setting(cfg.eval.get("dtype"))
+    except PlacementError as err:
+        raise ConfigError(str(err)) from None
+    _switch(cfg, "eval.cuda_graphs")
+
+
+def validate_preflight(cfg: DictConfig) -> None:
+    """preflight.on_missing, which the sweep reads before its first cell (and every cell checks again)."""
+    if cfg.get("preflight") is not None:
+        _one_of(cfg.preflight.get("on_missing"), PREFLIGHT_MODES, "preflight.on_missing")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise ConfigError on the first value that cannot work; returns None for a usable config."""
     for key in ("model", "method", "dataset", "trainer", "eval", "logger"):
@@ -109,8 +127,8 @@ def validate_config(cfg: DictConfig) -> None:
     _number(cfg, "seed", "a non-negative integer")
 
     _one_of(cfg.model.get("source"), MODEL_SOURCES, "model.source")
-    if cfg.model.source == "hub" and not cfg.model.get("id"):
-        raise ConfigError(f"model={cfg.model.get('name')!r} has source hub but no model.id")
+    if cfg.model.source in ("hub", "random") and not cfg.model.get("id"):
+        raise ConfigError(f"model={cfg.model.get('name')!r} has source {cfg.model.source} but no model.id")
 
     method = cfg.method
     _one_of(method.get("name"), METHODS, "method.name")
@@ -154,9 +172,11 @@ def validate_config(cfg: DictConfig) -> None:
     for name in cfg.eval.get("ood_sets") or []:
         _one_of(name, known_sets, "eval.ood_sets[]")
     _positive_int(cfg, "eval.ood_limit", allow_none=True)
+    _validate_placement(cfg)
 
     _one_of(cfg.prompt.style, PROMPT_STYLES, "prompt.style")
     _one_of(cfg.resume.enabled, ("auto", True, False), "resume.enabled")
+    validate_preflight(cfg)
     _one_of(cfg.logger.get("name"), LOGGERS, "logger.name")
     if cfg.logger.name == "wandb":
         _one_of(cfg.logger.get("mode", "auto"), WANDB_MODES, "logger.mode")

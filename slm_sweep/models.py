@@ -8,6 +8,8 @@ Model sources (``model.source`` in conf/model/*.yaml):
   dequantized by transformers once and cached as safetensors.
 - ``tiny``: a randomly initialised Llama-shaped model of ~100k parameters with a BPE tokenizer trained on the fly,
   for tests. It needs no network and no files.
+- ``random``: a real model's architecture and tokenizer with random weights (``model.init_seed``), read from a hub
+  id or a folder holding config.json and the tokenizer files: speed checks at the real shape without the weights.
 
 This module knows nothing of datasets, and nothing of training loops.
 """
@@ -24,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from slm_sweep.config import MODEL_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +56,10 @@ def load_model_and_tokenizer(model_cfg: Mapping[str, Any], cache_dir: str | Path
         model, tokenizer = _load_gguf(model_cfg, cache_dir)
     elif source == "hub":
         model, tokenizer = _load_hub(model_cfg)
+    elif source == "random":
+        model, tokenizer = _load_random(model_cfg)
     else:
-        raise ModelLoadError(f"model.source={source!r} is not one of: hub, gguf, tiny")
+        raise ModelLoadError(f"model.source={source!r} is not one of: {', '.join(MODEL_SOURCES)}")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -71,33 +77,59 @@ def _torch_dtype(name: str | None) -> torch.dtype | str:
         raise ModelLoadError(f"model.dtype={name!r} is not a torch dtype (float32, bfloat16, float16, auto)") from None
 
 
+def _hub_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(revision=model_cfg.get("revision") or "main",
+                trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
+
+
 def _load_hub(model_cfg: Mapping[str, Any]):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_id = model_cfg["id"]
-    kwargs = dict(
-        revision=model_cfg.get("revision") or "main",
-        trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
-    )
+    model_id, kwargs = model_cfg["id"], _hub_kwargs(model_cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_id, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
             model_id, dtype=_torch_dtype(model_cfg.get("dtype")), use_safetensors=True, **kwargs
         )
     except OSError as err:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
-        raise ModelLoadError(
-            f"could not load model {model_id!r} (model={model_cfg.get('name')}): {err}\n"
-            + ("The hub is offline (HF_HUB_OFFLINE=1) and the model is not in the local cache. " if offline else "")
-            + f"Fetch it once with `huggingface-cli download {model_id}` (gated models need `huggingface-cli login` "
-            "or HF_TOKEN), or point at a local copy with `model.id=/path/to/model_dir`."
-        ) from err
+        raise _load_error(model_cfg, err) from err
     return model, tokenizer
 
 
+def _load_random(model_cfg: Mapping[str, Any]):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    model_id, kwargs = model_cfg["id"], _hub_kwargs(model_cfg)
+    try:
+        config = AutoConfig.from_pretrained(model_id, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(model_id, **kwargs)
+    except OSError as err:
+        raise _load_error(model_cfg, err) from err
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(model_cfg.get("init_seed", 0)))
+        model = AutoModelForCausalLM.from_config(config, dtype=_torch_dtype(model_cfg.get("dtype") or "float32"))
+    return model, tokenizer
+
+
+def _load_error(model_cfg: Mapping[str, Any], err: OSError) -> ModelLoadError:
+    model_id = model_cfg["id"]
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+    return ModelLoadError(
+        f"could not load model {model_id!r} (model={model_cfg.get('name')}): {err}\n"
+        + ("The hub is offline (HF_HUB_OFFLINE=1) and the model is not in the local cache. " if offline else "")
+        + f"Fetch it once with `huggingface-cli download {model_id}` (gated models need `huggingface-cli login` "
+        "or HF_TOKEN), or point at a local copy with `model.id=/path/to/model_dir`."
+    )
+
+
 def gguf_path(model_cfg: Mapping[str, Any]) -> Path:
-    """Locate the GGUF file inside the package that ships it, without importing that package."""
+    """The GGUF file: in ``model.gguf_dir`` when set, else inside the package that ships it (not imported)."""
     package, filename = model_cfg["gguf_package"], model_cfg["gguf_file"]
+    if model_cfg.get("gguf_dir"):
+        path = Path(str(model_cfg["gguf_dir"])).expanduser() / filename
+        if not path.is_file():
+            raise ModelLoadError(f"model.gguf_dir={str(model_cfg['gguf_dir'])!r} holds no {filename}")
+        return path
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(

@@ -89,6 +89,7 @@ def _base_record(cfg: DictConfig, config: dict) -> dict[str, Any]:
         "eval_sets": {},
         "reused_from": None,
         "skipped_rows": {},
+        "placement": {"train": None, "eval": None},
         "config": config,
         "versions": library_versions(),
         "git_commit": git_commit(),
@@ -186,9 +187,11 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
         load_model_and_tokenizer,
         merge_adapters_for_eval,
     )
+    from slm_sweep.placement import resolve_device, resolve_placement, to_device, to_dtype
 
     method = cfg.method
     num_fewshot = int(method.get("num_fewshot") or 0)
+    resolve_device(cfg.eval.get("device"))  # an eval.device that cannot work here fails before anything loads
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     # lm-eval draws shots from the whole train split: carve no validation set when nothing is trained
@@ -230,12 +233,20 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
         if train_only:
             return
         record["resumed_from_checkpoint"] = str(resume_from) if resume_from else None
+        record["placement"]["train"] = outcome.placement
         metrics.update(train_time_s=outcome.train_time_s, train_loss=outcome.train_loss, val_loss=outcome.val_loss,
                        train_steps=outcome.train_steps, **outcome.perf)
         write_result(out, record)  # training is the expensive part: keep its numbers even if evaluation fails
-        model = merge_adapters_for_eval(model)
     if train_only:
         return
+
+    # Every method generates on the resolved device and dtype; adapters are merged there, in the weights' dtype.
+    trained_on = (record["placement"]["train"] or {}).get("device")
+    placement = resolve_placement(cfg.eval, model, trained_on=trained_on)
+    model = to_dtype(merge_adapters_for_eval(to_device(model, placement.device)), placement.dtype)
+    record["placement"]["eval"] = placement.describe()
+    log.info("evaluating on %s (%s) in %s", placement.device, record["placement"]["eval"]["device_name"],
+             record["placement"]["eval"]["dtype"])
 
     start = time.perf_counter()
     # eval.split=val scores the validation split (hyperparameter search) and never generates on the test split.

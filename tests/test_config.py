@@ -77,6 +77,9 @@ def test_method_defaults():
         ("trainer.weight_decay=-0.1", "trainer.weight_decay=-0.1 must be a non-negative number"),
         ("trainer.devices=3", "trainer.batch_size=16 must be a multiple of trainer.devices=3"),
         ("trainer.fused_adamw=sometimes", "trainer.fused_adamw='sometimes' must be true or false or null"),
+        ("eval.device=gpu", "eval.device='gpu' is not one of: auto, cpu, cuda, cuda:N"),
+        ("eval.dtype=fp8", "eval.dtype='fp8' is not one of: auto, float32, bfloat16, float16"),
+        ("eval.cuda_graphs=often", "eval.cuda_graphs='often' must be true or false"),
     ],
 )
 def test_bad_values_are_named_with_what_is_allowed(override, message):

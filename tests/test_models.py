@@ -88,3 +88,35 @@ def test_offline_hub_model_not_in_cache_says_how_to_fetch(monkeypatch, tmp_path)
         load_model_and_tokenizer(cfg)
     text = str(err.value)
     assert "Qwen/Qwen2.5-0.5B-Instruct" in text and "offline" in text and "model.id=" in text
+
+
+def test_gguf_dir_is_searched_instead_of_the_package(tmp_path):
+    from slm_sweep.models import ModelLoadError, gguf_path
+
+    cfg = {"name": "x", "gguf_package": "no_such_package", "gguf_file": "m.gguf", "gguf_dir": str(tmp_path)}
+    with pytest.raises(ModelLoadError, match=f"model.gguf_dir='{tmp_path}' holds no m.gguf"):
+        gguf_path(cfg)
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    assert gguf_path(cfg) == tmp_path / "m.gguf"
+
+
+def test_random_source_builds_the_architecture_of_a_folder_with_random_weights(tmp_path):
+    """config.json + tokenizer files, no weights: the architecture of a real model for speed checks."""
+    model, tokenizer = tiny()
+    model.config.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    cfg = {"name": "shape", "source": "random", "id": str(tmp_path), "init_seed": 3, "dtype": "float32"}
+    first, first_tok = load_model_and_tokenizer(cfg)
+    second, _ = load_model_and_tokenizer(cfg)
+    other, _ = load_model_and_tokenizer({**cfg, "init_seed": 4})
+    assert first.config.hidden_size == model.config.hidden_size and len(first_tok) == len(tokenizer)
+    assert count_parameters(first)[1] == count_parameters(model)[1]
+    weights = [dict(m.named_parameters())["model.layers.0.mlp.up_proj.weight"] for m in (first, second, other)]
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+
+
+def test_random_source_folder_missing_says_how_to_fix(tmp_path):
+    from slm_sweep.models import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="model.id="):
+        load_model_and_tokenizer({"name": "shape", "source": "random", "id": str(tmp_path / "none")})

@@ -27,24 +27,13 @@ def score_output(output: str, reference: str, tolerance: float | None) -> dict[s
     }
 
 
-def _cast_for_eval(model, dtype: str | None):
-    """The model in ``eval.dtype`` (e.g. bfloat16 on a GPU); null keeps the model's own dtype. Casts in place."""
-    if dtype in (None, "", "auto"):
-        return model
-    import torch
-
-    target = getattr(torch, str(dtype), None)
-    if not isinstance(target, torch.dtype):
-        raise ValueError(f"eval.dtype={dtype!r} is not a torch dtype (float32, bfloat16, float16) or null")
-    return model.to(target)
-
-
 def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_cfg: Mapping[str, Any],
              eval_set: str, tolerance: float | None = None, progress: bool = True) -> tuple[list[dict], dict]:
     """Generate for every prompt and score it; returns (prediction records in input order, metrics).
 
     ``eval_cfg`` keys (conf/eval/default.yaml): max_new_tokens, stop, token_budget, max_batch_size, and optionally
-    engine (static | cache | plain), cuda_graphs, prefill_batch_size, dtype.
+    engine (static | cache | plain), cuda_graphs, prefill_batch_size. The model generates where it is: the caller
+    places it (``slm_sweep.placement``).
     """
     from tqdm.auto import tqdm
 
@@ -63,7 +52,6 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
 
     start = time.perf_counter()
     stats: dict[str, int] = {}
-    model = _cast_for_eval(model, eval_cfg.get("dtype"))
     generations = generate(
         model, tokenizer, prompts,
         max_new_tokens=int(eval_cfg["max_new_tokens"]),

@@ -28,6 +28,8 @@ class TrainOutcome:
     train_loss: float | None
     val_loss: float | None
     perf: dict[str, Any] = field(default_factory=dict)
+    # where training ran: device (e.g. cuda:0), device_name, precision (Lightning's), dtype of the weights
+    placement: dict[str, Any] = field(default_factory=dict)
 
 
 def micro_batch_size(trainer_cfg: Mapping[str, Any]) -> int:
@@ -136,7 +138,17 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
     train_time = time.perf_counter() - start
     return TrainOutcome(train_time_s=train_time, train_steps=trainer.global_step,
                         train_loss=module.last_train_loss, val_loss=module.last_val_loss,
-                        perf={**throughput.result, "train_oom_halvings": module.oom_halvings})
+                        perf={**throughput.result, "train_oom_halvings": module.oom_halvings},
+                        placement=training_placement(trainer, model))
+
+
+def training_placement(trainer: L.Trainer, model) -> dict[str, Any]:
+    """Where the run trained. Read from the strategy: Lightning moves the model back to the CPU when fit ends."""
+    from slm_sweep.placement import device_name, dtype_name, model_dtype
+
+    device = trainer.strategy.root_device
+    return {"device": str(device), "device_name": device_name(device), "precision": str(trainer.precision),
+            "dtype": dtype_name(model_dtype(model)), "devices": trainer.num_devices}
 
 
 def last_checkpoint(out_dir: str | Path) -> Path | None:

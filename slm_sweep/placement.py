@@ -1,0 +1,124 @@
+"""Where a cell generates and in which dtype: ``eval.device`` and ``eval.dtype`` resolved once, before the first
+prompt, and recorded in result.json.
+
+``eval.device``: ``auto`` (the accelerator that trained the model; else CUDA when present; else the CPU), ``cpu``,
+``cuda`` or ``cuda:N``. ``eval.dtype``: ``auto`` (bfloat16 on a GPU that supports it, else float16 on a GPU,
+else the model's own dtype), or ``float32``, ``bfloat16``, ``float16``.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+_CUDA_INDEX = re.compile(r"^cuda:(\d+)$")
+
+
+class PlacementError(ValueError):
+    """An eval.device or eval.dtype that cannot be used here; the message names the value and the choices."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: torch.device
+    dtype: torch.dtype
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": str(self.device), "device_name": device_name(self.device),
+                "dtype": dtype_name(self.dtype)}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def device_name(device: torch.device | str) -> str:
+    """The chip's name: ``NVIDIA H200`` for a CUDA device, the processor for the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device.index or 0)
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def model_dtype(model) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def check_device_setting(value: Any) -> None:
+    """Raise PlacementError unless ``value`` is a device setting this module understands (CUDA not required)."""
+    text = "auto" if value is None else str(value)
+    if text not in ("auto", "cpu", "cuda") and not _CUDA_INDEX.match(text):
+        raise PlacementError(f"eval.device={value!r} is not one of: {', '.join(DEVICE_CHOICES)}")
+
+
+def check_dtype_setting(value: Any) -> None:
+    text = "auto" if value in (None, "") else str(value)
+    if text not in DTYPE_CHOICES:
+        raise PlacementError(f"eval.dtype={value!r} is not one of: {', '.join(DTYPE_CHOICES)}")
+
+
+def resolve_device(setting: str | None, trained_on: torch.device | str | None = None) -> torch.device:
+    """The device to generate on. ``trained_on`` is the device training ran on (None when nothing was trained)."""
+    check_device_setting(setting)
+    text = "auto" if setting is None else str(setting)
+    if text == "auto":
+        if trained_on is not None and torch.device(trained_on).type != "cpu":
+            return torch.device(trained_on)
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(text)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PlacementError(f"eval.device={setting!r} but CUDA is not available here; use eval.device=auto "
+                                 "or eval.device=cpu")
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise PlacementError(f"eval.device={setting!r} but this machine has {torch.cuda.device_count()} CUDA "
+                                 f"device(s): use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        return torch.device("cuda", index)
+    return device
+
+
+def resolve_dtype(setting: str | None, device: torch.device, own: torch.dtype) -> torch.dtype:
+    """The dtype to generate in: ``auto`` is bfloat16 on a GPU (float16 where bf16 is missing), ``own`` on CPU."""
+    check_dtype_setting(setting)
+    text = "auto" if setting in (None, "") else str(setting)
+    if text != "auto":
+        return getattr(torch, text)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return own
+
+
+def resolve_placement(eval_cfg, model, trained_on: torch.device | str | None = None) -> Placement:
+    device = resolve_device(eval_cfg.get("device"), trained_on)
+    return Placement(device, resolve_dtype(eval_cfg.get("dtype"), device, model_dtype(model)))
+
+
+def to_device(model, device: torch.device):
+    """The model on ``device`` (in place); frees the CUDA cache left by training first."""
+    if device.type == "cuda":
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
+    return model.to(device)
+
+
+def to_dtype(model, dtype: torch.dtype):
+    return model if model_dtype(model) == dtype else model.to(dtype)

@@ -1,0 +1,117 @@
+"""The GPU acceptance job: its dry run on the CPU with the tiny model (so the job cannot rot between GPU runs), the
+split and join of the GGUF weights, and a stage cut short still reporting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+import gpu_bundle  # noqa: E402
+
+
+def _env(out: Path) -> dict:
+    return {**os.environ, "OUT": str(out), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_dry_run_runs_every_stage_and_reports(requires_data, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run"], cwd=REPO, env=_env(out),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (out / "gpu_check.log").is_file()
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["dry_run"] is True and report["weights"].startswith("random")
+    assert report["environment"]["device"] == "cpu"
+    stages = report["stages"]
+
+    train = stages["train"]
+    assert train["returncode"] == 0 and set(train["methods"]) == {"full", "lora", "dora"}
+    assert all(m["slm_sweep_tokens_per_s"] > 0 and m["plain_tokens_per_s"] > 0 for m in train["methods"].values())
+    assert train["floors"]["checked"] is False
+
+    evaluation = stages["eval"]
+    assert evaluation["returncode"] == 0 and evaluation["questions"] == 16
+    assert evaluation["placement"]["device"] == "cpu" and evaluation["eval_seconds"] > 0
+
+    grid = stages["grid"]
+    assert grid["all_completed"] is True and grid["all_on_device"] is True
+    assert set(grid["cells"]) == {"zeroshot", "fewshot", "full", "lora", "dora"}
+    for method, cell in grid["cells"].items():
+        assert cell["eval_device"] == "cpu", method
+        assert (cell["train_device"] == "cpu") == (method in ("full", "lora", "dora")), method
+    variant = stages["train_variants"]["packing"]
+    assert variant["returncode"] == 0 and set(variant["methods"]) == {"full", "lora"}
+    assert variant["methods"]["full"]["padding_fraction"] == 0.0
+    assert "gpu_check summary" in proc.stdout
+
+
+def test_a_stage_cut_short_still_reports(requires_data, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--stages", "eval", "--out", str(out),
+                           "--timeouts", "1", "1", "1", "1"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    stage = json.loads((out / "gpu_check.json").read_text())["stages"]["eval"]
+    assert stage["timed_out"] is True and stage["returncode"] != 0 and "questions" not in stage
+
+
+def test_weights_split_in_two_and_joined_with_a_checksum(tmp_path):
+    source = tmp_path / "weights.gguf"
+    source.write_bytes(os.urandom(300_001))
+    parts = tmp_path / "parts"
+    written = gpu_bundle.split_file(source, parts)
+    assert [p.parent.name for p in written] == ["part1", "part2"]
+    assert abs(written[0].stat().st_size - written[1].stat().st_size) <= 1
+
+    # the first run carries part1 only: nothing is joined
+    part2 = parts / "part2"
+    held = tmp_path / "held"
+    part2.rename(held)
+    path, message = gpu_bundle.join_parts(parts, tmp_path / "joined")
+    assert path is None and "missing part(s) part2/weights.gguf.part2" in message
+
+    held.rename(part2)
+    path, message = gpu_bundle.join_parts(parts, tmp_path / "joined")
+    assert path is not None and path.read_bytes() == source.read_bytes() and "checksum" in message
+    assert gpu_bundle.join_parts(parts, tmp_path / "joined")[1].endswith("already joined, checksum ok")
+
+    damaged = bytearray((part2 / "weights.gguf.part2").read_bytes())
+    damaged[10] ^= 0xFF
+    (part2 / "weights.gguf.part2").write_bytes(bytes(damaged))
+    path, message = gpu_bundle.join_parts(parts, tmp_path / "again")
+    assert path is None and "checksum mismatch" in message
+    assert not list((tmp_path / "again").glob("*")), "no damaged file left behind"
+
+
+def test_no_parts_is_said_plainly(tmp_path):
+    path, message = gpu_bundle.join_parts(tmp_path, tmp_path / "joined")
+    assert path is None and "no parts" in message
+
+
+def test_model_override_arguments_for_train_speed():
+    sys.path.insert(0, str(REPO / "bench"))
+    import gpu_check
+
+    assert gpu_check.model_override_args(["model=smollm135_q4", "model.gguf_dir=/w"]) == [
+        "--model", "smollm135_q4", "--model-override", "gguf_dir=/w"]
+    assert gpu_check.model_override_args(["model=tiny"]) == ["--model", "tiny"]
+
+
+@pytest.mark.parametrize("floor_rate, met", [(50_000, True), (40_000, False)])
+def test_training_floors_are_judged_on_cuda_only(floor_rate, met):
+    import gpu_check
+
+    methods = {"full": {"slm_sweep_tokens_per_s": floor_rate, "slm_sweep_step_time_s": 0.1},
+               "lora": {"slm_sweep_tokens_per_s": floor_rate, "slm_sweep_step_time_s": 0.1},
+               "dora": {"slm_sweep_tokens_per_s": 1.0, "slm_sweep_step_time_s": 0.14}}
+    verdict = gpu_check.train_floors(methods, "cuda")
+    assert verdict["full_met"] is met and verdict["lora_met"] is met
+    assert verdict["dora_step_over_lora"] == 1.4 and verdict["dora_met"] is False
+    assert gpu_check.train_floors(methods, "cpu")["checked"] is False

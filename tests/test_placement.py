@@ -1,0 +1,129 @@
+"""Where a cell generates: eval.device / eval.dtype resolved (with a faked CUDA device), applied before the first
+prompt, and recorded in result.json."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slm_sweep.placement import PlacementError, resolve_device, resolve_dtype
+from slm_sweep.results import read_result
+from slm_sweep.run import run
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """torch reports one CUDA device with bf16 support; nothing is allocated on it."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+
+
+def test_auto_is_the_cpu_without_an_accelerator(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device(None, trained_on="cpu") == torch.device("cpu")
+    assert resolve_dtype("auto", torch.device("cpu"), torch.float32) == torch.float32
+
+
+def test_auto_prefers_cuda_when_present(fake_cuda):
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    assert resolve_dtype("auto", torch.device("cuda", 0), torch.float32) == torch.bfloat16
+    assert resolve_dtype("float32", torch.device("cuda", 0), torch.float32) == torch.float32
+
+
+def test_auto_follows_the_device_that_trained(fake_cuda, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto", trained_on="cuda:1") == torch.device("cuda", 1)
+    # trained on the CPU (e.g. trainer.accelerator=cpu) on a GPU machine: generate on the GPU all the same
+    assert resolve_device("auto", trained_on="cpu") == torch.device("cuda", 0)
+
+
+def test_an_explicit_device_wins(fake_cuda):
+    assert resolve_device("cpu", trained_on="cuda:0") == torch.device("cpu")
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+
+
+def test_float16_where_bf16_is_missing(fake_cuda, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_dtype("auto", torch.device("cuda", 0), torch.float32) == torch.float16
+
+
+def test_unusable_devices_are_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(PlacementError, match="eval.device='cuda' but CUDA is not available here"):
+        resolve_device("cuda")
+    with pytest.raises(PlacementError, match="is not one of: auto, cpu, cuda, cuda:N"):
+        resolve_device("tpu")
+
+
+def test_missing_cuda_device_index_is_named(fake_cuda):
+    with pytest.raises(PlacementError, match="has 1 CUDA device"):
+        resolve_device("cuda:3")
+
+
+class GenerationWatcher:
+    """Records the device and dtype of the weights at every forward the model makes."""
+
+    def __init__(self):
+        self.seen: set[tuple[str, torch.dtype]] = set()
+
+    def __call__(self, module, args, kwargs):
+        weight = next(module.parameters())
+        self.seen.add((weight.device.type, weight.dtype))
+
+
+def _watch_generation(monkeypatch):
+    """Hook every model that generates: wrap slm_sweep.evaluate.evaluator.generate."""
+    import slm_sweep.evaluate.evaluator as evaluator
+
+    watcher, real = GenerationWatcher(), evaluator.generate
+
+    def watched(model, *args, **kwargs):
+        handle = model.register_forward_pre_hook(watcher, with_kwargs=True)
+        try:
+            return real(model, *args, **kwargs)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(evaluator, "generate", watched)
+    return watcher
+
+
+@pytest.mark.parametrize("method", ["zeroshot", "lora"])
+def test_every_method_generates_where_placement_says_and_records_it(tiny_cfg, tmp_path, monkeypatch, method):
+    # eval.dtype=bfloat16 on CPU: a placement step that is skipped leaves the float32 weights and fails here
+    watcher = _watch_generation(monkeypatch)
+    record = run(tiny_cfg(f"method={method}", "eval.dtype=bfloat16", "dataset.test_limit=4"), out_dir=tmp_path)
+    assert record["status"] == "completed", record.get("error")
+    assert watcher.seen == {("cpu", torch.bfloat16)}
+    stored = read_result(tmp_path)["placement"]
+    assert stored["eval"]["device"] == "cpu" and stored["eval"]["dtype"] == "bfloat16"
+    assert stored["eval"]["device_name"]
+    if method == "lora":
+        assert stored["train"]["device"] == "cpu" and stored["train"]["precision"] == "32-true"
+        assert stored["train"]["dtype"] == "float32" and stored["train"]["devices"] == 1
+    else:
+        assert stored["train"] is None
+
+
+def test_auto_moves_the_model_to_the_resolved_device(tiny_cfg, tmp_path, monkeypatch):
+    """The resolver's answer is what the model is moved to (here a CPU device reached through ``auto``)."""
+    import slm_sweep.placement as placement
+
+    asked = []
+    real = placement.resolve_device
+
+    def spy(setting, trained_on=None):
+        device = real(setting, trained_on)
+        asked.append((setting, trained_on, device))
+        return device
+
+    monkeypatch.setattr(placement, "resolve_device", spy)
+    moved = []
+    real_to_device = placement.to_device
+    monkeypatch.setattr(placement, "to_device", lambda model, device: moved.append(device) or
+                        real_to_device(model, device))
+    record = run(tiny_cfg("method=full", "dataset.test_limit=2"), out_dir=tmp_path)
+    assert record["status"] == "completed", record.get("error")
+    assert asked[-1][:2] == ("auto", "cpu") and moved == [asked[-1][2]]
