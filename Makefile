@@ -8,7 +8,8 @@ PIP := $(VENV)/bin/pip
 # Local data: a folder with one sub-folder per dataset in its own format (gsm8k/, svamp/, ...). Empty: the hub.
 DATA_ROOT ?= $(if $(wildcard ../shared/data/gsm8k/test.jsonl),../shared/data,)
 TORCH_SPEC ?= torch==2.13.0
-SWEEP ?= $(lastword $(sort $(wildcard multirun/*/*)))
+# the latest sweep of the grid (hyperparameter searches live under multirun/hparams/ and are left out)
+SWEEP ?= $(lastword $(sort $(filter-out multirun/hparams/%,$(wildcard multirun/*/*))))
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"; printf "Targets:\n"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)

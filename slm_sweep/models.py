@@ -32,7 +32,6 @@ from slm_sweep.config import MODEL_SOURCES
 log = logging.getLogger(__name__)
 
 METHODS_WITH_ADAPTERS = ("lora", "dora")
-TRAINED_METHODS = ("full", "lora", "dora")
 
 # ChatML, the format SmolLM2 and Qwen2.5 use; the tiny model gets it so the chat-template path is exercised in tests.
 CHATML_TEMPLATE = (

@@ -281,7 +281,7 @@ def test_out_of_memory_in_validation_halves_the_batch_and_keeps_the_loss(example
 
 
 def test_out_of_memory_on_a_single_sequence_is_a_clear_error(examples, tmp_path):
-    with pytest.raises(RuntimeError, match="single sequence: lower dataset.max_length"):
+    with pytest.raises(RuntimeError, match="single sequence: lower trainer.max_length"):
         train_out_of_memory(examples, tmp_path, tokens=10, micro_batch_size=2)
 
 

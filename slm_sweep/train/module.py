@@ -154,7 +154,7 @@ class CausalLMModule(L.LightningModule):
                 "trainer.micro_batch_size or trainer.micro_batch_tokens") from error
         if not any(split_micro_batch(p) is not None for b in self._step_batches for p in self._pieces(b)):
             raise RuntimeError(
-                "out of memory on a micro-batch of a single sequence: lower dataset.max_length, turn on "
+                "out of memory on a micro-batch of a single sequence: lower trainer.max_length, turn on "
                 "trainer.gradient_checkpointing or use a smaller model") from error
 
     def _replay_step_in_halves(self) -> None:
@@ -227,7 +227,7 @@ class CausalLMModule(L.LightningModule):
                 raise
             halves = split_micro_batch(batch)
             if halves is None:
-                raise RuntimeError("out of memory validating a single sequence: lower dataset.max_length") from error
+                raise RuntimeError("out of memory validating a single sequence: lower trainer.max_length") from error
         self.oom_halvings += 1
         release_cached_memory()
         return self._validation_sums(halves[0]) + self._validation_sums(halves[1])
