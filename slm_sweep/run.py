@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from slm_sweep.config import validate_config
 from slm_sweep.results import (
     PREDICTIONS_FILE,
+    RESULT_FILE,
     SCHEMA_VERSION,
     git_commit,
     hardware_info,
@@ -121,10 +122,12 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     from slm_sweep.tracking import Tracker
     from slm_sweep.train.interrupt import CheckpointOnInterrupt, is_interrupt, sigterm_as_interrupt
 
-    tracker = Tracker(cfg.logger, {**record, "sweep_tag": _sweep_tag()}, config, out)
     interrupt = CheckpointOnInterrupt(out / "checkpoints" / "last.ckpt")
     predictions: list[dict] = []
+    tracker = None
     try:
+        # inside the try: a tracker that cannot start fails the cell instead of leaving it "running"
+        tracker = Tracker(cfg.logger, {**record, "sweep_tag": _sweep_tag()}, config, out)
         with sigterm_as_interrupt(interrupt):
             _run_cell(cfg, out, record, tracker, predictions, search_dir, callbacks=[interrupt])
         record["status"] = "completed"
@@ -152,10 +155,34 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         record["finished_at"] = now_iso()
         write_result(out, record)
         try:
-            tracker.log_result(record, predictions)
+            if tracker is not None:
+                try:
+                    tracker.log_result(record, predictions)
+                finally:
+                    tracker.finish(record["status"])
         finally:
-            tracker.finish(record["status"])
+            print(closing_line(record, out), flush=True)
     return record
+
+
+def closing_line(record: dict[str, Any], out: Path) -> str:
+    """The one line a cell ends with: what it was, how it ended, its scores and times, where its result is."""
+    cell = f"{record['model']} x {record['method']} x {record['dataset']} seed {record['seed']}"
+    metrics = record.get("metrics") or {}
+    if record["status"] == "completed":
+        prefix = "val_" if metrics.get("n_eval") is None and metrics.get("val_n_eval") is not None else ""
+
+        def score(key: str) -> str:
+            value = metrics.get(prefix + key)
+            return "n/a" if value is None else f"{value:.3f}"
+
+        scores = (f"{prefix}strict {score('accuracy_strict')} {prefix}flexible {score('accuracy_flexible')} "
+                  f"(n={metrics.get(prefix + 'n_eval')})")
+        times = f"train {metrics.get('train_time_s') or 0:.1f} s, eval {metrics.get('eval_time_s') or 0:.1f} s"
+        middle = f"{scores} | {times}" + (" | reused" if record.get("reused_from") else "")
+    else:
+        middle = f"error: {record.get('error')}"
+    return f"cell {record['status']}: {cell} | {middle} | {out / RESULT_FILE}"
 
 
 def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
@@ -170,6 +197,7 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
     if (previous / PREDICTIONS_FILE).is_file():
         shutil.copyfile(previous / PREDICTIONS_FILE, out / PREDICTIONS_FILE)
     write_result(out, record)
+    print(closing_line(record, out), flush=True)
     return record
 
 

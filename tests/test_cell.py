@@ -83,3 +83,22 @@ def test_failure_is_recorded_with_the_error(tiny_cfg, tmp_path):
     assert record["status"] == "failed"
     assert "no_such_module" in record["error"]
     assert read_result(tmp_path)["status"] == "failed"
+
+
+def test_a_cell_ends_with_one_closing_line(tiny_cfg, tmp_path, capsys):
+    run(tiny_cfg("method=zeroshot", "dataset.test_limit=3"), out_dir=tmp_path)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("cell completed: tiny x zeroshot x gsm8k seed 0 | strict ")
+    assert "(n=3)" in last and "eval " in last and last.endswith(str(tmp_path / "result.json"))
+
+
+def test_a_tracker_that_cannot_start_fails_the_cell_instead_of_leaving_it_running(tiny_cfg, tmp_path, monkeypatch):
+    import slm_sweep.tracking as tracking
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("tracker down")
+
+    monkeypatch.setattr(tracking, "Tracker", broken)
+    record = run(tiny_cfg("method=zeroshot", "dataset.test_limit=2"), out_dir=tmp_path)
+    assert record["status"] == "failed" and "tracker down" in record["error"]
+    assert read_result(tmp_path)["status"] == "failed"

@@ -119,6 +119,10 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
                                    int(trainer_cfg.get("log_every_n_steps", 10)),
                                    int(trainer_cfg.get("throughput_warmup_steps", 1)))
     callbacks = [throughput, *(extra_callbacks or [])]
+    if trainer_cfg.get("progress_bar", True):
+        from slm_sweep.train.progress import StepProgressBar
+
+        callbacks.append(StepProgressBar())
     ckpt_every = trainer_cfg.get("checkpoint_every_n_steps")
     if ckpt_every:
         from lightning.pytorch.callbacks import ModelCheckpoint
