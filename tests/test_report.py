@@ -378,3 +378,24 @@ def test_report_does_not_import_ml_frameworks(grid, tmp_path):
     )
     result = run_python("-c", code, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(("count", "text"), [(104_000, "104K"), (134_515_008, "135M"), (1_235_814_400, "1.2B"),
+                                             (2_000_000_000, "2B"), (270_000, "270K"), (999, "999")])
+def test_parameter_counts_read_as_people_write_them(count, text):
+    from slm_sweep.report.plots import human_count
+
+    assert human_count(count) == text
+
+
+def test_accuracy_axes_stay_within_0_and_100_percent(monkeypatch):
+    import slm_sweep.report.plots as plots
+
+    rows = [{"model": "tiny", "method": m, "dataset": "gsm8k", "total_params": 104_000,
+             "accuracy_flexible_mean": 0.01, "accuracy_flexible_std": 0.05} for m in ("zeroshot", "lora")]
+    captured = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: captured.setdefault("fig", fig))
+    plots.plot_accuracy_by_model(rows, "gsm8k", None, plots._method_colors(["zeroshot", "lora"]))
+    ax = captured["fig"].axes[0]
+    assert ax.get_ylim() == (0.0, 100.0)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["tiny\n104K"]

@@ -75,6 +75,21 @@ def _percent(value: float | None) -> float:
     return math.nan if value is None else 100 * value
 
 
+def human_count(n: float) -> str:
+    """A parameter count as people write it: 104K, 135M, 1.2B."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            value = n / scale
+            return f"{value:.1f}{unit}" if value < 10 and round(value, 1) != round(value) else f"{value:.0f}{unit}"
+    return f"{n:.0f}"
+
+
+def _accuracy_axis(ax) -> None:
+    """Accuracy lives in [0, 100] %: error bars must not draw the axis below 0 or above 100."""
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("flexible accuracy (%)")
+
+
 def _methods(rows: Sequence[dict[str, Any]]) -> list[str]:
     return sorted({r["method"] for r in rows}, key=method_sort_key)
 
@@ -103,9 +118,9 @@ def plot_accuracy_by_model(rows: Sequence[dict[str, Any]], dataset: str, path: P
             ys.append(_percent(row["accuracy_flexible_mean"]))
             errs.append(_percent(row["accuracy_flexible_std"] or 0.0))
         ax.bar(xs, ys, width, yerr=errs, capsize=3, label=method, color=colors[method])
-    labels = [m if sizes.get(m) is None else f"{m}\n{sizes[m] / 1e6:,.0f}M" for m in models]
+    labels = [m if sizes.get(m) is None else f"{m}\n{human_count(sizes[m])}" for m in models]
     ax.set_xticks(range(len(models)), labels)
-    ax.set_ylabel("flexible accuracy (%)")
+    _accuracy_axis(ax)
     ax.set_title(f"{dataset}: accuracy by model (mean ± std over seeds)")
     ax.legend(title="method")
     ax.grid(axis="y", alpha=0.3)
@@ -152,7 +167,11 @@ def plot_accuracy_vs(
         return None
     ax.set_xscale("log")
     ax.set_xlabel(x_label)
-    ax.set_ylabel("flexible accuracy (%)")
+    if "parameters" in x_label:
+        from matplotlib.ticker import FuncFormatter
+
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: human_count(value)))
+    _accuracy_axis(ax)
     ax.set_title(f"{dataset}: {title}")
     ax.legend(title="method")
     ax.grid(alpha=0.3, which="both")
@@ -177,7 +196,7 @@ def plot_ood_heatmap(
 
     fig = Figure(figsize=(max(5.0, 1.4 * len(eval_sets) + 3), max(3.0, 0.35 * len(order) + 1.5)))
     ax = fig.subplots()
-    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis")
+    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis", vmin=0, vmax=100)
     ax.set_xticks(range(len(eval_sets)), [f"{dataset}\n(in-domain)", *eval_sets[1:]])
     ax.set_yticks(range(len(order)), [f"{model} · {method}" for model, method in order])
     for i in range(len(order)):
