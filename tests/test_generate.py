@@ -14,6 +14,7 @@ from slm_sweep.evaluate.generate import (
     context_window,
     encode_prompts,
     generate,
+    slot_count,
     to_generation,
     token_budget_batches,
 )
@@ -58,6 +59,15 @@ def zero_shot_prompts():
     return [f"Question: {ex.question}\nAnswer:" for ex in test]
 
 
+@pytest.fixture(scope="module")
+def many_prompts():
+    """40 prompts of 10 to 180 tokens in no particular order: more than a few slots hold, so slots are refilled."""
+    if not (DATA_ROOT / "gsm8k" / "test.jsonl").is_file():
+        pytest.skip(f"the GSM8K files are not at {DATA_ROOT}")
+    test = load_splits(dataset_spec("gsm8k"), data_root=DATA_ROOT, need_train=False).test[:40]
+    return [f"Question: {ex.question}\nAnswer:"[-(20 + 37 * i % 300):] for i, ex in enumerate(test)]
+
+
 # ---------------------------------------------------------------------------------------------- batching
 
 
@@ -70,6 +80,15 @@ def test_token_budget_batches_sorts_longest_first_and_respects_both_limits():
     for batch in batches:
         assert len(batch) <= 3
         assert len(batch) == 1 or len(batch) * (lengths[batch[0]] + 10) <= 130
+
+
+def test_slot_count_is_the_first_token_budget_batch():
+    lengths = [5, 50, 20, 40, 10, 30]
+    first = next(token_budget_batches(lengths, max_new_tokens=10, token_budget=130, max_batch_size=3))
+    assert slot_count(50, 10, token_budget=130, max_batch_size=3, prompts=6) == len(first) == 2
+    assert slot_count(50, 10, token_budget=10_000, max_batch_size=3, prompts=6) == 3
+    assert slot_count(50, 10, token_budget=10_000, max_batch_size=64, prompts=6) == 6
+    assert slot_count(50, 10, token_budget=1, max_batch_size=64, prompts=6) == 1
 
 
 # ---------------------------------------------------------------------------------------------- encoding
@@ -151,6 +170,62 @@ def test_engines_give_the_same_tokens(varied_tiny, zero_shot_prompts):
     assert min(lengths) < 40 and max(lengths) == 40
     for engine in ("cache", "static"):
         assert [(g.text, g.new_tokens) for g in results[engine]] == [(g.text, g.new_tokens) for g in plain]
+
+
+def test_static_with_few_slots_gives_the_same_tokens_as_the_other_engines(varied_tiny, many_prompts):
+    model, tokenizer = varied_tiny
+    plain = _run(model, tokenizer, many_prompts, "plain", max_batch_size=8)
+    lengths = [g.new_tokens for g in plain]
+    assert len(set(lengths)) > 5 and min(lengths) < 10 and max(lengths) == 40
+    expected = [(g.text, g.new_tokens) for g in plain]
+    assert [(g.text, g.new_tokens) for g in _run(model, tokenizer, many_prompts, "cache", max_batch_size=3)] == expected
+    for slots in (1, 3, 7):
+        got = _run(model, tokenizer, many_prompts, "static", max_batch_size=slots)
+        assert [(g.text, g.new_tokens) for g in got] == expected, f"{slots} slots"
+    # the token budget sets the slot count too; several prompts read per prefill forward
+    longest = max(len(tokenizer(p)["input_ids"]) for p in many_prompts)
+    got = _run(model, tokenizer, many_prompts, "static", token_budget=5 * (longest + 40), prefill_batch_size=4)
+    assert [(g.text, g.new_tokens) for g in got] == expected
+
+
+def _forward_shapes(model) -> tuple[list[tuple[int, int]], object]:
+    shapes: list[tuple[int, int]] = []
+    handle = model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    return shapes, handle
+
+
+def test_a_finished_sequence_s_slot_takes_the_next_prompt(varied_tiny, many_prompts):
+    model, tokenizer = varied_tiny
+    shapes, handle = _forward_shapes(model)
+    try:
+        generations = _run(model, tokenizer, many_prompts, "static", max_batch_size=4)
+    finally:
+        handle.remove()
+    last_prefill = max(i for i, (_, width) in enumerate(shapes) if width > 1)
+    decode_rows = [rows for rows, width in shapes if width == 1]
+    while_waiting = [rows for rows, width in shapes[:last_prefill] if width == 1]
+    assert sum(width > 1 for _, width in shapes) == len(many_prompts), "one prefill forward per prompt on CPU"
+    assert len(while_waiting) > 50 and set(while_waiting) == {4}, "all slots run while prompts wait"
+    # every row of every decode step is a running sequence (its first token comes from its prefill)
+    assert sum(decode_rows) == sum(g.new_tokens - 1 for g in generations)
+    lengths = [len(ids) for ids in tokenizer(many_prompts)["input_ids"]]
+    batch_at_a_time = sum(max(generations[i].new_tokens for i in batch) - 1
+                          for batch in token_budget_batches(lengths, 40, 65536, 4))
+    assert len(decode_rows) < 0.8 * batch_at_a_time
+
+
+def test_repetition_penalty_is_reset_when_a_slot_is_refilled(varied_tiny, many_prompts):
+    model, tokenizer = varied_tiny
+    prompts = many_prompts[:16]
+    model.generation_config.repetition_penalty = 1.5
+    try:
+        # one prompt per batch: model.generate would also penalise the left padding of a batch
+        plain = _run(model, tokenizer, prompts, "plain", max_batch_size=1)
+        static = _run(model, tokenizer, prompts, "static", max_batch_size=3)
+    finally:
+        model.generation_config.repetition_penalty = 1.0
+    assert [(g.text, g.new_tokens) for g in static] == [(g.text, g.new_tokens) for g in plain]
 
 
 @pytest.mark.parametrize("engine", ["cache", "static"])
@@ -279,6 +354,32 @@ def test_out_of_memory_in_evaluation_halves_the_batch_and_gives_the_same_answers
     assert max(rows for rows, _ in fault.shapes) == 4
     assert [(g.text, g.new_tokens) for g in got] == [(g.text, g.new_tokens) for g in expected]
     assert sorted(reported) == list(range(len(zero_shot_prompts))), "each answer is reported once"
+
+
+def test_out_of_memory_while_slots_are_refilled_keeps_the_answers_already_reported(varied_tiny, many_prompts):
+    model, tokenizer = varied_tiny
+    expected = _run(model, tokenizer, many_prompts, "static", max_batch_size=8)
+    forwards = {"decode": 0, "refused": 0}
+
+    def fail_once_midway(module, args, kwargs):
+        rows, width = kwargs["input_ids"].shape
+        if width == 1 and rows > 4:
+            forwards["decode"] += 1
+            if forwards["decode"] == 30:
+                forwards["refused"] += 1
+                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    reported: list[int] = []
+    stats: dict = {}
+    handle = model.register_forward_pre_hook(fail_once_midway, with_kwargs=True)
+    try:
+        got = _run(model, tokenizer, many_prompts, "static", max_batch_size=8, stats=stats,
+                   on_batch=lambda indices, gens: reported.extend(indices))
+    finally:
+        handle.remove()
+    assert forwards["refused"] == 1 and stats["oom_halvings"] == 1
+    assert [(g.text, g.new_tokens) for g in got] == [(g.text, g.new_tokens) for g in expected]
+    assert sorted(reported) == list(range(len(many_prompts))), "each answer is reported once"
 
 
 def test_out_of_memory_on_a_single_prompt_is_a_clear_error(varied_tiny, zero_shot_prompts):

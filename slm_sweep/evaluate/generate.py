@@ -1,14 +1,16 @@
-"""Greedy batched generation: prompts sorted by length and batched under a token budget; every sequence stops at
-its end-of-sequence token or its first stop string, and a finished sequence leaves the batch.
+"""Greedy batched generation: every sequence stops at its end-of-sequence token or its first stop string.
 
 Engines, all giving the same tokens:
 
-- ``static`` (default): a greedy decode loop over the model's forward with a preallocated KV cache written in
-  place; a finished row leaves the batch (and the cache) at the next step. With ``cuda_graphs`` on a CUDA device
-  each decode step is replayed as a CUDA graph, and the batch then shrinks in halving steps, one graph per size.
-- ``cache``: the same loop over transformers' dynamic KV cache, which copies the cache at every step; it also
-  serves models with sliding-window attention, which ``static`` hands over to it.
-- ``plain``: ``model.generate`` with a per-row stopping criterion; finished rows idle until the batch ends.
+- ``static`` (default): a greedy decode loop over the model's forward with a preallocated KV cache of a fixed
+  number of slots (``slot_count``), written in place. Prompts wait longest first; a slot whose sequence ends
+  takes the next waiting prompt, and once none waits the running sequences are packed into fewer slots. With
+  ``cuda_graphs`` on a CUDA device each decode step is replayed as a CUDA graph, one graph per slot count.
+- ``cache``: a decode loop over transformers' dynamic KV cache, which copies the cache at every step, one
+  token-budget batch at a time (prompts sorted by length); a finished row leaves its batch. It also serves
+  models with sliding-window attention, which ``static`` hands over to it.
+- ``plain``: ``model.generate`` per token-budget batch with a per-row stopping criterion; finished rows idle
+  until the batch ends.
 
 Prompt encoding and stopping follow lm-evaluation-harness's HF backend (``HFLM.generate_until``): the tokenizer's
 default special tokens unless the prompt already starts with the BOS text; prompts left-truncated to the context
@@ -21,11 +23,12 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, StaticCache, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
 from slm_sweep.evaluate.scoring import truncate_at_stop
 from slm_sweep.memory import is_out_of_memory, release_cached_memory
@@ -185,8 +188,10 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
     ``on_batch(indices, generations)`` sees the generations as they finish: a row at a time for the cache engines,
     a batch at a time for ``plain``.
 
-    A batch that runs out of accelerator memory is retried as batches of half its size (and every later batch is
-    capped the same way); answers already reported are kept. ``stats["oom_halvings"]`` counts the halvings.
+    ``static`` decodes every prompt through one set of slots (see ``slot_count``), a slot taking the next prompt
+    as soon as its sequence ends; the other engines decode one token-budget batch at a time. Running out of
+    accelerator memory halves the slot count (the batch size), caps every later batch the same way and retries
+    what is left; answers already reported are kept. ``stats["oom_halvings"]`` counts the halvings.
     """
     if engine not in ENGINES:
         raise ValueError(f"eval.engine={engine!r} is not one of {', '.join(ENGINES)}")
@@ -194,7 +199,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
         raise ValueError(f"eval.max_new_tokens={max_new_tokens} must be a positive integer")
     if prefill_batch_size is not None and prefill_batch_size < 1:
         raise ValueError(f"eval.prefill_batch_size={prefill_batch_size} must be a positive integer or null")
-    decode = _ENGINE_LOOPS[_usable_engine(model, engine)]
+    engine = _usable_engine(model, engine)
     encoded = encode_prompts(tokenizer, prompts, context_window(model, tokenizer) - max_new_tokens)
     settings = Decoding(
         max_new_tokens=max_new_tokens,
@@ -212,30 +217,39 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
     pending, batch_cap = list(range(len(prompts))), max_batch_size
     try:
         while pending:
-            batches = token_budget_batches([len(encoded[i]) for i in pending], max_new_tokens, token_budget,
-                                           batch_cap)
-            failed: list[int] | None = None
-            for batch in batches:
+            lengths = [len(encoded[i]) for i in pending]
+            if engine == "static":
+                order = sorted(range(len(pending)), key=lambda j: lengths[j], reverse=True)
+                runs = [(order, slot_count(lengths[order[0]], max_new_tokens, token_budget, batch_cap, len(order)))]
+            else:
+                runs = [(batch, len(batch))
+                        for batch in token_budget_batches(lengths, max_new_tokens, token_budget, batch_cap)]
+            failed: int | None = None
+            for batch, size in runs:
                 indices = [pending[j] for j in batch]
+                rows = [encoded[i] for i in indices]
+                done = _reporter(indices, results, tokenizer, stop, on_batch)
                 try:
-                    decode(model, [encoded[i] for i in indices], settings, _reporter(indices, results, tokenizer,
-                                                                                     stop, on_batch))
+                    if engine == "static":
+                        decode_static(model, rows, settings, done, slots=size)
+                    else:
+                        _ENGINE_LOOPS[engine](model, rows, settings, done)
                 except Exception as error:  # noqa: BLE001 - only out-of-memory is retried, the rest re-raised
                     if not is_out_of_memory(error):
                         raise
-                    if len(indices) == 1:
+                    if size == 1:
                         raise RuntimeError(
-                            f"out of memory generating for a single prompt of {len(encoded[indices[0]])} tokens "
+                            f"out of memory generating for a single prompt of up to {max(map(len, rows))} tokens "
                             f"with eval.max_new_tokens={max_new_tokens}: lower eval.max_new_tokens or use a "
                             "smaller eval.dtype") from error
-                    failed = indices
+                    failed = size
                     break
             if failed is None:
                 break
-            batch_cap = max(1, len(failed) // 2)
+            batch_cap = max(1, failed // 2)
             stats["oom_halvings"] += 1
-            log.warning("out of memory evaluating a batch of %d prompts; retrying at most %d per batch",
-                        len(failed), batch_cap)
+            log.warning("out of memory generating for %d prompts at once; retrying at most %d at once",
+                        failed, batch_cap)
             release_cached_memory()
             pending = [i for i in pending if results[i] is None]
     finally:
@@ -271,6 +285,9 @@ def _usable_engine(model, engine: str) -> str:
         log.warning("the model's generation_config sets %s, which eval.engine=%s does not implement; "
                     "using eval.engine=plain", ", ".join(active), engine)
         return "plain"
+    if engine == "static" and _has_sliding_layers(model):
+        log.warning("eval.engine=static does not handle sliding-window attention; using eval.engine=cache")
+        return "cache"
     return engine
 
 
@@ -357,24 +374,29 @@ def _prefill_group_size(model, rows: int, settings: Decoding) -> int:
     return 1 if _device(model).type == "cpu" else rows
 
 
+def _read_prompts(model, rows: Sequence[Sequence[int]], settings: Decoding):
+    """One prefill forward over ``rows`` left-padded: (last-position logits, per-layer (keys, values), ids, mask)."""
+    input_ids, mask = left_padded(rows, settings.pad_id, _device(model))
+    own = DynamicCache(config=model.config)
+    # As model.generate: no mask at all when nothing is padded, so attention takes its causal fast path.
+    logits = _forward(model, input_ids, None if bool(mask.all()) else mask, positions_from_mask(mask), own)
+    return logits, [(k, v) for k, v, *_ in own], input_ids, mask
+
+
 def _prefill(model, rows: Sequence[Sequence[int]], settings: Decoding, cache) -> torch.Tensor:
     """Read the prompts into ``cache`` (left-padded to the longest) and return each row's last-position logits.
 
     Prompts go through the model in groups of similar length, each group into a cache of its own whose keys and
     values are then copied into place; the padded slots hold zeros and are masked in every later step.
     """
-    device, width = _device(model), max(len(r) for r in rows)
+    width = max(len(r) for r in rows)
     group = _prefill_group_size(model, len(rows), settings)
     logits: list[torch.Tensor] = []
     keys: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
     for start in range(0, len(rows), group):
-        input_ids, mask = left_padded(rows[start:start + group], settings.pad_id, device)
-        own = DynamicCache(config=model.config)
-        # As model.generate: no mask at all when nothing is padded, so attention takes its causal fast path.
-        attention = None if bool(mask.all()) else mask
-        logits.append(_forward(model, input_ids, attention, positions_from_mask(mask), own))
-        layers = [(k, v) for k, v, *_ in own]
+        group_logits, layers, input_ids, _ = _read_prompts(model, rows[start:start + group], settings)
+        logits.append(group_logits)
         if not keys:
             keys = [k.new_zeros((len(rows), k.shape[1], width, k.shape[3])) for k, _ in layers]
             values = [v.new_zeros((len(rows), v.shape[1], width, v.shape[3])) for _, v in layers]
@@ -454,16 +476,56 @@ def decode_plain(model, rows: Sequence[Sequence[int]], settings: Decoding, done:
         done(row, tokens[:n] if n is not None else tokens)
 
 
-# ---------------------------------------------------------------------------------------------- static cache
+# ---------------------------------------------------------------------------------------------- static engine
 
 
-def _decode_mask(key_valid: torch.Tensor, slot: int) -> torch.Tensor:
-    """The 4D mask of one decode step whose new token is written to cache slot ``slot``.
+def slot_count(longest: int, max_new_tokens: int, token_budget: int, max_batch_size: int, prompts: int) -> int:
+    """Sequences that ``static`` decodes at once: as many as ``token_budget`` holds, counted as (longest prompt +
+    max_new_tokens) x sequences, at most ``max_batch_size`` and ``prompts``, at least one."""
+    return max(1, min(max_batch_size, prompts, token_budget // (longest + max_new_tokens)))
 
-    Slot j of the cache holds padded column j of the prompt, then generated token j - width.
+
+class SlotKVCache:
+    """The keys and values of a fixed number of slots, one sequence per slot, each written at its own column.
+
+    The attention layers of a decode step call ``update`` with the step's key/value of every slot, which goes to
+    column ``columns[slot]``; attention then reads the first ``width`` columns, the 4D mask passed with the step
+    marking each slot's valid ones. Not a subclass of transformers' ``Cache``: given explicit position ids and a
+    4D mask the models call nothing but ``update``, while ``Cache``'s constructor and layer attributes change
+    between releases.
     """
-    slots = torch.arange(key_valid.shape[1], device=key_valid.device)
-    return (key_valid & (slots <= slot))[:, None, None, :]
+
+    def __init__(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], slots: int, length: int):
+        # Shaped after one prefill's keys/values: kv heads, head dim, dtype and device as the model writes them.
+        self._keys = [k.new_zeros((slots, k.shape[1], length, k.shape[3])) for k, _ in layers]
+        self._values = [v.new_zeros((slots, v.shape[1], length, v.shape[3])) for _, v in layers]
+        self.keys, self.values = self._keys, self._values
+        self.columns = torch.zeros(slots, dtype=torch.long, device=self._keys[0].device)
+        self.width = length
+
+    def use_slots(self, slots: int) -> None:
+        """Run over the first ``slots`` slots only (views: nothing is copied)."""
+        self.keys = [k[:slots] for k in self._keys]
+        self.values = [v[:slots] for v in self._values]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        index = self.columns.view(-1, 1, 1, 1).expand_as(key_states)
+        keys.scatter_(2, index, key_states)
+        values.scatter_(2, index, value_states)
+        return keys[:, :, :self.width], values[:, :, :self.width]
+
+    def write(self, slots: torch.Tensor, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Put a prefill's keys/values (one row per slot in ``slots``) into columns [0, their length)."""
+        for keys, values, (k, v) in zip(self._keys, self._values, layers):
+            keys[slots, :, :k.shape[2]] = k
+            values[slots, :, :v.shape[2]] = v
+
+    def move(self, source: int, target: int, columns: int) -> None:
+        """Copy the first ``columns`` columns of slot ``source`` into slot ``target``."""
+        for keys, values in zip(self._keys, self._values):
+            keys[target, :, :columns] = keys[source, :, :columns]
+            values[target, :, :columns] = values[source, :, :columns]
 
 
 def _as_attention_mask(mask: torch.Tensor, model) -> torch.Tensor:
@@ -474,119 +536,147 @@ def _as_attention_mask(mask: torch.Tensor, model) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
-def _select_static_rows(cache, index: torch.Tensor) -> None:
-    """Keep only the rows ``index`` of every layer of a StaticCache (new, smaller backing tensors)."""
-    for layer in cache.layers:
-        if getattr(layer, "is_initialized", False):
-            layer.keys = layer.keys.index_select(0, index).contiguous()
-            layer.values = layer.values.index_select(0, index).contiguous()
-            layer.batch_size = layer.keys.shape[0]
-            if layer.keys.is_cuda:
-                torch._dynamo.mark_static_address(layer.keys)
-                torch._dynamo.mark_static_address(layer.values)
-
-
 class _DecodeStep:
-    """One greedy decode step over a static cache for a fixed batch size; on CUDA optionally a captured graph.
+    """One greedy decode step of the first ``slots`` slots; with ``use_graph`` a CUDA graph captured at the first
+    call and replayed after.
 
-    Inputs live in static buffers (token, position, mask) that are overwritten in place before every step, so
-    a CUDA graph captured once per batch size replays the whole forward without Python in the loop.
+    Under a graph the inputs (token, position, write column, mask over all columns) are copied into static
+    buffers before every replay; the graph records the same forward that runs eagerly.
     """
 
-    def __init__(self, model, cache, batch: int, cache_len: int, use_graph: bool):
-        device = _device(model)
-        self.model, self.cache, self.batch = model, cache, batch
-        self.token = torch.zeros((batch, 1), dtype=torch.long, device=device)
-        self.position = torch.zeros((batch, 1), dtype=torch.long, device=device)
-        self.mask = _as_attention_mask(torch.ones((batch, 1, 1, cache_len), dtype=torch.bool, device=device), model)
+    def __init__(self, model, cache: SlotKVCache, slots: int, use_graph: bool):
+        self.model, self.cache, self.slots, self.use_graph = model, cache, slots, use_graph
         self.graph = None
+        self.buffers: tuple[torch.Tensor, ...] = ()
         self.logits: torch.Tensor | None = None
-        if use_graph:
-            self._capture()
 
-    def _eager(self) -> torch.Tensor:
-        return _forward(self.model, self.token, self.mask, self.position, self.cache)
+    def _run(self, token, position, column, mask, width: int) -> torch.Tensor:
+        self.cache.columns, self.cache.width = column, width
+        return _forward(self.model, token[:, None], _as_attention_mask(mask[:, None, None, :width], self.model),
+                        position[:, None], self.cache)
 
-    def _capture(self) -> None:
-        lengths = [layer.cumulative_length.clone() for layer in self.cache.layers]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up runs, as CUDA graph capture requires; they advance the cache, so undo
-                self._eager()
-                self._restore(lengths)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = self._eager()
-        self._restore(lengths)
-
-    def _restore(self, lengths: list[torch.Tensor]) -> None:
-        for layer, length in zip(self.cache.layers, lengths):
-            layer.cumulative_length.copy_(length)
-
-    def __call__(self, token: torch.Tensor, position: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        self.token.copy_(token[:, None])
-        self.position.copy_(position[:, None])
-        self.mask.copy_(_as_attention_mask(mask, self.model))
+    def __call__(self, token, position, column, valid, width: int) -> torch.Tensor:
+        if not self.use_graph:
+            return self._run(token, position, column, valid, width)
         if self.graph is None:
-            return self._eager()
+            self.buffers = tuple(t.clone() for t in (token, position, column, valid))
+            self._capture()
+        for buffer, value in zip(self.buffers, (token, position, column, valid)):
+            buffer.copy_(value)
         self.graph.replay()
         return self.logits.clone()
 
+    def _capture(self) -> None:
+        # The warm-up runs write this step's keys/values, the same ones the first replay writes again.
+        length = self.buffers[3].shape[1]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._run(*self.buffers, length)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._run(*self.buffers, length)
 
-def _slots_of(slot_rows: list[int], rows: list[int]) -> list[int]:
-    where = {row: slot for slot, row in enumerate(slot_rows)}
-    return [where[row] for row in rows]
 
+def decode_static(model, rows: Sequence[Sequence[int]], settings: Decoding, done: RowDone, slots: int) -> None:
+    """Greedy continuations of ``rows`` (longest first), ``slots`` of them at a time over one preallocated KV cache.
 
-def decode_static(model, rows: Sequence[Sequence[int]], settings: Decoding, done: RowDone) -> None:
-    """Greedy continuations of ``rows`` over a preallocated KV cache.
-
-    Finished rows leave the batch: the cache is compacted to the running rows as soon as one ends, or, with CUDA
-    graphs (``cuda_graphs`` on a CUDA device; one graph per batch size), once at most half of them still run.
+    A slot whose sequence ends takes the next waiting prompt (on CPU at once; elsewhere once an eighth of the
+    slots are free, so that one prefill forward refills several). Once no prompt waits, the running sequences
+    are packed into fewer slots: at once, or with CUDA graphs (``cuda_graphs`` on a CUDA device) in halving
+    steps, one graph per slot count.
     """
-    if _has_sliding_layers(model):
-        log.warning("eval.engine=static does not handle sliding-window attention; using eval.engine=cache")
-        return decode_dynamic(model, rows, settings, done)
     device = _device(model)
-    use_graph = settings.cuda_graphs and device.type == "cuda"
-    input_ids, prompt_mask = left_padded(rows, settings.pad_id, device)
-    width = input_ids.shape[1]
-    cache_len = width + settings.max_new_tokens
-    cache = StaticCache(config=model.config, max_cache_len=cache_len)
-    logits = _prefill(model, rows, settings, cache)
-    key_valid = torch.ones((len(rows), cache_len), dtype=torch.bool, device=device)
-    key_valid[:, :width] = prompt_mask.bool()
-    last_position = positions_from_mask(prompt_mask)[:, -1]
-    penalty = settings.repetition_penalty
-    seen = _seen_tokens(input_ids, prompt_mask, logits.shape[-1]) if penalty != 1.0 else None
+    on_cpu, use_graph = device.type == "cpu", settings.cuda_graphs and device.type == "cuda"
+    slots = max(1, min(slots, len(rows)))
+    length = max(len(r) for r in rows) + settings.max_new_tokens
+    penalty, max_new = settings.repetition_penalty, settings.max_new_tokens
+    refill_at = 1 if on_cpu else max(1, slots // 8)
+    group = settings.prefill_batch_size or (1 if on_cpu else slots)
+    waiting = deque(range(len(rows)))
     outputs: list[list[int]] = [[] for _ in rows]
-    live = list(range(len(rows)))   # rows still running
-    slot_rows = list(live)          # the row in each batch slot of the cache; finished rows idle in theirs
-    decode_step: _DecodeStep | None = None  # rebuilt when the batch shrinks; the old graph and cache are freed
-    for step in range(settings.max_new_tokens):
-        next_ids = _penalised(logits, seen, penalty).argmax(dim=-1)
-        live_ids = next_ids if len(live) == len(slot_rows) else next_ids[
-            torch.tensor(_slots_of(slot_rows, live), device=device)]
-        last_step = step == settings.max_new_tokens - 1
-        keep = _append_tokens(outputs, live, live_ids.tolist(), settings.stop_check, done, last_step)
-        if not keep:
-            break
-        live = [live[j] for j in keep]
-        if len(live) < len(slot_rows) and (not use_graph or len(live) <= len(slot_rows) // 2):
-            index = torch.tensor(_slots_of(slot_rows, live), device=device)
-            _select_static_rows(cache, index)
-            next_ids, last_position, key_valid = next_ids[index], last_position[index], key_valid[index]
-            seen = seen[index] if seen is not None else None
-            slot_rows = list(live)
+    slot_row: list[int | None] = [None] * slots  # the sequence in each slot; None: free
+    column = [0] * slots    # where each slot's next key/value goes
+    position = [0] * slots  # its position id
+    token = torch.zeros(slots, dtype=torch.long, device=device)      # each slot's last token, the next input
+    valid = torch.zeros((slots, length), dtype=torch.bool, device=device)  # the columns each slot attends to
+    seen: torch.Tensor | None = None  # (slots, vocab) for the repetition penalty
+    cache: SlotKVCache | None = None
+    used = slots  # the step runs over slots [0, used)
+    step: _DecodeStep | None = None
+
+    def take(at: list[int], logits: torch.Tensor) -> None:
+        """Choose the next token of the slots ``at`` from their logits; report and free the ones that end."""
+        picked = _penalised(logits, seen[at] if seen is not None else None, penalty).argmax(dim=-1)
+        index = torch.tensor(at, device=device)
+        token[index] = picked
         if seen is not None:
-            seen[torch.arange(len(slot_rows), device=device), next_ids] = True
-        last_position = last_position + 1
-        if decode_step is None or decode_step.batch != len(slot_rows):
-            decode_step = None
-            decode_step = _DecodeStep(model, cache, len(slot_rows), cache_len, use_graph)
-        logits = decode_step(next_ids, last_position, _decode_mask(key_valid, width + step))
+            seen[index, picked] = True
+        for slot, t in zip(at, picked.tolist()):
+            row = slot_row[slot]
+            if row is None:
+                continue
+            outputs[row].append(t)
+            if len(outputs[row]) == max_new or settings.stop_check.finished(outputs[row]):
+                done(row, outputs[row])
+                slot_row[slot] = None
+
+    def move(source: int, target: int) -> None:
+        cache.move(source, target, column[source])
+        valid[target], token[target] = valid[source], token[source]
+        if seen is not None:
+            seen[target] = seen[source]
+        slot_row[target], column[target], position[target] = slot_row[source], column[source], position[source]
+        slot_row[source] = None
+
+    while True:
+        free = [s for s in range(used) if slot_row[s] is None]
+        running = used - len(free)
+        if waiting and free and (len(free) >= refill_at or running == 0):
+            admit = free[:len(waiting)]
+            for start in range(0, len(admit), group):
+                at = admit[start:start + group]
+                new = [waiting.popleft() for _ in at]
+                logits, layers, input_ids, mask = _read_prompts(model, [rows[i] for i in new], settings)
+                if cache is None:
+                    cache = SlotKVCache(layers, slots, length)
+                index = torch.tensor(at, device=device)
+                cache.write(index, layers)
+                width = input_ids.shape[1]
+                valid[index] = False
+                valid[index, :width] = mask.bool()
+                if penalty != 1.0:
+                    if seen is None:
+                        seen = torch.zeros((slots, logits.shape[-1]), dtype=torch.bool, device=device)
+                    seen[index] = _seen_tokens(input_ids, mask, logits.shape[-1])
+                for j, (slot, row) in enumerate(zip(at, new)):
+                    slot_row[slot], column[slot], position[slot] = row, width, int(mask[j].sum())
+                take(at, logits)
+            continue
+        if running == 0:
+            return
+        if not waiting and running < used and (not use_graph or running <= used // 2):
+            target = used if use_graph else running
+            while use_graph and running <= target // 2:
+                target //= 2
+            holes = [s for s in range(target) if slot_row[s] is None]
+            for hole, source in zip(holes, [s for s in range(target, used) if slot_row[s] is not None]):
+                move(source, hole)
+            used = target
+            cache.use_slots(used)
+        if step is None or step.slots != used:
+            step = None
+            step = _DecodeStep(model, cache, used, use_graph)
+        columns = torch.tensor(column[:used], device=device)
+        valid[:used].scatter_(1, columns[:, None], True)
+        width = length if use_graph else max(column[s] for s in range(used) if slot_row[s] is not None) + 1
+        logits = step(token[:used], torch.tensor(position[:used], device=device), columns, valid[:used], width)
+        for s in range(used):
+            column[s] = min(column[s] + 1, length - 1)  # a free slot stays at the last column
+            position[s] += 1
+        take([s for s in range(used)], logits)
 
 
 _ENGINE_LOOPS = {"cache": decode_dynamic, "static": decode_static, "plain": decode_plain}
