@@ -27,10 +27,10 @@ def env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "1"}
 
 
-def run_sweep(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_sweep(args: list[str], cwd: Path, timeout: int = 600, ok: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(cli(["-m", *SWEEP_SETTINGS, *args], cwd), cwd=cwd, env=env(), capture_output=True,
                           text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (proc.returncode == 0) == ok, proc.stderr[-4000:]
     return proc
 
 
@@ -130,14 +130,22 @@ def test_joblib_and_submitit_local_launchers_run_a_grid(requires_data, tmp_path,
     assert (sweep / "summary.csv").is_file()
 
 
-def test_failing_cell_is_recorded_and_the_others_go_on_with_wandb_offline(requires_data, tmp_path):
-    run_sweep(["method=lora,zeroshot", "++method.target_modules=[no_such_module]", "logger=wandb",
-               "logger.mode=offline"], tmp_path)
+def test_failing_cell_is_recorded_the_others_go_on_and_the_sweep_exits_non_zero(requires_data, tmp_path):
+    # the target module passes config validation and fails when PEFT wraps the model
+    proc = run_sweep(["method=lora,zeroshot", "++method.target_modules=[no_such_module]", "logger=wandb",
+                      "logger.mode=offline"], tmp_path, ok=False)
     (sweep,) = sweep_dirs(tmp_path)
     cells = results(sweep)
     assert cells[("tiny", "lora", 0)]["status"] == "failed"
     assert "no_such_module" in cells[("tiny", "lora", 0)]["error"]
     assert cells[("tiny", "zeroshot", 0)]["status"] == "completed"
+    # the summary is written first, then the sweep names the failed cell and its error
+    failed_dir = cells[("tiny", "lora", 0)]["dir"]
+    summary = (sweep / "summary.md").read_text()
+    assert "## Cells that did not complete" in summary and f"- `{failed_dir.name}`: failed: " in summary
+    assert "1 cell(s) of the sweep" in proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if failed_dir.name in x]
+    assert line.strip().startswith(f"{failed_dir.relative_to(tmp_path)}: failed: ") and "no_such_module" in line
     tag = "sweep-" + "-".join(sweep.parts[-2:])
     for cell in cells.values():
         (stream,) = list(cell["dir"].glob("wandb/offline-run-*/*.wandb"))

@@ -1,4 +1,5 @@
-"""Hydra callbacks: keep credentials out of Hydra's config dumps; aggregate a sweep when it ends."""
+"""Hydra callbacks: keep credentials out of Hydra's config dumps; check what a sweep needs before its first cell;
+aggregate a sweep when it ends, and fail it when a cell failed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from slm_sweep.results import SECRET_KEY, redact
+from slm_sweep.results import RESULT_FILE, SECRET_KEY, read_result, redact
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +55,124 @@ class RedactSecrets(Callback):
         scrub_yaml(output_dir.parent / "multirun.yaml")
 
 
+class Preflight(Callback):
+    """Before the first cell: check that every model, training dataset and out-of-domain set of the grid can be
+    read; leave out the swept values (and out-of-domain sets) that cannot, or refuse the whole sweep (exit
+    non-zero) when nothing could run, a fixed value is missing, or preflight.on_missing=refuse (warn: only list
+    them). Writes <sweep dir>/preflight.json either way."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from slm_sweep.config import ConfigError, validate_preflight
+        from slm_sweep.sweep.preflight import apply_plan, plan_grid, write_plan
+
+        try:
+            validate_preflight(config)
+        except ConfigError as error:
+            raise SystemExit(f"config error: {error}") from None
+        plan = plan_grid(config, _composer(config))
+        path = write_plan(plan, Path(str(config.hydra.sweep.dir)))
+        if plan.refused:
+            raise SystemExit(f"{plan.refused}\n(details: {path})")
+        if not plan.missing:
+            log.info("preflight: %d models and data sets checked, all readable", len(plan.checked))
+            return
+        for line in plan.summary_lines():
+            log.warning("preflight: %s", line)
+        if plan.on_missing == "skip":
+            apply_plan(config, plan)
+
+
+def _composer(config: DictConfig):
+    """compose(overrides) -> one cell's config, through the Hydra instance that runs the sweep."""
+    from hydra import compose
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not GlobalHydra.instance().is_initialized():
+        raise RuntimeError("preflight runs inside a Hydra multirun only")
+    config_name = config.hydra.job.config_name
+    return lambda overrides: compose(config_name=config_name, overrides=overrides)
+
+
 class AggregateSweep(Callback):
     """At the end of every multirun: summary tables and plots in the sweep directory, and (with logger=wandb)
-    the summary as one W&B table in a run of its own, tagged with the sweep."""
+    the summary as one W&B table in a run of its own, tagged with the sweep. A grid in which a cell failed then
+    exits non-zero, naming the failed cells."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from slm_sweep.report import write_report
+        from slm_sweep.sweep.preflight import read_plan
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        plan = read_plan(sweep_dir)
+        notes = preflight_notes(plan)
+        failed = failed_cells(sweep_dir)
         if config.get("eval") and config.eval.get("split", "test") != "test":
-            return  # a hyperparameter search scores the validation split: Optuna writes its own summary
+            # A hyperparameter search scores the validation split and Optuna writes its own summary. A failed
+            # trial (say, a learning rate that diverges) is an ordinary outcome of a search: Optuna records it as
+            # FAIL and applies hydra.sweeper.max_failure_rate, so the sweep's exit status stays Optuna's.
+            for job, why in failed:
+                log.warning("failed trial %s: %s", job, why)
+            return
         try:
             report = write_report([sweep_dir], sweep_dir)
         except FileNotFoundError as err:
             log.warning("no sweep summary written: %s", err)
-            return
-        log.info("sweep summary: %s", report["summary_md"])
-        if config.get("logger") and config.logger.get("name") == "wandb":
-            log_summary_to_wandb(config, sweep_dir, report["rows"])
+            report = None
+        if report is not None:
+            extra = _markdown_notes(notes, failed, sweep_dir)
+            if extra:
+                with open(report["summary_md"], "a", encoding="utf-8") as f:
+                    f.write("\n".join(extra) + "\n")
+            log.info("sweep summary: %s", report["summary_md"])
+            if config.get("logger") and config.logger.get("name") == "wandb":
+                log_summary_to_wandb(config, sweep_dir, report["rows"])
+        for note in notes:
+            log.warning("preflight left out %s", note)
+        if failed:
+            raise SystemExit(f"{len(failed)} cell(s) of the sweep in {sweep_dir} did not complete:\n"
+                             + "\n".join(f"  {job}: {why}" for job, why in failed))
+
+
+def preflight_notes(plan: dict | None) -> list[str]:
+    """What the preflight left out of the sweep and why, one line each."""
+    if not plan:
+        return []
+    reasons = plan.get("reasons") or {}
+    notes = [f"{key}={value}: {reasons.get(f'{key}={value}', 'missing')}"
+             for key, values in (plan.get("left_out") or {}).items() for value in values]
+    notes += [f"out-of-domain set {name}: {reasons.get(f'ood set {name}', 'missing')}"
+              for name in plan.get("ood_sets_dropped") or []]
+    return notes
+
+
+def failed_cells(sweep_dir: Path) -> list[tuple[Path, str]]:
+    """(job dir, '<status>: <error>') for every job of the sweep that has no completed result.json."""
+    if not sweep_dir.is_dir():
+        return []
+    jobs = {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
+    jobs |= {p.parent for p in sweep_dir.rglob(RESULT_FILE)}
+    out = []
+    for job in sorted(jobs):
+        record = read_result(job)
+        if record is None:
+            out.append((job, f"no {RESULT_FILE} (the cell stopped before writing it)"))
+        elif record.get("status") != "completed":
+            error = " ".join(str(record.get("error") or "no error recorded").split())
+            out.append((job, f"{record.get('status')}: {error[:500]}"))
+    return out
+
+
+def _markdown_notes(notes: list[str], failed: list[tuple[Path, str]], sweep_dir: Path) -> list[str]:
+    lines: list[str] = []
+    if notes:
+        lines += ["", "## Left out by the preflight", "",
+                  "These could not be read when the sweep started (details in preflight.json); the sweep ran "
+                  "without them:",
+                  "", *(f"- {note}" for note in notes)]
+    if failed:
+        lines += ["", "## Cells that did not complete", "",
+                  *(f"- `{job.relative_to(sweep_dir)}`: {why}" for job, why in failed)]
+    return lines
 
 
 def sweep_tag(sweep_dir: str | Path) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from slm_sweep.results import RESULT_FILE, is_complete, read_result
 
-IGNORED_TOP_LEVEL = ("hydra", "logger", "resume", "cache_dir", "data_root")
+IGNORED_TOP_LEVEL = ("hydra", "logger", "resume", "cache_dir", "data_root", "preflight")
 IGNORED_NESTED = {"eval": ("progress",), "trainer": ("progress_bar", "log_every_n_steps", "checkpoint_every_n_steps",
                                                       "num_workers")}
 

