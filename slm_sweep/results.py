@@ -20,7 +20,8 @@ PREDICTIONS_FILE = "predictions.jsonl"
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "lightning", "hydra-core", "omegaconf", "wandb", "datasets",
                     "tokenizers", "safetensors", "gguf", "slm_sweep")
-SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password)", re.IGNORECASE)
+# A credential's key: api_key, *_token / token, *secret*, *password*; not eval.max_new_tokens or token_budget.
+SECRET_KEY = re.compile(r"(api[_-]?key|secret|password|(^|[_.-])token$)", re.IGNORECASE)
 
 
 def now_iso() -> str:
