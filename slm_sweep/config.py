@@ -18,7 +18,7 @@ PREFLIGHT_MODES = ("skip", "refuse", "warn")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "transformer-engine",
               "transformer-engine-float16")
 TRAINER_SWITCHES = ("packing", "gradient_checkpointing", "compile", "deterministic", "progress_bar",
-                    "keep_checkpoints")
+                    "keep_checkpoints", "keep_model")
 
 
 class ConfigError(ValueError):

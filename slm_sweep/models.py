@@ -269,6 +269,32 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
+def load_trained(base, folder: str | Path):
+    """Weights an earlier run of the same training kept: a PEFT adapter folder on ``base``, or full weights."""
+    folder = Path(folder)
+    if (folder / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, folder)
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=next(base.parameters()).dtype)
+
+
+def save_atomically(model, target: str | Path) -> Path:
+    """``model.save_pretrained`` into a temporary sibling, then renamed: a reader never sees half a folder."""
+    target = Path(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def merge_adapters_for_eval(model):
     """Fold LoRA/DoRA adapters into the base weights (in float32, then back to the model's dtype).
 

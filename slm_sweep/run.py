@@ -1,4 +1,7 @@
-"""One cell, from a composed config to a result record: validate, load, (train), evaluate, write, log.
+"""One cell, from a composed config to a result record, as stages that return values:
+
+    validate -> load data -> identify (training key, evaluation key) -> reuse a finished cell?
+      -> load model (+ method, or trained weights kept by an earlier run) -> train -> place -> evaluate -> write
 
 ``run(cfg)`` is what the Hydra entry point calls and what tests call directly. Whatever happens, the cell's
 result.json says so: ``completed``, ``failed`` (with the error), ``diverged`` or ``interrupted``.
@@ -10,12 +13,14 @@ import logging
 import shutil
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from slm_sweep.config import validate_config
+from slm_sweep.identity import CellIdentity
 from slm_sweep.results import (
     PREDICTIONS_FILE,
     RESULT_FILE,
@@ -29,9 +34,18 @@ from slm_sweep.results import (
     write_predictions,
     write_result,
 )
-from slm_sweep.sweep.resume import cell_key, find_checkpoint, find_completed
+from slm_sweep.sweep.resume import (
+    KEPT_WEIGHTS,
+    find_checkpoint,
+    find_completed,
+    find_trained,
+    kept_weights,
+    search_dirs,
+)
 
 log = logging.getLogger(__name__)
+
+ADAPTER_DIR, MODEL_DIR = KEPT_WEIGHTS
 
 
 def _output_dir(out_dir: str | Path | None) -> Path:
@@ -68,11 +82,29 @@ def global_rank() -> int:
     return 0
 
 
-def _resume_search_dir(cfg: DictConfig) -> Path | None:
+def _sweep_dir() -> Path | None:
+    """The directory of the multirun this job belongs to, None for a single run."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            return Path(str(hc.sweep.dir))
+    except (ImportError, ValueError):
+        pass
+    return None
+
+
+def _resume_dirs(cfg: DictConfig, out: Path) -> list[Path]:
+    """Where finished and interrupted runs of this cell are looked for: its own directory first, then its
+    sweep's directory and ``resume.search_dir``. Empty when resuming is off."""
     enabled = cfg.resume.enabled
     if enabled == "auto":
-        enabled = _sweep_tag() is not None
-    return Path(str(cfg.resume.search_dir)) if enabled else None
+        enabled = _sweep_dir() is not None
+    if not enabled:
+        return []
+    return search_dirs(out, _sweep_dir(), Path(str(cfg.resume.search_dir)))
 
 
 def _base_record(cfg: DictConfig, config: dict) -> dict[str, Any]:
@@ -85,7 +117,7 @@ def _base_record(cfg: DictConfig, config: dict) -> dict[str, Any]:
         "method": cfg.method.name,
         "dataset": cfg.dataset.name,
         "seed": int(cfg.seed),
-        "cell_key": cell_key(config),
+        "identity": None,
         "metrics": {},
         "eval_sets": {},
         "reused_from": None,
@@ -100,6 +132,58 @@ def _base_record(cfg: DictConfig, config: dict) -> dict[str, Any]:
     }
 
 
+@dataclass
+class CellData:
+    """What a cell reads before any model is loaded."""
+
+    splits: Any
+    ood_sets: dict[str, list] = field(default_factory=dict)
+    sampler: Any = None
+
+    @property
+    def scored(self) -> list:
+        return self.splits.test
+
+
+def load_data(cfg: DictConfig) -> CellData:
+    """The dataset's splits, the out-of-domain sets and the few-shot sampler; fails before any model loads."""
+    from slm_sweep.data.prompts import ShotSampler
+    from slm_sweep.data.sources import load_eval_set, load_splits
+
+    method = cfg.method
+    num_fewshot = int(method.get("num_fewshot") or 0)
+    on_val = cfg.eval.get("split", "test") == "val"
+    # lm-eval draws shots from the whole train split: carve no validation set when nothing is trained
+    keep_val = method.train or on_val
+    dataset_cfg = cfg.dataset if keep_val else {**OmegaConf.to_container(cfg.dataset, resolve=True),
+                                                    "val_size": None}
+    splits = load_splits(dataset_cfg, data_root=cfg.get("data_root"), need_train=bool(method.train or num_fewshot))
+    ood_sets = {} if on_val else {
+        name: load_eval_set(name, data_root=cfg.get("data_root"), limit=cfg.eval.get("ood_limit"))
+        for name in (cfg.eval.get("ood_sets") or [])
+    }
+    shot_seed = method.get("shot_seed")
+    sampler = ShotSampler(splits.train, num_fewshot, int(cfg.seed if shot_seed is None else shot_seed)) \
+        if num_fewshot else None
+    return CellData(splits, ood_sets, sampler)
+
+
+def identify(cfg: DictConfig, config: dict, data: CellData) -> CellIdentity:
+    """The cell's training and evaluation keys (slm_sweep.identity), before any model is loaded."""
+    import torch
+
+    from slm_sweep.identity import cell_identity, model_identity
+    from slm_sweep.placement import dtype_name, resolve_device, resolve_dtype
+
+    device = resolve_device(cfg.eval.get("device"))  # an eval.device that cannot work here fails here
+    own = getattr(torch, str(cfg.model.get("dtype") or "float32"), torch.float32)
+    eval_dtype = dtype_name(resolve_dtype(cfg.eval.get("dtype"), device, own))
+    on_val = cfg.eval.get("split", "test") == "val"
+    return cell_identity(config, model=model_identity(config["model"]), train=data.splits.train,
+                         val=data.splits.val, test=data.splits.val if on_val else data.splits.test,
+                         ood=data.ood_sets, eval_dtype=eval_dtype)
+
+
 def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Run one cell and return its result record (also written to ``out_dir/result.json``)."""
     validate_config(cfg)
@@ -107,29 +191,34 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     config = redact(OmegaConf.to_container(cfg, resolve=True))
     record = _base_record(cfg, config)
-    search_dir = _resume_search_dir(cfg)
+    dirs = _resume_dirs(cfg, out)
     if global_rank() != 0:
         # Other ranks of a distributed run only join training; rank 0 evaluates and writes every file.
-        _run_cell(cfg, out, record, None, [], search_dir, train_only=True)
+        data = load_data(cfg)
+        _run_cell(cfg, out, record, None, [], data, identify(cfg, config, data), dirs, train_only=True)
         return record
 
-    if search_dir is not None:
-        previous = find_completed(search_dir, record["cell_key"], exclude=out)
-        if previous is not None:
-            return _reuse(previous, out, record)
-    write_result(out, record)
-
-    from slm_sweep.tracking import Tracker
     from slm_sweep.train.interrupt import CheckpointOnInterrupt, is_interrupt, sigterm_as_interrupt
 
     interrupt = CheckpointOnInterrupt(out / "checkpoints" / "last.ckpt")
     predictions: list[dict] = []
     tracker = None
+    reused: dict[str, Any] | None = None
     try:
+        data = load_data(cfg)
+        identity = identify(cfg, config, data)
+        record["identity"] = {"training_key": identity.training_key, "evaluation_key": identity.evaluation_key}
+        previous = find_completed(dirs, identity.evaluation_key, own=out)
+        if previous is not None:
+            reused = _reuse(previous, out, record)
+            return reused
+        write_result(out, record)
+        from slm_sweep.tracking import Tracker
+
         # inside the try: a tracker that cannot start fails the cell instead of leaving it "running"
         tracker = Tracker(cfg.logger, {**record, "sweep_tag": _sweep_tag()}, config, out)
         with sigterm_as_interrupt(interrupt):
-            _run_cell(cfg, out, record, tracker, predictions, search_dir, callbacks=[interrupt])
+            _run_cell(cfg, out, record, tracker, predictions, data, identity, dirs, callbacks=[interrupt])
         record["status"] = "completed"
         if not cfg.trainer.get("keep_checkpoints", False):
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -152,16 +241,17 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
                 raise SystemExit(f"cell interrupted: {record['error']}") from err
             raise
     finally:
-        record["finished_at"] = now_iso()
-        write_result(out, record)
-        try:
-            if tracker is not None:
-                try:
-                    tracker.log_result(record, predictions)
-                finally:
-                    tracker.finish(record["status"])
-        finally:
-            print(closing_line(record, out), flush=True)
+        if reused is None:
+            record["finished_at"] = now_iso()
+            write_result(out, record)
+            try:
+                if tracker is not None:
+                    try:
+                        tracker.log_result(record, predictions)
+                    finally:
+                        tracker.finish(record["status"])
+            finally:
+                print(closing_line(record, out), flush=True)
     return record
 
 
@@ -186,13 +276,18 @@ def closing_line(record: dict[str, Any], out: Path) -> str:
 
 
 def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
-    """Copy a finished cell's numbers into this cell's directory instead of computing them again."""
+    """A finished cell with the same evaluation key: its own earlier result (kept as it is), or another
+    directory's, whose numbers are copied here instead of being computed again."""
     source = read_result(previous)
     assert source is not None
+    if previous.resolve() == out.resolve():
+        log.info("this cell already finished in %s: nothing to do", out)
+        print(closing_line(source, out), flush=True)
+        return source
     log.info("reusing the finished result in %s", previous)
-    for key in ("status", "metrics", "eval_sets", "skipped_rows"):
+    for key in ("status", "metrics", "eval_sets", "skipped_rows", "placement"):
         record[key] = source.get(key)
-    record["reused_from"] = str(previous / "result.json")
+    record["reused_from"] = str(previous / RESULT_FILE)
     record["finished_at"] = now_iso()
     if (previous / PREDICTIONS_FILE).is_file():
         shutil.copyfile(previous / PREDICTIONS_FILE, out / PREDICTIONS_FILE)
@@ -201,46 +296,72 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: list[dict],
-              search_dir: Path | None, train_only: bool = False, callbacks: list | None = None) -> None:
-    import lightning as L
-
-    from slm_sweep.data.encode import encode_all
-    from slm_sweep.data.prompts import ShotSampler, resolve_style
-    from slm_sweep.data.sources import load_eval_set, load_splits
-    from slm_sweep.evaluate.evaluator import build_eval_prompts, evaluate
-    from slm_sweep.models import (
-        apply_method,
-        count_parameters,
-        load_model_and_tokenizer,
-        merge_adapters_for_eval,
-    )
-    from slm_sweep.placement import resolve_device, resolve_placement, to_device, to_dtype
-
-    method = cfg.method
-    num_fewshot = int(method.get("num_fewshot") or 0)
-    resolve_device(cfg.eval.get("device"))  # an eval.device that cannot work here fails before anything loads
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-
-    # lm-eval draws shots from the whole train split: carve no validation set when nothing is trained
-    keep_val = method.train or cfg.eval.get("split", "test") == "val"
-    dataset_cfg = cfg.dataset if keep_val else {**OmegaConf.to_container(cfg.dataset, resolve=True),
-                                                    "val_size": None}
-    splits = load_splits(dataset_cfg, data_root=cfg.get("data_root"), need_train=bool(method.train or num_fewshot))
-    record["skipped_rows"] = dict(splits.skipped)
-    ood_sets = {
-        name: load_eval_set(name, data_root=cfg.get("data_root"), limit=cfg.eval.get("ood_limit"))
-        for name in (cfg.eval.get("ood_sets") or [])
-        if cfg.eval.get("split", "test") == "test"
-    }
-
-    shot_seed = method.get("shot_seed")
-    # built before the model is loaded, so that a k larger than the train split fails at once
-    sampler = ShotSampler(splits.train, num_fewshot, int(cfg.seed if shot_seed is None else shot_seed)) \
-        if num_fewshot else None
+def load_model(cfg: DictConfig, trained: Path | None):
+    """The base model with the method applied, or with the trained weights an earlier run kept in ``trained``."""
+    from slm_sweep.models import apply_method, load_model_and_tokenizer, load_trained
 
     model, tokenizer = load_model_and_tokenizer(cfg.model, cache_dir=Path(str(cfg.cache_dir)).expanduser())
-    model = apply_method(model, method)
+    if trained is not None:
+        return load_trained(model, trained), tokenizer
+    return apply_method(model, cfg.method), tokenizer
+
+
+def train_stage(cfg: DictConfig, out: Path, record: dict, model, tokenizer, data: CellData,
+                identity: CellIdentity, dirs: list[Path], tracker, callbacks: list | None):
+    """Train (resuming from this cell's checkpoint when one exists) and keep what a re-scoring run needs."""
+    from slm_sweep.data.encode import encode_all
+    from slm_sweep.data.prompts import resolve_style
+    from slm_sweep.train.fit import fit, last_checkpoint
+
+    style = resolve_style(cfg.prompt.style, tokenizer)
+    max_length = int(cfg.trainer.max_length)
+    train = encode_all(tokenizer, data.splits.train, style, max_length, cfg.prompt.system)
+    val = encode_all(tokenizer, data.splits.val, style, max_length, cfg.prompt.system)
+    resume_from = last_checkpoint(out) or find_checkpoint(dirs, identity.training_key, own=out)
+    outcome = fit(model, train, val, cfg.trainer, cfg.method, seed=int(cfg.seed), out_dir=out,
+                  pad_token_id=tokenizer.pad_token_id, loggers=tracker.lightning_loggers if tracker else None,
+                  resume_from=resume_from, extra_callbacks=callbacks)
+    if global_rank() != 0:
+        return outcome
+    record["resumed_from_checkpoint"] = str(resume_from) if resume_from else None
+    record["placement"]["train"] = outcome.placement
+    record["metrics"].update(train_time_s=outcome.train_time_s, train_loss=outcome.train_loss,
+                             val_loss=outcome.val_loss, train_steps=outcome.train_steps, **outcome.perf)
+    keep_trained_weights(model, out, keep_full=bool(cfg.trainer.get("keep_model", False)))
+    write_result(out, record)  # training is the expensive part: keep its numbers even if evaluation fails
+    return outcome
+
+
+def keep_trained_weights(model, out: Path, keep_full: bool) -> None:
+    """LoRA/DoRA adapters are always kept (they are small); full weights when ``trainer.keep_model`` is on.
+    A later run whose evaluation changed but whose training did not re-scores from them instead of training."""
+    from peft import PeftModel
+
+    from slm_sweep.models import save_atomically
+
+    if isinstance(model, PeftModel):
+        save_atomically(model, out / ADAPTER_DIR)
+    elif keep_full:
+        save_atomically(model, out / MODEL_DIR)
+
+
+def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: list[dict], data: CellData,
+              identity: CellIdentity, dirs: list[Path], train_only: bool = False,
+              callbacks: list | None = None) -> None:
+    import lightning as L
+
+    from slm_sweep.data.prompts import resolve_style
+    from slm_sweep.evaluate.evaluator import build_eval_prompts, evaluate
+    from slm_sweep.models import count_parameters, merge_adapters_for_eval
+    from slm_sweep.placement import resolve_placement, to_device, to_dtype
+
+    method = cfg.method
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    splits, sampler = data.splits, data.sampler
+    record["skipped_rows"] = dict(splits.skipped)
+
+    trained = find_trained(dirs, identity.training_key, own=out) if method.train and not train_only else None
+    model, tokenizer = load_model(cfg, kept_weights(trained) if trained else None)
     trainable, total = count_parameters(model)
     style = resolve_style(cfg.prompt.style, tokenizer)
     metrics: dict[str, Any] = {"trainable_params": trainable, "total_params": total, "train_time_s": 0.0,
@@ -248,26 +369,22 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
                                "train_tokens_per_s": None, "mfu": None}
     record["metrics"] = metrics
 
-    if method.train:
-        from slm_sweep.train.fit import fit
-
-        max_length = int(cfg.trainer.max_length)
-        train = encode_all(tokenizer, splits.train, style, max_length, cfg.prompt.system)
-        val = encode_all(tokenizer, splits.val, style, max_length, cfg.prompt.system)
-        resume_from = find_checkpoint(search_dir, record["cell_key"], exclude=out) if search_dir else None
-        outcome = fit(model, train, val, cfg.trainer, method, seed=int(cfg.seed), out_dir=out,
-                      pad_token_id=tokenizer.pad_token_id, loggers=tracker.lightning_loggers if tracker else None,
-                      resume_from=resume_from, extra_callbacks=callbacks)
-        if train_only:
-            return
-        record["resumed_from_checkpoint"] = str(resume_from) if resume_from else None
-        record["placement"]["train"] = outcome.placement
-        metrics.update(train_time_s=outcome.train_time_s, train_loss=outcome.train_loss, val_loss=outcome.val_loss,
-                       train_steps=outcome.train_steps, **outcome.perf)
-        write_result(out, record)  # training is the expensive part: keep its numbers even if evaluation fails
+    if trained is not None:
+        # same training key: the weights are the ones this cell would train; only its evaluation differs
+        source = read_result(trained) or {}
+        log.info("re-scoring the weights trained in %s (same training key)", trained)
+        record["trained_in"] = str(trained)
+        record["placement"]["train"] = (source.get("placement") or {}).get("train")
+        for key in ("train_time_s", "train_loss", "val_loss", "train_steps", "train_tokens", "train_tokens_per_s",
+                    "mfu", "step_time_s", "train_padding_fraction", "train_oom_halvings"):
+            metrics[key] = (source.get("metrics") or {}).get(key)
+        metrics["trainable_params"] = (source.get("metrics") or {}).get("trainable_params", trainable)
+    elif method.train:
+        train_stage(cfg, out, record, model, tokenizer, data, identity, dirs, tracker, callbacks)
     if train_only:
         return
 
+    ood_sets = data.ood_sets
     # Every method generates on the resolved device and dtype; adapters are merged there, in the weights' dtype.
     trained_on = (record["placement"]["train"] or {}).get("device")
     placement = resolve_placement(cfg.eval, model, trained_on=trained_on)

@@ -84,40 +84,45 @@ def test_tiny_grid_sweep_writes_every_cell_and_a_correct_summary(requires_data, 
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000, name
 
 
-def test_killed_sweep_resumes_without_redoing_completed_cells(requires_data, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_sweep_killed_and_rerun_into_its_own_folder_redoes_nothing_and_resumes(requires_data, tmp_path, sig):
+    """A requeued job reruns the same command into the same sweep folder: finished cells are kept as they are,
+    interrupted training resumes from the cell's own checkpoint, and no file is torn."""
+    import random
+
+    import torch
+
+    sweep = tmp_path / "requeued"
     args = ["-m", *SWEEP_SETTINGS, "method=zeroshot,lora", "trainer.max_steps=60",
-            "trainer.checkpoint_every_n_steps=2"]
+            "trainer.checkpoint_every_n_steps=2", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.Popen(cli(args, tmp_path), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    ckpt = None
-    while time.time() < deadline and proc.poll() is None:
-        found = list((tmp_path / "multirun").glob("*/*/*lora*/checkpoints/last.ckpt"))
-        if found:
-            ckpt = found[0]
-            break
-        time.sleep(0.2)
-    assert ckpt is not None, "the lora cell never wrote a checkpoint"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    (first,) = sweep_dirs(tmp_path)
-    killed = results(first)
+    while time.time() < deadline and proc.poll() is None and not list(sweep.glob("*lora*/checkpoints/last.ckpt")):
+        time.sleep(0.1)
+    time.sleep(random.uniform(0.0, 1.5))  # a random moment of the lora cell's training
+    os.killpg(proc.pid, sig)
+    proc.wait(120)
+    killed = results(sweep)
+    zeroshot_file = killed[("tiny", "zeroshot", 0)]["dir"] / "result.json"
     assert killed[("tiny", "zeroshot", 0)]["status"] == "completed"
-    assert killed[("tiny", "lora", 0)]["status"] == "running"
+    assert killed[("tiny", "lora", 0)]["status"] == ("running" if sig == signal.SIGKILL else "interrupted")
+    (checkpoint,) = sweep.glob("*lora*/checkpoints/last.ckpt")
+    stopped_at = torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
+    assert 0 < stopped_at < 60
+    finished_before = zeroshot_file.read_bytes()
 
     subprocess.run(cli(args, tmp_path), cwd=tmp_path, env=env(), check=True, capture_output=True, timeout=600)
-    second = [d for d in sweep_dirs(tmp_path) if d != first][0]
-    rerun = results(second)
-    assert rerun[("tiny", "zeroshot", 0)]["reused_from"].startswith(str(first.relative_to(tmp_path)))
+    rerun = results(sweep)
+    assert len(rerun) == 2, "the rerun wrote into the same cell folders"
+    assert zeroshot_file.read_bytes() == finished_before, "a finished cell was redone"
     lora = rerun[("tiny", "lora", 0)]
-    assert lora["status"] == "completed"
-    assert lora["resumed_from_checkpoint"] and Path(lora["resumed_from_checkpoint"]).name == "last.ckpt"
-    assert lora["metrics"]["train_steps"] == 60
-    import torch
-
-    checkpoint = tmp_path / lora["resumed_from_checkpoint"]
-    resumed_at = torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
-    assert 0 < resumed_at < 60
+    assert lora["status"] == "completed" and lora["metrics"]["train_steps"] == 60
+    assert lora["resumed_from_checkpoint"] == str(checkpoint)
+    for path in sweep.rglob("*"):
+        assert not path.name.startswith((".result.json.", ".predictions.jsonl.", ".adapter-")), path
+    for path in sweep.glob("*/predictions.jsonl"):
+        assert all(json.loads(line) for line in path.read_text().splitlines())
 
 
 @pytest.mark.parametrize("launcher", ["parallel", "local"])

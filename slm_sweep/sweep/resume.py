@@ -1,73 +1,101 @@
-"""Recognise a cell that was already run: same configuration, found under the sweep search directory.
+"""Finding earlier runs of a cell by its identity (slm_sweep.identity): a finished result to reuse (same
+evaluation key), a checkpoint to resume training from, or kept trained weights to re-score (same training key).
 
-A cell's key is a hash of the parts of its resolved config that can change its numbers. Logging, output and
-progress settings are left out; so is the seed, and the trainer, for methods that train nothing and draw no
-seeded shots, so that zero-shot and fixed-seed few-shot are computed once per model x dataset.
+The cell's own directory is searched first (a rerun into the same folder, or a requeued array job, skips what it
+finished and resumes what it started), then its sweep's directory and ``resume.search_dir``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from slm_sweep.results import RESULT_FILE, is_complete, read_result
 
-IGNORED_TOP_LEVEL = ("hydra", "logger", "resume", "cache_dir", "data_root", "preflight")
-IGNORED_NESTED = {"eval": ("progress",), "trainer": ("progress_bar", "log_every_n_steps", "checkpoint_every_n_steps",
-                                                      "num_workers")}
+CHECKPOINT = Path("checkpoints") / "last.ckpt"
+KEPT_WEIGHTS = ("adapter", "model")  # LoRA/DoRA adapter folder; full weights (trainer.keep_model)
 
 
-def is_seed_independent(config: Mapping[str, Any]) -> bool:
-    method = config["method"]
-    if method.get("train"):
-        return False
-    return method.get("name") == "zeroshot" or method.get("shot_seed") is not None
+def search_dirs(own: Path, sweep_dir: Path | None, search_dir: Path | None) -> list[Path]:
+    """The cell's own directory, its sweep's and the configured search directory, each once."""
+    dirs: list[Path] = []
+    for path in (own, sweep_dir, search_dir):
+        if path is not None and not any(_same(path, d) for d in dirs):
+            dirs.append(path)
+    return dirs
 
 
-def cell_key(config: Mapping[str, Any]) -> str:
-    relevant = {k: v for k, v in config.items() if k not in IGNORED_TOP_LEVEL}
-    for group, keys in IGNORED_NESTED.items():
-        if isinstance(relevant.get(group), Mapping):
-            relevant[group] = {k: v for k, v in relevant[group].items() if k not in keys}
-    if is_seed_independent(config):
-        relevant.pop("seed", None)
-        relevant.pop("trainer", None)
-    blob = json.dumps(relevant, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def _same(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
 
 
-def _result_files(search_dir: Path) -> Iterator[Path]:
-    if search_dir.is_dir():
-        yield from search_dir.rglob(RESULT_FILE)
-
-
-def find_completed(search_dir: str | Path, key: str, exclude: Path | None = None) -> Path | None:
-    """Directory of a complete result with this key (the most recently finished), or None."""
-    best: tuple[str, Path] | None = None
-    for path in _result_files(Path(search_dir)):
-        if exclude is not None and path.parent.resolve() == exclude.resolve():
+def _records(dirs: Sequence[Path], own: Path) -> Iterator[tuple[Path, dict]]:
+    """(directory, record) of every result under ``dirs``; the cell's own directory first."""
+    seen: set[Path] = set()
+    own_record = read_result(own)
+    if own_record:
+        seen.add(own.resolve())
+        yield own, own_record
+    for root in dirs:
+        if not root.is_dir():
             continue
-        record = read_result(path)
-        if record and record.get("cell_key") == key and is_complete(record) and not record.get("reused_from"):
+        for path in root.rglob(RESULT_FILE):
+            folder = path.parent.resolve()
+            if folder in seen:
+                continue
+            seen.add(folder)
+            record = read_result(path)
+            if record:
+                yield path.parent, record
+
+
+def _key(record: dict, name: str) -> str | None:
+    return (record.get("identity") or {}).get(name)
+
+
+def find_completed(dirs: Sequence[Path], evaluation_key: str, own: Path) -> Path | None:
+    """A directory holding a complete result with this evaluation key: the cell's own when it has one, else the
+    most recently finished original (not itself a copy)."""
+    if not dirs:
+        return None
+    best: tuple[str, Path] | None = None
+    for folder, record in _records(dirs, own):
+        if _key(record, "evaluation_key") != evaluation_key or not is_complete(record):
+            continue
+        if _same(folder, own):
+            return folder
+        if not record.get("reused_from"):
             stamp = record.get("finished_at") or ""
             if best is None or stamp > best[0]:
-                best = (stamp, path.parent)
+                best = (stamp, folder)
     return best[1] if best else None
 
 
-def find_checkpoint(search_dir: str | Path, key: str, exclude: Path | None = None) -> Path | None:
-    """The newest last.ckpt of an unfinished run of this cell, to resume training from."""
+def find_checkpoint(dirs: Sequence[Path], training_key: str | None, own: Path) -> Path | None:
+    """The newest last.ckpt of an unfinished training run with this training key."""
+    if not dirs or training_key is None:
+        return None
     found: list[tuple[float, Path]] = []
-    for path in _result_files(Path(search_dir)):
-        if exclude is not None and path.parent.resolve() == exclude.resolve():
-            continue
-        record = read_result(path)
-        if not record or record.get("cell_key") != key or is_complete(record):
-            continue
-        ckpt = path.parent / "checkpoints" / "last.ckpt"
-        if ckpt.is_file():
+    for folder, record in _records(dirs, own):
+        ckpt = folder / CHECKPOINT
+        if _key(record, "training_key") == training_key and ckpt.is_file():
             found.append((ckpt.stat().st_mtime, ckpt))
     return max(found)[1] if found else None
+
+
+def kept_weights(folder: Path) -> Path | None:
+    for name in KEPT_WEIGHTS:
+        if (folder / name).is_dir():
+            return folder / name
+    return None
+
+
+def find_trained(dirs: Sequence[Path], training_key: str | None, own: Path) -> Path | None:
+    """A run with this training key that finished training and kept its weights (the cell's own first)."""
+    if not dirs or training_key is None:
+        return None
+    for folder, record in _records(dirs, own):
+        trained = (record.get("metrics") or {}).get("train_steps")
+        if _key(record, "training_key") == training_key and trained and kept_weights(folder) is not None:
+            return folder
+    return None

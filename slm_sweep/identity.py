@@ -1,0 +1,179 @@
+"""The identity of a cell, defined once and used by resume, reuse and the report.
+
+- The **training key** covers what changes the trained weights: the training code's version, the versions of the
+  libraries that change numerics, the model's resolved weights (hub commit, GGUF file hash, or the random
+  architecture's settings), the method's settings, the training and validation data's content, the prompt format,
+  the trainer's numeric settings and the seed. A method that trains nothing has none.
+- The **evaluation key** is the training key (or, untrained, the model's identity) plus what changes the scores:
+  the scoring version, the prompts (shots, system message), the evaluation data's content (test split and every
+  out-of-domain set), decoding and the dtype generation runs in.
+
+Settings that only change speed, memory or logging (micro-batching, packing, compilation, the evaluation engine,
+token budgets, CUDA graphs, loggers, progress bars, output folders) are in neither key, and neither are paths:
+moving a data folder changes nothing that its content does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+# Bump when a change to the training path alters the weights it produces (loss, batching order, schedule, ...).
+TRAINING_CODE_VERSION = 1
+# Bump when a change to prompts, generation or answer scoring alters scores. tests/test_identity.py holds the
+# hash of the scoring source for this version, so an edit of scoring.py without a bump fails a test.
+SCORING_VERSION = 1
+NUMERIC_LIBRARIES = ("torch", "transformers", "peft")
+
+# Trainer settings that change the trained weights; the others change only speed, memory or logging.
+TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",
+                        "gradient_clip_val", "precision")
+EVAL_SCORING_KEYS = ("split", "max_new_tokens", "stop")
+MODEL_KEYS_NOT_IN_IDENTITY = ("name", "params_nominal", "gguf_dir", "gguf_package", "revision")
+METHOD_EVAL_KEYS = ("num_fewshot", "shot_seed")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class CellIdentity:
+    training_key: str | None  # None for methods that train nothing
+    evaluation_key: str
+    parts: dict[str, Any] = field(default_factory=dict, compare=False)  # what went into each key, readable
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fingerprint(examples: Iterable) -> str:
+    """The content of a list of examples (question, training target, reference), in order."""
+    h = hashlib.sha256()
+    count = 0
+    for ex in examples:
+        h.update(f"{ex.question}\x00{ex.answer}\x00{ex.reference}\x01".encode())
+        count += 1
+    return f"{count}:{h.hexdigest()[:16]}"
+
+
+def numeric_versions() -> dict[str, str | None]:
+    """major.minor of each library whose numerics can change a result."""
+    versions = {}
+    for name in NUMERIC_LIBRARIES:
+        try:
+            versions[name] = ".".join(metadata.version(name).split("+")[0].split(".")[:2])
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolved_revision(model_id: str, revision: str | None) -> str:
+    """The commit a hub revision points at, from the local cache or the hub; a local folder's content hash.
+
+    Falls back to ``unresolved:<revision>`` when neither the cache nor the hub can say (the model then cannot
+    be loaded either, so no result is produced under that name).
+    """
+    revision = revision or "main"
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        files = sorted(p for p in local.iterdir() if p.is_file())
+        small = [file_sha256(p) for p in files if p.suffix in (".json", ".txt", ".model", ".jinja")]
+        large = [(p.name, p.stat().st_size) for p in files if p.suffix not in (".json", ".txt", ".model", ".jinja")]
+        return "folder:" + digest([small, large])
+    if _COMMIT.match(revision):
+        return revision
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model_id, "config.json", revision=revision)
+        if isinstance(cached, str):
+            return Path(cached).parent.name  # .../snapshots/<commit>/config.json
+    except Exception:  # noqa: BLE001 - a cache that cannot be read is the same as no cache
+        pass
+    try:
+        import os
+
+        if os.environ.get("HF_HUB_OFFLINE") != "1":
+            from huggingface_hub import HfApi
+
+            return HfApi().model_info(model_id, revision=revision, timeout=10).sha
+    except Exception:  # noqa: BLE001
+        pass
+    return f"unresolved:{revision}"
+
+
+def model_identity(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What fixes the model's weights and tokenizer, independent of where its files sit."""
+    settings = {k: v for k, v in model_cfg.items() if k not in MODEL_KEYS_NOT_IN_IDENTITY}
+    source = model_cfg.get("source")
+    if source == "gguf":
+        from slm_sweep.models import gguf_path
+
+        settings["weights"] = "sha256:" + file_sha256(gguf_path(model_cfg))
+        settings.pop("id", None)  # a description, not an address
+    elif source in ("hub", "random"):
+        settings["weights"] = resolved_revision(str(model_cfg["id"]), model_cfg.get("revision"))
+        if Path(str(model_cfg["id"])).expanduser().is_dir():
+            settings.pop("id")
+    return settings
+
+
+def is_seed_independent(method: Mapping[str, Any]) -> bool:
+    """Nothing trained and no seeded draw: the same result for every run seed."""
+    if method.get("train"):
+        return False
+    return not method.get("num_fewshot") or method.get("shot_seed") is not None
+
+
+def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train: Sequence, val: Sequence,
+                  test: Sequence, ood: Mapping[str, Sequence], eval_dtype: str) -> CellIdentity:
+    """Both keys of a cell from its resolved config, the model's identity and the data it reads.
+
+    ``eval_dtype`` is the dtype generation will run in (``eval.dtype`` resolved for this machine).
+    """
+    method = dict(config["method"])
+    trains = bool(method.get("train"))
+    prompt = dict(config.get("prompt") or {})
+    seed = int(config["seed"])
+    training = None
+    if trains:
+        trainer = config["trainer"]
+        training = {
+            "code": TRAINING_CODE_VERSION,
+            "libraries": numeric_versions(),
+            "model": model,
+            "method": {k: v for k, v in method.items() if k not in METHOD_EVAL_KEYS},
+            "data": {"train": fingerprint(train), "val": fingerprint(val)},
+            "prompt": prompt,
+            "trainer": {k: trainer.get(k) for k in TRAINER_NUMERIC_KEYS},
+            "seed": seed,
+        }
+    training_key = digest(training) if training else None
+    shots = int(method.get("num_fewshot") or 0)
+    eval_cfg = config["eval"]
+    evaluation = {
+        "scoring": SCORING_VERSION,
+        "weights": training_key or {"model": model, "libraries": numeric_versions()},
+        "method": {"name": method["name"], **{k: method.get(k) for k in METHOD_EVAL_KEYS}},
+        "shot_pool": fingerprint(train) if shots else None,
+        "prompt": prompt,
+        "eval": {**{k: eval_cfg.get(k) for k in EVAL_SCORING_KEYS}, "dtype": eval_dtype},
+        "test": fingerprint(test),
+        "ood": {name: fingerprint(examples) for name, examples in sorted(ood.items())},
+        # a seed that draws the shots (shot_seed null) changes the prompts; a trained cell's is in its weights
+        "seed": None if is_seed_independent(method) else seed,
+    }
+    return CellIdentity(training_key, digest(evaluation), {"training": training, "evaluation": evaluation})

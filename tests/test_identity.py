@@ -1,0 +1,134 @@
+"""A cell's identity: which changes force retraining, which only re-scoring, which nothing; reuse and re-scoring
+from kept adapters by those keys."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from slm_sweep.identity import SCORING_VERSION
+from slm_sweep.results import read_result, redact
+from slm_sweep.run import identify, load_data, run
+
+# sha256 of slm_sweep/evaluate/scoring.py for each SCORING_VERSION: editing scoring.py fails this test until
+# SCORING_VERSION is bumped (scores may change) or the hash updated (a change that cannot alter any score).
+SCORING_SOURCE_SHA256 = {1: "c8a9e22c1d105d4b83925b8e6f21beb323169804f176d999c00e1883be90d69b"}
+
+
+def keys(cfg):
+    config = redact(OmegaConf.to_container(cfg, resolve=True))
+    identity = identify(cfg, config, load_data(cfg))
+    return identity.training_key, identity.evaluation_key
+
+
+@pytest.fixture
+def base(tiny_cfg):
+    return lambda *extra: keys(tiny_cfg("method=lora", *extra))
+
+
+RETRAIN = ["method.lr=0.001", "method.r=8", "trainer.max_steps=4", "seed=1", "dataset.train_limit=40",
+           "model.init_seed=1", "trainer.precision=bf16-mixed", "prompt.system=Be brief.", "trainer.max_length=128",
+           "dataset.val_size=6"]
+RESCORE = ["eval.max_new_tokens=20", "eval.ood_sets=[svamp]", "dataset.test_limit=10", "eval.dtype=bfloat16",
+           "eval.stop=[Q:]"]
+NOTHING = ["trainer.micro_batch_size=4", "trainer.packing=true", "trainer.compile=true", "eval.engine=plain",
+           "eval.token_budget=4096", "eval.max_batch_size=3", "eval.cuda_graphs=true", "logger=csv",
+           "trainer.log_every_n_steps=5", "eval.progress=true", "trainer.micro_batch_tokens=512",
+           "trainer.checkpoint_every_n_steps=7", "resume.search_dir=elsewhere"]
+
+
+@pytest.mark.parametrize("change", RETRAIN)
+def test_what_changes_the_weights_changes_both_keys(base, change):
+    train, evaluation = base()
+    changed_train, changed_eval = base(change)
+    assert changed_train != train and changed_eval != evaluation
+
+
+@pytest.mark.parametrize("change", RESCORE)
+def test_what_changes_only_scores_keeps_the_training_key(base, change):
+    train, evaluation = base()
+    changed_train, changed_eval = base(change)
+    assert changed_train == train and changed_eval != evaluation
+
+
+@pytest.mark.parametrize("change", NOTHING)
+def test_speed_and_logging_settings_change_neither_key(base, change):
+    assert base(change) == base()
+
+
+def test_moving_the_data_folder_changes_nothing_its_content_does_not(base, requires_data, tmp_path):
+    copy = tmp_path / "data"
+    (copy / "gsm8k").mkdir(parents=True)
+    for name in ("train.jsonl", "test.jsonl"):
+        (copy / "gsm8k" / name).write_bytes((requires_data / "gsm8k" / name).read_bytes())
+    assert base(f"data_root={copy}") == base()
+    lines = (copy / "gsm8k" / "test.jsonl").read_text().splitlines(keepends=True)
+    (copy / "gsm8k" / "test.jsonl").write_text("".join([lines[1], lines[0], *lines[2:]]))
+    moved_train, moved_eval = base(f"data_root={copy}")
+    assert moved_train == base()[0] and moved_eval != base()[1]
+
+
+def test_untrained_methods_ignore_seed_trainer_and_training_limits(tiny_cfg):
+    zero = keys(tiny_cfg("method=zeroshot"))
+    assert zero[0] is None
+    for change in ("seed=3", "trainer.max_steps=9", "dataset.val_size=4", "method.num_fewshot=0"):
+        assert keys(tiny_cfg("method=zeroshot", change)) == zero, change
+    few = keys(tiny_cfg("method=fewshot"))
+    assert keys(tiny_cfg("method=fewshot", "seed=3")) == few  # fixed shot_seed
+    assert keys(tiny_cfg("method=fewshot", "seed=3", "method.shot_seed=null")) != \
+        keys(tiny_cfg("method=fewshot", "method.shot_seed=null"))
+    assert keys(tiny_cfg("method=fewshot", "dataset.train_limit=30")) != few  # the shot pool changed
+
+
+def test_scoring_source_matches_its_version():
+    source = Path(__file__).resolve().parents[1] / "slm_sweep" / "evaluate" / "scoring.py"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert SCORING_SOURCE_SHA256.get(SCORING_VERSION) == digest, (
+        "slm_sweep/evaluate/scoring.py changed: bump identity.SCORING_VERSION if scores can change, "
+        f"and record {digest} for it here")
+
+
+def test_rerun_into_its_own_folder_does_nothing_again(tiny_cfg, tmp_path, monkeypatch):
+    cfg = tiny_cfg("method=lora", "resume.enabled=true", f"resume.search_dir={tmp_path / 'none'}")
+    first = run(cfg, out_dir=tmp_path / "cell")
+    assert first["status"] == "completed" and (tmp_path / "cell" / "adapter" / "adapter_config.json").is_file()
+    before = (tmp_path / "cell" / "result.json").read_bytes()
+
+    import slm_sweep.models as models
+
+    monkeypatch.setattr(models, "load_model_and_tokenizer", lambda *a, **k: pytest.fail("loaded a model again"))
+    again = run(cfg, out_dir=tmp_path / "cell")
+    assert again["status"] == "completed" and again["identity"] == first["identity"]
+    assert (tmp_path / "cell" / "result.json").read_bytes() == before
+
+
+def test_a_new_evaluation_rescores_the_kept_adapter_without_training(tiny_cfg, tmp_path, monkeypatch):
+    search = [f"resume.search_dir={tmp_path}", "resume.enabled=true"]
+    first = run(tiny_cfg("method=lora", *search), out_dir=tmp_path / "a")
+    assert first["status"] == "completed"
+
+    import slm_sweep.train.fit as fit_module
+
+    monkeypatch.setattr(fit_module, "fit", lambda *a, **k: pytest.fail("trained again"))
+    second = run(tiny_cfg("method=lora", *search, "eval.max_new_tokens=6"), out_dir=tmp_path / "b")
+    assert second["status"] == "completed", second.get("error")
+    assert second["identity"]["training_key"] == first["identity"]["training_key"]
+    assert second["identity"]["evaluation_key"] != first["identity"]["evaluation_key"]
+    assert second["trained_in"] == str(tmp_path / "a")
+    assert second["metrics"]["train_steps"] == first["metrics"]["train_steps"]
+    assert second["metrics"]["trainable_params"] == first["metrics"]["trainable_params"]
+    # the re-scored adapter is the trained one: greedy answers of 6 tokens start the first run's answers of 12
+    first_out = {p["index"]: p["output"] for p in _predictions(tmp_path / "a")}
+    second_out = {p["index"]: p["output"] for p in _predictions(tmp_path / "b")}
+    assert all(first_out[i].startswith(second_out[i]) for i in second_out)
+    assert any(first_out[i] != second_out[i] for i in second_out)
+    assert read_result(tmp_path / "b")["placement"]["train"] == first["placement"]["train"]
+
+
+def _predictions(folder):
+    from slm_sweep.results import read_predictions
+
+    return read_predictions(folder)
