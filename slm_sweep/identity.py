@@ -44,7 +44,14 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 class CellIdentity:
     training_key: str | None  # None for methods that train nothing
     evaluation_key: str
+    # the evaluation key without the seed: runs of one configuration over several seeds share it (the report's
+    # rows); runs that differ in anything else, code and data versions included, do not
+    configuration_key: str = ""
     parts: dict[str, Any] = field(default_factory=dict, compare=False)  # what went into each key, readable
+
+    def as_record(self) -> dict[str, str | None]:
+        return {"training_key": self.training_key, "evaluation_key": self.evaluation_key,
+                "configuration_key": self.configuration_key}
 
 
 def digest(value: Any) -> str:
@@ -176,4 +183,7 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
         # a seed that draws the shots (shot_seed null) changes the prompts; a trained cell's is in its weights
         "seed": None if is_seed_independent(method) else seed,
     }
-    return CellIdentity(training_key, digest(evaluation), {"training": training, "evaluation": evaluation})
+    unseeded = {**evaluation, "seed": None,
+                 "weights": digest({**training, "seed": None}) if training else evaluation["weights"]}
+    return CellIdentity(training_key, digest(evaluation), digest(unseeded),
+                        {"training": training, "evaluation": evaluation})

@@ -207,7 +207,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     try:
         data = load_data(cfg)
         identity = identify(cfg, config, data)
-        record["identity"] = {"training_key": identity.training_key, "evaluation_key": identity.evaluation_key}
+        record["identity"] = identity.as_record()
         previous = find_completed(dirs, identity.evaluation_key, own=out)
         if previous is not None:
             reused = _reuse(previous, out, record)

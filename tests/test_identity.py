@@ -132,3 +132,15 @@ def _predictions(folder):
     from slm_sweep.results import read_predictions
 
     return read_predictions(folder)
+
+
+def test_configuration_key_groups_seeds(tiny_cfg):
+    def key(*extra):
+        cfg = tiny_cfg("method=lora", *extra)
+        config = redact(OmegaConf.to_container(cfg, resolve=True))
+        return identify(cfg, config, load_data(cfg)).configuration_key
+
+    assert key("seed=1") == key("seed=2") == key()
+    assert key("method.r=8") != key()
+    assert key("eval.max_new_tokens=20") != key()
+    assert key("trainer.micro_batch_size=4") == key()

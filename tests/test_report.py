@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from slm_sweep.report import collect, load_results, summarize, summarize_ood, write_report
-from slm_sweep.report.aggregate import t_critical
+from slm_sweep.report.aggregate import ReportError, t_critical
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -399,3 +399,58 @@ def test_accuracy_axes_stay_within_0_and_100_percent(monkeypatch):
     ax = captured["fig"].axes[0]
     assert ax.get_ylim() == (0.0, 100.0)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["tiny\n104K"]
+
+
+def _with_identity(record, config, configuration_key, evaluation_key=None, reused_from=None):
+    return {**record, "config": config, "reused_from": reused_from,
+            "identity": {"training_key": None, "configuration_key": configuration_key,
+                         "evaluation_key": evaluation_key or f"{configuration_key}-{record['seed']}"}}
+
+
+def test_a_swept_setting_becomes_a_variant_and_rows_never_mix(tmp_path):
+    sweep = tmp_path / "sweep"
+    job = 0
+    for r, accuracy in ((8, 0.2), (16, 0.4)):
+        config = {"method": {"name": "lora", "r": r, "lr": 2e-4}, "trainer": {"micro_batch_size": r}}
+        for seed in (0, 1):
+            record = make_record("beta", "lora", seed, accuracy + 0.01 * seed, accuracy)
+            write_json(sweep / str(job) / "result.json", _with_identity(record, config, f"cfg-r{r}"))
+            job += 1
+    rows = summarize(collect([sweep]).records)
+    assert [(row["variant"], row["n"]) for row in rows] == [("r=16", 2), ("r=8", 2)]
+    assert {row["variant"]: row["accuracy_flexible_mean"] for row in rows} == pytest.approx(
+        {"r=8": 0.205, "r=16": 0.405})
+    report = write_report([sweep], tmp_path / "out", plots=False)
+    assert "| beta | lora (r=8) |" in report["markdown"] and "| beta | lora (r=16) |" in report["markdown"]
+
+
+def test_two_sweeps_of_other_code_are_told_apart_by_their_configuration_key(tmp_path):
+    config = {"method": {"name": "lora", "r": 16}}
+    for name, key, accuracy in (("old", "aaaaaaaa1", 0.2), ("new", "bbbbbbbb2", 0.3)):
+        record = make_record("beta", "lora", 0, accuracy, accuracy)
+        write_json(tmp_path / name / "0" / "result.json", _with_identity(record, config, key))
+    rows = summarize(collect([tmp_path / "old", tmp_path / "new"]).records)
+    assert sorted(row["variant"] for row in rows) == ["config aaaaaaaa", "config bbbbbbbb"]
+    assert all(row["n"] == 1 for row in rows)
+
+
+def test_seeds_that_scored_different_question_counts_are_an_error(tmp_path):
+    for seed, n_eval in ((0, 100), (1, 90)):
+        record = make_record("beta", "full", seed, 0.3, 0.2)
+        record["metrics"]["n_eval"] = n_eval
+        write_json(tmp_path / str(seed) / "result.json", record)
+    with pytest.raises(ReportError, match="different numbers of questions.*n_eval=100.*n_eval=90"):
+        summarize(collect([tmp_path]).records)
+
+
+def test_a_baseline_computed_once_counts_once(tmp_path):
+    config = {"method": {"name": "zeroshot"}}
+    for seed in SEEDS:
+        record = make_record("beta", "zeroshot", seed, 0.1, 0.05)
+        reused = None if seed == 0 else str(tmp_path / "0" / "result.json")
+        write_json(tmp_path / str(seed) / "result.json",
+                   _with_identity(record, config, "zs", evaluation_key="zs-eval", reused_from=reused))
+    collection = collect([tmp_path])
+    (row,) = summarize(collection.records)
+    assert row["n"] == 1 and row["seeds"] == [0] and row["accuracy_flexible_std"] == 0.0
+    assert row["accuracy_flexible_ci95"] is None and not collection.duplicates

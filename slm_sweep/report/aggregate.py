@@ -2,9 +2,15 @@
 
 A record is the parsed ``result.json`` of one cell (model × method × dataset × seed) plus a
 ``result_path`` key naming the file it came from. Reading never raises on a bad file: an unreadable or
-malformed file is logged with its path and skipped. When the same cell is found more than once (for
-example in two sweep directories), one record is kept: a completed one if any, and among those the most
-recent ``finished_at``; the others are logged and dropped.
+malformed file is logged with its path and skipped.
+
+Cells are told apart by their identity (``identity`` in result.json, see slm_sweep/identity.py): runs with the
+same evaluation key computed the same thing, so one is kept (a completed original rather than a copy, then the
+most recent ``finished_at``) and a seed-independent baseline copied into every seed counts once. Runs of one
+model × method × dataset whose configurations differ (a swept ``method.r``, another learning rate, other code)
+become separate rows told apart by a ``variant`` column naming the settings that differ (e.g. ``r=8``); rows
+never mix configurations. Records written before identities existed are keyed by model × method × dataset ×
+seed. Seeds of one row that scored different numbers of questions are an error.
 
 Only completed records enter the statistics. Per group of seeds the mean, the sample standard deviation
 (ddof=1, 0 for a single seed) and the half-width of a 95% Student-t confidence interval (None for a
@@ -54,6 +60,10 @@ _EPOCH = datetime.min.replace(tzinfo=timezone.utc)
 
 class NoResultsError(FileNotFoundError):
     """No result.json was found under any of the given directories."""
+
+
+class ReportError(ValueError):
+    """Results that cannot be aggregated honestly; the message names the files."""
 
 
 @dataclass
@@ -172,7 +182,16 @@ def read_result(path: str | os.PathLike) -> dict[str, Any]:
 # ---------------------------------------------------------------- duplicates
 
 
-def cell_key(record: dict[str, Any]) -> tuple[str, str, str, int]:
+def _identity(record: dict[str, Any], name: str) -> str | None:
+    identity = record.get("identity")
+    return identity.get(name) if isinstance(identity, dict) else None
+
+
+def cell_key(record: dict[str, Any]) -> tuple:
+    """What makes two records the same computation: the evaluation key, else model × method × dataset × seed."""
+    key = _identity(record, "evaluation_key")
+    if key:
+        return ("evaluation", key)
     return record["model"], record["method"], record["dataset"], record["seed"]
 
 
@@ -189,9 +208,10 @@ def _timestamp(value: Any) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _preference(record: dict[str, Any]) -> tuple[bool, datetime, datetime]:
+def _preference(record: dict[str, Any]) -> tuple[bool, bool, datetime, datetime]:
     return (
         record["status"] == COMPLETED,
+        not record.get("reused_from"),
         _timestamp(record.get("finished_at")),
         _timestamp(record.get("started_at")),
     )
@@ -204,20 +224,101 @@ def deduplicate(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]]
         by_cell[cell_key(record)].append(record)
     kept: list[dict[str, Any]] = []
     dropped: list[tuple[Path, Path]] = []
-    for key, group in by_cell.items():
+    for group in by_cell.values():
         best = max(group, key=_preference)  # max keeps the first of equals: earlier arguments win ties
         kept.append(best)
         for other in group:
             if other is best:
                 continue
+            if other.get("reused_from") and other["status"] == COMPLETED:
+                continue  # a copy of the kept computation (a baseline reused for another seed): counts once
             pair = (Path(best.get("result_path", "?")), Path(other.get("result_path", "?")))
             dropped.append(pair)
             log.warning(
                 "duplicate cell model=%s method=%s dataset=%s seed=%s: keeping %s (finished_at %s), "
                 "dropping %s (finished_at %s)",
-                *key, pair[0], best.get("finished_at"), pair[1], other.get("finished_at"),
+                best["model"], best["method"], best["dataset"], other["seed"],
+                pair[0], best.get("finished_at"), pair[1], other.get("finished_at"),
             )  # fmt: skip
     return kept, dropped
+
+
+# ---------------------------------------------------------------- variants
+
+# Config parts that never tell two configurations apart: the seed (rows aggregate over it), where files go,
+# logging, resuming, and the settings that change only speed or memory (see slm_sweep/identity.py).
+_NOT_A_VARIANT = ("seed", "hydra", "logger", "resume", "cache_dir", "data_root", "preflight", "optimized_metric",
+                  "model.name", "method.name", "dataset.name", "dataset.data_dir", "model.gguf_dir",
+                  "model.params_nominal")
+_SPEED_ONLY = {
+    "trainer": ("micro_batch_size", "micro_batch_tokens", "packing", "pad_to_multiple_of", "compile",
+                "gradient_checkpointing", "fused_adamw", "num_workers", "progress_bar", "log_every_n_steps",
+                "checkpoint_every_n_steps", "throughput_warmup_steps", "keep_checkpoints", "keep_model",
+                "val_check_interval", "limit_val_batches", "devices", "strategy", "accelerator", "deterministic"),
+    "eval": ("engine", "cuda_graphs", "token_budget", "max_batch_size", "prefill_batch_size", "progress",
+             "device"),
+}
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: json.dumps(value, sort_keys=True)}
+
+
+def configuration_settings(record: dict[str, Any]) -> dict[str, str]:
+    """The record's settings that can change its numbers, flattened (``method.r`` -> ``16``)."""
+    config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    settings = _flatten(config)
+    trains = is_fine_tuned(record["method"])
+    kept = {}
+    for key, value in settings.items():
+        group, _, name = key.partition(".")
+        if key in _NOT_A_VARIANT or group in _NOT_A_VARIANT or name in _SPEED_ONLY.get(group, ()):
+            continue
+        if group == "trainer" and not trains:
+            continue  # a method that trains nothing is not changed by trainer settings
+        kept[key] = value
+    return kept
+
+
+def _short_names(keys: Sequence[str]) -> dict[str, str]:
+    """``method.r`` -> ``r`` unless another differing key ends the same way."""
+    last = Counter(k.rsplit(".", 1)[-1] for k in keys)
+    return {k: k.rsplit(".", 1)[-1] if last[k.rsplit(".", 1)[-1]] == 1 else k for k in keys}
+
+
+def assign_variants(records: list[dict[str, Any]]) -> None:
+    """Set ``record["variant"]``: the settings in which a record's configuration differs from the other
+    configurations of the same dataset × model × method ('' when there is only one)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        groups[record["dataset"], record["model"], record["method"]].append(record)
+    for group in groups.values():
+        settings = [configuration_settings(r) for r in group]
+        keys = sorted({k for s in settings for k in s})
+        differing = [k for k in keys if len({s.get(k) for s in settings}) > 1]
+        names = _short_names(differing)
+        labels = [", ".join(f"{names[k]}={_plain(own.get(k))}" for k in differing) for own in settings]
+        # configurations the config cannot tell apart (other code, data or library versions) by their key
+        by_label: dict[str, set[str]] = defaultdict(set)
+        for record, label in zip(group, labels):
+            by_label[label].add(_identity(record, "configuration_key") or "")
+        for record, label in zip(group, labels):
+            key = _identity(record, "configuration_key") or ""
+            if len(by_label[label]) > 1:
+                label = ", ".join(p for p in (label, f"config {key[:8] or 'unknown'}") if p)
+            record["variant"] = label
+
+
+def _plain(value: str | None) -> str:
+    if value is None:
+        return "unset"
+    loaded = json.loads(value)
+    return value if isinstance(loaded, (list, dict)) else str(loaded)
 
 
 # ---------------------------------------------------------------- collecting
@@ -299,6 +400,11 @@ def method_sort_key(method: str) -> tuple[int, str]:
     return len(METHOD_ORDER), method
 
 
+def method_label(row: dict[str, Any]) -> str:
+    """The method, with the settings that tell its variants apart: ``lora (r=8)``."""
+    return f"{row['method']} ({row['variant']})" if row.get("variant") else row["method"]
+
+
 def is_fine_tuned(method: str) -> bool:
     return method not in BASELINE_METHODS
 
@@ -342,9 +448,11 @@ def _completed(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str], deltas: bool) -> None:
     """Set delta_zeroshot/delta_fewshot (when ``deltas``) and negative_transfer on ``rows`` in place."""
-    means = {
-        (tuple(row[k] for k in group_keys), row["method"]): row["accuracy_flexible_mean"] for row in rows
-    }
+    candidates: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        candidates[tuple(row[k] for k in group_keys), row["method"]].append(row)
+    # a baseline with several variants gives no single reference: deltas against it stay empty
+    means = {key: found[0]["accuracy_flexible_mean"] for key, found in candidates.items() if len(found) == 1}
     for row in rows:
         group = tuple(row[k] for k in group_keys)
         mean = row["accuracy_flexible_mean"]
@@ -358,27 +466,30 @@ def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str],
 
 
 def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per dataset × model × method over the completed records' seeds, in report order.
+    """One row per dataset × model × method × variant over the completed records' seeds, in report order.
 
-    Keys: dataset, model, method, n, seeds, accuracy_flexible_{mean,std,ci95},
+    Keys: dataset, model, method, variant, n, seeds, accuracy_flexible_{mean,std,ci95},
     accuracy_strict_{mean,std,ci95}, n_eval, trainable_params, total_params, train_time_s_mean,
     train_tokens_per_s_mean, step_time_s_mean, mfu_mean, train_padding_fraction_mean, peak_memory_mb_max,
     eval_time_s_mean, delta_zeroshot, delta_fewshot, negative_transfer. Accuracies are fractions.
     """
     completed = _completed(records)
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    assign_variants(completed)
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for record in completed:
-        groups[record["dataset"], record["model"], record["method"]].append(record)
+        groups[record["dataset"], record["model"], record["method"], record["variant"]].append(record)
     sizes = model_sizes(completed)
 
     rows = []
-    for (dataset, model, method), group in groups.items():
+    for (dataset, model, method, variant), group in groups.items():
         group.sort(key=lambda r: r["seed"])
+        _check_same_questions(group, lambda r: r["metrics"].get("n_eval"), dataset)
         metrics = [r["metrics"] for r in group]
         row: dict[str, Any] = {
             "dataset": dataset,
             "model": model,
             "method": method,
+            "variant": variant,
             "n": len(group),
             "seeds": [r["seed"] for r in group],
         }
@@ -395,34 +506,49 @@ def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append(row)
 
     _add_baseline_columns(rows, ("dataset", "model"), deltas=True)
-    rows.sort(key=lambda r: (r["dataset"], model_sort_key(r["model"], sizes), method_sort_key(r["method"])))
+    rows.sort(key=lambda r: (r["dataset"], model_sort_key(r["model"], sizes), method_sort_key(r["method"]),
+                             r["variant"]))
     return rows
+
+
+def _check_same_questions(group: Sequence[dict[str, Any]], n_eval, eval_set: str) -> None:
+    """Seeds of one row must have scored the same number of questions, or their mean mixes test sets."""
+    counts = {r["result_path"] if "result_path" in r else "?": n_eval(r) for r in group}
+    if len({c for c in counts.values() if c is not None}) > 1:
+        listed = "; ".join(f"{path}: n_eval={count}" for path, count in counts.items())
+        raise ReportError(f"{group[0]['model']} x {group[0]['method']} on {eval_set} "
+                          f"({group[0].get('variant') or 'one configuration'}): the seeds scored different "
+                          f"numbers of questions, so they cannot be averaged: {listed}")
 
 
 def summarize_ood(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per training dataset × eval set × model × method from the records' ``eval_sets``.
 
-    Keys: dataset (the training dataset), eval_set, model, method, n, seeds,
+    Keys: dataset (the training dataset), eval_set, model, method, variant, n, seeds,
     accuracy_flexible_{mean,std,ci95}, accuracy_strict_{mean,std,ci95}, n_eval, delta_zeroshot,
     negative_transfer.
     """
     completed = _completed(records)
-    groups: dict[tuple[str, str, str, str], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+    assign_variants(completed)
+    groups: dict[tuple[str, str, str, str, str], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
     for record in completed:
         for eval_set, entry in (record.get("eval_sets") or {}).items():
             if isinstance(entry, dict) and _number(entry.get("accuracy_flexible")) is not None:
-                key = (record["dataset"], eval_set, record["model"], record["method"])
-                groups[key].append((record["seed"], entry))
+                key = (record["dataset"], eval_set, record["model"], record["method"], record["variant"])
+                groups[key].append((record["seed"], {**entry, "result_path": record.get("result_path")}))
     sizes = model_sizes(completed)
 
     rows = []
-    for (dataset, eval_set, model, method), group in groups.items():
+    for (dataset, eval_set, model, method, variant), group in groups.items():
         group.sort(key=lambda item: item[0])
+        _check_same_questions([{**entry, "model": model, "method": method, "variant": variant}
+                               for _, entry in group], lambda r: r.get("n_eval"), eval_set)
         row: dict[str, Any] = {
             "dataset": dataset,
             "eval_set": eval_set,
             "model": model,
             "method": method,
+            "variant": variant,
             "n": len(group),
             "seeds": [seed for seed, _ in group],
         }
@@ -436,6 +562,7 @@ def summarize_ood(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             r["eval_set"],
             model_sort_key(r["model"], sizes),
             method_sort_key(r["method"]),
+            r["variant"],
         )
     )
     return rows

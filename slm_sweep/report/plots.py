@@ -31,7 +31,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .aggregate import METHOD_ORDER, is_fine_tuned, method_sort_key
+from .aggregate import METHOD_ORDER, is_fine_tuned, method_label, method_sort_key
 
 DPI = 120
 
@@ -91,7 +91,7 @@ def _accuracy_axis(ax) -> None:
 
 
 def _methods(rows: Sequence[dict[str, Any]]) -> list[str]:
-    return sorted({r["method"] for r in rows}, key=method_sort_key)
+    return sorted({method_label(r) for r in rows}, key=method_sort_key)
 
 
 def _models(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -100,7 +100,7 @@ def _models(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def plot_accuracy_by_model(rows: Sequence[dict[str, Any]], dataset: str, path: Path, colors: dict) -> Path:
     models, methods = _models(rows), _methods(rows)
-    by_cell = {(r["model"], r["method"]): r for r in rows}
+    by_cell = {(r["model"], method_label(r)): r for r in rows}
     sizes = {r["model"]: r["total_params"] for r in rows if r["method"] in ("zeroshot", "fewshot")}
     for r in rows:
         sizes.setdefault(r["model"], r["total_params"])
@@ -146,7 +146,7 @@ def plot_accuracy_vs(
         for row in rows:
             x = x_of(row)
             if (
-                row["method"] == method
+                method_label(row) == method
                 and x is not None
                 and x > 0
                 and row["accuracy_flexible_mean"] is not None
@@ -184,13 +184,13 @@ def plot_ood_heatmap(
     import numpy as np
 
     eval_sets = [dataset, *sorted({r["eval_set"] for r in ood} - {dataset})]
-    order = list(dict.fromkeys((r["model"], r["method"]) for r in (*in_domain, *ood)))
+    order = list(dict.fromkeys((r["model"], method_label(r)) for r in (*in_domain, *ood)))
     values = np.full((len(order), len(eval_sets)), np.nan)
     index = {cell: i for i, cell in enumerate(order)}
     for row in in_domain:
-        values[index[row["model"], row["method"]], 0] = _percent(row["accuracy_flexible_mean"])
+        values[index[row["model"], method_label(row)], 0] = _percent(row["accuracy_flexible_mean"])
     for row in ood:
-        values[index[row["model"], row["method"]], eval_sets.index(row["eval_set"])] = _percent(
+        values[index[row["model"], method_label(row)], eval_sets.index(row["eval_set"])] = _percent(
             row["accuracy_flexible_mean"]
         )
 
@@ -214,7 +214,7 @@ def write_plots(
 ) -> list[Path]:
     """Write every plot that has something to show; returns the written paths."""
     out_dir = Path(out_dir)
-    colors = _method_colors([r["method"] for r in rows] + [r["method"] for r in ood_rows])
+    colors = _method_colors([method_label(r) for r in rows] + [method_label(r) for r in ood_rows])
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     slugs = file_slugs(datasets + [r["dataset"] for r in ood_rows])
     written: list[Path] = []

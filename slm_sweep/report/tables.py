@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .aggregate import ACCURACY_METRICS, Collection
+from .aggregate import ACCURACY_METRICS, Collection, method_label
 
 NEGATIVE_MARK = "▼"
 
 SUMMARY_COLUMNS = (
-    "dataset", "model", "method", "n", "seeds",
+    "dataset", "model", "method", "variant", "n", "seeds",
     *(f"{m}_{s}" for m in ACCURACY_METRICS for s in ("mean", "std", "ci95")),
     "n_eval", "trainable_params", "total_params", "train_time_s_mean", "train_tokens_per_s_mean",
     "step_time_s_mean", "mfu_mean", "train_padding_fraction_mean", "peak_memory_mb_max", "eval_time_s_mean",
@@ -26,7 +26,7 @@ SUMMARY_COLUMNS = (
 )  # fmt: skip
 
 OOD_COLUMNS = (
-    "dataset", "eval_set", "model", "method", "n", "seeds",
+    "dataset", "eval_set", "model", "method", "variant", "n", "seeds",
     *(f"{m}_{s}" for m in ACCURACY_METRICS for s in ("mean", "std", "ci95")),
     "n_eval", "delta_zeroshot", "negative_transfer",
 )  # fmt: skip
@@ -161,7 +161,7 @@ def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]]) -> list[str
         body.append(
             (
                 row["model"],
-                row["method"],
+                method_label(row),
                 str(row["n"]),
                 flexible,
                 half_width(row["accuracy_flexible_ci95"]),
@@ -190,14 +190,14 @@ def _ood_section(
         text = percent(row["accuracy_flexible_mean"], row["accuracy_flexible_std"])
         if row["negative_transfer"]:
             text += f" {NEGATIVE_MARK}"
-        cells.setdefault((row["model"], row["method"]), {})[column] = text
+        cells.setdefault((row["model"], method_label(row)), {})[column] = text
 
     for row in in_domain:
         put(row, dataset)
     for row in ood:
         put(row, row["eval_set"])
     # in-domain rows are already in report order; models seen only out-of-domain follow in theirs
-    order = list(dict.fromkeys((r["model"], r["method"]) for r in (*in_domain, *ood)))
+    order = list(dict.fromkeys((r["model"], method_label(r)) for r in (*in_domain, *ood)))
     columns = [dataset, *(s for s in eval_sets if s != dataset)]
     header = ("model", "method", f"{dataset} (in-domain)", *columns[1:])
     body = [

@@ -113,11 +113,15 @@ class AggregateSweep(Callback):
             for job, why in failed:
                 log.warning("failed trial %s: %s", job, why)
             return
+        from slm_sweep.report.aggregate import ReportError
+
         try:
             report = write_report([sweep_dir], sweep_dir)
         except FileNotFoundError as err:
             log.warning("no sweep summary written: %s", err)
             report = None
+        except ReportError as err:  # the results are kept; only their summary cannot be written honestly
+            raise SystemExit(f"no sweep summary written: {err}") from None
         if report is not None:
             extra = _markdown_notes(notes, failed, sweep_dir)
             if extra:
