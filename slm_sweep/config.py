@@ -38,8 +38,8 @@ _NUMBER_KINDS = {
 }
 
 
-def _value(cfg: Mapping, path: str) -> Any:
-    return OmegaConf.select(cfg, path) if isinstance(cfg, DictConfig) else _select(cfg, path)
+def _value(cfg: DictConfig, path: str) -> Any:
+    return OmegaConf.select(cfg, path)
 
 
 def _number(cfg: Mapping, path: str, kind: str, allow_none: bool = False) -> None:
@@ -88,13 +88,6 @@ def _validate_trainer(cfg: DictConfig) -> None:
     if isinstance(devices, int) and not isinstance(devices, bool) and devices > 1 and trainer.batch_size % devices:
         raise ConfigError(f"trainer.batch_size={trainer.batch_size} must be a multiple of "
                           f"trainer.devices={devices}: every device takes the same share of each step")
-
-
-def _select(cfg: Mapping, path: str) -> Any:
-    node: Any = cfg
-    for part in path.split("."):
-        node = node.get(part) if isinstance(node, Mapping) else None
-    return node
 
 
 def _one_of(value: Any, allowed, path: str) -> None:

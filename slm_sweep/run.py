@@ -419,7 +419,9 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
         record["eval_sets"][name] = {k: scores[k] for k in ("accuracy_strict", "accuracy_flexible", "n_eval")}
         metrics["eval_oom_halvings"] += scores["eval_oom_halvings"]
         write_predictions(out, predictions)
+    # one meaning each: evaluation of every set, and the peak of the whole cell (training included)
     metrics["eval_time_s"] = time.perf_counter() - start
+    metrics.pop("eval_set_time_s", None)
     from slm_sweep.train.callbacks import peak_memory_mb
 
-    metrics["peak_memory_mb"] = max(metrics.get("peak_memory_mb") or 0.0, peak_memory_mb())
+    metrics["peak_memory_mb"] = peak_memory_mb()

@@ -78,7 +78,7 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
         "accuracy_strict": _mean(r["correct_strict"] for r in records) if n else None,
         "accuracy_flexible": _mean(r["correct_flexible"] for r in records) if n else None,
         "n_eval": n,
-        "eval_time_s": seconds,
+        "eval_set_time_s": seconds,
         "eval_tokens_per_s": new_tokens / seconds if seconds else None,
         "eval_new_tokens": new_tokens,
         "eval_oom_halvings": stats["oom_halvings"],

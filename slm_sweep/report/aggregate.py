@@ -37,12 +37,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from slm_sweep.results import RESULT_FILE, SCHEMA_VERSION, STATUSES
+
 log = logging.getLogger(__name__)
 
-RESULT_FILE = "result.json"
-SCHEMA_VERSION = 1
 COMPLETED = "completed"
-STATUSES = ("completed", "running", "failed", "diverged", "interrupted")
 BASELINE_METHODS = ("zeroshot", "fewshot")
 METHOD_ORDER = ("zeroshot", "fewshot", "full", "lora", "dora")
 ACCURACY_METRICS = ("accuracy_flexible", "accuracy_strict")
@@ -89,7 +88,7 @@ class Collection:
         """Cells per status other than completed, known statuses first (zeros included)."""
         counts = self.status_counts
         others = sorted(s for s in counts if s not in STATUSES)
-        return {s: counts.get(s, 0) for s in (*STATUSES[1:], *others)}
+        return {s: counts.get(s, 0) for s in (*(s for s in STATUSES if s != COMPLETED), *others)}
 
 
 # ---------------------------------------------------------------- finding and reading files
