@@ -303,3 +303,39 @@ def test_checkpoints_are_replaced_whole_or_not_at_all(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"], "no temporary file is left behind"
     trainer = build_trainer(trainer_config(), tmp_path, [], None, checkpointing=True)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_modules_train_in_train_mode_and_validate_in_eval_mode(examples, tmp_path):
+    """Hugging Face loads models in eval mode; training must switch every module (dropout too) to train mode,
+    and validation back to eval."""
+    seen = {"train": set(), "validate": set()}
+
+    class ModeRecorder(L.Callback):
+        def __init__(self):
+            self.stage = None
+            self.handles = []
+
+        def on_train_batch_start(self, trainer, pl_module, *args):
+            self.stage = "train"
+
+        def on_validation_batch_start(self, trainer, pl_module, *args):
+            self.stage = "validate"
+
+        def on_fit_start(self, trainer, pl_module):
+            for name, module in pl_module.model.named_modules():
+                if name.endswith("lora_dropout.default"):
+                    self.handles.append(module.register_forward_pre_hook(
+                        lambda m, args: seen[self.stage].add(m.training)))
+
+    model, tokenizer = tiny()
+    model.eval()  # as Hugging Face's from_pretrained leaves a model
+    model = apply_method(model, method_config("lora"))
+    fit(model, examples, examples[:4], trainer_config(max_steps=2), method_config("lora"), seed=SEED,
+        out_dir=tmp_path, pad_token_id=tokenizer.pad_token_id, extra_callbacks=[ModeRecorder()])
+    assert seen == {"train": {True}, "validate": {False}}
+
+
+def test_lora_dropout_acts_while_training(examples, tmp_path):
+    _, with_dropout = train(examples, tmp_path / "a", "lora", method_overrides={"dropout": 0.5})
+    _, without = train(examples, tmp_path / "b", "lora", method_overrides={"dropout": 0.0})
+    assert with_dropout.train_loss != without.train_loss

@@ -99,6 +99,11 @@ class CausalLMModule(L.LightningModule):
     def forward(self, batch: dict, loss_tokens) -> torch.Tensor:
         return micro_batch_loss(self.model, batch, loss_tokens)
 
+    def on_train_start(self):
+        # Hugging Face loads models in eval mode and Lightning keeps the mode it finds (it switches to eval for
+        # validation and back): without this, dropout, LoRA's included, would never act while training.
+        self.model.train()
+
     def on_train_batch_start(self, batch, batch_idx):
         # Only the last micro-batch of a step reduces gradients across devices (DDP's no_sync otherwise).
         block = getattr(self.trainer.strategy, "block_backward_sync", None)
