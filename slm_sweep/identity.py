@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 # Bump when a change to the training path alters the weights it produces (loss, batching order, schedule, ...).
-TRAINING_CODE_VERSION = 2  # 2: modules in train mode while training (dropout acts)
+TRAINING_CODE_VERSION = 2  # 2: train mode while training (dropout acts); over-long examples dropped, not cut
 # Bump when a change to prompts, generation or answer scoring alters scores. tests/test_identity.py holds the
 # hash of the scoring source for this version, so an edit of scoring.py without a bump fails a test.
 SCORING_VERSION = 1

@@ -317,10 +317,21 @@ def train_stage(cfg: DictConfig, out: Path, record: dict, model, tokenizer, data
     max_length = int(cfg.trainer.max_length)
     train = encode_all(tokenizer, data.splits.train, style, max_length, cfg.prompt.system)
     val = encode_all(tokenizer, data.splits.val, style, max_length, cfg.prompt.system)
+    too_long = 1 - len(train) / len(data.splits.train) if data.splits.train else 0.0
+    record["metrics"].update(train_examples=len(train), train_too_long_fraction=too_long)
+    if not train:
+        raise ValueError(f"none of the {len(data.splits.train)} training examples fits in "
+                         f"trainer.max_length={max_length} tokens (prompt and whole answer): raise trainer.max_length")
+    if too_long > 0.01:
+        log.warning("%.1f %% of the training examples are longer than trainer.max_length=%d and were left out",
+                    100 * too_long, max_length)
     resume_from = last_checkpoint(out) or find_checkpoint(dirs, identity.training_key, own=out)
     outcome = fit(model, train, val, cfg.trainer, cfg.method, seed=int(cfg.seed), out_dir=out,
                   pad_token_id=tokenizer.pad_token_id, loggers=tracker.lightning_loggers if tracker else None,
                   resume_from=resume_from, extra_callbacks=callbacks)
+    if outcome.train_steps < int(cfg.trainer.max_steps):
+        raise RuntimeError(f"training ran {outcome.train_steps} of trainer.max_steps={cfg.trainer.max_steps} "
+                           "optimizer steps: the cell would not be the method it names")
     if global_rank() != 0:
         return outcome
     record["resumed_from_checkpoint"] = str(resume_from) if resume_from else None
@@ -416,7 +427,8 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
                                  tolerance=dataset_spec(name).get("answer_tolerance"),
                                  progress=bool(cfg.eval.progress))
         predictions.extend(preds)
-        record["eval_sets"][name] = {k: scores[k] for k in ("accuracy_strict", "accuracy_flexible", "n_eval")}
+        record["eval_sets"][name] = {k: scores[k] for k in ("accuracy_strict", "accuracy_flexible", "n_eval",
+                                                            "truncated_fraction")}
         metrics["eval_oom_halvings"] += scores["eval_oom_halvings"]
         write_predictions(out, predictions)
     # one meaning each: evaluation of every set, and the peak of the whole cell (training included)

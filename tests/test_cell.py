@@ -102,3 +102,18 @@ def test_a_tracker_that_cannot_start_fails_the_cell_instead_of_leaving_it_runnin
     record = run(tiny_cfg("method=zeroshot", "dataset.test_limit=2"), out_dir=tmp_path)
     assert record["status"] == "failed" and "tracker down" in record["error"]
     assert read_result(tmp_path)["status"] == "failed"
+
+
+def test_a_cell_that_cannot_train_its_steps_fails_instead_of_completing(tiny_cfg, tmp_path):
+    record = run(tiny_cfg("method=lora", "trainer.max_length=8"), out_dir=tmp_path)
+    assert record["status"] == "failed"
+    assert "fits in trainer.max_length=8" in record["error"]
+
+
+def test_over_long_training_examples_are_dropped_and_counted(tiny_cfg, tmp_path):
+    record = run(tiny_cfg("method=lora", "trainer.max_length=150"), out_dir=tmp_path)
+    assert record["status"] == "completed", record.get("error")
+    metrics = record["metrics"]
+    assert 0 < metrics["train_too_long_fraction"] < 1
+    assert metrics["train_examples"] == round(40 * (1 - metrics["train_too_long_fraction"]))
+    assert 0 <= metrics["truncated_fraction"] <= 1

@@ -59,3 +59,16 @@ def test_collator_pads_right_with_masked_labels():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_examples_longer_than_max_length_are_dropped_whole():
+    from slm_sweep.data.encode import encode_all
+    from slm_sweep.data.sources import Example
+    from slm_sweep.models import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    short = Example("how many apples", "2+3=5\n#### 5", "5")
+    long = Example("how many apples", " ".join(["apples"] * 200) + "\n#### 5", "5")
+    kept = encode_all(tokenizer, [short, long], "chat", max_length=64)
+    assert len(kept) == 1 and len(kept[0]["input_ids"]) <= 64
+    assert kept[0]["labels"][-1] != -100  # the whole answer, end of turn included, is trained on

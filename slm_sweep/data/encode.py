@@ -16,8 +16,8 @@ def encode_for_training(tokenizer, example: QA, style: str, max_length: int, sys
     """``input_ids`` of prompt + answer and ``labels`` that are IGNORE_INDEX on every prompt token.
 
     Prompt and answer are tokenized separately and concatenated so the boundary is exact: no token straddles
-    it, and the loss covers the answer and its end-of-turn token, nothing else. Over-long examples lose the
-    end of their answer.
+    it, and the loss covers the answer and its end-of-turn token, nothing else. An example longer than
+    ``max_length`` is cut here; ``encode_all`` drops such examples instead.
     """
     prompt_ids = tokenizer(build_prompt(tokenizer, example.question, style=style, system=system),
                            add_special_tokens=False)["input_ids"]
@@ -28,9 +28,10 @@ def encode_for_training(tokenizer, example: QA, style: str, max_length: int, sys
 
 
 def encode_all(tokenizer, examples: Sequence[QA], style: str, max_length: int, system: str | None = None) -> list[dict]:
-    encoded = [encode_for_training(tokenizer, ex, style, max_length, system) for ex in examples]
-    # An example whose answer was cut away entirely would contribute no loss and only cost compute.
-    return [e for e in encoded if any(label != IGNORE_INDEX for label in e["labels"])]
+    """Every example that fits in ``max_length`` tokens whole. Longer ones are dropped, not cut: a target cut
+    before its final answer would teach the model to stop mid-solution."""
+    encoded = [encode_for_training(tokenizer, ex, style, max_length + 1, system) for ex in examples]
+    return [e for e in encoded if len(e["input_ids"]) <= max_length]
 
 
 def loss_token_count(labels: Sequence[int]) -> int:
