@@ -28,7 +28,7 @@ from typing import Any
 TRAINING_CODE_VERSION = 2  # 2: train mode while training (dropout acts); over-long examples dropped, not cut
 # Bump when a change to prompts, generation or answer scoring alters scores. tests/test_identity.py holds the
 # hash of the scoring source for this version, so an edit of scoring.py without a bump fails a test.
-SCORING_VERSION = 1
+SCORING_VERSION = 2
 NUMERIC_LIBRARIES = ("torch", "transformers", "peft")
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.

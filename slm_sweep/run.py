@@ -266,8 +266,10 @@ def closing_line(record: dict[str, Any], out: Path) -> str:
             value = metrics.get(prefix + key)
             return "n/a" if value is None else f"{value:.3f}"
 
-        scores = (f"{prefix}strict {score('accuracy_strict')} {prefix}flexible {score('accuracy_flexible')} "
-                  f"(n={metrics.get(prefix + 'n_eval')})")
+        from slm_sweep.evaluate.scoring import METRICS, accuracy_key
+
+        scores = (" ".join(f"{prefix}{name} {score(accuracy_key(name))}" for name in METRICS)
+                  + f" (n={metrics.get(prefix + 'n_eval')})")
         times = f"train {metrics.get('train_time_s') or 0:.1f} s, eval {metrics.get('eval_time_s') or 0:.1f} s"
         middle = f"{scores} | {times}" + (" | reused" if record.get("reused_from") else "")
     else:
@@ -414,7 +416,9 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
                              cfg.dataset.name + ("/val" if on_val else ""),
                              tolerance=cfg.dataset.get("answer_tolerance"), progress=bool(cfg.eval.progress))
     predictions.extend(preds)
-    for key in ("accuracy_strict", "accuracy_flexible", "n_eval"):
+    from slm_sweep.evaluate.scoring import ACCURACY_KEYS
+
+    for key in (*ACCURACY_KEYS, "n_eval"):
         metrics[prefix + key] = scores.pop(key)
     metrics.update(scores)
     write_predictions(out, predictions)
@@ -427,8 +431,7 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
                                  tolerance=dataset_spec(name).get("answer_tolerance"),
                                  progress=bool(cfg.eval.progress))
         predictions.extend(preds)
-        record["eval_sets"][name] = {k: scores[k] for k in ("accuracy_strict", "accuracy_flexible", "n_eval",
-                                                            "truncated_fraction")}
+        record["eval_sets"][name] = {k: scores[k] for k in (*ACCURACY_KEYS, "n_eval", "truncated_fraction")}
         metrics["eval_oom_halvings"] += scores["eval_oom_halvings"]
         write_predictions(out, predictions)
     # one meaning each: evaluation of every set, and the peak of the whole cell (training included)

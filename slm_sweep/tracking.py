@@ -12,12 +12,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from slm_sweep.evaluate.scoring import PREDICTION_FIELDS
 from slm_sweep.results import redact
 
 log = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = ("eval_set", "index", "question", "reference", "output", "extracted_strict",
-                      "extracted_flexible", "correct_strict", "correct_flexible")
+PREDICTION_COLUMNS = ("eval_set", "index", "question", "reference", "output", *PREDICTION_FIELDS)
 
 
 def wandb_api_key_available() -> bool:

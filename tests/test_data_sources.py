@@ -83,8 +83,9 @@ def test_numeric_target_sets_are_eval_only_with_a_tolerance():
         assert (
             spec.eval_only and spec.answer_format == "number" and spec.answer_tolerance == pytest.approx(1e-4)
         )
-    for name in ["gsm8k", "orcamath"]:
-        assert not dataset_spec(name).eval_only and dataset_spec(name).answer_tolerance is None
+    assert not dataset_spec("gsm8k").eval_only and dataset_spec("gsm8k").answer_tolerance is None
+    # OrcaMath's prose references are parsed to numbers, so they are compared as numbers
+    assert not dataset_spec("orcamath").eval_only and dataset_spec("orcamath").answer_tolerance == pytest.approx(1e-4)
 
 
 def test_unknown_dataset_name_lists_the_known_ones():
@@ -242,6 +243,26 @@ def test_orcamath_prose_answers_give_their_last_number():
     assert first.answer.endswith("Mia has 10 marbles left.")
     assert first.reference == "10"
     assert splits.skipped == {"train": 0}
+
+
+def test_orcamath_prose_references_are_parsed_to_numbers():
+    references = {ex.question: ex.reference for ex in load_eval_set(orcamath_spec(test_size=39))}
+    assert references["What fraction of an hour is 45 minutes?"] == "0.75"  # \boxed{\frac{3}{4}}
+    assert references["Felix buys 2 notebooks that cost $8.25 each. How much does Felix spend in total?"] == "16.5"
+    assert references["A baker makes 5 dozen muffins and sells 38 of them. How many muffins are left?"] == "22"
+
+
+def test_orcamath_unparsable_references_are_skipped_and_counted(tmp_path):
+    rows = [
+        {"question": "q1", "answer": "Therefore, the answer is 18."},
+        {"question": "q2", "answer": "So, the train takes 5 hours and 30 minutes."},
+        {"question": "q3", "answer": "There are 12 boys and 15 girls in the class."},
+        {"question": "q4", "answer": "So, she has 3 1/2 pies left."},
+    ]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    splits = load_splits({**dataset_spec("orcamath"), "data_dir": str(tmp_path), "test_size": 1, "val_size": None})
+    assert sorted(ex.reference for ex in [*splits.train, *splits.test]) == ["18", "3.5"]
+    assert splits.skipped == {"train": 2}
 
 
 def test_orcamath_train_limit_applies_after_carving():

@@ -15,7 +15,7 @@ from slm_sweep.run import identify, load_data, run
 
 # sha256 of slm_sweep/evaluate/scoring.py for each SCORING_VERSION: editing scoring.py fails this test until
 # SCORING_VERSION is bumped (scores may change) or the hash updated (a change that cannot alter any score).
-SCORING_SOURCE_SHA256 = {1: "c8a9e22c1d105d4b83925b8e6f21beb323169804f176d999c00e1883be90d69b"}
+SCORING_SOURCE_SHA256 = {2: "74eeaac44782960c129c6ef29a986afd337e2f8f7b0d24ed838db786c813dd20"}
 
 
 def keys(cfg):

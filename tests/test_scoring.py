@@ -20,6 +20,9 @@ import pytest
 
 from slm_sweep.evaluate import scoring
 from slm_sweep.evaluate.scoring import (
+    ACCURACY_KEYS,
+    METRICS,
+    PREDICTION_FIELDS,
     canonical_number,
     check_mode,
     extract_answer,
@@ -27,7 +30,9 @@ from slm_sweep.evaluate.scoring import (
     normalise,
     numbers_close,
     parse_number,
+    prose_reference_value,
     reference_answer,
+    score,
     select_match,
     truncate_at_stop,
 )
@@ -309,3 +314,124 @@ def test_module_imports_only_the_standard_library():
         elif isinstance(node, ast.ImportFrom):
             imported.add((node.module or "").split(".")[0] if node.level == 0 else ".")
     assert imported <= set(sys.stdlib_module_names)
+
+
+def test_registry_names_every_score_key():
+    assert tuple(METRICS) == ("strict", "flexible", "lenient")
+    assert ACCURACY_KEYS == ("accuracy_strict", "accuracy_flexible", "accuracy_lenient")
+    assert PREDICTION_FIELDS == ("extracted_strict", "extracted_flexible", "extracted_lenient",
+                                 "correct_strict", "correct_flexible", "correct_lenient")
+    scored = score("The answer is 18.", "#### 18", None)
+    assert tuple(scored) == PREDICTION_FIELDS
+    assert scored == {"extracted_strict": None, "extracted_flexible": "18", "extracted_lenient": "18",
+                      "correct_strict": False, "correct_flexible": True, "correct_lenient": True}
+
+
+# (model output, lenient extraction): hand-labelled chat endings
+LENIENT_CASES = [
+    pytest.param("So she has 18 eggs left.\n\n$\\boxed{18}$.", "18", id="boxed-in-math"),
+    pytest.param("The final answer is $\\boxed{\\frac{3}{4}}$", "0.75", id="boxed-latex-fraction"),
+    pytest.param("\\boxed{2 \\times 9 = 18}", "18", id="boxed-takes-result-of-equation"),
+    pytest.param("First 5, then \\boxed{7}, and 9 more words 11", "7", id="boxed-wins-over-later-numbers"),
+    pytest.param("The answer is 18.", "18", id="answer-is"),
+    pytest.param("THE ANSWER IS: $1,250.00", "1250", id="answer-is-any-case-currency"),
+    pytest.param("The answer is 4. Wait, the answer is 5 apples.", "5", id="last-answer-is"),
+    pytest.param("She sold 12 + 6 = 18.\n#### 1,234", "1234", id="gsm8k-marker"),
+    pytest.param("#### 12\nThe answer is 13", "12", id="marker-before-answer-is"),
+    pytest.param("... so she has $18.00 left.", "18", id="last-number-currency-decimal"),
+    pytest.param("The answer is 18 eggs.\n\n(Note: 1 dozen = 12)", "18", id="marker-beats-trailing-note"),
+    pytest.param("\\boxed{18}\n\n(Note: 1 dozen = 12)", "18", id="boxed-beats-trailing-note"),
+    pytest.param("She has 18 eggs.\n\n(Note: 1 dozen = 12)", "12", id="no-marker-last-number-even-in-note"),
+    pytest.param("The temperature is -5", "-5", id="negative"),
+    pytest.param("It drops to −5 degrees.", "-5", id="unicode-minus"),
+    pytest.param("Each gets 3/4 of a pie.", "0.75", id="fraction"),
+    pytest.param("Each gets $\\frac{3}{4}$ of a pie.", "0.75", id="latex-frac"),
+    pytest.param("Each gets \\dfrac{1}{4}.", "0.25", id="latex-dfrac"),
+    pytest.param("She needs 1 1/2 cups.", "1.5", id="mixed-number"),
+    pytest.param("The discount is 25%.", "25", id="percent-sign-dropped"),
+    pytest.param("Between 3-5 hours", "5", id="range-is-not-negative"),
+    pytest.param("The area is 24 m^2.", "24", id="exponent-is-not-a-number"),
+    pytest.param("The population is 1,234,567 people.", "1234567", id="thousands"),
+    pytest.param("No number here.", None, id="no-number"),
+    pytest.param("The answer is unknown.", None, id="marker-without-number"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), LENIENT_CASES)
+def test_extract_answer_lenient(text, expected):
+    assert extract_answer(text, "lenient") == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reference", "tolerance", "expected"),
+    [
+        pytest.param("$\\boxed{18}$.", "#### 18", None, True, id="boxed-vs-gsm8k"),
+        pytest.param("The answer is 18.", "18", None, True, id="answer-is"),
+        pytest.param("#### 1,234", 1234, None, True, id="marker-commas-vs-int"),
+        pytest.param("... so she has $18.00 left.", "18", None, True, id="trailing-zeros"),
+        pytest.param("Total: 2.50 dollars", "2.5", None, True, id="2.50-vs-2.5"),
+        pytest.param("The answer is 18.\n(Note: 1 dozen = 12)", "18", None, True, id="note-after-marker"),
+        pytest.param("#### -5", -5, None, True, id="negative"),
+        pytest.param("#### 5", -5, None, False, id="sign-matters"),
+        pytest.param("She eats 3/4 of it.", "0.75", None, True, id="fraction-vs-decimal"),
+        pytest.param("$\\frac{3}{4}$", 0.75, None, True, id="latex-fraction-vs-float"),
+        pytest.param("The answer is 1/3.", "0.3333333333333333", None, True, id="repeating-decimal"),
+        pytest.param("The answer is 0.3333.", "0.3333333333333333", None, True, id="rounded-within-1e-4"),
+        pytest.param("The answer is 0.33.", "0.3333333333333333", None, False, id="rounded-outside-1e-4"),
+        pytest.param("The answer is 0.33.", "0.3333333333333333", 0.01, True, id="dataset-tolerance-larger"),
+        pytest.param("The answer is 101.", "100", 1e-6, False, id="smaller-dataset-tolerance-ignored"),
+        pytest.param("The answer is 100.005.", "100", 1e-6, True, id="default-relative-tolerance"),
+        pytest.param("The answer is 18.", "So, she has 18 eggs.", None, True, id="prose-reference"),
+        pytest.param("The answer is 18.", "So it takes 5 hours and 30 minutes.", None, False, id="bad-reference"),
+        pytest.param("No idea.", "18", None, False, id="no-answer"),
+    ],
+)
+def test_is_correct_lenient(text, reference, tolerance, expected):
+    assert is_correct(text, reference, "lenient", tolerance) is expected
+
+
+# (OrcaMath-style solution, reference): hand-labelled
+PROSE_REFERENCE_CASES = [
+    pytest.param("12 - 2 = 10\n\nSo, Mia has 10 marbles left.", "10", id="final-sentence"),
+    pytest.param("Thus, the answer is \\( \\boxed{\\frac{3}{4}} \\).", "0.75", id="boxed-latex"),
+    pytest.param("Therefore, the answer is 50.", "50", id="answer-is"),
+    pytest.param("Therefore, the answer is $26.25.\n\n(Note: 1 dozen = 12)", "26.25", id="answer-is-then-note"),
+    pytest.param("The baker has 22 muffins left.\n\n(Note: 1 dozen = 12 items.)", "22", id="trailing-note"),
+    pytest.param("So, 1.2 km.\n\nNote: 1 kilometer is equal to 1,000 meters.", "1.2", id="note-paragraph"),
+    pytest.param("Each class gets 256.25 pencils. (In practice, each gets 256 and 2 are left.)", "256.25",
+                 id="trailing-remark"),
+    pytest.param("So, Felix spends $16.50.", "16.5", id="2.50-is-2.5"),
+    pytest.param("So, 8 pencils cost $2.", "2", id="verb-states-value"),
+    pytest.param("Therefore, 15% of 240 is 36.", "36", id="is-states-value"),
+    pytest.param("Therefore, 5 notebooks cost 5 * $5.25 = $26.25.", "26.25", id="equation-result"),
+    pytest.param("The larger integer is n + 1 = 21.", "21", id="equation-after-is"),
+    pytest.param("First she buys 3 bags, so she has 12.5 apples left.", "12.5", id="conclusion-word"),
+    pytest.param("So, the result is 11/4, or 2 3/4.", "2.75", id="same-value-two-forms"),
+    pytest.param("So, the piece is 5/2 meters, or 2.5 meters, long.", "2.5", id="fraction-and-decimal"),
+    pytest.param("The fraction left is \\( \\frac{5}{8} \\).", "0.625", id="latex-inline-math-kept"),
+    pytest.param("So, each gets 4 1/2 cups.", "4.5", id="mixed-number"),
+    pytest.param("Therefore, 60% of the class are girls.", "60", id="percent"),
+    pytest.param("So, the temperature at midnight was -5 degrees.", "-5", id="negative"),
+    pytest.param("Thus, 1,062.5 liters remain.", "1062.5", id="thousands-decimal"),
+    pytest.param("The area of the garden is 81 m^2.", "81", id="unit-exponent"),
+    pytest.param("So, the train takes 5 hours and 30 minutes.", None, id="two-quantities"),
+    pytest.param("There are 12 boys and 15 girls.", None, id="two-answers"),
+    pytest.param("The ratio is 3:4.", None, id="ratio"),
+    pytest.param("Jin saves $100 in 8 weeks.", None, id="two-numbers-no-marker"),
+    pytest.param("Therefore, the answer is 5 hours and 30 minutes.", None, id="answer-is-two-quantities"),
+    pytest.param("It takes 3-5 days, so 5 days at most.", "5", id="range-then-conclusion"),
+    pytest.param("I cannot determine the value.", None, id="no-number"),
+]
+
+
+@pytest.mark.parametrize(("answer", "expected"), PROSE_REFERENCE_CASES)
+def test_prose_reference(answer, expected):
+    assert reference_answer(answer) == expected
+    value = prose_reference_value(answer)
+    assert (None if value is None else canonical_number(float(value))) == expected
+
+
+@pytest.mark.parametrize("text", ["1" * 5000, "9" * 399, "The answer is " + "7" * 1000])
+def test_lenient_survives_degenerate_digit_runs(text):
+    assert extract_answer(text, "lenient") is None
+    assert is_correct(text, "7", "lenient") is False

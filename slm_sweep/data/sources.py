@@ -575,6 +575,7 @@ def _as_number(value: Any) -> int | float | None:
 def _format_rule(answer_format: str) -> str:
     return {
         "gsm8k": f"gsm8k format: the number after the last '{GSM8K_MARKER}'",
-        "prose": "prose format: the last number in the text",
+        "prose": "prose format: one number from \\boxed{}, 'the answer is' or the final sentence "
+                 "(slm_sweep.evaluate.scoring.prose_reference_value)",
         "number": "number format: a numeric value",
     }[answer_format]

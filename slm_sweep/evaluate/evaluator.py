@@ -8,7 +8,7 @@ from typing import Any
 
 from slm_sweep.data.prompts import ShotSampler, build_prompt
 from slm_sweep.evaluate.generate import generate
-from slm_sweep.evaluate.scoring import extract_answer, is_correct
+from slm_sweep.evaluate.scoring import METRICS, accuracy_key, score
 
 
 def build_eval_prompts(tokenizer, examples: Sequence, style: str, sampler: ShotSampler | None = None,
@@ -19,12 +19,8 @@ def build_eval_prompts(tokenizer, examples: Sequence, style: str, sampler: ShotS
 
 
 def score_output(output: str, reference: str, tolerance: float | None) -> dict[str, Any]:
-    return {
-        "extracted_strict": extract_answer(output, "strict"),
-        "extracted_flexible": extract_answer(output, "flexible"),
-        "correct_strict": is_correct(output, reference, "strict", tolerance),
-        "correct_flexible": is_correct(output, reference, "flexible", tolerance),
-    }
+    """``extracted_<name>`` and ``correct_<name>`` for every metric in scoring.METRICS."""
+    return score(output, reference, tolerance)
 
 
 def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_cfg: Mapping[str, Any],
@@ -39,7 +35,7 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
 
     bar = tqdm(total=len(prompts), desc=f"eval {eval_set}", unit="q", disable=not progress, dynamic_ncols=True)
     scored: dict[int, dict[str, Any]] = {}
-    correct = {"strict": 0, "flexible": 0}
+    correct = dict.fromkeys(METRICS, 0)
 
     def on_batch(indices, gens):
         for i, g in zip(indices, gens):
@@ -47,8 +43,8 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
             for mode in correct:
                 correct[mode] += scored[i][f"correct_{mode}"]
         bar.update(len(indices))
-        bar.set_postfix(acc_flex=f"{correct['flexible'] / len(scored):.3f}",
-                        acc_strict=f"{correct['strict'] / len(scored):.3f}", refresh=False)
+        bar.set_postfix({f"acc_{name}": f"{count / len(scored):.3f}" for name, count in correct.items()},
+                        refresh=False)
 
     start = time.perf_counter()
     stats: dict[str, int] = {}
@@ -75,8 +71,7 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
     n = len(records)
     new_tokens = sum(g.new_tokens for g in generations)
     metrics = {
-        "accuracy_strict": _mean(r["correct_strict"] for r in records) if n else None,
-        "accuracy_flexible": _mean(r["correct_flexible"] for r in records) if n else None,
+        **{accuracy_key(name): _mean(r[f"correct_{name}"] for r in records) if n else None for name in METRICS},
         "n_eval": n,
         "eval_set_time_s": seconds,
         "eval_tokens_per_s": new_tokens / seconds if seconds else None,

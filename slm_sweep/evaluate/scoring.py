@@ -1,6 +1,10 @@
 """Answer extraction and scoring for math word problems.
 
-The rules follow lm-evaluation-harness's ``gsm8k`` task (``lm_eval/tasks/gsm8k/gsm8k.yaml``,
+Every score is one metric in ``METRICS``: a name, an extractor whose result is recorded per prediction as
+``extracted_<name>``, and a check ``(output_text, reference, tolerance) -> bool`` recorded as
+``correct_<name>``; a set's mean is ``accuracy_<name>``.
+
+``strict`` and ``flexible`` follow lm-evaluation-harness's ``gsm8k`` task (``lm_eval/tasks/gsm8k/gsm8k.yaml``,
 metadata version 3.0) together with ``RegexFilter`` (``lm_eval/filters/extraction.py``) and the
 ``exact_match`` metric (``exact_match_hf_evaluate`` in ``lm_eval/api/metrics.py``):
 
@@ -14,13 +18,25 @@ metadata version 3.0) together with ``RegexFilter`` (``lm_eval/filters/extractio
 Where lm-eval would fall back to ``"[invalid]"`` this module returns ``None``. An extraction
 without any digit (``"..."``, ``","``) is also reported as ``None``: lm-eval keeps such strings,
 but they can never equal a reference, so the score is the same.
+
+``lenient`` is the same for every method and reads the answer wherever a chat model states it: from the last
+``\\boxed{...}``, else the first number after the last ``####``, else the first number after the last
+"the answer is" (any case), else the last number in the text. An explicit marker therefore wins over
+numbers written after it, such as a closing "(Note: 1 dozen = 12)"; without a marker the last number counts.
+Numbers may carry thousands separators, a currency sign, a percent sign (dropped: "25%" is 25), a sign and
+decimals, or be fractions ``3/4``, ``\\frac{3}{4}`` / ``\\dfrac{3}{4}`` or mixed numbers ``1 1/2``. The
+prediction is compared with the reference as numbers, within a relative tolerance of 1e-4, or of the
+dataset's ``answer_tolerance`` when that is larger.
+
+Prose references (OrcaMath) are read by ``prose_reference_value``; see its docstring.
 """
 
 import math
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
-
-MODES = ("strict", "flexible")
+from fractions import Fraction
 
 STRICT_PATTERN = re.compile(r"#### (\-?[0-9\.\,]+)")
 FLEXIBLE_PATTERN = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
@@ -29,19 +45,48 @@ REGEXES_TO_IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")
 _PATTERNS = {"strict": STRICT_PATTERN, "flexible": FLEXIBLE_PATTERN}
 _GROUP_SELECT = {"strict": 0, "flexible": -1}
 
-# A written number inside prose references (OrcaMath style). The minus sign only counts when it
-# does not follow a word character, so ranges such as "3-5" do not turn into negative numbers.
-_PROSE_NUMBER = re.compile(r"(?:(?<![\w.])-)?\$?(?:\d[\d,]*(?:\.\d+)?|\.\d+)")
 _PLAIN_NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)")
 # A reference made only of the characters the strict filter accepts (plus "$"), e.g. "$1,234.".
 _BARE_ANSWER = re.compile(r"-?[$0-9.,]*\d[$0-9.,]*")
 _DIGIT = re.compile(r"\d")
 
+LENIENT_TOLERANCE = 1e-4
+# Longer digit runs (degenerate generations) are no answer; they would also exceed int()'s digit limit.
+_MAX_NUMBER_CHARS = 400
 
-def check_mode(mode: str) -> None:
-    """Raise ValueError unless ``mode`` is one of MODES."""
-    if mode not in MODES:
-        raise ValueError(f"unknown scoring mode {mode!r}; expected one of {', '.join(MODES)}")
+# One written number. A minus sign counts only when it does not follow a word character or a closing bracket
+# (so "3-5" is a range, not 3 and -5); a digit right after a letter, "." or "^" is not a number ("m^2", "CO2").
+_UNSIGNED = r"(?:\d{1,3}(?:,\d{3})+(?![\d,])|\d+)(?:\.\d+)?|\.\d+"
+_NUMBER = re.compile(
+    rf"""
+    (?P<sign>(?<![\w.)\]}}])[-−])?
+    (?:[$€£¥₹]\s?)?
+    (?:
+        \\[dt]?frac\{{\s*(?P<fn>{_UNSIGNED})\s*\}}\{{\s*(?P<fd>{_UNSIGNED})\s*\}}
+      | (?<![\w.^])(?<!\^\{{)(?P<mw>\d+)[ \t]+(?P<mn>\d+)/(?P<md>\d+)(?![\d/]|[.,]\d)
+      | (?<![\w.^])(?<!\^\{{)(?P<n>{_UNSIGNED})/(?P<d>{_UNSIGNED})(?![\d/])
+      | (?<![\w.^])(?<!\^\{{)(?P<x>{_UNSIGNED})
+    )
+    """,
+    re.VERBOSE,
+)
+_BOXED = re.compile(r"\\boxed\s*\{")
+_ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\b", re.IGNORECASE)
+_GSM8K_MARKER = "####"
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
+_PARAGRAPH_SPLIT = re.compile(r"\n\s*\n")
+_NOTE_START = re.compile(r"\(?\s*\**\s*note\b", re.IGNORECASE)
+# A closing remark in parentheses, "(Note: ...)" or any other; LaTeX's \( ... \) is not one.
+_TRAILING_REMARK = re.compile(r"(?<!\\)\([^()]*(?<!\\)\)[\s.]*$")
+# Narrowing a final sentence to its result, in this order, each only when a number follows it: a word that
+# introduces the conclusion ("..., so she has 12.5 apples left."), a verb that states the value ("15% of 240
+# is 36", "8 pencils cost $2"), then "=".
+_CONCLUSION = re.compile(r"\b(?:so|therefore|thus|hence|which means|that means)\b", re.IGNORECASE)
+_STATEMENT = re.compile(r"\b(?:is|are|was|were|be|equals?|costs?)\b", re.IGNORECASE)
+
+
+# ---------------------------------------------------------------------------------------------- lm-eval
 
 
 def normalise(text: str) -> str:
@@ -96,23 +141,217 @@ def _answer_or_none(raw: str | None) -> str | None:
     return answer if _DIGIT.search(answer) else None
 
 
-def extract_answer(text: str, mode: str) -> str | None:
-    """The normalised answer a model gave in ``text`` under lm-eval's strict or flexible filter."""
-    check_mode(mode)
+def _lm_eval_extract(text: str, mode: str) -> str | None:
     matches = _PATTERNS[mode].findall(text)
     return _answer_or_none(select_match(matches, _GROUP_SELECT[mode]))
 
 
-def _last_prose_number(text: str) -> str | None:
-    numbers = _PROSE_NUMBER.findall(text)
+def _lm_eval_correct(text: str, reference: str | float | int, tolerance: float | None, mode: str) -> bool:
+    """lm-eval's exact match of normalised strings ("72.0" != "72") with ``tolerance`` None; otherwise both
+    sides compared as numbers with a relative tolerance."""
+    prediction = _lm_eval_extract(text, mode)
+    expected = reference_answer(reference)
+    if prediction is None or expected is None:
+        return False
+    if tolerance is None:
+        return prediction == expected
+    return numbers_close(prediction, expected, tolerance)
+
+
+def strict_extract(text: str) -> str | None:
+    return _lm_eval_extract(text, "strict")
+
+
+def strict_correct(text: str, reference: str | float | int, tolerance: float | None) -> bool:
+    return _lm_eval_correct(text, reference, tolerance, "strict")
+
+
+def flexible_extract(text: str) -> str | None:
+    return _lm_eval_extract(text, "flexible")
+
+
+def flexible_correct(text: str, reference: str | float | int, tolerance: float | None) -> bool:
+    return _lm_eval_correct(text, reference, tolerance, "flexible")
+
+
+# ---------------------------------------------------------------------------------------------- numbers in text
+
+
+def _number_value(match: re.Match) -> Fraction | None:
+    def plain(text: str) -> Fraction:
+        return Fraction(text.replace(",", ""))
+
+    if match["fn"] is not None:
+        numerator, denominator = plain(match["fn"]), plain(match["fd"])
+    elif match["mw"] is not None:
+        whole, numerator, denominator = int(match["mw"]), int(match["mn"]), int(match["md"])
+        if denominator == 0 or numerator >= denominator:
+            return None
+        value = whole + Fraction(numerator, denominator)
+        return -value if match["sign"] else value
+    elif match["n"] is not None:
+        numerator, denominator = plain(match["n"]), plain(match["d"])
+    else:
+        numerator, denominator = plain(match["x"]), Fraction(1)
+    if denominator == 0:
+        return None
+    value = numerator / denominator
+    return -value if match["sign"] else value
+
+
+def numbers_in(text: str) -> list[Fraction]:
+    """The values of the numbers written in ``text``, in order (see the module docstring for the forms)."""
+    values, position = [], 0
+    while (match := _NUMBER.search(text, position)) is not None:
+        position = match.end()
+        if len(match.group(0)) > _MAX_NUMBER_CHARS:
+            continue
+        value = _number_value(match)
+        if value is None and match["mw"] is not None:
+            # "5 10/2" is no mixed number: keep the 5 and read on from the 10
+            whole = Fraction(int(match["mw"]))
+            value, position = (-whole if match["sign"] else whole), match.start("mn")
+        if value is not None:
+            values.append(value)
+    return values
+
+
+def _after_last(pattern: re.Pattern, text: str) -> str | None:
+    found = list(pattern.finditer(text))
+    return text[found[-1].end():] if found else None
+
+
+def _last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}``, nested braces included; None without one."""
+    found = list(_BOXED.finditer(text))
+    if not found:
+        return None
+    start = found[-1].end()
+    depth = 1
+    for position in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[position], 0)
+        if depth == 0:
+            return text[start:position]
+    return text[start:]
+
+
+def _up_to_sentence_end(text: str) -> str:
+    end = _SENTENCE_END.search(text)
+    return text[: end.start()] if end else text
+
+
+def _result_part(text: str) -> str:
+    """What follows the last "=" (or "≈") that has a number after it, else the whole text."""
+    parts = re.split("[=≈]", text)
+    for part in reversed(parts[1:]):
+        if numbers_in(part):
+            return part
+    return text
+
+
+# ---------------------------------------------------------------------------------------------- lenient
+
+
+def lenient_value(text: str) -> Fraction | None:
+    """The answer a model states in ``text`` under the lenient rules (module docstring); None without one."""
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        numbers = numbers_in(_result_part(boxed))
+        if numbers:
+            return numbers[0]
+    rests = (text.split(_GSM8K_MARKER)[-1] if _GSM8K_MARKER in text else None, _after_last(_ANSWER_IS, text))
+    for rest in rests:
+        numbers = numbers_in(rest) if rest is not None else []
+        if numbers:
+            return numbers[0]
+    numbers = numbers_in(text)
     return numbers[-1] if numbers else None
+
+
+def _as_float(value: Fraction) -> float | None:
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
+def _fraction_text(value: Fraction | None) -> str | None:
+    number = None if value is None else _as_float(value)
+    return None if number is None else canonical_number(number)
+
+
+def lenient_extract(text: str) -> str | None:
+    return _fraction_text(lenient_value(text))
+
+
+def lenient_correct(text: str, reference: str | float | int, tolerance: float | None) -> bool:
+    value = lenient_value(text)
+    predicted = None if value is None else _as_float(value)
+    expected_text = reference_answer(reference)
+    expected = None if expected_text is None else parse_number(expected_text)
+    if predicted is None or expected is None:
+        return False
+    allowed = max(LENIENT_TOLERANCE, tolerance or 0.0)
+    return abs(predicted - expected) <= allowed * max(1.0, abs(expected))
+
+
+# ---------------------------------------------------------------------------------------------- references
+
+
+def _single_value(text: str) -> Fraction | None:
+    """The one value written in ``text`` (repeats of it allowed); None for no number or several values."""
+    values = set(numbers_in(text))
+    return values.pop() if len(values) == 1 else None
+
+
+def _without_notes(text: str) -> str:
+    paragraphs = [p for p in _PARAGRAPH_SPLIT.split(text.strip()) if p.strip()]
+    while len(paragraphs) > 1 and _NOTE_START.match(paragraphs[-1].strip()):
+        paragraphs.pop()
+    text = "\n\n".join(paragraphs)
+    while True:
+        cut = _TRAILING_REMARK.sub("", text).rstrip()
+        if cut == text.rstrip():
+            return cut
+        text = cut
+
+
+def prose_reference_value(text: str) -> Fraction | None:
+    """The final answer of a worked solution in prose (OrcaMath); None when it is not one clear number.
+
+    In order: the last ``\\boxed{...}``; else the rest of the sentence after the last "the answer is" (any
+    case); else the last sentence that holds a number, once closing remarks are cut off (a last paragraph
+    starting "Note", a parenthesised remark at the end such as "(Note: 1 dozen = 12.)"). That sentence is
+    narrowed to what follows its last "so" / "therefore" / "thus" / "hence" / "which means" / "that means",
+    then to what follows its last "is" / "are" / "was" / "were" / "be" / "equals" / "costs", each step only
+    when a number follows. Of the part chosen, what follows its last "=" counts when that holds a number. The
+    part must hold exactly one value, written once or more in any form ("11/4, or 2 3/4"): "5 hours and 30
+    minutes", "12 boys and 15 girls", "the ratio is 3:4" or "Jin saves $100 in 8 weeks" give None, and such
+    rows are dropped (``unparsable_answers: skip``) rather than guessed.
+    """
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return _single_value(_result_part(boxed))
+    rest = _after_last(_ANSWER_IS, text)
+    if rest is not None:
+        return _single_value(_result_part(_up_to_sentence_end(rest.lstrip(" :"))))
+    sentences = [s for s in _SENTENCE_SPLIT.split(_without_notes(text)) if numbers_in(s)]
+    if not sentences:
+        return None
+    sentence = sentences[-1]
+    for narrowing in (_CONCLUSION, _STATEMENT):
+        rest = _after_last(narrowing, sentence)
+        if rest is not None and numbers_in(rest):
+            sentence = rest
+    return _single_value(_result_part(sentence))
 
 
 def reference_answer(answer: str | float | int) -> str | None:
     """The normalised reference for a dataset answer; None when it holds no number.
 
     GSM8K solutions give the part after the last "####"; a bare number string is normalised as
-    lm-eval would; other prose gives its final number; ints and floats give canonical_number.
+    lm-eval would; other prose gives ``prose_reference_value`` as a canonical number string; ints and floats
+    give canonical_number.
     """
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
         raise TypeError(f"reference answer must be str, int or float, not {type(answer).__name__}")
@@ -123,7 +362,7 @@ def reference_answer(answer: str | float | int) -> str | None:
     stripped = answer.strip()
     if _BARE_ANSWER.fullmatch(stripped):
         return normalise(stripped)
-    return _answer_or_none(_last_prose_number(answer))
+    return _fraction_text(prose_reference_value(answer))
 
 
 def _check_tolerance(tolerance: float) -> None:
@@ -139,19 +378,66 @@ def numbers_close(prediction: str, reference: str, tolerance: float) -> bool:
     return abs(predicted - expected) <= tolerance * max(1.0, abs(expected))
 
 
-def is_correct(text: str, reference: str | float | int, mode: str, tolerance: float | None = None) -> bool:
-    """Whether the answer extracted from ``text`` matches the reference.
+# ---------------------------------------------------------------------------------------------- registry
 
-    With ``tolerance`` None this is lm-eval's exact match of normalised strings ("72.0" != "72");
-    otherwise both sides are compared as numbers with a relative tolerance.
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    extract: Callable[[str], str | None]  # recorded per prediction as extracted_<name>
+    correct: Callable[[str, str | float | int, float | None], bool]  # recorded as correct_<name>
+
+
+METRICS: dict[str, Metric] = {
+    metric.name: metric
+    for metric in (
+        Metric("strict", strict_extract, strict_correct),
+        Metric("flexible", flexible_extract, flexible_correct),
+        Metric("lenient", lenient_extract, lenient_correct),
+    )
+}
+MODES = tuple(METRICS)
+# The score the report ranks by, flags negative transfer with and plots.
+PRIMARY_METRIC = "flexible"
+
+
+def accuracy_key(name: str) -> str:
+    return f"accuracy_{name}"
+
+
+ACCURACY_KEYS = tuple(accuracy_key(name) for name in METRICS)
+PREDICTION_FIELDS = (*(f"extracted_{name}" for name in METRICS), *(f"correct_{name}" for name in METRICS))
+
+
+def check_mode(mode: str) -> None:
+    """Raise ValueError unless ``mode`` is one of MODES."""
+    if mode not in MODES:
+        raise ValueError(f"unknown scoring mode {mode!r}; expected one of {', '.join(MODES)}")
+
+
+def extract_answer(text: str, mode: str) -> str | None:
+    """The answer a model gave in ``text`` under metric ``mode`` (normalised as that metric records it)."""
+    check_mode(mode)
+    return METRICS[mode].extract(text)
+
+
+def is_correct(text: str, reference: str | float | int, mode: str, tolerance: float | None = None) -> bool:
+    """Whether the answer extracted from ``text`` matches the reference under metric ``mode``.
+
+    For strict and flexible, ``tolerance`` None is lm-eval's exact match of normalised strings ("72.0" !=
+    "72"); otherwise both sides are compared as numbers with a relative tolerance. Lenient always compares
+    numbers (see the module docstring).
     """
     check_mode(mode)
     if tolerance is not None:
         _check_tolerance(tolerance)
-    prediction = extract_answer(text, mode)
-    expected = reference_answer(reference)
-    if prediction is None or expected is None:
-        return False
-    if tolerance is None:
-        return prediction == expected
-    return numbers_close(prediction, expected, tolerance)
+    return METRICS[mode].correct(text, reference, tolerance)
+
+
+def score(text: str, reference: str | float | int, tolerance: float | None) -> dict[str, str | bool | None]:
+    """Every metric's ``extracted_<name>`` and ``correct_<name>`` for one output, in PREDICTION_FIELDS order."""
+    if tolerance is not None:
+        _check_tolerance(tolerance)
+    extracted = {f"extracted_{name}": metric.extract(text) for name, metric in METRICS.items()}
+    correct = {f"correct_{name}": metric.correct(text, reference, tolerance) for name, metric in METRICS.items()}
+    return {**extracted, **correct}

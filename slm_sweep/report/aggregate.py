@@ -37,6 +37,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from slm_sweep.evaluate.scoring import METRICS, PRIMARY_METRIC, accuracy_key
 from slm_sweep.results import RESULT_FILE, SCHEMA_VERSION, STATUSES
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,9 @@ log = logging.getLogger(__name__)
 COMPLETED = "completed"
 BASELINE_METHODS = ("zeroshot", "fewshot")
 METHOD_ORDER = ("zeroshot", "fewshot", "full", "lora", "dora")
-ACCURACY_METRICS = ("accuracy_flexible", "accuracy_strict")
+# every scoring metric, the primary one first; accuracies missing from older result files stay empty
+PRIMARY_ACCURACY = accuracy_key(PRIMARY_METRIC)
+ACCURACY_METRICS = (PRIMARY_ACCURACY, *(accuracy_key(name) for name in METRICS if name != PRIMARY_METRIC))
 
 # Two-sided 95% Student-t critical values for df = 1..30, used when scipy is not installed.
 _T_975 = (
@@ -157,8 +160,8 @@ def read_result(path: str | os.PathLike) -> dict[str, Any]:
         metrics = {}
     if not isinstance(metrics, dict):
         raise ValueError("'metrics' is not an object")
-    if record["status"] == COMPLETED and _number(metrics.get("accuracy_flexible")) is None:
-        raise ValueError("completed but metrics.accuracy_flexible is not a number")
+    if record["status"] == COMPLETED and _number(metrics.get(PRIMARY_ACCURACY)) is None:
+        raise ValueError(f"completed but metrics.{PRIMARY_ACCURACY} is not a number")
     record["metrics"] = metrics
 
     eval_sets = record.get("eval_sets")
@@ -169,8 +172,8 @@ def read_result(path: str | os.PathLike) -> dict[str, Any]:
         eval_sets = {}
     for name in list(eval_sets):
         entry = eval_sets[name]
-        if not isinstance(entry, dict) or _number(entry.get("accuracy_flexible")) is None:
-            log.warning("%s: eval_sets[%r] has no numeric accuracy_flexible; ignoring it", path, name)
+        if not isinstance(entry, dict) or _number(entry.get(PRIMARY_ACCURACY)) is None:
+            log.warning("%s: eval_sets[%r] has no numeric %s; ignoring it", path, name, PRIMARY_ACCURACY)
             del eval_sets[name]
     record["eval_sets"] = eval_sets
 
@@ -451,10 +454,10 @@ def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str],
     for row in rows:
         candidates[tuple(row[k] for k in group_keys), row["method"]].append(row)
     # a baseline with several variants gives no single reference: deltas against it stay empty
-    means = {key: found[0]["accuracy_flexible_mean"] for key, found in candidates.items() if len(found) == 1}
+    means = {key: found[0][f"{PRIMARY_ACCURACY}_mean"] for key, found in candidates.items() if len(found) == 1}
     for row in rows:
         group = tuple(row[k] for k in group_keys)
-        mean = row["accuracy_flexible_mean"]
+        mean = row[f"{PRIMARY_ACCURACY}_mean"]
         zeroshot = means.get((group, "zeroshot"))
         for baseline in BASELINE_METHODS if deltas else ("zeroshot",):
             reference = means.get((group, baseline))
@@ -467,8 +470,8 @@ def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str],
 def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per dataset × model × method × variant over the completed records' seeds, in report order.
 
-    Keys: dataset, model, method, variant, n, seeds, accuracy_flexible_{mean,std,ci95},
-    accuracy_strict_{mean,std,ci95}, n_eval, trainable_params, total_params, train_time_s_mean,
+    Keys: dataset, model, method, variant, n, seeds, <metric>_{mean,std,ci95} for each of ACCURACY_METRICS,
+    n_eval, trainable_params, total_params, train_time_s_mean,
     train_tokens_per_s_mean, step_time_s_mean, mfu_mean, train_padding_fraction_mean, peak_memory_mb_max,
     eval_time_s_mean, delta_zeroshot, delta_fewshot, negative_transfer. Accuracies are fractions.
     """
@@ -524,7 +527,7 @@ def summarize_ood(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per training dataset × eval set × model × method from the records' ``eval_sets``.
 
     Keys: dataset (the training dataset), eval_set, model, method, variant, n, seeds,
-    accuracy_flexible_{mean,std,ci95}, accuracy_strict_{mean,std,ci95}, n_eval, delta_zeroshot,
+    <metric>_{mean,std,ci95} for each of ACCURACY_METRICS, n_eval, delta_zeroshot,
     negative_transfer.
     """
     completed = _completed(records)
@@ -532,7 +535,7 @@ def summarize_ood(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str, str, str, str], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
     for record in completed:
         for eval_set, entry in (record.get("eval_sets") or {}).items():
-            if isinstance(entry, dict) and _number(entry.get("accuracy_flexible")) is not None:
+            if isinstance(entry, dict) and _number(entry.get(PRIMARY_ACCURACY)) is not None:
                 key = (record["dataset"], eval_set, record["model"], record["method"], record["variant"])
                 groups[key].append((record["seed"], {**entry, "result_path": record.get("result_path")}))
     sizes = model_sizes(completed)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .aggregate import ACCURACY_METRICS, Collection, method_label
+from .aggregate import ACCURACY_METRICS, PRIMARY_ACCURACY, Collection, method_label
 
 NEGATIVE_MARK = "▼"
 
@@ -147,26 +147,35 @@ def _sources(collection: Collection) -> list[str]:
     return lines
 
 
+def _metric_name(metric: str) -> str:
+    return metric.removeprefix("accuracy_")
+
+
+def _accuracy_cells(row: dict[str, Any]) -> list[str]:
+    """Mean ± std and CI half-width of every accuracy metric, the primary one marked for negative transfer."""
+    cells = []
+    for metric in ACCURACY_METRICS:
+        text = percent(row[f"{metric}_mean"], row[f"{metric}_std"])
+        if metric == PRIMARY_ACCURACY and row["negative_transfer"]:
+            text += f" {NEGATIVE_MARK}"
+        cells += [text, half_width(row[f"{metric}_ci95"])]
+    return cells
+
+
 def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]]) -> list[str]:
     header = (
-        "model", "method", "n", "flexible (%)", "95% CI", "strict (%)", "95% CI",
+        "model", "method", "n", *(h for m in ACCURACY_METRICS for h in (f"{_metric_name(m)} (%)", "95% CI")),
         "Δ zero-shot (pp)", "Δ few-shot (pp)", "trainable", "total", "train time", "train tok/s", "MFU",
         "peak memory",
     )  # fmt: skip
     body = []
     for row in rows:
-        flexible = percent(row["accuracy_flexible_mean"], row["accuracy_flexible_std"])
-        if row["negative_transfer"]:
-            flexible += f" {NEGATIVE_MARK}"
         body.append(
             (
                 row["model"],
                 method_label(row),
                 str(row["n"]),
-                flexible,
-                half_width(row["accuracy_flexible_ci95"]),
-                percent(row["accuracy_strict_mean"], row["accuracy_strict_std"]),
-                half_width(row["accuracy_strict_ci95"]),
+                *_accuracy_cells(row),
                 points(row["delta_zeroshot"]),
                 points(row["delta_fewshot"]),
                 params(row["trainable_params"]),
@@ -187,7 +196,7 @@ def _ood_section(
     cells: dict[tuple[str, str], dict[str, str]] = {}
 
     def put(row: dict[str, Any], column: str) -> None:
-        text = percent(row["accuracy_flexible_mean"], row["accuracy_flexible_std"])
+        text = percent(row[f"{PRIMARY_ACCURACY}_mean"], row[f"{PRIMARY_ACCURACY}_std"])
         if row["negative_transfer"]:
             text += f" {NEGATIVE_MARK}"
         cells.setdefault((row["model"], method_label(row)), {})[column] = text
@@ -216,8 +225,9 @@ def render_markdown(
     for dataset in datasets:
         lines += _in_domain_section(dataset, [r for r in rows if r["dataset"] == dataset])
     lines += [
-        f"Flexible and strict accuracy: mean ± sample std over seeds, 95% CI half-width from Student's t. "
-        f"{NEGATIVE_MARK} = negative transfer (fine-tuned mean below the model's zero-shot mean).",
+        f"Accuracy ({', '.join(_metric_name(m) for m in ACCURACY_METRICS)}; docs/results.md): mean ± sample std "
+        f"over seeds, 95% CI half-width from Student's t. {NEGATIVE_MARK} = negative transfer (fine-tuned "
+        f"{_metric_name(PRIMARY_ACCURACY)} mean below the model's zero-shot mean).",
         "",
         "## Out-of-domain evaluation",
         "",
@@ -227,7 +237,7 @@ def render_markdown(
         lines += ["No out-of-domain evaluations in these results.", ""]
     else:
         lines += [
-            "Mean ± std flexible accuracy (%) on each evaluation set of the models trained on one dataset; "
+            f"Mean ± std {_metric_name(PRIMARY_ACCURACY)} accuracy (%) on each evaluation set of the models trained on one dataset; "
             f"{NEGATIVE_MARK} = below the zero-shot mean on that set.",
             "",
         ]
