@@ -41,7 +41,9 @@ def optional_int(value) -> int | None:
 
 
 def prepare_model(model, trainer_cfg: Mapping[str, Any]):
-    """Gradient checkpointing and torch.compile, as the trainer config asks."""
+    """Train mode (Hugging Face loads models in eval mode), gradient checkpointing and torch.compile, as the
+    trainer config asks."""
+    model.train()
     if trainer_cfg.get("gradient_checkpointing"):
         kwargs = {"use_reentrant": False}
         if hasattr(model, "activation_checkpointing_enable"):
