@@ -212,13 +212,17 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         if previous is not None:
             reused = _reuse(previous, out, record)
             return reused
+        # looked up before this run's record replaces an earlier one in the same folder
+        trained = find_trained(dirs, identity.training_key, own=out) if cfg.method.train else None
+        trained_record = read_result(trained) if trained is not None else None
         write_result(out, record)
         from slm_sweep.tracking import Tracker
 
         # inside the try: a tracker that cannot start fails the cell instead of leaving it "running"
         tracker = Tracker(cfg.logger, {**record, "sweep_tag": _sweep_tag()}, config, out)
         with sigterm_as_interrupt(interrupt):
-            _run_cell(cfg, out, record, tracker, predictions, data, identity, dirs, callbacks=[interrupt])
+            _run_cell(cfg, out, record, tracker, predictions, data, identity, dirs, callbacks=[interrupt],
+                      trained=trained, trained_record=trained_record)
         record["status"] = "completed"
         if not cfg.trainer.get("keep_checkpoints", False):
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -360,7 +364,8 @@ def keep_trained_weights(model, out: Path, keep_full: bool) -> None:
 
 def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: list[dict], data: CellData,
               identity: CellIdentity, dirs: list[Path], train_only: bool = False,
-              callbacks: list | None = None) -> None:
+              callbacks: list | None = None, trained: Path | None = None,
+              trained_record: dict | None = None) -> None:
     import lightning as L
 
     from slm_sweep.data.prompts import resolve_style
@@ -373,7 +378,6 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
     splits, sampler = data.splits, data.sampler
     record["skipped_rows"] = dict(splits.skipped)
 
-    trained = find_trained(dirs, identity.training_key, own=out) if method.train and not train_only else None
     model, tokenizer = load_model(cfg, kept_weights(trained) if trained else None)
     trainable, total = count_parameters(model)
     style = resolve_style(cfg.prompt.style, tokenizer)
@@ -384,12 +388,13 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
 
     if trained is not None:
         # same training key: the weights are the ones this cell would train; only its evaluation differs
-        source = read_result(trained) or {}
+        source = trained_record or {}
         log.info("re-scoring the weights trained in %s (same training key)", trained)
         record["trained_in"] = str(trained)
         record["placement"]["train"] = (source.get("placement") or {}).get("train")
         for key in ("train_time_s", "train_loss", "val_loss", "train_steps", "train_tokens", "train_tokens_per_s",
-                    "mfu", "step_time_s", "train_padding_fraction", "train_oom_halvings"):
+                    "mfu", "step_time_s", "train_padding_fraction", "train_oom_halvings", "train_examples",
+                    "train_too_long_fraction"):
             metrics[key] = (source.get("metrics") or {}).get(key)
         metrics["trainable_params"] = (source.get("metrics") or {}).get("trainable_params", trainable)
     elif method.train:

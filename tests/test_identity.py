@@ -144,3 +144,19 @@ def test_configuration_key_groups_seeds(tiny_cfg):
     assert key("method.r=8") != key()
     assert key("eval.max_new_tokens=20") != key()
     assert key("trainer.micro_batch_size=4") == key()
+
+
+def test_a_new_evaluation_in_the_same_folder_rescores_its_own_adapter(tiny_cfg, tmp_path, monkeypatch):
+    """A rerun into the cell's own folder with other evaluation settings: the kept adapter is re-scored and the
+    training figures survive, although this run's record replaces the earlier one."""
+    resume = ["resume.enabled=true", f"resume.search_dir={tmp_path / 'none'}"]
+    first = run(tiny_cfg("method=lora", *resume), out_dir=tmp_path / "cell")
+    import slm_sweep.train.fit as fit_module
+
+    monkeypatch.setattr(fit_module, "fit", lambda *a, **k: pytest.fail("trained again"))
+    second = run(tiny_cfg("method=lora", *resume, "eval.max_new_tokens=6"), out_dir=tmp_path / "cell")
+    assert second["status"] == "completed", second.get("error")
+    assert second["trained_in"] == str(tmp_path / "cell")
+    assert second["metrics"]["train_steps"] == first["metrics"]["train_steps"] == 3
+    assert second["metrics"]["train_loss"] == first["metrics"]["train_loss"]
+    assert read_result(tmp_path / "cell")["identity"]["evaluation_key"] != first["identity"]["evaluation_key"]
