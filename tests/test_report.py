@@ -454,3 +454,22 @@ def test_a_baseline_computed_once_counts_once(tmp_path):
     (row,) = summarize(collection.records)
     assert row["n"] == 1 and row["seeds"] == [0] and row["accuracy_flexible_std"] == 0.0
     assert row["accuracy_flexible_ci95"] is None and not collection.duplicates
+
+
+def test_wilson_interval_matches_the_closed_form():
+    from slm_sweep.report.aggregate import wilson_interval
+
+    low, high = wilson_interval(0.5, 1319)
+    assert (low, high) == pytest.approx((0.4731, 0.5269), abs=1e-4)  # about ±2.7 points on GSM8K's test set
+    assert wilson_interval(0.0, 10)[0] == 0.0 and wilson_interval(0.0, 10)[1] == pytest.approx(0.2775, abs=1e-4)
+    assert wilson_interval(None, 10) == (None, None) and wilson_interval(0.3, None) == (None, None)
+
+
+def test_each_row_carries_the_test_questions_interval(grid, tmp_path):
+    sweep, _ = grid
+    rows = summarize(collect([sweep]).records)
+    for row in rows:
+        low, high = row["accuracy_flexible_wilson_low"], row["accuracy_flexible_wilson_high"]
+        assert low < row["accuracy_flexible_mean"] < high and high - low < 0.25  # 100 questions
+    report = write_report([sweep], tmp_path / "out", plots=False)
+    assert "questions 95% CI" in report["markdown"] and "Wilson interval" in report["markdown"]

@@ -19,7 +19,7 @@ NEGATIVE_MARK = "▼"
 
 SUMMARY_COLUMNS = (
     "dataset", "model", "method", "variant", "n", "seeds",
-    *(f"{m}_{s}" for m in ACCURACY_METRICS for s in ("mean", "std", "ci95")),
+    *(f"{m}_{s}" for m in ACCURACY_METRICS for s in ("mean", "std", "ci95", "wilson_low", "wilson_high")),
     "n_eval", "trainable_params", "total_params", "train_time_s_mean", "train_tokens_per_s_mean",
     "step_time_s_mean", "mfu_mean", "train_padding_fraction_mean", "peak_memory_mb_max", "eval_time_s_mean",
     "delta_zeroshot", "delta_fewshot", "negative_transfer",
@@ -27,7 +27,7 @@ SUMMARY_COLUMNS = (
 
 OOD_COLUMNS = (
     "dataset", "eval_set", "model", "method", "variant", "n", "seeds",
-    *(f"{m}_{s}" for m in ACCURACY_METRICS for s in ("mean", "std", "ci95")),
+    *(f"{m}_{s}" for m in ACCURACY_METRICS for s in ("mean", "std", "ci95", "wilson_low", "wilson_high")),
     "n_eval", "delta_zeroshot", "negative_transfer",
 )  # fmt: skip
 
@@ -64,6 +64,10 @@ def percent(mean: float | None, std: float | None = None) -> str:
     if std is None:
         return f"{100 * mean:.1f}"
     return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def interval(low: float | None, high: float | None) -> str:
+    return EMPTY if low is None or high is None else f"[{100 * low:.1f}, {100 * high:.1f}]"
 
 
 def half_width(ci95: float | None) -> str:
@@ -159,12 +163,16 @@ def _accuracy_cells(row: dict[str, Any]) -> list[str]:
         if metric == PRIMARY_ACCURACY and row["negative_transfer"]:
             text += f" {NEGATIVE_MARK}"
         cells += [text, half_width(row[f"{metric}_ci95"])]
+        if metric == PRIMARY_ACCURACY:
+            cells.append(interval(row[f"{metric}_wilson_low"], row[f"{metric}_wilson_high"]))
     return cells
 
 
 def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]]) -> list[str]:
     header = (
-        "model", "method", "n", *(h for m in ACCURACY_METRICS for h in (f"{_metric_name(m)} (%)", "95% CI")),
+        "model", "method", "n",
+        *(h for m in ACCURACY_METRICS
+          for h in (f"{_metric_name(m)} (%)", "95% CI", *(("questions 95% CI",) if m == PRIMARY_ACCURACY else ()))),
         "Δ zero-shot (pp)", "Δ few-shot (pp)", "trainable", "total", "train time", "train tok/s", "MFU",
         "peak memory",
     )  # fmt: skip
@@ -226,7 +234,9 @@ def render_markdown(
         lines += _in_domain_section(dataset, [r for r in rows if r["dataset"] == dataset])
     lines += [
         f"Accuracy ({', '.join(_metric_name(m) for m in ACCURACY_METRICS)}; docs/results.md): mean ± sample std "
-        f"over seeds, 95% CI half-width from Student's t. {NEGATIVE_MARK} = negative transfer (fine-tuned "
+        f"over seeds, 95% CI half-width from Student's t over seeds; questions 95% CI: Wilson interval of the "
+        f"{_metric_name(PRIMARY_ACCURACY)} mean over the n_eval test questions (the test set's sampling noise). "
+        f"{NEGATIVE_MARK} = negative transfer (fine-tuned "
         f"{_metric_name(PRIMARY_ACCURACY)} mean below the model's zero-shot mean).",
         "",
         "## Out-of-domain evaluation",
