@@ -390,3 +390,31 @@ def test_out_of_memory_on_a_single_prompt_is_a_clear_error(varied_tiny, zero_sho
             _run(model, tokenizer, zero_shot_prompts[:3], "static")
     finally:
         fault.remove()
+
+
+def test_a_decode_step_whose_graph_cannot_be_captured_runs_eagerly(caplog):
+    """If a model or library version cannot be recorded as a CUDA graph, decoding goes on eagerly with the same
+    logits (here the capture fails for want of CUDA)."""
+    import logging
+
+    from slm_sweep.evaluate.generate import Decoding, SlotKVCache, StopCheck, _DecodeStep, _read_prompts
+
+    model, tokenizer = _tiny()
+    model.eval()
+    settings = Decoding(max_new_tokens=4, stop_check=StopCheck(tokenizer, [], set()), pad_id=0)
+    rows = [tokenizer("how many apples")["input_ids"], tokenizer("half of the eggs")["input_ids"]]
+    with torch.inference_mode():
+        _, layers, input_ids, mask = _read_prompts(model, rows, settings)
+        width, length = input_ids.shape[1], input_ids.shape[1] + 4
+        valid = torch.zeros((2, length), dtype=torch.bool)
+        valid[:, :width] = mask.bool()
+        valid[:, width] = True
+        args = (torch.tensor([5, 7]), mask.sum(1), torch.full((2,), width), valid)
+        outputs = []
+        for use_graph in (False, True):
+            cache = SlotKVCache(layers, 2, length)
+            cache.write(torch.arange(2), layers)
+            with caplog.at_level(logging.WARNING, logger="slm_sweep.evaluate.generate"):
+                outputs.append(_DecodeStep(model, cache, 2, use_graph)(*args, length))
+    torch.testing.assert_close(outputs[0], outputs[1])
+    assert any("decoding eagerly" in m for m in caplog.messages)

@@ -560,7 +560,15 @@ class _DecodeStep:
             return self._run(token, position, column, valid, width)
         if self.graph is None:
             self.buffers = tuple(t.clone() for t in (token, position, column, valid))
-            self._capture()
+            try:
+                self._capture()
+            except Exception as error:  # noqa: BLE001 - a model or library the graph cannot record
+                if is_out_of_memory(error):
+                    raise
+                log.warning("capturing the decode step as a CUDA graph failed (%s: %s); decoding eagerly",
+                            type(error).__name__, error)
+                self.use_graph, self.graph = False, None
+                return self._run(token, position, column, valid, width)
         for buffer, value in zip(self.buffers, (token, position, column, valid)):
             buffer.copy_(value)
         self.graph.replay()
