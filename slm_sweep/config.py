@@ -104,6 +104,7 @@ def _validate_placement(cfg: DictConfig) -> None:
     except PlacementError as err:
         raise ConfigError(str(err)) from None
     _switch(cfg, "eval.cuda_graphs")
+    _one_of(cfg.eval.get("generation_config", "neutral"), ("neutral", "model"), "eval.generation_config")
 
 
 def validate_preflight(cfg: DictConfig) -> None:

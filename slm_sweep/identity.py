@@ -28,13 +28,13 @@ from typing import Any
 TRAINING_CODE_VERSION = 2  # 2: train mode while training (dropout acts); over-long examples dropped, not cut
 # Bump when a change to prompts, generation or answer scoring alters scores. tests/test_identity.py holds the
 # hash of the scoring source for this version, so an edit of scoring.py without a bump fails a test.
-SCORING_VERSION = 2
+SCORING_VERSION = 3  # 3: the model's generation config set aside by default (eval.generation_config)
 NUMERIC_LIBRARIES = ("torch", "transformers", "peft")
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",
                         "gradient_clip_val", "precision")
-EVAL_SCORING_KEYS = ("split", "max_new_tokens", "stop")
+EVAL_SCORING_KEYS = ("split", "max_new_tokens", "stop", "generation_config")
 MODEL_KEYS_NOT_IN_IDENTITY = ("name", "params_nominal", "gguf_dir", "gguf_package", "revision")
 METHOD_EVAL_KEYS = ("num_fewshot", "shot_seed")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")

@@ -123,6 +123,7 @@ def _base_record(cfg: DictConfig, config: dict) -> dict[str, Any]:
         "reused_from": None,
         "skipped_rows": {},
         "placement": {"train": None, "eval": None},
+        "decoding": None,
         "config": config,
         "versions": library_versions(),
         "git_commit": git_commit(),
@@ -425,6 +426,10 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
 
     for key in (*ACCURACY_KEYS, "n_eval"):
         metrics[prefix + key] = scores.pop(key)
+    record["decoding"] = {"greedy": True, "max_new_tokens": int(cfg.eval.max_new_tokens),
+                          "stop": list(cfg.eval.get("stop") or []),
+                          "generation_config": str(cfg.eval.get("generation_config") or "model"),
+                          "generation_config_ignored": scores.pop("generation_config_ignored")}
     metrics.update(scores)
     write_predictions(out, predictions)
 
@@ -438,6 +443,7 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
         predictions.extend(preds)
         record["eval_sets"][name] = {k: scores[k] for k in (*ACCURACY_KEYS, "n_eval", "truncated_fraction")}
         metrics["eval_oom_halvings"] += scores["eval_oom_halvings"]
+        scores.pop("generation_config_ignored", None)
         write_predictions(out, predictions)
     # one meaning each: evaluation of every set, and the peak of the whole cell (training included)
     metrics["eval_time_s"] = time.perf_counter() - start

@@ -418,3 +418,36 @@ def test_a_decode_step_whose_graph_cannot_be_captured_runs_eagerly(caplog):
                 outputs.append(_DecodeStep(model, cache, 2, use_graph)(*args, length))
     torch.testing.assert_close(outputs[0], outputs[1])
     assert any("decoding eagerly" in m for m in caplog.messages)
+
+
+@pytest.mark.parametrize("engine", ["static", "cache", "plain"])
+def test_neutral_decoding_sets_the_generation_config_aside_and_says_what(varied_tiny, zero_shot_prompts, engine):
+    """Every model decodes the same way: a penalty or processor in its generation config (Qwen2.5 ships
+    repetition_penalty=1.1) is set aside, and recorded."""
+    model, tokenizer = varied_tiny
+    prompts = zero_shot_prompts[:6]
+    plain_greedy = generate(model, tokenizer, prompts, max_new_tokens=12, stop=["Question:"], engine="plain",
+                            max_batch_size=1)
+    model.generation_config.repetition_penalty = 1.5
+    model.generation_config.no_repeat_ngram_size = 2
+    stats: dict = {}
+    try:
+        # model.generate's left padding shifts its numerics: plain is compared one prompt at a time
+        neutral = generate(model, tokenizer, prompts, max_new_tokens=12, stop=["Question:"], engine=engine,
+                           max_batch_size=1 if engine == "plain" else 3, stats=stats, generation_config="neutral")
+        honoured = generate(model, tokenizer, prompts, max_new_tokens=12, stop=["Question:"], engine="plain",
+                            max_batch_size=1, generation_config="model")
+    finally:
+        model.generation_config.repetition_penalty = 1.0
+        model.generation_config.no_repeat_ngram_size = 0
+    assert [g.text for g in neutral] == [g.text for g in plain_greedy]
+    assert [g.text for g in honoured] != [g.text for g in plain_greedy]
+    assert stats["generation_config_ignored"] == {"repetition_penalty": 1.5, "no_repeat_ngram_size": 2}
+
+
+def test_a_cell_records_its_decoding(tiny_cfg, tmp_path):
+    from slm_sweep.run import run
+
+    record = run(tiny_cfg("method=zeroshot", "dataset.test_limit=2"), out_dir=tmp_path)
+    assert record["decoding"] == {"greedy": True, "max_new_tokens": 12, "stop": ["Question:", "</s>", "<|im_end|>"],
+                                  "generation_config": "neutral", "generation_config_ignored": {}}

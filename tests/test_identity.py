@@ -15,7 +15,7 @@ from slm_sweep.run import identify, load_data, run
 
 # sha256 of slm_sweep/evaluate/scoring.py for each SCORING_VERSION: editing scoring.py fails this test until
 # SCORING_VERSION is bumped (scores may change) or the hash updated (a change that cannot alter any score).
-SCORING_SOURCE_SHA256 = {2: "74eeaac44782960c129c6ef29a986afd337e2f8f7b0d24ed838db786c813dd20"}
+SCORING_SOURCE_SHA256 = {3: "74eeaac44782960c129c6ef29a986afd337e2f8f7b0d24ed838db786c813dd20"}
 
 
 def keys(cfg):
@@ -32,7 +32,7 @@ def base(tiny_cfg):
 RETRAIN = ["method.lr=0.001", "method.r=8", "trainer.max_steps=4", "seed=1", "dataset.train_limit=40",
            "model.init_seed=1", "trainer.precision=bf16-mixed", "prompt.system=Be brief.", "trainer.max_length=128",
            "dataset.val_size=6"]
-RESCORE = ["eval.max_new_tokens=20", "eval.ood_sets=[svamp]", "dataset.test_limit=10", "eval.dtype=bfloat16",
+RESCORE = ["eval.generation_config=model", "eval.max_new_tokens=20", "eval.ood_sets=[svamp]", "dataset.test_limit=10", "eval.dtype=bfloat16",
            "eval.stop=[Q:]"]
 NOTHING = ["trainer.micro_batch_size=4", "trainer.packing=true", "trainer.compile=true", "eval.engine=plain",
            "eval.token_budget=4096", "eval.max_batch_size=3", "eval.cuda_graphs=true", "logger=csv",

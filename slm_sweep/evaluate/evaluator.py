@@ -59,6 +59,7 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
         cuda_graphs=bool(eval_cfg.get("cuda_graphs", False)),
         prefill_batch_size=eval_cfg.get("prefill_batch_size"),
         stats=stats,
+        generation_config=str(eval_cfg.get("generation_config") or "model"),
     )
     seconds = time.perf_counter() - start
     bar.close()
@@ -79,6 +80,7 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
         # answers that ran to eval.max_new_tokens without ending: their final number may be missing
         "truncated_fraction": _mean(g.new_tokens >= int(eval_cfg["max_new_tokens"]) for g in generations) if n else None,
         "eval_oom_halvings": stats["oom_halvings"],
+        "generation_config_ignored": stats["generation_config_ignored"],
     }
     return records, metrics
 

@@ -171,6 +171,7 @@ class Decoding:
     pad_id: int
     repetition_penalty: float = 1.0
     prefill_batch_size: int | None = None  # prompts per prefill forward; None: 1 on CPU, the whole batch elsewhere
+    neutral: bool = False  # the model's generation_config is set aside: plain greedy decoding
     cuda_graphs: bool = False
 
 
@@ -182,8 +183,13 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
              token_budget: int = 65536, max_batch_size: int = 64,
              on_batch: Callable[[list[int], list[Generation]], None] | None = None,
              engine: str = "static", cuda_graphs: bool = False,
-             prefill_batch_size: int | None = None, stats: dict | None = None) -> list[Generation]:
+             prefill_batch_size: int | None = None, stats: dict | None = None,
+             generation_config: str = "model") -> list[Generation]:
     """Greedy continuations of ``prompts``, in input order.
+
+    ``generation_config="model"`` applies the model's generation config as ``model.generate`` would (its
+    repetition penalty and logits processors); ``"neutral"`` sets all of it aside for plain greedy decoding, the
+    same for every model, and ``stats["generation_config_ignored"]`` lists what was set aside.
 
     ``on_batch(indices, generations)`` sees the generations as they finish: a row at a time for the cache engines,
     a batch at a time for ``plain``.
@@ -199,20 +205,30 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
         raise ValueError(f"eval.max_new_tokens={max_new_tokens} must be a positive integer")
     if prefill_batch_size is not None and prefill_batch_size < 1:
         raise ValueError(f"eval.prefill_batch_size={prefill_batch_size} must be a positive integer or null")
-    engine = _usable_engine(model, engine)
+    if generation_config not in ("model", "neutral"):
+        raise ValueError(f"eval.generation_config={generation_config!r} is not one of: neutral, model")
+    neutral = generation_config == "neutral"
+    if not neutral:
+        engine = _usable_engine(model, engine)
     encoded = encode_prompts(tokenizer, prompts, context_window(model, tokenizer) - max_new_tokens)
     settings = Decoding(
         max_new_tokens=max_new_tokens,
         stop_check=StopCheck(tokenizer, stop, eos_token_ids(model, tokenizer)),
         pad_id=_pad_id(tokenizer),
-        repetition_penalty=float(getattr(model.generation_config, "repetition_penalty", None) or 1.0),
+        repetition_penalty=1.0 if neutral else
+        float(getattr(model.generation_config, "repetition_penalty", None) or 1.0),
         prefill_batch_size=prefill_batch_size,
         cuda_graphs=cuda_graphs,
+        neutral=neutral,
     )
     was_training = model.training
     model.eval()
     results: list[Generation | None] = [None] * len(prompts)
     stats = stats if stats is not None else {}
+    stats["generation_config_ignored"] = decoding_overrides(model) if neutral else {}
+    if stats["generation_config_ignored"]:
+        log.warning("decoding greedily without the model's generation config settings %s",
+                    stats["generation_config_ignored"])
     stats.setdefault("oom_halvings", 0)
     pending, batch_cap = list(range(len(prompts))), max_batch_size
     try:
@@ -289,6 +305,25 @@ def _usable_engine(model, engine: str) -> str:
         log.warning("eval.engine=static does not handle sliding-window attention; using eval.engine=cache")
         return "cache"
     return engine
+
+
+_NEUTRAL_GENERATE_KWARGS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None,
+                            "suppress_tokens": None, "begin_suppress_tokens": None, "forced_bos_token_id": None,
+                            "forced_eos_token_id": None, "sequence_bias": None, "min_new_tokens": None,
+                            "min_length": 0, "exponential_decay_length_penalty": None}
+
+
+def decoding_overrides(model) -> dict:
+    """The model's generation_config settings that would change plain greedy decoding (sampling included)."""
+    config = getattr(model, "generation_config", None)
+    found = {key: getattr(config, key, None) for key in _UNSUPPORTED_PROCESSORS
+             if _is_set(key, getattr(config, key, None))}
+    penalty = getattr(config, "repetition_penalty", None)
+    if penalty not in (None, 1.0):
+        found["repetition_penalty"] = penalty
+    if getattr(config, "do_sample", False):
+        found["do_sample"] = True
+    return found
 
 
 def _is_set(key: str, value) -> bool:
@@ -466,10 +501,14 @@ def decode_plain(model, rows: Sequence[Sequence[int]], settings: Decoding, done:
     """Greedy continuations of ``rows`` by ``model.generate``; a finished row idles in the batch until all end."""
     input_ids, mask = left_padded(rows, settings.pad_id, _device(model))
     stops = _RowStops(settings.stop_check, input_ids.shape[1], len(rows))
+    # neutral: every penalty and processor off explicitly (a passed GenerationConfig would be filled in from the
+    # model's own for the values it leaves at the library defaults)
+    config = _NEUTRAL_GENERATE_KWARGS if settings.neutral else {}
     output = model.generate(
         input_ids=input_ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens, do_sample=False,
         temperature=None, top_p=None, top_k=None, pad_token_id=settings.pad_id,
         eos_token_id=sorted(settings.stop_check.eos_ids) or None, stopping_criteria=StoppingCriteriaList([stops]),
+        **config,
     )
     generated = output[:, input_ids.shape[1]:].tolist()
     for row, (tokens, n) in enumerate(zip(generated, stops.lengths)):
