@@ -33,9 +33,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-BUNDLE = ROOT / ".gpu"
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from gpu_bundle import BUNDLE, GGUF_NAME  # noqa: E402
+
 METHODS = ("zeroshot", "fewshot", "full", "lora", "dora")
 TRAINED = ("full", "lora", "dora")
 FLOORS = {"train_tokens_per_s_min": 45_000, "dora_step_over_lora_max": 1.3, "eval_seconds_max": 15.0}

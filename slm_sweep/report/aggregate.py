@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from slm_sweep.evaluate.scoring import METRICS, PRIMARY_METRIC, accuracy_key
+from slm_sweep.identity import EVAL_SCORING_KEYS, TRAINER_NUMERIC_KEYS
 from slm_sweep.results import RESULT_FILE, SCHEMA_VERSION, STATUSES
 
 log = logging.getLogger(__name__)
@@ -252,14 +253,9 @@ def deduplicate(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]]
 _NOT_A_VARIANT = ("seed", "hydra", "logger", "resume", "cache_dir", "data_root", "preflight", "optimized_metric",
                   "model.name", "method.name", "dataset.name", "dataset.data_dir", "model.gguf_dir",
                   "model.params_nominal")
-_SPEED_ONLY = {
-    "trainer": ("micro_batch_size", "micro_batch_tokens", "packing", "pad_to_multiple_of", "compile",
-                "gradient_checkpointing", "fused_adamw", "num_workers", "progress_bar", "log_every_n_steps",
-                "checkpoint_every_n_steps", "throughput_warmup_steps", "keep_checkpoints", "keep_model",
-                "val_check_interval", "limit_val_batches", "devices", "strategy", "accelerator", "deterministic"),
-    "eval": ("engine", "cuda_graphs", "token_budget", "max_batch_size", "prefill_batch_size", "progress",
-             "device"),
-}
+# Within trainer and eval, only the settings that can change numbers (slm_sweep.identity declares them once).
+_NUMERIC_SETTINGS = {"trainer": TRAINER_NUMERIC_KEYS,
+                     "eval": (*EVAL_SCORING_KEYS, "dtype", "ood_sets", "ood_limit")}
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, str]:
@@ -279,7 +275,9 @@ def configuration_settings(record: dict[str, Any]) -> dict[str, str]:
     kept = {}
     for key, value in settings.items():
         group, _, name = key.partition(".")
-        if key in _NOT_A_VARIANT or group in _NOT_A_VARIANT or name in _SPEED_ONLY.get(group, ()):
+        if key in _NOT_A_VARIANT or group in _NOT_A_VARIANT:
+            continue
+        if group in _NUMERIC_SETTINGS and name.split(".")[0] not in _NUMERIC_SETTINGS[group]:
             continue
         if group == "trainer" and not trains:
             continue  # a method that trains nothing is not changed by trainer settings
