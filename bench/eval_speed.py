@@ -58,7 +58,7 @@ def load(args):
 
     from slm_sweep.models import load_model_and_tokenizer
 
-    model_cfg = OmegaConf.load(REPO / "conf" / "model" / f"{args.model}.yaml")
+    model_cfg = OmegaConf.load(REPO / "slm_sweep" / "conf" / "model" / f"{args.model}.yaml")
     model, tokenizer = load_model_and_tokenizer(model_cfg, cache_dir=args.cache_dir)
     return model.eval(), tokenizer
 

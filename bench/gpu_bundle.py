@@ -95,7 +95,7 @@ def write_architecture(target: Path, cache_dir: Path) -> None:
 
     from slm_sweep.models import load_model_and_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(OmegaConf.load(ROOT / "conf" / "model" / "smollm135_q4.yaml"),
+    model, tokenizer = load_model_and_tokenizer(OmegaConf.load(ROOT / "slm_sweep" / "conf" / "model" / "smollm135_q4.yaml"),
                                                 cache_dir=cache_dir)
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)

@@ -224,7 +224,7 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
     from slm_sweep.placement import resolve_placement, to_device, to_dtype
 
     eval_group = "default" if dry_run else "gpu"
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "slm_sweep" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, f"eval={eval_group}", f"data_root={data_root}",
                                            "method=zeroshot", "eval.progress=false",
                                            *(["eval.max_new_tokens=16"] if dry_run else [])])

@@ -73,9 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def trainer_config(args) -> dict:
     """The trainer config a cell would use on this device, with the benchmark's sizes."""
     name = "gpu" if args.device == "cuda" else "default"
-    cfg = OmegaConf.load(ROOT / "conf" / "trainer" / f"{name}.yaml")
+    cfg = OmegaConf.load(ROOT / "slm_sweep" / "conf" / "trainer" / f"{name}.yaml")
     if "defaults" in cfg:
-        cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "trainer" / "default.yaml"), cfg)
+        cfg = OmegaConf.merge(OmegaConf.load(ROOT / "slm_sweep" / "conf" / "trainer" / "default.yaml"), cfg)
         cfg.pop("defaults")
     overrides = {
         "accelerator": args.device, "batch_size": args.batch_size, "max_length": args.max_length,
@@ -91,7 +91,7 @@ def trainer_config(args) -> dict:
 
 def load_model_config(name: str, overrides: list[str]):
     """conf/model/<name>.yaml (with the file it extends, if any) and ``key=value`` overrides."""
-    path = ROOT / "conf" / "model" / f"{name}.yaml"
+    path = ROOT / "slm_sweep" / "conf" / "model" / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise SystemExit(f"--model {name!r} is not one of: {', '.join(known)}")
@@ -200,9 +200,9 @@ def fresh_model(base, method_cfg, seed: int):
 
 
 def bench_method(method: str, base, examples, steps, cfg, args, pad_token_id) -> dict:
-    method_cfg = OmegaConf.load(ROOT / "conf" / "method" / f"{method}.yaml")
+    method_cfg = OmegaConf.load(ROOT / "slm_sweep" / "conf" / "method" / f"{method}.yaml")
     if "defaults" in method_cfg:
-        method_cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "method" / "lora.yaml"), method_cfg)
+        method_cfg = OmegaConf.merge(OmegaConf.load(ROOT / "slm_sweep" / "conf" / "method" / "lora.yaml"), method_cfg)
     plain, ours = [], []
     for repeat in range(args.repeats):
         runs = [

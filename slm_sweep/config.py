@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 METHODS = ("zeroshot", "fewshot", "full", "lora", "dora")
 MODEL_SOURCES = ("hub", "gguf", "tiny", "random")
 LOGGERS = ("wandb", "csv", "none")

@@ -85,7 +85,7 @@ def is_complete(record: Mapping[str, Any] | None) -> bool:
     """A finished cell whose metrics can be trusted."""
     if not record or record.get("status") != "completed":
         return False
-    from slm_sweep.evaluate.scoring import ACCURACY_KEYS  # pure Python: result readers stay torch-free
+    from slm_sweep.scoring import ACCURACY_KEYS  # pure Python: result readers stay torch-free
 
     metrics = record.get("metrics") or {}
     return all(metrics.get(k) is not None for k in (*ACCURACY_KEYS, "n_eval"))

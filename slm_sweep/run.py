@@ -271,7 +271,7 @@ def closing_line(record: dict[str, Any], out: Path) -> str:
             value = metrics.get(prefix + key)
             return "n/a" if value is None else f"{value:.3f}"
 
-        from slm_sweep.evaluate.scoring import METRICS, accuracy_key
+        from slm_sweep.scoring import METRICS, accuracy_key
 
         scores = (" ".join(f"{prefix}{name} {score(accuracy_key(name))}" for name in METRICS)
                   + f" (n={metrics.get(prefix + 'n_eval')})")
@@ -422,7 +422,7 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
                              cfg.dataset.name + ("/val" if on_val else ""),
                              tolerance=cfg.dataset.get("answer_tolerance"), progress=bool(cfg.eval.progress))
     predictions.extend(preds)
-    from slm_sweep.evaluate.scoring import ACCURACY_KEYS
+    from slm_sweep.scoring import ACCURACY_KEYS
 
     for key in (*ACCURACY_KEYS, "n_eval"):
         metrics[prefix + key] = scores.pop(key)

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from slm_sweep.evaluate.scoring import PREDICTION_FIELDS
+from slm_sweep.scoring import PREDICTION_FIELDS
 from slm_sweep.results import redact
 
 log = logging.getLogger(__name__)

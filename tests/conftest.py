@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO / "conf"
+CONF_DIR = REPO / "slm_sweep" / "conf"
 DATA_ROOT = REPO.parent / "shared" / "data"
 
 # Settings that make a tiny cell take seconds: a small slice of GSM8K, a few steps, short generations.

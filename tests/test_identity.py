@@ -13,7 +13,7 @@ from slm_sweep.identity import SCORING_VERSION
 from slm_sweep.results import read_result, redact
 from slm_sweep.run import identify, load_data, run
 
-# sha256 of slm_sweep/evaluate/scoring.py for each SCORING_VERSION: editing scoring.py fails this test until
+# sha256 of slm_sweep/scoring.py for each SCORING_VERSION: editing scoring.py fails this test until
 # SCORING_VERSION is bumped (scores may change) or the hash updated (a change that cannot alter any score).
 SCORING_SOURCE_SHA256 = {3: "74eeaac44782960c129c6ef29a986afd337e2f8f7b0d24ed838db786c813dd20"}
 
@@ -84,10 +84,10 @@ def test_untrained_methods_ignore_seed_trainer_and_training_limits(tiny_cfg):
 
 
 def test_scoring_source_matches_its_version():
-    source = Path(__file__).resolve().parents[1] / "slm_sweep" / "evaluate" / "scoring.py"
+    source = Path(__file__).resolve().parents[1] / "slm_sweep" / "scoring.py"
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     assert SCORING_SOURCE_SHA256.get(SCORING_VERSION) == digest, (
-        "slm_sweep/evaluate/scoring.py changed: bump identity.SCORING_VERSION if scores can change, "
+        "slm_sweep/scoring.py changed: bump identity.SCORING_VERSION if scores can change, "
         f"and record {digest} for it here")
 
 

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from slm_sweep.data.prompts import ShotSampler
 from slm_sweep.data.sources import dataset_spec, load_splits
 from slm_sweep.evaluate.evaluator import build_eval_prompts, evaluate
-from slm_sweep.evaluate.scoring import normalise
+from slm_sweep.scoring import normalise
 from slm_sweep.models import load_model_and_tokenizer
 from tests.conftest import CONF_DIR
 

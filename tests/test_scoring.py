@@ -1,4 +1,4 @@
-"""Tests for slm_sweep.evaluate.scoring.
+"""Tests for slm_sweep.scoring.
 
 Expected values follow lm-evaluation-harness's gsm8k task, metadata version 3.0
 (lm_eval/tasks/gsm8k/gsm8k.yaml): the "strict-match" and "flexible-extract" filters run through
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from slm_sweep.evaluate import scoring
-from slm_sweep.evaluate.scoring import (
+from slm_sweep import scoring
+from slm_sweep.scoring import (
     ACCURACY_KEYS,
     METRICS,
     PREDICTION_FIELDS,
@@ -296,7 +296,7 @@ def test_truncate_at_stop(text, stop, expected):
 
 def test_import_pulls_in_no_ml_libraries():
     code = (
-        "import sys, slm_sweep.evaluate.scoring\n"
+        "import sys, slm_sweep.scoring\n"
         "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))"
     )
     result = subprocess.run(

@@ -22,7 +22,7 @@ from slm_sweep.data.errors import DataError
 
 log = logging.getLogger(__name__)
 
-DATASET_CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "dataset"
+DATASET_CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 
 ANSWER_FORMATS = ("gsm8k", "prose", "number")
 TEST_SPLITS = ("test", "heldout")
@@ -56,7 +56,7 @@ DEFAULTS: dict[str, Any] = {
 class Example:
     question: str
     answer: str  # training target: the worked solution, or the number as text for numeric-target sets
-    reference: str  # normalised final number, as slm_sweep.evaluate.scoring.reference_answer gives it
+    reference: str  # normalised final number, as slm_sweep.scoring.reference_answer gives it
 
 
 @dataclass
@@ -544,7 +544,7 @@ def _join_sentences(parts) -> str:
 
 
 def _answer_and_reference(row: _Row, key: str, value: Any, answer_format: str) -> tuple[str, str | None]:
-    from slm_sweep.evaluate.scoring import reference_answer
+    from slm_sweep.scoring import reference_answer
 
     if answer_format == "number":
         number = _as_number(value)
@@ -576,6 +576,6 @@ def _format_rule(answer_format: str) -> str:
     return {
         "gsm8k": f"gsm8k format: the number after the last '{GSM8K_MARKER}'",
         "prose": "prose format: one number from \\boxed{}, 'the answer is' or the final sentence "
-                 "(slm_sweep.evaluate.scoring.prose_reference_value)",
+                 "(slm_sweep.scoring.prose_reference_value)",
         "number": "number format: a numeric value",
     }[answer_format]

@@ -8,7 +8,7 @@ from typing import Any
 
 from slm_sweep.data.prompts import ShotSampler, build_prompt
 from slm_sweep.evaluate.generate import generate
-from slm_sweep.evaluate.scoring import METRICS, accuracy_key, score
+from slm_sweep.scoring import METRICS, accuracy_key, score
 
 
 def build_eval_prompts(tokenizer, examples: Sequence, style: str, sampler: ShotSampler | None = None,

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
-from slm_sweep.evaluate.scoring import truncate_at_stop
+from slm_sweep.scoring import truncate_at_stop
 from slm_sweep.memory import is_out_of_memory, release_cached_memory
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from slm_sweep.evaluate.scoring import METRICS, PRIMARY_METRIC, accuracy_key
+from slm_sweep.scoring import METRICS, PRIMARY_METRIC, accuracy_key
 from slm_sweep.identity import EVAL_SCORING_KEYS, TRAINER_NUMERIC_KEYS
 from slm_sweep.results import RESULT_FILE, SCHEMA_VERSION, STATUSES
 
