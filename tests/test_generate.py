@@ -7,17 +7,10 @@ import torch
 from omegaconf import OmegaConf
 
 from slm_sweep.data.sources import dataset_spec, load_splits
+from slm_sweep.evaluate.batching import context_window, encode_prompts, slot_count, token_budget_batches
 from slm_sweep.evaluate.evaluator import evaluate
-from slm_sweep.evaluate.generate import (
-    ENGINES,
-    StopCheck,
-    context_window,
-    encode_prompts,
-    generate,
-    slot_count,
-    to_generation,
-    token_budget_batches,
-)
+from slm_sweep.evaluate.generate import ENGINES, generate
+from slm_sweep.evaluate.stopping import StopCheck, to_generation
 from slm_sweep.models import load_model_and_tokenizer
 from tests.conftest import CONF_DIR, DATA_ROOT, OutOfMemoryAbove
 
@@ -397,7 +390,7 @@ def test_a_decode_step_whose_graph_cannot_be_captured_runs_eagerly(caplog):
     logits (here the capture fails for want of CUDA)."""
     import logging
 
-    from slm_sweep.evaluate.generate import Decoding, SlotKVCache, StopCheck, _DecodeStep, _read_prompts
+    from slm_sweep.evaluate.decode import Decoding, SlotKVCache, _DecodeStep, _read_prompts
 
     model, tokenizer = _tiny()
     model.eval()
@@ -414,7 +407,7 @@ def test_a_decode_step_whose_graph_cannot_be_captured_runs_eagerly(caplog):
         for use_graph in (False, True):
             cache = SlotKVCache(layers, 2, length)
             cache.write(torch.arange(2), layers)
-            with caplog.at_level(logging.WARNING, logger="slm_sweep.evaluate.generate"):
+            with caplog.at_level(logging.WARNING, logger="slm_sweep.evaluate.decode"):
                 outputs.append(_DecodeStep(model, cache, 2, use_graph)(*args, length))
     torch.testing.assert_close(outputs[0], outputs[1])
     assert any("decoding eagerly" in m for m in caplog.messages)

@@ -1,0 +1,63 @@
+"""When a continuation ends (an end-of-sequence id, or a stop string in its decoded text) and what is kept of it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from slm_sweep.scoring import truncate_at_stop
+
+
+@dataclass
+class Generation:
+    text: str            # decoded continuation, cut at the first stop string
+    new_tokens: int      # tokens generated, up to and including the one that ended the sequence
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """The ids that end a sequence: the model's generation config, as ``model.generate`` uses, else the tokenizer's."""
+    config = getattr(model, "generation_config", None)
+    ids = getattr(config, "eos_token_id", None)
+    if ids is None:
+        ids = tokenizer.eos_token_id
+    if ids is None:
+        return set()
+    return {int(ids)} if isinstance(ids, int) else {int(i) for i in ids}
+
+
+class StopCheck:
+    """Whether a continuation has ended: an end-of-sequence id, or a stop string in its decoded text.
+
+    Only a token whose own text holds the last character of some stop string can complete one, so the tail is
+    decoded only after such tokens; the per-token answer is memoised.
+    """
+
+    def __init__(self, tokenizer, stop: Sequence[str], eos_ids: set[int]):
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self.eos_ids = set(eos_ids)
+        self.window = max((len(s) for s in self.stop), default=0) + 2
+        self._last_chars = {s[-1] for s in self.stop}
+        self._may_complete: dict[int, bool] = {}
+
+    def finished(self, tokens: Sequence[int]) -> bool:
+        last = tokens[-1]
+        if last in self.eos_ids:
+            return True
+        if not self.stop or not self._can_complete(last):
+            return False
+        tail = self.tokenizer.decode(list(tokens[-self.window:]), skip_special_tokens=False)
+        return any(s in tail for s in self.stop)
+
+    def _can_complete(self, token: int) -> bool:
+        known = self._may_complete.get(token)
+        if known is None:
+            text = self.tokenizer.decode([token], skip_special_tokens=False)
+            known = not text or any(c in text for c in self._last_chars)
+            self._may_complete[token] = known
+        return known
+
+
+def to_generation(tokenizer, tokens: Sequence[int], stop: Sequence[str]) -> Generation:
+    text = tokenizer.decode(list(tokens), skip_special_tokens=True)
+    return Generation(text=truncate_at_stop(text, list(stop)), new_tokens=len(tokens))
