@@ -164,6 +164,21 @@ def test_plan_refuses_a_fixed_missing_value_nothing_left_or_refuse_mode(requires
     assert warn.refused is None and [c.name for c in warn.missing] == ["orcamath"]
 
 
+def test_plan_refuses_cells_with_config_errors_before_any_runs(requires_data, composer):
+    cfg = sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=lora,full", "method.r=0,8"])
+    plan = plan_grid(cfg, composer)
+    assert plan.refused is not None and plan.refused.startswith(
+        "preflight: refusing to start the sweep, nothing ran: 3 of 4 cells have a configuration error")
+    assert plan.config_errors == {
+        "method.r=0 must be a positive integer": ["method=lora method.r=0"],
+        "Could not override 'method.r'. (these cells' configs have no such key)":
+            ["method=full method.r=0", "method=full method.r=8"],
+    }
+    assert plan.to_json()["cells_to_run"] == 0 and plan.to_json()["config_errors"] == plan.config_errors
+    assert plan_grid(sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=lora,dora", "method.r=4,8"]),
+                     composer).refused is None
+
+
 # ---------------------------------------------------------------------------------------------- real sweeps
 
 

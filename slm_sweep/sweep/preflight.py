@@ -321,6 +321,7 @@ class Plan:
     ood_dropped: list[str] = field(default_factory=list)
     ood_sets: list[str] | None = None  # the out-of-domain sets the cells keep, when some were dropped
     reasons: dict[str, str] = field(default_factory=dict)  # "dataset=orcamath" / "ood set svamp" -> missing line
+    config_errors: dict[str, list[str]] = field(default_factory=dict)  # error -> the cells (overrides) it hits
     refused: str | None = None
 
     @property
@@ -350,6 +351,7 @@ class Plan:
             "ood_sets_dropped": self.ood_dropped,
             "ood_sets": self.ood_sets,
             "reasons": self.reasons,
+            "config_errors": self.config_errors,
             "refused": self.refused,
         }
 
@@ -407,14 +409,16 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
     jobs = [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
     plan.cells = len(jobs)
     relevant = [k for k in keys if _matters(_base_key(k))]
-    log.info("preflight: checking the models and data of %d cells", len(jobs))
+    log.info("preflight: checking the configs, models and data of %d cells", len(jobs))
+    swept = [k for k in keys if len(axes[k]) > 1]
+    cells = [_composed_cell(compose, [f"{k}={job[k]}" for k in keys], plan,
+                            label=" ".join(f"{k}={job[k]}" for k in swept)) for job in jobs]
+    if plan.config_errors:
+        return _refuse_config(plan)
     verdicts: dict[tuple, tuple[list[Check], list[Check], list[str]]] = {}
-    for job in jobs:
+    for job, cell in zip(jobs, cells):
         rep = tuple(job[k] for k in relevant)
-        if rep not in verdicts:
-            # jobs that differ only in irrelevant keys share the check: compose with those at their first value
-            overrides = [f"{k}={job[k] if k in relevant else axes[k][0]}" for k in keys]
-            cell = compose(overrides)
+        if rep not in verdicts:  # jobs that differ only in irrelevant keys share the check
             blocking, ood = checker.cell(cell)
             verdicts[rep] = (blocking, ood, ood_sets(cell))
     plan.checked = list(checker.checks.values())
@@ -466,7 +470,9 @@ def _plan_base_only(cfg: DictConfig, compose, checker: Checker, plan: Plan) -> P
     fixed = [o.input_line for o in _parse([str(o) for o in cfg.hydra.overrides.task])
              if not o.is_sweep_override() and _base_key(o.get_key_element()) not in swept]
     plan.cells = 1
-    base = compose(fixed)
+    base = _composed_cell(compose, fixed, plan)
+    if plan.config_errors:
+        return _refuse_config(plan)
     blocking, ood = checker.cell(base)
     plan.checked = list(checker.checks.values())
     if blocking or (ood and plan.on_missing == "refuse"):
@@ -474,6 +480,41 @@ def _plan_base_only(cfg: DictConfig, compose, checker: Checker, plan: Plan) -> P
     if ood:
         plan.ood_dropped = sorted({c.name for c in ood})
         plan.ood_sets = [s for s in ood_sets(base) if s not in plan.ood_dropped]
+    return plan
+
+
+def _composed_cell(compose, overrides: list[str], plan: Plan, label: str = "") -> DictConfig | None:
+    """One cell's config, composed and validated as the cell will; a failure is recorded in the plan."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from slm_sweep.config import ConfigError, validate_config
+
+    try:
+        cell = compose(overrides)
+        validate_config(cell)
+    except (ConfigError, OmegaConfBaseException, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        plan.config_errors.setdefault(reason, []).append(label or " ".join(overrides))
+        return None
+    except Exception as error:  # noqa: BLE001 - Hydra's composition errors (ConfigCompositionException & co.)
+        if type(error).__module__.split(".")[0] != "hydra":
+            raise
+        reason = str(error).strip().splitlines()[0]
+        if reason.startswith("Could not override"):
+            reason += " (these cells' configs have no such key)"
+        plan.config_errors.setdefault(reason, []).append(label or " ".join(overrides))
+        return None
+    return cell
+
+
+def _refuse_config(plan: Plan) -> Plan:
+    bad = sum(len(cells) for cells in plan.config_errors.values())
+    lines = [f"preflight: refusing to start the sweep, nothing ran: {bad} of {plan.cells} cells have a "
+             "configuration error"]
+    for reason, cells in plan.config_errors.items():
+        shown = "; ".join(cells[:3]) + (f"; and {len(cells) - 3} more" if len(cells) > 3 else "")
+        lines.append(f"config error: {reason} (cells: {shown})")
+    plan.refused = "\n".join(lines)
     return plan
 
 
