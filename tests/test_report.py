@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from slm_sweep.report import collect, load_results, summarize, summarize_ood, write_report
-from slm_sweep.report.aggregate import ReportError, t_critical
+from slm_sweep.report import ReportError, collect, load_results, summarize, summarize_ood, write_report
+from slm_sweep.report.stats import t_critical
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -169,7 +169,11 @@ def test_deltas_and_negative_transfer(grid):
         fewshot = statistics.fmean(values[model, "fewshot"]["flexible"])
         assert row["delta_zeroshot"] == pytest.approx(mean - zeroshot)
         assert row["delta_fewshot"] == pytest.approx(mean - fewshot)
-        assert row["negative_transfer"] is ((model, method) == ("alpha", "lora"))
+        assert row["below_zeroshot"] is ((model, method) == ("alpha", "lora"))
+        # without predictions.jsonl there is no paired test, so no ordering is significant
+        assert row["negative_transfer"] is False
+        if method != "zeroshot":
+            assert row["delta_zeroshot_test"] == "no per-question data" and row["delta_zeroshot_p"] is None
 
 
 def test_single_seed_and_missing_baseline(tmp_path):
@@ -273,7 +277,7 @@ def test_out_of_domain_rows_and_table(grid, tmp_path):
     alpha_lora_ood = statistics.fmean(values["alpha", "lora"]["ood"])
     alpha_lora = next(r for r in ood if (r["model"], r["method"]) == ("alpha", "lora"))
     assert alpha_lora["delta_zeroshot"] == pytest.approx(alpha_lora_ood - zeroshot)
-    assert alpha_lora["negative_transfer"] is True
+    assert alpha_lora["below_zeroshot"] is True and alpha_lora["negative_transfer"] is False  # no predictions
 
 
 def test_summary_files(grid, tmp_path):
@@ -296,10 +300,13 @@ def test_summary_files(grid, tmp_path):
     assert "Aggregated from 24 result files" in markdown and str(sweep) in markdown
     assert "## gsm8k" in markdown
     alpha_lora = next(r for r in report["rows"] if (r["model"], r["method"]) == ("alpha", "lora"))
-    cell = f"{100 * alpha_lora['accuracy_flexible_mean']:.1f} ± {100 * alpha_lora['accuracy_flexible_std']:.1f} ▼"
+    cell = f"{100 * alpha_lora['accuracy_flexible_mean']:.1f} ± {100 * alpha_lora['accuracy_flexible_std']:.1f} |"
     assert cell in markdown
+    # below zero-shot, but without per-question data nothing is significant: no mark, and the footnote says why
     table_rows = [line for line in markdown.splitlines() if line.startswith("| ")]
-    assert [line.split(" | ")[:2] for line in table_rows if "▼" in line] == [["| alpha", "lora"]] * 2
+    assert not [line for line in table_rows if not line.startswith("| model |") and ("▼" in line or "*" in line)]
+    assert "had no per-question data" in markdown and "alpha=0.05" in markdown
+    assert csv_rows[0]["delta_zeroshot_test"] == "" and csv_rows[1]["delta_zeroshot_test"] == "no per-question data"
 
 
 def test_plots_are_png(grid, tmp_path):
@@ -372,7 +379,7 @@ def test_report_does_not_import_ml_frameworks(grid, tmp_path):
     code = (
         "import sys\n"
         "import slm_sweep.report as report\n"
-        f"report.write_report([{str(sweep)!r}], {str(tmp_path / 'out')!r})\n"
+        f"report.write_report([{str(sweep)!r}], {str(tmp_path / 'out')!r}, claims=report.DEFAULT_CLAIMS)\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'lightning', 'peft') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
     )
@@ -457,7 +464,7 @@ def test_a_baseline_computed_once_counts_once(tmp_path):
 
 
 def test_wilson_interval_matches_the_closed_form():
-    from slm_sweep.report.aggregate import wilson_interval
+    from slm_sweep.report.stats import wilson_interval
 
     low, high = wilson_interval(0.5, 1319)
     assert (low, high) == pytest.approx((0.4731, 0.5269), abs=1e-4)  # about ±2.7 points on GSM8K's test set

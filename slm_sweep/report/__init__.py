@@ -1,13 +1,15 @@
-"""Aggregate the result.json files of sweeps into tables and plots.
+"""Aggregate the result.json files of sweeps into tables, plots and a check of the study's claims.
 
 Works on result files alone: nothing here imports torch, transformers, lightning or peft.
 
-- ``load_results(dirs)``: every readable record under ``dirs``, one per cell, any status.
-- ``summarize(records)``: the in-domain summary rows (see ``aggregate.summarize`` for the keys).
-- ``summarize_ood(records)``: the out-of-domain summary rows.
-- ``write_report(dirs, out_dir)``: writes summary.csv, summary_ood.csv, summary.md and the PNG plots.
+- ``collect.py``: finding, reading and deduplicating result files; per-question scores from predictions.jsonl.
+- ``aggregate.py``: summary rows (``summarize``: in-domain, ``summarize_ood``: out-of-domain).
+- ``stats.py``: intervals and paired tests (exact McNemar, paired bootstrap).
+- ``claims.py``: claims declared in a YAML file (``claim_files/paper.yaml``: the study's), checked on the rows.
+- ``write_report(dirs, out_dir)``: writes summary.csv, summary_ood.csv, summary.md, the PNG plots and, with
+  ``claims``, claims.md, claims.csv and claims.json.
 
-Command line: ``python -m slm_sweep.report DIR [DIR ...] [--out OUTDIR]``.
+Command line: ``python -m slm_sweep.report DIR [DIR ...] [--out OUTDIR] [--claims [FILE]] [--alpha A]``.
 """
 
 from __future__ import annotations
@@ -17,20 +19,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .aggregate import (
-    Collection,
-    NoResultsError,
-    collect,
-    describe,
-    load_results,
-    summarize,
-    summarize_ood,
+from .aggregate import row_metrics, summarize, summarize_ood
+from .claims import (
+    DEFAULT_CLAIMS,
+    ClaimsError,
+    check_claims,
+    load_claims,
+    render_claims_markdown,
+    write_claims,
 )
-from .tables import OOD_COLUMNS, SUMMARY_COLUMNS, render_markdown, write_csv
+from .collect import Collection, NoResultsError, ReportError, collect, load_results
+from .stats import ALPHA, describe
+from .tables import ood_columns, render_markdown, summary_columns, write_csv
 
 __all__ = [
+    "ALPHA",
+    "DEFAULT_CLAIMS",
+    "ClaimsError",
     "Collection",
     "NoResultsError",
+    "ReportError",
     "collect",
     "default_out_dir",
     "describe",
@@ -48,28 +56,42 @@ def default_out_dir(dirs: Sequence[str | os.PathLike]) -> Path:
 
 
 def write_report(
-    dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None, *, plots: bool = True
+    dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None, *, plots: bool = True,
+    claims: str | os.PathLike | None = None, alpha: float = ALPHA,
 ) -> dict[str, Any]:
     """Aggregate every result.json under ``dirs`` and write the report into ``out_dir``.
 
-    Raises FileNotFoundError when a directory does not exist and NoResultsError (a FileNotFoundError)
-    when no result.json is found at all. Returns a dict with the written paths (``summary_csv``,
-    ``summary_ood_csv``, ``summary_md``, ``plots`` and all of them in ``files``), the summary ``rows``
-    and ``ood_rows``, the ``markdown`` text and the ``collection`` that was read.
+    ``claims``: a claims file (``DEFAULT_CLAIMS`` for the study's) to check; its table is written to claims.md,
+    claims.csv and claims.json and appended to summary.md. ``alpha``: the significance level of every paired
+    test (deltas, negative transfer, claims).
+
+    Raises FileNotFoundError when a directory does not exist, NoResultsError (a FileNotFoundError) when no
+    result.json is found at all, and ClaimsError (a ValueError) for a claims file that cannot be used, before
+    anything is written. Returns a dict with the written paths (``summary_csv``, ``summary_ood_csv``,
+    ``summary_md``, ``plots``, with claims ``claims_md``, ``claims_csv``, ``claims_json``; all of them in
+    ``files``), the summary ``rows`` and ``ood_rows``, the ``markdown`` text, the ``claims`` report (or None)
+    and the ``collection`` that was read.
     """
     if isinstance(dirs, (str, os.PathLike)):
         dirs = [dirs]
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha={alpha} must be between 0 and 1")
+    declared = load_claims(claims) if claims is not None else None
     collection = collect(dirs)
-    rows = summarize(collection.records)
-    ood_rows = summarize_ood(collection.records)
+    rows = summarize(collection.records, alpha=alpha)
+    ood_rows = summarize_ood(collection.records, alpha=alpha)
+    claims_report = check_claims(declared, rows, alpha=alpha, source=claims) if declared is not None else None
 
     out = Path(out_dir) if out_dir is not None else default_out_dir(dirs)
     out.mkdir(parents=True, exist_ok=True)
-    markdown = render_markdown(collection, rows, ood_rows)
+    markdown = render_markdown(collection, rows, ood_rows, alpha=alpha)
+    if claims_report is not None:
+        markdown += "\n\n" + render_claims_markdown(claims_report, level=2)
     summary_md = out / "summary.md"
     summary_md.write_text(markdown + "\n", encoding="utf-8")
-    summary_csv = write_csv(rows, SUMMARY_COLUMNS, out / "summary.csv")
-    summary_ood_csv = write_csv(ood_rows, OOD_COLUMNS, out / "summary_ood.csv")
+    summary_csv = write_csv(rows, summary_columns(row_metrics(rows)), out / "summary.csv")
+    summary_ood_csv = write_csv(ood_rows, ood_columns(row_metrics(ood_rows)), out / "summary_ood.csv")
+    claim_paths = write_claims(claims_report, out) if claims_report is not None else {}
     plot_paths: list[Path] = []
     if plots:
         from .plots import write_plots  # matplotlib is imported only when plots are drawn
@@ -79,10 +101,12 @@ def write_report(
         "summary_csv": summary_csv,
         "summary_ood_csv": summary_ood_csv,
         "summary_md": summary_md,
+        **claim_paths,
         "plots": plot_paths,
-        "files": [summary_csv, summary_ood_csv, summary_md, *plot_paths],
+        "files": [summary_csv, summary_ood_csv, summary_md, *claim_paths.values(), *plot_paths],
         "rows": rows,
         "ood_rows": ood_rows,
         "markdown": markdown,
+        "claims": claims_report,
         "collection": collection,
     }

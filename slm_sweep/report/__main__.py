@@ -1,6 +1,8 @@
-"""``python -m slm_sweep.report DIR [DIR ...] [--out OUTDIR]``: write and print the sweep report.
+"""``python -m slm_sweep.report DIR [DIR ...] [--out OUTDIR] [--claims [FILE]] [--alpha A]``: write and print the
+sweep report.
 
-Exit code 0 on success, 2 when a directory does not exist or no result.json is found.
+Exit code 0 on success, 2 when a directory does not exist, no result.json is found, or the claims file cannot
+be used.
 """
 
 from __future__ import annotations
@@ -9,27 +11,43 @@ import argparse
 import logging
 import sys
 
-from . import write_report
+from . import ALPHA, DEFAULT_CLAIMS, ClaimsError, write_report
+
+
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a significance level between 0 and 1 (e.g. 0.05)")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m slm_sweep.report",
-        description="Aggregate the result.json files found under DIRs into summary tables and plots.",
+        description="Aggregate the result.json files found under DIRs into summary tables and plots, and check "
+                    "the study's claims against them.",
     )
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="sweep or run directory, searched recursively")
     parser.add_argument("--out", metavar="OUTDIR", help="where to write the report (default: the first DIR)")
     parser.add_argument("--no-plots", action="store_true", help="write only the tables")
+    parser.add_argument("--claims", nargs="?", const=str(DEFAULT_CLAIMS), metavar="FILE",
+                        help="check the claims declared in FILE (without FILE: the study's, "
+                             "slm_sweep/report/claim_files/paper.yaml); writes claims.md, claims.csv, claims.json")
+    parser.add_argument("--alpha", type=_alpha, default=ALPHA,
+                        help=f"significance level of the paired tests (default {ALPHA})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
 
     try:
-        report = write_report(args.dirs, args.out, plots=not args.no_plots)
-    except FileNotFoundError as exc:
+        report = write_report(args.dirs, args.out, plots=not args.no_plots, claims=args.claims, alpha=args.alpha)
+    except (FileNotFoundError, ClaimsError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
 
-    print(report["markdown"])
+    print(report["markdown"])  # with --claims, the claims table is its last section
     print()
     collection = report["collection"]
     skipped = ", ".join(f"{n} {status}" for status, n in collection.skipped_counts.items())

@@ -220,7 +220,7 @@ def write_plots(
     written: list[Path] = []
     for dataset in datasets:
         subset = [r for r in rows if r["dataset"] == dataset]
-        fine_tuned = [r for r in subset if is_fine_tuned(r["method"])]
+        fine_tuned = [r for r in subset if r.get("trained", is_fine_tuned(r["method"]))]
         slug = slugs[dataset]
         written.append(
             plot_accuracy_by_model(subset, dataset, out_dir / f"accuracy_by_model_{slug}.png", colors)

@@ -1,8 +1,8 @@
 """Write the summary rows as CSV and render them as a markdown report.
 
 The CSV files keep the raw values (accuracies as fractions, empty cells for missing values); the markdown
-shows accuracies as percentages (``mean ± std``), deltas in percentage points and marks negative transfer
-with ``▼``.
+shows accuracies as percentages (``mean ± std``, the mean alone for a single seed), deltas in percentage points
+with ``*`` where their paired test is significant, and marks negative transfer (significant) with ``▼``.
 """
 
 from __future__ import annotations
@@ -13,23 +13,39 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .aggregate import ACCURACY_METRICS, PRIMARY_ACCURACY, Collection, method_label
+from .aggregate import ACCURACY_METRICS, NO_DATA, PRIMARY_ACCURACY, method_label, row_metrics
+from .collect import Collection
+from .stats import ALPHA, BOOTSTRAP, MCNEMAR
 
 NEGATIVE_MARK = "▼"
+SIGNIFICANT_MARK = "*"
+_STATISTICS = ("mean", "std", "ci95", "wilson_low", "wilson_high")
 
-SUMMARY_COLUMNS = (
-    "dataset", "model", "method", "variant", "n", "seeds",
-    *(f"{m}_{s}" for m in ACCURACY_METRICS for s in ("mean", "std", "ci95", "wilson_low", "wilson_high")),
-    "n_eval", "trainable_params", "total_params", "train_time_s_mean", "train_tokens_per_s_mean",
-    "step_time_s_mean", "mfu_mean", "train_padding_fraction_mean", "peak_memory_mb_max", "eval_time_s_mean",
-    "delta_zeroshot", "delta_fewshot", "negative_transfer",
-)  # fmt: skip
 
-OOD_COLUMNS = (
-    "dataset", "eval_set", "model", "method", "variant", "n", "seeds",
-    *(f"{m}_{s}" for m in ACCURACY_METRICS for s in ("mean", "std", "ci95", "wilson_low", "wilson_high")),
-    "n_eval", "delta_zeroshot", "negative_transfer",
-)  # fmt: skip
+def summary_columns(metrics: Sequence[str] = ACCURACY_METRICS) -> tuple[str, ...]:
+    """The columns of summary.csv for these accuracy metrics (``accuracy_<name>``)."""
+    return (
+        "dataset", "model", "method", "variant", "trained", "n", "seeds",
+        *(f"{m}_{s}" for m in metrics for s in _STATISTICS),
+        "n_eval", "trainable_params", "total_params", "train_time_s_mean", "train_tokens_per_s_mean",
+        "step_time_s_mean", "mfu_mean", "train_padding_fraction_mean", "peak_memory_mb_max", "eval_time_s_mean",
+        "delta_zeroshot", "delta_zeroshot_p", "delta_zeroshot_test", "delta_fewshot", "delta_fewshot_p",
+        "delta_fewshot_test", "below_zeroshot", "negative_transfer",
+    )  # fmt: skip
+
+
+def ood_columns(metrics: Sequence[str] = ACCURACY_METRICS) -> tuple[str, ...]:
+    """The columns of summary_ood.csv for these accuracy metrics."""
+    return (
+        "dataset", "eval_set", "model", "method", "variant", "trained", "n", "seeds",
+        *(f"{m}_{s}" for m in metrics for s in _STATISTICS),
+        "n_eval", "delta_zeroshot", "delta_zeroshot_p", "delta_zeroshot_test", "below_zeroshot",
+        "negative_transfer",
+    )  # fmt: skip
+
+
+SUMMARY_COLUMNS = summary_columns()
+OOD_COLUMNS = ood_columns()
 
 EMPTY = "–"
 
@@ -74,8 +90,12 @@ def half_width(ci95: float | None) -> str:
     return EMPTY if ci95 is None else f"±{100 * ci95:.1f}"
 
 
-def points(delta: float | None) -> str:
-    return EMPTY if delta is None else f"{100 * delta:+.1f}"
+def points(delta: float | None, p_value: float | None = None, alpha: float = ALPHA) -> str:
+    """A delta in percentage points, marked ``*`` when its paired test's ``p_value`` is below ``alpha``."""
+    if delta is None:
+        return EMPTY
+    mark = SIGNIFICANT_MARK if p_value is not None and p_value < alpha else ""
+    return f"{100 * delta:+.1f}{mark}"
 
 
 def params(count: int | None) -> str:
@@ -155,11 +175,16 @@ def _metric_name(metric: str) -> str:
     return metric.removeprefix("accuracy_")
 
 
-def _accuracy_cells(row: dict[str, Any]) -> list[str]:
+def _spread(row: dict[str, Any], metric: str) -> str:
+    """Mean ± std over seeds; the mean alone for one seed, which has no spread to show."""
+    return percent(row[f"{metric}_mean"], row[f"{metric}_std"] if row["n"] > 1 else None)
+
+
+def _accuracy_cells(row: dict[str, Any], metrics: Sequence[str]) -> list[str]:
     """Mean ± std and CI half-width of every accuracy metric, the primary one marked for negative transfer."""
     cells = []
-    for metric in ACCURACY_METRICS:
-        text = percent(row[f"{metric}_mean"], row[f"{metric}_std"])
+    for metric in metrics:
+        text = _spread(row, metric)
         if metric == PRIMARY_ACCURACY and row["negative_transfer"]:
             text += f" {NEGATIVE_MARK}"
         cells += [text, half_width(row[f"{metric}_ci95"])]
@@ -168,13 +193,14 @@ def _accuracy_cells(row: dict[str, Any]) -> list[str]:
     return cells
 
 
-def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]]) -> list[str]:
+def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Sequence[str],
+                       alpha: float) -> list[str]:
     header = (
         "model", "method", "n",
-        *(h for m in ACCURACY_METRICS
+        *(h for m in metrics
           for h in (f"{_metric_name(m)} (%)", "95% CI", *(("questions 95% CI",) if m == PRIMARY_ACCURACY else ()))),
-        "Δ zero-shot (pp)", "Δ few-shot (pp)", "trainable", "total", "train time", "train tok/s", "MFU",
-        "peak memory",
+        f"Δ zero-shot (pp, {SIGNIFICANT_MARK} p<{alpha:g})", f"Δ few-shot (pp, {SIGNIFICANT_MARK} p<{alpha:g})",
+        "trainable", "total", "train time", "train tok/s", "MFU", "peak memory",
     )  # fmt: skip
     body = []
     for row in rows:
@@ -183,9 +209,9 @@ def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]]) -> list[str
                 row["model"],
                 method_label(row),
                 str(row["n"]),
-                *_accuracy_cells(row),
-                points(row["delta_zeroshot"]),
-                points(row["delta_fewshot"]),
+                *_accuracy_cells(row, metrics),
+                points(row["delta_zeroshot"], row["delta_zeroshot_p"], alpha),
+                points(row["delta_fewshot"], row["delta_fewshot_p"], alpha),
                 params(row["trainable_params"]),
                 params(row["total_params"]),
                 duration(row["train_time_s_mean"]),
@@ -204,7 +230,7 @@ def _ood_section(
     cells: dict[tuple[str, str], dict[str, str]] = {}
 
     def put(row: dict[str, Any], column: str) -> None:
-        text = percent(row[f"{PRIMARY_ACCURACY}_mean"], row[f"{PRIMARY_ACCURACY}_std"])
+        text = _spread(row, PRIMARY_ACCURACY)
         if row["negative_transfer"]:
             text += f" {NEGATIVE_MARK}"
         cells.setdefault((row["model"], method_label(row)), {})[column] = text
@@ -223,21 +249,40 @@ def _ood_section(
     return [f"### trained on {dataset}", "", *_table(header, body), ""]
 
 
+def _tests_note(rows: Sequence[dict[str, Any]], alpha: float) -> str:
+    """How the deltas were tested, and how many comparisons had no per-question data."""
+    keys = [k for k in ("delta_zeroshot_test", "delta_fewshot_test") if any(k in row for row in rows)]
+    tests = [row[k] for row in rows for k in keys if row.get(k)]
+    missing = sum(t == NO_DATA for t in tests)
+    note = (f"{SIGNIFICANT_MARK}: the paired test of that delta on the questions both rows scored is significant "
+            f"at alpha={alpha:g} (two-sided; {MCNEMAR} when both rows are one seed, {BOOTSTRAP} over questions "
+            f"and seeds otherwise); deltas without {SIGNIFICANT_MARK} are not significant.")
+    if missing:
+        note += (f" {missing} of {len(tests)} comparisons had {NO_DATA} (no usable predictions.jsonl beside a "
+                 f"result.json), so no ordering among them can be called significant.")
+    return note
+
+
 def render_markdown(
-    collection: Collection, rows: Sequence[dict[str, Any]], ood_rows: Sequence[dict[str, Any]]
+    collection: Collection, rows: Sequence[dict[str, Any]], ood_rows: Sequence[dict[str, Any]],
+    alpha: float = ALPHA,
 ) -> str:
     lines = ["# Sweep summary", "", *_sources(collection)]
+    metrics = row_metrics(rows)
     datasets = list(dict.fromkeys(row["dataset"] for row in rows))
     if not datasets:
         lines += ["No completed cells.", ""]
     for dataset in datasets:
-        lines += _in_domain_section(dataset, [r for r in rows if r["dataset"] == dataset])
+        lines += _in_domain_section(dataset, [r for r in rows if r["dataset"] == dataset], metrics, alpha)
     lines += [
-        f"Accuracy ({', '.join(_metric_name(m) for m in ACCURACY_METRICS)}; docs/results.md): mean ± sample std "
-        f"over seeds, 95% CI half-width from Student's t over seeds; questions 95% CI: Wilson interval of the "
+        f"Accuracy ({', '.join(_metric_name(m) for m in metrics)}; docs/results.md): mean ± sample std "
+        f"over seeds (the mean alone for one seed, such as a baseline computed once), 95% CI half-width from "
+        f"Student's t over seeds; questions 95% CI: Wilson interval of the "
         f"{_metric_name(PRIMARY_ACCURACY)} mean over the n_eval test questions (the test set's sampling noise). "
-        f"{NEGATIVE_MARK} = negative transfer (fine-tuned "
-        f"{_metric_name(PRIMARY_ACCURACY)} mean below the model's zero-shot mean).",
+        f"{NEGATIVE_MARK} = negative transfer: a trained method's "
+        f"{_metric_name(PRIMARY_ACCURACY)} mean below the model's zero-shot mean, significant at alpha={alpha:g}.",
+        "",
+        _tests_note([*rows, *ood_rows], alpha),
         "",
         "## Out-of-domain evaluation",
         "",
@@ -247,8 +292,9 @@ def render_markdown(
         lines += ["No out-of-domain evaluations in these results.", ""]
     else:
         lines += [
-            f"Mean ± std {_metric_name(PRIMARY_ACCURACY)} accuracy (%) on each evaluation set of the models trained on one dataset; "
-            f"{NEGATIVE_MARK} = below the zero-shot mean on that set.",
+            f"Mean ± std {_metric_name(PRIMARY_ACCURACY)} accuracy (%) on each evaluation set of the models trained "
+            f"on one dataset; {NEGATIVE_MARK} = below the zero-shot mean on that set, significant at "
+            f"alpha={alpha:g} (paired test as above).",
             "",
         ]
     for dataset in ood_datasets:

@@ -94,9 +94,9 @@ def _composer(config: DictConfig):
 
 
 class AggregateSweep(Callback):
-    """At the end of every multirun: summary tables and plots in the sweep directory, and (with logger=wandb)
-    the summary as one W&B table in a run of its own, tagged with the sweep. A grid in which a cell failed then
-    exits non-zero, naming the failed cells."""
+    """At the end of every multirun: summary tables, plots and the study's claims table in the sweep directory,
+    and (with logger=wandb) the summary as one W&B table in a run of its own, tagged with the sweep. A grid in
+    which a cell failed then exits non-zero, naming the failed cells."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from slm_sweep.report import write_report
@@ -113,10 +113,11 @@ class AggregateSweep(Callback):
             for job, why in failed:
                 log.warning("failed trial %s: %s", job, why)
             return
-        from slm_sweep.report.aggregate import ReportError
+        from slm_sweep.report import DEFAULT_CLAIMS, ReportError
 
         try:
-            report = write_report([sweep_dir], sweep_dir)
+            # the study's claims, for the cells this sweep has (the others are listed as not covered)
+            report = write_report([sweep_dir], sweep_dir, claims=DEFAULT_CLAIMS)
         except FileNotFoundError as err:
             log.warning("no sweep summary written: %s", err)
             report = None

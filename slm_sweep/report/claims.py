@@ -1,0 +1,523 @@
+"""A study's claims, declared in one YAML file, checked against the summary rows of a sweep.
+
+Each claim compares two sides (``a`` and ``b``: a method, or a list of methods evaluated one at a time, such as
+the wordings of a baseline) in a direction, on one metric; an instance is one pair of summary rows on the same
+dataset (and the same model, unless a side selects its own models). Each instance gets the paired test of
+``aggregate.compare_rows`` and a verdict; each claim a roll-up. The file format and the rules are in
+docs/results.md#claims; the study's own claims are in ``claim_files/paper.yaml`` beside this module.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slm_sweep.scoring import METRICS, PRIMARY_METRIC, accuracy_key
+
+from .aggregate import compare_rows, method_label, method_sort_key, row_metrics
+from .stats import ALPHA, BOOTSTRAP, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MCNEMAR, PairedTest, format_p
+
+DEFAULT_CLAIMS = Path(__file__).resolve().parent / "claim_files" / "paper.yaml"
+
+ABOVE, BELOW, NOT_BELOW, NOT_ABOVE = "above", "below", "not_below", "not_above"
+DIRECTIONS = (ABOVE, BELOW, NOT_BELOW, NOT_ABOVE)
+REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive"
+NOT_COVERED = "not covered"
+# roll-up of a claim's instances
+MIXED, PARTLY_REPRODUCED, PARTLY_CONTRADICTED = "mixed", "partly reproduced", "partly contradicted"
+
+TOP_KEYS = ("claims",)
+CLAIM_KEYS = ("id", "text", "a", "b", "direction", "metric", "margin", "models", "params_below",
+              "params_at_least", "datasets")
+SIDE_KEYS = ("method", "models", "params_below", "params_at_least")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_NAME = re.compile(r"[A-Za-z0-9_]+")
+_COUNT = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMbB]?)\s*")
+_SCALE = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9}
+
+CSV_COLUMNS = (
+    "claim", "text", "direction", "metric", "margin", "dataset", "model_a", "method_a", "model_b", "method_b",
+    "n_a", "mean_a", "wilson_low_a", "wilson_high_a", "n_b", "mean_b", "wilson_low_b", "wilson_high_b",
+    "difference", "difference_ci_low", "difference_ci_high", "n_questions", "test", "p_value", "alpha",
+    "verdict", "note",
+)  # fmt: skip
+
+
+class ClaimsError(ValueError):
+    """A claims file that cannot be used; the message names the file, the claim, the bad key and what is
+    allowed."""
+
+
+# ---------------------------------------------------------------- the declaration
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which models a claim or a side covers: names or glob patterns, and bounds on the model's size (its
+    smallest ``total_params`` in the results, the base model)."""
+
+    models: tuple[str, ...] = ()
+    params_below: float | None = None
+    params_at_least: float | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not self.models and self.params_below is None and self.params_at_least is None
+
+    def matches(self, model: str, size: int | None) -> bool:
+        if self.models and not any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models):
+            return False
+        if self.params_below is not None and (size is None or size >= self.params_below):
+            return False
+        if self.params_at_least is not None and (size is None or size < self.params_at_least):
+            return False
+        return True
+
+    def describe(self) -> str:
+        parts = []
+        if self.models:
+            parts.append("models " + ", ".join(self.models))
+        if self.params_below is not None:
+            parts.append(f"under {_count(self.params_below)} parameters")
+        if self.params_at_least is not None:
+            parts.append(f"at least {_count(self.params_at_least)} parameters")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Side:
+    methods: tuple[str, ...]
+    selector: Selector = Selector()  # the side's own models (then the sides are paired across models)
+
+    def describe(self) -> str:
+        own = self.selector.describe()
+        methods = self.methods[0] if len(self.methods) == 1 else "{" + ", ".join(self.methods) + "} (each)"
+        return methods + (f" ({own})" if own else "")
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    text: str
+    a: Side
+    b: Side
+    direction: str
+    metric: str = PRIMARY_METRIC
+    margin: float = 0.0
+    selector: Selector = Selector()
+    datasets: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        relation = {ABOVE: "above", BELOW: "below", NOT_BELOW: "not below", NOT_ABOVE: "not above"}[self.direction]
+        margin = f" (margin {100 * self.margin:g} pp)" if self.direction in (NOT_BELOW, NOT_ABOVE) else ""
+        scope = [s for s in (self.selector.describe(), "datasets " + ", ".join(self.datasets)
+                             if self.datasets else "") if s]
+        return (f"A = {self.a.describe()} {relation} B = {self.b.describe()}{margin}; metric {self.metric}"
+                + (f"; {'; '.join(scope)}" if scope else ""))
+
+
+def _count(value: float) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if value >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
+def _allowed(keys: Sequence[str]) -> str:
+    return ", ".join(keys)
+
+
+def _check_keys(entry: Any, allowed: Sequence[str], where: str, what: str) -> dict:
+    if not isinstance(entry, dict):
+        raise ClaimsError(f"{where}: {what} must be a mapping with the keys {_allowed(allowed)}, "
+                          f"got {type(entry).__name__} {entry!r}")
+    for key in entry:
+        if key not in allowed:
+            raise ClaimsError(f"{where}: unknown key {key!r}; allowed: {_allowed(allowed)}")
+    return entry
+
+
+def _names(value: Any, where: str, key: str) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(v, str) and v.strip() for v in items):
+        raise ClaimsError(f"{where}: {key}={value!r} must be a name or a non-empty list of names")
+    return tuple(v.strip() for v in items)
+
+
+def _parameter_count(value: Any, where: str, key: str) -> float:
+    """300000000, 3e8, "3e8" or "300M" -> 3e8."""
+    count = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        count = float(value)
+    elif isinstance(value, str) and (match := _COUNT.fullmatch(value)):
+        count = float(match.group(1)) * _SCALE[match.group(2).lower()]
+    if count is None or not count > 0:
+        raise ClaimsError(f"{where}: {key}={value!r} must be a positive parameter count (300000000, 3e8 or 300M)")
+    return count
+
+
+def _selector(entry: dict, where: str) -> Selector:
+    models = _names(entry["models"], where, "models") if "models" in entry else ()
+    below = _parameter_count(entry["params_below"], where, "params_below") if "params_below" in entry else None
+    at_least = (_parameter_count(entry["params_at_least"], where, "params_at_least")
+                if "params_at_least" in entry else None)
+    if below is not None and at_least is not None and at_least >= below:
+        raise ClaimsError(f"{where}: params_at_least={entry['params_at_least']!r} must be below "
+                          f"params_below={entry['params_below']!r}")
+    return Selector(models, below, at_least)
+
+
+def _side(entry: Any, where: str) -> Side:
+    if isinstance(entry, (str, list)):
+        entry = {"method": entry}
+    entry = _check_keys(entry, SIDE_KEYS, where, "a side")
+    if "method" not in entry:
+        raise ClaimsError(f"{where}: missing key 'method' (a method name or a list of them)")
+    return Side(_names(entry["method"], where, "method"), _selector(entry, where))
+
+
+def _claim(entry: Any, where: str) -> Claim:
+    if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+        where = f"{where} (id {entry['id']})"
+    entry = _check_keys(entry, CLAIM_KEYS, where, "a claim")
+    for key in ("id", "text", "a", "b", "direction"):
+        if key not in entry:
+            raise ClaimsError(f"{where}: missing key {key!r}; a claim needs id, text, a, b and direction")
+    claim_id = entry["id"]
+    if not isinstance(claim_id, str) or not _ID.fullmatch(claim_id):
+        raise ClaimsError(f"{where}: id={claim_id!r} must be a name of letters, digits, '_', '.' and '-'")
+    if not isinstance(entry["text"], str) or not entry["text"].strip():
+        raise ClaimsError(f"{where}: text must be the claim in words")
+    direction = entry["direction"]
+    if direction not in DIRECTIONS:
+        raise ClaimsError(f"{where}: direction={direction!r} is not allowed; allowed: {_allowed(DIRECTIONS)}")
+    metric = entry.get("metric", PRIMARY_METRIC)
+    if isinstance(metric, str):
+        metric = metric.removeprefix("accuracy_")
+    if not isinstance(metric, str) or not _NAME.fullmatch(metric):
+        raise ClaimsError(f"{where}: metric={entry.get('metric')!r} must be a metric name such as "
+                          f"{_allowed(tuple(METRICS))}")
+    margin = entry.get("margin", 0.0)
+    if "margin" in entry and direction not in (NOT_BELOW, NOT_ABOVE):
+        raise ClaimsError(f"{where}: margin applies to the directions {NOT_BELOW} and {NOT_ABOVE} only, "
+                          f"not {direction}")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+        raise ClaimsError(f"{where}: margin={margin!r} must be an accuracy difference in [0, 1) (0.02 = 2 points)")
+    datasets = _names(entry["datasets"], where, "datasets") if "datasets" in entry else ()
+    return Claim(claim_id, " ".join(entry["text"].split()), _side(entry["a"], f"{where}, side a"),
+                 _side(entry["b"], f"{where}, side b"), direction, metric, float(margin),
+                 _selector(entry, where), datasets)
+
+
+def load_claims(path: str | os.PathLike) -> list[Claim]:
+    """The claims declared in the YAML file at ``path``; raises ClaimsError naming what is wrong."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ClaimsError(f"claims file {path} does not exist" if not path.exists()
+                          else f"claims file {path} is not a file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ClaimsError(f"{path}: cannot read it as YAML: {exc}") from None
+    data = _check_keys(data, TOP_KEYS, str(path), "the top level")
+    entries = data.get("claims")
+    if not isinstance(entries, list) or not entries:
+        raise ClaimsError(f"{path}: 'claims' must be a non-empty list of claims (keys {_allowed(CLAIM_KEYS)})")
+    claims = [_claim(entry, f"{path}: claims[{i}]") for i, entry in enumerate(entries)]
+    repeated = [claim_id for claim_id, count in Counter(c.id for c in claims).items() if count > 1]
+    if repeated:
+        raise ClaimsError(f"{path}: the id {repeated[0]!r} is used by more than one claim")
+    return claims
+
+
+# ---------------------------------------------------------------- checking
+
+
+@dataclass
+class Instance:
+    """One pair of rows a claim covers, its paired test and its verdict."""
+
+    dataset: str
+    a: dict[str, Any]
+    b: dict[str, Any]
+    test: PairedTest
+    verdict: str
+
+
+@dataclass
+class ClaimResult:
+    claim: Claim
+    instances: list[Instance] = field(default_factory=list)
+    verdict: str = NOT_COVERED
+    reason: str | None = None  # why the claim is not covered
+    absent: list[str] = field(default_factory=list)  # methods a side names that are in none of the rows it covers
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(i.verdict for i in self.instances)
+
+    def by_sides(self) -> list[tuple[str, str, Counter]]:
+        """(method of a, method of b, verdict counts) per pair of methods, so a baseline's wordings show apart."""
+        groups: dict[tuple[str, str], Counter] = {}
+        for instance in self.instances:
+            groups.setdefault((instance.a["method"], instance.b["method"]), Counter())[instance.verdict] += 1
+        return [(a, b, counts) for (a, b), counts in groups.items()]
+
+
+@dataclass
+class ClaimsReport:
+    source: str
+    alpha: float
+    results: list[ClaimResult]
+
+
+def judge(direction: str, test: PairedTest, alpha: float, margin: float = 0.0) -> str:
+    """An instance's verdict. above/below: the paired test significant at ``alpha`` in the claimed direction
+    (reproduced) or against it (contradicted). not_below/not_above: non-inferiority within ``margin``, from the
+    bootstrap interval of the difference: entirely on the claimed side of -margin (reproduced) or entirely
+    beyond it (contradicted). Anything else, and no per-question data, is inconclusive."""
+    if test.p_value is None or test.difference is None:
+        return INCONCLUSIVE
+    if direction in (ABOVE, BELOW):
+        if test.p_value >= alpha or test.difference == 0:
+            return INCONCLUSIVE
+        return REPRODUCED if (test.difference > 0) == (direction == ABOVE) else CONTRADICTED
+    if test.ci_low is None or test.ci_high is None:
+        return INCONCLUSIVE
+    sign = 1.0 if direction == NOT_BELOW else -1.0
+    low, high = sorted((sign * test.ci_low, sign * test.ci_high))
+    if low > -margin:
+        return REPRODUCED
+    if high < -margin:
+        return CONTRADICTED
+    return INCONCLUSIVE
+
+
+def roll_up(verdicts: Sequence[str]) -> str:
+    if not verdicts:
+        return NOT_COVERED
+    counts = Counter(verdicts)
+    for verdict in (REPRODUCED, CONTRADICTED, INCONCLUSIVE):
+        if counts[verdict] == len(verdicts):
+            return verdict
+    if counts[REPRODUCED] and counts[CONTRADICTED]:
+        return MIXED
+    return PARTLY_REPRODUCED if counts[REPRODUCED] else PARTLY_CONTRADICTED
+
+
+def _sizes(rows: Sequence[dict[str, Any]]) -> dict[str, int | None]:
+    """Per model the smallest total_params of its rows: the base model (adapters only add to it)."""
+    sizes: dict[str, int | None] = {}
+    for row in rows:
+        total, current = row.get("total_params"), sizes.get(row["model"])
+        sizes[row["model"]] = total if current is None or (total is not None and total < current) else current
+    return sizes
+
+
+def _side_rows(claim: Claim, side: Side, rows: Sequence[dict[str, Any]], sizes) -> list[dict[str, Any]]:
+    return [r for r in rows if r["method"] in side.methods and claim.selector.matches(r["model"], sizes[r["model"]])
+            and side.selector.matches(r["model"], sizes[r["model"]])]
+
+
+def _known_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
+    found = [m.removeprefix("accuracy_") for m in row_metrics(rows)] if rows else []
+    return list(dict.fromkeys([*METRICS, *found]))
+
+
+def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = ALPHA) -> ClaimResult:
+    """Every instance of ``claim`` in the in-domain summary ``rows`` (aggregate.summarize), tested and judged."""
+    known = _known_metrics(rows)
+    if claim.metric not in known:
+        raise ClaimsError(f"claim {claim.id}: metric {claim.metric!r} is neither registered nor in the result "
+                          f"files; known: {_allowed(known)}")
+    result = ClaimResult(claim)
+    sizes = _sizes(rows)
+    in_scope = [r for r in rows if not claim.datasets
+                or any(fnmatch.fnmatchcase(r["dataset"], pattern) for pattern in claim.datasets)]
+    side_a = _side_rows(claim, claim.a, in_scope, sizes)
+    side_b = _side_rows(claim, claim.b, in_scope, sizes)
+    across_models = not (claim.a.selector.empty and claim.b.selector.empty)
+    for a in side_a:
+        for b in side_b:
+            if a is b or a["dataset"] != b["dataset"] or (not across_models and a["model"] != b["model"]):
+                continue
+            test = compare_rows(a, b, a["dataset"], claim.metric, alpha=alpha, interval=True)
+            result.instances.append(Instance(a["dataset"], a, b, test, judge(claim.direction, test, alpha,
+                                                                              claim.margin)))
+    result.verdict = roll_up([i.verdict for i in result.instances])
+    scope = "; ".join(s for s in (claim.selector.describe(),
+                                  "datasets " + ", ".join(claim.datasets) if claim.datasets else "") if s)
+    scope = f" ({scope})" if scope else ""
+    if not in_scope:
+        result.reason = f"no completed cell on {', '.join(claim.datasets)}"
+    elif not side_a or not side_b:
+        missing = claim.a if not side_a else claim.b
+        result.reason = f"no completed cell of {missing.describe()}{scope}"
+    elif not result.instances:
+        result.reason = f"no model and dataset has both {claim.a.describe()} and {claim.b.describe()}{scope}"
+    if result.instances:
+        present = {r["method"] for r in (*side_a, *side_b)}
+        result.absent = [m for m in (*claim.a.methods, *claim.b.methods) if m not in present]
+    return result
+
+
+def check_claims(claims: Sequence[Claim], rows: Sequence[dict[str, Any]], *, alpha: float = ALPHA,
+                 source: str | os.PathLike = "") -> ClaimsReport:
+    return ClaimsReport(str(source), alpha, [check_claim(claim, rows, alpha=alpha) for claim in claims])
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _side_cell(row: dict[str, Any], metric: str) -> str:
+    key = accuracy_key(metric)
+    mean, low, high = row.get(f"{key}_mean"), row.get(f"{key}_wilson_low"), row.get(f"{key}_wilson_high")
+    seeds = f"{row['n']} seed{'s' if row['n'] != 1 else ''}"
+    interval = f" [{_pct(low)}, {_pct(high)}]" if low is not None and high is not None else ""
+    return f"{_pct(mean)}{interval} ({seeds})"
+
+
+def _difference_cell(test: PairedTest) -> str:
+    if test.difference is None:
+        return "–"
+    interval = f" [{100 * test.ci_low:+.1f}, {100 * test.ci_high:+.1f}]" if test.ci_low is not None else ""
+    return f"{100 * test.difference:+.1f}{interval}"
+
+
+def _test_cell(test: PairedTest) -> str:
+    if test.test is None:
+        return f"none ({test.reason})"
+    detail = f"b={test.discordant[0]}, c={test.discordant[1]}" if test.discordant else \
+        f"{test.seeds[0]} vs {test.seeds[1]} seeds"
+    return f"{test.test} ({detail}, {test.n_questions} questions)"
+
+
+def _counts_text(counts: Counter) -> str:
+    return ", ".join(f"{counts[v]} {v}" for v in (REPRODUCED, CONTRADICTED, INCONCLUSIVE) if counts[v]) or "none"
+
+
+def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |" for cells in body]
+
+
+def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
+    """The claims table: the rules, one roll-up line per claim, then each claim's instances."""
+    h = "#" * level
+    results = report.results
+    lines = [
+        f"{h} Claims",
+        "",
+        f"Claims from `{report.source}`. Each instance compares side A with side B on one dataset and model "
+        f"(rows of summary.csv), on the metric the claim names, over the test questions both scored: "
+        f"{MCNEMAR} when both rows are one seed, otherwise a {BOOTSTRAP} over questions and seeds "
+        f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}); two-sided, alpha={report.alpha:g}. "
+        f"above/below: {REPRODUCED} when the difference is significant in the claimed direction, {CONTRADICTED} "
+        f"when significant against it, else {INCONCLUSIVE}. not_below/not_above: non-inferiority, from the "
+        f"{100 * (1 - report.alpha):g}% bootstrap interval of A − B against the claim's margin. "
+        f"Sides: mean accuracy (%) with the 95% Wilson interval over the test questions. Roll-up: "
+        f"{REPRODUCED} only when every instance is; no correction for the number of instances.",
+        "",
+    ]
+    body = []
+    for r in results:
+        sides = "; ".join(f"{a} vs {b}: {_counts_text(c)}" for a, b, c in r.by_sides()) or (r.reason or "")
+        body.append((f"`{r.claim.id}`", r.claim.text, r.claim.metric, f"**{r.verdict}**", str(len(r.instances)),
+                     sides))
+    lines += _table(("claim", "text", "metric", "verdict", "instances", "by sides"), body)
+    lines.append("")
+    for r in results:
+        if not r.instances:
+            continue
+        lines += [f"{h}# `{r.claim.id}`: {r.claim.text}", "", f"{r.claim.describe()}. Verdict: **{r.verdict}** "
+                  f"({_counts_text(r.counts)}).", ""]
+        body = []
+        for i in r.instances:
+            model = i.a["model"] if i.a["model"] == i.b["model"] else f"{i.a['model']} / {i.b['model']}"
+            body.append((i.dataset, model, method_label(i.a), _side_cell(i.a, r.claim.metric), method_label(i.b),
+                         _side_cell(i.b, r.claim.metric), _difference_cell(i.test), _test_cell(i.test),
+                         format_p(i.test.p_value), f"**{i.verdict}**"))
+        lines += _table(("dataset", "model", "A", f"A {r.claim.metric} (%)", "B", f"B {r.claim.metric} (%)",
+                         f"A − B (pp) [{100 * (1 - report.alpha):g}% CI]", "test", "p", "verdict"), body)
+        if r.absent:
+            lines += ["", f"Not in these results: {', '.join(sorted(set(r.absent), key=method_sort_key))}."]
+        lines.append("")
+    uncovered = [r for r in results if not r.instances]
+    if uncovered:
+        lines += [f"{h}# Not covered", "", "The results hold no pair of cells these claims need:", ""]
+        lines += [f"- `{r.claim.id}` ({r.claim.text}): {r.reason}" for r in uncovered]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _flat_rows(r: ClaimResult, alpha: float) -> list[dict[str, Any]]:
+    """One flat row per instance of a claim, or one saying it is not covered."""
+    claim = r.claim
+    common = {"claim": claim.id, "text": claim.text, "direction": claim.direction, "metric": claim.metric,
+              "margin": claim.margin if claim.direction in (NOT_BELOW, NOT_ABOVE) else None, "alpha": alpha}
+    if not r.instances:
+        return [{**common, "verdict": NOT_COVERED, "note": r.reason}]
+    key = accuracy_key(claim.metric)
+    out = []
+    for i in r.instances:
+        out.append({
+            **common, "dataset": i.dataset, "model_a": i.a["model"], "method_a": method_label(i.a),
+            "model_b": i.b["model"], "method_b": method_label(i.b), "n_a": i.a["n"], "n_b": i.b["n"],
+            **{f"{stat}_{side}": row.get(f"{key}_{stat}") for side, row in (("a", i.a), ("b", i.b))
+               for stat in ("mean", "wilson_low", "wilson_high")},
+            "difference": i.test.difference, "difference_ci_low": i.test.ci_low,
+            "difference_ci_high": i.test.ci_high, "n_questions": i.test.n_questions or None,
+            "test": i.test.test, "p_value": i.test.p_value, "verdict": i.verdict, "note": i.test.reason,
+        })  # fmt: skip
+    return out
+
+
+def claims_rows(report: ClaimsReport) -> list[dict[str, Any]]:
+    """One flat row per instance, and one per claim not covered (the CSV's rows)."""
+    return [row for r in report.results for row in _flat_rows(r, report.alpha)]
+
+
+def claims_json(report: ClaimsReport) -> dict[str, Any]:
+    claims = []
+    for r in report.results:
+        claims.append({
+            "id": r.claim.id, "text": r.claim.text, "a": list(r.claim.a.methods), "b": list(r.claim.b.methods),
+            "description": r.claim.describe(), "direction": r.claim.direction, "metric": r.claim.metric,
+            "margin": r.claim.margin, "verdict": r.verdict, "counts": dict(r.counts),
+            "by_sides": [{"a": a, "b": b, "counts": dict(c)} for a, b, c in r.by_sides()],
+            "not_in_results": r.absent, "not_covered": r.reason if not r.instances else None,
+            "instances": _flat_rows(r, report.alpha) if r.instances else [],
+        })  # fmt: skip
+    return {"source": report.source, "alpha": report.alpha,
+            "tests": {"single seeds": MCNEMAR, "several seeds": BOOTSTRAP,
+                      "bootstrap_resamples": BOOTSTRAP_RESAMPLES, "bootstrap_seed": BOOTSTRAP_SEED},
+            "claims": claims}
+
+
+def write_claims(report: ClaimsReport, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """claims.md, claims.csv and claims.json in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"claims_md": out / "claims.md", "claims_csv": out / "claims.csv", "claims_json": out / "claims.json"}
+    paths["claims_md"].write_text(render_claims_markdown(report) + "\n", encoding="utf-8")
+    with paths["claims_csv"].open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for row in claims_rows(report):
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_COLUMNS})
+    paths["claims_json"].write_text(json.dumps(claims_json(report), indent=2) + "\n", encoding="utf-8")
+    return paths

@@ -1,0 +1,343 @@
+"""Find, read and deduplicate the result files of a sweep (see docs/results.md).
+
+A record is the parsed ``result.json`` of one cell (model × method × dataset × seed) plus a ``result_path`` key
+naming the file it came from. Reading never raises on a bad file: an unreadable or malformed file is logged with
+its path and skipped.
+
+Cells are told apart by their identity (``identity`` in result.json, see slm_sweep/identity.py): runs with the
+same evaluation key computed the same thing, so one is kept (a completed original rather than a copy, then the
+most recent ``finished_at``) and a seed-independent baseline copied into every seed counts once. Records written
+before identities existed are keyed by model × method × dataset × seed.
+
+Per-question correctness comes from the cell's ``predictions.jsonl`` beside its result.json
+(``question_scores``), keyed by the question's ``index`` in its evaluation set and its text, and only when that
+file agrees with result.json (as many rows as ``n_eval``, the same accuracy).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from slm_sweep.results import PREDICTIONS_FILE, RESULT_FILE, SCHEMA_VERSION, STATUSES
+from slm_sweep.scoring import PRIMARY_METRIC, accuracy_key
+
+log = logging.getLogger(__name__)
+
+COMPLETED = "completed"
+PRIMARY_ACCURACY = accuracy_key(PRIMARY_METRIC)
+# A question's key in every cell that scored it: its position in the evaluation set and its text (as the text's
+# hash: it is compared within one process only, and the keys of a large sweep stay small).
+QuestionKey = tuple[int, int]
+
+_EPOCH = datetime.min.replace(tzinfo=timezone.utc)
+
+
+class NoResultsError(FileNotFoundError):
+    """No result.json was found under any of the given directories."""
+
+
+class ReportError(ValueError):
+    """Results that cannot be aggregated honestly; the message names the files."""
+
+
+class NoQuestionData(ValueError):
+    """A cell's per-question scores cannot be read; the message says why."""
+
+
+@dataclass
+class Collection:
+    """Everything read from a set of directories."""
+
+    dirs: list[Path]
+    files: list[Path] = field(default_factory=list)  # every result.json found, readable or not
+    records: list[dict[str, Any]] = field(default_factory=list)  # one per cell, any status
+    malformed: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
+    duplicates: list[tuple[Path, Path]] = field(default_factory=list)  # (kept, dropped)
+
+    @property
+    def completed(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["status"] == COMPLETED]
+
+    @property
+    def status_counts(self) -> Counter:
+        return Counter(r["status"] for r in self.records)
+
+    @property
+    def skipped_counts(self) -> dict[str, int]:
+        """Cells per status other than completed, known statuses first (zeros included)."""
+        counts = self.status_counts
+        others = sorted(s for s in counts if s not in STATUSES)
+        return {s: counts.get(s, 0) for s in (*(s for s in STATUSES if s != COMPLETED), *others)}
+
+
+# ---------------------------------------------------------------- finding and reading files
+
+
+def find_result_files(dirs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Every result.json under ``dirs`` (recursively), each file once, in a stable order.
+
+    A path may also name a result.json directly. Raises FileNotFoundError for a path that does not exist.
+    """
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for d in dirs:
+        root = Path(d)
+        if not root.exists():
+            raise FileNotFoundError(f"directory does not exist: {root}")
+        if root.is_file():
+            candidates = [root] if root.name == RESULT_FILE else []
+        else:
+            candidates = []
+            for parent, subdirs, files in os.walk(root):
+                subdirs.sort()
+                if RESULT_FILE in files:
+                    candidates.append(Path(parent) / RESULT_FILE)
+        for path in candidates:
+            key = path.resolve()
+            if key not in seen:  # overlapping arguments must not look like duplicate cells
+                seen.add(key)
+                found.append(path)
+    return found
+
+
+def number(value: Any) -> float | None:
+    """``value`` as a finite float, else None (bools are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _nonempty_str(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def read_result(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse and check one result.json; raise ValueError with the reason when it is not usable."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read: {exc}") from exc
+    if not isinstance(record, dict):
+        raise ValueError("top level is not a JSON object")
+    for key in ("status", "model", "method", "dataset"):
+        if not _nonempty_str(record.get(key)):
+            raise ValueError(f"missing or invalid {key!r}")
+    seed = record.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError("missing or invalid 'seed'")
+    version = record.get("schema_version")
+    if version != SCHEMA_VERSION:
+        log.warning("%s: schema_version %r, expected %d; reading it anyway", path, version, SCHEMA_VERSION)
+
+    metrics = record.get("metrics")
+    if metrics is None:
+        metrics = {}
+    if not isinstance(metrics, dict):
+        raise ValueError("'metrics' is not an object")
+    if record["status"] == COMPLETED and number(metrics.get(PRIMARY_ACCURACY)) is None:
+        raise ValueError(f"completed but metrics.{PRIMARY_ACCURACY} is not a number")
+    record["metrics"] = metrics
+
+    eval_sets = record.get("eval_sets")
+    if eval_sets is None:
+        eval_sets = {}
+    if not isinstance(eval_sets, dict):
+        log.warning("%s: 'eval_sets' is not an object; ignoring it", path)
+        eval_sets = {}
+    for name in list(eval_sets):
+        entry = eval_sets[name]
+        if not isinstance(entry, dict) or number(entry.get(PRIMARY_ACCURACY)) is None:
+            log.warning("%s: eval_sets[%r] has no numeric %s; ignoring it", path, name, PRIMARY_ACCURACY)
+            del eval_sets[name]
+    record["eval_sets"] = eval_sets
+
+    record["result_path"] = str(path)
+    return record
+
+
+# ---------------------------------------------------------------- duplicates
+
+
+def identity_key(record: dict[str, Any], name: str) -> str | None:
+    identity = record.get("identity")
+    return identity.get(name) if isinstance(identity, dict) else None
+
+
+def cell_key(record: dict[str, Any]) -> tuple:
+    """What makes two records the same computation: the evaluation key, else model × method × dataset × seed."""
+    key = identity_key(record, "evaluation_key")
+    if key:
+        return ("evaluation", key)
+    return record["model"], record["method"], record["dataset"], record["seed"]
+
+
+def _timestamp(value: Any) -> datetime:
+    if not isinstance(value, str):
+        return _EPOCH
+    text = value.strip()
+    if text.endswith("Z"):  # fromisoformat accepts "Z" only from Python 3.11
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return _EPOCH
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _preference(record: dict[str, Any]) -> tuple[bool, bool, datetime, datetime]:
+    return (
+        record["status"] == COMPLETED,
+        not record.get("reused_from"),
+        _timestamp(record.get("finished_at")),
+        _timestamp(record.get("started_at")),
+    )
+
+
+def deduplicate(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[Path, Path]]]:
+    """One record per cell; returns (kept records, [(kept file, dropped file), ...]) and logs each drop."""
+    by_cell: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        by_cell[cell_key(record)].append(record)
+    kept: list[dict[str, Any]] = []
+    dropped: list[tuple[Path, Path]] = []
+    for group in by_cell.values():
+        best = max(group, key=_preference)  # max keeps the first of equals: earlier arguments win ties
+        kept.append(best)
+        for other in group:
+            if other is best:
+                continue
+            if other.get("reused_from") and other["status"] == COMPLETED:
+                continue  # a copy of the kept computation (a baseline reused for another seed): counts once
+            pair = (Path(best.get("result_path", "?")), Path(other.get("result_path", "?")))
+            dropped.append(pair)
+            log.warning(
+                "duplicate cell model=%s method=%s dataset=%s seed=%s: keeping %s (finished_at %s), "
+                "dropping %s (finished_at %s)",
+                best["model"], best["method"], best["dataset"], other["seed"],
+                pair[0], best.get("finished_at"), pair[1], other.get("finished_at"),
+            )  # fmt: skip
+    return kept, dropped
+
+
+def completed_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The completed records, one per cell."""
+    unique, _ = deduplicate(records)
+    return [r for r in unique if r.get("status") == COMPLETED]
+
+
+# ---------------------------------------------------------------- collecting
+
+
+def collect(dirs: Sequence[str | os.PathLike]) -> Collection:
+    """Read every result.json under ``dirs``; raise NoResultsError when there is none at all."""
+    collection = Collection(dirs=[Path(d) for d in dirs])
+    collection.files = find_result_files(dirs)
+    if not collection.files:
+        raise NoResultsError(f"no {RESULT_FILE} found under: {', '.join(str(d) for d in dirs)}")
+    readable = []
+    for path in collection.files:
+        try:
+            readable.append(read_result(path))
+        except ValueError as exc:
+            log.warning("skipping %s: %s", path, exc)
+            collection.malformed.append((path, str(exc)))
+    collection.records, collection.duplicates = deduplicate(readable)
+    return collection
+
+
+def load_results(dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """All readable records under ``dirs``, one per cell, of any status (filter on ``status`` yourself)."""
+    return collect(dirs).records
+
+
+# ---------------------------------------------------------------- per-question scores
+
+
+@dataclass(frozen=True)
+class _SetPredictions:
+    keys: tuple[QuestionKey, ...]
+    correct: dict[str, tuple[bool, ...]]  # metric name -> one value per key (metrics every row records)
+
+
+def _file_version(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+@lru_cache(maxsize=512)
+def _read_predictions(path: str, version: tuple[int, int]) -> dict[str, _SetPredictions]:
+    """predictions.jsonl grouped by evaluation set; raises NoQuestionData naming the bad line."""
+    rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    with open(path, encoding="utf-8") as f:
+        for number_, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise NoQuestionData(f"{path} line {number_} is not JSON ({exc})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("eval_set"), str) \
+                    or isinstance(row.get("index"), bool) or not isinstance(row.get("index"), int) \
+                    or not isinstance(row.get("question"), str):
+                raise NoQuestionData(f"{path} line {number_} lacks eval_set, index or question")
+            rows[row["eval_set"]].append(row)
+    out = {}
+    for eval_set, group in rows.items():
+        keys = tuple((row["index"], hash(row["question"])) for row in group)
+        repeated = [key for key, count in Counter(keys).items() if count > 1]
+        if repeated:
+            raise NoQuestionData(f"{path}: question index {repeated[0][0]} of {eval_set} appears more than once")
+        correct = {}
+        for key in group[0]:
+            if key.startswith("correct_"):
+                values = tuple(row.get(key) for row in group)
+                if all(isinstance(v, bool) for v in values):  # a metric only some rows record is not used
+                    correct[key[len("correct_"):]] = values
+        out[eval_set] = _SetPredictions(keys, correct)
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _expected(path: str, version: tuple[int, int], eval_set: str, metric: str) -> tuple[Any, Any]:
+    """(n_eval, accuracy) that result.json records for ``eval_set`` (the in-domain set is the dataset's name)."""
+    record = json.loads(Path(path).read_text(encoding="utf-8"))
+    scores = record.get("metrics") or {}
+    if eval_set != record.get("dataset"):
+        scores = (record.get("eval_sets") or {}).get(eval_set) or {}
+    return scores.get("n_eval"), scores.get(accuracy_key(metric))
+
+
+def question_scores(result_path: str | os.PathLike, eval_set: str, metric: str) -> dict[QuestionKey, bool]:
+    """Whether ``metric`` scored each question of ``eval_set`` correct, from the predictions.jsonl beside the
+    result.json at ``result_path``, keyed by (index, question). Raises NoQuestionData saying why there is none:
+    no such file, no rows for the set, no ``correct_<metric>``, or a file that disagrees with result.json."""
+    result = Path(result_path)
+    predictions = result.parent / PREDICTIONS_FILE
+    if not predictions.is_file():
+        raise NoQuestionData(f"no {PREDICTIONS_FILE} beside {result}")
+    by_set = _read_predictions(str(predictions), _file_version(predictions))
+    if eval_set not in by_set:
+        raise NoQuestionData(f"{predictions} has no rows for {eval_set}")
+    scored = by_set[eval_set]
+    if metric not in scored.correct:
+        raise NoQuestionData(f"{predictions} has no correct_{metric} for every row of {eval_set}")
+    correct = scored.correct[metric]
+    n_eval, accuracy = _expected(str(result), _file_version(result), eval_set, metric)
+    if number(n_eval) is not None and int(n_eval) != len(correct):
+        raise NoQuestionData(f"{predictions} holds {len(correct)} rows of {eval_set}, {result} n_eval={n_eval}")
+    if number(accuracy) is not None and correct and abs(sum(correct) / len(correct) - accuracy) > 1e-9:
+        raise NoQuestionData(f"{predictions}: the mean of correct_{metric} on {eval_set} "
+                             f"({sum(correct) / len(correct):.6f}) is not {result}'s {accuracy:.6f}")
+    return dict(zip(scored.keys, correct))

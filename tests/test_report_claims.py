@@ -1,0 +1,408 @@
+"""Paired tests and the claims table of slm_sweep.report, on synthetic sweeps whose result.json and
+predictions.jsonl are written with the cell's own writers (slm_sweep.run / slm_sweep.results) and scored by
+slm_sweep.scoring."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+from conftest import compose_config
+from omegaconf import OmegaConf
+
+from slm_sweep.report import DEFAULT_CLAIMS, ClaimsError, write_report
+from slm_sweep.report.__main__ import main
+from slm_sweep.report.claims import check_claims, load_claims
+from slm_sweep.report.collect import NoQuestionData, question_scores
+from slm_sweep.report.stats import BOOTSTRAP, MCNEMAR, mcnemar_exact, paired_bootstrap, paired_test
+from slm_sweep.results import PREDICTIONS_FILE, redact, write_predictions, write_result
+from slm_sweep.scoring import METRICS, accuracy_key, score
+
+REPO = Path(__file__).resolve().parents[1]
+QUESTIONS = 60
+SIZES = {"smollm135": 134_515_008, "smollm135_q4": 134_515_008, "gemma270": 268_098_176, "qwen05": 494_032_768}
+TRAINED_SEEDS = (0, 1, 2)
+
+
+@cache
+def _base(method: str) -> str:
+    """The record run.py starts a cell with, for this method's composed config (as JSON, copied per cell)."""
+    from slm_sweep.run import _base_record
+
+    config_method = {"zeroshot_instructed": "zeroshot", "fewshot_chat": "fewshot"}.get(method, method)
+    cfg = compose_config(["model=tiny", f"method={config_method}", "dataset=gsm8k"])
+    record = _base_record(cfg, redact(OmegaConf.to_container(cfg, resolve=True)))
+    record["config"]["method"]["name"] = method
+    return json.dumps(record)
+
+
+def predictions(dataset: str, correct: list[bool], extra_metric: str | None = None) -> list[dict]:
+    """One record per question as the evaluator writes it: every metric's extracted_/correct_ fields."""
+    rows = []
+    for index, right in enumerate(correct):
+        reference = str(index + 1)
+        output = f"The total is {reference}.\n#### {reference}" if right else "I am not sure.\n#### 0"
+        row = {"eval_set": dataset, "index": index, "question": f"Question {index}: what is {index} + 1?",
+               "reference": reference, "output": output, **score(output, reference, None)}
+        if extra_metric:
+            row[f"extracted_{extra_metric}"] = reference if right else "0"
+            row[f"correct_{extra_metric}"] = right
+        rows.append(row)
+    return rows
+
+
+def write_cell(sweep: Path, model: str, method: str, dataset: str, seed: int, correct: list[bool], *,
+               reused_from: Path | None = None, extra_metric: str | None = None,
+               ood: dict[str, list[bool]] | None = None) -> Path:
+    """A completed cell's result.json and predictions.jsonl in ``sweep/<job>``, with out-of-domain sets scored
+    after the test split as run.py does; returns the result.json."""
+    job = sweep / f"{model}-{method}-{dataset}-seed{seed}"
+    preds = predictions(dataset, correct, extra_metric)
+    in_domain = preds
+    eval_sets = {}
+    for name, right in (ood or {}).items():
+        scored = predictions(name, right)
+        eval_sets[name] = {**{accuracy_key(m): sum(p[f"correct_{m}"] for p in scored) / len(scored) for m in METRICS},
+                           "n_eval": len(scored), "truncated_fraction": 0.0}
+        preds = [*preds, *scored]
+    record = json.loads(_base(method))
+    trained = record["config"]["method"]["train"]
+    record["config"]["model"]["name"] = model
+    record["config"]["dataset"]["name"] = dataset
+    key = f"{model}-{method}-{dataset}" + (f"-seed{seed}" if trained else "")
+    record.update(
+        status="completed", model=model, model_id=f"org/{model}", method=method, dataset=dataset, seed=seed,
+        identity={"training_key": key if trained else None, "evaluation_key": key,
+                  "configuration_key": f"{model}-{method}-{dataset}"},
+        finished_at="2024-01-01T13:00:00+00:00", eval_sets=eval_sets,
+        reused_from=str(reused_from) if reused_from else None,
+        metrics={
+            **{accuracy_key(name): sum(p[f"correct_{name}"] for p in in_domain) / len(in_domain) for name in METRICS},
+            **({accuracy_key(extra_metric): sum(correct) / len(correct)} if extra_metric else {}),
+            "n_eval": len(correct),
+            "trainable_params": SIZES[model] if method == "full" else (1_000_000 if trained else 0),
+            "total_params": SIZES[model] + (1_000_000 if method in ("lora", "dora") else 0),
+        },
+    )
+    if reused_from:  # as run._reuse does: the numbers and predictions of the computed cell, copied
+        job.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(reused_from.parent / PREDICTIONS_FILE, job / PREDICTIONS_FILE)
+    else:
+        write_predictions(job, preds)
+    return write_result(job, record)
+
+
+def first(k: int) -> list[bool]:
+    """The first ``k`` questions right: two such cells disagree only on questions the larger one gets right."""
+    return [i < k for i in range(QUESTIONS)]
+
+
+def write_row(sweep: Path, model: str, method: str, dataset: str, k: int, seeds=None) -> None:
+    """A row of the summary: one computed seed for a baseline (copied to the others, as a sweep does), three
+    seeds (k-1, k, k+1 right) for a trained method."""
+    trained = json.loads(_base(method))["config"]["method"]["train"]
+    seeds = seeds if seeds is not None else (TRAINED_SEEDS if trained else (0,))
+    if not trained:
+        original = write_cell(sweep, model, method, dataset, 0, first(k))
+        for seed in seeds[1:]:
+            write_cell(sweep, model, method, dataset, seed, first(k), reused_from=original)
+        return
+    for offset, seed in enumerate(seeds):
+        write_cell(sweep, model, method, dataset, seed, first(k + offset - (len(seeds) > 1)))
+
+
+def claims_of(sweep: Path, claims=DEFAULT_CLAIMS, alpha=0.05):
+    report = write_report([sweep], sweep / "report", plots=False, claims=claims, alpha=alpha)
+    return {r.claim.id: r for r in report["claims"].results}, report
+
+
+# ---------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize(("b", "c", "p"), [
+    (0, 6, 0.03125),            # 2 * (1/2)^6
+    (6, 0, 0.03125),
+    (1, 6, 0.125),              # 2 * (1 + 7) / 2^7
+    (2, 10, 2 * 79 / 4096),     # 2 * (1 + 12 + 66) / 2^12
+    (0, 5, 0.0625),
+    (5, 5, 1.0),
+    (0, 0, 1.0),
+])  # fmt: skip
+def test_exact_mcnemar_matches_the_binomial_by_hand(b, c, p):
+    assert mcnemar_exact(b, c) == pytest.approx(p, rel=1e-12)
+
+
+def test_single_seeds_are_compared_with_exact_mcnemar_on_paired_questions():
+    a = [{(i, f"q{i}"): i < 6 for i in range(20)}]
+    b = [{(i, f"q{i}"): False for i in range(20)} | {(99, "only b"): True}]
+    test = paired_test(a, b)
+    assert (test.test, test.discordant, test.n_questions) == (MCNEMAR, (6, 0), 20)
+    assert test.p_value == pytest.approx(0.03125) and test.difference == pytest.approx(6 / 20)
+    assert test.significant(0.05) and not test.significant(0.01)
+
+
+def test_the_paired_bootstrap_is_deterministic_with_its_seed():
+    a = [[i % 3 != 0 for i in range(80)], [i % 4 != 0 for i in range(80)]]
+    b = [[i % 2 == 0 for i in range(80)]]
+    once = paired_bootstrap(a, b, resamples=2000, seed=7)
+    assert paired_bootstrap(a, b, resamples=2000, seed=7) == once
+    other = paired_bootstrap(a, b, resamples=2000, seed=8)
+    assert other.difference == once.difference and (other.ci_low, other.ci_high) != (once.ci_low, once.ci_high)
+    assert once.difference == pytest.approx((53 / 80 + 60 / 80) / 2 - 40 / 80)
+    assert once.ci_low < once.difference < once.ci_high and once.p_value < 0.05
+    same = paired_bootstrap(b, b, resamples=500, seed=1)
+    assert (same.difference, same.p_value, same.ci_low, same.ci_high) == (0.0, 1.0, 0.0, 0.0)
+    keyed = [{(i, "q"): v for i, v in enumerate(row)} for row in a]
+    test = paired_test(keyed, [{(i, "q"): v for i, v in enumerate(b[0])}], resamples=2000, seed=7)
+    assert (test.test, test.seeds, test.p_value) == (BOOTSTRAP, (2, 1), once.p_value)
+
+
+# (claim, model, dataset, side a, side b, k right of a, k right of b) for "reproduced"; the other outcomes swap or
+# close the gap. Single seeds where a claim's sides are both seed-independent or named with seeds=(0,).
+CASES = {
+    "full-below-zeroshot-under-300m": ("smollm135", "gsm8k", "full", "zeroshot", 10, 40),
+    "peft-not-below-zeroshot": ("gemma270", "gsm8k", "lora", "zeroshot", 50, 20),
+    "fewshot-above-full-smollm135": ("smollm135_q4", "gsm8k", "fewshot", "full", 30, 8),
+    "lora-above-full-qwen05": ("qwen05", "orcamath", "lora", "full", 40, 20),
+    "dora-above-lora-gsm8k": ("qwen05", "gsm8k", "dora", "lora", 45, 15),
+    "lora-above-dora-orcamath": ("smollm135", "orcamath", "lora", "dora", 45, 15),
+}
+
+
+@pytest.mark.parametrize("outcome", ["reproduced", "contradicted", "inconclusive"])
+@pytest.mark.parametrize("claim_id", list(CASES))
+def test_each_claim_is_reproduced_contradicted_or_left_open_by_cells_built_for_it(tmp_path, claim_id, outcome):
+    model, dataset, a, b, k_a, k_b = CASES[claim_id]
+    if outcome == "contradicted":
+        k_a, k_b = k_b, k_a
+    elif outcome == "inconclusive":
+        k_a = k_b = 30
+    single = claim_id == "lora-above-full-qwen05"  # both sides one seed: exact McNemar
+    write_row(tmp_path, model, a, dataset, k_a, seeds=(0,) if single else None)
+    write_row(tmp_path, model, b, dataset, k_b, seeds=(0,) if single else None)
+    results, _ = claims_of(tmp_path)
+    result = results[claim_id]
+    (instance,) = result.instances
+    assert (instance.verdict, result.verdict) == (outcome, outcome)
+    assert (instance.a["method"], instance.b["method"], instance.a["model"]) == (a, b, model)
+    assert instance.test.test == (MCNEMAR if single else BOOTSTRAP)
+    if single:
+        assert instance.test.discordant == ((k_a - k_b, 0) if k_a > k_b else (0, k_b - k_a))
+    # the claims about other methods, models or datasets are not covered by these two rows
+    others = {i: r for i, r in results.items() if i != claim_id and not r.instances}
+    assert all(r.verdict == "not covered" and r.reason for r in others.values())
+
+
+def test_a_baseline_claim_is_checked_against_each_wording_and_the_table_says_so(tmp_path):
+    write_row(tmp_path, "smollm135", "full", "gsm8k", 10)
+    write_row(tmp_path, "smollm135", "zeroshot", "gsm8k", 40)
+    write_row(tmp_path, "smollm135", "zeroshot_instructed", "gsm8k", 12)
+    write_row(tmp_path, "gemma270", "full", "gsm8k", 45)
+    write_row(tmp_path, "gemma270", "zeroshot", "gsm8k", 20)
+    write_row(tmp_path, "qwen05", "full", "gsm8k", 5)  # over 300M parameters: outside the claim
+    write_row(tmp_path, "qwen05", "zeroshot", "gsm8k", 50)
+    results, report = claims_of(tmp_path)
+    result = results["full-below-zeroshot-under-300m"]
+    verdicts = {(i.a["model"], i.b["method"]): i.verdict for i in result.instances}
+    assert verdicts == {("smollm135", "zeroshot"): "reproduced", ("smollm135", "zeroshot_instructed"): "inconclusive",
+                        ("gemma270", "zeroshot"): "contradicted"}
+    assert result.verdict == "mixed" and result.absent == []
+    assert [(a, b, dict(c)) for a, b, c in result.by_sides()] == [
+        ("full", "zeroshot", {"reproduced": 1, "contradicted": 1}), ("full", "zeroshot_instructed", {"inconclusive": 1})]
+
+    out = tmp_path / "report"
+    markdown = (out / "claims.md").read_text()
+    assert "full vs zeroshot: 1 reproduced, 1 contradicted; full vs zeroshot_instructed: 1 inconclusive" in markdown
+    assert "| `full-below-zeroshot-under-300m` |" in markdown and "**mixed**" in markdown
+    assert "metric flexible" in markdown and "alpha=0.05" in markdown
+    # the claims table is also the last section of the sweep summary
+    summary = (out / "summary.md").read_text()
+    assert "## Claims" in summary and "### `full-below-zeroshot-under-300m`" in summary
+    with open(out / "claims.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    mine = [r for r in rows if r["claim"] == "full-below-zeroshot-under-300m"]
+    assert [(r["model_a"], r["method_b"], r["verdict"]) for r in mine] == [
+        ("smollm135", "zeroshot", "reproduced"), ("smollm135", "zeroshot_instructed", "inconclusive"),
+        ("gemma270", "zeroshot", "contradicted")]
+    assert mine[0]["test"] == BOOTSTRAP and float(mine[0]["p_value"]) < 0.05 and mine[0]["metric"] == "flexible"
+    assert float(mine[0]["mean_a"]) == pytest.approx(10 / 60) and float(mine[0]["mean_b"]) == pytest.approx(40 / 60)
+    assert float(mine[0]["wilson_low_b"]) < 40 / 60 < float(mine[0]["wilson_high_b"])
+    uncovered = {r["claim"]: r["note"] for r in rows if r["verdict"] == "not covered"}
+    assert "lora-above-full-qwen05" in uncovered and "lora" in uncovered["lora-above-full-qwen05"]
+    data = json.loads((out / "claims.json").read_text())
+    entry = next(c for c in data["claims"] if c["id"] == "full-below-zeroshot-under-300m")
+    assert entry["verdict"] == "mixed" and len(entry["instances"]) == 3 and data["alpha"] == 0.05
+    # the baseline computed once counts once: one seed, no spread shown
+    zeroshot = next(r for r in report["rows"] if (r["model"], r["method"]) == ("smollm135", "zeroshot"))
+    assert zeroshot["n"] == 1 and zeroshot["accuracy_flexible_ci95"] is None
+    assert f"| smollm135 | zeroshot | 1 | {100 * 40 / 60:.1f} | – |" in summary
+
+
+def test_a_method_of_the_claim_missing_from_the_results_is_named(tmp_path):
+    write_row(tmp_path, "smollm135", "fewshot", "gsm8k", 30)
+    write_row(tmp_path, "smollm135", "full", "gsm8k", 8)
+    results, _ = claims_of(tmp_path)
+    result = results["fewshot-above-full-smollm135"]
+    assert result.verdict == "reproduced" and result.absent == ["fewshot_chat"]
+    assert "Not in these results: fewshot_chat." in (tmp_path / "report" / "claims.md").read_text()
+
+
+def test_claims_without_per_question_data_are_inconclusive_not_an_error(tmp_path):
+    write_row(tmp_path, "qwen05", "lora", "orcamath", 50, seeds=(0,))
+    write_row(tmp_path, "qwen05", "full", "orcamath", 5, seeds=(0,))
+    for path in tmp_path.rglob(PREDICTIONS_FILE):
+        path.unlink()
+    results, report = claims_of(tmp_path)
+    (instance,) = results["lora-above-full-qwen05"].instances
+    assert instance.verdict == "inconclusive" and instance.test.test is None
+    assert "no per-question data" in instance.test.reason and PREDICTIONS_FILE in instance.test.reason
+    assert "no per-question data" in report["markdown"]
+
+
+def test_predictions_that_disagree_with_result_json_are_not_used(tmp_path):
+    path = write_cell(tmp_path, "qwen05", "lora", "gsm8k", 0, first(30))
+    assert sum(question_scores(path, "gsm8k", "flexible").values()) == 30
+    lines = (path.parent / PREDICTIONS_FILE).read_text().splitlines()
+    (path.parent / PREDICTIONS_FILE).write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(NoQuestionData, match=f"holds {QUESTIONS - 1} rows of gsm8k, .* n_eval={QUESTIONS}"):
+        question_scores(path, "gsm8k", "flexible")
+    flipped = [json.loads(line) for line in lines]
+    flipped[40]["correct_flexible"] = True
+    (path.parent / PREDICTIONS_FILE).write_text("".join(json.dumps(r) + "\n" for r in flipped))
+    with pytest.raises(NoQuestionData, match="mean of correct_flexible"):
+        question_scores(path, "gsm8k", "flexible")
+    with pytest.raises(NoQuestionData, match="no rows for svamp"):
+        question_scores(path, "svamp", "flexible")
+
+
+def test_negative_transfer_and_delta_marks_need_a_significant_paired_test(tmp_path):
+    write_row(tmp_path, "smollm135", "zeroshot", "gsm8k", 40)
+    write_row(tmp_path, "smollm135", "full", "gsm8k", 10)   # far below: significant
+    write_row(tmp_path, "smollm135", "lora", "gsm8k", 38)   # a little below: not significant
+    write_row(tmp_path, "smollm135", "fewshot", "gsm8k", 46)  # 6 questions more than zero-shot, one seed each
+    report = write_report([tmp_path], tmp_path / "out", plots=False)
+    rows = {r["method"]: r for r in report["rows"]}
+    assert rows["full"]["negative_transfer"] is True and rows["full"]["delta_zeroshot_test"] == BOOTSTRAP
+    assert rows["lora"]["below_zeroshot"] is True and rows["lora"]["negative_transfer"] is False
+    assert rows["lora"]["delta_zeroshot_p"] > 0.05
+    assert rows["fewshot"]["delta_zeroshot_test"] == MCNEMAR
+    assert rows["fewshot"]["delta_zeroshot_p"] == pytest.approx(0.03125)
+    assert rows["zeroshot"]["delta_zeroshot_test"] is None and rows["zeroshot"]["negative_transfer"] is False
+    lines = {line.split(" | ")[1]: line for line in report["markdown"].splitlines() if line.startswith("| smollm135")}
+    assert "▼" in lines["full"] and "▼" not in lines["lora"]
+    assert "| +10.0* |" in lines["fewshot"] and "| -3.3 |" in lines["lora"]
+    assert "Δ zero-shot (pp, * p<0.05)" in report["markdown"]
+    # at a stricter level the one-seed difference of 6 questions is no longer significant
+    strict = write_report([tmp_path], tmp_path / "strict", plots=False, alpha=0.01)
+    assert "| +10.0 |" in next(line for line in strict["markdown"].splitlines() if "| fewshot |" in line)
+    assert "alpha=0.01" in strict["markdown"]
+
+
+def test_out_of_domain_negative_transfer_is_tested_on_that_set(tmp_path):
+    for method, seeds, k_in, k_ood in (("zeroshot", (0,), 30, 40), ("lora", (0, 1), 45, 5)):
+        for seed in seeds:
+            write_cell(tmp_path, "qwen05", method, "gsm8k", seed, first(k_in), ood={"svamp": first(k_ood)})
+    report = write_report([tmp_path], tmp_path / "out", plots=False)
+    (lora,) = [r for r in report["ood_rows"] if r["method"] == "lora"]
+    assert lora["eval_set"] == "svamp" and lora["delta_zeroshot"] == pytest.approx(-35 / 60)
+    assert lora["delta_zeroshot_test"] == BOOTSTRAP and lora["negative_transfer"] is True
+    (in_domain,) = [r for r in report["rows"] if r["method"] == "lora"]
+    assert in_domain["negative_transfer"] is False and in_domain["delta_zeroshot_p"] < 0.05
+    ood_line = next(line for line in report["markdown"].splitlines() if line.startswith("| qwen05 | lora |")
+                    and "▼" in line)
+    assert ood_line.endswith("▼ |")  # marked on svamp, the last column, not in-domain
+
+
+def test_a_metric_only_the_result_files_know_gets_columns_and_can_back_a_claim(tmp_path):
+    for method, k in (("lora", 50), ("dora", 10)):
+        for seed in (0, 1):
+            write_cell(tmp_path, "qwen05", method, "orcamath", seed, first(k), extra_metric="units")
+    claims = tmp_path / "units.yaml"
+    claims.write_text("claims:\n  - {id: units, text: LoRA above DoRA on units., a: lora, b: dora, "
+                      "direction: above, metric: units}\n")
+    results, report = claims_of(tmp_path, claims)
+    assert "accuracy_units_mean" in report["rows"][0] and "units (%)" in report["markdown"]
+    with open(tmp_path / "report" / "summary.csv", newline="") as f:
+        assert "accuracy_units_wilson_high" in next(csv.reader(f))
+    assert results["units"].verdict == "reproduced" and results["units"].claim.metric == "units"
+    claims.write_text("claims:\n  - {id: nope, text: x, a: lora, b: dora, direction: above, metric: nope}\n")
+    with pytest.raises(ClaimsError, match="metric 'nope' is neither registered nor in the result files; "
+                                          "known: strict, flexible, lenient, units"):
+        check_claims(load_claims(claims), report["rows"])
+
+
+BAD_CLAIMS = [
+    ("claims:\n  - {id: x, text: t, a: full, b: lora, directon: above}\n",
+     r"claims\[0\] \(id x\): unknown key 'directon'; allowed: id, text, a, b, direction, metric, margin"),
+    ("claims:\n  - {id: x, text: t, a: full, b: lora, direction: higher}\n",
+     r"direction='higher' is not allowed; allowed: above, below, not_below, not_above"),
+    ("claims:\n  - {id: x, text: t, a: {methods: full}, b: lora, direction: above}\n",
+     r"side a: unknown key 'methods'; allowed: method, models, params_below, params_at_least"),
+    ("claims:\n  - {id: x, text: t, a: full, b: lora, direction: above, params_below: lots}\n",
+     r"params_below='lots' must be a positive parameter count"),
+    ("claims:\n  - {id: x, text: t, a: full, b: lora, direction: above, margin: 0.02}\n",
+     r"margin applies to the directions not_below and not_above only"),
+    ("claims:\n  - {id: x, text: t, a: full, direction: above}\n", r"missing key 'b'"),
+    ("claim:\n  - {id: x}\n", r"unknown key 'claim'; allowed: claims"),
+    ("claims: []\n", r"'claims' must be a non-empty list"),
+    ("claims:\n  - {id: x, text: t, a: full, b: lora, direction: above}\n"
+     "  - {id: x, text: u, a: full, b: dora, direction: above}\n", r"the id 'x' is used by more than one claim"),
+    ("claims: [unclosed\n", r"cannot read it as YAML"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_CLAIMS)
+def test_an_invalid_claims_file_names_the_bad_key_and_what_is_allowed(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ClaimsError, match=message) as error:
+        load_claims(path)
+    assert str(path) in str(error.value)
+
+
+def test_the_study_claims_file_declares_the_six_claims():
+    claims = {c.id: c for c in load_claims(DEFAULT_CLAIMS)}
+    assert list(claims) == list(CASES)
+    assert claims["full-below-zeroshot-under-300m"].b.methods == ("zeroshot", "zeroshot_instructed")
+    assert claims["full-below-zeroshot-under-300m"].selector.params_below == 3e8
+    assert claims["peft-not-below-zeroshot"].margin == 0.02
+    assert all(c.metric == "flexible" for c in claims.values())
+
+
+def run_cli(*args, cwd):
+    """``python -m slm_sweep.report`` in a subprocess that finds the package from the repository root."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "slm_sweep.report", *map(str, args)], cwd=cwd,
+                          env=dict(os.environ, PYTHONPATH=path), capture_output=True, text=True, timeout=120)
+
+
+def test_cli_checks_the_study_claims_or_a_file_and_rejects_a_bad_one(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    write_row(sweep, "smollm135", "dora", "gsm8k", 10)
+    write_row(sweep, "smollm135", "lora", "gsm8k", 40)
+    result = run_cli(sweep, "--out", tmp_path / "out", "--no-plots", "--claims", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "## Claims" in result.stdout and "| `dora-above-lora-gsm8k` |" in result.stdout
+    assert "**contradicted**" in result.stdout and "### Not covered" in result.stdout
+    assert all((tmp_path / "out" / name).is_file() for name in ("claims.md", "claims.csv", "claims.json"))
+
+    own = tmp_path / "mine.yaml"
+    own.write_text("claims:\n  - id: lora-not-above-dora\n    text: LoRA is not above DoRA.\n"
+                   "    a: {method: lora}\n    b: {method: dora}\n    direction: not_above\n    margin: 0.01\n")
+    assert main([str(sweep), "--out", str(tmp_path / "own"), "--no-plots", f"--claims={own}"]) == 0
+    assert "| `lora-not-above-dora` |" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "own" / "claims.csv", newline="")))
+    assert [(r["claim"], r["verdict"]) for r in rows] == [("lora-not-above-dora", "contradicted")]
+
+    own.write_text("claims:\n  - {id: x, text: t, a: lora, b: dora, direction: sideways}\n")
+    assert main([str(sweep), "--no-plots", "--claims", str(own)]) == 2
+    assert "direction='sideways' is not allowed" in capsys.readouterr().err
+    assert not (sweep / "summary.md").exists(), "nothing is written before the claims file is checked"
+
