@@ -45,7 +45,7 @@ demo: install ## One real cell offline on CPU: SmolLM2-135M (GGUF) x LoRA on a s
 smoke: install ## A 2 x 3 sweep on the tiny model (under a minute on CPU)
 	$(PY) -m slm_sweep -m experiment=smoke $(if $(DATA_ROOT),data_root=$(DATA_ROOT))
 
-paper: install ## The study's whole grid: 5 models x 5 methods x gsm8k, orcamath x seeds 0,1,2
+paper: install ## The study's whole grid: 5 models x 7 methods (4 baselines, full, lora, dora) x gsm8k, orcamath x seeds 0,1,2
 	$(PY) -m slm_sweep -m experiment=paper $(if $(DATA_ROOT),data_root=$(DATA_ROOT))
 
 report: ## Tables and plots of a sweep: make report SWEEP=multirun/<date>/<time> (default: the latest)

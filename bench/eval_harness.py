@@ -52,9 +52,10 @@ def gsm8k_task_file(folder: Path, data_root: Path) -> Path:
 
 
 def run_lm_eval_gsm8k(model, tokenizer, data_root: Path, limit: int, batch_size: int | str = 1,
-                      max_gen_toks: int | None = None) -> HarnessRun:
+                      max_gen_toks: int | None = None, apply_chat_template: bool = False) -> HarnessRun:
     """lm-eval's gsm8k on the first ``limit`` test questions with its default seeds and generation settings
-    (``max_gen_toks`` overrides the task's 256 new tokens)."""
+    (``max_gen_toks`` overrides the task's 256 new tokens); ``apply_chat_template`` as the CLI's
+    ``--apply_chat_template --fewshot_as_multiturn``."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -65,7 +66,8 @@ def run_lm_eval_gsm8k(model, tokenizer, data_root: Path, limit: int, batch_size:
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         start = time.perf_counter()
         result = lm_eval.simple_evaluate(model=lm, tasks=[TASK_NAME], limit=limit, log_samples=True,
-                                         task_manager=manager,
+                                         task_manager=manager, apply_chat_template=apply_chat_template,
+                                         fewshot_as_multiturn=apply_chat_template,
                                          gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None)
         seconds = time.perf_counter() - start
     return _harness_run(result, seconds)

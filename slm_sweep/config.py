@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-METHODS = ("zeroshot", "fewshot", "full", "lora", "dora")
+METHODS = ("zeroshot", "zeroshot_instructed", "fewshot", "fewshot_chat", "full", "lora", "dora")
 MODEL_SOURCES = ("hub", "gguf", "tiny", "random")
 LOGGERS = ("wandb", "csv", "none")
 PROMPT_STYLES = ("auto", "chat", "plain")
@@ -107,6 +107,23 @@ def _validate_placement(cfg: DictConfig) -> None:
     _one_of(cfg.eval.get("generation_config", "neutral"), ("neutral", "model"), "eval.generation_config")
 
 
+def _validate_prompt_format(cfg: DictConfig) -> None:
+    """method.prompt_format and method.instruction (slm_sweep/data/prompts.py); a trained method is scored in
+    the format it was trained in."""
+    from slm_sweep.data.prompts import PROMPT_FORMATS
+
+    method = cfg.method
+    fmt = method.get("prompt_format")
+    if fmt is not None:
+        _one_of(fmt, PROMPT_FORMATS, "method.prompt_format")
+        if method.get("train") and fmt != "as_trained":
+            raise ConfigError(f"method.prompt_format={fmt!r} cannot be used with method={method.name!r}, which is "
+                              "trained: a trained method is scored as it is trained (prompt.style), as_trained")
+    instruction = method.get("instruction")
+    if instruction is not None and not (isinstance(instruction, str) and instruction.strip()):
+        raise ConfigError(f"method.instruction={instruction!r} must be a non-empty string or null")
+
+
 def validate_preflight(cfg: DictConfig) -> None:
     """preflight.on_missing, which the sweep reads before its first cell (and every cell checks again)."""
     if cfg.get("preflight") is not None:
@@ -134,8 +151,9 @@ def validate_config(cfg: DictConfig) -> None:
         dropout = method.get("dropout")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ConfigError(f"method.dropout={dropout!r} must be a number in [0, 1)")
-    if method.name == "fewshot":
+    if method.name in ("fewshot", "fewshot_chat"):
         _positive_int(cfg, "method.num_fewshot")
+    _validate_prompt_format(cfg)
 
     if method.name in ("full", "lora", "dora"):
         _validate_trainer(cfg)
@@ -148,7 +166,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"dataset.data_dir={str(dataset.data_dir)!r} is not an existing directory")
     if cfg.get("data_root") is not None and not Path(str(cfg.data_root)).expanduser().is_dir():
         raise ConfigError(f"data_root={str(cfg.data_root)!r} is not an existing directory")
-    if dataset.get("eval_only") and (method.name in ("full", "lora", "dora") or method.name == "fewshot"):
+    if dataset.get("eval_only") and (method.name in ("full", "lora", "dora") or method.get("num_fewshot")):
         raise ConfigError(
             f"dataset={dataset.name!r} is an evaluation-only set (no train split) and cannot be used with "
             f"method={method.name!r}; use it with method=zeroshot or list it in eval.ood_sets"

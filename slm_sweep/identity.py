@@ -36,7 +36,9 @@ TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps",
                         "gradient_clip_val", "precision")
 EVAL_SCORING_KEYS = ("split", "max_new_tokens", "stop", "generation_config")
 MODEL_KEYS_NOT_IN_IDENTITY = ("name", "params_nominal", "gguf_dir", "gguf_package", "revision")
-METHOD_EVAL_KEYS = ("num_fewshot", "shot_seed")
+# Method settings that change the prompts only: in the evaluation key, never in the training key.
+METHOD_PROMPT_KEYS = ("prompt_format", "instruction")  # in the key only when set: older keys stay valid
+METHOD_EVAL_KEYS = ("num_fewshot", "shot_seed", *METHOD_PROMPT_KEYS)
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -174,9 +176,11 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
     evaluation = {
         "scoring": SCORING_VERSION,
         "weights": training_key or {"model": model, "libraries": numeric_versions()},
-        "method": {"name": method["name"], **{k: method.get(k) for k in METHOD_EVAL_KEYS}},
+        "method": {"name": method["name"], **{k: method.get(k) for k in METHOD_EVAL_KEYS
+                                              if k not in METHOD_PROMPT_KEYS or method.get(k) is not None}},
         "shot_pool": fingerprint(train) if shots else None,
-        "prompt": prompt,
+        # prompt.style and prompt.system shape the prompts only of methods prompted as trained cells are
+        "prompt": prompt if (method.get("prompt_format") or "as_trained") == "as_trained" else None,
         "eval": {**{k: eval_cfg.get(k) for k in EVAL_SCORING_KEYS}, "dtype": eval_dtype},
         "test": fingerprint(test),
         "ood": {name: fingerprint(examples) for name, examples in sorted(ood.items())},

@@ -124,6 +124,7 @@ def _base_record(cfg: DictConfig, config: dict) -> dict[str, Any]:
         "skipped_rows": {},
         "placement": {"train": None, "eval": None},
         "decoding": None,
+        "prompt": None,
         "config": config,
         "versions": library_versions(),
         "git_commit": git_commit(),
@@ -148,7 +149,7 @@ class CellData:
 
 def load_data(cfg: DictConfig) -> CellData:
     """The dataset's splits, the out-of-domain sets and the few-shot sampler; fails before any model loads."""
-    from slm_sweep.data.prompts import ShotSampler
+    from slm_sweep.data.prompts import ShotSampler, shot_seed
     from slm_sweep.data.sources import load_eval_set, load_splits
 
     method = cfg.method
@@ -163,9 +164,7 @@ def load_data(cfg: DictConfig) -> CellData:
         name: load_eval_set(name, data_root=cfg.get("data_root"), limit=cfg.eval.get("ood_limit"))
         for name in (cfg.eval.get("ood_sets") or [])
     }
-    shot_seed = method.get("shot_seed")
-    sampler = ShotSampler(splits.train, num_fewshot, int(cfg.seed if shot_seed is None else shot_seed)) \
-        if num_fewshot else None
+    sampler = ShotSampler(splits.train, num_fewshot, shot_seed(method, int(cfg.seed))) if num_fewshot else None
     return CellData(splits, ood_sets, sampler)
 
 
@@ -292,7 +291,7 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
         print(closing_line(source, out), flush=True)
         return source
     log.info("reusing the finished result in %s", previous)
-    for key in ("status", "metrics", "eval_sets", "skipped_rows", "placement"):
+    for key in ("status", "metrics", "eval_sets", "skipped_rows", "placement", "prompt"):
         record[key] = source.get(key)
     record["reused_from"] = str(previous / RESULT_FILE)
     record["finished_at"] = now_iso()
@@ -369,7 +368,7 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
               trained_record: dict | None = None) -> None:
     import lightning as L
 
-    from slm_sweep.data.prompts import resolve_style
+    from slm_sweep.data.prompts import resolve_format
     from slm_sweep.evaluate.evaluator import build_eval_prompts, evaluate
     from slm_sweep.models import count_parameters, merge_adapters_for_eval
     from slm_sweep.placement import resolve_placement, to_device, to_dtype
@@ -381,7 +380,8 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
 
     model, tokenizer = load_model(cfg, kept_weights(trained) if trained else None)
     trainable, total = count_parameters(model)
-    style = resolve_style(cfg.prompt.style, tokenizer)
+    # how the questions are put to the model: the method's own format (few-shot), else as trained cells are prompted
+    prompt_format = resolve_format(method, cfg.prompt, tokenizer, int(cfg.seed))
     metrics: dict[str, Any] = {"trainable_params": trainable, "total_params": total, "train_time_s": 0.0,
                                "train_loss": None, "val_loss": None, "train_steps": 0, "train_tokens": 0,
                                "train_tokens_per_s": None, "mfu": None}
@@ -417,7 +417,9 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
     on_val = cfg.eval.get("split", "test") == "val"
     examples = splits.val if on_val else splits.test
     prefix = "val_" if on_val else ""
-    prompts = build_eval_prompts(tokenizer, examples, style, sampler, cfg.prompt.system)
+    prompts = build_eval_prompts(tokenizer, examples, prompt_format, sampler)
+    record["prompt"] = {**prompt_format.describe(), "shot_pool_size": len(splits.train) if sampler else None,
+                        "example": prompts[0] if prompts else None}
     preds, scores = evaluate(model, tokenizer, examples, prompts, cfg.eval,
                              cfg.dataset.name + ("/val" if on_val else ""),
                              tolerance=cfg.dataset.get("answer_tolerance"), progress=bool(cfg.eval.progress))
@@ -436,7 +438,7 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
     for name, examples in ood_sets.items():
         from slm_sweep.data.sources import dataset_spec
 
-        prompts = build_eval_prompts(tokenizer, examples, style, sampler, cfg.prompt.system)
+        prompts = build_eval_prompts(tokenizer, examples, prompt_format, sampler)
         preds, scores = evaluate(model, tokenizer, examples, prompts, cfg.eval, name,
                                  tolerance=dataset_spec(name).get("answer_tolerance"),
                                  progress=bool(cfg.eval.progress))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from slm_sweep.data.prompts import ShotSampler
+from slm_sweep.data.prompts import PromptFormat, ShotSampler
 from slm_sweep.data.sources import Example, dataset_spec, load_splits
 from slm_sweep.evaluate.evaluator import build_eval_prompts
 from slm_sweep.models import load_model_and_tokenizer
@@ -21,8 +21,8 @@ def test_prompts_never_contain_the_test_question(requires_data):
     # a pool that holds every test question among the training examples: the sampler must still avoid each one
     pool = list(splits.train[:20]) + [Example(t.question, t.answer, t.reference) for t in test]
     tokenizer = _tokenizer()
-    for style in ("chat", "plain"):
-        prompts = build_eval_prompts(tokenizer, test, style, ShotSampler(pool, 5, seed=1234))
+    for prompt_format in ("chat", "plain", PromptFormat("lm_eval_chat", "chat", num_fewshot=5, shot_seed=1234)):
+        prompts = build_eval_prompts(tokenizer, test, prompt_format, ShotSampler(pool, 5, seed=1234))
         for example, prompt in zip(test, prompts):
             assert prompt.count(example.question) == 1, "the test question appears once: as the question asked"
             assert example.answer not in prompt

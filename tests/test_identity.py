@@ -83,6 +83,20 @@ def test_untrained_methods_ignore_seed_trainer_and_training_limits(tiny_cfg):
     assert keys(tiny_cfg("method=fewshot", "dataset.train_limit=30")) != few  # the shot pool changed
 
 
+def test_baseline_prompt_settings_change_only_their_scores(tiny_cfg):
+    instructed = keys(tiny_cfg("method=zeroshot_instructed"))
+    assert instructed[0] is None and instructed != keys(tiny_cfg("method=zeroshot"))
+    assert keys(tiny_cfg("method=zeroshot_instructed", "method.instruction=Answer with a number.")) != instructed
+    few = keys(tiny_cfg("method=fewshot"))
+    assert keys(tiny_cfg("method=fewshot_chat")) != few
+    assert keys(tiny_cfg("method=fewshot", "method.prompt_format=lm_eval_chat")) != few
+    # the few-shot formats do not read prompt.style or prompt.system; the zero-shot ones do
+    for method in ("fewshot", "fewshot_chat"):
+        assert keys(tiny_cfg(f"method={method}", "prompt.style=plain", "prompt.system=Be brief.")) == \
+            keys(tiny_cfg(f"method={method}"))
+    assert keys(tiny_cfg("method=zeroshot_instructed", "prompt.system=Be brief.")) != instructed
+
+
 def test_scoring_source_matches_its_version():
     source = Path(__file__).resolve().parents[1] / "slm_sweep" / "scoring.py"
     digest = hashlib.sha256(source.read_bytes()).hexdigest()

@@ -75,3 +75,60 @@ def test_zero_shots_and_bad_k():
         ShotSampler(_pool(3), 4, seed=0)
     with pytest.raises(ValueError, match="differ from the test question"):
         ShotSampler(_pool(3), 3, seed=0).draw(["question 0?"])
+
+
+def test_lm_eval_chat_turns_hold_lm_eval_question_text():
+    from slm_sweep.models import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    shots = [Example("What is 1+1?", "1+1=2\n#### 2", "2")]
+    prompt = build_prompt(tokenizer, "What is 3+3?", shots, style="chat", lm_eval_turns=True)
+    assert prompt == ("<|im_start|>user\nQuestion: What is 1+1?\nAnswer:<|im_end|>\n"
+                      "<|im_start|>assistant\n1+1=2\n#### 2<|im_end|>\n"
+                      "<|im_start|>user\nQuestion: What is 3+3?\nAnswer:<|im_end|>\n<|im_start|>assistant\n")
+    # without lm_eval_turns the user turn is the bare question, as trained cells see it
+    assert build_prompt(tokenizer, "What is 3+3?", style="chat") == \
+        "<|im_start|>user\nWhat is 3+3?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_instruction_follows_the_question_and_never_the_shots():
+    from slm_sweep.models import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    shots = [Example("What is 1+1?", "1+1=2\n#### 2", "2")]
+    assert build_prompt(tokenizer, "What is 3+3?", style="chat", system="Be brief.", instruction="End with ####.") \
+        == ("<|im_start|>system\nBe brief.<|im_end|>\n"
+            "<|im_start|>user\nWhat is 3+3?\n\nEnd with ####.<|im_end|>\n<|im_start|>assistant\n")
+    assert build_prompt(None, "What is 3+3?", shots, style="plain", instruction="End with ####.") == (
+        "Question: What is 1+1?\nAnswer: 1+1=2\n#### 2\n\nQuestion: What is 3+3?\n\nEnd with ####.\nAnswer:")
+
+
+def test_resolve_format_per_method_and_prompt_settings():
+    from slm_sweep.data.prompts import resolve_format
+    from slm_sweep.models import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    chat, plain = {"style": "auto", "system": "Be brief."}, {"style": "plain", "system": None}
+    zeroshot = {"name": "zeroshot", "num_fewshot": 0, "prompt_format": "as_trained"}
+    fewshot = {"name": "fewshot", "num_fewshot": 5, "shot_seed": 1234, "prompt_format": "lm_eval"}
+    fewshot_chat = {**fewshot, "name": "fewshot_chat", "prompt_format": "lm_eval_chat"}
+
+    assert resolve_format(zeroshot, chat, tokenizer, seed=3).describe() == {
+        "format": "as_trained", "style": "chat", "system": "Be brief.", "instruction": None, "num_fewshot": 0,
+        "shot_seed": None}
+    assert resolve_format(zeroshot, plain, tokenizer, seed=3).style == "plain"
+    for prompt in (chat, plain):  # the few-shot formats ignore prompt.style and prompt.system
+        assert resolve_format(fewshot, prompt, tokenizer, seed=3).describe() == {
+            "format": "lm_eval", "style": "plain", "system": None, "instruction": None, "num_fewshot": 5,
+            "shot_seed": 1234}
+        assert resolve_format(fewshot_chat, prompt, tokenizer, seed=3).style == "chat"
+    # a trained method (no prompt_format) is scored as it is trained
+    assert resolve_format({"name": "lora", "train": True}, chat, tokenizer, seed=3).name == "as_trained"
+    # shot_seed null: the run seed draws the shots
+    assert resolve_format({**fewshot, "shot_seed": None}, chat, tokenizer, seed=3).shot_seed == 3
+
+    tokenizer.chat_template = None
+    with pytest.raises(ValueError, match="method='fewshot_chat' .* needs a chat template .* use method=fewshot"):
+        resolve_format(fewshot_chat, chat, tokenizer, seed=0)
+    with pytest.raises(ValueError, match="prompt_format='plain' is not one of as_trained, lm_eval, lm_eval_chat"):
+        resolve_format({**fewshot, "prompt_format": "plain"}, chat, tokenizer, seed=0)

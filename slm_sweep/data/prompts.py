@@ -6,15 +6,29 @@ Two styles:
   few-shot examples are earlier turns of the same conversation.
 - ``plain``: lm-evaluation-harness's gsm8k format, ``Question: ...\\nAnswer: ...`` with shots separated by a
   blank line. Used for models without a chat template and for parity with lm-eval.
+
+A cell's evaluation prompts follow its method's ``prompt_format`` (``PromptFormat``):
+
+- ``as_trained``: as trained cells are trained and scored: ``prompt.style`` and ``prompt.system``; in the chat
+  style the user turn is the bare question.
+- ``lm_eval``: lm-eval's gsm8k task as its CLI runs it by default: plain text, whatever ``prompt.style`` says.
+- ``lm_eval_chat``: lm-eval's gsm8k with ``--apply_chat_template --fewshot_as_multiturn``: each shot is a user
+  turn ``Question: ...\\nAnswer:`` and an assistant turn with its worked answer, then the question as the last
+  user turn and the template's generation prompt; no system message.
+
+An ``instruction`` is appended to the evaluated question (never to the shots), after a blank line.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 STYLES = ("auto", "chat", "plain")
+PROMPT_FORMATS = ("as_trained", "lm_eval", "lm_eval_chat")
+INSTRUCTION_SEPARATOR = "\n\n"
 PLAIN_FEWSHOT_DELIMITER = "\n\n"
 PLAIN_TARGET_DELIMITER = " "
 
@@ -40,18 +54,25 @@ def plain_question(question: str) -> str:
 
 
 def build_prompt(tokenizer, question: str, shots: Sequence[QA] = (), style: str = "chat",
-                 system: str | None = None) -> str:
-    """The text after which the model generates its answer."""
+                 system: str | None = None, *, lm_eval_turns: bool = False, instruction: str | None = None) -> str:
+    """The text after which the model generates its answer.
+
+    ``lm_eval_turns``: in the chat style, every user turn is lm-eval's ``Question: ...\\nAnswer:`` instead of the
+    bare question. ``instruction``: appended to the question after a blank line.
+    """
+    if instruction:
+        question = question + INSTRUCTION_SEPARATOR + instruction
     if style == "plain":
         context = "".join(
             plain_question(s.question) + PLAIN_TARGET_DELIMITER + s.answer + PLAIN_FEWSHOT_DELIMITER for s in shots
         )
         return context + plain_question(question)
+    turn = plain_question if lm_eval_turns else str
     messages = [{"role": "system", "content": system}] if system else []
     for shot in shots:
-        messages.append({"role": "user", "content": shot.question})
+        messages.append({"role": "user", "content": turn(shot.question)})
         messages.append({"role": "assistant", "content": shot.answer})
-    messages.append({"role": "user", "content": question})
+    messages.append({"role": "user", "content": turn(question)})
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
@@ -59,6 +80,53 @@ def build_target(tokenizer, answer: str, style: str) -> str:
     """The text the model is trained to produce after the prompt: the answer and the end-of-turn token."""
     eos = tokenizer.eos_token or ""
     return (PLAIN_TARGET_DELIMITER + answer if style == "plain" else answer) + eos
+
+
+def shot_seed(method: Mapping[str, Any], seed: int) -> int | None:
+    """The seed that draws a method's shots: its fixed ``shot_seed``, else the run's seed; None without shots."""
+    if not int(method.get("num_fewshot") or 0):
+        return None
+    fixed = method.get("shot_seed")
+    return int(seed if fixed is None else fixed)
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """Everything that decides the text of a cell's evaluation prompts; result.json records it under ``prompt``.
+
+    ``name`` is one of PROMPT_FORMATS (module docstring); ``style`` the resolved rendering, chat or plain.
+    """
+
+    name: str = "as_trained"
+    style: str = "chat"
+    system: str | None = None
+    instruction: str | None = None
+    num_fewshot: int = 0
+    shot_seed: int | None = None
+
+    def render(self, tokenizer, question: str, shots: Sequence[QA] = ()) -> str:
+        return build_prompt(tokenizer, question, shots, self.style, self.system,
+                            lm_eval_turns=self.name == "lm_eval_chat", instruction=self.instruction)
+
+    def describe(self) -> dict[str, Any]:
+        return {"format": self.name, **{k: v for k, v in asdict(self).items() if k != "name"}}
+
+
+def resolve_format(method: Mapping[str, Any], prompt: Mapping[str, Any], tokenizer, seed: int) -> PromptFormat:
+    """The prompt format of a cell from its method (``prompt_format``, ``instruction``, shots) and, for
+    ``as_trained``, the run's ``prompt`` settings; a format the tokenizer cannot render is an error here."""
+    name = method.get("prompt_format") or "as_trained"
+    if name not in PROMPT_FORMATS:
+        raise ValueError(f"method.prompt_format={name!r} is not one of {', '.join(PROMPT_FORMATS)}")
+    common = {"instruction": method.get("instruction") or None, "num_fewshot": int(method.get("num_fewshot") or 0),
+              "shot_seed": shot_seed(method, seed)}
+    if name == "as_trained":
+        return PromptFormat(name, resolve_style(str(prompt.get("style") or "auto"), tokenizer),
+                            prompt.get("system") or None, **common)
+    if name == "lm_eval_chat" and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"method={method.get('name')!r} (prompt_format lm_eval_chat) needs a chat template and "
+                         "this tokenizer has none; use method=fewshot (lm-eval's plain format) for this model")
+    return PromptFormat(name, "chat" if name == "lm_eval_chat" else "plain", None, **common)
 
 
 class ShotSampler:

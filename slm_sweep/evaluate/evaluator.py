@@ -6,16 +6,22 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from slm_sweep.data.prompts import ShotSampler, build_prompt
+from slm_sweep.data.prompts import PromptFormat, ShotSampler
 from slm_sweep.evaluate.generate import generate
 from slm_sweep.scoring import METRICS, accuracy_key, score
 
 
-def build_eval_prompts(tokenizer, examples: Sequence, style: str, sampler: ShotSampler | None = None,
-                       system: str | None = None) -> list[str]:
-    """One prompt per example; with a sampler, its shots are drawn afresh for this evaluation set (as lm-eval)."""
+def build_eval_prompts(tokenizer, examples: Sequence, prompt_format: PromptFormat | str,
+                       sampler: ShotSampler | None = None, system: str | None = None) -> list[str]:
+    """One prompt per example; with a sampler, its shots are drawn afresh for this evaluation set (as lm-eval).
+
+    ``prompt_format`` is a cell's ``PromptFormat``, or a style (``chat``, ``plain``) for the format trained cells
+    use, with ``system`` as its system message.
+    """
+    if isinstance(prompt_format, str):
+        prompt_format = PromptFormat("as_trained", prompt_format, system)
     shots = sampler.draw([ex.question for ex in examples]) if sampler else [()] * len(examples)
-    return [build_prompt(tokenizer, ex.question, s, style, system) for ex, s in zip(examples, shots)]
+    return [prompt_format.render(tokenizer, ex.question, s) for ex, s in zip(examples, shots)]
 
 
 def score_output(output: str, reference: str, tolerance: float | None) -> dict[str, Any]:
