@@ -81,7 +81,7 @@ def time_ours(model, tokenizer, args, engine: str) -> Timed:
 
 
 def time_lm_eval(model, tokenizer, args, batch_size: str) -> Timed:
-    from bench.eval_harness import run_lm_eval_gsm8k
+    from slm_sweep.evaluate.lm_eval_gsm8k import run_lm_eval_gsm8k
 
     size = int(batch_size) if batch_size.isdigit() else batch_size
     start, cpu = time.perf_counter(), time.process_time()

@@ -23,7 +23,7 @@ from tests.conftest import CONF_DIR, compose_config
 
 pytest.importorskip("lm_eval", reason="lm-eval is in the dev extra")
 
-from bench.eval_harness import run_lm_eval_gsm8k  # noqa: E402
+from slm_sweep.evaluate.lm_eval_gsm8k import run_lm_eval_gsm8k  # noqa: E402
 
 LM_EVAL_SHOT_SEED = 1234  # lm_eval.simple_evaluate's default fewshot_random_seed
 GSM8K_EVAL = {"max_new_tokens": 256, "stop": ["Question:", "</s>", "<|im_end|>"]}

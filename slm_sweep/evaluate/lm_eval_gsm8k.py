@@ -2,7 +2,8 @@
 
 The task is lm-eval's ``gsm8k.yaml`` unchanged except for where its documents come from: a task file in a
 temporary folder includes it and points ``dataset_path: json`` at ``<data_root>/gsm8k/{train,test}.jsonl``.
-Used by ``bench/eval_speed.py`` and ``tests/test_lm_eval_parity.py``; needs the ``dev`` extra (lm-eval).
+The reference side of the parity test (tests/test_lm_eval_parity.py) and of ``bench/eval_speed.py``; needs the
+``dev`` extra (lm-eval), imported only by them.
 """
 
 from __future__ import annotations
