@@ -11,7 +11,6 @@ from omegaconf import DictConfig, OmegaConf
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 METHODS = ("zeroshot", "zeroshot_instructed", "fewshot", "fewshot_chat", "full", "lora", "dora")
 MODEL_SOURCES = ("hub", "gguf", "tiny", "random")
-LOGGERS = ("wandb", "csv", "none")
 PROMPT_STYLES = ("auto", "chat", "plain")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 PREFLIGHT_MODES = ("skip", "refuse", "warn")
@@ -124,6 +123,62 @@ def _validate_prompt_format(cfg: DictConfig) -> None:
         raise ConfigError(f"method.instruction={instruction!r} must be a non-empty string or null")
 
 
+def target_class(path: str, entry: Any, kind: str, group: str, bases: tuple[type, ...]) -> type:
+    """The class that an entry's ``_target_`` names, imported and checked to be one of ``bases``; ConfigError
+    naming the entry and the files of conf/<group>/ otherwise. Imports the class: cells call it, not validation."""
+    from hydra.utils import get_class
+
+    options = f"the {kind}s in conf/{group}/ are: {', '.join(group_options(group))}"
+    target = _target(path, entry, kind, options)
+    try:
+        cls = get_class(target)
+    except Exception as err:  # noqa: BLE001 - any import problem is the same mistake in the config
+        raise ConfigError(f"{path}._target_={target!r} cannot be imported ({err}); {options}") from None
+    if not issubclass(cls, bases):
+        names = " or ".join(f"{b.__module__}.{b.__qualname__}" for b in bases)
+        raise ConfigError(f"{path}._target_={target!r} is not a {kind} ({names}); {options}")
+    return cls
+
+
+def _target(path: str, entry: Any, kind: str, options: str) -> str:
+    """The entry's ``_target_``, checked without importing it (validation must not import Lightning): a string
+    whose top-level package is installed."""
+    import importlib.util
+
+    target = entry.get("_target_") if isinstance(entry, Mapping) else None
+    if not isinstance(target, str) or "." not in target:
+        raise ConfigError(f"{path}={entry!r} must be a mapping with a _target_ (a {kind} class, as "
+                          f"package.module.Class) or null; {options}")
+    package = target.split(".")[0]
+    if importlib.util.find_spec(package) is None:
+        raise ConfigError(f"{path}._target_={target!r} cannot be imported (no package {package!r}); {options}")
+    return target
+
+
+def _validate_logger(cfg: DictConfig) -> None:
+    """Each logger entry (conf/logger/) names a class of an installed package; W&B entries a known mode. The class
+    itself is imported and checked when the cell builds its loggers (slm_sweep.tracking)."""
+    from slm_sweep.tracking import WANDB_TARGET, logger_entries
+
+    options = f"the loggers in conf/logger/ are: {', '.join(group_options('logger'))}"
+    try:
+        entries = logger_entries(cfg.logger)
+    except ValueError as err:
+        raise ConfigError(f"{err}; {options}") from None
+    for path, entry in entries.items():
+        if _target(path, entry, "logger", options) == WANDB_TARGET:
+            _one_of(entry.get("mode", "auto"), WANDB_MODES, f"{path}.mode")
+
+
+def _validate_callbacks(cfg: DictConfig) -> None:
+    """Each entry of ``callbacks`` (conf/callbacks/) is null or names a class of an installed package; training
+    imports and checks it (slm_sweep.train.fit.configured_callbacks)."""
+    options = f"the callbacks in conf/callbacks/ are: {', '.join(group_options('callbacks'))}"
+    for name, entry in (cfg.get("callbacks") or {}).items():
+        if entry is not None:
+            _target(f"callbacks.{name}", entry, "callback", options)
+
+
 def validate_preflight(cfg: DictConfig) -> None:
     """preflight.on_missing, which the sweep reads before its first cell (and every cell checks again)."""
     if cfg.get("preflight") is not None:
@@ -143,6 +198,9 @@ def validate_config(cfg: DictConfig) -> None:
 
     method = cfg.method
     _one_of(method.get("name"), METHODS, "method.name")
+    from slm_sweep.tune import validate as validate_tuning
+
+    validate_tuning(cfg)  # before method.lr is read: a grid search's candidate sets it
     if method.name in ("full", "lora", "dora"):
         _number(cfg, "method.lr", "a positive number")
     if method.name in ("lora", "dora"):
@@ -189,6 +247,6 @@ def validate_config(cfg: DictConfig) -> None:
     _one_of(cfg.prompt.style, PROMPT_STYLES, "prompt.style")
     _one_of(cfg.resume.enabled, ("auto", True, False), "resume.enabled")
     validate_preflight(cfg)
-    _one_of(cfg.logger.get("name"), LOGGERS, "logger.name")
-    if cfg.logger.name == "wandb":
-        _one_of(cfg.logger.get("mode", "auto"), WANDB_MODES, "logger.mode")
+    _validate_logger(cfg)
+    if method.get("train"):
+        _validate_callbacks(cfg)

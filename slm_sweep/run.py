@@ -187,10 +187,14 @@ def identify(cfg: DictConfig, config: dict, data: CellData) -> CellIdentity:
 def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Run one cell and return its result record (also written to ``out_dir/result.json``)."""
     validate_config(cfg)
+    from slm_sweep.tune import resolve_lr
+
+    learning_rate = resolve_lr(cfg)  # before the config is recorded: the rate trained with is in the identity
     out = _output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = redact(OmegaConf.to_container(cfg, resolve=True))
     record = _base_record(cfg, config)
+    record["learning_rate"] = learning_rate
     dirs = _resume_dirs(cfg, out)
     if global_rank() != 0:
         # Other ranks of a distributed run only join training; rank 0 evaluates and writes every file.
@@ -334,7 +338,8 @@ def train_stage(cfg: DictConfig, out: Path, record: dict, model, tokenizer, data
     resume_from = last_checkpoint(out) or find_checkpoint(dirs, identity.training_key, own=out)
     outcome = fit(model, train, val, cfg.trainer, cfg.method, seed=int(cfg.seed), out_dir=out,
                   pad_token_id=tokenizer.pad_token_id, loggers=tracker.lightning_loggers if tracker else None,
-                  resume_from=resume_from, extra_callbacks=callbacks)
+                  resume_from=resume_from, extra_callbacks=callbacks,
+                  callbacks_cfg=cfg.get("callbacks"))
     if outcome.train_steps < int(cfg.trainer.max_steps):
         raise RuntimeError(f"training ran {outcome.train_steps} of trainer.max_steps={cfg.trainer.max_steps} "
                            "optimizer steps: the cell would not be the method it names")

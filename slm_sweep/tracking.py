@@ -1,6 +1,10 @@
-"""Metric loggers of a cell: Weights & Biases (online or offline), Lightning's CSV logger, or none.
+"""Metric loggers of a cell, built from conf/logger/<name>.yaml with hydra.utils.instantiate.
 
-A W&B problem (no network, a bad key) never stops a run: it falls back to offline mode and says so.
+A logger config is one ``_target_`` entry (conf/logger/csv.yaml: Lightning's CSVLogger) or several named ones
+(conf/logger/wandb_csv.yaml), as in lightning-hydra-template. A Lightning logger whose ``save_dir`` is null writes
+into the cell's folder. A ``CellLogger`` subclass is also given the cell (names, tags, config, folder) and the final
+result: ``WandbRun`` (conf/logger/wandb.yaml) logs to W&B offline without an API key, falls back to offline when
+online fails (a W&B problem never stops a run), and adds the scores and a table of predictions at the end.
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from slm_sweep.scoring import PREDICTION_FIELDS
 from slm_sweep.results import redact
+from slm_sweep.scoring import PREDICTION_FIELDS
 
 log = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ("eval_set", "index", "question", "reference", "output", *PREDICTION_FIELDS)
+WANDB_TARGET = "slm_sweep.tracking.WandbRun"
 
 
 def wandb_api_key_available() -> bool:
@@ -38,15 +43,23 @@ def start_wandb_run(logger_cfg: Mapping[str, Any], name: str, group: str, job_ty
                     config: Mapping[str, Any], out_dir: str | Path):
     """A W&B run in ``out_dir/wandb``; offline without an API key; falls back to offline if online fails.
 
-    Returns None when W&B is disabled.
+    ``logger_cfg`` holds the settings of conf/logger/wandb.yaml. Returns None when W&B is disabled.
     """
     import wandb
 
     mode = logger_cfg.get("mode", "auto")
+    api_key = logger_cfg.get("api_key")
     if mode == "auto":
-        mode = "online" if wandb_api_key_available() else "offline"
+        mode = "online" if api_key or wandb_api_key_available() else "offline"
     if mode == "disabled":
         return None
+
+    def settings(online: bool):
+        # W&B's run metadata records the command line, which may carry credentials given as overrides
+        return wandb.Settings(x_disable_meta=True, save_code=False,
+                              init_timeout=float(logger_cfg.get("init_timeout", 90)),
+                              **({"api_key": api_key} if online and api_key else {}))
+
     kwargs = dict(
         project=logger_cfg.get("project", "slm_sweep"),
         entity=logger_cfg.get("entity"),
@@ -56,59 +69,64 @@ def start_wandb_run(logger_cfg: Mapping[str, Any], name: str, group: str, job_ty
         name=name,
         config=redact(dict(config)),
         dir=str(out_dir),
-        # W&B's run metadata records the command line, which may carry credentials given as overrides
-        settings=wandb.Settings(x_disable_meta=True, save_code=False,
-                                init_timeout=float(logger_cfg.get("init_timeout", 90))),
     )
     try:
-        return wandb.init(mode=mode, **kwargs)
+        return wandb.init(mode=mode, settings=settings(mode == "online"), **kwargs)
     except Exception as err:  # noqa: BLE001 - any W&B failure must leave the run going
         if mode == "offline":
             raise
         log.warning("W&B could not start online (%s); logging offline into %s instead "
                     "(upload later with `wandb sync`)", err, out_dir)
-        return wandb.init(mode="offline", **kwargs)
+        return wandb.init(mode="offline", settings=settings(False), **kwargs)
 
 
-class Tracker:
-    """Owns the run's metric loggers from the start of the cell to ``finish``."""
+class CellLogger:
+    """A logger that needs the cell: built with ``cell``, ``config`` and ``out_dir`` on top of its YAML settings,
+    told the cell's result at the end, closed with the cell's status. ``lightning_logger`` (or None) is what
+    the Lightning Trainer logs training metrics to."""
 
-    def __init__(self, logger_cfg: Mapping[str, Any], cell: Mapping[str, Any], config: Mapping[str, Any],
-                 out_dir: str | Path):
-        self.kind = logger_cfg.get("name", "none")
-        self.cfg = logger_cfg
-        self.out_dir = Path(out_dir)
-        self.wandb_run = None
-        self.lightning_loggers: list = []
-        if self.kind == "wandb":
-            self._start_wandb(cell, config)
-        elif self.kind == "csv":
-            from lightning.pytorch.loggers import CSVLogger
+    lightning_logger = None
 
-            self.lightning_loggers = [CSVLogger(save_dir=str(self.out_dir), name="csv", version="")]
+    def log_result(self, record: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> None:
+        """Final metrics and predictions; must not raise (the result files are written already)."""
 
-    def _start_wandb(self, cell: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+    def finish(self, status: str) -> None:
+        """Always called, also when the cell failed."""
+
+
+class WandbRun(CellLogger):
+    """A W&B run per cell, grouped as ``model-method-dataset``, named with the seed, tagged with the model, method,
+    dataset and sweep; offline without an API key, offline again when online fails; the scores and a predictions
+    table at the end."""
+
+    def __init__(self, *, cell: Mapping[str, Any], config: Mapping[str, Any], out_dir: str | Path,
+                 project: str = "slm_sweep", entity: str | None = None, mode: str = "auto",
+                 tags: Sequence[str] = (), log_predictions: bool = True, init_timeout: float = 90,
+                 api_key: str | None = None):
         from lightning.pytorch.loggers import WandbLogger
 
-        tags = [cell["model"], cell["method"], cell["dataset"]]
+        self.log_predictions = log_predictions
+        settings = {"project": project, "entity": entity, "mode": mode, "tags": list(tags),
+                    "init_timeout": init_timeout, "api_key": api_key}
+        run_tags = [cell["model"], cell["method"], cell["dataset"]]
         if cell.get("sweep_tag"):
-            tags.append(cell["sweep_tag"])
+            run_tags.append(cell["sweep_tag"])
         group = group_name(cell["model"], cell["method"], cell["dataset"])
-        self.wandb_run = start_wandb_run(self.cfg, name=f"{group}-seed{cell['seed']}", group=group,
-                                         job_type=cell["method"], tags=tags, config=config, out_dir=self.out_dir)
-        if self.wandb_run is not None:
-            self.lightning_loggers = [WandbLogger(experiment=self.wandb_run, log_model=False)]
+        self.run = start_wandb_run(settings, name=f"{group}-seed{cell['seed']}", group=group,
+                                   job_type=cell["method"], tags=run_tags, config=config, out_dir=out_dir)
+        if self.run is not None:
+            self.lightning_logger = WandbLogger(experiment=self.run, log_model=False)
 
     def log_result(self, record: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> None:
         """Final metrics, out-of-domain scores and a table of predictions; a W&B error is logged, not raised."""
-        if self.wandb_run is None:
+        if self.run is None:
             return
         try:
-            self._log_result_to_wandb(record, predictions)
+            self._log_result(record, predictions)
         except Exception:  # noqa: BLE001 - the result files are written already; W&B is a copy
             log.exception("logging the result to W&B failed; result.json has it")
 
-    def _log_result_to_wandb(self, record: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> None:
+    def _log_result(self, record: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> None:
         import wandb
 
         metrics = record.get("metrics") or {}
@@ -116,25 +134,105 @@ class Tracker:
         for name, scores in (record.get("eval_sets") or {}).items():
             values.update({f"eval_{name}/{k}": v for k, v in scores.items() if isinstance(v, (int, float))})
         values["status"] = record.get("status")
-        self.wandb_run.summary.update(values)
-        self.wandb_run.log({k: v for k, v in values.items() if k != "status"})
-        if self.cfg.get("log_predictions", True) and predictions:
+        self.run.summary.update(values)
+        self.run.log({k: v for k, v in values.items() if k != "status"})
+        if self.log_predictions and predictions:
             table = wandb.Table(columns=list(PREDICTION_COLUMNS),
                                 data=[[p.get(c) for c in PREDICTION_COLUMNS] for p in predictions])
-            self.wandb_run.log({"eval/predictions": table})
+            self.run.log({"eval/predictions": table})
+
+    def finish(self, status: str) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.summary["status"] = status
+            self.run.finish(exit_code=0 if status == "completed" else 1)
+        except Exception:  # noqa: BLE001 - closing W&B must not hide the run's outcome
+            log.exception("closing the W&B run failed")
+        self.run = None
+
+
+def logger_entries(logger_cfg: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
+    """The logger config's entries by their path: ``{"logger": cfg}`` for one ``_target_``, ``{"logger.<name>":
+    entry}`` for named ones, ``{}`` for none (``_target_: null``). Raises ValueError on an entry that is neither a
+    mapping with ``_target_`` nor null."""
+    if logger_cfg is None:
+        return {}
+    if "_target_" in logger_cfg:
+        return {} if logger_cfg["_target_"] is None else {"logger": logger_cfg}
+    entries = {}
+    for name, entry in logger_cfg.items():
+        if entry is None:
+            continue
+        if not isinstance(entry, Mapping) or not entry.get("_target_"):
+            raise ValueError(f"logger.{name}={entry!r} must be a mapping with a _target_ (a logger class) or null")
+        entries[f"logger.{name}"] = entry
+    return entries
+
+
+def wandb_settings(logger_cfg: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The settings of the W&B entry of a logger config (a ``WandbRun`` target), None without one."""
+    for entry in logger_entries(logger_cfg).values():
+        target = entry["_target_"]
+        if target == WANDB_TARGET or (target.startswith(f"{__name__}.")
+                                      and issubclass(globals().get(target.rpartition(".")[2], object), WandbRun)):
+            return entry
+    return None
+
+
+def build_logger(path: str, entry: Mapping[str, Any], cell: Mapping[str, Any], config: Mapping[str, Any],
+                 out_dir: Path):
+    """Instantiate the entry at ``path``: a CellLogger with the cell, a Lightning logger (``save_dir: null``: the
+    cell's folder) as it is. A ``_target_`` that is neither fails with a ConfigError naming it."""
+    from hydra.utils import instantiate
+    from lightning.pytorch.loggers import Logger
+
+    from slm_sweep.config import target_class
+
+    cls = target_class(path, entry, "logger", "logger", (Logger, CellLogger))
+    make = instantiate(entry, _partial_=True, _convert_="all")
+    if issubclass(cls, CellLogger):
+        return make(cell=cell, config=config, out_dir=out_dir)
+    if "save_dir" in entry and entry["save_dir"] is None:
+        return make(save_dir=str(out_dir))
+    return make()
+
+
+class Tracker:
+    """Owns the cell's metric loggers (conf/logger/) from the start of the cell to ``finish``."""
+
+    def __init__(self, logger_cfg: Mapping[str, Any] | None, cell: Mapping[str, Any], config: Mapping[str, Any],
+                 out_dir: str | Path):
+        self.out_dir = Path(out_dir)
+        self.cell_loggers: list[CellLogger] = []
+        self.lightning_loggers: list = []
+        self._plain: list = []  # Lightning loggers of no CellLogger: finalized here
+        try:
+            for path, entry in logger_entries(logger_cfg).items():
+                made = build_logger(path, entry, cell, config, self.out_dir)
+                if isinstance(made, CellLogger):
+                    self.cell_loggers.append(made)
+                    if made.lightning_logger is not None:
+                        self.lightning_loggers.append(made.lightning_logger)
+                else:
+                    self._plain.append(made)
+                    self.lightning_loggers.append(made)
+        except BaseException:
+            self.finish("failed")  # close what did start
+            raise
+
+    def log_result(self, record: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> None:
+        for logger in self.cell_loggers:
+            logger.log_result(record, predictions)
 
     def finish(self, status: str) -> None:
         """Always called, also when the cell failed, so W&B never leaves a run open."""
-        if self.wandb_run is not None:
+        for logger in self.cell_loggers:
+            logger.finish(status)
+        self.cell_loggers = []
+        for logger in self._plain:
             try:
-                self.wandb_run.summary["status"] = status
-                self.wandb_run.finish(exit_code=0 if status == "completed" else 1)
-            except Exception:  # noqa: BLE001 - closing W&B must not hide the run's outcome
-                log.exception("closing the W&B run failed")
-            self.wandb_run = None
-        for logger in self.lightning_loggers:
-            if hasattr(logger, "finalize"):
-                try:
-                    logger.finalize("success" if status == "completed" else "failed")
-                except Exception:  # noqa: BLE001 - closing a logger must not hide the run's outcome
-                    log.exception("closing logger %s failed", logger)
+                logger.finalize("success" if status == "completed" else "failed")
+            except Exception:  # noqa: BLE001 - closing a logger must not hide the run's outcome
+                log.exception("closing logger %s failed", logger)
+        self._plain = []

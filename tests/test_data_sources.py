@@ -100,7 +100,7 @@ def test_unknown_dataset_name_lists_the_known_ones():
 @needs_shared_data
 def test_gsm8k_counts_and_first_reference():
     splits = load_splits(dataset_spec("gsm8k"), data_root=SHARED_DATA)
-    assert len(splits.val) == 100
+    assert len(splits.val) == 500
     assert len(splits.train) + len(splits.val) == 7473
     assert len(splits.test) == 1319
     assert splits.skipped == {"train": 0, "test": 0}

@@ -37,7 +37,8 @@ RESCORE = ["eval.generation_config=model", "eval.max_new_tokens=20", "eval.ood_s
 NOTHING = ["trainer.micro_batch_size=4", "trainer.packing=true", "trainer.compile=true", "eval.engine=plain",
            "eval.token_budget=4096", "eval.max_batch_size=3", "eval.cuda_graphs=true", "logger=csv",
            "trainer.log_every_n_steps=5", "eval.progress=true", "trainer.micro_batch_tokens=512",
-           "trainer.checkpoint_every_n_steps=7", "resume.search_dir=elsewhere"]
+           "trainer.checkpoint_every_n_steps=7", "resume.search_dir=elsewhere", "logger=wandb_csv",
+           "callbacks=none", "tuning.table=elsewhere.yaml"]
 
 
 @pytest.mark.parametrize("change", RETRAIN)
@@ -95,6 +96,22 @@ def test_baseline_prompt_settings_change_only_their_scores(tiny_cfg):
         assert keys(tiny_cfg(f"method={method}", "prompt.style=plain", "prompt.system=Be brief.")) == \
             keys(tiny_cfg(f"method={method}"))
     assert keys(tiny_cfg("method=zeroshot_instructed", "prompt.system=Be brief.")) != instructed
+
+
+def test_a_tuned_learning_rate_is_in_the_training_key_as_the_rate_itself(tiny_cfg, tmp_path):
+    from slm_sweep.tune import resolve_lr
+
+    table = tmp_path / "lr.yaml"
+
+    def tuned(lr: str):
+        table.write_text(f"lr: {{gsm8k: {{tiny: {{lora: {lr}}}}}}}\n")
+        cfg = tiny_cfg("method=lora", "tuning.lr=tuned", f"tuning.table={table}")
+        resolve_lr(cfg)
+        return keys(cfg)
+
+    default = keys(tiny_cfg("method=lora"))
+    assert tuned("2.0e-4") == default  # the same rate as method.lr: the same cell
+    assert tuned("3.0e-4") == keys(tiny_cfg("method=lora", "method.lr=3.0e-4")) != default
 
 
 def test_scoring_source_matches_its_version():

@@ -129,8 +129,11 @@ class AggregateSweep(Callback):
                 with open(report["summary_md"], "a", encoding="utf-8") as f:
                     f.write("\n".join(extra) + "\n")
             log.info("sweep summary: %s", report["summary_md"])
-            if config.get("logger") and config.logger.get("name") == "wandb":
-                log_summary_to_wandb(config, sweep_dir, report["rows"])
+            from slm_sweep.tracking import wandb_settings
+
+            settings = wandb_settings(config.get("logger"))
+            if settings is not None:
+                log_summary_to_wandb(settings, sweep_dir, report["rows"])
         for note in notes:
             log.warning("preflight left out %s", note)
         if failed:
@@ -185,11 +188,12 @@ def sweep_tag(sweep_dir: str | Path) -> str:
     return "sweep-" + "-".join(Path(sweep_dir).parts[-2:])
 
 
-def log_summary_to_wandb(config: DictConfig, sweep_dir: Path, rows: list[dict]) -> None:
+def log_summary_to_wandb(settings, sweep_dir: Path, rows: list[dict]) -> None:
+    """``settings``: the W&B logger entry of the sweep's config (slm_sweep.tracking.wandb_settings)."""
     from slm_sweep.tracking import start_wandb_run
 
     run = start_wandb_run(
-        config.logger, name=f"{sweep_tag(sweep_dir)}-summary", group="sweep-summary", job_type="summary",
+        settings, name=f"{sweep_tag(sweep_dir)}-summary", group="sweep-summary", job_type="summary",
         tags=[sweep_tag(sweep_dir)], config={"sweep_dir": str(sweep_dir)}, out_dir=sweep_dir,
     )
     if run is None:

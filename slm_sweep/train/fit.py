@@ -107,10 +107,34 @@ def build_trainer(trainer_cfg: Mapping[str, Any], out_dir: Path, callbacks: list
     )
 
 
+def configured_callbacks(callbacks_cfg: Mapping[str, Any] | None, progress_bar: bool = True) -> list:
+    """The Lightning callbacks of conf/callbacks/: one per named ``_target_`` entry (null entries are off).
+    Without ``progress_bar`` (trainer.progress_bar=false), progress-bar callbacks are left out."""
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from slm_sweep.config import target_class
+
+    callbacks = []
+    for name, entry in (callbacks_cfg or {}).items():
+        if entry is None:
+            continue
+        cls = target_class(f"callbacks.{name}", entry, "callback", "callbacks", (L.Callback,))
+        if issubclass(cls, ProgressBar) and not progress_bar:
+            continue
+        callbacks.append(instantiate(entry, _convert_="all"))
+    return callbacks
+
+
 def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[str, Any], method_cfg: Mapping[str, Any],
         seed: int, out_dir: str | Path, pad_token_id: int, loggers: list | None = None,
-        extra_callbacks: list | None = None, resume_from: str | Path | None = None) -> TrainOutcome:
-    """Train ``model`` in place for ``trainer.max_steps`` optimizer steps of ``trainer.batch_size`` sequences."""
+        extra_callbacks: list | None = None, resume_from: str | Path | None = None,
+        callbacks_cfg: Mapping[str, Any] | None = None) -> TrainOutcome:
+    """Train ``model`` in place for ``trainer.max_steps`` optimizer steps of ``trainer.batch_size`` sequences.
+
+    The Trainer's callbacks: the throughput monitor (what result.json reports) and the checkpoint callback (what
+    resume reads), which every cell has; those of ``callbacks_cfg`` (conf/callbacks/); then ``extra_callbacks``.
+    """
     out_dir = Path(out_dir)
     flops = flops_per_token(model, method_cfg["name"])
     model = prepare_model(model, trainer_cfg)
@@ -120,11 +144,9 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
     throughput = ThroughputMonitor(flops, bf16_peak_flops(accelerator_name()),
                                    int(trainer_cfg.get("log_every_n_steps", 10)),
                                    int(trainer_cfg.get("throughput_warmup_steps", 1)))
-    callbacks = [throughput, *(extra_callbacks or [])]
-    if trainer_cfg.get("progress_bar", True):
-        from slm_sweep.train.progress import StepProgressBar
-
-        callbacks.append(StepProgressBar())
+    callbacks = [throughput,
+                 *configured_callbacks(callbacks_cfg, progress_bar=bool(trainer_cfg.get("progress_bar", True))),
+                 *(extra_callbacks or [])]
     ckpt_every = trainer_cfg.get("checkpoint_every_n_steps")
     if ckpt_every:
         from lightning.pytorch.callbacks import ModelCheckpoint

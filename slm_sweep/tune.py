@@ -1,0 +1,390 @@
+"""Learning rates chosen on the validation split, one per dataset x model x method, and the cells that use them.
+
+A search is a sweep scored on the validation split carved from train (``hparams_search=lr_grid`` or ``optuna``,
+``eval.split=val``); the test split is never generated on. ``python -m slm_sweep.tune DIR [DIR ...]`` reads the
+search's result.json files and writes the table (default ``slm_sweep/conf/tuned/lr.yaml``)::
+
+    lr: {<dataset>: {<model>: {<method>: <learning rate>}}}
+    searched: {<dataset>: {<model>: {<method>: {val_examples, best, candidates: [{lr, <metric>, ...}]}}}}
+
+A cell with ``tuning.lr=tuned`` (``experiment=paper``) takes its learning rate from that table before its identity
+is computed, so the tuned value is in its training key; without an entry it keeps ``method.lr`` and says so.
+result.json records the value and where it came from under ``learning_rate``.
+
+Selection: the highest mean of the metric (``--metric``, default ``val_accuracy_flexible``) over the seeds of a
+candidate; a tie goes to the lower mean validation loss, then to the smaller learning rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+DEFAULT_TABLE = "tuned/lr.yaml"
+DEFAULT_METRIC = "val_accuracy_flexible"
+# Fewer validation questions than this cannot separate candidates a few points apart (the standard error of an
+# accuracy near 0.3 on 500 questions is 2 points); the tune command refuses smaller searches unless told.
+MIN_VAL_EXAMPLES = 500
+LR_SOURCES = ("method", "tuned")
+
+
+class TuningError(ValueError):
+    """A search or a table that cannot give a learning rate; the message names the file or the setting."""
+
+
+# ------------------------------------------------------------------------------------------------ the table
+
+
+def table_path(table: str | Path) -> Path:
+    """``tuning.table``: an absolute path, or one relative to slm_sweep/conf/."""
+    path = Path(str(table)).expanduser()
+    return path if path.is_absolute() else CONF_DIR / path
+
+
+def _positive_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and value > 0)
+
+
+def read_table(path: str | Path) -> dict[str, Any]:
+    """The table as plain data; every learning rate checked. Raises TuningError naming the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise TuningError(f"the learning-rate table {path} does not exist: write it with "
+                          "`python -m slm_sweep.tune <search dir>`, or set tuning.lr=method")
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as err:  # noqa: BLE001 - any YAML or interpolation problem is a bad file
+        raise TuningError(f"the learning-rate table {path} cannot be read: {err}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise TuningError(f"the learning-rate table {path} must be a mapping with an 'lr' key, not "
+                          f"{type(data).__name__}")
+    lr = data.get("lr")
+    if lr is None:
+        data["lr"] = lr = {}
+    _check_level(path, "lr", lr, ("dataset", "model", "method"))
+    return data
+
+
+def _check_level(path: Path, key: str, value: Any, levels: Sequence[str]) -> None:
+    if not levels:
+        if not _positive_number(value):
+            raise TuningError(f"{path}: {key}={value!r} must be a positive number (a learning rate)")
+        return
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise TuningError(f"{path}: {key} must map each {levels[0]} to "
+                          + ("its learning rate" if len(levels) == 1 else f"a mapping of {levels[1]}s")
+                          + f", not {value!r}")
+    for name, item in value.items():
+        _check_level(path, f"{key}.{name}", item, levels[1:])
+
+
+def lookup(table: Mapping[str, Any], dataset: str, model: str, method: str) -> float | None:
+    entry = (((table.get("lr") or {}).get(dataset) or {}).get(model) or {}).get(method)
+    return None if entry is None else float(entry)
+
+
+# ------------------------------------------------------------------------------------------------ in a cell
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the ``tuning`` settings (and a grid search's candidate) before anything reads ``method.lr``."""
+    from slm_sweep.config import ConfigError
+
+    tuning = cfg.get("tuning")
+    if tuning is None:
+        return
+    source = tuning.get("lr", "method")
+    if source not in LR_SOURCES:
+        raise ConfigError(f"tuning.lr={source!r} is not one of: {', '.join(LR_SOURCES)}")
+    candidate = tuning.get("lr_candidate")
+    if candidate is None:
+        if source == "tuned" and cfg.method.get("train"):
+            try:
+                read_table(table_path(tuning.get("table") or DEFAULT_TABLE))
+            except TuningError as err:
+                raise ConfigError(f"tuning.table: {err}") from None
+        return
+    method = cfg.method.get("name")
+    grid = tuning.get("lr_grid") or {}
+    if not cfg.method.get("train"):
+        raise ConfigError(f"tuning.lr_candidate={candidate} searches a learning rate, but method={method!r} "
+                          f"trains nothing: search {', '.join(grid) or 'a trained method'}")
+    if source != "method":
+        raise ConfigError("tuning.lr=tuned cannot be combined with a learning-rate search "
+                          f"(tuning.lr_candidate={candidate}): a search sets the rate itself")
+    if method not in grid:
+        raise ConfigError(f"tuning.lr_grid has no candidates for method={method!r}; it has: "
+                          f"{', '.join(grid) or 'none'} (add tuning.lr_grid.{method}=[...])")
+    values = list(grid[method])
+    if isinstance(candidate, bool) or not isinstance(candidate, int) or not 0 <= candidate < len(values):
+        raise ConfigError(f"tuning.lr_candidate={candidate!r} must be an index into tuning.lr_grid.{method}, "
+                          f"which has {len(values)} candidates (0 to {len(values) - 1})")
+    for i, value in enumerate(values):
+        if not _positive_number(value):
+            raise ConfigError(f"tuning.lr_grid.{method}[{i}]={value!r} must be a positive number")
+
+
+def resolve_lr(cfg: DictConfig) -> dict[str, Any] | None:
+    """Set ``cfg.method.lr`` to the learning rate this cell trains with; returns what result.json records.
+
+    None for a method that trains nothing. With ``tuning.lr=tuned``, the table's value for this dataset x model x
+    method replaces ``method.lr``; without an entry ``method.lr`` stays, with a note saying so.
+    """
+    if not cfg.method.get("train"):
+        return None
+    tuning = cfg.get("tuning") or {}
+    source = tuning.get("lr", "method")
+    if tuning.get("lr_candidate") is not None:
+        index = int(tuning.lr_candidate)
+        return {"value": float(cfg.method.lr), "source": "grid",
+                "detail": f"tuning.lr_grid.{cfg.method.name}[{index}]"}
+    if source == "method":
+        return {"value": float(cfg.method.lr), "source": "method", "detail": "method.lr"}
+    from slm_sweep.config import ConfigError
+
+    path = table_path(tuning.get("table") or DEFAULT_TABLE)
+    try:
+        table = read_table(path)
+    except TuningError as err:
+        raise ConfigError(f"tuning.table: {err}") from None
+    dataset, model, method = cfg.dataset.name, cfg.model.name, cfg.method.name
+    tuned = lookup(table, dataset, model, method)
+    if tuned is None:
+        note = (f"no tuned learning rate for {dataset}/{model}/{method} in {path}: "
+                f"method.lr={cfg.method.lr} as composed")
+        log.warning("%s", note)
+        return {"value": float(cfg.method.lr), "source": "method", "detail": note, "table": str(path)}
+    cfg.method.lr = tuned
+    searched = ((((table.get("searched") or {}).get(dataset) or {}).get(model) or {}).get(method)) or {}
+    detail = f"lr.{dataset}.{model}.{method} in {path}"
+    if searched.get("metric") and searched.get("best") is not None:
+        detail += (f" (best {searched['metric']} {searched['best']} of {len(searched.get('candidates') or [])} "
+                   f"candidates on {searched.get('val_examples')} validation examples)")
+    return {"value": tuned, "source": "tuned", "detail": detail, "table": str(path),
+            "searches": list(table.get("searches") or [])}
+
+
+# ------------------------------------------------------------------------------------------------ choosing
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What a search cell trained and scored with, apart from its learning rate and seed: candidates compared
+    against each other must agree on all of it."""
+    from slm_sweep.identity import EVAL_SCORING_KEYS, TRAINER_NUMERIC_KEYS
+
+    config = record.get("config") or {}
+    method = {k: v for k, v in (config.get("method") or {}).items() if k != "lr"}
+    dataset = config.get("dataset") or {}
+    return {
+        **{f"method.{k}": v for k, v in method.items()},
+        **{f"trainer.{k}": (config.get("trainer") or {}).get(k) for k in TRAINER_NUMERIC_KEYS},
+        **{f"dataset.{k}": dataset.get(k) for k in ("val_size", "train_limit", "split_seed", "test_split")},
+        **{f"eval.{k}": (config.get("eval") or {}).get(k) for k in EVAL_SCORING_KEYS},
+        **{f"prompt.{k}": v for k, v in (config.get("prompt") or {}).items()},
+    }
+
+
+def _record_lr(record: Mapping[str, Any]) -> float | None:
+    value = (record.get("learning_rate") or {}).get("value")
+    if value is None:
+        value = ((record.get("config") or {}).get("method") or {}).get("lr")
+    return float(value) if _positive_number(value) else None
+
+
+def choose(records: Sequence[Mapping[str, Any]], metric: str = DEFAULT_METRIC,
+           min_val_examples: int = MIN_VAL_EXAMPLES) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """The best learning rate of every dataset x model x method searched in ``records``.
+
+    Only cells scored on the validation split of a trained method count. Raises TuningError when the cells of
+    one search disagree in anything but the learning rate and the seed, scored different validation sets, or
+    scored fewer than ``min_val_examples`` questions.
+    """
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for record in records:
+        config = record.get("config") or {}
+        if (config.get("eval") or {}).get("split") != "val" or not (config.get("method") or {}).get("train"):
+            continue
+        groups[record["dataset"], record["model"], record["method"]].append(record)
+    chosen = {}
+    for key, cells in sorted(groups.items()):
+        name = "/".join(key)
+        settings = [_training_settings(r) for r in cells]
+        differing = sorted(k for k in {k for s in settings for k in s} if len({repr(s.get(k)) for s in settings}) > 1)
+        if differing:
+            values = "; ".join(f"{k}: {', '.join(sorted({repr(s.get(k)) for s in settings}))}" for k in differing)
+            raise TuningError(f"the search cells of {name} differ in more than the learning rate ({values}): "
+                              "pass the directories of one search")
+        by_lr: dict[float, list[Mapping[str, Any]]] = defaultdict(list)
+        for record in cells:
+            lr = _record_lr(record)
+            if lr is not None:
+                by_lr[lr].append(record)
+        sizes = {r["metrics"].get("val_n_eval") for r in cells
+                 if r.get("status") == "completed" and r.get("metrics")}
+        if len(sizes) > 1:
+            raise TuningError(f"the search cells of {name} scored validation sets of different sizes "
+                              f"({', '.join(map(str, sorted(sizes)))}): candidates must see the same questions")
+        n_val = next(iter(sizes), None)
+        candidates = []
+        for lr, runs in sorted(by_lr.items()):
+            done = [r for r in runs if r.get("status") == "completed"
+                    and isinstance((r.get("metrics") or {}).get(metric), (int, float))]
+            statuses = sorted({str(r.get("status")) for r in runs} - {"completed"})
+            candidates.append({
+                "lr": lr,
+                metric: _mean([float(r["metrics"][metric]) for r in done]),
+                "val_loss": _mean([float(r["metrics"]["val_loss"]) for r in done
+                                   if isinstance(r["metrics"].get("val_loss"), (int, float))]),
+                "seeds": len(done),
+                **({"not_completed": statuses} if statuses else {}),
+            })
+        scored = [c for c in candidates if c[metric] is not None]
+        if not scored:
+            log.warning("no completed search cell of %s has %s: no learning rate chosen", name, metric)
+            continue
+        if n_val is None or n_val < min_val_examples:
+            raise TuningError(f"the validation split of {name} has {n_val} examples; choosing a learning rate "
+                              f"needs at least {min_val_examples} to separate candidates (dataset.val_size; "
+                              "--min-val-examples N accepts fewer)")
+        best = min(scored, key=lambda c: (-c[metric], math.inf if c["val_loss"] is None else c["val_loss"],
+                                          c["lr"]))
+        if len(scored) == 1:
+            log.warning("%s: only one learning rate (%g) was searched", name, best["lr"])
+        chosen[key] = {"lr": best["lr"], "metric": metric, "best": best[metric], "val_examples": n_val,
+                       "candidates": candidates}
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+HEADER = """\
+# Learning rates chosen on the validation split (carved from train; the test split is never generated on),
+# one per dataset x model x method: the highest mean {metric} over seeds, ties to the lower mean
+# validation loss, then to the smaller rate. Cells with tuning.lr=tuned (experiment=paper) train at lr.<dataset>.
+# <model>.<method>; without an entry they keep method.lr and result.json says so (learning_rate).
+# Written by `python -m slm_sweep.tune {sources}`; rerun it after a new search
+# (entries of other searches are kept). `searched` lists every candidate and its validation scores.
+"""
+
+
+def write_table(chosen: Mapping[tuple[str, str, str], Mapping[str, Any]], path: str | Path, sources: Sequence[str],
+                metric: str, keep: Mapping[str, Any] | None = None) -> Path:
+    """Write (atomically) the table at ``path``: ``keep``'s entries, then the ``chosen`` ones over them."""
+    import os
+    import tempfile
+
+    import yaml
+
+    lr: dict[str, Any] = {k: v for k, v in ((keep or {}).get("lr") or {}).items()}
+    searched: dict[str, Any] = {k: v for k, v in ((keep or {}).get("searched") or {}).items()}
+    for (dataset, model, method), entry in chosen.items():
+        lr.setdefault(dataset, {}).setdefault(model, {})[method] = entry["lr"]
+        searched.setdefault(dataset, {}).setdefault(model, {})[method] = {
+            "metric": entry["metric"], "best": entry["best"], "val_examples": entry["val_examples"],
+            "candidates": [dict(c) for c in entry["candidates"]]}
+    searches = list(dict.fromkeys([*((keep or {}).get("searches") or []), *sources]))
+    data = {"metric": metric, "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "searches": searches, "lr": lr, "searched": searched}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = HEADER.format(metric=metric, sources=" ".join(sources)) + yaml.safe_dump(data, sort_keys=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def render(chosen: Mapping[tuple[str, str, str], Mapping[str, Any]]) -> str:
+    """A short text table of what was chosen, with every candidate's score."""
+    lines = []
+    for (dataset, model, method), entry in chosen.items():
+        metric = entry["metric"]
+        scores = ", ".join(f"{c['lr']:g}: " + ("n/a" if c[metric] is None else f"{c[metric]:.3f}")
+                           for c in entry["candidates"])
+        lines.append(f"{dataset}/{model}/{method}: lr {entry['lr']:g} ({metric} {entry['best']:.3f} on "
+                     f"{entry['val_examples']} examples; candidates {scores})")
+    return "\n".join(lines)
+
+
+def read_search(dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Every readable result.json under ``dirs``, one per evaluation key (a result reused in another folder
+    counts once). The report's reader is not used: it takes a completed cell without test scores as malformed."""
+    from slm_sweep.results import RESULT_FILE, read_result
+
+    records: dict[str, dict[str, Any]] = {}
+    for d in dirs:
+        root = Path(d)
+        if not root.exists():
+            raise FileNotFoundError(f"{d} does not exist")
+        for path in sorted([root] if root.is_file() else root.rglob(RESULT_FILE)):
+            record = read_result(path)
+            if not isinstance(record, dict) or not all(record.get(k) for k in ("model", "method", "dataset")):
+                log.warning("skipping %s: not a readable result", path)
+                continue
+            key = (record.get("identity") or {}).get("evaluation_key") or str(path)
+            if key not in records or (records[key].get("reused_from") and not record.get("reused_from")):
+                records[key] = record
+    return list(records.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m slm_sweep.tune",
+        description="Choose each dataset x model x method's learning rate from the validation scores of a search "
+                    "and write the table that cells with tuning.lr=tuned read.")
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="search directory (multirun/hparams/...), recursive")
+    parser.add_argument("--out", metavar="FILE", default=str(table_path(DEFAULT_TABLE)),
+                        help="the table to write (default: %(default)s); its entries of other searches are kept")
+    parser.add_argument("--replace", action="store_true", help="drop the table's earlier entries")
+    parser.add_argument("--metric", default=DEFAULT_METRIC, help="validation metric to maximise (%(default)s)")
+    parser.add_argument("--min-val-examples", type=int, default=MIN_VAL_EXAMPLES, metavar="N",
+                        help="refuse searches scored on fewer validation questions (%(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        records = read_search(args.dirs)
+        chosen = choose(records, args.metric, args.min_val_examples)
+        if not chosen:
+            raise TuningError(f"no search cell under {', '.join(args.dirs)} (a trained method scored with "
+                              f"eval.split=val and {args.metric}) completed")
+        out = Path(args.out)
+        keep = None if args.replace or not out.exists() else read_table(out)
+        path = write_table(chosen, out, [str(d) for d in args.dirs], args.metric, keep)
+    except (FileNotFoundError, TuningError) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    print(render(chosen))
+    print(f"Wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

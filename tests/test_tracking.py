@@ -1,0 +1,73 @@
+"""Loggers (conf/logger/) and training callbacks (conf/callbacks/) built from `_target_` YAML entries."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+
+from slm_sweep.config import ConfigError, validate_config
+from slm_sweep.run import run
+from tests.conftest import CONF_DIR, FAST_TINY
+
+LR_MONITOR = """\
+lr_monitor:
+  _target_: lightning.pytorch.callbacks.LearningRateMonitor
+  logging_interval: step
+"""
+
+
+def test_a_callback_from_a_yaml_file_of_its_own_runs_in_a_cell_with_two_loggers(requires_data, tmp_path):
+    extra = tmp_path / "conf"
+    (extra / "callbacks").mkdir(parents=True)
+    (extra / "callbacks" / "lr_monitor.yaml").write_text(LR_MONITOR)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            *FAST_TINY, "method=lora", f"hydra.searchpath=[file://{extra}]", "callbacks=[default,lr_monitor]",
+            "logger=wandb_csv", "logger.wandb.mode=disabled"])
+    assert set(cfg.callbacks) == {"progress_bar", "lr_monitor"}
+    record = run(cfg, out_dir=tmp_path / "cell")
+    assert record["status"] == "completed", record.get("error")
+    with open(tmp_path / "cell" / "csv" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    rates = [float(v) for r in rows for k, v in r.items() if k.startswith("lr-AdamW") and v]  # per param group
+    assert rates and all(0 < lr <= cfg.method.lr for lr in rates)
+    assert any(r.get("train/loss") for r in rows)
+    assert not (tmp_path / "cell" / "wandb").exists()  # the W&B entry was built, and disabled
+
+
+def test_a_logger_target_that_is_no_logger_fails_the_cell_naming_it(tiny_cfg, tmp_path):
+    record = run(tiny_cfg("method=zeroshot", "logger=csv", "logger._target_=collections.OrderedDict"),
+                 out_dir=tmp_path / "a")
+    assert record["status"] == "failed"
+    assert "logger._target_='collections.OrderedDict' is not a logger" in record["error"]
+    assert "the loggers in conf/logger/ are: csv, none, wandb, wandb_csv" in record["error"]
+    typo = run(tiny_cfg("method=zeroshot", "logger=csv", "logger._target_=lightning.pytorch.loggers.CSVLoger"),
+               out_dir=tmp_path / "b")
+    assert "logger._target_='lightning.pytorch.loggers.CSVLoger' cannot be imported" in typo["error"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["logger._target_=no_such_package.Logger"],
+     "logger._target_='no_such_package.Logger' cannot be imported (no package 'no_such_package'); "
+     "the loggers in conf/logger/ are: csv, none, wandb, wandb_csv"),
+    (["logger=wandb_csv", "logger.wandb.mode=sometimes"],
+     "logger.wandb.mode='sometimes' is not one of: auto, online, offline, disabled"),
+    (["logger=wandb_csv", "logger.csv=3"], "logger.csv=3 must be a mapping with a _target_"),
+    (["+callbacks.extra=3"], "callbacks.extra=3 must be a mapping with a _target_ (a callback class"),
+    (["callbacks.progress_bar._target_=nowhere.Bar"],
+     "callbacks.progress_bar._target_='nowhere.Bar' cannot be imported (no package 'nowhere'); "
+     "the callbacks in conf/callbacks/ are: default, none, progress_bar"),
+])
+def test_bad_logger_and_callback_entries_fail_validation_naming_them(tiny_cfg, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        validate_config(tiny_cfg("method=lora", *overrides))
+    assert message in str(err.value)
+
+
+def test_an_unknown_logger_lists_the_logger_files(tiny_cfg):
+    with pytest.raises(MissingConfigException) as err:
+        tiny_cfg("logger=nope")
+    assert "logger/nope" in str(err.value) and all(f"\t{n}" in str(err.value) for n in ("csv", "none", "wandb"))

@@ -1,0 +1,222 @@
+"""Learning-rate tuning: a grid search on the validation split, the table the tune command writes from it, and
+cells that read their rate from that table (tuning.lr=tuned)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from slm_sweep.config import ConfigError, validate_config
+from slm_sweep.run import run
+from slm_sweep.tune import TuningError, choose, main, resolve_lr
+from tests.conftest import CONF_DIR, FAST_TINY, REPO
+from tests.test_sweep import SWEEP_SETTINGS, env
+
+GRID = {"full": [1.0e-5, 1.0e-3], "lora": [1.0e-4, 1.0e-2]}
+
+
+@pytest.mark.slow  # a 4-cell multirun in a subprocess, then a cell: about a minute on 2 cores
+def test_lr_grid_over_full_and_lora_gives_a_table_that_a_tuned_cell_trains_with(requires_data, tmp_path):
+    sweep = tmp_path / "search"
+    args = ["-m", *SWEEP_SETTINGS, "hparams_search=lr_grid", "method=full,lora", "trainer.max_steps=2",
+            "dataset.test_limit=2", f"tuning.lr_grid.full=[{GRID['full'][0]},{GRID['full'][1]}]",
+            f"tuning.lr_grid.lora=[{GRID['lora'][0]},{GRID['lora'][1]}]",
+            "tuning.lr_candidate=0,1", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run([sys.executable, "-m", "slm_sweep", *args], cwd=tmp_path, env=env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    cells = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/result.json"))]
+    assert len(cells) == 4 and all(c["status"] == "completed" for c in cells)
+    searched = {(c["method"], c["learning_rate"]["value"]) for c in cells}
+    assert searched == {(m, lr) for m, rates in GRID.items() for lr in rates}
+    for cell in cells:
+        assert cell["learning_rate"]["source"] == "grid"
+        assert cell["config"]["method"]["lr"] == cell["learning_rate"]["value"]
+        metrics = cell["metrics"]
+        assert metrics["val_n_eval"] == 8 and "accuracy_flexible" not in metrics  # never the test split
+    assert all(f"-lr{c['learning_rate']['value']}-" in d.name for c, d in
+               zip(cells, sorted(p.parent for p in sweep.glob("*/result.json"))))
+
+    table_file = tmp_path / "lr.yaml"
+    # 8 validation questions cannot tell rates apart: refused unless asked for
+    assert main([str(sweep), "--out", str(table_file)]) == 2 and not table_file.exists()
+    assert main([str(sweep), "--out", str(table_file), "--min-val-examples", "8"]) == 0
+    table = yaml.safe_load(table_file.read_text())
+    assert table["metric"] == "val_accuracy_flexible" and table["searches"] == [str(sweep)]
+    for method, rates in GRID.items():
+        runs = {c["learning_rate"]["value"]: c["metrics"] for c in cells if c["method"] == method}
+        # highest validation accuracy; a tie goes to the lower validation loss, then to the smaller rate
+        best = min(rates, key=lambda lr: (-runs[lr]["val_accuracy_flexible"], runs[lr]["val_loss"], lr))
+        assert table["lr"]["gsm8k"]["tiny"][method] == best
+        entry = table["searched"]["gsm8k"]["tiny"][method]
+        assert entry["val_examples"] == 8 and entry["best"] == runs[best]["val_accuracy_flexible"]
+        assert {c["lr"]: c["val_accuracy_flexible"] for c in entry["candidates"]} == \
+            {lr: runs[lr]["val_accuracy_flexible"] for lr in rates}
+
+    from tests.conftest import compose_config
+
+    cfg = compose_config([*FAST_TINY, "method=lora", "trainer.max_steps=1", "dataset.test_limit=2",
+                          "tuning.lr=tuned", f"tuning.table={table_file}"])
+    record = run(cfg, out_dir=tmp_path / "tuned")
+    assert record["status"] == "completed", record.get("error")
+    tuned = table["lr"]["gsm8k"]["tiny"]["lora"]
+    saved = json.loads((tmp_path / "tuned" / "result.json").read_text())
+    assert saved["learning_rate"]["value"] == tuned and saved["learning_rate"]["source"] == "tuned"
+    assert str(table_file) in saved["learning_rate"]["detail"]
+    assert saved["config"]["method"]["lr"] == tuned
+
+
+def write_table(path, text: str):
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("method, candidate", [("full", 3), ("lora", 0), ("dora", 4)])
+def test_the_grid_gives_each_method_its_own_candidates(tiny_cfg, method, candidate):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*FAST_TINY, f"method={method}", "hparams_search=lr_grid",
+                                                       f"tuning.lr_candidate={candidate}"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params["tuning.lr_candidate"] == "range(5)" and cfg.eval.split == "val"
+    grid = list(cfg.tuning.lr_grid[method])
+    assert len(grid) == 5 and grid == sorted(grid) and grid[2] == tiny_cfg(f"method={method}").method.lr
+    with open_dict(cfg):
+        del cfg["hydra"]
+    validate_config(cfg)
+    assert resolve_lr(cfg) == {"value": grid[candidate], "source": "grid",
+                               "detail": f"tuning.lr_grid.{method}[{candidate}]"}
+
+
+def test_a_tuned_cell_trains_at_the_table_rate_and_records_where_it_came_from(tiny_cfg, tmp_path):
+    table = write_table(tmp_path / "lr.yaml", "lr: {gsm8k: {tiny: {lora: 3.0e-4}}}\n")
+    record = run(tiny_cfg("method=lora", "trainer.max_steps=1", "trainer.warmup_steps=10", "dataset.test_limit=2",
+                          "tuning.lr=tuned",
+                          f"tuning.table={table}", "logger=csv"), out_dir=tmp_path / "cell")
+    assert record["status"] == "completed", record.get("error")
+    saved = json.loads((tmp_path / "cell" / "result.json").read_text())
+    assert saved["learning_rate"] == {"value": 3.0e-4, "source": "tuned", "table": str(table), "searches": [],
+                                      "detail": f"lr.gsm8k.tiny.lora in {table}"}
+    assert saved["config"]["method"]["lr"] == 3.0e-4 and saved["config"]["tuning"]["lr"] == "tuned"
+    with open(tmp_path / "cell" / "csv" / "metrics.csv", newline="") as f:
+        logged = [float(r["train/lr"]) for r in csv.DictReader(f) if r.get("train/lr")]
+    # the first steps of the linear warm-up toward the tuned rate (k/10 of it), not toward method.lr's 2e-4
+    assert logged and all(any(math.isclose(v, 3.0e-4 * k / 10) for k in (1, 2)) for v in logged)
+
+
+def test_a_tuned_cell_without_an_entry_keeps_method_lr_and_says_so(tiny_cfg, tmp_path):
+    table = write_table(tmp_path / "lr.yaml", "lr: {gsm8k: {tiny: {lora: 3.0e-4}}}\n")
+    cfg = tiny_cfg("method=full", "tuning.lr=tuned", f"tuning.table={table}")
+    validate_config(cfg)
+    choice = resolve_lr(cfg)
+    assert choice["value"] == cfg.method.lr == 2.0e-5 and choice["source"] == "method"
+    assert f"no tuned learning rate for gsm8k/tiny/full in {table}" in choice["detail"]
+    lora = tiny_cfg("method=lora", "tuning.lr=tuned", f"tuning.table={table}")
+    assert resolve_lr(lora)["value"] == lora.method.lr == 3.0e-4
+    # a method that trains nothing has no learning rate, tuned or not
+    assert resolve_lr(tiny_cfg("method=zeroshot", "tuning.lr=tuned", f"tuning.table={table}")) is None
+
+
+def test_the_shipped_table_parses_and_the_paper_reads_it(tiny_cfg):
+    cfg = tiny_cfg("method=dora", "tuning.lr=tuned")
+    validate_config(cfg)
+    assert resolve_lr(cfg)["source"] in ("tuned", "method")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("lr: {gsm8k: {tiny: {lora: fast}}}\n", "lr.gsm8k.tiny.lora='fast' must be a positive number"),
+    ("lr: {gsm8k: {tiny: {lora: -1.0e-4}}}\n", "lr.gsm8k.tiny.lora=-0.0001 must be a positive number"),
+    ("lr: {gsm8k: {tiny: {lora: 0}}}\n", "lr.gsm8k.tiny.lora=0 must be a positive number"),
+    ("lr: {gsm8k: {tiny: {lora: true}}}\n", "lr.gsm8k.tiny.lora=True must be a positive number"),
+    ("lr: {gsm8k: {tiny: {lora: .nan}}}\n", "lr.gsm8k.tiny.lora=nan must be a positive number"),
+    ("lr: {gsm8k: {tiny: [1.0e-4]}}\n", "lr.gsm8k.tiny must map each method to its learning rate"),
+    ("lr: 3.0e-4\n", "lr must map each dataset to a mapping of models"),
+    ("- 3.0e-4\n", "must be a mapping with an 'lr' key"),
+])
+def test_bad_table_values_fail_before_anything_loads_naming_the_file_and_key(tiny_cfg, tmp_path, text, message):
+    table = write_table(tmp_path / "lr.yaml", text)
+    cfg = tiny_cfg("method=lora", "tuning.lr=tuned", f"tuning.table={table}")
+    with pytest.raises(ConfigError, match="tuning.table") as err:
+        validate_config(cfg)
+    assert message in str(err.value) and str(table) in str(err.value)
+
+
+def test_a_missing_table_says_how_to_write_it(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("method=lora", "tuning.lr=tuned", f"tuning.table={tmp_path / 'none.yaml'}")
+    with pytest.raises(ConfigError, match="does not exist: write it with `python -m slm_sweep.tune"):
+        validate_config(cfg)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method=zeroshot", "+tuning.lr_candidate=0", "+tuning.lr_grid={lora: [1e-4]}"], "trains nothing"),
+    (["method=full", "+tuning.lr_candidate=0", "+tuning.lr_grid={lora: [1e-4]}"],
+     "tuning.lr_grid has no candidates for method='full'; it has: lora"),
+    (["method=lora", "+tuning.lr_candidate=2", "+tuning.lr_grid={lora: [1e-4, 2e-4]}"],
+     "tuning.lr_candidate=2 must be an index into tuning.lr_grid.lora, which has 2 candidates (0 to 1)"),
+    (["method=lora", "+tuning.lr_candidate=0", "+tuning.lr_grid={lora: [x]}"],
+     "tuning.lr_grid.lora[0]='x' must be a positive number"),
+    (["method=lora", "+tuning.lr_candidate=0", "+tuning.lr_grid={lora: [1e-4]}", "tuning.lr=tuned"],
+     "tuning.lr=tuned cannot be combined with a learning-rate search"),
+    (["method=lora", "tuning.lr=best"], "tuning.lr='best' is not one of: method, tuned"),
+])
+def test_bad_search_settings_name_the_value(tiny_cfg, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        validate_config(tiny_cfg(*overrides))
+    assert message in str(err.value)
+
+
+def _record(method, lr, accuracy, val_loss=1.0, n_val=500, seed=0, status="completed", **config):
+    return {"dataset": "gsm8k", "model": "m", "method": method, "seed": seed, "status": status,
+            "learning_rate": {"value": lr},
+            "metrics": {"val_accuracy_flexible": accuracy, "val_loss": val_loss, "val_n_eval": n_val},
+            "config": {"method": {"name": method, "train": True, "lr": lr, **config}, "eval": {"split": "val"}}}
+
+
+def test_choosing_averages_seeds_and_breaks_ties_by_validation_loss_then_the_smaller_rate():
+    chosen = choose([_record("lora", 1e-4, 0.30), _record("lora", 1e-4, 0.40, seed=1),  # mean 0.35
+                     _record("lora", 2e-4, 0.35, val_loss=0.9), _record("lora", 5e-4, 0.1, status="diverged"),
+                     _record("full", 1e-5, 0.2), _record("full", 2e-5, 0.2)])
+    lora, full = chosen["gsm8k", "m", "lora"], chosen["gsm8k", "m", "full"]
+    assert lora["lr"] == 2e-4 and math.isclose(lora["best"], 0.35)
+    assert [c["seeds"] for c in lora["candidates"]] == [2, 1, 0]
+    assert lora["candidates"][2]["not_completed"] == ["diverged"]
+    assert full["lr"] == 1e-5
+
+
+def test_choosing_refuses_candidates_that_differ_in_more_than_the_rate():
+    with pytest.raises(TuningError, match=r"gsm8k/m/lora differ in more than the learning rate \(method.r: 16, 8"):
+        choose([_record("lora", 1e-4, 0.3, r=8), _record("lora", 2e-4, 0.3, r=16)])
+    with pytest.raises(TuningError, match="validation sets of different sizes"):
+        choose([_record("lora", 1e-4, 0.3), _record("lora", 2e-4, 0.3, n_val=600)])
+
+
+def test_the_tune_command_keeps_other_entries_of_the_table(tmp_path):
+    for i, (method, lr, accuracy) in enumerate([("lora", 1e-4, 0.2), ("lora", 2e-4, 0.3)]):
+        cell = tmp_path / "search" / str(i)
+        cell.mkdir(parents=True)
+        record = {**_record(method, lr, accuracy), "schema_version": 1, "error": None, "eval_sets": {},
+                  "identity": {"evaluation_key": f"k{i}"}, "finished_at": "2026-01-01T00:00:00+00:00"}
+        (cell / "result.json").write_text(json.dumps(record))
+    table = write_table(tmp_path / "lr.yaml", "lr: {orcamath: {m: {full: 1.0e-5}}}\n")
+    assert main([str(tmp_path / "search"), "--out", str(table)]) == 0
+    data = yaml.safe_load(table.read_text())
+    assert data["lr"] == {"orcamath": {"m": {"full": 1e-5}}, "gsm8k": {"m": {"lora": 2e-4}}}
+    proc = subprocess.run([sys.executable, "-m", "slm_sweep.tune", str(tmp_path / "nowhere")], cwd=REPO,
+                          env=env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_optuna_searches_the_rate_of_every_method_and_optuna_rank_adds_the_rank(tiny_cfg):
+    def sweep_params(*overrides):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[*FAST_TINY, *overrides], return_hydra_config=True)
+        return dict(cfg.hydra.sweeper.params)
+
+    assert set(sweep_params("hparams_search=optuna", "method=full")) == {"method.lr"}
+    assert set(sweep_params("hparams_search=optuna_rank", "method=lora")) == {"method.lr", "method.r"}
