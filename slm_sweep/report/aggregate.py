@@ -82,9 +82,10 @@ def trains(record: dict[str, Any]) -> bool:
 
 # Config parts that never tell two configurations apart: the seed (rows aggregate over it), where files go,
 # logging, resuming, and the settings that change only speed or memory (see slm_sweep/identity.py).
-_NOT_A_VARIANT = ("seed", "hydra", "logger", "resume", "cache_dir", "data_root", "preflight", "optimized_metric",
-                  "model.name", "method.name", "dataset.name", "dataset.data_dir", "model.gguf_dir",
-                  "model.params_nominal")
+# tuning: where a learning rate came from; the rate itself is method.lr, which does tell runs apart.
+_NOT_A_VARIANT = ("seed", "hydra", "logger", "callbacks", "tuning", "resume", "cache_dir", "data_root", "preflight",
+                  "optimized_metric", "model.name", "method.name", "dataset.name", "dataset.data_dir",
+                  "model.gguf_dir", "model.params_nominal")
 # Within trainer and eval, only the settings that can change numbers (slm_sweep.identity declares them once).
 _NUMERIC_SETTINGS = {"trainer": TRAINER_NUMERIC_KEYS,
                      "eval": (*EVAL_SCORING_KEYS, "dtype", "ood_sets", "ood_limit")}
