@@ -54,11 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load(args):
-    from omegaconf import OmegaConf
-
+    from slm_sweep.config import compose
     from slm_sweep.models import load_model_and_tokenizer
 
-    model_cfg = OmegaConf.load(REPO / "slm_sweep" / "conf" / "model" / f"{args.model}.yaml")
+    model_cfg = compose([f"model={args.model}"]).model
     model, tokenizer = load_model_and_tokenizer(model_cfg, cache_dir=args.cache_dir)
     return model.eval(), tokenizer
 

@@ -34,10 +34,12 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from slm_sweep.config import compose  # noqa: E402
 from slm_sweep.data.encode import encode_all  # noqa: E402
 from slm_sweep.data.prompts import resolve_style  # noqa: E402
 from slm_sweep.data.sources import dataset_spec, load_splits  # noqa: E402
-from slm_sweep.models import apply_method, load_model_and_tokenizer  # noqa: E402
+from slm_sweep.methods import apply_method  # noqa: E402
+from slm_sweep.models import load_model_and_tokenizer  # noqa: E402
 from slm_sweep.train.data import EncodedDataModule  # noqa: E402
 from slm_sweep.train.fit import build_data, fit  # noqa: E402
 from slm_sweep.train.module import build_optimizer, lr_factor, micro_batch_loss  # noqa: E402
@@ -73,10 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def trainer_config(args) -> dict:
     """The trainer config a cell would use on this device, with the benchmark's sizes."""
     name = "gpu" if args.device == "cuda" else "default"
-    cfg = OmegaConf.load(ROOT / "slm_sweep" / "conf" / "trainer" / f"{name}.yaml")
-    if "defaults" in cfg:
-        cfg = OmegaConf.merge(OmegaConf.load(ROOT / "slm_sweep" / "conf" / "trainer" / "default.yaml"), cfg)
-        cfg.pop("defaults")
+    cfg = compose([f"trainer={name}"]).trainer
     overrides = {
         "accelerator": args.device, "batch_size": args.batch_size, "max_length": args.max_length,
         "max_steps": args.warmup + args.steps, "throughput_warmup_steps": args.warmup,
@@ -90,16 +89,12 @@ def trainer_config(args) -> dict:
 
 
 def load_model_config(name: str, overrides: list[str]):
-    """conf/model/<name>.yaml (with the file it extends, if any) and ``key=value`` overrides."""
+    """conf/model/<name>.yaml as a cell composes it, with ``key=value`` overrides."""
     path = ROOT / "slm_sweep" / "conf" / "model" / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise SystemExit(f"--model {name!r} is not one of: {', '.join(known)}")
-    cfg = OmegaConf.load(path)
-    for parent in cfg.pop("defaults", []):
-        if parent != "_self_":
-            cfg = OmegaConf.merge(OmegaConf.load(path.parent / f"{parent}.yaml"), cfg)
-    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    return compose([f"model={name}", *(f"model.{o}" for o in overrides)]).model
 
 
 def load_examples(args, tokenizer, count: int) -> list[dict]:
@@ -200,9 +195,7 @@ def fresh_model(base, method_cfg, seed: int):
 
 
 def bench_method(method: str, base, examples, steps, cfg, args, pad_token_id) -> dict:
-    method_cfg = OmegaConf.load(ROOT / "slm_sweep" / "conf" / "method" / f"{method}.yaml")
-    if "defaults" in method_cfg:
-        method_cfg = OmegaConf.merge(OmegaConf.load(ROOT / "slm_sweep" / "conf" / "method" / "lora.yaml"), method_cfg)
+    method_cfg = compose([f"method={method}"]).method
     plain, ours = [], []
     for repeat in range(args.repeats):
         runs = [

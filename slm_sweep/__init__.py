@@ -4,3 +4,6 @@ Imports nothing heavy at package level, so that scoring and reporting run withou
 """
 
 __version__ = "0.1.0"
+
+# Registers the typed settings in Hydra's ConfigStore, which conf/config.yaml needs before it composes.
+from slm_sweep import settings as _settings  # noqa: E402,F401

@@ -1,27 +1,39 @@
-"""Validate a composed config before anything is loaded: each error names the bad value and what is allowed."""
+"""Validate a composed config before anything is loaded: each error names the bad value and what is allowed.
+
+The types of the typed nodes (model, dataset, trainer, eval, prompt, resume, preflight: slm_sweep/settings.py) are
+checked by Hydra when it composes (``trainer.packing=maybe`` fails there); what is checked here is what a type
+cannot say: ranges, choices, how settings go together, and the method's structure.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-METHODS = ("zeroshot", "zeroshot_instructed", "fewshot", "fewshot_chat", "full", "lora", "dora")
 MODEL_SOURCES = ("hub", "gguf", "tiny", "random")
 PROMPT_STYLES = ("auto", "chat", "plain")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 PREFLIGHT_MODES = ("skip", "refuse", "warn")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "transformer-engine",
               "transformer-engine-float16")
-TRAINER_SWITCHES = ("packing", "gradient_checkpointing", "compile", "deterministic", "progress_bar",
-                    "keep_checkpoints", "keep_model")
 
 
 class ConfigError(ValueError):
     """A configuration value is not allowed."""
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config that ``python -m slm_sweep`` composes with these overrides, for scripts and notebooks (outside
+    a Hydra application)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
 
 
 def group_options(group: str) -> list[str]:
@@ -73,10 +85,6 @@ def _validate_trainer(cfg: DictConfig) -> None:
             _number(cfg, f"trainer.{key}", "a non-negative integer")
     _number(cfg, "trainer.weight_decay", "a non-negative number")
     _number(cfg, "trainer.gradient_clip_val", "a non-negative number", allow_none=True)
-    for key in TRAINER_SWITCHES:
-        if key in trainer:
-            _switch(cfg, f"trainer.{key}")
-    _switch(cfg, "trainer.fused_adamw", allow_none=True)
     _one_of(str(trainer.precision), PRECISIONS, "trainer.precision")
     micro = trainer.get("micro_batch_size") or trainer.batch_size
     if trainer.batch_size % micro:
@@ -102,7 +110,6 @@ def _validate_placement(cfg: DictConfig) -> None:
         check_dtype_setting(cfg.eval.get("dtype"))
     except PlacementError as err:
         raise ConfigError(str(err)) from None
-    _switch(cfg, "eval.cuda_graphs")
     _one_of(cfg.eval.get("generation_config", "neutral"), ("neutral", "model"), "eval.generation_config")
 
 
@@ -190,6 +197,7 @@ def validate_config(cfg: DictConfig) -> None:
     for key in ("model", "method", "dataset", "trainer", "eval", "logger"):
         if key not in cfg or cfg[key] is None:
             raise ConfigError(f"the config has no {key!r} group; choose one of: {', '.join(group_options(key))}")
+    _validate_known_keys(cfg)
     _number(cfg, "seed", "a non-negative integer")
 
     _one_of(cfg.model.get("source"), MODEL_SOURCES, "model.source")
@@ -197,23 +205,14 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"model={cfg.model.get('name')!r} has source {cfg.model.source} but no model.id")
 
     method = cfg.method
-    _one_of(method.get("name"), METHODS, "method.name")
+    _validate_method_shape(cfg)
     from slm_sweep.tune import validate as validate_tuning
 
     validate_tuning(cfg)  # before method.lr is read: a grid search's candidate sets it
-    if method.name in ("full", "lora", "dora"):
-        _number(cfg, "method.lr", "a positive number")
-    if method.name in ("lora", "dora"):
-        _positive_int(cfg, "method.r")
-        _number(cfg, "method.alpha", "a positive number")
-        dropout = method.get("dropout")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ConfigError(f"method.dropout={dropout!r} must be a number in [0, 1)")
-    if method.name in ("fewshot", "fewshot_chat"):
-        _positive_int(cfg, "method.num_fewshot")
+    _validate_method(cfg)
     _validate_prompt_format(cfg)
 
-    if method.name in ("full", "lora", "dora"):
+    if method.train:
         _validate_trainer(cfg)
 
     dataset = cfg.dataset
@@ -224,7 +223,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"dataset.data_dir={str(dataset.data_dir)!r} is not an existing directory")
     if cfg.get("data_root") is not None and not Path(str(cfg.data_root)).expanduser().is_dir():
         raise ConfigError(f"data_root={str(cfg.data_root)!r} is not an existing directory")
-    if dataset.get("eval_only") and (method.name in ("full", "lora", "dora") or method.get("num_fewshot")):
+    if dataset.get("eval_only") and (method.train or method.get("num_fewshot")):
         raise ConfigError(
             f"dataset={dataset.name!r} is an evaluation-only set (no train split) and cannot be used with "
             f"method={method.name!r}; use it with method=zeroshot or list it in eval.ood_sets"
@@ -242,6 +241,7 @@ def validate_config(cfg: DictConfig) -> None:
     for name in cfg.eval.get("ood_sets") or []:
         _one_of(name, known_sets, "eval.ood_sets[]")
     _positive_int(cfg, "eval.ood_limit", allow_none=True)
+    _validate_metric_modules(cfg)
     _validate_placement(cfg)
 
     _one_of(cfg.prompt.style, PROMPT_STYLES, "prompt.style")
@@ -250,3 +250,74 @@ def validate_config(cfg: DictConfig) -> None:
     _validate_logger(cfg)
     if method.get("train"):
         _validate_callbacks(cfg)
+
+
+def _validate_known_keys(cfg: DictConfig) -> None:
+    """Every key of a typed node is a setting of its schema (slm_sweep/settings.py). Hydra refuses other keys when
+    it composes, except those added with ``+key=value``, which would otherwise be silently unread."""
+    import difflib
+
+    from slm_sweep.settings import SCHEMAS, field_names
+
+    for node, schema in SCHEMAS.items():
+        if cfg.get(node) is None:
+            continue
+        known = field_names(schema)
+        for key in cfg[node]:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"did you mean {node}.{close[0]}? " if close else ""
+                raise ConfigError(f"{node}.{key} is not a setting: no code reads it; {hint}the {node} settings are "
+                                  f"{', '.join(known)} ({schema.__name__} in slm_sweep/settings.py)")
+
+
+def _validate_method_shape(cfg: DictConfig) -> None:
+    """method.name names the cell; method.train says whether anything is trained. The rest follows from the
+    method's structure, never from its name (slm_sweep/methods.py)."""
+    name = cfg.method.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"method.name={name!r} must be a non-empty string; the methods in conf/method/ are: "
+                          f"{', '.join(group_options('method'))}")
+    _switch(cfg, "method.train")
+
+
+def _validate_method(cfg: DictConfig) -> None:
+    """A trained method has a learning rate; an adapter method a peft config that peft accepts (built here, so a
+    wrong argument fails before any model loads); the short names of a LoRA-family method, when present, their
+    ranges; few-shot a number of shots."""
+    method = cfg.method
+    if method.train:
+        _number(cfg, "method.lr", "a positive number")
+    elif method.get("peft") is not None:
+        raise ConfigError(f"method={method.name!r} has a peft block but train=false: adapters that are never "
+                          "trained change nothing; set method.train=true or drop method.peft")
+    if method.get("peft") is not None:
+        from slm_sweep.methods import MethodError, peft_config
+
+        for key, kind in (("r", "a positive integer"), ("alpha", "a positive number")):
+            if key in method:
+                _number(cfg, f"method.{key}", kind)
+        dropout = method.get("dropout", 0.0)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ConfigError(f"method.dropout={dropout!r} must be a number in [0, 1)")
+        try:
+            peft_config(method)
+        except MethodError as err:
+            raise ConfigError(str(err)) from None
+        except (TypeError, ValueError) as err:  # the peft config's own checks of its arguments
+            raise ConfigError(f"method.peft ({method.peft._target_}) refuses its arguments: {err}") from None
+    if method.get("num_fewshot") is not None:
+        _number(cfg, "method.num_fewshot", "a non-negative integer")
+
+
+def _validate_metric_modules(cfg: DictConfig) -> None:
+    import importlib.util
+
+    for name in cfg.eval.get("metric_modules") or []:
+        try:
+            found = importlib.util.find_spec(str(name)) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise ConfigError(f"eval.metric_modules[]={name!r} is not an importable Python module: put it on the "
+                              "Python path (the working directory, PYTHONPATH, or an installed package)")

@@ -35,7 +35,7 @@ NUMERIC_LIBRARIES = ("torch", "transformers", "peft")
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",
                         "gradient_clip_val", "precision")
 EVAL_SCORING_KEYS = ("split", "max_new_tokens", "stop", "generation_config")
-MODEL_KEYS_NOT_IN_IDENTITY = ("name", "params_nominal", "gguf_dir", "gguf_package", "revision")
+MODEL_KEYS_NOT_IN_IDENTITY = ("name", "gguf_dir", "gguf_package", "revision")
 # Method settings that change the prompts only: in the evaluation key, never in the training key.
 METHOD_PROMPT_KEYS = ("prompt_format", "instruction")  # in the key only when set: older keys stay valid
 METHOD_EVAL_KEYS = ("num_fewshot", "shot_seed", *METHOD_PROMPT_KEYS)
@@ -126,7 +126,8 @@ def resolved_revision(model_id: str, revision: str | None) -> str:
 
 def model_identity(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """What fixes the model's weights and tokenizer, independent of where its files sit."""
-    settings = {k: v for k, v in model_cfg.items() if k not in MODEL_KEYS_NOT_IN_IDENTITY}
+    # unset settings (the typed schema's nulls: another source's keys, no quantization) are left out
+    settings = {k: v for k, v in model_cfg.items() if k not in MODEL_KEYS_NOT_IN_IDENTITY and v is not None}
     source = model_cfg.get("source")
     if source == "gguf":
         from slm_sweep.models import gguf_path
@@ -138,6 +139,21 @@ def model_identity(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
         if Path(str(model_cfg["id"])).expanduser().is_dir():
             settings.pop("id")
     return settings
+
+
+def metric_modules_identity(names: Sequence[str] | None) -> dict[str, Any]:
+    """The source of each module of eval.metric_modules (what its metrics compute); nothing when there is none,
+    so that the keys of cells without added metrics stay as they were."""
+    if not names:
+        return {}
+    import importlib.util
+
+    sources = {}
+    for name in names:
+        spec = importlib.util.find_spec(str(name))
+        origin = getattr(spec, "origin", None)
+        sources[str(name)] = file_sha256(origin) if origin and Path(origin).is_file() else None
+    return {"metric_modules": sources}
 
 
 def is_seed_independent(method: Mapping[str, Any]) -> bool:
@@ -181,7 +197,8 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
         "shot_pool": fingerprint(train) if shots else None,
         # prompt.style and prompt.system shape the prompts only of methods prompted as trained cells are
         "prompt": prompt if (method.get("prompt_format") or "as_trained") == "as_trained" else None,
-        "eval": {**{k: eval_cfg.get(k) for k in EVAL_SCORING_KEYS}, "dtype": eval_dtype},
+        "eval": {**{k: eval_cfg.get(k) for k in EVAL_SCORING_KEYS}, "dtype": eval_dtype,
+                 **metric_modules_identity(eval_cfg.get("metric_modules"))},
         "test": fingerprint(test),
         "ood": {name: fingerprint(examples) for name, examples in sorted(ood.items())},
         # a seed that draws the shots (shot_seed null) changes the prompts; a trained cell's is in its weights

@@ -1,4 +1,4 @@
-"""Load a causal LM and its tokenizer, and apply a fine-tuning method to it.
+"""Load a causal LM and its tokenizer (methods.py applies a fine-tuning method to it).
 
 Model sources (``model.source`` in conf/model/*.yaml):
 
@@ -10,6 +10,11 @@ Model sources (``model.source`` in conf/model/*.yaml):
   for tests. It needs no network and no files.
 - ``random``: a real model's architecture and tokenizer with random weights (``model.init_seed``), read from a hub
   id or a folder holding config.json and the tokenizer files: speed checks at the real shape without the weights.
+
+``model.quantization``, when set, is a transformers quantization config with a ``_target_`` (e.g.
+``transformers.BitsAndBytesConfig`` with ``load_in_4bit: true`` for QLoRA), built by ``hydra.utils.instantiate`` and
+passed to ``from_pretrained``; models built in memory (tiny, random) are saved once to a temporary folder and loaded
+from there with it.
 
 This module knows nothing of datasets, and nothing of training loops.
 """
@@ -30,8 +35,6 @@ import torch
 from slm_sweep.config import MODEL_SOURCES
 
 log = logging.getLogger(__name__)
-
-METHODS_WITH_ADAPTERS = ("lora", "dora")
 
 # ChatML, the format SmolLM2 and Qwen2.5 use; the tiny model gets it so the chat-template path is exercised in tests.
 CHATML_TEMPLATE = (
@@ -59,6 +62,8 @@ def load_model_and_tokenizer(model_cfg: Mapping[str, Any], cache_dir: str | Path
         model, tokenizer = _load_random(model_cfg)
     else:
         raise ModelLoadError(f"model.source={source!r} is not one of: {', '.join(MODEL_SOURCES)}")
+    if quantization_config(model_cfg) is not None and source in ("tiny", "random"):
+        model = _reload_quantized(model, model_cfg)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -81,15 +86,61 @@ def _hub_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
                 trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
 
 
+def quantization_config(model_cfg: Mapping[str, Any]):
+    """``model.quantization`` built into a transformers quantization config, or None when it is not set."""
+    spec = model_cfg.get("quantization")
+    if spec is None:
+        return None
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from transformers.utils.quantization_config import QuantizationConfigMixin
+
+    target = spec.get("_target_") if isinstance(spec, Mapping) else None
+    if not target:
+        raise ModelLoadError(f"model.quantization={spec!r} must be a mapping with a _target_ naming a transformers "
+                             "quantization config, e.g. {_target_: transformers.BitsAndBytesConfig, load_in_4bit: true}")
+    try:
+        config = instantiate(spec, _convert_="all")
+    except InstantiationException as err:
+        raise ModelLoadError(f"model.quantization (_target_: {target}) cannot be built: {err}") from None
+    if not isinstance(config, QuantizationConfigMixin):
+        raise ModelLoadError(f"model.quantization._target_={target!r} made a {type(config).__name__}, not a "
+                             "transformers quantization config (such as transformers.BitsAndBytesConfig)")
+    return config
+
+
+def _from_pretrained(model_cfg: Mapping[str, Any], path: str, **kwargs):
+    """``AutoModelForCausalLM.from_pretrained`` with ``model.quantization``; a quantization whose library is not
+    installed (bitsandbytes, accelerate) says which one and how to install it."""
+    from transformers import AutoModelForCausalLM
+
+    quantization = quantization_config(model_cfg)
+    if quantization is None:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization, **kwargs)
+    except ImportError as err:
+        raise ModelLoadError(
+            f"model={model_cfg.get('name')} with model.quantization ({type(quantization).__name__}) cannot be "
+            f"loaded here: {err}. For bitsandbytes (4-bit QLoRA, 8-bit): `pip install 'slm_sweep[qlora]'`."
+        ) from None
+
+
+def _reload_quantized(model, model_cfg: Mapping[str, Any]):
+    """A model built in memory, saved to a temporary folder and loaded back with ``model.quantization``."""
+    with tempfile.TemporaryDirectory(prefix="slm_sweep-quantize-") as folder:
+        model.save_pretrained(folder)
+        return _from_pretrained(model_cfg, folder, dtype=next(model.parameters()).dtype)
+
+
 def _load_hub(model_cfg: Mapping[str, Any]):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     model_id, kwargs = model_cfg["id"], _hub_kwargs(model_cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_id, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            model_id, dtype=_torch_dtype(model_cfg.get("dtype")), use_safetensors=True, **kwargs
-        )
+        model = _from_pretrained(model_cfg, model_id, dtype=_torch_dtype(model_cfg.get("dtype")),
+                                 use_safetensors=True, **kwargs)
     except OSError as err:
         raise _load_error(model_cfg, err) from err
     return model, tokenizer
@@ -105,7 +156,7 @@ def _load_random(model_cfg: Mapping[str, Any]):
     except OSError as err:
         raise _load_error(model_cfg, err) from err
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(model_cfg.get("init_seed", 0)))
+        torch.manual_seed(int(model_cfg.get("init_seed") or 0))
         model = AutoModelForCausalLM.from_config(config, dtype=_torch_dtype(model_cfg.get("dtype") or "float32"))
     return model, tokenizer
 
@@ -166,9 +217,8 @@ def _load_gguf(model_cfg: Mapping[str, Any], cache_dir: str | Path | None):
         except OSError:  # another job finished first
             shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(str(target))
-    model = AutoModelForCausalLM.from_pretrained(
-        str(target), dtype=_torch_dtype(model_cfg.get("dtype") or "float32"), use_safetensors=True
-    )
+    model = _from_pretrained(model_cfg, str(target), dtype=_torch_dtype(model_cfg.get("dtype") or "float32"),
+                             use_safetensors=True)
     return model, tokenizer
 
 
@@ -214,15 +264,21 @@ def build_tiny_tokenizer(vocab_size: int = 1000):
 def _load_tiny(model_cfg: Mapping[str, Any]):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = build_tiny_tokenizer(int(model_cfg.get("vocab_size", 1000)))
+    shape = {}
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads"):
+        if model_cfg.get(key) is None:
+            raise ModelLoadError(f"model={model_cfg.get('name')} has source tiny but no model.{key} "
+                                 "(conf/model/tiny.yaml sets each of them)")
+        shape[key] = int(model_cfg[key])
+    tokenizer = build_tiny_tokenizer(shape["vocab_size"])
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=int(model_cfg.get("hidden_size", 48)),
-        intermediate_size=int(model_cfg.get("intermediate_size", 128)),
-        num_hidden_layers=int(model_cfg.get("num_layers", 2)),
-        num_attention_heads=int(model_cfg.get("num_heads", 4)),
-        num_key_value_heads=int(model_cfg.get("num_heads", 4)),
-        max_position_embeddings=int(model_cfg.get("max_position_embeddings", 2048)),
+        hidden_size=shape["hidden_size"],
+        intermediate_size=shape["intermediate_size"],
+        num_hidden_layers=shape["num_layers"],
+        num_attention_heads=shape["num_heads"],
+        num_key_value_heads=shape["num_heads"],
+        max_position_embeddings=int(model_cfg.get("max_position_embeddings") or 2048),
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -231,81 +287,6 @@ def _load_tiny(model_cfg: Mapping[str, Any]):
     # The initialisation depends on model.init_seed only, never on the run seed, so that zero-shot results of
     # the tiny model are the same for every seed, as they are for a pretrained model.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(model_cfg.get("init_seed", 0)))
+        torch.manual_seed(int(model_cfg.get("init_seed") or 0))
         model = LlamaForCausalLM(config)
     return model, tokenizer
-
-
-def apply_method(model, method_cfg: Mapping[str, Any]):
-    """Make the parameters a method trains trainable: all (full), adapters only (lora, dora), none (in-context)."""
-    name = method_cfg["name"]
-    if name in METHODS_WITH_ADAPTERS:
-        from peft import LoraConfig, get_peft_model
-
-        targets = method_cfg.get("target_modules", "all-linear")
-        if not isinstance(targets, str):
-            targets = list(targets)
-        lora_config = LoraConfig(
-            task_type="CAUSAL_LM",
-            r=int(method_cfg["r"]),
-            lora_alpha=float(method_cfg["alpha"]),
-            lora_dropout=float(method_cfg["dropout"]),
-            target_modules=targets,
-            use_dora=bool(method_cfg.get("use_dora", name == "dora")),
-        )
-        return get_peft_model(model, lora_config)
-    for param in model.parameters():
-        param.requires_grad_(name == "full")
-    return model
-
-
-def count_parameters(model) -> tuple[int, int]:
-    """``(trainable, total)``; for a PEFT model the total includes the adapter weights."""
-    trainable = total = 0
-    for param in model.parameters():
-        total += param.numel()
-        if param.requires_grad:
-            trainable += param.numel()
-    return trainable, total
-
-
-def load_trained(base, folder: str | Path):
-    """Weights an earlier run of the same training kept: a PEFT adapter folder on ``base``, or full weights."""
-    folder = Path(folder)
-    if (folder / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(base, folder)
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=next(base.parameters()).dtype)
-
-
-def save_atomically(model, target: str | Path) -> Path:
-    """``model.save_pretrained`` into a temporary sibling, then renamed: a reader never sees half a folder."""
-    target = Path(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def merge_adapters_for_eval(model):
-    """Fold LoRA/DoRA adapters into the base weights (in float32, then back to the model's dtype).
-
-    Generation then runs at the speed of the plain model; the merged model computes the same function.
-    """
-    from peft import PeftModel
-
-    if not isinstance(model, PeftModel):
-        return model
-    dtype = next(model.parameters()).dtype
-    if dtype != torch.float32:
-        model = model.to(torch.float32)
-    merged = model.merge_and_unload()
-    return merged.to(dtype)

@@ -107,6 +107,8 @@ def resolve_dtype(setting: str | None, device: torch.device, own: torch.dtype) -
 
 def resolve_placement(eval_cfg, model, trained_on: torch.device | str | None = None) -> Placement:
     device = resolve_device(eval_cfg.get("device"), trained_on)
+    if getattr(model, "is_quantized", False):  # quantized weights keep the dtypes they were loaded in
+        return Placement(device, model_dtype(model))
     return Placement(device, resolve_dtype(eval_cfg.get("dtype"), device, model_dtype(model)))
 
 

@@ -187,6 +187,9 @@ def identify(cfg: DictConfig, config: dict, data: CellData) -> CellIdentity:
 def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Run one cell and return its result record (also written to ``out_dir/result.json``)."""
     validate_config(cfg)
+    from slm_sweep.scoring import load_metric_modules
+
+    load_metric_modules(cfg.eval.get("metric_modules"))
     from slm_sweep.tune import resolve_lr
 
     learning_rate = resolve_lr(cfg)  # before the config is recorded: the rate trained with is in the identity
@@ -308,7 +311,8 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
 
 def load_model(cfg: DictConfig, trained: Path | None):
     """The base model with the method applied, or with the trained weights an earlier run kept in ``trained``."""
-    from slm_sweep.models import apply_method, load_model_and_tokenizer, load_trained
+    from slm_sweep.methods import apply_method, load_trained
+    from slm_sweep.models import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(cfg.model, cache_dir=Path(str(cfg.cache_dir)).expanduser())
     if trained is not None:
@@ -359,7 +363,7 @@ def keep_trained_weights(model, out: Path, keep_full: bool) -> None:
     A later run whose evaluation changed but whose training did not re-scores from them instead of training."""
     from peft import PeftModel
 
-    from slm_sweep.models import save_atomically
+    from slm_sweep.methods import save_atomically
 
     if isinstance(model, PeftModel):
         save_atomically(model, out / ADAPTER_DIR)
@@ -375,7 +379,7 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
 
     from slm_sweep.data.prompts import resolve_format
     from slm_sweep.evaluate.evaluator import build_eval_prompts, evaluate
-    from slm_sweep.models import count_parameters, merge_adapters_for_eval
+    from slm_sweep.methods import count_parameters, merge_adapters_for_eval
     from slm_sweep.placement import resolve_placement, to_device, to_dtype
 
     method = cfg.method

@@ -409,6 +409,38 @@ ACCURACY_KEYS = tuple(accuracy_key(name) for name in METRICS)
 PREDICTION_FIELDS = (*(f"extracted_{name}" for name in METRICS), *(f"correct_{name}" for name in METRICS))
 
 
+_METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def register_metric(name: str, extract: Callable[[str], str | None],
+                    correct: Callable[[str, str | float | int, float | None], bool]) -> Metric:
+    """Add a metric: from then on every prediction records ``extracted_<name>`` and ``correct_<name>`` and every
+    scored set ``accuracy_<name>``. A module named in ``eval.metric_modules`` calls this when it is imported; the
+    module's source is part of the cell's evaluation key, so editing it re-scores."""
+    if not _METRIC_NAME.match(name):
+        raise ValueError(f"metric name {name!r} must be lower-case letters, digits and '_', starting with a letter")
+    if name in METRICS:
+        raise ValueError(f"a metric named {name!r} is already registered ({', '.join(METRICS)})")
+    metric = METRICS[name] = Metric(name, extract, correct)
+    _derive_names()
+    return metric
+
+
+def _derive_names() -> None:
+    global MODES, ACCURACY_KEYS, PREDICTION_FIELDS
+    MODES = tuple(METRICS)
+    ACCURACY_KEYS = tuple(accuracy_key(name) for name in METRICS)
+    PREDICTION_FIELDS = (*(f"extracted_{name}" for name in METRICS), *(f"correct_{name}" for name in METRICS))
+
+
+def load_metric_modules(names) -> None:
+    """Import each module of ``eval.metric_modules`` once (importing registers its metrics)."""
+    import importlib
+
+    for name in names or ():
+        importlib.import_module(str(name))
+
+
 def check_mode(mode: str) -> None:
     """Raise ValueError unless ``mode`` is one of MODES."""
     if mode not in MODES:

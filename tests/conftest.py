@@ -9,6 +9,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+import slm_sweep  # noqa: F401  registers the typed settings that conf/config.yaml composes first
+
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "slm_sweep" / "conf"
 DATA_ROOT = REPO.parent / "shared" / "data"

@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from slm_sweep.config import ConfigError, group_options, validate_config
-from tests.conftest import compose_config
+from tests.conftest import CONF_DIR, compose_config
 
 GROUPS = ("model", "method", "dataset", "trainer", "eval", "logger")
 
@@ -50,9 +50,12 @@ def test_study_models_point_at_the_hub_ids():
 
 def test_method_defaults():
     lora = compose_config(["method=lora"]).method
-    assert (lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.use_dora) == (16, 32, 0.05, "all-linear", False)
+    assert (lora.r, lora.alpha, lora.dropout, lora.target_modules) == (16, 32, 0.05, "all-linear")
+    assert lora.train is True and lora.peft._target_ == "peft.LoraConfig"
+    assert (lora.peft.r, lora.peft.lora_alpha, lora.peft.lora_dropout, lora.peft.use_dora) == (16, 32, 0.05, False)
     dora = compose_config(["method=dora"]).method
-    assert dora.use_dora is True and dora.r == 16 and dora.name == "dora"
+    assert dora.peft.use_dora is True and dora.peft.r == 16 and dora.name == "dora"
+    assert "peft" not in compose_config(["method=full"]).method
     assert compose_config(["method=fewshot"]).method.num_fewshot == 5
     assert compose_config(["method=zeroshot"]).method.train is False
 
@@ -71,15 +74,19 @@ def test_method_defaults():
         ("eval.ood_sets=[svamp,nope]", "eval.ood_sets[]='nope' is not one of"),
         ("seed=-1", "seed=-1 must be a non-negative integer"),
         ("trainer.micro_batch_tokens=-5", "trainer.micro_batch_tokens=-5 must be a positive integer or null"),
-        ("trainer.packing=maybe", "trainer.packing='maybe' must be true or false"),
         ("trainer.throughput_warmup_steps=-1", "trainer.throughput_warmup_steps=-1 must be a non-negative integer"),
         ("trainer.precision=17", "trainer.precision='17' is not one of: 32-true"),
         ("trainer.weight_decay=-0.1", "trainer.weight_decay=-0.1 must be a non-negative number"),
         ("trainer.devices=3", "trainer.batch_size=16 must be a multiple of trainer.devices=3"),
-        ("trainer.fused_adamw=sometimes", "trainer.fused_adamw='sometimes' must be true or false or null"),
         ("eval.device=gpu", "eval.device='gpu' is not one of: auto, cpu, cuda, cuda:N"),
         ("eval.dtype=fp8", "eval.dtype='fp8' is not one of: auto, float32, bfloat16, float16"),
-        ("eval.cuda_graphs=often", "eval.cuda_graphs='often' must be true or false"),
+        ("method.train=maybe", "method.train='maybe' must be true or false"),
+        ("method.lr=null", "method.lr=None must be a positive number"),
+        ("+method.peft.rank=8", "method.peft (_target_: peft.LoraConfig) cannot be built"),
+        ("method.peft._target_=collections.OrderedDict", "not a peft config"),
+        ("~method.peft._target_", "must be a mapping with a _target_"),
+        ("+trainer.max_stepz=5", "trainer.max_stepz is not a setting: no code reads it; did you mean trainer.max_steps?"),
+        ("eval.metric_modules=[no_such_metrics_module]", "eval.metric_modules[]='no_such_metrics_module' is not"),
     ],
 )
 def test_bad_values_are_named_with_what_is_allowed(override, message):
@@ -97,3 +104,226 @@ def test_unknown_group_option_is_rejected_by_hydra_with_the_choices(group, known
         compose_config([f"{group}=gpt5"])
     text = str(err.value)
     assert f"{group}/gpt5" in text and known in text
+
+
+# ------------------------------------------------------------------------------------------- typed settings
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.packing=maybe", "Value 'maybe' is not a valid bool"),
+        ("trainer.max_steps=ten", "Value 'ten' of type 'str' could not be converted to Integer"),
+        ("trainer.fused_adamw=sometimes", "Value 'sometimes' is not a valid bool"),
+        ("eval.cuda_graphs=often", "Value 'often' is not a valid bool"),
+        ("eval.max_new_tokens=1.5", "could not be converted to Integer"),
+        ("dataset.eval_only=perhaps", "Value 'perhaps' is not a valid bool"),
+        ("trainer.max_stepz=5", "Could not override 'trainer.max_stepz'"),
+        ("prompt.styl=chat", "Could not override 'prompt.styl'"),
+    ],
+)
+def test_wrong_types_and_unknown_keys_fail_when_the_config_is_composed(override, message):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config([override])
+    text = f"{err.value} {err.value.__cause__}"
+    assert message in text
+    assert override.split("=")[0] in text  # the full key is named
+
+
+def test_a_misspelt_key_in_a_yaml_file_fails_when_the_config_is_composed(tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    (tmp_path / "trainer").mkdir()
+    (tmp_path / "trainer" / "mine.yaml").write_text("defaults:\n  - default\n  - _self_\nmax_stepz: 5\n")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text("name: mine\nsource: tiny\nhiden_size: 32\n")
+    searchpath = f"hydra.searchpath=[file://{tmp_path}]"
+    for group, key in (("trainer", "max_stepz"), ("model", "hiden_size")):
+        with pytest.raises(ConfigCompositionException) as err:
+            compose_config([searchpath, f"{group}=mine"])
+        text = f"{err.value} {err.value.__cause__}"
+        assert f"Key '{key}' not in" in text and f"{group}/mine" in text
+
+
+def test_each_default_is_held_once_by_the_settings_and_yaml_files_set_only_what_differs():
+    """The typed groups' defaults live in slm_sweep/settings.py alone: no yaml file restates one of them."""
+    from omegaconf import OmegaConf
+
+    from slm_sweep.settings import SCHEMAS, defaults
+
+    assert OmegaConf.load(CONF_DIR / "trainer" / "default.yaml") == {}
+    assert OmegaConf.load(CONF_DIR / "eval" / "default.yaml") == {}
+    for group, schema in SCHEMAS.items():
+        folder = CONF_DIR / group
+        if not folder.is_dir():
+            continue
+        schema_defaults = defaults(schema)
+        for path in sorted(folder.glob("*.yaml")):
+            raw = OmegaConf.to_container(OmegaConf.load(path))
+            parents = [d for d in raw.pop("defaults", []) if d != "_self_"]
+            for key, value in raw.items():
+                if parents or key not in schema_defaults:
+                    continue  # a file on top of another option may restate what that option changed
+                assert value != schema_defaults[key], f"{path.name}: {group}.{key}={value!r} is the default"
+    composed = compose_config(["trainer=gpu", "eval=gpu"])
+    assert composed.trainer.precision == "bf16-mixed" and composed.trainer.max_steps == defaults(SCHEMAS["trainer"])["max_steps"]
+
+
+def _source_names() -> set[str]:
+    """Every name the package's code reads: quoted strings and attribute names (settings.py left out)."""
+    import re
+
+    text = "\n".join(p.read_text() for p in (CONF_DIR.parent).rglob("*.py") if p.name != "settings.py")
+    return set(re.findall(r"""["']([A-Za-z_]\w*)["']""", text)) | set(re.findall(r"\.([A-Za-z_]\w*)\b(?!\s*\()", text))
+
+
+def _package_of(path) -> str:
+    """Where a config file's keys land in the composed config: its group, or the root for _global_."""
+    first_lines = path.read_text().splitlines()[:3]
+    if any(line.strip() == "# @package _global_" for line in first_lines):
+        return ""
+    relative = path.relative_to(CONF_DIR)
+    return ".".join(relative.parts[:-1])
+
+
+def _leaves(node, prefix=""):
+    """(dotted path, value) of every key, nested keys included."""
+    for key, value in node.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        yield path, value
+        if isinstance(value, dict):
+            yield from _leaves(value, path)
+
+
+def _target_accepts(target: str, key: str) -> bool:
+    import inspect
+
+    from hydra.utils import get_method
+
+    parameters = inspect.signature(get_method(target)).parameters
+    return key in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+
+
+def _schema_knows(schema, parts: list[str]) -> bool:
+    from dataclasses import fields, is_dataclass
+    from typing import get_type_hints
+
+    for part in parts:
+        if not is_dataclass(schema):
+            return True  # a free-form mapping (hub.splits, local.files)
+        names = {f.name for f in fields(schema)}
+        if part not in names:
+            return False
+        hint = get_type_hints(schema)[part]
+        inner = [a for a in getattr(hint, "__args__", ()) if is_dataclass(a)]
+        schema = inner[0] if inner else (hint if is_dataclass(hint) else None)
+        if schema is None:
+            return True
+    return True
+
+
+def _composed_with(path):
+    """The config a file takes part in: conf/config.yaml alone, or with the file chosen in its group."""
+    from hydra.errors import ConfigCompositionException
+
+    relative = path.relative_to(CONF_DIR)
+    if len(relative.parts) == 1:
+        return compose_config([])
+    try:
+        return compose_config([f"{'/'.join(relative.parts[:-1])}={path.stem}"])
+    except ConfigCompositionException as err:
+        if "No match in the defaults list" not in str(err):
+            raise
+        return compose_config([])  # a data file that code reads (tuned/lr.yaml), not a config group
+
+
+def _target_above(composed, parts: list[str]) -> str | None:
+    """The ``_target_`` of the innermost mapping above a key in the composed config, if any."""
+    from omegaconf import DictConfig, OmegaConf
+
+    for end in range(len(parts) - 1, 0, -1):
+        node = OmegaConf.select(composed, ".".join(parts[:end]))
+        if isinstance(node, DictConfig) and "_target_" in node:
+            return node["_target_"] if end == len(parts) - 1 else "nested"
+    return None
+
+
+def test_every_key_under_conf_is_a_typed_setting_a_target_argument_or_read_by_the_code():
+    """Walks every file under slm_sweep/conf/. A key is known when it is a field of a typed node
+    (slm_sweep/settings.py), an argument of the _target_ that its mapping builds, Hydra's own (hydra.*, checked
+    by Hydra against its schema when composing), a config path swept by hydra.sweeper.params, referenced by an
+    interpolation, or a name that slm_sweep's code reads."""
+    import re
+
+    from omegaconf import OmegaConf
+
+    from slm_sweep.settings import SCHEMAS
+
+    names = _source_names()
+    unknown = []
+    for path in sorted(CONF_DIR.rglob("*.yaml")):
+        raw = OmegaConf.to_container(OmegaConf.load(path))
+        raw.pop("defaults", None)
+        package = _package_of(path)
+        where = path.relative_to(CONF_DIR)
+        if package.split(".")[0] == "hydra":
+            continue  # Hydra's own config, typed by Hydra and its plugins
+        text = path.read_text()
+        # a typed group's file holds _target_ mappings only where it says so (model.quantization)
+        composed = _composed_with(path) if "_target_" in text or package.split(".")[0] not in SCHEMAS else None
+        referenced = set(re.findall(r"\$\{\.+(\w+)\}", text))
+        for key_path, _ in _leaves(raw):
+            full = f"{package}.{key_path}" if package else key_path
+            parts = full.split(".")
+            if parts[0] == "hydra":
+                if ".sweeper.params." in full:  # a swept config path or group
+                    swept = full.split(".sweeper.params.", 1)[1]
+                    if OmegaConf.select(composed, swept, default="missing") == "missing" \
+                            and swept not in group_options_all():
+                        unknown.append(f"{where}: {full} (sweeps no config path)")
+                continue
+            target = _target_above(composed, parts) if composed is not None else None
+            if parts[-1] == "_target_" or target == "nested":
+                continue
+            if target is not None:
+                if not _target_accepts(target, parts[-1]):
+                    unknown.append(f"{where}: {full} (not an argument of {target})")
+                continue
+            if parts[0] in SCHEMAS:
+                if len(parts) > 1 and not _schema_knows(SCHEMAS[parts[0]], parts[1:]):
+                    unknown.append(f"{where}: {full} (not in {SCHEMAS[parts[0]].__name__})")
+                continue
+            if parts[-1] not in names and parts[-1] not in referenced:
+                unknown.append(f"{where}: {full} (read by no code)")
+    assert not unknown, "keys nobody reads:\n" + "\n".join(unknown)
+
+
+def group_options_all() -> set[str]:
+    return {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+
+
+def test_every_typed_setting_is_read_by_the_code():
+    from dataclasses import fields, is_dataclass
+    from typing import get_type_hints
+
+    from slm_sweep.settings import SCHEMAS
+
+    names = _source_names()
+    schemas, unread = list(SCHEMAS.values()), []
+    while schemas:  # the typed nodes and the dataclasses nested in them (dataset.hub, dataset.local, ...)
+        schema = schemas.pop()
+        for f in fields(schema):
+            hint = get_type_hints(schema)[f.name]
+            schemas += [a for a in (hint, *getattr(hint, "__args__", ())) if is_dataclass(a)]
+            if f.name not in names:
+                unread.append(f"{schema.__name__}.{f.name}")
+    assert not unread, f"settings no code reads: {unread}"
+
+
+def test_qlora_is_lora_on_a_4_bit_model_and_every_other_method_leaves_the_model_alone():
+    qlora = compose_config(["method=qlora", "model=smollm135", "method.r=8"])
+    assert qlora.model.name == "smollm135" and qlora.model.quantization.load_in_4bit is True
+    assert qlora.method.name == "qlora" and qlora.method.peft.r == 8 and qlora.method.peft._target_ == "peft.LoraConfig"
+    assert compose_config(["method=lora", "model=smollm135"]).model.quantization is None

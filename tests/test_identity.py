@@ -15,7 +15,8 @@ from slm_sweep.run import identify, load_data, run
 
 # sha256 of slm_sweep/scoring.py for each SCORING_VERSION: editing scoring.py fails this test until
 # SCORING_VERSION is bumped (scores may change) or the hash updated (a change that cannot alter any score).
-SCORING_SOURCE_SHA256 = {3: "74eeaac44782960c129c6ef29a986afd337e2f8f7b0d24ed838db786c813dd20"}
+# Version 3's hash was updated, not bumped, for register_metric (a hook that changes no built-in score).
+SCORING_SOURCE_SHA256 = {3: "7eb5ec389fad22198dea57ccaae9780d265bcf40e670f8a56fd6a63e18c4b920"}
 
 
 def keys(cfg):
@@ -31,7 +32,9 @@ def base(tiny_cfg):
 
 RETRAIN = ["method.lr=0.001", "method.r=8", "trainer.max_steps=4", "seed=1", "dataset.train_limit=40",
            "model.init_seed=1", "trainer.precision=bf16-mixed", "prompt.system=Be brief.", "trainer.max_length=128",
-           "dataset.val_size=6"]
+           "dataset.val_size=6", "method.peft.use_dora=true", "+method.peft.use_rslora=true",
+           "method.target_modules=[q_proj,v_proj]",
+           "model.quantization={_target_:transformers.BitsAndBytesConfig,load_in_4bit:true}"]
 RESCORE = ["eval.generation_config=model", "eval.max_new_tokens=20", "eval.ood_sets=[svamp]", "dataset.test_limit=10", "eval.dtype=bfloat16",
            "eval.stop=[Q:]"]
 NOTHING = ["trainer.micro_batch_size=4", "trainer.packing=true", "trainer.compile=true", "eval.engine=plain",

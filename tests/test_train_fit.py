@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from slm_sweep.data.encode import encode_all
 from slm_sweep.data.prompts import resolve_style
 from slm_sweep.data.sources import dataset_spec, load_splits
-from slm_sweep.models import apply_method, load_model_and_tokenizer
+from slm_sweep.methods import apply_method
+from slm_sweep.models import load_model_and_tokenizer
 from slm_sweep.train.batching import step_groups
 from slm_sweep.train.fit import fit
 from slm_sweep.train.module import DivergedError
@@ -55,7 +56,7 @@ def method_config(name: str, **overrides):
 
 
 def trainer_config(**overrides):
-    cfg = OmegaConf.load(CONF_DIR / "trainer" / "default.yaml")
+    cfg = compose_config([]).trainer
     base = {"max_steps": 2, "batch_size": 4, "micro_batch_size": 4, "max_length": 160, "progress_bar": False,
             "checkpoint_every_n_steps": None, "log_every_n_steps": 1, "warmup_steps": 0}
     return OmegaConf.merge(cfg, base, overrides)

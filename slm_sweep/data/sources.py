@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from slm_sweep.data.errors import DataError
+from slm_sweep.settings import DatasetSettings, defaults
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +34,8 @@ GSM8K_MARKER = "####"
 SENTENCE_END = (".", "?", "!")
 OFFLINE_ENV_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
-DEFAULTS: dict[str, Any] = {
-    "hub": None,
-    "local": None,
-    "data_dir": None,
-    "question": ["question"],
-    "answer": "answer",
-    "answer_format": "gsm8k",
-    "test_split": "test",
-    "test_size": None,
-    "split_seed": 1234,
-    "val_size": 100,
-    "train_limit": None,
-    "test_limit": None,
-    "answer_tolerance": None,
-    "unparsable_answers": "skip",
-    "eval_only": False,
-}
+# every key a dataset file may leave out, with its default (slm_sweep.settings.DatasetSettings holds them)
+DEFAULTS: dict[str, Any] = defaults(DatasetSettings)
 
 
 @dataclass(frozen=True)
@@ -86,7 +72,7 @@ def dataset_spec(name: str) -> DictConfig:
     known = known_datasets()
     if name not in known:
         raise DataError(f"unknown dataset {name!r}; known datasets (conf/dataset/*.yaml): {', '.join(known)}")
-    return OmegaConf.load(DATASET_CONF_DIR / f"{name}.yaml")
+    return OmegaConf.merge(OmegaConf.structured(DatasetSettings), OmegaConf.load(DATASET_CONF_DIR / f"{name}.yaml"))
 
 
 def _as_dict(spec: Mapping | DictConfig) -> dict[str, Any]:

@@ -90,7 +90,9 @@ def _composer(config: DictConfig):
     if not GlobalHydra.instance().is_initialized():
         raise RuntimeError("preflight runs inside a Hydra multirun only")
     config_name = config.hydra.job.config_name
-    return lambda overrides: compose(config_name=config_name, overrides=overrides)
+    # a user's config folders (hydra.searchpath=[file://...]) hold options the cells choose
+    searchpath = [str(o) for o in config.hydra.overrides.hydra if str(o).startswith("hydra.searchpath=")]
+    return lambda overrides: compose(config_name=config_name, overrides=[*searchpath, *overrides])
 
 
 class AggregateSweep(Callback):

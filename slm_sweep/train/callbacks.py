@@ -48,16 +48,19 @@ def matmul_parameter_count(model) -> int:
     Adapter weights are left out (their FLOPs are small against the base), and so is an input embedding that is
     not tied to the output head, since a lookup is no product; a tied one counts once, as the head.
     """
-    count = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+    from slm_sweep.methods import parameter_count
+
+    adapters = set(getattr(model, "peft_config", None) or ())  # a PEFT model's adapter names ("default")
+    count = sum(parameter_count(p) for n, p in model.named_parameters() if adapters.isdisjoint(n.split(".")))
     embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
     if embeddings is not None and (head is None or head.weight is not embeddings.weight):
         count -= embeddings.weight.numel()
     return count
 
 
-def flops_per_token(model, method: str) -> float:
+def flops_per_token(model, adapters: bool) -> float:
     """6N for full fine-tuning; 4N for adapters: the frozen base needs no weight gradients."""
-    return (6 if method == "full" else 4) * matmul_parameter_count(model)
+    return (4 if adapters else 6) * matmul_parameter_count(model)
 
 
 def mfu(tokens_per_s: float | None, flops_per_token: float, peak_flops: float | None, devices: int = 1) -> float | None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 
+from slm_sweep.methods import has_adapters
 from slm_sweep.train.callbacks import ThroughputMonitor, accelerator_name, bf16_peak_flops, flops_per_token
 from slm_sweep.train.checkpoint_io import AtomicCheckpointIO
 from slm_sweep.train.data import EncodedDataModule
@@ -136,7 +137,7 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
     resume reads), which every cell has; those of ``callbacks_cfg`` (conf/callbacks/); then ``extra_callbacks``.
     """
     out_dir = Path(out_dir)
-    flops = flops_per_token(model, method_cfg["name"])
+    flops = flops_per_token(model, adapters=has_adapters(method_cfg))
     model = prepare_model(model, trainer_cfg)
     module = build_module(model, trainer_cfg, method_cfg)
     data = build_data(train, val, trainer_cfg, seed, pad_token_id)

@@ -1,0 +1,221 @@
+"""The README's "Extending" rows, each added from files outside the package and run without a code change: a
+model, a dataset, a method (conf/<group>/<name>.yaml in a folder named by hydra.searchpath), a metric (a Python
+module named in eval.metric_modules) and a launcher (conf/hydra/launcher/<name>.yaml). A cell uses the first four at
+once; a 2-cell sweep (marked slow) runs all five through `python -m slm_sweep -m`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from slm_sweep import scoring
+from tests.conftest import REPO, compose_config
+
+MODEL = """\
+# a random Llama smaller than tiny, with its own seed
+name: mytiny
+source: tiny
+id: my-tiny-llama
+vocab_size: 1000
+hidden_size: 32
+intermediate_size: 64
+num_layers: 1
+num_heads: 2
+init_seed: 7
+"""
+
+DATASET = """\
+# sums in my own format: {"problem": ..., "result": <number>}
+name: mysums
+local: {dir_name: mysums, files: {train: train.jsonl, test: test.jsonl}}
+question: [problem]
+answer: result
+answer_format: number
+val_size: 4
+"""
+
+METHOD = """\
+# (IA)^3: learned rescaling vectors on keys, values and the feed-forward input, a peft method that is no LoRA
+name: ia3
+train: true
+lr: 1.0e-2
+peft:
+  _target_: peft.IA3Config
+  target_modules: [k_proj, v_proj, down_proj]
+  feedforward_modules: [down_proj]
+"""
+
+METRIC_MODULE = '''\
+"""A metric from outside slm_sweep: whether the last digit written is the reference's last digit."""
+import re
+
+from slm_sweep.scoring import register_metric
+
+
+def last_digit(text):
+    digits = re.findall(r"[0-9]", str(text))
+    return digits[-1] if digits else None
+
+
+def correct(text, reference, tolerance):
+    return last_digit(text) is not None and last_digit(text) == last_digit(reference)
+
+
+register_metric("last_digit", last_digit, correct)
+'''
+
+LAUNCHER = """\
+# the cells one after another in this process, as Hydra's basic launcher runs them
+defaults:
+  - basic
+"""
+
+
+def write_extensions(root: Path) -> dict[str, Path]:
+    conf, data = root / "conf", root / "data" / "mysums"
+    for folder in ("model", "dataset", "method", "hydra/launcher"):
+        (conf / folder).mkdir(parents=True, exist_ok=True)
+    (conf / "model" / "mytiny.yaml").write_text(MODEL)
+    (conf / "dataset" / "mysums.yaml").write_text(DATASET)
+    (conf / "method" / "ia3.yaml").write_text(METHOD)
+    (conf / "hydra" / "launcher" / "inline.yaml").write_text(LAUNCHER)
+    (root / "mymetrics.py").write_text(METRIC_MODULE)
+    data.mkdir(parents=True)
+    for split, count, offset in (("train", 24, 0), ("test", 4, 100)):
+        rows = [{"problem": f"What is {offset + i} plus {i + 3}?", "result": offset + 2 * i + 3} for i in range(count)]
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"conf": conf, "data_root": root / "data"}
+
+
+FAST = ["trainer.max_steps=2", "trainer.batch_size=4", "trainer.micro_batch_size=4", "trainer.max_length=64",
+        "trainer.progress_bar=false", "trainer.checkpoint_every_n_steps=null", "trainer.log_every_n_steps=1",
+        "eval.max_new_tokens=4", "eval.progress=false", "logger=none"]
+
+
+@pytest.fixture
+def restored_metrics(monkeypatch):
+    """Metrics registered by a test, and the modules that registered them, are gone after it."""
+    saved = dict(scoring.METRICS)
+    for name in ("MODES", "ACCURACY_KEYS", "PREDICTION_FIELDS"):
+        monkeypatch.setattr(scoring, name, getattr(scoring, name))
+    yield
+    scoring.METRICS.clear()
+    scoring.METRICS.update(saved)
+    sys.modules.pop("mymetrics", None)
+
+
+def test_a_model_dataset_method_and_metric_from_outside_the_package_run_a_cell(tmp_path, monkeypatch,
+                                                                               restored_metrics):
+    from slm_sweep.run import run
+
+    paths = write_extensions(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # where the metric module is
+    cfg = compose_config([f"hydra.searchpath=[file://{paths['conf']}]", "model=mytiny", "dataset=mysums",
+                          "method=ia3", f"data_root={paths['data_root']}", "eval.metric_modules=[mymetrics]",
+                          "resume.enabled=false", *FAST])
+    record = run(cfg, out_dir=tmp_path / "cell")
+    assert record["status"] == "completed", record.get("error")
+    assert (record["model"], record["method"], record["dataset"]) == ("mytiny", "ia3", "mysums")
+    metrics = record["metrics"]
+    assert metrics["n_eval"] == 4 and metrics["train_steps"] == 2
+    assert 0 < metrics["trainable_params"] < metrics["total_params"]
+    predictions = [json.loads(line) for line in (tmp_path / "cell" / "predictions.jsonl").read_text().splitlines()]
+    assert {p["reference"] for p in predictions} == {"103", "105", "107", "109"}
+    hits = [p["correct_last_digit"] for p in predictions]
+    assert metrics["accuracy_last_digit"] == pytest.approx(sum(hits) / len(hits))
+    adapter = json.loads((tmp_path / "cell" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "IA3" and sorted(adapter["target_modules"]) == ["down_proj", "k_proj", "v_proj"]
+
+
+def test_a_launcher_from_outside_the_package_is_chosen_by_name(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF_DIR
+
+    paths = write_extensions(tmp_path)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra.searchpath=[file://{paths['conf']}]", "hydra/launcher=inline"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
+@pytest.mark.slow
+def test_a_model_dataset_method_metric_and_launcher_from_outside_the_package_run_a_sweep(tmp_path):
+    paths = write_extensions(tmp_path)
+    args = [sys.executable, "-m", "slm_sweep", "-m", f"hydra.searchpath=[file://{paths['conf']}]",
+            "hydra/launcher=inline", "model=mytiny", "dataset=mysums", f"data_root={paths['data_root']}",
+            "eval.metric_modules=[mymetrics]", "method=ia3,zeroshot", *FAST]
+    # the working directory is on the Python path of `python -m`, as for a user's own metric module
+    proc = subprocess.run(args, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (sweep,) = [p for p in (tmp_path / "multirun").glob("*/*") if p.is_dir()]
+    cells = {json.loads(p.read_text())["method"]: p for p in sweep.glob("*/result.json")}
+    assert sorted(cells) == ["ia3", "zeroshot"]
+    for path in cells.values():
+        record = json.loads(path.read_text())
+        assert record["status"] == "completed", record.get("error")
+        assert (record["model"], record["dataset"]) == ("mytiny", "mysums")
+        assert record["metrics"]["n_eval"] == 4
+        assert 0.0 <= record["metrics"]["accuracy_last_digit"] <= 1.0
+        assert record["config"]["model"]["hidden_size"] == 32
+        predictions = [json.loads(line) for line in (path.parent / "predictions.jsonl").read_text().splitlines()]
+        assert {p["reference"] for p in predictions} == {"103", "105", "107", "109"}
+        assert all("extracted_last_digit" in p and "correct_last_digit" in p for p in predictions)
+        hits = [p["correct_last_digit"] for p in predictions]
+        assert record["metrics"]["accuracy_last_digit"] == pytest.approx(sum(hits) / len(hits))
+        hydra_cfg = OmegaConf.load(path.parent / ".hydra" / "hydra.yaml")
+        assert hydra_cfg.hydra.runtime.choices["hydra/launcher"] == "inline"
+    ia3 = json.loads(cells["ia3"].read_text())
+    assert ia3["metrics"]["train_steps"] == 2 and 0 < ia3["metrics"]["trainable_params"] < ia3["metrics"]["total_params"]
+    adapter = json.loads((cells["ia3"].parent / "adapter" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "IA3" and sorted(adapter["target_modules"]) == ["down_proj", "k_proj", "v_proj"]
+    with open(sweep / "summary.csv", newline="") as f:
+        rows = {(r["model"], r["method"], r["dataset"]) for r in csv.DictReader(f)}
+    assert rows == {("mytiny", "ia3", "mysums"), ("mytiny", "zeroshot", "mysums")}
+
+
+def test_a_registered_metric_is_scored_everywhere_a_built_in_one_is(restored_metrics):
+    scoring.register_metric("has_digit", lambda text: "1" if any(c.isdigit() for c in text) else None,
+                            lambda text, reference, tolerance: any(c.isdigit() for c in text))
+    assert "accuracy_has_digit" in scoring.ACCURACY_KEYS and "has_digit" in scoring.MODES
+    assert scoring.score("the answer is 4", "4", None)["correct_has_digit"] is True
+    assert scoring.is_correct("no number", "4", "has_digit") is False
+    with pytest.raises(ValueError, match="already registered"):
+        scoring.register_metric("strict", len, len)
+    with pytest.raises(ValueError, match="lower-case letters"):
+        scoring.register_metric("Has Digit", len, len)
+
+
+def test_a_metric_module_changes_the_evaluation_key_but_not_the_training_key(tiny_cfg, tmp_path, monkeypatch):
+    from slm_sweep.results import redact
+    from slm_sweep.run import identify, load_data
+
+    (tmp_path / "mymetrics.py").write_text(METRIC_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def keys(*extra):
+        cfg = tiny_cfg("method=lora", *extra)
+        identity = identify(cfg, redact(OmegaConf.to_container(cfg, resolve=True)), load_data(cfg))
+        return identity.training_key, identity.evaluation_key
+
+    plain, with_metric = keys(), keys("eval.metric_modules=[mymetrics]")
+    assert with_metric[0] == plain[0] and with_metric[1] != plain[1]
+    (tmp_path / "mymetrics.py").write_text(METRIC_MODULE.replace("[-1]", "[0]"))  # the metric's code changed
+    assert keys("eval.metric_modules=[mymetrics]")[1] != with_metric[1]
+
+
+def test_a_method_file_in_a_user_config_folder_composes_and_validates(tmp_path):
+    from slm_sweep.config import validate_config
+
+    paths = write_extensions(tmp_path)
+    cfg = compose_config([f"hydra.searchpath=[file://{paths['conf']}]", "method=ia3", "model=mytiny"])
+    validate_config(cfg)
+    assert cfg.method.peft._target_ == "peft.IA3Config" and cfg.model.hidden_size == 32
