@@ -16,12 +16,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from slm_sweep import scoring
 from slm_sweep.results import redact
-from slm_sweep.scoring import PREDICTION_FIELDS
 
 log = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = ("eval_set", "index", "question", "reference", "output", *PREDICTION_FIELDS)
+PREDICTION_COLUMNS = ("eval_set", "index", "question", "reference", "output")  # then every metric's fields
 WANDB_TARGET = "slm_sweep.tracking.WandbRun"
 
 
@@ -137,8 +137,9 @@ class WandbRun(CellLogger):
         self.run.summary.update(values)
         self.run.log({k: v for k, v in values.items() if k != "status"})
         if self.log_predictions and predictions:
-            table = wandb.Table(columns=list(PREDICTION_COLUMNS),
-                                data=[[p.get(c) for c in PREDICTION_COLUMNS] for p in predictions])
+            # read now: a module of eval.metric_modules may have registered metrics after this module was imported
+            columns = [*PREDICTION_COLUMNS, *scoring.PREDICTION_FIELDS]
+            table = wandb.Table(columns=columns, data=[[p.get(c) for c in columns] for p in predictions])
             self.run.log({"eval/predictions": table})
 
     def finish(self, status: str) -> None:
