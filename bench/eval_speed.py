@@ -63,8 +63,8 @@ def load(args):
 
 
 def time_ours(model, tokenizer, args, engine: str) -> Timed:
+    from slm_sweep.data import dataset_spec, load_splits
     from slm_sweep.data.prompts import ShotSampler
-    from slm_sweep.data.sources import dataset_spec, load_splits
     from slm_sweep.evaluate.evaluator import build_eval_prompts, evaluate
 
     start, cpu = time.perf_counter(), time.process_time()

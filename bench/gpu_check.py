@@ -217,8 +217,8 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
     """Runs in the eval stage's own process: the evaluator on GSM8K test, as a cell would call it."""
     from hydra import compose, initialize_config_dir
 
+    from slm_sweep.data import load_splits
     from slm_sweep.data.prompts import resolve_style
-    from slm_sweep.data.sources import load_splits
     from slm_sweep.evaluate.evaluator import build_eval_prompts, evaluate
     from slm_sweep.models import load_model_and_tokenizer
     from slm_sweep.placement import resolve_placement, to_device, to_dtype

@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from slm_sweep.config import compose  # noqa: E402
+from slm_sweep.data import dataset_spec, load_splits  # noqa: E402
 from slm_sweep.data.encode import encode_all  # noqa: E402
 from slm_sweep.data.prompts import resolve_style  # noqa: E402
-from slm_sweep.data.sources import dataset_spec, load_splits  # noqa: E402
 from slm_sweep.methods import apply_method  # noqa: E402
 from slm_sweep.models import load_model_and_tokenizer  # noqa: E402
 from slm_sweep.train.data import EncodedDataModule  # noqa: E402

@@ -192,6 +192,17 @@ def validate_preflight(cfg: DictConfig) -> None:
         _one_of(cfg.preflight.get("on_missing"), PREFLIGHT_MODES, "preflight.on_missing")
 
 
+def _validate_dataset_spec(dataset: DictConfig) -> None:
+    """The dataset as slm_sweep.data reads it (answer format, split layout, dedup settings), before any file is read."""
+    from slm_sweep.data.errors import DataError
+    from slm_sweep.data.specs import resolved_spec
+
+    try:
+        resolved_spec(dataset)
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise ConfigError on the first value that cannot work; returns None for a usable config."""
     for key in ("model", "method", "dataset", "trainer", "eval", "logger"):
@@ -228,6 +239,7 @@ def validate_config(cfg: DictConfig) -> None:
             f"dataset={dataset.name!r} is an evaluation-only set (no train split) and cannot be used with "
             f"method={method.name!r}; use it with method=zeroshot or list it in eval.ood_sets"
         )
+    _validate_dataset_spec(dataset)
 
     _one_of(cfg.eval.get("split", "test"), ("test", "val"), "eval.split")
     if cfg.eval.get("split") == "val" and not dataset.get("val_size"):

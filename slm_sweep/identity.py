@@ -3,7 +3,9 @@
 - The **training key** covers what changes the trained weights: the training code's version, the versions of the
   libraries that change numerics, the model's resolved weights (hub commit, GGUF file hash, or the random
   architecture's settings), the method's settings, the training and validation data's content, the prompt format,
-  the trainer's numeric settings and the seed. A method that trains nothing has none.
+  the trainer's numeric settings, the deduplication setting (``dataset.dedup`` without ``on_missing``: a set
+  skipped as unreadable changes the training data's content, which is in the key) and the seed. A method that
+  trains nothing has none.
 - The **evaluation key** is the training key (or, untrained, the model's identity) plus what changes the scores:
   the scoring version, the prompts (shots, system message), the evaluation data's content (test split and every
   out-of-domain set), decoding and the dtype generation runs in.
@@ -175,6 +177,8 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
     seed = int(config["seed"])
     training = None
     if trains:
+        from slm_sweep.data.specs import dedup_settings
+
         trainer = config["trainer"]
         training = {
             "code": TRAINING_CODE_VERSION,
@@ -182,6 +186,8 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
             "model": model,
             "method": {k: v for k, v in method.items() if k not in METHOD_EVAL_KEYS},
             "data": {"train": fingerprint(train), "val": fingerprint(val)},
+            # which sets training was deduplicated against (and how closely): fixed per dataset, never eval.ood_sets
+            "dedup": dedup_settings(config["dataset"]),
             "prompt": prompt,
             "trainer": {k: trainer.get(k) for k in TRAINER_NUMERIC_KEYS},
             "seed": seed,

@@ -122,6 +122,7 @@ def _base_record(cfg: DictConfig, config: dict) -> dict[str, Any]:
         "eval_sets": {},
         "reused_from": None,
         "skipped_rows": {},
+        "dedup": None,
         "placement": {"train": None, "eval": None},
         "decoding": None,
         "prompt": None,
@@ -149,8 +150,8 @@ class CellData:
 
 def load_data(cfg: DictConfig) -> CellData:
     """The dataset's splits, the out-of-domain sets and the few-shot sampler; fails before any model loads."""
+    from slm_sweep.data import load_eval_set, load_splits
     from slm_sweep.data.prompts import ShotSampler, shot_seed
-    from slm_sweep.data.sources import load_eval_set, load_splits
 
     method = cfg.method
     num_fewshot = int(method.get("num_fewshot") or 0)
@@ -159,7 +160,9 @@ def load_data(cfg: DictConfig) -> CellData:
     keep_val = method.train or on_val
     dataset_cfg = cfg.dataset if keep_val else {**OmegaConf.to_container(cfg.dataset, resolve=True),
                                                     "val_size": None}
-    splits = load_splits(dataset_cfg, data_root=cfg.get("data_root"), need_train=bool(method.train or num_fewshot))
+    # trained cells drop examples repeating a test or dataset.dedup.against question; few-shot keeps lm-eval's pool
+    splits = load_splits(dataset_cfg, data_root=cfg.get("data_root"), need_train=bool(method.train or num_fewshot),
+                         deduplicate=bool(method.train))
     ood_sets = {} if on_val else {
         name: load_eval_set(name, data_root=cfg.get("data_root"), limit=cfg.eval.get("ood_limit"))
         for name in (cfg.eval.get("ood_sets") or [])
@@ -213,6 +216,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     reused: dict[str, Any] | None = None
     try:
         data = load_data(cfg)
+        record["dedup"] = data.splits.dedup
         identity = identify(cfg, config, data)
         record["identity"] = identity.as_record()
         previous = find_completed(dirs, identity.evaluation_key, own=out)
@@ -445,7 +449,7 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
     write_predictions(out, predictions)
 
     for name, examples in ood_sets.items():
-        from slm_sweep.data.sources import dataset_spec
+        from slm_sweep.data import dataset_spec
 
         prompts = build_eval_prompts(tokenizer, examples, prompt_format, sampler)
         preds, scores = evaluate(model, tokenizer, examples, prompts, cfg.eval, name,

@@ -69,7 +69,7 @@ class EvalSettings:
     split: str = "test"  # test; val: score the validation split instead (hyperparameter search)
     # 512: no GSM8K reference solution is longer in SmolLM2's tokens, 2.4 % of the test split's are longer than
     # 256 (lm-eval's gsm8k limit), which a model writing solutions like them would lose (docs/results.md#lengths)
-    max_new_tokens: int = 256
+    max_new_tokens: int = 512
     stop: list[str] = field(default_factory=lambda: ["Question:", "</s>", "<|im_end|>"])
     # neutral: plain greedy decoding for every model, the penalties and logits processors of its generation_config
     # set aside (what was set aside is recorded in result.json under decoding); model: as model.generate applies them
@@ -137,6 +137,27 @@ class LocalSource:
     files: dict[str, str] = field(default_factory=dict)
 
 
+# The out-of-domain sets of the study (experiment=paper's eval.ood_sets): what training is deduplicated against by
+# default, whichever sets a cell scores.
+STUDY_OOD_SETS = ["svamp", "gsm_hard", "mawps_addsub", "mawps_singleeq", "mawps_singleop", "multiarith"]
+
+
+@dataclass
+class DedupSettings:
+    """Training and validation examples whose question repeats one of the dataset's whole test split or of the
+    ``against`` sets are removed before training (slm_sweep/data/dedup.py; docs/results.md#deduplication): exact
+    duplicates (equal normalised text: lower case, words, numbers and arithmetic signs) and near duplicates (Jaccard
+    similarity of character 5-gram sets >= ``near_threshold``). Fixed per dataset, never taken from
+    ``eval.ood_sets``: scoring one more set does not change what is trained. Applies only to trained methods."""
+
+    enabled: bool = True
+    against: list[str] = field(default_factory=lambda: list(STUDY_OOD_SETS))  # besides the dataset's own test split
+    near_threshold: float = 0.5
+    # a set of ``against`` that cannot be read: skip (train without it; a warning, and result.json's dedup.skipped
+    # names it with the reason) or error (the cell fails before loading the model)
+    on_missing: str = "skip"
+
+
 @dataclass
 class DatasetSettings:
     """A declarative dataset (slm_sweep/data/): usable as ``dataset=<name>`` or in ``eval.ood_sets``.
@@ -158,6 +179,7 @@ class DatasetSettings:
     answer_tolerance: float | None = None  # null: exact match of the number string; a float: relative tolerance
     unparsable_answers: str = "skip"  # rows whose answer has no final number: skip (counted) or error
     eval_only: bool = False  # true: no train split; usable only as an evaluation set
+    dedup: DedupSettings | None = field(default_factory=DedupSettings)  # null: no deduplication
 
 
 @dataclass

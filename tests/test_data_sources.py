@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import slm_sweep.data.sources as sources
+import slm_sweep.data.specs as specs
 from slm_sweep.data import DataError, Example, dataset_spec, known_datasets, load_eval_set, load_splits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,12 +69,12 @@ def questions(examples: list[Example]) -> set[str]:
 
 def test_every_dataset_yaml_has_the_same_keys_and_its_own_name():
     assert known_datasets() == sorted(ALL_DATASETS)
-    expected_keys = {"name", *sources.DEFAULTS}
+    expected_keys = {"name", *specs.DEFAULTS}
     for name in ALL_DATASETS:
         spec = dataset_spec(name)
         assert set(spec) == expected_keys, name
         assert spec.name == name
-        sources._resolved(spec)  # validates
+        specs.resolved_spec(spec)  # validates
 
 
 def test_numeric_target_sets_are_eval_only_with_a_tolerance():

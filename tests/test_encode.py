@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
+from slm_sweep.data import Example
 from slm_sweep.data.encode import IGNORE_INDEX, PadCollator, encode_for_training
-from slm_sweep.data.sources import Example
 from slm_sweep.models import load_model_and_tokenizer
 from tests.conftest import CONF_DIR
 
@@ -62,8 +62,8 @@ def test_collator_pads_right_with_masked_labels():
 
 
 def test_examples_longer_than_max_length_are_dropped_whole():
+    from slm_sweep.data import Example
     from slm_sweep.data.encode import encode_all
-    from slm_sweep.data.sources import Example
     from slm_sweep.models import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
+from slm_sweep.data import Example, dataset_spec, load_splits
 from slm_sweep.data.prompts import PromptFormat, ShotSampler
-from slm_sweep.data.sources import Example, dataset_spec, load_splits
 from slm_sweep.evaluate.evaluator import build_eval_prompts
 from slm_sweep.models import load_model_and_tokenizer
 from tests.conftest import CONF_DIR

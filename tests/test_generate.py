@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from slm_sweep.data.sources import dataset_spec, load_splits
+from slm_sweep.data import dataset_spec, load_splits
 from slm_sweep.evaluate.batching import context_window, encode_prompts, slot_count, token_budget_batches
 from slm_sweep.evaluate.evaluator import evaluate
 from slm_sweep.evaluate.generate import ENGINES, generate

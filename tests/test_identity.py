@@ -32,7 +32,8 @@ def base(tiny_cfg):
 
 RETRAIN = ["method.lr=0.001", "method.r=8", "trainer.max_steps=4", "seed=1", "dataset.train_limit=40",
            "model.init_seed=1", "trainer.precision=bf16-mixed", "prompt.system=Be brief.", "trainer.max_length=128",
-           "dataset.val_size=6", "method.peft.use_dora=true", "+method.peft.use_rslora=true",
+           "dataset.val_size=6", "dataset.dedup.enabled=false", "dataset.dedup.near_threshold=0.9",
+           "dataset.dedup.against=[svamp]", "method.peft.use_dora=true", "+method.peft.use_rslora=true",
            "method.target_modules=[q_proj,v_proj]",
            "model.quantization={_target_:transformers.BitsAndBytesConfig,load_in_4bit:true}"]
 RESCORE = ["eval.generation_config=model", "eval.max_new_tokens=20", "eval.ood_sets=[svamp]", "dataset.test_limit=10", "eval.dtype=bfloat16",
@@ -41,7 +42,7 @@ NOTHING = ["trainer.micro_batch_size=4", "trainer.packing=true", "trainer.compil
            "eval.token_budget=4096", "eval.max_batch_size=3", "eval.cuda_graphs=true", "logger=csv",
            "trainer.log_every_n_steps=5", "eval.progress=true", "trainer.micro_batch_tokens=512",
            "trainer.checkpoint_every_n_steps=7", "resume.search_dir=elsewhere", "logger=wandb_csv",
-           "callbacks=none", "tuning.table=elsewhere.yaml"]
+           "callbacks=none", "tuning.table=elsewhere.yaml", "dataset.dedup.on_missing=error"]
 
 
 @pytest.mark.parametrize("change", RETRAIN)

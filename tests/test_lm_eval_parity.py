@@ -13,12 +13,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from slm_sweep.data import dataset_spec, load_splits
 from slm_sweep.data.prompts import ShotSampler, resolve_format
-from slm_sweep.data.sources import dataset_spec, load_splits
-from slm_sweep.evaluate.evaluator import build_eval_prompts, evaluate
 from slm_sweep.evaluate.batching import encode_prompts
-from slm_sweep.scoring import normalise
+from slm_sweep.evaluate.evaluator import build_eval_prompts, evaluate
 from slm_sweep.models import load_model_and_tokenizer
+from slm_sweep.scoring import normalise
 from tests.conftest import CONF_DIR, compose_config
 
 pytest.importorskip("lm_eval", reason="lm-eval is in the dev extra")

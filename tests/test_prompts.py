@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from slm_sweep.data import Example
 from slm_sweep.data.prompts import ShotSampler, build_prompt, build_target
-from slm_sweep.data.sources import Example
 
 
 def _pool(n: int) -> list[Example]:

@@ -11,9 +11,9 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
+from slm_sweep.data import dataset_spec, load_splits
 from slm_sweep.data.encode import encode_all
 from slm_sweep.data.prompts import resolve_style
-from slm_sweep.data.sources import dataset_spec, load_splits
 from slm_sweep.methods import apply_method
 from slm_sweep.models import load_model_and_tokenizer
 from slm_sweep.train.batching import step_groups

@@ -278,7 +278,7 @@ class Checker:
 
     def cell(self, cfg: DictConfig) -> tuple[list[Check], list[Check]]:
         """(blocking problems: model and training dataset; out-of-domain sets that cannot be read)."""
-        from slm_sweep.data.sources import DEFAULTS, dataset_spec, known_datasets
+        from slm_sweep.data.specs import DEFAULTS, dataset_spec, known_datasets
 
         model = _plain(cfg.model)
         cache_dir, data_root = cfg.get("cache_dir"), cfg.get("data_root")

@@ -1,0 +1,300 @@
+"""Reading a dataset's rows (local JSON/JSONL files, or the Hugging Face hub) into examples.
+
+Each row becomes an Example: the question text (one or more fields joined), the training target and the
+reference final number; rows without a parsable final number are skipped and counted, or are an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slm_sweep.data.errors import DataError
+from slm_sweep.data.specs import as_list
+
+LOCAL_SUFFIXES = (".jsonl", ".json")
+GSM8K_MARKER = "####"
+SENTENCE_END = (".", "?", "!")
+OFFLINE_ENV_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+@dataclass(frozen=True)
+class Example:
+    question: str
+    answer: str  # training target: the worked solution, or the number as text for numeric-target sets
+    reference: str  # normalised final number, as slm_sweep.scoring.reference_answer gives it
+
+
+@dataclass(frozen=True)
+class _Row:
+    fields: Mapping[str, Any]
+    where: str  # file and line/row, or hub split and row, for error messages
+
+
+# ---------------------------------------------------------------------------------------------- files and the hub
+
+
+def local_dir(spec: dict[str, Any], data_root: str | Path | None) -> Path | None:
+    """The folder to read files from, or None to read from the hub."""
+    if spec["data_dir"] is not None:
+        return _existing_dir(Path(spec["data_dir"]).expanduser(), f"dataset.data_dir={spec['data_dir']}")
+    if data_root is not None:
+        dir_name = (spec["local"] or {}).get("dir_name") or spec["name"]
+        path = Path(data_root).expanduser() / dir_name
+        return _existing_dir(path, f"data_root={data_root} with local.dir_name={dir_name}")
+    return None
+
+
+def _existing_dir(path: Path, origin: str) -> Path:
+    if not path.is_dir():
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise DataError(f"dataset folder {path} (from {origin}) {what}")
+    return path
+
+
+def read_examples(
+    spec: dict[str, Any], role: str, folder: Path | None, skipped: dict[str, int]
+) -> list[Example]:
+    """The examples of one role (train or test) of a resolved spec, from ``folder`` (see ``local_dir``) or the
+    hub when it is None; ``skipped[role]`` gets the count of rows without a parsable final number."""
+    rows = _hub_rows(spec, role) if folder is None else _local_rows(spec, role, folder)
+    examples, skipped[role] = _to_examples(rows, spec, role)
+    return examples
+
+
+def _local_rows(spec: dict[str, Any], role: str, local_dir: Path) -> list[_Row]:
+    return [row for path in _local_files(spec, role, local_dir) for row in _read_file(path)]
+
+
+def _local_files(spec: dict[str, Any], role: str, local_dir: Path) -> list[Path]:
+    files = (spec["local"] or {}).get("files") or {}
+    names = as_list(files.get(role)) or [f"{role}.jsonl"]
+    paths = [local_dir / name for name in names]
+    for path in paths:
+        if not path.is_file():
+            present = sorted(p.name for p in local_dir.iterdir())
+            raise DataError(
+                f"dataset {spec['name']!r}: expected {role} file {path.name} in {local_dir}; "
+                f"found: {', '.join(present) or 'nothing'}"
+            )
+    return paths
+
+
+def _read_file(path: Path) -> list[_Row]:
+    if path.suffix == ".jsonl":
+        rows = _read_jsonl(path)
+    elif path.suffix == ".json":
+        rows = _read_json(path)
+    else:
+        raise DataError(
+            f"{path}: can't read {path.suffix or 'suffix-less'} files; use one of {', '.join(LOCAL_SUFFIXES)}"
+        )
+    if not rows:
+        raise DataError(f"{path} has no rows")
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[_Row]:
+    rows = []
+    for line_no, line in enumerate(_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{path}: line {line_no} is not valid JSON ({exc.msg}, column {exc.colno})"
+            ) from None
+        rows.append(_row(value, f"{path} line {line_no}"))
+    return rows
+
+
+def _read_json(path: Path) -> list[_Row]:
+    try:
+        value = json.loads(_text(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} (char {exc.pos})"
+        ) from None
+    if not isinstance(value, list):
+        raise DataError(f"{path}: expected a JSON array of row objects, got a JSON {type(value).__name__}")
+    return [_row(item, f"{path} row {index}") for index, item in enumerate(value, start=1)]
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+
+
+def _row(value: Any, where: str) -> _Row:
+    if not isinstance(value, dict):
+        raise DataError(
+            f"{where}: expected a JSON object with the question and answer fields, got {value!r:.80}"
+        )
+    return _Row(value, where)
+
+
+def _hub_rows(spec: dict[str, Any], role: str) -> list[_Row]:
+    hub = spec["hub"]
+    if not hub or not hub.get("path"):
+        raise DataError(_local_only_message(spec))
+    splits = hub.get("splits") or {}
+    if role not in splits:
+        raise DataError(
+            f"dataset {spec['name']!r}: hub.splits has no {role!r} entry (it has: {', '.join(splits) or 'none'})"
+        )
+    rows = []
+    for split in as_list(splits[role]):
+        where = f"hub {hub['path']} split {split!r}"
+        rows.extend(
+            _row(dict(item), f"{where} row {i}") for i, item in enumerate(_hub_split(spec, split), start=1)
+        )
+    if not rows:
+        raise DataError(f"dataset {spec['name']!r}: hub {hub['path']} split(s) {splits[role]!r} have no rows")
+    return rows
+
+
+def _hub_split(spec: dict[str, Any], split: str):
+    import datasets
+
+    hub = spec["hub"]
+    try:
+        return datasets.load_dataset(hub["path"], hub.get("name"), split=split, revision=hub.get("revision"))
+    except Exception as exc:  # any hub/network/cache failure becomes one actionable message
+        raise DataError(_hub_failure_message(spec, split, exc)) from exc
+
+
+def _hub_failure_message(spec: dict[str, Any], split: str, exc: Exception) -> str:
+    hub = spec["hub"]
+    offline = [
+        var for var in OFFLINE_ENV_VARS if os.environ.get(var, "").lower() in ("1", "true", "yes", "on")
+    ]
+    reason = f" ({' and '.join(offline)} set: offline, and it is not in the local cache)" if offline else ""
+    return (
+        f"dataset {spec['name']!r} could not be loaded from the Hugging Face hub{reason}: "
+        f"{hub['path']} config {hub.get('name')!r} split {split!r}: {type(exc).__name__}: {exc}. "
+        f"To read local files instead, {_local_hint(spec)}"
+    )
+
+
+def _local_only_message(spec: dict[str, Any]) -> str:
+    return f"dataset {spec['name']!r} is local only (no hub id is configured): {_local_hint(spec)}"
+
+
+def _local_hint(spec: dict[str, Any]) -> str:
+    local = spec["local"] or {}
+    files = [name for names in (local.get("files") or {}).values() for name in as_list(names)]
+    dir_name = local.get("dir_name") or spec["name"]
+    return (
+        f"set dataset.data_dir=<folder holding {', '.join(files) or 'train.jsonl, test.jsonl'}> "
+        f"or data_root=<folder holding {dir_name}/>"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- rows -> examples
+
+
+def _to_examples(rows: list[_Row], spec: dict[str, Any], role: str) -> tuple[list[Example], int]:
+    examples = [_to_example(row, spec) for row in rows]
+    kept = [example for example in examples if example is not None]
+    if not kept:
+        raise DataError(
+            f"dataset {spec['name']!r}: none of the {len(rows)} {role} rows (from {rows[0].where}) "
+            f"has a parsable final answer in field {spec['answer']!r} ({spec['answer_format']} format)"
+        )
+    return kept, len(examples) - len(kept)
+
+
+def _to_example(row: _Row, spec: dict[str, Any]) -> Example | None:
+    question = _question_text(row, as_list(spec["question"]))
+    value = _field(row, spec["answer"])
+    answer, reference = _answer_and_reference(row, spec["answer"], value, spec["answer_format"])
+    if reference is None:
+        if spec["unparsable_answers"] == "error":
+            raise DataError(
+                f"{row.where}: no parsable final number in field {spec['answer']!r} "
+                f"({_format_rule(spec['answer_format'])}): {value!r:.120}; "
+                "set unparsable_answers: skip to skip such rows"
+            )
+        return None
+    return Example(question=question, answer=answer, reference=reference)
+
+
+def _field(row: _Row, key: str) -> Any:
+    value = row.fields.get(key)
+    if value is None:
+        problem = f"field {key!r} is null" if key in row.fields else f"missing field {key!r}"
+        present = ", ".join(sorted(map(str, row.fields))) or "none"
+        raise DataError(f"{row.where}: {problem}; fields present: {present}")
+    return value
+
+
+def _text_field(row: _Row, key: str) -> str:
+    value = _field(row, key)
+    if not isinstance(value, str):
+        raise DataError(f"{row.where}: field {key!r} must be text, got {type(value).__name__} {value!r:.80}")
+    return value
+
+
+def _question_text(row: _Row, keys: list[str]) -> str:
+    text = _join_sentences(_text_field(row, key) for key in keys)
+    if not text:
+        raise DataError(f"{row.where}: empty question text in field(s) {', '.join(keys)}")
+    return text
+
+
+def _join_sentences(parts) -> str:
+    """Join text parts with a space, ending a part that lacks end punctuation with '.' (SVAMP bodies)."""
+    text = ""
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        if text and not text.endswith(SENTENCE_END):
+            text += "."
+        text = f"{text} {part}" if text else part
+    return text
+
+
+def _answer_and_reference(row: _Row, key: str, value: Any, answer_format: str) -> tuple[str, str | None]:
+    from slm_sweep.scoring import reference_answer
+
+    if answer_format == "number":
+        number = _as_number(value)
+        reference = None if number is None else reference_answer(number)
+        return reference or "", reference
+    text = _text_field(row, key)
+    if answer_format == "gsm8k" and GSM8K_MARKER not in text:
+        return text, None
+    return text, reference_answer(text)
+
+
+def _as_number(value: Any) -> int | float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        text = value.strip().replace(",", "")
+        for parse in (int, float):
+            try:
+                number = parse(text)
+            except ValueError:
+                continue
+            return number if math.isfinite(number) else None
+    return None
+
+
+def _format_rule(answer_format: str) -> str:
+    return {
+        "gsm8k": f"gsm8k format: the number after the last '{GSM8K_MARKER}'",
+        "prose": "prose format: one number from \\boxed{}, 'the answer is' or the final sentence "
+                 "(slm_sweep.scoring.prose_reference_value)",
+        "number": "number format: a numeric value",
+    }[answer_format]

@@ -1,0 +1,209 @@
+"""Dataset specs: conf/dataset/<name>.yaml read, completed with the defaults of
+slm_sweep.settings.DatasetSettings (which says what every key means), and validated."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from slm_sweep.data.errors import DataError
+from slm_sweep.settings import DatasetSettings, DedupSettings, defaults
+
+DATASET_CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "dataset"
+
+ANSWER_FORMATS = ("gsm8k", "prose", "number")
+TEST_SPLITS = ("test", "heldout")
+UNPARSABLE_POLICIES = ("skip", "error")
+SIZE_KEYS = ("val_size", "test_size", "train_limit", "test_limit")
+DEDUP_ON_MISSING = ("skip", "error")
+# The settings that decide which training examples deduplication removes (on_missing only decides whether a set
+# that cannot be read stops the cell; what it removes then shows in the training data itself).
+DEDUP_KEYS = ("enabled", "against", "near_threshold")
+
+# every key a dataset file may leave out, with its default (slm_sweep.settings.DatasetSettings holds them)
+DEFAULTS: dict[str, Any] = defaults(DatasetSettings)
+DEDUP_DEFAULTS: dict[str, Any] = defaults(DedupSettings)
+
+
+def known_datasets() -> list[str]:
+    """Names of the datasets defined in conf/dataset/."""
+    return sorted(path.stem for path in DATASET_CONF_DIR.glob("*.yaml"))
+
+
+def dataset_spec(name: str) -> DictConfig:
+    """The dataset config conf/dataset/<name>.yaml."""
+    known = known_datasets()
+    if name not in known:
+        raise DataError(f"unknown dataset {name!r}; known datasets (conf/dataset/*.yaml): {', '.join(known)}")
+    return OmegaConf.merge(OmegaConf.structured(DatasetSettings), OmegaConf.load(DATASET_CONF_DIR / f"{name}.yaml"))
+
+
+def as_dict(spec: Mapping | DictConfig) -> dict[str, Any]:
+    """A spec as a plain dict (no OmegaConf nodes), not yet completed or validated."""
+    if not isinstance(spec, (Mapping, DictConfig)):
+        raise DataError(
+            f"a dataset spec must be a mapping like conf/dataset/*.yaml, got {type(spec).__name__}"
+        )
+    return _plain(spec)
+
+
+def _plain(value: Any) -> Any:
+    """Plain dicts and lists, also for a dict that holds OmegaConf nodes (e.g. {**spec, "val_size": 5})."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def resolved_spec(spec: Mapping | DictConfig) -> dict[str, Any]:
+    """The spec with every default filled in (the dedup block key by key), validated."""
+    given = as_dict(spec)
+    resolved = {**DEFAULTS, **given}
+    if isinstance(given.get("dedup"), Mapping):
+        resolved["dedup"] = {**DEDUP_DEFAULTS, **given["dedup"]}
+    validate(resolved)
+    return resolved
+
+
+def dedup_settings(spec: Mapping | DictConfig) -> dict[str, Any]:
+    """What decides which training examples a spec's deduplication removes (part of a cell's training key):
+    ``{"enabled": False}`` when it is off, else the enabled flag, the sets and the threshold."""
+    dedup = resolved_spec(spec)["dedup"]
+    if dedup is None or not dedup["enabled"]:
+        return {"enabled": False}
+    return {key: dedup[key] for key in DEDUP_KEYS}
+
+
+def validate(spec: dict[str, Any]) -> None:
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise DataError(f"a dataset spec needs a non-empty 'name', got {name!r}")
+    _check_choice(spec, "answer_format", ANSWER_FORMATS)
+    _check_choice(spec, "test_split", TEST_SPLITS)
+    _check_choice(spec, "unparsable_answers", UNPARSABLE_POLICIES)
+    for key in SIZE_KEYS:
+        check_positive_int(name, key, spec[key])
+    _check_seed(spec)
+    _check_tolerance(spec)
+    _check_field_names(spec)
+    _check_split_layout(spec)
+    _check_dedup(spec)
+
+
+def _check_choice(spec: dict[str, Any], key: str, allowed: Sequence[str]) -> None:
+    if spec[key] not in allowed:
+        raise DataError(
+            f"dataset {spec['name']!r}: {key}={spec[key]!r} is not allowed; use one of {', '.join(allowed)}"
+        )
+
+
+def check_positive_int(name: str, key: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise DataError(f"dataset {name!r}: {key}={value!r} must be a positive integer or null")
+
+
+def _check_seed(spec: dict[str, Any]) -> None:
+    seed = spec["split_seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise DataError(f"dataset {spec['name']!r}: split_seed={seed!r} must be an integer")
+
+
+def _check_tolerance(spec: dict[str, Any]) -> None:
+    tolerance = spec["answer_tolerance"]
+    if tolerance is None:
+        return
+    if (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, (int, float))
+        or not 0 <= tolerance < math.inf
+    ):
+        raise DataError(
+            f"dataset {spec['name']!r}: answer_tolerance={tolerance!r} must be null (exact match) "
+            "or a non-negative number (relative tolerance)"
+        )
+
+
+def _check_field_names(spec: dict[str, Any]) -> None:
+    names = as_list(spec["question"])
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise DataError(
+            f"dataset {spec['name']!r}: question={spec['question']!r} must be a field name or a list of field names"
+        )
+    if not isinstance(spec["answer"], str) or not spec["answer"]:
+        raise DataError(f"dataset {spec['name']!r}: answer={spec['answer']!r} must be a field name")
+
+
+def _check_split_layout(spec: dict[str, Any]) -> None:
+    name = spec["name"]
+    if spec["test_split"] == "heldout":
+        if spec["eval_only"]:
+            raise DataError(
+                f"dataset {name!r}: an eval-only set has no train split to hold a test slice out of; "
+                "use test_split: test"
+            )
+        if spec["test_size"] is None:
+            raise DataError(f"dataset {name!r}: test_split: heldout needs test_size (a positive integer)")
+    elif spec["test_size"] is not None:
+        raise DataError(
+            f"dataset {name!r}: test_size={spec['test_size']!r} applies only with test_split: heldout; "
+            "to score fewer test examples set test_limit"
+        )
+
+
+def _check_dedup(spec: dict[str, Any]) -> None:
+    name, dedup = spec["name"], spec["dedup"]
+    if dedup is None:
+        return
+    if not isinstance(dedup, Mapping):
+        raise DataError(f"dataset {name!r}: dedup={dedup!r} must be a mapping with keys "
+                        f"{', '.join(DEDUP_DEFAULTS)}, or null (no deduplication)")
+    unknown = sorted(set(dedup) - set(DEDUP_DEFAULTS))
+    if unknown:
+        raise DataError(f"dataset {name!r}: dedup has unknown key(s) {', '.join(unknown)}; "
+                        f"allowed: {', '.join(DEDUP_DEFAULTS)}")
+    if not isinstance(dedup["enabled"], bool):
+        raise DataError(f"dataset {name!r}: dedup.enabled={dedup['enabled']!r} must be true or false")
+    against = dedup["against"]
+    known = known_datasets()
+    if not isinstance(against, list) or not all(isinstance(item, str) for item in against):
+        raise DataError(f"dataset {name!r}: dedup.against={against!r} must be a list of dataset names "
+                        f"(conf/dataset/*.yaml): {', '.join(known)}")
+    for item in against:
+        if item not in known:
+            raise DataError(f"dataset {name!r}: dedup.against has {item!r}, which is not a dataset; known datasets "
+                            f"(conf/dataset/*.yaml): {', '.join(known)} (the dataset's own test split is always "
+                            "included)")
+    threshold = dedup["near_threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        raise DataError(f"dataset {name!r}: dedup.near_threshold={threshold!r} must be a number in (0, 1] "
+                        "(Jaccard similarity of character 5-gram sets)")
+    if dedup["on_missing"] not in DEDUP_ON_MISSING:
+        raise DataError(f"dataset {name!r}: dedup.on_missing={dedup['on_missing']!r} is not allowed; use one of "
+                        f"{', '.join(DEDUP_ON_MISSING)}")
+
+
+def as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def eval_only_message(name: str) -> str:
+    trainable = [
+        n for n in known_datasets() if not OmegaConf.load(DATASET_CONF_DIR / f"{n}.yaml").get("eval_only")
+    ]
+    return (
+        f"dataset {name!r} is eval-only (it has no train split): it can't be used for training or as the "
+        f"source of few-shot shots; use it as an evaluation set, or train on one of: {', '.join(trainable)}"
+    )

@@ -1,0 +1,227 @@
+"""Carving a dataset into train / validation / test examples: held-out slices, limits, and removing the
+training and validation examples that repeat an evaluation question (slm_sweep.data.dedup)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from slm_sweep.data.dedup import SHINGLE_BYTES, DedupIndex, deduplicate
+from slm_sweep.data.errors import DataError
+from slm_sweep.data.readers import Example, local_dir, read_examples
+from slm_sweep.data.specs import (
+    as_dict,
+    check_positive_int,
+    dataset_spec,
+    eval_only_message,
+    resolved_spec,
+)
+
+log = logging.getLogger(__name__)
+
+OWN_TEST = "test"  # the name the dataset's own test split goes by among the sets training is deduplicated against
+
+
+@dataclass
+class Splits:
+    train: list[Example]
+    val: list[Example]
+    test: list[Example]
+    skipped: dict[str, int] = field(default_factory=dict)  # source split -> rows without a parsable answer
+    dedup: dict[str, Any] | None = None  # what deduplication removed (load_splits(deduplicate=True)), else None
+
+
+def load_splits(
+    spec: Mapping | DictConfig,
+    data_root: str | Path | None = None,
+    need_train: bool = True,
+    deduplicate: bool = False,
+) -> Splits:
+    """Train, validation and test examples of one dataset.
+
+    Files come from spec.data_dir if set, else data_root/<local.dir_name> if data_root is given, else the hub.
+    Carving uses split_seed only, so it is the same for every run seed: (1) with test_split 'heldout', test_size
+    examples of the full train split become the test set; (2) val_size of the remaining train examples become
+    the validation set; (3) with ``deduplicate`` and the spec's dedup enabled, validation and train examples that
+    repeat a question of the whole test split or of a dedup.against set are removed; (4) train_limit and
+    test_limit keep the first N examples. Every carved part keeps the source order. With need_train=False, train
+    and val are empty and the train file is read only when the test set is held out of it.
+    """
+    spec = resolved_spec(spec)
+    if spec["eval_only"] and need_train:
+        raise DataError(eval_only_message(spec["name"]))
+    folder = local_dir(spec, data_root)
+    skipped: dict[str, int] = {}
+    if spec["test_split"] == "heldout":
+        test, val, train = _heldout_parts(spec, folder, skipped, need_train)
+    else:
+        test = read_examples(spec, "test", folder, skipped)
+        val, train = _val_and_train(spec, folder, skipped) if need_train else ([], [])
+    record = None
+    if deduplicate and need_train:
+        train, val, record = _deduplicated(spec, data_root, test, train, val)
+    else:
+        train = _limited(train, spec["train_limit"], spec["name"], "train_limit")
+    splits = Splits(
+        train=train,
+        val=val,
+        test=_limited(test, spec["test_limit"], spec["name"], "test_limit"),
+        skipped=skipped,
+        dedup=record,
+    )
+    _log_skipped(spec["name"], skipped)
+    return splits
+
+
+def load_eval_set(
+    name_or_spec: str | Mapping | DictConfig, data_root: str | Path | None = None, limit: int | None = None
+) -> list[Example]:
+    """Test examples of a dataset used as an evaluation set (e.g. out of domain), the first `limit` of them."""
+    spec = dataset_spec(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
+    spec = as_dict(spec)
+    if limit is not None:
+        check_positive_int(spec.get("name"), "limit", limit)
+        spec["test_limit"] = limit
+    return load_splits(spec, data_root=data_root, need_train=False).test
+
+
+# ---------------------------------------------------------------------------------------------- carving
+
+
+def _heldout_parts(
+    spec: dict[str, Any], folder: Path | None, skipped: dict[str, int], need_train: bool
+) -> tuple[list[Example], list[Example], list[Example]]:
+    pool = read_examples(spec, "train", folder, skipped)
+    test_size = spec["test_size"]
+    if test_size >= len(pool):
+        raise DataError(
+            f"dataset {spec['name']!r}: test_size={test_size} must be smaller than the {len(pool)} usable "
+            "train examples it is held out of"
+        )
+    val_size = spec["val_size"] if need_train else None
+    if val_size is not None:
+        _check_val_size(spec["name"], val_size, len(pool) - test_size)
+    test, val, train = _carve(pool, [test_size, val_size or 0], spec["split_seed"])
+    return test, (val if need_train else []), (train if need_train else [])
+
+
+def _val_and_train(
+    spec: dict[str, Any], folder: Path | None, skipped: dict[str, int]
+) -> tuple[list[Example], list[Example]]:
+    pool = read_examples(spec, "train", folder, skipped)
+    if spec["val_size"] is not None:
+        _check_val_size(spec["name"], spec["val_size"], len(pool))
+    val, train = _carve(pool, [spec["val_size"] or 0], spec["split_seed"])
+    return val, train
+
+
+def _check_val_size(name: str, val_size: int, available: int) -> None:
+    if val_size >= available:
+        raise DataError(
+            f"dataset {name!r}: val_size={val_size} must be smaller than the {available} train examples "
+            "it is carved from"
+        )
+
+
+def _carve(pool: list[Example], sizes: list[int], seed: int) -> list[list[Example]]:
+    """Consecutive slices of one seeded permutation of `pool` (one per size, then the rest), each in pool order."""
+    order = list(range(len(pool)))
+    random.Random(seed).shuffle(order)
+    parts, start = [], 0
+    for size in [*sizes, len(pool)]:
+        parts.append([pool[i] for i in sorted(order[start : start + size])])
+        start += size
+    return parts
+
+
+def _limited(examples: list[Example], limit: int | None, name: str, key: str) -> list[Example]:
+    if limit is not None and limit > len(examples) and examples:
+        log.warning(
+            "dataset %r: %s=%d exceeds the %d examples available; using all", name, key, limit, len(examples)
+        )
+    return examples if limit is None else examples[:limit]
+
+
+def _log_skipped(name: str, skipped: dict[str, int]) -> None:
+    for role, count in skipped.items():
+        if count:
+            log.warning("dataset %r: skipped %d %s rows without a parsable final answer", name, count, role)
+
+
+# ---------------------------------------------------------------------------------------------- deduplication
+
+
+def _deduplicated(
+    spec: dict[str, Any], data_root: str | Path | None, test: list[Example], train: list[Example],
+    val: list[Example],
+) -> tuple[list[Example], list[Example], dict[str, Any]]:
+    """Train (up to train_limit) and validation examples without those that repeat a reference question, and the
+    record of what was removed. The references are the whole test split (before test_limit) and every readable
+    dedup.against set in full, so what training sees depends on neither eval.ood_sets nor any evaluation limit."""
+    settings = spec["dedup"]
+    if settings is None or not settings["enabled"]:
+        return _limited(train, spec["train_limit"], spec["name"], "train_limit"), val, {"enabled": False}
+    references = {OWN_TEST: [example.question for example in test]}
+    missing: dict[str, str] = {}
+    for name in settings["against"]:
+        try:
+            references[name] = [example.question for example in load_eval_set(name, data_root=data_root)]
+        except DataError as err:
+            if settings["on_missing"] == "error":
+                raise DataError(
+                    f"dataset {spec['name']!r}: dedup.against set {name!r} cannot be read ({err}); make it "
+                    "readable, remove it from dataset.dedup.against, or set dataset.dedup.on_missing=skip to "
+                    "train without it (recorded in result.json under dedup.skipped)"
+                ) from None
+            missing[name] = str(err)
+            folder = (dataset_spec(name).get("local") or {}).get("dir_name") or name
+            log.warning("missing: dedup set %s — %s; training is not deduplicated against it (recorded in "
+                        "result.json under dedup.skipped); fix: set data_root=<folder holding %s/>, or leave %s "
+                        "out of dataset.dedup.against", name, err, folder, name)
+    index = _index(references, settings["near_threshold"])
+    kept_train, train_counts = deduplicate(train, index, spec["train_limit"])
+    kept_val, val_counts = deduplicate(val, index)
+    limit = spec["train_limit"]
+    if limit is not None and limit > len(kept_train) and kept_train:
+        log.warning("dataset %r: train_limit=%d exceeds the %d examples left after deduplication; using all",
+                    spec["name"], limit, len(kept_train))
+    record = {
+        "enabled": True,
+        "near_threshold": settings["near_threshold"],
+        "similarity": f"Jaccard of character {SHINGLE_BYTES}-gram sets of the normalised question",
+        "against": {name: len(questions) for name, questions in references.items()},
+        "skipped": missing,
+        "train": train_counts.as_record(),
+        "val": val_counts.as_record(),
+    }
+    for split, counts in (("train", train_counts), ("validation", val_counts)):
+        if counts.exact or counts.near:
+            log.info("dataset %r: removed %d %s examples that repeat an evaluation question (%d exact, %d near, "
+                     "Jaccard >= %s)", spec["name"], counts.exact + counts.near, split, counts.exact, counts.near,
+                     settings["near_threshold"])
+    return kept_train, kept_val, record
+
+
+_INDEXES: dict[str, DedupIndex] = {}
+
+
+def _index(references: dict[str, list[str]], threshold: float) -> DedupIndex:
+    """The index of these reference questions, built once per process."""
+    h = hashlib.sha256(repr(threshold).encode())
+    for name, questions in references.items():
+        h.update(f"{name}\x02{len(questions)}\x02".encode())
+        for question in questions:
+            h.update(question.encode() + b"\x00")
+    key = h.hexdigest()
+    if key not in _INDEXES:
+        if len(_INDEXES) >= 4:
+            _INDEXES.pop(next(iter(_INDEXES)))
+        _INDEXES[key] = DedupIndex(references, threshold)
+    return _INDEXES[key]
