@@ -227,7 +227,8 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
     with initialize_config_dir(config_dir=str(ROOT / "slm_sweep" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, f"eval={eval_group}", f"data_root={data_root}",
                                            "method=zeroshot", "eval.progress=false",
-                                           *(["eval.max_new_tokens=16"] if dry_run else [])])
+                                           # the floor is stated for lm-eval's 256 (the cells' default is 512)
+                                           f"eval.max_new_tokens={16 if dry_run else 256}"])
     start = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(cfg.model, cache_dir=Path(str(cfg.cache_dir)))
     load_s = time.perf_counter() - start
