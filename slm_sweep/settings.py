@@ -173,7 +173,9 @@ class DatasetSettings:
     test_split: str = "test"  # test: the test split; heldout: a seeded slice of train (test_size examples)
     test_size: int | None = None  # size of the held-out test slice (only with test_split: heldout)
     split_seed: int = 1234  # seed of the held-out and validation carving; independent of the run seed
-    val_size: int | None = 100  # validation examples carved from train (never from test); null: none
+    # validation examples carved from train (never from test); null: none. The study's training sets (gsm8k,
+    # orcamath) set 500, enough to separate learning-rate candidates (docs/tuning.md).
+    val_size: int | None = 100
     train_limit: int | None = None  # keep only the first N train examples after carving
     test_limit: int | None = None  # score only the first N test examples
     answer_tolerance: float | None = None  # null: exact match of the number string; a float: relative tolerance

@@ -226,7 +226,7 @@ def test_orcamath_heldout_test_is_deterministic_sized_and_disjoint(caplog):
     train, val, test = questions(first.train), questions(first.val), questions(first.test)
     assert not train & test and not val & test and not train & val
     assert len(train | val | test) == 40
-    assert "train_limit=7473 exceeds the 25 examples" in caplog.text
+    assert "train_limit=6973 exceeds the 25 examples" in caplog.text
 
 
 def test_orcamath_heldout_test_does_not_depend_on_need_train_or_val_size():
