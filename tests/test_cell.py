@@ -55,6 +55,7 @@ def test_cell_runs_end_to_end(tiny_cfg, tmp_path, method):
     assert not list(tmp_path.glob(".*.tmp*")), "no temporary files left behind"
 
 
+@pytest.mark.slow  # the magnitude vectors themselves are checked by tests/test_methods.py in the default suite
 def test_dora_trains_more_parameters_than_lora_with_the_same_rank(tiny_cfg, tmp_path):
     lora = run(tiny_cfg("method=lora", "trainer.max_steps=1"), out_dir=tmp_path / "lora")
     dora = run(tiny_cfg("method=dora", "trainer.max_steps=1"), out_dir=tmp_path / "dora")

@@ -21,7 +21,14 @@ from slm_sweep.report import DEFAULT_CLAIMS, ClaimsError, write_report
 from slm_sweep.report.__main__ import main
 from slm_sweep.report.claims import check_claims, load_claims
 from slm_sweep.report.collect import NoQuestionData, question_scores
-from slm_sweep.report.stats import BOOTSTRAP, MCNEMAR, mcnemar_exact, paired_bootstrap, paired_test
+from slm_sweep.report.stats import (
+    BOOTSTRAP,
+    MCNEMAR,
+    mcnemar_exact,
+    newcombe_paired_interval,
+    paired_bootstrap,
+    paired_test,
+)
 from slm_sweep.results import PREDICTIONS_FILE, redact, write_predictions, write_result
 from slm_sweep.scoring import METRICS, accuracy_key, score
 
@@ -406,3 +413,17 @@ def test_cli_checks_the_study_claims_or_a_file_and_rejects_a_bad_one(tmp_path, c
     assert "direction='sideways' is not allowed" in capsys.readouterr().err
     assert not (sweep / "summary.md").exists(), "nothing is written before the claims file is checked"
 
+
+
+def test_newcombe_interval_keeps_its_width_without_discordant_questions():
+    # 0 of 20 right on both sides: no discordance, yet 20 questions cannot rule out a 16-point difference; the
+    # half-width is the Wilson upper bound of 0/20, z^2 / (n + z^2)
+    low, high = newcombe_paired_interval(0, 0, 0, 20)
+    assert high == pytest.approx(1.959964**2 / (20 + 1.959964**2), rel=1e-5) and low == pytest.approx(-high)
+    # a clear paired gain: 8 points, the interval excludes 0 and contains the difference
+    low, high = newcombe_paired_interval(50, 10, 2, 38)
+    assert 0 < low < 0.08 < high < 0.2
+    # so a one-seed non-inferiority claim on 20 all-wrong questions is inconclusive, not reproduced
+    a = [{i: False for i in range(20)}]
+    test = paired_test(a, a, interval=True)
+    assert test.test == MCNEMAR and test.ci_low < -0.02 < 0 < test.ci_high

@@ -131,7 +131,8 @@ def test_a_sweep_killed_and_rerun_into_its_own_folder_redoes_nothing_and_resumes
         assert all(json.loads(line) for line in path.read_text().splitlines())
 
 
-@pytest.mark.parametrize("launcher", ["parallel", "local"])
+# submitit's local launcher (what the SLURM launcher builds on) runs with -m slow; joblib's runs by default
+@pytest.mark.parametrize("launcher", ["parallel", pytest.param("local", marks=pytest.mark.slow)])
 def test_joblib_and_submitit_local_launchers_run_a_grid(requires_data, tmp_path, launcher):
     run_sweep([f"hydra/launcher={launcher}", "model=tiny,tiny_wide", "method=zeroshot"], tmp_path)
     (sweep,) = sweep_dirs(tmp_path)

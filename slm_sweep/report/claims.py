@@ -284,7 +284,7 @@ class ClaimsReport:
 def judge(direction: str, test: PairedTest, alpha: float, margin: float = 0.0) -> str:
     """An instance's verdict. above/below: the paired test significant at ``alpha`` in the claimed direction
     (reproduced) or against it (contradicted). not_below/not_above: non-inferiority within ``margin``, from the
-    bootstrap interval of the difference: entirely on the claimed side of -margin (reproduced) or entirely
+    interval of the difference (Newcombe's paired score interval for one seed each, else the bootstrap's): entirely on the claimed side of -margin (reproduced) or entirely
     beyond it (contradicted). Anything else, and no per-question data, is inconclusive."""
     if test.p_value is None or test.difference is None:
         return INCONCLUSIVE
@@ -428,7 +428,8 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
         f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}); two-sided, alpha={report.alpha:g}. "
         f"above/below: {REPRODUCED} when the difference is significant in the claimed direction, {CONTRADICTED} "
         f"when significant against it, else {INCONCLUSIVE}. not_below/not_above: non-inferiority, from the "
-        f"{100 * (1 - report.alpha):g}% bootstrap interval of A − B against the claim's margin. "
+        f"{100 * (1 - report.alpha):g}% interval of A − B (Newcombe's paired score interval when both rows are one "
+        f"seed, else the bootstrap's) against the claim's margin. "
         f"Sides: mean accuracy (%) with the 95% Wilson interval over the test questions. Roll-up: "
         f"{REPRODUCED} only when every instance is; no correction for the number of instances.",
         "",

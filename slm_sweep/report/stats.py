@@ -7,6 +7,8 @@ Pure Python and numpy (the report imports no torch).
 - ``mcnemar_exact``: the exact two-sided McNemar test, from the binomial distribution of the discordant pairs.
 - ``paired_bootstrap``: resamples the test questions (the same draw for both sides) and, independently, each
   side's seeds; gives a two-sided p-value for "no difference" and a percentile interval of the difference.
+- ``newcombe_paired_interval``: the interval of a difference of two accuracies on the same questions (one seed
+  each), which keeps its width when no question is discordant.
 - ``paired_test``: pairs two rows' per-question scores by question and picks the test: exact McNemar when each
   side is a single seed, the paired bootstrap when either side has several.
 """
@@ -86,6 +88,27 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
+def newcombe_paired_interval(both: int, only_first: int, only_second: int, neither: int,
+                             alpha: float = 0.05) -> tuple[float, float]:
+    """(1 - alpha) interval of the difference of two accuracies measured on the same n questions: Newcombe's
+    hybrid score interval for paired proportions (Stat. Med. 1998, method 10), built from the Wilson intervals of
+    both sides and their correlation. Unlike a bootstrap interval it keeps its width when no question is
+    discordant: 0 of 20 right on both sides gives about ±16 points, not [0, 0]."""
+    n = both + only_first + only_second + neither
+    if n == 0:
+        raise ValueError("no questions to compare")
+    z = statistics.NormalDist().inv_cdf(1 - alpha / 2)
+    p1, p2 = (both + only_first) / n, (both + only_second) / n
+    l1, u1 = wilson_interval(p1, n, z)
+    l2, u2 = wilson_interval(p2, n, z)
+    margins = (both + only_first) * (only_second + neither) * (both + only_second) * (only_first + neither)
+    phi = 0.0 if margins == 0 else (both * neither - only_first * only_second) / math.sqrt(margins)
+    difference = p1 - p2
+    lower = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    upper = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    return max(-1.0, difference - lower), min(1.0, difference + upper)
+
+
 @dataclass(frozen=True)
 class Bootstrap:
     difference: float  # mean of the first side minus mean of the second, over seeds and questions
@@ -142,7 +165,7 @@ class PairedTest:
     test: str | None  # MCNEMAR, BOOTSTRAP, or None when there is no per-question data
     p_value: float | None
     difference: float | None  # mean accuracy of the first side minus the second, on the paired questions
-    ci_low: float | None = None  # (1 - alpha) bootstrap interval of the difference, when asked for
+    ci_low: float | None = None  # (1 - alpha) interval of the difference (Newcombe one seed each, else bootstrap)
     ci_high: float | None = None
     n_questions: int = 0
     seeds: tuple[int, int] = (0, 0)
@@ -175,8 +198,8 @@ def paired_test(a: Sequence[Mapping[Hashable, bool]], b: Sequence[Mapping[Hashab
                 alpha: float = ALPHA, interval: bool = False, resamples: int = BOOTSTRAP_RESAMPLES,
                 seed: int = BOOTSTRAP_SEED) -> PairedTest:
     """Compare two rows given as one {question key: correct} per seed, on the questions every seed of both
-    scored. Exact McNemar when both sides are one seed, else the paired bootstrap; ``interval`` also computes the
-    bootstrap interval of the difference for single seeds."""
+    scored. Exact McNemar when both sides are one seed, else the paired bootstrap; ``interval`` also computes an
+    interval of the difference for single seeds (Newcombe's paired score interval)."""
     if not a or not b:
         return no_test("a side has no seeds")
     common = set(a[0])
@@ -193,8 +216,9 @@ def paired_test(a: Sequence[Mapping[Hashable, bool]], b: Sequence[Mapping[Hashab
         only_second = sum(y and not x for x, y in zip(first[0], second[0]))
         low = high = None
         if interval:
-            boot = paired_bootstrap(first, second, resamples=resamples, seed=seed, alpha=alpha)
-            low, high = boot.ci_low, boot.ci_high
+            both = sum(x and y for x, y in zip(first[0], second[0]))
+            low, high = newcombe_paired_interval(both, only_first, only_second,
+                                                 len(keys) - both - only_first - only_second, alpha)
         return PairedTest(MCNEMAR, mcnemar_exact(only_first, only_second), (only_first - only_second) / len(keys),
                           low, high, len(keys), seeds, (only_first, only_second))
     boot = paired_bootstrap(first, second, resamples=resamples, seed=seed, alpha=alpha)
