@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml | $(PY)
 test: install ## Run the default test suite (CPU, a few minutes)
 	$(PY) -m pytest
 
-test-slow: install ## Run the slow tests on the real SmolLM2-135M (4-bit GGUF)
+test-slow: install ## Run the slow tests: the real SmolLM2-135M (4-bit GGUF), DDP on two processes, long sweeps
 	$(PY) -m pytest -m slow
 
 demo: install ## One real cell offline on CPU: SmolLM2-135M (GGUF) x LoRA on a small GSM8K slice

@@ -169,6 +169,7 @@ def test_failing_cell_is_recorded_the_others_go_on_and_the_sweep_exits_non_zero(
     assert "accuracy_flexible_mean" in rows["columns"] and len(rows["data"]) == 1
 
 
+@pytest.mark.slow  # two processes on two cores: ~20 s; run with -m slow (make test-slow)
 def test_ddp_on_two_cpu_processes_trains_a_cell(requires_data, tmp_path):
     proc = subprocess.run(cli([*FAST_TINY, "trainer=ddp_cpu", "method=lora", "trainer.max_steps=2"], tmp_path),
                           cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
