@@ -130,6 +130,25 @@ def _validate_prompt_format(cfg: DictConfig) -> None:
         raise ConfigError(f"method.instruction={instruction!r} must be a non-empty string or null")
 
 
+def instantiate_checked(path: str, spec: Any, base: type, naming: str, example: str, not_a: str,
+                        error: type[Exception]):
+    """``spec`` (a mapping with ``_target_``) built by ``hydra.utils.instantiate`` and checked to be a ``base``;
+    each failure raises ``error`` naming ``path`` and what is allowed."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    target = spec.get("_target_") if isinstance(spec, Mapping) else None
+    if not target:
+        raise error(f"{path}={spec!r} must be a mapping with a _target_ naming {naming}, e.g. {example}")
+    try:
+        built = instantiate(spec, _convert_="all")
+    except InstantiationException as err:
+        raise error(f"{path} (_target_: {target}) cannot be built: {err}") from None
+    if not isinstance(built, base):
+        raise error(f"{path}._target_={target!r} made a {type(built).__name__}, not {not_a}")
+    return built
+
+
 def target_class(path: str, entry: Any, kind: str, group: str, bases: tuple[type, ...]) -> type:
     """The class that an entry's ``_target_`` names, imported and checked to be one of ``bases``; ConfigError
     naming the entry and the files of conf/<group>/ otherwise. Imports the class: cells call it, not validation."""

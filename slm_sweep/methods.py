@@ -43,22 +43,14 @@ def has_adapters(method_cfg: Mapping[str, Any]) -> bool:
 
 def peft_config(method_cfg: Mapping[str, Any]):
     """The method's ``peft`` block as a peft config object (``hydra.utils.instantiate``)."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
     from peft import PeftConfig
 
-    spec = method_cfg["peft"]
-    target = spec.get("_target_") if isinstance(spec, Mapping) else None
-    if not target:
-        raise MethodError(f"method.peft={spec!r} must be a mapping with a _target_ naming a peft config class, "
-                          "e.g. {_target_: peft.LoraConfig, r: 16, lora_alpha: 32}")
-    try:
-        config = instantiate(spec, _convert_="all")
-    except InstantiationException as err:
-        raise MethodError(f"method.peft (_target_: {target}) cannot be built: {err}") from None
-    if not isinstance(config, PeftConfig):
-        raise MethodError(f"method.peft._target_={target!r} made a {type(config).__name__}, not a peft config "
-                          "(a subclass of peft.PeftConfig such as peft.LoraConfig or peft.IA3Config)")
+    from slm_sweep.config import instantiate_checked
+
+    config = instantiate_checked(
+        "method.peft", method_cfg["peft"], PeftConfig, "a peft config class",
+        "{_target_: peft.LoraConfig, r: 16, lora_alpha: 32}",
+        "a peft config (a subclass of peft.PeftConfig such as peft.LoraConfig or peft.IA3Config)", MethodError)
     if getattr(config, "task_type", None) is None:
         config.task_type = DEFAULT_TASK_TYPE
     return config

@@ -91,22 +91,14 @@ def quantization_config(model_cfg: Mapping[str, Any]):
     spec = model_cfg.get("quantization")
     if spec is None:
         return None
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
     from transformers.utils.quantization_config import QuantizationConfigMixin
 
-    target = spec.get("_target_") if isinstance(spec, Mapping) else None
-    if not target:
-        raise ModelLoadError(f"model.quantization={spec!r} must be a mapping with a _target_ naming a transformers "
-                             "quantization config, e.g. {_target_: transformers.BitsAndBytesConfig, load_in_4bit: true}")
-    try:
-        config = instantiate(spec, _convert_="all")
-    except InstantiationException as err:
-        raise ModelLoadError(f"model.quantization (_target_: {target}) cannot be built: {err}") from None
-    if not isinstance(config, QuantizationConfigMixin):
-        raise ModelLoadError(f"model.quantization._target_={target!r} made a {type(config).__name__}, not a "
-                             "transformers quantization config (such as transformers.BitsAndBytesConfig)")
-    return config
+    from slm_sweep.config import instantiate_checked
+
+    return instantiate_checked(
+        "model.quantization", spec, QuantizationConfigMixin, "a transformers quantization config",
+        "{_target_: transformers.BitsAndBytesConfig, load_in_4bit: true}",
+        "a transformers quantization config (such as transformers.BitsAndBytesConfig)", ModelLoadError)
 
 
 def _from_pretrained(model_cfg: Mapping[str, Any], path: str, **kwargs):

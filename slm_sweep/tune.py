@@ -291,10 +291,9 @@ HEADER = """\
 def write_table(chosen: Mapping[tuple[str, str, str], Mapping[str, Any]], path: str | Path, sources: Sequence[str],
                 metric: str, keep: Mapping[str, Any] | None = None) -> Path:
     """Write (atomically) the table at ``path``: ``keep``'s entries, then the ``chosen`` ones over them."""
-    import os
-    import tempfile
-
     import yaml
+
+    from slm_sweep.results import atomic_write_text
 
     lr: dict[str, Any] = {k: v for k, v in ((keep or {}).get("lr") or {}).items()}
     searched: dict[str, Any] = {k: v for k, v in ((keep or {}).get("searched") or {}).items()}
@@ -307,18 +306,8 @@ def write_table(chosen: Mapping[tuple[str, str, str], Mapping[str, Any]], path: 
     data = {"metric": metric, "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "searches": searches, "lr": lr, "searched": searched}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = HEADER.format(metric=metric, sources=" ".join(sources)) + yaml.safe_dump(data, sort_keys=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
     return path
 
 
