@@ -413,6 +413,51 @@ def test_a_decode_step_whose_graph_cannot_be_captured_runs_eagerly(caplog):
     assert any("decoding eagerly" in m for m in caplog.messages)
 
 
+def test_slot_cache_memory_left_from_earlier_use_does_not_reach_the_logits(varied_tiny):
+    """The slot cache is allocated uninitialised; whatever the memory held (NaN here) must not leak through the
+    masked columns that a step reads but no prompt or step has written."""
+    from slm_sweep.evaluate.decode import Decoding, SlotKVCache, _DecodeStep, _read_prompts
+
+    model, tokenizer = varied_tiny
+    settings = Decoding(max_new_tokens=4, stop_check=StopCheck(tokenizer, [], set()), pad_id=0)
+    rows = [tokenizer("how many apples are left")["input_ids"], tokenizer("half")["input_ids"]]
+    with torch.inference_mode():
+        layers = [_read_prompts(model, [row], settings)[1] for row in rows]
+        length = max(map(len, rows)) + 4
+        outputs = []
+        for garbage in (0.0, float("nan")):
+            cache = SlotKVCache(layers[0], 2, length)
+            for tensor in [*cache.keys, *cache.values]:
+                tensor.fill_(garbage)
+            valid = torch.zeros((2, length), dtype=torch.bool)
+            for slot, (row, written) in enumerate(zip(rows, layers)):
+                cache.write(torch.tensor([slot]), written)
+                valid[slot, :len(row)] = True
+            columns = torch.tensor([len(r) for r in rows])
+            valid[torch.arange(2), columns] = True
+            outputs.append(_DecodeStep(model, cache, 2, use_graph=False)(
+                torch.tensor([5, 7]), columns, columns, valid, length))
+    assert torch.isfinite(outputs[1]).all()
+    torch.testing.assert_close(outputs[0], outputs[1])
+
+
+def test_few_rows_go_through_the_linear_layers_weight_first_on_cpu_and_only_inside_the_block(varied_tiny):
+    from slm_sweep.evaluate.weight_first import LAYER_MAX_ROWS, weight_first_linears
+
+    model, _ = varied_tiny
+    head, layer = model.lm_head, model.model.layers[0].mlp.down_proj
+    few, many = torch.randn(3, head.in_features), torch.randn(LAYER_MAX_ROWS + 1, layer.in_features)
+    with torch.inference_mode():
+        plain = head(few)
+        with weight_first_linears(model):
+            assert torch.equal(head(few), torch.mm(head.weight, few.T).T)
+            assert torch.equal(layer(many), torch.nn.functional.linear(many, layer.weight)), "many rows: unchanged"
+            assert torch.equal(head(few[:1]), torch.nn.functional.linear(few[:1], head.weight))
+            torch.testing.assert_close(head(few), plain)
+        assert not any("forward" in vars(m) for m in model.modules()), "every layer restored after the block"
+        assert torch.equal(head(few), plain)
+
+
 @pytest.mark.parametrize("engine", ["static", "cache", "plain"])
 def test_neutral_decoding_sets_the_generation_config_aside_and_says_what(varied_tiny, zero_shot_prompts, engine):
     """Every model decodes the same way: a penalty or processor in its generation config (Qwen2.5 ships

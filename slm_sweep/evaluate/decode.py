@@ -218,8 +218,10 @@ class SlotKVCache:
 
     def __init__(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], slots: int, length: int):
         # Shaped after one prefill's keys/values: kv heads, head dim, dtype and device as the model writes them.
-        self._keys = [k.new_zeros((slots, k.shape[1], length, k.shape[3])) for k, _ in layers]
-        self._values = [v.new_zeros((slots, v.shape[1], length, v.shape[3])) for _, v in layers]
+        # Left uninitialised: ``write`` fills a slot's every column (prompt, then zeros), so memory is touched
+        # once; zero-filling it here as well cost seconds of page faults on CPU (32 slots: ~2 GB).
+        self._keys = [k.new_empty((slots, k.shape[1], length, k.shape[3])) for k, _ in layers]
+        self._values = [v.new_empty((slots, v.shape[1], length, v.shape[3])) for _, v in layers]
         self.keys, self.values = self._keys, self._values
         self.columns = torch.zeros(slots, dtype=torch.long, device=self._keys[0].device)
         self.width = length
@@ -237,10 +239,13 @@ class SlotKVCache:
         return keys[:, :, :self.width], values[:, :, :self.width]
 
     def write(self, slots: torch.Tensor, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Put a prefill's keys/values (one row per slot in ``slots``) into columns [0, their length)."""
+        """Put a prefill's keys/values (one row per slot in ``slots``) into columns [0, their length) and zeros
+        into the rest: masked columns are still read, and a NaN left there would survive its zero weight."""
         for keys, values, (k, v) in zip(self._keys, self._values, layers):
             keys[slots, :, :k.shape[2]] = k
             values[slots, :, :v.shape[2]] = v
+            keys[slots, :, k.shape[2]:] = 0
+            values[slots, :, v.shape[2]:] = 0
 
     def move(self, source: int, target: int, columns: int) -> None:
         """Copy the first ``columns`` columns of slot ``source`` into slot ``target``."""

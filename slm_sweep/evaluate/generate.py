@@ -29,6 +29,7 @@ import torch
 from slm_sweep.evaluate.batching import context_window, encode_prompts, slot_count, token_budget_batches
 from slm_sweep.evaluate.decode import ENGINE_LOOPS, Decoding, RowDone, decode_static, has_sliding_layers
 from slm_sweep.evaluate.stopping import Generation, StopCheck, eos_token_ids, to_generation
+from slm_sweep.evaluate.weight_first import weight_first_linears
 from slm_sweep.memory import is_out_of_memory, release_cached_memory
 
 log = logging.getLogger(__name__)
@@ -109,10 +110,11 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
                 rows = [encoded[i] for i in indices]
                 done = _reporter(indices, results, tokenizer, stop, on_batch)
                 try:
-                    if engine == "static":
-                        decode_static(model, rows, settings, done, slots=size)
-                    else:
-                        ENGINE_LOOPS[engine](model, rows, settings, done)
+                    with weight_first_linears(model):
+                        if engine == "static":
+                            decode_static(model, rows, settings, done, slots=size)
+                        else:
+                            ENGINE_LOOPS[engine](model, rows, settings, done)
                 except Exception as error:  # noqa: BLE001 - only out-of-memory is retried, the rest re-raised
                     if not is_out_of_memory(error):
                         raise
