@@ -284,8 +284,9 @@ class ClaimsReport:
 def judge(direction: str, test: PairedTest, alpha: float, margin: float = 0.0) -> str:
     """An instance's verdict. above/below: the paired test significant at ``alpha`` in the claimed direction
     (reproduced) or against it (contradicted). not_below/not_above: non-inferiority within ``margin``, from the
-    interval of the difference (Newcombe's paired score interval for one seed each, else the bootstrap's): entirely on the claimed side of -margin (reproduced) or entirely
-    beyond it (contradicted). Anything else, and no per-question data, is inconclusive."""
+    interval of the difference (Newcombe's paired score interval for one seed each, else the bootstrap's):
+    entirely on the claimed side of -margin (reproduced) or entirely beyond it (contradicted). Anything else, and
+    no per-question data, is inconclusive."""
     if test.p_value is None or test.difference is None:
         return INCONCLUSIVE
     if direction in (ABOVE, BELOW):
