@@ -3,7 +3,9 @@
 Both paths train the same model from the same weights on the same micro-batches (slm_sweep's token-budget
 batcher, epoch 0 of the run seed) with the same optimizer, schedule, clipping, loss and precision, for the same
 number of optimizer steps. Both leave the first ``--warmup`` steps out of the rate and count non-padding tokens.
-The plain loop gets its batches already collated; slm_sweep collates inside its loop.
+The plain loop gets its batches already collated; slm_sweep collates inside its loop. The plain loop is always
+eager; slm_sweep's path compiles where the trainer config says so (``trainer=gpu`` does), and its warm-up time
+(compilation included) is reported apart.
 
     python bench/train_speed.py --model tiny --steps 30 --batch-size 16
     python bench/train_speed.py --model smollm135_q4 --steps 4 --batch-size 4 --max-length 256
@@ -40,6 +42,7 @@ from slm_sweep.data.encode import encode_all  # noqa: E402
 from slm_sweep.data.prompts import resolve_style  # noqa: E402
 from slm_sweep.methods import apply_method  # noqa: E402
 from slm_sweep.models import load_model_and_tokenizer  # noqa: E402
+from slm_sweep.results import atomic_write_text  # noqa: E402
 from slm_sweep.train.data import EncodedDataModule  # noqa: E402
 from slm_sweep.train.fit import build_data, fit  # noqa: E402
 from slm_sweep.train.module import build_optimizer, lr_factor, micro_batch_loss  # noqa: E402
@@ -160,7 +163,11 @@ class StepClock(L.Callback):
     def __init__(self, warmup: int, device: str):
         self.warmup, self.device = warmup, device
         self.steps, self.tokens = 0, 0
-        self.start = self.seconds = self.cpu_start = self.cpu_seconds = 0.0
+        self.start = self.seconds = self.cpu_start = self.cpu_seconds = self.warmup_seconds = 0.0
+        self.train_start = 0.0
+
+    def on_train_start(self, trainer, pl_module):
+        self.train_start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.steps >= self.warmup:
@@ -170,6 +177,7 @@ class StepClock(L.Callback):
             if self.steps == self.warmup:
                 synchronize(self.device)
                 self.start, self.cpu_start = time.perf_counter(), time.process_time()
+                self.warmup_seconds = self.start - self.train_start
 
     def on_train_end(self, trainer, pl_module):
         synchronize(self.device)
@@ -186,7 +194,8 @@ def slm_sweep_path(model, examples: list[dict], cfg: dict, method_cfg, args, pad
     return {"tokens_per_s": perf["train_tokens_per_s"], "step_time_s": perf["step_time_s"],
             "clock_tokens_per_s": clock.tokens / clock.seconds, "tokens_per_cpu_s": clock.tokens / clock.cpu_seconds,
             "padding_fraction": perf["train_padding_fraction"],
-            "peak_memory_mb": perf["peak_memory_mb"]}
+            "peak_memory_mb": perf["peak_memory_mb"], "warmup_s": clock.warmup_seconds,
+            "compiled": outcome.placement.get("compiled")}
 
 
 def fresh_model(base, method_cfg, seed: int):
@@ -218,6 +227,8 @@ def bench_method(method: str, base, examples, steps, cfg, args, pad_token_id) ->
         "plain_step_time_s": min(r["step_time_s"] for r in plain),
         "slm_sweep_step_time_s": min(r["step_time_s"] for r in ours),
         "padding_fraction": ours[0]["padding_fraction"],
+        "slm_sweep_warmup_s": min(r["warmup_s"] for r in ours),  # the first --warmup steps, compilation included
+        "compiled": ours[0]["compiled"],
         "runs": {"plain": plain, "slm_sweep": ours},
     }
 
@@ -236,19 +247,20 @@ def main(argv=None) -> list[dict]:
     print(f"model={args.model} device={args.device} precision={cfg['precision']} threads={torch.get_num_threads()}"
           f" steps={args.warmup}+{args.steps} batch={args.batch_size} micro_batch_size={cfg['micro_batch_size']}"
           f" micro_batch_tokens={cfg.get('micro_batch_tokens')} max_length={args.max_length}"
+          f" compile={cfg.get('compile')}/{cfg.get('compile_scope')} packing={cfg.get('packing')}"
           f" repeats={args.repeats} load_avg={os.getloadavg()[0]:.2f}", flush=True)
     print(f"{'method':<6} {'plain tok/s':>12} {'slm_sweep tok/s':>16} {'ratio':>6} {'pair ratio':>11}"
-          f" {'plain step s':>13} {'slm step s':>11} {'padding':>8}", flush=True)
+          f" {'plain step s':>13} {'slm step s':>11} {'padding':>8} {'slm warm-up s':>14}", flush=True)
     results = []
     for method in args.methods:
         r = bench_method(method, base, examples, steps, cfg, args, tokenizer.pad_token_id)
         results.append(r)
         print(f"{method:<6} {r['plain_tokens_per_s']:>12.0f} {r['slm_sweep_tokens_per_s']:>16.0f} {r['ratio']:>6.3f}"
               f" {r['pair_ratio_median']:>11.3f} {r['plain_step_time_s']:>13.4f} {r['slm_sweep_step_time_s']:>11.4f}"
-              f" {r['padding_fraction']:>8.3f}", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
-                                        indent=2))
+              f" {r['padding_fraction']:>8.3f} {r['slm_sweep_warmup_s']:>14.1f}", flush=True)
+        if args.json:  # after every method: a run cut short keeps the methods it finished
+            atomic_write_text(args.json, json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                     "trainer": cfg, "results": results}, indent=2, default=str))
     return results
 
 

@@ -18,6 +18,7 @@ MODEL_SOURCES = ("hub", "gguf", "tiny", "random")
 PROMPT_STYLES = ("auto", "chat", "plain")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 PREFLIGHT_MODES = ("skip", "refuse", "warn")
+COMPILE_SCOPES = ("layers", "model")  # trainer.compile_scope (slm_sweep/train/compilation.py)
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "transformer-engine",
               "transformer-engine-float16")
 
@@ -86,6 +87,7 @@ def _validate_trainer(cfg: DictConfig) -> None:
     _number(cfg, "trainer.weight_decay", "a non-negative number")
     _number(cfg, "trainer.gradient_clip_val", "a non-negative number", allow_none=True)
     _one_of(str(trainer.precision), PRECISIONS, "trainer.precision")
+    _one_of(trainer.get("compile_scope", "layers"), COMPILE_SCOPES, "trainer.compile_scope")
     micro = trainer.get("micro_batch_size") or trainer.batch_size
     if trainer.batch_size % micro:
         raise ConfigError(

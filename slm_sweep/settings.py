@@ -48,7 +48,8 @@ class TrainerSettings:
     precision: str = "32-true"
     fused_adamw: bool | None = None  # null: fused wherever torch has the kernel (CUDA, CPU)
     gradient_checkpointing: bool = False
-    compile: bool = False  # torch.compile the model in place (dynamic shapes); compiles in the first 2-3 steps
+    compile: bool = False  # torch.compile for training (dynamic shapes), compiled during the first step
+    compile_scope: str = "layers"  # layers: each decoder layer, one graph shared by all; model: the whole forward
     val_check_interval: int | None = None  # null: validate once, after training; N: every N micro-batches as well
     limit_val_batches: Any = 1.0  # a fraction (float) or a count (int) of validation micro-batches
     checkpoint_every_n_steps: int | None = 50

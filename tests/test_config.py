@@ -84,6 +84,7 @@ def test_method_defaults():
         ("trainer.micro_batch_tokens=-5", "trainer.micro_batch_tokens=-5 must be a positive integer or null"),
         ("trainer.throughput_warmup_steps=-1", "trainer.throughput_warmup_steps=-1 must be a non-negative integer"),
         ("trainer.precision=17", "trainer.precision='17' is not one of: 32-true"),
+        ("trainer.compile_scope=blocks", "trainer.compile_scope='blocks' is not one of: layers, model"),
         ("trainer.weight_decay=-0.1", "trainer.weight_decay=-0.1 must be a non-negative number"),
         ("trainer.devices=3", "trainer.batch_size=16 must be a multiple of trainer.devices=3"),
         ("eval.device=gpu", "eval.device='gpu' is not one of: auto, cpu, cuda, cuda:N"),

@@ -35,6 +35,8 @@ def test_dry_run_runs_every_stage_and_reports(requires_data, tmp_path):
     train = stages["train"]
     assert train["returncode"] == 0 and set(train["methods"]) == {"full", "lora", "dora"}
     assert all(m["slm_sweep_tokens_per_s"] > 0 and m["plain_tokens_per_s"] > 0 for m in train["methods"].values())
+    # the CPU trainer config compiles nothing; its warm-up is timed apart all the same
+    assert all(m["compiled"] is None and m["slm_sweep_warmup_s"] > 0 for m in train["methods"].values())
     assert train["floors"]["checked"] is False
 
     evaluation = stages["eval"]

@@ -38,7 +38,7 @@ RETRAIN = ["method.lr=0.001", "method.r=8", "trainer.max_steps=4", "seed=1", "da
            "model.quantization={_target_:transformers.BitsAndBytesConfig,load_in_4bit:true}"]
 RESCORE = ["eval.generation_config=model", "eval.max_new_tokens=20", "eval.ood_sets=[svamp]", "dataset.test_limit=10", "eval.dtype=bfloat16",
            "eval.stop=[Q:]"]
-NOTHING = ["trainer.micro_batch_size=4", "trainer.packing=true", "trainer.compile=true", "eval.engine=plain",
+NOTHING = ["trainer.micro_batch_size=4", "trainer.packing=true", "trainer.compile=true", "trainer.compile_scope=model", "eval.engine=plain",
            "eval.token_budget=4096", "eval.max_batch_size=3", "eval.cuda_graphs=true", "logger=csv",
            "trainer.log_every_n_steps=5", "eval.progress=true", "trainer.micro_batch_tokens=512",
            "trainer.checkpoint_every_n_steps=7", "resume.search_dir=elsewhere", "logger=wandb_csv",

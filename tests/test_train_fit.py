@@ -201,15 +201,47 @@ def test_a_non_finite_loss_stops_training(examples, tmp_path):
             pad_token_id=tokenizer.pad_token_id)
 
 
+class CompiledModules(L.Callback):
+    """The names of the modules that run compiled while training."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.names = [n for n, m in pl_module.model.named_modules()
+                      if getattr(m, "_compiled_call_impl", None) is not None]
+
+
+@pytest.mark.parametrize("scope", ["layers", "model"])
+def test_compiled_training_hands_the_eager_model_to_evaluation(examples, tmp_path, scope):
+    """The wiring only: under the ``force_eager`` stance the compiled wrappers run the eager forward (fast); the
+    slow test below compiles for real."""
+    seen = CompiledModules()
+    with torch.compiler.set_stance("force_eager"):
+        model, outcome = train(examples, tmp_path, "lora", callbacks=[seen], max_steps=2, compile=True,
+                               compile_scope=scope)
+    if scope == "layers":
+        assert [n.rsplit(".", 2)[-2:] for n in seen.names] == [["layers", "0"], ["layers", "1"]]
+        assert outcome.placement["compiled"] == {"scope": "layers", "modules": 2,
+                                                 "module_class": "LlamaDecoderLayer", "input_grads": True}
+    else:
+        assert seen.names == [""] and outcome.placement["compiled"]["scope"] == "model"
+    assert not [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+
+
+def test_eager_training_records_that_nothing_was_compiled(examples, tmp_path):
+    _, outcome = train(examples, tmp_path, max_steps=1)
+    assert outcome.placement["compiled"] is None
+
+
 @pytest.mark.slow
-def test_torch_compile_trains_like_eager(examples, tmp_path):
+@pytest.mark.parametrize("scope", ["layers", "model"])
+def test_torch_compile_trains_like_eager(examples, tmp_path, scope):
     eager, compiled = GradientRecorder(), GradientRecorder()
     train(examples, tmp_path / "a", "lora", {"dropout": 0.0}, callbacks=[eager], micro_batch_size=2)
-    _, outcome = train(examples, tmp_path / "b", "lora", {"dropout": 0.0}, callbacks=[compiled],
-                       micro_batch_size=2, compile=True)
+    model, outcome = train(examples, tmp_path / "b", "lora", {"dropout": 0.0}, callbacks=[compiled],
+                           micro_batch_size=2, compile=True, compile_scope=scope)
     for a, b in zip(eager.steps, compiled.steps):
         assert_same_tensors(a, b, rtol=1e-3, atol=1e-5)
-    assert outcome.perf["train_tokens_per_s"] > 0
+    assert outcome.perf["train_tokens_per_s"] > 0 and outcome.placement["compiled"]["scope"] == scope
+    assert not [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
 
 
 @pytest.mark.slow

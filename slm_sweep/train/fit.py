@@ -14,6 +14,7 @@ import lightning as L
 from slm_sweep.methods import has_adapters
 from slm_sweep.train.callbacks import ThroughputMonitor, accelerator_name, bf16_peak_flops, flops_per_token
 from slm_sweep.train.checkpoint_io import AtomicCheckpointIO
+from slm_sweep.train.compilation import compile_in_place, remove_compiled
 from slm_sweep.train.data import EncodedDataModule
 from slm_sweep.train.module import CausalLMModule
 
@@ -29,7 +30,8 @@ class TrainOutcome:
     train_loss: float | None
     val_loss: float | None
     perf: dict[str, Any] = field(default_factory=dict)
-    # where training ran: device (e.g. cuda:0), device_name, precision (Lightning's), dtype of the weights
+    # where and how training ran: device (e.g. cuda:0), device_name, precision (Lightning's), dtype of the
+    # weights, compiled (what torch.compile compiled, or None)
     placement: dict[str, Any] = field(default_factory=dict)
 
 
@@ -41,9 +43,9 @@ def optional_int(value) -> int | None:
     return int(value) if value else None
 
 
-def prepare_model(model, trainer_cfg: Mapping[str, Any]):
+def prepare_model(model, trainer_cfg: Mapping[str, Any]) -> dict | None:
     """Train mode (Hugging Face loads models in eval mode), gradient checkpointing and torch.compile, as the
-    trainer config asks."""
+    trainer config asks; return what was compiled (None: nothing)."""
     model.train()
     if trainer_cfg.get("gradient_checkpointing"):
         kwargs = {"use_reentrant": False}
@@ -53,10 +55,8 @@ def prepare_model(model, trainer_cfg: Mapping[str, Any]):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             model.enable_input_require_grads()
     if trainer_cfg.get("compile"):
-        # In place, so parameter names, checkpoints and adapter merging are those of the uncompiled model.
-        # Micro-batch shapes vary with the token budget: dynamic shapes avoid one compilation per shape.
-        model.compile(dynamic=True)
-    return model
+        return compile_in_place(model, str(trainer_cfg.get("compile_scope") or "layers"))
+    return None
 
 
 def build_data(train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[str, Any], seed: int,
@@ -138,7 +138,7 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
     """
     out_dir = Path(out_dir)
     flops = flops_per_token(model, adapters=has_adapters(method_cfg))
-    model = prepare_model(model, trainer_cfg)
+    compiled = prepare_model(model, trainer_cfg)
     module = build_module(model, trainer_cfg, method_cfg)
     data = build_data(train, val, trainer_cfg, seed, pad_token_id)
 
@@ -160,7 +160,11 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
     if resume_from:
         log.info("resuming training from %s", resume_from)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
+    finally:
+        if compiled:  # the last validation pass and evaluation run the eager model (no inference-mode recompile)
+            remove_compiled(model, compiled)
     # A validation pass on the final weights, so val/loss always describes the model that is evaluated.
     if val:
         trainer.validate(module, datamodule=data, verbose=False)
@@ -168,7 +172,7 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
     return TrainOutcome(train_time_s=train_time, train_steps=trainer.global_step,
                         train_loss=module.last_train_loss, val_loss=module.last_val_loss,
                         perf={**throughput.result, "train_oom_halvings": module.oom_halvings},
-                        placement=training_placement(trainer, model))
+                        placement={**training_placement(trainer, model), "compiled": compiled})
 
 
 def training_placement(trainer: L.Trainer, model) -> dict[str, Any]:

@@ -1,0 +1,67 @@
+"""torch.compile for training, and its removal before evaluation.
+
+``trainer.compile_scope=layers`` (default) compiles each decoder layer in place: the layers share one class and
+one code path, so one compiled graph serves all of them and compilation takes about as long for 30 layers as for
+one. With frozen embeddings (LoRA, DoRA) the first layer's input would need no gradient and the others' would,
+which makes a second graph; the embeddings' output is marked as needing one instead (transformers'
+``enable_input_require_grads``), at the cost of the first layer's input gradient. ``model`` compiles the whole
+forward as one graph, which takes longer the more layers there are (SmolLM2-135M on CPU: eleven minutes against
+one; docs/performance.md).
+
+Compilation happens in place (``nn.Module.compile``), so parameter names, checkpoints and adapter merging are
+those of the eager model. Before evaluation the compiled forwards are removed: generation then runs the eager
+modules (whose shapes, grad mode and merged adapters would otherwise recompile), and CUDA graphs record plain
+kernels.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+
+from slm_sweep.config import COMPILE_SCOPES
+
+log = logging.getLogger(__name__)
+
+
+def repeated_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's decoder layers: modules of the classes its ``_no_split_modules`` names (transformers marks
+    its repeated blocks so), found through any wrapper (PEFT's included)."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or ())
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def compile_in_place(model: nn.Module, scope: str = "layers") -> dict:
+    """Compile ``model`` for training (dynamic shapes: micro-batch shapes vary with the data); return what was
+    compiled, for result.json."""
+    if scope not in COMPILE_SCOPES:
+        raise ValueError(f"trainer.compile_scope={scope!r} is not one of: {', '.join(COMPILE_SCOPES)}")
+    layers = repeated_layers(model) if scope == "layers" else []
+    if scope == "layers" and not layers:
+        log.warning("%s names no repeated layers (_no_split_modules): compiling the whole model",
+                    type(model).__name__)
+    for module in layers or [model]:
+        module.compile(dynamic=True)
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    input_grads = bool(layers) and embeddings is not None and not embeddings.weight.requires_grad
+    if input_grads:
+        model.enable_input_require_grads()
+    return {"scope": "layers" if layers else "model", "modules": len(layers) or 1,
+            "module_class": type(layers[0]).__name__ if layers else type(model).__name__,
+            "input_grads": input_grads}
+
+
+def remove_compiled(model: nn.Module, compiled: dict | None = None) -> int:
+    """Undo ``nn.Module.compile`` on ``model`` and every submodule, and the input-gradient hook that
+    ``compile_in_place`` (whose record is ``compiled``) added; return how many modules were compiled."""
+    count = 0
+    for module in model.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None
+            count += 1
+    if compiled and compiled.get("input_grads"):
+        model.disable_input_require_grads()
+    return count

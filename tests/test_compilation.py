@@ -1,0 +1,79 @@
+"""torch.compile for training: which modules are compiled, and that evaluation gets the eager model back."""
+
+import pytest
+import torch
+
+from slm_sweep.config import compose
+from slm_sweep.methods import apply_method
+from slm_sweep.models import load_model_and_tokenizer
+from slm_sweep.train.compilation import compile_in_place, remove_compiled, repeated_layers
+
+
+def tiny_model(method: str | None = None):
+    model, _ = load_model_and_tokenizer(compose(["model=tiny"]).model)
+    return apply_method(model, compose([f"method={method}"]).method) if method else model
+
+
+def compiled_modules(model) -> list[str]:
+    return [name for name, m in model.named_modules() if getattr(m, "_compiled_call_impl", None) is not None]
+
+
+@pytest.mark.parametrize("method", [None, "lora", "dora"])
+def test_the_repeated_layers_are_the_decoder_layers_through_any_wrapper(method):
+    model = tiny_model(method)
+    layers = repeated_layers(model)
+    assert [type(m).__name__ for m in layers] == ["LlamaDecoderLayer"] * 2
+    assert layers == list(model.get_base_model().model.layers if method else model.model.layers)
+
+
+def test_layers_scope_compiles_each_decoder_layer_and_removal_restores_the_eager_model():
+    model = tiny_model("lora")
+    record = compile_in_place(model, "layers")
+    assert record == {"scope": "layers", "modules": 2, "module_class": "LlamaDecoderLayer", "input_grads": True}
+    names = compiled_modules(model)
+    assert len(names) == 2 and all(n.endswith(("layers.0", "layers.1")) for n in names)
+    assert remove_compiled(model, record) == 2
+    assert compiled_modules(model) == []
+    assert remove_compiled(model) == 0
+
+
+def first_layer_input(model, **forward) -> torch.Tensor:
+    seen = []
+    hook = repeated_layers(model)[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    model(input_ids=torch.tensor([[1, 2, 3]]), **forward)
+    hook.remove()
+    return seen[0]
+
+
+def test_with_frozen_embeddings_every_layer_input_needs_a_gradient_while_compiled():
+    """Otherwise the first layer would get a compiled graph of its own (its input needing no gradient)."""
+    model = tiny_model("lora")
+    assert not first_layer_input(model).requires_grad
+    record = compile_in_place(model, "layers")
+    with torch.compiler.set_stance("force_eager"):
+        assert first_layer_input(model).requires_grad
+    remove_compiled(model, record)
+    assert not first_layer_input(model).requires_grad
+
+
+def test_full_fine_tuning_needs_no_input_gradient_hook():
+    model = tiny_model("full")
+    assert compile_in_place(model, "layers")["input_grads"] is False
+
+
+def test_model_scope_compiles_the_whole_forward_once():
+    model = tiny_model()
+    assert compile_in_place(model, "model") == {"scope": "model", "modules": 1, "module_class": "LlamaForCausalLM",
+                                                "input_grads": False}
+    assert compiled_modules(model) == [""]
+
+
+def test_a_model_without_marked_layers_is_compiled_whole():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    assert compile_in_place(model, "layers")["scope"] == "model"
+    assert compiled_modules(model) == [""]
+
+
+def test_an_unknown_scope_is_named_with_the_allowed_ones():
+    with pytest.raises(ValueError, match="trainer.compile_scope='blocks' is not one of: layers, model"):
+        compile_in_place(tiny_model(), "blocks")
