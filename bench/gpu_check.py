@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--grid-full", action="store_true",
                         help="the grid at the study's size: one epoch (460 steps) and all 1319 test questions")
     parser.add_argument("--timeouts", type=int, nargs=4, default=None, metavar=("TRAIN", "EVAL", "GRID", "VARIANTS"),
-                        help="seconds per stage (default 150 45 125 40 on a GPU: the whole check stays under 6 min)")
+                        help="seconds per stage (default 140 55 125 40 on a GPU: the whole check stays under 6 min)")
     return parser.parse_args(argv)
 
 
@@ -238,6 +238,9 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
     splits = load_splits({**dict(cfg.dataset), "val_size": None}, data_root=str(data_root), need_train=False)
     test = splits.test[:questions] if questions else splits.test
     prompts = build_eval_prompts(tokenizer, test, resolve_style("auto", tokenizer))
+    # what is known before generating: an evaluation cut short by the stage's limit still reports it
+    figures_path.write_text(json.dumps({"questions_planned": len(test), "model_load_s": round(load_s, 1),
+                                        "placement": placement.describe(), "evaluating": True}, default=str))
     if placement.device.type == "cuda":
         import torch
 
@@ -309,7 +312,7 @@ def main(argv=None) -> int:
     if device == "cpu" and not args.dry_run:
         print("no CUDA device: running the dry run instead (tiny model on the CPU)", flush=True)
         args.dry_run = True
-    args.timeouts = args.timeouts or ([240, 120, 300, 240] if args.dry_run else [150, 45, 125, 40])
+    args.timeouts = args.timeouts or ([240, 120, 300, 240] if args.dry_run else [140, 55, 125, 40])
     if args.data_root is None:
         args.data_root = BUNDLE / "data" if (BUNDLE / "data" / "gsm8k").is_dir() else ROOT.parent / "shared" / "data"
     args.out.mkdir(parents=True, exist_ok=True)
