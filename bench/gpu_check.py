@@ -223,6 +223,7 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
     from slm_sweep.evaluate.evaluator import build_eval_prompts, evaluate
     from slm_sweep.models import load_model_and_tokenizer
     from slm_sweep.placement import resolve_placement, to_device, to_dtype
+    from slm_sweep.results import atomic_write_text
 
     eval_group = "default" if dry_run else "gpu"
     with initialize_config_dir(config_dir=str(ROOT / "slm_sweep" / "conf"), version_base="1.3"):
@@ -239,8 +240,8 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
     test = splits.test[:questions] if questions else splits.test
     prompts = build_eval_prompts(tokenizer, test, resolve_style("auto", tokenizer))
     # what is known before generating: an evaluation cut short by the stage's limit still reports it
-    figures_path.write_text(json.dumps({"questions_planned": len(test), "model_load_s": round(load_s, 1),
-                                        "placement": placement.describe(), "evaluating": True}, default=str))
+    atomic_write_text(figures_path, json.dumps({"questions_planned": len(test), "model_load_s": round(load_s, 1),
+                                                "placement": placement.describe(), "evaluating": True}, default=str))
     if placement.device.type == "cuda":
         import torch
 
@@ -254,7 +255,7 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
                                                      "max_new_tokens")},
                **{k: metrics[k] for k in ("accuracy_strict", "accuracy_flexible", "eval_tokens_per_s",
                                           "eval_new_tokens", "eval_oom_halvings")}}
-    figures_path.write_text(json.dumps(figures, indent=2, default=str))
+    atomic_write_text(figures_path, json.dumps(figures, indent=2, default=str))
     print(f"eval: {len(test)} questions in {seconds:.2f} s on {placement.describe()}", flush=True)
 
 
