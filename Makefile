@@ -69,6 +69,15 @@ gpu-bundle: wheelhouse ## Everything bench/gpu_check.sh needs on a GPU machine, 
 gpu-check: install ## The GPU acceptance job here (a dry run on the tiny model where there is no CUDA)
 	PYTHON=$(PY) bash bench/gpu_check.sh
 
+GPU_ENV ?= .gpu-env
+gpu-env-check: wheelhouse ## The GPU check's dry run under the GPU machine's libraries (bench/gpu_machine.txt; a 5 GB venv)
+	test -x $(GPU_ENV)/bin/python || python3 -m venv $(GPU_ENV)
+	$(GPU_ENV)/bin/pip install -q -r bench/gpu_machine.txt
+	rm -rf $(GPU_ENV)/site
+	SLM_SWEEP_SITE=$(GPU_ENV)/site PYTHON=$(GPU_ENV)/bin/python OUT=gpu_check_out/gpu_env bash bench/gpu_check.sh --dry-run
+	PYTHONPATH=$(GPU_ENV)/site $(GPU_ENV)/bin/python -m pytest -q -p no:cacheprovider \
+	  tests/test_generate.py tests/test_compilation.py tests/test_placement.py
+
 lint: ## ruff on the code and tests
 	$(VENV)/bin/ruff check slm_sweep tests bench
 
@@ -76,4 +85,4 @@ clean: ## Remove outputs/, multirun/, caches (keeps .venv and the converted mode
 	rm -rf outputs multirun .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
 
-.PHONY: help install test test-slow demo smoke paper report wheelhouse gpu-bundle gpu-check lint clean
+.PHONY: help install test test-slow demo smoke paper report wheelhouse gpu-bundle gpu-check gpu-env-check lint clean

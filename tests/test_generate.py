@@ -489,3 +489,40 @@ def test_a_cell_records_its_decoding(tiny_cfg, tmp_path):
     record = run(tiny_cfg("method=zeroshot", "dataset.test_limit=2"), out_dir=tmp_path)
     assert record["decoding"] == {"greedy": True, "max_new_tokens": 12, "stop": ["Question:", "</s>", "<|im_end|>"],
                                   "generation_config": "neutral", "generation_config_ignored": {}}
+
+
+def _meta_decode_step(architecture: str, attention: str):
+    """A decode step of a small model of ``architecture`` whose weights, KV cache and inputs are on the meta device."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    from slm_sweep.evaluate.decode import SlotKVCache, _DecodeStep
+
+    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[architecture]
+    config = config_class(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, attn_implementation=attention)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config).eval()
+    slots, length, head_dim = 4, 16, config.hidden_size // config.num_attention_heads
+    layers = [(torch.empty((1, 2, 5, head_dim), device="meta"),) * 2 for _ in range(config.num_hidden_layers)]
+    step = _DecodeStep(model, SlotKVCache(layers, slots, length), slots, use_graph=False)
+    inputs = (*(torch.zeros(slots, dtype=torch.long, device="meta") for _ in range(3)),
+              torch.zeros((slots, length), dtype=torch.bool, device="meta"))
+    return model, step, inputs, length
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_a_decode_step_reads_nothing_back_to_the_host(architecture, attention):
+    """What a CUDA graph records must not read a value back to the host (``.item()``, a branch on a tensor):
+    capture would fail and decoding would fall back to eager. The meta device holds shapes but no values, so any
+    such read fails there; a step that runs on it is one a graph can record, for the study's architectures
+    (SmolLM2 and Llama are ``llama``, Qwen2.5 ``qwen2``; Gemma 3's sliding layers decode with eval.engine=cache)."""
+    model, step, inputs, length = _meta_decode_step(architecture, attention)
+    with torch.inference_mode():
+        logits = step(*inputs, length)
+    assert logits.device.type == "meta" and logits.shape == (4, 64)
+
+    # the probe catches a read-back when there is one
+    model.model.norm.register_forward_hook(lambda module, args, output: output.abs().sum().item())
+    with torch.inference_mode(), pytest.raises((RuntimeError, NotImplementedError)):
+        step(*inputs, length)
