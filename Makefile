@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 SWEEP ?= $(lastword $(sort $(filter-out multirun/hparams/%,$(wildcard multirun/*/*))))
 
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*##"; printf "Targets:\n"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*##"; printf "Targets:\n"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(PY):
 	python3 -m venv $(VENV)
