@@ -526,3 +526,36 @@ def test_a_decode_step_reads_nothing_back_to_the_host(architecture, attention):
     model.model.norm.register_forward_hook(lambda module, args, output: output.abs().sum().item())
     with torch.inference_mode(), pytest.raises((RuntimeError, NotImplementedError)):
         step(*inputs, length)
+
+
+def test_the_cache_argument_name_is_looked_up_once_per_model_and_does_not_keep_it_alive():
+    import gc
+    import weakref
+
+    from slm_sweep.evaluate.decode import _CACHE_KWARG, _cache_kwarg
+
+    model, _ = _tiny()
+    assert _cache_kwarg(model) in ("cache", "past_key_values")
+    assert model in _CACHE_KWARG
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
+
+
+def test_the_decode_loop_generates_each_planned_length_at_full_and_refilled_slots(tmp_path):
+    """bench/decode_host.py's countdown model through the static loop: 60 prompts over 8 slots, each ending after
+    its own number of tokens or running to the limit; the bench exits non-zero if any length differs."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "decode_host.json"
+    proc = subprocess.run([sys.executable, "bench/decode_host.py", "--questions", "60", "--slots", "8",
+                           "--min-new", "3", "--max-new", "40", "--prompt-tokens", "5", "30", "--json", str(out)],
+                          cwd=CONF_DIR.parents[1], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["questions"] == 60
+    # at most 8 tokens per step (8 slots), at least one
+    assert result["new_tokens"] / 8 <= result["decode_steps"] <= result["new_tokens"]

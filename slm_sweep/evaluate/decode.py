@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -77,9 +78,17 @@ def _penalised(logits: torch.Tensor, seen: torch.Tensor | None, penalty: float) 
     return torch.where(seen, scaled, logits)
 
 
+# per model, weakly held: inspect.signature takes ~65 us, which every forward call would otherwise pay
+_CACHE_KWARG: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _cache_kwarg(model) -> str:
     """The forward argument that takes the KV cache: ``cache`` in transformers 5, ``past_key_values`` before."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    name = _CACHE_KWARG.get(model)
+    if name is None:
+        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        _CACHE_KWARG[model] = name
+    return name
 
 
 def _forward(model, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:

@@ -1,0 +1,133 @@
+"""The host's share of a decode step: ``decode_static`` around a model whose forward costs next to nothing.
+
+On a GPU with CUDA graphs the model's part of a decode step is one graph replay (about 4.3 ms for SmolLM2-135M at
+256 rows on an H200); what the CPU does around it (the step's inputs, reading the chosen tokens back, stop checks,
+refilling and packing slots) is not hidden behind it, since reading the tokens back waits for the replay. This
+bench runs the evaluator's decode loop over ``--questions`` prompts with a countdown model (a prompt ending in
+token L generates L tokens, the last of them the end-of-sequence id; its forward is a few tensor operations on a handful of
+numbers) and reports the time between two decode steps at full slots, the number of steps, and the projected
+evaluation time with a given replay time:
+
+    python bench/decode_host.py --questions 1319 --slots 256 --replay-ms 4.3
+
+Generation lengths: uniform between ``--min-new`` and ``--max-new``, and ``--truncated-share`` of the questions
+running to ``--max-new`` (SmolLM2-135M-Instruct on GSM8K zero-shot: 8 questions, 1629 tokens at up to 256).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from slm_sweep.evaluate.decode import Decoding, decode_static  # noqa: E402
+from slm_sweep.evaluate.stopping import StopCheck  # noqa: E402
+
+EOS = 0
+
+
+class CountdownLM(torch.nn.Module):
+    """Next token: the row's last token minus one, the end-of-sequence id (0) after 1. One layer of key/value
+    states of four numbers goes through the cache as a real model's would."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        from transformers import LlamaConfig
+
+        self.config = LlamaConfig(vocab_size=vocab_size, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=1)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # the loop reads the device from the parameters
+        self.decode_calls: list[float] = []  # perf_counter() at each one-token forward
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=True, logits_to_keep=1,
+                cache=None):
+        rows, width = input_ids.shape
+        if width == 1:
+            self.decode_calls.append(time.perf_counter())
+        states = torch.zeros((rows, 1, width, 4))
+        cache.update(states, states, 0)
+        last = input_ids[:, -1]
+        following = torch.where(last > 1, last - 1, torch.full_like(last, EOS))
+        logits = torch.nn.functional.one_hot(following, self.config.vocab_size).float()
+        return SimpleNamespace(logits=logits[:, None, :])
+
+
+def make_rows(questions: int, prompt_tokens: tuple[int, int], new_tokens: tuple[int, int], truncated: float,
+              vocab_size: int, seed: int) -> tuple[list[list[int]], list[int]]:
+    rng = torch.Generator().manual_seed(seed)
+    rows, planned = [], []
+    for _ in range(questions):
+        width = int(torch.randint(prompt_tokens[0], prompt_tokens[1] + 1, (1,), generator=rng))
+        runs_out = float(torch.rand(1, generator=rng)) < truncated
+        length = new_tokens[1] if runs_out else int(torch.randint(new_tokens[0], new_tokens[1], (1,), generator=rng))
+        # the prompt's last token L counts down: L tokens, the last of them the end-of-sequence id
+        last = vocab_size - 1 if runs_out else length
+        rows.append([7] * (width - 1) + [last])
+        planned.append(length)
+    return rows, planned
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--questions", type=int, default=1319)
+    parser.add_argument("--slots", type=int, default=256)
+    parser.add_argument("--prompt-tokens", type=int, nargs=2, default=(100, 260), metavar=("MIN", "MAX"))
+    parser.add_argument("--min-new", type=int, default=100)
+    parser.add_argument("--max-new", type=int, default=256)
+    parser.add_argument("--truncated-share", type=float, default=0.25)
+    parser.add_argument("--replay-ms", type=float, default=4.3, help="the model's time per decode step on the GPU")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    vocab_size = args.max_new + 2
+    model = CountdownLM(vocab_size).eval()
+    rows, planned = make_rows(args.questions, tuple(args.prompt_tokens), (args.min_new, args.max_new),
+                              args.truncated_share, vocab_size, args.seed)
+    generated: dict[int, int] = {}
+    settings = Decoding(max_new_tokens=args.max_new, stop_check=StopCheck(None, [], {EOS}), pad_id=EOS)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        decode_static(model, rows, settings, lambda row, tokens: generated.__setitem__(row, len(tokens)),
+                      slots=args.slots)
+    seconds = time.perf_counter() - start
+    expected = planned
+    if [generated[i] for i in range(len(rows))] != expected:
+        raise SystemExit("the decode loop did not generate the planned lengths")
+    gaps = [b - a for a, b in zip(model.decode_calls, model.decode_calls[1:])]
+    step_s = statistics.median(gaps)
+    steps = len(model.decode_calls)
+    other_s = seconds - steps * step_s
+    projected = steps * (step_s + args.replay_ms / 1000) + other_s
+    result = {"questions": len(rows), "slots": args.slots, "new_tokens": sum(expected), "decode_steps": steps,
+              "loop_seconds": round(seconds, 3), "host_ms_per_step": round(step_s * 1000, 3),
+              "host_ms_per_step_p90": round(statistics.quantiles(gaps, n=10)[-1] * 1000, 3),
+              "prefill_and_other_s": round(other_s, 3), "replay_ms": args.replay_ms,
+              "projected_eval_s": round(projected, 2),
+              "host_share_of_projection": round((steps * step_s + other_s) / projected, 3),
+              "torch": torch.__version__, "threads": args.threads}
+    print(f"{len(rows)} questions, {args.slots} slots: {sum(expected)} tokens in {steps} decode steps; "
+          f"host {step_s * 1000:.2f} ms per step (p90 {result['host_ms_per_step_p90']:.2f}), "
+          f"prefill and the rest {other_s:.2f} s")
+    print(f"projected with a {args.replay_ms} ms replay per step: {projected:.2f} s "
+          f"(host {result['host_share_of_projection']:.0%} of it)")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
