@@ -92,7 +92,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
     vocab_size = args.max_new + 2
     model = CountdownLM(vocab_size).eval()
     rows, planned = make_rows(args.questions, tuple(args.prompt_tokens), (args.min_new, args.max_new),
@@ -118,7 +117,7 @@ def main(argv=None) -> dict:
               "prefill_and_other_s": round(other_s, 3), "replay_ms": args.replay_ms,
               "projected_eval_s": round(projected, 2),
               "host_share_of_projection": round((steps * step_s + other_s) / projected, 3),
-              "torch": torch.__version__, "threads": args.threads}
+              "torch": torch.__version__, "threads": torch.get_num_threads()}
     print(f"{len(rows)} questions, {args.slots} slots: {sum(expected)} tokens in {steps} decode steps; "
           f"host {step_s * 1000:.2f} ms per step (p90 {result['host_ms_per_step_p90']:.2f}), "
           f"prefill and the rest {other_s:.2f} s")
@@ -130,4 +129,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(parse_args().threads)
     main()
