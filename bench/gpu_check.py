@@ -257,6 +257,15 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
                                           "eval_new_tokens", "eval_oom_halvings")}}
     atomic_write_text(figures_path, json.dumps(figures, indent=2, default=str))
     print(f"eval: {len(test)} questions in {seconds:.2f} s on {placement.describe()}", flush=True)
+    # The decode loop's own time on this machine's CPU, around a model that costs nothing (bench/decode_host.py):
+    # what of eval_seconds is the host's rather than the model's.
+    import decode_host
+
+    figures["host_loop"] = decode_host.main(["--questions", str(len(test)),
+                                             "--slots", str(int(cfg.eval.max_batch_size)),
+                                             "--max-new", str(int(cfg.eval.max_new_tokens)),
+                                             "--min-new", str(min(100, int(cfg.eval.max_new_tokens) - 1))])
+    atomic_write_text(figures_path, json.dumps(figures, indent=2, default=str))
 
 
 def grid_stage(args, model_overrides, device, work) -> dict:
@@ -358,6 +367,11 @@ def print_summary(data: dict) -> None:
     if "eval_seconds" in ev:
         print(f"eval  {ev['questions']} questions in {ev['eval_seconds']} s ({ev['questions_per_s']:.1f} q/s), "
               f"floor met: {ev.get('floor_met', 'n/a')}")
+    host = ev.get("host_loop")
+    if host:
+        print(f"eval  the decode loop alone on this CPU: {host['host_ms_per_step']} ms per step at {host['slots']} "
+              f"slots ({host['decode_steps']} steps, {host['loop_seconds']} s for {host['questions']} questions of "
+              f"a synthetic schedule)")
     grid = stages.get("grid") or {}
     for method, c in (grid.get("cells") or {}).items():
         print(f"grid  {method:<8} {c['status']:<10} train on {c['train_device']} eval on {c['eval_device']} "

@@ -42,6 +42,7 @@ def test_dry_run_runs_every_stage_and_reports(requires_data, tmp_path):
     evaluation = stages["eval"]
     assert evaluation["returncode"] == 0 and evaluation["questions"] == 16
     assert evaluation["placement"]["device"] == "cpu" and evaluation["eval_seconds"] > 0
+    assert evaluation["host_loop"]["questions"] == 16 and evaluation["host_loop"]["host_ms_per_step"] > 0
 
     grid = stages["grid"]
     assert grid["all_completed"] is True and grid["all_on_device"] is True
