@@ -4,8 +4,8 @@ On a GPU with CUDA graphs the model's part of a decode step is one graph replay 
 256 rows on an H200); what the CPU does around it (the step's inputs, reading the chosen tokens back, stop checks,
 refilling and packing slots) is not hidden behind it, since reading the tokens back waits for the replay. This
 bench runs the evaluator's decode loop over ``--questions`` prompts with a countdown model (a prompt ending in
-token L generates L tokens, the last of them the end-of-sequence id; its forward is a few tensor operations on a handful of
-numbers) and reports the time between two decode steps at full slots, the number of steps, and the projected
+token L generates L tokens, the last of them the end-of-sequence id; its forward is a few tensor operations on a
+handful of numbers) and reports the median time between two decode steps, the number of steps, and the projected
 evaluation time with a given replay time:
 
     python bench/decode_host.py --questions 1319 --slots 256 --replay-ms 4.3
@@ -103,22 +103,24 @@ def main(argv=None) -> dict:
         decode_static(model, rows, settings, lambda row, tokens: generated.__setitem__(row, len(tokens)),
                       slots=args.slots)
     seconds = time.perf_counter() - start
-    expected = planned
-    if [generated[i] for i in range(len(rows))] != expected:
+    if [generated[i] for i in range(len(rows))] != planned:
         raise SystemExit("the decode loop did not generate the planned lengths")
     gaps = [b - a for a, b in zip(model.decode_calls, model.decode_calls[1:])]
+    if not gaps:
+        raise SystemExit(f"{len(model.decode_calls)} decode steps: too few to time (raise --min-new or --questions)")
     step_s = statistics.median(gaps)
     steps = len(model.decode_calls)
     other_s = seconds - steps * step_s
     projected = steps * (step_s + args.replay_ms / 1000) + other_s
-    result = {"questions": len(rows), "slots": args.slots, "new_tokens": sum(expected), "decode_steps": steps,
+    result = {"questions": len(rows), "slots": args.slots, "new_tokens": sum(planned), "decode_steps": steps,
               "loop_seconds": round(seconds, 3), "host_ms_per_step": round(step_s * 1000, 3),
-              "host_ms_per_step_p90": round(statistics.quantiles(gaps, n=10)[-1] * 1000, 3),
+              "host_ms_per_step_p90": round((statistics.quantiles(gaps, n=10)[-1] if len(gaps) > 1 else step_s)
+                                            * 1000, 3),
               "prefill_and_other_s": round(other_s, 3), "replay_ms": args.replay_ms,
               "projected_eval_s": round(projected, 2),
               "host_share_of_projection": round((steps * step_s + other_s) / projected, 3),
               "torch": torch.__version__, "threads": torch.get_num_threads()}
-    print(f"{len(rows)} questions, {args.slots} slots: {sum(expected)} tokens in {steps} decode steps; "
+    print(f"{len(rows)} questions, {args.slots} slots: {sum(planned)} tokens in {steps} decode steps; "
           f"host {step_s * 1000:.2f} ms per step (p90 {result['host_ms_per_step_p90']:.2f}), "
           f"prefill and the rest {other_s:.2f} s")
     print(f"projected with a {args.replay_ms} ms replay per step: {projected:.2f} s "
