@@ -6,16 +6,12 @@ import torch
 from slm_sweep.config import compose
 from slm_sweep.methods import apply_method
 from slm_sweep.models import load_model_and_tokenizer
-from slm_sweep.train.compilation import compile_in_place, remove_compiled, repeated_layers
+from slm_sweep.train.compilation import compile_in_place, compiled_modules, remove_compiled, repeated_layers
 
 
 def tiny_model(method: str | None = None):
     model, _ = load_model_and_tokenizer(compose(["model=tiny"]).model)
     return apply_method(model, compose([f"method={method}"]).method) if method else model
-
-
-def compiled_modules(model) -> list[str]:
-    return [name for name, m in model.named_modules() if getattr(m, "_compiled_call_impl", None) is not None]
 
 
 @pytest.mark.parametrize("method", [None, "lora", "dora"])
@@ -30,10 +26,10 @@ def test_layers_scope_compiles_each_decoder_layer_and_removal_restores_the_eager
     model = tiny_model("lora")
     record = compile_in_place(model, "layers")
     assert record == {"scope": "layers", "modules": 2, "module_class": "LlamaDecoderLayer", "input_grads": True}
-    names = compiled_modules(model)
+    names = list(compiled_modules(model))
     assert len(names) == 2 and all(n.endswith(("layers.0", "layers.1")) for n in names)
     assert remove_compiled(model, record) == 2
-    assert compiled_modules(model) == []
+    assert compiled_modules(model) == {}
     assert remove_compiled(model) == 0
 
 
@@ -65,13 +61,13 @@ def test_model_scope_compiles_the_whole_forward_once():
     model = tiny_model()
     assert compile_in_place(model, "model") == {"scope": "model", "modules": 1, "module_class": "LlamaForCausalLM",
                                                 "input_grads": False}
-    assert compiled_modules(model) == [""]
+    assert list(compiled_modules(model)) == [""]
 
 
 def test_a_model_without_marked_layers_is_compiled_whole():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     assert compile_in_place(model, "layers")["scope"] == "model"
-    assert compiled_modules(model) == [""]
+    assert list(compiled_modules(model)) == [""]
 
 
 def test_an_unknown_scope_is_named_with_the_allowed_ones():

@@ -17,6 +17,7 @@ from slm_sweep.data.prompts import resolve_style
 from slm_sweep.methods import apply_method
 from slm_sweep.models import load_model_and_tokenizer
 from slm_sweep.train.batching import step_groups
+from slm_sweep.train.compilation import compiled_modules
 from slm_sweep.train.fit import fit
 from slm_sweep.train.module import DivergedError
 from tests.conftest import CONF_DIR, OutOfMemoryAbove, compose_config
@@ -205,8 +206,7 @@ class CompiledModules(L.Callback):
     """The names of the modules that run compiled while training."""
 
     def on_train_start(self, trainer, pl_module):
-        self.names = [n for n, m in pl_module.model.named_modules()
-                      if getattr(m, "_compiled_call_impl", None) is not None]
+        self.names = list(compiled_modules(pl_module.model))
 
 
 @pytest.mark.parametrize("scope", ["layers", "model"])
@@ -223,7 +223,7 @@ def test_compiled_training_hands_the_eager_model_to_evaluation(examples, tmp_pat
                                                  "module_class": "LlamaDecoderLayer", "input_grads": True}
     else:
         assert seen.names == [""] and outcome.placement["compiled"]["scope"] == "model"
-    assert not [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    assert not compiled_modules(model)
 
 
 def test_eager_training_records_that_nothing_was_compiled(examples, tmp_path):
@@ -241,7 +241,7 @@ def test_torch_compile_trains_like_eager(examples, tmp_path, scope):
     for a, b in zip(eager.steps, compiled.steps):
         assert_same_tensors(a, b, rtol=1e-3, atol=1e-5)
     assert outcome.perf["train_tokens_per_s"] > 0 and outcome.placement["compiled"]["scope"] == scope
-    assert not [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    assert not compiled_modules(model)
 
 
 @pytest.mark.slow

@@ -54,14 +54,17 @@ def compile_in_place(model: nn.Module, scope: str = "layers") -> dict:
             "input_grads": input_grads}
 
 
+def compiled_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The modules of ``model`` (``model`` itself under "") that ``nn.Module.compile`` has compiled, by name."""
+    return {name: m for name, m in model.named_modules() if getattr(m, "_compiled_call_impl", None) is not None}
+
+
 def remove_compiled(model: nn.Module, compiled: dict | None = None) -> int:
     """Undo ``nn.Module.compile`` on ``model`` and every submodule, and the input-gradient hook that
     ``compile_in_place`` (whose record is ``compiled``) added; return how many modules were compiled."""
-    count = 0
-    for module in model.modules():
-        if getattr(module, "_compiled_call_impl", None) is not None:
-            module._compiled_call_impl = None
-            count += 1
+    modules = compiled_modules(model)
+    for module in modules.values():
+        module._compiled_call_impl = None
     if compiled and compiled.get("input_grads"):
         model.disable_input_require_grads()
-    return count
+    return len(modules)
