@@ -24,6 +24,7 @@ from slm_sweep.report.collect import NoQuestionData, question_scores
 from slm_sweep.report.stats import (
     BOOTSTRAP,
     MCNEMAR,
+    holm,
     mcnemar_exact,
     newcombe_paired_interval,
     paired_bootstrap,
@@ -125,8 +126,9 @@ def write_row(sweep: Path, model: str, method: str, dataset: str, k: int, seeds=
         write_cell(sweep, model, method, dataset, seed, first(k + offset - (len(seeds) > 1)))
 
 
-def claims_of(sweep: Path, claims=DEFAULT_CLAIMS, alpha=0.05):
-    report = write_report([sweep], sweep / "report", plots=False, claims=claims, alpha=alpha)
+def claims_of(sweep: Path, claims=DEFAULT_CLAIMS, alpha=0.05, correction="holm"):
+    report = write_report([sweep], sweep / f"report-{correction}" if correction != "holm" else sweep / "report",
+                          plots=False, claims=claims, alpha=alpha, correction=correction)
     return {r.claim.id: r for r in report["claims"].results}, report
 
 
@@ -427,3 +429,88 @@ def test_newcombe_interval_keeps_its_width_without_discordant_questions():
     a = [{i: False for i in range(20)}]
     test = paired_test(a, a, interval=True)
     assert test.test == MCNEMAR and test.ci_low < -0.02 < 0 < test.ci_high
+
+
+def test_holm_adjusts_by_hand_and_leaves_untested_out_of_the_family():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4*0.005, 3*0.01, max(2*0.03, .), max(1*0.04, 0.06); in the order given
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.01, None, 0.04]) == [pytest.approx(0.02), None, pytest.approx(0.04)]
+    assert holm([0.6, 0.7]) == [1.0, 1.0] and holm([]) == [] and holm([None]) == [None]
+    assert holm([0.03]) == [0.03]
+    with pytest.raises(ValueError, match="1.5"):
+        holm([0.01, 1.5])
+
+
+def _verdicts(results, claim_id):
+    return {i.dataset: i.verdict for i in results[claim_id].instances}, results[claim_id].verdict
+
+
+def test_holm_makes_the_instances_of_a_claim_hold_jointly(tmp_path):
+    # LoRA above full on Qwen2.5-0.5B, one seed each, on two datasets: 6 questions only LoRA gets right on each
+    # (exact McNemar p = 0.03125 twice). Each alone is significant; as a family of two, neither is.
+    weak = tmp_path / "weak"
+    for dataset in ("gsm8k", "orcamath"):
+        write_row(weak, "qwen05", "lora", dataset, 36, seeds=(0,))
+        write_row(weak, "qwen05", "full", dataset, 30, seeds=(0,))
+    results, _ = claims_of(weak, correction="none")
+    assert _verdicts(results, "lora-above-full-qwen05") == ({"gsm8k": "reproduced", "orcamath": "reproduced"},
+                                                            "reproduced")
+    assert all(i.p_adjusted is None and i.test.p_value == pytest.approx(0.03125)
+               for i in results["lora-above-full-qwen05"].instances)
+    results, report = claims_of(weak)
+    result = results["lora-above-full-qwen05"]
+    assert _verdicts(results, "lora-above-full-qwen05") == ({"gsm8k": "inconclusive", "orcamath": "inconclusive"},
+                                                            "inconclusive")
+    assert result.tested == 2 and all(i.p_adjusted == pytest.approx(0.0625) for i in result.instances)
+    markdown = (weak / "report" / "claims.md").read_text()
+    assert "Holm-adjusted" in markdown and "| p (Holm) |" in markdown and "[97.5% CI]" in markdown
+    assert "Family of 2 tested instances" in markdown
+    rows = [r for r in csv.DictReader(open(weak / "report" / "claims.csv", newline=""))
+            if r["claim"] == "lora-above-full-qwen05"]
+    assert [(r["correction"], float(r["p_value"]), float(r["p_adjusted"]), float(r["ci_level"])) for r in rows] \
+        == [("holm", 0.03125, 0.0625, 0.975)] * 2
+    data = json.loads((weak / "report" / "claims.json").read_text())
+    entry = next(c for c in data["claims"] if c["id"] == "lora-above-full-qwen05")
+    assert data["correction"] == "holm" and entry["tested_instances"] == 2 and entry["interval_level"] == 0.975
+
+    # Holm steps down: a strong instance beside the weak one leaves the weak one at its own p (Bonferroni would
+    # double it)
+    mixed = tmp_path / "mixed"
+    write_row(mixed, "qwen05", "lora", "gsm8k", 50, seeds=(0,))
+    write_row(mixed, "qwen05", "full", "gsm8k", 10, seeds=(0,))
+    write_row(mixed, "qwen05", "lora", "orcamath", 36, seeds=(0,))
+    write_row(mixed, "qwen05", "full", "orcamath", 30, seeds=(0,))
+    results, _ = claims_of(mixed)
+    assert _verdicts(results, "lora-above-full-qwen05") == ({"gsm8k": "reproduced", "orcamath": "reproduced"},
+                                                            "reproduced")
+    weak_instance = next(i for i in results["lora-above-full-qwen05"].instances if i.dataset == "orcamath")
+    assert weak_instance.p_adjusted == pytest.approx(0.03125)
+
+
+def test_holm_widens_the_non_inferiority_intervals_to_bonferroni_ones(tmp_path):
+    # LoRA and DoRA 2 questions above zero-shot (22 vs 20 of 60, one seed each): the 95% Newcombe interval lies
+    # above the -2 point margin, the 97.5% one (a family of two) does not
+    write_row(tmp_path, "gemma270", "zeroshot", "gsm8k", 20)
+    for method in ("lora", "dora"):
+        write_row(tmp_path, "gemma270", method, "gsm8k", 22, seeds=(0,))
+    plain, _ = claims_of(tmp_path, correction="none")
+    joint, _ = claims_of(tmp_path)
+    assert plain["peft-not-below-zeroshot"].verdict == "reproduced"
+    assert joint["peft-not-below-zeroshot"].verdict == "inconclusive"
+    for alone, together in zip(plain["peft-not-below-zeroshot"].instances, joint["peft-not-below-zeroshot"].instances):
+        assert together.test.p_value == alone.test.p_value and together.test.difference == alone.test.difference
+        assert together.test.ci_low < -0.02 < alone.test.ci_low and together.test.ci_high > alone.test.ci_high
+        assert together.test.ci_low == pytest.approx(newcombe_paired_interval(20, 2, 0, 38, alpha=0.025)[0])
+    assert "[95% CI]" in (tmp_path / "report-none" / "claims.md").read_text()
+    assert "no correction for the number of instances" in (tmp_path / "report-none" / "claims.md").read_text()
+
+
+def test_an_unknown_correction_is_refused_naming_the_allowed_ones(tmp_path, capsys):
+    write_row(tmp_path, "qwen05", "lora", "gsm8k", 36, seeds=(0,))
+    with pytest.raises(ClaimsError, match="correction='bonferroni' is not allowed; allowed: holm, none"):
+        write_report([tmp_path], tmp_path / "out", plots=False, claims=DEFAULT_CLAIMS, correction="bonferroni")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--claims", "--correction", "bonferroni"])
+    err = capsys.readouterr().err  # argparse quotes the choices from Python 3.12 on
+    assert "invalid choice: 'bonferroni'" in err and all(c in err for c in ("holm", "none"))

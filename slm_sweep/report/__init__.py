@@ -9,7 +9,8 @@ Works on result files alone: nothing here imports torch, transformers, lightning
 - ``write_report(dirs, out_dir)``: writes summary.csv, summary_ood.csv, summary.md, the PNG plots and, with
   ``claims``, claims.md, claims.csv and claims.json.
 
-Command line: ``python -m slm_sweep.report DIR [DIR ...] [--out OUTDIR] [--claims [FILE]] [--alpha A]``.
+Command line: ``python -m slm_sweep.report DIR [DIR ...] [--out OUTDIR] [--claims [FILE]] [--alpha A]
+[--correction holm|none]``.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from .claims import (
     write_claims,
 )
 from .collect import Collection, NoResultsError, ReportError, collect, load_results
-from .stats import ALPHA, describe
+from .stats import ALPHA, CORRECTIONS, HOLM, describe
 from .tables import ood_columns, render_markdown, summary_columns, write_csv
 
 __all__ = [
     "ALPHA",
+    "CORRECTIONS",
+    "HOLM",
     "DEFAULT_CLAIMS",
     "ClaimsError",
     "Collection",
@@ -57,13 +60,14 @@ def default_out_dir(dirs: Sequence[str | os.PathLike]) -> Path:
 
 def write_report(
     dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None, *, plots: bool = True,
-    claims: str | os.PathLike | None = None, alpha: float = ALPHA,
+    claims: str | os.PathLike | None = None, alpha: float = ALPHA, correction: str = HOLM,
 ) -> dict[str, Any]:
     """Aggregate every result.json under ``dirs`` and write the report into ``out_dir``.
 
     ``claims``: a claims file (``DEFAULT_CLAIMS`` for the study's) to check; its table is written to claims.md,
     claims.csv and claims.json and appended to summary.md. ``alpha``: the significance level of every paired
-    test (deltas, negative transfer, claims).
+    test (deltas, negative transfer, claims). ``correction``: ``"holm"`` (each claim's instances one family) or
+    ``"none"``; see claims.check_claim.
 
     Raises FileNotFoundError when a directory does not exist, NoResultsError (a FileNotFoundError) when no
     result.json is found at all, and ClaimsError (a ValueError) for a claims file that cannot be used, before
@@ -76,11 +80,14 @@ def write_report(
         dirs = [dirs]
     if not 0 < alpha < 1:
         raise ValueError(f"alpha={alpha} must be between 0 and 1")
+    if correction not in CORRECTIONS:
+        raise ClaimsError(f"correction={correction!r} is not allowed; allowed: {', '.join(CORRECTIONS)}")
     declared = load_claims(claims) if claims is not None else None
     collection = collect(dirs)
     rows = summarize(collection.records, alpha=alpha)
     ood_rows = summarize_ood(collection.records, alpha=alpha)
-    claims_report = check_claims(declared, rows, alpha=alpha, source=claims) if declared is not None else None
+    claims_report = (check_claims(declared, rows, alpha=alpha, correction=correction, source=claims)
+                     if declared is not None else None)
 
     out = Path(out_dir) if out_dir is not None else default_out_dir(dirs)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
-"""``python -m slm_sweep.report DIR [DIR ...] [--out OUTDIR] [--claims [FILE]] [--alpha A]``: write and print the
-sweep report.
+"""``python -m slm_sweep.report DIR [DIR ...] [--out OUTDIR] [--claims [FILE]] [--alpha A] [--correction C]``:
+write and print the sweep report.
 
 Exit code 0 on success, 2 when a directory does not exist, no result.json is found, or the claims file cannot
 be used.
@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from . import ALPHA, DEFAULT_CLAIMS, ClaimsError, write_report
+from . import ALPHA, CORRECTIONS, DEFAULT_CLAIMS, HOLM, ClaimsError, write_report
 
 
 def _alpha(text: str) -> float:
@@ -38,11 +38,16 @@ def main(argv: list[str] | None = None) -> int:
                              "slm_sweep/report/claim_files/paper.yaml); writes claims.md, claims.csv, claims.json")
     parser.add_argument("--alpha", type=_alpha, default=ALPHA,
                         help=f"significance level of the paired tests (default {ALPHA})")
+    parser.add_argument("--correction", choices=CORRECTIONS, default=HOLM,
+                        help="multiple comparisons within a claim: holm (default; Holm-adjusted p-values and "
+                             "Bonferroni intervals over the claim's instances, so its verdicts hold jointly) or "
+                             "none (each instance at alpha on its own)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
 
     try:
-        report = write_report(args.dirs, args.out, plots=not args.no_plots, claims=args.claims, alpha=args.alpha)
+        report = write_report(args.dirs, args.out, plots=not args.no_plots, claims=args.claims, alpha=args.alpha,
+                              correction=args.correction)
     except (FileNotFoundError, ClaimsError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -3,7 +3,9 @@
 Each claim compares two sides (``a`` and ``b``: a method, or a list of methods evaluated one at a time, such as
 the wordings of a baseline) in a direction, on one metric; an instance is one pair of summary rows on the same
 dataset (and the same model, unless a side selects its own models). Each instance gets the paired test of
-``aggregate.compare_rows`` and a verdict; each claim a roll-up. The file format and the rules are in
+``aggregate.compare_rows`` and a verdict; each claim a roll-up. By default the instances of a claim are one family:
+Holm-adjusted p-values and Bonferroni intervals, so that every verdict of a claim holds jointly at alpha. The
+file format and the rules are in
 docs/results.md#claims; the study's own claims are in ``claim_files/paper.yaml`` beside this module.
 """
 
@@ -23,7 +25,18 @@ from typing import Any
 from slm_sweep.scoring import METRICS, PRIMARY_METRIC, accuracy_key
 
 from .aggregate import compare_rows, method_label, method_sort_key, row_metrics
-from .stats import ALPHA, BOOTSTRAP, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MCNEMAR, PairedTest, format_p
+from .stats import (
+    ALPHA,
+    BOOTSTRAP,
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    CORRECTIONS,
+    HOLM,
+    MCNEMAR,
+    PairedTest,
+    format_p,
+    holm,
+)
 
 DEFAULT_CLAIMS = Path(__file__).resolve().parent / "claim_files" / "paper.yaml"
 
@@ -46,8 +59,8 @@ _SCALE = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9}
 CSV_COLUMNS = (
     "claim", "text", "direction", "metric", "margin", "dataset", "model_a", "method_a", "model_b", "method_b",
     "n_a", "mean_a", "wilson_low_a", "wilson_high_a", "n_b", "mean_b", "wilson_low_b", "wilson_high_b",
-    "difference", "difference_ci_low", "difference_ci_high", "n_questions", "test", "p_value", "alpha",
-    "verdict", "note",
+    "difference", "difference_ci_low", "difference_ci_high", "ci_level", "n_questions", "test", "p_value",
+    "p_adjusted", "correction", "alpha", "verdict", "note",
 )  # fmt: skip
 
 
@@ -252,6 +265,7 @@ class Instance:
     b: dict[str, Any]
     test: PairedTest
     verdict: str
+    p_adjusted: float | None = None  # Holm-adjusted over the claim's tested instances; None without a correction
 
 
 @dataclass
@@ -261,6 +275,8 @@ class ClaimResult:
     verdict: str = NOT_COVERED
     reason: str | None = None  # why the claim is not covered
     absent: list[str] = field(default_factory=list)  # methods a side names that are in none of the rows it covers
+    tested: int = 0  # instances with a paired test: the size of the family a correction adjusts for
+    interval_alpha: float = ALPHA  # the intervals are at 1 - interval_alpha (alpha / tested under Holm)
 
     @property
     def counts(self) -> Counter:
@@ -279,18 +295,22 @@ class ClaimsReport:
     source: str
     alpha: float
     results: list[ClaimResult]
+    correction: str = HOLM
 
 
-def judge(direction: str, test: PairedTest, alpha: float, margin: float = 0.0) -> str:
-    """An instance's verdict. above/below: the paired test significant at ``alpha`` in the claimed direction
-    (reproduced) or against it (contradicted). not_below/not_above: non-inferiority within ``margin``, from the
-    interval of the difference (Newcombe's paired score interval for one seed each, else the bootstrap's):
+def judge(direction: str, test: PairedTest, alpha: float, margin: float = 0.0,
+          p_value: float | None = None) -> str:
+    """An instance's verdict. above/below: the paired test's p-value (``p_value``, the adjusted one, when given)
+    below ``alpha`` with the difference in the claimed direction (reproduced) or against it (contradicted).
+    not_below/not_above: non-inferiority within ``margin``, from the interval of the difference (Newcombe's
+    paired score interval for one seed each, else the bootstrap's; at the level the test was computed at):
     entirely on the claimed side of -margin (reproduced) or entirely beyond it (contradicted). Anything else, and
     no per-question data, is inconclusive."""
     if test.p_value is None or test.difference is None:
         return INCONCLUSIVE
+    p = test.p_value if p_value is None else p_value
     if direction in (ABOVE, BELOW):
-        if test.p_value >= alpha or test.difference == 0:
+        if p >= alpha or test.difference == 0:
             return INCONCLUSIVE
         return REPRODUCED if (test.difference > 0) == (direction == ABOVE) else CONTRADICTED
     if test.ci_low is None or test.ci_high is None:
@@ -335,8 +355,21 @@ def _known_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys([*METRICS, *found]))
 
 
-def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = ALPHA) -> ClaimResult:
-    """Every instance of ``claim`` in the in-domain summary ``rows`` (aggregate.summarize), tested and judged."""
+def _check_correction(correction: str) -> None:
+    if correction not in CORRECTIONS:
+        raise ClaimsError(f"correction={correction!r} is not allowed; allowed: {_allowed(CORRECTIONS)}")
+
+
+def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = ALPHA,
+                correction: str = HOLM) -> ClaimResult:
+    """Every instance of ``claim`` in the in-domain summary ``rows`` (aggregate.summarize), tested and judged.
+
+    ``correction="holm"``: the claim's m tested instances are one family. above/below verdicts use Holm-adjusted
+    p-values, and every interval is a Bonferroni one at 1 - alpha/m (so non-inferiority verdicts hold jointly
+    too). ``"none"``: each instance at alpha on its own. An all-``reproduced`` claim needs every instance
+    significant either way (an intersection-union test, valid at alpha without a correction); the correction
+    matters for the instances read one by one and for the partial roll-ups."""
+    _check_correction(correction)
     known = _known_metrics(rows)
     if claim.metric not in known:
         raise ClaimsError(f"claim {claim.id}: metric {claim.metric!r} is neither registered nor in the result "
@@ -348,13 +381,23 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
     side_a = _side_rows(claim, claim.a, in_scope, sizes)
     side_b = _side_rows(claim, claim.b, in_scope, sizes)
     across_models = not (claim.a.selector.empty and claim.b.selector.empty)
-    for a in side_a:
-        for b in side_b:
-            if a is b or a["dataset"] != b["dataset"] or (not across_models and a["model"] != b["model"]):
-                continue
-            test = compare_rows(a, b, a["dataset"], claim.metric, alpha=alpha, interval=True)
-            result.instances.append(Instance(a["dataset"], a, b, test, judge(claim.direction, test, alpha,
-                                                                              claim.margin)))
+    pairs = [(a, b) for a in side_a for b in side_b
+             if a is not b and a["dataset"] == b["dataset"] and (across_models or a["model"] == b["model"])]
+    tests = [compare_rows(a, b, a["dataset"], claim.metric, alpha=alpha, interval=True) for a, b in pairs]
+    result.tested = sum(t.p_value is not None for t in tests)
+    adjusted: list[float | None] = [None] * len(tests)
+    if correction == HOLM:
+        adjusted = holm([t.p_value for t in tests])
+        if result.tested > 1:
+            result.interval_alpha = alpha / result.tested
+            # the p-values do not depend on alpha; only the intervals are computed again, wider
+            tests = [compare_rows(a, b, a["dataset"], claim.metric, alpha=result.interval_alpha, interval=True)
+                     if t.p_value is not None else t for (a, b), t in zip(pairs, tests)]
+    else:
+        result.interval_alpha = alpha
+    for (a, b), test, p in zip(pairs, tests, adjusted):
+        result.instances.append(Instance(a["dataset"], a, b, test,
+                                         judge(claim.direction, test, alpha, claim.margin, p_value=p), p))
     result.verdict = roll_up([i.verdict for i in result.instances])
     scope = "; ".join(s for s in (claim.selector.describe(),
                                   "datasets " + ", ".join(claim.datasets) if claim.datasets else "") if s)
@@ -373,8 +416,10 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
 
 
 def check_claims(claims: Sequence[Claim], rows: Sequence[dict[str, Any]], *, alpha: float = ALPHA,
-                 source: str | os.PathLike = "") -> ClaimsReport:
-    return ClaimsReport(str(source), alpha, [check_claim(claim, rows, alpha=alpha) for claim in claims])
+                 correction: str = HOLM, source: str | os.PathLike = "") -> ClaimsReport:
+    _check_correction(correction)
+    return ClaimsReport(str(source), alpha, [check_claim(claim, rows, alpha=alpha, correction=correction)
+                                             for claim in claims], correction)
 
 
 # ---------------------------------------------------------------- writing
@@ -411,6 +456,22 @@ def _counts_text(counts: Counter) -> str:
     return ", ".join(f"{counts[v]} {v}" for v in (REPRODUCED, CONTRADICTED, INCONCLUSIVE) if counts[v]) or "none"
 
 
+def _level(interval_alpha: float) -> str:
+    """The confidence level of an interval: 95%, 98.33%."""
+    return f"{100 * (1 - interval_alpha):.4g}%"
+
+
+def _correction_text(report: ClaimsReport) -> str:
+    if report.correction == HOLM:
+        return (f"The instances of a claim are one family: the p-values are Holm-adjusted over its m tested "
+                f"instances (above/below verdicts use them) and the intervals are Bonferroni intervals at "
+                f"1 − alpha/m, so every verdict of a claim holds jointly at alpha={report.alpha:g}. Roll-up: "
+                f"{REPRODUCED} only when every instance is.")
+    return (f"Each instance at alpha={report.alpha:g} on its own, no correction for the number of instances "
+            f"(`--correction none`): an all-{REPRODUCED} roll-up is still a valid test at alpha (every instance "
+            f"must be significant), but single instances and partial roll-ups are not corrected.")
+
+
 def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |" for cells in body]
@@ -429,10 +490,9 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
         f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}); two-sided, alpha={report.alpha:g}. "
         f"above/below: {REPRODUCED} when the difference is significant in the claimed direction, {CONTRADICTED} "
         f"when significant against it, else {INCONCLUSIVE}. not_below/not_above: non-inferiority, from the "
-        f"{100 * (1 - report.alpha):g}% interval of A − B (Newcombe's paired score interval when both rows are one "
-        f"seed, else the bootstrap's) against the claim's margin. "
-        f"Sides: mean accuracy (%) with the 95% Wilson interval over the test questions. Roll-up: "
-        f"{REPRODUCED} only when every instance is; no correction for the number of instances.",
+        f"interval of A − B (Newcombe's paired score interval when both rows are one seed, else the bootstrap's) "
+        f"against the claim's margin. Sides: mean accuracy (%) with the 95% Wilson interval over the test "
+        f"questions. {_correction_text(report)}",
         "",
     ]
     body = []
@@ -445,16 +505,20 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
     for r in results:
         if not r.instances:
             continue
+        family = (f" Family of {r.tested} tested instance{'s' if r.tested != 1 else ''}: Holm-adjusted p, "
+                  f"{_level(r.interval_alpha)} intervals." if report.correction == HOLM else "")
         lines += [f"{h}# `{r.claim.id}`: {r.claim.text}", "", f"{r.claim.describe()}. Verdict: **{r.verdict}** "
-                  f"({_counts_text(r.counts)}).", ""]
+                  f"({_counts_text(r.counts)}).{family}", ""]
         body = []
         for i in r.instances:
             model = i.a["model"] if i.a["model"] == i.b["model"] else f"{i.a['model']} / {i.b['model']}"
+            adjusted = (format_p(i.p_adjusted),) if report.correction == HOLM else ()
             body.append((i.dataset, model, method_label(i.a), _side_cell(i.a, r.claim.metric), method_label(i.b),
                          _side_cell(i.b, r.claim.metric), _difference_cell(i.test), _test_cell(i.test),
-                         format_p(i.test.p_value), f"**{i.verdict}**"))
+                         format_p(i.test.p_value), *adjusted, f"**{i.verdict}**"))
         lines += _table(("dataset", "model", "A", f"A {r.claim.metric} (%)", "B", f"B {r.claim.metric} (%)",
-                         f"A − B (pp) [{100 * (1 - report.alpha):g}% CI]", "test", "p", "verdict"), body)
+                         f"A − B (pp) [{_level(r.interval_alpha)} CI]", "test", "p",
+                         *(("p (Holm)",) if report.correction == HOLM else ()), "verdict"), body)
         if r.absent:
             lines += ["", f"Not in these results: {', '.join(sorted(set(r.absent), key=method_sort_key))}."]
         lines.append("")
@@ -466,11 +530,12 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
     return "\n".join(lines)
 
 
-def _flat_rows(r: ClaimResult, alpha: float) -> list[dict[str, Any]]:
+def _flat_rows(r: ClaimResult, alpha: float, correction: str) -> list[dict[str, Any]]:
     """One flat row per instance of a claim, or one saying it is not covered."""
     claim = r.claim
     common = {"claim": claim.id, "text": claim.text, "direction": claim.direction, "metric": claim.metric,
-              "margin": claim.margin if claim.direction in (NOT_BELOW, NOT_ABOVE) else None, "alpha": alpha}
+              "margin": claim.margin if claim.direction in (NOT_BELOW, NOT_ABOVE) else None, "alpha": alpha,
+              "correction": correction}
     if not r.instances:
         return [{**common, "verdict": NOT_COVERED, "note": r.reason}]
     key = accuracy_key(claim.metric)
@@ -482,15 +547,17 @@ def _flat_rows(r: ClaimResult, alpha: float) -> list[dict[str, Any]]:
             **{f"{stat}_{side}": row.get(f"{key}_{stat}") for side, row in (("a", i.a), ("b", i.b))
                for stat in ("mean", "wilson_low", "wilson_high")},
             "difference": i.test.difference, "difference_ci_low": i.test.ci_low,
-            "difference_ci_high": i.test.ci_high, "n_questions": i.test.n_questions or None,
-            "test": i.test.test, "p_value": i.test.p_value, "verdict": i.verdict, "note": i.test.reason,
+            "difference_ci_high": i.test.ci_high,
+            "ci_level": round(1 - r.interval_alpha, 6) if i.test.ci_low is not None else None,
+            "n_questions": i.test.n_questions or None, "test": i.test.test, "p_value": i.test.p_value,
+            "p_adjusted": i.p_adjusted, "verdict": i.verdict, "note": i.test.reason,
         })  # fmt: skip
     return out
 
 
 def claims_rows(report: ClaimsReport) -> list[dict[str, Any]]:
     """One flat row per instance, and one per claim not covered (the CSV's rows)."""
-    return [row for r in report.results for row in _flat_rows(r, report.alpha)]
+    return [row for r in report.results for row in _flat_rows(r, report.alpha, report.correction)]
 
 
 def claims_json(report: ClaimsReport) -> dict[str, Any]:
@@ -502,9 +569,10 @@ def claims_json(report: ClaimsReport) -> dict[str, Any]:
             "margin": r.claim.margin, "verdict": r.verdict, "counts": dict(r.counts),
             "by_sides": [{"a": a, "b": b, "counts": dict(c)} for a, b, c in r.by_sides()],
             "not_in_results": r.absent, "not_covered": r.reason if not r.instances else None,
-            "instances": _flat_rows(r, report.alpha) if r.instances else [],
+            "tested_instances": r.tested, "interval_level": round(1 - r.interval_alpha, 6),
+            "instances": _flat_rows(r, report.alpha, report.correction) if r.instances else [],
         })  # fmt: skip
-    return {"source": report.source, "alpha": report.alpha,
+    return {"source": report.source, "alpha": report.alpha, "correction": report.correction,
             "tests": {"single seeds": MCNEMAR, "several seeds": BOOTSTRAP,
                       "bootstrap_resamples": BOOTSTRAP_RESAMPLES, "bootstrap_seed": BOOTSTRAP_SEED},
             "claims": claims}

@@ -11,6 +11,7 @@ Pure Python and numpy (the report imports no torch).
   each), which keeps its width when no question is discordant.
 - ``paired_test``: pairs two rows' per-question scores by question and picks the test: exact McNemar when each
   side is a single seed, the paired bootstrap when either side has several.
+- ``holm``: Holm's step-down adjustment of a family of p-values, for verdicts that hold jointly.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 20240601
 MCNEMAR = "exact McNemar"
 BOOTSTRAP = "paired bootstrap"
+HOLM = "holm"
+NO_CORRECTION = "none"
+CORRECTIONS = (HOLM, NO_CORRECTION)
 
 # Two-sided 95% Student-t critical values for df = 1..30, used when scipy is not installed.
 _T_975 = (
@@ -156,6 +160,23 @@ def paired_bootstrap(a: Sequence[Sequence[bool]], b: Sequence[Sequence[bool]], *
     extreme = int(np.count_nonzero(np.abs(differences - observed) >= abs(observed) - 1e-12))
     low, high = np.quantile(differences, [alpha / 2, 1 - alpha / 2])
     return Bootstrap(observed, (1 + extreme) / (1 + resamples), float(low), float(high), resamples, seed)
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values (Scand. J. Statist. 1979), in the order given; None (no test) stays
+    None and is not counted in the family. With the m p-values sorted, the i-th smallest becomes
+    max over j <= i of min(1, (m - j + 1) * p_(j)); rejecting where the adjusted value is below alpha keeps the
+    chance of any false rejection in the family at most alpha, whatever the dependence between the tests."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m = len(tested)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, index) in enumerate(tested):
+        if not 0 <= p <= 1:
+            raise ValueError(f"p-value {p!r} is not in [0, 1]")
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[index] = running
+    return adjusted
 
 
 @dataclass(frozen=True)
