@@ -15,8 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from slm_sweep.report import ReportError, collect, load_results, summarize, summarize_ood, write_report
-from slm_sweep.report.stats import t_critical
+from slm_sweep.identity import file_sha256
+from slm_sweep.report import (
+    DEFAULT_CLAIMS,
+    REPORT_FILE,
+    ReportError,
+    collect,
+    load_results,
+    summarize,
+    summarize_ood,
+    write_report,
+)
+from slm_sweep.report.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, t_critical
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -307,6 +317,31 @@ def test_summary_files(grid, tmp_path):
     assert not [line for line in table_rows if not line.startswith("| model |") and ("▼" in line or "*" in line)]
     assert "had no per-question data" in markdown and "alpha=0.05" in markdown
     assert csv_rows[0]["delta_zeroshot_test"] == "" and csv_rows[1]["delta_zeroshot_test"] == "no per-question data"
+
+
+def test_report_json_names_the_code_settings_and_every_input(grid, tmp_path):
+    sweep, _ = grid
+    failed = write_json(sweep / "failed" / "result.json", make_record("beta", "full", 3, None, None, status="failed"))
+    write_json(sweep / "broken" / "result.json", "{not json")
+    out = tmp_path / "out"
+    report = write_report([sweep], out, plots=False, claims=DEFAULT_CLAIMS, alpha=0.01, correction="none")
+    record = json.loads((out / REPORT_FILE).read_text())
+    assert report["report_json"] == out / REPORT_FILE and report["files"][-1] == out / REPORT_FILE
+    assert record["git_commit"] and record["versions"]["numpy"] and record["versions"]["slm_sweep"]
+    assert record["settings"] == {"alpha": 0.01, "correction": "none", "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+                                  "bootstrap_seed": BOOTSTRAP_SEED, "plots": False,
+                                  "claims": {"path": str(DEFAULT_CLAIMS), "sha256": file_sha256(DEFAULT_CLAIMS)}}
+    inputs = record["inputs"]
+    assert inputs["result_files"] == 26 and inputs["dirs"] == [str(sweep)]
+    used = {(u["model"], u["method"], u["seed"]): u for u in inputs["used"]}
+    assert len(used) == 24 and all(Path(u["path"]).is_file() for u in used.values())
+    assert used["alpha", "lora", 2]["path"] == str(sweep / "11" / "result.json")  # alpha: jobs 0-11, lora last
+    assert [(s["path"], s["status"]) for s in inputs["skipped"]] == [(str(failed), "failed")]
+    assert [m["path"] for m in inputs["malformed"]] == [str(sweep / "broken" / "result.json")]
+    assert inputs["cell_commits"] == {"None": 24}
+    assert record["outputs"] == [str(p) for p in report["files"][:-1]]
+    assert all(Path(p).is_file() for p in record["outputs"])
+    assert "`report.json` beside this file" in (out / "summary.md").read_text()
 
 
 def test_plots_are_png(grid, tmp_path):

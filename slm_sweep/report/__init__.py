@@ -6,8 +6,9 @@ Works on result files alone: nothing here imports torch, transformers, lightning
 - ``aggregate.py``: summary rows (``summarize``: in-domain, ``summarize_ood``: out-of-domain).
 - ``stats.py``: intervals and paired tests (exact McNemar, paired bootstrap).
 - ``claims.py``: claims declared in a YAML file (``claim_files/paper.yaml``: the study's), checked on the rows.
-- ``write_report(dirs, out_dir)``: writes summary.csv, summary_ood.csv, summary.md, the PNG plots and, with
-  ``claims``, claims.md, claims.csv and claims.json.
+- ``provenance.py``: report.json, the report's own record (code, versions, settings, every input file).
+- ``write_report(dirs, out_dir)``: writes summary.csv, summary_ood.csv, summary.md, the PNG plots, with
+  ``claims`` claims.md, claims.csv and claims.json, and report.json.
 
 Command line: ``python -m slm_sweep.report DIR [DIR ...] [--out OUTDIR] [--claims [FILE]] [--alpha A]
 [--correction holm|none]``.
@@ -30,11 +31,13 @@ from .claims import (
     write_claims,
 )
 from .collect import Collection, NoResultsError, ReportError, collect, load_results
+from .provenance import REPORT_FILE, report_record, write_report_record
 from .stats import ALPHA, CORRECTIONS, HOLM, describe
 from .tables import ood_columns, render_markdown, summary_columns, write_csv
 
 __all__ = [
     "ALPHA",
+    "REPORT_FILE",
     "CORRECTIONS",
     "HOLM",
     "DEFAULT_CLAIMS",
@@ -72,9 +75,9 @@ def write_report(
     Raises FileNotFoundError when a directory does not exist, NoResultsError (a FileNotFoundError) when no
     result.json is found at all, and ClaimsError (a ValueError) for a claims file that cannot be used, before
     anything is written. Returns a dict with the written paths (``summary_csv``, ``summary_ood_csv``,
-    ``summary_md``, ``plots``, with claims ``claims_md``, ``claims_csv``, ``claims_json``; all of them in
-    ``files``), the summary ``rows`` and ``ood_rows``, the ``markdown`` text, the ``claims`` report (or None)
-    and the ``collection`` that was read.
+    ``summary_md``, ``plots``, with claims ``claims_md``, ``claims_csv``, ``claims_json``, and ``report_json``;
+    all of them in ``files``), the summary ``rows`` and ``ood_rows``, the ``markdown`` text, the ``claims``
+    report (or None) and the ``collection`` that was read.
     """
     if isinstance(dirs, (str, os.PathLike)):
         dirs = [dirs]
@@ -104,13 +107,18 @@ def write_report(
         from .plots import write_plots  # matplotlib is imported only when plots are drawn
 
         plot_paths = write_plots(rows, ood_rows, out)
+    written = [summary_csv, summary_ood_csv, summary_md, *claim_paths.values(), *plot_paths]
+    record = report_record(collection, alpha=alpha, correction=correction, claims=claims, plots=plots,
+                           outputs=written)
+    report_json = write_report_record(out, record)
     return {
         "summary_csv": summary_csv,
         "summary_ood_csv": summary_ood_csv,
         "summary_md": summary_md,
         **claim_paths,
         "plots": plot_paths,
-        "files": [summary_csv, summary_ood_csv, summary_md, *claim_paths.values(), *plot_paths],
+        "report_json": report_json,
+        "files": [*written, report_json],
         "rows": rows,
         "ood_rows": ood_rows,
         "markdown": markdown,

@@ -151,7 +151,8 @@ def _sources(collection: Collection) -> list[str]:
     skipped = ", ".join(f"{count} {status}" for status, count in collection.skipped_counts.items())
     lines = [
         f"Aggregated from {len(collection.files)} result files under {dirs}: "
-        f"{len(collection.completed)} completed cells used.",
+        f"{len(collection.completed)} completed cells used. `report.json` beside this file names each of them, "
+        f"the code and library versions and the settings this report was made with.",
         "",
         f"Skipped cells: {skipped}.",
         "",

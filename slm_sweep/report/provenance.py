@@ -1,0 +1,75 @@
+"""report.json: what a report was made from and with, so that each of its numbers can be traced to the runs,
+settings and code that produced it (the report's counterpart of a cell's result.json)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from slm_sweep.identity import file_sha256
+from slm_sweep.results import atomic_write_text, git_commit, now_iso
+
+from .collect import COMPLETED, Collection, identity_key
+from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+
+REPORT_FILE = "report.json"
+REPORT_SCHEMA_VERSION = 1
+# what computes the report's numbers: the statistics (numpy, scipy when installed) and the plots
+REPORT_PACKAGES = ("slm_sweep", "numpy", "scipy", "matplotlib", "pyyaml")
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _input(record: dict[str, Any]) -> dict[str, Any]:
+    return {"path": record.get("result_path"), "status": record.get("status"), "model": record.get("model"),
+            "method": record.get("method"), "dataset": record.get("dataset"), "seed": record.get("seed"),
+            "evaluation_key": identity_key(record, "evaluation_key"), "reused_from": record.get("reused_from"),
+            "git_commit": record.get("git_commit"), "finished_at": record.get("finished_at")}
+
+
+def report_record(collection: Collection, *, alpha: float, correction: str, claims: str | os.PathLike | None,
+                  plots: bool, outputs: Sequence[Path]) -> dict[str, Any]:
+    """The report's own record: when and by which code it was made, its settings (with the claims file's
+    hash), every result file it read and what became of it, and the files it wrote."""
+    used = [_input(r) for r in collection.records if r.get("status") == COMPLETED]
+    claims_file = None
+    if claims is not None:
+        claims_file = {"path": str(claims), "sha256": file_sha256(claims)}
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "created_at": now_iso(),
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else None,
+        "git_commit": git_commit(),
+        "versions": {"python": platform.python_version(), **{name: _version(name) for name in REPORT_PACKAGES}},
+        "settings": {"alpha": alpha, "correction": correction, "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+                     "bootstrap_seed": BOOTSTRAP_SEED, "claims": claims_file, "plots": plots},
+        "inputs": {
+            "dirs": [str(d) for d in collection.dirs],
+            "result_files": len(collection.files),
+            "used": used,
+            # the code that computed the cells: more than one commit is worth a look before quoting a table
+            "cell_commits": dict(Counter(str(r["git_commit"]) for r in used)),
+            "skipped": [_input(r) for r in collection.records if r.get("status") != COMPLETED],
+            "malformed": [{"path": str(path), "reason": reason} for path, reason in collection.malformed],
+            "duplicates": [{"kept": str(kept), "dropped": str(dropped)} for kept, dropped in collection.duplicates],
+        },
+        "outputs": [str(path) for path in outputs],
+    }
+
+
+def write_report_record(out_dir: Path, record: dict[str, Any]) -> Path:
+    path = out_dir / REPORT_FILE
+    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    return path
