@@ -45,8 +45,8 @@ demo: install ## One real cell offline on CPU: SmolLM2-135M (GGUF) x LoRA on a s
 smoke: install ## A 2 x 3 sweep on the tiny model (under a minute on CPU)
 	$(PY) -m slm_sweep -m experiment=smoke $(if $(DATA_ROOT),data_root=$(DATA_ROOT))
 
-paper: install ## The study's whole grid: 5 models x 7 methods (4 baselines, full, lora, dora) x gsm8k, orcamath x seeds 0,1,2
-	$(PY) -m slm_sweep -m experiment=paper $(if $(DATA_ROOT),data_root=$(DATA_ROOT))
+paper: install ## The study's whole grid: 5 models x 7 methods (4 baselines, full, lora, dora) x gsm8k, orcamath x seeds 0,1,2 (PREFLIGHT_ONLY=1: list its cells, run none)
+	$(PY) -m slm_sweep -m experiment=paper $(if $(DATA_ROOT),data_root=$(DATA_ROOT)) $(if $(PREFLIGHT_ONLY),preflight.only=true)
 
 report: ## Tables and plots of a sweep: make report SWEEP=multirun/<date>/<time> (default: the latest)
 	@test -n "$(SWEEP)" || { echo "no sweep under multirun/; run one first or pass SWEEP=DIR"; exit 2; }

@@ -204,9 +204,11 @@ class ResumeSettings:
 class PreflightSettings:
     """Before a sweep's first cell, check that every model, training dataset and out-of-domain set can be read.
     skip: leave the missing swept values out and run the rest; refuse: run only the whole grid; warn: run as
-    asked."""
+    asked. ``only``: check and list the cells that would run, then stop; nothing runs (a grid that would be
+    refused still exits non-zero)."""
 
     on_missing: str = "skip"
+    only: bool = False
 
 
 # The typed nodes of a composed config: conf/config.yaml merges this first, each group's file then on top.

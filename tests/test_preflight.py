@@ -133,6 +133,10 @@ def test_plan_leaves_out_missing_swept_values_and_ood_sets(requires_data, compos
     assert sorted(c.name for c in plan.missing) == ["gsm_hard", "orcamath", "smollm135 (HuggingFaceTB/SmolLM2-135M-Instruct)"]
     # each distinct item once: 2 models, gsm8k for zero-shot (test) and LoRA (test, train), orcamath, 2 ood sets
     assert len(checker.checks) == 7
+    # the cells that will run, by their swept values
+    assert len(plan.to_run) == 6 and plan.to_json()["cells"] == plan.to_run
+    assert all("model=tiny" in c and "dataset=gsm8k" in c for c in plan.to_run)
+    assert {c.split("method=")[1].split()[0] for c in plan.to_run} == {"zeroshot", "lora"}
     apply_plan(cfg, plan)
     assert dict(cfg.hydra.sweeper.params) == {"model": "tiny", "method": "zeroshot,lora"}
     assert list(cfg.hydra.overrides.task) == [f"data_root={tmp_path}", "dataset=gsm8k", "seed=0,1,2",
@@ -219,6 +223,22 @@ def test_sweep_runs_the_readable_half_and_says_what_it_left_out(requires_data, t
     summary = (sweep_dir / "summary.md").read_text()
     assert "## Left out by the preflight" in summary
     assert "- dataset=orcamath: missing: dataset orcamath" in summary and "out-of-domain set gsm_hard" in summary
+
+
+def test_preflight_only_lists_the_cells_that_would_run_and_runs_none(requires_data, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "gsm8k").symlink_to(DATA_ROOT / "gsm8k")
+    proc = sweep(["method=zeroshot,lora", "dataset=gsm8k,orcamath", "seed=0,1", "preflight.only=true"], tmp_path,
+                 data_root=data)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    sweep_dir = only_sweep_dir(tmp_path)
+    assert "preflight.only: 4 of 8 cells would run; nothing ran" in proc.stdout
+    assert "leaving out dataset=orcamath: 4 of 8 cells; 4 will run" in proc.stdout + proc.stderr
+    listed = [line.strip() for line in proc.stdout.splitlines() if line.startswith("  method=")]
+    assert listed == [f"method={m} dataset=gsm8k seed={s}" for m in ("zeroshot", "lora") for s in (0, 1)]
+    assert [p.name for p in sweep_dir.iterdir()] == ["preflight.json"]
+    assert json.loads((sweep_dir / "preflight.json").read_text())["cells"] == listed
 
 
 def test_sweep_of_missing_models_refuses_before_the_first_cell(requires_data, tmp_path):

@@ -59,7 +59,8 @@ class Preflight(Callback):
     """Before the first cell: check that every model, training dataset and out-of-domain set of the grid can be
     read; leave out the swept values (and out-of-domain sets) that cannot, or refuse the whole sweep (exit
     non-zero) when nothing could run, a fixed value is missing, or preflight.on_missing=refuse (warn: only list
-    them). Writes <sweep dir>/preflight.json either way."""
+    them). Writes <sweep dir>/preflight.json either way. With preflight.only=true it then lists the cells that
+    would run and stops the sweep before any does."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from slm_sweep.config import ConfigError, validate_preflight
@@ -75,11 +76,13 @@ class Preflight(Callback):
             raise SystemExit(f"{plan.refused}\n(details: {path})")
         if not plan.missing:
             log.info("preflight: %d models and data sets checked, all readable", len(plan.checked))
-            return
         for line in plan.summary_lines():
             log.warning("preflight: %s", line)
-        if plan.on_missing == "skip":
+        if plan.missing and plan.on_missing == "skip":
             apply_plan(config, plan)
+        if OmegaConf.select(config, "preflight.only", default=False):
+            print("\n".join(plan.listing(path)), flush=True)
+            raise SystemExit(0)
 
 
 def _composer(config: DictConfig):

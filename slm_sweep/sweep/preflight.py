@@ -323,6 +323,7 @@ class Plan:
     reasons: dict[str, str] = field(default_factory=dict)  # "dataset=orcamath" / "ood set svamp" -> missing line
     config_errors: dict[str, list[str]] = field(default_factory=dict)  # error -> the cells (overrides) it hits
     refused: str | None = None
+    to_run: list[str] = field(default_factory=list)  # each cell that will run, as its swept overrides
 
     @property
     def missing(self) -> list[Check]:
@@ -353,7 +354,16 @@ class Plan:
             "reasons": self.reasons,
             "config_errors": self.config_errors,
             "refused": self.refused,
+            "cells": [] if self.refused else self.to_run,
         }
+
+    def listing(self, path: Path) -> list[str]:
+        """What ``preflight.only=true`` prints: the count, then one line per cell that would run."""
+        head = (f"preflight.only: {self.cells - self.left_out_cells} of {self.cells} cells would run; nothing ran "
+                f"(plan: {path})")
+        if self.sweeper != BASIC_SWEEPER:
+            return [f"{head}; the search ({self.sweeper.rsplit('.', 1)[-1]}) chooses its trials as it goes"]
+        return [head, *(f"  {cell}" for cell in self.to_run)]
 
 
 def _base_key(key_element: str) -> str:
@@ -449,6 +459,8 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
     else:
         alive = jobs
 
+    named = swept or keys
+    plan.to_run = [" ".join(f"{k}={job[k]}" for k in named) for job in alive]
     kept = [v for job, v in zip(jobs, verdict) if job in alive]
     dropped = sorted({c.name for v in kept for c in v[1]})
     if dropped:
