@@ -26,9 +26,9 @@ from slm_sweep.report.stats import (
     MCNEMAR,
     holm,
     mcnemar_exact,
-    newcombe_paired_interval,
     paired_bootstrap,
     paired_test,
+    tango_paired_interval,
 )
 from slm_sweep.results import PREDICTIONS_FILE, redact, write_predictions, write_result
 from slm_sweep.scoring import METRICS, accuracy_key, score
@@ -417,18 +417,39 @@ def test_cli_checks_the_study_claims_or_a_file_and_rejects_a_bad_one(tmp_path, c
 
 
 
-def test_newcombe_interval_keeps_its_width_without_discordant_questions():
-    # 0 of 20 right on both sides: no discordance, yet 20 questions cannot rule out a 16-point difference; the
-    # half-width is the Wilson upper bound of 0/20, z^2 / (n + z^2)
-    low, high = newcombe_paired_interval(0, 0, 0, 20)
-    assert high == pytest.approx(1.959964**2 / (20 + 1.959964**2), rel=1e-5) and low == pytest.approx(-high)
-    # a clear paired gain: 8 points, the interval excludes 0 and contains the difference
-    low, high = newcombe_paired_interval(50, 10, 2, 38)
-    assert 0 < low < 0.08 < high < 0.2
+def test_tango_interval_matches_the_published_example_and_keeps_a_width_without_discordant_questions():
+    # Cavo et al. 2012 as in Fagerland, Lydersen & Laake's paired 2x2 chapter: 6 vs 16 discordant of 161,
+    # difference -0.0621, Tango 95% interval (-0.1240, -0.0054)
+    low, high = tango_paired_interval(6, 16, 161)
+    assert (round(low, 4), round(high, 4)) == (-0.1240, -0.0054)
+    assert tango_paired_interval(16, 6, 161) == pytest.approx((-high, -low))
+    # no discordant question: +-z^2 / (n + z^2) at any accuracy, where a square-and-add interval from the two
+    # sides' Wilson intervals narrows to nothing at 50 %
+    z2 = 1.959964**2
+    for n in (20, 60, 1319):
+        assert tango_paired_interval(0, 0, n) == pytest.approx((-z2 / (n + z2), z2 / (n + z2)), rel=1e-5)
+    half = [{i: i % 2 == 0 for i in range(60)}]
+    test = paired_test(half, half, interval=True)
+    assert test.test == MCNEMAR and test.ci_low < -0.05 and test.ci_high > 0.05
     # so a one-seed non-inferiority claim on 20 all-wrong questions is inconclusive, not reproduced
-    a = [{i: False for i in range(20)}]
-    test = paired_test(a, a, interval=True)
-    assert test.test == MCNEMAR and test.ci_low < -0.02 < 0 < test.ci_high
+    wrong = [{i: False for i in range(20)}]
+    test = paired_test(wrong, wrong, interval=True)
+    assert test.ci_low < -0.02 < 0 < test.ci_high
+    assert tango_paired_interval(5, 0, 5)[1] == 1.0 and tango_paired_interval(0, 5, 5)[0] == -1.0
+    with pytest.raises(ValueError, match="only_first"):
+        tango_paired_interval(4, 3, 5)
+
+
+def test_tango_interval_covers_the_true_difference_about_95_percent_of_the_time():
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    n, cells = 100, (0.40, 0.12, 0.06, 0.42)  # both right, first only, second only, neither
+    truth = cells[1] - cells[2]
+    draws = rng.multinomial(n, cells, size=1500)
+    covered = sum(low <= truth <= high for low, high in (tango_paired_interval(int(d[1]), int(d[2]), n)
+                                                        for d in draws))
+    assert 0.93 <= covered / len(draws) <= 0.97
 
 
 def test_holm_adjusts_by_hand_and_leaves_untested_out_of_the_family():
@@ -488,11 +509,11 @@ def test_holm_makes_the_instances_of_a_claim_hold_jointly(tmp_path):
 
 
 def test_holm_widens_the_non_inferiority_intervals_to_bonferroni_ones(tmp_path):
-    # LoRA and DoRA 2 questions above zero-shot (22 vs 20 of 60, one seed each): the 95% Newcombe interval lies
+    # LoRA and DoRA 3 questions above zero-shot (23 vs 20 of 60, one seed each): the 95% Tango interval lies
     # above the -2 point margin, the 97.5% one (a family of two) does not
     write_row(tmp_path, "gemma270", "zeroshot", "gsm8k", 20)
     for method in ("lora", "dora"):
-        write_row(tmp_path, "gemma270", method, "gsm8k", 22, seeds=(0,))
+        write_row(tmp_path, "gemma270", method, "gsm8k", 23, seeds=(0,))
     plain, _ = claims_of(tmp_path, correction="none")
     joint, _ = claims_of(tmp_path)
     assert plain["peft-not-below-zeroshot"].verdict == "reproduced"
@@ -500,7 +521,7 @@ def test_holm_widens_the_non_inferiority_intervals_to_bonferroni_ones(tmp_path):
     for alone, together in zip(plain["peft-not-below-zeroshot"].instances, joint["peft-not-below-zeroshot"].instances):
         assert together.test.p_value == alone.test.p_value and together.test.difference == alone.test.difference
         assert together.test.ci_low < -0.02 < alone.test.ci_low and together.test.ci_high > alone.test.ci_high
-        assert together.test.ci_low == pytest.approx(newcombe_paired_interval(20, 2, 0, 38, alpha=0.025)[0])
+        assert together.test.ci_low == pytest.approx(tango_paired_interval(3, 0, 60, alpha=0.025)[0])
     assert "[95% CI]" in (tmp_path / "report-none" / "claims.md").read_text()
     assert "no correction for the number of instances" in (tmp_path / "report-none" / "claims.md").read_text()
 

@@ -302,7 +302,7 @@ def judge(direction: str, test: PairedTest, alpha: float, margin: float = 0.0,
           p_value: float | None = None) -> str:
     """An instance's verdict. above/below: the paired test's p-value (``p_value``, the adjusted one, when given)
     below ``alpha`` with the difference in the claimed direction (reproduced) or against it (contradicted).
-    not_below/not_above: non-inferiority within ``margin``, from the interval of the difference (Newcombe's
+    not_below/not_above: non-inferiority within ``margin``, from the interval of the difference (Tango's
     paired score interval for one seed each, else the bootstrap's; at the level the test was computed at):
     entirely on the claimed side of -margin (reproduced) or entirely beyond it (contradicted). Anything else, and
     no per-question data, is inconclusive."""
@@ -490,7 +490,7 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
         f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}); two-sided, alpha={report.alpha:g}. "
         f"above/below: {REPRODUCED} when the difference is significant in the claimed direction, {CONTRADICTED} "
         f"when significant against it, else {INCONCLUSIVE}. not_below/not_above: non-inferiority, from the "
-        f"interval of A − B (Newcombe's paired score interval when both rows are one seed, else the bootstrap's) "
+        f"interval of A − B (Tango's paired score interval when both rows are one seed, else the bootstrap's) "
         f"against the claim's margin. Sides: mean accuracy (%) with the 95% Wilson interval over the test "
         f"questions. {_correction_text(report)}",
         "",
