@@ -304,14 +304,29 @@ def test_negative_transfer_and_delta_marks_need_a_significant_paired_test(tmp_pa
     assert rows["fewshot"]["delta_zeroshot_test"] == MCNEMAR
     assert rows["fewshot"]["delta_zeroshot_p"] == pytest.approx(0.03125)
     assert rows["zeroshot"]["delta_zeroshot_test"] is None and rows["zeroshot"]["negative_transfer"] is False
-    lines = {line.split(" | ")[1]: line for line in report["markdown"].splitlines() if line.startswith("| smollm135")}
-    assert "▼" in lines["full"] and "▼" not in lines["lora"]
-    assert "| +10.0* |" in lines["fewshot"] and "| -3.3 |" in lines["lora"]
-    assert "Δ zero-shot (pp, * p<0.05)" in report["markdown"]
-    # at a stricter level the one-seed difference of 6 questions is no longer significant
-    strict = write_report([tmp_path], tmp_path / "strict", plots=False, alpha=0.01)
-    assert "| +10.0 |" in next(line for line in strict["markdown"].splitlines() if "| fewshot |" in line)
-    assert "alpha=0.01" in strict["markdown"]
+    # the zero-shot column of the gsm8k table is one family of three tests (full, lora, fewshot): Holm doubles
+    # fewshot's p, the second smallest, so its 6 questions are no longer marked; full's stays far below alpha
+    assert rows["fewshot"]["delta_zeroshot_p_adjusted"] == pytest.approx(2 * 0.03125)
+    assert rows["fewshot"]["delta_zeroshot_significant"] is False and rows["full"]["delta_zeroshot_significant"]
+    assert rows["zeroshot"]["delta_zeroshot_p_adjusted"] is None and rows["zeroshot"]["delta_zeroshot_significant"] is None
+
+    def lines(markdown):
+        return {line.split(" | ")[1]: line for line in markdown.splitlines() if line.startswith("| smollm135")}
+
+    held = lines(report["markdown"])
+    assert "▼" in held["full"] and "▼" not in held["lora"]
+    assert "| +10.0 |" in held["fewshot"] and "| -3.3 |" in held["lora"]
+    assert "Δ zero-shot (pp, * p<0.05, Holm)" in report["markdown"] and "Holm-adjusted as one family" in report["markdown"]
+    with open(tmp_path / "out" / "summary.csv", newline="") as f:
+        fewshot = next(r for r in csv.DictReader(f) if r["method"] == "fewshot")
+    assert float(fewshot["delta_zeroshot_p_adjusted"]) == pytest.approx(0.0625)
+    assert fewshot["delta_zeroshot_significant"] == "False"
+    # each test on its own: the one-seed difference of 6 questions is marked, and not at a stricter level
+    alone = write_report([tmp_path], tmp_path / "alone", plots=False, correction="none")
+    assert "| +10.0* |" in lines(alone["markdown"])["fewshot"] and "Δ zero-shot (pp, * p<0.05)" in alone["markdown"]
+    assert "No correction for the number of comparisons" in alone["markdown"]
+    strict = write_report([tmp_path], tmp_path / "strict", plots=False, alpha=0.01, correction="none")
+    assert "| +10.0 |" in lines(strict["markdown"])["fewshot"] and "alpha=0.01" in strict["markdown"]
 
 
 def test_out_of_domain_negative_transfer_is_tested_on_that_set(tmp_path):

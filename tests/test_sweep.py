@@ -79,10 +79,11 @@ def test_tiny_grid_sweep_writes_every_cell_and_a_correct_summary(requires_data, 
             zs = statistics.mean(cells[(model, "zeroshot", s)]["metrics"]["accuracy_flexible"] for s in (0, 1))
             assert float(row["delta_zeroshot"]) == pytest.approx(statistics.mean(values) - zs)
             assert (row["below_zeroshot"] == "True") == (statistics.mean(values) < zs)
-            # negative transfer is a significant drop: the paired test's p-value must be below alpha
-            p_value = row["delta_zeroshot_p"]
+            # negative transfer is a significant drop: the paired test's Holm-adjusted p-value below alpha
+            p_value = row["delta_zeroshot_p_adjusted"]
             assert row["negative_transfer"] == str(row["below_zeroshot"] == "True" and p_value not in ("", None)
                                                    and float(p_value) < 0.05)
+            assert p_value in ("", None) or float(p_value) >= float(row["delta_zeroshot_p"])
     assert (sweep / "summary.md").read_text().count("tiny_wide") >= 3
     for name in ("accuracy_by_model_gsm8k.png", "accuracy_vs_size_gsm8k.png", "accuracy_vs_trainable_gsm8k.png",
                  "accuracy_vs_train_time_gsm8k.png"):

@@ -69,8 +69,8 @@ def write_report(
 
     ``claims``: a claims file (``DEFAULT_CLAIMS`` for the study's) to check; its table is written to claims.md,
     claims.csv and claims.json and appended to summary.md. ``alpha``: the significance level of every paired
-    test (deltas, negative transfer, claims). ``correction``: ``"holm"`` (each claim's instances one family) or
-    ``"none"``; see claims.check_claim.
+    test (deltas, negative transfer, claims). ``correction``: ``"holm"`` (the tests of one column of one summary
+    table are one family, and so are the instances of one claim) or ``"none"``; see claims.check_claim.
 
     Raises FileNotFoundError when a directory does not exist, NoResultsError (a FileNotFoundError) when no
     result.json is found at all, and ClaimsError (a ValueError) for a claims file that cannot be used, before
@@ -87,14 +87,14 @@ def write_report(
         raise ClaimsError(f"correction={correction!r} is not allowed; allowed: {', '.join(CORRECTIONS)}")
     declared = load_claims(claims) if claims is not None else None
     collection = collect(dirs)
-    rows = summarize(collection.records, alpha=alpha)
-    ood_rows = summarize_ood(collection.records, alpha=alpha)
+    rows = summarize(collection.records, alpha=alpha, correction=correction)
+    ood_rows = summarize_ood(collection.records, alpha=alpha, correction=correction)
     claims_report = (check_claims(declared, rows, alpha=alpha, correction=correction, source=claims)
                      if declared is not None else None)
 
     out = Path(out_dir) if out_dir is not None else default_out_dir(dirs)
     out.mkdir(parents=True, exist_ok=True)
-    markdown = render_markdown(collection, rows, ood_rows, alpha=alpha)
+    markdown = render_markdown(collection, rows, ood_rows, alpha=alpha, correction=correction)
     if claims_report is not None:
         markdown += "\n\n" + render_claims_markdown(claims_report, level=2)
     summary_md = out / "summary.md"

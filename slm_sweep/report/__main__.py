@@ -39,9 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=_alpha, default=ALPHA,
                         help=f"significance level of the paired tests (default {ALPHA})")
     parser.add_argument("--correction", choices=CORRECTIONS, default=HOLM,
-                        help="multiple comparisons within a claim: holm (default; Holm-adjusted p-values and "
-                             "Bonferroni intervals over the claim's instances, so its verdicts hold jointly) or "
-                             "none (each instance at alpha on its own)")
+                        help="multiple comparisons: holm (default; the delta marks of one column of one summary "
+                             "table are Holm-adjusted as one family, a claim's instances get Holm-adjusted "
+                             "p-values and Bonferroni intervals, so marks and verdicts hold jointly) or none "
+                             "(each test at alpha on its own)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
 

@@ -40,7 +40,7 @@ from .collect import (
     number,
     question_scores,
 )
-from .stats import ALPHA, PairedTest, describe, no_test, paired_test, wilson_interval
+from .stats import ALPHA, HOLM, PairedTest, describe, holm, no_test, paired_test, wilson_interval
 
 # Methods that train nothing, also when a record carries no config saying so; the deltas compare with the first
 # of each kind.
@@ -243,9 +243,12 @@ def _accuracy_columns(entries: Sequence[dict[str, Any]], metrics: Sequence[str])
 
 
 def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str], eval_set_key: str,
-                          deltas: bool, alpha: float) -> None:
-    """Set delta_<baseline>, its paired test (delta_<baseline>_p, delta_<baseline>_test), below_zeroshot and
-    negative_transfer (below zero-shot and significant at ``alpha``) on ``rows`` in place."""
+                          deltas: bool, alpha: float, correction: str) -> None:
+    """Set delta_<baseline>, its paired test (delta_<baseline>_p, delta_<baseline>_test), the Holm-adjusted p
+    (delta_<baseline>_p_adjusted, over the tests of that column in one table: every model and method of a
+    dataset, or of a dataset x evaluation set; None with correction "none"), delta_<baseline>_significant (at
+    ``alpha``, adjusted or not), below_zeroshot and negative_transfer (below zero-shot and significant) on
+    ``rows`` in place."""
     candidates: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         candidates[tuple(row[k] for k in group_keys), row["method"]].append(row)
@@ -264,13 +267,24 @@ def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str],
             row[f"delta_{baseline}"] = delta
             row[f"delta_{baseline}_p"] = test.p_value if test else None
             row[f"delta_{baseline}_test"] = (test.test or NO_DATA) if test else None
+    tables: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        tables[tuple(row[k] for k in group_keys if k != "model")].append(row)
+    for baseline in DELTA_BASELINES if deltas else ("zeroshot",):
+        for table in tables.values():
+            raw = [row[f"delta_{baseline}_p"] for row in table]
+            adjusted = holm(raw) if correction == HOLM else [None] * len(raw)
+            for row, p_raw, p_adjusted in zip(table, raw, adjusted):
+                decisive = p_adjusted if correction == HOLM else p_raw
+                row[f"delta_{baseline}_p_adjusted"] = p_adjusted
+                row[f"delta_{baseline}_significant"] = None if decisive is None else decisive < alpha
+    for row in rows:
         below = bool(row["trained"] and row["delta_zeroshot"] is not None and row["delta_zeroshot"] < 0)
         row["below_zeroshot"] = below
-        row["negative_transfer"] = bool(below and row["delta_zeroshot_p"] is not None
-                                        and row["delta_zeroshot_p"] < alpha)
+        row["negative_transfer"] = bool(below and row["delta_zeroshot_significant"])
 
 
-def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA) -> list[dict[str, Any]]:
+def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA, correction: str = HOLM) -> list[dict[str, Any]]:
     """One row per dataset × model × method × variant over the completed records' seeds, in report order.
 
     Keys: dataset, model, method, variant, trained, n, seeds, result_paths (one per seed),
@@ -278,7 +292,8 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA) -> lis
     wilson: over the test questions), n_eval, trainable_params, total_params, train_time_s_mean,
     train_tokens_per_s_mean, step_time_s_mean, mfu_mean, train_padding_fraction_mean, peak_memory_mb_max,
     eval_time_s_mean, delta_zeroshot, delta_fewshot (primary metric), delta_{zeroshot,fewshot}_{p,test} (the
-    paired test of that delta), below_zeroshot, negative_transfer (below and significant at ``alpha``).
+    paired test of that delta), _p_adjusted (Holm, over the column of the dataset's table) and _significant,
+    below_zeroshot, negative_transfer (below and significant at ``alpha`` after ``correction``).
     Accuracies are fractions.
     """
     completed = completed_records(records)
@@ -318,7 +333,7 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA) -> lis
 
     rows.sort(key=lambda r: (r["dataset"], model_sort_key(r["model"], sizes), method_sort_key(r["method"]),
                              r["variant"]))
-    _add_baseline_columns(rows, ("dataset", "model"), "dataset", deltas=True, alpha=alpha)
+    _add_baseline_columns(rows, ("dataset", "model"), "dataset", deltas=True, alpha=alpha, correction=correction)
     return rows
 
 
@@ -332,12 +347,13 @@ def _check_same_questions(group: Sequence[dict[str, Any]], n_eval, eval_set: str
                           f"numbers of questions, so they cannot be averaged: {listed}")
 
 
-def summarize_ood(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA) -> list[dict[str, Any]]:
+def summarize_ood(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
+                  correction: str = HOLM) -> list[dict[str, Any]]:
     """One row per training dataset × eval set × model × method from the records' ``eval_sets``.
 
     Keys: dataset (the training dataset), eval_set, model, method, variant, trained, n, seeds, result_paths,
     <metric>_{mean,std,ci95,wilson_low,wilson_high} for each metric of ``accuracy_metrics``, n_eval,
-    delta_zeroshot, delta_zeroshot_{p,test}, below_zeroshot, negative_transfer.
+    delta_zeroshot, delta_zeroshot_{p,test,p_adjusted,significant}, below_zeroshot, negative_transfer.
     """
     completed = completed_records(records)
     assign_variants(completed)
@@ -378,5 +394,6 @@ def summarize_ood(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA) ->
             r["variant"],
         )
     )
-    _add_baseline_columns(rows, ("dataset", "eval_set", "model"), "eval_set", deltas=False, alpha=alpha)
+    _add_baseline_columns(rows, ("dataset", "eval_set", "model"), "eval_set", deltas=False, alpha=alpha,
+                          correction=correction)
     return rows

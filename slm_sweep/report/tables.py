@@ -15,7 +15,7 @@ from typing import Any
 
 from .aggregate import ACCURACY_METRICS, NO_DATA, PRIMARY_ACCURACY, method_label, row_metrics
 from .collect import Collection
-from .stats import ALPHA, BOOTSTRAP, MCNEMAR
+from .stats import ALPHA, BOOTSTRAP, HOLM, MCNEMAR
 
 NEGATIVE_MARK = "▼"
 SIGNIFICANT_MARK = "*"
@@ -29,8 +29,9 @@ def summary_columns(metrics: Sequence[str] = ACCURACY_METRICS) -> tuple[str, ...
         *(f"{m}_{s}" for m in metrics for s in _STATISTICS),
         "n_eval", "trainable_params", "total_params", "train_time_s_mean", "train_tokens_per_s_mean",
         "step_time_s_mean", "mfu_mean", "train_padding_fraction_mean", "peak_memory_mb_max", "eval_time_s_mean",
-        "delta_zeroshot", "delta_zeroshot_p", "delta_zeroshot_test", "delta_fewshot", "delta_fewshot_p",
-        "delta_fewshot_test", "below_zeroshot", "negative_transfer",
+        "delta_zeroshot", "delta_zeroshot_p", "delta_zeroshot_p_adjusted", "delta_zeroshot_significant",
+        "delta_zeroshot_test", "delta_fewshot", "delta_fewshot_p", "delta_fewshot_p_adjusted",
+        "delta_fewshot_significant", "delta_fewshot_test", "below_zeroshot", "negative_transfer",
     )  # fmt: skip
 
 
@@ -39,8 +40,8 @@ def ood_columns(metrics: Sequence[str] = ACCURACY_METRICS) -> tuple[str, ...]:
     return (
         "dataset", "eval_set", "model", "method", "variant", "trained", "n", "seeds",
         *(f"{m}_{s}" for m in metrics for s in _STATISTICS),
-        "n_eval", "delta_zeroshot", "delta_zeroshot_p", "delta_zeroshot_test", "below_zeroshot",
-        "negative_transfer",
+        "n_eval", "delta_zeroshot", "delta_zeroshot_p", "delta_zeroshot_p_adjusted", "delta_zeroshot_significant",
+        "delta_zeroshot_test", "below_zeroshot", "negative_transfer",
     )  # fmt: skip
 
 
@@ -90,11 +91,11 @@ def half_width(ci95: float | None) -> str:
     return EMPTY if ci95 is None else f"±{100 * ci95:.1f}"
 
 
-def points(delta: float | None, p_value: float | None = None, alpha: float = ALPHA) -> str:
-    """A delta in percentage points, marked ``*`` when its paired test's ``p_value`` is below ``alpha``."""
+def points(delta: float | None, significant: bool | None = None) -> str:
+    """A delta in percentage points, marked ``*`` when its paired test is ``significant``."""
     if delta is None:
         return EMPTY
-    mark = SIGNIFICANT_MARK if p_value is not None and p_value < alpha else ""
+    mark = SIGNIFICANT_MARK if significant else ""
     return f"{100 * delta:+.1f}{mark}"
 
 
@@ -194,13 +195,18 @@ def _accuracy_cells(row: dict[str, Any], metrics: Sequence[str]) -> list[str]:
     return cells
 
 
+def _level_text(alpha: float, correction: str) -> str:
+    return f"p<{alpha:g}" + (", Holm" if correction == HOLM else "")
+
+
 def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Sequence[str],
-                       alpha: float) -> list[str]:
+                       alpha: float, correction: str) -> list[str]:
     header = (
         "model", "method", "n",
         *(h for m in metrics
           for h in (f"{_metric_name(m)} (%)", "95% CI", *(("questions 95% CI",) if m == PRIMARY_ACCURACY else ()))),
-        f"Δ zero-shot (pp, {SIGNIFICANT_MARK} p<{alpha:g})", f"Δ few-shot (pp, {SIGNIFICANT_MARK} p<{alpha:g})",
+        f"Δ zero-shot (pp, {SIGNIFICANT_MARK} {_level_text(alpha, correction)})",
+        f"Δ few-shot (pp, {SIGNIFICANT_MARK} {_level_text(alpha, correction)})",
         "trainable", "total", "train time", "train tok/s", "MFU", "peak memory",
     )  # fmt: skip
     body = []
@@ -211,8 +217,8 @@ def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Se
                 method_label(row),
                 str(row["n"]),
                 *_accuracy_cells(row, metrics),
-                points(row["delta_zeroshot"], row["delta_zeroshot_p"], alpha),
-                points(row["delta_fewshot"], row["delta_fewshot_p"], alpha),
+                points(row["delta_zeroshot"], row["delta_zeroshot_significant"]),
+                points(row["delta_fewshot"], row["delta_fewshot_significant"]),
                 params(row["trainable_params"]),
                 params(row["total_params"]),
                 duration(row["train_time_s_mean"]),
@@ -250,7 +256,7 @@ def _ood_section(
     return [f"### trained on {dataset}", "", *_table(header, body), ""]
 
 
-def _tests_note(rows: Sequence[dict[str, Any]], alpha: float) -> str:
+def _tests_note(rows: Sequence[dict[str, Any]], alpha: float, correction: str) -> str:
     """How the deltas were tested, and how many comparisons had no per-question data."""
     keys = [k for k in ("delta_zeroshot_test", "delta_fewshot_test") if any(k in row for row in rows)]
     tests = [row[k] for row in rows for k in keys if row.get(k)]
@@ -258,6 +264,12 @@ def _tests_note(rows: Sequence[dict[str, Any]], alpha: float) -> str:
     note = (f"{SIGNIFICANT_MARK}: the paired test of that delta on the questions both rows scored is significant "
             f"at alpha={alpha:g} (two-sided; {MCNEMAR} when both rows are one seed, {BOOTSTRAP} over questions "
             f"and seeds otherwise); deltas without {SIGNIFICANT_MARK} are not significant.")
+    if correction == HOLM:
+        note += (" The p-values of one column of one table (every model and method of a dataset, or of a dataset "
+                 "and an out-of-domain set) are Holm-adjusted as one family, so the marks of a column hold "
+                 "jointly at that alpha (summary.csv keeps the raw p and the adjusted one).")
+    else:
+        note += " No correction for the number of comparisons (--correction none)."
     if missing:
         note += (f" {missing} of {len(tests)} comparisons had {NO_DATA} (no usable predictions.jsonl beside a "
                  f"result.json), so no ordering among them can be called significant.")
@@ -266,7 +278,7 @@ def _tests_note(rows: Sequence[dict[str, Any]], alpha: float) -> str:
 
 def render_markdown(
     collection: Collection, rows: Sequence[dict[str, Any]], ood_rows: Sequence[dict[str, Any]],
-    alpha: float = ALPHA,
+    alpha: float = ALPHA, correction: str = HOLM,
 ) -> str:
     lines = ["# Sweep summary", "", *_sources(collection)]
     metrics = row_metrics(rows)
@@ -274,16 +286,18 @@ def render_markdown(
     if not datasets:
         lines += ["No completed cells.", ""]
     for dataset in datasets:
-        lines += _in_domain_section(dataset, [r for r in rows if r["dataset"] == dataset], metrics, alpha)
+        lines += _in_domain_section(dataset, [r for r in rows if r["dataset"] == dataset], metrics, alpha,
+                                    correction)
     lines += [
         f"Accuracy ({', '.join(_metric_name(m) for m in metrics)}; docs/results.md): mean ± sample std "
         f"over seeds (the mean alone for one seed, such as a baseline computed once), 95% CI half-width from "
         f"Student's t over seeds; questions 95% CI: Wilson interval of the "
         f"{_metric_name(PRIMARY_ACCURACY)} mean over the n_eval test questions (the test set's sampling noise). "
         f"{NEGATIVE_MARK} = negative transfer: a trained method's "
-        f"{_metric_name(PRIMARY_ACCURACY)} mean below the model's zero-shot mean, significant at alpha={alpha:g}.",
+        f"{_metric_name(PRIMARY_ACCURACY)} mean below the model's zero-shot mean, significant at alpha={alpha:g}"
+        f"{' (Holm-adjusted, below)' if correction == HOLM else ''}.",
         "",
-        _tests_note([*rows, *ood_rows], alpha),
+        _tests_note([*rows, *ood_rows], alpha, correction),
         "",
         "## Out-of-domain evaluation",
         "",
