@@ -390,6 +390,9 @@ def test_cli_success(grid, tmp_path):
     assert "## gsm8k" in result.stdout
     assert "Wrote:" in result.stdout and str(out / "summary.md") in result.stdout
     assert (out / "summary.csv").exists() and (out / "accuracy_by_model_gsm8k.png").exists()
+    # report.json records the command as typed, interpreter arguments included
+    assert json.loads((out / "report.json").read_text())["command"][1:] == [
+        "-m", "slm_sweep.report", str(sweep), "--out", str(out)]
 
 
 def test_cli_single_cell_directory(grid, tmp_path):

@@ -50,7 +50,8 @@ def report_record(collection: Collection, *, alpha: float, correction: str, clai
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "created_at": now_iso(),
-        "command": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else None,
+        # as typed: the interpreter's own arguments too (python -m slm_sweep.report ...)
+        "command": [Path(sys.orig_argv[0]).name, *sys.orig_argv[1:]] if sys.orig_argv else None,
         "git_commit": git_commit(),
         "versions": {"python": platform.python_version(), **{name: _version(name) for name in REPORT_PACKAGES}},
         "settings": {"alpha": alpha, "correction": correction, "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
