@@ -138,7 +138,7 @@ class AggregateSweep(Callback):
 
             settings = wandb_settings(config.get("logger"))
             if settings is not None:
-                log_summary_to_wandb(settings, sweep_dir, report["rows"])
+                log_summary_to_wandb(settings, sweep_dir, report)
         for note in notes:
             log.warning("preflight left out %s", note)
         if failed:
@@ -193,18 +193,34 @@ def sweep_tag(sweep_dir: str | Path) -> str:
     return "sweep-" + "-".join(Path(sweep_dir).parts[-2:])
 
 
-def log_summary_to_wandb(settings, sweep_dir: Path, rows: list[dict]) -> None:
-    """``settings``: the W&B logger entry of the sweep's config (slm_sweep.tracking.wandb_settings)."""
+def log_summary_to_wandb(settings, sweep_dir: Path, report: dict[str, Any]) -> None:
+    """The sweep's summary rows and, when checked, its claims (one table each; each claim's verdict in the run's
+    summary), in a W&B run of their own whose config holds the report's settings. ``settings``: the W&B logger
+    entry of the sweep's config (slm_sweep.tracking.wandb_settings); ``report``: what write_report returned."""
+    import json
+
+    from slm_sweep.report.claims import CSV_COLUMNS, claims_rows
     from slm_sweep.tracking import start_wandb_run
 
+    record = json.loads(Path(report["report_json"]).read_text(encoding="utf-8"))
     run = start_wandb_run(
         settings, name=f"{sweep_tag(sweep_dir)}-summary", group="sweep-summary", job_type="summary",
-        tags=[sweep_tag(sweep_dir)], config={"sweep_dir": str(sweep_dir)}, out_dir=sweep_dir,
+        tags=[sweep_tag(sweep_dir)], config={"sweep_dir": str(sweep_dir), "report": record["settings"],
+                                             "git_commit": record["git_commit"]}, out_dir=sweep_dir,
     )
     if run is None:
         return
     import wandb
 
-    columns = list(rows[0]) if rows else []
-    run.log({"sweep/summary": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])})
+    def table(rows: list[dict], columns: list[str]) -> wandb.Table:
+        return wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+
+    rows = report["rows"]
+    logged = {"sweep/summary": table(rows, list(rows[0]) if rows else [])}
+    claims = report.get("claims")
+    if claims is not None:
+        logged["sweep/claims"] = table(claims_rows(claims), list(CSV_COLUMNS))
+        for result in claims.results:
+            run.summary[f"claims/{result.claim.id}"] = result.verdict
+    run.log(logged)
     run.finish()
