@@ -135,6 +135,7 @@ def test_plan_leaves_out_missing_swept_values_and_ood_sets(requires_data, compos
     assert len(checker.checks) == 7
     # the cells that will run, by their swept values
     assert len(plan.to_run) == 6 and plan.to_json()["cells"] == plan.to_run
+    assert plan.computations == 4  # zero-shot once for seeds 0, 1, 2; LoRA per seed
     assert all("model=tiny" in c and "dataset=gsm8k" in c for c in plan.to_run)
     assert {c.split("method=")[1].split()[0] for c in plan.to_run} == {"zeroshot", "lora"}
     apply_plan(cfg, plan)
@@ -233,12 +234,15 @@ def test_preflight_only_lists_the_cells_that_would_run_and_runs_none(requires_da
                  data_root=data)
     assert proc.returncode == 0, proc.stderr[-4000:]
     sweep_dir = only_sweep_dir(tmp_path)
-    assert "preflight.only: 4 of 8 cells would run; nothing ran" in proc.stdout
+    # zero-shot is computed once for both seeds: 3 computations for the 4 cells
+    assert ("preflight.only: 4 of 8 cells would run (3 computed: a zero- or few-shot baseline is computed once per "
+            "model and dataset and copied to each seed); nothing ran") in proc.stdout
     assert "leaving out dataset=orcamath: 4 of 8 cells; 4 will run" in proc.stdout + proc.stderr
     listed = [line.strip() for line in proc.stdout.splitlines() if line.startswith("  method=")]
     assert listed == [f"method={m} dataset=gsm8k seed={s}" for m in ("zeroshot", "lora") for s in (0, 1)]
     assert [p.name for p in sweep_dir.iterdir()] == ["preflight.json"]
-    assert json.loads((sweep_dir / "preflight.json").read_text())["cells"] == listed
+    plan = json.loads((sweep_dir / "preflight.json").read_text())
+    assert plan["cells"] == listed and plan["computations"] == 3
 
 
 def test_sweep_of_missing_models_refuses_before_the_first_cell(requires_data, tmp_path):

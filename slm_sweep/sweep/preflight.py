@@ -324,6 +324,7 @@ class Plan:
     config_errors: dict[str, list[str]] = field(default_factory=dict)  # error -> the cells (overrides) it hits
     refused: str | None = None
     to_run: list[str] = field(default_factory=list)  # each cell that will run, as its swept overrides
+    computations: int = 0  # of those, the ones computed: a seed-independent baseline once over its seeds
 
     @property
     def missing(self) -> list[Check]:
@@ -355,12 +356,15 @@ class Plan:
             "config_errors": self.config_errors,
             "refused": self.refused,
             "cells": [] if self.refused else self.to_run,
+            "computations": 0 if self.refused else self.computations,
         }
 
     def listing(self, path: Path) -> list[str]:
         """What ``preflight.only=true`` prints: the count, then one line per cell that would run."""
-        head = (f"preflight.only: {self.cells - self.left_out_cells} of {self.cells} cells would run; nothing ran "
-                f"(plan: {path})")
+        to_run = self.cells - self.left_out_cells
+        shared = (f" ({self.computations} computed: a zero- or few-shot baseline is computed once per model and "
+                  f"dataset and copied to each seed)" if self.computations and self.computations < to_run else "")
+        head = f"preflight.only: {to_run} of {self.cells} cells would run{shared}; nothing ran (plan: {path})"
         if self.sweeper != BASIC_SWEEPER:
             return [f"{head}; the search ({self.sweeper.rsplit('.', 1)[-1]}) chooses its trials as it goes"]
         return [head, *(f"  {cell}" for cell in self.to_run)]
@@ -461,6 +465,7 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
 
     named = swept or keys
     plan.to_run = [" ".join(f"{k}={job[k]}" for k in named) for job in alive]
+    plan.computations = len({_computation(job, cell) for job, cell in zip(jobs, cells) if job in alive})
     kept = [v for job, v in zip(jobs, verdict) if job in alive]
     dropped = sorted({c.name for v in kept for c in v[1]})
     if dropped:
@@ -474,6 +479,16 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
             if check.kind == "ood set":
                 plan.reasons[f"ood set {check.name}"] = check.line()
     return plan
+
+
+def _computation(job: Mapping[str, str], cell: DictConfig) -> tuple:
+    """What a cell computes: its overrides, without the seed when its method gives the same result for every
+    seed (slm_sweep.identity.is_seed_independent; run.py then copies one computation to every seed)."""
+    from slm_sweep.identity import is_seed_independent
+
+    method = OmegaConf.to_container(cell.method, resolve=True)
+    return tuple(sorted((k, v) for k, v in job.items()
+                        if not (_base_key(k) == "seed" and is_seed_independent(method))))
 
 
 def _plan_base_only(cfg: DictConfig, compose, checker: Checker, plan: Plan) -> Plan:
