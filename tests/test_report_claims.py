@@ -550,3 +550,15 @@ def test_an_unknown_correction_is_refused_naming_the_allowed_ones(tmp_path, caps
         main([str(tmp_path), "--claims", "--correction", "bonferroni"])
     err = capsys.readouterr().err  # argparse quotes the choices from Python 3.12 on
     assert "invalid choice: 'bonferroni'" in err and all(c in err for c in ("holm", "none"))
+
+
+def test_make_report_writes_the_claims_table_as_the_end_of_sweep_report_does(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_row(sweep, "qwen05", "lora", "gsm8k", 36, seeds=(0,))
+    write_row(sweep, "qwen05", "full", "gsm8k", 30, seeds=(0,))
+    proc = subprocess.run(["make", "-s", "report", f"SWEEP={sweep}", f"PY={sys.executable}", "CORRECTION=none"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (sweep / "claims.md").is_file() and "## Claims" in (sweep / "summary.md").read_text()
+    settings = json.loads((sweep / "report.json").read_text())["settings"]
+    assert settings["correction"] == "none" and settings["claims"]["path"].endswith("paper.yaml")
