@@ -7,7 +7,9 @@ writing its figures to ``<out>/gpu_check.json`` as soon as it ends, so that a ru
 Stages (each in a process of its own, under a time limit, so that one that hangs or crashes cannot take the others):
 
 - ``train``: ``bench/train_speed.py`` for full / LoRA / DoRA at an effective batch of 16 against the plain loop.
-- ``eval``: the evaluator on every GSM8K test question (zero-shot chat prompts), up to 256 new tokens.
+- ``eval``: the evaluator on every GSM8K test question (zero-shot chat prompts), up to 256 new tokens; then, in
+  the time the stage has left, the first 256 questions again with a quarter as many slots: in bf16 a question's
+  answer may depend on the batch it shares, and this says how often it does.
 - ``grid``: ``python -m slm_sweep -m trainer=gpu eval=gpu method=zeroshot,fewshot,full,lora,dora`` on a GSM8K
   slice; every result.json must show training and evaluation on the GPU.
 - ``train_variants``: full fine-tuning and LoRA again eager (``trainer=gpu`` compiles each decoder layer), with
@@ -40,6 +42,8 @@ from gpu_bundle import BUNDLE, GGUF_NAME  # noqa: E402
 METHODS = ("zeroshot", "fewshot", "full", "lora", "dora")
 TRAINED = ("full", "lora", "dora")
 FLOORS = {"train_tokens_per_s_min": 45_000, "dora_step_over_lora_max": 1.3, "eval_seconds_max": 15.0}
+# the batch-invariance check runs only when the evaluation left this much of the eval stage's limit unused
+BATCH_CHECK_QUESTIONS, BATCH_CHECK_AFTER_S = 256, 20.0
 STAGES = ("train", "eval", "grid", "train_variants")
 # Measured after the main stages, in the time left: trainer=gpu without compilation (what it gains), then the
 # packing lever with and without it.
@@ -247,7 +251,7 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
 
         torch.cuda.synchronize()
     start = time.perf_counter()
-    _, metrics = evaluate(model, tokenizer, test, prompts, cfg.eval, "gsm8k", progress=False)
+    records, metrics = evaluate(model, tokenizer, test, prompts, cfg.eval, "gsm8k", progress=False)
     seconds = time.perf_counter() - start
     figures = {"questions": len(test), "eval_seconds": round(seconds, 2), "questions_per_s": len(test) / seconds,
                "model_load_s": round(load_s, 1), "placement": placement.describe(),
@@ -266,6 +270,38 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
                                              "--max-new", str(int(cfg.eval.max_new_tokens)),
                                              "--min-new", str(min(100, int(cfg.eval.max_new_tokens) - 1))])
     atomic_write_text(figures_path, json.dumps(figures, indent=2, default=str))
+    if seconds > BATCH_CHECK_AFTER_S:
+        figures["batch_invariance"] = {"skipped": f"the evaluation took {seconds:.0f} s, over "
+                                                  f"{BATCH_CHECK_AFTER_S:.0f} s: no time left in the stage"}
+    else:
+        figures["batch_invariance"] = batch_invariance(model, tokenizer, test, prompts, cfg.eval, records)
+    atomic_write_text(figures_path, json.dumps(figures, indent=2, default=str))
+
+
+def batch_invariance(model, tokenizer, test, prompts, eval_cfg, records: list[dict]) -> dict:
+    """The first questions again with a quarter of the slots (other batch neighbours, other padding), their
+    outputs compared with the full evaluation's: identical in float32 on a CPU (a test checks it); in bf16 on a
+    GPU the share that changes, and what that does to accuracy, is a property of the protocol worth reporting."""
+    from omegaconf import OmegaConf
+
+    from slm_sweep.evaluate.evaluator import evaluate
+
+    n = min(len(test), BATCH_CHECK_QUESTIONS)
+    slots = int(eval_cfg.max_batch_size)
+    fewer = max(1, min(slots, n) // 4)  # fewer slots than questions, so that the batches really differ
+    narrow = OmegaConf.merge(eval_cfg, {"max_batch_size": fewer})
+    start = time.perf_counter()
+    again, _ = evaluate(model, tokenizer, test[:n], prompts[:n], narrow, "gsm8k", progress=False)
+    seconds = time.perf_counter() - start
+    same_output = sum(a["output"] == b["output"] for a, b in zip(again, records))
+    same_verdict = sum(a["correct_flexible"] == b["correct_flexible"] for a, b in zip(again, records))
+    figures = {"questions": n, "slots": [slots, fewer], "identical_outputs": same_output,
+               "identical_fraction": round(same_output / n, 4), "same_flexible_verdict": same_verdict,
+               "accuracy_flexible": [round(sum(r["correct_flexible"] for r in records[:n]) / n, 4),
+                                     round(sum(r["correct_flexible"] for r in again) / n, 4)],
+               "seconds": round(seconds, 2)}
+    print(f"eval: {same_output} of {n} outputs identical with {fewer} slots instead of {slots}", flush=True)
+    return figures
 
 
 def grid_stage(args, model_overrides, device, work) -> dict:
@@ -372,6 +408,11 @@ def print_summary(data: dict) -> None:
         print(f"eval  the decode loop alone on this CPU: {host['host_ms_per_step']} ms per step at {host['slots']} "
               f"slots ({host['decode_steps']} steps, {host['loop_seconds']} s for {host['questions']} questions of "
               f"a synthetic schedule)")
+    batch = ev.get("batch_invariance")
+    if batch:
+        print("eval  batch invariance: " + (batch["skipped"] if "skipped" in batch else
+              f"{batch['identical_outputs']} of {batch['questions']} outputs identical with {batch['slots'][1]} slots "
+              f"instead of {batch['slots'][0]}, flexible accuracy {batch['accuracy_flexible']}"))
     grid = stages.get("grid") or {}
     for method, c in (grid.get("cells") or {}).items():
         print(f"grid  {method:<8} {c['status']:<10} train on {c['train_device']} eval on {c['eval_device']} "

@@ -43,6 +43,10 @@ def test_dry_run_runs_every_stage_and_reports(requires_data, tmp_path):
     assert evaluation["returncode"] == 0 and evaluation["questions"] == 16
     assert evaluation["placement"]["device"] == "cpu" and evaluation["eval_seconds"] > 0
     assert evaluation["host_loop"]["questions"] == 16 and evaluation["host_loop"]["host_ms_per_step"] > 0
+    # float32 on the CPU: a quarter of the slots changes no output
+    batch = evaluation["batch_invariance"]
+    assert batch["questions"] == 16 and batch["slots"][1] == 4  # a quarter of the 16 questions, not of the slots
+    assert batch["identical_outputs"] == 16 and batch["accuracy_flexible"][0] == batch["accuracy_flexible"][1]
 
     grid = stages["grid"]
     assert grid["all_completed"] is True and grid["all_on_device"] is True
