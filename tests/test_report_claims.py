@@ -538,6 +538,14 @@ def test_holm_widens_the_non_inferiority_intervals_to_bonferroni_ones(tmp_path):
         assert together.test.ci_low < -0.02 < alone.test.ci_low and together.test.ci_high > alone.test.ci_high
         assert together.test.ci_low == pytest.approx(tango_paired_interval(3, 0, 60, alpha=0.025)[0])
     assert "[95% CI]" in (tmp_path / "report-none" / "claims.md").read_text()
+    # a family of one at alpha=0.01: a 99% interval, nothing widened
+    single = tmp_path / "single"
+    write_row(single, "gemma270", "zeroshot", "gsm8k", 20)
+    write_row(single, "gemma270", "lora", "gsm8k", 23, seeds=(0,))
+    results, _ = claims_of(single, alpha=0.01)
+    result = results["peft-not-below-zeroshot"]
+    assert (result.tested, result.interval_alpha) == (1, 0.01)
+    assert result.instances[0].test.ci_low == pytest.approx(tango_paired_interval(3, 0, 60, alpha=0.01)[0])
     assert "no correction for the number of instances" in (tmp_path / "report-none" / "claims.md").read_text()
 
 

@@ -385,6 +385,7 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
              if a is not b and a["dataset"] == b["dataset"] and (across_models or a["model"] == b["model"])]
     tests = [compare_rows(a, b, a["dataset"], claim.metric, alpha=alpha, interval=True) for a, b in pairs]
     result.tested = sum(t.p_value is not None for t in tests)
+    result.interval_alpha = alpha
     adjusted: list[float | None] = [None] * len(tests)
     if correction == HOLM:
         adjusted = holm([t.p_value for t in tests])
@@ -393,8 +394,6 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
             # the p-values do not depend on alpha; only the intervals are computed again, wider
             tests = [compare_rows(a, b, a["dataset"], claim.metric, alpha=result.interval_alpha, interval=True)
                      if t.p_value is not None else t for (a, b), t in zip(pairs, tests)]
-    else:
-        result.interval_alpha = alpha
     for (a, b), test, p in zip(pairs, tests, adjusted):
         result.instances.append(Instance(a["dataset"], a, b, test,
                                          judge(claim.direction, test, alpha, claim.margin, p_value=p), p))
