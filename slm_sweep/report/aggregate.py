@@ -284,7 +284,8 @@ def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str],
         row["negative_transfer"] = bool(below and row["delta_zeroshot_significant"])
 
 
-def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA, correction: str = HOLM) -> list[dict[str, Any]]:
+def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
+              correction: str = HOLM) -> list[dict[str, Any]]:
     """One row per dataset × model × method × variant over the completed records' seeds, in report order.
 
     Keys: dataset, model, method, variant, trained, n, seeds, result_paths (one per seed),
