@@ -47,6 +47,14 @@ def compose_config(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
+@pytest.fixture(autouse=True)
+def own_wandb_service(monkeypatch):
+    """A W&B run started in this process leaves WANDB_SERVICE set, and the subprocesses of later tests would attach
+    to this process's wandb-core instead of starting their own: a sweep's last run then exits before that service
+    has written its offline stream. Each test's subprocesses start their own service, as a user's do."""
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+
 @pytest.fixture
 def requires_data():
     if not (DATA_ROOT / "gsm8k" / "test.jsonl").is_file():

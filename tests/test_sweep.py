@@ -171,12 +171,14 @@ def test_failing_cell_is_recorded_the_others_go_on_and_the_sweep_exits_non_zero(
     (table,) = list(sweep.glob("wandb/offline-run-*/files/media/table/sweep/summary*.table.json"))
     rows = json.loads(table.read_text())
     assert "accuracy_flexible_mean" in rows["columns"] and len(rows["data"]) == 1
-    # and so are the claims (none covered by a zero-shot cell alone)
+    # and so are the claims (none covered by a zero-shot cell alone), each verdict in the run's summary
     (claims,) = list(sweep.glob("wandb/offline-run-*/files/media/table/sweep/claims*.table.json"))
     claims = json.loads(claims.read_text())
     verdicts = {row[claims["columns"].index("claim")]: row[claims["columns"].index("verdict")]
                 for row in claims["data"]}
     assert len(verdicts) == 6 and set(verdicts.values()) == {"not covered"}
+    (stream,) = list(sweep.glob("wandb/offline-run-*/*.wandb"))  # offline: the run's summary is in its stream
+    assert b"claims/dora-above-lora-gsm8k" in stream.read_bytes()
 
 
 @pytest.mark.slow  # two processes on two cores: ~20 s; run with -m slow (make test-slow)
