@@ -338,10 +338,19 @@ def test_report_json_names_the_code_settings_and_every_input(grid, tmp_path):
     assert used["alpha", "lora", 2]["path"] == str(sweep / "11" / "result.json")  # alpha: jobs 0-11, lora last
     assert [(s["path"], s["status"]) for s in inputs["skipped"]] == [(str(failed), "failed")]
     assert [m["path"] for m in inputs["malformed"]] == [str(sweep / "broken" / "result.json")]
-    assert inputs["cell_commits"] == {"None": 24}
+    assert inputs["cell_commits"] == {"unknown": 24}
     assert record["outputs"] == [str(p) for p in report["files"][:-1]]
     assert all(Path(p).is_file() for p in record["outputs"])
     assert "`report.json` beside this file" in (out / "summary.md").read_text()
+    assert "git commits" not in (out / "summary.md").read_text()
+    # a cell computed by other code is counted, and the summary says so
+    other = make_record("beta", "full", 4, 0.3, 0.2)
+    other["git_commit"] = "f" * 40 + "-dirty"  # computed from a tree with uncommitted changes
+    write_json(sweep / "other" / "result.json", other)
+    report = write_report([sweep], tmp_path / "mixed", plots=False)
+    assert json.loads((tmp_path / "mixed" / REPORT_FILE).read_text())["inputs"]["cell_commits"] == {
+        "unknown": 24, "f" * 40 + "-dirty": 1}
+    assert "computed at 2 git commits (`unknown` 24, `ffffffffffff-dirty` 1 cells)" in report["markdown"]
 
 
 def test_plots_are_png(grid, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,12 @@ def _sources(collection: Collection) -> list[str]:
         f"Skipped cells: {skipped}.",
         "",
     ]
+    commits = Counter(str(r.get("git_commit") or "unknown") for r in collection.completed)
+    if len(commits) > 1:
+        listed = ", ".join(f"`{commit[:12]}{'-dirty' if commit.endswith('-dirty') else ''}` {count}"
+                           for commit, count in commits.most_common())
+        lines += [f"The cells were computed at {len(commits)} git commits ({listed} cells); rows pool seeds by the "
+                  f"code versions in their identity, not by commit.", ""]
     if collection.malformed:
         lines += [f"Unreadable or malformed files skipped: {len(collection.malformed)}", ""]
         lines += _listed([f"`{path}`: {reason}" for path, reason in collection.malformed])
