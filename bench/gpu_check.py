@@ -61,13 +61,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=None, help="sweep and scratch files (default: <out>/work)")
     parser.add_argument("--train-steps", type=int, default=None, help="measured steps per method (default 20)")
     parser.add_argument("--eval-questions", type=int, default=None, help="default: all 1319")
+    parser.add_argument("--eval-override", action="append", default=[], metavar="eval.KEY=VALUE",
+                        help="an eval setting for the eval stage, e.g. eval.dtype=float32 (repeatable)")
     parser.add_argument("--grid-steps", type=int, default=None, help="trainer.max_steps of the grid (default 60)")
     parser.add_argument("--grid-test-limit", type=int, default=None, help="test questions per cell (default 500)")
     parser.add_argument("--grid-full", action="store_true",
                         help="the grid at the study's size: one epoch (460 steps) and all 1319 test questions")
     parser.add_argument("--timeouts", type=int, nargs=4, default=None, metavar=("TRAIN", "EVAL", "GRID", "VARIANTS"),
                         help="seconds per stage (default 140 55 125 40 on a GPU: the whole check stays under 6 min)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for override in args.eval_override:
+        if not override.startswith("eval.") or "=" not in override:
+            parser.error(f"--eval-override {override!r}: expected eval.KEY=VALUE, e.g. eval.dtype=float32")
+    return args
 
 
 class Report:
@@ -209,7 +215,7 @@ def eval_stage(args, model_overrides, device, work) -> dict:
     figures_path = work / "eval_figures.json"
     command = [sys.executable, __file__, "--eval-worker", str(figures_path), "--data-root", str(args.data_root),
                "--eval-questions", str(args.eval_questions or (16 if args.dry_run else 0)),
-               *(["--dry-run"] if args.dry_run else []), "--", *model_overrides]
+               *(["--dry-run"] if args.dry_run else []), "--", *model_overrides, *args.eval_override]
     figures = run_stage(command, args.timeouts[1], "eval", work)
     if figures_path.is_file():
         figures.update(json.loads(figures_path.read_text()))

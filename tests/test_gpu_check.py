@@ -60,6 +60,19 @@ def test_dry_run_runs_every_stage_and_reports(requires_data, tmp_path):
     assert "gpu_check summary" in proc.stdout
 
 
+def test_an_eval_setting_reaches_the_eval_stage_and_a_bad_one_is_refused(requires_data, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--stages", "eval", "--out", str(out),
+                           "--eval-questions", "4", "--eval-override", "eval.max_batch_size=2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stage = json.loads((out / "gpu_check.json").read_text())["stages"]["eval"]
+    assert stage["questions"] == 4 and stage["settings"]["max_batch_size"] == 2
+    bad = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--eval-override", "dtype=float32"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--eval-override 'dtype=float32': expected eval.KEY=VALUE" in bad.stderr
+
+
 def test_a_stage_cut_short_still_reports(requires_data, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--stages", "eval", "--out", str(out),
