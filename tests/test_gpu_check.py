@@ -23,8 +23,9 @@ def _env(out: Path) -> dict:
 
 def test_dry_run_runs_every_stage_and_reports(requires_data, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run"], cwd=REPO, env=_env(out),
-                          capture_output=True, text=True, timeout=600)
+    # an eval setting passed to the eval stage: 8 slots, so the batch-invariance pass uses a quarter, 2
+    proc = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run", "--eval-override", "eval.max_batch_size=8"],
+                          cwd=REPO, env=_env(out), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (out / "gpu_check.log").is_file()
     report = json.loads((out / "gpu_check.json").read_text())
@@ -45,7 +46,8 @@ def test_dry_run_runs_every_stage_and_reports(requires_data, tmp_path):
     assert evaluation["host_loop"]["questions"] == 16 and evaluation["host_loop"]["host_ms_per_step"] > 0
     # float32 on the CPU: a quarter of the slots changes no output
     batch = evaluation["batch_invariance"]
-    assert batch["questions"] == 16 and batch["slots"][1] == 4  # a quarter of the 16 questions, not of the slots
+    assert evaluation["settings"]["max_batch_size"] == 8
+    assert batch["questions"] == 16 and batch["slots"] == [8, 2]
     assert batch["identical_outputs"] == 16 and batch["accuracy_flexible"][0] == batch["accuracy_flexible"][1]
 
     grid = stages["grid"]
@@ -60,17 +62,11 @@ def test_dry_run_runs_every_stage_and_reports(requires_data, tmp_path):
     assert "gpu_check summary" in proc.stdout
 
 
-def test_an_eval_setting_reaches_the_eval_stage_and_a_bad_one_is_refused(requires_data, tmp_path):
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--stages", "eval", "--out", str(out),
-                           "--eval-questions", "4", "--eval-override", "eval.max_batch_size=2"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    stage = json.loads((out / "gpu_check.json").read_text())["stages"]["eval"]
-    assert stage["questions"] == 4 and stage["settings"]["max_batch_size"] == 2
-    bad = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--eval-override", "dtype=float32"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+def test_an_eval_setting_that_is_not_one_is_refused_before_anything_runs(tmp_path):
+    bad = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--out", str(tmp_path),
+                          "--eval-override", "dtype=float32"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--eval-override 'dtype=float32': expected eval.KEY=VALUE" in bad.stderr
+    assert not (tmp_path / "gpu_check.json").exists()
 
 
 def test_a_stage_cut_short_still_reports(requires_data, tmp_path):
