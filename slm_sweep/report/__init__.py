@@ -26,6 +26,7 @@ from .claims import (
     DEFAULT_CLAIMS,
     ClaimsError,
     check_claims,
+    check_correction,
     load_claims,
     render_claims_markdown,
     write_claims,
@@ -77,14 +78,13 @@ def write_report(
     anything is written. Returns a dict with the written paths (``summary_csv``, ``summary_ood_csv``,
     ``summary_md``, ``plots``, with claims ``claims_md``, ``claims_csv``, ``claims_json``, and ``report_json``;
     all of them in ``files``), the summary ``rows`` and ``ood_rows``, the ``markdown`` text, the ``claims``
-    report (or None) and the ``collection`` that was read.
+    report (or None), report.json's ``record`` and the ``collection`` that was read.
     """
     if isinstance(dirs, (str, os.PathLike)):
         dirs = [dirs]
     if not 0 < alpha < 1:
         raise ValueError(f"alpha={alpha} must be between 0 and 1")
-    if correction not in CORRECTIONS:
-        raise ClaimsError(f"correction={correction!r} is not allowed; allowed: {', '.join(CORRECTIONS)}")
+    check_correction(correction)
     declared = load_claims(claims) if claims is not None else None
     collection = collect(dirs)
     rows = summarize(collection.records, alpha=alpha, correction=correction)
@@ -118,6 +118,7 @@ def write_report(
         **claim_paths,
         "plots": plot_paths,
         "report_json": report_json,
+        "record": record,
         "files": [*written, report_json],
         "rows": rows,
         "ood_rows": ood_rows,

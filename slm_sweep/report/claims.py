@@ -355,7 +355,7 @@ def _known_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys([*METRICS, *found]))
 
 
-def _check_correction(correction: str) -> None:
+def check_correction(correction: str) -> None:
     if correction not in CORRECTIONS:
         raise ClaimsError(f"correction={correction!r} is not allowed; allowed: {_allowed(CORRECTIONS)}")
 
@@ -369,7 +369,7 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
     too). ``"none"``: each instance at alpha on its own. An all-``reproduced`` claim needs every instance
     significant either way (an intersection-union test, valid at alpha without a correction); the correction
     matters for the instances read one by one and for the partial roll-ups."""
-    _check_correction(correction)
+    check_correction(correction)
     known = _known_metrics(rows)
     if claim.metric not in known:
         raise ClaimsError(f"claim {claim.id}: metric {claim.metric!r} is neither registered nor in the result "
@@ -416,7 +416,7 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
 
 def check_claims(claims: Sequence[Claim], rows: Sequence[dict[str, Any]], *, alpha: float = ALPHA,
                  correction: str = HOLM, source: str | os.PathLike = "") -> ClaimsReport:
-    _check_correction(correction)
+    check_correction(correction)
     return ClaimsReport(str(source), alpha, [check_claim(claim, rows, alpha=alpha, correction=correction)
                                              for claim in claims], correction)
 

@@ -73,6 +73,11 @@ class Collection:
         return Counter(r["status"] for r in self.records)
 
     @property
+    def cell_commits(self) -> Counter:
+        """Completed cells per git commit of the code that computed them ("unknown" where none is recorded)."""
+        return Counter(str(r.get("git_commit") or "unknown") for r in self.completed)
+
+    @property
     def skipped_counts(self) -> dict[str, int]:
         """Cells per status other than completed, known statuses first (zeros included)."""
         counts = self.status_counts

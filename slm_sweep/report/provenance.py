@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -61,7 +60,7 @@ def report_record(collection: Collection, *, alpha: float, correction: str, clai
             "result_files": len(collection.files),
             "used": used,
             # the code that computed the cells: more than one commit is worth a look before quoting a table
-            "cell_commits": dict(Counter(str(r["git_commit"] or "unknown") for r in used)),
+            "cell_commits": dict(collection.cell_commits),
             "skipped": [_input(r) for r in collection.records if r.get("status") != COMPLETED],
             "malformed": [{"path": str(path), "reason": reason} for path, reason in collection.malformed],
             "duplicates": [{"kept": str(kept), "dropped": str(dropped)} for kept, dropped in collection.duplicates],

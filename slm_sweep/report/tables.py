@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import os
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -159,7 +158,7 @@ def _sources(collection: Collection) -> list[str]:
         f"Skipped cells: {skipped}.",
         "",
     ]
-    commits = Counter(str(r.get("git_commit") or "unknown") for r in collection.completed)
+    commits = collection.cell_commits
     if len(commits) > 1:
         listed = ", ".join(f"`{commit[:12]}{'-dirty' if commit.endswith('-dirty') else ''}` {count}"
                            for commit, count in commits.most_common())

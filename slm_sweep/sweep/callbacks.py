@@ -197,12 +197,10 @@ def log_summary_to_wandb(settings, sweep_dir: Path, report: dict[str, Any]) -> N
     """The sweep's summary rows and, when checked, its claims (one table each; each claim's verdict in the run's
     summary), in a W&B run of their own whose config holds the report's settings. ``settings``: the W&B logger
     entry of the sweep's config (slm_sweep.tracking.wandb_settings); ``report``: what write_report returned."""
-    import json
-
     from slm_sweep.report.claims import CSV_COLUMNS, claims_rows
     from slm_sweep.tracking import start_wandb_run
 
-    record = json.loads(Path(report["report_json"]).read_text(encoding="utf-8"))
+    record = report["record"]
     run = start_wandb_run(
         settings, name=f"{sweep_tag(sweep_dir)}-summary", group="sweep-summary", job_type="summary",
         tags=[sweep_tag(sweep_dir)], config={"sweep_dir": str(sweep_dir), "report": record["settings"],
