@@ -9,7 +9,8 @@ Stages (each in a process of its own, under a time limit, so that one that hangs
 - ``train``: ``bench/train_speed.py`` for full / LoRA / DoRA at an effective batch of 16 against the plain loop.
 - ``eval``: the evaluator on every GSM8K test question (zero-shot chat prompts), up to 256 new tokens; then, in
   the time the stage has left, the first 256 questions again with a quarter as many slots: in bf16 a question's
-  answer may depend on the batch it shares, and this says how often it does.
+  answer may depend on the batch it shares, and this says how often it does; then the first 128 with CUDA graphs
+  and without, at the same slots: whether replayed graphs decode what the eager steps decode.
 - ``grid``: ``python -m slm_sweep -m trainer=gpu eval=gpu method=zeroshot,fewshot,full,lora,dora`` on a GSM8K
   slice; every result.json must show training and evaluation on the GPU.
 - ``train_variants``: full fine-tuning and LoRA again eager (``trainer=gpu`` compiles each decoder layer), with
@@ -44,6 +45,10 @@ TRAINED = ("full", "lora", "dora")
 FLOORS = {"train_tokens_per_s_min": 45_000, "dora_step_over_lora_max": 1.3, "eval_seconds_max": 15.0}
 # the batch-invariance check runs only when the evaluation left this much of the eval stage's limit unused
 BATCH_CHECK_QUESTIONS, BATCH_CHECK_AFTER_S = 256, 20.0
+# graphs against eager steps: run when the eager pass, projected at this many times the graphs' pass, fits in what
+# is left of the stage's limit with a margin
+GRAPH_CHECK_QUESTIONS, EAGER_OVER_GRAPH, MARGIN_S = 128, 10.0, 5.0
+WORKER_START = time.perf_counter()
 STAGES = ("train", "eval", "grid", "train_variants")
 # Measured after the main stages, in the time left: trainer=gpu without compilation (what it gains), then the
 # packing lever with and without it.
@@ -215,16 +220,20 @@ def eval_stage(args, model_overrides, device, work) -> dict:
     figures_path = work / "eval_figures.json"
     command = [sys.executable, __file__, "--eval-worker", str(figures_path), "--data-root", str(args.data_root),
                "--eval-questions", str(args.eval_questions or (16 if args.dry_run else 0)),
+               "--time-limit", str(args.timeouts[1]),
                *(["--dry-run"] if args.dry_run else []), "--", *model_overrides, *args.eval_override]
     figures = run_stage(command, args.timeouts[1], "eval", work)
     if figures_path.is_file():
         figures.update(json.loads(figures_path.read_text()))
     if device == "cuda" and figures.get("questions") == 1319:
         figures["floor_met"] = figures.get("eval_seconds", float("inf")) < FLOORS["eval_seconds_max"]
+    if device == "cuda" and "cuda_graphs" in figures:
+        figures["graphs_replayed"] = figures["cuda_graphs"]["captured"] > 0
     return figures
 
 
-def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bool, overrides: list[str]) -> None:
+def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bool, overrides: list[str],
+                time_limit: float = float("inf")) -> None:
     """Runs in the eval stage's own process: the evaluator on GSM8K test, as a cell would call it."""
     from hydra import compose, initialize_config_dir
 
@@ -264,7 +273,7 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
                "settings": {k: cfg.eval[k] for k in ("engine", "cuda_graphs", "max_batch_size", "token_budget",
                                                      "max_new_tokens")},
                **{k: metrics[k] for k in ("accuracy_strict", "accuracy_flexible", "eval_tokens_per_s",
-                                          "eval_new_tokens", "eval_oom_halvings")}}
+                                          "eval_new_tokens", "eval_oom_halvings", "engine", "cuda_graphs")}}
     atomic_write_text(figures_path, json.dumps(figures, indent=2, default=str))
     print(f"eval: {len(test)} questions in {seconds:.2f} s on {placement.describe()}", flush=True)
     # The decode loop's own time on this machine's CPU, around a model that costs nothing (bench/decode_host.py):
@@ -282,6 +291,19 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
     else:
         figures["batch_invariance"] = batch_invariance(model, tokenizer, test, prompts, cfg.eval, records)
     atomic_write_text(figures_path, json.dumps(figures, indent=2, default=str))
+    figures["graphs_against_eager"] = graphs_against_eager(model, tokenizer, test, prompts, cfg.eval, time_limit)
+    atomic_write_text(figures_path, json.dumps(figures, indent=2, default=str))
+
+
+def agreement(first: list[dict], second: list[dict]) -> dict:
+    """How far two evaluations of the same questions agree: outputs, flexible verdicts, flexible accuracies."""
+    n = len(first)
+    same_output = sum(a["output"] == b["output"] for a, b in zip(first, second))
+    return {"questions": n, "identical_outputs": same_output, "identical_fraction": round(same_output / n, 4),
+            "same_flexible_verdict": sum(a["correct_flexible"] == b["correct_flexible"]
+                                         for a, b in zip(first, second)),
+            "accuracy_flexible": [round(sum(r["correct_flexible"] for r in records) / n, 4)
+                                  for records in (first, second)]}
 
 
 def batch_invariance(model, tokenizer, test, prompts, eval_cfg, records: list[dict]) -> dict:
@@ -299,14 +321,39 @@ def batch_invariance(model, tokenizer, test, prompts, eval_cfg, records: list[di
     start = time.perf_counter()
     again, _ = evaluate(model, tokenizer, test[:n], prompts[:n], narrow, "gsm8k", progress=False)
     seconds = time.perf_counter() - start
-    same_output = sum(a["output"] == b["output"] for a, b in zip(again, records))
-    same_verdict = sum(a["correct_flexible"] == b["correct_flexible"] for a, b in zip(again, records))
-    figures = {"questions": n, "slots": [slots, fewer], "identical_outputs": same_output,
-               "identical_fraction": round(same_output / n, 4), "same_flexible_verdict": same_verdict,
-               "accuracy_flexible": [round(sum(r["correct_flexible"] for r in records[:n]) / n, 4),
-                                     round(sum(r["correct_flexible"] for r in again) / n, 4)],
-               "seconds": round(seconds, 2)}
-    print(f"eval: {same_output} of {n} outputs identical with {fewer} slots instead of {slots}", flush=True)
+    figures = {**agreement(records[:n], again), "slots": [slots, fewer], "seconds": round(seconds, 2)}
+    print(f"eval: {figures['identical_outputs']} of {n} outputs identical with {fewer} slots instead of {slots}",
+          flush=True)
+    return figures
+
+
+def graphs_against_eager(model, tokenizer, test, prompts, eval_cfg, time_limit: float) -> dict:
+    """The first questions decoded with ``eval.cuda_graphs`` on, then off, at the same slots: the graphs record
+    the eager step, but attend over every column of the cache where the eager step reads only the filled ones,
+    so bf16 outputs may differ as they do between batch sizes; a graph that replayed stale inputs would change
+    most of them. The eager pass runs only when, projected from the graphs' pass, it fits in the stage's limit.
+    On a CPU both passes are eager (and identical: the dry run checks the comparison itself)."""
+    from omegaconf import OmegaConf
+
+    from slm_sweep.evaluate.evaluator import evaluate
+
+    n = min(len(test), GRAPH_CHECK_QUESTIONS)
+    slots = max(1, min(int(eval_cfg.max_batch_size), n) // 2)
+    runs: dict[bool, tuple[list[dict], dict]] = {}
+    seconds: dict[bool, float] = {}
+    for graphs in (True, False):
+        left = time_limit - (time.perf_counter() - WORKER_START) - MARGIN_S
+        needed = EAGER_OVER_GRAPH * seconds[True] if seconds else 0.0
+        if left < needed or left <= 0:
+            return {"skipped": f"{left:.0f} s left in the stage, the eager pass projected at {needed:.0f} s"}
+        settings = OmegaConf.merge(eval_cfg, {"max_batch_size": slots, "cuda_graphs": graphs})
+        start = time.perf_counter()
+        runs[graphs] = evaluate(model, tokenizer, test[:n], prompts[:n], settings, "gsm8k", progress=False)
+        seconds[graphs] = time.perf_counter() - start
+    figures = {**agreement(runs[True][0], runs[False][0]), "slots": slots,
+               "graphs": runs[True][1]["cuda_graphs"], "seconds": [round(seconds[True], 2), round(seconds[False], 2)]}
+    print(f"eval: {figures['identical_outputs']} of {n} outputs identical with CUDA graphs and without "
+          f"({figures['seconds'][0]} s against {figures['seconds'][1]} s)", flush=True)
     return figures
 
 
@@ -342,6 +389,7 @@ def collect_cells(sweep_dir: Path) -> dict:
     for path in sorted(sweep_dir.glob("*/result.json")):
         record = read_result(path) or {}
         metrics, placement = record.get("metrics") or {}, record.get("placement") or {}
+        decoding = record.get("decoding") or {}
         cells[record.get("method", path.parent.name)] = {
             "status": record.get("status"), "error": record.get("error"), "method": record.get("method"),
             "train_device": (placement.get("train") or {}).get("device"),
@@ -349,6 +397,7 @@ def collect_cells(sweep_dir: Path) -> dict:
             "eval_device": (placement.get("eval") or {}).get("device"),
             "eval_dtype": (placement.get("eval") or {}).get("dtype"),
             "device_name": (placement.get("eval") or {}).get("device_name"),
+            "engine": decoding.get("engine"), "cuda_graphs": decoding.get("cuda_graphs"),
             **{k: metrics.get(k) for k in ("accuracy_strict", "accuracy_flexible", "n_eval", "train_steps",
                                            "train_time_s", "train_tokens_per_s", "eval_time_s", "mfu",
                                            "peak_memory_mb")},
@@ -414,15 +463,23 @@ def print_summary(data: dict) -> None:
         print(f"eval  the decode loop alone on this CPU: {host['host_ms_per_step']} ms per step at {host['slots']} "
               f"slots ({host['decode_steps']} steps, {host['loop_seconds']} s for {host['questions']} questions of "
               f"a synthetic schedule)")
+    if "cuda_graphs" in ev:
+        print(f"eval  engine {ev.get('engine')}, CUDA graphs: {ev['cuda_graphs']}")
     batch = ev.get("batch_invariance")
     if batch:
         print("eval  batch invariance: " + (batch["skipped"] if "skipped" in batch else
               f"{batch['identical_outputs']} of {batch['questions']} outputs identical with {batch['slots'][1]} slots "
               f"instead of {batch['slots'][0]}, flexible accuracy {batch['accuracy_flexible']}"))
+    graphs = ev.get("graphs_against_eager")
+    if graphs:
+        print("eval  graphs against eager steps: " + (graphs["skipped"] if "skipped" in graphs else
+              f"{graphs['identical_outputs']} of {graphs['questions']} outputs identical at {graphs['slots']} slots, "
+              f"flexible accuracy {graphs['accuracy_flexible']}, {graphs['seconds']} s"))
     grid = stages.get("grid") or {}
     for method, c in (grid.get("cells") or {}).items():
         print(f"grid  {method:<8} {c['status']:<10} train on {c['train_device']} eval on {c['eval_device']} "
-              f"({c['eval_dtype']}) acc_flex {c['accuracy_flexible']} train {c['train_time_s']} s eval {c['eval_time_s']} s")
+              f"({c['eval_dtype']}, {c['engine']}, graphs {(c['cuda_graphs'] or {}).get('captured')}) "
+              f"acc_flex {c['accuracy_flexible']} train {c['train_time_s']} s eval {c['eval_time_s']} s")
     if grid:
         print(f"grid: {grid.get('seconds')} s, all completed: {grid.get('all_completed')}, "
               f"all on the device: {grid.get('all_on_device')}")
@@ -436,7 +493,8 @@ if __name__ == "__main__":
         worker.add_argument("--data-root", type=Path)
         worker.add_argument("--eval-questions", type=int)
         worker.add_argument("--dry-run", action="store_true")
+        worker.add_argument("--time-limit", type=float, default=float("inf"))
         w = worker.parse_args(sys.argv[1:cut])
-        eval_worker(w.eval_worker, w.data_root, w.eval_questions, w.dry_run, sys.argv[cut + 1:])
+        eval_worker(w.eval_worker, w.data_root, w.eval_questions, w.dry_run, sys.argv[cut + 1:], w.time_limit)
     else:
         sys.exit(main())

@@ -444,7 +444,8 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
     record["decoding"] = {"greedy": True, "max_new_tokens": int(cfg.eval.max_new_tokens),
                           "stop": list(cfg.eval.get("stop") or []),
                           "generation_config": str(cfg.eval.get("generation_config") or "model"),
-                          "generation_config_ignored": scores.pop("generation_config_ignored")}
+                          "generation_config_ignored": scores.pop("generation_config_ignored"),
+                          "engine": scores.pop("engine"), "cuda_graphs": scores.pop("cuda_graphs")}
     metrics.update(scores)
     write_predictions(out, predictions)
 
@@ -458,7 +459,7 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
         predictions.extend(preds)
         record["eval_sets"][name] = {k: scores[k] for k in (*ACCURACY_KEYS, "n_eval", "truncated_fraction")}
         metrics["eval_oom_halvings"] += scores["eval_oom_halvings"]
-        scores.pop("generation_config_ignored", None)
+        record["decoding"]["cuda_graphs"]["captured"] += scores["cuda_graphs"]["captured"]
         write_predictions(out, predictions)
     # one meaning each: evaluation of every set, and the peak of the whole cell (training included)
     metrics["eval_time_s"] = time.perf_counter() - start

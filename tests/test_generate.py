@@ -250,11 +250,13 @@ def test_other_logits_processors_fall_back_to_model_generate(varied_tiny, zero_s
     model, tokenizer = varied_tiny
     model.generation_config.no_repeat_ngram_size = 2
     try:
-        cache = _run(model, tokenizer, zero_shot_prompts[:4], "cache")
+        stats: dict = {}
+        cache = _run(model, tokenizer, zero_shot_prompts[:4], "cache", stats=stats)
         plain = _run(model, tokenizer, zero_shot_prompts[:4], "plain")
     finally:
         model.generation_config.no_repeat_ngram_size = 0
     assert "using eval.engine=plain" in caplog.text
+    assert stats["engine"] == "plain"  # what result.json records: the engine that decoded
     assert [g.text for g in cache] == [g.text for g in plain]
 
 
@@ -390,7 +392,8 @@ def test_a_decode_step_whose_graph_cannot_be_captured_runs_eagerly(caplog):
     logits (here the capture fails for want of CUDA)."""
     import logging
 
-    from slm_sweep.evaluate.decode import Decoding, SlotKVCache, _DecodeStep, _read_prompts
+    from slm_sweep.evaluate.decode import Decoding, GraphUse, SlotKVCache, _DecodeStep, _read_prompts
+    from slm_sweep.evaluate.generate import graph_report
 
     model, tokenizer = _tiny()
     model.eval()
@@ -403,14 +406,36 @@ def test_a_decode_step_whose_graph_cannot_be_captured_runs_eagerly(caplog):
         valid[:, :width] = mask.bool()
         valid[:, width] = True
         args = (torch.tensor([5, 7]), mask.sum(1), torch.full((2,), width), valid)
-        outputs = []
+        outputs, graphs = [], GraphUse()
         for use_graph in (False, True):
             cache = SlotKVCache(layers, 2, length)
             cache.write(torch.arange(2), layers)
+            step = _DecodeStep(model, cache, 2, use_graph, graphs)
             with caplog.at_level(logging.WARNING, logger="slm_sweep.evaluate.decode"):
-                outputs.append(_DecodeStep(model, cache, 2, use_graph)(*args, length))
+                outputs.append(step(*args, length))
     torch.testing.assert_close(outputs[0], outputs[1])
     assert any("decoding eagerly" in m for m in caplog.messages)
+    # the failure is kept for result.json, and the step does not try again
+    assert not step.use_graph and graphs.captured == 0 and graphs.failure
+    report = graph_report(True, "static", model, graphs)
+    assert report["captured"] == 0 and report["failure"] == graphs.failure
+    # on this CPU the model's device is the first reason; the failure text stays beside it
+    assert report["not_used"] == "the model is on cpu"
+
+
+@pytest.mark.parametrize(("engine", "requested", "not_used"), [
+    ("static", True, "the model is on cpu"),
+    ("cache", True, "eval.engine=cache (graphs need static)"),
+    ("static", False, None),
+])
+def test_generation_says_which_engine_decoded_and_whether_graphs_were_replayed(varied_tiny, zero_shot_prompts,
+                                                                                engine, requested, not_used):
+    model, tokenizer = varied_tiny
+    stats: dict = {}
+    generate(model, tokenizer, zero_shot_prompts[:2], max_new_tokens=3, engine=engine, cuda_graphs=requested,
+             stats=stats)
+    assert stats["engine"] == engine
+    assert stats["cuda_graphs"] == {"requested": requested, "captured": 0, "failure": None, "not_used": not_used}
 
 
 def test_slot_cache_memory_left_from_earlier_use_does_not_reach_the_logits(varied_tiny):
@@ -488,7 +513,9 @@ def test_a_cell_records_its_decoding(tiny_cfg, tmp_path):
 
     record = run(tiny_cfg("method=zeroshot", "dataset.test_limit=2"), out_dir=tmp_path)
     assert record["decoding"] == {"greedy": True, "max_new_tokens": 12, "stop": ["Question:", "</s>", "<|im_end|>"],
-                                  "generation_config": "neutral", "generation_config_ignored": {}}
+                                  "generation_config": "neutral", "generation_config_ignored": {},
+                                  "engine": "static", "cuda_graphs": {"requested": False, "captured": 0,
+                                                                      "failure": None, "not_used": None}}
 
 
 def _meta_decode_step(architecture: str, attention: str):

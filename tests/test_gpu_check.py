@@ -49,6 +49,12 @@ def test_dry_run_runs_every_stage_and_reports(requires_data, tmp_path):
     assert evaluation["settings"]["max_batch_size"] == 8
     assert batch["questions"] == 16 and batch["slots"] == [8, 2]
     assert batch["identical_outputs"] == 16 and batch["accuracy_flexible"][0] == batch["accuracy_flexible"][1]
+    # which engine decoded, and whether graphs were asked for (eval=default: no) and replayed, as result.json says
+    assert evaluation["engine"] == "static" and evaluation["cuda_graphs"]["requested"] is False
+    # graphs against eager steps: on the CPU both passes decode eagerly, and the record says why
+    graphs = evaluation["graphs_against_eager"]
+    assert graphs["questions"] == 16 and graphs["slots"] == 4 and graphs["identical_outputs"] == 16
+    assert graphs["graphs"] == {"requested": True, "captured": 0, "failure": None, "not_used": "the model is on cpu"}
 
     grid = stages["grid"]
     assert grid["all_completed"] is True and grid["all_on_device"] is True
@@ -56,6 +62,7 @@ def test_dry_run_runs_every_stage_and_reports(requires_data, tmp_path):
     for method, cell in grid["cells"].items():
         assert cell["eval_device"] == "cpu", method
         assert (cell["train_device"] == "cpu") == (method in ("full", "lora", "dora")), method
+        assert cell["engine"] == "static" and cell["cuda_graphs"]["captured"] == 0, method
     variant = stages["train_variants"]["packing"]
     assert variant["returncode"] == 0 and set(variant["methods"]) == {"full", "lora"}
     assert variant["methods"]["full"]["padding_fraction"] == 0.0

@@ -40,6 +40,15 @@ class Decoding:
 RowDone = Callable[[int, list[int]], None]  # (row of the batch, its generated token ids), called once per row
 
 
+@dataclass
+class GraphUse:
+    """What became of ``cuda_graphs``: the decode steps captured as CUDA graphs, and the first capture that failed
+    (decoding then went on eagerly)."""
+
+    captured: int = 0
+    failure: str | None = None
+
+
 _NEUTRAL_GENERATE_KWARGS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None,
                             "suppress_tokens": None, "begin_suppress_tokens": None, "forced_bos_token_id": None,
                             "forced_eos_token_id": None, "sequence_bias": None, "min_new_tokens": None,
@@ -279,8 +288,9 @@ class _DecodeStep:
     buffers before every replay; the graph records the same forward that runs eagerly.
     """
 
-    def __init__(self, model, cache: SlotKVCache, slots: int, use_graph: bool):
+    def __init__(self, model, cache: SlotKVCache, slots: int, use_graph: bool, graphs: GraphUse | None = None):
         self.model, self.cache, self.slots, self.use_graph = model, cache, slots, use_graph
+        self.graphs = graphs if graphs is not None else GraphUse()
         self.graph = None
         self.buffers: tuple[torch.Tensor, ...] = ()
         self.logits: torch.Tensor | None = None
@@ -302,8 +312,10 @@ class _DecodeStep:
                     raise
                 log.warning("capturing the decode step as a CUDA graph failed (%s: %s); decoding eagerly",
                             type(error).__name__, error)
+                self.graphs.failure = self.graphs.failure or f"{type(error).__name__}: {error}"
                 self.use_graph, self.graph = False, None
                 return self._run(token, position, column, valid, width)
+            self.graphs.captured += 1
         for buffer, value in zip(self.buffers, (token, position, column, valid)):
             buffer.copy_(value)
         self.graph.replay()
@@ -323,13 +335,14 @@ class _DecodeStep:
             self.logits = self._run(*self.buffers, length)
 
 
-def decode_static(model, rows: Sequence[Sequence[int]], settings: Decoding, done: RowDone, slots: int) -> None:
+def decode_static(model, rows: Sequence[Sequence[int]], settings: Decoding, done: RowDone, slots: int,
+                  graphs: GraphUse | None = None) -> None:
     """Greedy continuations of ``rows`` (longest first), ``slots`` of them at a time over one preallocated KV cache.
 
     A slot whose sequence ends takes the next waiting prompt (on CPU at once; elsewhere once an eighth of the
     slots are free, so that one prefill forward refills several). Once no prompt waits, the running sequences
     are packed into fewer slots: at once, or with CUDA graphs (``cuda_graphs`` on a CUDA device) in halving
-    steps, one graph per slot count.
+    steps, one graph per slot count, each counted in ``graphs``.
     """
     device = _device(model)
     on_cpu, use_graph = device.type == "cpu", settings.cuda_graphs and device.type == "cuda"
@@ -411,11 +424,12 @@ def decode_static(model, rows: Sequence[Sequence[int]], settings: Decoding, done
             cache.use_slots(used)
         if step is None or step.slots != used:
             step = None
-            step = _DecodeStep(model, cache, used, use_graph)
+            step = _DecodeStep(model, cache, used, use_graph, graphs)
         columns = torch.tensor(column[:used], device=device)
         valid[:used].scatter_(1, columns[:, None], True)
         width = length if use_graph else max(column[s] for s in range(used) if slot_row[s] is not None) + 1
         logits = step(token[:used], torch.tensor(position[:used], device=device), columns, valid[:used], width)
+        use_graph = use_graph and step.use_graph  # a capture that failed is not tried again at other slot counts
         for s in range(used):
             column[s] = min(column[s] + 1, length - 1)  # a free slot stays at the last column
             position[s] += 1

@@ -87,6 +87,8 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
         "truncated_fraction": _mean(g.new_tokens >= int(eval_cfg["max_new_tokens"]) for g in generations) if n else None,
         "eval_oom_halvings": stats["oom_halvings"],
         "generation_config_ignored": stats["generation_config_ignored"],
+        "engine": stats["engine"],
+        "cuda_graphs": stats["cuda_graphs"],
     }
     return records, metrics
 

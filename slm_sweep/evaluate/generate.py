@@ -27,7 +27,14 @@ from collections.abc import Callable, Sequence
 import torch
 
 from slm_sweep.evaluate.batching import context_window, encode_prompts, slot_count, token_budget_batches
-from slm_sweep.evaluate.decode import ENGINE_LOOPS, Decoding, RowDone, decode_static, has_sliding_layers
+from slm_sweep.evaluate.decode import (
+    ENGINE_LOOPS,
+    Decoding,
+    GraphUse,
+    RowDone,
+    decode_static,
+    has_sliding_layers,
+)
 from slm_sweep.evaluate.stopping import Generation, StopCheck, eos_token_ids, to_generation
 from slm_sweep.evaluate.weight_first import weight_first_linears
 from slm_sweep.memory import is_out_of_memory, release_cached_memory
@@ -61,7 +68,9 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
     ``static`` decodes every prompt through one set of slots (see ``slot_count``), a slot taking the next prompt
     as soon as its sequence ends; the other engines decode one token-budget batch at a time. Running out of
     accelerator memory halves the slot count (the batch size), caps every later batch the same way and retries
-    what is left; answers already reported are kept. ``stats["oom_halvings"]`` counts the halvings.
+    what is left; answers already reported are kept. ``stats["oom_halvings"]`` counts the halvings,
+    ``stats["engine"]`` names the engine that decoded and ``stats["cuda_graphs"]`` says what became of
+    ``cuda_graphs`` (see ``graph_report``).
     """
     if engine not in ENGINES:
         raise ValueError(f"eval.engine={engine!r} is not one of {', '.join(ENGINES)}")
@@ -94,6 +103,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
         log.warning("decoding greedily without the model's generation config settings %s",
                     stats["generation_config_ignored"])
     stats.setdefault("oom_halvings", 0)
+    stats["engine"], graphs = engine, GraphUse()
     pending, batch_cap = list(range(len(prompts))), max_batch_size
     try:
         while pending:
@@ -112,7 +122,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
                 try:
                     with weight_first_linears(model):
                         if engine == "static":
-                            decode_static(model, rows, settings, done, slots=size)
+                            decode_static(model, rows, settings, done, slots=size, graphs=graphs)
                         else:
                             ENGINE_LOOPS[engine](model, rows, settings, done)
                 except Exception as error:  # noqa: BLE001 - only out-of-memory is retried, the rest re-raised
@@ -135,7 +145,20 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
             pending = [i for i in pending if results[i] is None]
     finally:
         model.train(was_training)
+        stats["cuda_graphs"] = graph_report(cuda_graphs, engine, model, graphs)
     return results  # type: ignore[return-value]
+
+
+def graph_report(requested: bool, engine: str, model, graphs: GraphUse) -> dict:
+    """Whether the decode steps were replayed as CUDA graphs: ``captured`` graphs (one per slot count), the first
+    capture that failed, and when graphs were asked for but none was captured, why not (``not_used``)."""
+    reason = None
+    if requested and not graphs.captured:
+        device = next(model.parameters()).device
+        reason = (f"eval.engine={engine} (graphs need static)" if engine != "static" else
+                  f"the model is on {device.type}" if device.type != "cuda" else
+                  f"capture failed: {graphs.failure}" if graphs.failure else "no decode step ran")
+    return {"requested": bool(requested), "captured": graphs.captured, "failure": graphs.failure, "not_used": reason}
 
 
 def _reporter(indices: list[int], results: list, tokenizer, stop: Sequence[str], on_batch) -> RowDone:
