@@ -13,7 +13,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
+from slm_sweep.config_sources import CONF_DIR, group_options, where
+
 MODEL_SOURCES = ("hub", "gguf", "tiny", "random")
 PROMPT_STYLES = ("auto", "chat", "plain")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -35,11 +36,6 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))
-
-
-def group_options(group: str) -> list[str]:
-    """Names of the config files of a group under conf/, e.g. the models one can choose."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 _NUMBER_KINDS = {
@@ -156,7 +152,7 @@ def target_class(path: str, entry: Any, kind: str, group: str, bases: tuple[type
     naming the entry and the files of conf/<group>/ otherwise. Imports the class: cells call it, not validation."""
     from hydra.utils import get_class
 
-    options = f"the {kind}s in conf/{group}/ are: {', '.join(group_options(group))}"
+    options = f"the {kind}s in {where(group)} are: {', '.join(group_options(group))}"
     target = _target(path, entry, kind, options)
     try:
         cls = get_class(target)
@@ -188,7 +184,7 @@ def _validate_logger(cfg: DictConfig) -> None:
     itself is imported and checked when the cell builds its loggers (slm_sweep.tracking)."""
     from slm_sweep.tracking import WANDB_TARGET, logger_entries
 
-    options = f"the loggers in conf/logger/ are: {', '.join(group_options('logger'))}"
+    options = f"the loggers in {where('logger')} are: {', '.join(group_options('logger'))}"
     try:
         entries = logger_entries(cfg.logger)
     except ValueError as err:
@@ -201,7 +197,7 @@ def _validate_logger(cfg: DictConfig) -> None:
 def _validate_callbacks(cfg: DictConfig) -> None:
     """Each entry of ``callbacks`` (conf/callbacks/) is null or names a class of an installed package; training
     imports and checks it (slm_sweep.train.fit.configured_callbacks)."""
-    options = f"the callbacks in conf/callbacks/ are: {', '.join(group_options('callbacks'))}"
+    options = f"the callbacks in {where('callbacks')} are: {', '.join(group_options('callbacks'))}"
     for name, entry in (cfg.get("callbacks") or {}).items():
         if entry is not None:
             _target(f"callbacks.{name}", entry, "callback", options)

@@ -29,9 +29,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from slm_sweep.config_sources import CONF_DIR
+
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
 DEFAULT_TABLE = "tuned/lr.yaml"
 DEFAULT_METRIC = "val_accuracy_flexible"
 # Fewer validation questions than this cannot separate candidates a few points apart (the standard error of an

@@ -55,6 +55,15 @@ def own_wandb_service(monkeypatch):
     monkeypatch.delenv("WANDB_SERVICE", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def package_config_folder_only():
+    """Config folders added by a test that runs a Hydra job in this process do not outlive it."""
+    from slm_sweep.config_sources import use_config_sources
+
+    yield
+    use_config_sources(None)
+
+
 @pytest.fixture
 def requires_data():
     if not (DATA_ROOT / "gsm8k" / "test.jsonl").is_file():

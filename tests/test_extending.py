@@ -41,6 +41,17 @@ answer_format: number
 val_size: 4
 """
 
+OOD_DATASET = """\
+# differences, scored only (no train split): an out-of-domain set and a deduplication set from my own folder
+name: mydiffs
+local: {dir_name: mydiffs, files: {test: test.jsonl}}
+question: [problem]
+answer: result
+answer_format: number
+val_size: null
+eval_only: true
+"""
+
 METHOD = """\
 # (IA)^3: learned rescaling vectors on keys, values and the feed-forward input, a peft method that is no LoRA
 name: ia3
@@ -84,6 +95,7 @@ def write_extensions(root: Path) -> dict[str, Path]:
         (conf / folder).mkdir(parents=True, exist_ok=True)
     (conf / "model" / "mytiny.yaml").write_text(MODEL)
     (conf / "dataset" / "mysums.yaml").write_text(DATASET)
+    (conf / "dataset" / "mydiffs.yaml").write_text(OOD_DATASET)
     (conf / "method" / "ia3.yaml").write_text(METHOD)
     (conf / "hydra" / "launcher" / "inline.yaml").write_text(LAUNCHER)
     (root / "mymetrics.py").write_text(METRIC_MODULE)
@@ -91,7 +103,15 @@ def write_extensions(root: Path) -> dict[str, Path]:
     for split, count, offset in (("train", 24, 0), ("test", 4, 100)):
         rows = [{"problem": f"What is {offset + i} plus {i + 3}?", "result": offset + 2 * i + 3} for i in range(count)]
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    diffs = root / "data" / "mydiffs"
+    diffs.mkdir()
+    rows = [{"problem": f"What is {50 + i} minus {i}?", "result": 50} for i in range(3)]
+    (diffs / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {"conf": conf, "data_root": root / "data"}
+
+
+# a dataset of the user's folder as an out-of-domain set and a deduplication set, not only as dataset=
+OOD_AND_DEDUP = ["eval.ood_sets=[mydiffs]", "dataset.dedup.against=[mydiffs]"]
 
 
 FAST = ["trainer.max_steps=2", "trainer.batch_size=4", "trainer.micro_batch_size=4", "trainer.max_length=64",
@@ -113,25 +133,80 @@ def restored_metrics(monkeypatch):
 
 def test_a_model_dataset_method_and_metric_from_outside_the_package_run_a_cell(tmp_path, monkeypatch,
                                                                                restored_metrics):
+    from slm_sweep.config_sources import use_config_sources
     from slm_sweep.run import run
 
     paths = write_extensions(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))  # where the metric module is
     cfg = compose_config([f"hydra.searchpath=[file://{paths['conf']}]", "model=mytiny", "dataset=mysums",
                           "method=ia3", f"data_root={paths['data_root']}", "eval.metric_modules=[mymetrics]",
-                          "resume.enabled=false", *FAST])
+                          "resume.enabled=false", *OOD_AND_DEDUP, *FAST])
+    # what `python -m slm_sweep` does with the Hydra job's config sources
+    use_config_sources([{"schema": "file", "path": str(paths["conf"]), "provider": "hydra.searchpath"}])
     record = run(cfg, out_dir=tmp_path / "cell")
     assert record["status"] == "completed", record.get("error")
+    assert record["eval_sets"]["mydiffs"]["n_eval"] == 3
+    assert record["dedup"]["against"] == {"test": 4, "mydiffs": 3} and not record["dedup"]["skipped"]
     assert (record["model"], record["method"], record["dataset"]) == ("mytiny", "ia3", "mysums")
     metrics = record["metrics"]
     assert metrics["n_eval"] == 4 and metrics["train_steps"] == 2
     assert 0 < metrics["trainable_params"] < metrics["total_params"]
     predictions = [json.loads(line) for line in (tmp_path / "cell" / "predictions.jsonl").read_text().splitlines()]
+    assert {p["reference"] for p in predictions if p["eval_set"] == "mydiffs"} == {"50"}
+    predictions = [p for p in predictions if p["eval_set"] == "mysums"]
     assert {p["reference"] for p in predictions} == {"103", "105", "107", "109"}
     hits = [p["correct_last_digit"] for p in predictions]
     assert metrics["accuracy_last_digit"] == pytest.approx(sum(hits) / len(hits))
     adapter = json.loads((tmp_path / "cell" / "adapter" / "adapter_config.json").read_text())
     assert adapter["peft_type"] == "IA3" and sorted(adapter["target_modules"]) == ["down_proj", "k_proj", "v_proj"]
+
+
+def test_a_hydra_job_reads_dataset_files_from_its_search_path(tmp_path):
+    """``python -m slm_sweep`` hands the job's config sources to slm_sweep.config_sources; a dataset of the user's
+    folder is then known by name, and an unknown one's error names both folders."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from slm_sweep.config_sources import CONF_DIR, use_hydra_search_path
+    from slm_sweep.data import DataError, dataset_spec, known_datasets
+
+    paths = write_extensions(tmp_path)
+    assert "mydiffs" not in known_datasets()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra.searchpath=[file://{paths['conf']}]"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert use_hydra_search_path() == (CONF_DIR, paths["conf"].resolve())
+    finally:
+        HydraConfig.instance().cfg = None
+    assert {"mydiffs", "mysums", "gsm8k"} <= set(known_datasets())
+    assert dataset_spec("mydiffs").eval_only is True
+    with pytest.raises(DataError, match=f"the datasets in conf/dataset/ and {paths['conf'].resolve()}/dataset are"):
+        dataset_spec("nosuchset")
+    assert use_hydra_search_path() == (CONF_DIR,)  # outside a job: the package's folder alone
+    assert "mydiffs" not in known_datasets()
+
+
+def test_a_sweep_checks_out_of_domain_and_dedup_sets_from_the_user_folder_before_it_starts(tmp_path):
+    paths = write_extensions(tmp_path)
+
+    def preflight(sweep: str) -> tuple[dict, str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "slm_sweep", "-m", f"hydra.searchpath=[file://{paths['conf']}]", "model=mytiny",
+             "dataset=mysums", f"data_root={paths['data_root']}", "method=ia3,zeroshot", *OOD_AND_DEDUP,
+             "preflight.only=true", f"hydra.sweep.dir={tmp_path / sweep}"],
+            cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads((tmp_path / sweep / "preflight.json").read_text()), proc.stdout + proc.stderr
+
+    plan, output = preflight("sweep")
+    assert "preflight.only: 2 of 2 cells would run" in output
+    assert any(c["ok"] and "mydiffs" in c["line"] for c in plan["checked"]), plan["checked"]
+    assert not plan["ood_sets_dropped"] and not plan["config_errors"], plan
+
+    (paths["data_root"] / "mydiffs" / "test.jsonl").unlink()  # the set's files gone: named before any cell
+    plan, output = preflight("sweep2")
+    assert plan["ood_sets_dropped"] == ["mydiffs"] and "mydiffs" in output, plan
 
 
 def test_a_launcher_from_outside_the_package_is_chosen_by_name(tmp_path):
@@ -151,7 +226,7 @@ def test_a_model_dataset_method_metric_and_launcher_from_outside_the_package_run
     paths = write_extensions(tmp_path)
     args = [sys.executable, "-m", "slm_sweep", "-m", f"hydra.searchpath=[file://{paths['conf']}]",
             "hydra/launcher=inline", "model=mytiny", "dataset=mysums", f"data_root={paths['data_root']}",
-            "eval.metric_modules=[mymetrics]", "method=ia3,zeroshot", *FAST]
+            "eval.metric_modules=[mymetrics]", "method=ia3,zeroshot", *OOD_AND_DEDUP, *FAST]
     # the working directory is on the Python path of `python -m`, as for a user's own metric module
     proc = subprocess.run(args, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "1"},
                           capture_output=True, text=True, timeout=600)
@@ -163,10 +238,11 @@ def test_a_model_dataset_method_metric_and_launcher_from_outside_the_package_run
         record = json.loads(path.read_text())
         assert record["status"] == "completed", record.get("error")
         assert (record["model"], record["dataset"]) == ("mytiny", "mysums")
-        assert record["metrics"]["n_eval"] == 4
+        assert record["metrics"]["n_eval"] == 4 and record["eval_sets"]["mydiffs"]["n_eval"] == 3
         assert 0.0 <= record["metrics"]["accuracy_last_digit"] <= 1.0
         assert record["config"]["model"]["hidden_size"] == 32
         predictions = [json.loads(line) for line in (path.parent / "predictions.jsonl").read_text().splitlines()]
+        predictions = [p for p in predictions if p["eval_set"] == "mysums"]
         assert {p["reference"] for p in predictions} == {"103", "105", "107", "109"}
         assert all("extracted_last_digit" in p and "correct_last_digit" in p for p in predictions)
         hits = [p["correct_last_digit"] for p in predictions]

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from slm_sweep.config_sources import group_file, group_options, where
 from slm_sweep.data.errors import DataError
 from slm_sweep.settings import DatasetSettings, DedupSettings, defaults
-
-DATASET_CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 
 ANSWER_FORMATS = ("gsm8k", "prose", "number")
 TEST_SPLITS = ("test", "heldout")
@@ -30,16 +28,17 @@ DEDUP_DEFAULTS: dict[str, Any] = defaults(DedupSettings)
 
 
 def known_datasets() -> list[str]:
-    """Names of the datasets defined in conf/dataset/."""
-    return sorted(path.stem for path in DATASET_CONF_DIR.glob("*.yaml"))
+    """Names of the datasets defined in conf/dataset/ and in the dataset folders of Hydra's search path."""
+    return group_options("dataset")
 
 
 def dataset_spec(name: str) -> DictConfig:
-    """The dataset config conf/dataset/<name>.yaml."""
-    known = known_datasets()
-    if name not in known:
-        raise DataError(f"unknown dataset {name!r}; known datasets (conf/dataset/*.yaml): {', '.join(known)}")
-    return OmegaConf.merge(OmegaConf.structured(DatasetSettings), OmegaConf.load(DATASET_CONF_DIR / f"{name}.yaml"))
+    """The dataset config <name>.yaml of conf/dataset/ or of a search-path folder (slm_sweep.config_sources)."""
+    path = group_file("dataset", name)
+    if path is None:
+        raise DataError(f"unknown dataset {name!r}; the datasets in {where('dataset')} are: "
+                        f"{', '.join(known_datasets())}")
+    return OmegaConf.merge(OmegaConf.structured(DatasetSettings), OmegaConf.load(path))
 
 
 def as_dict(spec: Mapping | DictConfig) -> dict[str, Any]:
@@ -176,11 +175,11 @@ def _check_dedup(spec: dict[str, Any]) -> None:
     known = known_datasets()
     if not isinstance(against, list) or not all(isinstance(item, str) for item in against):
         raise DataError(f"dataset {name!r}: dedup.against={against!r} must be a list of dataset names "
-                        f"(conf/dataset/*.yaml): {', '.join(known)}")
+                        f"({where('dataset')}): {', '.join(known)}")
     for item in against:
         if item not in known:
             raise DataError(f"dataset {name!r}: dedup.against has {item!r}, which is not a dataset; known datasets "
-                            f"(conf/dataset/*.yaml): {', '.join(known)} (the dataset's own test split is always "
+                            f"({where('dataset')}): {', '.join(known)} (the dataset's own test split is always "
                             "included)")
     threshold = dedup["near_threshold"]
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
@@ -201,7 +200,7 @@ def as_list(value: Any) -> list:
 
 def eval_only_message(name: str) -> str:
     trainable = [
-        n for n in known_datasets() if not OmegaConf.load(DATASET_CONF_DIR / f"{n}.yaml").get("eval_only")
+        n for n in known_datasets() if not OmegaConf.load(group_file("dataset", n)).get("eval_only")
     ]
     return (
         f"dataset {name!r} is eval-only (it has no train split): it can't be used for training or as the "

@@ -64,8 +64,10 @@ class Preflight(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from slm_sweep.config import ConfigError, validate_preflight
+        from slm_sweep.config_sources import use_config_sources
         from slm_sweep.sweep.preflight import apply_plan, plan_grid, write_plan
 
+        use_config_sources(OmegaConf.select(config, "hydra.runtime.config_sources"))
         try:
             validate_preflight(config)
         except ConfigError as error:
