@@ -471,11 +471,24 @@ def test_a_swept_setting_becomes_a_variant_and_rows_never_mix(tmp_path):
             write_json(sweep / str(job) / "result.json", _with_identity(record, config, f"cfg-r{r}"))
             job += 1
     rows = summarize(collect([sweep]).records)
-    assert [(row["variant"], row["n"]) for row in rows] == [("r=16", 2), ("r=8", 2)]
+    assert [(row["variant"], row["n"]) for row in rows] == [("r=8", 2), ("r=16", 2)]  # numbers read as numbers
     assert {row["variant"]: row["accuracy_flexible_mean"] for row in rows} == pytest.approx(
         {"r=8": 0.205, "r=16": 0.405})
     report = write_report([sweep], tmp_path / "out", plots=False)
     assert "| beta | lora (r=8) |" in report["markdown"] and "| beta | lora (r=16) |" in report["markdown"]
+
+
+def test_a_new_method_sorts_among_its_own_kind(tmp_path):
+    """A method the report has never heard of goes after the built-in ones of its kind: a new baseline (a method
+    file with train: false) among the baselines, a new adapter method after the trained ones."""
+    methods = {"pissa": True, "lora": True, "fewshot": False, "my_baseline": False, "full": True, "zeroshot": False}
+    for job, (method, trains) in enumerate(methods.items()):
+        record = make_record("beta", "lora" if trains else "zeroshot", 0, 0.2, 0.2)
+        record["method"], record["config"] = method, {"method": {"name": method, "train": trains}}
+        write_json(tmp_path / str(job) / "result.json", record)
+    rows = summarize(collect([tmp_path]).records)
+    assert [row["method"] for row in rows] == ["zeroshot", "fewshot", "my_baseline", "full", "lora", "pissa"]
+    assert [row["trained"] for row in rows] == [False, False, False, True, True, True]
 
 
 def test_two_sweeps_of_other_code_are_told_apart_by_their_configuration_key(tmp_path):

@@ -23,6 +23,7 @@ evaluation set.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -157,10 +158,23 @@ def _plain(value: str | None) -> str:
 # ---------------------------------------------------------------- ordering
 
 
-def method_sort_key(method: str) -> tuple[int, str]:
+def method_sort_key(method: str, trained: bool | None = None) -> tuple[bool, int, str]:
+    """Baselines before trained methods, each kind in METHOD_ORDER and then by name: a new method sorts among
+    its own kind. ``trained``: whether the method trains weights (a row's ``trained``); None: from its name."""
+    trained = is_fine_tuned(method) if trained is None else trained
     if method in METHOD_ORDER:
-        return METHOD_ORDER.index(method), ""
-    return len(METHOD_ORDER), method
+        return trained, METHOD_ORDER.index(method), ""
+    return trained, len(METHOD_ORDER), method
+
+
+def row_sort_key(row: dict[str, Any]) -> tuple:
+    """A row's method, then its variant with numbers read as numbers (``r=8`` before ``r=16``)."""
+    return *method_sort_key(row["method"], row.get("trained")), natural_key(row.get("variant") or "")
+
+
+def natural_key(text: str) -> list:
+    """``text`` split into its runs of digits, compared as integers, and the text between them."""
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", text))]
 
 
 def method_label(row: dict[str, Any]) -> str:
@@ -332,8 +346,7 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
         row["eval_time_s_mean"] = _mean_or_none(m.get("eval_time_s") for m in metrics)
         rows.append(row)
 
-    rows.sort(key=lambda r: (r["dataset"], model_sort_key(r["model"], sizes), method_sort_key(r["method"]),
-                             r["variant"]))
+    rows.sort(key=lambda r: (r["dataset"], model_sort_key(r["model"], sizes), row_sort_key(r)))
     _add_baseline_columns(rows, ("dataset", "model"), "dataset", deltas=True, alpha=alpha, correction=correction)
     return rows
 
@@ -391,8 +404,7 @@ def summarize_ood(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
             r["dataset"],
             r["eval_set"],
             model_sort_key(r["model"], sizes),
-            method_sort_key(r["method"]),
-            r["variant"],
+            row_sort_key(r),
         )
     )
     _add_baseline_columns(rows, ("dataset", "eval_set", "model"), "eval_set", deltas=False, alpha=alpha,

@@ -31,7 +31,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .aggregate import METHOD_ORDER, is_fine_tuned, method_label, method_sort_key
+from .aggregate import METHOD_ORDER, is_fine_tuned, method_label, method_sort_key, row_sort_key
 
 DPI = 120
 
@@ -91,7 +91,8 @@ def _accuracy_axis(ax) -> None:
 
 
 def _methods(rows: Sequence[dict[str, Any]]) -> list[str]:
-    return sorted({method_label(r) for r in rows}, key=method_sort_key)
+    """The rows' method labels (``lora (r=8)``) in report order."""
+    return list(dict.fromkeys(method_label(r) for r in sorted(rows, key=row_sort_key)))
 
 
 def _models(rows: Sequence[dict[str, Any]]) -> list[str]:
