@@ -47,7 +47,7 @@ FLOORS = {"train_tokens_per_s_min": 45_000, "dora_step_over_lora_max": 1.3, "eva
 BATCH_CHECK_QUESTIONS, BATCH_CHECK_AFTER_S = 256, 20.0
 # graphs against eager steps: run when the eager pass, projected at this many times the graphs' pass, fits in what
 # is left of the stage's limit with a margin
-GRAPH_CHECK_QUESTIONS, EAGER_OVER_GRAPH, MARGIN_S = 128, 10.0, 5.0
+GRAPH_CHECK_QUESTIONS, EAGER_OVER_GRAPH, MARGIN_S = 128, 12.0, 5.0
 WORKER_START = time.perf_counter()
 STAGES = ("train", "eval", "grid", "train_variants")
 # Measured after the main stages, in the time left: trainer=gpu without compilation (what it gains), then the
