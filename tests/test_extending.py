@@ -188,25 +188,22 @@ def test_a_hydra_job_reads_dataset_files_from_its_search_path(tmp_path):
 
 
 def test_a_sweep_checks_out_of_domain_and_dedup_sets_from_the_user_folder_before_it_starts(tmp_path):
+    """Two out-of-domain sets of the user's folder: one readable (checked), one whose files are not there (left
+    out before any cell, named in the output)."""
     paths = write_extensions(tmp_path)
-
-    def preflight(sweep: str) -> tuple[dict, str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "slm_sweep", "-m", f"hydra.searchpath=[file://{paths['conf']}]", "model=mytiny",
-             "dataset=mysums", f"data_root={paths['data_root']}", "method=ia3,zeroshot", *OOD_AND_DEDUP,
-             "preflight.only=true", f"hydra.sweep.dir={tmp_path / sweep}"],
-            cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return json.loads((tmp_path / sweep / "preflight.json").read_text()), proc.stdout + proc.stderr
-
-    plan, output = preflight("sweep")
-    assert "preflight.only: 2 of 2 cells would run" in output
-    assert any(c["ok"] and "mydiffs" in c["line"] for c in plan["checked"]), plan["checked"]
-    assert not plan["ood_sets_dropped"] and not plan["config_errors"], plan
-
-    (paths["data_root"] / "mydiffs" / "test.jsonl").unlink()  # the set's files gone: named before any cell
-    plan, output = preflight("sweep2")
-    assert plan["ood_sets_dropped"] == ["mydiffs"] and "mydiffs" in output, plan
+    (paths["conf"] / "dataset" / "mymissing.yaml").write_text(OOD_DATASET.replace("mydiffs", "mymissing"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "slm_sweep", "-m", f"hydra.searchpath=[file://{paths['conf']}]", "model=mytiny",
+         "dataset=mysums", f"data_root={paths['data_root']}", "method=ia3,zeroshot",
+         "eval.ood_sets=[mydiffs,mymissing]", "dataset.dedup.against=[mydiffs]", "preflight.only=true",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "preflight.only: 2 of 2 cells would run" in proc.stdout
+    assert "mymissing" in proc.stdout + proc.stderr
+    plan = json.loads((tmp_path / "sweep" / "preflight.json").read_text())
+    assert any(c["ok"] and c["name"] == "mydiffs" for c in plan["checked"]), plan["checked"]
+    assert plan["ood_sets_dropped"] == ["mymissing"] and not plan["config_errors"], plan
 
 
 def test_a_launcher_from_outside_the_package_is_chosen_by_name(tmp_path):
