@@ -285,11 +285,29 @@ def closing_line(record: dict[str, Any], out: Path) -> str:
 
         scores = (" ".join(f"{prefix}{name} {score(accuracy_key(name))}" for name in METRICS)
                   + f" (n={metrics.get(prefix + 'n_eval')})")
-        times = f"train {metrics.get('train_time_s') or 0:.1f} s, eval {metrics.get('eval_time_s') or 0:.1f} s"
-        middle = f"{scores} | {times}" + (" | reused" if record.get("reused_from") else "")
+        middle = f"{scores} | {_performance(record)}" + (" | reused" if record.get("reused_from") else "")
     else:
         middle = f"error: {record.get('error')}"
     return f"cell {record['status']}: {cell} | {middle} | {out / RESULT_FILE}"
+
+
+def _performance(record: dict[str, Any]) -> str:
+    """Times, rates and memory of a cell, as its closing line shows them: ``train 91.0 s at 1,234 tok/s (MFU
+    0.5 %), eval 28.1 s at 87 tok/s on cpu float32, peak 5.8 GB``."""
+    metrics = record.get("metrics") or {}
+    train = f"train {metrics.get('train_time_s') or 0:.1f} s"
+    if metrics.get("train_tokens_per_s"):
+        train += f" at {metrics['train_tokens_per_s']:,.0f} tok/s"
+        if metrics.get("mfu"):
+            train += f" (MFU {100 * metrics['mfu']:.1f} %)"
+    evaluation = f"eval {metrics.get('eval_time_s') or 0:.1f} s"
+    if metrics.get("eval_tokens_per_s"):
+        evaluation += f" at {metrics['eval_tokens_per_s']:,.0f} tok/s"
+    placement = (record.get("placement") or {}).get("eval") or {}
+    if placement.get("device"):
+        evaluation += f" on {placement['device']} {placement.get('dtype') or ''}".rstrip()
+    peak = f", peak {metrics['peak_memory_mb'] / 1024:.1f} GB" if metrics.get("peak_memory_mb") else ""
+    return f"{train}, {evaluation}{peak}"
 
 
 def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:

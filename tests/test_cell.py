@@ -91,6 +91,22 @@ def test_a_cell_ends_with_one_closing_line(tiny_cfg, tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("cell completed: tiny x zeroshot x gsm8k seed 0 | strict ")
     assert "(n=3)" in last and "eval " in last and last.endswith(str(tmp_path / "result.json"))
+    assert " tok/s on cpu float32, peak " in last  # the cell's own performance report
+
+
+def test_the_closing_line_reports_rates_mfu_placement_and_peak_memory(tmp_path):
+    from slm_sweep.run import closing_line
+
+    record = {"model": "smollm135", "method": "lora", "dataset": "gsm8k", "seed": 1, "status": "completed",
+              "metrics": {"accuracy_flexible": 0.25, "n_eval": 1319, "train_time_s": 170.04,
+                          "train_tokens_per_s": 46812.4, "mfu": 0.0123, "eval_time_s": 12.3,
+                          "eval_tokens_per_s": 21034.0, "peak_memory_mb": 9830.4},
+              "placement": {"eval": {"device": "cuda:0", "dtype": "bfloat16"}}}
+    line = closing_line(record, tmp_path)
+    assert ("| train 170.0 s at 46,812 tok/s (MFU 1.2 %), eval 12.3 s at 21,034 tok/s on cuda:0 bfloat16, "
+            "peak 9.6 GB |") in line
+    untrained = {**record, "method": "zeroshot", "metrics": {"n_eval": 5, "train_time_s": 0.0, "eval_time_s": 2.0}}
+    assert "| train 0.0 s, eval 2.0 s on cuda:0 bfloat16 |" in closing_line(untrained, tmp_path)
 
 
 def test_a_tracker_that_cannot_start_fails_the_cell_instead_of_leaving_it_running(tiny_cfg, tmp_path, monkeypatch):
