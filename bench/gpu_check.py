@@ -479,10 +479,14 @@ def print_summary(data: dict) -> None:
     for method, c in (grid.get("cells") or {}).items():
         print(f"grid  {method:<8} {c['status']:<10} train on {c['train_device']} eval on {c['eval_device']} "
               f"({c['eval_dtype']}, {c['engine']}, graphs {(c['cuda_graphs'] or {}).get('captured')}) "
-              f"acc_flex {c['accuracy_flexible']} train {c['train_time_s']} s eval {c['eval_time_s']} s")
+              f"acc_flex {c['accuracy_flexible']} train {_seconds(c['train_time_s'])} eval {_seconds(c['eval_time_s'])}")
     if grid:
         print(f"grid: {grid.get('seconds')} s, all completed: {grid.get('all_completed')}, "
               f"all on the device: {grid.get('all_on_device')}")
+
+
+def _seconds(value) -> str:
+    return "n/a" if value is None else f"{value:.1f} s"
 
 
 if __name__ == "__main__":

@@ -134,6 +134,14 @@ class WandbRun(CellLogger):
         for name, scores in (record.get("eval_sets") or {}).items():
             values.update({f"eval_{name}/{k}": v for k, v in scores.items() if isinstance(v, (int, float))})
         values["status"] = record.get("status")
+        # where and how it generated, to filter runs by in the dashboard (not logged as a step)
+        placement = (record.get("placement") or {}).get("eval") or {}
+        decoding = record.get("decoding") or {}
+        described = {"placement/eval_device": placement.get("device"),
+                     "placement/eval_device_name": placement.get("device_name"),
+                     "placement/eval_dtype": placement.get("dtype"), "decoding/engine": decoding.get("engine"),
+                     "decoding/cuda_graphs_captured": (decoding.get("cuda_graphs") or {}).get("captured")}
+        self.run.summary.update({k: v for k, v in described.items() if v is not None})
         self.run.summary.update(values)
         self.run.log({k: v for k, v in values.items() if k != "status"})
         if self.log_predictions and predictions:

@@ -46,7 +46,8 @@ def test_wandb_offline_logs_the_run_and_keeps_secrets_out(requires_data, tmp_pat
     # the run's record stream (protobuf) holds the keys and names as plain strings
     stream = wandb_files[0].read_bytes()
     for expected in (b"tiny-lora-gsm8k", b"tiny-lora-gsm8k-seed0", b"train/loss", b"val/loss",
-                     b"eval/accuracy_strict", b"eval/accuracy_flexible", b"perf/tokens_per_s"):
+                     b"eval/accuracy_strict", b"eval/accuracy_flexible", b"perf/tokens_per_s",
+                     b"placement/eval_device", b"decoding/engine", b"decoding/cuda_graphs_captured"):
         assert expected in stream, expected
     table = json.loads(next(offline_runs[0].rglob("predictions*.table.json")).read_text())
     assert table["columns"][:5] == ["eval_set", "index", "question", "reference", "output"]
