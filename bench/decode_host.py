@@ -12,6 +12,10 @@ evaluation time with a given replay time:
 
 Generation lengths: uniform between ``--min-new`` and ``--max-new``, and ``--truncated-share`` of the questions
 running to ``--max-new`` (SmolLM2-135M-Instruct on GSM8K zero-shot: 8 questions, 1629 tokens at up to 256).
+
+``--sets N [N ...]`` compares what a cell does today, one decode pass per evaluation set (each set's slots run
+down to its last question), with one pass over all of them (the paper's cells: GSM8K test and six out-of-domain
+sets, ``--sets 1319 1000 1319 394 507 561 599``).
 """
 
 from __future__ import annotations
@@ -86,16 +90,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--replay-ms", type=float, default=4.3, help="the model's time per decode step on the GPU")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sets", type=int, nargs="+", default=None, metavar="N",
+                        help="set sizes: one pass per set against one pass over all (ignores --questions)")
     parser.add_argument("--json", type=Path, default=None)
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    vocab_size = args.max_new + 2
-    model = CountdownLM(vocab_size).eval()
-    rows, planned = make_rows(args.questions, tuple(args.prompt_tokens), (args.min_new, args.max_new),
-                              args.truncated_share, vocab_size, args.seed)
+def decode(rows: list[list[int]], planned: list[int], args: argparse.Namespace) -> dict:
+    """The decode loop over ``rows`` with the countdown model, timed; checks every planned length."""
+    model = CountdownLM(args.max_new + 2).eval()
     generated: dict[int, int] = {}
     settings = Decoding(max_new_tokens=args.max_new, stop_check=StopCheck(None, [], {EOS}), pad_id=EOS)
     start = time.perf_counter()
@@ -112,24 +115,55 @@ def main(argv=None) -> dict:
     steps = len(model.decode_calls)
     other_s = seconds - steps * step_s
     projected = steps * (step_s + args.replay_ms / 1000) + other_s
-    result = {"questions": len(rows), "slots": args.slots, "new_tokens": sum(planned), "decode_steps": steps,
-              "loop_seconds": round(seconds, 3), "host_ms_per_step": round(step_s * 1000, 3),
-              "host_ms_per_step_p90": round((statistics.quantiles(gaps, n=10)[-1] if len(gaps) > 1 else step_s)
-                                            * 1000, 3),
-              "prefill_and_other_s": round(other_s, 3), "replay_ms": args.replay_ms,
-              "projected_eval_s": round(projected, 2),
-              "host_share_of_projection": round((steps * step_s + other_s) / projected, 3),
-              "torch": torch.__version__, "threads": torch.get_num_threads()}
-    print(f"{len(rows)} questions, {args.slots} slots: {sum(planned)} tokens in {steps} decode steps; "
-          f"host {step_s * 1000:.2f} ms per step (p90 {result['host_ms_per_step_p90']:.2f}), "
-          f"prefill and the rest {other_s:.2f} s")
-    print(f"projected with a {args.replay_ms} ms replay per step: {projected:.2f} s "
+    return {"questions": len(rows), "slots": args.slots, "new_tokens": sum(planned), "decode_steps": steps,
+            "loop_seconds": round(seconds, 3), "host_ms_per_step": round(step_s * 1000, 3),
+            "host_ms_per_step_p90": round((statistics.quantiles(gaps, n=10)[-1] if len(gaps) > 1 else step_s)
+                                          * 1000, 3),
+            "prefill_and_other_s": round(other_s, 3), "replay_ms": args.replay_ms,
+            "projected_eval_s": round(projected, 2),
+            "host_share_of_projection": round((steps * step_s + other_s) / projected, 3),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def _rows(args: argparse.Namespace, questions: int, seed: int) -> tuple[list[list[int]], list[int]]:
+    return make_rows(questions, tuple(args.prompt_tokens), (args.min_new, args.max_new), args.truncated_share,
+                     args.max_new + 2, seed)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    result = decode(*_rows(args, args.questions, args.seed), args)
+    print(f"{result['questions']} questions, {args.slots} slots: {result['new_tokens']} tokens in "
+          f"{result['decode_steps']} decode steps; host {result['host_ms_per_step']:.2f} ms per step "
+          f"(p90 {result['host_ms_per_step_p90']:.2f}), prefill and the rest {result['prefill_and_other_s']:.2f} s")
+    print(f"projected with a {args.replay_ms} ms replay per step: {result['projected_eval_s']:.2f} s "
           f"(host {result['host_share_of_projection']:.0%} of it)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
+def compare_sets(argv=None) -> dict:
+    """One decode pass per set against one pass over the same questions together: decode steps, projections."""
+    args = parse_args(argv)
+    sets = [_rows(args, n, args.seed + i) for i, n in enumerate(args.sets)]
+    separate = [decode(rows, planned, args) for rows, planned in sets]
+    joined = decode([r for rows, _ in sets for r in rows], [p for _, planned in sets for p in planned], args)
+    result = {"sets": args.sets, "slots": args.slots, "replay_ms": args.replay_ms, "new_tokens": joined["new_tokens"],
+              "separate_steps": sum(r["decode_steps"] for r in separate),
+              "separate_projected_s": round(sum(r["projected_eval_s"] for r in separate), 2),
+              "one_pass_steps": joined["decode_steps"], "one_pass_projected_s": joined["projected_eval_s"]}
+    result["steps_ratio"] = round(result["one_pass_steps"] / result["separate_steps"], 3)
+    print(f"{len(args.sets)} sets, {sum(args.sets)} questions, {result['new_tokens']} tokens, {args.slots} slots: "
+          f"one pass per set {result['separate_steps']} decode steps (projected {result['separate_projected_s']} s), "
+          f"one pass over all {result['one_pass_steps']} (projected {result['one_pass_projected_s']} s): "
+          f"{result['steps_ratio']:.2f}x the steps")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 if __name__ == "__main__":
-    torch.set_num_threads(parse_args().threads)
-    main()
+    options = parse_args()
+    torch.set_num_threads(options.threads)
+    compare_sets() if options.sets else main()

@@ -586,3 +586,16 @@ def test_the_decode_loop_generates_each_planned_length_at_full_and_refilled_slot
     assert result["questions"] == 60
     # at most 8 tokens per step (8 slots), at least one
     assert result["new_tokens"] / 8 <= result["decode_steps"] <= result["new_tokens"]
+
+
+def test_one_decode_pass_over_several_sets_takes_fewer_steps_than_one_pass_per_set():
+    """bench/decode_host.py --sets: the same questions, planned lengths checked in every pass; a pass per set runs
+    its slots down to its last question each time, one pass over all of them once."""
+    import sys
+
+    sys.path.insert(0, str(CONF_DIR.parents[1] / "bench"))
+    import decode_host
+
+    result = decode_host.compare_sets(["--sets", "20", "9", "9", "--slots", "8", "--min-new", "3", "--max-new", "30",
+                                       "--prompt-tokens", "5", "20"])
+    assert result["new_tokens"] / 8 <= result["one_pass_steps"] < result["separate_steps"]
