@@ -339,6 +339,7 @@ def test_report_json_names_the_code_settings_and_every_input(grid, tmp_path):
     assert [(s["path"], s["status"]) for s in inputs["skipped"]] == [(str(failed), "failed")]
     assert [m["path"] for m in inputs["malformed"]] == [str(sweep / "broken" / "result.json")]
     assert inputs["cell_commits"] == {"unknown": 24}
+    assert inputs["cell_hardware"] == {"train": {"unknown": 12}, "eval": {"unknown": 24}}  # no placement recorded
     assert record["outputs"] == [str(p) for p in report["files"][:-1]]
     assert all(Path(p).is_file() for p in record["outputs"])
     assert "`report.json` beside this file" in (out / "summary.md").read_text()
@@ -346,11 +347,19 @@ def test_report_json_names_the_code_settings_and_every_input(grid, tmp_path):
     # a cell computed by other code is counted, and the summary says so
     other = make_record("beta", "full", 4, 0.3, 0.2)
     other["git_commit"] = "f" * 40 + "-dirty"  # computed from a tree with uncommitted changes
+    other["placement"] = {"train": {"device": "cuda:0", "device_name": "NVIDIA H200", "precision": "bf16-mixed"},
+                          "eval": {"device": "cuda:0", "device_name": "NVIDIA H200", "dtype": "bfloat16"}}
     write_json(sweep / "other" / "result.json", other)
     report = write_report([sweep], tmp_path / "mixed", plots=False)
-    assert json.loads((tmp_path / "mixed" / REPORT_FILE).read_text())["inputs"]["cell_commits"] == {
-        "unknown": 24, "f" * 40 + "-dirty": 1}
+    inputs = json.loads((tmp_path / "mixed" / REPORT_FILE).read_text())["inputs"]
+    assert inputs["cell_commits"] == {"unknown": 24, "f" * 40 + "-dirty": 1}
     assert "computed at 2 git commits (`unknown` 24, `ffffffffffff-dirty` 1 cells)" in report["markdown"]
+    # the chips and number formats behind the numbers
+    assert inputs["cell_hardware"] == {"train": {"unknown": 12, "NVIDIA H200, bf16-mixed": 1},
+                                       "eval": {"unknown": 24, "NVIDIA H200, bfloat16": 1}}
+    assert [u["evaluated_on"] for u in inputs["used"] if u["seed"] == 4] == ["NVIDIA H200, bfloat16"]
+    assert "Trained on: unknown (12 cells); NVIDIA H200, bf16-mixed (1 cell)." in report["markdown"]
+    assert "Generated on: unknown (24 cells); NVIDIA H200, bfloat16 (1 cell)." in report["markdown"]
 
 
 def test_plots_are_png(grid, tmp_path):

@@ -77,12 +77,33 @@ class Collection:
         """Completed cells per git commit of the code that computed them ("unknown" where none is recorded)."""
         return Counter(str(r.get("git_commit") or "unknown") for r in self.completed)
 
+    def cell_hardware(self, stage: str) -> Counter:
+        """Completed cells per chip and number format of ``stage``: ``eval`` (``NVIDIA H200, bfloat16``) or
+        ``train`` (``NVIDIA H200, bf16-mixed``; cells that trained nothing are left out). "unknown" where a
+        record has no placement (older result files)."""
+        counts: Counter = Counter()
+        for record in self.completed:
+            if stage == "train" and not number((record.get("metrics") or {}).get("train_steps")):
+                continue
+            counts[placement_label(record, stage)] += 1
+        return counts
+
     @property
     def skipped_counts(self) -> dict[str, int]:
         """Cells per status other than completed, known statuses first (zeros included)."""
         counts = self.status_counts
         others = sorted(s for s in counts if s not in STATUSES)
         return {s: counts.get(s, 0) for s in (*(s for s in STATUSES if s != COMPLETED), *others)}
+
+
+def placement_label(record: dict[str, Any], stage: str) -> str:
+    """Where and in which number format a cell ran ``stage``, as ``chip, format``; "unknown" without a record."""
+    placement = (record.get("placement") or {}).get(stage)
+    if not isinstance(placement, dict) or not placement.get("device"):
+        return "unknown"
+    chip = placement.get("device_name") or placement["device"]
+    number_format = placement.get("precision") if stage == "train" else placement.get("dtype")
+    return f"{chip}, {number_format}" if number_format else str(chip)
 
 
 # ---------------------------------------------------------------- finding and reading files

@@ -15,7 +15,7 @@ from typing import Any
 from slm_sweep.identity import file_sha256
 from slm_sweep.results import atomic_write_text, git_commit, now_iso
 
-from .collect import COMPLETED, Collection, identity_key
+from .collect import COMPLETED, Collection, identity_key, placement_label
 from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
 REPORT_FILE = "report.json"
@@ -35,7 +35,8 @@ def _input(record: dict[str, Any]) -> dict[str, Any]:
     return {"path": record.get("result_path"), "status": record.get("status"), "model": record.get("model"),
             "method": record.get("method"), "dataset": record.get("dataset"), "seed": record.get("seed"),
             "evaluation_key": identity_key(record, "evaluation_key"), "reused_from": record.get("reused_from"),
-            "git_commit": record.get("git_commit"), "finished_at": record.get("finished_at")}
+            "git_commit": record.get("git_commit"), "finished_at": record.get("finished_at"),
+            "evaluated_on": placement_label(record, "eval")}
 
 
 def report_record(collection: Collection, *, alpha: float, correction: str, claims: str | os.PathLike | None,
@@ -61,6 +62,8 @@ def report_record(collection: Collection, *, alpha: float, correction: str, clai
             "used": used,
             # the code that computed the cells: more than one commit is worth a look before quoting a table
             "cell_commits": dict(collection.cell_commits),
+            # the chips and number formats behind the numbers, as a paper's footnote would give them
+            "cell_hardware": {stage: dict(collection.cell_hardware(stage)) for stage in ("train", "eval")},
             "skipped": [_input(r) for r in collection.records if r.get("status") != COMPLETED],
             "malformed": [{"path": str(path), "reason": reason} for path, reason in collection.malformed],
             "duplicates": [{"kept": str(kept), "dropped": str(dropped)} for kept, dropped in collection.duplicates],

@@ -158,6 +158,12 @@ def _sources(collection: Collection) -> list[str]:
         f"Skipped cells: {skipped}.",
         "",
     ]
+    for stage, verb in (("train", "Trained"), ("eval", "Generated")):
+        hardware = collection.cell_hardware(stage)
+        if hardware:
+            listed = "; ".join(f"{label} ({count} cell{'' if count == 1 else 's'})"
+                               for label, count in hardware.most_common())
+            lines += [f"{verb} on: {listed}.", ""]
     commits = collection.cell_commits
     if len(commits) > 1:
         listed = ", ".join(f"`{commit[:12]}{'-dirty' if commit.endswith('-dirty') else ''}` {count}"
