@@ -9,8 +9,8 @@ Stages (each in a process of its own, under a time limit, so that one that hangs
 - ``train``: ``bench/train_speed.py`` for full / LoRA / DoRA at an effective batch of 16 against the plain loop.
 - ``eval``: the evaluator on every GSM8K test question (zero-shot chat prompts), up to 256 new tokens; then, in
   the time the stage has left, the first 256 questions again with a quarter as many slots: in bf16 a question's
-  answer may depend on the batch it shares, and this says how often it does; then the first 128 with CUDA graphs
-  and without, at the same slots: whether replayed graphs decode what the eager steps decode.
+  answer may depend on the batch it shares, and this says how often it does. Before that, the first 32 with CUDA
+  graphs and without, all at once: whether replayed graphs decode what the eager steps decode.
 - ``grid``: ``python -m slm_sweep -m trainer=gpu eval=gpu method=zeroshot,fewshot,full,lora,dora`` on a GSM8K
   slice; every result.json must show training and evaluation on the GPU.
 - ``train_variants``: full fine-tuning and LoRA again eager (``trainer=gpu`` compiles each decoder layer), with
@@ -47,7 +47,7 @@ FLOORS = {"train_tokens_per_s_min": 45_000, "dora_step_over_lora_max": 1.3, "eva
 BATCH_CHECK_QUESTIONS, BATCH_CHECK_AFTER_S = 256, 20.0
 # graphs against eager steps: run when the eager pass, projected at this many times the graphs' pass, fits in what
 # is left of the stage's limit with a margin
-GRAPH_CHECK_QUESTIONS, EAGER_OVER_GRAPH, MARGIN_S = 128, 12.0, 5.0
+GRAPH_CHECK_QUESTIONS, EAGER_OVER_GRAPH, MARGIN_S = 32, 12.0, 5.0
 WORKER_START = time.perf_counter()
 STAGES = ("train", "eval", "grid", "train_variants")
 # Measured after the main stages, in the time left: trainer=gpu without compilation (what it gains), then the
@@ -285,13 +285,14 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
                                              "--max-new", str(int(cfg.eval.max_new_tokens)),
                                              "--min-new", str(min(100, int(cfg.eval.max_new_tokens) - 1))])
     atomic_write_text(figures_path, json.dumps(figures, indent=2, default=str))
+    # first whether the graphs decode what the eager steps decode: every GPU figure rests on it
+    figures["graphs_against_eager"] = graphs_against_eager(model, tokenizer, test, prompts, cfg.eval, time_limit)
+    atomic_write_text(figures_path, json.dumps(figures, indent=2, default=str))
     if seconds > BATCH_CHECK_AFTER_S:
         figures["batch_invariance"] = {"skipped": f"the evaluation took {seconds:.0f} s, over "
                                                   f"{BATCH_CHECK_AFTER_S:.0f} s: no time left in the stage"}
     else:
         figures["batch_invariance"] = batch_invariance(model, tokenizer, test, prompts, cfg.eval, records)
-    atomic_write_text(figures_path, json.dumps(figures, indent=2, default=str))
-    figures["graphs_against_eager"] = graphs_against_eager(model, tokenizer, test, prompts, cfg.eval, time_limit)
     atomic_write_text(figures_path, json.dumps(figures, indent=2, default=str))
 
 
@@ -328,17 +329,20 @@ def batch_invariance(model, tokenizer, test, prompts, eval_cfg, records: list[di
 
 
 def graphs_against_eager(model, tokenizer, test, prompts, eval_cfg, time_limit: float) -> dict:
-    """The first questions decoded with ``eval.cuda_graphs`` on, then off, at the same slots: the graphs record
-    the eager step, but attend over every column of the cache where the eager step reads only the filled ones,
-    so bf16 outputs may differ as they do between batch sizes; a graph that replayed stale inputs would change
-    most of them. The eager pass runs only when, projected from the graphs' pass, it fits in the stage's limit.
-    On a CPU both passes are eager (and identical: the dry run checks the comparison itself)."""
+    """The first questions decoded with ``eval.cuda_graphs`` on, then off, all at once (one slot each, so at most
+    ``max_new_tokens`` steps: an eager step costs several graph replays): the graphs record the eager step, but
+    attend over every column of the cache where the eager step reads only the filled ones, and pack the slots in
+    halving steps (a graph per slot count), so bf16 outputs may differ as they do between batch sizes; a graph
+    that replayed stale inputs would change most of them. With the real weights (random ones give near-equal
+    logits, whose argmax the smallest difference flips) this is the check that the GPU figures decode what the
+    model computes. The eager pass runs only when, projected from the graphs' pass, it fits in the stage's
+    limit. On a CPU both passes are eager (and identical: the dry run checks the comparison itself)."""
     from omegaconf import OmegaConf
 
     from slm_sweep.evaluate.evaluator import evaluate
 
     n = min(len(test), GRAPH_CHECK_QUESTIONS)
-    slots = max(1, min(int(eval_cfg.max_batch_size), n) // 2)
+    slots = max(1, min(int(eval_cfg.max_batch_size), n))
     runs: dict[bool, tuple[list[dict], dict]] = {}
     seconds: dict[bool, float] = {}
     for graphs in (True, False):
@@ -465,16 +469,16 @@ def print_summary(data: dict) -> None:
               f"a synthetic schedule)")
     if "cuda_graphs" in ev:
         print(f"eval  engine {ev.get('engine')}, CUDA graphs: {ev['cuda_graphs']}")
-    batch = ev.get("batch_invariance")
-    if batch:
-        print("eval  batch invariance: " + (batch["skipped"] if "skipped" in batch else
-              f"{batch['identical_outputs']} of {batch['questions']} outputs identical with {batch['slots'][1]} slots "
-              f"instead of {batch['slots'][0]}, flexible accuracy {batch['accuracy_flexible']}"))
     graphs = ev.get("graphs_against_eager")
     if graphs:
         print("eval  graphs against eager steps: " + (graphs["skipped"] if "skipped" in graphs else
               f"{graphs['identical_outputs']} of {graphs['questions']} outputs identical at {graphs['slots']} slots, "
               f"flexible accuracy {graphs['accuracy_flexible']}, {graphs['seconds']} s"))
+    batch = ev.get("batch_invariance")
+    if batch:
+        print("eval  batch invariance: " + (batch["skipped"] if "skipped" in batch else
+              f"{batch['identical_outputs']} of {batch['questions']} outputs identical with {batch['slots'][1]} slots "
+              f"instead of {batch['slots'][0]}, flexible accuracy {batch['accuracy_flexible']}"))
     grid = stages.get("grid") or {}
     for method, c in (grid.get("cells") or {}).items():
         print(f"grid  {method:<8} {c['status']:<10} train on {c['train_device']} eval on {c['eval_device']} "

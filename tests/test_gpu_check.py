@@ -53,7 +53,7 @@ def test_dry_run_runs_every_stage_and_reports(requires_data, tmp_path):
     assert evaluation["engine"] == "static" and evaluation["cuda_graphs"]["requested"] is False
     # graphs against eager steps: on the CPU both passes decode eagerly, and the record says why
     graphs = evaluation["graphs_against_eager"]
-    assert graphs["questions"] == 16 and graphs["slots"] == 4 and graphs["identical_outputs"] == 16
+    assert graphs["questions"] == 16 and graphs["slots"] == 8 and graphs["identical_outputs"] == 16
     assert graphs["graphs"] == {"requested": True, "captured": 0, "failure": None, "not_used": "the model is on cpu"}
 
     grid = stages["grid"]
