@@ -17,11 +17,6 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 _search_dirs: tuple[Path, ...] = (CONF_DIR,)
 
 
-def config_dirs() -> tuple[Path, ...]:
-    """The config folders, the package's first."""
-    return _search_dirs
-
-
 def use_config_sources(sources: Iterable[Mapping[str, Any]] | None) -> tuple[Path, ...]:
     """Read group files from Hydra's config sources as well (``hydra.runtime.config_sources``: each a mapping
     with ``schema`` (file, pkg, structured) and ``path``); None or an empty list: the package's folder only.
