@@ -6,7 +6,7 @@
 
 ``make wheelhouse`` fills ``.gpu/wheels`` (the Python packages that machine lacks). The SmolLM2-135M GGUF (98 MB)
 is larger than one transfer (64 MiB), so it travels as two parts, each in a folder of its own, with the SHA-256 of
-the whole file: the first run carries ``.gpu/gguf/part1``, the next (while the machine stays up) ``part2``, and
+the whole file: the first run carries ``.gpu/gguf/part1``, the next (on the same machine) ``part2``, and
 ``join`` rebuilds the file only when both parts are there and the checksum matches. Without the weights the check
 runs on random weights of the same architecture (``.gpu/smollm135``: config.json and the tokenizer) and says so.
 """
