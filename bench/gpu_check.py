@@ -307,21 +307,26 @@ def agreement(first: list[dict], second: list[dict]) -> dict:
                                   for records in (first, second)]}
 
 
-def batch_invariance(model, tokenizer, test, prompts, eval_cfg, records: list[dict]) -> dict:
-    """The first questions again with a quarter of the slots (other batch neighbours, other padding), their
-    outputs compared with the full evaluation's: identical in float32 on a CPU (a test checks it); in bf16 on a
-    GPU the share that changes, and what that does to accuracy, is a property of the protocol worth reporting."""
+def evaluate_first(model, tokenizer, test, prompts, eval_cfg, n: int, **changes) -> tuple[list[dict], dict, float]:
+    """The evaluator on the first ``n`` questions with ``changes`` to the eval settings: (records, metrics, s)."""
     from omegaconf import OmegaConf
 
     from slm_sweep.evaluate.evaluator import evaluate
 
+    start = time.perf_counter()
+    records, metrics = evaluate(model, tokenizer, test[:n], prompts[:n], OmegaConf.merge(eval_cfg, changes),
+                                "gsm8k", progress=False)
+    return records, metrics, time.perf_counter() - start
+
+
+def batch_invariance(model, tokenizer, test, prompts, eval_cfg, records: list[dict]) -> dict:
+    """The first questions again with a quarter of the slots (other batch neighbours, other padding), their
+    outputs compared with the full evaluation's: identical in float32 on a CPU (a test checks it); in bf16 on a
+    GPU the share that changes, and what that does to accuracy, is a property of the protocol worth reporting."""
     n = min(len(test), BATCH_CHECK_QUESTIONS)
     slots = int(eval_cfg.max_batch_size)
     fewer = max(1, min(slots, n) // 4)  # fewer slots than questions, so that the batches really differ
-    narrow = OmegaConf.merge(eval_cfg, {"max_batch_size": fewer})
-    start = time.perf_counter()
-    again, _ = evaluate(model, tokenizer, test[:n], prompts[:n], narrow, "gsm8k", progress=False)
-    seconds = time.perf_counter() - start
+    again, _, seconds = evaluate_first(model, tokenizer, test, prompts, eval_cfg, n, max_batch_size=fewer)
     figures = {**agreement(records[:n], again), "slots": [slots, fewer], "seconds": round(seconds, 2)}
     print(f"eval: {figures['identical_outputs']} of {n} outputs identical with {fewer} slots instead of {slots}",
           flush=True)
@@ -337,25 +342,19 @@ def graphs_against_eager(model, tokenizer, test, prompts, eval_cfg, time_limit: 
     logits, whose argmax the smallest difference flips) this is the check that the GPU figures decode what the
     model computes. The eager pass runs only when, projected from the graphs' pass, it fits in the stage's
     limit. On a CPU both passes are eager (and identical: the dry run checks the comparison itself)."""
-    from omegaconf import OmegaConf
-
-    from slm_sweep.evaluate.evaluator import evaluate
-
     n = min(len(test), GRAPH_CHECK_QUESTIONS)
     slots = max(1, min(int(eval_cfg.max_batch_size), n))
-    runs: dict[bool, tuple[list[dict], dict]] = {}
-    seconds: dict[bool, float] = {}
+    runs: dict[bool, tuple[list[dict], dict, float]] = {}
     for graphs in (True, False):
         left = time_limit - (time.perf_counter() - WORKER_START) - MARGIN_S
-        needed = EAGER_OVER_GRAPH * seconds[True] if seconds else 0.0
+        needed = EAGER_OVER_GRAPH * runs[True][2] if runs else 0.0
         if left < needed or left <= 0:
             return {"skipped": f"{left:.0f} s left in the stage, the eager pass projected at {needed:.0f} s"}
-        settings = OmegaConf.merge(eval_cfg, {"max_batch_size": slots, "cuda_graphs": graphs})
-        start = time.perf_counter()
-        runs[graphs] = evaluate(model, tokenizer, test[:n], prompts[:n], settings, "gsm8k", progress=False)
-        seconds[graphs] = time.perf_counter() - start
-    figures = {**agreement(runs[True][0], runs[False][0]), "slots": slots,
-               "graphs": runs[True][1]["cuda_graphs"], "seconds": [round(seconds[True], 2), round(seconds[False], 2)]}
+        runs[graphs] = evaluate_first(model, tokenizer, test, prompts, eval_cfg, n, max_batch_size=slots,
+                                      cuda_graphs=graphs)
+    (with_graphs, metrics, graph_s), (eager, _, eager_s) = runs[True], runs[False]
+    figures = {**agreement(with_graphs, eager), "slots": slots, "graphs": metrics["cuda_graphs"],
+               "seconds": [round(graph_s, 2), round(eager_s, 2)]}
     print(f"eval: {figures['identical_outputs']} of {n} outputs identical with CUDA graphs and without "
           f"({figures['seconds'][0]} s against {figures['seconds'][1]} s)", flush=True)
     return figures
