@@ -363,7 +363,10 @@ def graphs_against_eager(model, tokenizer, test, prompts, eval_cfg, time_limit: 
 def grid_stage(args, model_overrides, device, work) -> dict:
     sweep_dir = work / "sweep"
     if args.dry_run:
-        size = ["trainer=default", "eval=default", "dataset.train_limit=24", "dataset.val_size=4",
+        # the GPU's settings as far as a CPU takes them (bf16 mixed precision, fused AdamW, bf16 generation; no
+        # compilation, which takes minutes here, and no CUDA graphs, which the CPU ignores)
+        size = ["trainer=gpu", "trainer.accelerator=cpu", "trainer.compile=false", "eval=gpu",
+                "dataset.train_limit=24", "dataset.val_size=4",
                 "dataset.test_limit=6", "trainer.max_steps=3", "trainer.batch_size=4", "trainer.micro_batch_size=4",
                 "trainer.max_length=256", "eval.max_new_tokens=8"]
     else:

@@ -484,4 +484,6 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
     metrics.pop("eval_set_time_s", None)
     from slm_sweep.train.callbacks import peak_memory_mb
 
-    metrics["peak_memory_mb"] = peak_memory_mb()
+    # the GPU's figure if training or evaluation ran on one, else the process's
+    on_gpu = [d for d in (trained_on, str(placement.device)) if d and d.startswith("cuda")]
+    metrics["peak_memory_mb"] = peak_memory_mb(on_gpu[0] if on_gpu else placement.device)

@@ -16,29 +16,20 @@ def run_cli(args: list[str], cwd, env_extra: dict | None = None, timeout: int = 
                           text=True, timeout=timeout)
 
 
-def test_single_run_writes_under_outputs(requires_data, tmp_path):
-    proc = run_cli([*FAST_TINY, "method=lora", "logger=csv"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = list((tmp_path / "outputs").rglob("result.json"))
-    assert len(results) == 1
-    record = json.loads(results[0].read_text())
-    assert record["status"] == "completed"
-    run_dir = results[0].parent
-    assert (run_dir / "predictions.jsonl").is_file()
-    assert (run_dir / ".hydra" / "config.yaml").is_file()
-    metrics_csv = next(run_dir.rglob("metrics.csv")).read_text()
-    assert "train/loss" in metrics_csv and "val/loss" in metrics_csv
-
-
-def test_wandb_offline_logs_the_run_and_keeps_secrets_out(requires_data, tmp_path):
+def test_a_single_run_writes_under_outputs_logs_to_wandb_offline_and_csv_and_keeps_secrets_out(requires_data, tmp_path):
     fake_key = "fake-wandb-key-0123456789abcdef0123456789abcdef"
     fake_token = "hf_FAKEtoken0123456789"
     env = {"WANDB_MODE": "", "WANDB_API_KEY": "", "HF_TOKEN": fake_token, "WANDB_DIR": str(tmp_path)}
     env.pop("WANDB_MODE")
-    proc = run_cli([*FAST_TINY, "method=lora", "logger=wandb", "logger.mode=offline", "+logger.api_key=" + fake_key],
-                   cwd=tmp_path, env_extra=env)
+    proc = run_cli([*FAST_TINY, "method=lora", "logger=wandb_csv", "logger.wandb.mode=offline",
+                    "+logger.wandb.api_key=" + fake_key], cwd=tmp_path, env_extra=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = next((tmp_path / "outputs").rglob("result.json")).parent
+    (result,) = list((tmp_path / "outputs").rglob("result.json"))
+    assert json.loads(result.read_text())["status"] == "completed"
+    run_dir = result.parent
+    assert (run_dir / "predictions.jsonl").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
+    metrics_csv = next(run_dir.rglob("metrics.csv")).read_text()
+    assert "train/loss" in metrics_csv and "val/loss" in metrics_csv
     offline_runs = list(run_dir.glob("wandb/offline-run-*"))
     assert len(offline_runs) == 1, list(run_dir.rglob("*"))[:20]
     wandb_files = list(offline_runs[0].rglob("*.wandb"))

@@ -6,7 +6,13 @@ import torch
 from slm_sweep.config import compose
 from slm_sweep.methods import apply_method
 from slm_sweep.models import load_model_and_tokenizer
-from slm_sweep.train.compilation import compile_in_place, compiled_modules, remove_compiled, repeated_layers
+from slm_sweep.train.compilation import (
+    compile_in_place,
+    compiled_modules,
+    missing_toolchain,
+    remove_compiled,
+    repeated_layers,
+)
 
 
 def tiny_model(method: str | None = None):
@@ -73,3 +79,30 @@ def test_a_model_without_marked_layers_is_compiled_whole():
 def test_an_unknown_scope_is_named_with_the_allowed_ones():
     with pytest.raises(ValueError, match="trainer.compile_scope='blocks' is not one of: layers, model"):
         compile_in_place(tiny_model(), "blocks")
+
+
+def test_each_compiled_model_starts_from_an_empty_dynamo_cache():
+    """Dynamo keeps the compiled graphs on the code of the layers' forward, which all models of the class share:
+    graphs an earlier cell of the same process left there would count towards this one's recompile_limit."""
+    from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    earlier = tiny_model()
+    layer = repeated_layers(earlier)[0]
+    layer.compile(backend="eager", dynamic=True)  # no code generation: fast
+    with torch.no_grad():
+        earlier(input_ids=torch.tensor([[1, 2, 3]]))
+    forward = type(layer).forward.__code__
+    assert _debug_get_cache_entry_list(forward)
+
+    compile_in_place(tiny_model(), "layers")
+    assert _debug_get_cache_entry_list(forward) == []
+
+
+def test_without_a_c_compiler_training_is_not_compiled_and_the_record_says_why(monkeypatch, tmp_path):
+    assert missing_toolchain() is None  # this machine builds compiled kernels
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no cc, gcc or clang
+    model = tiny_model("lora")
+    record = compile_in_place(model, "layers")
+    assert record == {"skipped": "no C compiler (cc, gcc or clang on PATH, or CC)"}
+    assert compiled_modules(model) == {} and remove_compiled(model, record) == 0

@@ -336,3 +336,14 @@ def test_qlora_is_lora_on_a_4_bit_model_and_every_other_method_leaves_the_model_
     assert qlora.model.name == "smollm135" and qlora.model.quantization.load_in_4bit is True
     assert qlora.method.name == "qlora" and qlora.method.peft.r == 8 and qlora.method.peft._target_ == "peft.LoraConfig"
     assert compose_config(["method=lora", "model=smollm135"]).model.quantization is None
+
+
+@pytest.mark.parametrize("launcher", group_options("hydra/launcher"))
+def test_every_launcher_composes_and_names_an_installed_launcher(launcher):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import get_class
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    target = cfg.hydra.launcher._target_
+    assert get_class(target).__name__.endswith("Launcher"), target

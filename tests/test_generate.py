@@ -438,6 +438,34 @@ def test_generation_says_which_engine_decoded_and_whether_graphs_were_replayed(v
     assert stats["cuda_graphs"] == {"requested": requested, "captured": 0, "failure": None, "not_used": not_used}
 
 
+def test_sliding_window_layers_decode_with_the_cache_engine_under_the_default_eval_config(requires_data):
+    """The slot cache of ``static`` does not window its attention: a model with sliding-window layers (Gemma 3)
+    decodes with ``cache`` whatever the generation config, the default (neutral) included, and says so."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from tests.conftest import compose_config
+
+    _, tokenizer = _tiny()
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=6,
+                              layer_types=["sliding_attention", "full_attention"], max_position_embeddings=256,
+                              tie_word_embeddings=False)
+    model = Gemma3ForCausalLM(config).eval()
+    torch.nn.init.normal_(model.lm_head.weight)  # varied text rather than the last token repeated
+    eval_cfg = compose_config(["eval.max_new_tokens=12"]).eval
+    assert (eval_cfg.engine, eval_cfg.generation_config) == ("static", "neutral")
+    examples = load_splits(dataset_spec("gsm8k"), data_root=requires_data, need_train=False).test[:3]
+    prompts = [f"Question: {ex.question}\nAnswer:" for ex in examples]
+    assert min(len(tokenizer(p).input_ids) for p in prompts) > 2 * config.sliding_window
+
+    records, metrics = evaluate(model, tokenizer, examples, prompts, eval_cfg, "gsm8k", progress=False)
+    plain = generate(model, tokenizer, prompts, max_new_tokens=12, stop=list(eval_cfg.stop), engine="plain",
+                     max_batch_size=1)
+    assert metrics["engine"] == "cache"
+    assert [r["output"] for r in records] == [g.text for g in plain]
+
+
 def test_slot_cache_memory_left_from_earlier_use_does_not_reach_the_logits(varied_tiny):
     """The slot cache is allocated uninitialised; whatever the memory held (NaN here) must not leak through the
     masked columns that a step reads but no prompt or step has written."""

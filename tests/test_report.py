@@ -26,7 +26,7 @@ from slm_sweep.report import (
     summarize_ood,
     write_report,
 )
-from slm_sweep.report.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, t_critical
+from slm_sweep.report.stats import SEED_TEST_DRAWS, SEED_TEST_SEED, t_critical
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -130,16 +130,6 @@ def test_t_critical_matches_student_t():
     assert t_critical(30) == pytest.approx(2.042, abs=1e-3)
 
 
-def test_t_critical_without_scipy(monkeypatch):
-    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # makes `from scipy.stats import t` fail
-    t_critical.cache_clear()
-    try:
-        assert t_critical(2) == 4.303
-        assert t_critical(31) == 1.96
-    finally:
-        t_critical.cache_clear()
-
-
 def test_rows_order_and_statistics(grid):
     sweep, values = grid
     rows = summarize(load_results([sweep]))
@@ -196,6 +186,14 @@ def test_single_seed_and_missing_baseline(tmp_path):
     assert row["negative_transfer"] is False
 
 
+def test_a_metric_some_seeds_lack_is_left_empty_not_averaged_over_the_others(tmp_path):
+    for seed, strict in ((0, 0.3), (1, None), (2, 0.5)):  # seed 1 ran before the strict metric existed
+        write_json(tmp_path / str(seed) / "result.json", make_record("beta", "full", seed, 0.4, strict))
+    (row,) = summarize(load_results([tmp_path]))
+    assert row["n"] == 3 and row["accuracy_flexible_mean"] == pytest.approx(0.4)
+    assert (row["accuracy_strict_mean"], row["accuracy_strict_std"], row["accuracy_strict_ci95"]) == (None,) * 3
+
+
 def test_unfinished_cells_skipped_and_counted(grid, tmp_path):
     sweep, _ = grid
     write_json(sweep / "failed" / "result.json", make_record("beta", "full", 3, None, None, status="failed"))
@@ -204,6 +202,7 @@ def test_unfinished_cells_skipped_and_counted(grid, tmp_path):
     report = write_report([sweep], tmp_path / "out", plots=False)
     rows = {(r["model"], r["method"]): r for r in report["rows"]}
     assert rows["beta", "full"]["n"] == 3 and rows["beta", "lora"]["n"] == 3
+    assert rows["beta", "lora"]["not_completed"] == "seed 3 diverged" and rows["alpha", "lora"]["not_completed"] is None
     counts = report["collection"].skipped_counts
     assert counts == {"running": 1, "failed": 1, "diverged": 1, "interrupted": 0}
     assert "Skipped cells: 1 running, 1 failed, 1 diverged, 0 interrupted." in report["markdown"]
@@ -328,8 +327,8 @@ def test_report_json_names_the_code_settings_and_every_input(grid, tmp_path):
     record = json.loads((out / REPORT_FILE).read_text())
     assert report["report_json"] == out / REPORT_FILE and report["files"][-1] == out / REPORT_FILE
     assert record["git_commit"] and record["versions"]["numpy"] and record["versions"]["slm_sweep"]
-    assert record["settings"] == {"alpha": 0.01, "correction": "none", "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
-                                  "bootstrap_seed": BOOTSTRAP_SEED, "plots": False,
+    assert record["settings"] == {"alpha": 0.01, "correction": "none", "seed_test_draws": SEED_TEST_DRAWS,
+                                  "seed_test_seed": SEED_TEST_SEED, "plots": False,
                                   "claims": {"path": str(DEFAULT_CLAIMS), "sha256": file_sha256(DEFAULT_CLAIMS)}}
     inputs = record["inputs"]
     assert inputs["result_files"] == 26 and inputs["dirs"] == [str(sweep)]
@@ -337,6 +336,13 @@ def test_report_json_names_the_code_settings_and_every_input(grid, tmp_path):
     assert len(used) == 24 and all(Path(u["path"]).is_file() for u in used.values())
     assert used["alpha", "lora", 2]["path"] == str(sweep / "11" / "result.json")  # alpha: jobs 0-11, lora last
     assert [(s["path"], s["status"]) for s in inputs["skipped"]] == [(str(failed), "failed")]
+    # the row whose seed failed says so, in the table and in summary.csv: its mean is over the other seeds
+    beta_full = next(r for r in report["rows"] if (r["model"], r["method"]) == ("beta", "full"))
+    assert beta_full["not_completed"] == "seed 3 failed" and beta_full["n"] == 3
+    assert "left out of the rows above (a row's mean and n are over its completed seeds): beta × full: seed 3 " \
+           "failed." in report["markdown"]
+    with open(out / "summary.csv", newline="") as f:
+        assert {r["not_completed"] for r in csv.DictReader(f)} == {"", "seed 3 failed"}
     assert [m["path"] for m in inputs["malformed"]] == [str(sweep / "broken" / "result.json")]
     assert inputs["cell_commits"] == {"unknown": 24}
     assert inputs["cell_hardware"] == {"train": {"unknown": 12}, "eval": {"unknown": 24}}  # no placement recorded

@@ -22,16 +22,20 @@ from slm_sweep.report.__main__ import main
 from slm_sweep.report.claims import check_claims, load_claims
 from slm_sweep.report.collect import NoQuestionData, question_scores
 from slm_sweep.report.stats import (
-    BOOTSTRAP,
     MCNEMAR,
+    SEEDS_AND_QUESTIONS,
     holm,
     mcnemar_exact,
-    paired_bootstrap,
     paired_test,
+    seed_variance,
+    seeds_and_questions_test,
     tango_paired_interval,
 )
 from slm_sweep.results import PREDICTIONS_FILE, redact, write_predictions, write_result
 from slm_sweep.scoring import METRICS, accuracy_key, score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from stats_calibration import rejection_rate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = 60
@@ -150,27 +154,87 @@ def test_exact_mcnemar_matches_the_binomial_by_hand(b, c, p):
 
 def test_single_seeds_are_compared_with_exact_mcnemar_on_paired_questions():
     a = [{(i, f"q{i}"): i < 6 for i in range(20)}]
-    b = [{(i, f"q{i}"): False for i in range(20)} | {(99, "only b"): True}]
+    b = [{(i, f"q{i}"): False for i in range(20)}]
     test = paired_test(a, b)
     assert (test.test, test.discordant, test.n_questions) == (MCNEMAR, (6, 0), 20)
     assert test.p_value == pytest.approx(0.03125) and test.difference == pytest.approx(6 / 20)
     assert test.significant(0.05) and not test.significant(0.01)
 
 
-def test_the_paired_bootstrap_is_deterministic_with_its_seed():
-    a = [[i % 3 != 0 for i in range(80)], [i % 4 != 0 for i in range(80)]]
-    b = [[i % 2 == 0 for i in range(80)]]
-    once = paired_bootstrap(a, b, resamples=2000, seed=7)
-    assert paired_bootstrap(a, b, resamples=2000, seed=7) == once
-    other = paired_bootstrap(a, b, resamples=2000, seed=8)
-    assert other.difference == once.difference and (other.ci_low, other.ci_high) != (once.ci_low, once.ci_high)
-    assert once.difference == pytest.approx((53 / 80 + 60 / 80) / 2 - 40 / 80)
-    assert once.ci_low < once.difference < once.ci_high and once.p_value < 0.05
-    same = paired_bootstrap(b, b, resamples=500, seed=1)
+def test_rows_scored_on_different_questions_are_not_tested():
+    # 60 questions against the first 20 of them: on those 20 the second row is better, on all 60 the first is,
+    # so neither a delta of the means nor a test on the shared questions says which is better
+    a = [{i: i < 30 for i in range(60)}]
+    b = [{i: True for i in range(20)}]
+    test = paired_test(a, b)
+    assert test.test is None and test.p_value is None
+    assert "scored different questions (20 and 60; 20 in common)" in test.reason
+    assert "dataset.test_limit" in test.reason
+
+
+def _seeds(*rights: int, questions: int = 80) -> list[list[bool]]:
+    return [[q < right for q in range(questions)] for right in rights]
+
+
+def test_with_seeds_that_agree_the_seed_test_is_the_paired_t_test_over_questions():
+    from scipy.stats import ttest_1samp
+
+    a = [[q % 3 != 0 for q in range(80)]] * 3  # three seeds that answered alike: no spread over seeds
+    b = [[q % 2 == 0 for q in range(80)]]
+    result = seeds_and_questions_test(a, b)
+    per_question = [float(x) - float(y) for x, y in zip(a[0], b[0])]
+    assert result.seed_se == (0.0, 0.0)
+    assert result.difference == pytest.approx(sum(per_question) / 80)
+    assert result.p_value == pytest.approx(ttest_1samp(per_question, 0.0).pvalue, rel=1e-9)
+    expected = ttest_1samp(per_question, 0.0).confidence_interval(0.95)
+    assert (result.ci_low, result.ci_high) == (pytest.approx(expected.low, abs=1e-6),
+                                               pytest.approx(expected.high, abs=1e-6))
+
+
+def test_the_seeds_share_of_the_variance_leaves_the_questions_noise_out():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    scores = (rng.random((3, 50)) < np.linspace(0.1, 0.9, 50)).astype(float)
+    seeds, questions = scores.shape
+    # the two-way decomposition written out: total = seeds + questions + residual sums of squares
+    total = ((scores - scores.mean()) ** 2).sum()
+    between_seeds = questions * ((scores.mean(axis=1) - scores.mean()) ** 2).sum()
+    between_questions = seeds * ((scores.mean(axis=0) - scores.mean()) ** 2).sum()
+    residual = (total - between_seeds - between_questions) / ((seeds - 1) * (questions - 1))
+    expected = max(0.0, (between_seeds / (seeds - 1) - residual) / questions) / seeds
+    assert seed_variance(scores) == pytest.approx(expected)
+    assert seed_variance(scores[:1]) == 0.0
+    # seeds that differ by whole blocks of questions: their spread counts, and widens the test
+    spread = seeds_and_questions_test(_seeds(20, 30, 40), _seeds(20))
+    alike = seeds_and_questions_test(_seeds(30, 30, 30), _seeds(20))
+    assert spread.difference == alike.difference == pytest.approx(10 / 80)
+    assert spread.seed_se[0] > 0 and alike.seed_se == (0.0, 0.0)
+    assert spread.p_value > alike.p_value and spread.ci_high - spread.ci_low > alike.ci_high - alike.ci_low
+    assert spread.ci_low < spread.difference < spread.ci_high
+
+
+def test_the_seed_test_is_deterministic_and_its_interval_agrees_with_its_p_value():
+    a, b = _seeds(30, 36, 41), _seeds(26)
+    once = seeds_and_questions_test(a, b)
+    assert seeds_and_questions_test(a, b) == once
+    for alpha in (0.05, 0.2):
+        at = seeds_and_questions_test(a, b, alpha=alpha)
+        assert (at.ci_low > 0) == (at.p_value < alpha)
+    same = seeds_and_questions_test(b * 2, b)
     assert (same.difference, same.p_value, same.ci_low, same.ci_high) == (0.0, 1.0, 0.0, 0.0)
-    keyed = [{(i, "q"): v for i, v in enumerate(row)} for row in a]
-    test = paired_test(keyed, [{(i, "q"): v for i, v in enumerate(b[0])}], resamples=2000, seed=7)
-    assert (test.test, test.seeds, test.p_value) == (BOOTSTRAP, (2, 1), once.p_value)
+    keyed = [dict(enumerate(row)) for row in a]
+    test = paired_test(keyed, [dict(enumerate(b[0]))])
+    assert (test.test, test.seeds, test.p_value) == (SEEDS_AND_QUESTIONS, (3, 1), once.p_value)
+    assert test.ci_low is None and paired_test(keyed, [dict(enumerate(b[0]))], interval=True).ci_low == once.ci_low
+
+
+def test_the_seed_test_holds_its_level_where_resampling_seeds_did_not():
+    # three trained seeds that spread by 6 points against a baseline decoded once, no true difference: resampling
+    # the three seeds with replacement (the test before this one) rejected 0.16 of these 150 comparisons
+    rejected = rejection_rate(questions=300, seeds_a=3, seeds_b=1, seed_sd=0.06, reps=150, rng_seed=5)
+    assert rejected <= 0.09
+    assert rejection_rate(questions=300, seeds_a=3, seeds_b=1, seed_sd=0.0, reps=60, effect=0.12, rng_seed=6) > 0.8
 
 
 # (claim, model, dataset, side a, side b, k right of a, k right of b) for "reproduced"; the other outcomes swap or
@@ -201,7 +265,7 @@ def test_each_claim_is_reproduced_contradicted_or_left_open_by_cells_built_for_i
     (instance,) = result.instances
     assert (instance.verdict, result.verdict) == (outcome, outcome)
     assert (instance.a["method"], instance.b["method"], instance.a["model"]) == (a, b, model)
-    assert instance.test.test == (MCNEMAR if single else BOOTSTRAP)
+    assert instance.test.test == (MCNEMAR if single else SEEDS_AND_QUESTIONS)
     if single:
         assert instance.test.discordant == ((k_a - k_b, 0) if k_a > k_b else (0, k_b - k_a))
     # the claims about other methods, models or datasets are not covered by these two rows
@@ -240,7 +304,7 @@ def test_a_baseline_claim_is_checked_against_each_wording_and_the_table_says_so(
     assert [(r["model_a"], r["method_b"], r["verdict"]) for r in mine] == [
         ("smollm135", "zeroshot", "reproduced"), ("smollm135", "zeroshot_instructed", "inconclusive"),
         ("gemma270", "zeroshot", "contradicted")]
-    assert mine[0]["test"] == BOOTSTRAP and float(mine[0]["p_value"]) < 0.05 and mine[0]["metric"] == "flexible"
+    assert mine[0]["test"] == SEEDS_AND_QUESTIONS and float(mine[0]["p_value"]) < 0.05 and mine[0]["metric"] == "flexible"
     assert float(mine[0]["mean_a"]) == pytest.approx(10 / 60) and float(mine[0]["mean_b"]) == pytest.approx(40 / 60)
     assert float(mine[0]["wilson_low_b"]) < 40 / 60 < float(mine[0]["wilson_high_b"])
     uncovered = {r["claim"]: r["note"] for r in rows if r["verdict"] == "not covered"}
@@ -298,7 +362,7 @@ def test_negative_transfer_and_delta_marks_need_a_significant_paired_test(tmp_pa
     write_row(tmp_path, "smollm135", "fewshot", "gsm8k", 46)  # 6 questions more than zero-shot, one seed each
     report = write_report([tmp_path], tmp_path / "out", plots=False)
     rows = {r["method"]: r for r in report["rows"]}
-    assert rows["full"]["negative_transfer"] is True and rows["full"]["delta_zeroshot_test"] == BOOTSTRAP
+    assert rows["full"]["negative_transfer"] is True and rows["full"]["delta_zeroshot_test"] == SEEDS_AND_QUESTIONS
     assert rows["lora"]["below_zeroshot"] is True and rows["lora"]["negative_transfer"] is False
     assert rows["lora"]["delta_zeroshot_p"] > 0.05
     assert rows["fewshot"]["delta_zeroshot_test"] == MCNEMAR
@@ -336,7 +400,7 @@ def test_out_of_domain_negative_transfer_is_tested_on_that_set(tmp_path):
     report = write_report([tmp_path], tmp_path / "out", plots=False)
     (lora,) = [r for r in report["ood_rows"] if r["method"] == "lora"]
     assert lora["eval_set"] == "svamp" and lora["delta_zeroshot"] == pytest.approx(-35 / 60)
-    assert lora["delta_zeroshot_test"] == BOOTSTRAP and lora["negative_transfer"] is True
+    assert lora["delta_zeroshot_test"] == SEEDS_AND_QUESTIONS and lora["negative_transfer"] is True
     (in_domain,) = [r for r in report["rows"] if r["method"] == "lora"]
     assert in_domain["negative_transfer"] is False and in_domain["delta_zeroshot_p"] < 0.05
     ood_line = next(line for line in report["markdown"].splitlines() if line.startswith("| qwen05 | lora |")
@@ -373,6 +437,8 @@ BAD_CLAIMS = [
      r"params_below='lots' must be a positive parameter count"),
     ("claims:\n  - {id: x, text: t, a: full, b: lora, direction: above, margin: 0.02}\n",
      r"margin applies to the directions not_below and not_above only"),
+    ("claims:\n  - {id: x, text: t, a: lora, b: zeroshot, direction: not_below}\n",
+     r"direction not_below needs a margin: the largest difference that still counts as not below"),
     ("claims:\n  - {id: x, text: t, a: full, direction: above}\n", r"missing key 'b'"),
     ("claim:\n  - {id: x}\n", r"unknown key 'claim'; allowed: claims"),
     ("claims: []\n", r"'claims' must be a non-empty list"),
@@ -521,6 +587,22 @@ def test_holm_makes_the_instances_of_a_claim_hold_jointly(tmp_path):
                                                             "reproduced")
     weak_instance = next(i for i in results["lora-above-full-qwen05"].instances if i.dataset == "orcamath")
     assert weak_instance.p_adjusted == pytest.approx(0.03125)
+
+
+def test_non_inferior_within_the_margin_yet_significantly_below_says_so(tmp_path):
+    # LoRA 5 questions below zero-shot of 60 (one seed each): the interval lies below 0 but above a 25-point margin
+    claims = tmp_path / "claims.yaml"
+    claims.write_text("claims:\n  - {id: wide, text: LoRA is not far below zero-shot., a: lora, b: zeroshot, "
+                      "direction: not_below, margin: 0.25}\n")
+    write_row(tmp_path, "gemma270", "zeroshot", "gsm8k", 40)
+    write_row(tmp_path, "gemma270", "lora", "gsm8k", 35, seeds=(0,))
+    results, _ = claims_of(tmp_path, claims=claims)
+    (instance,) = results["wide"].instances
+    assert instance.verdict == "reproduced" and -0.25 < instance.test.ci_low < instance.test.ci_high < 0
+    note = "within the 25-point margin, yet below B (the interval lies below 0)"
+    assert f"**reproduced** ({note})" in (tmp_path / "report" / "claims.md").read_text()
+    (row,) = csv.DictReader(open(tmp_path / "report" / "claims.csv", newline=""))
+    assert row["note"] == note
 
 
 def test_holm_widens_the_non_inferiority_intervals_to_bonferroni_ones(tmp_path):

@@ -136,7 +136,10 @@ def test_a_sweep_killed_and_rerun_into_its_own_folder_redoes_nothing_and_resumes
 
 
 # submitit's local launcher (what the SLURM launcher builds on) runs with -m slow; joblib's runs by default
-@pytest.mark.parametrize("launcher", ["parallel", pytest.param("local", marks=pytest.mark.slow)])
+# Both launchers run with the slow tests (the default suite stays under 10 minutes on 2 cores); every launcher
+# config is composed and checked against the code in tests/test_config.py.
+@pytest.mark.parametrize("launcher", [pytest.param("parallel", marks=pytest.mark.slow),
+                                      pytest.param("local", marks=pytest.mark.slow)])
 def test_joblib_and_submitit_local_launchers_run_a_grid(requires_data, tmp_path, launcher):
     run_sweep([f"hydra/launcher={launcher}", "model=tiny,tiny_wide", "method=zeroshot"], tmp_path)
     (sweep,) = sweep_dirs(tmp_path)
@@ -194,6 +197,9 @@ def test_ddp_on_two_cpu_processes_trains_a_cell(requires_data, tmp_path):
     assert "world_size=2" in proc.stderr or "distributed_backend=gloo" in proc.stderr
 
 
+# With the slow tests (about 18 s): the lr_grid search's sweep in tests/test_tuning.py checks the same
+# validation-only scoring in the default suite, and the Optuna search's composition is checked there too.
+@pytest.mark.slow
 def test_optuna_search_optimises_validation_accuracy_never_test(requires_data, tmp_path):
     run_sweep(["hparams_search=optuna", "hydra.sweeper.n_trials=2", "method=full", "dataset.val_size=8",
                "hydra.sweep.dir=multirun/hparams"], tmp_path)

@@ -18,7 +18,7 @@ from slm_sweep.methods import apply_method
 from slm_sweep.models import load_model_and_tokenizer
 from slm_sweep.train.batching import step_groups
 from slm_sweep.train.compilation import compiled_modules
-from slm_sweep.train.fit import fit
+from slm_sweep.train.fit import fit, without_cudnn_attention
 from slm_sweep.train.module import DivergedError
 from tests.conftest import CONF_DIR, OutOfMemoryAbove, compose_config
 
@@ -161,6 +161,29 @@ def test_throughput_is_measured_on_real_tokens_and_logged(examples, tmp_path):
     assert float(final["perf/train_tokens_per_s"]) == pytest.approx(perf["train_tokens_per_s"])
 
 
+def test_training_on_the_cpu_reports_the_cpu_s_figures(examples, tmp_path):
+    """Also on a machine with a GPU: no bf16 peak, so no MFU, and the process's peak resident memory."""
+    from tests.test_train_throughput import resident_peak_mb
+
+    before = resident_peak_mb()
+    _, outcome = train(examples, tmp_path, max_steps=1, accelerator="cpu")
+    assert outcome.placement["device"] == "cpu" and outcome.perf["mfu"] is None
+    assert before <= outcome.perf["peak_memory_mb"] <= resident_peak_mb()
+    assert outcome.placement["cudnn_attention"] is None
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "cpu"])
+def test_training_on_cuda_turns_cudnn_attention_off_and_back_on(device):
+    # PyTorch's global flag, the one its attention dispatch reads; settable without a GPU
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with without_cudnn_attention(torch.device(device)):
+        assert torch.backends.cuda.cudnn_sdp_enabled() is (device == "cpu")
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with pytest.raises(RuntimeError, match="stop"), without_cudnn_attention(device):
+        raise RuntimeError("stop")
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
 def test_a_run_shorter_than_the_warmup_still_reports_a_rate(examples, tmp_path):
     _, outcome = train(examples, tmp_path, "lora", max_steps=1, throughput_warmup_steps=2)
     assert outcome.perf["train_tokens_per_s"] > 0 and outcome.perf["throughput_warmup_steps"] == 0
@@ -200,6 +223,61 @@ def test_a_non_finite_loss_stops_training(examples, tmp_path):
     with pytest.raises(DivergedError, match="nan at step 1"):
         fit(model, examples, [], trainer_config(max_steps=3), method_config("full"), seed=SEED, out_dir=tmp_path,
             pad_token_id=tokenizer.pad_token_id)
+
+
+CLIP = 1e-3  # far below the tiny model's gradient norm: every step is clipped
+
+
+class OptimizerStepView(GradientRecorder):
+    """The gradients the optimizer is about to apply, the precision plugin and whether the optimizer unscales
+    float16 gradients inside its step (fused AdamW: ``_step_supports_amp_scaling``)."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        super().on_before_optimizer_step(trainer, pl_module, optimizer)
+        self.plugin = trainer.precision_plugin
+        self.unscales_in_step = getattr(optimizer, "_step_supports_amp_scaling", False)
+
+
+def gradient_norm(gradients: dict[str, torch.Tensor]) -> float:
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in gradients.values()])).item()
+
+
+def test_bf16_mixed_precision_clips_the_gradients_of_the_fused_optimizer(examples, tmp_path):
+    """bf16 has no loss scaler, so its gradients are clipped as they are, also for fused AdamW (the default),
+    which Lightning's own clipping refuses under mixed precision."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    seen = OptimizerStepView()
+    _, outcome = train(examples, tmp_path, callbacks=[seen], precision="bf16-mixed", gradient_clip_val=CLIP,
+                       max_steps=1)
+    assert type(seen.plugin) is MixedPrecision and seen.plugin.scaler is None
+    assert seen.unscales_in_step
+    assert gradient_norm(seen.steps[0]) == pytest.approx(CLIP, rel=1e-3)
+    assert outcome.train_steps == 1 and outcome.train_loss > 0
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_float16_gradients_are_clipped_at_their_unscaled_norm(examples, tmp_path, fused):
+    """Under 16-mixed a GradScaler multiplies the loss, hence the gradients, by its scale until the optimizer step
+    unscales them: before this hook without a fused optimizer, inside the step with one. Either way the limit
+    applies to the unscaled norm. (Lightning turns 16-mixed into bf16-mixed on a CPU: the float16 plugin is
+    given here explicitly.)"""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from slm_sweep.train.fit import build_data, build_module
+
+    model, tokenizer = tiny()
+    cfg = trainer_config(max_steps=1, gradient_clip_val=CLIP, fused_adamw=fused)
+    plugin, seen = MixedPrecision("16-mixed", "cpu"), OptimizerStepView()
+    trainer = L.Trainer(accelerator="cpu", plugins=[plugin], max_steps=1, logger=False, callbacks=[seen],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path))
+    trainer.fit(build_module(model, cfg, method_config("full")),
+                datamodule=build_data(examples, [], cfg, SEED, tokenizer.pad_token_id))
+    assert seen.unscales_in_step is fused and trainer.global_step == 1
+    still_scaled_by = plugin.scaler.get_scale() if fused else 1.0
+    assert still_scaled_by > 1 or not fused
+    assert gradient_norm(seen.steps[0]) == pytest.approx(CLIP * still_scaled_by, rel=1e-3)
 
 
 class CompiledModules(L.Callback):
@@ -376,3 +454,16 @@ def test_lora_dropout_acts_while_training(examples, tmp_path):
     _, with_dropout = train(examples, tmp_path / "a", "lora", method_overrides={"dropout": 0.5})
     _, without = train(examples, tmp_path / "b", "lora", method_overrides={"dropout": 0.0})
     assert with_dropout.train_loss != without.train_loss
+
+
+@pytest.mark.slow
+def test_cells_in_one_process_each_compile_their_own_graphs(examples, tmp_path):
+    """Hydra's basic launcher runs a sweep's cells one after another in one process. Nine LoRA ranks are more
+    distinct graphs than Dynamo's recompile_limit (8) allows for one code object: without a fresh cache per cell
+    the last cell would run eagerly while recording that it was compiled."""
+    from torch._dynamo.utils import counters
+
+    for rank in range(1, 10):
+        compiled_before = counters["frames"]["ok"]
+        train(examples, tmp_path / str(rank), "lora", {"r": rank}, max_steps=1, compile=True)
+        assert counters["frames"]["ok"] > compiled_before, f"rank {rank} ran eagerly"

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from slm_sweep.methods import apply_method
 from slm_sweep.models import load_model_and_tokenizer
-from slm_sweep.train.callbacks import bf16_peak_flops, flops_per_token, matmul_parameter_count, mfu
+from slm_sweep.train.callbacks import (
+    accelerator_name,
+    bf16_peak_flops,
+    flops_per_token,
+    matmul_parameter_count,
+    mfu,
+    peak_memory_mb,
+)
 from tests.conftest import CONF_DIR, compose_config
 
 
@@ -29,6 +37,22 @@ from tests.conftest import CONF_DIR, compose_config
 ])
 def test_bf16_peaks_of_known_accelerators(name, peak):
     assert bf16_peak_flops(name) == peak
+
+
+def resident_peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+
+
+def test_the_figures_are_those_of_the_device_named_whatever_the_machine_has():
+    """On a GPU machine too, the CPU has no bf16 peak and its memory is the process's peak resident memory."""
+    assert accelerator_name(torch.device("cpu")) == accelerator_name("cpu") == "cpu"
+    before = resident_peak_mb()
+    assert before <= peak_memory_mb(torch.device("cpu")) <= resident_peak_mb()
+    if torch.cuda.is_available():
+        assert accelerator_name("cuda:0") == torch.cuda.get_device_name(0)
+        assert peak_memory_mb("cuda:0") == torch.cuda.max_memory_allocated(0) / 2**20
 
 
 def test_mfu_is_achieved_over_peak_flops():

@@ -12,6 +12,7 @@ import sys
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
 from omegaconf import open_dict
 
 from slm_sweep.config import ConfigError, validate_config
@@ -216,6 +217,9 @@ def test_optuna_searches_the_rate_of_every_method_and_optuna_rank_adds_the_rank(
     def sweep_params(*overrides):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=[*FAST_TINY, *overrides], return_hydra_config=True)
+        # every trial is scored on the validation split, never on the test split
+        assert cfg.eval.split == "val" and cfg.optimized_metric.startswith("val_")
+        assert get_class(cfg.hydra.sweeper._target_).__name__ == "OptunaSweeper"
         return dict(cfg.hydra.sweeper.params)
 
     assert set(sweep_params("hparams_search=optuna", "method=full")) == {"method.lr"}

@@ -324,15 +324,22 @@ class _DecodeStep:
     def _capture(self) -> None:
         # The warm-up runs write this step's keys/values, the same ones the first replay writes again.
         length = self.buffers[3].shape[1]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._run(*self.buffers, length)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = self._run(*self.buffers, length)
+        current = torch.cuda.current_stream()
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(current)
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._run(*self.buffers, length)
+            current.wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = self._run(*self.buffers, length)
+        except BaseException:
+            # torch.cuda.graph ends a failed capture (which raises) before leaving its capture stream, which
+            # would then stay current for the rest of the process
+            torch.cuda.set_stream(current)
+            raise
 
 
 def decode_static(model, rows: Sequence[Sequence[int]], settings: Decoding, done: RowDone, slots: int,

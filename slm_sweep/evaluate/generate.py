@@ -81,8 +81,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
     if generation_config not in ("model", "neutral"):
         raise ValueError(f"eval.generation_config={generation_config!r} is not one of: neutral, model")
     neutral = generation_config == "neutral"
-    if not neutral:
-        engine = _usable_engine(model, engine)
+    engine = _usable_engine(model, engine, neutral)
     encoded = encode_prompts(tokenizer, prompts, context_window(model, tokenizer) - max_new_tokens)
     settings = Decoding(
         max_new_tokens=max_new_tokens,
@@ -179,12 +178,14 @@ def _pad_id(tokenizer) -> int:
     return int(pad)
 
 
-def _usable_engine(model, engine: str) -> str:
-    """The cache engines implement greedy decoding and repetition_penalty; other logits processors need ``plain``."""
+def _usable_engine(model, engine: str, neutral: bool = False) -> str:
+    """The engine that can decode ``model``: the cache engines implement greedy decoding and repetition_penalty,
+    so other logits processors of its generation config (unless ``neutral`` sets it aside) need ``plain``;
+    sliding-window attention needs ``cache`` rather than ``static``."""
     if engine == "plain":
         return engine
     config = getattr(model, "generation_config", None)
-    active = [key for key in _UNSUPPORTED_PROCESSORS if _is_set(key, getattr(config, key, None))]
+    active = [] if neutral else [key for key in _UNSUPPORTED_PROCESSORS if _is_set(key, getattr(config, key, None))]
     if active:
         log.warning("the model's generation_config sets %s, which eval.engine=%s does not implement; "
                     "using eval.engine=plain", ", ".join(active), engine)

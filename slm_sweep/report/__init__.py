@@ -4,7 +4,7 @@ Works on result files alone: nothing here imports torch, transformers, lightning
 
 - ``collect.py``: finding, reading and deduplicating result files; per-question scores from predictions.jsonl.
 - ``aggregate.py``: summary rows (``summarize``: in-domain, ``summarize_ood``: out-of-domain).
-- ``stats.py``: intervals and paired tests (exact McNemar, paired bootstrap).
+- ``stats.py``: intervals and paired tests (exact McNemar, the seeds-and-questions test).
 - ``claims.py``: claims declared in a YAML file (``claim_files/paper.yaml``: the study's), checked on the rows.
 - ``provenance.py``: report.json, the report's own record (code, versions, settings, every input file).
 - ``write_report(dirs, out_dir)``: writes summary.csv, summary_ood.csv, summary.md, the PNG plots, with

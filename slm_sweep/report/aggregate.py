@@ -14,7 +14,7 @@ result files (a metric registered by a plugin), the primary metric first.
 
 A method trains when its config says so (``method.train``), else when it is not a baseline name. Deltas against
 zero-shot and few-shot come with a paired test on the questions both rows scored (``stats.paired_test``: exact
-McNemar for single seeds, paired bootstrap otherwise); a trained row is flagged as negative transfer only when its
+McNemar for single seeds, the seeds-and-questions test otherwise; none when the rows scored different questions); a trained row is flagged as negative transfer only when its
 primary accuracy is below the zero-shot row of the same model and dataset and that test is significant at
 ``alpha``. Out-of-domain rows are compared with the zero-shot row of the same model, training dataset and
 evaluation set.
@@ -33,15 +33,27 @@ from slm_sweep.identity import EVAL_SCORING_KEYS, TRAINER_NUMERIC_KEYS
 from slm_sweep.scoring import METRICS, PRIMARY_METRIC, accuracy_key
 
 from .collect import (
+    COMPLETED,
     PRIMARY_ACCURACY,
     NoQuestionData,
     ReportError,
     completed_records,
+    deduplicate,
     identity_key,
     number,
     question_scores,
 )
-from .stats import ALPHA, HOLM, PairedTest, describe, holm, no_test, paired_test, wilson_interval
+from .stats import (
+    ALPHA,
+    DIFFERENT_QUESTIONS,
+    HOLM,
+    PairedTest,
+    describe,
+    holm,
+    no_test,
+    paired_test,
+    wilson_interval,
+)
 
 # Methods that train nothing, also when a record carries no config saying so; the deltas compare with the first
 # of each kind.
@@ -247,13 +259,21 @@ def _accuracy_columns(entries: Sequence[dict[str, Any]], metrics: Sequence[str])
     row: dict[str, Any] = {"n_eval": _first_int(e.get("n_eval") for e in entries)}
     for metric in metrics:
         values = [v for v in (number(e.get(metric)) for e in entries) if v is not None]
-        mean, std, ci95 = describe(values)
+        # a metric some seeds lack (a metric added between runs) would be a mean over other seeds than the row's
+        mean, std, ci95 = describe(values if len(values) == len(entries) else [])
         row[f"{metric}_mean"] = mean
         row[f"{metric}_std"] = std
         row[f"{metric}_ci95"] = ci95
         # the seeds score the same questions, so the questions' interval is taken at their mean
         row[f"{metric}_wilson_low"], row[f"{metric}_wilson_high"] = wilson_interval(mean, row["n_eval"])
     return row
+
+
+def _test_name(test: PairedTest) -> str:
+    """The test's name, or why there is none: no per-question data, or rows scored on different questions."""
+    if test.test:
+        return test.test
+    return DIFFERENT_QUESTIONS if DIFFERENT_QUESTIONS in (test.reason or "") else NO_DATA
 
 
 def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str], eval_set_key: str,
@@ -280,7 +300,7 @@ def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str],
                 test = compare_rows(row, reference, row[eval_set_key], alpha=alpha)
             row[f"delta_{baseline}"] = delta
             row[f"delta_{baseline}_p"] = test.p_value if test else None
-            row[f"delta_{baseline}_test"] = (test.test or NO_DATA) if test else None
+            row[f"delta_{baseline}_test"] = _test_name(test) if test else None
     tables: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         tables[tuple(row[k] for k in group_keys if k != "model")].append(row)
@@ -311,6 +331,7 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
     below_zeroshot, negative_transfer (below and significant at ``alpha`` after ``correction``).
     Accuracies are fractions.
     """
+    records = list(records)
     completed = completed_records(records)
     assign_variants(completed)
     metric_names = accuracy_metrics(completed)
@@ -318,6 +339,7 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
     for record in completed:
         groups[record["dataset"], record["model"], record["method"], record["variant"]].append(record)
     sizes = model_sizes(completed)
+    left_out = not_completed(records)
 
     rows = []
     for (dataset, model, method, variant), group in groups.items():
@@ -333,6 +355,7 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
             "n": len(group),
             "seeds": [r["seed"] for r in group],
             "result_paths": [r.get("result_path") for r in group if r.get("result_path")],
+            "not_completed": left_out.get((dataset, model, method)),
         }
         row.update(_accuracy_columns(metrics, metric_names))
         row["trainable_params"] = _first_int(m.get("trainable_params") for m in metrics)
@@ -349,6 +372,19 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
     rows.sort(key=lambda r: (r["dataset"], model_sort_key(r["model"], sizes), row_sort_key(r)))
     _add_baseline_columns(rows, ("dataset", "model"), "dataset", deltas=True, alpha=alpha, correction=correction)
     return rows
+
+
+def not_completed(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], str]:
+    """Per dataset × model × method, the cells that did not complete ("seed 1 diverged; seed 2 failed"): a row's
+    mean is over its completed seeds only, so a method whose runs diverge must say how many it lost."""
+    unique, _ = deduplicate(records)
+    found: dict[tuple[str, str, str], list[tuple[Any, str]]] = defaultdict(list)
+    for record in unique:
+        if record.get("status") != COMPLETED:
+            found[record.get("dataset"), record.get("model"), record.get("method")].append(
+                (record.get("seed"), str(record.get("status"))))
+    return {key: "; ".join(f"seed {seed} {status}" for seed, status in sorted(cells, key=lambda c: str(c[0])))
+            for key, cells in found.items()}
 
 
 def _check_same_questions(group: Sequence[dict[str, Any]], n_eval, eval_set: str) -> None:

@@ -27,12 +27,12 @@ from slm_sweep.scoring import METRICS, PRIMARY_METRIC, accuracy_key
 from .aggregate import compare_rows, method_label, method_sort_key, row_metrics
 from .stats import (
     ALPHA,
-    BOOTSTRAP,
-    BOOTSTRAP_RESAMPLES,
-    BOOTSTRAP_SEED,
     CORRECTIONS,
     HOLM,
     MCNEMAR,
+    SEED_TEST_DRAWS,
+    SEED_TEST_SEED,
+    SEEDS_AND_QUESTIONS,
     PairedTest,
     format_p,
     holm,
@@ -219,6 +219,10 @@ def _claim(entry: Any, where: str) -> Claim:
         raise ClaimsError(f"{where}: metric={entry.get('metric')!r} must be a metric name such as "
                           f"{_allowed(tuple(METRICS))}")
     margin = entry.get("margin", 0.0)
+    if "margin" not in entry and direction in (NOT_BELOW, NOT_ABOVE):
+        raise ClaimsError(f"{where}: direction {direction} needs a margin: the largest difference that still counts "
+                          f"as {direction.replace('_', ' ')} (0.02 = 2 points); margin: 0 asks for the interval to "
+                          f"exclude every difference on the other side, which is a superiority test")
     if "margin" in entry and direction not in (NOT_BELOW, NOT_ABOVE):
         raise ClaimsError(f"{where}: margin applies to the directions {NOT_BELOW} and {NOT_ABOVE} only, "
                           f"not {direction}")
@@ -303,7 +307,7 @@ def judge(direction: str, test: PairedTest, alpha: float, margin: float = 0.0,
     """An instance's verdict. above/below: the paired test's p-value (``p_value``, the adjusted one, when given)
     below ``alpha`` with the difference in the claimed direction (reproduced) or against it (contradicted).
     not_below/not_above: non-inferiority within ``margin``, from the interval of the difference (Tango's
-    paired score interval for one seed each, else the bootstrap's; at the level the test was computed at):
+    paired score interval for one seed each, else the seeds-and-questions test's; at the level the test was computed at):
     entirely on the claimed side of -margin (reproduced) or entirely beyond it (contradicted). Anything else, and
     no per-question data, is inconclusive."""
     if test.p_value is None or test.difference is None:
@@ -322,6 +326,18 @@ def judge(direction: str, test: PairedTest, alpha: float, margin: float = 0.0,
     if high < -margin:
         return CONTRADICTED
     return INCONCLUSIVE
+
+
+def margin_note(direction: str, test: PairedTest, verdict: str, margin: float) -> str | None:
+    """For a non-inferiority verdict reproduced within the margin although the interval lies entirely on the
+    other side of 0: A is significantly below B (above, for not_above), by less than the margin."""
+    if verdict != REPRODUCED or direction not in (NOT_BELOW, NOT_ABOVE) or test.ci_low is None:
+        return None
+    if direction == NOT_BELOW and test.ci_high < 0:
+        return f"within the {100 * margin:g}-point margin, yet below B (the interval lies below 0)"
+    if direction == NOT_ABOVE and test.ci_low > 0:
+        return f"within the {100 * margin:g}-point margin, yet above B (the interval lies above 0)"
+    return None
 
 
 def roll_up(verdicts: Sequence[str]) -> str:
@@ -485,11 +501,12 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
         "",
         f"Claims from `{report.source}`. Each instance compares side A with side B on one dataset and model "
         f"(rows of summary.csv), on the metric the claim names, over the test questions both scored: "
-        f"{MCNEMAR} when both rows are one seed, otherwise a {BOOTSTRAP} over questions and seeds "
-        f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}); two-sided, alpha={report.alpha:g}. "
+        f"{MCNEMAR} when both rows are one seed, otherwise a {SEEDS_AND_QUESTIONS} (the questions' paired noise "
+        f"and each side's spread over seeds as separate parts; {SEED_TEST_DRAWS} draws, seed {SEED_TEST_SEED}); "
+        f"two-sided, alpha={report.alpha:g}. "
         f"above/below: {REPRODUCED} when the difference is significant in the claimed direction, {CONTRADICTED} "
         f"when significant against it, else {INCONCLUSIVE}. not_below/not_above: non-inferiority, from the "
-        f"interval of A − B (Tango's paired score interval when both rows are one seed, else the bootstrap's) "
+        f"interval of A − B (Tango's paired score interval when both rows are one seed, else that test's) "
         f"against the claim's margin. Sides: mean accuracy (%) with the 95% Wilson interval over the test "
         f"questions. {_correction_text(report)}",
         "",
@@ -512,9 +529,10 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
         for i in r.instances:
             model = i.a["model"] if i.a["model"] == i.b["model"] else f"{i.a['model']} / {i.b['model']}"
             adjusted = (format_p(i.p_adjusted),) if report.correction == HOLM else ()
+            note = margin_note(r.claim.direction, i.test, i.verdict, r.claim.margin)
             body.append((i.dataset, model, method_label(i.a), _side_cell(i.a, r.claim.metric), method_label(i.b),
                          _side_cell(i.b, r.claim.metric), _difference_cell(i.test), _test_cell(i.test),
-                         format_p(i.test.p_value), *adjusted, f"**{i.verdict}**"))
+                         format_p(i.test.p_value), *adjusted, f"**{i.verdict}**" + (f" ({note})" if note else "")))
         lines += _table(("dataset", "model", "A", f"A {r.claim.metric} (%)", "B", f"B {r.claim.metric} (%)",
                          f"A − B (pp) [{_level(r.interval_alpha)} CI]", "test", "p",
                          *(("p (Holm)",) if report.correction == HOLM else ()), "verdict"), body)
@@ -549,7 +567,8 @@ def _flat_rows(r: ClaimResult, alpha: float, correction: str) -> list[dict[str, 
             "difference_ci_high": i.test.ci_high,
             "ci_level": round(1 - r.interval_alpha, 6) if i.test.ci_low is not None else None,
             "n_questions": i.test.n_questions or None, "test": i.test.test, "p_value": i.test.p_value,
-            "p_adjusted": i.p_adjusted, "verdict": i.verdict, "note": i.test.reason,
+            "p_adjusted": i.p_adjusted, "verdict": i.verdict,
+            "note": i.test.reason or margin_note(claim.direction, i.test, i.verdict, claim.margin),
         })  # fmt: skip
     return out
 
@@ -572,8 +591,8 @@ def claims_json(report: ClaimsReport) -> dict[str, Any]:
             "instances": _flat_rows(r, report.alpha, report.correction) if r.instances else [],
         })  # fmt: skip
     return {"source": report.source, "alpha": report.alpha, "correction": report.correction,
-            "tests": {"single seeds": MCNEMAR, "several seeds": BOOTSTRAP,
-                      "bootstrap_resamples": BOOTSTRAP_RESAMPLES, "bootstrap_seed": BOOTSTRAP_SEED},
+            "tests": {"single seeds": MCNEMAR, "several seeds": SEEDS_AND_QUESTIONS,
+                      "seed_test_draws": SEED_TEST_DRAWS, "seed_test_seed": SEED_TEST_SEED},
             "claims": claims}
 
 

@@ -16,11 +16,11 @@ from slm_sweep.identity import file_sha256
 from slm_sweep.results import atomic_write_text, git_commit, now_iso
 
 from .collect import COMPLETED, Collection, identity_key, placement_label
-from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from .stats import SEED_TEST_DRAWS, SEED_TEST_SEED
 
 REPORT_FILE = "report.json"
 REPORT_SCHEMA_VERSION = 1
-# what computes the report's numbers: the statistics (numpy, scipy when installed) and the plots
+# what computes the report's numbers: the statistics (numpy, scipy) and the plots
 REPORT_PACKAGES = ("slm_sweep", "numpy", "scipy", "matplotlib", "pyyaml")
 
 
@@ -54,8 +54,8 @@ def report_record(collection: Collection, *, alpha: float, correction: str, clai
         "command": [Path(sys.orig_argv[0]).name, *sys.orig_argv[1:]] if sys.orig_argv else None,
         "git_commit": git_commit(),
         "versions": {"python": platform.python_version(), **{name: _version(name) for name in REPORT_PACKAGES}},
-        "settings": {"alpha": alpha, "correction": correction, "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
-                     "bootstrap_seed": BOOTSTRAP_SEED, "claims": claims_file, "plots": plots},
+        "settings": {"alpha": alpha, "correction": correction, "seed_test_draws": SEED_TEST_DRAWS,
+                     "seed_test_seed": SEED_TEST_SEED, "claims": claims_file, "plots": plots},
         "inputs": {
             "dirs": [str(d) for d in collection.dirs],
             "result_files": len(collection.files),

@@ -15,7 +15,7 @@ from typing import Any
 
 from .aggregate import ACCURACY_METRICS, NO_DATA, PRIMARY_ACCURACY, method_label, row_metrics
 from .collect import Collection
-from .stats import ALPHA, BOOTSTRAP, HOLM, MCNEMAR
+from .stats import ALPHA, DIFFERENT_QUESTIONS, HOLM, MCNEMAR, SEEDS_AND_QUESTIONS
 
 NEGATIVE_MARK = "▼"
 SIGNIFICANT_MARK = "*"
@@ -31,7 +31,7 @@ def summary_columns(metrics: Sequence[str] = ACCURACY_METRICS) -> tuple[str, ...
         "step_time_s_mean", "mfu_mean", "train_padding_fraction_mean", "peak_memory_mb_max", "eval_time_s_mean",
         "delta_zeroshot", "delta_zeroshot_p", "delta_zeroshot_p_adjusted", "delta_zeroshot_significant",
         "delta_zeroshot_test", "delta_fewshot", "delta_fewshot_p", "delta_fewshot_p_adjusted",
-        "delta_fewshot_significant", "delta_fewshot_test", "below_zeroshot", "negative_transfer",
+        "delta_fewshot_significant", "delta_fewshot_test", "below_zeroshot", "negative_transfer", "not_completed",
     )  # fmt: skip
 
 
@@ -239,7 +239,13 @@ def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Se
                 megabytes(row["peak_memory_mb_max"]),
             )
         )
-    return [f"## {dataset}", "", *_table(header, body), ""]
+    lines = [f"## {dataset}", "", *_table(header, body), ""]
+    lost = list(dict.fromkeys((r["model"], r["method"], r["not_completed"]) for r in rows if r.get("not_completed")))
+    if lost:
+        listed = "; ".join(f"{model} × {method}: {cells}" for model, method, cells in lost)
+        lines += [f"Not completed, so left out of the rows above (a row's mean and n are over its completed seeds): "
+                  f"{listed}.", ""]
+    return lines
 
 
 def _ood_section(
@@ -273,9 +279,10 @@ def _tests_note(rows: Sequence[dict[str, Any]], alpha: float, correction: str) -
     keys = [k for k in ("delta_zeroshot_test", "delta_fewshot_test") if any(k in row for row in rows)]
     tests = [row[k] for row in rows for k in keys if row.get(k)]
     missing = sum(t == NO_DATA for t in tests)
+    unpaired = sum(t == DIFFERENT_QUESTIONS for t in tests)
     note = (f"{SIGNIFICANT_MARK}: the paired test of that delta on the questions both rows scored is significant "
-            f"at alpha={alpha:g} (two-sided; {MCNEMAR} when both rows are one seed, {BOOTSTRAP} over questions "
-            f"and seeds otherwise); deltas without {SIGNIFICANT_MARK} are not significant.")
+            f"at alpha={alpha:g} (two-sided; {MCNEMAR} when both rows are one seed, otherwise a {SEEDS_AND_QUESTIONS}, "
+            f"which counts the spread over seeds apart from the questions' noise); deltas without {SIGNIFICANT_MARK} are not significant.")
     if correction == HOLM:
         note += (" The p-values of one column of one table (every model and method of a dataset, or of a dataset "
                  "and an out-of-domain set) are Holm-adjusted as one family, so the marks of a column hold "
@@ -285,6 +292,9 @@ def _tests_note(rows: Sequence[dict[str, Any]], alpha: float, correction: str) -
     if missing:
         note += (f" {missing} of {len(tests)} comparisons had {NO_DATA} (no usable predictions.jsonl beside a "
                  f"result.json), so no ordering among them can be called significant.")
+    if unpaired:
+        note += (f" {unpaired} of {len(tests)} comparisons are of rows that {DIFFERENT_QUESTIONS} (other test "
+                 f"limits): their delta compares means over different questions and is not tested.")
     return note
 
 

@@ -28,9 +28,11 @@ BF16_PEAK_FLOPS = {
 }
 
 
-def accelerator_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
+def accelerator_name(device: torch.device | str) -> str:
+    """The name of the CUDA chip that ``device`` is (``NVIDIA H200``); "cpu" for any other device."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     return "cpu"
 
 
@@ -69,10 +71,11 @@ def mfu(tokens_per_s: float | None, flops_per_token: float, peak_flops: float | 
     return tokens_per_s * flops_per_token / (peak_flops * devices)
 
 
-def peak_memory_mb() -> float:
-    """Peak CUDA memory allocated, or the process's peak resident memory on CPU."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
+def peak_memory_mb(device: torch.device | str) -> float:
+    """Peak memory allocated on ``device`` if it is a CUDA device, else the process's peak resident memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
@@ -169,7 +172,7 @@ class ThroughputMonitor(L.Callback):
         self.measured["seconds"] += seconds
         if log and seconds > 0:
             self._log(trainer, {"perf/tokens_per_s": tokens / seconds, "perf/step_time_s": seconds / steps,
-                                "perf/peak_memory_mb": peak_memory_mb(),
+                                "perf/peak_memory_mb": peak_memory_mb(trainer.strategy.root_device),
                                 "perf/mfu": mfu(tokens / seconds, self.flops_per_token, self.peak_flops,
                                                 trainer.world_size)})
         return end
@@ -210,5 +213,5 @@ class ThroughputMonitor(L.Callback):
                        trainer.world_size if trainer is not None else 1),
             "train_padding_fraction": 1 - all_tokens / positions if positions else None,
             "throughput_warmup_steps": self.warmup["steps"] if measured else 0,
-            "peak_memory_mb": peak_memory_mb(),
+            "peak_memory_mb": peak_memory_mb(trainer.strategy.root_device if trainer is not None else "cpu"),
         }

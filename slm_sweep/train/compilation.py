@@ -17,6 +17,10 @@ kernels.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import sysconfig
+from pathlib import Path
 
 from torch import nn
 
@@ -34,15 +38,39 @@ def repeated_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in names]
 
 
+def missing_toolchain() -> str | None:
+    """Why torch.compile's kernels could not be built here, or None: on first use Inductor builds them (Triton's
+    launcher on a GPU, C++ on the CPU) with the system's C compiler against Python's headers, and a machine
+    without either would fail every cell at its first training step."""
+    if not (os.environ.get("CC") or any(shutil.which(name) for name in ("cc", "gcc", "clang"))):
+        return "no C compiler (cc, gcc or clang on PATH, or CC)"
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not headers.is_file():
+        return f"no Python headers ({headers} is missing)"
+    return None
+
+
 def compile_in_place(model: nn.Module, scope: str = "layers") -> dict:
     """Compile ``model`` for training (dynamic shapes: micro-batch shapes vary with the data); return what was
-    compiled, for result.json."""
+    compiled, for result.json: ``{"skipped": why}`` where this machine cannot build compiled kernels (training
+    then runs eagerly, and says so)."""
     if scope not in COMPILE_SCOPES:
         raise ValueError(f"trainer.compile_scope={scope!r} is not one of: {', '.join(COMPILE_SCOPES)}")
+    missing = missing_toolchain()
+    if missing:
+        log.warning("trainer.compile=true, but torch.compile cannot build kernels here: %s; training eagerly",
+                    missing)
+        return {"skipped": missing}
     layers = repeated_layers(model) if scope == "layers" else []
     if scope == "layers" and not layers:
         log.warning("%s names no repeated layers (_no_split_modules): compiling the whole model",
                     type(model).__name__)
+    # Dynamo keeps its compiled graphs on the code of the layers' forward, which every model of the class shares:
+    # the cells of a sweep run in one process would pile up graphs (another LoRA rank, another model) until
+    # recompile_limit, after which the layers would silently run eagerly. Each cell starts from a clean cache.
+    import torch._dynamo
+
+    torch._dynamo.reset()
     for module in layers or [model]:
         module.compile(dynamic=True)
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 
 from slm_sweep.methods import has_adapters
 from slm_sweep.train.callbacks import ThroughputMonitor, accelerator_name, bf16_peak_flops, flops_per_token
@@ -142,8 +144,7 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
     module = build_module(model, trainer_cfg, method_cfg)
     data = build_data(train, val, trainer_cfg, seed, pad_token_id)
 
-    throughput = ThroughputMonitor(flops, bf16_peak_flops(accelerator_name()),
-                                   int(trainer_cfg.get("log_every_n_steps", 10)),
+    throughput = ThroughputMonitor(flops, None, int(trainer_cfg.get("log_every_n_steps", 10)),
                                    int(trainer_cfg.get("throughput_warmup_steps", 1)))
     callbacks = [throughput,
                  *configured_callbacks(callbacks_cfg, progress_bar=bool(trainer_cfg.get("progress_bar", True))),
@@ -155,24 +156,45 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
         callbacks.append(ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, save_last=True, save_top_k=0,
                                          every_n_train_steps=int(ckpt_every), save_weights_only=False))
     trainer = build_trainer(trainer_cfg, out_dir, callbacks, loggers, checkpointing=bool(ckpt_every))
+    # the chip training runs on: a CPU run on a GPU machine has no bf16 peak (and gets no MFU)
+    throughput.peak_flops = bf16_peak_flops(accelerator_name(trainer.strategy.root_device))
 
     resume_from = resume_from or last_checkpoint(out_dir)
     if resume_from:
         log.info("resuming training from %s", resume_from)
     start = time.perf_counter()
-    try:
-        trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
-    finally:
-        if compiled:  # the last validation pass and evaluation run the eager model (no inference-mode recompile)
-            remove_compiled(model, compiled)
-    # A validation pass on the final weights, so val/loss always describes the model that is evaluated.
-    if val:
-        trainer.validate(module, datamodule=data, verbose=False)
+    with without_cudnn_attention(trainer.strategy.root_device):
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
+        finally:
+            if compiled:  # the last validation pass and evaluation run the eager model (no inference-mode recompile)
+                remove_compiled(model, compiled)
+        # A validation pass on the final weights, so val/loss always describes the model that is evaluated.
+        if val:
+            trainer.validate(module, datamodule=data, verbose=False)
     train_time = time.perf_counter() - start
     return TrainOutcome(train_time_s=train_time, train_steps=trainer.global_step,
                         train_loss=module.last_train_loss, val_loss=module.last_val_loss,
                         perf={**throughput.result, "train_oom_halvings": module.oom_halvings},
                         placement={**training_placement(trainer, model), "compiled": compiled})
+
+
+@contextmanager
+def without_cudnn_attention(device: torch.device | str):
+    """Training on CUDA without cuDNN's attention kernels, which PyTorch 2.11 prefers on Hopper chips and whose
+    backward returns NaN gradients for a masked query of length 64 mod 128 whose log-sum-exp is below about -88.7
+    (pytorch/pytorch#196678; seen training Qwen2.5-0.5B): padded batches of every length occur in training. The
+    flash, memory-efficient and math kernels remain. The setting is process-wide, so it is restored afterwards
+    (generation keeps PyTorch's choice: the fault is in the backward pass)."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    enabled = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(enabled)
 
 
 def training_placement(trainer: L.Trainer, model) -> dict[str, Any]:
@@ -181,7 +203,8 @@ def training_placement(trainer: L.Trainer, model) -> dict[str, Any]:
 
     device = trainer.strategy.root_device
     return {"device": str(device), "device_name": device_name(device), "precision": str(trainer.precision),
-            "dtype": dtype_name(model_dtype(model)), "devices": trainer.num_devices}
+            "dtype": dtype_name(model_dtype(model)), "devices": trainer.num_devices,
+            "cudnn_attention": False if device.type == "cuda" else None}
 
 
 def last_checkpoint(out_dir: str | Path) -> Path | None:

@@ -198,7 +198,13 @@ class CausalLMModule(L.LightningModule):
             # FSDP shards the gradients: only its root module can take their global norm.
             wrapped.clip_grad_norm_(self.gradient_clip_val)
         else:
-            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+            # Not Lightning's clip_gradients: under mixed precision it refuses fused optimizers, which unscale
+            # inside their step, although bf16 has no loss scaler. A float16 GradScaler has scaled the gradients
+            # by its scale (they are unscaled only in optimizer.step): the limit is scaled the same way.
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+            scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+            torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_val * scale)
 
     def _flush_losses(self) -> None:
         """Read the pending step losses back (one wait), stop on a non-finite one, log the latest."""

@@ -1,0 +1,86 @@
+"""How often the report's paired test of two rows rejects "no difference" when there is none (its level), and
+when there is one (its power), on simulated sweeps.
+
+Each simulated question has a difficulty (its chance of being answered, Beta(1, 2): most questions are hard, as
+GSM8K is for small models); each training seed shifts every question's chance by one draw of Normal(0,
+``seed_sd``), clipped to [0, 1]. Side A has ``seeds_a`` seeds; side B is a baseline decoded once (one seed,
+answering each question with the seed-averaged chance, so that the two sides' expected accuracies are equal
+under the null) or, with ``seeds_b`` > 1, trained seeds like A's. ``effect`` adds to A's chances.
+
+    python bench/stats_calibration.py                       # the table in docs/results.md
+    python bench/stats_calibration.py --questions 500 --reps 1000 --seed-sds 0.03
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from slm_sweep.report.stats import ALPHA, paired_test  # noqa: E402
+
+
+def simulate_rows(rng: np.random.Generator, questions: int, seeds_a: int, seeds_b: int, seed_sd: float,
+                  effect: float = 0.0) -> tuple[list[dict], list[dict]]:
+    """One simulated comparison: A's and B's seeds as {question: correct} rows, as the report reads them."""
+    difficulty = rng.beta(1.0, 2.0, questions)
+
+    def trained(shift: float) -> np.ndarray:
+        chance = np.clip(difficulty + rng.normal(0.0, seed_sd) + shift, 0.0, 1.0)
+        return rng.random(questions) < chance
+
+    if seeds_b > 1:
+        b = [trained(0.0) for _ in range(seeds_b)]
+    else:  # the chance averaged over seeds, so that E[A] = E[B] with effect 0 despite the clipping
+        averaged = np.clip(difficulty[None, :] + rng.normal(0.0, seed_sd, (2000, 1)), 0.0, 1.0).mean(axis=0)
+        b = [rng.random(questions) < averaged]
+    a = [trained(effect) for _ in range(seeds_a)]
+    return ([dict(enumerate(row.tolist())) for row in a], [dict(enumerate(row.tolist())) for row in b])
+
+
+def rejection_rate(questions: int, seeds_a: int, seeds_b: int, seed_sd: float, reps: int, *, effect: float = 0.0,
+                   alpha: float = ALPHA, rng_seed: int = 0) -> float:
+    """The share of ``reps`` simulated comparisons whose paired test is significant at ``alpha``."""
+    rng = np.random.default_rng(rng_seed)
+    rejected = 0
+    for _ in range(reps):
+        a, b = simulate_rows(rng, questions, seeds_a, seeds_b, seed_sd, effect)
+        rejected += paired_test(a, b, alpha=alpha).significant(alpha)
+    return rejected / reps
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--questions", type=int, nargs="+", default=[1319, 200])
+    parser.add_argument("--designs", nargs="+", default=["3x1", "3x3", "2x1", "5x1"],
+                        help="seeds of A x seeds of B")
+    parser.add_argument("--seed-sds", type=float, nargs="+", default=[0.0, 0.015, 0.03, 0.06])
+    parser.add_argument("--effect", type=float, default=0.03, help="A's true advantage for the power column")
+    parser.add_argument("--reps", type=int, default=400)
+    parser.add_argument("--alpha", type=float, default=ALPHA)
+    args = parser.parse_args(argv)
+    margin = 2 * (args.alpha * (1 - args.alpha) / args.reps) ** 0.5
+    print(f"alpha={args.alpha}, {args.reps} simulated comparisons per line (a calibrated level lies within "
+          f"±{margin:.3f} of alpha 95 % of the time)")
+    print(f"| questions | seeds A x B | seed sd (points) | rejected, no difference | rejected, A +{100 * args.effect:g} points |")
+    print("|---:|---|---:|---:|---:|")
+    start = time.perf_counter()
+    for questions in args.questions:
+        for design in args.designs:
+            seeds_a, seeds_b = (int(x) for x in design.split("x"))
+            for seed_sd in args.seed_sds:
+                level = rejection_rate(questions, seeds_a, seeds_b, seed_sd, args.reps, alpha=args.alpha)
+                power = rejection_rate(questions, seeds_a, seeds_b, seed_sd, args.reps, effect=args.effect,
+                                       alpha=args.alpha, rng_seed=1)
+                print(f"| {questions} | {seeds_a} x {seeds_b} | {100 * seed_sd:g} | {level:.3f} | {power:.3f} |",
+                      flush=True)
+    print(f"({time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
