@@ -30,7 +30,9 @@ from typing import Any
 TRAINING_CODE_VERSION = 2  # 2: train mode while training (dropout acts); over-long examples dropped, not cut
 # Bump when a change to prompts, generation or answer scoring alters scores. tests/test_identity.py holds the
 # hash of the scoring source for this version, so an edit of scoring.py without a bump fails a test.
-SCORING_VERSION = 3  # 3: the model's generation config set aside by default (eval.generation_config)
+SCORING_VERSION = 4  # 4: numbers compared exactly up to float noise or a stated rounding, not within 1e-4;
+# lenient reads the result of an equation after its marker and never a closing note; prose references cut
+# comment clauses (3: the model's generation config set aside by default, eval.generation_config)
 NUMERIC_LIBRARIES = ("torch", "transformers", "peft")
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
@@ -91,6 +93,19 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+_CONTENT_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def content_sha256(path: Path) -> str:
+    """``file_sha256``, remembered per path, size and modification time: the cells of a sweep hash a model
+    folder once."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _CONTENT_HASHES:
+        _CONTENT_HASHES[key] = file_sha256(path)
+    return _CONTENT_HASHES[key]
+
+
 def resolved_revision(model_id: str, revision: str | None) -> str:
     """The commit a hub revision points at, from the local cache or the hub; a local folder's content hash.
 
@@ -100,10 +115,11 @@ def resolved_revision(model_id: str, revision: str | None) -> str:
     revision = revision or "main"
     local = Path(model_id).expanduser()
     if local.is_dir():
-        files = sorted(p for p in local.iterdir() if p.is_file())
-        small = [file_sha256(p) for p in files if p.suffix in (".json", ".txt", ".model", ".jinja")]
-        large = [(p.name, p.stat().st_size) for p in files if p.suffix not in (".json", ".txt", ".model", ".jinja")]
-        return "folder:" + digest([small, large])
+        # every file's content, weights included (a model retrained into the same folder keeps its sizes);
+        # hidden folders (.git, .cache) are not the model
+        files = sorted(p for p in local.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(local).parts))
+        return "folder:" + digest([(p.relative_to(local).as_posix(), content_sha256(p)) for p in files])
     if _COMMIT.match(revision):
         return revision
     try:
@@ -171,6 +187,8 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
 
     ``eval_dtype`` is the dtype generation will run in (``eval.dtype`` resolved for this machine).
     """
+    from slm_sweep.data.specs import dataset_spec
+
     method = dict(config["method"])
     trains = bool(method.get("train"))
     prompt = dict(config.get("prompt") or {})
@@ -207,6 +225,9 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
                  **metric_modules_identity(eval_cfg.get("metric_modules"))},
         "test": fingerprint(test),
         "ood": {name: fingerprint(examples) for name, examples in sorted(ood.items())},
+        # how closely a number must match: the dataset's own setting, and each out-of-domain set's
+        "tolerance": {"test": config["dataset"].get("answer_tolerance"),
+                      **{name: dataset_spec(name).get("answer_tolerance") for name in sorted(ood)}},
         # a seed that draws the shots (shot_seed null) changes the prompts; a trained cell's is in its weights
         "seed": None if is_seed_independent(method) else seed,
     }

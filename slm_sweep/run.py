@@ -35,12 +35,15 @@ from slm_sweep.results import (
     write_result,
 )
 from slm_sweep.sweep.resume import (
+    CHECKPOINT,
     KEPT_WEIGHTS,
     find_checkpoint,
     find_completed,
     find_trained,
     kept_weights,
+    own_checkpoint,
     search_dirs,
+    stamp_training_key,
 )
 
 log = logging.getLogger(__name__)
@@ -320,8 +323,11 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
         print(closing_line(source, out), flush=True)
         return source
     log.info("reusing the finished result in %s", previous)
-    for key in ("status", "metrics", "eval_sets", "skipped_rows", "placement", "prompt"):
-        record[key] = source.get(key)
+    # what computed the numbers travels with them: the source's code, versions, hardware and decoding
+    for key in ("status", "metrics", "eval_sets", "skipped_rows", "placement", "prompt", "decoding", "versions",
+                "git_commit", "hardware", "dedup"):
+        if key in source:
+            record[key] = source[key]
     record["reused_from"] = str(previous / RESULT_FILE)
     record["finished_at"] = now_iso()
     if (previous / PREDICTIONS_FILE).is_file():
@@ -347,7 +353,7 @@ def train_stage(cfg: DictConfig, out: Path, record: dict, model, tokenizer, data
     """Train (resuming from this cell's checkpoint when one exists) and keep what a re-scoring run needs."""
     from slm_sweep.data.encode import encode_all
     from slm_sweep.data.prompts import resolve_style
-    from slm_sweep.train.fit import fit, last_checkpoint
+    from slm_sweep.train.fit import fit
 
     style = resolve_style(cfg.prompt.style, tokenizer)
     max_length = int(cfg.trainer.max_length)
@@ -361,7 +367,8 @@ def train_stage(cfg: DictConfig, out: Path, record: dict, model, tokenizer, data
     if too_long > 0.01:
         log.warning("%.1f %% of the training examples are longer than trainer.max_length=%d and were left out",
                     100 * too_long, max_length)
-    resume_from = last_checkpoint(out) or find_checkpoint(dirs, identity.training_key, own=out)
+    resume_from = own_checkpoint(out, identity.training_key) or find_checkpoint(dirs, identity.training_key, own=out)
+    stamp_training_key(out / CHECKPOINT.parent, identity.training_key)
     outcome = fit(model, train, val, cfg.trainer, cfg.method, seed=int(cfg.seed), out_dir=out,
                   pad_token_id=tokenizer.pad_token_id, loggers=tracker.lightning_loggers if tracker else None,
                   resume_from=resume_from, extra_callbacks=callbacks,
@@ -375,12 +382,12 @@ def train_stage(cfg: DictConfig, out: Path, record: dict, model, tokenizer, data
     record["placement"]["train"] = outcome.placement
     record["metrics"].update(train_time_s=outcome.train_time_s, train_loss=outcome.train_loss,
                              val_loss=outcome.val_loss, train_steps=outcome.train_steps, **outcome.perf)
-    keep_trained_weights(model, out, keep_full=bool(cfg.trainer.get("keep_model", False)))
+    keep_trained_weights(model, out, identity.training_key, keep_full=bool(cfg.trainer.get("keep_model", False)))
     write_result(out, record)  # training is the expensive part: keep its numbers even if evaluation fails
     return outcome
 
 
-def keep_trained_weights(model, out: Path, keep_full: bool) -> None:
+def keep_trained_weights(model, out: Path, training_key: str, keep_full: bool) -> None:
     """LoRA/DoRA adapters are always kept (they are small); full weights when ``trainer.keep_model`` is on.
     A later run whose evaluation changed but whose training did not re-scores from them instead of training."""
     from peft import PeftModel
@@ -389,8 +396,10 @@ def keep_trained_weights(model, out: Path, keep_full: bool) -> None:
 
     if isinstance(model, PeftModel):
         save_atomically(model, out / ADAPTER_DIR)
+        stamp_training_key(out / ADAPTER_DIR, training_key)
     elif keep_full:
         save_atomically(model, out / MODEL_DIR)
+        stamp_training_key(out / MODEL_DIR, training_key)
 
 
 def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: list[dict], data: CellData,
@@ -409,7 +418,7 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
     splits, sampler = data.splits, data.sampler
     record["skipped_rows"] = dict(splits.skipped)
 
-    model, tokenizer = load_model(cfg, kept_weights(trained) if trained else None)
+    model, tokenizer = load_model(cfg, kept_weights(trained, identity.training_key) if trained else None)
     trainable, total = count_parameters(model)
     # how the questions are put to the model: the method's own format (few-shot), else as trained cells are prompted
     prompt_format = resolve_format(method, cfg.prompt, tokenizer, int(cfg.seed))

@@ -20,13 +20,18 @@ without any digit (``"..."``, ``","``) is also reported as ``None``: lm-eval kee
 but they can never equal a reference, so the score is the same.
 
 ``lenient`` is the same for every method and reads the answer wherever a chat model states it: from the last
-``\\boxed{...}``, else the first number after the last ``####``, else the first number after the last
-"the answer is" (any case), else the last number in the text. An explicit marker therefore wins over
-numbers written after it, such as a closing "(Note: 1 dozen = 12)"; without a marker the last number counts.
-Numbers may carry thousands separators, a currency sign, a percent sign (dropped: "25%" is 25), a sign and
-decimals, or be fractions ``3/4``, ``\\frac{3}{4}`` / ``\\dfrac{3}{4}`` or mixed numbers ``1 1/2``. The
-prediction is compared with the reference as numbers, within a relative tolerance of 1e-4, or of the
-dataset's ``answer_tolerance`` when that is larger.
+``\\boxed{...}``, else the rest of the sentence after the last ``####`` or, failing that, the last "the answer
+is" (any case), else the last number of the text once closing remarks are cut off (a last paragraph starting
+"Note", a parenthesised remark at the end). Where the part read holds an "=", the result after the last one
+counts ("the answer is 16 - 3 - 4 = 9 eggs" is 9). An explicit marker therefore wins over numbers written after
+it, and a closing "(Note: 1 dozen = 12)" is never the answer. Numbers may carry thousands separators, a currency
+sign, a percent sign (dropped: "25%" is 25), a sign and decimals, or be fractions ``3/4``,
+``\\frac{3}{4}`` / ``\\dfrac{3}{4}`` or mixed numbers ``1 1/2``.
+
+Numbers are compared by ``same_number``: equal up to float noise (a relative 1e-9, or the dataset's
+``answer_tolerance`` when that is larger), or the reference rounded to the two or more decimals the prediction is
+written with ("0.67" for 2/3, "5.33" for 5.3333333333). A relative tolerance of 1e-4 would accept -9867000 for
+-9867630 on GSM-Hard, whose slips are in the low digits.
 
 Prose references (OrcaMath) are read by ``prose_reference_value``; see its docstring.
 """
@@ -50,7 +55,8 @@ _PLAIN_NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)")
 _BARE_ANSWER = re.compile(r"-?[$0-9.,]*\d[$0-9.,]*")
 _DIGIT = re.compile(r"\d")
 
-LENIENT_TOLERANCE = 1e-4
+# relative: what float arithmetic leaves in a stated answer (GSM-Hard's 3244047.0999999996 for 3244047.1)
+FLOAT_NOISE = 1e-9
 # Longer digit runs (degenerate generations) are no answer; they would also exceed int()'s digit limit.
 _MAX_NUMBER_CHARS = 400
 
@@ -84,6 +90,9 @@ _TRAILING_REMARK = re.compile(r"(?<!\\)\([^()]*(?<!\\)\)[\s.]*$")
 # is 36", "8 pencils cost $2"), then "=".
 _CONCLUSION = re.compile(r"\b(?:so|therefore|thus|hence|which means|that means)\b", re.IGNORECASE)
 _STATEMENT = re.compile(r"\b(?:is|are|was|were|be|equals?|costs?)\b", re.IGNORECASE)
+# a statement verb followed by a number, at most one word between ("is 15", "is approximately 3.33", "are $20")
+_NUMBER_STATEMENT = re.compile(r"\b(?:is|are|was|were|equals?|costs?)\s+(?:[A-Za-z]+\s+)?[-−$€£¥₹]?\d", re.IGNORECASE)
+_SIDE_CLAUSE = re.compile(r",?\s+(?:which|when|whereas|while)\b|,\s+and\b|;", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------------------------- lm-eval
@@ -199,9 +208,10 @@ def _number_value(match: re.Match) -> Fraction | None:
     return -value if match["sign"] else value
 
 
-def numbers_in(text: str) -> list[Fraction]:
-    """The values of the numbers written in ``text``, in order (see the module docstring for the forms)."""
-    values, position = [], 0
+def written_numbers(text: str) -> list[tuple[Fraction, int | None]]:
+    """The numbers written in ``text``, in order, each as (value, digits after its decimal point; None for a
+    fraction); see the module docstring for the forms."""
+    found, position = [], 0
     while (match := _NUMBER.search(text, position)) is not None:
         position = match.end()
         if len(match.group(0)) > _MAX_NUMBER_CHARS:
@@ -212,8 +222,27 @@ def numbers_in(text: str) -> list[Fraction]:
             whole = Fraction(int(match["mw"]))
             value, position = (-whole if match["sign"] else whole), match.start("mn")
         if value is not None:
-            values.append(value)
-    return values
+            found.append((value, _decimals(match["x"]) if match["x"] is not None else None))
+    return found
+
+
+def _decimals(number: str) -> int:
+    return len(number.split(".", 1)[1]) if "." in number else 0
+
+
+def numbers_in(text: str) -> list[Fraction]:
+    """The values of the numbers written in ``text``, in order."""
+    return [value for value, _ in written_numbers(text)]
+
+
+def same_number(predicted: Fraction, expected: Fraction, decimals: int | None, tolerance: float) -> bool:
+    """Whether ``predicted`` (written with ``decimals`` digits after the point; None for a fraction) states
+    ``expected``: equal within the relative ``tolerance`` (float noise), or ``expected`` rounded to the two or
+    more decimals it is written with (either way at a tie)."""
+    gap = abs(predicted - expected)
+    if gap <= Fraction(tolerance) * max(1, abs(expected)):
+        return True
+    return decimals is not None and decimals >= 2 and gap <= Fraction(1, 2 * 10**decimals)
 
 
 def _after_last(pattern: re.Pattern, text: str) -> str | None:
@@ -252,20 +281,28 @@ def _result_part(text: str) -> str:
 # ---------------------------------------------------------------------------------------------- lenient
 
 
-def lenient_value(text: str) -> Fraction | None:
-    """The answer a model states in ``text`` under the lenient rules (module docstring); None without one."""
+def lenient_number(text: str) -> tuple[Fraction, int | None] | None:
+    """The answer a model states in ``text`` under the lenient rules (module docstring), as (value, decimals
+    written); None without one."""
     boxed = _last_boxed(text)
     if boxed is not None:
-        numbers = numbers_in(_result_part(boxed))
+        numbers = written_numbers(_result_part(boxed))
         if numbers:
             return numbers[0]
     rests = (text.split(_GSM8K_MARKER)[-1] if _GSM8K_MARKER in text else None, _after_last(_ANSWER_IS, text))
     for rest in rests:
-        numbers = numbers_in(rest) if rest is not None else []
-        if numbers:
-            return numbers[0]
-    numbers = numbers_in(text)
+        if rest is not None:
+            numbers = written_numbers(_result_part(_up_to_sentence_end(rest.lstrip(" :"))))
+            if numbers:
+                return numbers[0]
+    numbers = written_numbers(_without_notes(text))
     return numbers[-1] if numbers else None
+
+
+def lenient_value(text: str) -> Fraction | None:
+    """The value of ``lenient_number``; None without one."""
+    found = lenient_number(text)
+    return None if found is None else found[0]
 
 
 def _as_float(value: Fraction) -> float | None:
@@ -285,14 +322,18 @@ def lenient_extract(text: str) -> str | None:
 
 
 def lenient_correct(text: str, reference: str | float | int, tolerance: float | None) -> bool:
-    value = lenient_value(text)
-    predicted = None if value is None else _as_float(value)
-    expected_text = reference_answer(reference)
-    expected = None if expected_text is None else parse_number(expected_text)
-    if predicted is None or expected is None:
+    found = lenient_number(text)
+    expected = _exact(reference_answer(reference))
+    if found is None or expected is None:
         return False
-    allowed = max(LENIENT_TOLERANCE, tolerance or 0.0)
-    return abs(predicted - expected) <= allowed * max(1.0, abs(expected))
+    return same_number(found[0], expected, found[1], max(FLOAT_NOISE, tolerance or 0.0))
+
+
+def _exact(number: str | None) -> Fraction | None:
+    """The exact value of a normalised number string ("-12.5", ".25", "72"); None otherwise."""
+    if number is None or _PLAIN_NUMBER.fullmatch(number) is None:
+        return None
+    return Fraction(number)
 
 
 # ---------------------------------------------------------------------------------------------- references
@@ -324,7 +365,10 @@ def prose_reference_value(text: str) -> Fraction | None:
     starting "Note", a parenthesised remark at the end such as "(Note: 1 dozen = 12.)"). That sentence is
     narrowed to what follows its last "so" / "therefore" / "thus" / "hence" / "which means" / "that means",
     then to what follows its last "is" / "are" / "was" / "were" / "be" / "equals" / "costs", each step only
-    when a number follows. Of the part chosen, what follows its last "=" counts when that holds a number. The
+    when a number follows; a clause that comments on a result already stated is cut off first ("..., which is 20%
+    less than ...", "... when 25 is divided by 11", "..., and 20% of it is 16"), and a sentence stating two
+    results ("the boys are 15 and the girls are 20") gives None. Of the part chosen, what follows its last "="
+    counts when that holds a number. The
     part must hold exactly one value, written once or more in any form ("11/4, or 2 3/4"): "5 hours and 30
     minutes", "12 boys and 15 girls", "the ratio is 3:4" or "Jin saves $100 in 8 weeks" give None, and such
     rows are dropped (``unparsable_answers: skip``) rather than guessed.
@@ -339,11 +383,35 @@ def prose_reference_value(text: str) -> Fraction | None:
     if not sentences:
         return None
     sentence = sentences[-1]
-    for narrowing in (_CONCLUSION, _STATEMENT):
-        rest = _after_last(narrowing, sentence)
-        if rest is not None and numbers_in(rest):
-            sentence = rest
+    main = _main_clause(sentence)
+    value = _narrowed_value(main)
+    if value is None and main != sentence:
+        # "... need 9/2 cups, which is 4 1/2 cups": the clause restates a value of the main clause in another form
+        restated = _narrowed_value(sentence)
+        if restated is not None and restated in numbers_in(main):
+            value = restated
+    return value
+
+
+def _narrowed_value(sentence: str) -> Fraction | None:
+    rest = _after_last(_CONCLUSION, sentence)
+    if rest is not None and numbers_in(rest):
+        sentence = rest
+    if len(_NUMBER_STATEMENT.findall(sentence)) > 1:  # "the boys are 15 and the girls are 20": two results
+        return None
+    rest = _after_last(_STATEMENT, sentence)
+    if rest is not None and numbers_in(rest):
+        sentence = rest
     return _single_value(_result_part(sentence))
+
+
+def _main_clause(sentence: str) -> str:
+    """The sentence up to its first clause that only comments on a result already stated ("..., which is 20% less
+    than ...", "... when 25 is divided by 11", "..., and 20% of it is 16"), when a number comes before it."""
+    for clause in _SIDE_CLAUSE.finditer(sentence):
+        if numbers_in(sentence[: clause.start()]):
+            return sentence[: clause.start()]
+    return sentence
 
 
 def reference_answer(answer: str | float | int) -> str | None:
@@ -371,11 +439,11 @@ def _check_tolerance(tolerance: float) -> None:
 
 
 def numbers_close(prediction: str, reference: str, tolerance: float) -> bool:
-    """|pred - ref| <= tolerance * max(1, |ref|) for two number strings; False if either is not one."""
-    predicted, expected = parse_number(prediction), parse_number(reference)
+    """``same_number`` for two normalised number strings; False if either is not one."""
+    predicted, expected = _exact(prediction), _exact(reference)
     if predicted is None or expected is None:
         return False
-    return abs(predicted - expected) <= tolerance * max(1.0, abs(expected))
+    return same_number(predicted, expected, _decimals(prediction), tolerance)
 
 
 # ---------------------------------------------------------------------------------------------- registry

@@ -179,7 +179,7 @@ class DatasetSettings:
     val_size: int | None = 100
     train_limit: int | None = None  # keep only the first N train examples after carving
     test_limit: int | None = None  # score only the first N test examples
-    answer_tolerance: float | None = None  # null: exact match of the number string; a float: relative tolerance
+    answer_tolerance: float | None = None  # null: exact match of the number string; a float: numbers, relative float noise
     unparsable_answers: str = "skip"  # rows whose answer has no final number: skip (counted) or error
     eval_only: bool = False  # true: no train split; usable only as an evaluation set
     dedup: DedupSettings | None = field(default_factory=DedupSettings)  # null: no deduplication

@@ -4,6 +4,7 @@ from kept adapters by those keys."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,12 @@ from omegaconf import OmegaConf
 from slm_sweep.identity import SCORING_VERSION
 from slm_sweep.results import read_result, redact
 from slm_sweep.run import identify, load_data, run
+from slm_sweep.sweep.resume import KEY_STAMP, kept_weights, stamped_key
 
 # sha256 of slm_sweep/scoring.py for each SCORING_VERSION: editing scoring.py fails this test until
 # SCORING_VERSION is bumped (scores may change) or the hash updated (a change that cannot alter any score).
 # Version 3's hash was updated, not bumped, for register_metric (a hook that changes no built-in score).
-SCORING_SOURCE_SHA256 = {3: "7eb5ec389fad22198dea57ccaae9780d265bcf40e670f8a56fd6a63e18c4b920"}
+SCORING_SOURCE_SHA256 = {4: "67166cc806d5c9abfb3deeae830f903a361d801880781d4509c5f6e377fe33eb"}
 
 
 def keys(cfg):
@@ -37,6 +39,7 @@ RETRAIN = ["method.lr=0.001", "method.r=8", "trainer.max_steps=4", "seed=1", "da
            "method.target_modules=[q_proj,v_proj]",
            "model.quantization={_target_:transformers.BitsAndBytesConfig,load_in_4bit:true}"]
 RESCORE = ["eval.generation_config=model", "eval.max_new_tokens=20", "eval.ood_sets=[svamp]", "dataset.test_limit=10", "eval.dtype=bfloat16",
+           "dataset.answer_tolerance=0.01",
            "eval.stop=[Q:]"]
 NOTHING = ["trainer.micro_batch_size=4", "trainer.packing=true", "trainer.compile=true", "trainer.compile_scope=model", "eval.engine=plain",
            "eval.token_budget=4096", "eval.max_batch_size=3", "eval.cuda_graphs=true", "logger=csv",
@@ -195,3 +198,69 @@ def test_a_new_evaluation_in_the_same_folder_rescores_its_own_adapter(tiny_cfg, 
     assert second["metrics"]["train_steps"] == first["metrics"]["train_steps"] == 3
     assert second["metrics"]["train_loss"] == first["metrics"]["train_loss"]
     assert read_result(tmp_path / "cell")["identity"]["evaluation_key"] != first["identity"]["evaluation_key"]
+
+
+def test_weights_another_configuration_left_in_the_folder_are_neither_resumed_nor_rescored(tiny_cfg, tmp_path):
+    """A folder rerun with another learning rate holds the first run's checkpoint and adapter: the second run
+    trains afresh (the checkpoint moved aside, not deleted), and a third run that changes only its evaluation
+    re-scores the second run's adapter, which its stamp names."""
+    resume = ["resume.enabled=true", f"resume.search_dir={tmp_path / 'none'}", "trainer.keep_checkpoints=true",
+              "trainer.checkpoint_every_n_steps=1"]
+    first = run(tiny_cfg("method=lora", *resume), out_dir=tmp_path / "cell")
+    assert (tmp_path / "cell" / "checkpoints" / "last.ckpt").is_file()
+    assert stamped_key(tmp_path / "cell" / "adapter") == first["identity"]["training_key"]
+
+    second = run(tiny_cfg("method=lora", *resume, "method.lr=0.01"), out_dir=tmp_path / "cell")
+    assert second["status"] == "completed" and second["resumed_from_checkpoint"] is None
+    assert second["identity"]["training_key"] != first["identity"]["training_key"]
+    aside = tmp_path / "cell" / "checkpoints.superseded"
+    assert (aside / "last.ckpt").is_file() and stamped_key(aside) == first["identity"]["training_key"]
+    assert stamped_key(tmp_path / "cell" / "adapter") == second["identity"]["training_key"]
+    assert second["metrics"]["train_loss"] != first["metrics"]["train_loss"]
+
+    # a copied result does not vouch for the weights beside it: only their stamp does
+    record = read_result(tmp_path / "cell")
+    assert kept_weights(tmp_path / "cell", second["identity"]["training_key"], record) == tmp_path / "cell" / "adapter"
+    assert kept_weights(tmp_path / "cell", first["identity"]["training_key"], record) is None
+    (tmp_path / "cell" / "adapter" / KEY_STAMP).unlink()  # weights kept before stamps existed
+    assert kept_weights(tmp_path / "cell", second["identity"]["training_key"], record) == tmp_path / "cell" / "adapter"
+    copied = {**record, "reused_from": str(tmp_path / "elsewhere" / "result.json")}
+    assert kept_weights(tmp_path / "cell", second["identity"]["training_key"], copied) is None
+
+
+def test_a_local_model_folder_is_known_by_the_content_of_every_file(tmp_path):
+    import os
+
+    from slm_sweep.identity import resolved_revision
+
+    def write(path, data, second):
+        path.write_bytes(data)
+        os.utime(path, ns=(second * 10**9, second * 10**9))  # a later write, as a retraining minutes later is
+
+    folder = tmp_path / "model"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    write(folder / "model.safetensors", b"\x00" * 64, 1)
+    write(folder / "sub" / "extra.bin", b"a", 1)
+    (folder / ".cache").mkdir()
+    first = resolved_revision(str(folder), None)
+    (folder / ".cache" / "lock").write_text("not the model")
+    assert resolved_revision(str(folder), None) == first
+    write(folder / "model.safetensors", b"\x01" * 64, 2)  # retrained: same size, other weights
+    assert resolved_revision(str(folder), None) != first
+    write(folder / "model.safetensors", b"\x00" * 64, 3)
+    assert resolved_revision(str(folder), None) == first
+    write(folder / "sub" / "extra.bin", b"b", 2)
+    assert resolved_revision(str(folder), None) != first
+
+
+def test_a_copied_result_keeps_the_code_versions_and_decoding_that_computed_it(tiny_cfg, tmp_path):
+    search = [f"resume.search_dir={tmp_path}", "resume.enabled=true"]
+    first = run(tiny_cfg("method=zeroshot", *search), out_dir=tmp_path / "a")
+    source = read_result(tmp_path / "a")
+    source.update(git_commit="0" * 40, versions={**source["versions"], "torch": "0.0-elsewhere"})
+    (tmp_path / "a" / "result.json").write_text(json.dumps(source))
+    copy = run(tiny_cfg("method=zeroshot", *search), out_dir=tmp_path / "b")
+    assert copy["reused_from"] == str(tmp_path / "a" / "result.json")
+    assert copy["git_commit"] == "0" * 40 and copy["versions"]["torch"] == "0.0-elsewhere"
+    assert copy["decoding"] == first["decoding"] is not None and copy["metrics"] == first["metrics"]

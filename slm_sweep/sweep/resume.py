@@ -7,6 +7,7 @@ finished and resumes what it started), then its sweep's directory and ``resume.s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -14,6 +15,41 @@ from slm_sweep.results import RESULT_FILE, is_complete, read_result
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 KEPT_WEIGHTS = ("adapter", "model")  # LoRA/DoRA adapter folder; full weights (trainer.keep_model)
+# A file in a checkpoint or kept-weights folder naming the training key of the run that wrote it: a folder's
+# result.json can be a later run's (another configuration rerun into it, or a copied result), so the weights
+# say themselves what they are.
+KEY_STAMP = "training_key"
+
+log = logging.getLogger(__name__)
+
+
+def stamp_training_key(folder: Path, training_key: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / KEY_STAMP).write_text(training_key + "\n")
+
+
+def stamped_key(folder: Path) -> str | None:
+    path = folder / KEY_STAMP
+    return path.read_text().strip() if path.is_file() else None
+
+
+def own_checkpoint(out: Path, training_key: str) -> Path | None:
+    """The cell's own last.ckpt when its training key is this one. A checkpoint another configuration left in the
+    folder (a rerun with another learning rate, say) is moved aside, not resumed from and not deleted."""
+    ckpt = out / CHECKPOINT
+    if not ckpt.is_file():
+        return None
+    if stamped_key(ckpt.parent) == training_key:
+        return ckpt
+    aside = ckpt.parent.with_name(ckpt.parent.name + ".superseded")
+    number = 1
+    while aside.exists():
+        number += 1
+        aside = ckpt.parent.with_name(f"{ckpt.parent.name}.superseded-{number}")
+    ckpt.parent.rename(aside)
+    log.warning("%s was written by a run with another training key (%s): moved to %s, training starts afresh",
+                ckpt, stamped_key(aside) or "not recorded", aside)
+    return None
 
 
 def search_dirs(own: Path, sweep_dir: Path | None, search_dir: Path | None) -> list[Path]:
@@ -78,15 +114,29 @@ def find_checkpoint(dirs: Sequence[Path], training_key: str | None, own: Path) -
     found: list[tuple[float, Path]] = []
     for folder, record in _records(dirs, own):
         ckpt = folder / CHECKPOINT
-        if _key(record, "training_key") == training_key and ckpt.is_file():
+        if _same(folder, own):
+            continue  # own_checkpoint decides on the cell's own one
+        if _matches(ckpt.parent, record, training_key) and ckpt.is_file():
             found.append((ckpt.stat().st_mtime, ckpt))
     return max(found)[1] if found else None
 
 
-def kept_weights(folder: Path) -> Path | None:
+def _matches(weights: Path, record: dict, training_key: str | None) -> bool:
+    """Whether the weights in ``weights`` were trained under ``training_key``: by their stamp; weights kept
+    before stamps existed, by the folder's record when that record is the run's own (not a copy)."""
+    stamp = stamped_key(weights)
+    if stamp is not None:
+        return stamp == training_key
+    return _key(record, "training_key") == training_key and not record.get("reused_from")
+
+
+def kept_weights(folder: Path, training_key: str | None = None, record: dict | None = None) -> Path | None:
+    """The adapter or full-weights folder that ``folder`` kept, trained under ``training_key`` (any when None)."""
+    record = read_result(folder) if record is None else record
     for name in KEPT_WEIGHTS:
-        if (folder / name).is_dir():
-            return folder / name
+        weights = folder / name
+        if weights.is_dir() and (training_key is None or _matches(weights, record or {}, training_key)):
+            return weights
     return None
 
 
@@ -96,6 +146,7 @@ def find_trained(dirs: Sequence[Path], training_key: str | None, own: Path) -> P
         return None
     for folder, record in _records(dirs, own):
         trained = (record.get("metrics") or {}).get("train_steps")
-        if _key(record, "training_key") == training_key and trained and kept_weights(folder) is not None:
+        if _key(record, "training_key") == training_key and trained and \
+                kept_weights(folder, training_key, record) is not None:
             return folder
     return None
