@@ -93,6 +93,10 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def is_commit(revision: str) -> bool:
+    return bool(_COMMIT.match(revision))
+
+
 _CONTENT_HASHES: dict[tuple[str, int, int], str] = {}
 
 

@@ -82,7 +82,14 @@ def _torch_dtype(name: str | None) -> torch.dtype | str:
 
 
 def _hub_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(revision=model_cfg.get("revision") or "main",
+    """The revision to load is the commit the cell's identity recorded (``identity.resolved_revision``: from the
+    local cache, else the hub), so a branch that moves on between the two cannot put other weights under the
+    recorded commit; the branch name itself only where no commit could be resolved."""
+    from slm_sweep.identity import is_commit, resolved_revision
+
+    revision = model_cfg.get("revision") or "main"
+    resolved = resolved_revision(str(model_cfg["id"]), revision)
+    return dict(revision=resolved if is_commit(resolved) else revision,
                 trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
 
 

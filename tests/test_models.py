@@ -123,3 +123,24 @@ def test_tiny_model_loads_quantized_to_4_bit():
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
     # a quantized weight counts the elements it stands for, not its packed bytes
     assert count_parameters(model)[1] == count_parameters(plain)[1]
+
+
+def test_a_hub_model_loads_at_the_commit_its_identity_records(monkeypatch, tmp_path):
+    """The branch is resolved once, through the local cache (offline here), and the commit is what loads."""
+    import huggingface_hub.constants
+
+    from slm_sweep.identity import resolved_revision
+    from slm_sweep.models import _hub_kwargs
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--org--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    assert resolved_revision("org/tiny", "main") == commit
+    assert _hub_kwargs({"id": "org/tiny", "revision": None})["revision"] == commit
+    # nothing cached and no hub: the branch name, as asked
+    assert _hub_kwargs({"id": "org/other", "revision": "main"})["revision"] == "main"
