@@ -126,6 +126,21 @@ def resolved_revision(model_id: str, revision: str | None) -> str:
         return "folder:" + digest([(p.relative_to(local).as_posix(), content_sha256(p)) for p in files])
     if _COMMIT.match(revision):
         return revision
+    # resolved once per process: the commit the cell's identity records is the one its model loads
+    # (slm_sweep.models), even if the branch moves on in between
+    if (model_id, revision) not in _HUB_COMMITS:
+        commit = _hub_commit(model_id, revision)
+        if commit is None:
+            return f"unresolved:{revision}"
+        _HUB_COMMITS[model_id, revision] = commit
+    return _HUB_COMMITS[model_id, revision]
+
+
+_HUB_COMMITS: dict[tuple[str, str], str] = {}
+
+
+def _hub_commit(model_id: str, revision: str) -> str | None:
+    """The commit of a hub revision from the local cache, else from the hub; None when neither can say."""
     try:
         from huggingface_hub import try_to_load_from_cache
 
@@ -143,7 +158,7 @@ def resolved_revision(model_id: str, revision: str | None) -> str:
             return HfApi().model_info(model_id, revision=revision, timeout=10).sha
     except Exception:  # noqa: BLE001
         pass
-    return f"unresolved:{revision}"
+    return None
 
 
 def model_identity(model_cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -88,8 +88,10 @@ def _hub_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     from slm_sweep.identity import is_commit, resolved_revision
 
     revision = model_cfg.get("revision") or "main"
-    resolved = resolved_revision(str(model_cfg["id"]), revision)
-    return dict(revision=resolved if is_commit(resolved) else revision,
+    if not Path(str(model_cfg["id"])).expanduser().is_dir():  # a local folder has no revisions
+        resolved = resolved_revision(str(model_cfg["id"]), revision)
+        revision = resolved if is_commit(resolved) else revision
+    return dict(revision=revision,
                 trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
 
 

@@ -394,12 +394,10 @@ def keep_trained_weights(model, out: Path, training_key: str, keep_full: bool) -
 
     from slm_sweep.methods import save_atomically
 
-    if isinstance(model, PeftModel):
-        save_atomically(model, out / ADAPTER_DIR)
-        stamp_training_key(out / ADAPTER_DIR, training_key)
-    elif keep_full:
-        save_atomically(model, out / MODEL_DIR)
-        stamp_training_key(out / MODEL_DIR, training_key)
+    folder = out / ADAPTER_DIR if isinstance(model, PeftModel) else out / MODEL_DIR if keep_full else None
+    if folder is not None:
+        save_atomically(model, folder)
+        stamp_training_key(folder, training_key)
 
 
 def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: list[dict], data: CellData,
