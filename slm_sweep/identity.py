@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import Any
 
 # Bump when a change to the training path alters the weights it produces (loss, batching order, schedule, ...).
-TRAINING_CODE_VERSION = 2  # 2: train mode while training (dropout acts); over-long examples dropped, not cut
+TRAINING_CODE_VERSION = 3  # 3: plain prompts trained with the BOS scoring sees; Llama 3 chat prompts dated
+# CHAT_TEMPLATE_DATE (2: train mode while training (dropout acts); over-long examples dropped, not cut)
 # Bump when a change to prompts, generation or answer scoring alters scores. tests/test_identity.py holds the
 # hash of the scoring source for this version, so an edit of scoring.py without a bump fails a test.
-SCORING_VERSION = 4  # 4: numbers compared exactly up to float noise or a stated rounding, not within 1e-4;
+SCORING_VERSION = 5  # 5: Llama 3 chat prompts carry a fixed date, not the day they run (prompts.CHAT_TEMPLATE_DATE)
+# 4: numbers compared exactly up to float noise or a stated rounding, not within 1e-4;
 # lenient reads the result of an equation after its marker and never a closing note; prose references cut
 # comment clauses (3: the model's generation config set aside by default, eval.generation_config)
 NUMERIC_LIBRARIES = ("torch", "transformers", "peft")

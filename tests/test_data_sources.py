@@ -35,6 +35,7 @@ ALL_DATASETS = [
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
 
@@ -132,12 +133,18 @@ def test_split_seed_changes_the_validation_slice():
 
 
 @needs_shared_data
-def test_limits_keep_the_first_examples():
+def test_train_limit_samples_the_whole_train_split_and_test_limit_keeps_the_first():
     full = load_splits(dataset_spec("gsm8k"), data_root=SHARED_DATA)
     limited = load_splits(
         {**dataset_spec("gsm8k"), "train_limit": 50, "test_limit": 7}, data_root=SHARED_DATA
     )
-    assert limited.train == full.train[:50]
+    position = {e.question: i for i, e in enumerate(full.train)}
+    kept = [position[e.question] for e in limited.train]
+    assert len(kept) == 50 and kept == sorted(kept)  # a selection of the train split, in source order
+    # from the whole split, not its head (a file in topic or source order would bias the first N)
+    assert min(kept) < 0.1 * len(full.train) and max(kept) > 0.9 * len(full.train)
+    larger = load_splits({**dataset_spec("gsm8k"), "train_limit": 200}, data_root=SHARED_DATA)
+    assert questions(limited.train) < questions(larger.train)  # a larger limit keeps what a smaller one kept
     assert limited.test == full.test[:7]
     assert limited.val == full.val
 
@@ -268,8 +275,24 @@ def test_orcamath_unparsable_references_are_skipped_and_counted(tmp_path):
 def test_orcamath_train_limit_applies_after_carving():
     splits = load_splits(orcamath_spec(train_limit=4))
     unlimited = load_splits(orcamath_spec(train_limit=None))
-    assert splits.train == unlimited.train[:4]
-    assert splits.test == unlimited.test
+    assert len(splits.train) == 4 and questions(splits.train) < questions(unlimited.train)
+    assert splits.test == unlimited.test and splits.val == unlimited.val
+
+
+def test_a_row_left_out_moves_no_other_row_between_parts(tmp_path):
+    """A row that becomes unparsable (a parser change, an edited hub row) must not reshuffle the held-out test
+    set: with a shuffled permutation about three quarters of it changed."""
+    rows = [{"question": f"Problem {i}: how many apples?", "answer": f"So, the answer is {i}."} for i in range(300)]
+    spec = {**dataset_spec("orcamath"), "test_size": 60, "val_size": 30, "train_limit": 100}
+    before = load_splits({**spec, "data_dir": str(write_jsonl(tmp_path / "a" / "train.jsonl", rows).parent)})
+    for victim in (before.test[0], before.train[0]):
+        edited = [dict(r, answer="There are 12 boys and 15 girls.") if r["question"] == victim.question else r
+                  for r in rows]
+        after = load_splits({**spec, "data_dir": str(write_jsonl(tmp_path / "b" / "train.jsonl", edited).parent)})
+        assert after.skipped == {"train": 1}
+        for part in ("test", "val", "train"):
+            old, new = questions(getattr(before, part)), questions(getattr(after, part))
+            assert len(old - new) <= 1 and len(new - old) <= 1, part
 
 
 def test_heldout_test_size_must_leave_train_examples():

@@ -217,8 +217,9 @@ def test_the_whole_test_split_counts_whatever_test_limit_and_validation_is_dedup
 def test_train_limit_counts_the_examples_left_after_deduplication(tmp_path):
     data = folder(tmp_path, [EXACT, NEAR, *FRESH])
     splits = load_splits({**spec(data), "train_limit": 5}, deduplicate=True)
-    assert [e.question for e in splits.train] == FRESH[:5]
-    assert splits.dedup["train"]["examined"] == 7
+    assert len(splits.train) == 5 and {e.question for e in splits.train} <= set(FRESH)
+    record = splits.dedup["train"]
+    assert record["examined"] - record["removed"] == 5  # examined until five were kept, repeats not counted
 
 
 def test_an_against_set_is_read_in_full_from_data_root(tmp_path):
@@ -229,7 +230,7 @@ def test_an_against_set_is_read_in_full_from_data_root(tmp_path):
         [{"Body": "There are 87 oranges and 290 bananas in Philip's collection", "Question": "How many bananas "
           "are there?", "Answer": 290.0}, {"Body": "Unrelated", "Question": "How much?", "Answer": 1.0}]))
     data = folder(tmp_path, [FRESH[0], svamp_question.upper(), FRESH[1]])
-    splits = load_splits({**spec(data, against=["svamp"]), "train_limit": 2}, data_root=root, deduplicate=True)
+    splits = load_splits(spec(data, against=["svamp"]), data_root=root, deduplicate=True)
     assert [e.question for e in splits.train] == FRESH[:2]
     assert splits.dedup["against"] == {"test": 3, "svamp": 2}
     assert splits.dedup["train"]["by_set"] == {"test": {"exact": 0, "near": 0}, "svamp": {"exact": 1, "near": 0}}

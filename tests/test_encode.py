@@ -72,3 +72,27 @@ def test_examples_longer_than_max_length_are_dropped_whole():
     kept = encode_all(tokenizer, [short, long], "chat", max_length=64)
     assert len(kept) == 1 and len(kept[0]["input_ids"]) <= 64
     assert kept[0]["labels"][-1] != -100  # the whole answer, end of turn included, is trained on
+
+
+def test_plain_training_prompts_carry_the_bos_that_generation_prompts_carry():
+    """A tokenizer that adds BOS (Llama, Gemma) in the plain style: the model is trained on the token ids it is
+    scored on, BOS included."""
+    from tokenizers import processors
+
+    from slm_sweep.data.prompts import build_prompt
+    from slm_sweep.evaluate.batching import encode_prompts
+    from slm_sweep.models import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    bos = tokenizer.bos_token_id
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{tokenizer.bos_token} $A", special_tokens=[(tokenizer.bos_token, bos)])
+    assert tokenizer("x")["input_ids"][0] == bos  # the tokenizer adds BOS by default
+    enc = encode_for_training(tokenizer, EXAMPLE, style="plain", max_length=1024)
+    prompt = encode_prompts(tokenizer, [build_prompt(tokenizer, EXAMPLE.question, style="plain")], 1024)[0]
+    assert prompt[0] == bos and enc["input_ids"][: len(prompt)] == prompt
+    assert enc["labels"][: len(prompt)] == [IGNORE_INDEX] * len(prompt)
+    # a chat template that writes BOS itself gets no second one
+    tokenizer.chat_template = tokenizer.bos_token + tokenizer.chat_template
+    chat = encode_for_training(tokenizer, EXAMPLE, style="chat", max_length=1024)["input_ids"]
+    assert chat[0] == bos and chat[1] != bos

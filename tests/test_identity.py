@@ -18,7 +18,9 @@ from slm_sweep.sweep.resume import KEY_STAMP, kept_weights, stamped_key
 # sha256 of slm_sweep/scoring.py for each SCORING_VERSION: editing scoring.py fails this test until
 # SCORING_VERSION is bumped (scores may change) or the hash updated (a change that cannot alter any score).
 # Version 3's hash was updated, not bumped, for register_metric (a hook that changes no built-in score).
-SCORING_SOURCE_SHA256 = {4: "67166cc806d5c9abfb3deeae830f903a361d801880781d4509c5f6e377fe33eb"}
+# Version 5 changed prompts only (a fixed chat-template date), not scoring.py.
+SCORING_SOURCE_SHA256 = {4: "67166cc806d5c9abfb3deeae830f903a361d801880781d4509c5f6e377fe33eb",
+                         5: "67166cc806d5c9abfb3deeae830f903a361d801880781d4509c5f6e377fe33eb"}
 
 
 def keys(cfg):
@@ -72,6 +74,9 @@ def test_moving_the_data_folder_changes_nothing_its_content_does_not(base, requi
     (copy / "gsm8k").mkdir(parents=True)
     for name in ("train.jsonl", "test.jsonl"):
         (copy / "gsm8k" / name).write_bytes((requires_data / "gsm8k" / name).read_bytes())
+    for other in requires_data.iterdir():  # the sets training is deduplicated against
+        if other.is_dir() and other.name != "gsm8k":
+            (copy / other.name).symlink_to(other)
     assert base(f"data_root={copy}") == base()
     lines = (copy / "gsm8k" / "test.jsonl").read_text().splitlines(keepends=True)
     (copy / "gsm8k" / "test.jsonl").write_text("".join([lines[1], lines[0], *lines[2:]]))

@@ -132,3 +132,25 @@ def test_resolve_format_per_method_and_prompt_settings():
         resolve_format(fewshot_chat, chat, tokenizer, seed=0)
     with pytest.raises(ValueError, match="prompt_format='plain' is not one of as_trained, lm_eval, lm_eval_chat"):
         resolve_format({**fewshot, "prompt_format": "plain"}, chat, tokenizer, seed=0)
+
+
+# The date logic of Llama 3.x chat templates: today's date unless the caller passes date_string.
+DATED_TEMPLATE = (
+    "{%- if not date_string is defined %}{%- if strftime_now is defined %}"
+    "{%- set date_string = strftime_now('%d %b %Y') %}{%- else %}{%- set date_string = 'never' %}{%- endif %}"
+    "{%- endif %}<|im_start|>system\nToday Date: {{ date_string }}<|im_end|>\n"
+    "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+)
+
+
+def test_a_dated_chat_template_gets_a_fixed_date_not_today():
+    from slm_sweep.data.prompts import CHAT_TEMPLATE_DATE
+    from slm_sweep.models import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.chat_template = DATED_TEMPLATE
+    prompt = build_prompt(tokenizer, "What is 3+3?", style="chat")
+    assert f"Today Date: {CHAT_TEMPLATE_DATE}" in prompt
+    undated = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    assert "Today Date: " in undated and CHAT_TEMPLATE_DATE not in undated  # what the template does on its own

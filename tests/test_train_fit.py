@@ -208,12 +208,60 @@ def test_packing_keeps_examples_apart(examples, tmp_path):
     assert o2.perf["train_padding_fraction"] == 0
 
 
-def test_a_resumed_run_ends_where_an_uninterrupted_one_does(examples, tmp_path):
-    straight, _ = train(examples, tmp_path / "straight", max_steps=6)
-    train(examples, tmp_path / "resumed", max_steps=6, checkpoint_every_n_steps=5, callbacks=[StopAfter(5)])
-    resumed, outcome = train(examples, tmp_path / "resumed", max_steps=6, checkpoint_every_n_steps=5)
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(examples, tmp_path, method):
+    """LoRA's dropout (0.05) draws from the random state the checkpoint restores."""
+    straight, _ = train(examples, tmp_path / "straight", method, max_steps=6)
+    train(examples, tmp_path / "resumed", method, max_steps=6, checkpoint_every_n_steps=5, callbacks=[StopAfter(5)])
+    resumed, outcome = train(examples, tmp_path / "resumed", method, max_steps=6, checkpoint_every_n_steps=5)
     assert outcome.train_steps == 6
-    assert_same_tensors(weights(straight), weights(resumed))
+    assert_same_tensors(weights(straight), weights(resumed), rtol=0, atol=0)
+
+
+class SigtermBetweenMicroBatches(L.Callback):
+    """What Lightning's SIGTERM handler does (SLURM preemption) after the first micro-batch of step ``step + 1``:
+    Lightning stops after that micro-batch, in the middle of an optimizer step."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step and not batch["last_in_step"]:
+            trainer._signal_connector.received_sigterm = True
+
+
+class StepContents(L.Callback):
+    """The sequences (as sums of their token ids) each optimizer step was computed from."""
+
+    def __init__(self):
+        self.current, self.steps = [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.current += [int(row.sum()) for row in batch["input_ids"]]
+        if batch["last_in_step"]:
+            self.steps.append(sorted(self.current))
+            self.current = []
+
+
+def test_an_interrupt_between_micro_batches_resumes_at_the_step_and_keeps_every_epoch_whole(examples, tmp_path):
+    """16 examples in steps of 4 (two micro-batches each) for 6 steps: the resumed run crosses an epoch boundary,
+    which a checkpoint counting the unfinished step's micro-batches would reach early."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from slm_sweep.train.interrupt import CheckpointOnInterrupt
+
+    straight_steps, first, second = StepContents(), StepContents(), StepContents()
+    straight, _ = train(examples, tmp_path / "straight", "lora", max_steps=6, micro_batch_size=2,
+                        callbacks=[straight_steps])
+    out = tmp_path / "resumed"
+    with pytest.raises(SIGTERMException):
+        train(examples, out, "lora", max_steps=6, micro_batch_size=2,
+              callbacks=[SigtermBetweenMicroBatches(1), first, CheckpointOnInterrupt(out / "checkpoints" / "last.ckpt")])
+    assert len(first.steps) == 1 and first.current  # stopped inside the second step
+    resumed, outcome = train(examples, out, "lora", max_steps=6, micro_batch_size=2, callbacks=[second])
+    assert outcome.train_steps == 6
+    assert first.steps + second.steps == straight_steps.steps and not second.current
+    assert_same_tensors(weights(straight), weights(resumed), rtol=0, atol=0)
 
 
 def test_a_non_finite_loss_stops_training(examples, tmp_path):

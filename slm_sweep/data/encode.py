@@ -19,12 +19,19 @@ def encode_for_training(tokenizer, example: QA, style: str, max_length: int, sys
     it, and the loss covers the answer and its end-of-turn token, nothing else. An example longer than
     ``max_length`` is cut here; ``encode_all`` drops such examples instead.
     """
-    prompt_ids = tokenizer(build_prompt(tokenizer, example.question, style=style, system=system),
-                           add_special_tokens=False)["input_ids"]
+    prompt_ids = prompt_token_ids(tokenizer, build_prompt(tokenizer, example.question, style=style, system=system))
     target_ids = tokenizer(build_target(tokenizer, example.answer, style), add_special_tokens=False)["input_ids"]
     input_ids = (prompt_ids + target_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + target_ids)[:max_length]
     return {"input_ids": input_ids, "labels": labels}
+
+
+def prompt_token_ids(tokenizer, prompt: str) -> list[int]:
+    """Token ids of a prompt, the same for training and generation: the tokenizer adds its default special tokens
+    (a BOS for tokenizers that add one, as lm-eval does) unless the text already starts with the BOS token, as a
+    chat template often writes it."""
+    bos = tokenizer.bos_token
+    return tokenizer(prompt, add_special_tokens=not (bos and prompt.startswith(bos)))["input_ids"]
 
 
 def encode_all(tokenizer, examples: Sequence[QA], style: str, max_length: int, system: str | None = None) -> list[dict]:

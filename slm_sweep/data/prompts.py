@@ -31,6 +31,9 @@ PROMPT_FORMATS = ("as_trained", "lm_eval", "lm_eval_chat")
 INSTRUCTION_SEPARATOR = "\n\n"
 PLAIN_FEWSHOT_DELIMITER = "\n\n"
 PLAIN_TARGET_DELIMITER = " "
+# Llama 3.x chat templates write "Today Date: <the day it runs>" into the system block unless given a date: the
+# template's own fallback date keeps a prompt the same on every day (training and scoring included).
+CHAT_TEMPLATE_DATE = "26 Jul 2024"
 
 
 class QA(Protocol):
@@ -73,7 +76,8 @@ def build_prompt(tokenizer, question: str, shots: Sequence[QA] = (), style: str 
         messages.append({"role": "user", "content": turn(shot.question)})
         messages.append({"role": "assistant", "content": shot.answer})
     messages.append({"role": "user", "content": turn(question)})
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                         date_string=CHAT_TEMPLATE_DATE)
 
 
 def build_target(tokenizer, answer: str, style: str) -> str:

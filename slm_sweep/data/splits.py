@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,12 +46,15 @@ def load_splits(
     """Train, validation and test examples of one dataset.
 
     Files come from spec.data_dir if set, else data_root/<local.dir_name> if data_root is given, else the hub.
-    Carving uses split_seed only, so it is the same for every run seed: (1) with test_split 'heldout', test_size
-    examples of the full train split become the test set; (2) val_size of the remaining train examples become
-    the validation set; (3) with ``deduplicate`` and the spec's dedup enabled, validation and train examples that
-    repeat a question of the whole test split or of a dedup.against set are removed; (4) train_limit and
-    test_limit keep the first N examples. Every carved part keeps the source order. With need_train=False, train
-    and val are empty and the train file is read only when the test set is held out of it.
+    Carving uses split_seed only, so it is the same for every run seed. Every row is ranked by a hash of
+    split_seed and its question (``_ranking``); then (1) with test_split 'heldout', the first test_size rows of
+    that ranking become the test set; (2) the next val_size rows the validation set; (3) the rest, in ranking
+    order, are the training candidates: with ``deduplicate`` and the spec's dedup enabled, validation and train
+    examples that repeat a question of the whole test split or of a dedup.against set are removed; (4)
+    train_limit keeps the first N candidates left (a seeded sample of the whole file, not its head), test_limit
+    the first N test examples. Every returned part is in source order. A row added, removed or left out as
+    unparsable moves only itself between parts. With need_train=False, train and val are empty and the train
+    file is read only when the test set is held out of it.
     """
     spec = resolved_spec(spec)
     if spec["eval_only"] and need_train:
@@ -60,17 +62,17 @@ def load_splits(
     folder = local_dir(spec, data_root)
     skipped: dict[str, int] = {}
     if spec["test_split"] == "heldout":
-        test, val, train = _heldout_parts(spec, folder, skipped, need_train)
+        test, val, candidates = _heldout_parts(spec, folder, skipped, need_train)
     else:
         test = read_examples(spec, "test", folder, skipped)
-        val, train = _val_and_train(spec, folder, skipped) if need_train else ([], [])
+        val, candidates = _val_and_train(spec, folder, skipped) if need_train else ([], _Candidates())
     record = None
     if deduplicate and need_train:
-        train, val, record = _deduplicated(spec, data_root, test, train, val)
+        train, val, record = _deduplicated(spec, data_root, test, candidates.ranked, val)
     else:
-        train = _limited(train, spec["train_limit"], spec["name"], "train_limit")
+        train = _limited(candidates.ranked, spec["train_limit"], spec["name"], "train_limit")
     splits = Splits(
-        train=train,
+        train=candidates.in_source_order(train),
         val=val,
         test=_limited(test, spec["test_limit"], spec["name"], "test_limit"),
         skipped=skipped,
@@ -97,7 +99,7 @@ def load_eval_set(
 
 def _heldout_parts(
     spec: dict[str, Any], folder: Path | None, skipped: dict[str, int], need_train: bool
-) -> tuple[list[Example], list[Example], list[Example]]:
+) -> tuple[list[Example], list[Example], _Candidates]:
     pool = read_examples(spec, "train", folder, skipped)
     test_size = spec["test_size"]
     if test_size >= len(pool):
@@ -108,18 +110,18 @@ def _heldout_parts(
     val_size = spec["val_size"] if need_train else None
     if val_size is not None:
         _check_val_size(spec["name"], val_size, len(pool) - test_size)
-    test, val, train = _carve(pool, [test_size, val_size or 0], spec["split_seed"])
-    return test, (val if need_train else []), (train if need_train else [])
+    (test, val), candidates = _carve(pool, [test_size, val_size or 0], spec["split_seed"])
+    return test, (val if need_train else []), (candidates if need_train else _Candidates())
 
 
 def _val_and_train(
     spec: dict[str, Any], folder: Path | None, skipped: dict[str, int]
-) -> tuple[list[Example], list[Example]]:
+) -> tuple[list[Example], _Candidates]:
     pool = read_examples(spec, "train", folder, skipped)
     if spec["val_size"] is not None:
         _check_val_size(spec["name"], spec["val_size"], len(pool))
-    val, train = _carve(pool, [spec["val_size"] or 0], spec["split_seed"])
-    return val, train
+    (val,), candidates = _carve(pool, [spec["val_size"] or 0], spec["split_seed"])
+    return val, candidates
 
 
 def _check_val_size(name: str, val_size: int, available: int) -> None:
@@ -130,15 +132,40 @@ def _check_val_size(name: str, val_size: int, available: int) -> None:
         )
 
 
-def _carve(pool: list[Example], sizes: list[int], seed: int) -> list[list[Example]]:
-    """Consecutive slices of one seeded permutation of `pool` (one per size, then the rest), each in pool order."""
-    order = list(range(len(pool)))
-    random.Random(seed).shuffle(order)
+@dataclass
+class _Candidates:
+    """The training candidates: the rows no other part took, in ranking order (train_limit and deduplication take
+    them from the front), and where each row stands in the source file."""
+
+    ranked: list[Example] = field(default_factory=list)
+    source_position: dict[int, int] = field(default_factory=dict)  # id(example) -> row in the source
+
+    def in_source_order(self, kept: list[Example]) -> list[Example]:
+        return sorted(kept, key=lambda example: self.source_position[id(example)])
+
+
+def _carve(pool: list[Example], sizes: list[int], seed: int) -> tuple[list[list[Example]], _Candidates]:
+    """Consecutive slices of ``_ranking(pool, seed)``, one per size, each in pool order; the rest as candidates."""
+    order = _ranking(pool, seed)
     parts, start = [], 0
-    for size in [*sizes, len(pool)]:
+    for size in sizes:
         parts.append([pool[i] for i in sorted(order[start : start + size])])
         start += size
-    return parts
+    rest = order[start:]
+    return parts, _Candidates([pool[i] for i in rest], {id(pool[i]): i for i in rest})
+
+
+def _ranking(pool: list[Example], seed: int) -> list[int]:
+    """Positions of ``pool`` ordered by a hash of the seed and each row's question (and, for a question that
+    repeats, which repeat it is). A row's rank does not depend on the other rows, so adding, removing or
+    skipping one row moves no other row from one part to another (a shuffled permutation would move most)."""
+    repeats: dict[str, int] = {}
+    keys = []
+    for example in pool:
+        repeats[example.question] = repeats.get(example.question, 0) + 1
+        text = f"{seed}\x00{repeats[example.question]}\x00{example.question}"
+        keys.append(hashlib.sha256(text.encode()).digest())
+    return sorted(range(len(pool)), key=keys.__getitem__)
 
 
 def _limited(examples: list[Example], limit: int | None, name: str, key: str) -> list[Example]:

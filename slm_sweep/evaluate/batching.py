@@ -8,6 +8,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from slm_sweep.data.encode import prompt_token_ids
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT_WINDOW = 2048  # lm-eval's fallback when neither config nor tokenizer gives a length
@@ -33,15 +35,11 @@ def context_window(model, tokenizer) -> int:
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], max_prompt_tokens: int) -> list[list[int]]:
-    """Token ids of each prompt, left-truncated to ``max_prompt_tokens``.
-
-    The tokenizer adds its default special tokens (a BOS for tokenizers that add one) unless the prompt text
-    already starts with the BOS token, as a chat template often writes it.
-    """
+    """Token ids of each prompt (``prompt_token_ids``, as training encodes it), left-truncated to
+    ``max_prompt_tokens``."""
     if max_prompt_tokens <= 0:
         raise ValueError(f"no room for a prompt: max_new_tokens fills the model's context window ({max_prompt_tokens})")
-    bos = tokenizer.bos_token
-    encoded = [tokenizer(p, add_special_tokens=not (bos and p.startswith(bos)))["input_ids"] for p in prompts]
+    encoded = [prompt_token_ids(tokenizer, p) for p in prompts]
     truncated = sum(len(ids) > max_prompt_tokens for ids in encoded)
     if truncated:
         log.warning("%d of %d prompts were left-truncated to %d tokens (context window minus max_new_tokens)",

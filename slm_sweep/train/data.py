@@ -65,7 +65,8 @@ class EncodedDataModule(L.LightningDataModule):
     def train_dataloader(self):
         # batch_size=None: the sampler yields whole micro-batch plans, the dataset collates each one.
         return DataLoader(PlannedMicroBatches(self.train, self.collate), sampler=self.train_sampler(),
-                          batch_size=None, num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+                          batch_size=None, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+                          generator=self._own_generator())
 
     def val_dataloader(self):
         # Length-sorted batches, padded (never packed) so that every validation batch is an ordinary one.
@@ -73,4 +74,9 @@ class EncodedDataModule(L.LightningDataModule):
         batches = eval_batches([len(e["input_ids"]) for e in self.val], self.micro_batch_size, self.max_tokens,
                                self.pad_to_multiple_of)
         return DataLoader(self.val, batch_sampler=batches[rank::world_size], collate_fn=self.pad_collate,
-                          num_workers=self.num_workers)
+                          num_workers=self.num_workers, generator=self._own_generator())
+
+    def _own_generator(self) -> torch.Generator:
+        # Each DataLoader iterator draws a seed from its generator, by default the global one that dropout draws
+        # from: an iterator started at another moment (a resumed epoch, a validation pass) would shift dropout.
+        return torch.Generator().manual_seed(self.seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -163,7 +164,10 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
     if resume_from:
         log.info("resuming training from %s", resume_from)
     start = time.perf_counter()
-    with without_cudnn_attention(trainer.strategy.root_device):
+    with without_cudnn_attention(trainer.strategy.root_device), warnings.catch_warnings():
+        # StepBatchSampler resumes mid-epoch at the checkpoint's step (it skips the finished steps): Lightning's
+        # warning that the data loader cannot does not apply.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
         try:
             trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
         finally:

@@ -1,9 +1,9 @@
 """Ctrl-C and SIGTERM (e.g. SLURM preemption): stop at a step boundary, keep a checkpoint, say so.
 
 Outside training, a SIGTERM becomes a KeyboardInterrupt so the cell can record ``interrupted`` and stop. During
-training, Lightning's own SIGTERM handler finishes the current step and raises SIGTERMException; Ctrl-C raises
-KeyboardInterrupt. Either way :class:`CheckpointOnInterrupt` writes ``last.ckpt`` first, and rerunning the cell
-resumes from it.
+training, Lightning's own SIGTERM handler finishes the current micro-batch and raises SIGTERMException; Ctrl-C
+raises KeyboardInterrupt. Either way :class:`CheckpointOnInterrupt` writes ``last.ckpt`` first, as of the last
+finished optimizer step, and rerunning the cell resumes from that step.
 """
 
 from __future__ import annotations
@@ -36,9 +36,32 @@ class CheckpointOnInterrupt(L.Callback):
     def on_exception(self, trainer, pl_module, exception):
         self.training = False
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.global_step > 0:
+            rewind_to_last_step(trainer)
             self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
             trainer.save_checkpoint(self.checkpoint_path)
             log.warning("interrupted at step %d: checkpoint saved to %s", trainer.global_step, self.checkpoint_path)
+
+
+def rewind_to_last_step(trainer) -> None:
+    """Count this epoch's micro-batches as those of its finished optimizer steps.
+
+    An interrupt between two micro-batches of one step leaves Lightning's micro-batch counters past the last
+    finished step, while a resumed epoch restarts at that step (``StepBatchSampler`` skips by ``global_step``).
+    Saved as they are, the counters would end the resumed epoch that many micro-batches early: the last step's
+    data never trained on and its half-accumulated gradient carried into the next epoch.
+    """
+    from slm_sweep.train.batching import StepBatchSampler
+
+    sampler = getattr(trainer.train_dataloader, "sampler", None)
+    if not isinstance(sampler, StepBatchSampler):
+        return
+    steps = sampler.steps(sampler.epoch)
+    finished = min(len(steps), max(0, trainer.global_step - sampler.epoch * len(steps)))
+    consumed = sum(len(step) for step in steps[:finished])
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    earlier_epochs = progress.total.ready - progress.current.ready
+    for counter, value in ((progress.current, consumed), (progress.total, earlier_epochs + consumed)):
+        counter.ready = counter.started = counter.processed = counter.completed = value
 
 
 def is_interrupt(exc: BaseException) -> bool:

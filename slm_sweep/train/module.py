@@ -18,8 +18,25 @@ log = logging.getLogger(__name__)
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "labels")
 
 
+RNG_STATES_KEY = "slm_sweep_rng_states"
+
+
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+def rng_states(device: torch.device) -> dict[str, torch.Tensor]:
+    """The generators training draws from: the CPU's, and the CUDA device's when training runs on one."""
+    states = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(states["cpu"])
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
@@ -95,6 +112,8 @@ class CausalLMModule(L.LightningModule):
         self.split_depth = 0      # each micro-batch is halved this many times (raised on out-of-memory)
         self.oom_halvings = 0
         self._step_batches: list[dict] = []
+        self._rng_after_step: dict[str, torch.Tensor] | None = None  # what a checkpoint saves (a step boundary)
+        self._rng_to_restore: dict[str, torch.Tensor] | None = None  # read from the checkpoint resumed from
 
     def forward(self, batch: dict, loss_tokens) -> torch.Tensor:
         return micro_batch_loss(self.model, batch, loss_tokens)
@@ -105,6 +124,9 @@ class CausalLMModule(L.LightningModule):
         self.model.train()
 
     def on_train_batch_start(self, batch, batch_idx):
+        if self._rng_to_restore is not None:
+            set_rng_states(self._rng_to_restore, self.device)
+            self._rng_to_restore = None
         # Only the last micro-batch of a step reduces gradients across devices (DDP's no_sync otherwise).
         block = getattr(self.trainer.strategy, "block_backward_sync", None)
         if block is not None and not batch["last_in_step"]:
@@ -186,6 +208,7 @@ class CausalLMModule(L.LightningModule):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self.lr_schedulers().step()
+        self._rng_after_step = rng_states(self.device)
         self._pending.append((self.global_step, self._step_loss))
         self._step_loss = None
         if self.global_step % self.log_every_n_steps == 0 or self.global_step >= self.max_steps:
@@ -223,6 +246,15 @@ class CausalLMModule(L.LightningModule):
 
     def on_train_end(self):
         self._flush_losses()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The random state after the last finished step (dropout, LoRA's included, draws from it), so a resumed
+        # run draws what the uninterrupted one would; a checkpoint written mid-step still resumes at its start.
+        if self._rng_after_step is not None:
+            checkpoint[RNG_STATES_KEY] = self._rng_after_step
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get(RNG_STATES_KEY)
 
     def validation_step(self, batch, batch_idx):
         self._val_sums.append(self._validation_sums(batch))
