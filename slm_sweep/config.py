@@ -7,6 +7,8 @@ cannot say: ranges, choices, how settings go together, and the method's structur
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -234,6 +236,7 @@ def validate_config(cfg: DictConfig) -> None:
 
     method = cfg.method
     _validate_method_shape(cfg)
+    _validate_method_keys(cfg)
     from slm_sweep.tune import validate as validate_tuning
 
     validate_tuning(cfg)  # before method.lr is read: a grid search's candidate sets it
@@ -308,6 +311,40 @@ def _validate_method_shape(cfg: DictConfig) -> None:
         raise ConfigError(f"method.name={name!r} must be a non-empty string; the methods in conf/method/ are: "
                           f"{', '.join(group_options('method'))}")
     _switch(cfg, "method.train")
+
+
+# The settings of a method file the code reads (slm_sweep/methods.py, run.py, data/prompts.py). Any other
+# top-level key is a short name (r, alpha, dropout, target_modules) that an interpolation reads, or a mistake.
+METHOD_KEYS = ("name", "train", "lr", "peft", "num_fewshot", "shot_seed", "prompt_format", "instruction")
+_METHOD_REFERENCE = re.compile(r"\$\{(?:\.{1,2}|method\.)([A-Za-z_]\w*)")
+
+
+def _validate_method_keys(cfg: DictConfig) -> None:
+    """A method key that nothing reads (``rank: 32`` for ``r``, ``+method.learning_rate=1e-3``) would leave the
+    cell running with the defaults under a name that says otherwise: refused."""
+    method = OmegaConf.to_container(cfg.method, resolve=False)
+    referenced = set(_METHOD_REFERENCE.findall(" ".join(_strings(method))))
+    referenced |= {m.group(1) for text in _strings(OmegaConf.to_container(cfg, resolve=False))
+                   for m in re.finditer(r"\$\{method\.([A-Za-z_]\w*)", text)}
+    unread = [key for key in method if key not in METHOD_KEYS and key not in referenced]
+    if unread:
+        key = unread[0]
+        close = difflib.get_close_matches(key, [*METHOD_KEYS, *(k for k in method if k != key)], n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(
+            f"method.{key}={method[key]!r} (method={cfg.method.get('name')!r}) is read by nothing{hint}: a method's "
+            f"settings are {', '.join(METHOD_KEYS)}; any other key must be a short name that the method's peft "
+            "block interpolates (r: 16 beside peft: {r: ${..r}}, conf/method/lora.yaml)")
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [text for item in value.values() for text in _strings(item)]
+    if isinstance(value, (list, tuple)):
+        return [text for item in value for text in _strings(item)]
+    return []
 
 
 def _validate_method(cfg: DictConfig) -> None:

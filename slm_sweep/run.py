@@ -196,6 +196,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     from slm_sweep.scoring import load_metric_modules
 
     load_metric_modules(cfg.eval.get("metric_modules"))
+    _check_classes(cfg)
     from slm_sweep.tune import resolve_lr
 
     learning_rate = resolve_lr(cfg)  # before the config is recorded: the rate trained with is in the identity
@@ -271,6 +272,19 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
             finally:
                 print(closing_line(record, out), flush=True)
     return record
+
+
+def _check_classes(cfg: DictConfig) -> None:
+    """Import the cell's logger and callback classes before any data or model is read: validate_config does not
+    import them (the preflight runs it for every cell of a grid, without Lightning), and a misspelt class should
+    not cost a data load and a model load first."""
+    from slm_sweep.tracking import logger_class, logger_entries
+    from slm_sweep.train.fit import callback_classes
+
+    for path, entry in logger_entries(cfg.logger).items():
+        logger_class(path, entry)
+    if cfg.method.train:
+        callback_classes(cfg.get("callbacks"))
 
 
 def closing_line(record: dict[str, Any], out: Path) -> str:

@@ -189,16 +189,23 @@ def wandb_settings(logger_cfg: Mapping[str, Any] | None) -> Mapping[str, Any] | 
     return None
 
 
+def logger_class(path: str, entry: Mapping[str, Any]) -> type:
+    """The class of the logger entry at ``path``, imported and checked to be a Lightning logger or a CellLogger
+    (ConfigError naming the entry otherwise)."""
+    from lightning.pytorch.loggers import Logger
+
+    from slm_sweep.config import target_class
+
+    return target_class(path, entry, "logger", "logger", (Logger, CellLogger))
+
+
 def build_logger(path: str, entry: Mapping[str, Any], cell: Mapping[str, Any], config: Mapping[str, Any],
                  out_dir: Path):
     """Instantiate the entry at ``path``: a CellLogger with the cell, a Lightning logger (``save_dir: null``: the
     cell's folder) as it is. A ``_target_`` that is neither fails with a ConfigError naming it."""
     from hydra.utils import instantiate
-    from lightning.pytorch.loggers import Logger
 
-    from slm_sweep.config import target_class
-
-    cls = target_class(path, entry, "logger", "logger", (Logger, CellLogger))
+    cls = logger_class(path, entry)
     make = instantiate(entry, _partial_=True, _convert_="all")
     if issubclass(cls, CellLogger):
         return make(cell=cell, config=config, out_dir=out_dir)

@@ -132,7 +132,8 @@ def validate(cfg: DictConfig) -> None:
                           f"(tuning.lr_candidate={candidate}): a search sets the rate itself")
     if method not in grid:
         raise ConfigError(f"tuning.lr_grid has no candidates for method={method!r}; it has: "
-                          f"{', '.join(grid) or 'none'} (add tuning.lr_grid.{method}=[...])")
+                          f"{', '.join(grid) or 'none'} (add its candidates: '+tuning.lr_grid.{method}=[1e-4,2e-4,5e-4]', "
+                          "as many as tuning.lr_candidate sweeps)")
     values = list(grid[method])
     if isinstance(candidate, bool) or not isinstance(candidate, int) or not 0 <= candidate < len(values):
         raise ConfigError(f"tuning.lr_candidate={candidate!r} must be an index into tuning.lr_grid.{method}, "

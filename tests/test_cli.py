@@ -61,3 +61,21 @@ def test_bad_value_fails_before_loading_anything(requires_data, tmp_path):
     proc = run_cli([*FAST_TINY, "method=lora", "method.r=0"], cwd=tmp_path)
     assert proc.returncode != 0
     assert "method.r=0 must be a positive integer" in proc.stderr
+
+
+def test_the_installed_console_scripts_find_the_packaged_configs(tmp_path):
+    """`slm-sweep` (not `python -m slm_sweep`) finds conf/ as the module slm_sweep.conf, from any directory."""
+    from pathlib import Path
+
+    import pytest
+
+    scripts = Path(sys.executable).parent
+    if not (scripts / "slm-sweep").is_file():
+        pytest.skip("slm_sweep is not installed with its console scripts in this environment")
+    proc = subprocess.run([str(scripts / "slm-sweep"), "--cfg", "job", "model=tiny", "method=dora"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "name: tiny" in proc.stdout and "use_dora: true" in proc.stdout
+    report = subprocess.run([str(scripts / "slm-sweep-report"), "--help"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert report.returncode == 0 and "--claims" in report.stdout

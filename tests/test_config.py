@@ -95,6 +95,9 @@ def test_method_defaults():
         ("method.peft._target_=collections.OrderedDict", "not a peft config"),
         ("~method.peft._target_", "must be a mapping with a _target_"),
         ("+trainer.max_stepz=5", "trainer.max_stepz is not a setting: no code reads it; did you mean trainer.max_steps?"),
+        ("+method.rank=32", "method.rank=32 (method='lora') is read by nothing: a method's settings are name, train"),
+        ("+method.learning_rate=0.001", "method.learning_rate=0.001 (method='lora') is read by nothing"),
+        ("+method.trian=true", "method.trian=True (method='lora') is read by nothing (did you mean train?)"),
         ("eval.metric_modules=[no_such_metrics_module]", "eval.metric_modules[]='no_such_metrics_module' is not"),
     ],
 )
@@ -154,6 +157,20 @@ def test_a_misspelt_key_in_a_yaml_file_fails_when_the_config_is_composed(tmp_pat
             compose_config([searchpath, f"{group}=mine"])
         text = f"{err.value} {err.value.__cause__}"
         assert f"Key '{key}' not in" in text and f"{group}/mine" in text
+
+
+def test_a_method_file_with_a_key_nothing_reads_is_refused_and_short_names_are_allowed(tmp_path):
+    """The method group is untyped (each peft config has its own arguments): a key that no code and no
+    interpolation reads is refused, so a misspelt rank cannot run as the default rank under the new name."""
+    (tmp_path / "method").mkdir()
+    (tmp_path / "method" / "lora_r32.yaml").write_text("defaults:\n  - lora\n  - _self_\nname: lora_r32\nr: 32\n")
+    (tmp_path / "method" / "lora_typo.yaml").write_text("defaults:\n  - lora\n  - _self_\nname: lora_typo\nrank: 32\n")
+    searchpath = f"hydra.searchpath=[file://{tmp_path}]"
+    cfg = compose_config([searchpath, "method=lora_r32"])
+    validate_config(cfg)
+    assert cfg.method.peft.r == 32
+    with pytest.raises(ConfigError, match=r"method.rank=32 \(method='lora_typo'\) is read by nothing"):
+        validate_config(compose_config([searchpath, "method=lora_typo"]))
 
 
 def test_each_default_is_held_once_by_the_settings_and_yaml_files_set_only_what_differs():

@@ -273,3 +273,17 @@ def test_preflight_module_does_not_import_torch():
     proc = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "False"
     assert preflight.HUB_TIMEOUT_S <= 10
+
+
+def test_a_dataset_file_with_an_unknown_key_stops_the_sweep_and_names_file_and_key(requires_data, tmp_path):
+    """Hydra turns an error raised in a sweep callback into a warning and runs the cells anyway: the preflight
+    makes any failure to check the grid an exit, before any cell."""
+    conf = tmp_path / "myconf" / "dataset"
+    conf.mkdir(parents=True)
+    (conf / "badset.yaml").write_text("name: badset\nanswr: prose\neval_only: true\n")
+    proc = sweep(["method=zeroshot", "eval.ood_sets=[badset]", f"hydra.searchpath=[file://{tmp_path / 'myconf'}]",
+                  "preflight.only=true"], tmp_path)
+    assert proc.returncode != 0
+    assert "preflight: the grid could not be checked, so no cell runs" in proc.stderr
+    assert f"dataset 'badset' ({conf / 'badset.yaml'})" in proc.stderr and "answr" in proc.stderr
+    assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob(".hydra"))

@@ -71,3 +71,24 @@ def test_an_unknown_logger_lists_the_logger_files(tiny_cfg):
     with pytest.raises(MissingConfigException) as err:
         tiny_cfg("logger=nope")
     assert "logger/nope" in str(err.value) and all(f"\t{n}" in str(err.value) for n in ("csv", "none", "wandb"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("callbacks.progress_bar._target_=lightning.pytorch.callbacks.NoSuchBar",
+     "callbacks.progress_bar._target_='lightning.pytorch.callbacks.NoSuchBar' cannot be imported"),
+    ("logger._target_=lightning.pytorch.loggers.NoSuchLogger",
+     "logger._target_='lightning.pytorch.loggers.NoSuchLogger' cannot be imported"),
+    ("callbacks.progress_bar._target_=collections.OrderedDict",
+     "callbacks.progress_bar._target_='collections.OrderedDict' is not a callback"),
+])
+def test_a_misspelt_class_fails_the_cell_before_it_reads_any_data(tiny_cfg, tmp_path, override, message):
+    """An installed package with no such class passes validation (which imports no Lightning); the cell imports
+    its classes before reading data or loading a model, so nothing is computed before the error."""
+    from slm_sweep.run import run
+
+    cfg = tiny_cfg("method=lora", "logger=csv", override)
+    validate_config(cfg)
+    with pytest.raises(ConfigError) as err:
+        run(cfg, out_dir=tmp_path)
+    assert message in str(err.value)
+    assert not list(tmp_path.iterdir())  # nothing written: no result, no data read

@@ -172,6 +172,26 @@ def test_bad_search_settings_name_the_value(tiny_cfg, overrides, message):
     assert message in str(err.value)
 
 
+def test_every_trained_method_has_grid_candidates_and_a_new_one_is_told_how_to_add_them(tiny_cfg, tmp_path):
+    from slm_sweep.config_sources import group_options
+
+    for method in group_options("method"):
+        cfg = tiny_cfg(f"method={method}", "hparams_search=lr_grid")
+        if cfg.method.train:
+            validate_config(cfg)
+            assert len(cfg.tuning.lr_grid[method]) == 5, method
+    (tmp_path / "method").mkdir()
+    (tmp_path / "method" / "lora_r32.yaml").write_text("defaults:\n  - lora\n  - _self_\nname: lora_r32\nr: 32\n")
+    searchpath = f"hydra.searchpath=[file://{tmp_path}]"
+    with pytest.raises(ConfigError) as err:
+        validate_config(tiny_cfg(searchpath, "method=lora_r32", "hparams_search=lr_grid"))
+    hint = str(err.value).split("'")[-2] if "'+" in str(err.value) else ""
+    assert hint.startswith("+tuning.lr_grid.lora_r32=")
+    cfg = tiny_cfg(searchpath, "method=lora_r32", "hparams_search=lr_grid", hint, "tuning.lr_candidate=2")
+    validate_config(cfg)  # the hint, as written, works
+    assert cfg.method.lr == 5e-4
+
+
 def _record(method, lr, accuracy, val_loss=1.0, n_val=500, seed=0, status="completed", **config):
     return {"dataset": "gsm8k", "model": "m", "method": method, "seed": seed, "status": status,
             "learning_rate": {"value": lr},

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from slm_sweep.config_sources import group_file, group_options, where
 from slm_sweep.data.errors import DataError
@@ -38,7 +39,12 @@ def dataset_spec(name: str) -> DictConfig:
     if path is None:
         raise DataError(f"unknown dataset {name!r}; the datasets in {where('dataset')} are: "
                         f"{', '.join(known_datasets())}")
-    return OmegaConf.merge(OmegaConf.structured(DatasetSettings), OmegaConf.load(path))
+    try:
+        return OmegaConf.merge(OmegaConf.structured(DatasetSettings), OmegaConf.load(path))
+    except OmegaConfBaseException as err:
+        known = ", ".join(DEFAULTS)
+        raise DataError(f"dataset {name!r} ({path}): {getattr(err, 'msg', err)}; a dataset file's keys are: "
+                        f"{known} (DatasetSettings in slm_sweep/settings.py)") from None
 
 
 def as_dict(spec: Mapping | DictConfig) -> dict[str, Any]:

@@ -72,7 +72,11 @@ class Preflight(Callback):
             validate_preflight(config)
         except ConfigError as error:
             raise SystemExit(f"config error: {error}") from None
-        plan = plan_grid(config, _composer(config))
+        try:
+            plan = plan_grid(config, _composer(config))
+        except Exception as error:  # noqa: BLE001 - Hydra only warns about a callback's error and runs the cells
+            raise SystemExit(f"preflight: the grid could not be checked, so no cell runs: "
+                             f"{type(error).__name__}: {error}") from None
         path = write_plan(plan, Path(str(config.hydra.sweep.dir)))
         if plan.refused:
             raise SystemExit(f"{plan.refused}\n(details: {path})")

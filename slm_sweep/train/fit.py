@@ -117,17 +117,25 @@ def configured_callbacks(callbacks_cfg: Mapping[str, Any] | None, progress_bar: 
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ProgressBar
 
-    from slm_sweep.config import target_class
-
     callbacks = []
-    for name, entry in (callbacks_cfg or {}).items():
-        if entry is None:
-            continue
-        cls = target_class(f"callbacks.{name}", entry, "callback", "callbacks", (L.Callback,))
+    for (_name, entry), cls in zip(_callback_entries(callbacks_cfg), callback_classes(callbacks_cfg)):
         if issubclass(cls, ProgressBar) and not progress_bar:
             continue
         callbacks.append(instantiate(entry, _convert_="all"))
     return callbacks
+
+
+def callback_classes(callbacks_cfg: Mapping[str, Any] | None) -> list[type]:
+    """The class of each callback entry, imported and checked to be a Lightning callback (ConfigError naming the
+    entry otherwise): cells call it before reading any data, so a misspelt class costs nothing."""
+    from slm_sweep.config import target_class
+
+    return [target_class(f"callbacks.{name}", entry, "callback", "callbacks", (L.Callback,))
+            for name, entry in _callback_entries(callbacks_cfg)]
+
+
+def _callback_entries(callbacks_cfg: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
+    return [(name, entry) for name, entry in (callbacks_cfg or {}).items() if entry is not None]
 
 
 def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[str, Any], method_cfg: Mapping[str, Any],

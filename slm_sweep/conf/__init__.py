@@ -1,0 +1,1 @@
+"""Hydra config folder (a package so that the installed `slm-sweep` script finds it as slm_sweep.conf)."""
