@@ -28,7 +28,9 @@ from typing import Any
 
 # Bump when a change to the training path alters the weights it produces (loss, batching order, schedule, ...).
 TRAINING_CODE_VERSION = 3  # 3: plain prompts trained with the BOS scoring sees; Llama 3 chat prompts dated
-# CHAT_TEMPLATE_DATE (2: train mode while training (dropout acts); over-long examples dropped, not cut)
+# CHAT_TEMPLATE_DATE; a chat turn ends with the template's end-of-turn token (Gemma 3: <end_of_turn>, not <eos>);
+# random state restored on resume; train_limit a seeded sample (2: train mode while training; over-long examples
+# dropped, not cut)
 # Bump when a change to prompts, generation or answer scoring alters scores. tests/test_identity.py holds the
 # hash of the scoring source for this version, so an edit of scoring.py without a bump fails a test.
 SCORING_VERSION = 5  # 5: Llama 3 chat prompts carry a fixed date, not the day they run (prompts.CHAT_TEMPLATE_DATE)

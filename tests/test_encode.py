@@ -96,3 +96,31 @@ def test_plain_training_prompts_carry_the_bos_that_generation_prompts_carry():
     tokenizer.chat_template = tokenizer.bos_token + tokenizer.chat_template
     chat = encode_for_training(tokenizer, EXAMPLE, style="chat", max_length=1024)["input_ids"]
     assert chat[0] == bos and chat[1] != bos
+
+
+GEMMA_LIKE_TEMPLATE = (  # Gemma 3's turn markup, with the newlines as string literals as Gemma's template has them
+    "{{ bos_token }}{%- for m in messages -%}"
+    "{{ '<start_of_turn>' + ('model' if m.role == 'assistant' else m.role) + '\\n' }}"
+    "{{ m.content | trim }}{{ '<end_of_turn>\\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
+)
+
+
+def test_a_trained_turn_ends_with_the_token_the_chat_template_ends_turns_with():
+    """Gemma 3's tokenizer says eos_token <eos>, but its template ends a turn with <end_of_turn>: the model is
+    trained on the conversation as the template writes it, not on an <eos> the template never writes."""
+    from slm_sweep.data.prompts import build_prompt, end_of_turn
+    from slm_sweep.models import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.add_special_tokens({"eos_token": "<eos>",
+                                  "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tokenizer.chat_template = GEMMA_LIKE_TEMPLATE
+    assert end_of_turn(tokenizer) == "<end_of_turn>"
+    ids = encode_for_training(tokenizer, EXAMPLE, style="chat", max_length=1024)["input_ids"]
+    conversation = tokenizer.apply_chat_template(
+        [{"role": "user", "content": EXAMPLE.question}, {"role": "assistant", "content": EXAMPLE.answer}],
+        tokenize=False)
+    assert conversation.endswith("<end_of_turn>\n")
+    assert ids == tokenizer(conversation.removesuffix("\n"), add_special_tokens=False)["input_ids"]
+    assert build_prompt(tokenizer, EXAMPLE.question, style="chat").startswith(tokenizer.bos_token)

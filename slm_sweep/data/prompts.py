@@ -81,9 +81,39 @@ def build_prompt(tokenizer, question: str, shots: Sequence[QA] = (), style: str 
 
 
 def build_target(tokenizer, answer: str, style: str) -> str:
-    """The text the model is trained to produce after the prompt: the answer and the end-of-turn token."""
-    eos = tokenizer.eos_token or ""
-    return (PLAIN_TARGET_DELIMITER + answer if style == "plain" else answer) + eos
+    """The text the model is trained to produce after the prompt: the answer and the token that ends it
+    (``end_of_turn``)."""
+    if style == "plain":
+        return PLAIN_TARGET_DELIMITER + answer + (tokenizer.eos_token or "")
+    return answer + end_of_turn(tokenizer)
+
+
+_TURN_PROBE = "7c1f0e"  # an assistant message no template alters
+_END_OF_TURN: dict[tuple, str] = {}
+
+
+def end_of_turn(tokenizer) -> str:
+    """The special token the chat template writes right after an assistant message (``<|im_end|>``,
+    ``<|eot_id|>``, ``<end_of_turn>``), so that a trained turn ends as the template ends one. It is not always
+    the tokenizer's ``eos_token``: Gemma 3's is ``<eos>``, which its template never writes. The tokenizer's
+    ``eos_token`` when the template writes no special token there."""
+    key = (id(tokenizer), tokenizer.chat_template, tokenizer.eos_token)
+    if key not in _END_OF_TURN:
+        _END_OF_TURN[key] = _template_end_of_turn(tokenizer) or tokenizer.eos_token or ""
+    return _END_OF_TURN[key]
+
+
+def _template_end_of_turn(tokenizer) -> str | None:
+    user = [{"role": "user", "content": "1 + 1?"}]
+    render = dict(tokenize=False, date_string=CHAT_TEMPLATE_DATE)
+    prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, **render)
+    whole = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": _TURN_PROBE}], **render)
+    if not whole.startswith(prompt + _TURN_PROBE):
+        return None
+    after = whole[len(prompt) + len(_TURN_PROBE):]
+    specials = [t for t in tokenizer.all_special_tokens if t and after.startswith(t)]
+    specials += [t.content for t in tokenizer.added_tokens_decoder.values() if t.special and after.startswith(t.content)]
+    return max(specials, key=len) if specials else None
 
 
 def shot_seed(method: Mapping[str, Any], seed: int) -> int | None:
