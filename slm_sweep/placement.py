@@ -78,7 +78,9 @@ def resolve_device(setting: str | None, trained_on: torch.device | str | None = 
     check_device_setting(setting)
     text = "auto" if setting is None else str(setting)
     if text == "auto":
-        if trained_on is not None and torch.device(trained_on).type != "cpu":
+        # the accelerator that trained the model, when this machine has it (weights kept by a GPU run may be
+        # re-scored on another machine); else the rule for an untrained model
+        if trained_on is not None and _available(torch.device(trained_on)):
             return torch.device(trained_on)
         return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(text)
@@ -92,6 +94,12 @@ def resolve_device(setting: str | None, trained_on: torch.device | str | None = 
                                  f"device(s): use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
         return torch.device("cuda", index)
     return device
+
+
+def _available(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False  # a CPU-trained model follows the rule for an untrained one (CUDA when present)
+    return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
 
 
 def resolve_dtype(setting: str | None, device: torch.device, own: torch.dtype) -> torch.dtype:

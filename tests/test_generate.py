@@ -142,9 +142,23 @@ def test_the_answer_is_decoded_without_special_tokens_and_cut_at_the_first_stop(
     _, tokenizer = _tiny()
     ids = tokenizer("so 12 apples.\n\nQuestion: more", add_special_tokens=False)["input_ids"]
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    generation = to_generation(tokenizer, [*ids, im_end], GSM8K_STOP)
+    check = StopCheck(tokenizer, GSM8K_STOP, eos_ids={im_end})
+    generation = to_generation(tokenizer, [*ids, im_end], check)
     assert generation.text == "so 12 apples.\n\n"
-    assert generation.new_tokens == len(ids) + 1
+    assert generation.new_tokens == len(ids) + 1 and generation.ended
+
+
+def test_only_an_answer_cut_off_at_max_new_tokens_counts_as_not_ended():
+    """An answer whose end-of-sequence id or stop string is its last allowed token ended: truncated_fraction
+    counts the answers cut off, not those that happened to end at the limit."""
+    _, tokenizer = _tiny()
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    check = StopCheck(tokenizer, GSM8K_STOP, eos_ids={im_end})
+    words = tokenizer("so 12 apples", add_special_tokens=False)["input_ids"]
+    assert to_generation(tokenizer, [*words, im_end], check).ended
+    assert not to_generation(tokenizer, words, check).ended
+    stop = tokenizer("so 12.\n\nQuestion:", add_special_tokens=False)["input_ids"]
+    assert to_generation(tokenizer, stop, check).ended
 
 
 # ---------------------------------------------------------------------------------------------- engines

@@ -39,6 +39,14 @@ def test_auto_follows_the_device_that_trained(fake_cuda, monkeypatch):
     assert resolve_device("auto", trained_on="cpu") == torch.device("cuda", 0)
 
 
+def test_weights_trained_on_a_gpu_this_machine_lacks_are_scored_where_auto_says(fake_cuda, monkeypatch):
+    """Kept weights re-scored on another machine: the GPU that trained them is not a place to generate there."""
+    assert resolve_device("auto", trained_on="cuda:1") == torch.device("cuda", 0)  # one GPU here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto", trained_on="cuda:0") == torch.device("cpu")
+    assert resolve_device("auto", trained_on="cuda:0") == resolve_device("auto")  # as the evaluation key says
+
+
 def test_an_explicit_device_wins(fake_cuda):
     assert resolve_device("cpu", trained_on="cuda:0") == torch.device("cpu")
     assert resolve_device("cuda") == torch.device("cuda", 0)

@@ -83,8 +83,9 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
         "eval_set_time_s": seconds,
         "eval_tokens_per_s": new_tokens / seconds if seconds else None,
         "eval_new_tokens": new_tokens,
-        # answers that ran to eval.max_new_tokens without ending: their final number may be missing
-        "truncated_fraction": _mean(g.new_tokens >= int(eval_cfg["max_new_tokens"]) for g in generations) if n else None,
+        # answers cut off at eval.max_new_tokens (not ended by an end-of-sequence id or a stop string): their
+        # final number may be missing
+        "truncated_fraction": _mean(not g.ended for g in generations) if n else None,
         "eval_oom_halvings": stats["oom_halvings"],
         "generation_config_ignored": stats["generation_config_ignored"],
         "engine": stats["engine"],

@@ -117,7 +117,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
             for batch, size in runs:
                 indices = [pending[j] for j in batch]
                 rows = [encoded[i] for i in indices]
-                done = _reporter(indices, results, tokenizer, stop, on_batch)
+                done = _reporter(indices, results, tokenizer, settings.stop_check, on_batch)
                 try:
                     with weight_first_linears(model):
                         if engine == "static":
@@ -160,11 +160,11 @@ def graph_report(requested: bool, engine: str, model, graphs: GraphUse) -> dict:
     return {"requested": bool(requested), "captured": graphs.captured, "failure": graphs.failure, "not_used": reason}
 
 
-def _reporter(indices: list[int], results: list, tokenizer, stop: Sequence[str], on_batch) -> RowDone:
+def _reporter(indices: list[int], results: list, tokenizer, stop_check: StopCheck, on_batch) -> RowDone:
     """The ``done`` callback of one batch: decode the row's tokens, store and report them under its index."""
 
     def done(row: int, tokens: list[int]) -> None:
-        results[indices[row]] = generation = to_generation(tokenizer, tokens, stop)
+        results[indices[row]] = generation = to_generation(tokenizer, tokens, stop_check)
         if on_batch:
             on_batch([indices[row]], [generation])
 

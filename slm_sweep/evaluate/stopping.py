@@ -12,6 +12,7 @@ from slm_sweep.scoring import truncate_at_stop
 class Generation:
     text: str            # decoded continuation, cut at the first stop string
     new_tokens: int      # tokens generated, up to and including the one that ended the sequence
+    ended: bool          # by an end-of-sequence id or a stop string; False: cut off at max_new_tokens
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:
@@ -58,6 +59,7 @@ class StopCheck:
         return known
 
 
-def to_generation(tokenizer, tokens: Sequence[int], stop: Sequence[str]) -> Generation:
+def to_generation(tokenizer, tokens: Sequence[int], stop_check: StopCheck) -> Generation:
     text = tokenizer.decode(list(tokens), skip_special_tokens=True)
-    return Generation(text=truncate_at_stop(text, list(stop)), new_tokens=len(tokens))
+    return Generation(text=truncate_at_stop(text, stop_check.stop), new_tokens=len(tokens),
+                      ended=bool(tokens) and stop_check.finished(tokens))
