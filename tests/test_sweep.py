@@ -151,15 +151,18 @@ def test_joblib_and_submitit_local_launchers_run_a_grid(requires_data, tmp_path,
 
 def test_failing_cell_is_recorded_the_others_go_on_and_the_sweep_exits_non_zero(requires_data, tmp_path):
     # the target module passes config validation and fails when PEFT wraps the model
-    proc = run_sweep(["method=lora,zeroshot", "++method.target_modules=[no_such_module]", "logger=wandb",
-                      "logger.mode=offline"], tmp_path, ok=False)
+    (tmp_path / "conf" / "method").mkdir(parents=True)
+    (tmp_path / "conf" / "method" / "lora_broken.yaml").write_text(
+        "defaults:\n  - lora\n  - _self_\nname: lora_broken\ntarget_modules: [no_such_module]\n")
+    proc = run_sweep(["method=lora_broken,zeroshot", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+                      "logger=wandb", "logger.mode=offline"], tmp_path, ok=False)
     (sweep,) = sweep_dirs(tmp_path)
     cells = results(sweep)
-    assert cells[("tiny", "lora", 0)]["status"] == "failed"
-    assert "no_such_module" in cells[("tiny", "lora", 0)]["error"]
+    assert cells[("tiny", "lora_broken", 0)]["status"] == "failed"
+    assert "no_such_module" in cells[("tiny", "lora_broken", 0)]["error"]
     assert cells[("tiny", "zeroshot", 0)]["status"] == "completed"
     # the summary is written first, then the sweep names the failed cell and its error
-    failed_dir = cells[("tiny", "lora", 0)]["dir"]
+    failed_dir = cells[("tiny", "lora_broken", 0)]["dir"]
     summary = (sweep / "summary.md").read_text()
     assert "## Cells that did not complete" in summary and f"- `{failed_dir.name}`: failed: " in summary
     assert "1 cell(s) of the sweep" in proc.stderr
