@@ -12,7 +12,8 @@ is computed, so the tuned value is in its training key; without an entry it keep
 result.json records the value and where it came from under ``learning_rate``.
 
 Selection: the highest mean of the metric (``--metric``, default ``val_accuracy_flexible``) over the seeds of a
-candidate; a tie goes to the lower mean validation loss, then to the smaller learning rate.
+candidate; a tie goes to the lower mean validation loss, then to the smaller learning rate. Only rates that
+completed every seed any rate ran are candidates; a winner at an end of the grid is marked ``at_edge``.
 """
 
 from __future__ import annotations
@@ -248,11 +249,23 @@ def choose(records: Sequence[Mapping[str, Any]], metric: str = DEFAULT_METRIC,
             raise TuningError(f"the search cells of {name} scored validation sets of different sizes "
                               f"({', '.join(map(str, sorted(sizes)))}): candidates must see the same questions")
         n_val = next(iter(sizes), None)
+        all_seeds = sorted({r.get("seed") for r in cells}, key=str)
         candidates = []
         for lr, runs in sorted(by_lr.items()):
+            seeds = [r.get("seed") for r in runs]
+            if len(set(map(str, seeds))) < len(seeds):
+                raise TuningError(f"the search cells of {name} hold seed(s) "
+                                  f"{', '.join(sorted({str(x) for x in seeds if seeds.count(x) > 1}))} of lr {lr:g} "
+                                  "more than once (from other searches or code versions): pass one search's folders")
             done = [r for r in runs if r.get("status") == "completed"
                     and isinstance((r.get("metrics") or {}).get(metric), (int, float))]
             statuses = sorted({str(r.get("status")) for r in runs} - {"completed"})
+            missing = [x for x in all_seeds if x not in seeds]
+            # a rate is compared only over the seeds every rate ran, all completed: dropping the seeds a rate lost
+            # (diverged, failed) would favour rates that are unstable
+            why = ("; ".join(filter(None, [f"seeds not completed: {', '.join(statuses)}" if len(done) < len(runs)
+                                           else "", f"seeds not run: {', '.join(map(str, missing))}" if missing
+                                           else ""])) or None)
             candidates.append({
                 "lr": lr,
                 metric: _mean([float(r["metrics"][metric]) for r in done]),
@@ -260,19 +273,29 @@ def choose(records: Sequence[Mapping[str, Any]], metric: str = DEFAULT_METRIC,
                                    if isinstance(r["metrics"].get("val_loss"), (int, float))]),
                 "seeds": len(done),
                 **({"not_completed": statuses} if statuses else {}),
+                **({"not_eligible": why} if why else {}),
             })
-        scored = [c for c in candidates if c[metric] is not None]
+        scored = [c for c in candidates if c[metric] is not None and "not_eligible" not in c]
+        for c in candidates:
+            if "not_eligible" in c:
+                log.warning("%s: lr %g is not a candidate (%s)", name, c["lr"], c["not_eligible"])
         if not scored:
-            log.warning("no completed search cell of %s has %s: no learning rate chosen", name, metric)
+            log.warning("no learning rate of %s completed every seed with %s: no learning rate chosen", name, metric)
             continue
         if n_val is None or n_val < min_val_examples:
             raise TuningError(f"the validation split of {name} has {n_val} examples; choosing a learning rate "
                               f"needs at least {min_val_examples} to separate candidates (dataset.val_size; "
                               "--min-val-examples N accepts fewer)")
-        best = min(scored, key=lambda c: (-c[metric], math.inf if c["val_loss"] is None else c["val_loss"],
+        # means rounded: equal counts of correct answers must tie whatever order float addition took
+        best = min(scored, key=lambda c: (-round(c[metric], 9), math.inf if c["val_loss"] is None else c["val_loss"],
                                           c["lr"]))
         if len(scored) == 1:
-            log.warning("%s: only one learning rate (%g) was searched", name, best["lr"])
+            log.warning("%s: only one learning rate (%g) could be compared", name, best["lr"])
+        elif best["lr"] in (min(c["lr"] for c in candidates), max(c["lr"] for c in candidates)):
+            edge = "smallest" if best["lr"] == min(c["lr"] for c in candidates) else "largest"
+            best["at_edge"] = edge
+            log.warning("%s: the chosen rate %g is the %s searched; the best may lie beyond the grid", name,
+                        best["lr"], edge)
         chosen[key] = {"lr": best["lr"], "metric": metric, "best": best[metric], "val_examples": n_val,
                        "candidates": candidates}
     return chosen

@@ -296,3 +296,18 @@ def test_a_bad_dedup_setting_fails_when_the_config_is_validated():
                               ("dataset.dedup.near_threshold=2", r"dedup.near_threshold=2.0 must be a number in")):
         with pytest.raises(ConfigError, match=message):
             validate_config(compose_config(["model=tiny", "method=lora", override]))
+
+
+def test_the_validation_split_keeps_its_size_and_repeats_are_replaced_from_training(requires_data):
+    """GSM8K: 3 of the 500 validation questions repeat a MAWPS question; a learning-rate search still gets 500,
+    the next candidates of the ranking, taken out of training."""
+    from tests.conftest import DATA_ROOT
+
+    plain = load_splits(dataset_spec("gsm8k"), data_root=DATA_ROOT)
+    deduplicated = load_splits(dataset_spec("gsm8k"), data_root=DATA_ROOT, deduplicate=True)
+    val, train = {e.question for e in deduplicated.val}, {e.question for e in deduplicated.train}
+    assert len(deduplicated.val) == 500 and not val & train
+    removed = deduplicated.dedup["val"]["removed"]
+    assert removed > 0 and deduplicated.dedup["val"]["refilled"] == removed
+    assert len(val - {e.question for e in plain.val}) == removed  # the rest of the slice is unchanged
+    assert len(train) == len(plain.train) - removed - deduplicated.dedup["train"]["removed"]

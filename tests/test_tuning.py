@@ -199,15 +199,40 @@ def _record(method, lr, accuracy, val_loss=1.0, n_val=500, seed=0, status="compl
             "config": {"method": {"name": method, "train": True, "lr": lr, **config}, "eval": {"split": "val"}}}
 
 
-def test_choosing_averages_seeds_and_breaks_ties_by_validation_loss_then_the_smaller_rate():
+def test_choosing_averages_seeds_and_breaks_ties_by_validation_loss_then_the_smaller_rate(caplog):
     chosen = choose([_record("lora", 1e-4, 0.30), _record("lora", 1e-4, 0.40, seed=1),  # mean 0.35
-                     _record("lora", 2e-4, 0.35, val_loss=0.9), _record("lora", 5e-4, 0.1, status="diverged"),
+                     _record("lora", 2e-4, 0.35, val_loss=0.9), _record("lora", 2e-4, 0.35, val_loss=0.9, seed=1),
+                     _record("lora", 5e-4, 0.1, status="diverged"), _record("lora", 5e-4, 0.1, seed=1),
                      _record("full", 1e-5, 0.2), _record("full", 2e-5, 0.2)])
     lora, full = chosen["gsm8k", "m", "lora"], chosen["gsm8k", "m", "full"]
     assert lora["lr"] == 2e-4 and math.isclose(lora["best"], 0.35)
-    assert [c["seeds"] for c in lora["candidates"]] == [2, 1, 0]
+    assert [c["seeds"] for c in lora["candidates"]] == [2, 2, 1]
     assert lora["candidates"][2]["not_completed"] == ["diverged"]
-    assert full["lr"] == 1e-5
+    assert full["lr"] == 1e-5 and full["candidates"][0]["at_edge"] == "smallest"
+    assert "the chosen rate 1e-05 is the smallest searched" in caplog.text
+
+
+def test_a_rate_that_lost_seeds_is_no_candidate_however_well_its_survivors_scored(caplog):
+    """Averaging only the seeds a rate did not lose would favour unstable rates."""
+    chosen = choose([*(_record("lora", 1e-4, 0.30, seed=s) for s in range(3)),
+                     _record("lora", 1e-3, 0.33), _record("lora", 1e-3, 0.0, seed=1, status="diverged"),
+                     _record("lora", 1e-3, 0.0, seed=2, status="diverged"),
+                     _record("lora", 3e-5, 0.40)])  # one seed of three run
+    lora = chosen["gsm8k", "m", "lora"]
+    assert lora["lr"] == 1e-4
+    reasons = {c["lr"]: c.get("not_eligible") for c in lora["candidates"]}
+    assert reasons == {3e-5: "seeds not run: 1, 2", 1e-4: None, 1e-3: "seeds not completed: diverged"}
+    assert "lr 0.001 is not a candidate (seeds not completed: diverged)" in caplog.text
+    with pytest.raises(TuningError, match="hold seed\\(s\\) 0 of lr 0.0001 more than once"):
+        choose([_record("lora", 1e-4, 0.3), _record("lora", 1e-4, 0.31), _record("lora", 2e-4, 0.3)])
+
+
+def test_equal_counts_of_correct_answers_tie_whatever_the_float_rounding():
+    """(140, 143, 144) and (144, 143, 140) of 497: the float means differ in the last place; the tie goes to the
+    lower validation loss."""
+    one = [_record("lora", 1e-4, k / 497, val_loss=1.2, n_val=497, seed=s) for s, k in enumerate((140, 143, 144))]
+    two = [_record("lora", 2e-4, k / 497, val_loss=1.1, n_val=497, seed=s) for s, k in enumerate((144, 143, 140))]
+    assert choose([*one, *two], min_val_examples=497)["gsm8k", "m", "lora"]["lr"] == 2e-4
 
 
 def test_choosing_refuses_candidates_that_differ_in_more_than_the_rate():

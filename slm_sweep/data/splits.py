@@ -68,7 +68,7 @@ def load_splits(
         val, candidates = _val_and_train(spec, folder, skipped) if need_train else ([], _Candidates())
     record = None
     if deduplicate and need_train:
-        train, val, record = _deduplicated(spec, data_root, test, candidates.ranked, val)
+        train, val, record = _deduplicated(spec, data_root, test, candidates, val)
     else:
         train = _limited(candidates.ranked, spec["train_limit"], spec["name"], "train_limit")
     splits = Splits(
@@ -138,7 +138,7 @@ class _Candidates:
     them from the front), and where each row stands in the source file."""
 
     ranked: list[Example] = field(default_factory=list)
-    source_position: dict[int, int] = field(default_factory=dict)  # id(example) -> row in the source
+    source_position: dict[int, int] = field(default_factory=dict)  # id(example) -> row in the source, every part
 
     def in_source_order(self, kept: list[Example]) -> list[Example]:
         return sorted(kept, key=lambda example: self.source_position[id(example)])
@@ -151,8 +151,7 @@ def _carve(pool: list[Example], sizes: list[int], seed: int) -> tuple[list[list[
     for size in sizes:
         parts.append([pool[i] for i in sorted(order[start : start + size])])
         start += size
-    rest = order[start:]
-    return parts, _Candidates([pool[i] for i in rest], {id(pool[i]): i for i in rest})
+    return parts, _Candidates([pool[i] for i in order[start:]], {id(example): i for i, example in enumerate(pool)})
 
 
 def _ranking(pool: list[Example], seed: int) -> list[int]:
@@ -186,13 +185,16 @@ def _log_skipped(name: str, skipped: dict[str, int]) -> None:
 
 
 def _deduplicated(
-    spec: dict[str, Any], data_root: str | Path | None, test: list[Example], train: list[Example],
+    spec: dict[str, Any], data_root: str | Path | None, test: list[Example], candidates: _Candidates,
     val: list[Example],
 ) -> tuple[list[Example], list[Example], dict[str, Any]]:
     """Train (up to train_limit) and validation examples without those that repeat a reference question, and the
     record of what was removed. The references are the whole test split (before test_limit) and every readable
-    dedup.against set in full, so what training sees depends on neither eval.ood_sets nor any evaluation limit."""
+    dedup.against set in full, so what training sees depends on neither eval.ood_sets nor any evaluation limit.
+    The validation split keeps its size: each repeat it loses is replaced by the next training candidate of the
+    ranking that repeats nothing (a learning-rate search needs its val_size questions)."""
     settings = spec["dedup"]
+    train = candidates.ranked
     if settings is None or not settings["enabled"]:
         return _limited(train, spec["train_limit"], spec["name"], "train_limit"), val, {"enabled": False}
     references = {OWN_TEST: [example.question for example in test]}
@@ -213,8 +215,13 @@ def _deduplicated(
                         "result.json under dedup.skipped); fix: set data_root=<folder holding %s/>, or leave %s "
                         "out of dataset.dedup.against", name, err, folder, name)
     index = _index(references, settings["near_threshold"])
-    kept_train, train_counts = deduplicate(train, index, spec["train_limit"])
     kept_val, val_counts = deduplicate(val, index)
+    refill, _ = deduplicate(train, index, len(val) - len(kept_val)) if len(kept_val) < len(val) else ([], None)
+    if refill:
+        moved = {id(example) for example in refill}
+        train = [example for example in train if id(example) not in moved]
+        kept_val = candidates.in_source_order(kept_val + refill)
+    kept_train, train_counts = deduplicate(train, index, spec["train_limit"])
     limit = spec["train_limit"]
     if limit is not None and limit > len(kept_train) and kept_train:
         log.warning("dataset %r: train_limit=%d exceeds the %d examples left after deduplication; using all",
@@ -226,7 +233,7 @@ def _deduplicated(
         "against": {name: len(questions) for name, questions in references.items()},
         "skipped": missing,
         "train": train_counts.as_record(),
-        "val": val_counts.as_record(),
+        "val": {**val_counts.as_record(), "refilled": len(refill)},
     }
     for split, counts in (("train", train_counts), ("validation", val_counts)):
         if counts.exact or counts.near:
