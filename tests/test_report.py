@@ -555,3 +555,58 @@ def test_each_row_carries_the_test_questions_interval(grid, tmp_path):
         assert low < row["accuracy_flexible_mean"] < high and high - low < 0.25  # 100 questions
     report = write_report([sweep], tmp_path / "out", plots=False)
     assert "questions 95% CI" in report["markdown"] and "Wilson interval" in report["markdown"]
+
+
+def test_a_mirrored_setting_is_named_once_and_decimal_variants_sort_as_numbers(tmp_path):
+    """method.peft.r mirrors method.r (${..r}): the label says r=8, not both; lr=5e-05 sorts before lr=0.0001."""
+    job = 0
+    for r in (16, 8):
+        config = {"method": {"name": "lora", "r": r, "peft": {"r": r}}}
+        write_json(tmp_path / str(job) / "result.json",
+                   _with_identity(make_record("beta", "lora", 0, 0.2, 0.2), config, f"cfg-r{r}"))
+        job += 1
+    for lr in (0.0002, 0.001, 5e-05, 0.0001):
+        config = {"method": {"name": "full", "lr": lr}}
+        write_json(tmp_path / str(job) / "result.json",
+                   _with_identity(make_record("beta", "full", 0, 0.2, 0.2), config, f"cfg-lr{lr}"))
+        job += 1
+    rows = summarize(collect([tmp_path]).records)
+    assert [row["variant"] for row in rows if row["method"] == "lora"] == ["r=8", "r=16"]
+    assert [row["variant"] for row in rows if row["method"] == "full"] == \
+        ["lr=5e-05", "lr=0.0001", "lr=0.0002", "lr=0.001"]
+
+
+def test_a_baseline_with_two_variants_says_why_there_is_no_delta(tmp_path):
+    """Two zero-shot configurations (another eval dtype): the report cannot pick the reference, and says so
+    instead of showing an empty delta that reads as 'no difference'."""
+    for job, (dtype, key) in enumerate((("float32", "cfg-a"), ("bfloat16", "cfg-b"))):
+        record = make_record("beta", "zeroshot", 0, 0.5, 0.5)
+        write_json(tmp_path / str(job) / "result.json",
+                   _with_identity(record, {"eval": {"dtype": dtype}}, key))
+    write_json(tmp_path / "2" / "result.json", make_record("beta", "full", 0, 0.09, 0.09))
+    report = write_report([tmp_path], tmp_path / "out", plots=False)
+    (full,) = [row for row in report["rows"] if row["method"] == "full"]
+    assert full["delta_zeroshot"] is None and full["delta_zeroshot_test"] == "baseline has several variants"
+    assert "No delta against a baseline with several configuration variants" in report["markdown"]
+    assert "beta on gsm8k (zeroshot)" in report["markdown"]
+
+
+def test_a_cell_whose_every_seed_diverged_is_named_though_it_has_no_row(grid, tmp_path):
+    sweep, _ = grid
+    for seed in (0, 1, 2):
+        record = make_record("beta", "lora", seed, None, None, status="diverged")
+        write_json(sweep / f"gone{seed}" / "result.json", {**record, "method": "dora"})
+    report = write_report([sweep], tmp_path / "out", plots=False)
+    assert not [row for row in report["rows"] if row["method"] == "dora"]
+    assert ("No completed seed, so no row in the tables above: beta × dora on gsm8k: seed 0 diverged; "
+            "seed 1 diverged; seed 2 diverged.") in report["markdown"]
+
+
+def test_the_cli_refuses_rows_it_cannot_average_with_a_message_not_a_traceback(tmp_path):
+    for seed, n_eval in ((0, 100), (1, 90)):
+        record = make_record("beta", "full", seed, 0.3, 0.2)
+        record["metrics"]["n_eval"] = n_eval
+        write_json(tmp_path / "sweep" / str(seed) / "result.json", record)
+    proc = run_cli(str(tmp_path / "sweep"), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "different numbers of questions" in proc.stderr

@@ -12,6 +12,7 @@ import logging
 import sys
 
 from . import ALPHA, CORRECTIONS, DEFAULT_CLAIMS, HOLM, ClaimsError, write_report
+from .collect import ReportError
 
 
 def _alpha(text: str) -> float:
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = write_report(args.dirs, args.out, plots=not args.no_plots, claims=args.claims, alpha=args.alpha,
                               correction=args.correction)
-    except (FileNotFoundError, ClaimsError) as exc:
+    except (FileNotFoundError, ClaimsError, ReportError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -63,6 +63,7 @@ METHOD_ORDER = ("zeroshot", "zeroshot_instructed", "fewshot", "fewshot_chat", "f
 # every scoring metric of the registry, the primary one first (result files may add more: accuracy_metrics)
 ACCURACY_METRICS = (PRIMARY_ACCURACY, *(accuracy_key(name) for name in METRICS if name != PRIMARY_METRIC))
 NO_DATA = "no per-question data"
+SEVERAL_BASELINES = "baseline has several variants"
 
 
 def accuracy_metrics(records: Iterable[dict[str, Any]]) -> tuple[str, ...]:
@@ -147,6 +148,11 @@ def assign_variants(records: list[dict[str, Any]]) -> None:
         settings = [configuration_settings(r) for r in group]
         keys = sorted({k for s in settings for k in s})
         differing = [k for k in keys if len({s.get(k) for s in settings}) > 1]
+        # a setting that only mirrors another (method.peft.r = ${..r} of method.r) is named once, by its shorter key
+        by_values: dict[tuple, str] = {}
+        for k in sorted(differing, key=lambda k: (k.count("."), k)):
+            by_values.setdefault(tuple(s.get(k) for s in settings), k)
+        differing = [k for k in differing if k in by_values.values()]
         names = _short_names(differing)
         labels = [", ".join(f"{names[k]}={_plain(own.get(k))}" for k in differing) for own in settings]
         # configurations the config cannot tell apart (other code, data or library versions) by their key
@@ -185,8 +191,12 @@ def row_sort_key(row: dict[str, Any]) -> tuple:
 
 
 def natural_key(text: str) -> list:
-    """``text`` split into its runs of digits, compared as integers, and the text between them."""
-    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", text))]
+    """``text`` split into its numbers (``8``, ``0.0002``, ``5e-05``), compared as numbers, and the text between
+    them: ``r=8`` before ``r=16``, ``lr=5e-05`` before ``lr=0.0001``."""
+    return [float(part) if i % 2 else part for i, part in enumerate(re.split(_NUMBER, text))]
+
+
+_NUMBER = re.compile(r"(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
 
 
 def method_label(row: dict[str, Any]) -> str:
@@ -286,8 +296,9 @@ def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str],
     candidates: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         candidates[tuple(row[k] for k in group_keys), row["method"]].append(row)
-    # a baseline with several variants gives no single reference: deltas against it stay empty
+    # a baseline with several variants gives no single reference: deltas against it stay empty, and say why
     references = {key: found[0] for key, found in candidates.items() if len(found) == 1}
+    several = {key for key, found in candidates.items() if len(found) > 1}
     for row in rows:
         group = tuple(row[k] for k in group_keys)
         mean = row[f"{PRIMARY_ACCURACY}_mean"]
@@ -300,7 +311,8 @@ def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str],
                 test = compare_rows(row, reference, row[eval_set_key], alpha=alpha)
             row[f"delta_{baseline}"] = delta
             row[f"delta_{baseline}_p"] = test.p_value if test else None
-            row[f"delta_{baseline}_test"] = _test_name(test) if test else None
+            row[f"delta_{baseline}_test"] = (_test_name(test) if test else
+                                             SEVERAL_BASELINES if (group, baseline) in several else None)
     tables: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         tables[tuple(row[k] for k in group_keys if k != "model")].append(row)

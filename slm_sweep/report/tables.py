@@ -13,7 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .aggregate import ACCURACY_METRICS, NO_DATA, PRIMARY_ACCURACY, method_label, row_metrics
+from .aggregate import (
+    ACCURACY_METRICS,
+    NO_DATA,
+    PRIMARY_ACCURACY,
+    SEVERAL_BASELINES,
+    method_label,
+    not_completed,
+    row_metrics,
+)
 from .collect import Collection
 from .stats import ALPHA, DIFFERENT_QUESTIONS, HOLM, MCNEMAR, SEEDS_AND_QUESTIONS
 
@@ -310,6 +318,19 @@ def render_markdown(
     for dataset in datasets:
         lines += _in_domain_section(dataset, [r for r in rows if r["dataset"] == dataset], metrics, alpha,
                                     correction)
+    with_rows = {(r["dataset"], r["model"], r["method"]) for r in rows}
+    rowless = {key: cells for key, cells in not_completed(collection.records).items() if key not in with_rows}
+    if rowless:
+        listed = "; ".join(f"{model} × {method} on {dataset}: {cells}"
+                           for (dataset, model, method), cells in sorted(rowless.items(), key=str))
+        lines += [f"No completed seed, so no row in the tables above: {listed}.", ""]
+    several = sorted({(r["dataset"], r["model"], b) for r in rows for b in ("zeroshot", "fewshot")
+                      if r.get(f"delta_{b}_test") == SEVERAL_BASELINES})
+    if several:
+        listed = "; ".join(f"{model} on {dataset} ({baseline})" for dataset, model, baseline in several)
+        lines += [f"No delta against a baseline with several configuration variants (which one would be the "
+                  f"reference is not for the report to guess; report one sweep, or the variant you mean): "
+                  f"{listed}.", ""]
     lines += [
         f"Accuracy ({', '.join(_metric_name(m) for m in metrics)}; docs/results.md): mean ± sample std "
         f"over seeds (the mean alone for one seed, such as a baseline computed once), 95% CI half-width from "
