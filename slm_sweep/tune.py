@@ -263,9 +263,12 @@ def choose(records: Sequence[Mapping[str, Any]], metric: str = DEFAULT_METRIC,
             missing = [x for x in all_seeds if x not in seeds]
             # a rate is compared only over the seeds every rate ran, all completed: dropping the seeds a rate lost
             # (diverged, failed) would favour rates that are unstable
-            why = ("; ".join(filter(None, [f"seeds not completed: {', '.join(statuses)}" if len(done) < len(runs)
-                                           else "", f"seeds not run: {', '.join(map(str, missing))}" if missing
-                                           else ""])) or None)
+            reasons = []
+            if len(done) < len(runs):
+                reasons.append(f"seeds not completed: {', '.join(statuses)}")
+            if missing:
+                reasons.append(f"seeds not run: {', '.join(map(str, missing))}")
+            why = "; ".join(reasons) or None
             candidates.append({
                 "lr": lr,
                 metric: _mean([float(r["metrics"][metric]) for r in done]),
@@ -291,8 +294,8 @@ def choose(records: Sequence[Mapping[str, Any]], metric: str = DEFAULT_METRIC,
                                           c["lr"]))
         if len(scored) == 1:
             log.warning("%s: only one learning rate (%g) could be compared", name, best["lr"])
-        elif best["lr"] in (min(c["lr"] for c in candidates), max(c["lr"] for c in candidates)):
-            edge = "smallest" if best["lr"] == min(c["lr"] for c in candidates) else "largest"
+        elif best["lr"] in (candidates[0]["lr"], candidates[-1]["lr"]):  # candidates are sorted by rate
+            edge = "smallest" if best["lr"] == candidates[0]["lr"] else "largest"
             best["at_edge"] = edge
             log.warning("%s: the chosen rate %g is the %s searched; the best may lie beyond the grid", name,
                         best["lr"], edge)
