@@ -287,3 +287,29 @@ def test_a_dataset_file_with_an_unknown_key_stops_the_sweep_and_names_file_and_k
     assert "preflight: the grid could not be checked, so no cell runs" in proc.stderr
     assert f"dataset 'badset' ({conf / 'badset.yaml'})" in proc.stderr and "answr" in proc.stderr
     assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob(".hydra"))
+
+
+OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+
+
+@pytest.mark.parametrize(("task", "params", "named"), [
+    (["method=full,lora"], {}, "method=full,lora"),
+    (["model=tiny", "method=full"], {"seed": "choice(0,1,2)"}, "seed=choice(0,1,2)"),
+    (["dataset=gsm8k,svamp", "method=lora"], {}, "dataset=gsm8k,svamp"),
+])
+def test_a_search_sampler_may_not_choose_the_model_method_dataset_or_seed(composer, task, params, named):
+    cfg = sweep_config([f"data_root={DATA_ROOT}", *task], params={"method.lr": "tag(log, interval(1e-5, 1e-3))",
+                                                                  **params})
+    cfg.hydra.sweeper._target_ = OPTUNA_SWEEPER
+    plan = plan_grid(cfg, composer)
+    assert plan.refused.startswith("preflight: refusing to start the sweep, nothing ran: OptunaSweeper would "
+                                   f"sample {named} as a search parameter")
+    assert "Run one search per value" in plan.refused
+
+
+def test_a_search_of_one_model_method_and_seed_is_planned(requires_data, composer):
+    cfg = sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=lora", "seed=1"],
+                       params={"method.lr": "tag(log, interval(1e-5, 1e-3))", "method.r": "choice(4,8)"})
+    cfg.hydra.sweeper._target_ = OPTUNA_SWEEPER
+    plan = plan_grid(cfg, composer)
+    assert plan.refused is None and plan.cells == 1 and not plan.missing

@@ -464,7 +464,7 @@ def test_accuracy_axes_stay_within_0_and_100_percent(monkeypatch):
              "accuracy_flexible_mean": 0.01, "accuracy_flexible_std": 0.05} for m in ("zeroshot", "lora")]
     captured = {}
     monkeypatch.setattr(plots, "_save", lambda fig, path: captured.setdefault("fig", fig))
-    plots.plot_accuracy_by_model(rows, "gsm8k", None, plots._method_colors(["zeroshot", "lora"]))
+    plots.plot_accuracy_by_model(rows, "gsm8k", None, plots.label_colors(rows))
     ax = captured["fig"].axes[0]
     assert ax.get_ylim() == (0.0, 100.0)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["tiny\n104K"]
@@ -536,6 +536,13 @@ def test_a_baseline_computed_once_counts_once(tmp_path):
     (row,) = summarize(collection.records)
     assert row["n"] == 1 and row["seeds"] == [0] and row["accuracy_flexible_std"] == 0.0
     assert row["accuracy_flexible_ci95"] is None and not collection.duplicates
+    report = write_report([tmp_path], tmp_path / "out", plots=False)
+    provenance = json.loads((tmp_path / "out" / "report.json").read_text())
+    copies = {(entry["kept"], entry["copy"]) for entry in provenance["inputs"]["reused_copies"]}
+    assert copies == {(str(tmp_path / "0" / "result.json"), str(tmp_path / str(seed) / "result.json"))
+                      for seed in SEEDS[1:]}
+    assert [entry["seed"] for entry in provenance["inputs"]["used"]] == [0]
+    assert f"counted once: {len(SEEDS) - 1} (listed in `report.json`)" in report["markdown"]
 
 
 def test_wilson_interval_matches_the_closed_form():
@@ -610,3 +617,54 @@ def test_the_cli_refuses_rows_it_cannot_average_with_a_message_not_a_traceback(t
     proc = run_cli(str(tmp_path / "sweep"), "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "different numbers of questions" in proc.stderr
+
+
+def test_a_lost_seed_is_named_on_its_own_variants_row(tmp_path):
+    """lora at r=8 and r=16, seed 2 of r=16 diverged and every seed of r=32 failed: the loss is named on the r=16
+    row only, and r=32, which has no row, is named with its rank."""
+    sweep = tmp_path / "sweep"
+    job = 0
+    for r in (8, 16, 32):
+        config = {"method": {"name": "lora", "r": r, "lr": 2e-4}}
+        for seed in (0, 1, 2):
+            status = "failed" if r == 32 else "diverged" if (r, seed) == (16, 2) else "completed"
+            record = make_record("beta", "lora", seed, 0.3, 0.2, status=status)
+            write_json(sweep / str(job) / "result.json", _with_identity(record, config, f"cfg-r{r}"))
+            job += 1
+    report = write_report([sweep], tmp_path / "out", plots=False)
+    rows = {row["variant"]: row for row in report["rows"]}
+    assert set(rows) == {"r=8", "r=16"}
+    assert rows["r=16"]["not_completed"] == "seed 2 diverged" and rows["r=16"]["n"] == 2
+    assert rows["r=8"]["not_completed"] is None and rows["r=8"]["n"] == 3
+    assert "beta × lora (r=16): seed 2 diverged." in report["markdown"]
+    assert ("No completed seed, so no row in the tables above: beta × lora (r=32) on gsm8k: seed 0 failed; "
+            "seed 1 failed; seed 2 failed.") in report["markdown"]
+
+
+@pytest.mark.parametrize("ranks", [(8,), (4, 8, 16), (2, 4, 8, 16, 32, 64, 128, 256)])
+def test_every_method_label_of_a_report_gets_its_own_color(ranks):
+    from slm_sweep.report.plots import label_colors
+
+    rows = [{"model": "tiny", "method": b, "variant": ""} for b in ("zeroshot", "fewshot")]
+    rows += [{"model": "tiny", "method": m, "variant": f"r={r}"} for m in ("lora", "dora", "full") for r in ranks]
+    colors = label_colors(rows)
+    assert len(colors) == len(rows) and len(set(map(tuple, colors.values()))) == len(rows)
+    assert list(colors)[:3] == ["zeroshot", "fewshot", f"full (r={ranks[0]})"]
+
+
+def test_a_nested_learning_rate_search_is_left_out_by_name_not_as_malformed(grid, tmp_path):
+    sweep, _ = grid
+    searched = []
+    for lr in (1e-4, 3e-4):
+        record = make_record("beta", "lora", 0, None, None)
+        record["metrics"] = {"val_accuracy_flexible": 0.3, "val_accuracy_strict": 0.2, "val_n_eval": 500}
+        record["config"] = {"method": {"name": "lora", "lr": lr, "train": True}, "eval": {"split": "val"}}
+        searched.append(write_json(sweep / "hparams" / str(lr) / "result.json", record))
+    report = write_report([sweep], tmp_path / "out", plots=False)
+    collection = report["collection"]
+    assert sorted(collection.validation) == sorted(searched) and not collection.malformed
+    assert len(report["rows"]) == 8 and all(row["n"] == 3 for row in report["rows"])
+    provenance = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert sorted(provenance["inputs"]["validation_split"]) == sorted(map(str, searched))
+    assert "validation split (a learning-rate search" in report["markdown"]
+    assert "left out: 2" in report["markdown"]

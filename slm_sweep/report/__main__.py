@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     skipped = ", ".join(f"{n} {status}" for status, n in collection.skipped_counts.items())
     print(
         f"{len(collection.files)} result files, {len(collection.completed)} completed cells used; "
-        f"skipped cells: {skipped}; malformed files: {len(collection.malformed)}; "
+        f"skipped cells: {skipped}; validation-split cells left out: {len(collection.validation)}; "
+        f"malformed files: {len(collection.malformed)}; "
         f"duplicates dropped: {len(collection.duplicates)}"
     )
     print("Wrote:")

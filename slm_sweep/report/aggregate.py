@@ -37,7 +37,6 @@ from .collect import (
     PRIMARY_ACCURACY,
     NoQuestionData,
     ReportError,
-    completed_records,
     deduplicate,
     identity_key,
     number,
@@ -343,9 +342,7 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
     below_zeroshot, negative_transfer (below and significant at ``alpha`` after ``correction``).
     Accuracies are fractions.
     """
-    records = list(records)
-    completed = completed_records(records)
-    assign_variants(completed)
+    completed = labelled_records(records)
     metric_names = accuracy_metrics(completed)
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for record in completed:
@@ -367,7 +364,7 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
             "n": len(group),
             "seeds": [r["seed"] for r in group],
             "result_paths": [r.get("result_path") for r in group if r.get("result_path")],
-            "not_completed": left_out.get((dataset, model, method)),
+            "not_completed": left_out.get((dataset, model, method, variant)),
         }
         row.update(_accuracy_columns(metrics, metric_names))
         row["trainable_params"] = _first_int(m.get("trainable_params") for m in metrics)
@@ -386,15 +383,25 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
     return rows
 
 
-def not_completed(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], str]:
-    """Per dataset × model × method, the cells that did not complete ("seed 1 diverged; seed 2 failed"): a row's
-    mean is over its completed seeds only, so a method whose runs diverge must say how many it lost."""
+def labelled_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The completed records, one per cell, each with its ``variant``. Variants are told apart over every cell,
+    the ones that did not complete included, so that a lost seed is named on its own configuration's row."""
     unique, _ = deduplicate(records)
-    found: dict[tuple[str, str, str], list[tuple[Any, str]]] = defaultdict(list)
+    assign_variants(unique)
+    return [r for r in unique if r.get("status") == COMPLETED]
+
+
+def not_completed(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str, str], str]:
+    """Per dataset × model × method × variant, the cells that did not complete ("seed 1 diverged; seed 2
+    failed"): a row's mean is over its completed seeds only, so a method whose runs diverge must say how many it
+    lost."""
+    unique, _ = deduplicate(records)
+    assign_variants(unique)
+    found: dict[tuple[str, str, str, str], list[tuple[Any, str]]] = defaultdict(list)
     for record in unique:
         if record.get("status") != COMPLETED:
-            found[record.get("dataset"), record.get("model"), record.get("method")].append(
-                (record.get("seed"), str(record.get("status"))))
+            key = (record.get("dataset"), record.get("model"), record.get("method"), record["variant"])
+            found[key].append((record.get("seed"), str(record.get("status"))))
     return {key: "; ".join(f"seed {seed} {status}" for seed, status in sorted(cells, key=lambda c: str(c[0])))
             for key, cells in found.items()}
 
@@ -417,8 +424,7 @@ def summarize_ood(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
     <metric>_{mean,std,ci95,wilson_low,wilson_high} for each metric of ``accuracy_metrics``, n_eval,
     delta_zeroshot, delta_zeroshot_{p,test,p_adjusted,significant}, below_zeroshot, negative_transfer.
     """
-    completed = completed_records(records)
-    assign_variants(completed)
+    completed = labelled_records(records)
     metric_names = accuracy_metrics(completed)
     groups: dict[tuple[str, str, str, str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
     for record in completed:

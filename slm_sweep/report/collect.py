@@ -50,6 +50,10 @@ class ReportError(ValueError):
     """Results that cannot be aggregated honestly; the message names the files."""
 
 
+class ValidationSplitCell(ValueError):
+    """A cell scored on the validation split (a learning-rate search): slm_sweep.tune reads it, a report does not."""
+
+
 class NoQuestionData(ValueError):
     """A cell's per-question scores cannot be read; the message says why."""
 
@@ -62,7 +66,11 @@ class Collection:
     files: list[Path] = field(default_factory=list)  # every result.json found, readable or not
     records: list[dict[str, Any]] = field(default_factory=list)  # one per cell, any status
     malformed: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
+    validation: list[Path] = field(default_factory=list)  # cells of a learning-rate search, left out
     duplicates: list[tuple[Path, Path]] = field(default_factory=list)  # (kept, dropped)
+    # (kept, copy): a completed cell whose result is a copy of the kept one (a baseline reused for another
+    # seed), read and counted once
+    copies: list[tuple[Path, Path]] = field(default_factory=list)
 
     @property
     def completed(self) -> list[dict[str, Any]]:
@@ -163,6 +171,9 @@ def read_result(path: str | os.PathLike) -> dict[str, Any]:
     seed = record.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError("missing or invalid 'seed'")
+    config = record.get("config")
+    if isinstance(config, dict) and isinstance(config.get("eval"), dict) and config["eval"].get("split") == "val":
+        raise ValidationSplitCell("scored on the validation split (a learning-rate search)")
     version = record.get("schema_version")
     if version != SCHEMA_VERSION:
         log.warning("%s: schema_version %r, expected %d; reading it anyway", path, version, SCHEMA_VERSION)
@@ -276,10 +287,17 @@ def collect(dirs: Sequence[str | os.PathLike]) -> Collection:
     for path in collection.files:
         try:
             readable.append(read_result(path))
+        except ValidationSplitCell:
+            collection.validation.append(path)
         except ValueError as exc:
             log.warning("skipping %s: %s", path, exc)
             collection.malformed.append((path, str(exc)))
     collection.records, collection.duplicates = deduplicate(readable)
+    kept = {id(r) for r in collection.records}
+    by_cell = {cell_key(r): r for r in collection.records}
+    collection.copies = [(Path(by_cell[cell_key(r)].get("result_path", "?")), Path(r.get("result_path", "?")))
+                         for r in readable
+                         if id(r) not in kept and r.get("reused_from") and r["status"] == COMPLETED]
     return collection
 
 

@@ -31,7 +31,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .aggregate import METHOD_ORDER, is_fine_tuned, method_label, method_sort_key, row_sort_key
+from .aggregate import is_fine_tuned, method_label, row_sort_key
 
 DPI = 120
 
@@ -55,13 +55,19 @@ def file_slugs(names: Sequence[str]) -> dict[str, str]:
     return slugs
 
 
-def _method_colors(methods: Sequence[str]) -> dict[str, Any]:
-    """A fixed color per method, so a method looks the same in every plot."""
+def label_colors(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One color per method label of the rows (``lora (r=8)``), in report order and all distinct, so that a
+    label looks the same in every plot of a report and no two labels share a color, however many variants."""
     from matplotlib import colormaps
 
-    palette = colormaps["tab10"].colors
-    ordered = sorted(set(methods) | set(METHOD_ORDER), key=method_sort_key)
-    return {m: palette[i % len(palette)] for i, m in enumerate(ordered)}
+    labels = _methods(rows)
+    if len(labels) <= 10:
+        palette = list(colormaps["tab10"].colors)
+    elif len(labels) <= 20:
+        palette = list(colormaps["tab20"].colors)
+    else:
+        palette = [colormaps["turbo"](i / (len(labels) - 1)) for i in range(len(labels))]
+    return dict(zip(labels, palette))
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -215,7 +221,7 @@ def write_plots(
 ) -> list[Path]:
     """Write every plot that has something to show; returns the written paths."""
     out_dir = Path(out_dir)
-    colors = _method_colors([method_label(r) for r in rows] + [method_label(r) for r in ood_rows])
+    colors = label_colors([*rows, *ood_rows])
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     slugs = file_slugs(datasets + [r["dataset"] for r in ood_rows])
     written: list[Path] = []

@@ -66,7 +66,10 @@ def report_record(collection: Collection, *, alpha: float, correction: str, clai
             "cell_hardware": {stage: dict(collection.cell_hardware(stage)) for stage in ("train", "eval")},
             "skipped": [_input(r) for r in collection.records if r.get("status") != COMPLETED],
             "malformed": [{"path": str(path), "reason": reason} for path, reason in collection.malformed],
+            "validation_split": [str(path) for path in collection.validation],
             "duplicates": [{"kept": str(kept), "dropped": str(dropped)} for kept, dropped in collection.duplicates],
+            # result files that copy a kept cell's computation (a baseline reused for another seed): counted once
+            "reused_copies": [{"kept": str(kept), "copy": str(copy)} for kept, copy in collection.copies],
         },
         "outputs": [str(path) for path in outputs],
     }

@@ -178,6 +178,9 @@ def _sources(collection: Collection) -> list[str]:
                            for commit, count in commits.most_common())
         lines += [f"The cells were computed at {len(commits)} git commits ({listed} cells); rows pool seeds by the "
                   f"code versions in their identity, not by commit.", ""]
+    if collection.validation:
+        lines += [f"Cells scored on the validation split (a learning-rate search, which `python -m slm_sweep.tune` "
+                  f"reads) left out: {len(collection.validation)} (listed in `report.json`).", ""]
     if collection.malformed:
         lines += [f"Unreadable or malformed files skipped: {len(collection.malformed)}", ""]
         lines += _listed([f"`{path}`: {reason}" for path, reason in collection.malformed])
@@ -190,6 +193,9 @@ def _sources(collection: Collection) -> list[str]:
         ]
         lines += _listed([f"kept `{kept}`, dropped `{dropped}`" for kept, dropped in collection.duplicates])
         lines.append("")
+    if collection.copies:
+        lines += [f"Copies of a computed cell (a baseline reused for another seed), counted once: "
+                  f"{len(collection.copies)} (listed in `report.json`).", ""]
     return lines
 
 
@@ -248,7 +254,7 @@ def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Se
             )
         )
     lines = [f"## {dataset}", "", *_table(header, body), ""]
-    lost = list(dict.fromkeys((r["model"], r["method"], r["not_completed"]) for r in rows if r.get("not_completed")))
+    lost = [(r["model"], method_label(r), r["not_completed"]) for r in rows if r.get("not_completed")]
     if lost:
         listed = "; ".join(f"{model} × {method}: {cells}" for model, method, cells in lost)
         lines += [f"Not completed, so left out of the rows above (a row's mean and n are over its completed seeds): "
@@ -318,11 +324,11 @@ def render_markdown(
     for dataset in datasets:
         lines += _in_domain_section(dataset, [r for r in rows if r["dataset"] == dataset], metrics, alpha,
                                     correction)
-    with_rows = {(r["dataset"], r["model"], r["method"]) for r in rows}
+    with_rows = {(r["dataset"], r["model"], r["method"], r["variant"]) for r in rows}
     rowless = {key: cells for key, cells in not_completed(collection.records).items() if key not in with_rows}
     if rowless:
-        listed = "; ".join(f"{model} × {method} on {dataset}: {cells}"
-                           for (dataset, model, method), cells in sorted(rowless.items(), key=str))
+        listed = "; ".join(f"{model} × {method}{f' ({variant})' if variant else ''} on {dataset}: {cells}"
+                           for (dataset, model, method, variant), cells in sorted(rowless.items(), key=str))
         lines += [f"No completed seed, so no row in the tables above: {listed}.", ""]
     several = sorted({(r["dataset"], r["model"], b) for r in rows for b in ("zeroshot", "fewshot")
                       if r.get(f"delta_{b}_test") == SEVERAL_BASELINES})

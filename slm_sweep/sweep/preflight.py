@@ -491,8 +491,32 @@ def _computation(job: Mapping[str, str], cell: DictConfig) -> tuple:
                         if not (_base_key(k) == "seed" and is_seed_independent(method))))
 
 
+# What one search is about: a study that samples among these compares unlike things (TPE would spend its trials
+# on whichever model or method scores best early) or picks the luckiest seed.
+STUDY_AXES = ("model", "method", "dataset", "seed")
+
+
+def _study_axes_swept(cfg: DictConfig) -> list[str]:
+    """The overrides (task or sweeper params) that would let a search sampler choose a STUDY_AXES value."""
+    found = []
+    for override in _parse(grid_overrides(cfg)):
+        if override.is_sweep_override() and _base_key(override.get_key_element()) in STUDY_AXES:
+            found.append(override.input_line)
+    return found
+
+
 def _plan_base_only(cfg: DictConfig, compose, checker: Checker, plan: Plan) -> Plan:
     """Other sweepers (Optuna) choose their own jobs: check the config that the fixed overrides compose."""
+    mixed = _study_axes_swept(cfg)
+    if mixed:
+        name = plan.sweeper.rsplit(".", 1)[-1]
+        plan.refused = (
+            f"preflight: refusing to start the sweep, nothing ran: {name} would sample {'; '.join(mixed)} as a "
+            f"search parameter. One search is one study of one {' x '.join(STUDY_AXES[:3])} on one seed: "
+            "sampling among models or methods spends the trials unevenly, and sampling seeds picks the luckiest. "
+            "Run one search per value (e.g. method=full, then method=lora), or use hparams_search=lr_grid, which "
+            "runs every rate of every method at every seed.")
+        return plan
     swept = {_base_key(str(k)) for k in (cfg.hydra.sweeper.get("params") or {})}
     fixed = [o.input_line for o in _parse([str(o) for o in cfg.hydra.overrides.task])
              if not o.is_sweep_override() and _base_key(o.get_key_element()) not in swept]
