@@ -102,6 +102,46 @@ def lookup(table: Mapping[str, Any], dataset: str, model: str, method: str) -> f
     return None if entry is None else float(entry)
 
 
+def _searched(table: Mapping[str, Any], dataset: str, model: str, method: str) -> Mapping[str, Any]:
+    entry = (((table.get("searched") or {}).get(dataset) or {}).get(model) or {}).get(method)
+    return entry if isinstance(entry, Mapping) else {}
+
+
+def _cell_config(cfg: DictConfig) -> dict[str, Any]:
+    """The parts of a composed cell that ``tuned_under`` reads, as result.json records them."""
+    return {part: OmegaConf.to_container(cfg[part], resolve=True)
+            for part in ("method", "trainer", "dataset", "prompt") if cfg.get(part) is not None}
+
+
+def _differences(searched: Mapping[str, Any], here: Mapping[str, Any]) -> list[str]:
+    import json
+
+    def plain(value: Any) -> str:
+        return json.dumps(value, sort_keys=True)
+
+    return [f"{key}: searched {plain(searched.get(key))}, here {plain(here.get(key))}"
+            for key in sorted({*searched, *here}) if plain(searched.get(key)) != plain(here.get(key))]
+
+
+def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> None:
+    """Refuse a tuned rate that was searched under other training settings than the cell's (steps, batch,
+    precision, rank, data, prompt): its result.json would say ``source: tuned`` of a rate tuned for something
+    else. Tables written before the settings were recorded (no ``trained_with``) are taken as they are."""
+    from slm_sweep.config import ConfigError
+
+    dataset, model, method = cfg.dataset.name, cfg.model.name, cfg.method.name
+    recorded = _searched(table, dataset, model, method).get("trained_with")
+    if lookup(table, dataset, model, method) is None or not isinstance(recorded, Mapping):
+        return
+    differing = _differences(recorded, tuned_under(_cell_config(cfg)))
+    if differing:
+        raise ConfigError(
+            f"tuning.table: the rate lr.{dataset}.{model}.{method} in {path} was searched under other training "
+            f"settings than this cell's ({'; '.join(differing)}). Search again with this cell's settings (the "
+            "search takes the same overrides: trainer=..., method.r=..., dataset.*), or train at a rate of your "
+            "choosing with tuning.lr=method method.lr=<rate>")
+
+
 # ------------------------------------------------------------------------------------------------ in a cell
 
 
@@ -118,10 +158,12 @@ def validate(cfg: DictConfig) -> None:
     candidate = tuning.get("lr_candidate")
     if candidate is None:
         if source == "tuned" and cfg.method.get("train"):
+            path = table_path(tuning.get("table") or DEFAULT_TABLE)
             try:
-                read_table(table_path(tuning.get("table") or DEFAULT_TABLE))
+                table = read_table(path)
             except TuningError as err:
                 raise ConfigError(f"tuning.table: {err}") from None
+            check_tuned_under(cfg, table, path)
         return
     method = cfg.method.get("name")
     grid = tuning.get("lr_grid") or {}
@@ -175,7 +217,7 @@ def resolve_lr(cfg: DictConfig) -> dict[str, Any] | None:
         log.warning("%s", note)
         return {"value": float(cfg.method.lr), "source": "method", "detail": note, "table": str(path)}
     cfg.method.lr = tuned
-    searched = ((((table.get("searched") or {}).get(dataset) or {}).get(model) or {}).get(method)) or {}
+    searched = _searched(table, dataset, model, method)
     detail = f"lr.{dataset}.{model}.{method} in {path}"
     if searched.get("metric") and searched.get("best") is not None:
         detail += (f" (best {searched['metric']} {searched['best']} of {len(searched.get('candidates') or [])} "
@@ -206,6 +248,19 @@ def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
         **{f"eval.{k}": (config.get("eval") or {}).get(k) for k in EVAL_SCORING_KEYS},
         **{f"prompt.{k}": v for k, v in (config.get("prompt") or {}).items()},
     }
+
+
+def tuned_under(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a searched rate was chosen under that a cell training at it must share: the method (all but
+    the rate), the trainer's numeric settings, the training data and the prompt. Not the evaluation settings
+    (the search scores the validation split, the cell the test split)."""
+    def flat(key: str, value: Any) -> dict[str, Any]:
+        if isinstance(value, Mapping):
+            return {k: v for name, item in value.items() for k, v in flat(f"{key}.{name}", item).items()}
+        return {key: value}
+
+    return {k: v for key, value in _training_settings({"config": config}).items()
+            if not key.startswith("eval.") and key != "dataset.test_split" for k, v in flat(key, value).items()}
 
 
 def _record_lr(record: Mapping[str, Any]) -> float | None:
@@ -300,7 +355,7 @@ def choose(records: Sequence[Mapping[str, Any]], metric: str = DEFAULT_METRIC,
             log.warning("%s: the chosen rate %g is the %s searched; the best may lie beyond the grid", name,
                         best["lr"], edge)
         chosen[key] = {"lr": best["lr"], "metric": metric, "best": best[metric], "val_examples": n_val,
-                       "candidates": candidates}
+                       "candidates": candidates, "trained_with": tuned_under(cells[0].get("config") or {})}
     return chosen
 
 
@@ -329,7 +384,8 @@ def write_table(chosen: Mapping[tuple[str, str, str], Mapping[str, Any]], path: 
         lr.setdefault(dataset, {}).setdefault(model, {})[method] = entry["lr"]
         searched.setdefault(dataset, {}).setdefault(model, {})[method] = {
             "metric": entry["metric"], "best": entry["best"], "val_examples": entry["val_examples"],
-            "candidates": [dict(c) for c in entry["candidates"]]}
+            "candidates": [dict(c) for c in entry["candidates"]],
+            **({"trained_with": dict(entry["trained_with"])} if entry.get("trained_with") else {})}
     searches = list(dict.fromkeys([*((keep or {}).get("searches") or []), *sources]))
     data = {"metric": metric, "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "searches": searches, "lr": lr, "searched": searched}

@@ -64,7 +64,12 @@ def test_lr_grid_over_full_and_lora_gives_a_table_that_a_tuned_cell_trains_with(
 
     from tests.conftest import compose_config
 
-    cfg = compose_config([*FAST_TINY, "method=lora", "trainer.max_steps=1", "dataset.test_limit=2",
+    assert table["searched"]["gsm8k"]["tiny"]["lora"]["trained_with"]["trainer.max_steps"] == 2
+    # the rate was searched at 2 steps: a cell of 1 step is refused before it loads anything, one of 2 trains
+    with pytest.raises(ConfigError, match=r"trainer.max_steps: searched 2, here 1"):
+        validate_config(compose_config([*FAST_TINY, "method=lora", "trainer.max_steps=1", "tuning.lr=tuned",
+                                         f"tuning.table={table_file}"]))
+    cfg = compose_config([*FAST_TINY, "method=lora", "trainer.max_steps=2", "dataset.test_limit=2",
                           "tuning.lr=tuned", f"tuning.table={table_file}"])
     record = run(cfg, out_dir=tmp_path / "tuned")
     assert record["status"] == "completed", record.get("error")
@@ -269,3 +274,34 @@ def test_optuna_searches_the_rate_of_every_method_and_optuna_rank_adds_the_rank(
 
     assert set(sweep_params("hparams_search=optuna", "method=full")) == {"method.lr"}
     assert set(sweep_params("hparams_search=optuna_rank", "method=lora")) == {"method.lr", "method.r"}
+
+
+def test_a_tuned_rate_is_refused_for_a_cell_trained_otherwise_than_its_search(tiny_cfg, tmp_path):
+    """The table records what each rate was searched under; a cell with another step count, rank or precision
+    would train at a rate tuned for something else while its result.json says source: tuned."""
+    from slm_sweep.tune import _cell_config, tuned_under
+    from slm_sweep.tune import write_table as write_lr_table
+
+    searched = tiny_cfg("method=lora", "trainer.max_steps=3")
+    records = []
+    for lr, accuracy in ((1e-4, 0.3), (2e-4, 0.4)):
+        record = _record("lora", lr, accuracy, n_val=8)
+        record["config"] = {**_cell_config(searched), "eval": {"split": "val"}}
+        record["config"]["method"] = {**record["config"]["method"], "lr": lr}
+        records.append({**record, "model": "tiny"})
+    chosen = choose(records, min_val_examples=8)
+    assert chosen["gsm8k", "tiny", "lora"]["trained_with"] == tuned_under(_cell_config(searched))
+    table = write_lr_table(chosen, tmp_path / "lr.yaml", ["search"], "val_accuracy_flexible")
+    assert "trainer.max_steps" in yaml.safe_load(table.read_text())["searched"]["gsm8k"]["tiny"]["lora"]["trained_with"]
+
+    same = tiny_cfg("method=lora", "trainer.max_steps=3", "dataset.test_limit=2", "eval.max_new_tokens=8",
+                    "tuning.lr=tuned", f"tuning.table={table}")
+    validate_config(same)  # other test and evaluation settings: the same training, accepted
+    assert resolve_lr(same)["value"] == same.method.lr == 2e-4
+    for overrides, named in ((["trainer.max_steps=30"], "trainer.max_steps: searched 3, here 30"),
+                             (["method.r=4"], "method.peft.r: searched 16, here 4; method.r: searched 16, here 4"),
+                             (["dataset.train_limit=40"], "dataset.train_limit: searched 48, here 40")):
+        with pytest.raises(ConfigError, match=rf"lr.gsm8k.tiny.lora in {table} was searched under other "
+                                              rf"training settings than this cell's \({named}"):
+            validate_config(tiny_cfg("method=lora", "trainer.max_steps=3", *overrides, "tuning.lr=tuned",
+                                     f"tuning.table={table}"))
