@@ -253,7 +253,7 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
     start = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(cfg.model, cache_dir=Path(str(cfg.cache_dir)))
     load_s = time.perf_counter() - start
-    placement = resolve_placement(cfg.eval, model)
+    placement = resolve_placement(cfg.eval, cfg.model, model)
     model = to_dtype(to_device(model, placement.device), placement.dtype)
     splits = load_splits({**dict(cfg.dataset), "val_size": None}, data_root=str(data_root), need_train=False)
     test = splits.test[:questions] if questions else splits.test

@@ -52,13 +52,13 @@ def load_tokenizer(model_cfg, cache_dir: Path):
     metadata or the hub id (no weights are read)."""
     from transformers import AutoTokenizer
 
-    from slm_sweep.models import build_tiny_tokenizer, gguf_path
+    from slm_sweep.models import build_tiny_tokenizer, gguf_cache_dir, gguf_path
 
     source = model_cfg.source
     if source == "tiny":
         tokenizer = build_tiny_tokenizer(int(model_cfg.vocab_size))
     elif source == "gguf":
-        cached = cache_dir / str(model_cfg.name)
+        cached = gguf_cache_dir(model_cfg, cache_dir)
         if (cached / "tokenizer.json").is_file():
             tokenizer = AutoTokenizer.from_pretrained(str(cached))
         else:

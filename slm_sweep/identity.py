@@ -3,7 +3,8 @@
 - The **training key** covers what changes the trained weights: the training code's version, the versions of the
   libraries that change numerics, the model's resolved weights (hub commit, GGUF file hash, or the random
   architecture's settings), the method's settings, the training and validation data's content, the prompt format,
-  the trainer's numeric settings, the deduplication setting (``dataset.dedup`` without ``on_missing``: a set
+  the trainer's numeric settings (one spelling per value), the device count when training runs on several, the
+  configured callbacks other than progress display, the deduplication setting (``dataset.dedup`` without ``on_missing``: a set
   skipped as unreadable changes the training data's content, which is in the key) and the seed. A method that
   trains nothing has none.
 - The **evaluation key** is the training key (or, untrained, the model's identity) plus what changes the scores:
@@ -48,6 +49,13 @@ MODEL_KEYS_NOT_IN_IDENTITY = ("name", "gguf_dir", "gguf_package", "revision")
 METHOD_PROMPT_KEYS = ("prompt_format", "instruction")  # in the key only when set: older keys stay valid
 METHOD_EVAL_KEYS = ("num_fewshot", "shot_seed", *METHOD_PROMPT_KEYS)
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# Lightning's short names of its precisions: one training, one key
+_PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}
+# Callbacks that only show or log progress; any other configured callback (pruning, weight averaging, early
+# stopping) can change the weights, so its entry is in the training key.
+DISPLAY_CALLBACKS = ("StepProgressBar", "TQDMProgressBar", "RichProgressBar", "LearningRateMonitor", "ModelSummary",
+                     "RichModelSummary", "DeviceStatsMonitor")
+_DISPLAY_MODULES = ("slm_sweep.train.progress", "lightning.pytorch", "pytorch_lightning")
 
 
 @dataclass(frozen=True)
@@ -170,10 +178,15 @@ def model_identity(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     # unset settings (the typed schema's nulls: another source's keys, no quantization) are left out
     settings = {k: v for k, v in model_cfg.items() if k not in MODEL_KEYS_NOT_IN_IDENTITY and v is not None}
     source = model_cfg.get("source")
+    # random weights are drawn from init_seed (null: 0); other sources read theirs
+    if source in ("random", "tiny"):
+        settings["init_seed"] = int(model_cfg.get("init_seed") or 0)
+    else:
+        settings.pop("init_seed", None)
     if source == "gguf":
         from slm_sweep.models import gguf_path
 
-        settings["weights"] = "sha256:" + file_sha256(gguf_path(model_cfg))
+        settings["weights"] = "sha256:" + content_sha256(gguf_path(model_cfg))
         settings.pop("id", None)  # a description, not an address
     elif source in ("hub", "random"):
         settings["weights"] = resolved_revision(str(model_cfg["id"]), model_cfg.get("revision"))
@@ -193,8 +206,60 @@ def metric_modules_identity(names: Sequence[str] | None) -> dict[str, Any]:
     for name in names:
         spec = importlib.util.find_spec(str(name))
         origin = getattr(spec, "origin", None)
-        sources[str(name)] = file_sha256(origin) if origin and Path(origin).is_file() else None
+        if spec is not None and spec.submodule_search_locations:  # a package: every Python file of it
+            root = Path(list(spec.submodule_search_locations)[0])
+            sources[str(name)] = digest([(p.relative_to(root).as_posix(), file_sha256(p))
+                                         for p in sorted(root.rglob("*.py"))])
+        else:
+            sources[str(name)] = file_sha256(origin) if origin and Path(origin).is_file() else None
     return {"metric_modules": sources}
+
+
+def trainer_identity(trainer: Mapping[str, Any]) -> dict[str, Any]:
+    """The trainer's numeric settings, each spelling of one setting written one way (``32`` is ``32-true``; a
+    clipping value of 0 clips nothing, as null does)."""
+    settings = {k: trainer.get(k) for k in TRAINER_NUMERIC_KEYS}
+    precision = str(settings["precision"]) if settings["precision"] is not None else None
+    settings["precision"] = _PRECISION_ALIASES.get(precision, precision) if precision else precision
+    for name in ("gradient_clip_val", "weight_decay"):  # 1 and 1.0 are one value
+        if settings[name] is not None:
+            settings[name] = float(settings[name])
+    if not settings["gradient_clip_val"]:
+        settings["gradient_clip_val"] = None
+    return settings
+
+
+def weight_changing_callbacks(callbacks: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The configured callbacks that are not DISPLAY_CALLBACKS, with their settings."""
+    kept = {}
+    for name, entry in sorted((callbacks or {}).items()):
+        if not isinstance(entry, Mapping):
+            continue
+        target = str(entry.get("_target_") or "")
+        module, _, cls = target.rpartition(".")
+        if cls in DISPLAY_CALLBACKS and module.startswith(_DISPLAY_MODULES):
+            continue
+        kept[name] = dict(entry)
+    return kept
+
+
+def planned_world_size(trainer: Mapping[str, Any]) -> int:
+    """How many processes training will run in, as Lightning counts its ``devices`` (``-1`` and ``auto``: every
+    CUDA device when training on one). With several, the epoch's last step is cut to a multiple of them
+    (slm_sweep.train.batching.step_groups), so the count is in the training key when it is more than one."""
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, (list, tuple)):
+        count = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        count = len([d for d in devices.split(",") if d.strip()])
+    elif str(devices) in ("-1", "auto"):
+        import torch
+
+        on_cuda = str(trainer.get("accelerator") or "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        count = torch.cuda.device_count() if on_cuda else 1
+    else:
+        count = int(devices)
+    return max(count, 1) * int(trainer.get("num_nodes") or 1)
 
 
 def is_seed_independent(method: Mapping[str, Any]) -> bool:
@@ -221,6 +286,8 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
         from slm_sweep.data.specs import dedup_settings
 
         trainer = config["trainer"]
+        world_size = planned_world_size(trainer)
+        callbacks = weight_changing_callbacks(config.get("callbacks"))
         training = {
             "code": TRAINING_CODE_VERSION,
             "libraries": numeric_versions(),
@@ -230,8 +297,12 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
             # which sets training was deduplicated against (and how closely): fixed per dataset, never eval.ood_sets
             "dedup": dedup_settings(config["dataset"]),
             "prompt": prompt,
-            "trainer": {k: trainer.get(k) for k in TRAINER_NUMERIC_KEYS},
+            "trainer": trainer_identity(trainer),
             "seed": seed,
+            # in the key only when they matter, so that the keys of single-device runs without such callbacks
+            # stay as they were
+            **({"world_size": world_size} if world_size > 1 else {}),
+            **({"callbacks": callbacks} if callbacks else {}),
         }
     training_key = digest(training) if training else None
     shots = int(method.get("num_fewshot") or 0)

@@ -193,12 +193,22 @@ def gguf_path(model_cfg: Mapping[str, Any]) -> Path:
     return path
 
 
+def gguf_cache_dir(model_cfg: Mapping[str, Any], cache_dir: str | Path | None) -> Path:
+    """Where the dequantized copy of the GGUF file lives: ``cache_dir/<name>-<file sha256[:16]>``. Named by the
+    file's content, as the cell's identity is: another file under the same model name (a package upgrade,
+    another ``gguf_dir``) gets its own copy instead of loading the old one."""
+    from slm_sweep.identity import content_sha256
+
+    path = gguf_path(model_cfg)
+    return Path(cache_dir or Path.home() / ".cache" / "slm_sweep") / f"{model_cfg['name']}-{content_sha256(path)[:16]}"
+
+
 def _load_gguf(model_cfg: Mapping[str, Any], cache_dir: str | Path | None):
-    """Dequantize the GGUF once into ``cache_dir/<name>`` as safetensors, then load from there."""
+    """Dequantize the GGUF once into ``gguf_cache_dir`` as safetensors, then load from there."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    cache_root = Path(cache_dir or Path.home() / ".cache" / "slm_sweep")
-    target = cache_root / model_cfg["name"]
+    target = gguf_cache_dir(model_cfg, cache_dir)
+    cache_root = target.parent
     if not (target / "model.safetensors").is_file():
         path = gguf_path(model_cfg)
         log.info("dequantizing %s into %s (once)", path, target)

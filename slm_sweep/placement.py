@@ -3,7 +3,10 @@ prompt, and recorded in result.json.
 
 ``eval.device``: ``auto`` (the accelerator that trained the model; else CUDA when present; else the CPU), ``cpu``,
 ``cuda`` or ``cuda:N``. ``eval.dtype``: ``auto`` (bfloat16 on a GPU that supports it, else float16 on a GPU,
-else the model's own dtype), or ``float32``, ``bfloat16``, ``float16``.
+else ``model.dtype`` on the CPU, float32 for its ``auto``), or ``float32``, ``bfloat16``, ``float16``. The CPU's
+rule reads the config, never the loaded weights: the dtype is in the cell's evaluation key, computed before the
+model loads, and weights trained in ``bf16-true`` or stored in bf16 must not generate in another dtype than the
+key says.
 """
 
 from __future__ import annotations
@@ -113,11 +116,17 @@ def resolve_dtype(setting: str | None, device: torch.device, own: torch.dtype) -
     return own
 
 
-def resolve_placement(eval_cfg, model, trained_on: torch.device | str | None = None) -> Placement:
+def configured_dtype(model_cfg) -> torch.dtype:
+    """``model.dtype`` as a torch dtype; float32 for ``auto`` or unset."""
+    dtype = getattr(torch, str(model_cfg.get("dtype") or "float32"), None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
+def resolve_placement(eval_cfg, model_cfg, model, trained_on: torch.device | str | None = None) -> Placement:
     device = resolve_device(eval_cfg.get("device"), trained_on)
     if getattr(model, "is_quantized", False):  # quantized weights keep the dtypes they were loaded in
         return Placement(device, model_dtype(model))
-    return Placement(device, resolve_dtype(eval_cfg.get("dtype"), device, model_dtype(model)))
+    return Placement(device, resolve_dtype(eval_cfg.get("dtype"), device, configured_dtype(model_cfg)))
 
 
 def to_device(model, device: torch.device):

@@ -176,14 +176,11 @@ def load_data(cfg: DictConfig) -> CellData:
 
 def identify(cfg: DictConfig, config: dict, data: CellData) -> CellIdentity:
     """The cell's training and evaluation keys (slm_sweep.identity), before any model is loaded."""
-    import torch
-
     from slm_sweep.identity import cell_identity, model_identity
-    from slm_sweep.placement import dtype_name, resolve_device, resolve_dtype
+    from slm_sweep.placement import configured_dtype, dtype_name, resolve_device, resolve_dtype
 
     device = resolve_device(cfg.eval.get("device"))  # an eval.device that cannot work here fails here
-    own = getattr(torch, str(cfg.model.get("dtype") or "float32"), torch.float32)
-    eval_dtype = dtype_name(resolve_dtype(cfg.eval.get("dtype"), device, own))
+    eval_dtype = dtype_name(resolve_dtype(cfg.eval.get("dtype"), device, configured_dtype(cfg.model)))
     on_val = cfg.eval.get("split", "test") == "val"
     return cell_identity(config, model=model_identity(config["model"]), train=data.splits.train,
                          val=data.splits.val, test=data.splits.val if on_val else data.splits.test,
@@ -193,9 +190,9 @@ def identify(cfg: DictConfig, config: dict, data: CellData) -> CellIdentity:
 def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Run one cell and return its result record (also written to ``out_dir/result.json``)."""
     validate_config(cfg)
-    from slm_sweep.scoring import load_metric_modules
+    from slm_sweep.scoring import use_metric_modules
 
-    load_metric_modules(cfg.eval.get("metric_modules"))
+    use_metric_modules(cfg.eval.get("metric_modules"))
     _check_classes(cfg)
     from slm_sweep.tune import resolve_lr
 
@@ -223,7 +220,9 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         record["dedup"] = data.splits.dedup
         identity = identify(cfg, config, data)
         record["identity"] = identity.as_record()
-        previous = find_completed(dirs, identity.evaluation_key, own=out)
+        # quantized weights generate in the dtypes they were loaded in (placement.resolve_placement)
+        eval_dtype = None if cfg.model.get("quantization") else identity.parts["evaluation"]["eval"]["dtype"]
+        previous = find_completed(dirs, identity.evaluation_key, own=out, eval_dtype=eval_dtype)
         if previous is not None:
             reused = _reuse(previous, out, record)
             return reused
@@ -458,7 +457,7 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
     ood_sets = data.ood_sets
     # Every method generates on the resolved device and dtype; adapters are merged there, in the weights' dtype.
     trained_on = (record["placement"]["train"] or {}).get("device")
-    placement = resolve_placement(cfg.eval, model, trained_on=trained_on)
+    placement = resolve_placement(cfg.eval, cfg.model, model, trained_on=trained_on)
     model = to_dtype(merge_adapters_for_eval(to_device(model, placement.device)), placement.dtype)
     record["placement"]["eval"] = placement.describe()
     log.info("evaluating on %s (%s) in %s", placement.device, record["placement"]["eval"]["device_name"],

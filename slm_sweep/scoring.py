@@ -501,12 +501,36 @@ def _derive_names() -> None:
     PREDICTION_FIELDS = (*(f"extracted_{name}" for name in METRICS), *(f"correct_{name}" for name in METRICS))
 
 
-def load_metric_modules(names) -> None:
-    """Import each module of ``eval.metric_modules`` once (importing registers its metrics)."""
-    import importlib
+_BUILT_IN: dict[str, Metric] = dict(METRICS)
+_REGISTERED_BY: dict[str, dict[str, Metric]] = {}  # module name -> the metrics its import registered
 
-    for name in names or ():
-        importlib.import_module(str(name))
+
+def use_metric_modules(names) -> None:
+    """Score with the built-in metrics and those the modules of ``eval.metric_modules`` register, and no other.
+
+    A module registers its metrics when it is imported, which Python does once per process; the cells of one
+    sweep share a process. So each module's metrics are remembered and put back for every cell that names it,
+    and a metric of an earlier cell's module does not carry over into a cell that does not.
+    """
+    import importlib
+    import sys
+
+    METRICS.clear()
+    METRICS.update(_BUILT_IN)
+    for name in map(str, names or ()):
+        if name not in _REGISTERED_BY:
+            before = set(METRICS)
+            if name in sys.modules:  # imported by other code than this: importing again registers nothing
+                importlib.reload(sys.modules[name])
+            else:
+                importlib.import_module(name)
+            _REGISTERED_BY[name] = {k: v for k, v in METRICS.items() if k not in before}
+        for metric_name, metric in _REGISTERED_BY[name].items():
+            if METRICS.get(metric_name, metric) is not metric:
+                raise ValueError(f"eval.metric_modules: {name} registers a metric named {metric_name!r}, which "
+                                 "another module of the list registers too")
+            METRICS[metric_name] = metric
+    _derive_names()
 
 
 def check_mode(mode: str) -> None:

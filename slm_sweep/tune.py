@@ -236,14 +236,14 @@ def _mean(values: Sequence[float]) -> float | None:
 def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
     """What a search cell trained and scored with, apart from its learning rate and seed: candidates compared
     against each other must agree on all of it."""
-    from slm_sweep.identity import EVAL_SCORING_KEYS, TRAINER_NUMERIC_KEYS
+    from slm_sweep.identity import EVAL_SCORING_KEYS, trainer_identity
 
     config = record.get("config") or {}
     method = {k: v for k, v in (config.get("method") or {}).items() if k != "lr"}
     dataset = config.get("dataset") or {}
     return {
         **{f"method.{k}": v for k, v in method.items()},
-        **{f"trainer.{k}": (config.get("trainer") or {}).get(k) for k in TRAINER_NUMERIC_KEYS},
+        **{f"trainer.{k}": v for k, v in trainer_identity(config.get("trainer") or {}).items()},
         **{f"dataset.{k}": dataset.get(k) for k in ("val_size", "train_limit", "split_seed", "test_split")},
         **{f"eval.{k}": (config.get("eval") or {}).get(k) for k in EVAL_SCORING_KEYS},
         **{f"prompt.{k}": v for k, v in (config.get("prompt") or {}).items()},

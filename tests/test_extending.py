@@ -125,6 +125,7 @@ def restored_metrics(monkeypatch):
     saved = dict(scoring.METRICS)
     for name in ("MODES", "ACCURACY_KEYS", "PREDICTION_FIELDS"):
         monkeypatch.setattr(scoring, name, getattr(scoring, name))
+    monkeypatch.setattr(scoring, "_REGISTERED_BY", {})
     yield
     scoring.METRICS.clear()
     scoring.METRICS.update(saved)
@@ -292,3 +293,29 @@ def test_a_method_file_in_a_user_config_folder_composes_and_validates(tmp_path):
     cfg = compose_config([f"hydra.searchpath=[file://{paths['conf']}]", "method=ia3", "model=mytiny"])
     validate_config(cfg)
     assert cfg.method.peft._target_ == "peft.IA3Config" and cfg.model.hidden_size == 32
+
+
+def test_a_metric_module_of_one_cell_does_not_carry_over_into_the_next(restored_metrics, tmp_path, monkeypatch):
+    """The cells of a sweep share one process: a cell without eval.metric_modules scores the built-in metrics
+    only, and a later cell naming the module again gets its metric back (Python imports a module once)."""
+    (tmp_path / "mymetrics.py").write_text(METRIC_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    scoring.use_metric_modules(["mymetrics"])
+    assert "accuracy_last_digit" in scoring.ACCURACY_KEYS
+    scoring.use_metric_modules([])
+    assert "last_digit" not in scoring.METRICS and "accuracy_last_digit" not in scoring.ACCURACY_KEYS
+    scoring.use_metric_modules(["mymetrics"])
+    assert scoring.score("so 17", "7", None)["correct_last_digit"] is True
+
+
+def test_every_file_of_a_metric_package_is_in_the_evaluation_key(tmp_path, monkeypatch):
+    from slm_sweep.identity import metric_modules_identity
+
+    package = tmp_path / "mypackage"
+    package.mkdir()
+    (package / "__init__.py").write_text("from .impl import *\n")
+    (package / "impl.py").write_text("THRESHOLD = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = metric_modules_identity(["mypackage"])
+    (package / "impl.py").write_text("THRESHOLD = 2\n")
+    assert metric_modules_identity(["mypackage"]) != before

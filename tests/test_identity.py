@@ -18,9 +18,10 @@ from slm_sweep.sweep.resume import KEY_STAMP, kept_weights, stamped_key
 # sha256 of slm_sweep/scoring.py for each SCORING_VERSION: editing scoring.py fails this test until
 # SCORING_VERSION is bumped (scores may change) or the hash updated (a change that cannot alter any score).
 # Version 3's hash was updated, not bumped, for register_metric (a hook that changes no built-in score).
-# Version 5 changed prompts only (a fixed chat-template date), not scoring.py.
+# Version 5 changed prompts only (a fixed chat-template date), not scoring.py; its hash was updated for
+# use_metric_modules (which modules' metrics a cell scores with; no built-in score changes).
 SCORING_SOURCE_SHA256 = {4: "67166cc806d5c9abfb3deeae830f903a361d801880781d4509c5f6e377fe33eb",
-                         5: "67166cc806d5c9abfb3deeae830f903a361d801880781d4509c5f6e377fe33eb"}
+                         5: "4d1f392610f1d65c5e10275a38a2f6a61e1190ef671ed7f144ce157a57f883bb"}
 
 
 def keys(cfg):
@@ -39,7 +40,9 @@ RETRAIN = ["method.lr=0.001", "method.r=8", "trainer.max_steps=4", "seed=1", "da
            "dataset.val_size=6", "dataset.dedup.enabled=false", "dataset.dedup.near_threshold=0.9",
            "dataset.dedup.against=[svamp]", "method.peft.use_dora=true", "+method.peft.use_rslora=true",
            "method.target_modules=[q_proj,v_proj]",
-           "model.quantization={_target_:transformers.BitsAndBytesConfig,load_in_4bit:true}"]
+           "model.quantization={_target_:transformers.BitsAndBytesConfig,load_in_4bit:true}",
+           "trainer=ddp_cpu",  # two processes: the epoch's last step is cut to a multiple of two
+           "+callbacks.swa={_target_:lightning.pytorch.callbacks.StochasticWeightAveraging,swa_lrs:0.01}"]
 RESCORE = ["eval.generation_config=model", "eval.max_new_tokens=20", "eval.ood_sets=[svamp]", "dataset.test_limit=10", "eval.dtype=bfloat16",
            "dataset.answer_tolerance=0.01",
            "eval.stop=[Q:]"]
@@ -47,7 +50,10 @@ NOTHING = ["trainer.micro_batch_size=4", "trainer.packing=true", "trainer.compil
            "eval.token_budget=4096", "eval.max_batch_size=3", "eval.cuda_graphs=true", "logger=csv",
            "trainer.log_every_n_steps=5", "eval.progress=true", "trainer.micro_batch_tokens=512",
            "trainer.checkpoint_every_n_steps=7", "resume.search_dir=elsewhere", "logger=wandb_csv",
-           "callbacks=none", "tuning.table=elsewhere.yaml", "dataset.dedup.on_missing=error"]
+           "callbacks=none", "tuning.table=elsewhere.yaml", "dataset.dedup.on_missing=error",
+           "+callbacks.lr={_target_:lightning.pytorch.callbacks.LearningRateMonitor}",
+           # other spellings of the same settings
+           "trainer.precision=32", "trainer.gradient_clip_val=1", "model.init_seed=null"]
 
 
 @pytest.mark.parametrize("change", RETRAIN)

@@ -144,3 +144,20 @@ def test_a_hub_model_loads_at_the_commit_its_identity_records(monkeypatch, tmp_p
     assert _hub_kwargs({"id": "org/tiny", "revision": None})["revision"] == commit
     # nothing cached and no hub: the branch name, as asked
     assert _hub_kwargs({"id": "org/other", "revision": "main"})["revision"] == "main"
+
+
+def test_the_dequantized_copy_is_named_by_the_gguf_files_content(tmp_path):
+    """Another GGUF file under the same model name (a package upgrade, another gguf_dir) must not load the copy
+    dequantized from the old one: the identity hashes the file, and so does the cache folder's name."""
+    from slm_sweep.identity import model_identity
+    from slm_sweep.models import gguf_cache_dir
+
+    cfgs = []
+    for name, content in (("a", b"GGUF one"), ("b", b"GGUF two"), ("c", b"GGUF one")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "m.gguf").write_bytes(content)
+        cfgs.append({"name": "q4", "source": "gguf", "gguf_package": "no_such_package", "gguf_file": "m.gguf",
+                     "gguf_dir": str(tmp_path / name)})
+    dirs = [gguf_cache_dir(cfg, tmp_path / "cache") for cfg in cfgs]
+    assert dirs[0] != dirs[1] and dirs[0] == dirs[2] and dirs[0].parent == tmp_path / "cache"
+    assert dirs[0].name.startswith("q4-") and model_identity(cfgs[0])["weights"].startswith(f"sha256:{dirs[0].name[3:]}")

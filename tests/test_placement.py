@@ -135,3 +135,25 @@ def test_auto_moves_the_model_to_the_resolved_device(tiny_cfg, tmp_path, monkeyp
     record = run(tiny_cfg("method=full", "dataset.test_limit=2"), out_dir=tmp_path)
     assert record["status"] == "completed", record.get("error")
     assert asked[-1][:2] == ("auto", "cpu") and moved == [asked[-1][2]]
+
+
+def test_weights_trained_in_bf16_generate_in_the_dtype_their_evaluation_key_names(tiny_cfg, tmp_path, monkeypatch):
+    """trainer.precision=bf16-true leaves bf16 weights; eval.dtype=auto on the CPU follows model.dtype (float32),
+    which is what the evaluation key (computed before the model loads) says. A result that generated in another
+    dtype under the same key is not reused."""
+    import json
+
+    watcher = _watch_generation(monkeypatch)
+    overrides = ("method=lora", "trainer.precision=bf16-true", "trainer.max_steps=1", "dataset.test_limit=2",
+                 "resume.enabled=true", f"resume.search_dir={tmp_path}")
+    first = run(tiny_cfg(*overrides), out_dir=tmp_path / "a")
+    assert first["status"] == "completed", first.get("error")
+    assert first["placement"]["train"]["dtype"] == "bfloat16"
+    assert watcher.seen == {("cpu", torch.float32)} and first["placement"]["eval"]["dtype"] == "float32"
+    # the same key, once written by generation in bf16 (as before the dtype followed the config): not reused
+    stored = json.loads((tmp_path / "a" / "result.json").read_text())
+    stored["placement"]["eval"]["dtype"] = "bfloat16"
+    (tmp_path / "a" / "result.json").write_text(json.dumps(stored))
+    second = run(tiny_cfg(*overrides), out_dir=tmp_path / "b")
+    assert second["identity"] == first["identity"] and second["reused_from"] is None
+    assert second["placement"]["eval"]["dtype"] == "float32"

