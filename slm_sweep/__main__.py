@@ -11,12 +11,13 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from slm_sweep.config import ConfigError
+    from slm_sweep.config import ConfigError, check_method_name
     from slm_sweep.config_sources import use_hydra_search_path
     from slm_sweep.run import run
 
     use_hydra_search_path()  # dataset files of hydra.searchpath folders serve as ood and dedup sets too
     try:
+        check_method_name(cfg, HydraConfig.get().runtime.choices.get("method"))
         record = run(cfg)
     except ConfigError as error:  # the message says it all; a traceback would only hide it
         raise SystemExit(f"config error: {error}") from None

@@ -331,10 +331,24 @@ def _validate_method_keys(cfg: DictConfig) -> None:
         key = unread[0]
         close = difflib.get_close_matches(key, [*METHOD_KEYS, *(k for k in method if k != key)], n=1, cutoff=0.75)
         hint = f" (did you mean {close[0]}?)" if close else ""
+        peft_name = {"alpha": "lora_alpha", "dropout": "lora_dropout"}.get(key, key)
+        if isinstance(method.get("peft"), Mapping) and peft_name in method["peft"]:
+            hint += (f"; method.peft.{peft_name} is set directly, so the short name {key} is no longer read: in a "
+                     f"file that inherits another method, set {key}: ... at its top level instead of under peft")
         raise ConfigError(
             f"method.{key}={method[key]!r} (method={cfg.method.get('name')!r}) is read by nothing{hint}: a method's "
             f"settings are {', '.join(METHOD_KEYS)}; any other key must be a short name that the method's peft "
             "block interpolates (r: 16 beside peft: {r: ${..r}}, conf/method/lora.yaml)")
+
+
+def check_method_name(cfg: DictConfig, choice: str | None) -> None:
+    """The method file chosen (``method=<choice>``) must name itself: one that inherits another method's
+    ``name`` would be recorded, stored and reported as that other method."""
+    if choice and "/" not in str(choice) and str(choice) != str(cfg.method.get("name")):
+        raise ConfigError(
+            f"method={choice} composes a method named {cfg.method.get('name')!r} (conf/method/{choice}.yaml sets "
+            f"no name of its own, or another): add `name: {choice}` to it, so that its cells are recorded and "
+            f"reported as {choice}")
 
 
 def _strings(value: Any) -> list[str]:
@@ -379,11 +393,11 @@ def _validate_method(cfg: DictConfig) -> None:
 def _validate_metric_modules(cfg: DictConfig) -> None:
     import importlib.util
 
-    for name in cfg.eval.get("metric_modules") or []:
+    for index, name in enumerate(cfg.eval.get("metric_modules") or []):
         try:
             found = importlib.util.find_spec(str(name)) is not None
         except (ImportError, ValueError):
             found = False
         if not found:
-            raise ConfigError(f"eval.metric_modules[]={name!r} is not an importable Python module: put it on the "
+            raise ConfigError(f"eval.metric_modules[{index}]={name!r} is not an importable Python module: put it on the "
                               "Python path (the working directory, PYTHONPATH, or an installed package)")

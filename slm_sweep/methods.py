@@ -4,8 +4,8 @@ adapters merged for evaluation, parameter counts.
 A method is one file in conf/method/; what it does follows from its structure, never from its name:
 
 - ``train: false``: nothing is trained (zero-shot, few-shot);
-- ``train: true`` with a ``peft`` block: adapters. ``peft`` is any peft config with a ``_target_``
-  (``peft.LoraConfig``, ``peft.IA3Config``, ...), built by ``hydra.utils.instantiate`` and handed to
+- ``train: true`` with a ``peft`` block: adapters. ``peft`` is any peft adapter config with a ``_target_``
+  (``peft.LoraConfig``, ``peft.IA3Config``, ...; prompt-learning configs are refused: they cannot be merged), built by ``hydra.utils.instantiate`` and handed to
   ``peft.get_peft_model``; the base weights stay frozen. LoRA, DoRA, PiSSA and rsLoRA are LoraConfig arguments;
 - ``train: true`` without ``peft``: every weight is trained (full fine-tuning).
 
@@ -51,6 +51,12 @@ def peft_config(method_cfg: Mapping[str, Any]):
         "method.peft", method_cfg["peft"], PeftConfig, "a peft config class",
         "{_target_: peft.LoraConfig, r: 16, lora_alpha: 32}",
         "a peft config (a subclass of peft.PeftConfig such as peft.LoraConfig or peft.IA3Config)", MethodError)
+    if getattr(config, "is_prompt_learning", False) or getattr(config, "is_adaption_prompt", False):
+        raise MethodError(
+            f"method.peft._target_={method_cfg['peft'].get('_target_')!r} learns prompts (virtual tokens), not "
+            "weights: evaluation generates from the model with its adapters merged into the weights, which "
+            "prompt learning cannot be. Use an adapter config such as peft.LoraConfig, peft.IA3Config, "
+            "peft.LoHaConfig or peft.LoKrConfig")
     if getattr(config, "task_type", None) is None:
         config.task_type = DEFAULT_TASK_TYPE
     return config

@@ -174,8 +174,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("tuning.lr=tuned cannot be combined with a learning-rate search "
                           f"(tuning.lr_candidate={candidate}): a search sets the rate itself")
     if method not in grid:
+        # an example with as many rates as the other methods have (the search sweeps one index range for all)
+        count = max((len(list(v)) for v in grid.values()), default=5)
+        example = ",".join(f"{v:g}" for v in [5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3][:count])
         raise ConfigError(f"tuning.lr_grid has no candidates for method={method!r}; it has: "
-                          f"{', '.join(grid) or 'none'} (add its candidates: '+tuning.lr_grid.{method}=[1e-4,2e-4,5e-4]', "
+                          f"{', '.join(grid) or 'none'} (add its candidates: '+tuning.lr_grid.{method}=[{example}]', "
                           "as many as tuning.lr_candidate sweeps)")
     values = list(grid[method])
     if isinstance(candidate, bool) or not isinstance(candidate, int) or not 0 <= candidate < len(values):

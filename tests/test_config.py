@@ -98,7 +98,9 @@ def test_method_defaults():
         ("+method.rank=32", "method.rank=32 (method='lora') is read by nothing: a method's settings are name, train"),
         ("+method.learning_rate=0.001", "method.learning_rate=0.001 (method='lora') is read by nothing"),
         ("+method.trian=true", "method.trian=True (method='lora') is read by nothing (did you mean train?)"),
-        ("eval.metric_modules=[no_such_metrics_module]", "eval.metric_modules[]='no_such_metrics_module' is not"),
+        ("eval.metric_modules=[no_such_metrics_module]", "eval.metric_modules[0]='no_such_metrics_module' is not"),
+        ("+method.peft.target_modules=[q_proj]", "method.peft.target_modules is set directly, so the short name "
+                                                 "target_modules is no longer read"),
     ],
 )
 def test_bad_values_are_named_with_what_is_allowed(override, message):
@@ -366,3 +368,13 @@ def test_every_launcher_composes_and_names_an_installed_launcher(launcher):
         cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     target = cfg.hydra.launcher._target_
     assert get_class(target).__name__.endswith("Launcher"), target
+
+
+@pytest.mark.parametrize("target", ["peft.PromptTuningConfig", "peft.PrefixTuningConfig", "peft.PromptEncoderConfig"])
+def test_a_prompt_learning_peft_config_is_refused_before_training(target):
+    """Evaluation merges adapters into the weights; virtual tokens cannot be merged (it failed after training)."""
+    from slm_sweep.methods import MethodError, peft_config
+
+    with pytest.raises(MethodError, match=f"method.peft._target_='{target}' learns prompts"):
+        peft_config({"peft": {"_target_": target, "num_virtual_tokens": 8}})
+    assert peft_config({"peft": {"_target_": "peft.LoHaConfig", "r": 4}}).peft_type.value == "LOHA"

@@ -309,3 +309,18 @@ def test_a_search_of_one_model_method_and_seed_is_planned(requires_data, compose
     cfg.hydra.sweeper._target_ = OPTUNA_SWEEPER
     plan = plan_grid(cfg, composer)
     assert plan.refused is None and plan.cells == 1 and not plan.missing
+
+
+def test_a_method_file_without_a_name_of_its_own_is_refused_before_the_first_cell(requires_data, composer, tmp_path):
+    """A file that inherits lora but names nothing would run, be stored and be reported as lora."""
+    (tmp_path / "method").mkdir()
+    (tmp_path / "method" / "lora_q.yaml").write_text("defaults: [lora, _self_]\ntarget_modules: [q_proj]\n")
+    search = f"hydra.searchpath=[file://{tmp_path}]"
+    plan = plan_grid(sweep_config([search, f"data_root={DATA_ROOT}", "model=tiny", "method=lora,lora_q"]), composer)
+    assert plan.config_errors == {"method=lora_q composes a method named 'lora' (conf/method/lora_q.yaml sets no "
+                                  "name of its own, or another): add `name: lora_q` to it, so that its cells are "
+                                  "recorded and reported as lora_q": ["method=lora_q"]}
+    (tmp_path / "method" / "lora_q.yaml").write_text("defaults: [lora, _self_]\nname: lora_q\n"
+                                                     "target_modules: [q_proj]\n")
+    assert plan_grid(sweep_config([search, f"data_root={DATA_ROOT}", "model=tiny", "method=lora,lora_q"]),
+                     composer).refused is None

@@ -194,7 +194,7 @@ def test_every_trained_method_has_grid_candidates_and_a_new_one_is_told_how_to_a
     assert hint.startswith("+tuning.lr_grid.lora_r32=")
     cfg = tiny_cfg(searchpath, "method=lora_r32", "hparams_search=lr_grid", hint, "tuning.lr_candidate=2")
     validate_config(cfg)  # the hint, as written, works
-    assert cfg.method.lr == 5e-4
+    assert cfg.method.lr == 2e-4  # the third of the hint's five rates
 
 
 def _record(method, lr, accuracy, val_loss=1.0, n_val=500, seed=0, status="completed", **config):

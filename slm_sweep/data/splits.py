@@ -222,6 +222,14 @@ def _deduplicated(
         train = [example for example in train if id(example) not in moved]
         kept_val = candidates.in_source_order(kept_val + refill)
     kept_train, train_counts = deduplicate(train, index, spec["train_limit"])
+    if train and not kept_train:
+        raise ValueError(
+            f"dataset {spec['name']!r}: deduplication removed all {len(train)} training examples "
+            f"({train_counts.exact} exact and {train_counts.near} near repeats, Jaccard >= "
+            f"{settings['near_threshold']}) of the questions of its test split and dataset.dedup.against "
+            f"({', '.join(references)}): its training questions are too close to the evaluation questions to "
+            "train on. Raise dataset.dedup.near_threshold, take sets out of dataset.dedup.against, or set "
+            "dataset.dedup.enabled=false (recorded in the keys and result.json)")
     limit = spec["train_limit"]
     if limit is not None and limit > len(kept_train) and kept_train:
         log.warning("dataset %r: train_limit=%d exceeds the %d examples left after deduplication; using all",
