@@ -13,7 +13,11 @@
 
 Settings that only change speed, memory or logging (micro-batching, packing, compilation, the evaluation engine,
 token budgets, CUDA graphs, loggers, progress bars, output folders) are in neither key, and neither are paths:
-moving a data folder changes nothing that its content does not.
+moving a data folder changes nothing that its content does not. "Only speed" means the same computation in
+another order or shape, not the same bits: micro-batches of another size sum the loss in another order and draw
+dropout masks for other shapes, another chip or a fused optimizer rounds differently, and in bfloat16 another
+batch composition can flip a greedy token near a tie (the GPU job's batch_invariance stage measures how often).
+A result reused under a key is one draw of what that configuration computes, not a bit-exact rerun of it.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .aggregate import row_metrics, summarize, summarize_ood
+from .aggregate import not_completed, row_metrics, summarize, summarize_ood
 from .claims import (
     DEFAULT_CLAIMS,
     ClaimsError,
@@ -89,7 +89,8 @@ def write_report(
     collection = collect(dirs)
     rows = summarize(collection.records, alpha=alpha, correction=correction)
     ood_rows = summarize_ood(collection.records, alpha=alpha, correction=correction)
-    claims_report = (check_claims(declared, rows, alpha=alpha, correction=correction, source=claims)
+    claims_report = (check_claims(declared, rows, alpha=alpha, correction=correction, source=claims,
+                                  lost=not_completed(collection.records))
                      if declared is not None else None)
 
     out = Path(out_dir) if out_dir is not None else default_out_dir(dirs)

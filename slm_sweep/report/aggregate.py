@@ -365,6 +365,7 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
             "seeds": [r["seed"] for r in group],
             "result_paths": [r.get("result_path") for r in group if r.get("result_path")],
             "not_completed": left_out.get((dataset, model, method, variant)),
+            "model_source": model_source(group),
         }
         row.update(_accuracy_columns(metrics, metric_names))
         row["trainable_params"] = _first_int(m.get("trainable_params") for m in metrics)
@@ -381,6 +382,15 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
     rows.sort(key=lambda r: (r["dataset"], model_sort_key(r["model"], sizes), row_sort_key(r)))
     _add_baseline_columns(rows, ("dataset", "model"), "dataset", deltas=True, alpha=alpha, correction=correction)
     return rows
+
+
+def model_source(records: Sequence[dict[str, Any]]) -> str | None:
+    """The records' ``model.source`` (hub, gguf, random, tiny), when their configs say."""
+    for record in records:
+        model = (record.get("config") or {}).get("model") if isinstance(record.get("config"), dict) else None
+        if isinstance(model, dict) and model.get("source"):
+            return str(model["source"])
+    return None
 
 
 def labelled_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -55,6 +55,8 @@ _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _NAME = re.compile(r"[A-Za-z0-9_]+")
 _COUNT = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMbB]?)\s*")
 _SCALE = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9}
+# A non-inferiority margin is a few points; 0.5 is far more likely "half a point" than 50 points.
+MARGIN_LIMIT = 0.2
 
 CSV_COLUMNS = (
     "claim", "text", "direction", "metric", "margin", "dataset", "model_a", "method_a", "model_b", "method_b",
@@ -226,12 +228,33 @@ def _claim(entry: Any, where: str) -> Claim:
     if "margin" in entry and direction not in (NOT_BELOW, NOT_ABOVE):
         raise ClaimsError(f"{where}: margin applies to the directions {NOT_BELOW} and {NOT_ABOVE} only, "
                           f"not {direction}")
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
-        raise ClaimsError(f"{where}: margin={margin!r} must be an accuracy difference in [0, 1) (0.02 = 2 points)")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < MARGIN_LIMIT:
+        reading = f" ({margin!r} would be {100 * margin:g} points)" if isinstance(margin, (int, float)) else ""
+        raise ClaimsError(f"{where}: margin={margin!r} must be an accuracy difference, a fraction in "
+                          f"[0, {MARGIN_LIMIT:g}): 0.02 = 2 points{reading}")
     datasets = _names(entry["datasets"], where, "datasets") if "datasets" in entry else ()
     return Claim(claim_id, " ".join(entry["text"].split()), _side(entry["a"], f"{where}, side a"),
                  _side(entry["b"], f"{where}, side b"), direction, metric, float(margin),
                  _selector(entry, where), datasets)
+
+
+def _unique_key_loader():
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        """A safe loader that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                            key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
 
 
 def load_claims(path: str | os.PathLike) -> list[Claim]:
@@ -243,7 +266,7 @@ def load_claims(path: str | os.PathLike) -> list[Claim]:
         raise ClaimsError(f"claims file {path} does not exist" if not path.exists()
                           else f"claims file {path} is not a file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader())  # noqa: S506 - SafeLoader
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ClaimsError(f"{path}: cannot read it as YAML: {exc}") from None
     data = _check_keys(data, TOP_KEYS, str(path), "the top level")
@@ -281,6 +304,14 @@ class ClaimResult:
     absent: list[str] = field(default_factory=list)  # methods a side names that are in none of the rows it covers
     tested: int = 0  # instances with a paired test: the size of the family a correction adjusts for
     interval_alpha: float = ALPHA  # the intervals are at 1 - interval_alpha (alpha / tested under Holm)
+    # what the claim covers but the verdict could not use: lost seeds, cells without a completed seed, model
+    # patterns that match nothing, models left out (unknown size, random weights), variants that cannot be paired
+    gaps: list[str] = field(default_factory=list)
+
+    @property
+    def stated_verdict(self) -> str:
+        """The roll-up as the tables state it: qualified when part of what the claim covers is missing."""
+        return f"{self.verdict} (incomplete)" if self.gaps and self.instances else self.verdict
 
     @property
     def counts(self) -> Counter:
@@ -340,6 +371,19 @@ def margin_note(direction: str, test: PairedTest, verdict: str, margin: float) -
     return None
 
 
+def instance_note(claim: Claim, instance: Instance) -> str | None:
+    """What a reader of one instance's verdict must know: the margin note, lost seeds, a two-seed row."""
+    notes = [margin_note(claim.direction, instance.test, instance.verdict, claim.margin)]
+    lost = [f"{row['method']} lost seeds ({row['not_completed']})" for row in (instance.a, instance.b)
+            if row.get("not_completed")]
+    if lost and claim.direction in (NOT_BELOW, NOT_ABOVE):
+        lost.append("survivors alone cannot show non-inferiority")
+    notes += lost
+    if 2 in (instance.a.get("n"), instance.b.get("n")) and instance.test.test == SEEDS_AND_QUESTIONS:
+        notes.append("a row of 2 seeds: the seeds test rejects more often than alpha (up to 11.5 % at 0.05)")
+    return "; ".join(n for n in notes if n) or None
+
+
 def roll_up(verdicts: Sequence[str]) -> str:
     if not verdicts:
         return NOT_COVERED
@@ -352,6 +396,16 @@ def roll_up(verdicts: Sequence[str]) -> str:
     return PARTLY_REPRODUCED if counts[REPRODUCED] else PARTLY_CONTRADICTED
 
 
+# Models whose weights are drawn, not trained by anyone: controls for throughput and plumbing, never evidence
+# about a study's models unless a claim names them.
+UNTRAINED_SOURCES = ("random", "tiny")
+
+
+def _named(model: str, *selectors: Selector) -> bool:
+    """Whether a selector names ``model`` itself (not through a pattern or a size bound)."""
+    return any(model in selector.models for selector in selectors)
+
+
 def _sizes(rows: Sequence[dict[str, Any]]) -> dict[str, int | None]:
     """Per model the smallest total_params of its rows: the base model (adapters only add to it)."""
     sizes: dict[str, int | None] = {}
@@ -362,8 +416,77 @@ def _sizes(rows: Sequence[dict[str, Any]]) -> dict[str, int | None]:
 
 
 def _side_rows(claim: Claim, side: Side, rows: Sequence[dict[str, Any]], sizes) -> list[dict[str, Any]]:
-    return [r for r in rows if r["method"] in side.methods and claim.selector.matches(r["model"], sizes[r["model"]])
-            and side.selector.matches(r["model"], sizes[r["model"]])]
+    return [r for r in rows if r["method"] in side.methods
+            and claim.selector.matches(r["model"], sizes.get(r["model"]))
+            and side.selector.matches(r["model"], sizes.get(r["model"]))
+            and (r.get("model_source") not in UNTRAINED_SOURCES or _named(r["model"], claim.selector, side.selector))]
+
+
+def _pairs(claim: Claim, side_a: list[dict[str, Any]], side_b: list[dict[str, Any]],
+           gaps: list[str]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The instances: rows of a and b on one dataset (and model, unless a side selects its own). When both sides
+    hold several configuration variants of one method (r=8 and r=16 of each), only equal variants are paired:
+    DoRA at r=8 against LoRA at r=16 compares the ranks, not the methods."""
+    across_models = not (claim.a.selector.empty and claim.b.selector.empty)
+    candidates: dict[tuple, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for a in side_a:
+        for b in side_b:
+            if a is not b and a["dataset"] == b["dataset"] and (across_models or a["model"] == b["model"]):
+                candidates.setdefault((a["dataset"], a["model"], a["method"], b["model"], b["method"]),
+                                      []).append((a, b))
+    pairs = []
+    for (dataset, model_a, method_a, model_b, method_b), found in candidates.items():
+        variants_a = {a.get("variant") or "" for a, _ in found}
+        variants_b = {b.get("variant") or "" for _, b in found}
+        if len(variants_a) > 1 and len(variants_b) > 1:
+            matched = [(a, b) for a, b in found if (a.get("variant") or "") == (b.get("variant") or "")]
+            if not matched:
+                gaps.append(f"{model_a} × {method_a} and {model_b} × {method_b} on {dataset}: both have several "
+                            f"variants ({', '.join(sorted(variants_a))}; {', '.join(sorted(variants_b))}) and "
+                            "none alike, so no pair of them compares the methods alone")
+            found = matched
+        pairs += found
+    return pairs
+
+
+def _coverage_gaps(claim: Claim, rows: Sequence[dict[str, Any]], in_scope: Sequence[dict[str, Any]],
+                   used: Sequence[dict[str, Any]], sizes, lost: dict[tuple, str]) -> list[str]:
+    """What the claim covers that its instances leave out, one line each."""
+    gaps = []
+    in_datasets = [key for key in lost if not claim.datasets
+                   or any(fnmatch.fnmatchcase(str(key[0]), pattern) for pattern in claim.datasets)]
+    known_models = {r["model"] for r in rows} | {str(key[1]) for key in lost}
+    for selector in (claim.selector, claim.a.selector, claim.b.selector):
+        for pattern in selector.models:
+            if not any(fnmatch.fnmatchcase(model, pattern) for model in known_models):
+                gaps.append(f"model pattern {pattern!r} matches no model of these results")
+    bounded = [sel for sel in (claim.selector, claim.a.selector, claim.b.selector)
+               if sel.params_below is not None or sel.params_at_least is not None]
+    if bounded:
+        unknown = sorted({r["model"] for r in in_scope if sizes.get(r["model"]) is None
+                          and r["method"] in (*claim.a.methods, *claim.b.methods)})
+        gaps += [f"{model}: size unknown (no total_params in its results), so left out of a claim bounded by size"
+                 for model in unknown]
+    untrained = sorted({r["model"] for r in in_scope if r.get("model_source") in UNTRAINED_SOURCES
+                        and any(r["method"] in side.methods and side.selector.matches(r["model"], sizes.get(r["model"]))
+                                for side in (claim.a, claim.b))
+                        and claim.selector.matches(r["model"], sizes.get(r["model"]))
+                        and not _named(r["model"], claim.selector, claim.a.selector, claim.b.selector)})
+    gaps += [f"{model}: random weights, left out (name it in the claim's models to include it)"
+             for model in untrained]
+    for r in {id(row): row for row in used}.values():
+        if r.get("not_completed"):
+            gaps.append(f"{r['model']} × {method_label(r)} on {r['dataset']}: mean over {r['n']} completed "
+                        f"seed{'s' if r['n'] != 1 else ''} only ({r['not_completed']})")
+    with_rows = {(r["dataset"], r["model"], r["method"], r.get("variant") or "") for r in rows}
+    for side in (claim.a, claim.b):
+        for key in in_datasets:
+            dataset, model, method, variant = (str(k) if k is not None else "" for k in key)
+            if (method in side.methods and (dataset, model, method, variant) not in with_rows
+                    and claim.selector.matches(model, sizes.get(model)) and side.selector.matches(model, sizes.get(model))):
+                label = f"{method} ({variant})" if variant else method
+                gaps.append(f"{model} × {label} on {dataset}: no completed seed ({lost[key]})")
+    return list(dict.fromkeys(gaps))
 
 
 def _known_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -377,28 +500,31 @@ def check_correction(correction: str) -> None:
 
 
 def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = ALPHA,
-                correction: str = HOLM) -> ClaimResult:
+                correction: str = HOLM, lost: dict[tuple, str] | None = None, source: str = "") -> ClaimResult:
     """Every instance of ``claim`` in the in-domain summary ``rows`` (aggregate.summarize), tested and judged.
 
     ``correction="holm"``: the claim's m tested instances are one family. above/below verdicts use Holm-adjusted
     p-values, and every interval is a Bonferroni one at 1 - alpha/m (so non-inferiority verdicts hold jointly
     too). ``"none"``: each instance at alpha on its own. An all-``reproduced`` claim needs every instance
     significant either way (an intersection-union test, valid at alpha without a correction); the correction
-    matters for the instances read one by one and for the partial roll-ups."""
+    matters for the instances read one by one and for the partial roll-ups.
+
+    ``lost``: aggregate.not_completed of the records, so that cells the claim covers but that did not complete
+    are named in ``gaps``. A non-inferiority instance whose rows lost seeds is inconclusive: the seeds that
+    diverged or failed are evidence its survivors cannot stand in for."""
     check_correction(correction)
     known = _known_metrics(rows)
     if claim.metric not in known:
-        raise ClaimsError(f"claim {claim.id}: metric {claim.metric!r} is neither registered nor in the result "
-                          f"files; known: {_allowed(known)}")
+        raise ClaimsError(f"{source + ': ' if source else ''}claim {claim.id}: metric {claim.metric!r} is neither "
+                          f"registered nor in the result files; known: {_allowed(known)}")
     result = ClaimResult(claim)
     sizes = _sizes(rows)
     in_scope = [r for r in rows if not claim.datasets
                 or any(fnmatch.fnmatchcase(r["dataset"], pattern) for pattern in claim.datasets)]
     side_a = _side_rows(claim, claim.a, in_scope, sizes)
     side_b = _side_rows(claim, claim.b, in_scope, sizes)
-    across_models = not (claim.a.selector.empty and claim.b.selector.empty)
-    pairs = [(a, b) for a in side_a for b in side_b
-             if a is not b and a["dataset"] == b["dataset"] and (across_models or a["model"] == b["model"])]
+    pair_gaps: list[str] = []
+    pairs = _pairs(claim, side_a, side_b, pair_gaps)
     tests = [compare_rows(a, b, a["dataset"], claim.metric, alpha=alpha, interval=True) for a, b in pairs]
     result.tested = sum(t.p_value is not None for t in tests)
     result.interval_alpha = alpha
@@ -411,14 +537,19 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
             tests = [compare_rows(a, b, a["dataset"], claim.metric, alpha=result.interval_alpha, interval=True)
                      if t.p_value is not None else t for (a, b), t in zip(pairs, tests)]
     for (a, b), test, p in zip(pairs, tests, adjusted):
-        result.instances.append(Instance(a["dataset"], a, b, test,
-                                         judge(claim.direction, test, alpha, claim.margin, p_value=p), p))
+        verdict = judge(claim.direction, test, alpha, claim.margin, p_value=p)
+        if verdict == REPRODUCED and claim.direction in (NOT_BELOW, NOT_ABOVE) and (a.get("not_completed")
+                                                                                   or b.get("not_completed")):
+            verdict = INCONCLUSIVE
+        result.instances.append(Instance(a["dataset"], a, b, test, verdict, p))
     result.verdict = roll_up([i.verdict for i in result.instances])
+    used = [row for i in result.instances for row in (i.a, i.b)]
+    result.gaps = list(dict.fromkeys([*pair_gaps, *_coverage_gaps(claim, rows, in_scope, used, sizes, lost or {})]))
     scope = "; ".join(s for s in (claim.selector.describe(),
                                   "datasets " + ", ".join(claim.datasets) if claim.datasets else "") if s)
     scope = f" ({scope})" if scope else ""
     if not in_scope:
-        result.reason = f"no completed cell on {', '.join(claim.datasets)}"
+        result.reason = "no completed cell" + (f" on {', '.join(claim.datasets)}" if claim.datasets else "")
     elif not side_a or not side_b:
         missing = claim.a if not side_a else claim.b
         result.reason = f"no completed cell of {missing.describe()}{scope}"
@@ -431,9 +562,11 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
 
 
 def check_claims(claims: Sequence[Claim], rows: Sequence[dict[str, Any]], *, alpha: float = ALPHA,
-                 correction: str = HOLM, source: str | os.PathLike = "") -> ClaimsReport:
+                 correction: str = HOLM, source: str | os.PathLike = "",
+                 lost: dict[tuple, str] | None = None) -> ClaimsReport:
     check_correction(correction)
-    return ClaimsReport(str(source), alpha, [check_claim(claim, rows, alpha=alpha, correction=correction)
+    return ClaimsReport(str(source), alpha, [check_claim(claim, rows, alpha=alpha, correction=correction,
+                                                         lost=lost, source=str(source))
                                              for claim in claims], correction)
 
 
@@ -514,8 +647,8 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
     body = []
     for r in results:
         sides = "; ".join(f"{a} vs {b}: {_counts_text(c)}" for a, b, c in r.by_sides()) or (r.reason or "")
-        body.append((f"`{r.claim.id}`", r.claim.text, r.claim.metric, f"**{r.verdict}**", str(len(r.instances)),
-                     sides))
+        body.append((f"`{r.claim.id}`", r.claim.text, r.claim.metric, f"**{r.stated_verdict}**",
+                     str(len(r.instances)), sides))
     lines += _table(("claim", "text", "metric", "verdict", "instances", "by sides"), body)
     lines.append("")
     for r in results:
@@ -523,13 +656,13 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
             continue
         family = (f" Family of {r.tested} tested instance{'s' if r.tested != 1 else ''}: Holm-adjusted p, "
                   f"{_level(r.interval_alpha)} intervals." if report.correction == HOLM else "")
-        lines += [f"{h}# `{r.claim.id}`: {r.claim.text}", "", f"{r.claim.describe()}. Verdict: **{r.verdict}** "
-                  f"({_counts_text(r.counts)}).{family}", ""]
+        lines += [f"{h}# `{r.claim.id}`: {r.claim.text}", "", f"{r.claim.describe()}. Verdict: "
+                  f"**{r.stated_verdict}** ({_counts_text(r.counts)}).{family}", ""]
         body = []
         for i in r.instances:
             model = i.a["model"] if i.a["model"] == i.b["model"] else f"{i.a['model']} / {i.b['model']}"
             adjusted = (format_p(i.p_adjusted),) if report.correction == HOLM else ()
-            note = margin_note(r.claim.direction, i.test, i.verdict, r.claim.margin)
+            note = instance_note(r.claim, i)
             body.append((i.dataset, model, method_label(i.a), _side_cell(i.a, r.claim.metric), method_label(i.b),
                          _side_cell(i.b, r.claim.metric), _difference_cell(i.test), _test_cell(i.test),
                          format_p(i.test.p_value), *adjusted, f"**{i.verdict}**" + (f" ({note})" if note else "")))
@@ -538,11 +671,15 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
                          *(("p (Holm)",) if report.correction == HOLM else ()), "verdict"), body)
         if r.absent:
             lines += ["", f"Not in these results: {', '.join(sorted(set(r.absent), key=method_sort_key))}."]
+        if r.gaps:
+            lines += ["", "Incomplete: the claim covers more than these instances could use, so its verdict rests on "
+                          "part of it:", "", *(f"- {gap}" for gap in r.gaps)]
         lines.append("")
     uncovered = [r for r in results if not r.instances]
     if uncovered:
         lines += [f"{h}# Not covered", "", "The results hold no pair of cells these claims need:", ""]
-        lines += [f"- `{r.claim.id}` ({r.claim.text}): {r.reason}" for r in uncovered]
+        lines += [f"- `{r.claim.id}` ({r.claim.text}): {r.reason}"
+                  + (f" ({'; '.join(r.gaps)})" if r.gaps else "") for r in uncovered]
         lines.append("")
     return "\n".join(lines)
 
@@ -568,7 +705,7 @@ def _flat_rows(r: ClaimResult, alpha: float, correction: str) -> list[dict[str, 
             "ci_level": round(1 - r.interval_alpha, 6) if i.test.ci_low is not None else None,
             "n_questions": i.test.n_questions or None, "test": i.test.test, "p_value": i.test.p_value,
             "p_adjusted": i.p_adjusted, "verdict": i.verdict,
-            "note": i.test.reason or margin_note(claim.direction, i.test, i.verdict, claim.margin),
+            "note": i.test.reason or instance_note(claim, i),
         })  # fmt: skip
     return out
 
@@ -584,7 +721,8 @@ def claims_json(report: ClaimsReport) -> dict[str, Any]:
         claims.append({
             "id": r.claim.id, "text": r.claim.text, "a": list(r.claim.a.methods), "b": list(r.claim.b.methods),
             "description": r.claim.describe(), "direction": r.claim.direction, "metric": r.claim.metric,
-            "margin": r.claim.margin, "verdict": r.verdict, "counts": dict(r.counts),
+            "margin": r.claim.margin, "verdict": r.verdict, "complete": not r.gaps, "gaps": r.gaps,
+            "counts": dict(r.counts),
             "by_sides": [{"a": a, "b": b, "counts": dict(c)} for a, b, c in r.by_sides()],
             "not_in_results": r.absent, "not_covered": r.reason if not r.instances else None,
             "tested_instances": r.tested, "interval_level": round(1 - r.interval_alpha, 6),

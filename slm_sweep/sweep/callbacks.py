@@ -225,6 +225,6 @@ def log_summary_to_wandb(settings, sweep_dir: Path, report: dict[str, Any]) -> N
     if claims is not None:
         logged["sweep/claims"] = table(claims_rows(claims), list(CSV_COLUMNS))
         for result in claims.results:
-            run.summary[f"claims/{result.claim.id}"] = result.verdict
+            run.summary[f"claims/{result.claim.id}"] = result.stated_verdict
     run.log(logged)
     run.finish()
