@@ -143,17 +143,18 @@ def test_weights_trained_in_bf16_generate_in_the_dtype_their_evaluation_key_name
     dtype under the same key is not reused."""
     import json
 
+    from slm_sweep.sweep.resume import find_completed
+
     watcher = _watch_generation(monkeypatch)
-    overrides = ("method=lora", "trainer.precision=bf16-true", "trainer.max_steps=1", "dataset.test_limit=2",
-                 "resume.enabled=true", f"resume.search_dir={tmp_path}")
-    first = run(tiny_cfg(*overrides), out_dir=tmp_path / "a")
+    first = run(tiny_cfg("method=lora", "trainer.precision=bf16-true", "trainer.max_steps=1", "dataset.test_limit=2"),
+                out_dir=tmp_path / "a")
     assert first["status"] == "completed", first.get("error")
     assert first["placement"]["train"]["dtype"] == "bfloat16"
     assert watcher.seen == {("cpu", torch.float32)} and first["placement"]["eval"]["dtype"] == "float32"
     # the same key, once written by generation in bf16 (as before the dtype followed the config): not reused
+    key = first["identity"]["evaluation_key"]
+    assert find_completed([tmp_path], key, own=tmp_path / "b", eval_dtype="float32") == tmp_path / "a"
     stored = json.loads((tmp_path / "a" / "result.json").read_text())
     stored["placement"]["eval"]["dtype"] = "bfloat16"
     (tmp_path / "a" / "result.json").write_text(json.dumps(stored))
-    second = run(tiny_cfg(*overrides), out_dir=tmp_path / "b")
-    assert second["identity"] == first["identity"] and second["reused_from"] is None
-    assert second["placement"]["eval"]["dtype"] == "float32"
+    assert find_completed([tmp_path], key, own=tmp_path / "b", eval_dtype="float32") is None

@@ -47,13 +47,15 @@ def results(sweep: Path) -> dict[tuple, dict]:
 
 
 def test_tiny_grid_sweep_writes_every_cell_and_a_correct_summary(requires_data, tmp_path):
-    run_sweep(["model=tiny,tiny_wide", "method=zeroshot,full,lora", "seed=0,1"], tmp_path)
+    # full fine-tuning runs in a multirun in the GPU job's dry run (tests/test_gpu_check.py) and its rows are
+    # checked in tests/test_report.py; a baseline and one trained method keep the default suite within its time
+    run_sweep(["model=tiny,tiny_wide", "method=zeroshot,lora", "seed=0,1"], tmp_path)
     (sweep,) = sweep_dirs(tmp_path)
     cells = results(sweep)
-    assert len(cells) == 12
+    assert len(cells) == 8
     assert all(c["status"] == "completed" for c in cells.values())
     job_dirs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert len(job_dirs) == 12 and len(set(job_dirs)) == 12
+    assert len(job_dirs) == 8 and len(set(job_dirs)) == 8
     for cell in cells.values():
         assert (cell["dir"] / "predictions.jsonl").is_file() and (cell["dir"] / ".hydra" / "config.yaml").is_file()
         assert cell["dir"].name.endswith(f"-{cell['model']}-{cell['method']}-gsm8k-seed{cell['seed']}")
@@ -66,7 +68,7 @@ def test_tiny_grid_sweep_writes_every_cell_and_a_correct_summary(requires_data, 
 
     with open(sweep / "summary.csv", newline="") as f:
         rows = {(r["model"], r["method"]): r for r in csv.DictReader(f)}
-    assert set(rows) == {(m, k) for m in ("tiny", "tiny_wide") for k in ("zeroshot", "full", "lora")}
+    assert set(rows) == {(m, k) for m in ("tiny", "tiny_wide") for k in ("zeroshot", "lora")}
     for (model, method), row in rows.items():
         # a seed-independent baseline is one computation: it counts once, with no spread over seeds
         seeds = (0,) if method == "zeroshot" else (0, 1)
@@ -103,7 +105,7 @@ def test_a_sweep_killed_and_rerun_into_its_own_folder_redoes_nothing_and_resumes
     import torch
 
     sweep = tmp_path / "requeued"
-    args = ["-m", *SWEEP_SETTINGS, "method=zeroshot,lora", "trainer.max_steps=60",
+    args = ["-m", *SWEEP_SETTINGS, "method=zeroshot,lora", "trainer.max_steps=30",
             "trainer.checkpoint_every_n_steps=2", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.Popen(cli(args, tmp_path), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -119,7 +121,7 @@ def test_a_sweep_killed_and_rerun_into_its_own_folder_redoes_nothing_and_resumes
     assert killed[("tiny", "lora", 0)]["status"] == ("running" if sig == signal.SIGKILL else "interrupted")
     (checkpoint,) = sweep.glob("*lora*/checkpoints/last.ckpt")
     stopped_at = torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
-    assert 0 < stopped_at < 60
+    assert 0 < stopped_at < 30
     finished_before = zeroshot_file.read_bytes()
 
     subprocess.run(cli(args, tmp_path), cwd=tmp_path, env=env(), check=True, capture_output=True, timeout=600)
@@ -127,7 +129,7 @@ def test_a_sweep_killed_and_rerun_into_its_own_folder_redoes_nothing_and_resumes
     assert len(rerun) == 2, "the rerun wrote into the same cell folders"
     assert zeroshot_file.read_bytes() == finished_before, "a finished cell was redone"
     lora = rerun[("tiny", "lora", 0)]
-    assert lora["status"] == "completed" and lora["metrics"]["train_steps"] == 60
+    assert lora["status"] == "completed" and lora["metrics"]["train_steps"] == 30
     assert lora["resumed_from_checkpoint"] == str(checkpoint)
     for path in sweep.rglob("*"):
         assert not path.name.startswith((".result.json.", ".predictions.jsonl.", ".adapter-")), path
