@@ -38,7 +38,10 @@ TRAINING_CODE_VERSION = 3  # 3: plain prompts trained with the BOS scoring sees;
 # dropped, not cut)
 # Bump when a change to prompts, generation or answer scoring alters scores. tests/test_identity.py holds the
 # hash of the scoring source for this version, so an edit of scoring.py without a bump fails a test.
-SCORING_VERSION = 5  # 5: Llama 3 chat prompts carry a fixed date, not the day they run (prompts.CHAT_TEMPLATE_DATE)
+SCORING_VERSION = 6  # 6: float noise 1e-15 (not 1e-9), no "0.00" for a non-zero reference, a rounded reference
+# (3.33333) matched by more precise answers; lenient and prose references end the answer where a justification
+# starts, read a restatement ("..., which is 9"), LaTeX thousands separators, rupees and signed \frac numerators
+# 5: Llama 3 chat prompts carry a fixed date, not the day they run (prompts.CHAT_TEMPLATE_DATE)
 # 4: numbers compared exactly up to float noise or a stated rounding, not within 1e-4;
 # lenient reads the result of an equation after its marker and never a closing note; prose references cut
 # comment clauses (3: the model's generation config set aside by default, eval.generation_config)

@@ -28,10 +28,16 @@ it, and a closing "(Note: 1 dozen = 12)" is never the answer. Numbers may carry 
 sign, a percent sign (dropped: "25%" is 25), a sign and decimals, or be fractions ``3/4``,
 ``\\frac{3}{4}`` / ``\\dfrac{3}{4}`` or mixed numbers ``1 1/2``.
 
-Numbers are compared by ``same_number``: equal up to float noise (a relative 1e-9, or the dataset's
-``answer_tolerance`` when that is larger), or the reference rounded to the two or more decimals the prediction is
-written with ("0.67" for 2/3, "5.33" for 5.3333333333). A relative tolerance of 1e-4 would accept -9867000 for
--9867630 on GSM-Hard, whose slips are in the low digits.
+After "the answer is" or ``####`` the answer ends where a justification starts ("4 because 4 x 3 = 12" is 4,
+"5 (since 5 * 2 = 10)" is 5), and a restatement ("16 - 3 - 4, which is 9") is the answer. LaTeX thousands
+separators ("1{,}000") and rupees ("Rs.40") are read as numbers.
+
+Numbers are compared by ``same_number``: equal up to float noise (a relative 1e-15, a few units in the last place
+of a double, or the dataset's ``answer_tolerance`` when that is larger), or the reference rounded to the two or
+more decimals the prediction is written with ("0.67" for 2/3, "5.33" for 5.3333333333; never a non-zero
+reference rounded to "0.00"), or, for a reference itself rounded to four or more decimals (3.33333), the
+prediction rounded to them (10/3). A relative tolerance of 1e-4 would accept -9867000 for -9867630 on GSM-Hard,
+whose slips are in the low digits; 1e-9 accepted 109844510300 for 109844510400.
 
 Prose references (OrcaMath) are read by ``prose_reference_value``; see its docstring.
 """
@@ -55,8 +61,12 @@ _PLAIN_NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)")
 _BARE_ANSWER = re.compile(r"-?[$0-9.,]*\d[$0-9.,]*")
 _DIGIT = re.compile(r"\d")
 
-# relative: what float arithmetic leaves in a stated answer (GSM-Hard's 3244047.0999999996 for 3244047.1)
-FLOAT_NOISE = 1e-9
+# relative: what float arithmetic leaves in a stated answer (GSM-Hard's 3244047.0999999996 for 3244047.1 is
+# 1.2e-16 off; a few units in the last place of a double). 1e-9 accepted an answer 100 off a reference of 1.1e11.
+FLOAT_NOISE = 1e-15
+# A reference written with this many decimals or more is itself a rounding (MAWPS's 3.33333 for 10/3): an answer
+# that rounds to it states it.
+ROUNDED_REFERENCE_DECIMALS = 4
 # Longer digit runs (degenerate generations) are no answer; they would also exceed int()'s digit limit.
 _MAX_NUMBER_CHARS = 400
 
@@ -68,7 +78,7 @@ _NUMBER = re.compile(
     (?P<sign>(?<![\w.)\]}}])[-−])?
     (?:[$€£¥₹]\s?)?
     (?:
-        \\[dt]?frac\{{\s*(?P<fn>{_UNSIGNED})\s*\}}\{{\s*(?P<fd>{_UNSIGNED})\s*\}}
+        \\[dt]?frac\{{\s*(?P<fsign>[-−])?\s*(?P<fn>{_UNSIGNED})\s*\}}\{{\s*(?P<fd>{_UNSIGNED})\s*\}}
       | (?<![\w.^])(?<!\^\{{)(?P<mw>\d+)[ \t]+(?P<mn>\d+)/(?P<md>\d+)(?![\d/]|[.,]\d)
       | (?<![\w.^])(?<!\^\{{)(?P<n>{_UNSIGNED})/(?P<d>{_UNSIGNED})(?![\d/])
       | (?<![\w.^])(?<!\^\{{)(?P<x>{_UNSIGNED})
@@ -76,6 +86,10 @@ _NUMBER = re.compile(
     """,
     re.VERBOSE,
 )
+# Written forms read as others before numbers are: LaTeX's thousands separators ("1{,}000", "1,\\!000",
+# "1\\,000") as ",", and rupees ("Rs.40", "Rs 40") as "₹".
+_LATEX_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|,\\!|\\,)(?=\d{3}(?!\d))")
+_RUPEES = re.compile(r"\bRs\.?\s?(?=\d)")
 _BOXED = re.compile(r"\\boxed\s*\{")
 _ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\b", re.IGNORECASE)
 _GSM8K_MARKER = "####"
@@ -84,7 +98,7 @@ _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _PARAGRAPH_SPLIT = re.compile(r"\n\s*\n")
 _NOTE_START = re.compile(r"\(?\s*\**\s*note\b", re.IGNORECASE)
 # A closing remark in parentheses, "(Note: ...)" or any other; LaTeX's \( ... \) is not one.
-_TRAILING_REMARK = re.compile(r"(?<!\\)\([^()]*(?<!\\)\)[\s.]*$")
+_TRAILING_REMARK = re.compile(r"(?<!\\)\((?!\s*[=≈])[^()]*(?<!\\)\)[\s.]*$")  # "(= 12)" is a result, kept
 # Narrowing a final sentence to its result, in this order, each only when a number follows it: a word that
 # introduces the conclusion ("..., so she has 12.5 apples left."), a verb that states the value ("15% of 240
 # is 36", "8 pencils cost $2"), then "=".
@@ -93,6 +107,13 @@ _STATEMENT = re.compile(r"\b(?:is|are|was|were|be|equals?|costs?)\b", re.IGNOREC
 # a statement verb followed by a number, at most one word between ("is 15", "is approximately 3.33", "are $20")
 _NUMBER_STATEMENT = re.compile(r"\b(?:is|are|was|were|equals?|costs?)\s+(?:[A-Za-z]+\s+)?[-−$€£¥₹]?\d", re.IGNORECASE)
 _SIDE_CLAUSE = re.compile(r",?\s+(?:which|when|whereas|while)\b|,\s+and\b|;", re.IGNORECASE)
+# A clause that points back at the result ("..., and 20% of it is 16") comments on it; one that does not states
+# another result.
+_BACK_REFERENCE = re.compile(r"\b(?:it|its|this|that|them|these|those)\b", re.IGNORECASE)
+# After "the answer is" or "####": a restatement of the result ("16 - 3 - 4, which is 9") is the answer; else
+# the answer ends where a justification starts ("4 because 4 x 3 = 12", "5 (since 5 * 2 = 10)", "3, as ...").
+_RESTATED = re.compile(r",?\s*\b(?:which|that)\s+(?:is|equals|gives|makes)\b", re.IGNORECASE)
+_JUSTIFICATION = re.compile(r",\s|\s*\((?!\s*[=≈])|\s+(?:because|since|as|given|where)\b", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------------------------- lm-eval
@@ -192,6 +213,8 @@ def _number_value(match: re.Match) -> Fraction | None:
 
     if match["fn"] is not None:
         numerator, denominator = plain(match["fn"]), plain(match["fd"])
+        if match["fsign"]:
+            numerator = -numerator
     elif match["mw"] is not None:
         whole, numerator, denominator = int(match["mw"]), int(match["mn"]), int(match["md"])
         if denominator == 0 or numerator >= denominator:
@@ -211,6 +234,7 @@ def _number_value(match: re.Match) -> Fraction | None:
 def written_numbers(text: str) -> list[tuple[Fraction, int | None]]:
     """The numbers written in ``text``, in order, each as (value, digits after its decimal point; None for a
     fraction); see the module docstring for the forms."""
+    text = _RUPEES.sub("₹", _LATEX_THOUSANDS.sub(",", text))
     found, position = [], 0
     while (match := _NUMBER.search(text, position)) is not None:
         position = match.end()
@@ -235,14 +259,22 @@ def numbers_in(text: str) -> list[Fraction]:
     return [value for value, _ in written_numbers(text)]
 
 
-def same_number(predicted: Fraction, expected: Fraction, decimals: int | None, tolerance: float) -> bool:
+def same_number(predicted: Fraction, expected: Fraction, decimals: int | None, tolerance: float,
+                expected_decimals: int | None = None) -> bool:
     """Whether ``predicted`` (written with ``decimals`` digits after the point; None for a fraction) states
-    ``expected``: equal within the relative ``tolerance`` (float noise), or ``expected`` rounded to the two or
-    more decimals it is written with (either way at a tie)."""
+    ``expected`` (written with ``expected_decimals``; None when not known): equal within the relative
+    ``tolerance`` (float noise); or ``expected`` rounded to the two or more decimals the prediction is written
+    with, unless that rounds a non-zero answer to 0 ("0.00" is no answer of 2e-06); or, for a reference written
+    with ROUNDED_REFERENCE_DECIMALS or more (itself a rounding: 3.33333), ``predicted`` rounded to the reference's
+    decimals (10/3, "3.333333"). Either way at a tie."""
     gap = abs(predicted - expected)
     if gap <= Fraction(tolerance) * max(1, abs(expected)):
         return True
-    return decimals is not None and decimals >= 2 and gap <= Fraction(1, 2 * 10**decimals)
+    if decimals is not None and decimals >= 2 and predicted != 0 and gap <= Fraction(1, 2 * 10**decimals):
+        return True
+    return (expected_decimals is not None and expected_decimals >= ROUNDED_REFERENCE_DECIMALS
+            and (decimals is None or decimals > expected_decimals)
+            and gap <= Fraction(1, 2 * 10**expected_decimals))
 
 
 def _after_last(pattern: re.Pattern, text: str) -> str | None:
@@ -278,6 +310,21 @@ def _result_part(text: str) -> str:
     return text
 
 
+def _stated_answer(rest: str) -> str:
+    """The answer part of what follows "the answer is" or "####": up to the sentence's end, the restatement after
+    a last "which is" when one holds a number, else up to where a justification starts (when a number comes
+    before it); of that, the result after its last "=" (``_result_part``)."""
+    part = _up_to_sentence_end(rest.lstrip(" :"))
+    restated = _after_last(_RESTATED, part)
+    if restated is not None and numbers_in(restated):
+        return _result_part(restated)
+    for boundary in _JUSTIFICATION.finditer(part):
+        if numbers_in(part[: boundary.start()]):
+            part = part[: boundary.start()]
+            break
+    return _result_part(part)
+
+
 # ---------------------------------------------------------------------------------------------- lenient
 
 
@@ -292,7 +339,7 @@ def lenient_number(text: str) -> tuple[Fraction, int | None] | None:
     rests = (text.split(_GSM8K_MARKER)[-1] if _GSM8K_MARKER in text else None, _after_last(_ANSWER_IS, text))
     for rest in rests:
         if rest is not None:
-            numbers = written_numbers(_result_part(_up_to_sentence_end(rest.lstrip(" :"))))
+            numbers = written_numbers(_stated_answer(rest))
             if numbers:
                 return numbers[0]
     numbers = written_numbers(_without_notes(text))
@@ -323,10 +370,11 @@ def lenient_extract(text: str) -> str | None:
 
 def lenient_correct(text: str, reference: str | float | int, tolerance: float | None) -> bool:
     found = lenient_number(text)
-    expected = _exact(reference_answer(reference))
+    reference_text = reference_answer(reference)
+    expected = _exact(reference_text)
     if found is None or expected is None:
         return False
-    return same_number(found[0], expected, found[1], max(FLOAT_NOISE, tolerance or 0.0))
+    return same_number(found[0], expected, found[1], max(FLOAT_NOISE, tolerance or 0.0), _decimals(reference_text))
 
 
 def _exact(number: str | None) -> Fraction | None:
@@ -366,8 +414,10 @@ def prose_reference_value(text: str) -> Fraction | None:
     narrowed to what follows its last "so" / "therefore" / "thus" / "hence" / "which means" / "that means",
     then to what follows its last "is" / "are" / "was" / "were" / "be" / "equals" / "costs", each step only
     when a number follows; a clause that comments on a result already stated is cut off first ("..., which is 20%
-    less than ...", "... when 25 is divided by 11", "..., and 20% of it is 16"), and a sentence stating two
-    results ("the boys are 15 and the girls are 20") gives None. Of the part chosen, what follows its last "="
+    less than ...", "... when 25 is divided by 11"), and a sentence stating two results ("the boys are 15 and
+    the girls are 20", "the boat's speed is 15 km/h, and the stream's is 5 km/h", unless the second points back
+    at the first: "..., and 20% of it is 16") gives None. After "the answer
+    is", the answer ends where a justification starts ("5, since 5 + 5 = 10" is 5). Of the part chosen, what follows its last "="
     counts when that holds a number. The
     part must hold exactly one value, written once or more in any form ("11/4, or 2 3/4"): "5 hours and 30
     minutes", "12 boys and 15 girls", "the ratio is 3:4" or "Jin saves $100 in 8 weeks" give None, and such
@@ -378,7 +428,7 @@ def prose_reference_value(text: str) -> Fraction | None:
         return _single_value(_result_part(boxed))
     rest = _after_last(_ANSWER_IS, text)
     if rest is not None:
-        return _single_value(_result_part(_up_to_sentence_end(rest.lstrip(" :"))))
+        return _single_value(_stated_answer(rest))
     sentences = [s for s in _SENTENCE_SPLIT.split(_without_notes(text)) if numbers_in(s)]
     if not sentences:
         return None
@@ -410,6 +460,10 @@ def _main_clause(sentence: str) -> str:
     than ...", "... when 25 is divided by 11", "..., and 20% of it is 16"), when a number comes before it."""
     for clause in _SIDE_CLAUSE.finditer(sentence):
         if numbers_in(sentence[: clause.start()]):
+            after = sentence[clause.end():]
+            if (clause.group(0).lstrip(", ").lower().startswith("and") and not _BACK_REFERENCE.search(after)
+                    and _NUMBER_STATEMENT.search(after) and _NUMBER_STATEMENT.search(sentence[: clause.start()])):
+                return ""  # "the boat's speed is 15 km/h, and the stream's is 5 km/h": two results, no answer
             return sentence[: clause.start()]
     return sentence
 
@@ -443,7 +497,7 @@ def numbers_close(prediction: str, reference: str, tolerance: float) -> bool:
     predicted, expected = _exact(prediction), _exact(reference)
     if predicted is None or expected is None:
         return False
-    return same_number(predicted, expected, _decimals(prediction), tolerance)
+    return same_number(predicted, expected, _decimals(prediction), tolerance, _decimals(reference))
 
 
 # ---------------------------------------------------------------------------------------------- registry

@@ -82,11 +82,11 @@ def test_numeric_target_sets_are_eval_only_with_a_tolerance():
     for name in ["svamp", "gsm_hard", "mawps_addsub", "mawps_singleeq", "mawps_singleop", "multiarith"]:
         spec = dataset_spec(name)
         assert (
-            spec.eval_only and spec.answer_format == "number" and spec.answer_tolerance == pytest.approx(1e-9)
+            spec.eval_only and spec.answer_format == "number" and spec.answer_tolerance == pytest.approx(1e-15)
         )
     assert not dataset_spec("gsm8k").eval_only and dataset_spec("gsm8k").answer_tolerance is None
     # OrcaMath's prose references are parsed to numbers, so they are compared as numbers
-    assert not dataset_spec("orcamath").eval_only and dataset_spec("orcamath").answer_tolerance == pytest.approx(1e-9)
+    assert not dataset_spec("orcamath").eval_only and dataset_spec("orcamath").answer_tolerance == pytest.approx(1e-15)
 
 
 def test_unknown_dataset_name_lists_the_known_ones():

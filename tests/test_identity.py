@@ -21,7 +21,8 @@ from slm_sweep.sweep.resume import KEY_STAMP, kept_weights, stamped_key
 # Version 5 changed prompts only (a fixed chat-template date), not scoring.py; its hash was updated for
 # use_metric_modules (which modules' metrics a cell scores with; no built-in score changes).
 SCORING_SOURCE_SHA256 = {4: "67166cc806d5c9abfb3deeae830f903a361d801880781d4509c5f6e377fe33eb",
-                         5: "4d1f392610f1d65c5e10275a38a2f6a61e1190ef671ed7f144ce157a57f883bb"}
+                         5: "4d1f392610f1d65c5e10275a38a2f6a61e1190ef671ed7f144ce157a57f883bb",
+                         6: "d34fb1255cb07594894bab9aceec09b98055efd88209d7571bb025c0dbee2416"}
 
 
 def keys(cfg):

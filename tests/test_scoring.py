@@ -440,6 +440,11 @@ PROSE_REFERENCE_CASES = [
     pytest.param("Therefore, the answer is 5 hours and 30 minutes.", None, id="answer-is-two-quantities"),
     pytest.param("It takes 3-5 days, so 5 days at most.", "5", id="range-then-conclusion"),
     pytest.param("I cannot determine the value.", None, id="no-number"),
+    pytest.param("Therefore, the answer is 5, since 5 + 5 = 10.", "5", id="answer-then-justification"),
+    pytest.param("So, the speed of the boat is 15 km/h, and the speed of the stream is 5 km/h.", None,
+                 id="two-results-joined-by-comma-and"),
+    pytest.param("The sum of the numbers is 45, and the average is 9.", None, id="two-results-sum-and-average"),
+    pytest.param("Therefore, the price of 1 kg of apples is Rs.40.", "40", id="rupees"),
 ]
 
 
@@ -454,3 +459,45 @@ def test_prose_reference(answer, expected):
 def test_lenient_survives_degenerate_digit_runs(text):
     assert extract_answer(text, "lenient") is None
     assert is_correct(text, "7", "lenient") is False
+
+
+# Scoring faults a review reproduced; each (output, reference, tolerance, expected) must hold for lenient, and for
+# strict and flexible where the output is one number after "####"
+@pytest.mark.parametrize(("text", "reference", "tolerance", "expected"), [
+    # GSM-Hard: 1e-9 relative accepted 100 off a reference of 1.1e11; float noise is ~1e-16
+    pytest.param("#### 109844510300", 109844510400.0, 1e-15, False, id="large-reference-off-by-100"),
+    pytest.param("#### 3244047.1", 3244047.0999999996, 1e-15, True, id="float-noise-still-equal"),
+    # a non-zero answer rounded to zero states nothing
+    pytest.param("#### 0.00", 2.0107e-06, 1e-15, False, id="zero-for-a-tiny-reference"),
+    pytest.param("#### 0.0000020", 2.0107e-06, 1e-15, True, id="tiny-rounded-to-its-decimals"),
+    pytest.param("#### 0.0000020107", 2.0107e-06, 1e-15, True, id="tiny-exact"),
+    # a reference that is itself rounded (MAWPS's 3.33333 for 10/3)
+    pytest.param("#### 3.333333", 3.33333, 1e-15, True, id="more-precise-than-a-rounded-reference"),
+    pytest.param("#### 3.333", 3.33333, 1e-15, True, id="rounded-like-the-rounded-reference"),
+    pytest.param("#### 3.3", 3.33333, 1e-15, False, id="one-decimal-is-not-the-answer"),
+    pytest.param("#### 0.1255", 0.125, 1e-15, False, id="a-three-decimal-reference-is-exact"),
+])
+def test_numeric_comparison_neither_accepts_wrong_answers_nor_rejects_stated_ones(text, reference, tolerance,
+                                                                                   expected):
+    for mode in ("strict", "flexible", "lenient"):
+        assert is_correct(text, reference, mode, tolerance) is expected, mode
+
+
+@pytest.mark.parametrize(("text", "reference"), [
+    pytest.param("The answer is 4 because 4 x 3 = 12.", "4", id="because"),
+    pytest.param("#### 5 (since 5 * 2 = 10)", "5", id="parenthesised-justification"),
+    pytest.param("So the answer is 3, as 3 * 4 = 12 cookies per box.", "3", id="comma-as"),
+    pytest.param("So the answer is 16 - 3 - 4, which is 9.", "9", id="restated-result"),
+    pytest.param("The answer is 16 - 3 - 4 = 9 eggs.", "9", id="result-after-equals"),
+    pytest.param("The answer is $1,000, which she saves.", "1000", id="thousands-then-clause"),
+    pytest.param("The answer is Rs.40", "40", id="rupees"),
+    pytest.param("She has 3 boxes. The answer is Rs.40 per box", "40", id="rupees-after-another-number"),
+    pytest.param("\\boxed{1{,}000}", "1000", id="latex-thousands-braces"),
+    pytest.param("\\boxed{1,\\!000}", "1000", id="latex-thousands-negative-space"),
+    pytest.param("\\boxed{\\frac{-3}{4}}", "-0.75", id="frac-signed-numerator"),
+    pytest.param("The total is 3 * 4 (= 12).", "12", id="result-in-closing-parentheses"),
+    pytest.param("The total is 12. (Note: 1 dozen = 12 eggs.)", "12", id="closing-note-still-cut"),
+])
+def test_lenient_reads_the_stated_answer_not_its_justification(text, reference):
+    assert is_correct(text, reference, "lenient") is True
+    assert extract_answer(text, "lenient") == reference
