@@ -9,7 +9,7 @@ import platform
 import re
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -89,6 +89,15 @@ def is_complete(record: Mapping[str, Any] | None) -> bool:
 
     metrics = record.get("metrics") or {}
     return all(metrics.get(k) is not None for k in (*ACCURACY_KEYS, "n_eval"))
+
+
+def redact_overrides(overrides: Sequence[str]) -> list[str]:
+    """Command-line overrides (``key=value``) with the value of every credential-like key replaced."""
+    out = []
+    for item in overrides:
+        key, sep, value = str(item).partition("=")
+        out.append(f"{key}{sep}<redacted>" if sep and SECRET_KEY.search(key) else str(item))
+    return out
 
 
 def redact(value: Any) -> Any:

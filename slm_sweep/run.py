@@ -225,6 +225,8 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         previous = find_completed(dirs, identity.evaluation_key, own=out, eval_dtype=eval_dtype)
         if previous is not None:
             reused = _reuse(previous, out, record)
+            if reused is record:  # a copy made now: the dashboard gets a run for it, as for every other cell
+                _track_copy(cfg, reused, config, out)
             return reused
         # looked up before this run's record replaces an earlier one in the same folder
         trained = find_trained(dirs, identity.training_key, own=out) if cfg.method.train else None
@@ -348,6 +350,20 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
     write_result(out, record)
     print(closing_line(record, out), flush=True)
     return record
+
+
+def _track_copy(cfg: DictConfig, record: dict[str, Any], config: dict, out: Path) -> None:
+    """A short logger run for a cell whose numbers were copied from another folder (tagged ``reused``), so that
+    filtering the dashboard by sweep shows every cell; a logger that fails is logged, never raised."""
+    from slm_sweep.tracking import Tracker
+
+    try:
+        tracker = Tracker(cfg.logger, {**record, "sweep_tag": _sweep_tag()}, config, out)
+    except Exception:  # noqa: BLE001 - the cell's result is written already
+        log.exception("starting the loggers of a reused cell failed; result.json has its numbers")
+        return
+    tracker.log_result(record, [])
+    tracker.finish(record["status"])
 
 
 def load_model(cfg: DictConfig, trained: Path | None):

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ("eval_set", "index", "question", "reference", "output")  # then every metric's fields
 WANDB_TARGET = "slm_sweep.tracking.WandbRun"
+# what scoring a split writes, besides the accuracies (logged under eval/ with them)
+_SCORE_KEYS = ("n_eval", "val_n_eval", "truncated_fraction", "eval_time_s", "eval_tokens_per_s")
 
 
 def wandb_api_key_available() -> bool:
@@ -35,8 +37,29 @@ def wandb_api_key_available() -> bool:
     return any("wandb" in host for host in hosts)
 
 
-def group_name(model: str, method: str, dataset: str) -> str:
-    return f"{model}-{method}-{dataset}"
+def wandb_mode(logger_cfg: Mapping[str, Any]) -> str:
+    """``mode`` of the W&B settings, with ``auto`` resolved: WANDB_MODE=offline or disabled in the environment
+    first (a key that is merely available must not upload a run the environment keeps offline), else online
+    with an API key (setting, WANDB_API_KEY or netrc), else offline."""
+    mode = str(logger_cfg.get("mode", "auto"))
+    if mode != "auto":
+        return mode
+    env_mode = os.environ.get("WANDB_MODE", "")
+    env_mode = "offline" if env_mode == "dryrun" else env_mode
+    if env_mode in ("offline", "disabled"):
+        return env_mode
+    return "online" if logger_cfg.get("api_key") or wandb_api_key_available() else "offline"
+
+
+def group_name(model: str, method: str, dataset: str, configuration_key: str | None = None,
+               split: str = "test") -> str:
+    """``model-method-dataset``, then the first 8 characters of the configuration key (the seeds of one
+    configuration: a row of the report; runs of another rank, rate or code version are another group), and
+    ``-val`` for a cell scored on the validation split (a learning-rate search)."""
+    name = f"{model}-{method}-{dataset}"
+    if configuration_key:
+        name += f"-{configuration_key[:8]}"
+    return name + ("-val" if split == "val" else "")
 
 
 def start_wandb_run(logger_cfg: Mapping[str, Any], name: str, group: str, job_type: str, tags: Sequence[str],
@@ -47,10 +70,8 @@ def start_wandb_run(logger_cfg: Mapping[str, Any], name: str, group: str, job_ty
     """
     import wandb
 
-    mode = logger_cfg.get("mode", "auto")
+    mode = wandb_mode(logger_cfg)
     api_key = logger_cfg.get("api_key")
-    if mode == "auto":
-        mode = "online" if api_key or wandb_api_key_available() else "offline"
     if mode == "disabled":
         return None
 
@@ -95,9 +116,10 @@ class CellLogger:
 
 
 class WandbRun(CellLogger):
-    """A W&B run per cell, grouped as ``model-method-dataset``, named with the seed, tagged with the model, method,
-    dataset and sweep; offline without an API key, offline again when online fails; the scores and a predictions
-    table at the end."""
+    """A W&B run per cell, grouped by configuration (``model-method-dataset-<configuration key>``, ``-val`` for a
+    search cell: a group is a row of the report), named with the seed, tagged with the model, method, dataset,
+    split and sweep; offline without an API key or with WANDB_MODE=offline, offline again when online fails;
+    the scores and a predictions table at the end, at the last optimizer step."""
 
     def __init__(self, *, cell: Mapping[str, Any], config: Mapping[str, Any], out_dir: str | Path,
                  project: str = "slm_sweep", entity: str | None = None, mode: str = "auto",
@@ -108,13 +130,23 @@ class WandbRun(CellLogger):
         self.log_predictions = log_predictions
         settings = {"project": project, "entity": entity, "mode": mode, "tags": list(tags),
                     "init_timeout": init_timeout, "api_key": api_key}
-        run_tags = [cell["model"], cell["method"], cell["dataset"]]
+        split = str(((config.get("eval") or {}).get("split")) or "test")
+        run_tags = [cell["model"], cell["method"], cell["dataset"], f"split:{split}"]
         if cell.get("sweep_tag"):
             run_tags.append(cell["sweep_tag"])
-        group = group_name(cell["model"], cell["method"], cell["dataset"])
-        self.run = start_wandb_run(settings, name=f"{group}-seed{cell['seed']}", group=group,
-                                   job_type=cell["method"], tags=run_tags, config=config, out_dir=out_dir)
+        if cell.get("reused_from"):
+            run_tags.append("reused")
+        configuration = (cell.get("identity") or {}).get("configuration_key")
+        group = group_name(cell["model"], cell["method"], cell["dataset"], configuration, split)
+        lr = (cell.get("learning_rate") or {}).get("value")
+        name = f"{cell['model']}-{cell['method']}-{cell['dataset']}" + (f"-lr{lr:g}" if split == "val" and lr else "")
+        self.run = start_wandb_run(settings, name=f"{name}-seed{cell['seed']}" + ("-val" if split == "val" else ""),
+                                   group=group, job_type=cell["method"], tags=run_tags, config=config,
+                                   out_dir=out_dir)
         if self.run is not None:
+            # Lightning declares its step axis only for runs it starts itself; this one is handed over
+            self.run.define_metric("trainer/global_step")
+            self.run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
             self.lightning_logger = WandbLogger(experiment=self.run, log_model=False)
 
     def log_result(self, record: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> None:
@@ -130,9 +162,13 @@ class WandbRun(CellLogger):
         import wandb
 
         metrics = record.get("metrics") or {}
-        values = {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+        # scores of the split it generated on under eval/, everything else result.json holds under result/
+        values = {(f"eval/{k}" if k in _SCORE_KEYS or k.startswith(("accuracy_", "val_accuracy_")) else f"result/{k}"): v
+                  for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         for name, scores in (record.get("eval_sets") or {}).items():
             values.update({f"eval_{name}/{k}": v for k, v in scores.items() if isinstance(v, (int, float))})
+        # at the last optimizer step, so the scores sit at the end of the training curves
+        values["trainer/global_step"] = int(metrics.get("train_steps") or 0)
         values["status"] = record.get("status")
         # where and how it generated, to filter runs by in the dashboard (not logged as a step)
         placement = (record.get("placement") or {}).get("eval") or {}
@@ -142,7 +178,7 @@ class WandbRun(CellLogger):
                      "placement/eval_dtype": placement.get("dtype"), "decoding/engine": decoding.get("engine"),
                      "decoding/cuda_graphs_captured": (decoding.get("cuda_graphs") or {}).get("captured")}
         self.run.summary.update({k: v for k, v in described.items() if v is not None})
-        self.run.summary.update(values)
+        self.run.summary.update({k: v for k, v in values.items() if k != "trainer/global_step"})
         self.run.log({k: v for k, v in values.items() if k != "status"})
         if self.log_predictions and predictions:
             # read now: a module of eval.metric_modules may have registered metrics after this module was imported

@@ -324,3 +324,11 @@ def test_a_method_file_without_a_name_of_its_own_is_refused_before_the_first_cel
                                                      "target_modules: [q_proj]\n")
     assert plan_grid(sweep_config([search, f"data_root={DATA_ROOT}", "model=tiny", "method=lora,lora_q"]),
                      composer).refused is None
+
+
+def test_the_cells_listed_by_the_preflight_keep_credentials_out(requires_data, composer):
+    # a swept key is named in every cell's line: a swept credential (two accounts) must not be
+    plan = plan_grid(sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=zeroshot",
+                                   "+logger.api_key=SECRETKEY0123,SECRETKEY4567"]), composer)
+    assert plan.refused is None and len(plan.to_run) == 2
+    assert "SECRETKEY" not in json.dumps(plan.to_json()) and "+logger.api_key=<redacted>" in plan.to_run[0]

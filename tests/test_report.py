@@ -668,3 +668,15 @@ def test_a_nested_learning_rate_search_is_left_out_by_name_not_as_malformed(grid
     assert sorted(provenance["inputs"]["validation_split"]) == sorted(map(str, searched))
     assert "validation split (a learning-rate search" in report["markdown"]
     assert "left out: 2" in report["markdown"]
+
+
+def test_report_json_keeps_credentials_of_the_command_line_out(grid, tmp_path, monkeypatch):
+    import sys
+
+    secret = "SECRETKEY0123456789abcdef0123456789abcdef"
+    monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "slm_sweep", "-m", "logger=wandb",
+                                           f"+logger.api_key={secret}"])
+    sweep, _ = grid
+    write_report([sweep], tmp_path / "out", plots=False)
+    text = (tmp_path / "out" / "report.json").read_text()
+    assert secret not in text and "+logger.api_key=<redacted>" in text

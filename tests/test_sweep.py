@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from tests.conftest import FAST_TINY, REPO
 
@@ -220,3 +221,47 @@ def test_optuna_search_optimises_validation_accuracy_never_test(requires_data, t
         assert "accuracy_flexible" not in trial["metrics"]
         predictions = [json.loads(line) for line in (job / "predictions.jsonl").read_text().splitlines()]
         assert len(predictions) == 8 and all(p["eval_set"] == "gsm8k/val" for p in predictions)
+
+
+# ---------------------------------------------------------------------------------------------- end of a sweep
+
+
+def _job(sweep: Path, name: str, status: str, key: str) -> Path:
+    job = sweep / name
+    job.mkdir(parents=True)
+    (job / "result.json").write_text(json.dumps({
+        "schema_version": 1, "status": status, "model": "tiny", "method": "lora", "dataset": "gsm8k", "seed": 0,
+        "error": None if status == "completed" else "KeyboardInterrupt", "identity": {"evaluation_key": key},
+        "metrics": {"accuracy_strict": 0.1, "accuracy_flexible": 0.1, "accuracy_lenient": 0.1, "n_eval": 4}
+        if status == "completed" else {}, "config": {}}))
+    return job
+
+
+def test_a_cell_completed_in_another_folder_of_a_requeued_sweep_is_no_failure(tmp_path):
+    """A requeued sweep numbered its jobs otherwise: the interrupted cell resumed and completed in another folder."""
+    from slm_sweep.sweep.callbacks import failed_cells
+
+    _job(tmp_path, "0-tiny-lora-gsm8k-seed0", "interrupted", "k-lora")
+    _job(tmp_path, "1-tiny-lora-gsm8k-seed0", "completed", "k-lora")
+    failed = _job(tmp_path, "2-tiny-dora-gsm8k-seed0", "failed", "k-dora")
+    assert [job for job, _ in failed_cells(tmp_path)] == [failed]
+
+
+def test_a_summary_that_fails_neither_hides_the_failed_cells_nor_exits_zero(tmp_path, monkeypatch):
+    """Hydra turns an exception of on_multirun_end into a warning and exits 0: the callback must decide the exit."""
+    import slm_sweep.report as report
+    from slm_sweep.sweep.callbacks import AggregateSweep
+
+    _job(tmp_path, "0-tiny-lora-gsm8k-seed0", "failed", "k-lora")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plots could not be drawn")
+
+    monkeypatch.setattr(report, "write_report", broken)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "eval": {"split": "test"},
+                               "logger": None})
+    with pytest.raises(SystemExit) as stop:
+        AggregateSweep().on_multirun_end(config)
+    message = str(stop.value)
+    assert "1 cell(s) of the sweep" in message and "0-tiny-lora-gsm8k-seed0: failed: KeyboardInterrupt" in message
+    assert "no sweep summary written: RuntimeError: plots could not be drawn" in message

@@ -84,3 +84,38 @@ def test_a_misspelt_class_fails_the_cell_before_it_reads_any_data(tiny_cfg, tmp_
         run(cfg, out_dir=tmp_path)
     assert message in str(err.value)
     assert not list(tmp_path.iterdir())  # nothing written: no result, no data read
+
+
+@pytest.mark.parametrize(("env_mode", "key", "expected"), [
+    ("offline", "k" * 40, "offline"), ("dryrun", "k" * 40, "offline"), ("disabled", None, "disabled"),
+    ("", "k" * 40, "online"), ("", None, "offline"),
+])
+def test_wandb_auto_mode_keeps_an_offline_environment_offline_whatever_key_is_at_hand(monkeypatch, env_mode, key,
+                                                                                       expected):
+    from slm_sweep import tracking
+
+    monkeypatch.setenv("WANDB_MODE", env_mode)
+    monkeypatch.setattr(tracking, "wandb_api_key_available", lambda: False)
+    assert tracking.wandb_mode({"mode": "auto", "api_key": key}) == expected
+    assert tracking.wandb_mode({"mode": "online", "api_key": key}) == "online"  # an explicit mode is kept
+
+
+def test_a_w_and_b_group_is_a_row_of_the_report_and_a_search_cell_is_named_apart():
+    from slm_sweep.tracking import group_name
+
+    assert group_name("m", "lora", "gsm8k") == "m-lora-gsm8k"
+    assert group_name("m", "lora", "gsm8k", "0123456789abcdef") == "m-lora-gsm8k-01234567"
+    assert group_name("m", "lora", "gsm8k", "0123456789abcdef", "val") == "m-lora-gsm8k-01234567-val"
+
+
+def test_a_cell_copied_from_another_folder_still_gets_its_w_and_b_run(tiny_cfg, tmp_path, monkeypatch):
+    """Filtering the dashboard by sweep must show every cell, the reused ones too (tagged reused)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    common = ("method=zeroshot", "dataset.test_limit=2", "resume.enabled=true", f"resume.search_dir={tmp_path}")
+    first = run(tiny_cfg(*common, "seed=0"), out_dir=tmp_path / "a")
+    copy = run(tiny_cfg(*common, "seed=1", "logger=wandb", "logger.mode=offline"), out_dir=tmp_path / "b")
+    assert first["status"] == copy["status"] == "completed" and copy["reused_from"]
+    (stream,) = (tmp_path / "b").glob("wandb/offline-run-*/*.wandb")
+    data = stream.read_bytes()
+    assert b"reused" in data and b"eval/accuracy_flexible" in data and b"tiny-zeroshot-gsm8k-seed1" in data

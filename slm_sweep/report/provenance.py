@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from slm_sweep.identity import file_sha256
-from slm_sweep.results import atomic_write_text, git_commit, now_iso
+from slm_sweep.results import atomic_write_text, git_commit, now_iso, redact_overrides
 
 from .collect import COMPLETED, Collection, identity_key, placement_label
 from .stats import SEED_TEST_DRAWS, SEED_TEST_SEED
@@ -51,7 +51,7 @@ def report_record(collection: Collection, *, alpha: float, correction: str, clai
         "schema_version": REPORT_SCHEMA_VERSION,
         "created_at": now_iso(),
         # as typed: the interpreter's own arguments too (python -m slm_sweep.report ...)
-        "command": [Path(sys.orig_argv[0]).name, *sys.orig_argv[1:]] if sys.orig_argv else None,
+        "command": [Path(sys.orig_argv[0]).name, *redact_overrides(sys.orig_argv[1:])] if sys.orig_argv else None,
         "git_commit": git_commit(),
         "versions": {"python": platform.python_version(), **{name: _version(name) for name in REPORT_PACKAGES}},
         "settings": {"alpha": alpha, "correction": correction, "seed_test_draws": SEED_TEST_DRAWS,

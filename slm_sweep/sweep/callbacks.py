@@ -10,17 +10,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from slm_sweep.results import RESULT_FILE, SECRET_KEY, read_result, redact
+from slm_sweep.results import RESULT_FILE, read_result, redact
+from slm_sweep.results import redact_overrides as _redact_overrides
 
 log = logging.getLogger(__name__)
-
-
-def _redact_overrides(overrides: list[str]) -> list[str]:
-    out = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        out.append(f"{key}{sep}<redacted>" if sep and SECRET_KEY.search(key) else item)
-    return out
 
 
 def scrub_yaml(path: Path) -> None:
@@ -126,14 +119,21 @@ class AggregateSweep(Callback):
             return
         from slm_sweep.report import DEFAULT_CLAIMS, ReportError
 
+        # Hydra turns an exception of this callback into a warning and exits 0: every failure of the summary is
+        # caught here, and the sweep's exit status (failed cells, a summary that could not be written) is
+        # decided after it
+        problems: list[str] = []
+        report = None
         try:
             # the study's claims, for the cells this sweep has (the others are listed as not covered)
             report = write_report([sweep_dir], sweep_dir, claims=DEFAULT_CLAIMS)
         except FileNotFoundError as err:
             log.warning("no sweep summary written: %s", err)
-            report = None
         except ReportError as err:  # the results are kept; only their summary cannot be written honestly
-            raise SystemExit(f"no sweep summary written: {err}") from None
+            problems.append(f"no sweep summary written: {err}")
+        except Exception as err:  # noqa: BLE001 - see above
+            log.exception("writing the sweep summary failed")
+            problems.append(f"no sweep summary written: {type(err).__name__}: {err}")
         if report is not None:
             extra = _markdown_notes(notes, failed, sweep_dir)
             if extra:
@@ -142,14 +142,19 @@ class AggregateSweep(Callback):
             log.info("sweep summary: %s", report["summary_md"])
             from slm_sweep.tracking import wandb_settings
 
-            settings = wandb_settings(config.get("logger"))
-            if settings is not None:
-                log_summary_to_wandb(settings, sweep_dir, report)
+            try:
+                settings = wandb_settings(config.get("logger"))
+                if settings is not None:
+                    log_summary_to_wandb(settings, sweep_dir, report)
+            except Exception:  # noqa: BLE001 - W&B holds a copy; summary.md is written
+                log.exception("logging the sweep summary to W&B failed; %s has it", report["summary_md"])
         for note in notes:
             log.warning("preflight left out %s", note)
         if failed:
-            raise SystemExit(f"{len(failed)} cell(s) of the sweep in {sweep_dir} did not complete:\n"
-                             + "\n".join(f"  {job}: {why}" for job, why in failed))
+            problems.insert(0, f"{len(failed)} cell(s) of the sweep in {sweep_dir} did not complete:\n"
+                            + "\n".join(f"  {job}: {why}" for job, why in failed))
+        if problems:
+            raise SystemExit("\n".join(problems))
 
 
 def preflight_notes(plan: dict | None) -> list[str]:
@@ -165,14 +170,20 @@ def preflight_notes(plan: dict | None) -> list[str]:
 
 
 def failed_cells(sweep_dir: Path) -> list[tuple[Path, str]]:
-    """(job dir, '<status>: <error>') for every job of the sweep that has no completed result.json."""
+    """(job dir, '<status>: <error>') for every job of the sweep that has no completed result.json, unless
+    another folder of the sweep completed the same cell (same evaluation key): a requeued sweep whose jobs were
+    numbered otherwise resumes an interrupted cell in another folder."""
     if not sweep_dir.is_dir():
         return []
     jobs = {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
     jobs |= {p.parent for p in sweep_dir.rglob(RESULT_FILE)}
+    records = {job: read_result(job) for job in sorted(jobs)}
+    done = {(r.get("identity") or {}).get("evaluation_key") for r in records.values()
+            if r is not None and r.get("status") == "completed"} - {None}
     out = []
-    for job in sorted(jobs):
-        record = read_result(job)
+    for job, record in records.items():
+        if record is not None and (record.get("identity") or {}).get("evaluation_key") in done:
+            continue
         if record is None:
             out.append((job, f"no {RESULT_FILE} (the cell stopped before writing it)"))
         elif record.get("status") != "completed":

@@ -23,6 +23,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from slm_sweep.results import redact_overrides
+
 log = logging.getLogger(__name__)
 
 PREFLIGHT_FILE = "preflight.json"
@@ -423,7 +425,7 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
     log.info("preflight: checking the configs, models and data of %d cells", len(jobs))
     swept = [k for k in keys if len(axes[k]) > 1]
     cells = [_composed_cell(compose, [f"{k}={job[k]}" for k in keys], plan,
-                            label=" ".join(f"{k}={job[k]}" for k in swept)) for job in jobs]
+                            label=" ".join(redact_overrides([f"{k}={job[k]}" for k in swept]))) for job in jobs]
     if plan.config_errors:
         return _refuse_config(plan)
     verdicts: dict[tuple, tuple[list[Check], list[Check], list[str]]] = {}
@@ -461,7 +463,7 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
         alive = jobs
 
     named = swept or keys
-    plan.to_run = [" ".join(f"{k}={job[k]}" for k in named) for job in alive]
+    plan.to_run = [" ".join(redact_overrides([f"{k}={job[k]}" for k in named])) for job in alive]
     plan.computations = len({_computation(job, cell) for job, cell in zip(jobs, cells) if job in alive})
     kept = [v for job, v in zip(jobs, verdict) if job in alive]
     dropped = sorted({c.name for v in kept for c in v[1]})
