@@ -265,3 +265,17 @@ def test_a_summary_that_fails_neither_hides_the_failed_cells_nor_exits_zero(tmp_
     message = str(stop.value)
     assert "1 cell(s) of the sweep" in message and "0-tiny-lora-gsm8k-seed0: failed: KeyboardInterrupt" in message
     assert "no sweep summary written: RuntimeError: plots could not be drawn" in message
+
+
+def test_the_sweeps_w_and_b_summary_holds_the_out_of_domain_table_too(tmp_path, monkeypatch):
+    from slm_sweep.sweep.callbacks import log_summary_to_wandb
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    rows = [{"dataset": "gsm8k", "model": "tiny", "method": "zeroshot", "accuracy_flexible_mean": 0.1}]
+    ood = [{**rows[0], "eval_set": "svamp", "accuracy_flexible_mean": 0.2}]
+    report = {"rows": rows, "ood_rows": ood, "claims": None,
+              "record": {"settings": {"alpha": 0.05}, "git_commit": None}}
+    log_summary_to_wandb({"mode": "offline"}, tmp_path / "multirun" / "2026-01-01" / "00-00-00", report)
+    (table,) = tmp_path.rglob("summary_ood*.table.json")
+    logged = json.loads(table.read_text())
+    assert logged["columns"] == list(ood[0]) and logged["data"] == [list(ood[0].values())]

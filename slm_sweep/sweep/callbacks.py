@@ -211,9 +211,10 @@ def sweep_tag(sweep_dir: str | Path) -> str:
 
 
 def log_summary_to_wandb(settings, sweep_dir: Path, report: dict[str, Any]) -> None:
-    """The sweep's summary rows and, when checked, its claims (one table each; each claim's verdict in the run's
-    summary), in a W&B run of their own whose config holds the report's settings. ``settings``: the W&B logger
-    entry of the sweep's config (slm_sweep.tracking.wandb_settings); ``report``: what write_report returned."""
+    """The sweep's summary rows, its out-of-domain rows and, when checked, its claims (one table each; each
+    claim's verdict in the run's summary), in a W&B run of their own whose config holds the report's settings.
+    ``settings``: the W&B logger entry of the sweep's config (slm_sweep.tracking.wandb_settings); ``report``:
+    what write_report returned."""
     from slm_sweep.report.claims import CSV_COLUMNS, claims_rows
     from slm_sweep.tracking import start_wandb_run
 
@@ -230,8 +231,10 @@ def log_summary_to_wandb(settings, sweep_dir: Path, report: dict[str, Any]) -> N
     def table(rows: list[dict], columns: list[str]) -> wandb.Table:
         return wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
 
-    rows = report["rows"]
+    rows, ood_rows = report["rows"], report.get("ood_rows") or []
     logged = {"sweep/summary": table(rows, list(rows[0]) if rows else [])}
+    if ood_rows:
+        logged["sweep/summary_ood"] = table(ood_rows, list(ood_rows[0]))
     claims = report.get("claims")
     if claims is not None:
         logged["sweep/claims"] = table(claims_rows(claims), list(CSV_COLUMNS))
