@@ -18,6 +18,10 @@ def main(cfg: DictConfig) -> float | None:
     use_hydra_search_path()  # dataset files of hydra.searchpath folders serve as ood and dedup sets too
     try:
         check_method_name(cfg, HydraConfig.get().runtime.choices.get("method"))
+        if cfg.get("preflight") and cfg.preflight.get("only") and HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise ConfigError("preflight.only=true checks a sweep's grid and lists its cells: run it with -m "
+                              "(python -m slm_sweep -m ... preflight.only=true); a single run would train and "
+                              "score instead")
         record = run(cfg)
     except ConfigError as error:  # the message says it all; a traceback would only hide it
         raise SystemExit(f"config error: {error}") from None

@@ -168,7 +168,7 @@ def _load_error(model_cfg: Mapping[str, Any], err: OSError) -> ModelLoadError:
     return ModelLoadError(
         f"could not load model {model_id!r} (model={model_cfg.get('name')}): {err}\n"
         + ("The hub is offline (HF_HUB_OFFLINE=1) and the model is not in the local cache. " if offline else "")
-        + f"Fetch it once with `huggingface-cli download {model_id}` (gated models need `huggingface-cli login` "
+        + f"Fetch it once with `hf download {model_id}` (gated models need `hf auth login` "
         "or HF_TOKEN), or point at a local copy with `model.id=/path/to/model_dir`."
     )
 

@@ -66,6 +66,13 @@ def test_bad_value_fails_before_loading_anything(requires_data, tmp_path):
     assert "method.r=0 must be a positive integer" in proc.stderr
 
 
+def test_preflight_only_without_a_sweep_is_refused_not_ignored(requires_data, tmp_path):
+    """A single run has no grid to check: it used to train and score the whole test split instead."""
+    proc = run_cli([*FAST_TINY, "method=lora", "preflight.only=true"], cwd=tmp_path)
+    assert proc.returncode != 0 and "preflight.only=true checks a sweep's grid" in proc.stderr
+    assert not list(tmp_path.rglob("result.json"))
+
+
 def test_the_installed_console_scripts_find_the_packaged_configs(tmp_path):
     """`slm-sweep` (not `python -m slm_sweep`) finds conf/ as the module slm_sweep.conf, from any directory."""
     from pathlib import Path
