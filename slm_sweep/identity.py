@@ -74,6 +74,11 @@ class CellIdentity:
     configuration_key: str = ""
     parts: dict[str, Any] = field(default_factory=dict, compare=False)  # what went into each key, readable
 
+    @property
+    def eval_dtype(self) -> str:
+        """The dtype generation runs in, as the evaluation key names it."""
+        return self.parts["evaluation"]["eval"]["dtype"]
+
     def as_record(self) -> dict[str, str | None]:
         return {"training_key": self.training_key, "evaluation_key": self.evaluation_key,
                 "configuration_key": self.configuration_key}
@@ -226,8 +231,9 @@ def trainer_identity(trainer: Mapping[str, Any]) -> dict[str, Any]:
     """The trainer's numeric settings, each spelling of one setting written one way (``32`` is ``32-true``; a
     clipping value of 0 clips nothing, as null does)."""
     settings = {k: trainer.get(k) for k in TRAINER_NUMERIC_KEYS}
-    precision = str(settings["precision"]) if settings["precision"] is not None else None
-    settings["precision"] = _PRECISION_ALIASES.get(precision, precision) if precision else precision
+    if settings["precision"] is not None:
+        precision = str(settings["precision"])
+        settings["precision"] = _PRECISION_ALIASES.get(precision, precision)
     for name in ("gradient_clip_val", "weight_decay"):  # 1 and 1.0 are one value
         if settings[name] is not None:
             settings[name] = float(settings[name])

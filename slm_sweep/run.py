@@ -221,7 +221,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         identity = identify(cfg, config, data)
         record["identity"] = identity.as_record()
         # quantized weights generate in the dtypes they were loaded in (placement.resolve_placement)
-        eval_dtype = None if cfg.model.get("quantization") else identity.parts["evaluation"]["eval"]["dtype"]
+        eval_dtype = None if cfg.model.get("quantization") else identity.eval_dtype
         previous = find_completed(dirs, identity.evaluation_key, own=out, eval_dtype=eval_dtype)
         if previous is not None:
             reused = _reuse(previous, out, record)

@@ -393,22 +393,25 @@ def model_source(records: Sequence[dict[str, Any]]) -> str | None:
     return None
 
 
-def labelled_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The completed records, one per cell, each with its ``variant``. Variants are told apart over every cell,
-    the ones that did not complete included, so that a lost seed is named on its own configuration's row."""
+def _with_variants(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per cell, any status, each with its ``variant``. Variants are told apart over every cell, the
+    ones that did not complete included, so that a lost seed is named on its own configuration's row."""
     unique, _ = deduplicate(records)
     assign_variants(unique)
-    return [r for r in unique if r.get("status") == COMPLETED]
+    return unique
+
+
+def labelled_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The completed records, one per cell, each with its ``variant`` (``_with_variants``)."""
+    return [r for r in _with_variants(records) if r.get("status") == COMPLETED]
 
 
 def not_completed(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str, str], str]:
     """Per dataset × model × method × variant, the cells that did not complete ("seed 1 diverged; seed 2
     failed"): a row's mean is over its completed seeds only, so a method whose runs diverge must say how many it
     lost."""
-    unique, _ = deduplicate(records)
-    assign_variants(unique)
     found: dict[tuple[str, str, str, str], list[tuple[Any, str]]] = defaultdict(list)
-    for record in unique:
+    for record in _with_variants(records):
         if record.get("status") != COMPLETED:
             key = (record.get("dataset"), record.get("model"), record.get("method"), record["variant"])
             found[key].append((record.get("seed"), str(record.get("status"))))

@@ -415,10 +415,14 @@ def _sizes(rows: Sequence[dict[str, Any]]) -> dict[str, int | None]:
     return sizes
 
 
+def _covers(claim: Claim, side: Side, model: str, method: str, sizes) -> bool:
+    """Whether the claim's side covers ``model`` x ``method`` by its selectors (model sources aside)."""
+    return (method in side.methods and claim.selector.matches(model, sizes.get(model))
+            and side.selector.matches(model, sizes.get(model)))
+
+
 def _side_rows(claim: Claim, side: Side, rows: Sequence[dict[str, Any]], sizes) -> list[dict[str, Any]]:
-    return [r for r in rows if r["method"] in side.methods
-            and claim.selector.matches(r["model"], sizes.get(r["model"]))
-            and side.selector.matches(r["model"], sizes.get(r["model"]))
+    return [r for r in rows if _covers(claim, side, r["model"], r["method"], sizes)
             and (r.get("model_source") not in UNTRAINED_SOURCES or _named(r["model"], claim.selector, side.selector))]
 
 
@@ -468,9 +472,7 @@ def _coverage_gaps(claim: Claim, rows: Sequence[dict[str, Any]], in_scope: Seque
         gaps += [f"{model}: size unknown (no total_params in its results), so left out of a claim bounded by size"
                  for model in unknown]
     untrained = sorted({r["model"] for r in in_scope if r.get("model_source") in UNTRAINED_SOURCES
-                        and any(r["method"] in side.methods and side.selector.matches(r["model"], sizes.get(r["model"]))
-                                for side in (claim.a, claim.b))
-                        and claim.selector.matches(r["model"], sizes.get(r["model"]))
+                        and any(_covers(claim, side, r["model"], r["method"], sizes) for side in (claim.a, claim.b))
                         and not _named(r["model"], claim.selector, claim.a.selector, claim.b.selector)})
     gaps += [f"{model}: random weights, left out (name it in the claim's models to include it)"
              for model in untrained]
@@ -482,8 +484,7 @@ def _coverage_gaps(claim: Claim, rows: Sequence[dict[str, Any]], in_scope: Seque
     for side in (claim.a, claim.b):
         for key in in_datasets:
             dataset, model, method, variant = (str(k) if k is not None else "" for k in key)
-            if (method in side.methods and (dataset, model, method, variant) not in with_rows
-                    and claim.selector.matches(model, sizes.get(model)) and side.selector.matches(model, sizes.get(model))):
+            if (dataset, model, method, variant) not in with_rows and _covers(claim, side, model, method, sizes):
                 label = f"{method} ({variant})" if variant else method
                 gaps.append(f"{model} × {label} on {dataset}: no completed seed ({lost[key]})")
     return list(dict.fromkeys(gaps))
