@@ -50,12 +50,15 @@ class CountdownLM(torch.nn.Module):
                                   num_attention_heads=2, num_key_value_heads=1)
         self.anchor = torch.nn.Parameter(torch.zeros(1))  # the loop reads the device from the parameters
         self.decode_calls: list[float] = []  # perf_counter() at each one-token forward
+        self.prefill_calls = 0
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=True, logits_to_keep=1,
                 cache=None):
         rows, width = input_ids.shape
         if width == 1:
             self.decode_calls.append(time.perf_counter())
+        else:
+            self.prefill_calls += 1
         states = torch.zeros((rows, 1, width, 4))
         cache.update(states, states, 0)
         last = input_ids[:, -1]
@@ -92,6 +95,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sets", type=int, nargs="+", default=None, metavar="N",
                         help="set sizes: one pass per set against one pass over all (ignores --questions)")
+    parser.add_argument("--schedule", choices=("cuda", "cpu"), default="cuda",
+                        help="the loop's schedule: a CUDA device's with graphs (refill once an eighth of the slots "
+                             "are free, prefill them together, pack in halving steps) or this CPU's own")
     parser.add_argument("--json", type=Path, default=None)
     return parser.parse_args(argv)
 
@@ -100,7 +106,8 @@ def decode(rows: list[list[int]], planned: list[int], args: argparse.Namespace) 
     """The decode loop over ``rows`` with the countdown model, timed; checks every planned length."""
     model = CountdownLM(args.max_new + 2).eval()
     generated: dict[int, int] = {}
-    settings = Decoding(max_new_tokens=args.max_new, stop_check=StopCheck(None, [], {EOS}), pad_id=EOS)
+    settings = Decoding(max_new_tokens=args.max_new, stop_check=StopCheck(None, [], {EOS}), pad_id=EOS,
+                        schedule_as="cuda" if args.schedule == "cuda" else None)
     start = time.perf_counter()
     with torch.inference_mode():
         decode_static(model, rows, settings, lambda row, tokens: generated.__setitem__(row, len(tokens)),
@@ -115,7 +122,8 @@ def decode(rows: list[list[int]], planned: list[int], args: argparse.Namespace) 
     steps = len(model.decode_calls)
     other_s = seconds - steps * step_s
     projected = steps * (step_s + args.replay_ms / 1000) + other_s
-    return {"questions": len(rows), "slots": args.slots, "new_tokens": sum(planned), "decode_steps": steps,
+    return {"questions": len(rows), "slots": args.slots, "schedule": args.schedule, "new_tokens": sum(planned),
+            "decode_steps": steps, "prefill_forwards": model.prefill_calls,
             "loop_seconds": round(seconds, 3), "host_ms_per_step": round(step_s * 1000, 3),
             "host_ms_per_step_p90": round((statistics.quantiles(gaps, n=10)[-1] if len(gaps) > 1 else step_s)
                                           * 1000, 3),

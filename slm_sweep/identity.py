@@ -37,7 +37,8 @@ TRAINING_CODE_VERSION = 3  # 3: plain prompts trained with the BOS scoring sees;
 # random state restored on resume; train_limit a seeded sample (2: train mode while training; over-long examples
 # dropped, not cut)
 # Bump when a change to prompts, generation or answer scoring alters scores. tests/test_identity.py holds the
-# hash of the scoring source for this version, so an edit of scoring.py without a bump fails a test.
+# hash of the sources behind each version (prompts, generation and scoring; prompts, encoding and the training
+# loop), so an edit of one of them without a bump, or a recorded statement that it changes no result, fails a test.
 SCORING_VERSION = 6  # 6: float noise 1e-15 (not 1e-9), no "0.00" for a non-zero reference, a rounded reference
 # (3.33333) matched by more precise answers; lenient and prose references end the answer where a justification
 # starts, read a restatement ("..., which is 9"), LaTeX thousands separators, rupees and signed \frac numerators

@@ -130,12 +130,15 @@ def resolve_placement(eval_cfg, model_cfg, model, trained_on: torch.device | str
 
 
 def to_device(model, device: torch.device):
-    """The model on ``device`` (in place); frees the CUDA cache left by training first."""
+    """The model on ``device`` (in place); frees the CUDA cache left by training first. A CUDA device also becomes
+    the current one: streams and graphs created without a device (CUDA graph capture) land on the current device,
+    and a graph captured on another GPU than the model's records nothing."""
     if device.type == "cuda":
         import gc
 
         gc.collect()
         torch.cuda.empty_cache()
+        torch.cuda.set_device(device)
     return model.to(device)
 
 

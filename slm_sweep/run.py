@@ -439,7 +439,9 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
     from slm_sweep.evaluate.evaluator import build_eval_prompts, evaluate
     from slm_sweep.methods import count_parameters, merge_adapters_for_eval
     from slm_sweep.placement import resolve_placement, to_device, to_dtype
+    from slm_sweep.train.callbacks import peak_memory_mb, reset_peak_memory
 
+    reset_peak_memory()
     method = cfg.method
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     splits, sampler = data.splits, data.sampler
@@ -518,8 +520,6 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
     # one meaning each: evaluation of every set, and the peak of the whole cell (training included)
     metrics["eval_time_s"] = time.perf_counter() - start
     metrics.pop("eval_set_time_s", None)
-    from slm_sweep.train.callbacks import peak_memory_mb
-
     # the GPU's figure if training or evaluation ran on one, else the process's
     on_gpu = [d for d in (trained_on, str(placement.device)) if d and d.startswith("cuda")]
     metrics["peak_memory_mb"] = peak_memory_mb(on_gpu[0] if on_gpu else placement.device)

@@ -31,8 +31,8 @@ class TrainerSettings:
     ``micro_batch_tokens`` tokens. The loss is the mean over the step's answer tokens, so the cut (memory) changes
     neither the data nor the gradient."""
 
-    # 460 x 16 = 7360 sequences: 1.06 epochs of GSM8K train, 6973 examples after its 500-example validation split
-    # (436 steps would be one epoch; 460 was one epoch of the earlier 100-example split)
+    # 460 x 16 = 7360 sequences: 1.06 epochs of GSM8K train, 6954 examples after its 500-example validation split
+    # and deduplication (435 steps would be one epoch; 460 was one epoch of the earlier 100-example split)
     max_steps: int = 460
     batch_size: int = 16
     micro_batch_size: int | None = 4  # null: batch_size

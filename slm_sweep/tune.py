@@ -126,12 +126,24 @@ def _differences(searched: Mapping[str, Any], here: Mapping[str, Any]) -> list[s
 def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> None:
     """Refuse a tuned rate that was searched under other training settings than the cell's (steps, batch,
     precision, rank, data, prompt): its result.json would say ``source: tuned`` of a rate tuned for something
-    else. Tables written before the settings were recorded (no ``trained_with``) are taken as they are."""
+    else. Refuse it too for a cell at one of the seeds it was searched on, which would report the search's winner.
+    Tables written before the settings or seeds were recorded are taken as they are."""
     from slm_sweep.config import ConfigError
 
     dataset, model, method = cfg.dataset.name, cfg.model.name, cfg.method.name
-    recorded = _searched(table, dataset, model, method).get("trained_with")
-    if lookup(table, dataset, model, method) is None or not isinstance(recorded, Mapping):
+    if lookup(table, dataset, model, method) is None:
+        return
+    searched = _searched(table, dataset, model, method)
+    seeds = searched.get("seeds")
+    if isinstance(seeds, list) and any(str(seed) == str(cfg.seed) for seed in seeds):
+        raise ConfigError(
+            f"seed={cfg.seed}: the rate lr.{dataset}.{model}.{method} in {path} was chosen on seed(s) "
+            f"{', '.join(map(str, seeds))}. Of the runs a search compares, the one chosen did best on validation, "
+            "partly by the luck of its seed; this cell at the same rate and seed is that run again (the same "
+            "weights) and would carry that luck into its test score. Report other seeds than the search's (the "
+            "searches run seed=1000 unless told otherwise), or search again on seeds you do not report")
+    recorded = searched.get("trained_with")
+    if not isinstance(recorded, Mapping):
         return
     differing = _differences(recorded, tuned_under(_cell_config(cfg)))
     if differing:
@@ -358,7 +370,8 @@ def choose(records: Sequence[Mapping[str, Any]], metric: str = DEFAULT_METRIC,
             log.warning("%s: the chosen rate %g is the %s searched; the best may lie beyond the grid", name,
                         best["lr"], edge)
         chosen[key] = {"lr": best["lr"], "metric": metric, "best": best[metric], "val_examples": n_val,
-                       "candidates": candidates, "trained_with": tuned_under(cells[0].get("config") or {})}
+                       "candidates": candidates, "seeds": all_seeds,
+                       "trained_with": tuned_under(cells[0].get("config") or {})}
     return chosen
 
 
@@ -388,6 +401,7 @@ def write_table(chosen: Mapping[tuple[str, str, str], Mapping[str, Any]], path: 
         searched.setdefault(dataset, {}).setdefault(model, {})[method] = {
             "metric": entry["metric"], "best": entry["best"], "val_examples": entry["val_examples"],
             "candidates": [dict(c) for c in entry["candidates"]],
+            **({"seeds": list(entry["seeds"])} if entry.get("seeds") is not None else {}),
             **({"trained_with": dict(entry["trained_with"])} if entry.get("trained_with") else {})}
     searches = list(dict.fromkeys([*((keep or {}).get("searches") or []), *sources]))
     data = {"metric": metric, "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from slm_sweep.results import read_predictions, read_result
 from slm_sweep.run import run
+from slm_sweep.train.callbacks import peak_memory_mb
 
 METHODS = ("zeroshot", "fewshot", "full", "lora", "dora")
 REQUIRED_METRICS = ("accuracy_strict", "accuracy_flexible", "n_eval", "trainable_params", "total_params",
@@ -53,6 +55,19 @@ def test_cell_runs_end_to_end(tiny_cfg, tmp_path, method):
     accuracy = sum(p["correct_flexible"] for p in predictions) / len(predictions)
     assert accuracy == metrics["accuracy_flexible"]
     assert not list(tmp_path.glob(".*.tmp*")), "no temporary files left behind"
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the resident peak is reset through /proc")
+def test_a_cell_reports_its_own_peak_memory_not_an_earlier_cell_s(tiny_cfg, tmp_path):
+    """Hydra's basic launcher runs a sweep's cells in one process: a small cell after a large one (here a 1 GB
+    buffer, written and freed) must not report the large one's peak."""
+    earlier = bytearray(1 << 30)
+    earlier[::4096] = b"x" * len(earlier[::4096])
+    del earlier
+    peak_so_far = peak_memory_mb("cpu")
+    record = run(tiny_cfg("method=zeroshot", "dataset.test_limit=2"), out_dir=tmp_path)
+    assert record["status"] == "completed", record.get("error")
+    assert 0 < record["metrics"]["peak_memory_mb"] < peak_so_far - 512
 
 
 @pytest.mark.slow  # the magnitude vectors themselves are checked by tests/test_methods.py in the default suite

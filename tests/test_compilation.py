@@ -39,6 +39,31 @@ def test_layers_scope_compiles_each_decoder_layer_and_removal_restores_the_eager
     assert remove_compiled(model) == 0
 
 
+def test_while_compiled_peft_reads_a_plain_weight_without_the_test_dynamo_cannot_trace():
+    """peft reads DoRA's base weight through dequantize_module_weight, whose torchao test breaks every compiled
+    layer's graph (the real compilation: tests/test_train_fit.py, -m slow). While compiled, a plain nn.Parameter is
+    returned as peft returns it; any other weight goes to peft's own function, which is back after removal."""
+    import peft.tuners.lora.dora as dora
+
+    original = dora.dequantize_module_weight
+    model = tiny_model("dora")
+    record = compile_in_place(model, "layers")
+    reader = dora.dequantize_module_weight
+    assert reader is not original and reader.__wrapped__ is original
+    linear = torch.nn.Linear(2, 2)
+    assert reader(linear) is linear.weight is original(linear)
+
+    class Quantized(torch.nn.Module):  # an HQQ-style layer: peft dequantizes it
+        W_q = torch.zeros(1)
+
+        def dequantize(self):
+            return "dequantized"
+
+    assert reader(Quantized()) == "dequantized" == original(Quantized())
+    remove_compiled(model, record)
+    assert dora.dequantize_module_weight is original
+
+
 def first_layer_input(model, **forward) -> torch.Tensor:
     seen = []
     hook = repeated_layers(model)[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))

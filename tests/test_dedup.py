@@ -289,7 +289,7 @@ def keys(cfg):
 def test_what_training_sees_does_not_follow_eval_ood_sets(tiny_cfg):
     train_key, eval_key, data = keys(tiny_cfg("method=lora"))
     assert set(data.splits.dedup["against"]) == {"test", "svamp", "gsm_hard", "mawps_addsub", "mawps_singleeq",
-                                                 "mawps_singleop", "multiarith"}
+                                                 "mawps_singleop", "multiarith", "validation"}
     scored_key, scored_eval, scored = keys(tiny_cfg("method=lora", "eval.ood_sets=[svamp,gsm_hard]"))
     assert scored.splits.train == data.splits.train and scored_key == train_key and scored_eval != eval_key
     zero = keys(tiny_cfg("method=zeroshot"))[2]
@@ -308,7 +308,8 @@ def test_a_bad_dedup_setting_fails_when_the_config_is_validated():
 
 def test_the_validation_split_keeps_its_size_and_repeats_are_replaced_from_training(requires_data):
     """GSM8K: 3 of the 500 validation questions repeat a MAWPS question; a learning-rate search still gets 500,
-    the next candidates of the ranking, taken out of training."""
+    the next candidates of the ranking, taken out of training. Training keeps no repeat of a validation question
+    either (4 near ones in GSM8K train)."""
     from tests.conftest import DATA_ROOT
 
     plain = load_splits(dataset_spec("gsm8k"), data_root=DATA_ROOT)
@@ -319,3 +320,5 @@ def test_the_validation_split_keeps_its_size_and_repeats_are_replaced_from_train
     assert removed > 0 and deduplicated.dedup["val"]["refilled"] == removed
     assert len(val - {e.question for e in plain.val}) == removed  # the rest of the slice is unchanged
     assert len(train) == len(plain.train) - removed - deduplicated.dedup["train"]["removed"]
+    assert deduplicated.dedup["train"]["by_set"]["validation"]["near"] > 0
+    assert not any(DedupIndex({"validation": sorted(val)}, 0.5).matches(sorted(train)))

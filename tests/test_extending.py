@@ -147,7 +147,7 @@ def test_a_model_dataset_method_and_metric_from_outside_the_package_run_a_cell(t
     record = run(cfg, out_dir=tmp_path / "cell")
     assert record["status"] == "completed", record.get("error")
     assert record["eval_sets"]["mydiffs"]["n_eval"] == 3
-    assert record["dedup"]["against"] == {"test": 4, "mydiffs": 3} and not record["dedup"]["skipped"]
+    assert record["dedup"]["against"] == {"test": 4, "mydiffs": 3, "validation": 4} and not record["dedup"]["skipped"]
     assert (record["model"], record["method"], record["dataset"]) == ("mytiny", "ia3", "mysums")
     metrics = record["metrics"]
     assert metrics["n_eval"] == 4 and metrics["train_steps"] == 2

@@ -244,6 +244,33 @@ def test_prompts_read_one_by_one_or_in_groups_give_the_same_tokens(varied_tiny, 
         assert [g.text for g in grouped] == [g.text for g in one_by_one]
 
 
+@pytest.mark.parametrize("engine", ["cache", "static"])
+def test_nan_left_at_padding_positions_by_a_grouped_prefill_does_not_reach_the_answers(varied_tiny,
+                                                                                       zero_shot_prompts, engine,
+                                                                                       monkeypatch):
+    """A padding position's query sees no key: what an attention kernel leaves there is not defined (NaN with some).
+    Keys and values of padding positions set to NaN after a grouped prefill must not reach the answers: later steps
+    still read those columns (masked), and a NaN value survives its zero weight."""
+    from slm_sweep.evaluate import decode
+
+    model, tokenizer = varied_tiny
+    prompts = zero_shot_prompts[:8]
+    one_by_one = _run(model, tokenizer, prompts, engine, max_batch_size=8, prefill_batch_size=1)
+    read_prompts, poisoned = decode._read_prompts, []
+
+    def read_with_nan_at_padding(model, rows, settings):
+        logits, layers, input_ids, mask = read_prompts(model, rows, settings)
+        padding = (mask == 0)[:, None, :, None]
+        poisoned.append(int(padding.sum()))
+        return logits, [(k.masked_fill(padding, float("nan")), v.masked_fill(padding, float("nan")))
+                        for k, v in layers], input_ids, mask
+
+    monkeypatch.setattr(decode, "_read_prompts", read_with_nan_at_padding)
+    grouped = _run(model, tokenizer, prompts, engine, max_batch_size=8, prefill_batch_size=8)
+    assert sum(poisoned) > 0
+    assert [g.text for g in grouped] == [g.text for g in one_by_one]
+
+
 def test_repetition_penalty_of_the_generation_config_is_applied_as_model_generate_does(varied_tiny,
                                                                                      zero_shot_prompts):
     model, tokenizer = varied_tiny
@@ -615,19 +642,26 @@ def test_the_cache_argument_name_is_looked_up_once_per_model_and_does_not_keep_i
     assert alive() is None
 
 
-def test_the_decode_loop_generates_each_planned_length_at_full_and_refilled_slots():
+@pytest.mark.parametrize("schedule", ["cpu", "cuda"])
+def test_the_decode_loop_generates_each_planned_length_at_full_and_refilled_slots(schedule):
     """bench/decode_host.py's countdown model through the static loop: 60 prompts over 8 slots, each ending after
-    its own number of tokens or running to the limit; the bench fails if any length differs."""
+    its own number of tokens or running to the limit; the bench fails if any length differs. Both schedules: this
+    CPU's (a slot refilled at once, one prompt per prefill) and a CUDA device's with graphs (refills grouped, slots
+    packed in halving steps), which the bench plays on the CPU."""
     import sys
 
     sys.path.insert(0, str(CONF_DIR.parents[1] / "bench"))
     import decode_host
 
-    result = decode_host.main(["--questions", "60", "--slots", "8", "--min-new", "3", "--max-new", "40",
-                               "--prompt-tokens", "5", "30"])
-    assert result["questions"] == 60
-    # at most 8 tokens per step (8 slots), at least one
-    assert result["new_tokens"] / 8 <= result["decode_steps"] <= result["new_tokens"]
+    result = decode_host.main(["--questions", "60", "--slots", "16", "--min-new", "3", "--max-new", "40",
+                               "--prompt-tokens", "5", "30", "--schedule", schedule])
+    assert result["questions"] == 60 and result["schedule"] == schedule
+    # at most 16 tokens per step (16 slots), at least one
+    assert result["new_tokens"] / 16 <= result["decode_steps"] <= result["new_tokens"]
+    if schedule == "cpu":
+        assert result["prefill_forwards"] == 60
+    else:  # the first 16 prompts in one forward, then refills of at least 2 (an eighth of 16) at a time
+        assert result["prefill_forwards"] <= 1 + (60 - 16) // 2
 
 
 def test_one_decode_pass_over_several_sets_takes_fewer_steps_than_one_pass_per_set():

@@ -10,19 +10,20 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from slm_sweep.identity import SCORING_VERSION
+from slm_sweep.identity import SCORING_VERSION, TRAINING_CODE_VERSION
 from slm_sweep.results import read_result, redact
 from slm_sweep.run import identify, load_data, run
 from slm_sweep.sweep.resume import KEY_STAMP, kept_weights, stamped_key
 
-# sha256 of slm_sweep/scoring.py for each SCORING_VERSION: editing scoring.py fails this test until
-# SCORING_VERSION is bumped (scores may change) or the hash updated (a change that cannot alter any score).
-# Version 3's hash was updated, not bumped, for register_metric (a hook that changes no built-in score).
-# Version 5 changed prompts only (a fixed chat-template date), not scoring.py; its hash was updated for
-# use_metric_modules (which modules' metrics a cell scores with; no built-in score changes).
-SCORING_SOURCE_SHA256 = {4: "67166cc806d5c9abfb3deeae830f903a361d801880781d4509c5f6e377fe33eb",
-                         5: "4d1f392610f1d65c5e10275a38a2f6a61e1190ef671ed7f144ce157a57f883bb",
-                         6: "d34fb1255cb07594894bab9aceec09b98055efd88209d7571bb025c0dbee2416"}
+# The sources that decide a cell's scores and its trained weights, hashed together for the current
+# SCORING_VERSION and TRAINING_CODE_VERSION: editing one of them fails a test until the version is bumped (results
+# may change) or the hash is updated here (a change that cannot alter any score or weight: speed, messages, docs).
+SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "evaluate/stopping.py",
+                   "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py")
+TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
+                    "train/fit.py", "methods.py")
+SCORING_SOURCES_SHA256 = {6: "5baa5a70219377559b23b5e2fe938b22ed05564f2d1fdf0cb3be5625b815b2bc"}
+TRAINING_SOURCES_SHA256 = {3: "0a54e1c8aac1214e5410988611c3f85e547740173801c4caabbbbb69a74cad9b"}
 
 
 def keys(cfg):
@@ -135,12 +136,22 @@ def test_a_tuned_learning_rate_is_in_the_training_key_as_the_rate_itself(tiny_cf
     assert tuned("3.0e-4") == keys(tiny_cfg("method=lora", "method.lr=3.0e-4")) != default
 
 
-def test_scoring_source_matches_its_version():
-    source = Path(__file__).resolve().parents[1] / "slm_sweep" / "scoring.py"
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    assert SCORING_SOURCE_SHA256.get(SCORING_VERSION) == digest, (
-        "slm_sweep/scoring.py changed: bump identity.SCORING_VERSION if scores can change, "
-        f"and record {digest} for it here")
+def sources_digest(names):
+    package = Path(__file__).resolve().parents[1] / "slm_sweep"
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(name.encode() + b"\0" + (package / name).read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("sources,recorded,version,name", [
+    (SCORING_SOURCES, SCORING_SOURCES_SHA256, SCORING_VERSION, "SCORING_VERSION"),
+    (TRAINING_SOURCES, TRAINING_SOURCES_SHA256, TRAINING_CODE_VERSION, "TRAINING_CODE_VERSION")])
+def test_scoring_and_training_sources_match_their_versions(sources, recorded, version, name):
+    digest = sources_digest(sources)
+    assert recorded.get(version) == digest, (
+        f"{', '.join(sources)} under slm_sweep/ changed: bump identity.{name} if results can change, "
+        f"and record {digest} for it in tests/test_identity.py")
 
 
 def test_rerun_into_its_own_folder_does_nothing_again(tiny_cfg, tmp_path, monkeypatch):

@@ -78,7 +78,7 @@ def test_training_through_the_cell_path_learns_held_out_questions(tmp_path, one_
     assert trained["metrics"]["accuracy_strict"] >= 0.8, trained["metrics"]
     # the repeated test question was removed before training, and result.json says so
     dedup = json.loads((tmp_path / "full" / "result.json").read_text())["dedup"]
-    assert dedup["against"] == {"test": HELD_OUT} and dedup["near_threshold"] == 1.0
+    assert dedup["against"] == {"test": HELD_OUT, "validation": 8} and dedup["near_threshold"] == 1.0
     assert dedup["train"]["examined"] + dedup["val"]["examined"] == len(train)
     assert dedup["train"]["exact"] + dedup["val"]["exact"] == 1
     assert dedup["train"]["near"] == dedup["val"]["near"] == 0

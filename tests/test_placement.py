@@ -158,3 +158,22 @@ def test_weights_trained_in_bf16_generate_in_the_dtype_their_evaluation_key_name
     stored["placement"]["eval"]["dtype"] = "bfloat16"
     (tmp_path / "a" / "result.json").write_text(json.dumps(stored))
     assert find_completed([tmp_path], key, own=tmp_path / "b", eval_dtype="float32") is None
+
+
+def test_moving_to_a_gpu_makes_it_the_current_device(monkeypatch):
+    """Streams and CUDA graphs made without a device land on the current one: evaluation on cuda:1 must make cuda:1
+    current, or the decode step's graph is captured on cuda:0 and records nothing (faked CUDA calls)."""
+    from slm_sweep import placement
+
+    made_current, moved = [], []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+
+    class Model:
+        def to(self, device):
+            moved.append(device)
+            return self
+
+    placement.to_device(Model(), torch.device("cuda", 1))
+    placement.to_device(Model(), torch.device("cpu"))
+    assert made_current == [torch.device("cuda", 1)] and moved == [torch.device("cuda", 1), torch.device("cpu")]

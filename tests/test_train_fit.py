@@ -163,12 +163,12 @@ def test_throughput_is_measured_on_real_tokens_and_logged(examples, tmp_path):
 
 def test_training_on_the_cpu_reports_the_cpu_s_figures(examples, tmp_path):
     """Also on a machine with a GPU: no bf16 peak, so no MFU, and the process's peak resident memory."""
-    from tests.test_train_throughput import resident_peak_mb
+    from tests.test_train_throughput import COUNTER_LAG_MB, resident_peak_mb
 
     before = resident_peak_mb()
     _, outcome = train(examples, tmp_path, max_steps=1, accelerator="cpu")
     assert outcome.placement["device"] == "cpu" and outcome.perf["mfu"] is None
-    assert before <= outcome.perf["peak_memory_mb"] <= resident_peak_mb()
+    assert before - COUNTER_LAG_MB <= outcome.perf["peak_memory_mb"] <= resident_peak_mb() + COUNTER_LAG_MB
     assert outcome.placement["cudnn_attention"] is None
 
 
@@ -345,8 +345,8 @@ def test_compiled_training_hands_the_eager_model_to_evaluation(examples, tmp_pat
                                compile_scope=scope)
     if scope == "layers":
         assert [n.rsplit(".", 2)[-2:] for n in seen.names] == [["layers", "0"], ["layers", "1"]]
-        assert outcome.placement["compiled"] == {"scope": "layers", "modules": 2,
-                                                 "module_class": "LlamaDecoderLayer", "input_grads": True}
+        assert outcome.placement["compiled"] == {"scope": "layers", "modules": 2, "module_class": "LlamaDecoderLayer",
+                                                 "input_grads": True, "graph_breaks": 0}
     else:
         assert seen.names == [""] and outcome.placement["compiled"]["scope"] == "model"
     assert not compiled_modules(model)
@@ -358,15 +358,18 @@ def test_eager_training_records_that_nothing_was_compiled(examples, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scope", ["layers", "model"])
-def test_torch_compile_trains_like_eager(examples, tmp_path, scope):
+@pytest.mark.parametrize("scope, method", [("layers", "lora"), ("model", "lora"), ("layers", "dora")])
+def test_torch_compile_trains_like_eager(examples, tmp_path, scope, method):
+    """Equal gradients, and no graph break: DoRA's layers broke at peft's weight read before it was made
+    traceable (compilation.py)."""
     eager, compiled = GradientRecorder(), GradientRecorder()
-    train(examples, tmp_path / "a", "lora", {"dropout": 0.0}, callbacks=[eager], micro_batch_size=2)
-    model, outcome = train(examples, tmp_path / "b", "lora", {"dropout": 0.0}, callbacks=[compiled],
+    train(examples, tmp_path / "a", method, {"dropout": 0.0}, callbacks=[eager], micro_batch_size=2)
+    model, outcome = train(examples, tmp_path / "b", method, {"dropout": 0.0}, callbacks=[compiled],
                            micro_batch_size=2, compile=True, compile_scope=scope)
     for a, b in zip(eager.steps, compiled.steps):
         assert_same_tensors(a, b, rtol=1e-3, atol=1e-5)
     assert outcome.perf["train_tokens_per_s"] > 0 and outcome.placement["compiled"]["scope"] == scope
+    assert outcome.placement["compiled"]["graph_breaks"] == 0, outcome.placement["compiled"]
     assert not compiled_modules(model)
 
 

@@ -45,11 +45,15 @@ def resident_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
 
 
+# /proc's VmHWM and getrusage's ru_maxrss read the same peak through per-thread counters that lag by up to 64 pages
+COUNTER_LAG_MB = 1.0
+
+
 def test_the_figures_are_those_of_the_device_named_whatever_the_machine_has():
     """On a GPU machine too, the CPU has no bf16 peak and its memory is the process's peak resident memory."""
     assert accelerator_name(torch.device("cpu")) == accelerator_name("cpu") == "cpu"
     before = resident_peak_mb()
-    assert before <= peak_memory_mb(torch.device("cpu")) <= resident_peak_mb()
+    assert before - COUNTER_LAG_MB <= peak_memory_mb(torch.device("cpu")) <= resident_peak_mb() + COUNTER_LAG_MB
     if torch.cuda.is_available():
         assert accelerator_name("cuda:0") == torch.cuda.get_device_name(0)
         assert peak_memory_mb("cuda:0") == torch.cuda.max_memory_allocated(0) / 2**20

@@ -285,7 +285,7 @@ def test_a_tuned_rate_is_refused_for_a_cell_trained_otherwise_than_its_search(ti
     searched = tiny_cfg("method=lora", "trainer.max_steps=3")
     records = []
     for lr, accuracy in ((1e-4, 0.3), (2e-4, 0.4)):
-        record = _record("lora", lr, accuracy, n_val=8)
+        record = _record("lora", lr, accuracy, n_val=8, seed=1000)
         record["config"] = {**_cell_config(searched), "eval": {"split": "val"}}
         record["config"]["method"] = {**record["config"]["method"], "lr": lr}
         records.append({**record, "model": "tiny"})
@@ -305,3 +305,29 @@ def test_a_tuned_rate_is_refused_for_a_cell_trained_otherwise_than_its_search(ti
                                               rf"training settings than this cell's \({named}"):
             validate_config(tiny_cfg("method=lora", "trainer.max_steps=3", *overrides, "tuning.lr=tuned",
                                      f"tuning.table={table}"))
+
+
+def test_a_tuned_rate_is_refused_for_a_cell_at_a_seed_it_was_searched_on(tiny_cfg, tmp_path):
+    """The search's winner did best on validation partly by its seed's luck: a reported cell at that rate and seed
+    is the same run again. The searches run seed 1000 unless told, apart from the reported 0, 1, 2."""
+    from slm_sweep.tune import _cell_config
+    from slm_sweep.tune import write_table as write_lr_table
+
+    assert tiny_cfg("hparams_search=lr_grid").seed == tiny_cfg("hparams_search=optuna").seed == 1000
+    records = []
+    for lr, accuracy in ((1e-4, 0.3), (2e-4, 0.4)):
+        for seed in (0, 1000):
+            record = _record("lora", lr, accuracy, n_val=8, seed=seed)
+            record["config"] = {**_cell_config(tiny_cfg("method=lora")), "eval": {"split": "val"}}
+            record["config"]["method"] = {**record["config"]["method"], "lr": lr}
+            records.append(record)
+    chosen = choose(records, min_val_examples=8)
+    table = write_lr_table(chosen, tmp_path / "lr.yaml", ["search"], "val_accuracy_flexible")
+    assert yaml.safe_load(table.read_text())["searched"]["gsm8k"]["m"]["lora"]["seeds"] == [0, 1000]
+    tuned = ("model.name=m", "method=lora", "tuning.lr=tuned", f"tuning.table={table}")
+    for seed in (0, 1000):
+        with pytest.raises(ConfigError, match=rf"seed={seed}: the rate lr.gsm8k.m.lora in {table} was chosen on "
+                                              r"seed\(s\) 0, 1000\. .* Report other seeds than the search's"):
+            validate_config(tiny_cfg(*tuned, f"seed={seed}"))
+    validate_config(tiny_cfg(*tuned, "seed=1"))
+    assert resolve_lr(tiny_cfg(*tuned, "seed=1"))["value"] == 2e-4

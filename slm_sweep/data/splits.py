@@ -26,6 +26,7 @@ from slm_sweep.data.specs import (
 log = logging.getLogger(__name__)
 
 OWN_TEST = "test"  # the name the dataset's own test split goes by among the sets training is deduplicated against
+OWN_VAL = "validation"  # and its validation split, which training (only) is deduplicated against as well
 
 
 @dataclass
@@ -192,7 +193,8 @@ def _deduplicated(
     record of what was removed. The references are the whole test split (before test_limit) and every readable
     dedup.against set in full, so what training sees depends on neither eval.ood_sets nor any evaluation limit.
     The validation split keeps its size: each repeat it loses is replaced by the next training candidate of the
-    ranking that repeats nothing (a learning-rate search needs its val_size questions)."""
+    ranking that repeats nothing (a learning-rate search needs its val_size questions). Training is deduplicated
+    against the validation split too."""
     settings = spec["dedup"]
     train = candidates.ranked
     if settings is None or not settings["enabled"]:
@@ -221,7 +223,11 @@ def _deduplicated(
         moved = {id(example) for example in refill}
         train = [example for example in train if id(example) not in moved]
         kept_val = candidates.in_source_order(kept_val + refill)
-    kept_train, train_counts = deduplicate(train, index, spec["train_limit"])
+    # Training is kept apart from the validation split as from the test split: a repeat of a validation question
+    # in training would reward learning rates that memorise (GPT-4 variants of one seed problem in OrcaMath).
+    train_index = _index({**references, OWN_VAL: [e.question for e in kept_val]}, settings["near_threshold"]) \
+        if kept_val else index
+    kept_train, train_counts = deduplicate(train, train_index, spec["train_limit"])
     if train and not kept_train:
         raise ValueError(
             f"dataset {spec['name']!r}: deduplication removed all {len(train)} training examples "
@@ -238,7 +244,8 @@ def _deduplicated(
         "enabled": True,
         "near_threshold": settings["near_threshold"],
         "similarity": f"Jaccard of character {SHINGLE_BYTES}-gram sets of the normalised question",
-        "against": {name: len(questions) for name, questions in references.items()},
+        "against": {**{name: len(questions) for name, questions in references.items()},
+                    **({OWN_VAL: len(kept_val)} if kept_val else {})},
         "skipped": missing,
         "train": train_counts.as_record(),
         "val": {**val_counts.as_record(), "refilled": len(refill)},

@@ -35,6 +35,9 @@ class Decoding:
     prefill_batch_size: int | None = None  # prompts per prefill forward; None: 1 on CPU, the whole batch elsewhere
     neutral: bool = False  # the model's generation_config is set aside: plain greedy decoding
     cuda_graphs: bool = False
+    # the static loop's schedule: None, this device's; "cuda", a CUDA device's with cuda_graphs whatever the device
+    # (bench/decode_host.py times the GPU's schedule on a CPU)
+    schedule_as: str | None = None
 
 
 RowDone = Callable[[int, list[int]], None]  # (row of the batch, its generated token ids), called once per row
@@ -130,6 +133,16 @@ def _read_prompts(model, rows: Sequence[Sequence[int]], settings: Decoding):
     return logits, [(k, v) for k, v, *_ in own], input_ids, mask
 
 
+def _zeros_at_padding(layers, mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A prefill's keys/values with zeros at padding positions. A padding position's query sees no key, and what an
+    attention kernel leaves there is not defined (NaN with some); later steps still read those columns, masked, and
+    a NaN value survives its zero weight."""
+    if bool(mask.all()):
+        return list(layers)
+    padding = (mask == 0)[:, None, :, None]
+    return [(k.masked_fill(padding, 0), v.masked_fill(padding, 0)) for k, v in layers]
+
+
 def _prefill(model, rows: Sequence[Sequence[int]], settings: Decoding, cache) -> torch.Tensor:
     """Read the prompts into ``cache`` (left-padded to the longest) and return each row's last-position logits.
 
@@ -142,13 +155,13 @@ def _prefill(model, rows: Sequence[Sequence[int]], settings: Decoding, cache) ->
     keys: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
     for start in range(0, len(rows), group):
-        group_logits, layers, input_ids, _ = _read_prompts(model, rows[start:start + group], settings)
+        group_logits, layers, input_ids, mask = _read_prompts(model, rows[start:start + group], settings)
         logits.append(group_logits)
         if not keys:
             keys = [k.new_zeros((len(rows), k.shape[1], width, k.shape[3])) for k, _ in layers]
             values = [v.new_zeros((len(rows), v.shape[1], width, v.shape[3])) for _, v in layers]
         stop = start + input_ids.shape[0]
-        for layer, (k, v) in enumerate(layers):
+        for layer, (k, v) in enumerate(_zeros_at_padding(layers, mask)):
             keys[layer][start:stop, :, width - k.shape[2]:] = k
             values[layer][start:stop, :, width - v.shape[2]:] = v
     for layer, (k, v) in enumerate(zip(keys, values)):
@@ -323,17 +336,20 @@ class _DecodeStep:
 
     def _capture(self) -> None:
         # The warm-up runs write this step's keys/values, the same ones the first replay writes again.
+        # Streams on the cache's device, named: torch.cuda.graph's default capture stream is made once, on whichever
+        # device was current then, and a capture on another device than the model's records an empty graph.
         length = self.buffers[3].shape[1]
-        current = torch.cuda.current_stream()
+        device = self.cache.columns.device
+        current = torch.cuda.current_stream(device)
         try:
-            stream = torch.cuda.Stream()
+            stream = torch.cuda.Stream(device)
             stream.wait_stream(current)
             with torch.cuda.stream(stream):
                 for _ in range(2):
                     self._run(*self.buffers, length)
             current.wait_stream(stream)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(device)):
                 self.logits = self._run(*self.buffers, length)
         except BaseException:
             # torch.cuda.graph ends a failed capture (which raises) before leaving its capture stream, which
@@ -352,7 +368,10 @@ def decode_static(model, rows: Sequence[Sequence[int]], settings: Decoding, done
     steps, one graph per slot count, each counted in ``graphs``.
     """
     device = _device(model)
-    on_cpu, use_graph = device.type == "cpu", settings.cuda_graphs and device.type == "cuda"
+    use_graph = settings.cuda_graphs and device.type == "cuda"
+    as_cuda = settings.schedule_as == "cuda"
+    on_cpu = device.type == "cpu" and not as_cuda
+    halving = use_graph or as_cuda  # pack in halving steps, one graph per slot count
     slots = max(1, min(slots, len(rows)))
     length = max(len(r) for r in rows) + settings.max_new_tokens
     penalty, max_new = settings.repetition_penalty, settings.max_new_tokens
@@ -406,7 +425,7 @@ def decode_static(model, rows: Sequence[Sequence[int]], settings: Decoding, done
                 if cache is None:
                     cache = SlotKVCache(layers, slots, length)
                 index = torch.tensor(at, device=device)
-                cache.write(index, layers)
+                cache.write(index, _zeros_at_padding(layers, mask))
                 width = input_ids.shape[1]
                 valid[index] = False
                 valid[index, :width] = mask.bool()
@@ -420,9 +439,9 @@ def decode_static(model, rows: Sequence[Sequence[int]], settings: Decoding, done
             continue
         if running == 0:
             return
-        if not waiting and running < used and (not use_graph or running <= used // 2):
-            target = used if use_graph else running
-            while use_graph and running <= target // 2:
+        if not waiting and running < used and (not halving or running <= used // 2):
+            target = used if halving else running
+            while halving and running <= target // 2:
                 target //= 2
             holes = [s for s in range(target) if slot_row[s] is None]
             for hole, source in zip(holes, [s for s in range(target, used) if slot_row[s] is not None]):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import resource
 import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
+
+_PROC_STATUS, _PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
 # Dense bf16 tensor-core peaks in FLOP/s with fp32 accumulation (vendor datasheets, the figures without
 # sparsity). Chips without bf16 tensor cores (V100, T4) are absent: they get no MFU.
@@ -71,13 +75,29 @@ def mfu(tokens_per_s: float | None, flops_per_token: float, peak_flops: float | 
     return tokens_per_s * flops_per_token / (peak_flops * devices)
 
 
+def reset_peak_memory() -> None:
+    """Start the peaks that ``peak_memory_mb`` reads afresh, so that a cell reports its own and not the largest of
+    the cells before it in the same process (Hydra's basic launcher runs a whole sweep in one)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.reset_peak_memory_stats(index)
+    try:
+        _PROC_CLEAR_REFS.write_text("5")  # Linux: resets VmHWM, the process's peak resident memory
+    except OSError:
+        pass
+
+
 def peak_memory_mb(device: torch.device | str) -> float:
-    """Peak memory allocated on ``device`` if it is a CUDA device, else the process's peak resident memory."""
+    """Peak memory allocated on ``device`` if it is a CUDA device, else the process's peak resident memory since
+    ``reset_peak_memory`` (on a system without /proc, since the process started)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+    try:
+        return int(re.search(r"^VmHWM:\s+(\d+) kB", _PROC_STATUS.read_text(), re.M).group(1)) / 2**10
+    except (OSError, AttributeError):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
 class ThroughputMonitor(L.Callback):

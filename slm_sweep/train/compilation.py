@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import sysconfig
+from collections import Counter
 from pathlib import Path
 
 from torch import nn
@@ -50,6 +51,48 @@ def missing_toolchain() -> str | None:
     return None
 
 
+# peft's LoRA-family layers read a base weight through peft.utils.integrations.dequantize_module_weight, whose test
+# for a torchao weight (type(weight).__module__.startswith) Dynamo cannot trace: every DoRA layer's forward broke
+# its compiled graph there (20 graph breaks in the tiny model's 2 layers, none with LoRA). While a model is compiled
+# the modules that call it get a version that returns a plain nn.Parameter as peft does, without that test, and
+# hands every other weight (bitsandbytes, torchao, HQQ) to peft's own.
+_PEFT_WEIGHT_READERS = ("peft.tuners.lora.dora", "peft.tuners.lora.variants")
+_ORIGINAL_WEIGHT_READERS: dict[str, object] = {}
+
+
+def _plain_weight_first(original):
+    def dequantize_module_weight(module: nn.Module):
+        weight = getattr(module, "weight", None)
+        if type(weight) is nn.Parameter and not hasattr(module, "W_q"):
+            return weight
+        return original(module)
+
+    dequantize_module_weight.__wrapped__ = original
+    return dequantize_module_weight
+
+
+def _read_plain_weights_traceably() -> None:
+    import importlib
+
+    for name in _PEFT_WEIGHT_READERS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        original = getattr(module, "dequantize_module_weight", None)
+        if original is not None and name not in _ORIGINAL_WEIGHT_READERS:
+            _ORIGINAL_WEIGHT_READERS[name] = original
+            module.dequantize_module_weight = _plain_weight_first(original)
+
+
+def _restore_weight_readers() -> None:
+    import sys
+
+    for name, original in _ORIGINAL_WEIGHT_READERS.items():
+        sys.modules[name].dequantize_module_weight = original
+    _ORIGINAL_WEIGHT_READERS.clear()
+
+
 def compile_in_place(model: nn.Module, scope: str = "layers") -> dict:
     """Compile ``model`` for training (dynamic shapes: micro-batch shapes vary with the data); return what was
     compiled, for result.json: ``{"skipped": why}`` where this machine cannot build compiled kernels (training
@@ -71,6 +114,7 @@ def compile_in_place(model: nn.Module, scope: str = "layers") -> dict:
     import torch._dynamo
 
     torch._dynamo.reset()
+    _read_plain_weights_traceably()
     for module in layers or [model]:
         module.compile(dynamic=True)
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
@@ -80,6 +124,22 @@ def compile_in_place(model: nn.Module, scope: str = "layers") -> dict:
     return {"scope": "layers" if layers else "model", "modules": len(layers) or 1,
             "module_class": type(layers[0]).__name__ if layers else type(model).__name__,
             "input_grads": input_grads}
+
+
+def graph_break_counts() -> Counter:
+    """Dynamo's graph breaks in this process so far, by reason."""
+    from torch._dynamo.utils import counters
+
+    return Counter(counters["graph_break"])
+
+
+def graph_breaks_since(before: Counter) -> dict:
+    """The graph breaks since ``before`` (``graph_break_counts()``), for result.json: a compiled layer that breaks
+    runs as several graphs with eager code between them, which costs launches and compile time (peft's DoRA
+    forward breaks in some releases)."""
+    new = graph_break_counts() - before
+    return {"graph_breaks": sum(new.values()),
+            **({"graph_break_reasons": [reason[:200] for reason, _ in new.most_common(3)]} if new else {})}
 
 
 def compiled_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -93,6 +153,7 @@ def remove_compiled(model: nn.Module, compiled: dict | None = None) -> int:
     modules = compiled_modules(model)
     for module in modules.values():
         module._compiled_call_impl = None
+    _restore_weight_readers()
     if compiled and compiled.get("input_grads"):
         model.disable_input_require_grads()
     return len(modules)

@@ -17,7 +17,12 @@ import torch
 from slm_sweep.methods import has_adapters
 from slm_sweep.train.callbacks import ThroughputMonitor, accelerator_name, bf16_peak_flops, flops_per_token
 from slm_sweep.train.checkpoint_io import AtomicCheckpointIO
-from slm_sweep.train.compilation import compile_in_place, remove_compiled
+from slm_sweep.train.compilation import (
+    compile_in_place,
+    graph_break_counts,
+    graph_breaks_since,
+    remove_compiled,
+)
 from slm_sweep.train.data import EncodedDataModule
 from slm_sweep.train.module import CausalLMModule
 
@@ -176,10 +181,13 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
         # StepBatchSampler resumes mid-epoch at the checkpoint's step (it skips the finished steps): Lightning's
         # warning that the data loader cannot does not apply.
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        breaks = graph_break_counts()
         try:
             trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
         finally:
             if compiled:  # the last validation pass and evaluation run the eager model (no inference-mode recompile)
+                if "scope" in compiled:
+                    compiled.update(graph_breaks_since(breaks))
                 remove_compiled(model, compiled)
         # A validation pass on the final weights, so val/loss always describes the model that is evaluated.
         if val:
