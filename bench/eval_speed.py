@@ -71,8 +71,9 @@ def time_ours(model, tokenizer, args, engine: str) -> Timed:
     splits = load_splits({**dataset_spec("gsm8k"), "val_size": None}, data_root=args.data_root)
     test = splits.test[: args.questions]
     prompts = build_eval_prompts(tokenizer, test, "plain", ShotSampler(splits.train, 5, seed=LM_EVAL_SHOT_SEED))
+    # generation_config=model: as lm-eval's model.generate applies it
     eval_cfg = {"max_new_tokens": args.max_new_tokens, "stop": GSM8K_STOP, "engine": engine,
-                "max_batch_size": args.max_batch_size, "token_budget": args.token_budget}
+                "max_batch_size": args.max_batch_size, "token_budget": args.token_budget, "generation_config": "model"}
     records, metrics = evaluate(model, tokenizer, test, prompts, eval_cfg, "gsm8k", progress=False)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     return Timed(f"ours engine={engine}", seconds, cpu, [r["output"] for r in records],

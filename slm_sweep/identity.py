@@ -39,7 +39,9 @@ TRAINING_CODE_VERSION = 3  # 3: plain prompts trained with the BOS scoring sees;
 # Bump when a change to prompts, generation or answer scoring alters scores. tests/test_identity.py holds the
 # hash of the sources behind each version (prompts, generation and scoring; prompts, encoding and the training
 # loop), so an edit of one of them without a bump, or a recorded statement that it changes no result, fails a test.
-SCORING_VERSION = 6  # 6: float noise 1e-15 (not 1e-9), no "0.00" for a non-zero reference, a rounded reference
+SCORING_VERSION = 7  # 7: a generation also ends at the tokenizer's EOS and the chat template's end-of-turn token when
+# the model's generation config does not name them (as training ends answers; lm-eval cuts at the EOS text)
+# 6: float noise 1e-15 (not 1e-9), no "0.00" for a non-zero reference, a rounded reference
 # (3.33333) matched by more precise answers; lenient and prose references end the answer where a justification
 # starts, read a restatement ("..., which is 9"), LaTeX thousands separators, rupees and signed \frac numerators
 # 5: Llama 3 chat prompts carry a fixed date, not the day they run (prompts.CHAT_TEMPLATE_DATE)

@@ -499,7 +499,7 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
         metrics[prefix + key] = scores.pop(key)
     record["decoding"] = {"greedy": True, "max_new_tokens": int(cfg.eval.max_new_tokens),
                           "stop": list(cfg.eval.get("stop") or []),
-                          "generation_config": str(cfg.eval.get("generation_config") or "model"),
+                          "generation_config": str(cfg.eval.generation_config),
                           "generation_config_ignored": scores.pop("generation_config_ignored"),
                           "engine": scores.pop("engine"), "cuda_graphs": scores.pop("cuda_graphs")}
     metrics.update(scores)

@@ -138,6 +138,27 @@ def test_end_of_sequence_and_special_token_stops():
     assert StopCheck(tokenizer, ["<|im_end|>"], eos_ids=set()).finished([*words, im_end])
 
 
+def test_a_generation_ends_where_training_ends_an_answer_whatever_the_generation_config_names():
+    """Plain-style training ends an answer with the tokenizer's EOS, chat-style with the template's end-of-turn
+    token: both end a generation even when the model's generation config names neither (or another id)."""
+    import copy
+
+    from slm_sweep.evaluate.stopping import eos_token_ids
+
+    model, tokenizer = _tiny()
+    tokenizer = copy.deepcopy(tokenizer)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    tokenizer.add_special_tokens({"eos_token": "<|endoftext|>"})
+    eos = tokenizer.eos_token_id
+    assert eos != im_end
+    model.generation_config.eos_token_id = None
+    assert eos_token_ids(model, tokenizer) == {eos, im_end}
+    model.generation_config.eos_token_id = [7]
+    assert eos_token_ids(model, tokenizer) == {7, eos, im_end}
+    tokenizer.chat_template = None  # plain style only: no end-of-turn token
+    assert eos_token_ids(model, tokenizer) == {7, eos}
+
+
 def test_the_answer_is_decoded_without_special_tokens_and_cut_at_the_first_stop():
     _, tokenizer = _tiny()
     ids = tokenizer("so 12 apples.\n\nQuestion: more", add_special_tokens=False)["input_ids"]

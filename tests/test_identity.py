@@ -22,7 +22,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {6: "5baa5a70219377559b23b5e2fe938b22ed05564f2d1fdf0cb3be5625b815b2bc"}
+SCORING_SOURCES_SHA256 = {7: "24186281e3a30b44a2d59bda936b09acdbad39127c90ac448b6cbf93ff6dce9f"}
 TRAINING_SOURCES_SHA256 = {3: "0a54e1c8aac1214e5410988611c3f85e547740173801c4caabbbbb69a74cad9b"}
 
 

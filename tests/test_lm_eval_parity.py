@@ -26,7 +26,9 @@ pytest.importorskip("lm_eval", reason="lm-eval is in the dev extra")
 from slm_sweep.evaluate.lm_eval_gsm8k import run_lm_eval_gsm8k  # noqa: E402
 
 LM_EVAL_SHOT_SEED = 1234  # lm_eval.simple_evaluate's default fewshot_random_seed
-GSM8K_EVAL = {"max_new_tokens": 256, "stop": ["Question:", "</s>", "<|im_end|>"]}
+# lm-eval's gsm8k as its CLI runs it: 256 new tokens, its stop strings, the model's generation config applied (the
+# defaults of a cell depart on purpose: 512 tokens, neutral greedy decoding)
+GSM8K_EVAL = {"max_new_tokens": 256, "stop": ["Question:", "</s>", "<|im_end|>"], "generation_config": "model"}
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,6 +9,9 @@ from typing import Any
 from slm_sweep.data.prompts import PromptFormat, ShotSampler
 from slm_sweep.evaluate.generate import generate
 from slm_sweep.scoring import METRICS, accuracy_key, score
+from slm_sweep.settings import EvalSettings
+
+_DEFAULTS = EvalSettings()  # for the keys an ``eval_cfg`` leaves out (a composed cell's has them all)
 
 
 def build_eval_prompts(tokenizer, examples: Sequence, prompt_format: PromptFormat | str,
@@ -56,16 +59,16 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
     stats: dict[str, int] = {}
     generations = generate(
         model, tokenizer, prompts,
-        max_new_tokens=int(eval_cfg["max_new_tokens"]),
-        stop=list(eval_cfg.get("stop") or []),
-        token_budget=int(eval_cfg.get("token_budget", 65536)),
-        max_batch_size=int(eval_cfg.get("max_batch_size", 64)),
+        max_new_tokens=int(eval_cfg.get("max_new_tokens", _DEFAULTS.max_new_tokens)),
+        stop=list(eval_cfg.get("stop", _DEFAULTS.stop) or []),
+        token_budget=int(eval_cfg.get("token_budget", _DEFAULTS.token_budget)),
+        max_batch_size=int(eval_cfg.get("max_batch_size", _DEFAULTS.max_batch_size)),
         on_batch=on_batch,
-        engine=str(eval_cfg.get("engine") or "static"),
-        cuda_graphs=bool(eval_cfg.get("cuda_graphs", False)),
-        prefill_batch_size=eval_cfg.get("prefill_batch_size"),
+        engine=str(eval_cfg.get("engine") or _DEFAULTS.engine),
+        cuda_graphs=bool(eval_cfg.get("cuda_graphs", _DEFAULTS.cuda_graphs)),
+        prefill_batch_size=eval_cfg.get("prefill_batch_size", _DEFAULTS.prefill_batch_size),
         stats=stats,
-        generation_config=str(eval_cfg.get("generation_config") or "model"),
+        generation_config=str(eval_cfg.get("generation_config") or _DEFAULTS.generation_config),
     )
     seconds = time.perf_counter() - start
     bar.close()

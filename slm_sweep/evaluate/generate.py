@@ -1,6 +1,8 @@
 """Greedy batched generation: every sequence stops at its end-of-sequence token or its first stop string.
 
-Engines, all giving the same tokens:
+Engines, all giving the same tokens up to floating-point rounding: a row's logits can differ in the last bits with
+the rows it shares a forward with (matrix products of another shape), which can flip a near-tie, rarely in float32
+and more often in bfloat16 (the GPU check's ``batch_invariance`` counts it):
 
 - ``static`` (default): a greedy decode loop over the model's forward with a preallocated KV cache of a fixed
   number of slots (``slot_count``), written in place. Prompts wait longest first; a slot whose sequence ends

@@ -16,14 +16,25 @@ class Generation:
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:
-    """The ids that end a sequence: the model's generation config, as ``model.generate`` uses, else the tokenizer's."""
+    """The ids that end a sequence: the model's generation config's (those ``model.generate`` stops at), the
+    tokenizer's EOS (which plain-style training ends an answer with, and at whose text lm-eval cuts a generation)
+    and the chat template's end-of-turn token (which chat-style training ends an answer with). A model whose
+    generation config lacks one of them would otherwise write on past the end it was trained to write."""
     config = getattr(model, "generation_config", None)
     ids = getattr(config, "eos_token_id", None)
-    if ids is None:
-        ids = tokenizer.eos_token_id
-    if ids is None:
-        return set()
-    return {int(ids)} if isinstance(ids, int) else {int(i) for i in ids}
+    found = set() if ids is None else {int(ids)} if isinstance(ids, int) else {int(i) for i in ids}
+    if tokenizer is None:
+        return found
+    from slm_sweep.data.prompts import end_of_turn
+
+    if tokenizer.eos_token_id is not None:
+        found.add(int(tokenizer.eos_token_id))
+    turn_end = end_of_turn(tokenizer) if getattr(tokenizer, "chat_template", None) else None
+    if turn_end:
+        token_id = tokenizer.convert_tokens_to_ids(turn_end)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            found.add(token_id)
+    return found
 
 
 class StopCheck:
