@@ -51,7 +51,6 @@ class TrainerSettings:
     compile: bool = False  # torch.compile for training (dynamic shapes), compiled during the first step
     compile_scope: str = "layers"  # layers: each decoder layer, one graph shared by all; model: the whole forward
     val_check_interval: int | None = None  # null: validate once, after training; N: every N micro-batches as well
-    limit_val_batches: Any = 1.0  # a fraction (float) or a count (int) of validation micro-batches
     checkpoint_every_n_steps: int | None = 50
     log_every_n_steps: int = 10  # also how often the loss is read back from the device and throughput is logged
     throughput_warmup_steps: int = 1  # first optimizer steps left out of tokens/s, step time and MFU

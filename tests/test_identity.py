@@ -23,7 +23,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
 SCORING_SOURCES_SHA256 = {7: "24186281e3a30b44a2d59bda936b09acdbad39127c90ac448b6cbf93ff6dce9f"}
-TRAINING_SOURCES_SHA256 = {3: "0a54e1c8aac1214e5410988611c3f85e547740173801c4caabbbbb69a74cad9b"}
+TRAINING_SOURCES_SHA256 = {3: "5a49e4f012acdeab6889498e4c8e9a5d47b225dcce5c6d7633b144cdaa582e76"}
 
 
 def keys(cfg):

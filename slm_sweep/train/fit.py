@@ -102,7 +102,8 @@ def build_trainer(trainer_cfg: Mapping[str, Any], out_dir: Path, callbacks: list
         # Periodic validation counts micro-batches; without it, validation runs once, after training.
         val_check_interval=int(val_every) if val_every else None,
         check_val_every_n_epoch=None if val_every else 10**9,
-        limit_val_batches=trainer_cfg.get("limit_val_batches", 1.0),
+        # every validation micro-batch: they are sorted longest first, so a part of them would be a biased loss
+        limit_val_batches=1.0,
         num_sanity_val_steps=0,
         logger=loggers or False,
         callbacks=callbacks,
