@@ -6,7 +6,8 @@ A method is one file in conf/method/; what it does follows from its structure, n
 - ``train: false``: nothing is trained (zero-shot, few-shot);
 - ``train: true`` with a ``peft`` block: adapters. ``peft`` is any peft adapter config with a ``_target_``
   (``peft.LoraConfig``, ``peft.IA3Config``, ...; prompt-learning configs are refused: they cannot be merged),
-  built by ``hydra.utils.instantiate`` and handed to ``peft.get_peft_model``; the base weights stay frozen. LoRA, DoRA, PiSSA and rsLoRA are LoraConfig arguments;
+  built by ``hydra.utils.instantiate`` and handed to ``peft.get_peft_model``; the base weights stay frozen.
+  LoRA, DoRA, PiSSA and rsLoRA are LoraConfig arguments;
 - ``train: true`` without ``peft``: every weight is trained (full fine-tuning).
 
 On a model whose weights were quantized at load time (``model.quantization``, e.g. 4-bit for QLoRA) the model is

@@ -416,12 +416,11 @@ def prose_reference_value(text: str) -> Fraction | None:
     when a number follows; a clause that comments on a result already stated is cut off first ("..., which is 20%
     less than ...", "... when 25 is divided by 11"), and a sentence stating two results ("the boys are 15 and
     the girls are 20", "the boat's speed is 15 km/h, and the stream's is 5 km/h", unless the second points back
-    at the first: "..., and 20% of it is 16") gives None. After "the answer
-    is", the answer ends where a justification starts ("5, since 5 + 5 = 10" is 5). Of the part chosen, what follows its last "="
-    counts when that holds a number. The
-    part must hold exactly one value, written once or more in any form ("11/4, or 2 3/4"): "5 hours and 30
-    minutes", "12 boys and 15 girls", "the ratio is 3:4" or "Jin saves $100 in 8 weeks" give None, and such
-    rows are dropped (``unparsable_answers: skip``) rather than guessed.
+    at the first: "..., and 20% of it is 16") gives None. After "the answer is", the answer ends where a
+    justification starts ("5, since 5 + 5 = 10" is 5). Of the part chosen, what follows its last "=" counts when
+    that holds a number. The part must hold exactly one value, written once or more in any form ("11/4, or
+    2 3/4"): "5 hours and 30 minutes", "12 boys and 15 girls", "the ratio is 3:4" or "Jin saves $100 in 8 weeks"
+    give None, and such rows are dropped (``unparsable_answers: skip``) rather than guessed.
     """
     boxed = _last_boxed(text)
     if boxed is not None:

@@ -22,8 +22,8 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {7: "24186281e3a30b44a2d59bda936b09acdbad39127c90ac448b6cbf93ff6dce9f"}
-TRAINING_SOURCES_SHA256 = {3: "5a49e4f012acdeab6889498e4c8e9a5d47b225dcce5c6d7633b144cdaa582e76"}
+SCORING_SOURCES_SHA256 = {7: "026bcbb8599e4fceedae077cf1486fa0499c51b049955e55afe93d2f59a47488"}
+TRAINING_SOURCES_SHA256 = {3: "3e975754fbc105bab97418b4623aae0bf891c2c329124376b33242abf617104c"}
 
 
 def keys(cfg):

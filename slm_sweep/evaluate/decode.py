@@ -336,8 +336,9 @@ class _DecodeStep:
 
     def _capture(self) -> None:
         # The warm-up runs write this step's keys/values, the same ones the first replay writes again.
-        # Streams on the cache's device, named: torch.cuda.graph's default capture stream is made once, on whichever
-        # device was current then, and a capture on another device than the model's records an empty graph.
+        # Warm-up and capture on a side stream of the cache's device, named: torch.cuda.graph's default capture
+        # stream is made once, on whichever device was current then, and a capture on another device than the
+        # model's records an empty graph.
         length = self.buffers[3].shape[1]
         device = self.cache.columns.device
         current = torch.cuda.current_stream(device)
@@ -349,7 +350,7 @@ class _DecodeStep:
                     self._run(*self.buffers, length)
             current.wait_stream(stream)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(device)):
+            with torch.cuda.graph(self.graph, stream=stream):
                 self.logits = self._run(*self.buffers, length)
         except BaseException:
             # torch.cuda.graph ends a failed capture (which raises) before leaving its capture stream, which

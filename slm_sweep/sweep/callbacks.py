@@ -10,8 +10,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from slm_sweep.results import RESULT_FILE, read_result, redact
-from slm_sweep.results import redact_overrides as _redact_overrides
+from slm_sweep.results import RESULT_FILE, read_result, redact, redact_overrides
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +21,15 @@ def scrub_yaml(path: Path) -> None:
         return
     node = OmegaConf.load(path)
     if isinstance(node, ListConfig):
-        cleaned: Any = _redact_overrides([str(x) for x in node])
+        cleaned: Any = redact_overrides([str(x) for x in node])
     else:
         cleaned = redact(OmegaConf.to_container(node, resolve=False))
         if isinstance(cleaned, dict) and "hydra" in cleaned:
             task = ((cleaned["hydra"].get("overrides") or {}).get("task")) or []
-            cleaned["hydra"]["overrides"]["task"] = _redact_overrides([str(x) for x in task])
+            cleaned["hydra"]["overrides"]["task"] = redact_overrides([str(x) for x in task])
             job = cleaned["hydra"].get("job") or {}
             if job.get("override_dirname"):
-                job["override_dirname"] = ",".join(_redact_overrides(job["override_dirname"].split(",")))
+                job["override_dirname"] = ",".join(redact_overrides(job["override_dirname"].split(",")))
     text = OmegaConf.to_yaml(OmegaConf.create(cleaned))
     if text != path.read_text():
         path.write_text(text)

@@ -78,7 +78,7 @@ def mfu(tokens_per_s: float | None, flops_per_token: float, peak_flops: float | 
 def reset_peak_memory() -> None:
     """Start the peaks that ``peak_memory_mb`` reads afresh, so that a cell reports its own and not the largest of
     the cells before it in the same process (Hydra's basic launcher runs a whole sweep in one)."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_initialized():
         for index in range(torch.cuda.device_count()):
             torch.cuda.reset_peak_memory_stats(index)
     try:
