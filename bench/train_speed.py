@@ -44,7 +44,7 @@ from slm_sweep.methods import apply_method  # noqa: E402
 from slm_sweep.models import load_model_and_tokenizer  # noqa: E402
 from slm_sweep.results import atomic_write_text  # noqa: E402
 from slm_sweep.train.data import EncodedDataModule  # noqa: E402
-from slm_sweep.train.fit import build_data, fit  # noqa: E402
+from slm_sweep.train.fit import build_data, fit, without_cudnn_attention  # noqa: E402
 from slm_sweep.train.module import build_optimizer, lr_factor, micro_batch_loss  # noqa: E402
 
 METHODS = ("full", "lora", "dora")
@@ -125,7 +125,14 @@ def synchronize(device: str) -> None:
 
 
 def plain_loop(model, steps: list[list[dict]], cfg: dict, method_cfg, device: str, warmup: int) -> dict:
-    """The reference: forward, backward, clip, AdamW step, schedule step; nothing else."""
+    """The reference: forward, backward, clip, AdamW step, schedule step; nothing else. With the attention
+    kernels slm_sweep trains with (no cuDNN attention on CUDA, as ``fit``): the ratio compares the loops, not the
+    kernels."""
+    with without_cudnn_attention(device):
+        return _plain_loop(model, steps, cfg, method_cfg, device, warmup)
+
+
+def _plain_loop(model, steps: list[list[dict]], cfg: dict, method_cfg, device: str, warmup: int) -> dict:
     model.to(device).train()
     optimizer = build_optimizer(model.parameters(), float(method_cfg["lr"]), float(cfg["weight_decay"]),
                                 fused=cfg.get("fused_adamw"))

@@ -22,6 +22,7 @@ A result reused under a key is one draw of what that configuration computes, not
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -32,14 +33,20 @@ from pathlib import Path
 from typing import Any
 
 # Bump when a change to the training path alters the weights it produces (loss, batching order, schedule, ...).
-TRAINING_CODE_VERSION = 3  # 3: plain prompts trained with the BOS scoring sees; Llama 3 chat prompts dated
+TRAINING_CODE_VERSION = 4  # 4: trainable weights loaded in a half dtype train as float32 master weights under
+# mixed precision (they were updated in bf16)
+# 3: plain prompts trained with the BOS scoring sees; Llama 3 chat prompts dated
 # CHAT_TEMPLATE_DATE; a chat turn ends with the template's end-of-turn token (Gemma 3: <end_of_turn>, not <eos>);
 # random state restored on resume; train_limit a seeded sample (2: train mode while training; over-long examples
 # dropped, not cut)
-# Bump when a change to prompts, generation or answer scoring alters scores. tests/test_identity.py holds the
-# hash of the sources behind each version (prompts, generation and scoring; prompts, encoding and the training
-# loop), so an edit of one of them without a bump, or a recorded statement that it changes no result, fails a test.
-SCORING_VERSION = 7  # 7: a generation also ends at the tokenizer's EOS and the chat template's end-of-turn token when
+# Bump when a change to prompts, generation or answer scoring alters scores. SCORING_SOURCES_SHA256 and
+# TRAINING_SOURCES_SHA256 below hold the hash of the sources behind each version, so an edit of one of them
+# without a bump, or a recorded statement that it changes no result, fails a test; and a cell run from edited
+# sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
+SCORING_VERSION = 8  # 8: lenient: a "which is" after an answer already stated as one number explains it (not
+# restates it); "####" is a marker only with a number after it (not a markdown heading); LaTeX mixed numbers
+# "1\\frac{1}{2}"; a closing "Check: ..." paragraph is cut like a note (lenient and prose references)
+# 7: a generation also ends at the tokenizer's EOS and the chat template's end-of-turn token when
 # the model's generation config does not name them (as training ends answers; lm-eval cuts at the EOS text)
 # 6: float noise 1e-15 (not 1e-9), no "0.00" for a non-zero reference, a rounded reference
 # (3.33333) matched by more precise answers; lenient and prose references end the answer where a justification
@@ -49,6 +56,15 @@ SCORING_VERSION = 7  # 7: a generation also ends at the tokenizer's EOS and the 
 # lenient reads the result of an equation after its marker and never a closing note; prose references cut
 # comment clauses (3: the model's generation config set aside by default, eval.generation_config)
 NUMERIC_LIBRARIES = ("torch", "transformers", "peft")
+# The sources (under slm_sweep/) that decide a cell's scores and its trained weights, and their hash at each
+# version. After an edit: bump the version if results can change, else record the new hash for the same version
+# (a change that cannot alter any score or weight: speed, messages, docs).
+SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "evaluate/stopping.py",
+                   "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py")
+TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
+                    "train/fit.py", "methods.py")
+SCORING_SOURCES_SHA256 = {8: "a0348f986ca57b8a74318811c811775d136243eccb200568ceafb0daf50435be"}
+TRAINING_SOURCES_SHA256 = {4: "f39f10aa252435767422444986ba263b73328f5df473bbc5b99eae4cf43c4b3d"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",
@@ -82,13 +98,59 @@ class CellIdentity:
         """The dtype generation runs in, as the evaluation key names it."""
         return self.parts["evaluation"]["eval"]["dtype"]
 
-    def as_record(self) -> dict[str, str | None]:
+    @property
+    def scored_with(self) -> dict[str, Any]:
+        """How answers were generated and scored, the split aside: what two cells compared with each other must
+        share (the scoring version, max_new_tokens, stop, generation_config, dtype, metric modules)."""
+        evaluation = self.parts.get("evaluation") or {}
+        return {"scoring": evaluation.get("scoring"),
+                **({"edited_sources": evaluation["edited_sources"]} if evaluation.get("edited_sources") else {}),
+                **{k: v for k, v in (evaluation.get("eval") or {}).items() if k != "split"}}
+
+    def as_record(self) -> dict[str, Any]:
         return {"training_key": self.training_key, "evaluation_key": self.evaluation_key,
-                "configuration_key": self.configuration_key}
+                "configuration_key": self.configuration_key, "scored_with": self.scored_with}
+
+
+@functools.cache
+def sources_digest(names: tuple[str, ...]) -> str | None:
+    """sha256 over the named sources of the package (name and bytes of each); None when one cannot be read."""
+    package = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    try:
+        for name in names:
+            h.update(name.encode() + b"\0" + (package / name).read_bytes())
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def edited_sources(names: tuple[str, ...], pinned: Mapping[int, str], version: int) -> str | None:
+    """The sources' hash (16 hex digits) when they differ from the ones pinned for ``version``, else None: a cell
+    computed by edited code must not share a key with the released code's cells."""
+    found = sources_digest(names)
+    return None if found is None or found == pinned.get(version) else found[:16]
 
 
 def digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(canonical(value), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def canonical(value: Any) -> Any:
+    """``value`` with each number written one way: a float that is a whole number is the integer (``alpha: 32.0``
+    and ``32`` are one setting)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {key: canonical(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical(item) for item in value]
+    return value
+
+
+def stop_strings(stop: Any) -> Any:
+    """``eval.stop`` as a set: a generation is cut at the earliest of them, whatever their order."""
+    return sorted({str(s) for s in stop if s}) if isinstance(stop, (list, tuple)) else stop
 
 
 def fingerprint(examples: Iterable) -> str:
@@ -304,8 +366,10 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
         trainer = config["trainer"]
         world_size = planned_world_size(trainer)
         callbacks = weight_changing_callbacks(config.get("callbacks"))
+        edited = edited_sources(TRAINING_SOURCES, TRAINING_SOURCES_SHA256, TRAINING_CODE_VERSION)
         training = {
             "code": TRAINING_CODE_VERSION,
+            **({"edited_sources": edited} if edited else {}),
             "libraries": numeric_versions(),
             "model": model,
             "method": {k: v for k, v in method.items() if k not in METHOD_EVAL_KEYS},
@@ -323,15 +387,18 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
     training_key = digest(training) if training else None
     shots = int(method.get("num_fewshot") or 0)
     eval_cfg = config["eval"]
+    edited = edited_sources(SCORING_SOURCES, SCORING_SOURCES_SHA256, SCORING_VERSION)
     evaluation = {
         "scoring": SCORING_VERSION,
+        **({"edited_sources": edited} if edited else {}),
         "weights": training_key or {"model": model, "libraries": numeric_versions()},
         "method": {"name": method["name"], **{k: method.get(k) for k in METHOD_EVAL_KEYS
                                               if k not in METHOD_PROMPT_KEYS or method.get(k) is not None}},
         "shot_pool": fingerprint(train) if shots else None,
         # prompt.style and prompt.system shape the prompts only of methods prompted as trained cells are
         "prompt": prompt if (method.get("prompt_format") or "as_trained") == "as_trained" else None,
-        "eval": {**{k: eval_cfg.get(k) for k in EVAL_SCORING_KEYS}, "dtype": eval_dtype,
+        "eval": {**{k: eval_cfg.get(k) for k in EVAL_SCORING_KEYS}, "stop": stop_strings(eval_cfg.get("stop")),
+                 "dtype": eval_dtype,
                  **metric_modules_identity(eval_cfg.get("metric_modules"))},
         "test": fingerprint(test),
         "ood": {name: fingerprint(examples) for name, examples in sorted(ood.items())},

@@ -88,7 +88,10 @@ def is_complete(record: Mapping[str, Any] | None) -> bool:
     from slm_sweep.scoring import ACCURACY_KEYS  # pure Python: result readers stay torch-free
 
     metrics = record.get("metrics") or {}
-    return all(metrics.get(k) is not None for k in (*ACCURACY_KEYS, "n_eval"))
+    # a cell that scored the validation split (a learning-rate search) records val_accuracy_*, val_n_eval
+    config = record.get("config") if isinstance(record.get("config"), Mapping) else {}
+    prefix = "val_" if ((config.get("eval") or {}).get("split") == "val") else ""
+    return all(metrics.get(prefix + k) is not None for k in (*ACCURACY_KEYS, "n_eval"))
 
 
 def redact_overrides(overrides: Sequence[str]) -> list[str]:

@@ -13,6 +13,7 @@ import logging
 import shutil
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from slm_sweep.sweep.resume import (
     kept_weights,
     own_checkpoint,
     search_dirs,
+    set_aside_earlier,
     stamp_training_key,
 )
 
@@ -223,14 +225,16 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         # quantized weights generate in the dtypes they were loaded in (placement.resolve_placement)
         eval_dtype = None if cfg.model.get("quantization") else identity.eval_dtype
         previous = find_completed(dirs, identity.evaluation_key, own=out, eval_dtype=eval_dtype)
+        # looked up before an earlier result in the same folder is set aside (its weights may be this cell's)
+        trained = (find_trained(dirs, identity.training_key, own=out)
+                   if cfg.method.train and previous is None and reloads_exactly(cfg.method) else None)
+        trained_record = read_result(trained) if trained is not None else None
+        set_aside_earlier(out, identity.evaluation_key, identity.training_key)
         if previous is not None:
             reused = _reuse(previous, out, record)
             if reused is record:  # a copy made now: the dashboard gets a run for it, as for every other cell
                 _track_copy(cfg, reused, config, out)
             return reused
-        # looked up before this run's record replaces an earlier one in the same folder
-        trained = find_trained(dirs, identity.training_key, own=out) if cfg.method.train else None
-        trained_record = read_result(trained) if trained is not None else None
         write_result(out, record)
         from slm_sweep.tracking import Tracker
 
@@ -326,6 +330,14 @@ def _performance(record: dict[str, Any]) -> str:
         evaluation += f" on {placement['device']} {placement.get('dtype') or ''}".rstrip()
     peak = f", peak {metrics['peak_memory_mb'] / 1024:.1f} GB" if metrics.get("peak_memory_mb") else ""
     return f"{train}, {evaluation}{peak}"
+
+
+def reloads_exactly(method: Mapping[str, Any]) -> bool:
+    """Whether kept adapter weights give the trained model back: peft initialises an adapter again when loading
+    it, and one that changes the base weights by a randomized decomposition (PiSSA's ``pissa_niter_N``) gets another
+    base each time, so such a cell trains again instead of re-scoring kept weights."""
+    init = str(((method.get("peft") or {}).get("init_lora_weights")) or "")
+    return not init.startswith("pissa_niter")
 
 
 def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:

@@ -22,14 +22,16 @@ but they can never equal a reference, so the score is the same.
 ``lenient`` is the same for every method and reads the answer wherever a chat model states it: from the last
 ``\\boxed{...}``, else the rest of the sentence after the last ``####`` or, failing that, the last "the answer
 is" (any case), else the last number of the text once closing remarks are cut off (a last paragraph starting
-"Note", a parenthesised remark at the end). Where the part read holds an "=", the result after the last one
+"Note" or checking the result, "Check: ...", a parenthesised remark at the end). Where the part read holds an "=", the result after the last one
 counts ("the answer is 16 - 3 - 4 = 9 eggs" is 9). An explicit marker therefore wins over numbers written after
 it, and a closing "(Note: 1 dozen = 12)" is never the answer. Numbers may carry thousands separators, a currency
 sign, a percent sign (dropped: "25%" is 25), a sign and decimals, or be fractions ``3/4``,
-``\\frac{3}{4}`` / ``\\dfrac{3}{4}`` or mixed numbers ``1 1/2``.
+``\\frac{3}{4}`` / ``\\dfrac{3}{4}`` or mixed numbers ``1 1/2`` / ``1\\frac{1}{2}``.
 
 After "the answer is" or ``####`` the answer ends where a justification starts ("4 because 4 x 3 = 12" is 4,
-"5 (since 5 * 2 = 10)" is 5), and a restatement ("16 - 3 - 4, which is 9") is the answer. LaTeX thousands
+"5 (since 5 * 2 = 10)" is 5), and a restatement ("16 - 3 - 4, which is 9") is the answer, unless what it
+restates is one number already ("18, which is 9 * 2" is 18). A ``####`` counts only with a number after it (not
+a markdown heading "#### Step 2"). LaTeX thousands
 separators ("1{,}000") and rupees ("Rs.40") are read as numbers.
 
 Numbers are compared by ``same_number``: equal up to float noise (a relative 1e-15, a few units in the last place
@@ -78,7 +80,8 @@ _NUMBER = re.compile(
     (?P<sign>(?<![\w.)\]}}])[-−])?
     (?:[$€£¥₹]\s?)?
     (?:
-        \\[dt]?frac\{{\s*(?P<fsign>[-−])?\s*(?P<fn>{_UNSIGNED})\s*\}}\{{\s*(?P<fd>{_UNSIGNED})\s*\}}
+        (?<![\w.^])(?P<lw>\d+)\s*(?P<lf>\\[dt]?frac\{{\s*(?P<ln>\d+)\s*\}}\{{\s*(?P<ld>\d+)\s*\}})
+      | \\[dt]?frac\{{\s*(?P<fsign>[-−])?\s*(?P<fn>{_UNSIGNED})\s*\}}\{{\s*(?P<fd>{_UNSIGNED})\s*\}}
       | (?<![\w.^])(?<!\^\{{)(?P<mw>\d+)[ \t]+(?P<mn>\d+)/(?P<md>\d+)(?![\d/]|[.,]\d)
       | (?<![\w.^])(?<!\^\{{)(?P<n>{_UNSIGNED})/(?P<d>{_UNSIGNED})(?![\d/])
       | (?<![\w.^])(?<!\^\{{)(?P<x>{_UNSIGNED})
@@ -92,11 +95,13 @@ _LATEX_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|,\\!|\\,)(?=\d{3}(?!\d))")
 _RUPEES = re.compile(r"\bRs\.?\s?(?=\d)")
 _BOXED = re.compile(r"\\boxed\s*\{")
 _ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\b", re.IGNORECASE)
-_GSM8K_MARKER = "####"
+# GSM8K's "#### <answer>" marker: only where a number follows, not a markdown heading ("#### Step 2: Money")
+_GSM8K_MARKER = re.compile(r"####(?=[ \t]*:?[ \t]*[-−]?[ \t]*[$€£¥₹]?[ \t]?\.?\d)")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _PARAGRAPH_SPLIT = re.compile(r"\n\s*\n")
-_NOTE_START = re.compile(r"\(?\s*\**\s*note\b", re.IGNORECASE)
+# a closing paragraph that remarks on the answer or checks it ("Note: ...", "Check: 3 * 5 = 15. Correct.")
+_NOTE_START = re.compile(r"\(?\s*\**\s*(?:note|check(?:ing)?|verification|to (?:check|verify))\b", re.IGNORECASE)
 # A closing remark in parentheses, "(Note: ...)" or any other; LaTeX's \( ... \) is not one.
 _TRAILING_REMARK = re.compile(r"(?<!\\)\((?!\s*[=≈])[^()]*(?<!\\)\)[\s.]*$")  # "(= 12)" is a result, kept
 # Narrowing a final sentence to its result, in this order, each only when a number follows it: a word that
@@ -215,8 +220,10 @@ def _number_value(match: re.Match) -> Fraction | None:
         numerator, denominator = plain(match["fn"]), plain(match["fd"])
         if match["fsign"]:
             numerator = -numerator
-    elif match["mw"] is not None:
-        whole, numerator, denominator = int(match["mw"]), int(match["mn"]), int(match["md"])
+    elif match["mw"] is not None or match["lw"] is not None:
+        whole, numerator, denominator = ((int(match["mw"]), int(match["mn"]), int(match["md"]))
+                                         if match["mw"] is not None else
+                                         (int(match["lw"]), int(match["ln"]), int(match["ld"])))
         if denominator == 0 or numerator >= denominator:
             return None
         value = whole + Fraction(numerator, denominator)
@@ -241,10 +248,11 @@ def written_numbers(text: str) -> list[tuple[Fraction, int | None]]:
         if len(match.group(0)) > _MAX_NUMBER_CHARS:
             continue
         value = _number_value(match)
-        if value is None and match["mw"] is not None:
-            # "5 10/2" is no mixed number: keep the 5 and read on from the 10
-            whole = Fraction(int(match["mw"]))
-            value, position = (-whole if match["sign"] else whole), match.start("mn")
+        if value is None and (match["mw"] is not None or match["lw"] is not None):
+            # "5 10/2" (or "5\frac{10}{2}") is no mixed number: keep the 5 and read on from the 10
+            mixed = "mw" if match["mw"] is not None else "lw"
+            whole = Fraction(int(match[mixed]))
+            value, position = (-whole if match["sign"] else whole), match.start("mn" if mixed == "mw" else "lf")
         if value is not None:
             found.append((value, _decimals(match["x"]) if match["x"] is not None else None))
     return found
@@ -312,12 +320,13 @@ def _result_part(text: str) -> str:
 
 def _stated_answer(rest: str) -> str:
     """The answer part of what follows "the answer is" or "####": up to the sentence's end, the restatement after
-    a last "which is" when one holds a number, else up to where a justification starts (when a number comes
-    before it); of that, the result after its last "=" (``_result_part``)."""
+    a last "which is" when one holds a number and what it restates is not already one number ("16 - 3 - 4, which
+    is 9" is 9; "18, which is 9 * 2" is 18), else up to where a justification starts (when a number comes before
+    it); of that, the result after its last "=" (``_result_part``)."""
     part = _up_to_sentence_end(rest.lstrip(" :"))
-    restated = _after_last(_RESTATED, part)
-    if restated is not None and numbers_in(restated):
-        return _result_part(restated)
+    found = list(_RESTATED.finditer(part))
+    if found and numbers_in(part[found[-1].end():]) and len(numbers_in(part[: found[-1].start()])) != 1:
+        return _result_part(part[found[-1].end():])
     for boundary in _JUSTIFICATION.finditer(part):
         if numbers_in(part[: boundary.start()]):
             part = part[: boundary.start()]
@@ -336,7 +345,7 @@ def lenient_number(text: str) -> tuple[Fraction, int | None] | None:
         numbers = written_numbers(_result_part(boxed))
         if numbers:
             return numbers[0]
-    rests = (text.split(_GSM8K_MARKER)[-1] if _GSM8K_MARKER in text else None, _after_last(_ANSWER_IS, text))
+    rests = (_after_last(_GSM8K_MARKER, text), _after_last(_ANSWER_IS, text))
     for rest in rests:
         if rest is not None:
             numbers = written_numbers(_stated_answer(rest))
@@ -410,7 +419,7 @@ def prose_reference_value(text: str) -> Fraction | None:
 
     In order: the last ``\\boxed{...}``; else the rest of the sentence after the last "the answer is" (any
     case); else the last sentence that holds a number, once closing remarks are cut off (a last paragraph
-    starting "Note", a parenthesised remark at the end such as "(Note: 1 dozen = 12.)"). That sentence is
+    starting "Note" or "Check", a parenthesised remark at the end such as "(Note: 1 dozen = 12.)"). That sentence is
     narrowed to what follows its last "so" / "therefore" / "thus" / "hence" / "which means" / "that means",
     then to what follows its last "is" / "are" / "was" / "were" / "be" / "equals" / "costs", each step only
     when a number follows; a clause that comments on a result already stated is cut off first ("..., which is 20%

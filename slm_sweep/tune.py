@@ -110,7 +110,7 @@ def _searched(table: Mapping[str, Any], dataset: str, model: str, method: str) -
 def _cell_config(cfg: DictConfig) -> dict[str, Any]:
     """The parts of a composed cell that ``tuned_under`` reads, as result.json records them."""
     return {part: OmegaConf.to_container(cfg[part], resolve=True)
-            for part in ("method", "trainer", "dataset", "prompt") if cfg.get(part) is not None}
+            for part in ("model", "method", "trainer", "dataset", "prompt") if cfg.get(part) is not None}
 
 
 def _differences(searched: Mapping[str, Any], here: Mapping[str, Any]) -> list[str]:
@@ -145,7 +145,9 @@ def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> 
     recorded = searched.get("trained_with")
     if not isinstance(recorded, Mapping):
         return
-    differing = _differences(recorded, tuned_under(_cell_config(cfg)))
+    here = {k: v for k, v in tuned_under(_cell_config(cfg)).items()
+            if not any(k.startswith(p) and not any(r.startswith(p) for r in recorded) for p in _LATER_SETTINGS)}
+    differing = _differences(recorded, here)
     if differing:
         raise ConfigError(
             f"tuning.table: the rate lr.{dataset}.{model}.{method} in {path} was searched under other training "
@@ -237,8 +239,10 @@ def resolve_lr(cfg: DictConfig) -> dict[str, Any] | None:
     if searched.get("metric") and searched.get("best") is not None:
         detail += (f" (best {searched['metric']} {searched['best']} of {len(searched.get('candidates') or [])} "
                    f"candidates on {searched.get('val_examples')} validation examples)")
+    edge = next((c.get("at_edge") for c in searched.get("candidates") or []
+                 if isinstance(c, Mapping) and c.get("lr") == tuned and c.get("at_edge")), None)
     return {"value": tuned, "source": "tuned", "detail": detail, "table": str(path),
-            "searches": list(table.get("searches") or [])}
+            "searches": list(table.get("searches") or []), **({"at_edge": str(edge)} if edge else {})}
 
 
 # ------------------------------------------------------------------------------------------------ choosing
@@ -248,16 +252,27 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+# model settings that do not change the weights a rate is tuned for (where files sit, the table's own key)
+_NOT_THE_WEIGHTS = ("name", "gguf_dir", "gguf_package")
+# settings a table's trained_with holds since they were added: an older table is checked without them
+_LATER_SETTINGS = ("model.", "dataset.dedup.")
+
+
 def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
     """What a search cell trained and scored with, apart from its learning rate and seed: candidates compared
     against each other must agree on all of it."""
+    from slm_sweep.data.specs import dedup_settings
     from slm_sweep.identity import EVAL_SCORING_KEYS, trainer_identity
 
     config = record.get("config") or {}
     method = {k: v for k, v in (config.get("method") or {}).items() if k != "lr"}
     dataset = config.get("dataset") or {}
+    # the weights trained from (a table is keyed by model.name, which another id, revision or dtype keeps)
+    model = {k: v for k, v in (config.get("model") or {}).items() if k not in _NOT_THE_WEIGHTS and v is not None}
     return {
+        **{f"model.{k}": v for k, v in model.items()},
         **{f"method.{k}": v for k, v in method.items()},
+        **({f"dataset.dedup.{k}": v for k, v in dedup_settings(dataset).items()} if dataset.get("name") else {}),
         **{f"trainer.{k}": v for k, v in trainer_identity(config.get("trainer") or {}).items()},
         **{f"dataset.{k}": dataset.get(k) for k in ("val_size", "train_limit", "split_seed", "test_split")},
         **{f"eval.{k}": (config.get("eval") or {}).get(k) for k in EVAL_SCORING_KEYS},

@@ -24,7 +24,8 @@ def _env(out: Path) -> dict:
 def test_dry_run_runs_every_stage_and_reports(requires_data, tmp_path):
     out = tmp_path / "out"
     # an eval setting passed to the eval stage: 8 slots, so the batch-invariance pass uses a quarter, 2
-    proc = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run", "--eval-override", "eval.max_batch_size=8"],
+    proc = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run", "--eval-override", "eval.max_batch_size=8",
+                           "--work-dir", str(tmp_path / "work")],
                           cwd=REPO, env=_env(out), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (out / "gpu_check.log").is_file()
@@ -44,6 +45,10 @@ def test_dry_run_runs_every_stage_and_reports(requires_data, tmp_path):
     assert evaluation["returncode"] == 0 and evaluation["questions"] == 16
     assert evaluation["placement"]["device"] == "cpu" and evaluation["eval_seconds"] > 0
     assert evaluation["host_loop"]["questions"] == 16 and evaluation["host_loop"]["host_ms_per_step"] > 0
+    # float32 on the CPU: a left-padded prefill reads what each prompt alone reads
+    prefill = evaluation["padded_prefill"]
+    assert prefill["prompts"] == 8 and prefill["lengths"][0] < prefill["lengths"][1] and prefill["logits_finite"]
+    assert prefill["same_next_token"] == 8 and prefill["max_abs_logit_difference"] < 1e-3
     # float32 on the CPU: a quarter of the slots changes no output
     batch = evaluation["batch_invariance"]
     assert evaluation["settings"]["max_batch_size"] == 8
@@ -67,6 +72,18 @@ def test_dry_run_runs_every_stage_and_reports(requires_data, tmp_path):
     assert variant["returncode"] == 0 and set(variant["methods"]) == {"full", "lora"}
     assert variant["methods"]["full"]["padding_fraction"] == 0.0
     assert "gpu_check summary" in proc.stdout
+    # the scratch files stay outside OUT (a device machine returns a few files); their logs, figures and results
+    # come back packed, without weights
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log", "work.tar.gz"]
+    import tarfile
+
+    with tarfile.open(out / "work.tar.gz") as tar:
+        names = tar.getnames()
+    assert "eval.log" in names and "eval_figures.json" in names and "train_speed_gpu.json" in names
+    assert sum(n.startswith("sweep/") and n.endswith("/result.json") for n in names) == 5
+    assert not any("/adapter/" in n or "/checkpoints/" in n for n in names)
+    assert report["work_archive"]["files"] == len(names) and report["prepare_weights"] == {
+        "skipped": "no GGUF to convert"}
 
 
 def test_an_eval_setting_that_is_not_one_is_refused_before_anything_runs(tmp_path):
@@ -79,6 +96,7 @@ def test_an_eval_setting_that_is_not_one_is_refused_before_anything_runs(tmp_pat
 def test_a_stage_cut_short_still_reports(requires_data, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--stages", "eval", "--out", str(out),
+                           "--work-dir", str(tmp_path / "work"),
                            "--timeouts", "1", "1", "1", "1"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     stage = json.loads((out / "gpu_check.json").read_text())["stages"]["eval"]
@@ -138,3 +156,14 @@ def test_training_floors_are_judged_on_cuda_only(floor_rate, met):
     assert verdict["full_met"] is met and verdict["lora_met"] is met
     assert verdict["dora_step_over_lora"] == 1.4 and verdict["dora_met"] is False
     assert gpu_check.train_floors(methods, "cpu")["checked"] is False
+
+
+def test_variants_with_no_time_left_in_the_job_are_skipped_not_failed(tmp_path):
+    import argparse
+
+    import gpu_check
+
+    args = argparse.Namespace(timeouts=[1, 1, 1, 60], job_deadline=0.0, dry_run=False)
+    figures = gpu_check.train_variants_stage(args, ["model=tiny"], "cuda", tmp_path)
+    assert figures["returncode"] == 0
+    assert all(figures[name] == {"skipped": "no time left in the stage"} for name in gpu_check.TRAIN_VARIANTS)

@@ -3,27 +3,24 @@ from kept adapters by those keys."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 
 import pytest
+from conftest import compose_config
 from omegaconf import OmegaConf
 
-from slm_sweep.identity import SCORING_VERSION, TRAINING_CODE_VERSION
+from slm_sweep.identity import (
+    SCORING_SOURCES,
+    SCORING_SOURCES_SHA256,
+    SCORING_VERSION,
+    TRAINING_CODE_VERSION,
+    TRAINING_SOURCES,
+    TRAINING_SOURCES_SHA256,
+    sources_digest,
+)
 from slm_sweep.results import read_result, redact
 from slm_sweep.run import identify, load_data, run
 from slm_sweep.sweep.resume import KEY_STAMP, kept_weights, stamped_key
-
-# The sources that decide a cell's scores and its trained weights, hashed together for the current
-# SCORING_VERSION and TRAINING_CODE_VERSION: editing one of them fails a test until the version is bumped (results
-# may change) or the hash is updated here (a change that cannot alter any score or weight: speed, messages, docs).
-SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "evaluate/stopping.py",
-                   "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py")
-TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
-                    "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {7: "026bcbb8599e4fceedae077cf1486fa0499c51b049955e55afe93d2f59a47488"}
-TRAINING_SOURCES_SHA256 = {3: "3e975754fbc105bab97418b4623aae0bf891c2c329124376b33242abf617104c"}
 
 
 def keys(cfg):
@@ -77,6 +74,11 @@ def test_speed_and_logging_settings_change_neither_key(base, change):
 def test_other_spellings_of_a_setting_and_a_display_callback_change_neither_key(base):
     assert base("trainer.precision=32", "trainer.gradient_clip_val=1", "model.init_seed=null",
                 "+callbacks.lr={_target_:lightning.pytorch.callbacks.LearningRateMonitor}") == base()
+    # a whole number written as a float, the dedup sets and the stop strings in another order (or repeated)
+    default = compose_config(["model=tiny"])
+    against = ",".join(reversed(list(default.dataset.dedup.against)))
+    stop = ",".join(f"'{s}'" for s in [*reversed(list(default.eval.stop)), default.eval.stop[0]])
+    assert base("method.alpha=32.0", f"dataset.dedup.against=[{against}]", f"eval.stop=[{stop}]") == base()
 
 
 def test_moving_the_data_folder_changes_nothing_its_content_does_not(base, requires_data, tmp_path):
@@ -136,14 +138,6 @@ def test_a_tuned_learning_rate_is_in_the_training_key_as_the_rate_itself(tiny_cf
     assert tuned("3.0e-4") == keys(tiny_cfg("method=lora", "method.lr=3.0e-4")) != default
 
 
-def sources_digest(names):
-    package = Path(__file__).resolve().parents[1] / "slm_sweep"
-    digest = hashlib.sha256()
-    for name in names:
-        digest.update(name.encode() + b"\0" + (package / name).read_bytes())
-    return digest.hexdigest()
-
-
 @pytest.mark.parametrize("sources,recorded,version,name", [
     (SCORING_SOURCES, SCORING_SOURCES_SHA256, SCORING_VERSION, "SCORING_VERSION"),
     (TRAINING_SOURCES, TRAINING_SOURCES_SHA256, TRAINING_CODE_VERSION, "TRAINING_CODE_VERSION")])
@@ -151,7 +145,22 @@ def test_scoring_and_training_sources_match_their_versions(sources, recorded, ve
     digest = sources_digest(sources)
     assert recorded.get(version) == digest, (
         f"{', '.join(sources)} under slm_sweep/ changed: bump identity.{name} if results can change, "
-        f"and record {digest} for it in tests/test_identity.py")
+        f"and record {digest} for it in slm_sweep/identity.py")
+
+
+def test_a_cell_of_edited_sources_never_shares_a_key_with_the_released_code(base, monkeypatch):
+    """Scoring (or training) sources that differ from the hash pinned for their version put their own hash into
+    the keys, so that a result of an uncommitted edit is neither reused by nor reuses a released-code cell."""
+    import slm_sweep.identity as identity
+
+    released = base()
+    monkeypatch.setitem(identity.SCORING_SOURCES_SHA256, SCORING_VERSION, "0" * 64)
+    training, evaluation = base()
+    assert training == released[0] and evaluation != released[1]
+    monkeypatch.setitem(identity.TRAINING_SOURCES_SHA256, TRAINING_CODE_VERSION, "0" * 64)
+    assert base()[0] != released[0]
+    monkeypatch.undo()
+    assert base() == released
 
 
 def test_rerun_into_its_own_folder_does_nothing_again(tiny_cfg, tmp_path, monkeypatch):
@@ -168,6 +177,48 @@ def test_rerun_into_its_own_folder_does_nothing_again(tiny_cfg, tmp_path, monkey
     assert (tmp_path / "cell" / "result.json").read_bytes() == before
 
 
+def test_a_rerun_with_other_settings_into_the_same_folder_sets_the_earlier_result_aside(tiny_cfg, tmp_path,
+                                                                                        monkeypatch):
+    """Nothing computed is lost: another training sets the earlier result and its adapter aside, a re-scoring of
+    the same weights sets aside the result only (the adapter is the one it scores), and the earlier
+    configuration run again is found in the aside folder."""
+    search = ["resume.enabled=true", f"resume.search_dir={tmp_path / 'none'}"]
+    cell = tmp_path / "cell"
+    first = run(tiny_cfg("method=lora", *search), out_dir=cell)
+    second = run(tiny_cfg("method=lora", *search, "trainer.max_steps=2"), out_dir=cell)
+    assert second["status"] == "completed" and second["identity"]["training_key"] != first["identity"]["training_key"]
+    aside = cell / "superseded"
+    assert read_result(aside)["identity"] == first["identity"] and (aside / "predictions.jsonl").is_file()
+    assert stamped_key(aside / "adapter") == first["identity"]["training_key"]
+    assert stamped_key(cell / "adapter") == second["identity"]["training_key"]
+
+    import slm_sweep.train.fit as fit_module
+
+    monkeypatch.setattr(fit_module, "fit", lambda *a, **k: pytest.fail("trained again"))
+    rescored = run(tiny_cfg("method=lora", *search, "trainer.max_steps=2", "eval.max_new_tokens=6"), out_dir=cell)
+    assert rescored["status"] == "completed" and rescored["trained_in"] == str(cell)
+    assert read_result(cell / "superseded-2")["identity"] == second["identity"]
+    assert not (cell / "superseded-2" / "adapter").exists() and stamped_key(cell / "adapter") == \
+        second["identity"]["training_key"]
+    again = run(tiny_cfg("method=lora", *search), out_dir=cell)
+    assert again["reused_from"] == str(aside / "result.json")
+    assert again["metrics"]["accuracy_flexible"] == first["metrics"]["accuracy_flexible"]
+
+
+def test_a_search_cell_that_scored_the_validation_split_is_reused_by_its_rerun(tiny_cfg, tmp_path, monkeypatch):
+    """A learning-rate search requeued or extended by a seed finds its finished candidates (val_accuracy_*)."""
+    cfg = tiny_cfg("method=full", "eval.split=val", "resume.enabled=true", f"resume.search_dir={tmp_path}")
+    first = run(cfg, out_dir=tmp_path / "a")
+    assert first["status"] == "completed" and first["metrics"]["val_n_eval"] == 8
+
+    import slm_sweep.models as models
+
+    monkeypatch.setattr(models, "load_model_and_tokenizer", lambda *a, **k: pytest.fail("loaded a model again"))
+    again = run(cfg, out_dir=tmp_path / "b")
+    assert again["status"] == "completed" and again["reused_from"] == str(tmp_path / "a" / "result.json")
+    assert again["metrics"]["val_accuracy_flexible"] == first["metrics"]["val_accuracy_flexible"]
+
+
 def test_a_new_evaluation_rescores_the_kept_adapter_without_training(tiny_cfg, tmp_path, monkeypatch):
     search = [f"resume.search_dir={tmp_path}", "resume.enabled=true"]
     first = run(tiny_cfg("method=lora", *search), out_dir=tmp_path / "a")
@@ -180,6 +231,13 @@ def test_a_new_evaluation_rescores_the_kept_adapter_without_training(tiny_cfg, t
     assert second["status"] == "completed", second.get("error")
     assert second["identity"]["training_key"] == first["identity"]["training_key"]
     assert second["identity"]["evaluation_key"] != first["identity"]["evaluation_key"]
+    # what a report checks before comparing two rows: the scoring and the eval settings, readable
+    from slm_sweep.identity import SCORING_VERSION
+
+    assert second["identity"]["scored_with"]["max_new_tokens"] == 6
+    assert {k: v for k, v in second["identity"]["scored_with"].items() if k != "max_new_tokens"} == \
+        {k: v for k, v in first["identity"]["scored_with"].items() if k != "max_new_tokens"}
+    assert first["identity"]["scored_with"]["scoring"] == SCORING_VERSION and "split" not in first["identity"]["scored_with"]
     assert second["trained_in"] == str(tmp_path / "a")
     assert second["metrics"]["train_steps"] == first["metrics"]["train_steps"]
     assert second["metrics"]["trainable_params"] == first["metrics"]["trainable_params"]

@@ -223,3 +223,13 @@ def test_pissa_and_rslora_cells_run_and_keep_other_weights_than_lora(tiny_cfg, t
     assert adapters["lora"].keys() == adapters["pissa"].keys() == adapters["rslora"].keys()
     for other in ("pissa", "rslora"):
         assert any(not torch.allclose(adapters["lora"][k], adapters[other][k]) for k in adapters["lora"]), other
+
+
+def test_an_adapter_whose_initialisation_is_randomized_is_trained_again_not_reloaded(tiny_cfg):
+    """peft initialises an adapter again when loading it: PiSSA's randomized SVD (pissa_niter_N) gives another
+    residual base each time, so kept weights would not be the trained model."""
+    from slm_sweep.run import reloads_exactly
+
+    assert reloads_exactly(tiny_cfg("method=pissa").method)
+    assert reloads_exactly(tiny_cfg("method=lora").method)
+    assert not reloads_exactly(tiny_cfg("method=pissa", "method.peft.init_lora_weights=pissa_niter_4").method)

@@ -127,8 +127,13 @@ def test_plan_leaves_out_missing_swept_values_and_ood_sets(requires_data, compos
     assert plan.left_out == {"model": ["smollm135"], "dataset": ["orcamath"]}
     assert plan.ood_dropped == ["gsm_hard"] and plan.ood_sets == ["svamp"]
     assert sorted(c.name for c in plan.missing) == ["gsm_hard", "orcamath", "smollm135 (HuggingFaceTB/SmolLM2-135M-Instruct)"]
-    # each distinct item once: 2 models, gsm8k for zero-shot (test) and LoRA (test, train), orcamath, 2 ood sets
-    assert len(checker.checks) == 7
+    # each distinct item once: 2 models, gsm8k for zero-shot (test) and LoRA (test, train), orcamath, 2 ood sets,
+    # and the 6 sets LoRA's training is deduplicated against
+    assert len(checker.checks) == 13
+    # of those, the ones LoRA trains without (dataset.dedup.on_missing=skip) are said, not left out
+    assert plan.dedup_skipped == ["gsm_hard", "mawps_addsub", "mawps_singleeq", "mawps_singleop", "multiarith"]
+    assert any(line.startswith("training is not deduplicated against gsm_hard, mawps_addsub") for line in
+               plan.summary_lines())
     # the cells that will run, by their swept values
     assert len(plan.to_run) == 6 and plan.to_json()["cells"] == plan.to_run
     assert plan.computations == 4  # zero-shot once for seeds 0, 1, 2; LoRA per seed
@@ -163,6 +168,27 @@ def test_plan_refuses_a_fixed_missing_value_nothing_left_or_refuse_mode(requires
     assert "preflight.on_missing=refuse" in strict.refused
     warn = plan_grid(sweep_config([root, "model=tiny", "dataset=gsm8k,orcamath"], on_missing="warn"), composer)
     assert warn.refused is None and [c.name for c in warn.missing] == ["orcamath"]
+
+
+def test_a_dedup_set_or_a_quantization_library_a_cell_needs_is_checked_before_it_runs(requires_data, composer,
+                                                                                       monkeypatch, tmp_path):
+    """A cell that must deduplicate against a set it cannot read (dataset.dedup.on_missing=error), or load 4-bit
+    weights without bitsandbytes, would fail after loading its data: the grid leaves its swept value out first."""
+    import importlib.util
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "gsm8k").symlink_to(DATA_ROOT / "gsm8k")
+    strict = plan_grid(sweep_config([f"data_root={tmp_path}", "model=tiny", "method=zeroshot,lora",
+                                     "dataset.dedup.on_missing=error", "dataset.dedup.against=[svamp]"]), composer)
+    assert strict.refused is None and strict.left_out == {"method": ["lora"]}
+    assert strict.reasons["method=lora"].startswith("missing: dedup set svamp — ")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
+    quantized = plan_grid(sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=lora,qlora"]), composer)
+    assert quantized.left_out == {"method": ["qlora"]}
+    assert quantized.reasons["method=qlora"].startswith("missing: library bitsandbytes — not installed, and "
+                                                        "model.quantization")
 
 
 def test_plan_refuses_cells_with_config_errors_before_any_runs(requires_data, composer):

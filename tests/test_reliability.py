@@ -83,11 +83,14 @@ def _start(args, cwd):
 
 
 def test_sigterm_saves_a_checkpoint_marks_interrupted_and_rerun_resumes(requires_data, tmp_path):
-    args = [*FAST_TINY, "method=lora", "trainer.max_steps=60", "resume.enabled=true",
+    # enough steps that training outlasts the wait by seconds on an idle machine (60 steps of the tiny model could
+    # finish within it)
+    steps = 300
+    args = [*FAST_TINY, "method=lora", f"trainer.max_steps={steps}", "resume.enabled=true",
             f"resume.search_dir={tmp_path / 'outputs'}"]
     proc, started, lines = _start(args, tmp_path)
     assert started.wait(240), "".join(lines)[-3000:]
-    time.sleep(2.0)
+    time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     proc.wait(120)
     assert proc.returncode != 0
@@ -103,7 +106,7 @@ def test_sigterm_saves_a_checkpoint_marks_interrupted_and_rerun_resumes(requires
     resumed = json.loads(second.read_text())
     assert resumed["status"] == "completed"
     assert resumed["resumed_from_checkpoint"] == str(checkpoint)
-    assert resumed["metrics"]["train_steps"] == 60
+    assert resumed["metrics"]["train_steps"] == steps
 
 
 @pytest.mark.parametrize("method", ["zeroshot", "lora"])

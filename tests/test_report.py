@@ -287,6 +287,16 @@ def test_out_of_domain_rows_and_table(grid, tmp_path):
     alpha_lora = next(r for r in ood if (r["model"], r["method"]) == ("alpha", "lora"))
     assert alpha_lora["delta_zeroshot"] == pytest.approx(alpha_lora_ood - zeroshot)
     assert alpha_lora["below_zeroshot"] is True and alpha_lora["negative_transfer"] is False  # no predictions
+    assert "of 3 seeds)" not in markdown
+
+    # a seed that scored the test split but not svamp: the out-of-domain mean is over the others, and says so
+    path = next(p for p in sweep.glob("*/result.json") if (lambda r: (r["model"], r["method"], r["seed"]))(
+        json.loads(p.read_text())) == ("beta", "lora", 2))
+    record = json.loads(path.read_text())
+    write_json(path, {**record, "eval_sets": {}})
+    markdown = write_report([sweep], tmp_path / "out2", plots=False)["markdown"]
+    beta_lora = next(line for line in markdown.splitlines() if line.startswith("| beta | lora |") and "(2 of 3" in line)
+    assert beta_lora.endswith("(2 of 3 seeds) |")
 
 
 def test_summary_files(grid, tmp_path):
@@ -434,6 +444,10 @@ def test_cli_errors(tmp_path):
     empty = run_cli(tmp_path / "empty", cwd=tmp_path)
     assert empty.returncode == 2
     assert "no result.json found" in empty.stderr
+    write_json(tmp_path / "broken" / "0" / "result.json", '{"status": "compl')
+    broken = run_cli(tmp_path / "broken", cwd=tmp_path)
+    assert broken.returncode == 2 and not (tmp_path / "broken" / "report").exists()
+    assert f"none of the 1 result.json files under {tmp_path / 'broken'} could be read" in broken.stderr
 
 
 def test_report_does_not_import_ml_frameworks(grid, tmp_path):
@@ -639,6 +653,32 @@ def test_a_lost_seed_is_named_on_its_own_variants_row(tmp_path):
     assert "beta × lora (r=16): seed 2 diverged." in report["markdown"]
     assert ("No completed seed, so no row in the tables above: beta × lora (r=32) on gsm8k: seed 0 failed; "
             "seed 1 failed; seed 2 failed.") in report["markdown"]
+
+
+def test_cells_without_an_identity_are_told_apart_by_their_settings_and_join_their_rerun(tmp_path):
+    """Files of cells that have no identity (written before there was one, or failed before computing it): LoRA
+    at r=8 and r=16 stay two cells, and a failed first attempt of a seed is the same cell as its completed rerun,
+    not a lost seed of another configuration."""
+    sweep = tmp_path / "sweep"
+    for r in (8, 16):
+        config = {"method": {"name": "lora", "r": r}}
+        write_json(sweep / f"old-r{r}" / "result.json", {**make_record("beta", "lora", 0, r / 100, r / 100),
+                                                         "config": config})
+    rows = summarize(collect([sweep]).records)
+    assert {row["variant"]: row["accuracy_flexible_mean"] for row in rows} == pytest.approx({"r=8": 0.08, "r=16": 0.16})
+
+    again = tmp_path / "again"
+    config = {"method": {"name": "lora", "r": 8}}
+    for seed in (0, 1):
+        record = _with_identity(make_record("beta", "lora", seed, 0.3, 0.2), config, "cfg-r8")
+        write_json(again / f"rerun-{seed}" / "result.json", record)
+    failed = {**make_record("beta", "lora", 1, 0.3, 0.2, status="failed", finished_at="2023-12-31T10:00:00Z"),
+              "config": config, "identity": None}
+    write_json(again / "first-1" / "result.json", failed)
+    report = write_report([again], tmp_path / "out", plots=False)
+    (row,) = report["rows"]
+    assert (row["variant"], row["n"], row["not_completed"]) == ("", 2, None)
+    assert [Path(kept).parent.name for kept, _ in report["collection"].duplicates] == ["rerun-1"]
 
 
 @pytest.mark.parametrize("ranks", [(8,), (4, 8, 16), (2, 4, 8, 16, 32, 64, 128, 256)])

@@ -176,19 +176,24 @@ def _seeds(*rights: int, questions: int = 80) -> list[list[bool]]:
     return [[q < right for q in range(questions)] for right in rights]
 
 
-def test_with_seeds_that_agree_the_seed_test_is_the_paired_t_test_over_questions():
-    from scipy.stats import ttest_1samp
-
+def test_with_seeds_that_agree_the_seed_test_is_the_exact_paired_test_over_questions():
+    """No spread over seeds leaves the questions alone: the exact sign-flip test of the per-question differences,
+    which for seeds answering alike is exact McNemar (Student's t on 0/1 differences rejected more often than
+    alpha where few questions differ, and gave p = 0 when every question differed alike)."""
     a = [[q % 3 != 0 for q in range(80)]] * 3  # three seeds that answered alike: no spread over seeds
     b = [[q % 2 == 0 for q in range(80)]]
     result = seeds_and_questions_test(a, b)
-    per_question = [float(x) - float(y) for x, y in zip(a[0], b[0])]
+    only_a = sum(x and not y for x, y in zip(a[0], b[0]))
+    only_b = sum(y and not x for x, y in zip(a[0], b[0]))
     assert result.seed_se == (0.0, 0.0)
-    assert result.difference == pytest.approx(sum(per_question) / 80)
-    assert result.p_value == pytest.approx(ttest_1samp(per_question, 0.0).pvalue, rel=1e-9)
-    expected = ttest_1samp(per_question, 0.0).confidence_interval(0.95)
-    assert (result.ci_low, result.ci_high) == (pytest.approx(expected.low, abs=1e-6),
-                                               pytest.approx(expected.high, abs=1e-6))
+    assert result.difference == pytest.approx((only_a - only_b) / 80)
+    assert result.p_value == pytest.approx(mcnemar_exact(only_a, only_b), rel=1e-9)
+    assert result.ci_low < result.difference < result.ci_high
+    for extra, p_value in ((4, 0.125), (5, 0.0625)):  # 1319 questions, A right on a few more, in every seed
+        sparse = seeds_and_questions_test([[q < 300 + extra for q in range(1319)]] * 3, [[q < 300 for q in range(1319)]])
+        assert sparse.p_value == pytest.approx(p_value) and sparse.ci_low <= 0
+    every = seeds_and_questions_test([[True] * 3] * 3, [[False] * 3])
+    assert every.p_value == pytest.approx(0.25)
 
 
 def test_the_seeds_share_of_the_variance_leaves_the_questions_noise_out():
@@ -328,7 +333,38 @@ def test_a_method_of_the_claim_missing_from_the_results_is_named(tmp_path):
     results, _ = claims_of(tmp_path)
     result = results["fewshot-above-full-smollm135"]
     assert result.verdict == "reproduced" and result.absent == ["fewshot_chat"]
-    assert "Not in these results: fewshot_chat." in (tmp_path / "report" / "claims.md").read_text()
+    # a wording of the baseline (require: any): one of them is enough for a complete verdict
+    # and the claim's models are alternatives (smollm135 or its 4-bit GGUF): the one present is enough
+    assert result.stated_verdict == "reproduced" and result.gaps == [] and result.absent_models == ["smollm135_q4"]
+    assert "Not in these results: fewshot_chat, model smollm135_q4." in (tmp_path / "report" / "claims.md").read_text()
+
+
+def test_a_claim_is_incomplete_when_a_method_it_needs_or_a_row_to_pair_or_a_file_is_missing(tmp_path):
+    """'LoRA and DoRA do not score below zero-shot' without a DoRA cell, a model whose baseline is missing and a
+    result file that cannot be read: each could hold what contradicts the claim, so none is a complete verdict."""
+    write_row(tmp_path, "smollm135", "zeroshot", "gsm8k", 30)
+    write_row(tmp_path, "smollm135", "full", "gsm8k", 8)
+    write_row(tmp_path, "smollm135", "lora", "gsm8k", 31)
+    write_row(tmp_path, "gemma270", "full", "gsm8k", 50)
+    results, _ = claims_of(tmp_path)
+    peft = results["peft-not-below-zeroshot"]
+    assert [i.a["method"] for i in peft.instances] == ["lora"]
+    assert peft.stated_verdict.endswith("(incomplete)")
+    assert "dora: no completed cell in these results" in peft.gaps
+    full = results["full-below-zeroshot-under-300m"]
+    assert [(i.a["model"], i.verdict) for i in full.instances] == [("smollm135", "reproduced")]
+    assert full.stated_verdict == "reproduced (incomplete)"
+    assert full.gaps == ["gemma270 × full on gsm8k: no {zeroshot, zeroshot_instructed} (each) to compare it with"]
+
+    broken = tmp_path / "gemma270-zeroshot-gsm8k-seed0"
+    broken.mkdir()
+    (broken / "result.json").write_text('{"status": "completed", "model": "gemma2')  # a truncated file
+    results, report = claims_of(tmp_path)
+    gaps = results["fewshot-above-full-smollm135"].gaps
+    assert gaps == [f"1 result file could not be read ({broken / 'result.json'}): their cells may be ones this "
+                    "claim covers"]
+    data = json.loads((tmp_path / "report" / "claims.json").read_text())
+    assert not any(c["complete"] for c in data["claims"] if c["verdict"] != "not covered")
 
 
 def test_claims_without_per_question_data_are_inconclusive_not_an_error(tmp_path):
@@ -436,7 +472,9 @@ BAD_CLAIMS = [
     ("claims:\n  - {id: x, text: t, a: full, b: lora, direction: higher}\n",
      r"direction='higher' is not allowed; allowed: above, below, not_below, not_above"),
     ("claims:\n  - {id: x, text: t, a: {methods: full}, b: lora, direction: above}\n",
-     r"side a: unknown key 'methods'; allowed: method, models, params_below, params_at_least"),
+     r"side a: unknown key 'methods'; allowed: method, require, models, params_below, params_at_least"),
+    ("claims:\n  - {id: x, text: t, a: {method: [full, lora], require: some}, b: dora, direction: above}\n",
+     r"side a: require='some' is not allowed; allowed: all, any"),
     ("claims:\n  - {id: x, text: t, a: full, b: lora, direction: above, params_below: lots}\n",
      r"params_below='lots' must be a positive parameter count"),
     ("claims:\n  - {id: x, text: t, a: full, b: lora, direction: above, margin: 0.02}\n",
@@ -609,6 +647,56 @@ def test_non_inferior_within_the_margin_yet_significantly_below_says_so(tmp_path
     assert row["note"] == note
 
 
+def test_a_trained_side_at_an_untuned_or_edge_rate_is_named_in_the_verdict(tmp_path):
+    """Full fine-tuning below zero-shot at a rate at the small end of its search (or never searched) may only
+    say the rate was too high: the note goes beside the verdict and the rows carry where each rate came from."""
+    write_row(tmp_path, "smollm135", "zeroshot", "gsm8k", 40)
+    write_row(tmp_path, "smollm135", "full", "gsm8k", 10)
+    write_row(tmp_path, "smollm135", "lora", "gsm8k", 41)
+    chosen = {"full": {"value": 5.0e-6, "source": "tuned", "detail": "lr.gsm8k.smollm135.full in lr.yaml",
+                       "at_edge": "smallest"},
+              "lora": {"value": 2.0e-4, "source": "method", "detail": "method.lr"}}
+    for path in tmp_path.glob("smollm135-*/result.json"):
+        record = json.loads(path.read_text())
+        if record["method"] in chosen:
+            record["learning_rate"] = chosen[record["method"]]
+            write_result(path.parent, record)
+    results, _ = claims_of(tmp_path)
+    (full,) = results["full-below-zeroshot-under-300m"].instances
+    (lora,) = [i for i in results["peft-not-below-zeroshot"].instances if i.a["method"] == "lora"]
+    text = (tmp_path / "report" / "claims.md").read_text()
+    assert "full: its tuned rate 5e-06 is the smallest searched, the best may lie beyond" in text
+    assert "lora: rate 0.0002 not tuned (method)" in text
+    assert (full.a["lr"], full.a["lr_source"], full.a["lr_at_edge"]) == (5.0e-6, "tuned", "smallest")
+    assert (lora.a["lr"], lora.a["lr_source"], lora.a["lr_at_edge"]) == (2.0e-4, "method", None)
+    assert full.b["lr"] is None and full.b["lr_source"] is None  # zero-shot trains nothing
+    rows = {(r["method"]): r for r in csv.DictReader(open(tmp_path / "report" / "summary.csv", newline=""))}
+    assert (rows["full"]["lr_source"], rows["full"]["lr_at_edge"], rows["zeroshot"]["lr"]) == ("tuned", "smallest", "")
+
+
+def test_rows_scored_under_different_settings_are_not_compared(tmp_path):
+    """A zero-shot row scored by an older scoring version, or with another max_new_tokens, against a current
+    full fine-tuning row: the difference could be the scoring's, so there is no test and the delta says why."""
+    write_row(tmp_path, "smollm135", "zeroshot", "gsm8k", 40)
+    write_row(tmp_path, "smollm135", "full", "gsm8k", 10)
+    scored = {"scoring": 7, "max_new_tokens": 256, "stop": None, "generation_config": "neutral", "dtype": "float32"}
+    for path in tmp_path.glob("smollm135-*/result.json"):
+        record = json.loads(path.read_text())
+        older = record["method"] == "zeroshot"
+        record["identity"]["scored_with"] = {**scored, **({"scoring": 6, "max_new_tokens": 512} if older else {})}
+        write_result(path.parent, record)
+    results, report = claims_of(tmp_path)
+    (instance,) = results["full-below-zeroshot-under-300m"].instances
+    assert instance.test.p_value is None and instance.verdict == "inconclusive"
+    assert instance.test.reason == ("the two rows were scored differently (max_new_tokens 256 vs 512; scoring 7 vs "
+                                    "6), so their answers are not comparable; run both under the same scoring "
+                                    "version and eval settings")
+    full = next(r for r in report["rows"] if r["method"] == "full")
+    assert full["delta_zeroshot"] == pytest.approx(-0.5) and full["delta_zeroshot_p"] is None
+    assert full["delta_zeroshot_test"] == "were scored differently"
+    assert "1 of 1 comparisons are of rows that were scored differently" in (tmp_path / "report" / "summary.md").read_text()
+
+
 def test_holm_widens_the_non_inferiority_intervals_to_bonferroni_ones(tmp_path):
     # LoRA and DoRA 3 questions above zero-shot (23 vs 20 of 60, one seed each): the 95% Tango interval lies
     # above the -2 point margin, the 97.5% one (a family of two) does not
@@ -771,4 +859,6 @@ def test_a_model_of_random_weights_is_left_out_unless_named_and_a_pattern_matchi
     assert [i.a["model"] for i in results["under"].instances] == ["smollm135"]
     assert results["under"].gaps == ["smollm135_random: random weights, left out (name it in the claim's models to "
                                      "include it)"]
-    assert results["typo"].gaps == ["model pattern 'smolm135_q4' matches no model of these results"]
+    # models listed are alternatives: one that matches nothing (a typo, or the GGUF not run) is named, not a gap
+    assert results["typo"].gaps == [] and results["typo"].absent_models == ["smolm135_q4"]
+    assert "Not in these results: model smolm135_q4." in (tmp_path / "report" / "claims.md").read_text()

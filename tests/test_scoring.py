@@ -445,6 +445,8 @@ PROSE_REFERENCE_CASES = [
                  id="two-results-joined-by-comma-and"),
     pytest.param("The sum of the numbers is 45, and the average is 9.", None, id="two-results-sum-and-average"),
     pytest.param("Therefore, the price of 1 kg of apples is Rs.40.", "40", id="rupees"),
+    pytest.param("3x = 15, so x = 5.\n\nCheck: 3 * 5 = 15. Correct.", "5", id="closing-check-cut"),
+    pytest.param("So she needs \\(1\\frac{1}{2}\\) cups of flour.", "1.5", id="latex-mixed-number"),
 ]
 
 
@@ -497,6 +499,18 @@ def test_numeric_comparison_neither_accepts_wrong_answers_nor_rejects_stated_one
     pytest.param("\\boxed{\\frac{-3}{4}}", "-0.75", id="frac-signed-numerator"),
     pytest.param("The total is 3 * 4 (= 12).", "12", id="result-in-closing-parentheses"),
     pytest.param("The total is 12. (Note: 1 dozen = 12 eggs.)", "12", id="closing-note-still-cut"),
+    # a "which is" after an answer already given as one number explains it, it does not restate it
+    pytest.param("#### 18, which is 9 * 2", "18", id="explained-after-the-marker"),
+    pytest.param("The final answer is 18, which is 9 * 2.", "18", id="explained-after-answer-is"),
+    pytest.param("So the answer is 18 (which is 9 x 2).", "18", id="explained-in-parentheses"),
+    pytest.param("The answer is 3.5 hours, which is 3 hours and 30 minutes.", "3.5", id="converted-after"),
+    # a markdown heading is no GSM8K marker: "#### Step 2" does not beat the stated answer
+    pytest.param("#### Step 1: Eggs left\n16 - 3 - 4 = 9\n#### Step 2: Money\n9 x $2 = $18\n\nThe answer is 18.",
+                 "18", id="markdown-headings"),
+    pytest.param("#### Step 1\n9 x 2 = 18\n#### 18", "18", id="heading-then-marker"),
+    # LaTeX mixed numbers
+    pytest.param("\\boxed{3\\frac{1}{2}}", "3.5", id="latex-mixed-number-boxed"),
+    pytest.param("She needs \\(1\\frac{1}{2}\\) cups of flour.", "1.5", id="latex-mixed-number-inline"),
 ])
 def test_lenient_reads_the_stated_answer_not_its_justification(text, reference):
     assert is_correct(text, reference, "lenient") is True

@@ -106,7 +106,10 @@ def test_a_sweep_killed_and_rerun_into_its_own_folder_redoes_nothing_and_resumes
     import torch
 
     sweep = tmp_path / "requeued"
-    args = ["-m", *SWEEP_SETTINGS, "method=zeroshot,lora", "trainer.max_steps=30",
+    # enough steps that training outlasts the wait below by seconds: 30 steps of the tiny model could finish (and
+    # remove their checkpoint) between two looks on an idle machine
+    steps = 150
+    args = ["-m", *SWEEP_SETTINGS, "method=zeroshot,lora", f"trainer.max_steps={steps}",
             "trainer.checkpoint_every_n_steps=2", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.Popen(cli(args, tmp_path), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -122,7 +125,7 @@ def test_a_sweep_killed_and_rerun_into_its_own_folder_redoes_nothing_and_resumes
     assert killed[("tiny", "lora", 0)]["status"] == ("running" if sig == signal.SIGKILL else "interrupted")
     (checkpoint,) = sweep.glob("*lora*/checkpoints/last.ckpt")
     stopped_at = torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
-    assert 0 < stopped_at < 30
+    assert 0 < stopped_at < steps
     finished_before = zeroshot_file.read_bytes()
 
     subprocess.run(cli(args, tmp_path), cwd=tmp_path, env=env(), check=True, capture_output=True, timeout=600)
@@ -130,7 +133,7 @@ def test_a_sweep_killed_and_rerun_into_its_own_folder_redoes_nothing_and_resumes
     assert len(rerun) == 2, "the rerun wrote into the same cell folders"
     assert zeroshot_file.read_bytes() == finished_before, "a finished cell was redone"
     lora = rerun[("tiny", "lora", 0)]
-    assert lora["status"] == "completed" and lora["metrics"]["train_steps"] == 30
+    assert lora["status"] == "completed" and lora["metrics"]["train_steps"] == steps
     assert lora["resumed_from_checkpoint"] == str(checkpoint)
     for path in sweep.rglob("*"):
         assert not path.name.startswith((".result.json.", ".predictions.jsonl.", ".adapter-")), path

@@ -264,6 +264,55 @@ def test_an_interrupt_between_micro_batches_resumes_at_the_step_and_keeps_every_
     assert_same_tensors(weights(straight), weights(resumed), rtol=0, atol=0)
 
 
+class ExitAfterStep(L.Callback):
+    """What submitit's handler of SLURM's time-out signal does inside a training step: requeue, then
+    ``sys.exit(-1)``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step and batch["last_in_step"]:
+            raise SystemExit(-1)
+
+
+def test_an_exit_by_a_time_out_handler_saves_the_checkpoint_a_requeued_job_resumes(examples, tmp_path):
+    from slm_sweep.train.interrupt import CheckpointOnInterrupt
+
+    straight, _ = train(examples, tmp_path / "straight", "lora", max_steps=5)
+    out = tmp_path / "requeued"
+    with pytest.raises(SystemExit):
+        train(examples, out, "lora", max_steps=5, checkpoint_every_n_steps=None,
+              callbacks=[ExitAfterStep(3), CheckpointOnInterrupt(out / "checkpoints" / "last.ckpt")])
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
+    resumed, outcome = train(examples, out, "lora", max_steps=5)
+    assert outcome.train_steps == 5
+    assert_same_tensors(weights(straight), weights(resumed), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_weights_loaded_in_bf16_train_as_float32_master_weights_under_mixed_precision(examples, tmp_path, method):
+    """model.dtype=bfloat16 (or auto on a bf16 checkpoint) with bf16-mixed: AdamW on bf16 weights would lose every
+    update under half a bf16 step, full fine-tuning's most of all, while PEFT keeps adapters in float32."""
+    model, tokenizer = tiny()
+    model = apply_method(model.to(torch.bfloat16), method_config(method))
+    before = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+    outcome = fit(model, examples, [], trainer_config(precision="bf16-mixed", max_steps=3), method_config(method),
+                  seed=SEED, out_dir=tmp_path, pad_token_id=tokenizer.pad_token_id)
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert all(p.dtype == torch.float32 for p in trained.values())
+    assert (outcome.placement.get("trainable_upcast_to_float32", 0) > 0) == (method == "full")
+    changed = sum(int((p.detach() != before[n]).sum()) for n, p in trained.items())
+    assert changed / sum(p.numel() for p in trained.values()) > 0.9
+    # asked for half weights: left half
+    half, _ = tiny()
+    half = apply_method(half.to(torch.bfloat16), method_config("full"))
+    kept = fit(half, examples, [], trainer_config(precision="bf16-true", max_steps=1), method_config("full"),
+               seed=SEED, out_dir=tmp_path / "true", pad_token_id=tokenizer.pad_token_id)
+    assert "trainable_upcast_to_float32" not in kept.placement
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters())
+
+
 def test_a_non_finite_loss_stops_training(examples, tmp_path):
     model, tokenizer = tiny()
     with torch.no_grad():

@@ -300,11 +300,24 @@ def test_a_tuned_rate_is_refused_for_a_cell_trained_otherwise_than_its_search(ti
     assert resolve_lr(same)["value"] == same.method.lr == 2e-4
     for overrides, named in ((["trainer.max_steps=30"], "trainer.max_steps: searched 3, here 30"),
                              (["method.r=4"], "method.peft.r: searched 16, here 4; method.r: searched 16, here 4"),
-                             (["dataset.train_limit=40"], "dataset.train_limit: searched 48, here 40")):
+                             (["dataset.train_limit=40"], "dataset.train_limit: searched 48, here 40"),
+                             # another model under the same name: other weights, other shape, other dtype
+                             (["model.init_seed=7"], "model.init_seed: searched 0, here 7"),
+                             (["model.hidden_size=64"], "model.hidden_size: searched 48, here 64"),
+                             (["model.dtype=bfloat16"], 'model.dtype: searched "float32", here "bfloat16"'),
+                             (["dataset.dedup.enabled=false"], "dataset.dedup.against: searched .*, here null")):
         with pytest.raises(ConfigError, match=rf"lr.gsm8k.tiny.lora in {table} was searched under other "
                                               rf"training settings than this cell's \({named}"):
             validate_config(tiny_cfg("method=lora", "trainer.max_steps=3", *overrides, "tuning.lr=tuned",
                                      f"tuning.table={table}"))
+    # a table written before the model and deduplication settings were recorded is checked without them
+    older = yaml.safe_load(table.read_text())
+    recorded = older["searched"]["gsm8k"]["tiny"]["lora"]["trained_with"]
+    older["searched"]["gsm8k"]["tiny"]["lora"]["trained_with"] = {
+        k: v for k, v in recorded.items() if not k.startswith(("model.", "dataset.dedup."))}
+    table.write_text(yaml.safe_dump(older))
+    validate_config(tiny_cfg("method=lora", "trainer.max_steps=3", "model.init_seed=7", "tuning.lr=tuned",
+                             f"tuning.table={table}"))
 
 
 def test_a_tuned_rate_is_refused_for_a_cell_at_a_seed_it_was_searched_on(tiny_cfg, tmp_path):
@@ -330,4 +343,6 @@ def test_a_tuned_rate_is_refused_for_a_cell_at_a_seed_it_was_searched_on(tiny_cf
                                               r"seed\(s\) 0, 1000\. .* Report other seeds than the search's"):
             validate_config(tiny_cfg(*tuned, f"seed={seed}"))
     validate_config(tiny_cfg(*tuned, "seed=1"))
-    assert resolve_lr(tiny_cfg(*tuned, "seed=1"))["value"] == 2e-4
+    chosen_lr = resolve_lr(tiny_cfg(*tuned, "seed=1"))
+    # the larger of the two rates searched won: result.json says the best may lie beyond the grid
+    assert chosen_lr["value"] == 2e-4 and chosen_lr["at_edge"] == "largest"

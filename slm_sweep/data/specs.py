@@ -83,7 +83,8 @@ def dedup_settings(spec: Mapping | DictConfig) -> dict[str, Any]:
     dedup = resolved_spec(spec)["dedup"]
     if dedup is None or not dedup["enabled"]:
         return {"enabled": False}
-    return {key: dedup[key] for key in DEDUP_KEYS}
+    # the sets as a set: what is removed does not depend on their order
+    return {key: sorted(dedup[key]) if key == "against" else dedup[key] for key in DEDUP_KEYS}
 
 
 def validate(spec: dict[str, Any]) -> None:

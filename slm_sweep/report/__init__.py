@@ -90,7 +90,8 @@ def write_report(
     rows = summarize(collection.records, alpha=alpha, correction=correction)
     ood_rows = summarize_ood(collection.records, alpha=alpha, correction=correction)
     claims_report = (check_claims(declared, rows, alpha=alpha, correction=correction, source=claims,
-                                  lost=not_completed(collection.records))
+                                  lost=not_completed(collection.records),
+                                  unreadable=[str(path) for path, _ in collection.malformed])
                      if declared is not None else None)
 
     out = Path(out_dir) if out_dir is not None else default_out_dir(dirs)

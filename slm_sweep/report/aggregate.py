@@ -45,6 +45,7 @@ from .collect import (
 from .stats import (
     ALPHA,
     DIFFERENT_QUESTIONS,
+    DIFFERENT_SCORING,
     HOLM,
     PairedTest,
     describe,
@@ -231,6 +232,10 @@ def compare_rows(first: dict[str, Any], second: dict[str, Any], eval_set: str, m
                  *, alpha: float = ALPHA, interval: bool = False) -> PairedTest:
     """The paired test of two summary rows (first minus second) on ``eval_set`` under ``metric`` (a registry
     name such as ``flexible``), from the per-question scores of every seed of each row."""
+    differing = scoring_differences(first, second)
+    if differing:
+        return no_test(f"the two rows {DIFFERENT_SCORING} ({differing}), so their answers are not comparable; "
+                       "run both under the same scoring version and eval settings")
     sides = []
     for row in (first, second):
         paths = row.get("result_paths") or []
@@ -241,6 +246,29 @@ def compare_rows(first: dict[str, Any], second: dict[str, Any], eval_set: str, m
         except NoQuestionData as exc:
             return no_test(f"{NO_DATA} ({exc})")
     return paired_test(sides[0], sides[1], alpha=alpha, interval=interval)
+
+
+def scoring_differences(first: dict[str, Any], second: dict[str, Any]) -> str:
+    """What the two rows' ``scored_with`` settings differ in (``max_new_tokens 256 vs 512``); '' when they agree
+    or either row predates the record (result files without ``identity.scored_with``)."""
+    a, b = first.get("scored_with"), second.get("scored_with")
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return ""
+    return "; ".join(f"{key} {_plain_value(a.get(key))} vs {_plain_value(b.get(key))}"
+                     for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key))
+
+
+def _plain_value(value: Any) -> str:
+    return "unset" if value is None else value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def scored_with(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The records' ``identity.scored_with`` (one configuration's seeds share it), None for older files."""
+    for record in records:
+        identity = record.get("identity")
+        if isinstance(identity, dict) and isinstance(identity.get("scored_with"), dict):
+            return identity["scored_with"]
+    return None
 
 
 # ---------------------------------------------------------------- summary rows
@@ -282,7 +310,10 @@ def _test_name(test: PairedTest) -> str:
     """The test's name, or why there is none: no per-question data, or rows scored on different questions."""
     if test.test:
         return test.test
-    return DIFFERENT_QUESTIONS if DIFFERENT_QUESTIONS in (test.reason or "") else NO_DATA
+    for kind in (DIFFERENT_QUESTIONS, DIFFERENT_SCORING):
+        if kind in (test.reason or ""):
+            return kind
+    return NO_DATA
 
 
 def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str], eval_set_key: str,
@@ -339,7 +370,8 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
     train_tokens_per_s_mean, step_time_s_mean, mfu_mean, train_padding_fraction_mean, peak_memory_mb_max,
     eval_time_s_mean, delta_zeroshot, delta_fewshot (primary metric), delta_{zeroshot,fewshot}_{p,test} (the
     paired test of that delta), _p_adjusted (Holm, over the column of the dataset's table) and _significant,
-    below_zeroshot, negative_transfer (below and significant at ``alpha`` after ``correction``).
+    below_zeroshot, negative_transfer (below and significant at ``alpha`` after ``correction``), lr, lr_source,
+    lr_at_edge (``learning_rate_columns``).
     Accuracies are fractions.
     """
     completed = labelled_records(records)
@@ -366,6 +398,8 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
             "result_paths": [r.get("result_path") for r in group if r.get("result_path")],
             "not_completed": left_out.get((dataset, model, method, variant)),
             "model_source": model_source(group),
+            **learning_rate_columns(group),
+            "scored_with": scored_with(group),
         }
         row.update(_accuracy_columns(metrics, metric_names))
         row["trainable_params"] = _first_int(m.get("trainable_params") for m in metrics)
@@ -382,6 +416,17 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
     rows.sort(key=lambda r: (r["dataset"], model_sort_key(r["model"], sizes), row_sort_key(r)))
     _add_baseline_columns(rows, ("dataset", "model"), "dataset", deltas=True, alpha=alpha, correction=correction)
     return rows
+
+
+def learning_rate_columns(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The rate a row's seeds trained at (``lr``), where it came from (``lr_source``: tuned, method, grid; several
+    joined by commas) and ``lr_at_edge`` (smallest, largest: the tuned rate lies at that end of its search, so the
+    best may lie beyond it). All None for a method that trains nothing."""
+    chosen = [r.get("learning_rate") for r in records if isinstance(r.get("learning_rate"), dict)]
+    sources = sorted({str(c["source"]) for c in chosen if c.get("source")})
+    edges = sorted({str(c["at_edge"]) for c in chosen if c.get("at_edge")})
+    return {"lr": next((number(c.get("value")) for c in chosen if number(c.get("value")) is not None), None),
+            "lr_source": ",".join(sources) or None, "lr_at_edge": ",".join(edges) or None}
 
 
 def model_source(records: Sequence[dict[str, Any]]) -> str | None:
@@ -462,6 +507,7 @@ def summarize_ood(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
             "n": len(group),
             "seeds": [record["seed"] for record, _ in group],
             "result_paths": [record["result_path"] for record, _ in group if record.get("result_path")],
+            "scored_with": scored_with([record for record, _ in group]),
         }
         row.update(_accuracy_columns([entry for _, entry in group], metric_names))
         rows.append(row)

@@ -50,7 +50,10 @@ MIXED, PARTLY_REPRODUCED, PARTLY_CONTRADICTED = "mixed", "partly reproduced", "p
 TOP_KEYS = ("claims",)
 CLAIM_KEYS = ("id", "text", "a", "b", "direction", "metric", "margin", "models", "params_below",
               "params_at_least", "datasets")
-SIDE_KEYS = ("method", "models", "params_below", "params_at_least")
+SIDE_KEYS = ("method", "require", "models", "params_below", "params_at_least")
+# a side's list of methods: every one must be in the results for a complete verdict (all), or one is enough (any:
+# wordings of one baseline, each checked where present)
+REQUIRE = ("all", "any")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _NAME = re.compile(r"[A-Za-z0-9_]+")
 _COUNT = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMbB]?)\s*")
@@ -111,6 +114,7 @@ class Selector:
 class Side:
     methods: tuple[str, ...]
     selector: Selector = Selector()  # the side's own models (then the sides are paired across models)
+    require: str = "all"  # REQUIRE
 
     def describe(self) -> str:
         own = self.selector.describe()
@@ -196,7 +200,11 @@ def _side(entry: Any, where: str) -> Side:
     entry = _check_keys(entry, SIDE_KEYS, where, "a side")
     if "method" not in entry:
         raise ClaimsError(f"{where}: missing key 'method' (a method name or a list of them)")
-    return Side(_names(entry["method"], where, "method"), _selector(entry, where))
+    require = entry.get("require", "all")
+    if require not in REQUIRE:
+        raise ClaimsError(f"{where}: require={require!r} is not allowed; allowed: {_allowed(REQUIRE)} (all: every "
+                          "method listed must be in the results; any: one of them is enough)")
+    return Side(_names(entry["method"], where, "method"), _selector(entry, where), require)
 
 
 def _claim(entry: Any, where: str) -> Claim:
@@ -302,6 +310,9 @@ class ClaimResult:
     verdict: str = NOT_COVERED
     reason: str | None = None  # why the claim is not covered
     absent: list[str] = field(default_factory=list)  # methods a side names that are in none of the rows it covers
+    # models a selector lists that match no row, where another of its list does (alternatives: smollm135 or its
+    # 4-bit GGUF); a selector none of whose models match is a gap
+    absent_models: list[str] = field(default_factory=list)
     tested: int = 0  # instances with a paired test: the size of the family a correction adjusts for
     interval_alpha: float = ALPHA  # the intervals are at 1 - interval_alpha (alpha / tested under Holm)
     # what the claim covers but the verdict could not use: lost seeds, cells without a completed seed, model
@@ -381,7 +392,24 @@ def instance_note(claim: Claim, instance: Instance) -> str | None:
     notes += lost
     if 2 in (instance.a.get("n"), instance.b.get("n")) and instance.test.test == SEEDS_AND_QUESTIONS:
         notes.append("a row of 2 seeds: the seeds test rejects more often than alpha (up to 11.5 % at 0.05)")
+    notes += learning_rate_notes(instance.a, instance.b)
     return "; ".join(n for n in notes if n) or None
+
+
+def learning_rate_notes(*rows: dict[str, Any]) -> list[str]:
+    """Why a trained side's rate may not be its best: not tuned, or tuned at an end of its search. A method
+    trained below its best rate is judged on less than it can do (and full fine-tuning at a rate too high is
+    what "below zero-shot" can also mean)."""
+    notes = []
+    for row in rows:
+        if not row.get("trained") or row.get("lr") is None:
+            continue
+        if row.get("lr_at_edge"):
+            notes.append(f"{method_label(row)}: its tuned rate {row['lr']:g} is the {row['lr_at_edge']} searched, "
+                         "the best may lie beyond")
+        elif row.get("lr_source") and "tuned" not in row["lr_source"].split(","):
+            notes.append(f"{method_label(row)}: rate {row['lr']:g} not tuned ({row['lr_source']})")
+    return notes
 
 
 def roll_up(verdicts: Sequence[str]) -> str:
@@ -461,9 +489,9 @@ def _coverage_gaps(claim: Claim, rows: Sequence[dict[str, Any]], in_scope: Seque
                    or any(fnmatch.fnmatchcase(str(key[0]), pattern) for pattern in claim.datasets)]
     known_models = {r["model"] for r in rows} | {str(key[1]) for key in lost}
     for selector in (claim.selector, claim.a.selector, claim.b.selector):
-        for pattern in selector.models:
-            if not any(fnmatch.fnmatchcase(model, pattern) for model in known_models):
-                gaps.append(f"model pattern {pattern!r} matches no model of these results")
+        # a list of alternatives is covered when one of them matches (the others are named, not gaps)
+        if selector.models and len(unmatched_models(selector, known_models)) == len(selector.models):
+            gaps += [f"model pattern {pattern!r} matches no model of these results" for pattern in selector.models]
     bounded = [sel for sel in (claim.selector, claim.a.selector, claim.b.selector)
                if sel.params_below is not None or sel.params_at_least is not None]
     if bounded:
@@ -490,6 +518,11 @@ def _coverage_gaps(claim: Claim, rows: Sequence[dict[str, Any]], in_scope: Seque
     return list(dict.fromkeys(gaps))
 
 
+def unmatched_models(selector: Selector, models: set[str]) -> list[str]:
+    """The selector's model names or patterns that match none of ``models``."""
+    return [p for p in selector.models if not any(fnmatch.fnmatchcase(model, p) for model in models)]
+
+
 def _known_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
     found = [m.removeprefix("accuracy_") for m in row_metrics(rows)] if rows else []
     return list(dict.fromkeys([*METRICS, *found]))
@@ -501,7 +534,8 @@ def check_correction(correction: str) -> None:
 
 
 def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = ALPHA,
-                correction: str = HOLM, lost: dict[tuple, str] | None = None, source: str = "") -> ClaimResult:
+                correction: str = HOLM, lost: dict[tuple, str] | None = None, source: str = "",
+                unreadable: Sequence[str] = ()) -> ClaimResult:
     """Every instance of ``claim`` in the in-domain summary ``rows`` (aggregate.summarize), tested and judged.
 
     ``correction="holm"``: the claim's m tested instances are one family. above/below verdicts use Holm-adjusted
@@ -512,7 +546,9 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
 
     ``lost``: aggregate.not_completed of the records, so that cells the claim covers but that did not complete
     are named in ``gaps``. A non-inferiority instance whose rows lost seeds is inconclusive: the seeds that
-    diverged or failed are evidence its survivors cannot stand in for."""
+    diverged or failed are evidence its survivors cannot stand in for. Also gaps: a row of either side that found
+    nothing to pair with, a method of a ``require: all`` side missing from the results, and ``unreadable``
+    result files (the collector's malformed ones), whose cells the claim may cover."""
     check_correction(correction)
     known = _known_metrics(rows)
     if claim.metric not in known:
@@ -545,7 +581,20 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
         result.instances.append(Instance(a["dataset"], a, b, test, verdict, p))
     result.verdict = roll_up([i.verdict for i in result.instances])
     used = [row for i in result.instances for row in (i.a, i.b)]
-    result.gaps = list(dict.fromkeys([*pair_gaps, *_coverage_gaps(claim, rows, in_scope, used, sizes, lost or {})]))
+    paired = {id(row) for row in used}
+    # (a counterpart that did not complete is named by the coverage gaps already)
+    failed = {(str(key[0]), str(key[1]), str(key[2])) for key in (lost or {})}
+    unpaired = [f"{r['model']} × {method_label(r)} on {r['dataset']}: no {other.describe()} to compare it with"
+                for rows_of, other in ((side_a, claim.b), (side_b, claim.a)) for r in rows_of if id(r) not in paired
+                and not any((r["dataset"], r["model"], m) in failed for m in other.methods)]
+    present = {r["method"] for r in (*side_a, *side_b)}
+    missing = [f"{m}: no completed cell in these results" for side in (claim.a, claim.b) if side.require == "all"
+               for m in side.methods if m not in present]
+    files = ([f"{len(unreadable)} result file{'s' if len(unreadable) != 1 else ''} could not be read "
+              f"({', '.join(unreadable[:3])}{', ...' if len(unreadable) > 3 else ''}): their cells may be ones "
+              "this claim covers"] if unreadable else [])
+    result.gaps = list(dict.fromkeys([*pair_gaps, *_coverage_gaps(claim, rows, in_scope, used, sizes, lost or {}),
+                                      *(unpaired + missing if result.instances else []), *files]))
     scope = "; ".join(s for s in (claim.selector.describe(),
                                   "datasets " + ", ".join(claim.datasets) if claim.datasets else "") if s)
     scope = f" ({scope})" if scope else ""
@@ -557,17 +606,20 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
     elif not result.instances:
         result.reason = f"no model and dataset has both {claim.a.describe()} and {claim.b.describe()}{scope}"
     if result.instances:
-        present = {r["method"] for r in (*side_a, *side_b)}
         result.absent = [m for m in (*claim.a.methods, *claim.b.methods) if m not in present]
+        known = {r["model"] for r in rows} | {str(key[1]) for key in (lost or {})}
+        result.absent_models = list(dict.fromkeys(
+            p for sel in (claim.selector, claim.a.selector, claim.b.selector)
+            if len(unmatched := unmatched_models(sel, known)) < len(sel.models) for p in unmatched))
     return result
 
 
 def check_claims(claims: Sequence[Claim], rows: Sequence[dict[str, Any]], *, alpha: float = ALPHA,
                  correction: str = HOLM, source: str | os.PathLike = "",
-                 lost: dict[tuple, str] | None = None) -> ClaimsReport:
+                 lost: dict[tuple, str] | None = None, unreadable: Sequence[str] = ()) -> ClaimsReport:
     check_correction(correction)
     return ClaimsReport(str(source), alpha, [check_claim(claim, rows, alpha=alpha, correction=correction,
-                                                         lost=lost, source=str(source))
+                                                         lost=lost, source=str(source), unreadable=unreadable)
                                              for claim in claims], correction)
 
 
@@ -670,8 +722,9 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
         lines += _table(("dataset", "model", "A", f"A {r.claim.metric} (%)", "B", f"B {r.claim.metric} (%)",
                          f"A − B (pp) [{_level(r.interval_alpha)} CI]", "test", "p",
                          *(("p (Holm)",) if report.correction == HOLM else ()), "verdict"), body)
-        if r.absent:
-            lines += ["", f"Not in these results: {', '.join(sorted(set(r.absent), key=method_sort_key))}."]
+        if r.absent or r.absent_models:
+            named = [*sorted(set(r.absent), key=method_sort_key), *(f"model {m}" for m in r.absent_models)]
+            lines += ["", f"Not in these results: {', '.join(named)}."]
         if r.gaps:
             lines += ["", "Incomplete: the claim covers more than these instances could use, so its verdict rests on "
                           "part of it:", "", *(f"- {gap}" for gap in r.gaps)]
@@ -725,7 +778,7 @@ def claims_json(report: ClaimsReport) -> dict[str, Any]:
             "margin": r.claim.margin, "verdict": r.verdict, "complete": not r.gaps, "gaps": r.gaps,
             "counts": dict(r.counts),
             "by_sides": [{"a": a, "b": b, "counts": dict(c)} for a, b, c in r.by_sides()],
-            "not_in_results": r.absent, "not_covered": r.reason if not r.instances else None,
+            "not_in_results": r.absent, "models_not_in_results": r.absent_models, "not_covered": r.reason if not r.instances else None,
             "tested_instances": r.tested, "interval_level": round(1 - r.interval_alpha, 6),
             "instances": _flat_rows(r, report.alpha, report.correction) if r.instances else [],
         })  # fmt: skip

@@ -213,11 +213,20 @@ def identity_key(record: dict[str, Any], name: str) -> str | None:
 
 
 def cell_key(record: dict[str, Any]) -> tuple:
-    """What makes two records the same computation: the evaluation key, else model × method × dataset × seed."""
+    """What makes two records the same computation: the evaluation key, else ``settings_key``."""
     key = identity_key(record, "evaluation_key")
     if key:
         return ("evaluation", key)
-    return record["model"], record["method"], record["dataset"], record["seed"]
+    return settings_key(record)
+
+
+def settings_key(record: dict[str, Any]) -> tuple:
+    """model × method × dataset × seed and the settings that can change a number (files written before cells
+    had an identity, and cells that failed before computing theirs: LoRA r=8 and r=16 stay two cells)."""
+    from .aggregate import configuration_settings
+
+    settings = json.dumps(configuration_settings(record), sort_keys=True)
+    return record["model"], record["method"], record["dataset"], record["seed"], settings
 
 
 def _timestamp(value: Any) -> datetime:
@@ -244,9 +253,13 @@ def _preference(record: dict[str, Any]) -> tuple[bool, bool, datetime, datetime]
 
 def deduplicate(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[Path, Path]]]:
     """One record per cell; returns (kept records, [(kept file, dropped file), ...]) and logs each drop."""
+    records = list(records)
     by_cell: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    # a cell that failed before its identity was computed belongs with a run of the same settings that has one
+    keyed = {settings_key(r): cell_key(r) for r in records if identity_key(r, "evaluation_key")}
     for record in records:
-        by_cell[cell_key(record)].append(record)
+        key = cell_key(record)
+        by_cell[keyed.get(key, key)].append(record)
     kept: list[dict[str, Any]] = []
     dropped: list[tuple[Path, Path]] = []
     for group in by_cell.values():
@@ -292,6 +305,11 @@ def collect(dirs: Sequence[str | os.PathLike]) -> Collection:
         except ValueError as exc:
             log.warning("skipping %s: %s", path, exc)
             collection.malformed.append((path, str(exc)))
+    if not readable and not collection.validation:
+        listed = "; ".join(f"{path}: {why}" for path, why in collection.malformed[:5])
+        raise NoResultsError(f"none of the {len(collection.files)} {RESULT_FILE} files under "
+                             f"{', '.join(str(d) for d in dirs)} could be read ({listed}"
+                             f"{'; ...' if len(collection.malformed) > 5 else ''})")
     collection.records, collection.duplicates = deduplicate(readable)
     kept = {id(r) for r in collection.records}
     by_cell = {cell_key(r): r for r in collection.records}

@@ -28,6 +28,7 @@ SEED_TEST_SEED = 20240601
 MCNEMAR = "exact McNemar"
 SEEDS_AND_QUESTIONS = "paired seeds-and-questions test"
 DIFFERENT_QUESTIONS = "scored different questions"
+DIFFERENT_SCORING = "were scored differently"
 HOLM = "holm"
 NO_CORRECTION = "none"
 CORRECTIONS = (HOLM, NO_CORRECTION)
@@ -142,7 +143,30 @@ def seed_variance(scores) -> float:
     if questions > 1:
         centred = scores - seed_means[:, None] - scores.mean(axis=0)[None, :] + scores.mean()
         residual = float((centred**2).sum()) / ((seeds - 1) * (questions - 1))
-    return max(0.0, float(seed_means.var(ddof=1)) - residual / questions) / seeds
+    spread = float(seed_means.var(ddof=1)) - residual / questions
+    return spread / seeds if spread > 1e-15 else 0.0  # not float noise (identical seeds give about 1e-34)
+
+
+def sign_flip_distribution(differences, scale: int):
+    """The exact distribution of sum(s_i * |d_i|) over independent fair signs s_i, for per-question differences
+    ``d_i`` that are multiples of 1 / ``scale`` (a difference of two means over m and k seeds: scale m * k): the
+    randomisation distribution of the paired difference under "no difference" on each question. Returns (sorted
+    values, their probabilities), values in the units of ``differences``. One seed a side, it is exact
+    McNemar's."""
+    import numpy as np
+    from scipy.stats import binom
+
+    weights = np.rint(np.abs(np.asarray(differences, dtype=np.float64)) * scale).astype(np.int64)
+    weights = weights[weights > 0]
+    dist = np.ones(1)  # over sums from -total to total, in steps of 1
+    for weight, count in zip(*np.unique(weights, return_counts=True)):
+        # count questions of this weight: weight * (2 j - count), j ~ Binomial(count, 1/2)
+        part = np.zeros(2 * weight * count + 1)
+        part[:: 2 * weight] = binom.pmf(np.arange(count + 1), count, 0.5)
+        dist = np.convolve(dist, part)
+    total = (len(dist) - 1) // 2
+    keep = dist > 0
+    return np.arange(-total, total + 1)[keep] / scale, dist[keep]
 
 
 @dataclass(frozen=True)
@@ -197,8 +221,17 @@ def seeds_and_questions_test(a: Sequence[Sequence[bool]], b: Sequence[Sequence[b
         if side.shape[0] > 1:
             seed_part += se * rng.standard_t(side.shape[0] - 1, size=draws)
 
+    # When neither side's seeds spread (one seed each, identical seeds, or a spread within the questions' noise:
+    # seed_variance floors it at 0), the test is a paired test on the questions alone: its question part is then
+    # the exact sign-flip distribution of the per-question differences, not Student's t, which on a few
+    # discordant questions rejects more often than alpha, and with every question alike would give p = 0.
+    exact = None if any(seed_se) else sign_flip_distribution(per_question, first.shape[0] * second.shape[0])
+
     def tail(c: float) -> float:
         """P(|seed part + question part| >= c) under no difference."""
+        if exact is not None:
+            values, probs = exact
+            return float(probs[np.abs(values / questions) >= c - 1e-12].sum())
         if question_se == 0:
             return float(np.mean(np.abs(seed_part) >= c - 1e-12))
         upper = student_t.sf((c - seed_part) / question_se, questions - 1)

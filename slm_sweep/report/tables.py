@@ -23,7 +23,7 @@ from .aggregate import (
     row_metrics,
 )
 from .collect import Collection
-from .stats import ALPHA, DIFFERENT_QUESTIONS, HOLM, MCNEMAR, SEEDS_AND_QUESTIONS
+from .stats import ALPHA, DIFFERENT_QUESTIONS, DIFFERENT_SCORING, HOLM, MCNEMAR, SEEDS_AND_QUESTIONS
 
 NEGATIVE_MARK = "▼"
 SIGNIFICANT_MARK = "*"
@@ -40,7 +40,7 @@ def summary_columns(metrics: Sequence[str] = ACCURACY_METRICS) -> tuple[str, ...
         "delta_zeroshot", "delta_zeroshot_p", "delta_zeroshot_p_adjusted", "delta_zeroshot_significant",
         "delta_zeroshot_test", "delta_fewshot", "delta_fewshot_p", "delta_fewshot_p_adjusted",
         "delta_fewshot_significant", "delta_fewshot_test", "below_zeroshot", "negative_transfer", "not_completed",
-        "model_source",
+        "model_source", "lr", "lr_source", "lr_at_edge",
     )  # fmt: skip
 
 
@@ -269,10 +269,15 @@ def _ood_section(
     eval_sets = sorted({row["eval_set"] for row in ood})
     cells: dict[tuple[str, str], dict[str, str]] = {}
 
+    seeds = {(row["model"], method_label(row)): row["n"] for row in in_domain}
+
     def put(row: dict[str, Any], column: str) -> None:
         text = _spread(row, PRIMARY_ACCURACY)
         if row["negative_transfer"]:
             text += f" {NEGATIVE_MARK}"
+        expected = seeds.get((row["model"], method_label(row)))
+        if expected is not None and row["n"] < expected:  # seeds that scored the test split but not this set
+            text += f" ({row['n']} of {expected} seeds)"
         cells.setdefault((row["model"], method_label(row)), {})[column] = text
 
     for row in in_domain:
@@ -295,6 +300,7 @@ def _tests_note(rows: Sequence[dict[str, Any]], alpha: float, correction: str) -
     tests = [row[k] for row in rows for k in keys if row.get(k)]
     missing = sum(t == NO_DATA for t in tests)
     unpaired = sum(t == DIFFERENT_QUESTIONS for t in tests)
+    unscored = sum(t == DIFFERENT_SCORING for t in tests)
     note = (f"{SIGNIFICANT_MARK}: the paired test of that delta on the questions both rows scored is significant "
             f"at alpha={alpha:g} (two-sided; {MCNEMAR} when both rows are one seed, otherwise a {SEEDS_AND_QUESTIONS}, "
             f"which counts the spread over seeds apart from the questions' noise); deltas without {SIGNIFICANT_MARK} are not significant.")
@@ -310,6 +316,10 @@ def _tests_note(rows: Sequence[dict[str, Any]], alpha: float, correction: str) -
     if unpaired:
         note += (f" {unpaired} of {len(tests)} comparisons are of rows that {DIFFERENT_QUESTIONS} (other test "
                  f"limits): their delta compares means over different questions and is not tested.")
+    if unscored:
+        note += (f" {unscored} of {len(tests)} comparisons are of rows that {DIFFERENT_SCORING} (another scoring "
+                 "version, max_new_tokens, stop, generation config or dtype; summary.json's scored_with): their "
+                 "delta is not tested.")
     return note
 
 

@@ -165,6 +165,8 @@ def preflight_notes(plan: dict | None) -> list[str]:
              for key, values in (plan.get("left_out") or {}).items() for value in values]
     notes += [f"out-of-domain set {name}: {reasons.get(f'ood set {name}', 'missing')}"
               for name in plan.get("ood_sets_dropped") or []]
+    notes += [f"dedup set {name}: cannot be read, so the trained cells were not deduplicated against it "
+              "(dataset.dedup.on_missing=skip; result.json's dedup.skipped)" for name in plan.get("dedup_skipped") or []]
     return notes
 
 

@@ -41,7 +41,7 @@ METHOD_KEYS_THAT_MATTER = ("name", "train", "num_fewshot")
 
 @dataclass
 class Check:
-    kind: str  # model | dataset | ood set
+    kind: str  # model | dataset | ood set | dedup set | library
     name: str
     ok: bool
     source: str = ""  # where it will be read from, when ok
@@ -268,6 +268,8 @@ class Checker:
     def __init__(self, hub: Hub | None = None) -> None:
         self.hub = hub or Hub()
         self.checks: dict[str, Check] = {}  # item key -> result, in the order first seen
+        # dedup.against sets that cannot be read, where the cells train without them (dedup.on_missing=skip)
+        self.dedup_skipped: dict[str, Check] = {}
 
     def _once(self, key: list, check: Callable[..., Check], *args: Any, **kwargs: Any) -> Check:
         text = json.dumps(key, sort_keys=True, default=str)
@@ -287,7 +289,29 @@ class Checker:
         blocking = [
             self._once(["model", model, cache_dir], check_model, model, self.hub, cache_dir),
             self._once(["dataset", spec, data_root, roles], check_dataset, spec, self.hub, data_root, roles),
+            *([self._once(["library", "bitsandbytes"], check_library, "bitsandbytes", "model.quantization "
+                          "(BitsAndBytesConfig: method=qlora, 4- and 8-bit loading)",
+                          "pip install 'slm_sweep[qlora]' (a CUDA GPU), or leave method=qlora and "
+                          "model.quantization out of the sweep")]
+              if "BitsAndBytes" in str((model.get("quantization") or {}).get("_target_", "")) else []),
         ]
+        from slm_sweep.data.specs import DEDUP_DEFAULTS
+
+        dedup = None if spec.get("dedup") is None else {**DEDUP_DEFAULTS, **spec["dedup"]}
+        if cfg.method.get("train") and dedup is not None and dedup["enabled"]:
+            for set_name in dedup["against"] or []:
+                if set_name not in known_datasets():
+                    continue  # the dataset spec's validation names it
+                dedup_spec = {**DEFAULTS, **_plain(dataset_spec(set_name))}
+                dedup_roles = dataset_roles(dedup_spec, need_train=False)
+                check = self._once(["dedup", set_name, data_root, dedup_roles], check_dataset, dedup_spec,
+                                   self.hub, data_root, dedup_roles, kind="dedup set")
+                if check.ok:
+                    continue
+                if dedup["on_missing"] == "error":
+                    blocking.append(check)
+                else:
+                    self.dedup_skipped[set_name] = check
         ood: list[Check] = []
         for set_name in ood_sets(cfg):
             if set_name not in known_datasets():
@@ -297,6 +321,12 @@ class Checker:
             ood.append(self._once(["ood", set_name, data_root, ood_roles], check_dataset, ood_spec, self.hub,
                                   data_root, ood_roles, kind="ood set"))
         return [c for c in blocking if not c.ok], [c for c in ood if not c.ok]
+
+
+def check_library(module: str, needed_for: str, fix: str) -> Check:
+    if importlib.util.find_spec(module) is not None:
+        return Check("library", module, True, "installed")
+    return Check("library", module, False, reason=f"not installed, and {needed_for} needs it", fix=fix)
 
 
 def ood_sets(cfg: DictConfig) -> list[str]:
@@ -319,6 +349,7 @@ class Plan:
     left_out_cells: int = 0
     ood_dropped: list[str] = field(default_factory=list)
     ood_sets: list[str] | None = None  # the out-of-domain sets the cells keep, when some were dropped
+    dedup_skipped: list[str] = field(default_factory=list)  # unreadable dedup.against sets trained without
     reasons: dict[str, str] = field(default_factory=dict)  # "dataset=orcamath" / "ood set svamp" -> missing line
     config_errors: dict[str, list[str]] = field(default_factory=dict)  # error -> the cells (overrides) it hits
     refused: str | None = None
@@ -327,7 +358,8 @@ class Plan:
 
     @property
     def missing(self) -> list[Check]:
-        return [c for c in self.checked if not c.ok]
+        """What cannot be read; dedup sets that cells train without (dedup.on_missing=skip) are listed apart."""
+        return [c for c in self.checked if not c.ok and not (c.kind == "dedup set" and c.name in self.dedup_skipped)]
 
     def summary_lines(self) -> list[str]:
         lines = [c.line() for c in self.missing]
@@ -338,6 +370,10 @@ class Plan:
         if self.ood_dropped:
             lines.append(f"leaving out of eval.ood_sets: {', '.join(self.ood_dropped)}; the cells score "
                          f"[{', '.join(self.ood_sets or [])}]")
+        if self.dedup_skipped:
+            lines.append(f"training is not deduplicated against {', '.join(self.dedup_skipped)}, which cannot be "
+                         "read (dataset.dedup.on_missing=skip; result.json records it under dedup.skipped): "
+                         "set data_root to a folder holding them, or dataset.dedup.on_missing=error to refuse")
         return lines
 
     def to_json(self) -> dict[str, Any]:
@@ -351,6 +387,7 @@ class Plan:
             "left_out": self.left_out,
             "ood_sets_dropped": self.ood_dropped,
             "ood_sets": self.ood_sets,
+            "dedup_skipped": self.dedup_skipped,
             "reasons": self.reasons,
             "config_errors": self.config_errors,
             "refused": self.refused,
@@ -435,6 +472,7 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
             blocking, ood = checker.cell(cell)
             verdicts[rep] = (blocking, ood, ood_sets(cell))
     plan.checked = list(checker.checks.values())
+    plan.dedup_skipped = sorted(checker.dedup_skipped)
     verdict = [verdicts[tuple(job[k] for k in relevant)] for job in jobs]
 
     if on_missing == "refuse" and plan.missing:
@@ -525,6 +563,7 @@ def _plan_base_only(cfg: DictConfig, compose, checker: Checker, plan: Plan) -> P
         return _refuse_config(plan)
     blocking, ood = checker.cell(base)
     plan.checked = list(checker.checks.values())
+    plan.dedup_skipped = sorted(checker.dedup_skipped)
     if blocking or (ood and plan.on_missing == "refuse"):
         return _refuse(plan, f"the search ({plan.sweeper.rsplit('.', 1)[-1]}) needs them in every trial")
     if ood:

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from slm_sweep.results import RESULT_FILE, is_complete, read_result
+from slm_sweep.results import PREDICTIONS_FILE, RESULT_FILE, is_complete, read_result
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 KEPT_WEIGHTS = ("adapter", "model")  # LoRA/DoRA adapter folder; full weights (trainer.keep_model)
@@ -41,15 +41,42 @@ def own_checkpoint(out: Path, training_key: str) -> Path | None:
         return None
     if stamped_key(ckpt.parent) == training_key:
         return ckpt
-    aside = ckpt.parent.with_name(ckpt.parent.name + ".superseded")
-    number = 1
-    while aside.exists():
-        number += 1
-        aside = ckpt.parent.with_name(f"{ckpt.parent.name}.superseded-{number}")
+    aside = _free(ckpt.parent.with_name(ckpt.parent.name + ".superseded"))
     ckpt.parent.rename(aside)
     log.warning("%s was written by a run with another training key (%s): moved to %s, training starts afresh",
                 ckpt, stamped_key(aside) or "not recorded", aside)
     return None
+
+
+def _free(path: Path) -> Path:
+    """``path``, or ``<path>-2``, ``-3``... when taken."""
+    found, number = path, 1
+    while found.exists():
+        number += 1
+        found = path.with_name(f"{path.name}-{number}")
+    return found
+
+
+def set_aside_earlier(out: Path, evaluation_key: str, training_key: str | None) -> Path | None:
+    """Move a finished result of another configuration out of the way of this cell's files, instead of writing
+    over it (a rerun into the same folder with other settings): its result.json and predictions go to
+    ``out/superseded`` (where the reuse search and the report still find them), and so do its kept weights when
+    they were trained under another training key. Returns that folder, or None when there was nothing to keep."""
+    record = read_result(out)
+    if not record or record.get("status") != "completed" or _key(record, "evaluation_key") == evaluation_key:
+        return None
+    aside = _free(out / "superseded")
+    aside.mkdir(parents=True)
+    for name in (RESULT_FILE, PREDICTIONS_FILE):
+        if (out / name).is_file():
+            (out / name).rename(aside / name)
+    for name in KEPT_WEIGHTS:
+        weights = out / name
+        if weights.is_dir() and not _matches(weights, record, training_key):
+            weights.rename(aside / name)
+    log.warning("%s held the finished result of another configuration (evaluation key %s): moved to %s",
+                out, _key(record, "evaluation_key") or "not recorded", aside)
+    return aside
 
 
 def search_dirs(own: Path, sweep_dir: Path | None, search_dir: Path | None) -> list[Path]:

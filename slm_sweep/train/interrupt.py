@@ -1,5 +1,8 @@
 """Ctrl-C and SIGTERM (e.g. SLURM preemption): stop at a step boundary, keep a checkpoint, say so.
 
+A SLURM time-out under submitit (``hydra/launcher=slurm``) arrives as SIGUSR2, whose submitit handler requeues the
+job and exits with ``sys.exit(-1)``: that SystemExit saves the checkpoint too.
+
 Outside training, a SIGTERM becomes a KeyboardInterrupt so the cell can record ``interrupted`` and stop. During
 training, Lightning's own SIGTERM handler finishes the current micro-batch and raises SIGTERMException; Ctrl-C
 raises KeyboardInterrupt. Either way :class:`CheckpointOnInterrupt` writes ``last.ckpt`` first, as of the last
@@ -35,7 +38,8 @@ class CheckpointOnInterrupt(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception):
         self.training = False
-        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.global_step > 0:
+        # is_interrupt: also a SystemExit with a code, as submitit's handler of a SLURM time-out signal raises
+        if is_interrupt(exception) and trainer.global_step > 0:
             rewind_to_last_step(trainer)
             self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
             trainer.save_checkpoint(self.checkpoint_path)
