@@ -17,6 +17,8 @@ from typing import Any, BinaryIO
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
 PREDICTIONS_FILE = "predictions.jsonl"
+# the folder a rerun with other settings moves a cell's earlier result into (sweep.resume.set_aside_earlier)
+SUPERSEDED = "superseded"
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "lightning", "hydra-core", "omegaconf", "wandb", "datasets",
                     "tokenizers", "safetensors", "gguf", "slm_sweep")

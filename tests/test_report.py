@@ -655,6 +655,19 @@ def test_a_lost_seed_is_named_on_its_own_variants_row(tmp_path):
             "seed 1 failed; seed 2 failed.") in report["markdown"]
 
 
+def test_results_a_rerun_set_aside_are_not_cells_of_the_sweep(grid, tmp_path):
+    """A rerun with other settings into the same folder moves the earlier result to superseded/ (for the reuse
+    search): the report reads the cells the sweep holds now, not what they replaced."""
+    sweep, _ = grid
+    before = write_report([sweep], tmp_path / "before", plots=False)["rows"]
+    first = sorted(sweep.glob("*/result.json"))[0]
+    record = json.loads(first.read_text())
+    write_json(first.parent / "superseded" / "result.json", {**record, "seed": 7, "config": {"method": {"r": 2}}})
+    write_json(first.parent / "superseded-2" / "result.json", {**record, "seed": 8})
+    after = write_report([sweep], tmp_path / "after", plots=False)
+    assert after["rows"] == before and len(after["collection"].files) == len(list(sweep.glob("*/result.json")))
+
+
 def test_cells_without_an_identity_are_told_apart_by_their_settings_and_join_their_rerun(tmp_path):
     """Files of cells that have no identity (written before there was one, or failed before computing it): LoRA
     at r=8 and r=16 stay two cells, and a failed first attempt of a seed is the same cell as its completed rerun,

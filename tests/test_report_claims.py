@@ -472,7 +472,8 @@ BAD_CLAIMS = [
     ("claims:\n  - {id: x, text: t, a: full, b: lora, direction: higher}\n",
      r"direction='higher' is not allowed; allowed: above, below, not_below, not_above"),
     ("claims:\n  - {id: x, text: t, a: {methods: full}, b: lora, direction: above}\n",
-     r"side a: unknown key 'methods'; allowed: method, require, models, params_below, params_at_least"),
+     r"side a: unknown key 'methods'; allowed: method, require, models, models_require, params_below, "
+     r"params_at_least"),
     ("claims:\n  - {id: x, text: t, a: {method: [full, lora], require: some}, b: dora, direction: above}\n",
      r"side a: require='some' is not allowed; allowed: all, any"),
     ("claims:\n  - {id: x, text: t, a: full, b: lora, direction: above, params_below: lots}\n",
@@ -695,6 +696,14 @@ def test_rows_scored_under_different_settings_are_not_compared(tmp_path):
     assert full["delta_zeroshot"] == pytest.approx(-0.5) and full["delta_zeroshot_p"] is None
     assert full["delta_zeroshot_test"] == "were scored differently"
     assert "1 of 1 comparisons are of rows that were scored differently" in (tmp_path / "report" / "summary.md").read_text()
+    # a row written before scored_with was recorded, against one with it: not shown to be scored alike
+    for path in tmp_path.glob("smollm135-zeroshot-*/result.json"):
+        record = json.loads(path.read_text())
+        del record["identity"]["scored_with"]
+        write_result(path.parent, record)
+    results, _ = claims_of(tmp_path)
+    (instance,) = results["full-below-zeroshot-under-300m"].instances
+    assert instance.test.p_value is None and "scoring settings unknown for one row" in instance.test.reason
 
 
 def test_holm_widens_the_non_inferiority_intervals_to_bonferroni_ones(tmp_path):
@@ -854,11 +863,14 @@ def test_a_model_of_random_weights_is_left_out_unless_named_and_a_pattern_matchi
             shutil.copy(path.parent / PREDICTIONS_FILE, tmp_path / f"random-{path.parent.name}" / PREDICTIONS_FILE)
     claims = tmp_path / "claims.yaml"
     claims.write_text("claims:\n  - {id: under, text: t, a: full, b: zeroshot, direction: below, params_below: 300M}\n"
-                      "  - {id: typo, text: t, a: full, b: zeroshot, direction: below, models: [smollm135, smolm135_q4]}\n")
+                      "  - {id: typo, text: t, a: full, b: zeroshot, direction: below, models: [smollm135, smolm135_q4]}\n"
+                      "  - {id: either, text: t, a: full, b: zeroshot, direction: below, models: [smollm135, "
+                      "smolm135_q4], models_require: any}\n")
     results, _ = claims_of(tmp_path, claims=claims)
     assert [i.a["model"] for i in results["under"].instances] == ["smollm135"]
     assert results["under"].gaps == ["smollm135_random: random weights, left out (name it in the claim's models to "
                                      "include it)"]
-    # models listed are alternatives: one that matches nothing (a typo, or the GGUF not run) is named, not a gap
-    assert results["typo"].gaps == [] and results["typo"].absent_models == ["smolm135_q4"]
+    assert results["typo"].gaps == ["model pattern 'smolm135_q4' matches no model of these results"]
+    # models listed as alternatives (models_require: any): one that matches nothing is named, not a gap
+    assert results["either"].gaps == [] and results["either"].absent_models == ["smolm135_q4"]
     assert "Not in these results: model smolm135_q4." in (tmp_path / "report" / "claims.md").read_text()

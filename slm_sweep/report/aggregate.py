@@ -250,10 +250,13 @@ def compare_rows(first: dict[str, Any], second: dict[str, Any], eval_set: str, m
 
 def scoring_differences(first: dict[str, Any], second: dict[str, Any]) -> str:
     """What the two rows' ``scored_with`` settings differ in (``max_new_tokens 256 vs 512``); '' when they agree
-    or either row predates the record (result files without ``identity.scored_with``)."""
+    or both rows predate the record (result files without ``identity.scored_with``); a row without it against
+    one with it cannot be shown to be scored alike."""
     a, b = first.get("scored_with"), second.get("scored_with")
-    if not isinstance(a, dict) or not isinstance(b, dict):
+    if not isinstance(a, dict) and not isinstance(b, dict):
         return ""
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return "scoring settings unknown for one row (a result file written before they were recorded)"
     return "; ".join(f"{key} {_plain_value(a.get(key))} vs {_plain_value(b.get(key))}"
                      for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key))
 

@@ -48,11 +48,11 @@ NOT_COVERED = "not covered"
 MIXED, PARTLY_REPRODUCED, PARTLY_CONTRADICTED = "mixed", "partly reproduced", "partly contradicted"
 
 TOP_KEYS = ("claims",)
-CLAIM_KEYS = ("id", "text", "a", "b", "direction", "metric", "margin", "models", "params_below",
+CLAIM_KEYS = ("id", "text", "a", "b", "direction", "metric", "margin", "models", "models_require", "params_below",
               "params_at_least", "datasets")
-SIDE_KEYS = ("method", "require", "models", "params_below", "params_at_least")
-# a side's list of methods: every one must be in the results for a complete verdict (all), or one is enough (any:
-# wordings of one baseline, each checked where present)
+SIDE_KEYS = ("method", "require", "models", "models_require", "params_below", "params_at_least")
+# a side's list of methods, or a list of models: every one must be in the results for a complete verdict (all), or
+# one is enough (any: the wordings of one baseline, each checked where present; a model and its 4-bit GGUF)
 REQUIRE = ("all", "any")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _NAME = re.compile(r"[A-Za-z0-9_]+")
@@ -85,6 +85,7 @@ class Selector:
     models: tuple[str, ...] = ()
     params_below: float | None = None
     params_at_least: float | None = None
+    models_require: str = "all"  # REQUIRE: every model listed must be in the results, or one of them
 
     @property
     def empty(self) -> bool:
@@ -183,15 +184,24 @@ def _parameter_count(value: Any, where: str, key: str) -> float:
     return count
 
 
+def _require(entry: dict, key: str, where: str, what: str) -> str:
+    value = entry.get(key, "all")
+    if value not in REQUIRE:
+        raise ClaimsError(f"{where}: {key}={value!r} is not allowed; allowed: {_allowed(REQUIRE)} (all: every "
+                          f"{what} listed must be in the results; any: one of them is enough)")
+    return value
+
+
 def _selector(entry: dict, where: str) -> Selector:
     models = _names(entry["models"], where, "models") if "models" in entry else ()
+    models_require = _require(entry, "models_require", where, "model")
     below = _parameter_count(entry["params_below"], where, "params_below") if "params_below" in entry else None
     at_least = (_parameter_count(entry["params_at_least"], where, "params_at_least")
                 if "params_at_least" in entry else None)
     if below is not None and at_least is not None and at_least >= below:
         raise ClaimsError(f"{where}: params_at_least={entry['params_at_least']!r} must be below "
                           f"params_below={entry['params_below']!r}")
-    return Selector(models, below, at_least)
+    return Selector(models, below, at_least, models_require)
 
 
 def _side(entry: Any, where: str) -> Side:
@@ -200,11 +210,8 @@ def _side(entry: Any, where: str) -> Side:
     entry = _check_keys(entry, SIDE_KEYS, where, "a side")
     if "method" not in entry:
         raise ClaimsError(f"{where}: missing key 'method' (a method name or a list of them)")
-    require = entry.get("require", "all")
-    if require not in REQUIRE:
-        raise ClaimsError(f"{where}: require={require!r} is not allowed; allowed: {_allowed(REQUIRE)} (all: every "
-                          "method listed must be in the results; any: one of them is enough)")
-    return Side(_names(entry["method"], where, "method"), _selector(entry, where), require)
+    return Side(_names(entry["method"], where, "method"), _selector(entry, where),
+                _require(entry, "require", where, "method"))
 
 
 def _claim(entry: Any, where: str) -> Claim:
@@ -310,8 +317,8 @@ class ClaimResult:
     verdict: str = NOT_COVERED
     reason: str | None = None  # why the claim is not covered
     absent: list[str] = field(default_factory=list)  # methods a side names that are in none of the rows it covers
-    # models a selector lists that match no row, where another of its list does (alternatives: smollm135 or its
-    # 4-bit GGUF); a selector none of whose models match is a gap
+    # models of a models_require: any list that match no row, where another of it does (smollm135 or its 4-bit
+    # GGUF); a model of a models_require: all list that matches nothing is a gap
     absent_models: list[str] = field(default_factory=list)
     tested: int = 0  # instances with a paired test: the size of the family a correction adjusts for
     interval_alpha: float = ALPHA  # the intervals are at 1 - interval_alpha (alpha / tested under Holm)
@@ -489,9 +496,10 @@ def _coverage_gaps(claim: Claim, rows: Sequence[dict[str, Any]], in_scope: Seque
                    or any(fnmatch.fnmatchcase(str(key[0]), pattern) for pattern in claim.datasets)]
     known_models = {r["model"] for r in rows} | {str(key[1]) for key in lost}
     for selector in (claim.selector, claim.a.selector, claim.b.selector):
-        # a list of alternatives is covered when one of them matches (the others are named, not gaps)
-        if selector.models and len(unmatched_models(selector, known_models)) == len(selector.models):
-            gaps += [f"model pattern {pattern!r} matches no model of these results" for pattern in selector.models]
+        unmatched = unmatched_models(selector, known_models)
+        # a list of alternatives (models_require: any) is covered when one of them matches: the others are named
+        if selector.models_require == "all" or len(unmatched) == len(selector.models):
+            gaps += [f"model pattern {pattern!r} matches no model of these results" for pattern in unmatched]
     bounded = [sel for sel in (claim.selector, claim.a.selector, claim.b.selector)
                if sel.params_below is not None or sel.params_at_least is not None]
     if bounded:
@@ -609,8 +617,8 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
         result.absent = [m for m in (*claim.a.methods, *claim.b.methods) if m not in present]
         known = {r["model"] for r in rows} | {str(key[1]) for key in (lost or {})}
         result.absent_models = list(dict.fromkeys(
-            p for sel in (claim.selector, claim.a.selector, claim.b.selector)
-            if len(unmatched := unmatched_models(sel, known)) < len(sel.models) for p in unmatched))
+            p for sel in (claim.selector, claim.a.selector, claim.b.selector) if sel.models_require == "any"
+            and len(unmatched := unmatched_models(sel, known)) < len(sel.models) for p in unmatched))
     return result
 
 

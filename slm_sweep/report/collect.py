@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from slm_sweep.results import PREDICTIONS_FILE, RESULT_FILE, SCHEMA_VERSION, STATUSES
+from slm_sweep.results import PREDICTIONS_FILE, RESULT_FILE, SCHEMA_VERSION, STATUSES, SUPERSEDED
 from slm_sweep.scoring import PRIMARY_METRIC, accuracy_key
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,8 @@ def placement_label(record: dict[str, Any], stage: str) -> str:
 
 
 def find_result_files(dirs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Every result.json under ``dirs`` (recursively), each file once, in a stable order.
+    """Every result.json under ``dirs`` (recursively, but not in folders a rerun set aside: ``superseded*``), each
+    file once, in a stable order.
 
     A path may also name a result.json directly. Raises FileNotFoundError for a path that does not exist.
     """
@@ -133,7 +134,9 @@ def find_result_files(dirs: Iterable[str | os.PathLike]) -> list[Path]:
         else:
             candidates = []
             for parent, subdirs, files in os.walk(root):
-                subdirs.sort()
+                # what a rerun with other settings replaced (sweep.resume.set_aside_earlier): kept on disk for the
+                # reuse search, not a cell of the sweep
+                subdirs[:] = sorted(d for d in subdirs if not d.startswith(SUPERSEDED))
                 if RESULT_FILE in files:
                     candidates.append(Path(parent) / RESULT_FILE)
         for path in candidates:

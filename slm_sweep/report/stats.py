@@ -241,20 +241,25 @@ def seeds_and_questions_test(a: Sequence[Sequence[bool]], b: Sequence[Sequence[b
     p_value = min(1.0, tail(abs(difference)))
     if not interval:
         return SeedsAndQuestions(difference, p_value, None, None, question_se, (seed_se[0], seed_se[1]))
-    if question_se == 0 and not any(seed_se):
-        # Every question and seed alike: no spread to read a width from, and a zero-width interval would turn
-        # identical answers on 20 questions into certainty. Tango's interval on the seeds' mean discordance keeps
-        # the width that many questions allow, as for one seed a side (+-16 points on 20, +-0.3 on 1319).
+    # Without seed spread, Tango's interval on the seeds' mean discordance, as for one seed a side: with every
+    # question and seed alike there is no spread to read a width from (a zero-width interval would turn identical
+    # answers on 20 questions into certainty; Tango keeps +-16 points on 20, +-0.3 on 1319), and on a few
+    # discordant questions the sign-flip distribution's critical value alone is narrower than Tango's.
+    tango = None
+    if not any(seed_se):
         only_first = float(np.clip(per_question, 0, None).sum())
         only_second = float(np.clip(-per_question, 0, None).sum())
-        low, high = tango_paired_interval(only_first, only_second, questions, alpha)
-        return SeedsAndQuestions(difference, p_value, low, high, 0.0, (0.0, 0.0))
+        tango = tango_paired_interval(only_first, only_second, questions, alpha)
+        if question_se == 0:
+            return SeedsAndQuestions(difference, p_value, tango[0], tango[1], 0.0, (0.0, 0.0))
     high = abs(difference) + 10 * (question_se + sum(seed_se)) + 1e-9
     while tail(high) > alpha:
         high *= 2
     half = falling_crossing(tail, alpha, 0.0, high, steps=40)
-    return SeedsAndQuestions(difference, p_value, difference - half, difference + half, question_se,
-                             (seed_se[0], seed_se[1]))
+    low, high = difference - half, difference + half
+    if tango is not None:
+        low, high = min(low, tango[0]), max(high, tango[1])
+    return SeedsAndQuestions(difference, p_value, low, high, question_se, (seed_se[0], seed_se[1]))
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:

@@ -318,7 +318,7 @@ def _tests_note(rows: Sequence[dict[str, Any]], alpha: float, correction: str) -
                  f"limits): their delta compares means over different questions and is not tested.")
     if unscored:
         note += (f" {unscored} of {len(tests)} comparisons are of rows that {DIFFERENT_SCORING} (another scoring "
-                 "version, max_new_tokens, stop, generation config or dtype; summary.json's scored_with): their "
+                 "version, max_new_tokens, stop, generation config or dtype; result.json's identity.scored_with): their "
                  "delta is not tested.")
     return note
 

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from slm_sweep.results import PREDICTIONS_FILE, RESULT_FILE, is_complete, read_result
+from slm_sweep.results import PREDICTIONS_FILE, RESULT_FILE, SUPERSEDED, is_complete, read_result
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 KEPT_WEIGHTS = ("adapter", "model")  # LoRA/DoRA adapter folder; full weights (trainer.keep_model)
@@ -60,12 +60,12 @@ def _free(path: Path) -> Path:
 def set_aside_earlier(out: Path, evaluation_key: str, training_key: str | None) -> Path | None:
     """Move a finished result of another configuration out of the way of this cell's files, instead of writing
     over it (a rerun into the same folder with other settings): its result.json and predictions go to
-    ``out/superseded`` (where the reuse search and the report still find them), and so do its kept weights when
+    ``out/superseded`` (where the reuse search still finds them; the report leaves them out), and so do its kept weights when
     they were trained under another training key. Returns that folder, or None when there was nothing to keep."""
     record = read_result(out)
     if not record or record.get("status") != "completed" or _key(record, "evaluation_key") == evaluation_key:
         return None
-    aside = _free(out / "superseded")
+    aside = _free(out / SUPERSEDED)
     aside.mkdir(parents=True)
     for name in (RESULT_FILE, PREDICTIONS_FILE):
         if (out / name).is_file():
