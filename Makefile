@@ -8,8 +8,9 @@ PIP := $(VENV)/bin/pip
 # Local data: a folder with one sub-folder per dataset in its own format (gsm8k/, svamp/, ...). Empty: the hub.
 DATA_ROOT ?= $(if $(wildcard ../shared/data/gsm8k/test.jsonl),../shared/data,)
 TORCH_SPEC ?= torch==2.13.0
-# the latest sweep of the grid (hyperparameter searches live under multirun/hparams/ and are left out)
-SWEEP ?= $(lastword $(sort $(filter-out multirun/hparams/%,$(wildcard multirun/*/*))))
+# the latest sweep that holds a cell's result (not one that was refused or only listed; hyperparameter searches
+# live under multirun/hparams/<date>/<time>/<cell>, a level deeper, and are left out)
+SWEEP ?= $(lastword $(sort $(patsubst %/,%,$(dir $(patsubst %/,%,$(dir $(wildcard multirun/*/*/*/result.json)))))))
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"; printf "Targets:\n"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,7 +37,7 @@ test-slow: install ## Run the slow tests: the real SmolLM2-135M (4-bit GGUF), DD
 	$(PY) -m pytest -m slow
 
 demo: install ## One real cell offline on CPU: SmolLM2-135M (GGUF) x LoRA on a small GSM8K slice
-	HF_HUB_OFFLINE=1 $(PY) -m slm_sweep model=smollm135_q4 method=lora \
+	$(if $(DATA_ROOT),HF_HUB_OFFLINE=1) $(PY) -m slm_sweep model=smollm135_q4 method=lora \
 	  $(if $(DATA_ROOT),data_root=$(DATA_ROOT)) \
 	  dataset.train_limit=64 dataset.val_size=16 dataset.test_limit=16 \
 	  trainer.max_steps=8 trainer.batch_size=4 trainer.micro_batch_size=4 trainer.max_length=320 \
@@ -49,7 +50,7 @@ paper: install ## The study's whole grid: 5 models x 7 methods (4 baselines, ful
 	$(PY) -m slm_sweep -m experiment=paper $(if $(DATA_ROOT),data_root=$(DATA_ROOT)) $(if $(PREFLIGHT_ONLY),preflight.only=true)
 
 report: ## Tables, plots and the study's claims of a sweep: make report SWEEP=multirun/<date>/<time> (default: the latest; CORRECTION=none)
-	@test -n "$(SWEEP)" || { echo "no sweep under multirun/; run one first or pass SWEEP=DIR"; exit 2; }
+	@test -n "$(SWEEP)" || { echo "no sweep under multirun/ holds a result.json; run one first or pass SWEEP=DIR"; exit 2; }
 	$(PY) -m slm_sweep.report $(SWEEP) --claims $(if $(CORRECTION),--correction $(CORRECTION))
 
 # What a bare GPU machine (Python 3.12, manylinux x86_64, no network) lacks of the cell path, at the versions tested here.

@@ -343,7 +343,11 @@ def test_malformed_jsonl_line_names_file_and_line(small_dir):
     lines = (small_dir / "test.jsonl").read_text().splitlines()
     lines[2] = '{"question": "broken", "answer": '
     (small_dir / "test.jsonl").write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=r"test\.jsonl: line 3 is not valid JSON"):
+    with pytest.raises(DataError, match=r"test\.jsonl: line 3 is not valid JSON \(Expecting value at column 34\)"):
+        load_splits(local_spec(small_dir))
+    lines[2] = '{"question": "broken'
+    (small_dir / "test.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"line 3 is not valid JSON \(Unterminated string starting at column 14\)"):
         load_splits(local_spec(small_dir))
 
 

@@ -168,6 +168,16 @@ def test_plan_refuses_a_fixed_missing_value_nothing_left_or_refuse_mode(requires
     assert "preflight.on_missing=refuse" in strict.refused
     warn = plan_grid(sweep_config([root, "model=tiny", "dataset=gsm8k,orcamath"], on_missing="warn"), composer)
     assert warn.refused is None and [c.name for c in warn.missing] == ["orcamath"]
+    # warn runs the grid as asked: nothing left out, every cell listed, even when no cell could read its data
+    assert warn.left_out == {} and len(warn.to_run) == warn.cells == 2 and warn.summary_lines()[0].startswith(
+        "missing: dataset orcamath")
+    all_missing = plan_grid(sweep_config([root, "model=smollm135,qwen05", "method=zeroshot"], on_missing="warn"),
+                            composer)
+    assert all_missing.refused is None and len(all_missing.to_run) == 2
+    # a refused grid still lists every planned cell for preflight.only, those that need something missing marked
+    listing = nothing.listing(Path("plan.json"))
+    assert listing[0].startswith("preflight.only: the grid of 2 cells is refused (2 need something missing")
+    assert listing[1:] == ["! model=smollm135", "! model=qwen05"]
 
 
 def test_a_dedup_set_or_a_quantization_library_a_cell_needs_is_checked_before_it_runs(requires_data, composer,
@@ -189,6 +199,21 @@ def test_a_dedup_set_or_a_quantization_library_a_cell_needs_is_checked_before_it
     assert quantized.left_out == {"method": ["qlora"]}
     assert quantized.reasons["method=qlora"].startswith("missing: library bitsandbytes — not installed, and "
                                                         "model.quantization")
+
+
+def test_a_gpu_grid_on_a_machine_without_cuda_is_refused_before_its_first_cell(requires_data, composer):
+    """trainer=gpu (experiment=paper) where no CUDA GPU is visible: every trained cell would fail in Lightning's
+    accelerator lookup; the preflight says so first. A CPU cell of the same grid does not ask."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here")
+    gpu = plan_grid(sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=lora,full", "trainer=gpu"]),
+                    composer)
+    assert "trainer.accelerator=gpu asks for a CUDA GPU" in gpu.refused and "fix: run on a GPU machine" in gpu.refused
+    cpu = plan_grid(sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=zeroshot,lora", "trainer=gpu",
+                                  "trainer.accelerator=cpu"]), composer)
+    assert cpu.refused is None and not cpu.missing
 
 
 def test_plan_refuses_cells_with_config_errors_before_any_runs(requires_data, composer):

@@ -755,6 +755,19 @@ def test_make_report_writes_the_claims_table_as_the_end_of_sweep_report_does(tmp
     assert settings["correction"] == "none" and settings["claims"]["path"].endswith("paper.yaml")
 
 
+def test_make_report_takes_the_latest_sweep_that_holds_a_result(tmp_path):
+    """A refused or preflight-only sweep leaves a folder with its preflight.json alone, and a learning-rate search
+    lives under multirun/hparams/: neither is the sweep `make report` means."""
+    write_row(tmp_path / "multirun" / "2026-01-01" / "10-00-00", "qwen05", "lora", "gsm8k", 36, seeds=(0,))
+    (tmp_path / "multirun" / "2026-01-02" / "10-00-00").mkdir(parents=True)
+    (tmp_path / "multirun" / "2026-01-02" / "10-00-00" / "preflight.json").write_text("{}")
+    write_row(tmp_path / "multirun" / "hparams" / "2026-01-03" / "10-00-00", "qwen05", "lora", "gsm8k", 36, seeds=(0,))
+    proc = subprocess.run(["make", "-s", "-n", "-f", str(REPO / "Makefile"), "report", "PY=python"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "python -m slm_sweep.report multirun/2026-01-01/10-00-00 --claims" in proc.stdout
+
+
 # ---------------------------------------------------------------------------------------------- completeness
 
 

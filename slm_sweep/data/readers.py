@@ -108,7 +108,7 @@ def _read_jsonl(path: Path) -> list[_Row]:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(
-                f"{path}: line {line_no} is not valid JSON ({exc.msg}, column {exc.colno})"
+                f"{path}: line {line_no} is not valid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})"
             ) from None
         rows.append(_row(value, f"{path} line {line_no}"))
     return rows

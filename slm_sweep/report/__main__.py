@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(collection.files)} result files, {len(collection.completed)} completed cells used; "
         f"skipped cells: {skipped}; validation-split cells left out: {len(collection.validation)}; "
         f"malformed files: {len(collection.malformed)}; "
-        f"duplicates dropped: {len(collection.duplicates)}"
+        f"duplicates dropped: {len(collection.duplicates)}; "
+        f"copies of a seed-independent baseline counted once: {len(collection.copies)}"
     )
     print("Wrote:")
     for path in report["files"]:

@@ -71,6 +71,8 @@ class Preflight(Callback):
                              f"{type(error).__name__}: {error}") from None
         path = write_plan(plan, Path(str(config.hydra.sweep.dir)))
         if plan.refused:
+            if OmegaConf.select(config, "preflight.only", default=False):
+                print("\n".join(plan.listing(path)), flush=True)
             raise SystemExit(f"{plan.refused}\n(details: {path})")
         if not plan.missing:
             log.info("preflight: %d models and data sets checked, all readable", len(plan.checked))

@@ -41,7 +41,7 @@ METHOD_KEYS_THAT_MATTER = ("name", "train", "num_fewshot")
 
 @dataclass
 class Check:
-    kind: str  # model | dataset | ood set | dedup set | library
+    kind: str  # model | dataset | ood set | dedup set | library | device
     name: str
     ok: bool
     source: str = ""  # where it will be read from, when ok
@@ -297,6 +297,11 @@ class Checker:
         ]
         from slm_sweep.data.specs import DEDUP_DEFAULTS
 
+        wants_gpu = [f"{key}={value}" for key, value in (
+            ("trainer.accelerator", cfg.trainer.get("accelerator") if cfg.method.get("train") else None),
+            ("eval.device", cfg.eval.get("device"))) if str(value or "").split(":")[0] in ("gpu", "cuda")]
+        if wants_gpu:
+            blocking.append(self._once(["device", "cuda"], check_cuda, wants_gpu))
         dedup = None if spec.get("dedup") is None else {**DEDUP_DEFAULTS, **spec["dedup"]}
         if cfg.method.get("train") and dedup is not None and dedup["enabled"]:
             for set_name in dedup["against"] or []:
@@ -321,6 +326,17 @@ class Checker:
             ood.append(self._once(["ood", set_name, data_root, ood_roles], check_dataset, ood_spec, self.hub,
                                   data_root, ood_roles, kind="ood set"))
         return [c for c in blocking if not c.ok], [c for c in ood if not c.ok]
+
+
+def check_cuda(asked_by: list[str]) -> Check:
+    """Whether a CUDA GPU is visible (torch is imported only for a grid that asks for one)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return Check("device", "cuda", True, torch.cuda.get_device_name(0))
+    return Check("device", "cuda", False, reason=f"{', '.join(asked_by)} asks for a CUDA GPU (trainer=gpu, "
+                 "experiment=paper) and none is visible here",
+                 fix="run on a GPU machine, or trainer=default (and eval.device=auto) on this one")
 
 
 def check_library(module: str, needed_for: str, fix: str) -> Check:
@@ -354,6 +370,7 @@ class Plan:
     config_errors: dict[str, list[str]] = field(default_factory=dict)  # error -> the cells (overrides) it hits
     refused: str | None = None
     to_run: list[str] = field(default_factory=list)  # each cell that will run, as its swept overrides
+    blocked: list[str] = field(default_factory=list)  # each cell that needs something missing, as its overrides
     computations: int = 0  # of those, the ones computed: a seed-independent baseline once over its seeds
 
     @property
@@ -392,11 +409,19 @@ class Plan:
             "config_errors": self.config_errors,
             "refused": self.refused,
             "cells": [] if self.refused else self.to_run,
+            "cells_planned_list": self.to_run if self.refused else None,
+            "cells_blocked": self.blocked,
             "computations": 0 if self.refused else self.computations,
         }
 
     def listing(self, path: Path) -> list[str]:
-        """What ``preflight.only=true`` prints: the count, then one line per cell that would run."""
+        """What ``preflight.only=true`` prints: the count, then one line per cell that would run; for a grid that
+        is refused, every cell planned, those that need something missing marked."""
+        if self.refused:
+            head = (f"preflight.only: the grid of {self.cells} cells is refused ({len(self.blocked)} need something "
+                    f"missing, marked !); nothing ran (plan: {path})")
+            blocked = set(self.blocked)
+            return [head, *(f"{'!' if cell in blocked else ' '} {cell}" for cell in self.to_run)]
         to_run = self.cells - self.left_out_cells
         shared = (f" ({self.computations} computed: a zero- or few-shot baseline is computed once per model and "
                   f"dataset and copied to each seed)" if self.computations and self.computations < to_run else "")
@@ -474,9 +499,19 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
     plan.checked = list(checker.checks.values())
     plan.dedup_skipped = sorted(checker.dedup_skipped)
     verdict = [verdicts[tuple(job[k] for k in relevant)] for job in jobs]
+    named = swept or keys
 
+    def label(job: Mapping[str, str]) -> str:
+        return " ".join(redact_overrides([f"{k}={job[k]}" for k in named]))
+
+    # every planned cell and the ones that need something missing: listed even for a grid that is refused
+    plan.to_run = [label(job) for job in jobs]
+    plan.blocked = [label(job) for job, v in zip(jobs, verdict) if v[0]]
     if on_missing == "refuse" and plan.missing:
         return _refuse(plan, "preflight.on_missing=refuse asks for the whole grid")
+    if on_missing == "warn":  # the grid as asked: what is missing is listed, nothing is left out
+        plan.computations = len({_computation(job, cell) for job, cell in zip(jobs, cells)})
+        return plan
 
     blocked = [bool(v[0]) for v in verdict]
     if any(blocked):
@@ -500,8 +535,7 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
     else:
         alive = jobs
 
-    named = swept or keys
-    plan.to_run = [" ".join(redact_overrides([f"{k}={job[k]}" for k in named])) for job in alive]
+    plan.to_run = [label(job) for job in alive]
     plan.computations = len({_computation(job, cell) for job, cell in zip(jobs, cells) if job in alive})
     kept = [v for job, v in zip(jobs, verdict) if job in alive]
     dropped = sorted({c.name for v in kept for c in v[1]})
@@ -564,6 +598,8 @@ def _plan_base_only(cfg: DictConfig, compose, checker: Checker, plan: Plan) -> P
     blocking, ood = checker.cell(base)
     plan.checked = list(checker.checks.values())
     plan.dedup_skipped = sorted(checker.dedup_skipped)
+    if plan.on_missing == "warn":
+        return plan
     if blocking or (ood and plan.on_missing == "refuse"):
         return _refuse(plan, f"the search ({plan.sweeper.rsplit('.', 1)[-1]}) needs them in every trial")
     if ood:
