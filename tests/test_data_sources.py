@@ -595,9 +595,14 @@ def test_hub_without_the_needed_split_says_so(monkeypatch):
 
 
 def test_local_only_dataset_without_a_folder_says_how_to_point_at_files():
+    # read as the cell's dataset: its own folder (dataset.data_dir) or the data root
+    with pytest.raises(DataError, match="'mawps_addsub' is local only") as err:
+        load_splits(dataset_spec("mawps_addsub"), need_train=False)
+    assert "dataset.data_dir=<folder holding mawpsaddsub.jsonl> or data_root=<folder holding mawps/>" in str(err.value)
+    # read as an out-of-domain or dedup set: dataset.data_dir names the training set's folder, so only data_root
     with pytest.raises(DataError, match="'mawps_addsub' is local only") as err:
         load_eval_set("mawps_addsub")
-    assert "mawpsaddsub.jsonl" in str(err.value) and "data_root=<folder holding mawps/>" in str(err.value)
+    assert str(err.value).endswith(": set data_root=<folder holding mawps/>") and "data_dir" not in str(err.value)
 
 
 def test_real_load_dataset_offline_fails_with_the_hub_id(tmp_path):

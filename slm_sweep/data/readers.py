@@ -180,22 +180,27 @@ def _hub_failure_message(spec: dict[str, Any], split: str, exc: Exception) -> st
     return (
         f"dataset {spec['name']!r} could not be loaded from the Hugging Face hub{reason}: "
         f"{hub['path']} config {hub.get('name')!r} split {split!r}: {type(exc).__name__}: {exc}. "
-        f"To read local files instead, {_local_hint(spec)}"
+        f"To read local files instead, {local_hint(spec)}"
     )
 
 
 def _local_only_message(spec: dict[str, Any]) -> str:
-    return f"dataset {spec['name']!r} is local only (no hub id is configured): {_local_hint(spec)}"
+    return f"dataset {spec['name']!r} is local only (no hub id is configured): {local_hint(spec)}"
 
 
-def _local_hint(spec: dict[str, Any]) -> str:
+def local_hint(spec: dict[str, Any]) -> str:
     local = spec["local"] or {}
     files = [name for names in (local.get("files") or {}).values() for name in as_list(names)]
-    dir_name = local.get("dir_name") or spec["name"]
     return (
         f"set dataset.data_dir=<folder holding {', '.join(files) or 'train.jsonl, test.jsonl'}> "
-        f"or data_root=<folder holding {dir_name}/>"
+        f"or {data_root_hint(spec)}"
     )
+
+
+def data_root_hint(spec: dict[str, Any]) -> str:
+    """The fix for a set read only as an evaluation (out-of-domain or dedup) set: ``dataset.data_dir`` names the
+    training set's folder, so only ``data_root`` applies to it."""
+    return f"data_root=<folder holding {(spec['local'] or {}).get('dir_name') or spec['name']}/>"
 
 
 # ---------------------------------------------------------------------------------------------- rows -> examples

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from slm_sweep.data.dedup import SHINGLE_BYTES, DedupIndex, deduplicate
 from slm_sweep.data.errors import DataError
-from slm_sweep.data.readers import Example, local_dir, read_examples
+from slm_sweep.data.readers import Example, data_root_hint, local_dir, local_hint, read_examples
 from slm_sweep.data.specs import (
     as_dict,
     check_positive_int,
@@ -92,7 +92,11 @@ def load_eval_set(
     if limit is not None:
         check_positive_int(spec.get("name"), "limit", limit)
         spec["test_limit"] = limit
-    return load_splits(spec, data_root=data_root, need_train=False).test
+    try:
+        return load_splits(spec, data_root=data_root, need_train=False).test
+    except DataError as err:  # the training set's key is no fix for an evaluation set
+        resolved = resolved_spec(spec)
+        raise DataError(str(err).replace(local_hint(resolved), f"set {data_root_hint(resolved)}")) from None
 
 
 # ---------------------------------------------------------------------------------------------- carving
