@@ -494,7 +494,7 @@ def _coverage_gaps(claim: Claim, rows: Sequence[dict[str, Any]], in_scope: Seque
     gaps = []
     in_datasets = [key for key in lost if not claim.datasets
                    or any(fnmatch.fnmatchcase(str(key[0]), pattern) for pattern in claim.datasets)]
-    known_models = {r["model"] for r in rows} | {str(key[1]) for key in lost}
+    known_models = _known_models(rows, lost)
     for selector in (claim.selector, claim.a.selector, claim.b.selector):
         unmatched = unmatched_models(selector, known_models)
         # a list of alternatives (models_require: any) is covered when one of them matches: the others are named
@@ -524,6 +524,11 @@ def _coverage_gaps(claim: Claim, rows: Sequence[dict[str, Any]], in_scope: Seque
                 label = f"{method} ({variant})" if variant else method
                 gaps.append(f"{model} × {label} on {dataset}: no completed seed ({lost[key]})")
     return list(dict.fromkeys(gaps))
+
+
+def _known_models(rows: Sequence[dict[str, Any]], lost: dict[tuple, str]) -> set[str]:
+    """The models of the results: those with a row and those whose cells all failed."""
+    return {r["model"] for r in rows} | {str(key[1]) for key in lost}
 
 
 def unmatched_models(selector: Selector, models: set[str]) -> list[str]:
@@ -615,7 +620,7 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
         result.reason = f"no model and dataset has both {claim.a.describe()} and {claim.b.describe()}{scope}"
     if result.instances:
         result.absent = [m for m in (*claim.a.methods, *claim.b.methods) if m not in present]
-        known = {r["model"] for r in rows} | {str(key[1]) for key in (lost or {})}
+        known = _known_models(rows, lost or {})
         result.absent_models = list(dict.fromkeys(
             p for sel in (claim.selector, claim.a.selector, claim.b.selector) if sel.models_require == "any"
             and len(unmatched := unmatched_models(sel, known)) < len(sel.models) for p in unmatched))

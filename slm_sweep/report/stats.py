@@ -225,13 +225,15 @@ def seeds_and_questions_test(a: Sequence[Sequence[bool]], b: Sequence[Sequence[b
     # seed_variance floors it at 0), the test is a paired test on the questions alone: its question part is then
     # the exact sign-flip distribution of the per-question differences, not Student's t, which on a few
     # discordant questions rejects more often than alpha, and with every question alike would give p = 0.
-    exact = None if any(seed_se) else sign_flip_distribution(per_question, first.shape[0] * second.shape[0])
+    exact = None
+    if not any(seed_se):
+        values, probs = sign_flip_distribution(per_question, first.shape[0] * second.shape[0])
+        exact = (np.abs(values) / questions, probs)  # |difference of the means| each sign pattern gives
 
     def tail(c: float) -> float:
         """P(|seed part + question part| >= c) under no difference."""
         if exact is not None:
-            values, probs = exact
-            return float(probs[np.abs(values / questions) >= c - 1e-12].sum())
+            return float(exact[1][exact[0] >= c - 1e-12].sum())
         if question_se == 0:
             return float(np.mean(np.abs(seed_part) >= c - 1e-12))
         upper = student_t.sf((c - seed_part) / question_se, questions - 1)

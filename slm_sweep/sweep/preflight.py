@@ -277,9 +277,17 @@ class Checker:
             self.checks[text] = check(*args, **kwargs)
         return self.checks[text]
 
+    def _evaluation_set(self, kind: str, name: str, data_root: Any) -> Check:
+        """An out-of-domain or dedup set, read as evaluation sets are: its test split."""
+        from slm_sweep.data.specs import DEFAULTS, dataset_spec
+
+        spec = {**DEFAULTS, **_plain(dataset_spec(name))}
+        roles = dataset_roles(spec, need_train=False)
+        return self._once([kind, name, data_root, roles], check_dataset, spec, self.hub, data_root, roles, kind=kind)
+
     def cell(self, cfg: DictConfig) -> tuple[list[Check], list[Check]]:
         """(blocking problems: model and training dataset; out-of-domain sets that cannot be read)."""
-        from slm_sweep.data.specs import DEFAULTS, dataset_spec, known_datasets
+        from slm_sweep.data.specs import DEDUP_DEFAULTS, DEFAULTS, known_datasets
 
         model = _plain(cfg.model)
         cache_dir, data_root = cfg.get("cache_dir"), cfg.get("data_root")
@@ -295,8 +303,6 @@ class Checker:
                           "model.quantization out of the sweep")]
               if "BitsAndBytes" in str((model.get("quantization") or {}).get("_target_", "")) else []),
         ]
-        from slm_sweep.data.specs import DEDUP_DEFAULTS
-
         wants_gpu = [f"{key}={value}" for key, value in (
             ("trainer.accelerator", cfg.trainer.get("accelerator") if cfg.method.get("train") else None),
             ("eval.device", cfg.eval.get("device"))) if str(value or "").split(":")[0] in ("gpu", "cuda")]
@@ -307,10 +313,7 @@ class Checker:
             for set_name in dedup["against"] or []:
                 if set_name not in known_datasets():
                     continue  # the dataset spec's validation names it
-                dedup_spec = {**DEFAULTS, **_plain(dataset_spec(set_name))}
-                dedup_roles = dataset_roles(dedup_spec, need_train=False)
-                check = self._once(["dedup", set_name, data_root, dedup_roles], check_dataset, dedup_spec,
-                                   self.hub, data_root, dedup_roles, kind="dedup set")
+                check = self._evaluation_set("dedup set", set_name, data_root)
                 if check.ok:
                     continue
                 if dedup["on_missing"] == "error":
@@ -321,10 +324,7 @@ class Checker:
         for set_name in ood_sets(cfg):
             if set_name not in known_datasets():
                 continue  # the cell's config validation names it
-            ood_spec = {**DEFAULTS, **_plain(dataset_spec(set_name))}
-            ood_roles = dataset_roles(ood_spec, need_train=False)
-            ood.append(self._once(["ood", set_name, data_root, ood_roles], check_dataset, ood_spec, self.hub,
-                                  data_root, ood_roles, kind="ood set"))
+            ood.append(self._evaluation_set("ood set", set_name, data_root))
         return [c for c in blocking if not c.ok], [c for c in ood if not c.ok]
 
 
@@ -505,15 +505,15 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
         return " ".join(redact_overrides([f"{k}={job[k]}" for k in named]))
 
     # every planned cell and the ones that need something missing: listed even for a grid that is refused
+    blocked = [bool(v[0]) for v in verdict]
     plan.to_run = [label(job) for job in jobs]
-    plan.blocked = [label(job) for job, v in zip(jobs, verdict) if v[0]]
+    plan.blocked = [label(job) for job, b in zip(jobs, blocked) if b]
     if on_missing == "refuse" and plan.missing:
         return _refuse(plan, "preflight.on_missing=refuse asks for the whole grid")
     if on_missing == "warn":  # the grid as asked: what is missing is listed, nothing is left out
         plan.computations = len({_computation(job, cell) for job, cell in zip(jobs, cells)})
         return plan
 
-    blocked = [bool(v[0]) for v in verdict]
     if any(blocked):
         for key in keys:
             dead = [value for value in axes[key]
