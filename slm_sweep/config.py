@@ -128,6 +128,13 @@ def _validate_prompt_format(cfg: DictConfig) -> None:
     instruction = method.get("instruction")
     if instruction is not None and not (isinstance(instruction, str) and instruction.strip()):
         raise ConfigError(f"method.instruction={instruction!r} must be a non-empty string or null")
+    if method.get("train"):
+        for key, unset in (("instruction", None), ("num_fewshot", 0)):
+            if method.get(key) not in (unset, None):
+                raise ConfigError(
+                    f"method.{key}={method.get(key)!r} cannot be used with method={method.name!r}, which is "
+                    f"trained without it: a trained method is scored as it is trained; leave method.{key} unset "
+                    "(an instruction or shots belong to the zero-shot and few-shot methods)")
 
 
 def instantiate_checked(path: str, spec: Any, base: type, naming: str, example: str, not_a: str,

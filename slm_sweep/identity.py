@@ -43,7 +43,11 @@ TRAINING_CODE_VERSION = 4  # 4: trainable weights loaded in a half dtype train a
 # TRAINING_SOURCES_SHA256 below hold the hash of the sources behind each version, so an edit of one of them
 # without a bump, or a recorded statement that it changes no result, fails a test; and a cell run from edited
 # sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
-SCORING_VERSION = 8  # 8: lenient: a "which is" after an answer already stated as one number explains it (not
+SCORING_VERSION = 9  # 9: a prose reference stated as a rounding ("approximately 15.33") accepts answers that
+# round to it; "####" in a reference counts only with a number after it; closing "Let's verify" / "We can check"
+# / "Double-check" paragraphs are cut (lenient and prose references); questions asking who have no reference;
+# a model's num_beams is set aside (decoding is greedy) and a prompt of no tokens is an error
+# 8: lenient: a "which is" after an answer already stated as one number explains it (not
 # restates it); "####" is a marker only with a number after it (not a markdown heading); LaTeX mixed numbers
 # "1\\frac{1}{2}"; a closing "Check: ..." paragraph is cut like a note (lenient and prose references)
 # 7: a generation also ends at the tokenizer's EOS and the chat template's end-of-turn token when
@@ -63,7 +67,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {8: "a0348f986ca57b8a74318811c811775d136243eccb200568ceafb0daf50435be"}
+SCORING_SOURCES_SHA256 = {9: "ca065095c12ad86db592e35bd1a86f8530978d100fc0e6d7da4aec9a0d87abef"}
 TRAINING_SOURCES_SHA256 = {4: "f39f10aa252435767422444986ba263b73328f5df473bbc5b99eae4cf43c4b3d"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.

@@ -31,10 +31,16 @@ class PlacementError(ValueError):
 class Placement:
     device: torch.device
     dtype: torch.dtype
+    # a quantized model's: the dtype its quantized layers compute in (bnb_4bit_compute_dtype), which ``dtype``,
+    # the dtype of its unquantized weights (float32 embeddings and norms after k-bit preparation), is not
+    compute_dtype: torch.dtype | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {"device": str(self.device), "device_name": device_name(self.device),
-                "dtype": dtype_name(self.dtype)}
+        described = {"device": str(self.device), "device_name": device_name(self.device),
+                     "dtype": dtype_name(self.dtype)}
+        if self.compute_dtype is not None:
+            described["compute_dtype"] = dtype_name(self.compute_dtype)
+        return described
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -106,13 +112,15 @@ def _available(device: torch.device) -> bool:
 
 
 def resolve_dtype(setting: str | None, device: torch.device, own: torch.dtype) -> torch.dtype:
-    """The dtype to generate in: ``auto`` is bfloat16 on a GPU (float16 where bf16 is missing), ``own`` on CPU."""
+    """The dtype to generate in: ``auto`` is bfloat16 on a GPU that computes in it natively (compute capability
+    8 or more: A100, H100, H200), float16 on an older one, ``own`` on CPU. (``torch.cuda.is_bf16_supported()``
+    also says yes where bf16 is only emulated, slowly: T4, V100.)"""
     check_dtype_setting(setting)
     text = "auto" if setting in (None, "") else str(setting)
     if text != "auto":
         return getattr(torch, text)
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     return own
 
 
@@ -125,8 +133,19 @@ def configured_dtype(model_cfg) -> torch.dtype:
 def resolve_placement(eval_cfg, model_cfg, model, trained_on: torch.device | str | None = None) -> Placement:
     device = resolve_device(eval_cfg.get("device"), trained_on)
     if getattr(model, "is_quantized", False):  # quantized weights keep the dtypes they were loaded in
-        return Placement(device, model_dtype(model))
+        return Placement(device, model_dtype(model), quantized_compute_dtype(model))
     return Placement(device, resolve_dtype(eval_cfg.get("dtype"), device, configured_dtype(model_cfg)))
+
+
+def quantized_compute_dtype(model) -> torch.dtype | None:
+    """The dtype a quantized model's quantized layers compute in (bitsandbytes' ``bnb_4bit_compute_dtype``), as
+    its config records it; None where it records none."""
+    config = getattr(getattr(model, "config", None), "quantization_config", None)
+    value = config.get("bnb_4bit_compute_dtype") if isinstance(config, dict) else \
+        getattr(config, "bnb_4bit_compute_dtype", None)
+    if isinstance(value, str):
+        value = getattr(torch, value.removeprefix("torch."), None)
+    return value if isinstance(value, torch.dtype) else None
 
 
 def to_device(model, device: torch.device):

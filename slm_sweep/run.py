@@ -527,7 +527,10 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
         predictions.extend(preds)
         record["eval_sets"][name] = {k: scores[k] for k in (*ACCURACY_KEYS, "n_eval", "truncated_fraction")}
         metrics["eval_oom_halvings"] += scores["eval_oom_halvings"]
-        record["decoding"]["cuda_graphs"]["captured"] += scores["cuda_graphs"]["captured"]
+        graphs, more = record["decoding"]["cuda_graphs"], scores["cuda_graphs"]
+        graphs["captured"] += more["captured"]
+        graphs["failure"] = graphs["failure"] or more["failure"]
+        graphs["not_used"] = None if graphs["captured"] else graphs["not_used"] or more["not_used"]
         write_predictions(out, predictions)
     # one meaning each: evaluation of every set, and the peak of the whole cell (training included)
     metrics["eval_time_s"] = time.perf_counter() - start

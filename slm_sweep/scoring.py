@@ -69,6 +69,9 @@ FLOAT_NOISE = 1e-15
 # A reference written with this many decimals or more is itself a rounding (MAWPS's 3.33333 for 10/3): an answer
 # that rounds to it states it.
 ROUNDED_REFERENCE_DECIMALS = 4
+# A prose reference that states its value as a rounding ("approximately 15.33", "≈ 0.67", "... rounded to two
+# decimal places") is stored with this mark in front; it is then compared as a rounding at any number of decimals.
+ROUNDED_MARK = "≈"
 # Longer digit runs (degenerate generations) are no answer; they would also exceed int()'s digit limit.
 _MAX_NUMBER_CHARS = 400
 
@@ -94,6 +97,10 @@ _NUMBER = re.compile(
 _LATEX_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|,\\!|\\,)(?=\d{3}(?!\d))")
 _RUPEES = re.compile(r"\bRs\.?\s?(?=\d)")
 _BOXED = re.compile(r"\\boxed\s*\{")
+_APPROXIMATE = re.compile(
+    r"(?:\b(?:approximately|about|around|roughly|nearly|almost|close to)\b|\bapprox\.|≈|~|\\approx\b)\s*"
+    r"(?=[-−]?\s?[$€£¥₹]?\s?\.?\d)", re.IGNORECASE)
+_ROUNDED = re.compile(r"\bround(?:ed|ing)\b", re.IGNORECASE)
 _ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\b", re.IGNORECASE)
 # GSM8K's "#### <answer>" marker: only where a number follows, not a markdown heading ("#### Step 2: Money")
 _GSM8K_MARKER = re.compile(r"####(?=[ \t]*:?[ \t]*[-−]?[ \t]*[$€£¥₹]?[ \t]?\.?\d)")
@@ -101,7 +108,9 @@ _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _PARAGRAPH_SPLIT = re.compile(r"\n\s*\n")
 # a closing paragraph that remarks on the answer or checks it ("Note: ...", "Check: 3 * 5 = 15. Correct.")
-_NOTE_START = re.compile(r"\(?\s*\**\s*(?:note|check(?:ing)?|verification|to (?:check|verify))\b", re.IGNORECASE)
+_NOTE_START = re.compile(
+    r"\(?\s*[*#]*\s*(?:note|(?:double[- ])?check(?:ing)?|verif(?:y|ying|ication)|to (?:check|verify)"
+    r"|let(?:'s| us) (?:check|verify|double[- ]check)|we can (?:check|verify|double[- ]check))\b", re.IGNORECASE)
 # A closing remark in parentheses, "(Note: ...)" or any other; LaTeX's \( ... \) is not one.
 _TRAILING_REMARK = re.compile(r"(?<!\\)\((?!\s*[=≈])[^()]*(?<!\\)\)[\s.]*$")  # "(= 12)" is a result, kept
 # Narrowing a final sentence to its result, in this order, each only when a number follows it: a word that
@@ -189,7 +198,7 @@ def _lm_eval_correct(text: str, reference: str | float | int, tolerance: float |
     if prediction is None or expected is None:
         return False
     if tolerance is None:
-        return prediction == expected
+        return prediction == _unmarked(expected)
     return numbers_close(prediction, expected, tolerance)
 
 
@@ -268,21 +277,33 @@ def numbers_in(text: str) -> list[Fraction]:
 
 
 def same_number(predicted: Fraction, expected: Fraction, decimals: int | None, tolerance: float,
-                expected_decimals: int | None = None) -> bool:
+                reference_rounding: int | None = None) -> bool:
     """Whether ``predicted`` (written with ``decimals`` digits after the point; None for a fraction) states
-    ``expected`` (written with ``expected_decimals``; None when not known): equal within the relative
-    ``tolerance`` (float noise); or ``expected`` rounded to the two or more decimals the prediction is written
-    with, unless that rounds a non-zero answer to 0 ("0.00" is no answer of 2e-06); or, for a reference written
-    with ROUNDED_REFERENCE_DECIMALS or more (itself a rounding: 3.33333), ``predicted`` rounded to the reference's
-    decimals (10/3, "3.333333"). Either way at a tie."""
+    ``expected``: equal within the relative ``tolerance`` (float noise); or ``expected`` rounded to the two or
+    more decimals the prediction is written with, unless that rounds a non-zero answer to 0 ("0.00" is no answer
+    of 2e-06); or, for a reference that is itself a rounding to ``reference_rounding`` decimals
+    (``reference_rounding``), ``predicted`` rounded to them (10/3 or "3.333333" for 3.33333). Either way at a
+    tie."""
     gap = abs(predicted - expected)
     if gap <= Fraction(tolerance) * max(1, abs(expected)):
         return True
     if decimals is not None and decimals >= 2 and predicted != 0 and gap <= Fraction(1, 2 * 10**decimals):
         return True
-    return (expected_decimals is not None and expected_decimals >= ROUNDED_REFERENCE_DECIMALS
-            and (decimals is None or decimals > expected_decimals)
-            and gap <= Fraction(1, 2 * 10**expected_decimals))
+    return (reference_rounding is not None and (decimals is None or decimals > reference_rounding)
+            and gap <= Fraction(1, 2 * 10**reference_rounding))
+
+
+def reference_rounding(reference: str) -> int | None:
+    """The decimals a normalised reference is a rounding to: those of a reference marked ROUNDED_MARK, or of one
+    written with ROUNDED_REFERENCE_DECIMALS or more; None for a reference that states its value exactly."""
+    decimals = _decimals(reference)
+    if reference.startswith(ROUNDED_MARK) or decimals >= ROUNDED_REFERENCE_DECIMALS:
+        return decimals
+    return None
+
+
+def _unmarked(reference: str) -> str:
+    return reference.removeprefix(ROUNDED_MARK)
 
 
 def _after_last(pattern: re.Pattern, text: str) -> str | None:
@@ -380,10 +401,11 @@ def lenient_extract(text: str) -> str | None:
 def lenient_correct(text: str, reference: str | float | int, tolerance: float | None) -> bool:
     found = lenient_number(text)
     reference_text = reference_answer(reference)
-    expected = _exact(reference_text)
+    expected = _exact(reference_text and _unmarked(reference_text))
     if found is None or expected is None:
         return False
-    return same_number(found[0], expected, found[1], max(FLOAT_NOISE, tolerance or 0.0), _decimals(reference_text))
+    return same_number(found[0], expected, found[1], max(FLOAT_NOISE, tolerance or 0.0),
+                       reference_rounding(reference_text))
 
 
 def _exact(number: str | None) -> Fraction | None:
@@ -487,12 +509,41 @@ def reference_answer(answer: str | float | int) -> str | None:
         raise TypeError(f"reference answer must be str, int or float, not {type(answer).__name__}")
     if not isinstance(answer, str):
         return canonical_number(answer)
-    if "####" in answer:
-        return _answer_or_none(answer.split("####")[-1].strip())
+    marked = _after_last(_GSM8K_MARKER, answer)
+    if marked is not None:
+        reference = _answer_or_none(marked.strip())
+        if reference is not None and _PLAIN_NUMBER.fullmatch(reference):
+            return reference
+        return _fraction_text(_single_value(_stated_answer(marked)))  # "#### 5 apples"
     stripped = answer.strip()
     if _BARE_ANSWER.fullmatch(stripped):
         return normalise(stripped)
-    return _fraction_text(prose_reference_value(answer))
+    if stripped.startswith(ROUNDED_MARK) and _BARE_ANSWER.fullmatch(stripped[len(ROUNDED_MARK):]):
+        return ROUNDED_MARK + normalise(stripped[len(ROUNDED_MARK):])  # a stored reference, read again
+    value = prose_reference_value(answer)
+    reference = _fraction_text(value)
+    if reference is not None and _stated_as_rounding(answer, value):
+        return ROUNDED_MARK + reference
+    return reference
+
+
+def _stated_as_rounding(text: str, value: Fraction) -> bool:
+    """Whether a prose answer states its (non-whole) value as a rounding: "approximately 15.33", "≈ 0.67",
+    "\\approx 2.5", or "rounded"/"rounding" anywhere in it ("15.33 (rounded to two decimal places)")."""
+    if value.denominator == 1:
+        return False
+    if _ROUNDED.search(text):
+        return True
+    for marker in _APPROXIMATE.finditer(text):
+        numbers = numbers_in(text[marker.end(): marker.end() + _MAX_NUMBER_CHARS])
+        if numbers and numbers[0] == value:
+            return True
+    return False
+
+
+def has_gsm8k_marker(text: str) -> bool:
+    """Whether ``text`` marks its answer GSM8K's way: "####" with a number after it."""
+    return _GSM8K_MARKER.search(text) is not None
 
 
 def _check_tolerance(tolerance: float) -> None:
@@ -501,11 +552,12 @@ def _check_tolerance(tolerance: float) -> None:
 
 
 def numbers_close(prediction: str, reference: str, tolerance: float) -> bool:
-    """``same_number`` for two normalised number strings; False if either is not one."""
-    predicted, expected = _exact(prediction), _exact(reference)
+    """``same_number`` for a normalised number string and a normalised reference (which may be marked
+    ROUNDED_MARK); False if either is not one."""
+    predicted, expected = _exact(prediction), _exact(_unmarked(reference))
     if predicted is None or expected is None:
         return False
-    return same_number(predicted, expected, _decimals(prediction), tolerance, _decimals(reference))
+    return same_number(predicted, expected, _decimals(prediction), tolerance, reference_rounding(reference))
 
 
 # ---------------------------------------------------------------------------------------------- registry

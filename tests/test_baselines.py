@@ -78,9 +78,17 @@ def test_bad_prompt_settings_fail_validation(tiny_cfg, override, message):
         validate_config(tiny_cfg("method=zeroshot_instructed", override))
 
 
-def test_a_trained_method_is_scored_as_it_is_trained(tiny_cfg):
-    with pytest.raises(ConfigError, match="method.prompt_format='lm_eval' cannot be used with method='lora'"):
-        validate_config(tiny_cfg("method=lora", "+method.prompt_format=lm_eval"))
+@pytest.mark.parametrize("override, message", [
+    ("+method.prompt_format=lm_eval", "method.prompt_format='lm_eval' cannot be used with method='lora'"),
+    # training prompts carry neither, so evaluation prompts must not either
+    ("+method.instruction='Answer with a number.'", "method.instruction='Answer with a number.' cannot be used with "
+                                                    "method='lora', which is trained without it"),
+    ("+method.num_fewshot=5", "method.num_fewshot=5 cannot be used with method='lora', which is trained without it"),
+])
+def test_a_trained_method_is_scored_as_it_is_trained(tiny_cfg, override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(tiny_cfg("method=lora", override))
+    validate_config(tiny_cfg("method=lora", override.split("=")[0] + "=null"))
 
 
 @pytest.mark.parametrize("method", ["zeroshot_instructed", "fewshot_chat"])

@@ -13,6 +13,8 @@ import pytest
 
 import slm_sweep.data.specs as specs
 from slm_sweep.data import DataError, Example, dataset_spec, known_datasets, load_eval_set, load_splits
+from slm_sweep.data.readers import asks_who, local_dir
+from slm_sweep.data.specs import resolved_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -272,6 +274,40 @@ def test_orcamath_unparsable_references_are_skipped_and_counted(tmp_path):
     assert splits.skipped == {"train": 2}
 
 
+def test_orcamath_gpt4_style_answers_give_their_final_answer():
+    """Answers shaped as GPT-4 writes them: a markdown heading after the boxed answer, a closing check in several
+    wordings, a rounding stated as such, markdown steps, a '#### 72' ending; questions asking who (the answer is a
+    name) and answers of two quantities are left out."""
+    spec = {**dataset_spec("orcamath"), "data_dir": str(REPO / "tests" / "fixtures" / "orcamath_hard"),
+            "test_size": 8, "val_size": None}
+    splits = load_splits(spec)
+    references = {ex.question.split(".")[0].split("?")[0]: ex.reference for ex in [*splits.test, *splits.train]}
+    assert references == {
+        "Liam bought some stickers": "25",
+        "A family spends $46 on groceries over 3 days": "≈15.33",
+        "The total weight of 3 boxes is 8 kg": "≈2.67",
+        "Some number multiplied by 3 equals 36": "12",
+        "There are 84 students who want to sit in 7 rows equally": "12",
+        "A rectangle has a length of 8 m and a width of 3 m": "24",
+        "In a class of 40 students, 15 students are boys": "37.5",
+        "Emma had 48 beads in April and half as many in May": "72",
+        "A tank holds 1,250 liters": "500",
+    }
+    assert splits.skipped == {"train": 3}
+    assert not any(ex.question.endswith(("Who has the fewest balls?", "Who is the tallest?")) for ex in splits.test)
+
+
+@pytest.mark.parametrize(("question", "asks"), [
+    ("Jungkook has 5 and Jimin 2. Who has the smallest number?", True),
+    ("Among A, B and C, who is the tallest?", True),
+    ("Find out whose bag is heavier.", True),
+    ("How many students who like math are there?", False),
+    ("Tom, who is 5, has 3 apples. How many apples does he have?", False),
+])
+def test_asks_who(question, asks):
+    assert asks_who(question) is asks
+
+
 def test_orcamath_train_limit_applies_after_carving():
     splits = load_splits(orcamath_spec(train_limit=4))
     unlimited = load_splits(orcamath_spec(train_limit=None))
@@ -312,10 +348,21 @@ def test_missing_data_dir_names_the_key_and_path(tmp_path):
     assert f"dataset.data_dir={missing}" in str(err.value)
 
 
-def test_missing_folder_under_data_root_names_it(tmp_path):
+def test_a_set_absent_from_data_root_comes_from_the_hub_when_it_has_a_hub_id(tmp_path, monkeypatch):
+    """data_root holds the sets that are local: OrcaMath, absent from it, is read from the hub (its folder, once
+    there, is read instead); a local-only set absent from it is an error naming the folder."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    orcamath = resolved_spec(dataset_spec("orcamath"))
+    assert local_dir(orcamath, tmp_path) is None
+    with pytest.raises(DataError, match="could not be loaded from the Hugging Face hub") as err:
+        load_eval_set("orcamath", data_root=tmp_path)
+    assert "does not exist" not in str(err.value)
+    (tmp_path / "orcamath").symlink_to(ORCAMATH_FIXTURE)
+    assert local_dir(orcamath, tmp_path) == tmp_path / "orcamath"
+    assert len(load_splits({**orcamath, "test_size": 5, "val_size": 5}, data_root=tmp_path).test) == 5
     with pytest.raises(DataError, match="does not exist") as err:
-        load_splits(dataset_spec("gsm8k"), data_root=tmp_path)
-    assert str(tmp_path / "gsm8k") in str(err.value) and "data_root" in str(err.value)
+        load_eval_set("multiarith", data_root=tmp_path)
+    assert str(tmp_path / "multiarith") in str(err.value) and "data_root" in str(err.value)
 
 
 def test_data_dir_wins_over_data_root(small_dir, tmp_path_factory):

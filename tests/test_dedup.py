@@ -206,7 +206,7 @@ def test_train_examples_repeating_a_test_question_are_removed_and_counted(tmp_pa
 
 def test_a_training_split_that_deduplication_empties_stops_before_any_model_loads_and_says_why(tmp_path):
     data = folder(tmp_path, [EXACT, NEAR])
-    with pytest.raises(ValueError, match=r"deduplication removed all 2 training examples \(1 exact and 1 near "
+    with pytest.raises(DataError, match=r"deduplication removed all 2 training examples \(1 exact and 1 near "
                                          r"repeats, Jaccard >= 0.5\).*dataset.dedup.enabled=false"):
         load_splits(spec(data), deduplicate=True)
     assert len(load_splits(spec(data, enabled=False), deduplicate=True).train) == 2

@@ -528,6 +528,57 @@ def test_sliding_window_layers_decode_with_the_cache_engine_under_the_default_ev
     assert [r["output"] for r in records] == [g.text for g in plain]
 
 
+def test_a_sliding_window_without_layer_types_is_one(monkeypatch):
+    """Mistral and Phi-3 configs set ``sliding_window`` and no ``layer_types``: every layer windows its attention.
+    Qwen2's configs name their layers full, or turn the window off with ``use_sliding_window``."""
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    from slm_sweep.evaluate.decode import has_sliding_layers
+
+    class Model:
+        def __init__(self, config):
+            self.config = config
+
+    mistral = MistralConfig(sliding_window=8)
+    mistral.layer_types = None  # as transformers 5.17 leaves it
+    assert has_sliding_layers(Model(mistral))
+    assert not has_sliding_layers(Model(MistralConfig(sliding_window=None)))
+    assert not has_sliding_layers(Model(LlamaConfig()))
+    qwen = Qwen2Config(sliding_window=4096, use_sliding_window=False)
+    assert not has_sliding_layers(Model(qwen))
+    qwen.layer_types = None
+    assert not has_sliding_layers(Model(qwen))
+
+
+@pytest.mark.parametrize("generation_config", ["neutral", "model"])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_beam_search_in_the_generation_config_is_set_aside_and_said(varied_tiny, zero_shot_prompts, engine,
+                                                                    generation_config):
+    """Decoding is greedy: a model whose generation config asks for beams decodes greedily with every engine
+    (``plain`` once indexed its per-row stops by beam rows) and records that it set the beams aside."""
+    model, tokenizer = varied_tiny
+    prompts = zero_shot_prompts[:3]
+    greedy = generate(model, tokenizer, prompts, max_new_tokens=8, stop=["Question:"], engine="plain",
+                      max_batch_size=1)
+    model.generation_config.num_beams = 3
+    stats: dict = {}
+    try:
+        beams = generate(model, tokenizer, prompts, max_new_tokens=8, stop=["Question:"], engine=engine,
+                         max_batch_size=1, stats=stats, generation_config=generation_config)
+    finally:
+        model.generation_config.num_beams = 1
+    assert [g.text for g in beams] == [g.text for g in greedy]
+    assert stats["generation_config_ignored"] == {"num_beams": 3}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_prompt_of_no_tokens_is_a_clear_error(varied_tiny, engine):
+    model, tokenizer = varied_tiny
+    assert tokenizer("", add_special_tokens=True).input_ids == []
+    with pytest.raises(ValueError, match=r"1 prompt\(s\) encode to no tokens \(the first: prompt 1, ''\)"):
+        generate(model, tokenizer, ["Question: 1+1?\nAnswer:", ""], max_new_tokens=4, engine=engine)
+
+
 def test_slot_cache_memory_left_from_earlier_use_does_not_reach_the_logits(varied_tiny):
     """The slot cache is allocated uninitialised; whatever the memory held (NaN here) must not leak through the
     masked columns that a step reads but no prompt or step has written."""
@@ -657,6 +708,12 @@ def test_the_cache_argument_name_is_looked_up_once_per_model_and_does_not_keep_i
                                          num_attention_heads=2, num_key_value_heads=1))
     assert _cache_kwarg(model) in ("cache", "past_key_values")
     assert model in _CACHE_KWARG
+    # under a PEFT wrapper the name is the base model's (PeftModel.forward keeps past_key_values, passed through
+    # a deprecation shim that later releases drop)
+    from peft import LoraConfig, get_peft_model
+
+    wrapped = get_peft_model(LlamaForCausalLM(model.config), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert _cache_kwarg(wrapped) == _cache_kwarg(model)
     alive = weakref.ref(model)
     del model
     gc.collect()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slm_sweep.placement import PlacementError, resolve_device, resolve_dtype
+from slm_sweep.placement import PlacementError, resolve_device, resolve_dtype, resolve_placement
 from slm_sweep.results import read_result
 from slm_sweep.run import run
 
@@ -16,7 +16,7 @@ def fake_cuda(monkeypatch):
     """torch reports one CUDA device with bf16 support; nothing is allocated on it."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (9, 0))
 
 
 def test_auto_is_the_cpu_without_an_accelerator(monkeypatch):
@@ -52,9 +52,13 @@ def test_an_explicit_device_wins(fake_cuda):
     assert resolve_device("cuda") == torch.device("cuda", 0)
 
 
-def test_float16_where_bf16_is_missing(fake_cuda, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+def test_float16_where_bf16_is_not_native(fake_cuda, monkeypatch):
+    """A V100 or T4 (compute capability 7) only emulates bf16, though torch.cuda.is_bf16_supported() says yes."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 0))
     assert resolve_dtype("auto", torch.device("cuda", 0), torch.float32) == torch.float16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (8, 0))
+    assert resolve_dtype("auto", torch.device("cuda", 0), torch.float32) == torch.bfloat16
 
 
 def test_unusable_devices_are_named(monkeypatch):
@@ -177,3 +181,29 @@ def test_moving_to_a_gpu_makes_it_the_current_device(monkeypatch):
     placement.to_device(Model(), torch.device("cuda", 1))
     placement.to_device(Model(), torch.device("cpu"))
     assert made_current == [torch.device("cuda", 1)] and moved == [torch.device("cuda", 1), torch.device("cpu")]
+
+
+@pytest.mark.parametrize("compute", [torch.bfloat16, "bfloat16", "torch.bfloat16"])
+def test_a_quantized_model_records_the_dtype_its_quantized_layers_compute_in(compute):
+    """After k-bit preparation a 4-bit model's first weights are float32 embeddings; its 4-bit layers compute in
+    bnb_4bit_compute_dtype, which is what a reader of result.json needs."""
+    from omegaconf import OmegaConf
+    from transformers import BitsAndBytesConfig
+
+    class Quantized(torch.nn.Module):
+        is_quantized = True
+
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(4, 2)  # float32
+            self.config = type("Config", (), {})()
+            bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
+            self.config.quantization_config = bnb if compute is torch.bfloat16 else \
+                {**bnb.to_dict(), "bnb_4bit_compute_dtype": compute}
+
+    placement = resolve_placement(OmegaConf.create({"device": "cpu", "dtype": "auto"}), OmegaConf.create({}),
+                                  Quantized())
+    assert placement.describe()["dtype"] == "float32" and placement.describe()["compute_dtype"] == "bfloat16"
+    plain = resolve_placement(OmegaConf.create({"device": "cpu", "dtype": "auto"}), OmegaConf.create({}),
+                              torch.nn.Linear(2, 2))
+    assert "compute_dtype" not in plain.describe()

@@ -47,6 +47,16 @@ def test_offline_hub_is_unreachable_at_once(monkeypatch, tmp_path):
     assert not data.ok and "HF_HUB_OFFLINE=1" in data.reason and "data_root=" in data.fix
 
 
+def test_a_set_absent_from_data_root_is_checked_on_the_hub(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    orcamath = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "dataset" / "orcamath.yaml"))
+    absent = check_dataset(orcamath, Hub(), data_root=tmp_path, roles=("train",))
+    assert not absent.ok and "HF_HUB_OFFLINE=1" in absent.reason and "microsoft/orca-math" in absent.reason
+    (tmp_path / "orcamath").mkdir()  # a folder there is what cells read: without its file it is missing
+    empty = check_dataset(orcamath, Hub(), data_root=tmp_path, roles=("train",))
+    assert not empty.ok and "has no train.jsonl" in empty.reason and "remove" in empty.fix
+
+
 def test_unreachable_hub_is_asked_once_per_item_then_not_at_all(monkeypatch):
     import huggingface_hub
 
@@ -254,8 +264,11 @@ def test_sweep_runs_the_readable_half_and_says_what_it_left_out(requires_data, t
                  tmp_path, data_root=data)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = proc.stdout + proc.stderr
-    assert f"missing: dataset orcamath — {data}/orcamath/ does not exist" in out
-    assert f"missing: ood set gsm_hard — {data}/gsm_hard/ does not exist" in out
+    # sets with a hub id that data_root lacks are looked for on the hub (offline here)
+    assert "missing: dataset orcamath — microsoft/orca-math-word-problems-200k is not in the local Hugging Face " \
+           f"cache and the hub is unreachable (HF_HUB_OFFLINE=1); fix: put orcamath/train.jsonl into data_root={data}" \
+           in out
+    assert "missing: ood set gsm_hard — reasoning-machines/gsm-hard is not in the local Hugging Face cache" in out
     assert "leaving out dataset=orcamath: 1 of 2 cells; 1 will run" in out
     assert "leaving out of eval.ood_sets: gsm_hard" in out
     sweep_dir = only_sweep_dir(tmp_path)

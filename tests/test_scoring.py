@@ -447,6 +447,11 @@ PROSE_REFERENCE_CASES = [
     pytest.param("Therefore, the price of 1 kg of apples is Rs.40.", "40", id="rupees"),
     pytest.param("3x = 15, so x = 5.\n\nCheck: 3 * 5 = 15. Correct.", "5", id="closing-check-cut"),
     pytest.param("So she needs \\(1\\frac{1}{2}\\) cups of flour.", "1.5", id="latex-mixed-number"),
+    pytest.param("So, he bought 12 pens.\n\nLet's verify: 12 * 3 = 36", "12", id="lets-verify-cut"),
+    pytest.param("So, he bought 12 pens.\n\nWe can check this: 3 * 12 = 36.", "12", id="we-can-check-cut"),
+    pytest.param("So, he bought 12 pens.\n\nDouble-check: 36 / 3 = 12.", "12", id="double-check-cut"),
+    pytest.param("20 + 25 = 45\n\nThe answer is \\boxed{45}.\n\n#### Check\n45 - 20 = 25, which is what he bought.",
+                 "45", id="markdown-heading-is-no-gsm8k-marker"),
 ]
 
 
@@ -455,6 +460,46 @@ def test_prose_reference(answer, expected):
     assert reference_answer(answer) == expected
     value = prose_reference_value(answer)
     assert (None if value is None else canonical_number(float(value))) == expected
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    pytest.param("#### 5 apples", "5", id="words-after-the-number"),
+    pytest.param("#### Step 2\nSo, she has 7 left.", "7", id="heading-only"),
+    pytest.param("48 + 24 = 72\n#### 72", "72", id="gsm8k"),
+    pytest.param("#### 1,450,000", "1450000", id="gsm8k-commas"),
+])
+def test_gsm8k_marker_counts_only_with_a_number(answer, expected):
+    assert reference_answer(answer) == expected
+
+
+# A prose reference stated as a rounding: the more precise answers that round to it are correct (under the
+# numeric comparisons: lenient, and strict/flexible with a tolerance), an answer that rounds elsewhere is not.
+@pytest.mark.parametrize(("answer", "reference"), [
+    pytest.param("So, he spends approximately $15.33 per day.", "≈15.33", id="approximately"),
+    pytest.param("The average is 15.33 (rounded to two decimal places).", "≈15.33", id="rounded-remark"),
+    pytest.param("Therefore, \\( x \\approx 15.33 \\).", "≈15.33", id="latex-approx"),
+    pytest.param("So each share is about 15.33 dollars.", "≈15.33", id="about"),
+])
+def test_a_reference_stated_as_a_rounding_accepts_what_rounds_to_it(answer, reference):
+    assert reference_answer(answer) == reference
+    assert reference_answer(reference) == reference  # a stored reference reads back the same
+    for output, expected in (("15.33", True), ("15.333", True), ("15.3333333", True), ("46/3", True),
+                             ("15.34", False), ("15.3", False), ("15", False)):
+        assert is_correct(f"The answer is {output}.", answer, "lenient") is expected, output
+        assert is_correct(f"The answer is {output}.", reference, "lenient") is expected, output
+        if "/" not in output:
+            assert is_correct(f"#### {output}", reference, "flexible", 1e-15) is expected, output
+    # lm-eval's exact match (no tolerance) compares the number as written
+    assert is_correct("#### 15.33", reference, "flexible") and not is_correct("#### 15.333", reference, "flexible")
+
+
+@pytest.mark.parametrize("answer", ["It is approximately 15 people.", "So, the cost is 15.33.",
+                                    "About 3 of them came.\n\nSo, each paid $15.33.",
+                                    "Therefore, the answer is 15.33."])
+def test_an_exact_or_whole_prose_reference_is_not_a_rounding(answer):
+    reference = reference_answer(answer)
+    assert not reference.startswith("≈")
+    assert not is_correct("The answer is 15.333.", answer, "lenient")
 
 
 @pytest.mark.parametrize("text", ["1" * 5000, "9" * 399, "The answer is " + "7" * 1000])

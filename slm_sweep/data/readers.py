@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,14 +41,21 @@ class _Row:
 
 
 def local_dir(spec: dict[str, Any], data_root: str | Path | None) -> Path | None:
-    """The folder to read files from, or None to read from the hub."""
+    """The folder to read files from, or None to read from the hub: ``dataset.data_dir`` when set; else
+    data_root/<local.dir_name> when data_root is set, unless that folder does not exist and the set has a hub
+    id (data_root holds the sets that are local; OrcaMath, absent from it, still comes from the hub)."""
     if spec["data_dir"] is not None:
         return _existing_dir(Path(spec["data_dir"]).expanduser(), f"dataset.data_dir={spec['data_dir']}")
     if data_root is not None:
-        dir_name = (spec["local"] or {}).get("dir_name") or spec["name"]
-        path = Path(data_root).expanduser() / dir_name
-        return _existing_dir(path, f"data_root={data_root} with local.dir_name={dir_name}")
+        path = data_root_folder(spec, data_root)
+        if not path.exists() and (spec["hub"] or {}).get("path"):
+            return None
+        return _existing_dir(path, f"data_root={data_root} with local.dir_name={path.name}")
     return None
+
+
+def data_root_folder(spec: Mapping[str, Any], data_root: str | Path) -> Path:
+    return Path(data_root).expanduser() / str((spec.get("local") or {}).get("dir_name") or spec["name"])
 
 
 def _existing_dir(path: Path, origin: str) -> Path:
@@ -221,6 +229,8 @@ def _to_example(row: _Row, spec: dict[str, Any]) -> Example | None:
     question = _question_text(row, as_list(spec["question"]))
     value = _field(row, spec["answer"])
     answer, reference = _answer_and_reference(row, spec["answer"], value, spec["answer_format"])
+    if spec["answer_format"] == "prose" and asks_who(question):
+        reference = None  # the answer is a name; a number in its prose is not it
     if reference is None:
         if spec["unparsable_answers"] == "error":
             raise DataError(
@@ -268,16 +278,28 @@ def _join_sentences(parts) -> str:
 
 
 def _answer_and_reference(row: _Row, key: str, value: Any, answer_format: str) -> tuple[str, str | None]:
-    from slm_sweep.scoring import reference_answer
+    from slm_sweep.scoring import has_gsm8k_marker, reference_answer
 
     if answer_format == "number":
         number = _as_number(value)
         reference = None if number is None else reference_answer(number)
         return reference or "", reference
     text = _text_field(row, key)
-    if answer_format == "gsm8k" and GSM8K_MARKER not in text:
+    if answer_format == "gsm8k" and not has_gsm8k_marker(text):
         return text, None
     return text, reference_answer(text)
+
+
+def asks_who(question: str) -> bool:
+    """Whether a question's last sentence asks for a person ("Who has the most?", "Among A, B and C, who is the
+    tallest?", "Find out whose is heavier."), not "How many students who ...?"."""
+    sentences = [s for s in _SENTENCE.split(question.strip()) if s.strip()]
+    return bool(sentences) and _WHO.search(sentences[-1]) is not None
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_WHO = re.compile(r"(?:^\s*|[,:;]\s*|\b(?:find|determine|tell|guess|out|know|identify|say)\s+)(?:who|whose|whom)\b",
+                  re.IGNORECASE)
 
 
 def _as_number(value: Any) -> int | float | None:
@@ -298,8 +320,8 @@ def _as_number(value: Any) -> int | float | None:
 
 def _format_rule(answer_format: str) -> str:
     return {
-        "gsm8k": f"gsm8k format: the number after the last '{GSM8K_MARKER}'",
+        "gsm8k": f"gsm8k format: the number after the last '{GSM8K_MARKER}' followed by one",
         "prose": "prose format: one number from \\boxed{}, 'the answer is' or the final sentence "
-                 "(slm_sweep.scoring.prose_reference_value)",
+                 "(slm_sweep.scoring.prose_reference_value), for a question that does not ask who",
         "number": "number format: a numeric value",
     }[answer_format]

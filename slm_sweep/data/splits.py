@@ -233,7 +233,7 @@ def _deduplicated(
         if kept_val else index
     kept_train, train_counts = deduplicate(train, train_index, spec["train_limit"])
     if train and not kept_train:
-        raise ValueError(
+        raise DataError(
             f"dataset {spec['name']!r}: deduplication removed all {len(train)} training examples "
             f"({train_counts.exact} exact and {train_counts.near} near repeats, Jaccard >= "
             f"{settings['near_threshold']}) of the questions of its test split and dataset.dedup.against "

@@ -40,6 +40,10 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_prompt_tokens: int) ->
     if max_prompt_tokens <= 0:
         raise ValueError(f"no room for a prompt: max_new_tokens fills the model's context window ({max_prompt_tokens})")
     encoded = [prompt_token_ids(tokenizer, p) for p in prompts]
+    empty = [i for i, ids in enumerate(encoded) if not ids]
+    if empty:
+        raise ValueError(f"{len(empty)} prompt(s) encode to no tokens (the first: prompt {empty[0]}, "
+                         f"{prompts[empty[0]]!r}); a prompt needs at least one token to continue from")
     truncated = sum(len(ids) > max_prompt_tokens for ids in encoded)
     if truncated:
         log.warning("%d of %d prompts were left-truncated to %d tokens (context window minus max_new_tokens)",

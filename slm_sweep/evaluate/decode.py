@@ -95,10 +95,13 @@ _CACHE_KWARG: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _cache_kwarg(model) -> str:
-    """The forward argument that takes the KV cache: ``cache`` in transformers 5, ``past_key_values`` before."""
+    """The forward argument that takes the KV cache: ``cache`` in later transformers 5 releases,
+    ``past_key_values`` before. Read from the model under a PEFT wrapper, whose own forward keeps the old name
+    (passed on through a deprecation shim)."""
     name = _CACHE_KWARG.get(model)
     if name is None:
-        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        name = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
         _CACHE_KWARG[model] = name
     return name
 
@@ -111,9 +114,16 @@ def _forward(model, input_ids, attention_mask, position_ids, cache) -> torch.Ten
 
 
 def has_sliding_layers(model) -> bool:
+    """Whether some attention layer of ``model`` sees a sliding window only: one named so in ``layer_types``, or,
+    for a config without ``layer_types`` (Mistral, Phi-3), every layer when ``sliding_window`` is set and
+    ``use_sliding_window`` does not turn it off (Qwen2's configs carry a window they do not use)."""
     config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
-    types = getattr(config, "layer_types", None) or []
-    return bool(getattr(config, "sliding_window", None)) and any(t != "full_attention" for t in types)
+    if not getattr(config, "sliding_window", None):
+        return False
+    types = getattr(config, "layer_types", None)
+    if types is None:
+        return getattr(config, "use_sliding_window", True) is not False
+    return any(t != "full_attention" for t in types)
 
 
 def _prefill_group_size(model, rows: int, settings: Decoding) -> int:
@@ -228,7 +238,7 @@ def decode_plain(model, rows: Sequence[Sequence[int]], settings: Decoding, done:
     config = _NEUTRAL_GENERATE_KWARGS if settings.neutral else {}
     output = model.generate(
         input_ids=input_ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens, do_sample=False,
-        temperature=None, top_p=None, top_k=None, pad_token_id=settings.pad_id,
+        num_beams=1, temperature=None, top_p=None, top_k=None, pad_token_id=settings.pad_id,
         eos_token_id=sorted(settings.stop_check.eos_ids) or None, stopping_criteria=StoppingCriteriaList([stops]),
         **config,
     )

@@ -44,6 +44,8 @@ from slm_sweep.memory import is_out_of_memory, release_cached_memory
 log = logging.getLogger(__name__)
 
 ENGINES = ("static", "cache", "plain")
+# Decoding is greedy under either eval.generation_config: sampling and beam search are always set aside.
+ALWAYS_GREEDY = ("do_sample", "num_beams")
 
 
 _UNSUPPORTED_PROCESSORS = ("no_repeat_ngram_size", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens",
@@ -62,10 +64,10 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
 
     ``generation_config="model"`` applies the model's generation config as ``model.generate`` would (its
     repetition penalty and logits processors); ``"neutral"`` sets all of it aside for plain greedy decoding, the
-    same for every model, and ``stats["generation_config_ignored"]`` lists what was set aside.
+    same for every model. Decoding is greedy either way (sampling and beam search, ``ALWAYS_GREEDY``, are set
+    aside), and ``stats["generation_config_ignored"]`` lists what was set aside.
 
-    ``on_batch(indices, generations)`` sees the generations as they finish: a row at a time for the cache engines,
-    a batch at a time for ``plain``.
+    ``on_batch(indices, generations)`` sees the generations as they finish, a row at a time.
 
     ``static`` decodes every prompt through one set of slots (see ``slot_count``), a slot taking the next prompt
     as soon as its sequence ends; the other engines decode one token-budget batch at a time. Running out of
@@ -99,7 +101,9 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
     model.eval()
     results: list[Generation | None] = [None] * len(prompts)
     stats = stats if stats is not None else {}
-    stats["generation_config_ignored"] = decoding_overrides(model) if neutral else {}
+    overrides = decoding_overrides(model)
+    stats["generation_config_ignored"] = overrides if neutral else {
+        key: value for key, value in overrides.items() if key in ALWAYS_GREEDY}
     if stats["generation_config_ignored"]:
         log.warning("decoding greedily without the model's generation config settings %s",
                     stats["generation_config_ignored"])
@@ -208,6 +212,8 @@ def decoding_overrides(model) -> dict:
         found["repetition_penalty"] = penalty
     if getattr(config, "do_sample", False):
         found["do_sample"] = True
+    if (getattr(config, "num_beams", None) or 1) > 1:
+        found["num_beams"] = config.num_beams
     return found
 
 

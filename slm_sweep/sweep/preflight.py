@@ -23,6 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from slm_sweep.data.readers import data_root_folder
 from slm_sweep.results import redact_overrides
 
 log = logging.getLogger(__name__)
@@ -213,28 +214,31 @@ def check_dataset(spec: Mapping[str, Any], hub: Hub, data_root: str | Path | Non
     local = spec.get("local") or {}
     files = local.get("files") or {}
     wanted = [f for role in roles for f in _as_list(files.get(role)) or [f"{role}.jsonl"]]
-    if spec.get("data_dir") is not None or data_root is not None:
+    hub_spec = spec.get("hub") or {}
+    in_data_root = data_root is not None and (data_root_folder(spec, data_root).exists() or not hub_spec.get("path"))
+    if spec.get("data_dir") is not None or in_data_root:
         if spec.get("data_dir") is not None:
             folder, origin = Path(str(spec["data_dir"])).expanduser(), "dataset.data_dir"
             fix = f"put {', '.join(wanted)} into {folder}/ or point dataset.data_dir at the folder that has them"
         else:
-            folder = Path(str(data_root)).expanduser() / str(local.get("dir_name") or name)
+            folder = data_root_folder(spec, data_root)
             origin = "data_root"
             fix = "put its files there" + (f" or set dataset.data_dir=<folder with {', '.join(wanted)}>"
                                            if kind == "dataset" else "")
-            if (spec.get("hub") or {}).get("path"):
-                flag = _env_flag("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-                fix += ", or leave data_root unset to read it from the hub" + (f" (now {flag}=1)" if flag else "")
+            if hub_spec.get("path"):
+                fix += f", or remove {folder}/ to read it from the hub"
         absent = [f for f in wanted if not (folder / f).is_file()]
         if not absent:
             return Check(kind, name, True, f"local folder {folder}")
         where = f"{folder}/ does not exist" if not folder.is_dir() else f"{folder}/ has no {', '.join(absent)}"
         return Check(kind, name, False, reason=f"{where} ({origin} is set, so cells read only that folder)",
                      fix=fix)
-    hub_spec = spec.get("hub") or {}
     dir_name = local.get("dir_name") or name
-    local_fix = f"set data_root=<folder holding {dir_name}/{', '.join(wanted)}>" + (
-        " or dataset.data_dir" if kind == "dataset" else "")
+    if data_root is not None:
+        local_fix = f"put {dir_name}/{', '.join(wanted)} into data_root={data_root}"
+    else:
+        local_fix = f"set data_root=<folder holding {dir_name}/{', '.join(wanted)}>" + (
+            " or dataset.data_dir" if kind == "dataset" else "")
     if not hub_spec.get("path"):
         return Check(kind, name, False, reason="it is local only (no hub id) and neither data_root nor "
                      "dataset.data_dir is set", fix=local_fix)
