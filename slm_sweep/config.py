@@ -19,6 +19,11 @@ from slm_sweep.config_sources import CONF_DIR, group_options, where
 
 MODEL_SOURCES = ("hub", "gguf", "tiny", "random")
 PROMPT_STYLES = ("auto", "chat", "plain")
+MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+# the top-level keys besides the typed nodes: conf/config.yaml's own settings and the groups without a schema
+TOP_LEVEL_KEYS = ("seed", "optimized_metric", "data_root", "tuning", "cache_dir", "method", "logger", "callbacks",
+                  "hydra")
+TUNING_KEYS = ("lr", "table", "lr_grid", "lr_candidate")  # the last two: hparams_search=lr_grid
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 PREFLIGHT_MODES = ("skip", "refuse", "warn")
 COMPILE_SCOPES = ("layers", "model")  # trainer.compile_scope (slm_sweep/train/compilation.py)
@@ -92,9 +97,50 @@ def _validate_trainer(cfg: DictConfig) -> None:
             f"trainer.batch_size={trainer.batch_size} must be a multiple of trainer.micro_batch_size={micro}"
         )
     devices = trainer.get("devices", 1)
+    _check_devices(devices)
     if isinstance(devices, int) and not isinstance(devices, bool) and devices > 1 and trainer.batch_size % devices:
         raise ConfigError(f"trainer.batch_size={trainer.batch_size} must be a multiple of "
                           f"trainer.devices={devices}: every device takes the same share of each step")
+
+
+def _check_devices(devices: Any) -> None:
+    """trainer.devices as Lightning takes it: a count (-1: all), "auto", a list of device indices, or "0,1"."""
+    from omegaconf import ListConfig
+
+    def index(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    fine = ((isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1))
+            or devices == "auto"
+            or (isinstance(devices, (list, ListConfig)) and len(devices) > 0 and all(map(index, devices)))
+            or (isinstance(devices, str) and re.fullmatch(r"-1|\d+(,\s*\d+)*,?", devices.strip()) is not None))
+    if not fine:
+        raise ConfigError(f"trainer.devices={devices!r} must be a number of devices (1 or more; -1 for all), "
+                          "auto, or a list of device indices ([0, 1])")
+
+
+def check_trainer_choices(trainer: Mapping) -> None:
+    """trainer.accelerator and trainer.strategy among Lightning's registered names (imports Lightning: cells call
+    it before reading data; validate_config, which the preflight runs, does not)."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    accelerator, strategy = trainer.get("accelerator", "auto"), trainer.get("strategy", "auto")
+    accelerators = ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())]
+    if isinstance(accelerator, str) and accelerator not in accelerators:
+        raise ConfigError(f"trainer.accelerator={accelerator!r} is not one of: {', '.join(accelerators)}")
+    strategies = ["auto", *StrategyRegistry.available_strategies()]
+    if isinstance(strategy, str) and strategy not in strategies:
+        close = difflib.get_close_matches(strategy, strategies, n=3)
+        raise ConfigError(f"trainer.strategy={strategy!r} is not a strategy Lightning knows"
+                          + (f" (did you mean {', '.join(close)}?)" if close else "")
+                          + f"; it knows: {', '.join(strategies)}")
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.accelerator={accelerator} but CUDA is not available here: train on a GPU "
+                              "machine, or use trainer=default (which trains wherever Lightning finds)")
 
 
 def _one_of(value: Any, allowed, path: str) -> None:
@@ -170,7 +216,28 @@ def target_class(path: str, entry: Any, kind: str, group: str, bases: tuple[type
     if not issubclass(cls, bases):
         names = " or ".join(f"{b.__module__}.{b.__qualname__}" for b in bases)
         raise ConfigError(f"{path}._target_={target!r} is not a {kind} ({names}); {options}")
+    _check_arguments(path, entry, cls)
     return cls
+
+
+def _check_arguments(path: str, entry: Mapping, cls: type) -> None:
+    """The entry's settings are arguments of the class (``+logger.projct=x`` would fail only when the cell builds
+    its loggers, after loading data and model)."""
+    import inspect
+
+    settings = {key: value for key, value in entry.items() if not str(key).startswith("_")}
+    try:
+        parameters = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # a class without a readable signature: instantiation will tell
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    named = [name for name, p in parameters.items()
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    unknown = sorted(set(settings) - set(named))
+    if unknown:
+        raise ConfigError(f"{path}.{unknown[0]} is not an argument of {cls.__module__}.{cls.__qualname__}; "
+                          f"its arguments are: {', '.join(named)}")
 
 
 def _target(path: str, entry: Any, kind: str, options: str) -> str:
@@ -191,7 +258,7 @@ def _target(path: str, entry: Any, kind: str, options: str) -> str:
 def _validate_logger(cfg: DictConfig) -> None:
     """Each logger entry (conf/logger/) names a class of an installed package; W&B entries a known mode. The class
     itself is imported and checked when the cell builds its loggers (slm_sweep.tracking)."""
-    from slm_sweep.tracking import WANDB_TARGET, logger_entries
+    from slm_sweep.tracking import MAX_TAG_LENGTH, WANDB_TARGET, logger_entries
 
     options = f"the loggers in {where('logger')} are: {', '.join(group_options('logger'))}"
     try:
@@ -201,6 +268,11 @@ def _validate_logger(cfg: DictConfig) -> None:
     for path, entry in entries.items():
         if _target(path, entry, "logger", options) == WANDB_TARGET:
             _one_of(entry.get("mode", "auto"), WANDB_MODES, f"{path}.mode")
+            tags = entry.get("tags")
+            for tag in [tags] if isinstance(tags, str) else (tags or []):
+                if not (isinstance(tag, str) and 0 < len(tag) <= MAX_TAG_LENGTH):
+                    raise ConfigError(f"{path}.tags has {tag!r}: a W&B tag is a non-empty string of at most "
+                                      f"{MAX_TAG_LENGTH} characters (logger.tags=[paper,rerun])")
 
 
 def _validate_callbacks(cfg: DictConfig) -> None:
@@ -238,6 +310,7 @@ def validate_config(cfg: DictConfig) -> None:
     _number(cfg, "seed", "a non-negative integer")
 
     _one_of(cfg.model.get("source"), MODEL_SOURCES, "model.source")
+    _one_of(cfg.model.get("dtype") or "auto", MODEL_DTYPES, "model.dtype")
     if cfg.model.source in ("hub", "random") and not cfg.model.get("id"):
         raise ConfigError(f"model={cfg.model.get('name')!r} has source {cfg.model.source} but no model.id")
 
@@ -296,18 +369,35 @@ def _validate_known_keys(cfg: DictConfig) -> None:
     it composes, except those added with ``+key=value``, which would otherwise be silently unread."""
     import difflib
 
-    from slm_sweep.settings import SCHEMAS, field_names
+    from slm_sweep.settings import SCHEMAS, field_names, nested_schema
+
+    def unknown(path: str, key: str, known: list[str], where_known: str) -> ConfigError:
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hint = f"did you mean {path}{close[0]}? " if close else ""
+        return ConfigError(f"{path}{key} is not a setting: no code reads it; {hint}the {path.rstrip('.') or 'top-level'} "
+                           f"settings are {', '.join(known)} ({where_known})")
+
+    def check(node: Any, schema: type, path: str) -> None:
+        known = field_names(schema)
+        for key in node:
+            if key not in known:
+                raise unknown(path, key, known, f"{schema.__name__} in slm_sweep/settings.py")
+            inner = nested_schema(schema, key)
+            if inner is not None and isinstance(node[key], DictConfig):
+                check(node[key], inner, f"{path}{key}.")
 
     for node, schema in SCHEMAS.items():
-        if cfg.get(node) is None:
-            continue
-        known = field_names(schema)
-        for key in cfg[node]:
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f"did you mean {node}.{close[0]}? " if close else ""
-                raise ConfigError(f"{node}.{key} is not a setting: no code reads it; {hint}the {node} settings are "
-                                  f"{', '.join(known)} ({schema.__name__} in slm_sweep/settings.py)")
+        if cfg.get(node) is not None:
+            check(cfg[node], schema, f"{node}.")
+    top = [*SCHEMAS, *TOP_LEVEL_KEYS]
+    for key in cfg:
+        if key not in top:
+            raise unknown("", key, top, "conf/config.yaml and the config groups")
+    tuning = cfg.get("tuning")
+    if isinstance(tuning, DictConfig):
+        for key in tuning:
+            if key not in TUNING_KEYS:
+                raise unknown("tuning.", key, list(TUNING_KEYS), "conf/config.yaml and conf/hparams_search/lr_grid.yaml")
 
 
 def _validate_method_shape(cfg: DictConfig) -> None:

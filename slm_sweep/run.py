@@ -41,6 +41,7 @@ from slm_sweep.sweep.resume import (
     find_checkpoint,
     find_completed,
     find_trained,
+    keep_earlier_curves,
     kept_weights,
     own_checkpoint,
     search_dirs,
@@ -217,6 +218,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     predictions: list[dict] = []
     tracker = None
     reused: dict[str, Any] | None = None
+    set_aside = False
     try:
         data = load_data(cfg)
         record["dedup"] = data.splits.dedup
@@ -230,12 +232,14 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
                    if cfg.method.train and previous is None and reloads_exactly(cfg.method) else None)
         trained_record = read_result(trained) if trained is not None else None
         set_aside_earlier(out, identity.evaluation_key, identity.training_key)
+        set_aside = True
         if previous is not None:
             reused = _reuse(previous, out, record)
             if reused is record:  # a copy made now: the dashboard gets a run for it, as for every other cell
                 _track_copy(cfg, reused, config, out)
             return reused
         write_result(out, record)
+        keep_earlier_curves(out)
         from slm_sweep.tracking import Tracker
 
         # inside the try: a tracker that cannot start fails the cell instead of leaving it "running"
@@ -267,6 +271,8 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     finally:
         if reused is None:
             record["finished_at"] = now_iso()
+            if not set_aside:  # failed before its keys were known: an earlier finished result is kept, not overwritten
+                set_aside_earlier(out, None, None)
             write_result(out, record)
             try:
                 if tracker is not None:
@@ -280,16 +286,24 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
 
 
 def _check_classes(cfg: DictConfig) -> None:
-    """Import the cell's logger and callback classes before any data or model is read: validate_config does not
-    import them (the preflight runs it for every cell of a grid, without Lightning), and a misspelt class should
-    not cost a data load and a model load first."""
+    """Import the cell's logger and callback classes, and check its trainer's accelerator and strategy and its
+    evaluation device, before any data or model is read: validate_config does not import Lightning or torch (the
+    preflight runs it for every cell of a grid), and a misspelt name should not cost a data and a model load
+    first."""
+    from slm_sweep.config import ConfigError, check_trainer_choices
+    from slm_sweep.placement import PlacementError, resolve_device
     from slm_sweep.tracking import logger_class, logger_entries
     from slm_sweep.train.fit import callback_classes
 
     for path, entry in logger_entries(cfg.logger).items():
         logger_class(path, entry)
+    try:
+        resolve_device(cfg.eval.get("device"))  # eval.device=cuda on a machine without CUDA
+    except PlacementError as err:
+        raise ConfigError(str(err)) from None
     if cfg.method.train:
         callback_classes(cfg.get("callbacks"))
+        check_trainer_choices(cfg.trainer)
 
 
 def closing_line(record: dict[str, Any], out: Path) -> str:

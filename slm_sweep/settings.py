@@ -15,7 +15,7 @@ Importing this module registers the schemas (``slm_sweep/__init__.py`` does, so 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from omegaconf import MISSING
@@ -224,6 +224,18 @@ SCHEMAS: dict[str, type] = {
 
 def field_names(schema: type) -> list[str]:
     return [f.name for f in fields(schema)]
+
+
+def nested_schema(schema: type, name: str) -> type | None:
+    """The dataclass that types field ``name`` of ``schema`` (``DatasetSettings.hub``: HubSource), None for a
+    field of another type."""
+    import typing
+
+    hint = typing.get_type_hints(schema)[name]
+    for candidate in (hint, *typing.get_args(hint)):
+        if is_dataclass(candidate):
+            return candidate
+    return None
 
 
 def defaults(schema: type) -> dict[str, Any]:

@@ -9,6 +9,7 @@ online fails (a W&B problem never stops a run), and adds the scores and a table 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import netrc
 import os
@@ -62,6 +63,18 @@ def group_name(model: str, method: str, dataset: str, configuration_key: str | N
     return name + ("-val" if split == "val" else "")
 
 
+MAX_TAG_LENGTH = 64  # W&B refuses a longer tag, and with it the run
+
+
+def wandb_tag(text: str) -> str:
+    """``text`` as a W&B tag: cut to MAX_TAG_LENGTH with a hash of the whole, so that two long sweep folders that
+    share their first characters still get two tags."""
+    if len(text) <= MAX_TAG_LENGTH:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{text[:MAX_TAG_LENGTH - 9]}~{digest}"
+
+
 def start_wandb_run(logger_cfg: Mapping[str, Any], name: str, group: str, job_type: str, tags: Sequence[str],
                     config: Mapping[str, Any], out_dir: str | Path):
     """A W&B run in ``out_dir/wandb``; offline without an API key; falls back to offline if online fails.
@@ -86,7 +99,7 @@ def start_wandb_run(logger_cfg: Mapping[str, Any], name: str, group: str, job_ty
         entity=logger_cfg.get("entity"),
         group=group,
         job_type=job_type,
-        tags=sorted({*tags, *(logger_cfg.get("tags") or [])}),
+        tags=sorted({wandb_tag(str(tag)) for tag in (*tags, *_as_tags(logger_cfg.get("tags")))}),
         name=name,
         config=redact(dict(config)),
         dir=str(out_dir),
@@ -99,6 +112,11 @@ def start_wandb_run(logger_cfg: Mapping[str, Any], name: str, group: str, job_ty
         log.warning("W&B could not start online (%s); logging offline into %s instead "
                     "(upload later with `wandb sync`)", err, out_dir)
         return wandb.init(mode="offline", settings=settings(False), **kwargs)
+
+
+def _as_tags(tags: str | Sequence[str] | None) -> list[str]:
+    """``logger.tags``: a list, or one tag given as a string (``logger.tags=paper``)."""
+    return [tags] if isinstance(tags, str) else list(tags or [])
 
 
 class CellLogger:
@@ -128,7 +146,7 @@ class WandbRun(CellLogger):
         from lightning.pytorch.loggers import WandbLogger
 
         self.log_predictions = log_predictions
-        settings = {"project": project, "entity": entity, "mode": mode, "tags": list(tags),
+        settings = {"project": project, "entity": entity, "mode": mode, "tags": _as_tags(tags),
                     "init_timeout": init_timeout, "api_key": api_key}
         split = str(((config.get("eval") or {}).get("split")) or "test")
         run_tags = [cell["model"], cell["method"], cell["dataset"], f"split:{split}"]
@@ -137,7 +155,10 @@ class WandbRun(CellLogger):
         if cell.get("reused_from"):
             run_tags.append("reused")
         configuration = (cell.get("identity") or {}).get("configuration_key")
-        group = group_name(cell["model"], cell["method"], cell["dataset"], configuration, split)
+        # a copy is a second run of one computation: kept out of the configuration's group, whose runs a dashboard
+        # averages over seeds (a baseline copied to three seeds, or a cell reused by a later sweep, would count twice)
+        group = group_name(cell["model"], cell["method"], cell["dataset"], configuration, split) + (
+            "-reused" if cell.get("reused_from") else "")
         lr = (cell.get("learning_rate") or {}).get("value")
         name = f"{cell['model']}-{cell['method']}-{cell['dataset']}" + (f"-lr{lr:g}" if split == "val" and lr else "")
         self.run = start_wandb_run(settings, name=f"{name}-seed{cell['seed']}" + ("-val" if split == "val" else ""),

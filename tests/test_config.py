@@ -87,6 +87,12 @@ def test_method_defaults():
         ("trainer.compile_scope=blocks", "trainer.compile_scope='blocks' is not one of: layers, model"),
         ("trainer.weight_decay=-0.1", "trainer.weight_decay=-0.1 must be a non-negative number"),
         ("trainer.devices=3", "trainer.batch_size=16 must be a multiple of trainer.devices=3"),
+        ("trainer.devices=0", "trainer.devices=0 must be a number of devices (1 or more; -1 for all), auto, or a list"),
+        ("trainer.devices=-2", "trainer.devices=-2 must be a number of devices"),
+        ("trainer.devices=[]", "trainer.devices=[] must be a number of devices"),
+        ("trainer.devices=two", "trainer.devices='two' must be a number of devices"),
+        ("model.dtype=fp16", "model.dtype='fp16' is not one of: auto, float32, bfloat16, float16"),
+        ("model.dtype=int8", "model.dtype='int8' is not one of"),
         ("eval.device=gpu", "eval.device='gpu' is not one of: auto, cpu, cuda, cuda:N"),
         ("eval.dtype=fp8", "eval.dtype='fp8' is not one of: auto, float32, bfloat16, float16"),
         ("method.train=maybe", "method.train='maybe' must be true or false"),
@@ -95,6 +101,15 @@ def test_method_defaults():
         ("method.peft._target_=collections.OrderedDict", "not a peft config"),
         ("~method.peft._target_", "must be a mapping with a _target_"),
         ("+trainer.max_stepz=5", "trainer.max_stepz is not a setting: no code reads it; did you mean trainer.max_steps?"),
+        # nested settings, the top level and tuning are checked as well
+        ("+dataset.hub.revison=abc", "dataset.hub.revison is not a setting: no code reads it; did you mean "
+                                     "dataset.hub.revision?"),
+        ("+dataset.local.dirname=x", "dataset.local.dirname is not a setting: no code reads it; did you mean "
+                                     "dataset.local.dir_name?"),
+        ("+dataset.dedup.enabeld=false", "did you mean dataset.dedup.enabled?"),
+        ("+seeds=3", "seeds is not a setting: no code reads it; did you mean seed?"),
+        ("+cache_dirr=/tmp/x", "did you mean cache_dir?"),
+        ("+tuning.lrr=tuned", "tuning.lrr is not a setting: no code reads it; did you mean tuning.lr?"),
         ("+method.rank=32", "method.rank=32 (method='lora') is read by nothing: a method's settings are name, train"),
         ("+method.learning_rate=0.001", "method.learning_rate=0.001 (method='lora') is read by nothing"),
         ("+method.trian=true", "method.trian=True (method='lora') is read by nothing (did you mean train?)"),
@@ -108,6 +123,33 @@ def test_bad_values_are_named_with_what_is_allowed(override, message):
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("devices", ["1", "-1", "auto", "[0,1]", "'0,1'", "2"])
+def test_the_device_counts_lightning_takes_pass(devices):
+    validate_config(compose_config(["method=lora", f"trainer.devices={devices}"]))
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("trainer.accelerator=cpux", "trainer.accelerator='cpux' is not one of: auto, gpu, cpu, cuda"),
+    ("trainer.strategy=dpp", "trainer.strategy='dpp' is not a strategy Lightning knows (did you mean ddp"),
+    ("trainer.accelerator=gpu", "trainer.accelerator=gpu but CUDA is not available here"),
+    ("eval.device=cuda", "eval.device='cuda' but CUDA is not available here"),
+])
+def test_trainer_and_device_names_fail_the_cell_before_it_reads_any_data(tiny_cfg, tmp_path, override, message):
+    """Lightning's names and the machine's devices are checked when a cell starts (validation imports neither
+    Lightning nor torch), before any data or model is read."""
+    import torch
+
+    from slm_sweep.run import run
+
+    if "CUDA is not available" in message and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cfg = tiny_cfg("method=lora", override)
+    validate_config(cfg)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        run(cfg, out_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(("group", "known"), [("model", "smollm135"), ("method", "dora"), ("dataset", "orcamath")])

@@ -283,6 +283,51 @@ def test_a_new_evaluation_in_the_same_folder_rescores_its_own_adapter(tiny_cfg, 
     assert read_result(tmp_path / "cell")["identity"]["evaluation_key"] != first["identity"]["evaluation_key"]
 
 
+def test_a_rerun_that_fails_before_its_keys_are_known_keeps_the_earlier_result(tiny_cfg, tmp_path):
+    """A rerun into a finished cell's folder that fails early (here an unreadable out-of-domain set) records its
+    failure in result.json; the earlier result and predictions move to superseded/, where the reuse search and a
+    reader still find them, instead of being written over."""
+    first = run(tiny_cfg("method=zeroshot"), out_dir=tmp_path / "cell")
+    predictions = (tmp_path / "cell" / "predictions.jsonl").read_text()
+    # OrcaMath is not in the local data folder, and the hub is offline here
+    failed = run(tiny_cfg("method=zeroshot", "eval.ood_sets=[orcamath]"), out_dir=tmp_path / "cell")
+    assert failed["status"] == "failed" and "orcamath" in failed["error"]
+    assert read_result(tmp_path / "cell")["status"] == "failed"
+    kept = read_result(tmp_path / "cell" / "superseded")
+    assert kept["status"] == "completed" and kept["identity"] == first["identity"]
+    assert (tmp_path / "cell" / "superseded" / "predictions.jsonl").read_text() == predictions
+    # the same cell run again finds it there and copies it back rather than computing it again
+    again = run(tiny_cfg("method=zeroshot", "resume.enabled=true", f"resume.search_dir={tmp_path / 'none'}"),
+                out_dir=tmp_path / "cell")
+    assert again["status"] == "completed" and again["metrics"] == first["metrics"]
+    assert again["reused_from"] == str(tmp_path / "cell" / "superseded" / "result.json")
+
+
+def test_training_curves_of_earlier_runs_in_the_folder_are_kept(tiny_cfg, tmp_path):
+    """Lightning's CSV logger starts its metrics.csv afresh: a rerun with other settings moves the earlier curve
+    to superseded/ with its result, and a rerun of an attempt that did not finish (interrupted, then resumed or
+    run again) keeps that attempt's curve beside the new one."""
+    import json
+
+    first = run(tiny_cfg("method=lora", "logger=csv", "trainer.log_every_n_steps=1"), out_dir=tmp_path / "cell")
+    assert first["status"] == "completed"
+    curve = (tmp_path / "cell" / "csv" / "metrics.csv").read_text()
+    assert "train/loss" in curve
+    run(tiny_cfg("method=lora", "logger=csv", "trainer.log_every_n_steps=1", "method.lr=0.01"),
+        out_dir=tmp_path / "cell")
+    assert (tmp_path / "cell" / "superseded" / "csv" / "metrics.csv").read_text() == curve
+    second_curve = (tmp_path / "cell" / "csv" / "metrics.csv").read_text()
+    assert "train/loss" in second_curve and second_curve != curve
+
+    # the folder of an attempt that was interrupted: its curve stays, renamed, when the cell runs again
+    result = tmp_path / "cell" / "result.json"
+    result.write_text(json.dumps({**json.loads(result.read_text()), "status": "interrupted"}))
+    run(tiny_cfg("method=lora", "logger=csv", "trainer.log_every_n_steps=1", "method.lr=0.01"),
+        out_dir=tmp_path / "cell")
+    assert (tmp_path / "cell" / "csv" / "metrics.earlier-1.csv").read_text() == second_curve
+    assert "train/loss" in (tmp_path / "cell" / "csv" / "metrics.csv").read_text()
+
+
 def test_weights_another_configuration_left_in_the_folder_are_neither_resumed_nor_rescored(tiny_cfg, tmp_path):
     """A folder rerun with another learning rate holds the first run's checkpoint and adapter: the second run
     trains afresh (the checkpoint moved aside, not deleted), and a third run that changes only its evaluation

@@ -45,6 +45,9 @@ def test_a_callback_from_a_yaml_file_of_its_own_runs_in_a_cell_with_two_loggers(
     (["logger=wandb_csv", "logger.wandb.mode=sometimes"],
      "logger.wandb.mode='sometimes' is not one of: auto, online, offline, disabled"),
     (["logger=wandb_csv", "logger.csv=3"], "logger.csv=3 must be a mapping with a _target_"),
+    (["logger=wandb", f"logger.tags=[ok,{'x' * 65}]"], f"logger.tags has '{'x' * 65}': a W&B tag is a non-empty "
+                                                       "string of at most 64 characters"),
+    (["logger=wandb", "logger.tags=[3]"], "logger.tags has 3: a W&B tag"),
     (["+callbacks.extra=3"], "callbacks.extra=3 must be a mapping with a _target_ (a callback class"),
     (["callbacks.progress_bar._target_=nowhere.Bar"],
      "callbacks.progress_bar._target_='nowhere.Bar' cannot be imported (no package 'nowhere'); "
@@ -69,6 +72,8 @@ def test_an_unknown_logger_lists_the_logger_files(tiny_cfg):
      "logger._target_='lightning.pytorch.loggers.NoSuchLogger' cannot be imported"),
     ("callbacks.progress_bar._target_=collections.OrderedDict",
      "callbacks.progress_bar._target_='collections.OrderedDict' is not a callback"),
+    ("+logger.nme=x", "logger.nme is not an argument of lightning.pytorch.loggers.csv_logs.CSVLogger; its "
+                      "arguments are: save_dir, name, version, prefix, flush_logs_every_n_steps"),
     ("logger._target_=collections.OrderedDict", "logger._target_='collections.OrderedDict' is not a logger "
      "(lightning.pytorch.loggers.logger.Logger or slm_sweep.tracking.CellLogger); the loggers in conf/logger/ are: "
      "csv, none, wandb, wandb_csv"),
@@ -110,12 +115,50 @@ def test_a_w_and_b_group_is_a_row_of_the_report_and_a_search_cell_is_named_apart
 
 def test_a_cell_copied_from_another_folder_still_gets_its_w_and_b_run(tiny_cfg, tmp_path, monkeypatch):
     """Filtering the dashboard by sweep must show every cell, the reused ones too (tagged reused)."""
+    from slm_sweep.tracking import group_name
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     common = ("method=zeroshot", "dataset.test_limit=2", "resume.enabled=true", f"resume.search_dir={tmp_path}")
     first = run(tiny_cfg(*common, "seed=0"), out_dir=tmp_path / "a")
     copy = run(tiny_cfg(*common, "seed=1", "logger=wandb", "logger.mode=offline"), out_dir=tmp_path / "b")
     assert first["status"] == copy["status"] == "completed" and copy["reused_from"]
-    (stream,) = (tmp_path / "b").glob("wandb/offline-run-*/*.wandb")
-    data = stream.read_bytes()
+    data = offline_run_data(tmp_path / "b", b"reused", b"eval/accuracy_flexible", b"tiny-zeroshot-gsm8k-seed1")
     assert b"reused" in data and b"eval/accuracy_flexible" in data and b"tiny-zeroshot-gsm8k-seed1" in data
+    # out of the group that averages the configuration's computations
+    group = group_name("tiny", "zeroshot", "gsm8k", copy["identity"]["configuration_key"])
+    assert f"{group}-reused".encode() in data
+
+
+def test_w_and_b_tags_fit_its_limit_and_one_tag_may_be_a_string(tiny_cfg, tmp_path, monkeypatch):
+    """A sweep folder's tag over W&B's 64 characters failed every cell of the sweep; ``logger.tags=paper`` became
+    the tags a, e, p, r."""
+    from slm_sweep.tracking import MAX_TAG_LENGTH, wandb_tag
+
+    long = "sweep-gsm8k_baselines_rerun_after_tokenizer_fix-2026-11-30_full_grid_seed0"
+    assert len(wandb_tag(long)) == MAX_TAG_LENGTH and wandb_tag(long) != wandb_tag(long + "1")
+    assert wandb_tag("sweep-2026-11-30-10-00-00") == "sweep-2026-11-30-10-00-00"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setattr("slm_sweep.run._sweep_tag", lambda: long)
+    cfg = tiny_cfg("method=zeroshot", "dataset.test_limit=2", "logger=wandb", "logger.mode=offline",
+                   "logger.tags=paper")
+    validate_config(cfg)
+    record = run(cfg, out_dir=tmp_path / "cell")
+    assert record["status"] == "completed", record.get("error")
+    data = offline_run_data(tmp_path / "cell", wandb_tag(long).encode(), b"paper")
+    assert wandb_tag(long).encode() in data and b"paper" in data
+
+
+def offline_run_data(folder, *expected: bytes, wait_s: float = 30.0) -> bytes:
+    """The bytes of the one offline W&B run under ``folder``, once they hold ``expected`` or after ``wait_s``: W&B's
+    service process may still be writing the file when ``run.finish()`` has returned."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        (stream,) = folder.glob("wandb/offline-run-*/*.wandb")
+        data = stream.read_bytes()
+        if all(e in data for e in expected) or time.monotonic() > deadline:
+            return data
+        time.sleep(0.2)

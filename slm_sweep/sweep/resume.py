@@ -15,6 +15,7 @@ from slm_sweep.results import PREDICTIONS_FILE, RESULT_FILE, SUPERSEDED, is_comp
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 KEPT_WEIGHTS = ("adapter", "model")  # LoRA/DoRA adapter folder; full weights (trainer.keep_model)
+CURVE_FILE = "metrics.csv"  # what Lightning's CSVLogger writes into its folder (conf/logger/csv.yaml: csv/)
 # A file in a checkpoint or kept-weights folder naming the training key of the run that wrote it: a folder's
 # result.json can be a later run's (another configuration rerun into it, or a copied result), so the weights
 # say themselves what they are.
@@ -57,26 +58,45 @@ def _free(path: Path) -> Path:
     return found
 
 
-def set_aside_earlier(out: Path, evaluation_key: str, training_key: str | None) -> Path | None:
+def set_aside_earlier(out: Path, evaluation_key: str | None, training_key: str | None) -> Path | None:
     """Move a finished result of another configuration out of the way of this cell's files, instead of writing
     over it (a rerun into the same folder with other settings): its result.json and predictions go to
-    ``out/superseded`` (where the reuse search still finds them; the report leaves them out), and so do its kept weights when
-    they were trained under another training key. Returns that folder, or None when there was nothing to keep."""
+    ``out/superseded`` (where the reuse search still finds them; the report leaves them out), and so do its kept
+    weights when they were trained under another training key. ``evaluation_key`` None (a rerun that failed
+    before its keys were known) sets aside any finished result and leaves the weights, which that run did not
+    touch. Returns that folder, or None when there was nothing to keep."""
     record = read_result(out)
-    if not record or record.get("status") != "completed" or _key(record, "evaluation_key") == evaluation_key:
+    if not record or record.get("status") != "completed" or (
+            evaluation_key is not None and _key(record, "evaluation_key") == evaluation_key):
         return None
     aside = _free(out / SUPERSEDED)
     aside.mkdir(parents=True)
     for name in (RESULT_FILE, PREDICTIONS_FILE):
         if (out / name).is_file():
             (out / name).rename(aside / name)
-    for name in KEPT_WEIGHTS:
+    for curve in out.glob(f"*/{CURVE_FILE}"):  # its training curve, which the next CSV logger would write over
+        if curve.parent != aside:
+            curve.parent.rename(aside / curve.parent.name)
+    for name in KEPT_WEIGHTS if evaluation_key is not None else ():
         weights = out / name
         if weights.is_dir() and not _matches(weights, record, training_key):
             weights.rename(aside / name)
     log.warning("%s held the finished result of another configuration (evaluation key %s): moved to %s",
                 out, _key(record, "evaluation_key") or "not recorded", aside)
     return aside
+
+
+def keep_earlier_curves(out: Path) -> list[Path]:
+    """Rename the training curves an earlier attempt of this cell left in ``out`` (an interrupted run now resumed,
+    a failed one run again) to ``metrics.earlier-N.csv`` beside them: Lightning's CSV logger starts its file
+    afresh, and the resumed run's curve begins at its checkpoint's step. Returns the new paths."""
+    kept = []
+    for curve in sorted(out.glob(f"*/{CURVE_FILE}")):
+        n = 1
+        while (target := curve.with_name(f"metrics.earlier-{n}.csv")).exists():
+            n += 1
+        kept.append(curve.rename(target))
+    return kept
 
 
 def search_dirs(own: Path, sweep_dir: Path | None, search_dir: Path | None) -> list[Path]:
