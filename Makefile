@@ -49,9 +49,9 @@ smoke: install ## A 2 x 3 sweep on the tiny model (under a minute on CPU)
 paper: install ## The study's whole grid: 5 models x 7 methods (4 baselines, full, lora, dora) x gsm8k, orcamath x seeds 0,1,2 (PREFLIGHT_ONLY=1: list its cells, run none)
 	$(PY) -m slm_sweep -m experiment=paper $(if $(DATA_ROOT),data_root=$(DATA_ROOT)) $(if $(PREFLIGHT_ONLY),preflight.only=true)
 
-report: ## Tables, plots and the study's claims of a sweep: make report SWEEP=multirun/<date>/<time> (default: the latest; CORRECTION=none)
+report: ## Tables, plots and the study's claims of a sweep: make report SWEEP=multirun/<date>/<time> (default: the latest; CLAIMS=my_claims.yaml; CORRECTION=none)
 	@test -n "$(SWEEP)" || { echo "no sweep under multirun/ holds a result.json; run one first or pass SWEEP=DIR"; exit 2; }
-	$(PY) -m slm_sweep.report $(SWEEP) --claims $(if $(CORRECTION),--correction $(CORRECTION))
+	$(PY) -m slm_sweep.report $(SWEEP) --claims $(CLAIMS) $(if $(CORRECTION),--correction $(CORRECTION))
 
 # What a bare GPU machine (Python 3.12, manylinux x86_64, no network) lacks of the cell path, at the versions tested here.
 GPU_WHEELS = $(shell $(PY) -c "from importlib.metadata import version as v; print(' '.join(f'{n}=={v(n)}' for n in ('hydra-core', 'omegaconf', 'gguf')))")

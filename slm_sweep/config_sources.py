@@ -9,9 +9,12 @@ message lists) looks in the same folders, so a file in a user's folder serves ev
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 _search_dirs: tuple[Path, ...] = (CONF_DIR,)
@@ -30,7 +33,23 @@ def use_config_sources(sources: Iterable[Mapping[str, Any]] | None) -> tuple[Pat
         if folder is not None and folder.is_dir() and folder.resolve() not in dirs:
             dirs.append(folder.resolve())
     _search_dirs = tuple(dirs)
+    for path, first in shadowed_files():
+        log.warning("%s is not used: %s has the same group and name and comes first in Hydra's search path; "
+                    "give yours another name", path, first)
     return _search_dirs
+
+
+def shadowed_files() -> list[tuple[Path, Path]]:
+    """(file, the file that wins over it) for each config file of a later search-path folder whose group and name
+    an earlier folder has as well: Hydra composes the first, silently."""
+    found = []
+    for i, folder in enumerate(_search_dirs[1:], start=1):
+        for path in sorted(folder.glob("*/**/*.yaml")):
+            relative = path.relative_to(folder)
+            first = next((f / relative for f in _search_dirs[:i] if (f / relative).is_file()), None)
+            if first is not None:
+                found.append((path, first))
+    return found
 
 
 def use_hydra_search_path() -> tuple[Path, ...]:

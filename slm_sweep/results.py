@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
+PREFLIGHT_FILE = "preflight.json"  # a sweep folder's record of what its preflight checked and left out
 PREDICTIONS_FILE = "predictions.jsonl"
 # the folder a rerun with other settings moves a cell's earlier result into (sweep.resume.set_aside_earlier)
 SUPERSEDED = "superseded"
@@ -23,7 +24,10 @@ STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "lightning", "hydra-core", "omegaconf", "wandb", "datasets",
                     "tokenizers", "safetensors", "gguf", "slm_sweep")
 # A credential's key: api_key, *_token / token, *secret*, *password*; not eval.max_new_tokens or token_budget.
-SECRET_KEY = re.compile(r"(api[_-]?key|secret|password|(^|[_.-])token$)", re.IGNORECASE)
+# credential-like setting names: api_key, aws_access_key, client_secret, password, credentials, auth, wandb_key,
+# hf_token, token_file; not the settings that count tokens (max_new_tokens, token_budget, pad_token_id)
+SECRET_KEY = re.compile(r"api[_-]?key|access[_-]?key|secret|passw(?:or)?d|credential|(?:^|[_.-])(?:auth|key|token)$"
+                        r"|(?:^|[_.-])(?:key|token)[_-]?(?:file|path)$", re.IGNORECASE)
 
 
 def now_iso() -> str:

@@ -51,6 +51,11 @@ from slm_sweep.sweep.resume import (
 
 log = logging.getLogger(__name__)
 
+# What the training stage records in result.json's metrics; a cell that re-scores kept weights copies them.
+TRAINING_METRICS = ("train_time_s", "train_loss", "val_loss", "train_steps", "train_tokens", "train_tokens_per_s",
+                    "mfu", "step_time_s", "train_padding_fraction", "train_oom_halvings", "train_examples",
+                    "train_too_long_fraction", "throughput_warmup_steps")
+
 ADAPTER_DIR, MODEL_DIR = KEPT_WEIGHTS
 
 
@@ -488,9 +493,7 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
         log.info("re-scoring the weights trained in %s (same training key)", trained)
         record["trained_in"] = str(trained)
         record["placement"]["train"] = (source.get("placement") or {}).get("train")
-        for key in ("train_time_s", "train_loss", "val_loss", "train_steps", "train_tokens", "train_tokens_per_s",
-                    "mfu", "step_time_s", "train_padding_fraction", "train_oom_halvings", "train_examples",
-                    "train_too_long_fraction"):
+        for key in TRAINING_METRICS:
             metrics[key] = (source.get("metrics") or {}).get(key)
         metrics["trainable_params"] = (source.get("metrics") or {}).get("trainable_params", trainable)
     elif method.train:

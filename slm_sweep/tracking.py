@@ -114,6 +114,23 @@ def start_wandb_run(logger_cfg: Mapping[str, Any], name: str, group: str, job_ty
         return wandb.init(mode="offline", settings=settings(False), **kwargs)
 
 
+def result_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """A result's numbers as the loggers record them: the scores of the split it generated on under ``eval/``,
+    each out-of-domain set's under ``eval_<set>/``, everything else result.json holds under ``result/``."""
+    metrics = record.get("metrics") or {}
+    values = {(f"eval/{k}" if k in _SCORE_KEYS or k.startswith(("accuracy_", "val_accuracy_")) else f"result/{k}"): v
+              for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for name, scores in (record.get("eval_sets") or {}).items():
+        values.update({f"eval_{name}/{k}": v for k, v in scores.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return values
+
+
+def result_step(record: Mapping[str, Any]) -> int:
+    """The step the result is logged at: the last optimizer step, so the scores sit at the end of the curves."""
+    return int((record.get("metrics") or {}).get("train_steps") or 0)
+
+
 def _as_tags(tags: str | Sequence[str] | None) -> list[str]:
     """``logger.tags``: a list, or one tag given as a string (``logger.tags=paper``)."""
     return [tags] if isinstance(tags, str) else list(tags or [])
@@ -182,15 +199,7 @@ class WandbRun(CellLogger):
     def _log_result(self, record: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> None:
         import wandb
 
-        metrics = record.get("metrics") or {}
-        # scores of the split it generated on under eval/, everything else result.json holds under result/
-        values = {(f"eval/{k}" if k in _SCORE_KEYS or k.startswith(("accuracy_", "val_accuracy_")) else f"result/{k}"): v
-                  for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        for name, scores in (record.get("eval_sets") or {}).items():
-            values.update({f"eval_{name}/{k}": v for k, v in scores.items() if isinstance(v, (int, float))})
-        # at the last optimizer step, so the scores sit at the end of the training curves
-        values["trainer/global_step"] = int(metrics.get("train_steps") or 0)
-        values["status"] = record.get("status")
+        values = {**result_metrics(record), "trainer/global_step": result_step(record), "status": record.get("status")}
         # where and how it generated, to filter runs by in the dashboard (not logged as a step)
         placement = (record.get("placement") or {}).get("eval") or {}
         decoding = record.get("decoding") or {}
@@ -295,8 +304,18 @@ class Tracker:
             raise
 
     def log_result(self, record: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> None:
+        """The result to every logger: a CellLogger as it chooses, a plain Lightning logger (csv/metrics.csv) its
+        numbers (``result_metrics``) at the last step. A logger's failure is logged, not raised: result.json is
+        written already."""
         for logger in self.cell_loggers:
             logger.log_result(record, predictions)
+        values = result_metrics(record)
+        for logger in self._plain:
+            try:
+                logger.log_metrics(values, step=result_step(record))
+                logger.save()
+            except Exception:  # noqa: BLE001 - the result files are written already
+                log.exception("logging the result to %s failed; result.json has it", type(logger).__name__)
 
     def finish(self, status: str) -> None:
         """Always called, also when the cell failed, so W&B never leaves a run open."""

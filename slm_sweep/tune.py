@@ -31,11 +31,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from slm_sweep.config_sources import CONF_DIR
+from slm_sweep.scoring import PRIMARY_METRIC, accuracy_key
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TABLE = "tuned/lr.yaml"
-DEFAULT_METRIC = "val_accuracy_flexible"
+DEFAULT_METRIC = f"val_{accuracy_key(PRIMARY_METRIC)}"
 # Fewer validation questions than this cannot separate candidates a few points apart (the standard error of an
 # accuracy near 0.3 on 500 questions is 2 points); the tune command refuses smaller searches unless told.
 MIN_VAL_EXAMPLES = 500

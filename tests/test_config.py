@@ -344,9 +344,11 @@ def test_every_key_under_conf_is_a_typed_setting_a_target_argument_or_read_by_th
         # a typed group's file holds _target_ mappings only where it says so (model.quantization)
         composed = _composed_with(path) if "_target_" in text or package.split(".")[0] not in SCHEMAS else None
         referenced = set(re.findall(r"\$\{\.+(\w+)\}", text))
-        for key_path, _ in _leaves(raw):
+        for key_path, value in _leaves(raw):
             full = f"{package}.{key_path}" if package else key_path
             parts = full.split(".")
+            if isinstance(value, dict) and "_target_" in value:
+                continue  # an entry of its own (callbacks.<name>, logger.<name>): its keys are checked below
             if parts[0] == "hydra":
                 if ".sweeper.params." in full:  # a swept config path or group
                     swept = full.split(".sweeper.params.", 1)[1]
@@ -420,3 +422,30 @@ def test_a_prompt_learning_peft_config_is_refused_before_training(target):
     with pytest.raises(MethodError, match=f"method.peft._target_='{target}' learns prompts"):
         peft_config({"peft": {"_target_": target, "num_virtual_tokens": 8}})
     assert peft_config({"peft": {"_target_": "peft.LoHaConfig", "r": 4}}).peft_type.value == "LOHA"
+
+
+def test_the_metric_sweepers_optimise_is_the_primary_metric():
+    """conf/config.yaml and the search configs name the metric Hydra's sweepers maximise; the code names it once
+    (scoring.PRIMARY_METRIC), and the report, its plots and the tune command derive theirs from it."""
+    from omegaconf import OmegaConf
+
+    from slm_sweep.report import plots
+    from slm_sweep.scoring import PRIMARY_METRIC, accuracy_key
+    from slm_sweep.tune import DEFAULT_METRIC
+
+    primary = accuracy_key(PRIMARY_METRIC)
+    assert OmegaConf.load(CONF_DIR / "config.yaml").optimized_metric == primary
+    for search in sorted((CONF_DIR / "hparams_search").glob("*.yaml")):
+        metric = OmegaConf.load(search).get("optimized_metric")
+        assert metric in (None, f"val_{primary}"), search.name
+    assert DEFAULT_METRIC == f"val_{primary}" and plots._MEAN == f"{primary}_mean"
+
+
+def test_the_paper_evaluates_on_the_sets_training_is_deduplicated_against():
+    """A set added to the paper's out-of-domain list must be one trained cells are kept apart from as well."""
+    from omegaconf import OmegaConf
+
+    from slm_sweep.settings import STUDY_OOD_SETS
+
+    paper = OmegaConf.load(CONF_DIR / "experiment" / "paper.yaml")
+    assert list(paper.eval.ood_sets) == STUDY_OOD_SETS

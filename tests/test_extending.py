@@ -162,6 +162,49 @@ def test_a_model_dataset_method_and_metric_from_outside_the_package_run_a_cell(t
     assert adapter["peft_type"] == "IA3" and sorted(adapter["target_modules"]) == ["down_proj", "k_proj", "v_proj"]
 
 
+def test_a_dataset_file_built_on_another_reads_the_same_as_dataset_and_as_an_out_of_domain_set(tmp_path):
+    """``defaults: [mysums, _self_]`` in a dataset file: Hydra merges it for ``dataset=``; the readers of
+    out-of-domain and dedup sets merge it the same way (they failed on the ``defaults`` key)."""
+    from slm_sweep.config_sources import use_config_sources
+    from slm_sweep.data import DataError, dataset_spec, load_eval_set
+
+    paths = write_extensions(tmp_path)
+    (paths["conf"] / "dataset" / "mysums_test.yaml").write_text(
+        "defaults: [mysums, _self_]\nname: mysums_test\neval_only: true\nval_size: null\n")
+    (paths["conf"] / "dataset" / "loop_a.yaml").write_text("defaults: [loop_b]\nname: loop_a\n")
+    (paths["conf"] / "dataset" / "loop_b.yaml").write_text("defaults: [loop_a]\nname: loop_b\n")
+    composed = compose_config([f"hydra.searchpath=[file://{paths['conf']}]", "dataset=mysums_test"]).dataset
+    use_config_sources([{"schema": "file", "path": str(paths["conf"]), "provider": "hydra.searchpath"}])
+    try:
+        spec = dataset_spec("mysums_test")
+        assert OmegaConf.to_container(spec) == OmegaConf.to_container(composed)
+        assert spec.local.dir_name == "mysums" and spec.question == ["problem"] and spec.eval_only
+        assert len(load_eval_set("mysums_test", data_root=paths["data_root"])) == 4
+        with pytest.raises(DataError, match="its defaults list comes back to it"):
+            dataset_spec("loop_a")
+    finally:
+        use_config_sources([])
+
+
+def test_a_user_file_that_a_package_file_shadows_is_named(tmp_path, caplog):
+    """Hydra composes the package's conf/model/tiny.yaml before a search-path folder's own tiny.yaml, silently."""
+    import logging
+
+    from slm_sweep.config_sources import CONF_DIR, shadowed_files, use_config_sources
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "tiny.yaml").write_text("name: tiny\nsource: tiny\nhidden_size: 96\n")
+    (tmp_path / "model" / "mine.yaml").write_text("name: mine\nsource: tiny\n")
+    try:
+        with caplog.at_level(logging.WARNING):
+            use_config_sources([{"schema": "file", "path": str(tmp_path), "provider": "hydra.searchpath"}])
+        assert shadowed_files() == [(tmp_path.resolve() / "model" / "tiny.yaml", CONF_DIR / "model" / "tiny.yaml")]
+        assert f"{tmp_path.resolve() / 'model' / 'tiny.yaml'} is not used" in caplog.text
+        assert "mine.yaml" not in caplog.text
+    finally:
+        use_config_sources([])
+
+
 def test_a_hydra_job_reads_dataset_files_from_its_search_path(tmp_path):
     """``python -m slm_sweep`` hands the job's config sources to slm_sweep.config_sources; a dataset of the user's
     folder is then known by name, and an unknown one's error names both folders."""

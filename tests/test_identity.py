@@ -19,7 +19,7 @@ from slm_sweep.identity import (
     sources_digest,
 )
 from slm_sweep.results import read_result, redact
-from slm_sweep.run import identify, load_data, run
+from slm_sweep.run import TRAINING_METRICS, identify, load_data, run
 from slm_sweep.sweep.resume import KEY_STAMP, kept_weights, stamped_key
 
 
@@ -281,6 +281,11 @@ def test_a_new_evaluation_in_the_same_folder_rescores_its_own_adapter(tiny_cfg, 
     assert second["metrics"]["train_steps"] == first["metrics"]["train_steps"] == 3
     assert second["metrics"]["train_loss"] == first["metrics"]["train_loss"]
     assert read_result(tmp_path / "cell")["identity"]["evaluation_key"] != first["identity"]["evaluation_key"]
+    # every figure of the training stage comes along: all that a trained cell records beyond an untrained one
+    untrained = run(tiny_cfg("method=zeroshot"), out_dir=tmp_path / "zeroshot")["metrics"]
+    training = set(first["metrics"]) - set(untrained) - {"peak_memory_mb"}
+    assert training <= set(TRAINING_METRICS)
+    assert {k: second["metrics"][k] for k in TRAINING_METRICS} == {k: first["metrics"].get(k) for k in TRAINING_METRICS}
 
 
 def test_a_rerun_that_fails_before_its_keys_are_known_keeps_the_earlier_result(tiny_cfg, tmp_path):

@@ -879,10 +879,15 @@ def test_a_model_of_random_weights_is_left_out_unless_named_and_a_pattern_matchi
                       "  - {id: typo, text: t, a: full, b: zeroshot, direction: below, models: [smollm135, smolm135_q4]}\n"
                       "  - {id: either, text: t, a: full, b: zeroshot, direction: below, models: [smollm135, "
                       "smolm135_q4], models_require: any}\n")
+    claims.write_text(claims.read_text() + "  - {id: lost, text: t, a: full, b: zeroshot, direction: below, "
+                      "models: ['smollm135_r*']}\n")
     results, _ = claims_of(tmp_path, claims=claims)
     assert [i.a["model"] for i in results["under"].instances] == ["smollm135"]
+    # a claim whose cells are all of random weights says so, rather than that there are none
+    assert results["lost"].reason.startswith("the cells of full") and "random-weight models only (smollm135_random)" \
+        in results["lost"].reason
     assert results["under"].gaps == ["smollm135_random: random weights, left out (name it in the claim's models to "
-                                     "include it)"]
+                                     "include it; a pattern does not)"]
     assert results["typo"].gaps == ["model pattern 'smolm135_q4' matches no model of these results"]
     # models listed as alternatives (models_require: any): one that matches nothing is named, not a gap
     assert results["either"].gaps == [] and results["either"].absent_models == ["smolm135_q4"]

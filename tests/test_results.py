@@ -8,12 +8,14 @@ from slm_sweep.results import SECRET_KEY, redact
 
 
 @pytest.mark.parametrize("key", ["api_key", "WANDB_API_KEY", "hf_token", "HF_TOKEN", "token", "auth.token",
-                                 "client_secret", "password"])
+                                 "client_secret", "password", "wandb_key", "aws_access_key", "token_file",
+                                 "hf_token_path", "credentials", "auth", "key", "passwd"])
 def test_credential_keys_are_recognised(key):
     assert SECRET_KEY.search(key)
 
 
-@pytest.mark.parametrize("key", ["max_new_tokens", "token_budget", "micro_batch_tokens", "train_tokens"])
+@pytest.mark.parametrize("key", ["max_new_tokens", "token_budget", "micro_batch_tokens", "train_tokens",
+                                 "pad_token_id", "keep_model", "keep_checkpoints", "tokenizer"])
 def test_settings_that_mention_tokens_are_not_credentials(key):
     assert not SECRET_KEY.search(key)
 

@@ -172,6 +172,11 @@ def test_failing_cell_is_recorded_the_others_go_on_and_the_sweep_exits_non_zero(
     summary = (sweep / "summary.md").read_text()
     assert "## Cells that did not complete" in summary and f"- `{failed_dir.name}`: failed: " in summary
     assert "1 cell(s) of the sweep" in proc.stderr
+    # `make report` writes the same summary: the failed cell is still named there
+    from slm_sweep.report import write_report
+
+    again = write_report([sweep], tmp_path / "again", plots=False)
+    assert f"- `{failed_dir.name}`: failed: " in again["markdown"]
     (line,) = [x for x in proc.stderr.splitlines() if failed_dir.name in x]
     assert line.strip().startswith(f"{failed_dir.relative_to(tmp_path)}: failed: ") and "no_such_module" in line
     tag = "sweep-" + "-".join(sweep.parts[-2:])
@@ -242,7 +247,7 @@ def _job(sweep: Path, name: str, status: str, key: str) -> Path:
 
 def test_a_cell_completed_in_another_folder_of_a_requeued_sweep_is_no_failure(tmp_path):
     """A requeued sweep numbered its jobs otherwise: the interrupted cell resumed and completed in another folder."""
-    from slm_sweep.sweep.callbacks import failed_cells
+    from slm_sweep.report.sweep_notes import failed_cells
 
     _job(tmp_path, "0-tiny-lora-gsm8k-seed0", "interrupted", "k-lora")
     _job(tmp_path, "1-tiny-lora-gsm8k-seed0", "completed", "k-lora")
@@ -268,6 +273,32 @@ def test_a_summary_that_fails_neither_hides_the_failed_cells_nor_exits_zero(tmp_
     message = str(stop.value)
     assert "1 cell(s) of the sweep" in message and "0-tiny-lora-gsm8k-seed0: failed: KeyboardInterrupt" in message
     assert "no sweep summary written: RuntimeError: plots could not be drawn" in message
+
+
+def test_the_sweeps_summary_checks_the_claims_file_its_config_names(tmp_path, monkeypatch):
+    """hydra.callbacks.aggregate_sweep.claims: a new claim reaches the sweep's own summary without editing the
+    package's claims file."""
+    import slm_sweep.report as report
+    from slm_sweep.report import DEFAULT_CLAIMS
+    from slm_sweep.sweep.callbacks import AggregateSweep
+
+    _job(tmp_path, "0-tiny-lora-gsm8k-seed0", "completed", "k-lora")
+    asked = []
+    monkeypatch.setattr(report, "write_report", lambda dirs, out, claims=None, **kw: asked.append(claims) or None)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "eval": {"split": "test"},
+                               "logger": None})
+    AggregateSweep().on_multirun_end(config)
+    AggregateSweep(claims="mine.yaml").on_multirun_end(config)
+    assert asked == [DEFAULT_CLAIMS, "mine.yaml"]
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        composed = compose("config", overrides=["hydra.callbacks.aggregate_sweep.claims=mine.yaml"],
+                           return_hydra_config=True)
+    assert instantiate(composed.hydra.callbacks.aggregate_sweep).claims == "mine.yaml"
 
 
 def test_the_sweeps_w_and_b_summary_holds_the_out_of_domain_table_too(tmp_path, monkeypatch):

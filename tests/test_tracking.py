@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 
 from slm_sweep.config import ConfigError, validate_config
+from slm_sweep.config_sources import group_options
 from slm_sweep.run import run
 from tests.conftest import CONF_DIR, FAST_TINY
 
@@ -36,12 +37,25 @@ def test_a_callback_from_a_yaml_file_of_its_own_runs_in_a_cell_with_two_loggers(
     assert rates and all(0 < lr <= cfg.method.lr for lr in rates)
     assert any(r.get("train/loss") for r in rows)
     assert not (tmp_path / "cell" / "wandb").exists()  # the W&B entry was built, and disabled
+    # the scores, at the last step, as result.json has them
+    (final,) = [r for r in rows if r.get("eval/accuracy_flexible")]
+    assert int(final["step"]) == record["metrics"]["train_steps"]
+    assert float(final["eval/accuracy_flexible"]) == pytest.approx(record["metrics"]["accuracy_flexible"])
+    assert float(final["eval/n_eval"]) == record["metrics"]["n_eval"]
+
+
+def test_a_cell_that_trains_nothing_writes_its_scores_to_the_csv_logger(tiny_cfg, tmp_path):
+    record = run(tiny_cfg("method=zeroshot", "logger=csv", "dataset.test_limit=3"), out_dir=tmp_path / "cell")
+    with open(tmp_path / "cell" / "csv" / "metrics.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["eval/accuracy_strict"]) == pytest.approx(record["metrics"]["accuracy_strict"])
+    assert int(row["step"]) == 0 and float(row["eval/n_eval"]) == 3
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["logger._target_=no_such_package.Logger"],
      "logger._target_='no_such_package.Logger' cannot be imported (no package 'no_such_package'); "
-     "the loggers in conf/logger/ are: csv, none, wandb, wandb_csv"),
+     f"the loggers in conf/logger/ are: {', '.join(group_options('logger'))}"),
     (["logger=wandb_csv", "logger.wandb.mode=sometimes"],
      "logger.wandb.mode='sometimes' is not one of: auto, online, offline, disabled"),
     (["logger=wandb_csv", "logger.csv=3"], "logger.csv=3 must be a mapping with a _target_"),
@@ -51,7 +65,7 @@ def test_a_callback_from_a_yaml_file_of_its_own_runs_in_a_cell_with_two_loggers(
     (["+callbacks.extra=3"], "callbacks.extra=3 must be a mapping with a _target_ (a callback class"),
     (["callbacks.progress_bar._target_=nowhere.Bar"],
      "callbacks.progress_bar._target_='nowhere.Bar' cannot be imported (no package 'nowhere'); "
-     "the callbacks in conf/callbacks/ are: default, none, progress_bar"),
+     f"the callbacks in conf/callbacks/ are: {', '.join(group_options('callbacks'))}"),
 ])
 def test_bad_logger_and_callback_entries_fail_validation_naming_them(tiny_cfg, overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -76,7 +90,7 @@ def test_an_unknown_logger_lists_the_logger_files(tiny_cfg):
                       "arguments are: save_dir, name, version, prefix, flush_logs_every_n_steps"),
     ("logger._target_=collections.OrderedDict", "logger._target_='collections.OrderedDict' is not a logger "
      "(lightning.pytorch.loggers.logger.Logger or slm_sweep.tracking.CellLogger); the loggers in conf/logger/ are: "
-     "csv, none, wandb, wandb_csv"),
+     f"{', '.join(group_options('logger'))}"),
 ])
 def test_a_misspelt_class_fails_the_cell_before_it_reads_any_data(tiny_cfg, tmp_path, override, message):
     """An installed package with no such class passes validation (which imports no Lightning); the cell imports

@@ -35,16 +35,46 @@ def known_datasets() -> list[str]:
 
 def dataset_spec(name: str) -> DictConfig:
     """The dataset config <name>.yaml of conf/dataset/ or of a search-path folder (slm_sweep.config_sources)."""
-    path = group_file("dataset", name)
-    if path is None:
-        raise DataError(f"unknown dataset {name!r}; the datasets in {where('dataset')} are: "
-                        f"{', '.join(known_datasets())}")
+    path = _dataset_path(name)
     try:
-        return OmegaConf.merge(OmegaConf.structured(DatasetSettings), OmegaConf.load(path))
+        return OmegaConf.merge(OmegaConf.structured(DatasetSettings), _dataset_file(name))
     except OmegaConfBaseException as err:
         known = ", ".join(DEFAULTS)
         raise DataError(f"dataset {name!r} ({path}): {getattr(err, 'msg', err)}; a dataset file's keys are: "
                         f"{known} (DatasetSettings in slm_sweep/settings.py)") from None
+
+
+def _dataset_path(name: str):
+    path = group_file("dataset", name)
+    if path is None:
+        raise DataError(f"unknown dataset {name!r}; the datasets in {where('dataset')} are: "
+                        f"{', '.join(known_datasets())}")
+    return path
+
+
+def _dataset_file(name: str, chain: tuple[str, ...] = ()) -> DictConfig:
+    """A dataset file with its ``defaults`` list merged as Hydra merges it for ``dataset=<name>`` (other dataset
+    files by name, in order, the file itself at ``_self_``, last when not listed), so that a file built on
+    another reads the same as an out-of-domain or dedup set."""
+    path = _dataset_path(name)
+    node = OmegaConf.load(path)
+    entries = node.pop("defaults", None) if isinstance(node, DictConfig) else None
+    if entries is None:
+        return node
+    if name in chain:
+        raise DataError(f"dataset {name!r}: its defaults list comes back to it ({' -> '.join([*chain, name])})")
+    entries = list(entries)
+    merged = OmegaConf.create()
+    for entry in entries if "_self_" in entries else [*entries, "_self_"]:
+        if entry == "_self_":
+            merged = OmegaConf.merge(merged, node)
+        elif isinstance(entry, str):
+            merged = OmegaConf.merge(merged, _dataset_file(entry.removeprefix("/dataset/").removeprefix("dataset/"),
+                                                           (*chain, name)))
+        else:
+            raise DataError(f"dataset {name!r} ({path}): defaults entry {entry!r} is not supported; a dataset file "
+                            "may list other dataset files by name, and _self_")
+    return merged
 
 
 def as_dict(spec: Mapping | DictConfig) -> dict[str, Any]:
@@ -207,7 +237,7 @@ def as_list(value: Any) -> list:
 
 def eval_only_message(name: str) -> str:
     trainable = [
-        n for n in known_datasets() if not OmegaConf.load(group_file("dataset", n)).get("eval_only")
+        n for n in known_datasets() if not dataset_spec(n).eval_only
     ]
     return (
         f"dataset {name!r} is eval-only (it has no train split): it can't be used for training or as the "

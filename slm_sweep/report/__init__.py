@@ -34,6 +34,7 @@ from .claims import (
 from .collect import Collection, NoResultsError, ReportError, collect, load_results
 from .provenance import REPORT_FILE, report_record, write_report_record
 from .stats import ALPHA, CORRECTIONS, HOLM, describe
+from .sweep_notes import sweep_sections
 from .tables import ood_columns, render_markdown, summary_columns, write_csv
 
 __all__ = [
@@ -99,6 +100,9 @@ def write_report(
     markdown = render_markdown(collection, rows, ood_rows, alpha=alpha, correction=correction)
     if claims_report is not None:
         markdown += "\n\n" + render_claims_markdown(claims_report, level=2)
+    sections = sweep_sections(dirs)  # what a sweep's preflight left out, its cells that did not complete
+    if sections:
+        markdown += "\n".join(["", *sections])
     summary_md = out / "summary.md"
     summary_md.write_text(markdown + "\n", encoding="utf-8")
     summary_csv = write_csv(rows, summary_columns(row_metrics(rows)), out / "summary.csv")

@@ -37,6 +37,7 @@ from .stats import (
     format_p,
     holm,
 )
+from .tables import markdown_table
 
 DEFAULT_CLAIMS = Path(__file__).resolve().parent / "claim_files" / "paper.yaml"
 
@@ -510,7 +511,7 @@ def _coverage_gaps(claim: Claim, rows: Sequence[dict[str, Any]], in_scope: Seque
     untrained = sorted({r["model"] for r in in_scope if r.get("model_source") in UNTRAINED_SOURCES
                         and any(_covers(claim, side, r["model"], r["method"], sizes) for side in (claim.a, claim.b))
                         and not _named(r["model"], claim.selector, claim.a.selector, claim.b.selector)})
-    gaps += [f"{model}: random weights, left out (name it in the claim's models to include it)"
+    gaps += [f"{model}: random weights, left out (name it in the claim's models to include it; a pattern does not)"
              for model in untrained]
     for r in {id(row): row for row in used}.values():
         if r.get("not_completed"):
@@ -615,7 +616,12 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
         result.reason = "no completed cell" + (f" on {', '.join(claim.datasets)}" if claim.datasets else "")
     elif not side_a or not side_b:
         missing = claim.a if not side_a else claim.b
-        result.reason = f"no completed cell of {missing.describe()}{scope}"
+        untrained = sorted({r["model"] for r in in_scope if r["method"] in missing.methods
+                            and r.get("model_source") in UNTRAINED_SOURCES})
+        result.reason = (f"the cells of {missing.describe()}{scope} are of random-weight models only "
+                         f"({', '.join(untrained)}), which a claim leaves out unless its models list names them "
+                         "(by name: a pattern does not)" if untrained else
+                         f"no completed cell of {missing.describe()}{scope}")
     elif not result.instances:
         result.reason = f"no model and dataset has both {claim.a.describe()} and {claim.b.describe()}{scope}"
     if result.instances:
@@ -686,11 +692,6 @@ def _correction_text(report: ClaimsReport) -> str:
             f"must be significant), but single instances and partial roll-ups are not corrected.")
 
 
-def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |" for cells in body]
-
-
 def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
     """The claims table: the rules, one roll-up line per claim, then each claim's instances."""
     h = "#" * level
@@ -715,7 +716,7 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
         sides = "; ".join(f"{a} vs {b}: {_counts_text(c)}" for a, b, c in r.by_sides()) or (r.reason or "")
         body.append((f"`{r.claim.id}`", r.claim.text, r.claim.metric, f"**{r.stated_verdict}**",
                      str(len(r.instances)), sides))
-    lines += _table(("claim", "text", "metric", "verdict", "instances", "by sides"), body)
+    lines += markdown_table(("claim", "text", "metric", "verdict", "instances", "by sides"), body)
     lines.append("")
     for r in results:
         if not r.instances:
@@ -732,7 +733,7 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
             body.append((i.dataset, model, method_label(i.a), _side_cell(i.a, r.claim.metric), method_label(i.b),
                          _side_cell(i.b, r.claim.metric), _difference_cell(i.test), _test_cell(i.test),
                          format_p(i.test.p_value), *adjusted, f"**{i.verdict}**" + (f" ({note})" if note else "")))
-        lines += _table(("dataset", "model", "A", f"A {r.claim.metric} (%)", "B", f"B {r.claim.metric} (%)",
+        lines += markdown_table(("dataset", "model", "A", f"A {r.claim.metric} (%)", "B", f"B {r.claim.metric} (%)",
                          f"A − B (pp) [{_level(r.interval_alpha)} CI]", "test", "p",
                          *(("p (Holm)",) if report.correction == HOLM else ()), "verdict"), body)
         if r.absent or r.absent_models:

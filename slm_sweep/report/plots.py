@@ -4,7 +4,7 @@ Files (``<dataset>`` is the dataset name reduced to ``[A-Za-z0-9_.-]``, made uni
 reduce to the same text):
 
 - ``accuracy_by_model_<dataset>.png``: grouped bars, models on x by size, one bar per method, std error bars.
-- ``accuracy_vs_size_<dataset>.png``: flexible accuracy against total parameters (log x), a line per
+- ``accuracy_vs_size_<dataset>.png``: primary-metric (flexible) accuracy against total parameters (log x), a line per
   method; the baselines are included since their total parameters are the base model's.
 - ``accuracy_vs_trainable_<dataset>.png`` and ``accuracy_vs_train_time_<dataset>.png``: flexible
   accuracy against trainable parameters / mean training time (log x), a line per fine-tuned method.
@@ -31,9 +31,12 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .aggregate import is_fine_tuned, method_label, row_sort_key
+from slm_sweep.scoring import PRIMARY_METRIC, accuracy_key
+
+from .aggregate import DELTA_BASELINES, is_fine_tuned, method_label, row_sort_key
 
 DPI = 120
+_MEAN, _STD = f"{accuracy_key(PRIMARY_METRIC)}_mean", f"{accuracy_key(PRIMARY_METRIC)}_std"  # what is plotted
 
 
 def _slug(name: str) -> str:
@@ -93,7 +96,7 @@ def human_count(n: float) -> str:
 def _accuracy_axis(ax) -> None:
     """Accuracy lives in [0, 100] %: error bars must not draw the axis below 0 or above 100."""
     ax.set_ylim(0, 100)
-    ax.set_ylabel("flexible accuracy (%)")
+    ax.set_ylabel(f"{PRIMARY_METRIC} accuracy (%)")
 
 
 def _methods(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -108,7 +111,7 @@ def _models(rows: Sequence[dict[str, Any]]) -> list[str]:
 def plot_accuracy_by_model(rows: Sequence[dict[str, Any]], dataset: str, path: Path, colors: dict) -> Path:
     models, methods = _models(rows), _methods(rows)
     by_cell = {(r["model"], method_label(r)): r for r in rows}
-    sizes = {r["model"]: r["total_params"] for r in rows if r["method"] in ("zeroshot", "fewshot")}
+    sizes = {r["model"]: r["total_params"] for r in rows if r["method"] in DELTA_BASELINES}
     for r in rows:
         sizes.setdefault(r["model"], r["total_params"])
 
@@ -119,11 +122,11 @@ def plot_accuracy_by_model(rows: Sequence[dict[str, Any]], dataset: str, path: P
         xs, ys, errs = [], [], []
         for j, model in enumerate(models):
             row = by_cell.get((model, method))
-            if row is None or row["accuracy_flexible_mean"] is None:
+            if row is None or row[_MEAN] is None:
                 continue
             xs.append(j - 0.4 + width * (i + 0.5))
-            ys.append(_percent(row["accuracy_flexible_mean"]))
-            errs.append(_percent(row["accuracy_flexible_std"] or 0.0))
+            ys.append(_percent(row[_MEAN]))
+            errs.append(_percent(row[_STD] or 0.0))
         ax.bar(xs, ys, width, yerr=errs, capsize=3, label=method, color=colors[method])
     labels = [m if sizes.get(m) is None else f"{m}\n{human_count(sizes[m])}" for m in models]
     ax.set_xticks(range(len(models)), labels)
@@ -156,15 +159,15 @@ def plot_accuracy_vs(
                 method_label(row) == method
                 and x is not None
                 and x > 0
-                and row["accuracy_flexible_mean"] is not None
+                and row[_MEAN] is not None
             ):
                 points.append((x, row))
         if not points:
             continue
         points.sort(key=lambda p: p[0])
         xs = [x for x, _ in points]
-        ys = [_percent(r["accuracy_flexible_mean"]) for _, r in points]
-        errs = [_percent(r["accuracy_flexible_std"] or 0.0) for _, r in points]
+        ys = [_percent(r[_MEAN]) for _, r in points]
+        errs = [_percent(r[_STD] or 0.0) for _, r in points]
         ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=method, color=colors[method])
         if annotate:
             for x, y, (_, row) in zip(xs, ys, points):
@@ -195,10 +198,10 @@ def plot_ood_heatmap(
     values = np.full((len(order), len(eval_sets)), np.nan)
     index = {cell: i for i, cell in enumerate(order)}
     for row in in_domain:
-        values[index[row["model"], method_label(row)], 0] = _percent(row["accuracy_flexible_mean"])
+        values[index[row["model"], method_label(row)], 0] = _percent(row[_MEAN])
     for row in ood:
         values[index[row["model"], method_label(row)], eval_sets.index(row["eval_set"])] = _percent(
-            row["accuracy_flexible_mean"]
+            row[_MEAN]
         )
 
     fig = Figure(figsize=(max(5.0, 1.4 * len(eval_sets) + 3), max(3.0, 0.35 * len(order) + 1.5)))
@@ -211,7 +214,7 @@ def plot_ood_heatmap(
             if not math.isnan(values[i, j]):
                 color = "black" if image.norm(values[i, j]) > 0.6 else "white"  # readable on light cells
                 ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=7, color=color)
-    fig.colorbar(image, ax=ax, label="flexible accuracy (%)")
+    fig.colorbar(image, ax=ax, label=f"{PRIMARY_METRIC} accuracy (%)")
     ax.set_title(f"trained on {dataset}: accuracy per evaluation set")
     return _save(fig, path)
 

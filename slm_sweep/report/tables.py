@@ -15,6 +15,7 @@ from typing import Any
 
 from .aggregate import (
     ACCURACY_METRICS,
+    DELTA_BASELINES,
     NO_DATA,
     PRIMARY_ACCURACY,
     SEVERAL_BASELINES,
@@ -140,10 +141,10 @@ def megabytes(mb: float | None) -> str:
 # ---------------------------------------------------------------- markdown
 
 
-def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    """A markdown table's lines; a "|" inside a cell is escaped."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return lines
+    return lines + ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |" for cells in body]
 
 
 MAX_LISTED = 20
@@ -254,7 +255,7 @@ def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Se
                 megabytes(row["peak_memory_mb_max"]),
             )
         )
-    lines = [f"## {dataset}", "", *_table(header, body), ""]
+    lines = [f"## {dataset}", "", *markdown_table(header, body), ""]
     lost = [(r["model"], method_label(r), r["not_completed"]) for r in rows if r.get("not_completed")]
     if lost:
         listed = "; ".join(f"{model} × {method}: {cells}" for model, method, cells in lost)
@@ -291,7 +292,7 @@ def _ood_section(
     body = [
         (model, method, *(cells[model, method].get(c, EMPTY) for c in columns)) for model, method in order
     ]
-    return [f"### trained on {dataset}", "", *_table(header, body), ""]
+    return [f"### trained on {dataset}", "", *markdown_table(header, body), ""]
 
 
 def _tests_note(rows: Sequence[dict[str, Any]], alpha: float, correction: str) -> str:
@@ -341,7 +342,7 @@ def render_markdown(
         listed = "; ".join(f"{model} × {method}{f' ({variant})' if variant else ''} on {dataset}: {cells}"
                            for (dataset, model, method, variant), cells in sorted(rowless.items(), key=str))
         lines += [f"No completed seed, so no row in the tables above: {listed}.", ""]
-    several = sorted({(r["dataset"], r["model"], b) for r in rows for b in ("zeroshot", "fewshot")
+    several = sorted({(r["dataset"], r["model"], b) for r in rows for b in DELTA_BASELINES
                       if r.get(f"delta_{b}_test") == SEVERAL_BASELINES})
     if several:
         listed = "; ".join(f"{model} on {dataset} ({baseline})" for dataset, model, baseline in several)

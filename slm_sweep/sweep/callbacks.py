@@ -10,7 +10,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from slm_sweep.results import RESULT_FILE, read_result, redact, redact_overrides
+from slm_sweep.results import redact, redact_overrides
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,13 @@ class AggregateSweep(Callback):
     and (with logger=wandb) the summary as one W&B table in a run of its own, tagged with the sweep. A grid in
     which a cell failed then exits non-zero, naming the failed cells."""
 
+    def __init__(self, claims: str | None = None) -> None:
+        # the claims file whose verdicts the summary ends with; None: the study's (report.DEFAULT_CLAIMS)
+        self.claims = claims
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from slm_sweep.report import write_report
-        from slm_sweep.sweep.preflight import read_plan
+        from slm_sweep.report.sweep_notes import failed_cells, preflight_notes, read_plan
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         plan = read_plan(sweep_dir)
@@ -126,8 +130,9 @@ class AggregateSweep(Callback):
         problems: list[str] = []
         report = None
         try:
-            # the study's claims, for the cells this sweep has (the others are listed as not covered)
-            report = write_report([sweep_dir], sweep_dir, claims=DEFAULT_CLAIMS)
+            # the claims (the study's unless hydra.callbacks.aggregate_sweep.claims names a file), for the cells
+            # this sweep has (the others are listed as not covered)
+            report = write_report([sweep_dir], sweep_dir, claims=self.claims or DEFAULT_CLAIMS)
         except FileNotFoundError as err:
             log.warning("no sweep summary written: %s", err)
         except ReportError as err:  # the results are kept; only their summary cannot be written honestly
@@ -136,10 +141,6 @@ class AggregateSweep(Callback):
             log.exception("writing the sweep summary failed")
             problems.append(f"no sweep summary written: {type(err).__name__}: {err}")
         if report is not None:
-            extra = _markdown_notes(notes, failed, sweep_dir)
-            if extra:
-                with open(report["summary_md"], "a", encoding="utf-8") as f:
-                    f.write("\n".join(extra) + "\n")
             log.info("sweep summary: %s", report["summary_md"])
             from slm_sweep.tracking import wandb_settings
 
@@ -156,56 +157,6 @@ class AggregateSweep(Callback):
                             + "\n".join(f"  {job}: {why}" for job, why in failed))
         if problems:
             raise SystemExit("\n".join(problems))
-
-
-def preflight_notes(plan: dict | None) -> list[str]:
-    """What the preflight left out of the sweep and why, one line each."""
-    if not plan:
-        return []
-    reasons = plan.get("reasons") or {}
-    notes = [f"{key}={value}: {reasons.get(f'{key}={value}', 'missing')}"
-             for key, values in (plan.get("left_out") or {}).items() for value in values]
-    notes += [f"out-of-domain set {name}: {reasons.get(f'ood set {name}', 'missing')}"
-              for name in plan.get("ood_sets_dropped") or []]
-    notes += [f"dedup set {name}: cannot be read, so the trained cells were not deduplicated against it "
-              "(dataset.dedup.on_missing=skip; result.json's dedup.skipped)" for name in plan.get("dedup_skipped") or []]
-    return notes
-
-
-def failed_cells(sweep_dir: Path) -> list[tuple[Path, str]]:
-    """(job dir, '<status>: <error>') for every job of the sweep that has no completed result.json, unless
-    another folder of the sweep completed the same cell (same evaluation key): a requeued sweep whose jobs were
-    numbered otherwise resumes an interrupted cell in another folder."""
-    if not sweep_dir.is_dir():
-        return []
-    jobs = {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
-    jobs |= {p.parent for p in sweep_dir.rglob(RESULT_FILE)}
-    records = {job: read_result(job) for job in sorted(jobs)}
-    done = {(r.get("identity") or {}).get("evaluation_key") for r in records.values()
-            if r is not None and r.get("status") == "completed"} - {None}
-    out = []
-    for job, record in records.items():
-        if record is not None and (record.get("identity") or {}).get("evaluation_key") in done:
-            continue
-        if record is None:
-            out.append((job, f"no {RESULT_FILE} (the cell stopped before writing it)"))
-        elif record.get("status") != "completed":
-            error = " ".join(str(record.get("error") or "no error recorded").split())
-            out.append((job, f"{record.get('status')}: {error[:500]}"))
-    return out
-
-
-def _markdown_notes(notes: list[str], failed: list[tuple[Path, str]], sweep_dir: Path) -> list[str]:
-    lines: list[str] = []
-    if notes:
-        lines += ["", "## Left out by the preflight", "",
-                  "These could not be read when the sweep started (details in preflight.json); the sweep ran "
-                  "without them:",
-                  "", *(f"- {note}" for note in notes)]
-    if failed:
-        lines += ["", "## Cells that did not complete", "",
-                  *(f"- `{job.relative_to(sweep_dir)}`: {why}" for job, why in failed)]
-    return lines
 
 
 def sweep_tag(sweep_dir: str | Path) -> str:

@@ -24,11 +24,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from slm_sweep.data.readers import data_root_folder
-from slm_sweep.results import redact_overrides
+from slm_sweep.data.specs import as_list
+from slm_sweep.results import PREFLIGHT_FILE, redact_overrides
 
 log = logging.getLogger(__name__)
 
-PREFLIGHT_FILE = "preflight.json"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 HUB_TIMEOUT_S = 10.0
 TRUE_VALUES = ("1", "true", "yes", "on")
@@ -213,7 +213,7 @@ def check_dataset(spec: Mapping[str, Any], hub: Hub, data_root: str | Path | Non
     name = str(spec.get("name"))
     local = spec.get("local") or {}
     files = local.get("files") or {}
-    wanted = [f for role in roles for f in _as_list(files.get(role)) or [f"{role}.jsonl"]]
+    wanted = [f for role in roles for f in as_list(files.get(role)) or [f"{role}.jsonl"]]
     hub_spec = spec.get("hub") or {}
     in_data_root = data_root is not None and (data_root_folder(spec, data_root).exists() or not hub_spec.get("path"))
     if spec.get("data_dir") is not None or in_data_root:
@@ -251,12 +251,6 @@ def check_dataset(spec: Mapping[str, Any], hub: Hub, data_root: str | Path | Non
         return Check(kind, name, True, f"the Hugging Face hub ({path})")
     return Check(kind, name, False, reason=f"{path} is not in the local Hugging Face cache and {problem}",
                  fix=f"{local_fix}, or allow hub access")
-
-
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 # ---------------------------------------------------------------------------------------------- one cell
@@ -684,11 +678,3 @@ def write_plan(plan: Plan, sweep_dir: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(plan.to_json(), indent=2) + "\n", encoding="utf-8")
     return path
-
-
-def read_plan(sweep_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(sweep_dir) / PREFLIGHT_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None

@@ -1,0 +1,77 @@
+"""What a sweep folder says about itself besides its results: what the preflight left out (preflight.json) and
+which of its cells did not complete. summary.md ends with both, whether the end-of-sweep callback or
+``python -m slm_sweep.report`` writes it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from slm_sweep.results import PREFLIGHT_FILE, RESULT_FILE, read_result
+
+
+def read_plan(sweep_dir: str | Path) -> dict | None:
+    """The preflight's record of a sweep (preflight.json), None without a readable one."""
+    try:
+        return json.loads((Path(sweep_dir) / PREFLIGHT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def preflight_notes(plan: dict | None) -> list[str]:
+    """What the preflight left out of the sweep and why, one line each."""
+    if not plan:
+        return []
+    reasons = plan.get("reasons") or {}
+    notes = [f"{key}={value}: {reasons.get(f'{key}={value}', 'missing')}"
+             for key, values in (plan.get("left_out") or {}).items() for value in values]
+    notes += [f"out-of-domain set {name}: {reasons.get(f'ood set {name}', 'missing')}"
+              for name in plan.get("ood_sets_dropped") or []]
+    notes += [f"dedup set {name}: cannot be read, so the trained cells were not deduplicated against it "
+              "(dataset.dedup.on_missing=skip; result.json's dedup.skipped)" for name in plan.get("dedup_skipped") or []]
+    return notes
+
+
+def failed_cells(sweep_dir: Path) -> list[tuple[Path, str]]:
+    """(job dir, '<status>: <error>') for every job of the sweep that has no completed result.json, unless
+    another folder of the sweep completed the same cell (same evaluation key): a requeued sweep whose jobs were
+    numbered otherwise resumes an interrupted cell in another folder."""
+    if not sweep_dir.is_dir():
+        return []
+    jobs = {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
+    jobs |= {p.parent for p in sweep_dir.rglob(RESULT_FILE)}
+    records = {job: read_result(job) for job in sorted(jobs)}
+    done = {(r.get("identity") or {}).get("evaluation_key") for r in records.values()
+            if r is not None and r.get("status") == "completed"} - {None}
+    out = []
+    for job, record in records.items():
+        if record is not None and (record.get("identity") or {}).get("evaluation_key") in done:
+            continue
+        if record is None:
+            out.append((job, f"no {RESULT_FILE} (the cell stopped before writing it)"))
+        elif record.get("status") != "completed":
+            error = " ".join(str(record.get("error") or "no error recorded").split())
+            out.append((job, f"{record.get('status')}: {error[:500]}"))
+    return out
+
+
+def sweep_notes_markdown(notes: list[str], failed: list[tuple[Path, str]], sweep_dir: Path) -> list[str]:
+    lines: list[str] = []
+    if notes:
+        lines += ["", "## Left out by the preflight", "",
+                  "These could not be read when the sweep started (details in preflight.json); the sweep ran "
+                  "without them:",
+                  "", *(f"- {note}" for note in notes)]
+    if failed:
+        lines += ["", "## Cells that did not complete", "",
+                  *(f"- `{job.relative_to(sweep_dir)}`: {why}" for job, why in failed)]
+    return lines
+
+
+def sweep_sections(dirs) -> list[str]:
+    """The markdown sections of every sweep folder among ``dirs``: what its preflight left out, its cells that
+    did not complete."""
+    lines: list[str] = []
+    for folder in map(Path, dirs):
+        lines += sweep_notes_markdown(preflight_notes(read_plan(folder)), failed_cells(folder), folder)
+    return lines
