@@ -268,6 +268,11 @@ def _validate_logger(cfg: DictConfig) -> None:
     for path, entry in entries.items():
         if _target(path, entry, "logger", options) == WANDB_TARGET:
             _one_of(entry.get("mode", "auto"), WANDB_MODES, f"{path}.mode")
+            timeout = entry.get("init_timeout", 90)
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+                raise ConfigError(f"{path}.init_timeout={timeout!r} must be a positive number of seconds")
+            if "log_predictions" in entry and not isinstance(entry["log_predictions"], bool):
+                raise ConfigError(f"{path}.log_predictions={entry['log_predictions']!r} must be true or false")
             tags = entry.get("tags")
             for tag in [tags] if isinstance(tags, str) else (tags or []):
                 if not (isinstance(tag, str) and 0 < len(tag) <= MAX_TAG_LENGTH):
@@ -352,6 +357,9 @@ def validate_config(cfg: DictConfig) -> None:
     known_sets = group_options("dataset")
     for name in cfg.eval.get("ood_sets") or []:
         _one_of(name, known_sets, "eval.ood_sets[]")
+        if name == dataset.get("name"):
+            raise ConfigError(f"eval.ood_sets has {name!r}, the dataset the cell trains on and is tested on: its test "
+                              "split is scored as the in-domain set already; leave it out of eval.ood_sets")
     _positive_int(cfg, "eval.ood_limit", allow_none=True)
     _validate_metric_modules(cfg)
     _validate_placement(cfg)

@@ -24,9 +24,11 @@ STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "lightning", "hydra-core", "omegaconf", "wandb", "datasets",
                     "tokenizers", "safetensors", "gguf", "slm_sweep")
 # A credential's key: api_key, *_token / token, *secret*, *password*; not eval.max_new_tokens or token_budget.
-# credential-like setting names: api_key, aws_access_key, client_secret, password, credentials, auth, wandb_key,
-# hf_token, token_file; not the settings that count tokens (max_new_tokens, token_budget, pad_token_id)
-SECRET_KEY = re.compile(r"api[_-]?key|access[_-]?key|secret|passw(?:or)?d|credential|(?:^|[_.-])(?:auth|key|token)$"
+# credential-like setting names: api_key, aws_access_key, private_key, client_secret, password, credentials, auth,
+# wandb_key, hf_token, token_file; not the settings that count tokens (max_new_tokens, token_budget, pad_token_id)
+# nor a cell's identity keys (evaluation_key)
+SECRET_KEY = re.compile(r"(?:api|access|private)[_-]?key|(?:^|[_.-])(?:wandb|hf|openai|aws|github|gh)[_-]?key$"
+                        r"|^key$|secret|passw(?:or)?d|credential|(?:^|[_.-])(?:auth|token)$"
                         r"|(?:^|[_.-])(?:key|token)[_-]?(?:file|path)$", re.IGNORECASE)
 
 

@@ -264,7 +264,8 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
             record["status"] = "diverged"
         else:
             record["status"] = "failed"
-        record["error"] = f"{type(err).__name__}: {err}"
+        record["error"] = f"{type(err).__name__}: {err}" if str(err) else \
+            f"{type(err).__name__} (the process was told to stop)" if not isinstance(err, Exception) else type(err).__name__
         record["traceback"] = traceback.format_exc()
         log.error("cell %s: %s", record["status"], record["error"])
         if not isinstance(err, Exception):
@@ -427,6 +428,9 @@ def train_stage(cfg: DictConfig, out: Path, record: dict, model, tokenizer, data
     if too_long > 0.01:
         log.warning("%.1f %% of the training examples are longer than trainer.max_length=%d and were left out",
                     100 * too_long, max_length)
+    if int(cfg.trainer.warmup_steps) >= int(cfg.trainer.max_steps):
+        log.warning("trainer.warmup_steps=%d is not below trainer.max_steps=%d: the learning rate never reaches "
+                    "the method's %s", cfg.trainer.warmup_steps, cfg.trainer.max_steps, cfg.method.lr)
     resume_from = own_checkpoint(out, identity.training_key) or find_checkpoint(dirs, identity.training_key, own=out)
     stamp_training_key(out / CHECKPOINT.parent, identity.training_key)
     outcome = fit(model, train, val, cfg.trainer, cfg.method, seed=int(cfg.seed), out_dir=out,

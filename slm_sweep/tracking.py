@@ -178,9 +178,12 @@ class WandbRun(CellLogger):
             "-reused" if cell.get("reused_from") else "")
         lr = (cell.get("learning_rate") or {}).get("value")
         name = f"{cell['model']}-{cell['method']}-{cell['dataset']}" + (f"-lr{lr:g}" if split == "val" and lr else "")
+        # what result.json says produced the numbers, so that a run on the dashboard can be traced to its code
+        provenance = {key: cell.get(key) for key in ("identity", "git_commit", "versions", "learning_rate",
+                                                     "reused_from") if cell.get(key) is not None}
         self.run = start_wandb_run(settings, name=f"{name}-seed{cell['seed']}" + ("-val" if split == "val" else ""),
-                                   group=group, job_type=cell["method"], tags=run_tags, config=config,
-                                   out_dir=out_dir)
+                                   group=group, job_type=cell["method"], tags=run_tags,
+                                   config={**config, "provenance": provenance}, out_dir=out_dir)
         if self.run is not None:
             # Lightning declares its step axis only for runs it starts itself; this one is handed over
             self.run.define_metric("trainer/global_step")
@@ -199,6 +202,10 @@ class WandbRun(CellLogger):
     def _log_result(self, record: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> None:
         import wandb
 
+        if record.get("status") != "completed":
+            # a cell that did not complete has no scores, and its training figures are placeholders (0 steps)
+            self.run.summary.update({"status": record.get("status"), "error": record.get("error")})
+            return
         values = {**result_metrics(record), "trainer/global_step": result_step(record), "status": record.get("status")}
         # where and how it generated, to filter runs by in the dashboard (not logged as a step)
         placement = (record.get("placement") or {}).get("eval") or {}

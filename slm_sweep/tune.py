@@ -222,6 +222,10 @@ def resolve_lr(cfg: DictConfig) -> dict[str, Any] | None:
         return {"value": float(cfg.method.lr), "source": "method", "detail": "method.lr"}
     from slm_sweep.config import ConfigError
 
+    given = _command_line_lr()
+    if given is not None:
+        raise ConfigError(f"{given} is given on the command line, but tuning.lr=tuned takes the rate from the tuned "
+                          f"table (experiment=paper sets it): to train at that rate, add tuning.lr=method")
     path = table_path(tuning.get("table") or DEFAULT_TABLE)
     try:
         table = read_table(path)
@@ -244,6 +248,19 @@ def resolve_lr(cfg: DictConfig) -> dict[str, Any] | None:
                  if isinstance(c, Mapping) and c.get("lr") == tuned and c.get("at_edge")), None)
     return {"value": tuned, "source": "tuned", "detail": detail, "table": str(path),
             "searches": list(table.get("searches") or []), **({"at_edge": str(edge)} if edge else {})}
+
+
+def _command_line_lr() -> str | None:
+    """A ``method.lr=...`` override of the running Hydra job, None outside one or without it."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return None
+        overrides = list(HydraConfig.get().overrides.task)
+    except (ImportError, ValueError):
+        return None
+    return next((o for o in overrides if o.lstrip("+~").split("=", 1)[0] == "method.lr"), None)
 
 
 # ------------------------------------------------------------------------------------------------ choosing

@@ -80,6 +80,7 @@ def test_method_defaults():
         ("dataset.data_dir=/no/such/dir", "dataset.data_dir='/no/such/dir' is not an existing directory"),
         ("prompt.style=fancy", "prompt.style='fancy' is not one of: auto, chat, plain"),
         ("eval.ood_sets=[svamp,nope]", "eval.ood_sets[]='nope' is not one of"),
+        ("eval.ood_sets=[svamp,gsm8k]", "eval.ood_sets has 'gsm8k', the dataset the cell trains on and is tested on"),
         ("seed=-1", "seed=-1 must be a non-negative integer"),
         ("trainer.micro_batch_tokens=-5", "trainer.micro_batch_tokens=-5 must be a positive integer or null"),
         ("trainer.throughput_warmup_steps=-1", "trainer.throughput_warmup_steps=-1 must be a non-negative integer"),

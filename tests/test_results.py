@@ -15,7 +15,8 @@ def test_credential_keys_are_recognised(key):
 
 
 @pytest.mark.parametrize("key", ["max_new_tokens", "token_budget", "micro_batch_tokens", "train_tokens",
-                                 "pad_token_id", "keep_model", "keep_checkpoints", "tokenizer"])
+                                 "pad_token_id", "keep_model", "keep_checkpoints", "tokenizer", "evaluation_key",
+                                 "training_key", "configuration_key", "sort_key"])
 def test_settings_that_mention_tokens_are_not_credentials(key):
     assert not SECRET_KEY.search(key)
 

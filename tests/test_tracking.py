@@ -62,6 +62,8 @@ def test_a_cell_that_trains_nothing_writes_its_scores_to_the_csv_logger(tiny_cfg
     (["logger=wandb", f"logger.tags=[ok,{'x' * 65}]"], f"logger.tags has '{'x' * 65}': a W&B tag is a non-empty "
                                                        "string of at most 64 characters"),
     (["logger=wandb", "logger.tags=[3]"], "logger.tags has 3: a W&B tag"),
+    (["logger=wandb", "logger.init_timeout=-5"], "logger.init_timeout=-5 must be a positive number of seconds"),
+    (["logger=wandb", "logger.log_predictions=maybe"], "logger.log_predictions='maybe' must be true or false"),
     (["+callbacks.extra=3"], "callbacks.extra=3 must be a mapping with a _target_ (a callback class"),
     (["callbacks.progress_bar._target_=nowhere.Bar"],
      "callbacks.progress_bar._target_='nowhere.Bar' cannot be imported (no package 'nowhere'); "
@@ -176,3 +178,19 @@ def offline_run_data(folder, *expected: bytes, wait_s: float = 30.0) -> bytes:
         if all(e in data for e in expected) or time.monotonic() > deadline:
             return data
         time.sleep(0.2)
+
+
+def test_a_w_and_b_run_names_its_code_and_a_failed_cell_its_error(tiny_cfg, tmp_path, monkeypatch):
+    """A run carries what produced it (keys, commit, versions, rate); a failed cell's run says why it failed and
+    logs no placeholder figures (0 training steps) as if they were results."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    good = run(tiny_cfg("method=zeroshot", "dataset.test_limit=2", "logger=wandb", "logger.mode=offline"),
+               out_dir=tmp_path / "good")
+    data = offline_run_data(tmp_path / "good", good["identity"]["evaluation_key"].encode())
+    assert good["identity"]["evaluation_key"].encode() in data and b"provenance" in data
+    bad = run(tiny_cfg("method=lora", "method.target_modules=[no_such_module]", "logger=wandb",
+                       "logger.mode=offline"), out_dir=tmp_path / "bad")
+    assert bad["status"] == "failed"
+    data = offline_run_data(tmp_path / "bad", b"no_such_module")
+    assert b"no_such_module" in data and b"result/train_steps" not in data

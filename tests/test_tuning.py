@@ -116,6 +116,32 @@ def test_a_tuned_cell_trains_at_the_table_rate_and_records_where_it_came_from(ti
     assert logged and all(any(math.isclose(v, 3.0e-4 * k / 10) for k in (1, 2)) for v in logged)
 
 
+def test_a_rate_given_on_the_command_line_is_not_silently_replaced_by_the_tuned_one(tmp_path):
+    """``experiment=paper method.lr=1e-3`` (tuning.lr=tuned) trained at the table's rate without a word."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from slm_sweep.config import ConfigError
+    from slm_sweep.tune import resolve_lr
+    from tests.conftest import CONF_DIR
+
+    table = write_table(tmp_path / "lr.yaml", "lr: {gsm8k: {tiny: {lora: 3.0e-4}}}\n")
+    for overrides, refused in ((["method.lr=1e-3"], True), ([], False)):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=["model=tiny", "method=lora", "tuning.lr=tuned",
+                                               f"tuning.table={table}", *overrides], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        try:
+            if refused:
+                with pytest.raises(ConfigError, match="method.lr=1e-3 is given on the command line, but "
+                                                      "tuning.lr=tuned takes the rate from the tuned table"):
+                    resolve_lr(cfg)
+            else:
+                assert resolve_lr(cfg)["value"] == 3.0e-4
+        finally:
+            HydraConfig.instance().cfg = None
+
+
 def test_a_tuned_cell_without_an_entry_keeps_method_lr_and_says_so(tiny_cfg, tmp_path):
     table = write_table(tmp_path / "lr.yaml", "lr: {gsm8k: {tiny: {lora: 3.0e-4}}}\n")
     cfg = tiny_cfg("method=full", "tuning.lr=tuned", f"tuning.table={table}")
