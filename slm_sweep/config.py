@@ -138,7 +138,8 @@ def check_trainer_choices(trainer: Mapping) -> None:
     if accelerator in ("gpu", "cuda"):
         import torch
 
-        if not torch.cuda.is_available():
+        apple = accelerator == "gpu" and torch.backends.mps.is_available()  # Lightning's "gpu" is MPS there
+        if not torch.cuda.is_available() and not apple:
             raise ConfigError(f"trainer.accelerator={accelerator} but CUDA is not available here: train on a GPU "
                               "machine, or use trainer=default (which trains wherever Lightning finds)")
 
@@ -274,8 +275,9 @@ def _validate_logger(cfg: DictConfig) -> None:
             if "log_predictions" in entry and not isinstance(entry["log_predictions"], bool):
                 raise ConfigError(f"{path}.log_predictions={entry['log_predictions']!r} must be true or false")
             tags = entry.get("tags")
-            for tag in [tags] if isinstance(tags, str) else (tags or []):
-                if not (isinstance(tag, str) and 0 < len(tag) <= MAX_TAG_LENGTH):
+            for tag in [tags] if isinstance(tags, (str, int, float)) else (tags or []):
+                if isinstance(tag, bool) or not isinstance(tag, (str, int, float)) \
+                        or not 0 < len(str(tag)) <= MAX_TAG_LENGTH:
                     raise ConfigError(f"{path}.tags has {tag!r}: a W&B tag is a non-empty string of at most "
                                       f"{MAX_TAG_LENGTH} characters (logger.tags=[paper,rerun])")
 

@@ -44,9 +44,10 @@ TRAINING_CODE_VERSION = 4  # 4: trainable weights loaded in a half dtype train a
 # without a bump, or a recorded statement that it changes no result, fails a test; and a cell run from edited
 # sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
 SCORING_VERSION = 9  # 9: a prose reference stated as a rounding ("approximately 15.33") accepts answers that
-# round to it; "####" in a reference counts only with a number after it; closing "Let's verify" / "We can check"
-# / "Double-check" paragraphs are cut (lenient and prose references); questions asking who have no reference;
-# a model's num_beams is set aside (decoding is greedy) and a prompt of no tokens is an error
+# round to it, at the decimals written; "####" in a reference counts only on a line of its own with a number;
+# closing "Let's verify:" / "We can check this:" / "Double-check:" paragraphs are cut (lenient and prose
+# references); questions asking who have no reference; a model's num_beams is set aside (decoding is greedy)
+# and a prompt of no tokens is an error
 # 8: lenient: a "which is" after an answer already stated as one number explains it (not
 # restates it); "####" is a marker only with a number after it (not a markdown heading); LaTeX mixed numbers
 # "1\\frac{1}{2}"; a closing "Check: ..." paragraph is cut like a note (lenient and prose references)
@@ -67,7 +68,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {9: "ca065095c12ad86db592e35bd1a86f8530978d100fc0e6d7da4aec9a0d87abef"}
+SCORING_SOURCES_SHA256 = {9: "64e5b4e4d6cffb74c50f86a71e6e40082cb9c52a96f83fd8285278dac0e04bc9"}
 TRAINING_SOURCES_SHA256 = {4: "f39f10aa252435767422444986ba263b73328f5df473bbc5b99eae4cf43c4b3d"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.

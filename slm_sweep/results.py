@@ -17,6 +17,8 @@ from typing import Any, BinaryIO
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
 PREFLIGHT_FILE = "preflight.json"  # a sweep folder's record of what its preflight checked and left out
+# a later attempt that failed before it knew its keys, beside the finished result.json it leaves in place
+FAILED_ATTEMPT_FILE = "result.failed.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 # the folder a rerun with other settings moves a cell's earlier result into (sweep.resume.set_aside_earlier)
 SUPERSEDED = "superseded"
@@ -27,7 +29,8 @@ TRACKED_PACKAGES = ("torch", "transformers", "peft", "lightning", "hydra-core", 
 # credential-like setting names: api_key, aws_access_key, private_key, client_secret, password, credentials, auth,
 # wandb_key, hf_token, token_file; not the settings that count tokens (max_new_tokens, token_budget, pad_token_id)
 # nor a cell's identity keys (evaluation_key)
-SECRET_KEY = re.compile(r"(?:api|access|private)[_-]?key|(?:^|[_.-])(?:wandb|hf|openai|aws|github|gh)[_-]?key$"
+SECRET_KEY = re.compile(r"(?:api|access|private|ssh|encryption|signing|service[_-]?account)[_-]?key"
+                        r"|(?:^|[_.-])(?:wandb|hf|openai|aws|github|gh)[_-]?key$|authorization|bearer"
                         r"|^key$|secret|passw(?:or)?d|credential|(?:^|[_.-])(?:auth|token)$"
                         r"|(?:^|[_.-])(?:key|token)[_-]?(?:file|path)$", re.IGNORECASE)
 
@@ -59,8 +62,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def write_result(out_dir: str | Path, record: Mapping[str, Any]) -> Path:
-    path = Path(out_dir) / RESULT_FILE
+def write_result(out_dir: str | Path, record: Mapping[str, Any], name: str = RESULT_FILE) -> Path:
+    path = Path(out_dir) / name
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
     return path
 

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from slm_sweep.config import validate_config
 from slm_sweep.identity import CellIdentity
 from slm_sweep.results import (
+    FAILED_ATTEMPT_FILE,
     PREDICTIONS_FILE,
     RESULT_FILE,
     SCHEMA_VERSION,
@@ -238,6 +239,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         trained_record = read_result(trained) if trained is not None else None
         set_aside_earlier(out, identity.evaluation_key, identity.training_key)
         set_aside = True
+        (out / FAILED_ATTEMPT_FILE).unlink(missing_ok=True)  # an earlier attempt's early failure is superseded
         if previous is not None:
             reused = _reuse(previous, out, record)
             if reused is record:  # a copy made now: the dashboard gets a run for it, as for every other cell
@@ -277,9 +279,14 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     finally:
         if reused is None:
             record["finished_at"] = now_iso()
-            if not set_aside:  # failed before its keys were known: an earlier finished result is kept, not overwritten
-                set_aside_earlier(out, None, None)
-            write_result(out, record)
+            # failed before its keys were known: a finished result in the folder (which this attempt cannot
+            # tell apart from its own configuration's) stays result.json; the failure is written beside it
+            earlier = read_result(out) if not set_aside else None
+            kept = earlier is not None and earlier.get("status") == "completed" and record["status"] != "completed"
+            write_result(out, record, FAILED_ATTEMPT_FILE if kept else RESULT_FILE)
+            if kept:
+                log.error("%s still holds the finished result of an earlier run; this attempt's failure is in %s",
+                          out, FAILED_ATTEMPT_FILE)
             try:
                 if tracker is not None:
                     try:

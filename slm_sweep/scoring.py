@@ -41,7 +41,11 @@ reference rounded to "0.00"), or, for a reference itself rounded to four or more
 prediction rounded to them (10/3). A relative tolerance of 1e-4 would accept -9867000 for -9867630 on GSM-Hard,
 whose slips are in the low digits; 1e-9 accepted 109844510300 for 109844510400.
 
-Prose references (OrcaMath) are read by ``prose_reference_value``; see its docstring.
+Prose references (OrcaMath) are read by ``prose_reference_value``; see its docstring. A prose reference that
+states its value as a rounding ("approximately $15.30", "\\approx 2.67", "... (rounded to two decimal places)")
+is stored with ROUNDED_MARK in front, at the decimals it is written with ("≈15.30"): the numeric comparisons then
+accept an answer that rounds to it (15.3, 15.304, 46/3 for ≈15.33); lm-eval's exact match compares the number
+as written; ``plain_reference`` gives the number alone.
 """
 
 import math
@@ -97,20 +101,28 @@ _NUMBER = re.compile(
 _LATEX_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|,\\!|\\,)(?=\d{3}(?!\d))")
 _RUPEES = re.compile(r"\bRs\.?\s?(?=\d)")
 _BOXED = re.compile(r"\\boxed\s*\{")
+# A value stated as a rounding: a word or sign right before it ("approximately $15.33", "\\approx 2.67", "~0.5"),
+# or "rounded"/"rounding" in the sentence that states it or a remark after it, unless negated ("without rounding")
 _APPROXIMATE = re.compile(
-    r"(?:\b(?:approximately|about|around|roughly|nearly|almost|close to)\b|\bapprox\.|≈|~|\\approx\b)\s*"
-    r"(?=[-−]?\s?[$€£¥₹]?\s?\.?\d)", re.IGNORECASE)
-_ROUNDED = re.compile(r"\bround(?:ed|ing)\b", re.IGNORECASE)
+    r"(?:\b(?:approximately|about|around|roughly|nearly|almost|close to)\b|\bapprox\b\.?|≈|(?<![\w}])~|"
+    r"\\approx|\\sim(?![a-z]))\s*(?=[-−]?\s?[$€£¥₹]?\s?\.?\d)", re.IGNORECASE)
+_ROUNDED = re.compile(r"\b(?:(?P<negated>without|no|not|n't)\s+(?:any\s+)?)?round(?:ed|ing)\b", re.IGNORECASE)
 _ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\b", re.IGNORECASE)
 # GSM8K's "#### <answer>" marker: only where a number follows, not a markdown heading ("#### Step 2: Money")
 _GSM8K_MARKER = re.compile(r"####(?=[ \t]*:?[ \t]*[-−]?[ \t]*[$€£¥₹]?[ \t]?\.?\d)")
+# In a reference, only a line that is "####" and a number counts: "#### 2. Cost of pears" is a heading
+_GSM8K_ANSWER_LINE = re.compile(r"^[ \t]*####[ \t]*:?[ \t]*(?P<answer>[-−]?[ \t]*[$€£¥₹]?[0-9.,]*\d[0-9.,]*)[ \t]*$",
+                                re.MULTILINE)
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _PARAGRAPH_SPLIT = re.compile(r"\n\s*\n")
 # a closing paragraph that remarks on the answer or checks it ("Note: ...", "Check: 3 * 5 = 15. Correct.")
+# ("Let's verify: ...", "We can check this: ...", "Double-check: ..."; not "Let's check how many remain: 7")
+_CHECKED = r"(?:\s+(?:this|that|it|our answer|the answer|the result|the solution|our work))?\s*:"
 _NOTE_START = re.compile(
-    r"\(?\s*[*#]*\s*(?:note|(?:double[- ])?check(?:ing)?|verif(?:y|ying|ication)|to (?:check|verify)"
-    r"|let(?:'s| us) (?:check|verify|double[- ]check)|we can (?:check|verify|double[- ]check))\b", re.IGNORECASE)
+    r"\(?\s*\**\s*(?:(?:note|check(?:ing)?|verification|to (?:check|verify))\b"
+    rf"|let(?:'s| us) (?:check|verify|double[- ]check){_CHECKED}|we can (?:check|verify|double[- ]check){_CHECKED}"
+    r"|double[- ]check(?:ing)?\s*:|verify(?:ing)?\s*:)", re.IGNORECASE)
 # A closing remark in parentheses, "(Note: ...)" or any other; LaTeX's \( ... \) is not one.
 _TRAILING_REMARK = re.compile(r"(?<!\\)\((?!\s*[=≈])[^()]*(?<!\\)\)[\s.]*$")  # "(= 12)" is a result, kept
 # Narrowing a final sentence to its result, in this order, each only when a number follows it: a word that
@@ -198,7 +210,7 @@ def _lm_eval_correct(text: str, reference: str | float | int, tolerance: float |
     if prediction is None or expected is None:
         return False
     if tolerance is None:
-        return prediction == _unmarked(expected)
+        return prediction == plain_reference(expected)
     return numbers_close(prediction, expected, tolerance)
 
 
@@ -250,7 +262,17 @@ def _number_value(match: re.Match) -> Fraction | None:
 def written_numbers(text: str) -> list[tuple[Fraction, int | None]]:
     """The numbers written in ``text``, in order, each as (value, digits after its decimal point; None for a
     fraction); see the module docstring for the forms."""
-    text = _RUPEES.sub("₹", _LATEX_THOUSANDS.sub(",", text))
+    return [(value, decimals) for value, decimals, _ in _numbers_at(_written_form(text))]
+
+
+def _written_form(text: str) -> str:
+    """``text`` with the written forms that are read as others before numbers are (LaTeX thousands separators,
+    rupees) replaced."""
+    return _RUPEES.sub("₹", _LATEX_THOUSANDS.sub(",", text))
+
+
+def _numbers_at(text: str) -> list[tuple[Fraction, int | None, int]]:
+    """``written_numbers`` of a text already in ``_written_form``, each with where it starts."""
     found, position = [], 0
     while (match := _NUMBER.search(text, position)) is not None:
         position = match.end()
@@ -263,7 +285,7 @@ def written_numbers(text: str) -> list[tuple[Fraction, int | None]]:
             whole = Fraction(int(match[mixed]))
             value, position = (-whole if match["sign"] else whole), match.start("mn" if mixed == "mw" else "lf")
         if value is not None:
-            found.append((value, _decimals(match["x"]) if match["x"] is not None else None))
+            found.append((value, _decimals(match["x"]) if match["x"] is not None else None, match.start()))
     return found
 
 
@@ -302,7 +324,8 @@ def reference_rounding(reference: str) -> int | None:
     return None
 
 
-def _unmarked(reference: str) -> str:
+def plain_reference(reference: str) -> str:
+    """A normalised reference without its ROUNDED_MARK ("≈15.33" is "15.33"), for a metric that reads the number."""
     return reference.removeprefix(ROUNDED_MARK)
 
 
@@ -331,8 +354,8 @@ def _up_to_sentence_end(text: str) -> str:
 
 
 def _result_part(text: str) -> str:
-    """What follows the last "=" (or "≈") that has a number after it, else the whole text."""
-    parts = re.split("[=≈]", text)
+    """What follows the last "=" (or "≈", "\\approx") that has a number after it, else the whole text."""
+    parts = re.split(r"[=≈]|\\approx", text)
     for part in reversed(parts[1:]):
         if numbers_in(part):
             return part
@@ -401,7 +424,7 @@ def lenient_extract(text: str) -> str | None:
 def lenient_correct(text: str, reference: str | float | int, tolerance: float | None) -> bool:
     found = lenient_number(text)
     reference_text = reference_answer(reference)
-    expected = _exact(reference_text and _unmarked(reference_text))
+    expected = _exact(reference_text and plain_reference(reference_text))
     if found is None or expected is None:
         return False
     return same_number(found[0], expected, found[1], max(FLOAT_NOISE, tolerance or 0.0),
@@ -441,7 +464,8 @@ def prose_reference_value(text: str) -> Fraction | None:
 
     In order: the last ``\\boxed{...}``; else the rest of the sentence after the last "the answer is" (any
     case); else the last sentence that holds a number, once closing remarks are cut off (a last paragraph
-    starting "Note" or "Check", a parenthesised remark at the end such as "(Note: 1 dozen = 12.)"). That sentence is
+    starting "Note", "Check", "Verification", "Let's verify:", "We can check this:" or "Double-check:", a
+    parenthesised remark at the end such as "(Note: 1 dozen = 12.)"). That sentence is
     narrowed to what follows its last "so" / "therefore" / "thus" / "hence" / "which means" / "that means",
     then to what follows its last "is" / "are" / "was" / "were" / "be" / "equals" / "costs", each step only
     when a number follows; a clause that comments on a result already stated is cut off first ("..., which is 20%
@@ -501,20 +525,20 @@ def _main_clause(sentence: str) -> str:
 def reference_answer(answer: str | float | int) -> str | None:
     """The normalised reference for a dataset answer; None when it holds no number.
 
-    GSM8K solutions give the part after the last "####"; a bare number string is normalised as
-    lm-eval would; other prose gives ``prose_reference_value`` as a canonical number string; ints and floats
-    give canonical_number.
+    GSM8K solutions give the number of their last line of "####" and a number (a markdown heading "#### 2.
+    Cost" is no such line); a bare number string is normalised as lm-eval would; other prose gives
+    ``prose_reference_value`` as a canonical number string, marked ROUNDED_MARK at its written decimals when the
+    solution states it as a rounding (``_rounding_decimals``); ints and floats give canonical_number.
     """
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
         raise TypeError(f"reference answer must be str, int or float, not {type(answer).__name__}")
     if not isinstance(answer, str):
         return canonical_number(answer)
-    marked = _after_last(_GSM8K_MARKER, answer)
-    if marked is not None:
-        reference = _answer_or_none(marked.strip())
+    lines = list(_GSM8K_ANSWER_LINE.finditer(answer))
+    if lines:
+        reference = _answer_or_none(lines[-1]["answer"].replace("−", "-"))
         if reference is not None and _PLAIN_NUMBER.fullmatch(reference):
             return reference
-        return _fraction_text(_single_value(_stated_answer(marked)))  # "#### 5 apples"
     stripped = answer.strip()
     if _BARE_ANSWER.fullmatch(stripped):
         return normalise(stripped)
@@ -522,28 +546,37 @@ def reference_answer(answer: str | float | int) -> str | None:
         return ROUNDED_MARK + normalise(stripped[len(ROUNDED_MARK):])  # a stored reference, read again
     value = prose_reference_value(answer)
     reference = _fraction_text(value)
-    if reference is not None and _stated_as_rounding(answer, value):
-        return ROUNDED_MARK + reference
+    decimals = None if reference is None else _rounding_decimals(answer, value)
+    if decimals is not None:
+        return ROUNDED_MARK + format(Decimal(value.numerator) / Decimal(value.denominator), f".{decimals}f")
     return reference
 
 
-def _stated_as_rounding(text: str, value: Fraction) -> bool:
-    """Whether a prose answer states its (non-whole) value as a rounding: "approximately 15.33", "≈ 0.67",
-    "\\approx 2.5", or "rounded"/"rounding" anywhere in it ("15.33 (rounded to two decimal places)")."""
+def _rounding_decimals(text: str, value: Fraction) -> int | None:
+    """The decimals a prose answer states its (non-whole) value to, when it states it as a rounding: right after
+    "approximately", "about", "≈", "\\approx", "~" ("approximately $15.30": 2, as written), or with "rounded" /
+    "rounding" in the sentence that last states the value or in what follows it ("15.33 (rounded to two decimal
+    places)"), not negated ("without rounding, the exact average is 2.5"). None otherwise."""
     if value.denominator == 1:
-        return False
-    if _ROUNDED.search(text):
-        return True
+        return None
+    text = _written_form(text)
     for marker in _APPROXIMATE.finditer(text):
-        numbers = numbers_in(text[marker.end(): marker.end() + _MAX_NUMBER_CHARS])
-        if numbers and numbers[0] == value:
-            return True
-    return False
+        found = _numbers_at(text[marker.end(): marker.end() + _MAX_NUMBER_CHARS])
+        if found and found[0][0] == value and found[0][1]:
+            return found[0][1]
+    stated = [(decimals, start) for number, decimals, start in _numbers_at(text) if number == value and decimals]
+    if not stated:
+        return None
+    decimals, start = stated[-1]
+    sentence_start = max((m.end() for m in _SENTENCE_SPLIT.finditer(text, 0, start)), default=0)
+    if any(not m["negated"] for m in _ROUNDED.finditer(text, sentence_start)):
+        return decimals
+    return None
 
 
 def has_gsm8k_marker(text: str) -> bool:
-    """Whether ``text`` marks its answer GSM8K's way: "####" with a number after it."""
-    return _GSM8K_MARKER.search(text) is not None
+    """Whether a reference solution marks its answer GSM8K's way: a line of "####" and a number."""
+    return _GSM8K_ANSWER_LINE.search(text) is not None
 
 
 def _check_tolerance(tolerance: float) -> None:
@@ -554,7 +587,7 @@ def _check_tolerance(tolerance: float) -> None:
 def numbers_close(prediction: str, reference: str, tolerance: float) -> bool:
     """``same_number`` for a normalised number string and a normalised reference (which may be marked
     ROUNDED_MARK); False if either is not one."""
-    predicted, expected = _exact(prediction), _exact(_unmarked(reference))
+    predicted, expected = _exact(prediction), _exact(plain_reference(reference))
     if predicted is None or expected is None:
         return False
     return same_number(predicted, expected, _decimals(prediction), tolerance, reference_rounding(reference))

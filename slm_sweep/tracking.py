@@ -131,9 +131,9 @@ def result_step(record: Mapping[str, Any]) -> int:
     return int((record.get("metrics") or {}).get("train_steps") or 0)
 
 
-def _as_tags(tags: str | Sequence[str] | None) -> list[str]:
-    """``logger.tags``: a list, or one tag given as a string (``logger.tags=paper``)."""
-    return [tags] if isinstance(tags, str) else list(tags or [])
+def _as_tags(tags: str | int | float | Sequence[str] | None) -> list[str]:
+    """``logger.tags``: a list, or one tag (``logger.tags=paper``, ``logger.tags=2024``), as strings."""
+    return [str(tags)] if isinstance(tags, (str, int, float)) else [str(tag) for tag in tags or []]
 
 
 class CellLogger:
@@ -316,6 +316,8 @@ class Tracker:
         written already."""
         for logger in self.cell_loggers:
             logger.log_result(record, predictions)
+        if record.get("status") != "completed":
+            return  # no scores, and training figures that are placeholders (0 steps): result.json says why
         values = result_metrics(record)
         for logger in self._plain:
             try:

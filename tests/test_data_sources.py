@@ -297,6 +297,10 @@ def test_orcamath_gpt4_style_answers_give_their_final_answer():
     ("Find out whose bag is heavier.", True),
     ("How many students who like math are there?", False),
     ("Tom, who is 5, has 3 apples. How many apples does he have?", False),
+    ("How many apples does Tom, who is 5, have?", False),
+    ("There are 5 students. How many students, who like math, are left?", False),
+    ("Among Jimin, Yoongi and Jungkook who has the largest number?", True),
+    ("Who has the most? Write the name.", True),
 ])
 def test_asks_who(question, asks):
     assert asks_who(question) is asks
@@ -351,12 +355,23 @@ def test_a_set_absent_from_data_root_comes_from_the_hub_when_it_has_a_hub_id(tmp
     with pytest.raises(DataError, match="could not be loaded from the Hugging Face hub") as err:
         load_eval_set("orcamath", data_root=tmp_path)
     assert "does not exist" not in str(err.value)
+    # without the datasets library (the GPU machine has none) it is the same data problem, which a dedup set
+    # missing under dataset.dedup.on_missing=skip is allowed to be
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(DataError, match="could not be loaded from the Hugging Face hub.*ModuleNotFoundError"):
+        load_eval_set("orcamath", data_root=tmp_path)
+    monkeypatch.delitem(sys.modules, "datasets")
     (tmp_path / "orcamath").symlink_to(ORCAMATH_FIXTURE)
     assert local_dir(orcamath, tmp_path) == tmp_path / "orcamath"
     assert len(load_splits({**orcamath, "test_size": 5, "val_size": 5}, data_root=tmp_path).test) == 5
     with pytest.raises(DataError, match="does not exist") as err:
         load_eval_set("multiarith", data_root=tmp_path)
     assert str(tmp_path / "multiarith") in str(err.value) and "data_root" in str(err.value)
+    # a data_root that does not exist at all is a mistake, not a reason to read every set from the hub
+    with pytest.raises(DataError, match=f"dataset folder {tmp_path / 'typo'} \\(from data_root=") as err:
+        load_eval_set("gsm8k", data_root=tmp_path / "typo")
 
 
 def test_data_dir_wins_over_data_root(small_dir, tmp_path_factory):

@@ -289,23 +289,28 @@ def test_a_new_evaluation_in_the_same_folder_rescores_its_own_adapter(tiny_cfg, 
 
 
 def test_a_rerun_that_fails_before_its_keys_are_known_keeps_the_earlier_result(tiny_cfg, tmp_path):
-    """A rerun into a finished cell's folder that fails early (here an unreadable out-of-domain set) records its
-    failure in result.json; the earlier result and predictions move to superseded/, where the reuse search and a
-    reader still find them, instead of being written over."""
+    """A rerun into a finished cell's folder that fails early (here an out-of-domain set it cannot read) cannot
+    tell whether the finished result is its own configuration's: result.json and the predictions stay as they
+    are, for the report and the reuse search, and the failure is written beside them, where the sweep's list of
+    failed cells finds it."""
+    from slm_sweep.report.sweep_notes import failed_cells
+    from slm_sweep.results import FAILED_ATTEMPT_FILE
+
     first = run(tiny_cfg("method=zeroshot"), out_dir=tmp_path / "cell")
     predictions = (tmp_path / "cell" / "predictions.jsonl").read_text()
     # OrcaMath is not in the local data folder, and the hub is offline here
     failed = run(tiny_cfg("method=zeroshot", "eval.ood_sets=[orcamath]"), out_dir=tmp_path / "cell")
     assert failed["status"] == "failed" and "orcamath" in failed["error"]
-    assert read_result(tmp_path / "cell")["status"] == "failed"
-    kept = read_result(tmp_path / "cell" / "superseded")
-    assert kept["status"] == "completed" and kept["identity"] == first["identity"]
-    assert (tmp_path / "cell" / "superseded" / "predictions.jsonl").read_text() == predictions
-    # the same cell run again finds it there and copies it back rather than computing it again
+    assert read_result(tmp_path / "cell") == json.loads(json.dumps(first, default=str))
+    assert (tmp_path / "cell" / "predictions.jsonl").read_text() == predictions
+    assert read_result(tmp_path / "cell" / FAILED_ATTEMPT_FILE)["status"] == "failed"
+    ((job, why),) = failed_cells(tmp_path)
+    assert job == tmp_path / "cell" and why.startswith("failed: DataError") and FAILED_ATTEMPT_FILE in why
+    # the next attempt that gets through clears it
     again = run(tiny_cfg("method=zeroshot", "resume.enabled=true", f"resume.search_dir={tmp_path / 'none'}"),
                 out_dir=tmp_path / "cell")
     assert again["status"] == "completed" and again["metrics"] == first["metrics"]
-    assert again["reused_from"] == str(tmp_path / "cell" / "superseded" / "result.json")
+    assert not (tmp_path / "cell" / FAILED_ATTEMPT_FILE).exists() and failed_cells(tmp_path) == []
 
 
 def test_training_curves_of_earlier_runs_in_the_folder_are_kept(tiny_cfg, tmp_path):

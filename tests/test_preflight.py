@@ -55,6 +55,8 @@ def test_a_set_absent_from_data_root_is_checked_on_the_hub(monkeypatch, tmp_path
     (tmp_path / "orcamath").mkdir()  # a folder there is what cells read: without its file it is missing
     empty = check_dataset(orcamath, Hub(), data_root=tmp_path, roles=("train",))
     assert not empty.ok and "has no train.jsonl" in empty.reason and "remove" in empty.fix
+    typo = check_dataset(orcamath, Hub(), data_root=tmp_path / "typo", roles=("train",))
+    assert not typo.ok and typo.reason == f"data_root={tmp_path / 'typo'} is not a directory"
 
 
 def test_unreachable_hub_is_asked_once_per_item_then_not_at_all(monkeypatch):

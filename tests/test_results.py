@@ -9,7 +9,8 @@ from slm_sweep.results import SECRET_KEY, redact
 
 @pytest.mark.parametrize("key", ["api_key", "WANDB_API_KEY", "hf_token", "HF_TOKEN", "token", "auth.token",
                                  "client_secret", "password", "wandb_key", "aws_access_key", "token_file",
-                                 "hf_token_path", "credentials", "auth", "key", "passwd"])
+                                 "hf_token_path", "credentials", "auth", "key", "passwd", "Authorization",
+                                 "bearer_token", "ssh_key", "encryption_key", "service_account_key"])
 def test_credential_keys_are_recognised(key):
     assert SECRET_KEY.search(key)
 

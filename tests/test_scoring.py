@@ -493,6 +493,45 @@ def test_a_reference_stated_as_a_rounding_accepts_what_rounds_to_it(answer, refe
     assert is_correct("#### 15.33", reference, "flexible") and not is_correct("#### 15.333", reference, "flexible")
 
 
+@pytest.mark.parametrize(("answer", "expected"), [
+    # a numbered markdown heading is no GSM8K answer line: the boxed answer is the reference
+    pytest.param("#### 1. Cost of apples\n3 * 5 = 15\n\n#### 2. Cost of pears\n2 * 15 = 30\n\nThe total is "
+                 "15 + 30 = 45.\n\nThe answer is \\boxed{45}.", "45", id="numbered-headings"),
+    pytest.param("#### 2021 sales\nSales were 500.\n\nSo the answer is \\boxed{500}.", "500", id="year-heading"),
+    # "rounding" that is negated, or about another value, does not make the answer a rounding
+    pytest.param("Without rounding, the exact average is 2.5.", "2.5", id="without-rounding"),
+    pytest.param("There is no rounding needed: each child gets 2.5 cookies.", "2.5", id="no-rounding"),
+    pytest.param("The rounded number of buses is 4. Each bus is half full, so the answer is 12.5.", "12.5",
+                 id="rounding-of-another-value"),
+    # the rounding's decimals are those written: $15.30 is stated to the cent
+    pytest.param("So, the family spends approximately $15.30 per day.", "≈15.30", id="trailing-zero-kept"),
+    pytest.param("The cost is $12.60 after rounding.", "≈12.60", id="rounding-after"),
+])
+def test_references_from_headings_and_roundings(answer, expected):
+    assert reference_answer(answer) == expected
+
+
+def test_a_rounding_to_the_cent_rejects_answers_a_cent_away():
+    reference = reference_answer("So, the family spends approximately $15.30 per day.")
+    for output, expected in (("15.3", True), ("15.30", True), ("15.304", True), ("15.34", False), ("15.26", False)):
+        assert is_correct(f"The answer is {output}.", reference, "lenient") is expected, output
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # a last paragraph that works the answer out is not a closing check, whatever word it starts with
+    ("Let's solve this step by step.\n\nLet's check how many apples remain: 10 - 3 = 7 apples.", "7"),
+    ("We need the total cost of the pens.\n\nWe can verify the total by adding: 4 + 4 + 4 = 12 dollars.", "12"),
+    ("First 3 apples.\n\nVerifying the total, she has 12 apples.", "12"),
+    ("Each box has 4 pens and there are 5 boxes.\n\nLet's check how many pens in total: 4 * 5 = 20 pens.", "20"),
+    ("A = 10\n\n### Verification\nB = 25 so total 35", "35"),
+    # and a closing check is cut
+    ("He has 12.\n\nLet's verify: 12 * 3 = 36", "12"),
+    ("He has 12.\n\nWe can check this: 3 * 12 = 36.", "12"),
+])
+def test_only_a_closing_check_is_cut(text, expected):
+    assert extract_answer(text, "lenient") == expected
+
+
 @pytest.mark.parametrize("answer", ["It is approximately 15 people.", "So, the cost is 15.33.",
                                     "About 3 of them came.\n\nSo, each paid $15.33.",
                                     "Therefore, the answer is 15.33."])

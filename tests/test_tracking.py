@@ -61,7 +61,8 @@ def test_a_cell_that_trains_nothing_writes_its_scores_to_the_csv_logger(tiny_cfg
     (["logger=wandb_csv", "logger.csv=3"], "logger.csv=3 must be a mapping with a _target_"),
     (["logger=wandb", f"logger.tags=[ok,{'x' * 65}]"], f"logger.tags has '{'x' * 65}': a W&B tag is a non-empty "
                                                        "string of at most 64 characters"),
-    (["logger=wandb", "logger.tags=[3]"], "logger.tags has 3: a W&B tag"),
+    (["logger=wandb", "logger.tags=[ok,'']"], "logger.tags has '': a W&B tag"),
+    (["logger=wandb", "logger.tags=[true]"], "logger.tags has True: a W&B tag"),
     (["logger=wandb", "logger.init_timeout=-5"], "logger.init_timeout=-5 must be a positive number of seconds"),
     (["logger=wandb", "logger.log_predictions=maybe"], "logger.log_predictions='maybe' must be true or false"),
     (["+callbacks.extra=3"], "callbacks.extra=3 must be a mapping with a _target_ (a callback class"),
@@ -157,6 +158,8 @@ def test_w_and_b_tags_fit_its_limit_and_one_tag_may_be_a_string(tiny_cfg, tmp_pa
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setattr("slm_sweep.run._sweep_tag", lambda: long)
+    for tags in ("logger.tags=2024", "logger.tags=[v2,2024]"):  # numbers are tags too
+        validate_config(tiny_cfg("logger=wandb", tags))
     cfg = tiny_cfg("method=zeroshot", "dataset.test_limit=2", "logger=wandb", "logger.mode=offline",
                    "logger.tags=paper")
     validate_config(cfg)
@@ -189,8 +192,8 @@ def test_a_w_and_b_run_names_its_code_and_a_failed_cell_its_error(tiny_cfg, tmp_
                out_dir=tmp_path / "good")
     data = offline_run_data(tmp_path / "good", good["identity"]["evaluation_key"].encode())
     assert good["identity"]["evaluation_key"].encode() in data and b"provenance" in data
-    bad = run(tiny_cfg("method=lora", "method.target_modules=[no_such_module]", "logger=wandb",
-                       "logger.mode=offline"), out_dir=tmp_path / "bad")
-    assert bad["status"] == "failed"
-    data = offline_run_data(tmp_path / "bad", b"no_such_module")
-    assert b"no_such_module" in data and b"result/train_steps" not in data
+    bad = run(tiny_cfg("method=lora", "trainer.max_length=8", "logger=wandb", "logger.mode=offline"),
+              out_dir=tmp_path / "bad")
+    assert bad["status"] == "failed" and "fits in trainer.max_length=8" in bad["error"]
+    data = offline_run_data(tmp_path / "bad", b"fits in trainer.max_length=8")
+    assert b"fits in trainer.max_length=8" in data and b"result/train_steps" not in data

@@ -7,6 +7,7 @@ reference final number; rows without a parsable final number are skipped and cou
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -18,6 +19,8 @@ from typing import Any
 from slm_sweep.data.errors import DataError
 from slm_sweep.data.specs import as_list
 
+log = logging.getLogger(__name__)
+
 LOCAL_SUFFIXES = (".jsonl", ".json")
 GSM8K_MARKER = "####"
 SENTENCE_END = (".", "?", "!")
@@ -28,7 +31,7 @@ OFFLINE_ENV_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 class Example:
     question: str
     answer: str  # training target: the worked solution, or the number as text for numeric-target sets
-    reference: str  # normalised final number, as slm_sweep.scoring.reference_answer gives it
+    reference: str  # normalised final number (≈ in front: stated as a rounding), as scoring.reference_answer gives it
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,11 @@ def local_dir(spec: dict[str, Any], data_root: str | Path | None) -> Path | None
     if spec["data_dir"] is not None:
         return _existing_dir(Path(spec["data_dir"]).expanduser(), f"dataset.data_dir={spec['data_dir']}")
     if data_root is not None:
+        _existing_dir(Path(data_root).expanduser(), f"data_root={data_root}")  # a mistyped root is no fallback
         path = data_root_folder(spec, data_root)
         if not path.exists() and (spec["hub"] or {}).get("path"):
+            log.warning("dataset %r: %s/ is not in data_root=%s; reading it from the hub (%s)", spec["name"],
+                        path.name, data_root, spec["hub"]["path"])
             return None
         return _existing_dir(path, f"data_root={data_root} with local.dir_name={path.name}")
     return None
@@ -170,10 +176,10 @@ def _hub_rows(spec: dict[str, Any], role: str) -> list[_Row]:
 
 
 def _hub_split(spec: dict[str, Any], split: str):
-    import datasets
-
     hub = spec["hub"]
     try:
+        import datasets  # inside: a machine without the library cannot read the hub, which is a data problem
+
         return datasets.load_dataset(hub["path"], hub.get("name"), split=split, revision=hub.get("revision"))
     except Exception as exc:  # any hub/network/cache failure becomes one actionable message
         raise DataError(_hub_failure_message(spec, split, exc)) from exc
@@ -291,14 +297,18 @@ def _answer_and_reference(row: _Row, key: str, value: Any, answer_format: str) -
 
 
 def asks_who(question: str) -> bool:
-    """Whether a question's last sentence asks for a person ("Who has the most?", "Among A, B and C, who is the
-    tallest?", "Find out whose is heavier."), not "How many students who ...?"."""
-    sentences = [s for s in _SENTENCE.split(question.strip()) if s.strip()]
-    return bool(sentences) and _WHO.search(sentences[-1]) is not None
+    """Whether a question asks for a person: one of its questions (a sentence ending in "?") or its last sentence
+    starts with who/whose/whom ("Who has the most?"), or after an "among ..." / "between ..." opening ("Among A,
+    B and C, who is the tallest?"), or asks to find out who ("Find out whose bag is heavier."); not "How many
+    students, who like math, are left?"."""
+    sentences = [s.strip() for s in _SENTENCE.split(question.strip()) if s.strip()]
+    asked = [s for s in sentences if s.endswith("?")] + sentences[-1:]
+    return any(_WHO.search(sentence) for sentence in asked)
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
-_WHO = re.compile(r"(?:^\s*|[,:;]\s*|\b(?:find|determine|tell|guess|out|know|identify|say)\s+)(?:who|whose|whom)\b",
+_WHO = re.compile(r"^(?:(?:among|between|of)\b[^?]*?\s)?(?:who|whose|whom)\b"
+                  r"|\b(?:find|determine|tell|guess|identify|say|know)\s+(?:out\s+)?(?:who|whose|whom)\b",
                   re.IGNORECASE)
 
 

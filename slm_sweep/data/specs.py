@@ -68,12 +68,11 @@ def _dataset_file(name: str, chain: tuple[str, ...] = ()) -> DictConfig:
     for entry in entries if "_self_" in entries else [*entries, "_self_"]:
         if entry == "_self_":
             merged = OmegaConf.merge(merged, node)
-        elif isinstance(entry, str):
-            merged = OmegaConf.merge(merged, _dataset_file(entry.removeprefix("/dataset/").removeprefix("dataset/"),
-                                                           (*chain, name)))
+        elif isinstance(entry, str) and "/" not in entry:
+            merged = OmegaConf.merge(merged, _dataset_file(entry, (*chain, name)))
         else:
             raise DataError(f"dataset {name!r} ({path}): defaults entry {entry!r} is not supported; a dataset file "
-                            "may list other dataset files by name, and _self_")
+                            "may list other dataset files by name (gsm8k, not /dataset/gsm8k), and _self_")
     return merged
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from slm_sweep.results import PREFLIGHT_FILE, RESULT_FILE, read_result
+from slm_sweep.results import FAILED_ATTEMPT_FILE, PREFLIGHT_FILE, RESULT_FILE, read_result
 
 
 def read_plan(sweep_dir: str | Path) -> dict | None:
@@ -45,14 +45,24 @@ def failed_cells(sweep_dir: Path) -> list[tuple[Path, str]]:
             if r is not None and r.get("status") == "completed"} - {None}
     out = []
     for job, record in records.items():
+        attempt = read_result(job / FAILED_ATTEMPT_FILE)
+        if attempt is not None:  # the last attempt failed early; the finished result.json it left is another run's
+            out.append((job, f"{attempt.get('status')}: {_error(attempt)} (in {FAILED_ATTEMPT_FILE}; the folder's "
+                             f"{RESULT_FILE} is an earlier run's finished result)"))
+            continue
         if record is not None and (record.get("identity") or {}).get("evaluation_key") in done:
             continue
         if record is None:
             out.append((job, f"no {RESULT_FILE} (the cell stopped before writing it)"))
+        elif record.get("status") == "running":
+            out.append((job, "running: still running, or stopped without recording why"))
         elif record.get("status") != "completed":
-            error = " ".join(str(record.get("error") or "no error recorded").split())
-            out.append((job, f"{record.get('status')}: {error[:500]}"))
+            out.append((job, f"{record.get('status')}: {_error(record)}"))
     return out
+
+
+def _error(record: dict) -> str:
+    return " ".join(str(record.get("error") or "no error recorded").split())[:500]
 
 
 def sweep_notes_markdown(notes: list[str], failed: list[tuple[Path, str]], sweep_dir: Path) -> list[str]:

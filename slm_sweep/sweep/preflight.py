@@ -215,6 +215,9 @@ def check_dataset(spec: Mapping[str, Any], hub: Hub, data_root: str | Path | Non
     files = local.get("files") or {}
     wanted = [f for role in roles for f in as_list(files.get(role)) or [f"{role}.jsonl"]]
     hub_spec = spec.get("hub") or {}
+    if data_root is not None and not Path(str(data_root)).expanduser().is_dir() and spec.get("data_dir") is None:
+        return Check(kind, name, False, reason=f"data_root={data_root} is not a directory",
+                     fix="point data_root at the folder that holds one folder per dataset")
     in_data_root = data_root is not None and (data_root_folder(spec, data_root).exists() or not hub_spec.get("path"))
     if spec.get("data_dir") is not None or in_data_root:
         if spec.get("data_dir") is not None:

@@ -58,29 +58,28 @@ def _free(path: Path) -> Path:
     return found
 
 
-def set_aside_earlier(out: Path, evaluation_key: str | None, training_key: str | None) -> Path | None:
+def set_aside_earlier(out: Path, evaluation_key: str, training_key: str | None) -> Path | None:
     """Move a finished result of another configuration out of the way of this cell's files, instead of writing
     over it (a rerun into the same folder with other settings): its result.json and predictions go to
     ``out/superseded`` (where the reuse search still finds them; the report leaves them out), and so do its kept
-    weights when they were trained under another training key. ``evaluation_key`` None (a rerun that failed
-    before its keys were known) sets aside any finished result and leaves the weights, which that run did not
-    touch. Returns that folder, or None when there was nothing to keep."""
+    weights when they were trained under another training key, with their training curve. Returns that folder,
+    or None when there was nothing to keep."""
     record = read_result(out)
-    if not record or record.get("status") != "completed" or (
-            evaluation_key is not None and _key(record, "evaluation_key") == evaluation_key):
+    if not record or record.get("status") != "completed" or _key(record, "evaluation_key") == evaluation_key:
         return None
     aside = _free(out / SUPERSEDED)
     aside.mkdir(parents=True)
     for name in (RESULT_FILE, PREDICTIONS_FILE):
         if (out / name).is_file():
             (out / name).rename(aside / name)
-    for curve in out.glob(f"*/{CURVE_FILE}"):  # its training curve, which the next CSV logger would write over
-        if curve.parent != aside:
-            curve.parent.rename(aside / curve.parent.name)
-    for name in KEPT_WEIGHTS if evaluation_key is not None else ():
-        weights = out / name
-        if weights.is_dir() and not _matches(weights, record, training_key):
-            weights.rename(aside / name)
+    kept = [out / name for name in KEPT_WEIGHTS if (out / name).is_dir()]
+    moved = [weights for weights in kept if not _matches(weights, record, training_key)]
+    for weights in moved:
+        weights.rename(aside / weights.name)
+    if moved or not kept:  # the training curve goes with the weights it trained (a re-score keeps both here)
+        for curve in out.glob(f"*/{CURVE_FILE}"):
+            if curve.parent != aside:
+                curve.parent.rename(aside / curve.parent.name)
     log.warning("%s held the finished result of another configuration (evaluation key %s): moved to %s",
                 out, _key(record, "evaluation_key") or "not recorded", aside)
     return aside
