@@ -43,7 +43,11 @@ TRAINING_CODE_VERSION = 4  # 4: trainable weights loaded in a half dtype train a
 # TRAINING_SOURCES_SHA256 below hold the hash of the sources behind each version, so an edit of one of them
 # without a bump, or a recorded statement that it changes no result, fails a test; and a cell run from edited
 # sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
-SCORING_VERSION = 9  # 9: a prose reference stated as a rounding ("approximately 15.33") accepts answers that
+SCORING_VERSION = 10  # 10: v9 narrowed: a rounding is read in the clause that states the value, not negated,
+# not of another number; a closing check is cut as a remark ("Verification", "Let's verify:") or once a result
+# is stated; "#### <number>" lines as lm-eval reads them, or "####" on the last line; who-questions by the last
+# question asked
+# 9: a prose reference stated as a rounding ("approximately 15.33") accepts answers that
 # round to it, at the decimals written; "####" in a reference counts only on a line of its own with a number;
 # closing "Let's verify:" / "We can check this:" / "Double-check:" paragraphs are cut (lenient and prose
 # references); questions asking who have no reference; a model's num_beams is set aside (decoding is greedy)
@@ -68,7 +72,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {9: "64e5b4e4d6cffb74c50f86a71e6e40082cb9c52a96f83fd8285278dac0e04bc9"}
+SCORING_SOURCES_SHA256 = {10: "a83cb2eeac319ce92c5f8fff956a3c1fa85e0d68d5425294196ffe8b8d99bf8b"}
 TRAINING_SOURCES_SHA256 = {4: "f39f10aa252435767422444986ba263b73328f5df473bbc5b99eae4cf43c4b3d"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.

@@ -283,7 +283,8 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
             # tell apart from its own configuration's) stays result.json; the failure is written beside it
             earlier = read_result(out) if not set_aside else None
             kept = earlier is not None and earlier.get("status") == "completed" and record["status"] != "completed"
-            write_result(out, record, FAILED_ATTEMPT_FILE if kept else RESULT_FILE)
+            written = FAILED_ATTEMPT_FILE if kept else RESULT_FILE
+            write_result(out, record, written)
             if kept:
                 log.error("%s still holds the finished result of an earlier run; this attempt's failure is in %s",
                           out, FAILED_ATTEMPT_FILE)
@@ -294,7 +295,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
                     finally:
                         tracker.finish(record["status"])
             finally:
-                print(closing_line(record, out), flush=True)
+                print(closing_line(record, out, written), flush=True)
     return record
 
 
@@ -319,7 +320,7 @@ def _check_classes(cfg: DictConfig) -> None:
         check_trainer_choices(cfg.trainer)
 
 
-def closing_line(record: dict[str, Any], out: Path) -> str:
+def closing_line(record: dict[str, Any], out: Path, written: str = RESULT_FILE) -> str:
     """The one line a cell ends with: what it was, how it ended, its scores and times, where its result is."""
     cell = f"{record['model']} x {record['method']} x {record['dataset']} seed {record['seed']}"
     metrics = record.get("metrics") or {}
@@ -337,7 +338,7 @@ def closing_line(record: dict[str, Any], out: Path) -> str:
         middle = f"{scores} | {_performance(record)}" + (" | reused" if record.get("reused_from") else "")
     else:
         middle = f"error: {record.get('error')}"
-    return f"cell {record['status']}: {cell} | {middle} | {out / RESULT_FILE}"
+    return f"cell {record['status']}: {cell} | {middle} | {out / written}"
 
 
 def _performance(record: dict[str, Any]) -> str:

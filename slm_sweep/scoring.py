@@ -107,22 +107,29 @@ _APPROXIMATE = re.compile(
     r"(?:\b(?:approximately|about|around|roughly|nearly|almost|close to)\b|\bapprox\b\.?|≈|(?<![\w}])~|"
     r"\\approx|\\sim(?![a-z]))\s*(?=[-−]?\s?[$€£¥₹]?\s?\.?\d)", re.IGNORECASE)
 _ROUNDED = re.compile(r"\b(?:(?P<negated>without|no|not|n't)\s+(?:any\s+)?)?round(?:ed|ing)\b", re.IGNORECASE)
+_NEGATION = re.compile(r"\b(?:no|not|never|without|unnecessary|needless)\b|n't\b", re.IGNORECASE)
+_NEGATION_REACH = 30  # characters either side of a rounding mention that a negation reaches
+_PRECISION = re.compile(r"[\d.,]+\s*(?:decimal|place|digit|significant|dp\b)", re.IGNORECASE)
 _ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\b", re.IGNORECASE)
 # GSM8K's "#### <answer>" marker: only where a number follows, not a markdown heading ("#### Step 2: Money")
 _GSM8K_MARKER = re.compile(r"####(?=[ \t]*:?[ \t]*[-−]?[ \t]*[$€£¥₹]?[ \t]?\.?\d)")
 # In a reference, only a line that is "####" and a number counts: "#### 2. Cost of pears" is a heading
-_GSM8K_ANSWER_LINE = re.compile(r"^[ \t]*####[ \t]*:?[ \t]*(?P<answer>[-−]?[ \t]*[$€£¥₹]?[0-9.,]*\d[0-9.,]*)[ \t]*$",
-                                re.MULTILINE)
+_GSM8K_ANSWER_LINE = re.compile(
+    r"^[ \t]*####[ \t]*:?[ \t]*(?P<answer>[-−]?[ \t]*[$€£¥₹]?[0-9.,]*\d[0-9.,]*)[ \t\r]*$", re.MULTILINE)
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _PARAGRAPH_SPLIT = re.compile(r"\n\s*\n")
-# a closing paragraph that remarks on the answer or checks it ("Note: ...", "Check: 3 * 5 = 15. Correct.")
-# ("Let's verify: ...", "We can check this: ...", "Double-check: ..."; not "Let's check how many remain: 7")
-_CHECKED = r"(?:\s+(?:this|that|it|our answer|the answer|the result|the solution|our work))?\s*:"
+# A closing paragraph that remarks on the answer or checks it. A remark ("Note: ...", "Check: 3 * 5 = 15.
+# Correct.", "### Verification", "Let's verify: ...", "We can check this: ...") is cut always; a longer check
+# ("Let's verify by dividing: ...", "We can double-check that ...", "Verifying the total, ...") only when an
+# earlier paragraph has stated a result, since it may be where the answer is worked out ("Let's check how many
+# apples remain: 10 - 3 = 7").
 _NOTE_START = re.compile(
-    r"\(?\s*\**\s*(?:(?:note|check(?:ing)?|verification|to (?:check|verify))\b"
-    rf"|let(?:'s| us) (?:check|verify|double[- ]check){_CHECKED}|we can (?:check|verify|double[- ]check){_CHECKED}"
-    r"|double[- ]check(?:ing)?\s*:|verify(?:ing)?\s*:)", re.IGNORECASE)
+    r"\(?\s*[*#]*\s*(?:(?P<remark>note|check(?:ing)?|verification|to (?:check|verify))\b"
+    r"|(?P<check>(?:let(?:'s| us)|we can) (?:check|verify|double[- ]check|confirm)\b|verif(?:y|ying)\b"
+    r"|double[- ]check(?:ing)?\b))", re.IGNORECASE)
+_CHECK_COLON = re.compile(r"(?:\s+(?:this|that|it|our answer|the answer|the result|the solution|our work))?\s*:")
+_STATES_RESULT = re.compile(r"=|\\boxed|\b(?:so|therefore|thus|hence|the answer is)\b", re.IGNORECASE)
 # A closing remark in parentheses, "(Note: ...)" or any other; LaTeX's \( ... \) is not one.
 _TRAILING_REMARK = re.compile(r"(?<!\\)\((?!\s*[=≈])[^()]*(?<!\\)\)[\s.]*$")  # "(= 12)" is a result, kept
 # Narrowing a final sentence to its result, in this order, each only when a number follows it: a word that
@@ -449,7 +456,7 @@ def _single_value(text: str) -> Fraction | None:
 
 def _without_notes(text: str) -> str:
     paragraphs = [p for p in _PARAGRAPH_SPLIT.split(text.strip()) if p.strip()]
-    while len(paragraphs) > 1 and _NOTE_START.match(paragraphs[-1].strip()):
+    while len(paragraphs) > 1 and _is_closing_remark(paragraphs[-1].strip(), paragraphs[:-1]):
         paragraphs.pop()
     text = "\n\n".join(paragraphs)
     while True:
@@ -457,6 +464,16 @@ def _without_notes(text: str) -> str:
         if cut == text.rstrip():
             return cut
         text = cut
+
+
+def _is_closing_remark(paragraph: str, before: list[str]) -> bool:
+    """Whether a last paragraph remarks on or checks the answer before it (``_NOTE_START``)."""
+    start = _NOTE_START.match(paragraph)
+    if start is None:
+        return False
+    if start["remark"] or _CHECK_COLON.match(paragraph, start.end()):
+        return True
+    return any(_STATES_RESULT.search(p) for p in before)
 
 
 def prose_reference_value(text: str) -> Fraction | None:
@@ -535,10 +552,11 @@ def reference_answer(answer: str | float | int) -> str | None:
     if not isinstance(answer, str):
         return canonical_number(answer)
     lines = list(_GSM8K_ANSWER_LINE.finditer(answer))
-    if lines:
-        reference = _answer_or_none(lines[-1]["answer"].replace("−", "-"))
-        if reference is not None and _PLAIN_NUMBER.fullmatch(reference):
-            return reference
+    if lines:  # as lm-eval takes it (a non-number such as "1.2.3" is kept, and matches nothing)
+        return _answer_or_none(re.sub(r"[ \t]", "", lines[-1]["answer"].replace("−", "-")))
+    marked = _marked_last_line(answer)
+    if marked is not None:  # "#### 5 apples", "... #### 8" ending the solution
+        return _fraction_text(_single_value(_stated_answer(marked)))
     stripped = answer.strip()
     if _BARE_ANSWER.fullmatch(stripped):
         return normalise(stripped)
@@ -568,15 +586,37 @@ def _rounding_decimals(text: str, value: Fraction) -> int | None:
     if not stated:
         return None
     decimals, start = stated[-1]
-    sentence_start = max((m.end() for m in _SENTENCE_SPLIT.finditer(text, 0, start)), default=0)
-    if any(not m["negated"] for m in _ROUNDED.finditer(text, sentence_start)):
-        return decimals
-    return None
+    # the clause that states the value: from its sentence's start, or the last "so"/"therefore" before it, to
+    # the sentence's end ("The rounding error is 0.01, so the answer is 12.5" is no rounding)
+    clause_start = max([m.end() for m in _SENTENCE_SPLIT.finditer(text, 0, start)]
+                       + [m.end() for m in _CONCLUSION.finditer(text, 0, start)] + [0])
+    end = _SENTENCE_SPLIT.search(text, start)
+    clause = text[clause_start: end.start() if end else len(text)]
+    return decimals if any(_states_rounding(clause, m, value) for m in _ROUNDED.finditer(clause)) else None
+
+
+def _states_rounding(clause: str, mention: re.Match, value: Fraction) -> bool:
+    """Whether a "rounded"/"rounding" in the clause of a value says the value is a rounding: not negated around
+    it ("no need for rounding", "rounding is not needed"), and not a rounding of another number ("12.5, which
+    rounded is 13"; "rounded to 2 decimal places" names a precision)."""
+    around = clause[max(0, mention.start() - _NEGATION_REACH): mention.end() + _NEGATION_REACH]
+    if mention["negated"] or _NEGATION.search(around):
+        return False
+    after = clause[mention.end(): mention.end() + 25]
+    other = next((m for m in _numbers_at(after)), None)
+    return other is None or other[0] == value or _PRECISION.match(after[other[2]:]) is not None
 
 
 def has_gsm8k_marker(text: str) -> bool:
-    """Whether a reference solution marks its answer GSM8K's way: a line of "####" and a number."""
-    return _GSM8K_ANSWER_LINE.search(text) is not None
+    """Whether a reference solution marks its answer GSM8K's way: a line of "####" and a number, or a last line
+    holding "####" and a number ("#### 5 apples")."""
+    return _GSM8K_ANSWER_LINE.search(text) is not None or _marked_last_line(text) is not None
+
+
+def _marked_last_line(text: str) -> str | None:
+    """What follows "####" and a number on the last non-empty line (a heading earlier in the text is no marker)."""
+    lines = text.strip().splitlines()
+    return _after_last(_GSM8K_MARKER, lines[-1]) if lines else None
 
 
 def _check_tolerance(tolerance: float) -> None:

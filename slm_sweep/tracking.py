@@ -203,9 +203,9 @@ class WandbRun(CellLogger):
         import wandb
 
         if record.get("status") != "completed":
-            # a cell that did not complete has no scores, and its training figures are placeholders (0 steps)
             self.run.summary.update({"status": record.get("status"), "error": record.get("error")})
-            return
+            if not result_step(record):
+                return  # no training figures either: those of a cell that never trained are placeholders (0 steps)
         values = {**result_metrics(record), "trainer/global_step": result_step(record), "status": record.get("status")}
         # where and how it generated, to filter runs by in the dashboard (not logged as a step)
         placement = (record.get("placement") or {}).get("eval") or {}
@@ -316,7 +316,7 @@ class Tracker:
         written already."""
         for logger in self.cell_loggers:
             logger.log_result(record, predictions)
-        if record.get("status") != "completed":
+        if record.get("status") != "completed" and not result_step(record):
             return  # no scores, and training figures that are placeholders (0 steps): result.json says why
         values = result_metrics(record)
         for logger in self._plain:

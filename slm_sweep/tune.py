@@ -460,14 +460,17 @@ def render(chosen: Mapping[tuple[str, str, str], Mapping[str, Any]]) -> str:
 def read_search(dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Every readable result.json under ``dirs``, one per evaluation key (a result reused in another folder
     counts once). The report's reader is not used: it takes a completed cell without test scores as malformed."""
-    from slm_sweep.results import RESULT_FILE, read_result
+    from slm_sweep.results import RESULT_FILE, SUPERSEDED, read_result
 
     records: dict[str, dict[str, Any]] = {}
     for d in dirs:
         root = Path(d)
         if not root.exists():
             raise FileNotFoundError(f"{d} does not exist")
-        for path in sorted([root] if root.is_file() else root.rglob(RESULT_FILE)):
+        # not what a rerun into the same folder set aside (superseded*/): those are no cells of this search
+        paths = [root] if root.is_file() else [path for path in root.rglob(RESULT_FILE) if not any(
+            part.startswith(SUPERSEDED) for part in path.relative_to(root).parts)]
+        for path in sorted(paths):
             record = read_result(path)
             if not isinstance(record, dict) or not all(record.get(k) for k in ("model", "method", "dataset")):
                 log.warning("skipping %s: not a readable result", path)

@@ -301,6 +301,14 @@ def test_orcamath_gpt4_style_answers_give_their_final_answer():
     ("There are 5 students. How many students, who like math, are left?", False),
     ("Among Jimin, Yoongi and Jungkook who has the largest number?", True),
     ("Who has the most? Write the name.", True),
+    ("Of those who signed up, how many attended?", False),
+    ("Among the students who took the test, how many passed?", False),
+    ("Between those who ran and those who walked, how many more ran?", False),
+    ("Who knows? A class has 3 groups of 4. How many students are there?", False),
+    ("A has 3 and B has 5, who then has more?", True),
+    ("Which student read more books?", True),
+    ("Who has read more books, and by how much?", False),
+    ("Tell me who won.", True),
 ])
 def test_asks_who(question, asks):
     assert asks_who(question) is asks

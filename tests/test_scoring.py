@@ -506,6 +506,23 @@ def test_a_reference_stated_as_a_rounding_accepts_what_rounds_to_it(answer, refe
     # the rounding's decimals are those written: $15.30 is stated to the cent
     pytest.param("So, the family spends approximately $15.30 per day.", "≈15.30", id="trailing-zero-kept"),
     pytest.param("The cost is $12.60 after rounding.", "≈12.60", id="rounding-after"),
+    pytest.param("The average, rounded to two decimal places, is 15.33.", "≈15.33", id="rounded-before"),
+    pytest.param("The average is 15.33 (rounded to 2 decimal places).", "≈15.33", id="precision-number"),
+    pytest.param("The answer is 2.5; rounding is not needed.", "2.5", id="rounding-not-needed"),
+    pytest.param("Each gets 2.5 cookies, and there is no need for rounding.", "2.5", id="no-need-for-rounding"),
+    pytest.param("Each gets 2.5 cookies; rounding is unnecessary.", "2.5", id="rounding-unnecessary"),
+    pytest.param("Each bus carries 12.5 students, which rounded is 13.", "12.5", id="rounded-is-another-number"),
+    pytest.param("Each bus carries 12.5 students. So the number of buses is rounded up.", "12.5",
+                 id="rounding-in-another-sentence"),
+    pytest.param("The price per pen is $0.75. (We rounded the total to the nearest dollar earlier.)", "0.75",
+                 id="rounding-in-a-later-remark-about-another-value"),
+    pytest.param("The rounding error is 0.01, so the answer is 12.5.", "12.5", id="rounding-in-another-clause"),
+    # GSM8K-style answer lines
+    pytest.param("#### - 3", "-3", id="sign-then-space"),
+    pytest.param("#### 1.2.3", "1.2.3", id="kept-as-lm-eval-would"),
+    pytest.param("48 + 24 = 72\r\n#### 72\r\n", "72", id="crlf"),
+    pytest.param("#### 5 apples", "5", id="words-on-the-last-line"),
+    pytest.param("He earns 8 dollars. #### 8", "8", id="inline-marker-ending-the-solution"),
 ])
 def test_references_from_headings_and_roundings(answer, expected):
     assert reference_answer(answer) == expected
@@ -523,10 +540,12 @@ def test_a_rounding_to_the_cent_rejects_answers_a_cent_away():
     ("We need the total cost of the pens.\n\nWe can verify the total by adding: 4 + 4 + 4 = 12 dollars.", "12"),
     ("First 3 apples.\n\nVerifying the total, she has 12 apples.", "12"),
     ("Each box has 4 pens and there are 5 boxes.\n\nLet's check how many pens in total: 4 * 5 = 20 pens.", "20"),
-    ("A = 10\n\n### Verification\nB = 25 so total 35", "35"),
-    # and a closing check is cut
+    # and a closing check is cut: a remark always, a longer check once an earlier paragraph stated a result
     ("He has 12.\n\nLet's verify: 12 * 3 = 36", "12"),
     ("He has 12.\n\nWe can check this: 3 * 12 = 36.", "12"),
+    *((f"She buys 3 bags of 4, so 3 * 4 = 12.\n\nSo she has 12 apples.\n\n{check}", "12") for check in (
+        "### Verification\n12 / 4 = 3.", "## Check\n12 / 4 = 3.", "Let's verify by dividing: 12 / 4 = 3.",
+        "Let's verify. 12 / 4 = 3.", "We can double-check that 12 / 4 = 3.", "Let's check if 12 / 4 = 3. Yes.")),
 ])
 def test_only_a_closing_check_is_cut(text, expected):
     assert extract_answer(text, "lenient") == expected

@@ -255,6 +255,23 @@ def test_a_cell_completed_in_another_folder_of_a_requeued_sweep_is_no_failure(tm
     assert [job for job, _ in failed_cells(tmp_path)] == [failed]
 
 
+def test_an_early_failed_attempt_completed_in_another_folder_is_no_failure(tmp_path):
+    """A requeued sweep reran into folder 0 a configuration that failed there early (result.failed.json beside an
+    earlier run's result), and completed it in folder 5."""
+    from slm_sweep.report.sweep_notes import failed_cells
+    from slm_sweep.results import FAILED_ATTEMPT_FILE
+
+    job = _job(tmp_path, "0-tiny-zeroshot-gsm8k-seed0", "completed", "k-x")
+    attempt = {"status": "failed", "error": "DataError: hub offline", "config": {"method": {"name": "y"}}}
+    (job / FAILED_ATTEMPT_FILE).write_text(json.dumps(attempt))
+    ((listed, why),) = failed_cells(tmp_path)
+    assert listed == job and why.startswith("failed: DataError: hub offline") and FAILED_ATTEMPT_FILE in why
+    done = _job(tmp_path, "5-tiny-y-gsm8k-seed0", "completed", "k-y")
+    record = json.loads((done / "result.json").read_text())
+    (done / "result.json").write_text(json.dumps({**record, "config": attempt["config"]}))
+    assert failed_cells(tmp_path) == []
+
+
 def test_a_summary_that_fails_neither_hides_the_failed_cells_nor_exits_zero(tmp_path, monkeypatch):
     """Hydra turns an exception of on_multirun_end into a warning and exits 0: the callback must decide the exit."""
     import slm_sweep.report as report

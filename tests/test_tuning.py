@@ -372,3 +372,20 @@ def test_a_tuned_rate_is_refused_for_a_cell_at_a_seed_it_was_searched_on(tiny_cf
     chosen_lr = resolve_lr(tiny_cfg(*tuned, "seed=1"))
     # the larger of the two rates searched won: result.json says the best may lie beyond the grid
     assert chosen_lr["value"] == 2e-4 and chosen_lr["at_edge"] == "largest"
+
+
+def test_a_search_reads_neither_set_aside_results_nor_other_folders_results_twice(tmp_path):
+    """A result a rerun set aside (superseded/) is what the rerun replaced, not a candidate of the search."""
+    import json
+
+    from slm_sweep.tune import read_search
+
+    def write(folder, lr):
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps({
+            "status": "completed", "model": "tiny", "method": "lora", "dataset": "gsm8k", "seed": 0,
+            "identity": {"evaluation_key": f"k{lr}"}, "learning_rate": {"value": lr}}))
+
+    write(tmp_path / "0-cell", 1e-4)
+    write(tmp_path / "0-cell" / "superseded", 5e-4)
+    assert [r["learning_rate"]["value"] for r in read_search([tmp_path])] == [1e-4]

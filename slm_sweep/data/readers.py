@@ -297,19 +297,24 @@ def _answer_and_reference(row: _Row, key: str, value: Any, answer_format: str) -
 
 
 def asks_who(question: str) -> bool:
-    """Whether a question asks for a person: one of its questions (a sentence ending in "?") or its last sentence
-    starts with who/whose/whom ("Who has the most?"), or after an "among ..." / "between ..." opening ("Among A,
-    B and C, who is the tallest?"), or asks to find out who ("Find out whose bag is heavier."); not "How many
-    students, who like math, are left?"."""
+    """Whether a question asks for a person: its last question (the last sentence ending in "?", else its last
+    sentence) starts with who/whose/whom ("Who has the most?"), has it after a list or an "among ..." opening
+    ("Among A, B and C, who is the tallest?", "..., who then has more?"), asks to find out who ("Find out whose
+    bag is heavier.") or which person ("Which student read more?"); a question that asks how many or how much
+    asks for a number ("How many students, who like math, are left?", "Who read more, and by how much?")."""
     sentences = [s.strip() for s in _SENTENCE.split(question.strip()) if s.strip()]
-    asked = [s for s in sentences if s.endswith("?")] + sentences[-1:]
-    return any(_WHO.search(sentence) for sentence in asked)
+    if not sentences:
+        return False
+    asked = next((s for s in reversed(sentences) if s.endswith("?")), sentences[-1])
+    return _WHO.search(asked) is not None and _HOW_MUCH.search(asked) is None
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
-_WHO = re.compile(r"^(?:(?:among|between|of)\b[^?]*?\s)?(?:who|whose|whom)\b"
-                  r"|\b(?:find|determine|tell|guess|identify|say|know)\s+(?:out\s+)?(?:who|whose|whom)\b",
+_WHO = re.compile(r"^(?:who|whose|whom)\b|[,:;]\s*(?:who|whose|whom)\b|(?:^|\band\s)\s*among\b[^?]*\s(?:who|whose)\b"
+                  r"|\b(?:find|determine|tell|guess|identify|say|know|wonder|write down)\s+(?:out\s+|me\s+|us\s+)?(?:who|whose|whom)\b"
+                  r"|^which\s+(?:person|student|child|kid|friend|boy|girl|man|woman|player|one of them)\b",
                   re.IGNORECASE)
+_HOW_MUCH = re.compile(r"\bhow\s+(?:many|much)\b", re.IGNORECASE)
 
 
 def _as_number(value: Any) -> int | float | None:
@@ -330,7 +335,8 @@ def _as_number(value: Any) -> int | float | None:
 
 def _format_rule(answer_format: str) -> str:
     return {
-        "gsm8k": f"gsm8k format: the number after the last '{GSM8K_MARKER}' followed by one",
+        "gsm8k": f"gsm8k format: a line of '{GSM8K_MARKER}' and a number, or '{GSM8K_MARKER}' and a number "
+                 "on the last line",
         "prose": "prose format: one number from \\boxed{}, 'the answer is' or the final sentence "
                  "(slm_sweep.scoring.prose_reference_value), for a question that does not ask who",
         "number": "number format: a numeric value",

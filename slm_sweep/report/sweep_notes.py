@@ -43,9 +43,12 @@ def failed_cells(sweep_dir: Path) -> list[tuple[Path, str]]:
     records = {job: read_result(job) for job in sorted(jobs)}
     done = {(r.get("identity") or {}).get("evaluation_key") for r in records.values()
             if r is not None and r.get("status") == "completed"} - {None}
+    finished = [r.get("config") for r in records.values() if r is not None and r.get("status") == "completed"]
     out = []
     for job, record in records.items():
         attempt = read_result(job / FAILED_ATTEMPT_FILE)
+        if attempt is not None and attempt.get("config") in finished:
+            attempt = None  # the same configuration completed in another folder of the sweep (a requeue)
         if attempt is not None:  # the last attempt failed early; the finished result.json it left is another run's
             out.append((job, f"{attempt.get('status')}: {_error(attempt)} (in {FAILED_ATTEMPT_FILE}; the folder's "
                              f"{RESULT_FILE} is an earlier run's finished result)"))
