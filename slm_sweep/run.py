@@ -266,8 +266,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
             record["status"] = "diverged"
         else:
             record["status"] = "failed"
-        record["error"] = f"{type(err).__name__}: {err}" if str(err) else \
-            f"{type(err).__name__} (the process was told to stop)" if not isinstance(err, Exception) else type(err).__name__
+        record["error"] = _error_text(err)
         record["traceback"] = traceback.format_exc()
         log.error("cell %s: %s", record["status"], record["error"])
         if not isinstance(err, Exception):
@@ -297,6 +296,14 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
             finally:
                 print(closing_line(record, out, written), flush=True)
     return record
+
+
+def _error_text(err: BaseException) -> str:
+    """``<class>: <message>``; an interrupt without a message (Lightning's SIGTERMException) says what it was."""
+    if str(err):
+        return f"{type(err).__name__}: {err}"
+    return f"{type(err).__name__} (the process was told to stop)" if not isinstance(err, Exception) else \
+        type(err).__name__
 
 
 def _check_classes(cfg: DictConfig) -> None:
