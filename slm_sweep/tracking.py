@@ -131,6 +131,12 @@ def result_step(record: Mapping[str, Any]) -> int:
     return int((record.get("metrics") or {}).get("train_steps") or 0)
 
 
+def has_figures(record: Mapping[str, Any]) -> bool:
+    """Whether a result has numbers to log: a completed cell, or one that trained before it stopped (a cell that
+    stopped before training records zeros in its training fields, which are no measurements)."""
+    return record.get("status") == "completed" or result_step(record) > 0
+
+
 def _as_tags(tags: str | int | float | Sequence[str] | None) -> list[str]:
     """``logger.tags``: a list, or one tag (``logger.tags=paper``, ``logger.tags=2024``), as strings."""
     return [str(tags)] if isinstance(tags, (str, int, float)) else [str(tag) for tag in tags or []]
@@ -204,8 +210,8 @@ class WandbRun(CellLogger):
 
         if record.get("status") != "completed":
             self.run.summary.update({"status": record.get("status"), "error": record.get("error")})
-            if not result_step(record):
-                return  # no training figures either: those of a cell that never trained are placeholders (0 steps)
+        if not has_figures(record):
+            return
         values = {**result_metrics(record), "trainer/global_step": result_step(record), "status": record.get("status")}
         # where and how it generated, to filter runs by in the dashboard (not logged as a step)
         placement = (record.get("placement") or {}).get("eval") or {}
@@ -316,8 +322,8 @@ class Tracker:
         written already."""
         for logger in self.cell_loggers:
             logger.log_result(record, predictions)
-        if record.get("status") != "completed" and not result_step(record):
-            return  # no scores, and training figures that are placeholders (0 steps): result.json says why
+        if not has_figures(record):
+            return
         values = result_metrics(record)
         for logger in self._plain:
             try:

@@ -185,7 +185,7 @@ def offline_run_data(folder, *expected: bytes, wait_s: float = 30.0) -> bytes:
 
 def test_a_w_and_b_run_names_its_code_and_a_failed_cell_its_error(tiny_cfg, tmp_path, monkeypatch):
     """A run carries what produced it (keys, commit, versions, rate); a failed cell's run says why it failed and
-    logs no placeholder figures (0 training steps) as if they were results."""
+    logs none of the zeros of a cell that never trained as if they were measurements."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     good = run(tiny_cfg("method=zeroshot", "dataset.test_limit=2", "logger=wandb", "logger.mode=offline"),

@@ -52,12 +52,18 @@ def local_dir(spec: dict[str, Any], data_root: str | Path | None) -> Path | None
     if data_root is not None:
         _existing_dir(Path(data_root).expanduser(), f"data_root={data_root}")  # a mistyped root is no fallback
         path = data_root_folder(spec, data_root)
-        if not path.exists() and (spec["hub"] or {}).get("path"):
+        if not read_from_data_root(spec, data_root):
             log.warning("dataset %r: %s/ is not in data_root=%s; reading it from the hub (%s)", spec["name"],
                         path.name, data_root, spec["hub"]["path"])
             return None
         return _existing_dir(path, f"data_root={data_root} with local.dir_name={path.name}")
     return None
+
+
+def read_from_data_root(spec: Mapping[str, Any], data_root: str | Path) -> bool:
+    """Whether a set is read from its folder under ``data_root``: when the folder is there, or the set has no hub
+    id to fall back to."""
+    return data_root_folder(spec, data_root).exists() or not (spec.get("hub") or {}).get("path")
 
 
 def data_root_folder(spec: Mapping[str, Any], data_root: str | Path) -> Path:

@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from slm_sweep.data.readers import data_root_folder
+from slm_sweep.data.readers import data_root_folder, read_from_data_root
 from slm_sweep.data.specs import as_list
 from slm_sweep.results import PREFLIGHT_FILE, redact_overrides
 
@@ -218,7 +218,7 @@ def check_dataset(spec: Mapping[str, Any], hub: Hub, data_root: str | Path | Non
     if data_root is not None and not Path(str(data_root)).expanduser().is_dir() and spec.get("data_dir") is None:
         return Check(kind, name, False, reason=f"data_root={data_root} is not a directory",
                      fix="point data_root at the folder that holds one folder per dataset")
-    in_data_root = data_root is not None and (data_root_folder(spec, data_root).exists() or not hub_spec.get("path"))
+    in_data_root = data_root is not None and read_from_data_root(spec, data_root)
     if spec.get("data_dir") is not None or in_data_root:
         if spec.get("data_dir") is not None:
             folder, origin = Path(str(spec["data_dir"])).expanduser(), "dataset.data_dir"
