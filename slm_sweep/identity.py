@@ -2,7 +2,8 @@
 
 - The **training key** covers what changes the trained weights: the training code's version, the versions of the
   libraries that change numerics, the model's resolved weights (hub commit, GGUF file hash, or the random
-  architecture's settings), the method's settings, the training and validation data's content, the prompt format,
+  architecture's settings), the method's settings, the training and validation data's content, the prompt format
+  (``prompt.style`` as rendered: an explicit ``chat`` where ``auto`` gives chat is keyed as ``auto``),
   the trainer's numeric settings (one spelling per value), the device count when training runs on several, the
   configured callbacks other than progress display, the deduplication setting (``dataset.dedup`` without ``on_missing``: a set
   skipped as unreadable changes the training data's content, which is in the key) and the seed. A method that
@@ -356,17 +357,29 @@ def is_seed_independent(method: Mapping[str, Any]) -> bool:
     return not method.get("num_fewshot") or method.get("shot_seed") is not None
 
 
+def prompt_identity(prompt: Mapping[str, Any] | None, auto_style: str | None) -> dict[str, Any]:
+    """The prompt settings as keyed: a ``prompt.style`` that ``auto`` chooses for this tokenizer (``auto_style``,
+    chat or plain) is keyed as ``auto``, so that both spellings of one configuration share its keys."""
+    prompt = dict(prompt or {})
+    if auto_style is not None and prompt.get("style") == auto_style:
+        prompt["style"] = "auto"
+    return prompt
+
+
 def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train: Sequence, val: Sequence,
-                  test: Sequence, ood: Mapping[str, Sequence], eval_dtype: str) -> CellIdentity:
+                  test: Sequence, ood: Mapping[str, Sequence], eval_dtype: str,
+                  auto_style: str | None = None) -> CellIdentity:
     """Both keys of a cell from its resolved config, the model's identity and the data it reads.
 
-    ``eval_dtype`` is the dtype generation will run in (``eval.dtype`` resolved for this machine).
+    ``eval_dtype`` is the dtype generation will run in (``eval.dtype`` resolved for this machine); ``auto_style``
+    the style ``prompt.style=auto`` renders for this model's tokenizer (None: not looked up, when the config
+    says auto or the prompt does not matter).
     """
     from slm_sweep.data.specs import dataset_spec
 
     method = dict(config["method"])
     trains = bool(method.get("train"))
-    prompt = dict(config.get("prompt") or {})
+    prompt = prompt_identity(config.get("prompt"), auto_style)
     seed = int(config["seed"])
     training = None
     if trains:

@@ -72,6 +72,27 @@ def load_model_and_tokenizer(model_cfg: Mapping[str, Any], cache_dir: str | Path
     return model, tokenizer
 
 
+def load_tokenizer(model_cfg: Mapping[str, Any], cache_dir: str | Path | None = None):
+    """The model's tokenizer alone, as ``load_model_and_tokenizer`` reads it, without loading any weights."""
+    from transformers import AutoTokenizer
+
+    source = model_cfg["source"]
+    if source == "tiny":
+        return build_tiny_tokenizer(int(model_cfg.get("vocab_size") or 1000))
+    if source == "gguf":
+        target = gguf_cache_dir(model_cfg, cache_dir)
+        if (target / "model.safetensors").is_file():
+            return AutoTokenizer.from_pretrained(str(target))
+        path = gguf_path(model_cfg)
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    if source in ("hub", "random"):
+        try:
+            return AutoTokenizer.from_pretrained(model_cfg["id"], **_hub_kwargs(model_cfg))
+        except OSError as err:
+            raise _load_error(model_cfg, err) from err
+    raise ModelLoadError(f"model.source={source!r} is not one of: {', '.join(MODEL_SOURCES)}")
+
+
 def _torch_dtype(name: str | None) -> torch.dtype | str:
     if name in (None, "auto"):
         return "auto"
@@ -135,11 +156,9 @@ def _reload_quantized(model, model_cfg: Mapping[str, Any]):
 
 
 def _load_hub(model_cfg: Mapping[str, Any]):
-    from transformers import AutoTokenizer
-
+    tokenizer = load_tokenizer(model_cfg)
     model_id, kwargs = model_cfg["id"], _hub_kwargs(model_cfg)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_id, **kwargs)
         model = _from_pretrained(model_cfg, model_id, dtype=_torch_dtype(model_cfg.get("dtype")),
                                  use_safetensors=True, **kwargs)
     except OSError as err:
@@ -148,14 +167,14 @@ def _load_hub(model_cfg: Mapping[str, Any]):
 
 
 def _load_random(model_cfg: Mapping[str, Any]):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     model_id, kwargs = model_cfg["id"], _hub_kwargs(model_cfg)
     try:
         config = AutoConfig.from_pretrained(model_id, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(model_id, **kwargs)
     except OSError as err:
         raise _load_error(model_cfg, err) from err
+    tokenizer = load_tokenizer(model_cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(model_cfg.get("init_seed") or 0))
         model = AutoModelForCausalLM.from_config(config, dtype=_torch_dtype(model_cfg.get("dtype") or "float32"))

@@ -193,7 +193,22 @@ def identify(cfg: DictConfig, config: dict, data: CellData) -> CellIdentity:
     on_val = cfg.eval.get("split", "test") == "val"
     return cell_identity(config, model=model_identity(config["model"]), train=data.splits.train,
                          val=data.splits.val, test=data.splits.val if on_val else data.splits.test,
-                         ood=data.ood_sets, eval_dtype=eval_dtype)
+                         ood=data.ood_sets, eval_dtype=eval_dtype, auto_style=auto_prompt_style(cfg))
+
+
+def auto_prompt_style(cfg: DictConfig) -> str | None:
+    """The style ``prompt.style=auto`` renders for this model, looked up (from its tokenizer alone) only where
+    the config names a style explicitly and the prompt shapes the cell; None otherwise."""
+    style = str((cfg.get("prompt") or {}).get("style") or "auto")
+    prompted = cfg.method.train or (cfg.method.get("prompt_format") or "as_trained") == "as_trained"
+    if style == "auto" or not prompted:
+        return None
+    from slm_sweep.data.prompts import resolve_style
+    from slm_sweep.models import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model, cache_dir=Path(str(cfg.cache_dir)).expanduser())
+    resolve_style(style, tokenizer)  # a style this tokenizer cannot render fails here, before anything runs
+    return resolve_style("auto", tokenizer)
 
 
 def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:

@@ -122,6 +122,14 @@ def test_baseline_prompt_settings_change_only_their_scores(tiny_cfg):
     assert keys(tiny_cfg("method=zeroshot_instructed", "prompt.system=Be brief.")) != instructed
 
 
+def test_a_prompt_style_is_keyed_as_rendered(tiny_cfg):
+    """The tiny tokenizer has a chat template: prompt.style=chat is what auto renders, one configuration."""
+    for method in ("lora", "zeroshot"):
+        auto = keys(tiny_cfg(f"method={method}"))
+        assert keys(tiny_cfg(f"method={method}", "prompt.style=chat")) == auto, method
+        assert keys(tiny_cfg(f"method={method}", "prompt.style=plain")) != auto, method
+
+
 def test_a_tuned_learning_rate_is_in_the_training_key_as_the_rate_itself(tiny_cfg, tmp_path):
     from slm_sweep.tune import resolve_lr
 

@@ -161,3 +161,18 @@ def test_the_dequantized_copy_is_named_by_the_gguf_files_content(tmp_path):
     dirs = [gguf_cache_dir(cfg, tmp_path / "cache") for cfg in cfgs]
     assert dirs[0] != dirs[1] and dirs[0] == dirs[2] and dirs[0].parent == tmp_path / "cache"
     assert dirs[0].name.startswith("q4-") and model_identity(cfgs[0])["weights"].startswith(f"sha256:{dirs[0].name[3:]}")
+
+
+def test_a_tokenizer_loads_alone_as_the_model_loader_reads_it(tmp_path):
+    """What prompt.style=auto renders is looked up from the tokenizer alone, before any weights load."""
+    from slm_sweep.models import load_tokenizer
+
+    model, tokenizer = tiny()
+    tokenizer.save_pretrained(tmp_path)
+    model.config.save_pretrained(tmp_path)
+    for source in ("hub", "random"):
+        alone = load_tokenizer({"name": "shape", "source": source, "id": str(tmp_path)})
+        assert alone.chat_template == tokenizer.chat_template and len(alone) == len(tokenizer)
+    assert load_tokenizer({"name": "tiny", "source": "tiny", "vocab_size": 1000}).get_vocab() == tokenizer.get_vocab()
+    with pytest.raises(ModelLoadError, match="model.source='nope' is not one of"):
+        load_tokenizer({"name": "x", "source": "nope"})

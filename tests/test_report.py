@@ -597,6 +597,17 @@ def test_a_mirrored_setting_is_named_once_and_decimal_variants_sort_as_numbers(t
         ["lr=5e-05", "lr=0.0001", "lr=0.0002", "lr=0.001"]
 
 
+def test_a_prompt_style_is_labelled_as_rendered(tmp_path):
+    """prompt.style=auto and the chat it renders are one configuration; plain is another."""
+    for job, (style, rendered) in enumerate([("auto", "chat"), ("chat", "chat"), ("plain", "plain")]):
+        record = _with_identity(make_record("beta", "lora", job, 0.2, 0.2),
+                                {"method": {"name": "lora"}, "prompt": {"style": style}}, f"cfg-{rendered}")
+        record["prompt"] = {"style": rendered}
+        write_json(tmp_path / str(job) / "result.json", record)
+    rows = summarize(collect([tmp_path]).records)
+    assert sorted((row["variant"], row["n"]) for row in rows) == [("style=chat", 2), ("style=plain", 1)]
+
+
 def test_a_baseline_with_two_variants_says_why_there_is_no_delta(tmp_path):
     """Two zero-shot configurations (another eval dtype): the report cannot pick the reference, and says so
     instead of showing an empty delta that reads as 'no difference'."""

@@ -118,6 +118,10 @@ def configuration_settings(record: dict[str, Any]) -> dict[str, str]:
     """The record's settings that can change its numbers, flattened (``method.r`` -> ``16``)."""
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
     settings = _flatten(config)
+    rendered = record.get("prompt") if isinstance(record.get("prompt"), dict) else {}
+    if rendered.get("style") and "prompt.style" in settings:
+        # the style as rendered: prompt.style=auto and the style it chooses are one configuration
+        settings["prompt.style"] = json.dumps(rendered["style"])
     trained = trains(record)
     kept = {}
     for key, value in settings.items():
