@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from slm_sweep.config_sources import CONF_DIR
 from slm_sweep.scoring import PRIMARY_METRIC, accuracy_key
@@ -181,27 +181,48 @@ def validate(cfg: DictConfig) -> None:
             check_tuned_under(cfg, table, path)
         return
     method = cfg.method.get("name")
-    grid = tuning.get("lr_grid") or {}
     if not cfg.method.get("train"):
         raise ConfigError(f"tuning.lr_candidate={candidate} searches a learning rate, but method={method!r} "
-                          f"trains nothing: search {', '.join(grid) or 'a trained method'}")
+                          "trains nothing: search a trained method")
     if source != "method":
         raise ConfigError("tuning.lr=tuned cannot be combined with a learning-rate search "
                           f"(tuning.lr_candidate={candidate}): a search sets the rate itself")
-    if method not in grid:
-        # an example with as many rates as the other methods have (the search sweeps one index range for all)
-        count = max((len(list(v)) for v in grid.values()), default=5)
-        example = ",".join(f"{v:g}" for v in [5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3][:count])
-        raise ConfigError(f"tuning.lr_grid has no candidates for method={method!r}; it has: "
-                          f"{', '.join(grid) or 'none'} (add its candidates: '+tuning.lr_grid.{method}=[{example}]', "
-                          "as many as tuning.lr_candidate sweeps)")
-    values = list(grid[method])
+    given = (tuning.get("lr_grid") or {}).get(method)
+    if given is not None:
+        for i, value in enumerate(list(given)):
+            if not _positive_number(value):
+                raise ConfigError(f"tuning.lr_grid.{method}[{i}]={value!r} must be a positive number")
+    if given is None and not _positive_number(cfg.method.get("lr")):
+        raise ConfigError(f"method.lr={cfg.method.get('lr')!r} must be a positive number: a search's candidates "
+                          f"are built around it (or give them: '+tuning.lr_grid.{method}=[...]')")
+    values, where = method_grid(cfg)
     if isinstance(candidate, bool) or not isinstance(candidate, int) or not 0 <= candidate < len(values):
-        raise ConfigError(f"tuning.lr_candidate={candidate!r} must be an index into tuning.lr_grid.{method}, "
+        raise ConfigError(f"tuning.lr_candidate={candidate!r} must be an index into {where}, "
                           f"which has {len(values)} candidates (0 to {len(values) - 1})")
-    for i, value in enumerate(values):
-        if not _positive_number(value):
-            raise ConfigError(f"tuning.lr_grid.{method}[{i}]={value!r} must be a positive number")
+
+
+GRID_STEPS = 2  # candidates of a derived grid either side of the method's rate: five in all
+
+
+def lr_grid(lr: float, steps: int = GRID_STEPS) -> list[float]:
+    """Candidates around ``lr``: the nearest ``steps`` values of the 1-2-5 series below it and above it, and
+    ``lr`` itself in the middle (a factor 20 wide for a rate on the series: 2e-4 gives 5e-5 ... 1e-3)."""
+    exponent = math.floor(math.log10(lr))
+    series = sorted(float(f"{m}e{e}") for e in range(exponent - steps, exponent + steps + 1) for m in (1, 2, 5))
+    below = [v for v in series if v < lr * (1 - 1e-9)][-steps:]
+    above = [v for v in series if v > lr * (1 + 1e-9)][:steps]
+    return [*below, float(lr), *above]
+
+
+def method_grid(cfg: DictConfig) -> tuple[list[float], str]:
+    """A grid search's candidates for the cell's method and where they come from: ``tuning.lr_grid.<method>``
+    when given, else ``lr_grid`` around ``method.lr`` as composed (the method file's rate, or the command
+    line's)."""
+    method = cfg.method.name
+    given = (cfg.tuning.get("lr_grid") or {}).get(method)
+    if given is not None:
+        return [float(v) for v in given], f"tuning.lr_grid.{method}"
+    return lr_grid(float(cfg.method.lr)), f"the grid around method.lr={cfg.method.lr:g}"
 
 
 def resolve_lr(cfg: DictConfig) -> dict[str, Any] | None:
@@ -216,8 +237,13 @@ def resolve_lr(cfg: DictConfig) -> dict[str, Any] | None:
     source = tuning.get("lr", "method")
     if tuning.get("lr_candidate") is not None:
         index = int(tuning.lr_candidate)
-        return {"value": float(cfg.method.lr), "source": "grid",
-                "detail": f"tuning.lr_grid.{cfg.method.name}[{index}]"}
+        grid, _ = method_grid(cfg)
+        with open_dict(cfg):
+            # the grid searched, in the recorded config; set once, so that resolving again picks the same rate
+            cfg.tuning.lr_grid = {**(cfg.tuning.get("lr_grid") or {}), cfg.method.name: grid}
+        cfg.method.lr = grid[index]
+        return {"value": grid[index], "source": "grid", "detail": f"tuning.lr_grid.{cfg.method.name}[{index}]",
+                "candidates": grid}
     if source == "method":
         return {"value": float(cfg.method.lr), "source": "method", "detail": "method.lr"}
     from slm_sweep.config import ConfigError

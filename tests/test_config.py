@@ -368,8 +368,6 @@ def test_every_key_under_conf_is_a_typed_setting_a_target_argument_or_read_by_th
                 if len(parts) > 1 and not _schema_knows(SCHEMAS[parts[0]], parts[1:]):
                     unknown.append(f"{where}: {full} (not in {SCHEMAS[parts[0]].__name__})")
                 continue
-            if full.startswith("tuning.lr_grid.") and parts[-1] in group_options("method"):
-                continue  # a method's learning-rate candidates, read by its name
             if parts[-1] not in names and parts[-1] not in referenced:
                 unknown.append(f"{where}: {full} (read by no code)")
     assert not unknown, "keys nobody reads:\n" + "\n".join(unknown)

@@ -28,8 +28,8 @@ GRID = {"full": [1.0e-5, 1.0e-3], "lora": [1.0e-4, 1.0e-2]}
 def test_lr_grid_over_full_and_lora_gives_a_table_that_a_tuned_cell_trains_with(requires_data, tmp_path):
     sweep = tmp_path / "search"
     args = ["-m", *SWEEP_SETTINGS, "hparams_search=lr_grid", "method=full,lora", "trainer.max_steps=2",
-            "dataset.test_limit=2", f"tuning.lr_grid.full=[{GRID['full'][0]},{GRID['full'][1]}]",
-            f"tuning.lr_grid.lora=[{GRID['lora'][0]},{GRID['lora'][1]}]",
+            "dataset.test_limit=2", f"+tuning.lr_grid.full=[{GRID['full'][0]},{GRID['full'][1]}]",
+            f"+tuning.lr_grid.lora=[{GRID['lora'][0]},{GRID['lora'][1]}]",
             "tuning.lr_candidate=0,1", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.run([sys.executable, "-m", "slm_sweep", *args], cwd=tmp_path, env=env(), capture_output=True,
                           text=True, timeout=600)
@@ -43,8 +43,10 @@ def test_lr_grid_over_full_and_lora_gives_a_table_that_a_tuned_cell_trains_with(
         assert cell["config"]["method"]["lr"] == cell["learning_rate"]["value"]
         metrics = cell["metrics"]
         assert metrics["val_n_eval"] == 8 and "accuracy_flexible" not in metrics  # never the test split
-    assert all(f"-lr{c['learning_rate']['value']}-" in d.name for c, d in
-               zip(cells, sorted(p.parent for p in sweep.glob("*/result.json"))))
+    for cell, folder in zip(cells, sorted(p.parent for p in sweep.glob("*/result.json"))):
+        index = cell["config"]["tuning"]["lr_candidate"]
+        assert f"-lr-candidate{index}-" in folder.name
+        assert cell["learning_rate"]["candidates"][index] == cell["learning_rate"]["value"]
 
     table_file = tmp_path / "lr.yaml"
     # 8 validation questions cannot tell rates apart: refused unless asked for
@@ -91,13 +93,24 @@ def test_the_grid_gives_each_method_its_own_candidates(tiny_cfg, method, candida
         cfg = compose(config_name="config", overrides=[*FAST_TINY, f"method={method}", "hparams_search=lr_grid",
                                                        f"tuning.lr_candidate={candidate}"], return_hydra_config=True)
     assert cfg.hydra.sweeper.params["tuning.lr_candidate"] == "range(5)" and cfg.eval.split == "val"
-    grid = list(cfg.tuning.lr_grid[method])
-    assert len(grid) == 5 and grid == sorted(grid) and grid[2] == tiny_cfg(f"method={method}").method.lr
+    default = tiny_cfg(f"method={method}").method.lr
+    grid = {"full": [5e-6, 1e-5, 2e-5, 5e-5, 1e-4]}.get(method, [5e-5, 1e-4, 2e-4, 5e-4, 1e-3])
+    assert grid[2] == default
     with open_dict(cfg):
         del cfg["hydra"]
     validate_config(cfg)
-    assert resolve_lr(cfg) == {"value": grid[candidate], "source": "grid",
+    assert resolve_lr(cfg) == {"value": grid[candidate], "source": "grid", "candidates": grid,
                                "detail": f"tuning.lr_grid.{method}[{candidate}]"}
+    assert cfg.method.lr == grid[candidate] and list(cfg.tuning.lr_grid[method]) == grid
+    assert resolve_lr(cfg)["value"] == grid[candidate]  # resolving again picks the same rate
+
+
+@pytest.mark.parametrize("lr, grid", [(2e-4, [5e-5, 1e-4, 2e-4, 5e-4, 1e-3]), (1e-3, [2e-4, 5e-4, 1e-3, 2e-3, 5e-3]),
+                                      (3e-4, [1e-4, 2e-4, 3e-4, 5e-4, 1e-3]), (5e-6, [1e-6, 2e-6, 5e-6, 1e-5, 2e-5])])
+def test_a_grid_is_the_1_2_5_series_around_the_rate(lr, grid):
+    from slm_sweep.tune import lr_grid
+
+    assert lr_grid(lr) == grid
 
 
 def test_a_tuned_cell_trains_at_the_table_rate_and_records_where_it_came_from(tiny_cfg, tmp_path):
@@ -187,8 +200,9 @@ def test_a_missing_table_says_how_to_write_it(tiny_cfg, tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (["method=zeroshot", "+tuning.lr_candidate=0", "+tuning.lr_grid={lora: [1e-4]}"], "trains nothing"),
-    (["method=full", "+tuning.lr_candidate=0", "+tuning.lr_grid={lora: [1e-4]}"],
-     "tuning.lr_grid has no candidates for method='full'; it has: lora"),
+    (["method=full", "+tuning.lr_candidate=5", "+tuning.lr_grid={lora: [1e-4]}"],
+     "tuning.lr_candidate=5 must be an index into the grid around method.lr=2e-05, which has 5 candidates"),
+    (["method=full", "+tuning.lr_candidate=0", "method.lr=0"], "method.lr=0 must be a positive number"),
     (["method=lora", "+tuning.lr_candidate=2", "+tuning.lr_grid={lora: [1e-4, 2e-4]}"],
      "tuning.lr_candidate=2 must be an index into tuning.lr_grid.lora, which has 2 candidates (0 to 1)"),
     (["method=lora", "+tuning.lr_candidate=0", "+tuning.lr_grid={lora: [x]}"],
@@ -203,24 +217,21 @@ def test_bad_search_settings_name_the_value(tiny_cfg, overrides, message):
     assert message in str(err.value)
 
 
-def test_every_trained_method_has_grid_candidates_and_a_new_one_is_told_how_to_add_them(tiny_cfg, tmp_path):
+def test_every_trained_method_has_grid_candidates_and_a_new_one_needs_no_more_than_its_file(tiny_cfg, tmp_path):
     from slm_sweep.config_sources import group_options
 
     for method in group_options("method"):
-        cfg = tiny_cfg(f"method={method}", "hparams_search=lr_grid")
+        cfg = tiny_cfg(f"method={method}", "hparams_search=lr_grid", "tuning.lr_candidate=4")
         if cfg.method.train:
             validate_config(cfg)
-            assert len(cfg.tuning.lr_grid[method]) == 5, method
+            rate = cfg.method.lr
+            assert resolve_lr(cfg)["candidates"][2] == rate and len(cfg.tuning.lr_grid[method]) == 5, method
     (tmp_path / "method").mkdir()
     (tmp_path / "method" / "lora_r32.yaml").write_text("defaults:\n  - lora\n  - _self_\nname: lora_r32\nr: 32\n")
     searchpath = f"hydra.searchpath=[file://{tmp_path}]"
-    with pytest.raises(ConfigError) as err:
-        validate_config(tiny_cfg(searchpath, "method=lora_r32", "hparams_search=lr_grid"))
-    hint = str(err.value).split("'")[-2] if "'+" in str(err.value) else ""
-    assert hint.startswith("+tuning.lr_grid.lora_r32=")
-    cfg = tiny_cfg(searchpath, "method=lora_r32", "hparams_search=lr_grid", hint, "tuning.lr_candidate=2")
-    validate_config(cfg)  # the hint, as written, works
-    assert cfg.method.lr == 2e-4  # the third of the hint's five rates
+    cfg = tiny_cfg(searchpath, "method=lora_r32", "hparams_search=lr_grid", "tuning.lr_candidate=3")
+    validate_config(cfg)
+    assert resolve_lr(cfg)["value"] == cfg.method.lr == 5e-4  # the fourth of five around lora's 2e-4
 
 
 def _record(method, lr, accuracy, val_loss=1.0, n_val=500, seed=0, status="completed", **config):
