@@ -597,6 +597,18 @@ def test_a_mirrored_setting_is_named_once_and_decimal_variants_sort_as_numbers(t
         ["lr=5e-05", "lr=0.0001", "lr=0.0002", "lr=0.001"]
 
 
+def test_a_seed_that_failed_before_its_identity_is_a_lost_seed_of_its_configuration(tmp_path):
+    """A cell that failed while reading its data has no key: it is not a configuration of its own."""
+    config = {"method": {"name": "lora", "r": 16}}
+    for seed in (0, 1):
+        write_json(tmp_path / f"s{seed}" / "result.json",
+                   _with_identity(make_record("beta", "lora", seed, 0.3, 0.2), config, "cfg-r16"))
+    write_json(tmp_path / "s2" / "result.json",
+               {**make_record("beta", "lora", 2, 0.3, 0.2, status="failed"), "config": config, "identity": None})
+    rows = summarize(collect([tmp_path]).records)
+    assert [(row["variant"], row["n"], row["not_completed"]) for row in rows] == [("", 2, "seed 2 failed")]
+
+
 def test_a_prompt_style_is_labelled_as_rendered(tmp_path):
     """prompt.style=auto and the chat it renders are one configuration; plain is another."""
     for job, (style, rendered) in enumerate([("auto", "chat"), ("chat", "chat"), ("plain", "plain")]):

@@ -159,10 +159,13 @@ def assign_variants(records: list[dict[str, Any]]) -> None:
         differing = [k for k in differing if k in by_values.values()]
         names = _short_names(differing)
         labels = [", ".join(f"{names[k]}={_plain(own.get(k))}" for k in differing) for own in settings]
-        # configurations the config cannot tell apart (other code, data or library versions) by their key
+        # configurations the config cannot tell apart (other code, data or library versions) by their key; a cell
+        # that failed before its key was computed belongs to the one keyed configuration of its settings, if any
         by_label: dict[str, set[str]] = defaultdict(set)
         for record, label in zip(group, labels):
-            by_label[label].add(identity_key(record, "configuration_key") or "")
+            key = identity_key(record, "configuration_key")
+            if key:
+                by_label[label].add(key)
         for record, label in zip(group, labels):
             key = identity_key(record, "configuration_key") or ""
             if len(by_label[label]) > 1:
