@@ -34,7 +34,10 @@ from pathlib import Path
 from typing import Any
 
 # Bump when a change to the training path alters the weights it produces (loss, batching order, schedule, ...).
-TRAINING_CODE_VERSION = 4  # 4: trainable weights loaded in a half dtype train as float32 master weights under
+TRAINING_CODE_VERSION = 5  # 5: a run resumed under another micro-batch plan, or after a crash following a resume,
+# trains on the steps an uninterrupted run does (it could skip or merge steps); weight decay under FSDP reaches the
+# matrices (sharding flattened them into undecayed vectors)
+# 4: trainable weights loaded in a half dtype train as float32 master weights under
 # mixed precision (they were updated in bf16)
 # 3: plain prompts trained with the BOS scoring sees; Llama 3 chat prompts dated
 # CHAT_TEMPLATE_DATE; a chat turn ends with the template's end-of-turn token (Gemma 3: <end_of_turn>, not <eos>);
@@ -74,7 +77,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
 SCORING_SOURCES_SHA256 = {10: "a83cb2eeac319ce92c5f8fff956a3c1fa85e0d68d5425294196ffe8b8d99bf8b"}
-TRAINING_SOURCES_SHA256 = {4: "f39f10aa252435767422444986ba263b73328f5df473bbc5b99eae4cf43c4b3d"}
+TRAINING_SOURCES_SHA256 = {5: "726e0d7d9fa4fc7cdeea82489c064ba9be78a07bff7b8cd06827044343966268"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

@@ -264,6 +264,50 @@ def test_an_interrupt_between_micro_batches_resumes_at_the_step_and_keeps_every_
     assert_same_tensors(weights(straight), weights(resumed), rtol=0, atol=0)
 
 
+def test_a_run_resumed_under_another_micro_batch_size_trains_on_the_same_steps(examples, tmp_path):
+    """The micro-batch size is not in the training key, so a checkpoint of 4 micro-batches per step resumes
+    under 2: the epoch must still end after its last step, not after as many micro-batches as before."""
+    straight_steps, first, second = StepContents(), StepContents(), StepContents()
+    train(examples, tmp_path / "straight", "lora", max_steps=6, micro_batch_size=2, callbacks=[straight_steps])
+    out = tmp_path / "resumed"
+    train(examples, out, "lora", max_steps=6, micro_batch_size=1, checkpoint_every_n_steps=1,
+          callbacks=[StopAfter(1), first])
+    _, outcome = train(examples, out, "lora", max_steps=6, micro_batch_size=2, callbacks=[second])
+    assert outcome.train_steps == 6
+    assert first.steps + second.steps == straight_steps.steps and not second.current
+
+
+class CrashAfterStep(L.Callback):
+    """A failure no handler sees (a lost node, SIGKILL) once step ``step`` has finished."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step and batch["last_in_step"]:
+            raise RuntimeError("lost")
+
+
+def test_checkpoints_written_after_a_resume_are_at_step_boundaries_with_the_random_state(examples, tmp_path):
+    """Resumed at step 2 with a checkpoint every 2 steps, then lost at step 3: the checkpoint it leaves must be
+    step 2's as the first run wrote it, not one written after the first micro-batch of step 3."""
+    from slm_sweep.train.module import RNG_STATES_KEY
+
+    straight_steps, first, third = StepContents(), StepContents(), StepContents()
+    straight, _ = train(examples, tmp_path / "straight", "lora", max_steps=6, micro_batch_size=2,
+                        callbacks=[straight_steps])
+    out, settings = tmp_path / "resumed", dict(max_steps=6, micro_batch_size=2, checkpoint_every_n_steps=2)
+    train(examples, out, "lora", callbacks=[StopAfter(2), first], **settings)
+    with pytest.raises(RuntimeError, match="lost"):
+        train(examples, out, "lora", callbacks=[CrashAfterStep(3)], **settings)
+    saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    progress = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
+    assert saved["global_step"] == 2 and progress["ready"] == 4 and RNG_STATES_KEY in saved
+    resumed, _ = train(examples, out, "lora", callbacks=[third], **settings)
+    assert first.steps + third.steps == straight_steps.steps
+    assert_same_tensors(weights(straight), weights(resumed), rtol=0, atol=0)
+
+
 class ExitAfterStep(L.Callback):
     """What submitit's handler of SLURM's time-out signal does inside a training step: requeue, then
     ``sys.exit(-1)``."""

@@ -93,3 +93,17 @@ def test_adamw_is_fused_where_torch_has_the_kernel():
     params = [torch.nn.Parameter(torch.randn(4, 4)), torch.nn.Parameter(torch.randn(4))]
     assert build_optimizer(params, 1e-3).defaults["fused"] is True  # CPU kernel since torch 2.4
     assert not build_optimizer(params, 1e-3, fused=False).defaults["fused"]
+
+
+def test_weight_decay_follows_the_shapes_the_parameters_had_before_sharding():
+    """FSDP hands the optimizer flat 1-D shards: the matrices must still be decayed, the vectors not."""
+    import torch
+
+    from slm_sweep.train.module import CausalLMModule
+
+    model = torch.nn.Linear(4, 4)
+    module = CausalLMModule(model, lr=1e-3, weight_decay=0.1)
+    for param in model.parameters():
+        param.data = param.data.flatten()  # what FSDP's sharded views look like
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    assert [(g["weight_decay"], [p.numel() for p in g["params"]]) for g in groups] == [(0.1, [16]), (0.0, [4])]

@@ -167,9 +167,9 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
                  *(extra_callbacks or [])]
     ckpt_every = trainer_cfg.get("checkpoint_every_n_steps")
     if ckpt_every:
-        from lightning.pytorch.callbacks import ModelCheckpoint
+        from slm_sweep.train.interrupt import StepCheckpoint
 
-        callbacks.append(ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, save_last=True, save_top_k=0,
+        callbacks.append(StepCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, save_last=True, save_top_k=0,
                                          every_n_train_steps=int(ckpt_every), save_weights_only=False))
     trainer = build_trainer(trainer_cfg, out_dir, callbacks, loggers, checkpointing=bool(ckpt_every))
     # the chip training runs on: a CPU run on a GPU machine has no bf16 peak (and gets no MFU)

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,14 @@ class CheckpointOnInterrupt(L.Callback):
             log.warning("interrupted at step %d: checkpoint saved to %s", trainer.global_step, self.checkpoint_path)
 
 
+def finished_micro_batches(sampler, epoch: int, global_step: int) -> int:
+    """The micro-batches of ``epoch`` that its optimizer steps finished by ``global_step`` hold, in the sampler's
+    plan (``StepBatchSampler`` resumes an epoch at the step ``global_step`` says, skipping the finished ones)."""
+    steps = sampler.steps(epoch)
+    finished = min(len(steps), max(0, global_step - epoch * len(steps)))
+    return sum(len(step) for step in steps[:finished])
+
+
 def rewind_to_last_step(trainer) -> None:
     """Count this epoch's micro-batches as those of its finished optimizer steps.
 
@@ -59,13 +68,51 @@ def rewind_to_last_step(trainer) -> None:
     sampler = getattr(trainer.train_dataloader, "sampler", None)
     if not isinstance(sampler, StepBatchSampler):
         return
-    steps = sampler.steps(sampler.epoch)
-    finished = min(len(steps), max(0, trainer.global_step - sampler.epoch * len(steps)))
-    consumed = sum(len(step) for step in steps[:finished])
+    consumed = finished_micro_batches(sampler, sampler.epoch, trainer.global_step)
     progress = trainer.fit_loop.epoch_loop.batch_progress
     earlier_epochs = progress.total.ready - progress.current.ready
     for counter, value in ((progress.current, consumed), (progress.total, earlier_epochs + consumed)):
         counter.ready = counter.started = counter.processed = counter.completed = value
+
+
+_COUNTERS = ("ready", "started", "processed", "completed")
+
+
+def align_to_plan(checkpoint: dict, sampler) -> int:
+    """Shift a checkpoint's micro-batch counters to this run's plan of micro-batches; returns the shift.
+
+    The micro-batch settings (``micro_batch_size``, ``micro_batch_tokens``, packing) change only speed and memory,
+    so a cell resumes a checkpoint written under other ones, with other micro-batch counts per step. Restored as
+    they are, Lightning's counters would end the resumed epoch early (its last steps never trained on, a
+    half-accumulated gradient carried into the next epoch) or late. Shifted by the difference between the two
+    plans' counts for the finished steps, they keep their relation to each other (a checkpoint written inside a
+    batch-end hook counts its batch as not yet completed).
+    """
+    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    progress, epochs = loop.get("epoch_loop.batch_progress"), loop.get("epoch_progress")
+    if not progress or not epochs or "global_step" not in checkpoint:
+        return 0
+    # the epoch Lightning hands the sampler on resuming (fit loop: set_epoch(epoch_progress.current.processed))
+    epoch = int(epochs["current"]["processed"])
+    shift = finished_micro_batches(sampler, epoch, int(checkpoint["global_step"])) - int(progress["current"]["ready"])
+    if shift:
+        for part in ("current", "total"):
+            for counter in _COUNTERS:
+                progress[part][counter] = max(0, int(progress[part][counter]) + shift)
+        log.info("resuming under another micro-batch plan: the epoch's micro-batch count moved by %+d", shift)
+    return shift
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_train_steps`` optimizer steps, written when a step has finished.
+
+    Lightning's ModelCheckpoint does not keep the step it last saved across a resume: the first micro-batch after
+    resuming at a multiple of ``every_n_train_steps`` would write a checkpoint in the middle of the next step.
+    """
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._last_global_step_saved = trainer.global_step
 
 
 def is_interrupt(exc: BaseException) -> bool:

@@ -40,15 +40,19 @@ def set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> Non
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
-                    betas: tuple[float, float] = (0.9, 0.999), fused: bool | None = None) -> torch.optim.AdamW:
+                    betas: tuple[float, float] = (0.9, 0.999), fused: bool | None = None,
+                    matrices: set[int] | None = None) -> torch.optim.AdamW:
     """AdamW over the trainable parameters; no weight decay on vectors (norms, biases, DoRA magnitudes).
 
+    ``matrices``: the ids of the parameters that are matrices, taken before a sharding strategy flattens them
+    (FSDP hands the optimizer 1-D shards); None: read from the parameters' shapes.
     ``fused=None`` takes the fused kernel wherever torch has one for the parameters' device (CUDA, and CPU since
     torch 2.4, where it is several times faster than the per-tensor loop), the default kernel elsewhere.
     """
     params = [p for p in params if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    decayed = [(id(p) in matrices) if matrices is not None else p.ndim >= 2 for p in params]
+    groups = [{"params": [p for p, d in zip(params, decayed) if d], "weight_decay": weight_decay},
+              {"params": [p for p, d in zip(params, decayed) if not d], "weight_decay": 0.0}]
     if fused is None:
         try:
             return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
@@ -98,6 +102,7 @@ class CausalLMModule(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.model = model
+        self._matrices = {id(p) for p in model.parameters() if p.ndim >= 2}  # before any strategy shards them
         self.lr, self.weight_decay, self.warmup_steps, self.max_steps = lr, weight_decay, warmup_steps, max_steps
         self.betas = tuple(betas)
         self.fused_adamw = fused_adamw
@@ -254,7 +259,14 @@ class CausalLMModule(L.LightningModule):
             checkpoint[RNG_STATES_KEY] = self._rng_after_step
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._rng_to_restore = checkpoint.get(RNG_STATES_KEY)
+        # also what a checkpoint written before the first resumed step finishes saves
+        self._rng_to_restore = self._rng_after_step = checkpoint.get(RNG_STATES_KEY)
+        trainer = getattr(self, "_trainer", None)
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if hasattr(datamodule, "train_sampler"):
+            from slm_sweep.train.interrupt import align_to_plan
+
+            align_to_plan(checkpoint, datamodule.train_sampler())  # before Lightning restores its loops from it
 
     def validation_step(self, batch, batch_idx):
         self._val_sums.append(self._validation_sums(batch))
@@ -286,7 +298,8 @@ class CausalLMModule(L.LightningModule):
                     logger.log_metrics({"val/loss": self.last_val_loss}, step=self.global_step)
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.model.parameters(), self.lr, self.weight_decay, self.betas, self.fused_adamw)
+        optimizer = build_optimizer(self.model.parameters(), self.lr, self.weight_decay, self.betas, self.fused_adamw,
+                                    matrices=self._matrices)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, self.warmup_steps, self.max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
