@@ -390,18 +390,36 @@ def margin_note(direction: str, test: PairedTest, verdict: str, margin: float) -
     return None
 
 
+def survivors_cannot_show(claim: Claim, a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """The rows whose lost seeds leave a reproduced verdict unproven: seeds that diverged or failed are evidence
+    their completed ones cannot stand in for. Non-inferiority: either side. above/below: the side claimed to be
+    better (a for above, b for below), whose survivors are the lucky ones; the other side's losses only work
+    against the claim."""
+    if claim.direction in (NOT_BELOW, NOT_ABOVE):
+        return a, b
+    return (a,) if claim.direction == ABOVE else (b,)
+
+
 def instance_note(claim: Claim, instance: Instance) -> str | None:
-    """What a reader of one instance's verdict must know: the margin note, lost seeds, a two-seed row."""
+    """What a reader of one instance's verdict must know: the margin note, lost seeds, a row of few seeds."""
     notes = [margin_note(claim.direction, instance.test, instance.verdict, claim.margin)]
     lost = [f"{row['method']} lost seeds ({row['not_completed']})" for row in (instance.a, instance.b)
             if row.get("not_completed")]
-    if lost and claim.direction in (NOT_BELOW, NOT_ABOVE):
-        lost.append("survivors alone cannot show non-inferiority")
+    if any(row.get("not_completed") for row in survivors_cannot_show(claim, instance.a, instance.b)):
+        lost.append("its completed seeds alone cannot show the claim")
     notes += lost
+    notes += [f"{method_label(row)}: one training run, so the spread between training seeds is not measured "
+              "(the test covers the questions only)" for row in single_runs(instance.a, instance.b)]
     if 2 in (instance.a.get("n"), instance.b.get("n")) and instance.test.test == SEEDS_AND_QUESTIONS:
         notes.append("a row of 2 seeds: the seeds test rejects more often than alpha (up to 11.5 % at 0.05)")
     notes += learning_rate_notes(instance.a, instance.b)
     return "; ".join(n for n in notes if n) or None
+
+
+def single_runs(*rows: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trained rows of one completed seed, planned so: a verdict on them is about one training run, not
+    the method (a row that lost its other seeds says so already)."""
+    return [row for row in rows if row.get("trained") and row.get("n") == 1 and not row.get("not_completed")]
 
 
 def learning_rate_notes(*rows: dict[str, Any]) -> list[str]:
@@ -514,6 +532,10 @@ def _coverage_gaps(claim: Claim, rows: Sequence[dict[str, Any]], in_scope: Seque
     gaps += [f"{model}: random weights, left out (name it in the claim's models to include it; a pattern does not)"
              for model in untrained]
     for r in {id(row): row for row in used}.values():
+        if single_runs(r):
+            gaps.append(f"{r['model']} × {method_label(r)} on {r['dataset']}: one training run (seed "
+                        f"{', '.join(map(str, r.get('seeds') or [])) or '?'}), a verdict about that run rather "
+                        "than the method (more seeds: seed=0,1,2)")
         if r.get("not_completed"):
             gaps.append(f"{r['model']} × {method_label(r)} on {r['dataset']}: mean over {r['n']} completed "
                         f"seed{'s' if r['n'] != 1 else ''} only ({r['not_completed']})")
@@ -559,8 +581,8 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
     matters for the instances read one by one and for the partial roll-ups.
 
     ``lost``: aggregate.not_completed of the records, so that cells the claim covers but that did not complete
-    are named in ``gaps``. A non-inferiority instance whose rows lost seeds is inconclusive: the seeds that
-    diverged or failed are evidence its survivors cannot stand in for. Also gaps: a row of either side that found
+    are named in ``gaps``. An instance whose rows lost seeds (for above/below: the side claimed to be better) is
+    inconclusive: the seeds that diverged or failed are evidence its survivors cannot stand in for. Also gaps: a row of either side that found
     nothing to pair with, a method of a ``require: all`` side missing from the results, and ``unreadable``
     result files (the collector's malformed ones), whose cells the claim may cover."""
     check_correction(correction)
@@ -589,8 +611,7 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
                      if t.p_value is not None else t for (a, b), t in zip(pairs, tests)]
     for (a, b), test, p in zip(pairs, tests, adjusted):
         verdict = judge(claim.direction, test, alpha, claim.margin, p_value=p)
-        if verdict == REPRODUCED and claim.direction in (NOT_BELOW, NOT_ABOVE) and (a.get("not_completed")
-                                                                                   or b.get("not_completed")):
+        if verdict == REPRODUCED and any(row.get("not_completed") for row in survivors_cannot_show(claim, a, b)):
             verdict = INCONCLUSIVE
         result.instances.append(Instance(a["dataset"], a, b, test, verdict, p))
     result.verdict = roll_up([i.verdict for i in result.instances])
