@@ -302,7 +302,7 @@ def test_a_baseline_claim_is_checked_against_each_wording_and_the_table_says_so(
     out = tmp_path / "report"
     markdown = (out / "claims.md").read_text()
     assert "full vs zeroshot: 1 reproduced, 1 contradicted; full vs zeroshot_instructed: 1 inconclusive" in markdown
-    assert "| `full-below-zeroshot-under-300m` |" in markdown and "**mixed**" in markdown
+    assert "| `full-below-zeroshot-under-300m` |" in markdown and "**mixed (incomplete)**" in markdown
     assert "metric flexible" in markdown and "alpha=0.05" in markdown
     # the claims table is also the last section of the sweep summary
     summary = (out / "summary.md").read_text()
@@ -354,7 +354,8 @@ def test_a_claim_is_incomplete_when_a_method_it_needs_or_a_row_to_pair_or_a_file
     full = results["full-below-zeroshot-under-300m"]
     assert [(i.a["model"], i.verdict) for i in full.instances] == [("smollm135", "reproduced")]
     assert full.stated_verdict == "reproduced (incomplete)"
-    assert full.gaps == ["gemma270 × full on gsm8k: no {zeroshot, zeroshot_instructed} (each) to compare it with"]
+    assert full.gaps == ["dataset 'orcamath': no cell of these results",
+                         "gemma270 × full on gsm8k: no {zeroshot, zeroshot_instructed} (each) to compare it with"]
 
     broken = tmp_path / "gemma270-zeroshot-gsm8k-seed0"
     broken.mkdir()
@@ -795,6 +796,7 @@ def test_a_claim_says_what_it_covers_but_could_not_use(tmp_path):
     result = results["full-below-zeroshot-under-300m"]
     assert result.verdict == "reproduced" and result.stated_verdict == "reproduced (incomplete)"
     assert result.gaps == [
+        "dataset 'orcamath': no cell of these results",
         "smollm135 × full on gsm8k: mean over 1 completed seed only (seed 1 diverged; seed 2 diverged)",
         "gemma270 × full on gsm8k: no completed seed (seed 0 failed; seed 1 failed; seed 2 failed)"]
     text = (tmp_path / "report" / "claims.md").read_text()
@@ -830,6 +832,17 @@ def test_an_ordering_is_not_shown_by_the_seeds_that_survived_on_the_side_claimed
     results, _ = claims_of(tmp_path)
     (instance,) = results["dora-above-lora-gsm8k"].instances
     assert instance.test.p_value < 0.05 and instance.verdict == verdict
+
+
+def test_a_study_claim_checked_on_part_of_the_study_says_what_is_missing(tmp_path):
+    """One model under 300M on one dataset cannot settle "full fine-tuning hurts models under 300M"."""
+    for method, correct in (("zeroshot", 20), ("full", 8)):
+        write_row(tmp_path, "smollm135", method, "gsm8k", correct)
+    results, _ = claims_of(tmp_path)
+    result = results["full-below-zeroshot-under-300m"]
+    assert result.stated_verdict == "reproduced (incomplete)"
+    assert result.gaps[:2] == ["model pattern 'gemma270' matches no model of these results",
+                               "dataset 'orcamath': no cell of these results"]
 
 
 def test_a_verdict_on_one_training_run_is_stated_as_incomplete(tmp_path):

@@ -519,6 +519,9 @@ def _coverage_gaps(claim: Claim, rows: Sequence[dict[str, Any]], in_scope: Seque
         # a list of alternatives (models_require: any) is covered when one of them matches: the others are named
         if selector.models_require == "all" or len(unmatched) == len(selector.models):
             gaps += [f"model pattern {pattern!r} matches no model of these results" for pattern in unmatched]
+    known_datasets = {r["dataset"] for r in rows} | {str(key[0]) for key in lost}
+    gaps += [f"dataset {pattern!r}: no cell of these results" for pattern in claim.datasets
+             if not any(fnmatch.fnmatchcase(dataset, pattern) for dataset in known_datasets)]
     bounded = [sel for sel in (claim.selector, claim.a.selector, claim.b.selector)
                if sel.params_below is not None or sel.params_at_least is not None]
     if bounded:
