@@ -889,6 +889,18 @@ def test_variants_of_both_sides_are_paired_like_with_like(tmp_path):
     assert result.verdict == "reproduced" and result.tested == 2 and not result.gaps
 
 
+def test_variants_of_one_side_are_paired_with_the_other_side_at_the_same_setting(tmp_path):
+    """DoRA at r=8 and r=16, LoRA at r=16 only: DoRA r=8 has no LoRA to compare with (a gap), not LoRA r=16."""
+    for method, r in (("dora", 8), ("dora", 16), ("lora", 16)):
+        for seed in TRAINED_SEEDS:
+            _variant(write_cell(tmp_path / f"{method}{r}", "qwen05", method, "gsm8k", seed,
+                                [i < 100 + seed for i in range(300)]), r)
+    results, _ = claims_of(tmp_path)
+    result = results["dora-above-lora-gsm8k"]
+    assert [(i.a["variant"], i.b["variant"]) for i in result.instances] == [("r=16", "")]
+    assert "qwen05 × dora (r=8) on gsm8k: no lora to compare it with" in result.gaps
+
+
 def test_claims_files_refuse_a_key_given_twice_and_a_margin_in_points(tmp_path):
     twice = tmp_path / "twice.yaml"
     twice.write_text("claims:\n  - id: x\n    text: t\n    a: lora\n    b: zeroshot\n    direction: above\n"

@@ -410,6 +410,8 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
             "model_source": model_source(group),
             **learning_rate_columns(group),
             "scored_with": scored_with(group),
+            # what the variant label is read from: its settings, for pairing variants across methods like for like
+            "settings": configuration_settings(group[0]),
         }
         row.update(_accuracy_columns(metrics, metric_names))
         row["trainable_params"] = _first_int(m.get("trainable_params") for m in metrics)

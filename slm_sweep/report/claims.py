@@ -482,9 +482,10 @@ def _side_rows(claim: Claim, side: Side, rows: Sequence[dict[str, Any]], sizes) 
 
 def _pairs(claim: Claim, side_a: list[dict[str, Any]], side_b: list[dict[str, Any]],
            gaps: list[str]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """The instances: rows of a and b on one dataset (and model, unless a side selects its own). When both sides
-    hold several configuration variants of one method (r=8 and r=16 of each), only equal variants are paired:
-    DoRA at r=8 against LoRA at r=16 compares the ranks, not the methods."""
+    """The instances: rows of a and b on one dataset (and model, unless a side selects its own). When either side
+    holds several configuration variants of one method (r=8 and r=16), a pair must agree on the settings that
+    tell those variants apart wherever both rows have them: DoRA at r=8 against LoRA at r=16 compares the ranks,
+    not the methods (a setting only one side has, such as full fine-tuning against LoRA's r, does not count)."""
     across_models = not (claim.a.selector.empty and claim.b.selector.empty)
     candidates: dict[tuple, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     for a in side_a:
@@ -494,17 +495,32 @@ def _pairs(claim: Claim, side_a: list[dict[str, Any]], side_b: list[dict[str, An
                                       []).append((a, b))
     pairs = []
     for (dataset, model_a, method_a, model_b, method_b), found in candidates.items():
-        variants_a = {a.get("variant") or "" for a, _ in found}
-        variants_b = {b.get("variant") or "" for _, b in found}
-        if len(variants_a) > 1 and len(variants_b) > 1:
-            matched = [(a, b) for a, b in found if (a.get("variant") or "") == (b.get("variant") or "")]
+        keys = _varying({id(a): a for a, _ in found}.values()) | _varying({id(b): b for _, b in found}.values())
+        if keys:
+            matched = [(a, b) for a, b in found if _alike(a, b, keys)]
             if not matched:
-                gaps.append(f"{model_a} × {method_a} and {model_b} × {method_b} on {dataset}: both have several "
-                            f"variants ({', '.join(sorted(variants_a))}; {', '.join(sorted(variants_b))}) and "
-                            "none alike, so no pair of them compares the methods alone")
+                variants_a = sorted({a.get("variant") or "" for a, _ in found})
+                variants_b = sorted({b.get("variant") or "" for _, b in found})
+                gaps.append(f"{model_a} × {method_a} and {model_b} × {method_b} on {dataset}: their variants "
+                            f"({', '.join(variants_a)}; {', '.join(variants_b)}) share no setting of "
+                            f"{', '.join(sorted(keys))}, so no pair of them compares the methods alone")
             found = matched
         pairs += found
     return pairs
+
+
+def _varying(rows) -> set[str]:
+    """The settings in which rows of one method differ (what their variant labels are made of)."""
+    settings = [row.get("settings") or {} for row in rows]
+    return {key for key in {k for s in settings for k in s} if len({s.get(key) for s in settings}) > 1}
+
+
+def _alike(a: dict[str, Any], b: dict[str, Any], keys: set[str]) -> bool:
+    """Whether two rows agree on each of ``keys`` that both have (a row without settings: by its label)."""
+    own_a, own_b = a.get("settings"), b.get("settings")
+    if own_a is None or own_b is None:
+        return (a.get("variant") or "") == (b.get("variant") or "")
+    return all(own_a[key] == own_b[key] for key in keys if key in own_a and key in own_b)
 
 
 def _coverage_gaps(claim: Claim, rows: Sequence[dict[str, Any]], in_scope: Sequence[dict[str, Any]],
