@@ -945,3 +945,25 @@ def test_a_model_of_random_weights_is_left_out_unless_named_and_a_pattern_matchi
     # models listed as alternatives (models_require: any): one that matches nothing is named, not a gap
     assert results["either"].gaps == [] and results["either"].absent_models == ["smolm135_q4"]
     assert "Not in these results: model smolm135_q4." in (tmp_path / "report" / "claims.md").read_text()
+
+
+def test_the_size_plot_leaves_random_weight_controls_out_and_names_models_sharing_a_size(tmp_path, monkeypatch):
+    """smollm135, its 4-bit GGUF and its random-weight control share one size: the control's 0 % drawn on the
+    same line would read as a size effect."""
+    import slm_sweep.report.plots as plots
+    from slm_sweep.report import collect, summarize
+
+    monkeypatch.setitem(SIZES, "smollm135_random", SIZES["smollm135"])
+    for model, correct in (("smollm135", 20), ("smollm135_q4", 18), ("smollm135_random", 0), ("gemma270", 25)):
+        write_row(tmp_path, model, "zeroshot", "gsm8k", correct)
+    for path in tmp_path.glob("smollm135_random-*/result.json"):
+        record = json.loads(path.read_text())
+        record["config"]["model"]["source"] = "random"
+        path.write_text(json.dumps(record))
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(path.name, fig) and path)
+    plots.write_plots(summarize(collect([tmp_path]).records), [], tmp_path / "plots")
+    axes = figures["accuracy_vs_size_gsm8k.png"].axes[0]
+    (line,) = [container.lines[0] for container in axes.containers]
+    assert sorted(line.get_ydata()) == pytest.approx([30.0, 33.3, 41.7], abs=0.1)  # no 0 % of the control
+    assert sorted(text.get_text() for text in axes.texts) == ["gemma270", "smollm135", "smollm135_q4"]

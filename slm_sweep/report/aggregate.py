@@ -441,6 +441,11 @@ def learning_rate_columns(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "lr_source": ",".join(sources) or None, "lr_at_edge": ",".join(edges) or None}
 
 
+# Models whose weights are drawn, not trained by anyone: controls for throughput and plumbing, never evidence
+# about a study's models (claims leave them out unless named; the size plot draws them only when alone).
+UNTRAINED_SOURCES = ("random", "tiny")
+
+
 def model_source(records: Sequence[dict[str, Any]]) -> str | None:
     """The records' ``model.source`` (hub, gguf, random, tiny), when their configs say."""
     for record in records:

@@ -24,7 +24,7 @@ from typing import Any
 
 from slm_sweep.scoring import METRICS, PRIMARY_METRIC, accuracy_key
 
-from .aggregate import compare_rows, method_label, method_sort_key, row_metrics
+from .aggregate import UNTRAINED_SOURCES, compare_rows, method_label, method_sort_key, row_metrics
 from .stats import (
     ALPHA,
     CORRECTIONS,
@@ -448,11 +448,6 @@ def roll_up(verdicts: Sequence[str]) -> str:
     if counts[REPRODUCED] and counts[CONTRADICTED]:
         return MIXED
     return PARTLY_REPRODUCED if counts[REPRODUCED] else PARTLY_CONTRADICTED
-
-
-# Models whose weights are drawn, not trained by anyone: controls for throughput and plumbing, never evidence
-# about a study's models unless a claim names them.
-UNTRAINED_SOURCES = ("random", "tiny")
 
 
 def _named(model: str, *selectors: Selector) -> bool:

@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 
 from slm_sweep.scoring import PRIMARY_METRIC, accuracy_key
 
-from .aggregate import DELTA_BASELINES, is_fine_tuned, method_label, row_sort_key
+from .aggregate import DELTA_BASELINES, UNTRAINED_SOURCES, is_fine_tuned, method_label, row_sort_key
 
 DPI = 120
 _MEAN, _STD = f"{accuracy_key(PRIMARY_METRIC)}_mean", f"{accuracy_key(PRIMARY_METRIC)}_std"  # what is plotted
@@ -235,8 +235,14 @@ def write_plots(
         written.append(
             plot_accuracy_by_model(subset, dataset, out_dir / f"accuracy_by_model_{slug}.png", colors)
         )
+        # random-weight controls share their model's size: drawn beside it they would read as a size effect
+        pretrained = [r for r in subset if r.get("model_source") not in UNTRAINED_SOURCES] or subset
+        sizes = {}
+        for r in pretrained:
+            sizes.setdefault(r["total_params"], set()).add(r["model"])
+        shared = any(len(models) > 1 for models in sizes.values())  # two models at one size: name the points
         candidates = [
-            (subset, "size", lambda r: r["total_params"], "total parameters", "accuracy vs model size", False),
+            (pretrained, "size", lambda r: r["total_params"], "total parameters", "accuracy vs model size", shared),
             (fine_tuned, "trainable", lambda r: r["trainable_params"], "trainable parameters",
              "accuracy vs trainable parameters (fine-tuned methods)", True),
             (fine_tuned, "train_time", lambda r: r["train_time_s_mean"], "mean training time (s)",
