@@ -167,8 +167,9 @@ def test_deltas_and_negative_transfer(grid):
         mean = statistics.fmean(values[model, method]["flexible"])
         zeroshot = statistics.fmean(values[model, "zeroshot"]["flexible"])
         fewshot = statistics.fmean(values[model, "fewshot"]["flexible"])
-        assert row["delta_zeroshot"] == pytest.approx(mean - zeroshot)
-        assert row["delta_fewshot"] == pytest.approx(mean - fewshot)
+        # a baseline's own row has no delta against itself
+        assert row["delta_zeroshot"] == (None if method == "zeroshot" else pytest.approx(mean - zeroshot))
+        assert row["delta_fewshot"] == (None if method == "fewshot" else pytest.approx(mean - fewshot))
         assert row["below_zeroshot"] is ((model, method) == ("alpha", "lora"))
         # without predictions.jsonl there is no paired test, so no ordering is significant
         assert row["negative_transfer"] is False
@@ -280,8 +281,8 @@ def test_out_of_domain_rows_and_table(grid, tmp_path):
 
     markdown = report["markdown"]
     assert "### trained on gsm8k" in markdown
-    header = next(line for line in markdown.splitlines() if "(in-domain)" in line)
-    assert header.startswith("| model | method | gsm8k (in-domain) | svamp |")
+    header = next(line for line in markdown.splitlines() if ", in-domain" in line)
+    assert header.startswith("| model | method | gsm8k (n=100), in-domain | svamp (n=50) |")
     zeroshot = statistics.fmean(values["alpha", "zeroshot"]["ood"])
     alpha_lora_ood = statistics.fmean(values["alpha", "lora"]["ood"])
     alpha_lora = next(r for r in ood if (r["model"], r["method"]) == ("alpha", "lora"))
@@ -313,6 +314,13 @@ def test_summary_files(grid, tmp_path):
         assert float(csv_row["accuracy_flexible_mean"]) == pytest.approx(row["accuracy_flexible_mean"])
         assert csv_row["negative_transfer"] == str(row["negative_transfer"])
         assert csv_row["seeds"] == "0 1 2"
+    # how a row was scored goes to the CSV as JSON, so that rows scored differently can be told apart there too
+    from slm_sweep.report.tables import summary_columns, write_csv
+
+    scored = {"scoring": 10, "max_new_tokens": 256, "dtype": "bfloat16"}
+    write_csv([{**report["rows"][0], "scored_with": scored}], summary_columns(), tmp_path / "one.csv")
+    with open(tmp_path / "one.csv", newline="") as f:
+        assert json.loads(next(csv.DictReader(f))["scored_with"]) == scored
 
     markdown = (out / "summary.md").read_text()
     assert markdown.strip() == report["markdown"].strip()

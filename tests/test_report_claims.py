@@ -324,7 +324,7 @@ def test_a_baseline_claim_is_checked_against_each_wording_and_the_table_says_so(
     # the baseline computed once counts once: one seed, no spread shown
     zeroshot = next(r for r in report["rows"] if (r["model"], r["method"]) == ("smollm135", "zeroshot"))
     assert zeroshot["n"] == 1 and zeroshot["accuracy_flexible_ci95"] is None
-    assert f"| smollm135 | zeroshot | 1 | {100 * 40 / 60:.1f} | – |" in summary
+    assert f"| smollm135 | zeroshot | 1 | 60 | {100 * 40 / 60:.1f} | – |" in summary
 
 
 def test_a_method_of_the_claim_missing_from_the_results_is_named(tmp_path):

@@ -345,9 +345,10 @@ def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str],
         for baseline in DELTA_BASELINES if deltas else ("zeroshot",):
             reference = references.get((group, baseline))
             reference_mean = None if reference is None else reference[f"{PRIMARY_ACCURACY}_mean"]
-            delta = None if reference_mean is None or mean is None else mean - reference_mean
+            # the baseline's own row has no delta against itself
+            delta = None if reference_mean is None or mean is None or reference is row else mean - reference_mean
             test = None
-            if delta is not None and reference is not row:
+            if delta is not None:
                 test = compare_rows(row, reference, row[eval_set_key], alpha=alpha)
             row[f"delta_{baseline}"] = delta
             row[f"delta_{baseline}_p"] = test.p_value if test else None

@@ -8,6 +8,7 @@ with ``*`` where their paired test is significant, and marks negative transfer (
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,7 +42,7 @@ def summary_columns(metrics: Sequence[str] = ACCURACY_METRICS) -> tuple[str, ...
         "delta_zeroshot", "delta_zeroshot_p", "delta_zeroshot_p_adjusted", "delta_zeroshot_significant",
         "delta_zeroshot_test", "delta_fewshot", "delta_fewshot_p", "delta_fewshot_p_adjusted",
         "delta_fewshot_significant", "delta_fewshot_test", "below_zeroshot", "negative_transfer", "not_completed",
-        "model_source", "lr", "lr_source", "lr_at_edge",
+        "model_source", "lr", "lr_source", "lr_at_edge", "scored_with",
     )  # fmt: skip
 
 
@@ -69,6 +70,8 @@ def _csv_value(value: Any) -> str:
         return ""
     if isinstance(value, (list, tuple)):
         return " ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
     return str(value)
 
 
@@ -230,9 +233,10 @@ def _level_text(alpha: float, correction: str) -> str:
 def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Sequence[str],
                        alpha: float, correction: str) -> list[str]:
     header = (
-        "model", "method", "n",
+        "model", "method", "seeds", "questions",
         *(h for m in metrics
-          for h in (f"{_metric_name(m)} (%)", "95% CI", *(("questions 95% CI",) if m == PRIMARY_ACCURACY else ()))),
+          for h in (f"{_metric_name(m)} (%)", "seeds 95% CI",
+                    *(("questions 95% CI",) if m == PRIMARY_ACCURACY else ()))),
         f"Δ zero-shot (pp, {SIGNIFICANT_MARK} {_level_text(alpha, correction)})",
         f"Δ few-shot (pp, {SIGNIFICANT_MARK} {_level_text(alpha, correction)})",
         "trainable", "total", "train time", "train tok/s", "MFU", "peak memory",
@@ -244,6 +248,7 @@ def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Se
                 row["model"],
                 method_label(row),
                 str(row["n"]),
+                EMPTY if row.get("n_eval") is None else str(row["n_eval"]),
                 *_accuracy_cells(row, metrics),
                 points(row["delta_zeroshot"], row["delta_zeroshot_significant"]),
                 points(row["delta_fewshot"], row["delta_fewshot_significant"]),
@@ -288,7 +293,11 @@ def _ood_section(
     # in-domain rows are already in report order; models seen only out-of-domain follow in theirs
     order = list(dict.fromkeys((r["model"], method_label(r)) for r in (*in_domain, *ood)))
     columns = [dataset, *(s for s in eval_sets if s != dataset)]
-    header = ("model", "method", f"{dataset} (in-domain)", *columns[1:])
+    questions = {}
+    for row in (*in_domain, *ood):
+        questions.setdefault(row.get("eval_set", dataset), row.get("n_eval"))
+    named = [f"{c} (n={questions[c]})" if questions.get(c) is not None else c for c in columns]
+    header = ("model", "method", f"{named[0]}, in-domain", *named[1:])
     body = [
         (model, method, *(cells[model, method].get(c, EMPTY) for c in columns)) for model, method in order
     ]
@@ -351,9 +360,10 @@ def render_markdown(
                   f"{listed}.", ""]
     lines += [
         f"Accuracy ({', '.join(_metric_name(m) for m in metrics)}; docs/results.md): mean ± sample std "
-        f"over seeds (the mean alone for one seed, such as a baseline computed once), 95% CI half-width from "
-        f"Student's t over seeds; questions 95% CI: Wilson interval of the "
-        f"{_metric_name(PRIMARY_ACCURACY)} mean over the n_eval test questions (the test set's sampling noise). "
+        f"over seeds (the mean alone for one seed, such as a baseline computed once); seeds 95% CI: half-width "
+        f"from Student's t over the seeds; questions 95% CI: Wilson interval of the "
+        f"{_metric_name(PRIMARY_ACCURACY)} mean over the row's test questions (the test set's sampling noise). "
+        f"The seeds and questions columns count what a row's mean is over. "
         f"{NEGATIVE_MARK} = negative transfer: a trained method's "
         f"{_metric_name(PRIMARY_ACCURACY)} mean below the model's zero-shot mean, significant at alpha={alpha:g}"
         f"{' (Holm-adjusted, below)' if correction == HOLM else ''}.",
