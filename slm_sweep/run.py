@@ -116,7 +116,9 @@ def _resume_dirs(cfg: DictConfig, out: Path) -> list[Path]:
         enabled = _sweep_dir() is not None
     if not enabled:
         return []
-    return search_dirs(out, _sweep_dir(), Path(str(cfg.resume.search_dir)))
+    searched = cfg.resume.search_dir
+    searched = [searched] if isinstance(searched, str) else list(searched or [])
+    return search_dirs(out, _sweep_dir(), *(Path(str(d)).expanduser().absolute() for d in searched))
 
 
 def _base_record(cfg: DictConfig, config: dict) -> dict[str, Any]:
@@ -284,6 +286,9 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         record["error"] = _error_text(err)
         record["traceback"] = traceback.format_exc()
         log.error("cell %s: %s", record["status"], record["error"])
+        if record["status"] == "interrupted" and (out / "checkpoints" / "last.ckpt").is_file():
+            how = "rerun the same command" + ("" if dirs else " with resume.enabled=true")
+            log.warning("to resume from the checkpoint in %s: %s", out / "checkpoints", how)
         if not isinstance(err, Exception):
             # Ctrl-C, SIGTERM: stop the process (and the sweep) after recording it, with a failing exit status
             # (Lightning's SIGTERMException is a SystemExit without a code, which would exit with 0)
@@ -313,8 +318,17 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     return record
 
 
+_INTERRUPTS = {"KeyboardInterrupt": "Ctrl-C", "SIGTERMException": "SIGTERM"}
+
+
 def _error_text(err: BaseException) -> str:
-    """``<class>: <message>``; an interrupt without a message (Lightning's SIGTERMException) says what it was."""
+    """``<class>: <message>``; an interrupt without a message (Lightning's SIGTERMException) says what it was,
+    and so does Lightning's ``sys.exit(1)`` after a Ctrl-C (the interrupt it handled is its context)."""
+    cause = err.__context__
+    if isinstance(err, SystemExit) and type(cause).__name__ in _INTERRUPTS:
+        err = cause
+    if type(err).__name__ in _INTERRUPTS and not str(err):
+        return f"{type(err).__name__} ({_INTERRUPTS[type(err).__name__]})"
     if str(err):
         return f"{type(err).__name__}: {err}"
     return f"{type(err).__name__} (the process was told to stop)" if not isinstance(err, Exception) else \

@@ -193,10 +193,11 @@ class PromptSettings:
 @dataclass
 class ResumeSettings:
     """Reuse finished work: a cell whose complete result.json with the same identity exists under ``search_dir``
-    is not run again, and one that stopped mid-training resumes from its last checkpoint."""
+    (one folder or several) is not run again, and one that stopped mid-training resumes from its last checkpoint."""
 
     enabled: Any = "auto"  # auto: in sweeps (-m) only; true: also for single runs; false: never
-    search_dir: str = "multirun"
+    # a folder or a list of folders: where sweeps (multirun/) and single runs (outputs/) write by default
+    search_dir: Any = field(default_factory=lambda: ["multirun", "outputs"])
 
 
 @dataclass

@@ -86,8 +86,8 @@ def test_sigterm_saves_a_checkpoint_marks_interrupted_and_rerun_resumes(requires
     # enough steps that training outlasts the wait by seconds on an idle machine (60 steps of the tiny model could
     # finish within it)
     steps = 300
-    args = [*FAST_TINY, "method=lora", f"trainer.max_steps={steps}", "resume.enabled=true",
-            f"resume.search_dir={tmp_path / 'outputs'}"]
+    # a single run writes to outputs/, which the reuse search reads by default (beside multirun/)
+    args = [*FAST_TINY, "method=lora", f"trainer.max_steps={steps}", "resume.enabled=true"]
     proc, started, lines = _start(args, tmp_path)
     assert started.wait(240), "".join(lines)[-3000:]
     time.sleep(1.0)
@@ -97,6 +97,7 @@ def test_sigterm_saves_a_checkpoint_marks_interrupted_and_rerun_resumes(requires
     (first,) = list((tmp_path / "outputs").rglob("result.json"))
     record = json.loads(first.read_text())
     assert record["status"] == "interrupted", record.get("error")
+    assert "to resume from the checkpoint in" in "".join(lines) and "rerun the same command" in "".join(lines)
     checkpoint = first.parent / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file()
 
@@ -107,6 +108,19 @@ def test_sigterm_saves_a_checkpoint_marks_interrupted_and_rerun_resumes(requires
     assert resumed["status"] == "completed"
     assert resumed["resumed_from_checkpoint"] == str(checkpoint)
     assert resumed["metrics"]["train_steps"] == steps
+
+
+def test_lightnings_exit_after_ctrl_c_is_recorded_as_the_interrupt():
+    from slm_sweep.run import _error_text
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise SystemExit(1)  # noqa: B904  (what Lightning does once it has handled a Ctrl-C)
+    except SystemExit as err:
+        assert _error_text(err) == "KeyboardInterrupt (Ctrl-C)"
+    assert _error_text(ValueError("bad")) == "ValueError: bad"
 
 
 @pytest.mark.parametrize("method", ["zeroshot", "lora"])

@@ -686,17 +686,26 @@ def test_a_lost_seed_is_named_on_its_own_variants_row(tmp_path):
             "seed 1 failed; seed 2 failed.") in report["markdown"]
 
 
-def test_results_a_rerun_set_aside_are_not_cells_of_the_sweep(grid, tmp_path):
-    """A rerun with other settings into the same folder moves the earlier result to superseded/ (for the reuse
-    search): the report reads the cells the sweep holds now, not what they replaced."""
+def test_results_a_rerun_set_aside_are_read_as_other_settings_or_left_out_as_recomputed(grid, tmp_path):
+    """A rerun into the same folder moves the earlier result to superseded/. A grid extended into the same sweep
+    (method.r=8,16, then method.r=16,32) sets r=8 aside in a folder that now holds r=32: r=8 is still a point of
+    the grid. A result that the cell now in its folder recomputed (other code, same settings) is not."""
     sweep, _ = grid
-    before = write_report([sweep], tmp_path / "before", plots=False)["rows"]
+    before = write_report([sweep], tmp_path / "before", plots=False)
     first = sorted(sweep.glob("*/result.json"))[0]
     record = json.loads(first.read_text())
-    write_json(first.parent / "superseded" / "result.json", {**record, "seed": 7, "config": {"method": {"r": 2}}})
-    write_json(first.parent / "superseded-2" / "result.json", {**record, "seed": 8})
+    other = {**record, "identity": None, "config": {**record.get("config", {}), "method": {"name": "x", "r": 2}}}
+    write_json(first.parent / "superseded" / "result.json", other)
+    write_json(first.parent / "superseded-2" / "result.json", {**record, "identity": None})
     after = write_report([sweep], tmp_path / "after", plots=False)
-    assert after["rows"] == before and len(after["collection"].files) == len(list(sweep.glob("*/result.json")))
+    collection = after["collection"]
+    assert collection.set_aside == [first.parent / "superseded" / "result.json"]
+    assert collection.replaced == [first.parent / "superseded-2" / "result.json"]
+    assert len(after["rows"]) == len(before["rows"]) + 1
+    (added,) = [row for row in after["rows"] if str(first.parent / "superseded") in row["result_paths"][0]]
+    assert (added["model"], added["method"], added["n"]) == (record["model"], record["method"], 1)
+    assert "read as cells of their own (another point of the grid): 1" in after["markdown"]
+    assert "recomputed, left out: 1" in after["markdown"]
 
 
 def test_cells_without_an_identity_are_told_apart_by_their_settings_and_join_their_rerun(tmp_path):

@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         f"skipped cells: {skipped}; validation-split cells left out: {len(collection.validation)}; "
         f"malformed files: {len(collection.malformed)}; "
         f"duplicates dropped: {len(collection.duplicates)}; "
-        f"copies of a seed-independent baseline counted once: {len(collection.copies)}"
+        f"copies of a seed-independent baseline counted once: {len(collection.copies)}; "
+        f"set aside by a rerun: {len(collection.set_aside)} read as other settings, "
+        f"{len(collection.replaced)} recomputed and left out"
     )
     print("Wrote:")
     for path in report["files"]:

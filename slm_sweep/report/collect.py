@@ -71,6 +71,11 @@ class Collection:
     # (kept, copy): a completed cell whose result is a copy of the kept one (a baseline reused for another
     # seed), read and counted once
     copies: list[tuple[Path, Path]] = field(default_factory=list)
+    # completed results a rerun into the same folder set aside (superseded*/): those of settings no current cell
+    # has are points of the grid and read like any cell (grid_points); those a rerun of the same settings
+    # recomputed are left out (replaced)
+    set_aside: list[Path] = field(default_factory=list)
+    replaced: list[Path] = field(default_factory=list)
 
     @property
     def completed(self) -> list[dict[str, Any]]:
@@ -117,9 +122,9 @@ def placement_label(record: dict[str, Any], stage: str) -> str:
 # ---------------------------------------------------------------- finding and reading files
 
 
-def find_result_files(dirs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Every result.json under ``dirs`` (recursively, but not in folders a rerun set aside: ``superseded*``), each
-    file once, in a stable order.
+def find_result_files(dirs: Iterable[str | os.PathLike], set_aside: bool = False) -> list[Path]:
+    """Every result.json under ``dirs`` (recursively), each file once, in a stable order: the cells' own, or with
+    ``set_aside`` those in folders a rerun set aside (``superseded*``: sweep.resume.set_aside_earlier).
 
     A path may also name a result.json directly. Raises FileNotFoundError for a path that does not exist.
     """
@@ -130,14 +135,15 @@ def find_result_files(dirs: Iterable[str | os.PathLike]) -> list[Path]:
         if not root.exists():
             raise FileNotFoundError(f"directory does not exist: {root}")
         if root.is_file():
-            candidates = [root] if root.name == RESULT_FILE else []
+            candidates = [root] if root.name == RESULT_FILE and not set_aside else []
         else:
             candidates = []
             for parent, subdirs, files in os.walk(root):
-                # what a rerun with other settings replaced (sweep.resume.set_aside_earlier): kept on disk for the
-                # reuse search, not a cell of the sweep
-                subdirs[:] = sorted(d for d in subdirs if not d.startswith(SUPERSEDED))
-                if RESULT_FILE in files:
+                inside = any(part.startswith(SUPERSEDED) for part in Path(parent).relative_to(root).parts)
+                if not set_aside:
+                    subdirs[:] = [d for d in subdirs if not d.startswith(SUPERSEDED)]
+                subdirs.sort()
+                if RESULT_FILE in files and inside == set_aside:
                     candidates.append(Path(parent) / RESULT_FILE)
         for path in candidates:
             key = path.resolve()
@@ -313,6 +319,7 @@ def collect(dirs: Sequence[str | os.PathLike]) -> Collection:
         raise NoResultsError(f"none of the {len(collection.files)} {RESULT_FILE} files under "
                              f"{', '.join(str(d) for d in dirs)} could be read ({listed}"
                              f"{'; ...' if len(collection.malformed) > 5 else ''})")
+    readable += _grid_points(dirs, readable, collection)
     collection.records, collection.duplicates = deduplicate(readable)
     kept = {id(r) for r in collection.records}
     by_cell = {cell_key(r): r for r in collection.records}
@@ -320,6 +327,28 @@ def collect(dirs: Sequence[str | os.PathLike]) -> Collection:
                          for r in readable
                          if id(r) not in kept and r.get("reused_from") and r["status"] == COMPLETED]
     return collection
+
+
+def _grid_points(dirs: Sequence[str | os.PathLike], current: Sequence[dict[str, Any]],
+                 collection: Collection) -> list[dict[str, Any]]:
+    """The completed results a rerun set aside whose settings no current cell has: a grid extended into the same
+    sweep folder (method.r=8,16, then method.r=16,32) puts r=32 in r=8's job folder, and r=8 is still a point of
+    the grid. A result whose settings a current cell has was recomputed by it (other code or data): left out."""
+    points = []
+    now = {settings_key(r) for r in current}
+    for path in find_result_files(dirs, set_aside=True):
+        try:
+            record = read_result(path)
+        except ValueError:
+            continue  # validation-split cells and unreadable files of earlier runs: not cells of this sweep
+        if record.get("status") != COMPLETED:
+            continue
+        if settings_key(record) in now:
+            collection.replaced.append(path)
+        else:
+            collection.set_aside.append(path)
+            points.append(record)
+    return points
 
 
 def load_results(dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:

@@ -70,6 +70,9 @@ def report_record(collection: Collection, *, alpha: float, correction: str, clai
             "duplicates": [{"kept": str(kept), "dropped": str(dropped)} for kept, dropped in collection.duplicates],
             # result files that copy a kept cell's computation (a baseline reused for another seed): counted once
             "reused_copies": [{"kept": str(kept), "copy": str(copy)} for kept, copy in collection.copies],
+            # what reruns into the same folders set aside: other settings (read as cells), or recomputed (left out)
+            "set_aside_grid_points": [str(path) for path in collection.set_aside],
+            "set_aside_recomputed": [str(path) for path in collection.replaced],
         },
         "outputs": [str(path) for path in outputs],
     }

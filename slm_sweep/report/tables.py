@@ -198,6 +198,13 @@ def _sources(collection: Collection) -> list[str]:
         ]
         lines += _listed([f"kept `{kept}`, dropped `{dropped}`" for kept, dropped in collection.duplicates])
         lines.append("")
+    if collection.set_aside:
+        lines += [f"Results that a rerun into the same folder set aside (`superseded/`) and whose settings no other "
+                  f"cell has, read as cells of their own (another point of the grid): {len(collection.set_aside)} "
+                  f"(listed in `report.json`).", ""]
+    if collection.replaced:
+        lines += [f"Set-aside results that a rerun of the same settings recomputed, left out: "
+                  f"{len(collection.replaced)} (listed in `report.json`).", ""]
     if collection.copies:
         lines += [f"Copies of a computed cell (a baseline reused for another seed), counted once: "
                   f"{len(collection.copies)} (listed in `report.json`).", ""]

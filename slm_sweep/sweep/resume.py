@@ -61,9 +61,9 @@ def _free(path: Path) -> Path:
 def set_aside_earlier(out: Path, evaluation_key: str, training_key: str | None) -> Path | None:
     """Move a finished result of another configuration out of the way of this cell's files, instead of writing
     over it (a rerun into the same folder with other settings): its result.json and predictions go to
-    ``out/superseded`` (where the reuse search still finds them; the report leaves them out), and so do its kept
-    weights when they were trained under another training key, with their training curve. Returns that folder,
-    or None when there was nothing to keep."""
+    ``out/superseded`` (where the reuse search still finds them, and the report reads them as a cell when no
+    current cell has their settings), and so do its kept weights when they were trained under another training
+    key, with their training curve. Returns that folder, or None when there was nothing to keep."""
     record = read_result(out)
     if not record or record.get("status") != "completed" or _key(record, "evaluation_key") == evaluation_key:
         return None
@@ -98,10 +98,10 @@ def keep_earlier_curves(out: Path) -> list[Path]:
     return kept
 
 
-def search_dirs(own: Path, sweep_dir: Path | None, search_dir: Path | None) -> list[Path]:
-    """The cell's own directory, its sweep's and the configured search directory, each once."""
+def search_dirs(own: Path, sweep_dir: Path | None, *searched: Path) -> list[Path]:
+    """The cell's own directory, its sweep's and the configured search directories, each once."""
     dirs: list[Path] = []
-    for path in (own, sweep_dir, search_dir):
+    for path in (own, sweep_dir, *searched):
         if path is not None and not any(_same(path, d) for d in dirs):
             dirs.append(path)
     return dirs
