@@ -243,6 +243,15 @@ def test_plan_refuses_cells_with_config_errors_before_any_runs(requires_data, co
                      composer).refused is None
 
 
+def test_a_misspelt_option_or_key_in_a_sweep_is_told_what_it_may_have_meant(requires_data, composer):
+    """A sweep's messages keep what a single run's would say: the options of a group, the key meant."""
+    plan = plan_grid(sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=lora,lorra",
+                                   "trainer.max_step=3"]), composer)
+    reasons = " | ".join(plan.config_errors)
+    assert "Could not find 'method/lorra' (available: dora, fewshot," in reasons
+    assert "Could not override 'trainer.max_step'. (did you mean trainer.max_steps?)" in reasons
+
+
 # ---------------------------------------------------------------------------------------------- real sweeps
 
 

@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -627,12 +628,33 @@ def _composed_cell(compose, overrides: list[str], plan: Plan, label: str = "") -
     except Exception as error:  # noqa: BLE001 - Hydra's composition errors (ConfigCompositionException & co.)
         if type(error).__module__.split(".")[0] != "hydra":
             raise
-        reason = str(error).strip().splitlines()[0]
-        if reason.startswith("Could not override"):
-            reason += " (these cells' configs have no such key)"
-        plan.config_errors.setdefault(reason, []).append(label or " ".join(overrides))
+        plan.config_errors.setdefault(composition_error(str(error)), []).append(label or " ".join(overrides))
         return None
     return cell
+
+
+def composition_error(text: str) -> str:
+    """Hydra's composition error in one line, keeping what helps fix it: the options of a group
+    (``method=lorra``), or the setting a misspelt key may have meant (``trainer.max_step``)."""
+    import difflib
+
+    from slm_sweep.settings import SCHEMAS, field_names
+
+    lines = text.strip().splitlines()
+    reason = lines[0] if lines else "the config could not be composed"
+    if any(line.startswith("Available options in") for line in lines):
+        start = next(i for i, line in enumerate(lines) if line.startswith("Available options in")) + 1
+        options = [line.strip() for line in lines[start:] if line.startswith("\t") or line.startswith("    ")]
+        options = options[:next((i for i, o in enumerate(options) if "=" in o), len(options))]
+        if options:
+            reason += f" (available: {', '.join(options)})"
+    missing = re.match(r"Could not override '([^']+)'", reason)
+    if missing:
+        group, _, key = missing.group(1).partition(".")
+        known = field_names(SCHEMAS[group]) if group in SCHEMAS and key and "." not in key else []
+        close = difflib.get_close_matches(key, known, n=1)
+        reason += (f" (did you mean {group}.{close[0]}?)" if close else " (these cells' configs have no such key)")
+    return reason
 
 
 def _refuse_config(plan: Plan) -> Plan:
