@@ -243,6 +243,8 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     reused: dict[str, Any] | None = None
     set_aside = False
     try:
+        if _sweep_dir() is None:  # a sweep's preflight checked its models before the first cell
+            _check_model_readable(cfg)
         data = load_data(cfg)
         record["dedup"] = data.splits.dedup
         identity = identify(cfg, config, data)
@@ -333,6 +335,17 @@ def _error_text(err: BaseException) -> str:
         return f"{type(err).__name__}: {err}"
     return f"{type(err).__name__} (the process was told to stop)" if not isinstance(err, Exception) else \
         type(err).__name__
+
+
+def _check_model_readable(cfg: DictConfig) -> None:
+    """The model can be read (local folder, cache, hub, GGUF file), checked as a sweep's preflight does, so that a
+    single run of a model this machine cannot load fails before its data is read and deduplicated."""
+    from slm_sweep.models import ModelLoadError
+    from slm_sweep.sweep.preflight import Hub, check_model
+
+    check = check_model(cfg.model, Hub(), cfg.get("cache_dir"))
+    if not check.ok:
+        raise ModelLoadError(f"model={cfg.model.get('name')}: {check.reason}; fix: {check.fix}")
 
 
 def _check_classes(cfg: DictConfig) -> None:

@@ -176,3 +176,16 @@ def test_a_tokenizer_loads_alone_as_the_model_loader_reads_it(tmp_path):
     assert load_tokenizer({"name": "tiny", "source": "tiny", "vocab_size": 1000}).get_vocab() == tokenizer.get_vocab()
     with pytest.raises(ModelLoadError, match="model.source='nope' is not one of"):
         load_tokenizer({"name": "x", "source": "nope"})
+
+
+def test_a_single_run_of_a_model_it_cannot_read_fails_before_reading_data(monkeypatch, tmp_path):
+    from slm_sweep.run import run
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    # a data folder without gsm8k: reading the data first would fail on that instead
+    cfg = compose_config(["model=qwen05", "method=zeroshot", f"data_root={tmp_path}"])
+    record = run(cfg, out_dir=tmp_path / "cell")
+    assert record["status"] == "failed"
+    assert record["error"].startswith("ModelLoadError: model=qwen05: not in the local Hugging Face cache")
+    assert "fix: download it once" in record["error"]
