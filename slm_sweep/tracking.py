@@ -49,7 +49,12 @@ def wandb_mode(logger_cfg: Mapping[str, Any]) -> str:
     env_mode = "offline" if env_mode == "dryrun" else env_mode
     if env_mode in ("offline", "disabled"):
         return env_mode
-    return "online" if logger_cfg.get("api_key") or wandb_api_key_available() else "offline"
+    if logger_cfg.get("api_key") or wandb_api_key_available():
+        return "online"
+    if env_mode == "online":
+        log.warning("WANDB_MODE=online, but no W&B API key is set (WANDB_API_KEY, or `wandb login`): logging "
+                    "offline into the cell's wandb/ folder; `wandb sync` uploads it once a key is set")
+    return "offline"
 
 
 def group_name(model: str, method: str, dataset: str, configuration_key: str | None = None,

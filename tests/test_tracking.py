@@ -122,6 +122,17 @@ def test_wandb_auto_mode_keeps_an_offline_environment_offline_whatever_key_is_at
     assert tracking.wandb_mode({"mode": "online", "api_key": key}) == "online"  # an explicit mode is kept
 
 
+def test_an_online_environment_without_a_key_logs_offline_and_says_why(monkeypatch, caplog):
+    from slm_sweep import tracking
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setattr(tracking, "wandb_api_key_available", lambda: False)
+    with caplog.at_level("WARNING", logger="slm_sweep.tracking"):
+        assert tracking.wandb_mode({"mode": "auto"}) == "offline"
+    assert "WANDB_MODE=online, but no W&B API key is set" in caplog.text
+
+
 def test_a_w_and_b_group_is_a_row_of_the_report_and_a_search_cell_is_named_apart():
     from slm_sweep.tracking import group_name
 
