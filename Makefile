@@ -82,8 +82,13 @@ gpu-env-check: wheelhouse ## The GPU check's dry run under the GPU machine's lib
 lint: ## ruff on the code and tests
 	$(VENV)/bin/ruff check slm_sweep tests bench
 
-clean: ## Remove outputs/, multirun/, caches (keeps .venv and the converted model cache)
-	rm -rf outputs multirun .pytest_cache .ruff_cache
+clean: ## Remove caches (.pytest_cache, .ruff_cache, __pycache__); results are kept
+	rm -rf .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
 
-.PHONY: help install test test-slow demo smoke paper report wheelhouse gpu-bundle gpu-check gpu-env-check lint clean
+clean-results: ## Delete every result, checkpoint and kept weight under outputs/ and multirun/ (asks first; YES=1 skips asking)
+	@if [ "$(YES)" != 1 ]; then read -r -p "Delete outputs/ and multirun/ (results, checkpoints, weights)? [y/N] " answer; \
+	  case "$$answer" in y|Y|yes) ;; *) echo "kept"; exit 1;; esac; fi
+	rm -rf outputs multirun
+
+.PHONY: help install test test-slow demo smoke paper report wheelhouse gpu-bundle gpu-check gpu-env-check lint clean clean-results
