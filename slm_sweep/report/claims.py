@@ -596,9 +596,10 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
 
     ``lost``: aggregate.not_completed of the records, so that cells the claim covers but that did not complete
     are named in ``gaps``. An instance whose rows lost seeds (for above/below: the side claimed to be better) is
-    inconclusive: the seeds that diverged or failed are evidence its survivors cannot stand in for. Also gaps: a row of either side that found
-    nothing to pair with, a method of a ``require: all`` side missing from the results, and ``unreadable``
-    result files (the collector's malformed ones), whose cells the claim may cover."""
+    inconclusive: the seeds that diverged or failed are evidence its survivors cannot stand in for. Also gaps: a
+    trained row of one seed, a row of either side that found nothing to pair with, a method of a ``require:
+    all`` side missing from the results, a listed dataset no cell has, and ``unreadable`` result files (the
+    collector's malformed ones), whose cells the claim may cover."""
     check_correction(correction)
     known = _known_metrics(rows)
     if claim.metric not in known:
