@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_check_out}
 mkdir -p "$OUT"
 export OUT PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
+# a graph torch.compile cannot build on this machine runs eager, with the compiler's error in the log, instead of
+# failing the stage: the speed figures then show what compiling would have gained was not had
+export TORCHDYNAMO_SUPPRESS_ERRORS=${TORCHDYNAMO_SUPPRESS_ERRORS:-1}
 PYTHON=${PYTHON:-python3}
 
 if ! "$PYTHON" -c "import hydra, omegaconf" 2>/dev/null; then

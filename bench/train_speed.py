@@ -260,16 +260,27 @@ def main(argv=None) -> list[dict]:
           f" {'plain step s':>13} {'slm step s':>11} {'padding':>8} {'slm warm-up s':>14}", flush=True)
     results = []
     for method in args.methods:
-        r = bench_method(method, base, examples, steps, cfg, args, tokenizer.pad_token_id)
+        try:
+            r = bench_method(method, base, examples, steps, cfg, args, tokenizer.pad_token_id)
+        except Exception as error:  # noqa: BLE001 - one method's failure (a compiler error) must not cost the others
+            results.append({"method": method, "error": f"{type(error).__name__}: {error}"[:2000]})
+            print(f"{method:<6} failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+                  flush=True)
+            _write_json(args, cfg, results)
+            continue
         results.append(r)
         print(f"{method:<6} {r['plain_tokens_per_s']:>12.0f} {r['slm_sweep_tokens_per_s']:>16.0f} {r['ratio']:>6.3f}"
               f" {r['pair_ratio_median']:>11.3f} {r['plain_step_time_s']:>13.4f} {r['slm_sweep_step_time_s']:>11.4f}"
               f" {r['padding_fraction']:>8.3f} {r['slm_sweep_warmup_s']:>14.1f}", flush=True)
-        if args.json:  # after every method: a run cut short keeps the methods it finished
-            atomic_write_text(args.json, json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                     "trainer": cfg, "results": results}, indent=2, default=str))
+        _write_json(args, cfg, results)  # after every method: a run cut short keeps the methods it finished
     return results
 
 
+def _write_json(args, cfg, results: list[dict]) -> None:
+    if args.json:
+        atomic_write_text(args.json, json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                 "trainer": cfg, "results": results}, indent=2, default=str))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if any("error" in r for r in main()) else 0)

@@ -222,8 +222,8 @@ def gguf_cache_dir(model_cfg: Mapping[str, Any], cache_dir: str | Path | None) -
     return Path(cache_dir or Path.home() / ".cache" / "slm_sweep") / f"{model_cfg['name']}-{content_sha256(path)[:16]}"
 
 
-def _load_gguf(model_cfg: Mapping[str, Any], cache_dir: str | Path | None):
-    """Dequantize the GGUF once into ``gguf_cache_dir`` as safetensors, then load from there."""
+def convert_gguf(model_cfg: Mapping[str, Any], cache_dir: str | Path | None = None) -> Path:
+    """Dequantize the GGUF once into ``gguf_cache_dir`` as safetensors (with its tokenizer); returns that folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     target = gguf_cache_dir(model_cfg, cache_dir)
@@ -246,6 +246,14 @@ def _load_gguf(model_cfg: Mapping[str, Any], cache_dir: str | Path | None):
             os.replace(tmp, target)
         except OSError:  # another job finished first
             shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _load_gguf(model_cfg: Mapping[str, Any], cache_dir: str | Path | None):
+    """Load the dequantized copy of the GGUF (``convert_gguf`` makes it the first time)."""
+    from transformers import AutoTokenizer
+
+    target = convert_gguf(model_cfg, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(target))
     model = _from_pretrained(model_cfg, str(target), dtype=_torch_dtype(model_cfg.get("dtype") or "float32"),
                              use_safetensors=True)

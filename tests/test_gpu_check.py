@@ -166,4 +166,17 @@ def test_variants_with_no_time_left_in_the_job_are_skipped_not_failed(tmp_path):
     args = argparse.Namespace(timeouts=[1, 1, 1, 60], job_deadline=0.0, dry_run=False)
     figures = gpu_check.train_variants_stage(args, ["model=tiny"], "cuda", tmp_path)
     assert figures["returncode"] == 0
-    assert all(figures[name] == {"skipped": "no time left in the stage"} for name in gpu_check.TRAIN_VARIANTS)
+    assert all(figures[name] == {"skipped": f"under {gpu_check.VARIANT_MIN_S} s left in the job"}
+               for name in gpu_check.TRAIN_VARIANTS)
+
+
+def test_a_stage_limit_is_cut_to_what_is_left_of_the_job(tmp_path):
+    import argparse
+    import time
+
+    import gpu_check
+
+    args = argparse.Namespace(timeouts=[130, 80, 130, 60], job_deadline=time.perf_counter() + 50)
+    assert 45 <= gpu_check.stage_limit(args, 0) <= 50 and gpu_check.stage_limit(args, 3) <= 50
+    args.job_deadline = float("inf")
+    assert gpu_check.stage_limit(args, 1) == 80
