@@ -319,14 +319,24 @@ def test_the_sweeps_summary_checks_the_claims_file_its_config_names(tmp_path, mo
 
 
 def test_the_sweeps_w_and_b_summary_holds_the_out_of_domain_table_too(tmp_path, monkeypatch):
+    from slm_sweep.report.tables import ood_columns, summary_columns
     from slm_sweep.sweep.callbacks import log_summary_to_wandb
 
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    rows = [{"dataset": "gsm8k", "model": "tiny", "method": "zeroshot", "accuracy_flexible_mean": 0.1}]
+    # rows of two methods, whose settings (the variant labels' source) have other keys: one W&B type per column
+    rows = [{"dataset": "gsm8k", "model": "tiny", "method": "zeroshot", "accuracy_flexible_mean": 0.1, "seeds": [0],
+             "settings": {"prompt.style": '"auto"'}, "scored_with": {"scoring": 10}},
+            {"dataset": "gsm8k", "model": "tiny", "method": "lora", "accuracy_flexible_mean": 0.3, "seeds": [0, 1],
+             "settings": {"method.r": "16"}, "scored_with": {"scoring": 10, "dtype": "bfloat16"}}]
     ood = [{**rows[0], "eval_set": "svamp", "accuracy_flexible_mean": 0.2}]
     report = {"rows": rows, "ood_rows": ood, "claims": None,
               "record": {"settings": {"alpha": 0.05}, "git_commit": None}}
     log_summary_to_wandb({"mode": "offline"}, tmp_path / "multirun" / "2026-01-01" / "00-00-00", report)
+    (summary,) = [p for p in tmp_path.rglob("summary_*.table.json") if "summary_ood" not in p.name]
+    logged = json.loads(summary.read_text())
+    assert logged["columns"] == list(summary_columns(("accuracy_flexible",)))
+    row = dict(zip(logged["columns"], logged["data"][1]))
+    assert row["method"] == "lora" and row["seeds"] == "[0, 1]" and json.loads(row["scored_with"])["dtype"] == "bfloat16"
     (table,) = tmp_path.rglob("summary_ood*.table.json")
     logged = json.loads(table.read_text())
-    assert logged["columns"] == list(ood[0]) and logged["data"] == [list(ood[0].values())]
+    assert logged["columns"] == list(ood_columns(("accuracy_flexible",))) and len(logged["data"]) == 1

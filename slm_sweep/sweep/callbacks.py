@@ -3,6 +3,7 @@ aggregate a sweep when it ends, and fail it when a cell failed."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -169,7 +170,9 @@ def log_summary_to_wandb(settings, sweep_dir: Path, report: dict[str, Any]) -> N
     claim's verdict in the run's summary), in a W&B run of their own whose config holds the report's settings.
     ``settings``: the W&B logger entry of the sweep's config (slm_sweep.tracking.wandb_settings); ``report``:
     what write_report returned."""
+    from slm_sweep.report.aggregate import row_metrics
     from slm_sweep.report.claims import CSV_COLUMNS, claims_rows
+    from slm_sweep.report.tables import ood_columns, summary_columns
     from slm_sweep.tracking import start_wandb_run
 
     record = report["record"]
@@ -182,13 +185,18 @@ def log_summary_to_wandb(settings, sweep_dir: Path, report: dict[str, Any]) -> N
         return
     import wandb
 
-    def table(rows: list[dict], columns: list[str]) -> wandb.Table:
-        return wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+    def cell(value):
+        # a W&B column holds one type: lists and objects (seeds, scored_with) as their JSON text
+        return value if value is None or isinstance(value, (str, int, float, bool)) else json.dumps(value, default=str)
 
+    def table(rows: list[dict], columns: list[str]) -> wandb.Table:
+        return wandb.Table(columns=columns, data=[[cell(r.get(c)) for c in columns] for r in rows])
+
+    # the columns of summary.csv and summary_ood.csv
     rows, ood_rows = report["rows"], report.get("ood_rows") or []
-    logged = {"sweep/summary": table(rows, list(rows[0]) if rows else [])}
+    logged = {"sweep/summary": table(rows, list(summary_columns(row_metrics(rows))))}
     if ood_rows:
-        logged["sweep/summary_ood"] = table(ood_rows, list(ood_rows[0]))
+        logged["sweep/summary_ood"] = table(ood_rows, list(ood_columns(row_metrics(ood_rows))))
     claims = report.get("claims")
     if claims is not None:
         logged["sweep/claims"] = table(claims_rows(claims), list(CSV_COLUMNS))
