@@ -197,10 +197,28 @@ def instantiate_checked(path: str, spec: Any, base: type, naming: str, example: 
     try:
         built = instantiate(spec, _convert_="all")
     except InstantiationException as err:
-        raise error(f"{path} (_target_: {target}) cannot be built: {err}") from None
+        raise error(f"{path} (_target_: {target}) cannot be built: {err}{_argument_hint(target, str(err))}") from None
     if not isinstance(built, base):
         raise error(f"{path}._target_={target!r} made a {type(built).__name__}, not {not_a}")
     return built
+
+
+def _argument_hint(target: str, message: str) -> str:
+    """For an argument the class does not take: the one it may have meant, and the ones it takes."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    bad = re.search(r"unexpected keyword argument '([^']+)'", message)
+    if not bad:
+        return ""
+    try:
+        taken = [name for name in inspect.signature(get_class(target)).parameters if name not in ("self", "kwargs")]
+    except (ImportError, ValueError, TypeError):
+        return ""
+    close = difflib.get_close_matches(bad.group(1), taken, n=1)
+    return (f" ({f'did you mean {close[0]}? ' if close else ''}{target.rsplit('.', 1)[-1]} takes: "
+            f"{', '.join(taken)})")
 
 
 def target_class(path: str, entry: Any, kind: str, group: str, bases: tuple[type, ...]) -> type:
@@ -306,6 +324,20 @@ def _validate_dataset_spec(dataset: DictConfig) -> None:
         resolved_spec(dataset)
     except DataError as err:
         raise ConfigError(str(err)) from None
+
+
+def use_metric_modules_checked(cfg: DictConfig) -> None:
+    """Score with ``eval.metric_modules`` (imported, their metrics registered) after running each metric once on a
+    made-up answer: a module that cannot be imported, or a metric that raises or returns the wrong type, fails
+    here, naming it, instead of after a cell has trained."""
+    from slm_sweep.scoring import check_metrics, use_metric_modules
+
+    names = list(cfg.eval.get("metric_modules") or [])
+    try:
+        use_metric_modules(names)
+        check_metrics()
+    except (ImportError, ValueError) as err:
+        raise ConfigError(f"eval.metric_modules={names}: {type(err).__name__}: {err}") from err
 
 
 def validate_config(cfg: DictConfig) -> None:

@@ -76,8 +76,8 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {10: "a83cb2eeac319ce92c5f8fff956a3c1fa85e0d68d5425294196ffe8b8d99bf8b"}
-TRAINING_SOURCES_SHA256 = {5: "726e0d7d9fa4fc7cdeea82489c064ba9be78a07bff7b8cd06827044343966268"}
+SCORING_SOURCES_SHA256 = {10: "8ddcc8b00aaf7965e86e39088d581eefd42b89c246ac4d4afbbca1220ab48327"}
+TRAINING_SOURCES_SHA256 = {5: "d3a8e57eb07412440fccada4cbcc3395d4a4a6d2d154d1c8fb08d8bb7a71c0dc"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

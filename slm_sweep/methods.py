@@ -58,9 +58,31 @@ def peft_config(method_cfg: Mapping[str, Any]):
             "weights: evaluation generates from the model with its adapters merged into the weights, which "
             "prompt learning cannot be. Use an adapter config such as peft.LoraConfig, peft.IA3Config, "
             "peft.LoHaConfig or peft.LoKrConfig")
+    if type(config).__name__ == "AdaLoraConfig":
+        raise MethodError(
+            "method.peft._target_='peft.AdaLoraConfig' reallocates its ranks during training through a call "
+            "(update_and_allocate) after every optimizer step, which the training loop does not make: it would "
+            "train as a fixed-rank LoRA under another name. Use peft.LoraConfig (or a variant of the lora method)")
     if getattr(config, "task_type", None) is None:
         config.task_type = DEFAULT_TASK_TYPE
     return config
+
+
+def check_targets(model, config) -> None:
+    """Every module name the adapter config lists (``target_modules``, ``feedforward_modules``) names a module of
+    the model: peft trains the ones that match and ignores the others, so a misspelt entry (``down_prj``) would
+    leave a layer untrained without a word. A pattern (a string) or ``all-linear`` is left to peft."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+    for field in ("target_modules", "feedforward_modules"):
+        listed = getattr(config, field, None)
+        if not isinstance(listed, (list, tuple, set)):
+            continue
+        unknown = sorted(str(entry) for entry in listed if str(entry).rsplit(".", 1)[-1] not in names)
+        if unknown:
+            linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                             if isinstance(module, torch.nn.Linear) and name})
+            raise MethodError(f"method.peft.{field} lists {unknown}, which name no module of this model; its "
+                              f"linear layers are: {', '.join(linear)}")
 
 
 def is_quantized(model) -> bool:
@@ -74,6 +96,7 @@ def apply_method(model, method_cfg: Mapping[str, Any]):
         from peft import get_peft_model, prepare_model_for_kbit_training
 
         config = peft_config(method_cfg)
+        check_targets(model, config)
         if is_quantized(model):
             # gradient checkpointing is trainer.gradient_checkpointing's decision, made in train/fit.py
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)

@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from slm_sweep.config import validate_config
+from slm_sweep.config import use_metric_modules_checked, validate_config
 from slm_sweep.identity import CellIdentity
 from slm_sweep.results import (
     FAILED_ATTEMPT_FILE,
@@ -216,9 +216,7 @@ def auto_prompt_style(cfg: DictConfig) -> str | None:
 def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Run one cell and return its result record (also written to ``out_dir/result.json``)."""
     validate_config(cfg)
-    from slm_sweep.scoring import use_metric_modules
-
-    use_metric_modules(cfg.eval.get("metric_modules"))
+    use_metric_modules_checked(cfg)
     _check_classes(cfg)
     from slm_sweep.tune import resolve_lr
 

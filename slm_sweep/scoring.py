@@ -745,10 +745,40 @@ def is_correct(text: str, reference: str | float | int, mode: str, tolerance: fl
     return METRICS[mode].correct(text, reference, tolerance)
 
 
+class MetricError(ValueError):
+    """A registered metric that raised or returned the wrong type; the message names the metric and its module."""
+
+
 def score(text: str, reference: str | float | int, tolerance: float | None) -> dict[str, str | bool | None]:
     """Every metric's ``extracted_<name>`` and ``correct_<name>`` for one output, in PREDICTION_FIELDS order."""
     if tolerance is not None:
         _check_tolerance(tolerance)
-    extracted = {f"extracted_{name}": metric.extract(text) for name, metric in METRICS.items()}
-    correct = {f"correct_{name}": metric.correct(text, reference, tolerance) for name, metric in METRICS.items()}
+    extracted = {f"extracted_{name}": _called(metric, "extract", text) for name, metric in METRICS.items()}
+    correct = {f"correct_{name}": _called(metric, "correct", text, reference, tolerance)
+               for name, metric in METRICS.items()}
     return {**extracted, **correct}
+
+
+def _called(metric: Metric, part: str, text: str, *args):
+    """``metric.<part>`` on one output, its result checked: extract gives a string or None, correct a bool."""
+    function = getattr(metric, part)
+    where = f"metric {metric.name!r} ({getattr(function, '__module__', '?')}.{getattr(function, '__name__', part)})"
+    try:
+        value = function(text, *args)
+    except Exception as err:
+        raise MetricError(f"{where} raised {type(err).__name__}: {err} on the output {text[:120]!r}"
+                          + (f" against the reference {args[0]!r}" if args else "")) from err
+    if part == "correct":
+        if type(value).__name__ not in ("bool", "bool_"):  # numpy's bool too
+            raise MetricError(f"{where} returned {value!r} ({type(value).__name__}); correct must return a bool")
+        return bool(value)
+    if value is not None and not isinstance(value, str):
+        raise MetricError(f"{where} returned {value!r} ({type(value).__name__}); extract must return a string "
+                          "or None")
+    return value
+
+
+def check_metrics() -> None:
+    """Run every registered metric once on a made-up answer, so that a metric module that raises or returns the
+    wrong type fails before a cell reads data or trains, not when its first answer is scored."""
+    score("She has 3 + 4 = 7 apples.\nThe answer is 7.\n#### 7", "7", None)

@@ -196,6 +196,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"method.lr={cfg.method.get('lr')!r} must be a positive number: a search's candidates "
                           f"are built around it (or give them: '+tuning.lr_grid.{method}=[...]')")
     values, where = method_grid(cfg)
+    val_size = (cfg.get("dataset") or {}).get("val_size")
+    if isinstance(val_size, int) and not isinstance(val_size, bool) and val_size < MIN_VAL_EXAMPLES:
+        log.warning("dataset.val_size=%d: the tune command reads a search of fewer than %d validation examples "
+                    "only with --min-val-examples (fewer cannot separate candidates a few points apart)",
+                    val_size, MIN_VAL_EXAMPLES)
     if isinstance(candidate, bool) or not isinstance(candidate, int) or not 0 <= candidate < len(values):
         raise ConfigError(f"tuning.lr_candidate={candidate!r} must be an index into {where}, "
                           f"which has {len(values)} candidates (0 to {len(values) - 1})")

@@ -311,6 +311,27 @@ def test_a_registered_metric_is_scored_everywhere_a_built_in_one_is(restored_met
         scoring.register_metric("Has Digit", len, len)
 
 
+@pytest.mark.parametrize("body, message", [
+    ("def correct(text, reference, tolerance):\n    return 1 / 0\n",
+     "metric 'faulty' (faultymetrics.correct) raised ZeroDivisionError: division by zero on the output"),
+    ("def correct(text, reference, tolerance):\n    return 'yes'\n",
+     "metric 'faulty' (faultymetrics.correct) returned 'yes' (str); correct must return a bool"),
+])
+def test_a_faulty_metric_fails_the_cell_before_it_reads_data(restored_metrics, tiny_cfg, tmp_path, monkeypatch,
+                                                             body, message):
+    from slm_sweep.config import ConfigError
+    from slm_sweep.run import run
+
+    (tmp_path / "faultymetrics.py").write_text("from slm_sweep.scoring import register_metric\n\n" + body
+                                               + "\nregister_metric('faulty', lambda text: None, correct)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("faultymetrics", None)
+    with pytest.raises(ConfigError, match="eval.metric_modules=\\['faultymetrics'\\]") as err:
+        run(tiny_cfg("eval.metric_modules=[faultymetrics]"), out_dir=tmp_path / "cell")
+    assert message in str(err.value) and not (tmp_path / "cell").exists()
+    sys.modules.pop("faultymetrics", None)
+
+
 def test_a_metric_module_changes_the_evaluation_key_but_not_the_training_key(tiny_cfg, tmp_path, monkeypatch):
     from slm_sweep.results import redact
     from slm_sweep.run import identify, load_data

@@ -102,6 +102,20 @@ def test_a_peft_block_must_build_a_peft_config():
     cfg.peft.not_an_argument = 1
     with pytest.raises(MethodError, match="peft.LoraConfig.*cannot be built"):
         peft_config(cfg)
+    with pytest.raises(MethodError, match=r"did you mean lora_alpha\? LoraConfig takes: .*\br\b"):
+        peft_config({"peft": {"_target_": "peft.LoraConfig", "r": 4, "lora_alpah": 8}})
+    with pytest.raises(MethodError, match="reallocates its ranks during training"):
+        peft_config({"peft": {"_target_": "peft.AdaLoraConfig", "total_step": 10}})
+
+
+def test_a_misspelt_target_module_is_named_with_the_models_linear_layers():
+    """peft trains the entries that match and ignores the rest: down_prj would leave a layer untrained."""
+    model, _ = tiny()
+    ia3 = {"_target_": "peft.IA3Config", "target_modules": ["k_proj", "v_proj", "down_prj"],
+           "feedforward_modules": ["down_prj"]}
+    with pytest.raises(MethodError, match=r"target_modules lists \['down_prj'\], which name no module of this "
+                                          r"model; its linear layers are: down_proj, gate_proj, k_proj"):
+        apply_method(model, {"train": True, "peft": ia3})
 
 
 def _logits(model, ids):

@@ -102,7 +102,7 @@ _NOT_A_VARIANT = ("seed", "hydra", "logger", "callbacks", "tuning", "resume", "c
                   "model.gguf_dir", "model.params_nominal")
 # Within trainer and eval, only the settings that can change numbers (slm_sweep.identity declares them once).
 _NUMERIC_SETTINGS = {"trainer": TRAINER_NUMERIC_KEYS,
-                     "eval": (*EVAL_SCORING_KEYS, "dtype", "ood_sets", "ood_limit")}
+                     "eval": (*EVAL_SCORING_KEYS, "dtype", "ood_sets", "ood_limit", "metric_modules")}
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, str]:

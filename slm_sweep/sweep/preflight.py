@@ -614,11 +614,12 @@ def _composed_cell(compose, overrides: list[str], plan: Plan, label: str = "") -
     """One cell's config, composed and validated as the cell will; a failure is recorded in the plan."""
     from omegaconf.errors import OmegaConfBaseException
 
-    from slm_sweep.config import ConfigError, check_method_name, validate_config
+    from slm_sweep.config import ConfigError, check_method_name, use_metric_modules_checked, validate_config
 
     try:
         cell = compose(overrides)
         validate_config(cell)
+        use_metric_modules_checked(cell)
         chosen = [o.split("=", 1)[1] for o in overrides if _base_key(o.split("=", 1)[0]) == "method"]
         check_method_name(cell, chosen[-1] if chosen else None)
     except (ConfigError, OmegaConfBaseException, ValueError) as error:
