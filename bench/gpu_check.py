@@ -62,6 +62,7 @@ JOB_BUDGET_S = 360
 PREPARE_TIMEOUT_S = 90
 # a variant of the training bench is started only with this much of the job left (a cut one measures nothing)
 VARIANT_MIN_S = 45
+STAGE_MIN_S = 10  # and a main stage only with this much
 # left out of work.tar.gz: trained weights and checkpoints, and any file over this size
 ARCHIVE_SKIPS, ARCHIVE_MAX_BYTES = ("adapter", "model", "checkpoints", "wandb"), 4 * 2**20
 # Measured after the main stages, in the time left: trainer=gpu without compilation (what it gains), then the
@@ -562,7 +563,11 @@ def main(argv=None) -> int:
     failed = []
     for name in args.stages:
         report.stage(name, {"running": True})
-        figures = stages[name](args, model_overrides, device, work)
+        left = args.job_deadline - time.perf_counter()
+        if name != "train_variants" and left < STAGE_MIN_S:  # started, it would be killed before it measured
+            figures = {"skipped": f"{max(0, int(left))} s left of the job's {JOB_BUDGET_S} s", "returncode": None}
+        else:
+            figures = stages[name](args, model_overrides, device, work)
         report.stage(name, figures)
         try:
             report.data["work_archive"] = pack_work(work, args.out / "work.tar.gz")

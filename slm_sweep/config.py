@@ -336,7 +336,7 @@ def use_metric_modules_checked(cfg: DictConfig) -> None:
     try:
         use_metric_modules(names)
         check_metrics()
-    except (ImportError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - a module's own fault at import (SyntaxError, NameError, ...) too
         raise ConfigError(f"eval.metric_modules={names}: {type(err).__name__}: {err}") from err
 
 

@@ -77,7 +77,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
 SCORING_SOURCES_SHA256 = {10: "8ddcc8b00aaf7965e86e39088d581eefd42b89c246ac4d4afbbca1220ab48327"}
-TRAINING_SOURCES_SHA256 = {5: "d3a8e57eb07412440fccada4cbcc3395d4a4a6d2d154d1c8fb08d8bb7a71c0dc"}
+TRAINING_SOURCES_SHA256 = {5: "ee152de07b32727bbc56ca30384a7fe08753e399801df0783f6deb78ad89cd19"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",
@@ -120,9 +120,20 @@ class CellIdentity:
                 **({"edited_sources": evaluation["edited_sources"]} if evaluation.get("edited_sources") else {}),
                 **{k: v for k, v in (evaluation.get("eval") or {}).items() if k != "split"}}
 
+    @property
+    def prompt_style(self) -> str | None:
+        """``prompt.style`` as keyed (an explicit style that ``auto`` renders is ``auto``); None when the prompt
+        settings shape neither training nor the scored prompts (a few-shot format of lm-eval's)."""
+        for part in ("evaluation", "training"):
+            prompt = (self.parts.get(part) or {}).get("prompt")
+            if isinstance(prompt, dict):
+                return str(prompt.get("style") or "auto")
+        return None
+
     def as_record(self) -> dict[str, Any]:
         return {"training_key": self.training_key, "evaluation_key": self.evaluation_key,
-                "configuration_key": self.configuration_key, "scored_with": self.scored_with}
+                "configuration_key": self.configuration_key, "scored_with": self.scored_with,
+                "prompt_style": self.prompt_style}
 
 
 @functools.cache

@@ -72,12 +72,14 @@ def check_targets(model, config) -> None:
     """Every module name the adapter config lists (``target_modules``, ``feedforward_modules``) names a module of
     the model: peft trains the ones that match and ignores the others, so a misspelt entry (``down_prj``) would
     leave a layer untrained without a word. A pattern (a string) or ``all-linear`` is left to peft."""
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+    names = [name for name, _ in model.named_modules() if name]
     for field in ("target_modules", "feedforward_modules"):
         listed = getattr(config, field, None)
         if not isinstance(listed, (list, tuple, set)):
             continue
-        unknown = sorted(str(entry) for entry in listed if str(entry).rsplit(".", 1)[-1] not in names)
+        # peft's rule: a module's name equal to the entry or ending with "." + entry
+        unknown = sorted(str(entry) for entry in listed
+                         if not any(name == str(entry) or name.endswith("." + str(entry)) for name in names))
         if unknown:
             linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                              if isinstance(module, torch.nn.Linear) and name})

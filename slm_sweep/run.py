@@ -208,7 +208,8 @@ def auto_prompt_style(cfg: DictConfig) -> str | None:
     from slm_sweep.data.prompts import resolve_style
     from slm_sweep.models import load_tokenizer
 
-    tokenizer = load_tokenizer(cfg.model, cache_dir=Path(str(cfg.cache_dir)).expanduser())
+    tokenizer = load_tokenizer(cfg.model, cache_dir=Path(str(cfg.cache_dir)).expanduser() if cfg.get("cache_dir")
+                               else None)
     resolve_style(style, tokenizer)  # a style this tokenizer cannot render fails here, before anything runs
     return resolve_style("auto", tokenizer)
 

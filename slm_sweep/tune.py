@@ -109,9 +109,16 @@ def _searched(table: Mapping[str, Any], dataset: str, model: str, method: str) -
 
 
 def _cell_config(cfg: DictConfig) -> dict[str, Any]:
-    """The parts of a composed cell that ``tuned_under`` reads, as result.json records them."""
-    return {part: OmegaConf.to_container(cfg[part], resolve=True)
-            for part in ("model", "method", "trainer", "dataset", "prompt") if cfg.get(part) is not None}
+    """The parts of a composed cell that ``tuned_under`` reads, as result.json records them; ``prompt.style`` as
+    the cell's keys have it (an explicit style that auto renders is auto)."""
+    from slm_sweep.identity import prompt_identity
+    from slm_sweep.run import auto_prompt_style
+
+    parts = {part: OmegaConf.to_container(cfg[part], resolve=True)
+             for part in ("model", "method", "trainer", "dataset", "prompt") if cfg.get(part) is not None}
+    if "prompt" in parts:
+        parts["prompt"] = prompt_identity(parts["prompt"], auto_prompt_style(cfg))
+    return parts
 
 
 def _differences(searched: Mapping[str, Any], here: Mapping[str, Any]) -> list[str]:
@@ -146,7 +153,7 @@ def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> 
     recorded = searched.get("trained_with")
     if not isinstance(recorded, Mapping):
         return
-    here = {k: v for k, v in tuned_under(_cell_config(cfg)).items()
+    here = {k: v for k, v in tuned_under({"config": _cell_config(cfg)}).items()
             if not any(k.startswith(p) and not any(r.startswith(p) for r in recorded) for p in _LATER_SETTINGS)}
     differing = _differences(recorded, here)
     if differing:
@@ -210,12 +217,14 @@ GRID_STEPS = 2  # candidates of a derived grid either side of the method's rate:
 
 
 def lr_grid(lr: float, steps: int = GRID_STEPS) -> list[float]:
-    """Candidates around ``lr``: the nearest ``steps`` values of the 1-2-5 series below it and above it, and
-    ``lr`` itself in the middle (a factor 20 wide for a rate on the series: 2e-4 gives 5e-5 ... 1e-3)."""
+    """Candidates around ``lr``: the nearest ``steps`` values of the 1-2-5 series below it and above it (none
+    within a factor 1.25 of it), and ``lr`` itself in the middle (a factor 20 wide for a rate on the series: 2e-4
+    gives 5e-5 ... 1e-3)."""
     exponent = math.floor(math.log10(lr))
     series = sorted(float(f"{m}e{e}") for e in range(exponent - steps, exponent + steps + 1) for m in (1, 2, 5))
-    below = [v for v in series if v < lr * (1 - 1e-9)][-steps:]
-    above = [v for v in series if v > lr * (1 + 1e-9)][:steps]
+    # a step of the series within a factor 1.25 of ``lr`` would be a near-duplicate candidate
+    below = [v for v in series if v < lr / 1.25][-steps:]
+    above = [v for v in series if v > lr * 1.25][:steps]
     return [*below, float(lr), *above]
 
 
@@ -326,19 +335,22 @@ def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
         **{f"dataset.{k}": dataset.get(k) for k in ("val_size", "train_limit", "split_seed", "test_split")},
         **{f"eval.{k}": (config.get("eval") or {}).get(k) for k in EVAL_SCORING_KEYS},
         **{f"prompt.{k}": v for k, v in (config.get("prompt") or {}).items()},
+        # as the cell's keys have it, where result.json says (a record of a search)
+        **({"prompt.style": keyed} if (keyed := (record.get("identity") or {}).get("prompt_style")) else {}),
     }
 
 
-def tuned_under(config: Mapping[str, Any]) -> dict[str, Any]:
+def tuned_under(record: Mapping[str, Any]) -> dict[str, Any]:
     """The settings a searched rate was chosen under that a cell training at it must share: the method (all but
     the rate), the trainer's numeric settings, the training data and the prompt. Not the evaluation settings
-    (the search scores the validation split, the cell the test split)."""
+    (the search scores the validation split, the cell the test split). ``record``: a result.json's ``config``
+    (and ``identity``, whose ``prompt_style`` is the style as keyed)."""
     def flat(key: str, value: Any) -> dict[str, Any]:
         if isinstance(value, Mapping):
             return {k: v for name, item in value.items() for k, v in flat(f"{key}.{name}", item).items()}
         return {key: value}
 
-    return {k: v for key, value in _training_settings({"config": config}).items()
+    return {k: v for key, value in _training_settings(record).items()
             if not key.startswith("eval.") and key != "dataset.test_split" for k, v in flat(key, value).items()}
 
 
@@ -435,7 +447,7 @@ def choose(records: Sequence[Mapping[str, Any]], metric: str = DEFAULT_METRIC,
                         best["lr"], edge)
         chosen[key] = {"lr": best["lr"], "metric": metric, "best": best[metric], "val_examples": n_val,
                        "candidates": candidates, "seeds": all_seeds,
-                       "trained_with": tuned_under(cells[0].get("config") or {})}
+                       "trained_with": tuned_under(cells[0])}
     return chosen
 
 

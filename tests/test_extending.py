@@ -316,6 +316,7 @@ def test_a_registered_metric_is_scored_everywhere_a_built_in_one_is(restored_met
      "metric 'faulty' (faultymetrics.correct) raised ZeroDivisionError: division by zero on the output"),
     ("def correct(text, reference, tolerance):\n    return 'yes'\n",
      "metric 'faulty' (faultymetrics.correct) returned 'yes' (str); correct must return a bool"),
+    ("def correct(text, reference, tolerance):\n    return True\nundefined_name\n", "NameError"),
 ])
 def test_a_faulty_metric_fails_the_cell_before_it_reads_data(restored_metrics, tiny_cfg, tmp_path, monkeypatch,
                                                              body, message):

@@ -250,6 +250,9 @@ def test_a_misspelt_option_or_key_in_a_sweep_is_told_what_it_may_have_meant(requ
     reasons = " | ".join(plan.config_errors)
     assert "Could not find 'method/lorra' (available: dora, fewshot," in reasons
     assert "Could not override 'trainer.max_step'. (did you mean trainer.max_steps?)" in reasons
+    from slm_sweep.sweep.preflight import composition_error
+
+    assert "did you mean" not in composition_error("Could not override 'eval.max_new_tokens'.")
 
 
 # ---------------------------------------------------------------------------------------------- real sweeps

@@ -617,15 +617,21 @@ def test_a_seed_that_failed_before_its_identity_is_a_lost_seed_of_its_configurat
     assert [(row["variant"], row["n"], row["not_completed"]) for row in rows] == [("", 2, "seed 2 failed")]
 
 
-def test_a_prompt_style_is_labelled_as_rendered(tmp_path):
-    """prompt.style=auto and the chat it renders are one configuration; plain is another."""
-    for job, (style, rendered) in enumerate([("auto", "chat"), ("chat", "chat"), ("plain", "plain")]):
-        record = _with_identity(make_record("beta", "lora", job, 0.2, 0.2),
-                                {"method": {"name": "lora"}, "prompt": {"style": style}}, f"cfg-{rendered}")
-        record["prompt"] = {"style": rendered}
+def test_a_prompt_style_is_labelled_as_its_key_has_it(tmp_path):
+    """prompt.style=auto and an explicit chat that auto renders are one configuration (identity.prompt_style),
+    plain is another; a seed lost before its identity, with the config's auto, is a lost seed of the first."""
+    for job, (style, keyed) in enumerate([("auto", "auto"), ("chat", "auto"), ("plain", "plain")]):
+        config = {"method": {"name": "lora", "train": True}, "prompt": {"style": style}}
+        record = _with_identity(make_record("beta", "lora", job, 0.2, 0.2), config, f"cfg-{keyed}")
+        record["identity"]["prompt_style"] = keyed
+        record["prompt"] = {"style": "plain" if keyed == "plain" else "chat"}
         write_json(tmp_path / str(job) / "result.json", record)
+    lost = {**make_record("beta", "lora", 3, 0.2, 0.2, status="diverged"), "identity": None, "prompt": None,
+            "config": {"method": {"name": "lora", "train": True}, "prompt": {"style": "auto"}}}
+    write_json(tmp_path / "3" / "result.json", lost)
     rows = summarize(collect([tmp_path]).records)
-    assert sorted((row["variant"], row["n"]) for row in rows) == [("style=chat", 2), ("style=plain", 1)]
+    assert sorted((row["variant"], row["n"], row["not_completed"]) for row in rows) == [
+        ("style=auto", 2, "seed 3 diverged"), ("style=plain", 1, None)]
 
 
 def test_a_baseline_with_two_variants_says_why_there_is_no_delta(tmp_path):
@@ -686,26 +692,30 @@ def test_a_lost_seed_is_named_on_its_own_variants_row(tmp_path):
             "seed 1 failed; seed 2 failed.") in report["markdown"]
 
 
-def test_results_a_rerun_set_aside_are_read_as_other_settings_or_left_out_as_recomputed(grid, tmp_path):
+def test_results_a_rerun_set_aside_are_points_of_the_grid_or_replaced(tmp_path):
     """A rerun into the same folder moves the earlier result to superseded/. A grid extended into the same sweep
-    (method.r=8,16, then method.r=16,32) sets r=8 aside in a folder that now holds r=32: r=8 is still a point of
-    the grid. A result that the cell now in its folder recomputed (other code, same settings) is not."""
-    sweep, _ = grid
-    before = write_report([sweep], tmp_path / "before", plots=False)
-    first = sorted(sweep.glob("*/result.json"))[0]
-    record = json.loads(first.read_text())
-    other = {**record, "identity": None, "config": {**record.get("config", {}), "method": {"name": "x", "r": 2}}}
-    write_json(first.parent / "superseded" / "result.json", other)
-    write_json(first.parent / "superseded-2" / "result.json", {**record, "identity": None})
-    after = write_report([sweep], tmp_path / "after", plots=False)
-    collection = after["collection"]
-    assert collection.set_aside == [first.parent / "superseded" / "result.json"]
-    assert collection.replaced == [first.parent / "superseded-2" / "result.json"]
-    assert len(after["rows"]) == len(before["rows"]) + 1
-    (added,) = [row for row in after["rows"] if str(first.parent / "superseded") in row["result_paths"][0]]
-    assert (added["model"], added["method"], added["n"]) == (record["model"], record["method"], 1)
-    assert "read as cells of their own (another point of the grid): 1" in after["markdown"]
-    assert "recomputed, left out: 1" in after["markdown"]
+    (method.r=8,16, then method.r=16,32) sets r=8 aside in the folder r=32 now holds: r=8 differs only in the r
+    the sweep varies, a point of the grid. A result of another max_steps (a setting every current cell shares: the
+    rerun changed it) or of the same settings (recomputed) was replaced."""
+    def cell(folder: str, r: int, max_steps: int = 10) -> dict:
+        config = {"method": {"name": "lora", "train": True, "r": r}, "trainer": {"max_steps": max_steps}}
+        record = _with_identity(make_record("beta", "lora", 0, 0.2 + r / 100, 0.2), config, f"cfg-r{r}-{max_steps}")
+        write_json(tmp_path / folder / "result.json", record)
+        return record
+
+    cell("0-beta-lora", 16)
+    cell("1-beta-lora", 32)
+    cell("1-beta-lora/superseded", 8)
+    cell("0-beta-lora/superseded", 16, max_steps=5)
+    cell("0-beta-lora/superseded-2", 16)
+    report = write_report([tmp_path], tmp_path / "report", plots=False)
+    collection = report["collection"]
+    assert collection.set_aside == [tmp_path / "1-beta-lora" / "superseded" / "result.json"]
+    assert sorted(collection.replaced) == [tmp_path / "0-beta-lora" / "superseded" / "result.json",
+                                           tmp_path / "0-beta-lora" / "superseded-2" / "result.json"]
+    assert [row["variant"] for row in report["rows"]] == ["r=8", "r=16", "r=32"]
+    assert "read as cells of their own (another point of the grid): 1" in report["markdown"]
+    assert "changed a setting the sweep does not vary), left out: 2" in report["markdown"]
 
 
 def test_cells_without_an_identity_are_told_apart_by_their_settings_and_join_their_rerun(tmp_path):

@@ -808,13 +808,14 @@ def test_a_claim_says_what_it_covers_but_could_not_use(tmp_path):
 def test_non_inferiority_is_not_shown_by_the_seeds_that_survived(tmp_path):
     """Two of three LoRA seeds diverged; the survivor matches zero-shot: the lost seeds are evidence against
     'not below' that the survivor cannot stand in for."""
-    write_row(tmp_path, "gemma270", "zeroshot", "gsm8k", 40)
-    write_cell(tmp_path, "gemma270", "lora", "gsm8k", 0, first(40))
+    answers = [i < 400 for i in range(1000)]  # enough questions that the survivor alone would show it
+    write_cell(tmp_path, "gemma270", "zeroshot", "gsm8k", 0, answers)
+    write_cell(tmp_path, "gemma270", "lora", "gsm8k", 0, answers)
     for seed in (1, 2):
         _lose(tmp_path, "gemma270", "lora", "gsm8k", seed, "diverged")
     results, _ = claims_of(tmp_path)
     (instance,) = results["peft-not-below-zeroshot"].instances
-    assert instance.verdict == "inconclusive"
+    assert instance.test.ci_low > -0.02 and instance.verdict == "inconclusive" and instance.downgraded
     assert "its completed seeds alone cannot show the claim" in (tmp_path / "report" / "claims.md").read_text()
 
 
@@ -899,6 +900,27 @@ def test_variants_of_one_side_are_paired_with_the_other_side_at_the_same_setting
     result = results["dora-above-lora-gsm8k"]
     assert [(i.a["variant"], i.b["variant"]) for i in result.instances] == [("r=16", "")]
     assert "qwen05 × dora (r=8) on gsm8k: no lora to compare it with" in result.gaps
+
+
+def test_a_setting_whose_values_the_sides_never_share_does_not_stop_the_pairing(tmp_path):
+    """LoRA at two learning rates against full fine-tuning at its own: each rate is a method's own, so both LoRA
+    rows are compared with full fine-tuning."""
+    def at_rate(path: Path, lr: float) -> None:
+        record = json.loads(path.read_text())
+        record["config"]["method"]["lr"] = lr
+        for key in ("evaluation_key", "configuration_key", "training_key"):
+            record["identity"][key] = f"{record['identity'][key]}-lr{lr}"
+        path.write_text(json.dumps(record))
+
+    for lr in (1e-4, 2e-4):
+        for seed in TRAINED_SEEDS:
+            at_rate(write_cell(tmp_path / f"lora{lr}", "qwen05", "lora", "gsm8k", seed,
+                               [i < 160 + seed for i in range(300)]), lr)
+    for seed in TRAINED_SEEDS:
+        write_cell(tmp_path / "full", "qwen05", "full", "gsm8k", seed, [i < 100 + seed for i in range(300)])
+    results, _ = claims_of(tmp_path)
+    result = results["lora-above-full-qwen05"]
+    assert [i.verdict for i in result.instances] == ["reproduced", "reproduced"] and not result.gaps
 
 
 def test_claims_files_refuse_a_key_given_twice_and_a_margin_in_points(tmp_path):

@@ -106,7 +106,8 @@ def test_the_grid_gives_each_method_its_own_candidates(tiny_cfg, method, candida
 
 
 @pytest.mark.parametrize("lr, grid", [(2e-4, [5e-5, 1e-4, 2e-4, 5e-4, 1e-3]), (1e-3, [2e-4, 5e-4, 1e-3, 2e-3, 5e-3]),
-                                      (3e-4, [1e-4, 2e-4, 3e-4, 5e-4, 1e-3]), (5e-6, [1e-6, 2e-6, 5e-6, 1e-5, 2e-5])])
+                                      (3e-4, [1e-4, 2e-4, 3e-4, 5e-4, 1e-3]), (5e-6, [1e-6, 2e-6, 5e-6, 1e-5, 2e-5]),
+                                      (9.99e-5, [2e-5, 5e-5, 9.99e-5, 2e-4, 5e-4])])  # no near-duplicate 1e-4
 def test_a_grid_is_the_1_2_5_series_around_the_rate(lr, grid):
     from slm_sweep.tune import lr_grid
 
@@ -327,13 +328,16 @@ def test_a_tuned_rate_is_refused_for_a_cell_trained_otherwise_than_its_search(ti
         record["config"]["method"] = {**record["config"]["method"], "lr": lr}
         records.append({**record, "model": "tiny"})
     chosen = choose(records, min_val_examples=8)
-    assert chosen["gsm8k", "tiny", "lora"]["trained_with"] == tuned_under(_cell_config(searched))
+    assert chosen["gsm8k", "tiny", "lora"]["trained_with"] == tuned_under({"config": _cell_config(searched)})
     table = write_lr_table(chosen, tmp_path / "lr.yaml", ["search"], "val_accuracy_flexible")
     assert "trainer.max_steps" in yaml.safe_load(table.read_text())["searched"]["gsm8k"]["tiny"]["lora"]["trained_with"]
 
     same = tiny_cfg("method=lora", "trainer.max_steps=3", "dataset.test_limit=2", "eval.max_new_tokens=8",
                     "tuning.lr=tuned", f"tuning.table={table}")
     validate_config(same)  # other test and evaluation settings: the same training, accepted
+    # the style auto renders for this tokenizer, spelt out: the same configuration
+    validate_config(tiny_cfg("method=lora", "trainer.max_steps=3", "prompt.style=chat", "tuning.lr=tuned",
+                             f"tuning.table={table}"))
     assert resolve_lr(same)["value"] == same.method.lr == 2e-4
     for overrides, named in ((["trainer.max_steps=30"], "trainer.max_steps: searched 3, here 30"),
                              (["method.r=4"], "method.peft.r: searched 16, here 4; method.r: searched 16, here 4"),
@@ -342,7 +346,8 @@ def test_a_tuned_rate_is_refused_for_a_cell_trained_otherwise_than_its_search(ti
                              (["model.init_seed=7"], "model.init_seed: searched 0, here 7"),
                              (["model.hidden_size=64"], "model.hidden_size: searched 48, here 64"),
                              (["model.dtype=bfloat16"], 'model.dtype: searched "float32", here "bfloat16"'),
-                             (["dataset.dedup.enabled=false"], "dataset.dedup.against: searched .*, here null")):
+                             (["dataset.dedup.enabled=false"], "dataset.dedup.against: searched .*, here null"),
+                             (["prompt.style=plain"], 'prompt.style: searched "auto", here "plain"')):
         with pytest.raises(ConfigError, match=rf"lr.gsm8k.tiny.lora in {table} was searched under other "
                                               rf"training settings than this cell's \({named}"):
             validate_config(tiny_cfg("method=lora", "trainer.max_steps=3", *overrides, "tuning.lr=tuned",

@@ -118,10 +118,13 @@ def configuration_settings(record: dict[str, Any]) -> dict[str, str]:
     """The record's settings that can change its numbers, flattened (``method.r`` -> ``16``)."""
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
     settings = _flatten(config)
-    rendered = record.get("prompt") if isinstance(record.get("prompt"), dict) else {}
-    if rendered.get("style") and "prompt.style" in settings:
-        # the style as rendered: prompt.style=auto and the style it chooses are one configuration
-        settings["prompt.style"] = json.dumps(rendered["style"])
+    method = config.get("method") if isinstance(config.get("method"), dict) else {}
+    if not method.get("train") and (method.get("prompt_format") or "as_trained") != "as_trained":
+        # lm-eval's few-shot formats read neither prompt setting: they tell no configuration apart
+        settings = {k: v for k, v in settings.items() if not k.startswith("prompt.")}
+    elif identity_key(record, "prompt_style") and "prompt.style" in settings:
+        # as the cell's key has it: prompt.style=chat where auto renders chat is prompt.style=auto
+        settings["prompt.style"] = json.dumps(identity_key(record, "prompt_style"))
     trained = trains(record)
     kept = {}
     for key, value in settings.items():

@@ -309,6 +309,7 @@ class Instance:
     test: PairedTest
     verdict: str
     p_adjusted: float | None = None  # Holm-adjusted over the claim's tested instances; None without a correction
+    downgraded: bool = False  # reproduced by its test, inconclusive because seeds were lost (survivors_cannot_show)
 
 
 @dataclass
@@ -405,7 +406,7 @@ def instance_note(claim: Claim, instance: Instance) -> str | None:
     notes = [margin_note(claim.direction, instance.test, instance.verdict, claim.margin)]
     lost = [f"{row['method']} lost seeds ({row['not_completed']})" for row in (instance.a, instance.b)
             if row.get("not_completed")]
-    if any(row.get("not_completed") for row in survivors_cannot_show(claim, instance.a, instance.b)):
+    if instance.downgraded:
         lost.append("its completed seeds alone cannot show the claim")
     notes += lost
     notes += [f"{method_label(row)}: one training run, so the spread between training seeds is not measured "
@@ -479,8 +480,9 @@ def _pairs(claim: Claim, side_a: list[dict[str, Any]], side_b: list[dict[str, An
            gaps: list[str]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """The instances: rows of a and b on one dataset (and model, unless a side selects its own). When either side
     holds several configuration variants of one method (r=8 and r=16), a pair must agree on the settings that
-    tell those variants apart wherever both rows have them: DoRA at r=8 against LoRA at r=16 compares the ranks,
-    not the methods (a setting only one side has, such as full fine-tuning against LoRA's r, does not count)."""
+    tell those variants apart wherever both sides share a value of it: DoRA at r=8 against LoRA at r=16 compares
+    the ranks, not the methods. A setting only one side has (full fine-tuning against LoRA's r), or whose values
+    the sides never share (each method at its own learning rates), does not count."""
     across_models = not (claim.a.selector.empty and claim.b.selector.empty)
     candidates: dict[tuple, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     for a in side_a:
@@ -490,7 +492,8 @@ def _pairs(claim: Claim, side_a: list[dict[str, Any]], side_b: list[dict[str, An
                                       []).append((a, b))
     pairs = []
     for (dataset, model_a, method_a, model_b, method_b), found in candidates.items():
-        keys = _varying({id(a): a for a, _ in found}.values()) | _varying({id(b): b for _, b in found}.values())
+        rows_a, rows_b = {id(a): a for a, _ in found}.values(), {id(b): b for _, b in found}.values()
+        keys = {key for key in _varying(rows_a) | _varying(rows_b) if _values(rows_a, key) & _values(rows_b, key)}
         if keys:
             matched = [(a, b) for a, b in found if _alike(a, b, keys)]
             if not matched:
@@ -508,6 +511,10 @@ def _varying(rows) -> set[str]:
     """The settings in which rows of one method differ (what their variant labels are made of)."""
     settings = [row.get("settings") or {} for row in rows]
     return {key for key in {k for s in settings for k in s} if len({s.get(key) for s in settings}) > 1}
+
+
+def _values(rows, key: str) -> set:
+    return {(row.get("settings") or {}).get(key) for row in rows} - {None}
 
 
 def _alike(a: dict[str, Any], b: dict[str, Any], keys: set[str]) -> bool:
@@ -626,9 +633,10 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
                      if t.p_value is not None else t for (a, b), t in zip(pairs, tests)]
     for (a, b), test, p in zip(pairs, tests, adjusted):
         verdict = judge(claim.direction, test, alpha, claim.margin, p_value=p)
-        if verdict == REPRODUCED and any(row.get("not_completed") for row in survivors_cannot_show(claim, a, b)):
-            verdict = INCONCLUSIVE
-        result.instances.append(Instance(a["dataset"], a, b, test, verdict, p))
+        downgraded = verdict == REPRODUCED and any(row.get("not_completed")
+                                                   for row in survivors_cannot_show(claim, a, b))
+        result.instances.append(Instance(a["dataset"], a, b, test, INCONCLUSIVE if downgraded else verdict, p,
+                                         downgraded))
     result.verdict = roll_up([i.verdict for i in result.instances])
     used = [row for i in result.instances for row in (i.a, i.b)]
     paired = {id(row) for row in used}

@@ -71,9 +71,8 @@ class Collection:
     # (kept, copy): a completed cell whose result is a copy of the kept one (a baseline reused for another
     # seed), read and counted once
     copies: list[tuple[Path, Path]] = field(default_factory=list)
-    # completed results a rerun into the same folder set aside (superseded*/): those of settings no current cell
-    # has are points of the grid and read like any cell (grid_points); those a rerun of the same settings
-    # recomputed are left out (replaced)
+    # completed results a rerun into the same folder set aside (superseded*/): points of the grid, read like any
+    # cell, or replaced by the rerun and left out (_grid_points says which)
     set_aside: list[Path] = field(default_factory=list)
     replaced: list[Path] = field(default_factory=list)
 
@@ -331,11 +330,18 @@ def collect(dirs: Sequence[str | os.PathLike]) -> Collection:
 
 def _grid_points(dirs: Sequence[str | os.PathLike], current: Sequence[dict[str, Any]],
                  collection: Collection) -> list[dict[str, Any]]:
-    """The completed results a rerun set aside whose settings no current cell has: a grid extended into the same
-    sweep folder (method.r=8,16, then method.r=16,32) puts r=32 in r=8's job folder, and r=8 is still a point of
-    the grid. A result whose settings a current cell has was recomputed by it (other code or data): left out."""
-    points = []
+    """The completed results a rerun set aside that are still points of the sweep's grid: a grid extended into the
+    same sweep folder (method.r=8,16, then method.r=16,32) puts r=32 in r=8's job folder, and r=8 differs from the
+    cells there only in a setting the sweep varies. A result that differs in a setting the sweep does not vary
+    (a rerun that changed max_steps for every cell), or that a rerun recomputed (other code or data), was
+    replaced: left out."""
+    from .aggregate import configuration_settings
+
     now = {settings_key(r) for r in current}
+    groups: dict[tuple, list[dict[str, str]]] = defaultdict(list)
+    for record in current:
+        groups[record["dataset"], record["model"], record["method"]].append(configuration_settings(record))
+    points = []
     for path in find_result_files(dirs, set_aside=True):
         try:
             record = read_result(path)
@@ -343,12 +349,23 @@ def _grid_points(dirs: Sequence[str | os.PathLike], current: Sequence[dict[str, 
             continue  # validation-split cells and unreadable files of earlier runs: not cells of this sweep
         if record.get("status") != COMPLETED:
             continue
-        if settings_key(record) in now:
-            collection.replaced.append(path)
-        else:
+        others = groups.get((record["dataset"], record["model"], record["method"]), [])
+        if settings_key(record) not in now and _a_point_of(configuration_settings(record), others):
             collection.set_aside.append(path)
             points.append(record)
+        else:
+            collection.replaced.append(path)
     return points
+
+
+def _a_point_of(settings: dict[str, str], current: list[dict[str, str]]) -> bool:
+    """Whether ``settings`` differ from one of the ``current`` cells' only in settings the current cells vary
+    among themselves (or not at all: another seed of a current configuration)."""
+    if not current:
+        return True
+    varying = {key for key in {k for s in current for k in s} if len({s.get(key) for s in current}) > 1}
+    return any({k for k in settings.keys() | other.keys() if settings.get(k) != other.get(k)} <= varying
+               for other in current)
 
 
 def load_results(dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:

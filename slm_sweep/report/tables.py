@@ -203,8 +203,8 @@ def _sources(collection: Collection) -> list[str]:
                   f"cell has, read as cells of their own (another point of the grid): {len(collection.set_aside)} "
                   f"(listed in `report.json`).", ""]
     if collection.replaced:
-        lines += [f"Set-aside results that a rerun of the same settings recomputed, left out: "
-                  f"{len(collection.replaced)} (listed in `report.json`).", ""]
+        lines += [f"Set-aside results that a rerun replaced (recomputed them, or changed a setting the sweep does "
+                  f"not vary), left out: {len(collection.replaced)} (listed in `report.json`).", ""]
     if collection.copies:
         lines += [f"Copies of a computed cell (a baseline reused for another seed), counted once: "
                   f"{len(collection.copies)} (listed in `report.json`).", ""]
@@ -300,10 +300,12 @@ def _ood_section(
     # in-domain rows are already in report order; models seen only out-of-domain follow in theirs
     order = list(dict.fromkeys((r["model"], method_label(r)) for r in (*in_domain, *ood)))
     columns = [dataset, *(s for s in eval_sets if s != dataset)]
-    questions = {}
+    counts: dict[str, set] = {}
     for row in (*in_domain, *ood):
-        questions.setdefault(row.get("eval_set", dataset), row.get("n_eval"))
-    named = [f"{c} (n={questions[c]})" if questions.get(c) is not None else c for c in columns]
+        counts.setdefault(row.get("eval_set", dataset), set()).add(row.get("n_eval"))
+    # a set's number of questions, where its rows agree on it
+    named = [f"{c} (n={next(iter(counts[c]))})" if len(counts.get(c, ())) == 1 and None not in counts[c] else c
+             for c in columns]
     header = ("model", "method", f"{named[0]}, in-domain", *named[1:])
     body = [
         (model, method, *(cells[model, method].get(c, EMPTY) for c in columns)) for model, method in order

@@ -653,7 +653,7 @@ def composition_error(text: str) -> str:
     if missing:
         group, _, key = missing.group(1).partition(".")
         known = field_names(SCHEMAS[group]) if group in SCHEMAS and key and "." not in key else []
-        close = difflib.get_close_matches(key, known, n=1)
+        close = [k for k in difflib.get_close_matches(key, known, n=2) if k != key][:1]
         reason += (f" (did you mean {group}.{close[0]}?)" if close else " (these cells' configs have no such key)")
     return reason
 

@@ -61,8 +61,8 @@ def _free(path: Path) -> Path:
 def set_aside_earlier(out: Path, evaluation_key: str, training_key: str | None) -> Path | None:
     """Move a finished result of another configuration out of the way of this cell's files, instead of writing
     over it (a rerun into the same folder with other settings): its result.json and predictions go to
-    ``out/superseded`` (where the reuse search still finds them, and the report reads them as a cell when no
-    current cell has their settings), and so do its kept weights when they were trained under another training
+    ``out/superseded`` (where the reuse search still finds them, and the report reads them as a cell when
+    they differ from the sweep's cells only in settings the sweep varies), and so do its kept weights when they were trained under another training
     key, with their training curve. Returns that folder, or None when there was nothing to keep."""
     record = read_result(out)
     if not record or record.get("status") != "completed" or _key(record, "evaluation_key") == evaluation_key:
