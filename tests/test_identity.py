@@ -52,23 +52,35 @@ NOTHING = ["trainer.micro_batch_size=4", "trainer.packing=true", "trainer.compil
            "callbacks=none", "tuning.table=elsewhere.yaml", "dataset.dedup.on_missing=error"]
 
 
+_UNCHANGED: list = []
+
+
+@pytest.fixture
+def unchanged(base):
+    """The default LoRA cell's keys, computed once for the parametrized comparisons below (nothing they change is
+    global: each change is an override of its own cell)."""
+    if not _UNCHANGED:
+        _UNCHANGED.append(base())
+    return _UNCHANGED[0]
+
+
 @pytest.mark.parametrize("change", RETRAIN)
-def test_what_changes_the_weights_changes_both_keys(base, change):
-    train, evaluation = base()
+def test_what_changes_the_weights_changes_both_keys(base, unchanged, change):
+    train, evaluation = unchanged
     changed_train, changed_eval = base(change)
     assert changed_train != train and changed_eval != evaluation
 
 
 @pytest.mark.parametrize("change", RESCORE)
-def test_what_changes_only_scores_keeps_the_training_key(base, change):
-    train, evaluation = base()
+def test_what_changes_only_scores_keeps_the_training_key(base, unchanged, change):
+    train, evaluation = unchanged
     changed_train, changed_eval = base(change)
     assert changed_train == train and changed_eval != evaluation
 
 
 @pytest.mark.parametrize("change", NOTHING)
-def test_speed_and_logging_settings_change_neither_key(base, change):
-    assert base(change) == base()
+def test_speed_and_logging_settings_change_neither_key(base, unchanged, change):
+    assert base(change) == unchanged
 
 
 def test_other_spellings_of_a_setting_and_a_display_callback_change_neither_key(base):
