@@ -364,6 +364,17 @@ def planned_world_size(trainer: Mapping[str, Any]) -> int:
     return max(count, 1) * int(trainer.get("num_nodes") or 1)
 
 
+def scored_as_trained(method: Mapping[str, Any]) -> bool:
+    """Whether the method's prompts are those of trained cells (``prompt.style``, ``prompt.system``), not one of
+    lm-eval's few-shot formats, which read neither."""
+    return (method.get("prompt_format") or "as_trained") == "as_trained"
+
+
+def prompt_matters(method: Mapping[str, Any]) -> bool:
+    """Whether the prompt settings shape the cell: its training, or the prompts it is scored on."""
+    return bool(method.get("train")) or scored_as_trained(method)
+
+
 def is_seed_independent(method: Mapping[str, Any]) -> bool:
     """Nothing trained and no seeded draw: the same result for every run seed."""
     if method.get("train"):
@@ -432,7 +443,7 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
                                               if k not in METHOD_PROMPT_KEYS or method.get(k) is not None}},
         "shot_pool": fingerprint(train) if shots else None,
         # prompt.style and prompt.system shape the prompts only of methods prompted as trained cells are
-        "prompt": prompt if (method.get("prompt_format") or "as_trained") == "as_trained" else None,
+        "prompt": prompt if scored_as_trained(method) else None,
         "eval": {**{k: eval_cfg.get(k) for k in EVAL_SCORING_KEYS}, "stop": stop_strings(eval_cfg.get("stop")),
                  "dtype": eval_dtype,
                  **metric_modules_identity(eval_cfg.get("metric_modules"))},

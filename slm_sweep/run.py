@@ -9,6 +9,8 @@ result.json says so: ``completed``, ``failed`` (with the error), ``diverged`` or
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import shutil
 import time
@@ -201,15 +203,23 @@ def identify(cfg: DictConfig, config: dict, data: CellData) -> CellIdentity:
 def auto_prompt_style(cfg: DictConfig) -> str | None:
     """The style ``prompt.style=auto`` renders for this model, looked up (from its tokenizer alone) only where
     the config names a style explicitly and the prompt shapes the cell; None otherwise."""
+    from slm_sweep.identity import prompt_matters
+
     style = str((cfg.get("prompt") or {}).get("style") or "auto")
-    prompted = cfg.method.train or (cfg.method.get("prompt_format") or "as_trained") == "as_trained"
-    if style == "auto" or not prompted:
+    if style == "auto" or not prompt_matters(cfg.method):
         return None
+    model = json.dumps(OmegaConf.to_container(cfg.model, resolve=True), sort_keys=True)
+    return _auto_style(model, str(cfg.cache_dir) if cfg.get("cache_dir") else None, style)
+
+
+@functools.lru_cache(maxsize=8)
+def _auto_style(model: str, cache_dir: str | None, style: str) -> str:
+    """What ``auto`` renders for the model (a config as JSON), once per process: the preflight, the tuned-rate
+    check and the identity all ask."""
     from slm_sweep.data.prompts import resolve_style
     from slm_sweep.models import load_tokenizer
 
-    tokenizer = load_tokenizer(cfg.model, cache_dir=Path(str(cfg.cache_dir)).expanduser() if cfg.get("cache_dir")
-                               else None)
+    tokenizer = load_tokenizer(json.loads(model), cache_dir=Path(cache_dir).expanduser() if cache_dir else None)
     resolve_style(style, tokenizer)  # a style this tokenizer cannot render fails here, before anything runs
     return resolve_style("auto", tokenizer)
 

@@ -868,11 +868,12 @@ def test_identical_seeds_on_few_questions_show_no_non_inferiority(tmp_path):
     assert instance.test.ci_low < -0.02 and instance.verdict == "inconclusive"
 
 
-def _variant(path: Path, r: int) -> None:
+def _variant(path: Path, **method_settings) -> None:
+    """The cell at other method settings (``r=8``, ``lr=1e-4``), with keys of their own."""
     record = json.loads(path.read_text())
-    record["config"]["method"]["r"] = r
+    record["config"]["method"].update(method_settings)
     for key in ("evaluation_key", "configuration_key", "training_key"):
-        record["identity"][key] = f"{record['identity'][key]}-r{r}"
+        record["identity"][key] += "".join(f"-{name}{value}" for name, value in method_settings.items())
     path.write_text(json.dumps(record))
 
 
@@ -883,7 +884,7 @@ def test_variants_of_both_sides_are_paired_like_with_like(tmp_path):
         for method, k in (("lora", base), ("dora", base + 30)):
             for offset, seed in enumerate(TRAINED_SEEDS):
                 _variant(write_cell(tmp_path / f"r{r}", "qwen05", method, "gsm8k", seed,
-                                    [i < k + offset - 1 for i in range(300)]), r)
+                                    [i < k + offset - 1 for i in range(300)]), r=r)
     results, _ = claims_of(tmp_path)
     result = results["dora-above-lora-gsm8k"]
     assert sorted((i.a["variant"], i.b["variant"]) for i in result.instances) == [("r=16", "r=16"), ("r=8", "r=8")]
@@ -895,7 +896,7 @@ def test_variants_of_one_side_are_paired_with_the_other_side_at_the_same_setting
     for method, r in (("dora", 8), ("dora", 16), ("lora", 16)):
         for seed in TRAINED_SEEDS:
             _variant(write_cell(tmp_path / f"{method}{r}", "qwen05", method, "gsm8k", seed,
-                                [i < 100 + seed for i in range(300)]), r)
+                                [i < 100 + seed for i in range(300)]), r=r)
     results, _ = claims_of(tmp_path)
     result = results["dora-above-lora-gsm8k"]
     assert [(i.a["variant"], i.b["variant"]) for i in result.instances] == [("r=16", "")]
@@ -905,17 +906,10 @@ def test_variants_of_one_side_are_paired_with_the_other_side_at_the_same_setting
 def test_a_setting_whose_values_the_sides_never_share_does_not_stop_the_pairing(tmp_path):
     """LoRA at two learning rates against full fine-tuning at its own: each rate is a method's own, so both LoRA
     rows are compared with full fine-tuning."""
-    def at_rate(path: Path, lr: float) -> None:
-        record = json.loads(path.read_text())
-        record["config"]["method"]["lr"] = lr
-        for key in ("evaluation_key", "configuration_key", "training_key"):
-            record["identity"][key] = f"{record['identity'][key]}-lr{lr}"
-        path.write_text(json.dumps(record))
-
     for lr in (1e-4, 2e-4):
         for seed in TRAINED_SEEDS:
-            at_rate(write_cell(tmp_path / f"lora{lr}", "qwen05", "lora", "gsm8k", seed,
-                               [i < 160 + seed for i in range(300)]), lr)
+            _variant(write_cell(tmp_path / f"lora{lr}", "qwen05", "lora", "gsm8k", seed,
+                                [i < 160 + seed for i in range(300)]), lr=lr)
     for seed in TRAINED_SEEDS:
         write_cell(tmp_path / "full", "qwen05", "full", "gsm8k", seed, [i < 100 + seed for i in range(300)])
     results, _ = claims_of(tmp_path)

@@ -29,7 +29,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from slm_sweep.identity import EVAL_SCORING_KEYS, TRAINER_NUMERIC_KEYS
+from slm_sweep.identity import EVAL_SCORING_KEYS, TRAINER_NUMERIC_KEYS, prompt_matters
 from slm_sweep.scoring import METRICS, PRIMARY_METRIC, accuracy_key
 
 from .collect import (
@@ -119,7 +119,7 @@ def configuration_settings(record: dict[str, Any]) -> dict[str, str]:
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
     settings = _flatten(config)
     method = config.get("method") if isinstance(config.get("method"), dict) else {}
-    if not method.get("train") and (method.get("prompt_format") or "as_trained") != "as_trained":
+    if not prompt_matters(method):
         # lm-eval's few-shot formats read neither prompt setting: they tell no configuration apart
         settings = {k: v for k, v in settings.items() if not k.startswith("prompt.")}
     elif identity_key(record, "prompt_style") and "prompt.style" in settings:
@@ -139,6 +139,11 @@ def configuration_settings(record: dict[str, Any]) -> dict[str, str]:
     return kept
 
 
+def varying_settings(settings: Sequence[dict[str, str]]) -> set[str]:
+    """The keys whose values differ among ``settings`` (configuration_settings of several records)."""
+    return {key for key in {k for s in settings for k in s} if len({s.get(key) for s in settings}) > 1}
+
+
 def _short_names(keys: Sequence[str]) -> dict[str, str]:
     """``method.r`` -> ``r`` unless another differing key ends the same way."""
     last = Counter(k.rsplit(".", 1)[-1] for k in keys)
@@ -153,8 +158,7 @@ def assign_variants(records: list[dict[str, Any]]) -> None:
         groups[record["dataset"], record["model"], record["method"]].append(record)
     for group in groups.values():
         settings = [configuration_settings(r) for r in group]
-        keys = sorted({k for s in settings for k in s})
-        differing = [k for k in keys if len({s.get(k) for s in settings}) > 1]
+        differing = sorted(varying_settings(settings))
         # a setting that only mirrors another (method.peft.r = ${..r} of method.r) is named once, by its shorter key
         by_values: dict[tuple, str] = {}
         for k in sorted(differing, key=lambda k: (k.count("."), k)):

@@ -24,7 +24,14 @@ from typing import Any
 
 from slm_sweep.scoring import METRICS, PRIMARY_METRIC, accuracy_key
 
-from .aggregate import UNTRAINED_SOURCES, compare_rows, method_label, method_sort_key, row_metrics
+from .aggregate import (
+    UNTRAINED_SOURCES,
+    compare_rows,
+    method_label,
+    method_sort_key,
+    row_metrics,
+    varying_settings,
+)
 from .stats import (
     ALPHA,
     CORRECTIONS,
@@ -493,7 +500,9 @@ def _pairs(claim: Claim, side_a: list[dict[str, Any]], side_b: list[dict[str, An
     pairs = []
     for (dataset, model_a, method_a, model_b, method_b), found in candidates.items():
         rows_a, rows_b = {id(a): a for a, _ in found}.values(), {id(b): b for _, b in found}.values()
-        keys = {key for key in _varying(rows_a) | _varying(rows_b) if _values(rows_a, key) & _values(rows_b, key)}
+        varying = (varying_settings([row.get("settings") or {} for row in rows])  # what their labels are made of
+                   for rows in (rows_a, rows_b))
+        keys = {key for key in set().union(*varying) if _values(rows_a, key) & _values(rows_b, key)}
         if keys:
             matched = [(a, b) for a, b in found if _alike(a, b, keys)]
             if not matched:
@@ -505,12 +514,6 @@ def _pairs(claim: Claim, side_a: list[dict[str, Any]], side_b: list[dict[str, An
             found = matched
         pairs += found
     return pairs
-
-
-def _varying(rows) -> set[str]:
-    """The settings in which rows of one method differ (what their variant labels are made of)."""
-    settings = [row.get("settings") or {} for row in rows]
-    return {key for key in {k for s in settings for k in s} if len({s.get(key) for s in settings}) > 1}
 
 
 def _values(rows, key: str) -> set:

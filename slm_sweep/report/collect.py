@@ -361,9 +361,11 @@ def _grid_points(dirs: Sequence[str | os.PathLike], current: Sequence[dict[str, 
 def _a_point_of(settings: dict[str, str], current: list[dict[str, str]]) -> bool:
     """Whether ``settings`` differ from one of the ``current`` cells' only in settings the current cells vary
     among themselves (or not at all: another seed of a current configuration)."""
+    from .aggregate import varying_settings
+
     if not current:
         return True
-    varying = {key for key in {k for s in current for k in s} if len({s.get(key) for s in current}) > 1}
+    varying = varying_settings(current)
     return any({k for k in settings.keys() | other.keys() if settings.get(k) != other.get(k)} <= varying
                for other in current)
 
