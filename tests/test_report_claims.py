@@ -955,8 +955,12 @@ def test_a_model_of_random_weights_is_left_out_unless_named_and_a_pattern_matchi
     # a claim whose cells are all of random weights says so, rather than that there are none
     assert results["lost"].reason.startswith("the cells of full") and "random-weight models only (smollm135_random)" \
         in results["lost"].reason
-    assert results["under"].gaps == ["smollm135_random: random weights, left out (name it in the claim's models to "
-                                     "include it; a pattern does not)"]
+    # a control the claim's rules leave out is named, but does not make the verdict incomplete
+    assert results["under"].gaps == [] and results["under"].stated_verdict == results["under"].verdict
+    assert results["under"].excluded == ["smollm135_random: random weights, left out (name it in the claim's models "
+                                         "to include it; a pattern does not)"]
+    assert "Left out by the claim's rules:\n\n- smollm135_random: random weights" in \
+        (tmp_path / "report" / "claims.md").read_text()
     assert results["typo"].gaps == ["model pattern 'smolm135_q4' matches no model of these results"]
     # models listed as alternatives (models_require: any): one that matches nothing is named, not a gap
     assert results["either"].gaps == [] and results["either"].absent_models == ["smolm135_q4"]

@@ -332,8 +332,11 @@ class ClaimResult:
     tested: int = 0  # instances with a paired test: the size of the family a correction adjusts for
     interval_alpha: float = ALPHA  # the intervals are at 1 - interval_alpha (alpha / tested under Holm)
     # what the claim covers but the verdict could not use: lost seeds, cells without a completed seed, model
-    # patterns that match nothing, models left out (unknown size, random weights), variants that cannot be paired
+    # patterns that match nothing, models of unknown size under a size bound, variants that cannot be paired
     gaps: list[str] = field(default_factory=list)
+    # what the claim's own rules leave out (random-weight controls a pattern or size bound matches): named, but
+    # not a gap, since the claim is not about them
+    excluded: list[str] = field(default_factory=list)
 
     @property
     def stated_verdict(self) -> str:
@@ -550,11 +553,6 @@ def _coverage_gaps(claim: Claim, rows: Sequence[dict[str, Any]], in_scope: Seque
                           and r["method"] in (*claim.a.methods, *claim.b.methods)})
         gaps += [f"{model}: size unknown (no total_params in its results), so left out of a claim bounded by size"
                  for model in unknown]
-    untrained = sorted({r["model"] for r in in_scope if r.get("model_source") in UNTRAINED_SOURCES
-                        and any(_covers(claim, side, r["model"], r["method"], sizes) for side in (claim.a, claim.b))
-                        and not _named(r["model"], claim.selector, claim.a.selector, claim.b.selector)})
-    gaps += [f"{model}: random weights, left out (name it in the claim's models to include it; a pattern does not)"
-             for model in untrained]
     for r in {id(row): row for row in used}.values():
         if single_runs(r):
             gaps.append(f"{r['model']} × {method_label(r)} on {r['dataset']}: one training run (seed "
@@ -571,6 +569,15 @@ def _coverage_gaps(claim: Claim, rows: Sequence[dict[str, Any]], in_scope: Seque
                 label = f"{method} ({variant})" if variant else method
                 gaps.append(f"{model} × {label} on {dataset}: no completed seed ({lost[key]})")
     return list(dict.fromkeys(gaps))
+
+
+def _random_controls(claim: Claim, in_scope: Sequence[dict[str, Any]], sizes) -> list[str]:
+    """Random-weight models a side's pattern or size bound matches but no models list names: left out."""
+    untrained = sorted({r["model"] for r in in_scope if r.get("model_source") in UNTRAINED_SOURCES
+                        and any(_covers(claim, side, r["model"], r["method"], sizes) for side in (claim.a, claim.b))
+                        and not _named(r["model"], claim.selector, claim.a.selector, claim.b.selector)})
+    return [f"{model}: random weights, left out (name it in the claim's models to include it; a pattern does not)"
+            for model in untrained]
 
 
 def _known_models(rows: Sequence[dict[str, Any]], lost: dict[tuple, str]) -> set[str]:
@@ -654,6 +661,7 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
     files = ([f"{len(unreadable)} result file{'s' if len(unreadable) != 1 else ''} could not be read "
               f"({', '.join(unreadable[:3])}{', ...' if len(unreadable) > 3 else ''}): their cells may be ones "
               "this claim covers"] if unreadable else [])
+    result.excluded = _random_controls(claim, in_scope, sizes)
     result.gaps = list(dict.fromkeys([*pair_gaps, *_coverage_gaps(claim, rows, in_scope, used, sizes, lost or {}),
                                       *(unpaired + missing if result.instances else []), *files]))
     scope = "; ".join(s for s in (claim.selector.describe(),
@@ -789,6 +797,8 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
         if r.gaps:
             lines += ["", "Incomplete: the claim covers more than these instances could use, so its verdict rests on "
                           "part of it:", "", *(f"- {gap}" for gap in r.gaps)]
+        if r.excluded:
+            lines += ["", "Left out by the claim's rules:", "", *(f"- {line}" for line in r.excluded)]
         lines.append("")
     uncovered = [r for r in results if not r.instances]
     if uncovered:
@@ -836,7 +846,7 @@ def claims_json(report: ClaimsReport) -> dict[str, Any]:
         claims.append({
             "id": r.claim.id, "text": r.claim.text, "a": list(r.claim.a.methods), "b": list(r.claim.b.methods),
             "description": r.claim.describe(), "direction": r.claim.direction, "metric": r.claim.metric,
-            "margin": r.claim.margin, "verdict": r.verdict, "complete": not r.gaps, "gaps": r.gaps,
+            "margin": r.claim.margin, "verdict": r.verdict, "complete": not r.gaps, "gaps": r.gaps, "excluded": r.excluded,
             "counts": dict(r.counts),
             "by_sides": [{"a": a, "b": b, "counts": dict(c)} for a, b, c in r.by_sides()],
             "not_in_results": r.absent, "models_not_in_results": r.absent_models, "not_covered": r.reason if not r.instances else None,
