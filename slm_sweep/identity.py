@@ -47,7 +47,10 @@ TRAINING_CODE_VERSION = 5  # 5: a run resumed under another micro-batch plan, or
 # TRAINING_SOURCES_SHA256 below hold the hash of the sources behind each version, so an edit of one of them
 # without a bump, or a recorded statement that it changes no result, fails a test; and a cell run from edited
 # sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
-SCORING_VERSION = 10  # 10: v9 narrowed: a rounding is read in the clause that states the value, not negated,
+SCORING_VERSION = 11  # 11: lenient and prose references read "1,500," as 1500 and exponents ("2.5e-05",
+# "1.5 \\times 10^{6}") as part of their number; a rounding states a value only with two significant digits
+# or more ("0.00002" is no answer of 0.000024967); a digit run past int()'s limit is no answer, not a failure
+# 10: v9 narrowed: a rounding is read in the clause that states the value, not negated,
 # not of another number; a closing check is cut as a remark ("Verification", "Let's verify:") or once a result
 # is stated; "#### <number>" lines as lm-eval reads them, or "####" on the last line; who-questions by the last
 # question asked
@@ -76,7 +79,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {10: "8ddcc8b00aaf7965e86e39088d581eefd42b89c246ac4d4afbbca1220ab48327"}
+SCORING_SOURCES_SHA256 = {11: "76566474e6fa9e654d31686cd30c45ad2e5172177fc1794256afbdca8e0c010b"}
 TRAINING_SOURCES_SHA256 = {5: "ee152de07b32727bbc56ca30384a7fe08753e399801df0783f6deb78ad89cd19"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.

@@ -25,8 +25,9 @@ is" (any case), else the last number of the text once closing remarks are cut of
 "Note" or checking the result, "Check: ...", a parenthesised remark at the end). Where the part read holds an "=", the result after the last one
 counts ("the answer is 16 - 3 - 4 = 9 eggs" is 9). An explicit marker therefore wins over numbers written after
 it, and a closing "(Note: 1 dozen = 12)" is never the answer. Numbers may carry thousands separators, a currency
-sign, a percent sign (dropped: "25%" is 25), a sign and decimals, or be fractions ``3/4``,
-``\\frac{3}{4}`` / ``\\dfrac{3}{4}`` or mixed numbers ``1 1/2`` / ``1\\frac{1}{2}``.
+sign, a percent sign (dropped: "25%" is 25), a sign and decimals, an exponent ("2.5e-05", "1.5 \\times 10^{6}",
+"3 × 10^4"), or be fractions ``3/4``, ``\\frac{3}{4}`` / ``\\dfrac{3}{4}`` or mixed numbers ``1 1/2`` /
+``1\\frac{1}{2}``. A comma right after a number ends it ("$1,500, in total" is 1500).
 
 After "the answer is" or ``####`` the answer ends where a justification starts ("4 because 4 x 3 = 12" is 4,
 "5 (since 5 * 2 = 10)" is 5), and a restatement ("16 - 3 - 4, which is 9") is the answer, unless what it
@@ -36,8 +37,8 @@ separators ("1{,}000") and rupees ("Rs.40") are read as numbers.
 
 Numbers are compared by ``same_number``: equal up to float noise (a relative 1e-15, a few units in the last place
 of a double, or the dataset's ``answer_tolerance`` when that is larger), or the reference rounded to the two or
-more decimals the prediction is written with ("0.67" for 2/3, "5.33" for 5.3333333333; never a non-zero
-reference rounded to "0.00"), or, for a reference itself rounded to four or more decimals (3.33333), the
+more decimals the prediction is written with, keeping two or more significant digits ("0.67" for 2/3, "5.33"
+for 5.3333333333; not "0.00002" for 0.000024967, nor "0.00" for any non-zero reference), or, for a reference itself rounded to four or more decimals (3.33333), the
 prediction rounded to them (10/3). A relative tolerance of 1e-4 would accept -9867000 for -9867630 on GSM-Hard,
 whose slips are in the low digits; 1e-9 accepted 109844510300 for 109844510400.
 
@@ -81,7 +82,9 @@ _MAX_NUMBER_CHARS = 400
 
 # One written number. A minus sign counts only when it does not follow a word character or a closing bracket
 # (so "3-5" is a range, not 3 and -5); a digit right after a letter, "." or "^" is not a number ("m^2", "CO2").
-_UNSIGNED = r"(?:\d{1,3}(?:,\d{3})+(?![\d,])|\d+)(?:\.\d+)?|\.\d+"
+_UNSIGNED = r"(?:\d{1,3}(?:,\d{3})+(?!\d|,\d)|\d+)(?:\.\d+)?|\.\d+"
+# A power of ten after a plain number: "e-05", "E6", " \\times 10^{6}", "×10^4", "\\cdot 10^{-3}", "* 10^5"
+_EXPONENT = r"(?:[eE](?P<e>[-+−]?\d{1,3})|\s*(?:\\times|\\cdot|[×*])\s*10\^(?:\{\s*(?P<pb>[-−]?\d{1,3})\s*\}|(?P<p>[-−]?\d{1,3})))(?!\w|\.\d)"
 _NUMBER = re.compile(
     rf"""
     (?P<sign>(?<![\w.)\]}}])[-−])?
@@ -91,7 +94,7 @@ _NUMBER = re.compile(
       | \\[dt]?frac\{{\s*(?P<fsign>[-−])?\s*(?P<fn>{_UNSIGNED})\s*\}}\{{\s*(?P<fd>{_UNSIGNED})\s*\}}
       | (?<![\w.^])(?<!\^\{{)(?P<mw>\d+)[ \t]+(?P<mn>\d+)/(?P<md>\d+)(?![\d/]|[.,]\d)
       | (?<![\w.^])(?<!\^\{{)(?P<n>{_UNSIGNED})/(?P<d>{_UNSIGNED})(?![\d/])
-      | (?<![\w.^])(?<!\^\{{)(?P<x>{_UNSIGNED})
+      | (?<![\w.^])(?<!\^\{{)(?P<x>{_UNSIGNED})(?:{_EXPONENT})?
     )
     """,
     re.VERBOSE,
@@ -259,7 +262,7 @@ def _number_value(match: re.Match) -> Fraction | None:
     elif match["n"] is not None:
         numerator, denominator = plain(match["n"]), plain(match["d"])
     else:
-        numerator, denominator = plain(match["x"]), Fraction(1)
+        numerator, denominator = plain(match["x"]) * Fraction(10) ** _exponent(match), Fraction(1)
     if denominator == 0:
         return None
     value = numerator / denominator
@@ -292,8 +295,15 @@ def _numbers_at(text: str) -> list[tuple[Fraction, int | None, int]]:
             whole = Fraction(int(match[mixed]))
             value, position = (-whole if match["sign"] else whole), match.start("mn" if mixed == "mw" else "lf")
         if value is not None:
-            found.append((value, _decimals(match["x"]) if match["x"] is not None else None, match.start()))
+            decimals = max(0, _decimals(match["x"]) - _exponent(match)) if match["x"] is not None else None
+            found.append((value, decimals, match.start()))
     return found
+
+
+def _exponent(match: re.Match) -> int:
+    """The power of ten written after a plain number (0 without one)."""
+    power = match["e"] or match["pb"] or match["p"]
+    return int(power.replace("−", "-")) if power else 0
 
 
 def _decimals(number: str) -> int:
@@ -309,14 +319,15 @@ def same_number(predicted: Fraction, expected: Fraction, decimals: int | None, t
                 reference_rounding: int | None = None) -> bool:
     """Whether ``predicted`` (written with ``decimals`` digits after the point; None for a fraction) states
     ``expected``: equal within the relative ``tolerance`` (float noise); or ``expected`` rounded to the two or
-    more decimals the prediction is written with, unless that rounds a non-zero answer to 0 ("0.00" is no answer
-    of 2e-06); or, for a reference that is itself a rounding to ``reference_rounding`` decimals
+    more decimals the prediction is written with, when it keeps two or more significant digits ("0.00002" states
+    no 0.000024967, "0.00" no 2e-06); or, for a reference that is itself a rounding to ``reference_rounding`` decimals
     (``reference_rounding``), ``predicted`` rounded to them (10/3 or "3.333333" for 3.33333). Either way at a
     tie."""
     gap = abs(predicted - expected)
     if gap <= Fraction(tolerance) * max(1, abs(expected)):
         return True
-    if decimals is not None and decimals >= 2 and predicted != 0 and gap <= Fraction(1, 2 * 10**decimals):
+    if (decimals is not None and decimals >= 2 and abs(predicted) >= Fraction(1, 10 ** (decimals - 1))
+            and gap <= Fraction(1, 2 * 10**decimals)):
         return True
     return (reference_rounding is not None and (decimals is None or decimals > reference_rounding)
             and gap <= Fraction(1, 2 * 10**reference_rounding))
@@ -440,7 +451,7 @@ def lenient_correct(text: str, reference: str | float | int, tolerance: float | 
 
 def _exact(number: str | None) -> Fraction | None:
     """The exact value of a normalised number string ("-12.5", ".25", "72"); None otherwise."""
-    if number is None or _PLAIN_NUMBER.fullmatch(number) is None:
+    if number is None or len(number) > _MAX_NUMBER_CHARS or _PLAIN_NUMBER.fullmatch(number) is None:
         return None
     return Fraction(number)
 

@@ -566,6 +566,32 @@ def test_lenient_survives_degenerate_digit_runs(text):
     assert is_correct(text, "7", "lenient") is False
 
 
+@pytest.mark.parametrize("mode", ["strict", "flexible", "lenient"])
+def test_a_digit_run_past_python_s_int_limit_is_no_answer_under_a_tolerance(mode):
+    # out-of-domain sets compare numbers; a 5000-digit run exceeded int()'s digit limit and failed the cell
+    assert is_correct("The answer is #### " + "1" * 5000, "18", mode, 1e-15) is False
+
+
+@pytest.mark.parametrize(("text", "reference", "expected"), [
+    # a comma right after a number ends it; it does not split the number at its thousands separator
+    pytest.param("So the company earns $1,500, in total.", "1500", True, id="comma-after-thousands"),
+    pytest.param("Therefore, she has 1,200, apples left.", "200", False, id="not-the-last-group"),
+    pytest.param("That makes 2,018, so she is done.", "18", False, id="not-the-last-group-wrong-answer"),
+    # an exponent belongs to its number
+    pytest.param("The answer is 2.4967e-05.", 2.4967e-05, True, id="e-notation"),
+    pytest.param("So she needs 1.5 \\times 10^{6} grams.", "1500000", True, id="latex-power-of-ten"),
+    pytest.param("It is 3 × 10^4.", "30000", True, id="times-power-of-ten"),
+    pytest.param("The answer is 1.2E+3.", "1200", True, id="capital-e-with-sign"),
+    pytest.param("The answer is 1.5e6", "1.5", False, id="mantissa-is-not-the-answer"),
+])
+def test_lenient_reads_a_number_whole(text, reference, expected):
+    assert is_correct(text, reference, "lenient", 1e-15) is expected
+
+
+def test_a_prose_reference_with_a_comma_after_its_number_is_read_whole():
+    assert reference_answer("Therefore, the total cost of the trip is $1,500, including taxes.") == "1500"
+
+
 # Scoring faults a review reproduced; each (output, reference, tolerance, expected) must hold for lenient, and for
 # strict and flexible where the output is one number after "####"
 @pytest.mark.parametrize(("text", "reference", "tolerance", "expected"), [
@@ -581,6 +607,11 @@ def test_lenient_survives_degenerate_digit_runs(text):
     pytest.param("#### 3.333", 3.33333, 1e-15, True, id="rounded-like-the-rounded-reference"),
     pytest.param("#### 3.3", 3.33333, 1e-15, False, id="one-decimal-is-not-the-answer"),
     pytest.param("#### 0.1255", 0.125, 1e-15, False, id="a-three-decimal-reference-is-exact"),
+    # a rounding states a value only with two significant digits or more (GSM-Hard's tiny targets)
+    pytest.param("#### 0.00002", 2.4967e-05, 1e-15, False, id="one-significant-digit-of-a-tiny-reference"),
+    pytest.param("#### 0.002", 0.0016791648, 1e-15, False, id="one-significant-digit-rounded-up"),
+    pytest.param("#### 0.000025", 2.4967e-05, 1e-15, True, id="two-significant-digits-of-a-tiny-reference"),
+    pytest.param("#### 0.67", 0.6666666667, 1e-15, True, id="two-thirds-to-two-decimals"),
 ])
 def test_numeric_comparison_neither_accepts_wrong_answers_nor_rejects_stated_ones(text, reference, tolerance,
                                                                                    expected):
