@@ -13,7 +13,8 @@ result.json records the value and where it came from under ``learning_rate``.
 
 Selection: the highest mean of the metric (``--metric``, default ``val_accuracy_flexible``) over the seeds of a
 candidate; a tie goes to the lower mean validation loss, then to the smaller learning rate. Only rates that
-completed every seed any rate ran are candidates; a winner at an end of the grid is marked ``at_edge``.
+completed every seed any rate ran are candidates; a winner at an end of the candidates compared is marked
+``at_edge`` (``smallest``, ``largest``, or ``only`` when no other rate completed).
 """
 
 from __future__ import annotations
@@ -438,12 +439,16 @@ def choose(records: Sequence[Mapping[str, Any]], metric: str = DEFAULT_METRIC,
         # means rounded: equal counts of correct answers must tie whatever order float addition took
         best = min(scored, key=lambda c: (-round(c[metric], 9), math.inf if c["val_loss"] is None else c["val_loss"],
                                           c["lr"]))
+        # the edge of what was compared: a rate beyond the winner that failed or lost a seed tells nothing of
+        # whether the best lies there
         if len(scored) == 1:
-            log.warning("%s: only one learning rate (%g) could be compared", name, best["lr"])
-        elif best["lr"] in (candidates[0]["lr"], candidates[-1]["lr"]):  # candidates are sorted by rate
-            edge = "smallest" if best["lr"] == candidates[0]["lr"] else "largest"
+            best["at_edge"] = "only"
+            log.warning("%s: only one learning rate (%g) could be compared; the best may lie either side", name,
+                        best["lr"])
+        elif best["lr"] in (scored[0]["lr"], scored[-1]["lr"]):  # candidates are sorted by rate
+            edge = "smallest" if best["lr"] == scored[0]["lr"] else "largest"
             best["at_edge"] = edge
-            log.warning("%s: the chosen rate %g is the %s searched; the best may lie beyond the grid", name,
+            log.warning("%s: the chosen rate %g is the %s compared; the best may lie beyond the grid", name,
                         best["lr"], edge)
         chosen[key] = {"lr": best["lr"], "metric": metric, "best": best[metric], "val_examples": n_val,
                        "candidates": candidates, "seeds": all_seeds,

@@ -668,7 +668,7 @@ def test_a_trained_side_at_an_untuned_or_edge_rate_is_named_in_the_verdict(tmp_p
     (full,) = results["full-below-zeroshot-under-300m"].instances
     (lora,) = [i for i in results["peft-not-below-zeroshot"].instances if i.a["method"] == "lora"]
     text = (tmp_path / "report" / "claims.md").read_text()
-    assert "full: its tuned rate 5e-06 is the smallest searched, the best may lie beyond" in text
+    assert "full: its tuned rate 5e-06 is the smallest its search compared, the best may lie beyond" in text
     assert "lora: rate 0.0002 not tuned (method)" in text
     assert (full.a["lr"], full.a["lr_source"], full.a["lr_at_edge"]) == (5.0e-6, "tuned", "smallest")
     assert (lora.a["lr"], lora.a["lr_source"], lora.a["lr_at_edge"]) == (2.0e-4, "method", None)

@@ -251,8 +251,18 @@ def test_choosing_averages_seeds_and_breaks_ties_by_validation_loss_then_the_sma
     assert lora["lr"] == 2e-4 and math.isclose(lora["best"], 0.35)
     assert [c["seeds"] for c in lora["candidates"]] == [2, 2, 1]
     assert lora["candidates"][2]["not_completed"] == ["diverged"]
+    # the edge is that of the rates compared: 5e-4 lost a seed, so 2e-4 is the largest
+    assert lora["candidates"][1]["at_edge"] == "largest"
     assert full["lr"] == 1e-5 and full["candidates"][0]["at_edge"] == "smallest"
-    assert "the chosen rate 1e-05 is the smallest searched" in caplog.text
+    assert "the chosen rate 1e-05 is the smallest compared" in caplog.text
+
+
+def test_a_rate_that_is_the_only_one_compared_is_marked_at_an_edge(caplog):
+    chosen = choose([_record("full", 5e-6, 0.2), _record("full", 1e-5, 0.3, status="failed"),
+                     _record("full", 2e-5, 0.1, status="diverged")])
+    full = chosen["gsm8k", "m", "full"]
+    assert full["lr"] == 5e-6 and full["candidates"][0]["at_edge"] == "only"
+    assert "only one learning rate (5e-06) could be compared" in caplog.text
 
 
 def test_a_rate_that_lost_seeds_is_no_candidate_however_well_its_survivors_scored(caplog):
