@@ -448,3 +448,18 @@ def test_the_paper_evaluates_on_the_sets_training_is_deduplicated_against():
 
     paper = OmegaConf.load(CONF_DIR / "experiment" / "paper.yaml")
     assert list(paper.eval.ood_sets) == STUDY_OOD_SETS
+
+
+def test_the_paper_scores_every_method_in_float32_on_a_gpu():
+    """Cast to bf16, full fine-tuning's updates under half a bf16 step (norm weights near 1.0) would be rounded away
+    while the adapters' merged change mostly survives: a bias against one side of the study's main claim."""
+    import torch
+
+    from slm_sweep.placement import resolve_dtype
+
+    for method in ("zeroshot", "fewshot", "full", "lora", "dora"):
+        cfg = compose_config(["experiment=paper", f"method={method}"])
+        assert cfg.eval.cuda_graphs is True  # still eval=gpu's engine
+        assert resolve_dtype(cfg.eval.dtype, torch.device("cuda"), torch.bfloat16) == torch.float32, method
+    # eval=gpu alone keeps its bf16 default
+    assert compose_config(["eval=gpu"]).eval.dtype in (None, "auto")
