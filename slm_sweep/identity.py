@@ -49,7 +49,9 @@ TRAINING_CODE_VERSION = 5  # 5: a run resumed under another micro-batch plan, or
 # sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
 SCORING_VERSION = 11  # 11: lenient and prose references read "1,500," as 1500 and exponents ("2.5e-05",
 # "1.5 \\times 10^{6}") as part of their number; a rounding states a value only with two significant digits
-# or more ("0.00002" is no answer of 0.000024967); a digit run past int()'s limit is no answer, not a failure
+# or more ("0.00002" is no answer of 0.000024967); a digit run past int()'s limit is no answer, not a failure;
+# a stop string of multi-byte characters ends a continuation where its text appears (ended, new tokens); a free
+# decode slot keeps its position id
 # 10: v9 narrowed: a rounding is read in the clause that states the value, not negated,
 # not of another number; a closing check is cut as a remark ("Verification", "Let's verify:") or once a result
 # is stated; "#### <number>" lines as lm-eval reads them, or "####" on the last line; who-questions by the last
@@ -79,7 +81,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {11: "76566474e6fa9e654d31686cd30c45ad2e5172177fc1794256afbdca8e0c010b"}
+SCORING_SOURCES_SHA256 = {11: "72325f6dd32adb50f6f2b8685346c8ae55dce4ca46d7c4893181762637dd34d5"}
 TRAINING_SOURCES_SHA256 = {5: "ee152de07b32727bbc56ca30384a7fe08753e399801df0783f6deb78ad89cd19"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.

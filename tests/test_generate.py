@@ -128,6 +128,19 @@ def test_stop_string_ends_a_sequence_whatever_its_tokenization():
         assert not any(check.finished(ids[:n]) for n in range(1, len(ids)))
 
 
+@pytest.mark.parametrize("stop", ["答案：", "答案", "。", "€5"])
+def test_a_stop_string_of_characters_several_tokens_long_ends_where_its_text_appears(stop):
+    """A byte-level tokenizer spends several tokens on one character (the tiny one: one per byte), and a token
+    holding part of one decodes alone to U+FFFD: the continuation ends at the first token whose text holds the stop
+    string, as lm-eval's stopping criterion ends it."""
+    _, tokenizer = _tiny()
+    ids = tokenizer("计算。答案：18。后面还有€5很多文字", add_special_tokens=False)["input_ids"]
+    assert len(ids) > len("计算。答案：18。后面还有€5很多文字")
+    check = StopCheck(tokenizer, [stop], eos_ids=set())
+    expected = next(n for n in range(1, len(ids) + 1) if stop in tokenizer.decode(ids[:n]))
+    assert next(n for n in range(1, len(ids) + 1) if check.finished(ids[:n])) == expected
+
+
 def test_end_of_sequence_and_special_token_stops():
     _, tokenizer = _tiny()
     words = tokenizer("so 12", add_special_tokens=False)["input_ids"]
@@ -740,6 +753,34 @@ def test_the_decode_loop_generates_each_planned_length_at_full_and_refilled_slot
         assert result["prefill_forwards"] == 60
     else:  # the first 16 prompts in one forward, then refills of at least 2 (an eighth of 16) at a time
         assert result["prefill_forwards"] <= 1 + (60 - 16) // 2
+
+
+@pytest.mark.parametrize("schedule_as", [None, "cuda"])
+def test_a_free_slot_is_fed_no_position_past_the_longest_row(schedule_as):
+    """Under the CUDA schedule a free slot waits for a refill or packing; its position id must not count on past
+    the context window (a model of learned positions would index out of range; dynamic RoPE rescales every row)."""
+    import sys
+
+    sys.path.insert(0, str(CONF_DIR.parents[1] / "bench"))
+    from decode_host import CountdownLM
+
+    from slm_sweep.evaluate.decode import Decoding, decode_static
+
+    class Probe(CountdownLM):
+        largest = 0
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=True, logits_to_keep=1,
+                    cache=None):
+            self.largest = max(self.largest, int(position_ids.max()))
+            return super().forward(input_ids, attention_mask, position_ids, cache=cache)
+
+    model, vocab = Probe(64), 64
+    rows = [[7] * 47 + [last] for last in (3, vocab - 1, 7, 11, vocab - 1, vocab - 1, vocab - 1)]
+    settings = Decoding(max_new_tokens=16, stop_check=StopCheck(None, [], {0}), pad_id=0, schedule_as=schedule_as)
+    lengths = {}
+    decode_static(model, rows, settings, lambda row, tokens: lengths.__setitem__(row, len(tokens)), slots=4)
+    assert [lengths[i] for i in range(len(rows))] == [3, 16, 7, 11, 16, 16, 16]
+    assert model.largest < 48 + 16  # the context a row of 48 prompt tokens and 16 new ones spans
 
 
 def test_one_decode_pass_over_several_sets_takes_fewer_steps_than_one_pass_per_set():

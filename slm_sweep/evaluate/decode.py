@@ -469,7 +469,8 @@ def decode_static(model, rows: Sequence[Sequence[int]], settings: Decoding, done
         use_graph = use_graph and step.use_graph  # a capture that failed is not tried again at other slot counts
         for s in range(used):
             column[s] = min(column[s] + 1, length - 1)  # a free slot stays at the last column
-            position[s] += 1
+            if slot_row[s] is not None:  # a free slot keeps its position: never past the context window
+                position[s] += 1
         take([s for s in range(used)], logits)
 
 

@@ -1,8 +1,11 @@
 """Greedy batched generation: every sequence stops at its end-of-sequence token or its first stop string.
 
 Engines, all giving the same tokens up to floating-point rounding: a row's logits can differ in the last bits with
-the rows it shares a forward with (matrix products of another shape), which can flip a near-tie, rarely in float32
-and more often in bfloat16 (the GPU check's ``batch_invariance`` counts it):
+the rows it shares a forward with (matrix products of another shape), and with the attention kernel (``static``
+always passes a mask, so grouped-query attention takes another SDPA path than unmasked one-prompt
+``model.generate``), which can flip a near-tie: rarely in float32 (on SmolLM2 no token differed from one-prompt
+``model.generate``), more often in bfloat16 (4 of 12 SmolLM2 answers at 64 new tokens differed from it at batch
+1 already; the GPU check's ``batch_invariance`` counts the batch's share):
 
 - ``static`` (default): a greedy decode loop over the model's forward with a preallocated KV cache of a fixed
   number of slots (``slot_count``), written in place. Prompts wait longest first; a slot whose sequence ends

@@ -41,14 +41,16 @@ class StopCheck:
     """Whether a continuation has ended: an end-of-sequence id, or a stop string in its decoded text.
 
     Only a token whose own text holds the last character of some stop string can complete one, so the tail is
-    decoded only after such tokens; the per-token answer is memoised.
+    decoded only after such tokens; the per-token answer is memoised. A byte-level tokenizer may spend several
+    tokens on one character: the tail is as many tokens as the longest stop string has UTF-8 bytes (plus two),
+    and a token that alone decodes to part of a character (U+FFFD) may complete one.
     """
 
     def __init__(self, tokenizer, stop: Sequence[str], eos_ids: set[int]):
         self.tokenizer = tokenizer
         self.stop = [s for s in stop if s]
         self.eos_ids = set(eos_ids)
-        self.window = max((len(s) for s in self.stop), default=0) + 2
+        self.window = max((len(s.encode("utf-8")) for s in self.stop), default=0) + 2
         self._last_chars = {s[-1] for s in self.stop}
         self._may_complete: dict[int, bool] = {}
 
@@ -65,7 +67,7 @@ class StopCheck:
         known = self._may_complete.get(token)
         if known is None:
             text = self.tokenizer.decode([token], skip_special_tokens=False)
-            known = not text or any(c in text for c in self._last_chars)
+            known = not text or "\ufffd" in text or any(c in text for c in self._last_chars)
             self._may_complete[token] = known
         return known
 
