@@ -82,7 +82,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
 SCORING_SOURCES_SHA256 = {11: "72325f6dd32adb50f6f2b8685346c8ae55dce4ca46d7c4893181762637dd34d5"}
-TRAINING_SOURCES_SHA256 = {5: "ee152de07b32727bbc56ca30384a7fe08753e399801df0783f6deb78ad89cd19"}
+TRAINING_SOURCES_SHA256 = {5: "6927cb65b8dac86e51854388c5236ec2ee8e78b484498f0dfea3e9a76f92eab2"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

@@ -66,6 +66,7 @@ def make_record(model, method, seed, flexible, strict, *, status="completed", fi
         "peak_memory_mb": 512.0 + 100 * seed,
         "step_time_s": 0.5 + 0.1 * seed if fine_tuned else None,
         "train_padding_fraction": 0.1 * seed if fine_tuned else None,
+        "train_clipped_fraction": 0.25 * seed if fine_tuned else None,
         "mfu": 0.01 * (seed + 1) if fine_tuned else None,
     }
     return {
@@ -153,9 +154,11 @@ def test_rows_order_and_statistics(grid):
             assert row["step_time_s_mean"] == pytest.approx(0.6)
             assert row["mfu_mean"] == pytest.approx(0.02)
             assert row["train_padding_fraction_mean"] == pytest.approx(0.1)
+            assert row["train_clipped_fraction_mean"] == pytest.approx(0.25)
         else:
             assert row["trainable_params"] == 0
             assert row["train_tokens_per_s_mean"] is None and row["mfu_mean"] is None
+            assert row["train_clipped_fraction_mean"] is None
         assert row["peak_memory_mb_max"] == pytest.approx(712.0)
         assert row["eval_time_s_mean"] == pytest.approx(5.0)
 

@@ -211,11 +211,15 @@ def test_packing_keeps_examples_apart(examples, tmp_path):
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(examples, tmp_path, method):
     """LoRA's dropout (0.05) draws from the random state the checkpoint restores."""
-    straight, _ = train(examples, tmp_path / "straight", method, max_steps=6)
+    straight, uninterrupted = train(examples, tmp_path / "straight", method, max_steps=6)
     train(examples, tmp_path / "resumed", method, max_steps=6, checkpoint_every_n_steps=5, callbacks=[StopAfter(5)])
     resumed, outcome = train(examples, tmp_path / "resumed", method, max_steps=6, checkpoint_every_n_steps=5)
     assert outcome.train_steps == 6
     assert_same_tensors(weights(straight), weights(resumed), rtol=0, atol=0)
+    # the gradient norms of the steps before the checkpoint come back with it
+    clipping = ("train_grad_norm_median", "train_clipped_fraction")
+    assert [outcome.perf[k] for k in clipping] == [uninterrupted.perf[k] for k in clipping]
+    assert uninterrupted.perf["train_grad_norm_median"] > 0
 
 
 class SigtermBetweenMicroBatches(L.Callback):
@@ -395,6 +399,10 @@ def test_bf16_mixed_precision_clips_the_gradients_of_the_fused_optimizer(example
     assert seen.unscales_in_step
     assert gradient_norm(seen.steps[0]) == pytest.approx(CLIP, rel=1e-3)
     assert outcome.train_steps == 1 and outcome.train_loss > 0
+    # the norm before clipping is recorded, and the step counts as clipped
+    assert outcome.perf["train_grad_norm_median"] > CLIP and outcome.perf["train_clipped_fraction"] == 1.0
+    _, unclipped = train(examples, tmp_path / "unclipped", precision="bf16-mixed", gradient_clip_val=None, max_steps=1)
+    assert unclipped.perf["train_grad_norm_median"] is None and unclipped.perf["train_clipped_fraction"] is None
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -413,9 +421,11 @@ def test_float16_gradients_are_clipped_at_their_unscaled_norm(examples, tmp_path
     trainer = L.Trainer(accelerator="cpu", plugins=[plugin], max_steps=1, logger=False, callbacks=[seen],
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=str(tmp_path))
-    trainer.fit(build_module(model, cfg, method_config("full")),
-                datamodule=build_data(examples, [], cfg, SEED, tokenizer.pad_token_id))
+    module = build_module(model, cfg, method_config("full"))
+    trainer.fit(module, datamodule=build_data(examples, [], cfg, SEED, tokenizer.pad_token_id))
     assert seen.unscales_in_step is fused and trainer.global_step == 1
+    # the norm recorded is the unscaled one (the scale is 2**16 at the first step)
+    assert CLIP < module.grad_norms[0] < 1e3
     still_scaled_by = plugin.scaler.get_scale() if fused else 1.0
     assert still_scaled_by > 1 or not fused
     assert gradient_norm(seen.steps[0]) == pytest.approx(CLIP * still_scaled_by, rel=1e-3)

@@ -385,7 +385,8 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
     Keys: dataset, model, method, variant, trained, n, seeds, result_paths (one per seed),
     <metric>_{mean,std,ci95,wilson_low,wilson_high} for each metric of ``accuracy_metrics`` (ci95: over seeds;
     wilson: over the test questions), n_eval, trainable_params, total_params, train_time_s_mean,
-    train_tokens_per_s_mean, step_time_s_mean, mfu_mean, train_padding_fraction_mean, peak_memory_mb_max,
+    train_tokens_per_s_mean, step_time_s_mean, mfu_mean, train_padding_fraction_mean, train_clipped_fraction_mean,
+    peak_memory_mb_max,
     eval_time_s_mean, delta_zeroshot, delta_fewshot (primary metric), delta_{zeroshot,fewshot}_{p,test} (the
     paired test of that delta), _p_adjusted (Holm, over the column of the dataset's table) and _significant,
     below_zeroshot, negative_transfer (below and significant at ``alpha`` after ``correction``), lr, lr_source,
@@ -429,6 +430,7 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
         row["step_time_s_mean"] = _mean_or_none(m.get("step_time_s") for m in metrics)
         row["mfu_mean"] = _mean_or_none(m.get("mfu") for m in metrics)
         row["train_padding_fraction_mean"] = _mean_or_none(m.get("train_padding_fraction") for m in metrics)
+        row["train_clipped_fraction_mean"] = _mean_or_none(m.get("train_clipped_fraction") for m in metrics)
         row["peak_memory_mb_max"] = _max_or_none(m.get("peak_memory_mb") for m in metrics)
         row["eval_time_s_mean"] = _mean_or_none(m.get("eval_time_s") for m in metrics)
         rows.append(row)

@@ -197,7 +197,8 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
     train_time = time.perf_counter() - start
     return TrainOutcome(train_time_s=train_time, train_steps=trainer.global_step,
                         train_loss=module.last_train_loss, val_loss=module.last_val_loss,
-                        perf={**throughput.result, "train_oom_halvings": module.oom_halvings},
+                        perf={**throughput.result, "train_oom_halvings": module.oom_halvings,
+                              **module.clipping_figures()},
                         placement={**training_placement(trainer, model), "compiled": compiled,
                                    **({"trainable_upcast_to_float32": upcast} if upcast else {})})
 

@@ -19,6 +19,7 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "labels")
 
 
 RNG_STATES_KEY = "slm_sweep_rng_states"
+GRAD_NORMS_KEY = "slm_sweep_grad_norms"
 
 
 class DivergedError(RuntimeError):
@@ -111,7 +112,9 @@ class CausalLMModule(L.LightningModule):
         self.last_train_loss: float | None = None
         self.last_val_loss: float | None = None
         self._step_loss: torch.Tensor | None = None
-        self._pending: list[tuple[int, torch.Tensor]] = []
+        self._pending: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []  # (step, loss, gradient norm)
+        # each finished step's global gradient norm before clipping (with clipping on), read back with the losses
+        self.grad_norms: list[float] = []
         self._val_sums: list[torch.Tensor] = []
         self._no_sync = contextlib.ExitStack()
         self.split_depth = 0      # each micro-batch is halved this many times (raised on out-of-memory)
@@ -208,23 +211,24 @@ class CausalLMModule(L.LightningModule):
 
     def _optimizer_step(self) -> None:
         optimizer = self.optimizers()
-        if self.gradient_clip_val:
-            self._clip_gradients(optimizer)
+        norm = self._clip_gradients(optimizer) if self.gradient_clip_val else None
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self.lr_schedulers().step()
         self._rng_after_step = rng_states(self.device)
-        self._pending.append((self.global_step, self._step_loss))
+        self._pending.append((self.global_step, self._step_loss, norm))
         self._step_loss = None
         if self.global_step % self.log_every_n_steps == 0 or self.global_step >= self.max_steps:
             self._flush_losses()
             self.log("train/loss", self.last_train_loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
 
-    def _clip_gradients(self, optimizer) -> None:
+    def _clip_gradients(self, optimizer) -> torch.Tensor:
+        """Clip the step's gradients to gradient_clip_val by their global norm; return that norm before clipping
+        (a tensor: read back with the losses, not here)."""
         wrapped = self.trainer.strategy.model
         if hasattr(wrapped, "clip_grad_norm_"):
             # FSDP shards the gradients: only its root module can take their global norm.
-            wrapped.clip_grad_norm_(self.gradient_clip_val)
+            return wrapped.clip_grad_norm_(self.gradient_clip_val).detach().float()
         else:
             # Not Lightning's clip_gradients: under mixed precision it refuses fused optimizers, which unscale
             # inside their step, although bf16 has no loss scaler. A float16 GradScaler has scaled the gradients
@@ -232,35 +236,63 @@ class CausalLMModule(L.LightningModule):
             params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             scaler = getattr(self.trainer.precision_plugin, "scaler", None)
             scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
-            torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_val * scale)
+            return torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_val * scale).detach().float() / scale
 
     def _flush_losses(self) -> None:
         """Read the pending step losses back (one wait), stop on a non-finite one, log the latest."""
         if not self._pending:
             return
-        steps = [s for s, _ in self._pending]
-        losses = self.trainer.strategy.reduce(torch.stack([v for _, v in self._pending]), reduce_op="sum")
+        self._read_grad_norms()
+        steps = [s for s, _, _ in self._pending]
+        losses = self.trainer.strategy.reduce(torch.stack([v for _, v, _ in self._pending]), reduce_op="sum")
         self._pending.clear()
         for step, value in zip(steps, losses.tolist()):
             if not math.isfinite(value):
                 raise DivergedError(f"training loss is {value} at step {step}")
         self.last_train_loss = losses[-1].item()
         metrics = {"train/loss": self.last_train_loss, "train/lr": self.optimizers().param_groups[0]["lr"]}
+        if self.grad_norms:
+            metrics["train/grad_norm"] = self.grad_norms[-1]
         for logger in self.trainer.loggers:
             logger.log_metrics(metrics, step=self.global_step)
 
+    def _read_grad_norms(self) -> None:
+        """Move the pending steps' gradient norms into grad_norms. No collective: they are the same on every rank
+        (DDP reduces the gradients before the norm is taken, FSDP takes it globally), so a checkpoint written
+        after an interrupt on one rank can read them too."""
+        norms = [n for _, _, n in self._pending if n is not None]
+        if norms:
+            self.grad_norms += torch.stack(norms).tolist()
+            self._pending = [(step, loss, None) for step, loss, _ in self._pending]
+
     def on_train_end(self):
         self._flush_losses()
+
+    def clipping_figures(self) -> dict[str, float | None]:
+        """How much clipping acted: the median global gradient norm before clipping over the steps trained, and the
+        share of steps whose norm exceeded gradient_clip_val (None without clipping). Full fine-tuning's gradient
+        norms are far larger than an adapter's, so one clip value can clip one method on most steps and the other
+        on none."""
+        if not self.grad_norms:
+            return {"train_grad_norm_median": None, "train_clipped_fraction": None}
+        norms = sorted(self.grad_norms)
+        middle = len(norms) // 2
+        median = norms[middle] if len(norms) % 2 else (norms[middle - 1] + norms[middle]) / 2
+        clipped = sum(n > self.gradient_clip_val for n in norms) / len(norms)
+        return {"train_grad_norm_median": median, "train_clipped_fraction": clipped}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The random state after the last finished step (dropout, LoRA's included, draws from it), so a resumed
         # run draws what the uninterrupted one would; a checkpoint written mid-step still resumes at its start.
         if self._rng_after_step is not None:
             checkpoint[RNG_STATES_KEY] = self._rng_after_step
+        self._read_grad_norms()  # (a checkpoint is written at a step boundary) its steps' norms go with it
+        checkpoint[GRAD_NORMS_KEY] = list(self.grad_norms)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # also what a checkpoint written before the first resumed step finishes saves
         self._rng_to_restore = self._rng_after_step = checkpoint.get(RNG_STATES_KEY)
+        self.grad_norms = list(checkpoint.get(GRAD_NORMS_KEY) or [])
         trainer = getattr(self, "_trainer", None)
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         if hasattr(datamodule, "train_sampler"):
