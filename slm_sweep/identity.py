@@ -51,7 +51,9 @@ SCORING_VERSION = 11  # 11: lenient and prose references read "1,500," as 1500 a
 # "1.5 \\times 10^{6}") as part of their number; a rounding states a value only with two significant digits
 # or more ("0.00002" is no answer of 0.000024967); a digit run past int()'s limit is no answer, not a failure;
 # a stop string of multi-byte characters ends a continuation where its text appears (ended, new tokens); a free
-# decode slot keeps its position id
+# decode slot keeps its position id; prose references (OrcaMath): ordinals and "N-digit" are no numbers, "Rs." ends
+# no sentence, closing checks in the last paragraph are cut, a value restated as another, a comparison, number
+# words, weekdays, pi, roots and variables give no reference, "0.333..." is a rounding
 # 10: v9 narrowed: a rounding is read in the clause that states the value, not negated,
 # not of another number; a closing check is cut as a remark ("Verification", "Let's verify:") or once a result
 # is stated; "#### <number>" lines as lm-eval reads them, or "####" on the last line; who-questions by the last
@@ -81,7 +83,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {11: "72325f6dd32adb50f6f2b8685346c8ae55dce4ca46d7c4893181762637dd34d5"}
+SCORING_SOURCES_SHA256 = {11: "41cbf710deaa863559c4aaf37428bd4aa371bcbd153c4f40c0cae33189c3e678"}
 TRAINING_SOURCES_SHA256 = {5: "6927cb65b8dac86e51854388c5236ec2ee8e78b484498f0dfea3e9a76f92eab2"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.

@@ -85,6 +85,8 @@ _MAX_NUMBER_CHARS = 400
 _UNSIGNED = r"(?:\d{1,3}(?:,\d{3})+(?!\d|,\d)|\d+)(?:\.\d+)?|\.\d+"
 # A power of ten after a plain number: "e-05", "E6", " \\times 10^{6}", "×10^4", "\\cdot 10^{-3}", "* 10^5"
 _EXPONENT = r"(?:[eE](?P<e>[-+−]?\d{1,3})|\s*(?:\\times|\\cdot|[×*])\s*10\^(?:\{\s*(?P<pb>[-−]?\d{1,3})\s*\}|(?P<p>[-−]?\d{1,3})))(?!\w|\.\d)"
+# After a number, what makes it a position or a count of digits rather than a quantity ("the 3rd", "a 3-digit")
+_NOT_A_QUANTITY = r"(?:st|nd|rd|th)\b|-digit"
 _NUMBER = re.compile(
     rf"""
     (?P<sign>(?<![\w.)\]}}])[-−])?
@@ -94,7 +96,7 @@ _NUMBER = re.compile(
       | \\[dt]?frac\{{\s*(?P<fsign>[-−])?\s*(?P<fn>{_UNSIGNED})\s*\}}\{{\s*(?P<fd>{_UNSIGNED})\s*\}}
       | (?<![\w.^])(?<!\^\{{)(?P<mw>\d+)[ \t]+(?P<mn>\d+)/(?P<md>\d+)(?![\d/]|[.,]\d)
       | (?<![\w.^])(?<!\^\{{)(?P<n>{_UNSIGNED})/(?P<d>{_UNSIGNED})(?![\d/])
-      | (?<![\w.^])(?<!\^\{{)(?P<x>{_UNSIGNED})(?:{_EXPONENT})?
+      | (?<![\w.^])(?<!\^\{{)(?P<x>{_UNSIGNED})(?:{_EXPONENT})?(?!\d|{_NOT_A_QUANTITY})
     )
     """,
     re.VERBOSE,
@@ -119,8 +121,10 @@ _GSM8K_MARKER = re.compile(r"####(?=[ \t]*:?[ \t]*[-−]?[ \t]*[$€£¥₹]?[ \
 # In a reference, only a line that is "####" and a number counts: "#### 2. Cost of pears" is a heading
 _GSM8K_ANSWER_LINE = re.compile(
     r"^[ \t]*####[ \t]*:?[ \t]*(?P<answer>[-−]?[ \t]*[$€£¥₹]?[0-9.,]*\d[0-9.,]*)[ \t\r]*$", re.MULTILINE)
-_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
-_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
+# a full stop after these abbreviations ends no sentence ("Rs. 300 is the interest", "approx. 15")
+_NOT_AN_END = "".join(rf"(?<!\b{word}\.)" for word in ("Rs", "No", "Mr", "Mrs", "Ms", "Dr", "vs", "approx"))
+_SENTENCE_END = re.compile(rf"[.!?]{_NOT_AN_END}(?=\s|$)|\n")
+_SENTENCE_SPLIT = re.compile(rf"(?<=[.!?]){_NOT_AN_END}\s+|\n+")
 _PARAGRAPH_SPLIT = re.compile(r"\n\s*\n")
 # A closing paragraph that remarks on the answer or checks it. A remark ("Note: ...", "Check: 3 * 5 = 15.
 # Correct.", "### Verification", "Let's verify: ...", "We can check this: ...") is cut always; a longer check
@@ -128,9 +132,10 @@ _PARAGRAPH_SPLIT = re.compile(r"\n\s*\n")
 # earlier paragraph has stated a result, since it may be where the answer is worked out ("Let's check how many
 # apples remain: 10 - 3 = 7").
 _NOTE_START = re.compile(
-    r"\(?\s*[*#]*\s*(?:(?P<remark>note|check(?:ing)?|verification|to (?:check|verify))\b"
+    r"\(?\s*[*#]*\s*(?:(?P<remark>note|check(?:ing)?|verification|sanity check"
+    r"|to (?:check|verify|confirm|double[- ]check))\b"
     r"|(?P<check>(?:let(?:'s| us)|we can) (?:check|verify|double[- ]check|confirm)\b|verif(?:y|ying)\b"
-    r"|double[- ]check(?:ing)?\b))", re.IGNORECASE)
+    r"|double[- ]check(?:ing)?\b|indeed\b|this (?:can be|is) (?:verified|confirmed|checked)\b))", re.IGNORECASE)
 _CHECK_COLON = re.compile(r"(?:\s+(?:this|that|it|our answer|the answer|the result|the solution|our work))?\s*:")
 _STATES_RESULT = re.compile(r"=|\\boxed|\b(?:so|therefore|thus|hence|the answer is)\b", re.IGNORECASE)
 # A closing remark in parentheses, "(Note: ...)" or any other; LaTeX's \( ... \) is not one.
@@ -142,6 +147,21 @@ _CONCLUSION = re.compile(r"\b(?:so|therefore|thus|hence|which means|that means)\
 _STATEMENT = re.compile(r"\b(?:is|are|was|were|be|equals?|costs?)\b", re.IGNORECASE)
 # a statement verb followed by a number, at most one word between ("is 15", "is approximately 3.33", "are $20")
 _NUMBER_STATEMENT = re.compile(r"\b(?:is|are|was|were|equals?|costs?)\s+(?:[A-Za-z]+\s+)?[-−$€£¥₹]?\d", re.IGNORECASE)
+# In the part of a final sentence that states the result: a comparison ("is bigger than 0.85"), a number in words
+# beside the digits ("Lisa has thirty-five marbles, 5 in each bag") or a day or month named as the result
+_COMPARISON = re.compile(r"\bthan\b", re.IGNORECASE)
+_NOT_NUMERIC = re.compile(
+    r"\b(?:two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen"
+    r"|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|thousand|million)\b"
+    r"|\b(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday|january|february|march|april|june|july"
+    r"|august|september|october|november|december)\b", re.IGNORECASE)
+# A value that is no plain number: a multiple of pi, a root, or a multiple of a variable ("25π", "\\sqrt{50}", "4x")
+_SYMBOLIC = re.compile(r"π|\\pi\b|√|\\sqrt\b|\d[xyzn]\b")
+# a decimal whose digits go on ("0.333...", "3.33…")
+_REPEATING = re.compile(r"(?<![\d.])(?P<number>\d+\.\d+)(?:\.\.\.|…)")
+# the value right after a statement verb, at most one word between ("will be 12,100", "is ₹120", "are about 5")
+_VALUE_AFTER_VERB = re.compile(r"\b(?:is|are|was|were|be|equals?|costs?)\s+(?:[A-Za-z]+\s+)?[-−]?[$€£¥₹]?\s?\.?\d",
+                               re.IGNORECASE)
 _SIDE_CLAUSE = re.compile(r",?\s+(?:which|when|whereas|while)\b|,\s+and\b|;", re.IGNORECASE)
 # A clause that points back at the result ("..., and 20% of it is 16") comments on it; one that does not states
 # another result.
@@ -385,7 +405,7 @@ def _stated_answer(rest: str) -> str:
     a last "which is" when one holds a number and what it restates is not already one number ("16 - 3 - 4, which
     is 9" is 9; "18, which is 9 * 2" is 18), else up to where a justification starts (when a number comes before
     it); of that, the result after its last "=" (``_result_part``)."""
-    part = _up_to_sentence_end(rest.lstrip(" :"))
+    part = _up_to_sentence_end(rest.lstrip(" :\t\r\n*"))
     found = list(_RESTATED.finditer(part))
     if found and numbers_in(part[found[-1].end():]) and len(numbers_in(part[: found[-1].start()])) != 1:
         return _result_part(part[found[-1].end():])
@@ -461,6 +481,8 @@ def _exact(number: str | None) -> Fraction | None:
 
 def _single_value(text: str) -> Fraction | None:
     """The one value written in ``text`` (repeats of it allowed); None for no number or several values."""
+    if _SYMBOLIC.search(text):
+        return None
     values = set(numbers_in(text))
     return values.pop() if len(values) == 1 else None
 
@@ -503,25 +525,46 @@ def prose_reference_value(text: str) -> Fraction | None:
     justification starts ("5, since 5 + 5 = 10" is 5). Of the part chosen, what follows its last "=" counts when
     that holds a number. The part must hold exactly one value, written once or more in any form ("11/4, or
     2 3/4"): "5 hours and 30 minutes", "12 boys and 15 girls", "the ratio is 3:4" or "Jin saves $100 in 8 weeks"
-    give None, and such rows are dropped (``unparsable_answers: skip``) rather than guessed.
+    give None, and such rows are dropped (``unparsable_answers: skip``) rather than guessed. Also None, since the
+    answer is not one plain number or not clearly which: a value the sentence restates as another ("25% of the
+    students, which is 10 students"), a comparison of two values ("15 is 5 more than 10"), a number in words or a
+    weekday or month beside the digits, a multiple of pi, a root or a variable ("25π", "\\sqrt{50}", "4x"), and an
+    answer after "the answer is" that a later sentence states otherwise ("... 4.67 buses. ..., 5 buses are
+    needed."). A number written before the verb is the answer when the verb has no value right after it ("Rs. 300
+    is the interest for 3 years"); a closing check in the last paragraph ("Check: 3 * 7 + 2 = 23.", "Indeed,
+    9 × 4 = 36.") is cut like a closing paragraph; "0.333..." is a rounding; ordinals and "3-digit" are no
+    numbers.
     """
     boxed = _last_boxed(text)
     if boxed is not None:
         return _single_value(_result_part(boxed))
     rest = _after_last(_ANSWER_IS, text)
     if rest is not None:
-        return _single_value(_stated_answer(rest))
+        value = _single_value(_stated_answer(rest))
+        # "The answer is 2.67 buses. However, ... Therefore, 3 buses are needed.": revised, so no clear answer
+        stated = rest.lstrip(" :\t\r\n*")
+        later = stated[end.end():] if (end := _SENTENCE_END.search(stated)) else ""
+        revised = any((other := _narrowed_value(s)) is not None and other != value
+                      for s in _SENTENCE_SPLIT.split(_without_notes(later)) if numbers_in(s))
+        return None if revised else value
     sentences = [s for s in _SENTENCE_SPLIT.split(_without_notes(text)) if numbers_in(s)]
+    # a closing check in the last paragraph ("... x = 7. Check: 3 * 7 + 2 = 23.")
+    while len(sentences) > 1 and _is_closing_remark(sentences[-1].strip(), sentences[:-1]):
+        sentences.pop()
     if not sentences:
         return None
     sentence = sentences[-1]
     main = _main_clause(sentence)
     value = _narrowed_value(main)
+    restated = _narrowed_value(sentence[len(main):]) if main != sentence and _RESTATED.match(
+        sentence[len(main):]) else None
     if value is None and main != sentence:
         # "... need 9/2 cups, which is 4 1/2 cups": the clause restates a value of the main clause in another form
         restated = _narrowed_value(sentence)
         if restated is not None and restated in numbers_in(main):
             value = restated
+    elif value is not None and restated is not None and restated != value:
+        return None  # "25% of the students, which is 10 students, like math": which of the two was asked
     return value
 
 
@@ -531,9 +574,20 @@ def _narrowed_value(sentence: str) -> Fraction | None:
         sentence = rest
     if len(_NUMBER_STATEMENT.findall(sentence)) > 1:  # "the boys are 15 and the girls are 20": two results
         return None
-    rest = _after_last(_STATEMENT, sentence)
+    sentence = _written_form(sentence)
+    verbs = list(_STATEMENT.finditer(sentence))
+    rest = sentence[verbs[-1].end():] if verbs else None
+    if rest is not None and numbers_in(rest) and numbers_in(sentence[: verbs[-1].start()]) \
+            and not _VALUE_AFTER_VERB.match(sentence, verbs[-1].start()):
+        # "Rs. 300 is the interest for 3 years": the verb names what the value before it is
+        rest = None
+        sentence = sentence[: verbs[-1].start()]
     if rest is not None and numbers_in(rest):
+        if _COMPARISON.search(rest):  # "7/8 is bigger than 0.85": the answer is the subject, or no number
+            return None
         sentence = rest
+    if _NOT_NUMERIC.search(sentence):  # "... has thirty-five marbles", "..., which is Wednesday"
+        return None
     return _single_value(_result_part(sentence))
 
 
@@ -589,6 +643,9 @@ def _rounding_decimals(text: str, value: Fraction) -> int | None:
     if value.denominator == 1:
         return None
     text = _written_form(text)
+    for repeating in _REPEATING.finditer(text):  # "3.33..." for 10/3
+        if Fraction(repeating["number"]) == value:
+            return _decimals(repeating["number"])
     for marker in _APPROXIMATE.finditer(text):
         found = _numbers_at(text[marker.end(): marker.end() + _MAX_NUMBER_CHARS])
         if found and found[0][0] == value and found[0][1]:

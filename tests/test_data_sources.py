@@ -309,6 +309,11 @@ def test_orcamath_gpt4_style_answers_give_their_final_answer():
     ("Which student read more books?", True),
     ("Who has read more books, and by how much?", False),
     ("Tell me who won.", True),
+    # which of alternatives, or which team, box or bag: no number either
+    ("There are 28 balls in box A and 31 in box B. Which box has more balls?", True),
+    ("Which is heavier, bag A or bag B?", True),
+    ("Which team scored more points, the Tigers or the Lions?", True),
+    ("Which number is the largest among 3, 5 and 7?", False),
 ])
 def test_asks_who(question, asks):
     assert asks_who(question) is asks

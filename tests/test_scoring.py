@@ -455,6 +455,45 @@ PROSE_REFERENCE_CASES = [
 ]
 
 
+# GPT-4-style closing sentences a review wrote against the parser: each gave a wrong number before. A row whose
+# answer is not one clear number is dropped and counted (None); a wrong number would corrupt the test set.
+@pytest.mark.parametrize(("answer", "expected"), [
+    pytest.param("Therefore, 15 is the 3rd smallest number.", "15", id="ordinal-is-no-quantity"),
+    pytest.param("The smallest 3-digit number is 102.", "102", id="n-digit-is-no-quantity"),
+    pytest.param("Interest = 2000 * 5 * 3 / 100 = 300.\n\nSo, Rs. 300 is the interest for 3 years.", "300",
+                 id="rupees-abbreviation-and-subject"),
+    pytest.param("Hence, the cost of 8 pens is Rs. 120.", "120", id="rupees-after-the-verb"),
+    pytest.param("In 2025, the population will be 12,100.", "12100", id="will-be"),
+    pytest.param("Therefore, 7/8 is bigger than 0.85.", "0.875", id="comparison-of-the-subject"),
+    pytest.param("So, Sam has 15, which is 5 more than Tom's 10.", "15", id="comparison-in-a-side-clause"),
+    pytest.param("So, 15 is 5 more than 10.", None, id="comparison-of-two-values"),
+    pytest.param("So, 25% of the students, which is 10 students, like math.", None, id="restated-as-another-value"),
+    pytest.param("So, she needs 9/2 cups, which is 4 1/2 cups.", "4.5", id="restated-as-the-same-value"),
+    pytest.param("Let the number be x. Then 3x + 2 = 23, so x = 7. Check: 3 * 7 + 2 = 23.", "7",
+                 id="check-sentence-in-the-last-paragraph"),
+    pytest.param("x = 9, so the number is 9. Indeed, 9 × 4 = 36.", "9", id="indeed-check"),
+    pytest.param("Each costs $0.75.\n\nTo double-check, 4 × $0.75 = $3.00.", "0.75", id="to-double-check"),
+    pytest.param("So the answer is 4.67 buses. Since we can't have a fraction of a bus, 5 buses are needed.", None,
+                 id="answer-revised-later"),
+    pytest.param("The answer is 12. This is because 3 * 4 = 12.", "12", id="answer-explained-later"),
+    pytest.param("The final answer is:\n\n**12**", "12", id="answer-on-its-own-line"),
+    pytest.param("So, the area is 25π square centimeters.", None, id="multiple-of-pi"),
+    pytest.param("So, the side length is \\( \\sqrt{50} \\) cm.", None, id="root"),
+    pytest.param("Therefore, the expression simplifies to 4x.", None, id="multiple-of-a-variable"),
+    pytest.param("So, 1/3 as a decimal is 0.333...", "≈0.333", id="repeating-decimal-is-a-rounding"),
+    pytest.param("With 5 marbles in each bag, Lisa has thirty-five marbles.", None, id="number-in-words"),
+    pytest.param("So 100 days from Monday is 2 days after Monday, which is Wednesday.", None, id="a-weekday"),
+])
+def test_a_closing_sentence_gives_its_answer_or_none_never_another_number(answer, expected):
+    assert reference_answer(answer) == expected
+
+
+def test_a_repeating_decimal_reference_accepts_the_exact_answer():
+    reference = reference_answer("1 ÷ 3 = 0.333...\n\nSo, 1/3 as a decimal is 0.333...")
+    assert all(is_correct(text, reference, "lenient", 1e-15) for text in ("The answer is 1/3.", "#### 0.3333"))
+    assert not is_correct("The answer is 0.3.", reference, "lenient", 1e-15)
+
+
 @pytest.mark.parametrize(("answer", "expected"), PROSE_REFERENCE_CASES)
 def test_prose_reference(answer, expected):
     assert reference_answer(answer) == expected
