@@ -173,10 +173,11 @@ def load_data(cfg: DictConfig) -> CellData:
     method = cfg.method
     num_fewshot = int(method.get("num_fewshot") or 0)
     on_val = cfg.eval.get("split", "test") == "val"
-    # lm-eval draws shots from the whole train split: carve no validation set when nothing is trained
+    # lm-eval draws shots from the whole train split: carve no validation set and apply no train_limit (a limit on
+    # what is trained) when nothing is trained
     keep_val = method.train or on_val
     dataset_cfg = cfg.dataset if keep_val else {**OmegaConf.to_container(cfg.dataset, resolve=True),
-                                                    "val_size": None}
+                                                    "val_size": None, "train_limit": None}
     # trained cells drop examples repeating a test or dataset.dedup.against question; few-shot keeps lm-eval's pool
     splits = load_splits(dataset_cfg, data_root=cfg.get("data_root"), need_train=bool(method.train or num_fewshot),
                          deduplicate=bool(method.train))
@@ -395,6 +396,12 @@ def closing_line(record: dict[str, Any], out: Path, written: str = RESULT_FILE) 
         scores = (" ".join(f"{prefix}{name} {score(accuracy_key(name))}" for name in METRICS)
                   + f" (n={metrics.get(prefix + 'n_eval')})")
         middle = f"{scores} | {_performance(record)}" + (" | reused" if record.get("reused_from") else "")
+        from slm_sweep.report.tables import TRUNCATION_WARNING
+
+        cut = metrics.get("truncated_fraction")
+        if cut is not None and cut > TRUNCATION_WARNING:
+            middle += (f" | {100 * cut:.0f} % of answers cut off at eval.max_new_tokens="
+                       f"{(record.get('decoding') or {}).get('max_new_tokens')}")
     else:
         middle = f"error: {record.get('error')}"
     return f"cell {record['status']}: {cell} | {middle} | {out / written}"
@@ -402,7 +409,7 @@ def closing_line(record: dict[str, Any], out: Path, written: str = RESULT_FILE) 
 
 def _performance(record: dict[str, Any]) -> str:
     """Times, rates and memory of a cell, as its closing line shows them: ``train 91.0 s at 1,234 tok/s (MFU
-    0.5 %), eval 28.1 s at 87 tok/s on cpu float32, peak 5.8 GB``."""
+    0.5 %), eval 28.1 s at 87 tok/s on cpu float32, peak 5.8 GiB``."""
     metrics = record.get("metrics") or {}
     train = f"train {metrics.get('train_time_s') or 0:.1f} s"
     if metrics.get("train_tokens_per_s"):
@@ -415,7 +422,7 @@ def _performance(record: dict[str, Any]) -> str:
     placement = (record.get("placement") or {}).get("eval") or {}
     if placement.get("device"):
         evaluation += f" on {placement['device']} {placement.get('dtype') or ''}".rstrip()
-    peak = f", peak {metrics['peak_memory_mb'] / 1024:.1f} GB" if metrics.get("peak_memory_mb") else ""
+    peak = f", peak {metrics['peak_memory_mb'] / 1024:.1f} GiB" if metrics.get("peak_memory_mb") else ""
     return f"{train}, {evaluation}{peak}"
 
 

@@ -105,7 +105,8 @@ def test_new_baseline_cell_runs_and_records_its_prompt(tiny_cfg, tmp_path, metho
         "zeroshot_instructed": {"format": "as_trained", "style": "chat", "system": None, "instruction": INSTRUCTION,
                                 "num_fewshot": 0, "shot_seed": None, "shot_pool_size": None},
         "fewshot_chat": {"format": "lm_eval_chat", "style": "chat", "system": None, "instruction": None,
-                         "num_fewshot": 2, "shot_seed": 1234, "shot_pool_size": 48},
+                         # the whole train split, as lm-eval's, whatever dataset.train_limit limits training to
+                         "num_fewshot": 2, "shot_seed": 1234, "shot_pool_size": 7473},
     }[method]
     assert {k: v for k, v in prompt.items() if k != "example"} == expected
     assert prompt["example"] == _first_prompt(cfg, build_tiny_tokenizer())[0]

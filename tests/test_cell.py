@@ -119,9 +119,13 @@ def test_the_closing_line_reports_rates_mfu_placement_and_peak_memory(tmp_path):
               "placement": {"eval": {"device": "cuda:0", "dtype": "bfloat16"}}}
     line = closing_line(record, tmp_path)
     assert ("| train 170.0 s at 46,812 tok/s (MFU 1.2 %), eval 12.3 s at 21,034 tok/s on cuda:0 bfloat16, "
-            "peak 9.6 GB |") in line
+            "peak 9.6 GiB |") in line
     untrained = {**record, "method": "zeroshot", "metrics": {"n_eval": 5, "train_time_s": 0.0, "eval_time_s": 2.0}}
     assert "| train 0.0 s, eval 2.0 s on cuda:0 bfloat16 |" in closing_line(untrained, tmp_path)
+    # answers cut off at the token limit are named beside the scores they lower
+    assert "cut off" not in line
+    cut = {**record, "metrics": {**record["metrics"], "truncated_fraction": 0.92}, "decoding": {"max_new_tokens": 96}}
+    assert "| 92 % of answers cut off at eval.max_new_tokens=96 |" in closing_line(cut, tmp_path)
 
 
 def test_a_tracker_that_cannot_start_fails_the_cell_instead_of_leaving_it_running(tiny_cfg, tmp_path, monkeypatch):

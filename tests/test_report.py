@@ -786,3 +786,23 @@ def test_report_json_keeps_credentials_of_the_command_line_out(grid, tmp_path, m
     write_report([sweep], tmp_path / "out", plots=False)
     text = (tmp_path / "out" / "report.json").read_text()
     assert secret not in text and "+logger.api_key=<redacted>" in text
+
+
+def test_rows_whose_answers_were_cut_off_at_the_token_limit_are_named(grid, tmp_path):
+    """An answer cut off at eval.max_new_tokens may lack its final number: summary.md names the rows where that
+    happened to more than TRUNCATION_WARNING of the answers, in-domain and out-of-domain; the CSVs carry the share."""
+    sweep, _ = grid
+    for path in sweep.glob("*/result.json"):
+        record = json.loads(path.read_text())
+        cut = 0.3 if (record["model"], record["method"]) == ("alpha", "lora") else 0.01
+        record["metrics"]["truncated_fraction"] = cut
+        record["eval_sets"][OOD_SET]["truncated_fraction"] = cut / 3
+        path.write_text(json.dumps(record))
+    report = write_report([sweep], tmp_path / "out", plots=False)
+    note = next(line for line in report["markdown"].splitlines() if line.startswith("**Answers cut off"))
+    assert f"alpha × lora on {DATASET}: 30.0 %; alpha × lora on {OOD_SET}: 10.0 %." in note
+    assert "beta" not in note and "zeroshot" not in note
+    with open(report["summary_csv"], newline="") as f:
+        rows = {(r["model"], r["method"]): r for r in csv.DictReader(f)}
+    assert float(rows["alpha", "lora"]["truncated_fraction_mean"]) == pytest.approx(0.3)
+    assert float(rows["beta", "full"]["truncated_fraction_mean"]) == pytest.approx(0.01)

@@ -663,13 +663,16 @@ def test_a_trained_side_at_an_untuned_or_edge_rate_is_named_in_the_verdict(tmp_p
         record = json.loads(path.read_text())
         if record["method"] in chosen:
             record["learning_rate"] = chosen[record["method"]]
-            write_result(path.parent, record)
+        record["metrics"]["truncated_fraction"] = 0.4 if record["method"] == "zeroshot" else 0.0
+        write_result(path.parent, record)
     results, _ = claims_of(tmp_path)
     (full,) = results["full-below-zeroshot-under-300m"].instances
     (lora,) = [i for i in results["peft-not-below-zeroshot"].instances if i.a["method"] == "lora"]
     text = (tmp_path / "report" / "claims.md").read_text()
     assert "full: its tuned rate 5e-06 is the smallest its search compared, the best may lie beyond" in text
     assert "lora: rate 0.0002 not tuned (method)" in text
+    # a side whose answers were often cut off at the token limit is named too
+    assert "zeroshot: 40 % of its answers cut off at the token limit" in text
     assert (full.a["lr"], full.a["lr_source"], full.a["lr_at_edge"]) == (5.0e-6, "tuned", "smallest")
     assert (lora.a["lr"], lora.a["lr_source"], lora.a["lr_at_edge"]) == (2.0e-4, "method", None)
     assert full.b["lr"] is None and full.b["lr_source"] is None  # zero-shot trains nothing
@@ -980,10 +983,17 @@ def test_the_size_plot_leaves_random_weight_controls_out_and_names_models_sharin
         record = json.loads(path.read_text())
         record["config"]["model"]["source"] = "random"
         path.write_text(json.dumps(record))
+    # an adapter adds to its row's total: the plot still puts the model at its base size
+    write_row(tmp_path, "gemma270", "lora", "gsm8k", 28)
+    for path in tmp_path.glob("gemma270-lora-*/result.json"):
+        record = json.loads(path.read_text())
+        record["metrics"]["total_params"] += 1_000_000
+        path.write_text(json.dumps(record))
     figures = {}
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(path.name, fig) and path)
     plots.write_plots(summarize(collect([tmp_path]).records), [], tmp_path / "plots")
     axes = figures["accuracy_vs_size_gsm8k.png"].axes[0]
-    (line,) = [container.lines[0] for container in axes.containers]
-    assert sorted(line.get_ydata()) == pytest.approx([30.0, 33.3, 41.7], abs=0.1)  # no 0 % of the control
-    assert sorted(text.get_text() for text in axes.texts) == ["gemma270", "smollm135", "smollm135_q4"]
+    zeroshot, lora = [container.lines[0] for container in axes.containers]
+    assert sorted(zeroshot.get_ydata()) == pytest.approx([30.0, 33.3, 41.7], abs=0.1)  # no 0 % of the control
+    assert list(lora.get_xdata()) == [SIZES["gemma270"]]
+    assert sorted(text.get_text() for text in axes.texts) == ["gemma270", "gemma270", "smollm135", "smollm135_q4"]

@@ -1,4 +1,4 @@
-"""Result-file helpers: which config keys count as credentials."""
+"""Result-file helpers: which config keys count as credentials, and who may read the files."""
 
 from __future__ import annotations
 
@@ -27,3 +27,18 @@ def test_redact_keeps_settings_and_hides_credentials():
               "hub": {"hf_token": "xyz"}}
     assert redact(config) == {"eval": {"max_new_tokens": 256, "token_budget": 65536},
                               "logger": {"api_key": "<redacted>"}, "hub": {"hf_token": "<redacted>"}}
+
+
+def test_result_files_are_readable_as_the_umask_allows_not_by_their_owner_only(tmp_path):
+    """On a shared cluster the others of a group read a sweep's results; mkstemp alone leaves them 0600."""
+    import os
+    import stat
+
+    from slm_sweep.results import write_predictions, write_result
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    write_result(tmp_path, {"status": "completed"})
+    write_predictions(tmp_path, [{"id": 0}])
+    for path in tmp_path.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path.name

@@ -107,3 +107,27 @@ def test_weight_decay_follows_the_shapes_the_parameters_had_before_sharding():
         param.data = param.data.flatten()  # what FSDP's sharded views look like
     groups = module.configure_optimizers()["optimizer"].param_groups
     assert [(g["weight_decay"], [p.numel() for p in g["params"]]) for g in groups] == [(0.1, [16]), (0.0, [4])]
+
+
+def test_a_cell_s_cpu_peak_leaves_out_what_earlier_cells_left_unreachable():
+    """Cells of a sweep share one process: 400 MB held only by a reference cycle (as a finished cell's objects can
+    be) is freed before the peak starts again, so the next cell does not report it as its own."""
+    import gc
+
+    from slm_sweep.train.callbacks import reset_peak_memory
+
+    class Holder:
+        pass
+
+    reset_peak_memory()
+    before = peak_memory_mb("cpu")
+    gc.disable()  # as between two collections: the cycle is still there when the next cell starts
+    try:
+        holder = Holder()
+        holder.itself, holder.buffer = holder, torch.ones(100 * 2**20)  # 400 MB, resident
+        del holder
+        assert peak_memory_mb("cpu") > before + 300
+        reset_peak_memory()
+        assert peak_memory_mb("cpu") < before + 100
+    finally:
+        gc.enable()

@@ -387,7 +387,8 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
     wilson: over the test questions), n_eval, trainable_params, total_params, train_time_s_mean,
     train_tokens_per_s_mean, step_time_s_mean, mfu_mean, train_padding_fraction_mean, train_clipped_fraction_mean,
     peak_memory_mb_max,
-    eval_time_s_mean, delta_zeroshot, delta_fewshot (primary metric), delta_{zeroshot,fewshot}_{p,test} (the
+    eval_time_s_mean, truncated_fraction_mean (answers cut off at eval.max_new_tokens), delta_zeroshot,
+    delta_fewshot (primary metric), delta_{zeroshot,fewshot}_{p,test} (the
     paired test of that delta), _p_adjusted (Holm, over the column of the dataset's table) and _significant,
     below_zeroshot, negative_transfer (below and significant at ``alpha`` after ``correction``), lr, lr_source,
     lr_at_edge (``learning_rate_columns``).
@@ -433,6 +434,7 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
         row["train_clipped_fraction_mean"] = _mean_or_none(m.get("train_clipped_fraction") for m in metrics)
         row["peak_memory_mb_max"] = _max_or_none(m.get("peak_memory_mb") for m in metrics)
         row["eval_time_s_mean"] = _mean_or_none(m.get("eval_time_s") for m in metrics)
+        row["truncated_fraction_mean"] = _mean_or_none(m.get("truncated_fraction") for m in metrics)
         rows.append(row)
 
     rows.sort(key=lambda r: (r["dataset"], model_sort_key(r["model"], sizes), row_sort_key(r)))
@@ -507,7 +509,7 @@ def summarize_ood(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
 
     Keys: dataset (the training dataset), eval_set, model, method, variant, trained, n, seeds, result_paths,
     <metric>_{mean,std,ci95,wilson_low,wilson_high} for each metric of ``accuracy_metrics``, n_eval,
-    delta_zeroshot, delta_zeroshot_{p,test,p_adjusted,significant}, below_zeroshot, negative_transfer.
+    truncated_fraction_mean, delta_zeroshot, delta_zeroshot_{p,test,p_adjusted,significant}, below_zeroshot, negative_transfer.
     """
     completed = labelled_records(records)
     metric_names = accuracy_metrics(completed)
@@ -537,6 +539,7 @@ def summarize_ood(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
             "scored_with": scored_with([record for record, _ in group]),
         }
         row.update(_accuracy_columns([entry for _, entry in group], metric_names))
+        row["truncated_fraction_mean"] = _mean_or_none(entry.get("truncated_fraction") for _, entry in group)
         rows.append(row)
 
     rows.sort(

@@ -44,7 +44,7 @@ from .stats import (
     format_p,
     holm,
 )
-from .tables import markdown_table
+from .tables import TRUNCATION_WARNING, markdown_table
 
 DEFAULT_CLAIMS = Path(__file__).resolve().parent / "claim_files" / "paper.yaml"
 
@@ -424,6 +424,9 @@ def instance_note(claim: Claim, instance: Instance) -> str | None:
     if 2 in (instance.a.get("n"), instance.b.get("n")) and instance.test.test == SEEDS_AND_QUESTIONS:
         notes.append("a row of 2 seeds: the seeds test rejects more often than alpha (up to 11.5 % at 0.05)")
     notes += learning_rate_notes(instance.a, instance.b)
+    notes += [f"{method_label(row)}: {100 * row['truncated_fraction_mean']:.0f} % of its answers cut off at the token "
+              "limit" for row in (instance.a, instance.b)
+              if (row.get("truncated_fraction_mean") or 0) > TRUNCATION_WARNING]
     return "; ".join(n for n in notes if n) or None
 
 

@@ -237,12 +237,19 @@ def write_plots(
         )
         # random-weight controls share their model's size: drawn beside it they would read as a size effect
         pretrained = [r for r in subset if r.get("model_source") not in UNTRAINED_SOURCES] or subset
+        # a model's size is its base's (the smallest total of its rows): an adapter's parameters would put one model
+        # at two sizes
+        base = {}
+        for r in pretrained:
+            if r.get("total_params") is not None:
+                base[r["model"]] = min(base.get(r["model"], r["total_params"]), r["total_params"])
         sizes = {}
         for r in pretrained:
-            sizes.setdefault(r["total_params"], set()).add(r["model"])
+            sizes.setdefault(base.get(r["model"]), set()).add(r["model"])
         shared = any(len(models) > 1 for models in sizes.values())  # two models at one size: name the points
         candidates = [
-            (pretrained, "size", lambda r: r["total_params"], "total parameters", "accuracy vs model size", shared),
+            (pretrained, "size", lambda r, base=base: base.get(r["model"]), "model parameters (base)", "accuracy vs model size",
+             shared),
             (fine_tuned, "trainable", lambda r: r["trainable_params"], "trainable parameters",
              "accuracy vs trainable parameters (fine-tuned methods)", True),
             (fine_tuned, "train_time", lambda r: r["train_time_s_mean"], "mean training time (s)",

@@ -32,6 +32,10 @@ SIGNIFICANT_MARK = "*"
 _STATISTICS = ("mean", "std", "ci95", "wilson_low", "wilson_high")
 
 
+# above this share of a row's answers cut off at eval.max_new_tokens, summary.md and the claims say so
+TRUNCATION_WARNING = 0.05
+
+
 def summary_columns(metrics: Sequence[str] = ACCURACY_METRICS) -> tuple[str, ...]:
     """The columns of summary.csv for these accuracy metrics (``accuracy_<name>``)."""
     return (
@@ -39,7 +43,7 @@ def summary_columns(metrics: Sequence[str] = ACCURACY_METRICS) -> tuple[str, ...
         *(f"{m}_{s}" for m in metrics for s in _STATISTICS),
         "n_eval", "trainable_params", "total_params", "train_time_s_mean", "train_tokens_per_s_mean",
         "step_time_s_mean", "mfu_mean", "train_padding_fraction_mean", "train_clipped_fraction_mean",
-        "peak_memory_mb_max", "eval_time_s_mean",
+        "peak_memory_mb_max", "eval_time_s_mean", "truncated_fraction_mean",
         "delta_zeroshot", "delta_zeroshot_p", "delta_zeroshot_p_adjusted", "delta_zeroshot_significant",
         "delta_zeroshot_test", "delta_fewshot", "delta_fewshot_p", "delta_fewshot_p_adjusted",
         "delta_fewshot_significant", "delta_fewshot_test", "below_zeroshot", "negative_transfer", "not_completed",
@@ -52,8 +56,8 @@ def ood_columns(metrics: Sequence[str] = ACCURACY_METRICS) -> tuple[str, ...]:
     return (
         "dataset", "eval_set", "model", "method", "variant", "trained", "n", "seeds",
         *(f"{m}_{s}" for m in metrics for s in _STATISTICS),
-        "n_eval", "delta_zeroshot", "delta_zeroshot_p", "delta_zeroshot_p_adjusted", "delta_zeroshot_significant",
-        "delta_zeroshot_test", "below_zeroshot", "negative_transfer",
+        "n_eval", "truncated_fraction_mean", "delta_zeroshot", "delta_zeroshot_p", "delta_zeroshot_p_adjusted",
+        "delta_zeroshot_significant", "delta_zeroshot_test", "below_zeroshot", "negative_transfer",
     )  # fmt: skip
 
 
@@ -314,6 +318,20 @@ def _ood_section(
     return [f"### trained on {dataset}", "", *markdown_table(header, body), ""]
 
 
+def truncation_note(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """A warning naming the rows whose answers were cut off at eval.max_new_tokens more often than
+    TRUNCATION_WARNING: an answer cut off may lack its final number, so the row's accuracy measures the token limit
+    as much as the method."""
+    cut = [r for r in rows if (r.get("truncated_fraction_mean") or 0) > TRUNCATION_WARNING]
+    if not cut:
+        return []
+    listed = "; ".join(f"{r['model']} × {method_label(r)} on {r.get('eval_set') or r['dataset']}: "
+                       f"{percent(r['truncated_fraction_mean'])} %" for r in cut)
+    return [f"**Answers cut off at the token limit** (over {percent(TRUNCATION_WARNING)} % of a row's answers ended by "
+            f"neither an end-of-sequence token nor a stop string; their final number may be missing, so these "
+            f"accuracies measure `eval.max_new_tokens` as much as the method): {listed}.", ""]
+
+
 def _tests_note(rows: Sequence[dict[str, Any]], alpha: float, correction: str) -> str:
     """How the deltas were tested, and how many comparisons had no per-question data."""
     keys = [k for k in ("delta_zeroshot_test", "delta_fewshot_test") if any(k in row for row in rows)]
@@ -361,6 +379,7 @@ def render_markdown(
         listed = "; ".join(f"{model} × {method}{f' ({variant})' if variant else ''} on {dataset}: {cells}"
                            for (dataset, model, method, variant), cells in sorted(rowless.items(), key=str))
         lines += [f"No completed seed, so no row in the tables above: {listed}.", ""]
+    lines += truncation_note([*rows, *ood_rows])
     several = sorted({(r["dataset"], r["model"], b) for r in rows for b in DELTA_BASELINES
                       if r.get(f"delta_{b}_test") == SEVERAL_BASELINES})
     if several:

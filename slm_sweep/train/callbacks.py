@@ -77,13 +77,30 @@ def mfu(tokens_per_s: float | None, flops_per_token: float, peak_flops: float | 
 
 def reset_peak_memory() -> None:
     """Start the peaks that ``peak_memory_mb`` reads afresh, so that a cell reports its own and not the largest of
-    the cells before it in the same process (Hydra's basic launcher runs a whole sweep in one)."""
+    the cells before it in the same process (Hydra's basic launcher runs a whole sweep in one). On the CPU the
+    peak is the process's resident memory: what the cells before left unreachable (reference cycles) or freed but
+    kept by the C allocator is released first, so that it does not count as this cell's."""
+    import gc
+
+    gc.collect()
+    _trim_c_heap()
     if torch.cuda.is_initialized():
         for index in range(torch.cuda.device_count()):
             torch.cuda.reset_peak_memory_stats(index)
     try:
         _PROC_CLEAR_REFS.write_text("5")  # Linux: resets VmHWM, the process's peak resident memory
     except OSError:
+        pass
+
+
+def _trim_c_heap() -> None:
+    """Return the C allocator's free memory to the system (glibc's malloc_trim; elsewhere nothing)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
         pass
 
 
