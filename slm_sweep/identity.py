@@ -83,8 +83,8 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {11: "41cbf710deaa863559c4aaf37428bd4aa371bcbd153c4f40c0cae33189c3e678"}
-TRAINING_SOURCES_SHA256 = {5: "6927cb65b8dac86e51854388c5236ec2ee8e78b484498f0dfea3e9a76f92eab2"}
+SCORING_SOURCES_SHA256 = {11: "bef9618eb15b9ebfebed7ab9677e99465aa80ef0bd9d8b88928a9e26fdcf6471"}
+TRAINING_SOURCES_SHA256 = {5: "19936da332314eb5cd9f110a021d26ad1cc6a5bc858e82bf70ef67c231ed47eb"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

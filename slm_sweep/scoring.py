@@ -85,8 +85,6 @@ _MAX_NUMBER_CHARS = 400
 _UNSIGNED = r"(?:\d{1,3}(?:,\d{3})+(?!\d|,\d)|\d+)(?:\.\d+)?|\.\d+"
 # A power of ten after a plain number: "e-05", "E6", " \\times 10^{6}", "×10^4", "\\cdot 10^{-3}", "* 10^5"
 _EXPONENT = r"(?:[eE](?P<e>[-+−]?\d{1,3})|\s*(?:\\times|\\cdot|[×*])\s*10\^(?:\{\s*(?P<pb>[-−]?\d{1,3})\s*\}|(?P<p>[-−]?\d{1,3})))(?!\w|\.\d)"
-# After a number, what makes it a position or a count of digits rather than a quantity ("the 3rd", "a 3-digit")
-_NOT_A_QUANTITY = r"(?:st|nd|rd|th)\b|-digit"
 _NUMBER = re.compile(
     rf"""
     (?P<sign>(?<![\w.)\]}}])[-−])?
@@ -96,7 +94,7 @@ _NUMBER = re.compile(
       | \\[dt]?frac\{{\s*(?P<fsign>[-−])?\s*(?P<fn>{_UNSIGNED})\s*\}}\{{\s*(?P<fd>{_UNSIGNED})\s*\}}
       | (?<![\w.^])(?<!\^\{{)(?P<mw>\d+)[ \t]+(?P<mn>\d+)/(?P<md>\d+)(?![\d/]|[.,]\d)
       | (?<![\w.^])(?<!\^\{{)(?P<n>{_UNSIGNED})/(?P<d>{_UNSIGNED})(?![\d/])
-      | (?<![\w.^])(?<!\^\{{)(?P<x>{_UNSIGNED})(?:{_EXPONENT})?(?!\d|{_NOT_A_QUANTITY})
+      | (?<![\w.^])(?<!\^\{{)(?P<x>{_UNSIGNED})(?:{_EXPONENT})?
     )
     """,
     re.VERBOSE,
@@ -135,7 +133,8 @@ _NOTE_START = re.compile(
     r"\(?\s*[*#]*\s*(?:(?P<remark>note|check(?:ing)?|verification|sanity check"
     r"|to (?:check|verify|confirm|double[- ]check))\b"
     r"|(?P<check>(?:let(?:'s| us)|we can) (?:check|verify|double[- ]check|confirm)\b|verif(?:y|ying)\b"
-    r"|double[- ]check(?:ing)?\b|indeed\b|this (?:can be|is) (?:verified|confirmed|checked)\b))", re.IGNORECASE)
+    r"|double[- ]check(?:ing)?\b|this (?:can be|is) (?:verified|confirmed|checked)\b"
+    r"|indeed\b(?=[^\n]*=)))", re.IGNORECASE)  # "Indeed, 16 + 18 + 20 = 54." checks; "Indeed, she has 12 left." states
 _CHECK_COLON = re.compile(r"(?:\s+(?:this|that|it|our answer|the answer|the result|the solution|our work))?\s*:")
 _STATES_RESULT = re.compile(r"=|\\boxed|\b(?:so|therefore|thus|hence|the answer is)\b", re.IGNORECASE)
 # A closing remark in parentheses, "(Note: ...)" or any other; LaTeX's \( ... \) is not one.
@@ -147,14 +146,14 @@ _CONCLUSION = re.compile(r"\b(?:so|therefore|thus|hence|which means|that means)\
 _STATEMENT = re.compile(r"\b(?:is|are|was|were|be|equals?|costs?)\b", re.IGNORECASE)
 # a statement verb followed by a number, at most one word between ("is 15", "is approximately 3.33", "are $20")
 _NUMBER_STATEMENT = re.compile(r"\b(?:is|are|was|were|equals?|costs?)\s+(?:[A-Za-z]+\s+)?[-−$€£¥₹]?\d", re.IGNORECASE)
-# In the part of a final sentence that states the result: a comparison ("is bigger than 0.85"), a number in words
-# beside the digits ("Lisa has thirty-five marbles, 5 in each bag") or a day or month named as the result
+# In the part of a final sentence that states the result: a comparison ("is 5 more than 10"), a number in words
+# beside the digits ("Lisa has thirty-five marbles, 5 in each bag"; two to ten describe more often than they
+# answer: "the two baskets hold 45 apples") or a weekday named as the result
 _COMPARISON = re.compile(r"\bthan\b", re.IGNORECASE)
 _NOT_NUMERIC = re.compile(
-    r"\b(?:two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen"
-    r"|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|thousand|million)\b"
-    r"|\b(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday|january|february|march|april|june|july"
-    r"|august|september|october|november|december)\b", re.IGNORECASE)
+    r"\b(?:eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty"
+    r"|sixty|seventy|eighty|ninety|hundred|thousand|million)\b"
+    r"|\b(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday)\b", re.IGNORECASE)
 # A value that is no plain number: a multiple of pi, a root, or a multiple of a variable ("25π", "\\sqrt{50}", "4x")
 _SYMBOLIC = re.compile(r"π|\\pi\b|√|\\sqrt\b|\d[xyzn]\b")
 # a decimal whose digits go on ("0.333...", "3.33…")
@@ -162,6 +161,10 @@ _REPEATING = re.compile(r"(?<![\d.])(?P<number>\d+\.\d+)(?:\.\.\.|…)")
 # the value right after a statement verb, at most one word between ("will be 12,100", "is ₹120", "are about 5")
 _VALUE_AFTER_VERB = re.compile(r"\b(?:is|are|was|were|be|equals?|costs?)\s+(?:[A-Za-z]+\s+)?[-−]?[$€£¥₹]?\s?\.?\d",
                                re.IGNORECASE)
+# In a reference, a position or a count of digits is no quantity ("15 is the 3rd smallest", "a 3-digit number");
+# a model's "#### 6th" still answers "What place did she finish in?"
+_ORDINAL = re.compile(r"(?<![\w.,])\d+(?:[.,]\d+)*(?:st|nd|rd|th\b|-digit)", re.IGNORECASE)
+_PERCENT_AFTER = re.compile(r"\d\s*(?:%|percent\b)", re.IGNORECASE)
 _SIDE_CLAUSE = re.compile(r",?\s+(?:which|when|whereas|while)\b|,\s+and\b|;", re.IGNORECASE)
 # A clause that points back at the result ("..., and 20% of it is 16") comments on it; one that does not states
 # another result.
@@ -538,34 +541,47 @@ def prose_reference_value(text: str) -> Fraction | None:
     boxed = _last_boxed(text)
     if boxed is not None:
         return _single_value(_result_part(boxed))
+    text = _ORDINAL.sub("#", text)
     rest = _after_last(_ANSWER_IS, text)
     if rest is not None:
         value = _single_value(_stated_answer(rest))
-        # "The answer is 2.67 buses. However, ... Therefore, 3 buses are needed.": revised, so no clear answer
+        # "The answer is 4.67 buses. Since ..., 5 buses are needed.": revised, so no clear answer; a sentence that
+        # works with the answer ("This is because 3 × 4 = 12", "Check: 20 + 5 = 25") revises nothing
         stated = rest.lstrip(" :\t\r\n*")
-        later = stated[end.end():] if (end := _SENTENCE_END.search(stated)) else ""
-        revised = any((other := _narrowed_value(s)) is not None and other != value
-                      for s in _SENTENCE_SPLIT.split(_without_notes(later)) if numbers_in(s))
+        later = _stated_sentences(stated[end.end():]) if (end := _SENTENCE_END.search(stated)) else []
+        revised = any((other := _narrowed_value(s)) is not None and other != value and value not in numbers_in(s)
+                      for s in later)
         return None if revised else value
-    sentences = [s for s in _SENTENCE_SPLIT.split(_without_notes(text)) if numbers_in(s)]
-    # a closing check in the last paragraph ("... x = 7. Check: 3 * 7 + 2 = 23.")
-    while len(sentences) > 1 and _is_closing_remark(sentences[-1].strip(), sentences[:-1]):
-        sentences.pop()
+    sentences = _stated_sentences(text)
     if not sentences:
         return None
     sentence = sentences[-1]
     main = _main_clause(sentence)
     value = _narrowed_value(main)
-    restated = _narrowed_value(sentence[len(main):]) if main != sentence and _RESTATED.match(
-        sentence[len(main):]) else None
+    side = sentence[len(main):]
+    # "..., which is 10 students" restates; "..., which is 15 more than Tom" compares
+    restated = _narrowed_value(side) if main != sentence and _RESTATED.match(side) and not _COMPARISON.search(
+        side) else None
     if value is None and main != sentence:
         # "... need 9/2 cups, which is 4 1/2 cups": the clause restates a value of the main clause in another form
         restated = _narrowed_value(sentence)
         if restated is not None and restated in numbers_in(main):
             value = restated
-    elif value is not None and restated is not None and restated != value:
-        return None  # "25% of the students, which is 10 students, like math": which of the two was asked
+    elif value is not None and restated is not None and restated != value and not _PERCENT_AFTER.search(
+            sentence[len(main):]):
+        # "25% of the students, which is 10 students, like math": which of the two was asked ("$30, which is 25%
+        # of his money" comments on its value)
+        return None
     return value
+
+
+def _stated_sentences(text: str) -> list[str]:
+    """The sentences of ``text`` that hold a number, closing remarks cut off: closing paragraphs, then closing
+    checks in the last paragraph ("... x = 7. Check: 3 * 7 + 2 = 23.")."""
+    sentences = [s for s in _SENTENCE_SPLIT.split(_without_notes(text)) if numbers_in(s)]
+    while len(sentences) > 1 and _is_closing_remark(sentences[-1].strip(), sentences[:-1]):
+        sentences.pop()
+    return sentences
 
 
 def _narrowed_value(sentence: str) -> Fraction | None:
@@ -577,14 +593,17 @@ def _narrowed_value(sentence: str) -> Fraction | None:
     sentence = _written_form(sentence)
     verbs = list(_STATEMENT.finditer(sentence))
     rest = sentence[verbs[-1].end():] if verbs else None
-    if rest is not None and numbers_in(rest) and numbers_in(sentence[: verbs[-1].start()]) \
-            and not _VALUE_AFTER_VERB.match(sentence, verbs[-1].start()):
-        # "Rs. 300 is the interest for 3 years": the verb names what the value before it is
+    subject = sentence[: verbs[-1].start()].lstrip(" ,:*") if verbs else ""
+    if rest is not None and numbers_in(rest) and _NUMBER.match(subject) and len(numbers_in(subject)) == 1 \
+            and "=" not in rest and not _VALUE_AFTER_VERB.match(sentence, verbs[-1].start()):
+        # "Rs. 300 is the interest for 3 years", "7/8 is bigger than 0.85": the clause starts with its value, and
+        # the verb names what it is
         rest = None
-        sentence = sentence[: verbs[-1].start()]
+        sentence = subject
     if rest is not None and numbers_in(rest):
-        if _COMPARISON.search(rest):  # "7/8 is bigger than 0.85": the answer is the subject, or no number
-            return None
+        than = _COMPARISON.search(rest)
+        if than and numbers_in(rest[: than.start()]) and numbers_in(rest[than.end():]):
+            return None  # "15 is 5 more than 10": two values compared ("5 more boys than girls" is one)
         sentence = rest
     if _NOT_NUMERIC.search(sentence):  # "... has thirty-five marbles", "..., which is Wednesday"
         return None

@@ -314,6 +314,8 @@ def test_orcamath_gpt4_style_answers_give_their_final_answer():
     ("Which is heavier, bag A or bag B?", True),
     ("Which team scored more points, the Tigers or the Lions?", True),
     ("Which number is the largest among 3, 5 and 7?", False),
+    ("Which is greater, 3/4 or 0.7?", False),
+    ("Which one is the largest among 0.8, 1/2 and 0.9?", False),
 ])
 def test_asks_who(question, asks):
     assert asks_who(question) is asks

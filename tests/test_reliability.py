@@ -17,7 +17,12 @@ from tests.conftest import FAST_TINY, REPO
 
 
 def test_k_larger_than_the_train_split_fails_before_the_model_loads(tiny_cfg, tmp_path):
-    record = run(tiny_cfg("method=fewshot", "dataset.train_limit=3"), out_dir=tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    row = json.dumps({"question": "What is 2+2?", "answer": "2+2=4\n#### 4"})
+    (data / "train.jsonl").write_text("\n".join([row] * 3) + "\n")
+    (data / "test.jsonl").write_text(row + "\n")
+    record = run(tiny_cfg("method=fewshot", f"dataset.data_dir={data}"), out_dir=tmp_path / "out")
     assert record["status"] == "failed"
     assert "num_fewshot=5 is larger than the 3 training examples" in record["error"]
     assert "total_params" not in record["metrics"], "the model must not have been loaded"

@@ -800,7 +800,7 @@ def test_rows_whose_answers_were_cut_off_at_the_token_limit_are_named(grid, tmp_
         path.write_text(json.dumps(record))
     report = write_report([sweep], tmp_path / "out", plots=False)
     note = next(line for line in report["markdown"].splitlines() if line.startswith("**Answers cut off"))
-    assert f"alpha × lora on {DATASET}: 30.0 %; alpha × lora on {OOD_SET}: 10.0 %." in note
+    assert f"alpha × lora on {DATASET}: 30.0 %; alpha × lora on {DATASET} → {OOD_SET}: 10.0 %." in note
     assert "beta" not in note and "zeroshot" not in note
     with open(report["summary_csv"], newline="") as f:
         rows = {(r["model"], r["method"]): r for r in csv.DictReader(f)}

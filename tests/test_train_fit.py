@@ -621,3 +621,13 @@ def test_cells_in_one_process_each_compile_their_own_graphs(examples, tmp_path):
         compiled_before = counters["frames"]["ok"]
         train(examples, tmp_path / str(rank), "lora", {"r": rank}, max_steps=1, compile=True)
         assert counters["frames"]["ok"] > compiled_before, f"rank {rank} ran eagerly"
+
+
+def test_steps_a_float16_loss_scaler_skipped_leave_the_clipping_figures_alone():
+    """A skipped step's gradient norm is inf or NaN: no update was made, so it is neither clipped nor a norm."""
+    from slm_sweep.train.fit import build_module
+
+    model, _ = tiny()
+    module = build_module(model, trainer_config(gradient_clip_val=1.0), method_config("full"))
+    module.grad_norms = [0.5, float("inf"), float("nan"), 2.0]
+    assert module.clipping_figures() == {"train_grad_norm_median": 1.25, "train_clipped_fraction": 0.5}

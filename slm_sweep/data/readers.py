@@ -306,22 +306,26 @@ def asks_who(question: str) -> bool:
     """Whether a question asks for a person: its last question (the last sentence ending in "?", else its last
     sentence) starts with who/whose/whom ("Who has the most?"), has it after a list or an "among ..." opening
     ("Among A, B and C, who is the tallest?", "..., who then has more?"), asks to find out who ("Find out whose
-    bag is heavier.") or which person, team, box or bag, or which of alternatives ("Which student read more?",
-    "Which is heavier, bag A or bag B?"); a question that asks how many or how much
+    bag is heavier.") or which person ("Which student read more?"), or, with no digit in it, which team, box or bag
+    or which of alternatives ("Which is heavier, bag A or bag B?", not "Which is greater, 3/4 or 0.7?"); a question that asks how many or how much
     asks for a number ("How many students, who like math, are left?", "Who read more, and by how much?")."""
     sentences = [s.strip() for s in _SENTENCE.split(question.strip()) if s.strip()]
     if not sentences:
         return False
     asked = next((s for s in reversed(sentences) if s.endswith("?")), sentences[-1])
-    return _WHO.search(asked) is not None and _HOW_MUCH.search(asked) is None
+    if _HOW_MUCH.search(asked):
+        return False
+    # which team, box or bag, or which of alternatives: no number unless the alternatives are numbers ("Which is
+    # greater, 3/4 or 0.7?")
+    return _WHO.search(asked) is not None or (_WHICH_OF.search(asked) is not None and not re.search(r"\d", asked))
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _WHO = re.compile(r"^(?:who|whose|whom)\b|[,:;]\s*(?:who|whose|whom)\b|(?:^|\band\s)\s*among\b[^?]*\s(?:who|whose)\b"
                   r"|\b(?:find|determine|tell|guess|identify|say|know|wonder|write down)\s+(?:out\s+|me\s+|us\s+)?(?:who|whose|whom)\b"
-                  r"|^which\s+(?:person|student|child|kid|friend|boy|girl|man|woman|player|one of them|team|class|group"
-                  r"|box|bag|one)\b|^which\b[^?]*\bor\b",
+                  r"|^which\s+(?:person|student|child|kid|friend|boy|girl|man|woman|player|one of them)\b",
                   re.IGNORECASE)
+_WHICH_OF = re.compile(r"^which\s+(?:team|class|group|box|bag|one)\b|^which\b[^?]*\bor\b", re.IGNORECASE)
 _HOW_MUCH = re.compile(r"\bhow\s+(?:many|much)\b", re.IGNORECASE)
 
 

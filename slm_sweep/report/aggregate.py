@@ -444,8 +444,8 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
 
 def learning_rate_columns(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The rate a row's seeds trained at (``lr``), where it came from (``lr_source``: tuned, method, grid; several
-    joined by commas) and ``lr_at_edge`` (smallest, largest: the tuned rate lies at that end of its search, so the
-    best may lie beyond it). All None for a method that trains nothing."""
+    joined by commas) and ``lr_at_edge`` (smallest, largest, only: the tuned rate lies at that end of the rates its
+    search compared, so the best may lie beyond it). All None for a method that trains nothing."""
     chosen = [r.get("learning_rate") for r in records if isinstance(r.get("learning_rate"), dict)]
     sources = sorted({str(c["source"]) for c in chosen if c.get("source")})
     edges = sorted({str(c["at_edge"]) for c in chosen if c.get("at_edge")})

@@ -445,8 +445,9 @@ def learning_rate_notes(*rows: dict[str, Any]) -> list[str]:
         if not row.get("trained") or row.get("lr") is None:
             continue
         if row.get("lr_at_edge"):
-            notes.append(f"{method_label(row)}: its tuned rate {row['lr']:g} is the {row['lr_at_edge']} its search "
-                         "compared, the best may lie beyond")
+            edge = "only rate" if row["lr_at_edge"] == "only" else row["lr_at_edge"]
+            notes.append(f"{method_label(row)}: its tuned rate {row['lr']:g} is the {edge} its search compared, the "
+                         "best may lie beyond")
         elif row.get("lr_source") and "tuned" not in row["lr_source"].split(","):
             notes.append(f"{method_label(row)}: rate {row['lr']:g} not tuned ({row['lr_source']})")
     return notes

@@ -325,7 +325,8 @@ def truncation_note(rows: Sequence[dict[str, Any]]) -> list[str]:
     cut = [r for r in rows if (r.get("truncated_fraction_mean") or 0) > TRUNCATION_WARNING]
     if not cut:
         return []
-    listed = "; ".join(f"{r['model']} × {method_label(r)} on {r.get('eval_set') or r['dataset']}: "
+    listed = "; ".join(f"{r['model']} × {method_label(r)} on {r['dataset']}"
+                       f"{' → ' + r['eval_set'] if r.get('eval_set') else ''}: "
                        f"{percent(r['truncated_fraction_mean'])} %" for r in cut)
     return [f"**Answers cut off at the token limit** (over {percent(TRUNCATION_WARNING)} % of a row's answers ended by "
             f"neither an end-of-sequence token nor a stop string; their final number may be missing, so these "

@@ -273,9 +273,10 @@ class CausalLMModule(L.LightningModule):
         share of steps whose norm exceeded gradient_clip_val (None without clipping). Full fine-tuning's gradient
         norms are far larger than an adapter's, so one clip value can clip one method on most steps and the other
         on none."""
-        if not self.grad_norms:
+        # a float16 step the loss scaler skipped has a non-finite norm: no update, so no clipping either
+        norms = sorted(n for n in self.grad_norms if math.isfinite(n))
+        if not norms:
             return {"train_grad_norm_median": None, "train_clipped_fraction": None}
-        norms = sorted(self.grad_norms)
         middle = len(norms) // 2
         median = norms[middle] if len(norms) % 2 else (norms[middle - 1] + norms[middle]) / 2
         clipped = sum(n > self.gradient_clip_val for n in norms) / len(norms)
