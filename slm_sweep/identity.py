@@ -83,7 +83,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {11: "bef9618eb15b9ebfebed7ab9677e99465aa80ef0bd9d8b88928a9e26fdcf6471"}
+SCORING_SOURCES_SHA256 = {11: "d1a0f56fcf6a451c5258a9e5330ab7494978cf50fcbb069fa5dbb0d56d7710cb"}
 TRAINING_SOURCES_SHA256 = {5: "19936da332314eb5cd9f110a021d26ad1cc6a5bc858e82bf70ef67c231ed47eb"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.

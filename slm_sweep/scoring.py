@@ -530,8 +530,8 @@ def prose_reference_value(text: str) -> Fraction | None:
     2 3/4"): "5 hours and 30 minutes", "12 boys and 15 girls", "the ratio is 3:4" or "Jin saves $100 in 8 weeks"
     give None, and such rows are dropped (``unparsable_answers: skip``) rather than guessed. Also None, since the
     answer is not one plain number or not clearly which: a value the sentence restates as another ("25% of the
-    students, which is 10 students"), a comparison of two values ("15 is 5 more than 10"), a number in words or a
-    weekday or month beside the digits, a multiple of pi, a root or a variable ("25π", "\\sqrt{50}", "4x"), and an
+    students, which is 10 students"), a comparison of two values ("15 is 5 more than 10"), a number word from
+    eleven up or a weekday beside the digits, a multiple of pi, a root or a variable ("25π", "\\sqrt{50}", "4x"), and an
     answer after "the answer is" that a later sentence states otherwise ("... 4.67 buses. ..., 5 buses are
     needed."). A number written before the verb is the answer when the verb has no value right after it ("Rs. 300
     is the interest for 3 years"); a closing check in the last paragraph ("Check: 3 * 7 + 2 = 23.", "Indeed,
