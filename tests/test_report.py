@@ -806,3 +806,15 @@ def test_rows_whose_answers_were_cut_off_at_the_token_limit_are_named(grid, tmp_
         rows = {(r["model"], r["method"]): r for r in csv.DictReader(f)}
     assert float(rows["alpha", "lora"]["truncated_fraction_mean"]) == pytest.approx(0.3)
     assert float(rows["beta", "full"]["truncated_fraction_mean"]) == pytest.approx(0.01)
+
+
+def test_summary_says_how_many_rows_of_the_data_had_no_numeric_reference(grid, tmp_path):
+    """OrcaMath's prose answers are parsed to one number, and the rows where none can be read are left out of
+    training and of the test set: how many is part of what a reader must know."""
+    sweep, _ = grid
+    for path in sweep.glob("*/result.json"):
+        record = json.loads(path.read_text())
+        record["skipped_rows"] = {"train": 37} if record["method"] in ("full", "lora") else {"train": 0}
+        path.write_text(json.dumps(record))
+    markdown = write_report([sweep], tmp_path / "out", plots=False)["markdown"]
+    assert f"neither trained on nor scored: {DATASET} train: 37." in markdown

@@ -81,6 +81,19 @@ class Collection:
         return [r for r in self.records if r["status"] == COMPLETED]
 
     @property
+    def rows_without_reference(self) -> dict[str, dict[str, int]]:
+        """Per dataset and source split, the rows its completed cells left out for want of a numeric reference
+        (result.json ``skipped_rows``: unparsable answers, questions asking who): the largest count any cell read,
+        since a cell that needs no training split reads none of its rows."""
+        found: dict[str, dict[str, int]] = {}
+        for record in self.completed:
+            for split, count in (record.get("skipped_rows") or {}).items():
+                if isinstance(count, int) and count > 0:
+                    by_split = found.setdefault(str(record["dataset"]), {})
+                    by_split[str(split)] = max(by_split.get(str(split), 0), count)
+        return found
+
+    @property
     def status_counts(self) -> Counter:
         return Counter(r["status"] for r in self.records)
 

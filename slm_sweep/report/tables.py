@@ -188,6 +188,13 @@ def _sources(collection: Collection) -> list[str]:
                            for commit, count in commits.most_common())
         lines += [f"The cells were computed at {len(commits)} git commits ({listed} cells); rows pool seeds by the "
                   f"code versions in their identity, not by commit.", ""]
+    without = collection.rows_without_reference
+    if without:
+        listed = "; ".join(f"{dataset} {split}: {count}" for dataset, splits in sorted(without.items())
+                           for split, count in sorted(splits.items()))
+        lines += [f"Rows of the data left out for want of a numeric reference (answers no single number could be "
+                  f"read from, questions asking who; result.json `skipped_rows`), neither trained on nor scored: "
+                  f"{listed}.", ""]
     if collection.validation:
         lines += [f"Cells scored on the validation split (a learning-rate search, which `python -m slm_sweep.tune` "
                   f"reads) left out: {len(collection.validation)} (listed in `report.json`).", ""]
