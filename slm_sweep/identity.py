@@ -83,8 +83,8 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {11: "d1a0f56fcf6a451c5258a9e5330ab7494978cf50fcbb069fa5dbb0d56d7710cb"}
-TRAINING_SOURCES_SHA256 = {5: "19936da332314eb5cd9f110a021d26ad1cc6a5bc858e82bf70ef67c231ed47eb"}
+SCORING_SOURCES_SHA256 = {11: "01d7cf5aa538f092070a8c423f5dc179bdfeec6c2066b9fee82ab2b5cc398f3f"}
+TRAINING_SOURCES_SHA256 = {5: "546c5cb9b05b9498852a8a62b1c875be150b7b8de5b1a5a79f42bb8dbccd0cf0"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

@@ -38,9 +38,10 @@ separators ("1{,}000") and rupees ("Rs.40") are read as numbers.
 Numbers are compared by ``same_number``: equal up to float noise (a relative 1e-15, a few units in the last place
 of a double, or the dataset's ``answer_tolerance`` when that is larger), or the reference rounded to the two or
 more decimals the prediction is written with, keeping two or more significant digits ("0.67" for 2/3, "5.33"
-for 5.3333333333; not "0.00002" for 0.000024967, nor "0.00" for any non-zero reference), or, for a reference itself rounded to four or more decimals (3.33333), the
-prediction rounded to them (10/3). A relative tolerance of 1e-4 would accept -9867000 for -9867630 on GSM-Hard,
-whose slips are in the low digits; 1e-9 accepted 109844510300 for 109844510400.
+for 5.3333333333; not "0.00002" for 0.000024967, nor "0.00" for any non-zero reference), or, for a reference
+itself rounded to four or more decimals (3.33333), the prediction rounded to them (10/3). A relative tolerance of
+1e-4 would accept -9867000 for -9867630 on GSM-Hard, whose slips are in the low digits; 1e-9 accepted 109844510300
+for 109844510400.
 
 Prose references (OrcaMath) are read by ``prose_reference_value``; see its docstring. A prose reference that
 states its value as a rounding ("approximately $15.30", "\\approx 2.67", "... (rounded to two decimal places)")
@@ -84,7 +85,8 @@ _MAX_NUMBER_CHARS = 400
 # (so "3-5" is a range, not 3 and -5); a digit right after a letter, "." or "^" is not a number ("m^2", "CO2").
 _UNSIGNED = r"(?:\d{1,3}(?:,\d{3})+(?!\d|,\d)|\d+)(?:\.\d+)?|\.\d+"
 # A power of ten after a plain number: "e-05", "E6", " \\times 10^{6}", "×10^4", "\\cdot 10^{-3}", "* 10^5"
-_EXPONENT = r"(?:[eE](?P<e>[-+−]?\d{1,3})|\s*(?:\\times|\\cdot|[×*])\s*10\^(?:\{\s*(?P<pb>[-−]?\d{1,3})\s*\}|(?P<p>[-−]?\d{1,3})))(?!\w|\.\d)"
+_EXPONENT = (r"(?:[eE](?P<e>[-+−]?\d{1,3})"
+             r"|\s*(?:\\times|\\cdot|[×*])\s*10\^(?:\{\s*(?P<pb>[-−]?\d{1,3})\s*\}|(?P<p>[-−]?\d{1,3})))(?!\w|\.\d)")
 _NUMBER = re.compile(
     rf"""
     (?P<sign>(?<![\w.)\]}}])[-−])?
@@ -113,6 +115,8 @@ _ROUNDED = re.compile(r"\b(?:(?P<negated>without|no|not|n't)\s+(?:any\s+)?)?roun
 _NEGATION = re.compile(r"\b(?:no|not|never|without|unnecessary|needless)\b|n't\b", re.IGNORECASE)
 _NEGATION_REACH = 30  # characters either side of a rounding mention that a negation reaches
 _PRECISION = re.compile(r"[\d.,]+\s*(?:decimal|place|digit|significant|dp\b)", re.IGNORECASE)
+# what may stand between "the answer is" and the answer: "The final answer is:\n\n**12**"
+_ANSWER_LEAD = " :\t\r\n*"
 _ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\b", re.IGNORECASE)
 # GSM8K's "#### <answer>" marker: only where a number follows, not a markdown heading ("#### Step 2: Money")
 _GSM8K_MARKER = re.compile(r"####(?=[ \t]*:?[ \t]*[-−]?[ \t]*[$€£¥₹]?[ \t]?\.?\d)")
@@ -134,7 +138,8 @@ _NOTE_START = re.compile(
     r"|to (?:check|verify|confirm|double[- ]check))\b"
     r"|(?P<check>(?:let(?:'s| us)|we can) (?:check|verify|double[- ]check|confirm)\b|verif(?:y|ying)\b"
     r"|double[- ]check(?:ing)?\b|this (?:can be|is) (?:verified|confirmed|checked)\b"
-    r"|indeed\b(?=[^\n]*=)))", re.IGNORECASE)  # "Indeed, 16 + 18 + 20 = 54." checks; "Indeed, she has 12 left." states
+    # "Indeed, 16 + 18 + 20 = 54." checks; "Indeed, she has 12 left." states
+    r"|indeed\b(?=[^\n]*=)))", re.IGNORECASE)
 _CHECK_COLON = re.compile(r"(?:\s+(?:this|that|it|our answer|the answer|the result|the solution|our work))?\s*:")
 _STATES_RESULT = re.compile(r"=|\\boxed|\b(?:so|therefore|thus|hence|the answer is)\b", re.IGNORECASE)
 # A closing remark in parentheses, "(Note: ...)" or any other; LaTeX's \( ... \) is not one.
@@ -145,7 +150,8 @@ _TRAILING_REMARK = re.compile(r"(?<!\\)\((?!\s*[=≈])[^()]*(?<!\\)\)[\s.]*$")  
 _CONCLUSION = re.compile(r"\b(?:so|therefore|thus|hence|which means|that means)\b", re.IGNORECASE)
 _STATEMENT = re.compile(r"\b(?:is|are|was|were|be|equals?|costs?)\b", re.IGNORECASE)
 # a statement verb followed by a number, at most one word between ("is 15", "is approximately 3.33", "are $20")
-_NUMBER_STATEMENT = re.compile(r"\b(?:is|are|was|were|equals?|costs?)\s+(?:[A-Za-z]+\s+)?[-−$€£¥₹]?\d", re.IGNORECASE)
+_VALUE_VERBS = r"is|are|was|were|equals?|costs?"
+_NUMBER_STATEMENT = re.compile(rf"\b(?:{_VALUE_VERBS})\s+(?:[A-Za-z]+\s+)?[-−$€£¥₹]?\d", re.IGNORECASE)
 # In the part of a final sentence that states the result: a comparison ("is 5 more than 10"), a number in words
 # beside the digits ("Lisa has thirty-five marbles, 5 in each bag"; two to ten describe more often than they
 # answer: "the two baskets hold 45 apples") or a weekday named as the result
@@ -159,7 +165,7 @@ _SYMBOLIC = re.compile(r"π|\\pi\b|√|\\sqrt\b|\d[xyzn]\b")
 # a decimal whose digits go on ("0.333...", "3.33…")
 _REPEATING = re.compile(r"(?<![\d.])(?P<number>\d+\.\d+)(?:\.\.\.|…)")
 # the value right after a statement verb, at most one word between ("will be 12,100", "is ₹120", "are about 5")
-_VALUE_AFTER_VERB = re.compile(r"\b(?:is|are|was|were|be|equals?|costs?)\s+(?:[A-Za-z]+\s+)?[-−]?[$€£¥₹]?\s?\.?\d",
+_VALUE_AFTER_VERB = re.compile(rf"\b(?:{_VALUE_VERBS}|be)\s+(?:[A-Za-z]+\s+)?[-−]?[$€£¥₹]?\s?\.?\d",
                                re.IGNORECASE)
 # In a reference, a position or a count of digits is no quantity ("15 is the 3rd smallest", "a 3-digit number");
 # a model's "#### 6th" still answers "What place did she finish in?"
@@ -343,8 +349,8 @@ def same_number(predicted: Fraction, expected: Fraction, decimals: int | None, t
     """Whether ``predicted`` (written with ``decimals`` digits after the point; None for a fraction) states
     ``expected``: equal within the relative ``tolerance`` (float noise); or ``expected`` rounded to the two or
     more decimals the prediction is written with, when it keeps two or more significant digits ("0.00002" states
-    no 0.000024967, "0.00" no 2e-06); or, for a reference that is itself a rounding to ``reference_rounding`` decimals
-    (``reference_rounding``), ``predicted`` rounded to them (10/3 or "3.333333" for 3.33333). Either way at a
+    no 0.000024967, "0.00" no 2e-06); or, for a reference that is itself a rounding to ``reference_rounding``
+    decimals, ``predicted`` rounded to them (10/3 or "3.333333" for 3.33333). Either way at a
     tie."""
     gap = abs(predicted - expected)
     if gap <= Fraction(tolerance) * max(1, abs(expected)):
@@ -408,7 +414,7 @@ def _stated_answer(rest: str) -> str:
     a last "which is" when one holds a number and what it restates is not already one number ("16 - 3 - 4, which
     is 9" is 9; "18, which is 9 * 2" is 18), else up to where a justification starts (when a number comes before
     it); of that, the result after its last "=" (``_result_part``)."""
-    part = _up_to_sentence_end(rest.lstrip(" :\t\r\n*"))
+    part = _up_to_sentence_end(rest.lstrip(_ANSWER_LEAD))
     found = list(_RESTATED.finditer(part))
     if found and numbers_in(part[found[-1].end():]) and len(numbers_in(part[: found[-1].start()])) != 1:
         return _result_part(part[found[-1].end():])
@@ -531,12 +537,12 @@ def prose_reference_value(text: str) -> Fraction | None:
     give None, and such rows are dropped (``unparsable_answers: skip``) rather than guessed. Also None, since the
     answer is not one plain number or not clearly which: a value the sentence restates as another ("25% of the
     students, which is 10 students"), a comparison of two values ("15 is 5 more than 10"), a number word from
-    eleven up or a weekday beside the digits, a multiple of pi, a root or a variable ("25π", "\\sqrt{50}", "4x"), and an
-    answer after "the answer is" that a later sentence states otherwise ("... 4.67 buses. ..., 5 buses are
-    needed."). A number written before the verb is the answer when the verb has no value right after it ("Rs. 300
-    is the interest for 3 years"); a closing check in the last paragraph ("Check: 3 * 7 + 2 = 23.", "Indeed,
-    9 × 4 = 36.") is cut like a closing paragraph; "0.333..." is a rounding; ordinals and "3-digit" are no
-    numbers.
+    eleven up or a weekday beside the digits, a multiple of pi, a root or a variable ("25π", "\\sqrt{50}", "4x"),
+    and an answer after "the answer is" that a later sentence states otherwise without working with it ("...
+    4.67 buses. ..., 5 buses are needed."). A clause that starts with its value keeps it when the verb has no
+    value right after it ("Rs. 300 is the interest for 3 years"); a closing check in the last paragraph ("Check:
+    3 * 7 + 2 = 23.", "Indeed, 9 × 4 = 36.") is cut like a closing paragraph; "0.333..." is a rounding; ordinals
+    and "3-digit" are no numbers.
     """
     boxed = _last_boxed(text)
     if boxed is not None:
@@ -547,7 +553,7 @@ def prose_reference_value(text: str) -> Fraction | None:
         value = _single_value(_stated_answer(rest))
         # "The answer is 4.67 buses. Since ..., 5 buses are needed.": revised, so no clear answer; a sentence that
         # works with the answer ("This is because 3 × 4 = 12", "Check: 20 + 5 = 25") revises nothing
-        stated = rest.lstrip(" :\t\r\n*")
+        stated = rest.lstrip(_ANSWER_LEAD)
         later = _stated_sentences(stated[end.end():]) if (end := _SENTENCE_END.search(stated)) else []
         revised = any((other := _narrowed_value(s)) is not None and other != value and value not in numbers_in(s)
                       for s in later)
@@ -559,16 +565,15 @@ def prose_reference_value(text: str) -> Fraction | None:
     main = _main_clause(sentence)
     value = _narrowed_value(main)
     side = sentence[len(main):]
-    # "..., which is 10 students" restates; "..., which is 15 more than Tom" compares
-    restated = _narrowed_value(side) if main != sentence and _RESTATED.match(side) and not _COMPARISON.search(
-        side) else None
-    if value is None and main != sentence:
+    if value is None and side:
         # "... need 9/2 cups, which is 4 1/2 cups": the clause restates a value of the main clause in another form
         restated = _narrowed_value(sentence)
         if restated is not None and restated in numbers_in(main):
             value = restated
-    elif value is not None and restated is not None and restated != value and not _PERCENT_AFTER.search(
-            sentence[len(main):]):
+        return value
+    # "..., which is 10 students" restates; "..., which is 15 more than Tom" compares
+    restated = _narrowed_value(side) if _RESTATED.match(side) and not _COMPARISON.search(side) else None
+    if value is not None and restated is not None and restated != value and not _PERCENT_AFTER.search(side):
         # "25% of the students, which is 10 students, like math": which of the two was asked ("$30, which is 25%
         # of his money" comments on its value)
         return None

@@ -306,9 +306,10 @@ def asks_who(question: str) -> bool:
     """Whether a question asks for a person: its last question (the last sentence ending in "?", else its last
     sentence) starts with who/whose/whom ("Who has the most?"), has it after a list or an "among ..." opening
     ("Among A, B and C, who is the tallest?", "..., who then has more?"), asks to find out who ("Find out whose
-    bag is heavier.") or which person ("Which student read more?"), or, with no digit in it, which team, box or bag
-    or which of alternatives ("Which is heavier, bag A or bag B?", not "Which is greater, 3/4 or 0.7?"); a question that asks how many or how much
-    asks for a number ("How many students, who like math, are left?", "Who read more, and by how much?")."""
+    bag is heavier.") or which person ("Which student read more?"), or, with no digit in it, which team, box or
+    bag or which of alternatives ("Which is heavier, bag A or bag B?", not "Which is greater, 3/4 or 0.7?"); a
+    question that asks how many or how much asks for a number ("How many students, who like math, are left?",
+    "Who read more, and by how much?")."""
     sentences = [s.strip() for s in _SENTENCE.split(question.strip()) if s.strip()]
     if not sentences:
         return False

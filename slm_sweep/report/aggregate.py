@@ -509,7 +509,8 @@ def summarize_ood(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
 
     Keys: dataset (the training dataset), eval_set, model, method, variant, trained, n, seeds, result_paths,
     <metric>_{mean,std,ci95,wilson_low,wilson_high} for each metric of ``accuracy_metrics``, n_eval,
-    truncated_fraction_mean, delta_zeroshot, delta_zeroshot_{p,test,p_adjusted,significant}, below_zeroshot, negative_transfer.
+    truncated_fraction_mean, delta_zeroshot, delta_zeroshot_{p,test,p_adjusted,significant}, below_zeroshot,
+    negative_transfer.
     """
     completed = labelled_records(records)
     metric_names = accuracy_metrics(completed)

@@ -850,7 +850,8 @@ def claims_json(report: ClaimsReport) -> dict[str, Any]:
         claims.append({
             "id": r.claim.id, "text": r.claim.text, "a": list(r.claim.a.methods), "b": list(r.claim.b.methods),
             "description": r.claim.describe(), "direction": r.claim.direction, "metric": r.claim.metric,
-            "margin": r.claim.margin, "verdict": r.verdict, "complete": not r.gaps, "gaps": r.gaps, "excluded": r.excluded,
+            "margin": r.claim.margin, "verdict": r.verdict, "complete": not r.gaps, "gaps": r.gaps,
+            "excluded": r.excluded,
             "counts": dict(r.counts),
             "by_sides": [{"a": a, "b": b, "counts": dict(c)} for a, b, c in r.by_sides()],
             "not_in_results": r.absent, "models_not_in_results": r.absent_models, "not_covered": r.reason if not r.instances else None,

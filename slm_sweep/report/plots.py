@@ -248,8 +248,8 @@ def write_plots(
             sizes.setdefault(base.get(r["model"]), set()).add(r["model"])
         shared = any(len(models) > 1 for models in sizes.values())  # two models at one size: name the points
         candidates = [
-            (pretrained, "size", lambda r, base=base: base.get(r["model"]), "model parameters (base)", "accuracy vs model size",
-             shared),
+            (pretrained, "size", lambda r, base=base: base.get(r["model"]), "model parameters (base)",
+             "accuracy vs model size", shared),
             (fine_tuned, "trainable", lambda r: r["trainable_params"], "trainable parameters",
              "accuracy vs trainable parameters (fine-tuned methods)", True),
             (fine_tuned, "train_time", lambda r: r["train_time_s_mean"], "mean training time (s)",

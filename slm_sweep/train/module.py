@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import statistics
 from collections.abc import Iterable
 
 import lightning as L
@@ -274,13 +275,11 @@ class CausalLMModule(L.LightningModule):
         norms are far larger than an adapter's, so one clip value can clip one method on most steps and the other
         on none."""
         # a float16 step the loss scaler skipped has a non-finite norm: no update, so no clipping either
-        norms = sorted(n for n in self.grad_norms if math.isfinite(n))
+        norms = [n for n in self.grad_norms if math.isfinite(n)]
         if not norms:
             return {"train_grad_norm_median": None, "train_clipped_fraction": None}
-        middle = len(norms) // 2
-        median = norms[middle] if len(norms) % 2 else (norms[middle - 1] + norms[middle]) / 2
         clipped = sum(n > self.gradient_clip_val for n in norms) / len(norms)
-        return {"train_grad_norm_median": median, "train_clipped_fraction": clipped}
+        return {"train_grad_norm_median": statistics.median(norms), "train_clipped_fraction": clipped}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The random state after the last finished step (dropout, LoRA's included, draws from it), so a resumed
