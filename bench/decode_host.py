@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from slm_sweep.evaluate.decode import Decoding, decode_static  # noqa: E402
+from slm_sweep.evaluate.decode import Decoding, LoopTimes, decode_static  # noqa: E402
 from slm_sweep.evaluate.stopping import StopCheck  # noqa: E402
 
 EOS = 0
@@ -108,13 +108,18 @@ def decode(rows: list[list[int]], planned: list[int], args: argparse.Namespace) 
     generated: dict[int, int] = {}
     settings = Decoding(max_new_tokens=args.max_new, stop_check=StopCheck(None, [], {EOS}), pad_id=EOS,
                         schedule_as="cuda" if args.schedule == "cuda" else None)
+    times = LoopTimes()
     start = time.perf_counter()
     with torch.inference_mode():
         decode_static(model, rows, settings, lambda row, tokens: generated.__setitem__(row, len(tokens)),
-                      slots=args.slots)
+                      slots=args.slots, times=times)
     seconds = time.perf_counter() - start
     if [generated[i] for i in range(len(rows))] != planned:
         raise SystemExit("the decode loop did not generate the planned lengths")
+    if (times.decode_steps, times.prefill_forwards) != (len(model.decode_calls), model.prefill_calls):
+        raise SystemExit(f"the loop's own profile counted {times.decode_steps} decode steps and "
+                         f"{times.prefill_forwards} prefill forwards, the model saw {len(model.decode_calls)} "
+                         f"and {model.prefill_calls}")
     gaps = [b - a for a, b in zip(model.decode_calls, model.decode_calls[1:])]
     if not gaps:
         raise SystemExit(f"{len(model.decode_calls)} decode steps: too few to time (raise --min-new or --questions)")
@@ -124,6 +129,7 @@ def decode(rows: list[list[int]], planned: list[int], args: argparse.Namespace) 
     projected = steps * (step_s + args.replay_ms / 1000) + other_s
     return {"questions": len(rows), "slots": args.slots, "schedule": args.schedule, "new_tokens": sum(planned),
             "decode_steps": steps, "prefill_forwards": model.prefill_calls,
+            "slot_occupancy": times.as_dict()["slot_occupancy"],
             "loop_seconds": round(seconds, 3), "host_ms_per_step": round(step_s * 1000, 3),
             "host_ms_per_step_p90": round((statistics.quantiles(gaps, n=10)[-1] if len(gaps) > 1 else step_s)
                                           * 1000, 3),

@@ -67,9 +67,14 @@ STAGE_MIN_S = 10  # and a main stage only with this much
 ARCHIVE_SKIPS, ARCHIVE_MAX_BYTES = ("adapter", "model", "checkpoints", "wandb"), 4 * 2**20
 # Measured after the main stages, in the time left: trainer=gpu without compilation (what it gains), then the
 # packing lever with and without it.
-TRAIN_VARIANTS = {"eager": ["compile=false"],
-                  "packing": ["packing=true", "micro_batch_tokens=4096"],
-                  "eager_packing": ["packing=true", "micro_batch_tokens=4096", "compile=false"]}
+# (methods, trainer overrides); eager covers every trained method: whether compiling pays is decided per method
+TRAIN_VARIANTS = {"eager": (("full", "lora", "dora"), ["compile=false"]),
+                  "packing": (("full", "lora"), ["packing=true", "micro_batch_tokens=4096"]),
+                  "eager_packing": (("full", "lora"), ["packing=true", "micro_batch_tokens=4096", "compile=false"])}
+# seconds per stage (train, eval, grid, train_variants), each cut to what is left of JOB_BUDGET_S. Measured on one
+# H200 (docs/performance.md): the train stage 193 s with three compilations, the eval stage 45-75 s, the grid of
+# five 60-step cells over 130 s with LoRA's compilation alone 76 s
+GPU_TIMEOUTS, DRY_RUN_TIMEOUTS = (240, 90, 240, 120), (240, 120, 300, 240)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -89,9 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--grid-full", action="store_true",
                         help="the grid at the study's size: one epoch (460 steps) and all 1319 test questions")
     parser.add_argument("--timeouts", type=int, nargs=4, default=None, metavar=("TRAIN", "EVAL", "GRID", "VARIANTS"),
-                        help="seconds per stage (default on a GPU 130 55 120 60, the variants cut to what is left of "
-                             f"{JOB_BUDGET_S} s with the weights' conversion ({PREPARE_TIMEOUT_S} s at most): the "
-                             "whole check stays under 6 min)")
+                        help="seconds per stage (default on a GPU {}, each cut to what is left of {} s with the "
+                             "weights' conversion ({} s at most): one command stays under 6 min)".format(
+                                 " ".join(map(str, GPU_TIMEOUTS)), JOB_BUDGET_S, PREPARE_TIMEOUT_S))
     args = parser.parse_args(argv)
     for override in args.eval_override:
         if not override.startswith("eval.") or "=" not in override:
@@ -213,12 +218,12 @@ def train_variants_stage(args, model_overrides, device, work) -> dict:
     figures: dict = {}
     # compiling on a CPU takes minutes: the dry run checks the stage with packing alone
     variants = {"packing": TRAIN_VARIANTS["packing"]} if args.dry_run else TRAIN_VARIANTS
-    for name, overrides in variants.items():
+    for name, (methods, overrides) in variants.items():
         left = int(deadline - time.perf_counter())
         if left < VARIANT_MIN_S:
             figures[name] = {"skipped": f"under {VARIANT_MIN_S} s left in the job"}
             continue
-        figures[name] = train_speed(args, model_overrides, device, work, name, left, ["full", "lora"], overrides)
+        figures[name] = train_speed(args, model_overrides, device, work, name, left, list(methods), overrides)
         figures[name]["trainer_overrides"] = overrides
     ran = [f for f in figures.values() if "skipped" not in f]  # none: no time was left, which is no failure
     figures["returncode"] = 0 if not ran or any(f.get("returncode") == 0 for f in ran) else 1
@@ -302,7 +307,8 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
                "settings": {k: cfg.eval[k] for k in ("engine", "cuda_graphs", "max_batch_size", "token_budget",
                                                      "max_new_tokens")},
                **{k: metrics[k] for k in ("accuracy_strict", "accuracy_flexible", "eval_tokens_per_s",
-                                          "eval_new_tokens", "eval_oom_halvings", "engine", "cuda_graphs")}}
+                                          "eval_new_tokens", "eval_oom_halvings", "engine", "cuda_graphs",
+                                          "decode_profile")}}
     atomic_write_text(figures_path, json.dumps(figures, indent=2, default=str))
     print(f"eval: {len(test)} questions in {seconds:.2f} s on {placement.describe()}", flush=True)
     # The decode loop's own time on this machine's CPU, around a model that costs nothing (bench/decode_host.py):
@@ -534,7 +540,7 @@ def main(argv=None) -> int:
     if device == "cpu" and not args.dry_run:
         print("no CUDA device: running the dry run instead (tiny model on the CPU)", flush=True)
         args.dry_run = True
-    args.timeouts = args.timeouts or ([240, 120, 300, 240] if args.dry_run else [130, 80, 130, 60])
+    args.timeouts = args.timeouts or list(DRY_RUN_TIMEOUTS if args.dry_run else GPU_TIMEOUTS)
     if args.data_root is None:
         args.data_root = BUNDLE / "data" if (BUNDLE / "data" / "gsm8k").is_dir() else ROOT.parent / "shared" / "data"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -618,6 +624,8 @@ def print_summary(data: dict) -> None:
               f"a synthetic schedule)")
     if "cuda_graphs" in ev:
         print(f"eval  engine {ev.get('engine')}, CUDA graphs: {ev['cuda_graphs']}")
+    if ev.get("decode_profile"):
+        print(f"eval  where the time went: {ev['decode_profile']}")
     graphs = ev.get("graphs_against_eager")
     if graphs:
         print("eval  graphs against eager steps: " + (graphs["skipped"] if "skipped" in graphs else

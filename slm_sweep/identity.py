@@ -47,7 +47,10 @@ TRAINING_CODE_VERSION = 5  # 5: a run resumed under another micro-batch plan, or
 # TRAINING_SOURCES_SHA256 below hold the hash of the sources behind each version, so an edit of one of them
 # without a bump, or a recorded statement that it changes no result, fails a test; and a cell run from edited
 # sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
-SCORING_VERSION = 11  # 11: lenient and prose references read "1,500," as 1500 and exponents ("2.5e-05",
+SCORING_VERSION = 12  # 12: the static engine's one-token decode steps attend with each group's queries
+# stacked on its key/value head (evaluate/attention.py), as transformers' sdpa does from 5.24 (bitwise the same
+# there); on earlier releases, which expanded the keys and values per query head, rounding can differ
+# 11: lenient and prose references read "1,500," as 1500 and exponents ("2.5e-05",
 # "1.5 \\times 10^{6}") as part of their number; a rounding states a value only with two significant digits
 # or more ("0.00002" is no answer of 0.000024967); a digit run past int()'s limit is no answer, not a failure;
 # a stop string of multi-byte characters ends a continuation where its text appears (ended, new tokens); a free
@@ -80,10 +83,10 @@ NUMERIC_LIBRARIES = ("torch", "transformers", "peft")
 # version. After an edit: bump the version if results can change, else record the new hash for the same version
 # (a change that cannot alter any score or weight: speed, messages, docs).
 SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "evaluate/stopping.py",
-                   "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py")
+                   "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py", "evaluate/attention.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {11: "01d7cf5aa538f092070a8c423f5dc179bdfeec6c2066b9fee82ab2b5cc398f3f"}
+SCORING_SOURCES_SHA256 = {12: "c2db8f3d91176920bcd395c17c5df7ff80a575cf95743e6acdf035f14192ce5d"}
 TRAINING_SOURCES_SHA256 = {5: "546c5cb9b05b9498852a8a62b1c875be150b7b8de5b1a5a79f42bb8dbccd0cf0"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.

@@ -608,7 +608,9 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
                           "stop": list(cfg.eval.get("stop") or []),
                           "generation_config": str(cfg.eval.generation_config),
                           "generation_config_ignored": scores.pop("generation_config_ignored"),
-                          "engine": scores.pop("engine"), "cuda_graphs": scores.pop("cuda_graphs")}
+                          "engine": scores.pop("engine"), "cuda_graphs": scores.pop("cuda_graphs"),
+                          # where the static loop's time went, per evaluation set (LoopTimes)
+                          "profile": {cfg.dataset.name + ("/val" if on_val else ""): scores.pop("decode_profile")}}
     metrics.update(scores)
     write_predictions(out, predictions)
 
@@ -626,6 +628,7 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
         graphs["captured"] += more["captured"]
         graphs["failure"] = graphs["failure"] or more["failure"]
         graphs["not_used"] = None if graphs["captured"] else graphs["not_used"] or more["not_used"]
+        record["decoding"]["profile"][name] = scores["decode_profile"]
         write_predictions(out, predictions)
     # one meaning each: evaluation of every set, and the peak of the whole cell (training included)
     metrics["eval_time_s"] = time.perf_counter() - start

@@ -666,6 +666,12 @@ def test_a_cell_records_its_decoding(tiny_cfg, tmp_path):
     from slm_sweep.run import run
 
     record = run(tiny_cfg("method=zeroshot", "dataset.test_limit=2"), out_dir=tmp_path)
+    profile = record["decoding"].pop("profile")
+    assert list(profile) == [record["config"]["dataset"]["name"]]
+    # both questions read in prefill forwards (one at a time on CPU), then decode steps over the slots
+    assert profile[record["config"]["dataset"]["name"]]["prefill_forwards"] == 2
+    assert profile[record["config"]["dataset"]["name"]]["decode_steps"] >= 1
+    assert 0 < profile[record["config"]["dataset"]["name"]]["slot_occupancy"] <= 1
     assert record["decoding"] == {"greedy": True, "max_new_tokens": 12, "stop": ["Question:", "</s>", "<|im_end|>"],
                                   "generation_config": "neutral", "generation_config_ignored": {},
                                   "engine": "static", "cuda_graphs": {"requested": False, "captured": 0,
@@ -698,8 +704,10 @@ def test_a_decode_step_reads_nothing_back_to_the_host(architecture, attention):
     capture would fail and decoding would fall back to eager. The meta device holds shapes but no values, so any
     such read fails there; a step that runs on it is one a graph can record, for the study's architectures
     (SmolLM2 and Llama are ``llama``, Qwen2.5 ``qwen2``; Gemma 3's sliding layers decode with eval.engine=cache)."""
+    from slm_sweep.evaluate.attention import stacked_gqa_decoding
+
     model, step, inputs, length = _meta_decode_step(architecture, attention)
-    with torch.inference_mode():
+    with torch.inference_mode(), stacked_gqa_decoding(model):  # as generate runs the static loop
         logits = step(*inputs, length)
     assert logits.device.type == "meta" and logits.shape == (4, 64)
 
@@ -749,6 +757,8 @@ def test_the_decode_loop_generates_each_planned_length_at_full_and_refilled_slot
     assert result["questions"] == 60 and result["schedule"] == schedule
     # at most 16 tokens per step (16 slots), at least one
     assert result["new_tokens"] / 16 <= result["decode_steps"] <= result["new_tokens"]
+    # the loop's own profile agreed with the model's count of its calls (the bench fails otherwise)
+    assert result["new_tokens"] / (16 * result["decode_steps"]) <= result["slot_occupancy"] <= 1
     if schedule == "cpu":
         assert result["prefill_forwards"] == 60
     else:  # the first 16 prompts in one forward, then refills of at least 2 (an eighth of 16) at a time

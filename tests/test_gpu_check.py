@@ -45,6 +45,10 @@ def test_dry_run_runs_every_stage_and_reports(requires_data, tmp_path):
     assert evaluation["returncode"] == 0 and evaluation["questions"] == 16
     assert evaluation["placement"]["device"] == "cpu" and evaluation["eval_seconds"] > 0
     assert evaluation["host_loop"]["questions"] == 16 and evaluation["host_loop"]["host_ms_per_step"] > 0
+    # where the evaluation's time went: 16 prompts read one at a time on the CPU, no graph captured
+    profile = evaluation["decode_profile"]
+    assert profile["prefill_forwards"] == 16 and profile["capture_s"] == 0 and profile["decode_steps"] > 0
+    assert 0 < profile["prefill_s"] + profile["decode_s"] <= evaluation["eval_seconds"] + 0.01
     # float32 on the CPU: a left-padded prefill reads what each prompt alone reads
     prefill = evaluation["padded_prefill"]
     assert prefill["prompts"] == 8 and prefill["lengths"][0] < prefill["lengths"][1] and prefill["logits_finite"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -50,6 +51,30 @@ class GraphUse:
 
     captured: int = 0
     failure: str | None = None
+
+
+@dataclass
+class LoopTimes:
+    """Where the static loop's wall time went, summed over its calls. Each phase ends by reading its chosen tokens
+    back to the host, which waits for the device, so a phase's device work is counted in it: ``prefill_s`` reads
+    prompts into slots, ``capture_s`` is each CUDA graph's first step (its warm-up runs and capture), ``decode_s``
+    every other decode step. ``slot_steps`` sums the slots each step ran over, ``live_slot_steps`` those holding a
+    sequence: their ratio is the slots' occupancy."""
+
+    prefill_forwards: int = 0
+    prefill_s: float = 0.0
+    capture_s: float = 0.0
+    decode_steps: int = 0
+    decode_s: float = 0.0
+    slot_steps: int = 0
+    live_slot_steps: int = 0
+
+    def as_dict(self) -> dict:
+        steps = max(self.decode_steps, 1)
+        return {"prefill_forwards": self.prefill_forwards, "prefill_s": round(self.prefill_s, 3),
+                "capture_s": round(self.capture_s, 3), "decode_steps": self.decode_steps,
+                "decode_s": round(self.decode_s, 3), "decode_ms_per_step": round(1e3 * self.decode_s / steps, 3),
+                "slot_occupancy": round(self.live_slot_steps / self.slot_steps, 4) if self.slot_steps else None}
 
 
 _NEUTRAL_GENERATE_KWARGS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None,
@@ -370,7 +395,7 @@ class _DecodeStep:
 
 
 def decode_static(model, rows: Sequence[Sequence[int]], settings: Decoding, done: RowDone, slots: int,
-                  graphs: GraphUse | None = None) -> None:
+                  graphs: GraphUse | None = None, times: LoopTimes | None = None) -> None:
     """Greedy continuations of ``rows`` (longest first), ``slots`` of them at a time over one preallocated KV cache.
 
     A slot whose sequence ends takes the next waiting prompt (on CPU at once; elsewhere once an eighth of the
@@ -399,6 +424,7 @@ def decode_static(model, rows: Sequence[Sequence[int]], settings: Decoding, done
     cache: SlotKVCache | None = None
     used = slots  # the step runs over slots [0, used)
     step: _DecodeStep | None = None
+    times = times if times is not None else LoopTimes()
 
     def take(at: list[int], logits: torch.Tensor) -> None:
         """Choose the next token of the slots ``at`` from their logits; report and free the ones that end."""
@@ -428,6 +454,7 @@ def decode_static(model, rows: Sequence[Sequence[int]], settings: Decoding, done
         free = [s for s in range(used) if slot_row[s] is None]
         running = used - len(free)
         if waiting and free and (len(free) >= refill_at or running == 0):
+            began = time.perf_counter()
             admit = free[:len(waiting)]
             for start in range(0, len(admit), group):
                 at = admit[start:start + group]
@@ -447,6 +474,8 @@ def decode_static(model, rows: Sequence[Sequence[int]], settings: Decoding, done
                 for j, (slot, row) in enumerate(zip(at, new)):
                     slot_row[slot], column[slot], position[slot] = row, width, int(mask[j].sum())
                 take(at, logits)
+                times.prefill_forwards += 1
+            times.prefill_s += time.perf_counter() - began
             continue
         if running == 0:
             return
@@ -462,6 +491,9 @@ def decode_static(model, rows: Sequence[Sequence[int]], settings: Decoding, done
         if step is None or step.slots != used:
             step = None
             step = _DecodeStep(model, cache, used, use_graph, graphs)
+        began, capturing = time.perf_counter(), step.use_graph and step.graph is None
+        times.slot_steps += used
+        times.live_slot_steps += running
         columns = torch.tensor(column[:used], device=device)
         valid[:used].scatter_(1, columns[:, None], True)
         width = length if use_graph else max(column[s] for s in range(used) if slot_row[s] is not None) + 1
@@ -472,6 +504,11 @@ def decode_static(model, rows: Sequence[Sequence[int]], settings: Decoding, done
             if slot_row[s] is not None:  # a free slot keeps its position: never past the context window
                 position[s] += 1
         take([s for s in range(used)], logits)
+        if capturing:
+            times.capture_s += time.perf_counter() - began
+        else:
+            times.decode_steps += 1
+            times.decode_s += time.perf_counter() - began
 
 
 ENGINE_LOOPS = {"cache": decode_dynamic, "static": decode_static, "plain": decode_plain}

@@ -93,6 +93,7 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
         "generation_config_ignored": stats["generation_config_ignored"],
         "engine": stats["engine"],
         "cuda_graphs": stats["cuda_graphs"],
+        "decode_profile": stats["decode_profile"],
     }
     return records, metrics
 

@@ -10,7 +10,8 @@ always passes a mask, so grouped-query attention takes another SDPA path than un
 - ``static`` (default): a greedy decode loop over the model's forward with a preallocated KV cache of a fixed
   number of slots (``slot_count``), written in place. Prompts wait longest first; a slot whose sequence ends
   takes the next waiting prompt, and once none waits the running sequences are packed into fewer slots. With
-  ``cuda_graphs`` on a CUDA device each decode step is replayed as a CUDA graph, one graph per slot count.
+  ``cuda_graphs`` on a CUDA device each decode step is replayed as a CUDA graph, one graph per slot count. Its
+  one-token steps attend without copying keys and values per query head (``attention.stacked_gqa_decoding``).
 - ``cache``: a decode loop over transformers' dynamic KV cache, which copies the cache at every step, one
   token-budget batch at a time (prompts sorted by length); a finished row leaves its batch. It also serves
   models with sliding-window attention, which ``static`` hands over to it.
@@ -31,11 +32,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from slm_sweep.evaluate.attention import stacked_gqa_decoding
 from slm_sweep.evaluate.batching import context_window, encode_prompts, slot_count, token_budget_batches
 from slm_sweep.evaluate.decode import (
     ENGINE_LOOPS,
     Decoding,
     GraphUse,
+    LoopTimes,
     RowDone,
     decode_static,
     has_sliding_layers,
@@ -76,8 +79,9 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
     as soon as its sequence ends; the other engines decode one token-budget batch at a time. Running out of
     accelerator memory halves the slot count (the batch size), caps every later batch the same way and retries
     what is left; answers already reported are kept. ``stats["oom_halvings"]`` counts the halvings,
-    ``stats["engine"]`` names the engine that decoded and ``stats["cuda_graphs"]`` says what became of
-    ``cuda_graphs`` (see ``graph_report``).
+    ``stats["engine"]`` names the engine that decoded, ``stats["cuda_graphs"]`` says what became of
+    ``cuda_graphs`` (see ``graph_report``) and ``stats["decode_profile"]`` where ``static``'s time went
+    (``LoopTimes``; None for the other engines).
     """
     if engine not in ENGINES:
         raise ValueError(f"eval.engine={engine!r} is not one of {', '.join(ENGINES)}")
@@ -111,7 +115,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
         log.warning("decoding greedily without the model's generation config settings %s",
                     stats["generation_config_ignored"])
     stats.setdefault("oom_halvings", 0)
-    stats["engine"], graphs = engine, GraphUse()
+    stats["engine"], graphs, times = engine, GraphUse(), LoopTimes()
     pending, batch_cap = list(range(len(prompts))), max_batch_size
     try:
         while pending:
@@ -130,7 +134,8 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
                 try:
                     with weight_first_linears(model):
                         if engine == "static":
-                            decode_static(model, rows, settings, done, slots=size, graphs=graphs)
+                            with stacked_gqa_decoding(model):
+                                decode_static(model, rows, settings, done, slots=size, graphs=graphs, times=times)
                         else:
                             ENGINE_LOOPS[engine](model, rows, settings, done)
                 except Exception as error:  # noqa: BLE001 - only out-of-memory is retried, the rest re-raised
@@ -154,6 +159,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
     finally:
         model.train(was_training)
         stats["cuda_graphs"] = graph_report(cuda_graphs, engine, model, graphs)
+        stats["decode_profile"] = times.as_dict() if engine == "static" else None
     return results  # type: ignore[return-value]
 
 
