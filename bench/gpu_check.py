@@ -67,8 +67,12 @@ STAGE_MIN_S = 10  # and a main stage only with this much
 ARCHIVE_SKIPS, ARCHIVE_MAX_BYTES = ("adapter", "model", "checkpoints", "wandb"), 4 * 2**20
 # Measured after the main stages, in the time left: trainer=gpu without compilation (what it gains), then the
 # packing lever with and without it.
-# (methods, trainer overrides); eager covers every trained method: whether compiling pays is decided per method
-TRAIN_VARIANTS = {"eager": (("full", "lora", "dora"), ["compile=false"]),
+# (methods, trainer overrides), in the order they run. graphs: the whole step compiled and replayed as CUDA graphs,
+# one per micro-batch shape (padded to a multiple of 64: at most 8 shapes up to 512 tokens), the lever against a
+# step bound by the host's dispatch; eager covers every trained method: whether compiling pays is decided per method
+TRAIN_VARIANTS = {"graphs": (("full", "lora", "dora"),
+                             ["compile_scope=model", "compile_mode=reduce-overhead", "pad_to_multiple_of=64"]),
+                  "eager": (("full", "lora", "dora"), ["compile=false"]),
                   "packing": (("full", "lora"), ["packing=true", "micro_batch_tokens=4096"]),
                   "eager_packing": (("full", "lora"), ["packing=true", "micro_batch_tokens=4096", "compile=false"])}
 # seconds per stage (train, eval, grid, train_variants), each cut to what is left of JOB_BUDGET_S. Measured on one
@@ -93,6 +97,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--grid-test-limit", type=int, default=None, help="test questions per cell (default 500)")
     parser.add_argument("--grid-full", action="store_true",
                         help="the grid at the study's size: one epoch (460 steps) and all 1319 test questions")
+    parser.add_argument("--variants", nargs="+", default=None, choices=list(TRAIN_VARIANTS),
+                        help="the train_variants stage's variants, in this order (default: all, in the order "
+                             f"{', '.join(TRAIN_VARIANTS)})")
     parser.add_argument("--timeouts", type=int, nargs=4, default=None, metavar=("TRAIN", "EVAL", "GRID", "VARIANTS"),
                         help="seconds per stage (default on a GPU {}, each cut to what is left of {} s with the "
                              "weights' conversion ({} s at most): one command stays under 6 min)".format(
@@ -217,7 +224,8 @@ def train_variants_stage(args, model_overrides, device, work) -> dict:
     deadline = min(time.perf_counter() + args.timeouts[3], getattr(args, "job_deadline", float("inf")))
     figures: dict = {}
     # compiling on a CPU takes minutes: the dry run checks the stage with packing alone
-    variants = {"packing": TRAIN_VARIANTS["packing"]} if args.dry_run else TRAIN_VARIANTS
+    chosen = getattr(args, "variants", None) or (["packing"] if args.dry_run else list(TRAIN_VARIANTS))
+    variants = {name: TRAIN_VARIANTS[name] for name in chosen}
     for name, (methods, overrides) in variants.items():
         left = int(deadline - time.perf_counter())
         if left < VARIANT_MIN_S:

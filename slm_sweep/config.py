@@ -27,6 +27,9 @@ TUNING_KEYS = ("lr", "table", "lr_grid", "lr_candidate")  # the last two: hparam
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 PREFLIGHT_MODES = ("skip", "refuse", "warn")
 COMPILE_SCOPES = ("layers", "model")  # trainer.compile_scope (slm_sweep/train/compilation.py)
+# trainer.compile_mode, torch.compile's modes; those that replay CUDA graphs need compile_scope=model
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "transformer-engine",
               "transformer-engine-float16")
 
@@ -91,6 +94,18 @@ def _validate_trainer(cfg: DictConfig) -> None:
     _number(cfg, "trainer.gradient_clip_val", "a non-negative number", allow_none=True)
     _one_of(str(trainer.precision), PRECISIONS, "trainer.precision")
     _one_of(trainer.get("compile_scope", "layers"), COMPILE_SCOPES, "trainer.compile_scope")
+    mode = trainer.get("compile_mode")
+    if mode is not None:
+        _one_of(mode, COMPILE_MODES, "trainer.compile_mode")
+        if mode in GRAPH_COMPILE_MODES and trainer.get("compile_scope", "layers") != "model":
+            # each layer's output feeds the next call of the same graph, whose replay overwrites it
+            raise ConfigError(
+                f"trainer.compile_mode={mode} replays CUDA graphs, which needs trainer.compile_scope=model "
+                f"(trainer.compile_scope={trainer.get('compile_scope', 'layers')}: each layer's replay would "
+                "overwrite the output the next layer reads)")
+        problem = graph_replay_step_problem(trainer) if mode in GRAPH_COMPILE_MODES else None
+        if problem:
+            raise ConfigError(problem)
     micro = trainer.get("micro_batch_size") or trainer.batch_size
     if trainer.batch_size % micro:
         raise ConfigError(
@@ -142,6 +157,17 @@ def check_trainer_choices(trainer: Mapping) -> None:
         if not torch.cuda.is_available() and not apple:
             raise ConfigError(f"trainer.accelerator={accelerator} but CUDA is not available here: train on a GPU "
                               "machine, or use trainer=default (which trains wherever Lightning finds)")
+
+
+def graph_replay_step_problem(trainer: Mapping[str, Any]) -> str | None:
+    """Why a step of this trainer config cannot replay CUDA graphs, or None. A step must be one micro-batch: the
+    next micro-batch's replay would overwrite the gradients the last one's backward graph wrote."""
+    micro, tokens = trainer.get("micro_batch_size"), trainer.get("micro_batch_tokens")
+    if (micro is None or micro == trainer["batch_size"]) and not tokens:
+        return None
+    return (f"trainer.compile_mode={trainer.get('compile_mode')} replays CUDA graphs, which needs a step of one "
+            f"micro-batch: trainer.micro_batch_size null or trainer.batch_size ({trainer['batch_size']}), and "
+            f"trainer.micro_batch_tokens null (they are {micro} and {tokens})")
 
 
 def _one_of(value: Any, allowed, path: str) -> None:

@@ -86,8 +86,8 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py", "evaluate/attention.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {12: "c2db8f3d91176920bcd395c17c5df7ff80a575cf95743e6acdf035f14192ce5d"}
-TRAINING_SOURCES_SHA256 = {5: "546c5cb9b05b9498852a8a62b1c875be150b7b8de5b1a5a79f42bb8dbccd0cf0"}
+SCORING_SOURCES_SHA256 = {12: "ab48a98c5cfb6eb1ff2aafe2e22ab9587cca746c05a85b5a8380d51f35bcb707"}
+TRAINING_SOURCES_SHA256 = {5: "105949ddbc17eeaad77c35fd27e2bcbfdbf0e362c0886cba3d9601d1813437d6"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

@@ -50,6 +50,9 @@ class TrainerSettings:
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile for training (dynamic shapes), compiled during the first step
     compile_scope: str = "layers"  # layers: each decoder layer, one graph shared by all; model: the whole forward
+    # null: torch.compile's default; reduce-overhead (or max-autotune) also replays the step's kernels as CUDA
+    # graphs, one per micro-batch shape (pad_to_multiple_of bounds how many), with compile_scope=model only
+    compile_mode: str | None = None
     val_check_interval: int | None = None  # null: validate once, after training; N: every N micro-batches as well
     checkpoint_every_n_steps: int | None = 50
     log_every_n_steps: int = 10  # also how often the loss is read back from the device and throughput is logged

@@ -50,6 +50,23 @@ def test_prompts_and_per_head_masks_take_transformers_sdpa():
     assert torch.equal(decode_sdpa(layer, one, key, value, per_head, scaling=0.5)[0], expected)
 
 
+def test_what_plain_attention_does_not_compute_is_left_to_transformers():
+    """A soft cap on the scores is transformers' to apply or refuse, never silently dropped."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    layer = _Layer(3)
+    query, key, value = torch.randn(2, 6, 1, 4), torch.randn(2, 2, 7, 4), torch.randn(2, 2, 7, 4)
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    try:
+        expected = sdpa_attention_forward(layer, query, key, value, mask, scaling=0.5, softcap=30.0)[0]
+    except Exception as refused:  # noqa: BLE001 - whatever transformers raises, decode_sdpa must raise too
+        with pytest.raises(type(refused)):
+            decode_sdpa(layer, query, key, value, mask, scaling=0.5, softcap=30.0)
+    else:
+        assert torch.equal(decode_sdpa(layer, query, key, value, mask, scaling=0.5, softcap=30.0)[0], expected)
+
+
 def _gqa_model(attention="sdpa", tokenizer=None):
     torch.manual_seed(0)
     ids = ({"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,

@@ -101,6 +101,18 @@ def test_a_model_without_marked_layers_is_compiled_whole():
     assert list(compiled_modules(model)) == [""]
 
 
+def test_a_compile_mode_is_recorded_and_one_replaying_graphs_needs_the_model_scope():
+    model = tiny_model()
+    assert compile_in_place(model, "model", "reduce-overhead")["mode"] == "reduce-overhead"
+    assert compile_in_place(tiny_model(), "layers", "max-autotune-no-cudagraphs")["mode"] == (
+        "max-autotune-no-cudagraphs")
+    with pytest.raises(ValueError, match="trainer.compile_mode=reduce-overhead replays CUDA graphs, which needs "
+                                         "trainer.compile_scope=model"):
+        compile_in_place(tiny_model(), "layers", "reduce-overhead")
+    with pytest.raises(ValueError, match="trainer.compile_mode='fast' is not one of: default, reduce-overhead"):
+        compile_in_place(tiny_model(), "model", "fast")
+
+
 def test_an_unknown_scope_is_named_with_the_allowed_ones():
     with pytest.raises(ValueError, match="trainer.compile_scope='blocks' is not one of: layers, model"):
         compile_in_place(tiny_model(), "blocks")

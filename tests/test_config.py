@@ -86,6 +86,15 @@ def test_method_defaults():
         ("trainer.throughput_warmup_steps=-1", "trainer.throughput_warmup_steps=-1 must be a non-negative integer"),
         ("trainer.precision=17", "trainer.precision='17' is not one of: 32-true"),
         ("trainer.compile_scope=blocks", "trainer.compile_scope='blocks' is not one of: layers, model"),
+        ("trainer.compile_mode=fast", "trainer.compile_mode='fast' is not one of: default, reduce-overhead"),
+        ("trainer.compile=true trainer.compile_scope=model trainer.compile_mode=reduce-overhead "
+         "trainer.micro_batch_size=4",
+         "trainer.compile_mode=reduce-overhead replays CUDA graphs, which needs a step of one micro-batch: "
+         "trainer.micro_batch_size null or trainer.batch_size (16), and trainer.micro_batch_tokens null (they are 4 "
+         "and None)"),
+        ("trainer.compile_mode=reduce-overhead",
+         "trainer.compile_mode=reduce-overhead replays CUDA graphs, which needs trainer.compile_scope=model "
+         "(trainer.compile_scope=layers"),
         ("trainer.weight_decay=-0.1", "trainer.weight_decay=-0.1 must be a non-negative number"),
         ("trainer.devices=3", "trainer.batch_size=16 must be a multiple of trainer.devices=3"),
         ("trainer.devices=0", "trainer.devices=0 must be a number of devices (1 or more; -1 for all), auto, or a list"),
@@ -120,7 +129,7 @@ def test_method_defaults():
     ],
 )
 def test_bad_values_are_named_with_what_is_allowed(override, message):
-    cfg = compose_config(["method=lora", override])
+    cfg = compose_config(["method=lora", *override.split(" ")])  # several overrides, space-separated
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
     assert message in str(err.value)

@@ -174,6 +174,18 @@ def test_variants_with_no_time_left_in_the_job_are_skipped_not_failed(tmp_path):
                for name in gpu_check.TRAIN_VARIANTS)
 
 
+def test_the_variants_asked_for_run_in_the_order_asked(tmp_path):
+    import argparse
+
+    import gpu_check
+
+    args = argparse.Namespace(timeouts=[1, 1, 1, 60], job_deadline=0.0, dry_run=False, variants=["eager", "graphs"])
+    figures = gpu_check.train_variants_stage(args, ["model=tiny"], "cuda", tmp_path)
+    assert [name for name in figures if name != "returncode"] == ["eager", "graphs"]
+    assert list(gpu_check.TRAIN_VARIANTS)[:2] == ["graphs", "eager"]  # the default order: the unmeasured lever first
+    assert "compile_mode=reduce-overhead" in gpu_check.TRAIN_VARIANTS["graphs"][1]
+
+
 def test_a_stage_limit_is_cut_to_what_is_left_of_the_job(tmp_path):
     import argparse
     import time

@@ -455,6 +455,42 @@ def test_compiled_training_hands_the_eager_model_to_evaluation(examples, tmp_pat
     assert not compiled_modules(model)
 
 
+def test_a_graph_replaying_compile_mode_trains_like_eager(examples, tmp_path):
+    """trainer.compile_mode=reduce-overhead, the wiring (under the force_eager stance: CUDA graphs need a GPU,
+    and a CPU compile skips them): the module marks each step for the graphs, hands the step's loss tokens over as
+    a device tensor and copies the loss it keeps; gradients, weights and loss are exactly those of eager
+    training."""
+
+    class Mode(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.replays_graphs = pl_module.replays_graphs
+
+    eager, replaying, mode = GradientRecorder(), GradientRecorder(), Mode()
+    plain_model, plain = train(examples, tmp_path / "a", "lora", {"dropout": 0.0}, callbacks=[eager])
+    with torch.compiler.set_stance("force_eager"):
+        model, outcome = train(examples, tmp_path / "b", "lora", {"dropout": 0.0}, callbacks=[replaying, mode],
+                               compile=True, compile_scope="model", compile_mode="reduce-overhead")
+    assert mode.replays_graphs is True
+    assert outcome.placement["compiled"]["mode"] == "reduce-overhead"
+    assert len(eager.steps) == len(replaying.steps) == 2
+    for a, b in zip(eager.steps, replaying.steps):
+        assert_same_tensors(a, b, rtol=0, atol=0)
+    assert_same_tensors(weights(plain_model), weights(model), rtol=0, atol=0)
+    assert outcome.train_loss == plain.train_loss
+
+
+def test_a_graph_replaying_step_is_one_micro_batch_and_is_not_cut_out_of_memory(examples, tmp_path):
+    """The next micro-batch's replay would overwrite the gradients the last backward graph wrote: a step of
+    several micro-batches is refused before training, and out of memory is an error naming the way out, not a
+    step cut into halves."""
+    graphs = {"compile": True, "compile_scope": "model", "compile_mode": "reduce-overhead"}
+    with torch.compiler.set_stance("force_eager"):
+        with pytest.raises(ValueError, match=r"needs a step of one micro-batch: .*\(they are 2 and None\)"):
+            train(examples, tmp_path / "a", micro_batch_size=2, **graphs)
+        with pytest.raises(RuntimeError, match="out of memory with trainer.compile_mode replaying CUDA graphs"):
+            train_out_of_memory(examples, tmp_path / "b", rows=2, micro_batch_size=4, **graphs)
+
+
 def test_eager_training_records_that_nothing_was_compiled(examples, tmp_path):
     _, outcome = train(examples, tmp_path, max_steps=1)
     assert outcome.placement["compiled"] is None

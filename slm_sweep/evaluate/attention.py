@@ -30,7 +30,9 @@ def decode_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
     groups = getattr(module, "num_key_value_groups", 1)
     batch, heads, positions, dim = query.shape
     mask_per_head = attention_mask is not None and attention_mask.shape[1] != 1
-    if positions != 1 or groups == 1 or dropout or mask_per_head or kwargs.get("position_bias") is not None:
+    # what plain attention over the mask does not compute is left to transformers (which refuses what it lacks)
+    extra = any(kwargs.get(key) is not None for key in ("position_bias", "softcap", "s_aux"))
+    if positions != 1 or groups == 1 or dropout or mask_per_head or extra:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     # head h reads key/value head h // groups (transformers' repeat_kv), so the groups are consecutive heads
@@ -40,26 +42,35 @@ def decode_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
     return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
 
 
-def _text_config(model):
-    config = model.config
-    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+def _configs(config) -> list:
+    """``config`` and every sub-config under it (a text config, a vision config), each once."""
+    found, queue = {}, [config]
+    while queue:
+        current = queue.pop()
+        if current is None or id(current) in found:
+            continue
+        found[id(current)] = current
+        queue.extend(getattr(current, key, None) for key in (getattr(current, "sub_configs", None) or {}))
+    return list(found.values())
 
 
 @contextlib.contextmanager
 def stacked_gqa_decoding(model) -> Iterator[None]:
     """Within the block, a model that attends with ``sdpa`` runs its one-token steps through ``decode_sdpa``;
-    any other attention implementation is left alone."""
-    configs = {id(c): c for c in (model.config, _text_config(model))}.values()
-    if any(getattr(c, "_attn_implementation", None) != "sdpa" for c in configs):
+    any other attention implementation is left alone. Every config is given back the implementation it had."""
+    text = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    if getattr(text, "_attn_implementation", None) != "sdpa":
         yield
         return
     if NAME not in AttentionInterface._global_mapping:
         AttentionInterface.register(NAME, decode_sdpa)
         AttentionMaskInterface.register(NAME, sdpa_mask)  # masks are built as for sdpa
+    before = [(config, config._attn_implementation) for config in _configs(model.config)]
     try:
-        for config in configs:
-            config._attn_implementation = NAME
+        text._attn_implementation = NAME
+        if model.config is not text and model.config._attn_implementation == "sdpa":
+            model.config._attn_implementation = NAME
         yield
     finally:
-        for config in configs:
-            config._attn_implementation = "sdpa"
+        for config, implementation in before:  # parents first: a parent's setter may reach its sub-configs
+            config._attn_implementation = implementation

@@ -6,7 +6,11 @@ one. With frozen embeddings (LoRA, DoRA) the first layer's input would need no g
 which makes a second graph; the embeddings' output is marked as needing one instead (transformers'
 ``enable_input_require_grads``), at the cost of the first layer's input gradient. ``model`` compiles the whole
 forward as one graph, which takes longer the more layers there are (SmolLM2-135M on CPU: eleven minutes against
-one; docs/performance.md).
+one; docs/performance.md). ``trainer.compile_mode=reduce-overhead`` with the model scope also records the step's
+forward and backward as CUDA graphs and replays them: a small model's step on a GPU is bound by the host's
+dispatch of its kernels (docs/performance.md, "First run on an H200"), which a replay leaves out. A graph is
+recorded per micro-batch shape (``trainer.pad_to_multiple_of`` bounds their number). Not offered with the layers
+scope, where each layer's replay would overwrite the output the next layer reads.
 
 Compilation happens in place (``nn.Module.compile``), so parameter names, checkpoints and adapter merging are
 those of the eager model. Before evaluation the compiled forwards are removed: generation then runs the eager
@@ -25,7 +29,7 @@ from pathlib import Path
 
 from torch import nn
 
-from slm_sweep.config import COMPILE_SCOPES
+from slm_sweep.config import COMPILE_MODES, COMPILE_SCOPES, GRAPH_COMPILE_MODES
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +97,23 @@ def _restore_weight_readers() -> None:
     _ORIGINAL_WEIGHT_READERS.clear()
 
 
-def compile_in_place(model: nn.Module, scope: str = "layers") -> dict:
-    """Compile ``model`` for training (dynamic shapes: micro-batch shapes vary with the data); return what was
-    compiled, for result.json: ``{"skipped": why}`` where this machine cannot build compiled kernels (training
-    then runs eagerly, and says so)."""
+def compile_in_place(model: nn.Module, scope: str = "layers", mode: str | None = None) -> dict:
+    """Compile ``model`` for training (dynamic shapes: micro-batch shapes vary with the data) in torch.compile's
+    ``mode`` (None: its default); return what was compiled, for result.json: ``{"skipped": why}`` where this
+    machine cannot build compiled kernels (training then runs eagerly, and says so)."""
     if scope not in COMPILE_SCOPES:
         raise ValueError(f"trainer.compile_scope={scope!r} is not one of: {', '.join(COMPILE_SCOPES)}")
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ValueError(f"trainer.compile_mode={mode!r} is not one of: {', '.join(COMPILE_MODES)}")
     missing = missing_toolchain()
     if missing:
         log.warning("trainer.compile=true, but torch.compile cannot build kernels here: %s; training eagerly",
                     missing)
         return {"skipped": missing}
     layers = repeated_layers(model) if scope == "layers" else []
+    if layers and mode in GRAPH_COMPILE_MODES:
+        raise ValueError(f"trainer.compile_mode={mode} replays CUDA graphs, which needs trainer.compile_scope=model: "
+                         "each layer's replay would overwrite the output the next layer reads")
     if scope == "layers" and not layers:
         log.warning("%s names no repeated layers (_no_split_modules): compiling the whole model",
                     type(model).__name__)
@@ -116,14 +125,14 @@ def compile_in_place(model: nn.Module, scope: str = "layers") -> dict:
     torch._dynamo.reset()
     _read_plain_weights_traceably()
     for module in layers or [model]:
-        module.compile(dynamic=True)
+        module.compile(dynamic=True, **({"mode": mode} if mode else {}))
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     input_grads = bool(layers) and embeddings is not None and not embeddings.weight.requires_grad
     if input_grads:
         model.enable_input_require_grads()
     return {"scope": "layers" if layers else "model", "modules": len(layers) or 1,
             "module_class": type(layers[0]).__name__ if layers else type(model).__name__,
-            "input_grads": input_grads}
+            "input_grads": input_grads, **({"mode": mode} if mode else {})}
 
 
 def graph_break_counts() -> Counter:

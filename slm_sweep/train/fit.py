@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from slm_sweep.config import GRAPH_COMPILE_MODES, graph_replay_step_problem
 from slm_sweep.methods import has_adapters
 from slm_sweep.train.callbacks import ThroughputMonitor, accelerator_name, bf16_peak_flops, flops_per_token
 from slm_sweep.train.checkpoint_io import AtomicCheckpointIO
@@ -63,7 +64,8 @@ def prepare_model(model, trainer_cfg: Mapping[str, Any]) -> dict | None:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             model.enable_input_require_grads()
     if trainer_cfg.get("compile"):
-        return compile_in_place(model, str(trainer_cfg.get("compile_scope") or "layers"))
+        return compile_in_place(model, str(trainer_cfg.get("compile_scope") or "layers"),
+                                trainer_cfg.get("compile_mode"))
     return None
 
 
@@ -77,13 +79,21 @@ def build_data(train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
     )
 
 
-def build_module(model, trainer_cfg: Mapping[str, Any], method_cfg: Mapping[str, Any]) -> CausalLMModule:
+def build_module(model, trainer_cfg: Mapping[str, Any], method_cfg: Mapping[str, Any],
+                 compiled: dict | None = None) -> CausalLMModule:
+    """The training module; ``compiled`` is what ``prepare_model`` compiled (its mode decides whether the module
+    must keep the step safe for CUDA-graph replays)."""
+    replays_graphs = bool(compiled) and compiled.get("mode") in GRAPH_COMPILE_MODES
+    problem = graph_replay_step_problem(trainer_cfg) if replays_graphs else None
+    if problem:
+        raise ValueError(problem)
     clip = trainer_cfg.get("gradient_clip_val")
     return CausalLMModule(
         model, lr=float(method_cfg["lr"]), weight_decay=float(trainer_cfg.get("weight_decay", 0.0)),
         warmup_steps=int(trainer_cfg.get("warmup_steps", 0)), max_steps=int(trainer_cfg["max_steps"]),
         fused_adamw=trainer_cfg.get("fused_adamw"), gradient_clip_val=float(clip) if clip else None,
         log_every_n_steps=int(trainer_cfg.get("log_every_n_steps", 10)),
+        replays_graphs=replays_graphs,
     )
 
 
@@ -157,7 +167,7 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
     upcast = trainable_in_float32(model, str(trainer_cfg.get("precision", "32-true")))
     flops = flops_per_token(model, adapters=has_adapters(method_cfg))
     compiled = prepare_model(model, trainer_cfg)
-    module = build_module(model, trainer_cfg, method_cfg)
+    module = build_module(model, trainer_cfg, method_cfg, compiled)
     data = build_data(train, val, trainer_cfg, seed, pad_token_id)
 
     throughput = ThroughputMonitor(flops, None, int(trainer_cfg.get("log_every_n_steps", 10)),

@@ -100,7 +100,7 @@ class CausalLMModule(L.LightningModule):
 
     def __init__(self, model, lr: float, weight_decay: float = 0.0, warmup_steps: int = 0,
                  max_steps: int = 1, betas: tuple[float, float] = (0.9, 0.999), fused_adamw: bool | None = None,
-                 gradient_clip_val: float | None = None, log_every_n_steps: int = 10):
+                 gradient_clip_val: float | None = None, log_every_n_steps: int = 10, replays_graphs: bool = False):
         super().__init__()
         self.automatic_optimization = False
         self.model = model
@@ -110,6 +110,12 @@ class CausalLMModule(L.LightningModule):
         self.fused_adamw = fused_adamw
         self.gradient_clip_val = gradient_clip_val
         self.log_every_n_steps = max(1, log_every_n_steps)
+        # the compiled model replays CUDA graphs (trainer.compile_mode): each replay overwrites the last one's
+        # outputs, so what outlives a micro-batch is copied, and the step's loss tokens are a device tensor (as a
+        # Python int, each value would record a graph of its own). A step is then one micro-batch (the config
+        # check): gradients the backward graph wrote would be overwritten by the next micro-batch's replay before
+        # they were accumulated into, so out of memory is not met by cutting the step finer either.
+        self.replays_graphs = replays_graphs
         self.last_train_loss: float | None = None
         self.last_val_loss: float | None = None
         self._step_loss: torch.Tensor | None = None
@@ -125,6 +131,9 @@ class CausalLMModule(L.LightningModule):
         self._rng_to_restore: dict[str, torch.Tensor] | None = None  # read from the checkpoint resumed from
 
     def forward(self, batch: dict, loss_tokens) -> torch.Tensor:
+        if self.replays_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+            loss_tokens = torch.full((), loss_tokens, dtype=torch.long, device=batch["input_ids"].device)
         return micro_batch_loss(self.model, batch, loss_tokens)
 
     def on_train_start(self):
@@ -180,10 +189,14 @@ class CausalLMModule(L.LightningModule):
             loss = self(piece, batch["step_loss_tokens"])
             # DDP averages gradients over devices; the loss is already normalised by the step's answer tokens.
             self.manual_backward(loss * world_size if world_size > 1 else loss)
-            detached = loss.detach()
+            detached = loss.detach().clone() if self.replays_graphs else loss.detach()
             self._step_loss = detached if self._step_loss is None else self._step_loss + detached
 
     def _check_can_split(self, error: BaseException) -> None:
+        if self.replays_graphs:
+            raise RuntimeError(
+                "out of memory with trainer.compile_mode replaying CUDA graphs, whose step cannot be cut into "
+                "micro-batches: lower trainer.max_length or train without them (trainer.compile_mode=null)") from error
         if self.trainer.world_size > 1:
             raise RuntimeError(
                 "out of memory on one of several devices, which the others cannot wait for: lower "
