@@ -77,7 +77,7 @@ gpu-env-check: wheelhouse ## The GPU check's dry run under the GPU machine's lib
 	rm -rf $(GPU_ENV)/site
 	SLM_SWEEP_SITE=$(GPU_ENV)/site PYTHON=$(GPU_ENV)/bin/python OUT=gpu_check_out/gpu_env bash bench/gpu_check.sh --dry-run
 	PYTHONPATH=$(GPU_ENV)/site $(GPU_ENV)/bin/python -m pytest -q -p no:cacheprovider \
-	  tests/test_generate.py tests/test_compilation.py tests/test_placement.py tests/test_train_fit.py
+	  tests/test_generate.py tests/test_attention.py tests/test_compilation.py tests/test_placement.py tests/test_train_fit.py
 
 lint: ## ruff on the code and tests
 	$(VENV)/bin/ruff check slm_sweep tests bench
