@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from train_speed import load_model_config  # noqa: E402
+from train_speed import add_model_arguments, load_model_config  # noqa: E402
 
 from slm_sweep.config import compose  # noqa: E402
 from slm_sweep.evaluate.attention import stacked_gqa_decoding  # noqa: E402
@@ -40,8 +40,6 @@ from slm_sweep.methods import apply_method  # noqa: E402
 from slm_sweep.models import load_model_and_tokenizer  # noqa: E402
 from slm_sweep.results import atomic_write_text  # noqa: E402
 from slm_sweep.train.module import micro_batch_loss  # noqa: E402
-
-METHODS = ("full", "lora", "dora")
 
 
 class DispatchCount(TorchDispatchMode):
@@ -66,10 +64,7 @@ class DispatchCount(TorchDispatchMode):
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="tiny", help="a conf/model/*.yaml name, e.g. tiny, smollm135_random")
-    parser.add_argument("--model-override", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="model settings, e.g. id=.gpu/smollm135")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    add_model_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=2, help="sequences in the training step")
     parser.add_argument("--length", type=int, default=32, help="tokens per sequence in the training step")
     parser.add_argument("--slots", type=int, default=4, help="rows of the decode step")

@@ -50,12 +50,17 @@ from slm_sweep.train.module import build_optimizer, lr_factor, micro_batch_loss 
 METHODS = ("full", "lora", "dora")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --model-override and --methods, as the training benches take them."""
     parser.add_argument("--model", default="tiny", help="a conf/model/*.yaml name, e.g. tiny, smollm135_q4")
     parser.add_argument("--model-override", nargs="*", default=[], metavar="KEY=VALUE",
                         help="model settings, e.g. gguf_dir=.gpu/weights or id=.gpu/smollm135")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_arguments(parser)
     parser.add_argument("--steps", type=int, default=20, help="measured optimizer steps")
     parser.add_argument("--warmup", type=int, default=2, help="optimizer steps run first and left out of the rate")
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step")
