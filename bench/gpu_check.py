@@ -65,11 +65,11 @@ VARIANT_MIN_S = 45
 STAGE_MIN_S = 10  # and a main stage only with this much
 # left out of work.tar.gz: trained weights and checkpoints, and any file over this size
 ARCHIVE_SKIPS, ARCHIVE_MAX_BYTES = ("adapter", "model", "checkpoints", "wandb"), 4 * 2**20
-# Measured after the main stages, in the time left: trainer=gpu without compilation (what it gains), then the
-# packing lever with and without it.
-# (methods, trainer overrides), in the order they run. graphs: the whole step compiled and replayed as CUDA graphs,
+# The train_variants stage's (methods, trainer overrides), in the order they run, each in what is left of the
+# stage's time. graphs: the whole step compiled and replayed as CUDA graphs,
 # one per micro-batch shape (padded to a multiple of 64: at most 8 shapes up to 512 tokens), the lever against a
-# step bound by the host's dispatch; eager covers every trained method: whether compiling pays is decided per method
+# step bound by the host's dispatch; eager covers every trained method: whether compiling pays is decided per
+# method; then the packing lever with and without compilation
 TRAIN_VARIANTS = {"graphs": (("full", "lora", "dora"),
                              ["compile_scope=model", "compile_mode=reduce-overhead", "pad_to_multiple_of=64"]),
                   "eager": (("full", "lora", "dora"), ["compile=false"]),

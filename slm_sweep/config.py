@@ -97,13 +97,9 @@ def _validate_trainer(cfg: DictConfig) -> None:
     mode = trainer.get("compile_mode")
     if mode is not None:
         _one_of(mode, COMPILE_MODES, "trainer.compile_mode")
-        if mode in GRAPH_COMPILE_MODES and trainer.get("compile_scope", "layers") != "model":
-            # each layer's output feeds the next call of the same graph, whose replay overwrites it
-            raise ConfigError(
-                f"trainer.compile_mode={mode} replays CUDA graphs, which needs trainer.compile_scope=model "
-                f"(trainer.compile_scope={trainer.get('compile_scope', 'layers')}: each layer's replay would "
-                "overwrite the output the next layer reads)")
-        problem = graph_replay_step_problem(trainer) if mode in GRAPH_COMPILE_MODES else None
+    if mode in GRAPH_COMPILE_MODES:
+        problem = (graph_scope_problem(mode, trainer.get("compile_scope", "layers"))
+                   or graph_replay_step_problem(trainer))
         if problem:
             raise ConfigError(problem)
     micro = trainer.get("micro_batch_size") or trainer.batch_size
@@ -157,6 +153,15 @@ def check_trainer_choices(trainer: Mapping) -> None:
         if not torch.cuda.is_available() and not apple:
             raise ConfigError(f"trainer.accelerator={accelerator} but CUDA is not available here: train on a GPU "
                               "machine, or use trainer=default (which trains wherever Lightning finds)")
+
+
+def graph_scope_problem(mode: str, scope: str) -> str | None:
+    """Why ``mode`` cannot compile at ``scope``, or None: with the layers scope each layer's output feeds the next
+    call of the same graph, whose replay would overwrite it."""
+    if mode not in GRAPH_COMPILE_MODES or scope == "model":
+        return None
+    return (f"trainer.compile_mode={mode} replays CUDA graphs, which needs trainer.compile_scope=model "
+            f"(trainer.compile_scope={scope}: each layer's replay would overwrite the output the next layer reads)")
 
 
 def graph_replay_step_problem(trainer: Mapping[str, Any]) -> str | None:

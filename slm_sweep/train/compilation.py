@@ -29,7 +29,7 @@ from pathlib import Path
 
 from torch import nn
 
-from slm_sweep.config import COMPILE_MODES, COMPILE_SCOPES, GRAPH_COMPILE_MODES
+from slm_sweep.config import COMPILE_MODES, COMPILE_SCOPES, graph_scope_problem
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +111,9 @@ def compile_in_place(model: nn.Module, scope: str = "layers", mode: str | None =
                     missing)
         return {"skipped": missing}
     layers = repeated_layers(model) if scope == "layers" else []
-    if layers and mode in GRAPH_COMPILE_MODES:
-        raise ValueError(f"trainer.compile_mode={mode} replays CUDA graphs, which needs trainer.compile_scope=model: "
-                         "each layer's replay would overwrite the output the next layer reads")
+    problem = graph_scope_problem(mode, scope) if layers else None  # layers not found: compiled whole
+    if problem:
+        raise ValueError(problem)
     if scope == "layers" and not layers:
         log.warning("%s names no repeated layers (_no_split_modules): compiling the whole model",
                     type(model).__name__)
