@@ -177,6 +177,7 @@ class StepClock(L.Callback):
         self.steps, self.tokens = 0, 0
         self.start = self.seconds = self.cpu_start = self.cpu_seconds = self.warmup_seconds = 0.0
         self.train_start = 0.0
+        self.step_ends: list[float] = []  # host clock at the end of each measured step (no synchronization)
 
     def on_train_start(self, trainer, pl_module):
         self.train_start = time.perf_counter()
@@ -186,6 +187,8 @@ class StepClock(L.Callback):
             self.tokens += batch["num_tokens"]
         if batch["last_in_step"]:
             self.steps += 1
+            if self.steps >= self.warmup:
+                self.step_ends.append(time.perf_counter())
             if self.steps == self.warmup:
                 synchronize(self.device)
                 self.start, self.cpu_start = time.perf_counter(), time.process_time()
@@ -195,6 +198,16 @@ class StepClock(L.Callback):
         synchronize(self.device)
         self.seconds = time.perf_counter() - self.start
         self.cpu_seconds = time.process_time() - self.cpu_start
+
+    def step_spread(self) -> dict:
+        """The measured steps' median time, and how many took over twice as long: a step that compiled again or
+        recorded a CUDA graph for a new shape (host clock; the host runs ahead of the device by at most its queue
+        of launches, so over 20 steps the median is the steady state's)."""
+        times = [b - a for a, b in zip(self.step_ends, self.step_ends[1:])]
+        if not times:
+            return {}
+        median = statistics.median(times)
+        return {"step_time_median_s": median, "slow_steps": sum(t > 2 * median for t in times)}
 
 
 def slm_sweep_path(model, examples: list[dict], cfg: dict, method_cfg, args, pad_token_id: int) -> dict:
@@ -207,7 +220,7 @@ def slm_sweep_path(model, examples: list[dict], cfg: dict, method_cfg, args, pad
             "clock_tokens_per_s": clock.tokens / clock.seconds, "tokens_per_cpu_s": clock.tokens / clock.cpu_seconds,
             "padding_fraction": perf["train_padding_fraction"],
             "peak_memory_mb": perf["peak_memory_mb"], "warmup_s": clock.warmup_seconds,
-            "compiled": outcome.placement.get("compiled")}
+            "compiled": outcome.placement.get("compiled"), **clock.step_spread()}
 
 
 def fresh_model(base, method_cfg, seed: int):
@@ -240,6 +253,10 @@ def bench_method(method: str, base, examples, steps, cfg, args, pad_token_id) ->
         "slm_sweep_step_time_s": min(r["step_time_s"] for r in ours),
         "padding_fraction": ours[0]["padding_fraction"],
         "slm_sweep_warmup_s": min(r["warmup_s"] for r in ours),  # the first --warmup steps, compilation included
+        # steps measured that compiled again or recorded a graph for a new shape, and the steady state's step
+        "slm_sweep_slow_steps": max((r.get("slow_steps", 0) for r in ours), default=0),
+        **({"slm_sweep_step_time_median_s": min(r["step_time_median_s"] for r in ours)}
+           if all("step_time_median_s" in r for r in ours) else {}),
         "compiled": ours[0]["compiled"],
         "runs": {"plain": plain, "slm_sweep": ours},
     }

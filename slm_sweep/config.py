@@ -27,9 +27,12 @@ TUNING_KEYS = ("lr", "table", "lr_grid", "lr_candidate")  # the last two: hparam
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 PREFLIGHT_MODES = ("skip", "refuse", "warn")
 COMPILE_SCOPES = ("layers", "model")  # trainer.compile_scope (slm_sweep/train/compilation.py)
-# trainer.compile_mode, torch.compile's modes; those that replay CUDA graphs need compile_scope=model
+# trainer.compile_mode, torch.compile's modes (Inductor's); those that replay CUDA graphs need compile_scope=model
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
+# trainer.compile_backend: inductor generates fused kernels; cudagraphs replays the traced step's own kernels as
+# CUDA graphs without generating any (no kernel compilation, so a shorter warm-up), compile_scope=model only
+COMPILE_BACKENDS = ("inductor", "cudagraphs")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "transformer-engine",
               "transformer-engine-float16")
 
@@ -94,11 +97,16 @@ def _validate_trainer(cfg: DictConfig) -> None:
     _number(cfg, "trainer.gradient_clip_val", "a non-negative number", allow_none=True)
     _one_of(str(trainer.precision), PRECISIONS, "trainer.precision")
     _one_of(trainer.get("compile_scope", "layers"), COMPILE_SCOPES, "trainer.compile_scope")
-    mode = trainer.get("compile_mode")
+    mode, backend = trainer.get("compile_mode"), trainer.get("compile_backend", "inductor")
     if mode is not None:
         _one_of(mode, COMPILE_MODES, "trainer.compile_mode")
-    if mode in GRAPH_COMPILE_MODES:
-        problem = (graph_scope_problem(mode, trainer.get("compile_scope", "layers"))
+    _one_of(backend, COMPILE_BACKENDS, "trainer.compile_backend")
+    if mode is not None and backend != "inductor":
+        raise ConfigError(f"trainer.compile_mode={mode} is a mode of the inductor backend; "
+                          f"trainer.compile_backend={backend} takes none (trainer.compile_mode=null)")
+    replaying = graph_replaying_setting(mode, backend)
+    if replaying:
+        problem = (graph_scope_problem(replaying, trainer.get("compile_scope", "layers"))
                    or graph_replay_step_problem(trainer))
         if problem:
             raise ConfigError(problem)
@@ -155,12 +163,23 @@ def check_trainer_choices(trainer: Mapping) -> None:
                               "machine, or use trainer=default (which trains wherever Lightning finds)")
 
 
-def graph_scope_problem(mode: str, scope: str) -> str | None:
-    """Why ``mode`` cannot compile at ``scope``, or None: with the layers scope each layer's output feeds the next
-    call of the same graph, whose replay would overwrite it."""
-    if mode not in GRAPH_COMPILE_MODES or scope == "model":
+def graph_replaying_setting(mode: str | None, backend: str | None) -> str | None:
+    """The compile setting under which the training step is replayed as CUDA graphs (as the user wrote it, for
+    messages), or None: the cudagraphs backend, or an Inductor mode that records graphs."""
+    if backend == "cudagraphs":
+        return "trainer.compile_backend=cudagraphs"
+    if mode in GRAPH_COMPILE_MODES:
+        return f"trainer.compile_mode={mode}"
+    return None
+
+
+def graph_scope_problem(replaying: str | None, scope: str) -> str | None:
+    """Why the graph-replaying setting ``replaying`` (``graph_replaying_setting``) cannot compile at ``scope``, or
+    None: with the layers scope each layer's output feeds the next call of the same graph, whose replay would
+    overwrite it."""
+    if not replaying or scope == "model":
         return None
-    return (f"trainer.compile_mode={mode} replays CUDA graphs, which needs trainer.compile_scope=model "
+    return (f"{replaying} replays CUDA graphs, which needs trainer.compile_scope=model "
             f"(trainer.compile_scope={scope}: each layer's replay would overwrite the output the next layer reads)")
 
 
@@ -170,7 +189,8 @@ def graph_replay_step_problem(trainer: Mapping[str, Any]) -> str | None:
     micro, tokens = trainer.get("micro_batch_size"), trainer.get("micro_batch_tokens")
     if (micro is None or micro == trainer["batch_size"]) and not tokens:
         return None
-    return (f"trainer.compile_mode={trainer.get('compile_mode')} replays CUDA graphs, which needs a step of one "
+    replaying = graph_replaying_setting(trainer.get("compile_mode"), trainer.get("compile_backend"))
+    return (f"{replaying} replays CUDA graphs, which needs a step of one "
             f"micro-batch: trainer.micro_batch_size null or trainer.batch_size ({trainer['batch_size']}), and "
             f"trainer.micro_batch_tokens null (they are {micro} and {tokens})")
 

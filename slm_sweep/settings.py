@@ -53,6 +53,11 @@ class TrainerSettings:
     # null: torch.compile's default; reduce-overhead (or max-autotune) also replays the step's kernels as CUDA
     # graphs, one per micro-batch shape (pad_to_multiple_of bounds how many), with compile_scope=model only
     compile_mode: str | None = None
+    # inductor: fused generated kernels; cudagraphs: the traced step's own kernels replayed as CUDA graphs, with no
+    # kernel generation (a shorter warm-up), compile_scope=model only
+    compile_backend: str = "inductor"
+    # compile_scope=model: each decoder layer traced once and reused (a nested compile region), not unrolled
+    compile_regions: bool = True
     val_check_interval: int | None = None  # null: validate once, after training; N: every N micro-batches as well
     checkpoint_every_n_steps: int | None = 50
     log_every_n_steps: int = 10  # also how often the loss is read back from the device and throughput is logged

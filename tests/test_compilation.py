@@ -12,6 +12,7 @@ from slm_sweep.train.compilation import (
     missing_toolchain,
     remove_compiled,
     repeated_layers,
+    tracing_settings,
 )
 
 
@@ -88,11 +89,25 @@ def test_full_fine_tuning_needs_no_input_gradient_hook():
     assert compile_in_place(model, "layers")["input_grads"] is False
 
 
-def test_model_scope_compiles_the_whole_forward_once():
-    model = tiny_model()
-    assert compile_in_place(model, "model") == {"scope": "model", "modules": 1, "module_class": "LlamaForCausalLM",
-                                                "input_grads": False}
+def test_model_scope_compiles_the_whole_forward_once_with_each_layer_a_region_traced_once():
+    model = tiny_model("lora")
+    record = compile_in_place(model, "model")
+    assert record == {"scope": "model", "modules": 1, "module_class": "PeftModelForCausalLM", "input_grads": False,
+                      "layer_regions": 2}
     assert list(compiled_modules(model)) == [""]
+    assert all("forward" in vars(layer) for layer in repeated_layers(model))
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.compiler.set_stance("force_eager"):  # a region is plain code outside a compiled frame
+        eager_loss = model(input_ids=ids, labels=ids).loss
+    remove_compiled(model, record)
+    assert not any("forward" in vars(layer) for layer in repeated_layers(model))
+    assert model(input_ids=ids, labels=ids).loss == eager_loss
+
+    unrolled = compile_in_place(tiny_model(), "model", regions=False)
+    assert "layer_regions" not in unrolled
 
 
 def test_a_model_without_marked_layers_is_compiled_whole():
@@ -111,6 +126,54 @@ def test_a_compile_mode_is_recorded_and_one_replaying_graphs_needs_the_model_sco
         compile_in_place(tiny_model(), "layers", "reduce-overhead")
     with pytest.raises(ValueError, match="trainer.compile_mode='fast' is not one of: default, reduce-overhead"):
         compile_in_place(tiny_model(), "model", "fast")
+
+
+def test_the_cudagraphs_backend_is_recorded_needs_the_model_scope_and_takes_no_mode():
+    assert compile_in_place(tiny_model(), "model", backend="cudagraphs")["backend"] == "cudagraphs"
+    assert "backend" not in compile_in_place(tiny_model(), "model")  # inductor, the default, is not written
+    with pytest.raises(ValueError, match="trainer.compile_backend=cudagraphs replays CUDA graphs, which needs "
+                                         "trainer.compile_scope=model"):
+        compile_in_place(tiny_model(), "layers", backend="cudagraphs")
+    with pytest.raises(ValueError, match="trainer.compile_mode=reduce-overhead is a mode of the inductor backend"):
+        compile_in_place(tiny_model(), "model", "reduce-overhead", backend="cudagraphs")
+    with pytest.raises(ValueError, match="trainer.compile_backend='aot_eager' is not one of: inductor, cudagraphs"):
+        compile_in_place(tiny_model(), "model", backend="aot_eager")
+
+
+def traces_of_one_layer(model) -> int:
+    """How many times Dynamo hands the first layer's graph to a backend (one per trace) in a training step: the
+    layer traced with no code generation (the real compilation: tests/test_train_fit.py)."""
+    from torch._dynamo.backends.debugging import aot_eager
+
+    traces = []
+
+    def counting(graph, inputs):
+        traces.append(graph)
+        return aot_eager(graph, inputs)
+
+    torch._dynamo.reset()
+    for layer in repeated_layers(model):
+        layer._compiled_call_impl = None
+    repeated_layers(model)[0].compile(backend=counting, dynamic=True)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=ids, labels=ids).loss.backward()
+    return len(traces)
+
+
+def test_float_constants_are_specialized_while_training_so_that_dynamo_traces_once():
+    """Traced as symbols (dynamic shapes), the modules' float constants (norm epsilons, LoRA's scaling) sent
+    Dynamo through a second trace of every graph (torch 2.13); fit() trains a compiled model under
+    tracing_settings(), which specialize them."""
+    import torch._dynamo.config
+
+    model = tiny_model("lora")
+    with tracing_settings():
+        assert torch._dynamo.config.specialize_float is True
+        assert traces_of_one_layer(model) == 1
+    assert torch._dynamo.config.specialize_float is False
+    assert traces_of_one_layer(model) == 2
+    remove_compiled(model)
 
 
 def test_an_unknown_scope_is_named_with_the_allowed_ones():

@@ -39,6 +39,8 @@ def test_dry_run_runs_every_stage_and_reports(requires_data, tmp_path):
     assert all(m["slm_sweep_tokens_per_s"] > 0 and m["plain_tokens_per_s"] > 0 for m in train["methods"].values())
     # the CPU trainer config compiles nothing; its warm-up is timed apart all the same
     assert all(m["compiled"] is None and m["slm_sweep_warmup_s"] > 0 for m in train["methods"].values())
+    assert all(0 < m["slm_sweep_step_time_median_s"] and m["slm_sweep_slow_steps"] >= 0
+               for m in train["methods"].values())
     assert train["floors"]["checked"] is False
 
     evaluation = stages["eval"]
@@ -182,8 +184,30 @@ def test_the_variants_asked_for_run_in_the_order_asked(tmp_path):
     args = argparse.Namespace(timeouts=[1, 1, 1, 60], job_deadline=0.0, dry_run=False, variants=["eager", "graphs"])
     figures = gpu_check.train_variants_stage(args, ["model=tiny"], "cuda", tmp_path)
     assert [name for name in figures if name != "returncode"] == ["eager", "graphs"]
-    assert list(gpu_check.TRAIN_VARIANTS)[:2] == ["graphs", "eager"]  # the default order: the unmeasured lever first
+    # the default order: the unmeasured lever with the shortest warm-up first, then what it is measured against
+    assert list(gpu_check.TRAIN_VARIANTS)[:3] == ["cudagraphs", "eager", "graphs"]
     assert "compile_mode=reduce-overhead" in gpu_check.TRAIN_VARIANTS["graphs"][1]
+    assert "compile_backend=cudagraphs" in gpu_check.TRAIN_VARIANTS["cudagraphs"][1]
+
+
+def test_the_step_clock_tells_the_steady_state_from_steps_that_recorded_graphs():
+    import train_speed
+
+    clock = train_speed.StepClock(warmup=2, device="cpu")
+    clock.step_ends = [10.0, 10.1, 10.2, 11.5, 11.6, 11.7]  # the third measured step recorded a graph
+    assert clock.step_spread() == {"step_time_median_s": pytest.approx(0.1), "slow_steps": 1}
+    assert train_speed.StepClock(warmup=2, device="cpu").step_spread() == {}
+
+
+def test_every_training_variant_is_a_valid_gpu_trainer_config():
+    """What a variant overrides in trainer=gpu passes the config check a cell runs (a graph-replaying variant
+    needs the model scope and one micro-batch per step, which trainer=gpu has)."""
+    import gpu_check
+
+    from slm_sweep.config import compose, validate_config
+
+    for _, overrides in gpu_check.TRAIN_VARIANTS.values():
+        validate_config(compose(["trainer=gpu", *(f"trainer.{o}" for o in overrides)]))
 
 
 def test_a_stage_limit_is_cut_to_what_is_left_of_the_job(tmp_path):

@@ -479,6 +479,44 @@ def test_a_graph_replaying_compile_mode_trains_like_eager(examples, tmp_path):
     assert outcome.train_loss == plain.train_loss
 
 
+def test_the_cudagraphs_backend_traces_the_step_and_trains_like_eager(examples, tmp_path):
+    """trainer.compile_backend=cudagraphs, traced for real (its graphs are recorded on a GPU only; on a CPU the
+    traced step runs as it is): gradients and weights match eager training's, the module keeps the step safe for
+    replays, and a validation pass inside training runs the eager model (the compiled one would trace the whole
+    model again, in evaluation mode, and a replay would overwrite the sums kept)."""
+
+    class Mode(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.replays_graphs = pl_module.replays_graphs
+
+    def run(path, callbacks, **overrides):
+        model, tokenizer = tiny()
+        torch.manual_seed(0)
+        model = apply_method(model, method_config("lora", dropout=0.0))
+        outcome = fit(model, examples[:8], examples[8:12], trainer_config(val_check_interval=2, **overrides),
+                      method_config("lora"), seed=SEED, out_dir=path, pad_token_id=tokenizer.pad_token_id,
+                      extra_callbacks=callbacks)
+        return model, outcome
+
+    from torch._dynamo.utils import counters
+
+    eager, traced, mode = GradientRecorder(), GradientRecorder(), Mode()
+    plain_model, plain = run(tmp_path / "a", [eager])
+    counters.clear()
+    model, outcome = run(tmp_path / "b", [traced, mode], compile=True, compile_scope="model",
+                         compile_backend="cudagraphs")
+    assert mode.replays_graphs is True
+    assert outcome.placement["compiled"]["backend"] == "cudagraphs"
+    assert outcome.placement["compiled"]["graph_breaks"] == 0
+    assert counters["stats"]["unique_graphs"] == 1  # training's; validation ran eagerly
+    assert len(eager.steps) == len(traced.steps) == 2
+    for a, b in zip(eager.steps, traced.steps):
+        assert_same_tensors(a, b)
+    assert_same_tensors(weights(plain_model), weights(model))
+    assert outcome.val_loss == pytest.approx(plain.val_loss, rel=1e-5)
+    assert not compiled_modules(model)
+
+
 def test_a_graph_replaying_step_is_one_micro_batch_and_is_not_cut_out_of_memory(examples, tmp_path):
     """The next micro-batch's replay would overwrite the gradients the last backward graph wrote: a step of
     several micro-batches is refused before training, and out of memory is an error naming the way out, not a
@@ -487,7 +525,7 @@ def test_a_graph_replaying_step_is_one_micro_batch_and_is_not_cut_out_of_memory(
     with torch.compiler.set_stance("force_eager"):
         with pytest.raises(ValueError, match=r"needs a step of one micro-batch: .*\(they are 2 and None\)"):
             train(examples, tmp_path / "a", micro_batch_size=2, **graphs)
-        with pytest.raises(RuntimeError, match="out of memory with trainer.compile_mode replaying CUDA graphs"):
+        with pytest.raises(RuntimeError, match="out of memory with the training step replayed as CUDA graphs"):
             train_out_of_memory(examples, tmp_path / "b", rows=2, micro_batch_size=4, **graphs)
 
 

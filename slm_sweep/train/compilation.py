@@ -5,12 +5,25 @@ one code path, so one compiled graph serves all of them and compilation takes ab
 one. With frozen embeddings (LoRA, DoRA) the first layer's input would need no gradient and the others' would,
 which makes a second graph; the embeddings' output is marked as needing one instead (transformers'
 ``enable_input_require_grads``), at the cost of the first layer's input gradient. ``model`` compiles the whole
-forward as one graph, which takes longer the more layers there are (SmolLM2-135M on CPU: eleven minutes against
-one; docs/performance.md). ``trainer.compile_mode=reduce-overhead`` with the model scope also records the step's
+forward as one graph, which took longer the more layers there are (SmolLM2-135M on CPU: eleven minutes against
+one, before the layers were traced once as regions; docs/performance.md). ``trainer.compile_mode=reduce-overhead`` with the model scope also records the step's
 forward and backward as CUDA graphs and replays them: a small model's step on a GPU is bound by the host's
 dispatch of its kernels (docs/performance.md, "First run on an H200"), which a replay leaves out. A graph is
-recorded per micro-batch shape (``trainer.pad_to_multiple_of`` bounds their number). Not offered with the layers
-scope, where each layer's replay would overwrite the output the next layer reads.
+recorded per micro-batch shape (``trainer.pad_to_multiple_of`` bounds their number). ``trainer.compile_backend=
+cudagraphs`` replays the traced step's own kernels as CUDA graphs without generating fused ones: the warm-up is
+the trace alone. Neither is offered with the layers scope, where each layer's replay would overwrite the output
+the next layer reads.
+
+With the model scope each decoder layer is marked as a nested compile region (``torch.compiler.
+nested_compile_region``; ``trainer.compile_regions``): Dynamo traces one layer and stamps it out for the others
+instead of unrolling all of them, which roughly halved SmolLM2-135M's trace on this CPU (docs/performance.md). A
+graph break inside a region is an error, not a break: the layers compile without any (``graph_breaks``).
+
+``fit`` trains a compiled model under ``tracing_settings()``, which specialize on the modules' float constants
+(norm epsilons, attention and LoRA scalings, dropout probabilities): traced as symbols, as torch.compile does with
+dynamic shapes, they made Dynamo trace every graph twice (a restart in its float-to-tensor pass), doubling the
+trace (docs/performance.md). Before evaluation and validation the compiled forwards are set aside (validation
+runs under the force-eager stance).
 
 Compilation happens in place (``nn.Module.compile``), so parameter names, checkpoints and adapter merging are
 those of the eager model. Before evaluation the compiled forwards are removed: generation then runs the eager
@@ -29,7 +42,13 @@ from pathlib import Path
 
 from torch import nn
 
-from slm_sweep.config import COMPILE_MODES, COMPILE_SCOPES, graph_scope_problem
+from slm_sweep.config import (
+    COMPILE_BACKENDS,
+    COMPILE_MODES,
+    COMPILE_SCOPES,
+    graph_replaying_setting,
+    graph_scope_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,21 +116,56 @@ def _restore_weight_readers() -> None:
     _ORIGINAL_WEIGHT_READERS.clear()
 
 
-def compile_in_place(model: nn.Module, scope: str = "layers", mode: str | None = None) -> dict:
-    """Compile ``model`` for training (dynamic shapes: micro-batch shapes vary with the data) in torch.compile's
-    ``mode`` (None: its default); return what was compiled, for result.json: ``{"skipped": why}`` where this
-    machine cannot build compiled kernels (training then runs eagerly, and says so)."""
+def tracing_settings():
+    """Dynamo's settings while the compiled model trains (a context manager): the modules' float constants
+    specialized (see the module's docstring)."""
+    import torch._dynamo.config
+
+    return torch._dynamo.config.patch(specialize_float=True)
+
+
+def _mark_layer_regions(layers: list[nn.Module]) -> int:
+    """Mark each layer's forward as a nested compile region, one per layer class (so that its trace is reused);
+    return how many were marked (none where torch has no such regions)."""
+    import types
+
+    import torch
+
+    mark = getattr(torch.compiler, "nested_compile_region", None)
+    if mark is None:
+        return 0
+    regions: dict[type, object] = {}
+    for layer in layers:
+        if type(layer) not in regions:
+            regions[type(layer)] = mark(type(layer).forward)
+            regions[type(layer)]._layer_region = True  # what remove_compiled looks for
+        layer.forward = types.MethodType(regions[type(layer)], layer)
+    return len(layers)
+
+
+def compile_in_place(model: nn.Module, scope: str = "layers", mode: str | None = None,
+                     backend: str = "inductor", regions: bool = True) -> dict:
+    """Compile ``model`` for training (dynamic shapes: micro-batch shapes vary with the data) with torch.compile's
+    ``backend``, in its ``mode`` (None: its default), with the model scope its decoder layers as nested compile
+    regions unless ``regions`` is false; return what was compiled, for result.json: ``{"skipped": why}`` where
+    this machine cannot build compiled kernels (training then runs eagerly, and says so)."""
     if scope not in COMPILE_SCOPES:
         raise ValueError(f"trainer.compile_scope={scope!r} is not one of: {', '.join(COMPILE_SCOPES)}")
     if mode is not None and mode not in COMPILE_MODES:
         raise ValueError(f"trainer.compile_mode={mode!r} is not one of: {', '.join(COMPILE_MODES)}")
-    missing = missing_toolchain()
+    if backend not in COMPILE_BACKENDS:
+        raise ValueError(f"trainer.compile_backend={backend!r} is not one of: {', '.join(COMPILE_BACKENDS)}")
+    if mode is not None and backend != "inductor":
+        raise ValueError(f"trainer.compile_mode={mode} is a mode of the inductor backend; "
+                         f"trainer.compile_backend={backend} takes none")
+    missing = missing_toolchain() if backend == "inductor" else None  # the cudagraphs backend builds no kernels
     if missing:
         log.warning("trainer.compile=true, but torch.compile cannot build kernels here: %s; training eagerly",
                     missing)
         return {"skipped": missing}
     layers = repeated_layers(model) if scope == "layers" else []
-    problem = graph_scope_problem(mode, scope) if layers else None  # layers not found: compiled whole
+    # layers not found: compiled whole
+    problem = graph_scope_problem(graph_replaying_setting(mode, backend), scope) if layers else None
     if problem:
         raise ValueError(problem)
     if scope == "layers" and not layers:
@@ -124,15 +178,18 @@ def compile_in_place(model: nn.Module, scope: str = "layers", mode: str | None =
 
     torch._dynamo.reset()
     _read_plain_weights_traceably()
+    marked = _mark_layer_regions(repeated_layers(model)) if scope == "model" and regions else 0
     for module in layers or [model]:
-        module.compile(dynamic=True, **({"mode": mode} if mode else {}))
+        module.compile(dynamic=True, backend=backend, **({"mode": mode} if mode else {}))
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     input_grads = bool(layers) and embeddings is not None and not embeddings.weight.requires_grad
     if input_grads:
         model.enable_input_require_grads()
     return {"scope": "layers" if layers else "model", "modules": len(layers) or 1,
             "module_class": type(layers[0]).__name__ if layers else type(model).__name__,
-            "input_grads": input_grads, **({"mode": mode} if mode else {})}
+            "input_grads": input_grads, **({"mode": mode} if mode else {}),
+            **({"backend": backend} if backend != "inductor" else {}),
+            **({"layer_regions": marked} if marked else {})}
 
 
 def graph_break_counts() -> Counter:
@@ -162,6 +219,9 @@ def remove_compiled(model: nn.Module, compiled: dict | None = None) -> int:
     modules = compiled_modules(model)
     for module in modules.values():
         module._compiled_call_impl = None
+    for module in model.modules():  # the layers marked as regions get their class's forward back
+        if getattr(getattr(vars(module).get("forward"), "__func__", None), "_layer_region", False):
+            del module.forward
     _restore_weight_readers()
     if compiled and compiled.get("input_grads"):
         model.disable_input_require_grads()

@@ -6,7 +6,7 @@ import logging
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from slm_sweep.config import GRAPH_COMPILE_MODES, graph_replay_step_problem
+from slm_sweep.config import graph_replay_step_problem, graph_replaying_setting
 from slm_sweep.methods import has_adapters
 from slm_sweep.train.callbacks import ThroughputMonitor, accelerator_name, bf16_peak_flops, flops_per_token
 from slm_sweep.train.checkpoint_io import AtomicCheckpointIO
@@ -23,6 +23,7 @@ from slm_sweep.train.compilation import (
     graph_break_counts,
     graph_breaks_since,
     remove_compiled,
+    tracing_settings,
 )
 from slm_sweep.train.data import EncodedDataModule
 from slm_sweep.train.module import CausalLMModule
@@ -65,7 +66,8 @@ def prepare_model(model, trainer_cfg: Mapping[str, Any]) -> dict | None:
             model.enable_input_require_grads()
     if trainer_cfg.get("compile"):
         return compile_in_place(model, str(trainer_cfg.get("compile_scope") or "layers"),
-                                trainer_cfg.get("compile_mode"))
+                                trainer_cfg.get("compile_mode"), str(trainer_cfg.get("compile_backend") or "inductor"),
+                                bool(trainer_cfg.get("compile_regions", True)))
     return None
 
 
@@ -83,7 +85,7 @@ def build_module(model, trainer_cfg: Mapping[str, Any], method_cfg: Mapping[str,
                  compiled: dict | None = None) -> CausalLMModule:
     """The training module; ``compiled`` is what ``prepare_model`` compiled (its mode decides whether the module
     must keep the step safe for CUDA-graph replays)."""
-    replays_graphs = bool(compiled) and compiled.get("mode") in GRAPH_COMPILE_MODES
+    replays_graphs = bool(compiled) and graph_replaying_setting(compiled.get("mode"), compiled.get("backend")) is not None
     problem = graph_replay_step_problem(trainer_cfg) if replays_graphs else None
     if problem:
         raise ValueError(problem)
@@ -195,7 +197,8 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
         breaks = graph_break_counts()
         try:
-            trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
+            with tracing_settings() if compiled else nullcontext():
+                trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
         finally:
             if compiled:  # the last validation pass and evaluation run the eager model (no inference-mode recompile)
                 if "scope" in compiled:

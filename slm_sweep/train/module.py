@@ -110,9 +110,9 @@ class CausalLMModule(L.LightningModule):
         self.fused_adamw = fused_adamw
         self.gradient_clip_val = gradient_clip_val
         self.log_every_n_steps = max(1, log_every_n_steps)
-        # the compiled model replays CUDA graphs (trainer.compile_mode): each replay overwrites the last one's
-        # outputs, so what outlives a micro-batch is copied, and the step's loss tokens are a device tensor (as a
-        # Python int, each value would record a graph of its own). A step is then one micro-batch (the config
+        # the compiled model replays CUDA graphs (config.graph_replaying_setting): each replay overwrites the last
+        # one's outputs, so what outlives a micro-batch is copied, and the step's loss tokens are a device tensor (as
+        # a Python int, each value would record a graph of its own). A step is then one micro-batch (the config
         # check): gradients the backward graph wrote would be overwritten by the next micro-batch's replay before
         # they were accumulated into, so out of memory is not met by cutting the step finer either.
         self.replays_graphs = replays_graphs
@@ -195,8 +195,9 @@ class CausalLMModule(L.LightningModule):
     def _check_can_split(self, error: BaseException) -> None:
         if self.replays_graphs:
             raise RuntimeError(
-                "out of memory with trainer.compile_mode replaying CUDA graphs, whose step cannot be cut into "
-                "micro-batches: lower trainer.max_length or train without them (trainer.compile_mode=null)") from error
+                "out of memory with the training step replayed as CUDA graphs, which cannot be cut into "
+                "micro-batches: lower trainer.max_length or train without them (trainer.compile_mode=null, "
+                "trainer.compile_backend=inductor)") from error
         if self.trainer.world_size > 1:
             raise RuntimeError(
                 "out of memory on one of several devices, which the others cannot wait for: lower "
@@ -314,7 +315,10 @@ class CausalLMModule(L.LightningModule):
             align_to_plan(checkpoint, datamodule.train_sampler())  # before Lightning restores its loops from it
 
     def validation_step(self, batch, batch_idx):
-        self._val_sums.append(self._validation_sums(batch))
+        # eagerly: a compiled model would trace again for evaluation mode (the whole model, with
+        # trainer.compile_scope=model, for a few batches), and a replayed graph would overwrite the sums kept
+        with torch.compiler.set_stance("force_eager"):
+            self._val_sums.append(self._validation_sums(batch))
 
     def _validation_sums(self, batch: dict) -> torch.Tensor:
         """(summed loss, answer tokens) of a validation batch; out of memory, the sum of its two halves."""
