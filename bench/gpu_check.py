@@ -13,8 +13,10 @@ Stages (each in a process of its own, under a time limit, so that one that hangs
   graphs and without, all at once: whether replayed graphs decode what the eager steps decode.
 - ``grid``: ``python -m slm_sweep -m trainer=gpu eval=gpu method=zeroshot,fewshot,full,lora,dora`` on a GSM8K
   slice; every result.json must show training and evaluation on the GPU.
-- ``train_variants``: full fine-tuning and LoRA again eager (``trainer=gpu`` compiles each decoder layer), with
-  packing, and both, each as far as what is left of the job's 6 minutes allows.
+- ``train_variants``: the three methods with the whole step replayed as CUDA graphs of its own kernels
+  (``cudagraphs``), again eager (``trainer=gpu`` compiles each decoder layer), replayed as graphs of Inductor's
+  kernels (``graphs``), then full fine-tuning and LoRA with packing, with and without compilation; each as far as
+  what is left of the job's time allows (``--variants`` picks and orders them, ``--job-budget`` sets the time).
 
 Before the stages, the real weights' GGUF is converted once into the model cache under its own limit (the stages
 then load the cached copy); when that fails, every stage runs on random weights, and the report says so. The
@@ -56,7 +58,8 @@ BATCH_CHECK_QUESTIONS, BATCH_CHECK_AFTER_S = 256, 20.0
 GRAPH_CHECK_QUESTIONS, EAGER_OVER_GRAPH, MARGIN_S = 32, 12.0, 5.0
 WORKER_START = time.perf_counter()
 STAGES = ("train", "eval", "grid", "train_variants")
-# the whole job on a GPU: a failed first try can be run again inside a 15-minute device allowance
+# the acceptance check on a GPU (--job-budget): a failed first try can be run again inside a 15-minute device
+# allowance; a measuring run may take longer
 JOB_BUDGET_S = 360
 # converting the GGUF took 34-39 s on a 2-core CPU machine (parsing in Python, single-threaded)
 PREPARE_TIMEOUT_S = 90

@@ -177,7 +177,9 @@ class StepClock(L.Callback):
         self.steps, self.tokens = 0, 0
         self.start = self.seconds = self.cpu_start = self.cpu_seconds = self.warmup_seconds = 0.0
         self.train_start = 0.0
-        self.step_ends: list[float] = []  # host clock at the end of each measured step (no synchronization)
+        # the end of the warm-up and of each measured step: CUDA events on the device's clock (the host may run
+        # ahead of a step replayed as a graph), the host's clock elsewhere
+        self.step_ends: list = []
 
     def on_train_start(self, trainer, pl_module):
         self.train_start = time.perf_counter()
@@ -188,7 +190,7 @@ class StepClock(L.Callback):
         if batch["last_in_step"]:
             self.steps += 1
             if self.steps >= self.warmup:
-                self.step_ends.append(time.perf_counter())
+                self.step_ends.append(self._mark())
             if self.steps == self.warmup:
                 synchronize(self.device)
                 self.start, self.cpu_start = time.perf_counter(), time.process_time()
@@ -199,11 +201,20 @@ class StepClock(L.Callback):
         self.seconds = time.perf_counter() - self.start
         self.cpu_seconds = time.process_time() - self.cpu_start
 
+    def _mark(self):
+        if self.device != "cuda":
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
     def step_spread(self) -> dict:
         """The measured steps' median time, and how many took over twice as long: a step that compiled again or
-        recorded a CUDA graph for a new shape (host clock; the host runs ahead of the device by at most its queue
-        of launches, so over 20 steps the median is the steady state's)."""
-        times = [b - a for a, b in zip(self.step_ends, self.step_ends[1:])]
+        recorded a CUDA graph for a new shape (read after training, when the device has finished)."""
+        if self.step_ends and not isinstance(self.step_ends[0], float):
+            times = [a.elapsed_time(b) / 1000 for a, b in zip(self.step_ends, self.step_ends[1:])]
+        else:
+            times = [b - a for a, b in zip(self.step_ends, self.step_ends[1:])]
         if not times:
             return {}
         median = statistics.median(times)

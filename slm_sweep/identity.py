@@ -87,7 +87,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
 SCORING_SOURCES_SHA256 = {12: "ab48a98c5cfb6eb1ff2aafe2e22ab9587cca746c05a85b5a8380d51f35bcb707"}
-TRAINING_SOURCES_SHA256 = {5: "72c1fa6cc6e420a9f18164f34cf0a6f0856f98a74ab1ae1ef408a43b8f761683"}
+TRAINING_SOURCES_SHA256 = {5: "89afaac02ed4940f866898c5b9121679813bbb9605bbb2743814372451184fc4"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

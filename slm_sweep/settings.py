@@ -56,7 +56,8 @@ class TrainerSettings:
     # inductor: fused generated kernels; cudagraphs: the traced step's own kernels replayed as CUDA graphs, with no
     # kernel generation (a shorter warm-up), compile_scope=model only
     compile_backend: str = "inductor"
-    # compile_scope=model: each decoder layer traced once and reused (a nested compile region), not unrolled
+    # compile_scope=model: each decoder layer traced once and reused (a nested compile region), not unrolled;
+    # not with gradient_checkpointing or a quantized model, whose layers are traced unrolled
     compile_regions: bool = True
     val_check_interval: int | None = None  # null: validate once, after training; N: every N micro-batches as well
     checkpoint_every_n_steps: int | None = 50

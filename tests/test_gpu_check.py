@@ -197,6 +197,10 @@ def test_the_step_clock_tells_the_steady_state_from_steps_that_recorded_graphs()
     clock.step_ends = [10.0, 10.1, 10.2, 11.5, 11.6, 11.7]  # the third measured step recorded a graph
     assert clock.step_spread() == {"step_time_median_s": pytest.approx(0.1), "slow_steps": 1}
     assert train_speed.StepClock(warmup=2, device="cpu").step_spread() == {}
+    clock = train_speed.StepClock(warmup=0, device="cpu")  # what the callback records, on the host's clock
+    for _ in range(3):
+        clock.on_train_batch_end(None, None, None, {"num_tokens": 4, "last_in_step": True}, 0)
+    assert len(clock.step_ends) == 3 and clock.step_spread()["slow_steps"] >= 0
 
 
 def test_every_training_variant_is_a_valid_gpu_trainer_config():

@@ -5,8 +5,8 @@ one code path, so one compiled graph serves all of them and compilation takes ab
 one. With frozen embeddings (LoRA, DoRA) the first layer's input would need no gradient and the others' would,
 which makes a second graph; the embeddings' output is marked as needing one instead (transformers'
 ``enable_input_require_grads``), at the cost of the first layer's input gradient. ``model`` compiles the whole
-forward as one graph, which took longer the more layers there are (SmolLM2-135M on CPU: eleven minutes against
-one, before the layers were traced once as regions; docs/performance.md). ``trainer.compile_mode=reduce-overhead`` with the model scope also records the step's
+forward as one graph, whose trace grows with the layers unless they are regions (below; SmolLM2-135M with Inductor
+on this CPU, unrolled: eleven minutes against one for the layers scope; docs/performance.md). ``trainer.compile_mode=reduce-overhead`` with the model scope also records the step's
 forward and backward as CUDA graphs and replays them: a small model's step on a GPU is bound by the host's
 dispatch of its kernels (docs/performance.md, "First run on an H200"), which a replay leaves out. A graph is
 recorded per micro-batch shape (``trainer.pad_to_multiple_of`` bounds their number). ``trainer.compile_backend=
@@ -16,8 +16,9 @@ the next layer reads.
 
 With the model scope each decoder layer is marked as a nested compile region (``torch.compiler.
 nested_compile_region``; ``trainer.compile_regions``): Dynamo traces one layer and stamps it out for the others
-instead of unrolling all of them, which roughly halved SmolLM2-135M's trace on this CPU (docs/performance.md). A
-graph break inside a region is an error, not a break: the layers compile without any (``graph_breaks``).
+instead of unrolling all of them (SmolLM2-135M, LoRA, cudagraphs backend, on this CPU: a warm-up of 40 s against
+72 s; docs/performance.md). A graph break inside a region is an error, not a break: the layers compile without
+any (``graph_breaks``), and with gradient checkpointing or a quantized model they are traced unrolled.
 
 ``fit`` trains a compiled model under ``tracing_settings()``, which specialize on the modules' float constants
 (norm epsilons, attention and LoRA scalings, dropout probabilities): traced as symbols, as torch.compile does with
@@ -126,7 +127,8 @@ def tracing_settings():
 
 def _mark_layer_regions(layers: list[nn.Module]) -> int:
     """Mark each layer's forward as a nested compile region, one per layer class (so that its trace is reused);
-    return how many were marked (none where torch has no such regions)."""
+    return how many were marked (none where torch has no such regions). A layer whose forward is already its
+    own (a hook's wrapper) is left as it is."""
     import types
 
     import torch
@@ -135,6 +137,7 @@ def _mark_layer_regions(layers: list[nn.Module]) -> int:
     if mark is None:
         return 0
     regions: dict[type, object] = {}
+    layers = [layer for layer in layers if "forward" not in vars(layer)]
     for layer in layers:
         if type(layer) not in regions:
             regions[type(layer)] = mark(type(layer).forward)
@@ -147,7 +150,8 @@ def compile_in_place(model: nn.Module, scope: str = "layers", mode: str | None =
                      backend: str = "inductor", regions: bool = True) -> dict:
     """Compile ``model`` for training (dynamic shapes: micro-batch shapes vary with the data) with torch.compile's
     ``backend``, in its ``mode`` (None: its default), with the model scope its decoder layers as nested compile
-    regions unless ``regions`` is false; return what was compiled, for result.json: ``{"skipped": why}`` where
+    regions unless ``regions`` is false or the model is quantized (a quantized layer's kernels break the graph,
+    which inside a region is an error); return what was compiled, for result.json: ``{"skipped": why}`` where
     this machine cannot build compiled kernels (training then runs eagerly, and says so)."""
     if scope not in COMPILE_SCOPES:
         raise ValueError(f"trainer.compile_scope={scope!r} is not one of: {', '.join(COMPILE_SCOPES)}")
@@ -178,7 +182,8 @@ def compile_in_place(model: nn.Module, scope: str = "layers", mode: str | None =
 
     torch._dynamo.reset()
     _read_plain_weights_traceably()
-    marked = _mark_layer_regions(repeated_layers(model)) if scope == "model" and regions else 0
+    quantized = getattr(model, "hf_quantizer", None) is not None
+    marked = _mark_layer_regions(repeated_layers(model)) if scope == "model" and regions and not quantized else 0
     for module in layers or [model]:
         module.compile(dynamic=True, backend=backend, **({"mode": mode} if mode else {}))
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
@@ -192,20 +197,28 @@ def compile_in_place(model: nn.Module, scope: str = "layers", mode: str | None =
             **({"layer_regions": marked} if marked else {})}
 
 
-def graph_break_counts() -> Counter:
-    """Dynamo's graph breaks in this process so far, by reason."""
+def compile_counters() -> dict[str, Counter]:
+    """Dynamo's counters in this process so far that say how compiled training ran: graph breaks by reason, the
+    frames it tried and those it compiled, and the graphs the CUDA-graph trees skipped."""
     from torch._dynamo.utils import counters
 
-    return Counter(counters["graph_break"])
+    return {group: Counter(counters[group]) for group in ("graph_break", "frames", "inductor")}
 
 
-def graph_breaks_since(before: Counter) -> dict:
-    """The graph breaks since ``before`` (``graph_break_counts()``), for result.json: a compiled layer that breaks
-    runs as several graphs with eager code between them, which costs launches and compile time (peft's DoRA
-    forward breaks in some releases)."""
-    new = graph_break_counts() - before
-    return {"graph_breaks": sum(new.values()),
-            **({"graph_break_reasons": [reason[:200] for reason, _ in new.most_common(3)]} if new else {})}
+def compile_figures_since(before: dict[str, Counter]) -> dict:
+    """What compiled training did since ``before`` (``compile_counters()``), for result.json: graph breaks (a
+    compiled layer that breaks runs as several graphs with eager code between them, which costs launches and
+    compile time; peft's DoRA forward breaks in some releases), frames that failed to compile and ran eagerly
+    (torch.compile's suppressed errors; the GPU check suppresses them), and graphs not replayed as CUDA graphs
+    (``cudagraph_skips``: on a CPU always, on a GPU for a reason in the log)."""
+    now = compile_counters()
+    breaks = now["graph_break"] - before["graph_break"]
+    frames = now["frames"] - before["frames"]
+    failed = frames["total"] - frames["ok"]
+    skips = (now["inductor"] - before["inductor"])["cudagraph_skips"]
+    return {"graph_breaks": sum(breaks.values()),
+            **({"graph_break_reasons": [reason[:200] for reason, _ in breaks.most_common(3)]} if breaks else {}),
+            **({"failed_frames": failed} if failed else {}), **({"cudagraph_skips": skips} if skips else {})}
 
 
 def compiled_modules(model: nn.Module) -> dict[str, nn.Module]:

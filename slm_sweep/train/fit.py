@@ -19,9 +19,9 @@ from slm_sweep.methods import has_adapters
 from slm_sweep.train.callbacks import ThroughputMonitor, accelerator_name, bf16_peak_flops, flops_per_token
 from slm_sweep.train.checkpoint_io import AtomicCheckpointIO
 from slm_sweep.train.compilation import (
+    compile_counters,
+    compile_figures_since,
     compile_in_place,
-    graph_break_counts,
-    graph_breaks_since,
     remove_compiled,
     tracing_settings,
 )
@@ -65,9 +65,12 @@ def prepare_model(model, trainer_cfg: Mapping[str, Any]) -> dict | None:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             model.enable_input_require_grads()
     if trainer_cfg.get("compile"):
+        # gradient checkpointing's input-gradient hook (adapters) breaks the frame before the layers, after which
+        # a region cannot be stamped out (an error in Dynamo); the layers are then traced unrolled
+        regions = bool(trainer_cfg.get("compile_regions", True)) and not trainer_cfg.get("gradient_checkpointing")
         return compile_in_place(model, str(trainer_cfg.get("compile_scope") or "layers"),
                                 trainer_cfg.get("compile_mode"), str(trainer_cfg.get("compile_backend") or "inductor"),
-                                bool(trainer_cfg.get("compile_regions", True)))
+                                regions)
     return None
 
 
@@ -195,14 +198,14 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
         # StepBatchSampler resumes mid-epoch at the checkpoint's step (it skips the finished steps): Lightning's
         # warning that the data loader cannot does not apply.
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
-        breaks = graph_break_counts()
+        before = compile_counters()
         try:
-            with tracing_settings() if compiled else nullcontext():
+            with tracing_settings() if compiled and "skipped" not in compiled else nullcontext():
                 trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
         finally:
             if compiled:  # the last validation pass and evaluation run the eager model (no inference-mode recompile)
                 if "scope" in compiled:
-                    compiled.update(graph_breaks_since(breaks))
+                    compiled.update(compile_figures_since(before))
                 remove_compiled(model, compiled)
         # A validation pass on the final weights, so val/loss always describes the model that is evaluated.
         if val:
