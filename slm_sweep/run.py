@@ -139,6 +139,7 @@ def _base_record(cfg: DictConfig, config: dict) -> dict[str, Any]:
         "eval_sets": {},
         "reused_from": None,
         "skipped_rows": {},
+        "skipped_rows_asking_who": {},
         "dedup": None,
         "placement": {"train": None, "eval": None},
         "decoding": None,
@@ -445,8 +446,8 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
         return source
     log.info("reusing the finished result in %s", previous)
     # what computed the numbers travels with them: the source's code, versions, hardware and decoding
-    for key in ("status", "metrics", "eval_sets", "skipped_rows", "placement", "prompt", "decoding", "versions",
-                "git_commit", "hardware", "dedup"):
+    for key in ("status", "metrics", "eval_sets", "skipped_rows", "skipped_rows_asking_who", "placement", "prompt",
+                "decoding", "versions", "git_commit", "hardware", "dedup"):
         if key in source:
             record[key] = source[key]
     record["reused_from"] = str(previous / RESULT_FILE)
@@ -554,7 +555,8 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
     method = cfg.method
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     splits, sampler = data.splits, data.sampler
-    record["skipped_rows"] = dict(splits.skipped)
+    record["skipped_rows"] = dict(splits.skipped)  # rows without a numeric reference, per source split
+    record["skipped_rows_asking_who"] = dict(splits.skipped_asking_who)  # of which questions asking who
 
     model, tokenizer = load_model(cfg, kept_weights(trained, identity.training_key) if trained else None)
     trainable, total = count_parameters(model)

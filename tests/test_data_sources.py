@@ -265,7 +265,7 @@ def test_orcamath_unparsable_references_are_skipped_and_counted(tmp_path):
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     splits = load_splits({**dataset_spec("orcamath"), "data_dir": str(tmp_path), "test_size": 1, "val_size": None})
     assert sorted(ex.reference for ex in [*splits.train, *splits.test]) == ["18", "3.5"]
-    assert splits.skipped == {"train": 2}
+    assert splits.skipped == {"train": 2} and splits.skipped_asking_who == {}
 
 
 def test_orcamath_gpt4_style_answers_give_their_final_answer():
@@ -288,7 +288,19 @@ def test_orcamath_gpt4_style_answers_give_their_final_answer():
         "A tank holds 1,250 liters": "500",
     }
     assert splits.skipped == {"train": 3}
+    assert splits.skipped_asking_who == {"train": 2}  # the third: two quantities, no single number
     assert not any(ex.question.endswith(("Who has the fewest balls?", "Who is the tallest?")) for ex in splits.test)
+
+
+def test_a_question_asking_who_is_named_as_such_when_rows_without_a_reference_are_errors(tmp_path):
+    rows = [{"question": "Yuna has 3 apples and Eunji 5. Who has more?", "answer": "Eunji has 5 apples, so Eunji."},
+            {"question": "q2", "answer": "Therefore, the answer is 18."}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    spec = {**dataset_spec("orcamath"), "data_dir": str(tmp_path), "test_size": 1, "val_size": None,
+            "unparsable_answers": "error"}
+    with pytest.raises(DataError, match="the question asks who, so its answer has no numeric reference: "
+                                        "'Yuna has 3 apples"):
+        load_splits(spec)
 
 
 @pytest.mark.parametrize(("question", "asks"), [

@@ -818,3 +818,9 @@ def test_summary_says_how_many_rows_of_the_data_had_no_numeric_reference(grid, t
         path.write_text(json.dumps(record))
     markdown = write_report([sweep], tmp_path / "out", plots=False)["markdown"]
     assert f"neither trained on nor scored: {DATASET} train: 37." in markdown
+    for path in sweep.glob("*/result.json"):
+        record = json.loads(path.read_text())
+        record["skipped_rows_asking_who"] = {"train": 5} if record["method"] == "full" else {}
+        path.write_text(json.dumps(record))
+    markdown = write_report([sweep], tmp_path / "again", plots=False)["markdown"]
+    assert f"neither trained on nor scored: {DATASET} train: 37 (5 asking who)." in markdown

@@ -78,12 +78,16 @@ def _existing_dir(path: Path, origin: str) -> Path:
 
 
 def read_examples(
-    spec: dict[str, Any], role: str, folder: Path | None, skipped: dict[str, int]
+    spec: dict[str, Any], role: str, folder: Path | None, skipped: dict[str, int],
+    asking_who: dict[str, int] | None = None,
 ) -> list[Example]:
     """The examples of one role (train or test) of a resolved spec, from ``folder`` (see ``local_dir``) or the
-    hub when it is None; ``skipped[role]`` gets the count of rows without a parsable final number."""
+    hub when it is None; ``skipped[role]`` gets the count of rows left out for want of a numeric reference, and
+    ``asking_who[role]`` how many of them ask who (a prose answer's numbers are not a name)."""
     rows = _hub_rows(spec, role) if folder is None else _local_rows(spec, role, folder)
-    examples, skipped[role] = _to_examples(rows, spec, role)
+    examples, skipped[role], who = _to_examples(rows, spec, role)
+    if asking_who is not None:
+        asking_who[role] = who
     return examples
 
 
@@ -226,23 +230,31 @@ def data_root_hint(spec: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- rows -> examples
 
 
-def _to_examples(rows: list[_Row], spec: dict[str, Any], role: str) -> tuple[list[Example], int]:
+def _to_examples(rows: list[_Row], spec: dict[str, Any], role: str) -> tuple[list[Example], int, int]:
+    """The rows' examples, how many rows were left out, and how many of those ask who."""
     examples = [_to_example(row, spec) for row in rows]
-    kept = [example for example in examples if example is not None]
+    kept = [example for example in examples if isinstance(example, Example)]
     if not kept:
         raise DataError(
             f"dataset {spec['name']!r}: none of the {len(rows)} {role} rows (from {rows[0].where}) "
             f"has a parsable final answer in field {spec['answer']!r} ({spec['answer_format']} format)"
         )
-    return kept, len(examples) - len(kept)
+    return kept, len(examples) - len(kept), sum(example == ASKS_WHO for example in examples)
 
 
-def _to_example(row: _Row, spec: dict[str, Any]) -> Example | None:
+ASKS_WHO = "asks who"  # why a row was left out: its answer is a name, and a number in its prose is not it
+
+
+def _to_example(row: _Row, spec: dict[str, Any]) -> Example | str | None:
+    """The row's example; else None (no parsable number) or ASKS_WHO (skipped or an error, as the spec says)."""
     question = _question_text(row, as_list(spec["question"]))
     value = _field(row, spec["answer"])
     answer, reference = _answer_and_reference(row, spec["answer"], value, spec["answer_format"])
     if spec["answer_format"] == "prose" and asks_who(question):
-        reference = None  # the answer is a name; a number in its prose is not it
+        if spec["unparsable_answers"] == "error":
+            raise DataError(f"{row.where}: the question asks who, so its answer has no numeric reference: "
+                            f"{question!r:.120}; set unparsable_answers: skip to skip such rows")
+        return ASKS_WHO
     if reference is None:
         if spec["unparsable_answers"] == "error":
             raise DataError(

@@ -34,7 +34,8 @@ class Splits:
     train: list[Example]
     val: list[Example]
     test: list[Example]
-    skipped: dict[str, int] = field(default_factory=dict)  # source split -> rows without a parsable answer
+    skipped: dict[str, int] = field(default_factory=dict)  # source split -> rows without a numeric reference
+    skipped_asking_who: dict[str, int] = field(default_factory=dict)  # and how many of them ask who
     dedup: dict[str, Any] | None = None  # what deduplication removed (load_splits(deduplicate=True)), else None
 
 
@@ -62,11 +63,12 @@ def load_splits(
         raise DataError(eval_only_message(spec["name"]))
     folder = local_dir(spec, data_root)
     skipped: dict[str, int] = {}
+    who: dict[str, int] = {}
     if spec["test_split"] == "heldout":
-        test, val, candidates = _heldout_parts(spec, folder, skipped, need_train)
+        test, val, candidates = _heldout_parts(spec, folder, skipped, who, need_train)
     else:
-        test = read_examples(spec, "test", folder, skipped)
-        val, candidates = _val_and_train(spec, folder, skipped) if need_train else ([], _Candidates())
+        test = read_examples(spec, "test", folder, skipped, who)
+        val, candidates = _val_and_train(spec, folder, skipped, who) if need_train else ([], _Candidates())
     record = None
     if deduplicate and need_train:
         train, val, record = _deduplicated(spec, data_root, test, candidates, val)
@@ -77,9 +79,10 @@ def load_splits(
         val=val,
         test=_limited(test, spec["test_limit"], spec["name"], "test_limit"),
         skipped=skipped,
+        skipped_asking_who={split: count for split, count in who.items() if count},
         dedup=record,
     )
-    _log_skipped(spec["name"], skipped)
+    _log_skipped(spec["name"], skipped, who)
     return splits
 
 
@@ -103,9 +106,9 @@ def load_eval_set(
 
 
 def _heldout_parts(
-    spec: dict[str, Any], folder: Path | None, skipped: dict[str, int], need_train: bool
+    spec: dict[str, Any], folder: Path | None, skipped: dict[str, int], who: dict[str, int], need_train: bool
 ) -> tuple[list[Example], list[Example], _Candidates]:
-    pool = read_examples(spec, "train", folder, skipped)
+    pool = read_examples(spec, "train", folder, skipped, who)
     test_size = spec["test_size"]
     if test_size >= len(pool):
         raise DataError(
@@ -120,9 +123,9 @@ def _heldout_parts(
 
 
 def _val_and_train(
-    spec: dict[str, Any], folder: Path | None, skipped: dict[str, int]
+    spec: dict[str, Any], folder: Path | None, skipped: dict[str, int], who: dict[str, int]
 ) -> tuple[list[Example], _Candidates]:
-    pool = read_examples(spec, "train", folder, skipped)
+    pool = read_examples(spec, "train", folder, skipped, who)
     if spec["val_size"] is not None:
         _check_val_size(spec["name"], spec["val_size"], len(pool))
     (val,), candidates = _carve(pool, [spec["val_size"] or 0], spec["split_seed"])
@@ -180,10 +183,11 @@ def _limited(examples: list[Example], limit: int | None, name: str, key: str) ->
     return examples if limit is None else examples[:limit]
 
 
-def _log_skipped(name: str, skipped: dict[str, int]) -> None:
+def _log_skipped(name: str, skipped: dict[str, int], who: dict[str, int]) -> None:
     for role, count in skipped.items():
         if count:
-            log.warning("dataset %r: skipped %d %s rows without a parsable final answer", name, count, role)
+            log.warning("dataset %r: skipped %d %s rows without a numeric reference (%d without a parsable final "
+                        "number, %d asking who)", name, count, role, count - who.get(role, 0), who.get(role, 0))
 
 
 # ---------------------------------------------------------------------------------------------- deduplication

@@ -85,9 +85,17 @@ class Collection:
         """Per dataset and source split, the rows its completed cells left out for want of a numeric reference
         (result.json ``skipped_rows``: unparsable answers, questions asking who): the largest count any cell read,
         since a cell that needs no training split reads none of its rows."""
+        return self._largest_counts("skipped_rows")
+
+    @property
+    def rows_asking_who(self) -> dict[str, dict[str, int]]:
+        """Of ``rows_without_reference``, the questions asking who (result.json ``skipped_rows_asking_who``)."""
+        return self._largest_counts("skipped_rows_asking_who")
+
+    def _largest_counts(self, key: str) -> dict[str, dict[str, int]]:
         found: dict[str, dict[str, int]] = {}
         for record in self.completed:
-            for split, count in (record.get("skipped_rows") or {}).items():
+            for split, count in (record.get(key) or {}).items():
                 if isinstance(count, int) and count > 0:
                     by_split = found.setdefault(str(record["dataset"]), {})
                     by_split[str(split)] = max(by_split.get(str(split), 0), count)

@@ -188,10 +188,11 @@ def _sources(collection: Collection) -> list[str]:
                            for commit, count in commits.most_common())
         lines += [f"The cells were computed at {len(commits)} git commits ({listed} cells); rows pool seeds by the "
                   f"code versions in their identity, not by commit.", ""]
-    without = collection.rows_without_reference
+    without, who = collection.rows_without_reference, collection.rows_asking_who
     if without:
-        listed = "; ".join(f"{dataset} {split}: {count}" for dataset, splits in sorted(without.items())
-                           for split, count in sorted(splits.items()))
+        listed = "; ".join(f"{dataset} {split}: {count}" + (f" ({who[dataset][split]} asking who)"
+                                                             if who.get(dataset, {}).get(split) else "")
+                           for dataset, splits in sorted(without.items()) for split, count in sorted(splits.items()))
         lines += [f"Rows of the data left out for want of a numeric reference (answers no single number could be "
                   f"read from, questions asking who; result.json `skipped_rows`), neither trained on nor scored: "
                   f"{listed}.", ""]
