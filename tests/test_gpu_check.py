@@ -77,6 +77,13 @@ def test_dry_run_runs_every_stage_and_reports(requires_data, tmp_path):
     variant = stages["train_variants"]["packing"]
     assert variant["returncode"] == 0 and set(variant["methods"]) == {"full", "lora"}
     assert variant["methods"]["full"]["padding_fraction"] == 0.0
+    # the step traced whole, each layer a region, for real; on the CPU no graph is recorded, and the record says so
+    traced = stages["train_variants"]["cudagraphs"]
+    assert traced["returncode"] == 0 and set(traced["methods"]) == {"full", "lora", "dora"}
+    for method, figures in traced["methods"].items():
+        compiled = figures["compiled"]
+        assert compiled["backend"] == "cudagraphs" and compiled["layer_regions"] == 2, method
+        assert compiled["graph_breaks"] == 0 and "failed_frames" not in compiled and compiled["cudagraph_skips"] >= 1
     assert "gpu_check summary" in proc.stdout
     # the scratch files stay outside OUT (a device machine returns a few files); their logs, figures and results
     # come back packed, without weights
