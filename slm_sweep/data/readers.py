@@ -1,7 +1,8 @@
 """Reading a dataset's rows (local JSON/JSONL files, or the Hugging Face hub) into examples.
 
 Each row becomes an Example: the question text (one or more fields joined), the training target and the
-reference final number; rows without a parsable final number are skipped and counted, or are an error.
+reference final number; rows without a parsable final number, and prose-answered questions asking who (whose
+answer is a name), are skipped and counted apart, or are an error (the spec's ``unparsable_answers``).
 """
 
 from __future__ import annotations
@@ -230,6 +231,9 @@ def data_root_hint(spec: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- rows -> examples
 
 
+ASKS_WHO = "asks who"  # why a row was left out: its answer is a name, and a number in its prose is not it
+
+
 def _to_examples(rows: list[_Row], spec: dict[str, Any], role: str) -> tuple[list[Example], int, int]:
     """The rows' examples, how many rows were left out, and how many of those ask who."""
     examples = [_to_example(row, spec) for row in rows]
@@ -240,9 +244,6 @@ def _to_examples(rows: list[_Row], spec: dict[str, Any], role: str) -> tuple[lis
             f"has a parsable final answer in field {spec['answer']!r} ({spec['answer_format']} format)"
         )
     return kept, len(examples) - len(kept), sum(example == ASKS_WHO for example in examples)
-
-
-ASKS_WHO = "asks who"  # why a row was left out: its answer is a name, and a number in its prose is not it
 
 
 def _to_example(row: _Row, spec: dict[str, Any]) -> Example | str | None:
