@@ -5,9 +5,10 @@ one code path, so one compiled graph serves all of them and compilation takes ab
 one. With frozen embeddings (LoRA, DoRA) the first layer's input would need no gradient and the others' would,
 which makes a second graph; the embeddings' output is marked as needing one instead (transformers'
 ``enable_input_require_grads``), at the cost of the first layer's input gradient. ``model`` compiles the whole
-forward as one graph, whose trace grows with the layers unless they are regions (below; SmolLM2-135M with Inductor
-on this CPU, unrolled: eleven minutes against one for the layers scope; docs/performance.md). ``trainer.compile_mode=reduce-overhead`` with the model scope also records the step's
-forward and backward as CUDA graphs and replays them: a small model's step on a GPU is bound by the host's
+forward as one graph, whose trace grows with the layers unless they are regions (below; SmolLM2-135M with
+Inductor on this CPU, unrolled: eleven minutes against one for the layers scope; docs/performance.md).
+``trainer.compile_mode=reduce-overhead`` with the model scope also records the step's forward and backward as CUDA
+graphs and replays them: a small model's step on a GPU is bound by the host's
 dispatch of its kernels (docs/performance.md, "First run on an H200"), which a replay leaves out. A graph is
 recorded per micro-batch shape (``trainer.pad_to_multiple_of`` bounds their number). ``trainer.compile_backend=
 cudagraphs`` replays the traced step's own kernels as CUDA graphs without generating fused ones: the warm-up is
