@@ -185,14 +185,32 @@ def graph_scope_problem(replaying: str | None, scope: str) -> str | None:
 
 def graph_replay_step_problem(trainer: Mapping[str, Any]) -> str | None:
     """Why a step of this trainer config cannot replay CUDA graphs, or None. A step must be one micro-batch: the
-    next micro-batch's replay would overwrite the gradients the last one's backward graph wrote."""
-    micro, tokens = trainer.get("micro_batch_size"), trainer.get("micro_batch_tokens")
-    if (micro is None or micro == trainer["batch_size"]) and not tokens:
-        return None
+    next micro-batch's replay would overwrite the gradients the last one's backward graph wrote. And one device:
+    a replay's buffers under a distributed strategy's gradient hooks (Dynamo splits a DDP model's graph at its
+    buckets) have not been checked, and a wrong gradient there would not announce itself."""
     replaying = graph_replaying_setting(trainer.get("compile_mode"), trainer.get("compile_backend"))
-    return (f"{replaying} replays CUDA graphs, which needs a step of one "
-            f"micro-batch: trainer.micro_batch_size null or trainer.batch_size ({trainer['batch_size']}), and "
-            f"trainer.micro_batch_tokens null (they are {micro} and {tokens})")
+    micro, tokens = trainer.get("micro_batch_size"), trainer.get("micro_batch_tokens")
+    if (micro is not None and micro != trainer["batch_size"]) or tokens:
+        return (f"{replaying} replays CUDA graphs, which needs a step of one "
+                f"micro-batch: trainer.micro_batch_size null or trainer.batch_size ({trainer['batch_size']}), and "
+                f"trainer.micro_batch_tokens null (they are {micro} and {tokens})")
+    devices, strategy = trainer.get("devices", 1), str(trainer.get("strategy", "auto"))
+    if not _one_device(devices) or strategy not in ("auto", "single_device"):
+        return (f"{replaying} replays CUDA graphs, which is checked on one device only (trainer.devices={devices}, "
+                f"trainer.strategy={strategy}): set trainer.devices=1 trainer.strategy=auto, or train without "
+                "them (trainer.compile_mode=null, trainer.compile_backend=inductor)")
+    return None
+
+
+def _one_device(devices: Any) -> bool:
+    """trainer.devices names one device: 1, "1", or a list of one index ("auto" and -1 may be several)."""
+    from omegaconf import ListConfig
+
+    if isinstance(devices, (list, ListConfig)):
+        return len(devices) == 1
+    if isinstance(devices, str):
+        return devices.strip() == "1" or (devices.strip().rstrip(",").isdigit() and devices.strip().endswith(","))
+    return devices == 1 and not isinstance(devices, bool)
 
 
 def _one_of(value: Any, allowed, path: str) -> None:

@@ -104,6 +104,13 @@ def test_method_defaults():
          "(trainer.compile_scope=layers"),
         ("trainer.compile_backend=cudagraphs trainer.compile_scope=model trainer.micro_batch_tokens=2048",
          "trainer.compile_backend=cudagraphs replays CUDA graphs, which needs a step of one micro-batch"),
+        ("trainer=ddp trainer.compile_backend=cudagraphs trainer.compile_scope=model",
+         "trainer.compile_backend=cudagraphs replays CUDA graphs, which is checked on one device only "
+         "(trainer.devices=-1, trainer.strategy=ddp): set trainer.devices=1 trainer.strategy=auto"),
+        ("trainer.compile_scope=model trainer.compile_mode=reduce-overhead trainer.micro_batch_size=null "
+         "trainer.devices=[0,1]",
+         "trainer.compile_mode=reduce-overhead replays CUDA graphs, which is checked on one device only "
+         "(trainer.devices=[0, 1]"),
         ("trainer.weight_decay=-0.1", "trainer.weight_decay=-0.1 must be a non-negative number"),
         ("trainer.devices=3", "trainer.batch_size=16 must be a multiple of trainer.devices=3"),
         ("trainer.devices=0", "trainer.devices=0 must be a number of devices (1 or more; -1 for all), auto, or a list"),
