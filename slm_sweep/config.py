@@ -104,12 +104,6 @@ def _validate_trainer(cfg: DictConfig) -> None:
     if mode is not None and backend != "inductor":
         raise ConfigError(f"trainer.compile_mode={mode} is a mode of the inductor backend; "
                           f"trainer.compile_backend={backend} takes none (trainer.compile_mode=null)")
-    replaying = graph_replaying_setting(mode, backend)
-    if replaying:
-        problem = (graph_scope_problem(replaying, trainer.get("compile_scope", "layers"))
-                   or graph_replay_step_problem(trainer))
-        if problem:
-            raise ConfigError(problem)
     micro = trainer.get("micro_batch_size") or trainer.batch_size
     if trainer.batch_size % micro:
         raise ConfigError(
@@ -120,6 +114,12 @@ def _validate_trainer(cfg: DictConfig) -> None:
     if isinstance(devices, int) and not isinstance(devices, bool) and devices > 1 and trainer.batch_size % devices:
         raise ConfigError(f"trainer.batch_size={trainer.batch_size} must be a multiple of "
                           f"trainer.devices={devices}: every device takes the same share of each step")
+    replaying = graph_replaying_setting(mode, backend)
+    if replaying:  # after the values it reads are checked one by one
+        problem = (graph_scope_problem(replaying, trainer.get("compile_scope", "layers"))
+                   or graph_replay_step_problem(trainer))
+        if problem:
+            raise ConfigError(problem)
 
 
 def _check_devices(devices: Any) -> None:

@@ -450,6 +450,8 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
                 "decoding", "versions", "git_commit", "hardware", "dedup"):
         if key in source:
             record[key] = source[key]
+    if "skipped_rows_asking_who" not in source:  # a result written before the count existed: unknown, not none
+        record["skipped_rows_asking_who"] = None
     record["reused_from"] = str(previous / RESULT_FILE)
     record["finished_at"] = now_iso()
     if (previous / PREDICTIONS_FILE).is_file():

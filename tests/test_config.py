@@ -114,6 +114,8 @@ def test_method_defaults():
         ("trainer.weight_decay=-0.1", "trainer.weight_decay=-0.1 must be a non-negative number"),
         ("trainer.devices=3", "trainer.batch_size=16 must be a multiple of trainer.devices=3"),
         ("trainer.devices=0", "trainer.devices=0 must be a number of devices (1 or more; -1 for all), auto, or a list"),
+        ("trainer.compile_backend=cudagraphs trainer.compile_scope=model trainer.devices=0",
+         "trainer.devices=0 must be a number of devices"),
         ("trainer.devices=-2", "trainer.devices=-2 must be a number of devices"),
         ("trainer.devices=[]", "trainer.devices=[] must be a number of devices"),
         ("trainer.devices=two", "trainer.devices='two' must be a number of devices"),

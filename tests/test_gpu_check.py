@@ -210,6 +210,21 @@ def test_the_step_clock_tells_the_steady_state_from_steps_that_recorded_graphs()
     assert len(clock.step_ends) == 3 and clock.step_spread()["slow_steps"] >= 0
 
 
+def test_each_variant_leaves_the_minimum_to_every_variant_after_it(tmp_path, monkeypatch):
+    import argparse
+
+    import gpu_check
+
+    limits = []
+    monkeypatch.setattr(gpu_check, "train_speed", lambda *args, **kwargs: limits.append(args[5]) or {"returncode": 0})
+    args = argparse.Namespace(timeouts=[1, 1, 1, 300], job_deadline=float("inf"), dry_run=False,
+                              variants=["cudagraphs", "eager", "graphs"])
+    figures = gpu_check.train_variants_stage(args, ["model=tiny"], "cuda", tmp_path)
+    assert figures["returncode"] == 0 and len(limits) == 3
+    assert 300 - 2 * gpu_check.VARIANT_MIN_S - 2 <= limits[0] <= 300 - 2 * gpu_check.VARIANT_MIN_S
+    assert limits[2] >= 298  # the variants before it took no time here
+
+
 def test_every_training_variant_is_a_valid_gpu_trainer_config():
     """What a variant overrides in trainer=gpu passes the config check a cell runs (a graph-replaying variant
     needs the model scope and one micro-batch per step, which trainer=gpu has)."""

@@ -423,3 +423,10 @@ def test_a_copied_result_keeps_the_code_versions_and_decoding_that_computed_it(t
     assert copy["reused_from"] == str(tmp_path / "a" / "result.json")
     assert copy["git_commit"] == "0" * 40 and copy["versions"]["torch"] == "0.0-elsewhere"
     assert copy["decoding"] == first["decoding"] is not None and copy["metrics"] == first["metrics"]
+    assert copy["skipped_rows_asking_who"] == first["skipped_rows_asking_who"] == {}
+    # a result written before rows asking who were counted: the copy says the count is unknown, not zero
+    del source["skipped_rows_asking_who"]
+    (tmp_path / "a" / "result.json").write_text(json.dumps(source))
+    older = run(tiny_cfg("method=zeroshot", *search), out_dir=tmp_path / "c")
+    assert older["reused_from"] == str(tmp_path / "a" / "result.json")
+    assert older["skipped_rows_asking_who"] is None and older["skipped_rows"] == source["skipped_rows"]

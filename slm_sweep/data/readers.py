@@ -239,9 +239,11 @@ def _to_examples(rows: list[_Row], spec: dict[str, Any], role: str) -> tuple[lis
     examples = [_to_example(row, spec) for row in rows]
     kept = [example for example in examples if isinstance(example, Example)]
     if not kept:
+        who = sum(example == ASKS_WHO for example in examples)
         raise DataError(
             f"dataset {spec['name']!r}: none of the {len(rows)} {role} rows (from {rows[0].where}) "
-            f"has a parsable final answer in field {spec['answer']!r} ({spec['answer_format']} format)"
+            f"has a numeric reference: {len(rows) - who} without a parsable final answer in field "
+            f"{spec['answer']!r} ({spec['answer_format']} format), {who} asking who"
         )
     return kept, len(examples) - len(kept), sum(example == ASKS_WHO for example in examples)
 
