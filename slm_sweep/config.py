@@ -101,9 +101,8 @@ def _validate_trainer(cfg: DictConfig) -> None:
     if mode is not None:
         _one_of(mode, COMPILE_MODES, "trainer.compile_mode")
     _one_of(backend, COMPILE_BACKENDS, "trainer.compile_backend")
-    if mode is not None and backend != "inductor":
-        raise ConfigError(f"trainer.compile_mode={mode} is a mode of the inductor backend; "
-                          f"trainer.compile_backend={backend} takes none (trainer.compile_mode=null)")
+    if backend_mode_problem(mode, backend):
+        raise ConfigError(backend_mode_problem(mode, backend))
     micro = trainer.get("micro_batch_size") or trainer.batch_size
     if trainer.batch_size % micro:
         raise ConfigError(
@@ -161,6 +160,14 @@ def check_trainer_choices(trainer: Mapping) -> None:
         if not torch.cuda.is_available() and not apple:
             raise ConfigError(f"trainer.accelerator={accelerator} but CUDA is not available here: train on a GPU "
                               "machine, or use trainer=default (which trains wherever Lightning finds)")
+
+
+def backend_mode_problem(mode: str | None, backend: str) -> str | None:
+    """Why torch.compile's ``mode`` cannot go with ``backend``, or None: the modes are Inductor's."""
+    if mode is None or backend == "inductor":
+        return None
+    return (f"trainer.compile_mode={mode} is a mode of the inductor backend; trainer.compile_backend={backend} "
+            "takes none (trainer.compile_mode=null)")
 
 
 def graph_replaying_setting(mode: str | None, backend: str | None) -> str | None:

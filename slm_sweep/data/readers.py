@@ -238,14 +238,14 @@ def _to_examples(rows: list[_Row], spec: dict[str, Any], role: str) -> tuple[lis
     """The rows' examples, how many rows were left out, and how many of those ask who."""
     examples = [_to_example(row, spec) for row in rows]
     kept = [example for example in examples if isinstance(example, Example)]
+    who = sum(example == ASKS_WHO for example in examples)
     if not kept:
-        who = sum(example == ASKS_WHO for example in examples)
         raise DataError(
             f"dataset {spec['name']!r}: none of the {len(rows)} {role} rows (from {rows[0].where}) "
             f"has a numeric reference: {len(rows) - who} without a parsable final answer in field "
             f"{spec['answer']!r} ({spec['answer_format']} format), {who} asking who"
         )
-    return kept, len(examples) - len(kept), sum(example == ASKS_WHO for example in examples)
+    return kept, len(examples) - len(kept), who
 
 
 def _to_example(row: _Row, spec: dict[str, Any]) -> Example | str | None:

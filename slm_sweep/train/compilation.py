@@ -48,6 +48,7 @@ from slm_sweep.config import (
     COMPILE_BACKENDS,
     COMPILE_MODES,
     COMPILE_SCOPES,
+    backend_mode_problem,
     graph_replaying_setting,
     graph_scope_problem,
 )
@@ -160,9 +161,8 @@ def compile_in_place(model: nn.Module, scope: str = "layers", mode: str | None =
         raise ValueError(f"trainer.compile_mode={mode!r} is not one of: {', '.join(COMPILE_MODES)}")
     if backend not in COMPILE_BACKENDS:
         raise ValueError(f"trainer.compile_backend={backend!r} is not one of: {', '.join(COMPILE_BACKENDS)}")
-    if mode is not None and backend != "inductor":
-        raise ValueError(f"trainer.compile_mode={mode} is a mode of the inductor backend; "
-                         f"trainer.compile_backend={backend} takes none")
+    if backend_mode_problem(mode, backend):
+        raise ValueError(backend_mode_problem(mode, backend))
     missing = missing_toolchain() if backend == "inductor" else None  # the cudagraphs backend builds no kernels
     if missing:
         log.warning("trainer.compile=true, but torch.compile cannot build kernels here: %s; training eagerly",
