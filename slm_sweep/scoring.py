@@ -21,10 +21,12 @@ but they can never equal a reference, so the score is the same.
 
 ``lenient`` is the same for every method and reads the answer wherever a chat model states it: from the last
 ``\\boxed{...}``, else the rest of the sentence after the last ``####`` or, failing that, the last "the answer
-is" (any case), else the last number of the text once closing remarks are cut off (a last paragraph starting
-"Note" or checking the result, "Check: ...", a parenthesised remark at the end). Where the part read holds an "=", the result after the last one
-counts ("the answer is 16 - 3 - 4 = 9 eggs" is 9). An explicit marker therefore wins over numbers written after
-it, and a closing "(Note: 1 dozen = 12)" is never the answer. Numbers may carry thousands separators, a currency
+is" (any case), else the last number of the text once closing remarks are cut off (a last paragraph or
+sentence starting "Note" or checking the result, "Check: ...", a parenthesised remark at the end). Where the part
+read holds an "=", the result after the last one counts ("the answer is 16 - 3 - 4 = 9 eggs" is 9). An explicit
+marker therefore wins over numbers written after it, and a closing "(Note: 1 dozen = 12)" is never the answer. A
+marker's answer that offers several values ("12 or 13", "between 12 and 20", "\\boxed{12, 13}", "12 - 3") is no
+answer, and a sign set apart from its number after a marker ("#### - 5") is kept. Numbers may carry thousands separators, a currency
 sign, a percent sign (dropped: "25%" is 25), a sign and decimals, an exponent ("2.5e-05", "1.5 \\times 10^{6}",
 "3 × 10^4"), or be fractions ``3/4``, ``\\frac{3}{4}`` / ``\\dfrac{3}{4}`` or mixed numbers ``1 1/2`` /
 ``1\\frac{1}{2}``. A comma right after a number ends it ("$1,500, in total" is 1500).
@@ -179,6 +181,12 @@ _BACK_REFERENCE = re.compile(r"\b(?:it|its|this|that|them|these|those)\b", re.IG
 # the answer ends where a justification starts ("4 because 4 x 3 = 12", "5 (since 5 * 2 = 10)", "3, as ...").
 _RESTATED = re.compile(r",?\s*\b(?:which|that)\s+(?:is|equals|gives|makes)\b", re.IGNORECASE)
 _JUSTIFICATION = re.compile(r",\s|\s*\((?!\s*[=≈])|\s+(?:because|since|as|given|where)\b", re.IGNORECASE)
+# A marker's answer that offers several values: a word that hedges anywhere in it, or only a connector or an
+# operator between its first two values ("12 or 13", "12, 13", "12-15", "12 - 3", "2 \\times 3")
+_HEDGE_WORD = re.compile(r"\b(?:or|either|between)\b", re.IGNORECASE)
+_HEDGE_GAP = re.compile(r"\s*(?:and/or|or|and|to|through|[,;:+*×x÷/±–—-]|\\(?:times|cdot|div|pm))?\s*", re.IGNORECASE)
+# a sign set apart from its number right after a marker ("#### - 5", as GSM8K's reference lines allow)
+_SPACED_SIGN = re.compile(r"^([-−])[ \t]+(?=[$€£¥₹]?\s?\.?\d)")
 
 
 # ---------------------------------------------------------------------------------------------- lm-eval
@@ -312,6 +320,11 @@ def _written_form(text: str) -> str:
 
 def _numbers_at(text: str) -> list[tuple[Fraction, int | None, int]]:
     """``written_numbers`` of a text already in ``_written_form``, each with where it starts."""
+    return [(value, decimals, start) for value, decimals, start, _ in _number_spans(text)]
+
+
+def _number_spans(text: str) -> list[tuple[Fraction, int | None, int, int]]:
+    """``written_numbers`` of a text already in ``_written_form``, each with where it starts and ends."""
     found, position = [], 0
     while (match := _NUMBER.search(text, position)) is not None:
         position = match.end()
@@ -325,7 +338,7 @@ def _numbers_at(text: str) -> list[tuple[Fraction, int | None, int]]:
             value, position = (-whole if match["sign"] else whole), match.start("mn" if mixed == "mw" else "lf")
         if value is not None:
             decimals = max(0, _decimals(match["x"]) - _exponent(match)) if match["x"] is not None else None
-            found.append((value, decimals, match.start()))
+            found.append((value, decimals, match.start(), position))
     return found
 
 
@@ -414,7 +427,7 @@ def _stated_answer(rest: str) -> str:
     a last "which is" when one holds a number and what it restates is not already one number ("16 - 3 - 4, which
     is 9" is 9; "18, which is 9 * 2" is 18), else up to where a justification starts (when a number comes before
     it); of that, the result after its last "=" (``_result_part``)."""
-    part = _up_to_sentence_end(rest.lstrip(_ANSWER_LEAD))
+    part = _SPACED_SIGN.sub(r"\1", _up_to_sentence_end(rest.lstrip(_ANSWER_LEAD)))
     found = list(_RESTATED.finditer(part))
     if found and numbers_in(part[found[-1].end():]) and len(numbers_in(part[: found[-1].start()])) != 1:
         return _result_part(part[found[-1].end():])
@@ -432,18 +445,29 @@ def lenient_number(text: str) -> tuple[Fraction, int | None] | None:
     """The answer a model states in ``text`` under the lenient rules (module docstring), as (value, decimals
     written); None without one."""
     boxed = _last_boxed(text)
-    if boxed is not None:
-        numbers = written_numbers(_result_part(boxed))
-        if numbers:
-            return numbers[0]
+    if boxed is not None and numbers_in(boxed):
+        return _one_answer(_result_part(boxed))
     rests = (_after_last(_GSM8K_MARKER, text), _after_last(_ANSWER_IS, text))
     for rest in rests:
-        if rest is not None:
-            numbers = written_numbers(_stated_answer(rest))
-            if numbers:
-                return numbers[0]
-    numbers = written_numbers(_without_notes(text))
-    return numbers[-1] if numbers else None
+        if rest is not None and numbers_in(stated := _stated_answer(rest)):
+            return _one_answer(stated)
+    sentences = _stated_sentences(text)
+    return written_numbers(sentences[-1])[-1] if sentences else None
+
+
+def _one_answer(part: str) -> tuple[Fraction, int | None] | None:
+    """The first number of ``part`` (what a marker states), unless the part offers other values beside it as
+    alternatives, a range or an unevaluated expression ("12 or 13", "between 12 and 20", "\\boxed{12, 13}",
+    "12 - 3"): a hedge states no one answer."""
+    text = _written_form(part)
+    found = _number_spans(text)
+    if not found:
+        return None
+    value, decimals, _, end = found[0]
+    other = next((f for f in found[1:] if f[0] != value), None)
+    if other is not None and (_HEDGE_WORD.search(text) or _HEDGE_GAP.fullmatch(text[end:other[2]])):
+        return None
+    return value, decimals
 
 
 def lenient_value(text: str) -> Fraction | None:

@@ -402,6 +402,46 @@ def test_is_correct_lenient(text, reference, tolerance, expected):
     assert is_correct(text, reference, "lenient", tolerance) is expected
 
 
+# A marker that offers several values states no answer: each would otherwise score its first number as correct.
+@pytest.mark.parametrize("text", [
+    "The answer is 12 or 13.", "The answer is between 12 and 20.", "\\boxed{12, 13}", "#### 12-15",
+    "The answer is 12 to 15 apples.", "The answer is 12 - 3.", "\\boxed{12 \\times 3}", "The answer is either 12 or 20.",
+])
+def test_a_hedged_answer_after_a_marker_scores_wrong_against_each_of_its_values(text):
+    assert extract_answer(text, "lenient") is None
+    for value in ("12", "13", "15", "20", "3", "9", "36"):
+        assert is_correct(text, value, "lenient") is False
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("The answer is 5 (since 5 * 2 = 10).", "5"),        # a justification after it is not a second value
+    ("\\boxed{5, 5}", "5"),                               # the same value twice
+    ("The answer is 18 per hour for 8 hours.", "18"),     # a second number that is no alternative
+    ("The answer is 16 - 3 - 4 = 9 eggs.", "9"),          # an expression with its result
+])
+def test_a_marker_with_one_stated_value_keeps_it(text, expected):
+    assert extract_answer(text, "lenient") == expected
+
+
+# Without a marker, a closing remark in the answer's own paragraph is cut as a closing paragraph is.
+@pytest.mark.parametrize("text", [
+    "Therefore, she has 42 apples. Note: we assume 12 apples per box.",
+    "She has 42 apples.\nCheck: 42 - 12 = 30.",
+    "So she has 42 apples left. Checking: 30 + 12 = 42.",
+])
+def test_a_closing_remark_sentence_is_not_the_answer(text):
+    assert extract_answer(text, "lenient") == "42"
+    assert is_correct(text, "42", "lenient") is True
+    assert is_correct(text, "12", "lenient") is False and is_correct(text, "30", "lenient") is False
+
+
+@pytest.mark.parametrize(("text", "expected"), [("#### - 5", "-5"), ("#### -5", "-5"), ("The answer is - 5.", "-5"),
+                                                ("#### − $5", "-5")])
+def test_a_sign_set_apart_after_a_marker_stays_with_its_number(text, expected):
+    assert extract_answer(text, "lenient") == expected
+    assert is_correct(text, "5", "lenient") is False
+
+
 # (OrcaMath-style solution, reference): hand-labelled
 PROSE_REFERENCE_CASES = [
     pytest.param("Therefore, the cost price of the article is $80, which is 20% less than the selling price.", "80",
