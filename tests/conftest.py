@@ -64,6 +64,16 @@ def package_config_folder_only():
     use_config_sources(None)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One thread: the tiny model's operations are too small to gain from more, and on a busy machine OpenMP
+    threads waiting for each other make generation many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def requires_data():
     if not (DATA_ROOT / "gsm8k" / "test.jsonl").is_file():

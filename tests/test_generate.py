@@ -19,14 +19,7 @@ GSM8K_STOP = ["Question:", "</s>", "<|im_end|>"]
 VARIED_STOP = [*GSM8K_STOP, "than", ">>", "weeks"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: the tiny model's operations are too small to gain from more, and on a busy machine OpenMP
-    threads waiting for each other make generation many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny():

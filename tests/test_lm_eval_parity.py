@@ -31,14 +31,7 @@ LM_EVAL_SHOT_SEED = 1234  # lm_eval.simple_evaluate's default fewshot_random_see
 GSM8K_EVAL = {"max_new_tokens": 256, "stop": ["Question:", "</s>", "<|im_end|>"], "generation_config": "model"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: the tiny model's operations are too small to gain from more, and on a busy machine OpenMP
-    threads waiting for each other make generation many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _lm_eval_answer(filtered: str):
