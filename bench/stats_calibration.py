@@ -43,15 +43,22 @@ def simulate_rows(rng: np.random.Generator, questions: int, seeds_a: int, seeds_
     return ([dict(enumerate(row.tolist())) for row in a], [dict(enumerate(row.tolist())) for row in b])
 
 
+def p_values(questions: int, seeds_a: int, seeds_b: int, seed_sd: float, reps: int, *, effect: float = 0.0,
+             rng_seed: int = 0) -> np.ndarray:
+    """The paired test's p-values over ``reps`` simulated comparisons."""
+    rng = np.random.default_rng(rng_seed)
+    found = []
+    for _ in range(reps):
+        a, b = simulate_rows(rng, questions, seeds_a, seeds_b, seed_sd, effect)
+        found.append(paired_test(a, b).p_value)
+    return np.asarray(found)
+
+
 def rejection_rate(questions: int, seeds_a: int, seeds_b: int, seed_sd: float, reps: int, *, effect: float = 0.0,
                    alpha: float = ALPHA, rng_seed: int = 0) -> float:
     """The share of ``reps`` simulated comparisons whose paired test is significant at ``alpha``."""
-    rng = np.random.default_rng(rng_seed)
-    rejected = 0
-    for _ in range(reps):
-        a, b = simulate_rows(rng, questions, seeds_a, seeds_b, seed_sd, effect)
-        rejected += paired_test(a, b, alpha=alpha).significant(alpha)
-    return rejected / reps
+    return float(np.mean(p_values(questions, seeds_a, seeds_b, seed_sd, reps, effect=effect, rng_seed=rng_seed)
+                         < alpha))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,22 +69,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed-sds", type=float, nargs="+", default=[0.0, 0.015, 0.03, 0.06])
     parser.add_argument("--effect", type=float, default=0.03, help="A's true advantage for the power column")
     parser.add_argument("--reps", type=int, default=400)
-    parser.add_argument("--alpha", type=float, default=ALPHA)
+    parser.add_argument("--alphas", type=float, nargs="+", default=[ALPHA, 0.01, 0.005],
+                        help="levels to count rejections at: a claim family of m comparisons tests each at about "
+                             "alpha / m (Holm, Bonferroni), so the level must hold below 0.05 too")
     args = parser.parse_args(argv)
-    margin = 2 * (args.alpha * (1 - args.alpha) / args.reps) ** 0.5
-    print(f"alpha={args.alpha}, {args.reps} simulated comparisons per line (a calibrated level lies within "
-          f"±{margin:.3f} of alpha 95 % of the time)")
-    print(f"| questions | seeds A x B | seed sd (points) | rejected, no difference | rejected, A +{100 * args.effect:g} points |")
-    print("|---:|---|---:|---:|---:|")
+    print(f"{args.reps} simulated comparisons per line; a calibrated level lies within "
+          + ", ".join(f"±{2 * (a * (1 - a) / args.reps) ** 0.5:.3f} of {a:g}" for a in args.alphas)
+          + " 95 % of the time")
+    levels = " | ".join(f"no difference, at {a:g}" for a in args.alphas)
+    print(f"| questions | seeds A x B | seed sd (points) | {levels} | A +{100 * args.effect:g} points, at "
+          f"{args.alphas[0]:g} |")
+    print("|---:|---|---:|" + "---:|" * (len(args.alphas) + 1))
     start = time.perf_counter()
     for questions in args.questions:
         for design in args.designs:
             seeds_a, seeds_b = (int(x) for x in design.split("x"))
             for seed_sd in args.seed_sds:
-                level = rejection_rate(questions, seeds_a, seeds_b, seed_sd, args.reps, alpha=args.alpha)
+                null = p_values(questions, seeds_a, seeds_b, seed_sd, args.reps)
                 power = rejection_rate(questions, seeds_a, seeds_b, seed_sd, args.reps, effect=args.effect,
-                                       alpha=args.alpha, rng_seed=1)
-                print(f"| {questions} | {seeds_a} x {seeds_b} | {100 * seed_sd:g} | {level:.3f} | {power:.3f} |",
+                                       alpha=args.alphas[0], rng_seed=1)
+                rates = " | ".join(f"{np.mean(null < a):.3f}" for a in args.alphas)
+                print(f"| {questions} | {seeds_a} x {seeds_b} | {100 * seed_sd:g} | {rates} | {power:.3f} |",
                       flush=True)
     print(f"({time.perf_counter() - start:.0f} s)")
 

@@ -30,6 +30,7 @@ from slm_sweep.report.stats import (
     seed_variance,
     seeds_and_questions_test,
     tango_paired_interval,
+    within_seed_noise,
 )
 from slm_sweep.results import PREDICTIONS_FILE, redact, write_predictions, write_result
 from slm_sweep.scoring import METRICS, accuracy_key, score
@@ -196,7 +197,7 @@ def test_with_seeds_that_agree_the_seed_test_is_the_exact_paired_test_over_quest
     assert every.p_value == pytest.approx(0.25)
 
 
-def test_the_seeds_share_of_the_variance_leaves_the_questions_noise_out():
+def test_the_questions_noise_inside_the_seed_means_is_counted_once():
     import numpy as np
 
     rng = np.random.default_rng(3)
@@ -207,9 +208,15 @@ def test_the_seeds_share_of_the_variance_leaves_the_questions_noise_out():
     between_seeds = questions * ((scores.mean(axis=1) - scores.mean()) ** 2).sum()
     between_questions = seeds * ((scores.mean(axis=0) - scores.mean()) ** 2).sum()
     residual = (total - between_seeds - between_questions) / ((seeds - 1) * (questions - 1))
-    expected = max(0.0, (between_seeds / (seeds - 1) - residual) / questions) / seeds
-    assert seed_variance(scores) == pytest.approx(expected)
-    assert seed_variance(scores[:1]) == 0.0
+    assert seed_variance(scores) == pytest.approx(between_seeds / (seeds - 1) / questions / seeds)
+    assert within_seed_noise(scores) == pytest.approx(residual / (seeds * questions))
+    assert seed_variance(scores[:1]) == within_seed_noise(scores[:1]) == 0.0
+    # the question part is the per-question differences' variance less that noise, the seed part keeps it
+    baseline = (rng.random((1, 50)) < 0.5).astype(float)
+    test = seeds_and_questions_test(scores, baseline)
+    per_question = scores.mean(axis=0) - baseline[0]
+    assert test.question_se ** 2 == pytest.approx(per_question.var(ddof=1) / questions - residual / (seeds * questions))
+    assert test.seed_se[0] ** 2 == pytest.approx(seed_variance(scores))
     # seeds that differ by whole blocks of questions: their spread counts, and widens the test
     spread = seeds_and_questions_test(_seeds(20, 30, 40), _seeds(20))
     alike = seeds_and_questions_test(_seeds(30, 30, 30), _seeds(20))
@@ -396,6 +403,17 @@ def test_predictions_that_disagree_with_result_json_are_not_used(tmp_path):
         question_scores(path, "svamp", "flexible")
 
 
+def test_a_mark_on_a_trained_method_of_one_seed_says_it_speaks_for_that_run(tmp_path):
+    write_row(tmp_path, "smollm135", "zeroshot", "gsm8k", 40)
+    write_row(tmp_path, "smollm135", "full", "gsm8k", 10, seeds=(0,))
+    write_row(tmp_path, "smollm135", "fewshot", "gsm8k", 46)
+    report = write_report([tmp_path], tmp_path / "out", plots=False)
+    full = next(r for r in report["rows"] if r["method"] == "full")
+    assert (full["n"], full["delta_zeroshot_test"], full["delta_zeroshot_significant"]) == (1, MCNEMAR, True)
+    # fewshot (its delta against zero-shot), also one seed and McNemar, trains nothing: its one run is the method
+    assert "2 of 4 comparisons are of a trained method with one seed" in report["markdown"]  # full: both deltas
+
+
 def test_negative_transfer_and_delta_marks_need_a_significant_paired_test(tmp_path):
     write_row(tmp_path, "smollm135", "zeroshot", "gsm8k", 40)
     write_row(tmp_path, "smollm135", "full", "gsm8k", 10)   # far below: significant
@@ -422,6 +440,7 @@ def test_negative_transfer_and_delta_marks_need_a_significant_paired_test(tmp_pa
     assert "▼" in held["full"] and "▼" not in held["lora"]
     assert "| +10.0 |" in held["fewshot"] and "| -3.3 |" in held["lora"]
     assert "Δ zero-shot (pp, * p<0.05, Holm)" in report["markdown"] and "Holm-adjusted as one family" in report["markdown"]
+    assert "trained method with one seed" not in report["markdown"]  # full and lora have three
     with open(tmp_path / "out" / "summary.csv", newline="") as f:
         fewshot = next(r for r in csv.DictReader(f) if r["method"] == "fewshot")
     assert float(fewshot["delta_zeroshot_p_adjusted"]) == pytest.approx(0.0625)

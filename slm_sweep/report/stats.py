@@ -128,23 +128,31 @@ def falling_crossing(function, target: float, low: float, high: float, steps: in
 
 
 def seed_variance(scores) -> float:
-    """The seeds' share of the variance of a side's mean accuracy: ``scores`` is a numpy array, seeds ×
-    questions (0/1).
-
-    A two-way decomposition (seeds × questions, crossed): the seed means' sample variance holds the seeds' own
-    spread plus the questions' sampling noise of each seed's mean (the residual mean square over the questions);
-    the latter is subtracted (it is in the question part of the test already) and the rest, floored at 0, divided
-    by the number of seeds. 0 for a single seed: one run says nothing about the spread over runs."""
-    seeds, questions = scores.shape
+    """The variance of a side's mean accuracy over its seeds, as its seed means show it: their sample variance
+    divided by the number of seeds, with seeds - 1 degrees of freedom. ``scores`` is a numpy array, seeds ×
+    questions (0/1). It holds the seeds' own spread and the questions' noise inside each seed's mean; the test
+    takes the latter out of its question part (``within_seed_noise``), where it is estimated on many degrees of
+    freedom, not out of this one, where subtracting it from a two-degree estimate and flooring the rest at 0 made
+    the test reject too often at small alphas. 0 for a single seed: one run says nothing about the spread over
+    runs."""
+    seeds, _ = scores.shape
     if seeds < 2:
         return 0.0
-    seed_means = scores.mean(axis=1)
-    residual = 0.0
-    if questions > 1:
-        centred = scores - seed_means[:, None] - scores.mean(axis=0)[None, :] + scores.mean()
-        residual = float((centred**2).sum()) / ((seeds - 1) * (questions - 1))
-    spread = float(seed_means.var(ddof=1)) - residual / questions
+    spread = float(scores.mean(axis=1).var(ddof=1))
     return spread / seeds if spread > 1e-15 else 0.0  # not float noise (identical seeds give about 1e-34)
+
+
+def within_seed_noise(scores) -> float:
+    """The questions' noise inside a side's seed-averaged mean: the residual mean square of a two-way
+    decomposition of its seeds × questions scores (seeds and questions crossed), divided by seeds × questions.
+    Part of both ``seed_variance`` and the variance of the per-question differences, so counted once. 0 for a
+    single seed (its noise is the question part's own)."""
+    seeds, questions = scores.shape
+    if seeds < 2 or questions < 2:
+        return 0.0
+    centred = scores - scores.mean(axis=1)[:, None] - scores.mean(axis=0)[None, :] + scores.mean()
+    residual = float((centred**2).sum()) / ((seeds - 1) * (questions - 1))
+    return residual / (seeds * questions)
 
 
 def sign_flip_distribution(differences, scale: int):
@@ -188,7 +196,8 @@ def seeds_and_questions_test(a: Sequence[Sequence[bool]], b: Sequence[Sequence[b
     ``a`` and ``b`` hold one row per seed, one column per question (the same questions in the same order on
     both sides). The difference d of the two means has three independent sources of error: the questions
     (paired: the standard error of the per-question difference of the two sides' seed means, with questions - 1
-    degrees of freedom) and each side's seeds (``seed_variance``, with seeds - 1 degrees of freedom). Under "no
+    degrees of freedom, less the questions' noise inside the seed means that the seed parts hold) and each side's
+    seeds (``seed_variance``, with seeds - 1 degrees of freedom). Under "no
     difference", d is distributed as the sum of those standard errors each times a Student-t variable of its
     degrees of freedom (the Behrens-Fisher form, generalised to three parts); the two-sided p-value is
     P(|sum| >= |d|) and the interval d +- c with P(|sum| >= c) = alpha. The seed parts are drawn (``draws`` of
@@ -211,7 +220,6 @@ def seeds_and_questions_test(a: Sequence[Sequence[bool]], b: Sequence[Sequence[b
     questions = first.shape[1]
     per_question = first.mean(axis=0) - second.mean(axis=0)
     difference = float(per_question.mean())
-    question_se = math.sqrt(float(per_question.var(ddof=1)) / questions) if questions > 1 else 0.0
     rng = np.random.default_rng(seed)
     seed_part = np.zeros(draws)
     seed_se = []
@@ -220,11 +228,15 @@ def seeds_and_questions_test(a: Sequence[Sequence[bool]], b: Sequence[Sequence[b
         seed_se.append(se)
         if side.shape[0] > 1:
             seed_part += se * rng.standard_t(side.shape[0] - 1, size=draws)
+    question_variance = float(per_question.var(ddof=1)) / questions if questions > 1 else 0.0
+    if any(seed_se):  # the seed parts hold the questions' noise inside each seed mean: counted there only
+        question_variance -= within_seed_noise(first) + within_seed_noise(second)
+    question_se = math.sqrt(max(question_variance, 0.0))
 
-    # When neither side's seeds spread (one seed each, identical seeds, or a spread within the questions' noise:
-    # seed_variance floors it at 0), the test is a paired test on the questions alone: its question part is then
-    # the exact sign-flip distribution of the per-question differences, not Student's t, which on a few
-    # discordant questions rejects more often than alpha, and with every question alike would give p = 0.
+    # When neither side's seed means differ (one seed each, or seeds that answered alike), the test is a paired
+    # test on the questions alone: its question part is then the exact sign-flip distribution of the
+    # per-question differences, not Student's t, which on a few discordant questions rejects more often than
+    # alpha, and with every question alike would give p = 0.
     exact = None
     if not any(seed_se):
         values, probs = sign_flip_distribution(per_question, first.shape[0] * second.shape[0])

@@ -367,6 +367,11 @@ def _tests_note(rows: Sequence[dict[str, Any]], alpha: float, correction: str) -
         note += (f" {unscored} of {len(tests)} comparisons are of rows that {DIFFERENT_SCORING} (another scoring "
                  "version, max_new_tokens, stop, generation config or dtype; result.json's identity.scored_with): their "
                  "delta is not tested.")
+    one_run = sum(row.get(k) == MCNEMAR for row in rows if row.get("trained") and row.get("n") == 1 for k in keys)
+    if one_run:
+        note += (f" {one_run} of {len(tests)} comparisons are of a trained method with one seed: {MCNEMAR} counts "
+                 "the questions' noise only, not how far another training run could land, so a mark there says "
+                 "that run differs from the baseline, not that the method does; run three seeds or more for that.")
     return note
 
 
