@@ -887,6 +887,15 @@ def test_a_verdict_on_one_training_run_is_stated_as_incomplete(tmp_path):
     assert any(gap.startswith("smollm135 × dora on gsm8k: one training run (seed 0)") for gap in result.gaps)
 
 
+def test_a_verdict_on_two_training_runs_says_their_spread_rests_on_one_degree_of_freedom(tmp_path):
+    write_row(tmp_path, "smollm135", "dora", "gsm8k", 45, seeds=(0, 1))
+    write_row(tmp_path, "smollm135", "lora", "gsm8k", 30, seeds=(0, 1, 2))
+    results, report = claims_of(tmp_path)
+    (instance,) = results["dora-above-lora-gsm8k"].instances
+    assert instance.test.seeds == (2, 3)
+    assert "a row of 2 seeds: the seeds test rests on one degree of freedom" in (tmp_path / "report" / "claims.md").read_text()
+
+
 def test_identical_seeds_on_few_questions_show_no_non_inferiority(tmp_path):
     """Three LoRA seeds answering exactly as zero-shot on 60 questions: nothing varies, but 60 questions cannot
     place the difference within 2 points (Tango's width for no discordance, ±6 points)."""

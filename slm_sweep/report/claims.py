@@ -422,7 +422,8 @@ def instance_note(claim: Claim, instance: Instance) -> str | None:
     notes += [f"{method_label(row)}: one training run, so the spread between training seeds is not measured "
               "(the test covers the questions only)" for row in single_runs(instance.a, instance.b)]
     if 2 in (instance.a.get("n"), instance.b.get("n")) and instance.test.test == SEEDS_AND_QUESTIONS:
-        notes.append("a row of 2 seeds: the seeds test rejects more often than alpha (up to 11.5 % at 0.05)")
+        notes.append("a row of 2 seeds: the seeds test rests on one degree of freedom for their spread and "
+                     "resolves little")
     notes += learning_rate_notes(instance.a, instance.b)
     notes += [f"{method_label(row)}: {100 * row['truncated_fraction_mean']:.0f} % of its answers cut off at the token "
               "limit" for row in (instance.a, instance.b)
