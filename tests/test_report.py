@@ -579,6 +579,16 @@ def test_wilson_interval_matches_the_closed_form():
     assert wilson_interval(None, 10) == (None, None) and wilson_interval(0.3, None) == (None, None)
 
 
+def test_a_number_that_is_not_finite_is_refused_not_read_as_zero():
+    from slm_sweep.report.stats import describe, wilson_interval
+
+    with pytest.raises(ValueError, match="accuracy nan is not a finite number"):
+        wilson_interval(float("nan"), 100)
+    with pytest.raises(ValueError, match=r"must be finite numbers, got \[0.4, nan\]"):
+        describe([0.4, float("nan")])
+    assert describe([0.4, 0.6])[0] == pytest.approx(0.5)
+
+
 def test_each_row_carries_the_test_questions_interval(grid, tmp_path):
     sweep, _ = grid
     rows = summarize(collect([sweep]).records)

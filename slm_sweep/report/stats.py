@@ -52,6 +52,8 @@ def describe(values: Sequence[float]) -> tuple[float | None, float | None, float
     n = len(values)
     if n == 0:
         return None, None, None
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"values to describe must be finite numbers, got {list(values)!r}")
     mean = statistics.fmean(values)
     if n == 1:
         return mean, 0.0, None
@@ -64,6 +66,8 @@ def wilson_interval(p: float | None, n: int | None, z: float = _Z_975) -> tuple[
     noise (about ±2.5 points at 50 % on GSM8K's 1319 questions), which no number of seeds averages away."""
     if p is None or not n:
         return None, None
+    if not math.isfinite(p):
+        raise ValueError(f"accuracy {p!r} is not a finite number")
     p = min(1.0, max(0.0, p))
     denominator = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denominator
