@@ -47,10 +47,10 @@ TRAINING_CODE_VERSION = 5  # 5: a run resumed under another micro-batch plan, or
 # TRAINING_SOURCES_SHA256 below hold the hash of the sources behind each version, so an edit of one of them
 # without a bump, or a recorded statement that it changes no result, fails a test; and a cell run from edited
 # sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
-SCORING_VERSION = 13  # 13: lenient: a marker's answer that offers several values ("12 or 13", "\\boxed{12, 13}",
-# "12 - 3") is no answer (it scored its first value); without a marker, a closing remark in the last paragraph
-# ("... 42 apples. Note: 12 per box.") is cut as a closing paragraph is; lenient and prose references keep a sign
-# set apart after a marker ("#### - 5" is -5)
+SCORING_VERSION = 13  # 13: lenient: a marker's answer that offers several values of one kind ("12 or 13",
+# "\\boxed{12, 13}", "12 to 15 apples", "12 - 3") is no answer (it scored its first value); without a marker, a
+# last sentence labelled as a remark with a colon ("... 42 apples. Note: 12 per box.") is cut as a closing
+# paragraph is; lenient and prose references keep a sign set apart after a marker on its line ("#### - 5" is -5)
 # 12: the static engine's one-token decode steps attend with each group's queries
 # stacked on its key/value head (evaluate/attention.py), as transformers' sdpa does from 5.24 (bitwise the same
 # there); on earlier releases, which expanded the keys and values per query head, rounding can differ
@@ -90,7 +90,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py", "evaluate/attention.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {13: "7e83d3d12bfb518be4965cfeb50439fe54c0184f5df2ca6cba32d87ffac25d02"}
+SCORING_SOURCES_SHA256 = {13: "55dcbf97862bf080a7356aff155c56f69fc9c60c07b8bfaea2a3a95332110740"}
 TRAINING_SOURCES_SHA256 = {5: "89afaac02ed4940f866898c5b9121679813bbb9605bbb2743814372451184fc4"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.

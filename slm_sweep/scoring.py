@@ -21,12 +21,14 @@ but they can never equal a reference, so the score is the same.
 
 ``lenient`` is the same for every method and reads the answer wherever a chat model states it: from the last
 ``\\boxed{...}``, else the rest of the sentence after the last ``####`` or, failing that, the last "the answer
-is" (any case), else the last number of the text once closing remarks are cut off (a last paragraph or
-sentence starting "Note" or checking the result, "Check: ...", a parenthesised remark at the end). Where the part
-read holds an "=", the result after the last one counts ("the answer is 16 - 3 - 4 = 9 eggs" is 9). An explicit
-marker therefore wins over numbers written after it, and a closing "(Note: 1 dozen = 12)" is never the answer. A
-marker's answer that offers several values ("12 or 13", "between 12 and 20", "\\boxed{12, 13}", "12 - 3") is no
-answer, and a sign set apart from its number after a marker ("#### - 5") is kept. Numbers may carry thousands separators, a currency
+is" (any case), else the last number of the text once closing remarks are cut off (a last paragraph starting
+"Note" or checking the result, a last sentence labelled so with a colon, "Note: ..." or "Check: ...", a
+parenthesised remark at the end). Where the part read holds an "=", the result after the last one counts ("the
+answer is 16 - 3 - 4 = 9 eggs" is 9). An explicit marker therefore wins over numbers written after it, and a
+closing "(Note: 1 dozen = 12)" is never the answer. A marker's answer that offers several values of one kind
+("12 or 13", "between 12 and 20", "\\boxed{12, 13}", "12 to 15 apples", "12 - 3") is no answer; one value
+restated in another unit ("45 minutes or 0.75 hours", "25% or 0.25") is its first. A sign set apart from its
+number on the marker's line ("#### - 5") is kept. Numbers may carry thousands separators, a currency
 sign, a percent sign (dropped: "25%" is 25), a sign and decimals, an exponent ("2.5e-05", "1.5 \\times 10^{6}",
 "3 × 10^4"), or be fractions ``3/4``, ``\\frac{3}{4}`` / ``\\dfrac{3}{4}`` or mixed numbers ``1 1/2`` /
 ``1\\frac{1}{2}``. A comma right after a number ends it ("$1,500, in total" is 1500).
@@ -181,10 +183,16 @@ _BACK_REFERENCE = re.compile(r"\b(?:it|its|this|that|them|these|those)\b", re.IG
 # the answer ends where a justification starts ("4 because 4 x 3 = 12", "5 (since 5 * 2 = 10)", "3, as ...").
 _RESTATED = re.compile(r",?\s*\b(?:which|that)\s+(?:is|equals|gives|makes)\b", re.IGNORECASE)
 _JUSTIFICATION = re.compile(r",\s|\s*\((?!\s*[=≈])|\s+(?:because|since|as|given|where)\b", re.IGNORECASE)
-# A marker's answer that offers several values: a word that hedges anywhere in it, or only a connector or an
-# operator between its first two values ("12 or 13", "12, 13", "12-15", "12 - 3", "2 \\times 3")
-_HEDGE_WORD = re.compile(r"\b(?:or|either|between)\b", re.IGNORECASE)
-_HEDGE_GAP = re.compile(r"\s*(?:and/or|or|and|to|through|[,;:+*×x÷/±–—-]|\\(?:times|cdot|div|pm))?\s*", re.IGNORECASE)
+# A marker's answer that offers several values of one kind: two values joined as alternatives or a range ("12 or
+# 13", "12 to 15 apples", "between 12 and 20", "either 12 or 20", "12-15"), listed ("\\boxed{12, 13}") or left
+# as an unevaluated expression ("12 - 3", "2 \\times 3"). Not a hedge: one value restated in another unit ("45
+# minutes or 0.75 hours", "25% or 0.25"), or a second number that only explains the first ("18 - 9 eggs at $2
+# each", "4 and 2 left over", "3:00 pm").
+_RANGE_WORD = re.compile(r"\b(?:either|between)\b", re.IGNORECASE)
+_ALTERNATIVE = re.compile(r"(?P<unit>[^\d]*?)\s*\b(?:or|to|through)\s*", re.IGNORECASE)
+_OPERATOR = re.compile(r"\s*(?:[,+*×÷±]|\bx\b|\\(?:times|cdot|div|pm))\s*")
+_SPACED_MINUS = re.compile(r"\s+[-−]\s*|\s*[-−]\s+")
+_UNIT_AFTER = re.compile(r"\s*([^\s,;.:!?)]*)")
 # a sign set apart from its number right after a marker ("#### - 5", as GSM8K's reference lines allow)
 _SPACED_SIGN = re.compile(r"^([-−])[ \t]+(?=[$€£¥₹]?\s?\.?\d)")
 
@@ -427,7 +435,10 @@ def _stated_answer(rest: str) -> str:
     a last "which is" when one holds a number and what it restates is not already one number ("16 - 3 - 4, which
     is 9" is 9; "18, which is 9 * 2" is 18), else up to where a justification starts (when a number comes before
     it); of that, the result after its last "=" (``_result_part``)."""
-    part = _SPACED_SIGN.sub(r"\1", _up_to_sentence_end(rest.lstrip(_ANSWER_LEAD)))
+    stated = rest.lstrip(_ANSWER_LEAD)
+    part = _up_to_sentence_end(stated)
+    if "\n" not in rest[: len(rest) - len(stated)]:  # on the marker's line; "answer is:\n- 18" is a bullet
+        part = _SPACED_SIGN.sub(r"\1", part)
     found = list(_RESTATED.finditer(part))
     if found and numbers_in(part[found[-1].end():]) and len(numbers_in(part[: found[-1].start()])) != 1:
         return _result_part(part[found[-1].end():])
@@ -451,23 +462,47 @@ def lenient_number(text: str) -> tuple[Fraction, int | None] | None:
     for rest in rests:
         if rest is not None and numbers_in(stated := _stated_answer(rest)):
             return _one_answer(stated)
-    sentences = _stated_sentences(text)
+    sentences = [s for s in _SENTENCE_SPLIT.split(_without_notes(text)) if numbers_in(s)]
+    while len(sentences) > 1 and _is_labelled_remark(sentences[-1].strip()):
+        sentences.pop()
     return written_numbers(sentences[-1])[-1] if sentences else None
 
 
+def _is_labelled_remark(sentence: str) -> bool:
+    """A sentence that announces itself as a remark or a check with a colon ("Note: ...", "Check: 42 - 12 = 30",
+    "Let's verify: ..."); "Note that he pays $50, so his change is $30" may state the answer."""
+    start = _NOTE_START.match(sentence)
+    return start is not None and _CHECK_COLON.match(sentence, start.end()) is not None
+
+
 def _one_answer(part: str) -> tuple[Fraction, int | None] | None:
-    """The first number of ``part`` (what a marker states), unless the part offers other values beside it as
-    alternatives, a range or an unevaluated expression ("12 or 13", "between 12 and 20", "\\boxed{12, 13}",
-    "12 - 3"): a hedge states no one answer."""
+    """The first number of ``part`` (what a marker states), unless the part offers other values of its kind
+    beside it (``_RANGE_WORD`` and the patterns after it): a hedge states no one answer."""
     text = _written_form(part)
     found = _number_spans(text)
     if not found:
         return None
     value, decimals, _, end = found[0]
     other = next((f for f in found[1:] if f[0] != value), None)
-    if other is not None and (_HEDGE_WORD.search(text) or _HEDGE_GAP.fullmatch(text[end:other[2]])):
-        return None
-    return value, decimals
+    return None if other is not None and _offers_both(text, end, other[2], other[3]) else (value, decimals)
+
+
+def _offers_both(text: str, first_end: int, second_start: int, second_end: int) -> bool:
+    """Whether the values that end at ``first_end`` and span [``second_start``, ``second_end``) of ``text`` are
+    offered as alternatives, a range, a list or an unevaluated expression."""
+    gap, after = text[first_end:second_start], text[second_end:]
+    if _RANGE_WORD.search(text) or gap == "-":  # "between 12 and 20", "12-15" (a sign would be part of the 15)
+        return True
+    if _OPERATOR.fullmatch(gap):
+        return True
+    if _SPACED_MINUS.fullmatch(gap):  # "12 - 3" ends there; "18 - 9 eggs at $2 each" explains the 18
+        return not after.strip(" \t.!")
+    alternative = _ALTERNATIVE.fullmatch(gap)
+    if alternative is None:
+        return False
+    # "12 or 13", "12 to 15 apples", "12 apples or 13 apples"; not "45 minutes or 0.75 hours", "25% or 0.25"
+    unit = alternative["unit"].strip().lower()
+    return not unit or unit == _UNIT_AFTER.match(after)[1].lower()
 
 
 def lenient_value(text: str) -> Fraction | None:

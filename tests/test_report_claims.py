@@ -217,6 +217,13 @@ def test_the_questions_noise_inside_the_seed_means_is_counted_once():
     per_question = scores.mean(axis=0) - baseline[0]
     assert test.question_se ** 2 == pytest.approx(per_question.var(ddof=1) / questions - residual / (seeds * questions))
     assert test.seed_se[0] ** 2 == pytest.approx(seed_variance(scores))
+    # a side whose seeds answered differently but to equal means has no seed part: its noise stays counted
+    even = np.array([[1.0, 0.0] * 25, [0.0, 1.0] * 25, [1.0, 1.0, 0.0, 0.0] * 12 + [1.0, 0.0]])
+    assert seed_variance(even) == 0.0 < within_seed_noise(even)
+    both = seeds_and_questions_test(scores, even)
+    per_question = scores.mean(axis=0) - even.mean(axis=0)
+    assert both.seed_se[1] == 0.0
+    assert both.question_se ** 2 == pytest.approx(per_question.var(ddof=1) / questions - residual / (seeds * questions))
     # seeds that differ by whole blocks of questions: their spread counts, and widens the test
     spread = seeds_and_questions_test(_seeds(20, 30, 40), _seeds(20))
     alike = seeds_and_questions_test(_seeds(30, 30, 30), _seeds(20))

@@ -406,6 +406,7 @@ def test_is_correct_lenient(text, reference, tolerance, expected):
 @pytest.mark.parametrize("text", [
     "The answer is 12 or 13.", "The answer is between 12 and 20.", "\\boxed{12, 13}", "#### 12-15",
     "The answer is 12 to 15 apples.", "The answer is 12 - 3.", "\\boxed{12 \\times 3}", "The answer is either 12 or 20.",
+    "The answer is 12 apples or 13 apples.", "The answer is 12% or 13%.",
 ])
 def test_a_hedged_answer_after_a_marker_scores_wrong_against_each_of_its_values(text):
     assert extract_answer(text, "lenient") is None
@@ -418,12 +419,30 @@ def test_a_hedged_answer_after_a_marker_scores_wrong_against_each_of_its_values(
     ("\\boxed{5, 5}", "5"),                               # the same value twice
     ("The answer is 18 per hour for 8 hours.", "18"),     # a second number that is no alternative
     ("The answer is 16 - 3 - 4 = 9 eggs.", "9"),          # an expression with its result
+    ("The answer is 18 — 9 eggs at $2 each.", "18"),      # a dash that explains
+    ("The answer is 18 - 9 eggs at $2 each.", "18"),
+    ("The answer is 45 minutes or 0.75 hours.", "45"),    # one value in two units
+    ("The answer is 1.5 hours or 90 minutes.", "1.5"),
+    ("The answer is 25% or 0.25.", "25"),
+    ("The answer is 3:00 pm.", "3"),                      # a time
+    ("The answer is 4 and 2 left over.", "4"),            # a remainder
 ])
 def test_a_marker_with_one_stated_value_keeps_it(text, expected):
     assert extract_answer(text, "lenient") == expected
 
 
 # Without a marker, a closing remark in the answer's own paragraph is cut as a closing paragraph is.
+# ... but only one that says so with a colon: "Note that ..." or "Checking the cookies after the sale: 36 - 20 = 16"
+# may be where the answer is worked out.
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Total cost = 5 × 4 = 20.\nNote that he pays with $50, so his change is 50 - 20 = $30.", "30"),
+    ("She had 50 dollars and spent 20 dollars. Note she has 30 dollars left.", "30"),
+    ("Checking the remaining cookies after the sale: 36 - 20 = 16.", "16"),
+])
+def test_a_last_sentence_that_works_out_the_answer_is_kept(text, expected):
+    assert extract_answer(text, "lenient") == expected
+
+
 @pytest.mark.parametrize("text", [
     "Therefore, she has 42 apples. Note: we assume 12 apples per box.",
     "She has 42 apples.\nCheck: 42 - 12 = 30.",
@@ -440,6 +459,13 @@ def test_a_closing_remark_sentence_is_not_the_answer(text):
 def test_a_sign_set_apart_after_a_marker_stays_with_its_number(text, expected):
     assert extract_answer(text, "lenient") == expected
     assert is_correct(text, "5", "lenient") is False
+
+
+@pytest.mark.parametrize("text", ["The final answer is:\n- $18", "The final answer is:\n\n- 18 dollars",
+                                  "So the answer is:\n\n- 18 apples"])
+def test_a_bullet_on_the_line_after_a_marker_is_no_sign(text):
+    assert extract_answer(text, "lenient") == "18"
+    assert reference_answer(text) == "18"
 
 
 # (OrcaMath-style solution, reference): hand-labelled

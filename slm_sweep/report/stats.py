@@ -234,8 +234,9 @@ def seeds_and_questions_test(a: Sequence[Sequence[bool]], b: Sequence[Sequence[b
         if side.shape[0] > 1:
             seed_part += se * rng.standard_t(side.shape[0] - 1, size=draws)
     question_variance = float(per_question.var(ddof=1)) / questions if questions > 1 else 0.0
-    if any(seed_se):  # the seed parts hold the questions' noise inside each seed mean: counted there only
-        question_variance -= within_seed_noise(first) + within_seed_noise(second)
+    # a side's seed part holds the questions' noise inside its seed means: counted there only (a side whose seed
+    # means are equal has no seed part, and its noise stays in the question part)
+    question_variance -= sum(within_seed_noise(side) for side, se in zip((first, second), seed_se) if se)
     question_se = math.sqrt(max(question_variance, 0.0))
 
     # When neither side's seed means differ (one seed each, or seeds that answered alike), the test is a paired
