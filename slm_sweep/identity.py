@@ -90,7 +90,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py", "evaluate/attention.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {13: "55dcbf97862bf080a7356aff155c56f69fc9c60c07b8bfaea2a3a95332110740"}
+SCORING_SOURCES_SHA256 = {13: "2ae4d57511cf98240fb732325f33f751bc033cec3bfb687eb94100058b184470"}
 TRAINING_SOURCES_SHA256 = {5: "89afaac02ed4940f866898c5b9121679813bbb9605bbb2743814372451184fc4"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.

@@ -491,7 +491,8 @@ def _offers_both(text: str, first_end: int, second_start: int, second_end: int) 
     """Whether the values that end at ``first_end`` and span [``second_start``, ``second_end``) of ``text`` are
     offered as alternatives, a range, a list or an unevaluated expression."""
     gap, after = text[first_end:second_start], text[second_end:]
-    if _RANGE_WORD.search(text) or gap == "-":  # "between 12 and 20", "12-15" (a sign would be part of the 15)
+    # "between 12 and 20"; a dash right between two numbers is a range ("12-15", "12–15"; "-15" is no sign there)
+    if _RANGE_WORD.search(text) or gap in ("-", "–"):
         return True
     if _OPERATOR.fullmatch(gap):
         return True

@@ -406,7 +406,7 @@ def test_is_correct_lenient(text, reference, tolerance, expected):
 @pytest.mark.parametrize("text", [
     "The answer is 12 or 13.", "The answer is between 12 and 20.", "\\boxed{12, 13}", "#### 12-15",
     "The answer is 12 to 15 apples.", "The answer is 12 - 3.", "\\boxed{12 \\times 3}", "The answer is either 12 or 20.",
-    "The answer is 12 apples or 13 apples.", "The answer is 12% or 13%.",
+    "The answer is 12 apples or 13 apples.", "The answer is 12% or 13%.", "The answer is 12–15 minutes.",
 ])
 def test_a_hedged_answer_after_a_marker_scores_wrong_against_each_of_its_values(text):
     assert extract_answer(text, "lenient") is None
