@@ -90,7 +90,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py", "evaluate/attention.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {13: "2ae4d57511cf98240fb732325f33f751bc033cec3bfb687eb94100058b184470"}
+SCORING_SOURCES_SHA256 = {13: "af81738fa27d7de56978d31515823a93be475af7c070c4af3bb9e107b39286a5"}
 TRAINING_SOURCES_SHA256 = {5: "89afaac02ed4940f866898c5b9121679813bbb9605bbb2743814372451184fc4"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.

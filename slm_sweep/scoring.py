@@ -462,7 +462,7 @@ def lenient_number(text: str) -> tuple[Fraction, int | None] | None:
     for rest in rests:
         if rest is not None and numbers_in(stated := _stated_answer(rest)):
             return _one_answer(stated)
-    sentences = [s for s in _SENTENCE_SPLIT.split(_without_notes(text)) if numbers_in(s)]
+    sentences = _sentences_with_numbers(text)
     while len(sentences) > 1 and _is_labelled_remark(sentences[-1].strip()):
         sentences.pop()
     return written_numbers(sentences[-1])[-1] if sentences else None
@@ -643,10 +643,16 @@ def prose_reference_value(text: str) -> Fraction | None:
 def _stated_sentences(text: str) -> list[str]:
     """The sentences of ``text`` that hold a number, closing remarks cut off: closing paragraphs, then closing
     checks in the last paragraph ("... x = 7. Check: 3 * 7 + 2 = 23.")."""
-    sentences = [s for s in _SENTENCE_SPLIT.split(_without_notes(text)) if numbers_in(s)]
+    sentences = _sentences_with_numbers(text)
     while len(sentences) > 1 and _is_closing_remark(sentences[-1].strip(), sentences[:-1]):
         sentences.pop()
     return sentences
+
+
+def _sentences_with_numbers(text: str) -> list[str]:
+    """The sentences of ``text`` that hold a number, once closing paragraphs and a parenthesised remark at the end
+    are cut off (``_without_notes``)."""
+    return [s for s in _SENTENCE_SPLIT.split(_without_notes(text)) if numbers_in(s)]
 
 
 def _narrowed_value(sentence: str) -> Fraction | None:
