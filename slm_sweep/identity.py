@@ -47,7 +47,9 @@ TRAINING_CODE_VERSION = 5  # 5: a run resumed under another micro-batch plan, or
 # TRAINING_SOURCES_SHA256 below hold the hash of the sources behind each version, so an edit of one of them
 # without a bump, or a recorded statement that it changes no result, fails a test; and a cell run from edited
 # sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
-SCORING_VERSION = 13  # 13: lenient: a marker's answer that offers several values of one kind ("12 or 13",
+SCORING_VERSION = 14  # 14: lenient and prose references read an amount in dollars and cents as one value
+# ("18 dollars and 50 cents" is 18.50; it was 18)
+# 13: lenient: a marker's answer that offers several values of one kind ("12 or 13",
 # "\\boxed{12, 13}", "12 to 15 apples", "12 - 3") is no answer (it scored its first value); without a marker, a
 # last sentence labelled as a remark with a colon ("... 42 apples. Note: 12 per box.") is cut as a closing
 # paragraph is; lenient and prose references keep a sign set apart after a marker on its line ("#### - 5" is -5)
@@ -90,7 +92,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py", "evaluate/attention.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {13: "af81738fa27d7de56978d31515823a93be475af7c070c4af3bb9e107b39286a5"}
+SCORING_SOURCES_SHA256 = {14: "07af6ab3d22bd0710cebc7540929881f17bd8301eec619970da77246cd0186b4"}
 TRAINING_SOURCES_SHA256 = {5: "89afaac02ed4940f866898c5b9121679813bbb9605bbb2743814372451184fc4"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.

@@ -37,7 +37,8 @@ After "the answer is" or ``####`` the answer ends where a justification starts (
 "5 (since 5 * 2 = 10)" is 5), and a restatement ("16 - 3 - 4, which is 9") is the answer, unless what it
 restates is one number already ("18, which is 9 * 2" is 18). A ``####`` counts only with a number after it (not
 a markdown heading "#### Step 2"). LaTeX thousands
-separators ("1{,}000") and rupees ("Rs.40") are read as numbers.
+separators ("1{,}000") and rupees ("Rs.40") are read as numbers, and an amount in dollars and cents as one
+("18 dollars and 50 cents" and "$18 and 50 cents" are 18.50).
 
 Numbers are compared by ``same_number``: equal up to float noise (a relative 1e-15, a few units in the last place
 of a double, or the dataset's ``answer_tolerance`` when that is larger), or the reference rounded to the two or
@@ -109,6 +110,10 @@ _NUMBER = re.compile(
 # "1\\,000") as ",", and rupees ("Rs.40", "Rs 40") as "₹".
 _LATEX_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|,\\!|\\,)(?=\d{3}(?!\d))")
 _RUPEES = re.compile(r"\bRs\.?\s?(?=\d)")
+# an amount in dollars and cents ("18 dollars and 50 cents", "$18 and 5 cents"): one value, 18.50 and 18.05
+_DOLLARS_AND_CENTS = re.compile(
+    r"(?P<sign>\$\s?)?(?P<dollars>\d{1,3}(?:,\d{3})+|\d+)(?(sign)(?:\s*dollars?)?|\s*dollars?)"
+    r"\s+and\s+(?P<cents>\d{1,2})\s*(?:cents?\b|¢)", re.IGNORECASE)
 _BOXED = re.compile(r"\\boxed\s*\{")
 # A value stated as a rounding: a word or sign right before it ("approximately $15.33", "\\approx 2.67", "~0.5"),
 # or "rounded"/"rounding" in the sentence that states it or a remark after it, unless negated ("without rounding")
@@ -322,7 +327,8 @@ def written_numbers(text: str) -> list[tuple[Fraction, int | None]]:
 
 def _written_form(text: str) -> str:
     """``text`` with the written forms that are read as others before numbers are (LaTeX thousands separators,
-    rupees) replaced."""
+    rupees, dollars and cents) replaced."""
+    text = _DOLLARS_AND_CENTS.sub(lambda m: f"${m['dollars']}.{int(m['cents']):02d}", text)
     return _RUPEES.sub("₹", _LATEX_THOUSANDS.sub(",", text))
 
 

@@ -426,6 +426,10 @@ def test_a_hedged_answer_after_a_marker_scores_wrong_against_each_of_its_values(
     ("The answer is 25% or 0.25.", "25"),
     ("The answer is 3:00 pm.", "3"),                      # a time
     ("The answer is 4 and 2 left over.", "4"),            # a remainder
+    ("The answer is 18 dollars and 50 cents.", "18.5"),   # dollars and cents: one amount
+    ("The answer is $18.50 or 18 dollars and 50 cents.", "18.5"),
+    ("The answer is $3 and 5 cents.", "3.05"),
+    ("The answer is 2 dollars and 3 apples.", "2"),       # no cents: not one amount
 ])
 def test_a_marker_with_one_stated_value_keeps_it(text, expected):
     assert extract_answer(text, "lenient") == expected
@@ -470,6 +474,8 @@ def test_a_bullet_on_the_line_after_a_marker_is_no_sign(text):
 
 # (OrcaMath-style solution, reference): hand-labelled
 PROSE_REFERENCE_CASES = [
+    pytest.param("So, Maria pays a total of 18 dollars and 50 cents for the tickets.", "18.5",
+                 id="dollars-and-cents"),
     pytest.param("Therefore, the cost price of the article is $80, which is 20% less than the selling price.", "80",
                  id="which-clause-cut"),
     pytest.param("Therefore, Sam has 45 marbles, which is 15 more than Tom.", "45", id="which-clause-no-verb-before"),
