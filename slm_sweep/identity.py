@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 # Bump when a change to the training path alters the weights it produces (loss, batching order, schedule, ...).
-TRAINING_CODE_VERSION = 5  # 5: a run resumed under another micro-batch plan, or after a crash following a resume,
+TRAINING_CODE_VERSION = 6  # 6: on several devices each device draws its own dropout masks (train.module's
+# device_step_seed); they drew the same ones for micro-batches of one shape (single-device training is unchanged)
+# 5: a run resumed under another micro-batch plan, or after a crash following a resume,
 # trains on the steps an uninterrupted run does (it could skip or merge steps); weight decay under FSDP reaches the
 # matrices (sharding flattened them into undecayed vectors)
 # 4: trainable weights loaded in a half dtype train as float32 master weights under
@@ -93,7 +95,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
 SCORING_SOURCES_SHA256 = {14: "07af6ab3d22bd0710cebc7540929881f17bd8301eec619970da77246cd0186b4"}
-TRAINING_SOURCES_SHA256 = {5: "89afaac02ed4940f866898c5b9121679813bbb9605bbb2743814372451184fc4"}
+TRAINING_SOURCES_SHA256 = {6: "b6a1a60982ea3d05714059a1d26b8f1b3286b405d573c45649a6e485025d352c"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

@@ -4,6 +4,8 @@ metrics and their loggers, gradient checkpointing, packing, resuming and diverge
 from __future__ import annotations
 
 import csv
+import json
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -19,7 +21,7 @@ from slm_sweep.models import load_model_and_tokenizer
 from slm_sweep.train.batching import step_groups
 from slm_sweep.train.compilation import compiled_modules
 from slm_sweep.train.fit import fit, without_cudnn_attention
-from slm_sweep.train.module import DivergedError
+from slm_sweep.train.module import DivergedError, device_step_seed
 from tests.conftest import CONF_DIR, OutOfMemoryAbove, compose_config
 
 SEED = 3
@@ -573,6 +575,39 @@ def test_two_cpu_processes_train_like_one(examples, tmp_path):
                        devices=2, strategy="ddp_spawn")
     assert not torch.equal(weights(spawned)["model.norm.weight"], weights(tiny()[0])["model.norm.weight"])
     assert_same_tensors(weights(single), weights(spawned))
+
+
+class DropoutMasks(L.Callback):
+    """Which features of the first token one LoRA dropout module zeroed, at each training forward; written to
+    ``rank<r>.json`` under ``folder`` (spawned processes return nothing)."""
+
+    def __init__(self, folder):
+        self.folder, self.masks = Path(folder), []
+
+    def on_train_start(self, trainer, pl_module):
+        dropout = next(m for n, m in pl_module.named_modules() if n.endswith("lora_dropout.default"))
+        dropout.register_forward_hook(lambda _, __, out: self.masks.append((out[0, 0] == 0).tolist()))
+
+    def on_train_end(self, trainer, pl_module):
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.masks))
+
+
+def test_a_device_s_seed_depends_on_the_run_s_seed_the_step_and_the_device_only():
+    seeds = {device_step_seed(seed, step, rank) for seed in (0, 1) for step in range(50) for rank in range(8)}
+    assert len(seeds) == 2 * 50 * 8 and all(0 <= s < 2**63 for s in seeds)
+    assert device_step_seed(3, 7, 1) == device_step_seed(3, 7, 1)
+
+
+@pytest.mark.slow
+def test_each_device_draws_its_own_dropout_masks(examples, tmp_path):
+    """Both processes start from the same seed (the same weights): each step reseeds each one apart, else both
+    would zero the same features of their first rows."""
+    train(examples[:8], tmp_path, "lora", {"dropout": 0.5}, callbacks=[DropoutMasks(tmp_path)], max_steps=2,
+          micro_batch_size=1, accelerator="cpu", devices=2, strategy="ddp_spawn")
+    first, second = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert len(first) == len(second) == 4  # 2 steps x 2 micro-batches of one sequence on each device
+    assert all(any(row) for row in first), "dropout at 0.5 zeroes some of 64 features"
+    assert all(a != b for a, b in zip(first, second))
 
 
 def train_out_of_memory(examples, tmp_path, method="full", callbacks=(), rows=None, tokens=None, **trainer_overrides):

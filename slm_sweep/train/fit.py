@@ -85,7 +85,7 @@ def build_data(train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
 
 
 def build_module(model, trainer_cfg: Mapping[str, Any], method_cfg: Mapping[str, Any],
-                 compiled: dict | None = None) -> CausalLMModule:
+                 compiled: dict | None = None, seed: int = 0) -> CausalLMModule:
     """The training module; ``compiled`` is what ``prepare_model`` compiled (its mode decides whether the module
     must keep the step safe for CUDA-graph replays)."""
     replays_graphs = bool(compiled) and graph_replaying_setting(compiled.get("mode"), compiled.get("backend")) is not None
@@ -98,7 +98,7 @@ def build_module(model, trainer_cfg: Mapping[str, Any], method_cfg: Mapping[str,
         warmup_steps=int(trainer_cfg.get("warmup_steps", 0)), max_steps=int(trainer_cfg["max_steps"]),
         fused_adamw=trainer_cfg.get("fused_adamw"), gradient_clip_val=float(clip) if clip else None,
         log_every_n_steps=int(trainer_cfg.get("log_every_n_steps", 10)),
-        replays_graphs=replays_graphs,
+        replays_graphs=replays_graphs, seed=seed,
     )
 
 
@@ -172,7 +172,7 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
     upcast = trainable_in_float32(model, str(trainer_cfg.get("precision", "32-true")))
     flops = flops_per_token(model, adapters=has_adapters(method_cfg))
     compiled = prepare_model(model, trainer_cfg)
-    module = build_module(model, trainer_cfg, method_cfg, compiled)
+    module = build_module(model, trainer_cfg, method_cfg, compiled, seed)
     data = build_data(train, val, trainer_cfg, seed, pad_token_id)
 
     throughput = ThroughputMonitor(flops, None, int(trainer_cfg.get("log_every_n_steps", 10)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import statistics
@@ -39,6 +40,18 @@ def set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> Non
     torch.set_rng_state(states["cpu"])
     if device.type == "cuda" and "cuda" in states:
         torch.cuda.set_rng_state(states["cuda"], device)
+
+
+def device_step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed one device of a multi-device run draws from in one optimizer step (dropout, LoRA's included).
+
+    Every device is seeded alike (the same initial weights), so without it the devices would draw the same
+    dropout masks for micro-batches of one shape, and correlated ones for others (the same random stream at the
+    same offsets). Derived from the run's seed, the step and the device alone, so a run resumed from a checkpoint
+    (which holds the first device's random state only) draws what the uninterrupted run drew.
+    """
+    digest = hashlib.blake2b(f"{seed}/{step}/{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1  # below 2**63: torch.manual_seed's range
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
@@ -100,7 +113,8 @@ class CausalLMModule(L.LightningModule):
 
     def __init__(self, model, lr: float, weight_decay: float = 0.0, warmup_steps: int = 0,
                  max_steps: int = 1, betas: tuple[float, float] = (0.9, 0.999), fused_adamw: bool | None = None,
-                 gradient_clip_val: float | None = None, log_every_n_steps: int = 10, replays_graphs: bool = False):
+                 gradient_clip_val: float | None = None, log_every_n_steps: int = 10, replays_graphs: bool = False,
+                 seed: int = 0):
         super().__init__()
         self.automatic_optimization = False
         self.model = model
@@ -116,6 +130,7 @@ class CausalLMModule(L.LightningModule):
         # check): gradients the backward graph wrote would be overwritten by the next micro-batch's replay before
         # they were accumulated into, so out of memory is not met by cutting the step finer either.
         self.replays_graphs = replays_graphs
+        self.seed = seed  # of the device_step_seed of each step on several devices
         self.last_train_loss: float | None = None
         self.last_val_loss: float | None = None
         self._step_loss: torch.Tensor | None = None
@@ -145,6 +160,8 @@ class CausalLMModule(L.LightningModule):
         if self._rng_to_restore is not None:
             set_rng_states(self._rng_to_restore, self.device)
             self._rng_to_restore = None
+        if not self._step_batches and self.trainer.world_size > 1:  # a step's first micro-batch
+            torch.manual_seed(device_step_seed(self.seed, self.global_step, self.trainer.global_rank))
         # Only the last micro-batch of a step reduces gradients across devices (DDP's no_sync otherwise).
         block = getattr(self.trainer.strategy, "block_backward_sync", None)
         if block is not None and not batch["last_in_step"]:
