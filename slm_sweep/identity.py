@@ -95,7 +95,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
 SCORING_SOURCES_SHA256 = {14: "07af6ab3d22bd0710cebc7540929881f17bd8301eec619970da77246cd0186b4"}
-TRAINING_SOURCES_SHA256 = {6: "b6a1a60982ea3d05714059a1d26b8f1b3286b405d573c45649a6e485025d352c"}
+TRAINING_SOURCES_SHA256 = {6: "680967df58a59f8ec4fd93fa5cfeec6982566e40f831e704a22626bf2932b578"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

@@ -19,6 +19,7 @@ from slm_sweep.data.prompts import resolve_style
 from slm_sweep.methods import apply_method
 from slm_sweep.models import load_model_and_tokenizer
 from slm_sweep.train.batching import step_groups
+from slm_sweep.train.callbacks import ThroughputMonitor, matmul_parameter_count
 from slm_sweep.train.compilation import compiled_modules
 from slm_sweep.train.fit import fit, without_cudnn_attention
 from slm_sweep.train.module import DivergedError, device_step_seed
@@ -142,18 +143,34 @@ def test_each_method_changes_exactly_the_parameters_it_trains(examples, tmp_path
         assert changed and all("lora_" in n for n in changed)
 
 
+class PretendPeak(L.Callback):
+    """Gives the CPU a peak, so that the throughput monitor reports an MFU (it has none for a CPU)."""
+
+    PEAK = 1e12
+
+    def on_train_start(self, trainer, pl_module):
+        (monitor,) = [c for c in trainer.callbacks if isinstance(c, ThroughputMonitor)]
+        monitor.peak_flops = self.PEAK
+
+
 def test_throughput_is_measured_on_real_tokens_and_logged(examples, tmp_path):
     logger = CSVLogger(save_dir=str(tmp_path), name="csv", version="")
-    _, outcome = train(examples, tmp_path, "lora", loggers=[logger], max_steps=3, micro_batch_size=2,
-                       throughput_warmup_steps=1)
+    model, outcome = train(examples, tmp_path, "lora", loggers=[logger], callbacks=[PretendPeak()], max_steps=3,
+                           micro_batch_size=2, throughput_warmup_steps=1)
     logger.finalize("success")
     perf = outcome.perf
-    seen = [i for group in step_groups(len(examples), 4, SEED, 0)[:3] for i in group]
-    assert perf["train_tokens"] == sum(len(examples[i]["input_ids"]) for i in seen)
+    steps = step_groups(len(examples), 4, SEED, 0)[:3]
+    assert perf["train_tokens"] == sum(len(examples[i]["input_ids"]) for step in steps for i in step)
     assert perf["train_tokens_per_s"] > 0 and perf["step_time_s"] > 0 and perf["peak_memory_mb"] > 0
     assert 0 <= perf["train_padding_fraction"] < 1
     assert perf["throughput_warmup_steps"] == 1
-    assert perf["mfu"] is None  # no bf16 peak for a CPU
+    # MFU over the measured steps (after the warm-up step): 4N FLOPs a token, 12 x layers x width a query-key pair
+    lengths = [len(examples[i]["input_ids"]) for step in steps[1:] for i in step]
+    config = model.config
+    per_token = 4 * matmul_parameter_count(model)
+    per_pair = 12 * config.num_hidden_layers * config.num_attention_heads * config.head_dim
+    flops_per_token = per_token + per_pair * sum(n * n for n in lengths) / sum(lengths)
+    assert perf["mfu"] * PretendPeak.PEAK / perf["train_tokens_per_s"] == pytest.approx(flops_per_token, rel=1e-9)
 
     rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
     logged = {k for row in rows for k, v in row.items() if v}

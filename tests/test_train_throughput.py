@@ -13,6 +13,7 @@ from slm_sweep.methods import apply_method
 from slm_sweep.models import load_model_and_tokenizer
 from slm_sweep.train.callbacks import (
     accelerator_name,
+    attention_flops_per_pair,
     bf16_peak_flops,
     flops_per_token,
     matmul_parameter_count,
@@ -63,11 +64,21 @@ def test_the_figures_are_those_of_the_device_named_whatever_the_machine_has():
 
 def test_mfu_is_achieved_over_peak_flops():
     # 10k tokens/s of a 135M-parameter model in full fine-tuning on one H200
-    per_token = 6 * 135e6
-    assert mfu(10_000, per_token, bf16_peak_flops("NVIDIA H200")) == pytest.approx(10_000 * per_token / 989e12)
-    assert mfu(20_000, per_token, 989e12, devices=2) == pytest.approx(mfu(10_000, per_token, 989e12))
-    assert mfu(10_000, per_token, None) is None
-    assert mfu(None, per_token, 989e12) is None
+    flops_per_s = 10_000 * 6 * 135e6
+    assert mfu(flops_per_s, bf16_peak_flops("NVIDIA H200")) == pytest.approx(flops_per_s / 989e12)
+    assert mfu(2 * flops_per_s, 989e12, devices=2) == pytest.approx(mfu(flops_per_s, 989e12))
+    assert mfu(flops_per_s, None) is None
+    assert mfu(None, 989e12) is None
+
+
+def test_attention_flops_count_every_layer_s_query_heads():
+    """SmolLM2-135M's shape: 30 layers of 9 query heads of 64 (3 key/value heads, which do not count)."""
+    config = LlamaConfig(vocab_size=100, hidden_size=576, intermediate_size=32, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3)
+    model = apply_method(LlamaForCausalLM(config), compose_config(["method=lora"]).method)
+    assert attention_flops_per_pair(model) == 12 * 30 * 9 * 64
+    config.head_dim = 32  # a head width of its own (Gemma 3: 256 with a hidden size of 640)
+    assert attention_flops_per_pair(LlamaForCausalLM(config)) == 12 * 30 * 9 * 32
 
 
 @pytest.mark.parametrize("method, factor", [("full", 6), ("lora", 4), ("dora", 4)])

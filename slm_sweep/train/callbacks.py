@@ -69,10 +69,25 @@ def flops_per_token(model, adapters: bool) -> float:
     return (4 if adapters else 6) * matmul_parameter_count(model)
 
 
-def mfu(tokens_per_s: float | None, flops_per_token: float, peak_flops: float | None, devices: int = 1) -> float | None:
-    if not tokens_per_s or not peak_flops:
+def attention_flops_per_pair(model) -> float:
+    """FLOPs a training step spends on one (query, key) pair of a sequence: 12 x layers x the query heads' width.
+
+    The attention scores and their weighted sum of values are two products with no weights, each taken forward
+    (2 FLOPs a multiply-add) and twice backward, so adapters cost the same here as full fine-tuning. A sequence of
+    T tokens has T^2 pairs (the usual count, as in PaLM's MFU: the causal mask's half is not taken off); each
+    packed sequence counts on its own.
+    """
+    config = model.config.get_text_config()
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 12 * config.num_hidden_layers * heads * head_dim
+
+
+def mfu(flops_per_s: float | None, peak_flops: float | None, devices: int = 1) -> float | None:
+    """The model FLOPs achieved per second over the devices' dense bf16 peak; None without one of them."""
+    if not flops_per_s or not peak_flops:
         return None
-    return tokens_per_s * flops_per_token / (peak_flops * devices)
+    return flops_per_s / (peak_flops * devices)
 
 
 _PEAKS_RESET = False  # whether a cell of this process has started before
@@ -132,21 +147,23 @@ class ThroughputMonitor(L.Callback):
     loading, logging and checkpoint writes are in it; validation is not. The first ``warmup_steps`` steps
     (allocator growth, kernel selection, compilation) are left out of the rates unless the run has no other.
     The accelerator is synchronised only where a measuring window ends (every ``log_every_n_steps`` global
-    steps), so measuring does not stall the queue of kernels.
+    steps), so measuring does not stall the queue of kernels. MFU counts ``flops_per_token`` for every
+    non-padding token and ``flops_per_pair`` for every (query, key) pair of its sequences (the batch's
+    ``attention_pairs``).
     """
 
     def __init__(self, flops_per_token: float, peak_flops: float | None, log_every_n_steps: int = 10,
-                 warmup_steps: int = 1):
-        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+                 warmup_steps: int = 1, flops_per_pair: float = 0.0):
+        self.flops_per_token, self.flops_per_pair, self.peak_flops = flops_per_token, flops_per_pair, peak_flops
         self.log_every_n_steps = max(1, log_every_n_steps)
         self.warmup_steps = max(0, warmup_steps)
         self.steps = 0
         self.tokens = 0
         self.positions = 0
-        self.measured = {"steps": 0, "tokens": 0, "seconds": 0.0}
-        self.warmup = {"steps": 0, "tokens": 0, "seconds": 0.0}
-        self._step_tokens = 0
-        self._window = {"steps": 0, "tokens": 0}
+        self.measured = {"steps": 0, "tokens": 0, "flops": 0.0, "seconds": 0.0}
+        self.warmup = {"steps": 0, "tokens": 0, "flops": 0.0, "seconds": 0.0}
+        self._step_tokens, self._step_flops = 0, 0.0
+        self._window = {"steps": 0, "tokens": 0, "flops": 0.0}
         self._window_start: float | None = None
         self._train_start = 0.0
         self._paused = False
@@ -166,6 +183,8 @@ class ThroughputMonitor(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._step_tokens += batch["num_tokens"]
+        self._step_flops += (batch["num_tokens"] * self.flops_per_token
+                             + batch["attention_pairs"] * self.flops_per_pair)
         self.positions += batch["input_ids"].numel()
         if not batch["last_in_step"]:
             return
@@ -174,15 +193,17 @@ class ThroughputMonitor(L.Callback):
         if self.steps <= self.warmup_steps:
             self.warmup["steps"] += 1
             self.warmup["tokens"] += self._step_tokens
+            self.warmup["flops"] += self._step_flops
             if self.steps == self.warmup_steps:
                 self._window_start = self._now(trainer)
                 self.warmup["seconds"] = self._window_start - self._train_start
         else:
             self._window["steps"] += 1
             self._window["tokens"] += self._step_tokens
+            self._window["flops"] += self._step_flops
             if trainer.global_step % self.log_every_n_steps == 0:
                 self._window_start = self._close_window(trainer, log=True)
-        self._step_tokens = 0
+        self._step_tokens, self._step_flops = 0, 0.0
 
     def on_validation_start(self, trainer, pl_module):
         self._paused = self._window_start is not None
@@ -208,26 +229,28 @@ class ThroughputMonitor(L.Callback):
         seconds = end - self._window_start
         self._window_start = None
         steps, tokens = self._window["steps"], self._world_sum(trainer, self._window["tokens"])
-        self._window = {"steps": 0, "tokens": 0}
+        flops = self._world_sum(trainer, self._window["flops"])
+        self._window = {"steps": 0, "tokens": 0, "flops": 0.0}
         if not steps:
             return end
         self.measured["steps"] += steps
         self.measured["tokens"] += tokens
+        self.measured["flops"] += flops
         self.measured["seconds"] += seconds
         if log and seconds > 0:
             self._log(trainer, {"perf/tokens_per_s": tokens / seconds, "perf/step_time_s": seconds / steps,
                                 "perf/peak_memory_mb": peak_memory_mb(trainer.strategy.root_device),
-                                "perf/mfu": mfu(tokens / seconds, self.flops_per_token, self.peak_flops,
-                                                trainer.world_size)})
+                                "perf/mfu": mfu(flops / seconds, self.peak_flops, trainer.world_size)})
         return end
 
     @staticmethod
-    def _world_sum(trainer, value: int) -> int:
+    def _world_sum(trainer, value: float) -> float:
+        """``value`` summed over devices (float64: a run's attention pairs pass float32's exact integers)."""
         if trainer.world_size == 1:
             return value
-        total = trainer.strategy.reduce(torch.tensor(float(value), device=trainer.strategy.root_device),
-                                        reduce_op="sum")
-        return int(total.item())
+        total = trainer.strategy.reduce(
+            torch.tensor(float(value), dtype=torch.float64, device=trainer.strategy.root_device), reduce_op="sum")
+        return type(value)(total.item())
 
     @staticmethod
     def _log(trainer, metrics: dict) -> None:
@@ -240,20 +263,21 @@ class ThroughputMonitor(L.Callback):
 
         With a trainer, counts are summed over devices (a collective: every device must call it).
         """
-        def world_sum(value: int) -> int:
+        def world_sum(value: float) -> float:
             return value if trainer is None else self._world_sum(trainer, value)
 
         measured = self.measured["steps"] > 0
         steps = self.measured["steps"] if measured else self.warmup["steps"]
         seconds = self.measured["seconds"] if measured else self.warmup["seconds"]
         tokens = self.measured["tokens"] if measured else world_sum(self.warmup["tokens"])
+        flops = self.measured["flops"] if measured else world_sum(self.warmup["flops"])
         tokens_per_s = tokens / seconds if seconds > 0 else None
         all_tokens, positions = world_sum(self.tokens), world_sum(self.positions)
         return {
             "train_tokens": all_tokens,
             "train_tokens_per_s": tokens_per_s,
             "step_time_s": seconds / steps if steps and seconds > 0 else None,
-            "mfu": mfu(tokens_per_s, self.flops_per_token, self.peak_flops,
+            "mfu": mfu(flops / seconds if seconds > 0 else None, self.peak_flops,
                        trainer.world_size if trainer is not None else 1),
             "train_padding_fraction": 1 - all_tokens / positions if positions else None,
             "throughput_warmup_steps": self.warmup["steps"] if measured else 0,

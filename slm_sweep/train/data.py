@@ -26,6 +26,7 @@ class PlannedMicroBatches(Dataset):
         batch = self.collate(rows)
         batch["num_sequences"] = len(rows)
         batch["num_tokens"] = sum(len(r["input_ids"]) for r in rows)
+        batch["attention_pairs"] = sum(len(r["input_ids"]) ** 2 for r in rows)  # of the MFU's attention FLOPs
         batch["step_loss_tokens"] = plan.step_loss_tokens
         batch["last_in_step"] = plan.last_in_step
         return batch

@@ -16,7 +16,13 @@ import torch
 
 from slm_sweep.config import graph_replay_step_problem, graph_replaying_setting
 from slm_sweep.methods import has_adapters
-from slm_sweep.train.callbacks import ThroughputMonitor, accelerator_name, bf16_peak_flops, flops_per_token
+from slm_sweep.train.callbacks import (
+    ThroughputMonitor,
+    accelerator_name,
+    attention_flops_per_pair,
+    bf16_peak_flops,
+    flops_per_token,
+)
 from slm_sweep.train.checkpoint_io import AtomicCheckpointIO
 from slm_sweep.train.compilation import (
     compile_counters,
@@ -176,7 +182,8 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
     data = build_data(train, val, trainer_cfg, seed, pad_token_id)
 
     throughput = ThroughputMonitor(flops, None, int(trainer_cfg.get("log_every_n_steps", 10)),
-                                   int(trainer_cfg.get("throughput_warmup_steps", 1)))
+                                   int(trainer_cfg.get("throughput_warmup_steps", 1)),
+                                   flops_per_pair=attention_flops_per_pair(model))
     callbacks = [throughput,
                  *configured_callbacks(callbacks_cfg, progress_bar=bool(trainer_cfg.get("progress_bar", True))),
                  *(extra_callbacks or [])]
