@@ -35,7 +35,8 @@ from typing import Any
 
 # Bump when a change to the training path alters the weights it produces (loss, batching order, schedule, ...).
 TRAINING_CODE_VERSION = 6  # 6: on several devices each device draws its own dropout masks (train.module's
-# device_step_seed); they drew the same ones for micro-batches of one shape (single-device training is unchanged)
+# device_step_seed); they drew the same ones for micro-batches of one shape; validation inside an optimizer step
+# (trainer.val_check_interval, which counts micro-batches) no longer drops the step's gradients so far
 # 5: a run resumed under another micro-batch plan, or after a crash following a resume,
 # trains on the steps an uninterrupted run does (it could skip or merge steps); weight decay under FSDP reaches the
 # matrices (sharding flattened them into undecayed vectors)
@@ -95,7 +96,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
 SCORING_SOURCES_SHA256 = {14: "07af6ab3d22bd0710cebc7540929881f17bd8301eec619970da77246cd0186b4"}
-TRAINING_SOURCES_SHA256 = {6: "680967df58a59f8ec4fd93fa5cfeec6982566e40f831e704a22626bf2932b578"}
+TRAINING_SOURCES_SHA256 = {6: "35bc2fb6a3a2c7d4c3f57d69e72eab82d66c4e847675ba6244dc3ae63d1d1203"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

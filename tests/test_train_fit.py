@@ -498,6 +498,28 @@ def test_a_graph_replaying_compile_mode_trains_like_eager(examples, tmp_path):
     assert outcome.train_loss == plain.train_loss
 
 
+def test_validation_inside_a_step_leaves_its_gradients_alone(examples, tmp_path):
+    """trainer.val_check_interval counts micro-batches: validating after every one of them (two per step) must
+    not drop the gradients a step has accumulated so far."""
+    def run(path, **overrides):
+        model, tokenizer = tiny()
+        torch.manual_seed(0)
+        model = apply_method(model, method_config("lora", dropout=0.0))
+        recorder = GradientRecorder()
+        outcome = fit(model, examples[:8], examples[8:12], trainer_config(micro_batch_size=2, **overrides),
+                      method_config("lora"), seed=SEED, out_dir=path, pad_token_id=tokenizer.pad_token_id,
+                      extra_callbacks=[recorder])
+        return model, recorder, outcome
+
+    plain_model, plain, _ = run(tmp_path / "plain")
+    validated_model, validated, outcome = run(tmp_path / "validated", val_check_interval=1)
+    assert outcome.val_loss is not None
+    assert len(plain.steps) == len(validated.steps) == 2
+    for a, b in zip(plain.steps, validated.steps):
+        assert_same_tensors(a, b)
+    assert_same_tensors(weights(plain_model), weights(validated_model))
+
+
 def test_the_cudagraphs_backend_traces_the_step_and_trains_like_eager(examples, tmp_path):
     """trainer.compile_backend=cudagraphs, traced for real (its graphs are recorded on a GPU only; on a CPU the
     traced step runs as it is): gradients and weights match eager training's, the module keeps the step safe for

@@ -331,6 +331,12 @@ class CausalLMModule(L.LightningModule):
 
             align_to_plan(checkpoint, datamodule.train_sampler())  # before Lightning restores its loops from it
 
+    def on_validation_model_zero_grad(self) -> None:
+        # Lightning zeroes the gradients before it validates, to free their memory; validation can fall inside an
+        # optimizer step (trainer.val_check_interval counts micro-batches), whose gradients so far must survive
+        # it. At a step boundary there are none to free: _optimizer_step has set them to None.
+        pass
+
     def validation_step(self, batch, batch_idx):
         # eagerly: a compiled model would trace again for evaluation mode (the whole model, with
         # trainer.compile_scope=model, for a few batches), and a replayed graph would overwrite the sums kept
