@@ -137,9 +137,10 @@ def _check_devices(devices: Any) -> None:
                           "auto, or a list of device indices ([0, 1])")
 
 
-def check_trainer_choices(trainer: Mapping) -> None:
-    """trainer.accelerator and trainer.strategy among Lightning's registered names (imports Lightning: cells call
-    it before reading data; validate_config, which the preflight runs, does not)."""
+def check_trainer_choices(trainer: Mapping, devices: bool = True) -> None:
+    """trainer.accelerator and trainer.strategy among Lightning's registered names, and (with ``devices``) CUDA
+    present for an accelerator that needs it (imports Lightning: cells call it before reading data;
+    validate_config does not)."""
     from lightning.pytorch.accelerators import AcceleratorRegistry
     from lightning.pytorch.strategies import StrategyRegistry
 
@@ -153,7 +154,7 @@ def check_trainer_choices(trainer: Mapping) -> None:
         raise ConfigError(f"trainer.strategy={strategy!r} is not a strategy Lightning knows"
                           + (f" (did you mean {', '.join(close)}?)" if close else "")
                           + f"; it knows: {', '.join(strategies)}")
-    if accelerator in ("gpu", "cuda"):
+    if devices and accelerator in ("gpu", "cuda"):
         import torch
 
         apple = accelerator == "gpu" and torch.backends.mps.is_available()  # Lightning's "gpu" is MPS there

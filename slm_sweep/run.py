@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from slm_sweep.config import use_metric_modules_checked, validate_config
+from slm_sweep.config import ConfigError, use_metric_modules_checked, validate_config
 from slm_sweep.identity import CellIdentity
 from slm_sweep.results import (
     FAILED_ATTEMPT_FILE,
@@ -228,13 +228,22 @@ def _auto_style(model: str, cache_dir: str | None, style: str) -> str:
 
 
 def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Run one cell and return its result record (also written to ``out_dir/result.json``)."""
-    validate_config(cfg)
-    use_metric_modules_checked(cfg)
-    _check_classes(cfg)
+    """Run one cell and return its result record (also written to ``out_dir/result.json``).
+
+    A configuration error raises ConfigError before anything is written; in a sweep it fails this cell only
+    (result.json says why), so that the other cells run and the sweep's summary names it.
+    """
     from slm_sweep.tune import resolve_lr
 
-    learning_rate = resolve_lr(cfg)  # before the config is recorded: the rate trained with is in the identity
+    try:
+        validate_config(cfg)
+        use_metric_modules_checked(cfg)
+        check_classes(cfg)
+        learning_rate = resolve_lr(cfg)  # before the config is recorded: the rate trained with is in the identity
+    except ConfigError as err:
+        if _sweep_dir() is None:
+            raise
+        return _refused_cell(cfg, _output_dir(out_dir), err)
     out = _output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = redact(OmegaConf.to_container(cfg, resolve=True))
@@ -332,6 +341,22 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     return record
 
 
+def _refused_cell(cfg: DictConfig, out: Path, err: Exception) -> dict[str, Any]:
+    """The failed record of a sweep's cell whose configuration cannot run, written to ``out``."""
+    try:
+        config = redact(OmegaConf.to_container(cfg, resolve=True))
+    except Exception:  # noqa: BLE001 - a setting that does not resolve is recorded as written
+        config = redact(OmegaConf.to_container(cfg, resolve=False))
+    record = _base_record(cfg, config)
+    record.update(status="failed", error=f"config error: {err}", finished_at=now_iso())
+    log.error("cell failed: config error: %s", err)
+    out.mkdir(parents=True, exist_ok=True)
+    written = FAILED_ATTEMPT_FILE if (read_result(out) or {}).get("status") == "completed" else RESULT_FILE
+    write_result(out, record, written)
+    print(closing_line(record, out, written), flush=True)
+    return record
+
+
 _INTERRUPTS = {"KeyboardInterrupt": "Ctrl-C", "SIGTERMException": "SIGTERM"}
 
 
@@ -360,25 +385,26 @@ def _check_model_readable(cfg: DictConfig) -> None:
         raise ModelLoadError(f"model={cfg.model.get('name')}: {check.reason}; fix: {check.fix}")
 
 
-def _check_classes(cfg: DictConfig) -> None:
-    """Import the cell's logger and callback classes, and check its trainer's accelerator and strategy and its
-    evaluation device, before any data or model is read: validate_config does not import Lightning or torch (the
-    preflight runs it for every cell of a grid), and a misspelt name should not cost a data and a model load
-    first."""
-    from slm_sweep.config import ConfigError, check_trainer_choices
+def check_classes(cfg: DictConfig, devices: bool = True) -> None:
+    """Import the cell's logger and callback classes, and check its trainer's accelerator and strategy and (with
+    ``devices``) that this machine has the devices it asks for, before any data or model is read: validate_config
+    does not import Lightning or torch, and a misspelt name should not cost a data and a model load first. A
+    sweep's preflight checks the devices apart (a cell that needs CUDA is one to leave out there, not an error)."""
+    from slm_sweep.config import check_trainer_choices
     from slm_sweep.placement import PlacementError, resolve_device
     from slm_sweep.tracking import logger_class, logger_entries
     from slm_sweep.train.fit import callback_classes
 
     for path, entry in logger_entries(cfg.logger).items():
         logger_class(path, entry)
-    try:
-        resolve_device(cfg.eval.get("device"))  # eval.device=cuda on a machine without CUDA
-    except PlacementError as err:
-        raise ConfigError(str(err)) from None
+    if devices:
+        try:
+            resolve_device(cfg.eval.get("device"))  # eval.device=cuda on a machine without CUDA
+        except PlacementError as err:
+            raise ConfigError(str(err)) from None
     if cfg.method.train:
         callback_classes(cfg.get("callbacks"))
-        check_trainer_choices(cfg.trainer)
+        check_trainer_choices(cfg.trainer, devices=devices)
 
 
 def closing_line(record: dict[str, Any], out: Path, written: str = RESULT_FILE) -> str:

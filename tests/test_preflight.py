@@ -228,6 +228,29 @@ def test_a_gpu_grid_on_a_machine_without_cuda_is_refused_before_its_first_cell(r
     assert cpu.refused is None and not cpu.missing
 
 
+@pytest.mark.parametrize("order", ["default,gpu", "gpu,default"])
+def test_each_trainer_of_a_grid_is_checked_for_the_device_it_needs(requires_data, composer, order):
+    """Cells that differ only in their trainer do not share a verdict: on a machine without CUDA, trainer=gpu is
+    left out and trainer=default runs, whichever comes first."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here")
+    plan = plan_grid(sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=lora", f"trainer={order}"]),
+                     composer)
+    assert plan.refused is None
+    assert plan.left_out == {"trainer": ["gpu"]} and plan.to_run == ["trainer=default"]
+
+
+def test_a_tuned_rate_a_cell_cannot_take_is_a_config_error_before_any_runs(requires_data, composer, tmp_path):
+    plan = plan_grid(sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=zeroshot,lora,dora",
+                                   "tuning.lr=tuned", f"tuning.table={tmp_path / 'none.yaml'}"]), composer)
+    assert plan.refused is not None and "2 of 3 cells have a configuration error" in plan.refused
+    ((reason, cells),) = plan.config_errors.items()
+    assert reason.startswith("tuning.table: ") and str(tmp_path / "none.yaml") in reason
+    assert cells == ["method=lora", "method=dora"]
+
+
 def test_plan_refuses_cells_with_config_errors_before_any_runs(requires_data, composer):
     cfg = sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=lora,full", "method.r=0,8"])
     plan = plan_grid(cfg, composer)
@@ -298,6 +321,27 @@ def test_sweep_runs_the_readable_half_and_says_what_it_left_out(requires_data, t
     summary = (sweep_dir / "summary.md").read_text()
     assert "## Left out by the preflight" in summary
     assert "- dataset=orcamath: missing: dataset orcamath" in summary and "out-of-domain set gsm_hard" in summary
+
+
+def test_a_cell_refused_by_its_config_at_run_time_fails_alone_and_fails_the_sweep(requires_data, tmp_path):
+    """With preflight.on_missing=warn the grid runs what the preflight found missing (here a CUDA device): each
+    such cell fails with its config error in result.json, the others still run, and the sweep exits non-zero
+    naming them."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here")
+    proc = sweep(["method=zeroshot", "eval.device=auto,cuda", "preflight.on_missing=warn"], tmp_path)
+    assert proc.returncode != 0
+    sweep_dir = only_sweep_dir(tmp_path)
+    records = {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/result.json")}
+    statuses = sorted((r["config"]["eval"]["device"], r["status"]) for r in records.values())
+    assert statuses == [("auto", "completed"), ("cuda", "failed")]
+    ((name, failed),) = [(n, r) for n, r in records.items() if r["status"] == "failed"]
+    assert failed["error"].startswith("config error: eval.device='cuda' but CUDA is not available here")
+    notes = (sweep_dir / "summary.md").read_text().split("## Cells that did not complete")[1]
+    assert f"`{name}`: failed: config error: eval.device='cuda'" in notes
+    assert name in proc.stderr
 
 
 def test_preflight_only_lists_the_cells_that_would_run_and_runs_none(requires_data, tmp_path):

@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 HUB_TIMEOUT_S = 10.0
 TRUE_VALUES = ("1", "true", "yes", "on")
-# Swept keys that cannot change which model or data a cell reads: jobs differing only in these share one check.
-IRRELEVANT_KEYS = ("seed", "trainer", "logger", "prompt", "resume", "optimized_metric", "hydra")
+# Swept keys that cannot change which model, data or device a cell needs: jobs differing only in these share one
+# check (the trainer is not one of them: trainer=gpu needs CUDA, trainer=default does not).
+IRRELEVANT_KEYS = ("seed", "logger", "prompt", "resume", "optimized_metric", "hydra")
 METHOD_KEYS_THAT_MATTER = ("name", "train", "num_fewshot")
 
 
@@ -615,6 +616,8 @@ def _composed_cell(compose, overrides: list[str], plan: Plan, label: str = "") -
     from omegaconf.errors import OmegaConfBaseException
 
     from slm_sweep.config import ConfigError, check_method_name, use_metric_modules_checked, validate_config
+    from slm_sweep.run import check_classes
+    from slm_sweep.tune import resolve_lr
 
     try:
         cell = compose(overrides)
@@ -622,6 +625,8 @@ def _composed_cell(compose, overrides: list[str], plan: Plan, label: str = "") -
         use_metric_modules_checked(cell)
         chosen = [o.split("=", 1)[1] for o in overrides if _base_key(o.split("=", 1)[0]) == "method"]
         check_method_name(cell, chosen[-1] if chosen else None)
+        check_classes(cell, devices=False)  # a cell that needs CUDA is checked as one that needs a missing model
+        resolve_lr(OmegaConf.create(OmegaConf.to_container(cell)))  # on a copy: it sets method.lr
     except (ConfigError, OmegaConfBaseException, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         plan.config_errors.setdefault(reason, []).append(label or " ".join(overrides))
