@@ -96,7 +96,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
 SCORING_SOURCES_SHA256 = {14: "07af6ab3d22bd0710cebc7540929881f17bd8301eec619970da77246cd0186b4"}
-TRAINING_SOURCES_SHA256 = {6: "35bc2fb6a3a2c7d4c3f57d69e72eab82d66c4e847675ba6244dc3ae63d1d1203"}
+TRAINING_SOURCES_SHA256 = {6: "43d899e6c313d847da901f99296bc3fe1535096fdd3690c36b9a5b7a5af4c5ad"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

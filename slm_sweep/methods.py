@@ -140,7 +140,9 @@ def load_trained(base, folder: str | Path):
         return PeftModel.from_pretrained(base, folder)
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=next(base.parameters()).dtype)
+    # in the dtype kept: full fine-tuning trains a bf16 base's weights in float32 (train.fit's
+    # trainable_in_float32), and evaluation casts them as the run that trained them did
+    return AutoModelForCausalLM.from_pretrained(folder, dtype="auto")
 
 
 def save_atomically(model, target: str | Path) -> Path:

@@ -179,6 +179,23 @@ def test_a_kept_pissa_adapter_is_loaded_onto_the_residual_it_was_trained_on(tmp_
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("trained_dtype", [torch.float32, torch.bfloat16])
+def test_kept_full_weights_are_loaded_in_the_dtype_they_were_kept_in(tmp_path, trained_dtype):
+    """A bf16 base trains its weights in float32 under bf16-mixed (train.fit's trainable_in_float32) and keeps
+    them so; under bf16-true they stay bf16. A re-scoring run loads them as kept, whatever its base's dtype, so
+    that evaluation casts them as the run that trained them did."""
+    model = tiny()[0].to(trained_dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 1e-3)  # updates below bf16's resolution of the weights
+    save_atomically(model, tmp_path / "model")
+
+    reloaded = load_trained(tiny()[0].to(torch.bfloat16), tmp_path / "model")
+    kept = dict(model.named_parameters())
+    for name, p in reloaded.named_parameters():
+        assert p.dtype == trained_dtype and torch.equal(p, kept[name]), name
+
+
 def test_merged_adapters_compute_the_same_function():
     model, tok = tiny()
     model = apply_method(model, method("method=dora"))
