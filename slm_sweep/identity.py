@@ -50,7 +50,10 @@ TRAINING_CODE_VERSION = 6  # 6: on several devices each device draws its own dro
 # TRAINING_SOURCES_SHA256 below hold the hash of the sources behind each version, so an edit of one of them
 # without a bump, or a recorded statement that it changes no result, fails a test; and a cell run from edited
 # sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
-SCORING_VERSION = 14  # 14: lenient and prose references read an amount in dollars and cents as one value
+SCORING_VERSION = 15  # 15: a model cast for evaluation (eval.dtype=bfloat16, adapters merged through float32)
+# keeps its rotary frequencies in float32, as loading it in that dtype does (they were rounded to bf16); kept
+# full weights are re-scored in the dtype they were kept in (a bf16 base's float32 weights were rounded to bf16)
+# 14: lenient and prose references read an amount in dollars and cents as one value
 # ("18 dollars and 50 cents" is 18.50; it was 18)
 # 13: lenient: a marker's answer that offers several values of one kind ("12 or 13",
 # "\\boxed{12, 13}", "12 to 15 apples", "12 - 3") is no answer (it scored its first value); without a marker, a
@@ -92,11 +95,12 @@ NUMERIC_LIBRARIES = ("torch", "transformers", "peft")
 # version. After an edit: bump the version if results can change, else record the new hash for the same version
 # (a change that cannot alter any score or weight: speed, messages, docs).
 SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "evaluate/stopping.py",
-                   "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py", "evaluate/attention.py")
+                   "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py", "evaluate/attention.py",
+                   "placement.py", "methods.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {14: "07af6ab3d22bd0710cebc7540929881f17bd8301eec619970da77246cd0186b4"}
-TRAINING_SOURCES_SHA256 = {6: "43d899e6c313d847da901f99296bc3fe1535096fdd3690c36b9a5b7a5af4c5ad"}
+SCORING_SOURCES_SHA256 = {15: "45a2dc2a49a719fe1a47b60a2213167749bf39ef47d9b61f9c5da0af70daba07"}
+TRAINING_SOURCES_SHA256 = {6: "c5fef8da22eff94cfe7d10505b088a27d1169ca329a65322d959dfa20fe2df3b"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

@@ -172,8 +172,10 @@ def merge_adapters_for_eval(model):
     if is_quantized(model):
         log.info("the base weights are quantized: generating with the adapters unmerged")
         return model
+    from slm_sweep.placement import cast_weights
+
     dtype = next(model.parameters()).dtype
     if dtype != torch.float32:
-        model = model.to(torch.float32)
+        model = cast_weights(model, torch.float32)
     merged = model.merge_and_unload()
-    return merged.to(dtype)
+    return cast_weights(merged, dtype)

@@ -148,6 +148,10 @@ def quantized_compute_dtype(model) -> torch.dtype | None:
     return value if isinstance(value, torch.dtype) else None
 
 
+# transformers' rotary embeddings: the inverse frequencies in use and the ones they were initialised with
+ROTARY_BUFFERS = ("inv_freq", "original_inv_freq")
+
+
 def to_device(model, device: torch.device):
     """The model on ``device`` (in place); frees the CUDA cache left by training first. A CUDA device also becomes
     the current one: streams and graphs created without a device (CUDA graph capture) land on the current device,
@@ -162,4 +166,20 @@ def to_device(model, device: torch.device):
 
 
 def to_dtype(model, dtype: torch.dtype):
-    return model if model_dtype(model) == dtype else model.to(dtype)
+    return model if model_dtype(model) == dtype else cast_weights(model, dtype)
+
+
+def cast_weights(model, dtype: torch.dtype):
+    """``model.to(dtype)`` (in place), except for the rotary embeddings' float32 frequency buffers (``inv_freq``).
+
+    ``from_pretrained(dtype=torch.bfloat16)``, as Hugging Face and lm-eval load a model, keeps them in float32:
+    transformers computes the rotary angles in float32. Cast along with the weights, they would be rounded to
+    bf16, and every angle beyond the first few hundred positions with them.
+    """
+    kept = {name: buffer for name, buffer in model.named_buffers()
+            if name.rpartition(".")[2] in ROTARY_BUFFERS and buffer.dtype == torch.float32}
+    model = model.to(dtype)
+    for name, buffer in kept.items():
+        owner, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(owner), attribute, buffer)
+    return model

@@ -207,3 +207,30 @@ def test_a_quantized_model_records_the_dtype_its_quantized_layers_compute_in(com
     plain = resolve_placement(OmegaConf.create({"device": "cpu", "dtype": "auto"}), OmegaConf.create({}),
                               torch.nn.Linear(2, 2))
     assert "compute_dtype" not in plain.describe()
+
+
+def test_a_cast_for_evaluation_computes_what_loading_in_that_dtype_does(tmp_path):
+    """Evaluation casts a float32 model to bf16 (eval=gpu) and merges adapters through float32: the weights are
+    cast, the rotary frequencies stay float32 as from_pretrained(dtype=bfloat16) keeps them, so the logits are
+    those of the model loaded in bf16, at every position (a rounded frequency moves the later angles most)."""
+    from transformers import AutoModelForCausalLM
+
+    from slm_sweep.methods import apply_method, merge_adapters_for_eval
+    from slm_sweep.placement import to_dtype
+    from tests.conftest import compose_config
+    from tests.test_methods import tiny
+
+    tiny()[0].save_pretrained(tmp_path / "model")
+    ids = torch.randint(0, 100, (1, 200))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.bfloat16)
+    cast = to_dtype(AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32), torch.bfloat16)
+    assert cast.model.rotary_emb.inv_freq.dtype == torch.float32 and cast.dtype == torch.bfloat16
+    with torch.no_grad():
+        torch.testing.assert_close(cast(ids).logits, loaded(ids).logits, rtol=0, atol=0)
+
+    adapted = apply_method(AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.bfloat16),
+                           compose_config(["method=lora"]).method)
+    merged = merge_adapters_for_eval(adapted)  # LoRA's B starts at zero: the base's function
+    assert merged.model.rotary_emb.inv_freq.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, loaded(ids).logits, rtol=0, atol=0)
