@@ -518,6 +518,21 @@ def test_a_swept_setting_becomes_a_variant_and_rows_never_mix(tmp_path):
     assert "| beta | lora (r=8) |" in report["markdown"] and "| beta | lora (r=16) |" in report["markdown"]
 
 
+def test_one_configuration_spelt_two_ways_is_one_row(tmp_path):
+    """trainer.precision=32 and 32-true (or 32.0 and 32) are one setting: the cells share a configuration key,
+    and their seeds one row."""
+    for seed, precision in ((0, "32-true"), (1, "32")):
+        config = {"method": {"name": "lora", "r": 8}, "trainer": {"precision": precision}}
+        record = make_record("beta", "lora", seed, 0.2 + 0.01 * seed, 0.2)
+        write_json(tmp_path / str(seed) / "result.json", _with_identity(record, config, "cfg-lora"))
+    config = {"method": {"name": "lora", "r": 8}, "trainer": {"precision": "bf16-mixed"}}
+    write_json(tmp_path / "2" / "result.json",
+               _with_identity(make_record("beta", "lora", 0, 0.3, 0.3), config, "cfg-lora-bf16"))
+    rows = summarize(collect([tmp_path]).records)
+    assert sorted((row["variant"], row["n"]) for row in rows) == [("precision=32-true", 2),
+                                                                  ("precision=bf16-mixed", 1)]
+
+
 def test_a_new_method_sorts_among_its_own_kind(tmp_path):
     """A method the report has never heard of goes after the built-in ones of its kind: a new baseline (a method
     file with train: false) among the baselines, a new adapter method after the trained ones."""

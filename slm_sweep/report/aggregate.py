@@ -157,7 +157,13 @@ def assign_variants(records: list[dict[str, Any]]) -> None:
     for record in records:
         groups[record["dataset"], record["model"], record["method"]].append(record)
     for group in groups.values():
-        settings = [configuration_settings(r) for r in group]
+        # the records of one configuration key are one configuration, however their settings are spelt
+        # (trainer.precision=32 and 32-true, alpha 32.0 and 32): each is labelled by the first one's
+        first: dict[str, dict[str, str]] = {}
+        settings = []
+        for record in group:
+            own, key = configuration_settings(record), identity_key(record, "configuration_key")
+            settings.append(first.setdefault(key, own) if key else own)
         differing = sorted(varying_settings(settings))
         # a setting that only mirrors another (method.peft.r = ${..r} of method.r) is named once, by its shorter key
         by_values: dict[tuple, str] = {}
