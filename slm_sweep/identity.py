@@ -154,9 +154,11 @@ class CellIdentity:
         return None
 
     def as_record(self) -> dict[str, Any]:
+        """What result.json records: the keys, and what went into them (``parts``: the resolved weights, the
+        data's fingerprints, code and library versions, the settings), so that a result says what produced it."""
         return {"training_key": self.training_key, "evaluation_key": self.evaluation_key,
                 "configuration_key": self.configuration_key, "scored_with": self.scored_with,
-                "prompt_style": self.prompt_style}
+                "prompt_style": self.prompt_style, "parts": self.parts}
 
 
 @functools.cache

@@ -4,6 +4,7 @@ from kept adapters by those keys."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import compose_config
@@ -189,6 +190,14 @@ def test_rerun_into_its_own_folder_does_nothing_again(tiny_cfg, tmp_path, monkey
     first = run(cfg, out_dir=tmp_path / "cell")
     assert first["status"] == "completed" and (tmp_path / "cell" / "adapter" / "adapter_config.json").is_file()
     before = (tmp_path / "cell" / "result.json").read_bytes()
+    # the record says what its keys were computed from: weights, data fingerprints, versions, settings
+    parts = read_result(tmp_path / "cell")["identity"]["parts"]
+    assert parts["training"]["model"]["source"] == "tiny" and parts["training"]["method"]["name"] == "lora"
+    assert parts["training"]["libraries"].keys() == {"torch", "transformers", "peft"}
+    fingerprints = {**parts["training"]["data"], "test": parts["evaluation"]["test"]}
+    assert set(fingerprints) == {"train", "val", "test"}
+    assert all(re.fullmatch(r"\d+:[0-9a-f]{16}", f) for f in fingerprints.values()), fingerprints
+    assert fingerprints["test"].startswith(f"{first['metrics']['n_eval']}:")
 
     import slm_sweep.models as models
 
