@@ -409,9 +409,13 @@ def is_seed_independent(method: Mapping[str, Any]) -> bool:
 
 def prompt_identity(prompt: Mapping[str, Any] | None, auto_style: str | None) -> dict[str, Any]:
     """The prompt settings as keyed: a ``prompt.style`` that ``auto`` chooses for this tokenizer (``auto_style``,
-    chat or plain) is keyed as ``auto``, so that both spellings of one configuration share its keys."""
+    chat or plain) is keyed as ``auto``, so that both spellings of one configuration share its keys; the plain
+    style renders no system message (data.prompts.build_prompt), so there ``prompt.system`` is keyed as null."""
     prompt = dict(prompt or {})
-    if auto_style is not None and prompt.get("style") == auto_style:
+    style = prompt.get("style") or "auto"
+    if (auto_style if style == "auto" else style) == "plain":
+        prompt["system"] = None
+    if auto_style is not None and style == auto_style:
         prompt["style"] = "auto"
     return prompt
 

@@ -205,11 +205,13 @@ def identify(cfg: DictConfig, config: dict, data: CellData) -> CellIdentity:
 
 def auto_prompt_style(cfg: DictConfig) -> str | None:
     """The style ``prompt.style=auto`` renders for this model, looked up (from its tokenizer alone) only where
-    the config names a style explicitly and the prompt shapes the cell; None otherwise."""
+    the prompt shapes the cell and the config names a style explicitly or a system message (which the plain
+    style leaves out); None otherwise."""
     from slm_sweep.identity import prompt_matters
 
-    style = str((cfg.get("prompt") or {}).get("style") or "auto")
-    if style == "auto" or not prompt_matters(cfg.method):
+    prompt = cfg.get("prompt") or {}
+    style = str(prompt.get("style") or "auto")
+    if (style == "auto" and not prompt.get("system")) or not prompt_matters(cfg.method):
         return None
     model = json.dumps(OmegaConf.to_container(cfg.model, resolve=True), sort_keys=True)
     return _auto_style(model, str(cfg.cache_dir) if cfg.get("cache_dir") else None, style)

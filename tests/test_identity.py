@@ -144,6 +144,17 @@ def test_a_prompt_style_is_keyed_as_rendered(tiny_cfg):
         assert keys(tiny_cfg(f"method={method}", "prompt.style=plain")) != auto, method
 
 
+def test_a_system_message_the_plain_style_leaves_out_changes_neither_key(tiny_cfg):
+    from slm_sweep.data.prompts import build_prompt
+
+    assert build_prompt(None, "How many?", style="plain", system="Be brief.") == \
+        build_prompt(None, "How many?", style="plain")
+    for method in ("lora", "zeroshot"):
+        plain = keys(tiny_cfg(f"method={method}", "prompt.style=plain"))
+        assert keys(tiny_cfg(f"method={method}", "prompt.style=plain", "prompt.system=Be brief.")) == plain
+        assert keys(tiny_cfg(f"method={method}", "prompt.system=Be brief.")) != keys(tiny_cfg(f"method={method}"))
+
+
 def test_a_tuned_learning_rate_is_in_the_training_key_as_the_rate_itself(tiny_cfg, tmp_path):
     from slm_sweep.tune import resolve_lr
 
