@@ -255,6 +255,22 @@ def test_a_cell_completed_in_another_folder_of_a_requeued_sweep_is_no_failure(tm
     assert [job for job, _ in failed_cells(tmp_path)] == [failed]
 
 
+def test_a_report_of_two_sweeps_lists_no_cell_the_later_one_completed(tmp_path):
+    """A cell interrupted in one sweep and resumed to completion by a later one (same evaluation key): a report
+    of both folders lists only what neither completed."""
+    from slm_sweep.report.sweep_notes import sweep_sections
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    _job(first, "0-tiny-lora-gsm8k-seed0", "interrupted", "k-lora")
+    _job(first, "1-tiny-dora-gsm8k-seed0", "interrupted", "k-dora")
+    _job(second, "0-tiny-lora-gsm8k-seed0", "completed", "k-lora")
+    assert [line for line in sweep_sections([first, second]) if line.startswith("- ")] == \
+        ["- `1-tiny-dora-gsm8k-seed0`: interrupted: KeyboardInterrupt"]
+    assert [line for line in sweep_sections([first]) if line.startswith("- ")] == \
+        ["- `0-tiny-lora-gsm8k-seed0`: interrupted: KeyboardInterrupt",
+         "- `1-tiny-dora-gsm8k-seed0`: interrupted: KeyboardInterrupt"]
+
+
 def test_an_early_failed_attempt_completed_in_another_folder_is_no_failure(tmp_path):
     """A requeued sweep reran into folder 0 a configuration that failed there early (result.failed.json beside an
     earlier run's result), and completed it in folder 5."""

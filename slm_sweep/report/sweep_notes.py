@@ -32,18 +32,30 @@ def preflight_notes(plan: dict | None) -> list[str]:
     return notes
 
 
-def failed_cells(sweep_dir: Path) -> list[tuple[Path, str]]:
-    """(job dir, '<status>: <error>') for every job of the sweep that has no completed result.json, unless
-    another folder of the sweep completed the same cell (same evaluation key): a requeued sweep whose jobs were
-    numbered otherwise resumes an interrupted cell in another folder."""
+def _job_records(sweep_dir: Path) -> dict[Path, dict | None]:
+    """Every job folder of the sweep and its result.json (None where it has none)."""
     if not sweep_dir.is_dir():
-        return []
+        return {}
     jobs = {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
     jobs |= {p.parent for p in sweep_dir.rglob(RESULT_FILE)}
-    records = {job: read_result(job) for job in sorted(jobs)}
-    done = {(r.get("identity") or {}).get("evaluation_key") for r in records.values()
-            if r is not None and r.get("status") == "completed"} - {None}
-    finished = [r.get("config") for r in records.values() if r is not None and r.get("status") == "completed"]
+    return {job: read_result(job) for job in sorted(jobs)}
+
+
+def _completed(records) -> tuple[set[str], list]:
+    """The evaluation keys and the configs of the completed records among ``records``."""
+    completed = [r for r in records if r is not None and r.get("status") == "completed"]
+    return ({(r.get("identity") or {}).get("evaluation_key") for r in completed} - {None},
+            [r.get("config") for r in completed])
+
+
+def failed_cells(sweep_dir: Path, completed_elsewhere: tuple[set[str], list] = (set(), [])) -> list[tuple[Path, str]]:
+    """(job dir, '<status>: <error>') for every job of the sweep that has no completed result.json, unless
+    another folder of the sweep, or a result of ``completed_elsewhere`` (evaluation keys and configs, as
+    ``_completed`` gives them), completed the same cell (same evaluation key): a requeued sweep whose jobs were
+    numbered otherwise, or a later sweep, resumes an interrupted cell in another folder."""
+    records = _job_records(sweep_dir)
+    done, finished = _completed(records.values())
+    done, finished = done | completed_elsewhere[0], finished + completed_elsewhere[1]
     out = []
     for job, record in records.items():
         attempt = read_result(job / FAILED_ATTEMPT_FILE)
@@ -83,8 +95,11 @@ def sweep_notes_markdown(notes: list[str], failed: list[tuple[Path, str]], sweep
 
 def sweep_sections(dirs) -> list[str]:
     """The markdown sections of every sweep folder among ``dirs``: what its preflight left out, its cells that
-    did not complete."""
+    did not complete (in any folder of ``dirs``)."""
+    folders = [Path(d) for d in dirs]
+    # a cell interrupted in one folder and completed in another of the report (a resumed sweep) did complete
+    completed = _completed(r for folder in folders for r in _job_records(folder).values())
     lines: list[str] = []
-    for folder in map(Path, dirs):
-        lines += sweep_notes_markdown(preflight_notes(read_plan(folder)), failed_cells(folder), folder)
+    for folder in folders:
+        lines += sweep_notes_markdown(preflight_notes(read_plan(folder)), failed_cells(folder, completed), folder)
     return lines
