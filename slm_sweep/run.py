@@ -179,9 +179,11 @@ def load_data(cfg: DictConfig) -> CellData:
     keep_val = method.train or on_val
     dataset_cfg = cfg.dataset if keep_val else {**OmegaConf.to_container(cfg.dataset, resolve=True),
                                                     "val_size": None, "train_limit": None}
-    # trained cells drop examples repeating a test or dataset.dedup.against question; few-shot keeps lm-eval's pool
-    splits = load_splits(dataset_cfg, data_root=cfg.get("data_root"), need_train=bool(method.train or num_fewshot),
-                         deduplicate=bool(method.train))
+    # trained cells drop examples repeating a test or dataset.dedup.against question; few-shot keeps lm-eval's pool.
+    # Scoring the validation split, every method carves it as trained cells do: one set of questions for all.
+    splits = load_splits(dataset_cfg, data_root=cfg.get("data_root"),
+                         need_train=bool(method.train or num_fewshot or on_val),
+                         deduplicate=bool(method.train or on_val))
     ood_sets = {} if on_val else {
         name: load_eval_set(name, data_root=cfg.get("data_root"), limit=cfg.eval.get("ood_limit"))
         for name in (cfg.eval.get("ood_sets") or [])

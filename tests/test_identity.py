@@ -260,6 +260,18 @@ def test_a_search_cell_that_scored_the_validation_split_is_reused_by_its_rerun(t
     assert again["metrics"]["val_accuracy_flexible"] == first["metrics"]["val_accuracy_flexible"]
 
 
+def test_every_method_scores_the_same_validation_questions(tiny_cfg, tmp_path):
+    """A search scored on the validation split compares its baselines with its trained cells on one set of
+    questions: zero- and few-shot cells carve it as trained cells do."""
+    questions = {}
+    for method in ("zeroshot", "fewshot", "full"):
+        record = run(tiny_cfg(f"method={method}", "eval.split=val"), out_dir=tmp_path / method)
+        assert record["status"] == "completed" and record["metrics"]["val_n_eval"] == 8, method
+        lines = (tmp_path / method / "predictions.jsonl").read_text().splitlines()
+        questions[method] = [json.loads(line)["question"] for line in lines]
+    assert questions["zeroshot"] == questions["fewshot"] == questions["full"]
+
+
 def test_a_new_evaluation_rescores_the_kept_adapter_without_training(tiny_cfg, tmp_path, monkeypatch):
     search = [f"resume.search_dir={tmp_path}", "resume.enabled=true"]
     first = run(tiny_cfg("method=lora", *search), out_dir=tmp_path / "a")
