@@ -36,7 +36,8 @@ from typing import Any
 # Bump when a change to the training path alters the weights it produces (loss, batching order, schedule, ...).
 TRAINING_CODE_VERSION = 6  # 6: on several devices each device draws its own dropout masks (train.module's
 # device_step_seed); they drew the same ones for micro-batches of one shape; validation inside an optimizer step
-# (trainer.val_check_interval, which counts micro-batches) no longer drops the step's gradients so far
+# (trainer.val_check_interval, which counts micro-batches) no longer drops the step's gradients so far; a half
+# "true" precision (bf16-true) keeps the rotary frequencies in float32 (Lightning's cast rounded them)
 # 5: a run resumed under another micro-batch plan, or after a crash following a resume,
 # trains on the steps an uninterrupted run does (it could skip or merge steps); weight decay under FSDP reaches the
 # matrices (sharding flattened them into undecayed vectors)
@@ -99,8 +100,8 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "placement.py", "methods.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {15: "45a2dc2a49a719fe1a47b60a2213167749bf39ef47d9b61f9c5da0af70daba07"}
-TRAINING_SOURCES_SHA256 = {6: "c5fef8da22eff94cfe7d10505b088a27d1169ca329a65322d959dfa20fe2df3b"}
+SCORING_SOURCES_SHA256 = {15: "961daf191b2ed00fd63b8b2a246b0fe86b51edf456397b91b03e597df73ffe4b"}
+TRAINING_SOURCES_SHA256 = {6: "61a75493f4b1306158bf0b17dc712e295fa5b67059e2a99607db3b1ae3763cbb"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

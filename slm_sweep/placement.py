@@ -176,10 +176,24 @@ def cast_weights(model, dtype: torch.dtype):
     transformers computes the rotary angles in float32. Cast along with the weights, they would be rounded to
     bf16, and every angle beyond the first few hundred positions with them.
     """
-    kept = {name: buffer for name, buffer in model.named_buffers()
-            if name.rpartition(".")[2] in ROTARY_BUFFERS and buffer.dtype == torch.float32}
+    kept = float32_rotary_buffers(model)
     model = model.to(dtype)
-    for name, buffer in kept.items():
-        owner, _, attribute = name.rpartition(".")
-        setattr(model.get_submodule(owner), attribute, buffer)
+    restore_buffers(kept)
     return model
+
+
+def float32_rotary_buffers(model) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:
+    """(module, name, tensor) of each float32 rotary frequency buffer of ``model``; casting or moving the model
+    replaces the tensors, not the modules, so ``restore_buffers`` can put them back."""
+    return [(module, name, buffer) for module in model.modules()
+            for name, buffer in module.named_buffers(recurse=False)
+            if name in ROTARY_BUFFERS and buffer.dtype == torch.float32]
+
+
+def restore_buffers(kept: list[tuple[torch.nn.Module, str, torch.Tensor]]) -> None:
+    """Put back the buffers ``float32_rotary_buffers`` kept where a cast changed their dtype (on the device the
+    cast one is on)."""
+    for module, name, buffer in kept:
+        current = getattr(module, name)
+        if current.dtype != buffer.dtype:
+            setattr(module, name, buffer.to(current.device))

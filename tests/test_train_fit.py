@@ -498,6 +498,24 @@ def test_a_graph_replaying_compile_mode_trains_like_eager(examples, tmp_path):
     assert outcome.train_loss == plain.train_loss
 
 
+class RotaryDtypes(L.Callback):
+    """The dtypes of the first decoder weight and of the rotary frequencies while training."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.weight = next(pl_module.model.parameters()).dtype
+        self.rotary = {name.rpartition(".")[2]: b.dtype for name, b in pl_module.model.named_buffers()
+                       if "rotary" in name}
+
+
+def test_a_half_true_precision_trains_with_float32_rotary_frequencies(examples, tmp_path):
+    """bf16-true casts the whole model, as from_pretrained(dtype=bfloat16) loads it, except that the latter keeps
+    the rotary frequencies in float32: so does training, whose angles then match evaluation's."""
+    dtypes = RotaryDtypes()
+    train(examples, tmp_path, "lora", callbacks=[dtypes], max_steps=1, precision="bf16-true")
+    assert dtypes.weight == torch.bfloat16
+    assert dtypes.rotary == {"inv_freq": torch.float32, "original_inv_freq": torch.float32}
+
+
 def test_validation_inside_a_step_leaves_its_gradients_alone(examples, tmp_path):
     """trainer.val_check_interval counts micro-batches: validating after every one of them (two per step) must
     not drop the gradients a step has accumulated so far."""

@@ -14,6 +14,7 @@ import torch
 
 from slm_sweep.data.encode import split_micro_batch
 from slm_sweep.memory import is_out_of_memory, release_cached_memory
+from slm_sweep.placement import float32_rotary_buffers, restore_buffers
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,8 @@ class CausalLMModule(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.model = model
+        # a half "true" precision casts the whole model (Lightning's convert_module), its rotary frequencies too
+        self._rotary = float32_rotary_buffers(model)
         self._matrices = {id(p) for p in model.parameters() if p.ndim >= 2}  # before any strategy shards them
         self.lr, self.weight_decay, self.warmup_steps, self.max_steps = lr, weight_decay, warmup_steps, max_steps
         self.betas = tuple(betas)
@@ -150,6 +153,11 @@ class CausalLMModule(L.LightningModule):
             torch.compiler.cudagraph_mark_step_begin()
             loss_tokens = torch.full((), loss_tokens, dtype=torch.long, device=batch["input_ids"].device)
         return micro_batch_loss(self.model, batch, loss_tokens)
+
+    def on_fit_start(self):
+        # after the strategy's precision has cast the model: the rotary angles are computed in float32, as in a
+        # model loaded in bf16 (from_pretrained keeps these buffers float32), and as evaluation computes them
+        restore_buffers(self._rotary)
 
     def on_train_start(self):
         # Hugging Face loads models in eval mode and Lightning keeps the mode it finds (it switches to eval for
