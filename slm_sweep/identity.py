@@ -53,7 +53,8 @@ TRAINING_CODE_VERSION = 6  # 6: on several devices each device draws its own dro
 # sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
 SCORING_VERSION = 15  # 15: a model cast for evaluation (eval.dtype=bfloat16, adapters merged through float32)
 # keeps its rotary frequencies in float32, as loading it in that dtype does (they were rounded to bf16); kept
-# full weights are re-scored in the dtype they were kept in (a bf16 base's float32 weights were rounded to bf16)
+# full weights are re-scored in the dtype they were kept in (a bf16 base's float32 weights were rounded to bf16);
+# a prose reference whose "the answer is" sentence is followed by a closing "Note: ..." paragraph keeps its answer
 # 14: lenient and prose references read an amount in dollars and cents as one value
 # ("18 dollars and 50 cents" is 18.50; it was 18)
 # 13: lenient: a marker's answer that offers several values of one kind ("12 or 13",
@@ -100,7 +101,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "placement.py", "methods.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py")
-SCORING_SOURCES_SHA256 = {15: "961daf191b2ed00fd63b8b2a246b0fe86b51edf456397b91b03e597df73ffe4b"}
+SCORING_SOURCES_SHA256 = {15: "03bc2e9a32ecab5a2548112ab0506bc18620a3054a81c53c29ac306325635b9a"}
 TRAINING_SOURCES_SHA256 = {6: "61a75493f4b1306158bf0b17dc712e295fa5b67059e2a99607db3b1ae3763cbb"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.

@@ -619,7 +619,7 @@ def prose_reference_value(text: str) -> Fraction | None:
         value = _single_value(_stated_answer(rest))
         # "The answer is 4.67 buses. Since ..., 5 buses are needed.": revised, so no clear answer; a sentence that
         # works with the answer ("This is because 3 × 4 = 12", "Check: 20 + 5 = 25") revises nothing
-        stated = rest.lstrip(_ANSWER_LEAD)
+        stated = _without_notes(rest.lstrip(_ANSWER_LEAD))  # a closing "Note: ..." paragraph revises nothing
         later = _stated_sentences(stated[end.end():]) if (end := _SENTENCE_END.search(stated)) else []
         revised = any((other := _narrowed_value(s)) is not None and other != value and value not in numbers_in(s)
                       for s in later)

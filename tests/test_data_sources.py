@@ -328,6 +328,15 @@ def test_a_question_asking_who_is_named_as_such_when_rows_without_a_reference_ar
     ("Which number is the largest among 3, 5 and 7?", False),
     ("Which is greater, 3/4 or 0.7?", False),
     ("Which one is the largest among 0.8, 1/2 and 0.9?", False),
+    # a clause about a person inside a question that asks for a number
+    ("If Jimin, who is 10, is 3 years older than Yuna, what is Yuna's age?", False),
+    ("Among the students, who scored 90 or more, what is the average score?", False),
+    ("What is the average score of Taehyung, whose score is 85, and Jimin?", False),
+    # questions that want a name, worded without "who"
+    ("Jungkook has 6, Yoongi has 4. Find the person who has the smallest number.", True),
+    ("Jungkook has 6, Yoongi has 4. What is the name of the person with the larger number?", True),
+    ("Yuna scored 90 and Minji 85. Which of the two scored higher?", True),
+    ("Which of the two is greater, 3/4 or 0.7?", False),
 ])
 def test_asks_who(question, asks):
     assert asks_who(question) is asks
@@ -354,6 +363,20 @@ def test_a_row_left_out_moves_no_other_row_between_parts(tmp_path):
         for part in ("test", "val", "train"):
             old, new = questions(getattr(before, part)), questions(getattr(after, part))
             assert len(old - new) <= 1 and len(new - old) <= 1, part
+
+
+def test_a_limited_heldout_test_set_does_not_depend_on_the_file_s_row_order(tmp_path):
+    """test_limit on a held-out test set takes the first N of the carving's ranking: the file's order (hub rows
+    grouped by kind) neither changes nor skews the slice; training still excludes the whole held-out set."""
+    rows = [{"question": f"Problem {i}: how many apples?", "answer": f"So, the answer is {i}."} for i in range(300)]
+    spec = {**dataset_spec("orcamath"), "test_size": 60, "val_size": 30, "test_limit": 10}
+    forward = load_splits({**spec, "data_dir": str(write_jsonl(tmp_path / "a" / "train.jsonl", rows).parent)})
+    backward = load_splits({**spec, "data_dir": str(write_jsonl(tmp_path / "b" / "train.jsonl", rows[::-1]).parent)})
+    whole = load_splits({**spec, "test_limit": None,
+                         "data_dir": str(write_jsonl(tmp_path / "c" / "train.jsonl", rows).parent)})
+    assert len(forward.test) == 10 and questions(forward.test) == questions(backward.test)
+    assert questions(forward.test) < questions(whole.test)
+    assert not questions(whole.test) & questions(forward.train) and questions(forward.train) == questions(whole.train)
 
 
 def test_heldout_test_size_must_leave_train_examples():
@@ -444,6 +467,17 @@ def test_blank_lines_and_missing_trailing_newline_are_fine(small_dir):
     rows = [json.dumps(gsm_row(i)) for i in range(3)]
     (small_dir / "test.jsonl").write_text(rows[0] + "\n\n" + rows[1] + "\n" + rows[2])
     assert len(load_splits(local_spec(small_dir)).test) == 3
+
+
+def test_a_line_separator_inside_a_json_string_stays_in_its_row(small_dir):
+    """JSON strings may hold U+2028, U+2029 and U+0085 unescaped (a file written with ensure_ascii=False); only
+    a newline ends a row. Windows line ends are fine too."""
+    rows = [gsm_row(i) for i in range(3)]
+    rows[1]["question"] = "Line one\u2028line two\u2029and\u0085three"
+    (small_dir / "test.jsonl").write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n",
+                                          encoding="utf-8")
+    test = load_splits(local_spec(small_dir)).test
+    assert [ex.question for ex in test] == [r["question"] for r in rows]
 
 
 def test_invalid_json_file_names_path_and_position(tmp_path):

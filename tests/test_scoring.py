@@ -474,6 +474,7 @@ def test_a_bullet_on_the_line_after_a_marker_is_no_sign(text):
 
 # (OrcaMath-style solution, reference): hand-labelled
 PROSE_REFERENCE_CASES = [
+    pytest.param("The final answer is 7.\n\nNote: 1 dozen = 12.", "7", id="answer-is-then-closing-note"),
     pytest.param("So, Maria pays a total of 18 dollars and 50 cents for the tickets.", "18.5",
                  id="dollars-and-cents"),
     pytest.param("Therefore, the cost price of the article is $80, which is 20% less than the selling price.", "80",

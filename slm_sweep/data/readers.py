@@ -126,7 +126,8 @@ def _read_file(path: Path) -> list[_Row]:
 
 def _read_jsonl(path: Path) -> list[_Row]:
     rows = []
-    for line_no, line in enumerate(_text(path).splitlines(), start=1):
+    # lines end at "\n" alone: JSON strings may hold U+2028, U+2029 or U+0085 unescaped, which splitlines() breaks at
+    for line_no, line in enumerate(_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -331,9 +332,15 @@ def asks_who(question: str) -> bool:
     asked = next((s for s in reversed(sentences) if s.endswith("?")), sentences[-1])
     if _HOW_MUCH.search(asked):
         return False
+    numbers = re.search(r"\d", asked) is not None
+    if _NAME_ASKED.search(asked) or (_WHICH_OF_THEM.search(asked) and not numbers):
+        return True
+    # "If Jimin, who is 10, ..., what is Yuna's age?": a clause about a person inside a question asking for a number
+    if _WHAT_NUMBER.search(asked) and not _WHO_FIRST.search(asked):
+        return False
     # which team, box or bag, or which of alternatives: no number unless the alternatives are numbers ("Which is
     # greater, 3/4 or 0.7?")
-    return _WHO.search(asked) is not None or (_WHICH_OF.search(asked) is not None and not re.search(r"\d", asked))
+    return _WHO.search(asked) is not None or (_WHICH_OF.search(asked) is not None and not numbers)
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -343,6 +350,15 @@ _WHO = re.compile(r"^(?:who|whose|whom)\b|[,:;]\s*(?:who|whose|whom)\b|(?:^|\ban
                   re.IGNORECASE)
 _WHICH_OF = re.compile(r"^which\s+(?:team|class|group|box|bag|one)\b|^which\b[^?]*\bor\b", re.IGNORECASE)
 _HOW_MUCH = re.compile(r"\bhow\s+(?:many|much)\b", re.IGNORECASE)
+_PERSON = r"(?:person|people|student|child|kid|friend|boy|girl|man|woman|player|one)s?"
+# a question that wants a name: "the name of the person ...", "Find the person who ...", "Which of the two ..."
+_NAME_ASKED = re.compile(rf"\bnames?\s+of\s+the\s+{_PERSON}\b|\b(?:find|identify|determine|name)\s+the\s+{_PERSON}\s+"
+                         r"(?:who|whose|with|that)\b", re.IGNORECASE)
+_WHICH_OF_THEM = re.compile(r"^which\s+of\s+(?:them|the\s+(?:two|three|four|five)|these\s+(?:two|three))\b",
+                            re.IGNORECASE)
+_WHAT_NUMBER = re.compile(r"\bwhat\s+(?:is|are|was|were|will\s+be)\b|\bhow\s+(?:old|long|far|tall|heavy|fast)\b",
+                          re.IGNORECASE)
+_WHO_FIRST = re.compile(r"^(?:who|whose|whom)\b", re.IGNORECASE)
 
 
 def _as_number(value: Any) -> int | float | None:

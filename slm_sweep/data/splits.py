@@ -54,7 +54,7 @@ def load_splits(
     order, are the training candidates: with ``deduplicate`` and the spec's dedup enabled, validation and train
     examples that repeat a question of the whole test split or of a dedup.against set are removed; (4)
     train_limit keeps the first N candidates left (a seeded sample of the whole file, not its head), test_limit
-    the first N test examples. Every returned part is in source order. A row added, removed or left out as
+    the first N test examples (as lm-eval's --limit does; of a held-out test set, the first N of the ranking). Every returned part is in source order. A row added, removed or left out as
     unparsable moves only itself between parts. With need_train=False, train and val are empty and the train
     file is read only when the test set is held out of it.
     """
@@ -77,7 +77,8 @@ def load_splits(
     splits = Splits(
         train=candidates.in_source_order(train),
         val=val,
-        test=_limited(test, spec["test_limit"], spec["name"], "test_limit"),
+        test=(_heldout_limited(spec, test) if spec["test_split"] == "heldout"
+              else _limited(test, spec["test_limit"], spec["name"], "test_limit")),
         skipped=skipped,
         skipped_asking_who={split: count for split, count in who.items() if count},
         dedup=record,
@@ -120,6 +121,16 @@ def _heldout_parts(
         _check_val_size(spec["name"], val_size, len(pool) - test_size)
     (test, val), candidates = _carve(pool, [test_size, val_size or 0], spec["split_seed"])
     return test, (val if need_train else []), (candidates if need_train else _Candidates())
+
+
+def _heldout_limited(spec: dict[str, Any], test: list[Example]) -> list[Example]:
+    """test_limit of a held-out test set: its first N by the carving's ranking (the test set is the ranking's
+    first test_size rows), in file order, so that the slice does not depend on the order of the file's rows."""
+    limit = spec["test_limit"]
+    if limit is None or limit >= len(test):
+        return _limited(test, limit, spec["name"], "test_limit")
+    (first,), _ = _carve(test, [limit], spec["split_seed"])
+    return first
 
 
 def _val_and_train(
