@@ -652,12 +652,24 @@ def test_holm_makes_the_instances_of_a_claim_hold_jointly(tmp_path):
                for i in results["lora-above-full-qwen05"].instances)
     results, report = claims_of(weak)
     result = results["lora-above-full-qwen05"]
+    # ... but the claim, their conjunction, is: each significant at alpha on its own (an intersection-union test)
     assert _verdicts(results, "lora-above-full-qwen05") == ({"gsm8k": "inconclusive", "orcamath": "inconclusive"},
-                                                            "inconclusive")
+                                                            "reproduced")
+    assert result.by_intersection_union and [i.alone for i in result.instances] == ["reproduced"] * 2
     assert result.tested == 2 and all(i.p_adjusted == pytest.approx(0.0625) for i in result.instances)
     markdown = (weak / "report" / "claims.md").read_text()
     assert "Holm-adjusted" in markdown and "| p (Holm) |" in markdown and "[97.5% CI]" in markdown
-    assert "Family of 2 tested instances" in markdown
+    assert "| alone |" in markdown and "[95% CI]" in markdown and "| verdict (family) |" in markdown
+    assert "Family of 2 tested instances" in markdown and "(an intersection-union test)" in markdown
+    # one instance not significant even alone: the roll-up reads the family's verdicts
+    one_weaker = tmp_path / "one_weaker"
+    for dataset, right in (("gsm8k", 36), ("orcamath", 33)):
+        write_row(one_weaker, "qwen05", "lora", dataset, right, seeds=(0,))
+        write_row(one_weaker, "qwen05", "full", dataset, 30, seeds=(0,))
+    results, _ = claims_of(one_weaker)
+    assert _verdicts(results, "lora-above-full-qwen05") == ({"gsm8k": "inconclusive", "orcamath": "inconclusive"},
+                                                            "inconclusive")
+    assert not results["lora-above-full-qwen05"].by_intersection_union
     rows = [r for r in csv.DictReader(open(weak / "report" / "claims.csv", newline=""))
             if r["claim"] == "lora-above-full-qwen05"]
     assert [(r["correction"], float(r["p_value"]), float(r["p_adjusted"]), float(r["ci_level"])) for r in rows] \
@@ -767,7 +779,10 @@ def test_holm_widens_the_non_inferiority_intervals_to_bonferroni_ones(tmp_path):
     plain, _ = claims_of(tmp_path, correction="none")
     joint, _ = claims_of(tmp_path)
     assert plain["peft-not-below-zeroshot"].verdict == "reproduced"
-    assert joint["peft-not-below-zeroshot"].verdict == "inconclusive"
+    # read one by one, neither instance holds in the family; the claim, their conjunction, does (both alone)
+    assert [i.verdict for i in joint["peft-not-below-zeroshot"].instances] == ["inconclusive"] * 2
+    assert joint["peft-not-below-zeroshot"].verdict == "reproduced"
+    assert joint["peft-not-below-zeroshot"].by_intersection_union
     for alone, together in zip(plain["peft-not-below-zeroshot"].instances, joint["peft-not-below-zeroshot"].instances):
         assert together.test.p_value == alone.test.p_value and together.test.difference == alone.test.difference
         assert together.test.ci_low < -0.02 < alone.test.ci_low and together.test.ci_high > alone.test.ci_high

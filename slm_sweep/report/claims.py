@@ -73,7 +73,8 @@ CSV_COLUMNS = (
     "claim", "text", "direction", "metric", "margin", "dataset", "model_a", "method_a", "model_b", "method_b",
     "n_a", "mean_a", "wilson_low_a", "wilson_high_a", "n_b", "mean_b", "wilson_low_b", "wilson_high_b",
     "difference", "difference_ci_low", "difference_ci_high", "ci_level", "n_questions", "test", "p_value",
-    "p_adjusted", "correction", "alpha", "verdict", "note",
+    "p_adjusted", "correction", "alpha", "verdict", "difference_ci_low_alone", "difference_ci_high_alone",
+    "verdict_alone", "note",
 )  # fmt: skip
 
 
@@ -317,6 +318,10 @@ class Instance:
     verdict: str
     p_adjusted: float | None = None  # Holm-adjusted over the claim's tested instances; None without a correction
     downgraded: bool = False  # reproduced by its test, inconclusive because seeds were lost (survivors_cannot_show)
+    # at alpha on its own (raw p, 1 - alpha interval): what the intersection-union roll-up reads; under no
+    # correction the same as test and verdict
+    test_alone: PairedTest | None = None
+    alone: str = INCONCLUSIVE
 
 
 @dataclass
@@ -330,6 +335,9 @@ class ClaimResult:
     # GGUF); a model of a models_require: all list that matches nothing is a gap
     absent_models: list[str] = field(default_factory=list)
     tested: int = 0  # instances with a paired test: the size of the family a correction adjusts for
+    # reproduced because every instance is at alpha on its own (an intersection-union test of the claim), while
+    # the family's corrected verdicts, read one by one, are not all reproduced
+    by_intersection_union: bool = False
     interval_alpha: float = ALPHA  # the intervals are at 1 - interval_alpha (alpha / tested under Holm)
     # what the claim covers but the verdict could not use: lost seeds, cells without a completed seed, model
     # patterns that match nothing, models of unknown size under a size bound, variants that cannot be paired
@@ -636,6 +644,7 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
     pair_gaps: list[str] = []
     pairs = _pairs(claim, side_a, side_b, pair_gaps)
     tests = [compare_rows(a, b, a["dataset"], claim.metric, alpha=alpha, interval=True) for a, b in pairs]
+    alone_tests = tests
     result.tested = sum(t.p_value is not None for t in tests)
     result.interval_alpha = alpha
     adjusted: list[float | None] = [None] * len(tests)
@@ -646,13 +655,19 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
             # the p-values do not depend on alpha; only the intervals are computed again, wider
             tests = [compare_rows(a, b, a["dataset"], claim.metric, alpha=result.interval_alpha, interval=True)
                      if t.p_value is not None else t for (a, b), t in zip(pairs, tests)]
-    for (a, b), test, p in zip(pairs, tests, adjusted):
+    for (a, b), test, p, test_alone in zip(pairs, tests, adjusted, alone_tests):
+        seeds_lost = any(row.get("not_completed") for row in survivors_cannot_show(claim, a, b))
         verdict = judge(claim.direction, test, alpha, claim.margin, p_value=p)
-        downgraded = verdict == REPRODUCED and any(row.get("not_completed")
-                                                   for row in survivors_cannot_show(claim, a, b))
+        alone = judge(claim.direction, test_alone, alpha, claim.margin)
+        downgraded = verdict == REPRODUCED and seeds_lost
         result.instances.append(Instance(a["dataset"], a, b, test, INCONCLUSIVE if downgraded else verdict, p,
-                                         downgraded))
+                                         downgraded, test_alone, INCONCLUSIVE if alone == REPRODUCED and seeds_lost
+                                         else alone))
     result.verdict = roll_up([i.verdict for i in result.instances])
+    if result.instances and result.verdict != REPRODUCED and all(i.alone == REPRODUCED for i in result.instances):
+        # the claim is the conjunction of its instances: every one significant at alpha on its own rejects the
+        # union of their nulls at alpha (an intersection-union test), whatever their number
+        result.verdict, result.by_intersection_union = REPRODUCED, True
     used = [row for i in result.instances for row in (i.a, i.b)]
     paired = {id(row) for row in used}
     # (a counterpart that did not complete is named by the coverage gaps already)
@@ -746,7 +761,10 @@ def _correction_text(report: ClaimsReport) -> str:
         return (f"The instances of a claim are one family: the p-values are Holm-adjusted over its m tested "
                 f"instances (above/below verdicts use them) and the intervals are Bonferroni intervals at "
                 f"1 − alpha/m, so every verdict of a claim holds jointly at alpha={report.alpha:g}. Roll-up: "
-                f"{REPRODUCED} only when every instance is.")
+                f"{REPRODUCED} when every instance is, in the family or at alpha on its own (\"alone\": the "
+                f"claim is the conjunction of its instances, and every one significant at alpha rejects the "
+                f"union of their nulls at alpha, an intersection-union test that needs no correction); the "
+                f"partial roll-ups read the family's verdicts.")
     return (f"Each instance at alpha={report.alpha:g} on its own, no correction for the number of instances "
             f"(`--correction none`): an all-{REPRODUCED} roll-up is still a valid test at alpha (every instance "
             f"must be significant), but single instances and partial roll-ups are not corrected.")
@@ -783,19 +801,27 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
             continue
         family = (f" Family of {r.tested} tested instance{'s' if r.tested != 1 else ''}: Holm-adjusted p, "
                   f"{_level(r.interval_alpha)} intervals." if report.correction == HOLM else "")
+        if r.by_intersection_union:
+            family += (f" Every instance is {REPRODUCED} at alpha={report.alpha:g} on its own, so the claim, their "
+                       "conjunction, is (an intersection-union test); read one by one, the family's verdicts hold "
+                       "jointly.")
         lines += [f"{h}# `{r.claim.id}`: {r.claim.text}", "", f"{r.claim.describe()}. Verdict: "
                   f"**{r.stated_verdict}** ({_counts_text(r.counts)}).{family}", ""]
         body = []
         for i in r.instances:
             model = i.a["model"] if i.a["model"] == i.b["model"] else f"{i.a['model']} / {i.b['model']}"
-            adjusted = (format_p(i.p_adjusted),) if report.correction == HOLM else ()
+            family_cells = ((i.alone, _difference_cell(i.test), format_p(i.p_adjusted))
+                            if report.correction == HOLM else ())
             note = instance_note(r.claim, i)
             body.append((i.dataset, model, method_label(i.a), _side_cell(i.a, r.claim.metric), method_label(i.b),
-                         _side_cell(i.b, r.claim.metric), _difference_cell(i.test), _test_cell(i.test),
-                         format_p(i.test.p_value), *adjusted, f"**{i.verdict}**" + (f" ({note})" if note else "")))
+                         _side_cell(i.b, r.claim.metric), _difference_cell(i.test_alone or i.test),
+                         _test_cell(i.test), format_p(i.test.p_value), *family_cells,
+                         f"**{i.verdict}**" + (f" ({note})" if note else "")))
+        holm_columns = (("alone", f"A − B [{_level(r.interval_alpha)} CI]", "p (Holm)")
+                        if report.correction == HOLM else ())
         lines += markdown_table(("dataset", "model", "A", f"A {r.claim.metric} (%)", "B", f"B {r.claim.metric} (%)",
-                         f"A − B (pp) [{_level(r.interval_alpha)} CI]", "test", "p",
-                         *(("p (Holm)",) if report.correction == HOLM else ()), "verdict"), body)
+                         f"A − B (pp) [{_level(report.alpha)} CI]", "test", "p", *holm_columns,
+                         "verdict" + (" (family)" if report.correction == HOLM else "")), body)
         if r.absent or r.absent_models:
             named = [*sorted(set(r.absent), key=method_sort_key), *(f"model {m}" for m in r.absent_models)]
             lines += ["", f"Not in these results: {', '.join(named)}."]
@@ -834,7 +860,9 @@ def _flat_rows(r: ClaimResult, alpha: float, correction: str) -> list[dict[str, 
             "difference_ci_high": i.test.ci_high,
             "ci_level": round(1 - r.interval_alpha, 6) if i.test.ci_low is not None else None,
             "n_questions": i.test.n_questions or None, "test": i.test.test, "p_value": i.test.p_value,
-            "p_adjusted": i.p_adjusted, "verdict": i.verdict,
+            "p_adjusted": i.p_adjusted, "verdict": i.verdict, "verdict_alone": i.alone,
+            "difference_ci_low_alone": (i.test_alone or i.test).ci_low,
+            "difference_ci_high_alone": (i.test_alone or i.test).ci_high,
             "note": i.test.reason or instance_note(claim, i),
         })  # fmt: skip
     return out
@@ -851,7 +879,8 @@ def claims_json(report: ClaimsReport) -> dict[str, Any]:
         claims.append({
             "id": r.claim.id, "text": r.claim.text, "a": list(r.claim.a.methods), "b": list(r.claim.b.methods),
             "description": r.claim.describe(), "direction": r.claim.direction, "metric": r.claim.metric,
-            "margin": r.claim.margin, "verdict": r.verdict, "complete": not r.gaps, "gaps": r.gaps,
+            "margin": r.claim.margin, "verdict": r.verdict, "by_intersection_union": r.by_intersection_union,
+            "complete": not r.gaps, "gaps": r.gaps,
             "excluded": r.excluded,
             "counts": dict(r.counts),
             "by_sides": [{"a": a, "b": b, "counts": dict(c)} for a, b, c in r.by_sides()],
