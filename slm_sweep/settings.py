@@ -189,6 +189,8 @@ class DatasetSettings:
     test_limit: int | None = None  # score only the first N test examples
     answer_tolerance: float | None = None  # null: exact match of the number string; a float: numbers, relative float noise
     unparsable_answers: str = "skip"  # rows whose answer has no final number: skip (counted) or error
+    # the metric the report's claims read on this dataset unless a claim names one (orcamath: lenient)
+    claims_metric: str = "flexible"
     eval_only: bool = False  # true: no train split; usable only as an evaluation set
     dedup: DedupSettings | None = field(default_factory=DedupSettings)  # null: no deduplication
 

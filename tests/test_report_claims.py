@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from conftest import compose_config
+from conftest import CONF_DIR, compose_config
 from omegaconf import OmegaConf
 
 from slm_sweep.report import DEFAULT_CLAIMS, ClaimsError, write_report
@@ -46,23 +46,27 @@ TRAINED_SEEDS = (0, 1, 2)
 
 
 @cache
-def _base(method: str) -> str:
+def _base(method: str, dataset: str = "gsm8k") -> str:
     """The record run.py starts a cell with, for this method's composed config (as JSON, copied per cell)."""
     from slm_sweep.run import _base_record
 
     config_method = {"zeroshot_instructed": "zeroshot", "fewshot_chat": "fewshot"}.get(method, method)
-    cfg = compose_config(["model=tiny", f"method={config_method}", "dataset=gsm8k"])
+    config_dataset = dataset if (CONF_DIR / "dataset" / f"{dataset}.yaml").is_file() else "gsm8k"
+    cfg = compose_config(["model=tiny", f"method={config_method}", f"dataset={config_dataset}"])
     record = _base_record(cfg, redact(OmegaConf.to_container(cfg, resolve=True)))
     record["config"]["method"]["name"] = method
     return json.dumps(record)
 
 
-def predictions(dataset: str, correct: list[bool], extra_metric: str | None = None) -> list[dict]:
-    """One record per question as the evaluator writes it: every metric's extracted_/correct_ fields."""
+def predictions(dataset: str, correct: list[bool], extra_metric: str | None = None, prose: bool = False) -> list[dict]:
+    """One record per question as the evaluator writes it: every metric's extracted_/correct_ fields. ``prose``:
+    right answers stated in prose with a closing check, which only the lenient metric reads as right."""
     rows = []
     for index, right in enumerate(correct):
         reference = str(index + 1)
         output = f"The total is {reference}.\n#### {reference}" if right else "I am not sure.\n#### 0"
+        if prose and right:
+            output = f"So the answer is {reference}.\n\n(Check: {reference} - {index} = 1.)"
         row = {"eval_set": dataset, "index": index, "question": f"Question {index}: what is {index} + 1?",
                "reference": reference, "output": output, **score(output, reference, None)}
         if extra_metric:
@@ -74,11 +78,11 @@ def predictions(dataset: str, correct: list[bool], extra_metric: str | None = No
 
 def write_cell(sweep: Path, model: str, method: str, dataset: str, seed: int, correct: list[bool], *,
                reused_from: Path | None = None, extra_metric: str | None = None,
-               ood: dict[str, list[bool]] | None = None) -> Path:
+               ood: dict[str, list[bool]] | None = None, prose: bool = False) -> Path:
     """A completed cell's result.json and predictions.jsonl in ``sweep/<job>``, with out-of-domain sets scored
     after the test split as run.py does; returns the result.json."""
     job = sweep / f"{model}-{method}-{dataset}-seed{seed}"
-    preds = predictions(dataset, correct, extra_metric)
+    preds = predictions(dataset, correct, extra_metric, prose)
     in_domain = preds
     eval_sets = {}
     for name, right in (ood or {}).items():
@@ -86,7 +90,7 @@ def write_cell(sweep: Path, model: str, method: str, dataset: str, seed: int, co
         eval_sets[name] = {**{accuracy_key(m): sum(p[f"correct_{m}"] for p in scored) / len(scored) for m in METRICS},
                            "n_eval": len(scored), "truncated_fraction": 0.0}
         preds = [*preds, *scored]
-    record = json.loads(_base(method))
+    record = json.loads(_base(method, dataset))
     trained = record["config"]["method"]["train"]
     record["config"]["model"].update(name=model, source="gguf" if model.endswith("_q4") else "hub")
     record["config"]["dataset"]["name"] = dataset
@@ -326,7 +330,8 @@ def test_a_baseline_claim_is_checked_against_each_wording_and_the_table_says_so(
     markdown = (out / "claims.md").read_text()
     assert "full vs zeroshot: 1 reproduced, 1 contradicted; full vs zeroshot_instructed: 1 inconclusive" in markdown
     assert "| `full-below-zeroshot-under-300m` |" in markdown and "**mixed (incomplete)**" in markdown
-    assert "metric flexible" in markdown and "alpha=0.05" in markdown
+    assert "metric each dataset's claims metric" in markdown and "| flexible (gsm8k) |" in markdown
+    assert "alpha=0.05" in markdown
     # the claims table is also the last section of the sweep summary
     summary = (out / "summary.md").read_text()
     assert "## Claims" in summary and "### `full-below-zeroshot-under-300m`" in summary
@@ -554,7 +559,30 @@ def test_the_study_claims_file_declares_the_six_claims():
     assert claims["full-below-zeroshot-under-300m"].b.methods == ("zeroshot", "zeroshot_instructed")
     assert claims["full-below-zeroshot-under-300m"].selector.params_below == 3e8
     assert claims["peft-not-below-zeroshot"].margin == 0.02
-    assert all(c.metric == "flexible" for c in claims.values())
+    assert all(c.metric is None for c in claims.values())  # each dataset's claims metric
+
+
+def test_an_orcamath_claim_reads_the_lenient_score(tmp_path):
+    """OrcaMath's claims metric is lenient: LoRA answers in prose that ends with a check (its last number is no
+    answer), DoRA with "####". Read on the flexible score LoRA would score 0 and the claim be contradicted."""
+    for offset, seed in enumerate(TRAINED_SEEDS):
+        write_cell(tmp_path, "qwen05", "lora", "orcamath", seed, first(45 + offset), prose=True)
+        write_cell(tmp_path, "qwen05", "dora", "orcamath", seed, first(30 + offset))
+        write_cell(tmp_path, "qwen05", "lora", "gsm8k", seed, first(45 + offset), prose=True)
+        write_cell(tmp_path, "qwen05", "dora", "gsm8k", seed, first(30 + offset))
+    results, _ = claims_of(tmp_path)
+    (orcamath,) = results["lora-above-dora-orcamath"].instances
+    assert orcamath.metric == "lenient" and orcamath.verdict == "reproduced"
+    (gsm8k,) = results["dora-above-lora-gsm8k"].instances
+    assert gsm8k.metric == "flexible" and gsm8k.verdict == "reproduced"  # LoRA's prose scores 0 there
+    markdown = (tmp_path / "report" / "claims.md").read_text()
+    assert "| `lora-above-dora-orcamath` | LoRA scores above DoRA on OrcaMath. | lenient (orcamath) |" in markdown
+    assert "| orcamath | lenient | qwen05 |" in markdown
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("claims:\n  - {id: x, text: LoRA above DoRA., a: {method: lora}, b: {method: dora}, "
+                    "direction: above, metric: flexible, datasets: [orcamath]}\n")
+    (flexible,) = claims_of(tmp_path, claims=mine)[0]["x"].instances
+    assert flexible.metric == "flexible" and flexible.verdict == "contradicted"
 
 
 def run_cli(*args, cwd):

@@ -99,7 +99,7 @@ def trains(record: dict[str, Any]) -> bool:
 # tuning: where a learning rate came from; the rate itself is method.lr, which does tell runs apart.
 _NOT_A_VARIANT = ("seed", "hydra", "logger", "callbacks", "tuning", "resume", "cache_dir", "data_root", "preflight",
                   "optimized_metric", "model.name", "method.name", "dataset.name", "dataset.data_dir",
-                  "model.gguf_dir", "model.params_nominal")
+                  "model.gguf_dir", "model.params_nominal", "dataset.claims_metric")
 # Within trainer and eval, only the settings that can change numbers (slm_sweep.identity declares them once).
 _NUMERIC_SETTINGS = {"trainer": TRAINER_NUMERIC_KEYS,
                      "eval": (*EVAL_SCORING_KEYS, "dtype", "ood_sets", "ood_limit", "metric_modules")}
@@ -424,6 +424,7 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
             "result_paths": [r.get("result_path") for r in group if r.get("result_path")],
             "not_completed": left_out.get((dataset, model, method, variant)),
             "model_source": model_source(group),
+            "claims_metric": claims_metric(group),
             **learning_rate_columns(group),
             "scored_with": scored_with(group),
             # what the variant label is read from: its settings, for pairing variants across methods like for like
@@ -462,6 +463,15 @@ def learning_rate_columns(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 # Models whose weights are drawn, not trained by anyone: controls for throughput and plumbing, never evidence
 # about a study's models (claims leave them out unless named; the size plot draws them only when alone).
 UNTRAINED_SOURCES = ("random", "tiny")
+
+
+def claims_metric(records: Sequence[dict[str, Any]]) -> str:
+    """The metric claims read on the records' dataset (its ``claims_metric``), the primary one when not said."""
+    for record in records:
+        dataset = (record.get("config") or {}).get("dataset") if isinstance(record.get("config"), dict) else None
+        if isinstance(dataset, dict) and isinstance(dataset.get("claims_metric"), str):
+            return dataset["claims_metric"].removeprefix("accuracy_")
+    return PRIMARY_METRIC
 
 
 def model_source(records: Sequence[dict[str, Any]]) -> str | None:

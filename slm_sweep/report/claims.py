@@ -139,7 +139,7 @@ class Claim:
     a: Side
     b: Side
     direction: str
-    metric: str = PRIMARY_METRIC
+    metric: str | None = None  # None: each dataset's claims_metric (flexible; lenient on OrcaMath)
     margin: float = 0.0
     selector: Selector = Selector()
     datasets: tuple[str, ...] = ()
@@ -149,7 +149,8 @@ class Claim:
         margin = f" (margin {100 * self.margin:g} pp)" if self.direction in (NOT_BELOW, NOT_ABOVE) else ""
         scope = [s for s in (self.selector.describe(), "datasets " + ", ".join(self.datasets)
                              if self.datasets else "") if s]
-        return (f"A = {self.a.describe()} {relation} B = {self.b.describe()}{margin}; metric {self.metric}"
+        metric = self.metric or "each dataset's claims metric"
+        return (f"A = {self.a.describe()} {relation} B = {self.b.describe()}{margin}; metric {metric}"
                 + (f"; {'; '.join(scope)}" if scope else ""))
 
 
@@ -238,10 +239,10 @@ def _claim(entry: Any, where: str) -> Claim:
     direction = entry["direction"]
     if direction not in DIRECTIONS:
         raise ClaimsError(f"{where}: direction={direction!r} is not allowed; allowed: {_allowed(DIRECTIONS)}")
-    metric = entry.get("metric", PRIMARY_METRIC)
+    metric = entry.get("metric")
     if isinstance(metric, str):
         metric = metric.removeprefix("accuracy_")
-    if not isinstance(metric, str) or not _NAME.fullmatch(metric):
+    if metric is not None and (not isinstance(metric, str) or not _NAME.fullmatch(metric)):
         raise ClaimsError(f"{where}: metric={entry.get('metric')!r} must be a metric name such as "
                           f"{_allowed(tuple(METRICS))}")
     margin = entry.get("margin", 0.0)
@@ -322,6 +323,7 @@ class Instance:
     # correction the same as test and verdict
     test_alone: PairedTest | None = None
     alone: str = INCONCLUSIVE
+    metric: str = PRIMARY_METRIC  # what both sides are read on: the claim's metric, else the dataset's
 
 
 @dataclass
@@ -632,7 +634,7 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
     collector's malformed ones), whose cells the claim may cover."""
     check_correction(correction)
     known = _known_metrics(rows)
-    if claim.metric not in known:
+    if claim.metric is not None and claim.metric not in known:
         raise ClaimsError(f"{source + ': ' if source else ''}claim {claim.id}: metric {claim.metric!r} is neither "
                           f"registered nor in the result files; known: {_allowed(known)}")
     result = ClaimResult(claim)
@@ -643,7 +645,9 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
     side_b = _side_rows(claim, claim.b, in_scope, sizes)
     pair_gaps: list[str] = []
     pairs = _pairs(claim, side_a, side_b, pair_gaps)
-    tests = [compare_rows(a, b, a["dataset"], claim.metric, alpha=alpha, interval=True) for a, b in pairs]
+    metrics = [claim_metric(claim, a, known) for a, _ in pairs]
+    tests = [compare_rows(a, b, a["dataset"], metric, alpha=alpha, interval=True)
+             for (a, b), metric in zip(pairs, metrics)]
     alone_tests = tests
     result.tested = sum(t.p_value is not None for t in tests)
     result.interval_alpha = alpha
@@ -653,16 +657,16 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
         if result.tested > 1:
             result.interval_alpha = alpha / result.tested
             # the p-values do not depend on alpha; only the intervals are computed again, wider
-            tests = [compare_rows(a, b, a["dataset"], claim.metric, alpha=result.interval_alpha, interval=True)
-                     if t.p_value is not None else t for (a, b), t in zip(pairs, tests)]
-    for (a, b), test, p, test_alone in zip(pairs, tests, adjusted, alone_tests):
+            tests = [compare_rows(a, b, a["dataset"], metric, alpha=result.interval_alpha, interval=True)
+                     if t.p_value is not None else t for (a, b), t, metric in zip(pairs, tests, metrics)]
+    for (a, b), test, p, test_alone, metric in zip(pairs, tests, adjusted, alone_tests, metrics):
         seeds_lost = any(row.get("not_completed") for row in survivors_cannot_show(claim, a, b))
         verdict = judge(claim.direction, test, alpha, claim.margin, p_value=p)
         alone = judge(claim.direction, test_alone, alpha, claim.margin)
         downgraded = verdict == REPRODUCED and seeds_lost
         result.instances.append(Instance(a["dataset"], a, b, test, INCONCLUSIVE if downgraded else verdict, p,
                                          downgraded, test_alone, INCONCLUSIVE if alone == REPRODUCED and seeds_lost
-                                         else alone))
+                                         else alone, metric))
     result.verdict = roll_up([i.verdict for i in result.instances])
     if result.instances and result.verdict != REPRODUCED and all(i.alone == REPRODUCED for i in result.instances):
         # the claim is the conjunction of its instances: every one significant at alpha on its own rejects the
@@ -706,6 +710,26 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
             p for sel in (claim.selector, claim.a.selector, claim.b.selector) if sel.models_require == "any"
             and len(unmatched := unmatched_models(sel, known)) < len(sel.models) for p in unmatched))
     return result
+
+
+def claim_metric(claim: Claim, row: dict[str, Any], known: Sequence[str]) -> str:
+    """The metric an instance is read on: the claim's, else its dataset's ``claims_metric`` (which must be a
+    metric the results know)."""
+    if claim.metric is not None:
+        return claim.metric
+    metric = row.get("claims_metric") or PRIMARY_METRIC
+    if metric not in known:
+        raise ClaimsError(f"dataset {row['dataset']}: claims_metric {metric!r} is neither registered nor in the "
+                          f"result files; known: {_allowed(known)}")
+    return metric
+
+
+def metrics_text(r: ClaimResult) -> str:
+    """The metric column of a claim: its own, else each dataset's ("flexible (gsm8k), lenient (orcamath)")."""
+    if r.claim.metric is not None:
+        return r.claim.metric
+    by_dataset = dict.fromkeys((i.metric, i.dataset) for i in r.instances)
+    return ", ".join(f"{metric} ({dataset})" for metric, dataset in by_dataset) or "each dataset's"
 
 
 def check_claims(claims: Sequence[Claim], rows: Sequence[dict[str, Any]], *, alpha: float = ALPHA,
@@ -778,7 +802,9 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
         f"{h} Claims",
         "",
         f"Claims from `{report.source}`. Each instance compares side A with side B on one dataset and model "
-        f"(rows of summary.csv), on the metric the claim names, over the test questions both scored: "
+        f"(rows of summary.csv), on the metric the claim names (else the dataset's claims metric: lenient on "
+        f"OrcaMath, whose prose answers the flexible extraction misreads, flexible elsewhere), over the test "
+        f"questions both scored: "
         f"{MCNEMAR} when both rows are one seed, otherwise a {SEEDS_AND_QUESTIONS} (the questions' paired noise "
         f"and each side's spread over seeds as separate parts; {SEED_TEST_DRAWS} draws, seed {SEED_TEST_SEED}); "
         f"two-sided, alpha={report.alpha:g}. "
@@ -792,7 +818,7 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
     body = []
     for r in results:
         sides = "; ".join(f"{a} vs {b}: {_counts_text(c)}" for a, b, c in r.by_sides()) or (r.reason or "")
-        body.append((f"`{r.claim.id}`", r.claim.text, r.claim.metric, f"**{r.stated_verdict}**",
+        body.append((f"`{r.claim.id}`", r.claim.text, metrics_text(r), f"**{r.stated_verdict}**",
                      str(len(r.instances)), sides))
     lines += markdown_table(("claim", "text", "metric", "verdict", "instances", "by sides"), body)
     lines.append("")
@@ -813,13 +839,13 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
             family_cells = ((i.alone, _difference_cell(i.test), format_p(i.p_adjusted))
                             if report.correction == HOLM else ())
             note = instance_note(r.claim, i)
-            body.append((i.dataset, model, method_label(i.a), _side_cell(i.a, r.claim.metric), method_label(i.b),
-                         _side_cell(i.b, r.claim.metric), _difference_cell(i.test_alone or i.test),
+            body.append((i.dataset, i.metric, model, method_label(i.a), _side_cell(i.a, i.metric), method_label(i.b),
+                         _side_cell(i.b, i.metric), _difference_cell(i.test_alone or i.test),
                          _test_cell(i.test), format_p(i.test.p_value), *family_cells,
                          f"**{i.verdict}**" + (f" ({note})" if note else "")))
         holm_columns = (("alone", f"A − B [{_level(r.interval_alpha)} CI]", "p (Holm)")
                         if report.correction == HOLM else ())
-        lines += markdown_table(("dataset", "model", "A", f"A {r.claim.metric} (%)", "B", f"B {r.claim.metric} (%)",
+        lines += markdown_table(("dataset", "metric", "model", "A", "A (%)", "B", "B (%)",
                          f"A − B (pp) [{_level(report.alpha)} CI]", "test", "p", *holm_columns,
                          "verdict" + (" (family)" if report.correction == HOLM else "")), body)
         if r.absent or r.absent_models:
@@ -843,16 +869,16 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
 def _flat_rows(r: ClaimResult, alpha: float, correction: str) -> list[dict[str, Any]]:
     """One flat row per instance of a claim, or one saying it is not covered."""
     claim = r.claim
-    common = {"claim": claim.id, "text": claim.text, "direction": claim.direction, "metric": claim.metric,
+    common = {"claim": claim.id, "text": claim.text, "direction": claim.direction, "metric": metrics_text(r),
               "margin": claim.margin if claim.direction in (NOT_BELOW, NOT_ABOVE) else None, "alpha": alpha,
               "correction": correction}
     if not r.instances:
         return [{**common, "verdict": NOT_COVERED, "note": r.reason}]
-    key = accuracy_key(claim.metric)
     out = []
     for i in r.instances:
+        key = accuracy_key(i.metric)
         out.append({
-            **common, "dataset": i.dataset, "model_a": i.a["model"], "method_a": method_label(i.a),
+            **common, "metric": i.metric, "dataset": i.dataset, "model_a": i.a["model"], "method_a": method_label(i.a),
             "model_b": i.b["model"], "method_b": method_label(i.b), "n_a": i.a["n"], "n_b": i.b["n"],
             **{f"{stat}_{side}": row.get(f"{key}_{stat}") for side, row in (("a", i.a), ("b", i.b))
                for stat in ("mean", "wilson_low", "wilson_high")},
@@ -878,7 +904,7 @@ def claims_json(report: ClaimsReport) -> dict[str, Any]:
     for r in report.results:
         claims.append({
             "id": r.claim.id, "text": r.claim.text, "a": list(r.claim.a.methods), "b": list(r.claim.b.methods),
-            "description": r.claim.describe(), "direction": r.claim.direction, "metric": r.claim.metric,
+            "description": r.claim.describe(), "direction": r.claim.direction, "metric": metrics_text(r),
             "margin": r.claim.margin, "verdict": r.verdict, "by_intersection_union": r.by_intersection_union,
             "complete": not r.gaps, "gaps": r.gaps,
             "excluded": r.excluded,
