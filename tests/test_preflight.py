@@ -251,6 +251,17 @@ def test_a_tuned_rate_a_cell_cannot_take_is_a_config_error_before_any_runs(requi
     assert cells == ["method=lora", "method=dora"]
 
 
+def test_trained_cells_without_a_tuned_rate_are_told_in_one_line(requires_data, composer, tmp_path):
+    table = tmp_path / "lr.yaml"
+    table.write_text("lr: {gsm8k: {tiny: {lora: 0.0005}}}\n")
+    plan = plan_grid(sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=zeroshot,lora,dora", "seed=0,1",
+                                   "tuning.lr=tuned", f"tuning.table={table}"]), composer)
+    assert plan.refused is None and plan.untuned == ["method=dora seed=0", "method=dora seed=1"]
+    (line,) = [line for line in plan.summary_lines() if "tuning.lr=tuned" in line]
+    assert line.startswith(f"2 trained cells with tuning.lr=tuned have no rate in {table} and train at method.lr")
+    assert plan.to_json()["untuned_cells"] == plan.untuned
+
+
 def test_plan_refuses_cells_with_config_errors_before_any_runs(requires_data, composer):
     cfg = sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=lora,full", "method.r=0,8"])
     plan = plan_grid(cfg, composer)

@@ -375,6 +375,9 @@ class Plan:
     to_run: list[str] = field(default_factory=list)  # each cell that will run, as its swept overrides
     blocked: list[str] = field(default_factory=list)  # each cell that needs something missing, as its overrides
     computations: int = 0  # of those, the ones computed: a seed-independent baseline once over its seeds
+    # trained cells with tuning.lr=tuned that the tuned table has no rate for (they train at method.lr), and it
+    untuned: list[str] = field(default_factory=list)
+    untuned_table: str | None = None
 
     @property
     def missing(self) -> list[Check]:
@@ -390,6 +393,11 @@ class Plan:
         if self.ood_dropped:
             lines.append(f"leaving out of eval.ood_sets: {', '.join(self.ood_dropped)}; the cells score "
                          f"[{', '.join(self.ood_sets or [])}]")
+        if self.untuned:
+            shown = "; ".join(self.untuned[:3]) + (f"; and {len(self.untuned) - 3} more" if len(self.untuned) > 3 else "")
+            lines.append(f"{len(self.untuned)} trained cell{'s' if len(self.untuned) != 1 else ''} with tuning.lr=tuned "
+                         f"have no rate in {self.untuned_table} and train at method.lr ({shown}): run the "
+                         "learning-rate search first (docs/tuning.md), or the claims will say 'rate not tuned'")
         if self.dedup_skipped:
             lines.append(f"training is not deduplicated against {', '.join(self.dedup_skipped)}, which cannot be "
                          "read (dataset.dedup.on_missing=skip; result.json records it under dedup.skipped): "
@@ -415,6 +423,8 @@ class Plan:
             "cells_planned_list": self.to_run if self.refused else None,
             "cells_blocked": self.blocked,
             "computations": 0 if self.refused else self.computations,
+            "untuned_cells": self.untuned,
+            "untuned_table": self.untuned_table,
         }
 
     def listing(self, path: Path) -> list[str]:
@@ -626,7 +636,16 @@ def _composed_cell(compose, overrides: list[str], plan: Plan, label: str = "") -
         chosen = [o.split("=", 1)[1] for o in overrides if _base_key(o.split("=", 1)[0]) == "method"]
         check_method_name(cell, chosen[-1] if chosen else None)
         check_classes(cell, devices=False)  # a cell that needs CUDA is checked as one that needs a missing model
-        resolve_lr(OmegaConf.create(OmegaConf.to_container(cell)))  # on a copy: it sets method.lr
+        tune_log = logging.getLogger("slm_sweep.tune")
+        level = tune_log.level
+        tune_log.setLevel(logging.ERROR)  # its note on a missing rate: one line for the whole grid (summary_lines)
+        try:
+            rate = resolve_lr(OmegaConf.create(OmegaConf.to_container(cell)))  # on a copy: it sets method.lr
+        finally:
+            tune_log.setLevel(level)
+        if rate is not None and rate.get("table") and rate["source"] != "tuned":
+            plan.untuned.append(label or " ".join(overrides))
+            plan.untuned_table = rate["table"]
     except (ConfigError, OmegaConfBaseException, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         plan.config_errors.setdefault(reason, []).append(label or " ".join(overrides))
