@@ -100,9 +100,9 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py", "evaluate/attention.py",
                    "placement.py", "methods.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
-                    "train/fit.py", "methods.py")
+                    "train/fit.py", "methods.py", "placement.py")
 SCORING_SOURCES_SHA256 = {15: "03bc2e9a32ecab5a2548112ab0506bc18620a3054a81c53c29ac306325635b9a"}
-TRAINING_SOURCES_SHA256 = {6: "61a75493f4b1306158bf0b17dc712e295fa5b67059e2a99607db3b1ae3763cbb"}
+TRAINING_SOURCES_SHA256 = {6: "9bcf4c2472e376c0457a0dd38e8b62394b79612bc5e6e9c4c49e677b0ac4b143"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

@@ -351,7 +351,12 @@ def _refused_cell(cfg: DictConfig, out: Path, err: Exception) -> dict[str, Any]:
         config = redact(OmegaConf.to_container(cfg, resolve=True))
     except Exception:  # noqa: BLE001 - a setting that does not resolve is recorded as written
         config = redact(OmegaConf.to_container(cfg, resolve=False))
-    record = _base_record(cfg, config)
+    try:
+        record = _base_record(cfg, config)
+    except Exception:  # noqa: BLE001 - the error may be in what the record reads (a seed that is no integer)
+        record = {"schema_version": SCHEMA_VERSION, "model": str(cfg.get("model", {}).get("name")),
+                  "method": str(cfg.get("method", {}).get("name")), "dataset": str(cfg.get("dataset", {}).get("name")),
+                  "seed": cfg.get("seed"), "config": config, "versions": library_versions(), "started_at": now_iso()}
     record.update(status="failed", error=f"config error: {err}", finished_at=now_iso())
     log.error("cell failed: config error: %s", err)
     out.mkdir(parents=True, exist_ok=True)

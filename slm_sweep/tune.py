@@ -335,10 +335,19 @@ def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
         **{f"trainer.{k}": v for k, v in trainer_identity(config.get("trainer") or {}).items()},
         **{f"dataset.{k}": dataset.get(k) for k in ("val_size", "train_limit", "split_seed", "test_split")},
         **{f"eval.{k}": (config.get("eval") or {}).get(k) for k in EVAL_SCORING_KEYS},
-        **{f"prompt.{k}": v for k, v in (config.get("prompt") or {}).items()},
+        # as the cell's keys have it (a system message the plain style leaves out is null), where result.json
+        # records what its keys were computed from
+        **{f"prompt.{k}": v for k, v in (_keyed_prompt(record) or config.get("prompt") or {}).items()},
         # as the cell's keys have it, where result.json says (a record of a search)
         **({"prompt.style": keyed} if (keyed := (record.get("identity") or {}).get("prompt_style")) else {}),
     }
+
+
+def _keyed_prompt(record: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The prompt settings of a record's training key (``identity.parts``), None for records without them."""
+    parts = (record.get("identity") or {}).get("parts")
+    prompt = ((parts or {}).get("training") or {}).get("prompt") if isinstance(parts, Mapping) else None
+    return dict(prompt) if isinstance(prompt, Mapping) else None
 
 
 def tuned_under(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -153,3 +153,17 @@ def test_over_long_training_examples_are_dropped_and_counted(tiny_cfg, tmp_path)
     assert 0 < metrics["train_too_long_fraction"] < 1
     assert metrics["train_examples"] == round(40 * (1 - metrics["train_too_long_fraction"]))
     assert 0 <= metrics["truncated_fraction"] <= 1
+
+
+def test_a_sweep_cell_refused_for_a_setting_its_record_cannot_read_is_still_recorded(tmp_path):
+    """A config error in a sweep fails its cell with a result.json saying why, also when the bad value is one the
+    record itself reads (a seed that is no integer)."""
+    from slm_sweep.config import ConfigError
+    from slm_sweep.run import _refused_cell
+    from tests.conftest import compose_config
+
+    record = _refused_cell(compose_config(["model=tiny", "seed=abc"]), tmp_path,
+                           ConfigError("seed='abc' must be a non-negative integer"))
+    written = read_result(tmp_path)
+    assert record["status"] == written["status"] == "failed" and written["seed"] == "abc"
+    assert written["error"] == "config error: seed='abc' must be a non-negative integer"

@@ -368,15 +368,20 @@ def test_a_row_left_out_moves_no_other_row_between_parts(tmp_path):
 def test_a_limited_heldout_test_set_does_not_depend_on_the_file_s_row_order(tmp_path):
     """test_limit on a held-out test set takes the first N of the carving's ranking: the file's order (hub rows
     grouped by kind) neither changes nor skews the slice; training still excludes the whole held-out set."""
-    rows = [{"question": f"Problem {i}: how many apples?", "answer": f"So, the answer is {i}."} for i in range(300)]
+    rows = [{"question": f"Problem {i % 250}: how many apples?", "answer": f"So, the answer is {i}."}
+            for i in range(300)]  # 50 questions twice, as the hub's rows repeat some
     spec = {**dataset_spec("orcamath"), "test_size": 60, "val_size": 30, "test_limit": 10}
     forward = load_splits({**spec, "data_dir": str(write_jsonl(tmp_path / "a" / "train.jsonl", rows).parent)})
+    first_ten = load_splits({**spec, "test_size": 10, "test_limit": None,
+                             "data_dir": str(write_jsonl(tmp_path / "d" / "train.jsonl", rows).parent)})
+    assert forward.test == first_ten.test  # the ranking's first 10, repeats and all
     backward = load_splits({**spec, "data_dir": str(write_jsonl(tmp_path / "b" / "train.jsonl", rows[::-1]).parent)})
     whole = load_splits({**spec, "test_limit": None,
                          "data_dir": str(write_jsonl(tmp_path / "c" / "train.jsonl", rows).parent)})
     assert len(forward.test) == 10 and questions(forward.test) == questions(backward.test)
     assert questions(forward.test) < questions(whole.test)
-    assert not questions(whole.test) & questions(forward.train) and questions(forward.train) == questions(whole.train)
+    assert forward.train == whole.train and not {(e.question, e.answer) for e in whole.test} & {
+        (e.question, e.answer) for e in forward.train}
 
 
 def test_heldout_test_size_must_leave_train_examples():

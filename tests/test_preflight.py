@@ -262,6 +262,16 @@ def test_trained_cells_without_a_tuned_rate_are_told_in_one_line(requires_data, 
     assert plan.to_json()["untuned_cells"] == plan.untuned
 
 
+def test_a_baseline_scored_on_the_validation_split_needs_the_train_file(requires_data, composer, tmp_path):
+    """eval.split=val carves the validation split from train for every method, zero-shot included."""
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").symlink_to(DATA_ROOT / "gsm8k" / "test.jsonl")
+    grid = [f"data_root={tmp_path}", "model=tiny", "method=zeroshot", "dataset.dedup.on_missing=skip"]
+    assert plan_grid(sweep_config(grid), composer).refused is None
+    plan = plan_grid(sweep_config([*grid, "eval.split=val"]), composer)
+    assert plan.refused is not None and f"{tmp_path / 'gsm8k'}/ has no train.jsonl" in plan.refused
+
+
 def test_plan_refuses_cells_with_config_errors_before_any_runs(requires_data, composer):
     cfg = sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=lora,full", "method.r=0,8"])
     plan = plan_grid(cfg, composer)

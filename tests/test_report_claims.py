@@ -585,6 +585,17 @@ def test_an_orcamath_claim_reads_the_lenient_score(tmp_path):
     assert flexible.metric == "flexible" and flexible.verdict == "contradicted"
 
 
+def test_a_result_file_written_before_datasets_declared_a_claims_metric_reads_the_dataset_s(tmp_path):
+    for method, k in (("lora", 45), ("dora", 30)):
+        for offset, seed in enumerate(TRAINED_SEEDS):
+            path = write_cell(tmp_path, "qwen05", method, "orcamath", seed, first(k + offset), prose=method == "lora")
+            record = json.loads(path.read_text())
+            del record["config"]["dataset"]["claims_metric"]
+            path.write_text(json.dumps(record))
+    (instance,) = claims_of(tmp_path)[0]["lora-above-dora-orcamath"].instances
+    assert instance.metric == "lenient" and instance.verdict == "reproduced"
+
+
 def run_cli(*args, cwd):
     """``python -m slm_sweep.report`` in a subprocess that finds the package from the repository root."""
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))

@@ -415,3 +415,26 @@ def test_a_search_reads_neither_set_aside_results_nor_other_folders_results_twic
     write(tmp_path / "0-cell", 1e-4)
     write(tmp_path / "0-cell" / "superseded", 5e-4)
     assert [r["learning_rate"]["value"] for r in read_search([tmp_path])] == [1e-4]
+
+
+def test_a_system_message_the_plain_style_leaves_out_does_not_refuse_the_tuned_rate(requires_data, tmp_path):
+    """A search and a cell in the plain style with a system message (which that style leaves out of every
+    prompt): the cell trains under the searched settings, and takes the rate."""
+    from omegaconf import OmegaConf
+
+    from slm_sweep.results import redact
+    from slm_sweep.run import identify, load_data
+    from slm_sweep.tune import check_tuned_under, tuned_under
+    from tests.conftest import compose_config
+
+    plain = ["prompt.style=plain", "prompt.system=Be brief."]
+    search = compose_config([*FAST_TINY, "method=lora", *plain, "seed=1000", "eval.split=val"])
+    config = redact(OmegaConf.to_container(search, resolve=True))
+    record = {"config": config, "identity": identify(search, config, load_data(search)).as_record()}
+    table = {"lr": {"gsm8k": {"tiny": {"lora": 5e-4}}},
+             "searched": {"gsm8k": {"tiny": {"lora": {"seeds": [1000], "trained_with": tuned_under(record)}}}}}
+    check_tuned_under(compose_config([*FAST_TINY, "method=lora", *plain, "tuning.lr=tuned"]), table,
+                      tmp_path / "lr.yaml")
+    with pytest.raises(ConfigError, match="prompt.style"):
+        check_tuned_under(compose_config([*FAST_TINY, "method=lora", "prompt.system=Be brief.", "tuning.lr=tuned"]),
+                          table, tmp_path / "lr.yaml")

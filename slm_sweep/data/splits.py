@@ -64,8 +64,9 @@ def load_splits(
     folder = local_dir(spec, data_root)
     skipped: dict[str, int] = {}
     who: dict[str, int] = {}
+    scored = None
     if spec["test_split"] == "heldout":
-        test, val, candidates = _heldout_parts(spec, folder, skipped, who, need_train)
+        test, scored, val, candidates = _heldout_parts(spec, folder, skipped, who, need_train)
     else:
         test = read_examples(spec, "test", folder, skipped, who)
         val, candidates = _val_and_train(spec, folder, skipped, who) if need_train else ([], _Candidates())
@@ -77,8 +78,7 @@ def load_splits(
     splits = Splits(
         train=candidates.in_source_order(train),
         val=val,
-        test=(_heldout_limited(spec, test) if spec["test_split"] == "heldout"
-              else _limited(test, spec["test_limit"], spec["name"], "test_limit")),
+        test=_limited(test if scored is None else scored, spec["test_limit"], spec["name"], "test_limit"),
         skipped=skipped,
         skipped_asking_who={split: count for split, count in who.items() if count},
         dedup=record,
@@ -108,7 +108,8 @@ def load_eval_set(
 
 def _heldout_parts(
     spec: dict[str, Any], folder: Path | None, skipped: dict[str, int], who: dict[str, int], need_train: bool
-) -> tuple[list[Example], list[Example], _Candidates]:
+) -> tuple[list[Example], list[Example], list[Example], _Candidates]:
+    """(the held-out test set, the part of it test_limit scores, val, the training candidates)."""
     pool = read_examples(spec, "train", folder, skipped, who)
     test_size = spec["test_size"]
     if test_size >= len(pool):
@@ -119,18 +120,14 @@ def _heldout_parts(
     val_size = spec["val_size"] if need_train else None
     if val_size is not None:
         _check_val_size(spec["name"], val_size, len(pool) - test_size)
-    (test, val), candidates = _carve(pool, [test_size, val_size or 0], spec["split_seed"])
-    return test, (val if need_train else []), (candidates if need_train else _Candidates())
-
-
-def _heldout_limited(spec: dict[str, Any], test: list[Example]) -> list[Example]:
-    """test_limit of a held-out test set: its first N by the carving's ranking (the test set is the ranking's
-    first test_size rows), in file order, so that the slice does not depend on the order of the file's rows."""
+    # test_limit: the ranking's first N of the held-out rows (in file order), so that the slice does not depend on
+    # the order of the file's rows; the whole held-out set is still what training is kept apart from
     limit = spec["test_limit"]
-    if limit is None or limit >= len(test):
-        return _limited(test, limit, spec["name"], "test_limit")
-    (first,), _ = _carve(test, [limit], spec["split_seed"])
-    return first
+    limit = limit if limit is not None and limit < test_size else test_size
+    (scored, rest, val), candidates = _carve(pool, [limit, test_size - limit, val_size or 0], spec["split_seed"])
+    position = {id(example): i for i, example in enumerate(pool)}
+    test = sorted([*scored, *rest], key=lambda example: position[id(example)])
+    return test, scored, (val if need_train else []), (candidates if need_train else _Candidates())
 
 
 def _val_and_train(

@@ -466,11 +466,17 @@ UNTRAINED_SOURCES = ("random", "tiny")
 
 
 def claims_metric(records: Sequence[dict[str, Any]]) -> str:
-    """The metric claims read on the records' dataset (its ``claims_metric``), the primary one when not said."""
+    """The metric claims read on the records' dataset: its ``claims_metric`` as their configs record it, else (a
+    file written before datasets declared one) as the dataset's config says now, else the primary metric."""
     for record in records:
         dataset = (record.get("config") or {}).get("dataset") if isinstance(record.get("config"), dict) else None
         if isinstance(dataset, dict) and isinstance(dataset.get("claims_metric"), str):
             return dataset["claims_metric"].removeprefix("accuracy_")
+    from slm_sweep.data.specs import dataset_spec, known_datasets
+
+    name = records[0]["dataset"] if records else None
+    if name in known_datasets():
+        return str(dataset_spec(name).get("claims_metric") or PRIMARY_METRIC).removeprefix("accuracy_")
     return PRIMARY_METRIC
 
 

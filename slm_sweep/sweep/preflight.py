@@ -294,7 +294,10 @@ class Checker:
 
         model = _plain(cfg.model)
         cache_dir, data_root = cfg.get("cache_dir"), cfg.get("data_root")
-        need_train = bool(cfg.method.get("train") or cfg.method.get("num_fewshot"))
+        # as run.load_data reads it: scoring the validation split, every method carves it from train, deduplicated
+        on_val = cfg.eval.get("split", "test") == "val"
+        deduplicated = bool(cfg.method.get("train") or on_val)
+        need_train = bool(cfg.method.get("train") or cfg.method.get("num_fewshot") or on_val)
         spec = {**DEFAULTS, **_plain(cfg.dataset)}
         roles = dataset_roles(spec, need_train)
         blocking = [
@@ -312,7 +315,7 @@ class Checker:
         if wants_gpu:
             blocking.append(self._once(["device", "cuda"], check_cuda, wants_gpu))
         dedup = None if spec.get("dedup") is None else {**DEDUP_DEFAULTS, **spec["dedup"]}
-        if cfg.method.get("train") and dedup is not None and dedup["enabled"]:
+        if deduplicated and dedup is not None and dedup["enabled"]:
             for set_name in dedup["against"] or []:
                 if set_name not in known_datasets():
                     continue  # the dataset spec's validation names it

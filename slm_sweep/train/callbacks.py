@@ -78,9 +78,11 @@ def attention_flops_per_pair(model) -> float:
     packed sequence counts on its own.
     """
     config = model.config.get_text_config()
-    heads = config.num_attention_heads
+    heads, layers = getattr(config, "num_attention_heads", None), getattr(config, "num_hidden_layers", None)
+    if not heads or not layers:
+        return 0.0  # an architecture that names them otherwise: its MFU counts the weights' products only
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return 12 * config.num_hidden_layers * heads * head_dim
+    return 12 * layers * heads * head_dim
 
 
 def mfu(flops_per_s: float | None, peak_flops: float | None, devices: int = 1) -> float | None:

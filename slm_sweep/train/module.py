@@ -119,8 +119,9 @@ class CausalLMModule(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.model = model
-        # a half "true" precision casts the whole model (Lightning's convert_module), its rotary frequencies too
-        self._rotary = float32_rotary_buffers(model)
+        # a half "true" precision casts the whole model (Lightning's convert_module), its rotary frequencies too;
+        # copies, since FSDP's mixed precision casts buffers in place at its first forward
+        self._rotary = [(module, name, buffer.clone()) for module, name, buffer in float32_rotary_buffers(model)]
         self._matrices = {id(p) for p in model.parameters() if p.ndim >= 2}  # before any strategy shards them
         self.lr, self.weight_decay, self.warmup_steps, self.max_steps = lr, weight_decay, warmup_steps, max_steps
         self.betas = tuple(betas)
@@ -307,6 +308,9 @@ class CausalLMModule(L.LightningModule):
 
     def on_train_end(self):
         self._flush_losses()
+        # FSDP's bf16 buffer dtype rounded them for training (its first forward casts buffers in place, after
+        # on_fit_start): evaluation gets the float32 frequencies back
+        restore_buffers(self._rotary)
 
     def clipping_figures(self) -> dict[str, float | None]:
         """How much clipping acted: the median global gradient norm before clipping over the steps trained, and the
