@@ -578,6 +578,10 @@ def test_an_orcamath_claim_reads_the_lenient_score(tmp_path):
     markdown = (tmp_path / "report" / "claims.md").read_text()
     assert "| `lora-above-dora-orcamath` | LoRA scores above DoRA on OrcaMath. | lenient (orcamath) |" in markdown
     assert "| orcamath | lenient | qwen05 |" in markdown
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    orcamath_section = summary.split("## orcamath")[1].split("## ")[0]
+    assert "the claims read lenient on orcamath" in orcamath_section
+    assert "the claims read" not in summary.split("## gsm8k")[1].split("## ")[0]
     mine = tmp_path / "mine.yaml"
     mine.write_text("claims:\n  - {id: x, text: LoRA above DoRA., a: {method: lora}, b: {method: dora}, "
                     "direction: above, metric: flexible, datasets: [orcamath]}\n")

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from slm_sweep.scoring import PRIMARY_METRIC
+
 from .aggregate import (
     ACCURACY_METRICS,
     DELTA_BASELINES,
@@ -281,6 +283,13 @@ def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Se
             )
         )
     lines = [f"## {dataset}", "", *markdown_table(header, body), ""]
+    claims_metrics = sorted({r.get("claims_metric") or PRIMARY_METRIC for r in rows} - {PRIMARY_METRIC})
+    if claims_metrics:
+        read = ", ".join(claims_metrics)
+        lines += [f"The deltas and {NEGATIVE_MARK} marks of this table are on the {PRIMARY_METRIC} score; the claims "
+                  f"read {read} on {dataset} (its `claims_metric`: answers written in prose, which the "
+                  f"{PRIMARY_METRIC} extraction, the last number, can misread), so read its {read} columns beside "
+                  "them.", ""]
     lost = [(r["model"], method_label(r), r["not_completed"]) for r in rows if r.get("not_completed")]
     if lost:
         listed = "; ".join(f"{model} × {method}: {cells}" for model, method, cells in lost)
