@@ -354,9 +354,14 @@ def _refused_cell(cfg: DictConfig, out: Path, err: Exception) -> dict[str, Any]:
     try:
         record = _base_record(cfg, config)
     except Exception:  # noqa: BLE001 - the error may be in what the record reads (a seed that is no integer)
-        record = {"schema_version": SCHEMA_VERSION, "model": str(cfg.get("model", {}).get("name")),
-                  "method": str(cfg.get("method", {}).get("name")), "dataset": str(cfg.get("dataset", {}).get("name")),
-                  "seed": cfg.get("seed"), "config": config, "versions": library_versions(), "started_at": now_iso()}
+        def written(key: str) -> Any:  # as written, None where it cannot be read (the report counts it unreadable)
+            try:
+                return OmegaConf.select(cfg, key, default=None)
+            except Exception:  # noqa: BLE001 - an interpolation that does not resolve
+                return None
+
+        record = {"schema_version": SCHEMA_VERSION, **{k: written(f"{k}.name") for k in ("model", "method", "dataset")},
+                  "seed": written("seed"), "config": config, "versions": library_versions(), "started_at": now_iso()}
     record.update(status="failed", error=f"config error: {err}", finished_at=now_iso())
     log.error("cell failed: config error: %s", err)
     out.mkdir(parents=True, exist_ok=True)

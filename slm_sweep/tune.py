@@ -156,6 +156,8 @@ def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> 
         return
     here = {k: v for k, v in tuned_under({"config": _cell_config(cfg)}).items()
             if not any(k.startswith(p) and not any(r.startswith(p) for r in recorded) for p in _LATER_SETTINGS)}
+    if recorded.get("prompt.style") == "plain":  # a table written before the plain style's system message was null
+        recorded = {**recorded, "prompt.system": here.get("prompt.system")}
     differing = _differences(recorded, here)
     if differing:
         raise ConfigError(
@@ -337,17 +339,25 @@ def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
         **{f"eval.{k}": (config.get("eval") or {}).get(k) for k in EVAL_SCORING_KEYS},
         # as the cell's keys have it (a system message the plain style leaves out is null), where result.json
         # records what its keys were computed from
-        **{f"prompt.{k}": v for k, v in (_keyed_prompt(record) or config.get("prompt") or {}).items()},
+        **{f"prompt.{k}": v for k, v in (_keyed_prompt(record) or {}).items()},
         # as the cell's keys have it, where result.json says (a record of a search)
         **({"prompt.style": keyed} if (keyed := (record.get("identity") or {}).get("prompt_style")) else {}),
     }
 
 
 def _keyed_prompt(record: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The prompt settings of a record's training key (``identity.parts``), None for records without them."""
+    """The prompt settings as a record's training key has them (``identity.parts``); for a record without them
+    (older, or failed before its keys were computed) its config's, with the system message a plain style leaves
+    out as null; None without either."""
     parts = (record.get("identity") or {}).get("parts")
     prompt = ((parts or {}).get("training") or {}).get("prompt") if isinstance(parts, Mapping) else None
-    return dict(prompt) if isinstance(prompt, Mapping) else None
+    if isinstance(prompt, Mapping):
+        return dict(prompt)
+    prompt = (record.get("config") or {}).get("prompt")
+    if not isinstance(prompt, Mapping):
+        return None
+    keyed = (record.get("identity") or {}).get("prompt_style") or prompt.get("style")
+    return {**prompt, "system": None} if keyed == "plain" else dict(prompt)
 
 
 def tuned_under(record: Mapping[str, Any]) -> dict[str, Any]:

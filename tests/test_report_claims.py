@@ -580,8 +580,8 @@ def test_an_orcamath_claim_reads_the_lenient_score(tmp_path):
     assert "| orcamath | lenient | qwen05 |" in markdown
     summary = (tmp_path / "report" / "summary.md").read_text()
     orcamath_section = summary.split("## orcamath")[1].split("## ")[0]
-    assert "the claims read lenient on orcamath" in orcamath_section
-    assert "the claims read" not in summary.split("## gsm8k")[1].split("## ")[0]
+    assert "claims read lenient on orcamath (its `claims_metric`" in orcamath_section
+    assert "claims read" not in summary.split("## gsm8k")[1].split("## ")[0]
     mine = tmp_path / "mine.yaml"
     mine.write_text("claims:\n  - {id: x, text: LoRA above DoRA., a: {method: lora}, b: {method: dora}, "
                     "direction: above, metric: flexible, datasets: [orcamath]}\n")
@@ -598,6 +598,20 @@ def test_a_result_file_written_before_datasets_declared_a_claims_metric_reads_th
             path.write_text(json.dumps(record))
     (instance,) = claims_of(tmp_path)[0]["lora-above-dora-orcamath"].instances
     assert instance.metric == "lenient" and instance.verdict == "reproduced"
+
+
+def test_rows_run_with_different_claims_metrics_are_read_on_side_a_s_and_say_so(tmp_path):
+    for method, k in (("lora", 45), ("dora", 30)):
+        for offset, seed in enumerate(TRAINED_SEEDS):
+            path = write_cell(tmp_path, "qwen05", method, "orcamath", seed, first(k + offset))
+            if method == "dora":
+                record = json.loads(path.read_text())
+                record["config"]["dataset"]["claims_metric"] = "flexible"
+                path.write_text(json.dumps(record))
+    result = claims_of(tmp_path)[0]["lora-above-dora-orcamath"]
+    (instance,) = result.instances
+    assert instance.metric == "lenient" and instance.verdict == "reproduced"
+    assert any("run with different claims metrics (lenient, flexible), read on lenient" in g for g in result.gaps)
 
 
 def run_cli(*args, cwd):

@@ -438,3 +438,10 @@ def test_a_system_message_the_plain_style_leaves_out_does_not_refuse_the_tuned_r
     with pytest.raises(ConfigError, match="prompt.style"):
         check_tuned_under(compose_config([*FAST_TINY, "method=lora", "prompt.system=Be brief.", "tuning.lr=tuned"]),
                           table, tmp_path / "lr.yaml")
+    # a record without identity (it failed before its keys were computed) and a table written before the plain
+    # style's system message was keyed as null read the same settings
+    assert tuned_under({"config": config}) == tuned_under(record)
+    searched = table["searched"]["gsm8k"]["tiny"]["lora"]
+    searched["trained_with"] = {**searched["trained_with"], "prompt.system": "Be brief."}
+    check_tuned_under(compose_config([*FAST_TINY, "method=lora", *plain, "tuning.lr=tuned"]), table,
+                      tmp_path / "lr.yaml")

@@ -645,7 +645,7 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
     side_b = _side_rows(claim, claim.b, in_scope, sizes)
     pair_gaps: list[str] = []
     pairs = _pairs(claim, side_a, side_b, pair_gaps)
-    metrics = [claim_metric(claim, a, b, known) for a, b in pairs]
+    metrics = [claim_metric(claim, a, b, known, pair_gaps) for a, b in pairs]
     tests = [compare_rows(a, b, a["dataset"], metric, alpha=alpha, interval=True)
              for (a, b), metric in zip(pairs, metrics)]
     alone_tests = tests
@@ -712,16 +712,16 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
     return result
 
 
-def claim_metric(claim: Claim, a: dict[str, Any], b: dict[str, Any], known: Sequence[str]) -> str:
-    """The metric an instance is read on: the claim's, else its dataset's ``claims_metric``, which both rows must
-    agree on and the results must know."""
+def claim_metric(claim: Claim, a: dict[str, Any], b: dict[str, Any], known: Sequence[str],
+                 gaps: list[str]) -> str:
+    """The metric an instance is read on: the claim's, else its dataset's ``claims_metric`` (which the results
+    must know). Rows run with different claims metrics are read on side A's, and ``gaps`` says so."""
     if claim.metric is not None:
         return claim.metric
     metric, other = (row.get("claims_metric") or PRIMARY_METRIC for row in (a, b))
     if metric != other:
-        raise ClaimsError(f"claim {claim.id}: the rows of {method_label(a)} and {method_label(b)} on {a['dataset']} "
-                          f"were run with different claims metrics ({metric}, {other}): name the metric in the claim "
-                          "(metric: ...)")
+        gaps.append(f"{a['model']} × {method_label(a)} and {method_label(b)} on {a['dataset']}: run with different "
+                    f"claims metrics ({metric}, {other}), read on {metric}; a claim that names its metric reads one")
     if metric not in known:
         raise ClaimsError(f"dataset {a['dataset']}: claims_metric {metric!r} is neither registered nor in the "
                           f"result files; known: {_allowed(known)}")

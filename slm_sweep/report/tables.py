@@ -286,10 +286,9 @@ def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Se
     claims_metrics = sorted({r.get("claims_metric") or PRIMARY_METRIC for r in rows} - {PRIMARY_METRIC})
     if claims_metrics:
         read = ", ".join(claims_metrics)
-        lines += [f"The deltas and {NEGATIVE_MARK} marks of this table are on the {PRIMARY_METRIC} score; the claims "
-                  f"read {read} on {dataset} (its `claims_metric`: answers written in prose, which the "
-                  f"{PRIMARY_METRIC} extraction, the last number, can misread), so read its {read} columns beside "
-                  "them.", ""]
+        lines += [f"The deltas and {NEGATIVE_MARK} marks of this table are on the {PRIMARY_METRIC} score; claims read "
+                  f"{read} on {dataset} (its `claims_metric`, docs/results.md) unless they name a metric: read its "
+                  f"{read} columns beside them.", ""]
     lost = [(r["model"], method_label(r), r["not_completed"]) for r in rows if r.get("not_completed")]
     if lost:
         listed = "; ".join(f"{model} × {method}: {cells}" for model, method, cells in lost)
