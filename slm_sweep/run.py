@@ -170,20 +170,18 @@ def load_data(cfg: DictConfig) -> CellData:
     """The dataset's splits, the out-of-domain sets and the few-shot sampler; fails before any model loads."""
     from slm_sweep.data import load_eval_set, load_splits
     from slm_sweep.data.prompts import ShotSampler, shot_seed
+    from slm_sweep.data.specs import train_split_use
 
     method = cfg.method
     num_fewshot = int(method.get("num_fewshot") or 0)
     on_val = cfg.eval.get("split", "test") == "val"
+    need_train, deduplicate = train_split_use(method, cfg.eval.get("split"))
     # lm-eval draws shots from the whole train split: carve no validation set and apply no train_limit (a limit on
     # what is trained) when nothing is trained
     keep_val = method.train or on_val
     dataset_cfg = cfg.dataset if keep_val else {**OmegaConf.to_container(cfg.dataset, resolve=True),
                                                     "val_size": None, "train_limit": None}
-    # trained cells drop examples repeating a test or dataset.dedup.against question; few-shot keeps lm-eval's pool.
-    # Scoring the validation split, every method carves it as trained cells do: one set of questions for all.
-    splits = load_splits(dataset_cfg, data_root=cfg.get("data_root"),
-                         need_train=bool(method.train or num_fewshot or on_val),
-                         deduplicate=bool(method.train or on_val))
+    splits = load_splits(dataset_cfg, data_root=cfg.get("data_root"), need_train=need_train, deduplicate=deduplicate)
     ood_sets = {} if on_val else {
         name: load_eval_set(name, data_root=cfg.get("data_root"), limit=cfg.eval.get("ood_limit"))
         for name in (cfg.eval.get("ood_sets") or [])

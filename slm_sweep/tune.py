@@ -353,11 +353,13 @@ def _keyed_prompt(record: Mapping[str, Any]) -> dict[str, Any] | None:
     prompt = ((parts or {}).get("training") or {}).get("prompt") if isinstance(parts, Mapping) else None
     if isinstance(prompt, Mapping):
         return dict(prompt)
+    from slm_sweep.identity import prompt_identity
+
     prompt = (record.get("config") or {}).get("prompt")
     if not isinstance(prompt, Mapping):
         return None
     keyed = (record.get("identity") or {}).get("prompt_style") or prompt.get("style")
-    return {**prompt, "system": None} if keyed == "plain" else dict(prompt)
+    return prompt_identity({**prompt, "style": keyed}, None)
 
 
 def tuned_under(record: Mapping[str, Any]) -> dict[str, Any]:

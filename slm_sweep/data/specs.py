@@ -28,6 +28,15 @@ DEFAULTS: dict[str, Any] = defaults(DatasetSettings)
 DEDUP_DEFAULTS: dict[str, Any] = defaults(DedupSettings)
 
 
+def train_split_use(method: Mapping[str, Any], eval_split: str | None) -> tuple[bool, bool]:
+    """(whether a cell reads the dataset's train split, whether it deduplicates what it reads of it against the
+    evaluation sets). Trained cells do both; few-shot cells draw their shots from it as lm-eval does, without
+    deduplication; scoring the validation split, every method carves it as trained cells do, one set of
+    questions for all."""
+    trains, on_val = bool(method.get("train")), (eval_split or "test") == "val"
+    return bool(trains or method.get("num_fewshot") or on_val), trains or on_val
+
+
 def known_datasets() -> list[str]:
     """Names of the datasets defined in conf/dataset/ and in the dataset folders of Hydra's search path."""
     return group_options("dataset")

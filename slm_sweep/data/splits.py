@@ -54,7 +54,8 @@ def load_splits(
     order, are the training candidates: with ``deduplicate`` and the spec's dedup enabled, validation and train
     examples that repeat a question of the whole test split or of a dedup.against set are removed; (4)
     train_limit keeps the first N candidates left (a seeded sample of the whole file, not its head), test_limit
-    the first N test examples (as lm-eval's --limit does; of a held-out test set, the first N of the ranking). Every returned part is in source order. A row added, removed or left out as
+    the first N test examples (as lm-eval's --limit does; of a held-out test set, the first N of the ranking).
+    Every returned part is in source order. A row added, removed or left out as
     unparsable moves only itself between parts. With need_train=False, train and val are empty and the train
     file is read only when the test set is held out of it.
     """

@@ -48,14 +48,17 @@ def _completed(records) -> tuple[set[str], list]:
             [r.get("config") for r in completed])
 
 
-def failed_cells(sweep_dir: Path, completed_elsewhere: tuple[set[str], list] = (set(), [])) -> list[tuple[Path, str]]:
+def failed_cells(sweep_dir: Path) -> list[tuple[Path, str]]:
     """(job dir, '<status>: <error>') for every job of the sweep that has no completed result.json, unless
-    another folder of the sweep, or a result of ``completed_elsewhere`` (evaluation keys and configs, as
-    ``_completed`` gives them), completed the same cell (same evaluation key): a requeued sweep whose jobs were
-    numbered otherwise, or a later sweep, resumes an interrupted cell in another folder."""
+    another folder of the sweep completed the same cell (same evaluation key): a requeued sweep whose jobs were
+    numbered otherwise resumes an interrupted cell in another folder."""
     records = _job_records(sweep_dir)
-    done, finished = _completed(records.values())
-    done, finished = done | completed_elsewhere[0], finished + completed_elsewhere[1]
+    return _not_completed(records, *_completed(records.values()))
+
+
+def _not_completed(records: dict[Path, dict | None], done: set[str], finished: list) -> list[tuple[Path, str]]:
+    """``failed_cells`` of the jobs ``records`` holds, given the evaluation keys and configs completed
+    (``_completed``) in any folder the report reads."""
     out = []
     for job, record in records.items():
         attempt = read_result(job / FAILED_ATTEMPT_FILE)
@@ -96,10 +99,10 @@ def sweep_notes_markdown(notes: list[str], failed: list[tuple[Path, str]], sweep
 def sweep_sections(dirs) -> list[str]:
     """The markdown sections of every sweep folder among ``dirs``: what its preflight left out, its cells that
     did not complete (in any folder of ``dirs``)."""
-    folders = [Path(d) for d in dirs]
+    records = {Path(folder): _job_records(Path(folder)) for folder in dirs}
     # a cell interrupted in one folder and completed in another of the report (a resumed sweep) did complete
-    completed = _completed(r for folder in folders for r in _job_records(folder).values())
+    completed = _completed(r for jobs in records.values() for r in jobs.values())
     lines: list[str] = []
-    for folder in folders:
-        lines += sweep_notes_markdown(preflight_notes(read_plan(folder)), failed_cells(folder, completed), folder)
+    for folder, jobs in records.items():
+        lines += sweep_notes_markdown(preflight_notes(read_plan(folder)), _not_completed(jobs, *completed), folder)
     return lines

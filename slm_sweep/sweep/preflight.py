@@ -17,7 +17,7 @@ import logging
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,14 +290,11 @@ class Checker:
 
     def cell(self, cfg: DictConfig) -> tuple[list[Check], list[Check]]:
         """(blocking problems: model and training dataset; out-of-domain sets that cannot be read)."""
-        from slm_sweep.data.specs import DEDUP_DEFAULTS, DEFAULTS, known_datasets
+        from slm_sweep.data.specs import DEDUP_DEFAULTS, DEFAULTS, known_datasets, train_split_use
 
         model = _plain(cfg.model)
         cache_dir, data_root = cfg.get("cache_dir"), cfg.get("data_root")
-        # as run.load_data reads it: scoring the validation split, every method carves it from train, deduplicated
-        on_val = cfg.eval.get("split", "test") == "val"
-        deduplicated = bool(cfg.method.get("train") or on_val)
-        need_train = bool(cfg.method.get("train") or cfg.method.get("num_fewshot") or on_val)
+        need_train, deduplicated = train_split_use(cfg.method, cfg.eval.get("split"))  # as run.load_data reads it
         spec = {**DEFAULTS, **_plain(cfg.dataset)}
         roles = dataset_roles(spec, need_train)
         blocking = [
@@ -397,9 +394,8 @@ class Plan:
             lines.append(f"leaving out of eval.ood_sets: {', '.join(self.ood_dropped)}; the cells score "
                          f"[{', '.join(self.ood_sets or [])}]")
         if self.untuned:
-            shown = "; ".join(self.untuned[:3]) + (f"; and {len(self.untuned) - 3} more" if len(self.untuned) > 3 else "")
             lines.append(f"{len(self.untuned)} trained cell{'s' if len(self.untuned) != 1 else ''} with tuning.lr=tuned "
-                         f"have no rate in {self.untuned_table} and train at method.lr ({shown}): run the "
+                         f"have no rate in {self.untuned_table} and train at method.lr ({_first_few(self.untuned)}): run the "
                          "learning-rate search first (docs/tuning.md), or the claims will say 'rate not tuned'")
         if self.dedup_skipped:
             lines.append(f"training is not deduplicated against {', '.join(self.dedup_skipped)}, which cannot be "
@@ -685,13 +681,17 @@ def composition_error(text: str) -> str:
     return reason
 
 
+def _first_few(cells: Sequence[str]) -> str:
+    """The first three cells and how many more: "a; b; c; and 4 more"."""
+    return "; ".join(cells[:3]) + (f"; and {len(cells) - 3} more" if len(cells) > 3 else "")
+
+
 def _refuse_config(plan: Plan) -> Plan:
     bad = sum(len(cells) for cells in plan.config_errors.values())
     lines = [f"preflight: refusing to start the sweep, nothing ran: {bad} of {plan.cells} cells have a "
              "configuration error"]
     for reason, cells in plan.config_errors.items():
-        shown = "; ".join(cells[:3]) + (f"; and {len(cells) - 3} more" if len(cells) > 3 else "")
-        lines.append(f"config error: {reason} (cells: {shown})")
+        lines.append(f"config error: {reason} (cells: {_first_few(cells)})")
     plan.refused = "\n".join(lines)
     return plan
 
