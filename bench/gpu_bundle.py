@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / ".gpu"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MANIFEST = "MANIFEST.json"
-DATASETS = ("gsm8k",)
+# GSM8K and the sets its training is deduplicated against (dataset.dedup.against): without them the grid would
+# train on a few more examples than the study's cells
+DATASET_NAMES = ("gsm8k",)
 CHUNK = 1 << 20
 
 
@@ -103,8 +105,17 @@ def write_architecture(target: Path, cache_dir: Path) -> None:
     tokenizer.save_pretrained(target)
 
 
+def data_folders() -> list[str]:
+    """The folders under data_root that the grid's GSM8K cells read: the dataset's, and its dedup sets'."""
+    from slm_sweep.data.specs import dataset_spec, dedup_settings
+
+    names = [*DATASET_NAMES, *(n for d in DATASET_NAMES for n in dedup_settings(dataset_spec(d)).get("against", []))]
+    folders = [(dataset_spec(n).get("local") or {}).get("dir_name") or n for n in names]
+    return list(dict.fromkeys(folders))
+
+
 def copy_data(data_root: Path, target: Path) -> None:
-    for name in DATASETS:
+    for name in data_folders():
         source = data_root / name
         if not source.is_dir():
             raise SystemExit(f"no {name}/ under --data-root {data_root}")

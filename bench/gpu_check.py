@@ -50,7 +50,8 @@ from gpu_bundle import BUNDLE, GGUF_NAME  # noqa: E402
 
 METHODS = ("zeroshot", "fewshot", "full", "lora", "dora")
 TRAINED = ("full", "lora", "dora")
-FLOORS = {"train_tokens_per_s_min": 45_000, "dora_step_over_lora_max": 1.3, "eval_seconds_max": 15.0}
+FLOORS = {"train_tokens_per_s_min": 45_000, "dora_step_over_lora_max": 1.3, "eval_seconds_max": 15.0,
+          "slice_seconds_max": 360.0}
 # the batch-invariance check runs only when the evaluation left this much of the eval stage's limit unused
 BATCH_CHECK_QUESTIONS, BATCH_CHECK_AFTER_S = 256, 20.0
 # graphs against eager steps: run when the eager pass, projected at this many times the graphs' pass, fits in what
@@ -69,13 +70,14 @@ STAGE_MIN_S = 10  # and a main stage only with this much
 # left out of work.tar.gz: trained weights and checkpoints, and any file over this size
 ARCHIVE_SKIPS, ARCHIVE_MAX_BYTES = ("adapter", "model", "checkpoints", "wandb"), 4 * 2**20
 # The train_variants stage's (methods, trainer overrides), in the order they run, each in what is left of the
-# stage's time. cudagraphs: the whole step traced and replayed as CUDA graphs of its own kernels, one per
-# micro-batch shape (padded to a multiple of 64: at most 8 shapes up to 512 tokens), the lever against a step bound
-# by the host's dispatch, with the shortest warm-up (the trace alone); eager covers every trained method: whether
+# stage's time. cudagraphs: the whole step traced and replayed as CUDA graphs of its own kernels, the lever against
+# a step bound by the host's dispatch, with the shortest warm-up (the trace alone); that backend traces each shape
+# on its own (pytorch#131009), so every micro-batch is padded to the 512 tokens of max_length: one trace (and one
+# more for the smaller last step of an epoch, which 25 steps do not reach); eager covers every trained method: whether
 # compiling pays is decided per method; graphs: the same replays of Inductor's fused kernels (their generation
 # on top of the trace); then the packing lever with and without compilation
 TRAIN_VARIANTS = {"cudagraphs": (("full", "lora", "dora"), ["compile=true", "compile_scope=model",
-                                                            "compile_backend=cudagraphs", "pad_to_multiple_of=64"]),
+                                                            "compile_backend=cudagraphs", "pad_to_multiple_of=512"]),
                   "eager": (("full", "lora", "dora"), ["compile=false"]),
                   "graphs": (("full", "lora", "dora"), ["compile=true", "compile_scope=model",
                                                         "compile_mode=reduce-overhead", "pad_to_multiple_of=64"]),
@@ -85,6 +87,15 @@ TRAIN_VARIANTS = {"cudagraphs": (("full", "lora", "dora"), ["compile=true", "com
 # H200 (docs/performance.md): the train stage 193 s with three compilations, the eval stage 45-75 s, the grid of
 # five 60-step cells over 130 s with LoRA's compilation alone 76 s (about 280 s in all at those rates)
 GPU_TIMEOUTS, DRY_RUN_TIMEOUTS = (240, 90, 280, 120), (240, 120, 300, 240)
+
+
+def default_timeouts(dry_run: bool, grid_full: bool, job_budget: int) -> list[int]:
+    """Seconds per stage when --timeouts is not given: the study's slice (--grid-full) gets the job's whole
+    budget, since its floor is the whole run."""
+    timeouts = list(DRY_RUN_TIMEOUTS if dry_run else GPU_TIMEOUTS)
+    if grid_full and not dry_run:
+        timeouts[2] = job_budget
+    return timeouts
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -466,12 +477,28 @@ def grid_stage(args, model_overrides, device, work) -> dict:
                "trainer.checkpoint_every_n_steps=null", "resume.enabled=false", f"hydra.sweep.dir={sweep_dir}"]
     figures = run_stage(command, stage_limit(args, 2), "grid", work)
     figures["cells"] = cells = collect_cells(sweep_dir)
-    want = "cuda" if device == "cuda" else "cpu"
-    figures["all_completed"] = len(cells) == len(METHODS) and all(c["status"] == "completed" for c in cells.values())
-    figures["all_on_device"] = len(cells) == len(METHODS) and all(
-        (c["eval_device"] or "").startswith(want)
-        and (c["method"] not in TRAINED or (c["train_device"] or "").startswith(want)) for c in cells.values())
+    figures.update(grid_verdicts(cells, figures.get("seconds"), device, args.grid_full))
     return figures
+
+
+def grid_verdicts(cells: dict, seconds: float | None, device: str, full: bool) -> dict:
+    """Whether every cell completed, and trained and evaluated on ``device``; on a GPU the training floors read
+    from the trained cells (each trained in the sweep, as users train); with ``full`` (the study's slice) whether
+    the whole grid ran inside the slice's floor."""
+    want = "cuda" if device == "cuda" else "cpu"
+    verdicts = {
+        "all_completed": len(cells) == len(METHODS) and all(c["status"] == "completed" for c in cells.values()),
+        "all_on_device": len(cells) == len(METHODS) and all(
+            (c["eval_device"] or "").startswith(want)
+            and (c["method"] not in TRAINED or (c["train_device"] or "").startswith(want)) for c in cells.values())}
+    if device == "cuda":
+        verdicts["train_floors"] = train_floors(
+            {m: {"slm_sweep_tokens_per_s": c.get("train_tokens_per_s"), "slm_sweep_step_time_s": c.get("step_time_s")}
+             for m, c in cells.items() if m in TRAINED and c.get("status") == "completed"}, device)
+    if full:
+        verdicts["slice_floor_met"] = bool(verdicts["all_completed"] and verdicts["all_on_device"]
+                                           and seconds is not None and seconds <= FLOORS["slice_seconds_max"])
+    return verdicts
 
 
 def collect_cells(sweep_dir: Path) -> dict:
@@ -491,7 +518,7 @@ def collect_cells(sweep_dir: Path) -> dict:
             "device_name": (placement.get("eval") or {}).get("device_name"),
             "engine": decoding.get("engine"), "cuda_graphs": decoding.get("cuda_graphs"),
             **{k: metrics.get(k) for k in ("accuracy_strict", "accuracy_flexible", "n_eval", "train_steps",
-                                           "train_time_s", "train_tokens_per_s", "eval_time_s", "mfu",
+                                           "train_time_s", "train_tokens_per_s", "step_time_s", "eval_time_s", "mfu",
                                            "peak_memory_mb")},
         }
     return cells
@@ -562,7 +589,7 @@ def main(argv=None) -> int:
     if device == "cpu" and not args.dry_run:
         print("no CUDA device: running the dry run instead (tiny model on the CPU)", flush=True)
         args.dry_run = True
-    args.timeouts = args.timeouts or list(DRY_RUN_TIMEOUTS if args.dry_run else GPU_TIMEOUTS)
+    args.timeouts = args.timeouts or default_timeouts(args.dry_run, args.grid_full, args.job_budget)
     if args.data_root is None:
         args.data_root = BUNDLE / "data" if (BUNDLE / "data" / "gsm8k").is_dir() else ROOT.parent / "shared" / "data"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -670,10 +697,15 @@ def print_summary(data: dict) -> None:
     for method, c in (grid.get("cells") or {}).items():
         print(f"grid  {method:<8} {c['status']:<10} train on {c['train_device']} eval on {c['eval_device']} "
               f"({c['eval_dtype']}, {c['engine']}, graphs {(c['cuda_graphs'] or {}).get('captured')}) "
-              f"acc_flex {c['accuracy_flexible']} train {_seconds(c['train_time_s'])} eval {_seconds(c['eval_time_s'])}")
+              f"acc_flex {c['accuracy_flexible']} train {_seconds(c['train_time_s'])}"
+              + (f" ({c['train_tokens_per_s']:.0f} tok/s)" if c.get("train_tokens_per_s") else "")
+              + f" eval {_seconds(c['eval_time_s'])}")
     if grid:
         print(f"grid: {grid.get('seconds')} s, all completed: {grid.get('all_completed')}, "
-              f"all on the device: {grid.get('all_on_device')}")
+              f"all on the device: {grid.get('all_on_device')}"
+              + (f", slice floor met: {grid['slice_floor_met']}" if "slice_floor_met" in grid else ""))
+    if grid.get("train_floors"):
+        print(f"grid  training floors from its cells: {grid['train_floors']}")
 
 
 def _seconds(value) -> str:

@@ -202,12 +202,45 @@ def graph_replay_step_problem(trainer: Mapping[str, Any]) -> str | None:
         return (f"{replaying} replays CUDA graphs, which needs a step of one "
                 f"micro-batch: trainer.micro_batch_size null or trainer.batch_size ({trainer['batch_size']}), and "
                 f"trainer.micro_batch_tokens null (they are {micro} and {tokens})")
+    if trainer.get("compile_backend") == "cudagraphs":
+        lengths, longest = static_padded_lengths(trainer), _longest_micro_batch(trainer)
+        if lengths is None or lengths > MAX_STATIC_LENGTHS:
+            return (f"{replaying} traces every micro-batch shape on its own (torch's cudagraphs backend fails on "
+                    f"a second shape when traced with dynamic ones, pytorch#131009), so trainer.pad_to_multiple_of "
+                    f"must leave at most {MAX_STATIC_LENGTHS} padded lengths up to the longest micro-batch, "
+                    f"{longest} tokens (it is {trainer.get('pad_to_multiple_of')}"
+                    + (f": {lengths} lengths" if lengths else "")
+                    + f"): set trainer.pad_to_multiple_of={longest} for one")
     devices, strategy = trainer.get("devices", 1), str(trainer.get("strategy", "auto"))
     if not _one_device(devices) or strategy not in ("auto", "single_device"):
         return (f"{replaying} replays CUDA graphs, which is checked on one device only (trainer.devices={devices}, "
                 f"trainer.strategy={strategy}): set trainer.devices=1 trainer.strategy=auto, or train without "
                 "them (trainer.compile_mode=null, trainer.compile_backend=inductor)")
     return None
+
+
+# the cudagraphs backend traces each shape anew (tens of seconds each on a GPU machine's host)
+MAX_STATIC_LENGTHS = 8
+
+
+def _longest_micro_batch(trainer: Mapping[str, Any]) -> int:
+    """The most tokens one micro-batch row can hold: ``max_length``, or with packing the whole step's."""
+    max_length = int(trainer.get("max_length") or 512)
+    return max_length * int(trainer["batch_size"]) if trainer.get("packing") else max_length
+
+
+def static_padded_lengths(trainer: Mapping[str, Any]) -> int | None:
+    """How many padded lengths a micro-batch can take under ``trainer.pad_to_multiple_of`` (None: unbounded)."""
+    pad = trainer.get("pad_to_multiple_of")
+    if not isinstance(pad, int) or isinstance(pad, bool) or pad < 1:
+        return None
+    return -(-_longest_micro_batch(trainer) // pad)
+
+
+def static_shape_count(trainer: Mapping[str, Any]) -> int:
+    """The micro-batch shapes a step can take when each is traced on its own: every padded length, with a full
+    batch of rows and with the smaller last step of an epoch (a packed micro-batch is one row)."""
+    return (static_padded_lengths(trainer) or 1) * (1 if trainer.get("packing") else 2)
 
 
 def _one_device(devices: Any) -> bool:

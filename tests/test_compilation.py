@@ -139,6 +139,29 @@ def test_the_cudagraphs_backend_is_recorded_needs_the_model_scope_and_takes_no_m
         compile_in_place(tiny_model(), "model", backend="aot_eager")
 
 
+def test_the_cudagraphs_backend_traces_each_shape_on_its_own_up_to_the_shapes_a_config_can_meet():
+    """torch's cudagraphs backend fails on a second shape of a graph traced with dynamic shapes (pytorch#131009;
+    on an H200: "The size of tensor a (256) must match the size of tensor b (384)"), so it traces static ones: one
+    graph per sequence length, and ``tracing_settings`` lifts Dynamo's recompile limit to the shapes the trainer
+    config can meet (past the limit a new shape would run eagerly, with a warning only). Inductor keeps dynamic
+    shapes."""
+    import torch._dynamo.config
+    from torch._dynamo.utils import counters
+
+    model = tiny_model("lora")
+    record = compile_in_place(model, "model", backend="cudagraphs")
+    assert record["static_shapes"] is True
+    assert "static_shapes" not in compile_in_place(tiny_model(), "model")
+    counters.clear()
+    # Dynamo's own limit held at 2: the third length is traced because tracing_settings lifts it to 3
+    with torch._dynamo.config.patch(recompile_limit=2), tracing_settings(static_shapes=3):
+        for length in (8, 16, 24, 16):
+            ids = torch.randint(3, 100, (2, length))
+            model(input_ids=ids, labels=ids).loss.backward()
+    remove_compiled(model, record)
+    assert counters["stats"]["unique_graphs"] == 3
+
+
 def traces_of_one_layer(model) -> int:
     """How many times Dynamo hands the first layer's graph to a backend (one per trace) in a training step: the
     layer traced with no code generation (the real compilation: tests/test_train_fit.py)."""

@@ -104,7 +104,19 @@ def test_method_defaults():
          "(trainer.compile_scope=layers"),
         ("trainer.compile_backend=cudagraphs trainer.compile_scope=model trainer.micro_batch_tokens=2048",
          "trainer.compile_backend=cudagraphs replays CUDA graphs, which needs a step of one micro-batch"),
-        ("trainer=ddp trainer.compile_backend=cudagraphs trainer.compile_scope=model",
+        ("trainer.compile_backend=cudagraphs trainer.compile_scope=model trainer.micro_batch_size=null",
+         "trainer.compile_backend=cudagraphs traces every micro-batch shape on its own (torch's cudagraphs backend "
+         "fails on a second shape when traced with dynamic ones, pytorch#131009), so trainer.pad_to_multiple_of must "
+         "leave at most 8 padded lengths up to the longest micro-batch, 512 tokens (it is None): set "
+         "trainer.pad_to_multiple_of=512 for one"),
+        ("trainer.compile_backend=cudagraphs trainer.compile_scope=model trainer.micro_batch_size=null "
+         "trainer.pad_to_multiple_of=32",
+         "at most 8 padded lengths up to the longest micro-batch, 512 tokens (it is 32: 16 lengths): set "
+         "trainer.pad_to_multiple_of=512 for one"),
+        ("trainer.compile_backend=cudagraphs trainer.compile_scope=model trainer.micro_batch_size=null "
+         "trainer.packing=true trainer.pad_to_multiple_of=512",
+         "longest micro-batch, 8192 tokens (it is 512: 16 lengths): set trainer.pad_to_multiple_of=8192 for one"),
+        ("trainer=ddp trainer.compile_backend=cudagraphs trainer.compile_scope=model trainer.pad_to_multiple_of=64",
          "trainer.compile_backend=cudagraphs replays CUDA graphs, which is checked on one device only "
          "(trainer.devices=-1, trainer.strategy=ddp): set trainer.devices=1 trainer.strategy=auto"),
         ("trainer.compile_scope=model trainer.compile_mode=reduce-overhead trainer.micro_batch_size=null "

@@ -246,3 +246,45 @@ def test_a_stage_limit_is_cut_to_what_is_left_of_the_job(tmp_path):
     assert 45 <= gpu_check.stage_limit(args, 0) <= 50 and gpu_check.stage_limit(args, 3) <= 50
     args.job_deadline = float("inf")
     assert gpu_check.stage_limit(args, 1) == 80
+
+
+def test_the_grid_judges_its_cells_the_training_floors_and_the_studys_slice():
+    """Every cell completed and on the device; on a GPU the training floors read from the trained cells (as users
+    train); with --grid-full the whole run against the slice's 6 minutes, which also gets the job's budget."""
+    import gpu_check
+
+    def cell(method, train_rate=None, step=None, status="completed", device="cuda:0"):
+        trained = method in gpu_check.TRAINED
+        return {"method": method, "status": status, "eval_device": device, "train_device": device if trained else None,
+                "train_tokens_per_s": train_rate, "step_time_s": step}
+
+    cells = {"zeroshot": cell("zeroshot"), "fewshot": cell("fewshot"), "full": cell("full", 70_036, 0.049),
+             "lora": cell("lora", 38_613, 0.089), "dora": cell("dora", 21_087, 0.164)}
+    verdicts = gpu_check.grid_verdicts(cells, 300.0, "cuda", full=True)
+    assert verdicts["all_completed"] is True and verdicts["all_on_device"] is True
+    assert verdicts["slice_floor_met"] is True
+    floors = verdicts["train_floors"]
+    assert floors["full_met"] is True and floors["lora_met"] is False
+    assert floors["dora_step_over_lora"] == 1.843 and floors["dora_met"] is False
+    assert gpu_check.grid_verdicts(cells, 361.0, "cuda", full=True)["slice_floor_met"] is False
+    assert "slice_floor_met" not in gpu_check.grid_verdicts(cells, 300.0, "cuda", full=False)
+    cells["lora"] = cell("lora", device="cpu")
+    verdicts = gpu_check.grid_verdicts(cells, 300.0, "cuda", full=True)
+    assert verdicts["all_on_device"] is False and verdicts["slice_floor_met"] is False
+    assert "train_floors" not in gpu_check.grid_verdicts(cells, 300.0, "cpu", full=False)
+
+    budget = gpu_check.JOB_BUDGET_S
+    assert gpu_check.default_timeouts(False, True, budget)[2] == budget
+    assert gpu_check.default_timeouts(False, False, budget) == list(gpu_check.GPU_TIMEOUTS)
+    assert gpu_check.default_timeouts(True, True, budget) == list(gpu_check.DRY_RUN_TIMEOUTS)
+
+
+def test_the_bundle_carries_gsm8k_and_every_set_its_training_is_deduplicated_against():
+    """Without the dedup sets on the GPU machine the grid's cells trained on examples the study's cells leave out
+    (the second H200 run: result.json's dedup.skipped named all six)."""
+    from slm_sweep.data.specs import dataset_spec, dedup_settings
+
+    folders = gpu_bundle.data_folders()
+    assert folders[0] == "gsm8k" and sorted(folders) == ["gsm8k", "gsm_hard", "mawps", "multiarith", "svamp"]
+    against = dedup_settings(dataset_spec("gsm8k"))["against"]
+    assert {(dataset_spec(n).get("local") or {}).get("dir_name") or n for n in against} <= set(folders)

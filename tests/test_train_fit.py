@@ -563,13 +563,14 @@ def test_the_cudagraphs_backend_traces_the_step_and_trains_like_eager(examples, 
     plain_model, plain = run(tmp_path / "a", [eager])
     counters.clear()
     model, outcome = run(tmp_path / "b", [traced, mode], compile=True, compile_scope="model",
-                         compile_backend="cudagraphs")
+                         compile_backend="cudagraphs", pad_to_multiple_of=160)
     assert mode.replays_graphs is True
     compiled = outcome.placement["compiled"]
     assert compiled["backend"] == "cudagraphs" and compiled["layer_regions"] == 2
     assert compiled["graph_breaks"] == 0 and "failed_frames" not in compiled
     assert compiled["cudagraph_skips"] >= 1  # a CPU records no CUDA graphs, and the record says so
-    assert counters["stats"]["unique_graphs"] == 1  # training's; validation ran eagerly
+    assert compiled["static_shapes"] is True
+    assert counters["stats"]["unique_graphs"] == 1  # training's, one padded length; validation ran eagerly
     assert len(eager.steps) == len(traced.steps) == 2
     for a, b in zip(eager.steps, traced.steps):
         assert_same_tensors(a, b)
@@ -582,7 +583,7 @@ def test_with_gradient_checkpointing_the_layers_are_traced_unrolled(examples, tm
     """Gradient checkpointing's input-gradient hook (adapters) breaks the compiled frame before the layers, after
     which Dynamo cannot stamp a region out (an error): the layers are not marked as regions then."""
     model, outcome = train(examples, tmp_path, "lora", max_steps=1, gradient_checkpointing=True, compile=True,
-                           compile_scope="model", compile_backend="cudagraphs")
+                           compile_scope="model", compile_backend="cudagraphs", pad_to_multiple_of=160)
     assert "layer_regions" not in outcome.placement["compiled"]
     assert outcome.train_steps == 1 and not compiled_modules(model)
 

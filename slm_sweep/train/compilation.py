@@ -12,7 +12,9 @@ graphs and replays them: a small model's step on a GPU is bound by the host's
 dispatch of its kernels (docs/performance.md, "First run on an H200"), which a replay leaves out. A graph is
 recorded per micro-batch shape (``trainer.pad_to_multiple_of`` bounds their number). ``trainer.compile_backend=
 cudagraphs`` replays the traced step's own kernels as CUDA graphs without generating fused ones: the warm-up is
-the trace alone. Neither is offered with the layers scope, where each layer's replay would overwrite the output
+the trace alone, one per micro-batch shape (that backend fails on a second shape of a graph traced with dynamic
+ones, pytorch#131009, so it traces static ones: ``trainer.pad_to_multiple_of`` equal to ``max_length`` makes one
+length of all). Neither is offered with the layers scope, where each layer's replay would overwrite the output
 the next layer reads.
 
 With the model scope each decoder layer is marked as a nested compile region (``torch.compiler.
@@ -119,12 +121,15 @@ def _restore_weight_readers() -> None:
     _ORIGINAL_WEIGHT_READERS.clear()
 
 
-def tracing_settings():
+def tracing_settings(static_shapes: int | None = None):
     """Dynamo's settings while the compiled model trains (a context manager): the modules' float constants
-    specialized (see the module's docstring)."""
+    specialized (see the module's docstring), and with ``static_shapes`` (the shapes a model traced with static
+    ones can meet, ``config.static_shape_count``) a recompile limit that lets each be traced: past Dynamo's default
+    of 8 a new shape would run eagerly, with a warning only."""
     import torch._dynamo.config
 
-    return torch._dynamo.config.patch(specialize_float=True)
+    limits = {"recompile_limit": max(torch._dynamo.config.recompile_limit, static_shapes)} if static_shapes else {}
+    return torch._dynamo.config.patch(specialize_float=True, **limits)
 
 
 def _mark_layer_regions(layers: list[nn.Module]) -> int:
@@ -150,7 +155,8 @@ def _mark_layer_regions(layers: list[nn.Module]) -> int:
 
 def compile_in_place(model: nn.Module, scope: str = "layers", mode: str | None = None,
                      backend: str = "inductor", regions: bool = True) -> dict:
-    """Compile ``model`` for training (dynamic shapes: micro-batch shapes vary with the data) with torch.compile's
+    """Compile ``model`` for training (dynamic shapes: micro-batch shapes vary with the data; static ones with the
+    cudagraphs backend, each traced on its own) with torch.compile's
     ``backend``, in its ``mode`` (None: its default), with the model scope its decoder layers as nested compile
     regions unless ``regions`` is false or the model is quantized (a quantized layer's kernels break the graph,
     which inside a region is an error); return what was compiled, for result.json: ``{"skipped": why}`` where
@@ -185,8 +191,12 @@ def compile_in_place(model: nn.Module, scope: str = "layers", mode: str | None =
     _read_plain_weights_traceably()
     quantized = getattr(model, "hf_quantizer", None) is not None
     marked = _mark_layer_regions(repeated_layers(model)) if scope == "model" and regions and not quantized else 0
+    # torch's cudagraphs backend fails on the second shape of a graph traced with dynamic shapes ("The size of
+    # tensor a (256) must match the size of tensor b (384)" on an H200; pytorch#131009): each shape is traced on
+    # its own, and trainer.pad_to_multiple_of bounds how many there are (config.graph_replay_step_problem)
+    static = backend == "cudagraphs"
     for module in layers or [model]:
-        module.compile(dynamic=True, backend=backend, **({"mode": mode} if mode else {}))
+        module.compile(dynamic=not static, backend=backend, **({"mode": mode} if mode else {}))
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     input_grads = bool(layers) and embeddings is not None and not embeddings.weight.requires_grad
     if input_grads:
@@ -194,7 +204,7 @@ def compile_in_place(model: nn.Module, scope: str = "layers", mode: str | None =
     return {"scope": "layers" if layers else "model", "modules": len(layers) or 1,
             "module_class": type(layers[0]).__name__ if layers else type(model).__name__,
             "input_grads": input_grads, **({"mode": mode} if mode else {}),
-            **({"backend": backend} if backend != "inductor" else {}),
+            **({"backend": backend} if backend != "inductor" else {}), **({"static_shapes": True} if static else {}),
             **({"layer_regions": marked} if marked else {})}
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from slm_sweep.config import graph_replay_step_problem, graph_replaying_setting
+from slm_sweep.config import graph_replay_step_problem, graph_replaying_setting, static_shape_count
 from slm_sweep.methods import has_adapters
 from slm_sweep.train.callbacks import (
     ThroughputMonitor,
@@ -207,7 +207,8 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
         before = compile_counters()
         try:
-            with tracing_settings() if compiled and "skipped" not in compiled else nullcontext():
+            shapes = static_shape_count(trainer_cfg) if compiled and compiled.get("static_shapes") else None
+            with tracing_settings(shapes) if compiled and "skipped" not in compiled else nullcontext():
                 trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
         finally:
             if compiled:  # the last validation pass and evaluation run the eager model (no inference-mode recompile)
