@@ -184,7 +184,7 @@ def test_single_seed_and_missing_baseline(tmp_path):
     write_json(tmp_path / "a" / "result.json", make_record("beta", "full", 0, 0.4, 0.3))
     (row,) = summarize(load_results([tmp_path]))
     assert row["n"] == 1
-    assert row["accuracy_flexible_std"] == 0.0
+    assert row["accuracy_flexible_std"] is None  # one seed has no spread; 0 would read as seeds that agree
     assert row["accuracy_flexible_ci95"] is None
     assert row["delta_zeroshot"] is None and row["delta_fewshot"] is None
     assert row["negative_transfer"] is False
@@ -574,7 +574,7 @@ def test_a_baseline_computed_once_counts_once(tmp_path):
                    _with_identity(record, config, "zs", evaluation_key="zs-eval", reused_from=reused))
     collection = collect([tmp_path])
     (row,) = summarize(collection.records)
-    assert row["n"] == 1 and row["seeds"] == [0] and row["accuracy_flexible_std"] == 0.0
+    assert row["n"] == 1 and row["seeds"] == [0] and row["accuracy_flexible_std"] is None
     assert row["accuracy_flexible_ci95"] is None and not collection.duplicates
     report = write_report([tmp_path], tmp_path / "out", plots=False)
     provenance = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -849,3 +849,46 @@ def test_summary_says_how_many_rows_of_the_data_had_no_numeric_reference(grid, t
         path.write_text(json.dumps(record))
     markdown = write_report([sweep], tmp_path / "again", plots=False)["markdown"]
     assert f"neither trained on nor scored: {DATASET} train: 37 (5 asking who)." in markdown
+
+
+def test_a_baseline_written_before_cells_had_an_identity_counts_once_and_trained_seeds_stay_apart(tmp_path):
+    """Zero-shot gives the same result for every run seed: three files of it from before cells had an identity are
+    one measurement (n=1, no spread), not three seeds that agree (std 0, a CI of 0). A trained method's seeds, and
+    a config that does not say whether its method trains, stay seeds."""
+    for seed in SEEDS:
+        baseline = make_record("beta", "zeroshot", seed, 0.3, 0.25)
+        write_json(tmp_path / f"zs{seed}" / "result.json",
+                   {**baseline, "config": {"method": {"name": "zeroshot", "train": False}}})
+        trained = make_record("beta", "lora", seed, 0.4 + 0.01 * seed, 0.3)
+        write_json(tmp_path / f"lora{seed}" / "result.json",
+                   {**trained, "config": {"method": {"name": "lora", "train": True}}})
+        unknown = make_record("beta", "fewshot", seed, 0.2, 0.1)
+        write_json(tmp_path / f"fs{seed}" / "result.json", {**unknown, "config": {"method": {"name": "fewshot"}}})
+    rows = {row["method"]: row for row in summarize(collect([tmp_path]).records)}
+    assert rows["zeroshot"]["n"] == 1 and rows["zeroshot"]["accuracy_flexible_std"] is None
+    assert rows["zeroshot"]["accuracy_flexible_ci95"] is None
+    assert rows["lora"]["n"] == 3 and rows["lora"]["accuracy_flexible_std"] == pytest.approx(0.01)
+    assert rows["fewshot"]["n"] == 3
+
+
+def test_a_seed_resumed_from_a_checkpoint_is_left_out_of_the_training_time(tmp_path):
+    """A resumed seed's train_time_s counts the steps after its checkpoint only: averaged in, the row's training
+    time would understate the method's cost; the table says which seeds were left out."""
+    for seed in SEEDS:
+        record = make_record("beta", "lora", seed, 0.4, 0.3)  # train_time_s 50, 60, 70
+        record["resumed_from_checkpoint"] = "/ckpt/step-50.ckpt" if seed == 2 else None
+        write_json(tmp_path / str(seed) / "result.json", record)
+    report = write_report([tmp_path], tmp_path / "out", plots=False)
+    (row,) = report["rows"]
+    assert row["train_time_s_mean"] == pytest.approx(55.0) and row["train_time_resumed_seeds"] == 1
+    assert "seeds resumed from a checkpoint timed only the steps after it and are left out of it (beta × lora: " \
+           "1 of 3; none left: empty)" in report["markdown"]
+    with (tmp_path / "out" / "summary.csv").open() as f:
+        assert next(csv.DictReader(f))["train_time_resumed_seeds"] == "1"
+
+
+def test_a_row_of_one_seed_is_drawn_without_an_error_bar():
+    from slm_sweep.report.plots import _error_bar
+
+    assert math.isnan(_error_bar({"accuracy_flexible_std": None}))
+    assert _error_bar({"accuracy_flexible_std": 0.02}) == pytest.approx(2.0)

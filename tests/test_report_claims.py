@@ -1132,3 +1132,33 @@ def test_the_size_plot_leaves_random_weight_controls_out_and_names_models_sharin
     assert sorted(zeroshot.get_ydata()) == pytest.approx([30.0, 33.3, 41.7], abs=0.1)  # no 0 % of the control
     assert list(lora.get_xdata()) == [SIZES["gemma270"]]
     assert sorted(text.get_text() for text in axes.texts) == ["gemma270", "gemma270", "smollm135", "smollm135_q4"]
+
+
+def test_an_exact_tie_with_zero_shot_is_no_delta_and_not_below_it(tmp_path):
+    """Seeds with 2, 3 and 4 of 60 right average to zero-shot's 3 of 60 up to a rounding error (fmean gives
+    0.04999...): that is a tie, not a row below zero-shot, and it reads +0.0."""
+    write_row(tmp_path, "smollm135", "zeroshot", "gsm8k", 3)
+    write_row(tmp_path, "smollm135", "lora", "gsm8k", 3)
+    report = write_report([tmp_path], tmp_path / "out", plots=False)
+    (lora,) = [r for r in report["rows"] if r["method"] == "lora"]
+    assert lora["delta_zeroshot"] == 0.0 and lora["below_zeroshot"] is False
+    line = next(x for x in report["markdown"].splitlines() if x.startswith("| smollm135 | lora"))
+    assert "+0.0" in line and "-0.0" not in line
+
+
+def test_a_delta_that_was_not_tested_is_marked_so_not_read_as_not_significant(tmp_path):
+    """LoRA scored the first 40 questions, zero-shot all 60: their delta compares means over different questions
+    and has no test, which the table marks (†) rather than leaving it to read as tested and not significant."""
+    write_row(tmp_path, "smollm135", "zeroshot", "gsm8k", 20)
+    for seed, right in zip(TRAINED_SEEDS, (30, 31, 32)):
+        write_cell(tmp_path, "smollm135", "lora", "gsm8k", seed, [i < right for i in range(40)])
+    report = write_report([tmp_path], tmp_path / "out", plots=False)
+    (lora,) = [r for r in report["rows"] if r["method"] == "lora"]
+    assert lora["delta_zeroshot_significant"] is None and lora["delta_zeroshot"] is not None
+    line = next(x for x in report["markdown"].splitlines() if x.startswith("| smollm135 | lora"))
+    assert f"{100 * lora['delta_zeroshot']:+.1f}†" in line
+    assert "†: not tested (why: below); deltas with neither mark were tested and are not significant" in \
+        report["markdown"]
+    from slm_sweep.report.tables import points
+
+    assert points(0.05, True) == "+5.0*" and points(0.05, False) == "+5.0" and points(0.05, None) == "+5.0†"

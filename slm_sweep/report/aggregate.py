@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import statistics
 from collections import Counter, defaultdict
@@ -361,8 +362,11 @@ def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str],
         for baseline in DELTA_BASELINES if deltas else ("zeroshot",):
             reference = references.get((group, baseline))
             reference_mean = None if reference is None else reference[f"{PRIMARY_ACCURACY}_mean"]
-            # the baseline's own row has no delta against itself
-            delta = None if reference_mean is None or mean is None or reference is row else mean - reference_mean
+            # the baseline's own row has no delta against itself; equal accuracies averaged in another order
+            # (2, 3 and 4 of 60 right against 3 of 60) differ by a rounding error, which is no delta
+            delta = (None if reference_mean is None or mean is None or reference is row
+                     else 0.0 if math.isclose(mean, reference_mean, rel_tol=1e-9, abs_tol=1e-12)
+                     else mean - reference_mean)
             test = None
             if delta is not None:
                 test = compare_rows(row, reference, row[eval_set_key], alpha=alpha)
@@ -436,7 +440,10 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
         row.update(_accuracy_columns(metrics, metric_names))
         row["trainable_params"] = _first_int(m.get("trainable_params") for m in metrics)
         row["total_params"] = _first_int(m.get("total_params") for m in metrics)
-        row["train_time_s_mean"] = _mean_or_none(m.get("train_time_s") for m in metrics)
+        # a seed resumed from a checkpoint timed only the steps after it (docs/results.md): its time is left out
+        fresh = [m for m, r in zip(metrics, group) if not r.get("resumed_from_checkpoint")]
+        row["train_time_s_mean"] = _mean_or_none(m.get("train_time_s") for m in fresh)
+        row["train_time_resumed_seeds"] = len(metrics) - len(fresh)
         row["train_tokens_per_s_mean"] = _mean_or_none(m.get("train_tokens_per_s") for m in metrics)
         row["step_time_s_mean"] = _mean_or_none(m.get("step_time_s") for m in metrics)
         row["mfu_mean"] = _mean_or_none(m.get("mfu") for m in metrics)

@@ -251,11 +251,19 @@ def cell_key(record: dict[str, Any]) -> tuple:
 
 def settings_key(record: dict[str, Any]) -> tuple:
     """model × method × dataset × seed and the settings that can change a number (files written before cells
-    had an identity, and cells that failed before computing theirs: LoRA r=8 and r=16 stay two cells)."""
+    had an identity, and cells that failed before computing theirs: LoRA r=8 and r=16 stay two cells). A method
+    that gives the same result for every run seed (zero-shot; few-shot with a fixed shot seed) is one cell
+    whatever seeds ran it, as its evaluation key makes it: three copies are one measurement, not three."""
+    from slm_sweep.identity import is_seed_independent
+
     from .aggregate import configuration_settings
 
     settings = json.dumps(configuration_settings(record), sort_keys=True)
-    return record["model"], record["method"], record["dataset"], record["seed"], settings
+    method = (record.get("config") or {}).get("method")
+    # a config that does not say whether the method trains keeps its seeds apart
+    independent = isinstance(method, dict) and "train" in method and is_seed_independent(method)
+    seed = None if independent else record["seed"]
+    return record["model"], record["method"], record["dataset"], seed, settings
 
 
 def _timestamp(value: Any) -> datetime:

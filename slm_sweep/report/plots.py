@@ -108,6 +108,11 @@ def _models(rows: Sequence[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(r["model"] for r in rows))  # rows are already sorted by model size
 
 
+def _error_bar(row: dict[str, Any]) -> float:
+    """The row's std over seeds in points; NaN (no bar drawn) for one seed, which has no spread to show."""
+    return math.nan if row[_STD] is None else _percent(row[_STD])
+
+
 def plot_accuracy_by_model(rows: Sequence[dict[str, Any]], dataset: str, path: Path, colors: dict) -> Path:
     models, methods = _models(rows), _methods(rows)
     by_cell = {(r["model"], method_label(r)): r for r in rows}
@@ -126,12 +131,12 @@ def plot_accuracy_by_model(rows: Sequence[dict[str, Any]], dataset: str, path: P
                 continue
             xs.append(j - 0.4 + width * (i + 0.5))
             ys.append(_percent(row[_MEAN]))
-            errs.append(_percent(row[_STD] or 0.0))
+            errs.append(_error_bar(row))
         ax.bar(xs, ys, width, yerr=errs, capsize=3, label=method, color=colors[method])
     labels = [m if sizes.get(m) is None else f"{m}\n{human_count(sizes[m])}" for m in models]
     ax.set_xticks(range(len(models)), labels)
     _accuracy_axis(ax)
-    ax.set_title(f"{dataset}: accuracy by model (mean ± std over seeds)")
+    ax.set_title(f"{dataset}: accuracy by model (mean ± std over seeds; no bar: one seed)")
     ax.legend(title="method")
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
@@ -167,7 +172,7 @@ def plot_accuracy_vs(
         points.sort(key=lambda p: p[0])
         xs = [x for x, _ in points]
         ys = [_percent(r[_MEAN]) for _, r in points]
-        errs = [_percent(r[_STD] or 0.0) for _, r in points]
+        errs = [_error_bar(r) for _, r in points]
         ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=method, color=colors[method])
         if annotate:
             for x, y, (_, row) in zip(xs, ys, points):
@@ -182,7 +187,7 @@ def plot_accuracy_vs(
 
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: human_count(value)))
     _accuracy_axis(ax)
-    ax.set_title(f"{dataset}: {title}")
+    ax.set_title(f"{dataset}: {title}\n(mean ± std over seeds; no bar: one seed)", fontsize=10)
     ax.legend(title="method")
     ax.grid(alpha=0.3, which="both")
     return _save(fig, path)

@@ -48,7 +48,8 @@ def t_critical(df: int) -> float:
 def describe(values: Sequence[float]) -> tuple[float | None, float | None, float | None]:
     """(mean, sample std, 95% CI half-width) of ``values``; (None, None, None) when empty.
 
-    A single value has std 0 and no interval (None): one seed says nothing about the spread over seeds."""
+    A single value has neither std nor interval (None): one seed says nothing about the spread over seeds, and a
+    std of 0 would read as seeds that agree."""
     n = len(values)
     if n == 0:
         return None, None, None
@@ -56,7 +57,7 @@ def describe(values: Sequence[float]) -> tuple[float | None, float | None, float
         raise ValueError(f"values to describe must be finite numbers, got {list(values)!r}")
     mean = statistics.fmean(values)
     if n == 1:
-        return mean, 0.0, None
+        return mean, None, None
     std = statistics.stdev(values)
     return mean, std, t_critical(n - 1) * std / math.sqrt(n)
 

@@ -31,6 +31,7 @@ from .stats import ALPHA, DIFFERENT_QUESTIONS, DIFFERENT_SCORING, HOLM, MCNEMAR,
 
 NEGATIVE_MARK = "▼"
 SIGNIFICANT_MARK = "*"
+UNTESTED_MARK = "†"
 _STATISTICS = ("mean", "std", "ci95", "wilson_low", "wilson_high")
 
 
@@ -43,7 +44,8 @@ def summary_columns(metrics: Sequence[str] = ACCURACY_METRICS) -> tuple[str, ...
     return (
         "dataset", "model", "method", "variant", "trained", "n", "seeds",
         *(f"{m}_{s}" for m in metrics for s in _STATISTICS),
-        "n_eval", "trainable_params", "total_params", "train_time_s_mean", "train_tokens_per_s_mean",
+        "n_eval", "trainable_params", "total_params", "train_time_s_mean", "train_time_resumed_seeds",
+        "train_tokens_per_s_mean",
         "step_time_s_mean", "mfu_mean", "train_padding_fraction_mean", "train_clipped_fraction_mean",
         "peak_memory_mb_max", "eval_time_s_mean", "truncated_fraction_mean",
         "delta_zeroshot", "delta_zeroshot_p", "delta_zeroshot_p_adjusted", "delta_zeroshot_significant",
@@ -112,10 +114,11 @@ def half_width(ci95: float | None) -> str:
 
 
 def points(delta: float | None, significant: bool | None = None) -> str:
-    """A delta in percentage points, marked ``*`` when its paired test is ``significant``."""
+    """A delta in percentage points, marked ``*`` when its paired test is ``significant`` and ``†`` when it was not
+    tested (``significant`` None: no per-question data, or rows scored on other questions or otherwise)."""
     if delta is None:
         return EMPTY
-    mark = SIGNIFICANT_MARK if significant else ""
+    mark = SIGNIFICANT_MARK if significant else UNTESTED_MARK if significant is None else ""
     return f"{100 * delta:+.1f}{mark}"
 
 
@@ -289,6 +292,12 @@ def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Se
         lines += [f"The deltas and {NEGATIVE_MARK} marks of this table are on the {PRIMARY_METRIC} score; claims read "
                   f"{read} on {dataset} (its `claims_metric`, docs/results.md) unless they name a metric: read its "
                   f"{read} columns beside them.", ""]
+    resumed = [(r["model"], method_label(r), r["train_time_resumed_seeds"], r["n"]) for r in rows
+               if r.get("train_time_resumed_seeds")]
+    if resumed:
+        listed = "; ".join(f"{model} × {method}: {k} of {n}" for model, method, k, n in resumed)
+        lines += [f"Train time is the mean over seeds that trained from the first step: seeds resumed from a "
+                  f"checkpoint timed only the steps after it and are left out of it ({listed}; none left: empty).", ""]
     lost = [(r["model"], method_label(r), r["not_completed"]) for r in rows if r.get("not_completed")]
     if lost:
         listed = "; ".join(f"{model} × {method}: {cells}" for model, method, cells in lost)
@@ -358,7 +367,8 @@ def _tests_note(rows: Sequence[dict[str, Any]], alpha: float, correction: str) -
     unscored = sum(t == DIFFERENT_SCORING for t in tests)
     note = (f"{SIGNIFICANT_MARK}: the paired test of that delta on the questions both rows scored is significant "
             f"at alpha={alpha:g} (two-sided; {MCNEMAR} when both rows are one seed, otherwise a {SEEDS_AND_QUESTIONS}, "
-            f"which counts the spread over seeds apart from the questions' noise); deltas without {SIGNIFICANT_MARK} are not significant.")
+            f"which counts the spread over seeds apart from the questions' noise); {UNTESTED_MARK}: not tested (why: below); "
+            f"deltas with neither mark were tested and are not significant.")
     if correction == HOLM:
         note += (" The p-values of one column of one table (every model and method of a dataset, or of a dataset "
                  "and an out-of-domain set) are Holm-adjusted as one family, so the marks of a column hold "
