@@ -102,7 +102,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py", "placement.py")
 SCORING_SOURCES_SHA256 = {15: "03bc2e9a32ecab5a2548112ab0506bc18620a3054a81c53c29ac306325635b9a"}
-TRAINING_SOURCES_SHA256 = {6: "a16a586e2623b408f34bb42c42161a4cb8edc9c8e5592778bf2c4f8ab5b7c66d"}
+TRAINING_SOURCES_SHA256 = {6: "a4df74cb5d07c4aafe09e33e53b1b89e9873b8fb0e1fa6aed1874bb70b3019f4"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

@@ -263,6 +263,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     interrupt = CheckpointOnInterrupt(out / "checkpoints" / "last.ckpt")
     predictions: list[dict] = []
     tracker = None
+    loggers_tried = False
     reused: dict[str, Any] | None = None
     set_aside = False
     try:
@@ -285,13 +286,14 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         if previous is not None:
             reused = _reuse(previous, out, record)
             if reused is record:  # a copy made now: the dashboard gets a run for it, as for every other cell
-                _track_copy(cfg, reused, config, out)
+                _track_short(cfg, reused, config, out)
             return reused
         write_result(out, record)
         keep_earlier_curves(out)
         from slm_sweep.tracking import Tracker
 
         # inside the try: a tracker that cannot start fails the cell instead of leaving it "running"
+        loggers_tried = True
         tracker = Tracker(cfg.logger, {**record, "sweep_tag": _sweep_tag()}, config, out)
         with sigterm_as_interrupt(interrupt):
             _run_cell(cfg, out, record, tracker, predictions, data, identity, dirs, callbacks=[interrupt],
@@ -338,6 +340,8 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
                         tracker.log_result(record, predictions)
                     finally:
                         tracker.finish(record["status"])
+                elif not loggers_tried and record["status"] != "completed":  # failed before its loggers started
+                    _track_short(cfg, record, config, out)
             finally:
                 print(closing_line(record, out, written), flush=True)
     return record
@@ -365,6 +369,8 @@ def _refused_cell(cfg: DictConfig, out: Path, err: Exception) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     written = FAILED_ATTEMPT_FILE if (read_result(out) or {}).get("status") == "completed" else RESULT_FILE
     write_result(out, record, written)
+    if global_rank() == 0 and None not in (record.get("model"), record.get("method"), record.get("dataset")):
+        _track_short(cfg, record, config, out)
     print(closing_line(record, out, written), flush=True)
     return record
 
@@ -499,18 +505,22 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _track_copy(cfg: DictConfig, record: dict[str, Any], config: dict, out: Path) -> None:
-    """A short logger run for a cell whose numbers were copied from another folder (tagged ``reused``), so that
-    filtering the dashboard by sweep shows every cell; a logger that fails is logged, never raised."""
+def _track_short(cfg: DictConfig, record: dict[str, Any], config: dict, out: Path) -> None:
+    """A short logger run for a cell that trained and scored nothing here: its numbers were copied from another
+    folder (tagged ``reused``), or it failed before its loggers started (a config error in a sweep, data that
+    cannot be read; the run is marked failed, with the error), so that filtering the dashboard by sweep shows
+    every cell; a logger that fails is logged, never raised."""
     from slm_sweep.tracking import Tracker
 
     try:
         tracker = Tracker(cfg.logger, {**record, "sweep_tag": _sweep_tag()}, config, out)
     except Exception:  # noqa: BLE001 - the cell's result is written already
-        log.exception("starting the loggers of a reused cell failed; result.json has its numbers")
+        log.exception("starting the loggers of cell %s failed; result.json has its outcome", out)
         return
-    tracker.log_result(record, [])
-    tracker.finish(record["status"])
+    try:
+        tracker.log_result(record, [])
+    finally:
+        tracker.finish(record["status"])
 
 
 def load_model(cfg: DictConfig, trained: Path | None):
@@ -529,6 +539,7 @@ def train_stage(cfg: DictConfig, out: Path, record: dict, model, tokenizer, data
     """Train (resuming from this cell's checkpoint when one exists) and keep what a re-scoring run needs."""
     from slm_sweep.data.encode import encode_all
     from slm_sweep.data.prompts import resolve_style
+    from slm_sweep.tracking import stand_in_loggers
     from slm_sweep.train.fit import fit
 
     style = resolve_style(cfg.prompt.style, tokenizer)
@@ -549,7 +560,8 @@ def train_stage(cfg: DictConfig, out: Path, record: dict, model, tokenizer, data
     resume_from = own_checkpoint(out, identity.training_key) or find_checkpoint(dirs, identity.training_key, own=out)
     stamp_training_key(out / CHECKPOINT.parent, identity.training_key)
     outcome = fit(model, train, val, cfg.trainer, cfg.method, seed=int(cfg.seed), out_dir=out,
-                  pad_token_id=tokenizer.pad_token_id, loggers=tracker.lightning_loggers if tracker else None,
+                  pad_token_id=tokenizer.pad_token_id,
+                  loggers=tracker.lightning_loggers if tracker else stand_in_loggers(cfg.get("logger")),
                   resume_from=resume_from, extra_callbacks=callbacks,
                   callbacks_cfg=cfg.get("callbacks"))
     if outcome.train_steps < int(cfg.trainer.max_steps):

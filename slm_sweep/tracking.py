@@ -245,6 +245,17 @@ class WandbRun(CellLogger):
         self.run = None
 
 
+def stand_in_loggers(logger_cfg: Mapping[str, Any] | None) -> list | None:
+    """For a rank other than 0 of a distributed run, which logs nothing (rank 0 holds the cell's loggers): a logger
+    that drops what it is given where the cell has loggers, so that callbacks that need one (LearningRateMonitor,
+    DeviceStatsMonitor) run on every rank as they do on rank 0; None where the cell has none."""
+    if not logger_entries(logger_cfg):
+        return None
+    from lightning.pytorch.loggers.logger import DummyLogger
+
+    return [DummyLogger()]
+
+
 def logger_entries(logger_cfg: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
     """The logger config's entries by their path: ``{"logger": cfg}`` for one ``_target_``, ``{"logger.<name>":
     entry}`` for named ones, ``{}`` for none (``_target_: null``). Raises ValueError on an entry that is neither a
@@ -345,6 +356,18 @@ class Tracker:
         for logger in self._plain:
             try:
                 logger.finalize("success" if status == "completed" else "failed")
+                _finish_wandb_run(logger, status)
             except Exception:  # noqa: BLE001 - closing a logger must not hide the run's outcome
                 log.exception("closing logger %s failed", logger)
         self._plain = []
+
+
+def _finish_wandb_run(logger, status: str) -> None:
+    """Finish the run of a plain Lightning WandbLogger (a logger file naming that class): its ``finalize`` leaves
+    the run open, and the next cell of a sweep run in one process would log into it (its curves restarting inside
+    the first cell's run, its summary overwriting the first's)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    run = getattr(logger, "_experiment", None) if isinstance(logger, WandbLogger) else None
+    if run is not None and hasattr(run, "finish"):
+        run.finish(exit_code=0 if status == "completed" else 1)

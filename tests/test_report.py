@@ -677,6 +677,37 @@ def test_a_baseline_with_two_variants_says_why_there_is_no_delta(tmp_path):
     assert "beta on gsm8k (zeroshot)" in report["markdown"]
 
 
+def test_each_row_is_compared_with_the_baseline_variant_scored_as_it_was(tmp_path):
+    """A sweep over eval.max_new_tokens gives zero-shot two variants: each trained row has a delta against the
+    zero-shot row of its own token limit, the one scored as it was (identity.scored_with); a row scored like
+    neither, or like both, still has none."""
+    job = 0
+    for tokens, zeroshot, lora in ((256, 0.10, 0.30), (512, 0.20, 0.35)):
+        scored = {"scoring_version": 15, "max_new_tokens": tokens}
+        config = {"method": {"name": "zeroshot", "train": False}, "eval": {"max_new_tokens": tokens}}
+        record = _with_identity(make_record("beta", "zeroshot", 0, zeroshot, zeroshot), config, f"zs-{tokens}")
+        record["identity"]["scored_with"] = scored
+        write_json(tmp_path / str(job) / "result.json", record)
+        job += 1
+        for seed in (0, 1):
+            config = {"method": {"name": "lora", "train": True}, "eval": {"max_new_tokens": tokens}}
+            record = _with_identity(make_record("beta", "lora", seed, lora, lora), config, f"lora-{tokens}")
+            record["identity"]["scored_with"] = scored
+            write_json(tmp_path / str(job) / "result.json", record)
+            job += 1
+    rows = {(row["method"], row["variant"]): row for row in summarize(collect([tmp_path]).records)}
+    assert rows["lora", "max_new_tokens=256"]["delta_zeroshot"] == pytest.approx(0.20)
+    assert rows["lora", "max_new_tokens=512"]["delta_zeroshot"] == pytest.approx(0.15)
+    assert rows["zeroshot", "max_new_tokens=512"]["delta_zeroshot"] is None  # its own baseline
+
+    from slm_sweep.report.aggregate import _reference
+
+    baselines = [{"scored_with": {"max_new_tokens": 256}}, {"scored_with": {"max_new_tokens": 256}}]
+    assert _reference({"scored_with": {"max_new_tokens": 256}}, baselines) == (None, True)
+    assert _reference({"scored_with": None}, baselines[:1] + [{"scored_with": None}]) == (None, True)
+    assert _reference({"scored_with": None}, baselines[:1]) == (baselines[0], False)
+
+
 def test_a_cell_whose_every_seed_diverged_is_named_though_it_has_no_row(grid, tmp_path):
     sweep, _ = grid
     for seed in (0, 1, 2):

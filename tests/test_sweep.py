@@ -76,7 +76,10 @@ def test_tiny_grid_sweep_writes_every_cell_and_a_correct_summary(requires_data, 
         values = [cells[(model, method, s)]["metrics"]["accuracy_flexible"] for s in seeds]
         assert int(row["n"]) == len(seeds) and row["variant"] == ""
         assert float(row["accuracy_flexible_mean"]) == pytest.approx(statistics.mean(values))
-        assert float(row["accuracy_flexible_std"]) == pytest.approx(statistics.stdev(values) if len(values) > 1 else 0)
+        if len(values) > 1:
+            assert float(row["accuracy_flexible_std"]) == pytest.approx(statistics.stdev(values))
+        else:  # one seed has no spread: empty, not 0
+            assert row["accuracy_flexible_std"] == ""
         assert int(row["trainable_params"]) == cells[(model, method, 0)]["metrics"]["trainable_params"]
         if method != "zeroshot":
             zs = statistics.mean(cells[(model, "zeroshot", s)]["metrics"]["accuracy_flexible"] for s in (0, 1))
@@ -200,7 +203,14 @@ def test_failing_cell_is_recorded_the_others_go_on_and_the_sweep_exits_non_zero(
 
 @pytest.mark.slow  # two processes on two cores: ~20 s; run with -m slow (make test-slow)
 def test_ddp_on_two_cpu_processes_trains_a_cell(requires_data, tmp_path):
-    proc = subprocess.run(cli([*FAST_TINY, "trainer=ddp_cpu", "method=lora", "trainer.max_steps=2"], tmp_path),
+    """With a logger and a callback that needs one (LearningRateMonitor): the other rank, which logs nothing, gets
+    a stand-in logger (it raised "Cannot use LearningRateMonitor callback with Trainer that has no logger")."""
+    extra = tmp_path / "conf"
+    (extra / "callbacks").mkdir(parents=True)
+    (extra / "callbacks" / "lr_monitor.yaml").write_text(
+        "lr_monitor:\n  _target_: lightning.pytorch.callbacks.LearningRateMonitor\n  logging_interval: step\n")
+    proc = subprocess.run(cli([*FAST_TINY, "trainer=ddp_cpu", "method=lora", "trainer.max_steps=2", "logger=csv",
+                               f"hydra.searchpath=[file://{extra}]", "callbacks=[default,lr_monitor]"], tmp_path),
                           cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     (path,) = list((tmp_path / "outputs").rglob("result.json"))

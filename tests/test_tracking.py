@@ -35,6 +35,10 @@ def test_a_callback_from_a_yaml_file_of_its_own_runs_in_a_cell_with_two_loggers(
         rows = list(csv.DictReader(f))
     rates = [float(v) for r in rows for k, v in r.items() if k.startswith("lr-AdamW") and v]  # per param group
     assert rates and all(0 < lr <= cfg.method.lr for lr in rates)
+    # the monitor logs on the optimizer-step axis slm_sweep's metrics use, never going back (Lightning's counter
+    # counted micro-batches: 0-5 for these 3 steps of 2); it still logs at each micro-batch of a step
+    monitored = [int(r["step"]) for r in rows if any(k.startswith("lr-AdamW") and v for k, v in r.items())]
+    assert monitored == sorted(monitored) and set(monitored) == set(range(cfg.trainer.max_steps))
     assert any(r.get("train/loss") for r in rows)
     assert not (tmp_path / "cell" / "wandb").exists()  # the W&B entry was built, and disabled
     # the scores, at the last step, as result.json has them
@@ -208,3 +212,54 @@ def test_a_w_and_b_run_names_its_code_and_a_failed_cell_its_error(tiny_cfg, tmp_
     assert bad["status"] == "failed" and "fits in trainer.max_length=8" in bad["error"]
     data = offline_run_data(tmp_path / "bad", b"fits in trainer.max_length=8")
     assert b"fits in trainer.max_length=8" in data and b"result/train_steps" not in data
+
+
+PLAIN_WANDB = """\
+# Lightning's own WandbLogger, as a user may name it in a logger file
+_target_: lightning.pytorch.loggers.WandbLogger
+save_dir: null
+offline: true
+project: slm_sweep_test
+"""
+
+
+def test_a_plain_lightning_wandb_logger_gets_a_run_of_its_own_for_each_cell_of_a_process(requires_data, tmp_path):
+    """Lightning's WandbLogger.finalize leaves its run open: the next cell of a sweep run in one process logged into
+    the first cell's run (one .wandb file for two cells). Each cell now finishes its run, failed ones as failed."""
+    import wandb
+
+    extra = tmp_path / "conf"
+    (extra / "logger").mkdir(parents=True)
+    (extra / "logger" / "plain_wandb.yaml").write_text(PLAIN_WANDB)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cells = [compose(config_name="config", overrides=[
+            *FAST_TINY, "method=zeroshot", f"dataset.test_limit={limit}", f"hydra.searchpath=[file://{extra}]",
+            "logger=plain_wandb"]) for limit in (2, 3)]
+    for index, cfg in enumerate(cells):
+        record = run(cfg, out_dir=tmp_path / f"cell{index}")
+        assert record["status"] == "completed", record.get("error")
+        assert wandb.run is None  # finished with its cell
+    streams = [list((tmp_path / f"cell{index}" / "wandb").glob("offline-run-*/*.wandb")) for index in (0, 1)]
+    assert [len(found) for found in streams] == [1, 1]
+
+
+def test_a_cell_that_fails_before_its_loggers_start_still_has_a_failed_run(tiny_cfg, tmp_path):
+    """Data that cannot be read fails a cell before its loggers start: the dashboard still gets a short run, marked
+    failed with the error, so that filtering it by sweep shows every cell."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    record = run(tiny_cfg("method=zeroshot", f"dataset.data_dir={empty}", "logger=wandb"), out_dir=tmp_path / "cell")
+    assert record["status"] == "failed"
+    (stream,) = list((tmp_path / "cell" / "wandb").glob("offline-run-*/*.wandb"))
+    data = stream.read_bytes()
+    assert b"failed" in data and record["error"].split(":")[0].encode() in data
+
+
+def test_the_other_ranks_of_a_distributed_cell_get_a_stand_in_logger_where_the_cell_has_loggers():
+    from lightning.pytorch.loggers.logger import DummyLogger
+
+    from slm_sweep.tracking import stand_in_loggers
+
+    (stand_in,) = stand_in_loggers({"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": None})
+    assert isinstance(stand_in, DummyLogger)
+    assert stand_in_loggers({"_target_": None}) is None and stand_in_loggers(None) is None

@@ -809,3 +809,59 @@ def test_steps_a_float16_loss_scaler_skipped_leave_the_clipping_figures_alone():
     module = build_module(model, trainer_config(gradient_clip_val=1.0), method_config("full"))
     module.grad_norms = [0.5, float("inf"), float("nan"), 2.0]
     assert module.clipping_figures() == {"train_grad_norm_median": 1.25, "train_clipped_fraction": 0.5}
+
+
+def test_the_logged_learning_rate_is_the_one_its_step_trained_at(examples, tmp_path):
+    """train/lr beside train/loss of step k is the rate step k applied (read before the scheduler moves on to the
+    next step's): the warm-up's first step at half the rate, the last step not at 0."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    class Used(L.Callback):
+        def __init__(self):
+            self.rates = []
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self.rates.append(optimizer.param_groups[0]["lr"])
+
+    used, logger = Used(), CSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    train(examples[:16], tmp_path / "run", "full", callbacks=[used], loggers=[logger], max_steps=4, warmup_steps=2,
+          log_every_n_steps=1)
+    logger.finalize("success")
+    with (tmp_path / "csv" / "metrics.csv").open() as f:
+        logged = [float(r["train/lr"]) for r in csv.DictReader(f) if r.get("train/lr")]
+    assert len(used.rates) == 4 and logged == used.rates
+    assert used.rates[0] == pytest.approx(used.rates[1] / 2) and logged[-1] > 0
+
+
+def test_a_validation_inside_a_step_leaves_the_step_s_time_in_its_throughput(examples, tmp_path):
+    """trainer.val_check_interval counts micro-batches, so validation can start inside a step: the seconds of
+    that step's micro-batches before it are timed with the step (they were dropped, overstating tokens/s)."""
+    import time
+
+    class Slow(L.Callback):  # each first micro-batch of a step takes 0.3 s more
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if not batch["last_in_step"]:
+                time.sleep(0.3)
+
+    class Validations(L.Callback):
+        count = 0
+
+        def on_validation_start(self, trainer, pl_module):
+            self.count += 1
+
+    steps, validations = {}, {}
+    for interval in (None, 3):
+        model, tokenizer = tiny()
+        counter = Validations()
+        outcome = fit(model, examples[:8], examples[8:12],
+                      trainer_config(max_steps=4, micro_batch_size=2, batch_size=4, log_every_n_steps=1,
+                                     throughput_warmup_steps=0, val_check_interval=interval),
+                      method_config("full"), seed=SEED, out_dir=tmp_path / str(interval),
+                      pad_token_id=tokenizer.pad_token_id, extra_callbacks=[Slow(), counter])
+        steps[interval], validations[interval] = outcome.perf["step_time_s"], counter.count
+    # micro-batches 3 and 6 end inside steps 2 and 3: two validations there, and the final one after training
+    assert validations == {None: 1, 3: 3}
+    assert steps[None] > 0.3 and steps[3] > 0.3
+    assert steps[3] == pytest.approx(steps[None], rel=0.25)

@@ -343,6 +343,19 @@ def _test_name(test: PairedTest) -> str:
     return NO_DATA
 
 
+def _reference(row: dict[str, Any], baselines: Sequence[dict[str, Any]]) -> tuple[dict[str, Any] | None, bool]:
+    """The baseline row ``row`` is compared with, and whether there were several to choose from and none was
+    chosen: the only variant, else the only one scored as ``row`` was (a sweep over eval.max_new_tokens pairs each
+    trained row with the zero-shot row of its own token limit); else none, which is not for the report to guess."""
+    if len(baselines) == 1:
+        return baselines[0], False
+    if not baselines:
+        return None, False
+    scoring = row.get("scored_with")
+    same = [b for b in baselines if isinstance(scoring, dict) and b.get("scored_with") == scoring]
+    return (same[0], False) if len(same) == 1 else (None, True)
+
+
 def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str], eval_set_key: str,
                           deltas: bool, alpha: float, correction: str) -> None:
     """Set delta_<baseline>, its paired test (delta_<baseline>_p, delta_<baseline>_test), the Holm-adjusted p
@@ -353,14 +366,11 @@ def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str],
     candidates: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         candidates[tuple(row[k] for k in group_keys), row["method"]].append(row)
-    # a baseline with several variants gives no single reference: deltas against it stay empty, and say why
-    references = {key: found[0] for key, found in candidates.items() if len(found) == 1}
-    several = {key for key, found in candidates.items() if len(found) > 1}
     for row in rows:
         group = tuple(row[k] for k in group_keys)
         mean = row[f"{PRIMARY_ACCURACY}_mean"]
         for baseline in DELTA_BASELINES if deltas else ("zeroshot",):
-            reference = references.get((group, baseline))
+            reference, several = _reference(row, candidates.get((group, baseline), []))
             reference_mean = None if reference is None else reference[f"{PRIMARY_ACCURACY}_mean"]
             # the baseline's own row has no delta against itself; equal accuracies averaged in another order
             # (2, 3 and 4 of 60 right against 3 of 60) differ by a rounding error, which is no delta
@@ -372,8 +382,7 @@ def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str],
                 test = compare_rows(row, reference, row[eval_set_key], alpha=alpha)
             row[f"delta_{baseline}"] = delta
             row[f"delta_{baseline}_p"] = test.p_value if test else None
-            row[f"delta_{baseline}_test"] = (_test_name(test) if test else
-                                             SEVERAL_BASELINES if (group, baseline) in several else None)
+            row[f"delta_{baseline}_test"] = (_test_name(test) if test else SEVERAL_BASELINES if several else None)
     tables: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         tables[tuple(row[k] for k in group_keys if k != "model")].append(row)

@@ -167,6 +167,9 @@ class ThroughputMonitor(L.Callback):
         self._step_tokens, self._step_flops = 0, 0.0
         self._window = {"steps": 0, "tokens": 0, "flops": 0.0}
         self._window_start: float | None = None
+        # seconds of a window that validation closed before any step of it finished (validation inside a step):
+        # they belong to the step that finishes in the next window
+        self._carried_s = 0.0
         self._train_start = 0.0
         self._paused = False
         self.result: dict = {}
@@ -209,7 +212,7 @@ class ThroughputMonitor(L.Callback):
 
     def on_validation_start(self, trainer, pl_module):
         self._paused = self._window_start is not None
-        self._close_window(trainer, log=False)
+        self._close_window(trainer, log=False, carry=True)
 
     def on_validation_end(self, trainer, pl_module):
         if self._paused:
@@ -223,17 +226,21 @@ class ThroughputMonitor(L.Callback):
         self.result = self.summary(trainer)
         self._log(trainer, {f"perf/{k}": v for k, v in self.result.items()})
 
-    def _close_window(self, trainer, log: bool) -> float | None:
-        """Add the open window to the measured totals (and log its rates); returns when it ended."""
+    def _close_window(self, trainer, log: bool, carry: bool = False) -> float | None:
+        """Add the open window to the measured totals (and log its rates); returns when it ended. With ``carry``
+        the seconds of a window in which no step finished are kept for the next one."""
         if self._window_start is None:
             return None
         end = self._now(trainer)
-        seconds = end - self._window_start
-        self._window_start = None
+        seconds = end - self._window_start + self._carried_s
+        self._window_start, self._carried_s = None, 0.0
         steps, tokens = self._window["steps"], self._world_sum(trainer, self._window["tokens"])
         flops = self._world_sum(trainer, self._window["flops"])
         self._window = {"steps": 0, "tokens": 0, "flops": 0.0}
         if not steps:
+            # validation inside a step: its micro-batches so far are timed with the step when it finishes (at the
+            # end of training an unfinished step's tokens are not counted, and neither is its time)
+            self._carried_s = seconds if carry else 0.0
             return end
         self.measured["steps"] += steps
         self.measured["tokens"] += tokens

@@ -136,6 +136,7 @@ class CausalLMModule(L.LightningModule):
         self.replays_graphs = replays_graphs
         self.seed = seed  # of the device_step_seed of each step on several devices
         self.last_train_loss: float | None = None
+        self._step_lr: float | None = None
         self.last_val_loss: float | None = None
         self._step_loss: torch.Tensor | None = None
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []  # (step, loss, gradient norm)
@@ -178,6 +179,12 @@ class CausalLMModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         self._no_sync.close()
+        # Lightning's step for what it logs (callbacks such as LearningRateMonitor, self.log) counts batches, which
+        # under manual optimization are micro-batches, and adds one after this hook: held at the optimizer steps
+        # done, the axis slm_sweep's own metrics use, so that one W&B step axis does not jump back and forth
+        loop = self.trainer.fit_loop.epoch_loop
+        if hasattr(loop, "_batches_that_stepped"):
+            loop._batches_that_stepped = self.global_step - 1
 
     def training_step(self, batch, batch_idx):
         self._step_batches.append(batch)
@@ -253,6 +260,7 @@ class CausalLMModule(L.LightningModule):
     def _optimizer_step(self) -> None:
         optimizer = self.optimizers()
         norm = self._clip_gradients(optimizer) if self.gradient_clip_val else None
+        self._step_lr = optimizer.param_groups[0]["lr"]  # the rate this step trains at, logged beside its loss
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self.lr_schedulers().step()
@@ -291,7 +299,7 @@ class CausalLMModule(L.LightningModule):
             if not math.isfinite(value):
                 raise DivergedError(f"training loss is {value} at step {step}")
         self.last_train_loss = losses[-1].item()
-        metrics = {"train/loss": self.last_train_loss, "train/lr": self.optimizers().param_groups[0]["lr"]}
+        metrics = {"train/loss": self.last_train_loss, "train/lr": self._step_lr}
         if self.grad_norms:
             metrics["train/grad_norm"] = self.grad_norms[-1]
         for logger in self.trainer.loggers:
