@@ -384,7 +384,7 @@ def _target(path: str, entry: Any, kind: str, options: str) -> str:
     return target
 
 
-def _validate_logger(cfg: DictConfig) -> None:
+def validate_logger(cfg: DictConfig) -> None:
     """Each logger entry (conf/logger/) names a class of an installed package; W&B entries a known mode. The class
     itself is imported and checked when the cell builds its loggers (slm_sweep.tracking)."""
     from slm_sweep.tracking import MAX_TAG_LENGTH, WANDB_TARGET, logger_entries
@@ -511,7 +511,7 @@ def validate_config(cfg: DictConfig) -> None:
     _one_of(cfg.prompt.style, PROMPT_STYLES, "prompt.style")
     _one_of(cfg.resume.enabled, ("auto", True, False), "resume.enabled")
     validate_preflight(cfg)
-    _validate_logger(cfg)
+    validate_logger(cfg)
     if method.get("train"):
         _validate_callbacks(cfg)
 

@@ -369,10 +369,26 @@ def _refused_cell(cfg: DictConfig, out: Path, err: Exception) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     written = FAILED_ATTEMPT_FILE if (read_result(out) or {}).get("status") == "completed" else RESULT_FILE
     write_result(out, record, written)
-    if global_rank() == 0 and None not in (record.get("model"), record.get("method"), record.get("dataset")):
+    if global_rank() == 0 and None not in (record.get("model"), record.get("method"), record.get("dataset")) \
+            and _loggers_buildable(cfg):
         _track_short(cfg, record, config, out)
     print(closing_line(record, out, written), flush=True)
     return record
+
+
+def _loggers_buildable(cfg: DictConfig) -> bool:
+    """Whether the cell's logger config passes its checks (a cell refused for a bad logger setting would otherwise
+    build that logger anyway, for the run that says it was refused)."""
+    from slm_sweep.config import validate_logger
+    from slm_sweep.tracking import logger_class, logger_entries
+
+    try:
+        validate_logger(cfg)
+        for path, entry in logger_entries(cfg.logger).items():
+            logger_class(path, entry)
+    except Exception:  # noqa: BLE001 - any error in the logger config: no run for the refused cell
+        return False
+    return True
 
 
 _INTERRUPTS = {"KeyboardInterrupt": "Ctrl-C", "SIGTERMException": "SIGTERM"}
@@ -491,7 +507,7 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
     log.info("reusing the finished result in %s", previous)
     # what computed the numbers travels with them: the source's code, versions, hardware and decoding
     for key in ("status", "metrics", "eval_sets", "skipped_rows", "skipped_rows_asking_who", "placement", "prompt",
-                "decoding", "versions", "git_commit", "hardware", "dedup"):
+                "decoding", "versions", "git_commit", "hardware", "dedup", "resumed_from_checkpoint"):
         if key in source:
             record[key] = source[key]
     if "skipped_rows_asking_who" not in source:  # a result written before the count existed: unknown, not none
@@ -561,7 +577,9 @@ def train_stage(cfg: DictConfig, out: Path, record: dict, model, tokenizer, data
     stamp_training_key(out / CHECKPOINT.parent, identity.training_key)
     outcome = fit(model, train, val, cfg.trainer, cfg.method, seed=int(cfg.seed), out_dir=out,
                   pad_token_id=tokenizer.pad_token_id,
-                  loggers=tracker.lightning_loggers if tracker else stand_in_loggers(cfg.get("logger")),
+                  # every rank alike: where rank 0 has no Lightning logger of its own (W&B disabled) as on the
+                  # others (which log nothing), a stand-in, or a callback needing one fails on one rank only
+                  loggers=(tracker.lightning_loggers if tracker else None) or stand_in_loggers(cfg.get("logger")),
                   resume_from=resume_from, extra_callbacks=callbacks,
                   callbacks_cfg=cfg.get("callbacks"))
     if outcome.train_steps < int(cfg.trainer.max_steps):
@@ -627,6 +645,9 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
         record["placement"]["train"] = (source.get("placement") or {}).get("train")
         for key in TRAINING_METRICS:
             metrics[key] = (source.get("metrics") or {}).get(key)
+        # its training time covers what that run trained, from a checkpoint if it resumed from one (the report
+        # leaves such a seed out of the mean training time)
+        record["resumed_from_checkpoint"] = source.get("resumed_from_checkpoint")
         metrics["trainable_params"] = (source.get("metrics") or {}).get("trainable_params", trainable)
     elif method.train:
         train_stage(cfg, out, record, model, tokenizer, data, identity, dirs, tracker, callbacks)

@@ -462,3 +462,20 @@ def test_a_copied_result_keeps_the_code_versions_and_decoding_that_computed_it(t
     older = run(tiny_cfg("method=zeroshot", *search), out_dir=tmp_path / "c")
     assert older["reused_from"] == str(tmp_path / "a" / "result.json")
     assert older["skipped_rows_asking_who"] is None and older["skipped_rows"] == source["skipped_rows"]
+
+
+def test_a_reused_cell_keeps_whether_its_source_resumed_from_a_checkpoint(tmp_path):
+    """The copied train_time_s of a source that resumed counts the steps after its checkpoint only: the copy says
+    so too, or the report would average it in as a whole training time."""
+    from slm_sweep.results import write_result
+    from slm_sweep.run import _reuse
+
+    source = {"schema_version": 1, "status": "completed", "model": "tiny", "method": "lora", "dataset": "gsm8k",
+              "seed": 0, "metrics": {"accuracy_flexible": 0.5, "n_eval": 2, "train_time_s": 12.0},
+              "resumed_from_checkpoint": "/run/checkpoints/last.ckpt", "finished_at": "2026-12-01T00:00:00+00:00"}
+    write_result(tmp_path / "source", source)
+    record = {"schema_version": 1, "status": "running", "model": "tiny", "method": "lora", "dataset": "gsm8k",
+              "seed": 0, "metrics": {}}
+    copied = _reuse(tmp_path / "source", tmp_path / "copy", record)
+    assert copied["resumed_from_checkpoint"] == "/run/checkpoints/last.ckpt"
+    assert copied["metrics"]["train_time_s"] == 12.0

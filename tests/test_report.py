@@ -706,6 +706,12 @@ def test_each_row_is_compared_with_the_baseline_variant_scored_as_it_was(tmp_pat
     assert _reference({"scored_with": {"max_new_tokens": 256}}, baselines) == (None, True)
     assert _reference({"scored_with": None}, baselines[:1] + [{"scored_with": None}]) == (None, True)
     assert _reference({"scored_with": None}, baselines[:1]) == (baselines[0], False)
+    # scored alike but prompted otherwise: not the row's zero-shot (scored_with holds no prompt)
+    chat = {"scored_with": {"max_new_tokens": 256}, "settings": {"prompt.style": '"chat"'}}
+    plain = {"scored_with": {"max_new_tokens": 512}, "settings": {"prompt.style": '"plain"'}}
+    row = {"scored_with": {"max_new_tokens": 256}, "settings": {"prompt.style": '"plain"', "method.r": "16"}}
+    assert _reference(row, [chat, plain]) == (None, True)
+    assert _reference({**row, "settings": {"prompt.style": '"chat"'}}, [chat, plain]) == (chat, False)
 
 
 def test_a_cell_whose_every_seed_diverged_is_named_though_it_has_no_row(grid, tmp_path):

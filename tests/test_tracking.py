@@ -224,23 +224,29 @@ project: slm_sweep_test
 
 
 def test_a_plain_lightning_wandb_logger_gets_a_run_of_its_own_for_each_cell_of_a_process(requires_data, tmp_path):
-    """Lightning's WandbLogger.finalize leaves its run open: the next cell of a sweep run in one process logged into
-    the first cell's run (one .wandb file for two cells). Each cell now finishes its run, failed ones as failed."""
-    import wandb
+    """Lightning's WandbLogger.finalize leaves its run open: the next cell of a multirun (one process, Hydra's basic
+    launcher) logged into the first cell's run, one .wandb file for two cells. Each cell now finishes its run. In a
+    process of its own: W&B's process-wide settings left by other tests would reach Lightning's logger here."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
 
     extra = tmp_path / "conf"
     (extra / "logger").mkdir(parents=True)
     (extra / "logger" / "plain_wandb.yaml").write_text(PLAIN_WANDB)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cells = [compose(config_name="config", overrides=[
-            *FAST_TINY, "method=zeroshot", f"dataset.test_limit={limit}", f"hydra.searchpath=[file://{extra}]",
-            "logger=plain_wandb"]) for limit in (2, 3)]
-    for index, cfg in enumerate(cells):
-        record = run(cfg, out_dir=tmp_path / f"cell{index}")
-        assert record["status"] == "completed", record.get("error")
-        assert wandb.run is None  # finished with its cell
-    streams = [list((tmp_path / f"cell{index}" / "wandb").glob("offline-run-*/*.wandb")) for index in (0, 1)]
-    assert [len(found) for found in streams] == [1, 1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") or k in ("WANDB_MODE", "WANDB_SILENT")}
+    proc = subprocess.run([sys.executable, "-m", "slm_sweep", "-m", *FAST_TINY, "method=zeroshot",
+                           "dataset.test_limit=2,3", f"hydra.searchpath=[file://{extra}]", "logger=plain_wandb",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                          cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p.parent for p in (tmp_path / "sweep").glob("*/result.json"))
+    assert len(jobs) == 2
+    assert [len(list(job.glob("wandb/offline-run-*/*.wandb"))) for job in jobs] == [1, 1]
+    assert "There is a wandb run already in progress" not in proc.stderr
 
 
 def test_a_cell_that_fails_before_its_loggers_start_still_has_a_failed_run(tiny_cfg, tmp_path):
@@ -263,3 +269,31 @@ def test_the_other_ranks_of_a_distributed_cell_get_a_stand_in_logger_where_the_c
     (stand_in,) = stand_in_loggers({"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": None})
     assert isinstance(stand_in, DummyLogger)
     assert stand_in_loggers({"_target_": None}) is None and stand_in_loggers(None) is None
+
+
+def test_a_callback_that_needs_a_logger_runs_when_w_and_b_is_disabled(requires_data, tmp_path):
+    """logger=wandb with W&B disabled leaves the cell no Lightning logger: it gets the stand-in every rank gets, so
+    LearningRateMonitor runs (it failed the cell, and under DDP failed rank 0 alone, leaving the others waiting)."""
+    extra = tmp_path / "conf"
+    (extra / "callbacks").mkdir(parents=True)
+    (extra / "callbacks" / "lr_monitor.yaml").write_text(LR_MONITOR)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            *FAST_TINY, "method=lora", f"hydra.searchpath=[file://{extra}]", "callbacks=[default,lr_monitor]",
+            "logger=wandb", "logger.mode=disabled"])
+    record = run(cfg, out_dir=tmp_path / "cell")
+    assert record["status"] == "completed", record.get("error")
+
+
+def test_a_cell_refused_for_its_logger_settings_builds_no_logger_and_one_refused_otherwise_has_a_run(tiny_cfg,
+                                                                                                     tmp_path):
+    from slm_sweep.run import _refused_cell
+
+    bad = tiny_cfg("logger=wandb", "logger.mode=bogus")
+    record = _refused_cell(bad, tmp_path / "bad", ConfigError("logger.mode='bogus' is not one of: ..."))
+    assert record["status"] == "failed" and not (tmp_path / "bad" / "wandb").exists()
+    good = tiny_cfg("logger=wandb", "trainer.max_steps=-3")
+    record = _refused_cell(good, tmp_path / "good", ConfigError("trainer.max_steps=-3 must be a positive integer"))
+    assert record["status"] == "failed"
+    (stream,) = list((tmp_path / "good" / "wandb").glob("offline-run-*/*.wandb"))
+    assert b"trainer.max_steps=-3" in stream.read_bytes()

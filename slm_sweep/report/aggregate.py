@@ -345,15 +345,24 @@ def _test_name(test: PairedTest) -> str:
 
 def _reference(row: dict[str, Any], baselines: Sequence[dict[str, Any]]) -> tuple[dict[str, Any] | None, bool]:
     """The baseline row ``row`` is compared with, and whether there were several to choose from and none was
-    chosen: the only variant, else the only one scored as ``row`` was (a sweep over eval.max_new_tokens pairs each
-    trained row with the zero-shot row of its own token limit); else none, which is not for the report to guess."""
+    chosen: the only variant, else the only one scored as ``row`` was with the same prompt and data (a sweep over
+    eval.max_new_tokens pairs each trained row with the zero-shot row of its own token limit); else none, which is
+    not for the report to guess."""
     if len(baselines) == 1:
         return baselines[0], False
     if not baselines:
         return None, False
     scoring = row.get("scored_with")
-    same = [b for b in baselines if isinstance(scoring, dict) and b.get("scored_with") == scoring]
+    same = [b for b in baselines if isinstance(scoring, dict) and b.get("scored_with") == scoring
+            and _same_inputs(row, b)]
     return (same[0], False) if len(same) == 1 else (None, True)
+
+
+def _same_inputs(row: dict[str, Any], baseline: dict[str, Any]) -> bool:
+    """Whether the two rows agree on every setting both have outside the method and the trainer (the prompt, the
+    data, the evaluation): ``scored_with`` holds the scoring settings only, not the prompt."""
+    a, b = row.get("settings") or {}, baseline.get("settings") or {}
+    return all(a[k] == b[k] for k in a.keys() & b.keys() if not k.startswith(("method.", "trainer.")))
 
 
 def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str], eval_set_key: str,
