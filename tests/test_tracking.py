@@ -20,14 +20,19 @@ lr_monitor:
 """
 
 
-def test_a_callback_from_a_yaml_file_of_its_own_runs_in_a_cell_with_two_loggers(requires_data, tmp_path):
+def with_lr_monitor(tmp_path, *overrides: str):
+    """A fast LoRA cell with LearningRateMonitor added from a callbacks file of its own (outside the package)."""
     extra = tmp_path / "conf"
     (extra / "callbacks").mkdir(parents=True)
     (extra / "callbacks" / "lr_monitor.yaml").write_text(LR_MONITOR)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
+        return compose(config_name="config", overrides=[
             *FAST_TINY, "method=lora", f"hydra.searchpath=[file://{extra}]", "callbacks=[default,lr_monitor]",
-            "logger=wandb_csv", "logger.wandb.mode=disabled"])
+            *overrides])
+
+
+def test_a_callback_from_a_yaml_file_of_its_own_runs_in_a_cell_with_two_loggers(requires_data, tmp_path):
+    cfg = with_lr_monitor(tmp_path, "logger=wandb_csv", "logger.wandb.mode=disabled")
     assert set(cfg.callbacks) == {"progress_bar", "lr_monitor"}
     record = run(cfg, out_dir=tmp_path / "cell")
     assert record["status"] == "completed", record.get("error")
@@ -274,14 +279,7 @@ def test_the_other_ranks_of_a_distributed_cell_get_a_stand_in_logger_where_the_c
 def test_a_callback_that_needs_a_logger_runs_when_w_and_b_is_disabled(requires_data, tmp_path):
     """logger=wandb with W&B disabled leaves the cell no Lightning logger: it gets the stand-in every rank gets, so
     LearningRateMonitor runs (it failed the cell, and under DDP failed rank 0 alone, leaving the others waiting)."""
-    extra = tmp_path / "conf"
-    (extra / "callbacks").mkdir(parents=True)
-    (extra / "callbacks" / "lr_monitor.yaml").write_text(LR_MONITOR)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            *FAST_TINY, "method=lora", f"hydra.searchpath=[file://{extra}]", "callbacks=[default,lr_monitor]",
-            "logger=wandb", "logger.mode=disabled"])
-    record = run(cfg, out_dir=tmp_path / "cell")
+    record = run(with_lr_monitor(tmp_path, "logger=wandb", "logger.mode=disabled"), out_dir=tmp_path / "cell")
     assert record["status"] == "completed", record.get("error")
 
 
