@@ -116,7 +116,8 @@ def _cell_config(cfg: DictConfig) -> dict[str, Any]:
     from slm_sweep.run import auto_prompt_style
 
     parts = {part: OmegaConf.to_container(cfg[part], resolve=True)
-             for part in ("model", "method", "trainer", "dataset", "prompt") if cfg.get(part) is not None}
+             for part in ("model", "method", "trainer", "dataset", "prompt", "eval", "callbacks")
+             if cfg.get(part) is not None}
     if "prompt" in parts:
         parts["prompt"] = prompt_identity(parts["prompt"], auto_prompt_style(cfg))
     return parts
@@ -154,8 +155,12 @@ def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> 
     recorded = searched.get("trained_with")
     if not isinstance(recorded, Mapping):
         return
-    here = {k: v for k, v in tuned_under({"config": _cell_config(cfg)}).items()
-            if not any(k.startswith(p) and not any(r.startswith(p) for r in recorded) for p in _LATER_SETTINGS)}
+    from slm_sweep.identity import TRAINING_CODE_VERSION
+
+    cell = {"config": _cell_config(cfg), "identity": {"parts": {"training": {"code": TRAINING_CODE_VERSION}}}}
+    later = _LATER_SETTINGS + (() if "code.training" in recorded else _RECORDED_WITH_CODE)
+    here = {k: v for k, v in tuned_under(cell).items()
+            if not any(k.startswith(p) and not any(r.startswith(p) for r in recorded) for p in later)}
     if recorded.get("prompt.style") == "plain":  # a table written before the plain style's system message was null
         recorded = {**recorded, "prompt.system": here.get("prompt.system")}
     differing = _differences(recorded, here)
@@ -317,13 +322,15 @@ def _mean(values: Sequence[float]) -> float | None:
 _NOT_THE_WEIGHTS = ("name", "gguf_dir", "gguf_package")
 # settings a table's trained_with holds since they were added: an older table is checked without them
 _LATER_SETTINGS = ("model.", "dataset.dedup.")
+# recorded since the training code's version is: a table without it was written before, and is read without them
+_RECORDED_WITH_CODE = ("code.", "callbacks.", "eval.dtype", "eval.max_new_tokens", "dataset.test_size")
 
 
 def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
     """What a search cell trained and scored with, apart from its learning rate and seed: candidates compared
     against each other must agree on all of it."""
     from slm_sweep.data.specs import dedup_settings
-    from slm_sweep.identity import EVAL_SCORING_KEYS, trainer_identity
+    from slm_sweep.identity import EVAL_SCORING_KEYS, trainer_identity, weight_changing_callbacks
 
     config = record.get("config") or {}
     method = {k: v for k, v in (config.get("method") or {}).items() if k != "lr"}
@@ -335,8 +342,15 @@ def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
         **{f"method.{k}": v for k, v in method.items()},
         **({f"dataset.dedup.{k}": v for k, v in dedup_settings(dataset).items()} if dataset.get("name") else {}),
         **{f"trainer.{k}": v for k, v in trainer_identity(config.get("trainer") or {}).items()},
-        **{f"dataset.{k}": dataset.get(k) for k in ("val_size", "train_limit", "split_seed", "test_split")},
-        **{f"eval.{k}": (config.get("eval") or {}).get(k) for k in EVAL_SCORING_KEYS},
+        **{f"dataset.{k}": dataset.get(k) for k in ("val_size", "train_limit", "split_seed", "test_split",
+                                                    "test_size")},
+        # the scoring the rates were compared by: bf16 rounds away part of full fine-tuning's updates, which a
+        # float32 paper cell keeps, so a rate chosen in bf16 is not the one chosen in float32
+        **{f"eval.{k}": (config.get("eval") or {}).get(k) for k in (*EVAL_SCORING_KEYS, "dtype")},
+        # callbacks that change the weights (stochastic weight averaging) are in the cell's training key too
+        **{f"callbacks.{name}": entry for name, entry in weight_changing_callbacks(config.get("callbacks")).items()},
+        # the training code's version: a rate searched before gradients or dropout changed is another search's
+        "code.training": (((record.get("identity") or {}).get("parts") or {}).get("training") or {}).get("code"),
         # as the cell's keys have it (a system message the plain style leaves out is null), where result.json
         # records what its keys were computed from
         **{f"prompt.{k}": v for k, v in (_keyed_prompt(record) or {}).items()},
@@ -364,16 +378,19 @@ def _keyed_prompt(record: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def tuned_under(record: Mapping[str, Any]) -> dict[str, Any]:
     """The settings a searched rate was chosen under that a cell training at it must share: the method (all but
-    the rate), the trainer's numeric settings, the training data and the prompt. Not the evaluation settings
-    (the search scores the validation split, the cell the test split). ``record``: a result.json's ``config``
+    the rate), the trainer's numeric settings, the training data, the prompt, the callbacks that change the
+    weights, the training code's version, and the scoring the rates were compared by (``eval.dtype``,
+    ``eval.max_new_tokens``). Not the split scored (the search scores the validation split, the cell the test split). ``record``: a result.json's ``config``
     (and ``identity``, whose ``prompt_style`` is the style as keyed)."""
     def flat(key: str, value: Any) -> dict[str, Any]:
         if isinstance(value, Mapping):
             return {k: v for name, item in value.items() for k, v in flat(f"{key}.{name}", item).items()}
         return {key: value}
 
+    kept = ("eval.dtype", "eval.max_new_tokens")  # how the rates were compared; the split differs by design
     return {k: v for key, value in _training_settings(record).items()
-            if not key.startswith("eval.") and key != "dataset.test_split" for k, v in flat(key, value).items()}
+            if (not key.startswith("eval.") or key in kept) and key != "dataset.test_split"
+            for k, v in flat(key, value).items()}
 
 
 def _record_lr(record: Mapping[str, Any]) -> float | None:
@@ -400,8 +417,11 @@ def choose(records: Sequence[Mapping[str, Any]], metric: str = DEFAULT_METRIC,
     chosen = {}
     for key, cells in sorted(groups.items()):
         name = "/".join(key)
-        settings = [_training_settings(r) for r in cells]
-        differing = sorted(k for k in {k for s in settings for k in s} if len({repr(s.get(k)) for s in settings}) > 1)
+        # a cell that failed before computing its keys says nothing of the code it would have trained with
+        settings = [{k: v for k, v in _training_settings(r).items() if not (k == "code.training" and v is None)}
+                    for r in cells]
+        differing = sorted(k for k in {k for s in settings for k in s}
+                           if len({repr(s.get(k)) for s in settings if k in s or k != "code.training"}) > 1)
         if differing:
             values = "; ".join(f"{k}: {', '.join(sorted({repr(s.get(k)) for s in settings}))}" for k in differing)
             raise TuningError(f"the search cells of {name} differ in more than the learning rate ({values}): "
@@ -473,7 +493,9 @@ def choose(records: Sequence[Mapping[str, Any]], metric: str = DEFAULT_METRIC,
                         best["lr"], edge)
         chosen[key] = {"lr": best["lr"], "metric": metric, "best": best[metric], "val_examples": n_val,
                        "candidates": candidates, "seeds": all_seeds,
-                       "trained_with": tuned_under(cells[0])}
+                       # from a cell that computed its keys (the code version is known there)
+                       "trained_with": tuned_under(next((c for c in cells if c.get("status") == "completed"),
+                                                        cells[0]))}
     return chosen
 
 

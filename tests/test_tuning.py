@@ -235,6 +235,17 @@ def test_every_trained_method_has_grid_candidates_and_a_new_one_needs_no_more_th
     assert resolve_lr(cfg)["value"] == cfg.method.lr == 5e-4  # the fourth of five around lora's 2e-4
 
 
+def searched_as(record: dict, cfg, lr: float) -> dict:
+    """``record`` as a search cell of ``cfg`` at rate ``lr`` writes it: the cell's config with the validation split
+    scored, and the training code's version in its identity."""
+    from slm_sweep.identity import TRAINING_CODE_VERSION
+    from slm_sweep.tune import _cell_config
+
+    config = _cell_config(cfg)
+    config = {**config, "eval": {**config["eval"], "split": "val"}, "method": {**config["method"], "lr": lr}}
+    return {**record, "config": config, "identity": {"parts": {"training": {"code": TRAINING_CODE_VERSION}}}}
+
+
 def _record(method, lr, accuracy, val_loss=1.0, n_val=500, seed=0, status="completed", **config):
     return {"dataset": "gsm8k", "model": "m", "method": method, "seed": seed, "status": status,
             "learning_rate": {"value": lr},
@@ -327,24 +338,23 @@ def test_optuna_searches_the_rate_of_every_method_and_optuna_rank_adds_the_rank(
 def test_a_tuned_rate_is_refused_for_a_cell_trained_otherwise_than_its_search(tiny_cfg, tmp_path):
     """The table records what each rate was searched under; a cell with another step count, rank or precision
     would train at a rate tuned for something else while its result.json says source: tuned."""
+    from slm_sweep.identity import TRAINING_CODE_VERSION
     from slm_sweep.tune import _cell_config, tuned_under
     from slm_sweep.tune import write_table as write_lr_table
 
     searched = tiny_cfg("method=lora", "trainer.max_steps=3")
-    records = []
-    for lr, accuracy in ((1e-4, 0.3), (2e-4, 0.4)):
-        record = _record("lora", lr, accuracy, n_val=8, seed=1000)
-        record["config"] = {**_cell_config(searched), "eval": {"split": "val"}}
-        record["config"]["method"] = {**record["config"]["method"], "lr": lr}
-        records.append({**record, "model": "tiny"})
+    records = [{**searched_as(_record("lora", lr, accuracy, n_val=8, seed=1000), searched, lr), "model": "tiny"}
+               for lr, accuracy in ((1e-4, 0.3), (2e-4, 0.4))]
     chosen = choose(records, min_val_examples=8)
-    assert chosen["gsm8k", "tiny", "lora"]["trained_with"] == tuned_under({"config": _cell_config(searched)})
+    trained_with = chosen["gsm8k", "tiny", "lora"]["trained_with"]
+    assert trained_with == tuned_under({"config": _cell_config(searched), "identity": records[0]["identity"]})
+    assert trained_with["code.training"] == TRAINING_CODE_VERSION and trained_with["eval.dtype"] == "auto"
     table = write_lr_table(chosen, tmp_path / "lr.yaml", ["search"], "val_accuracy_flexible")
     assert "trainer.max_steps" in yaml.safe_load(table.read_text())["searched"]["gsm8k"]["tiny"]["lora"]["trained_with"]
 
-    same = tiny_cfg("method=lora", "trainer.max_steps=3", "dataset.test_limit=2", "eval.max_new_tokens=8",
+    same = tiny_cfg("method=lora", "trainer.max_steps=3", "dataset.test_limit=2", "eval.ood_sets=[svamp]",
                     "tuning.lr=tuned", f"tuning.table={table}")
-    validate_config(same)  # other test and evaluation settings: the same training, accepted
+    validate_config(same)  # other test settings: the same training and scoring, accepted
     # the style auto renders for this tokenizer, spelt out: the same configuration
     validate_config(tiny_cfg("method=lora", "trainer.max_steps=3", "prompt.style=chat", "tuning.lr=tuned",
                              f"tuning.table={table}"))
@@ -357,7 +367,13 @@ def test_a_tuned_rate_is_refused_for_a_cell_trained_otherwise_than_its_search(ti
                              (["model.hidden_size=64"], "model.hidden_size: searched 48, here 64"),
                              (["model.dtype=bfloat16"], 'model.dtype: searched "float32", here "bfloat16"'),
                              (["dataset.dedup.enabled=false"], "dataset.dedup.against: searched .*, here null"),
-                             (["prompt.style=plain"], 'prompt.style: searched "auto", here "plain"')):
+                             (["prompt.style=plain"], 'prompt.style: searched "auto", here "plain"'),
+                             # the scoring the rates were compared by
+                             (["eval.dtype=float32"], 'eval.dtype: searched "auto", here "float32"'),
+                             (["eval.max_new_tokens=8"], "eval.max_new_tokens: searched 12, here 8"),
+                             # a callback that changes the weights
+                             (["+callbacks.swa._target_=lightning.pytorch.callbacks.StochasticWeightAveraging",
+                               "+callbacks.swa.swa_lrs=0.01"], "callbacks.swa._target_: searched null")):
         with pytest.raises(ConfigError, match=rf"lr.gsm8k.tiny.lora in {table} was searched under other "
                                               rf"training settings than this cell's \({named}"):
             validate_config(tiny_cfg("method=lora", "trainer.max_steps=3", *overrides, "tuning.lr=tuned",
@@ -370,22 +386,28 @@ def test_a_tuned_rate_is_refused_for_a_cell_trained_otherwise_than_its_search(ti
     table.write_text(yaml.safe_dump(older))
     validate_config(tiny_cfg("method=lora", "trainer.max_steps=3", "model.init_seed=7", "tuning.lr=tuned",
                              f"tuning.table={table}"))
+    # and one written before the code version, scoring and callbacks were, without those
+    older["searched"]["gsm8k"]["tiny"]["lora"]["trained_with"] = {
+        k: v for k, v in recorded.items() if not k.startswith(("code.", "callbacks.", "eval.", "dataset.test_size"))}
+    table.write_text(yaml.safe_dump(older))
+    validate_config(tiny_cfg("method=lora", "trainer.max_steps=3", "eval.max_new_tokens=8", "tuning.lr=tuned",
+                             f"tuning.table={table}"))
+    # a rate searched under another version of the training code is another search's
+    older["searched"]["gsm8k"]["tiny"]["lora"]["trained_with"] = {**recorded, "code.training": TRAINING_CODE_VERSION - 1}
+    table.write_text(yaml.safe_dump(older))
+    with pytest.raises(ConfigError, match=f"code.training: searched {TRAINING_CODE_VERSION - 1}, here "
+                                          f"{TRAINING_CODE_VERSION}"):
+        validate_config(tiny_cfg("method=lora", "trainer.max_steps=3", "tuning.lr=tuned", f"tuning.table={table}"))
 
 
 def test_a_tuned_rate_is_refused_for_a_cell_at_a_seed_it_was_searched_on(tiny_cfg, tmp_path):
     """The search's winner did best on validation partly by its seed's luck: a reported cell at that rate and seed
     is the same run again. The searches run seed 1000 unless told, apart from the reported 0, 1, 2."""
-    from slm_sweep.tune import _cell_config
     from slm_sweep.tune import write_table as write_lr_table
 
     assert tiny_cfg("hparams_search=lr_grid").seed == tiny_cfg("hparams_search=optuna").seed == 1000
-    records = []
-    for lr, accuracy in ((1e-4, 0.3), (2e-4, 0.4)):
-        for seed in (0, 1000):
-            record = _record("lora", lr, accuracy, n_val=8, seed=seed)
-            record["config"] = {**_cell_config(tiny_cfg("method=lora")), "eval": {"split": "val"}}
-            record["config"]["method"] = {**record["config"]["method"], "lr": lr}
-            records.append(record)
+    records = [searched_as(_record("lora", lr, accuracy, n_val=8, seed=seed), tiny_cfg("method=lora"), lr)
+               for lr, accuracy in ((1e-4, 0.3), (2e-4, 0.4)) for seed in (0, 1000)]
     chosen = choose(records, min_val_examples=8)
     table = write_lr_table(chosen, tmp_path / "lr.yaml", ["search"], "val_accuracy_flexible")
     assert yaml.safe_load(table.read_text())["searched"]["gsm8k"]["m"]["lora"]["seeds"] == [0, 1000]
@@ -440,8 +462,23 @@ def test_a_system_message_the_plain_style_leaves_out_does_not_refuse_the_tuned_r
                           table, tmp_path / "lr.yaml")
     # a record without identity (it failed before its keys were computed) and a table written before the plain
     # style's system message was keyed as null read the same settings
-    assert tuned_under({"config": config}) == tuned_under(record)
+    without_code = {k: v for k, v in tuned_under(record).items() if k != "code.training"}
+    assert {k: v for k, v in tuned_under({"config": config}).items() if k != "code.training"} == without_code
     searched = table["searched"]["gsm8k"]["tiny"]["lora"]
     searched["trained_with"] = {**searched["trained_with"], "prompt.system": "Be brief."}
     check_tuned_under(compose_config([*FAST_TINY, "method=lora", *plain, "tuning.lr=tuned"]), table,
                       tmp_path / "lr.yaml")
+
+
+def test_a_search_cell_that_failed_before_its_keys_neither_refuses_the_search_nor_blanks_its_code_version(tiny_cfg):
+    """A cell that failed while reading its data has no identity, so no training code version: the search's
+    other cells decide it, and the table records theirs (null would refuse every cell that reads the rate)."""
+    from slm_sweep.identity import TRAINING_CODE_VERSION
+
+    searched = tiny_cfg("method=lora")
+    failed = searched_as(_record("lora", 5e-4, None, n_val=8, seed=1000, status="failed"), searched, 5e-4)
+    del failed["identity"]
+    records = [failed, *(searched_as(_record("lora", lr, accuracy, n_val=8, seed=1000), searched, lr)
+                         for lr, accuracy in ((1e-4, 0.3), (2e-4, 0.4)))]
+    chosen = choose(records, min_val_examples=8)
+    assert chosen["gsm8k", "m", "lora"]["trained_with"]["code.training"] == TRAINING_CODE_VERSION
