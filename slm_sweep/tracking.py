@@ -246,9 +246,10 @@ class WandbRun(CellLogger):
 
 
 def stand_in_loggers(logger_cfg: Mapping[str, Any] | None) -> list | None:
-    """For a rank other than 0 of a distributed run, which logs nothing (rank 0 holds the cell's loggers): a logger
-    that drops what it is given where the cell has loggers, so that callbacks that need one (LearningRateMonitor,
-    DeviceStatsMonitor) run on every rank as they do on rank 0; None where the cell has none."""
+    """For a training run without a Lightning logger of its own where the cell has loggers (a rank other than 0 of
+    a distributed run, which logs nothing; rank 0 with W&B disabled): a logger that drops what it is given, so that
+    callbacks that need one (LearningRateMonitor, DeviceStatsMonitor) run alike on every rank; None where the cell
+    has none."""
     if not logger_entries(logger_cfg):
         return None
     from lightning.pytorch.loggers.logger import DummyLogger

@@ -417,11 +417,11 @@ def choose(records: Sequence[Mapping[str, Any]], metric: str = DEFAULT_METRIC,
     chosen = {}
     for key, cells in sorted(groups.items()):
         name = "/".join(key)
+        settings = [_training_settings(r) for r in cells]
         # a cell that failed before computing its keys says nothing of the code it would have trained with
-        settings = [{k: v for k, v in _training_settings(r).items() if not (k == "code.training" and v is None)}
-                    for r in cells]
         differing = sorted(k for k in {k for s in settings for k in s}
-                           if len({repr(s.get(k)) for s in settings if k in s or k != "code.training"}) > 1)
+                           if len({repr(s.get(k)) for s in settings
+                                   if not (k == "code.training" and s.get(k) is None)}) > 1)
         if differing:
             values = "; ".join(f"{k}: {', '.join(sorted({repr(s.get(k)) for s in settings}))}" for k in differing)
             raise TuningError(f"the search cells of {name} differ in more than the learning rate ({values}): "

@@ -57,10 +57,10 @@ from .stats import (
     wilson_interval,
 )
 
-# Methods that train nothing, also when a record carries no config saying so; the deltas compare with the first
-# of each kind.
 log = logging.getLogger(__name__)
 
+# Methods that train nothing, also when a record carries no config saying so; the deltas compare with the first
+# of each kind.
 BASELINE_METHODS = ("zeroshot", "zeroshot_instructed", "fewshot", "fewshot_chat")
 DELTA_BASELINES = ("zeroshot", "fewshot")
 METHOD_ORDER = ("zeroshot", "zeroshot_instructed", "fewshot", "fewshot_chat", "full", "lora", "dora")
