@@ -448,6 +448,25 @@ def use_metric_modules_checked(cfg: DictConfig) -> None:
         check_metrics()
     except Exception as err:  # noqa: BLE001 - a module's own fault at import (SyntaxError, NameError, ...) too
         raise ConfigError(f"eval.metric_modules={names}: {type(err).__name__}: {err}") from err
+    _check_metric_names(cfg)
+
+
+def _check_metric_names(cfg: DictConfig) -> None:
+    """``dataset.claims_metric`` names a registered metric, and an accuracy that ``optimized_metric`` names is one
+    of a registered metric (a sweeper maximising a key no result has would compare nothing)."""
+    from slm_sweep.scoring import METRICS, accuracy_key
+
+    registered = ", ".join(METRICS)
+    claims = cfg.dataset.get("claims_metric")
+    if claims not in METRICS:
+        raise ConfigError(f"dataset.claims_metric={claims!r} is not a registered metric; one of: {registered} "
+                          "(or one that eval.metric_modules registers)")
+    optimized = cfg.get("optimized_metric")
+    accuracy = str(optimized).removeprefix("val_") if optimized is not None else ""
+    if accuracy.startswith("accuracy_") and accuracy not in {accuracy_key(name) for name in METRICS}:
+        allowed = ", ".join(f"{prefix}{accuracy_key(name)}" for prefix in ("", "val_") for name in METRICS)
+        raise ConfigError(f"optimized_metric={optimized!r} is the accuracy of no registered metric; one of: "
+                          f"{allowed}")
 
 
 def validate_config(cfg: DictConfig) -> None:

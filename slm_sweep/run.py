@@ -235,7 +235,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     A configuration error raises ConfigError before anything is written; in a sweep it fails this cell only
     (result.json says why), so that the other cells run and the sweep's summary names it.
     """
-    from slm_sweep.tune import resolve_lr
+    from slm_sweep.tune import check_tuned_data, resolve_lr
 
     try:
         validate_config(cfg)
@@ -273,6 +273,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         record["dedup"] = data.splits.dedup
         identity = identify(cfg, config, data)
         record["identity"] = identity.as_record()
+        check_tuned_data(cfg, learning_rate, identity.parts.get("training"))
         # quantized weights generate in the dtypes they were loaded in (placement.resolve_placement)
         eval_dtype = None if cfg.model.get("quantization") else identity.eval_dtype
         previous = find_completed(dirs, identity.evaluation_key, own=out, eval_dtype=eval_dtype)

@@ -11,10 +11,12 @@ A cell with ``tuning.lr=tuned`` (``experiment=paper``) takes its learning rate f
 is computed, so the tuned value is in its training key; without an entry it keeps ``method.lr`` and says so.
 result.json records the value and where it came from under ``learning_rate``.
 
-Selection: the highest mean of the metric (``--metric``, default ``val_accuracy_flexible``) over the seeds of a
-candidate; a tie goes to the lower mean validation loss, then to the smaller learning rate. Only rates that
-completed every seed any rate ran are candidates; a winner at an end of the candidates compared is marked
-``at_edge`` (``smallest``, ``largest``, or ``only`` when no other rate completed).
+Selection: the highest mean validation accuracy over the seeds of a candidate, on the dataset's claims metric (the
+one the report's claims read: flexible, lenient on OrcaMath; ``--metric`` for another); a tie goes to the lower
+mean validation loss, then to the smaller learning rate. Only rates that completed every seed any rate ran are
+candidates; a winner at an end of the candidates compared is marked ``at_edge`` (``smallest``, ``largest``, or
+``only`` when no other rate completed). The winner's margin over the runner-up is recorded with its standard
+error, and a margin within two of them is flagged: the search did not separate the two rates.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from slm_sweep.config_sources import CONF_DIR
-from slm_sweep.scoring import PRIMARY_METRIC, accuracy_key
+from slm_sweep.scoring import accuracy_key
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TABLE = "tuned/lr.yaml"
-DEFAULT_METRIC = f"val_{accuracy_key(PRIMARY_METRIC)}"
+# what the table records as its metric when each dataset was searched on its own claims metric
+CLAIMS_METRIC = "claims_metric"
 # Fewer validation questions than this cannot separate candidates a few points apart (the standard error of an
 # accuracy near 0.3 on 500 questions is 2 points); the tune command refuses smaller searches unless told.
 MIN_VAL_EXAMPLES = 500
@@ -158,6 +161,7 @@ def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> 
     from slm_sweep.identity import TRAINING_CODE_VERSION
 
     cell = {"config": _cell_config(cfg), "identity": {"parts": {"training": {"code": TRAINING_CODE_VERSION}}}}
+    recorded = {k: v for k, v in recorded.items() if not k.startswith("data.")}  # check_tuned_data, once loaded
     later = _LATER_SETTINGS + (() if "code.training" in recorded else _RECORDED_WITH_CODE)
     here = {k: v for k, v in tuned_under(cell).items()
             if not any(k.startswith(p) and not any(r.startswith(p) for r in recorded) for p in later)}
@@ -294,8 +298,34 @@ def resolve_lr(cfg: DictConfig) -> dict[str, Any] | None:
                    f"candidates on {searched.get('val_examples')} validation examples)")
     edge = next((c.get("at_edge") for c in searched.get("candidates") or []
                  if isinstance(c, Mapping) and c.get("lr") == tuned and c.get("at_edge")), None)
+    lead = {k: searched[k] for k in ("runner_up", "margin", "margin_se", "within_noise") if k in searched}
     return {"value": tuned, "source": "tuned", "detail": detail, "table": str(path),
-            "searches": list(table.get("searches") or []), **({"at_edge": str(edge)} if edge else {})}
+            "searches": list(table.get("searches") or []), **({"at_edge": str(edge)} if edge else {}), **lead}
+
+
+def check_tuned_data(cfg: DictConfig, learning_rate: Mapping[str, Any] | None,
+                     training: Mapping[str, Any] | None) -> None:
+    """Refuse a tuned rate searched on other training or validation examples than the cell's (a data file
+    replaced or edited since the search, under the same settings): the config-time check (``check_tuned_under``)
+    cannot see the files. ``training``: the cell's training identity (``identity.parts.training``), computed from
+    the examples it loaded. Tables written before they recorded the examples are taken as they are."""
+    if not learning_rate or learning_rate.get("source") != "tuned" or not training:
+        return
+    from slm_sweep.config import ConfigError
+
+    parts = (cfg.dataset.name, cfg.model.name, cfg.method.name)
+    recorded = _searched(read_table(learning_rate["table"]), *parts).get("trained_with")
+    if not isinstance(recorded, Mapping):
+        return
+    here = {f"data.{k}": v for k, v in (training.get("data") or {}).items()}
+    differing = [f"{key}: searched {recorded[key]}, here {here.get(key)}" for key in sorted(here)
+                 if key in recorded and recorded[key] != here.get(key)]
+    if differing:
+        raise ConfigError(
+            f"tuning.table: the rate {'.'.join(['lr', *parts])} in {learning_rate['table']} was searched on other "
+            f"examples than this cell loaded ({'; '.join(differing)}: examples counted, then a hash of their "
+            "content): the data files changed since the search. Search again on these files, or train at a rate "
+            "of your choosing with tuning.lr=method method.lr=<rate>")
 
 
 def _command_line_lr() -> str | None:
@@ -322,6 +352,9 @@ def _mean(values: Sequence[float]) -> float | None:
 _NOT_THE_WEIGHTS = ("name", "gguf_dir", "gguf_package")
 # settings a table's trained_with holds since they were added: an older table is checked without them
 _LATER_SETTINGS = ("model.", "dataset.dedup.")
+# what a cell records with its keys, unknown for a cell that failed before computing them; the examples are compared
+# once the cell has loaded them (check_tuned_data)
+_FROM_KEYS = ("code.training", "data.train", "data.val")
 # recorded since the training code's version is: a table without it was written before, and is read without them
 _RECORDED_WITH_CODE = ("code.", "callbacks.", "eval.dtype", "eval.max_new_tokens", "dataset.test_size")
 
@@ -333,6 +366,7 @@ def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
     from slm_sweep.identity import EVAL_SCORING_KEYS, trainer_identity, weight_changing_callbacks
 
     config = record.get("config") or {}
+    training = (((record.get("identity") or {}).get("parts") or {}).get("training") or {})
     method = {k: v for k, v in (config.get("method") or {}).items() if k != "lr"}
     dataset = config.get("dataset") or {}
     # the weights trained from (a table is keyed by model.name, which another id, revision or dtype keeps)
@@ -350,7 +384,9 @@ def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
         # callbacks that change the weights (stochastic weight averaging) are in the cell's training key too
         **{f"callbacks.{name}": entry for name, entry in weight_changing_callbacks(config.get("callbacks")).items()},
         # the training code's version: a rate searched before gradients or dropout changed is another search's
-        "code.training": (((record.get("identity") or {}).get("parts") or {}).get("training") or {}).get("code"),
+        "code.training": training.get("code"),
+        # the examples trained on and scored (count and content hash): the same files under the same settings
+        **{f"data.{k}": v for k, v in (training.get("data") or {}).items()},
         # as the cell's keys have it (a system message the plain style leaves out is null), where result.json
         # records what its keys were computed from
         **{f"prompt.{k}": v for k, v in (_keyed_prompt(record) or {}).items()},
@@ -400,14 +436,35 @@ def _record_lr(record: Mapping[str, Any]) -> float | None:
     return float(value) if _positive_number(value) else None
 
 
-def choose(records: Sequence[Mapping[str, Any]], metric: str = DEFAULT_METRIC,
+def search_metric(cells: Sequence[Mapping[str, Any]]) -> str:
+    """The validation metric a search of one dataset is chosen on: its claims metric, as the report reads it (a
+    rate chosen on flexible would be tuned for another score than the one OrcaMath's claims read, lenient)."""
+    from slm_sweep.report.aggregate import claims_metric
+
+    return f"val_{accuracy_key(claims_metric(cells))}"
+
+
+def _margin(best: Mapping[str, Any], runner_up: Mapping[str, Any], metric: str, n_val: int) -> dict[str, Any]:
+    """The winner's lead over the runner-up and the lead's standard error, as two accuracies on ``n_val`` questions
+    averaged over their seeds (binomial, unpaired: a rough scale that says whether the search separated them)."""
+    first, second = best[metric], runner_up[metric]
+    seeds = max(1, min(best["seeds"], runner_up["seeds"]))
+    se = math.sqrt((first * (1 - first) + second * (1 - second)) / (n_val * seeds))
+    margin = round(first - second, 9)
+    return {"runner_up": runner_up["lr"], "margin": margin, "margin_se": round(se, 6),
+            **({"within_noise": True} if margin < 2 * se else {})}
+
+
+def choose(records: Sequence[Mapping[str, Any]], metric: str | None = None,
            min_val_examples: int = MIN_VAL_EXAMPLES) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """The best learning rate of every dataset x model x method searched in ``records``.
+    """The best learning rate of every dataset x model x method searched in ``records``, on ``metric`` (None:
+    each dataset's claims metric, ``search_metric``).
 
     Only cells scored on the validation split of a trained method count. Raises TuningError when the cells of
     one search disagree in anything but the learning rate and the seed, scored different validation sets, or
     scored fewer than ``min_val_examples`` questions.
     """
+    asked = metric
     groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for record in records:
         config = record.get("config") or {}
@@ -417,11 +474,12 @@ def choose(records: Sequence[Mapping[str, Any]], metric: str = DEFAULT_METRIC,
     chosen = {}
     for key, cells in sorted(groups.items()):
         name = "/".join(key)
+        metric = asked or search_metric(cells)
         settings = [_training_settings(r) for r in cells]
-        # a cell that failed before computing its keys says nothing of the code it would have trained with
+        # a cell that failed before computing its keys says nothing of the code or examples it would have used
         differing = sorted(k for k in {k for s in settings for k in s}
                            if len({repr(s.get(k)) for s in settings
-                                   if not (k == "code.training" and s.get(k) is None)}) > 1)
+                                   if not (k in _FROM_KEYS and s.get(k) is None)}) > 1)
         if differing:
             values = "; ".join(f"{k}: {', '.join(sorted({repr(s.get(k)) for s in settings}))}" for k in differing)
             raise TuningError(f"the search cells of {name} differ in more than the learning rate ({values}): "
@@ -491,7 +549,15 @@ def choose(records: Sequence[Mapping[str, Any]], metric: str = DEFAULT_METRIC,
             best["at_edge"] = edge
             log.warning("%s: the chosen rate %g is the %s compared; the best may lie beyond the grid", name,
                         best["lr"], edge)
-        chosen[key] = {"lr": best["lr"], "metric": metric, "best": best[metric], "val_examples": n_val,
+        margin = {}
+        if len(scored) > 1:
+            margin = _margin(best, max((c for c in scored if c is not best), key=lambda c: c[metric]), metric, n_val)
+            if margin.get("within_noise"):
+                log.warning("%s: the chosen rate %g leads the runner-up %g by %.1f points of %s, within two standard "
+                            "errors (%.1f each): the search did not separate them (more seeds or validation "
+                            "questions would)", name, best["lr"], margin["runner_up"], 100 * margin["margin"],
+                            metric, 100 * margin["margin_se"])
+        chosen[key] = {"lr": best["lr"], "metric": metric, "best": best[metric], **margin, "val_examples": n_val,
                        "candidates": candidates, "seeds": all_seeds,
                        # from a cell that computed its keys (the code version is known there)
                        "trained_with": tuned_under(next((c for c in cells if c.get("status") == "completed"),
@@ -504,7 +570,7 @@ def choose(records: Sequence[Mapping[str, Any]], metric: str = DEFAULT_METRIC,
 HEADER = """\
 # Learning rates chosen on the validation split (carved from train; the test split is never generated on),
 # one per dataset x model x method: the highest mean {metric} over seeds, ties to the lower mean
-# validation loss, then to the smaller rate. Cells with tuning.lr=tuned (experiment=paper) train at lr.<dataset>.
+# validation loss, then to the smaller rate; `margin` is the lead over the runner-up. Cells with tuning.lr=tuned (experiment=paper) train at lr.<dataset>.
 # <model>.<method>; without an entry they keep method.lr and result.json says so (learning_rate).
 # Written by `python -m slm_sweep.tune {sources}`; rerun it after a new search
 # (entries of other searches are kept). `searched` lists every candidate and its validation scores.
@@ -512,8 +578,9 @@ HEADER = """\
 
 
 def write_table(chosen: Mapping[tuple[str, str, str], Mapping[str, Any]], path: str | Path, sources: Sequence[str],
-                metric: str, keep: Mapping[str, Any] | None = None) -> Path:
-    """Write (atomically) the table at ``path``: ``keep``'s entries, then the ``chosen`` ones over them."""
+                metric: str | None, keep: Mapping[str, Any] | None = None) -> Path:
+    """Write (atomically) the table at ``path``: ``keep``'s entries, then the ``chosen`` ones over them. ``metric``
+    None: each dataset's claims metric was maximised (the table says ``claims_metric``)."""
     import yaml
 
     from slm_sweep.results import atomic_write_text
@@ -523,15 +590,20 @@ def write_table(chosen: Mapping[tuple[str, str, str], Mapping[str, Any]], path: 
     for (dataset, model, method), entry in chosen.items():
         lr.setdefault(dataset, {}).setdefault(model, {})[method] = entry["lr"]
         searched.setdefault(dataset, {}).setdefault(model, {})[method] = {
-            "metric": entry["metric"], "best": entry["best"], "val_examples": entry["val_examples"],
+            "metric": entry["metric"], "best": entry["best"],
+            **{k: entry[k] for k in ("runner_up", "margin", "margin_se", "within_noise") if k in entry},
+            "val_examples": entry["val_examples"],
             "candidates": [dict(c) for c in entry["candidates"]],
             **({"seeds": list(entry["seeds"])} if entry.get("seeds") is not None else {}),
             **({"trained_with": dict(entry["trained_with"])} if entry.get("trained_with") else {})}
     searches = list(dict.fromkeys([*((keep or {}).get("searches") or []), *sources]))
+    metric = metric or CLAIMS_METRIC
     data = {"metric": metric, "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "searches": searches, "lr": lr, "searched": searched}
     path = Path(path)
-    text = HEADER.format(metric=metric, sources=" ".join(sources)) + yaml.safe_dump(data, sort_keys=False)
+    described = ("validation accuracy on each dataset's claims metric (searched.<...>.metric)"
+                 if metric == CLAIMS_METRIC else metric)
+    text = HEADER.format(metric=described, sources=" ".join(sources)) + yaml.safe_dump(data, sort_keys=False)
     atomic_write_text(path, text)
     return path
 
@@ -543,8 +615,12 @@ def render(chosen: Mapping[tuple[str, str, str], Mapping[str, Any]]) -> str:
         metric = entry["metric"]
         scores = ", ".join(f"{c['lr']:g}: " + ("n/a" if c[metric] is None else f"{c[metric]:.3f}")
                            for c in entry["candidates"])
+        lead = ""
+        if entry.get("margin") is not None:
+            lead = (f", {100 * entry['margin']:.1f} ± {100 * entry['margin_se']:.1f} points over {entry['runner_up']:g}"
+                    + (": within noise" if entry.get("within_noise") else ""))
         lines.append(f"{dataset}/{model}/{method}: lr {entry['lr']:g} ({metric} {entry['best']:.3f} on "
-                     f"{entry['val_examples']} examples; candidates {scores})")
+                     f"{entry['val_examples']} examples{lead}; candidates {scores})")
     return "\n".join(lines)
 
 
@@ -581,7 +657,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", metavar="FILE", default=str(table_path(DEFAULT_TABLE)),
                         help="the table to write (default: %(default)s); its entries of other searches are kept")
     parser.add_argument("--replace", action="store_true", help="drop the table's earlier entries")
-    parser.add_argument("--metric", default=DEFAULT_METRIC, help="validation metric to maximise (%(default)s)")
+    parser.add_argument("--metric", default=None,
+                        help="validation metric to maximise (default: each dataset's claims metric, "
+                             "val_accuracy_flexible; val_accuracy_lenient on OrcaMath)")
     parser.add_argument("--min-val-examples", type=int, default=MIN_VAL_EXAMPLES, metavar="N",
                         help="refuse searches scored on fewer validation questions (%(default)s)")
     args = parser.parse_args(argv)
@@ -591,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = choose(records, args.metric, args.min_val_examples)
         if not chosen:
             raise TuningError(f"no search cell under {', '.join(args.dirs)} (a trained method scored with "
-                              f"eval.split=val and {args.metric}) completed")
+                              f"eval.split=val and {args.metric or 'its dataset claims metric'}) completed")
         out = Path(args.out)
         keep = None if args.replace or not out.exists() else read_table(out)
         path = write_table(chosen, out, [str(d) for d in args.dirs], args.metric, keep)

@@ -462,21 +462,35 @@ def test_a_prompt_learning_peft_config_is_refused_before_training(target):
     assert peft_config({"peft": {"_target_": "peft.LoHaConfig", "r": 4}}).peft_type.value == "LOHA"
 
 
-def test_the_metric_sweepers_optimise_is_the_primary_metric():
-    """conf/config.yaml and the search configs name the metric Hydra's sweepers maximise; the code names it once
-    (scoring.PRIMARY_METRIC), and the report, its plots and the tune command derive theirs from it."""
-    from omegaconf import OmegaConf
+def test_the_metric_sweepers_optimise_is_the_one_claims_read_on_the_dataset(tiny_cfg):
+    """conf/config.yaml and the search configs name the metric Hydra's sweepers maximise: the accuracy the report's
+    claims read on the dataset (its claims_metric: lenient on OrcaMath), on the validation split in a search; the
+    code names the primary metric once (scoring.PRIMARY_METRIC), and the plots derive theirs from it. A misspelt
+    claims metric or optimised accuracy is refused, naming the allowed ones."""
+    import yaml
+    from hydra import compose, initialize_config_dir
 
+    from slm_sweep.config import ConfigError, use_metric_modules_checked
     from slm_sweep.report import plots
     from slm_sweep.scoring import PRIMARY_METRIC, accuracy_key
-    from slm_sweep.tune import DEFAULT_METRIC
 
     primary = accuracy_key(PRIMARY_METRIC)
-    assert OmegaConf.load(CONF_DIR / "config.yaml").optimized_metric == primary
-    for search in sorted((CONF_DIR / "hparams_search").glob("*.yaml")):
-        metric = OmegaConf.load(search).get("optimized_metric")
-        assert metric in (None, f"val_{primary}"), search.name
-    assert DEFAULT_METRIC == f"val_{primary}" and plots._MEAN == f"{primary}_mean"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for overrides, expected in (([], primary), (["dataset=orcamath"], "accuracy_lenient"),
+                                    (["hparams_search=lr_grid"], f"val_{primary}"),
+                                    (["hparams_search=lr_grid", "dataset=orcamath"], "val_accuracy_lenient"),
+                                    (["hparams_search=optuna", "dataset=orcamath"], "val_accuracy_lenient")):
+            assert compose(config_name="config", overrides=overrides).optimized_metric == expected, overrides
+    searches = {p.stem: yaml.safe_load(p.read_text()).get("optimized_metric")
+                for p in (CONF_DIR / "hparams_search").glob("*.yaml")}
+    assert all(m in (None, "val_accuracy_${dataset.claims_metric}") for m in searches.values()), searches
+    assert plots._MEAN == f"{primary}_mean"
+    use_metric_modules_checked(tiny_cfg())
+    with pytest.raises(ConfigError, match="dataset.claims_metric='lenint' is not a registered metric; one of: strict"):
+        use_metric_modules_checked(tiny_cfg("dataset.claims_metric=lenint"))
+    cfg = tiny_cfg("optimized_metric=val_accuracy_flexibel")
+    with pytest.raises(ConfigError, match="optimized_metric='val_accuracy_flexibel' is the accuracy of no registered"):
+        use_metric_modules_checked(cfg)
 
 
 def test_the_paper_evaluates_on_the_sets_training_is_deduplicated_against():

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
+import shutil
 import subprocess
 import sys
 
@@ -17,8 +19,8 @@ from omegaconf import open_dict
 
 from slm_sweep.config import ConfigError, validate_config
 from slm_sweep.run import run
-from slm_sweep.tune import TuningError, choose, main, resolve_lr
-from tests.conftest import CONF_DIR, FAST_TINY, REPO
+from slm_sweep.tune import TuningError, choose, main, render, resolve_lr
+from tests.conftest import CONF_DIR, DATA_ROOT, FAST_TINY, REPO
 from tests.test_sweep import SWEEP_SETTINGS, env
 
 GRID = {"full": [1.0e-5, 1.0e-3], "lora": [1.0e-4, 1.0e-2]}
@@ -53,7 +55,7 @@ def test_lr_grid_over_full_and_lora_gives_a_table_that_a_tuned_cell_trains_with(
     assert main([str(sweep), "--out", str(table_file)]) == 2 and not table_file.exists()
     assert main([str(sweep), "--out", str(table_file), "--min-val-examples", "8"]) == 0
     table = yaml.safe_load(table_file.read_text())
-    assert table["metric"] == "val_accuracy_flexible" and table["searches"] == [str(sweep)]
+    assert table["metric"] == "claims_metric" and table["searches"] == [str(sweep)]
     for method, rates in GRID.items():
         runs = {c["learning_rate"]["value"]: c["metrics"] for c in cells if c["method"] == method}
         # highest validation accuracy; a tie goes to the lower validation loss, then to the smaller rate
@@ -70,9 +72,10 @@ def test_lr_grid_over_full_and_lora_gives_a_table_that_a_tuned_cell_trains_with(
     # the rate was searched at 2 steps: a cell of 1 step is refused before it loads anything, one of 2 trains
     with pytest.raises(ConfigError, match=r"trainer.max_steps: searched 2, here 1"):
         validate_config(compose_config([*FAST_TINY, "method=lora", "trainer.max_steps=1", "tuning.lr=tuned",
-                                         f"tuning.table={table_file}"]))
+                                         "eval.dtype=float32", f"tuning.table={table_file}"]))
+    # the search scored in float32 (hparams_search=lr_grid), as the paper's cells do
     cfg = compose_config([*FAST_TINY, "method=lora", "trainer.max_steps=2", "dataset.test_limit=2",
-                          "tuning.lr=tuned", f"tuning.table={table_file}"])
+                          "tuning.lr=tuned", "eval.dtype=float32", f"tuning.table={table_file}"])
     record = run(cfg, out_dir=tmp_path / "tuned")
     assert record["status"] == "completed", record.get("error")
     tuned = table["lr"]["gsm8k"]["tiny"]["lora"]
@@ -291,6 +294,33 @@ def test_a_rate_that_lost_seeds_is_no_candidate_however_well_its_survivors_score
         choose([_record("lora", 1e-4, 0.3), _record("lora", 1e-4, 0.31), _record("lora", 2e-4, 0.3)])
 
 
+def test_each_dataset_is_searched_on_its_claims_metric_and_the_winners_lead_is_recorded(caplog):
+    """OrcaMath's claims read the lenient score: its rate is chosen on that, not on flexible, unless --metric says
+    otherwise. The lead over the runner-up is recorded with its standard error; a lead within two of them is
+    flagged, since the search did not separate the two rates."""
+    def orca(lr, flexible, lenient, seed=0):
+        record = _record("lora", lr, flexible, seed=seed)
+        record["dataset"] = "orcamath"
+        record["metrics"]["val_accuracy_lenient"] = lenient
+        record["config"]["dataset"] = {"name": "orcamath", "claims_metric": "lenient"}
+        return record
+
+    cells = [orca(1e-4, 0.40, 0.30), orca(2e-4, 0.20, 0.50), orca(5e-4, 0.10, 0.46),
+             _record("lora", 1e-4, 0.30), _record("lora", 2e-4, 0.38)]
+    chosen = choose(cells)
+    orcamath, gsm8k = chosen["orcamath", "m", "lora"], chosen["gsm8k", "m", "lora"]
+    assert orcamath["lr"] == 2e-4 and orcamath["metric"] == "val_accuracy_lenient"
+    assert gsm8k["lr"] == 2e-4 and gsm8k["metric"] == "val_accuracy_flexible"
+    assert choose(cells, "val_accuracy_flexible")["orcamath", "m", "lora"]["lr"] == 1e-4
+    # 0.50 against 0.46 on 500 questions: a lead of 4 points, standard error sqrt((.25 + .2484) / 500) = 3.2
+    assert orcamath["runner_up"] == 5e-4 and math.isclose(orcamath["margin"], 0.04)
+    assert math.isclose(orcamath["margin_se"], math.sqrt((0.25 + 0.46 * 0.54) / 500), rel_tol=1e-5)
+    assert orcamath["within_noise"] is True
+    assert "orcamath/m/lora: the chosen rate 0.0002 leads the runner-up 0.0005 by 4.0 points" in caplog.text
+    assert gsm8k["margin"] == pytest.approx(0.08) and "within_noise" not in gsm8k  # 8 points, SE 3.0
+    assert "4.0 ± 3.2 points over 0.0005: within noise" in render(chosen)
+
+
 def test_equal_counts_of_correct_answers_tie_whatever_the_float_rounding():
     """(140, 143, 144) and (144, 143, 140) of 497: the float means differ in the last place; the tie goes to the
     lower validation loss."""
@@ -400,6 +430,48 @@ def test_a_tuned_rate_is_refused_for_a_cell_trained_otherwise_than_its_search(ti
         validate_config(tiny_cfg("method=lora", "trainer.max_steps=3", "tuning.lr=tuned", f"tuning.table={table}"))
 
 
+def test_a_tuned_rate_is_refused_for_a_cell_whose_data_files_changed_since_the_search(tiny_cfg, tmp_path):
+    """The settings can match while the files do not (a data folder replaced or edited since the search): the
+    table records the examples searched on (count and content hash) and the cell compares them with the ones it
+    loaded, before it trains."""
+    from omegaconf import OmegaConf
+
+    from slm_sweep.run import identify, load_data
+    from slm_sweep.tune import write_table as write_lr_table
+
+    def cell(*overrides):
+        return tiny_cfg("method=lora", "trainer.max_steps=2", "dataset.test_limit=2", *overrides)
+
+    searched = cell()
+    examples = identify(searched, OmegaConf.to_container(searched, resolve=True), load_data(searched))
+    records = [{**searched_as(_record("lora", lr, accuracy, n_val=8, seed=1000), searched, lr), "model": "tiny"}
+               for lr, accuracy in ((1e-4, 0.3), (2e-4, 0.4))]
+    for record in records:
+        record["identity"]["parts"]["training"]["data"] = examples.parts["training"]["data"]
+    table = write_lr_table(choose(records, min_val_examples=8), tmp_path / "lr.yaml", ["search"], None)
+    trained_with = yaml.safe_load(table.read_text())["searched"]["gsm8k"]["tiny"]["lora"]["trained_with"]
+    assert trained_with["data.train"] == examples.parts["training"]["data"]["train"]
+
+    same = run(cell("tuning.lr=tuned", f"tuning.table={table}"), out_dir=tmp_path / "same")
+    assert same["status"] == "completed" and same["learning_rate"]["source"] == "tuned", same.get("error")
+    assert same["learning_rate"]["margin"] == pytest.approx(0.1)
+
+    edited = tmp_path / "gsm8k"
+    edited.mkdir()
+    source = DATA_ROOT / "gsm8k"
+    shutil.copy(source / "test.jsonl", edited / "test.jsonl")
+    with open(source / "train.jsonl") as f, open(edited / "train.jsonl", "w") as out:
+        for line in f:
+            row = json.loads(line)
+            out.write(json.dumps({**row, "question": row["question"] + " Show your work."}) + "\n")
+    changed = run(cell("tuning.lr=tuned", f"tuning.table={table}", f"dataset.data_dir={edited}"),
+                  out_dir=tmp_path / "changed")
+    assert changed["status"] == "failed"
+    assert re.search(r"lr.gsm8k.tiny.lora in .* was searched on other examples than this cell loaded "
+                     r"\(data.train: searched 48:\w+, here 48:\w+; data.val: searched 8:", changed["error"])
+    assert changed["metrics"].get("train_steps") in (None, 0) and not (tmp_path / "changed" / "checkpoints").exists()
+
+
 def test_a_tuned_rate_is_refused_for_a_cell_at_a_seed_it_was_searched_on(tiny_cfg, tmp_path):
     """The search's winner did best on validation partly by its seed's luck: a reported cell at that rate and seed
     is the same run again. The searches run seed 1000 unless told, apart from the reported 0, 1, 2."""
@@ -462,8 +534,9 @@ def test_a_system_message_the_plain_style_leaves_out_does_not_refuse_the_tuned_r
                           table, tmp_path / "lr.yaml")
     # a record without identity (it failed before its keys were computed) and a table written before the plain
     # style's system message was keyed as null read the same settings
-    without_code = {k: v for k, v in tuned_under(record).items() if k != "code.training"}
-    assert {k: v for k, v in tuned_under({"config": config}).items() if k != "code.training"} == without_code
+    keyed = ("code.training", "data.train", "data.val")  # what only a record's keys say
+    without_code = {k: v for k, v in tuned_under(record).items() if k not in keyed}
+    assert {k: v for k, v in tuned_under({"config": config}).items() if k not in keyed} == without_code
     searched = table["searched"]["gsm8k"]["tiny"]["lora"]
     searched["trained_with"] = {**searched["trained_with"], "prompt.system": "Be brief."}
     check_tuned_under(compose_config([*FAST_TINY, "method=lora", *plain, "tuning.lr=tuned"]), table,
