@@ -656,6 +656,8 @@ def _validate_method(cfg: DictConfig) -> None:
             raise ConfigError(f"method.peft ({method.peft._target_}) refuses its arguments: {err}") from None
     if method.get("num_fewshot") is not None:
         _number(cfg, "method.num_fewshot", "a non-negative integer")
+    if "shot_seed" in method:  # null: the run's seed draws the shots
+        _number(cfg, "method.shot_seed", "a non-negative integer", allow_none=True)
 
 
 def _validate_metric_modules(cfg: DictConfig) -> None:

@@ -51,7 +51,9 @@ TRAINING_CODE_VERSION = 6  # 6: on several devices each device draws its own dro
 # TRAINING_SOURCES_SHA256 below hold the hash of the sources behind each version, so an edit of one of them
 # without a bump, or a recorded statement that it changes no result, fails a test; and a cell run from edited
 # sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
-SCORING_VERSION = 15  # 15: a model cast for evaluation (eval.dtype=bfloat16, adapters merged through float32)
+SCORING_VERSION = 16  # 16: adapters on a half-precision base merged into the evaluation dtype (float32 kept all of
+# their update; it was rounded to the base's bf16 first) (15: a model cast for evaluation (eval.dtype=bfloat16,
+# adapters merged through float32))
 # keeps its rotary frequencies in float32, as loading it in that dtype does (they were rounded to bf16); kept
 # full weights are re-scored in the dtype they were kept in (a bf16 base's float32 weights were rounded to bf16);
 # a prose reference whose "the answer is" sentence is followed by a closing "Note: ..." paragraph keeps its answer
@@ -101,8 +103,8 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "placement.py", "methods.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py", "placement.py")
-SCORING_SOURCES_SHA256 = {15: "03bc2e9a32ecab5a2548112ab0506bc18620a3054a81c53c29ac306325635b9a"}
-TRAINING_SOURCES_SHA256 = {6: "a4df74cb5d07c4aafe09e33e53b1b89e9873b8fb0e1fa6aed1874bb70b3019f4"}
+SCORING_SOURCES_SHA256 = {16: "14a72c90a6a473cf4b6e650b3bb676517de2d5c7432daaeee7d00f1b5f9103b1"}
+TRAINING_SOURCES_SHA256 = {6: "b7e8aa6560651a2d9c71ed6efbb15216f194d502736d8c427b997281598268e6"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",
@@ -409,14 +411,28 @@ def is_seed_independent(method: Mapping[str, Any]) -> bool:
     return not method.get("num_fewshot") or method.get("shot_seed") is not None
 
 
+def method_identity(method: Mapping[str, Any]) -> dict[str, Any]:
+    """The method's settings as keyed: a list of ``target_modules`` (top level and in ``peft``) sorted and without
+    repeats, since peft reads it as a set, so that both orders of one configuration share its keys."""
+    def as_set(value: Any) -> Any:
+        return sorted(set(map(str, value))) if isinstance(value, (list, tuple)) else value
+
+    method = dict(method)
+    if "target_modules" in method:
+        method["target_modules"] = as_set(method["target_modules"])
+    if isinstance(method.get("peft"), Mapping) and "target_modules" in method["peft"]:
+        method["peft"] = {**method["peft"], "target_modules": as_set(method["peft"]["target_modules"])}
+    return method
+
+
 def prompt_identity(prompt: Mapping[str, Any] | None, auto_style: str | None) -> dict[str, Any]:
     """The prompt settings as keyed: a ``prompt.style`` that ``auto`` chooses for this tokenizer (``auto_style``,
     chat or plain) is keyed as ``auto``, so that both spellings of one configuration share its keys; the plain
     style renders no system message (data.prompts.build_prompt), so there ``prompt.system`` is keyed as null."""
     prompt = dict(prompt or {})
     style = prompt.get("style") or "auto"
-    if (auto_style if style == "auto" else style) == "plain":
-        prompt["system"] = None
+    if (auto_style if style == "auto" else style) == "plain" or not prompt.get("system"):
+        prompt["system"] = None  # an empty message renders none either (data.prompts.build_prompt)
     if auto_style is not None and style == auto_style:
         prompt["style"] = "auto"
     return prompt
@@ -433,7 +449,7 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
     """
     from slm_sweep.data.specs import dataset_spec
 
-    method = dict(config["method"])
+    method = method_identity(config["method"])
     trains = bool(method.get("train"))
     prompt = prompt_identity(config.get("prompt"), auto_style)
     seed = int(config["seed"])

@@ -159,11 +159,14 @@ def save_atomically(model, target: str | Path) -> Path:
     return target
 
 
-def merge_adapters_for_eval(model):
-    """Fold the adapters into the base weights (in float32, then back to the model's dtype).
+def merge_adapters_for_eval(model, dtype: torch.dtype | None = None):
+    """Fold the adapters into the base weights, in float32, and keep the sum in ``dtype`` (None: the model's).
 
-    Generation then runs at the speed of the plain model; the merged model computes the same function. Adapters on
-    quantized weights stay unmerged: merging would quantize the sum again and change the function that was trained.
+    Generation then runs at the speed of the plain model; the merged model computes the same function, up to the
+    rounding of the sum to ``dtype``. Pass the dtype the model is scored in: a bf16 base scored in float32 would
+    otherwise have the sum rounded to bf16 first, and with it most of an adapter's update, which is small beside
+    the weight (while full fine-tuning's float32 weights are scored as trained). Adapters on quantized weights stay
+    unmerged: merging would quantize the sum again and change the function that was trained.
     """
     from peft import PeftModel
 
@@ -174,8 +177,7 @@ def merge_adapters_for_eval(model):
         return model
     from slm_sweep.placement import cast_weights
 
-    dtype = next(model.parameters()).dtype
-    if dtype != torch.float32:
-        model = cast_weights(model, torch.float32)
+    dtype = dtype or next(model.parameters()).dtype
+    model = cast_weights(model, torch.float32)
     merged = model.merge_and_unload()
     return cast_weights(merged, dtype)

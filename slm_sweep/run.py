@@ -656,10 +656,11 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
         return
 
     ood_sets = data.ood_sets
-    # Every method generates on the resolved device and dtype; adapters are merged there, in the weights' dtype.
+    # Every method generates on the resolved device and dtype; adapters are merged there, in float32, and the sum
+    # kept in the evaluation dtype (a bf16 base scored in float32 keeps all of the adapters' update).
     trained_on = (record["placement"]["train"] or {}).get("device")
     placement = resolve_placement(cfg.eval, cfg.model, model, trained_on=trained_on)
-    model = to_dtype(merge_adapters_for_eval(to_device(model, placement.device)), placement.dtype)
+    model = to_dtype(merge_adapters_for_eval(to_device(model, placement.device), placement.dtype), placement.dtype)
     record["placement"]["eval"] = placement.describe()
     log.info("evaluating on %s (%s) in %s", placement.device, record["placement"]["eval"]["device_name"],
              record["placement"]["eval"]["dtype"])

@@ -206,6 +206,13 @@ def validate(cfg: DictConfig) -> None:
     if source != "method":
         raise ConfigError("tuning.lr=tuned cannot be combined with a learning-rate search "
                           f"(tuning.lr_candidate={candidate}): a search sets the rate itself")
+    from slm_sweep.config_sources import group_options
+
+    methods = group_options("method")
+    unknown = sorted(str(name) for name in (tuning.get("lr_grid") or {}) if name not in methods)
+    if unknown:  # a misspelt method's candidates would be left unused, and the grid around method.lr searched
+        raise ConfigError(f"tuning.lr_grid has candidates for {', '.join(map(repr, unknown))}, which is no method; "
+                          f"one of: {', '.join(methods)}")
     given = (tuning.get("lr_grid") or {}).get(method)
     if given is not None:
         for i, value in enumerate(list(given)):
@@ -363,11 +370,16 @@ def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
     """What a search cell trained and scored with, apart from its learning rate and seed: candidates compared
     against each other must agree on all of it."""
     from slm_sweep.data.specs import dedup_settings
-    from slm_sweep.identity import EVAL_SCORING_KEYS, trainer_identity, weight_changing_callbacks
+    from slm_sweep.identity import (
+        EVAL_SCORING_KEYS,
+        method_identity,
+        trainer_identity,
+        weight_changing_callbacks,
+    )
 
     config = record.get("config") or {}
     training = (((record.get("identity") or {}).get("parts") or {}).get("training") or {})
-    method = {k: v for k, v in (config.get("method") or {}).items() if k != "lr"}
+    method = {k: v for k, v in method_identity(config.get("method") or {}).items() if k != "lr"}
     dataset = config.get("dataset") or {}
     # the weights trained from (a table is keyed by model.name, which another id, revision or dtype keeps)
     model = {k: v for k, v in (config.get("model") or {}).items() if k not in _NOT_THE_WEIGHTS and v is not None}

@@ -155,6 +155,22 @@ def test_a_system_message_the_plain_style_leaves_out_changes_neither_key(tiny_cf
         assert keys(tiny_cfg(f"method={method}", "prompt.system=Be brief.")) != keys(tiny_cfg(f"method={method}"))
 
 
+def test_spellings_of_one_configuration_share_its_keys(tiny_cfg):
+    """peft reads target_modules as a set, and an empty system message renders none: both orders of a list, and
+    an empty message and none, are one configuration (different lists are not)."""
+    from slm_sweep.data.prompts import build_prompt
+    from slm_sweep.models import load_model_and_tokenizer
+
+    qv = keys(tiny_cfg("method=lora", "method.target_modules=[q_proj,v_proj]"))
+    assert keys(tiny_cfg("method=lora", "method.target_modules=[v_proj,q_proj,v_proj]")) == qv
+    assert keys(tiny_cfg("method=lora", "method.target_modules=[q_proj,k_proj]")) != qv
+    tokenizer = load_model_and_tokenizer(tiny_cfg().model)[1]
+    assert build_prompt(tokenizer, "How many?", style="chat", system="") == build_prompt(tokenizer, "How many?",
+                                                                                          style="chat")
+    for method in ("lora", "zeroshot_instructed"):
+        assert keys(tiny_cfg(f"method={method}", "prompt.system=''")) == keys(tiny_cfg(f"method={method}")), method
+
+
 def test_a_tuned_learning_rate_is_in_the_training_key_as_the_rate_itself(tiny_cfg, tmp_path):
     from slm_sweep.tune import resolve_lr
 

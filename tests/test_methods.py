@@ -210,6 +210,39 @@ def test_merged_adapters_compute_the_same_function():
     torch.testing.assert_close(_logits(merged, ids), before, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["lora", "dora"])
+def test_adapters_on_a_bf16_base_scored_in_float32_keep_their_whole_update(name):
+    """An adapter's update is small beside the weight: rounding the merged sum to the base's bf16 before the
+    float32 evaluation cast would keep little of it, while full fine-tuning's float32 weights are scored as
+    trained. Merged for a float32 evaluation, the weight is the float32 sum."""
+    model, tok = tiny()
+    model = apply_method(model.to(torch.bfloat16), method(f"method={name}"))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.data = p.data.float()
+            if "lora_B" in n:  # an update of a few parts in a thousand of the weight, as training leaves
+                p.normal_(0, 1e-4)
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    base = layer.base_layer.weight.detach().float().clone()
+    exact = layer.get_delta_weight("default").float()
+    if name == "dora":  # DoRA's merged weight: magnitude times the unit-norm direction of W + delta
+        combined = base + exact
+        exact = layer.lora_magnitude_vector["default"].weight.float().view(-1, 1) * combined / \
+            combined.norm(dim=1, keepdim=True) - base
+    ids = torch.tensor([tok("How many eggs are left? 16 - 3 = 13")["input_ids"]])
+    merged = merge_adapters_for_eval(copy.deepcopy(model), torch.float32)
+    weight = merged.model.layers[0].self_attn.q_proj.weight
+    assert weight.dtype == torch.float32
+    torch.testing.assert_close(weight - base, exact, rtol=1e-4, atol=1e-7)
+    # merged in the model's own dtype, the sum is rounded to bf16: most of the update is lost
+    rounded = merge_adapters_for_eval(copy.deepcopy(model)).model.layers[0].self_attn.q_proj.weight
+    assert rounded.dtype == torch.bfloat16
+    assert exact.norm() < 0.01 * base.norm()
+    assert (rounded.float() - base - exact).norm() > 0.3 * exact.norm()
+    assert _logits(merged, ids).dtype == torch.float32
+
+
 def test_qlora_trains_adapters_on_4_bit_weights_and_generates_unmerged():
     pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes: pip install 'slm_sweep[qlora]'")
     from peft import PeftModel

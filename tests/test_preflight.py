@@ -59,6 +59,29 @@ def test_a_set_absent_from_data_root_is_checked_on_the_hub(monkeypatch, tmp_path
     assert not typo.ok and typo.reason == f"data_root={tmp_path / 'typo'} is not a directory"
 
 
+def test_a_cached_hub_dataset_counts_only_with_its_config_and_the_splits_a_cell_reads(monkeypatch, tmp_path):
+    """datasets' cache keeps each config apart (<org>___<name>/<config>/<version>/<hash>/<name>-<split>.arrow):
+    gsm8k's socratic config cached is not its main one, which the cells load."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
+
+    def cache(config: str, *splits: str) -> None:
+        folder = tmp_path / "openai___gsm8k" / config / "0.0.0" / "abc123"
+        folder.mkdir(parents=True, exist_ok=True)
+        for split in splits:
+            (folder / f"gsm8k-{split}.arrow").write_bytes(b"")
+
+    cache("socratic", "train", "test")
+    other = check_dataset(GSM8K, Hub(), roles=("test",))
+    assert not other.ok and "openai/gsm8k is not in the local Hugging Face cache" in other.reason
+    cache("main", "test")
+    assert check_dataset(GSM8K, Hub(), roles=("test",)).ok
+    assert not check_dataset(GSM8K, Hub(), roles=("test", "train")).ok  # a trained cell reads train too
+    cache("main", "train")
+    trained = check_dataset(GSM8K, Hub(), roles=("test", "train"))
+    assert trained.ok and trained.source.endswith("openai___gsm8k/main/0.0.0/abc123")
+
+
 def test_unreachable_hub_is_asked_once_per_item_then_not_at_all(monkeypatch):
     import huggingface_hub
 
@@ -226,6 +249,42 @@ def test_a_gpu_grid_on_a_machine_without_cuda_is_refused_before_its_first_cell(r
     cpu = plan_grid(sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=zeroshot,lora", "trainer=gpu",
                                   "trainer.accelerator=cpu"]), composer)
     assert cpu.refused is None and not cpu.missing
+
+
+def test_a_tuned_rate_of_a_missing_model_leaves_that_model_out_instead_of_stopping_the_grid(requires_data, composer,
+                                                                                           tmp_path, monkeypatch):
+    """Checking a tuned rate renders the prompt style with the model's tokenizer; for a model that cannot be read
+    here that is the model's absence, which the preflight leaves out like any other, not an error of the grid."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    table = tmp_path / "lr.yaml"
+    table.write_text("lr: {gsm8k: {smollm135: {lora: 5.0e-4}, tiny: {lora: 5.0e-4}}}\n"
+                     "searched: {gsm8k: {smollm135: {lora: {trained_with: {method.r: 16}}}}}\n")
+    plan = plan_grid(sweep_config([f"data_root={DATA_ROOT}", "method=lora", "tuning.lr=tuned",
+                                   f"tuning.table={table}", "prompt.style=chat"],
+                                  params={"model": "tiny,smollm135"}), composer)
+    assert plan.refused is None and plan.left_out == {"model": ["smollm135"]}
+    assert len(plan.to_run) == 1 and "model=tiny" in plan.to_run[0]
+
+
+def test_a_gpu_grid_submitted_to_slurm_from_a_machine_without_cuda_keeps_its_trained_cells(requires_data, composer):
+    """A login node has no GPU; the cells run on the cluster's GPU nodes, each checking its own device before it
+    loads anything. Left out for want of CUDA here, the study's trained cells would never be submitted."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here")
+    task = [f"data_root={DATA_ROOT}", "model=tiny", "method=lora,full", "trainer=gpu"]
+    for launcher, refused in (("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", False),
+                              ("hydra._internal.core_plugins.basic_launcher.BasicLauncher", True),
+                              ("hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", True)):
+        cfg = sweep_config(task)
+        cfg.hydra.launcher = {"_target_": launcher}
+        plan = plan_grid(cfg, composer)
+        assert (plan.refused is not None) == refused, launcher
+        if not refused:
+            assert plan.cells == 2 and len(plan.to_run) == 2 and not plan.missing
+            device = next(c for c in plan.checked if c.kind == "device")
+            assert device.ok and "not checked here: SlurmLauncher runs the cells on other machines" in device.line()
 
 
 @pytest.mark.parametrize("order", ["default,gpu", "gpu,default"])

@@ -298,6 +298,26 @@ def test_an_early_failed_attempt_completed_in_another_folder_is_no_failure(tmp_p
     assert failed_cells(tmp_path) == []
 
 
+def test_a_learning_rate_grid_whose_cell_failed_exits_non_zero_and_one_that_diverged_does_not(tmp_path):
+    """A diverged rate is a result of a search (the tune command leaves it out); a crashed cell is not, and a grid
+    search (the basic sweeper) says so by its exit status. Optuna applies its own max_failure_rate."""
+    from slm_sweep.sweep.callbacks import AggregateSweep
+    from slm_sweep.sweep.preflight import BASIC_SWEEPER
+
+    def search(sweeper: str):
+        return OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "sweeper": {"_target_": sweeper}},
+                                 "eval": {"split": "val"}, "logger": None})
+
+    _job(tmp_path, "0-tiny-lora-gsm8k-lr-candidate0-seed1000", "diverged", "k-0")
+    AggregateSweep().on_multirun_end(search(BASIC_SWEEPER))
+    _job(tmp_path, "1-tiny-lora-gsm8k-lr-candidate1-seed1000", "failed", "k-1")
+    with pytest.raises(SystemExit) as stop:
+        AggregateSweep().on_multirun_end(search(BASIC_SWEEPER))
+    assert "1 cell(s) of the search" in str(stop.value) and "lr-candidate1-seed1000: failed" in str(stop.value)
+    assert "candidate0" not in str(stop.value)
+    AggregateSweep().on_multirun_end(search("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"))
+
+
 def test_a_summary_that_fails_neither_hides_the_failed_cells_nor_exits_zero(tmp_path, monkeypatch):
     """Hydra turns an exception of on_multirun_end into a warning and exits 0: the callback must decide the exit."""
     import slm_sweep.report as report

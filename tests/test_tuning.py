@@ -214,6 +214,9 @@ def test_a_missing_table_says_how_to_write_it(tiny_cfg, tmp_path):
     (["method=lora", "+tuning.lr_candidate=0", "+tuning.lr_grid={lora: [1e-4]}", "tuning.lr=tuned"],
      "tuning.lr=tuned cannot be combined with a learning-rate search"),
     (["method=lora", "tuning.lr=best"], "tuning.lr='best' is not one of: method, tuned"),
+    # a misspelt method's candidates would go unused, the grid around method.lr searched in their place
+    (["method=lora", "+tuning.lr_candidate=0", "+tuning.lr_grid={lroa: [1e-4, 3e-4]}"],
+     "tuning.lr_grid has candidates for 'lroa', which is no method; one of: dora, fewshot"),
 ])
 def test_bad_search_settings_name_the_value(tiny_cfg, overrides, message):
     with pytest.raises(ConfigError) as err:

@@ -117,11 +117,21 @@ class AggregateSweep(Callback):
         notes = preflight_notes(plan)
         failed = failed_cells(sweep_dir)
         if config.get("eval") and config.eval.get("split", "test") != "test":
-            # A hyperparameter search scores the validation split and Optuna writes its own summary. A failed
-            # trial (say, a learning rate that diverges) is an ordinary outcome of a search: Optuna records it as
-            # FAIL and applies hydra.sweeper.max_failure_rate, so the sweep's exit status stays Optuna's.
+            # A hyperparameter search scores the validation split; the tune command reads it, and Optuna writes its
+            # own summary. A learning rate that diverges is an ordinary outcome of a search (the tune command
+            # leaves it out of the candidates). Optuna records any failed trial as FAIL and applies
+            # hydra.sweeper.max_failure_rate, so its sweep's exit status stays Optuna's; a grid (the basic
+            # sweeper) whose cell failed otherwise exits non-zero, naming it, as any other grid does.
             for job, why in failed:
                 log.warning("failed trial %s: %s", job, why)
+            from slm_sweep.sweep.preflight import BASIC_SWEEPER
+
+            grid = str(OmegaConf.select(config, "hydra.sweeper._target_", default=BASIC_SWEEPER)) == BASIC_SWEEPER
+            broken = [(job, why) for job, why in failed if not why.startswith("diverged:")]
+            if grid and broken:
+                raise SystemExit(f"{len(broken)} cell(s) of the search in {sweep_dir} did not complete (a diverged "
+                                 "rate is a result; these are not):\n"
+                                 + "\n".join(f"  {job}: {why}" for job, why in broken))
             return
         from slm_sweep.report import DEFAULT_CLAIMS, ReportError
 

@@ -31,6 +31,11 @@ from slm_sweep.results import PREFLIGHT_FILE, redact_overrides
 log = logging.getLogger(__name__)
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+# Launchers that run the cells on this machine, whose devices the preflight can check; any other (SLURM, ...)
+# runs them elsewhere, where each cell checks its own before it loads anything.
+LOCAL_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+                   "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+                   "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher")
 HUB_TIMEOUT_S = 10.0
 TRUE_VALUES = ("1", "true", "yes", "on")
 # Swept keys that cannot change which model, data or device a cell needs: jobs differing only in these share one
@@ -131,12 +136,19 @@ def _hub_cache_snapshot(repo_id: str, revision: str | None, repo_type: str) -> P
     return Path(path)
 
 
-def _datasets_cache(repo_id: str) -> Path | None:
+def _datasets_cache(repo_id: str, config_name: str | None = None, splits: Sequence[str] = ()) -> Path | None:
+    """The folder of ``datasets``' cache (``<cache>/<org>___<name>/<config>/<version>/<hash>/``) that holds this
+    config of the dataset with an Arrow file of each of ``splits``; None without one. Another config of the same
+    dataset (gsm8k's socratic for main) is not it."""
     root = os.environ.get("HF_DATASETS_CACHE") or Path(
         os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
     ) / "datasets"
-    path = Path(root) / repo_id.replace("/", "___")
-    return path if path.is_dir() and any(path.iterdir()) else None
+    path = Path(root) / repo_id.replace("/", "___") / (config_name or "default")
+    for folder in sorted({p.parent for p in path.glob("*/*/*.arrow")}) if path.is_dir() else []:
+        names = [p.name for p in folder.glob("*.arrow")]
+        if all(any(re.search(rf"-{re.escape(split)}(-\d+-of-\d+)?\.arrow$", n) for n in names) for split in splits):
+            return folder
+    return None
 
 
 def check_model(model: Mapping[str, Any], hub: Hub, cache_dir: str | Path | None = None) -> Check:
@@ -248,7 +260,8 @@ def check_dataset(spec: Mapping[str, Any], hub: Hub, data_root: str | Path | Non
         return Check(kind, name, False, reason="it is local only (no hub id) and neither data_root nor "
                      "dataset.data_dir is set", fix=local_fix)
     path, revision = str(hub_spec["path"]), hub_spec.get("revision")
-    cached = _datasets_cache(path) or _hub_cache_snapshot(path, revision, "dataset")
+    hub_splits = [str((hub_spec.get("splits") or {}).get(role) or role) for role in roles]
+    cached = _datasets_cache(path, hub_spec.get("name"), hub_splits) or _hub_cache_snapshot(path, revision, "dataset")
     if cached:
         return Check(kind, name, True, f"Hugging Face cache {cached}")
     problem = hub.problem("dataset", path, revision)
@@ -268,8 +281,10 @@ def _plain(node: Any) -> Any:
 class Checker:
     """Checks the items of composed cell configs, each distinct item once."""
 
-    def __init__(self, hub: Hub | None = None) -> None:
+    def __init__(self, hub: Hub | None = None, launcher: str | None = None) -> None:
         self.hub = hub or Hub()
+        # the devices are checked only where the cells will run (None: here)
+        self.remote_launcher = launcher if launcher and launcher not in LOCAL_LAUNCHERS else None
         self.checks: dict[str, Check] = {}  # item key -> result, in the order first seen
         # dedup.against sets that cannot be read, where the cells train without them (dedup.on_missing=skip)
         self.dedup_skipped: dict[str, Check] = {}
@@ -309,7 +324,11 @@ class Checker:
         wants_gpu = [f"{key}={value}" for key, value in (
             ("trainer.accelerator", cfg.trainer.get("accelerator") if cfg.method.get("train") else None),
             ("eval.device", cfg.eval.get("device"))) if str(value or "").split(":")[0] in ("gpu", "cuda")]
-        if wants_gpu:
+        if wants_gpu and self.remote_launcher:
+            self._once(["device", "cuda"], lambda: Check(
+                "device", "cuda", True, f"not checked here: {self.remote_launcher.rsplit('.', 1)[-1]} runs the cells "
+                "on other machines, where each cell checks its device before it loads anything"))
+        elif wants_gpu:
             blocking.append(self._once(["device", "cuda"], check_cuda, wants_gpu))
         dedup = None if spec.get("dedup") is None else {**DEDUP_DEFAULTS, **spec["dedup"]}
         if deduplicated and dedup is not None and dedup["enabled"]:
@@ -484,7 +503,7 @@ def _sweep_axes(cfg: DictConfig) -> OrderedDict[str, list[str]]:
 def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], checker: Checker | None = None) -> Plan:
     """Check everything the sweep's cells need and decide what to leave out; ``plan.refused`` says why the grid
     cannot run as asked (one line per missing item). ``compose(overrides)`` composes one cell's config."""
-    checker = checker or Checker()
+    checker = checker or Checker(launcher=OmegaConf.select(cfg, "hydra.launcher._target_", default=None))
     on_missing = str(OmegaConf.select(cfg, "preflight.on_missing", default="skip"))
     target = str(OmegaConf.select(cfg, "hydra.sweeper._target_", default=BASIC_SWEEPER))
     plan = Plan(on_missing=on_missing, sweeper=target)
@@ -625,9 +644,11 @@ def _composed_cell(compose, overrides: list[str], plan: Plan, label: str = "") -
     from omegaconf.errors import OmegaConfBaseException
 
     from slm_sweep.config import ConfigError, check_method_name, use_metric_modules_checked, validate_config
+    from slm_sweep.models import ModelLoadError
     from slm_sweep.run import check_classes
     from slm_sweep.tune import resolve_lr
 
+    cell = None
     try:
         cell = compose(overrides)
         validate_config(cell)
@@ -649,6 +670,10 @@ def _composed_cell(compose, overrides: list[str], plan: Plan, label: str = "") -
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         plan.config_errors.setdefault(reason, []).append(label or " ".join(overrides))
         return None
+    except ModelLoadError:
+        # the tuned rate's check renders the prompt with the model's tokenizer, which cannot be read here: the
+        # model's own check below says so, and leaves the cell out (or the cell, run anyway, fails on it)
+        return cell
     except Exception as error:  # noqa: BLE001 - Hydra's composition errors (ConfigCompositionException & co.)
         if type(error).__module__.split(".")[0] != "hydra":
             raise
