@@ -52,7 +52,9 @@ TRAINING_CODE_VERSION = 6  # 6: on several devices each device draws its own dro
 # without a bump, or a recorded statement that it changes no result, fails a test; and a cell run from edited
 # sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
 SCORING_VERSION = 16  # 16: adapters on a half-precision base merged into the evaluation dtype (float32 kept all of
-# their update; it was rounded to the base's bf16 first) (15: a model cast for evaluation (eval.dtype=bfloat16,
+# their update; it was rounded to the base's bf16 first); lenient reads a '####' marker through markdown and
+# not a numbered heading, "between"/"either" make a hedge only before two numbers, a percent restating a plain
+# number is one answer (15: a model cast for evaluation (eval.dtype=bfloat16,
 # adapters merged through float32))
 # keeps its rotary frequencies in float32, as loading it in that dtype does (they were rounded to bf16); kept
 # full weights are re-scored in the dtype they were kept in (a bf16 base's float32 weights were rounded to bf16);
@@ -103,7 +105,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "placement.py", "methods.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py", "placement.py")
-SCORING_SOURCES_SHA256 = {16: "14a72c90a6a473cf4b6e650b3bb676517de2d5c7432daaeee7d00f1b5f9103b1"}
+SCORING_SOURCES_SHA256 = {16: "02af139e1177ac1ed5dc4500e58b0ddbb9870a7604759a4d5a483d3f8ed0e018"}
 TRAINING_SOURCES_SHA256 = {6: "b7e8aa6560651a2d9c71ed6efbb15216f194d502736d8c427b997281598268e6"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.

@@ -25,9 +25,12 @@ is" (any case), else the last number of the text once closing remarks are cut of
 "Note" or checking the result, a last sentence labelled so with a colon, "Note: ..." or "Check: ...", a
 parenthesised remark at the end). Where the part read holds an "=", the result after the last one counts ("the
 answer is 16 - 3 - 4 = 9 eggs" is 9). An explicit marker therefore wins over numbers written after it, and a
-closing "(Note: 1 dozen = 12)" is never the answer. A marker's answer that offers several values of one kind
-("12 or 13", "between 12 and 20", "\\boxed{12, 13}", "12 to 15 apples", "12 - 3") is no answer; one value
-restated in another unit ("45 minutes or 0.75 hours", "25% or 0.25") is its first. A sign set apart from its
+closing "(Note: 1 dozen = 12)" is never the answer, and a ``####`` answer wins over a later "the answer is". A
+marker's answer that offers several values of one kind ("12 or 13", "between 12 and 20", "\\boxed{12, 13}", "12
+to 15 apples", "12 - 3") is no answer; "between" / "either" makes a range only where it introduces the two
+numbers ("6 handshakes between the 4 friends" is 6). One value restated in another unit ("45 minutes or 0.75
+hours") is its first; so is a percent beside a plain number of the same value ("25% or 0.25", "0.25 or 25%",
+"1/2 or 50%"), while one of another value offers two ("12% or 13"). A sign set apart from its
 number on the marker's line ("#### - 5") is kept. Numbers may carry thousands separators, a currency
 sign, a percent sign (dropped: "25%" is 25), a sign and decimals, an exponent ("2.5e-05", "1.5 \\times 10^{6}",
 "3 × 10^4"), or be fractions ``3/4``, ``\\frac{3}{4}`` / ``\\dfrac{3}{4}`` or mixed numbers ``1 1/2`` /
@@ -35,8 +38,10 @@ sign, a percent sign (dropped: "25%" is 25), a sign and decimals, an exponent ("
 
 After "the answer is" or ``####`` the answer ends where a justification starts ("4 because 4 x 3 = 12" is 4,
 "5 (since 5 * 2 = 10)" is 5), and a restatement ("16 - 3 - 4, which is 9") is the answer, unless what it
-restates is one number already ("18, which is 9 * 2" is 18). A ``####`` counts only with a number after it (not
-a markdown heading "#### Step 2"). LaTeX thousands
+restates is one number already ("18, which is 9 * 2" is 18). A ``####`` counts only with a number after it,
+which may be set in markdown emphasis or code or follow an escaped dollar ("#### **$18**", "#### \\$18"); a
+markdown heading is no marker ("#### Step 2", "#### 2. Income": a number, ".", ")" or ":" and a title that ends
+no sentence). LaTeX thousands
 separators ("1{,}000") and rupees ("Rs.40") are read as numbers, and an amount in dollars and cents as one
 ("18 dollars and 50 cents" and "$18 and 50 cents" are 18.50).
 
@@ -124,11 +129,17 @@ _ROUNDED = re.compile(r"\b(?:(?P<negated>without|no|not|n't)\s+(?:any\s+)?)?roun
 _NEGATION = re.compile(r"\b(?:no|not|never|without|unnecessary|needless)\b|n't\b", re.IGNORECASE)
 _NEGATION_REACH = 30  # characters either side of a rounding mention that a negation reaches
 _PRECISION = re.compile(r"[\d.,]+\s*(?:decimal|place|digit|significant|dp\b)", re.IGNORECASE)
-# what may stand between "the answer is" and the answer: "The final answer is:\n\n**12**"
-_ANSWER_LEAD = " :\t\r\n*"
+# what may stand between "the answer is" (or "####") and the answer: "The final answer is:\n\n**12**", "#### `18`"
+_ANSWER_LEAD = " :\t\r\n*_`"
 _ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\b", re.IGNORECASE)
-# GSM8K's "#### <answer>" marker: only where a number follows, not a markdown heading ("#### Step 2: Money")
-_GSM8K_MARKER = re.compile(r"####(?=[ \t]*:?[ \t]*[-−]?[ \t]*[$€£¥₹]?[ \t]?\.?\d)")
+# GSM8K's "#### <answer>" marker: only where a number follows, in markdown emphasis or code or after an escaped
+# dollar ("#### **$18**", "#### \\$18"); not a markdown heading ("#### Step 2: Money", "#### **2. Income**"). A
+# numbered heading's title ends no sentence: "#### 18. That is 9 eggs at $2 each." is a marker.
+_MARKUP = r"[*_`]*"
+_NUMBERED_HEADING = (rf"[ \t]*{_MARKUP}[ \t]*\d+[.):][ \t]+{_MARKUP}[A-Za-z](?:[^\n]*[^\s.!?*_`])?"
+                     rf"[ \t\r*_`]*(?:\n|\Z)")
+_GSM8K_MARKER = re.compile(
+    rf"####(?!{_NUMBERED_HEADING})(?=[ \t]*:?[ \t]*{_MARKUP}[ \t]*[-−]?[ \t]*\\?[$€£¥₹]?[ \t]?\.?\d)")
 # In a reference, only a line that is "####" and a number counts: "#### 2. Cost of pears" is a heading
 _GSM8K_ANSWER_LINE = re.compile(
     r"^[ \t]*####[ \t]*:?[ \t]*(?P<answer>[-−]?[ \t]*[$€£¥₹]?[0-9.,]*\d[0-9.,]*)[ \t\r]*$", re.MULTILINE)
@@ -191,10 +202,13 @@ _JUSTIFICATION = re.compile(r",\s|\s*\((?!\s*[=≈])|\s+(?:because|since|as|give
 # A marker's answer that offers several values of one kind: two values joined as alternatives or a range ("12 or
 # 13", "12 to 15 apples", "between 12 and 20", "either 12 or 20", "12-15"), listed ("\\boxed{12, 13}") or left
 # as an unevaluated expression ("12 - 3", "2 \\times 3"). Not a hedge: one value restated in another unit ("45
-# minutes or 0.75 hours", "25% or 0.25"), or a second number that only explains the first ("18 - 9 eggs at $2
-# each", "4 and 2 left over", "3:00 pm").
-_RANGE_WORD = re.compile(r"\b(?:either|between)\b", re.IGNORECASE)
+# minutes or 0.75 hours", "25% or 0.25", "0.25 or 25%"), or a second number that only explains the first ("18 - 9
+# eggs at $2 each", "4 and 2 left over", "3:00 pm", "6 handshakes between the 4 friends").
+# right before the first number, at most one word between ("between about 12 and 20")
+_RANGE_WORD = re.compile(r"\b(?:either|between)\s+(?:[A-Za-z]+\s+)?$", re.IGNORECASE)
+_RANGE_JOIN = re.compile(r"[^\d]*?\s*\b(?:and|or)\s*", re.IGNORECASE)  # "12 and 20", "12 apples and 20"
 _ALTERNATIVE = re.compile(r"(?P<unit>[^\d]*?)\s*\b(?:or|to|through)\s*", re.IGNORECASE)
+_PERCENT_UNITS = ("%", "percent")
 _OPERATOR = re.compile(r"\s*(?:[,+*×÷±]|\bx\b|\\(?:times|cdot|div|pm))\s*")
 _SPACED_MINUS = re.compile(r"\s+[-−]\s*|\s*[-−]\s+")
 _UNIT_AFTER = re.compile(r"\s*([^\s,;.:!?)]*)")
@@ -488,17 +502,19 @@ def _one_answer(part: str) -> tuple[Fraction, int | None] | None:
     found = _number_spans(text)
     if not found:
         return None
-    value, decimals, _, end = found[0]
-    other = next((f for f in found[1:] if f[0] != value), None)
-    return None if other is not None and _offers_both(text, end, other[2], other[3]) else (value, decimals)
+    first = found[0]
+    other = next((f for f in found[1:] if f[0] != first[0]), None)
+    return None if other is not None and _offers_both(text, first, other) else first[:2]
 
 
-def _offers_both(text: str, first_end: int, second_start: int, second_end: int) -> bool:
-    """Whether the values that end at ``first_end`` and span [``second_start``, ``second_end``) of ``text`` are
-    offered as alternatives, a range, a list or an unevaluated expression."""
-    gap, after = text[first_end:second_start], text[second_end:]
-    # "between 12 and 20"; a dash right between two numbers is a range ("12-15", "12–15"; "-15" is no sign there)
-    if _RANGE_WORD.search(text) or gap in ("-", "–"):
+def _offers_both(text: str, first: tuple[Fraction, int | None, int, int],
+                 second: tuple[Fraction, int | None, int, int]) -> bool:
+    """Whether the values ``first`` and ``second`` (``_number_spans`` of ``text``) are offered as alternatives, a
+    range, a list or an unevaluated expression."""
+    gap, after = text[first[3]:second[2]], text[second[3]:]
+    # "between 12 and 20" (not "6 handshakes between the 4 friends"); a dash right between two numbers is a range
+    # ("12-15", "12–15"; "-15" is no sign there)
+    if (_RANGE_WORD.search(text, 0, first[2]) and _RANGE_JOIN.fullmatch(gap)) or gap in ("-", "–"):
         return True
     if _OPERATOR.fullmatch(gap):
         return True
@@ -507,9 +523,14 @@ def _offers_both(text: str, first_end: int, second_start: int, second_end: int) 
     alternative = _ALTERNATIVE.fullmatch(gap)
     if alternative is None:
         return False
-    # "12 or 13", "12 to 15 apples", "12 apples or 13 apples"; not "45 minutes or 0.75 hours", "25% or 0.25"
-    unit = alternative["unit"].strip().lower()
-    return not unit or unit == _UNIT_AFTER.match(after)[1].lower()
+    # "12 or 13", "12 to 15 apples", "12 apples or 13 apples"; not "45 minutes or 0.75 hours"
+    unit, unit_after = alternative["unit"].strip().lower(), _UNIT_AFTER.match(after)[1].lower()
+    if (unit in _PERCENT_UNITS) != (unit_after in _PERCENT_UNITS) and not (unit and unit_after):
+        # a percent beside a plain number restates it only as the same value ("25% or 0.25", "1/2 or 50%")
+        percent, plain = (first, second) if unit else (second, first)
+        return not (same_number(percent[0], 100 * plain[0], percent[1], FLOAT_NOISE)
+                    or same_number(plain[0], percent[0] / 100, plain[1], FLOAT_NOISE))
+    return not unit or unit == unit_after
 
 
 def lenient_value(text: str) -> Fraction | None:

@@ -435,6 +435,64 @@ def test_a_marker_with_one_stated_value_keeps_it(text, expected):
     assert extract_answer(text, "lenient") == expected
 
 
+# A numbered markdown heading ("#### 2. Income") is no GSM8K marker, on the output side as on the reference side;
+# a marker whose answer is set in bold or italics, in code, or after an escaped "\\$" is one.
+@pytest.mark.parametrize(("text", "expected"), [
+    pytest.param("#### 1. Eggs left\n16 - 3 - 4 = 9 eggs.\n\n#### 2. Income\n9 * $2 = $18.\n\nThe answer is 18.", "18",
+                 id="numbered-headings"),
+    pytest.param("#### **1. Eggs left**\n16 - 3 - 4 = 9\n#### **2) Income**\n9 * 2 = 18\n\nThe answer is 18.", "18",
+                 id="bold-numbered-headings"),
+    pytest.param("#### 2: Income\n9 * 2 = 18\n\nThe answer is 18.", "18", id="numbered-heading-with-colon"),
+    pytest.param("Janet has 9 eggs left.\n#### **$18** per day, from 9 eggs at $2 each", "18", id="bold-marker"),
+    pytest.param("Janet has 9 eggs left.\n#### \\$18 per day from 9 eggs at \\$2", "18", id="escaped-dollar"),
+    pytest.param("Janet has 9 eggs left.\n#### *18* dollars from 9 eggs at $2 each", "18", id="italic-marker"),
+    pytest.param("Janet has 9 eggs left.\n#### `18` dollars from 9 eggs at $2 each", "18", id="code-marker"),
+    pytest.param("Janet has 9 eggs left.\n#### 18. That is 9 eggs at $2 each.", "18", id="sentence-after-answer"),
+    pytest.param("It takes 90 minutes.\n#### 1.5 hours, at 60 minutes an hour", "1.5", id="decimal-is-no-heading"),
+    pytest.param("#### 2. Income\n9 * 2 = 18\n#### 18", "18", id="heading-then-marker"),
+])
+def test_a_gsm8k_marker_is_read_through_markup_and_a_numbered_heading_is_none(text, expected):
+    assert extract_answer(text, "lenient") == expected
+    assert is_correct(text, expected, "lenient") is True
+
+
+# "between" / "either" makes a range only where it introduces two numbers joined by "and" / "or"
+@pytest.mark.parametrize(("text", "expected"), [
+    pytest.param("The answer is 6 handshakes between the 4 friends.", "6", id="between-after-the-answer"),
+    pytest.param("#### 45 minutes between the 2 trains", "45", id="between-after-a-marker"),
+    pytest.param("The answer is 12 cookies shared between 3 kids.", "12", id="shared-between"),
+    pytest.param("The answer is 8 hours either way around the 2 lakes.", "8", id="either-way"),
+])
+def test_a_range_word_that_introduces_no_range_is_no_hedge(text, expected):
+    assert extract_answer(text, "lenient") == expected
+
+
+@pytest.mark.parametrize("text", [
+    "The answer is between 12 apples and 20 apples.", "The answer is between $12 and $20.",
+    "\\boxed{between 12 and 20}", "The answer is either 12 apples or 20 apples.", "The answer is between about 12 and 20.",
+])
+def test_a_range_word_that_introduces_two_numbers_is_a_hedge(text):
+    assert extract_answer(text, "lenient") is None
+    assert is_correct(text, "12", "lenient") is False and is_correct(text, "20", "lenient") is False
+
+
+# A percent restates a plain number when it is the same value (0.25 and 25%), in either order: the first counts.
+# A percent and a plain number of different values offer two answers.
+@pytest.mark.parametrize(("text", "expected"), [
+    pytest.param("The answer is 0.25 or 25%.", "0.25", id="decimal-then-percent"),
+    pytest.param("The answer is 25% or 0.25.", "25", id="percent-then-decimal"),
+    pytest.param("The answer is 1/2 or 50%.", "0.5", id="fraction-then-percent"),
+    pytest.param("The answer is 50 percent or 1/2.", "50", id="percent-word"),
+    pytest.param("The answer is 1/3 or 33.33%.", "0.333333", id="rounded-percent"),
+    pytest.param("The answer is 0.5 hours or 30 minutes.", "0.5", id="other-units-still-a-restatement"),
+    pytest.param("The answer is 12% or 13.", None, id="percent-and-another-value"),
+    pytest.param("The answer is 0.12 or 13%.", None, id="value-and-another-percent"),
+])
+def test_a_percent_restating_a_plain_number_is_one_answer(text, expected):
+    found = extract_answer(text, "lenient")
+    assert (found if found is None else found[:8]) == expected
+
+
 # Without a marker, a closing remark in the answer's own paragraph is cut as a closing paragraph is.
 # ... but only one that says so with a colon: "Note that ..." or "Checking the cookies after the sale: 36 - 20 = 16"
 # may be where the answer is worked out.
