@@ -929,3 +929,80 @@ def test_a_row_of_one_seed_is_drawn_without_an_error_bar():
 
     assert math.isnan(_error_bar({"accuracy_flexible_std": None}))
     assert _error_bar({"accuracy_flexible_std": 0.02}) == pytest.approx(2.0)
+
+
+def test_a_completed_seed_without_an_identity_is_not_pooled_into_a_keyed_configuration(tmp_path):
+    """Two LoRA seeds with a configuration key and a completed third without one (other code, before cells had an
+    identity): nothing shows the third was computed as the others were, so it gets a row of its own, labelled of
+    unknown configuration; a seed that failed before its key joins the keyed row as a lost seed."""
+    config = {"method": {"name": "lora", "r": 16}}
+    for seed in (0, 1):
+        write_json(tmp_path / f"s{seed}" / "result.json",
+                   _with_identity(make_record("beta", "lora", seed, 0.3, 0.2), config, "cfg-r16-new"))
+    write_json(tmp_path / "s2" / "result.json",
+               {**make_record("beta", "lora", 2, 0.5, 0.4), "config": config, "identity": None})
+    write_json(tmp_path / "s3" / "result.json",
+               {**make_record("beta", "lora", 3, 0.3, 0.2, status="failed"), "config": config, "identity": None})
+    rows = summarize(collect([tmp_path]).records)
+    assert sorted((row["variant"], row["n"], row["seeds"], row["not_completed"]) for row in rows) == [
+        ("config cfg-r16-", 2, [0, 1], "seed 3 failed"), ("config unknown", 1, [2], None)]
+
+
+def test_a_baseline_copy_without_an_identity_counts_once_with_its_original(tmp_path):
+    """A seed-independent zero-shot copied into seed 1 by a run that wrote no identity, its original with one: the
+    copy is the same measurement, counted once, and the report is written."""
+    config = {"method": {"name": "zeroshot", "train": False}}
+    original = tmp_path / "0" / "result.json"
+    write_json(original, _with_identity(make_record("beta", "zeroshot", 0, 0.1, 0.05), config, "zs",
+                                        evaluation_key="zs-eval"))
+    write_json(tmp_path / "1" / "result.json", {**make_record("beta", "zeroshot", 1, 0.1, 0.05), "config": config,
+                                                "reused_from": str(original)})
+    report = write_report([tmp_path], tmp_path / "out", plots=False)
+    (row,) = report["rows"]
+    assert (row["n"], row["seeds"]) == (1, [0])
+    assert report["collection"].copies == [(original, tmp_path / "1" / "result.json")]
+    assert not report["collection"].duplicates
+
+
+def _killed(job: Path, overrides: list[str], config: dict | None = None) -> None:
+    """A job Hydra started (.hydra/) that was killed before the cell wrote its result.json."""
+    import yaml
+
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if config is not None:
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_a_seed_killed_before_writing_its_result_is_a_lost_seed_of_its_row(tmp_path):
+    """LoRA at r=8 and r=16, seeds 0 and 1 each. Seed 2 of r=16 was killed before writing result.json (its
+    .hydra/config.yaml names the cell), seed 2 of r=8 too (its overrides name it; the dataset is the default); a
+    requeued seed 0 of r=8 that completed in another folder is not lost; a seed whose overrides do not say which
+    rank it ran cannot be placed on a row, and is named so."""
+    sweep = tmp_path / "sweep"
+    for r in (8, 16):
+        config = {"method": {"name": "lora", "r": r}}
+        for seed in (0, 1):
+            write_json(sweep / f"r{r}-{seed}" / "result.json",
+                       _with_identity(make_record("beta", "lora", seed, 0.3, 0.2), config, f"cfg-r{r}"))
+    _killed(sweep / "r16-2", ["method=lora", "seed=2"],
+            {"model": {"name": "beta"}, "method": {"name": "lora", "r": 16}, "dataset": {"name": DATASET}, "seed": 2})
+    _killed(sweep / "r8-2", ["model=beta", "method=lora", "method.r=8", "seed=2"])
+    _killed(sweep / "requeued", ["model=beta", "method=lora", "method.r=8", "seed=0"])
+    _killed(sweep / "which", ["model=beta", "method=lora", "seed=3"])
+    claims = tmp_path / "claims.yaml"
+    claims.write_text("claims:\n  - {id: lora, text: t, a: lora, b: full, direction: above}\n"
+                      "  - {id: full, text: t, a: full, b: zeroshot, direction: above}\n")
+    report = write_report([sweep], tmp_path / "out", plots=False, claims=claims)
+    assert {row["variant"]: (row["n"], row["not_completed"]) for row in report["rows"]} == {
+        "r=8": (2, "seed 2 left no result.json"), "r=16": (2, "seed 2 left no result.json")}
+    assert [cell["job"] for cell in report["collection"].unattributed] == [sweep / "which"]
+    assert "beta × lora (r=16): seed 2 left no result.json" in report["markdown"]
+    provenance = json.loads((tmp_path / "out" / "report.json").read_text())["inputs"]
+    assert sorted(cell["seed"] for cell in provenance["unwritten"]) == [2, 2]
+    assert [cell["job"] for cell in provenance["unattributed"]] == [str(sweep / "which")]
+    # a claim that may read the row it belongs to says so; one about other methods does not
+    gaps = {result.claim.id: result.gaps for result in report["claims"].results}
+    assert gaps["lora"] == [f"1 cell stopped before writing result.json, and which configuration it ran cannot be "
+                            f"told ({sweep / 'which'}): it may be a lost seed of the rows this claim reads"]
+    assert gaps["full"] == []

@@ -1162,3 +1162,115 @@ def test_a_delta_that_was_not_tested_is_marked_so_not_read_as_not_significant(tm
     from slm_sweep.report.tables import points
 
     assert points(0.05, True) == "+5.0*" and points(0.05, False) == "+5.0" and points(0.05, None) == "+5.0†"
+
+
+# ---------------------------------------------------------------------------------------------- lost and left out
+
+
+def test_a_model_whose_every_cell_failed_is_a_gap_of_a_claim_bounded_by_size(tmp_path):
+    """Full fine-tuning below zero-shot under 300M: every cell of gemma270 failed, so no result records its size.
+    Its lost cells are gaps, not a model the size bound drops unseen (the verdict on smollm135 alone would read
+    complete); a claim bounded by size alone cannot tell whether it covers gemma270 either, and says so."""
+    for method, k in (("zeroshot", 40), ("full", 10)):
+        write_row(tmp_path, "smollm135", method, "gsm8k", k)
+    _lose(tmp_path, "gemma270", "zeroshot", "gsm8k", 0, "failed")
+    for seed in TRAINED_SEEDS:
+        _lose(tmp_path, "gemma270", "full", "gsm8k", seed, "failed")
+    lost = ["gemma270: size unknown (no completed cell), so whether the claim's size bound covers it is unknown",
+            "gemma270 × full on gsm8k: no completed seed (seed 0 failed; seed 1 failed; seed 2 failed)",
+            "gemma270 × zeroshot on gsm8k: no completed seed (seed 0 failed)"]
+    results, _ = claims_of(tmp_path)
+    result = results["full-below-zeroshot-under-300m"]
+    assert [i.verdict for i in result.instances] == ["reproduced"]
+    assert result.stated_verdict == "reproduced (incomplete)" and sorted(pairing_gaps(result)) == sorted(lost)
+    claims = tmp_path / "claims.yaml"
+    claims.write_text("claims:\n  - {id: under, text: t, a: full, b: zeroshot, direction: below, params_below: 300M}\n")
+    results, _ = claims_of(tmp_path, claims=claims)
+    assert sorted(results["under"].gaps) == sorted(lost) and results["under"].stated_verdict == "reproduced (incomplete)"
+
+
+def test_a_model_the_claim_lists_but_its_size_bound_leaves_out_is_named(tmp_path, monkeypatch):
+    """gemma270 recorded at 310M parameters: the claim lists it among its models under 300M, and its size bound
+    leaves it out. The verdict rests on smollm135 alone, and the claim's table says why gemma270 is not in it."""
+    monkeypatch.setitem(SIZES, "gemma270", 310_000_000)
+    for model in ("smollm135", "gemma270"):
+        for method, k in (("zeroshot", 40), ("full", 10)):
+            write_row(tmp_path, model, method, "gsm8k", k)
+    results, _ = claims_of(tmp_path)
+    result = results["full-below-zeroshot-under-300m"]
+    assert [i.a["model"] for i in result.instances] == ["smollm135"] and not pairing_gaps(result)
+    left_out = ("gemma270: 310M parameters (its smallest total_params), not under 300M: left out by the claim's "
+                "size bound, although its models list matches it")
+    assert result.excluded == [left_out]
+    assert f"Left out by the claim's rules:\n\n- {left_out}" in (tmp_path / "report" / "claims.md").read_text()
+    saved = {c["id"]: c for c in json.loads((tmp_path / "report" / "claims.json").read_text())["claims"]}
+    assert saved["full-below-zeroshot-under-300m"]["excluded"] == [left_out]
+
+
+def _trained_side(sweep: Path, method: str, k: int, lose: bool) -> None:
+    """Three seeds of a trained method (k-1, k, k+1 right), seed 2 diverged when ``lose``."""
+    for seed in TRAINED_SEEDS:
+        if lose and seed == 2:
+            _lose(sweep, "qwen05", method, "gsm8k", seed, "diverged")
+        else:
+            write_cell(sweep, "qwen05", method, "gsm8k", seed, first(k + seed - 1))
+
+
+@pytest.mark.parametrize(("a", "b", "direction", "k_a", "k_b", "lost", "tested", "verdict"), [
+    # the verdict favours the side that lost a seed: its survivors are the lucky ones, and cannot show it
+    ("full", "zeroshot", "below", 40, 20, "a", "contradicted", "inconclusive"),
+    ("dora", "lora", "above", 45, 20, "a", "reproduced", "inconclusive"),
+    ("dora", "lora", "above", 20, 45, "b", "contradicted", "inconclusive"),
+    ("lora", "full", "not_below", 20, 45, "b", "contradicted", "inconclusive"),
+    ("lora", "full", "not_below", 45, 20, "a", "reproduced", "inconclusive"),
+    ("lora", "full", "not_above", 20, 45, "b", "reproduced", "inconclusive"),
+    ("lora", "full", "not_above", 45, 20, "a", "contradicted", "inconclusive"),
+    # the other side lost it: its lost seed only adds to what the verdict says
+    ("full", "zeroshot", "below", 10, 40, "a", "reproduced", "reproduced"),
+    ("dora", "lora", "above", 20, 45, "a", "contradicted", "contradicted"),
+    ("lora", "full", "not_below", 20, 45, "a", "contradicted", "contradicted"),
+    ("lora", "full", "not_below", 45, 20, "b", "reproduced", "reproduced"),
+    ("lora", "full", "not_above", 20, 45, "a", "reproduced", "reproduced"),
+])  # fmt: skip
+def test_a_verdict_is_not_shown_by_the_survivors_of_the_side_it_favours(tmp_path, a, b, direction, k_a, k_b, lost,
+                                                                       tested, verdict):
+    """Seeds that diverged leave the survivors of their side the lucky ones: a significant verdict (reproduced or
+    contradicted) that favours that side is inconclusive; one that favours the other side stands."""
+    margin = ", margin: 0.02" if direction.startswith("not_") else ""
+    claims = tmp_path / "claims.yaml"
+    claims.write_text(f"claims:\n  - {{id: c, text: t, a: {a}, b: {b}, direction: {direction}{margin}}}\n")
+    for method, k, side in ((a, k_a, "a"), (b, k_b, "b")):
+        if method == "zeroshot":
+            write_row(tmp_path, "qwen05", method, "gsm8k", k)
+        else:
+            _trained_side(tmp_path, method, k, lose=lost == side)
+    results, _ = claims_of(tmp_path, claims=claims)
+    (instance,) = results["c"].instances
+    assert (instance.a if lost == "a" else instance.b)["not_completed"] == "seed 2 diverged"
+    assert instance.tested_verdict == tested and instance.verdict == verdict and instance.alone == verdict
+    assert instance.downgraded == (verdict != tested)
+    if instance.downgraded:
+        shown = "the claim" if tested == "reproduced" else "the contradiction"
+        assert f"its completed seeds alone cannot show {shown}" in (tmp_path / "report" / "claims.md").read_text()
+
+
+@pytest.mark.parametrize("how", ["diverged", "killed before writing result.json"])
+def test_a_seed_killed_before_writing_its_result_is_lost_as_one_that_diverged(tmp_path, how):
+    """DoRA above LoRA, seed 2 of DoRA lost: whether it diverged or was killed before writing its result.json (the
+    sweep knows its job from .hydra/), the surviving seeds alone cannot show the claim."""
+    write_row(tmp_path, "qwen05", "lora", "gsm8k", 15)
+    for seed in (0, 1):
+        write_cell(tmp_path, "qwen05", "dora", "gsm8k", seed, first(45 + seed))
+    if how == "diverged":
+        _lose(tmp_path, "qwen05", "dora", "gsm8k", 2, "diverged")
+    else:
+        hydra = tmp_path / "qwen05-dora-gsm8k-seed2" / ".hydra"
+        hydra.mkdir(parents=True)
+        (hydra / "overrides.yaml").write_text("- model=qwen05\n- method=dora\n- seed=2\n")
+    results, report = claims_of(tmp_path)
+    (instance,) = results["dora-above-lora-gsm8k"].instances
+    assert instance.test.p_value < 0.05 and instance.verdict == "inconclusive" and instance.downgraded
+    lost = "seed 2 diverged" if how == "diverged" else "seed 2 left no result.json"
+    assert instance.a["not_completed"] == lost
+    assert f"qwen05 × dora on gsm8k: mean over 2 completed seeds only ({lost})" in results["dora-above-lora-gsm8k"].gaps
+    assert f"qwen05 × dora: {lost}." in report["markdown"]

@@ -318,6 +318,26 @@ def test_a_learning_rate_grid_whose_cell_failed_exits_non_zero_and_one_that_dive
     AggregateSweep().on_multirun_end(search("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"))
 
 
+def test_a_cell_that_failed_before_its_keys_and_completed_in_another_folder_is_no_failure(tmp_path):
+    """A grid extended into the same sweep folder numbers its jobs otherwise: a cell that failed early (no keys:
+    a data file that did not read) reran, and completed, in another folder once the file was fixed."""
+    from slm_sweep.report.sweep_notes import failed_cells
+
+    config = {"method": {"name": "zeroshot"}, "seed": 0}
+    early = tmp_path / "2-tiny-zeroshot-gsm8k-seed0"
+    early.mkdir()
+    (early / "result.json").write_text(json.dumps({"status": "failed", "error": "DataError: line 3", "config": config,
+                                                   "identity": None}))
+    ((listed, why),) = failed_cells(tmp_path)
+    assert listed == early and why == "failed: DataError: line 3"
+    done = _job(tmp_path, "4-tiny-zeroshot-gsm8k-seed0", "completed", "k-z")
+    record = json.loads((done / "result.json").read_text())
+    (done / "result.json").write_text(json.dumps({**record, "config": {**config, "seed": 1}}))
+    assert [job for job, _ in failed_cells(tmp_path)] == [early]  # another configuration completed: still failed
+    (done / "result.json").write_text(json.dumps({**record, "config": config}))
+    assert failed_cells(tmp_path) == []
+
+
 def test_a_summary_that_fails_neither_hides_the_failed_cells_nor_exits_zero(tmp_path, monkeypatch):
     """Hydra turns an exception of on_multirun_end into a warning and exits 0: the callback must decide the exit."""
     import slm_sweep.report as report

@@ -79,7 +79,8 @@ def write_report(
     anything is written. Returns a dict with the written paths (``summary_csv``, ``summary_ood_csv``,
     ``summary_md``, ``plots``, with claims ``claims_md``, ``claims_csv``, ``claims_json``, and ``report_json``;
     all of them in ``files``), the summary ``rows`` and ``ood_rows``, the ``markdown`` text, the ``claims``
-    report (or None), report.json's ``record`` and the ``collection`` that was read.
+    report (or None), report.json's ``record`` and the ``collection`` that was read. The rows and claims are over
+    ``collection.cells``: the records and the cells killed before writing a result.json (lost seeds).
     """
     if isinstance(dirs, (str, os.PathLike)):
         dirs = [dirs]
@@ -88,11 +89,14 @@ def write_report(
     check_correction(correction)
     declared = load_claims(claims) if claims is not None else None
     collection = collect(dirs)
-    rows = summarize(collection.records, alpha=alpha, correction=correction)
-    ood_rows = summarize_ood(collection.records, alpha=alpha, correction=correction)
+    # every cell, those killed before writing a result.json included: a lost seed whichever way it was lost
+    cells = collection.cells
+    rows = summarize(cells, alpha=alpha, correction=correction)
+    ood_rows = summarize_ood(cells, alpha=alpha, correction=correction)
     claims_report = (check_claims(declared, rows, alpha=alpha, correction=correction, source=claims,
-                                  lost=not_completed(collection.records),
-                                  unreadable=[str(path) for path, _ in collection.malformed])
+                                  lost=not_completed(cells),
+                                  unreadable=[str(path) for path, _ in collection.malformed],
+                                  unattributed=collection.unattributed)
                      if declared is not None else None)
 
     out = Path(out_dir) if out_dir is not None else default_out_dir(dirs)

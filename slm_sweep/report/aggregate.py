@@ -40,6 +40,7 @@ from .collect import (
     NoQuestionData,
     ReportError,
     deduplicate,
+    flat_config,
     identity_key,
     number,
     question_scores,
@@ -109,13 +110,8 @@ _NUMERIC_SETTINGS = {"trainer": TRAINER_NUMERIC_KEYS,
                      "eval": (*EVAL_SCORING_KEYS, "dtype", "ood_sets", "ood_limit", "metric_modules")}
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, str]:
-    if isinstance(value, dict):
-        out: dict[str, str] = {}
-        for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: json.dumps(value, sort_keys=True)}
+def _flatten(config: dict[str, Any]) -> dict[str, str]:
+    return {key: json.dumps(value, sort_keys=True) for key, value in flat_config(config).items()}
 
 
 def configuration_settings(record: dict[str, Any]) -> dict[str, str]:
@@ -176,15 +172,20 @@ def assign_variants(records: list[dict[str, Any]]) -> None:
         differing = [k for k in differing if k in by_values.values()]
         names = _short_names(differing)
         labels = [", ".join(f"{names[k]}={_plain(own.get(k))}" for k in differing) for own in settings]
-        # configurations the config cannot tell apart (other code, data or library versions) by their key; a cell
-        # that failed before its key was computed belongs to the one keyed configuration of its settings, if any
-        by_label: dict[str, set[str]] = defaultdict(set)
+        # configurations the config cannot tell apart (other code, data or library versions) by their key. A cell
+        # that did not complete and has no key (it failed before computing it) belongs to the one keyed
+        # configuration of its settings, if any; a completed one without a key (written before cells had an
+        # identity) is a configuration of its own, of unknown code (None), which is never pooled with a keyed one
+        by_label: dict[str, set[str | None]] = defaultdict(set)
         for record, label in zip(group, labels):
             key = identity_key(record, "configuration_key")
-            if key:
-                by_label[label].add(key)
+            if key or record.get("status") == COMPLETED:
+                by_label[label].add(key or None)
         for record, label in zip(group, labels):
             key = identity_key(record, "configuration_key") or ""
+            keyed = by_label[label] - {None}
+            if not key and record.get("status") != COMPLETED and len(keyed) == 1:
+                key = next(iter(keyed))  # a lost seed of the one keyed configuration of its settings
             if len(by_label[label]) > 1:
                 label = ", ".join(p for p in (label, f"config {key[:8] or 'unknown'}") if p)
             record["variant"] = label

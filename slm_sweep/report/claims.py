@@ -101,13 +101,33 @@ class Selector:
         return not self.models and self.params_below is None and self.params_at_least is None
 
     def matches(self, model: str, size: int | None) -> bool:
-        if self.models and not any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models):
-            return False
-        if self.params_below is not None and (size is None or size >= self.params_below):
-            return False
-        if self.params_at_least is not None and (size is None or size < self.params_at_least):
-            return False
-        return True
+        """Whether the selector covers ``model`` of ``size`` parameters (a model of unknown size under a bound: no;
+        ``may_match`` says whether it could)."""
+        return self.names(model) and self.within(size) is True
+
+    def may_match(self, model: str, size: int | None) -> bool:
+        """``matches``, where a model of unknown size counts as within the bounds: whether the selector could cover
+        it (a model none of whose cells completed has no recorded size)."""
+        return self.names(model) and self.within(size) is not False
+
+    def names(self, model: str) -> bool:
+        """Whether the models list (names or patterns) takes ``model`` in; True without a list."""
+        return not self.models or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+    def within(self, size: int | None) -> bool | None:
+        """Whether ``size`` is within the bounds; True without bounds, None when it is unknown under a bound."""
+        if self.params_below is None and self.params_at_least is None:
+            return True
+        if size is None:
+            return None
+        return ((self.params_below is None or size < self.params_below)
+                and (self.params_at_least is None or size >= self.params_at_least))
+
+    def bound_missed(self, size: int) -> str:
+        """The bound ``size`` is outside of, in words (``under 300M``)."""
+        if self.params_below is not None and size >= self.params_below:
+            return f"under {_count(self.params_below)}"
+        return f"at least {_count(self.params_at_least or 0)}"
 
     def describe(self) -> str:
         parts = []
@@ -318,12 +338,15 @@ class Instance:
     test: PairedTest
     verdict: str
     p_adjusted: float | None = None  # Holm-adjusted over the claim's tested instances; None without a correction
-    downgraded: bool = False  # reproduced by its test, inconclusive because seeds were lost (survivors_cannot_show)
+    # significant by its test (reproduced or contradicted), inconclusive because the side that verdict favours lost
+    # seeds (favoured_side): its survivors are the lucky ones
+    downgraded: bool = False
     # at alpha on its own (raw p, 1 - alpha interval): what the intersection-union roll-up reads; under no
     # correction the same as test and verdict
     test_alone: PairedTest | None = None
     alone: str = INCONCLUSIVE
     metric: str = PRIMARY_METRIC  # what both sides are read on: the claim's metric, else the dataset's
+    tested_verdict: str = INCONCLUSIVE  # what the family's test says, before a downgrade for lost seeds
 
 
 @dataclass
@@ -344,8 +367,8 @@ class ClaimResult:
     # what the claim covers but the verdict could not use: lost seeds, cells without a completed seed, model
     # patterns that match nothing, models of unknown size under a size bound, variants that cannot be paired
     gaps: list[str] = field(default_factory=list)
-    # what the claim's own rules leave out (random-weight controls a pattern or size bound matches): named, but
-    # not a gap, since the claim is not about them
+    # what the claim's own rules leave out (random-weight controls a pattern or size bound matches; models its
+    # models list takes in whose recorded size its size bound leaves out): named, but not a gap
     excluded: list[str] = field(default_factory=list)
 
     @property
@@ -411,14 +434,21 @@ def margin_note(direction: str, test: PairedTest, verdict: str, margin: float) -
     return None
 
 
-def survivors_cannot_show(claim: Claim, a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, Any], ...]:
-    """The rows whose lost seeds leave a reproduced verdict unproven: seeds that diverged or failed are evidence
-    their completed ones cannot stand in for. Non-inferiority: either side. above/below: the side claimed to be
-    better (a for above, b for below), whose survivors are the lucky ones; the other side's losses only work
-    against the claim."""
-    if claim.direction in (NOT_BELOW, NOT_ABOVE):
-        return a, b
-    return (a,) if claim.direction == ABOVE else (b,)
+def favoured_side(claim: Claim, verdict: str) -> str | None:
+    """The side a verdict says is the better one (or not the worse): "a" or "b"; None for an inconclusive one.
+    above / not_below: reproduced favours A, contradicted B; below / not_above: the other way round."""
+    if verdict not in (REPRODUCED, CONTRADICTED):
+        return None
+    a_claimed_better = claim.direction in (ABOVE, NOT_BELOW)
+    return "a" if (verdict == REPRODUCED) == a_claimed_better else "b"
+
+
+def survivors_cannot_show(claim: Claim, a: dict[str, Any], b: dict[str, Any], verdict: str) -> bool:
+    """Whether the side that a significant ``verdict`` favours lost seeds (diverged, failed, killed): its completed
+    seeds are the lucky ones, and the lost ones are evidence against that verdict that they cannot stand in for.
+    The other side's losses only add to what the verdict says."""
+    side = favoured_side(claim, verdict)
+    return side is not None and bool((a if side == "a" else b).get("not_completed"))
 
 
 def instance_note(claim: Claim, instance: Instance) -> str | None:
@@ -427,7 +457,8 @@ def instance_note(claim: Claim, instance: Instance) -> str | None:
     lost = [f"{row['method']} lost seeds ({row['not_completed']})" for row in (instance.a, instance.b)
             if row.get("not_completed")]
     if instance.downgraded:
-        lost.append("its completed seeds alone cannot show the claim")
+        shown = "the claim" if instance.tested_verdict == REPRODUCED else "the contradiction"
+        lost.append(f"its completed seeds alone cannot show {shown}")
     notes += lost
     notes += [f"{method_label(row)}: one training run, so the spread between training seeds is not measured "
               "(the test covers the questions only)" for row in single_runs(instance.a, instance.b)]
@@ -496,6 +527,13 @@ def _covers(claim: Claim, side: Side, model: str, method: str, sizes) -> bool:
             and side.selector.matches(model, sizes.get(model)))
 
 
+def _may_cover(claim: Claim, side: Side, model: str, method: str, sizes) -> bool:
+    """``_covers``, where a model of unknown size counts as within the size bounds: whether the side could cover
+    ``model`` x ``method`` (a model none of whose cells completed has no recorded size)."""
+    return (method in side.methods and claim.selector.may_match(model, sizes.get(model))
+            and side.selector.may_match(model, sizes.get(model)))
+
+
 def _side_rows(claim: Claim, side: Side, rows: Sequence[dict[str, Any]], sizes) -> list[dict[str, Any]]:
     return [r for r in rows if _covers(claim, side, r["model"], r["method"], sizes)
             and (r.get("model_source") not in UNTRAINED_SOURCES or _named(r["model"], claim.selector, side.selector))]
@@ -561,13 +599,21 @@ def _coverage_gaps(claim: Claim, rows: Sequence[dict[str, Any]], in_scope: Seque
     known_datasets = {r["dataset"] for r in rows} | {str(key[0]) for key in lost}
     gaps += [f"dataset {pattern!r}: no cell of these results" for pattern in claim.datasets
              if not any(fnmatch.fnmatchcase(dataset, pattern) for dataset in known_datasets)]
-    bounded = [sel for sel in (claim.selector, claim.a.selector, claim.b.selector)
-               if sel.params_below is not None or sel.params_at_least is not None]
-    if bounded:
-        unknown = sorted({r["model"] for r in in_scope if sizes.get(r["model"]) is None
-                          and r["method"] in (*claim.a.methods, *claim.b.methods)})
-        gaps += [f"{model}: size unknown (no total_params in its results), so left out of a claim bounded by size"
-                 for model in unknown]
+
+    def size_unknown(model: str, method: str) -> bool:  # a side could cover it, were its size known
+        return any(_may_cover(claim, side, model, method, sizes) and not _covers(claim, side, model, method, sizes)
+                   for side in (claim.a, claim.b))
+
+    unknown = sorted({r["model"] for r in in_scope if size_unknown(r["model"], r["method"])
+                      and (r.get("model_source") not in UNTRAINED_SOURCES
+                           or _named(r["model"], claim.selector, claim.a.selector, claim.b.selector))})
+    gaps += [f"{model}: size unknown (no total_params in its results), so left out of a claim bounded by size"
+             for model in unknown]
+    # a model none of whose cells completed records no size: the claim may cover its lost cells (below)
+    rowless = sorted({str(key[1]) for key in in_datasets if str(key[1]) not in sizes
+                      and size_unknown(str(key[1]), str(key[2]))})
+    gaps += [f"{model}: size unknown (no completed cell), so whether the claim's size bound covers it is unknown"
+             for model in rowless]
     for r in {id(row): row for row in used}.values():
         if single_runs(r):
             gaps.append(f"{r['model']} × {method_label(r)} on {r['dataset']}: one training run (seed "
@@ -580,7 +626,7 @@ def _coverage_gaps(claim: Claim, rows: Sequence[dict[str, Any]], in_scope: Seque
     for side in (claim.a, claim.b):
         for key in in_datasets:
             dataset, model, method, variant = (str(k) if k is not None else "" for k in key)
-            if (dataset, model, method, variant) not in with_rows and _covers(claim, side, model, method, sizes):
+            if (dataset, model, method, variant) not in with_rows and _may_cover(claim, side, model, method, sizes):
                 label = f"{method} ({variant})" if variant else method
                 gaps.append(f"{model} × {label} on {dataset}: no completed seed ({lost[key]})")
     return list(dict.fromkeys(gaps))
@@ -593,6 +639,37 @@ def _random_controls(claim: Claim, in_scope: Sequence[dict[str, Any]], sizes) ->
                         and not _named(r["model"], claim.selector, claim.a.selector, claim.b.selector)})
     return [f"{model}: random weights, left out (name it in the claim's models to include it; a pattern does not)"
             for model in untrained]
+
+
+def _outside_bounds(claim: Claim, in_scope: Sequence[dict[str, Any]], sizes) -> list[str]:
+    """Models a claim's (or a side's) models list takes in whose recorded size its size bound leaves out: named,
+    so that a model the claim lists does not vanish from its verdict unseen."""
+    out: dict[str, str] = {}
+    for r in in_scope:
+        model, size = r["model"], sizes.get(r["model"])
+        if size is None or model in out or (r.get("model_source") in UNTRAINED_SOURCES
+                                             and not _named(model, claim.selector, claim.a.selector, claim.b.selector)):
+            continue
+        for side in (claim.a, claim.b):
+            selectors = (claim.selector, side.selector)
+            if r["method"] not in side.methods or not any(sel.models for sel in selectors) \
+                    or not all(sel.names(model) for sel in selectors):
+                continue
+            missed = [sel.bound_missed(size) for sel in selectors if sel.within(size) is False]
+            if missed:
+                out[model] = (f"{model}: {_count(size)} parameters (its smallest total_params), not {missed[0]}: left "
+                              "out by the claim's size bound, although its models list matches it")
+                break
+    return [out[model] for model in sorted(out)]
+
+
+def _may_hold(claim: Claim, cell: dict[str, Any], sizes) -> bool:
+    """Whether a cell known only in part (model, method, dataset: None where unknown) may be one the claim covers."""
+    dataset, model, method = cell.get("dataset"), cell.get("model"), cell.get("method")
+    if dataset is not None and claim.datasets and not any(fnmatch.fnmatchcase(dataset, p) for p in claim.datasets):
+        return False
+    return any((method is None or method in side.methods) and (model is None or _may_cover(
+        claim, side, model, method or side.methods[0], sizes)) for side in (claim.a, claim.b))
 
 
 def _known_models(rows: Sequence[dict[str, Any]], lost: dict[tuple, str]) -> set[str]:
@@ -617,7 +694,7 @@ def check_correction(correction: str) -> None:
 
 def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = ALPHA,
                 correction: str = HOLM, lost: dict[tuple, str] | None = None, source: str = "",
-                unreadable: Sequence[str] = ()) -> ClaimResult:
+                unreadable: Sequence[str] = (), unattributed: Sequence[dict[str, Any]] = ()) -> ClaimResult:
     """Every instance of ``claim`` in the in-domain summary ``rows`` (aggregate.summarize), tested and judged.
 
     ``correction="holm"``: the claim's m tested instances are one family. above/below verdicts use Holm-adjusted
@@ -627,11 +704,13 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
     matters for the instances read one by one and for the partial roll-ups.
 
     ``lost``: aggregate.not_completed of the records, so that cells the claim covers but that did not complete
-    are named in ``gaps``. An instance whose rows lost seeds (for above/below: the side claimed to be better) is
-    inconclusive: the seeds that diverged or failed are evidence its survivors cannot stand in for. Also gaps: a
+    are named in ``gaps``. A significant verdict (reproduced or contradicted) whose favoured side lost seeds
+    (``favoured_side``) is inconclusive: the seeds that diverged, failed or were killed are evidence its survivors
+    cannot stand in for. Also gaps: a
     trained row of one seed, a row of either side that found nothing to pair with, a method of a ``require:
-    all`` side missing from the results, a listed dataset no cell has, and ``unreadable`` result files (the
-    collector's malformed ones), whose cells the claim may cover."""
+    all`` side missing from the results, a listed dataset no cell has, ``unreadable`` result files (the
+    collector's malformed ones), whose cells the claim may cover, and ``unattributed`` cells killed before writing
+    a result.json whose row cannot be told (collect.Collection.unattributed) that the claim may cover."""
     check_correction(correction)
     known = _known_metrics(rows)
     if claim.metric is not None and claim.metric not in known:
@@ -660,13 +739,12 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
             tests = [compare_rows(a, b, a["dataset"], metric, alpha=result.interval_alpha, interval=True)
                      if t.p_value is not None else t for (a, b), t, metric in zip(pairs, tests, metrics)]
     for (a, b), test, p, test_alone, metric in zip(pairs, tests, adjusted, alone_tests, metrics):
-        seeds_lost = any(row.get("not_completed") for row in survivors_cannot_show(claim, a, b))
         verdict = judge(claim.direction, test, alpha, claim.margin, p_value=p)
         alone = judge(claim.direction, test_alone, alpha, claim.margin)
-        downgraded = verdict == REPRODUCED and seeds_lost
-        result.instances.append(Instance(a["dataset"], a, b, test, INCONCLUSIVE if downgraded else verdict, p,
-                                         downgraded, test_alone, INCONCLUSIVE if alone == REPRODUCED and seeds_lost
-                                         else alone, metric))
+        downgraded = survivors_cannot_show(claim, a, b, verdict)
+        result.instances.append(Instance(
+            a["dataset"], a, b, test, INCONCLUSIVE if downgraded else verdict, p, downgraded, test_alone,
+            INCONCLUSIVE if survivors_cannot_show(claim, a, b, alone) else alone, metric, verdict))
     result.verdict = roll_up([i.verdict for i in result.instances])
     if result.instances and result.verdict != REPRODUCED and all(i.alone == REPRODUCED for i in result.instances):
         # the claim is the conjunction of its instances: every one significant at alpha on its own rejects the
@@ -685,7 +763,14 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
     files = ([f"{len(unreadable)} result file{'s' if len(unreadable) != 1 else ''} could not be read "
               f"({', '.join(unreadable[:3])}{', ...' if len(unreadable) > 3 else ''}): their cells may be ones "
               "this claim covers"] if unreadable else [])
-    result.excluded = _random_controls(claim, in_scope, sizes)
+    unplaced = [str(cell["job"]) for cell in unattributed if _may_hold(claim, cell, sizes)]
+    files += ([f"{len(unplaced)} cell{'s' if len(unplaced) != 1 else ''} stopped before writing result.json, "
+               f"and which configuration {'they' if len(unplaced) != 1 else 'it'} ran cannot be told "
+               f"({', '.join(unplaced[:3])}{', ...' if len(unplaced) > 3 else ''}): "
+               f"{'they may be lost seeds' if len(unplaced) != 1 else 'it may be a lost seed'} of the rows this "
+               "claim reads"]
+              if unplaced else [])
+    result.excluded = [*_random_controls(claim, in_scope, sizes), *_outside_bounds(claim, in_scope, sizes)]
     result.gaps = list(dict.fromkeys([*pair_gaps, *_coverage_gaps(claim, rows, in_scope, used, sizes, lost or {}),
                                       *(unpaired + missing if result.instances else []), *files]))
     scope = "; ".join(s for s in (claim.selector.describe(),
@@ -738,10 +823,12 @@ def metrics_text(r: ClaimResult) -> str:
 
 def check_claims(claims: Sequence[Claim], rows: Sequence[dict[str, Any]], *, alpha: float = ALPHA,
                  correction: str = HOLM, source: str | os.PathLike = "",
-                 lost: dict[tuple, str] | None = None, unreadable: Sequence[str] = ()) -> ClaimsReport:
+                 lost: dict[tuple, str] | None = None, unreadable: Sequence[str] = (),
+                 unattributed: Sequence[dict[str, Any]] = ()) -> ClaimsReport:
     check_correction(correction)
     return ClaimsReport(str(source), alpha, [check_claim(claim, rows, alpha=alpha, correction=correction,
-                                                         lost=lost, source=str(source), unreadable=unreadable)
+                                                         lost=lost, source=str(source), unreadable=unreadable,
+                                                         unattributed=unattributed)
                                              for claim in claims], correction)
 
 

@@ -7,7 +7,13 @@ its path and skipped.
 Cells are told apart by their identity (``identity`` in result.json, see slm_sweep/identity.py): runs with the
 same evaluation key computed the same thing, so one is kept (a completed original rather than a copy, then the
 most recent ``finished_at``) and a seed-independent baseline copied into every seed counts once. Records written
-before identities existed are keyed by model × method × dataset × seed.
+before identities existed are keyed by model × method × dataset × seed; a record without an identity (a cell that
+failed before computing it, a baseline copy written without one) belongs with a record of the same settings that
+has one (``group_keys``).
+
+A cell killed before it wrote a result.json leaves only the job folder Hydra started (``.hydra/``): it is read
+from there as a lost seed of its configuration (``unwritten_cells``; ``Collection.cells``), as a seed that
+diverged is, so that the rows and claims do not read its survivors as all there was.
 
 Per-question correctness comes from the cell's ``predictions.jsonl`` beside its result.json
 (``question_scores``), keyed by the question's ``index`` in its evaluation set and its text, and only when that
@@ -34,6 +40,8 @@ from slm_sweep.scoring import PRIMARY_METRIC, accuracy_key
 log = logging.getLogger(__name__)
 
 COMPLETED = "completed"
+# the status of a cell killed before it wrote a result.json: "seed 2 left no result.json"
+UNWRITTEN = "left no result.json"
 PRIMARY_ACCURACY = accuracy_key(PRIMARY_METRIC)
 # A question's key in every cell that scored it: its position in the evaluation set and its text (as the text's
 # hash: it is compared within one process only, and the keys of a large sweep stay small).
@@ -75,6 +83,17 @@ class Collection:
     # cell, or replaced by the rerun and left out (_grid_points says which)
     set_aside: list[Path] = field(default_factory=list)
     replaced: list[Path] = field(default_factory=list)
+    # cells killed before writing a result.json (a job folder with .hydra/ and no result): a record each, of status
+    # UNWRITTEN, with the configuration of the cells it is a seed of (``unwritten_cells``), so that the rows and
+    # claims count it as a lost seed, as one that diverged; and those whose configuration cannot be told
+    # ({job, model, method, dataset, seed}, None where unknown)
+    unwritten: list[dict[str, Any]] = field(default_factory=list)
+    unattributed: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def cells(self) -> list[dict[str, Any]]:
+        """Every cell, one record each: ``records`` and the ``unwritten`` ones (what the rows count as lost)."""
+        return [*self.records, *self.unwritten]
 
     @property
     def completed(self) -> list[dict[str, Any]]:
@@ -288,15 +307,19 @@ def _preference(record: dict[str, Any]) -> tuple[bool, bool, datetime, datetime]
     )
 
 
+def group_keys(records: Sequence[dict[str, Any]]) -> list[tuple]:
+    """The cell each record belongs to (``cell_key``), in order. A record without an identity (a cell that failed
+    before computing it, a copy written without one) belongs with a run of the same settings that has one."""
+    keyed = {settings_key(r): cell_key(r) for r in records if identity_key(r, "evaluation_key")}
+    return [keyed.get(key, key) for key in map(cell_key, records)]
+
+
 def deduplicate(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[Path, Path]]]:
     """One record per cell; returns (kept records, [(kept file, dropped file), ...]) and logs each drop."""
     records = list(records)
     by_cell: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    # a cell that failed before its identity was computed belongs with a run of the same settings that has one
-    keyed = {settings_key(r): cell_key(r) for r in records if identity_key(r, "evaluation_key")}
-    for record in records:
-        key = cell_key(record)
-        by_cell[keyed.get(key, key)].append(record)
+    for record, key in zip(records, group_keys(records)):
+        by_cell[key].append(record)
     kept: list[dict[str, Any]] = []
     dropped: list[tuple[Path, Path]] = []
     for group in by_cell.values():
@@ -350,11 +373,111 @@ def collect(dirs: Sequence[str | os.PathLike]) -> Collection:
     readable += _grid_points(dirs, readable, collection)
     collection.records, collection.duplicates = deduplicate(readable)
     kept = {id(r) for r in collection.records}
-    by_cell = {cell_key(r): r for r in collection.records}
-    collection.copies = [(Path(by_cell[cell_key(r)].get("result_path", "?")), Path(r.get("result_path", "?")))
-                         for r in readable
+    keys = group_keys(readable)  # as deduplicate grouped them: a copy without an identity is its original's cell
+    by_cell = {key: r for r, key in zip(readable, keys) if id(r) in kept}
+    collection.copies = [(Path(by_cell[key].get("result_path", "?")), Path(r.get("result_path", "?")))
+                         for r, key in zip(readable, keys)
                          if id(r) not in kept and r.get("reused_from") and r["status"] == COMPLETED]
+    collection.unwritten, collection.unattributed = unwritten_cells(dirs, collection.records)
     return collection
+
+
+def unwritten_cells(dirs: Sequence[str | os.PathLike],
+                    records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The cells of ``dirs`` killed before writing a result.json (sweep_notes.unwritten_jobs), as records of status
+    UNWRITTEN, and those whose configuration cannot be told.
+
+    A job's model, method, dataset and seed come from its .hydra/ (sweep_notes.job_cell). Its configuration is the
+    one of ``records`` (any status) of that model × method × dataset that its dotted overrides (``method.r=16``)
+    and, on the settings those configurations differ in, its config.yaml agree with; the record is that
+    configuration's with the job's seed and no keys, so that it is labelled and grouped as a lost seed of it. A
+    job that matches none or several, or whose names cannot be read, is unattributed. A seed some record already
+    holds (a requeued job that completed in another folder, a baseline's seed-independent cell) is not lost."""
+    import copy
+
+    from .aggregate import configuration_settings, varying_settings
+    from .sweep_notes import job_cell
+
+    held = {settings_key(r) for r in records}
+    unwritten: list[dict[str, Any]] = []
+    unattributed: list[dict[str, Any]] = []
+    for job in _unwritten_jobs(dirs):
+        cell = job_cell(job)
+        if cell["validation"]:
+            continue  # a learning-rate search's cell: not one of the report's
+        names = {key: cell[key] for key in ("model", "method", "dataset", "seed")}
+        if None in names.values():
+            unattributed.append({"job": job, **names})
+            continue
+        siblings = [r for r in records if (r["model"], r["method"], r["dataset"]) ==
+                    (names["model"], names["method"], names["dataset"])]
+        configurations: dict[str, dict[str, Any]] = {}
+        for record in siblings:
+            configurations.setdefault(json.dumps(configuration_settings(record), sort_keys=True), record)
+        varying = varying_settings([json.loads(key) for key in configurations])
+        flat = flat_config(cell["config"])
+        matching = [record for key, record in configurations.items()
+                    if _agrees(json.loads(key), cell["overrides"], flat, varying)]
+        if siblings and len(matching) != 1:
+            unattributed.append({"job": job, **names})
+            continue
+        if matching:
+            record = copy.deepcopy(matching[0])
+            config = record.get("config") if isinstance(record.get("config"), dict) else {}
+            style = identity_key(record, "prompt_style")
+            identity = {"prompt_style": style} if style else None  # labelled as its configuration's cells are
+        else:  # no cell of it wrote a result: its configuration is what its method's config says
+            method = cell["config"].get("method") if isinstance(cell["config"].get("method"), dict) else {}
+            config = {"method": {"name": names["method"], **({"train": method["train"]}
+                                                              if isinstance(method.get("train"), bool) else {})}}
+            identity = None
+        config = {**config, "seed": names["seed"]}
+        lost = {**names, "schema_version": SCHEMA_VERSION, "status": UNWRITTEN, "config": config,
+                "identity": identity, "reused_from": None, "metrics": {}, "eval_sets": {},
+                "error": f"the cell stopped before writing its {RESULT_FILE}", "result_path": str(job / RESULT_FILE)}
+        if settings_key(lost) not in held:
+            held.add(settings_key(lost))
+            unwritten.append(lost)
+    return unwritten, unattributed
+
+
+def _unwritten_jobs(dirs: Sequence[str | os.PathLike]) -> list[Path]:
+    from .sweep_notes import unwritten_jobs
+
+    return unwritten_jobs(dirs)
+
+
+def flat_config(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as {dotted key: value}."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flat_config(item, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: value} if prefix else {}
+
+
+def _same_value(setting: str, value: Any) -> bool:
+    """Whether a configuration's setting (JSON, as configuration_settings gives it) is ``value`` as YAML read it
+    from an override or config.yaml (2e-4, which YAML 1.1 reads as text, is 0.0002)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                return float(v)
+            except ValueError:
+                return v
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+    return plain(json.loads(setting)) == plain(value)
+
+
+def _agrees(settings: dict[str, str], overrides: dict[str, Any], composed: dict[str, Any], varying: set[str]) -> bool:
+    """Whether a configuration's settings agree with a job's dotted overrides (each one the configuration has) and,
+    on the ``varying`` settings, with its composed config.yaml (interpolations, which Hydra resolves later, aside)."""
+    if any(key in settings and not _same_value(settings[key], value) for key, value in overrides.items()):
+        return False
+    return all(_same_value(settings[key], composed[key]) for key in varying
+               if key in settings and key in composed and not (isinstance(composed[key], str) and "${" in composed[key]))
 
 
 def _grid_points(dirs: Sequence[str | os.PathLike], current: Sequence[dict[str, Any]],

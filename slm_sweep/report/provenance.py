@@ -65,6 +65,10 @@ def report_record(collection: Collection, *, alpha: float, correction: str, clai
             # the chips and number formats behind the numbers, as a paper's footnote would give them
             "cell_hardware": {stage: dict(collection.cell_hardware(stage)) for stage in ("train", "eval")},
             "skipped": [_input(r) for r in collection.records if r.get("status") != COMPLETED],
+            # cells killed before writing a result.json (the path named is the one they did not write): lost seeds
+            # of the rows they are placed on, or, where their configuration cannot be told, of none
+            "unwritten": [_input(r) for r in collection.unwritten],
+            "unattributed": [{**cell, "job": str(cell["job"])} for cell in collection.unattributed],
             "malformed": [{"path": str(path), "reason": reason} for path, reason in collection.malformed],
             "validation_split": [str(path) for path in collection.validation],
             "duplicates": [{"kept": str(kept), "dropped": str(dropped)} for kept, dropped in collection.duplicates],

@@ -1,6 +1,7 @@
 """What a sweep folder says about itself besides its results: what the preflight left out (preflight.json) and
 which of its cells did not complete. summary.md ends with both, whether the end-of-sweep callback or
-``python -m slm_sweep.report`` writes it."""
+``python -m slm_sweep.report`` writes it. ``unwritten_jobs`` and ``job_cell``: the jobs killed before writing a
+result.json and what their .hydra/ says they ran, which the report counts as lost seeds (collect.unwritten_cells)."""
 
 from __future__ import annotations
 
@@ -70,6 +71,9 @@ def _not_completed(records: dict[Path, dict | None], done: set[str], finished: l
             continue
         if record is not None and (record.get("identity") or {}).get("evaluation_key") in done:
             continue
+        if (record is not None and record.get("status") not in ("completed", "running")
+                and not (record.get("identity") or {}).get("evaluation_key") and record.get("config") in finished):
+            continue  # failed before its keys were computed, and the same configuration completed since elsewhere
         if record is None:
             out.append((job, f"no {RESULT_FILE} (the cell stopped before writing it)"))
         elif record.get("status") == "running":
@@ -81,6 +85,92 @@ def _not_completed(records: dict[Path, dict | None], done: set[str], finished: l
 
 def _error(record: dict) -> str:
     return " ".join(str(record.get("error") or "no error recorded").split())[:500]
+
+
+def unwritten_jobs(dirs) -> list[Path]:
+    """The job folders under ``dirs`` that Hydra started (.hydra/) but that hold no result.json: cells killed
+    before writing their first record (out of memory, a time limit), each folder once."""
+    found: dict[Path, Path] = {}
+    for folder in dirs:
+        for job, record in _job_records(Path(folder)).items():
+            if record is None and not (job / RESULT_FILE).exists() and not (job / FAILED_ATTEMPT_FILE).exists():
+                found.setdefault(job.resolve(), job)
+    return list(found.values())
+
+
+# the groups whose config names a cell, and the seed; the package's defaults (conf/config.yaml) where a job's
+# .hydra/ does not say
+CELL_GROUPS = ("model", "method", "dataset")
+
+
+def _yaml(path: Path):
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
+def _plain(value) -> bool:
+    """A value as Hydra composed it, not an interpolation it resolves later (``${..r}``)."""
+    return not (isinstance(value, str) and "${" in value)
+
+
+def _package_defaults() -> dict:
+    """The groups and seed conf/config.yaml composes by default: {model: tiny, method: lora, dataset: ..., seed}."""
+    config = _yaml(Path(__file__).resolve().parents[1] / "conf" / "config.yaml")
+    if not isinstance(config, dict):
+        return {}
+    found = {key: value for entry in config.get("defaults") or [] if isinstance(entry, dict)
+             for key, value in entry.items() if key in (*CELL_GROUPS, "experiment")}
+    found["seed"] = config.get("seed")
+    return found
+
+
+def job_cell(job: Path) -> dict:
+    """What a job folder's .hydra/ says about the cell it ran: ``model``, ``method``, ``dataset`` and ``seed`` (None
+    where nothing says: an experiment file chose it and config.yaml is missing), ``overrides`` (``{key: value}``
+    of its dotted ``key=value`` overrides, values as YAML reads them), ``config`` (the composed config.yaml, its
+    interpolations unresolved; {} without one) and ``validation`` (a learning-rate search's cell)."""
+    hydra = job / ".hydra"
+    config = _yaml(hydra / "config.yaml")
+    config = config if isinstance(config, dict) else {}
+    runtime = ((_yaml(hydra / "hydra.yaml") or {}).get("hydra") or {}).get("runtime") or {}
+    choices = runtime.get("choices") if isinstance(runtime.get("choices"), dict) else {}
+    given: dict[str, str] = {}
+    for override in _yaml(hydra / "overrides.yaml") or []:
+        key, sign, value = str(override).lstrip("+~").partition("=")
+        if sign:
+            given[key.strip()] = value.strip()
+    defaults = _package_defaults()
+    experiment = choices.get("experiment", given.get("experiment", defaults.get("experiment")))
+    fallback = defaults if experiment in (None, "null") else {}  # an experiment may set any of them
+    cell: dict = {}
+    for group in CELL_GROUPS:
+        composed = config.get(group) if isinstance(config.get(group), dict) else {}
+        name = composed.get("name") if _plain(composed.get("name")) else None
+        cell[group] = next((str(v) for v in (name, given.get(f"{group}.name"), choices.get(group), given.get(group),
+                                             fallback.get(group)) if v not in (None, "", "null")), None)
+    seed = next((v for v in (config.get("seed"), given.get("seed"), fallback.get("seed")) if v is not None), None)
+    try:
+        cell["seed"] = None if isinstance(seed, bool) or seed is None else int(seed)
+    except ValueError:
+        cell["seed"] = None
+    cell["overrides"] = {key: _value(value) for key, value in given.items() if "." in key}
+    cell["config"] = config
+    split = (config.get("eval") or {}).get("split") if isinstance(config.get("eval"), dict) else None
+    cell["validation"] = "val" in (split, cell["overrides"].get("eval.split"))
+    return cell
+
+
+def _value(text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def sweep_notes_markdown(notes: list[str], failed: list[tuple[Path, str]], sweep_dir: Path) -> list[str]:

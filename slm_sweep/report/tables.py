@@ -406,7 +406,7 @@ def render_markdown(
         lines += _in_domain_section(dataset, [r for r in rows if r["dataset"] == dataset], metrics, alpha,
                                     correction)
     with_rows = {(r["dataset"], r["model"], r["method"], r["variant"]) for r in rows}
-    rowless = {key: cells for key, cells in not_completed(collection.records).items() if key not in with_rows}
+    rowless = {key: cells for key, cells in not_completed(collection.cells).items() if key not in with_rows}
     if rowless:
         listed = "; ".join(f"{model} × {method}{f' ({variant})' if variant else ''} on {dataset}: {cells}"
                            for (dataset, model, method, variant), cells in sorted(rowless.items(), key=str))
