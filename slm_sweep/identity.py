@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 # Bump when a change to the training path alters the weights it produces (loss, batching order, schedule, ...).
-TRAINING_CODE_VERSION = 6  # 6: on several devices each device draws its own dropout masks (train.module's
+TRAINING_CODE_VERSION = 7  # 7: under a token budget (trainer.micro_batch_tokens, packing) every epoch trains all of
+# its micro-batches in whole steps (an epoch with more than the first's ended early, its last step spilling into
+# the next epoch's first) (6: on several devices each device draws its own dropout masks (train.module's
 # device_step_seed); they drew the same ones for micro-batches of one shape; validation inside an optimizer step
 # (trainer.val_check_interval, which counts micro-batches) no longer drops the step's gradients so far; a half
 # "true" precision (bf16-true) keeps the rotary frequencies in float32 (Lightning's cast rounded them)
@@ -106,7 +108,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py", "placement.py")
 SCORING_SOURCES_SHA256 = {16: "02af139e1177ac1ed5dc4500e58b0ddbb9870a7604759a4d5a483d3f8ed0e018"}
-TRAINING_SOURCES_SHA256 = {6: "b7e8aa6560651a2d9c71ed6efbb15216f194d502736d8c427b997281598268e6"}
+TRAINING_SOURCES_SHA256 = {7: "82e15a3b1be2c0db9fcb792c758cb51aaa63cd94b0ba50410bf4260a210f5178"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

@@ -300,6 +300,104 @@ def test_a_run_resumed_under_another_micro_batch_size_trains_on_the_same_steps(e
     assert first.steps + second.steps == straight_steps.steps and not second.current
 
 
+def sequences_in(batch: dict) -> list[tuple[int, ...]]:
+    """The token ids of each example of a collated micro-batch, padded (rows) or packed (one row)."""
+    if "attention_mask" in batch:
+        return [tuple(row[mask.bool()].tolist()) for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    ids, positions = batch["input_ids"][0].tolist(), batch["position_ids"][0].tolist()
+    starts = [i for i, p in enumerate(positions) if p == 0] + [len(ids)]
+    return [tuple(ids[a:b]) for a, b in zip(starts, starts[1:])]
+
+
+class OptimizerStepExamples(L.Callback):
+    """(epoch, the examples' indices) of each optimizer step, as the optimizer steps: whatever the micro-batches
+    say, what was accumulated between two optimizer steps."""
+
+    def __init__(self, examples):
+        self.index = {tuple(e["input_ids"]): i for i, e in enumerate(examples)}
+        assert len(self.index) == len(examples), "the fixture's examples must be told apart by their tokens"
+        self.current, self.steps = [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.current += [self.index[s] for s in sequences_in(batch)]
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.steps.append((trainer.current_epoch, sorted(self.current)))
+        self.current = []
+
+
+def planned_steps(examples, batch_size: int, epochs: int) -> list[tuple[int, list[int]]]:
+    return [(epoch, sorted(group)) for epoch in range(epochs)
+            for group in step_groups(len(examples), batch_size, SEED, epoch)]
+
+
+def micro_batches_per_epoch(examples, epochs: int, **settings) -> list[int]:
+    from slm_sweep.data.encode import loss_token_count
+    from slm_sweep.train.batching import StepBatchSampler
+
+    sampler = StepBatchSampler([len(e["input_ids"]) for e in examples],
+                               [loss_token_count(e["labels"]) for e in examples], seed=SEED, **settings)
+    return [sum(len(step) for step in sampler.steps(epoch)) for epoch in range(epochs)]
+
+
+# budgets under which the fixture's epochs have different micro-batch counts, more and fewer than epoch 0's
+BUDGETS = [pytest.param(False, 600, id="padded"), pytest.param(True, 650, id="packed")]
+
+
+@pytest.mark.parametrize("packing, budget", BUDGETS)
+def test_under_a_token_budget_every_epoch_trains_every_example_in_whole_steps(examples, tmp_path, packing, budget):
+    """Each epoch's shuffle cuts into its own number of micro-batches under a budget. Lightning reads an epoch's
+    length from its data loader: read once, a longer epoch was cut short (its last sequences never trained, its
+    last step's gradient carried into the next epoch's first step) and a resume then skipped the wrong steps."""
+    epochs, batch_size = 4, 4
+    counts = micro_batches_per_epoch(examples, epochs, batch_size=batch_size, micro_batch_size=batch_size,
+                                     max_tokens=budget, packing=packing)
+    assert max(counts[1:]) > counts[0] and min(counts[1:]) <= counts[0], counts
+    planned = planned_steps(examples, batch_size, epochs)
+    for epoch in range(epochs):  # every example of every epoch once, in steps of batch_size but the last
+        groups = [group for e, group in planned if e == epoch]
+        assert sorted(i for group in groups for i in group) == list(range(len(examples)))
+        assert {len(group) for group in groups[:-1]} == {batch_size}
+    seen = OptimizerStepExamples(examples)
+    _, outcome = train(examples, tmp_path, "lora", max_steps=len(planned), batch_size=batch_size,
+                       micro_batch_size=batch_size, micro_batch_tokens=budget, packing=packing, callbacks=[seen])
+    assert outcome.train_steps == len(planned)
+    assert seen.steps == planned and not seen.current
+
+
+@pytest.mark.parametrize("into_epoch", [pytest.param(1, id="inside-epoch-2"), pytest.param(0, id="at-epoch-2")])
+@pytest.mark.parametrize("packing, budget", BUDGETS)
+def test_under_a_token_budget_a_run_resumed_in_a_later_epoch_trains_like_an_uninterrupted_one(
+        examples, tmp_path, packing, budget, into_epoch):
+    """Resumed after a step of epoch 2, or after the last step of epoch 1 (Lightning first loads the data for
+    epoch 1, whose micro-batch count differs from epoch 2's, then moves on)."""
+    epochs, batch_size = 4, 4
+    planned = planned_steps(examples, batch_size, epochs)
+    stop = 2 * len(planned) // epochs + into_epoch
+    settings = dict(max_steps=len(planned), batch_size=batch_size, micro_batch_size=batch_size,
+                    micro_batch_tokens=budget, packing=packing)
+    straight_steps, first, second = (OptimizerStepExamples(examples) for _ in range(3))
+    straight, _ = train(examples, tmp_path / "straight", "lora", callbacks=[straight_steps], **settings)
+    out = tmp_path / "resumed"
+    train(examples, out, "lora", checkpoint_every_n_steps=stop, callbacks=[StopAfter(stop), first], **settings)
+    resumed, outcome = train(examples, out, "lora", callbacks=[second], **settings)
+    assert outcome.train_steps == len(planned)
+    assert first.steps + second.steps == straight_steps.steps == planned
+    assert_same_tensors(weights(straight), weights(resumed), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("length, error", [(3, "ended inside optimizer step 1"), (2, "ended at optimizer step 1 instead of 3")])
+def test_an_epoch_that_ends_before_its_plan_does_is_an_error(examples, tmp_path, monkeypatch, length, error):
+    """Were Lightning told an epoch shorter than its plan (3 steps of two micro-batches), it would end the epoch
+    between two micro-batches of a step, or steps early: an error, not a step carried into the next epoch or
+    sequences never trained on."""
+    from slm_sweep.train.batching import StepBatchSampler
+
+    monkeypatch.setattr(StepBatchSampler, "__len__", lambda self: length)
+    with pytest.raises(RuntimeError, match=error):
+        train(examples, tmp_path, max_steps=4, micro_batch_size=2)
+
+
 class CrashAfterStep(L.Callback):
     """A failure no handler sees (a lost node, SIGKILL) once step ``step`` has finished."""
 

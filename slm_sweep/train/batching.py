@@ -115,11 +115,17 @@ class StepBatchSampler(Sampler):
 
     ``completed_steps``, when given, is read at the start of an epoch: steps of this epoch already taken before a
     resume are skipped, so a resumed run sees the data it would have seen without the interruption.
+
+    ``len()`` is the micro-batch count of the epoch set (``epoch``, then ``set_epoch``). Under a token budget it
+    differs from epoch to epoch (each shuffle cuts differently), while the number of optimizer steps does not.
+    Lightning reads it once per data loader and ends the epoch after that many micro-batches, so a data loader
+    serves one epoch: ``EncodedDataModule`` builds one for each (``reload_dataloaders_every_n_epochs=1``).
     """
 
     def __init__(self, lengths: Sequence[int], loss_tokens: Sequence[int], batch_size: int, micro_batch_size: int,
                  max_tokens: int | None, seed: int, packing: bool = False, pad_to_multiple_of: int | None = None,
-                 rank: int = 0, world_size: int = 1, completed_steps: Callable[[], int] | None = None):
+                 rank: int = 0, world_size: int = 1, completed_steps: Callable[[], int] | None = None,
+                 epoch: int = 0):
         if batch_size % world_size:
             raise ValueError(f"trainer.batch_size={batch_size} must be a multiple of the device count {world_size}")
         self.lengths, self.loss_tokens = list(lengths), list(loss_tokens)
@@ -127,7 +133,7 @@ class StepBatchSampler(Sampler):
         self.seed, self.packing, self.pad_to_multiple_of = seed, packing, pad_to_multiple_of
         self.rank, self.world_size = rank, world_size
         self.completed_steps = completed_steps
-        self.epoch = 0
+        self.epoch = epoch
         self._cache: tuple[int, list[list[MicroBatchPlan]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:

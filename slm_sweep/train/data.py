@@ -54,18 +54,30 @@ class EncodedDataModule(L.LightningDataModule):
     def _completed_steps(self) -> int:
         return self.trainer.global_step if self.trainer is not None else 0
 
-    def train_sampler(self) -> StepBatchSampler:
+    def train_sampler(self, epoch: int = 0) -> StepBatchSampler:
         rank, world_size = self._rank_and_world()
         return StepBatchSampler(
             [len(e["input_ids"]) for e in self.train], [loss_token_count(e["labels"]) for e in self.train],
             self.batch_size, self.micro_batch_size, self.max_tokens, self.seed, packing=self.packing,
             pad_to_multiple_of=self.pad_to_multiple_of, rank=rank, world_size=world_size,
-            completed_steps=self._completed_steps,
+            completed_steps=self._completed_steps, epoch=epoch,
         )
 
+    def _epoch(self) -> int:
+        """The epoch Lightning is about to train: the one it hands the sampler's ``set_epoch`` (the fit loop's
+        processed epochs), which resuming from a checkpoint written at an epoch's end puts one past
+        ``trainer.current_epoch``."""
+        if self.trainer is None:
+            return 0
+        return int(self.trainer.fit_loop.epoch_progress.current.processed)
+
     def train_dataloader(self):
+        """The data loader of the epoch about to start: Lightning calls this before every epoch (the trainer's
+        ``reload_dataloaders_every_n_epochs=1``) and reads its length once, and under a token budget each epoch has
+        its own micro-batch count (see ``StepBatchSampler``)."""
+        epoch = self._epoch()
         # batch_size=None: the sampler yields whole micro-batch plans, the dataset collates each one.
-        return DataLoader(PlannedMicroBatches(self.train, self.collate), sampler=self.train_sampler(),
+        return DataLoader(PlannedMicroBatches(self.train, self.collate), sampler=self.train_sampler(epoch),
                           batch_size=None, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                           generator=self._own_generator())
 
@@ -81,3 +93,26 @@ class EncodedDataModule(L.LightningDataModule):
         # Each DataLoader iterator draws a seed from its generator, by default the global one that dropout draws
         # from: an iterator started at another moment (a resumed epoch, a validation pass) would shift dropout.
         return torch.Generator().manual_seed(self.seed)
+
+
+def align_to_next_epoch(checkpoint: dict, sampler: StepBatchSampler) -> int:
+    """Shift the micro-batch counters of a checkpoint written after an epoch's last micro-batch to the next epoch's
+    count; returns the shift.
+
+    Resuming such a checkpoint, Lightning moves on to the next epoch and loads its data, then starts that epoch
+    afresh only if the counters have reached its micro-batch count. Under a token budget the next epoch may have
+    more micro-batches than the finished one: left as they are, the counters would end it that many micro-batches
+    from its end (its last steps never trained on). Only the epoch's counters move; the run's totals stay.
+    """
+    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    progress, epochs = loop.get("epoch_loop.batch_progress"), loop.get("epoch_progress")
+    if not progress or not epochs or not progress.get("is_last_batch") or "global_step" not in checkpoint:
+        return 0
+    epoch = int(epochs["current"]["processed"])  # the epoch in progress when the checkpoint was written
+    if int(checkpoint["global_step"]) != (epoch + 1) * len(sampler.steps(epoch)):
+        return 0  # not written at its last step's end (say, in an epoch-end hook, which Lightning resumes itself)
+    shift = sum(len(step) for step in sampler.steps(epoch + 1)) - int(progress["current"]["ready"])
+    if shift > 0:
+        for counter in ("ready", "started", "processed", "completed"):
+            progress["current"][counter] = int(progress["current"][counter]) + shift
+    return max(shift, 0)

@@ -120,6 +120,9 @@ def build_trainer(trainer_cfg: Mapping[str, Any], out_dir: Path, callbacks: list
         max_epochs=-1,
         # Each device plans its own share of every optimizer step (see batching).
         use_distributed_sampler=False,
+        # A data loader per epoch: Lightning takes an epoch's micro-batch count from its data loader's length, read
+        # when it is loaded, and under a token budget each epoch's shuffle has a count of its own (see data).
+        reload_dataloaders_every_n_epochs=1,
         # Periodic validation counts micro-batches; without it, validation runs once, after training.
         val_check_interval=int(val_every) if val_every else None,
         check_val_every_n_epoch=None if val_every else 10**9,

@@ -15,6 +15,7 @@ import torch
 from slm_sweep.data.encode import split_micro_batch
 from slm_sweep.memory import is_out_of_memory, release_cached_memory
 from slm_sweep.placement import float32_rotary_buffers, restore_buffers
+from slm_sweep.train.batching import StepBatchSampler
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,28 @@ class CausalLMModule(L.LightningModule):
         if hasattr(loop, "_batches_that_stepped"):
             loop._batches_that_stepped = self.global_step - 1
 
+    def on_train_epoch_end(self):
+        """An epoch ends after its last step's last micro-batch, or at ``max_steps``. Lightning ends it after as many
+        micro-batches as its data loader's length says: were that length another epoch's, the epoch would end inside
+        a step (the step's gradient so far carried into the next epoch's first step) or steps early (its last
+        sequences never trained on, and a resumed run would skip other steps than the uninterrupted one took).
+        Training stopped by a callback (``trainer.should_stop``) may end anywhere: an unfinished step is not taken."""
+        trainer = self._trainer
+        if trainer is not None and trainer.should_stop:
+            return
+        if self._step_batches:
+            raise RuntimeError(
+                f"epoch {self.current_epoch} ended inside optimizer step {self.global_step}, after "
+                f"{len(self._step_batches)} of its micro-batches: the data loader's length does not match the "
+                "epoch's plan of micro-batches (slm_sweep.train.batching)")
+        sampler = getattr(trainer.train_dataloader, "sampler", None) if trainer is not None else None
+        if isinstance(sampler, StepBatchSampler):
+            end = (sampler.epoch + 1) * len(sampler.steps(sampler.epoch))
+            if self.global_step != end and self.global_step < trainer.max_steps:
+                raise RuntimeError(
+                    f"epoch {sampler.epoch} ended at optimizer step {self.global_step} instead of {end}: the data "
+                    "loader's length does not match the epoch's plan of micro-batches (slm_sweep.train.batching)")
+
     def training_step(self, batch, batch_idx):
         self._step_batches.append(batch)
         if not self._fits(lambda: self._accumulate(batch)):
@@ -347,9 +370,12 @@ class CausalLMModule(L.LightningModule):
         trainer = getattr(self, "_trainer", None)
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         if hasattr(datamodule, "train_sampler"):
+            from slm_sweep.train.data import align_to_next_epoch
             from slm_sweep.train.interrupt import align_to_plan
 
-            align_to_plan(checkpoint, datamodule.train_sampler())  # before Lightning restores its loops from it
+            sampler = datamodule.train_sampler()
+            align_to_plan(checkpoint, sampler)  # before Lightning restores its loops from it
+            align_to_next_epoch(checkpoint, sampler)
 
     def on_validation_model_zero_grad(self) -> None:
         # Lightning zeroes the gradients before it validates, to free their memory; validation can fall inside an
