@@ -285,7 +285,7 @@ def test_out_of_domain_rows_and_table(grid, tmp_path):
     markdown = report["markdown"]
     assert "### trained on gsm8k" in markdown
     header = next(line for line in markdown.splitlines() if ", in-domain" in line)
-    assert header.startswith("| model | method | gsm8k (n=100), in-domain | svamp (n=50) |")
+    assert header.startswith("| model | method | gsm8k (n=100, flexible), in-domain | svamp (n=50, flexible) |")
     zeroshot = statistics.fmean(values["alpha", "zeroshot"]["ood"])
     alpha_lora_ood = statistics.fmean(values["alpha", "lora"]["ood"])
     alpha_lora = next(r for r in ood if (r["model"], r["method"]) == ("alpha", "lora"))
@@ -493,6 +493,37 @@ def test_accuracy_axes_stay_within_0_and_100_percent(monkeypatch):
     ax = captured["fig"].axes[0]
     assert ax.get_ylim() == (0.0, 100.0)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["tiny\n104K"]
+
+
+def test_plots_draw_each_dataset_s_claims_metric_and_name_it(monkeypatch):
+    """A dataset's plots draw the metric its deltas and claims read (``delta_metric``: lenient on OrcaMath) and say
+    so on the axis; the out-of-domain heatmap names the metric of each column (its evaluation set's)."""
+    import slm_sweep.report.plots as plots
+
+    rows = [{"model": "tiny", "method": m, "dataset": "orcamath", "total_params": 104_000, "n": 1,
+             "delta_metric": "lenient", "accuracy_flexible_mean": 0.01, "accuracy_flexible_std": None,
+             "accuracy_lenient_mean": mean, "accuracy_lenient_std": None} for m, mean in (("zeroshot", 0.3),
+                                                                                           ("lora", 0.6))]
+    ood = [{**row, "eval_set": "svamp", "delta_metric": "flexible", "accuracy_flexible_mean": 0.2} for row in rows]
+    captured = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: captured.append(fig) or path)
+    plots.plot_accuracy_by_model(rows, "orcamath", None, plots.label_colors(rows))
+    ax = captured[-1].axes[0]
+    assert ax.get_ylabel() == "lenient accuracy (%)"
+    assert sorted(bar.get_height() for bar in ax.patches) == pytest.approx([30.0, 60.0])
+    plots.plot_accuracy_vs(rows, "orcamath", None, plots.label_colors(rows), lambda r: r["total_params"],
+                           "model parameters (base)", "accuracy vs model size", False)
+    ax = captured[-1].axes[0]
+    assert ax.get_ylabel() == "lenient accuracy (%)"
+    assert sorted(y for bars in ax.containers for y in bars.lines[0].get_ydata()) == pytest.approx([30.0, 60.0])
+    plots.plot_ood_heatmap(rows, ood, "orcamath", None)
+    ax = captured[-1].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["orcamath\n(in-domain, lenient)", "svamp\n(flexible)"]
+    assert sorted(t.get_text() for t in ax.texts) == ["20.0", "20.0", "30.0", "60.0"]
+    # rows without a delta metric (written before they had one) are drawn on the primary metric
+    plots.plot_accuracy_by_model([{k: v for k, v in r.items() if k != "delta_metric"} for r in rows], "orcamath",
+                                 None, plots.label_colors(rows))
+    assert captured[-1].axes[0].get_ylabel() == "flexible accuracy (%)"
 
 
 def _with_identity(record, config, configuration_key, evaluation_key=None, reused_from=None):

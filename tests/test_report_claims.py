@@ -78,15 +78,15 @@ def predictions(dataset: str, correct: list[bool], extra_metric: str | None = No
 
 def write_cell(sweep: Path, model: str, method: str, dataset: str, seed: int, correct: list[bool], *,
                reused_from: Path | None = None, extra_metric: str | None = None,
-               ood: dict[str, list[bool]] | None = None, prose: bool = False) -> Path:
+               ood: dict[str, list[bool]] | None = None, prose: bool = False, ood_prose: bool = False) -> Path:
     """A completed cell's result.json and predictions.jsonl in ``sweep/<job>``, with out-of-domain sets scored
-    after the test split as run.py does; returns the result.json."""
+    after the test split as run.py does (``ood_prose``: their right answers in prose); returns the result.json."""
     job = sweep / f"{model}-{method}-{dataset}-seed{seed}"
     preds = predictions(dataset, correct, extra_metric, prose)
     in_domain = preds
     eval_sets = {}
     for name, right in (ood or {}).items():
-        scored = predictions(name, right)
+        scored = predictions(name, right, prose=ood_prose)
         eval_sets[name] = {**{accuracy_key(m): sum(p[f"correct_{m}"] for p in scored) / len(scored) for m in METRICS},
                            "n_eval": len(scored), "truncated_fraction": 0.0}
         preds = [*preds, *scored]
@@ -472,7 +472,7 @@ def test_negative_transfer_and_delta_marks_need_a_significant_paired_test(tmp_pa
     held = lines(report["markdown"])
     assert "▼" in held["full"] and "▼" not in held["lora"]
     assert "| +10.0 |" in held["fewshot"] and "| -3.3 |" in held["lora"]
-    assert "Δ zero-shot (pp, * p<0.05, Holm)" in report["markdown"] and "Holm-adjusted as one family" in report["markdown"]
+    assert "Δ zero-shot (pp on flexible, * p<0.05, Holm)" in report["markdown"] and "Holm-adjusted as one family" in report["markdown"]
     assert "trained method with one seed" not in report["markdown"]  # full and lora have three
     with open(tmp_path / "out" / "summary.csv", newline="") as f:
         fewshot = next(r for r in csv.DictReader(f) if r["method"] == "fewshot")
@@ -480,7 +480,7 @@ def test_negative_transfer_and_delta_marks_need_a_significant_paired_test(tmp_pa
     assert fewshot["delta_zeroshot_significant"] == "False"
     # each test on its own: the one-seed difference of 6 questions is marked, and not at a stricter level
     alone = write_report([tmp_path], tmp_path / "alone", plots=False, correction="none")
-    assert "| +10.0* |" in lines(alone["markdown"])["fewshot"] and "Δ zero-shot (pp, * p<0.05)" in alone["markdown"]
+    assert "| +10.0* |" in lines(alone["markdown"])["fewshot"] and "Δ zero-shot (pp on flexible, * p<0.05)" in alone["markdown"]
     assert "No correction for the number of comparisons" in alone["markdown"]
     strict = write_report([tmp_path], tmp_path / "strict", plots=False, alpha=0.01, correction="none")
     assert "| +10.0 |" in lines(strict["markdown"])["fewshot"] and "alpha=0.01" in strict["markdown"]
@@ -580,8 +580,8 @@ def test_an_orcamath_claim_reads_the_lenient_score(tmp_path):
     assert "| orcamath | lenient | qwen05 |" in markdown
     summary = (tmp_path / "report" / "summary.md").read_text()
     orcamath_section = summary.split("## orcamath")[1].split("## ")[0]
-    assert "claims read lenient on orcamath (its `claims_metric`" in orcamath_section
-    assert "claims read" not in summary.split("## gsm8k")[1].split("## ")[0]
+    assert "Δ zero-shot (pp on lenient," in orcamath_section
+    assert "Δ zero-shot (pp on flexible," in summary.split("## gsm8k")[1].split("## ")[0]
     mine = tmp_path / "mine.yaml"
     mine.write_text("claims:\n  - {id: x, text: LoRA above DoRA., a: {method: lora}, b: {method: dora}, "
                     "direction: above, metric: flexible, datasets: [orcamath]}\n")
@@ -608,10 +608,103 @@ def test_rows_run_with_different_claims_metrics_are_read_on_side_a_s_and_say_so(
                 record = json.loads(path.read_text())
                 record["config"]["dataset"]["claims_metric"] = "flexible"
                 path.write_text(json.dumps(record))
-    result = claims_of(tmp_path)[0]["lora-above-dora-orcamath"]
+    results, report = claims_of(tmp_path)
+    result = results["lora-above-dora-orcamath"]
     (instance,) = result.instances
     assert instance.metric == "lenient" and instance.verdict == "reproduced"
     assert any("run with different claims metrics (lenient, flexible), read on lenient" in g for g in result.gaps)
+    # the summary's deltas are on each row's own claims metric, which a column of its own names
+    assert {r["method"]: r["delta_metric"] for r in report["rows"]} == {"lora": "lenient", "dora": "flexible"}
+    table = [line for line in report["markdown"].split("## orcamath")[1].splitlines() if line.startswith("| ")]
+    assert "| Δ on | Δ zero-shot (pp on the row's Δ on, * p<0.05, Holm) |" in table[0]
+    assert "| lenient | – |" in next(line for line in table if "| lora |" in line)
+    assert "were run with different claims metrics (lenient, flexible)" in report["markdown"]
+
+
+def _prose_lora_against_zeroshot(sweep: Path, datasets=("gsm8k", "orcamath"), ood=None) -> None:
+    """Per dataset qwen05's zero-shot (30 of 60 right, answered with "####") and three LoRA seeds (44, 45, 46 of
+    60 right, answered in prose ending with a check): lenient reads LoRA 15 points above zero-shot, flexible (the
+    check's last number) 1 of 60 right, far below. ``ood``: out-of-domain sets, LoRA's answers in prose there too."""
+    for dataset in datasets:
+        write_cell(sweep, "qwen05", "zeroshot", dataset, 0, first(30), ood={s: first(30) for s in ood or ()})
+        for offset, seed in enumerate(TRAINED_SEEDS):
+            write_cell(sweep, "qwen05", "lora", dataset, seed, first(44 + offset), prose=True,
+                       ood={s: first(44 + offset) for s in ood or ()}, ood_prose=True)
+
+
+def test_the_summary_s_deltas_and_marks_read_each_dataset_s_claims_metric_as_its_claims_do(tmp_path):
+    """On OrcaMath flexible and lenient disagree about LoRA against zero-shot: flexible puts it far below (its prose
+    ends with a check's number), lenient 15 points above. The summary's delta, its test, ▼ and the claim read
+    lenient there and agree; on GSM8K all of them read flexible, as before."""
+    from slm_sweep.report.aggregate import compare_rows
+
+    _prose_lora_against_zeroshot(tmp_path)
+    results, report = claims_of(tmp_path)
+    rows = {(r["dataset"], r["method"]): r for r in report["rows"]}
+    instances = {i.dataset: i for i in results["peft-not-below-zeroshot"].instances}
+
+    lora, zeroshot = rows["orcamath", "lora"], rows["orcamath", "zeroshot"]
+    assert lora["accuracy_flexible_mean"] < zeroshot["accuracy_flexible_mean"] - 0.4  # flexible: far below
+    assert lora["delta_metric"] == zeroshot["delta_metric"] == "lenient"
+    assert lora["delta_zeroshot"] == pytest.approx(lora["accuracy_lenient_mean"] - zeroshot["accuracy_lenient_mean"])
+    assert lora["delta_zeroshot"] == pytest.approx(0.25)
+    assert lora["delta_zeroshot_p"] == compare_rows(lora, zeroshot, "orcamath", "lenient").p_value
+    assert lora["delta_zeroshot_significant"] is True
+    assert lora["below_zeroshot"] is False and lora["negative_transfer"] is False
+    assert instances["orcamath"].metric == "lenient" and instances["orcamath"].verdict == "reproduced"
+
+    lora, zeroshot = rows["gsm8k", "lora"], rows["gsm8k", "zeroshot"]
+    assert lora["delta_metric"] == zeroshot["delta_metric"] == "flexible"
+    assert lora["delta_zeroshot"] == pytest.approx(lora["accuracy_flexible_mean"] - zeroshot["accuracy_flexible_mean"])
+    assert lora["delta_zeroshot_p"] == compare_rows(lora, zeroshot, "gsm8k", "flexible").p_value
+    assert lora["below_zeroshot"] is True and lora["negative_transfer"] is True
+    assert instances["gsm8k"].metric == "flexible" and instances["gsm8k"].verdict == "contradicted"
+
+    with (tmp_path / "report" / "summary.csv").open(newline="") as f:
+        written = {(r["dataset"], r["method"]): r for r in csv.DictReader(f)}
+    assert {key: r["delta_metric"] for key, r in written.items()} == {
+        ("gsm8k", "zeroshot"): "flexible", ("gsm8k", "lora"): "flexible",
+        ("orcamath", "zeroshot"): "lenient", ("orcamath", "lora"): "lenient"}
+    assert written["orcamath", "lora"]["negative_transfer"] == "False"
+    assert float(written["orcamath", "lora"]["delta_zeroshot"]) == pytest.approx(0.25)
+
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "Δ on: flexible (gsm8k), lenient (orcamath)" in summary
+    assert "The deltas and ▼ marks of this table are on the flexible score" not in summary
+    orcamath = summary.split("## orcamath")[1].split("\n## ")[0]
+    gsm8k = summary.split("## gsm8k")[1].split("\n## ")[0]
+    assert "Δ zero-shot (pp on lenient," in orcamath and "Δ zero-shot (pp on flexible," in gsm8k
+    (orcamath_lora,) = [line for line in orcamath.splitlines() if line.startswith("| qwen05 | lora |")]
+    (gsm8k_lora,) = [line for line in gsm8k.splitlines() if line.startswith("| qwen05 | lora |")]
+    assert "▼" not in orcamath_lora and "| +25.0* |" in orcamath_lora
+    # the mark stands beside the accuracy the delta is on: lenient on OrcaMath, flexible on GSM8K
+    assert f"| {100 * rows['gsm8k', 'lora']['accuracy_flexible_mean']:.1f} ± " in gsm8k_lora
+    assert gsm8k_lora.count("▼") == 1
+    flexible_cell = gsm8k_lora.split(" | ")[4]  # model, method, seeds, questions, then flexible (the primary)
+    assert flexible_cell.endswith("▼"), gsm8k_lora
+
+
+def test_out_of_domain_deltas_read_the_evaluation_set_s_claims_metric(tmp_path):
+    """Trained on OrcaMath (lenient) and evaluated on SVAMP (flexible): LoRA's prose answers are 15 points above
+    zero-shot in-domain on lenient, and far below on SVAMP's flexible score, which the out-of-domain row reads."""
+    _prose_lora_against_zeroshot(tmp_path, datasets=("orcamath",), ood=("svamp",))
+    report = write_report([tmp_path], tmp_path / "report", plots=False)
+    (lora,) = [r for r in report["ood_rows"] if r["method"] == "lora"]
+    (zeroshot,) = [r for r in report["ood_rows"] if r["method"] == "zeroshot"]
+    assert lora["eval_set"] == "svamp" and lora["delta_metric"] == zeroshot["delta_metric"] == "flexible"
+    assert lora["delta_zeroshot"] == pytest.approx(lora["accuracy_flexible_mean"] - zeroshot["accuracy_flexible_mean"])
+    assert lora["below_zeroshot"] is True and lora["negative_transfer"] is True
+    (in_domain,) = [r for r in report["rows"] if r["method"] == "lora"]
+    assert in_domain["delta_metric"] == "lenient" and in_domain["negative_transfer"] is False
+    with (tmp_path / "report" / "summary_ood.csv").open(newline="") as f:
+        assert {r["method"]: r["delta_metric"] for r in csv.DictReader(f)} == {"zeroshot": "flexible",
+                                                                               "lora": "flexible"}
+    table = report["markdown"].split("### trained on orcamath")[1]
+    assert "| model | method | orcamath (n=60, lenient), in-domain | svamp (n=60, flexible) |" in table
+    (line,) = [row for row in table.splitlines() if row.startswith("| qwen05 | lora |")]
+    in_domain_cell, svamp_cell = line.strip(" |").split(" | ")[2:]
+    assert "▼" not in in_domain_cell and in_domain_cell.startswith(f"{100 * in_domain['accuracy_lenient_mean']:.1f}")
+    assert svamp_cell.endswith("▼") and svamp_cell.startswith(f"{100 * lora['accuracy_flexible_mean']:.1f}")
 
 
 def run_cli(*args, cwd):

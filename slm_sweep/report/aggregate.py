@@ -15,9 +15,11 @@ result files (a metric registered by a plugin), the primary metric first.
 A method trains when its config says so (``method.train``), else when it is not a baseline name. Deltas against
 zero-shot and few-shot come with a paired test on the questions both rows scored (``stats.paired_test``: exact
 McNemar for single seeds, the seeds-and-questions test otherwise; none when the rows scored different questions); a trained row is flagged as negative transfer only when its
-primary accuracy is below the zero-shot row of the same model and dataset and that test is significant at
-``alpha``. Out-of-domain rows are compared with the zero-shot row of the same model, training dataset and
-evaluation set.
+accuracy is below the zero-shot row of the same model and dataset and that test is significant at ``alpha``.
+Deltas, tests and marks are on the row's ``delta_metric``: the ``claims_metric`` of the set it is scored on (its
+dataset's, flexible, lenient on OrcaMath; an out-of-domain row's evaluation set's), the metric the claims read, so
+that the summary and the claims agree. Out-of-domain rows are compared with the zero-shot row of the same model,
+training dataset and evaluation set.
 """
 
 from __future__ import annotations
@@ -372,16 +374,18 @@ def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str],
     (delta_<baseline>_p_adjusted, over the tests of that column in one table: every model and method of a
     dataset, or of a dataset x evaluation set; None with correction "none"), delta_<baseline>_significant (at
     ``alpha``, adjusted or not), below_zeroshot and negative_transfer (below zero-shot and significant) on
-    ``rows`` in place."""
+    ``rows`` in place, each on the row's ``delta_metric`` (the primary metric for a row without one): the
+    baseline's accuracy and per-question scores are read on the same metric."""
     candidates: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         candidates[tuple(row[k] for k in group_keys), row["method"]].append(row)
     for row in rows:
         group = tuple(row[k] for k in group_keys)
-        mean = row[f"{PRIMARY_ACCURACY}_mean"]
+        metric = row.get("delta_metric") or PRIMARY_METRIC  # both rows are read on this row's
+        mean = row.get(f"{accuracy_key(metric)}_mean")
         for baseline in DELTA_BASELINES if deltas else ("zeroshot",):
             reference, several = _reference(row, candidates.get((group, baseline), []))
-            reference_mean = None if reference is None else reference[f"{PRIMARY_ACCURACY}_mean"]
+            reference_mean = None if reference is None else reference.get(f"{accuracy_key(metric)}_mean")
             # the baseline's own row has no delta against itself; equal accuracies averaged in another order
             # (2, 3 and 4 of 60 right against 3 of 60) differ by a rounding error, which is no delta
             delta = (None if reference_mean is None or mean is None or reference is row
@@ -389,7 +393,7 @@ def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str],
                      else mean - reference_mean)
             test = None
             if delta is not None:
-                test = compare_rows(row, reference, row[eval_set_key], alpha=alpha)
+                test = compare_rows(row, reference, row[eval_set_key], metric, alpha=alpha)
             row[f"delta_{baseline}"] = delta
             row[f"delta_{baseline}_p"] = test.p_value if test else None
             row[f"delta_{baseline}_test"] = (_test_name(test) if test else SEVERAL_BASELINES if several else None)
@@ -419,11 +423,11 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
     wilson: over the test questions), n_eval, trainable_params, total_params, train_time_s_mean,
     train_tokens_per_s_mean, step_time_s_mean, mfu_mean, train_padding_fraction_mean, train_clipped_fraction_mean,
     peak_memory_mb_max,
-    eval_time_s_mean, truncated_fraction_mean (answers cut off at eval.max_new_tokens), delta_zeroshot,
-    delta_fewshot (primary metric), delta_{zeroshot,fewshot}_{p,test} (the
-    paired test of that delta), _p_adjusted (Holm, over the column of the dataset's table) and _significant,
-    below_zeroshot, negative_transfer (below and significant at ``alpha`` after ``correction``), lr, lr_source,
-    lr_at_edge (``learning_rate_columns``).
+    eval_time_s_mean, truncated_fraction_mean (answers cut off at eval.max_new_tokens), claims_metric,
+    delta_metric (what the deltas and marks are on: ``delta_metric``), delta_zeroshot, delta_fewshot,
+    delta_{zeroshot,fewshot}_{p,test} (the paired test of that delta), _p_adjusted (Holm, over the column of the
+    dataset's table) and _significant, below_zeroshot, negative_transfer (below and significant at ``alpha``
+    after ``correction``), lr, lr_source, lr_at_edge (``learning_rate_columns``).
     Accuracies are fractions.
     """
     completed = labelled_records(records)
@@ -433,12 +437,16 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
         groups[record["dataset"], record["model"], record["method"], record["variant"]].append(record)
     sizes = model_sizes(completed)
     left_out = not_completed(records)
+    delta_metrics: dict[tuple[str, str], str] = {}  # per dataset and claims metric, warned about once
 
     rows = []
     for (dataset, model, method, variant), group in groups.items():
         group.sort(key=lambda r: r["seed"])
         _check_same_questions(group, lambda r: r["metrics"].get("n_eval"), dataset)
         metrics = [r["metrics"] for r in group]
+        claimed = claims_metric(group)
+        if (dataset, claimed) not in delta_metrics:
+            delta_metrics[dataset, claimed] = delta_metric(claimed, metric_names, dataset)
         row: dict[str, Any] = {
             "dataset": dataset,
             "model": model,
@@ -450,7 +458,8 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
             "result_paths": [r.get("result_path") for r in group if r.get("result_path")],
             "not_completed": left_out.get((dataset, model, method, variant)),
             "model_source": model_source(group),
-            "claims_metric": claims_metric(group),
+            "claims_metric": claimed,
+            "delta_metric": delta_metrics[dataset, claimed],
             **learning_rate_columns(group),
             "scored_with": scored_with(group),
             # what the variant label is read from: its settings, for pairing variants across methods like for like
@@ -501,14 +510,30 @@ def claims_metric(records: Sequence[dict[str, Any]]) -> str:
         dataset = (record.get("config") or {}).get("dataset") if isinstance(record.get("config"), dict) else None
         if isinstance(dataset, dict) and isinstance(dataset.get("claims_metric"), str):
             return dataset["claims_metric"].removeprefix("accuracy_")
+    return dataset_claims_metric(records[0]["dataset"] if records else None)
+
+
+def dataset_claims_metric(name: str | None) -> str:
+    """The ``claims_metric`` of the dataset ``name`` as its config (conf/dataset/) says now; the primary metric for
+    a dataset without a config here or whose config no longer reads. An out-of-domain set's is read so: a result
+    file's config records only the training dataset's."""
     from slm_sweep.data.specs import dataset_spec, known_datasets
 
-    name = records[0]["dataset"] if records else None
     try:
         if name in known_datasets():
             return str(dataset_spec(name).get("claims_metric") or PRIMARY_METRIC).removeprefix("accuracy_")
     except Exception:  # noqa: BLE001 - a dataset file that no longer reads: the report still runs
         log.warning("dataset %s: its config cannot be read; its claims metric is taken as %s", name, PRIMARY_METRIC)
+    return PRIMARY_METRIC
+
+
+def delta_metric(claimed: str, metric_names: Sequence[str], where: str) -> str:
+    """What a row's deltas, their tests and its marks are on: the claims metric of the set it is scored on (so that
+    the summary says what the claims say), else, when the results have no accuracy of it, the primary metric."""
+    if accuracy_key(claimed) in metric_names:
+        return claimed
+    log.warning("%s: claims_metric %r is in none of the result files (%s); its deltas are on %s", where, claimed,
+                ", ".join(m.removeprefix("accuracy_") for m in metric_names), PRIMARY_METRIC)
     return PRIMARY_METRIC
 
 
@@ -563,8 +588,8 @@ def summarize_ood(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
 
     Keys: dataset (the training dataset), eval_set, model, method, variant, trained, n, seeds, result_paths,
     <metric>_{mean,std,ci95,wilson_low,wilson_high} for each metric of ``accuracy_metrics``, n_eval,
-    truncated_fraction_mean, delta_zeroshot, delta_zeroshot_{p,test,p_adjusted,significant}, below_zeroshot,
-    negative_transfer.
+    truncated_fraction_mean, delta_metric (the evaluation set's ``claims_metric``: what the deltas and marks are
+    on), delta_zeroshot, delta_zeroshot_{p,test,p_adjusted,significant}, below_zeroshot, negative_transfer.
     """
     completed = labelled_records(records)
     metric_names = accuracy_metrics(completed)
@@ -575,6 +600,8 @@ def summarize_ood(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
                 key = (record["dataset"], eval_set, record["model"], record["method"], record["variant"])
                 groups[key].append((record, {**entry, "result_path": record.get("result_path")}))
     sizes = model_sizes(completed)
+    metrics_of = {name: delta_metric(dataset_claims_metric(name), metric_names, name)
+                  for name in {key[1] for key in groups}}
 
     rows = []
     for (dataset, eval_set, model, method, variant), group in groups.items():
@@ -592,6 +619,7 @@ def summarize_ood(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
             "seeds": [record["seed"] for record, _ in group],
             "result_paths": [record["result_path"] for record, _ in group if record.get("result_path")],
             "scored_with": scored_with([record for record, _ in group]),
+            "delta_metric": metrics_of[eval_set],
         }
         row.update(_accuracy_columns([entry for _, entry in group], metric_names))
         row["truncated_fraction_mean"] = _mean_or_none(entry.get("truncated_fraction") for _, entry in group)

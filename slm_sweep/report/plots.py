@@ -1,17 +1,22 @@
 """PNG plots of the summary rows, one file per plot kind and dataset.
 
+Each plot of a dataset draws the metric its deltas, ▼ marks and claims are on (the rows' ``delta_metric``: the
+dataset's ``claims_metric``, flexible, lenient on OrcaMath) and names it on the accuracy axis; rows without one
+(made before rows had it) are drawn on the primary metric. The out-of-domain heatmap draws each column on its own
+set's metric and names it under the set.
+
 Files (``<dataset>`` is the dataset name reduced to ``[A-Za-z0-9_.-]``, made unique when two names
 reduce to the same text):
 
 - ``accuracy_by_model_<dataset>.png``: grouped bars, models on x by size, one bar per method, std error bars.
-- ``accuracy_vs_size_<dataset>.png``: primary-metric (flexible) accuracy against total parameters (log x), a line per
+- ``accuracy_vs_size_<dataset>.png``: accuracy against total parameters (log x), a line per
   method; the baselines are included since their total parameters are the base model's.
-- ``accuracy_vs_trainable_<dataset>.png`` and ``accuracy_vs_train_time_<dataset>.png``: flexible
+- ``accuracy_vs_trainable_<dataset>.png`` and ``accuracy_vs_train_time_<dataset>.png``:
   accuracy against trainable parameters / mean training time (log x), a line per fine-tuned method.
   Zero-shot and few-shot train nothing (0 trainable parameters, 0 s), which has no place on a log axis,
   and one reference line per model would clutter the plot, so the baselines are left out of these two;
   they are in the other plots. A plot with no point to draw is not written.
-- ``ood_accuracy_<dataset>.png``: heatmap of mean flexible accuracy of the models trained on
+- ``ood_accuracy_<dataset>.png``: heatmap of mean accuracy of the models trained on
   ``<dataset>`` (rows model · method) on every evaluation set (columns, in-domain first); only written
   when there are out-of-domain results.
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +42,19 @@ from slm_sweep.scoring import PRIMARY_METRIC, accuracy_key
 from .aggregate import DELTA_BASELINES, UNTRAINED_SOURCES, is_fine_tuned, method_label, row_sort_key
 
 DPI = 120
-_MEAN, _STD = f"{accuracy_key(PRIMARY_METRIC)}_mean", f"{accuracy_key(PRIMARY_METRIC)}_std"  # what is plotted
+# the primary metric's columns: what rows without a delta_metric (made before rows had one) are drawn on
+_MEAN, _STD = f"{accuracy_key(PRIMARY_METRIC)}_mean", f"{accuracy_key(PRIMARY_METRIC)}_std"
+
+
+def plotted_metric(rows: Sequence[dict[str, Any]]) -> str:
+    """The metric a plot of ``rows`` draws: their ``delta_metric`` (the set's claims metric), the most common one
+    where rows were run with different claims metrics, the primary metric for rows without one."""
+    counted = Counter(r.get("delta_metric") or PRIMARY_METRIC for r in rows)
+    return counted.most_common(1)[0][0] if counted else PRIMARY_METRIC
+
+
+def _mean(row: dict[str, Any], metric: str) -> float | None:
+    return row.get(f"{accuracy_key(metric)}_mean")
 
 
 def _slug(name: str) -> str:
@@ -93,10 +111,10 @@ def human_count(n: float) -> str:
     return f"{n:.0f}"
 
 
-def _accuracy_axis(ax) -> None:
+def _accuracy_axis(ax, metric: str = PRIMARY_METRIC) -> None:
     """Accuracy lives in [0, 100] %: error bars must not draw the axis below 0 or above 100."""
     ax.set_ylim(0, 100)
-    ax.set_ylabel(f"{PRIMARY_METRIC} accuracy (%)")
+    ax.set_ylabel(f"{metric} accuracy (%)")
 
 
 def _methods(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -108,13 +126,14 @@ def _models(rows: Sequence[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(r["model"] for r in rows))  # rows are already sorted by model size
 
 
-def _error_bar(row: dict[str, Any]) -> float:
+def _error_bar(row: dict[str, Any], metric: str = PRIMARY_METRIC) -> float:
     """The row's std over seeds in points; NaN (no bar drawn) for one seed, which has no spread to show."""
-    return math.nan if row[_STD] is None else _percent(row[_STD])
+    std = row.get(f"{accuracy_key(metric)}_std")
+    return math.nan if std is None else _percent(std)
 
 
 def plot_accuracy_by_model(rows: Sequence[dict[str, Any]], dataset: str, path: Path, colors: dict) -> Path:
-    models, methods = _models(rows), _methods(rows)
+    models, methods, metric = _models(rows), _methods(rows), plotted_metric(rows)
     by_cell = {(r["model"], method_label(r)): r for r in rows}
     sizes = {r["model"]: r["total_params"] for r in rows if r["method"] in DELTA_BASELINES}
     for r in rows:
@@ -127,15 +146,15 @@ def plot_accuracy_by_model(rows: Sequence[dict[str, Any]], dataset: str, path: P
         xs, ys, errs = [], [], []
         for j, model in enumerate(models):
             row = by_cell.get((model, method))
-            if row is None or row[_MEAN] is None:
+            if row is None or _mean(row, metric) is None:
                 continue
             xs.append(j - 0.4 + width * (i + 0.5))
-            ys.append(_percent(row[_MEAN]))
-            errs.append(_error_bar(row))
+            ys.append(_percent(_mean(row, metric)))
+            errs.append(_error_bar(row, metric))
         ax.bar(xs, ys, width, yerr=errs, capsize=3, label=method, color=colors[method])
     labels = [m if sizes.get(m) is None else f"{m}\n{human_count(sizes[m])}" for m in models]
     ax.set_xticks(range(len(models)), labels)
-    _accuracy_axis(ax)
+    _accuracy_axis(ax, metric)
     ax.set_title(f"{dataset}: accuracy by model (mean ± std over seeds; no bar: one seed)")
     ax.legend(title="method")
     ax.grid(axis="y", alpha=0.3)
@@ -152,9 +171,10 @@ def plot_accuracy_vs(
     title: str,
     annotate: bool,
 ) -> Path | None:
-    """Flexible accuracy against a positive quantity on a log axis, one line per method."""
+    """Accuracy (``plotted_metric``) against a positive quantity on a log axis, one line per method."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
+    metric = plotted_metric(rows)
     drawn = False
     for method in _methods(rows):
         points = []
@@ -164,15 +184,15 @@ def plot_accuracy_vs(
                 method_label(row) == method
                 and x is not None
                 and x > 0
-                and row[_MEAN] is not None
+                and _mean(row, metric) is not None
             ):
                 points.append((x, row))
         if not points:
             continue
         points.sort(key=lambda p: p[0])
         xs = [x for x, _ in points]
-        ys = [_percent(r[_MEAN]) for _, r in points]
-        errs = [_error_bar(r) for _, r in points]
+        ys = [_percent(_mean(r, metric)) for _, r in points]
+        errs = [_error_bar(r, metric) for _, r in points]
         ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=method, color=colors[method])
         if annotate:
             for x, y, (_, row) in zip(xs, ys, points):
@@ -186,7 +206,7 @@ def plot_accuracy_vs(
         from matplotlib.ticker import FuncFormatter
 
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: human_count(value)))
-    _accuracy_axis(ax)
+    _accuracy_axis(ax, metric)
     ax.set_title(f"{dataset}: {title}\n(mean ± std over seeds; no bar: one seed)", fontsize=10)
     ax.legend(title="method")
     ax.grid(alpha=0.3, which="both")
@@ -199,27 +219,32 @@ def plot_ood_heatmap(
     import numpy as np
 
     eval_sets = [dataset, *sorted({r["eval_set"] for r in ood} - {dataset})]
+    # each column on its own set's metric: the training dataset's in-domain, the evaluation set's out of domain
+    metrics = [plotted_metric(in_domain), *(plotted_metric([r for r in ood if r["eval_set"] == s])
+                                            for s in eval_sets[1:])]
     order = list(dict.fromkeys((r["model"], method_label(r)) for r in (*in_domain, *ood)))
     values = np.full((len(order), len(eval_sets)), np.nan)
     index = {cell: i for i, cell in enumerate(order)}
     for row in in_domain:
-        values[index[row["model"], method_label(row)], 0] = _percent(row[_MEAN])
+        values[index[row["model"], method_label(row)], 0] = _percent(_mean(row, metrics[0]))
     for row in ood:
-        values[index[row["model"], method_label(row)], eval_sets.index(row["eval_set"])] = _percent(
-            row[_MEAN]
-        )
+        column = eval_sets.index(row["eval_set"])
+        values[index[row["model"], method_label(row)], column] = _percent(_mean(row, metrics[column]))
 
     fig = Figure(figsize=(max(5.0, 1.4 * len(eval_sets) + 3), max(3.0, 0.35 * len(order) + 1.5)))
     ax = fig.subplots()
     image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis", vmin=0, vmax=100)
-    ax.set_xticks(range(len(eval_sets)), [f"{dataset}\n(in-domain)", *eval_sets[1:]])
+    ax.set_xticks(range(len(eval_sets)), [f"{dataset}\n(in-domain, {metrics[0]})",
+                                          *(f"{s}\n({m})" for s, m in zip(eval_sets[1:], metrics[1:]))])
     ax.set_yticks(range(len(order)), [f"{model} · {method}" for model, method in order])
     for i in range(len(order)):
         for j in range(len(eval_sets)):
             if not math.isnan(values[i, j]):
                 color = "black" if image.norm(values[i, j]) > 0.6 else "white"  # readable on light cells
                 ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=7, color=color)
-    fig.colorbar(image, ax=ax, label=f"{PRIMARY_METRIC} accuracy (%)")
+    shared = set(metrics)
+    label = f"{metrics[0]} accuracy (%)" if len(shared) == 1 else "accuracy (%), metric per set"
+    fig.colorbar(image, ax=ax, label=label)
     ax.set_title(f"trained on {dataset}: accuracy per evaluation set")
     return _save(fig, path)
 

@@ -2,7 +2,9 @@
 
 The CSV files keep the raw values (accuracies as fractions, empty cells for missing values); the markdown
 shows accuracies as percentages (``mean ± std``, the mean alone for a single seed), deltas in percentage points
-with ``*`` where their paired test is significant, and marks negative transfer (significant) with ``▼``.
+with ``*`` where their paired test is significant, and marks negative transfer (significant) with ``▼``. Deltas,
+tests and marks are on each row's ``delta_metric`` (its set's ``claims_metric``, which the claims read too), and
+both files say which.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from slm_sweep.scoring import PRIMARY_METRIC
+from slm_sweep.scoring import PRIMARY_METRIC, accuracy_key
 
 from .aggregate import (
     ACCURACY_METRICS,
@@ -47,7 +49,7 @@ def summary_columns(metrics: Sequence[str] = ACCURACY_METRICS) -> tuple[str, ...
         "n_eval", "trainable_params", "total_params", "train_time_s_mean", "train_time_resumed_seeds",
         "train_tokens_per_s_mean",
         "step_time_s_mean", "mfu_mean", "train_padding_fraction_mean", "train_clipped_fraction_mean",
-        "peak_memory_mb_max", "eval_time_s_mean", "truncated_fraction_mean",
+        "peak_memory_mb_max", "eval_time_s_mean", "truncated_fraction_mean", "delta_metric",
         "delta_zeroshot", "delta_zeroshot_p", "delta_zeroshot_p_adjusted", "delta_zeroshot_significant",
         "delta_zeroshot_test", "delta_fewshot", "delta_fewshot_p", "delta_fewshot_p_adjusted",
         "delta_fewshot_significant", "delta_fewshot_test", "below_zeroshot", "negative_transfer", "not_completed",
@@ -60,7 +62,8 @@ def ood_columns(metrics: Sequence[str] = ACCURACY_METRICS) -> tuple[str, ...]:
     return (
         "dataset", "eval_set", "model", "method", "variant", "trained", "n", "seeds",
         *(f"{m}_{s}" for m in metrics for s in _STATISTICS),
-        "n_eval", "truncated_fraction_mean", "delta_zeroshot", "delta_zeroshot_p", "delta_zeroshot_p_adjusted",
+        "n_eval", "truncated_fraction_mean", "delta_metric", "delta_zeroshot", "delta_zeroshot_p",
+        "delta_zeroshot_p_adjusted",
         "delta_zeroshot_significant", "delta_zeroshot_test", "below_zeroshot", "negative_transfer",
     )  # fmt: skip
 
@@ -238,12 +241,25 @@ def _spread(row: dict[str, Any], metric: str) -> str:
     return percent(row[f"{metric}_mean"], row[f"{metric}_std"] if row["n"] > 1 else None)
 
 
+def delta_metric_of(row: dict[str, Any]) -> str:
+    """The metric a row's deltas, tests and marks are on (``aggregate``: its set's claims metric); the primary one
+    for a row without it."""
+    return row.get("delta_metric") or PRIMARY_METRIC
+
+
+def delta_metrics_text(rows: Sequence[dict[str, Any]], key: str = "dataset") -> str:
+    """What the rows' deltas are on, per dataset (or ``key``): ``flexible (gsm8k), lenient (orcamath)``."""
+    pairs = dict.fromkeys((delta_metric_of(r), r[key]) for r in rows)
+    return ", ".join(f"{metric} ({name})" for metric, name in pairs)
+
+
 def _accuracy_cells(row: dict[str, Any], metrics: Sequence[str]) -> list[str]:
-    """Mean ± std and CI half-width of every accuracy metric, the primary one marked for negative transfer."""
+    """Mean ± std and CI half-width of every accuracy metric, the one the row's deltas are on marked for negative
+    transfer."""
     cells = []
     for metric in metrics:
         text = _spread(row, metric)
-        if metric == PRIMARY_ACCURACY and row["negative_transfer"]:
+        if metric == accuracy_key(delta_metric_of(row)) and row["negative_transfer"]:
             text += f" {NEGATIVE_MARK}"
         cells += [text, half_width(row[f"{metric}_ci95"])]
         if metric == PRIMARY_ACCURACY:
@@ -257,13 +273,17 @@ def _level_text(alpha: float, correction: str) -> str:
 
 def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Sequence[str],
                        alpha: float, correction: str) -> list[str]:
+    # what the deltas are on: one metric in the headers, or (rows run with other claims metrics) a column of its own
+    on = list(dict.fromkeys(delta_metric_of(r) for r in rows))
+    unit = f"pp on {on[0]}" if len(on) == 1 else "pp on the row's Δ on"
     header = (
         "model", "method", "seeds", "questions",
         *(h for m in metrics
           for h in (f"{_metric_name(m)} (%)", "seeds 95% CI",
                     *(("questions 95% CI",) if m == PRIMARY_ACCURACY else ()))),
-        f"Δ zero-shot (pp, {SIGNIFICANT_MARK} {_level_text(alpha, correction)})",
-        f"Δ few-shot (pp, {SIGNIFICANT_MARK} {_level_text(alpha, correction)})",
+        *(("Δ on",) if len(on) > 1 else ()),
+        f"Δ zero-shot ({unit}, {SIGNIFICANT_MARK} {_level_text(alpha, correction)})",
+        f"Δ few-shot ({unit}, {SIGNIFICANT_MARK} {_level_text(alpha, correction)})",
         "trainable", "total", "train time", "train tok/s", "MFU", "peak memory",
     )  # fmt: skip
     body = []
@@ -275,6 +295,7 @@ def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Se
                 str(row["n"]),
                 EMPTY if row.get("n_eval") is None else str(row["n_eval"]),
                 *_accuracy_cells(row, metrics),
+                *((delta_metric_of(row),) if len(on) > 1 else ()),
                 points(row["delta_zeroshot"], row["delta_zeroshot_significant"]),
                 points(row["delta_fewshot"], row["delta_fewshot_significant"]),
                 params(row["trainable_params"]),
@@ -286,12 +307,9 @@ def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Se
             )
         )
     lines = [f"## {dataset}", "", *markdown_table(header, body), ""]
-    claims_metrics = sorted({r.get("claims_metric") or PRIMARY_METRIC for r in rows} - {PRIMARY_METRIC})
-    if claims_metrics:
-        read = ", ".join(claims_metrics)
-        lines += [f"The deltas and {NEGATIVE_MARK} marks of this table are on the {PRIMARY_METRIC} score; claims read "
-                  f"{read} on {dataset} (its `claims_metric`, docs/results.md) unless they name a metric: read its "
-                  f"{read} columns beside them.", ""]
+    if len(on) > 1:
+        lines += [f"Rows of {dataset} were run with different claims metrics ({', '.join(on)}): each row's deltas and "
+                  f"marks are on its own (Δ on), and its claims read side A's.", ""]
     resumed = [(r["model"], method_label(r), r["train_time_resumed_seeds"], r["n"]) for r in rows
                if r.get("train_time_resumed_seeds")]
     if resumed:
@@ -315,7 +333,7 @@ def _ood_section(
     seeds = {(row["model"], method_label(row)): row["n"] for row in in_domain}
 
     def put(row: dict[str, Any], column: str) -> None:
-        text = _spread(row, PRIMARY_ACCURACY)
+        text = _spread(row, accuracy_key(delta_metric_of(row)))  # the metric its ▼ is on
         if row["negative_transfer"]:
             text += f" {NEGATIVE_MARK}"
         expected = seeds.get((row["model"], method_label(row)))
@@ -331,11 +349,17 @@ def _ood_section(
     order = list(dict.fromkeys((r["model"], method_label(r)) for r in (*in_domain, *ood)))
     columns = [dataset, *(s for s in eval_sets if s != dataset)]
     counts: dict[str, set] = {}
+    on: dict[str, dict[str, None]] = {}
     for row in (*in_domain, *ood):
         counts.setdefault(row.get("eval_set", dataset), set()).add(row.get("n_eval"))
-    # a set's number of questions, where its rows agree on it
-    named = [f"{c} (n={next(iter(counts[c]))})" if len(counts.get(c, ())) == 1 and None not in counts[c] else c
-             for c in columns]
+        on.setdefault(row.get("eval_set", dataset), {})[delta_metric_of(row)] = None
+    # a set's number of questions, where its rows agree on it, and the metric its cells and marks are on
+    def name(column: str) -> str:
+        known = counts.get(column, set())
+        size = [f"n={next(iter(known))}"] if len(known) == 1 and None not in known else []
+        return f"{column} ({', '.join([*size, *on.get(column, {})])})"
+
+    named = [name(c) for c in columns]
     header = ("model", "method", f"{named[0]}, in-domain", *named[1:])
     body = [
         (model, method, *(cells[model, method].get(c, EMPTY) for c in columns)) for model, method in order
@@ -402,6 +426,10 @@ def render_markdown(
     datasets = list(dict.fromkeys(row["dataset"] for row in rows))
     if not datasets:
         lines += ["No completed cells.", ""]
+    else:
+        lines += [f"Δ on: {delta_metrics_text(rows)}. Each dataset's deltas, their tests, "
+                  f"{SIGNIFICANT_MARK} and {NEGATIVE_MARK} are on its `claims_metric`, the metric its claims read "
+                  f"(docs/results.md); its accuracy columns show every metric.", ""]
     for dataset in datasets:
         lines += _in_domain_section(dataset, [r for r in rows if r["dataset"] == dataset], metrics, alpha,
                                     correction)
@@ -425,9 +453,9 @@ def render_markdown(
         f"from Student's t over the seeds; questions 95% CI: Wilson interval of the "
         f"{_metric_name(PRIMARY_ACCURACY)} mean over the row's test questions (the test set's sampling noise). "
         f"The seeds and questions columns count what a row's mean is over. "
-        f"{NEGATIVE_MARK} = negative transfer: a trained method's "
-        f"{_metric_name(PRIMARY_ACCURACY)} mean below the model's zero-shot mean, significant at alpha={alpha:g}"
-        f"{' (Holm-adjusted, below)' if correction == HOLM else ''}.",
+        f"{NEGATIVE_MARK} = negative transfer: a trained method's mean below the model's zero-shot mean on the "
+        f"metric its deltas are on (Δ on), significant at alpha={alpha:g}"
+        f"{' (Holm-adjusted, below)' if correction == HOLM else ''}; the mark stands beside that metric's accuracy.",
         "",
         _tests_note([*rows, *ood_rows], alpha, correction),
         "",
@@ -439,9 +467,10 @@ def render_markdown(
         lines += ["No out-of-domain evaluations in these results.", ""]
     else:
         lines += [
-            f"Mean ± std {_metric_name(PRIMARY_ACCURACY)} accuracy (%) on each evaluation set of the models trained "
-            f"on one dataset; {NEGATIVE_MARK} = below the zero-shot mean on that set, significant at "
-            f"alpha={alpha:g} (paired test as above).",
+            f"Mean ± std accuracy (%) on each evaluation set of the models trained on one dataset, on the set's "
+            f"`claims_metric` (named in its header: the training dataset's in-domain, the evaluation set's own "
+            f"out of domain; Δ on: {delta_metrics_text(ood_rows, 'eval_set')}); {NEGATIVE_MARK} = below the "
+            f"zero-shot mean on that set and metric, significant at alpha={alpha:g} (paired test as above).",
             "",
         ]
     for dataset in ood_datasets:
