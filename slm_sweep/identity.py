@@ -318,9 +318,10 @@ def model_identity(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     else:
         settings.pop("init_seed", None)
     if source == "gguf":
-        from slm_sweep.models import gguf_path
+        from slm_sweep.models import GGUF_CONVERSION, gguf_path
 
         settings["weights"] = "sha256:" + content_sha256(gguf_path(model_cfg))
+        settings["conversion"] = GGUF_CONVERSION  # what the file loads as (its tokenizer's pre-tokenizer, ...)
         settings.pop("id", None)  # a description, not an address
     elif source in ("hub", "random"):
         settings["weights"] = resolved_revision(str(model_cfg["id"]), model_cfg.get("revision"))

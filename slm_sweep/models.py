@@ -83,8 +83,7 @@ def load_tokenizer(model_cfg: Mapping[str, Any], cache_dir: str | Path | None = 
         target = gguf_cache_dir(model_cfg, cache_dir)
         if (target / "model.safetensors").is_file():
             return AutoTokenizer.from_pretrained(str(target))
-        path = gguf_path(model_cfg)
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        return _gguf_tokenizer(gguf_path(model_cfg))
     if source in ("hub", "random"):
         try:
             return AutoTokenizer.from_pretrained(model_cfg["id"], **_hub_kwargs(model_cfg))
@@ -175,9 +174,13 @@ def _load_random(model_cfg: Mapping[str, Any]):
     except OSError as err:
         raise _load_error(model_cfg, err) from err
     tokenizer = load_tokenizer(model_cfg)
+    dtype = _torch_dtype(model_cfg.get("dtype") or "float32")
+    if dtype == "auto":  # the dtype the architecture's checkpoint is stored in, as hub loading reads it
+        stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+        dtype = getattr(torch, stored) if isinstance(stored, str) else stored
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(model_cfg.get("init_seed") or 0))
-        model = AutoModelForCausalLM.from_config(config, dtype=_torch_dtype(model_cfg.get("dtype") or "float32"))
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model, tokenizer
 
 
@@ -212,26 +215,61 @@ def gguf_path(model_cfg: Mapping[str, Any]) -> Path:
     return path
 
 
+# Bump when the conversion of a GGUF file changes what it loads as (the cache folder and the model's identity
+# carry it): 2: the tokenizer's pre-tokenizer as llama.cpp reads tokenizer.ggml.pre (SmolLM's splits digits).
+GGUF_CONVERSION = 2
+
+
 def gguf_cache_dir(model_cfg: Mapping[str, Any], cache_dir: str | Path | None) -> Path:
-    """Where the dequantized copy of the GGUF file lives: ``cache_dir/<name>-<file sha256[:16]>``. Named by the
-    file's content, as the cell's identity is: another file under the same model name (a package upgrade,
-    another ``gguf_dir``) gets its own copy instead of loading the old one."""
+    """Where the dequantized copy of the GGUF file lives: ``cache_dir/<name>-<file sha256[:16]>-c<conversion>``.
+    Named by the file's content, as the cell's identity is: another file under the same model name (a package
+    upgrade, another ``gguf_dir``) gets its own copy instead of loading the old one, and so does another
+    conversion of the same file."""
     from slm_sweep.identity import content_sha256
 
     path = gguf_path(model_cfg)
-    return Path(cache_dir or Path.home() / ".cache" / "slm_sweep") / f"{model_cfg['name']}-{content_sha256(path)[:16]}"
+    name = f"{model_cfg['name']}-{content_sha256(path)[:16]}-c{GGUF_CONVERSION}"
+    return Path(cache_dir or Path.home() / ".cache" / "slm_sweep") / name
+
+
+def gguf_pre_tokenizer(name: str | None):
+    """The Hugging Face pre-tokenizer that llama.cpp's ``tokenizer.ggml.pre`` ``name`` stands for, where
+    transformers' GGUF conversion does not know it and falls back to GPT-2's; None for the others."""
+    from tokenizers import pre_tokenizers
+
+    if name == "smollm":  # every digit a pre-token of its own, then GPT-2's byte-level split (SmolLM's own tokenizer)
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True,
+                                                                 use_regex=True)])
+    return None
+
+
+def _gguf_tokenizer(path: Path):
+    """The GGUF file's tokenizer, split into pre-tokens as the model was trained to read (``gguf_pre_tokenizer``):
+    converted with GPT-2's split, SmolLM2's tokenizer would read "3\n\n4" or two spaces before a number in tokens
+    the model never saw."""
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    field = GGUFReader(str(path)).fields.get("tokenizer.ggml.pre")
+    pre = bytes(field.parts[field.data[0]]).decode() if field is not None else None
+    fixed = gguf_pre_tokenizer(pre)
+    if fixed is not None:
+        tokenizer.backend_tokenizer.pre_tokenizer = fixed
+    return tokenizer
 
 
 def convert_gguf(model_cfg: Mapping[str, Any], cache_dir: str | Path | None = None) -> Path:
     """Dequantize the GGUF once into ``gguf_cache_dir`` as safetensors (with its tokenizer); returns that folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers import AutoModelForCausalLM, GgufConfig
 
     target = gguf_cache_dir(model_cfg, cache_dir)
     cache_root = target.parent
     if not (target / "model.safetensors").is_file():
         path = gguf_path(model_cfg)
         log.info("dequantizing %s into %s (once)", path, target)
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        tokenizer = _gguf_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(
             str(path.parent),
             gguf_file=path.name,
@@ -327,4 +365,9 @@ def _load_tiny(model_cfg: Mapping[str, Any]):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(model_cfg.get("init_seed") or 0))
         model = LlamaForCausalLM(config)
+    dtype = _torch_dtype(model_cfg.get("dtype") or "float32")
+    if dtype not in ("auto", torch.float32):  # drawn in float32, then stored as asked (its rotary buffers kept)
+        from slm_sweep.placement import cast_weights
+
+        model = cast_weights(model, dtype)
     return model, tokenizer

@@ -710,6 +710,8 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
     # one meaning each: evaluation of every set, and the peak of the whole cell (training included)
     metrics["eval_time_s"] = time.perf_counter() - start
     metrics.pop("eval_set_time_s", None)
-    # the GPU's figure if training or evaluation ran on one, else the process's
-    on_gpu = [d for d in (trained_on, str(placement.device)) if d and d.startswith("cuda")]
+    # the GPU's figure if training (in this process: re-scored weights were trained elsewhere, where their record
+    # says) or evaluation ran on one, else the process's
+    trained_here = trained_on if method.train and trained is None else None
+    on_gpu = [d for d in (trained_here, str(placement.device)) if d and d.startswith("cuda")]
     metrics["peak_memory_mb"] = peak_memory_mb(on_gpu[0] if on_gpu else placement.device)

@@ -22,7 +22,9 @@ def test_a_single_run_writes_under_outputs_logs_to_wandb_offline_and_csv_and_kee
     env = {"WANDB_MODE": "", "WANDB_API_KEY": "", "HF_TOKEN": fake_token, "WANDB_DIR": str(tmp_path)}
     env.pop("WANDB_MODE")
     proc = run_cli([*FAST_TINY, "method=lora", "logger=wandb_csv", "logger.wandb.mode=offline",
-                    "+logger.wandb.api_key=" + fake_key], cwd=tmp_path, env_extra=env)
+                    "+logger.wandb.api_key=" + fake_key,
+                    # Hydra's way to set a job's environment: an override of the hydra node, dumped in hydra.yaml
+                    "+hydra.job.env_set.HF_TOKEN=" + fake_token], cwd=tmp_path, env_extra=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (result,) = list((tmp_path / "outputs").rglob("result.json"))
     assert json.loads(result.read_text())["status"] == "completed"

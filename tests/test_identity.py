@@ -318,6 +318,22 @@ def test_a_new_evaluation_rescores_the_kept_adapter_without_training(tiny_cfg, t
     assert read_result(tmp_path / "b")["placement"]["train"] == first["placement"]["train"]
 
 
+def test_weights_trained_on_a_gpu_and_rescored_on_this_cpu_record_this_process_memory(tiny_cfg, tmp_path):
+    """A re-scored cell trains nothing: its peak memory is its own evaluation's, not a read of a CUDA device that
+    the source cell trained on and this machine does not use (which gave 0)."""
+    import json
+
+    search = [f"resume.search_dir={tmp_path}", "resume.enabled=true"]
+    assert run(tiny_cfg("method=lora", *search), out_dir=tmp_path / "a")["status"] == "completed"
+    source = json.loads((tmp_path / "a" / "result.json").read_text())
+    source["placement"]["train"] = {**source["placement"]["train"], "device": "cuda:0", "device_name": "NVIDIA H200"}
+    (tmp_path / "a" / "result.json").write_text(json.dumps(source))
+    rescored = run(tiny_cfg("method=lora", *search, "eval.max_new_tokens=6"), out_dir=tmp_path / "b")
+    assert rescored["status"] == "completed" and rescored["trained_in"] == str(tmp_path / "a")
+    assert rescored["placement"]["train"]["device"] == "cuda:0" and rescored["placement"]["eval"]["device"] == "cpu"
+    assert rescored["metrics"]["peak_memory_mb"] > 50  # this process's resident memory, in MB
+
+
 def _predictions(folder):
     from slm_sweep.results import read_predictions
 

@@ -66,6 +66,25 @@ def test_random_source_builds_the_architecture_of_a_folder_with_random_weights(t
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
 
 
+def test_the_random_and_tiny_sources_load_in_the_dtype_asked(tmp_path):
+    """model.dtype is in the training key: a model built in another dtype would train otherwise than its key
+    says. auto: the dtype the architecture's checkpoint is stored in (config.json), as hub loading reads it."""
+    model, tokenizer = tiny()
+    model.config.dtype = torch.bfloat16
+    model.config.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    for dtype, expected in (("auto", torch.bfloat16), ("float16", torch.float16), ("float32", torch.float32)):
+        random, _ = load_model_and_tokenizer({"name": "shape", "source": "random", "id": str(tmp_path),
+                                              "dtype": dtype})
+        assert {p.dtype for p in random.parameters()} == {expected}, dtype
+    for dtype, expected in (("bfloat16", torch.bfloat16), ("auto", torch.float32)):
+        cfg = {**OmegaConf.to_container(compose_config(["model=tiny"]).model), "dtype": dtype}
+        built, _ = load_model_and_tokenizer(cfg)
+        assert {p.dtype for p in built.parameters()} == {expected}, dtype
+        rotary = [b for n, b in built.named_buffers() if n.endswith("inv_freq")]
+        assert rotary and all(b.dtype == torch.float32 for b in rotary)  # the angles stay float32, as hub loads
+
+
 def test_random_source_folder_missing_says_how_to_fix(tmp_path):
     with pytest.raises(ModelLoadError, match="model.id="):
         load_model_and_tokenizer({"name": "shape", "source": "random", "id": str(tmp_path / "none")})
@@ -150,7 +169,7 @@ def test_the_dequantized_copy_is_named_by_the_gguf_files_content(tmp_path):
     """Another GGUF file under the same model name (a package upgrade, another gguf_dir) must not load the copy
     dequantized from the old one: the identity hashes the file, and so does the cache folder's name."""
     from slm_sweep.identity import model_identity
-    from slm_sweep.models import gguf_cache_dir
+    from slm_sweep.models import GGUF_CONVERSION, gguf_cache_dir
 
     cfgs = []
     for name, content in (("a", b"GGUF one"), ("b", b"GGUF two"), ("c", b"GGUF one")):
@@ -160,7 +179,24 @@ def test_the_dequantized_copy_is_named_by_the_gguf_files_content(tmp_path):
                      "gguf_dir": str(tmp_path / name)})
     dirs = [gguf_cache_dir(cfg, tmp_path / "cache") for cfg in cfgs]
     assert dirs[0] != dirs[1] and dirs[0] == dirs[2] and dirs[0].parent == tmp_path / "cache"
-    assert dirs[0].name.startswith("q4-") and model_identity(cfgs[0])["weights"].startswith(f"sha256:{dirs[0].name[3:]}")
+    assert dirs[0].name.startswith("q4-") and model_identity(cfgs[0])["weights"].startswith(f"sha256:{dirs[0].name[3:19]}")
+    # another conversion of the same file (its tokenizer read otherwise) is another copy and another model
+    assert dirs[0].name.endswith(f"-c{GGUF_CONVERSION}") and model_identity(cfgs[0])["conversion"] == GGUF_CONVERSION
+
+
+def test_the_gguf_tokenizer_splits_text_as_smollm2s_own_tokenizer_does():
+    """llama.cpp's "smollm" pre-tokenizer (tokenizer.ggml.pre) puts every digit in a pre-token of its own, then
+    splits as GPT-2 does; transformers' GGUF conversion does not know it and split as GPT-2 alone, which joins
+    blank lines before a number and spaces before digits into tokens SmolLM2 never saw."""
+    from slm_sweep.models import load_tokenizer
+
+    tokenizer = load_tokenizer(OmegaConf.load(CONF_DIR / "model" / "smollm135_q4.yaml"))
+    pieces = tokenizer.convert_ids_to_tokens
+    assert pieces(tokenizer("x\n\n3")["input_ids"]) == ["x", "ĊĊ", "3"]
+    assert pieces(tokenizer("Scotland.  40")["input_ids"])[-3:] == ["ĠĠ", "4", "0"]
+    numbers = [p for p in pieces(tokenizer("It costs $1250, or 3.75 a day in 2024.")["input_ids"])
+               if any(c.isdigit() for c in p)]
+    assert numbers == ["1", "2", "5", "0", "3", "7", "5", "2", "0", "2", "4"]
 
 
 def test_a_tokenizer_loads_alone_as_the_model_loader_reads_it(tmp_path):

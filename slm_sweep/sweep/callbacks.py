@@ -26,8 +26,10 @@ def scrub_yaml(path: Path) -> None:
     else:
         cleaned = redact(OmegaConf.to_container(node, resolve=False))
         if isinstance(cleaned, dict) and "hydra" in cleaned:
-            task = ((cleaned["hydra"].get("overrides") or {}).get("task")) or []
-            cleaned["hydra"]["overrides"]["task"] = redact_overrides([str(x) for x in task])
+            overrides = cleaned["hydra"].get("overrides") or {}
+            for kind in ("task", "hydra"):  # hydra: +hydra.job.env_set.HF_TOKEN=... sets a job's environment
+                if overrides.get(kind):
+                    overrides[kind] = redact_overrides([str(x) for x in overrides[kind]])
             job = cleaned["hydra"].get("job") or {}
             if job.get("override_dirname"):
                 job["override_dirname"] = ",".join(redact_overrides(job["override_dirname"].split(",")))
