@@ -55,8 +55,10 @@ FLOORS = {"train_tokens_per_s_min": 45_000, "dora_step_over_lora_max": 1.3, "eva
 # the batch-invariance check runs only when the evaluation left this much of the eval stage's limit unused
 BATCH_CHECK_QUESTIONS, BATCH_CHECK_AFTER_S = 256, 20.0
 # graphs against eager steps: run when the eager pass, projected at this many times the graphs' pass, fits in what
-# is left of the stage's limit with a margin
-GRAPH_CHECK_QUESTIONS, EAGER_OVER_GRAPH, MARGIN_S = 32, 12.0, 5.0
+# is left of the stage's limit with a margin (measured on an H200: 12.5 and 13.6 times)
+GRAPH_CHECK_QUESTIONS, EAGER_OVER_GRAPH, MARGIN_S = 32, 15.0, 5.0
+# the batch-invariance pass, projected from the evaluation's time per question at a quarter of its slots
+BATCH_CHECK_SLOWDOWN = 4.0
 WORKER_START = time.perf_counter()
 STAGES = ("train", "eval", "grid", "train_variants")
 # the acceptance check on a GPU (--job-budget): a failed first try can be run again inside a 15-minute device
@@ -67,6 +69,14 @@ PREPARE_TIMEOUT_S = 90
 # a variant of the training bench is started only with this much of the job left (a cut one measures nothing)
 VARIANT_MIN_S = 45
 STAGE_MIN_S = 10  # and a main stage only with this much
+# the grid is started only with this much left: five cells with two compilations (130-150 s on an H200 at 60 steps)
+GRID_MIN_S = 120
+# --grid-full: the study's slice, timed from its own start; its floor is 6 minutes, and a limit a minute over it
+# tells "ran 6.5 minutes" from "killed"
+GRID_FULL_LIMIT_S = 420
+# the device tool's limit on one command, and what the shell script spends around the Python job (installing the
+# wheels, joining the GGUF, packing): no job may be asked for more
+COMMAND_LIMIT_S, SCRIPT_OVERHEAD_S = 600, 30
 # left out of work.tar.gz: trained weights and checkpoints, and any file over this size
 ARCHIVE_SKIPS, ARCHIVE_MAX_BYTES = ("adapter", "model", "checkpoints", "wandb"), 4 * 2**20
 # The train_variants stage's (methods, trainer overrides), in the order they run, each in what is left of the
@@ -87,14 +97,20 @@ TRAIN_VARIANTS = {"cudagraphs": (("full", "lora", "dora"), ["compile=true", "com
 # H200 (docs/performance.md): the train stage 193 s with three compilations, the eval stage 45-75 s, the grid of
 # five 60-step cells over 130 s with LoRA's compilation alone 76 s (about 280 s in all at those rates)
 GPU_TIMEOUTS, DRY_RUN_TIMEOUTS = (240, 90, 280, 120), (240, 120, 300, 240)
+# --grid-cudagraphs: the grid's cells with the whole step replayed as CUDA graphs of its own kernels (the
+# cudagraphs variant of train_variants, padded to 64 tokens: at most 8 shapes up to max_length, each traced once)
+GRID_CUDAGRAPHS = ["trainer.compile_scope=model", "trainer.compile_backend=cudagraphs", "trainer.pad_to_multiple_of=64"]
+# the default grid's size: a check that every cell trains and evaluates on the GPU, small enough to fit the job
+# after the train and eval stages (--grid-steps and --grid-test-limit for a longer one, --grid-full the study's)
+GRID_STEPS, GRID_TEST_LIMIT = 20, 128
 
 
 def default_timeouts(dry_run: bool, grid_full: bool, job_budget: int) -> list[int]:
-    """Seconds per stage when --timeouts is not given: the study's slice (--grid-full) gets the job's whole
-    budget, since its floor is the whole run."""
+    """Seconds per stage when --timeouts is not given: the study's slice (--grid-full) gets GRID_FULL_LIMIT_S from
+    its own start, since its floor is the whole run (the other stages share the job's budget)."""
     timeouts = list(DRY_RUN_TIMEOUTS if dry_run else GPU_TIMEOUTS)
     if grid_full and not dry_run:
-        timeouts[2] = job_budget
+        timeouts[2] = GRID_FULL_LIMIT_S
     return timeouts
 
 
@@ -110,11 +126,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-questions", type=int, default=None, help="default: all 1319")
     parser.add_argument("--eval-override", action="append", default=[], metavar="eval.KEY=VALUE",
                         help="an eval setting for the eval stage, e.g. eval.dtype=float32 (repeatable)")
-    parser.add_argument("--grid-steps", type=int, default=None, help="trainer.max_steps of the grid (default 60)")
-    parser.add_argument("--grid-test-limit", type=int, default=None, help="test questions per cell (default 500)")
+    parser.add_argument("--grid-steps", type=int, default=None,
+                        help=f"trainer.max_steps of the grid (default {GRID_STEPS})")
+    parser.add_argument("--grid-test-limit", type=int, default=None,
+                        help=f"test questions per cell (default {GRID_TEST_LIMIT})")
     parser.add_argument("--grid-full", action="store_true",
                         help="the grid at the study's size: 460 steps (1.06 epochs) and all 1319 test questions, "
-                             "the whole job's time, judged against the 6-minute slice floor")
+                             f"under a limit of {GRID_FULL_LIMIT_S} s from its own start (with --timeouts: its "
+                             "third value), judged against the 6-minute slice floor")
+    parser.add_argument("--grid-cudagraphs", action="store_true",
+                        help="the grid's trained cells with the whole step replayed as CUDA graphs ("
+                             + " ".join(GRID_CUDAGRAPHS) + "), when train_variants measured that the faster")
+    parser.add_argument("--grid-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Hydra override for the grid's cells, e.g. trainer.compile_backend=cudagraphs "
+                             "(repeatable): the slice with the settings another stage measured fastest")
     parser.add_argument("--variants", nargs="+", default=None, choices=list(TRAIN_VARIANTS),
                         help="the train_variants stage's variants, in this order (default: all, in the order "
                              f"{', '.join(TRAIN_VARIANTS)}; with --dry-run: cudagraphs packing)")
@@ -129,6 +154,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.job_budget < STAGE_MIN_S:
         parser.error(f"--job-budget {args.job_budget}: a job needs at least {STAGE_MIN_S} s")
+    longest = COMMAND_LIMIT_S - SCRIPT_OVERHEAD_S
+    if args.job_budget > longest:
+        parser.error(f"--job-budget {args.job_budget}: one command on the device may take {COMMAND_LIMIT_S} s, "
+                     f"{SCRIPT_OVERHEAD_S} of them the script's own: at most {longest}")
+    if args.grid_full and "grid" in args.stages:
+        grid = args.timeouts[2] if args.timeouts else GRID_FULL_LIMIT_S
+        if PREPARE_TIMEOUT_S + grid > longest:
+            parser.error(f"--grid-full: the weights' conversion ({PREPARE_TIMEOUT_S} s at most) and the grid's "
+                         f"{grid} s would pass the {longest} s one command may take")
+    if args.grid_cudagraphs:
+        args.grid_override = [*GRID_CUDAGRAPHS, *args.grid_override]
+    for override in args.grid_override:
+        if "=" not in override or override.startswith(("hydra.", "model=", "method=", "dataset=")):
+            parser.error(f"--grid-override {override!r}: expected a cell setting KEY=VALUE (the model, methods "
+                         "and dataset are the check's own)")
     for override in args.eval_override:
         if not override.startswith("eval.") or "=" not in override:
             parser.error(f"--eval-override {override!r}: expected eval.KEY=VALUE, e.g. eval.dtype=float32")
@@ -265,10 +305,29 @@ def train_variants_stage(args, model_overrides, device, work) -> dict:
     return figures
 
 
+def not_as_asked(result: dict, device: str) -> str | None:
+    """Why a measured method did not run as its settings asked, on a GPU: a frame that failed to compile (it ran
+    eagerly: gpu_check.sh sets TORCHDYNAMO_SUPPRESS_ERRORS), graphs the CUDA-graph trees did not replay, or no
+    compilation at all where one was asked; None when it ran as asked."""
+    compiled = result.get("compiled")
+    if device != "cuda" or not isinstance(compiled, dict):
+        return None
+    problems = [f"{key}: {compiled[key]}" for key in ("failed_frames", "cudagraph_skips") if compiled.get(key)]
+    if compiled.get("skipped"):
+        problems.append(f"not compiled: {compiled['skipped']}")
+    return "; ".join(problems) or None
+
+
 def train_floors(methods: dict, device: str) -> dict:
+    """The training floors on ``methods``' figures; a method that did not run as asked (``not_as_asked``) is
+    named beside its verdict: its rate is not that of its settings."""
     if device != "cuda":
         return {"checked": False, "why": "floors are for one H200; this ran on the CPU"}
     verdict: dict = {"checked": True}
+    for name in ("full", "lora", "dora"):
+        why = not_as_asked(methods.get(name) or {}, device)
+        if why:
+            verdict[f"{name}_not_as_asked"] = why
     for name in ("full", "lora"):
         rate = (methods.get(name) or {}).get("slm_sweep_tokens_per_s")
         verdict[f"{name}_tokens_per_s"] = rate
@@ -358,9 +417,11 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
     # first whether the graphs decode what the eager steps decode: every GPU figure rests on it
     figures["graphs_against_eager"] = graphs_against_eager(model, tokenizer, test, prompts, cfg.eval, time_limit)
     atomic_write_text(figures_path, json.dumps(figures, indent=2, default=str))
-    if seconds > BATCH_CHECK_AFTER_S:
-        figures["batch_invariance"] = {"skipped": f"the evaluation took {seconds:.0f} s, over "
-                                                  f"{BATCH_CHECK_AFTER_S:.0f} s: no time left in the stage"}
+    left = time_limit - (time.perf_counter() - WORKER_START) - MARGIN_S
+    needed = seconds * min(len(test), BATCH_CHECK_QUESTIONS) / len(test) * BATCH_CHECK_SLOWDOWN
+    if seconds > BATCH_CHECK_AFTER_S or left < needed:
+        figures["batch_invariance"] = {"skipped": f"the evaluation took {seconds:.0f} s; {left:.0f} s left in the "
+                                                  f"stage, the pass projected at {needed:.0f} s"}
     else:
         figures["batch_invariance"] = batch_invariance(model, tokenizer, test, prompts, cfg.eval, records)
     atomic_write_text(figures_path, json.dumps(figures, indent=2, default=str))
@@ -468,16 +529,25 @@ def grid_stage(args, model_overrides, device, work) -> dict:
                 "dataset.test_limit=6", "trainer.max_steps=3", "trainer.batch_size=4", "trainer.micro_batch_size=4",
                 "trainer.max_length=256", "eval.max_new_tokens=8"]
     else:
-        steps = 460 if args.grid_full else (args.grid_steps or 60)
-        test_limit = None if args.grid_full else (args.grid_test_limit or 500)
+        steps = 460 if args.grid_full else (args.grid_steps or GRID_STEPS)
+        test_limit = None if args.grid_full else (args.grid_test_limit or GRID_TEST_LIMIT)
         # the slice generates up to lm-eval's 256 tokens, as the eval stage; --grid-full keeps the cells' 512
         size = ["trainer=gpu", "eval=gpu", f"trainer.max_steps={steps}",
                 *([f"dataset.test_limit={test_limit}", "eval.max_new_tokens=256"] if test_limit else [])]
     command = [sys.executable, "-m", "slm_sweep", "-m", *model_overrides,
                f"method={','.join(METHODS)}", "dataset=gsm8k", "seed=0", f"data_root={args.data_root}", *size,
                "logger=csv", "eval.progress=false", "trainer.progress_bar=false",
-               "trainer.checkpoint_every_n_steps=null", "resume.enabled=false", f"hydra.sweep.dir={sweep_dir}"]
-    figures = run_stage(command, stage_limit(args, 2), "grid", work)
+               "trainer.checkpoint_every_n_steps=null", "resume.enabled=false", *args.grid_override,
+               f"hydra.sweep.dir={sweep_dir}"]
+    # the study's slice is timed from its own start, whatever the stages before it took; a smaller grid shares the
+    # job's budget
+    limit = args.timeouts[2] if args.grid_full and not args.dry_run else stage_limit(args, 2)
+    if not args.grid_full and not args.dry_run and limit < GRID_MIN_S:
+        return {"skipped": f"{limit} s left of the job, the grid needs about {GRID_MIN_S} s: run it as a command of "
+                           "its own (--stages grid)", "returncode": None}
+    figures = run_stage(command, limit, "grid", work)
+    if figures.get("timed_out"):
+        figures["killed_at_s"] = limit  # the grid ran at least this long: a slice verdict on it is a measured one
     figures["cells"] = cells = collect_cells(sweep_dir)
     # the dry run's grid is the tiny CPU one whatever --grid-full says: no slice to judge
     figures.update(grid_verdicts(cells, figures.get("seconds"), device, args.grid_full and not args.dry_run))
@@ -496,7 +566,8 @@ def grid_verdicts(cells: dict, seconds: float | None, device: str, full: bool) -
             and (c["method"] not in TRAINED or (c["train_device"] or "").startswith(want)) for c in cells.values())}
     if device == "cuda":
         verdicts["train_floors"] = train_floors(
-            {m: {"slm_sweep_tokens_per_s": c.get("train_tokens_per_s"), "slm_sweep_step_time_s": c.get("step_time_s")}
+            {m: {"slm_sweep_tokens_per_s": c.get("train_tokens_per_s"), "slm_sweep_step_time_s": c.get("step_time_s"),
+                 "compiled": c.get("compiled")}
              for m, c in cells.items() if m in TRAINED and c.get("status") == "completed"}, device)
     if full:
         verdicts["slice_floor_met"] = bool(verdicts["all_completed"] and verdicts["all_on_device"]
@@ -516,6 +587,7 @@ def collect_cells(sweep_dir: Path) -> dict:
             "status": record.get("status"), "error": record.get("error"), "method": record.get("method"),
             "train_device": (placement.get("train") or {}).get("device"),
             "train_precision": (placement.get("train") or {}).get("precision"),
+            "compiled": (placement.get("train") or {}).get("compiled"),
             "eval_device": (placement.get("eval") or {}).get("device"),
             "eval_dtype": (placement.get("eval") or {}).get("dtype"),
             "device_name": (placement.get("eval") or {}).get("device_name"),
@@ -618,7 +690,8 @@ def main(argv=None) -> int:
     report.write()
     args.job_deadline = WORKER_START + (args.job_budget if not args.dry_run else float("inf"))
     stages = {"train": train_stage, "eval": eval_stage, "grid": grid_stage, "train_variants": train_variants_stage}
-    failed = []
+    failed: list[str] = []
+    skipped: list[str] = []
     for name in args.stages:
         report.stage(name, {"running": True})
         left = args.job_deadline - time.perf_counter()
@@ -632,15 +705,21 @@ def main(argv=None) -> int:
         except OSError as error:  # a file that went away mid-walk (a stage's leftover process): the next stage packs
             report.data["work_archive"] = {"failed": f"{type(error).__name__}: {error}"}
         report.write()
-        if figures.get("returncode") != 0 or figures.get("all_completed") is False \
+        if "skipped" in figures:  # no time left for it: said in the summary, and no failure of what ran
+            skipped.append(name)
+        elif figures.get("returncode") != 0 or figures.get("all_completed") is False \
                 or figures.get("all_on_device") is False \
                 or (figures.get("padded_prefill") or {}).get("logits_finite") is False:
             failed.append(name)
         print(f"=== stage {name}: " + json.dumps({k: v for k, v in figures.items()
                                                   if k not in ("cells", "methods", "output_tail")}, default=str),
               flush=True)
+    report.data.update(failed_stages=failed, skipped_stages=skipped)
+    report.write()
     print_summary(report.data)
-    return 1 if failed else 0
+    if skipped:
+        print(f"skipped for want of time: {', '.join(skipped)}")
+    return 1 if failed or len(skipped) == len(args.stages) else 0
 
 
 def steady_state(r: dict) -> str:
@@ -668,9 +747,10 @@ def print_summary(data: dict) -> None:
             if "error" in r:
                 print(f"train {method:<5} with {name:<16} failed: {r['error'].splitlines()[0]}")
                 continue
+            why = not_as_asked(r, data["environment"].get("device") or "cpu")
             print(f"train {method:<5} with {name:<16} {r['slm_sweep_tokens_per_s']:>9.0f} tok/s  "
                   f"step {r['slm_sweep_step_time_s']:.4f} s{steady_state(r)}  warm-up "
-                  f"{r.get('slm_sweep_warmup_s', 0):.1f} s")
+                  f"{r.get('slm_sweep_warmup_s', 0):.1f} s" + (f"  NOT AS ASKED ({why})" if why else ""))
     ev = stages.get("eval") or {}
     if "eval_seconds" in ev:
         print(f"eval  {ev['questions']} questions in {ev['eval_seconds']} s ({ev['questions_per_s']:.1f} q/s), "
@@ -698,7 +778,7 @@ def print_summary(data: dict) -> None:
               f"instead of {batch['slots'][0]}, flexible accuracy {batch['accuracy_flexible']}"))
     grid = stages.get("grid") or {}
     for method, c in (grid.get("cells") or {}).items():
-        print(f"grid  {method:<8} {c['status']:<10} train on {c['train_device']} eval on {c['eval_device']} "
+        print(f"grid  {method:<8} {c['status']!s:<10} train on {c['train_device']} eval on {c['eval_device']} "
               f"({c['eval_dtype']}, {c['engine']}, graphs {(c['cuda_graphs'] or {}).get('captured')}) "
               f"acc_flex {c['accuracy_flexible']} train {_seconds(c['train_time_s'])}"
               + (f" ({c['train_tokens_per_s']:.0f} tok/s)" if c.get("train_tokens_per_s") else "")

@@ -234,6 +234,10 @@ def test_every_training_variant_is_a_valid_gpu_trainer_config():
 
     for _, overrides in gpu_check.TRAIN_VARIANTS.values():
         validate_config(compose(["trainer=gpu", *(f"trainer.{o}" for o in overrides)]))
+    # and the grid's cells with --grid-cudagraphs, as the slice trains them (460 steps)
+    for method in gpu_check.TRAINED:
+        validate_config(compose(["trainer=gpu", "eval=gpu", f"method={method}", "trainer.max_steps=460",
+                                 *gpu_check.GRID_CUDAGRAPHS]))
 
 
 def test_a_stage_limit_is_cut_to_what_is_left_of_the_job(tmp_path):
@@ -274,9 +278,50 @@ def test_the_grid_judges_its_cells_the_training_floors_and_the_studys_slice():
     assert "train_floors" not in gpu_check.grid_verdicts(cells, 300.0, "cpu", full=False)
 
     budget = gpu_check.JOB_BUDGET_S
-    assert gpu_check.default_timeouts(False, True, budget)[2] == budget
+    assert gpu_check.default_timeouts(False, True, budget)[2] == gpu_check.GRID_FULL_LIMIT_S
     assert gpu_check.default_timeouts(False, False, budget) == list(gpu_check.GPU_TIMEOUTS)
     assert gpu_check.default_timeouts(True, True, budget) == list(gpu_check.DRY_RUN_TIMEOUTS)
+    # a method whose frames failed to compile ran eagerly: its rate is named as not its settings'
+    cells["lora"] = {**cell("lora", 50_000, 0.08), "compiled": {"scope": "model", "failed_frames": 2}}
+    floors = gpu_check.grid_verdicts(cells, 300.0, "cuda", full=True)["train_floors"]
+    assert floors["lora_met"] is True and floors["lora_not_as_asked"] == "failed_frames: 2"
+    assert "full_not_as_asked" not in floors
+
+
+def test_the_studys_slice_is_timed_from_its_own_start_and_a_small_grid_without_time_is_skipped(tmp_path, monkeypatch):
+    """--grid-full: the slice's floor is 6 minutes of its own, whatever ran before it (a limit cut to what the job
+    had left could never show a slice of 5.9 minutes); a small grid with no time left is skipped, not failed,
+    and a skipped stage fails no job."""
+    import argparse
+
+    import gpu_check
+
+    limits = []
+    monkeypatch.setattr(gpu_check, "run_stage",
+                        lambda command, limit, *rest: limits.append((command, limit)) or {"returncode": 0})
+    monkeypatch.setattr(gpu_check, "collect_cells", lambda sweep_dir: {})
+    args = argparse.Namespace(timeouts=[1, 1, gpu_check.GRID_FULL_LIMIT_S, 1], job_deadline=0.0, dry_run=False,
+                              grid_full=True, grid_override=["trainer.compile_backend=cudagraphs"],
+                              data_root=tmp_path, grid_steps=None, grid_test_limit=None)
+    gpu_check.grid_stage(args, ["model=tiny"], "cuda", tmp_path)
+    (command, limit), = limits
+    assert limit == gpu_check.GRID_FULL_LIMIT_S and "trainer.max_steps=460" in command
+    assert "trainer.compile_backend=cudagraphs" in command
+    args.grid_full = False
+    skipped = gpu_check.grid_stage(args, ["model=tiny"], "cuda", tmp_path)
+    assert len(limits) == 1 and "run it as a command of its own" in skipped["skipped"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--job-budget", "590"], "--job-budget 590: one command on the device may take 600 s"),
+    (["--grid-full", "--timeouts", "100", "100", "520", "100"], "the grid's 520 s would pass the 570 s"),
+    (["--grid-override", "model=tiny"], "--grid-override 'model=tiny': expected a cell setting"),
+])
+def test_a_job_that_cannot_fit_one_command_is_refused_before_anything_runs(tmp_path, argv, message):
+    bad = subprocess.run([sys.executable, "bench/gpu_check.py", "--out", str(tmp_path), *argv], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and message in bad.stderr, bad.stderr[-2000:]
+    assert not (tmp_path / "gpu_check.json").exists()
 
 
 def test_the_bundle_carries_gsm8k_and_every_set_its_training_is_deduplicated_against():
