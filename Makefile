@@ -9,7 +9,8 @@ PIP := $(VENV)/bin/pip
 DATA_ROOT ?= $(if $(wildcard ../shared/data/gsm8k/test.jsonl),../shared/data,)
 TORCH_SPEC ?= torch==2.13.0
 # the latest sweep that holds a cell's result (not one that was refused or only listed; hyperparameter searches
-# live under multirun/hparams/<date>/<time>/<cell>, a level deeper, and are left out)
+# live under multirun/hparams/<date>/<time>/<cell>, a level deeper, or multirun/paper-search/<cell>, a level
+# higher, and are left out)
 SWEEP ?= $(lastword $(sort $(patsubst %/,%,$(dir $(patsubst %/,%,$(dir $(wildcard multirun/*/*/*/result.json)))))))
 
 help: ## Show this help
@@ -46,7 +47,18 @@ demo: install ## One real cell offline on CPU: SmolLM2-135M (GGUF) x LoRA on a s
 smoke: install ## A 2 x 3 sweep on the tiny model (under a minute on CPU)
 	$(PY) -m slm_sweep -m experiment=smoke $(if $(DATA_ROOT),data_root=$(DATA_ROOT))
 
-paper: install ## The study's whole grid: 5 models x 7 methods (4 baselines, full, lora, dora) x gsm8k, orcamath x seeds 0,1,2 (PREFLIGHT_ONLY=1: list its cells, run none)
+# The learning-rate search of every trained cell of experiment=paper, trained and scored as the paper's cells are
+# (trainer=gpu eval=gpu; hparams_search=lr_grid scores in float32, as the paper does), so that each rate it chooses
+# is one `make paper` accepts; then the table from it (slm_sweep/conf/tuned/lr.yaml, which experiment=paper reads).
+# slm_sweep/tune.py holds the same command (PAPER_SEARCH), which a refused paper cell names.
+PAPER_SEARCH_DIR := multirun/paper-search
+paper-search: install ## The validation search of the paper's rates (5 models x full, lora, dora x gsm8k, orcamath x 5 rates), then the table make paper reads: run it first (PREFLIGHT_ONLY=1: list its cells)
+	$(PY) -m slm_sweep -m hparams_search=lr_grid trainer=gpu eval=gpu model=smollm135,gemma270,smollm360,qwen05,llama1b \
+	  method=full,lora,dora dataset=gsm8k,orcamath hydra.sweep.dir=$(PAPER_SEARCH_DIR) \
+	  $(if $(DATA_ROOT),data_root=$(DATA_ROOT)) $(if $(PREFLIGHT_ONLY),preflight.only=true)
+	$(if $(PREFLIGHT_ONLY),,$(PY) -m slm_sweep.tune $(PAPER_SEARCH_DIR))
+
+paper: install ## The study's whole grid: 5 models x 7 methods (4 baselines, full, lora, dora) x gsm8k, orcamath x seeds 0,1,2, at the rates of make paper-search (refused without them; PREFLIGHT_ONLY=1: list its cells, run none)
 	$(PY) -m slm_sweep -m experiment=paper $(if $(DATA_ROOT),data_root=$(DATA_ROOT)) $(if $(PREFLIGHT_ONLY),preflight.only=true)
 
 report: ## Tables, plots and the study's claims of a sweep: make report SWEEP=multirun/<date>/<time> (default: the latest; CLAIMS=my_claims.yaml; CORRECTION=none)
@@ -91,4 +103,4 @@ clean-results: ## Delete every result, checkpoint and kept weight under outputs/
 	  case "$$answer" in y|Y|yes) ;; *) echo "kept"; exit 1;; esac; fi
 	rm -rf outputs multirun
 
-.PHONY: help install test test-slow demo smoke paper report wheelhouse gpu-bundle gpu-check gpu-env-check lint clean clean-results
+.PHONY: help install test test-slow demo smoke paper-search paper report wheelhouse gpu-bundle gpu-check gpu-env-check lint clean clean-results

@@ -23,7 +23,7 @@ MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 # the top-level keys besides the typed nodes: conf/config.yaml's own settings and the groups without a schema
 TOP_LEVEL_KEYS = ("seed", "optimized_metric", "data_root", "tuning", "cache_dir", "method", "logger", "callbacks",
                   "hydra")
-TUNING_KEYS = ("lr", "table", "lr_grid", "lr_candidate")  # the last two: hparams_search=lr_grid
+TUNING_KEYS = ("lr", "table", "on_missing", "lr_grid", "lr_candidate")  # the last two: hparams_search=lr_grid
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 PREFLIGHT_MODES = ("skip", "refuse", "warn")
 COMPILE_SCOPES = ("layers", "model")  # trainer.compile_scope (slm_sweep/train/compilation.py)

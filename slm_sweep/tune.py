@@ -8,8 +8,11 @@ search's result.json files and writes the table (default ``slm_sweep/conf/tuned/
     searched: {<dataset>: {<model>: {<method>: {val_examples, best, candidates: [{lr, <metric>, ...}]}}}}
 
 A cell with ``tuning.lr=tuned`` (``experiment=paper``) takes its learning rate from that table before its identity
-is computed, so the tuned value is in its training key; without an entry it keeps ``method.lr`` and says so.
-result.json records the value and where it came from under ``learning_rate``.
+is computed, so the tuned value is in its training key. Without an entry, ``tuning.on_missing`` decides: ``method``
+(the default) keeps ``method.lr`` and says so; ``refuse`` (``experiment=paper``) stops the cell before anything
+loads, naming the entry and the search that writes it (``make paper-search`` for the paper's cells; a sweep's
+preflight refuses the grid, one line per missing entry). result.json records the value and where it came from
+under ``learning_rate``.
 
 Selection: the highest mean validation accuracy over the seeds of a candidate, on the dataset's claims metric (the
 one the report's claims read: flexible, lenient on OrcaMath; ``--metric`` for another); a tie goes to the lower
@@ -33,6 +36,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from slm_sweep.config import ConfigError
 from slm_sweep.config_sources import CONF_DIR
 from slm_sweep.scoring import accuracy_key
 
@@ -45,10 +49,44 @@ CLAIMS_METRIC = "claims_metric"
 # accuracy near 0.3 on 500 questions is 2 points); the tune command refuses smaller searches unless told.
 MIN_VAL_EXAMPLES = 500
 LR_SOURCES = ("method", "tuned")
+# tuning.on_missing, for a trained cell with tuning.lr=tuned that the table has no rate for: method trains at
+# method.lr (result.json and the claims say the rate was not tuned); refuse stops the cell (experiment=paper)
+ON_MISSING = ("method", "refuse")
+# What `make paper-search` runs (the Makefile; a test holds the two together): the validation search of every
+# trained cell of experiment=paper, trained and scored as those cells are (trainer=gpu eval=gpu; lr_grid scores
+# in float32, as the paper does), then the table from it, where experiment=paper reads it (tuning.table's default)
+PAPER_SEARCH_DIR = "multirun/paper-search"
+PAPER_SEARCH = ("python -m slm_sweep -m hparams_search=lr_grid trainer=gpu eval=gpu "
+                "model=smollm135,gemma270,smollm360,qwen05,llama1b method=full,lora,dora dataset=gsm8k,orcamath "
+                f"hydra.sweep.dir={PAPER_SEARCH_DIR}")
+PAPER_TUNE = f"python -m slm_sweep.tune {PAPER_SEARCH_DIR}"
 
 
 class TuningError(ValueError):
     """A search or a table that cannot give a learning rate; the message names the file or the setting."""
+
+
+class MissingTunedRate(ConfigError):
+    """A trained cell with ``tuning.lr=tuned`` and ``tuning.on_missing=refuse`` whose dataset x model x method has
+    no rate in the table. ``entry``: ``lr.<dataset>.<model>.<method>``; a sweep's preflight lists each once."""
+
+    def __init__(self, dataset: str, model: str, method: str, table: Path, method_lr: Any) -> None:
+        self.entry = f"lr.{dataset}.{model}.{method}"
+        self.table = str(table)
+        super().__init__(
+            f"tuning.on_missing=refuse: {table} has no learning rate {self.entry}, and this cell (tuning.lr=tuned) "
+            f"trains only at a rate searched on the validation split. Fix: {missing_rate_fix(dataset, model, method)}"
+            f" (this cell: method.lr={method_lr})")
+
+
+def missing_rate_fix(dataset: str = "<dataset>", model: str = "<model>", method: str = "<method>") -> str:
+    """What to do about a rate the table lacks: search it, or train untuned on purpose."""
+    return (f"run the learning-rate search first: `make paper-search` for experiment=paper's cells ({PAPER_SEARCH}, "
+            f"then {PAPER_TUNE}), then the grid again; for other cells `python -m slm_sweep -m hparams_search=lr_grid "
+            f"model={model} method={method} dataset={dataset}` with the cells' own trainer and eval settings, then "
+            "`python -m slm_sweep.tune <its sweep dir>` (docs/tuning.md). Or train at method.lr with tuning.lr=method "
+            "(result.json and the claims then say the rate was not tuned), or tuning.on_missing=method to take the "
+            "table's rates where it has them and method.lr elsewhere")
 
 
 # ------------------------------------------------------------------------------------------------ the table
@@ -141,8 +179,6 @@ def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> 
     precision, rank, data, prompt): its result.json would say ``source: tuned`` of a rate tuned for something
     else. Refuse it too for a cell at one of the seeds it was searched on, which would report the search's winner.
     Tables written before the settings or seeds were recorded are taken as they are."""
-    from slm_sweep.config import ConfigError
-
     dataset, model, method = cfg.dataset.name, cfg.model.name, cfg.method.name
     if lookup(table, dataset, model, method) is None:
         return
@@ -176,19 +212,32 @@ def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> 
             "choosing with tuning.lr=method method.lr=<rate>")
 
 
+def check_missing(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> None:
+    """Raise MissingTunedRate for a cell with ``tuning.on_missing=refuse`` whose dataset x model x method has no
+    rate in ``table``; without that setting such a cell trains at ``method.lr`` (resolve_lr says so)."""
+    if (cfg.get("tuning") or {}).get("on_missing", "method") != "refuse":
+        return
+    dataset, model, method = cfg.dataset.name, cfg.model.name, cfg.method.name
+    if lookup(table, dataset, model, method) is None:
+        raise MissingTunedRate(dataset, model, method, path, cfg.method.get("lr"))
+
+
 # ------------------------------------------------------------------------------------------------ in a cell
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check the ``tuning`` settings (and a grid search's candidate) before anything reads ``method.lr``."""
-    from slm_sweep.config import ConfigError
-
+    """Check the ``tuning`` settings (and a grid search's candidate) before anything reads ``method.lr``; with
+    ``tuning.lr=tuned``, the table's rate for a trained cell (MissingTunedRate where ``tuning.on_missing=refuse`` and
+    it has none)."""
     tuning = cfg.get("tuning")
     if tuning is None:
         return
     source = tuning.get("lr", "method")
     if source not in LR_SOURCES:
         raise ConfigError(f"tuning.lr={source!r} is not one of: {', '.join(LR_SOURCES)}")
+    on_missing = tuning.get("on_missing", "method")
+    if on_missing not in ON_MISSING:
+        raise ConfigError(f"tuning.on_missing={on_missing!r} is not one of: {', '.join(ON_MISSING)}")
     candidate = tuning.get("lr_candidate")
     if candidate is None:
         if source == "tuned" and cfg.method.get("train"):
@@ -197,6 +246,7 @@ def validate(cfg: DictConfig) -> None:
                 table = read_table(path)
             except TuningError as err:
                 raise ConfigError(f"tuning.table: {err}") from None
+            check_missing(cfg, table, path)
             check_tuned_under(cfg, table, path)
         return
     method = cfg.method.get("name")
@@ -262,7 +312,8 @@ def resolve_lr(cfg: DictConfig) -> dict[str, Any] | None:
     """Set ``cfg.method.lr`` to the learning rate this cell trains with; returns what result.json records.
 
     None for a method that trains nothing. With ``tuning.lr=tuned``, the table's value for this dataset x model x
-    method replaces ``method.lr``; without an entry ``method.lr`` stays, with a note saying so.
+    method replaces ``method.lr``; without an entry ``method.lr`` stays, with a note saying so
+    (``tuning.on_missing=method``), or MissingTunedRate is raised (``refuse``).
     """
     if not cfg.method.get("train"):
         return None
@@ -279,8 +330,6 @@ def resolve_lr(cfg: DictConfig) -> dict[str, Any] | None:
                 "candidates": grid}
     if source == "method":
         return {"value": float(cfg.method.lr), "source": "method", "detail": "method.lr"}
-    from slm_sweep.config import ConfigError
-
     given = _command_line_lr()
     if given is not None:
         raise ConfigError(f"{given} is given on the command line, but tuning.lr=tuned takes the rate from the tuned "
@@ -290,11 +339,12 @@ def resolve_lr(cfg: DictConfig) -> dict[str, Any] | None:
         table = read_table(path)
     except TuningError as err:
         raise ConfigError(f"tuning.table: {err}") from None
+    check_missing(cfg, table, path)
     dataset, model, method = cfg.dataset.name, cfg.model.name, cfg.method.name
     tuned = lookup(table, dataset, model, method)
     if tuned is None:
         note = (f"no tuned learning rate for {dataset}/{model}/{method} in {path}: "
-                f"method.lr={cfg.method.lr} as composed")
+                f"method.lr={cfg.method.lr} as composed (tuning.on_missing=method)")
         log.warning("%s", note)
         return {"value": float(cfg.method.lr), "source": "method", "detail": note, "table": str(path)}
     cfg.method.lr = tuned
@@ -318,8 +368,6 @@ def check_tuned_data(cfg: DictConfig, learning_rate: Mapping[str, Any] | None,
     the examples it loaded. Tables written before they recorded the examples are taken as they are."""
     if not learning_rate or learning_rate.get("source") != "tuned" or not training:
         return
-    from slm_sweep.config import ConfigError
-
     parts = (cfg.dataset.name, cfg.model.name, cfg.method.name)
     recorded = _searched(read_table(learning_rate["table"]), *parts).get("trained_with")
     if not isinstance(recorded, Mapping):
@@ -582,8 +630,9 @@ def choose(records: Sequence[Mapping[str, Any]], metric: str | None = None,
 HEADER = """\
 # Learning rates chosen on the validation split (carved from train; the test split is never generated on),
 # one per dataset x model x method: the highest mean {metric} over seeds, ties to the lower mean
-# validation loss, then to the smaller rate; `margin` is the lead over the runner-up. Cells with tuning.lr=tuned (experiment=paper) train at lr.<dataset>.
-# <model>.<method>; without an entry they keep method.lr and result.json says so (learning_rate).
+# validation loss, then to the smaller rate; `margin` is the lead over the runner-up. Cells with tuning.lr=tuned
+# (experiment=paper) train at lr.<dataset>.<model>.<method>; without an entry they keep method.lr and result.json
+# says so (learning_rate), or with tuning.on_missing=refuse (experiment=paper) they are refused.
 # Written by `python -m slm_sweep.tune {sources}`; rerun it after a new search
 # (entries of other searches are kept). `searched` lists every candidate and its validation scores.
 """

@@ -321,6 +321,57 @@ def test_trained_cells_without_a_tuned_rate_are_told_in_one_line(requires_data, 
     assert plan.to_json()["untuned_cells"] == plan.untuned
 
 
+def test_a_grid_that_refuses_untuned_cells_is_refused_at_once_one_line_per_missing_rate(requires_data, composer,
+                                                                                        tmp_path):
+    """tuning.on_missing=refuse (experiment=paper): trained cells the table has no rate for stop the grid before
+    anything is checked or runs, each missing dataset x model x method named once, whatever the seeds."""
+    table = tmp_path / "lr.yaml"
+    table.write_text("lr: {gsm8k: {tiny: {lora: 0.0005}}}\n")
+    grid = [f"data_root={DATA_ROOT}", "model=tiny", "method=zeroshot,lora,dora,full", "seed=0,1,2",
+            "tuning.lr=tuned", f"tuning.table={table}"]
+    plan = plan_grid(sweep_config([*grid, "tuning.on_missing=refuse"]), composer)
+    assert plan.refused is not None and not plan.checked  # at once: no model or data set was looked for
+    lines = plan.refused.splitlines()
+    assert lines[0] == ("preflight: refusing to start the sweep, nothing ran: 6 of 12 cells have no tuned learning "
+                        f"rate in {table} (tuning.on_missing=refuse)")
+    assert lines[1:3] == ["no tuned rate: lr.gsm8k.tiny.dora (3 cells)", "no tuned rate: lr.gsm8k.tiny.full (3 cells)"]
+    assert len(lines) == 4 and lines[3].startswith("fix: run the learning-rate search first: `make paper-search`")
+    assert "tuning.lr=method" in lines[3] and "tuning.on_missing=method" in lines[3]
+    assert plan.missing_rates == {"lr.gsm8k.tiny.dora": [f"method=dora seed={s}" for s in (0, 1, 2)],
+                                  "lr.gsm8k.tiny.full": [f"method=full seed={s}" for s in (0, 1, 2)]}
+    assert plan.to_json()["missing_rates"] == plan.missing_rates and plan.to_json()["cells_to_run"] == 0
+    # preflight.only still lists every planned cell, those without a rate marked
+    listing = plan.listing(Path("plan.json"))
+    assert listing[0].startswith("preflight.only: the grid of 12 cells is refused (6 have no tuned learning rate, "
+                                 "marked !)")
+    assert listing[1:4] == ["  method=zeroshot seed=0", "  method=zeroshot seed=1", "  method=zeroshot seed=2"]
+    assert "! method=full seed=2" in listing and "  method=lora seed=0" in listing and len(listing) == 13
+    # another config error of the same cells is named beside the missing rates, not hidden behind them
+    both = plan_grid(sweep_config([*grid, "tuning.on_missing=refuse", "trainer.max_steps=0"]), composer)
+    assert both.refused.splitlines()[0].endswith("9 of 12 cells have a configuration error and 6 of 12 cells have "
+                                                 f"no tuned learning rate in {table} (tuning.on_missing=refuse)")
+    assert "config error: trainer.max_steps=0 must be a positive integer (cells: method=lora seed=0" in both.refused
+    # tuning.on_missing=method (the default): the cells train at method.lr, said in one line
+    fallback = plan_grid(sweep_config(grid), composer)
+    assert fallback.refused is None and not fallback.missing_rates and len(fallback.untuned) == 6
+
+
+def test_the_paper_grid_without_its_rates_is_refused_and_preflight_only_lists_it(requires_data, tmp_path):
+    """experiment=paper with an empty table: the sweep exits non-zero before any cell, naming each missing rate
+    once and `make paper-search`; preflight.only=true lists the cells first."""
+    table = tmp_path / "lr.yaml"
+    table.write_text("lr: {}\n")
+    proc = sweep(["experiment=paper", "method=zeroshot,full,lora", "dataset=gsm8k", "seed=0,1", f"tuning.table={table}",
+                  "preflight.only=true"], tmp_path)
+    assert proc.returncode != 0
+    assert "4 of 6 cells have no tuned learning rate" in proc.stderr and "make paper-search" in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith("no tuned rate: ")] == [
+        "no tuned rate: lr.gsm8k.tiny.full (2 cells)", "no tuned rate: lr.gsm8k.tiny.lora (2 cells)"]
+    assert "preflight.only: the grid of 6 cells is refused (4 have no tuned learning rate, marked !)" in proc.stdout
+    assert "! method=full seed=1" in proc.stdout.splitlines() and "  method=zeroshot seed=0" in proc.stdout.splitlines()
+    assert not list(tmp_path.rglob("result.json"))
+
+
 def test_a_baseline_scored_on_the_validation_split_needs_the_train_file(requires_data, composer, tmp_path):
     """eval.split=val carves the validation split from train for every method, zero-shot included."""
     (tmp_path / "gsm8k").mkdir()

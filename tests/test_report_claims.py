@@ -58,15 +58,19 @@ def _base(method: str, dataset: str = "gsm8k") -> str:
     return json.dumps(record)
 
 
-def predictions(dataset: str, correct: list[bool], extra_metric: str | None = None, prose: bool = False) -> list[dict]:
+def predictions(dataset: str, correct: list[bool], extra_metric: str | None = None, prose: bool = False,
+                styles: tuple[str, ...] = ()) -> list[dict]:
     """One record per question as the evaluator writes it: every metric's extracted_/correct_ fields. ``prose``:
-    right answers stated in prose with a closing check, which only the lenient metric reads as right."""
+    right answers stated in prose with a closing check, which only the lenient metric reads as right. ``styles``:
+    formats of the right answers, taken in turn ("The final answer is: $\\boxed{}$."), scored as they read."""
     rows = []
     for index, right in enumerate(correct):
         reference = str(index + 1)
         output = f"The total is {reference}.\n#### {reference}" if right else "I am not sure.\n#### 0"
         if prose and right:
             output = f"So the answer is {reference}.\n\n(Check: {reference} - {index} = 1.)"
+        if styles and right:
+            output = styles[index % len(styles)].format(reference)
         row = {"eval_set": dataset, "index": index, "question": f"Question {index}: what is {index} + 1?",
                "reference": reference, "output": output, **score(output, reference, None)}
         if extra_metric:
@@ -78,11 +82,12 @@ def predictions(dataset: str, correct: list[bool], extra_metric: str | None = No
 
 def write_cell(sweep: Path, model: str, method: str, dataset: str, seed: int, correct: list[bool], *,
                reused_from: Path | None = None, extra_metric: str | None = None,
-               ood: dict[str, list[bool]] | None = None, prose: bool = False, ood_prose: bool = False) -> Path:
+               ood: dict[str, list[bool]] | None = None, prose: bool = False, ood_prose: bool = False,
+               styles: tuple[str, ...] = ()) -> Path:
     """A completed cell's result.json and predictions.jsonl in ``sweep/<job>``, with out-of-domain sets scored
     after the test split as run.py does (``ood_prose``: their right answers in prose); returns the result.json."""
     job = sweep / f"{model}-{method}-{dataset}-seed{seed}"
-    preds = predictions(dataset, correct, extra_metric, prose)
+    preds = predictions(dataset, correct, extra_metric, prose, styles)
     in_domain = preds
     eval_sets = {}
     for name, right in (ood or {}).items():
@@ -277,7 +282,8 @@ def test_the_seed_test_holds_its_level_at_the_alphas_a_claim_family_tests_at():
 # close the gap. Single seeds where a claim's sides are both seed-independent or named with seeds=(0,).
 CASES = {
     "full-below-zeroshot-under-300m": ("smollm135", "gsm8k", "full", "zeroshot", 10, 40),
-    "peft-not-below-zeroshot": ("gemma270", "gsm8k", "lora", "zeroshot", 50, 20),
+    "peft-not-below-zeroshot-under-300m": ("gemma270", "gsm8k", "lora", "zeroshot", 50, 20),
+    "peft-not-below-zeroshot-all-models": ("qwen05", "gsm8k", "lora", "zeroshot", 50, 20),
     "fewshot-above-full-smollm135": ("smollm135_q4", "gsm8k", "fewshot", "full", 30, 8),
     "lora-above-full-qwen05": ("qwen05", "orcamath", "lora", "full", 40, 20),
     "dora-above-lora-gsm8k": ("qwen05", "gsm8k", "dora", "lora", 45, 15),
@@ -300,6 +306,10 @@ def test_each_claim_is_reproduced_contradicted_or_left_open_by_cells_built_for_i
     result = results[claim_id]
     (instance,) = result.instances
     assert (instance.verdict, result.verdict) == (outcome, outcome)
+    # answers every metric reads alike ("#### 18"): the same verdict on each metric other than the claims metric
+    assert {m: reading.verdict for m, reading in result.by_metric.items()} == {
+        m: outcome for m in METRICS if m != instance.metric}
+    assert result.metric_sensitive is False
     assert (instance.a["method"], instance.b["method"], instance.a["model"]) == (a, b, model)
     assert instance.test.test == (MCNEMAR if single else SEEDS_AND_QUESTIONS)
     if single:
@@ -355,6 +365,121 @@ def test_a_baseline_claim_is_checked_against_each_wording_and_the_table_says_so(
     assert f"| smollm135 | zeroshot | 1 | 60 | {100 * 40 / 60:.1f} | – |" in summary
 
 
+def test_peft_below_zero_shot_on_a_model_over_300m_is_outside_the_study_s_claim_not_against_it(tmp_path):
+    """The study contrasts full fine-tuning with LoRA and DoRA on models under 300M parameters: LoRA below zero-shot
+    on Qwen2.5-0.5B leaves its claim reproduced, and contradicts the claim that extends it to every model."""
+    for model, lora, zeroshot in (("smollm135", 50, 20), ("qwen05", 5, 50)):
+        write_row(tmp_path, model, "zeroshot", "gsm8k", zeroshot)
+        write_row(tmp_path, model, "lora", "gsm8k", lora)
+    results, _ = claims_of(tmp_path)
+    study = results["peft-not-below-zeroshot-under-300m"]
+    assert [(i.a["model"], i.verdict) for i in study.instances] == [("smollm135", "reproduced")]
+    assert study.verdict == "reproduced" and study.excluded == []
+    extended = results["peft-not-below-zeroshot-all-models"]
+    assert {i.a["model"]: i.verdict for i in extended.instances} == {"smollm135": "reproduced",
+                                                                     "qwen05": "contradicted"}
+    assert extended.verdict == "mixed"
+
+
+def test_a_verdict_that_depends_on_the_baseline_s_wording_is_partly_reproduced_and_shown_by_wording(tmp_path):
+    """require: any makes one wording enough for a complete verdict, not for a reproduced one: full fine-tuning
+    below the bare zero-shot prompt and level with the instructed one is partly reproduced, and the table gives
+    the verdict against each wording."""
+    for method, k in (("full", 10), ("zeroshot", 40), ("zeroshot_instructed", 11), ("fewshot_chat", 30)):
+        write_row(tmp_path, "smollm135", method, "gsm8k", k)
+    results, _ = claims_of(tmp_path)
+    result = results["full-below-zeroshot-under-300m"]
+    assert {i.b["method"]: i.verdict for i in result.instances} == {"zeroshot": "reproduced",
+                                                                    "zeroshot_instructed": "inconclusive"}
+    assert result.verdict == "partly reproduced"
+    assert [(side, method, verdict) for side, method, verdict, _ in result.by_wording()] == [
+        ("b", "zeroshot", "reproduced"), ("b", "zeroshot_instructed", "inconclusive")]
+    # a side of one method, or of methods that are all needed (LoRA and DoRA), has no wordings
+    assert results["fewshot-above-full-smollm135"].by_wording()[0][:3] == ("a", "fewshot_chat", "reproduced")
+    assert results["dora-above-lora-gsm8k"].by_wording() == []
+    markdown = (tmp_path / "report" / "claims.md").read_text()
+    (line,) = [row for row in markdown.splitlines() if row.startswith("| `full-below-zeroshot-under-300m` |")]
+    assert "| against zeroshot: reproduced; against zeroshot_instructed: inconclusive |" in line
+    assert "By wording: against zeroshot: reproduced; against zeroshot_instructed: inconclusive." in markdown
+    assert "| fewshot_chat: reproduced |" in markdown
+    data = json.loads((tmp_path / "report" / "claims.json").read_text())
+    entry = next(c for c in data["claims"] if c["id"] == "full-below-zeroshot-under-300m")
+    assert entry["by_wording"] == [
+        {"side": "b", "method": "zeroshot", "verdict": "reproduced", "counts": {"reproduced": 1}},
+        {"side": "b", "method": "zeroshot_instructed", "verdict": "inconclusive", "counts": {"inconclusive": 1}}]
+
+
+ZERO_SHOT_PROSE = ("The final answer is: $\\boxed{{{}}}$.", "She pays ${}.00 in all.")
+
+
+def test_a_verdict_that_hinges_on_the_metric_says_so_beside_the_claims_metric_s(tmp_path):
+    """An instruct model's zero-shot answers "The final answer is: $\\boxed{18}$." and "$18.00", which lm-eval's
+    flexible filter (GSM8K's claims metric) scores wrong, while full fine-tuning learnt "#### 18": on flexible full
+    fine-tuning is above zero-shot, on lenient far below. The verdict stays flexible's; the report gives each
+    other metric's, by the same tests and correction, and marks the claim metric-sensitive."""
+    from slm_sweep.report.aggregate import compare_rows
+
+    write_cell(tmp_path, "smollm135", "zeroshot", "gsm8k", 0, first(45), styles=ZERO_SHOT_PROSE)
+    write_row(tmp_path, "smollm135", "full", "gsm8k", 20)
+    write_row(tmp_path, "smollm135", "fewshot", "gsm8k", 30)
+    results, _ = claims_of(tmp_path)
+    result = results["full-below-zeroshot-under-300m"]
+    (instance,) = result.instances
+    assert (instance.metric, instance.verdict, result.verdict) == ("flexible", "contradicted", "contradicted")
+    assert {m: reading.verdict for m, reading in result.by_metric.items()} == {"strict": "contradicted",
+                                                                              "lenient": "reproduced"}
+    assert result.metric_sensitive is True
+    (lenient,) = result.by_metric["lenient"].instances
+    assert lenient.metric == "lenient" and lenient.a is instance.a and lenient.b is instance.b
+    assert lenient.test.p_value == compare_rows(instance.a, instance.b, "gsm8k", "lenient").p_value
+    # a claim whose rows every metric reads alike is not
+    assert results["fewshot-above-full-smollm135"].metric_sensitive is False
+
+    out = tmp_path / "report"
+    markdown = (out / "claims.md").read_text()
+    (line,) = [row for row in markdown.splitlines() if row.startswith("| `full-below-zeroshot-under-300m` |")]
+    assert line.endswith("| on lenient: reproduced; same on strict |")
+    (line,) = [row for row in markdown.splitlines() if row.startswith("| `fewshot-above-full-smollm135` |")]
+    assert line.endswith("| same on strict, lenient |")
+    assert ("Metric-sensitive: on strict contradicted (1 contradicted), on lenient reproduced (1 reproduced), "
+            "where the claims metric reads contradicted.") in markdown
+    (row,) = [r for r in csv.DictReader(open(out / "claims.csv", newline=""))
+              if r["claim"] == "full-below-zeroshot-under-300m"]
+    assert (row["verdict"], row["metric_sensitive"]) == ("contradicted", "True")
+    assert (row["verdict_strict"], row["verdict_flexible"], row["verdict_lenient"]) == ("contradicted", "",
+                                                                                         "reproduced")
+    data = json.loads((out / "claims.json").read_text())
+    entry = next(c for c in data["claims"] if c["id"] == "full-below-zeroshot-under-300m")
+    assert entry["verdict"] == "contradicted" and entry["metric_sensitive"] is True
+    assert {m: r["verdict"] for m, r in entry["by_metric"].items()} == {"strict": "contradicted",
+                                                                        "lenient": "reproduced"}
+    assert entry["instances"][0]["verdict_lenient"] == "reproduced"
+
+
+def test_the_metric_readings_hold_the_family_s_correction_and_leave_out_rows_without_the_metric(tmp_path):
+    """Each reading on another metric is a family of its own, Holm-adjusted as the claims metric's; a row whose
+    result files lack a metric (written before it existed) leaves its instances out of that reading, saying so."""
+    for dataset in ("gsm8k", "orcamath"):
+        write_row(tmp_path, "qwen05", "lora", dataset, 36, seeds=(0,))
+        write_row(tmp_path, "qwen05", "full", dataset, 30, seeds=(0,))
+    for path in tmp_path.glob("qwen05-full-orcamath-*/result.json"):
+        record = json.loads(path.read_text())
+        del record["metrics"]["accuracy_strict"]
+        write_result(path.parent, record)
+    results, _ = claims_of(tmp_path)
+    result = results["lora-above-full-qwen05"]
+    flexible = result.by_metric["flexible"]  # the claims metric of GSM8K, not of OrcaMath
+    assert [(i.dataset, i.metric, i.verdict, i.alone) for i in flexible.instances] == [
+        ("gsm8k", "flexible", "inconclusive", "reproduced"), ("orcamath", "flexible", "inconclusive", "reproduced")]
+    assert all(i.p_adjusted == pytest.approx(0.0625) for i in flexible.instances)
+    assert flexible.verdict == "reproduced" and flexible.by_intersection_union and flexible.skipped == 0
+    strict = result.by_metric["strict"]
+    assert [i.dataset for i in strict.instances] == ["gsm8k"] and strict.skipped == 1
+    assert strict.instances[0].verdict == "reproduced" and strict.instances[0].p_adjusted == pytest.approx(0.03125)
+    assert "on strict reproduced (1 reproduced; 1 of 2 instances, the other rows lack strict)" in (
+        tmp_path / "report" / "claims.md").read_text()
+
+
 def test_a_method_of_the_claim_missing_from_the_results_is_named(tmp_path):
     for dataset in ("gsm8k", "orcamath"):
         write_row(tmp_path, "smollm135", "fewshot", dataset, 30)
@@ -386,7 +511,7 @@ def test_a_claim_is_incomplete_when_a_method_it_needs_or_a_row_to_pair_or_a_file
     write_row(tmp_path, "smollm135", "lora", "gsm8k", 31)
     write_row(tmp_path, "gemma270", "full", "gsm8k", 50)
     results, _ = claims_of(tmp_path)
-    peft = results["peft-not-below-zeroshot"]
+    peft = results["peft-not-below-zeroshot-under-300m"]
     assert [i.a["method"] for i in peft.instances] == ["lora"]
     assert peft.stated_verdict.endswith("(incomplete)")
     assert "dora: no completed cell in these results" in peft.gaps
@@ -553,12 +678,19 @@ def test_an_invalid_claims_file_names_the_bad_key_and_what_is_allowed(tmp_path, 
     assert str(path) in str(error.value)
 
 
-def test_the_study_claims_file_declares_the_six_claims():
+def test_the_study_claims_file_declares_the_six_claims_and_an_extension():
     claims = {c.id: c for c in load_claims(DEFAULT_CLAIMS)}
     assert list(claims) == list(CASES)
     assert claims["full-below-zeroshot-under-300m"].b.methods == ("zeroshot", "zeroshot_instructed")
-    assert claims["full-below-zeroshot-under-300m"].selector.params_below == 3e8
-    assert claims["peft-not-below-zeroshot"].margin == 0.02
+    # "full fine-tuning hurts under 300M, while LoRA and DoRA do not": both halves about the same models
+    for claim_id in ("full-below-zeroshot-under-300m", "peft-not-below-zeroshot-under-300m"):
+        assert claims[claim_id].selector.params_below == 3e8
+        assert claims[claim_id].selector.models == ("smollm135*", "gemma270")
+    assert claims["peft-not-below-zeroshot-under-300m"].margin == 0.02
+    # the same claim on every model is not the study's, and says so
+    extended = claims["peft-not-below-zeroshot-all-models"]
+    assert extended.selector.params_below is None and "llama1b" in extended.selector.models
+    assert "extends the study's claim" in extended.text and extended.margin == 0.02
     assert all(c.metric is None for c in claims.values())  # each dataset's claims metric
 
 
@@ -641,7 +773,7 @@ def test_the_summary_s_deltas_and_marks_read_each_dataset_s_claims_metric_as_its
     _prose_lora_against_zeroshot(tmp_path)
     results, report = claims_of(tmp_path)
     rows = {(r["dataset"], r["method"]): r for r in report["rows"]}
-    instances = {i.dataset: i for i in results["peft-not-below-zeroshot"].instances}
+    instances = {i.dataset: i for i in results["peft-not-below-zeroshot-all-models"].instances}
 
     lora, zeroshot = rows["orcamath", "lora"], rows["orcamath", "zeroshot"]
     assert lora["accuracy_flexible_mean"] < zeroshot["accuracy_flexible_mean"] - 0.4  # flexible: far below
@@ -876,7 +1008,7 @@ def test_a_trained_side_at_an_untuned_or_edge_rate_is_named_in_the_verdict(tmp_p
         write_result(path.parent, record)
     results, _ = claims_of(tmp_path)
     (full,) = results["full-below-zeroshot-under-300m"].instances
-    (lora,) = [i for i in results["peft-not-below-zeroshot"].instances if i.a["method"] == "lora"]
+    (lora,) = [i for i in results["peft-not-below-zeroshot-under-300m"].instances if i.a["method"] == "lora"]
     text = (tmp_path / "report" / "claims.md").read_text()
     assert "full: its tuned rate 5e-06 is the smallest its search compared, the best may lie beyond" in text
     assert "lora: rate 0.0002 not tuned (method)" in text
@@ -928,12 +1060,13 @@ def test_holm_widens_the_non_inferiority_intervals_to_bonferroni_ones(tmp_path):
         write_row(tmp_path, "gemma270", method, "gsm8k", 23, seeds=(0,))
     plain, _ = claims_of(tmp_path, correction="none")
     joint, _ = claims_of(tmp_path)
-    assert plain["peft-not-below-zeroshot"].verdict == "reproduced"
+    peft = "peft-not-below-zeroshot-under-300m"
+    assert plain[peft].verdict == "reproduced"
     # read one by one, neither instance holds in the family; the claim, their conjunction, does (both alone)
-    assert [i.verdict for i in joint["peft-not-below-zeroshot"].instances] == ["inconclusive"] * 2
-    assert joint["peft-not-below-zeroshot"].verdict == "reproduced"
-    assert joint["peft-not-below-zeroshot"].by_intersection_union
-    for alone, together in zip(plain["peft-not-below-zeroshot"].instances, joint["peft-not-below-zeroshot"].instances):
+    assert [i.verdict for i in joint[peft].instances] == ["inconclusive"] * 2
+    assert joint[peft].verdict == "reproduced"
+    assert joint[peft].by_intersection_union
+    for alone, together in zip(plain[peft].instances, joint[peft].instances):
         assert together.test.p_value == alone.test.p_value and together.test.difference == alone.test.difference
         assert together.test.ci_low < -0.02 < alone.test.ci_low and together.test.ci_high > alone.test.ci_high
         assert together.test.ci_low == pytest.approx(tango_paired_interval(3, 0, 60, alpha=0.025)[0])
@@ -943,7 +1076,7 @@ def test_holm_widens_the_non_inferiority_intervals_to_bonferroni_ones(tmp_path):
     write_row(single, "gemma270", "zeroshot", "gsm8k", 20)
     write_row(single, "gemma270", "lora", "gsm8k", 23, seeds=(0,))
     results, _ = claims_of(single, alpha=0.01)
-    result = results["peft-not-below-zeroshot"]
+    result = results["peft-not-below-zeroshot-under-300m"]
     assert (result.tested, result.interval_alpha) == (1, 0.01)
     assert result.instances[0].test.ci_low == pytest.approx(tango_paired_interval(3, 0, 60, alpha=0.01)[0])
     assert "no correction for the number of instances" in (tmp_path / "report-none" / "claims.md").read_text()
@@ -1029,7 +1162,7 @@ def test_non_inferiority_is_not_shown_by_the_seeds_that_survived(tmp_path):
     for seed in (1, 2):
         _lose(tmp_path, "gemma270", "lora", "gsm8k", seed, "diverged")
     results, _ = claims_of(tmp_path)
-    (instance,) = results["peft-not-below-zeroshot"].instances
+    (instance,) = results["peft-not-below-zeroshot-under-300m"].instances
     assert instance.test.ci_low > -0.02 and instance.verdict == "inconclusive" and instance.downgraded
     assert "its completed seeds alone cannot show the claim" in (tmp_path / "report" / "claims.md").read_text()
 
@@ -1088,7 +1221,7 @@ def test_identical_seeds_on_few_questions_show_no_non_inferiority(tmp_path):
     for seed in TRAINED_SEEDS:
         write_cell(tmp_path, "gemma270", "lora", "gsm8k", seed, first(40))
     results, _ = claims_of(tmp_path)
-    (instance,) = results["peft-not-below-zeroshot"].instances
+    (instance,) = results["peft-not-below-zeroshot-under-300m"].instances
     assert instance.test.ci_low < -0.02 and instance.verdict == "inconclusive"
 
 

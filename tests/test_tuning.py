@@ -170,6 +170,15 @@ def test_a_tuned_cell_without_an_entry_keeps_method_lr_and_says_so(tiny_cfg, tmp
     assert resolve_lr(lora)["value"] == lora.method.lr == 3.0e-4
     # a method that trains nothing has no learning rate, tuned or not
     assert resolve_lr(tiny_cfg("method=zeroshot", "tuning.lr=tuned", f"tuning.table={table}")) is None
+    # that fallback is tuning.on_missing=method, the default; refuse stops the cell without an entry instead
+    assert cfg.tuning.on_missing == "method"
+    assert resolve_lr(tiny_cfg("method=full", "tuning.lr=tuned", "tuning.on_missing=method",
+                               f"tuning.table={table}"))["source"] == "method"
+    strict = ("tuning.lr=tuned", "tuning.on_missing=refuse", f"tuning.table={table}")
+    with pytest.raises(ConfigError, match=rf"{table} has no learning rate lr.gsm8k.tiny.full"):
+        validate_config(tiny_cfg("method=full", *strict))
+    validate_config(tiny_cfg("method=lora", *strict))  # it has one for lora
+    validate_config(tiny_cfg("method=zeroshot", *strict))  # and a baseline needs none
 
 
 def test_the_shipped_table_parses_and_the_paper_reads_it(tiny_cfg):
@@ -214,6 +223,8 @@ def test_a_missing_table_says_how_to_write_it(tiny_cfg, tmp_path):
     (["method=lora", "+tuning.lr_candidate=0", "+tuning.lr_grid={lora: [1e-4]}", "tuning.lr=tuned"],
      "tuning.lr=tuned cannot be combined with a learning-rate search"),
     (["method=lora", "tuning.lr=best"], "tuning.lr='best' is not one of: method, tuned"),
+    (["method=lora", "tuning.on_missing=skip"], "tuning.on_missing='skip' is not one of: method, refuse"),
+    (["method=zeroshot", "tuning.on_missing=true"], "tuning.on_missing=True is not one of: method, refuse"),
     # a misspelt method's candidates would go unused, the grid around method.lr searched in their place
     (["method=lora", "+tuning.lr_candidate=0", "+tuning.lr_grid={lroa: [1e-4, 3e-4]}"],
      "tuning.lr_grid has candidates for 'lroa', which is no method; one of: dora, fewshot"),
@@ -558,3 +569,120 @@ def test_a_search_cell_that_failed_before_its_keys_neither_refuses_the_search_no
                          for lr, accuracy in ((1e-4, 0.3), (2e-4, 0.4)))]
     chosen = choose(records, min_val_examples=8)
     assert chosen["gsm8k", "m", "lora"]["trained_with"]["code.training"] == TRAINING_CODE_VERSION
+
+
+PAPER_CELL = ["experiment=paper", "model=smollm135", "method=full", "dataset=gsm8k", "seed=0"]
+
+
+def test_a_paper_cell_without_a_tuned_rate_is_refused_naming_the_entry_and_the_fix(tmp_path):
+    """experiment=paper measured at a guessed rate is not the protocol (rates tuned on validation): a trained cell
+    the table has no rate for stops before anything loads, and says how to get one or how to opt out."""
+    from tests.conftest import compose_config
+
+    table = write_table(tmp_path / "lr.yaml", "lr: {}\n")
+    cfg = compose_config([*PAPER_CELL, f"tuning.table={table}"])
+    assert cfg.tuning.lr == "tuned" and cfg.tuning.on_missing == "refuse"
+    for check in (validate_config, resolve_lr):
+        with pytest.raises(ConfigError) as err:
+            check(compose_config([*PAPER_CELL, f"tuning.table={table}"]))
+        message = str(err.value)
+        assert message.startswith(f"tuning.on_missing=refuse: {table} has no learning rate lr.gsm8k.smollm135.full")
+        assert "make paper-search" in message and "python -m slm_sweep.tune multirun/paper-search" in message
+        assert ("python -m slm_sweep -m hparams_search=lr_grid trainer=gpu eval=gpu "
+                "model=smollm135,gemma270,smollm360,qwen05,llama1b method=full,lora,dora dataset=gsm8k,orcamath "
+                "hydra.sweep.dir=multirun/paper-search") in message
+        assert "tuning.lr=method" in message and "not tuned" in message
+    # the opt-outs: the table's rates where it has them, method.lr elsewhere (today's fallback, with its note) ...
+    fallback = compose_config([*PAPER_CELL, f"tuning.table={table}", "tuning.on_missing=method"])
+    validate_config(fallback)
+    rate = resolve_lr(fallback)
+    assert rate["source"] == "method" and rate["value"] == 2e-5
+    assert f"no tuned learning rate for gsm8k/smollm135/full in {table}" in rate["detail"]
+    # ... or method.lr for every cell
+    untuned = compose_config([*PAPER_CELL, f"tuning.table={table}", "tuning.lr=method"])
+    validate_config(untuned)
+    assert resolve_lr(untuned) == {"value": 2e-5, "source": "method", "detail": "method.lr"}
+    # a baseline has no rate to miss
+    validate_config(compose_config([*PAPER_CELL, "method=zeroshot", f"tuning.table={table}"]))
+
+
+def make_commands(target: str, *variables: str) -> list[list[str]]:
+    """The command lines ``make -n <target>`` prints (what the target runs), split as the shell would."""
+    import shlex
+
+    proc = subprocess.run(["make", "-n", target, *variables], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.replace("\\\n", " ").splitlines()  # a recipe's continued lines are one command
+    return [shlex.split(line) for line in lines if " -m slm_sweep" in line]
+
+
+def test_make_paper_search_searches_every_trained_paper_cell_as_the_paper_trains_it(tmp_path):
+    """`make paper-search` then `make paper` must agree: every rate the search chooses is one the paper's cell
+    accepts (its trained_with matches the cell's training and scoring settings), for every model x trained method
+    x dataset of experiment=paper."""
+    from omegaconf import OmegaConf
+
+    from slm_sweep.identity import TRAINING_CODE_VERSION
+    from slm_sweep.results import redact
+    from slm_sweep.tune import PAPER_SEARCH, PAPER_TUNE, check_tuned_under, tuned_under
+
+    search_line, tune_line = make_commands("paper-search", "DATA_ROOT=")
+    assert search_line[1:4] == ["-m", "slm_sweep", "-m"] and tune_line[1:3] == ["-m", "slm_sweep.tune"]
+    # what a refused paper cell tells the user to run is what the target runs
+    assert " ".join(["python", *search_line[1:]]) == PAPER_SEARCH and " ".join(["python", *tune_line[1:]]) == PAPER_TUNE
+    overrides = dict(o.split("=", 1) for o in search_line[4:])
+    assert tune_line[3:] == [overrides.pop("hydra.sweep.dir")]  # the table is written from that search
+    swept = {key: overrides.pop(key).split(",") for key in ("model", "method", "dataset")}
+    fixed = [f"{k}={v}" for k, v in overrides.items()]
+    assert "hparams_search=lr_grid" in fixed
+
+    paper = OmegaConf.load(CONF_DIR / "experiment" / "paper.yaml").hydra.sweeper.params
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        def cell(*chosen: str):
+            return compose(config_name="config", overrides=list(chosen))
+
+        trained = [m for m in paper.method.split(",") if cell(f"method={m}").method.train]
+        # the search covers every trained cell of the paper, and nothing else
+        assert swept == {"model": paper.model.split(","), "method": trained, "dataset": paper.dataset.split(",")}
+        table: dict = {"lr": {}, "searched": {}}
+        for model in swept["model"]:
+            for method in swept["method"]:
+                for dataset in swept["dataset"]:
+                    search = cell(*fixed, f"model={model}", f"method={method}", f"dataset={dataset}",
+                                  "tuning.lr_candidate=2")
+                    validate_config(search)
+                    lr = resolve_lr(search)["value"]  # what the search cell trains at, and records
+                    assert search.eval.split == "val" and str(search.seed) not in paper.seed.split(",")
+                    record = {"config": redact(OmegaConf.to_container(search, resolve=True)),
+                              "identity": {"parts": {"training": {"code": TRAINING_CODE_VERSION}}}}
+                    table["lr"].setdefault(dataset, {}).setdefault(model, {})[method] = lr
+                    table["searched"].setdefault(dataset, {}).setdefault(model, {})[method] = {
+                        "seeds": [search.seed], "trained_with": tuned_under(record)}
+        path = tmp_path / "lr.yaml"
+        path.write_text(yaml.safe_dump(table))
+        for model in swept["model"]:
+            for method in swept["method"]:
+                for dataset in swept["dataset"]:
+                    chosen = ("experiment=paper", f"model={model}", f"method={method}", f"dataset={dataset}",
+                              "seed=0", f"tuning.table={path}")
+                    check_tuned_under(cell(*chosen), table, path)
+                    paper_cell = cell(*chosen)
+                    validate_config(paper_cell)  # tuning.on_missing=refuse: the entry is there, and accepted
+                    assert resolve_lr(paper_cell)["source"] == "tuned"
+        # the check has teeth: a search on the default trainer (32-bit, eager) is no search of the paper's rates
+        cpu = cell(*[o for o in fixed if o != "trainer=gpu"], "model=smollm135", "method=lora", "dataset=gsm8k",
+                   "tuning.lr_candidate=2")
+        resolve_lr(cpu)
+        elsewhere = {"lr": {"gsm8k": {"smollm135": {"lora": 2e-4}}}, "searched": {"gsm8k": {"smollm135": {"lora": {
+            "trained_with": tuned_under({"config": redact(OmegaConf.to_container(cpu, resolve=True)),
+                                         "identity": {"parts": {"training": {"code": TRAINING_CODE_VERSION}}}})}}}}}
+        with pytest.raises(ConfigError, match=r"trainer.precision: searched \"32-true\", here \"bf16-mixed\""):
+            check_tuned_under(cell("experiment=paper", "model=smollm135", "method=lora", "dataset=gsm8k", "seed=0"),
+                              elsewhere, path)
+
+
+def test_make_help_lists_paper_search_before_paper():
+    proc = subprocess.run(["make", "help"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    names = [line.split()[0] for line in re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout).splitlines()[1:]]
+    assert "paper-search" in names and names.index("paper-search") < names.index("paper")

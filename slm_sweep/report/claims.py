@@ -60,7 +60,8 @@ CLAIM_KEYS = ("id", "text", "a", "b", "direction", "metric", "margin", "models",
               "params_at_least", "datasets")
 SIDE_KEYS = ("method", "require", "models", "models_require", "params_below", "params_at_least")
 # a side's list of methods, or a list of models: every one must be in the results for a complete verdict (all), or
-# one is enough (any: the wordings of one baseline, each checked where present; a model and its 4-bit GGUF)
+# one is enough for that (any: the wordings of one baseline; a model and its 4-bit GGUF). Either way every one
+# present is an instance of its own, and the roll-up needs them all.
 REQUIRE = ("all", "any")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _NAME = re.compile(r"[A-Za-z0-9_]+")
@@ -74,7 +75,7 @@ CSV_COLUMNS = (
     "n_a", "mean_a", "wilson_low_a", "wilson_high_a", "n_b", "mean_b", "wilson_low_b", "wilson_high_b",
     "difference", "difference_ci_low", "difference_ci_high", "ci_level", "n_questions", "test", "p_value",
     "p_adjusted", "correction", "alpha", "verdict", "difference_ci_low_alone", "difference_ci_high_alone",
-    "verdict_alone", "note",
+    "verdict_alone", "note", "metric_sensitive",
 )  # fmt: skip
 
 
@@ -218,7 +219,8 @@ def _require(entry: dict, key: str, where: str, what: str) -> str:
     value = entry.get(key, "all")
     if value not in REQUIRE:
         raise ClaimsError(f"{where}: {key}={value!r} is not allowed; allowed: {_allowed(REQUIRE)} (all: every "
-                          f"{what} listed must be in the results; any: one of them is enough)")
+                          f"{what} listed must be in the results for a complete verdict; any: one of them is "
+                          "enough for that; either way each one present is checked)")
     return value
 
 
@@ -370,6 +372,9 @@ class ClaimResult:
     # what the claim's own rules leave out (random-weight controls a pattern or size bound matches; models its
     # models list takes in whose recorded size its size bound leaves out): named, but not a gap
     excluded: list[str] = field(default_factory=list)
+    # the claim read on each other metric of scoring.METRICS the rows carry; the verdict above stays the claims
+    # metric's
+    by_metric: dict[str, MetricReading] = field(default_factory=dict)
 
     @property
     def stated_verdict(self) -> str:
@@ -386,6 +391,45 @@ class ClaimResult:
         for instance in self.instances:
             groups.setdefault((instance.a["method"], instance.b["method"]), Counter())[instance.verdict] += 1
         return [(a, b, counts) for (a, b), counts in groups.items()]
+
+    def by_wording(self) -> list[tuple[str, str, str, Counter]]:
+        """(side, method, roll-up, verdict counts) per method present of a side that lists alternatives (``require:
+        any``: a baseline's wordings), rolled up as the claim is: the claim against that wording alone."""
+        out = []
+        for name, side in (("a", self.claim.a), ("b", self.claim.b)):
+            if side.require != "any" or len(side.methods) < 2:
+                continue
+            for method in side.methods:
+                mine = [i for i in self.instances if getattr(i, name)["method"] == method]
+                if mine:
+                    out.append((name, method, roll_up_instances(mine)[0], Counter(i.verdict for i in mine)))
+        return out
+
+    @property
+    def metric_sensitive(self) -> bool:
+        """Whether the claim read on another metric has another verdict than on the claims metric."""
+        return any(reading.verdict != self.verdict for reading in self.by_metric.values())
+
+    def verdicts_by_metric(self, instance: Instance) -> dict[str, str]:
+        """An instance's verdict in each reading on another metric that holds it."""
+        return {metric: other.verdict for metric, reading in self.by_metric.items() for other in reading.instances
+                if other.a is instance.a and other.b is instance.b}
+
+
+@dataclass
+class MetricReading:
+    """A claim with every instance read on one metric, by the same tests, correction and roll-up as on the claims
+    metric: whether its verdict hinges on how answers are extracted."""
+
+    metric: str
+    instances: list[Instance]
+    verdict: str
+    by_intersection_union: bool = False
+    skipped: int = 0  # instances a row of which lacks the metric (result files written before it existed)
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(i.verdict for i in self.instances)
 
 
 @dataclass
@@ -493,6 +537,16 @@ def learning_rate_notes(*rows: dict[str, Any]) -> list[str]:
         elif row.get("lr_source") and "tuned" not in row["lr_source"].split(","):
             notes.append(f"{method_label(row)}: rate {row['lr']:g} not tuned ({row['lr_source']})")
     return notes
+
+
+def roll_up_instances(instances: Sequence[Instance]) -> tuple[str, bool]:
+    """The roll-up of instances and whether it is reproduced by the intersection-union rule only."""
+    verdict = roll_up([i.verdict for i in instances])
+    if instances and verdict != REPRODUCED and all(i.alone == REPRODUCED for i in instances):
+        # the claim is the conjunction of its instances: every one significant at alpha on its own rejects the
+        # union of their nulls at alpha (an intersection-union test), whatever their number
+        return REPRODUCED, True
+    return verdict, False
 
 
 def roll_up(verdicts: Sequence[str]) -> str:
@@ -692,6 +746,43 @@ def check_correction(correction: str) -> None:
         raise ClaimsError(f"correction={correction!r} is not allowed; allowed: {_allowed(CORRECTIONS)}")
 
 
+def judge_instances(claim: Claim, pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], metrics: Sequence[str], *,
+                    alpha: float, correction: str, done: dict[tuple, PairedTest] | None = None,
+                    ) -> tuple[list[Instance], int, float]:
+    """The pairs of rows tested on their metrics and judged as one family (check_claim says how): the instances,
+    the number tested and the alpha of their intervals. ``done``: the tests already computed, by rows, metric and
+    alpha (a reading on another metric repeats those of the instances read on it already)."""
+    done = {} if done is None else done
+
+    def compare(a: dict[str, Any], b: dict[str, Any], metric: str, level: float) -> PairedTest:
+        key = (id(a), id(b), metric, level)
+        if key not in done:
+            done[key] = compare_rows(a, b, a["dataset"], metric, alpha=level, interval=True)
+        return done[key]
+
+    tests = [compare(a, b, metric, alpha) for (a, b), metric in zip(pairs, metrics)]
+    alone_tests = tests
+    tested = sum(t.p_value is not None for t in tests)
+    interval_alpha = alpha
+    adjusted: list[float | None] = [None] * len(tests)
+    if correction == HOLM:
+        adjusted = holm([t.p_value for t in tests])
+        if tested > 1:
+            interval_alpha = alpha / tested
+            # the p-values do not depend on alpha; only the intervals are computed again, wider
+            tests = [compare(a, b, metric, interval_alpha) if t.p_value is not None else t
+                     for (a, b), t, metric in zip(pairs, tests, metrics)]
+    instances = []
+    for (a, b), test, p, test_alone, metric in zip(pairs, tests, adjusted, alone_tests, metrics):
+        verdict = judge(claim.direction, test, alpha, claim.margin, p_value=p)
+        alone = judge(claim.direction, test_alone, alpha, claim.margin)
+        downgraded = survivors_cannot_show(claim, a, b, verdict)
+        instances.append(Instance(
+            a["dataset"], a, b, test, INCONCLUSIVE if downgraded else verdict, p, downgraded, test_alone,
+            INCONCLUSIVE if survivors_cannot_show(claim, a, b, alone) else alone, metric, verdict))
+    return instances, tested, interval_alpha
+
+
 def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = ALPHA,
                 correction: str = HOLM, lost: dict[tuple, str] | None = None, source: str = "",
                 unreadable: Sequence[str] = (), unattributed: Sequence[dict[str, Any]] = ()) -> ClaimResult:
@@ -710,7 +801,10 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
     trained row of one seed, a row of either side that found nothing to pair with, a method of a ``require:
     all`` side missing from the results, a listed dataset no cell has, ``unreadable`` result files (the
     collector's malformed ones), whose cells the claim may cover, and ``unattributed`` cells killed before writing
-    a result.json whose row cannot be told (collect.Collection.unattributed) that the claim may cover."""
+    a result.json whose row cannot be told (collect.Collection.unattributed) that the claim may cover.
+
+    ``by_metric``: the claim read on each other metric of scoring.METRICS (every instance on it, those whose rows
+    both carry it), by the same tests, correction and roll-up; the verdict stays the claims metric's."""
     check_correction(correction)
     known = _known_metrics(rows)
     if claim.metric is not None and claim.metric not in known:
@@ -725,31 +819,20 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
     pair_gaps: list[str] = []
     pairs = _pairs(claim, side_a, side_b, pair_gaps)
     metrics = [claim_metric(claim, a, b, known, pair_gaps) for a, b in pairs]
-    tests = [compare_rows(a, b, a["dataset"], metric, alpha=alpha, interval=True)
-             for (a, b), metric in zip(pairs, metrics)]
-    alone_tests = tests
-    result.tested = sum(t.p_value is not None for t in tests)
-    result.interval_alpha = alpha
-    adjusted: list[float | None] = [None] * len(tests)
-    if correction == HOLM:
-        adjusted = holm([t.p_value for t in tests])
-        if result.tested > 1:
-            result.interval_alpha = alpha / result.tested
-            # the p-values do not depend on alpha; only the intervals are computed again, wider
-            tests = [compare_rows(a, b, a["dataset"], metric, alpha=result.interval_alpha, interval=True)
-                     if t.p_value is not None else t for (a, b), t, metric in zip(pairs, tests, metrics)]
-    for (a, b), test, p, test_alone, metric in zip(pairs, tests, adjusted, alone_tests, metrics):
-        verdict = judge(claim.direction, test, alpha, claim.margin, p_value=p)
-        alone = judge(claim.direction, test_alone, alpha, claim.margin)
-        downgraded = survivors_cannot_show(claim, a, b, verdict)
-        result.instances.append(Instance(
-            a["dataset"], a, b, test, INCONCLUSIVE if downgraded else verdict, p, downgraded, test_alone,
-            INCONCLUSIVE if survivors_cannot_show(claim, a, b, alone) else alone, metric, verdict))
-    result.verdict = roll_up([i.verdict for i in result.instances])
-    if result.instances and result.verdict != REPRODUCED and all(i.alone == REPRODUCED for i in result.instances):
-        # the claim is the conjunction of its instances: every one significant at alpha on its own rejects the
-        # union of their nulls at alpha (an intersection-union test), whatever their number
-        result.verdict, result.by_intersection_union = REPRODUCED, True
+    done: dict[tuple, PairedTest] = {}
+    result.instances, result.tested, result.interval_alpha = judge_instances(claim, pairs, metrics, alpha=alpha,
+                                                                             correction=correction, done=done)
+    result.verdict, result.by_intersection_union = roll_up_instances(result.instances)
+    for metric in METRICS if pairs else ():
+        if all(m == metric for m in metrics):
+            continue  # the claims metric of every instance: the verdict itself
+        carried = [(a, b) for a, b in pairs if all(row.get(f"{accuracy_key(metric)}_mean") is not None
+                                                   for row in (a, b))]
+        if carried:
+            instances = judge_instances(claim, carried, [metric] * len(carried), alpha=alpha,
+                                        correction=correction, done=done)[0]
+            result.by_metric[metric] = MetricReading(metric, instances, *roll_up_instances(instances),
+                                                     skipped=len(pairs) - len(carried))
     used = [row for i in result.instances for row in (i.a, i.b)]
     paired = {id(row) for row in used}
     # (a counterpart that did not complete is named by the coverage gaps already)
@@ -866,6 +949,26 @@ def _counts_text(counts: Counter) -> str:
     return ", ".join(f"{counts[v]} {v}" for v in (REPRODUCED, CONTRADICTED, INCONCLUSIVE) if counts[v]) or "none"
 
 
+def _wording_text(r: ClaimResult) -> str:
+    """The claim's verdict against each wording of a side that lists them ("against zeroshot: reproduced")."""
+    return "; ".join(f"{'against ' if side == 'b' else ''}{method}: {verdict}"
+                     for side, method, verdict, _ in r.by_wording())
+
+
+def _metrics_cell(r: ClaimResult) -> str:
+    """The summary table's cell: the other metrics' verdicts where they differ, the metrics that agree."""
+    differ = [f"on {metric}: {reading.verdict}" for metric, reading in r.by_metric.items()
+              if reading.verdict != r.verdict]
+    same = [metric for metric, reading in r.by_metric.items() if reading.verdict == r.verdict]
+    return "; ".join([*differ, *(["same on " + ", ".join(same)] if same else [])]) or ("–" if r.instances else "")
+
+
+def _reading_text(reading: MetricReading, total: int) -> str:
+    skipped = (f"; {total - reading.skipped} of {total} instances, the other rows lack {reading.metric}"
+               if reading.skipped else "")
+    return f"on {reading.metric} {reading.verdict} ({_counts_text(reading.counts)}{skipped})"
+
+
 def _level(interval_alpha: float) -> str:
     """The confidence level of an interval: 95%, 98.33%."""
     return f"{100 * (1 - interval_alpha):.4g}%"
@@ -903,15 +1006,21 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
         f"when significant against it, else {INCONCLUSIVE}. not_below/not_above: non-inferiority, from the "
         f"interval of A − B (Tango's paired score interval when both rows are one seed, else that test's) "
         f"against the claim's margin. Sides: mean accuracy (%) with the 95% Wilson interval over the test "
-        f"questions. {_correction_text(report)}",
+        f"questions. {_correction_text(report)} A side that lists a baseline's wordings (require: any) is checked "
+        f"against each, and the claim needs them all: \"by wording\" gives the verdict against each alone. "
+        f"\"On other metrics\": the claim read on each other metric the rows carry ({', '.join(METRICS)}), by the "
+        f"same tests and correction; the verdict stays the claims metric's, and a verdict that differs on another "
+        f"metric (flexible scores answers such as \"$\\boxed{{18}}$\" or \"$18.00\" wrong) hinges on how answers "
+        f"are extracted.",
         "",
     ]
     body = []
     for r in results:
         sides = "; ".join(f"{a} vs {b}: {_counts_text(c)}" for a, b, c in r.by_sides()) or (r.reason or "")
         body.append((f"`{r.claim.id}`", r.claim.text, metrics_text(r), f"**{r.stated_verdict}**",
-                     str(len(r.instances)), sides))
-    lines += markdown_table(("claim", "text", "metric", "verdict", "instances", "by sides"), body)
+                     _wording_text(r) or "–", str(len(r.instances)), sides, _metrics_cell(r)))
+    lines += markdown_table(("claim", "text", "metric", "verdict", "by wording", "instances", "by sides",
+                             "on other metrics"), body)
     lines.append("")
     for r in results:
         if not r.instances:
@@ -922,23 +1031,30 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
             family += (f" Every instance is {REPRODUCED} at alpha={report.alpha:g} on its own, so the claim, their "
                        "conjunction, is (an intersection-union test); read one by one, the family's verdicts hold "
                        "jointly.")
+        wording = f" By wording: {_wording_text(r)}." if r.by_wording() else ""
+        readings = ", ".join(_reading_text(reading, len(r.instances)) for reading in r.by_metric.values())
+        if readings:
+            readings = (f" Metric-sensitive: {readings}, where the claims metric reads {r.verdict}." if
+                        r.metric_sensitive else f" The same on other metrics: {readings}.")
         lines += [f"{h}# `{r.claim.id}`: {r.claim.text}", "", f"{r.claim.describe()}. Verdict: "
-                  f"**{r.stated_verdict}** ({_counts_text(r.counts)}).{family}", ""]
+                  f"**{r.stated_verdict}** ({_counts_text(r.counts)}).{family}{wording}{readings}", ""]
         body = []
         for i in r.instances:
             model = i.a["model"] if i.a["model"] == i.b["model"] else f"{i.a['model']} / {i.b['model']}"
             family_cells = ((i.alone, _difference_cell(i.test), format_p(i.p_adjusted))
                             if report.correction == HOLM else ())
             note = instance_note(r.claim, i)
+            others = "; ".join(f"{metric}: {verdict}" for metric, verdict in r.verdicts_by_metric(i).items()
+                               if metric != i.metric)  # its own metric's is its verdict, but for the family
             body.append((i.dataset, i.metric, model, method_label(i.a), _side_cell(i.a, i.metric), method_label(i.b),
                          _side_cell(i.b, i.metric), _difference_cell(i.test_alone or i.test),
                          _test_cell(i.test), format_p(i.test.p_value), *family_cells,
-                         f"**{i.verdict}**" + (f" ({note})" if note else "")))
+                         f"**{i.verdict}**" + (f" ({note})" if note else ""), others or "–"))
         holm_columns = (("alone", f"A − B [{_level(r.interval_alpha)} CI]", "p (Holm)")
                         if report.correction == HOLM else ())
         lines += markdown_table(("dataset", "metric", "model", "A", "A (%)", "B", "B (%)",
                          f"A − B (pp) [{_level(report.alpha)} CI]", "test", "p", *holm_columns,
-                         "verdict" + (" (family)" if report.correction == HOLM else "")), body)
+                         "verdict" + (" (family)" if report.correction == HOLM else ""), "on other metrics"), body)
         if r.absent or r.absent_models:
             named = [*sorted(set(r.absent), key=method_sort_key), *(f"model {m}" for m in r.absent_models)]
             lines += ["", f"Not in these results: {', '.join(named)}."]
@@ -962,7 +1078,7 @@ def _flat_rows(r: ClaimResult, alpha: float, correction: str) -> list[dict[str, 
     claim = r.claim
     common = {"claim": claim.id, "text": claim.text, "direction": claim.direction, "metric": metrics_text(r),
               "margin": claim.margin if claim.direction in (NOT_BELOW, NOT_ABOVE) else None, "alpha": alpha,
-              "correction": correction}
+              "correction": correction, "metric_sensitive": r.metric_sensitive if r.instances else None}
     if not r.instances:
         return [{**common, "verdict": NOT_COVERED, "note": r.reason}]
     out = []
@@ -981,6 +1097,7 @@ def _flat_rows(r: ClaimResult, alpha: float, correction: str) -> list[dict[str, 
             "difference_ci_low_alone": (i.test_alone or i.test).ci_low,
             "difference_ci_high_alone": (i.test_alone or i.test).ci_high,
             "note": i.test.reason or instance_note(claim, i),
+            **{f"verdict_{metric}": verdict for metric, verdict in r.verdicts_by_metric(i).items()},
         })  # fmt: skip
     return out
 
@@ -1001,6 +1118,13 @@ def claims_json(report: ClaimsReport) -> dict[str, Any]:
             "excluded": r.excluded,
             "counts": dict(r.counts),
             "by_sides": [{"a": a, "b": b, "counts": dict(c)} for a, b, c in r.by_sides()],
+            "by_wording": [{"side": side, "method": method, "verdict": verdict, "counts": dict(c)}
+                           for side, method, verdict, c in r.by_wording()],
+            "metric_sensitive": r.metric_sensitive if r.instances else None,
+            "by_metric": {metric: {"verdict": reading.verdict, "counts": dict(reading.counts),
+                                   "by_intersection_union": reading.by_intersection_union,
+                                   "instances": len(reading.instances), "skipped": reading.skipped}
+                          for metric, reading in r.by_metric.items()},
             "not_in_results": r.absent, "models_not_in_results": r.absent_models, "not_covered": r.reason if not r.instances else None,
             "tested_instances": r.tested, "interval_level": round(1 - r.interval_alpha, 6),
             "instances": _flat_rows(r, report.alpha, report.correction) if r.instances else [],
@@ -1017,10 +1141,11 @@ def write_claims(report: ClaimsReport, out_dir: str | os.PathLike) -> dict[str, 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"claims_md": out / "claims.md", "claims_csv": out / "claims.csv", "claims_json": out / "claims.json"}
     paths["claims_md"].write_text(render_claims_markdown(report) + "\n", encoding="utf-8")
+    columns = (*CSV_COLUMNS, *(f"verdict_{metric}" for metric in METRICS))  # METRICS: registered ones too
     with paths["claims_csv"].open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in claims_rows(report):
-            writer.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_COLUMNS})
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
     paths["claims_json"].write_text(json.dumps(claims_json(report), indent=2) + "\n", encoding="utf-8")
     return paths

@@ -397,6 +397,8 @@ class Plan:
     # trained cells with tuning.lr=tuned that the tuned table has no rate for (they train at method.lr), and it
     untuned: list[str] = field(default_factory=list)
     untuned_table: str | None = None
+    # of those, the ones with tuning.on_missing=refuse, which refuse the grid: lr.<dataset>.<model>.<method> -> cells
+    missing_rates: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def missing(self) -> list[Check]:
@@ -414,8 +416,9 @@ class Plan:
                          f"[{', '.join(self.ood_sets or [])}]")
         if self.untuned:
             lines.append(f"{len(self.untuned)} trained cell{'s' if len(self.untuned) != 1 else ''} with tuning.lr=tuned "
-                         f"have no rate in {self.untuned_table} and train at method.lr ({_first_few(self.untuned)}): run the "
-                         "learning-rate search first (docs/tuning.md), or the claims will say 'rate not tuned'")
+                         f"have no rate in {self.untuned_table} and train at method.lr ({_first_few(self.untuned)}; "
+                         "tuning.on_missing=method): run the learning-rate search first (make paper-search for "
+                         "experiment=paper's cells; docs/tuning.md), or the claims will say 'rate not tuned'")
         if self.dedup_skipped:
             lines.append(f"training is not deduplicated against {', '.join(self.dedup_skipped)}, which cannot be "
                          "read (dataset.dedup.on_missing=skip; result.json records it under dedup.skipped): "
@@ -443,14 +446,19 @@ class Plan:
             "computations": 0 if self.refused else self.computations,
             "untuned_cells": self.untuned,
             "untuned_table": self.untuned_table,
+            "missing_rates": self.missing_rates,
         }
 
     def listing(self, path: Path) -> list[str]:
         """What ``preflight.only=true`` prints: the count, then one line per cell that would run; for a grid that
         is refused, every cell planned, those that need something missing marked."""
         if self.refused:
-            head = (f"preflight.only: the grid of {self.cells} cells is refused ({len(self.blocked)} need something "
-                    f"missing, marked !); nothing ran (plan: {path})")
+            why = f"{len(self.blocked)} need something missing"
+            if self.missing_rates:  # refused at once, for rates the table lacks (and config errors beside them)
+                untuned = sum(len(cells) for cells in self.missing_rates.values())
+                bad = sum(len(cells) for cells in self.config_errors.values())
+                why = f"{untuned} have no tuned learning rate" + (f", {bad} a configuration error" if bad else "")
+            head = f"preflight.only: the grid of {self.cells} cells is refused ({why}, marked !); nothing ran (plan: {path})"
             blocked = set(self.blocked)
             return [head, *(f"{'!' if cell in blocked else ' '} {cell}" for cell in self.to_run)]
         to_run = self.cells - self.left_out_cells
@@ -517,9 +525,17 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
     relevant = [k for k in keys if _matters(_base_key(k))]
     log.info("preflight: checking the configs, models and data of %d cells", len(jobs))
     swept = [k for k in keys if len(axes[k]) > 1]
-    cells = [_composed_cell(compose, [f"{k}={job[k]}" for k in keys], plan,
-                            label=" ".join(redact_overrides([f"{k}={job[k]}" for k in swept]))) for job in jobs]
-    if plan.config_errors:
+    named = swept or keys
+
+    def label(job: Mapping[str, str]) -> str:
+        return " ".join(redact_overrides([f"{k}={job[k]}" for k in named]))
+
+    cells = [_composed_cell(compose, [f"{k}={job[k]}" for k in keys], plan, label=label(job)) for job in jobs]
+    if plan.missing_rates:  # every planned cell, those that cannot start marked, for preflight.only's listing
+        plan.to_run = [label(job) for job in jobs]
+        stopped = {c for cells in (*plan.missing_rates.values(), *plan.config_errors.values()) for c in cells}
+        plan.blocked = [cell for cell in plan.to_run if cell in stopped]
+    if plan.config_errors or plan.missing_rates:
         return _refuse_config(plan)
     verdicts: dict[tuple, tuple[list[Check], list[Check], list[str]]] = {}
     for job, cell in zip(jobs, cells):
@@ -530,11 +546,6 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
     plan.checked = list(checker.checks.values())
     plan.dedup_skipped = sorted(checker.dedup_skipped)
     verdict = [verdicts[tuple(job[k] for k in relevant)] for job in jobs]
-    named = swept or keys
-
-    def label(job: Mapping[str, str]) -> str:
-        return " ".join(redact_overrides([f"{k}={job[k]}" for k in named]))
-
     # every planned cell and the ones that need something missing: listed even for a grid that is refused
     blocked = [bool(v[0]) for v in verdict]
     plan.to_run = [label(job) for job in jobs]
@@ -624,7 +635,7 @@ def _plan_base_only(cfg: DictConfig, compose, checker: Checker, plan: Plan) -> P
              if not o.is_sweep_override() and _base_key(o.get_key_element()) not in swept]
     plan.cells = 1
     base = _composed_cell(compose, fixed, plan)
-    if plan.config_errors:
+    if plan.config_errors or plan.missing_rates:
         return _refuse_config(plan)
     blocking, ood = checker.cell(base)
     plan.checked = list(checker.checks.values())
@@ -646,21 +657,31 @@ def _composed_cell(compose, overrides: list[str], plan: Plan, label: str = "") -
     from slm_sweep.config import ConfigError, check_method_name, use_metric_modules_checked, validate_config
     from slm_sweep.models import ModelLoadError
     from slm_sweep.run import check_classes
-    from slm_sweep.tune import resolve_lr
+    from slm_sweep.tune import MissingTunedRate, resolve_lr
 
     cell = None
     try:
         cell = compose(overrides)
-        validate_config(cell)
-        use_metric_modules_checked(cell)
+        checked = cell
+        try:
+            validate_config(cell)
+        except MissingTunedRate as missing:  # tuning.on_missing=refuse: listed once per rate (_refuse_config)
+            plan.missing_rates.setdefault(missing.entry, []).append(label or " ".join(overrides))
+            plan.untuned_table = missing.table
+            # the cell's other checks, as it would run at method.lr: a second problem is named now, not after the
+            # search has filled the table
+            checked = OmegaConf.create(OmegaConf.to_container(cell))
+            checked.tuning.on_missing = "method"
+            validate_config(checked)
+        use_metric_modules_checked(checked)
         chosen = [o.split("=", 1)[1] for o in overrides if _base_key(o.split("=", 1)[0]) == "method"]
-        check_method_name(cell, chosen[-1] if chosen else None)
-        check_classes(cell, devices=False)  # a cell that needs CUDA is checked as one that needs a missing model
+        check_method_name(checked, chosen[-1] if chosen else None)
+        check_classes(checked, devices=False)  # a cell that needs CUDA is checked as one that needs a missing model
         tune_log = logging.getLogger("slm_sweep.tune")
         level = tune_log.level
         tune_log.setLevel(logging.ERROR)  # its note on a missing rate: one line for the whole grid (summary_lines)
         try:
-            rate = resolve_lr(OmegaConf.create(OmegaConf.to_container(cell)))  # on a copy: it sets method.lr
+            rate = resolve_lr(OmegaConf.create(OmegaConf.to_container(checked)))  # on a copy: it sets method.lr
         finally:
             tune_log.setLevel(level)
         if rate is not None and rate.get("table") and rate["source"] != "tuned":
@@ -712,11 +733,23 @@ def _first_few(cells: Sequence[str]) -> str:
 
 
 def _refuse_config(plan: Plan) -> Plan:
+    """Refuse the grid for its cells' configuration errors and the tuned rates its cells need that the table lacks
+    (tuning.on_missing=refuse): one line per error, one per missing dataset x model x method whatever its seeds."""
+    from slm_sweep.tune import missing_rate_fix
+
     bad = sum(len(cells) for cells in plan.config_errors.values())
-    lines = [f"preflight: refusing to start the sweep, nothing ran: {bad} of {plan.cells} cells have a "
-             "configuration error"]
+    untuned = sum(len(cells) for cells in plan.missing_rates.values())
+    what = [f"{bad} of {plan.cells} cells have a configuration error"] if bad else []
+    if untuned:
+        what.append(f"{untuned} of {plan.cells} cells have no tuned learning rate in {plan.untuned_table} "
+                    "(tuning.on_missing=refuse)")
+    lines = [f"preflight: refusing to start the sweep, nothing ran: {' and '.join(what)}"]
     for reason, cells in plan.config_errors.items():
         lines.append(f"config error: {reason} (cells: {_first_few(cells)})")
+    for entry, cells in plan.missing_rates.items():
+        lines.append(f"no tuned rate: {entry} ({len(cells)} cell{'s' if len(cells) != 1 else ''})")
+    if untuned:
+        lines.append(f"fix: {missing_rate_fix()}")
     plan.refused = "\n".join(lines)
     return plan
 
