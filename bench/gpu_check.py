@@ -97,9 +97,10 @@ TRAIN_VARIANTS = {"cudagraphs": (("full", "lora", "dora"), ["compile=true", "com
 # H200 (docs/performance.md): the train stage 193 s with three compilations, the eval stage 45-75 s, the grid of
 # five 60-step cells over 130 s with LoRA's compilation alone 76 s (about 280 s in all at those rates)
 GPU_TIMEOUTS, DRY_RUN_TIMEOUTS = (240, 90, 280, 120), (240, 120, 300, 240)
-# --grid-cudagraphs: the grid's cells with the whole step replayed as CUDA graphs of its own kernels (the
-# cudagraphs variant of train_variants, padded to 64 tokens: at most 8 shapes up to max_length, each traced once)
-GRID_CUDAGRAPHS = ["trainer.compile_scope=model", "trainer.compile_backend=cudagraphs", "trainer.pad_to_multiple_of=64"]
+# --grid-cudagraphs: the grid's cells with the whole step replayed as CUDA graphs of its own kernels, as the
+# cudagraphs variant of train_variants measures it (every micro-batch padded to max_length's 512: one shape)
+GRID_CUDAGRAPHS = ["trainer.compile_scope=model", "trainer.compile_backend=cudagraphs",
+                   "trainer.pad_to_multiple_of=512"]
 # the default grid's size: a check that every cell trains and evaluates on the GPU, small enough to fit the job
 # after the train and eval stages (--grid-steps and --grid-test-limit for a longer one, --grid-full the study's)
 GRID_STEPS, GRID_TEST_LIMIT = 20, 128
@@ -158,7 +159,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.job_budget > longest:
         parser.error(f"--job-budget {args.job_budget}: one command on the device may take {COMMAND_LIMIT_S} s, "
                      f"{SCRIPT_OVERHEAD_S} of them the script's own: at most {longest}")
-    if args.grid_full and "grid" in args.stages:
+    if args.grid_full:
+        if args.stages != ["grid"]:
+            parser.error(f"--grid-full with --stages {' '.join(args.stages)}: the study's slice is timed from its own "
+                         "start and takes a command of its own (--stages grid)")
         grid = args.timeouts[2] if args.timeouts else GRID_FULL_LIMIT_S
         if PREPARE_TIMEOUT_S + grid > longest:
             parser.error(f"--grid-full: the weights' conversion ({PREPARE_TIMEOUT_S} s at most) and the grid's "
@@ -541,7 +545,10 @@ def grid_stage(args, model_overrides, device, work) -> dict:
                f"hydra.sweep.dir={sweep_dir}"]
     # the study's slice is timed from its own start, whatever the stages before it took; a smaller grid shares the
     # job's budget
-    limit = args.timeouts[2] if args.grid_full and not args.dry_run else stage_limit(args, 2)
+    if args.grid_full and not args.dry_run:  # and never past what one device command may take
+        limit = int(min(args.timeouts[2], COMMAND_LIMIT_S - SCRIPT_OVERHEAD_S - (time.perf_counter() - WORKER_START)))
+    else:
+        limit = stage_limit(args, 2)
     if not args.grid_full and not args.dry_run and limit < GRID_MIN_S:
         return {"skipped": f"{limit} s left of the job, the grid needs about {GRID_MIN_S} s: run it as a command of "
                            "its own (--stages grid)", "returncode": None}

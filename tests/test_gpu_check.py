@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -242,7 +243,6 @@ def test_every_training_variant_is_a_valid_gpu_trainer_config():
 
 def test_a_stage_limit_is_cut_to_what_is_left_of_the_job(tmp_path):
     import argparse
-    import time
 
     import gpu_check
 
@@ -300,6 +300,7 @@ def test_the_studys_slice_is_timed_from_its_own_start_and_a_small_grid_without_t
     monkeypatch.setattr(gpu_check, "run_stage",
                         lambda command, limit, *rest: limits.append((command, limit)) or {"returncode": 0})
     monkeypatch.setattr(gpu_check, "collect_cells", lambda sweep_dir: {})
+    monkeypatch.setattr(gpu_check, "WORKER_START", time.perf_counter())  # a job that has just started
     args = argparse.Namespace(timeouts=[1, 1, gpu_check.GRID_FULL_LIMIT_S, 1], job_deadline=0.0, dry_run=False,
                               grid_full=True, grid_override=["trainer.compile_backend=cudagraphs"],
                               data_root=tmp_path, grid_steps=None, grid_test_limit=None)
@@ -314,8 +315,11 @@ def test_the_studys_slice_is_timed_from_its_own_start_and_a_small_grid_without_t
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--job-budget", "590"], "--job-budget 590: one command on the device may take 600 s"),
-    (["--grid-full", "--timeouts", "100", "100", "520", "100"], "the grid's 520 s would pass the 570 s"),
     (["--grid-override", "model=tiny"], "--grid-override 'model=tiny': expected a cell setting"),
+    (["--grid-full"], "--grid-full with --stages train eval grid train_variants: the study's slice is timed from its "
+                      "own start and takes a command of its own"),
+    (["--grid-full", "--stages", "grid", "--timeouts", "100", "100", "520", "100"],
+     "the grid's 520 s would pass the 570 s"),
 ])
 def test_a_job_that_cannot_fit_one_command_is_refused_before_anything_runs(tmp_path, argv, message):
     bad = subprocess.run([sys.executable, "bench/gpu_check.py", "--out", str(tmp_path), *argv], cwd=REPO,

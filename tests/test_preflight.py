@@ -80,6 +80,14 @@ def test_a_cached_hub_dataset_counts_only_with_its_config_and_the_splits_a_cell_
     cache("main", "train")
     trained = check_dataset(GSM8K, Hub(), roles=("test", "train"))
     assert trained.ok and trained.source.endswith("openai___gsm8k/main/0.0.0/abc123")
+    # a role read from several hub splits (SVAMP's test set is the hub's train and test) needs each of them
+    svamp = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "dataset" / "svamp.yaml"))
+    folder = tmp_path / "ChilleD___svamp" / "default" / "0.0.0" / "f00"
+    folder.mkdir(parents=True)
+    (folder / "svamp-test.arrow").write_bytes(b"")
+    assert not check_dataset(svamp, Hub(), roles=("test",)).ok
+    (folder / "svamp-train.arrow").write_bytes(b"")
+    assert check_dataset(svamp, Hub(), roles=("test",)).ok
 
 
 def test_unreachable_hub_is_asked_once_per_item_then_not_at_all(monkeypatch):
@@ -264,6 +272,10 @@ def test_a_tuned_rate_of_a_missing_model_leaves_that_model_out_instead_of_stoppi
                                   params={"model": "tiny,smollm135"}), composer)
     assert plan.refused is None and plan.left_out == {"model": ["smollm135"]}
     assert len(plan.to_run) == 1 and "model=tiny" in plan.to_run[0]
+    # the cell's other settings are still checked: a bad one is named now, not when the cell starts
+    bad = plan_grid(sweep_config([f"data_root={DATA_ROOT}", "method=lora", "tuning.lr=tuned", f"tuning.table={table}",
+                                  "prompt.style=chat", "model=smollm135", "trainer.max_steps=-3"]), composer)
+    assert bad.refused is not None and "trainer.max_steps=-3" in bad.refused
 
 
 def test_a_gpu_grid_submitted_to_slurm_from_a_machine_without_cuda_keeps_its_trained_cells(requires_data, composer):

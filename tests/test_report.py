@@ -995,12 +995,13 @@ def test_a_baseline_copy_without_an_identity_counts_once_with_its_original(tmp_p
     assert not report["collection"].duplicates
 
 
-def _killed(job: Path, overrides: list[str], config: dict | None = None) -> None:
+def _killed(job: Path, overrides: list[str], config: dict | None = None, mode: str = "MULTIRUN") -> None:
     """A job Hydra started (.hydra/) that was killed before the cell wrote its result.json."""
     import yaml
 
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"mode": mode}}))
     if config is not None:
         (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
 
@@ -1021,6 +1022,9 @@ def test_a_seed_killed_before_writing_its_result_is_a_lost_seed_of_its_row(tmp_p
     _killed(sweep / "r8-2", ["model=beta", "method=lora", "method.r=8", "seed=2"])
     _killed(sweep / "requeued", ["model=beta", "method=lora", "method.r=8", "seed=0"])
     _killed(sweep / "which", ["model=beta", "method=lora", "seed=3"])
+    # a single run refused for its config stops before writing anything: no seed of the grid
+    _killed(sweep / "single", ["model=beta", "method=lora", "method.r=8", "seed=2", "trainer.max_steps=-3"],
+            mode="RUN")
     claims = tmp_path / "claims.yaml"
     claims.write_text("claims:\n  - {id: lora, text: t, a: lora, b: full, direction: above}\n"
                       "  - {id: full, text: t, a: full, b: zeroshot, direction: above}\n")

@@ -480,6 +480,25 @@ def test_the_metric_readings_hold_the_family_s_correction_and_leave_out_rows_wit
         tmp_path / "report" / "claims.md").read_text()
 
 
+def test_a_reading_that_left_out_rows_without_its_metric_is_compared_on_the_instances_it_kept(tmp_path):
+    """Leaving out the instance that was inconclusive is no change of verdict by the metric: the claim is
+    metric-sensitive only when the same instances read otherwise."""
+    write_row(tmp_path, "qwen05", "lora", "gsm8k", 45, seeds=(0,))
+    write_row(tmp_path, "qwen05", "full", "gsm8k", 20, seeds=(0,))
+    write_row(tmp_path, "qwen05", "lora", "orcamath", 31, seeds=(0,))
+    write_row(tmp_path, "qwen05", "full", "orcamath", 30, seeds=(0,))
+    for path in tmp_path.glob("qwen05-*-orcamath-*/result.json"):
+        record = json.loads(path.read_text())
+        del record["metrics"]["accuracy_strict"]
+        write_result(path.parent, record)
+    results, _ = claims_of(tmp_path)
+    result = results["lora-above-full-qwen05"]
+    assert result.verdict == "partly reproduced"
+    strict = result.by_metric["strict"]
+    assert strict.skipped == 1 and strict.verdict == "reproduced" and strict.on_claims_metric == "reproduced"
+    assert not result.metric_sensitive
+
+
 def test_a_method_of_the_claim_missing_from_the_results_is_named(tmp_path):
     for dataset in ("gsm8k", "orcamath"):
         write_row(tmp_path, "smollm135", "fewshot", dataset, 30)

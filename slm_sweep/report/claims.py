@@ -407,8 +407,10 @@ class ClaimResult:
 
     @property
     def metric_sensitive(self) -> bool:
-        """Whether the claim read on another metric has another verdict than on the claims metric."""
-        return any(reading.verdict != self.verdict for reading in self.by_metric.values())
+        """Whether the claim read on another metric has another verdict than on the claims metric, over the same
+        instances (a reading that left out rows lacking its metric is compared with the claims metric's verdict on
+        the instances it kept)."""
+        return any(reading.verdict != reading.on_claims_metric for reading in self.by_metric.values())
 
     def verdicts_by_metric(self, instance: Instance) -> dict[str, str]:
         """An instance's verdict in each reading on another metric that holds it."""
@@ -426,6 +428,7 @@ class MetricReading:
     verdict: str
     by_intersection_union: bool = False
     skipped: int = 0  # instances a row of which lacks the metric (result files written before it existed)
+    on_claims_metric: str = ""  # the claims metric's verdict rolled up over the instances this reading kept
 
     @property
     def counts(self) -> Counter:
@@ -831,8 +834,11 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
         if carried:
             instances = judge_instances(claim, carried, [metric] * len(carried), alpha=alpha,
                                         correction=correction, done=done)[0]
+            kept = {(id(a), id(b)) for a, b in carried}
+            same = [i for i in result.instances if (id(i.a), id(i.b)) in kept]
             result.by_metric[metric] = MetricReading(metric, instances, *roll_up_instances(instances),
-                                                     skipped=len(pairs) - len(carried))
+                                                     skipped=len(pairs) - len(carried),
+                                                     on_claims_metric=roll_up_instances(same)[0])
     used = [row for i in result.instances for row in (i.a, i.b)]
     paired = {id(row) for row in used}
     # (a counterpart that did not complete is named by the coverage gaps already)

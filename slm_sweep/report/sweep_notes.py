@@ -88,14 +88,23 @@ def _error(record: dict) -> str:
 
 
 def unwritten_jobs(dirs) -> list[Path]:
-    """The job folders under ``dirs`` that Hydra started (.hydra/) but that hold no result.json: cells killed
-    before writing their first record (out of memory, a time limit), each folder once."""
+    """The job folders of sweeps under ``dirs`` that Hydra started (.hydra/) but that hold no result.json: cells
+    killed before writing their first record (out of memory, a time limit), each folder once. A single run
+    (``python -m slm_sweep`` without -m) is left out: refused for its config, it stops before writing anything, and
+    it is no seed of a planned grid."""
     found: dict[Path, Path] = {}
     for folder in dirs:
         for job, record in _job_records(Path(folder)).items():
-            if record is None and not (job / RESULT_FILE).exists() and not (job / FAILED_ATTEMPT_FILE).exists():
+            if record is None and not (job / RESULT_FILE).exists() and not (job / FAILED_ATTEMPT_FILE).exists() \
+                    and _hydra_mode(job) != "RUN":
                 found.setdefault(job.resolve(), job)
     return list(found.values())
+
+
+def _hydra_mode(job: Path) -> str | None:
+    """RUN or MULTIRUN, as the job's .hydra/hydra.yaml records it; None where it does not say."""
+    hydra = (_yaml(job / ".hydra" / "hydra.yaml") or {}).get("hydra")
+    return str(hydra.get("mode")) if isinstance(hydra, dict) and hydra.get("mode") else None
 
 
 # the groups whose config names a cell, and the seed; the package's defaults (conf/config.yaml) where a job's

@@ -143,7 +143,10 @@ def _datasets_cache(repo_id: str, config_name: str | None = None, splits: Sequen
     root = os.environ.get("HF_DATASETS_CACHE") or Path(
         os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
     ) / "datasets"
-    path = Path(root) / repo_id.replace("/", "___") / (config_name or "default")
+    # datasets writes the folder as <namespace>___<name>, the name in snake case ("ChilleD___svamp" for SVAMP)
+    wanted = repo_id.replace("/", "___").lower()
+    found = [p for p in Path(root).iterdir() if p.name.lower() == wanted] if Path(root).is_dir() else []
+    path = (found[0] if found else Path(root) / repo_id.replace("/", "___")) / (config_name or "default")
     for folder in sorted({p.parent for p in path.glob("*/*/*.arrow")}) if path.is_dir() else []:
         names = [p.name for p in folder.glob("*.arrow")]
         if all(any(re.search(rf"-{re.escape(split)}(-\d+-of-\d+)?\.arrow$", n) for n in names) for split in splits):
@@ -260,7 +263,7 @@ def check_dataset(spec: Mapping[str, Any], hub: Hub, data_root: str | Path | Non
         return Check(kind, name, False, reason="it is local only (no hub id) and neither data_root nor "
                      "dataset.data_dir is set", fix=local_fix)
     path, revision = str(hub_spec["path"]), hub_spec.get("revision")
-    hub_splits = [str((hub_spec.get("splits") or {}).get(role) or role) for role in roles]
+    hub_splits = [str(split) for role in roles for split in as_list((hub_spec.get("splits") or {}).get(role) or role)]
     cached = _datasets_cache(path, hub_spec.get("name"), hub_splits) or _hub_cache_snapshot(path, revision, "dataset")
     if cached:
         return Check(kind, name, True, f"Hugging Face cache {cached}")
@@ -659,18 +662,23 @@ def _composed_cell(compose, overrides: list[str], plan: Plan, label: str = "") -
     from slm_sweep.run import check_classes
     from slm_sweep.tune import MissingTunedRate, resolve_lr
 
-    cell = None
     try:
         cell = compose(overrides)
-        checked = cell
+        checked = rated = cell
         try:
             validate_config(cell)
+        except ModelLoadError:
+            # the tuned rate's check renders the prompt with the model's tokenizer, which cannot be read here: the
+            # model's own check below says so and leaves the cell out; its other settings are checked without it
+            checked = OmegaConf.create(OmegaConf.to_container(cell))
+            checked.tuning.lr = "method"
+            validate_config(checked)
         except MissingTunedRate as missing:  # tuning.on_missing=refuse: listed once per rate (_refuse_config)
             plan.missing_rates.setdefault(missing.entry, []).append(label or " ".join(overrides))
             plan.untuned_table = missing.table
             # the cell's other checks, as it would run at method.lr: a second problem is named now, not after the
             # search has filled the table
-            checked = OmegaConf.create(OmegaConf.to_container(cell))
+            checked = rated = OmegaConf.create(OmegaConf.to_container(cell))
             checked.tuning.on_missing = "method"
             validate_config(checked)
         use_metric_modules_checked(checked)
@@ -681,7 +689,7 @@ def _composed_cell(compose, overrides: list[str], plan: Plan, label: str = "") -
         level = tune_log.level
         tune_log.setLevel(logging.ERROR)  # its note on a missing rate: one line for the whole grid (summary_lines)
         try:
-            rate = resolve_lr(OmegaConf.create(OmegaConf.to_container(checked)))  # on a copy: it sets method.lr
+            rate = resolve_lr(OmegaConf.create(OmegaConf.to_container(rated)))  # on a copy: it sets method.lr
         finally:
             tune_log.setLevel(level)
         if rate is not None and rate.get("table") and rate["source"] != "tuned":
@@ -691,10 +699,6 @@ def _composed_cell(compose, overrides: list[str], plan: Plan, label: str = "") -
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         plan.config_errors.setdefault(reason, []).append(label or " ".join(overrides))
         return None
-    except ModelLoadError:
-        # the tuned rate's check renders the prompt with the model's tokenizer, which cannot be read here: the
-        # model's own check below says so, and leaves the cell out (or the cell, run anyway, fails on it)
-        return cell
     except Exception as error:  # noqa: BLE001 - Hydra's composition errors (ConfigCompositionException & co.)
         if type(error).__module__.split(".")[0] != "hydra":
             raise
