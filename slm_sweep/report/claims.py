@@ -751,17 +751,23 @@ def check_correction(correction: str) -> None:
 
 def judge_instances(claim: Claim, pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], metrics: Sequence[str], *,
                     alpha: float, correction: str, done: dict[tuple, PairedTest] | None = None,
-                    ) -> tuple[list[Instance], int, float]:
+                    intervals: bool = True) -> tuple[list[Instance], int, float]:
     """The pairs of rows tested on their metrics and judged as one family (check_claim says how): the instances,
     the number tested and the alpha of their intervals. ``done``: the tests already computed, by rows, metric and
-    alpha (a reading on another metric repeats those of the instances read on it already)."""
+    alpha (a reading on another metric repeats those of the instances read on it already). ``intervals=False``: no
+    interval where the verdict does not read one (above, below), for a reading whose intervals nobody shows."""
     done = {} if done is None else done
+    intervals = intervals or claim.direction in (NOT_BELOW, NOT_ABOVE)
 
     def compare(a: dict[str, Any], b: dict[str, Any], metric: str, level: float) -> PairedTest:
         key = (id(a), id(b), metric, level)
-        if key not in done:
-            done[key] = compare_rows(a, b, a["dataset"], metric, alpha=level, interval=True)
-        return done[key]
+        if key not in done and (intervals or (*key, False) not in done):
+            test = compare_rows(a, b, a["dataset"], metric, alpha=level, interval=intervals)
+            if not intervals:
+                done[(*key, False)] = test
+                return test
+            done[key] = test
+        return done.get(key) or done[(*key, False)]
 
     tests = [compare(a, b, metric, alpha) for (a, b), metric in zip(pairs, metrics)]
     alone_tests = tests
@@ -770,7 +776,7 @@ def judge_instances(claim: Claim, pairs: Sequence[tuple[dict[str, Any], dict[str
     adjusted: list[float | None] = [None] * len(tests)
     if correction == HOLM:
         adjusted = holm([t.p_value for t in tests])
-        if tested > 1:
+        if tested > 1 and intervals:
             interval_alpha = alpha / tested
             # the p-values do not depend on alpha; only the intervals are computed again, wider
             tests = [compare(a, b, metric, interval_alpha) if t.p_value is not None else t
@@ -833,7 +839,7 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
                                                    for row in (a, b))]
         if carried:
             instances = judge_instances(claim, carried, [metric] * len(carried), alpha=alpha,
-                                        correction=correction, done=done)[0]
+                                        correction=correction, done=done, intervals=False)[0]
             kept = {(id(a), id(b)) for a, b in carried}
             same = [i for i in result.instances if (id(i.a), id(i.b)) in kept]
             result.by_metric[metric] = MetricReading(metric, instances, *roll_up_instances(instances),
