@@ -456,16 +456,21 @@ def test_a_verdict_that_hinges_on_the_metric_says_so_beside_the_claims_metric_s(
     assert entry["instances"][0]["verdict_lenient"] == "reproduced"
 
 
+def drop_metric(sweep, cells: str, key: str) -> None:
+    """Remove ``key`` from the metrics of the cells matching ``cells``: result files written before it existed."""
+    for path in sweep.glob(f"{cells}/result.json"):
+        record = json.loads(path.read_text())
+        del record["metrics"][key]
+        write_result(path.parent, record)
+
+
 def test_the_metric_readings_hold_the_family_s_correction_and_leave_out_rows_without_the_metric(tmp_path):
     """Each reading on another metric is a family of its own, Holm-adjusted as the claims metric's; a row whose
     result files lack a metric (written before it existed) leaves its instances out of that reading, saying so."""
     for dataset in ("gsm8k", "orcamath"):
         write_row(tmp_path, "qwen05", "lora", dataset, 36, seeds=(0,))
         write_row(tmp_path, "qwen05", "full", dataset, 30, seeds=(0,))
-    for path in tmp_path.glob("qwen05-full-orcamath-*/result.json"):
-        record = json.loads(path.read_text())
-        del record["metrics"]["accuracy_strict"]
-        write_result(path.parent, record)
+    drop_metric(tmp_path, "qwen05-full-orcamath-*", "accuracy_strict")
     results, _ = claims_of(tmp_path)
     result = results["lora-above-full-qwen05"]
     flexible = result.by_metric["flexible"]  # the claims metric of GSM8K, not of OrcaMath
@@ -487,10 +492,7 @@ def test_a_reading_that_left_out_rows_without_its_metric_is_compared_on_the_inst
     write_row(tmp_path, "qwen05", "full", "gsm8k", 20, seeds=(0,))
     write_row(tmp_path, "qwen05", "lora", "orcamath", 31, seeds=(0,))
     write_row(tmp_path, "qwen05", "full", "orcamath", 30, seeds=(0,))
-    for path in tmp_path.glob("qwen05-*-orcamath-*/result.json"):
-        record = json.loads(path.read_text())
-        del record["metrics"]["accuracy_strict"]
-        write_result(path.parent, record)
+    drop_metric(tmp_path, "qwen05-*-orcamath-*", "accuracy_strict")
     results, _ = claims_of(tmp_path)
     result = results["lora-above-full-qwen05"]
     assert result.verdict == "partly reproduced"

@@ -761,13 +761,11 @@ def judge_instances(claim: Claim, pairs: Sequence[tuple[dict[str, Any], dict[str
 
     def compare(a: dict[str, Any], b: dict[str, Any], metric: str, level: float) -> PairedTest:
         key = (id(a), id(b), metric, level)
-        if key not in done and (intervals or (*key, False) not in done):
-            test = compare_rows(a, b, a["dataset"], metric, alpha=level, interval=intervals)
-            if not intervals:
-                done[(*key, False)] = test
-                return test
-            done[key] = test
-        return done.get(key) or done[(*key, False)]
+        for cached in ((*key, True), (*key, intervals)):  # a test with its interval serves either
+            if cached in done:
+                return done[cached]
+        done[(*key, intervals)] = compare_rows(a, b, a["dataset"], metric, alpha=level, interval=intervals)
+        return done[(*key, intervals)]
 
     tests = [compare(a, b, metric, alpha) for (a, b), metric in zip(pairs, metrics)]
     alone_tests = tests
