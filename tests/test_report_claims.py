@@ -499,6 +499,9 @@ def test_a_reading_that_left_out_rows_without_its_metric_is_compared_on_the_inst
     strict = result.by_metric["strict"]
     assert strict.skipped == 1 and strict.verdict == "reproduced" and strict.on_claims_metric == "reproduced"
     assert not result.metric_sensitive
+    (row,) = [line for line in (tmp_path / "report" / "claims.md").read_text().splitlines()
+              if line.startswith("| `lora-above-full-qwen05`")]
+    assert row.endswith("| same on strict, flexible, lenient |")
 
 
 def test_a_method_of_the_claim_missing_from_the_results_is_named(tmp_path):

@@ -968,8 +968,8 @@ def _wording_text(r: ClaimResult) -> str:
 def _metrics_cell(r: ClaimResult) -> str:
     """The summary table's cell: the other metrics' verdicts where they differ, the metrics that agree."""
     differ = [f"on {metric}: {reading.verdict}" for metric, reading in r.by_metric.items()
-              if reading.verdict != r.verdict]
-    same = [metric for metric, reading in r.by_metric.items() if reading.verdict == r.verdict]
+              if reading.verdict != reading.on_claims_metric]
+    same = [metric for metric, reading in r.by_metric.items() if reading.verdict == reading.on_claims_metric]
     return "; ".join([*differ, *(["same on " + ", ".join(same)] if same else [])]) or ("–" if r.instances else "")
 
 
