@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import shutil
@@ -20,14 +21,18 @@ from omegaconf import OmegaConf
 
 from slm_sweep.report import DEFAULT_CLAIMS, ClaimsError, write_report
 from slm_sweep.report.__main__ import main
+from slm_sweep.report.aggregate import constituents
 from slm_sweep.report.claims import check_claims, load_claims
 from slm_sweep.report.collect import NoQuestionData, question_scores
 from slm_sweep.report.stats import (
     MCNEMAR,
+    POOLED,
     SEEDS_AND_QUESTIONS,
     holm,
     mcnemar_exact,
     paired_test,
+    pooled_paired_test,
+    pooled_seeds_and_questions_test,
     seed_variance,
     seeds_and_questions_test,
     tango_paired_interval,
@@ -288,7 +293,10 @@ CASES = {
     "lora-above-full-qwen05": ("qwen05", "orcamath", "lora", "full", 40, 20),
     "dora-above-lora-gsm8k": ("qwen05", "gsm8k", "dora", "lora", 45, 15),
     "lora-above-dora-orcamath": ("smollm135", "orcamath", "lora", "dora", 45, 15),
+    "dora-above-lora-gsm8k-pooled": ("qwen05", "gsm8k", "dora", "lora", 45, 15),
+    "lora-above-dora-orcamath-pooled": ("gemma270", "orcamath", "lora", "dora", 45, 15),
 }
+POOLED_CLAIMS = {claim_id for claim_id in CASES if claim_id.endswith("-pooled")}
 
 
 @pytest.mark.parametrize("outcome", ["reproduced", "contradicted", "inconclusive"])
@@ -310,8 +318,11 @@ def test_each_claim_is_reproduced_contradicted_or_left_open_by_cells_built_for_i
     assert {m: reading.verdict for m, reading in result.by_metric.items()} == {
         m: outcome for m in METRICS if m != instance.metric}
     assert result.metric_sensitive is False
-    assert (instance.a["method"], instance.b["method"], instance.a["model"]) == (a, b, model)
-    assert instance.test.test == (MCNEMAR if single else SEEDS_AND_QUESTIONS)
+    pooled = claim_id in POOLED_CLAIMS  # one model of the five: its rows stand for the pool, which says so
+    assert (instance.a["method"], instance.b["method"]) == (a, b)
+    assert [row["model"] for row in constituents(instance.a)] == [model]
+    assert instance.a["model"] == (f"1 model pooled ({model})" if pooled else model)
+    assert instance.test.test == (POOLED if pooled else MCNEMAR if single else SEEDS_AND_QUESTIONS)
     if single:
         assert instance.test.discordant == ((k_a - k_b, 0) if k_a > k_b else (0, k_b - k_a))
     # the claims about other methods, models or datasets are not covered by these two rows
@@ -716,6 +727,149 @@ def test_the_study_claims_file_declares_the_six_claims_and_an_extension():
     assert extended.selector.params_below is None and "llama1b" in extended.selector.models
     assert "extends the study's claim" in extended.text and extended.margin == 0.02
     assert all(c.metric is None for c in claims.values())  # each dataset's claims metric
+
+
+def test_the_study_s_pooled_claims_name_the_five_models_so_none_counts_twice():
+    claims = {c.id: c for c in load_claims(DEFAULT_CLAIMS)}
+    for claim_id in POOLED_CLAIMS:
+        claim = claims[claim_id]
+        assert claim.pool == "models" and "pooled over models" in claim.describe()
+        # "smollm135*" would pool SmolLM2-135M and its 4-bit GGUF as two models
+        assert claim.selector.models == ("smollm135", "gemma270", "smollm360", "qwen05", "llama1b")
+        unpooled = claims[claim_id.removesuffix("-pooled")]
+        assert (claim.a, claim.b, claim.direction, claim.datasets) == (
+            unpooled.a, unpooled.b, unpooled.direction, unpooled.datasets)
+
+
+def _random_seeds(rng, seeds: int, questions: int, rate: float) -> list[list[bool]]:
+    return (rng.random((seeds, questions)) < rate).tolist()
+
+
+def test_the_pooled_test_of_one_model_is_the_seeds_test_to_the_bit():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    for seeds_a, seeds_b in ((3, 3), (3, 1), (2, 1), (1, 1)):
+        a, b = _random_seeds(rng, seeds_a, 80, 0.5), _random_seeds(rng, seeds_b, 80, 0.4)
+        assert pooled_seeds_and_questions_test([(a, b)]) == seeds_and_questions_test(a, b)
+
+
+def test_the_pooled_test_averages_the_models_differences_on_shared_questions():
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    strata = [(_random_seeds(rng, 3, 100, 0.5 + shift), _random_seeds(rng, 3, 100, 0.45)) for shift in
+              (0.0, 0.05, 0.1)]
+    pooled = pooled_seeds_and_questions_test(strata)
+    alone = [seeds_and_questions_test(a, b) for a, b in strata]
+    assert pooled.difference == pytest.approx(sum(t.difference for t in alone) / 3)
+    assert pooled.ci_low < pooled.difference < pooled.ci_high
+    # each model's seed spread, divided by the number of models, is the pooled side's part
+    assert pooled.seed_se[0] == pytest.approx(math.hypot(*(t.seed_se[0] for t in alone)) / 3)
+    # the same interval on a second computation: the draws are seeded
+    assert pooled_seeds_and_questions_test(strata) == pooled
+    # one seed a side everywhere: the exact sign-flip test, the per-question means in steps of 1/3
+    singles = [([a[0]], [b[0]]) for a, b in strata]
+    exact = pooled_seeds_and_questions_test(singles)
+    assert exact.seed_se == (0.0, 0.0) and 0 < exact.p_value <= 1
+    with pytest.raises(ValueError, match="same questions"):
+        pooled_seeds_and_questions_test([strata[0], ([[True] * 99], [[False] * 99])])
+
+
+def test_the_pooled_test_needs_every_model_on_the_same_questions():
+    a = [{q: q < 30 for q in range(60)}]
+    b = [{q: q < 20 for q in range(60)}]
+    short = [{q: q < 20 for q in range(50)}]
+    test = pooled_paired_test([(a, b), (a, short)])
+    assert test.test is None and "scored different questions" in test.reason
+    test = pooled_paired_test([(a, b), (a, b)], interval=True)
+    assert test.test == POOLED and test.strata == 2 and test.seeds == (2, 2)
+    assert "over 2 models" in test.describe()
+
+
+def test_the_pooled_test_holds_its_level_and_resolves_what_one_model_cannot():
+    """Five models of three seeds a side, seeds 3 points apart, on 400 shared questions: the pooled test rejects
+    "no difference" at about alpha when there is none, and finds a 3-point mean difference far more often than
+    one model's test finds it (bench/stats_calibration.py --models; the full table is in docs/results.md)."""
+    level = rejection_rate(400, 3, 3, 0.03, 150, models=5)
+    pooled = rejection_rate(400, 3, 3, 0.03, 60, effect=0.03, rng_seed=1, models=5)
+    alone = rejection_rate(400, 3, 3, 0.03, 60, effect=0.03, rng_seed=1)
+    assert level <= 0.05 + 2 * (0.05 * 0.95 / 150) ** 0.5
+    assert pooled > alone + 0.2
+
+
+def _pooled_sweep(sweep: Path, differences: dict[str, int], lose: str | None = None) -> None:
+    """DoRA and LoRA on GSM8K for each model, three seeds a side, DoRA ahead by ``differences[model]`` of 60
+    questions (seeds one question apart); ``lose``: a model whose DoRA loses its third seed."""
+    for model, gap in differences.items():
+        for offset, seed in enumerate(TRAINED_SEEDS):
+            write_cell(sweep, model, "lora", "gsm8k", seed, first(20 + offset))
+            if not (model == lose and seed == 2):
+                write_cell(sweep, model, "dora", "gsm8k", seed, first(20 + gap + (offset * 3) % 4))
+    if lose:
+        _lose(sweep, lose, "dora", "gsm8k", 2, "diverged")
+
+
+def _pool_claims(tmp_path: Path, models=("smollm135", "gemma270", "qwen05")) -> Path:
+    path = tmp_path / "pooled.yaml"
+    entry = {"a": {"method": "dora"}, "b": {"method": "lora"}, "direction": "above", "models": list(models),
+             "datasets": ["gsm8k"]}
+    path.write_text(json.dumps({"claims": [
+        {"id": "per-model", "text": "DoRA above LoRA, model by model.", **entry},
+        {"id": "pooled", "text": "DoRA above LoRA on the models' mean.", "pool": "models", **entry},
+    ]}))
+    return path
+
+
+def test_a_pooled_claim_reads_the_models_mean_difference_as_one_instance(tmp_path):
+    """Each model's DoRA a few questions ahead of its LoRA over seeds that spread: no model alone shows it, the
+    mean over three does; the pooled instance names each model's difference."""
+    sweep = tmp_path / "sweep"
+    _pooled_sweep(sweep, {"smollm135": 3, "gemma270": 4, "qwen05": 3})
+    results, _ = claims_of(sweep, claims=_pool_claims(tmp_path))
+    per_model, pooled = results["per-model"], results["pooled"]
+    assert len(per_model.instances) == 3 and per_model.verdict == "inconclusive"
+    (instance,) = pooled.instances
+    assert (pooled.verdict, instance.test.test, instance.test.seeds) == ("reproduced", POOLED, (9, 9))
+    assert [r["model"] for r in constituents(instance.a)] == ["smollm135", "gemma270", "qwen05"]
+    assert instance.test.difference == pytest.approx(
+        sum(i.test.difference for i in per_model.instances) / 3)
+    assert instance.a["accuracy_flexible_mean"] - instance.b["accuracy_flexible_mean"] == pytest.approx(
+        instance.test.difference)
+    assert not pooled.gaps
+    md = (sweep / "report" / "claims.md").read_text()
+    assert "3 models pooled (smollm135, gemma270, qwen05)" in md
+    assert "per model, A − B (pp): smollm135 +" in md and "over 3 models" in md
+    flat = json.loads((sweep / "report" / "claims.json").read_text())
+    pooled_json = next(c for c in flat["claims"] if c["id"] == "pooled")
+    assert pooled_json["pool"] == "models" and pooled_json["instances"][0]["test"] == POOLED
+
+
+def test_a_pooled_claim_missing_a_model_or_a_seed_says_so(tmp_path):
+    """The mean over two of three models is another quantity: the verdict is incomplete and names the missing
+    model; a model whose DoRA lost a seed makes the favoured side's survivors lucky ones, so no ordering."""
+    sweep = tmp_path / "sweep"
+    _pooled_sweep(sweep, {"smollm135": 8, "gemma270": 8}, lose="gemma270")
+    results, _ = claims_of(sweep, claims=_pool_claims(tmp_path))
+    pooled = results["pooled"]
+    (instance,) = pooled.instances
+    assert instance.tested_verdict == "reproduced" and instance.verdict == "inconclusive" and instance.downgraded
+    assert instance.a["not_completed"] == "gemma270: seed 2 diverged"
+    assert any("'qwen05' matches no model" in gap for gap in pooled.gaps)
+    assert any(gap.startswith("gemma270 × dora on gsm8k: mean over 2 completed seeds") for gap in pooled.gaps)
+    assert pooled.stated_verdict == "inconclusive (incomplete)"
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"pool": "seeds"}, "pool='seeds' is not allowed; allowed: models"),
+    ({"pool": "models", "a": {"method": "dora", "models": ["qwen05"]}}, "pairs across models"),
+])
+def test_a_pool_the_claims_cannot_read_is_refused(tmp_path, entry, message):
+    path = tmp_path / "claims.yaml"
+    path.write_text(json.dumps({"claims": [{"id": "c", "text": "t", "a": {"method": "dora"},
+                                            "b": {"method": "lora"}, "direction": "above", **entry}]}))
+    with pytest.raises(ClaimsError, match=re.escape(message)):
+        load_claims(path)
 
 
 def test_an_orcamath_claim_reads_the_lenient_score(tmp_path):

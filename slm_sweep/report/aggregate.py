@@ -57,6 +57,7 @@ from .stats import (
     holm,
     no_test,
     paired_test,
+    pooled_paired_test,
     wilson_interval,
 )
 
@@ -258,7 +259,36 @@ def model_sort_key(model: str, sizes: dict[str, int | None]) -> tuple[bool, int,
 def compare_rows(first: dict[str, Any], second: dict[str, Any], eval_set: str, metric: str = PRIMARY_METRIC,
                  *, alpha: float = ALPHA, interval: bool = False) -> PairedTest:
     """The paired test of two summary rows (first minus second) on ``eval_set`` under ``metric`` (a registry
-    name such as ``flexible``), from the per-question scores of every seed of each row."""
+    name such as ``flexible``), from the per-question scores of every seed of each row. Two pooled rows
+    (``pooled_row``, built from pairs of rows model by model) get the pooled test of their models' pairs."""
+    if POOLED_FROM in first or POOLED_FROM in second:
+        pairs = list(zip(constituents(first), constituents(second)))
+        if len(constituents(first)) != len(constituents(second)) or any(a["model"] != b["model"] for a, b in pairs):
+            raise ValueError("pooled rows must be built from pairs of rows of the same models, in the same order")
+        return compare_pooled(pairs, eval_set, metric, alpha=alpha, interval=interval)
+    sides = _pair_scores(first, second, eval_set, metric)
+    if isinstance(sides, PairedTest):
+        return sides
+    return paired_test(sides[0], sides[1], alpha=alpha, interval=interval)
+
+
+def compare_pooled(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], eval_set: str,
+                   metric: str = PRIMARY_METRIC, *, alpha: float = ALPHA, interval: bool = False) -> PairedTest:
+    """The pooled test (stats.pooled_paired_test) of pairs of summary rows, one pair per model (first minus
+    second): the mean over the models of each one's difference, every model weighted equally. Each pair must be
+    scored alike (its two rows); the models may differ from one another in how they were scored."""
+    strata = []
+    for first, second in pairs:
+        sides = _pair_scores(first, second, eval_set, metric)
+        if isinstance(sides, PairedTest):
+            return no_test(f"{first['model']}: {sides.reason}")
+        strata.append(sides)
+    return pooled_paired_test(strata, alpha=alpha, interval=interval)
+
+
+def _pair_scores(first: dict[str, Any], second: dict[str, Any], eval_set: str,
+                 metric: str) -> tuple[list, list] | PairedTest:
+    """Each row's per-seed {question: correct} on ``eval_set``, or a no-test saying why they cannot be compared."""
     differing = scoring_differences(first, second)
     if differing:
         return no_test(f"the two rows {DIFFERENT_SCORING} ({differing}), so their answers are not comparable; "
@@ -272,7 +302,39 @@ def compare_rows(first: dict[str, Any], second: dict[str, Any], eval_set: str, m
             sides.append([question_scores(path, eval_set, metric) for path in paths])
         except NoQuestionData as exc:
             return no_test(f"{NO_DATA} ({exc})")
-    return paired_test(sides[0], sides[1], alpha=alpha, interval=interval)
+    return sides[0], sides[1]
+
+
+POOLED_FROM = "pooled_from"
+# what a pooled row keeps of its models' rows, when they agree (one method and variant on one dataset)
+_POOLED_SAME = ("dataset", "method", "variant", "trained", "claims_metric", "delta_metric", "settings",
+                "n_eval")
+
+
+def pooled_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A summary row standing for one method's rows of several models on one dataset: each accuracy the mean
+    of the models' means, every model weighted equally (no interval over questions: the models' errors on a
+    question are not independent); ``n`` the seeds of them all, ``not_completed`` their lost seeds by model,
+    ``pooled_from`` the rows (``compare_rows`` tests two such rows model by model)."""
+    if not rows:
+        raise ValueError("a pooled row needs at least one row")
+    row: dict[str, Any] = {key: rows[0].get(key) for key in _POOLED_SAME
+                           if all(r.get(key) == rows[0].get(key) for r in rows)}
+    models = [r["model"] for r in rows]
+    row.update(model=f"{len(rows)} model{'s' if len(rows) != 1 else ''} pooled ({', '.join(models)})",
+               n=sum(r["n"] for r in rows), seeds=[seed for r in rows for seed in r.get("seeds") or []],
+               not_completed="; ".join(f"{r['model']}: {r['not_completed']}" for r in rows
+                                       if r.get("not_completed")) or None,
+               **{POOLED_FROM: list(rows)})
+    for key in row_metrics(rows):
+        means = [r.get(f"{key}_mean") for r in rows]
+        row[f"{key}_mean"] = statistics.fmean(means) if all(m is not None for m in means) else None
+    return row
+
+
+def constituents(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows a pooled row stands for; a row of its own for any other."""
+    return list(row.get(POOLED_FROM) or [row])
 
 
 def scoring_differences(first: dict[str, Any], second: dict[str, Any]) -> str:

@@ -25,10 +25,13 @@ from typing import Any
 from slm_sweep.scoring import METRICS, PRIMARY_METRIC, accuracy_key
 
 from .aggregate import (
+    POOLED_FROM,
     UNTRAINED_SOURCES,
     compare_rows,
+    constituents,
     method_label,
     method_sort_key,
+    pooled_row,
     row_metrics,
     varying_settings,
 )
@@ -37,6 +40,7 @@ from .stats import (
     CORRECTIONS,
     HOLM,
     MCNEMAR,
+    POOLED,
     SEED_TEST_DRAWS,
     SEED_TEST_SEED,
     SEEDS_AND_QUESTIONS,
@@ -57,12 +61,16 @@ MIXED, PARTLY_REPRODUCED, PARTLY_CONTRADICTED = "mixed", "partly reproduced", "p
 
 TOP_KEYS = ("claims",)
 CLAIM_KEYS = ("id", "text", "a", "b", "direction", "metric", "margin", "models", "models_require", "params_below",
-              "params_at_least", "datasets")
+              "params_at_least", "datasets", "pool")
 SIDE_KEYS = ("method", "require", "models", "models_require", "params_below", "params_at_least")
 # a side's list of methods, or a list of models: every one must be in the results for a complete verdict (all), or
 # one is enough for that (any: the wordings of one baseline; a model and its 4-bit GGUF). Either way every one
 # present is an instance of its own, and the roll-up needs them all.
 REQUIRE = ("all", "any")
+# pool: models reads the claim on the mean over its models of each model's difference, every model weighted
+# equally: one instance per dataset (and pair of methods), not one per model
+POOL_MODELS = "models"
+POOLS = (POOL_MODELS,)
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _NAME = re.compile(r"[A-Za-z0-9_]+")
 _COUNT = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMbB]?)\s*")
@@ -164,6 +172,7 @@ class Claim:
     margin: float = 0.0
     selector: Selector = Selector()
     datasets: tuple[str, ...] = ()
+    pool: str | None = None  # POOLS
 
     def describe(self) -> str:
         relation = {ABOVE: "above", BELOW: "below", NOT_BELOW: "not below", NOT_ABOVE: "not above"}[self.direction]
@@ -171,8 +180,10 @@ class Claim:
         scope = [s for s in (self.selector.describe(), "datasets " + ", ".join(self.datasets)
                              if self.datasets else "") if s]
         metric = self.metric or "each dataset's claims metric"
+        pooled = ("; pooled over models: the mean of each model's difference, every model weighted equally"
+                  if self.pool == POOL_MODELS else "")
         return (f"A = {self.a.describe()} {relation} B = {self.b.describe()}{margin}; metric {metric}"
-                + (f"; {'; '.join(scope)}" if scope else ""))
+                + (f"; {'; '.join(scope)}" if scope else "") + pooled)
 
 
 def _count(value: float) -> str:
@@ -280,9 +291,17 @@ def _claim(entry: Any, where: str) -> Claim:
         raise ClaimsError(f"{where}: margin={margin!r} must be an accuracy difference, a fraction in "
                           f"[0, {MARGIN_LIMIT:g}): 0.02 = 2 points{reading}")
     datasets = _names(entry["datasets"], where, "datasets") if "datasets" in entry else ()
-    return Claim(claim_id, " ".join(entry["text"].split()), _side(entry["a"], f"{where}, side a"),
-                 _side(entry["b"], f"{where}, side b"), direction, metric, float(margin),
-                 _selector(entry, where), datasets)
+    side_a, side_b = _side(entry["a"], f"{where}, side a"), _side(entry["b"], f"{where}, side b")
+    pool = entry.get("pool")
+    if pool is not None and pool not in POOLS:
+        raise ClaimsError(f"{where}: pool={pool!r} is not allowed; allowed: {_allowed(POOLS)} (the mean over the "
+                          "claim's models of each model's difference), or no pool key (one instance per model)")
+    if pool is not None and not (side_a.selector.empty and side_b.selector.empty):
+        raise ClaimsError(f"{where}: pool: {pool} pairs each model's rows with its own model's, while a side with "
+                          "its own models, params_below or params_at_least pairs across models; give those on the "
+                          "claim instead")
+    return Claim(claim_id, " ".join(entry["text"].split()), side_a, side_b, direction, metric, float(margin),
+                 _selector(entry, where), datasets, pool)
 
 
 def _unique_key_loader():
@@ -507,16 +526,38 @@ def instance_note(claim: Claim, instance: Instance) -> str | None:
         shown = "the claim" if instance.tested_verdict == REPRODUCED else "the contradiction"
         lost.append(f"its completed seeds alone cannot show {shown}")
     notes += lost
-    notes += [f"{method_label(row)}: one training run, so the spread between training seeds is not measured "
-              "(the test covers the questions only)" for row in single_runs(instance.a, instance.b)]
-    if 2 in (instance.a.get("n"), instance.b.get("n")) and instance.test.test == SEEDS_AND_QUESTIONS:
-        notes.append("a row of 2 seeds: the seeds test rests on one degree of freedom for their spread and "
-                     "resolves little")
-    notes += learning_rate_notes(instance.a, instance.b)
-    notes += [f"{method_label(row)}: {100 * row['truncated_fraction_mean']:.0f} % of its answers cut off at the token "
-              "limit" for row in (instance.a, instance.b)
-              if (row.get("truncated_fraction_mean") or 0) > TRUNCATION_WARNING]
-    return "; ".join(n for n in notes if n) or None
+    pooled = POOLED_FROM in instance.a
+    if pooled:
+        key = f"{accuracy_key(instance.metric)}_mean"
+        notes.append("per model, A − B (pp): " + ", ".join(
+            f"{a['model']} {_points(a.get(key), b.get(key))}"
+            for a, b in zip(constituents(instance.a), constituents(instance.b))))
+    for a, b in zip(constituents(instance.a), constituents(instance.b)):
+        prefix = f"{a['model']} × " if pooled else ""
+        notes += [f"{prefix}{method_label(row)}: one training run, so the spread between training seeds is not "
+                  "measured (the test covers the questions only)" for row in single_runs(a, b)]
+        if 2 in (a.get("n"), b.get("n")) and instance.test.test in (SEEDS_AND_QUESTIONS, POOLED):
+            notes.append(f"{prefix.removesuffix(' × ')}{': ' if pooled else ''}a row of 2 seeds: the seeds test "
+                         "rests on one degree of freedom for their spread and resolves little")
+        notes += [prefix + note for note in learning_rate_notes(a, b)]
+        notes += [f"{prefix}{method_label(row)}: {100 * row['truncated_fraction_mean']:.0f} % of its answers cut off "
+                  "at the token limit" for row in (a, b)
+                  if (row.get("truncated_fraction_mean") or 0) > TRUNCATION_WARNING]
+    return "; ".join(dict.fromkeys(n for n in notes if n)) or None
+
+
+def _points(a: float | None, b: float | None) -> str:
+    return "–" if a is None or b is None else f"{100 * (a - b):+.1f}"
+
+
+def _pooled_pairs(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The pairs of one dataset, pair of methods (and variants) and claims metrics, each pooled over its models
+    into one pair of pooled rows (aggregate.pooled_row)."""
+    groups: dict[tuple, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for a, b in pairs:
+        key = (a["dataset"], method_label(a), method_label(b), a.get("claims_metric"), b.get("claims_metric"))
+        groups.setdefault(key, []).append((a, b))
+    return [(pooled_row([a for a, _ in group]), pooled_row([b for _, b in group])) for group in groups.values()]
 
 
 def single_runs(*rows: dict[str, Any]) -> list[dict[str, Any]]:
@@ -825,6 +866,8 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
     side_b = _side_rows(claim, claim.b, in_scope, sizes)
     pair_gaps: list[str] = []
     pairs = _pairs(claim, side_a, side_b, pair_gaps)
+    if claim.pool == POOL_MODELS:
+        pairs = _pooled_pairs(pairs)
     metrics = [claim_metric(claim, a, b, known, pair_gaps) for a, b in pairs]
     done: dict[tuple, PairedTest] = {}
     result.instances, result.tested, result.interval_alpha = judge_instances(claim, pairs, metrics, alpha=alpha,
@@ -843,7 +886,7 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
             result.by_metric[metric] = MetricReading(metric, instances, *roll_up_instances(instances),
                                                      skipped=len(pairs) - len(carried),
                                                      on_claims_metric=roll_up_instances(same)[0])
-    used = [row for i in result.instances for row in (i.a, i.b)]
+    used = [row for i in result.instances for pooled in (i.a, i.b) for row in constituents(pooled)]
     paired = {id(row) for row in used}
     # (a counterpart that did not complete is named by the coverage gaps already)
     failed = {(str(key[0]), str(key[1]), str(key[2])) for key in (lost or {})}
@@ -951,7 +994,7 @@ def _test_cell(test: PairedTest) -> str:
     if test.test is None:
         return f"none ({test.reason})"
     detail = f"b={test.discordant[0]}, c={test.discordant[1]}" if test.discordant else \
-        f"{test.seeds[0]} vs {test.seeds[1]} seeds"
+        f"{test.seeds[0]} vs {test.seeds[1]} seeds{test.over()}"
     return f"{test.test} ({detail}, {test.n_questions} questions)"
 
 
@@ -1021,7 +1064,12 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
         f"\"On other metrics\": the claim read on each other metric the rows carry ({', '.join(METRICS)}), by the "
         f"same tests and correction; the verdict stays the claims metric's, and a verdict that differs on another "
         f"metric (flexible scores answers such as \"$\\boxed{{18}}$\" or \"$18.00\" wrong) hinges on how answers "
-        f"are extracted.",
+        f"are extracted."
+        + (" A claim pooled over models (pool: models) has one instance per dataset and pair of methods: A − B is "
+           "the mean over its models of each model's difference, every model weighted equally, tested by the "
+           f"{POOLED} (the questions' paired noise of the averaged difference, each model's seed spread apart); it "
+           "is about these models, not models in general, and its note gives each model's difference."
+           if any(r.claim.pool for r in results) else ""),
         "",
     ]
     body = []
@@ -1123,7 +1171,7 @@ def claims_json(report: ClaimsReport) -> dict[str, Any]:
         claims.append({
             "id": r.claim.id, "text": r.claim.text, "a": list(r.claim.a.methods), "b": list(r.claim.b.methods),
             "description": r.claim.describe(), "direction": r.claim.direction, "metric": metrics_text(r),
-            "margin": r.claim.margin, "verdict": r.verdict, "by_intersection_union": r.by_intersection_union,
+            "margin": r.claim.margin, "pool": r.claim.pool, "verdict": r.verdict, "by_intersection_union": r.by_intersection_union,
             "complete": not r.gaps, "gaps": r.gaps,
             "excluded": r.excluded,
             "counts": dict(r.counts),
@@ -1140,7 +1188,7 @@ def claims_json(report: ClaimsReport) -> dict[str, Any]:
             "instances": _flat_rows(r, report.alpha, report.correction) if r.instances else [],
         })  # fmt: skip
     return {"source": report.source, "alpha": report.alpha, "correction": report.correction,
-            "tests": {"single seeds": MCNEMAR, "several seeds": SEEDS_AND_QUESTIONS,
+            "tests": {"single seeds": MCNEMAR, "several seeds": SEEDS_AND_QUESTIONS, "pooled over models": POOLED,
                       "seed_test_draws": SEED_TEST_DRAWS, "seed_test_seed": SEED_TEST_SEED},
             "claims": claims}
 

@@ -11,6 +11,8 @@ Pure Python, numpy and scipy (the report imports no torch).
   each), which keeps a width when no question is discordant.
 - ``paired_test``: pairs two rows' per-question scores by question and picks the test: exact McNemar when each
   side is a single seed, the seeds-and-questions test when either side has several.
+- ``pooled_paired_test``: the same test of the mean over models of each model's difference (a claim with
+  ``pool: models``), the models' rows on the same questions.
 - ``holm``: Holm's step-down adjustment of a family of p-values, for verdicts that hold jointly.
 """
 
@@ -27,6 +29,7 @@ SEED_TEST_DRAWS = 10_000
 SEED_TEST_SEED = 20240601
 MCNEMAR = "exact McNemar"
 SEEDS_AND_QUESTIONS = "paired seeds-and-questions test"
+POOLED = "paired seeds-and-questions test, pooled over models"
 DIFFERENT_QUESTIONS = "scored different questions"
 DIFFERENT_SCORING = "were scored differently"
 HOLM = "holm"
@@ -213,40 +216,72 @@ def seeds_and_questions_test(a: Sequence[Sequence[bool]], b: Sequence[Sequence[b
     Bonferroni interval tests at: under no difference it rejected at most 0.051, 0.007 and 0.004 of 2000 simulated
     comparisons at alpha 0.05, 0.01 and 0.005 (3 seeds against 1 or 3, 2 against 1, seed spreads 0-6 points;
     ``bench/stats_calibration.py``, docs/results.md), conservative where seeds agree."""
+    return pooled_seeds_and_questions_test([(a, b)], draws=draws, seed=seed, alpha=alpha, interval=interval)
+
+
+def pooled_seeds_and_questions_test(strata: Sequence[tuple[Sequence[Sequence[bool]], Sequence[Sequence[bool]]]], *,
+                                    draws: int = SEED_TEST_DRAWS, seed: int = SEED_TEST_SEED,
+                                    alpha: float = ALPHA, interval: bool = True) -> SeedsAndQuestions:
+    """``seeds_and_questions_test`` of the mean over ``strata`` of each stratum's difference, every stratum
+    weighted equally: one (a, b) pair of seeds × questions arrays per model, all on the same questions in the
+    same order. The strata answer the same questions, so their errors on one question are correlated: the
+    per-question difference is averaged over the strata before its paired part is taken. Each stratum's sides
+    were trained apart, so each has its own seed variance, divided by the number of strata squared. Over several
+    strata the seed parts are one part, of Welch-Satterthwaite's degrees of freedom (the sum of the seed variances
+    squared over the sum of each one's square over its degrees of freedom: 20 for ten sides of three seeds that
+    spread alike, fewer where one side spreads more): a sum of ten Student-t variables of two degrees of freedom
+    each, as the two sides of one model are drawn, has tails that do not shrink as the strata add up, and would
+    give the pooled test no more power than one model's. The models are fixed, not drawn: the test is of these
+    models' mean difference, and says nothing of other models. With one stratum it is
+    ``seeds_and_questions_test``, to the bit."""
     import numpy as np
     from scipy.stats import t as student_t
 
-    first = np.asarray(a, dtype=np.float64)
-    second = np.asarray(b, dtype=np.float64)
-    if first.ndim != 2 or second.ndim != 2 or first.shape[1] != second.shape[1] or first.shape[1] == 0:
-        raise ValueError(f"need seeds × questions arrays over the same questions, got {first.shape} and "
-                         f"{second.shape}")
+    if not strata:
+        raise ValueError("need at least one stratum")
+    arrays = [(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)) for a, b in strata]
+    questions = arrays[0][0].shape[1] if arrays[0][0].ndim == 2 else 0
+    for first, second in arrays:
+        if first.ndim != 2 or second.ndim != 2 or first.shape[1] != second.shape[1] or first.shape[1] == 0 \
+                or first.shape[1] != questions:
+            raise ValueError(f"need seeds × questions arrays over the same questions, got {first.shape} and "
+                             f"{second.shape}" + (f" (the first stratum has {questions} questions)"
+                                                  if len(arrays) > 1 else ""))
     if draws < 1:
         raise ValueError(f"draws={draws} must be at least 1")
-    questions = first.shape[1]
-    per_question = first.mean(axis=0) - second.mean(axis=0)
+    k = len(arrays)
+    per_question = sum(first.mean(axis=0) - second.mean(axis=0) for first, second in arrays) / k
     difference = float(per_question.mean())
     rng = np.random.default_rng(seed)
     seed_part = np.zeros(draws)
-    seed_se = []
-    for side in (first, second):
-        se = math.sqrt(seed_variance(side))
-        seed_se.append(se)
-        if side.shape[0] > 1:
-            seed_part += se * rng.standard_t(side.shape[0] - 1, size=draws)
+    seed_se = []  # every side of every stratum, in order
+    for first, second in arrays:
+        for side in (first, second):
+            se = math.sqrt(seed_variance(side)) / k
+            seed_se.append(se)
+            if side.shape[0] > 1 and k == 1:
+                seed_part += se * rng.standard_t(side.shape[0] - 1, size=draws)
+    if k > 1 and any(seed_se):
+        parts = [(se**2, side.shape[0] - 1) for side, se in zip((s for pair in arrays for s in pair), seed_se) if se]
+        variance = sum(v for v, _ in parts)
+        df = variance**2 / sum(v**2 / d for v, d in parts)
+        seed_part += math.sqrt(variance) * rng.standard_t(df, size=draws)
+    sides = [side for pair in arrays for side in pair]
     question_variance = float(per_question.var(ddof=1)) / questions if questions > 1 else 0.0
     # a side's seed part holds the questions' noise inside its seed means: counted there only (a side whose seed
     # means are equal has no seed part, and its noise stays in the question part)
-    question_variance -= sum(within_seed_noise(side) for side, se in zip((first, second), seed_se) if se)
+    question_variance -= sum(within_seed_noise(side) / k**2 for side, se in zip(sides, seed_se) if se)
     question_se = math.sqrt(max(question_variance, 0.0))
+    side_se = (math.hypot(*seed_se[0::2]), math.hypot(*seed_se[1::2]))
 
-    # When neither side's seed means differ (one seed each, or seeds that answered alike), the test is a paired
+    # When no side's seed means differ (one seed each, or seeds that answered alike), the test is a paired
     # test on the questions alone: its question part is then the exact sign-flip distribution of the
     # per-question differences, not Student's t, which on a few discordant questions rejects more often than
     # alpha, and with every question alike would give p = 0.
     exact = None
     if not any(seed_se):
-        values, probs = sign_flip_distribution(per_question, first.shape[0] * second.shape[0])
+        scale = k * math.lcm(*(first.shape[0] * second.shape[0] for first, second in arrays))
+        values, probs = sign_flip_distribution(per_question, scale)
         exact = (np.abs(values) / questions, probs)  # |difference of the means| each sign pattern gives
 
     def tail(c: float) -> float:
@@ -261,7 +296,7 @@ def seeds_and_questions_test(a: Sequence[Sequence[bool]], b: Sequence[Sequence[b
 
     p_value = min(1.0, tail(abs(difference)))
     if not interval:
-        return SeedsAndQuestions(difference, p_value, None, None, question_se, (seed_se[0], seed_se[1]))
+        return SeedsAndQuestions(difference, p_value, None, None, question_se, side_se)
     # Without seed spread, Tango's interval on the seeds' mean discordance, as for one seed a side: with every
     # question and seed alike there is no spread to read a width from (a zero-width interval would turn identical
     # answers on 20 questions into certainty; Tango keeps +-16 points on 20, +-0.3 on 1319), and on a few
@@ -280,7 +315,7 @@ def seeds_and_questions_test(a: Sequence[Sequence[bool]], b: Sequence[Sequence[b
     low, high = difference - half, difference + half
     if tango is not None:
         low, high = min(low, tango[0]), max(high, tango[1])
-    return SeedsAndQuestions(difference, p_value, low, high, question_se, (seed_se[0], seed_se[1]))
+    return SeedsAndQuestions(difference, p_value, low, high, question_se, side_se)
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:
@@ -313,6 +348,11 @@ class PairedTest:
     seeds: tuple[int, int] = (0, 0)
     discordant: tuple[int, int] | None = None  # (first only right, second only right), single seeds
     reason: str | None = None  # why there is no test
+    strata: int = 1  # models pooled (POOLED: the mean over them of each one's difference)
+
+    def over(self) -> str:
+        """`` over 5 models`` for a pooled test, else ''."""
+        return f" over {self.strata} models" if self.test == POOLED else ""
 
     def significant(self, alpha: float = ALPHA) -> bool:
         return self.p_value is not None and self.p_value < alpha
@@ -322,7 +362,7 @@ class PairedTest:
         if self.test is None:
             return f"no test: {self.reason}"
         detail = (f"b={self.discordant[0]}, c={self.discordant[1]}, " if self.discordant else
-                  f"{self.seeds[0]} vs {self.seeds[1]} seeds, ")
+                  f"{self.seeds[0]} vs {self.seeds[1]} seeds{self.over()}, ")
         return f"{self.test}, p={format_p(self.p_value)} ({detail}{self.n_questions} questions)"
 
 
@@ -336,6 +376,27 @@ def no_test(reason: str) -> PairedTest:
     return PairedTest(None, None, None, reason=reason)
 
 
+def _question_keys(sides: Sequence[Sequence[Mapping[Hashable, bool]]]) -> list | str:
+    """The questions every seed of every side scored, sorted; or why there are none to pair on."""
+    seeds = [scores for side in sides for scores in side]
+    common = set(seeds[0])
+    every = set(seeds[0])
+    for scores in seeds[1:]:
+        common &= set(scores)
+        every |= set(scores)
+    if not common:
+        return "the two sides scored no question in common"
+    if common != every:
+        sizes = " and ".join(str(n) for n in sorted({len(scores) for scores in seeds}))
+        return (f"the two sides {DIFFERENT_QUESTIONS} ({sizes}; {len(common)} in common), so their means are not "
+                f"paired: score both on the same questions (the same dataset.test_limit and eval.ood_limit)")
+    return sorted(common)
+
+
+def _as_array(side: Sequence[Mapping[Hashable, bool]], keys: list) -> list[list[bool]]:
+    return [[bool(scores[k]) for k in keys] for scores in side]
+
+
 def paired_test(a: Sequence[Mapping[Hashable, bool]], b: Sequence[Mapping[Hashable, bool]], *,
                 alpha: float = ALPHA, interval: bool = False, draws: int = SEED_TEST_DRAWS,
                 seed: int = SEED_TEST_SEED) -> PairedTest:
@@ -346,21 +407,10 @@ def paired_test(a: Sequence[Mapping[Hashable, bool]], b: Sequence[Mapping[Hashab
     interval for single seeds)."""
     if not a or not b:
         return no_test("a side has no seeds")
-    common = set(a[0])
-    every = set(a[0])
-    for scores in (*a[1:], *b):
-        common &= set(scores)
-        every |= set(scores)
-    if not common:
-        return no_test("the two sides scored no question in common")
-    if common != every:
-        sizes = " and ".join(str(n) for n in sorted({len(scores) for scores in (*a, *b)}))
-        return no_test(f"the two sides {DIFFERENT_QUESTIONS} ({sizes}; {len(common)} in common), so "
-                       f"their means are not paired: score both on the same questions (the same "
-                       f"dataset.test_limit and eval.ood_limit)")
-    keys = sorted(common)
-    first = [[bool(s[k]) for k in keys] for s in a]
-    second = [[bool(s[k]) for k in keys] for s in b]
+    keys = _question_keys([a, b])
+    if isinstance(keys, str):
+        return no_test(keys)
+    first, second = _as_array(a, keys), _as_array(b, keys)
     seeds = (len(a), len(b))
     if seeds == (1, 1):
         only_first = sum(x and not y for x, y in zip(first[0], second[0]))
@@ -373,3 +423,21 @@ def paired_test(a: Sequence[Mapping[Hashable, bool]], b: Sequence[Mapping[Hashab
     result = seeds_and_questions_test(first, second, draws=draws, seed=seed, alpha=alpha, interval=interval)
     return PairedTest(SEEDS_AND_QUESTIONS, result.p_value, result.difference, result.ci_low, result.ci_high,
                       len(keys), seeds)
+
+
+def pooled_paired_test(strata: Sequence[tuple[Sequence[Mapping[Hashable, bool]], Sequence[Mapping[Hashable, bool]]]],
+                       *, alpha: float = ALPHA, interval: bool = False, draws: int = SEED_TEST_DRAWS,
+                       seed: int = SEED_TEST_SEED) -> PairedTest:
+    """``paired_test`` of the mean over strata (models) of each one's difference, every stratum weighted equally
+    (``pooled_seeds_and_questions_test``); every seed of every stratum must have scored the same questions. With
+    one seed a side everywhere its p-value is the exact sign-flip test of the per-question mean difference."""
+    if not strata or any(not a or not b for a, b in strata):
+        return no_test("a side has no seeds")
+    keys = _question_keys([side for pair in strata for side in pair])
+    if isinstance(keys, str):
+        return no_test(keys.replace("the two sides", "the models' rows"))
+    arrays = [(_as_array(a, keys), _as_array(b, keys)) for a, b in strata]
+    result = pooled_seeds_and_questions_test(arrays, draws=draws, seed=seed, alpha=alpha, interval=interval)
+    seeds = (sum(len(a) for a, _ in strata), sum(len(b) for _, b in strata))
+    return PairedTest(POOLED, result.p_value, result.difference, result.ci_low, result.ci_high, len(keys), seeds,
+                      strata=len(strata))
