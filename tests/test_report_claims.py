@@ -673,6 +673,14 @@ def test_a_metric_only_the_result_files_know_gets_columns_and_can_back_a_claim(t
     with open(tmp_path / "report" / "summary.csv", newline="") as f:
         assert "accuracy_units_wilson_high" in next(csv.reader(f))
     assert results["units"].verdict == "reproduced" and results["units"].claim.metric == "units"
+    # a claim on a registered metric is read on the files' own metric too, which this process never registered
+    claims.write_text("claims:\n  - {id: flexible, text: LoRA above DoRA., a: lora, b: dora, direction: above, "
+                      "metric: flexible}\n")
+    results, _ = claims_of(tmp_path, claims)
+    assert "units" not in METRICS and results["flexible"].by_metric["units"].verdict == "reproduced"
+    with open(tmp_path / "report" / "claims.csv", newline="") as f:
+        assert next(csv.DictReader(f))["verdict_units"] == "reproduced"
+    assert "(strict, flexible, lenient, units)" in (tmp_path / "report" / "claims.md").read_text()
     claims.write_text("claims:\n  - {id: nope, text: x, a: lora, b: dora, direction: above, metric: nope}\n")
     with pytest.raises(ClaimsError, match="metric 'nope' is neither registered nor in the result files; "
                                           "known: strict, flexible, lenient, units"):

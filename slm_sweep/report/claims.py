@@ -851,8 +851,9 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
     collector's malformed ones), whose cells the claim may cover, and ``unattributed`` cells killed before writing
     a result.json whose row cannot be told (collect.Collection.unattributed) that the claim may cover.
 
-    ``by_metric``: the claim read on each other metric of scoring.METRICS (every instance on it, those whose rows
-    both carry it), by the same tests, correction and roll-up; the verdict stays the claims metric's."""
+    ``by_metric``: the claim read on each other metric of scoring.METRICS and of the result files (every
+    instance on it, those whose rows both carry it; a metric a plug-in registered is read from the files whether
+    or not the process that reports imported it), by the same tests, correction and roll-up; the verdict stays the claims metric's."""
     check_correction(correction)
     known = _known_metrics(rows)
     if claim.metric is not None and claim.metric not in known:
@@ -873,7 +874,7 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
     result.instances, result.tested, result.interval_alpha = judge_instances(claim, pairs, metrics, alpha=alpha,
                                                                              correction=correction, done=done)
     result.verdict, result.by_intersection_union = roll_up_instances(result.instances)
-    for metric in METRICS if pairs else ():
+    for metric in known if pairs else ():
         if all(m == metric for m in metrics):
             continue  # the claims metric of every instance: the verdict itself
         carried = [(a, b) for a, b in pairs if all(row.get(f"{accuracy_key(metric)}_mean") is not None
@@ -1041,6 +1042,12 @@ def _correction_text(report: ClaimsReport) -> str:
             f"must be significant), but single instances and partial roll-ups are not corrected.")
 
 
+def report_metrics(report: ClaimsReport) -> list[str]:
+    """The registered metrics and every other one a claim was read on (from the result files)."""
+    return list(dict.fromkeys([*METRICS, *(metric for r in report.results for metric in r.by_metric),
+                               *(i.metric for r in report.results for i in r.instances)]))
+
+
 def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
     """The claims table: the rules, one roll-up line per claim, then each claim's instances."""
     h = "#" * level
@@ -1061,7 +1068,7 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
         f"against the claim's margin. Sides: mean accuracy (%) with the 95% Wilson interval over the test "
         f"questions. {_correction_text(report)} A side that lists a baseline's wordings (require: any) is checked "
         f"against each, and the claim needs them all: \"by wording\" gives the verdict against each alone. "
-        f"\"On other metrics\": the claim read on each other metric the rows carry ({', '.join(METRICS)}), by the "
+        f"\"On other metrics\": the claim read on each other metric the rows carry ({', '.join(report_metrics(report))}), by the "
         f"same tests and correction; the verdict stays the claims metric's, and a verdict that differs on another "
         f"metric (flexible scores answers such as \"$\\boxed{{18}}$\" or \"$18.00\" wrong) hinges on how answers "
         f"are extracted."
@@ -1199,7 +1206,7 @@ def write_claims(report: ClaimsReport, out_dir: str | os.PathLike) -> dict[str, 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"claims_md": out / "claims.md", "claims_csv": out / "claims.csv", "claims_json": out / "claims.json"}
     paths["claims_md"].write_text(render_claims_markdown(report) + "\n", encoding="utf-8")
-    columns = (*CSV_COLUMNS, *(f"verdict_{metric}" for metric in METRICS))  # METRICS: registered ones too
+    columns = (*CSV_COLUMNS, *(f"verdict_{metric}" for metric in report_metrics(report)))
     with paths["claims_csv"].open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
