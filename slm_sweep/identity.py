@@ -335,19 +335,22 @@ def metric_modules_identity(names: Sequence[str] | None) -> dict[str, Any]:
     so that the keys of cells without added metrics stay as they were."""
     if not names:
         return {}
+    return {"metric_modules": {str(name): module_source(str(name)) for name in names}}
+
+
+def module_source(name: str) -> str | None:
+    """The sha256 of a module's file (of every Python file of a package); None when it cannot be found."""
     import importlib.util
 
-    sources = {}
-    for name in names:
-        spec = importlib.util.find_spec(str(name))
-        origin = getattr(spec, "origin", None)
-        if spec is not None and spec.submodule_search_locations:  # a package: every Python file of it
-            root = Path(list(spec.submodule_search_locations)[0])
-            sources[str(name)] = digest([(p.relative_to(root).as_posix(), file_sha256(p))
-                                         for p in sorted(root.rglob("*.py"))])
-        else:
-            sources[str(name)] = file_sha256(origin) if origin and Path(origin).is_file() else None
-    return {"metric_modules": sources}
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(spec, "origin", None)
+    if spec is not None and spec.submodule_search_locations:  # a package: every Python file of it
+        root = Path(list(spec.submodule_search_locations)[0])
+        return digest([(p.relative_to(root).as_posix(), file_sha256(p)) for p in sorted(root.rglob("*.py"))])
+    return file_sha256(origin) if origin and Path(origin).is_file() else None
 
 
 def trainer_identity(trainer: Mapping[str, Any]) -> dict[str, Any]:
@@ -366,7 +369,8 @@ def trainer_identity(trainer: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def weight_changing_callbacks(callbacks: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The configured callbacks that are not DISPLAY_CALLBACKS, with their settings."""
+    """The configured callbacks that may change the weights, with their settings: all but DISPLAY_CALLBACKS and
+    classes that declare ``changes_weights = False`` (a callback that only prints or logs)."""
     kept = {}
     for name, entry in sorted((callbacks or {}).items()):
         if not isinstance(entry, Mapping):
@@ -375,8 +379,33 @@ def weight_changing_callbacks(callbacks: Mapping[str, Any] | None) -> dict[str, 
         module, _, cls = target.rpartition(".")
         if cls in DISPLAY_CALLBACKS and module.startswith(_DISPLAY_MODULES):
             continue
+        if _declares_display_only(module, cls):
+            continue
         kept[name] = dict(entry)
     return kept
+
+
+def _declares_display_only(module: str, cls: str) -> bool:
+    """Whether the class says it changes no weight (``changes_weights = False``); a class that cannot be imported
+    says nothing (the cell fails to build it)."""
+    import importlib
+
+    try:
+        klass = getattr(importlib.import_module(module), cls)
+    except Exception:  # noqa: BLE001 - any import error: the class cannot declare anything
+        return False
+    return getattr(klass, "changes_weights", True) is False
+
+
+def callback_sources(callbacks: Mapping[str, Any]) -> dict[str, str | None]:
+    """The source (``module_source``) of each weight-changing callback's module outside Lightning, whose version
+    the key holds already: a callback edited in place trains other weights."""
+    sources = {}
+    for name, entry in callbacks.items():
+        module = str(entry.get("_target_") or "").rpartition(".")[0]
+        if module and module.split(".")[0] not in ("lightning", "pytorch_lightning"):
+            sources[name] = module_source(module)
+    return sources
 
 
 def planned_world_size(trainer: Mapping[str, Any]) -> int:
@@ -465,6 +494,7 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
         trainer = config["trainer"]
         world_size = planned_world_size(trainer)
         callbacks = weight_changing_callbacks(config.get("callbacks"))
+        sources = callback_sources(callbacks)
         edited = edited_sources(TRAINING_SOURCES, TRAINING_SOURCES_SHA256, TRAINING_CODE_VERSION)
         training = {
             "code": TRAINING_CODE_VERSION,
@@ -482,6 +512,7 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
             # stay as they were
             **({"world_size": world_size} if world_size > 1 else {}),
             **({"callbacks": callbacks} if callbacks else {}),
+            **({"callback_sources": sources} if sources else {}),
         }
     training_key = digest(training) if training else None
     shots = int(method.get("num_fewshot") or 0)

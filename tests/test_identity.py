@@ -94,6 +94,32 @@ def test_other_spellings_of_a_setting_and_a_display_callback_change_neither_key(
     assert base("method.alpha=32.0", f"dataset.dedup.against=[{against}]", f"eval.stop=[{stop}]") == base()
 
 
+USER_CALLBACK = """
+from lightning.pytorch.callbacks import Callback
+
+
+class {name}(Callback):
+    changes_weights = {changes}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        {body}
+"""
+
+
+def test_a_callback_that_declares_it_changes_no_weight_stays_out_and_an_edited_one_retrains(base, tmp_path,
+                                                                                             monkeypatch):
+    """A user's callback that only prints says so (``changes_weights = False``) and changes neither key; one that
+    may change the weights is in the training key with its module's source, so editing it in place retrains."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "user_printer.py").write_text(USER_CALLBACK.format(name="Printer", changes=False, body="print(1)"))
+    (tmp_path / "user_clamp.py").write_text(USER_CALLBACK.format(name="Clamp", changes=True, body="pass"))
+    assert base("+callbacks.show={_target_:user_printer.Printer}") == base()
+    clamped = base("+callbacks.clamp={_target_:user_clamp.Clamp}")
+    assert clamped[0] != base()[0]
+    (tmp_path / "user_clamp.py").write_text(USER_CALLBACK.format(name="Clamp", changes=True, body="return None"))
+    assert base("+callbacks.clamp={_target_:user_clamp.Clamp}")[0] != clamped[0]
+
+
 def test_moving_the_data_folder_changes_nothing_its_content_does_not(base, requires_data, tmp_path):
     copy = tmp_path / "data"
     (copy / "gsm8k").mkdir(parents=True)
