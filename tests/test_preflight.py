@@ -409,6 +409,15 @@ def test_plan_refuses_cells_with_config_errors_before_any_runs(requires_data, co
                      composer).refused is None
 
 
+def test_a_method_argument_its_class_does_not_take_is_named_with_those_it_takes(requires_data, composer):
+    """The cause of an instantiation error is on the lines after its first: the sweep's one line keeps it."""
+    plan = plan_grid(sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=lora",
+                                   "+method.peft.rnk=8"]), composer)
+    ((reason, cells),) = plan.config_errors.items()
+    assert "cannot be built" in reason and "rnk" in reason and "LoraConfig takes:" in reason and "\n" not in reason
+    assert "full_key" not in reason and len(cells) == 1
+
+
 def test_a_misspelt_option_or_key_in_a_sweep_is_told_what_it_may_have_meant(requires_data, composer):
     """A sweep's messages keep what a single run's would say: the options of a group, the key meant."""
     plan = plan_grid(sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=lora,lorra",

@@ -696,7 +696,7 @@ def _composed_cell(compose, overrides: list[str], plan: Plan, label: str = "") -
             plan.untuned.append(label or " ".join(overrides))
             plan.untuned_table = rate["table"]
     except (ConfigError, OmegaConfBaseException, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = one_line(error)
         plan.config_errors.setdefault(reason, []).append(label or " ".join(overrides))
         return None
     except Exception as error:  # noqa: BLE001 - Hydra's composition errors (ConfigCompositionException & co.)
@@ -705,6 +705,14 @@ def _composed_cell(compose, overrides: list[str], plan: Plan, label: str = "") -
         plan.config_errors.setdefault(composition_error(str(error)), []).append(label or " ".join(overrides))
         return None
     return cell
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line, all of it: an instantiation error puts its cause (the argument a class does
+    not take, and the ones it does) on the lines after the first. OmegaConf's own lines naming the key and its
+    node type are left out."""
+    text = re.sub(r"^\s*(full_key: \S*|object_type=\S*|reference_type=\S*)", "", str(error), flags=re.MULTILINE)
+    return " ".join(text.split()) or type(error).__name__
 
 
 def composition_error(text: str) -> str:
