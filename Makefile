@@ -44,7 +44,7 @@ demo: install ## One real cell offline on CPU: SmolLM2-135M (GGUF) x LoRA on a s
 	  trainer.max_steps=8 trainer.batch_size=4 trainer.micro_batch_size=4 trainer.max_length=320 \
 	  eval.max_new_tokens=160 logger=csv
 
-smoke: install ## A 2 x 3 sweep on the tiny model (under a minute on CPU)
+smoke: install ## A 2 x 3 sweep on the two tiny models (under a minute on CPU)
 	$(PY) -m slm_sweep -m experiment=smoke $(if $(DATA_ROOT),data_root=$(DATA_ROOT))
 
 # The learning-rate search of every trained cell of experiment=paper, trained and scored as the paper's cells are
@@ -61,7 +61,7 @@ paper-search: install ## The validation search of the paper's rates (5 models x 
 paper: install ## The study's whole grid: 5 models x 7 methods (4 baselines, full, lora, dora) x gsm8k, orcamath x seeds 0,1,2, at the rates of make paper-search (refused without them; PREFLIGHT_ONLY=1: list its cells, run none)
 	$(PY) -m slm_sweep -m experiment=paper $(if $(DATA_ROOT),data_root=$(DATA_ROOT)) $(if $(PREFLIGHT_ONLY),preflight.only=true)
 
-report: ## Tables, plots and the study's claims of a sweep: make report SWEEP=multirun/<date>/<time> (default: the latest; CLAIMS=my_claims.yaml; CORRECTION=none)
+report: install ## Tables, plots and the study's claims of a sweep: make report SWEEP=multirun/<date>/<time> (default: the latest; CLAIMS=my_claims.yaml; CORRECTION=none)
 	@test -n "$(SWEEP)" || { echo "no sweep under multirun/ holds a result.json; run one first or pass SWEEP=DIR"; exit 2; }
 	$(PY) -m slm_sweep.report $(SWEEP) --claims $(CLAIMS) $(if $(CORRECTION),--correction $(CORRECTION))
 
@@ -76,8 +76,8 @@ wheelhouse: install ## Wheels a bare GPU machine lacks (hydra-core, omegaconf, a
 	$(PIP) wheel -q --no-deps -w .gpu/wheels $(ANTLR)  # published as a source archive only
 	@ls .gpu/wheels
 
-gpu-bundle: wheelhouse ## Everything bench/gpu_check.sh needs on a GPU machine, in .gpu/ (wheels, GSM8K, SmolLM2 in 2 parts)
-	$(PY) bench/gpu_bundle.py build $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
+gpu-bundle: wheelhouse ## Everything bench/gpu_check.sh needs on a GPU machine, in .gpu/ (wheels, GSM8K, SmolLM2 in 2 parts; GPU_PARTS=N for N)
+	$(PY) bench/gpu_bundle.py build $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(GPU_PARTS),--parts $(GPU_PARTS))
 
 gpu-check: install ## The GPU acceptance job here (a dry run on the tiny model where there is no CUDA)
 	PYTHON=$(PY) bash bench/gpu_check.sh
@@ -91,7 +91,7 @@ gpu-env-check: wheelhouse ## The GPU check's dry run under the GPU machine's lib
 	PYTHONPATH=$(GPU_ENV)/site $(GPU_ENV)/bin/python -m pytest -q -p no:cacheprovider \
 	  tests/test_generate.py tests/test_attention.py tests/test_compilation.py tests/test_placement.py tests/test_train_fit.py
 
-lint: ## ruff on the code and tests
+lint: install ## ruff on the code and tests
 	$(VENV)/bin/ruff check slm_sweep tests bench
 
 clean: ## Remove caches (.pytest_cache, .ruff_cache, __pycache__); results are kept

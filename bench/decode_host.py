@@ -1,12 +1,13 @@
 """The host's share of a decode step: ``decode_static`` around a model whose forward costs next to nothing.
 
-On a GPU with CUDA graphs the model's part of a decode step is one graph replay (about 4.3 ms for SmolLM2-135M at
-256 rows on an H200); what the CPU does around it (the step's inputs, reading the chosen tokens back, stop checks,
-refilling and packing slots) is not hidden behind it, since reading the tokens back waits for the replay. This
-bench runs the evaluator's decode loop over ``--questions`` prompts with a countdown model (a prompt ending in
-token L generates L tokens, the last of them the end-of-sequence id; its forward is a few tensor operations on a
-handful of numbers) and reports the median time between two decode steps, the number of steps, and the projected
-evaluation time with a given replay time:
+On a GPU with CUDA graphs the model's part of a decode step is one graph replay (``--replay-ms``, 4.3 ms by default:
+a figure for SmolLM2-135M at 256 rows on an H200 quoted before this project's first GPU run, not measured by it; the
+second H200 run in docs/performance.md measured 6.65 ms for a whole decode step, host included); what the CPU does
+around it (the step's inputs, reading the chosen tokens back, stop checks, refilling and packing slots) is not
+hidden behind it, since reading the tokens back waits for the replay. This bench runs the evaluator's decode loop
+over ``--questions`` prompts with a countdown model (a prompt ending in token L generates L tokens, the last of them
+the end-of-sequence id; its forward is a few tensor operations on a handful of numbers) and reports the median time
+between two decode steps, the number of steps, and the projected evaluation time with a given replay time:
 
     python bench/decode_host.py --questions 1319 --slots 256 --replay-ms 4.3
 
@@ -15,7 +16,10 @@ running to ``--max-new`` (SmolLM2-135M-Instruct on GSM8K zero-shot: 8 questions,
 
 ``--sets N [N ...]`` compares what a cell does today, one decode pass per evaluation set (each set's slots run
 down to its last question), with one pass over all of them (the paper's cells: GSM8K test and six out-of-domain
-sets, ``--sets 1319 1000 1319 394 507 561 599``).
+sets, ``--sets 1319 1000 1319 394 507 561 599``), and prints the ratio of their decode steps.
+
+A diagnostic, not a target benchmark: the default mode prints a projection with no baseline ratio; ``--sets``
+prints one pass against one pass per set, measured in the same run.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@
 For each threshold: train and validation examples examined and removed (exact / near), per reference set (the
 dataset's whole test split and each dedup.against set), the time it took, and with --examples the removed training
 questions whose Jaccard similarity is lowest (the least alike pairs still counted as repeats).
+
+An analysis of the data, not a benchmark: it prints counts, and no baseline ratio applies.
 """
 
 from __future__ import annotations

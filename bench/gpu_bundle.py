@@ -1,14 +1,15 @@
-"""What a bare GPU machine with no network needs to run ``bench/gpu_check.sh``, in the ignored folder ``.gpu/``.
+"""What a GPU machine without network access needs to run ``bench/gpu_check.sh``, in the ignored folder ``.gpu/``.
 
-    python bench/gpu_bundle.py build [--data-root ../shared/data]   # data, tokenizer + config, GGUF in two parts
+    python bench/gpu_bundle.py build [--data-root ../shared/data] [--parts N]   # data, tokenizer + config, GGUF parts
     python bench/gpu_bundle.py join                                  # on the GPU machine: parts -> GGUF, checked
     python bench/gpu_bundle.py size                                  # MiB of each carried folder
 
 ``make wheelhouse`` fills ``.gpu/wheels`` (the Python packages that machine lacks). The SmolLM2-135M GGUF (98 MB)
-is larger than one transfer (64 MiB), so it travels as two parts, each in a folder of its own, with the SHA-256 of
-the whole file: the first run carries ``.gpu/gguf/part1``, the next (on the same machine) ``part2``, and
-``join`` rebuilds the file only when both parts are there and the checksum matches. Without the weights the check
-runs on random weights of the same architecture (``.gpu/smollm135``: config.json and the tokenizer) and says so.
+is split into ``--parts`` parts (2 by default, 46.9 MiB each), each in a folder of its own with the SHA-256 of the
+whole file, so that each part fits a transfer limit of your own: the parts can be copied to the machine one at a
+time (``.gpu/gguf/part1``, then ``part2``, ...), and ``join`` rebuilds the file only when every part is there and
+the checksum matches. Without the weights the check runs on random weights of the same architecture
+(``.gpu/smollm135``: config.json and the tokenizer) and says so. A tool for the GPU check, not a benchmark.
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ def main(argv=None) -> None:
     build = sub.add_parser("build", help="data, architecture and GGUF parts into .gpu/")
     build.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
     build.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "slm_sweep")
+    build.add_argument("--parts", type=int, default=2, metavar="N",
+                       help="split the GGUF into N parts of nearly equal size (default 2: 46.9 MiB each)")
     join = sub.add_parser("join", help="rebuild the GGUF from its parts")
     join.add_argument("--parts", type=Path, default=BUNDLE / "gguf")
     join.add_argument("--to", type=Path, default=BUNDLE / "weights")
@@ -142,7 +145,10 @@ def main(argv=None) -> None:
     if args.command == "build":
         copy_data(args.data_root, BUNDLE / "data")
         write_architecture(BUNDLE / "smollm135", args.cache_dir)
-        split_file(packaged_gguf(), BUNDLE / "gguf")
+        if args.parts < 1:
+            parser.error(f"--parts {args.parts}: at least 1")
+        shutil.rmtree(BUNDLE / "gguf", ignore_errors=True)  # no part left over from an earlier split
+        split_file(packaged_gguf(), BUNDLE / "gguf", args.parts)
         args.command = "size"
     if args.command == "join":
         path, message = join_parts(args.parts, args.to)

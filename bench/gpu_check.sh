@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU acceptance check as one command, for a bare GPU machine with no network (see bench/gpu_check.py):
 #   bash bench/gpu_check.sh [gpu_check.py options]      figures in $OUT/gpu_check.json (OUT defaults to gpu_check_out)
-# Installs what that machine lacks from .gpu/wheels (make wheelhouse), joins the SmolLM2 GGUF from its two parts
-# when both are there (make gpu-bundle), then runs the stages. On a machine without CUDA it runs the dry run.
+# Installs what that machine lacks from .gpu/wheels (make wheelhouse), joins the SmolLM2 GGUF from its parts when
+# all of them are there (make gpu-bundle), then runs the stages. On a machine without CUDA it runs the dry run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_check_out}

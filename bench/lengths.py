@@ -12,6 +12,8 @@ Only the tokenizer is loaded, never the weights.
 
 A set is ``<dataset>:<split>`` (split: train or test, read from --data-root) or ``<name>=<folder>`` for a folder
 holding a dataset's train.jsonl in OrcaMath's format (the default reads tests/fixtures/orcamath).
+
+An analysis of the data, not a benchmark: it prints lengths, and no baseline ratio applies.
 """
 
 from __future__ import annotations

@@ -70,7 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--trainer-override", nargs="*", default=[], metavar="KEY=VALUE",
                         help="trainer settings, e.g. compile=true packing=true micro_batch_tokens=4096")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--repeats", type=int, default=1, help="alternate plain/slm_sweep runs, report medians")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="alternate plain/slm_sweep runs; the fastest of each and the median pair ratio are "
+                             "reported")
     parser.add_argument("--progress-bar", action="store_true", help="keep Lightning's progress bar on")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)

@@ -66,6 +66,8 @@ def test_dry_run_runs_every_stage_and_reports(requires_data, tmp_path):
     # graphs against eager steps: on the CPU both passes decode eagerly, and the record says why
     graphs = evaluation["graphs_against_eager"]
     assert graphs["questions"] == 16 and graphs["slots"] == 8 and graphs["identical_outputs"] == 16
+    assert graphs["eager_over_graphs"] > 0  # the evaluation's same-run baseline, printed beside its time
+    assert "same run: eager steps" in proc.stdout
     assert graphs["graphs"] == {"requested": True, "captured": 0, "failure": None, "not_used": "the model is on cpu"}
 
     grid = stages["grid"]
@@ -86,8 +88,8 @@ def test_dry_run_runs_every_stage_and_reports(requires_data, tmp_path):
         assert compiled["backend"] == "cudagraphs" and compiled["layer_regions"] == 2, method
         assert compiled["graph_breaks"] == 0 and "failed_frames" not in compiled and compiled["cudagraph_skips"] >= 1
     assert "gpu_check summary" in proc.stdout
-    # the scratch files stay outside OUT (a device machine returns a few files); their logs, figures and results
-    # come back packed, without weights
+    # the scratch files stay outside OUT, which holds three files whatever the stages wrote; their logs, figures
+    # and results come back packed, without weights
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log", "work.tar.gz"]
     import tarfile
 
@@ -272,6 +274,11 @@ def test_the_grid_judges_its_cells_the_training_floors_and_the_studys_slice():
     assert floors["dora_step_over_lora"] == 1.843 and floors["dora_met"] is False
     assert gpu_check.grid_verdicts(cells, 361.0, "cuda", full=True)["slice_floor_met"] is False
     assert "slice_floor_met" not in gpu_check.grid_verdicts(cells, 300.0, "cuda", full=False)
+    # the grid against its cells' own training and evaluation, measured in the same run
+    timed = {m: {**c, "train_time_s": 20.0 if m in gpu_check.TRAINED else None, "eval_time_s": 10.0}
+             for m, c in cells.items()}
+    verdicts = gpu_check.grid_verdicts(timed, 220.0, "cuda", full=False)
+    assert verdicts["cells_train_eval_s"] == 110.0 and verdicts["seconds_over_cells"] == 2.0
     cells["lora"] = cell("lora", device="cpu")
     verdicts = gpu_check.grid_verdicts(cells, 300.0, "cuda", full=True)
     assert verdicts["all_on_device"] is False and verdicts["slice_floor_met"] is False
@@ -314,7 +321,8 @@ def test_the_studys_slice_is_timed_from_its_own_start_and_a_small_grid_without_t
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--job-budget", "590"], "--job-budget 590: one command on the device may take 600 s"),
+    (["--job-budget", "590"], "--job-budget 590: with a command limit of 600 s (--command-limit)"),
+    (["--job-budget", "700", "--command-limit", "700"], "--job-budget 700: with a command limit of 700 s"),
     (["--grid-override", "model=tiny"], "--grid-override 'model=tiny': expected a cell setting"),
     (["--grid-full"], "--grid-full with --stages train eval grid train_variants: the study's slice is timed from its "
                       "own start and takes a command of its own"),
@@ -326,6 +334,17 @@ def test_a_job_that_cannot_fit_one_command_is_refused_before_anything_runs(tmp_p
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and message in bad.stderr, bad.stderr[-2000:]
     assert not (tmp_path / "gpu_check.json").exists()
+
+
+def test_the_command_limit_is_a_default_a_machine_without_one_raises():
+    import gpu_check
+
+    args = gpu_check.parse_args(["--job-budget", "900", "--command-limit", "1200"])
+    assert args.job_budget == 900 and args.command_limit == 1200
+    args = gpu_check.parse_args(["--grid-full", "--stages", "grid", "--timeouts", "100", "100", "900", "100",
+                                 "--command-limit", "1200"])
+    assert args.timeouts[2] == 900
+    assert gpu_check.parse_args([]).command_limit == gpu_check.COMMAND_LIMIT_S
 
 
 def test_the_bundle_carries_gsm8k_and_every_set_its_training_is_deduplicated_against():
