@@ -395,7 +395,15 @@ def validate_logger(cfg: DictConfig) -> None:
     except ValueError as err:
         raise ConfigError(f"{err}; {options}") from None
     for path, entry in entries.items():
-        if _target(path, entry, "logger", options) == WANDB_TARGET:
+        is_wandb = _target(path, entry, "logger", options) == WANDB_TARGET
+        for key in entry:
+            if is_wandb:
+                refuse_written_credential(entry, str(key), f"{path}.{key}", "leave it unset and export "
+                                          "WANDB_API_KEY, or run `wandb login` once", "WANDB_API_KEY")
+            else:
+                refuse_written_credential(entry, str(key), f"{path}.{key}", "set it in the environment instead",
+                                          str(key).upper())
+        if is_wandb:
             _one_of(entry.get("mode", "auto"), WANDB_MODES, f"{path}.mode")
             timeout = entry.get("init_timeout", 90)
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
@@ -408,6 +416,38 @@ def validate_logger(cfg: DictConfig) -> None:
                         or not 0 < len(str(tag)) <= MAX_TAG_LENGTH:
                     raise ConfigError(f"{path}.tags has {tag!r}: a W&B tag is a non-empty string of at most "
                                       f"{MAX_TAG_LENGTH} characters (logger.tags=[paper,rerun])")
+
+
+# a setting that only names the environment variable holding the credential (``${oc.env:WANDB_API_KEY}``, with
+# a null default at most): the config, Hydra's log lines and a launcher's job files hold the name, never the value
+_FROM_ENVIRONMENT = re.compile(r"\$\{oc\.env:\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:,\s*null\s*)?\}")
+
+
+def refuse_written_credential(node: Any, key: str, path: str, fix: str, variable: str | None = None) -> None:
+    """ConfigError when ``node[key]`` has a credential-like name (results.SECRET_KEY) and holds a value written into
+    the config rather than read from the environment: Hydra prints a multirun's overrides, and the submitit
+    launchers (``hydra/launcher=local``, ``slurm``) pickle every job's config beside the results, readable by the
+    others of a shared file system. The message names the setting, never its value, and says how to fix it:
+    ``fix``, or (with ``variable``) ``${oc.env:<variable>}``."""
+    from slm_sweep.results import SECRET_KEY
+
+    if not SECRET_KEY.search(key):
+        return
+    raw = OmegaConf.to_container(node, resolve=False).get(key) if isinstance(node, DictConfig) else node.get(key)
+    if raw is None or raw == "" or (isinstance(raw, str) and _FROM_ENVIRONMENT.fullmatch(raw.strip())):
+        return
+    interpolation = f", or read it from the environment with {path}='${{oc.env:{variable}}}'" if variable else ""
+    raise ConfigError(f"{path} holds a credential written into the config (Hydra prints the overrides of a sweep "
+                      "and its launchers save each job's config to disk): a credential comes from the environment; "
+                      f"{fix}{interpolation}")
+
+
+def validate_job_environment(env_set: Mapping[str, Any] | None) -> None:
+    """``hydra.job.env_set`` sets no credential-like variable to a value written into the config (see
+    refuse_written_credential): such a variable is exported in the shell the run starts in."""
+    for key in env_set or {}:
+        refuse_written_credential(env_set, str(key), f"hydra.job.env_set.{key}",
+                                  f"export {key} in the shell that starts the run instead")
 
 
 def _validate_callbacks(cfg: DictConfig) -> None:
@@ -437,17 +477,25 @@ def _validate_dataset_spec(dataset: DictConfig) -> None:
 
 
 def use_metric_modules_checked(cfg: DictConfig) -> None:
-    """Score with ``eval.metric_modules`` (imported, their metrics registered) after running each metric once on a
-    made-up answer: a module that cannot be imported, or a metric that raises or returns the wrong type, fails
-    here, naming it, instead of after a cell has trained."""
-    from slm_sweep.scoring import check_metrics, use_metric_modules
+    """Score with the metrics folder's modules and ``eval.metric_modules`` (imported, their metrics registered)
+    after running each metric once on a made-up answer: a module that cannot be imported, or a metric that raises
+    or returns the wrong type, fails here, naming it, instead of after a cell has trained."""
+    from slm_sweep.scoring import (
+        check_metrics,
+        folder_metric_modules,
+        metric_module_names,
+        use_metric_modules,
+    )
 
-    names = list(cfg.eval.get("metric_modules") or [])
+    configured = list(cfg.eval.get("metric_modules") or [])
     try:
-        use_metric_modules(names)
+        use_metric_modules(metric_module_names(configured))
         check_metrics()
     except Exception as err:  # noqa: BLE001 - a module's own fault at import (SyntaxError, NameError, ...) too
-        raise ConfigError(f"eval.metric_modules={names}: {type(err).__name__}: {err}") from err
+        folder = folder_metric_modules()
+        where = " and ".join(part for part in (f"eval.metric_modules={configured}" if configured else "",
+                                               f"the metrics folder's {folder}" if folder else "") if part)
+        raise ConfigError(f"{where}: {type(err).__name__}: {err}") from err
     _check_metric_names(cfg)
 
 
@@ -460,7 +508,7 @@ def _check_metric_names(cfg: DictConfig) -> None:
     claims = cfg.dataset.get("claims_metric")
     if claims not in METRICS:
         raise ConfigError(f"dataset.claims_metric={claims!r} is not a registered metric; one of: {registered} "
-                          "(or one that eval.metric_modules registers)")
+                          "(or one that a module of slm_sweep/metrics/ or eval.metric_modules registers)")
     optimized = cfg.get("optimized_metric")
     accuracy = str(optimized).removeprefix("val_") if optimized is not None else ""
     if accuracy.startswith("accuracy_") and accuracy not in {accuracy_key(name) for name in METRICS}:

@@ -107,7 +107,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "placement.py", "methods.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "methods.py", "placement.py")
-SCORING_SOURCES_SHA256 = {16: "02af139e1177ac1ed5dc4500e58b0ddbb9870a7604759a4d5a483d3f8ed0e018"}
+SCORING_SOURCES_SHA256 = {16: "e8029ed21fcb0b017caf751a7e5445f9900bd904758b4a2a3e45143a45707a33"}
 TRAINING_SOURCES_SHA256 = {7: "82e15a3b1be2c0db9fcb792c758cb51aaa63cd94b0ba50410bf4260a210f5178"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
@@ -331,8 +331,9 @@ def model_identity(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def metric_modules_identity(names: Sequence[str] | None) -> dict[str, Any]:
-    """The source of each module of eval.metric_modules (what its metrics compute); nothing when there is none,
-    so that the keys of cells without added metrics stay as they were."""
+    """The source of each metric module a cell scores with (scoring.metric_module_names: the metrics folder's and
+    eval.metric_modules; what their metrics compute); nothing when there is none, so that the keys of cells
+    without added metrics stay as they were."""
     if not names:
         return {}
     return {"metric_modules": {str(name): module_source(str(name)) for name in names}}
@@ -482,6 +483,7 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
     says auto or the prompt does not matter).
     """
     from slm_sweep.data.specs import dataset_spec
+    from slm_sweep.scoring import metric_module_names
 
     method = method_identity(config["method"])
     trains = bool(method.get("train"))
@@ -529,7 +531,7 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
         "prompt": prompt if scored_as_trained(method) else None,
         "eval": {**{k: eval_cfg.get(k) for k in EVAL_SCORING_KEYS}, "stop": stop_strings(eval_cfg.get("stop")),
                  "dtype": eval_dtype,
-                 **metric_modules_identity(eval_cfg.get("metric_modules"))},
+                 **metric_modules_identity(metric_module_names(eval_cfg.get("metric_modules")))},
         "test": fingerprint(test),
         "ood": {name: fingerprint(examples) for name, examples in sorted(ood.items())},
         # how closely a number must match: the dataset's own setting, and each out-of-domain set's

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+import math
 import os
 import platform
 import re
+import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,7 +29,9 @@ PREDICTIONS_FILE = "predictions.jsonl"
 SUPERSEDED = "superseded"
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "lightning", "hydra-core", "omegaconf", "wandb", "datasets",
-                    "tokenizers", "safetensors", "gguf", "slm_sweep")
+                    "tokenizers", "safetensors", "gguf", "bitsandbytes", "accelerate", "triton", "numpy", "slm_sweep")
+# the module a distribution is imported as, where the two names differ
+_MODULE_OF_PACKAGE = {"hydra-core": "hydra"}
 # A credential's key: api_key, *_token / token, *secret*, *password*; not eval.max_new_tokens or token_budget.
 # credential-like setting names: api_key, aws_access_key, private_key, client_secret, password, credentials, auth,
 # wandb_key, hf_token, token_file; not the settings that count tokens (max_new_tokens, token_budget, pad_token_id)
@@ -68,6 +75,22 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make a rename in ``folder`` durable: without it, a node that loses power after the rename can come back
+    with the old file."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # a file system that cannot sync a directory (some network mounts) keeps what it can
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -75,9 +98,35 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def write_result(out_dir: str | Path, record: Mapping[str, Any], name: str = RESULT_FILE) -> Path:
+    """``record`` as strict JSON: numpy and torch scalars as numbers; a NaN or infinite number as null, its place
+    listed under ``non_finite`` (``metrics.val_loss``); any other value JSON has no type for is a TypeError."""
+    non_finite: list[str] = []
+    plain = _json_ready(record, "", non_finite)
+    if non_finite:
+        plain["non_finite"] = sorted(set(plain.get("non_finite") or []) | set(non_finite))
     path = Path(out_dir) / name
-    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
+    atomic_write_text(path, json.dumps(plain, indent=2, sort_keys=False, allow_nan=False) + "\n")
     return path
+
+
+def _json_ready(value: Any, where: str, non_finite: list[str]) -> Any:
+    """A copy of ``value`` that ``json.dumps(allow_nan=False)`` writes; ``where``: its place, for the lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v, f"{where}.{k}" if where else str(k), non_finite) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v, f"{where}[{i}]", non_finite) for i, v in enumerate(value)]
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        non_finite.append(where)
+        return None
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a numpy or torch scalar
+        return _json_ready(value.item(), where, non_finite)
+    raise TypeError(f"{where or 'the record'} is a {type(value).__module__}.{type(value).__qualname__} "
+                    f"({value!r:.80}), which result.json cannot hold: record a number, string, bool, null, "
+                    "list or mapping")
 
 
 def write_predictions(out_dir: str | Path, records: Iterable[Mapping[str, Any]]) -> Path:
@@ -136,8 +185,15 @@ def redact(value: Any) -> Any:
 
 
 def library_versions() -> dict[str, str | None]:
+    """Each tracked package's version: the imported module's ``__version__`` (the code this process runs, even if
+    the package was upgraded on disk since), else the installed distribution's."""
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in TRACKED_PACKAGES:
+        module = sys.modules.get(_MODULE_OF_PACKAGE.get(name, name))
+        imported = getattr(module, "__version__", None) if module is not None else None
+        if isinstance(imported, str):
+            versions[name] = str(imported)
+            continue
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -145,20 +201,72 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def git_commit(repo_dir: str | Path | None = None) -> str | None:
-    cwd = Path(repo_dir or Path(__file__).resolve().parents[1])
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class CodeProvenance:
+    """The commit of the repository the package was imported from, ``-dirty`` when it had changes (tracked files
+    anywhere, or new files under the package), and the changed paths under the package."""
+
+    commit: str | None
+    dirty_files: tuple[str, ...] = ()
+
+
+def code_provenance(package_dir: str | Path) -> CodeProvenance:
+    """``package_dir``'s provenance, read from git. None as the commit unless the package is a tracked folder at
+    the top of a git repository: an installed copy (site-packages, even inside a repository's .venv) is not the
+    code of whatever repository encloses it."""
+    package_dir = Path(package_dir).resolve()
+    root = package_dir.parent
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        top = git("rev-parse", "--show-toplevel")
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root:
+            return CodeProvenance(None)
+        if git("ls-files", "--error-unmatch", f"{package_dir.name}/{Path(__file__).name}").returncode != 0:
+            return CodeProvenance(None)
+        sha = git("rev-parse", "HEAD")
+        if sha.returncode != 0:
+            return CodeProvenance(None)
+        tracked = git("status", "--porcelain", "--untracked-files=no").stdout
+        in_package = git("status", "--porcelain", "--untracked-files=all", "--", package_dir.name).stdout
     except (OSError, subprocess.SubprocessError):
-        return None
-    return sha + ("-dirty" if dirty else "")
+        return CodeProvenance(None)
+    # porcelain v1: two status letters, a space, the path (``old -> new`` for a rename)
+    changed = tuple(sorted({line[3:].split(" -> ")[-1] for line in in_package.splitlines() if line.strip()}))
+    dirty = bool(tracked.strip()) or bool(changed)
+    return CodeProvenance(sha.stdout.strip() + ("-dirty" if dirty else ""), changed)
+
+
+@functools.lru_cache(maxsize=1)
+def own_code_provenance() -> CodeProvenance:
+    """This package's provenance, read once per process: the cells of a sweep run in one process run the code it
+    imported, whatever is committed or edited in the working tree while they run."""
+    return code_provenance(PACKAGE_DIR)
+
+
+def git_commit(package_dir: str | Path | None = None) -> str | None:
+    """The commit of the code (``-dirty`` with changes); None outside a git checkout of the package."""
+    return (own_code_provenance() if package_dir is None else code_provenance(package_dir)).commit
+
+
+def git_dirty_files(package_dir: str | Path | None = None) -> list[str] | None:
+    """The changed and new paths under the package (repository-relative), None when they are none or unknown."""
+    provenance = own_code_provenance() if package_dir is None else code_provenance(package_dir)
+    return list(provenance.dirty_files) or None
 
 
 def hardware_info() -> dict[str, Any]:
+    """The machine, the job that ran on it (SLURM) and its accelerator, so that a record left at ``running`` by a
+    killed node can be traced to the node and the job."""
     info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
+                            "hostname": socket.gethostname(), "pid": os.getpid(),
+                            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                            "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
                             "cpu_count": os.cpu_count(), "accelerator": "cpu", "accelerator_count": 0}
     try:
         import torch
@@ -167,6 +275,7 @@ def hardware_info() -> dict[str, Any]:
             info["accelerator"] = torch.cuda.get_device_name(0)
             info["accelerator_count"] = torch.cuda.device_count()
             info["cuda"] = torch.version.cuda
+            info["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     except ImportError:
         pass
     return info

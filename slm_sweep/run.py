@@ -22,7 +22,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from slm_sweep.config import ConfigError, use_metric_modules_checked, validate_config
+from slm_sweep.config import (
+    ConfigError,
+    use_metric_modules_checked,
+    validate_config,
+    validate_job_environment,
+)
 from slm_sweep.identity import CellIdentity
 from slm_sweep.results import (
     FAILED_ATTEMPT_FILE,
@@ -30,6 +35,7 @@ from slm_sweep.results import (
     RESULT_FILE,
     SCHEMA_VERSION,
     git_commit,
+    git_dirty_files,
     hardware_info,
     library_versions,
     now_iso,
@@ -50,6 +56,7 @@ from slm_sweep.sweep.resume import (
     search_dirs,
     set_aside_earlier,
     stamp_training_key,
+    stamped_key,
 )
 
 log = logging.getLogger(__name__)
@@ -97,6 +104,16 @@ def global_rank() -> int:
     return 0
 
 
+def _job_env_set() -> Any:
+    """``hydra.job.env_set`` of the Hydra job this runs in, None outside one (a test calling ``run``)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().job.get("env_set") if HydraConfig.initialized() else None
+    except (ImportError, ValueError):
+        return None
+
+
 def _sweep_dir() -> Path | None:
     """The directory of the multirun this job belongs to, None for a single run."""
     try:
@@ -138,6 +155,9 @@ def _base_record(cfg: DictConfig, config: dict) -> dict[str, Any]:
         "metrics": {},
         "eval_sets": {},
         "reused_from": None,
+        "resumed_from_checkpoint": None,
+        "resumed_at_step": None,
+        "checkpoint_step": None,
         "skipped_rows": {},
         "skipped_rows_asking_who": {},
         "dedup": None,
@@ -147,6 +167,7 @@ def _base_record(cfg: DictConfig, config: dict) -> dict[str, Any]:
         "config": config,
         "versions": library_versions(),
         "git_commit": git_commit(),
+        "git_dirty_files": git_dirty_files(),
         "hardware": hardware_info(),
         "started_at": now_iso(),
         "finished_at": None,
@@ -239,6 +260,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
 
     try:
         validate_config(cfg)
+        validate_job_environment(_job_env_set())
         use_metric_modules_checked(cfg)
         check_classes(cfg)
         learning_rate = resolve_lr(cfg)  # before the config is recorded: the rate trained with is in the identity
@@ -293,9 +315,11 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         keep_earlier_curves(out)
         from slm_sweep.tracking import Tracker
 
-        # inside the try: a tracker that cannot start fails the cell instead of leaving it "running"
+        # inside the try: a logger that cannot be built fails the cell instead of leaving it "running" (a W&B run
+        # that cannot start is left out by the logger itself, and recorded under "tracking")
         loggers_tried = True
         tracker = Tracker(cfg.logger, {**record, "sweep_tag": _sweep_tag()}, config, out)
+        record["tracking"] = tracker.tracking
         with sigterm_as_interrupt(interrupt):
             _run_cell(cfg, out, record, tracker, predictions, data, identity, dirs, callbacks=[interrupt],
                       trained=trained, trained_record=trained_record)
@@ -314,6 +338,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         record["error"] = _error_text(err)
         record["traceback"] = traceback.format_exc()
         log.error("cell %s: %s", record["status"], record["error"])
+        record["checkpoint_step"] = _own_checkpoint_step(out, record)
         if record["status"] == "interrupted" and (out / "checkpoints" / "last.ckpt").is_file():
             how = "rerun the same command" + ("" if dirs else " with resume.enabled=true")
             log.warning("to resume from the checkpoint in %s: %s", out / "checkpoints", how)
@@ -331,7 +356,15 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
             earlier = read_result(out) if not set_aside else None
             kept = earlier is not None and earlier.get("status") == "completed" and record["status"] != "completed"
             written = FAILED_ATTEMPT_FILE if kept else RESULT_FILE
-            write_result(out, record, written)
+            # a result file that cannot be written (disk full, a network file system gone) still reaches the
+            # loggers and the closing line, which may be the only copies of the scores left; then it is raised
+            write_error: BaseException | None = None
+            try:
+                write_result(out, record, written)
+            except BaseException as err:  # noqa: BLE001 - raised again below, after the other copies
+                write_error = err
+                log.error("writing %s failed (%s): the scores are in the loggers and the closing line only",
+                          out / written, _error_text(err))
             if kept:
                 log.error("%s still holds the finished result of an earlier run; this attempt's failure is in %s",
                           out, FAILED_ATTEMPT_FILE)
@@ -344,8 +377,36 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
                 elif not loggers_tried and record["status"] != "completed":  # failed before its loggers started
                     _track_short(cfg, record, config, out)
             finally:
-                print(closing_line(record, out, written), flush=True)
+                line = closing_line(record, out, written)
+                if write_error is not None:
+                    line += f" NOT written: {_error_text(write_error)}"
+                print(line, flush=True)
+            if write_error is not None:
+                raise write_error
     return record
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The optimizer step a Lightning checkpoint was saved at, None when it cannot be read. Memory-mapped: the
+    weights and optimizer state are not read."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        return int(checkpoint["global_step"])
+    except Exception:  # noqa: BLE001 - a checkpoint that cannot be read has no step to record
+        log.warning("could not read the step of the checkpoint %s", path, exc_info=True)
+        return None
+
+
+def _own_checkpoint_step(out: Path, record: dict[str, Any]) -> int | None:
+    """The step of the checkpoint this cell's training left in ``out`` (what a rerun resumes from), None without
+    one; a checkpoint of another training key is not this cell's."""
+    training_key = (record.get("identity") or {}).get("training_key")
+    path = out / CHECKPOINT
+    if training_key is None or not path.is_file() or stamped_key(path.parent) != training_key:
+        return None
+    return checkpoint_step(path)
 
 
 def _refused_cell(cfg: DictConfig, out: Path, err: Exception) -> dict[str, Any]:
@@ -508,7 +569,8 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
     log.info("reusing the finished result in %s", previous)
     # what computed the numbers travels with them: the source's code, versions, hardware and decoding
     for key in ("status", "metrics", "eval_sets", "skipped_rows", "skipped_rows_asking_who", "placement", "prompt",
-                "decoding", "versions", "git_commit", "hardware", "dedup", "resumed_from_checkpoint"):
+                "decoding", "versions", "git_commit", "git_dirty_files", "hardware", "dedup",
+                "resumed_from_checkpoint", "resumed_at_step"):
         if key in source:
             record[key] = source[key]
     if "skipped_rows_asking_who" not in source:  # a result written before the count existed: unknown, not none
@@ -529,6 +591,7 @@ def _track_short(cfg: DictConfig, record: dict[str, Any], config: dict, out: Pat
     every cell; a logger that fails is logged, never raised."""
     from slm_sweep.tracking import Tracker
 
+    keep_earlier_curves(out)  # Lightning's CSV logger would delete a curve an earlier attempt left here
     try:
         tracker = Tracker(cfg.logger, {**record, "sweep_tag": _sweep_tag()}, config, out)
     except Exception:  # noqa: BLE001 - the cell's result is written already
@@ -575,6 +638,9 @@ def train_stage(cfg: DictConfig, out: Path, record: dict, model, tokenizer, data
         log.warning("trainer.warmup_steps=%d is not below trainer.max_steps=%d: the learning rate never reaches "
                     "the method's %s", cfg.trainer.warmup_steps, cfg.trainer.max_steps, cfg.method.lr)
     resume_from = own_checkpoint(out, identity.training_key) or find_checkpoint(dirs, identity.training_key, own=out)
+    record["resumed_from_checkpoint"] = str(resume_from) if resume_from else None
+    # the step training picks up at: train_steps counts from zero, train_tokens and train_time_s from here
+    record["resumed_at_step"] = checkpoint_step(resume_from) if resume_from else None
     stamp_training_key(out / CHECKPOINT.parent, identity.training_key)
     outcome = fit(model, train, val, cfg.trainer, cfg.method, seed=int(cfg.seed), out_dir=out,
                   pad_token_id=tokenizer.pad_token_id,
@@ -588,7 +654,6 @@ def train_stage(cfg: DictConfig, out: Path, record: dict, model, tokenizer, data
                            "optimizer steps: the cell would not be the method it names")
     if global_rank() != 0:
         return outcome
-    record["resumed_from_checkpoint"] = str(resume_from) if resume_from else None
     record["placement"]["train"] = outcome.placement
     record["metrics"].update(train_time_s=outcome.train_time_s, train_loss=outcome.train_loss,
                              val_loss=outcome.val_loss, train_steps=outcome.train_steps, **outcome.perf)
@@ -633,9 +698,13 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
     trainable, total = count_parameters(model)
     # how the questions are put to the model: the method's own format (few-shot), else as trained cells are prompted
     prompt_format = resolve_format(method, cfg.prompt, tokenizer, int(cfg.seed))
-    metrics: dict[str, Any] = {"trainable_params": trainable, "total_params": total, "train_time_s": 0.0,
-                               "train_loss": None, "val_loss": None, "train_steps": 0, "train_tokens": 0,
-                               "train_tokens_per_s": None, "mfu": None}
+    # a method that trains nothing trained for 0 s and 0 steps; a trained one has no such figures until its training
+    # finishes (an interrupted or failed attempt records how far it got in checkpoint_step)
+    untrained = None if method.train else 0
+    metrics: dict[str, Any] = {"trainable_params": trainable, "total_params": total,
+                               "train_time_s": None if method.train else 0.0, "train_loss": None, "val_loss": None,
+                               "train_steps": untrained, "train_tokens": untrained, "train_tokens_per_s": None,
+                               "mfu": None}
     record["metrics"] = metrics
 
     if trained is not None:
@@ -649,6 +718,7 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
         # its training time covers what that run trained, from a checkpoint if it resumed from one (the report
         # leaves such a seed out of the mean training time)
         record["resumed_from_checkpoint"] = source.get("resumed_from_checkpoint")
+        record["resumed_at_step"] = source.get("resumed_at_step")
         metrics["trainable_params"] = (source.get("metrics") or {}).get("trainable_params", trainable)
     elif method.train:
         train_stage(cfg, out, record, model, tokenizer, data, identity, dirs, tracker, callbacks)

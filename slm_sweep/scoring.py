@@ -877,6 +877,25 @@ _BUILT_IN: dict[str, Metric] = dict(METRICS)
 _REGISTERED_BY: dict[str, dict[str, Metric]] = {}  # module name -> the metrics its import registered
 
 
+METRICS_PACKAGE = "slm_sweep.metrics"
+
+
+def folder_metric_modules() -> list[str]:
+    """The modules of the metrics folder (slm_sweep/metrics/: every ``<name>.py`` not starting with ``_``),
+    sorted: a metric dropped there is scored by every cell."""
+    import importlib
+    import pkgutil
+
+    package = importlib.import_module(METRICS_PACKAGE)
+    return sorted(f"{METRICS_PACKAGE}.{module.name}" for module in pkgutil.iter_modules(package.__path__)
+                  if not module.name.startswith("_"))
+
+
+def metric_module_names(configured=()) -> list[str]:
+    """The metrics folder's modules, then those ``eval.metric_modules`` names: what a cell scores with."""
+    return list(dict.fromkeys([*folder_metric_modules(), *map(str, configured or ())]))
+
+
 def use_metric_modules(names) -> None:
     """Score with the built-in metrics and those the modules of ``eval.metric_modules`` register, and no other.
 

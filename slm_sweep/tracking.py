@@ -4,7 +4,12 @@ A logger config is one ``_target_`` entry (conf/logger/csv.yaml: Lightning's CSV
 (conf/logger/wandb_csv.yaml), as in lightning-hydra-template. A Lightning logger whose ``save_dir`` is null writes
 into the cell's folder. A ``CellLogger`` subclass is also given the cell (names, tags, config, folder) and the final
 result: ``WandbRun`` (conf/logger/wandb.yaml) logs to W&B offline without an API key, falls back to offline when
-online fails (a W&B problem never stops a run), and adds the scores and a table of predictions at the end.
+online fails, and adds the scores and a table of predictions at the end.
+
+A W&B problem never stops a cell: a run that cannot start even offline (wandb not importable, its folder not
+writable, its service not starting) is left out with a loud error, the other loggers go on, and result.json says
+so under ``tracking``. Any other logger that cannot be built fails the cell (recorded as failed, never left at
+``running``): its settings are wrong, and every later cell would lose its curves the same way.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ import hashlib
 import logging
 import netrc
 import os
+import secrets
+import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from slm_sweep import scoring
-from slm_sweep.results import redact
+from slm_sweep.results import RESULT_FILE, redact
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +87,19 @@ def wandb_tag(text: str) -> str:
     return f"{text[:MAX_TAG_LENGTH - 9]}~{digest}"
 
 
+def new_run_id() -> str:
+    """A fresh W&B run id (8 lowercase letters and digits, as W&B draws them)."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
 def start_wandb_run(logger_cfg: Mapping[str, Any], name: str, group: str, job_type: str, tags: Sequence[str],
                     config: Mapping[str, Any], out_dir: str | Path):
     """A W&B run in ``out_dir/wandb``; offline without an API key; falls back to offline if online fails.
 
-    ``logger_cfg`` holds the settings of conf/logger/wandb.yaml. Returns None when W&B is disabled.
+    ``logger_cfg`` holds the settings of conf/logger/wandb.yaml. Returns None when W&B is disabled. The run gets an
+    id of its own, never resumed: a WANDB_RUN_ID or WANDB_RESUME left in the environment (a batch script, an agent)
+    would otherwise send every cell of a process into one run.
     """
     import wandb
 
@@ -108,6 +123,8 @@ def start_wandb_run(logger_cfg: Mapping[str, Any], name: str, group: str, job_ty
         name=name,
         config=redact(dict(config)),
         dir=str(out_dir),
+        id=new_run_id(),
+        resume="never",
     )
     try:
         return wandb.init(mode=mode, settings=settings(mode == "online"), **kwargs)
@@ -138,7 +155,7 @@ def result_step(record: Mapping[str, Any]) -> int:
 
 def has_figures(record: Mapping[str, Any]) -> bool:
     """Whether a result has numbers to log: a completed cell, or one that trained before it stopped (a cell that
-    stopped before training records zeros in its training fields, which are no measurements)."""
+    stopped before training has no training figures)."""
     return record.get("status") == "completed" or result_step(record) > 0
 
 
@@ -150,9 +167,12 @@ def _as_tags(tags: str | int | float | Sequence[str] | None) -> list[str]:
 class CellLogger:
     """A logger that needs the cell: built with ``cell``, ``config`` and ``out_dir`` on top of its YAML settings,
     told the cell's result at the end, closed with the cell's status. ``lightning_logger`` (or None) is what
-    the Lightning Trainer logs training metrics to."""
+    the Lightning Trainer logs training metrics to; ``state`` (or None) is what result.json's ``tracking`` records
+    under ``name``: where this logger's copy of the cell is, or why there is none."""
 
     lightning_logger = None
+    name = "logger"
+    state: str | None = None
 
     def log_result(self, record: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> None:
         """Final metrics and predictions; must not raise (the result files are written already)."""
@@ -164,8 +184,12 @@ class CellLogger:
 class WandbRun(CellLogger):
     """A W&B run per cell, grouped by configuration (``model-method-dataset-<configuration key>``, ``-val`` for a
     search cell: a group is a row of the report), named with the seed, tagged with the model, method, dataset,
-    split and sweep; offline without an API key or with WANDB_MODE=offline, offline again when online fails;
-    the scores and a predictions table at the end, at the last optimizer step."""
+    split and sweep, and at the end with ``status:<status>`` (a dashboard filters the attempts that did not
+    complete out of a group); offline without an API key or with WANDB_MODE=offline, offline again when online
+    fails, left out (``state``: ``not started: <error>``) when it cannot start at all; the scores and a predictions
+    table at the end, at the last optimizer step."""
+
+    name = "wandb"
 
     def __init__(self, *, cell: Mapping[str, Any], config: Mapping[str, Any], out_dir: str | Path,
                  project: str = "slm_sweep", entity: str | None = None, mode: str = "auto",
@@ -189,13 +213,27 @@ class WandbRun(CellLogger):
             "-reused" if cell.get("reused_from") else "")
         lr = (cell.get("learning_rate") or {}).get("value")
         name = f"{cell['model']}-{cell['method']}-{cell['dataset']}" + (f"-lr{lr:g}" if split == "val" and lr else "")
-        # what result.json says produced the numbers, so that a run on the dashboard can be traced to its code
-        provenance = {key: cell.get(key) for key in ("identity", "git_commit", "versions", "learning_rate",
-                                                     "reused_from") if cell.get(key) is not None}
-        self.run = start_wandb_run(settings, name=f"{name}-seed{cell['seed']}" + ("-val" if split == "val" else ""),
-                                   group=group, job_type=cell["method"], tags=run_tags,
-                                   config={**config, "provenance": provenance}, out_dir=out_dir)
-        if self.run is not None:
+        # what result.json says produced the numbers, so that a run on the dashboard can be traced to its code, its
+        # machine and its files
+        provenance = {key: cell.get(key) for key in ("identity", "git_commit", "git_dirty_files", "versions",
+                                                     "hardware", "learning_rate", "reused_from")
+                      if cell.get(key) is not None}
+        folder = Path(out_dir).absolute()
+        provenance.update(out_dir=str(folder), result_path=str(folder / RESULT_FILE))
+        try:
+            self.run = start_wandb_run(settings, name=f"{name}-seed{cell['seed']}" + ("-val" if split == "val" else ""),
+                                       group=group, job_type=cell["method"], tags=run_tags,
+                                       config={**config, "provenance": provenance}, out_dir=out_dir)
+        except Exception as err:  # noqa: BLE001 - W&B is a copy of result.json: the cell goes on without it
+            self.run = None
+            self.state = f"not started: {type(err).__name__}: {err}"
+            log.error("W&B could not start (%s: %s): this cell has no W&B run; its other loggers and result.json "
+                      "go on, and result.json records it under tracking.wandb", type(err).__name__, err)
+            return
+        if self.run is None:
+            self.state = "disabled"
+        else:
+            self.state = f"{'offline' if self.run.offline else 'online'} run {self.run.id}"
             # Lightning declares its step axis only for runs it starts itself; this one is handed over
             self.run.define_metric("trainer/global_step")
             self.run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
@@ -239,6 +277,7 @@ class WandbRun(CellLogger):
             return
         try:
             self.run.summary["status"] = status
+            self.run.tags = (*(self.run.tags or ()), f"status:{status}")
             self.run.finish(exit_code=0 if status == "completed" else 1)
         except Exception:  # noqa: BLE001 - closing W&B must not hide the run's outcome
             log.exception("closing the W&B run failed")
@@ -319,11 +358,14 @@ class Tracker:
         self.cell_loggers: list[CellLogger] = []
         self.lightning_loggers: list = []
         self._plain: list = []  # Lightning loggers of no CellLogger: finalized here
+        self.tracking: dict[str, str] = {}  # result.json's ``tracking``: each CellLogger's state
         try:
             for path, entry in logger_entries(logger_cfg).items():
                 made = build_logger(path, entry, cell, config, self.out_dir)
                 if isinstance(made, CellLogger):
                     self.cell_loggers.append(made)
+                    if made.state is not None:
+                        self.tracking[made.name] = made.state
                     if made.lightning_logger is not None:
                         self.lightning_loggers.append(made.lightning_logger)
                 else:

@@ -144,6 +144,38 @@ def test_a_cell_that_cannot_train_its_steps_fails_instead_of_completing(tiny_cfg
     record = run(tiny_cfg("method=lora", "trainer.max_length=8"), out_dir=tmp_path)
     assert record["status"] == "failed"
     assert "fits in trainer.max_length=8" in record["error"]
+    # it never trained: no training figures (not zeros, which would read as measurements), no checkpoint
+    written = read_result(tmp_path)
+    assert all(written["metrics"][key] is None for key in ("train_steps", "train_time_s", "train_tokens"))
+    assert written["checkpoint_step"] is None and written["resumed_at_step"] is None
+
+
+def test_a_result_file_that_cannot_be_written_still_reaches_the_loggers_and_the_closing_line(tiny_cfg, tmp_path,
+                                                                                              monkeypatch, capsys):
+    """A full disk at the final write: the CSV logger (or W&B online) and the log may be the only copies of the
+    scores left; the error is raised after them."""
+    import csv
+    import errno
+
+    import slm_sweep.run as run_module
+
+    real_write = run_module.write_result
+
+    def disk_full(out_dir, record, name="result.json"):
+        if record["status"] != "running":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(out_dir, record, name)
+
+    monkeypatch.setattr(run_module, "write_result", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        run(tiny_cfg("method=zeroshot", "dataset.test_limit=2", "logger=csv"), out_dir=tmp_path)
+    with open(tmp_path / "csv" / "metrics.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert 0 <= float(row["eval/accuracy_flexible"]) <= 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("cell completed: tiny x zeroshot x gsm8k seed 0 | strict ")
+    assert last.endswith("result.json NOT written: OSError: [Errno 28] No space left on device")
+    assert read_result(tmp_path)["status"] == "running"  # what the disk still holds
 
 
 def test_over_long_training_examples_are_dropped_and_counted(tiny_cfg, tmp_path):

@@ -19,12 +19,13 @@ def run_cli(args: list[str], cwd, env_extra: dict | None = None, timeout: int = 
 def test_a_single_run_writes_under_outputs_logs_to_wandb_offline_and_csv_and_keeps_secrets_out(requires_data, tmp_path):
     fake_key = "fake-wandb-key-0123456789abcdef0123456789abcdef"
     fake_token = "hf_FAKEtoken0123456789"
-    env = {"WANDB_MODE": "", "WANDB_API_KEY": "", "HF_TOKEN": fake_token, "WANDB_DIR": str(tmp_path)}
+    env = {"WANDB_MODE": "", "WANDB_API_KEY": fake_key, "HF_TOKEN": fake_token, "WANDB_DIR": str(tmp_path)}
     env.pop("WANDB_MODE")
+    # credentials come from the environment; settings may name the variable, resolved in the run
     proc = run_cli([*FAST_TINY, "method=lora", "logger=wandb_csv", "logger.wandb.mode=offline",
-                    "+logger.wandb.api_key=" + fake_key,
+                    "+logger.wandb.api_key=${oc.env:WANDB_API_KEY}",
                     # Hydra's way to set a job's environment: an override of the hydra node, dumped in hydra.yaml
-                    "+hydra.job.env_set.HF_TOKEN=" + fake_token], cwd=tmp_path, env_extra=env)
+                    "+hydra.job.env_set.HF_TOKEN=${oc.env:HF_TOKEN}"], cwd=tmp_path, env_extra=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (result,) = list((tmp_path / "outputs").rglob("result.json"))
     assert json.loads(result.read_text())["status"] == "completed"
@@ -53,6 +54,23 @@ def test_a_single_run_writes_under_outputs_logs_to_wandb_offline_and_csv_and_kee
             data = path.read_bytes()
             assert fake_key.encode() not in data, f"API key written to {path}"
             assert fake_token.encode() not in data, f"HF token written to {path}"
+
+
+def test_a_sweep_with_a_credential_in_its_config_launches_no_job_and_writes_the_credential_nowhere(requires_data,
+                                                                                                 tmp_path):
+    """submitit (hydra/launcher=local, slurm) pickles each job's config beside the results and Hydra prints the
+    overrides of every job it launches: a key given as a value is refused before the first job."""
+    fake_key = "fake-wandb-key-9876543210fedcba9876543210fedcba"
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", *FAST_TINY, "method=zeroshot", "hydra/launcher=local", f"hydra.sweep.dir={sweep}",
+                    "logger=wandb", "logger.mode=offline", "+logger.api_key=" + fake_key], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "logger.api_key holds a credential written into the config" in proc.stderr, proc.stderr[-3000:]
+    assert fake_key not in proc.stdout + proc.stderr
+    assert not list(tmp_path.rglob(".submitit")) and not list(tmp_path.rglob("result.json"))
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert fake_key.encode() not in path.read_bytes(), f"API key written to {path}"
 
 
 def test_failed_single_run_exits_non_zero_and_records_the_error(requires_data, tmp_path):

@@ -351,6 +351,42 @@ def test_a_metric_module_changes_the_evaluation_key_but_not_the_training_key(tin
     assert keys("eval.metric_modules=[mymetrics]")[1] != with_metric[1]
 
 
+def test_a_metric_dropped_into_the_metrics_folder_is_scored_by_every_cell_with_no_setting(
+        tiny_cfg, tmp_path, monkeypatch, restored_metrics):
+    """A module of slm_sweep/metrics/ is one file: a cell scores its metric without eval.metric_modules, a
+    dataset's claims_metric may name it, and its source is in the evaluation key only."""
+    import slm_sweep.metrics
+    from slm_sweep.config import ConfigError, use_metric_modules_checked
+    from slm_sweep.identity import metric_modules_identity
+    from slm_sweep.results import read_result, redact
+    from slm_sweep.run import identify, load_data, run
+
+    def keys(*extra):
+        cfg = tiny_cfg("method=lora", *extra)
+        identity = identify(cfg, redact(OmegaConf.to_container(cfg, resolve=True)), load_data(cfg))
+        return identity.training_key, identity.evaluation_key
+
+    plain = keys()
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    (folder / "last_digit.py").write_text(METRIC_MODULE)
+    (folder / "_helpers.py").write_text("raise RuntimeError('a private module is not a metric')\n")
+    monkeypatch.setattr(slm_sweep.metrics, "__path__", [*slm_sweep.metrics.__path__, str(folder)])
+    monkeypatch.delitem(sys.modules, "slm_sweep.metrics.last_digit", raising=False)
+    assert scoring.folder_metric_modules() == ["slm_sweep.metrics.last_digit"]
+    with_metric = keys()
+    assert with_metric[0] == plain[0] and with_metric[1] != plain[1]
+    assert set(metric_modules_identity(scoring.metric_module_names())["metric_modules"]) == {
+        "slm_sweep.metrics.last_digit"}
+    use_metric_modules_checked(tiny_cfg("dataset.claims_metric=last_digit"))  # a registered metric now
+    run(tiny_cfg("method=zeroshot", "dataset.test_limit=3"), out_dir=tmp_path / "cell")
+    record = read_result(tmp_path / "cell" / "result.json")
+    assert record["status"] == "completed" and "accuracy_last_digit" in record["metrics"]
+    monkeypatch.setattr(slm_sweep.metrics, "__path__", list(slm_sweep.metrics.__path__)[:-1])
+    with pytest.raises(ConfigError, match="claims_metric='last_digit' is not a registered metric"):
+        use_metric_modules_checked(tiny_cfg("dataset.claims_metric=last_digit"))
+
+
 def test_a_method_file_in_a_user_config_folder_composes_and_validates(tmp_path):
     from slm_sweep.config import validate_config
 

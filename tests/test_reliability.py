@@ -105,6 +105,9 @@ def test_sigterm_saves_a_checkpoint_marks_interrupted_and_rerun_resumes(requires
     assert "to resume from the checkpoint in" in "".join(lines) and "rerun the same command" in "".join(lines)
     checkpoint = first.parent / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file()
+    # how far it got, and no training figures until training finished (zeros would read as measurements)
+    assert record["checkpoint_step"] > 0 and record["resumed_at_step"] is None
+    assert all(record["metrics"][key] is None for key in ("train_steps", "train_time_s", "train_tokens"))
 
     proc, _, lines = _start(args, tmp_path)
     assert proc.wait(600) == 0, "".join(lines)[-3000:]
@@ -113,6 +116,8 @@ def test_sigterm_saves_a_checkpoint_marks_interrupted_and_rerun_resumes(requires
     assert resumed["status"] == "completed"
     assert resumed["resumed_from_checkpoint"] == str(checkpoint)
     assert resumed["metrics"]["train_steps"] == steps
+    # the step this run's train_tokens and train_time_s count from
+    assert resumed["resumed_at_step"] == record["checkpoint_step"] and resumed["checkpoint_step"] is None
 
 
 def test_lightnings_exit_after_ctrl_c_is_recorded_as_the_interrupt():

@@ -42,3 +42,149 @@ def test_result_files_are_readable_as_the_umask_allows_not_by_their_owner_only(t
     write_predictions(tmp_path, [{"id": 0}])
     for path in tmp_path.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path.name
+
+
+def test_recorded_versions_are_those_of_the_code_this_process_imported(monkeypatch):
+    """A package upgraded on disk while a sweep runs (one process, every cell) does not change what later cells
+    record: an imported module reports its own version; one not imported yet, the installed one."""
+    import sys
+
+    import numpy
+    import torch
+
+    from slm_sweep import results
+
+    monkeypatch.delitem(sys.modules, "gguf", raising=False)  # not imported: the installed version is the one to run
+    before = results.library_versions()
+    assert {"bitsandbytes", "accelerate", "triton", "numpy"} <= set(before)
+    monkeypatch.setattr(results.metadata, "version", lambda name: "99.0-upgraded")
+    after = results.library_versions()
+    assert after["torch"] == before["torch"] == str(torch.__version__)
+    assert after["numpy"] == before["numpy"] == numpy.__version__
+    assert after["slm_sweep"] == before["slm_sweep"] and after["hydra-core"] == before["hydra-core"]
+    assert after["gguf"] == "99.0-upgraded"
+
+
+def _git(cwd, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd=cwd,
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _repository_with_package(root):
+    """A git repository at ``root`` holding a copy of the slm_sweep package, committed."""
+    import shutil
+
+    from slm_sweep.results import PACKAGE_DIR
+
+    shutil.copytree(PACKAGE_DIR, root / "slm_sweep", ignore=shutil.ignore_patterns("__pycache__", "conf", "report"))
+    _git(root, "init", "-q")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-q", "-m", "package")
+    return root / "slm_sweep"
+
+
+def test_the_commit_is_the_packages_own_and_names_its_new_and_changed_files(tmp_path):
+    from slm_sweep.results import git_commit, git_dirty_files
+
+    package = _repository_with_package(tmp_path / "repo")
+    head = _git(package.parent, "rev-parse", "HEAD")
+    assert git_commit(package) == head and git_dirty_files(package) is None
+    (package / "new_module.py").write_text("X = 1\n")  # untracked: still code the package may import
+    (package / "results.py").write_text((package / "results.py").read_text() + "\n# edited\n")
+    assert git_commit(package) == head + "-dirty"
+    assert git_dirty_files(package) == ["slm_sweep/new_module.py", "slm_sweep/results.py"]
+
+
+def test_an_installed_copy_inside_a_repository_has_no_commit(tmp_path):
+    """``pip install .`` into the repository's own .venv: git would report the enclosing repository's commit,
+    which is not the installed code."""
+    import shutil
+
+    from slm_sweep.results import git_commit, git_dirty_files
+
+    repo = tmp_path / "repo"
+    package = _repository_with_package(repo)
+    installed = repo / ".venv" / "lib" / "site-packages" / "slm_sweep"
+    shutil.copytree(package, installed)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "a venv committed by mistake")
+    assert git_commit(installed) is None and git_dirty_files(installed) is None
+
+
+def test_the_commit_is_read_once_per_process(tmp_path, monkeypatch):
+    """The cells of a sweep run in one process run the code it imported: a commit made while they run does not
+    change the commit they record."""
+    from slm_sweep import results
+
+    package = _repository_with_package(tmp_path / "repo")
+    monkeypatch.setattr(results, "PACKAGE_DIR", package)
+    results.own_code_provenance.cache_clear()
+    try:
+        first = results.git_commit()
+        assert first == _git(package.parent, "rev-parse", "HEAD")
+        (package / "new_module.py").write_text("X = 1\n")
+        _git(package.parent, "add", "-A")
+        _git(package.parent, "commit", "-q", "-m", "later")
+        assert results.git_commit(package) != first
+        assert results.git_commit() == first and results.git_dirty_files() is None
+    finally:
+        results.own_code_provenance.cache_clear()
+
+
+def test_hardware_names_the_host_and_the_slurm_job(monkeypatch):
+    import os
+    import socket
+
+    from slm_sweep.results import hardware_info
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    info = hardware_info()
+    assert info["hostname"] == socket.gethostname() and info["pid"] == os.getpid()
+    assert (info["slurm_job_id"], info["slurm_array_task_id"]) == ("4242", "7")
+
+
+def test_result_json_is_strict_json_with_scalars_as_numbers_and_non_finite_values_listed(tmp_path):
+    import json
+    import math
+
+    import numpy as np
+    import torch
+
+    from slm_sweep.results import read_result, write_result
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    write_result(tmp_path, {"metrics": {"a": np.float32(0.5), "b": float("inf"), "c": torch.tensor(3),
+                                        "d": np.float64("nan"), "e": 2.5}})
+    record = json.loads((tmp_path / "result.json").read_text(), parse_constant=refuse)
+    assert record["metrics"] == {"a": 0.5, "b": None, "c": 3, "d": None, "e": 2.5}
+    assert record["non_finite"] == ["metrics.b", "metrics.d"]
+    assert read_result(tmp_path) == record and not math.isnan(record["metrics"]["a"])
+    with pytest.raises(TypeError, match=r"metrics\.when is a datetime\.date"):
+        import datetime
+
+        write_result(tmp_path, {"metrics": {"when": datetime.date(2026, 1, 1)}})
+    assert read_result(tmp_path) == record  # the earlier file is left as it was
+
+
+def test_an_atomic_write_syncs_the_folder_too(tmp_path, monkeypatch):
+    """The rename is in the folder's entry: unsynced, a node that loses power may come back with the old file."""
+    import os
+    import stat
+
+    from slm_sweep.results import write_result
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.fstat(fd).st_mode)
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_result(tmp_path, {"status": "completed"})
+    assert [stat.S_ISDIR(mode) for mode in synced] == [False, True]

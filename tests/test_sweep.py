@@ -410,3 +410,48 @@ def test_the_sweeps_w_and_b_summary_holds_the_out_of_domain_table_too(tmp_path, 
     (table,) = tmp_path.rglob("summary_ood*.table.json")
     logged = json.loads(table.read_text())
     assert logged["columns"] == list(ood_columns(("accuracy_flexible",))) and len(logged["data"]) == 1
+
+
+def test_a_credential_in_a_jobs_environment_setting_stops_the_sweep_before_its_first_job():
+    """hydra.job.env_set is part of every job's config that submitit pickles to disk."""
+    from slm_sweep.sweep.callbacks import Preflight
+
+    config = OmegaConf.create({"hydra": {"job": {"env_set": {"HF_TOKEN": "hf_abc123secret", "OMP_NUM_THREADS": 1}}}})
+    with pytest.raises(SystemExit) as stop:
+        Preflight().on_multirun_start(config)
+    assert str(stop.value.code).startswith("config error: hydra.job.env_set.HF_TOKEN holds a credential")
+    assert "abc123secret" not in str(stop.value.code)
+
+
+def test_scrubbing_never_rewrites_a_config_dump_read_while_it_was_being_written(tmp_path):
+    """The jobs of a parallel launcher scrub the sweep's multirun.yaml at once: a job that read it empty (another
+    job's write under way) wrote `{}` over it."""
+    from slm_sweep.sweep.callbacks import scrub_yaml
+
+    empty = tmp_path / "multirun.yaml"
+    empty.write_text("")
+    scrub_yaml(empty, needs_key="hydra")
+    assert empty.read_text() == ""
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("logger:\n  api_key: abc123secret\n")  # the hydra node not written yet
+    scrub_yaml(partial, needs_key="hydra")
+    assert partial.read_text() == "logger:\n  api_key: abc123secret\n"
+
+
+def test_the_sweeps_multirun_yaml_is_scrubbed_whatever_the_depth_of_the_job_folders(tmp_path):
+    from hydra.types import RunMode
+
+    from slm_sweep.sweep.callbacks import RedactSecrets
+
+    sweep = tmp_path / "sweep"
+    job = sweep / "tiny" / "lora" / "0"  # hydra.sweep.subdir=${model.name}/${method.name}/${hydra.job.num}
+    job.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task:\n    - +hydra.job.env_set.HF_TOKEN=hf_abc123secret\n"
+        "logger:\n  api_key: abc123secret\n")
+    config = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(job)}, "output_subdir": None,
+                                         "sweep": {"dir": str(sweep)}}})
+    config.hydra.mode = RunMode.MULTIRUN
+    RedactSecrets().on_job_start(config)
+    scrubbed = (sweep / "multirun.yaml").read_text()
+    assert "abc123secret" not in scrubbed and "<redacted>" in scrubbed and "overrides" in scrubbed

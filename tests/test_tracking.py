@@ -7,9 +7,11 @@ import csv
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
+from omegaconf import OmegaConf
 
 from slm_sweep.config import ConfigError, validate_config
 from slm_sweep.config_sources import group_options
+from slm_sweep.results import read_result
 from slm_sweep.run import run
 from tests.conftest import CONF_DIR, FAST_TINY
 
@@ -158,8 +160,13 @@ def test_a_cell_copied_from_another_folder_still_gets_its_w_and_b_run(tiny_cfg, 
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     common = ("method=zeroshot", "dataset.test_limit=2", "resume.enabled=true", f"resume.search_dir={tmp_path}")
     first = run(tiny_cfg(*common, "seed=0"), out_dir=tmp_path / "a")
-    copy = run(tiny_cfg(*common, "seed=1", "logger=wandb", "logger.mode=offline"), out_dir=tmp_path / "b")
+    # a curve an earlier attempt left in the folder, which Lightning's CSV logger would delete
+    (tmp_path / "b" / "csv").mkdir(parents=True)
+    (tmp_path / "b" / "csv" / "metrics.csv").write_text("step,train/loss\n1,2.5\n")
+    copy = run(tiny_cfg(*common, "seed=1", "logger=wandb_csv", "logger.wandb.mode=offline"), out_dir=tmp_path / "b")
     assert first["status"] == copy["status"] == "completed" and copy["reused_from"]
+    assert (tmp_path / "b" / "csv" / "metrics.earlier-1.csv").read_text() == "step,train/loss\n1,2.5\n"
+    assert "eval/accuracy_flexible" in (tmp_path / "b" / "csv" / "metrics.csv").read_text()
     data = offline_run_data(tmp_path / "b", b"reused", b"eval/accuracy_flexible", b"tiny-zeroshot-gsm8k-seed1")
     assert b"reused" in data and b"eval/accuracy_flexible" in data and b"tiny-zeroshot-gsm8k-seed1" in data
     # out of the group that averages the configuration's computations
@@ -212,11 +219,121 @@ def test_a_w_and_b_run_names_its_code_and_a_failed_cell_its_error(tiny_cfg, tmp_
                out_dir=tmp_path / "good")
     data = offline_run_data(tmp_path / "good", good["identity"]["evaluation_key"].encode())
     assert good["identity"]["evaluation_key"].encode() in data and b"provenance" in data
+    # the machine and the files behind the run; the run's id is in result.json
+    for expected in (b"hostname", b"result_path", str(tmp_path / "good" / "result.json").encode(),
+                     b"status:completed"):
+        assert expected in offline_run_data(tmp_path / "good", expected), expected
+    run_id = good["tracking"]["wandb"].removeprefix("offline run ")
+    assert [p.name.endswith(f"-{run_id}") for p in (tmp_path / "good").glob("wandb/offline-run-*")] == [True]
     bad = run(tiny_cfg("method=lora", "trainer.max_length=8", "logger=wandb", "logger.mode=offline"),
               out_dir=tmp_path / "bad")
     assert bad["status"] == "failed" and "fits in trainer.max_length=8" in bad["error"]
-    data = offline_run_data(tmp_path / "bad", b"fits in trainer.max_length=8")
+    data = offline_run_data(tmp_path / "bad", b"fits in trainer.max_length=8", b"status:failed")
     assert b"fits in trainer.max_length=8" in data and b"result/train_steps" not in data
+    # tagged with how the cell ended: a group's view filtered on status:completed leaves the attempt out
+    assert b"status:failed" in data and b"status:completed" not in data
+
+
+def test_a_run_id_in_the_environment_never_merges_two_cells_into_one_run(tiny_cfg, tmp_path, monkeypatch):
+    """A WANDB_RUN_ID and WANDB_RESUME left in a batch script's environment would make every cell of a process log
+    into one run; each cell's run has an id of its own."""
+    import wandb
+
+    from slm_sweep.tracking import WandbRun
+
+    monkeypatch.setenv("WANDB_RUN_ID", "sharedrun")
+    monkeypatch.setenv("WANDB_RESUME", "allow")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    wandb.teardown()  # W&B reads its environment once per process, when it is first set up
+    try:
+        ids = []
+        for seed in (0, 1):
+            cell = {"model": "tiny", "method": "zeroshot", "dataset": "gsm8k", "seed": seed}
+            logger = WandbRun(cell=cell, config={"seed": seed}, out_dir=tmp_path / f"cell{seed}", mode="offline")
+            ids.append(logger.run.id)
+            assert logger.state == f"offline run {logger.run.id}"
+            logger.finish("completed")
+    finally:
+        monkeypatch.undo()
+        wandb.teardown()  # the next test's runs read an environment without the shared id
+    assert len(set(ids)) == 2 and "sharedrun" not in ids
+    for seed, run_id in enumerate(ids):
+        (folder,) = (tmp_path / f"cell{seed}").glob("wandb/offline-run-*")
+        assert folder.name.endswith(run_id)
+
+
+def test_a_w_and_b_run_that_cannot_start_leaves_the_cell_and_its_other_loggers_going(tiny_cfg, tmp_path):
+    """W&B's offline folder cannot be made (a file stands where it would go): the cell completes, the CSV logger
+    has its scores, and result.json says the dashboard lacks this run."""
+    out = tmp_path / "cell"
+    out.mkdir()
+    (out / "wandb").write_text("not a folder")
+    record = run(tiny_cfg("method=zeroshot", "dataset.test_limit=2", "logger=wandb_csv", "logger.wandb.mode=offline"),
+                 out_dir=out)
+    assert record["status"] == "completed", record.get("error")
+    assert record["tracking"]["wandb"].startswith("not started: ")
+    assert read_result(out)["tracking"] == record["tracking"]
+    with open(out / "csv" / "metrics.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["eval/accuracy_flexible"]) == pytest.approx(record["metrics"]["accuracy_flexible"])
+
+
+def test_w_and_b_not_importable_leaves_a_logger_without_a_run(monkeypatch, tmp_path, caplog):
+    import sys
+
+    from slm_sweep.tracking import Tracker
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    cell = {"model": "tiny", "method": "zeroshot", "dataset": "gsm8k", "seed": 0}
+    entry = {"_target_": "slm_sweep.tracking.WandbRun", "mode": "offline"}
+    with caplog.at_level("ERROR", logger="slm_sweep.tracking"):
+        tracker = Tracker(entry, cell, {}, tmp_path)
+    assert tracker.tracking["wandb"].startswith("not started: ModuleNotFoundError")
+    assert tracker.lightning_loggers == [] and "W&B could not start" in caplog.text
+    tracker.log_result({"status": "completed", "metrics": {"accuracy_flexible": 0.5}}, [])
+    tracker.finish("completed")
+
+
+def test_a_credential_written_into_the_config_is_refused_and_one_read_from_the_environment_is_not(tiny_cfg,
+                                                                                                 tmp_path):
+    """Hydra prints a sweep's overrides and the submitit launchers pickle every job's config to disk: a key given
+    as a value is refused before anything runs, naming where a key belongs and never showing it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from slm_sweep.config import validate_job_environment
+
+    for overrides, path in ((["logger=wandb", "+logger.api_key=abc123secret"], "logger.api_key"),
+                            (["logger=wandb_csv", "+logger.wandb.api_key=abc123secret"], "logger.wandb.api_key")):
+        with pytest.raises(ConfigError) as err:
+            validate_config(tiny_cfg("method=zeroshot", *overrides))
+        message = str(err.value)
+        assert message.startswith(f"{path} holds a credential written into the config")
+        assert "WANDB_API_KEY" in message and "wandb login" in message and "abc123secret" not in message
+    with pytest.raises(ConfigError, match="logger.api_key holds a credential"):
+        run(tiny_cfg("method=zeroshot", "logger=wandb", "+logger.api_key=abc123secret"), out_dir=tmp_path / "cell")
+    assert not (tmp_path / "cell").exists()
+    validate_config(tiny_cfg("method=zeroshot", "logger=wandb", "+logger.api_key=${oc.env:WANDB_API_KEY}"))
+    validate_config(tiny_cfg("method=zeroshot", "logger=wandb", "+logger.api_key=${oc.env:WANDB_API_KEY,null}"))
+    with pytest.raises(ConfigError, match="logger.api_key holds a credential"):  # a default is a written key
+        validate_config(tiny_cfg("method=zeroshot", "logger=wandb", "+logger.api_key=${oc.env:X,abc123secret}"))
+
+    # hydra.job.env_set: refused in a single run too
+    with pytest.raises(ConfigError) as err:
+        validate_job_environment(OmegaConf.create({"HF_TOKEN": "hf_abc123secret", "OMP_NUM_THREADS": "1"}))
+    assert str(err.value).startswith("hydra.job.env_set.HF_TOKEN holds a credential") \
+        and "export HF_TOKEN" in str(err.value) and "abc123secret" not in str(err.value)
+    validate_job_environment(OmegaConf.create({"HF_TOKEN": "${oc.env:HF_TOKEN}", "OMP_NUM_THREADS": "1"}))
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*FAST_TINY, "method=zeroshot",
+                                                       "+hydra.job.env_set.HF_TOKEN=hf_abc123secret"],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        with pytest.raises(ConfigError, match="hydra.job.env_set.HF_TOKEN holds a credential"):
+            run(cfg, out_dir=tmp_path / "cell")
+    finally:
+        HydraConfig.instance().cfg = None
+    assert not (tmp_path / "cell").exists()
 
 
 PLAIN_WANDB = """\

@@ -11,16 +11,21 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from slm_sweep.results import redact, redact_overrides
+from slm_sweep.results import atomic_write_text, redact, redact_overrides
 
 log = logging.getLogger(__name__)
 
 
-def scrub_yaml(path: Path) -> None:
-    """Rewrite a config dump that Hydra saved, with every credential-like value replaced."""
+def scrub_yaml(path: Path, needs_key: str | None = None) -> None:
+    """Rewrite a config dump that Hydra saved, with every credential-like value replaced, atomically: the jobs of a
+    parallel launcher scrub the sweep's multirun.yaml at once, and one must never read another's half-written
+    file. A dump read empty (or, with ``needs_key``, without that top-level key) is left as it is: it is being
+    written, and rewriting it from what was read would wipe it."""
     if not path.is_file():
         return
     node = OmegaConf.load(path)
+    if not node or (needs_key is not None and (isinstance(node, ListConfig) or needs_key not in node)):
+        return
     if isinstance(node, ListConfig):
         cleaned: Any = redact_overrides([str(x) for x in node])
     else:
@@ -35,19 +40,24 @@ def scrub_yaml(path: Path) -> None:
                 job["override_dirname"] = ",".join(redact_overrides(job["override_dirname"].split(",")))
     text = OmegaConf.to_yaml(OmegaConf.create(cleaned))
     if text != path.read_text():
-        path.write_text(text)
+        atomic_write_text(path, text)
 
 
 class RedactSecrets(Callback):
-    """Hydra writes .hydra/{config,hydra,overrides}.yaml before the job starts; scrub them right after."""
+    """Hydra writes .hydra/{config,hydra,overrides}.yaml before the job starts, and a multirun's multirun.yaml in
+    its sweep folder before the first; scrub them right after."""
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.types import RunMode
+
         hydra_cfg = config.hydra
         output_dir = Path(hydra_cfg.runtime.output_dir)
         if hydra_cfg.output_subdir is not None:
             for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
                 scrub_yaml(output_dir / str(hydra_cfg.output_subdir) / name)
-        scrub_yaml(output_dir.parent / "multirun.yaml")
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            # the sweep folder itself: a job's folder (hydra.sweep.subdir) may be more than one level below it
+            scrub_yaml(Path(str(hydra_cfg.sweep.dir)) / "multirun.yaml", needs_key="hydra")
 
 
 class Preflight(Callback):
@@ -58,13 +68,15 @@ class Preflight(Callback):
     would run and stops the sweep before any does."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from slm_sweep.config import ConfigError, validate_preflight
+        from slm_sweep.config import ConfigError, validate_job_environment, validate_preflight
         from slm_sweep.config_sources import use_config_sources
         from slm_sweep.sweep.preflight import apply_plan, plan_grid, write_plan
 
         use_config_sources(OmegaConf.select(config, "hydra.runtime.config_sources"))
         try:
             validate_preflight(config)
+            # before any job is launched: the submitit launchers pickle every job's config to disk
+            validate_job_environment(OmegaConf.select(config, "hydra.job.env_set"))
         except ConfigError as error:
             raise SystemExit(f"config error: {error}") from None
         try:
