@@ -21,6 +21,8 @@ from typing import Any
 from omegaconf import MISSING
 
 SCHEMA_NAME = "schema"
+# the resolver of a dataset's default claims metric (claims_metric_for), registered with the schemas
+CLAIMS_METRIC_RESOLVER = "slm_sweep.claims_metric"
 
 
 @dataclass
@@ -189,8 +191,10 @@ class DatasetSettings:
     test_limit: int | None = None  # score only the first N test examples
     answer_tolerance: float | None = None  # null: exact match of the number string; a float: numbers, relative float noise
     unparsable_answers: str = "skip"  # rows whose answer has no final number: skip (counted) or error
-    # the metric the report's claims read on this dataset unless a claim names one (orcamath: lenient)
-    claims_metric: str = "flexible"
+    # the metric the report's claims read on this dataset unless a claim names one; by default lenient for prose
+    # answers (answer_format: prose: a model trained on them answers in prose, which the flexible extraction, the
+    # last number, misreads), flexible otherwise (claims_metric_for)
+    claims_metric: str = "${" + CLAIMS_METRIC_RESOLVER + ":${.answer_format}}"
     eval_only: bool = False  # true: no train split; usable only as an evaluation set
     dedup: DedupSettings | None = field(default_factory=DedupSettings)  # null: no deduplication
 
@@ -259,10 +263,17 @@ def defaults(schema: type) -> dict[str, Any]:
             if not OmegaConf.is_missing(node, key)}
 
 
-def register() -> None:
-    """Store the schemas in Hydra's ConfigStore (idempotent)."""
-    from hydra.core.config_store import ConfigStore
+def claims_metric_for(answer_format: str) -> str:
+    """A dataset's claims metric when its file names none: lenient for prose answers, flexible otherwise."""
+    return "lenient" if answer_format == "prose" else "flexible"
 
+
+def register() -> None:
+    """Store the schemas in Hydra's ConfigStore and the resolver their defaults use (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver(CLAIMS_METRIC_RESOLVER, claims_metric_for, replace=True)
     ConfigStore.instance().store(name=SCHEMA_NAME, node={key: schema for key, schema in SCHEMAS.items()})
 
 

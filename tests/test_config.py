@@ -507,6 +507,26 @@ def test_the_metric_sweepers_optimise_is_the_one_claims_read_on_the_dataset(tiny
         use_metric_modules_checked(cfg)
 
 
+def test_a_dataset_of_prose_answers_reads_its_claims_on_lenient_unless_its_file_names_a_metric(tmp_path):
+    """A new dataset file is one file: one whose answers are prose (a model trained on them answers in prose, which
+    flexible's last number misreads) gets lenient without saying so; a named metric wins; the searches' and
+    sweeps' optimized metric follows, and a cell records the metric as read."""
+    from omegaconf import OmegaConf
+
+    from slm_sweep.settings import DatasetSettings
+
+    def metric(**spec):
+        return OmegaConf.merge(OmegaConf.structured(DatasetSettings), {"name": "mine", **spec}).claims_metric
+
+    assert (metric(answer_format="prose"), metric(answer_format="number"), metric()) == (
+        "lenient", "flexible", "flexible")
+    assert metric(answer_format="prose", claims_metric="strict") == "strict"
+    prose = compose_config(["model=tiny", "dataset=gsm8k", "dataset.answer_format=prose"])
+    assert (prose.dataset.claims_metric, prose.optimized_metric) == ("lenient", "accuracy_lenient")
+    recorded = OmegaConf.to_container(prose, resolve=True)
+    assert recorded["dataset"]["claims_metric"] == "lenient"
+
+
 def test_the_paper_evaluates_on_the_sets_training_is_deduplicated_against():
     """A set added to the paper's out-of-domain list must be one trained cells are kept apart from as well."""
     from omegaconf import OmegaConf
