@@ -51,12 +51,8 @@ smoke: install ## A 2 x 3 sweep on the two tiny models (under a minute on CPU)
 # (trainer=gpu eval=gpu; hparams_search=lr_grid scores in float32, as the paper does), so that each rate it chooses
 # is one `make paper` accepts; then the table from it (slm_sweep/conf/tuned/lr.yaml, which experiment=paper reads).
 # slm_sweep/tune.py holds the same command (PAPER_SEARCH), which a refused paper cell names.
-PAPER_SEARCH_DIR := multirun/paper-search
 paper-search: install ## The validation search of the paper's rates (5 models x full, lora, dora x gsm8k, orcamath x 5 rates), then the table make paper reads: run it first (PREFLIGHT_ONLY=1: list its cells)
-	$(PY) -m slm_sweep -m hparams_search=lr_grid trainer=gpu eval=gpu model=smollm135,gemma270,smollm360,qwen05,llama1b \
-	  method=full,lora,dora dataset=gsm8k,orcamath hydra.sweep.dir=$(PAPER_SEARCH_DIR) \
-	  $(if $(DATA_ROOT),data_root=$(DATA_ROOT)) $(if $(PREFLIGHT_ONLY),preflight.only=true)
-	$(if $(PREFLIGHT_ONLY),,$(PY) -m slm_sweep.tune $(PAPER_SEARCH_DIR))
+	$(PY) -m slm_sweep.tune --paper-search $(if $(DATA_ROOT),data_root=$(DATA_ROOT)) $(if $(PREFLIGHT_ONLY),preflight.only=true)
 
 paper: install ## The study's whole grid: 5 models x 7 methods (4 baselines, full, lora, dora) x gsm8k, orcamath x seeds 0,1,2, at the rates of make paper-search (refused without them; PREFLIGHT_ONLY=1: list its cells, run none)
 	$(PY) -m slm_sweep -m experiment=paper $(if $(DATA_ROOT),data_root=$(DATA_ROOT)) $(if $(PREFLIGHT_ONLY),preflight.only=true)

@@ -52,13 +52,13 @@ LR_SOURCES = ("method", "tuned")
 # tuning.on_missing, for a trained cell with tuning.lr=tuned that the table has no rate for: method trains at
 # method.lr (result.json and the claims say the rate was not tuned); refuse stops the cell (experiment=paper)
 ON_MISSING = ("method", "refuse")
-# What `make paper-search` runs (the Makefile; a test holds the two together): the validation search of every
-# trained cell of experiment=paper, trained and scored as those cells are (trainer=gpu eval=gpu; lr_grid scores
-# in float32, as the paper does), then the table from it, where experiment=paper reads it (tuning.table's default)
+# What `make paper-search` runs: the validation search of every trained cell of experiment=paper, trained and
+# scored as those cells are (its trainer and eval groups; lr_grid scores in float32, as the paper does), read from
+# the experiment's file (paper_search_command), then the table from it, where experiment=paper reads it
+# (tuning.table's default). A method, model or dataset added to the experiment is searched with no other edit.
+PAPER_EXPERIMENT = "paper"
 PAPER_SEARCH_DIR = "multirun/paper-search"
-PAPER_SEARCH = ("python -m slm_sweep -m hparams_search=lr_grid trainer=gpu eval=gpu "
-                "model=smollm135,gemma270,smollm360,qwen05,llama1b method=full,lora,dora dataset=gsm8k,orcamath "
-                f"hydra.sweep.dir={PAPER_SEARCH_DIR}")
+PAPER_SEARCH = "python -m slm_sweep.tune --paper-search"
 PAPER_TUNE = f"python -m slm_sweep.tune {PAPER_SEARCH_DIR}"
 
 
@@ -81,8 +81,8 @@ class MissingTunedRate(ConfigError):
 
 def missing_rate_fix(dataset: str = "<dataset>", model: str = "<model>", method: str = "<method>") -> str:
     """What to do about a rate the table lacks: search it, or train untuned on purpose."""
-    return (f"run the learning-rate search first: `make paper-search` for experiment=paper's cells ({PAPER_SEARCH}, "
-            f"then {PAPER_TUNE}), then the grid again; for other cells `python -m slm_sweep -m hparams_search=lr_grid "
+    return (f"run the learning-rate search first: `make paper-search` for experiment=paper's cells ({PAPER_SEARCH}: "
+            f"the search of its trained cells, then {PAPER_TUNE}), then the grid again; for other cells `python -m slm_sweep -m hparams_search=lr_grid "
             f"model={model} method={method} dataset={dataset}` with the cells' own trainer and eval settings, then "
             "`python -m slm_sweep.tune <its sweep dir>` (docs/tuning.md). Or train at method.lr with tuning.lr=method "
             "(result.json and the claims then say the rate was not tuned), or tuning.on_missing=method to take the "
@@ -709,11 +709,55 @@ def read_search(dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     return list(records.values())
 
 
+def paper_search_command(experiment: str | Path = PAPER_EXPERIMENT, extra: Sequence[str] = ()) -> list[str]:
+    """The search of every trained cell of an experiment (``experiment=paper``: conf/experiment/paper.yaml, or a
+    file's path), trained and scored as its cells are: its swept models and datasets, the methods of its list that
+    train, the trainer and eval groups it chooses, at hparams_search=lr_grid's candidate rates on the validation
+    split; written to PAPER_SEARCH_DIR. ``extra``: more overrides (data_root=..., preflight.only=true)."""
+    from omegaconf import OmegaConf
+
+    from slm_sweep.config import compose
+    from slm_sweep.config_sources import CONF_DIR
+
+    path = Path(experiment) if Path(experiment).suffix == ".yaml" else CONF_DIR / "experiment" / f"{experiment}.yaml"
+    spec = OmegaConf.load(path)
+    params = OmegaConf.select(spec, "hydra.sweeper.params") or {}
+    missing = [key for key in ("model", "method", "dataset") if key not in params]
+    if missing:
+        raise TuningError(f"{path}: hydra.sweeper.params has no {', '.join(missing)} to search")
+    groups = [f"{key.removeprefix('override /')}={value}" for entry in spec.get("defaults") or []
+              if isinstance(entry, Mapping) for key, value in entry.items()
+              if key.removeprefix("override /") in ("trainer", "eval")]
+    trained = [m for m in str(params["method"]).split(",") if compose([f"method={m.strip()}"]).method.train]
+    if not trained:
+        raise TuningError(f"{path}: none of its methods ({params['method']}) trains, so it has no rate to search")
+    return ["python", "-m", "slm_sweep", "-m", "hparams_search=lr_grid", *groups, f"model={params['model']}",
+            f"method={','.join(m.strip() for m in trained)}", f"dataset={params['dataset']}",
+            f"hydra.sweep.dir={PAPER_SEARCH_DIR}", *extra]
+
+
+def run_paper_search(extra: Sequence[str]) -> int:
+    """``make paper-search``: the search (paper_search_command), then the table from it, unless it only listed its
+    cells (preflight.only=true) or a cell failed."""
+    import subprocess
+
+    command = [sys.executable, *paper_search_command(extra=extra)[1:]]
+    print(" ".join(["python", *command[1:]]), flush=True)
+    returncode = subprocess.call(command)
+    if returncode != 0 or "preflight.only=true" in extra:
+        return returncode
+    return main([PAPER_SEARCH_DIR])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--paper-search"]:
+        return run_paper_search(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m slm_sweep.tune",
         description="Choose each dataset x model x method's learning rate from the validation scores of a search "
-                    "and write the table that cells with tuning.lr=tuned read.")
+                    "and write the table that cells with tuning.lr=tuned read. `python -m slm_sweep.tune "
+                    "--paper-search [OVERRIDE ...]` runs experiment=paper's search first (make paper-search).")
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="search directory (multirun/hparams/...), recursive")
     parser.add_argument("--out", metavar="FILE", default=str(table_path(DEFAULT_TABLE)),
                         help="the table to write (default: %(default)s); its entries of other searches are kept")

@@ -588,9 +588,7 @@ def test_a_paper_cell_without_a_tuned_rate_is_refused_naming_the_entry_and_the_f
         message = str(err.value)
         assert message.startswith(f"tuning.on_missing=refuse: {table} has no learning rate lr.gsm8k.smollm135.full")
         assert "make paper-search" in message and "python -m slm_sweep.tune multirun/paper-search" in message
-        assert ("python -m slm_sweep -m hparams_search=lr_grid trainer=gpu eval=gpu "
-                "model=smollm135,gemma270,smollm360,qwen05,llama1b method=full,lora,dora dataset=gsm8k,orcamath "
-                "hydra.sweep.dir=multirun/paper-search") in message
+        assert "python -m slm_sweep.tune --paper-search: the search of its trained cells" in message
         assert "tuning.lr=method" in message and "not tuned" in message
     # the opt-outs: the table's rates where it has them, method.lr elsewhere (today's fallback, with its note) ...
     fallback = compose_config([*PAPER_CELL, f"tuning.table={table}", "tuning.on_missing=method"])
@@ -624,12 +622,18 @@ def test_make_paper_search_searches_every_trained_paper_cell_as_the_paper_trains
 
     from slm_sweep.identity import TRAINING_CODE_VERSION
     from slm_sweep.results import redact
-    from slm_sweep.tune import PAPER_SEARCH, PAPER_TUNE, check_tuned_under, tuned_under
+    from slm_sweep.tune import PAPER_SEARCH, PAPER_TUNE, check_tuned_under, paper_search_command, tuned_under
 
-    search_line, tune_line = make_commands("paper-search", "DATA_ROOT=")
-    assert search_line[1:4] == ["-m", "slm_sweep", "-m"] and tune_line[1:3] == ["-m", "slm_sweep.tune"]
+    (target,) = make_commands("paper-search", "DATA_ROOT=")
     # what a refused paper cell tells the user to run is what the target runs
-    assert " ".join(["python", *search_line[1:]]) == PAPER_SEARCH and " ".join(["python", *tune_line[1:]]) == PAPER_TUNE
+    assert " ".join(["python", *target[1:]]) == PAPER_SEARCH
+    search_line, tune_line = paper_search_command(), PAPER_TUNE.split()
+    assert search_line[1:4] == ["-m", "slm_sweep", "-m"] and tune_line[1:3] == ["-m", "slm_sweep.tune"]
+    # an experiment's methods, models and datasets are its search's: one without DoRA searches no DoRA
+    copy = tmp_path / "paper.yaml"
+    copy.write_text((CONF_DIR / "experiment" / "paper.yaml").read_text().replace(",dora\n", "\n"))
+    searched = paper_search_command(copy, ["data_root=x"])
+    assert [o for o in searched if o.startswith("method=")] == ["method=full,lora"] and searched[-1] == "data_root=x"
     overrides = dict(o.split("=", 1) for o in search_line[4:])
     assert tune_line[3:] == [overrides.pop("hydra.sweep.dir")]  # the table is written from that search
     swept = {key: overrides.pop(key).split(",") for key in ("model", "method", "dataset")}
