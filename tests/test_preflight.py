@@ -585,6 +585,18 @@ def test_a_search_of_one_model_method_and_seed_is_planned(requires_data, compose
     assert plan.refused is None and plan.cells == 1 and not plan.missing
 
 
+def test_a_search_of_a_setting_the_cell_does_not_have_is_refused_before_its_first_trial(requires_data, composer):
+    """Optuna sets each swept key as key=value on every trial: a rank search of a method without a top-level r
+    would fail trial 0 with Hydra's own error."""
+    cfg = sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=full", "seed=1"],
+                       params={"method.lr": "tag(log, interval(1e-5, 1e-3))", "method.r": "choice(4,8)"})
+    cfg.hydra.sweeper._target_ = OPTUNA_SWEEPER
+    plan = plan_grid(cfg, composer)
+    ((reason, cells),) = plan.config_errors.items()
+    assert reason.startswith("hydra.sweeper.params sweeps method.r, which this cell's config does not have")
+    assert "conf/method/lora.yaml" in reason and plan.refused is not None
+
+
 def test_a_method_file_without_a_name_of_its_own_is_refused_before_the_first_cell(requires_data, composer, tmp_path):
     """A file that inherits lora but names nothing would run, be stored and be reported as lora."""
     (tmp_path / "method").mkdir()

@@ -610,6 +610,7 @@ def _computation(job: Mapping[str, str], cell: DictConfig) -> tuple:
 # What one search is about: a study that samples among these compares unlike things (TPE would spend its trials
 # on whichever model or method scores best early) or picks the luckiest seed.
 STUDY_AXES = ("model", "method", "dataset", "seed")
+_ABSENT = object()  # OmegaConf.select's answer for a key a config does not have
 
 
 def _study_axes_swept(cfg: DictConfig) -> list[str]:
@@ -638,6 +639,15 @@ def _plan_base_only(cfg: DictConfig, compose, checker: Checker, plan: Plan) -> P
              if not o.is_sweep_override() and _base_key(o.get_key_element()) not in swept]
     plan.cells = 1
     base = _composed_cell(compose, fixed, plan)
+    if base is not None:
+        # the sampler sets each swept key as key=value on every trial: a key the cell does not have fails trial 0
+        absent = [key for key in sorted(swept) if "." in key and OmegaConf.select(base, key, default=_ABSENT) is _ABSENT]
+        if absent:
+            plan.config_errors.setdefault(
+                f"hydra.sweeper.params sweeps {', '.join(absent)}, which this cell's config does not have: a swept "
+                "setting must be one the method's file declares (a method meant for rank searches declares `r` and "
+                "`alpha` at its top level, with `peft: {r: ${..r}}`, as conf/method/lora.yaml does)",
+                []).append(" ".join(fixed))
     if plan.config_errors or plan.missing_rates:
         return _refuse_config(plan)
     blocking, ood = checker.cell(base)
