@@ -628,6 +628,8 @@ def test_make_paper_search_searches_every_trained_paper_cell_as_the_paper_trains
     # what a refused paper cell tells the user to run is what the target runs
     assert " ".join(["python", *target[1:]]) == PAPER_SEARCH
     search_line, tune_line = paper_search_command(), PAPER_TUNE.split()
+    shown = (REPO / "docs" / "tuning.md").read_text().replace("\\\n  ", "")
+    assert " ".join(["python", *search_line[1:]]) + " [data_root=DATA_ROOT]" in shown  # the docs show what it runs
     assert search_line[1:4] == ["-m", "slm_sweep", "-m"] and tune_line[1:3] == ["-m", "slm_sweep.tune"]
     # an experiment's methods, models and datasets are its search's: one without DoRA searches no DoRA
     copy = tmp_path / "paper.yaml"
