@@ -139,6 +139,7 @@ def test_the_cudagraphs_backend_is_recorded_needs_the_model_scope_and_takes_no_m
         compile_in_place(tiny_model(), "model", backend="aot_eager")
 
 
+@pytest.mark.slow  # compiles the tiny model (7-11 s); `make test-slow` runs it
 def test_the_cudagraphs_backend_traces_each_shape_on_its_own_up_to_the_shapes_a_config_can_meet():
     """torch's cudagraphs backend fails on a second shape of a graph traced with dynamic shapes (pytorch#131009;
     on an H200: "The size of tensor a (256) must match the size of tensor b (384)"), so it traces static ones: one
@@ -183,6 +184,7 @@ def traces_of_one_layer(model) -> int:
     return len(traces)
 
 
+@pytest.mark.slow  # compiles the tiny model (7-11 s); `make test-slow` runs it
 def test_float_constants_are_specialized_while_training_so_that_dynamo_traces_once():
     """Traced as symbols (dynamic shapes), the modules' float constants (norm epsilons, LoRA's scaling) sent
     Dynamo through a second trace of every graph (torch 2.13); fit() trains a compiled model under

@@ -677,6 +677,7 @@ def test_the_cudagraphs_backend_traces_the_step_and_trains_like_eager(examples, 
     assert not compiled_modules(model)
 
 
+@pytest.mark.slow  # compiles the tiny model (7-11 s); `make test-slow` runs it
 def test_with_gradient_checkpointing_the_layers_are_traced_unrolled(examples, tmp_path):
     """Gradient checkpointing's input-gradient hook (adapters) breaks the compiled frame before the layers, after
     which Dynamo cannot stamp a region out (an error): the layers are not marked as regions then."""
