@@ -36,7 +36,7 @@ $(STAMP): $(ROOT)pyproject.toml | $(PY)
 test: install ## Run the default test suite (CPU: 9-10 minutes on 2 cores)
 	$(PY) -m pytest
 
-test-slow: install ## Run the slow tests: the real SmolLM2-135M (4-bit GGUF), DDP on two processes, long sweeps
+test-slow: install ## Run the slow tests: the real SmolLM2-135M (4-bit GGUF), DDP on two processes, long sweeps, compiled training
 	$(PY) -m pytest -m slow
 
 demo: install ## One real cell offline on CPU: SmolLM2-135M (GGUF) x LoRA on a small GSM8K slice
