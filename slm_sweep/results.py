@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import json
 import math
 import os
 import platform
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,6 +30,18 @@ PREDICTIONS_FILE = "predictions.jsonl"
 # the folder a rerun with other settings moves a cell's earlier result into (sweep.resume.set_aside_earlier)
 SUPERSEDED = "superseded"
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
+# What a copy of another folder's finished result (run._reuse) keeps of its own attempt; every other key of the
+# source, what computed the numbers included (metrics, versions, hardware, trained_in, training_provenance), is
+# copied. ``files`` is described afresh from the files copied.
+PER_ATTEMPT_KEYS = frozenset({"schema_version", "model", "model_id", "method", "dataset", "seed", "identity",
+                              "config", "learning_rate", "started_at", "finished_at", "reused_from", "error",
+                              "traceback", "tracking", "checkpoint_step", "files"})
+# What the evaluation of one set records, for the scored split in metrics and for each out-of-domain set in
+# eval_sets: the time of generating and scoring its questions (its prompts built beforehand), the tokens generated,
+# their rate (eval_new_tokens / eval_time_s) and the generation batches halved after running out of memory
+EVAL_SET_FIGURES = ("eval_time_s", "eval_new_tokens", "eval_tokens_per_s", "eval_oom_halvings")
+# What training_provenance records of the run that trained the weights a cell re-scores
+TRAINING_PROVENANCE_KEYS = ("git_commit", "git_dirty_files", "versions", "hardware", "started_at", "finished_at")
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "lightning", "hydra-core", "omegaconf", "wandb", "datasets",
                     "tokenizers", "safetensors", "gguf", "bitsandbytes", "accelerate", "triton", "numpy", "slm_sweep")
 # the module a distribution is imported as, where the two names differ
@@ -133,6 +147,37 @@ def write_predictions(out_dir: str | Path, records: Iterable[Mapping[str, Any]])
     path = Path(out_dir) / PREDICTIONS_FILE
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return path
+
+
+def copy_atomically(source: str | Path, target: str | Path) -> None:
+    """Copy ``source`` to ``target`` through ``atomic_write``: a reader sees the old file or the whole copy."""
+    with open(source, "rb") as f:
+        atomic_write(target, lambda out: shutil.copyfileobj(f, out, 1 << 20))
+
+
+def describe_predictions(out_dir: str | Path) -> dict[str, Any] | None:
+    """``{"sha256", "rows"}`` of the predictions file in ``out_dir``, None without one: result.json records it, so
+    that the two files can be checked to belong together."""
+    path = Path(out_dir) / PREDICTIONS_FILE
+    digest, rows = hashlib.sha256(), 0
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                digest.update(line)
+                rows += bool(line.strip())
+    except FileNotFoundError:
+        return None
+    return {"sha256": digest.hexdigest(), "rows": rows}
+
+
+def training_provenance(trained: Mapping[str, Any], result_path: str | Path | None) -> dict[str, Any]:
+    """Where and with what the weights a cell re-scores were trained: the training run's record at
+    ``result_path`` (None when that record is gone), its commit, versions, hardware and times. A record that
+    re-scored weights itself passes on the provenance it carries, which names the run that trained them."""
+    if isinstance(trained.get("training_provenance"), Mapping):
+        return dict(trained["training_provenance"])
+    return {"result_path": None if result_path is None else str(result_path),
+            **{key: trained.get(key) for key in TRAINING_PROVENANCE_KEYS}}
 
 
 def read_result(path: str | Path) -> dict | None:

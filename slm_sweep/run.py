@@ -30,10 +30,14 @@ from slm_sweep.config import (
 )
 from slm_sweep.identity import CellIdentity
 from slm_sweep.results import (
+    EVAL_SET_FIGURES,
     FAILED_ATTEMPT_FILE,
+    PER_ATTEMPT_KEYS,
     PREDICTIONS_FILE,
     RESULT_FILE,
     SCHEMA_VERSION,
+    copy_atomically,
+    describe_predictions,
     git_commit,
     git_dirty_files,
     hardware_info,
@@ -41,6 +45,7 @@ from slm_sweep.results import (
     now_iso,
     read_result,
     redact,
+    training_provenance,
     write_predictions,
     write_result,
 )
@@ -164,6 +169,7 @@ def _base_record(cfg: DictConfig, config: dict) -> dict[str, Any]:
         "placement": {"train": None, "eval": None},
         "decoding": None,
         "prompt": None,
+        "files": {"predictions": None},
         "config": config,
         "versions": library_versions(),
         "git_commit": git_commit(),
@@ -303,9 +309,17 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         trained = (find_trained(dirs, identity.training_key, own=out)
                    if cfg.method.train and previous is None and reloads_exactly(cfg.method) else None)
         trained_record = read_result(trained) if trained is not None else None
-        set_aside_earlier(out, identity.evaluation_key, identity.training_key)
+        aside = set_aside_earlier(out, identity.evaluation_key, identity.training_key)
         set_aside = True
+        # where the record of the run that trained the weights to re-score is now: moved aside with it when it was
+        # this folder's, gone when it was an unfinished attempt here that this record replaces
+        trained_result = None if trained is None else trained / RESULT_FILE
+        if trained is not None and trained.resolve() == out.resolve():
+            trained_result = aside / RESULT_FILE if aside is not None else None
         (out / FAILED_ATTEMPT_FILE).unlink(missing_ok=True)  # an earlier attempt's early failure is superseded
+        if previous is None or previous.resolve() != out.resolve():
+            # a predictions file left here is an unfinished attempt's (a finished one's went aside with its result)
+            (out / PREDICTIONS_FILE).unlink(missing_ok=True)
         if previous is not None:
             reused = _reuse(previous, out, record)
             if reused is record:  # a copy made now: the dashboard gets a run for it, as for every other cell
@@ -322,7 +336,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         record["tracking"] = tracker.tracking
         with sigterm_as_interrupt(interrupt):
             _run_cell(cfg, out, record, tracker, predictions, data, identity, dirs, callbacks=[interrupt],
-                      trained=trained, trained_record=trained_record)
+                      trained=trained, trained_record=trained_record, trained_result=trained_result)
         record["status"] = "completed"
         if not cfg.trainer.get("keep_checkpoints", False):
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -356,6 +370,13 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
             earlier = read_result(out) if not set_aside else None
             kept = earlier is not None and earlier.get("status") == "completed" and record["status"] != "completed"
             written = FAILED_ATTEMPT_FILE if kept else RESULT_FILE
+            try:
+                if set_aside:  # what predictions.jsonl holds now is this attempt's
+                    record["files"] = {"predictions": describe_predictions(out)}
+                elif not kept:  # this record replaces an unfinished attempt's, whose predictions are not its own
+                    (out / PREDICTIONS_FILE).unlink(missing_ok=True)
+            except OSError as err:  # the record is written all the same
+                log.error("could not check %s: %s", out / PREDICTIONS_FILE, _error_text(err))
             # a result file that cannot be written (disk full, a network file system gone) still reaches the
             # loggers and the closing line, which may be the only copies of the scores left; then it is raised
             write_error: BaseException | None = None
@@ -430,6 +451,8 @@ def _refused_cell(cfg: DictConfig, out: Path, err: Exception) -> dict[str, Any]:
     log.error("cell failed: config error: %s", err)
     out.mkdir(parents=True, exist_ok=True)
     written = FAILED_ATTEMPT_FILE if (read_result(out) or {}).get("status") == "completed" else RESULT_FILE
+    if written == RESULT_FILE:  # the predictions of an unfinished attempt this record replaces are not its own
+        (out / PREDICTIONS_FILE).unlink(missing_ok=True)
     write_result(out, record, written)
     if global_rank() == 0 and None not in (record.get("model"), record.get("method"), record.get("dataset")) \
             and _loggers_buildable(cfg):
@@ -532,7 +555,8 @@ def closing_line(record: dict[str, Any], out: Path, written: str = RESULT_FILE) 
 
 def _performance(record: dict[str, Any]) -> str:
     """Times, rates and memory of a cell, as its closing line shows them: ``train 91.0 s at 1,234 tok/s (MFU
-    0.5 %), eval 28.1 s at 87 tok/s on cpu float32, peak 5.8 GiB``."""
+    0.5 %), eval 28.1 s at 87 tok/s on cpu float32, peak 5.8 GiB`` (the evaluation of the scored split; with
+    out-of-domain sets, the whole evaluation's time after it)."""
     metrics = record.get("metrics") or {}
     train = f"train {metrics.get('train_time_s') or 0:.1f} s"
     if metrics.get("train_tokens_per_s"):
@@ -545,6 +569,9 @@ def _performance(record: dict[str, Any]) -> str:
     placement = (record.get("placement") or {}).get("eval") or {}
     if placement.get("device"):
         evaluation += f" on {placement['device']} {placement.get('dtype') or ''}".rstrip()
+    ood = len(record.get("eval_sets") or {})
+    if ood and metrics.get("eval_time_all_sets_s") is not None:
+        evaluation += f" ({metrics['eval_time_all_sets_s']:.1f} s with {ood} out-of-domain set{'s' * (ood > 1)})"
     peak = f", peak {metrics['peak_memory_mb'] / 1024:.1f} GiB" if metrics.get("peak_memory_mb") else ""
     return f"{train}, {evaluation}{peak}"
 
@@ -567,18 +594,18 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
         print(closing_line(source, out), flush=True)
         return source
     log.info("reusing the finished result in %s", previous)
-    # what computed the numbers travels with them: the source's code, versions, hardware and decoding
-    for key in ("status", "metrics", "eval_sets", "skipped_rows", "skipped_rows_asking_who", "placement", "prompt",
-                "decoding", "versions", "git_commit", "git_dirty_files", "hardware", "dedup",
-                "resumed_from_checkpoint", "resumed_at_step"):
-        if key in source:
-            record[key] = source[key]
+    # what computed the numbers travels with them: the source's code, versions, hardware, decoding, and where its
+    # weights were trained (trained_in, training_provenance)
+    record.update({key: value for key, value in source.items() if key not in PER_ATTEMPT_KEYS})
     if "skipped_rows_asking_who" not in source:  # a result written before the count existed: unknown, not none
         record["skipped_rows_asking_who"] = None
     record["reused_from"] = str(previous / RESULT_FILE)
-    record["finished_at"] = now_iso()
     if (previous / PREDICTIONS_FILE).is_file():
-        shutil.copyfile(previous / PREDICTIONS_FILE, out / PREDICTIONS_FILE)
+        copy_atomically(previous / PREDICTIONS_FILE, out / PREDICTIONS_FILE)
+    else:
+        (out / PREDICTIONS_FILE).unlink(missing_ok=True)
+    record["files"] = {"predictions": describe_predictions(out)}
+    record["finished_at"] = now_iso()
     write_result(out, record)
     print(closing_line(record, out), flush=True)
     return record
@@ -678,7 +705,7 @@ def keep_trained_weights(model, out: Path, training_key: str, keep_full: bool) -
 def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: list[dict], data: CellData,
               identity: CellIdentity, dirs: list[Path], train_only: bool = False,
               callbacks: list | None = None, trained: Path | None = None,
-              trained_record: dict | None = None) -> None:
+              trained_record: dict | None = None, trained_result: Path | None = None) -> None:
     import lightning as L
 
     from slm_sweep.data.prompts import resolve_format
@@ -712,6 +739,8 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
         source = trained_record or {}
         log.info("re-scoring the weights trained in %s (same training key)", trained)
         record["trained_in"] = str(trained)
+        # the training figures below were measured by that run, with its code, versions and hardware
+        record["training_provenance"] = training_provenance(source, trained_result)
         record["placement"]["train"] = (source.get("placement") or {}).get("train")
         for key in TRAINING_METRICS:
             metrics[key] = (source.get("metrics") or {}).get(key)
@@ -758,7 +787,8 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
                           "engine": scores.pop("engine"), "cuda_graphs": scores.pop("cuda_graphs"),
                           # where the static loop's time went, per evaluation set (LoopTimes)
                           "profile": {cfg.dataset.name + ("/val" if on_val else ""): scores.pop("decode_profile")}}
-    metrics.update(scores)
+    scores["eval_time_s"] = scores.pop("eval_set_time_s")
+    metrics.update(scores)  # EVAL_SET_FIGURES and truncated_fraction of the scored split
     write_predictions(out, predictions)
 
     for name, examples in ood_sets.items():
@@ -769,19 +799,19 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
                                  tolerance=dataset_spec(name).get("answer_tolerance"),
                                  progress=bool(cfg.eval.progress))
         predictions.extend(preds)
-        record["eval_sets"][name] = {k: scores[k] for k in (*ACCURACY_KEYS, "n_eval", "truncated_fraction")}
-        metrics["eval_oom_halvings"] += scores["eval_oom_halvings"]
+        scores["eval_time_s"] = scores.pop("eval_set_time_s")
+        record["eval_sets"][name] = {k: scores[k] for k in (*ACCURACY_KEYS, "n_eval", "truncated_fraction",
+                                                            *EVAL_SET_FIGURES)}
         graphs, more = record["decoding"]["cuda_graphs"], scores["cuda_graphs"]
         graphs["captured"] += more["captured"]
         graphs["failure"] = graphs["failure"] or more["failure"]
         graphs["not_used"] = None if graphs["captured"] else graphs["not_used"] or more["not_used"]
         record["decoding"]["profile"][name] = scores["decode_profile"]
         write_predictions(out, predictions)
-    # one meaning each: evaluation of every set, and the peak of the whole cell (training included)
-    metrics["eval_time_s"] = time.perf_counter() - start
-    metrics.pop("eval_set_time_s", None)
-    # the GPU's figure if training (in this process: re-scored weights were trained elsewhere, where their record
-    # says) or evaluation ran on one, else the process's
+    # the whole evaluation stage: every set, its prompts built and its predictions written
+    metrics["eval_time_all_sets_s"] = time.perf_counter() - start
+    # the peak of the whole cell, training included: the GPU's figure if training (in this process: re-scored
+    # weights were trained elsewhere, where their record says) or evaluation ran on one, else the process's
     trained_here = trained_on if method.train and trained is None else None
     on_gpu = [d for d in (trained_here, str(placement.device)) if d and d.startswith("cuda")]
     metrics["peak_memory_mb"] = peak_memory_mb(on_gpu[0] if on_gpu else placement.device)

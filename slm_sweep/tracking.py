@@ -4,7 +4,8 @@ A logger config is one ``_target_`` entry (conf/logger/csv.yaml: Lightning's CSV
 (conf/logger/wandb_csv.yaml), as in lightning-hydra-template. A Lightning logger whose ``save_dir`` is null writes
 into the cell's folder. A ``CellLogger`` subclass is also given the cell (names, tags, config, folder) and the final
 result: ``WandbRun`` (conf/logger/wandb.yaml) logs to W&B offline without an API key, falls back to offline when
-online fails, and adds the scores and a table of predictions at the end.
+online fails (and stays offline for the rest of the process), and adds the scores and a table of predictions at the
+end.
 
 A W&B problem never stops a cell: a run that cannot start even offline (wandb not importable, its folder not
 writable, its service not starting) is left out with a loud error, the other loggers go on, and result.json says
@@ -19,20 +20,26 @@ import logging
 import netrc
 import os
 import secrets
+import shutil
 import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from slm_sweep import scoring
-from slm_sweep.results import RESULT_FILE, redact
+from slm_sweep.results import EVAL_SET_FIGURES, RESULT_FILE, redact
 
 log = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ("eval_set", "index", "question", "reference", "output")  # then every metric's fields
 WANDB_TARGET = "slm_sweep.tracking.WandbRun"
-# what scoring a split writes, besides the accuracies (logged under eval/ with them)
-_SCORE_KEYS = ("n_eval", "val_n_eval", "truncated_fraction", "eval_time_s", "eval_tokens_per_s")
+# the figures of the split a cell scores, logged under eval/ with its accuracies (each out-of-domain set's under
+# eval_<set>/); the others, eval_time_all_sets_s among them, go under result/
+_SCORE_KEYS = ("n_eval", "val_n_eval", "truncated_fraction", *EVAL_SET_FIGURES)
+# Why W&B could not start online earlier in this process, None while it has not failed: the later cells log offline
+# at once instead of each waiting up to init_timeout for a service that just failed (a 90 s wait per cell of a sweep
+# during an outage)
+_online_failure: str | None = None
 
 
 def wandb_api_key_available() -> bool:
@@ -95,7 +102,8 @@ def new_run_id() -> str:
 
 def start_wandb_run(logger_cfg: Mapping[str, Any], name: str, group: str, job_type: str, tags: Sequence[str],
                     config: Mapping[str, Any], out_dir: str | Path):
-    """A W&B run in ``out_dir/wandb``; offline without an API key; falls back to offline if online fails.
+    """A W&B run in ``out_dir/wandb``; offline without an API key; falls back to offline if online fails, and
+    then starts every later run of the process offline.
 
     ``logger_cfg`` holds the settings of conf/logger/wandb.yaml. Returns None when W&B is disabled. The run gets an
     id of its own, never resumed: a WANDB_RUN_ID or WANDB_RESUME left in the environment (a batch script, an agent)
@@ -103,10 +111,15 @@ def start_wandb_run(logger_cfg: Mapping[str, Any], name: str, group: str, job_ty
     """
     import wandb
 
+    global _online_failure
     mode = wandb_mode(logger_cfg)
     api_key = logger_cfg.get("api_key")
     if mode == "disabled":
         return None
+    if mode == "online" and _online_failure is not None:
+        log.warning("W&B failed online earlier in this process (%s): logging offline into %s/wandb (upload later "
+                    "with `wandb sync %s/wandb/offline-run-*`)", _online_failure, out_dir, out_dir)
+        mode = "offline"
 
     def settings(online: bool):
         # W&B's run metadata records the command line, which may carry credentials given as overrides
@@ -131,9 +144,20 @@ def start_wandb_run(logger_cfg: Mapping[str, Any], name: str, group: str, job_ty
     except Exception as err:  # noqa: BLE001 - any W&B failure must leave the run going
         if mode == "offline":
             raise
-        log.warning("W&B could not start online (%s); logging offline into %s instead "
-                    "(upload later with `wandb sync`)", err, out_dir)
-        return wandb.init(mode="offline", settings=settings(False), **kwargs)
+        _online_failure = f"{type(err).__name__}: {err}"
+        _remove_partial_run(Path(out_dir), kwargs["id"])
+        log.warning("W&B could not start online (%s); logging offline into %s/wandb instead, as every later cell of "
+                    "this process will (upload later with `wandb sync %s/wandb/offline-run-*`)", err, out_dir,
+                    out_dir)
+        # an id of its own: W&B refuses the failed start's id as one in use
+        return wandb.init(mode="offline", settings=settings(False), **{**kwargs, "id": new_run_id()})
+
+
+def _remove_partial_run(out_dir: Path, run_id: str) -> None:
+    """Delete the folder a failed online start left (``wandb/run-<time>-<id>``, with the run's name, group and
+    config but no data): ``wandb sync`` of the cell's folder would upload it as an empty run in the group."""
+    for folder in (out_dir / "wandb").glob(f"run-*-{run_id}"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def result_metrics(record: Mapping[str, Any]) -> dict[str, float]:
@@ -185,9 +209,9 @@ class WandbRun(CellLogger):
     """A W&B run per cell, grouped by configuration (``model-method-dataset-<configuration key>``, ``-val`` for a
     search cell: a group is a row of the report), named with the seed, tagged with the model, method, dataset,
     split and sweep, and at the end with ``status:<status>`` (a dashboard filters the attempts that did not
-    complete out of a group); offline without an API key or with WANDB_MODE=offline, offline again when online
-    fails, left out (``state``: ``not started: <error>``) when it cannot start at all; the scores and a predictions
-    table at the end, at the last optimizer step."""
+    complete out of a group); offline without an API key or with WANDB_MODE=offline, offline when online fails
+    (and for every later cell of the process), left out (``state``: ``not started: <error>``) when it cannot start
+    at all; the scores and a predictions table at the end, at the last optimizer step."""
 
     name = "wandb"
 

@@ -54,6 +54,8 @@ def test_cell_runs_end_to_end(tiny_cfg, tmp_path, method):
     assert all(fields <= set(p) for p in predictions)
     accuracy = sum(p["correct_flexible"] for p in predictions) / len(predictions)
     assert accuracy == metrics["accuracy_flexible"]
+    # result.json names the predictions file it belongs to
+    assert record["files"]["predictions"] == {"rows": 12, "sha256": _sha256(tmp_path / "predictions.jsonl")}
     assert not list(tmp_path.glob(".*.tmp*")), "no temporary files left behind"
 
 
@@ -120,6 +122,11 @@ def test_the_closing_line_reports_rates_mfu_placement_and_peak_memory(tmp_path):
     line = closing_line(record, tmp_path)
     assert ("| train 170.0 s at 46,812 tok/s (MFU 1.2 %), eval 12.3 s at 21,034 tok/s on cuda:0 bfloat16, "
             "peak 9.6 GiB |") in line
+    # eval_time_s is the scored split's; with out-of-domain sets, the whole evaluation's time follows
+    with_ood = {**record, "eval_sets": {"svamp": {}, "gsm_hard": {}},
+                "metrics": {**record["metrics"], "eval_time_all_sets_s": 30.04}}
+    assert "eval 12.3 s at 21,034 tok/s on cuda:0 bfloat16 (30.0 s with 2 out-of-domain sets), peak" in \
+        closing_line(with_ood, tmp_path)
     untrained = {**record, "method": "zeroshot", "metrics": {"n_eval": 5, "train_time_s": 0.0, "eval_time_s": 2.0}}
     assert "| train 0.0 s, eval 2.0 s on cuda:0 bfloat16 |" in closing_line(untrained, tmp_path)
     # answers cut off at the token limit are named beside the scores they lower
@@ -199,3 +206,77 @@ def test_a_sweep_cell_refused_for_a_setting_its_record_cannot_read_is_still_reco
     written = read_result(tmp_path)
     assert record["status"] == written["status"] == "failed" and written["seed"] == "abc"
     assert written["error"] == "config error: seed='abc' must be a non-negative integer"
+
+
+def test_each_evaluation_set_records_its_own_time_and_tokens_and_the_whole_evaluation_is_named_apart(tiny_cfg,
+                                                                                                     tmp_path):
+    """metrics' evaluation figures are all of the scored split (a rate from one set and a time of two would
+    overstate the time per question); each out-of-domain set has its own; the whole stage is eval_time_all_sets_s.
+    The CSV logger keeps them apart the same way."""
+    import csv
+
+    record = run(tiny_cfg("method=zeroshot", "dataset.test_limit=3", "eval.ood_sets=[svamp]", "eval.ood_limit=4",
+                          "logger=csv"), out_dir=tmp_path)
+    assert record["status"] == "completed", record.get("error")
+    metrics, svamp = record["metrics"], record["eval_sets"]["svamp"]
+    for figures, n in ((metrics, 3), (svamp, 4)):
+        assert figures["n_eval"] == n and figures["eval_oom_halvings"] == 0
+        assert figures["eval_time_s"] > 0 and figures["eval_new_tokens"] > 0
+        assert figures["eval_tokens_per_s"] == pytest.approx(figures["eval_new_tokens"] / figures["eval_time_s"])
+    assert metrics["eval_time_all_sets_s"] > metrics["eval_time_s"] + svamp["eval_time_s"]
+    assert "eval_set_time_s" not in metrics
+    with open(tmp_path / "csv" / "metrics.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["eval/eval_time_s"]) == pytest.approx(metrics["eval_time_s"])
+    assert float(row["eval/eval_new_tokens"]) == metrics["eval_new_tokens"]
+    assert float(row["eval_svamp/eval_time_s"]) == pytest.approx(svamp["eval_time_s"])
+    assert float(row["result/eval_time_all_sets_s"]) == pytest.approx(metrics["eval_time_all_sets_s"])
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _earlier_unfinished_attempt(folder: Path) -> None:
+    """What an attempt of another configuration that failed after scoring its test set leaves in ``folder``."""
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({"status": "failed", "error": "RuntimeError: out of memory",
+                                                    "metrics": {"n_eval": 99}}))
+    (folder / "predictions.jsonl").write_text('{"eval_set": "gsm8k", "index": 0, "output": "stale"}\n')
+
+
+def test_predictions_sit_only_beside_the_result_they_belong_to_and_a_copy_replaces_them_whole(tiny_cfg, tmp_path):
+    """An attempt that fails before scoring does not leave an earlier attempt's predictions beside its result; a
+    copied result brings its source's predictions, written as a new file (a reader of the old one keeps reading
+    the old one whole, never a file being written)."""
+    search = ("method=zeroshot", "dataset.test_limit=2", "resume.enabled=true", f"resume.search_dir={tmp_path / 'a'}")
+    source = run(tiny_cfg(*search, "seed=0"), out_dir=tmp_path / "a")
+    assert source["files"]["predictions"] == {"rows": 2, "sha256": _sha256(tmp_path / "a" / "predictions.jsonl")}
+
+    _earlier_unfinished_attempt(tmp_path / "b")
+    with open(tmp_path / "b" / "predictions.jsonl") as reader:
+        copy = run(tiny_cfg(*search, "seed=1"), out_dir=tmp_path / "b")
+        assert reader.read() == '{"eval_set": "gsm8k", "index": 0, "output": "stale"}\n'
+    assert copy["reused_from"] == str(tmp_path / "a" / "result.json")
+    assert (tmp_path / "b" / "predictions.jsonl").read_bytes() == (tmp_path / "a" / "predictions.jsonl").read_bytes()
+    assert read_result(tmp_path / "b")["files"] == source["files"]
+
+    # failed after its keys were known (training), and before they were (data it cannot read)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder, overrides in (("c", ("method=lora", "trainer.max_length=8")),
+                              ("d", ("method=zeroshot", f"dataset.data_dir={empty}"))):
+        _earlier_unfinished_attempt(tmp_path / folder)
+        failed = run(tiny_cfg(*overrides), out_dir=tmp_path / folder)
+        assert failed["status"] == "failed" and read_result(tmp_path / folder)["status"] == "failed"
+        assert not (tmp_path / folder / "predictions.jsonl").exists(), folder
+    assert read_result(tmp_path / "c")["files"] == {"predictions": None}
+
+    # a source without predictions: the copy has none either
+    (tmp_path / "a" / "predictions.jsonl").unlink()
+    _earlier_unfinished_attempt(tmp_path / "e")
+    copy = run(tiny_cfg(*search, "seed=2"), out_dir=tmp_path / "e")
+    assert copy["reused_from"] and copy["files"] == {"predictions": None}
+    assert not (tmp_path / "e" / "predictions.jsonl").exists()

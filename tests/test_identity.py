@@ -283,6 +283,18 @@ def test_a_rerun_with_other_settings_into_the_same_folder_sets_the_earlier_resul
     assert read_result(cell / "superseded-2")["identity"] == second["identity"]
     assert not (cell / "superseded-2" / "adapter").exists() and stamped_key(cell / "adapter") == \
         second["identity"]["training_key"]
+    # the training figures it copied name the run that measured them, where its record is now
+    provenance = rescored["training_provenance"]
+    assert provenance["result_path"] == str(cell / "superseded-2" / "result.json")
+    trained_by = read_result(provenance["result_path"])
+    assert trained_by["metrics"]["train_time_s"] == rescored["metrics"]["train_time_s"]
+    assert {k: provenance[k] for k in ("git_commit", "versions", "hardware", "finished_at")} == \
+        {k: trained_by[k] for k in ("git_commit", "versions", "hardware", "finished_at")}
+    # a copy of the re-scored cell keeps where its weights were trained
+    copy = run(tiny_cfg("method=lora", "resume.enabled=true", f"resume.search_dir={cell}", "trainer.max_steps=2",
+                        "eval.max_new_tokens=6"), out_dir=tmp_path / "copy")
+    assert copy["reused_from"] == str(cell / "result.json")
+    assert copy["trained_in"] == str(cell) and copy["training_provenance"] == provenance
     again = run(tiny_cfg("method=lora", *search), out_dir=cell)
     assert again["reused_from"] == str(aside / "result.json")
     assert again["metrics"]["accuracy_flexible"] == first["metrics"]["accuracy_flexible"]
@@ -392,6 +404,11 @@ def test_a_new_evaluation_in_the_same_folder_rescores_its_own_adapter(tiny_cfg, 
     assert second["metrics"]["train_steps"] == first["metrics"]["train_steps"] == 3
     assert second["metrics"]["train_loss"] == first["metrics"]["train_loss"]
     assert read_result(tmp_path / "cell")["identity"]["evaluation_key"] != first["identity"]["evaluation_key"]
+    # re-scored again: the training run is still the first, not the re-score the folder held
+    third = run(tiny_cfg("method=lora", *resume, "eval.max_new_tokens=5"), out_dir=tmp_path / "cell")
+    assert second["training_provenance"]["result_path"] == str(tmp_path / "cell" / "superseded" / "result.json")
+    assert third["training_provenance"] == second["training_provenance"]
+    assert second["training_provenance"]["started_at"] == first["started_at"]
     # every figure of the training stage comes along: all that a trained cell records beyond an untrained one
     untrained = run(tiny_cfg("method=zeroshot"), out_dir=tmp_path / "zeroshot")["metrics"]
     training = set(first["metrics"]) - set(untrained) - {"peak_memory_mb"}

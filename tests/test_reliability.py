@@ -55,16 +55,28 @@ def test_unknown_launcher_lists_the_choices(tmp_path):
     assert "nope" in proc.stderr and "joblib" in proc.stderr and "submitit_slurm" in proc.stderr
 
 
-def test_wandb_unreachable_falls_back_to_offline(tiny_cfg, tmp_path, monkeypatch, caplog):
+def test_wandb_unreachable_falls_back_to_offline_once_per_process(tiny_cfg, tmp_path, monkeypatch, caplog):
+    """The first cell waits for W&B online and falls back to offline; the later cells of the process go offline at
+    once (no init_timeout each). No cell keeps the failed online start's folder, which `wandb sync` would upload
+    as an empty run."""
+    from slm_sweep import tracking
+
+    monkeypatch.setattr(tracking, "_online_failure", None, raising=False)  # the process has not failed online yet
     monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there: connection refused
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    cfg = tiny_cfg("method=zeroshot", "logger=wandb", "logger.mode=online", "logger.init_timeout=3")
+    cfg = tiny_cfg("method=zeroshot", "dataset.test_limit=2", "logger=wandb", "logger.mode=online",
+                   "logger.init_timeout=3")
     with caplog.at_level("WARNING"):
-        record = run(cfg, out_dir=tmp_path)
-    assert record["status"] == "completed"
-    assert any("logging offline" in r.getMessage() for r in caplog.records)
-    assert list(tmp_path.glob("wandb/offline-run-*"))
+        records = [run(cfg, out_dir=tmp_path / cell) for cell in ("first", "second")]
+    assert [record["status"] for record in records] == ["completed", "completed"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("W&B could not start online" in m for m in messages) == 1  # the first cell's attempt only
+    assert sum("W&B failed online earlier in this process" in m for m in messages) == 1
+    for cell, record in zip(("first", "second"), records):
+        assert record["tracking"]["wandb"].startswith("offline run ")
+        assert len(list((tmp_path / cell).glob("wandb/offline-run-*"))) == 1
+        assert not list((tmp_path / cell).glob("wandb/run-*")), cell
 
 
 def _start(args, cwd):
