@@ -57,6 +57,30 @@ def test_cell_runs_end_to_end(tiny_cfg, tmp_path, method):
     # result.json names the predictions file it belongs to
     assert record["files"]["predictions"] == {"rows": 12, "sha256": _sha256(tmp_path / "predictions.jsonl")}
     assert not list(tmp_path.glob(".*.tmp*")), "no temporary files left behind"
+    # every field a reader sees is documented (docs/results.md: the result.json table and the metrics table)
+    documented = documented_fields()
+    assert set(record) - documented["result.json"] == set()
+    assert {k for k in metrics if not k.startswith("accuracy_")} - documented["metrics"] == set()
+
+
+def documented_fields() -> dict[str, set[str]]:
+    """The field names of docs/results.md's result.json table and of the metrics table after it."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
+    section = text.split("## result.json", 1)[1]
+    tables, current = [], None
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            if current is None:
+                current = set()
+                tables.append(current)
+            current |= set(re.findall(r"`([a-z_<>]+)`", line.split("|")[1]))
+        elif current is not None and not line.startswith("|"):
+            current = None
+        if len(tables) == 2 and current is None:
+            break
+    return {"result.json": tables[0], "metrics": tables[1]}
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the resident peak is reset through /proc")
@@ -101,6 +125,7 @@ def test_failure_is_recorded_with_the_error(tiny_cfg, tmp_path):
     assert record["status"] == "failed"
     assert "no_such_module" in record["error"]
     assert read_result(tmp_path)["status"] == "failed"
+    assert "no_such_module" in record["traceback"] and set(record) - documented_fields()["result.json"] == set()
 
 
 def test_a_cell_ends_with_one_closing_line(tiny_cfg, tmp_path, capsys):
