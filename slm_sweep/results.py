@@ -26,6 +26,8 @@ RESULT_FILE = "result.json"
 PREFLIGHT_FILE = "preflight.json"  # a sweep folder's record of what its preflight checked and left out
 # a later attempt that failed before it knew its keys, beside the finished result.json it leaves in place
 FAILED_ATTEMPT_FILE = "result.failed.json"
+# where the loggers of such an attempt write, so that the finished result's curves stay as they are
+FAILED_ATTEMPT_LOGS = "failed-attempt"
 PREDICTIONS_FILE = "predictions.jsonl"
 # the folder a rerun with other settings moves a cell's earlier result into (sweep.resume.set_aside_earlier)
 SUPERSEDED = "superseded"
@@ -176,6 +178,8 @@ def training_provenance(trained: Mapping[str, Any], result_path: str | Path | No
     re-scored weights itself passes on the provenance it carries, which names the run that trained them."""
     if isinstance(trained.get("training_provenance"), Mapping):
         return dict(trained["training_provenance"])
+    if trained.get("trained_in"):  # a re-score written before it carried the block: the training run is unknown
+        return {"result_path": None, **dict.fromkeys(TRAINING_PROVENANCE_KEYS)}
     return {"result_path": None if result_path is None else str(result_path),
             **{key: trained.get(key) for key in TRAINING_PROVENANCE_KEYS}}
 

@@ -32,6 +32,7 @@ from slm_sweep.identity import CellIdentity
 from slm_sweep.results import (
     EVAL_SET_FIGURES,
     FAILED_ATTEMPT_FILE,
+    FAILED_ATTEMPT_LOGS,
     PER_ATTEMPT_KEYS,
     PREDICTIONS_FILE,
     RESULT_FILE,
@@ -396,7 +397,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
                     finally:
                         tracker.finish(record["status"])
                 elif not loggers_tried and record["status"] != "completed":  # failed before its loggers started
-                    _track_short(cfg, record, config, out)
+                    _track_short(cfg, record, config, out, beside_finished=kept)
             finally:
                 line = closing_line(record, out, written)
                 if write_error is not None:
@@ -456,7 +457,7 @@ def _refused_cell(cfg: DictConfig, out: Path, err: Exception) -> dict[str, Any]:
     write_result(out, record, written)
     if global_rank() == 0 and None not in (record.get("model"), record.get("method"), record.get("dataset")) \
             and _loggers_buildable(cfg):
-        _track_short(cfg, record, config, out)
+        _track_short(cfg, record, config, out, beside_finished=written == FAILED_ATTEMPT_FILE)
     print(closing_line(record, out, written), flush=True)
     return record
 
@@ -596,9 +597,12 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
     log.info("reusing the finished result in %s", previous)
     # what computed the numbers travels with them: the source's code, versions, hardware, decoding, and where its
     # weights were trained (trained_in, training_provenance)
+    # nothing of this process's own provenance stays: a key an older source lacks is unknown (None), but for the
+    # empty collections a reader iterates (no out-of-domain set, no skipped rows)
+    for key in [key for key in record if key not in PER_ATTEMPT_KEYS and key not in source]:
+        if key == "skipped_rows_asking_who" or record[key] not in ({}, []):
+            record[key] = None
     record.update({key: value for key, value in source.items() if key not in PER_ATTEMPT_KEYS})
-    if "skipped_rows_asking_who" not in source:  # a result written before the count existed: unknown, not none
-        record["skipped_rows_asking_who"] = None
     record["reused_from"] = str(previous / RESULT_FILE)
     if (previous / PREDICTIONS_FILE).is_file():
         copy_atomically(previous / PREDICTIONS_FILE, out / PREDICTIONS_FILE)
@@ -611,13 +615,19 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _track_short(cfg: DictConfig, record: dict[str, Any], config: dict, out: Path) -> None:
+def _track_short(cfg: DictConfig, record: dict[str, Any], config: dict, out: Path,
+                 beside_finished: bool = False) -> None:
     """A short logger run for a cell that trained and scored nothing here: its numbers were copied from another
     folder (tagged ``reused``), or it failed before its loggers started (a config error in a sweep, data that
     cannot be read; the run is marked failed, with the error), so that filtering the dashboard by sweep shows
-    every cell; a logger that fails is logged, never raised."""
+    every cell; a logger that fails is logged, never raised. ``beside_finished``: the folder keeps a finished
+    result (this attempt's record is result.failed.json), whose curves stay as they are: this run logs into
+    ``failed-attempt/`` under it."""
     from slm_sweep.tracking import Tracker
 
+    if beside_finished:
+        out = out / FAILED_ATTEMPT_LOGS
+        out.mkdir(parents=True, exist_ok=True)
     keep_earlier_curves(out)  # Lightning's CSV logger would delete a curve an earlier attempt left here
     try:
         tracker = Tracker(cfg.logger, {**record, "sweep_tag": _sweep_tag()}, config, out)

@@ -305,3 +305,36 @@ def test_predictions_sit_only_beside_the_result_they_belong_to_and_a_copy_replac
     copy = run(tiny_cfg(*search, "seed=2"), out_dir=tmp_path / "e")
     assert copy["reused_from"] and copy["files"] == {"predictions": None}
     assert not (tmp_path / "e" / "predictions.jsonl").exists()
+
+
+def test_an_attempt_that_fails_beside_a_finished_result_leaves_its_training_curve_as_it_was(tiny_cfg, tmp_path):
+    """A rerun into the folder of a finished cell that fails before its keys are known (data it cannot read) keeps
+    the finished result.json, and its loggers write under failed-attempt/, not over the finished run's curve."""
+    run(tiny_cfg("method=lora", "logger=csv"), out_dir=tmp_path / "cell")
+    curve = (tmp_path / "cell" / "csv" / "metrics.csv").read_bytes()
+    (tmp_path / "empty").mkdir()
+    failed = run(tiny_cfg("method=lora", "logger=csv", f"dataset.data_dir={tmp_path / 'empty'}"),
+                 out_dir=tmp_path / "cell")
+    assert failed["status"] == "failed" and read_result(tmp_path / "cell")["status"] == "completed"
+    assert (tmp_path / "cell" / "csv" / "metrics.csv").read_bytes() == curve
+    assert not list((tmp_path / "cell" / "csv").glob("metrics.earlier-*"))
+
+
+def test_a_copy_of_an_older_result_keeps_none_of_the_copying_process_s_provenance(tiny_cfg, tmp_path):
+    """A source written before git_dirty_files existed: the copy has its commit and no dirty-file list (unknown),
+    not the list of the process that copies."""
+    from omegaconf import OmegaConf
+
+    from slm_sweep.results import redact, write_result
+    from slm_sweep.run import _base_record, _reuse
+
+    source = {"schema_version": 1, "status": "completed", "git_commit": "aaaa-dirty", "versions": {"torch": "0"},
+              "metrics": {"n_eval": 1, "accuracy_flexible": 1.0}, "eval_sets": {}}
+    write_result(tmp_path / "source", source)
+    cfg = tiny_cfg("method=zeroshot")
+    record = _base_record(cfg, redact(OmegaConf.to_container(cfg, resolve=True)))
+    record["git_dirty_files"] = ["slm_sweep/run.py"]
+    (tmp_path / "copy").mkdir()
+    copy = _reuse(tmp_path / "source", tmp_path / "copy", record)
+    assert copy["git_commit"] == "aaaa-dirty" and copy["git_dirty_files"] is None
+    assert copy["hardware"] is None and copy["eval_sets"] == {} and copy["skipped_rows_asking_who"] is None

@@ -57,6 +57,7 @@ def make_record(model, method, seed, flexible, strict, *, status="completed", fi
         "total_params": total,
         "train_time_s": 50.0 + 10 * seed if fine_tuned else 0.0,
         "eval_time_s": 5.0,
+        "eval_time_all_sets_s": 7.0,  # the scored split and the out-of-domain sets, as a cell records them
         "train_loss": 1.0 if fine_tuned else None,
         "val_loss": 1.1 if fine_tuned else None,
         "train_steps": 10 if fine_tuned else 0,
@@ -1041,3 +1042,12 @@ def test_a_seed_killed_before_writing_its_result_is_a_lost_seed_of_its_row(tmp_p
     assert gaps["lora"] == [f"1 cell stopped before writing result.json, and which configuration it ran cannot be "
                             f"told ({sweep / 'which'}): it may be a lost seed of the rows this claim reads"]
     assert gaps["full"] == []
+
+
+def test_an_older_record_whose_eval_time_counted_its_out_of_domain_sets_is_not_averaged_with_newer_ones():
+    from slm_sweep.report.aggregate import scored_split_eval_time
+
+    old = {"metrics": {"eval_time_s": 100.0}, "eval_sets": {"svamp": {"n_eval": 4}}}
+    new = {"metrics": {"eval_time_s": 10.0, "eval_time_all_sets_s": 100.0}, "eval_sets": {"svamp": {"n_eval": 4}}}
+    alone = {"metrics": {"eval_time_s": 12.0}, "eval_sets": {}}
+    assert [scored_split_eval_time(r) for r in (old, new, alone)] == [None, 10.0, 12.0]

@@ -188,3 +188,15 @@ def test_an_atomic_write_syncs_the_folder_too(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", fsync)
     write_result(tmp_path, {"status": "completed"})
     assert [stat.S_ISDIR(mode) for mode in synced] == [False, True]
+
+
+def test_a_re_score_of_a_re_score_that_carried_no_provenance_names_no_training_run():
+    """A record that re-scored weights trained elsewhere (trained_in) but was written before it carried
+    training_provenance does not know the training run: its own commit is the re-scoring's, not the training's."""
+    from slm_sweep.results import training_provenance
+
+    provenance = training_provenance({"trained_in": "/x", "git_commit": "rescorer", "versions": {"torch": "1"}},
+                                     "/y/result.json")
+    assert provenance["result_path"] is None and provenance["git_commit"] is None and provenance["versions"] is None
+    trained_here = training_provenance({"git_commit": "trainer"}, "/y/result.json")
+    assert trained_here["git_commit"] == "trainer" and trained_here["result_path"] == "/y/result.json"

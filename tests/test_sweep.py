@@ -455,3 +455,23 @@ def test_the_sweeps_multirun_yaml_is_scrubbed_whatever_the_depth_of_the_job_fold
     RedactSecrets().on_job_start(config)
     scrubbed = (sweep / "multirun.yaml").read_text()
     assert "abc123secret" not in scrubbed and "<redacted>" in scrubbed and "overrides" in scrubbed
+
+
+def test_a_relative_sweep_folder_is_scrubbed_from_where_the_sweep_started_though_the_job_changed_directory(
+        tmp_path, monkeypatch):
+    """hydra.job.chdir=true: the job runs in its own folder, and the sweep's relative folder is read from the
+    directory the sweep was launched in."""
+    from hydra.types import RunMode
+
+    from slm_sweep.sweep.callbacks import RedactSecrets
+
+    sweep = tmp_path / "multirun" / "2026-01-01"
+    job = sweep / "0"
+    job.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("hydra:\n  job: {}\nmodel:\n  hub:\n    token: hf_abc123secret\n")
+    monkeypatch.chdir(job)
+    config = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(job), "cwd": str(tmp_path)},
+                                         "output_subdir": None, "sweep": {"dir": "multirun/2026-01-01"}}})
+    config.hydra.mode = RunMode.MULTIRUN
+    RedactSecrets().on_job_start(config)
+    assert "abc123secret" not in (sweep / "multirun.yaml").read_text()

@@ -57,7 +57,10 @@ class RedactSecrets(Callback):
                 scrub_yaml(output_dir / str(hydra_cfg.output_subdir) / name)
         if hydra_cfg.mode == RunMode.MULTIRUN:
             # the sweep folder itself: a job's folder (hydra.sweep.subdir) may be more than one level below it
-            scrub_yaml(Path(str(hydra_cfg.sweep.dir)) / "multirun.yaml", needs_key="hydra")
+            sweep_dir = Path(str(hydra_cfg.sweep.dir))
+            if not sweep_dir.is_absolute():  # from where the sweep was launched: a job may have changed directory
+                sweep_dir = Path(str(hydra_cfg.runtime.cwd)) / sweep_dir
+            scrub_yaml(sweep_dir / "multirun.yaml", needs_key="hydra")
 
 
 class Preflight(Callback):
