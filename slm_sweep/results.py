@@ -241,7 +241,7 @@ def library_versions() -> dict[str, str | None]:
         module = sys.modules.get(_MODULE_OF_PACKAGE.get(name, name))
         imported = getattr(module, "__version__", None) if module is not None else None
         if isinstance(imported, str):
-            versions[name] = str(imported)
+            versions[name] = imported
             continue
         try:
             versions[name] = metadata.version(name)

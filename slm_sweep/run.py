@@ -595,9 +595,8 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
         print(closing_line(source, out), flush=True)
         return source
     log.info("reusing the finished result in %s", previous)
-    # what computed the numbers travels with them: the source's code, versions, hardware, decoding, and where its
-    # weights were trained (trained_in, training_provenance)
-    # nothing of this process's own provenance stays: a key an older source lacks is unknown (None), but for the
+    # what computed the numbers travels with them (the source's code, versions, hardware, decoding, where its weights
+    # were trained), and nothing of this process's own: a key an older source lacks is unknown (None), but for the
     # empty collections a reader iterates (no out-of-domain set, no skipped rows)
     for key in [key for key in record if key not in PER_ATTEMPT_KEYS and key not in source]:
         if key == "skipped_rows_asking_who" or record[key] not in ({}, []):

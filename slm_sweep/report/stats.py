@@ -254,19 +254,18 @@ def pooled_seeds_and_questions_test(strata: Sequence[tuple[Sequence[Sequence[boo
     difference = float(per_question.mean())
     rng = np.random.default_rng(seed)
     seed_part = np.zeros(draws)
-    seed_se = []  # every side of every stratum, in order
-    for first, second in arrays:
-        for side in (first, second):
-            se = math.sqrt(seed_variance(side)) / k
-            seed_se.append(se)
-            if side.shape[0] > 1 and k == 1:
-                seed_part += se * rng.standard_t(side.shape[0] - 1, size=draws)
+    sides = [side for pair in arrays for side in pair]  # every side of every stratum, in order
+    seed_se = []
+    for side in sides:
+        se = math.sqrt(seed_variance(side)) / k
+        seed_se.append(se)
+        if side.shape[0] > 1 and k == 1:
+            seed_part += se * rng.standard_t(side.shape[0] - 1, size=draws)
     if k > 1 and any(seed_se):
-        parts = [(se**2, side.shape[0] - 1) for side, se in zip((s for pair in arrays for s in pair), seed_se) if se]
+        parts = [(se**2, side.shape[0] - 1) for side, se in zip(sides, seed_se) if se]
         variance = sum(v for v, _ in parts)
         df = variance**2 / sum(v**2 / d for v, d in parts)
         seed_part += math.sqrt(variance) * rng.standard_t(df, size=draws)
-    sides = [side for pair in arrays for side in pair]
     question_variance = float(per_question.var(ddof=1)) / questions if questions > 1 else 0.0
     # a side's seed part holds the questions' noise inside its seed means: counted there only (a side whose seed
     # means are equal has no seed part, and its noise stays in the question part)
