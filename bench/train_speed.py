@@ -45,7 +45,8 @@ from slm_sweep.models import load_model_and_tokenizer  # noqa: E402
 from slm_sweep.results import atomic_write_text  # noqa: E402
 from slm_sweep.train.data import EncodedDataModule  # noqa: E402
 from slm_sweep.train.fit import build_data, fit, without_cudnn_attention  # noqa: E402
-from slm_sweep.train.module import build_optimizer, lr_factor, micro_batch_loss  # noqa: E402
+from slm_sweep.train.module import micro_batch_loss  # noqa: E402
+from slm_sweep.train.optimizers import build_optimizer, lr_factor  # noqa: E402
 
 METHODS = ("full", "lora", "dora")
 

@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from slm_sweep.config_sources import CONF_DIR, group_options, where
+from slm_sweep.settings import LR_SCHEDULES, TrainerSettings
 
 MODEL_SOURCES = ("hub", "gguf", "tiny", "random")
 PROMPT_STYLES = ("auto", "chat", "plain")
@@ -96,6 +97,7 @@ def _validate_trainer(cfg: DictConfig) -> None:
     _number(cfg, "trainer.weight_decay", "a non-negative number")
     _number(cfg, "trainer.gradient_clip_val", "a non-negative number", allow_none=True)
     _one_of(str(trainer.precision), PRECISIONS, "trainer.precision")
+    _one_of(trainer.get("lr_schedule", TrainerSettings.lr_schedule), LR_SCHEDULES, "trainer.lr_schedule")
     _one_of(trainer.get("compile_scope", "layers"), COMPILE_SCOPES, "trainer.compile_scope")
     mode, backend = trainer.get("compile_mode"), trainer.get("compile_backend", "inductor")
     if mode is not None:
@@ -631,7 +633,8 @@ def _validate_method_shape(cfg: DictConfig) -> None:
 
 # The settings of a method file the code reads (slm_sweep/methods.py, run.py, data/prompts.py). Any other
 # top-level key is a short name (r, alpha, dropout, target_modules) that an interpolation reads, or a mistake.
-METHOD_KEYS = ("name", "train", "lr", "peft", "num_fewshot", "shot_seed", "prompt_format", "instruction")
+METHOD_KEYS = ("name", "train", "lr", "peft", "optimizer", "lr_scale", "num_fewshot", "shot_seed", "prompt_format",
+               "instruction")
 _METHOD_REFERENCE = re.compile(r"\$\{(?:\.{1,2}|method\.)([A-Za-z_]\w*)")
 
 
@@ -684,9 +687,15 @@ def _validate_method(cfg: DictConfig) -> None:
     method = cfg.method
     if method.train:
         _number(cfg, "method.lr", "a positive number")
+        _validate_optimizer(method)
     elif method.get("peft") is not None:
         raise ConfigError(f"method={method.name!r} has a peft block but train=false: adapters that are never "
                           "trained change nothing; set method.train=true or drop method.peft")
+    else:
+        for key in ("optimizer", "lr_scale"):
+            if method.get(key) is not None:
+                raise ConfigError(f"method.{key}={OmegaConf.to_container(method[key])!r} cannot be used with "
+                                  f"method={method.name!r}, which trains nothing (train=false)")
     if method.get("peft") is not None:
         from slm_sweep.methods import MethodError, peft_config
 
@@ -706,6 +715,18 @@ def _validate_method(cfg: DictConfig) -> None:
         _number(cfg, "method.num_fewshot", "a non-negative integer")
     if "shot_seed" in method:  # null: the run's seed draws the shots
         _number(cfg, "method.shot_seed", "a non-negative integer", allow_none=True)
+
+
+def _validate_optimizer(method: DictConfig) -> None:
+    """method.optimizer names an optimizer class taking its settings, method.lr_scale positive factors (whether its
+    keys match parameters is known once the model is built: train.optimizers.parameter_scales)."""
+    from slm_sweep.train.optimizers import OptimizerError, as_container, check_lr_scale, optimizer_class
+
+    try:
+        optimizer_class(as_container(method.get("optimizer")))
+        check_lr_scale(as_container(method.get("lr_scale")))
+    except OptimizerError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _validate_metric_modules(cfg: DictConfig) -> None:

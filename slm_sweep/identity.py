@@ -33,6 +33,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from slm_sweep.settings import TrainerSettings
+
 # Bump when a change to the training path alters the weights it produces (loss, batching order, schedule, ...).
 TRAINING_CODE_VERSION = 7  # 7: under a token budget (trainer.micro_batch_tokens, packing) every epoch trains all of
 # its micro-batches in whole steps (an epoch with more than the first's ended early, its last step spilling into
@@ -106,13 +108,14 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py", "evaluate/attention.py",
                    "placement.py", "methods.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
-                    "train/fit.py", "methods.py", "placement.py")
+                    "train/fit.py", "train/optimizers.py", "methods.py", "placement.py")
 SCORING_SOURCES_SHA256 = {16: "e8029ed21fcb0b017caf751a7e5445f9900bd904758b4a2a3e45143a45707a33"}
-TRAINING_SOURCES_SHA256 = {7: "82e15a3b1be2c0db9fcb792c758cb51aaa63cd94b0ba50410bf4260a210f5178"}
+TRAINING_SOURCES_SHA256 = {7: "895c8ecfd2ca31103be094e8138e2019df6a4e50491eaa7e08691b2a021b7272"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",
-                        "gradient_clip_val", "precision")
+                        "gradient_clip_val", "precision", "lr_schedule")
+DEFAULT_LR_SCHEDULE = TrainerSettings.lr_schedule  # keyed only when another, as in older keys
 EVAL_SCORING_KEYS = ("split", "max_new_tokens", "stop", "generation_config")
 MODEL_KEYS_NOT_IN_IDENTITY = ("name", "gguf_dir", "gguf_package", "revision")
 # Method settings that change the prompts only: in the evaluation key, never in the training key.
@@ -366,6 +369,8 @@ def trainer_identity(trainer: Mapping[str, Any]) -> dict[str, Any]:
             settings[name] = float(settings[name])
     if not settings["gradient_clip_val"]:
         settings["gradient_clip_val"] = None
+    if (settings["lr_schedule"] or DEFAULT_LR_SCHEDULE) == DEFAULT_LR_SCHEDULE:
+        del settings["lr_schedule"]  # keyed only when another: the keys of earlier runs (all cosine) stay valid
     return settings
 
 
@@ -396,6 +401,14 @@ def _declares_display_only(module: str, cls: str) -> bool:
     except Exception:  # noqa: BLE001 - any import error: the class cannot declare anything
         return False
     return getattr(klass, "changes_weights", True) is False
+
+
+def optimizer_source(method: Mapping[str, Any]) -> str | None:
+    """The source of the module of the method's optimizer class when it lies outside torch, whose version the key
+    holds already (None: torch's, or no optimizer block)."""
+    spec = method.get("optimizer")
+    module = str(spec.get("_target_") or "").rpartition(".")[0] if isinstance(spec, Mapping) else ""
+    return module_source(module) if module and module.split(".")[0] != "torch" else None
 
 
 def callback_sources(callbacks: Mapping[str, Any]) -> dict[str, str | None]:
@@ -448,11 +461,18 @@ def is_seed_independent(method: Mapping[str, Any]) -> bool:
 
 def method_identity(method: Mapping[str, Any]) -> dict[str, Any]:
     """The method's settings as keyed: a list of ``target_modules`` (top level and in ``peft``) sorted and without
-    repeats, since peft reads it as a set, so that both orders of one configuration share its keys."""
+    repeats, since peft reads it as a set, so that both orders of one configuration share its keys; a null
+    ``optimizer`` or an empty ``lr_scale`` (AdamW, one rate) left out as when unset, and factors as floats."""
     def as_set(value: Any) -> Any:
         return sorted(set(map(str, value))) if isinstance(value, (list, tuple)) else value
 
     method = dict(method)
+    for key in ("optimizer", "lr_scale"):
+        if key in method and not method[key]:
+            del method[key]
+    if isinstance(method.get("lr_scale"), Mapping):
+        method["lr_scale"] = {str(k): float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+                              for k, v in sorted(method["lr_scale"].items())}
     if "target_modules" in method:
         method["target_modules"] = as_set(method["target_modules"])
     if isinstance(method.get("peft"), Mapping) and "target_modules" in method["peft"]:
@@ -510,6 +530,7 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
             "prompt": prompt,
             "trainer": trainer_identity(trainer),
             "seed": seed,
+            **({"optimizer_source": optimizer} if (optimizer := optimizer_source(method)) else {}),
             # in the key only when they matter, so that the keys of single-device runs without such callbacks
             # stay as they were
             **({"world_size": world_size} if world_size > 1 else {}),

@@ -23,6 +23,7 @@ from omegaconf import MISSING
 SCHEMA_NAME = "schema"
 # the resolver of a dataset's default claims metric (claims_metric_for), registered with the schemas
 CLAIMS_METRIC_RESOLVER = "slm_sweep.claims_metric"
+LR_SCHEDULES = ("cosine", "linear", "constant")  # trainer.lr_schedule (train/optimizers.py's lr_factor)
 
 
 @dataclass
@@ -42,6 +43,8 @@ class TrainerSettings:
     packing: bool = False  # one row per micro-batch, examples kept apart by position_ids (no padding)
     max_length: int = 512  # longer training examples (prompt and whole answer) are left out, and counted
     warmup_steps: int = 10
+    # after the warm-up: cosine or linear decay to zero at max_steps, or constant (train/optimizers.py)
+    lr_schedule: str = "cosine"
     weight_decay: float = 0.0
     gradient_clip_val: float | None = 1.0
     accelerator: str = "auto"

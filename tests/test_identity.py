@@ -42,7 +42,9 @@ RETRAIN = ["method.lr=0.001", "method.r=8", "trainer.max_steps=4", "seed=1", "da
            "method.target_modules=[q_proj,v_proj]",
            "model.quantization={_target_:transformers.BitsAndBytesConfig,load_in_4bit:true}",
            "trainer=ddp_cpu",  # two processes: the epoch's last step is cut to a multiple of two
-           "+callbacks.swa={_target_:lightning.pytorch.callbacks.StochasticWeightAveraging,swa_lrs:0.01}"]
+           "+callbacks.swa={_target_:lightning.pytorch.callbacks.StochasticWeightAveraging,swa_lrs:0.01}",
+           "+method.optimizer={_target_:torch.optim.SGD,momentum:0.9}", "+method.lr_scale={lora_B:16}",
+           "trainer.lr_schedule=linear"]
 RESCORE = ["eval.generation_config=model", "eval.max_new_tokens=20", "eval.ood_sets=[svamp]", "dataset.test_limit=10", "eval.dtype=bfloat16",
            "dataset.answer_tolerance=0.01",
            "eval.stop=[Q:]"]
@@ -118,6 +120,29 @@ def test_a_callback_that_declares_it_changes_no_weight_stays_out_and_an_edited_o
     assert clamped[0] != base()[0]
     (tmp_path / "user_clamp.py").write_text(USER_CALLBACK.format(name="Clamp", changes=True, body="return None"))
     assert base("+callbacks.clamp={_target_:user_clamp.Clamp}")[0] != clamped[0]
+
+
+USER_OPTIMIZER = """
+import torch
+
+
+class Mine(torch.optim.SGD):
+    def step(self, closure=None):
+        return super().step(closure){extra}
+"""
+
+
+def test_one_optimizer_setting_has_one_key_and_an_edited_optimizer_module_retrains(base, tmp_path, monkeypatch):
+    """A null optimizer and an empty lr_scale are the defaults, factors 16 and 16.0 one value, cosine the
+    schedule of every earlier key; an optimizer class from outside torch is keyed with its module's source."""
+    assert base("+method.optimizer=null", "+method.lr_scale={}", "trainer.lr_schedule=cosine") == base()
+    assert base("+method.lr_scale={lora_B:16}") == base("+method.lr_scale={lora_B:16.0}")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "user_optim.py").write_text(USER_OPTIMIZER.format(extra=""))
+    mine = base("+method.optimizer={_target_:user_optim.Mine}")
+    assert mine[0] != base()[0]
+    (tmp_path / "user_optim.py").write_text(USER_OPTIMIZER.format(extra="  # edited"))
+    assert base("+method.optimizer={_target_:user_optim.Mine}")[0] != mine[0]
 
 
 def test_moving_the_data_folder_changes_nothing_its_content_does_not(base, requires_data, tmp_path):

@@ -101,7 +101,7 @@ def test_an_untied_input_embedding_is_no_matmul():
 def test_adamw_is_fused_where_torch_has_the_kernel():
     import torch
 
-    from slm_sweep.train.module import build_optimizer
+    from slm_sweep.train.optimizers import build_optimizer
 
     params = [torch.nn.Parameter(torch.randn(4, 4)), torch.nn.Parameter(torch.randn(4))]
     assert build_optimizer(params, 1e-3).defaults["fused"] is True  # CPU kernel since torch 2.4

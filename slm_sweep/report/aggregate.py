@@ -35,6 +35,7 @@ from typing import Any
 
 from slm_sweep.identity import EVAL_SCORING_KEYS, TRAINER_NUMERIC_KEYS, prompt_matters
 from slm_sweep.scoring import METRICS, PRIMARY_METRIC, accuracy_key
+from slm_sweep.settings import TrainerSettings
 
 from .collect import (
     COMPLETED,
@@ -117,10 +118,17 @@ def _flatten(config: dict[str, Any]) -> dict[str, str]:
     return {key: json.dumps(value, sort_keys=True) for key, value in flat_config(config).items()}
 
 
+# Settings added since older result files were written, with the value those files' runs had
+_SETTINGS_BEFORE_THEY_EXISTED = {"trainer.lr_schedule": TrainerSettings.lr_schedule}
+
+
 def configuration_settings(record: dict[str, Any]) -> dict[str, str]:
     """The record's settings that can change its numbers, flattened (``method.r`` -> ``16``)."""
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
     settings = _flatten(config)
+    if isinstance(config.get("trainer"), dict):
+        for key, value in _SETTINGS_BEFORE_THEY_EXISTED.items():
+            settings.setdefault(key, json.dumps(value))
     method = config.get("method") if isinstance(config.get("method"), dict) else {}
     if not prompt_matters(method):
         # lm-eval's few-shot formats read neither prompt setting: they tell no configuration apart

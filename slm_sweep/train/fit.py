@@ -16,6 +16,7 @@ import torch
 
 from slm_sweep.config import graph_replay_step_problem, graph_replaying_setting, static_shape_count
 from slm_sweep.methods import has_adapters
+from slm_sweep.settings import TrainerSettings
 from slm_sweep.train.callbacks import (
     ThroughputMonitor,
     accelerator_name,
@@ -33,6 +34,7 @@ from slm_sweep.train.compilation import (
 )
 from slm_sweep.train.data import EncodedDataModule
 from slm_sweep.train.module import CausalLMModule
+from slm_sweep.train.optimizers import as_container
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,8 @@ def build_module(model, trainer_cfg: Mapping[str, Any], method_cfg: Mapping[str,
     return CausalLMModule(
         model, lr=float(method_cfg["lr"]), weight_decay=float(trainer_cfg.get("weight_decay", 0.0)),
         warmup_steps=int(trainer_cfg.get("warmup_steps", 0)), max_steps=int(trainer_cfg["max_steps"]),
-        fused_adamw=trainer_cfg.get("fused_adamw"), gradient_clip_val=float(clip) if clip else None,
+        optimizer=as_container(method_cfg.get("optimizer")), lr_scale=as_container(method_cfg.get("lr_scale")),
+        lr_schedule=str(trainer_cfg.get("lr_schedule") or TrainerSettings.lr_schedule), fused_adamw=trainer_cfg.get("fused_adamw"), gradient_clip_val=float(clip) if clip else None,
         log_every_n_steps=int(trainer_cfg.get("log_every_n_steps", 10)),
         replays_graphs=replays_graphs, seed=seed,
     )

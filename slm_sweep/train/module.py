@@ -7,7 +7,8 @@ import hashlib
 import logging
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Mapping
+from typing import Any
 
 import lightning as L
 import torch
@@ -15,7 +16,9 @@ import torch
 from slm_sweep.data.encode import split_micro_batch
 from slm_sweep.memory import is_out_of_memory, release_cached_memory
 from slm_sweep.placement import float32_rotary_buffers, restore_buffers
+from slm_sweep.settings import TrainerSettings
 from slm_sweep.train.batching import StepBatchSampler
+from slm_sweep.train.optimizers import build_optimizer, lr_factor, parameter_scales
 
 log = logging.getLogger(__name__)
 
@@ -56,37 +59,6 @@ def device_step_seed(seed: int, step: int, rank: int) -> int:
     return int.from_bytes(digest, "big") >> 1  # below 2**63: torch.manual_seed's range
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
-                    betas: tuple[float, float] = (0.9, 0.999), fused: bool | None = None,
-                    matrices: set[int] | None = None) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; no weight decay on vectors (norms, biases, DoRA magnitudes).
-
-    ``matrices``: the ids of the parameters that are matrices, taken before a sharding strategy flattens them
-    (FSDP hands the optimizer 1-D shards); None: read from the parameters' shapes.
-    ``fused=None`` takes the fused kernel wherever torch has one for the parameters' device (CUDA, and CPU since
-    torch 2.4, where it is several times faster than the per-tensor loop), the default kernel elsewhere.
-    """
-    params = [p for p in params if p.requires_grad]
-    decayed = [(id(p) in matrices) if matrices is not None else p.ndim >= 2 for p in params]
-    groups = [{"params": [p for p, d in zip(params, decayed) if d], "weight_decay": weight_decay},
-              {"params": [p for p, d in zip(params, decayed) if not d], "weight_decay": 0.0}]
-    if fused is None:
-        try:
-            return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
-        except RuntimeError:  # no fused kernel for this device or dtype
-            fused = False
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=bool(fused) or None)
-
-
-def lr_factor(step: int, warmup_steps: int, max_steps: int) -> float:
-    """Linear warm-up, then cosine decay to zero at ``max_steps``."""
-    if warmup_steps and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, max_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def micro_batch_loss(model, batch: dict, loss_tokens) -> torch.Tensor:
     """Summed next-token loss of the micro-batch divided by ``loss_tokens``, the answer tokens of the whole step.
 
@@ -99,7 +71,8 @@ def micro_batch_loss(model, batch: dict, loss_tokens) -> torch.Tensor:
 
 
 class CausalLMModule(L.LightningModule):
-    """Next-token loss on answer tokens (labels carry -100 elsewhere); AdamW with linear warm-up and cosine decay.
+    """Next-token loss on answer tokens (labels carry -100 elsewhere); the method's optimizer (AdamW by default)
+    under a linear warm-up and the trainer's schedule (``train.optimizers``).
 
     full, lora and dora all train through this one module: which parameters have ``requires_grad`` decides
     what is trained, so the method only changes the model handed in.
@@ -114,7 +87,8 @@ class CausalLMModule(L.LightningModule):
     """
 
     def __init__(self, model, lr: float, weight_decay: float = 0.0, warmup_steps: int = 0,
-                 max_steps: int = 1, betas: tuple[float, float] = (0.9, 0.999), fused_adamw: bool | None = None,
+                 max_steps: int = 1, optimizer: Mapping[str, Any] | None = None,
+                 lr_scale: Mapping[str, float] | None = None, lr_schedule: str = TrainerSettings.lr_schedule, fused_adamw: bool | None = None,
                  gradient_clip_val: float | None = None, log_every_n_steps: int = 10, replays_graphs: bool = False,
                  seed: int = 0):
         super().__init__()
@@ -125,7 +99,9 @@ class CausalLMModule(L.LightningModule):
         self._rotary = [(module, name, buffer.clone()) for module, name, buffer in float32_rotary_buffers(model)]
         self._matrices = {id(p) for p in model.parameters() if p.ndim >= 2}  # before any strategy shards them
         self.lr, self.weight_decay, self.warmup_steps, self.max_steps = lr, weight_decay, warmup_steps, max_steps
-        self.betas = tuple(betas)
+        self.optimizer_spec, self.lr_schedule = optimizer, lr_schedule
+        # by id, as the matrices: from the names the parameters have before a strategy wraps the model
+        self._scales = parameter_scales(model.named_parameters(), lr_scale)
         self.fused_adamw = fused_adamw
         self.gradient_clip_val = gradient_clip_val
         self.log_every_n_steps = max(1, log_every_n_steps)
@@ -283,7 +259,8 @@ class CausalLMModule(L.LightningModule):
     def _optimizer_step(self) -> None:
         optimizer = self.optimizers()
         norm = self._clip_gradients(optimizer) if self.gradient_clip_val else None
-        self._step_lr = optimizer.param_groups[0]["lr"]  # the rate this step trains at, logged beside its loss
+        # the rate this step trains at, logged beside its loss: the first group is method.lr's (train.optimizers)
+        self._step_lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self.lr_schedulers().step()
@@ -416,8 +393,8 @@ class CausalLMModule(L.LightningModule):
                     logger.log_metrics({"val/loss": self.last_val_loss}, step=self.global_step)
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.model.parameters(), self.lr, self.weight_decay, self.betas, self.fused_adamw,
-                                    matrices=self._matrices)
+        optimizer = build_optimizer(self.model.parameters(), self.lr, self.weight_decay, self.optimizer_spec,
+                                    self.fused_adamw, matrices=self._matrices, scales=self._scales)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, self.warmup_steps, self.max_steps))
+            optimizer, lambda step: lr_factor(step, self.warmup_steps, self.max_steps, self.lr_schedule))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,205 @@
+"""The optimizer and schedule of trained methods (slm_sweep/train/optimizers.py): method.optimizer, method.lr_scale
+(LoRA+ as a method file) and trainer.lr_schedule, in training, in validation and in a cell's identity."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from slm_sweep.config import ConfigError, validate_config
+from slm_sweep.identity import trainer_identity
+from slm_sweep.methods import apply_method
+from slm_sweep.models import load_model_and_tokenizer
+from slm_sweep.report.aggregate import configuration_settings
+from slm_sweep.train.fit import build_module
+from slm_sweep.train.optimizers import (
+    OptimizerError,
+    build_optimizer,
+    lr_factor,
+    parameter_groups,
+    parameter_scales,
+)
+from tests.conftest import CONF_DIR, compose_config
+
+
+@functools.cache
+def _tiny():
+    return load_model_and_tokenizer(OmegaConf.load(CONF_DIR / "model" / "tiny.yaml"))
+
+
+def _module(*overrides: str):
+    """The training module of the tiny model under a composed method and trainer, and the tokenizer."""
+    cfg = compose_config(["model=tiny", "trainer.weight_decay=0.0", "trainer.warmup_steps=0",
+                          *overrides])
+    model, tokenizer = _tiny()
+    torch.manual_seed(0)
+    model = apply_method(copy.deepcopy(model), cfg.method)
+    return build_module(model, cfg.trainer, cfg.method), tokenizer
+
+
+def _one_step(*overrides: str) -> dict[str, torch.Tensor]:
+    """Each trainable parameter's change after one optimizer step on one fixed sequence."""
+    module, tok = _module(*overrides)
+    optimizer = module.configure_optimizers()["optimizer"]
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
+    ids = torch.tensor([tok("she bought 12 eggs and sold 5. 12-5=<<12-5=7>>7 #### 7")["input_ids"]])
+    module.model.train()
+    module.model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    return {n: p.detach() - before[n] for n, p in module.model.named_parameters() if p.requires_grad}
+
+
+def test_the_default_optimizer_is_adamw_over_decayed_matrices_and_undecayed_vectors():
+    matrix, vector = torch.nn.Parameter(torch.randn(4, 4)), torch.nn.Parameter(torch.randn(4))
+    frozen = torch.nn.Parameter(torch.randn(4, 4), requires_grad=False)
+    optimizer = build_optimizer([matrix, vector, frozen], 1e-3, weight_decay=0.1)
+    assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["betas"] == (0.9, 0.999)
+    assert [(g["params"], g["weight_decay"], g["lr"]) for g in optimizer.param_groups] == [
+        ([matrix], 0.1, 1e-3), ([vector], 0.0, 1e-3)]
+
+
+def test_loraplus_trains_the_b_matrices_at_sixteen_times_a_s_rate():
+    """LoRA's B starts at zero, so its first AdamW step moves each element of B by about the learning rate (Adam
+    normalises the gradient): LoRA+ moves them 16 times as far, and A not at all in either (B=0, no gradient)."""
+    lora = _one_step("method=lora", "method.lr=1e-3", "method.dropout=0.0")
+    plus = _one_step("method=loraplus", "method.lr=1e-3", "method.dropout=0.0")
+    assert lora.keys() == plus.keys()
+    b_names = [n for n in lora if ".lora_B." in n]
+    assert b_names and len(b_names) < len(lora)
+    for name in b_names:
+        step, step_plus = lora[name].abs().max().item(), plus[name].abs().max().item()
+        assert step == pytest.approx(1e-3, rel=0.05) and step_plus == pytest.approx(16e-3, rel=0.05), name
+    for name in set(lora) - set(b_names):
+        assert torch.equal(lora[name], plus[name]), name
+
+
+def test_loraplus_groups_hold_exactly_the_b_matrices_at_the_scaled_rate():
+    module, _ = _module("method=loraplus", "method.lr=2e-4")
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    scaled = [n for g in groups if g["lr"] == pytest.approx(16 * 2e-4) for n in map(names.get, map(id, g["params"]))]
+    assert scaled and all(".lora_B." in n for n in scaled)
+    assert {n for n, p in module.model.named_parameters() if p.requires_grad and ".lora_B." in n} == set(scaled)
+    assert groups[0]["lr"] == 2e-4  # the first group is method.lr's: the logged rate
+
+
+def test_a_torch_optimizer_named_by_the_method_trains_with_its_arguments():
+    module, _ = _module("method=full", "+method.optimizer={_target_: torch.optim.SGD, momentum: 0.9}")
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert type(optimizer) is torch.optim.SGD
+    assert optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["lr"] == module.lr
+    betas = _module("method=full", "+method.optimizer={_target_: torch.optim.AdamW, betas: [0.9, 0.95]}")[0]
+    assert betas.configure_optimizers()["optimizer"].defaults["betas"] == (0.9, 0.95)
+
+
+def test_an_lr_scale_key_that_matches_no_trainable_parameter_is_refused_naming_them():
+    with pytest.raises(OptimizerError, match=r"\['lora_b'\] match no trainable parameter.*lora_A"):
+        _module("method=lora", "+method.lr_scale={lora_b: 16}")
+    # whole components only: lora_B is no part of lora_B2
+    named = [("x.lora_B2.weight", torch.nn.Parameter(torch.ones(2, 2)))]
+    with pytest.raises(OptimizerError, match="match no trainable parameter"):
+        parameter_scales(named, {"lora_B": 2})
+    both = [("layers.0.mlp.lora_B.weight", torch.nn.Parameter(torch.ones(2, 2)))]
+    with pytest.raises(OptimizerError, match=r"\['mlp', 'lora_B'\] all match"):
+        parameter_scales(both, {"mlp": 2, "lora_B": 3})
+
+
+def test_groups_keep_each_rate_and_decay_apart():
+    a, b, v = (torch.nn.Parameter(torch.ones(*s)) for s in ((2, 2), (2, 2), (2,)))
+    groups = parameter_groups([a, b, v], 0.5, weight_decay=0.1, scales={id(b): 4.0, id(v): 4.0})
+    assert [(g["params"], g["weight_decay"], g.get("lr")) for g in groups] == [
+        ([a], 0.1, None), ([], 0.0, None), ([b], 0.1, 2.0), ([v], 0.0, 2.0)]
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ("cosine", [0.5, 1.0, 0.5, 0.0, 0.0]),
+    ("linear", [0.5, 1.0, 0.5, 0.0, 0.0]),
+    ("constant", [0.5, 1.0, 1.0, 1.0, 1.0]),
+])
+def test_schedules_warm_up_then_decay_as_named(schedule, expected):
+    factors = [lr_factor(step, 2, 4, schedule) for step in (0, 2, 3, 4, 9)]
+    assert factors == pytest.approx(expected)
+    assert lr_factor(5, 0, 12, "cosine") != lr_factor(5, 0, 12, "linear")
+    assert lr_factor(3, 0, 12, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 12)))
+
+
+def test_the_module_schedules_every_group_by_the_trainer_s_schedule():
+    module, _ = _module("method=loraplus", "method.lr=1e-3", "trainer.lr_schedule=constant", "trainer.warmup_steps=0")
+    configured = module.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    assert sorted({g["lr"] for g in optimizer.param_groups}) == pytest.approx([1e-3, 16e-3])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+method.optimizer={_target_: torch.optim.SGD, lr: 0.1}", r"method.optimizer.lr=0.1 is set by the training "
+                                                               r"loop from method.lr"),
+    ("+method.optimizer={_target_: torch.optim.SGD, weight_decay: 0.1}", "from trainer.weight_decay"),
+    ("+method.optimizer={_target_: torch.optim.SGD, momentm: 0.9}", r"momentm is not an argument of torch.optim.SGD "
+                                                                   r"\(did you mean momentum\?\)"),
+    ("+method.optimizer={_target_: torch.nn.Linear}", "is not a torch.optim.Optimizer class"),
+    ("+method.optimizer={_target_: torch.optim.NoSuchOptimizer}", "cannot be imported"),
+    ("+method.optimizer=adam", "must be null .AdamW. or a mapping with a _target_"),
+    ("+method.lr_scale={lora_B: 0}", r"method.lr_scale.lora_B=0 must be a positive number"),
+    ("+method.lr_scale=[lora_B]", "must be a mapping of parameter-name parts"),
+    ("trainer.lr_schedule=cosin", "trainer.lr_schedule='cosin' is not one of: cosine, linear, constant"),
+])
+def test_bad_optimizer_settings_are_refused_before_anything_loads(override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(compose_config(["model=tiny", "method=lora", override]))
+
+
+def test_a_method_that_trains_nothing_takes_no_optimizer():
+    with pytest.raises(ConfigError, match=r"method.lr_scale=\{'lora_B': 16\} cannot be used with "
+                                          r"method='zeroshot', which trains nothing"):
+        validate_config(compose_config(["model=tiny", "method=zeroshot", "+method.lr_scale={lora_B: 16}"]))
+    validate_config(compose_config(["model=tiny", "method=loraplus"]))
+
+
+def test_the_schedule_is_keyed_only_when_it_is_not_the_default():
+    """Earlier runs (all cosine) keep their keys; another schedule trains other weights, so it is keyed."""
+    base = {"max_steps": 10, "batch_size": 4, "max_length": 64, "warmup_steps": 1, "weight_decay": 0.0,
+            "gradient_clip_val": 1.0, "precision": "32-true"}
+    assert trainer_identity(base) == trainer_identity({**base, "lr_schedule": "cosine"})
+    assert "lr_schedule" not in trainer_identity(base)
+    assert trainer_identity({**base, "lr_schedule": "linear"})["lr_schedule"] == "linear"
+
+
+def test_records_from_before_the_schedule_setting_are_the_same_configuration():
+    """A result file written before trainer.lr_schedule existed trained with cosine: no variant of its own."""
+    new = {"method": "lora", "config": {"method": {"name": "lora", "train": True},
+                                        "trainer": {"max_steps": 5, "lr_schedule": "cosine"}}}
+    old = json.loads(json.dumps(new))
+    del old["config"]["trainer"]["lr_schedule"]
+    assert configuration_settings(old) == configuration_settings(new)
+    linear = json.loads(json.dumps(new))
+    linear["config"]["trainer"]["lr_schedule"] = "linear"
+    assert configuration_settings(linear) != configuration_settings(old)
+
+
+def test_a_loraplus_cell_trains_on_its_schedule_and_is_keyed_apart_from_lora(tiny_cfg, tmp_path):
+    """A whole cell: the method file and the schedule reach training (the logged rate follows the linear decay),
+    the result records them, and its training key is not LoRA's."""
+    import csv
+
+    from slm_sweep.run import run
+
+    overrides = ("trainer.max_steps=4", "trainer.warmup_steps=1", "method.lr=1e-3", "logger=csv")
+    plus = run(tiny_cfg("method=loraplus", "trainer.lr_schedule=linear", *overrides), out_dir=tmp_path / "plus")
+    assert plus["status"] == "completed", plus.get("error")
+    assert plus["config"]["method"]["lr_scale"] == {"lora_B": 16}
+    assert plus["config"]["trainer"]["lr_schedule"] == "linear"
+    with open(tmp_path / "plus" / "csv" / "metrics.csv", newline="") as f:
+        logged = [float(r["train/lr"]) for r in csv.DictReader(f) if r.get("train/lr")]
+    assert logged == pytest.approx([1e-3, 1e-3, 1e-3 * 2 / 3, 1e-3 / 3])  # method.lr's group; B's is 16 times
+    lora = run(tiny_cfg("method=lora", *overrides), out_dir=tmp_path / "lora")
+    assert lora["status"] == "completed", lora.get("error")
+    assert lora["identity"]["training_key"] != plus["identity"]["training_key"]
