@@ -388,6 +388,19 @@ def test_report_json_names_the_code_settings_and_every_input(grid, tmp_path):
     assert [u["evaluated_on"] for u in inputs["used"] if u["seed"] == 4] == ["NVIDIA H200, bfloat16"]
     assert "Trained on: unknown (12 cells); NVIDIA H200, bf16-mixed (1 cell)." in report["markdown"]
     assert "Generated on: unknown (24 cells); NVIDIA H200, bfloat16 (1 cell)." in report["markdown"]
+    assert inputs["trained_at_other_commits"] == {} and "another commit" not in report["markdown"]
+    # a cell that re-scored weights kept by a run at another commit names that commit too
+    rescored = make_record("beta", "full", 5, 0.3, 0.2)
+    rescored["git_commit"] = "a" * 40
+    rescored["trained_in"] = "elsewhere/cell"
+    rescored["training_provenance"] = {"result_path": "elsewhere/cell/result.json", "git_commit": "b" * 40}
+    write_json(sweep / "rescored" / "result.json", rescored)
+    report = write_report([sweep], tmp_path / "rescored", plots=False)
+    inputs = json.loads((tmp_path / "rescored" / REPORT_FILE).read_text())["inputs"]
+    assert inputs["trained_at_other_commits"] == {"b" * 40: 1}
+    (entry,) = [u for u in inputs["used"] if u["seed"] == 5]
+    assert (entry["trained_in"], entry["trained_at_commit"]) == ("elsewhere/cell", "b" * 40)
+    assert "1 cell re-scored weights trained at another commit (`bbbbbbbbbbbb` 1 cell)" in report["markdown"]
 
 
 def test_plots_are_png(grid, tmp_path):

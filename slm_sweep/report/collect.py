@@ -129,6 +129,13 @@ class Collection:
         """Completed cells per git commit of the code that computed them ("unknown" where none is recorded)."""
         return Counter(str(r.get("git_commit") or "unknown") for r in self.completed)
 
+    @property
+    def trained_elsewhere(self) -> Counter:
+        """Completed cells that re-score weights trained at another commit than their own, per that commit
+        (``training_provenance.git_commit``; "unknown" where the training run is not recorded)."""
+        return Counter(commit for r in self.completed
+                       if (commit := training_commit(r)) is not None and commit != str(r.get("git_commit") or "unknown"))
+
     def cell_hardware(self, stage: str) -> Counter:
         """Completed cells per chip and number format of ``stage``: ``eval`` (``NVIDIA H200, bfloat16``) or
         ``train`` (``NVIDIA H200, bf16-mixed``; cells that trained nothing are left out). "unknown" where a
@@ -146,6 +153,15 @@ class Collection:
         counts = self.status_counts
         others = sorted(s for s in counts if s not in STATUSES)
         return {s: counts.get(s, 0) for s in (*(s for s in STATUSES if s != COMPLETED), *others)}
+
+
+def training_commit(record: dict[str, Any]) -> str | None:
+    """The commit of the code that trained a re-scored cell's weights ("unknown" where not recorded); None for a
+    cell that trained its own weights or none (its own ``git_commit`` covers it)."""
+    provenance = record.get("training_provenance")
+    if isinstance(provenance, dict):
+        return str(provenance.get("git_commit") or "unknown")
+    return "unknown" if record.get("trained_in") else None
 
 
 def placement_label(record: dict[str, Any], stage: str) -> str:

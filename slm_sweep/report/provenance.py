@@ -15,7 +15,7 @@ from typing import Any
 from slm_sweep.identity import file_sha256
 from slm_sweep.results import atomic_write_text, git_commit, now_iso, redact_overrides
 
-from .collect import COMPLETED, Collection, identity_key, placement_label
+from .collect import COMPLETED, Collection, identity_key, placement_label, training_commit
 from .stats import SEED_TEST_DRAWS, SEED_TEST_SEED
 
 REPORT_FILE = "report.json"
@@ -36,7 +36,10 @@ def _input(record: dict[str, Any]) -> dict[str, Any]:
             "method": record.get("method"), "dataset": record.get("dataset"), "seed": record.get("seed"),
             "evaluation_key": identity_key(record, "evaluation_key"), "reused_from": record.get("reused_from"),
             "git_commit": record.get("git_commit"), "finished_at": record.get("finished_at"),
-            "evaluated_on": placement_label(record, "eval")}
+            "evaluated_on": placement_label(record, "eval"),
+            # a cell that re-scored kept weights: the run that trained them, and its code
+            **({"trained_in": record.get("trained_in"), "trained_at_commit": training_commit(record)}
+               if training_commit(record) is not None else {})}
 
 
 def report_record(collection: Collection, *, alpha: float, correction: str, claims: str | os.PathLike | None,
@@ -62,6 +65,8 @@ def report_record(collection: Collection, *, alpha: float, correction: str, clai
             "used": used,
             # the code that computed the cells: more than one commit is worth a look before quoting a table
             "cell_commits": dict(collection.cell_commits),
+            # cells whose weights were trained at another commit than the one that scored them, per that commit
+            "trained_at_other_commits": dict(collection.trained_elsewhere),
             # the chips and number formats behind the numbers, as a paper's footnote would give them
             "cell_hardware": {stage: dict(collection.cell_hardware(stage)) for stage in ("train", "eval")},
             "skipped": [_input(r) for r in collection.records if r.get("status") != COMPLETED],

@@ -41,6 +41,11 @@ _STATISTICS = ("mean", "std", "ci95", "wilson_low", "wilson_high")
 TRUNCATION_WARNING = 0.05
 
 
+def short_commit(commit: str) -> str:
+    """A commit as the report prints it: its first 12 characters, marked dirty where the tree was."""
+    return f"`{commit[:12]}{'-dirty' if commit.endswith('-dirty') else ''}`"
+
+
 def summary_columns(metrics: Sequence[str] = ACCURACY_METRICS) -> tuple[str, ...]:
     """The columns of summary.csv for these accuracy metrics (``accuracy_<name>``)."""
     return (
@@ -192,10 +197,16 @@ def _sources(collection: Collection) -> list[str]:
             lines += [f"{verb} on: {listed}.", ""]
     commits = collection.cell_commits
     if len(commits) > 1:
-        listed = ", ".join(f"`{commit[:12]}{'-dirty' if commit.endswith('-dirty') else ''}` {count}"
-                           for commit, count in commits.most_common())
+        listed = ", ".join(f"{short_commit(commit)} {count}" for commit, count in commits.most_common())
         lines += [f"The cells were computed at {len(commits)} git commits ({listed} cells); rows pool seeds by the "
                   f"code versions in their identity, not by commit.", ""]
+    elsewhere = collection.trained_elsewhere
+    if elsewhere:
+        listed = ", ".join(f"{short_commit(commit)} {count}" for commit, count in elsewhere.most_common())
+        total = sum(elsewhere.values())
+        lines += [f"{total} cell{'' if total == 1 else 's'} re-scored weights trained at another commit ({listed} "
+                  f"cell{'' if total == 1 else 's'}): their training figures and weights are that code's "
+                  "(`training_provenance` in their result.json).", ""]
     without, who = collection.rows_without_reference, collection.rows_asking_who
     if without:
         listed = "; ".join(f"{dataset} {split}: {count}" + (f" ({who[dataset][split]} asking who)"
