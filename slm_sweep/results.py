@@ -21,7 +21,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
 
-SCHEMA_VERSION = 1
+# Bump when a field changes meaning (a field added beside the others is no change of schema); readers take every
+# version up to this one. 2: evaluation figures (eval_time_s, eval_new_tokens, eval_tokens_per_s) are the scored
+# split's, each out-of-domain set's in eval_sets, eval_time_all_sets_s the stage's (1: eval_time_s counted the
+# out-of-domain sets too); a trained cell whose training did not finish has null training figures, not zeros;
+# non-finite numbers are written as null and listed in non_finite (1: NaN and Infinity, which is not JSON)
+SCHEMA_VERSION = 2
 RESULT_FILE = "result.json"
 PREFLIGHT_FILE = "preflight.json"  # a sweep folder's record of what its preflight checked and left out
 # a later attempt that failed before it knew its keys, beside the finished result.json it leaves in place

@@ -1064,3 +1064,17 @@ def test_an_older_record_whose_eval_time_counted_its_out_of_domain_sets_is_not_a
     new = {"metrics": {"eval_time_s": 10.0, "eval_time_all_sets_s": 100.0}, "eval_sets": {"svamp": {"n_eval": 4}}}
     alone = {"metrics": {"eval_time_s": 12.0}, "eval_sets": {}}
     assert [scored_split_eval_time(r) for r in (old, new, alone)] == [None, 10.0, 12.0]
+
+
+@pytest.mark.parametrize("version, warned", [(1, False), (2, False), (3, True), (None, True), ("2", True)])
+def test_every_schema_version_this_code_knows_reads_quietly_and_others_are_named(version, warned, tmp_path, caplog):
+    from slm_sweep.report.collect import read_result
+    from slm_sweep.results import SCHEMA_VERSION
+
+    assert SCHEMA_VERSION == 2  # a bump adds its versions to the cases above
+    record = make_record("alpha", "lora", 0, 0.3, 0.2)
+    record["schema_version"] = version
+    path = write_json(tmp_path / "result.json", record)
+    with caplog.at_level(logging.WARNING, logger="slm_sweep.report.collect"):
+        assert read_result(path)["model"] == "alpha"
+    assert (f"schema_version {version!r}, this code reads 1 to 2" in caplog.text) == warned

@@ -239,8 +239,8 @@ def read_result(path: str | os.PathLike) -> dict[str, Any]:
     if isinstance(config, dict) and isinstance(config.get("eval"), dict) and config["eval"].get("split") == "val":
         raise ValidationSplitCell("scored on the validation split (a learning-rate search)")
     version = record.get("schema_version")
-    if version != SCHEMA_VERSION:
-        log.warning("%s: schema_version %r, expected %d; reading it anyway", path, version, SCHEMA_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
+        log.warning("%s: schema_version %r, this code reads 1 to %d; reading it anyway", path, version, SCHEMA_VERSION)
 
     metrics = record.get("metrics")
     if metrics is None:
