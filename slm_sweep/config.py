@@ -438,7 +438,8 @@ def refuse_written_credential(node: Any, key: str, path: str, fix: str, variable
     raw = OmegaConf.to_container(node, resolve=False).get(key) if isinstance(node, DictConfig) else node.get(key)
     if raw is None or raw == "" or (isinstance(raw, str) and _FROM_ENVIRONMENT.fullmatch(raw.strip())):
         return
-    interpolation = f", or read it from the environment with {path}='${{oc.env:{variable}}}'" if variable else ""
+    interpolation = (f", or read it from the environment: {key}: ${{oc.env:{variable}}} in its yaml file, or "
+                     f"+{path}='${{oc.env:{variable}}}' on the command line" if variable else "")
     raise ConfigError(f"{path} holds a credential written into the config (Hydra prints the overrides of a sweep "
                       "and its launchers save each job's config to disk): a credential comes from the environment; "
                       f"{fix}{interpolation}")
@@ -687,7 +688,7 @@ def _validate_method(cfg: DictConfig) -> None:
     method = cfg.method
     if method.train:
         _number(cfg, "method.lr", "a positive number")
-        _validate_optimizer(method)
+        _validate_optimizer(method, float(cfg.trainer.weight_decay))
     elif method.get("peft") is not None:
         raise ConfigError(f"method={method.name!r} has a peft block but train=false: adapters that are never "
                           "trained change nothing; set method.train=true or drop method.peft")
@@ -717,13 +718,14 @@ def _validate_method(cfg: DictConfig) -> None:
         _number(cfg, "method.shot_seed", "a non-negative integer", allow_none=True)
 
 
-def _validate_optimizer(method: DictConfig) -> None:
-    """method.optimizer names an optimizer class taking its settings, method.lr_scale positive factors (whether its
-    keys match parameters is known once the model is built: train.optimizers.parameter_scales)."""
-    from slm_sweep.train.optimizers import OptimizerError, as_container, check_lr_scale, optimizer_class
+def _validate_optimizer(method: DictConfig, weight_decay: float) -> None:
+    """method.optimizer names an optimizer class that takes its settings and trains as the loop uses it,
+    method.lr_scale positive factors (whether its keys match parameters is known once the model is built:
+    train.optimizers.parameter_scales)."""
+    from slm_sweep.train.optimizers import OptimizerError, as_container, check_lr_scale, check_optimizer
 
     try:
-        optimizer_class(as_container(method.get("optimizer")))
+        check_optimizer(as_container(method.get("optimizer")), float(method.lr), weight_decay)
         check_lr_scale(as_container(method.get("lr_scale")))
     except OptimizerError as err:
         raise ConfigError(str(err)) from None

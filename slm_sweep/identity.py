@@ -110,7 +110,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "train/optimizers.py", "methods.py", "placement.py")
 SCORING_SOURCES_SHA256 = {16: "e8029ed21fcb0b017caf751a7e5445f9900bd904758b4a2a3e45143a45707a33"}
-TRAINING_SOURCES_SHA256 = {7: "895c8ecfd2ca31103be094e8138e2019df6a4e50491eaa7e08691b2a021b7272"}
+TRAINING_SOURCES_SHA256 = {7: "43982c3fe89a3b44073647bfdd0e93a9eec64a4c57d2d112563d682df6cf59d8"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",
@@ -403,23 +403,81 @@ def _declares_display_only(module: str, cls: str) -> bool:
     return getattr(klass, "changes_weights", True) is False
 
 
-def optimizer_source(method: Mapping[str, Any]) -> str | None:
-    """The source of the module of the method's optimizer class when it lies outside torch, whose version the key
-    holds already (None: torch's, or no optimizer block)."""
+# optimizer arguments that choose a kernel, not the update: as trainer.fused_adamw, in no key
+OPTIMIZER_KERNEL_ARGUMENTS = ("fused", "foreach", "capturable")
+
+
+def optimizer_identity(spec: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``method.optimizer`` as keyed: its class by the module that defines it (``torch.optim.AdamW`` and
+    ``torch.optim.adamw.AdamW`` are one class), without the settings at the class's defaults or choosing a
+    kernel; None for AdamW at its defaults, which is the optimizer of a method without the block. A class that
+    cannot be imported is keyed as written (validation refuses it before any key is made)."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(str(spec.get("_target_")))
+        defaults = {name: p.default for name, p in inspect.signature(cls).parameters.items()}
+    except Exception:  # noqa: BLE001 - keyed as written; validation names the problem
+        return dict(spec)
+
+    def at_default(name: str, value: Any) -> bool:
+        default = defaults.get(name, inspect.Parameter.empty)
+        if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+            return list(value) == list(default)
+        return default is not inspect.Parameter.empty and type(default) is not object and value == default
+
+    settings = {str(k): v for k, v in spec.items() if not str(k).startswith("_")
+                and k not in OPTIMIZER_KERNEL_ARGUMENTS and not at_default(str(k), v)}
+    target = f"{cls.__module__}.{cls.__qualname__}"
+    if target == "torch.optim.adamw.AdamW" and not settings:
+        return None
+    return {"_target_": target, **settings}
+
+
+def optimizer_source(method: Mapping[str, Any]) -> Any:
+    """The code of the method's optimizer class when it lies outside torch, whose version the key holds already
+    (``external_code``; None: torch's, or no optimizer block)."""
     spec = method.get("optimizer")
-    module = str(spec.get("_target_") or "").rpartition(".")[0] if isinstance(spec, Mapping) else ""
-    return module_source(module) if module and module.split(".")[0] != "torch" else None
+    target = str(spec.get("_target_") or "") if isinstance(spec, Mapping) else ""
+    return external_code(target) if "." in target and target.split(".")[0] != "torch" else None
 
 
-def callback_sources(callbacks: Mapping[str, Any]) -> dict[str, str | None]:
-    """The source (``module_source``) of each weight-changing callback's module outside Lightning, whose version
-    the key holds already: a callback edited in place trains other weights."""
+def callback_sources(callbacks: Mapping[str, Any]) -> dict[str, Any]:
+    """The code (``external_code``) of each weight-changing callback outside Lightning, whose version the key
+    holds already: a callback edited in place trains other weights."""
     sources = {}
     for name, entry in callbacks.items():
-        module = str(entry.get("_target_") or "").rpartition(".")[0]
-        if module and module.split(".")[0] not in ("lightning", "pytorch_lightning"):
-            sources[name] = module_source(module)
+        target = str(entry.get("_target_") or "")
+        if "." in target and target.split(".")[0] not in ("lightning", "pytorch_lightning"):
+            sources[name] = external_code(target)
     return sources
+
+
+@functools.cache
+def _distributions() -> Mapping[str, list[str]]:
+    return metadata.packages_distributions()  # a scan of every installed distribution: once per process
+
+
+def external_code(target: str) -> Any:
+    """What decides the behaviour of a class from outside the libraries whose versions are keyed: the source of
+    its top-level package (every Python file: the class may call its siblings), with the version of the
+    distribution that installed it when one did (its compiled parts); a module of slm_sweep by its own file. A
+    single-file module outside any distribution gives its file's hash alone."""
+    module = target.rpartition(".")[0]
+    top = module.split(".")[0]
+    if top == "slm_sweep":
+        return module_source(module)
+    source = module_source(top)
+    names = _distributions().get(top) or []
+    if not names:
+        return source
+    try:
+        version = metadata.version(names[0])
+    except metadata.PackageNotFoundError:
+        return source
+    return {"source": source, "distribution": names[0], "version": version}
 
 
 def planned_world_size(trainer: Mapping[str, Any]) -> int:
@@ -467,12 +525,14 @@ def method_identity(method: Mapping[str, Any]) -> dict[str, Any]:
         return sorted(set(map(str, value))) if isinstance(value, (list, tuple)) else value
 
     method = dict(method)
+    if isinstance(method.get("lr_scale"), Mapping):  # a factor of 1 is no factor
+        method["lr_scale"] = {str(k): float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+                              for k, v in sorted(method["lr_scale"].items()) if v != 1}
+    if isinstance(method.get("optimizer"), Mapping):
+        method["optimizer"] = optimizer_identity(method["optimizer"])
     for key in ("optimizer", "lr_scale"):
         if key in method and not method[key]:
             del method[key]
-    if isinstance(method.get("lr_scale"), Mapping):
-        method["lr_scale"] = {str(k): float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-                              for k, v in sorted(method["lr_scale"].items())}
     if "target_modules" in method:
         method["target_modules"] = as_set(method["target_modules"])
     if isinstance(method.get("peft"), Mapping) and "target_modules" in method["peft"]:

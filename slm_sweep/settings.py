@@ -51,7 +51,9 @@ class TrainerSettings:
     devices: Any = 1  # a count, -1 (all), "auto" or a list of indices, as Lightning takes it
     strategy: str = "auto"  # auto | ddp | fsdp | ...
     precision: str = "32-true"
-    fused_adamw: bool | None = None  # null: fused wherever torch has the kernel (CUDA, CPU)
+    # the optimizer's fused kernel (AdamW's, or any method.optimizer class taking fused); null: fused wherever torch
+    # has the kernel (CUDA, CPU)
+    fused_adamw: bool | None = None
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile for training (dynamic shapes), compiled during the first step
     compile_scope: str = "layers"  # layers: each decoder layer, one graph shared by all; model: the whole forward

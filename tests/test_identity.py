@@ -137,12 +137,27 @@ def test_one_optimizer_setting_has_one_key_and_an_edited_optimizer_module_retrai
     schedule of every earlier key; an optimizer class from outside torch is keyed with its module's source."""
     assert base("+method.optimizer=null", "+method.lr_scale={}", "trainer.lr_schedule=cosine") == base()
     assert base("+method.lr_scale={lora_B:16}") == base("+method.lr_scale={lora_B:16.0}")
+    # what trains the same weights has one key: AdamW at its defaults however spelt, a factor of 1, kernels
+    for same in ("+method.optimizer={_target_:torch.optim.AdamW}", "+method.lr_scale={lora_B:1}",
+                 "+method.optimizer={_target_:torch.optim.adamw.AdamW,betas:[0.9,0.999],fused:true}"):
+        assert base(same) == base(), same
+    assert base("+method.optimizer={_target_:torch.optim.SGD,momentum:0.9,nesterov:false}") == \
+        base("+method.optimizer={_target_:torch.optim.sgd.SGD,momentum:0.9}")
     monkeypatch.syspath_prepend(str(tmp_path))
     (tmp_path / "user_optim.py").write_text(USER_OPTIMIZER.format(extra=""))
     mine = base("+method.optimizer={_target_:user_optim.Mine}")
     assert mine[0] != base()[0]
     (tmp_path / "user_optim.py").write_text(USER_OPTIMIZER.format(extra="  # edited"))
     assert base("+method.optimizer={_target_:user_optim.Mine}")[0] != mine[0]
+    # in a package, the update may live in a sibling module of the class's: the package's code is keyed
+    package = tmp_path / "user_optpkg"
+    (package / "optim").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "functional.py").write_text("SCALE = 1.0\n")
+    (package / "optim" / "__init__.py").write_text(USER_OPTIMIZER.format(extra="") + "\nfrom user_optpkg import functional\n")
+    packaged = base("+method.optimizer={_target_:user_optpkg.optim.Mine}")
+    (package / "functional.py").write_text("SCALE = 2.0\n")
+    assert base("+method.optimizer={_target_:user_optpkg.optim.Mine}")[0] != packaged[0]
 
 
 def test_moving_the_data_folder_changes_nothing_its_content_does_not(base, requires_data, tmp_path):

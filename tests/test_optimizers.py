@@ -151,6 +151,13 @@ def test_the_module_schedules_every_group_by_the_trainer_s_schedule():
     ("+method.lr_scale={lora_B: 0}", r"method.lr_scale.lora_B=0 must be a positive number"),
     ("+method.lr_scale=[lora_B]", "must be a mapping of parameter-name parts"),
     ("trainer.lr_schedule=cosin", "trainer.lr_schedule='cosin' is not one of: cosine, linear, constant"),
+    # classes and settings that fail only once the loop builds or steps them: refused before anything loads
+    ("+method.optimizer={_target_: torch.optim.LBFGS}", r"cannot train as the training loop uses it .*per-parameter"),
+    ("+method.optimizer={_target_: torch.optim.SparseAdam}", "cannot train as the training loop uses it"),
+    ("+method.optimizer={_target_: torch.optim.AdamW, betas: 0.9}", "cannot train as the training loop uses it"),
+    ("+method.optimizer={_target_: torch.optim.Optimizer}", "is not a torch.optim.Optimizer class"),
+    ("+method.optimizer={_target_: torch.optim.adamw.adamw}", r"'torch.optim.adamw.adamw' is not a class"),
+    ("+method.optimizer={_target_: torch.optim.SGD, _args_: [1]}", r"method.optimizer._args_ is not read"),
 ])
 def test_bad_optimizer_settings_are_refused_before_anything_loads(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -203,3 +210,48 @@ def test_a_loraplus_cell_trains_on_its_schedule_and_is_keyed_apart_from_lora(tin
     lora = run(tiny_cfg("method=lora", *overrides), out_dir=tmp_path / "lora")
     assert lora["status"] == "completed", lora.get("error")
     assert lora["identity"]["training_key"] != plus["identity"]["training_key"]
+
+
+def test_an_optimizer_that_would_ignore_the_weight_decay_is_refused_with_one():
+    """Rprop takes no weight_decay: trainer.weight_decay=0.1 would train as 0 under another key."""
+    with pytest.raises(ConfigError, match=r"torch.optim.Rprop' takes no weight_decay, so trainer.weight_decay=0.1 "
+                                          r"would not be applied"):
+        validate_config(compose_config(["model=tiny", "method=lora", "trainer.weight_decay=0.1",
+                                        "+method.optimizer={_target_: torch.optim.Rprop}"]))
+    validate_config(compose_config(["model=tiny", "method=lora", "+method.optimizer={_target_: torch.optim.Rprop}"]))
+
+
+def test_an_optimizer_taking_no_settings_says_so(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "bare_optim.py").write_text(
+        "import torch\n\n\nclass Bare(torch.optim.SGD):\n    def __init__(self, params, lr, weight_decay=0.0):\n"
+        "        super().__init__(params, lr=lr, weight_decay=weight_decay)\n")
+    with pytest.raises(OptimizerError, match="momentum is not an argument of bare_optim.Bare; it takes none besides "
+                                             "the parameters, lr and weight_decay"):
+        build_optimizer([torch.nn.Parameter(torch.ones(2, 2))], 0.1,
+                        spec={"_target_": "bare_optim.Bare", "momentum": 0.9})
+
+
+def test_a_spawned_process_finds_each_parameter_s_rate_and_decay_by_name():
+    """ddp_spawn pickles the module into each process, whose parameters are other objects: the groups there must
+    be the ones the first process builds (LoRA+'s B at 16 times, only matrices decayed)."""
+    import pickle
+
+    module, _ = _module("method=loraplus", "method.lr=1e-3", "trainer.weight_decay=0.1")
+
+    def groups(m):
+        names = {id(p): n for n, p in m.model.named_parameters()}
+        return [(g["lr"], g["weight_decay"], sorted(names[id(p)] for p in g["params"]))
+                for g in m.configure_optimizers()["optimizer"].param_groups]
+
+    here = groups(module)
+    assert any(lr == pytest.approx(16e-3) and wd == 0.1 and names for lr, wd, names in here)
+    assert groups(pickle.loads(pickle.dumps(module))) == here
+
+
+def test_names_are_read_through_the_wrappers_strategies_and_compilers_insert():
+    from slm_sweep.train.optimizers import unwrapped_name
+
+    assert unwrapped_name("model.layers.0._fsdp_wrapped_module.mlp._checkpoint_wrapped_module.up_proj.lora_B.weight") \
+        == "model.layers.0.mlp.up_proj.lora_B.weight"
+    assert unwrapped_name("_orig_mod.model.norm.weight") == "model.norm.weight"

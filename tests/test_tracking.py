@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -309,6 +310,10 @@ def test_a_credential_written_into_the_config_is_refused_and_one_read_from_the_e
         message = str(err.value)
         assert message.startswith(f"{path} holds a credential written into the config")
         assert "WANDB_API_KEY" in message and "wandb login" in message and "abc123secret" not in message
+        # the command-line form the message offers is one Hydra takes
+        offered = re.search(r"(\+\S+)='(\$\{oc\.env:WANDB_API_KEY\})' on the command line", message)
+        assert offered[1] == f"+{path}"
+        validate_config(tiny_cfg("method=zeroshot", overrides[0], f"{offered[1]}={offered[2]}"))
     with pytest.raises(ConfigError, match="logger.api_key holds a credential"):
         run(tiny_cfg("method=zeroshot", "logger=wandb", "+logger.api_key=abc123secret"), out_dir=tmp_path / "cell")
     assert not (tmp_path / "cell").exists()

@@ -18,7 +18,7 @@ from slm_sweep.memory import is_out_of_memory, release_cached_memory
 from slm_sweep.placement import float32_rotary_buffers, restore_buffers
 from slm_sweep.settings import TrainerSettings
 from slm_sweep.train.batching import StepBatchSampler
-from slm_sweep.train.optimizers import build_optimizer, lr_factor, parameter_scales
+from slm_sweep.train.optimizers import build_optimizer, lr_factor, parameter_scales, unwrapped_name
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +97,12 @@ class CausalLMModule(L.LightningModule):
         # a half "true" precision casts the whole model (Lightning's convert_module), its rotary frequencies too;
         # copies, since FSDP's mixed precision casts buffers in place at its first forward
         self._rotary = [(module, name, buffer.clone()) for module, name, buffer in float32_rotary_buffers(model)]
-        self._matrices = {id(p) for p in model.parameters() if p.ndim >= 2}  # before any strategy shards them
         self.lr, self.weight_decay, self.warmup_steps, self.max_steps = lr, weight_decay, warmup_steps, max_steps
         self.optimizer_spec, self.lr_schedule = optimizer, lr_schedule
-        # by id, as the matrices: from the names the parameters have before a strategy wraps the model
-        self._scales = parameter_scales(model.named_parameters(), lr_scale)
+        # each parameter's shape class and rate factor by name, taken before a strategy shards them (FSDP hands the
+        # optimizer 1-D shards): by name, since a spawned process (ddp_spawn) unpickles other objects
+        scales = parameter_scales(model.named_parameters(), lr_scale)
+        self._plan = {unwrapped_name(name): (p.ndim >= 2, scales.get(id(p), 1.0)) for name, p in model.named_parameters()}
         self.fused_adamw = fused_adamw
         self.gradient_clip_val = gradient_clip_val
         self.log_every_n_steps = max(1, log_every_n_steps)
@@ -259,7 +260,8 @@ class CausalLMModule(L.LightningModule):
     def _optimizer_step(self) -> None:
         optimizer = self.optimizers()
         norm = self._clip_gradients(optimizer) if self.gradient_clip_val else None
-        # the rate this step trains at, logged beside its loss: the first group is method.lr's (train.optimizers)
+        # the rate this step trains at, logged beside its loss: the first group's is method.lr's under the schedule,
+        # whether or not a parameter trains at it (method.lr_scale may give them all another factor)
         self._step_lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -392,9 +394,26 @@ class CausalLMModule(L.LightningModule):
                 for logger in self.trainer.loggers:
                     logger.log_metrics({"val/loss": self.last_val_loss}, step=self.global_step)
 
+    def _parameter_plan(self) -> tuple[set[int], dict[int, float]]:
+        """The matrices (ids) and each parameter's rate factor (by id) among the model's parameters as they are
+        now: wrapped, sharded or unpickled in another process, found by their names before any of it."""
+        matrices, scales = set(), {}
+        for name, param in self.model.named_parameters():
+            plan = self._plan.get(unwrapped_name(name))
+            if plan is None:
+                if param.requires_grad:
+                    raise RuntimeError(f"the trainable parameter {name} was not in the model the training module "
+                                       "was built on")
+                continue
+            if plan[0]:
+                matrices.add(id(param))
+            scales[id(param)] = plan[1]
+        return matrices, scales
+
     def configure_optimizers(self):
+        matrices, scales = self._parameter_plan()
         optimizer = build_optimizer(self.model.parameters(), self.lr, self.weight_decay, self.optimizer_spec,
-                                    self.fused_adamw, matrices=self._matrices, scales=self._scales)
+                                    self.fused_adamw, matrices=matrices, scales=scales)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, self.warmup_steps, self.max_steps, self.lr_schedule))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

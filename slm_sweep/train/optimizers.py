@@ -49,12 +49,19 @@ def optimizer_class(spec: Mapping[str, Any] | None) -> type[torch.optim.Optimize
     if not isinstance(target, str) or "." not in target:
         raise OptimizerError(f"method.optimizer={spec!r} must be null (AdamW) or a mapping with a _target_ naming a "
                              f"torch.optim.Optimizer class, e.g. {example}")
+    hydra_keys = sorted(str(key) for key in spec if str(key).startswith("_") and key != "_target_")
+    if hydra_keys:
+        raise OptimizerError(f"method.optimizer.{hydra_keys[0]} is not read: the training loop calls the class with "
+                             "the parameter groups, lr and the block's named settings only")
     try:
         cls = get_class(target)
+    except ValueError as err:  # imported, but not a class
+        raise OptimizerError(f"method.optimizer._target_={target!r} is not a class ({err}); name a "
+                             f"torch.optim.Optimizer class, e.g. {example}") from None
     except Exception as err:  # noqa: BLE001 - any import problem is the same mistake in the config
         raise OptimizerError(f"method.optimizer._target_={target!r} cannot be imported ({err}); name a "
                              f"torch.optim.Optimizer class, e.g. {example}") from None
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is torch.optim.Optimizer:
         raise OptimizerError(f"method.optimizer._target_={target!r} is not a torch.optim.Optimizer class; "
                              f"e.g. {example}")
     settings = optimizer_settings(spec)
@@ -62,16 +69,44 @@ def optimizer_class(spec: Mapping[str, Any] | None) -> type[torch.optim.Optimize
         if key in settings:
             raise OptimizerError(f"method.optimizer.{key}={settings[key]!r} is set by the training loop from "
                                  f"{owner}: set it there")
-    parameters = inspect.signature(cls).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        unknown = sorted(set(settings) - set(parameters))
+    if not takes_keyword(cls, None):
+        taken = [name for name in inspect.signature(cls).parameters
+                 if name not in ("self", "params", *OPTIMIZER_ARGUMENTS_SET_BY_THE_LOOP)]
+        unknown = sorted(set(settings) - set(taken))
         if unknown:
-            taken = [name for name in parameters if name not in ("self", "params", *OPTIMIZER_ARGUMENTS_SET_BY_THE_LOOP)]
             close = difflib.get_close_matches(unknown[0], taken, n=1)
             raise OptimizerError(f"method.optimizer.{unknown[0]} is not an argument of {target}"
-                                 f"{f' (did you mean {close[0]}?)' if close else ''}; its arguments are: "
-                                 f"{', '.join(taken)}")
+                                 f"{f' (did you mean {close[0]}?)' if close else ''}; "
+                                 + (f"its arguments are: {', '.join(taken)}" if taken else
+                                    "it takes none besides the parameters, lr and weight_decay"))
     return cls
+
+
+def takes_keyword(cls: type, name: str | None) -> bool:
+    """Whether ``cls(...)`` takes the keyword ``name`` (None: any keyword, through ``**kwargs``)."""
+    parameters = inspect.signature(cls).parameters
+    return (name is not None and name in parameters) or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def check_optimizer(spec: Mapping[str, Any] | None, lr: float, weight_decay: float) -> None:
+    """``spec``'s optimizer built as training builds it, over a small matrix and a vector, and stepped once on a
+    dense gradient: a class that refuses parameter groups (LBFGS), dense gradients (SparseAdam), or a setting of
+    the wrong shape (``betas: 0.9``) fails here, before any model loads, not after. A class that ignores weight
+    decay (takes no ``weight_decay``) is refused with a weight decay to apply."""
+    cls = optimizer_class(spec)
+    if weight_decay and not takes_keyword(cls, "weight_decay"):
+        raise OptimizerError(f"method.optimizer._target_={spec.get('_target_')!r} takes no weight_decay, so "
+                             f"trainer.weight_decay={weight_decay} would not be applied: set trainer.weight_decay=0")
+    matrix, vector = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2))
+    try:
+        optimizer = build_optimizer([matrix, vector], lr, weight_decay, spec, fused=False)
+        matrix.grad, vector.grad = torch.full_like(matrix, 0.5), torch.full_like(vector, 0.5)
+        optimizer.step()
+    except Exception as err:  # noqa: BLE001 - whatever the class refuses, the config is at fault
+        raise OptimizerError(f"method.optimizer ({spec.get('_target_') if spec else 'AdamW'}) cannot train as the "
+                             f"training loop uses it (parameter groups, one step on dense gradients): "
+                             f"{type(err).__name__}: {err}") from None
 
 
 def optimizer_settings(spec: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -130,6 +165,15 @@ def parameter_scales(named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
         raise OptimizerError(f"method.lr_scale keys {unused} match no trainable parameter of this model; its "
                              f"trainable parameters are named like {trainable_name_examples(named_parameters)}")
     return scales
+
+
+# the components a wrapper inserts in its parameters' names: FSDP, activation checkpointing, torch.compile
+WRAPPER_COMPONENTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
+
+
+def unwrapped_name(name: str) -> str:
+    """A parameter's name as the model had it before a strategy or compiler wrapped its modules."""
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_COMPONENTS)
 
 
 def trainable_name_examples(named_parameters, count: int = 3) -> str:
