@@ -13,7 +13,7 @@ def main(cfg: DictConfig) -> float | None:
 
     from slm_sweep.config import ConfigError, check_method_name
     from slm_sweep.config_sources import use_hydra_search_path
-    from slm_sweep.run import run
+    from slm_sweep.run import global_rank, run
 
     use_hydra_search_path()  # dataset files of hydra.searchpath folders serve as ood and dedup sets too
     try:
@@ -25,6 +25,8 @@ def main(cfg: DictConfig) -> float | None:
         record = run(cfg)
     except ConfigError as error:  # the message says it all; a traceback would only hide it
         raise SystemExit(f"config error: {error}") from None
+    if global_rank() != 0:
+        return None  # the other processes of a distributed cell only train; the first reports
     if record["status"] != "completed" and HydraConfig.get().mode != RunMode.MULTIRUN:
         raise SystemExit(f"cell {record['status']}: {record.get('error')}")
     return (record.get("metrics") or {}).get(cfg.optimized_metric)

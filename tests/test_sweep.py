@@ -223,6 +223,16 @@ def test_ddp_on_two_cpu_processes_trains_a_cell(requires_data, tmp_path):
     assert record["config"]["trainer"]["devices"] == 2
     assert record["metrics"]["train_steps"] == 2
     assert "world_size=2" in proc.stderr or "distributed_backend=gloo" in proc.stderr
+    assert "cell running" not in proc.stdout + proc.stderr  # the second process reports nothing of its own
+    # a validation split too small for two devices fails before training, with the cause (not a lost connection)
+    small = [o for o in FAST_TINY if not o.startswith(("dataset.val_size=", "trainer.micro_batch_size=", "trainer.max_length="))]
+    proc = subprocess.run(cli([*small, "trainer=ddp_cpu", "method=lora", "trainer.max_steps=2",
+                               "dataset.val_size=2", "trainer.micro_batch_size=2", "hydra.run.dir=small_val"],
+                              tmp_path), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    record = json.loads((tmp_path / "small_val" / "result.json").read_text())
+    assert record["status"] == "failed" and "fewer than the 2 devices" in record["error"], record["error"]
+    assert record["metrics"]["train_steps"] is None
 
 
 # With the slow tests (about 18 s): the lr_grid search's sweep in tests/test_tuning.py checks the same

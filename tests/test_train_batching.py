@@ -135,3 +135,21 @@ def test_eval_batches_cover_everything_sorted_by_length():
     flat = [lengths[i] for b in batches for i in b]
     assert flat == sorted(flat, reverse=True)
     assert all(len(b) * padded_length(max(lengths[i] for i in b), 8) <= 800 or len(b) == 1 for b in batches)
+
+
+def test_a_validation_split_smaller_than_the_devices_is_refused_before_training_naming_the_fix():
+    """Each device validates its share of the micro-batches: one left without any fails (Lightning's "zero length"
+    on it, a lost connection on the others), after training. Every device refuses it alike, at setup."""
+    from types import SimpleNamespace
+
+    from slm_sweep.train.data import EncodedDataModule
+
+    examples = [{"input_ids": [1] * n, "attention_mask": [1] * n, "labels": [1] * n} for n in (5, 6, 7)]
+    data = EncodedDataModule(examples, examples[:2], batch_size=2, micro_batch_size=2, pad_token_id=0, seed=0)
+    data.trainer = SimpleNamespace(global_rank=1, world_size=2)
+    with pytest.raises(ValueError, match=r"validation split's 2 examples make 1 micro-batches of up to 2, fewer than "
+                                         r"the 2 devices.*raise dataset.val_size or lower trainer.micro_batch_size"):
+        data.setup("fit")
+    data.micro_batch_size = 1
+    data.setup("fit")
+    assert len(data.val_dataloader()) == 1  # the second device's share

@@ -81,11 +81,26 @@ class EncodedDataModule(L.LightningDataModule):
                           batch_size=None, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                           generator=self._own_generator())
 
-    def val_dataloader(self):
+    def setup(self, stage: str) -> None:
+        # before training, on every device alike: a validation pass after it would fail on the devices left
+        # without a micro-batch, and the others then only on the lost connection
+        self._val_batches()
+
+    def _val_batches(self) -> list:
         # Length-sorted batches, padded (never packed) so that every validation batch is an ordinary one.
-        rank, world_size = self._rank_and_world()
+        _, world_size = self._rank_and_world()
         batches = eval_batches([len(e["input_ids"]) for e in self.val], self.micro_batch_size, self.max_tokens,
                                self.pad_to_multiple_of)
+        if self.val and len(batches) < world_size:
+            raise ValueError(
+                f"the validation split's {len(self.val)} examples make {len(batches)} micro-batches of up to "
+                f"{self.micro_batch_size}, fewer than the {world_size} devices, each of which validates at least "
+                "one: raise dataset.val_size or lower trainer.micro_batch_size")
+        return batches
+
+    def val_dataloader(self):
+        rank, world_size = self._rank_and_world()
+        batches = self._val_batches()
         return DataLoader(self.val, batch_sampler=batches[rank::world_size], collate_fn=self.pad_collate,
                           num_workers=self.num_workers, generator=self._own_generator())
 
