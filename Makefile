@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-# the folder of this Makefile, so that `make -f <repo>/Makefile` from elsewhere finds the project's files
+# the folder of this Makefile; run make there (`make -C <repo>` from elsewhere): the other paths are relative to it
 ROOT := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +13,7 @@ TORCH_SPEC ?= torch==2.13.0
 # the latest sweep that holds a cell's result (not one that was refused or only listed; hyperparameter searches
 # live under multirun/hparams/<date>/<time>/<cell>, a level deeper, or multirun/paper-search/<cell>, a level
 # higher, and are left out)
-SWEEP ?= $(lastword $(sort $(patsubst %/,%,$(dir $(patsubst %/,%,$(dir $(wildcard multirun/*/*/*/result.json)))))))
+SWEEP ?= $(lastword $(sort $(patsubst %/,%,$(dir $(patsubst %/,%,$(dir $(foreach f,$(filter-out multirun/paper-search/% multirun/hparams/%,$(wildcard multirun/*/*/*/result.json)),$(if $(findstring /superseded,$(f)),,$(f)))))))))
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"; printf "Targets:\n"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)

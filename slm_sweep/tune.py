@@ -5,7 +5,8 @@ A search is a sweep scored on the validation split carved from train (``hparams_
 search's result.json files and writes the table (default ``slm_sweep/conf/tuned/lr.yaml``)::
 
     lr: {<dataset>: {<model>: {<method>: <learning rate>}}}
-    searched: {<dataset>: {<model>: {<method>: {val_examples, best, candidates: [{lr, <metric>, ...}]}}}}
+    searched: {<dataset>: {<model>: {<method>: {metric, best, margin, ..., val_examples, searches, seeds,
+                                                candidates: [{lr, <metric>, ..., runs}], trained_with}}}}
 
 A cell with ``tuning.lr=tuned`` (``experiment=paper``) takes its learning rate from that table before its identity
 is computed, so the tuned value is in its training key. Without an entry, ``tuning.on_missing`` decides: ``method``
@@ -15,11 +16,12 @@ preflight refuses the grid, one line per missing entry). result.json records the
 under ``learning_rate``.
 
 Selection: the highest mean validation accuracy over the seeds of a candidate, on the dataset's claims metric (the
-one the report's claims read: flexible, lenient on OrcaMath; ``--metric`` for another); a tie goes to the lower
-mean validation loss, then to the smaller learning rate. Only rates that completed every seed any rate ran are
-candidates; a winner at an end of the candidates compared is marked ``at_edge`` (``smallest``, ``largest``, or
-``only`` when no other rate completed). The winner's margin over the runner-up is recorded with its standard
-error, and a margin within two of them is flagged: the search did not separate the two rates.
+one the report's claims read: flexible, lenient on OrcaMath; ``--metric`` for another validation accuracy); a tie
+goes to the lower mean validation loss, then to the smaller learning rate, and is flagged (``tied``). Only rates
+that completed every seed any rate ran are candidates; a rate of the grid the cells record that no cell ran is
+listed as ``not run``. A winner at an end of the candidates compared is marked ``at_edge`` (``smallest``,
+``largest``, or ``only`` when no other rate completed). The winner's margin over the runner-up is recorded with
+its standard error, and a margin the search did not separate from noise is flagged ``within_noise`` (``_lead``).
 """
 
 from __future__ import annotations
@@ -178,7 +180,8 @@ def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> 
     """Refuse a tuned rate that was searched under other training settings than the cell's (steps, batch,
     precision, rank, data, prompt): its result.json would say ``source: tuned`` of a rate tuned for something
     else. Refuse it too for a cell at one of the seeds it was searched on, which would report the search's winner.
-    Tables written before the settings or seeds were recorded are taken as they are."""
+    Tables written before the settings or seeds were recorded are taken as they are (but for a cell with
+    ``tuning.on_missing=refuse``, which ``check_missing`` refuses)."""
     dataset, model, method = cfg.dataset.name, cfg.model.name, cfg.method.name
     if lookup(table, dataset, model, method) is None:
         return
@@ -212,14 +215,35 @@ def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> 
             "choosing with tuning.lr=method method.lr=<rate>")
 
 
+# what a table entry's search record holds when the tune command wrote it: the guards of a tuned cell read them
+SEARCH_RECORD = ("metric", "seeds", "trained_with")
+
+
+def has_search_record(table: Mapping[str, Any], dataset: str, model: str, method: str) -> bool:
+    searched = _searched(table, dataset, model, method)
+    return (isinstance(searched.get("metric"), str) and isinstance(searched.get("seeds"), list)
+            and isinstance(searched.get("trained_with"), Mapping))
+
+
 def check_missing(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> None:
-    """Raise MissingTunedRate for a cell with ``tuning.on_missing=refuse`` whose dataset x model x method has no
-    rate in ``table``; without that setting such a cell trains at ``method.lr`` (resolve_lr says so)."""
+    """For a cell with ``tuning.on_missing=refuse``: raise MissingTunedRate when its dataset x model x method has no
+    rate in ``table``, and ConfigError when the rate has no search record (``SEARCH_RECORD``: a rate written by hand
+    or by an older tune command, which neither the seed nor the settings guard can check). Without that setting
+    such a cell trains at ``method.lr``, or at the unrecorded rate, and resolve_lr says so."""
     if (cfg.get("tuning") or {}).get("on_missing", "method") != "refuse":
         return
     dataset, model, method = cfg.dataset.name, cfg.model.name, cfg.method.name
     if lookup(table, dataset, model, method) is None:
         raise MissingTunedRate(dataset, model, method, path, cfg.method.get("lr"))
+    if not has_search_record(table, dataset, model, method):
+        entry = f"{dataset}.{model}.{method}"
+        raise ConfigError(
+            f"tuning.on_missing=refuse: the rate lr.{entry} in {path} has no search record (searched.{entry} with "
+            f"{', '.join(SEARCH_RECORD)}), so nothing shows it was chosen on the validation split, on other seeds "
+            "than this cell's, under this cell's settings. Write the table from a search: "
+            f"`make paper-search` for experiment=paper's cells, else `python -m slm_sweep.tune <search dir>`; or "
+            "take the table's rate as it is with tuning.on_missing=method (result.json then says it has no search "
+            "record)")
 
 
 # ------------------------------------------------------------------------------------------------ in a cell
@@ -229,6 +253,7 @@ def validate(cfg: DictConfig) -> None:
     """Check the ``tuning`` settings (and a grid search's candidate) before anything reads ``method.lr``; with
     ``tuning.lr=tuned``, the table's rate for a trained cell (MissingTunedRate where ``tuning.on_missing=refuse`` and
     it has none)."""
+    check_search_scoring(cfg)
     tuning = cfg.get("tuning")
     if tuning is None:
         return
@@ -280,6 +305,53 @@ def validate(cfg: DictConfig) -> None:
     if isinstance(candidate, bool) or not isinstance(candidate, int) or not 0 <= candidate < len(values):
         raise ConfigError(f"tuning.lr_candidate={candidate!r} must be an index into {where}, "
                           f"which has {len(values)} candidates (0 to {len(values) - 1})")
+    split = cfg.eval.get("split", "test")
+    if split != "val":
+        raise ConfigError(f"tuning.lr_candidate={candidate} is a learning-rate search's candidate, scored on the "
+                          f"validation split carved from train, but eval.split={split!r}: candidates compared on "
+                          "the test split would choose the rate on the questions it is reported on. Set "
+                          "eval.split=val (hparams_search=lr_grid does)")
+
+
+def _search_of(cfg: DictConfig) -> str | None:
+    """The hyperparameter search the cell is part of (``hparams_search=...``, or a sweeper that optimises
+    ``optimized_metric``), as its Hydra config says (composed with it, or the running job's); None when it is
+    none or cannot be told."""
+    hydra_cfg = cfg.get("hydra")
+    if hydra_cfg is None:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            if not HydraConfig.initialized():
+                return None
+            hydra_cfg = HydraConfig.get()
+        except (ImportError, ValueError):
+            return None
+    choice = OmegaConf.select(hydra_cfg, "runtime.choices.hparams_search", default=None)
+    sweeper = str(OmegaConf.select(hydra_cfg, "sweeper._target_", default=None) or "")
+    if choice:
+        return f"hparams_search={choice}"
+    if sweeper and not sweeper.endswith(".BasicSweeper"):
+        return f"the sweeper {sweeper.rsplit('.', 1)[-1]}"
+    return None
+
+
+def check_search_scoring(cfg: DictConfig) -> None:
+    """A hyperparameter search scores and maximises the validation split: refuse one set to the test split, or
+    one whose ``optimized_metric`` (what Optuna maximises) is not a validation score."""
+    search = _search_of(cfg)
+    if search is None:
+        return
+    split = (cfg.get("eval") or {}).get("split", "test")
+    if split != "val":
+        raise ConfigError(f"{search} is a hyperparameter search, which scores the validation split carved from "
+                          f"train, but eval.split={split!r}: it would choose on the questions the study reports. "
+                          "Set eval.split=val")
+    metric = str(cfg.get("optimized_metric"))
+    if not metric.startswith("val_"):
+        raise ConfigError(f"optimized_metric={metric!r}: {search} maximises it, but a search chooses on the "
+                          "validation split: use a val_ score (val_accuracy_<metric>; the search's default is "
+                          "val_accuracy_${dataset.claims_metric})")
 
 
 GRID_STEPS = 2  # candidates of a derived grid either side of the method's rate: five in all
@@ -297,15 +369,15 @@ def lr_grid(lr: float, steps: int = GRID_STEPS) -> list[float]:
     return [*below, float(lr), *above]
 
 
-def method_grid(cfg: DictConfig) -> tuple[list[float], str]:
+def method_grid(cfg: Mapping[str, Any]) -> tuple[list[float], str]:
     """A grid search's candidates for the cell's method and where they come from: ``tuning.lr_grid.<method>``
     when given, else ``lr_grid`` around ``method.lr`` as composed (the method file's rate, or the command
-    line's)."""
-    method = cfg.method.name
-    given = (cfg.tuning.get("lr_grid") or {}).get(method)
+    line's). ``cfg``: a composed config, or a result.json's ``config``."""
+    method = cfg["method"]
+    given = ((cfg.get("tuning") or {}).get("lr_grid") or {}).get(method["name"])
     if given is not None:
-        return [float(v) for v in given], f"tuning.lr_grid.{method}"
-    return lr_grid(float(cfg.method.lr)), f"the grid around method.lr={cfg.method.lr:g}"
+        return [float(v) for v in given], f"tuning.lr_grid.{method['name']}"
+    return lr_grid(float(method["lr"])), f"the grid around method.lr={method['lr']:g}"
 
 
 def resolve_lr(cfg: DictConfig) -> dict[str, Any] | None:
@@ -353,11 +425,23 @@ def resolve_lr(cfg: DictConfig) -> dict[str, Any] | None:
     if searched.get("metric") and searched.get("best") is not None:
         detail += (f" (best {searched['metric']} {searched['best']} of {len(searched.get('candidates') or [])} "
                    f"candidates on {searched.get('val_examples')} validation examples)")
+    if not has_search_record(table, dataset, model, method):
+        detail += f" (no search record: searched.{dataset}.{model}.{method} lacks {', '.join(SEARCH_RECORD)})"
+        log.warning("%s: the table does not say how this rate was chosen", detail)
     edge = next((c.get("at_edge") for c in searched.get("candidates") or []
                  if isinstance(c, Mapping) and c.get("lr") == tuned and c.get("at_edge")), None)
-    lead = {k: searched[k] for k in ("runner_up", "margin", "margin_se", "within_noise") if k in searched}
-    return {"value": tuned, "source": "tuned", "detail": detail, "table": str(path),
-            "searches": list(table.get("searches") or []), **({"at_edge": str(edge)} if edge else {}), **lead}
+    # this entry's own search, not every search the table was written from
+    provenance = {k: searched[k] for k in ("metric", "seeds") if k in searched}
+    lead = {k: searched[k] for k in LEAD_KEYS if k in searched}
+    return {"value": tuned, "source": "tuned", "detail": detail, "table": str(path), "table_sha256": file_sha256(path),
+            "searches": list(searched.get("searches") or []), **provenance,
+            **({"at_edge": str(edge)} if edge else {}), **lead}
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def check_tuned_data(cfg: DictConfig, learning_rate: Mapping[str, Any] | None,
@@ -489,10 +573,35 @@ def tuned_under(record: Mapping[str, Any]) -> dict[str, Any]:
             for k, v in flat(key, value).items()}
 
 
+def _recorded_grid(record: Mapping[str, Any]) -> list[float]:
+    """The grid a search cell's rate was a candidate of: ``learning_rate.candidates``, else the grid its config
+    gives its candidate (a cell refused before its rate was set records no ``learning_rate``); [] for a cell of
+    no grid."""
+    candidates = (record.get("learning_rate") or {}).get("candidates")
+    if isinstance(candidates, list):
+        return [float(v) for v in candidates if _positive_number(v)]
+    config = record.get("config") or {}
+    if (config.get("tuning") or {}).get("lr_candidate") is None:
+        return []
+    try:
+        return method_grid(config)[0]
+    except (KeyError, TypeError, ValueError):  # no method name, or no rate to build the grid around
+        return []
+
+
 def _record_lr(record: Mapping[str, Any]) -> float | None:
+    """The rate a search cell trained at. A grid cell refused before its rate was set records none, and its
+    ``method.lr`` is the method's, not its candidate's: its candidate of the grid its config gives. None when
+    neither tells."""
     value = (record.get("learning_rate") or {}).get("value")
-    if value is None:
-        value = ((record.get("config") or {}).get("method") or {}).get("lr")
+    config = record.get("config") or {}
+    candidate = (config.get("tuning") or {}).get("lr_candidate")
+    if value is None and candidate is not None:
+        grid = _recorded_grid(record)
+        index_ok = isinstance(candidate, int) and not isinstance(candidate, bool) and 0 <= candidate < len(grid)
+        value = grid[candidate] if index_ok else None
+    elif value is None:
+        value = (config.get("method") or {}).get("lr")  # an Optuna trial: its sampled rate
     return float(value) if _positive_number(value) else None
 
 
@@ -504,125 +613,267 @@ def search_metric(cells: Sequence[Mapping[str, Any]]) -> str:
     return f"val_{accuracy_key(claims_metric(cells))}"
 
 
-def _margin(best: Mapping[str, Any], runner_up: Mapping[str, Any], metric: str, n_val: int) -> dict[str, Any]:
-    """The winner's lead over the runner-up and the lead's standard error, as two accuracies on ``n_val`` questions
-    averaged over their seeds (binomial, unpaired: a rough scale that says whether the search separated them)."""
-    first, second = best[metric], runner_up[metric]
-    seeds = max(1, min(best["seeds"], runner_up["seeds"]))
-    se = math.sqrt((first * (1 - first) + second * (1 - second)) / (n_val * seeds))
-    margin = round(first - second, 9)
-    return {"runner_up": runner_up["lr"], "margin": margin, "margin_se": round(se, 6),
-            **({"within_noise": True} if margin < 2 * se else {})}
+def check_metric(metric: str, records: Sequence[Mapping[str, Any]]) -> None:
+    """``--metric``: the validation accuracy of a registered metric (built in, the metrics folder's, or one the
+    search's cells registered with ``eval.metric_modules``); any other key would be maximised as if it were one."""
+    from slm_sweep.scoring import METRICS, metric_module_names, use_metric_modules
+
+    modules = sorted({str(m) for r in records
+                      for m in (((r.get("config") or {}).get("eval") or {}).get("metric_modules") or [])})
+    try:
+        use_metric_modules(metric_module_names(modules))
+    except Exception as err:  # noqa: BLE001 - a module's own fault at import (SyntaxError, NameError, ...) too
+        raise TuningError(f"the metric modules of the search cannot be imported ({type(err).__name__}: {err})") \
+            from None
+    allowed = [f"val_{accuracy_key(name)}" for name in METRICS]
+    if metric not in allowed:
+        raise TuningError(f"--metric {metric!r} is not the validation accuracy of a registered metric; one of: "
+                          f"{', '.join(allowed)}")
 
 
-def choose(records: Sequence[Mapping[str, Any]], metric: str | None = None,
-           min_val_examples: int = MIN_VAL_EXAMPLES) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """The best learning rate of every dataset x model x method searched in ``records``, on ``metric`` (None:
-    each dataset's claims metric, ``search_metric``).
+# what a table entry and a tuned cell's learning_rate record of the winner's lead over the runner-up
+LEAD_KEYS = ("runner_up", "margin", "margin_se", "margin_test", "margin_p", "within_noise", "tied")
+SEED_SPREAD = "spread of the per-seed differences"
+BINOMIAL = "binomial, unpaired (one seed, no predictions)"
 
-    Only cells scored on the validation split of a trained method count. Raises TuningError when the cells of
-    one search disagree in anything but the learning rate and the seed, scored different validation sets, or
-    scored fewer than ``min_val_examples`` questions.
-    """
-    asked = metric
+
+def _question_scores(record: Mapping[str, Any], metric: str) -> dict | None:
+    """Whether ``metric`` (``val_accuracy_<name>``) scored each validation question of a search cell correct, from
+    the predictions beside its result.json; None without them, or when they disagree with its recorded score."""
+    from slm_sweep.report.collect import NoQuestionData, question_scores
+
+    if not record.get("result_path"):
+        return None
+    try:
+        scores = question_scores(record["result_path"], f"{record['dataset']}/val", metric.removeprefix("val_accuracy_"))
+    except (NoQuestionData, OSError, ValueError):
+        return None
+    metrics = record.get("metrics") or {}
+    if not scores or len(scores) != metrics.get("val_n_eval") \
+            or abs(sum(scores.values()) / len(scores) - float(metrics[metric])) > 1e-9:
+        return None
+    return scores
+
+
+def _paired_test(first: Sequence[Mapping[str, Any]], second: Sequence[Mapping[str, Any]], metric: str):
+    """The claims' seeds-and-questions test (report/stats.py) of two candidates' runs, first minus second; None
+    unless every run's predictions are there, on the same questions."""
+    from slm_sweep.report.stats import seeds_and_questions_test
+
+    sides = [[_question_scores(r, metric) for r in runs] for runs in (first, second)]
+    if any(scores is None for side in sides for scores in side):
+        return None
+    keys = sorted(sides[0][0])
+    if any(sorted(scores) != keys for side in sides for scores in side):
+        return None
+    a, b = ([[scores[k] for k in keys] for scores in side] for side in sides)
+    return seeds_and_questions_test(a, b, interval=False)
+
+
+def _seed_differences(first: Sequence[Mapping[str, Any]], second: Sequence[Mapping[str, Any]],
+                      metric: str) -> list[float]:
+    """The winner's score minus the runner-up's, seed by seed, over the seeds both ran."""
+    other = {str(r.get("seed")): float(r["metrics"][metric]) for r in second}
+    return [float(r["metrics"][metric]) - other[str(r.get("seed"))] for r in first if str(r.get("seed")) in other]
+
+
+def _lead(best: Mapping[str, Any], runner_up: Mapping[str, Any], metric: str, n_val: int,
+          runs: Mapping[float, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+    """The winner's lead over the runner-up, its standard error (``margin_test`` says how it was measured), and
+    ``within_noise`` when the search did not separate the two. The seeds scored the same questions, so more seeds
+    measure the runs' spread but do not shrink the questions' noise:
+
+    - with every run's predictions, the claims' paired seeds-and-questions test: within noise at p >= 0.05;
+    - else, over two or more seeds, the spread of the per-seed differences: within noise when the 95% interval of
+      their mean reaches 0;
+    - else (one seed) the binomial error of two accuracies on ``n_val`` questions: within two standard errors.
+
+    A tie (a margin of 0) is within noise, and ``tied`` names what broke it."""
+    from slm_sweep.report.stats import ALPHA, SEEDS_AND_QUESTIONS, describe
+
+    first, second = runs[best["lr"]], runs[runner_up["lr"]]
+    margin = round(best[metric] - runner_up[metric], 9)
+    paired = _paired_test(first, second, metric)
+    differences = _seed_differences(first, second, metric)
+    if paired is not None:
+        se = math.sqrt(paired.question_se ** 2 + sum(part ** 2 for part in paired.seed_se))
+        how = {"margin_test": SEEDS_AND_QUESTIONS, "margin_p": round(paired.p_value, 6)}
+        separated = paired.p_value < ALPHA
+    elif len(differences) >= 2:
+        _, spread, half_width = describe(differences)
+        se = spread / math.sqrt(len(differences))
+        how = {"margin_test": SEED_SPREAD}
+        separated = margin > half_width
+    else:
+        p, q = best[metric], runner_up[metric]
+        se = math.sqrt((p * (1 - p) + q * (1 - q)) / n_val)
+        how = {"margin_test": BINOMIAL}
+        separated = margin > 2 * se
+    tied = ("validation loss" if best.get("val_loss") != runner_up.get("val_loss") else "smaller rate") \
+        if margin == 0 else None
+    return {"runner_up": runner_up["lr"], "margin": margin, "margin_se": round(se, 6), **how,
+            **({"within_noise": True} if margin == 0 or not separated else {}), **({"tied": tied} if tied else {})}
+
+
+def search_groups(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], list[Mapping[str, Any]]]:
+    """The cells a rate is chosen from, by dataset x model x method: those of a trained method scored on the
+    validation split."""
     groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for record in records:
         config = record.get("config") or {}
         if (config.get("eval") or {}).get("split") != "val" or not (config.get("method") or {}).get("train"):
             continue
         groups[record["dataset"], record["model"], record["method"]].append(record)
+    return dict(sorted(groups.items()))
+
+
+def choose(records: Sequence[Mapping[str, Any]], metric: str | None = None,
+           min_val_examples: int = MIN_VAL_EXAMPLES) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """The best learning rate of every dataset x model x method searched in ``records``, on ``metric`` (None:
+    each dataset's claims metric, ``search_metric``); a group none of whose rates completed every seed is left
+    out, with a warning.
+
+    Only cells scored on the validation split of a trained method count. Raises TuningError for a metric that is
+    no validation accuracy (``check_metric``), and when the cells of one search disagree in anything but the
+    learning rate and the seed, scored different validation sets, or scored fewer than ``min_val_examples``
+    questions.
+    """
+    if metric is not None:
+        check_metric(metric, records)
     chosen = {}
-    for key, cells in sorted(groups.items()):
-        name = "/".join(key)
-        metric = asked or search_metric(cells)
-        settings = [_training_settings(r) for r in cells]
-        # a cell that failed before computing its keys says nothing of the code or examples it would have used
-        differing = sorted(k for k in {k for s in settings for k in s}
-                           if len({repr(s.get(k)) for s in settings
-                                   if not (k in _FROM_KEYS and s.get(k) is None)}) > 1)
-        if differing:
-            values = "; ".join(f"{k}: {', '.join(sorted({repr(s.get(k)) for s in settings}))}" for k in differing)
-            raise TuningError(f"the search cells of {name} differ in more than the learning rate ({values}): "
-                              "pass the directories of one search")
-        by_lr: dict[float, list[Mapping[str, Any]]] = defaultdict(list)
-        for record in cells:
-            lr = _record_lr(record)
-            if lr is not None:
-                by_lr[lr].append(record)
-        sizes = {r["metrics"].get("val_n_eval") for r in cells
-                 if r.get("status") == "completed" and r.get("metrics")}
-        if len(sizes) > 1:
-            raise TuningError(f"the search cells of {name} scored validation sets of different sizes "
-                              f"({', '.join(map(str, sorted(sizes)))}): candidates must see the same questions")
-        n_val = next(iter(sizes), None)
-        all_seeds = sorted({r.get("seed") for r in cells}, key=str)
-        candidates = []
-        for lr, runs in sorted(by_lr.items()):
-            seeds = [r.get("seed") for r in runs]
-            if len(set(map(str, seeds))) < len(seeds):
-                raise TuningError(f"the search cells of {name} hold seed(s) "
-                                  f"{', '.join(sorted({str(x) for x in seeds if seeds.count(x) > 1}))} of lr {lr:g} "
-                                  "more than once (from other searches or code versions): pass one search's folders")
-            done = [r for r in runs if r.get("status") == "completed"
-                    and isinstance((r.get("metrics") or {}).get(metric), (int, float))]
-            statuses = sorted({str(r.get("status")) for r in runs} - {"completed"})
-            missing = [x for x in all_seeds if x not in seeds]
-            # a rate is compared only over the seeds every rate ran, all completed: dropping the seeds a rate lost
-            # (diverged, failed) would favour rates that are unstable
-            reasons = []
-            if len(done) < len(runs):
-                reasons.append(f"seeds not completed: {', '.join(statuses)}")
-            if missing:
-                reasons.append(f"seeds not run: {', '.join(map(str, missing))}")
-            why = "; ".join(reasons) or None
-            candidates.append({
-                "lr": lr,
-                metric: _mean([float(r["metrics"][metric]) for r in done]),
-                "val_loss": _mean([float(r["metrics"]["val_loss"]) for r in done
-                                   if isinstance(r["metrics"].get("val_loss"), (int, float))]),
-                "seeds": len(done),
-                **({"not_completed": statuses} if statuses else {}),
-                **({"not_eligible": why} if why else {}),
-            })
-        scored = [c for c in candidates if c[metric] is not None and "not_eligible" not in c]
-        for c in candidates:
-            if "not_eligible" in c:
-                log.warning("%s: lr %g is not a candidate (%s)", name, c["lr"], c["not_eligible"])
-        if not scored:
-            log.warning("no learning rate of %s completed every seed with %s: no learning rate chosen", name, metric)
-            continue
-        if n_val is None or n_val < min_val_examples:
-            raise TuningError(f"the validation split of {name} has {n_val} examples; choosing a learning rate "
-                              f"needs at least {min_val_examples} to separate candidates (dataset.val_size; "
-                              "--min-val-examples N accepts fewer)")
-        # means rounded: equal counts of correct answers must tie whatever order float addition took
-        best = min(scored, key=lambda c: (-round(c[metric], 9), math.inf if c["val_loss"] is None else c["val_loss"],
-                                          c["lr"]))
-        # the edge of what was compared: a rate beyond the winner that failed or lost a seed tells nothing of
-        # whether the best lies there
-        if len(scored) == 1:
-            best["at_edge"] = "only"
-            log.warning("%s: only one learning rate (%g) could be compared; the best may lie either side", name,
-                        best["lr"])
-        elif best["lr"] in (scored[0]["lr"], scored[-1]["lr"]):  # candidates are sorted by rate
-            edge = "smallest" if best["lr"] == scored[0]["lr"] else "largest"
-            best["at_edge"] = edge
-            log.warning("%s: the chosen rate %g is the %s compared; the best may lie beyond the grid", name,
-                        best["lr"], edge)
-        margin = {}
-        if len(scored) > 1:
-            margin = _margin(best, max((c for c in scored if c is not best), key=lambda c: c[metric]), metric, n_val)
-            if margin.get("within_noise"):
-                log.warning("%s: the chosen rate %g leads the runner-up %g by %.1f points of %s, within two standard "
-                            "errors (%.1f each): the search did not separate them (more seeds or validation "
-                            "questions would)", name, best["lr"], margin["runner_up"], 100 * margin["margin"],
-                            metric, 100 * margin["margin_se"])
-        chosen[key] = {"lr": best["lr"], "metric": metric, "best": best[metric], **margin, "val_examples": n_val,
-                       "candidates": candidates, "seeds": all_seeds,
-                       # from a cell that computed its keys (the code version is known there)
-                       "trained_with": tuned_under(next((c for c in cells if c.get("status") == "completed"),
-                                                        cells[0]))}
+    for key, cells in search_groups(records).items():
+        entry = _choose_one("/".join(key), cells, metric or search_metric(cells), min_val_examples)
+        if entry is not None:
+            chosen[key] = entry
     return chosen
+
+
+def _check_alike(name: str, cells: Sequence[Mapping[str, Any]]) -> None:
+    settings = [_training_settings(r) for r in cells]
+    # a cell that failed before computing its keys says nothing of the code or examples it would have used
+    differing = sorted(k for k in {k for s in settings for k in s}
+                       if len({repr(s.get(k)) for s in settings
+                               if not (k in _FROM_KEYS and s.get(k) is None)}) > 1)
+    if differing:
+        values = "; ".join(f"{k}: {', '.join(sorted({repr(s.get(k)) for s in settings}))}" for k in differing)
+        raise TuningError(f"the search cells of {name} differ in more than the learning rate ({values}): "
+                          "pass the directories of one search")
+
+
+def _val_size(name: str, cells: Sequence[Mapping[str, Any]]) -> int | None:
+    sizes = {r["metrics"].get("val_n_eval") for r in cells if r.get("status") == "completed" and r.get("metrics")}
+    if len(sizes) > 1:
+        raise TuningError(f"the search cells of {name} scored validation sets of different sizes "
+                          f"({', '.join(map(str, sorted(sizes)))}): candidates must see the same questions")
+    return next(iter(sizes), None)
+
+
+def _run(record: Mapping[str, Any], metric: str) -> dict[str, Any]:
+    """One seed of a candidate as the table records it."""
+    metrics = record.get("metrics") or {}
+    key = (record.get("identity") or {}).get("evaluation_key")
+    return {"seed": record.get("seed"),
+            **({"status": record.get("status")} if record.get("status") != "completed" else {}),
+            metric: metrics.get(metric), "val_loss": metrics.get("val_loss"),
+            **({"evaluation_key": key} if key else {})}
+
+
+def _candidate(name: str, lr: float, runs: Sequence[Mapping[str, Any]], all_seeds: Sequence[Any],
+               metric: str) -> dict[str, Any]:
+    seeds = [r.get("seed") for r in runs]
+    if len(set(map(str, seeds))) < len(seeds):
+        raise TuningError(f"the search cells of {name} hold seed(s) "
+                          f"{', '.join(sorted({str(x) for x in seeds if seeds.count(x) > 1}))} of lr {lr:g} "
+                          "more than once (from other searches or code versions): pass one search's folders")
+    done = [r for r in runs if r.get("status") == "completed"
+            and isinstance((r.get("metrics") or {}).get(metric), (int, float))]
+    statuses = sorted({str(r.get("status")) for r in runs} - {"completed"})
+    missing = [x for x in all_seeds if x not in seeds]
+    # a rate is compared only over the seeds every rate ran, all completed: dropping the seeds a rate lost
+    # (diverged, failed) would favour rates that are unstable
+    reasons = []
+    if len(done) < len(runs):
+        reasons.append(f"seeds not completed: {', '.join(statuses)}")
+    if missing:
+        reasons.append(f"seeds not run: {', '.join(map(str, missing))}")
+    why = "; ".join(reasons) or None
+    return {
+        "lr": lr,
+        metric: _mean([float(r["metrics"][metric]) for r in done]),
+        "val_loss": _mean([float(r["metrics"]["val_loss"]) for r in done
+                           if isinstance(r["metrics"].get("val_loss"), (int, float))]),
+        "seeds": len(done),
+        **({"not_completed": statuses} if statuses else {}),
+        **({"not_eligible": why} if why else {}),
+        "runs": [_run(r, metric) for r in sorted(runs, key=lambda r: str(r.get("seed")))],
+    }
+
+
+def _mark_edge(name: str, best: dict[str, Any], scored: Sequence[Mapping[str, Any]]) -> None:
+    # the edge of what was compared: a rate beyond the winner that failed, lost a seed or never ran tells nothing
+    # of whether the best lies there
+    if len(scored) == 1:
+        best["at_edge"] = "only"
+        log.warning("%s: only one learning rate (%g) could be compared; the best may lie either side", name,
+                    best["lr"])
+    elif best["lr"] in (scored[0]["lr"], scored[-1]["lr"]):  # candidates are sorted by rate
+        edge = "smallest" if best["lr"] == scored[0]["lr"] else "largest"
+        best["at_edge"] = edge
+        log.warning("%s: the chosen rate %g is the %s compared; the best may lie beyond the grid", name,
+                    best["lr"], edge)
+
+
+def _warn_lead(name: str, best: Mapping[str, Any], lead: Mapping[str, Any], metric: str) -> None:
+    if lead.get("tied"):
+        log.warning("%s: the chosen rate %g ties the runner-up %g on %s: chosen by the %s", name, best["lr"],
+                    lead["runner_up"], metric, lead["tied"])
+    elif lead.get("within_noise"):
+        log.warning("%s: the chosen rate %g leads the runner-up %g by %.1f points of %s, within noise (standard "
+                    "error %.1f, %s): the search did not separate them", name, best["lr"], lead["runner_up"],
+                    100 * lead["margin"], metric, 100 * lead["margin_se"], lead["margin_test"])
+
+
+def _choose_one(name: str, cells: Sequence[Mapping[str, Any]], metric: str,
+                min_val_examples: int) -> dict[str, Any] | None:
+    _check_alike(name, cells)
+    by_lr: dict[float, list[Mapping[str, Any]]] = defaultdict(list)
+    for record in cells:
+        lr = _record_lr(record)
+        if lr is None:
+            log.warning("%s: %s is left out: it records no learning rate, nor a candidate of a grid it records",
+                        name, record.get("result_path") or f"a cell of seed {record.get('seed')}")
+            continue
+        by_lr[lr].append(record)
+    n_val = _val_size(name, cells)
+    all_seeds = sorted({r.get("seed") for r in cells}, key=str)
+    candidates = [_candidate(name, lr, runs, all_seeds, metric) for lr, runs in by_lr.items()]
+    # the grid the cells record: a rate of it that no cell ran (an interrupted search, a folder not passed)
+    grid = {lr for record in cells for lr in _recorded_grid(record)} - set(by_lr)
+    candidates += [{"lr": lr, metric: None, "val_loss": None, "seeds": 0, "not_eligible": "not run"} for lr in grid]
+    candidates.sort(key=lambda c: c["lr"])
+    for c in candidates:
+        if "not_eligible" in c:
+            log.warning("%s: lr %g is not a candidate (%s)", name, c["lr"], c["not_eligible"])
+    scored = [c for c in candidates if c[metric] is not None and "not_eligible" not in c]
+    if not scored:
+        log.warning("no learning rate of %s completed every seed with %s: no learning rate chosen", name, metric)
+        return None
+    if n_val is None or n_val < min_val_examples:
+        raise TuningError(f"the validation split of {name} has {n_val} examples; choosing a learning rate "
+                          f"needs at least {min_val_examples} to separate candidates (dataset.val_size; "
+                          "--min-val-examples N accepts fewer)")
+    # means rounded: equal counts of correct answers must tie whatever order float addition took
+    ranked = sorted(scored, key=lambda c: (-round(c[metric], 9), math.inf if c["val_loss"] is None else c["val_loss"],
+                                           c["lr"]))
+    best = ranked[0]
+    _mark_edge(name, best, scored)
+    lead = _lead(best, ranked[1], metric, n_val, by_lr) if len(ranked) > 1 else {}
+    _warn_lead(name, best, lead, metric)
+    return {"lr": best["lr"], "metric": metric, "best": best[metric], **lead, "val_examples": n_val,
+            "candidates": candidates, "seeds": all_seeds,
+            "searches": sorted({str(r["search_dir"]) for r in cells if r.get("search_dir")}),
+            # from a cell that computed its keys (the code version is known there)
+            "trained_with": tuned_under(next((c for c in cells if c.get("status") == "completed"), cells[0]))}
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -634,26 +885,36 @@ HEADER = """\
 # (experiment=paper) train at lr.<dataset>.<model>.<method>; without an entry they keep method.lr and result.json
 # says so (learning_rate), or with tuning.on_missing=refuse (experiment=paper) they are refused.
 # Written by `python -m slm_sweep.tune {sources}`; rerun it after a new search
-# (entries of other searches are kept). `searched` lists every candidate and its validation scores.
+# (entries of other searches are kept). `searched` lists every candidate and its validation scores, each seed's
+# run, and the search each entry was chosen from (`searches`).
 """
 
 
 def write_table(chosen: Mapping[tuple[str, str, str], Mapping[str, Any]], path: str | Path, sources: Sequence[str],
-                metric: str | None, keep: Mapping[str, Any] | None = None) -> Path:
-    """Write (atomically) the table at ``path``: ``keep``'s entries, then the ``chosen`` ones over them. ``metric``
-    None: each dataset's claims metric was maximised (the table says ``claims_metric``)."""
+                metric: str | None, keep: Mapping[str, Any] | None = None,
+                drop: Sequence[tuple[str, str, str]] = ()) -> Path:
+    """Write (atomically) the table at ``path``: ``keep``'s entries but those of ``drop`` (dataset, model, method),
+    then the ``chosen`` ones over them. Each chosen entry names its own search folders (``searches``: its cells',
+    else ``sources``). ``metric`` None: each dataset's claims metric was maximised (the table says
+    ``claims_metric``)."""
+    import copy
+
     import yaml
 
     from slm_sweep.results import atomic_write_text
 
-    lr: dict[str, Any] = {k: v for k, v in ((keep or {}).get("lr") or {}).items()}
-    searched: dict[str, Any] = {k: v for k, v in ((keep or {}).get("searched") or {}).items()}
+    lr: dict[str, Any] = copy.deepcopy(dict((keep or {}).get("lr") or {}))
+    searched: dict[str, Any] = copy.deepcopy(dict((keep or {}).get("searched") or {}))
+    for key in drop:
+        for tree in (lr, searched):
+            _remove_entry(tree, *key)
     for (dataset, model, method), entry in chosen.items():
         lr.setdefault(dataset, {}).setdefault(model, {})[method] = entry["lr"]
         searched.setdefault(dataset, {}).setdefault(model, {})[method] = {
             "metric": entry["metric"], "best": entry["best"],
-            **{k: entry[k] for k in ("runner_up", "margin", "margin_se", "within_noise") if k in entry},
+            **{k: entry[k] for k in LEAD_KEYS if k in entry},
             "val_examples": entry["val_examples"],
+            "searches": list(entry.get("searches") or sources),
             "candidates": [dict(c) for c in entry["candidates"]],
             **({"seeds": list(entry["seeds"])} if entry.get("seeds") is not None else {}),
             **({"trained_with": dict(entry["trained_with"])} if entry.get("trained_with") else {})}
@@ -669,6 +930,17 @@ def write_table(chosen: Mapping[tuple[str, str, str], Mapping[str, Any]], path: 
     return path
 
 
+def _remove_entry(tree: dict[str, Any], dataset: str, model: str, method: str) -> None:
+    """Remove ``tree[dataset][model][method]``, and the levels it leaves empty."""
+    models = tree.get(dataset) or {}
+    methods = models.get(model) or {}
+    methods.pop(method, None)
+    if not methods:
+        models.pop(model, None)
+    if not models:
+        tree.pop(dataset, None)
+
+
 def render(chosen: Mapping[tuple[str, str, str], Mapping[str, Any]]) -> str:
     """A short text table of what was chosen, with every candidate's score."""
     lines = []
@@ -677,7 +949,9 @@ def render(chosen: Mapping[tuple[str, str, str], Mapping[str, Any]]) -> str:
         scores = ", ".join(f"{c['lr']:g}: " + ("n/a" if c[metric] is None else f"{c[metric]:.3f}")
                            for c in entry["candidates"])
         lead = ""
-        if entry.get("margin") is not None:
+        if entry.get("tied"):
+            lead = f", tied with {entry['runner_up']:g}: chosen by the {entry['tied']}"
+        elif entry.get("margin") is not None:
             lead = (f", {100 * entry['margin']:.1f} ± {100 * entry['margin_se']:.1f} points over {entry['runner_up']:g}"
                     + (": within noise" if entry.get("within_noise") else ""))
         lines.append(f"{dataset}/{model}/{method}: lr {entry['lr']:g} ({metric} {entry['best']:.3f} on "
@@ -687,7 +961,9 @@ def render(chosen: Mapping[tuple[str, str, str], Mapping[str, Any]]) -> str:
 
 def read_search(dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Every readable result.json under ``dirs``, one per evaluation key (a result reused in another folder
-    counts once). The report's reader is not used: it takes a completed cell without test scores as malformed."""
+    counts once), with the file's path (``result_path``) and the folder of ``dirs`` it was found under
+    (``search_dir``). The report's reader is not used: it takes a completed cell without test scores as
+    malformed."""
     from slm_sweep.results import RESULT_FILE, SUPERSEDED, read_result
 
     records: dict[str, dict[str, Any]] = {}
@@ -705,7 +981,7 @@ def read_search(dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
                 continue
             key = (record.get("identity") or {}).get("evaluation_key") or str(path)
             if key not in records or (records[key].get("reused_from") and not record.get("reused_from")):
-                records[key] = record
+                records[key] = {**record, "result_path": str(path), "search_dir": str(d)}
     return list(records.values())
 
 
@@ -762,9 +1038,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", metavar="FILE", default=str(table_path(DEFAULT_TABLE)),
                         help="the table to write (default: %(default)s); its entries of other searches are kept")
     parser.add_argument("--replace", action="store_true", help="drop the table's earlier entries")
+    parser.add_argument("--keep-unchosen", action="store_true",
+                        help="keep the table's earlier entry of a dataset x model x method searched here that no "
+                             "rate was chosen for (by default it is dropped, and the command exits 1)")
     parser.add_argument("--metric", default=None,
-                        help="validation metric to maximise (default: each dataset's claims metric, "
-                             "val_accuracy_flexible; val_accuracy_lenient on OrcaMath)")
+                        help="validation accuracy to maximise, val_accuracy_<metric> (default: each dataset's "
+                             "claims metric, val_accuracy_flexible; val_accuracy_lenient on OrcaMath)")
     parser.add_argument("--min-val-examples", type=int, default=MIN_VAL_EXAMPLES, metavar="N",
                         help="refuse searches scored on fewer validation questions (%(default)s)")
     args = parser.parse_args(argv)
@@ -772,18 +1051,35 @@ def main(argv: list[str] | None = None) -> int:
     try:
         records = read_search(args.dirs)
         chosen = choose(records, args.metric, args.min_val_examples)
+        unchosen = [key for key in search_groups(records) if key not in chosen]
         if not chosen:
             raise TuningError(f"no search cell under {', '.join(args.dirs)} (a trained method scored with "
-                              f"eval.split=val and {args.metric or 'its dataset claims metric'}) completed")
+                              f"eval.split=val and {args.metric or 'its dataset claims metric'}) completed"
+                              + (f"; no rate of {_names(unchosen)} completed every seed" if unchosen else "")
+                              + ": the table is left as it was")
         out = Path(args.out)
         keep = None if args.replace or not out.exists() else read_table(out)
-        path = write_table(chosen, out, [str(d) for d in args.dirs], args.metric, keep)
+        dropped = [] if args.keep_unchosen or keep is None else [k for k in unchosen if lookup(keep, *k) is not None]
+        path = write_table(chosen, out, [str(d) for d in args.dirs], args.metric, keep, drop=dropped)
     except (FileNotFoundError, TuningError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     print(render(chosen))
     print(f"Wrote {path}")
+    if unchosen and args.keep_unchosen:
+        print(f"{parser.prog}: warning: no rate of {_names(unchosen)} completed every seed; the table's earlier "
+              "entries of them, if any, are kept as they were (--keep-unchosen)", file=sys.stderr)
+    elif unchosen:
+        gone = f" (its earlier entry of {_names(dropped)} is dropped: searched again, no rate chosen)" if dropped else ""
+        print(f"{parser.prog}: error: no rate of {_names(unchosen)} completed every seed, so the table has none"
+              f"{gone}. Search again (the warnings above say why each rate is no candidate), or keep an earlier "
+              "entry with --keep-unchosen", file=sys.stderr)
+        return 1
     return 0
+
+
+def _names(keys: Sequence[tuple[str, str, str]]) -> str:
+    return ", ".join("/".join(key) for key in keys)
 
 
 if __name__ == "__main__":

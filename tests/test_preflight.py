@@ -337,8 +337,17 @@ def test_a_grid_that_refuses_untuned_cells_is_refused_at_once_one_line_per_missi
                                                                                         tmp_path):
     """tuning.on_missing=refuse (experiment=paper): trained cells the table has no rate for stop the grid before
     anything is checked or runs, each missing dataset x model x method named once, whatever the seeds."""
+    import yaml
+
+    from slm_sweep.identity import TRAINING_CODE_VERSION
+    from slm_sweep.tune import _cell_config, tuned_under
+
     table = tmp_path / "lr.yaml"
-    table.write_text("lr: {gsm8k: {tiny: {lora: 0.0005}}}\n")
+    # lora's rate as the tune command writes it: with the search record a refusing grid asks for
+    searched = composer([f"data_root={DATA_ROOT}", "model=tiny", "method=lora"])
+    record = {"config": _cell_config(searched), "identity": {"parts": {"training": {"code": TRAINING_CODE_VERSION}}}}
+    table.write_text(yaml.safe_dump({"lr": {"gsm8k": {"tiny": {"lora": 0.0005}}}, "searched": {"gsm8k": {"tiny": {
+        "lora": {"metric": "val_accuracy_flexible", "seeds": [1000], "trained_with": tuned_under(record)}}}}}))
     grid = [f"data_root={DATA_ROOT}", "model=tiny", "method=zeroshot,lora,dora,full", "seed=0,1,2",
             "tuning.lr=tuned", f"tuning.table={table}"]
     plan = plan_grid(sweep_config([*grid, "tuning.on_missing=refuse"]), composer)
@@ -362,7 +371,9 @@ def test_a_grid_that_refuses_untuned_cells_is_refused_at_once_one_line_per_missi
     both = plan_grid(sweep_config([*grid, "tuning.on_missing=refuse", "trainer.max_steps=0"]), composer)
     assert both.refused.splitlines()[0].endswith("9 of 12 cells have a configuration error and 6 of 12 cells have "
                                                  f"no tuned learning rate in {table} (tuning.on_missing=refuse)")
-    assert "config error: trainer.max_steps=0 must be a positive integer (cells: method=lora seed=0" in both.refused
+    assert "config error: trainer.max_steps=0 must be a positive integer (cells: method=dora seed=0" in both.refused
+    # lora's rate was searched under 460 steps: its cells name that first
+    assert "lr.gsm8k.tiny.lora in " in both.refused and "(trainer.max_steps: searched 460, here 0)" in both.refused
     # tuning.on_missing=method (the default): the cells train at method.lr, said in one line
     fallback = plan_grid(sweep_config(grid), composer)
     assert fallback.refused is None and not fallback.missing_rates and len(fallback.untuned) == 6

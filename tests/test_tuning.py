@@ -90,6 +90,12 @@ def write_table(path, text: str):
     return path
 
 
+def sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 @pytest.mark.parametrize("method, candidate", [("full", 3), ("lora", 0), ("dora", 4)])
 def test_the_grid_gives_each_method_its_own_candidates(tiny_cfg, method, candidate):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -124,8 +130,11 @@ def test_a_tuned_cell_trains_at_the_table_rate_and_records_where_it_came_from(ti
                           f"tuning.table={table}", "logger=csv"), out_dir=tmp_path / "cell")
     assert record["status"] == "completed", record.get("error")
     saved = json.loads((tmp_path / "cell" / "result.json").read_text())
-    assert saved["learning_rate"] == {"value": 3.0e-4, "source": "tuned", "table": str(table), "searches": [],
-                                      "detail": f"lr.gsm8k.tiny.lora in {table}"}
+    # a table written by hand: taken (tuning.on_missing=method), and result.json says nothing records its search
+    assert saved["learning_rate"] == {
+        "value": 3.0e-4, "source": "tuned", "table": str(table), "table_sha256": sha256(table), "searches": [],
+        "detail": f"lr.gsm8k.tiny.lora in {table} (no search record: searched.gsm8k.tiny.lora lacks metric, seeds, "
+                  "trained_with)"}
     assert saved["config"]["method"]["lr"] == 3.0e-4 and saved["config"]["tuning"]["lr"] == "tuned"
     with open(tmp_path / "cell" / "csv" / "metrics.csv", newline="") as f:
         logged = [float(r["train/lr"]) for r in csv.DictReader(f) if r.get("train/lr")]
@@ -177,7 +186,8 @@ def test_a_tuned_cell_without_an_entry_keeps_method_lr_and_says_so(tiny_cfg, tmp
     strict = ("tuning.lr=tuned", "tuning.on_missing=refuse", f"tuning.table={table}")
     with pytest.raises(ConfigError, match=rf"{table} has no learning rate lr.gsm8k.tiny.full"):
         validate_config(tiny_cfg("method=full", *strict))
-    validate_config(tiny_cfg("method=lora", *strict))  # it has one for lora
+    with pytest.raises(ConfigError, match=r"the rate lr.gsm8k.tiny.lora in .* has no search record"):
+        validate_config(tiny_cfg("method=lora", *strict))  # it has one for lora, but none records its search
     validate_config(tiny_cfg("method=zeroshot", *strict))  # and a baseline needs none
 
 
@@ -663,7 +673,7 @@ def test_make_paper_search_searches_every_trained_paper_cell_as_the_paper_trains
                               "identity": {"parts": {"training": {"code": TRAINING_CODE_VERSION}}}}
                     table["lr"].setdefault(dataset, {}).setdefault(model, {})[method] = lr
                     table["searched"].setdefault(dataset, {}).setdefault(model, {})[method] = {
-                        "seeds": [search.seed], "trained_with": tuned_under(record)}
+                        "metric": search.optimized_metric, "seeds": [search.seed], "trained_with": tuned_under(record)}
         path = tmp_path / "lr.yaml"
         path.write_text(yaml.safe_dump(table))
         for model in swept["model"]:
@@ -692,3 +702,303 @@ def test_make_help_lists_paper_search_before_paper():
     assert proc.returncode == 0, proc.stderr
     names = [line.split()[0] for line in re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout).splitlines()[1:]]
     assert "paper-search" in names and names.index("paper-search") < names.index("paper")
+
+
+def _grid_record(lr, accuracy, grid, **kwargs):
+    """A grid cell's record: its rate and the candidates it was one of."""
+    record = _record("lora", lr, accuracy, **kwargs)
+    record["learning_rate"] = {"value": lr, "source": "grid", "candidates": list(grid)}
+    return record
+
+
+def _write_cells(folder, records):
+    """``records`` as the result.json files of a search folder."""
+    for i, record in enumerate(records):
+        cell = folder / str(i)
+        cell.mkdir(parents=True)
+        (cell / "result.json").write_text(json.dumps({**record, "identity": {"evaluation_key": f"{folder.name}{i}"}}))
+    return folder
+
+
+def test_a_lead_the_seeds_disagree_on_is_within_noise_however_many_seeds():
+    """The seeds score the same validation questions: three of them do not make a lead three times surer. A
+    4-point lead whose per-seed scores spread 6 points either way is not separated; one the seeds agree on is."""
+    import statistics
+
+    best = [_record("lora", 1e-4, a, seed=s) for s, a in ((1000, 0.29), (1001, 0.35), (1002, 0.41))]
+    runner_up = [_record("lora", 2e-4, a, seed=s) for s, a in ((1000, 0.37), (1001, 0.31), (1002, 0.25))]
+    lora = choose([*best, *runner_up])["gsm8k", "m", "lora"]
+    assert lora["lr"] == 1e-4 and lora["runner_up"] == 2e-4 and lora["margin"] == pytest.approx(0.04)
+    assert lora["within_noise"] is True and lora["margin_test"] == "spread of the per-seed differences"
+    assert lora["margin_se"] == pytest.approx(statistics.stdev([-0.08, 0.04, 0.16]) / math.sqrt(3), abs=1e-6)
+    steady = choose([_record("lora", lr, accuracy + d, seed=s) for lr, accuracy in ((1e-4, 0.35), (2e-4, 0.31))
+                     for s, d in ((1000, 0.0), (1001, 0.01), (1002, -0.01))])["gsm8k", "m", "lora"]
+    assert steady["margin"] == pytest.approx(0.04) and "within_noise" not in steady
+
+
+def test_a_lead_is_judged_by_the_claims_paired_test_when_the_validation_answers_are_there(tmp_path):
+    """With each run's predictions, the lead is the paired seeds-and-questions test of the claims: 35 % against
+    31 % on 500 questions is separated when the runner-up's right answers are the winner's (20 discordant, all
+    the winner's), and not when they are other questions (175 against 155 discordant), whatever the binomial
+    error of the two accuracies says."""
+    from slm_sweep.report.stats import SEEDS_AND_QUESTIONS
+    from slm_sweep.tune import read_search
+
+    def search(name, runner_up_right):
+        folder = tmp_path / name
+        for i, (lr, right) in enumerate(((1e-4, range(175)), (2e-4, runner_up_right))):
+            correct = [q in set(right) for q in range(500)]
+            record = {**_record("lora", lr, sum(correct) / 500, seed=1000),
+                      "identity": {"evaluation_key": f"{name}{i}"}}
+            (folder / str(i)).mkdir(parents=True)
+            (folder / str(i) / "result.json").write_text(json.dumps(record))
+            (folder / str(i) / "predictions.jsonl").write_text("".join(
+                json.dumps({"eval_set": "gsm8k/val", "index": q, "question": f"q{q}", "correct_flexible": c}) + "\n"
+                for q, c in enumerate(correct)))
+        return choose(read_search([folder]))["gsm8k", "m", "lora"]
+
+    nested = search("nested", range(155))
+    assert nested["lr"] == 1e-4 and nested["margin"] == pytest.approx(0.04)
+    assert nested["margin_test"] == SEEDS_AND_QUESTIONS and nested["margin_p"] < 0.001
+    assert "within_noise" not in nested
+    differences = [1.0] * 20 + [0.0] * 480  # the per-question differences: their paired standard error
+    assert nested["margin_se"] == pytest.approx(math.sqrt(
+        sum((d - 0.04) ** 2 for d in differences) / 499 / 500), abs=1e-6)
+    apart = search("apart", range(175, 330))
+    assert apart["margin_test"] == SEEDS_AND_QUESTIONS and apart["margin_p"] > 0.05 and apart["within_noise"] is True
+
+
+def test_a_tuned_rate_its_search_did_not_separate_is_named_beside_the_verdict(tmp_path):
+    from tests.test_report_claims import claims_of, write_result, write_row
+
+    write_row(tmp_path, "smollm135", "zeroshot", "gsm8k", 40)
+    write_row(tmp_path, "smollm135", "full", "gsm8k", 10)
+    for path in tmp_path.glob("smollm135-*/result.json"):
+        record = json.loads(path.read_text())
+        if record["method"] == "full":
+            record["learning_rate"] = {"value": 2.0e-5, "source": "tuned", "detail": "lr.gsm8k.smollm135.full in lr.yaml",
+                                       "runner_up": 5.0e-5, "margin": 0.004, "margin_se": 0.02, "within_noise": True}
+            write_result(path.parent, record)
+    results, _ = claims_of(tmp_path)
+    (full,) = results["full-below-zeroshot-under-300m"].instances
+    assert full.a["lr_within_noise"] == "5e-05" and full.b["lr_within_noise"] is None
+    assert ("full: its search did not separate the tuned rate 2e-05 from 5e-05 (a lead within noise)"
+            in (tmp_path / "report" / "claims.md").read_text())
+
+
+def test_grid_rates_that_never_ran_are_listed_as_not_run(caplog):
+    """An interrupted search, or a folder not passed: the rates of the grid the cells record that no cell ran are
+    no candidates, and say so."""
+    grid = [5e-5, 1e-4, 2e-4, 5e-4, 1e-3]
+    lora = choose([_grid_record(lr, accuracy, grid) for lr, accuracy in zip(grid, (0.20, 0.25, 0.30))])[
+        "gsm8k", "m", "lora"]
+    assert [c["lr"] for c in lora["candidates"]] == grid
+    assert {c["lr"]: c.get("not_eligible") for c in lora["candidates"]} == {
+        5e-5: None, 1e-4: None, 2e-4: None, 5e-4: "not run", 1e-3: "not run"}
+    assert "lr 0.0005 is not a candidate (not run)" in caplog.text
+    # the largest rate compared, though the grid goes on: the best may lie beyond it
+    assert lora["lr"] == 2e-4 and lora["candidates"][2]["at_edge"] == "largest"
+
+
+def test_a_search_that_chooses_no_rate_drops_the_earlier_entry_and_exits_non_zero(tmp_path, capsys):
+    """Searched again, every LoRA rate diverged: the table must not go on offering the earlier search's LoRA rate
+    as if this search had confirmed it."""
+    earlier = ("searches: [searchA]\nlr: {gsm8k: {m: {lora: 5.0e-4}}}\nsearched: {gsm8k: {m: {lora: {metric: "
+               "val_accuracy_flexible, best: 0.4, val_examples: 500, searches: [searchA], seeds: [0]}}}}\n")
+    search = _write_cells(tmp_path / "searchB", [
+        _record("lora", 1e-4, 0.0, status="diverged"), _record("lora", 2e-4, 0.0, status="diverged"),
+        _record("full", 1e-5, 0.2), _record("full", 2e-5, 0.3)])
+    table = write_table(tmp_path / "lr.yaml", earlier)
+    assert main([str(search), "--out", str(table)]) == 1
+    assert "no rate of gsm8k/m/lora completed every seed" in capsys.readouterr().err
+    data = yaml.safe_load(table.read_text())
+    assert data["lr"] == {"gsm8k": {"m": {"full": 2e-5}}} and "lora" not in data["searched"]["gsm8k"]["m"]
+    # kept on request, still naming only the search it came from
+    table = write_table(tmp_path / "lr.yaml", earlier)
+    assert main([str(search), "--out", str(table), "--keep-unchosen"]) == 0
+    data = yaml.safe_load(table.read_text())
+    assert data["lr"]["gsm8k"]["m"] == {"lora": 5e-4, "full": 2e-5}
+    assert data["searched"]["gsm8k"]["m"]["lora"]["searches"] == ["searchA"]
+    assert data["searched"]["gsm8k"]["m"]["full"]["searches"] == [str(search)]
+    # a search that chooses nothing at all leaves the table as it was
+    failed = _write_cells(tmp_path / "searchC", [_record("lora", 1e-4, 0.0, status="diverged")])
+    table = write_table(tmp_path / "lr.yaml", earlier)
+    assert main([str(failed), "--out", str(table)]) == 2 and table.read_text() == earlier
+
+
+def test_a_tuned_cell_names_only_its_own_entrys_search_seeds_and_metric(tmp_path):
+    """Two tune runs into one table: each entry records its own search, its seeds and each seed's scores, and a
+    cell at its rate copies those and the table's hash, not every search the table was ever written from."""
+    from tests.conftest import compose_config
+
+    first = _write_cells(tmp_path / "A", [{**_record("lora", lr, accuracy, seed=1000), "model": "tiny"}
+                                          for lr, accuracy in ((1e-4, 0.3), (2e-4, 0.2))])
+    second = _write_cells(tmp_path / "B", [{**_record("lora", lr, accuracy, seed=1001), "model": "m"}
+                                           for lr, accuracy in ((1e-4, 0.1), (2e-4, 0.4))])
+    table = tmp_path / "lr.yaml"
+    assert main([str(first), "--out", str(table)]) == 0 and main([str(second), "--out", str(table)]) == 0
+    data = yaml.safe_load(table.read_text())
+    assert data["searches"] == [str(first), str(second)]
+    tiny = data["searched"]["gsm8k"]["tiny"]["lora"]
+    assert tiny["searches"] == [str(first)] and data["searched"]["gsm8k"]["m"]["lora"]["searches"] == [str(second)]
+    assert tiny["candidates"][0]["runs"] == [{"seed": 1000, "val_accuracy_flexible": 0.3, "val_loss": 1.0,
+                                              "evaluation_key": "A0"}]
+    rate = resolve_lr(compose_config([*FAST_TINY, "method=lora", "tuning.lr=tuned", f"tuning.table={table}"]))
+    assert rate["value"] == 1e-4 and rate["searches"] == [str(first)] and rate["seeds"] == [1000]
+    assert rate["metric"] == "val_accuracy_flexible" and rate["table_sha256"] == sha256(table)
+
+
+def test_a_paper_cell_refuses_a_table_rate_that_no_search_record_backs(tmp_path):
+    """A rate written by hand has no record of the seeds or settings it was searched on, so neither guard can
+    check it: experiment=paper (tuning.on_missing=refuse) refuses it, at any seed; taken on request, result.json
+    says what it lacks."""
+    from tests.conftest import compose_config
+
+    table = write_table(tmp_path / "lr.yaml", "lr: {gsm8k: {smollm135: {full: 1.0e-4}}}\n")
+    for seed in (0, 1000):
+        for check in (validate_config, resolve_lr):
+            with pytest.raises(ConfigError, match=r"tuning.on_missing=refuse: the rate lr.gsm8k.smollm135.full in .* "
+                                                  r"has no search record \(searched.gsm8k.smollm135.full with metric, "
+                                                  r"seeds, trained_with\)"):
+                check(compose_config([*PAPER_CELL[:-1], f"seed={seed}", f"tuning.table={table}"]))
+    rate = resolve_lr(compose_config([*PAPER_CELL, f"tuning.table={table}", "tuning.on_missing=method"]))
+    assert rate["value"] == 1e-4 and "no search record" in rate["detail"]
+
+
+def test_the_tune_command_takes_only_a_validation_accuracy_as_its_metric(tmp_path, capsys):
+    """A loss would be maximised as if it were an accuracy (and one above 1 crashed the lead's error)."""
+    search = _write_cells(tmp_path / "search", [_record("lora", 1e-4, 0.3, val_loss=0.5),
+                                                _record("lora", 2e-4, 0.2, val_loss=1.5)])
+    table = tmp_path / "lr.yaml"
+    for metric in ("val_loss", "accuracy_flexible", "val_accuracy_flexibel"):
+        assert main([str(search), "--out", str(table), "--metric", metric]) == 2
+        assert (f"error: --metric {metric!r} is not the validation accuracy of a registered metric; one of: "
+                "val_accuracy_strict, val_accuracy_flexible, val_accuracy_lenient") in capsys.readouterr().err
+    assert not table.exists()
+    with pytest.raises(TuningError, match="--metric 'val_loss' is not the validation accuracy"):
+        choose([_record("lora", 1e-4, 0.3), _record("lora", 2e-4, 0.2)], "val_loss")
+    assert main([str(search), "--out", str(table), "--metric", "val_accuracy_flexible"]) == 0
+
+
+def test_a_grid_cell_refused_before_its_rate_was_set_counts_as_its_own_candidate(caplog):
+    """A cell refused at run time records no learning_rate, and its method.lr is the method's rate: its rate is
+    its candidate of its grid, not a duplicate of the cell that ran at the method's rate."""
+    grid = [5e-5, 1e-4, 2e-4, 5e-4, 1e-3]
+
+    def refused(candidate, **tuning):
+        record = _record("lora", 2e-4, None, status="failed")
+        del record["learning_rate"]
+        record["metrics"] = {}
+        record["config"]["tuning"] = {"lr_grid": {}, "lr_candidate": candidate, **tuning}
+        return record
+
+    done = [_grid_record(lr, accuracy, grid) for lr, accuracy in zip(grid, (0.2, 0.3, 0.25, 0.22))]
+    lora = choose([*done, refused(4)])["gsm8k", "m", "lora"]
+    assert lora["lr"] == 1e-4
+    assert {c["lr"]: c.get("not_eligible") for c in lora["candidates"]} == {
+        5e-5: None, 1e-4: None, 2e-4: None, 5e-4: None, 1e-3: "seeds not completed: failed"}
+    # a grid of its own: no phantom candidate at the method's rate
+    own = choose([_grid_record(1e-4, 0.3, [1e-4, 3e-4]), refused(1, lr_grid={"lora": [1e-4, 3e-4]})])
+    assert [c["lr"] for c in own["gsm8k", "m", "lora"]["candidates"]] == [1e-4, 3e-4]
+    # a cell whose rate cannot be told is left out, with a warning; its candidate counts as not run
+    unknown = refused(4)
+    unknown["config"]["method"]["lr"] = None
+    lora = choose([*done, unknown])["gsm8k", "m", "lora"]
+    assert lora["candidates"][-1] == {"lr": 1e-3, "val_accuracy_flexible": None, "val_loss": None, "seeds": 0,
+                                      "not_eligible": "not run"}
+    assert "is left out: it records no learning rate, nor a candidate of a grid it records" in caplog.text
+
+
+def test_a_tie_is_flagged_with_what_broke_it(caplog):
+    """Every rate at 0 accuracy: the validation loss chose, and the table says so rather than a clean lead."""
+    chosen = choose([_record("lora", 5e-5, 0.0, val_loss=2.0), _record("lora", 1e-4, 0.0, val_loss=1.5),
+                     _record("lora", 2e-4, 0.0, val_loss=1.9)])
+    lora = chosen["gsm8k", "m", "lora"]
+    assert lora["lr"] == 1e-4 and lora["runner_up"] == 2e-4 and lora["margin"] == 0
+    assert lora["tied"] == "validation loss" and lora["within_noise"] is True
+    assert ("the chosen rate 0.0001 ties the runner-up 0.0002 on val_accuracy_flexible: chosen by the validation "
+            "loss") in caplog.text
+    assert "tied with 0.0002: chosen by the validation loss" in render(chosen)
+    same = choose([_record("lora", 1e-4, 0.3), _record("lora", 2e-4, 0.3)])["gsm8k", "m", "lora"]
+    assert same["lr"] == 1e-4 and same["tied"] == "smaller rate"
+
+
+def test_a_search_scored_or_maximised_on_the_test_split_is_refused(tiny_cfg):
+    """A grid or an Optuna study on the test split would be a test-set selection table: refused before it runs."""
+    def search(*overrides):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=[*FAST_TINY, "method=lora", *overrides],
+                           return_hydra_config=True)
+
+    with pytest.raises(ConfigError, match=r"tuning.lr_candidate=0 is a learning-rate search's candidate, scored on "
+                                          r"the validation split .* but eval.split='test'"):
+        validate_config(tiny_cfg("method=lora", "+tuning.lr_candidate=0"))
+    for overrides, message in (
+            (["hparams_search=lr_grid", "eval.split=test"],
+             r"hparams_search=lr_grid is a hyperparameter search, .* but eval.split='test'"),
+            (["hparams_search=optuna", "eval.split=test", "optimized_metric=accuracy_flexible"],
+             r"hparams_search=optuna is a hyperparameter search, .* but eval.split='test'"),
+            (["hparams_search=optuna", "optimized_metric=accuracy_flexible"],
+             r"optimized_metric='accuracy_flexible': hparams_search=optuna maximises it, but a search chooses on the "
+             r"validation split")):
+        with pytest.raises(ConfigError, match=message):
+            validate_config(search(*overrides))
+    for shipped in ("lr_grid", "optuna"):
+        validate_config(search(f"hparams_search={shipped}"))
+
+
+@pytest.mark.parametrize("search", ["optuna", "optuna_rank"])
+def test_an_optuna_search_scores_as_the_paper_does_so_the_paper_accepts_its_rate(search, tmp_path):
+    """As lr_grid does: a study scored in another dtype than the float32 paper cells would be refused after its
+    trials had run."""
+    from omegaconf import OmegaConf
+
+    from slm_sweep.identity import TRAINING_CODE_VERSION
+    from slm_sweep.results import redact
+    from slm_sweep.tune import check_tuned_under, tuned_under
+
+    cell = ("model=smollm135", "method=lora", "dataset=gsm8k")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        trial = compose(config_name="config", overrides=[f"hparams_search={search}", "trainer=gpu", "eval=gpu", *cell])
+        paper = compose(config_name="config", overrides=["experiment=paper", *cell, "seed=0"])
+    assert trial.eval.dtype == paper.eval.dtype == "float32" and trial.eval.split == "val"
+    record = {"config": redact(OmegaConf.to_container(trial, resolve=True)),
+              "identity": {"parts": {"training": {"code": TRAINING_CODE_VERSION}}}}
+    table = {"lr": {"gsm8k": {"smollm135": {"lora": 3e-4}}}, "searched": {"gsm8k": {"smollm135": {"lora": {
+        "metric": trial.optimized_metric, "seeds": [trial.seed], "trained_with": tuned_under(record)}}}}}
+    check_tuned_under(paper, table, tmp_path / "lr.yaml")
+
+
+def test_make_report_never_picks_a_search_or_a_set_aside_result(tmp_path):
+    """`make report` without SWEEP reads the latest sweep: not the paper's search (whose folder sorts after the
+    dated ones), nor a result a rerun set aside (superseded/), which the report would read as a malformed study."""
+    import shlex
+
+    for cell in ("2026-11-28/09-00-00/0-tiny-lora-gsm8k", "2026-11-29/10-00-00/0-tiny-lora-gsm8k",
+                 "paper-search/0-smollm135-full-gsm8k-lr-candidate0-seed1000",
+                 "paper-search/0-smollm135-full-gsm8k-lr-candidate0-seed1000/superseded",
+                 "paper-search/1-smollm135-lora-gsm8k-lr-candidate0-seed1000/superseded-2",
+                 "hparams/manual/0-smollm135-lora-gsm8k-lr-candidate0-seed1000",
+                 "study/0-smollm135-lora-gsm8k-seed0/superseded"):
+        (tmp_path / "multirun" / cell).mkdir(parents=True)
+        (tmp_path / "multirun" / cell / "result.json").write_text("{}")
+    proc = subprocess.run(["make", "-n", "-f", str(REPO / "Makefile"), "report", f"VENV={REPO / '.venv'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [shlex.split(line) for line in proc.stdout.splitlines() if "-m slm_sweep.report" in line]
+    assert line[3] == "multirun/2026-11-29/10-00-00"
+
+
+def test_an_optuna_study_on_the_test_split_stops_before_its_first_trial(requires_data, tmp_path):
+    """The sweep's preflight refuses it: trial by trial, each would be refused only as it starts."""
+    from tests.test_sweep import SWEEP_SETTINGS, cli, env
+
+    proc = subprocess.run(cli(["-m", *SWEEP_SETTINGS, *FAST_TINY, "hparams_search=optuna", "method=full",
+                               "hydra.sweeper.n_trials=2", "eval.split=test",
+                               "optimized_metric=accuracy_flexible"], tmp_path),
+                          cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    # once, by the sweep: no trial started to be refused in its turn
+    assert proc.stderr.count("config error: hparams_search=optuna is a hyperparameter search") == 1, \
+        proc.stderr[-2000:]
+    assert not list(tmp_path.rglob("result.json"))

@@ -76,8 +76,12 @@ class Preflight(Callback):
         from slm_sweep.sweep.preflight import apply_plan, plan_grid, write_plan
 
         use_config_sources(OmegaConf.select(config, "hydra.runtime.config_sources"))
+        from slm_sweep.tune import check_search_scoring
+
         try:
             validate_preflight(config)
+            # an Optuna study would otherwise fail trial by trial, each refused as it starts
+            check_search_scoring(config)
             # before any job is launched: the submitit launchers pickle every job's config to disk
             validate_job_environment(OmegaConf.select(config, "hydra.job.env_set"))
         except ConfigError as error:
