@@ -51,7 +51,7 @@ smoke: install ## A 2 x 3 sweep on the two tiny models (under a minute on CPU)
 
 # The learning-rate search of every trained cell of experiment=paper, trained and scored as the paper's cells are
 # (trainer=gpu eval=gpu; hparams_search=lr_grid scores in float32, as the paper does), so that each rate it chooses
-# is one `make paper` accepts; then the table from it (slm_sweep/conf/tuned/lr.yaml, which experiment=paper reads).
+# is one `make paper` accepts; then the table from it (slm_sweep/tuned/lr.yaml, which experiment=paper reads).
 # slm_sweep/tune.py holds the same command (PAPER_SEARCH), which a refused paper cell names.
 paper-search: install ## The validation search of the paper's rates (5 models x full, lora, dora x gsm8k, orcamath x 5 rates), then the table make paper reads: run it first (PREFLIGHT_ONLY=1: list its cells)
 	$(PY) -m slm_sweep.tune --paper-search $(if $(DATA_ROOT),data_root=$(DATA_ROOT)) $(if $(PREFLIGHT_ONLY),preflight.only=true)

@@ -2,7 +2,7 @@
 
 A search is a sweep scored on the validation split carved from train (``hparams_search=lr_grid`` or ``optuna``,
 ``eval.split=val``); the test split is never generated on. ``python -m slm_sweep.tune DIR [DIR ...]`` reads the
-search's result.json files and writes the table (default ``slm_sweep/conf/tuned/lr.yaml``)::
+search's result.json files and writes the table (default ``slm_sweep/tuned/lr.yaml``)::
 
     lr: {<dataset>: {<model>: {<method>: <learning rate>}}}
     searched: {<dataset>: {<model>: {<method>: {metric, best, margin, ..., val_examples, searches, seeds,
@@ -44,7 +44,9 @@ from slm_sweep.scoring import accuracy_key
 
 log = logging.getLogger(__name__)
 
+# a data file the tune command writes, not a config group: beside conf/, not in it
 DEFAULT_TABLE = "tuned/lr.yaml"
+PACKAGE_DIR = Path(__file__).resolve().parent
 # what the table records as its metric when each dataset was searched on its own claims metric
 CLAIMS_METRIC = "claims_metric"
 # Fewer validation questions than this cannot separate candidates a few points apart (the standard error of an
@@ -95,9 +97,9 @@ def missing_rate_fix(dataset: str = "<dataset>", model: str = "<model>", method:
 
 
 def table_path(table: str | Path) -> Path:
-    """``tuning.table``: an absolute path, or one relative to slm_sweep/conf/."""
+    """``tuning.table``: an absolute path, or one relative to the package's folder (slm_sweep/)."""
     path = Path(str(table)).expanduser()
-    return path if path.is_absolute() else CONF_DIR / path
+    return path if path.is_absolute() else PACKAGE_DIR / path
 
 
 def _positive_number(value: Any) -> bool:
@@ -993,7 +995,6 @@ def paper_search_command(experiment: str | Path = PAPER_EXPERIMENT, extra: Seque
     from omegaconf import OmegaConf
 
     from slm_sweep.config import compose
-    from slm_sweep.config_sources import CONF_DIR
 
     path = Path(experiment) if Path(experiment).suffix == ".yaml" else CONF_DIR / "experiment" / f"{experiment}.yaml"
     spec = OmegaConf.load(path)

@@ -109,3 +109,19 @@ def test_the_installed_console_scripts_find_the_packaged_configs(tmp_path):
     report = subprocess.run([str(scripts / "slm-sweep-report"), "--help"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=120)
     assert report.returncode == 0 and "--claims" in report.stdout
+
+
+def test_help_says_what_the_tool_does_and_lists_only_groups_a_config_composes(tmp_path):
+    from slm_sweep.config_sources import CONF_DIR
+
+    proc = run_cli(["--help"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("slm_sweep: fine-tuning methods compared on small language models")
+    listed = proc.stdout.split("== Configuration groups ==", 1)[1].split("== Config ==", 1)[0]
+    groups = {line.split(":", 1)[0] for line in listed.splitlines() if ": " in line}
+    on_disk = {p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")}
+    assert groups == on_disk and "loraplus" in listed
+    for group in groups:  # each is one a cell composes (the first option of each, here)
+        option = next(line for line in listed.splitlines() if line.startswith(f"{group}: ")).split(": ")[1]
+        proc = run_cli([f"{group}={option.split(',')[0]}", "--cfg", "job"], cwd=tmp_path)
+        assert proc.returncode == 0, (group, proc.stderr[-1000:])
