@@ -563,6 +563,21 @@ def test_a_swept_setting_becomes_a_variant_and_rows_never_mix(tmp_path):
     assert "| beta | lora (r=8) |" in report["markdown"] and "| beta | lora (r=16) |" in report["markdown"]
 
 
+def test_an_optimizer_and_rate_factors_are_named_by_their_block_and_the_defaults_by_what_they_mean(tmp_path):
+    """A variant label ``lora_B=16`` or ``_target_=unset`` would not say what differs: the optimizer and the rate
+    factors are named from their block, and unset reads as what it trains with (AdamW, a factor of 1)."""
+    blocks = {"adamw": {}, "sgd": {"optimizer": {"_target_": "torch.optim.SGD", "momentum": 0.9}},
+              "plus": {"lr_scale": {"lora_B": 16}}}
+    for job, (name, extra) in enumerate(blocks.items()):
+        config = {"method": {"name": "lora", "r": 8, "lr": 2e-4, **extra}, "trainer": {"max_steps": 5}}
+        write_json(tmp_path / str(job) / "result.json",
+                   _with_identity(make_record("beta", "lora", 0, 0.2, 0.2), config, f"cfg-{name}"))
+    variants = sorted(row["variant"] for row in summarize(collect([tmp_path]).records))
+    assert variants == ["lr_scale.lora_B=1, optimizer=AdamW, optimizer.momentum=default",
+                        "lr_scale.lora_B=1, optimizer=torch.optim.SGD, optimizer.momentum=0.9",
+                        "lr_scale.lora_B=16, optimizer=AdamW, optimizer.momentum=default"]
+
+
 def test_one_configuration_spelt_two_ways_is_one_row(tmp_path):
     """trainer.precision=32 and 32-true (or 32.0 and 32) are one setting: the cells share a configuration key,
     and their seeds one row."""

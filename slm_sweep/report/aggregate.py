@@ -30,7 +30,7 @@ import math
 import re
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from slm_sweep.identity import EVAL_SCORING_KEYS, TRAINER_NUMERIC_KEYS, prompt_matters
@@ -155,10 +155,31 @@ def varying_settings(settings: Sequence[dict[str, str]]) -> set[str]:
     return {key for key in {k for s in settings for k in s} if len({s.get(key) for s in settings}) > 1}
 
 
+# Settings whose own name says too little, named from their block (``optimizer.momentum=0.9``, ``lr_scale.lora_B=16``,
+# ``optimizer=torch.optim.SGD``), and what an unset one of them means
+_NAMED_FROM_BLOCK = {"method.optimizer._target_": "optimizer", "method.optimizer.": "optimizer.",
+                     "method.lr_scale.": "lr_scale."}
+_UNSET_MEANS = {"method.optimizer._target_": "AdamW", "method.optimizer.": "default", "method.lr_scale.": "1"}
+
+
+def _block_entry(key: str, entries: Mapping[str, str]) -> str | None:
+    """The entry of ``entries`` for ``key``: its own, or its block's (a prefix ending in a dot)."""
+    return next((entries[p] for p in entries if key == p or (p.endswith(".") and key.startswith(p))), None)
+
+
+def _block_name(key: str) -> str | None:
+    prefix = next((p for p in _NAMED_FROM_BLOCK if key == p or (p.endswith(".") and key.startswith(p))), None)
+    if prefix is None:
+        return None
+    return _NAMED_FROM_BLOCK[prefix] + (key[len(prefix):] if prefix.endswith(".") else "")
+
+
 def _short_names(keys: Sequence[str]) -> dict[str, str]:
-    """``method.r`` -> ``r`` unless another differing key ends the same way."""
+    """``method.r`` -> ``r`` unless another differing key ends the same way; a method's optimizer and rate factors
+    by their block (``_NAMED_FROM_BLOCK``)."""
     last = Counter(k.rsplit(".", 1)[-1] for k in keys)
-    return {k: k.rsplit(".", 1)[-1] if last[k.rsplit(".", 1)[-1]] == 1 else k for k in keys}
+    return {k: _block_name(k)
+            or (k.rsplit(".", 1)[-1] if last[k.rsplit(".", 1)[-1]] == 1 else k) for k in keys}
 
 
 def assign_variants(records: list[dict[str, Any]]) -> None:
@@ -182,7 +203,7 @@ def assign_variants(records: list[dict[str, Any]]) -> None:
             by_values.setdefault(tuple(s.get(k) for s in settings), k)
         differing = [k for k in differing if k in by_values.values()]
         names = _short_names(differing)
-        labels = [", ".join(f"{names[k]}={_plain(own.get(k))}" for k in differing) for own in settings]
+        labels = [", ".join(f"{names[k]}={_plain(own.get(k), k)}" for k in differing) for own in settings]
         # configurations the config cannot tell apart (other code, data or library versions) by their key. A cell
         # that did not complete and has no key (it failed before computing it) belongs to the one keyed
         # configuration of its settings, if any; a completed one without a key (written before cells had an
@@ -202,9 +223,9 @@ def assign_variants(records: list[dict[str, Any]]) -> None:
             record["variant"] = label
 
 
-def _plain(value: str | None) -> str:
+def _plain(value: str | None, key: str = "") -> str:
     if value is None:
-        return "unset"
+        return _block_entry(key, _UNSET_MEANS) or "unset"
     loaded = json.loads(value)
     return value if isinstance(loaded, (list, dict)) else str(loaded)
 
