@@ -165,6 +165,27 @@ def check_trainer_choices(trainer: Mapping, devices: bool = True) -> None:
                               "machine, or use trainer=default (which trains wherever Lightning finds)")
 
 
+def check_classes(cfg: DictConfig, devices: bool = True) -> None:
+    """Import the cell's logger and callback classes, and check its trainer's accelerator and strategy and (with
+    ``devices``) that this machine has the devices it asks for, before any data or model is read: validate_config
+    does not import Lightning or torch, and a misspelt name should not cost a data and a model load first. A
+    sweep's preflight checks the devices apart (a cell that needs CUDA is one to leave out there, not an error)."""
+    from slm_sweep.placement import PlacementError, resolve_device
+    from slm_sweep.tracking import logger_class, logger_entries
+    from slm_sweep.train.fit import callback_classes
+
+    for path, entry in logger_entries(cfg.logger).items():
+        logger_class(path, entry)
+    if devices:
+        try:
+            resolve_device(cfg.eval.get("device"))  # eval.device=cuda on a machine without CUDA
+        except PlacementError as err:
+            raise ConfigError(str(err)) from None
+    if cfg.method.train:
+        callback_classes(cfg.get("callbacks"))
+        check_trainer_choices(cfg.trainer, devices=devices)
+
+
 def backend_mode_problem(mode: str | None, backend: str) -> str | None:
     """Why torch.compile's ``mode`` cannot go with ``backend``, or None: the modes are Inductor's."""
     if mode is None or backend == "inductor":

@@ -553,6 +553,32 @@ def prompt_identity(prompt: Mapping[str, Any] | None, auto_style: str | None) ->
     return prompt
 
 
+def auto_prompt_style(cfg: Any) -> str | None:
+    """The style ``prompt.style=auto`` renders for this model, looked up (from its tokenizer alone) only where
+    the prompt shapes the cell and the config names a style explicitly or a system message (which the plain
+    style leaves out); None otherwise."""
+    from omegaconf import OmegaConf
+
+    prompt = cfg.get("prompt") or {}
+    style = str(prompt.get("style") or "auto")
+    if (style == "auto" and not prompt.get("system")) or not prompt_matters(cfg.method):
+        return None
+    model = json.dumps(OmegaConf.to_container(cfg.model, resolve=True), sort_keys=True)
+    return _auto_style(model, str(cfg.cache_dir) if cfg.get("cache_dir") else None, style)
+
+
+@functools.lru_cache(maxsize=8)
+def _auto_style(model: str, cache_dir: str | None, style: str) -> str:
+    """What ``auto`` renders for the model (a config as JSON), once per process: the preflight, the tuned-rate
+    check and the identity all ask."""
+    from slm_sweep.data.prompts import resolve_style
+    from slm_sweep.models import load_tokenizer
+
+    tokenizer = load_tokenizer(json.loads(model), cache_dir=Path(cache_dir).expanduser() if cache_dir else None)
+    resolve_style(style, tokenizer)  # a style this tokenizer cannot render fails here, before anything runs
+    return resolve_style("auto", tokenizer)
+
+
 def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train: Sequence, val: Sequence,
                   test: Sequence, ood: Mapping[str, Sequence], eval_dtype: str,
                   auto_style: str | None = None) -> CellIdentity:

@@ -9,8 +9,6 @@ result.json says so: ``completed``, ``failed`` (with the error), ``diverged`` or
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import shutil
 import time
@@ -24,11 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from slm_sweep.config import (
     ConfigError,
+    check_classes,
     use_metric_modules_checked,
     validate_config,
     validate_job_environment,
 )
-from slm_sweep.identity import CellIdentity
+from slm_sweep.identity import CellIdentity, auto_prompt_style
 from slm_sweep.results import (
     EVAL_SET_FIGURES,
     FAILED_ATTEMPT_FILE,
@@ -229,32 +228,6 @@ def identify(cfg: DictConfig, config: dict, data: CellData) -> CellIdentity:
     return cell_identity(config, model=model_identity(config["model"]), train=data.splits.train,
                          val=data.splits.val, test=data.splits.val if on_val else data.splits.test,
                          ood=data.ood_sets, eval_dtype=eval_dtype, auto_style=auto_prompt_style(cfg))
-
-
-def auto_prompt_style(cfg: DictConfig) -> str | None:
-    """The style ``prompt.style=auto`` renders for this model, looked up (from its tokenizer alone) only where
-    the prompt shapes the cell and the config names a style explicitly or a system message (which the plain
-    style leaves out); None otherwise."""
-    from slm_sweep.identity import prompt_matters
-
-    prompt = cfg.get("prompt") or {}
-    style = str(prompt.get("style") or "auto")
-    if (style == "auto" and not prompt.get("system")) or not prompt_matters(cfg.method):
-        return None
-    model = json.dumps(OmegaConf.to_container(cfg.model, resolve=True), sort_keys=True)
-    return _auto_style(model, str(cfg.cache_dir) if cfg.get("cache_dir") else None, style)
-
-
-@functools.lru_cache(maxsize=8)
-def _auto_style(model: str, cache_dir: str | None, style: str) -> str:
-    """What ``auto`` renders for the model (a config as JSON), once per process: the preflight, the tuned-rate
-    check and the identity all ask."""
-    from slm_sweep.data.prompts import resolve_style
-    from slm_sweep.models import load_tokenizer
-
-    tokenizer = load_tokenizer(json.loads(model), cache_dir=Path(cache_dir).expanduser() if cache_dir else None)
-    resolve_style(style, tokenizer)  # a style this tokenizer cannot render fails here, before anything runs
-    return resolve_style("auto", tokenizer)
 
 
 def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
@@ -503,28 +476,6 @@ def _check_model_readable(cfg: DictConfig) -> None:
     check = check_model(cfg.model, Hub(), cfg.get("cache_dir"))
     if not check.ok:
         raise ModelLoadError(f"model={cfg.model.get('name')}: {check.reason}; fix: {check.fix}")
-
-
-def check_classes(cfg: DictConfig, devices: bool = True) -> None:
-    """Import the cell's logger and callback classes, and check its trainer's accelerator and strategy and (with
-    ``devices``) that this machine has the devices it asks for, before any data or model is read: validate_config
-    does not import Lightning or torch, and a misspelt name should not cost a data and a model load first. A
-    sweep's preflight checks the devices apart (a cell that needs CUDA is one to leave out there, not an error)."""
-    from slm_sweep.config import check_trainer_choices
-    from slm_sweep.placement import PlacementError, resolve_device
-    from slm_sweep.tracking import logger_class, logger_entries
-    from slm_sweep.train.fit import callback_classes
-
-    for path, entry in logger_entries(cfg.logger).items():
-        logger_class(path, entry)
-    if devices:
-        try:
-            resolve_device(cfg.eval.get("device"))  # eval.device=cuda on a machine without CUDA
-        except PlacementError as err:
-            raise ConfigError(str(err)) from None
-    if cfg.method.train:
-        callback_classes(cfg.get("callbacks"))
-        check_trainer_choices(cfg.trainer, devices=devices)
 
 
 def closing_line(record: dict[str, Any], out: Path, written: str = RESULT_FILE) -> str:

@@ -157,8 +157,7 @@ def _searched(table: Mapping[str, Any], dataset: str, model: str, method: str) -
 def _cell_config(cfg: DictConfig) -> dict[str, Any]:
     """The parts of a composed cell that ``tuned_under`` reads, as result.json records them; ``prompt.style`` as
     the cell's keys have it (an explicit style that auto renders is auto)."""
-    from slm_sweep.identity import prompt_identity
-    from slm_sweep.run import auto_prompt_style
+    from slm_sweep.identity import auto_prompt_style, prompt_identity
 
     parts = {part: OmegaConf.to_container(cfg[part], resolve=True)
              for part in ("model", "method", "trainer", "dataset", "prompt", "eval", "callbacks")

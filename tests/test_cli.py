@@ -125,3 +125,22 @@ def test_help_says_what_the_tool_does_and_lists_only_groups_a_config_composes(tm
         option = next(line for line in listed.splitlines() if line.startswith(f"{group}: ")).split(": ")[1]
         proc = run_cli([f"{group}={option.split(',')[0]}", "--cfg", "job"], cwd=tmp_path)
         assert proc.returncode == 0, (group, proc.stderr[-1000:])
+
+
+
+def test_only_the_entry_point_imports_the_cell_runner():
+    """run.py is one cell from start to end; what a sweep's preflight or the tune command shares with a cell lives in
+    the modules below it (config, identity), so that checking a grid never reaches for a cell's whole stage list."""
+    import ast
+
+    package = REPO / "slm_sweep"
+    importers = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if "slm_sweep.run" in names:
+                importers.append(path.relative_to(package).as_posix())
+    assert importers == ["__main__.py"]

@@ -667,9 +667,14 @@ def _composed_cell(compose, overrides: list[str], plan: Plan, label: str = "") -
     """One cell's config, composed and validated as the cell will; a failure is recorded in the plan."""
     from omegaconf.errors import OmegaConfBaseException
 
-    from slm_sweep.config import ConfigError, check_method_name, use_metric_modules_checked, validate_config
+    from slm_sweep.config import (
+        ConfigError,
+        check_classes,
+        check_method_name,
+        use_metric_modules_checked,
+        validate_config,
+    )
     from slm_sweep.models import ModelLoadError
-    from slm_sweep.run import check_classes
     from slm_sweep.tune import MissingTunedRate, resolve_lr
 
     try:
