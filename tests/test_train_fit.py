@@ -239,6 +239,25 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(examples, tmp_path, 
     clipping = ("train_grad_norm_median", "train_clipped_fraction")
     assert [outcome.perf[k] for k in clipping] == [uninterrupted.perf[k] for k in clipping]
     assert uninterrupted.perf["train_grad_norm_median"] > 0
+    # and so do the losses of the tail (the last of 6 steps: 10 % is less than one)
+    assert outcome.perf["train_loss_tail_mean"] == uninterrupted.perf["train_loss_tail_mean"] == \
+        uninterrupted.train_loss
+
+
+def test_the_tail_loss_is_the_mean_of_the_last_tenth_of_the_steps(examples, tmp_path):
+    """12 steps: the last two (10 % rounded up), as the per-step curve has them."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    _, outcome = train(examples, tmp_path / "run", "full", loggers=[logger], max_steps=12, log_every_n_steps=1)
+    logger.finalize("success")
+    with (tmp_path / "csv" / "metrics.csv").open() as f:
+        logged = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert len(logged) == 12 and logged[-1] == outcome.train_loss
+    assert outcome.perf["train_loss_tail_mean"] == pytest.approx((logged[-2] + logged[-1]) / 2)
+    assert outcome.perf["train_loss_tail_mean"] != outcome.train_loss
 
 
 class SigtermBetweenMicroBatches(L.Callback):

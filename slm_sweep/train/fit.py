@@ -228,7 +228,7 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
     return TrainOutcome(train_time_s=train_time, train_steps=trainer.global_step,
                         train_loss=module.last_train_loss, val_loss=module.last_val_loss,
                         perf={**throughput.result, "train_oom_halvings": module.oom_halvings,
-                              **module.clipping_figures()},
+                              **module.clipping_figures(), **module.loss_figures()},
                         placement={**training_placement(trainer, model), "compiled": compiled,
                                    **({"trainable_upcast_to_float32": upcast} if upcast else {})})
 

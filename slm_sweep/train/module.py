@@ -27,6 +27,10 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "labels")
 
 RNG_STATES_KEY = "slm_sweep_rng_states"
 GRAD_NORMS_KEY = "slm_sweep_grad_norms"
+STEP_LOSSES_KEY = "slm_sweep_step_losses"
+# train_loss_tail_mean: the mean loss over this share of the last optimizer steps (at least one); one step's loss
+# is one batch's, a noisy read of where training ended
+LOSS_TAIL_FRACTION = 0.1
 
 
 class DivergedError(RuntimeError):
@@ -120,6 +124,7 @@ class CausalLMModule(L.LightningModule):
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []  # (step, loss, gradient norm)
         # each finished step's global gradient norm before clipping (with clipping on), read back with the losses
         self.grad_norms: list[float] = []
+        self.step_losses: list[float] = []  # every finished step's loss, read back with the latest
         self._val_sums: list[torch.Tensor] = []
         self._no_sync = contextlib.ExitStack()
         self.split_depth = 0      # each micro-batch is halved this many times (raised on out-of-memory)
@@ -300,6 +305,7 @@ class CausalLMModule(L.LightningModule):
         for step, value in zip(steps, losses.tolist()):
             if not math.isfinite(value):
                 raise DivergedError(f"training loss is {value} at step {step}")
+            self.step_losses.append(value)
         self.last_train_loss = losses[-1].item()
         metrics = {"train/loss": self.last_train_loss, "train/lr": self._step_lr}
         if self.grad_norms:
@@ -334,6 +340,13 @@ class CausalLMModule(L.LightningModule):
         clipped = sum(n > self.gradient_clip_val for n in norms) / len(norms)
         return {"train_grad_norm_median": statistics.median(norms), "train_clipped_fraction": clipped}
 
+    def loss_figures(self) -> dict[str, float | None]:
+        """The mean training loss over the last LOSS_TAIL_FRACTION of the steps trained (at least one)."""
+        if not self.step_losses:
+            return {"train_loss_tail_mean": None}
+        tail = self.step_losses[-max(1, math.ceil(LOSS_TAIL_FRACTION * len(self.step_losses))):]
+        return {"train_loss_tail_mean": statistics.fmean(tail)}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The random state after the last finished step (dropout, LoRA's included, draws from it), so a resumed
         # run draws what the uninterrupted one would; a checkpoint written mid-step still resumes at its start.
@@ -341,11 +354,18 @@ class CausalLMModule(L.LightningModule):
             checkpoint[RNG_STATES_KEY] = self._rng_after_step
         self._read_grad_norms()  # (a checkpoint is written at a step boundary) its steps' norms go with it
         checkpoint[GRAD_NORMS_KEY] = list(self.grad_norms)
+        # likewise the losses, so that a resumed run's tail covers the steps before it; on several devices reading
+        # the pending ones back is a collective, which a checkpoint written on one rank (an interrupt) cannot
+        # make: there the tail leaves out the steps after the last read-back (at most log_every_n_steps - 1)
+        if self.trainer.world_size == 1:
+            self._flush_losses()
+        checkpoint[STEP_LOSSES_KEY] = list(self.step_losses)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # also what a checkpoint written before the first resumed step finishes saves
         self._rng_to_restore = self._rng_after_step = checkpoint.get(RNG_STATES_KEY)
         self.grad_norms = list(checkpoint.get(GRAD_NORMS_KEY) or [])
+        self.step_losses = list(checkpoint.get(STEP_LOSSES_KEY) or [])
         trainer = getattr(self, "_trainer", None)
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         if hasattr(datamodule, "train_sampler"):
