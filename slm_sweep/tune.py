@@ -5,7 +5,7 @@ A search is a sweep scored on the validation split carved from train (``hparams_
 search's result.json files and writes the table (default ``slm_sweep/tuned/lr.yaml``)::
 
     lr: {<dataset>: {<model>: {<method>: <learning rate>}}}
-    searched: {<dataset>: {<model>: {<method>: {metric, best, margin, ..., val_examples, searches, seeds,
+    searched: {<dataset>: {<model>: {<method>: {metric, chosen, best, margin, ..., val_examples, searches, seeds,
                                                 candidates: [{lr, <metric>, ..., runs}], trained_with}}}}
 
 A cell with ``tuning.lr=tuned`` (``experiment=paper``) takes its learning rate from that table before its identity
@@ -226,11 +226,35 @@ def has_search_record(table: Mapping[str, Any], dataset: str, model: str, method
             and isinstance(searched.get("trained_with"), Mapping))
 
 
+def _search_choice(searched: Mapping[str, Any]) -> list[float] | None:
+    """The rate an entry's search chose: its ``chosen``; for an entry written before that was recorded, the
+    candidates that scored its ``best``; None when the entry cannot tell."""
+    if _positive_number(searched.get("chosen")):
+        return [float(searched["chosen"])]
+    metric, best = searched.get("metric"), searched.get("best")
+    if not isinstance(metric, str) or not isinstance(best, (int, float)) or isinstance(best, bool):
+        return None
+    return [float(c["lr"]) for c in searched.get("candidates") or []
+            if isinstance(c, Mapping) and _positive_number(c.get("lr")) and not c.get("not_eligible")
+            and isinstance(c.get(metric), (int, float)) and round(c[metric], 9) == round(best, 9)] or None
+
+
+def not_the_search_choice(table: Mapping[str, Any], dataset: str, model: str, method: str) -> str | None:
+    """The rate(s) the search of ``lr.<dataset>.<model>.<method>`` chose when the table's rate is not one of them
+    (a rate edited after the search); None when it is, or when the entry does not say."""
+    rate = lookup(table, dataset, model, method)
+    chose = _search_choice(_searched(table, dataset, model, method))
+    if rate is None or chose is None or any(math.isclose(rate, c, rel_tol=1e-9) for c in chose):
+        return None
+    return " or ".join(f"{c:g}" for c in chose)
+
+
 def check_missing(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> None:
     """For a cell with ``tuning.on_missing=refuse``: raise MissingTunedRate when its dataset x model x method has no
     rate in ``table``, and ConfigError when the rate has no search record (``SEARCH_RECORD``: a rate written by hand
-    or by an older tune command, which neither the seed nor the settings guard can check). Without that setting
-    such a cell trains at ``method.lr``, or at the unrecorded rate, and resolve_lr says so."""
+    or by an older tune command, which neither the seed nor the settings guard can check) or is not the rate that
+    record's search chose (``not_the_search_choice``). Without that setting such a cell trains at ``method.lr``,
+    or at the table's rate, and resolve_lr says so."""
     if (cfg.get("tuning") or {}).get("on_missing", "method") != "refuse":
         return
     dataset, model, method = cfg.dataset.name, cfg.model.name, cfg.method.name
@@ -245,6 +269,15 @@ def check_missing(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> None
             f"`make paper-search` for experiment=paper's cells, else `python -m slm_sweep.tune <search dir>`; or "
             "take the table's rate as it is with tuning.on_missing=method (result.json then says it has no search "
             "record)")
+    chose = not_the_search_choice(table, dataset, model, method)
+    if chose is not None:
+        entry = f"{dataset}.{model}.{method}"
+        raise ConfigError(
+            f"tuning.on_missing=refuse: the rate lr.{entry}={lookup(table, dataset, model, method):g} in {path} is not "
+            f"the rate its search chose ({chose}, searched.{entry}): edited after the search, its search record is "
+            "another rate's. Write the table again from the search (`python -m slm_sweep.tune <search dir>`), or "
+            "take the table's rate as it is with tuning.on_missing=method (result.json then says it is not the "
+            "search's choice)")
 
 
 # ------------------------------------------------------------------------------------------------ in a cell
@@ -421,22 +454,58 @@ def resolve_lr(cfg: DictConfig) -> dict[str, Any] | None:
         log.warning("%s", note)
         return {"value": float(cfg.method.lr), "source": "method", "detail": note, "table": str(path)}
     cfg.method.lr = tuned
+    return {"value": tuned, "source": "tuned", "table": str(path), "table_sha256": file_sha256(path),
+            **_tuned_provenance(table, path, dataset, model, method)}
+
+
+# what the lead test was before margin_test was recorded: the seeds counted as questions, its error too small
+_LEAD_BEFORE_TEST = ("margin_se", "margin_p", "within_noise")
+
+
+def _tuned_provenance(table: Mapping[str, Any], path: Path, dataset: str, model: str,
+                      method: str) -> dict[str, Any]:
+    """What a tuned cell's learning_rate records of the table's entry: ``detail``, the entry's own ``searches``,
+    ``seeds`` and ``metric``, ``at_edge`` and the lead. A rate that is not its search's choice gets none of the
+    search's record; an entry written before its lead test (``margin_test``) was recorded, not that lead's error
+    and verdict; one written before its own ``searches``, the table's (``searches_scope: table``)."""
     searched = _searched(table, dataset, model, method)
+    rate = lookup(table, dataset, model, method)
+    recorded = has_search_record(table, dataset, model, method)
     detail = f"lr.{dataset}.{model}.{method} in {path}"
+    if not recorded:
+        detail += f" (no search record: searched.{dataset}.{model}.{method} lacks {', '.join(SEARCH_RECORD)})"
+        log.warning("%s: the table does not say how this rate was chosen", detail)
+    chose = not_the_search_choice(table, dataset, model, method)
+    if chose is not None:
+        detail += (f" (not the rate its search chose, {chose}: the search's record, its searches, seeds and lead, "
+                   "is not this rate's; tuning.on_missing=method)")
+        log.warning("%s", detail)
+        return {"detail": detail, "searches": []}
     if searched.get("metric") and searched.get("best") is not None:
         detail += (f" (best {searched['metric']} {searched['best']} of {len(searched.get('candidates') or [])} "
                    f"candidates on {searched.get('val_examples')} validation examples)")
-    if not has_search_record(table, dataset, model, method):
-        detail += f" (no search record: searched.{dataset}.{model}.{method} lacks {', '.join(SEARCH_RECORD)})"
-        log.warning("%s: the table does not say how this rate was chosen", detail)
     edge = next((c.get("at_edge") for c in searched.get("candidates") or []
-                 if isinstance(c, Mapping) and c.get("lr") == tuned and c.get("at_edge")), None)
-    # this entry's own search, not every search the table was written from
-    provenance = {k: searched[k] for k in ("metric", "seeds") if k in searched}
-    lead = {k: searched[k] for k in LEAD_KEYS if k in searched}
-    return {"value": tuned, "source": "tuned", "detail": detail, "table": str(path), "table_sha256": file_sha256(path),
-            "searches": list(searched.get("searches") or []), **provenance,
+                 if isinstance(c, Mapping) and c.get("lr") == rate and c.get("at_edge")), None)
+    lead, note = _recorded_lead(searched)
+    detail += note
+    searches, scope = searched.get("searches") or [], {}
+    if recorded and not isinstance(searched.get("searches"), list):  # written before each entry recorded its own
+        searches, scope = table.get("searches") or [], {"searches_scope": "table"}
+    return {"detail": detail, "searches": list(searches), **scope,
+            **{k: searched[k] for k in ("metric", "seeds") if k in searched},
             **({"at_edge": str(edge)} if edge else {}), **lead}
+
+
+def _recorded_lead(searched: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The entry's lead over the runner-up, and a note for ``detail``: an entry written before ``margin_test``
+    was recorded had its error from the seeds counted as questions, so its ``margin_se`` and ``within_noise``
+    are left out and the note says so."""
+    lead = {k: searched[k] for k in LEAD_KEYS if k in searched}
+    if not lead or "margin_test" in searched:
+        return lead, ""
+    return ({k: v for k, v in lead.items() if k not in _LEAD_BEFORE_TEST},
+            " (the table predates the current test of the lead over the runner-up: no margin_se or within_noise; "
+            "run `python -m slm_sweep.tune` on its search again to get them)")
 
 
 def file_sha256(path: Path) -> str:
@@ -633,42 +702,59 @@ def check_metric(metric: str, records: Sequence[Mapping[str, Any]]) -> None:
 
 
 # what a table entry and a tuned cell's learning_rate record of the winner's lead over the runner-up
-LEAD_KEYS = ("runner_up", "margin", "margin_se", "margin_test", "margin_p", "within_noise", "tied")
-SEED_SPREAD = "spread of the per-seed differences"
-BINOMIAL = "binomial, unpaired (one seed, no predictions)"
+LEAD_KEYS = ("runner_up", "margin", "margin_se", "margin_test", "margin_p", "margin_fallback", "within_noise", "tied")
+# one training run a rate: a test of the lead measures the questions' noise only
+ONE_SEED = " (one seed: run-to-run spread not measured)"
+SEED_SPREAD = "spread of the per-seed differences plus the questions' unpaired binomial (no predictions)"
+BINOMIAL = "binomial, unpaired (no predictions)" + ONE_SEED
 
 
-def _question_scores(record: Mapping[str, Any], metric: str) -> dict | None:
+def _question_scores(record: Mapping[str, Any], metric: str) -> dict:
     """Whether ``metric`` (``val_accuracy_<name>``) scored each validation question of a search cell correct, from
-    the predictions beside its result.json; None without them, or when they disagree with its recorded score."""
+    the predictions beside its result.json. Raises NoQuestionData naming the run and why there are none: no
+    predictions, or predictions that disagree with its result.json (another row count or mean)."""
     from slm_sweep.report.collect import NoQuestionData, question_scores
 
-    if not record.get("result_path"):
-        return None
+    path = record.get("result_path")
+    if not path:
+        raise NoQuestionData(f"the run of seed {record.get('seed')} at lr {_record_lr(record)} names no "
+                             "result.json to find its predictions beside")
+    eval_set = f"{record['dataset']}/val"
     try:
-        scores = question_scores(record["result_path"], f"{record['dataset']}/val", metric.removeprefix("val_accuracy_"))
-    except (NoQuestionData, OSError, ValueError):
-        return None
+        scores = question_scores(path, eval_set, metric.removeprefix("val_accuracy_"))
+    except NoQuestionData:
+        raise
+    except (OSError, ValueError) as err:
+        raise NoQuestionData(f"the predictions beside {path} cannot be read ({err})") from None
     metrics = record.get("metrics") or {}
-    if not scores or len(scores) != metrics.get("val_n_eval") \
-            or abs(sum(scores.values()) / len(scores) - float(metrics[metric])) > 1e-9:
-        return None
+    if not scores or len(scores) != metrics.get("val_n_eval"):
+        raise NoQuestionData(f"the predictions beside {path} hold {len(scores)} rows of {eval_set}, its result.json "
+                             f"val_n_eval={metrics.get('val_n_eval')}")
+    mean = sum(scores.values()) / len(scores)
+    if abs(mean - float(metrics[metric])) > 1e-9:
+        raise NoQuestionData(f"the predictions beside {path} disagree with its result.json: their mean is "
+                             f"{mean:.6f}, its {metric} {float(metrics[metric]):.6f}")
     return scores
 
 
 def _paired_test(first: Sequence[Mapping[str, Any]], second: Sequence[Mapping[str, Any]], metric: str):
-    """The claims' seeds-and-questions test (report/stats.py) of two candidates' runs, first minus second; None
-    unless every run's predictions are there, on the same questions."""
+    """The claims' seeds-and-questions test (report/stats.py) of two candidates' runs, first minus second, and
+    None; or None and why there is none (a run without its predictions, or on other questions)."""
+    from slm_sweep.report.collect import NoQuestionData
     from slm_sweep.report.stats import seeds_and_questions_test
 
-    sides = [[_question_scores(r, metric) for r in runs] for runs in (first, second)]
-    if any(scores is None for side in sides for scores in side):
-        return None
+    try:
+        sides = [[_question_scores(r, metric) for r in runs] for runs in (first, second)]
+    except NoQuestionData as err:
+        return None, str(err)
     keys = sorted(sides[0][0])
-    if any(sorted(scores) != keys for side in sides for scores in side):
-        return None
+    odd = next((run for side, runs in zip(sides, (first, second)) for scores, run in zip(side, runs)
+                if sorted(scores) != keys), None)
+    if odd is not None:
+        return None, (f"the predictions beside {odd['result_path']} hold other questions than those beside "
+                      f"{first[0]['result_path']}")
     a, b = ([[scores[k] for k in keys] for scores in side] for side in sides)
-    return seeds_and_questions_test(a, b, interval=False)
+    return seeds_and_questions_test(a, b, interval=False), None
 
 
 def _seed_differences(first: Sequence[Mapping[str, Any]], second: Sequence[Mapping[str, Any]],
@@ -678,38 +764,69 @@ def _seed_differences(first: Sequence[Mapping[str, Any]], second: Sequence[Mappi
     return [float(r["metrics"][metric]) - other[str(r.get("seed"))] for r in first if str(r.get("seed")) in other]
 
 
-def _lead(best: Mapping[str, Any], runner_up: Mapping[str, Any], metric: str, n_val: int,
+def _paired_lead(paired, seeds: int) -> tuple[float, dict[str, Any], bool]:
+    """With every run's predictions: the seeds-and-questions test, within noise at p >= ALPHA."""
+    from slm_sweep.report.stats import ALPHA, SEEDS_AND_QUESTIONS
+
+    se = math.sqrt(paired.question_se ** 2 + sum(part ** 2 for part in paired.seed_se))
+    how = {"margin_test": SEEDS_AND_QUESTIONS + (ONE_SEED if seeds == 1 else ""),
+           "margin_p": round(paired.p_value, 6)}
+    return se, how, paired.p_value < ALPHA
+
+
+def _seed_spread_lead(margin: float, differences: Sequence[float], question_variance: float,
+                      n_val: int) -> tuple[float, dict[str, Any], bool]:
+    """Without predictions, over k >= 2 seeds: the two parts of the seeds-and-questions test, the questions'
+    (the unpaired binomial, as pairing cannot be read) and the seeds' (the per-seed differences' variance over
+    k), added; within noise unless the lead passes Student's t at their Welch-Satterthwaite degrees of freedom,
+    and never on less than the one-seed test's two standard errors. The seeds' part holds the questions' noise
+    inside each seed too: counted twice, which errs toward within noise."""
+    from slm_sweep.report.stats import describe, t_critical, welch_satterthwaite
+
+    _, spread, _ = describe(differences)
+    seed_variance = spread ** 2 / len(differences)
+    se = math.sqrt(question_variance + seed_variance)
+    df = welch_satterthwaite([(question_variance, n_val - 1), (seed_variance, len(differences) - 1)])
+    critical = max(2.0, t_critical(df)) if df is not None else 2.0
+    return se, {"margin_test": SEED_SPREAD}, margin > critical * se
+
+
+def _unpaired_lead(margin: float, question_variance: float) -> tuple[float, dict[str, Any], bool]:
+    """One seed, no predictions: the binomial error of two accuracies, within two standard errors."""
+    se = math.sqrt(question_variance)
+    return se, {"margin_test": BINOMIAL}, margin > 2 * se
+
+
+def _lead(name: str, best: Mapping[str, Any], runner_up: Mapping[str, Any], metric: str, n_val: int,
           runs: Mapping[float, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
     """The winner's lead over the runner-up, its standard error (``margin_test`` says how it was measured), and
     ``within_noise`` when the search did not separate the two. The seeds scored the same questions, so more seeds
     measure the runs' spread but do not shrink the questions' noise:
 
     - with every run's predictions, the claims' paired seeds-and-questions test: within noise at p >= 0.05;
-    - else, over two or more seeds, the spread of the per-seed differences: within noise when the 95% interval of
-      their mean reaches 0;
+    - else, over two or more seeds, the questions' unpaired binomial error plus the spread of the per-seed
+      differences (``_seed_spread_lead``);
     - else (one seed) the binomial error of two accuracies on ``n_val`` questions: within two standard errors.
 
-    A tie (a margin of 0) is within noise, and ``tied`` names what broke it."""
-    from slm_sweep.report.stats import ALPHA, SEEDS_AND_QUESTIONS, describe
-
+    Without the paired test, ``margin_fallback`` says why (a warning too). With one seed a rate the test measures
+    the questions' noise only, and ``margin_test`` says so. A tie (a margin of 0) is within noise, and ``tied``
+    names what broke it."""
     first, second = runs[best["lr"]], runs[runner_up["lr"]]
     margin = round(best[metric] - runner_up[metric], 9)
-    paired = _paired_test(first, second, metric)
-    differences = _seed_differences(first, second, metric)
+    paired, why = _paired_test(first, second, metric)
     if paired is not None:
-        se = math.sqrt(paired.question_se ** 2 + sum(part ** 2 for part in paired.seed_se))
-        how = {"margin_test": SEEDS_AND_QUESTIONS, "margin_p": round(paired.p_value, 6)}
-        separated = paired.p_value < ALPHA
-    elif len(differences) >= 2:
-        _, spread, half_width = describe(differences)
-        se = spread / math.sqrt(len(differences))
-        how = {"margin_test": SEED_SPREAD}
-        separated = margin > half_width
+        se, how, separated = _paired_lead(paired, len(first))
     else:
         p, q = best[metric], runner_up[metric]
-        se = math.sqrt((p * (1 - p) + q * (1 - q)) / n_val)
-        how = {"margin_test": BINOMIAL}
-        separated = margin > 2 * se
+        question_variance = (p * (1 - p) + q * (1 - q)) / n_val
+        differences = _seed_differences(first, second, metric)
+        if len(differences) >= 2:
+            se, how, separated = _seed_spread_lead(margin, differences, question_variance, n_val)
+        else:
+            se, how, separated = _unpaired_lead(margin, question_variance)
+        how["margin_fallback"] = why
+        log.warning("%s: no paired test of the lead of %g over %g (%s): measured by the %s", name, best["lr"],
+                    runner_up["lr"], why, how["margin_test"])
     tied = ("validation loss" if best.get("val_loss") != runner_up.get("val_loss") else "smaller rate") \
         if margin == 0 else None
     return {"runner_up": runner_up["lr"], "margin": margin, "margin_se": round(se, 6), **how,
@@ -868,7 +985,7 @@ def _choose_one(name: str, cells: Sequence[Mapping[str, Any]], metric: str,
                                            c["lr"]))
     best = ranked[0]
     _mark_edge(name, best, scored)
-    lead = _lead(best, ranked[1], metric, n_val, by_lr) if len(ranked) > 1 else {}
+    lead = _lead(name, best, ranked[1], metric, n_val, by_lr) if len(ranked) > 1 else {}
     _warn_lead(name, best, lead, metric)
     return {"lr": best["lr"], "metric": metric, "best": best[metric], **lead, "val_examples": n_val,
             "candidates": candidates, "seeds": all_seeds,
@@ -912,7 +1029,7 @@ def write_table(chosen: Mapping[tuple[str, str, str], Mapping[str, Any]], path: 
     for (dataset, model, method), entry in chosen.items():
         lr.setdefault(dataset, {}).setdefault(model, {})[method] = entry["lr"]
         searched.setdefault(dataset, {}).setdefault(model, {})[method] = {
-            "metric": entry["metric"], "best": entry["best"],
+            "metric": entry["metric"], "chosen": entry["lr"], "best": entry["best"],
             **{k: entry[k] for k in LEAD_KEYS if k in entry},
             "val_examples": entry["val_examples"],
             "searches": list(entry.get("searches") or sources),
@@ -980,10 +1097,30 @@ def read_search(dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
             if not isinstance(record, dict) or not all(record.get(k) for k in ("model", "method", "dataset")):
                 log.warning("skipping %s: not a readable result", path)
                 continue
+            why = _unreadable_grid(record)
+            if why:
+                log.warning("skipping %s: %s", path, why)
+                continue
             key = (record.get("identity") or {}).get("evaluation_key") or str(path)
             if key not in records or (records[key].get("reused_from") and not record.get("reused_from")):
                 records[key] = {**record, "result_path": str(path), "search_dir": str(d)}
     return list(records.values())
+
+
+def _unreadable_grid(record: Mapping[str, Any]) -> str | None:
+    """Why a search cell's recorded grid (``config.tuning.lr_grid``) cannot be read; None when it can, or when it
+    records none."""
+    tuning = (record.get("config") or {}).get("tuning")
+    if tuning is None:
+        return None
+    if not isinstance(tuning, Mapping):
+        return f"config.tuning={tuning!r} is not a mapping"
+    grid = tuning.get("lr_grid")
+    if grid is None or isinstance(grid, Mapping) and all(
+            isinstance(rates, list) and all(_positive_number(v) for v in rates) for rates in grid.values()):
+        return None
+    return (f"config.tuning.lr_grid={grid!r} is not what a search records: a mapping of each method to a list of "
+            "positive learning rates")
 
 
 def paper_search_command(experiment: str | Path = PAPER_EXPERIMENT, extra: Sequence[str] = ()) -> list[str]:
@@ -1052,30 +1189,41 @@ def main(argv: list[str] | None = None) -> int:
         records = read_search(args.dirs)
         chosen = choose(records, args.metric, args.min_val_examples)
         unchosen = [key for key in search_groups(records) if key not in chosen]
-        if not chosen:
+        if not chosen and not unchosen:
             raise TuningError(f"no search cell under {', '.join(args.dirs)} (a trained method scored with "
-                              f"eval.split=val and {args.metric or 'its dataset claims metric'}) completed"
-                              + (f"; no rate of {_names(unchosen)} completed every seed" if unchosen else "")
-                              + ": the table is left as it was")
+                              "eval.split=val): the table is left as it was")
         out = Path(args.out)
-        keep = None if args.replace or not out.exists() else read_table(out)
-        dropped = [] if args.keep_unchosen or keep is None else [k for k in unchosen if lookup(keep, *k) is not None]
-        path = write_table(chosen, out, [str(d) for d in args.dirs], args.metric, keep, drop=dropped)
+        # the table as it is, unless --replace drops it whole anyway
+        earlier = read_table(out) if out.exists() and not (args.replace and chosen) else None
+        keep = None if args.replace else earlier
+        dropped = [] if args.keep_unchosen or earlier is None else [k for k in unchosen
+                                                                     if lookup(earlier, *k) is not None]
+        path = write_table(chosen, out, [str(d) for d in args.dirs], args.metric, keep, drop=dropped) \
+            if chosen or dropped else None
     except (FileNotFoundError, TuningError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
-    print(render(chosen))
-    print(f"Wrote {path}")
-    if unchosen and args.keep_unchosen:
-        print(f"{parser.prog}: warning: no rate of {_names(unchosen)} completed every seed; the table's earlier "
-              "entries of them, if any, are kept as they were (--keep-unchosen)", file=sys.stderr)
-    elif unchosen:
-        gone = f" (its earlier entry of {_names(dropped)} is dropped: searched again, no rate chosen)" if dropped else ""
-        print(f"{parser.prog}: error: no rate of {_names(unchosen)} completed every seed, so the table has none"
-              f"{gone}. Search again (the warnings above say why each rate is no candidate), or keep an earlier "
-              "entry with --keep-unchosen", file=sys.stderr)
-        return 1
-    return 0
+    if chosen:
+        print(render(chosen))
+    print(f"Wrote {path}" if path else f"{out} is left as it was")
+    return _report_unchosen(parser.prog, unchosen, dropped, args.keep_unchosen)
+
+
+def _report_unchosen(prog: str, unchosen: Sequence[tuple[str, str, str]], dropped: Sequence[tuple[str, str, str]],
+                     keep_unchosen: bool) -> int:
+    """Exit status: 0 when every dataset x model x method searched got a rate (or --keep-unchosen kept the
+    earlier entries of those that did not), else 1, naming them and the entries dropped."""
+    if not unchosen:
+        return 0
+    if keep_unchosen:
+        print(f"{prog}: warning: no rate of {_names(unchosen)} completed every seed; the table's earlier entries of "
+              "them, if any, are kept as they were (--keep-unchosen)", file=sys.stderr)
+        return 0
+    gone = f" (its earlier entry of {_names(dropped)} is dropped: searched again, no rate chosen)" if dropped else ""
+    print(f"{prog}: error: no rate of {_names(unchosen)} completed every seed, so the table has none{gone}. Search "
+          "again (the warnings above say why each rate is no candidate), or keep an earlier entry with "
+          "--keep-unchosen", file=sys.stderr)
+    return 1
 
 
 def _names(keys: Sequence[tuple[str, str, str]]) -> str:

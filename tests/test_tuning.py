@@ -720,20 +720,37 @@ def _write_cells(folder, records):
     return folder
 
 
+def _steady(best: float, runner_up: float) -> list[dict]:
+    """Three seeds of two rates whose per-seed differences all equal ``best - runner_up``."""
+    return [_record("lora", lr, accuracy + d, seed=s) for lr, accuracy in ((1e-4, best), (2e-4, runner_up))
+            for s, d in ((1000, 0.0), (1001, 0.01), (1002, -0.01))]
+
+
 def test_a_lead_the_seeds_disagree_on_is_within_noise_however_many_seeds():
-    """The seeds score the same validation questions: three of them do not make a lead three times surer. A
-    4-point lead whose per-seed scores spread 6 points either way is not separated; one the seeds agree on is."""
+    """The seeds score the same validation questions: three of them do not make a lead three times surer. Without
+    predictions the lead's error is the questions' (the unpaired binomial of the two accuracies) plus the
+    per-seed differences' spread: a 4-point lead whose per-seed scores spread 6 points either way is not
+    separated, and nor is one the seeds agree on, whose questions are as noisy as one seed's."""
     import statistics
+
+    from slm_sweep.tune import SEED_SPREAD
+
+    def binomial(p, q):
+        return (p * (1 - p) + q * (1 - q)) / 500
 
     best = [_record("lora", 1e-4, a, seed=s) for s, a in ((1000, 0.29), (1001, 0.35), (1002, 0.41))]
     runner_up = [_record("lora", 2e-4, a, seed=s) for s, a in ((1000, 0.37), (1001, 0.31), (1002, 0.25))]
     lora = choose([*best, *runner_up])["gsm8k", "m", "lora"]
     assert lora["lr"] == 1e-4 and lora["runner_up"] == 2e-4 and lora["margin"] == pytest.approx(0.04)
-    assert lora["within_noise"] is True and lora["margin_test"] == "spread of the per-seed differences"
-    assert lora["margin_se"] == pytest.approx(statistics.stdev([-0.08, 0.04, 0.16]) / math.sqrt(3), abs=1e-6)
-    steady = choose([_record("lora", lr, accuracy + d, seed=s) for lr, accuracy in ((1e-4, 0.35), (2e-4, 0.31))
-                     for s, d in ((1000, 0.0), (1001, 0.01), (1002, -0.01))])["gsm8k", "m", "lora"]
-    assert steady["margin"] == pytest.approx(0.04) and "within_noise" not in steady
+    assert lora["within_noise"] is True and lora["margin_test"] == SEED_SPREAD
+    assert lora["margin_se"] == pytest.approx(math.sqrt(
+        statistics.stdev([-0.08, 0.04, 0.16]) ** 2 / 3 + binomial(0.35, 0.31)), abs=1e-6)
+    steady = choose(_steady(0.35, 0.31))["gsm8k", "m", "lora"]
+    assert steady["margin"] == pytest.approx(0.04) and steady["within_noise"] is True
+    assert steady["margin_se"] == pytest.approx(math.sqrt(binomial(0.35, 0.31)), abs=1e-6)
+    # a lead well past the questions' noise still separates
+    clear = choose(_steady(0.45, 0.30))["gsm8k", "m", "lora"]
+    assert clear["margin"] == pytest.approx(0.15) and "within_noise" not in clear
 
 
 def test_a_lead_is_judged_by_the_claims_paired_test_when_the_validation_answers_are_there(tmp_path):
@@ -759,16 +776,144 @@ def test_a_lead_is_judged_by_the_claims_paired_test_when_the_validation_answers_
 
     nested = search("nested", range(155))
     assert nested["lr"] == 1e-4 and nested["margin"] == pytest.approx(0.04)
-    assert nested["margin_test"] == SEEDS_AND_QUESTIONS and nested["margin_p"] < 0.001
+    assert nested["margin_test"] == f"{SEEDS_AND_QUESTIONS} (one seed: run-to-run spread not measured)"
+    assert nested["margin_p"] < 0.001
     assert "within_noise" not in nested
     differences = [1.0] * 20 + [0.0] * 480  # the per-question differences: their paired standard error
     assert nested["margin_se"] == pytest.approx(math.sqrt(
         sum((d - 0.04) ** 2 for d in differences) / 499 / 500), abs=1e-6)
     apart = search("apart", range(175, 330))
-    assert apart["margin_test"] == SEEDS_AND_QUESTIONS and apart["margin_p"] > 0.05 and apart["within_noise"] is True
+    assert apart["margin_test"].startswith(SEEDS_AND_QUESTIONS) and apart["margin_p"] > 0.05
+    assert apart["within_noise"] is True
 
 
-def test_a_tuned_rate_its_search_did_not_separate_is_named_beside_the_verdict(tmp_path):
+def _three_seed_search(folder, predictions=True):
+    """Three seeds of two rates: the winner right on 175 questions, the runner-up on 155 others, each seed shifted
+    by 5 questions; the per-seed differences all 4 points."""
+    for i, (lr, seed, right) in enumerate((lr, 1000 + s, range(first + 5 * s, last + 5 * s)) for s in range(3)
+                                          for lr, first, last in ((1e-4, 0, 175), (2e-4, 175, 330))):
+        correct = [q in right for q in range(500)]
+        cell = folder / str(i)
+        cell.mkdir(parents=True)
+        record = {**_record("lora", lr, sum(correct) / 500, seed=seed), "identity": {"evaluation_key": f"{folder.name}{i}"}}
+        (cell / "result.json").write_text(json.dumps(record))
+        if predictions:
+            (cell / "predictions.jsonl").write_text("".join(
+                json.dumps({"eval_set": "gsm8k/val", "index": q, "question": f"q{q}", "correct_flexible": c}) + "\n"
+                for q, c in enumerate(correct)))
+    return folder
+
+
+def test_without_predictions_seeds_that_agree_reach_the_paired_tests_verdict(tmp_path):
+    """The winner and the runner-up get other questions right, alike on every seed: the paired test finds the
+    4-point lead within noise, and so must the test without predictions, though its seeds agree."""
+    from slm_sweep.report.stats import SEEDS_AND_QUESTIONS
+    from slm_sweep.tune import SEED_SPREAD, read_search
+
+    paired = choose(read_search([_three_seed_search(tmp_path / "paired")]))["gsm8k", "m", "lora"]
+    unpaired = choose(read_search([_three_seed_search(tmp_path / "unpaired", False)]))["gsm8k", "m", "lora"]
+    assert paired["margin_test"] == SEEDS_AND_QUESTIONS and unpaired["margin_test"] == SEED_SPREAD
+    assert paired["margin"] == unpaired["margin"] == pytest.approx(0.04)
+    assert paired["within_noise"] is True and unpaired["within_noise"] is True
+    assert unpaired["margin_se"] > 0.02  # the questions' noise, about 3 points, whatever the seeds say
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("flip", r"the predictions beside .*/0/result.json disagree with its result.json: their mean is 0.348000, its "
+             r"val_accuracy_flexible 0.350000"),
+    ("drop", r"the predictions beside .*/0/result.json hold 499 rows of gsm8k/val, its result.json val_n_eval=500"),
+    ("delete", r"no predictions.jsonl beside .*/0/result.json")])
+def test_a_search_whose_predictions_cannot_be_paired_says_why_and_keeps_the_verdict(tmp_path, caplog, damage,
+                                                                                     reason):
+    """One answer of 3000 flipped, a row lost or a file missing: the lead falls back to the test without
+    predictions, with a warning naming the run and why, the reason in the entry, and the same verdict."""
+    from slm_sweep.tune import SEED_SPREAD, read_search
+
+    folder = _three_seed_search(tmp_path / "search")
+    predictions = folder / "0" / "predictions.jsonl"
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    if damage == "flip":
+        rows[0]["correct_flexible"] = not rows[0]["correct_flexible"]
+    predictions.write_text("".join(json.dumps(r) + "\n" for r in rows[: 499 if damage == "drop" else 500]))
+    if damage == "delete":
+        predictions.unlink()
+    lora = choose(read_search([folder]))["gsm8k", "m", "lora"]
+    assert lora["margin_test"] == SEED_SPREAD and lora["within_noise"] is True
+    assert re.search(reason, lora["margin_fallback"])
+    assert re.search(r"gsm8k/m/lora: no paired test of the lead of 0.0001 over 0.0002 \(" + reason, caplog.text)
+
+
+def test_one_seed_tests_say_they_do_not_measure_the_spread_between_runs():
+    """One training run a rate: the binomial test (and the paired one, above) measures the questions' noise
+    only, and its label says so."""
+    lora = choose([_record("lora", 1e-4, 0.40), _record("lora", 2e-4, 0.30)])["gsm8k", "m", "lora"]
+    assert lora["margin_test"] == "binomial, unpaired (no predictions) (one seed: run-to-run spread not measured)"
+    assert "within_noise" not in lora
+
+
+def test_a_table_rate_edited_after_its_search_is_not_credited_to_the_search(tmp_path, caplog):
+    """The search chose 2e-4 and the table's rate was changed by hand to 3e-4: experiment=paper's refuse stops the
+    cell naming both rates; taken on request, result.json says it is not the search's choice and credits it none
+    of the search's record."""
+    from tests.conftest import compose_config
+
+    search = _write_cells(tmp_path / "search", [{**_record("lora", lr, accuracy, seed=1000), "model": "tiny"}
+                                                for lr, accuracy in ((1e-4, 0.30), (2e-4, 0.36), (5e-4, 0.20))])
+    table = tmp_path / "lr.yaml"
+    assert main([str(search), "--out", str(table)]) == 0
+    assert yaml.safe_load(table.read_text())["searched"]["gsm8k"]["tiny"]["lora"]["chosen"] == 2e-4
+    cell = [*FAST_TINY, "method=lora", "tuning.lr=tuned", f"tuning.table={table}"]
+    assert resolve_lr(compose_config([*cell, "tuning.on_missing=refuse"]))["value"] == 2e-4
+    written = table.read_text()
+    table.write_text(written.replace("lora: 0.0002\n", "lora: 0.0003\n", 1))
+    refused = (r"tuning.on_missing=refuse: the rate lr.gsm8k.tiny.lora=0.0003 in .* is not the rate its search "
+               r"chose \(0.0002, searched.gsm8k.tiny.lora\)")
+    for check in (validate_config, resolve_lr):
+        with pytest.raises(ConfigError, match=refused):
+            check(compose_config([*cell, "tuning.on_missing=refuse"]))
+    rate = resolve_lr(compose_config([*cell, "tuning.on_missing=method"]))
+    assert rate["value"] == 3e-4 and rate["source"] == "tuned" and rate["searches"] == []
+    assert "not the rate its search chose, 0.0002" in rate["detail"] and "not the rate its search chose" in caplog.text
+    assert not {"seeds", "metric", "runner_up", "margin", "margin_se", "within_noise", "at_edge"} & set(rate)
+    # a table written before the entry recorded its choice: the candidate that scored its best
+    data = yaml.safe_load(table.read_text())
+    del data["searched"]["gsm8k"]["tiny"]["lora"]["chosen"]
+    table.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=refused):
+        resolve_lr(compose_config([*cell, "tuning.on_missing=refuse"]))
+
+
+OLD_TABLE = """\
+searches: [searchA]
+lr: {gsm8k: {tiny: {lora: 1.0e-4}}}
+searched:
+  gsm8k:
+    tiny:
+      lora: {metric: val_accuracy_flexible, best: 0.35, runner_up: 2.0e-4, margin: 0.04, margin_se: 0.017154,
+             val_examples: 500, seeds: [1000, 1001, 1002], trained_with: {method.name: lora},
+             candidates: [{lr: 1.0e-4, val_accuracy_flexible: 0.35, seeds: 3},
+                          {lr: 2.0e-4, val_accuracy_flexible: 0.31, seeds: 3}]}
+"""
+
+
+def test_a_table_written_before_the_lead_test_passes_on_no_verdict_of_it(tmp_path):
+    """An entry without margin_test was judged with the seeds counted as questions, an error too small: a cell
+    at its rate records the lead but not that error or verdict, and says why; an entry without searches of its
+    own names the table's."""
+    from tests.conftest import compose_config
+
+    table = write_table(tmp_path / "lr.yaml", OLD_TABLE)
+    rate = resolve_lr(compose_config([*FAST_TINY, "method=lora", "tuning.lr=tuned", "tuning.on_missing=refuse",
+                                      f"tuning.table={table}"]))
+    assert rate["value"] == 1e-4 and rate["runner_up"] == 2e-4 and rate["margin"] == 0.04
+    assert not {"margin_se", "within_noise", "margin_test"} & set(rate)
+    assert "the table predates the current test of the lead over the runner-up" in rate["detail"]
+    assert rate["searches"] == ["searchA"] and rate["searches_scope"] == "table"
+
+
+def _full_below_zeroshot_at_a_tuned_rate(tmp_path, **lead):
+    """The claim "full fine-tuning below zero-shot" on rows whose full side trained at a tuned rate 2e-5 whose
+    search recorded ``lead`` over its runner-up 5e-5; its one instance."""
     from tests.test_report_claims import claims_of, write_result, write_row
 
     write_row(tmp_path, "smollm135", "zeroshot", "gsm8k", 40)
@@ -777,10 +922,40 @@ def test_a_tuned_rate_its_search_did_not_separate_is_named_beside_the_verdict(tm
         record = json.loads(path.read_text())
         if record["method"] == "full":
             record["learning_rate"] = {"value": 2.0e-5, "source": "tuned", "detail": "lr.gsm8k.smollm135.full in lr.yaml",
-                                       "runner_up": 5.0e-5, "margin": 0.004, "margin_se": 0.02, "within_noise": True}
+                                       "runner_up": 5.0e-5, "margin_se": 0.02, "within_noise": True, **lead}
             write_result(path.parent, record)
     results, _ = claims_of(tmp_path)
     (full,) = results["full-below-zeroshot-under-300m"].instances
+    return full
+
+
+def test_a_tie_reaches_the_summary_and_the_claims_with_what_broke_it(tmp_path):
+    full = _full_below_zeroshot_at_a_tuned_rate(tmp_path, margin=0.0, tied="smaller rate")
+    assert full.a["lr_tied"] == "smaller rate" and full.b["lr_tied"] is None
+    text = (tmp_path / "report" / "claims.md").read_text()
+    assert "full: its tuned rate 2e-05 tied with 5e-05 on validation; chosen by the smaller rate" in text
+    assert "a lead within noise" not in text
+    rows = {r["method"]: r for r in csv.DictReader(open(tmp_path / "report" / "summary.csv", newline=""))}
+    assert rows["full"]["lr_tied"] == "smaller rate" and rows["full"]["lr_within_noise"] == "5e-05"
+
+
+def test_a_search_cell_recording_a_grid_that_is_no_mapping_is_left_out_with_a_warning(tmp_path, caplog):
+    """A hand-written or foreign result.json whose tuning.lr_grid is a list: the tune command skips it, naming the
+    file and the value, rather than stopping with a traceback."""
+    cells = [_grid_record(lr, accuracy, [1e-4, 2e-4]) for lr, accuracy in ((1e-4, 0.3), (2e-4, 0.2))]
+    bad = _record("lora", 2e-4, None, status="failed")
+    del bad["learning_rate"]
+    bad["config"]["tuning"] = {"lr_grid": [1e-4], "lr_candidate": 0}
+    search = _write_cells(tmp_path / "search", [*cells, bad])
+    table = tmp_path / "lr.yaml"
+    assert main([str(search), "--out", str(table)]) == 0
+    assert yaml.safe_load(table.read_text())["lr"] == {"gsm8k": {"m": {"lora": 1e-4}}}
+    assert re.search(r"skipping .*/2/result.json: config.tuning.lr_grid=\[0.0001\] is not what a search records",
+                     caplog.text)
+
+
+def test_a_tuned_rate_its_search_did_not_separate_is_named_beside_the_verdict(tmp_path):
+    full = _full_below_zeroshot_at_a_tuned_rate(tmp_path, margin=0.004)
     assert full.a["lr_within_noise"] == "5e-05" and full.b["lr_within_noise"] is None
     assert ("full: its search did not separate the tuned rate 2e-05 from 5e-05 (a lead within noise)"
             in (tmp_path / "report" / "claims.md").read_text())
@@ -820,10 +995,25 @@ def test_a_search_that_chooses_no_rate_drops_the_earlier_entry_and_exits_non_zer
     assert data["lr"]["gsm8k"]["m"] == {"lora": 5e-4, "full": 2e-5}
     assert data["searched"]["gsm8k"]["m"]["lora"]["searches"] == ["searchA"]
     assert data["searched"]["gsm8k"]["m"]["full"]["searches"] == [str(search)]
-    # a search that chooses nothing at all leaves the table as it was
+    # searched alone (the usual re-search), it is dropped all the same, with the same exit status
     failed = _write_cells(tmp_path / "searchC", [_record("lora", 1e-4, 0.0, status="diverged")])
     table = write_table(tmp_path / "lr.yaml", earlier)
-    assert main([str(failed), "--out", str(table)]) == 2 and table.read_text() == earlier
+    assert main([str(failed), "--out", str(table)]) == 1
+    assert "its earlier entry of gsm8k/m/lora is dropped" in capsys.readouterr().err
+    data = yaml.safe_load(table.read_text())
+    assert data["lr"] == {} and data["searched"] == {}
+    # kept on request, the table as it was
+    table = write_table(tmp_path / "lr.yaml", earlier)
+    assert main([str(failed), "--out", str(table), "--keep-unchosen"]) == 0 and table.read_text() == earlier
+    # nothing of it in the table: nothing to drop, the table as it was, the same exit status
+    other = "lr: {gsm8k: {m: {full: 2.0e-5}}}\n"
+    table = write_table(tmp_path / "lr.yaml", other)
+    assert main([str(failed), "--out", str(table)]) == 1 and table.read_text() == other
+    # no search cell at all is an error: exit 2, the table as it was
+    baseline = _write_cells(tmp_path / "searchD", [{**_record("zeroshot", 2e-4, 0.1), "config": {
+        "method": {"name": "zeroshot", "train": False}, "eval": {"split": "val"}}}])
+    assert main([str(baseline), "--out", str(table)]) == 2 and table.read_text() == other
+    assert "no search cell under" in capsys.readouterr().err
 
 
 def test_a_tuned_cell_names_only_its_own_entrys_search_seeds_and_metric(tmp_path):

@@ -518,7 +518,7 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
     delta_metric (what the deltas and marks are on: ``delta_metric``), delta_zeroshot, delta_fewshot,
     delta_{zeroshot,fewshot}_{p,test} (the paired test of that delta), _p_adjusted (Holm, over the column of the
     dataset's table) and _significant, below_zeroshot, negative_transfer (below and significant at ``alpha``
-    after ``correction``), lr, lr_source, lr_at_edge, lr_within_noise (``learning_rate_columns``).
+    after ``correction``), lr, lr_source, lr_at_edge, lr_within_noise, lr_tied (``learning_rate_columns``).
     Accuracies are fractions.
     """
     completed = labelled_records(records)
@@ -581,16 +581,18 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
 def learning_rate_columns(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The rate a row's seeds trained at (``lr``), where it came from (``lr_source``: tuned, method, grid; several
     joined by commas), ``lr_at_edge`` (smallest, largest, only: the tuned rate lies at that end of the rates its
-    search compared, so the best may lie beyond it) and ``lr_within_noise`` (the runner-up rate its search did not
-    separate the tuned rate from). All None for a method that trains nothing."""
+    search compared, so the best may lie beyond it), ``lr_within_noise`` (the runner-up rate its search did not
+    separate the tuned rate from) and ``lr_tied`` (what chose between them when they tied: validation loss,
+    smaller rate). All None for a method that trains nothing."""
     chosen = [r.get("learning_rate") for r in records if isinstance(r.get("learning_rate"), dict)]
     sources = sorted({str(c["source"]) for c in chosen if c.get("source")})
     edges = sorted({str(c["at_edge"]) for c in chosen if c.get("at_edge")})
     close = sorted({f"{rate:g}" if (rate := number(c.get("runner_up"))) is not None else "the runner-up"
                     for c in chosen if c.get("within_noise")})
+    tied = sorted({str(c["tied"]) for c in chosen if c.get("tied")})
     return {"lr": next((number(c.get("value")) for c in chosen if number(c.get("value")) is not None), None),
             "lr_source": ",".join(sources) or None, "lr_at_edge": ",".join(edges) or None,
-            "lr_within_noise": ",".join(close) or None}
+            "lr_within_noise": ",".join(close) or None, "lr_tied": ",".join(tied) or None}
 
 
 # Models whose weights are drawn, not trained by anyone: controls for throughput and plumbing, never evidence

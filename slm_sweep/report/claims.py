@@ -567,8 +567,8 @@ def single_runs(*rows: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def learning_rate_notes(*rows: dict[str, Any]) -> list[str]:
-    """Why a trained side's rate may not be its best: not tuned, tuned at an end of its search, or tuned by a lead
-    within noise. A method trained below its best rate is judged on less than it can do (and full fine-tuning at a
+    """Why a trained side's rate may not be its best: not tuned, tuned at an end of its search, tuned by a lead
+    within noise, or tied with another rate and chosen by what broke the tie. A method trained below its best rate is judged on less than it can do (and full fine-tuning at a
     rate too high is what "below zero-shot" can also mean)."""
     notes = []
     for row in rows:
@@ -580,7 +580,11 @@ def learning_rate_notes(*rows: dict[str, Any]) -> list[str]:
                          "best may lie beyond")
         elif row.get("lr_source") and "tuned" not in row["lr_source"].split(","):
             notes.append(f"{method_label(row)}: rate {row['lr']:g} not tuned ({row['lr_source']})")
-        if row.get("lr_within_noise"):
+        if row.get("lr_tied"):
+            notes.append(f"{method_label(row)}: its tuned rate {row['lr']:g} tied with "
+                         f"{row.get('lr_within_noise') or 'the runner-up'} on validation; chosen by the "
+                         f"{row['lr_tied']}")
+        elif row.get("lr_within_noise"):
             notes.append(f"{method_label(row)}: its search did not separate the tuned rate {row['lr']:g} from "
                          f"{row['lr_within_noise']} (a lead within noise)")
     return notes

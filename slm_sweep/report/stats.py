@@ -48,6 +48,16 @@ def t_critical(df: int) -> float:
     return float(t.ppf(0.975, df))
 
 
+def welch_satterthwaite(parts: Sequence[tuple[float, float]]) -> float | None:
+    """The degrees of freedom of a sum of variance estimates, each ``(variance, its degrees of freedom)``: the sum of
+    the variances squared over the sum of each one's square over its degrees of freedom. None when no variance is
+    above 0."""
+    parts = [(variance, df) for variance, df in parts if variance > 0 and df >= 1]
+    if not parts:
+        return None
+    return sum(v for v, _ in parts) ** 2 / sum(v**2 / df for v, df in parts)
+
+
 def describe(values: Sequence[float]) -> tuple[float | None, float | None, float | None]:
     """(mean, sample std, 95% CI half-width) of ``values``; (None, None, None) when empty.
 
@@ -264,8 +274,7 @@ def pooled_seeds_and_questions_test(strata: Sequence[tuple[Sequence[Sequence[boo
     if k > 1 and any(seed_se):
         parts = [(se**2, side.shape[0] - 1) for side, se in zip(sides, seed_se) if se]
         variance = sum(v for v, _ in parts)
-        df = variance**2 / sum(v**2 / d for v, d in parts)
-        seed_part += math.sqrt(variance) * rng.standard_t(df, size=draws)
+        seed_part += math.sqrt(variance) * rng.standard_t(welch_satterthwaite(parts), size=draws)
     question_variance = float(per_question.var(ddof=1)) / questions if questions > 1 else 0.0
     # a side's seed part holds the questions' noise inside its seed means: counted there only (a side whose seed
     # means are equal has no seed part, and its noise stays in the question part)

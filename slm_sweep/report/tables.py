@@ -58,7 +58,8 @@ def summary_columns(metrics: Sequence[str] = ACCURACY_METRICS) -> tuple[str, ...
         "delta_zeroshot", "delta_zeroshot_p", "delta_zeroshot_p_adjusted", "delta_zeroshot_significant",
         "delta_zeroshot_test", "delta_fewshot", "delta_fewshot_p", "delta_fewshot_p_adjusted",
         "delta_fewshot_significant", "delta_fewshot_test", "below_zeroshot", "negative_transfer", "not_completed",
-        "model_source", "lr", "lr_source", "lr_at_edge", "lr_within_noise", "scored_with",
+        "model_source", "lr", "lr_source", "lr_at_edge", "lr_within_noise", "lr_tied",
+        "scored_with",
     )  # fmt: skip
 
 
