@@ -38,9 +38,9 @@ PREDICTIONS_FILE = "predictions.jsonl"
 SUPERSEDED = "superseded"
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 # What a copy of another folder's finished result (run._reuse) keeps of its own attempt; every other key of the
-# source, what computed the numbers included (metrics, versions, hardware, trained_in, training_provenance), is
-# copied. ``files`` is described afresh from the files copied.
-PER_ATTEMPT_KEYS = frozenset({"schema_version", "model", "model_id", "method", "dataset", "seed", "identity",
+# source, what computed the numbers included (metrics, versions, hardware, trained_in, training_provenance) and the
+# schema_version they were written under, is copied. ``files`` is described afresh from the files copied.
+PER_ATTEMPT_KEYS = frozenset({"model", "model_id", "method", "dataset", "seed", "identity",
                               "config", "learning_rate", "started_at", "finished_at", "reused_from", "error",
                               "traceback", "tracking", "checkpoint_step", "files"})
 # What the evaluation of one set records, for the scored split in metrics and for each out-of-domain set in

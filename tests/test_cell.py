@@ -338,3 +338,4 @@ def test_a_copy_of_an_older_result_keeps_none_of_the_copying_process_s_provenanc
     copy = _reuse(tmp_path / "source", tmp_path / "copy", record)
     assert copy["git_commit"] == "aaaa-dirty" and copy["git_dirty_files"] is None
     assert copy["hardware"] is None and copy["eval_sets"] == {} and copy["skipped_rows_asking_who"] is None
+    assert copy["schema_version"] == 1  # the meaning its copied figures were written under

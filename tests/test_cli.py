@@ -137,8 +137,13 @@ def test_only_the_entry_point_imports_the_cell_runner():
     importers = []
     for path in sorted(package.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            if isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if node.level:  # from .run import ..., from . import run
+                    parent = ["slm_sweep", *path.relative_to(package).parent.parts]
+                    parent = parent[:len(parent) - node.level + 1]
+                    module = ".".join([*parent, *([module] if module else [])])
+                names = [module, *(f"{module}.{a.name}" for a in node.names)]
             else:
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             if "slm_sweep.run" in names:

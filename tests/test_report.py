@@ -400,7 +400,8 @@ def test_report_json_names_the_code_settings_and_every_input(grid, tmp_path):
     assert inputs["trained_at_other_commits"] == {"b" * 40: 1}
     (entry,) = [u for u in inputs["used"] if u["seed"] == 5]
     assert (entry["trained_in"], entry["trained_at_commit"]) == ("elsewhere/cell", "b" * 40)
-    assert "1 cell re-scored weights trained at another commit (`bbbbbbbbbbbb` 1 cell)" in report["markdown"]
+    assert "1 cell re-scored weights trained at another commit than its own (by the training commit, `unknown` " \
+           "where not recorded: `bbbbbbbbbbbb` 1 cell)" in report["markdown"]
 
 
 def test_plots_are_png(grid, tmp_path):
@@ -567,15 +568,17 @@ def test_an_optimizer_and_rate_factors_are_named_by_their_block_and_the_defaults
     """A variant label ``lora_B=16`` or ``_target_=unset`` would not say what differs: the optimizer and the rate
     factors are named from their block, and unset reads as what it trains with (AdamW, a factor of 1)."""
     blocks = {"adamw": {}, "sgd": {"optimizer": {"_target_": "torch.optim.SGD", "momentum": 0.9}},
-              "plus": {"lr_scale": {"lora_B": 16}}}
+              "plus": {"lr_scale": {"lora_B": 16}}, "nulls": {"optimizer": None, "lr_scale": None}}
     for job, (name, extra) in enumerate(blocks.items()):
         config = {"method": {"name": "lora", "r": 8, "lr": 2e-4, **extra}, "trainer": {"max_steps": 5}}
         write_json(tmp_path / str(job) / "result.json",
                    _with_identity(make_record("beta", "lora", 0, 0.2, 0.2), config, f"cfg-{name}"))
     variants = sorted(row["variant"] for row in summarize(collect([tmp_path]).records))
-    assert variants == ["lr_scale.lora_B=1, optimizer=AdamW, optimizer.momentum=default",
-                        "lr_scale.lora_B=1, optimizer=torch.optim.SGD, optimizer.momentum=0.9",
-                        "lr_scale.lora_B=16, optimizer=AdamW, optimizer.momentum=default"]
+    # the nulls spell the defaults: the same labels as the first (its own configuration key keeps them apart)
+    assert variants == ["lr_scale.lora_B=1, optimizer=AdamW, optimizer.momentum=–, config cfg-adam",
+                        "lr_scale.lora_B=1, optimizer=AdamW, optimizer.momentum=–, config cfg-null",
+                        "lr_scale.lora_B=1, optimizer=SGD, optimizer.momentum=0.9",
+                        "lr_scale.lora_B=16, optimizer=AdamW, optimizer.momentum=–"]
 
 
 def test_one_configuration_spelt_two_ways_is_one_row(tmp_path):

@@ -125,7 +125,7 @@ _SETTINGS_BEFORE_THEY_EXISTED = {"trainer.lr_schedule": TrainerSettings.lr_sched
 def configuration_settings(record: dict[str, Any]) -> dict[str, str]:
     """The record's settings that can change its numbers, flattened (``method.r`` -> ``16``)."""
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
-    settings = _flatten(config)
+    settings = {k: v for k, v in _flatten(config).items() if not (k in _NULL_IS_UNSET and v == "null")}
     if isinstance(config.get("trainer"), dict):
         for key, value in _SETTINGS_BEFORE_THEY_EXISTED.items():
             settings.setdefault(key, json.dumps(value))
@@ -159,7 +159,9 @@ def varying_settings(settings: Sequence[dict[str, str]]) -> set[str]:
 # ``optimizer=torch.optim.SGD``), and what an unset one of them means
 _NAMED_FROM_BLOCK = {"method.optimizer._target_": "optimizer", "method.optimizer.": "optimizer.",
                      "method.lr_scale.": "lr_scale."}
-_UNSET_MEANS = {"method.optimizer._target_": "AdamW", "method.optimizer.": "default", "method.lr_scale.": "1"}
+_UNSET_MEANS = {"method.optimizer._target_": "AdamW", "method.optimizer.": "–", "method.lr_scale.": "1"}
+# blocks whose null is their default (AdamW, every factor 1), as unset: one setting, never two labels for it
+_NULL_IS_UNSET = ("method.optimizer", "method.lr_scale")
 
 
 def _block_entry(key: str, entries: Mapping[str, str]) -> str | None:
@@ -226,6 +228,8 @@ def assign_variants(records: list[dict[str, Any]]) -> None:
 def _plain(value: str | None, key: str = "") -> str:
     if value is None:
         return _block_entry(key, _UNSET_MEANS) or "unset"
+    if key == "method.optimizer._target_":  # the class by its name, as the unset one reads AdamW
+        return str(json.loads(value)).rsplit(".", 1)[-1]
     loaded = json.loads(value)
     return value if isinstance(loaded, (list, dict)) else str(loaded)
 

@@ -205,9 +205,10 @@ def _sources(collection: Collection) -> list[str]:
     if elsewhere:
         listed = ", ".join(f"{short_commit(commit)} {count}" for commit, count in elsewhere.most_common())
         total = sum(elsewhere.values())
-        lines += [f"{total} cell{'' if total == 1 else 's'} re-scored weights trained at another commit ({listed} "
-                  f"cell{'' if total == 1 else 's'}): their training figures and weights are that code's "
-                  "(`training_provenance` in their result.json).", ""]
+        lines += [f"{total} cell{'' if total == 1 else 's'} re-scored weights trained at another commit than "
+                  f"{'its' if total == 1 else 'their'} own (by the training commit, `unknown` where not recorded: "
+                  f"{listed} cell{'' if total == 1 else 's'}): the training figures and weights are that code's "
+                  "(`training_provenance` in result.json; `trained_in` names the training run's folder).", ""]
     without, who = collection.rows_without_reference, collection.rows_asking_who
     if without:
         listed = "; ".join(f"{dataset} {split}: {count}" + (f" ({who[dataset][split]} asking who)"

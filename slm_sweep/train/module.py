@@ -124,7 +124,7 @@ class CausalLMModule(L.LightningModule):
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []  # (step, loss, gradient norm)
         # each finished step's global gradient norm before clipping (with clipping on), read back with the losses
         self.grad_norms: list[float] = []
-        self.step_losses: list[float] = []  # every finished step's loss, read back with the latest
+        self.step_losses: dict[int, float] = {}  # each finished step's loss by its number, read back with the latest
         self._val_sums: list[torch.Tensor] = []
         self._no_sync = contextlib.ExitStack()
         self.split_depth = 0      # each micro-batch is halved this many times (raised on out-of-memory)
@@ -305,7 +305,7 @@ class CausalLMModule(L.LightningModule):
         for step, value in zip(steps, losses.tolist()):
             if not math.isfinite(value):
                 raise DivergedError(f"training loss is {value} at step {step}")
-            self.step_losses.append(value)
+            self.step_losses[step] = value
         self.last_train_loss = losses[-1].item()
         metrics = {"train/loss": self.last_train_loss, "train/lr": self._step_lr}
         if self.grad_norms:
@@ -341,11 +341,13 @@ class CausalLMModule(L.LightningModule):
         return {"train_grad_norm_median": statistics.median(norms), "train_clipped_fraction": clipped}
 
     def loss_figures(self) -> dict[str, float | None]:
-        """The mean training loss over the last LOSS_TAIL_FRACTION of the steps trained (at least one)."""
-        if not self.step_losses:
-            return {"train_loss_tail_mean": None}
-        tail = self.step_losses[-max(1, math.ceil(LOSS_TAIL_FRACTION * len(self.step_losses))):]
-        return {"train_loss_tail_mean": statistics.fmean(tail)}
+        """The mean training loss over the last LOSS_TAIL_FRACTION of the steps trained (at least one), by step
+        number: of those, the ones whose loss this run holds (a run resumed from a checkpoint without the losses
+        of its last steps, on several devices or from an older version, has the steps since)."""
+        steps = self.global_step
+        first = steps - max(1, math.ceil(LOSS_TAIL_FRACTION * steps))
+        tail = [loss for step, loss in self.step_losses.items() if step > first]  # steps count from 1
+        return {"train_loss_tail_mean": statistics.fmean(tail) if tail else None}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The random state after the last finished step (dropout, LoRA's included, draws from it), so a resumed
@@ -359,13 +361,13 @@ class CausalLMModule(L.LightningModule):
         # make: there the tail leaves out the steps after the last read-back (at most log_every_n_steps - 1)
         if self.trainer.world_size == 1:
             self._flush_losses()
-        checkpoint[STEP_LOSSES_KEY] = list(self.step_losses)
+        checkpoint[STEP_LOSSES_KEY] = sorted(self.step_losses.items())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # also what a checkpoint written before the first resumed step finishes saves
         self._rng_to_restore = self._rng_after_step = checkpoint.get(RNG_STATES_KEY)
         self.grad_norms = list(checkpoint.get(GRAD_NORMS_KEY) or [])
-        self.step_losses = list(checkpoint.get(STEP_LOSSES_KEY) or [])
+        self.step_losses = {int(step): float(loss) for step, loss in checkpoint.get(STEP_LOSSES_KEY) or []}
         trainer = getattr(self, "_trainer", None)
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         if hasattr(datamodule, "train_sampler"):
