@@ -110,7 +110,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "train/optimizers.py", "methods.py", "placement.py")
 SCORING_SOURCES_SHA256 = {16: "e8029ed21fcb0b017caf751a7e5445f9900bd904758b4a2a3e45143a45707a33"}
-TRAINING_SOURCES_SHA256 = {7: "849bdde1db949355cd790cca9adba7f422c07e0763bf4e73bd5c3c6b89b7b80f"}
+TRAINING_SOURCES_SHA256 = {7: "35527b8cb6903725fcabbaa72464bf4f49ef39091f7a6903f7e8a26934bc4163"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

@@ -122,11 +122,15 @@ def as_container(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
+def matching_keys(name: str, lr_scale: Mapping[str, float]) -> list[str]:
+    """The keys of ``lr_scale`` that the parameter named ``name`` holds as whole components of its name."""
+    return [key for key in lr_scale if f".{key}." in f".{name}."]
+
+
 def scale_of(name: str, lr_scale: Mapping[str, float]) -> float:
     """The factor on ``method.lr`` of the parameter named ``name`` (1 where no key of ``lr_scale`` matches); two
     keys matching one parameter are an error, since either factor could be meant."""
-    components = f".{name}."
-    matched = [key for key in lr_scale if f".{key}." in components]
+    matched = matching_keys(name, lr_scale)
     if len(matched) > 1:
         raise OptimizerError(f"method.lr_scale keys {matched} all match the parameter {name}: give each parameter "
                              "one factor")
@@ -159,7 +163,7 @@ def parameter_scales(named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
     for name, param in named_parameters:
         if param.requires_grad:
             scales[id(param)] = scale_of(name, lr_scale)
-            used |= {key for key in lr_scale if f".{key}." in f".{name}."}
+            used |= set(matching_keys(name, lr_scale))
     unused = sorted(set(lr_scale) - used)
     if unused:
         raise OptimizerError(f"method.lr_scale keys {unused} match no trainable parameter of this model; its "
