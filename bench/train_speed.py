@@ -145,7 +145,8 @@ def _plain_loop(model, steps: list[list[dict]], cfg: dict, method_cfg, device: s
     optimizer = build_optimizer(model.parameters(), float(method_cfg["lr"]), float(cfg["weight_decay"]),
                                 fused=cfg.get("fused_adamw"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, int(cfg["warmup_steps"]), int(cfg["max_steps"])))
+        optimizer, lambda s: lr_factor(s, int(cfg["warmup_steps"]), int(cfg["max_steps"]),
+                                       str(cfg.get("lr_schedule") or "cosine")))
     params = [p for p in model.parameters() if p.requires_grad]
     bf16 = str(cfg["precision"]).startswith("bf16")
     tokens, start, cpu_start = 0, None, None

@@ -653,7 +653,7 @@ def _validate_method_shape(cfg: DictConfig) -> None:
     _switch(cfg, "method.train")
 
 
-# The settings of a method file the code reads (slm_sweep/methods.py, run.py, data/prompts.py). Any other
+# The settings of a method file the code reads (slm_sweep/methods.py, run.py, train/fit.py, data/prompts.py). Any other
 # top-level key is a short name (r, alpha, dropout, target_modules) that an interpolation reads, or a mistake.
 METHOD_KEYS = ("name", "train", "lr", "peft", "optimizer", "lr_scale", "num_fewshot", "shot_seed", "prompt_format",
                "instruction")

@@ -110,7 +110,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "train/optimizers.py", "methods.py", "placement.py")
 SCORING_SOURCES_SHA256 = {16: "e8029ed21fcb0b017caf751a7e5445f9900bd904758b4a2a3e45143a45707a33"}
-TRAINING_SOURCES_SHA256 = {7: "35527b8cb6903725fcabbaa72464bf4f49ef39091f7a6903f7e8a26934bc4163"}
+TRAINING_SOURCES_SHA256 = {7: "323a3e366c2607fbf3c1b40578446c3cd2e82359694aef375b21260c20f7f761"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",
@@ -358,8 +358,9 @@ def module_source(name: str) -> str | None:
 
 
 def trainer_identity(trainer: Mapping[str, Any]) -> dict[str, Any]:
-    """The trainer's numeric settings, each spelling of one setting written one way (``32`` is ``32-true``; a
-    clipping value of 0 clips nothing, as null does)."""
+    """The trainer's settings that change the weights (TRAINER_NUMERIC_KEYS), each spelling of one setting written
+    one way (``32`` is ``32-true``; a clipping value of 0 clips nothing, as null does); ``lr_schedule`` only when
+    it is not the default cosine, so that earlier keys stay valid."""
     settings = {k: trainer.get(k) for k in TRAINER_NUMERIC_KEYS}
     if settings["precision"] is not None:
         precision = str(settings["precision"])

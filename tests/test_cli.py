@@ -127,7 +127,6 @@ def test_help_says_what_the_tool_does_and_lists_only_groups_a_config_composes(tm
         assert proc.returncode == 0, (group, proc.stderr[-1000:])
 
 
-
 def test_only_the_entry_point_imports_the_cell_runner():
     """run.py is one cell from start to end; what a sweep's preflight or the tune command shares with a cell lives in
     the modules below it (config, identity), so that checking a grid never reaches for a cell's whole stage list."""

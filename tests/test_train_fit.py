@@ -257,7 +257,6 @@ def test_the_tail_loss_is_the_mean_of_the_last_tenth_of_the_steps(examples, tmp_
     assert outcome.perf["train_loss_tail_mean"] != outcome.train_loss
 
 
-
 def test_a_resumed_run_s_tail_loss_holds_the_steps_before_its_checkpoint(examples, tmp_path):
     """20 steps, a checkpoint at step 19 between two loss read-backs (every 4 steps): the tail (steps 19 and 20)
     holds step 19's loss, trained before the resume, as the uninterrupted run's does."""
@@ -267,6 +266,7 @@ def test_a_resumed_run_s_tail_loss_holds_the_steps_before_its_checkpoint(example
     _, resumed = train(examples, tmp_path / "resumed", checkpoint_every_n_steps=19, **settings)
     assert resumed.train_steps == 20
     assert resumed.perf["train_loss_tail_mean"] == straight.perf["train_loss_tail_mean"] != straight.train_loss
+
 
 class SigtermBetweenMicroBatches(L.Callback):
     """What Lightning's SIGTERM handler does (SLURM preemption) after the first micro-batch of step ``step + 1``:

@@ -123,7 +123,9 @@ _SETTINGS_BEFORE_THEY_EXISTED = {"trainer.lr_schedule": TrainerSettings.lr_sched
 
 
 def configuration_settings(record: dict[str, Any]) -> dict[str, str]:
-    """The record's settings that can change its numbers, flattened (``method.r`` -> ``16``)."""
+    """The record's settings that can change its numbers, flattened (``method.r`` -> ``16``): a null
+    ``method.optimizer`` or ``method.lr_scale`` left out as unset, and a setting older result files lack
+    (``_SETTINGS_BEFORE_THEY_EXISTED``) at the value their runs had."""
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
     settings = {k: v for k, v in _flatten(config).items() if not (k in _NULL_IS_UNSET and v == "null")}
     if isinstance(config.get("trainer"), dict):
@@ -164,13 +166,18 @@ _UNSET_MEANS = {"method.optimizer._target_": "AdamW", "method.optimizer.": "–"
 _NULL_IS_UNSET = ("method.optimizer", "method.lr_scale")
 
 
+def _block_prefix(key: str, entries: Mapping[str, str]) -> str | None:
+    """The key of ``entries`` that ``key`` is, or the block (a prefix ending in a dot) it lies in."""
+    return next((p for p in entries if key == p or (p.endswith(".") and key.startswith(p))), None)
+
+
 def _block_entry(key: str, entries: Mapping[str, str]) -> str | None:
-    """The entry of ``entries`` for ``key``: its own, or its block's (a prefix ending in a dot)."""
-    return next((entries[p] for p in entries if key == p or (p.endswith(".") and key.startswith(p))), None)
+    prefix = _block_prefix(key, entries)
+    return None if prefix is None else entries[prefix]
 
 
 def _block_name(key: str) -> str | None:
-    prefix = next((p for p in _NAMED_FROM_BLOCK if key == p or (p.endswith(".") and key.startswith(p))), None)
+    prefix = _block_prefix(key, _NAMED_FROM_BLOCK)
     if prefix is None:
         return None
     return _NAMED_FROM_BLOCK[prefix] + (key[len(prefix):] if prefix.endswith(".") else "")

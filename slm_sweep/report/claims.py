@@ -567,9 +567,10 @@ def single_runs(*rows: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def learning_rate_notes(*rows: dict[str, Any]) -> list[str]:
-    """Why a trained side's rate may not be its best: not tuned, tuned at an end of its search, tuned by a lead
-    within noise, or tied with another rate and chosen by what broke the tie. A method trained below its best rate is judged on less than it can do (and full fine-tuning at a
-    rate too high is what "below zero-shot" can also mean)."""
+    """Why a trained side's rate may not be its best: not tuned, tuned at an end of its search, chosen on a lead
+    within noise, or tied with another rate and chosen by what broke the tie. A method trained below its best
+    rate is judged on less than it can do (and full fine-tuning at a rate too high is what "below zero-shot" can
+    also mean)."""
     notes = []
     for row in rows:
         if not row.get("trained") or row.get("lr") is None:

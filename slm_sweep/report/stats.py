@@ -39,7 +39,7 @@ _Z_975 = 1.96
 
 
 @cache
-def t_critical(df: int) -> float:
+def t_critical(df: float) -> float:
     """Two-sided 95% critical value of Student's t with ``df`` degrees of freedom."""
     if df < 1:
         raise ValueError("df must be at least 1")
@@ -51,7 +51,7 @@ def t_critical(df: int) -> float:
 def welch_satterthwaite(parts: Sequence[tuple[float, float]]) -> float | None:
     """The degrees of freedom of a sum of variance estimates, each ``(variance, its degrees of freedom)``: the sum of
     the variances squared over the sum of each one's square over its degrees of freedom. None when no variance is
-    above 0."""
+    above 0 with at least 1 degree of freedom (the others are left out)."""
     parts = [(variance, df) for variance, df in parts if variance > 0 and df >= 1]
     if not parts:
         return None

@@ -92,7 +92,8 @@ class CausalLMModule(L.LightningModule):
 
     def __init__(self, model, lr: float, weight_decay: float = 0.0, warmup_steps: int = 0,
                  max_steps: int = 1, optimizer: Mapping[str, Any] | None = None,
-                 lr_scale: Mapping[str, float] | None = None, lr_schedule: str = TrainerSettings.lr_schedule, fused_adamw: bool | None = None,
+                 lr_scale: Mapping[str, float] | None = None, lr_schedule: str = TrainerSettings.lr_schedule,
+                 fused_adamw: bool | None = None,
                  gradient_clip_val: float | None = None, log_every_n_steps: int = 10, replays_graphs: bool = False,
                  seed: int = 0):
         super().__init__()
@@ -106,7 +107,8 @@ class CausalLMModule(L.LightningModule):
         # each parameter's shape class and rate factor by name, taken before a strategy shards them (FSDP hands the
         # optimizer 1-D shards): by name, since a spawned process (ddp_spawn) unpickles other objects
         scales = parameter_scales(model.named_parameters(), lr_scale)
-        self._plan = {unwrapped_name(name): (p.ndim >= 2, scales.get(id(p), 1.0)) for name, p in model.named_parameters()}
+        self._shape_and_factor = {unwrapped_name(name): (p.ndim >= 2, scales.get(id(p), 1.0))
+                                  for name, p in model.named_parameters()}
         self.fused_adamw = fused_adamw
         self.gradient_clip_val = gradient_clip_val
         self.log_every_n_steps = max(1, log_every_n_steps)
@@ -295,7 +297,8 @@ class CausalLMModule(L.LightningModule):
             return torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_val * scale).detach().float() / scale
 
     def _flush_losses(self) -> None:
-        """Read the pending step losses back (one wait), stop on a non-finite one, log the latest."""
+        """Read the pending step losses back (one wait), keep each in step_losses, stop on a non-finite one, log the
+        latest."""
         if not self._pending:
             return
         self._read_grad_norms()
@@ -421,15 +424,16 @@ class CausalLMModule(L.LightningModule):
         now: wrapped, sharded or unpickled in another process, found by their names before any of it."""
         matrices, scales = set(), {}
         for name, param in self.model.named_parameters():
-            plan = self._plan.get(unwrapped_name(name))
-            if plan is None:
+            entry = self._shape_and_factor.get(unwrapped_name(name))
+            if entry is None:
                 if param.requires_grad:
                     raise RuntimeError(f"the trainable parameter {name} was not in the model the training module "
                                        "was built on")
                 continue
-            if plan[0]:
+            is_matrix, factor = entry
+            if is_matrix:
                 matrices.add(id(param))
-            scales[id(param)] = plan[1]
+            scales[id(param)] = factor
         return matrices, scales
 
     def configure_optimizers(self):

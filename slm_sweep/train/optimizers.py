@@ -78,7 +78,8 @@ def optimizer_class(spec: Mapping[str, Any] | None) -> type[torch.optim.Optimize
             raise OptimizerError(f"method.optimizer.{unknown[0]} is not an argument of {target}"
                                  f"{f' (did you mean {close[0]}?)' if close else ''}; "
                                  + (f"its arguments are: {', '.join(taken)}" if taken else
-                                    "it takes none besides the parameters, lr and weight_decay"))
+                                    "it takes no setting of its own (the training loop sets its parameters, lr "
+                                    "and, where taken, weight_decay)"))
     return cls
 
 
