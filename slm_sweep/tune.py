@@ -216,14 +216,14 @@ def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> 
             "choosing with tuning.lr=method method.lr=<rate>")
 
 
-# what a table entry's search record holds when the tune command wrote it: the guards of a tuned cell read them
-SEARCH_RECORD = ("metric", "seeds", "trained_with")
+# what a table entry's search record holds when the tune command wrote it, and each one's type: the guards of a
+# tuned cell read them
+SEARCH_RECORD = {"metric": str, "seeds": list, "trained_with": Mapping}
 
 
 def has_search_record(table: Mapping[str, Any], dataset: str, model: str, method: str) -> bool:
     searched = _searched(table, dataset, model, method)
-    return (isinstance(searched.get("metric"), str) and isinstance(searched.get("seeds"), list)
-            and isinstance(searched.get("trained_with"), Mapping))
+    return all(isinstance(searched.get(key), kind) for key, kind in SEARCH_RECORD.items())
 
 
 def _search_choice(searched: Mapping[str, Any]) -> list[float] | None:
@@ -284,7 +284,8 @@ def check_missing(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> None
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check the ``tuning`` settings (and a grid search's candidate) before anything reads ``method.lr``; with
+    """Check the ``tuning`` settings, that a hyperparameter search scores the validation split
+    (``check_search_scoring``), and a grid search's candidate, before anything reads ``method.lr``; with
     ``tuning.lr=tuned``, the table's rate for a trained cell (MissingTunedRate where ``tuning.on_missing=refuse`` and
     it has none)."""
     check_search_scoring(cfg)
@@ -351,16 +352,9 @@ def _search_of(cfg: DictConfig) -> str | None:
     """The hyperparameter search the cell is part of (``hparams_search=...``, or a sweeper that optimises
     ``optimized_metric``), as its Hydra config says (composed with it, or the running job's); None when it is
     none or cannot be told."""
-    hydra_cfg = cfg.get("hydra")
+    hydra_cfg = cfg.get("hydra") or _running_hydra_config()
     if hydra_cfg is None:
-        try:
-            from hydra.core.hydra_config import HydraConfig
-
-            if not HydraConfig.initialized():
-                return None
-            hydra_cfg = HydraConfig.get()
-        except (ImportError, ValueError):
-            return None
+        return None
     choice = OmegaConf.select(hydra_cfg, "runtime.choices.hparams_search", default=None)
     sweeper = str(OmegaConf.select(hydra_cfg, "sweeper._target_", default=None) or "")
     if choice:
@@ -419,7 +413,8 @@ def resolve_lr(cfg: DictConfig) -> dict[str, Any] | None:
 
     None for a method that trains nothing. With ``tuning.lr=tuned``, the table's value for this dataset x model x
     method replaces ``method.lr``; without an entry ``method.lr`` stays, with a note saying so
-    (``tuning.on_missing=method``), or MissingTunedRate is raised (``refuse``).
+    (``tuning.on_missing=method``). Under ``refuse``, a missing entry raises MissingTunedRate, and an entry
+    without a search record, or not its search's choice, raises ConfigError (``check_missing``).
     """
     if not cfg.method.get("train"):
         return None
@@ -453,13 +448,16 @@ def resolve_lr(cfg: DictConfig) -> dict[str, Any] | None:
                 f"method.lr={cfg.method.lr} as composed (tuning.on_missing=method)")
         log.warning("%s", note)
         return {"value": float(cfg.method.lr), "source": "method", "detail": note, "table": str(path)}
+    from slm_sweep.identity import file_sha256
+
     cfg.method.lr = tuned
     return {"value": tuned, "source": "tuned", "table": str(path), "table_sha256": file_sha256(path),
             **_tuned_provenance(table, path, dataset, model, method)}
 
 
-# what the lead test was before margin_test was recorded: the seeds counted as questions, its error too small
-_LEAD_BEFORE_TEST = ("margin_se", "margin_p", "within_noise")
+# an entry's lead error and verdict as tables written before margin_test computed them (the seeds counted as
+# questions, an error too small): not passed on to a tuned cell
+_STALE_LEAD_KEYS = ("margin_se", "margin_p", "within_noise")
 
 
 def _tuned_provenance(table: Mapping[str, Any], path: Path, dataset: str, model: str,
@@ -503,15 +501,9 @@ def _recorded_lead(searched: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     lead = {k: searched[k] for k in LEAD_KEYS if k in searched}
     if not lead or "margin_test" in searched:
         return lead, ""
-    return ({k: v for k, v in lead.items() if k not in _LEAD_BEFORE_TEST},
+    return ({k: v for k, v in lead.items() if k not in _STALE_LEAD_KEYS},
             " (the table predates the current test of the lead over the runner-up: no margin_se or within_noise; "
             "run `python -m slm_sweep.tune` on its search again to get them)")
-
-
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def check_tuned_data(cfg: DictConfig, learning_rate: Mapping[str, Any] | None,
@@ -537,16 +529,22 @@ def check_tuned_data(cfg: DictConfig, learning_rate: Mapping[str, Any] | None,
             "of your choosing with tuning.lr=method method.lr=<rate>")
 
 
-def _command_line_lr() -> str | None:
-    """A ``method.lr=...`` override of the running Hydra job, None outside one or without it."""
+def _running_hydra_config():
+    """The running Hydra job's config (HydraConfig), None outside one."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        if not HydraConfig.initialized():
-            return None
-        overrides = list(HydraConfig.get().overrides.task)
+        return HydraConfig.get() if HydraConfig.initialized() else None
     except (ImportError, ValueError):
         return None
+
+
+def _command_line_lr() -> str | None:
+    """A ``method.lr=...`` override of the running Hydra job, None outside one or without it."""
+    hydra_cfg = _running_hydra_config()
+    if hydra_cfg is None:
+        return None
+    overrides = list(hydra_cfg.overrides.task)
     return next((o for o in overrides if o.lstrip("+~").split("=", 1)[0] == "method.lr"), None)
 
 
@@ -690,11 +688,13 @@ def check_metric(metric: str, records: Sequence[Mapping[str, Any]]) -> None:
 
     modules = sorted({str(m) for r in records
                       for m in (((r.get("config") or {}).get("eval") or {}).get("metric_modules") or [])})
+    names = metric_module_names(modules)  # the metrics folder's too
     try:
-        use_metric_modules(metric_module_names(modules))
+        use_metric_modules(names)
     except Exception as err:  # noqa: BLE001 - a module's own fault at import (SyntaxError, NameError, ...) too
-        raise TuningError(f"the metric modules of the search cannot be imported ({type(err).__name__}: {err})") \
-            from None
+        raise TuningError(f"the metric modules of the search ({', '.join(names)}) cannot be imported "
+                          f"({type(err).__name__}: {err}) to check --metric against: make them importable "
+                          "(PYTHONPATH), or leave --metric out to choose on each dataset's claims metric") from None
     allowed = [f"val_{accuracy_key(name)}" for name in METRICS]
     if metric not in allowed:
         raise TuningError(f"--metric {metric!r} is not the validation accuracy of a registered metric; one of: "
@@ -703,10 +703,11 @@ def check_metric(metric: str, records: Sequence[Mapping[str, Any]]) -> None:
 
 # what a table entry and a tuned cell's learning_rate record of the winner's lead over the runner-up
 LEAD_KEYS = ("runner_up", "margin", "margin_se", "margin_test", "margin_p", "margin_fallback", "within_noise", "tied")
-# one training run a rate: a test of the lead measures the questions' noise only
-ONE_SEED = " (one seed: run-to-run spread not measured)"
-SEED_SPREAD = "spread of the per-seed differences plus the questions' unpaired binomial (no predictions)"
-BINOMIAL = "binomial, unpaired (no predictions)" + ONE_SEED
+# the margin_test labels of the tests without predictions, and the note a one-seed test carries (one training
+# run a rate: a test of the lead measures the questions' noise only)
+ONE_SEED_NOTE = " (one seed: run-to-run spread not measured)"
+SEED_SPREAD_TEST = "spread of the per-seed differences plus the questions' unpaired binomial (no predictions)"
+BINOMIAL_TEST = "binomial, unpaired (no predictions)" + ONE_SEED_NOTE
 
 
 def _question_scores(record: Mapping[str, Any], metric: str) -> dict:
@@ -769,7 +770,7 @@ def _paired_lead(paired, seeds: int) -> tuple[float, dict[str, Any], bool]:
     from slm_sweep.report.stats import ALPHA, SEEDS_AND_QUESTIONS
 
     se = math.sqrt(paired.question_se ** 2 + sum(part ** 2 for part in paired.seed_se))
-    how = {"margin_test": SEEDS_AND_QUESTIONS + (ONE_SEED if seeds == 1 else ""),
+    how = {"margin_test": SEEDS_AND_QUESTIONS + (ONE_SEED_NOTE if seeds == 1 else ""),
            "margin_p": round(paired.p_value, 6)}
     return se, how, paired.p_value < ALPHA
 
@@ -788,13 +789,13 @@ def _seed_spread_lead(margin: float, differences: Sequence[float], question_vari
     se = math.sqrt(question_variance + seed_variance)
     df = welch_satterthwaite([(question_variance, n_val - 1), (seed_variance, len(differences) - 1)])
     critical = max(2.0, t_critical(df)) if df is not None else 2.0
-    return se, {"margin_test": SEED_SPREAD}, margin > critical * se
+    return se, {"margin_test": SEED_SPREAD_TEST}, margin > critical * se
 
 
 def _unpaired_lead(margin: float, question_variance: float) -> tuple[float, dict[str, Any], bool]:
     """One seed, no predictions: the binomial error of two accuracies, within two standard errors."""
     se = math.sqrt(question_variance)
-    return se, {"margin_test": BINOMIAL}, margin > 2 * se
+    return se, {"margin_test": BINOMIAL_TEST}, margin > 2 * se
 
 
 def _lead(name: str, best: Mapping[str, Any], runner_up: Mapping[str, Any], metric: str, n_val: int,
@@ -1081,7 +1082,8 @@ def read_search(dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Every readable result.json under ``dirs``, one per evaluation key (a result reused in another folder
     counts once), with the file's path (``result_path``) and the folder of ``dirs`` it was found under
     (``search_dir``). The report's reader is not used: it takes a completed cell without test scores as
-    malformed."""
+    malformed. A record that is no result, or whose recorded grid cannot be read (``_unreadable_grid``), is skipped
+    with a warning."""
     from slm_sweep.results import RESULT_FILE, SUPERSEDED, read_result
 
     records: dict[str, dict[str, Any]] = {}
@@ -1174,7 +1176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="search directory (multirun/hparams/...), recursive")
     parser.add_argument("--out", metavar="FILE", default=str(table_path(DEFAULT_TABLE)),
                         help="the table to write (default: %(default)s); its entries of other searches are kept")
-    parser.add_argument("--replace", action="store_true", help="drop the table's earlier entries")
+    parser.add_argument("--replace", action="store_true",
+                        help="write the table afresh from the rates chosen here (with none chosen, only the entries "
+                             "searched here are dropped)")
     parser.add_argument("--keep-unchosen", action="store_true",
                         help="keep the table's earlier entry of a dataset x model x method searched here that no "
                              "rate was chosen for (by default it is dropped, and the command exits 1)")
@@ -1193,9 +1197,10 @@ def main(argv: list[str] | None = None) -> int:
             raise TuningError(f"no search cell under {', '.join(args.dirs)} (a trained method scored with "
                               "eval.split=val): the table is left as it was")
         out = Path(args.out)
-        # the table as it is, unless --replace drops it whole anyway
+        # the table as it is, unless --replace starts it afresh from the rates chosen; with none chosen, --replace
+        # keeps the others and drops only the entries searched again (as without it)
         earlier = read_table(out) if out.exists() and not (args.replace and chosen) else None
-        keep = None if args.replace else earlier
+        keep = None if args.replace and chosen else earlier
         dropped = [] if args.keep_unchosen or earlier is None else [k for k in unchosen
                                                                      if lookup(earlier, *k) is not None]
         path = write_table(chosen, out, [str(d) for d in args.dirs], args.metric, keep, drop=dropped) \

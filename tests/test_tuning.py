@@ -711,12 +711,20 @@ def _grid_record(lr, accuracy, grid, **kwargs):
     return record
 
 
+def _write_cell(cell, record, key, correct=None):
+    """A search cell's result.json (its evaluation key ``key``) and, given ``correct``, its predictions."""
+    cell.mkdir(parents=True)
+    (cell / "result.json").write_text(json.dumps({**record, "identity": {"evaluation_key": key}}))
+    if correct is not None:
+        (cell / "predictions.jsonl").write_text("".join(
+            json.dumps({"eval_set": "gsm8k/val", "index": q, "question": f"q{q}", "correct_flexible": c}) + "\n"
+            for q, c in enumerate(correct)))
+
+
 def _write_cells(folder, records):
     """``records`` as the result.json files of a search folder."""
     for i, record in enumerate(records):
-        cell = folder / str(i)
-        cell.mkdir(parents=True)
-        (cell / "result.json").write_text(json.dumps({**record, "identity": {"evaluation_key": f"{folder.name}{i}"}}))
+        _write_cell(folder / str(i), record, f"{folder.name}{i}")
     return folder
 
 
@@ -733,7 +741,7 @@ def test_a_lead_the_seeds_disagree_on_is_within_noise_however_many_seeds():
     separated, and nor is one the seeds agree on, whose questions are as noisy as one seed's."""
     import statistics
 
-    from slm_sweep.tune import SEED_SPREAD
+    from slm_sweep.tune import SEED_SPREAD_TEST
 
     def binomial(p, q):
         return (p * (1 - p) + q * (1 - q)) / 500
@@ -742,7 +750,7 @@ def test_a_lead_the_seeds_disagree_on_is_within_noise_however_many_seeds():
     runner_up = [_record("lora", 2e-4, a, seed=s) for s, a in ((1000, 0.37), (1001, 0.31), (1002, 0.25))]
     lora = choose([*best, *runner_up])["gsm8k", "m", "lora"]
     assert lora["lr"] == 1e-4 and lora["runner_up"] == 2e-4 and lora["margin"] == pytest.approx(0.04)
-    assert lora["within_noise"] is True and lora["margin_test"] == SEED_SPREAD
+    assert lora["within_noise"] is True and lora["margin_test"] == SEED_SPREAD_TEST
     assert lora["margin_se"] == pytest.approx(math.sqrt(
         statistics.stdev([-0.08, 0.04, 0.16]) ** 2 / 3 + binomial(0.35, 0.31)), abs=1e-6)
     steady = choose(_steady(0.35, 0.31))["gsm8k", "m", "lora"]
@@ -765,13 +773,7 @@ def test_a_lead_is_judged_by_the_claims_paired_test_when_the_validation_answers_
         folder = tmp_path / name
         for i, (lr, right) in enumerate(((1e-4, range(175)), (2e-4, runner_up_right))):
             correct = [q in set(right) for q in range(500)]
-            record = {**_record("lora", lr, sum(correct) / 500, seed=1000),
-                      "identity": {"evaluation_key": f"{name}{i}"}}
-            (folder / str(i)).mkdir(parents=True)
-            (folder / str(i) / "result.json").write_text(json.dumps(record))
-            (folder / str(i) / "predictions.jsonl").write_text("".join(
-                json.dumps({"eval_set": "gsm8k/val", "index": q, "question": f"q{q}", "correct_flexible": c}) + "\n"
-                for q, c in enumerate(correct)))
+            _write_cell(folder / str(i), _record("lora", lr, sum(correct) / 500, seed=1000), f"{name}{i}", correct)
         return choose(read_search([folder]))["gsm8k", "m", "lora"]
 
     nested = search("nested", range(155))
@@ -793,14 +795,8 @@ def _three_seed_search(folder, predictions=True):
     for i, (lr, seed, right) in enumerate((lr, 1000 + s, range(first + 5 * s, last + 5 * s)) for s in range(3)
                                           for lr, first, last in ((1e-4, 0, 175), (2e-4, 175, 330))):
         correct = [q in right for q in range(500)]
-        cell = folder / str(i)
-        cell.mkdir(parents=True)
-        record = {**_record("lora", lr, sum(correct) / 500, seed=seed), "identity": {"evaluation_key": f"{folder.name}{i}"}}
-        (cell / "result.json").write_text(json.dumps(record))
-        if predictions:
-            (cell / "predictions.jsonl").write_text("".join(
-                json.dumps({"eval_set": "gsm8k/val", "index": q, "question": f"q{q}", "correct_flexible": c}) + "\n"
-                for q, c in enumerate(correct)))
+        _write_cell(folder / str(i), _record("lora", lr, sum(correct) / 500, seed=seed), f"{folder.name}{i}",
+                    correct if predictions else None)
     return folder
 
 
@@ -808,11 +804,11 @@ def test_without_predictions_seeds_that_agree_reach_the_paired_tests_verdict(tmp
     """The winner and the runner-up get other questions right, alike on every seed: the paired test finds the
     4-point lead within noise, and so must the test without predictions, though its seeds agree."""
     from slm_sweep.report.stats import SEEDS_AND_QUESTIONS
-    from slm_sweep.tune import SEED_SPREAD, read_search
+    from slm_sweep.tune import SEED_SPREAD_TEST, read_search
 
     paired = choose(read_search([_three_seed_search(tmp_path / "paired")]))["gsm8k", "m", "lora"]
     unpaired = choose(read_search([_three_seed_search(tmp_path / "unpaired", False)]))["gsm8k", "m", "lora"]
-    assert paired["margin_test"] == SEEDS_AND_QUESTIONS and unpaired["margin_test"] == SEED_SPREAD
+    assert paired["margin_test"] == SEEDS_AND_QUESTIONS and unpaired["margin_test"] == SEED_SPREAD_TEST
     assert paired["margin"] == unpaired["margin"] == pytest.approx(0.04)
     assert paired["within_noise"] is True and unpaired["within_noise"] is True
     assert unpaired["margin_se"] > 0.02  # the questions' noise, about 3 points, whatever the seeds say
@@ -827,7 +823,7 @@ def test_a_search_whose_predictions_cannot_be_paired_says_why_and_keeps_the_verd
                                                                                      reason):
     """One answer of 3000 flipped, a row lost or a file missing: the lead falls back to the test without
     predictions, with a warning naming the run and why, the reason in the entry, and the same verdict."""
-    from slm_sweep.tune import SEED_SPREAD, read_search
+    from slm_sweep.tune import SEED_SPREAD_TEST, read_search
 
     folder = _three_seed_search(tmp_path / "search")
     predictions = folder / "0" / "predictions.jsonl"
@@ -838,7 +834,7 @@ def test_a_search_whose_predictions_cannot_be_paired_says_why_and_keeps_the_verd
     if damage == "delete":
         predictions.unlink()
     lora = choose(read_search([folder]))["gsm8k", "m", "lora"]
-    assert lora["margin_test"] == SEED_SPREAD and lora["within_noise"] is True
+    assert lora["margin_test"] == SEED_SPREAD_TEST and lora["within_noise"] is True
     assert re.search(reason, lora["margin_fallback"])
     assert re.search(r"gsm8k/m/lora: no paired test of the lead of 0.0001 over 0.0002 \(" + reason, caplog.text)
 
@@ -1016,6 +1012,25 @@ def test_a_search_that_chooses_no_rate_drops_the_earlier_entry_and_exits_non_zer
     assert "no search cell under" in capsys.readouterr().err
 
 
+def test_replace_with_no_rate_chosen_drops_only_the_entries_searched_again(tmp_path, capsys):
+    """--replace starts the table afresh from the rates chosen; with none chosen there is nothing to start from,
+    so it drops what was searched again, as the message says, and keeps the rest of the table."""
+    earlier = "lr: {gsm8k: {m: {full: 2.0e-5}, other: {lora: 1.0e-4}}}\n"
+    failed = _write_cells(tmp_path / "failed", [_record("full", 1e-4, 0.0, status="diverged")])
+    table = write_table(tmp_path / "lr.yaml", earlier)
+    assert main([str(failed), "--out", str(table), "--replace"]) == 1
+    assert "its earlier entry of gsm8k/m/full is dropped" in capsys.readouterr().err
+    assert yaml.safe_load(table.read_text())["lr"] == {"gsm8k": {"other": {"lora": 1e-4}}}
+    # nothing of it in the table: the table as it was
+    table = write_table(tmp_path / "lr.yaml", earlier)
+    lora = _write_cells(tmp_path / "lora", [_record("lora", 1e-4, 0.0, status="diverged")])
+    assert main([str(lora), "--out", str(table), "--replace"]) == 1 and table.read_text() == earlier
+    # with a rate chosen, --replace writes that rate alone
+    chosen = _write_cells(tmp_path / "chosen", [_record("full", 1e-5, 0.2), _record("full", 2e-5, 0.3)])
+    assert main([str(chosen), "--out", str(table), "--replace"]) == 0
+    assert yaml.safe_load(table.read_text())["lr"] == {"gsm8k": {"m": {"full": 2e-5}}}
+
+
 def test_a_tuned_cell_names_only_its_own_entrys_search_seeds_and_metric(tmp_path):
     """Two tune runs into one table: each entry records its own search, its seeds and each seed's scores, and a
     cell at its rate copies those and the table's hash, not every search the table was ever written from."""
@@ -1056,7 +1071,7 @@ def test_a_paper_cell_refuses_a_table_rate_that_no_search_record_backs(tmp_path)
 
 
 def test_the_tune_command_takes_only_a_validation_accuracy_as_its_metric(tmp_path, capsys):
-    """A loss would be maximised as if it were an accuracy (and one above 1 crashed the lead's error)."""
+    """A loss would be maximised as if it were an accuracy (and one above 1 has no binomial error)."""
     search = _write_cells(tmp_path / "search", [_record("lora", 1e-4, 0.3, val_loss=0.5),
                                                 _record("lora", 2e-4, 0.2, val_loss=1.5)])
     table = tmp_path / "lr.yaml"
