@@ -55,8 +55,10 @@ TRAINING_CODE_VERSION = 7  # 7: under a token budget (trainer.micro_batch_tokens
 # TRAINING_SOURCES_SHA256 below hold the hash of the sources behind each version, so an edit of one of them
 # without a bump, or a recorded statement that it changes no result, fails a test; and a cell run from edited
 # sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
-SCORING_VERSION = 16  # 16: adapters on a half-precision base merged into the evaluation dtype (float32 kept all of
-# their update; it was rounded to the base's bf16 first); lenient reads a '####' marker through markdown and
+SCORING_VERSION = 17  # 17: lenient keeps a closing "check" paragraph that works out a value not written before
+# it, reads "Answer:" lines as a marker, a spaced sign inside \boxed{}, "x 10^n", a bare power of ten and a
+# brace-less \frac, and records the exact value it compared (16: adapters on a half-precision base merged into
+# the evaluation dtype (float32 kept all of their update; it was rounded to the base's bf16 first); lenient reads a '####' marker through markdown and
 # not a numbered heading, "between"/"either" make a hedge only before two numbers, a percent restating a plain
 # number is one answer (15: a model cast for evaluation (eval.dtype=bfloat16,
 # adapters merged through float32))
@@ -108,9 +110,9 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py", "evaluate/attention.py",
                    "placement.py", "methods.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
-                    "train/fit.py", "train/optimizers.py", "methods.py", "placement.py")
-SCORING_SOURCES_SHA256 = {16: "e8029ed21fcb0b017caf751a7e5445f9900bd904758b4a2a3e45143a45707a33"}
-TRAINING_SOURCES_SHA256 = {7: "323a3e366c2607fbf3c1b40578446c3cd2e82359694aef375b21260c20f7f761"}
+                    "train/fit.py", "train/optimizers.py", "train/rank_allocation.py", "methods.py", "placement.py")
+SCORING_SOURCES_SHA256 = {17: "35efd9b8031f7bed35aebbca6bfad4d3ab6b191ef28db3c52e4f263318df8c75"}
+TRAINING_SOURCES_SHA256 = {7: "0f934d6926c33c73e344434489b68cf8a64f877522049e602a19acbd8212bc93"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

@@ -58,11 +58,6 @@ def peft_config(method_cfg: Mapping[str, Any]):
             "weights: evaluation generates from the model with its adapters merged into the weights, which "
             "prompt learning cannot be. Use an adapter config such as peft.LoraConfig, peft.IA3Config, "
             "peft.LoHaConfig or peft.LoKrConfig")
-    if type(config).__name__ == "AdaLoraConfig":
-        raise MethodError(
-            "method.peft._target_='peft.AdaLoraConfig' reallocates its ranks during training through a call "
-            "(update_and_allocate) after every optimizer step, which the training loop does not make: it would "
-            "train as a fixed-rank LoRA under another name. Use peft.LoraConfig (or a variant of the lora method)")
     if getattr(config, "task_type", None) is None:
         config.task_type = DEFAULT_TASK_TYPE
     return config

@@ -9,6 +9,7 @@ result.json says so: ``completed``, ``failed`` (with the error), ``diverged`` or
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -267,8 +268,13 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     tracker = None
     loggers_tried = False
     reused: dict[str, Any] | None = None
+    previous: Path | None = None
     set_aside = False
+    # a SIGTERM (a scheduler's preemption, scancel) from here on is recorded as an interrupt, as Ctrl-C is: before
+    # the cell's data is read, while its loggers start, and around training, where it also saves a checkpoint
+    signals = contextlib.ExitStack()
     try:
+        signals.enter_context(sigterm_as_interrupt(interrupt))
         if _sweep_dir() is None:  # a sweep's preflight checked its models before the first cell
             _check_model_readable(cfg)
         data = load_data(cfg)
@@ -308,9 +314,8 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         loggers_tried = True
         tracker = Tracker(cfg.logger, {**record, "sweep_tag": _sweep_tag()}, config, out)
         record["tracking"] = tracker.tracking
-        with sigterm_as_interrupt(interrupt):
-            _run_cell(cfg, out, record, tracker, predictions, data, identity, dirs, callbacks=[interrupt],
-                      trained=trained, trained_record=trained_record, trained_result=trained_result)
+        _run_cell(cfg, out, record, tracker, predictions, data, identity, dirs, callbacks=[interrupt],
+                  trained=trained, trained_record=trained_record, trained_result=trained_result)
         record["status"] = "completed"
         if not cfg.trainer.get("keep_checkpoints", False):
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -337,15 +342,16 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
                 raise SystemExit(f"cell interrupted: {record['error']}") from err
             raise
     finally:
+        signals.close()
         if reused is None:
             record["finished_at"] = now_iso()
-            # failed before its keys were known: a finished result in the folder (which this attempt cannot
-            # tell apart from its own configuration's) stays result.json; the failure is written beside it
-            earlier = read_result(out) if not set_aside else None
+            # failed before its keys were known, or while it reused a finished result (its own, or one copied in
+            # already): a finished result in the folder stays result.json; the failure is written beside it
+            earlier = read_result(out) if not set_aside or previous is not None else None
             kept = earlier is not None and earlier.get("status") == "completed" and record["status"] != "completed"
             written = FAILED_ATTEMPT_FILE if kept else RESULT_FILE
             try:
-                if set_aside:  # what predictions.jsonl holds now is this attempt's
+                if set_aside and not kept:  # what predictions.jsonl holds now is this attempt's
                     record["files"] = {"predictions": describe_predictions(out)}
                 elif not kept:  # this record replaces an unfinished attempt's, whose predictions are not its own
                     (out / PREDICTIONS_FILE).unlink(missing_ok=True)

@@ -21,23 +21,30 @@ but they can never equal a reference, so the score is the same.
 
 ``lenient`` is the same for every method and reads the answer wherever a chat model states it: from the last
 ``\\boxed{...}``, else the rest of the sentence after the last ``####`` or, failing that, the last "the answer
-is" (any case), else the last number of the text once closing remarks are cut off (a last paragraph starting
-"Note" or checking the result, a last sentence labelled so with a colon, "Note: ..." or "Check: ...", a
-parenthesised remark at the end). Where the part read holds an "=", the result after the last one counts ("the
-answer is 16 - 3 - 4 = 9 eggs" is 9). An explicit marker therefore wins over numbers written after it, and a
-closing "(Note: 1 dozen = 12)" is never the answer, and a ``####`` answer wins over a later "the answer is". A
-marker's answer that offers several values of one kind ("12 or 13", "between 12 and 20", "\\boxed{12, 13}", "12
-to 15 apples", "12 - 3") is no answer; "between" / "either" makes a range only where it introduces the two
-numbers ("6 handshakes between the 4 friends" is 6). One value restated in another unit ("45 minutes or 0.75
-hours") is its first; so is a percent beside a plain number of the same value ("25% or 0.25", "0.25 or 25%",
-"1/2 or 50%"), while one of another value offers two ("12% or 13"). A sign set apart from its
-number on the marker's line ("#### - 5") is kept. Numbers may carry thousands separators, a currency
-sign, a percent sign (dropped: "25%" is 25), a sign and decimals, an exponent ("2.5e-05", "1.5 \\times 10^{6}",
-"3 × 10^4"), or be fractions ``3/4``, ``\\frac{3}{4}`` / ``\\dfrac{3}{4}`` or mixed numbers ``1 1/2`` /
-``1\\frac{1}{2}``. A comma right after a number ends it ("$1,500, in total" is 1500).
+is" (any case) or line that starts "Answer:" / "Final Answer:" (any case, in bold or a markdown heading:
+"**Final Answer:** 14") with a number next on it, else the last number of the text once closing remarks are cut
+off (a last paragraph starting "Note", a last paragraph checking a value already written, a last sentence
+labelled so with a colon, "Note: ..." or "Check: ...", a parenthesised remark at the end). A check that arrives
+at a value written nowhere before it works the answer out and is kept ("Let's check how many apples remain: 12 -
+5 = 7"). Where the part read holds an "=", the result after the last one counts ("the answer is 16 - 3 - 4 = 9
+eggs" is 9). An explicit marker therefore wins over numbers written after it ("The answer is 12. Wait, she has
+14." is 12), and a closing "(Note: 1 dozen = 12)" is never the answer, and a ``####`` answer wins over a later
+"the answer is". A marker's answer that offers several values of one kind ("12 or 13", "between 12 and 20",
+"\\boxed{12, 13}", "12 to 15 apples", "12 - 3") is no answer; "between" / "either" makes a range only where it
+introduces the two numbers ("6 handshakes between the 4 friends" is 6). One value restated in another unit ("45
+minutes or 0.75 hours") is its first; so is a percent beside a plain number of the same value ("25% or 0.25",
+"0.25 or 25%", "1/2 or 50%"), while one of another value offers two ("12% or 13"). A sign set apart from its
+number on the marker's line ("#### - 5") or in ``\\boxed{- 5}`` is kept. Numbers may carry thousands
+separators, a currency sign, a percent sign (dropped: "25%" is 25), a sign and decimals, an exponent ("2.5e-05",
+"1.5 \\times 10^{6}", "3 × 10^4", "1.2 x 10^3"), or be a power of ten alone ("10^6" is 1000000, never 10),
+fractions ``3/4``, ``\\frac{3}{4}`` / ``\\dfrac{3}{4}`` / ``\\frac34`` (LaTeX's one-digit arguments) or mixed
+numbers ``1 1/2`` / ``1\\frac{1}{2}``. A comma right after a number ends it ("$1,500, in total" is 1500).
+``extracted_lenient`` records the value compared as a plain decimal (``_decimal_text``): exactly for an integer or
+a finite decimal, however long, and a fraction whose digits recur to RECURRING_DIGITS significant digits after
+its whole part (1/3 is "0.33333333333333333").
 
-After "the answer is" or ``####`` the answer ends where a justification starts ("4 because 4 x 3 = 12" is 4,
-"5 (since 5 * 2 = 10)" is 5), and a restatement ("16 - 3 - 4, which is 9") is the answer, unless what it
+After "the answer is", "Answer:" or ``####`` the answer ends where a justification starts ("4 because 4 x 3 = 12"
+is 4, "5 (since 5 * 2 = 10)" is 5), and a restatement ("16 - 3 - 4, which is 9") is the answer, unless what it
 restates is one number already ("18, which is 9 * 2" is 18). A ``####`` counts only with a number after it,
 which may be set in markdown emphasis or code or follow an escaped dollar ("#### **$18**", "#### \\$18"); a
 markdown heading is no marker ("#### Step 2", "#### 2. Income": a number, ".", ")" or ":" and a title that ends
@@ -64,7 +71,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from fractions import Fraction
 
 STRICT_PATTERN = re.compile(r"#### (\-?[0-9\.\,]+)")
@@ -88,15 +95,22 @@ ROUNDED_REFERENCE_DECIMALS = 4
 # A prose reference that states its value as a rounding ("approximately 15.33", "≈ 0.67", "... rounded to two
 # decimal places") is stored with this mark in front; it is then compared as a rounding at any number of decimals.
 ROUNDED_MARK = "≈"
+# A lenient answer with no finite decimal form (1/3) is recorded to this many significant digits after its whole
+# part: more than a double holds
+RECURRING_DIGITS = 17
 # Longer digit runs (degenerate generations) are no answer; they would also exceed int()'s digit limit.
 _MAX_NUMBER_CHARS = 400
 
 # One written number. A minus sign counts only when it does not follow a word character or a closing bracket
 # (so "3-5" is a range, not 3 and -5); a digit right after a letter, "." or "^" is not a number ("m^2", "CO2").
 _UNSIGNED = r"(?:\d{1,3}(?:,\d{3})+(?!\d|,\d)|\d+)(?:\.\d+)?|\.\d+"
-# A power of ten after a plain number: "e-05", "E6", " \\times 10^{6}", "×10^4", "\\cdot 10^{-3}", "* 10^5"
+# A power of ten after a plain number: "e-05", "E6", " \\times 10^{6}", "×10^4", "\\cdot 10^{-3}", "* 10^5",
+# "x 10^3"
 _EXPONENT = (r"(?:[eE](?P<e>[-+−]?\d{1,3})"
-             r"|\s*(?:\\times|\\cdot|[×*])\s*10\^(?:\{\s*(?P<pb>[-−]?\d{1,3})\s*\}|(?P<p>[-−]?\d{1,3})))(?!\w|\.\d)")
+             r"|\s*(?:\\times|\\cdot|[×*x])\s*10\^(?:\{\s*(?P<pb>[-−]?\d{1,3})\s*\}|(?P<p>[-−]?\d{1,3})))"
+             r"(?!\w|\.\d)")
+# A power of ten written alone ("10^6", "10^{-3}"): its value, not the 10
+_POWER_OF_TEN = r"(?P<ten>10)\^(?:\{\s*(?P<tb>[-−]?\d{1,3})\s*\}|(?P<t>[-−]?\d{1,3}))(?!\w|\.\d)"
 _NUMBER = re.compile(
     rf"""
     (?P<sign>(?<![\w.)\]}}])[-−])?
@@ -106,14 +120,17 @@ _NUMBER = re.compile(
       | \\[dt]?frac\{{\s*(?P<fsign>[-−])?\s*(?P<fn>{_UNSIGNED})\s*\}}\{{\s*(?P<fd>{_UNSIGNED})\s*\}}
       | (?<![\w.^])(?<!\^\{{)(?P<mw>\d+)[ \t]+(?P<mn>\d+)/(?P<md>\d+)(?![\d/]|[.,]\d)
       | (?<![\w.^])(?<!\^\{{)(?P<n>{_UNSIGNED})/(?P<d>{_UNSIGNED})(?![\d/])
+      | (?<![\w.^])(?<!\^\{{){_POWER_OF_TEN}
       | (?<![\w.^])(?<!\^\{{)(?P<x>{_UNSIGNED})(?:{_EXPONENT})?
     )
     """,
     re.VERBOSE,
 )
 # Written forms read as others before numbers are: LaTeX's thousands separators ("1{,}000", "1,\\!000",
-# "1\\,000") as ",", and rupees ("Rs.40", "Rs 40") as "₹".
+# "1\\,000") as ",", rupees ("Rs.40", "Rs 40") as "₹", and a fraction without braces ("\\frac34", whose
+# arguments are one digit each, as LaTeX reads them) as "\\frac{3}{4}".
 _LATEX_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|,\\!|\\,)(?=\d{3}(?!\d))")
+_BRACELESS_FRAC = re.compile(r"(\\[dt]?frac)\s*(\d)\s*(\d)")
 _RUPEES = re.compile(r"\bRs\.?\s?(?=\d)")
 # an amount in dollars and cents ("18 dollars and 50 cents", "$18 and 5 cents"): one value, 18.50 and 18.05
 _DOLLARS_AND_CENTS = re.compile(
@@ -129,17 +146,25 @@ _ROUNDED = re.compile(r"\b(?:(?P<negated>without|no|not|n't)\s+(?:any\s+)?)?roun
 _NEGATION = re.compile(r"\b(?:no|not|never|without|unnecessary|needless)\b|n't\b", re.IGNORECASE)
 _NEGATION_REACH = 30  # characters either side of a rounding mention that a negation reaches
 _PRECISION = re.compile(r"[\d.,]+\s*(?:decimal|place|digit|significant|dp\b)", re.IGNORECASE)
-# what may stand between "the answer is" (or "####") and the answer: "The final answer is:\n\n**12**", "#### `18`"
+# what may stand between a marker ("the answer is", "Answer:", "####") and the answer: "The final answer
+# is:\n\n**12**", "#### `18`"
 _ANSWER_LEAD = " :\t\r\n*_`"
-_ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\b", re.IGNORECASE)
 # GSM8K's "#### <answer>" marker: only where a number follows, in markdown emphasis or code or after an escaped
 # dollar ("#### **$18**", "#### \\$18"); not a markdown heading ("#### Step 2: Money", "#### **2. Income**"). A
 # numbered heading's title ends no sentence: "#### 18. That is 9 eggs at $2 each." is a marker.
 _MARKUP = r"[*_`]*"
+_NUMBER_NEXT = rf"[ \t]*{_MARKUP}[ \t]*[-−]?[ \t]*\\?[$€£¥₹]?[ \t]?\.?\d"  # a number next on the line
 _NUMBERED_HEADING = (rf"[ \t]*{_MARKUP}[ \t]*\d+[.):][ \t]+{_MARKUP}[A-Za-z](?:[^\n]*[^\s.!?*_`])?"
                      rf"[ \t\r*_`]*(?:\n|\Z)")
-_GSM8K_MARKER = re.compile(
-    rf"####(?!{_NUMBERED_HEADING})(?=[ \t]*:?[ \t]*{_MARKUP}[ \t]*[-−]?[ \t]*\\?[$€£¥₹]?[ \t]?\.?\d)")
+_GSM8K_MARKER = re.compile(rf"####(?!{_NUMBERED_HEADING})(?=[ \t]*:?{_NUMBER_NEXT})")
+# "the (final) answer is" (any case), or a line that starts "Answer:" / "Final Answer:" (any case, in bold or a
+# markdown heading: "**Final Answer:** 14", "## Answer: $18") with a number next on it, as "####" needs: a line
+# "Answer:" over a worked solution ("**Answer:** Janet's ducks lay 16 eggs ...") marks no answer
+_ANSWER_MARKER = re.compile(
+    r"\bthe\s+(?:final\s+)?answer\s+is\b"
+    rf"|^[ \t]*(?:#+[ \t]*)?{_MARKUP}[ \t]*(?:final[ \t]+)?answer[ \t]*{_MARKUP}[ \t]*:"
+    rf"(?=[ \t]*(?:\\\()?{_NUMBER_NEXT})",
+    re.IGNORECASE | re.MULTILINE)
 # In a reference, only a line that is "####" and a number counts: "#### 2. Cost of pears" is a heading
 _GSM8K_ANSWER_LINE = re.compile(
     r"^[ \t]*####[ \t]*:?[ \t]*(?P<answer>[-−]?[ \t]*[$€£¥₹]?[0-9.,]*\d[0-9.,]*)[ \t\r]*$", re.MULTILINE)
@@ -149,17 +174,18 @@ _SENTENCE_END = re.compile(rf"[.!?]{_NOT_AN_END}(?=\s|$)|\n")
 _SENTENCE_SPLIT = re.compile(rf"(?<=[.!?]){_NOT_AN_END}\s+|\n+")
 _PARAGRAPH_SPLIT = re.compile(r"\n\s*\n")
 # A closing paragraph that remarks on the answer or checks it. A remark ("Note: ...", "Check: 3 * 5 = 15.
-# Correct.", "### Verification", "Let's verify: ...", "We can check this: ...") is cut always; a longer check
-# ("Let's verify by dividing: ...", "We can double-check that ...", "Verifying the total, ...") only when an
-# earlier paragraph has stated a result, since it may be where the answer is worked out ("Let's check how many
-# apples remain: 10 - 3 = 7").
+# Correct.", "### Verification", "Let's verify: ...", "We can check this: ...") is cut always; a confirmation
+# ("Indeed, 16 + 18 + 20 = 54.") when an earlier paragraph has stated a result; a longer check ("Let's verify by
+# dividing: ...", "We can double-check that ...", "Verifying the total, ...") only when the value it arrives at is
+# written before it, since it may be where the answer is worked out ("Let's check how many apples remain: 12 - 5 =
+# 7" after "3 * 4 = 12 apples" and "He gives away 5").
 _NOTE_START = re.compile(
     r"\(?\s*[*#]*\s*(?:(?P<remark>note|check(?:ing)?|verification|sanity check"
     r"|to (?:check|verify|confirm|double[- ]check))\b"
     r"|(?P<check>(?:let(?:'s| us)|we can) (?:check|verify|double[- ]check|confirm)\b|verif(?:y|ying)\b"
-    r"|double[- ]check(?:ing)?\b|this (?:can be|is) (?:verified|confirmed|checked)\b"
-    # "Indeed, 16 + 18 + 20 = 54." checks; "Indeed, she has 12 left." states
-    r"|indeed\b(?=[^\n]*=)))", re.IGNORECASE)
+    r"|double[- ]check(?:ing)?\b|this (?:can be|is) (?:verified|confirmed|checked)\b)"
+    # "Indeed, 16 + 18 + 20 = 54." confirms; "Indeed, she has 12 left." states
+    r"|(?P<confirmation>indeed\b(?=[^\n]*=)))", re.IGNORECASE)
 _CHECK_COLON = re.compile(r"(?:\s+(?:this|that|it|our answer|the answer|the result|the solution|our work))?\s*:")
 _STATES_RESULT = re.compile(r"=|\\boxed|\b(?:so|therefore|thus|hence|the answer is)\b", re.IGNORECASE)
 # A closing remark in parentheses, "(Note: ...)" or any other; LaTeX's \( ... \) is not one.
@@ -326,7 +352,8 @@ def _number_value(match: re.Match) -> Fraction | None:
     elif match["n"] is not None:
         numerator, denominator = plain(match["n"]), plain(match["d"])
     else:
-        numerator, denominator = plain(match["x"]) * Fraction(10) ** _exponent(match), Fraction(1)
+        mantissa = plain(match["x"]) if match["x"] is not None else Fraction(1)  # "10^6" alone
+        numerator, denominator = mantissa * Fraction(10) ** _exponent(match), Fraction(1)
     if denominator == 0:
         return None
     value = numerator / denominator
@@ -341,8 +368,9 @@ def written_numbers(text: str) -> list[tuple[Fraction, int | None]]:
 
 def _written_form(text: str) -> str:
     """``text`` with the written forms that are read as others before numbers are (LaTeX thousands separators,
-    rupees, dollars and cents) replaced."""
+    rupees, dollars and cents, fractions without braces) replaced."""
     text = _DOLLARS_AND_CENTS.sub(lambda m: f"${m['dollars']}.{int(m['cents']):02d}", text)
+    text = _BRACELESS_FRAC.sub(r"\1{\2}{\3}", text)
     return _RUPEES.sub("₹", _LATEX_THOUSANDS.sub(",", text))
 
 
@@ -365,14 +393,15 @@ def _number_spans(text: str) -> list[tuple[Fraction, int | None, int, int]]:
             whole = Fraction(int(match[mixed]))
             value, position = (-whole if match["sign"] else whole), match.start("mn" if mixed == "mw" else "lf")
         if value is not None:
-            decimals = max(0, _decimals(match["x"]) - _exponent(match)) if match["x"] is not None else None
+            written = match["x"] or match["ten"]  # a decimal number, or a power of ten written alone
+            decimals = None if written is None else max(0, _decimals(written) - _exponent(match))
             found.append((value, decimals, match.start(), position))
     return found
 
 
 def _exponent(match: re.Match) -> int:
-    """The power of ten written after a plain number (0 without one)."""
-    power = match["e"] or match["pb"] or match["p"]
+    """The power of ten written after a plain number, or alone ("10^6"); 0 without one."""
+    power = match["e"] or match["pb"] or match["p"] or match["tb"] or match["t"]
     return int(power.replace("−", "-")) if power else 0
 
 
@@ -436,6 +465,12 @@ def _last_boxed(text: str) -> str | None:
     return text[start:]
 
 
+def _boxed_answer(boxed: str) -> str:
+    """The answer part of a ``\\boxed{...}``'s content: the result after its last "=" (``_result_part``), a sign
+    set apart from its number kept ("\\boxed{- 7}" is -7, as "#### - 7" is)."""
+    return _SPACED_SIGN.sub(r"\1", _result_part(boxed).strip())
+
+
 def _up_to_sentence_end(text: str) -> str:
     end = _SENTENCE_END.search(text)
     return text[: end.start()] if end else text
@@ -477,8 +512,8 @@ def lenient_number(text: str) -> tuple[Fraction, int | None] | None:
     written); None without one."""
     boxed = _last_boxed(text)
     if boxed is not None and numbers_in(boxed):
-        return _one_answer(_result_part(boxed))
-    rests = (_after_last(_GSM8K_MARKER, text), _after_last(_ANSWER_IS, text))
+        return _one_answer(_boxed_answer(boxed))
+    rests = (_after_last(_GSM8K_MARKER, text), _after_last(_ANSWER_MARKER, text))
     for rest in rests:
         if rest is not None and numbers_in(stated := _stated_answer(rest)):
             return _one_answer(stated)
@@ -552,7 +587,34 @@ def _fraction_text(value: Fraction | None) -> str | None:
 
 
 def lenient_extract(text: str) -> str | None:
-    return _fraction_text(lenient_value(text))
+    """``lenient_value`` as a plain decimal string (``_decimal_text``); None without one."""
+    value = lenient_value(text)
+    return None if value is None else _decimal_text(value)
+
+
+def _decimal_text(value: Fraction) -> str:
+    """``value`` as a plain decimal string: exact for an integer or a fraction with a finite decimal form, however
+    long ("12345678901234567", "0.125"); a fraction whose digits recur to RECURRING_DIGITS significant digits
+    after its whole part, more than a double holds (1/3 is "0.33333333333333333")."""
+    sign = "-" if value < 0 else ""
+    numerator, denominator = abs(value.numerator), value.denominator
+    places = _finite_decimals(denominator)
+    if places is None:
+        whole = numerator // denominator
+        with localcontext() as context:
+            context.prec = RECURRING_DIGITS + (len(str(whole)) if whole else 0)
+            return sign + format((Decimal(numerator) / Decimal(denominator)).normalize(), "f")
+    digits = str(numerator * 10**places // denominator).rjust(places + 1, "0")
+    return sign + (f"{digits[:-places]}.{digits[-places:]}" if places else digits)
+
+
+def _finite_decimals(denominator: int) -> int | None:
+    """The decimals a fraction of this denominator (in lowest terms) ends after; None where its digits recur."""
+    twos = (denominator & -denominator).bit_length() - 1
+    rest, fives = denominator >> twos, 0
+    while rest % 5 == 0:
+        rest, fives = rest // 5, fives + 1
+    return max(twos, fives) if rest == 1 else None
 
 
 def lenient_correct(text: str, reference: str | float | int, tolerance: float | None) -> bool:
@@ -596,28 +658,43 @@ def _without_notes(text: str) -> str:
 
 
 def _is_closing_remark(paragraph: str, before: list[str]) -> bool:
-    """Whether a last paragraph remarks on or checks the answer before it (``_NOTE_START``)."""
+    """Whether a last paragraph (or sentence) remarks on or checks the answer in ``before`` (``_NOTE_START``)."""
     start = _NOTE_START.match(paragraph)
     if start is None:
         return False
     if start["remark"] or _CHECK_COLON.match(paragraph, start.end()):
         return True
-    return any(_STATES_RESULT.search(p) for p in before)
+    if start["confirmation"]:
+        return any(_STATES_RESULT.search(p) for p in before)
+    arrived_at = _arrived_at(paragraph)
+    return arrived_at is not None and any(arrived_at in numbers_in(p) for p in before)
+
+
+def _arrived_at(check: str) -> Fraction | None:
+    """The value a check arrives at: the first number after its last "=" (``_result_part``), else its last number;
+    None without a number."""
+    part = _result_part(check)
+    values = numbers_in(part)
+    if not values:
+        return None
+    return values[0] if part != check else values[-1]
 
 
 def prose_reference_value(text: str) -> Fraction | None:
     """The final answer of a worked solution in prose (OrcaMath); None when it is not one clear number.
 
-    In order: the last ``\\boxed{...}``; else the rest of the sentence after the last "the answer is" (any
-    case); else the last sentence that holds a number, once closing remarks are cut off (a last paragraph
-    starting "Note", "Check", "Verification", "Let's verify:", "We can check this:" or "Double-check:", a
-    parenthesised remark at the end such as "(Note: 1 dozen = 12.)"). That sentence is
+    In order: the last ``\\boxed{...}`` (a sign set apart kept: "\\boxed{- 7}" is -7); else the rest of the
+    sentence after the last "the answer is" (any case) or "Answer:" line with a number next on it; else the last
+    sentence that holds a number, once closing remarks are cut off (a last paragraph starting "Note", "Check",
+    "Verification", "Let's verify:", "We can check this:" or "Double-check:", one that checks a value written
+    before it, "We can double-check that 12 / 4 = 3", not one that works out a new value, a parenthesised remark
+    at the end such as "(Note: 1 dozen = 12.)"). That sentence is
     narrowed to what follows its last "so" / "therefore" / "thus" / "hence" / "which means" / "that means",
     then to what follows its last "is" / "are" / "was" / "were" / "be" / "equals" / "costs", each step only
     when a number follows; a clause that comments on a result already stated is cut off first ("..., which is 20%
     less than ...", "... when 25 is divided by 11"), and a sentence stating two results ("the boys are 15 and
     the girls are 20", "the boat's speed is 15 km/h, and the stream's is 5 km/h", unless the second points back
-    at the first: "..., and 20% of it is 16") gives None. After "the answer is", the answer ends where a
+    at the first: "..., and 20% of it is 16") gives None. After a marker, the answer ends where a
     justification starts ("5, since 5 + 5 = 10" is 5). Of the part chosen, what follows its last "=" counts when
     that holds a number. The part must hold exactly one value, written once or more in any form ("11/4, or
     2 3/4"): "5 hours and 30 minutes", "12 boys and 15 girls", "the ratio is 3:4" or "Jin saves $100 in 8 weeks"
@@ -628,14 +705,14 @@ def prose_reference_value(text: str) -> Fraction | None:
     and an answer after "the answer is" that a later sentence states otherwise without working with it ("...
     4.67 buses. ..., 5 buses are needed."). A clause that starts with its value keeps it when the verb has no
     value right after it ("Rs. 300 is the interest for 3 years"); a closing check in the last paragraph ("Check:
-    3 * 7 + 2 = 23.", "Indeed, 9 × 4 = 36.") is cut like a closing paragraph; "0.333..." is a rounding; ordinals
-    and "3-digit" are no numbers.
+    3 * 7 + 2 = 23.", "Indeed, 9 × 4 = 36.") is cut by the rules of a closing paragraph; "0.333..." is a rounding;
+    ordinals and "3-digit" are no numbers.
     """
     boxed = _last_boxed(text)
     if boxed is not None:
-        return _single_value(_result_part(boxed))
+        return _single_value(_boxed_answer(boxed))
     text = _ORDINAL.sub("#", text)
-    rest = _after_last(_ANSWER_IS, text)
+    rest = _after_last(_ANSWER_MARKER, text)
     if rest is not None:
         value = _single_value(_stated_answer(rest))
         # "The answer is 4.67 buses. Since ..., 5 buses are needed.": revised, so no clear answer; a sentence that

@@ -23,6 +23,8 @@ from omegaconf import MISSING
 SCHEMA_NAME = "schema"
 # the resolver of a dataset's default claims metric (claims_metric_for), registered with the schemas
 CLAIMS_METRIC_RESOLVER = "slm_sweep.claims_metric"
+# ${slm_sweep.steps_share:0.1,${trainer.max_steps}}: a tenth of the training steps (a schedule that scales with them)
+STEPS_SHARE_RESOLVER = "slm_sweep.steps_share"
 LR_SCHEDULES = ("cosine", "linear", "constant")  # trainer.lr_schedule (train/optimizers.py's lr_factor)
 
 
@@ -185,15 +187,17 @@ class DatasetSettings:
     data_dir: str | None = None  # read the local files from this folder instead of the hub
     question: list[str] = field(default_factory=lambda: ["question"])  # field(s) joined into the question text
     answer: str = "answer"  # field holding the worked solution / final answer
-    answer_format: str = "gsm8k"  # gsm8k: number after '####'; prose: last number in the text; number: a numeric field
+    # gsm8k: the number after '####'; number: a numeric field; prose: a worked answer read as scoring reads one
+    # (\boxed{}, then "the answer is", then the final sentence, closing notes and checks cut)
+    answer_format: str = "gsm8k"
     test_split: str = "test"  # test: the test split; heldout: a seeded slice of train (test_size examples)
     test_size: int | None = None  # size of the held-out test slice (only with test_split: heldout)
     split_seed: int = 1234  # seed of the held-out and validation carving; independent of the run seed
     # validation examples carved from train (never from test); null: none. The study's training sets (gsm8k,
     # orcamath) set 500, enough to separate learning-rate candidates (docs/tuning.md).
     val_size: int | None = 100
-    train_limit: int | None = None  # keep only the first N train examples after carving
-    test_limit: int | None = None  # score only the first N test examples
+    train_limit: int | None = None  # keep the first N training candidates of the seeded ranking (after deduplication)
+    test_limit: int | None = None  # score the first N test examples (of a held-out set: of the ranking)
     answer_tolerance: float | None = None  # null: exact match of the number string; a float: numbers, relative float noise
     unparsable_answers: str = "skip"  # rows whose answer has no final number: skip (counted) or error
     # the metric the report's claims read on this dataset unless a claim names one; by default lenient for prose
@@ -273,12 +277,23 @@ def claims_metric_for(answer_format: str) -> str:
     return "lenient" if answer_format == "prose" else "flexible"
 
 
+def steps_share(share, steps) -> int:
+    """``share`` (0 to 1) of ``steps`` optimizer steps, rounded down: a method's schedule given as a share of
+    ``trainer.max_steps`` (AdaLoRA's warm-up and final phase), so that it follows a change of the steps."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise ValueError(f"{STEPS_SHARE_RESOLVER}: the share {share!r} is not a number from 0 to 1")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"{STEPS_SHARE_RESOLVER}: the steps {steps!r} are not a whole number of at least 0")
+    return int(share * steps)
+
+
 def register() -> None:
-    """Store the schemas in Hydra's ConfigStore and the resolver their defaults use (idempotent)."""
+    """Store the schemas in Hydra's ConfigStore and register the resolvers the configs use (idempotent)."""
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver(CLAIMS_METRIC_RESOLVER, claims_metric_for, replace=True)
+    OmegaConf.register_new_resolver(STEPS_SHARE_RESOLVER, steps_share, replace=True)
     ConfigStore.instance().store(name=SCHEMA_NAME, node={key: schema for key, schema in SCHEMAS.items()})
 
 

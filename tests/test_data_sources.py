@@ -384,6 +384,23 @@ def test_a_limited_heldout_test_set_does_not_depend_on_the_file_s_row_order(tmp_
         (e.question, e.answer) for e in forward.train}
 
 
+@pytest.mark.parametrize("dedup", [pytest.param(None, id="no-dedup"), pytest.param(False, id="dedup-off")])
+def test_copies_of_a_held_out_question_never_train_or_validate_whatever_the_deduplication(tmp_path, caplog, dedup):
+    """Each question of the file twice: the copies follow each other in the ranking, so a copy is split from its
+    question only at a part's boundary, and one past the held-out test set's boundary is left out."""
+    rows = [json.loads(line) for line in (ORCAMATH_FIXTURE / "train.jsonl").read_text().splitlines()]
+    folder = write_jsonl(tmp_path / "twice" / "train.jsonl", rows + rows).parent
+    spec = orcamath_spec(data_dir=str(folder), dedup=None if dedup is None else {"enabled": False, "against": []})
+    for test_size in range(5, 15):
+        with caplog.at_level(logging.WARNING):
+            splits = load_splits({**spec, "test_size": test_size}, deduplicate=True)
+        test, val, train = questions(splits.test), questions(splits.val), questions(splits.train)
+        assert not test & train and not test & val, test_size
+        assert len(val & train) <= 1  # at most the question at validation's boundary
+        assert len(splits.test) == test_size and 2 * len(test) - len(splits.test) in (0, 1)
+    assert "copies of held-out test questions from validation and training" in caplog.text
+
+
 def test_heldout_test_size_must_leave_train_examples():
     with pytest.raises(DataError, match="test_size=40 must be smaller than the 40"):
         load_splits(orcamath_spec(test_size=40))

@@ -20,6 +20,7 @@ from slm_sweep.methods import (
     save_atomically,
 )
 from slm_sweep.models import load_model_and_tokenizer
+from slm_sweep.settings import steps_share
 from tests.conftest import CONF_DIR, compose_config
 
 ADAPTER_METHODS = ("lora", "dora", "pissa", "rslora")
@@ -104,8 +105,24 @@ def test_a_peft_block_must_build_a_peft_config():
         peft_config(cfg)
     with pytest.raises(MethodError, match=r"did you mean lora_alpha\? LoraConfig takes: .*\br\b"):
         peft_config({"peft": {"_target_": "peft.LoraConfig", "r": 4, "lora_alpah": 8}})
-    with pytest.raises(MethodError, match="reallocates its ranks during training"):
-        peft_config({"peft": {"_target_": "peft.AdaLoraConfig", "total_step": 10}})
+
+
+@pytest.mark.parametrize("steps, tinit, tfinal", [(460, 46, 92), (25, 2, 5), (3, 0, 0)])
+def test_adalora_s_schedule_follows_the_training_steps(steps, tinit, tfinal):
+    config = peft_config(compose_config(["method=adalora", f"trainer.max_steps={steps}"]).method)
+    assert type(config).__name__ == "AdaLoraConfig"
+    assert (config.total_step, config.tinit, config.tfinal) == (steps, tinit, tfinal)
+    assert (config.init_r, config.target_r, config.lora_alpha) == (12, 8, 32)
+
+
+@pytest.mark.parametrize("share, steps, error", [
+    (1.5, 10, "the share 1.5 is not a number from 0 to 1"),
+    ("a", 10, "the share 'a' is not a number from 0 to 1"),
+    (0.5, -1, "the steps -1 are not a whole number of at least 0"),
+])
+def test_a_share_of_the_steps_names_a_bad_value(share, steps, error):
+    with pytest.raises(ValueError, match=error):
+        steps_share(share, steps)
 
 
 def test_a_misspelt_target_module_is_named_with_the_models_linear_layers():

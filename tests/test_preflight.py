@@ -434,7 +434,7 @@ def test_a_misspelt_option_or_key_in_a_sweep_is_told_what_it_may_have_meant(requ
     plan = plan_grid(sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=lora,lorra",
                                    "trainer.max_step=3"]), composer)
     reasons = " | ".join(plan.config_errors)
-    assert "Could not find 'method/lorra' (available: dora, fewshot," in reasons
+    assert "Could not find 'method/lorra' (available: adalora, dora, fewshot," in reasons
     assert "Could not override 'trainer.max_step'. (did you mean trainer.max_steps?)" in reasons
     from slm_sweep.sweep.preflight import composition_error
 
@@ -524,6 +524,13 @@ def test_preflight_only_lists_the_cells_that_would_run_and_runs_none(requires_da
     assert [p.name for p in sweep_dir.iterdir()] == ["preflight.json"]
     plan = json.loads((sweep_dir / "preflight.json").read_text())
     assert plan["cells"] == listed and plan["computations"] == 3
+
+
+def test_a_glob_over_a_group_s_options_is_planned_as_hydra_sweeps_it(requires_data, tmp_path):
+    proc = sweep(["model=glob(tiny*)", "method=zeroshot", "preflight.only=true"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert [line.strip() for line in proc.stdout.splitlines() if line.startswith("  model=")] == [
+        "model=tiny", "model=tiny_wide"]
 
 
 def test_sweep_of_missing_models_refuses_before_the_first_cell(requires_data, tmp_path):

@@ -152,3 +152,53 @@ def test_result_metrics_are_bit_identical_across_runs(tiny_cfg, tmp_path, method
     keys = ("accuracy_strict", "accuracy_flexible", "n_eval", "train_loss", "val_loss", "train_tokens")
     assert [a["metrics"][k] for k in keys] == [b["metrics"][k] for k in keys]
     assert (tmp_path / "a" / "predictions.jsonl").read_bytes() == (tmp_path / "b" / "predictions.jsonl").read_bytes()
+
+
+class Guard(Exception):
+    """What this test's own SIGTERM handler raises: the cell did not handle the signal itself."""
+
+
+def test_a_sigterm_while_the_data_is_read_is_recorded_as_an_interrupt(tiny_cfg, tmp_path, monkeypatch):
+    import slm_sweep.run as run_module
+
+    def guard(signum, frame):
+        raise Guard("the cell's own handler was not installed")
+
+    read = run_module.load_data
+
+    def terminated_while_reading(cfg):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return read(cfg)
+
+    monkeypatch.setattr(run_module, "load_data", terminated_while_reading)
+    previous = signal.signal(signal.SIGTERM, guard)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="received signal 15"):
+            run(tiny_cfg("method=zeroshot"), out_dir=tmp_path / "cell")
+        assert signal.getsignal(signal.SIGTERM) is guard  # restored after the cell
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    record = json.loads((tmp_path / "cell" / "result.json").read_text())
+    assert record["status"] == "interrupted" and "received signal 15" in record["error"]
+
+
+@pytest.mark.parametrize("fault", [BrokenPipeError, KeyboardInterrupt])
+def test_a_rerun_that_fails_after_finding_its_finished_result_keeps_that_result(tiny_cfg, tmp_path, monkeypatch,
+                                                                                 fault):
+    """The rerun's closing line goes to a pipe whose reader has gone (``| head``), or Ctrl-C comes as it is
+    printed: the finished result stays result.json, the failure goes beside it."""
+    import slm_sweep.run as run_module
+
+    cfg = tiny_cfg("method=zeroshot", "resume.enabled=true", f"resume.search_dir={tmp_path / 'none'}")
+    assert run(cfg, out_dir=tmp_path / "cell")["status"] == "completed"
+    finished = (tmp_path / "cell" / "result.json").read_bytes()
+
+    def fail(*args, **kwargs):
+        raise fault("closing line")
+
+    monkeypatch.setattr(run_module, "closing_line", fail)
+    with pytest.raises(fault):
+        run(cfg, out_dir=tmp_path / "cell")
+    assert (tmp_path / "cell" / "result.json").read_bytes() == finished
+    failure = json.loads((tmp_path / "cell" / "result.failed.json").read_text())
+    assert failure["status"] == ("failed" if fault is BrokenPipeError else "interrupted")

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from slm_sweep.data import dataset_spec, load_splits
 from slm_sweep.data.encode import encode_all
 from slm_sweep.data.prompts import resolve_style
-from slm_sweep.methods import apply_method
+from slm_sweep.methods import apply_method, load_trained, merge_adapters_for_eval, save_atomically
 from slm_sweep.models import load_model_and_tokenizer
 from slm_sweep.train.batching import step_groups
 from slm_sweep.train.callbacks import ThroughputMonitor, matmul_parameter_count
@@ -239,6 +239,16 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(examples, tmp_path, 
     clipping = ("train_grad_norm_median", "train_clipped_fraction")
     assert [outcome.perf[k] for k in clipping] == [uninterrupted.perf[k] for k in clipping]
     assert uninterrupted.perf["train_grad_norm_median"] > 0
+
+
+def test_a_run_resumed_from_its_last_step_keeps_its_training_loss(examples, tmp_path):
+    """Interrupted after training (in evaluation), a cell resumes from a checkpoint at max_steps: no step is left
+    to train, and the loss reported is the one the checkpoint's last step had."""
+    _, finished = train(examples, tmp_path, "full", max_steps=4, checkpoint_every_n_steps=2)
+    _, resumed = train(examples, tmp_path, "full", max_steps=4, checkpoint_every_n_steps=2)
+    assert resumed.train_steps == 4 and finished.train_loss is not None
+    assert resumed.train_loss == finished.train_loss
+    assert resumed.perf["train_loss_tail_mean"] == finished.perf["train_loss_tail_mean"]
 
 
 def test_the_tail_loss_is_the_mean_of_the_last_tenth_of_the_steps(examples, tmp_path):
@@ -732,13 +742,16 @@ def test_eager_training_records_that_nothing_was_compiled(examples, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scope, method", [("layers", "lora"), ("model", "lora"), ("layers", "dora")])
+@pytest.mark.parametrize("scope, method", [("layers", "lora"), ("model", "lora"), ("layers", "dora"),
+                                           ("layers", "adalora")])
 def test_torch_compile_trains_like_eager(examples, tmp_path, scope, method):
     """Equal gradients, and no graph break: DoRA's layers broke at peft's weight read before it was made
-    traceable (compilation.py)."""
+    traceable (compilation.py); AdaLoRA's loss regularizer, on at a step's first micro-batch only, traced in both
+    states."""
     eager, compiled = GradientRecorder(), GradientRecorder()
-    train(examples, tmp_path / "a", method, {"dropout": 0.0}, callbacks=[eager], micro_batch_size=2)
-    model, outcome = train(examples, tmp_path / "b", method, {"dropout": 0.0}, callbacks=[compiled],
+    overrides = ADALORA if method == "adalora" else {"dropout": 0.0}
+    train(examples, tmp_path / "a", method, overrides, callbacks=[eager], micro_batch_size=2)
+    model, outcome = train(examples, tmp_path / "b", method, overrides, callbacks=[compiled],
                            micro_batch_size=2, compile=True, compile_scope=scope)
     for a, b in zip(eager.steps, compiled.steps):
         assert_same_tensors(a, b, rtol=1e-3, atol=1e-5)
@@ -906,6 +919,90 @@ def test_modules_train_in_train_mode_and_validate_in_eval_mode(examples, tmp_pat
     fit(model, examples, examples[:4], trainer_config(max_steps=2), method_config("lora"), seed=SEED,
         out_dir=tmp_path, pad_token_id=tokenizer.pad_token_id, extra_callbacks=[ModeRecorder()])
     assert seen == {"train": {True}, "validate": {False}}
+
+
+# AdaLoRA's three phases in 6 steps: full ranks (steps 0-1), a falling budget (2-3), the final pattern (4-5)
+ADALORA = {"dropout": 0.0, "init_r": 4, "target_r": 2, "peft": {"total_step": 6, "tinit": 1, "tfinal": 2, "deltaT": 1}}
+
+
+def rank_pattern(model) -> dict[str, list[bool]]:
+    return model.peft_config["default"].rank_pattern
+
+
+def test_adalora_reallocates_its_ranks_to_the_target_budget_whatever_the_micro_batch(examples, tmp_path):
+    runs = {}
+    for name, overrides in {"micro4": {"micro_batch_size": 4}, "micro2": {"micro_batch_size": 2}}.items():
+        grads = GradientRecorder()
+        model, outcome = train(examples, tmp_path / name, "adalora", ADALORA, callbacks=[grads], max_steps=6,
+                               **overrides)
+        runs[name] = (grads.steps, weights(model), rank_pattern(model), outcome)
+    (g4, w4, p4, o4), (g2, w2, p2, o2) = runs["micro4"], runs["micro2"]
+    for a, b in zip(g4, g2, strict=True):  # the orthogonality term once per step, not once per micro-batch
+        assert_same_tensors(a, b)
+    assert_same_tensors(w4, w2)
+    assert p4 == p2
+    assert o4.train_loss == pytest.approx(o2.train_loss, rel=1e-5)
+    # the budget: target_r singular values per adapted layer on average, spread unevenly by importance
+    assert sum(map(sum, p4.values())) == ADALORA["target_r"] * len(p4)
+    assert len({sum(kept) for kept in p4.values()}) > 1
+    # and the singular values left out are zero in the weights that are evaluated
+    singular = {name.removeprefix("base_model.model."): p for name, p in model.named_parameters() if "lora_E" in name}
+    assert singular.keys() == p4.keys()
+    for name, values in singular.items():
+        kept = torch.tensor(p4[name]).unsqueeze(-1)
+        assert torch.all(values[~kept] == 0) and torch.all(values[kept] != 0), name
+    # the kept adapter holds the ranks kept, and loaded onto a fresh base (a re-scoring run) computes the same
+    save_atomically(model, tmp_path / "adapter")
+    reloaded = load_trained(tiny()[0], tmp_path / "adapter")
+    assert {n: p.shape[0] for n, p in reloaded.named_parameters() if "lora_E" in n} == {
+        f"base_model.model.{n}": sum(kept) for n, kept in p4.items()}
+    ids = torch.tensor([examples[0]["input_ids"]])
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merge_adapters_for_eval(reloaded)(ids).logits, model(ids).logits,
+                                   atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("at", [pytest.param(4, id="before-the-final-pattern"), pytest.param(5, id="after-it")])
+def test_a_resumed_adalora_run_reallocates_as_an_uninterrupted_one(examples, tmp_path, at):
+    """The importance averages and the rank pattern are no weights: the checkpoint keeps them."""
+    straight, _ = train(examples, tmp_path / "straight", "adalora", ADALORA, max_steps=6)
+    train(examples, tmp_path / "resumed", "adalora", ADALORA, max_steps=6, checkpoint_every_n_steps=at,
+          callbacks=[StopAfter(at)])
+    resumed, outcome = train(examples, tmp_path / "resumed", "adalora", ADALORA, max_steps=6,
+                             checkpoint_every_n_steps=at)
+    assert outcome.train_steps == 6
+    assert rank_pattern(resumed) == rank_pattern(straight)
+    assert_same_tensors(weights(straight), weights(resumed), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("compile_settings, error", [
+    ({"compile_scope": "model"}, "trainer.compile_scope=model cannot compile AdaLoraModel's adapters"),
+    ({"compile_backend": "cudagraphs"}, "trainer.compile_backend=cudagraphs replays the training step as CUDA graphs"),
+    ({"compile_mode": "reduce-overhead"}, "trainer.compile_mode=reduce-overhead replays the training step"),
+])
+def test_adalora_refuses_the_compile_settings_it_is_not_checked_under(examples, tmp_path, compile_settings, error):
+    with pytest.raises(ValueError, match=error):
+        train(examples, tmp_path, "adalora", ADALORA, compile=True, **compile_settings)
+
+
+def test_adalora_s_validation_loss_leaves_its_regularizer_out(examples, tmp_path):
+    model, tokenizer = tiny()
+    model = apply_method(model, method_config("adalora", **ADALORA))
+    outcome = fit(model, examples[:8], examples[8:], trainer_config(max_steps=2), method_config("adalora"),
+                  seed=SEED, out_dir=tmp_path, pad_token_id=tokenizer.pad_token_id)
+    config = model.peft_config["default"]
+    assert config.orth_reg_weight == 0.5  # as set, after training and validation
+    config.orth_reg_weight = 0.0
+    model.eval()
+    summed = tokens = 0
+    with torch.no_grad():
+        for example in examples[8:]:
+            ids, labels = torch.tensor([example["input_ids"]]), torch.tensor([example["labels"]])
+            n = int((labels[:, 1:] != -100).sum())
+            summed += model(input_ids=ids, labels=labels).loss.item() * n
+            tokens += n
+    assert outcome.val_loss == pytest.approx(summed / tokens, rel=1e-4)
 
 
 def test_lora_dropout_acts_while_training(examples, tmp_path):

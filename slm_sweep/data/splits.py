@@ -56,7 +56,8 @@ def load_splits(
     train_limit keeps the first N candidates left (a seeded sample of the whole file, not its head), test_limit
     the first N test examples (as lm-eval's --limit does; of a held-out test set, the first N of the ranking).
     Every returned part is in source order. A row added, removed or left out as
-    unparsable moves only itself between parts. With need_train=False, train and val are empty and the train
+    unparsable moves itself and at most one row across each part boundary after it in the ranking; the copies of
+    a repeated question stay together, and copies of a held-out test question never train. With need_train=False, train and val are empty and the train
     file is read only when the test set is held out of it.
     """
     spec = resolved_spec(spec)
@@ -128,7 +129,18 @@ def _heldout_parts(
     (scored, rest, val), candidates = _carve(pool, [limit, test_size - limit, val_size or 0], spec["split_seed"])
     position = {id(example): i for i, example in enumerate(pool)}
     test = sorted([*scored, *rest], key=lambda example: position[id(example)])
-    return test, scored, (val if need_train else []), (candidates if need_train else _Candidates())
+    if not need_train:
+        return test, scored, [], _Candidates()
+    # a copy of a held-out question that the ranking put past the test set's boundary: never trained or
+    # validated on, whatever dataset.dedup says (deduplication is a choice; this would be the test set itself)
+    held_out = {example.question for example in test}
+    copies = sum(example.question in held_out for example in [*val, *candidates.ranked])
+    if copies:
+        log.warning("dataset %r: left out %d copies of held-out test questions from validation and training",
+                    spec["name"], copies)
+        val = [example for example in val if example.question not in held_out]
+        candidates.ranked = [example for example in candidates.ranked if example.question not in held_out]
+    return test, scored, val, candidates
 
 
 def _val_and_train(
@@ -172,15 +184,20 @@ def _carve(pool: list[Example], sizes: list[int], seed: int) -> tuple[list[list[
 
 
 def _ranking(pool: list[Example], seed: int) -> list[int]:
-    """Positions of ``pool`` ordered by a hash of the seed and each row's question (and, for a question that
-    repeats, which repeat it is). A row's rank does not depend on the other rows, so adding, removing or
-    skipping one row moves no other row from one part to another (a shuffled permutation would move most)."""
+    """Positions of ``pool`` ordered by a hash of the seed and each row's question; the copies of a question that
+    repeats follow its first row, in source order, so that they fall into one part unless a part's boundary
+    falls between them. A row's key does not depend on the other rows, so adding, removing or skipping one row
+    moves it, and at most one row across each part boundary after it, from one part to another (a shuffled
+    permutation would move most)."""
+    first: dict[str, bytes] = {}
     repeats: dict[str, int] = {}
     keys = []
     for example in pool:
-        repeats[example.question] = repeats.get(example.question, 0) + 1
-        text = f"{seed}\x00{repeats[example.question]}\x00{example.question}"
-        keys.append(hashlib.sha256(text.encode()).digest())
+        question = example.question
+        repeats[question] = repeats.get(question, 0) + 1
+        if question not in first:  # the key every earlier version gave a question's first row
+            first[question] = hashlib.sha256(f"{seed}\x001\x00{question}".encode()).digest()
+        keys.append((first[question], repeats[question]))
     return sorted(range(len(pool)), key=keys.__getitem__)
 
 

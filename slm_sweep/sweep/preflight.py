@@ -492,9 +492,14 @@ def grid_overrides(cfg: DictConfig) -> list[str]:
 
 
 def _parse(overrides: list[str]):
+    """Parsed as BasicSweeper parses them: with the running Hydra's config loader, which ``glob(...)`` over a
+    group's options needs."""
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    return OverridesParser.create().parse_overrides(overrides)
+    hydra = GlobalHydra.instance()
+    loader = hydra.config_loader() if hydra.is_initialized() else None
+    return OverridesParser.create(config_loader=loader).parse_overrides(overrides)
 
 
 def _sweep_axes(cfg: DictConfig) -> OrderedDict[str, list[str]]:

@@ -159,7 +159,9 @@ def find_completed(dirs: Sequence[Path], evaluation_key: str, own: Path, eval_dt
 
 
 def find_checkpoint(dirs: Sequence[Path], training_key: str | None, own: Path) -> Path | None:
-    """The newest last.ckpt of an unfinished training run with this training key."""
+    """The newest last.ckpt another folder holds of a training run with this training key: an unfinished run's,
+    or a finished one's that kept its checkpoints (``trainer.keep_checkpoints``; at ``max_steps``, its final
+    weights, which the cell then evaluates without a step to train)."""
     if not dirs or training_key is None:
         return None
     found: list[tuple[float, Path]] = []

@@ -35,6 +35,7 @@ from slm_sweep.train.compilation import (
 from slm_sweep.train.data import EncodedDataModule
 from slm_sweep.train.module import CausalLMModule
 from slm_sweep.train.optimizers import as_container
+from slm_sweep.train.rank_allocation import compile_problem
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,16 @@ def prepare_model(model, trainer_cfg: Mapping[str, Any]) -> dict | None:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             model.enable_input_require_grads()
     if trainer_cfg.get("compile"):
+        scope = str(trainer_cfg.get("compile_scope") or "layers")
+        problem = compile_problem(model, scope, graph_replaying_setting(trainer_cfg.get("compile_mode"),
+                                                                        trainer_cfg.get("compile_backend")))
+        if problem:
+            raise ValueError(problem)
         # gradient checkpointing's input-gradient hook (adapters) breaks the frame before the layers, after which
         # a region cannot be stamped out (an error in Dynamo); the layers are then traced unrolled
         regions = bool(trainer_cfg.get("compile_regions", True)) and not trainer_cfg.get("gradient_checkpointing")
-        return compile_in_place(model, str(trainer_cfg.get("compile_scope") or "layers"),
-                                trainer_cfg.get("compile_mode"), str(trainer_cfg.get("compile_backend") or "inductor"),
-                                regions)
+        return compile_in_place(model, scope, trainer_cfg.get("compile_mode"),
+                                str(trainer_cfg.get("compile_backend") or "inductor"), regions)
     return None
 
 

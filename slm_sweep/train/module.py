@@ -19,6 +19,12 @@ from slm_sweep.placement import float32_rotary_buffers, restore_buffers
 from slm_sweep.settings import TrainerSettings
 from slm_sweep.train.batching import StepBatchSampler
 from slm_sweep.train.optimizers import build_optimizer, lr_factor, parameter_scales, unwrapped_name
+from slm_sweep.train.rank_allocation import (
+    allocation_state,
+    load_allocation_state,
+    loss_regularizer,
+    rank_allocation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +34,7 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "labels")
 RNG_STATES_KEY = "slm_sweep_rng_states"
 GRAD_NORMS_KEY = "slm_sweep_grad_norms"
 STEP_LOSSES_KEY = "slm_sweep_step_losses"
+RANK_ALLOCATION_KEY = "slm_sweep_rank_allocation"
 # train_loss_tail_mean: the mean loss over this share of the last optimizer steps (at least one); one step's loss
 # is one batch's, a noisy read of where training ended
 LOSS_TAIL_FRACTION = 0.1
@@ -134,6 +141,9 @@ class CausalLMModule(L.LightningModule):
         self._step_batches: list[dict] = []
         self._rng_after_step: dict[str, torch.Tensor] | None = None  # what a checkpoint saves (a step boundary)
         self._rng_to_restore: dict[str, torch.Tensor] | None = None  # read from the checkpoint resumed from
+        # adapters that reallocate their ranks after each step (AdaLoRA; train.rank_allocation)
+        self._allocates = rank_allocation(model) is not None
+        self._allocation_to_restore: dict[str, Any] | None = None  # read from the checkpoint resumed from
 
     def forward(self, batch: dict, loss_tokens) -> torch.Tensor:
         if self.replays_graphs:
@@ -150,6 +160,9 @@ class CausalLMModule(L.LightningModule):
         # Hugging Face loads models in eval mode and Lightning keeps the mode it finds (it switches to eval for
         # validation and back): without this, dropout, LoRA's included, would never act while training.
         self.model.train()
+        if self._allocation_to_restore is not None:  # the model is on its device now
+            load_allocation_state(self.model, self._allocation_to_restore, self.device)
+            self._allocation_to_restore = None
 
     def on_train_batch_start(self, batch, batch_idx):
         if self._rng_to_restore is not None:
@@ -226,7 +239,9 @@ class CausalLMModule(L.LightningModule):
         """Forward and backward of one micro-batch, piece by piece."""
         world_size = self.trainer.world_size
         for piece in self._pieces(batch):
-            loss = self(piece, batch["step_loss_tokens"])
+            # an adapter's loss regularizer once per step, at its first forward (train.rank_allocation)
+            with loss_regularizer(self.model, on=self._step_loss is None):
+                loss = self(piece, batch["step_loss_tokens"])
             # DDP averages gradients over devices; the loss is already normalised by the step's answer tokens.
             self.manual_backward(loss * world_size if world_size > 1 else loss)
             detached = loss.detach().clone() if self.replays_graphs else loss.detach()
@@ -271,6 +286,8 @@ class CausalLMModule(L.LightningModule):
         # whether or not a parameter trains at it (method.lr_scale may give them all another factor)
         self._step_lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
+        if self._allocates:  # reads the step's gradients: before they are cleared
+            rank_allocation(self.model)(self.global_step - 1)
         optimizer.zero_grad(set_to_none=True)
         self.lr_schedulers().step()
         self._rng_after_step = rng_states(self.device)
@@ -365,12 +382,21 @@ class CausalLMModule(L.LightningModule):
         if self.trainer.world_size == 1:
             self._flush_losses()
         checkpoint[STEP_LOSSES_KEY] = sorted(self.step_losses.items())
+        allocation = allocation_state(self.model)
+        if allocation is not None:
+            checkpoint[RANK_ALLOCATION_KEY] = allocation
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # also what a checkpoint written before the first resumed step finishes saves
         self._rng_to_restore = self._rng_after_step = checkpoint.get(RNG_STATES_KEY)
         self.grad_norms = list(checkpoint.get(GRAD_NORMS_KEY) or [])
         self.step_losses = {int(step): float(loss) for step, loss in checkpoint.get(STEP_LOSSES_KEY) or []}
+        if self.step_losses:  # the training loss so far; a checkpoint at max_steps trains no step to replace it
+            self.last_train_loss = self.step_losses[max(self.step_losses)]
+        self._allocation_to_restore = checkpoint.get(RANK_ALLOCATION_KEY)
+        if self._allocates and self._allocation_to_restore is None:
+            log.warning("the checkpoint holds no state of the adapters' rank reallocation: the resumed run "
+                        "reallocates from importance gathered anew")
         trainer = getattr(self, "_trainer", None)
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         if hasattr(datamodule, "train_sampler"):
@@ -396,7 +422,8 @@ class CausalLMModule(L.LightningModule):
     def _validation_sums(self, batch: dict) -> torch.Tensor:
         """(summed loss, answer tokens) of a validation batch; out of memory, the sum of its two halves."""
         try:
-            summed = micro_batch_loss(self.model, batch, 1).detach().float()
+            with loss_regularizer(self.model, on=False):  # the loss on the data alone
+                summed = micro_batch_loss(self.model, batch, 1).detach().float()
             n_tokens = (batch["labels"][:, 1:] != -100).sum()
             return torch.stack([summed, n_tokens.to(summed)])
         except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
