@@ -237,7 +237,7 @@ def test_a_missing_table_says_how_to_write_it(tiny_cfg, tmp_path):
     (["method=zeroshot", "tuning.on_missing=true"], "tuning.on_missing=True is not one of: method, refuse"),
     # a misspelt method's candidates would go unused, the grid around method.lr searched in their place
     (["method=lora", "+tuning.lr_candidate=0", "+tuning.lr_grid={lroa: [1e-4, 3e-4]}"],
-     "tuning.lr_grid has candidates for 'lroa', which is no method; one of: dora, fewshot"),
+     "tuning.lr_grid has candidates for 'lroa', which is no method; one of: adalora, dora, fewshot"),
 ])
 def test_bad_search_settings_name_the_value(tiny_cfg, overrides, message):
     with pytest.raises(ConfigError) as err:
