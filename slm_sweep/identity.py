@@ -55,10 +55,11 @@ TRAINING_CODE_VERSION = 7  # 7: under a token budget (trainer.micro_batch_tokens
 # TRAINING_SOURCES_SHA256 below hold the hash of the sources behind each version, so an edit of one of them
 # without a bump, or a recorded statement that it changes no result, fails a test; and a cell run from edited
 # sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
-SCORING_VERSION = 17  # 17: lenient keeps a closing "check" paragraph that works out a value not written before
-# it, reads "Answer:" lines as a marker, a spaced sign inside \boxed{}, "x 10^n", a bare power of ten and a
-# brace-less \frac, and records the exact value it compared (16: adapters on a half-precision base merged into
-# the evaluation dtype (float32 kept all of their update; it was rounded to the base's bf16 first); lenient reads a '####' marker through markdown and
+SCORING_VERSION = 18  # 18: an "Answer:" line is a marker only with the answer alone on it; 17: lenient keeps a
+# closing "check" paragraph that works out a value not written before it, reads "Answer:" lines as a marker, a
+# spaced sign inside \boxed{}, "x 10^n", a bare power of ten and a brace-less \frac, and records the exact value
+# it compared; 16: adapters on a half-precision base merged into the evaluation dtype (float32 kept all of their
+# update; it was rounded to the base's bf16 first); lenient reads a '####' marker through markdown and
 # not a numbered heading, "between"/"either" make a hedge only before two numbers, a percent restating a plain
 # number is one answer (15: a model cast for evaluation (eval.dtype=bfloat16,
 # adapters merged through float32))
@@ -111,8 +112,8 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "placement.py", "methods.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "train/optimizers.py", "train/rank_allocation.py", "methods.py", "placement.py")
-SCORING_SOURCES_SHA256 = {17: "35efd9b8031f7bed35aebbca6bfad4d3ab6b191ef28db3c52e4f263318df8c75"}
-TRAINING_SOURCES_SHA256 = {7: "0f934d6926c33c73e344434489b68cf8a64f877522049e602a19acbd8212bc93"}
+SCORING_SOURCES_SHA256 = {18: "120beafab7caed281a0a8f7eb2d201b75cea0bf3af01a55798f5ab6f7db4e5a5"}
+TRAINING_SOURCES_SHA256 = {7: "9abb887f91e30cf4af0119eb65d65c6a5bee47e67dc01f6e0e2d8863c75cb6e9"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

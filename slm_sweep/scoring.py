@@ -26,7 +26,7 @@ is" (any case) or line that starts "Answer:" / "Final Answer:" (any case, in bol
 off (a last paragraph starting "Note", a last paragraph checking a value already written, a last sentence
 labelled so with a colon, "Note: ..." or "Check: ...", a parenthesised remark at the end). A check that arrives
 at a value written nowhere before it works the answer out and is kept ("Let's check how many apples remain: 12 -
-5 = 7"). Where the part read holds an "=", the result after the last one counts ("the answer is 16 - 3 - 4 = 9
+5 = 7"; so is one that converts the answer, "45/60 = 0.75 hours" after "Total = 45 minutes", which is then read). Where the part read holds an "=", the result after the last one counts ("the answer is 16 - 3 - 4 = 9
 eggs" is 9). An explicit marker therefore wins over numbers written after it ("The answer is 12. Wait, she has
 14." is 12), and a closing "(Note: 1 dozen = 12)" is never the answer, and a ``####`` answer wins over a later
 "the answer is". A marker's answer that offers several values of one kind ("12 or 13", "between 12 and 20",
@@ -158,11 +158,12 @@ _NUMBERED_HEADING = (rf"[ \t]*{_MARKUP}[ \t]*\d+[.):][ \t]+{_MARKUP}[A-Za-z](?:[
                      rf"[ \t\r*_`]*(?:\n|\Z)")
 _GSM8K_MARKER = re.compile(rf"####(?!{_NUMBERED_HEADING})(?=[ \t]*:?{_NUMBER_NEXT})")
 # "the (final) answer is" (any case), or a line that starts "Answer:" / "Final Answer:" (any case, in bold or a
-# markdown heading: "**Final Answer:** 14", "## Answer: $18") with a number next on it, as "####" needs: a line
-# "Answer:" over a worked solution ("**Answer:** Janet's ducks lay 16 eggs ...") marks no answer
-_ANSWER_MARKER = re.compile(
-    r"\bthe\s+(?:final\s+)?answer\s+is\b"
-    rf"|^[ \t]*(?:#+[ \t]*)?{_MARKUP}[ \t]*(?:final[ \t]+)?answer[ \t]*{_MARKUP}[ \t]*:"
+# markdown heading: "**Final Answer:** 14", "## Answer: $18") with a number next on it, as "####" needs, and no
+# other number on that line (_after_answer_marker): a line "Answer:" over a worked solution ("**Answer:** Janet's
+# ducks lay 16 eggs ...", "Answer: 48 / 2 = 24 clips in May. 48 + 24 = 72 clips.") marks no answer
+_ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\b", re.IGNORECASE)
+_ANSWER_LINE = re.compile(
+    rf"^[ \t]*(?:#+[ \t]*)?{_MARKUP}[ \t]*(?:final[ \t]+)?answer[ \t]*{_MARKUP}[ \t]*:"
     rf"(?=[ \t]*(?:\\\()?{_NUMBER_NEXT})",
     re.IGNORECASE | re.MULTILINE)
 # In a reference, only a line that is "####" and a number counts: "#### 2. Cost of pears" is a heading
@@ -451,6 +452,18 @@ def _after_last(pattern: re.Pattern, text: str) -> str | None:
     return text[found[-1].end():] if found else None
 
 
+def _after_answer_marker(text: str) -> str | None:
+    """The text after the last "the answer is", or after the last "Answer:" line whose rest states the answer
+    alone: one number (with its unit and markup: "**Final Answer:** $18"), or a hedge ("12 or 13", no answer);
+    None without either."""
+    ends = [match.end() for match in _ANSWER_IS.finditer(text)]
+    for match in _ANSWER_LINE.finditer(text):
+        line = text[match.end():].split("\n", 1)[0]
+        if len(written_numbers(line)) == 1 or _one_answer(line) is None:
+            ends.append(match.end())
+    return text[max(ends):] if ends else None
+
+
 def _last_boxed(text: str) -> str | None:
     """The content of the last ``\\boxed{...}``, nested braces included; None without one."""
     found = list(_BOXED.finditer(text))
@@ -513,7 +526,7 @@ def lenient_number(text: str) -> tuple[Fraction, int | None] | None:
     boxed = _last_boxed(text)
     if boxed is not None and numbers_in(boxed):
         return _one_answer(_boxed_answer(boxed))
-    rests = (_after_last(_GSM8K_MARKER, text), _after_last(_ANSWER_MARKER, text))
+    rests = (_after_last(_GSM8K_MARKER, text), _after_answer_marker(text))
     for rest in rests:
         if rest is not None and numbers_in(stated := _stated_answer(rest)):
             return _one_answer(stated)
@@ -712,7 +725,7 @@ def prose_reference_value(text: str) -> Fraction | None:
     if boxed is not None:
         return _single_value(_boxed_answer(boxed))
     text = _ORDINAL.sub("#", text)
-    rest = _after_last(_ANSWER_MARKER, text)
+    rest = _after_answer_marker(text)
     if rest is not None:
         value = _single_value(_stated_answer(rest))
         # "The answer is 4.67 buses. Since ..., 5 buses are needed.": revised, so no clear answer; a sentence that

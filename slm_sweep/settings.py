@@ -16,6 +16,7 @@ Importing this module registers the schemas (``slm_sweep/__init__.py`` does, so 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
+from fractions import Fraction
 from typing import Any
 
 from omegaconf import MISSING
@@ -284,7 +285,7 @@ def steps_share(share, steps) -> int:
         raise ValueError(f"{STEPS_SHARE_RESOLVER}: the share {share!r} is not a number from 0 to 1")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"{STEPS_SHARE_RESOLVER}: the steps {steps!r} are not a whole number of at least 0")
-    return int(share * steps)
+    return int(Fraction(str(share)) * steps)  # as written: 0.29 of 100 steps is 29, where 0.29 * 100 is 28.999...
 
 
 def register() -> None:

@@ -397,6 +397,7 @@ def test_copies_of_a_held_out_question_never_train_or_validate_whatever_the_dedu
         test, val, train = questions(splits.test), questions(splits.val), questions(splits.train)
         assert not test & train and not test & val, test_size
         assert len(val & train) <= 1  # at most the question at validation's boundary
+        assert len(splits.val) == 5  # refilled from the ranking after a copy left it
         assert len(splits.test) == test_size and 2 * len(test) - len(splits.test) in (0, 1)
     assert "copies of held-out test questions from validation and training" in caplog.text
 

@@ -115,6 +115,10 @@ def test_adalora_s_schedule_follows_the_training_steps(steps, tinit, tfinal):
     assert (config.init_r, config.target_r, config.lora_alpha) == (12, 8, 32)
 
 
+def test_a_share_of_the_steps_is_read_as_written():
+    assert steps_share(0.29, 100) == 29 and steps_share(0.1, 460) == 46 and steps_share(1, 7) == 7
+
+
 @pytest.mark.parametrize("share, steps, error", [
     (1.5, 10, "the share 1.5 is not a number from 0 to 1"),
     ("a", 10, "the share 'a' is not a number from 0 to 1"),

@@ -549,6 +549,12 @@ def test_a_bullet_on_the_line_after_a_marker_is_no_sign(text):
     pytest.param("**Answer:** Janet's ducks lay 16 eggs. She sells 9 eggs for $18.", "18", id="header-over-working"),
     pytest.param("Answer:\n14 apples, from 20 - 6 = 14.\nShe keeps 6.", "6", id="number-on-the-next-line"),
     pytest.param("She noted the answer: 14 and moved on to 3 more.", "3", id="not-at-a-line-start"),
+    # nor does one whose line goes on to work the answer out: the last number is read, as without the line
+    pytest.param("**Answer:** 16 - 3 - 4 = 9 eggs are left. She sells them for 9 * 2 = $18.\n\nSo she makes $18 "
+                 "every day.", "18", id="working-after-the-marker"),
+    pytest.param("Answer: 48 / 2 = 24 clips in May. 48 + 24 = 72 clips.", "72", id="equations-on-the-line"),
+    pytest.param("Answer: 3 bags of 4 apples make 12 apples.", "12", id="numbers-on-the-line"),
+    pytest.param("Answer: 1 1/2 cups\n\nfrom 3 halves", "1.5", id="a-mixed-number-is-one"),
 ])
 def test_an_answer_line_is_a_marker(text, expected):
     assert extract_answer(text, "lenient") == expected

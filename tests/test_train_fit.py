@@ -21,8 +21,8 @@ from slm_sweep.models import load_model_and_tokenizer
 from slm_sweep.train.batching import step_groups
 from slm_sweep.train.callbacks import ThroughputMonitor, matmul_parameter_count
 from slm_sweep.train.compilation import compiled_modules
-from slm_sweep.train.fit import fit, without_cudnn_attention
-from slm_sweep.train.module import DivergedError, device_step_seed
+from slm_sweep.train.fit import build_module, fit, without_cudnn_attention
+from slm_sweep.train.module import RANK_ALLOCATION_KEY, DivergedError, device_step_seed
 from tests.conftest import CONF_DIR, OutOfMemoryAbove, compose_config
 
 SEED = 3
@@ -761,16 +761,24 @@ def test_torch_compile_trains_like_eager(examples, tmp_path, scope, method):
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_train_like_one(examples, tmp_path):
+@pytest.mark.parametrize("method", ["full", "adalora"])
+def test_two_cpu_processes_train_like_one(examples, tmp_path, method):
     """DDP (gloo, spawned): each process takes half of every step, cut into micro-batches of one sequence. Only
     whole steps of 4: an epoch's last, partial step is cut to a multiple of the device count under DDP
-    (batching.step_groups), so there the two runs see different data by design."""
+    (batching.step_groups), so there the two runs see different data by design. AdaLoRA: its regularizer once per
+    step, not once per device, and the same ranks pruned."""
     steps = len(examples) // 4
     assert steps >= 2, f"the fixture holds {len(examples)} examples"
-    single, _ = train(examples, tmp_path / "one", max_steps=steps)
-    spawned, _ = train(examples, tmp_path / "two", max_steps=steps, micro_batch_size=1, accelerator="cpu",
-                       devices=2, strategy="ddp_spawn")
-    assert not torch.equal(weights(spawned)["model.norm.weight"], weights(tiny()[0])["model.norm.weight"])
+    # AdaLoRA: pruning from the second step on
+    overrides = {**ADALORA, "peft": {"total_step": steps, "tinit": 0, "tfinal": 0, "deltaT": 1}} \
+        if method == "adalora" else None
+    single, _ = train(examples, tmp_path / "one", method, overrides, max_steps=steps)
+    spawned, _ = train(examples, tmp_path / "two", method, overrides, max_steps=steps, micro_batch_size=1,
+                       accelerator="cpu", devices=2, strategy="ddp_spawn")
+    if method == "full":
+        assert not torch.equal(weights(spawned)["model.norm.weight"], weights(tiny()[0])["model.norm.weight"])
+    else:
+        assert any(torch.count_nonzero(p) < p.numel() for n, p in spawned.named_parameters() if "lora_E" in n)
     assert_same_tensors(weights(single), weights(spawned))
 
 
@@ -976,14 +984,38 @@ def test_a_resumed_adalora_run_reallocates_as_an_uninterrupted_one(examples, tmp
     assert_same_tensors(weights(straight), weights(resumed), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("compile_settings, error", [
-    ({"compile_scope": "model"}, "trainer.compile_scope=model cannot compile AdaLoraModel's adapters"),
-    ({"compile_backend": "cudagraphs"}, "trainer.compile_backend=cudagraphs replays the training step as CUDA graphs"),
-    ({"compile_mode": "reduce-overhead"}, "trainer.compile_mode=reduce-overhead replays the training step"),
+@pytest.mark.parametrize("settings, error", [
+    ({"compile": True, "compile_scope": "model"}, r"compiling the whole model \(trainer.compile_scope=model"),
+    ({"compile": True, "compile_backend": "cudagraphs"},
+     "trainer.compile_backend=cudagraphs replays the training step as CUDA graphs"),
+    ({"compile": True, "compile_mode": "reduce-overhead"}, "trainer.compile_mode=reduce-overhead replays the"),
+    ({"precision": "16-mixed"}, "trainer.precision=16-mixed cannot train AdaLoraModel's adapters"),
+    ({"strategy": "fsdp"}, "trainer.strategy=fsdp shards the weights"),
 ])
-def test_adalora_refuses_the_compile_settings_it_is_not_checked_under(examples, tmp_path, compile_settings, error):
+def test_adalora_refuses_the_settings_it_cannot_train_under(examples, tmp_path, settings, error):
     with pytest.raises(ValueError, match=error):
-        train(examples, tmp_path, "adalora", ADALORA, compile=True, **compile_settings)
+        train(examples, tmp_path, "adalora", ADALORA, **settings)
+
+
+def test_adalora_refuses_a_whole_model_compile_where_no_layers_are_found(examples, tmp_path, monkeypatch):
+    import slm_sweep.train.fit as fit_module
+
+    monkeypatch.setattr(fit_module, "repeated_layers", lambda model: [])
+    with pytest.raises(ValueError, match="or a model without repeated layers"):
+        train(examples, tmp_path, "adalora", ADALORA, compile=True)
+
+
+def test_a_checkpoint_written_before_a_resumed_run_trains_keeps_the_allocation_it_resumed_from(examples):
+    """An interrupt between loading a checkpoint and the first step: the state to restore is what it saves."""
+    model = apply_method(tiny()[0], method_config("adalora", **ADALORA))
+    module = build_module(model, trainer_config(), method_config("adalora"))
+    module.trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
+                               enable_progress_bar=False)
+    state = {"ipt": {"a": torch.ones(2)}, "exp_avg_ipt": {}, "exp_avg_unc": {}, "rank_pattern": {"a": [True]}}
+    module.on_load_checkpoint({RANK_ALLOCATION_KEY: state})
+    written: dict = {}
+    module.on_save_checkpoint(written)
+    assert written[RANK_ALLOCATION_KEY] is state
 
 
 def test_adalora_s_validation_loss_leaves_its_regularizer_out(examples, tmp_path):

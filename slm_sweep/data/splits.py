@@ -140,6 +140,10 @@ def _heldout_parts(
                     spec["name"], copies)
         val = [example for example in val if example.question not in held_out]
         candidates.ranked = [example for example in candidates.ranked if example.question not in held_out]
+        if val_size and len(val) < val_size:  # refilled from the ranking, as deduplication refills it
+            short = val_size - len(val)
+            val = candidates.in_source_order([*val, *candidates.ranked[:short]])
+            candidates.ranked = candidates.ranked[short:]
     return test, scored, val, candidates
 
 

@@ -30,12 +30,13 @@ from slm_sweep.train.compilation import (
     compile_figures_since,
     compile_in_place,
     remove_compiled,
+    repeated_layers,
     tracing_settings,
 )
 from slm_sweep.train.data import EncodedDataModule
 from slm_sweep.train.module import CausalLMModule
 from slm_sweep.train.optimizers import as_container
-from slm_sweep.train.rank_allocation import compile_problem
+from slm_sweep.train.rank_allocation import training_problem
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,12 @@ def optional_int(value) -> int | None:
 def prepare_model(model, trainer_cfg: Mapping[str, Any]) -> dict | None:
     """Train mode (Hugging Face loads models in eval mode), gradient checkpointing and torch.compile, as the
     trainer config asks; return what was compiled (None: nothing)."""
+    scope = str(trainer_cfg.get("compile_scope") or "layers")
+    problem = training_problem(model, trainer_cfg, scope == "model" or not repeated_layers(model),
+                               graph_replaying_setting(trainer_cfg.get("compile_mode"),
+                                                       trainer_cfg.get("compile_backend")))
+    if problem:
+        raise ValueError(problem)
     model.train()
     if trainer_cfg.get("gradient_checkpointing"):
         kwargs = {"use_reentrant": False}
@@ -74,11 +81,6 @@ def prepare_model(model, trainer_cfg: Mapping[str, Any]) -> dict | None:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             model.enable_input_require_grads()
     if trainer_cfg.get("compile"):
-        scope = str(trainer_cfg.get("compile_scope") or "layers")
-        problem = compile_problem(model, scope, graph_replaying_setting(trainer_cfg.get("compile_mode"),
-                                                                        trainer_cfg.get("compile_backend")))
-        if problem:
-            raise ValueError(problem)
         # gradient checkpointing's input-gradient hook (adapters) breaks the frame before the layers, after which
         # a region cannot be stamped out (an error in Dynamo); the layers are then traced unrolled
         regions = bool(trainer_cfg.get("compile_regions", True)) and not trainer_cfg.get("gradient_checkpointing")

@@ -239,8 +239,9 @@ class CausalLMModule(L.LightningModule):
         """Forward and backward of one micro-batch, piece by piece."""
         world_size = self.trainer.world_size
         for piece in self._pieces(batch):
-            # an adapter's loss regularizer once per step, at its first forward (train.rank_allocation)
-            with loss_regularizer(self.model, on=self._step_loss is None):
+            # an adapter's loss regularizer once per step: at its first forward, on the first device only (the loss
+            # is multiplied by the device count below and the gradients averaged; train.rank_allocation)
+            with loss_regularizer(self.model, on=self._step_loss is None and self.trainer.global_rank == 0):
                 loss = self(piece, batch["step_loss_tokens"])
             # DDP averages gradients over devices; the loss is already normalised by the step's answer tokens.
             self.manual_backward(loss * world_size if world_size > 1 else loss)
@@ -382,7 +383,8 @@ class CausalLMModule(L.LightningModule):
         if self.trainer.world_size == 1:
             self._flush_losses()
         checkpoint[STEP_LOSSES_KEY] = sorted(self.step_losses.items())
-        allocation = allocation_state(self.model)
+        # still waiting for the training to start on its device: what the checkpoint resumed from held
+        allocation = self._allocation_to_restore or allocation_state(self.model)
         if allocation is not None:
             checkpoint[RANK_ALLOCATION_KEY] = allocation
 

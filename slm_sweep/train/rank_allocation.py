@@ -8,7 +8,7 @@ in conf/method/.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -49,9 +49,10 @@ def loss_regularizer(model, on: bool) -> Iterator[None]:
     """The adapters' loss regularizer added by the forwards inside (``on``) or left out (weight 0 meanwhile).
 
     peft adds it at every forward that returns a loss. It depends on the weights alone, which a step does not
-    change until its update: added at the step's first forward only, the step's gradient holds it once whatever the
-    cut into micro-batches (a DDP step: once on every device, whose gradients are averaged), and validation, which
-    measures the model's loss on its data, leaves it out."""
+    change until its update: added at the step's first forward only (on the first of several devices, whose
+    gradients are averaged after each device's loss is multiplied by their number), the step's gradient holds it
+    once whatever the cut into micro-batches, and validation, which measures the model's loss on its data, leaves
+    it out."""
     configs = _regularized_configs(model)
     weights = [getattr(config, REGULARIZER_WEIGHT) for config in configs]
     if not on:
@@ -89,19 +90,34 @@ def load_allocation_state(model, state: dict[str, Any], device: torch.device) ->
 
 
 
-def compile_problem(model, scope: str, replaying: str | None) -> str | None:
-    """Why such adapters cannot train compiled as asked (None: they can). Compiling their layers is what is
-    tested; the whole model's trace fails in Dynamo on the regularizer's loop over the weights, and a step replayed
-    as CUDA graphs would hold the regularizer's on-or-off of its recording while the allocation rewrites weights
-    between replays, which nothing here has checked."""
+
+def training_problem(model, trainer_cfg: Mapping[str, Any], whole_model_compiled: bool,
+                     replaying: str | None) -> str | None:
+    """Why such adapters cannot train under these trainer settings (None: they can). Refused, each for a reason:
+    float16 (a step its loss scaler skips leaves non-finite gradients, which the reallocation would carry in its
+    importance averages for the rest of the run, masking nothing), a sharding strategy (the reallocation reads
+    each adapter whole), compiling the whole model (its trace fails in Dynamo on the regularizer's loop over the
+    weights; ``whole_model_compiled`` also where the layers scope finds no repeated layers) and a step replayed as
+    CUDA graphs (``replaying``: the setting that asks for it), which would hold the regularizer's state of its
+    recording while the reallocation rewrites weights between replays, which nothing here has checked."""
     if rank_allocation(model) is None and not adds_loss_regularizer(model):
         return None
-    kind = type(_tuner(model)).__name__
-    if scope == "model":
-        return (f"trainer.compile_scope=model cannot compile {kind}'s adapters (their loss regularizer does not "
-                "trace as one graph): use trainer.compile_scope=layers")
+    kind = f"{type(_tuner(model)).__name__}'s adapters (a rank reallocation after each step, a loss regularizer)"
+    precision = str(trainer_cfg.get("precision", "32-true"))
+    strategy = str(trainer_cfg.get("strategy") or "auto")
+    if precision.startswith("16"):
+        return (f"trainer.precision={precision} cannot train {kind}: a step the float16 loss scaler skips leaves "
+                "non-finite gradients, which the reallocation would keep in its importance for the rest of the "
+                "run; use bf16-mixed or 32-true")
+    if "fsdp" in strategy.lower():
+        return f"trainer.strategy={strategy} shards the weights, and {kind} are reallocated whole: use ddp"
+    if not trainer_cfg.get("compile"):
+        return None
+    if whole_model_compiled:
+        return (f"compiling the whole model (trainer.compile_scope=model, or a model without repeated layers) "
+                f"cannot trace {kind}: use trainer.compile_scope=layers on a model with decoder layers, or "
+                "trainer.compile=false")
     if replaying:
-        return (f"{replaying} replays the training step as CUDA graphs, which {kind}'s adapters (a rank "
-                "reallocation between steps, a loss regularizer at a step's first micro-batch) are not checked "
-                "under: use trainer.compile_mode=null with trainer.compile_backend=inductor")
+        return (f"{replaying} replays the training step as CUDA graphs, which {kind} are not checked under: use "
+                "trainer.compile_mode=null with trainer.compile_backend=inductor")
     return None
