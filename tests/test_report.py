@@ -541,6 +541,35 @@ def test_plots_draw_each_dataset_s_claims_metric_and_name_it(monkeypatch):
     assert captured[-1].axes[0].get_ylabel() == "flexible accuracy (%)"
 
 
+def test_plot_titles_fit_and_a_size_axis_spanning_less_than_a_decade_reads_in_counts(monkeypatch, tmp_path):
+    """The bar chart's title, caveat included, fits its narrowest figure (6 inches); models of 135M and 268M put no
+    decade on the size axis, whose labels are then the minor ticks': counts as people write them, not 2×10^8."""
+    import re
+
+    import slm_sweep.report.plots as plots
+
+    rows = [{"model": model, "method": method, "dataset": "gsm8k", "total_params": size, "n": 3,
+             "accuracy_flexible_mean": 0.3, "accuracy_flexible_std": 0.01}
+            for model, size in (("smollm135", 134_515_008), ("gemma270", 268_098_176))
+            for method in ("zeroshot", "fewshot", "lora")]
+    save = plots._save
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
+    plots.plot_accuracy_by_model(rows, "gsm8k", tmp_path / "bars.png", plots.label_colors(rows))
+    plots.plot_accuracy_vs(rows, "gsm8k", tmp_path / "size.png", plots.label_colors(rows),
+                           lambda r: r["total_params"], "model parameters (base)", "accuracy vs model size", False)
+    for fig in figures:
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        title = ax.title.get_window_extent(fig.canvas.get_renderer())
+        assert "no bar: one seed" in ax.get_title()
+        assert 0 <= title.x0 and title.x1 <= fig.bbox.width and title.y1 <= fig.bbox.height
+    size_axis = figures[1].axes[0].xaxis
+    labels = [t.get_text() for t in (*size_axis.get_majorticklabels(), *size_axis.get_minorticklabels())
+              if t.get_text()]
+    assert labels and all(re.fullmatch(r"\d+(\.\d)?[KMB]", text) for text in labels), labels
+
+
 def _with_identity(record, config, configuration_key, evaluation_key=None, reused_from=None):
     return {**record, "config": config, "reused_from": reused_from,
             "identity": {"training_key": None, "configuration_key": configuration_key,
@@ -725,6 +754,22 @@ def test_a_prompt_style_is_labelled_as_its_key_has_it(tmp_path):
         ("style=auto", 2, "seed 3 diverged"), ("style=plain", 1, None)]
 
 
+def test_a_label_with_a_line_break_keeps_its_table_row_on_one_line(tmp_path):
+    """A multi-line system prompt in a variant label would end the row mid-cell and split the table."""
+    from slm_sweep.report.tables import markdown_table
+
+    assert markdown_table(["a", "b"], [["x|y", "one\r\ntwo\nthree"]]) == [
+        "| a | b |", "|---|---|", "| x\\|y | one ⏎ two ⏎ three |"]
+    for job, system in enumerate((None, "Be brief.\nThink step by step.")):
+        config = {"method": {"name": "zeroshot", "train": False}, "prompt": {"system": system}}
+        record = _with_identity(make_record("beta", "zeroshot", 0, 0.2, 0.2), config, f"zs-{job}")
+        write_json(tmp_path / str(job) / "result.json", record)
+    markdown = write_report([tmp_path], tmp_path / "out", plots=False)["markdown"]
+    assert "| beta | zeroshot (system=Be brief. ⏎ Think step by step.) | 1 |" in markdown
+    rows = [line for line in markdown.splitlines() if line.startswith("| beta |")]
+    assert len(rows) == 2 and all(line.endswith(" |") for line in rows)
+
+
 def test_a_baseline_with_two_variants_says_why_there_is_no_delta(tmp_path):
     """Two zero-shot configurations (another eval dtype): the report cannot pick the reference, and says so
     instead of showing an empty delta that reads as 'no difference'."""
@@ -775,6 +820,34 @@ def test_each_row_is_compared_with_the_baseline_variant_scored_as_it_was(tmp_pat
     row = {"scored_with": {"max_new_tokens": 256}, "settings": {"prompt.style": '"plain"', "method.r": "16"}}
     assert _reference(row, [chat, plain]) == (None, True)
     assert _reference({**row, "settings": {"prompt.style": '"chat"'}}, [chat, plain]) == (chat, False)
+
+
+@pytest.mark.parametrize("plain_tokens, delta", [(512, 0.20), (256, None)])
+def test_an_out_of_domain_delta_is_against_the_zero_shot_variant_the_in_domain_one_is(tmp_path, plain_tokens,
+                                                                                     delta):
+    """Zero-shot run with two system prompts, LoRA with the first, all scored alike: out of domain as in domain,
+    LoRA is compared with the zero-shot row of its own prompt (scored_with holds no prompt). Where the zero-shot
+    row of LoRA's prompt was scored otherwise (another token limit), in domain refuses to pick one, and so does out
+    of domain rather than take the row scored alike with another prompt."""
+    def cell(job: int, method: str, seed: int, system: str | None, accuracy: float, tokens: int = 512) -> None:
+        config = {"method": {"name": method, "train": method == "lora"}, "prompt": {"system": system},
+                  "eval": {"max_new_tokens": tokens}}
+        ood = {OOD_SET: {"accuracy_strict": accuracy - 0.05, "accuracy_flexible": accuracy - 0.05, "n_eval": 50}}
+        record = make_record("beta", method, seed, accuracy, accuracy, ood=ood)
+        record = _with_identity(record, config, f"{method}-{system}-{tokens}")
+        record["identity"]["scored_with"] = {"scoring_version": 15, "max_new_tokens": tokens}
+        write_json(tmp_path / str(job) / "result.json", record)
+
+    cell(0, "zeroshot", 0, None, 0.10, plain_tokens)
+    cell(1, "zeroshot", 0, "Be brief.", 0.20)
+    for seed in (0, 1):
+        cell(2 + seed, "lora", seed, None, 0.30)
+    records = collect([tmp_path]).records
+    (lora,) = [row for row in summarize(records) if row["method"] == "lora"]
+    (lora_ood,) = [row for row in summarize_ood(records) if row["method"] == "lora"]
+    for row in (lora, lora_ood):
+        assert row["delta_zeroshot"] == (None if delta is None else pytest.approx(delta))
+        assert (row["delta_zeroshot_test"] == "baseline has several variants") == (delta is None)
 
 
 def test_a_cell_whose_every_seed_diverged_is_named_though_it_has_no_row(grid, tmp_path):
@@ -843,6 +916,9 @@ def test_results_a_rerun_set_aside_are_points_of_the_grid_or_replaced(tmp_path):
                                            tmp_path / "0-beta-lora" / "superseded-2" / "result.json"]
     assert [row["variant"] for row in report["rows"]] == ["r=8", "r=16", "r=32"]
     assert "read as cells of their own (another point of the grid): 1" in report["markdown"]
+    # the set-aside cell is read besides the two result files counted: the cells outnumber them, and it says why
+    assert (f"Aggregated from 2 result files under `{tmp_path}`: 3 completed cells used (1 of them from results a "
+            f"rerun set aside).") in report["markdown"]
     assert "changed a setting the sweep does not vary), left out: 2" in report["markdown"]
 
 
@@ -1038,7 +1114,7 @@ def _killed(job: Path, overrides: list[str], config: dict | None = None, mode: s
         (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
 
 
-def test_a_seed_killed_before_writing_its_result_is_a_lost_seed_of_its_row(tmp_path):
+def test_a_seed_killed_before_writing_its_result_is_a_lost_seed_of_its_row(tmp_path, capsys):
     """LoRA at r=8 and r=16, seeds 0 and 1 each. Seed 2 of r=16 was killed before writing result.json (its
     .hydra/config.yaml names the cell), seed 2 of r=8 too (its overrides name it; the dataset is the default); a
     requeued seed 0 of r=8 that completed in another folder is not lost; a seed whose overrides do not say which
@@ -1065,6 +1141,13 @@ def test_a_seed_killed_before_writing_its_result_is_a_lost_seed_of_its_row(tmp_p
         "r=8": (2, "seed 2 left no result.json"), "r=16": (2, "seed 2 left no result.json")}
     assert [cell["job"] for cell in report["collection"].unattributed] == [sweep / "which"]
     assert "beta × lora (r=16): seed 2 left no result.json" in report["markdown"]
+    # counted among the skipped cells, in summary.md and the command line's closing line, the unattributed one too
+    skipped = "0 running, 0 failed, 0 diverged, 0 interrupted, 3 left no result.json"
+    assert f"Skipped cells: {skipped}." in report["markdown"]
+    from slm_sweep.report.__main__ import main
+
+    assert main([str(sweep), "--out", str(tmp_path / "cli"), "--no-plots"]) == 0
+    assert f"4 result files, 4 completed cells used; skipped cells: {skipped};" in capsys.readouterr().out
     provenance = json.loads((tmp_path / "out" / "report.json").read_text())["inputs"]
     assert sorted(cell["seed"] for cell in provenance["unwritten"]) == [2, 2]
     assert [cell["job"] for cell in provenance["unattributed"]] == [str(sweep / "which")]

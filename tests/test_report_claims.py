@@ -28,6 +28,7 @@ from slm_sweep.report.stats import (
     MCNEMAR,
     POOLED,
     SEEDS_AND_QUESTIONS,
+    format_p,
     holm,
     mcnemar_exact,
     paired_test,
@@ -1102,6 +1103,32 @@ def test_holm_adjusts_by_hand_and_leaves_untested_out_of_the_family():
         holm([0.01, 1.5])
 
 
+@pytest.mark.parametrize(("p", "alpha", "text"), [
+    (0.0498, 0.05, "0.0498"), (0.0504, 0.05, "0.050"), (0.05, 0.05, "0.050"), (0.031, 0.05, "0.031"),
+    (0.0248, 0.025, "0.0248"), (0.01244, 0.0124, "0.0124"), (0.0004, 0.05, "<0.001"), (0.0004, 0.0005, "0.0004"),
+    (0.0006, 0.0005, "0.0006"), (0.049999999999999996, 0.05, "0.049999999999999996"), (None, 0.05, "–"),
+])  # fmt: skip
+def test_a_p_value_is_never_printed_on_the_other_side_of_alpha(p, alpha, text):
+    assert format_p(p, alpha) == text
+
+
+def test_the_claims_table_prints_p_on_the_side_of_alpha_its_verdict_is_on(tmp_path):
+    """42 questions only LoRA gets right, 25 only zero-shot, of 200: exact McNemar p = 0.0498, reproduced at 0.05;
+    three decimals would print it 0.050 beside that verdict."""
+    lora = [q < 42 or 67 <= q < 100 for q in range(200)]
+    zeroshot = [42 <= q < 100 for q in range(200)]
+    write_cell(tmp_path, "smollm135", "zeroshot", "gsm8k", 0, zeroshot)
+    write_cell(tmp_path, "smollm135", "lora", "gsm8k", 0, lora)
+    claims = tmp_path / "claims.yaml"
+    claims.write_text("claims:\n  - {id: c, text: t, a: lora, b: zeroshot, direction: above}\n")
+    results, _ = claims_of(tmp_path, claims)
+    (instance,) = results["c"].instances
+    assert instance.test.discordant == (42, 25) and instance.test.p_value == pytest.approx(0.0498, abs=1e-4)
+    assert instance.verdict == "reproduced"
+    (line,) = [line for line in (tmp_path / "report" / "claims.md").read_text().splitlines() if "b=42, c=25" in line]
+    assert "| 0.0498 | reproduced |" in line and "0.050" not in line
+
+
 def _verdicts(results, claim_id):
     return {i.dataset: i.verdict for i in results[claim_id].instances}, results[claim_id].verdict
 
@@ -1686,3 +1713,54 @@ def test_a_seed_killed_before_writing_its_result_is_lost_as_one_that_diverged(tm
     assert instance.a["not_completed"] == lost
     assert f"qwen05 × dora on gsm8k: mean over 2 completed seeds only ({lost})" in results["dora-above-lora-gsm8k"].gaps
     assert f"qwen05 × dora: {lost}." in report["markdown"]
+
+
+def _fail_beside(result: Path, **method_settings) -> Path:
+    """A rerun of the cell at other method settings (``r=16``) that failed before its keys were known: run.py keeps
+    the folder's finished result.json and writes the failure beside it, in result.failed.json."""
+    attempt = json.loads(result.read_text())
+    attempt["config"]["method"].update(method_settings)
+    attempt.update(status="failed", error="config error: cannot read set", identity=None, metrics={}, eval_sets={})
+    path = result.parent / "result.failed.json"
+    path.write_text(json.dumps(attempt))
+    return path
+
+
+def test_a_seed_whose_rerun_failed_beside_an_earlier_result_is_lost_on_its_own_row(tmp_path):
+    """A sweep of LoRA r=8 rerun into the same folders at r=16: seeds 0 and 1 completed (r=8's results set aside in
+    superseded/), seed 2 failed before its keys were known, so its folder still holds r=8's finished result.json.
+    The r=16 row and the claim count seed 2 as lost; r=8's results are all an earlier run's, which the rerun
+    replaced (it changed r for every cell), not a row of their own."""
+    write_row(tmp_path, "smollm135", "zeroshot", "gsm8k", 20)
+    for seed in TRAINED_SEEDS:
+        job = tmp_path / f"job{seed}"
+        _variant(write_cell(job / "superseded" if seed < 2 else job, "smollm135", "lora", "gsm8k", seed,
+                            first(30 + seed)), r=8)
+        if seed < 2:
+            _variant(write_cell(job, "smollm135", "lora", "gsm8k", seed, first(40 + seed)), r=16)
+        else:
+            failed = _fail_beside(job / "smollm135-lora-gsm8k-seed2" / "result.json", r=16)
+    claims = tmp_path / "claims.yaml"
+    claims.write_text("claims:\n  - {id: c, text: t, a: lora, b: zeroshot, direction: above}\n")
+    results, report = claims_of(tmp_path, claims)
+    assert [(row["variant"], row["n"], row["seeds"], row["not_completed"]) for row in report["rows"]
+            if row["method"] == "lora"] == [("", 2, [0, 1], "seed 2 failed")]
+    assert results["c"].gaps == ["smollm135 × lora on gsm8k: mean over 2 completed seeds only (seed 2 failed)"]
+    collection = report["collection"]
+    assert collection.failed_attempts == [failed] and collection.set_aside == []
+    assert sorted(collection.replaced) == sorted([*tmp_path.glob("job[01]/superseded/*/result.json"),
+                                                  failed.parent / "result.json"])
+    assert "Skipped cells: 0 running, 1 failed, 0 diverged, 0 interrupted." in report["markdown"]
+    assert "smollm135 × lora: seed 2 failed." in report["markdown"]
+
+
+def test_a_failed_retry_beside_a_result_of_its_own_configuration_loses_no_seed(tmp_path):
+    """A retry of a completed cell that failed before its keys were known (a set it could not read this time): the
+    finished result.json is that cell's, so no seed is lost."""
+    write_row(tmp_path, "smollm135", "zeroshot", "gsm8k", 20)
+    for seed in TRAINED_SEEDS:
+        path = write_cell(tmp_path, "smollm135", "lora", "gsm8k", seed, first(30 + seed))
+    _fail_beside(path)
+    report = write_report([tmp_path], tmp_path / "report", plots=False)
+    assert [(row["n"], row["not_completed"]) for row in report["rows"] if row["method"] == "lora"] == [(3, None)]
+    assert report["collection"].failed_attempts == [] and report["collection"].replaced == []

@@ -13,6 +13,7 @@ import sys
 
 from . import ALPHA, CORRECTIONS, DEFAULT_CLAIMS, HOLM, ClaimsError, write_report
 from .collect import ReportError
+from .tables import cells_used
 
 
 def _alpha(text: str) -> float:
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     collection = report["collection"]
     skipped = ", ".join(f"{n} {status}" for status, n in collection.skipped_counts.items())
     print(
-        f"{len(collection.files)} result files, {len(collection.completed)} completed cells used; "
+        f"{len(collection.files)} result files, {cells_used(collection)}; "
         f"skipped cells: {skipped}; validation-split cells left out: {len(collection.validation)}; "
         f"malformed files: {len(collection.malformed)}; "
         f"duplicates dropped: {len(collection.duplicates)}; "

@@ -5,9 +5,9 @@ model × method × dataset whose configurations differ (a swept ``method.r``, an
 become separate rows told apart by a ``variant`` column naming the settings that differ (e.g. ``r=8``); rows
 never mix configurations. Seeds of one row that scored different numbers of questions are an error.
 
-Per group of seeds the mean, the sample standard deviation (ddof=1, 0 for a single seed) and the half-width of a
-95% Student-t confidence interval (None for a single seed) are reported, and the 95% Wilson interval of the mean
-over the test questions. A seed-independent baseline computed once is one seed (n=1).
+Per group of seeds the mean, the sample standard deviation (ddof=1) and the half-width of a 95% Student-t
+confidence interval (both None, an empty CSV cell, for a single seed) are reported, and the 95% Wilson interval of
+the mean over the test questions. A seed-independent baseline computed once is one seed (n=1).
 
 The accuracy columns are every metric of the scoring registry and every other ``accuracy_<name>`` found in the
 result files (a metric registered by a plugin), the primary metric first.
@@ -706,7 +706,8 @@ def summarize_ood(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
     Keys: dataset (the training dataset), eval_set, model, method, variant, trained, n, seeds, result_paths,
     <metric>_{mean,std,ci95,wilson_low,wilson_high} for each metric of ``accuracy_metrics``, n_eval,
     truncated_fraction_mean, delta_metric (the evaluation set's ``claims_metric``: what the deltas and marks are
-    on), delta_zeroshot, delta_zeroshot_{p,test,p_adjusted,significant}, below_zeroshot, negative_transfer.
+    on), settings (as ``summarize``'s: what the zero-shot variant compared with is chosen by), delta_zeroshot,
+    delta_zeroshot_{p,test,p_adjusted,significant}, below_zeroshot, negative_transfer.
     """
     completed = labelled_records(records)
     metric_names = accuracy_metrics(completed)
@@ -737,6 +738,8 @@ def summarize_ood(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
             "result_paths": [record["result_path"] for record, _ in group if record.get("result_path")],
             "scored_with": scored_with([record for record, _ in group]),
             "delta_metric": metrics_of[eval_set],
+            # as in-domain: a baseline variant is chosen by the prompt and data settings too, not the scoring alone
+            "settings": configuration_settings(group[0][0]),
         }
         row.update(_accuracy_columns([entry for _, entry in group], metric_names))
         row["truncated_fraction_mean"] = _mean_or_none(entry.get("truncated_fraction") for _, entry in group)

@@ -1114,14 +1114,14 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
         body = []
         for i in r.instances:
             model = i.a["model"] if i.a["model"] == i.b["model"] else f"{i.a['model']} / {i.b['model']}"
-            family_cells = ((i.alone, _difference_cell(i.test), format_p(i.p_adjusted))
+            family_cells = ((i.alone, _difference_cell(i.test), format_p(i.p_adjusted, report.alpha))
                             if report.correction == HOLM else ())
             note = instance_note(r.claim, i)
             others = "; ".join(f"{metric}: {verdict}" for metric, verdict in r.verdicts_by_metric(i).items()
                                if metric != i.metric)  # its own metric's is its verdict, but for the family
             body.append((i.dataset, i.metric, model, method_label(i.a), _side_cell(i.a, i.metric), method_label(i.b),
                          _side_cell(i.b, i.metric), _difference_cell(i.test_alone or i.test),
-                         _test_cell(i.test), format_p(i.test.p_value), *family_cells,
+                         _test_cell(i.test), format_p(i.test.p_value, report.alpha), *family_cells,
                          f"**{i.verdict}**" + (f" ({note})" if note else ""), others or "–"))
         holm_columns = (("alone", f"A − B [{_level(r.interval_alpha)} CI]", "p (Holm)")
                         if report.correction == HOLM else ())

@@ -13,7 +13,10 @@ has one (``group_keys``).
 
 A cell killed before it wrote a result.json leaves only the job folder Hydra started (``.hydra/``): it is read
 from there as a lost seed of its configuration (``unwritten_cells``; ``Collection.cells``), as a seed that
-diverged is, so that the rows and claims do not read its survivors as all there was.
+diverged is, so that the rows and claims do not read its survivors as all there was. A rerun with other settings
+that failed early in a folder holding an earlier run's finished result leaves its failure in result.failed.json
+beside it (run.py): that attempt is the folder's cell, a lost seed of its own configuration, and the finished
+result is read as set aside (``failed_attempt``).
 
 Per-question correctness comes from the cell's ``predictions.jsonl`` beside its result.json
 (``question_scores``), keyed by the question's ``index`` in its evaluation set and its text, and only when that
@@ -34,7 +37,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from slm_sweep.results import PREDICTIONS_FILE, RESULT_FILE, SCHEMA_VERSION, STATUSES, SUPERSEDED
+from slm_sweep.results import (
+    FAILED_ATTEMPT_FILE,
+    PREDICTIONS_FILE,
+    RESULT_FILE,
+    SCHEMA_VERSION,
+    STATUSES,
+    SUPERSEDED,
+)
 from slm_sweep.scoring import PRIMARY_METRIC, accuracy_key
 
 log = logging.getLogger(__name__)
@@ -79,10 +89,13 @@ class Collection:
     # (kept, copy): a completed cell whose result is a copy of the kept one (a baseline reused for another
     # seed), read and counted once
     copies: list[tuple[Path, Path]] = field(default_factory=list)
-    # completed results a rerun into the same folder set aside (superseded*/): points of the grid, read like any
-    # cell, or replaced by the rerun and left out (_grid_points says which)
+    # completed results a rerun into the same folder set aside (superseded*/, or left as result.json beside the
+    # rerun's failure of other settings: failed_attempts): points of the grid, read like any cell, or replaced by
+    # the rerun and left out (_grid_points says which)
     set_aside: list[Path] = field(default_factory=list)
     replaced: list[Path] = field(default_factory=list)
+    # result.failed.json files of another configuration than the finished result.json beside them, read as cells
+    failed_attempts: list[Path] = field(default_factory=list)
     # cells killed before writing a result.json (a job folder with .hydra/ and no result): a record each, of status
     # UNWRITTEN, with the configuration of the cells it is a seed of (``unwritten_cells``), so that the rows and
     # claims count it as a lost seed, as one that diverged; and those whose configuration cannot be told
@@ -98,6 +111,12 @@ class Collection:
     @property
     def completed(self) -> list[dict[str, Any]]:
         return [r for r in self.records if r["status"] == COMPLETED]
+
+    @property
+    def completed_set_aside(self) -> int:
+        """Of the ``completed`` cells, those read from results a rerun set aside (``set_aside``)."""
+        paths = {str(path) for path in self.set_aside}
+        return sum(r.get("result_path") in paths for r in self.completed)
 
     @property
     def rows_without_reference(self) -> dict[str, dict[str, int]]:
@@ -122,7 +141,8 @@ class Collection:
 
     @property
     def status_counts(self) -> Counter:
-        return Counter(r["status"] for r in self.records)
+        """Every cell per status, those killed before writing a result.json (UNWRITTEN) included."""
+        return Counter(r["status"] for r in self.cells)
 
     @property
     def cell_commits(self) -> Counter:
@@ -149,8 +169,10 @@ class Collection:
 
     @property
     def skipped_counts(self) -> dict[str, int]:
-        """Cells per status other than completed, known statuses first (zeros included)."""
-        counts = self.status_counts
+        """Cells per status other than completed, known statuses first (zeros included), then any other: UNWRITTEN
+        counts the cells killed before writing a result.json, those whose row cannot be told (``unattributed``)
+        included."""
+        counts = self.status_counts + Counter({UNWRITTEN: len(self.unattributed)})
         others = sorted(s for s in counts if s not in STATUSES)
         return {s: counts.get(s, 0) for s in (*(s for s in STATUSES if s != COMPLETED), *others)}
 
@@ -367,26 +389,36 @@ def completed_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]
 
 
 def collect(dirs: Sequence[str | os.PathLike]) -> Collection:
-    """Read every result.json under ``dirs``; raise NoResultsError when there is none at all."""
+    """Read every result.json under ``dirs``; raise NoResultsError when there is none at all. A folder whose
+    result.failed.json is of another configuration than its result.json is read as that failed attempt, its
+    result.json as set aside (``failed_attempt``)."""
     collection = Collection(dirs=[Path(d) for d in dirs])
     collection.files = find_result_files(dirs)
     if not collection.files:
         raise NoResultsError(f"no {RESULT_FILE} found under: {', '.join(str(d) for d in dirs)}")
     readable = []
+    earlier: list[Path] = []  # result.json files of an earlier run, beside a failed attempt of other settings
     for path in collection.files:
         try:
-            readable.append(read_result(path))
+            record = read_result(path)
         except ValidationSplitCell:
             collection.validation.append(path)
+            continue
         except ValueError as exc:
             log.warning("skipping %s: %s", path, exc)
             collection.malformed.append((path, str(exc)))
+            continue
+        attempt = failed_attempt(record)
+        if attempt is not None:
+            collection.failed_attempts.append(Path(attempt["result_path"]))
+            earlier.append(path)
+        readable.append(attempt or record)
     if not readable and not collection.validation:
         listed = "; ".join(f"{path}: {why}" for path, why in collection.malformed[:5])
         raise NoResultsError(f"none of the {len(collection.files)} {RESULT_FILE} files under "
                              f"{', '.join(str(d) for d in dirs)} could be read ({listed}"
                              f"{'; ...' if len(collection.malformed) > 5 else ''})")
-    readable += _grid_points(dirs, readable, collection)
+    readable += _grid_points(dirs, readable, collection, earlier)
     collection.records, collection.duplicates = deduplicate(readable)
     kept = {id(r) for r in collection.records}
     keys = group_keys(readable)  # as deduplicate grouped them: a copy without an identity is its original's cell
@@ -396,6 +428,25 @@ def collect(dirs: Sequence[str | os.PathLike]) -> Collection:
                          if id(r) not in kept and r.get("reused_from") and r["status"] == COMPLETED]
     collection.unwritten, collection.unattributed = unwritten_cells(dirs, collection.records)
     return collection
+
+
+def failed_attempt(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The attempt in result.failed.json beside a finished ``record`` (a rerun that failed before it could set the
+    earlier result aside: run.py keeps that result.json and writes the failure beside it), read as a record, when
+    its configuration differs from the record's: the folder's cell is then that attempt, a lost seed of its own
+    configuration, and ``record`` an earlier run's result. None where there is no such file, it cannot be read
+    (its cell is named in summary.md's "Cells that did not complete" all the same), or it is of ``record``'s
+    configuration (a failed retry of a cell that did complete: no seed is lost)."""
+    from .aggregate import configuration_settings
+
+    path = Path(record["result_path"]).parent / FAILED_ATTEMPT_FILE
+    if record.get("status") != COMPLETED or not path.is_file():
+        return None
+    try:
+        attempt = read_result(path)
+    except ValueError:
+        return None
+    return None if configuration_settings(attempt) == configuration_settings(record) else attempt
 
 
 def unwritten_cells(dirs: Sequence[str | os.PathLike],
@@ -497,8 +548,9 @@ def _agrees(settings: dict[str, str], overrides: dict[str, Any], composed: dict[
 
 
 def _grid_points(dirs: Sequence[str | os.PathLike], current: Sequence[dict[str, Any]],
-                 collection: Collection) -> list[dict[str, Any]]:
-    """The completed results a rerun set aside that are still points of the sweep's grid: a grid extended into the
+                 collection: Collection, earlier: Sequence[Path] = ()) -> list[dict[str, Any]]:
+    """The completed results a rerun set aside (in superseded*/, and the ``earlier`` result.json files a failed
+    attempt of other settings left in place) that are still points of the sweep's grid: a grid extended into the
     same sweep folder (method.r=8,16, then method.r=16,32) puts r=32 in r=8's job folder, and r=8 differs from the
     cells there only in a setting the sweep varies. A result that differs in a setting the sweep does not vary
     (a rerun that changed max_steps for every cell), or that a rerun recomputed (other code or data), was
@@ -510,7 +562,7 @@ def _grid_points(dirs: Sequence[str | os.PathLike], current: Sequence[dict[str, 
     for record in current:
         groups[record["dataset"], record["model"], record["method"]].append(configuration_settings(record))
     points = []
-    for path in find_result_files(dirs, set_aside=True):
+    for path in [*find_result_files(dirs, set_aside=True), *earlier]:
         try:
             record = read_result(path)
         except ValueError:

@@ -9,8 +9,8 @@ Files (``<dataset>`` is the dataset name reduced to ``[A-Za-z0-9_.-]``, made uni
 reduce to the same text):
 
 - ``accuracy_by_model_<dataset>.png``: grouped bars, models on x by size, one bar per method, std error bars.
-- ``accuracy_vs_size_<dataset>.png``: accuracy against total parameters (log x), a line per
-  method; the baselines are included since their total parameters are the base model's.
+- ``accuracy_vs_size_<dataset>.png``: accuracy against total parameters (log x, labelled as counts: 135M), a line
+  per method; the baselines are included since their total parameters are the base model's.
 - ``accuracy_vs_trainable_<dataset>.png`` and ``accuracy_vs_train_time_<dataset>.png``:
   accuracy against trainable parameters / mean training time (log x), a line per fine-tuned method.
   Zero-shot and few-shot train nothing (0 trainable parameters, 0 s), which has no place on a log axis,
@@ -36,6 +36,7 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatterSciNotation
 
 from slm_sweep.scoring import PRIMARY_METRIC, accuracy_key
 
@@ -111,6 +112,23 @@ def human_count(n: float) -> str:
     return f"{n:.0f}"
 
 
+class HumanCountFormatter(LogFormatterSciNotation):
+    """A log axis's labels as ``human_count`` writes them (135M, not 1.35×10^8), on the ticks the axis labels by
+    itself: the decades, and minor ticks where it spans too little for a decade to show (models of 135M to 268M)."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return human_count(x) if super().__call__(x, pos) else ""
+
+
+def _count_axis(axis) -> None:
+    """Label a log axis of parameter counts as people write them, major and minor ticks alike."""
+    axis.set_major_formatter(HumanCountFormatter())
+    axis.set_minor_formatter(HumanCountFormatter(labelOnlyBase=False))
+
+
+CAVEAT = "(mean ± std over seeds; no bar: one seed)"
+
+
 def _accuracy_axis(ax, metric: str = PRIMARY_METRIC) -> None:
     """Accuracy lives in [0, 100] %: error bars must not draw the axis below 0 or above 100."""
     ax.set_ylim(0, 100)
@@ -155,7 +173,7 @@ def plot_accuracy_by_model(rows: Sequence[dict[str, Any]], dataset: str, path: P
     labels = [m if sizes.get(m) is None else f"{m}\n{human_count(sizes[m])}" for m in models]
     ax.set_xticks(range(len(models)), labels)
     _accuracy_axis(ax, metric)
-    ax.set_title(f"{dataset}: accuracy by model (mean ± std over seeds; no bar: one seed)")
+    ax.set_title(f"{dataset}: accuracy by model\n{CAVEAT}", fontsize=10)  # on one line it overflows 6 inches
     ax.legend(title="method")
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
@@ -203,11 +221,9 @@ def plot_accuracy_vs(
     ax.set_xscale("log")
     ax.set_xlabel(x_label)
     if "parameters" in x_label:
-        from matplotlib.ticker import FuncFormatter
-
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: human_count(value)))
+        _count_axis(ax.xaxis)
     _accuracy_axis(ax, metric)
-    ax.set_title(f"{dataset}: {title}\n(mean ± std over seeds; no bar: one seed)", fontsize=10)
+    ax.set_title(f"{dataset}: {title}\n{CAVEAT}", fontsize=10)
     ax.legend(title="method")
     ax.grid(alpha=0.3, which="both")
     return _save(fig, path)

@@ -365,19 +365,29 @@ class PairedTest:
     def significant(self, alpha: float = ALPHA) -> bool:
         return self.p_value is not None and self.p_value < alpha
 
-    def describe(self) -> str:
-        """``exact McNemar, p=0.031 (b=0, c=6, 200 questions)`` or why there is no test."""
+    def describe(self, alpha: float = ALPHA) -> str:
+        """``exact McNemar, p=0.031 (b=0, c=6, 200 questions)`` or why there is no test; p printed on its side of
+        ``alpha`` (``format_p``)."""
         if self.test is None:
             return f"no test: {self.reason}"
         detail = (f"b={self.discordant[0]}, c={self.discordant[1]}, " if self.discordant else
                   f"{self.seeds[0]} vs {self.seeds[1]} seeds{self.over()}, ")
-        return f"{self.test}, p={format_p(self.p_value)} ({detail}{self.n_questions} questions)"
+        return f"{self.test}, p={format_p(self.p_value, alpha)} ({detail}{self.n_questions} questions)"
 
 
-def format_p(p: float | None) -> str:
+def format_p(p: float | None, alpha: float = ALPHA) -> str:
+    """``p`` to 3 decimals (``<0.001`` below, or in significant digits where ``alpha`` is smaller), with as many
+    more as it takes to print it on its own side of ``alpha`` (0.0498 at 0.05 reads ``0.0498``, not ``0.050``), so
+    that the printed p never contradicts a verdict or mark at ``alpha``; "–" for no p."""
     if p is None:
         return "–"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    if p < 0.001 <= alpha:
+        return "<0.001"
+    for digits in range(3, 18):
+        text = f"{p:.{digits}f}" if p >= 0.001 else f"{p:.{digits - 1}g}"
+        if (float(text) < alpha) == (p < alpha):
+            return text
+    return repr(p)  # reads back as p itself
 
 
 def no_test(reason: str) -> PairedTest:

@@ -163,10 +163,19 @@ def megabytes(mb: float | None) -> str:
 # ---------------------------------------------------------------- markdown
 
 
+LINE_BREAK = " ⏎ "
+
+
+def table_cell(text: Any) -> str:
+    """``text`` as one markdown table cell: a "|" escaped, and line breaks (a multi-line ``prompt.system`` in a
+    variant label) shown as ``LINE_BREAK``, since a row must stay on one line."""
+    return LINE_BREAK.join(str(text).replace("|", "\\|").splitlines())
+
+
 def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
-    """A markdown table's lines; a "|" inside a cell is escaped."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |" for cells in body]
+    """A markdown table's lines, each cell on one line (``table_cell``)."""
+    lines = ["| " + " | ".join(map(table_cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(map(table_cell, cells)) + " |" for cells in body]
 
 
 MAX_LISTED = 20
@@ -179,13 +188,21 @@ def _listed(items: Sequence[str]) -> list[str]:
     return lines
 
 
+def cells_used(collection: Collection) -> str:
+    """``6 completed cells used (2 of them from results a rerun set aside)``: those in superseded/ are read besides
+    the result files counted, so the cells can outnumber the files."""
+    aside = collection.completed_set_aside
+    return (f"{len(collection.completed)} completed cells used"
+            + (f" ({aside} of them from results a rerun set aside)" if aside else ""))
+
+
 def _sources(collection: Collection) -> list[str]:
     dirs = ", ".join(f"`{d}`" for d in collection.dirs)
     skipped = ", ".join(f"{count} {status}" for status, count in collection.skipped_counts.items())
     lines = [
-        f"Aggregated from {len(collection.files)} result files under {dirs}: "
-        f"{len(collection.completed)} completed cells used. `report.json` beside this file names each of them, "
-        f"the code and library versions and the settings this report was made with.",
+        f"Aggregated from {len(collection.files)} result files under {dirs}: {cells_used(collection)}. "
+        f"`report.json` beside this file names each of them, the code and library versions and the settings this "
+        f"report was made with.",
         "",
         f"Skipped cells: {skipped}.",
         "",
@@ -233,7 +250,8 @@ def _sources(collection: Collection) -> list[str]:
         lines += _listed([f"kept `{kept}`, dropped `{dropped}`" for kept, dropped in collection.duplicates])
         lines.append("")
     if collection.set_aside:
-        lines += [f"Results that a rerun into the same folder set aside (`superseded/`) and whose settings no other "
+        lines += [f"Results that a rerun into the same folder set aside (`superseded/`, or left as `result.json` "
+                  f"beside the rerun's failure of other settings, `result.failed.json`) and whose settings no other "
                   f"cell has, read as cells of their own (another point of the grid): {len(collection.set_aside)} "
                   f"(listed in `report.json`).", ""]
     if collection.replaced:
