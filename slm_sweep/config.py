@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from slm_sweep.config_sources import CONF_DIR, group_options, where
+from slm_sweep.identity import PRECISION_ALIASES, planned_world_size
 from slm_sweep.settings import LR_SCHEDULES, TrainerSettings
 
 MODEL_SOURCES = ("hub", "gguf", "tiny", "random")
@@ -34,8 +35,12 @@ GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 # trainer.compile_backend: inductor generates fused kernels; cudagraphs replays the traced step's own kernels as
 # CUDA graphs without generating any (no kernel compilation, so a shorter warm-up), compile_scope=model only
 COMPILE_BACKENDS = ("inductor", "cudagraphs")
-PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "transformer-engine",
-              "transformer-engine-float16")
+# trainer.precision: Lightning's names, then its short ones (16, bf16, ...), from the table the training key maps
+# them with (identity.py), so that validation and the key agree on what a spelling means
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "transformer-engine",
+              "transformer-engine-float16", *PRECISION_ALIASES)
+# trainer.strategy names (prefixes) that shard training over GPUs: Lightning refuses them on the CPU
+GPU_STRATEGIES = ("fsdp", "deepspeed")
 
 
 class ConfigError(ValueError):
@@ -112,9 +117,8 @@ def _validate_trainer(cfg: DictConfig) -> None:
         )
     devices = trainer.get("devices", 1)
     _check_devices(devices)
-    if isinstance(devices, int) and not isinstance(devices, bool) and devices > 1 and trainer.batch_size % devices:
-        raise ConfigError(f"trainer.batch_size={trainer.batch_size} must be a multiple of "
-                          f"trainer.devices={devices}: every device takes the same share of each step")
+    if str(devices).strip() not in ("-1", "auto"):  # those count this machine's GPUs: check_trainer_choices
+        _check_batch_split(trainer)
     replaying = graph_replaying_setting(mode, backend)
     if replaying:  # after the values it reads are checked one by one
         problem = (graph_scope_problem(replaying, trainer.get("compile_scope", "layers"))
@@ -139,10 +143,26 @@ def _check_devices(devices: Any) -> None:
                           "auto, or a list of device indices ([0, 1])")
 
 
+def _check_batch_split(trainer: Mapping) -> None:
+    """trainer.batch_size is a multiple of the devices training runs on, counted as the training key counts
+    them (identity.planned_world_size: -1 and auto are this machine's CUDA devices); the step sampler would
+    refuse it only after the model has loaded."""
+    plain = OmegaConf.to_container(trainer, resolve=True) if isinstance(trainer, DictConfig) else dict(trainer)
+    count, devices = planned_world_size(plain), plain.get("devices", 1)
+    if count > 1 and plain["batch_size"] % count:
+        here = " here" if str(devices).strip() in ("-1", "auto") else ""
+        counted = "" if str(count) == str(devices) else f" ({count} devices{here})"
+        raise ConfigError(f"trainer.batch_size={plain['batch_size']} must be a multiple of trainer.devices={devices}"
+                          f"{counted}: every device takes the same share of each step")
+
+
 def check_trainer_choices(trainer: Mapping, devices: bool = True) -> None:
-    """trainer.accelerator and trainer.strategy among Lightning's registered names, and (with ``devices``) CUDA
-    present for an accelerator that needs it (imports Lightning: cells call it before reading data;
-    validate_config does not)."""
+    """trainer.accelerator and trainer.strategy among Lightning's registered names; the package each setting
+    needs installed (_TRAINER_LIBRARIES); no GPU-sharding strategy on trainer.accelerator=cpu; and (with
+    ``devices``) what this machine must have: CUDA for gpu/cuda, another accelerator available, a GPU for a
+    sharding strategy under auto, and a batch that splits over the devices -1/auto count. Imports Lightning:
+    cells call it before reading data; validate_config does not. A sweep's preflight calls it without
+    ``devices``: cells a launcher sends to other machines are checked there, each before it loads anything."""
     from lightning.pytorch.accelerators import AcceleratorRegistry
     from lightning.pytorch.strategies import StrategyRegistry
 
@@ -156,13 +176,70 @@ def check_trainer_choices(trainer: Mapping, devices: bool = True) -> None:
         raise ConfigError(f"trainer.strategy={strategy!r} is not a strategy Lightning knows"
                           + (f" (did you mean {', '.join(close)}?)" if close else "")
                           + f"; it knows: {', '.join(strategies)}")
-    if devices and accelerator in ("gpu", "cuda"):
+    _check_trainer_libraries(trainer)
+    if accelerator == "cpu":
+        _check_cpu_strategy(strategy, "trainer.accelerator=cpu")
+    if not devices:
+        return
+    if accelerator in ("gpu", "cuda"):
         import torch
 
         apple = accelerator == "gpu" and torch.backends.mps.is_available()  # Lightning's "gpu" is MPS there
         if not torch.cuda.is_available() and not apple:
             raise ConfigError(f"trainer.accelerator={accelerator} but CUDA is not available here: train on a GPU "
                               "machine, or use trainer=default (which trains wherever Lightning finds)")
+    elif accelerator not in ("auto", "cpu"):
+        _check_accelerator_here(accelerator)
+    if accelerator == "auto" and not _available_accelerators():
+        _check_cpu_strategy(strategy, "trainer.accelerator=auto finds no accelerator here and")
+    _check_batch_split(trainer)
+
+
+# what a trainer setting needs installed besides Lightning and torch, which Lightning finds missing only when it
+# builds the trainer, after the data and the model have loaded: (setting, whether a value needs it, module, fix)
+_TRAINER_LIBRARIES = (
+    ("precision", lambda value: value.startswith("transformer-engine"), "transformer_engine",
+     "pip install 'transformer_engine[pytorch]' (NVIDIA GPUs), or use another trainer.precision"),
+    ("strategy", lambda value: value.startswith("deepspeed"), "deepspeed",
+     "pip install deepspeed, or use trainer.strategy=fsdp (trainer=fsdp)"),
+    ("accelerator", lambda value: value == "tpu", "torch_xla",
+     "pip install torch_xla on a TPU machine, or use trainer.accelerator=auto"),
+)
+
+
+def _check_trainer_libraries(trainer: Mapping) -> None:
+    import importlib.util
+
+    for key, needs, module, fix in _TRAINER_LIBRARIES:
+        value = str(trainer.get(key) or "")
+        if needs(value) and importlib.util.find_spec(module) is None:
+            raise ConfigError(f"trainer.{key}={value} needs the {module} package, which is not installed here: "
+                              f"{fix}")
+
+
+def _check_cpu_strategy(strategy: Any, why: str) -> None:
+    """A strategy that shards over GPUs (FSDP, DeepSpeed), where training runs on the CPU (``why`` says so)."""
+    if str(strategy).startswith(GPU_STRATEGIES):
+        raise ConfigError(f"trainer.strategy={strategy} shards training over GPUs, but {why} trains on the CPU: "
+                          "train it on a GPU machine, or use trainer.strategy=ddp on the CPU (trainer=ddp_cpu)")
+
+
+def _available_accelerators() -> list[str]:
+    """The accelerators other than the CPU that Lightning finds on this machine."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    return [name for name in sorted(AcceleratorRegistry.available_accelerators())
+            if name != "cpu" and AcceleratorRegistry[name]["accelerator"].is_available()]
+
+
+def _check_accelerator_here(accelerator: str) -> None:
+    """An accelerator Lightning knows (mps, tpu, ...) that this machine has, as Lightning's registry says."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    if not AcceleratorRegistry[accelerator]["accelerator"].is_available():
+        here = ", ".join(["auto", "cpu", *_available_accelerators()])
+        raise ConfigError(f"trainer.accelerator={accelerator} but Lightning finds no {accelerator} device on this "
+                          f"machine; the accelerators available here: {here}")
 
 
 def check_classes(cfg: DictConfig, devices: bool = True) -> None:
@@ -553,6 +630,8 @@ def validate_config(cfg: DictConfig) -> None:
     _one_of(cfg.model.get("dtype") or "auto", MODEL_DTYPES, "model.dtype")
     if cfg.model.source in ("hub", "random") and not cfg.model.get("id"):
         raise ConfigError(f"model={cfg.model.get('name')!r} has source {cfg.model.source} but no model.id")
+    if cfg.model.source == "gguf":
+        _check_gguf_keys(cfg.model)
 
     method = cfg.method
     _validate_method_shape(cfg)
@@ -605,6 +684,17 @@ def validate_config(cfg: DictConfig) -> None:
     validate_logger(cfg)
     if method.get("train"):
         _validate_callbacks(cfg)
+
+
+def _check_gguf_keys(model: DictConfig) -> None:
+    """A GGUF model names its file, and where it is: a Python package that ships it or a folder."""
+    name = model.get("name")
+    if not model.get("gguf_file"):
+        raise ConfigError(f"model={name!r} has source gguf but no model.gguf_file (the GGUF file's name, "
+                          "e.g. SmolLM2-135M-Instruct.Q4_1.gguf)")
+    if not model.get("gguf_package") and not model.get("gguf_dir"):
+        raise ConfigError(f"model={name!r} has source gguf but neither model.gguf_package (the Python package that "
+                          f"ships {model.gguf_file}) nor model.gguf_dir (a folder holding it)")
 
 
 def _validate_known_keys(cfg: DictConfig) -> None:

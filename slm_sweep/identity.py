@@ -112,8 +112,8 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "placement.py", "methods.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "train/optimizers.py", "train/rank_allocation.py", "methods.py", "placement.py")
-SCORING_SOURCES_SHA256 = {18: "120beafab7caed281a0a8f7eb2d201b75cea0bf3af01a55798f5ab6f7db4e5a5"}
-TRAINING_SOURCES_SHA256 = {7: "9abb887f91e30cf4af0119eb65d65c6a5bee47e67dc01f6e0e2d8863c75cb6e9"}
+SCORING_SOURCES_SHA256 = {18: "1ebfd88992fa66a146be061a2f310ffb51bd15ddb32af4e8db09800f313c191a"}
+TRAINING_SOURCES_SHA256 = {7: "062770049f522d12431369ad9d4935ddb3f07aebc37447c56d3bc77545513ee5"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",
@@ -126,7 +126,7 @@ METHOD_PROMPT_KEYS = ("prompt_format", "instruction")  # in the key only when se
 METHOD_EVAL_KEYS = ("num_fewshot", "shot_seed", *METHOD_PROMPT_KEYS)
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # Lightning's short names of its precisions: one training, one key
-_PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}
+PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}
 # Callbacks that only show or log progress; any other configured callback (pruning, weight averaging, early
 # stopping) can change the weights, so its entry is in the training key.
 DISPLAY_CALLBACKS = ("StepProgressBar", "TQDMProgressBar", "RichProgressBar", "LearningRateMonitor", "ModelSummary",
@@ -367,7 +367,7 @@ def trainer_identity(trainer: Mapping[str, Any]) -> dict[str, Any]:
     settings = {k: trainer.get(k) for k in TRAINER_NUMERIC_KEYS}
     if settings["precision"] is not None:
         precision = str(settings["precision"])
-        settings["precision"] = _PRECISION_ALIASES.get(precision, precision)
+        settings["precision"] = PRECISION_ALIASES.get(precision, precision)
     for name in ("gradient_clip_val", "weight_decay"):  # 1 and 1.0 are one value
         if settings[name] is not None:
             settings[name] = float(settings[name])

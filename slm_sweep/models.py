@@ -86,7 +86,7 @@ def load_tokenizer(model_cfg: Mapping[str, Any], cache_dir: str | Path | None = 
         return _gguf_tokenizer(gguf_path(model_cfg))
     if source in ("hub", "random"):
         try:
-            return AutoTokenizer.from_pretrained(model_cfg["id"], **_hub_kwargs(model_cfg))
+            return AutoTokenizer.from_pretrained(model_path(model_cfg), **_hub_kwargs(model_cfg))
         except OSError as err:
             raise _load_error(model_cfg, err) from err
     raise ModelLoadError(f"model.source={source!r} is not one of: {', '.join(MODEL_SOURCES)}")
@@ -101,6 +101,13 @@ def _torch_dtype(name: str | None) -> torch.dtype | str:
         raise ModelLoadError(f"model.dtype={name!r} is not a torch dtype (float32, bfloat16, float16, auto)") from None
 
 
+def model_path(model_cfg: Mapping[str, Any]) -> str:
+    """What ``from_pretrained`` reads for ``model.id``: a local folder with ``~`` expanded (as the identity and
+    the preflight read it; transformers takes ``~/model`` for a malformed hub id), else the hub id as written."""
+    folder = Path(str(model_cfg["id"])).expanduser()
+    return str(folder) if folder.is_dir() else str(model_cfg["id"])
+
+
 def _hub_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The revision to load is the commit the cell's identity recorded (``identity.resolved_revision``: from the
     local cache, else the hub), so a branch that moves on between the two cannot put other weights under the
@@ -108,7 +115,7 @@ def _hub_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     from slm_sweep.identity import is_commit, resolved_revision
 
     revision = model_cfg.get("revision") or "main"
-    if not Path(str(model_cfg["id"])).expanduser().is_dir():  # a local folder has no revisions
+    if not Path(model_path(model_cfg)).is_dir():  # a local folder has no revisions
         resolved = resolved_revision(str(model_cfg["id"]), revision)
         revision = resolved if is_commit(resolved) else revision
     return dict(revision=revision,
@@ -156,7 +163,7 @@ def _reload_quantized(model, model_cfg: Mapping[str, Any]):
 
 def _load_hub(model_cfg: Mapping[str, Any]):
     tokenizer = load_tokenizer(model_cfg)
-    model_id, kwargs = model_cfg["id"], _hub_kwargs(model_cfg)
+    model_id, kwargs = model_path(model_cfg), _hub_kwargs(model_cfg)
     try:
         model = _from_pretrained(model_cfg, model_id, dtype=_torch_dtype(model_cfg.get("dtype")),
                                  use_safetensors=True, **kwargs)
@@ -168,7 +175,7 @@ def _load_hub(model_cfg: Mapping[str, Any]):
 def _load_random(model_cfg: Mapping[str, Any]):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    model_id, kwargs = model_cfg["id"], _hub_kwargs(model_cfg)
+    model_id, kwargs = model_path(model_cfg), _hub_kwargs(model_cfg)
     try:
         config = AutoConfig.from_pretrained(model_id, **kwargs)
     except OSError as err:
@@ -185,7 +192,13 @@ def _load_random(model_cfg: Mapping[str, Any]):
 
 
 def _load_error(model_cfg: Mapping[str, Any], err: OSError) -> ModelLoadError:
-    model_id = model_cfg["id"]
+    model_id = model_path(model_cfg)
+    if model_id.startswith(("/", "~", "./", "../")):  # a folder, not a hub id: no download would help
+        return ModelLoadError(
+            f"could not load model {model_id!r} (model={model_cfg.get('name')}): {err}\n"
+            f"model.id={model_cfg['id']} names a local folder: {Path(model_id).expanduser()} must exist and hold "
+            "what save_pretrained writes (config.json, the tokenizer and, for source hub, *.safetensors)"
+        )
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
     return ModelLoadError(
         f"could not load model {model_id!r} (model={model_cfg.get('name')}): {err}\n"

@@ -2,15 +2,16 @@
 prompt, and recorded in result.json.
 
 ``eval.device``: ``auto`` (the accelerator that trained the model; else CUDA when present; else the CPU), ``cpu``,
-``cuda`` or ``cuda:N``. ``eval.dtype``: ``auto`` (bfloat16 on a GPU that supports it, else float16 on a GPU,
-else ``model.dtype`` on the CPU, float32 for its ``auto``), or ``float32``, ``bfloat16``, ``float16``. The CPU's
-rule reads the config, never the loaded weights: the dtype is in the cell's evaluation key, computed before the
-model loads, and weights trained in ``bf16-true`` or stored in bf16 must not generate in another dtype than the
-key says.
+``cuda`` or ``cuda:N``. ``eval.dtype``: ``auto`` (bfloat16 on a GPU of compute capability 8 or more, float16
+on an older GPU, ``model.dtype`` on the CPU, float32 for its ``auto``), or ``float32``, ``bfloat16``,
+``float16``. The CPU's rule reads the config, never the loaded weights: the dtype is in the cell's evaluation
+key, computed before the model loads, and weights trained in ``bf16-true`` or stored in bf16 must not generate
+in another dtype than the key says. Gemma 3 overflows in float16: generating in it logs a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import platform
 import re
 from dataclasses import dataclass
@@ -20,7 +21,11 @@ import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
-_CUDA_INDEX = re.compile(r"^cuda:(\d+)$")
+_CUDA_INDEX = re.compile(r"^cuda:(0|[1-9]\d*)$")  # torch.device refuses leading zeros (cuda:01)
+# model_type of the architectures that overflow in float16 (Gemma 3: huggingface/transformers#36822)
+FLOAT16_OVERFLOWS = ("gemma3",)
+
+log = logging.getLogger(__name__)
 
 
 class PlacementError(ValueError):
@@ -73,7 +78,8 @@ def check_device_setting(value: Any) -> None:
     """Raise PlacementError unless ``value`` is a device setting this module understands (CUDA not required)."""
     text = "auto" if value is None else str(value)
     if text not in ("auto", "cpu", "cuda") and not _CUDA_INDEX.match(text):
-        raise PlacementError(f"eval.device={value!r} is not one of: {', '.join(DEVICE_CHOICES)}")
+        raise PlacementError(f"eval.device={value!r} is not one of: {', '.join(DEVICE_CHOICES)} "
+                             "(N: 0, 1, ... without leading zeros)")
 
 
 def check_dtype_setting(value: Any) -> None:
@@ -134,7 +140,26 @@ def resolve_placement(eval_cfg, model_cfg, model, trained_on: torch.device | str
     device = resolve_device(eval_cfg.get("device"), trained_on)
     if getattr(model, "is_quantized", False):  # quantized weights keep the dtypes they were loaded in
         return Placement(device, model_dtype(model), quantized_compute_dtype(model))
-    return Placement(device, resolve_dtype(eval_cfg.get("dtype"), device, configured_dtype(model_cfg)))
+    dtype = resolve_dtype(eval_cfg.get("dtype"), device, configured_dtype(model_cfg))
+    warn_float16_overflow(model, dtype, eval_cfg.get("dtype"), device)
+    return Placement(device, dtype)
+
+
+def warn_float16_overflow(model, dtype: torch.dtype, setting: str | None, device: torch.device) -> None:
+    """A warning (the cell runs as asked) where an architecture known to overflow in float16 will generate in it:
+    eval.dtype=auto picks float16 on a GPU of compute capability below 8."""
+    model_type = str(getattr(getattr(model, "config", None), "model_type", None) or "")
+    if dtype != torch.float16 or not model_type.startswith(FLOAT16_OVERFLOWS):
+        return
+    if setting not in (None, "", "auto"):
+        why = f"eval.dtype={setting}"
+    elif device.type == "cuda":
+        why = f"eval.dtype=auto on {device}, a GPU of compute capability below 8"
+    else:
+        why = "eval.dtype=auto on the CPU, which follows model.dtype"
+    log.warning("the model (model_type %s) generates in float16 (%s), in which Gemma 3 is known to overflow "
+                "(huggingface/transformers#36822): its scores may be garbage; set eval.dtype=float32 (or bfloat16)",
+                model_type, why)
 
 
 def quantized_compute_dtype(model) -> torch.dtype | None:

@@ -474,14 +474,24 @@ def _error_text(err: BaseException) -> str:
 
 
 def _check_model_readable(cfg: DictConfig) -> None:
-    """The model can be read (local folder, cache, hub, GGUF file), checked as a sweep's preflight does, so that a
-    single run of a model this machine cannot load fails before its data is read and deduplicated."""
+    """The model can be read (local folder, cache, hub, GGUF file) and, quantized with bitsandbytes, loaded
+    (the library installed), checked as a sweep's preflight does (Checker.cell), so that a single run of a model
+    this machine cannot load fails before its data is read and deduplicated."""
     from slm_sweep.models import ModelLoadError
-    from slm_sweep.sweep.preflight import Hub, check_model
+    from slm_sweep.sweep.preflight import (
+        Hub,
+        check_model,
+        check_quantization_library,
+        quantized_with_bitsandbytes,
+    )
 
     check = check_model(cfg.model, Hub(), cfg.get("cache_dir"))
     if not check.ok:
         raise ModelLoadError(f"model={cfg.model.get('name')}: {check.reason}; fix: {check.fix}")
+    if quantized_with_bitsandbytes(cfg.model):
+        check = check_quantization_library("or run without method=qlora and model.quantization")
+        if not check.ok:
+            raise ModelLoadError(f"model={cfg.model.get('name')}: bitsandbytes is {check.reason}; fix: {check.fix}")
 
 
 def closing_line(record: dict[str, Any], out: Path, written: str = RESULT_FILE) -> str:

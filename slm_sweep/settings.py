@@ -103,7 +103,9 @@ class EvalSettings:
     prefill_batch_size: int | None = None  # prompts per prefill forward; null: 1 on CPU, the whole batch on GPU
     # auto: the accelerator that trained the model, else CUDA when present, else CPU | cpu | cuda | cuda:N
     device: str = "auto"
-    dtype: str = "auto"  # auto: bfloat16 on a GPU, model.dtype on CPU (float32 for auto) | float32 | bfloat16 | float16
+    # auto: bfloat16 on a GPU of compute capability >= 8, float16 on an older GPU, model.dtype on CPU (float32 for
+    # auto) | float32 | bfloat16 | float16
+    dtype: str = "auto"
     # Python modules imported before scoring, each registering metrics with slm_sweep.scoring.register_metric;
     # every registered metric is scored (accuracy_<name> in result.json)
     metric_modules: list[str] = field(default_factory=list)

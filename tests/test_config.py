@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from slm_sweep.config import ConfigError, group_options, validate_config
@@ -128,6 +131,9 @@ def test_method_defaults():
          "(trainer.devices=[0, 1]"),
         ("trainer.weight_decay=-0.1", "trainer.weight_decay=-0.1 must be a non-negative number"),
         ("trainer.devices=3", "trainer.batch_size=16 must be a multiple of trainer.devices=3"),
+        # a list or a string of indices counts its devices, as the training key and the step sampler do
+        ("trainer.devices=[0,1,2]", "trainer.batch_size=16 must be a multiple of trainer.devices=[0, 1, 2] (3 devices)"),
+        ("trainer.devices='0,1,2'", "trainer.batch_size=16 must be a multiple of trainer.devices=0,1,2 (3 devices)"),
         ("trainer.devices=0", "trainer.devices=0 must be a number of devices (1 or more; -1 for all), auto, or a list"),
         ("trainer.compile_backend=cudagraphs trainer.compile_scope=model trainer.devices=0",
          "trainer.devices=0 must be a number of devices"),
@@ -137,6 +143,13 @@ def test_method_defaults():
         ("model.dtype=fp16", "model.dtype='fp16' is not one of: auto, float32, bfloat16, float16"),
         ("model.dtype=int8", "model.dtype='int8' is not one of"),
         ("eval.device=gpu", "eval.device='gpu' is not one of: auto, cpu, cuda, cuda:N"),
+        ("eval.device=cuda:01", "eval.device='cuda:01' is not one of: auto, cpu, cuda, cuda:N (N: 0, 1, ... without "
+                                "leading zeros)"),
+        ("model=smollm135_q4 model.gguf_file=null", "model='smollm135_q4' has source gguf but no model.gguf_file"),
+        ("model.source=gguf", "model='tiny' has source gguf but no model.gguf_file"),
+        ("model=smollm135_q4 model.gguf_package=null", "model='smollm135_q4' has source gguf but neither "
+                                                       "model.gguf_package (the Python package that ships "
+                                                       "SmolLM2-135M-Instruct.Q4_1.gguf) nor model.gguf_dir"),
         ("eval.dtype=fp8", "eval.dtype='fp8' is not one of: auto, float32, bfloat16, float16"),
         ("method.train=maybe", "method.train='maybe' must be true or false"),
         ("method.lr=null", "method.lr=None must be a positive number"),
@@ -193,6 +206,114 @@ def test_trainer_and_device_names_fail_the_cell_before_it_reads_any_data(tiny_cf
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         run(cfg, out_dir=tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_precisions_are_those_lightning_takes_short_names_included():
+    """Lightning's short names (16, bf16, 64) are valid, and keyed as the long ones by the training key."""
+    import typing
+
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+    from slm_sweep.config import PRECISIONS
+    from slm_sweep.identity import PRECISION_ALIASES
+
+    assert set(PRECISIONS) == {*typing.get_args(_PRECISION_INPUT_STR), *typing.get_args(_PRECISION_INPUT_STR_ALIAS)}
+    assert set(PRECISION_ALIASES.values()) <= set(PRECISIONS)
+    for short in ("16", "bf16", "64", "32"):
+        validate_config(compose_config(["method=lora", f"trainer.precision={short}"]))
+
+
+@pytest.fixture
+def nothing_but_the_cpu(monkeypatch):
+    """A CPU machine without transformer_engine, deepspeed or torch_xla (faked: another machine may have them)."""
+    import sys
+
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    for module in ("transformer_engine", "deepspeed", "torch_xla"):
+        monkeypatch.setitem(sys.modules, module, None)  # find_spec gives None
+    for name in AcceleratorRegistry.available_accelerators() - {"cpu"}:
+        monkeypatch.setattr(AcceleratorRegistry[name]["accelerator"], "is_available", staticmethod(lambda: False))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("trainer.precision=transformer-engine", "trainer.precision=transformer-engine needs the transformer_engine "
+                                             "package, which is not installed here: pip install"),
+    ("trainer.strategy=deepspeed_stage_2", "trainer.strategy=deepspeed_stage_2 needs the deepspeed package"),
+    ("trainer.accelerator=tpu", "trainer.accelerator=tpu needs the torch_xla package"),
+    ("trainer.accelerator=cpu trainer.strategy=fsdp", "trainer.strategy=fsdp shards training over GPUs, but "
+                                                      "trainer.accelerator=cpu trains on the CPU"),
+])
+def test_what_no_machine_with_these_packages_can_train_is_refused_by_a_sweeps_preflight_too(nothing_but_the_cpu,
+                                                                                           override, message):
+    """Lightning would refuse these only when it builds the trainer, after the data and the model have loaded."""
+    from slm_sweep.config import check_classes
+
+    cfg = compose_config(["method=lora", *override.split(" ")])
+    validate_config(cfg)
+    for devices in (True, False):  # False: as a sweep's preflight checks each cell
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_classes(cfg, devices=devices)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("trainer.accelerator=mps", "trainer.accelerator=mps but Lightning finds no mps device on this machine; the "
+                                "accelerators available here: auto, cpu"),
+    ("trainer.strategy=fsdp", "trainer.strategy=fsdp shards training over GPUs, but trainer.accelerator=auto finds "
+                              "no accelerator here and trains on the CPU"),
+])
+def test_what_this_machine_cannot_train_on_is_refused_where_the_cell_runs(nothing_but_the_cpu, override, message):
+    """Devices are checked where the cell runs, as CUDA is: a sweep's preflight passes them (its launcher may send
+    the cells to machines that have them; the preflight's own device check decides there)."""
+    from slm_sweep.config import check_classes
+
+    cfg = compose_config(["method=lora", *override.split(" ")])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_classes(cfg)
+    check_classes(cfg, devices=False)
+
+
+def test_all_devices_split_the_batch_as_this_machines_gpus_count(monkeypatch):
+    """trainer.devices=-1 (trainer=ddp) trains on every GPU here: the batch must split over them (faked CUDA)."""
+    from slm_sweep.config import check_trainer_choices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    trainer = compose_config(["method=lora", "trainer=ddp"]).trainer
+    with pytest.raises(ConfigError, match=re.escape("trainer.batch_size=16 must be a multiple of trainer.devices=-1 "
+                                                    "(3 devices here)")):
+        check_trainer_choices(trainer)
+    check_trainer_choices(trainer, devices=False)  # a sweep's preflight: the GPUs are counted where the cells run
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    check_trainer_choices(trainer)
+
+
+@pytest.mark.parametrize("override", ["trainer.precision=transformer-engine", "trainer.accelerator=mps"])
+def test_a_single_run_on_what_this_machine_cannot_train_fails_before_it_reads_any_data(nothing_but_the_cpu, tiny_cfg,
+                                                                                      tmp_path, override):
+    from slm_sweep.run import run
+
+    with pytest.raises(ConfigError, match=re.escape(override)):
+        run(tiny_cfg("method=lora", override), out_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_sweeps_preflight_refuses_a_cell_whose_precision_is_not_installed(nothing_but_the_cpu, requires_data):
+    from hydra import compose, initialize_config_dir
+
+    from slm_sweep.sweep.preflight import plan_grid
+    from tests.conftest import DATA_ROOT
+    from tests.test_preflight import sweep_config
+
+    cfg = sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=lora",
+                        "trainer.precision=transformer-engine,32-true"])
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        plan = plan_grid(cfg, lambda overrides: compose(config_name="config", overrides=overrides))
+    ((reason, cells),) = plan.config_errors.items()
+    assert reason.startswith("trainer.precision=transformer-engine needs the transformer_engine package")
+    assert cells == ["trainer.precision=transformer-engine"]
 
 
 @pytest.mark.parametrize(("group", "known"), [("model", "smollm135"), ("method", "dora"), ("dataset", "orcamath")])

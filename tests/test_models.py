@@ -90,6 +90,27 @@ def test_random_source_folder_missing_says_how_to_fix(tmp_path):
         load_model_and_tokenizer({"name": "shape", "source": "random", "id": str(tmp_path / "none")})
 
 
+def test_a_folder_under_home_loads_from_the_expanded_path(monkeypatch, tmp_path):
+    """model.id=~/folder is the folder (as the identity and the preflight read it), not a malformed hub id."""
+    from slm_sweep.models import load_tokenizer
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model, tokenizer = tiny()
+    model.save_pretrained(tmp_path / "tinymodel")
+    tokenizer.save_pretrained(tmp_path / "tinymodel")
+    for source in ("hub", "random"):
+        loaded, loaded_tok = load_model_and_tokenizer({"name": "home", "source": source, "id": "~/tinymodel",
+                                                       "dtype": "float32"})
+        assert loaded.config.hidden_size == model.config.hidden_size and len(loaded_tok) == len(tokenizer)
+    assert len(load_tokenizer({"name": "home", "source": "hub", "id": "~/tinymodel"})) == len(tokenizer)
+    hub, _ = load_model_and_tokenizer({"name": "home", "source": "hub", "id": "~/tinymodel"})
+    assert all(torch.equal(a, b) for a, b in zip(hub.state_dict().values(), model.state_dict().values()))
+    with pytest.raises(ModelLoadError) as err:  # a folder that is not there: no hub download would help
+        load_model_and_tokenizer({"name": "home", "source": "hub", "id": "~/elsewhere"})
+    assert f"model.id=~/elsewhere names a local folder: {tmp_path / 'elsewhere'} must exist" in str(err.value)
+    assert "hf download" not in str(err.value)
+
+
 def test_tiny_source_without_its_shape_says_which_key_is_missing():
     cfg = {**OmegaConf.to_container(compose_config(["model=tiny"]).model), "hidden_size": None}
     with pytest.raises(ModelLoadError, match="no model.hidden_size"):
@@ -225,3 +246,17 @@ def test_a_single_run_of_a_model_it_cannot_read_fails_before_reading_data(monkey
     assert record["status"] == "failed"
     assert record["error"].startswith("ModelLoadError: model=qwen05: not in the local Hugging Face cache")
     assert "fix: download it once" in record["error"]
+
+
+def test_a_single_run_of_a_quantized_model_without_bitsandbytes_fails_before_reading_data(bitsandbytes_missing,
+                                                                                          tmp_path):
+    """As a sweep's preflight refuses it (the same check and words): before the data is read."""
+    from slm_sweep.run import run
+
+    # a data folder without gsm8k: reading the data first would fail on that instead
+    cfg = compose_config(["model=tiny", "method=qlora", f"data_root={tmp_path}", "logger=none"])
+    record = run(cfg, out_dir=tmp_path / "cell")
+    assert record["status"] == "failed"
+    assert record["error"].startswith("ModelLoadError: model=tiny: bitsandbytes is not installed, and "
+                                      "model.quantization (BitsAndBytesConfig: method=qlora, 4- and 8-bit loading) "
+                                      "needs it; fix: pip install 'slm_sweep[qlora]'"), record["error"]

@@ -74,6 +74,48 @@ def test_missing_cuda_device_index_is_named(fake_cuda):
         resolve_device("cuda:3")
 
 
+def test_a_device_index_with_a_leading_zero_is_named(fake_cuda):
+    """torch.device refuses cuda:01 with a RuntimeError: the setting is refused first, naming it."""
+    with pytest.raises(PlacementError, match="eval.device='cuda:01' is not one of: auto, cpu, cuda, cuda:N"):
+        resolve_device("cuda:01")
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+
+
+class _Model(torch.nn.Module):
+    """A model of the config's architecture, of no weights worth loading."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config, self.layer = config, torch.nn.Linear(2, 2)
+
+
+@pytest.mark.parametrize(("capability", "setting", "warned"), [
+    ((7, 5), "auto", True),  # a T4: auto is float16
+    ((8, 0), "auto", False),  # an A100: auto is bfloat16
+    ((8, 0), "float16", True),
+    ((7, 5), "float32", False),
+])
+def test_gemma_3_generating_in_float16_is_warned_of(fake_cuda, monkeypatch, caplog, capability, setting, warned):
+    """Gemma 3 overflows in float16 (transformers#36822): a warning, not a refusal, naming what to set instead."""
+    from omegaconf import OmegaConf
+    from transformers import Gemma3TextConfig, LlamaConfig
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+    eval_cfg, model_cfg = OmegaConf.create({"device": "auto", "dtype": setting}), OmegaConf.create({})
+    with caplog.at_level("WARNING", logger="slm_sweep.placement"):
+        placement = resolve_placement(eval_cfg, model_cfg, _Model(Gemma3TextConfig()))
+    assert (placement.dtype == torch.float16) is warned
+    messages = [r.getMessage() for r in caplog.records if r.name == "slm_sweep.placement"]
+    assert bool(messages) is warned
+    if warned:
+        assert "gemma3_text" in messages[0] and "eval.dtype=float32 (or bfloat16)" in messages[0]
+        assert ("compute capability below 8" in messages[0]) is (setting == "auto")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="slm_sweep.placement"):
+        resolve_placement(eval_cfg, model_cfg, _Model(LlamaConfig()))
+    assert not [r for r in caplog.records if r.name == "slm_sweep.placement"]  # other architectures: as before
+
+
 class GenerationWatcher:
     """Records the device and dtype of the weights at every forward the model makes."""
 

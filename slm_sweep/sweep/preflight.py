@@ -318,11 +318,9 @@ class Checker:
         blocking = [
             self._once(["model", model, cache_dir], check_model, model, self.hub, cache_dir),
             self._once(["dataset", spec, data_root, roles], check_dataset, spec, self.hub, data_root, roles),
-            *([self._once(["library", "bitsandbytes"], check_library, "bitsandbytes", "model.quantization "
-                          "(BitsAndBytesConfig: method=qlora, 4- and 8-bit loading)",
-                          "pip install 'slm_sweep[qlora]' (a CUDA GPU), or leave method=qlora and "
-                          "model.quantization out of the sweep")]
-              if "BitsAndBytes" in str((model.get("quantization") or {}).get("_target_", "")) else []),
+            *([self._once(["library", "bitsandbytes"], check_quantization_library,
+                          "or leave method=qlora and model.quantization out of the sweep")]
+              if quantized_with_bitsandbytes(model) else []),
         ]
         wants_gpu = [f"{key}={value}" for key, value in (
             ("trainer.accelerator", cfg.trainer.get("accelerator") if cfg.method.get("train") else None),
@@ -362,6 +360,18 @@ def check_cuda(asked_by: list[str]) -> Check:
     return Check("device", "cuda", False, reason=f"{', '.join(asked_by)} asks for a CUDA GPU (trainer=gpu, "
                  "experiment=paper) and none is visible here",
                  fix="run on a GPU machine, or trainer=default (and eval.device=auto) on this one")
+
+
+def quantized_with_bitsandbytes(model: Mapping[str, Any]) -> bool:
+    """Whether the model is quantized at load time by bitsandbytes (``model.quantization``: QLoRA's 4-bit)."""
+    return "BitsAndBytes" in str((model.get("quantization") or {}).get("_target_", ""))
+
+
+def check_quantization_library(alternative: str) -> Check:
+    """bitsandbytes installed, which a model quantized by it needs; ``alternative``: the fix other than
+    installing it."""
+    return check_library("bitsandbytes", "model.quantization (BitsAndBytesConfig: method=qlora, 4- and 8-bit "
+                         "loading)", f"pip install 'slm_sweep[qlora]' (a CUDA GPU), {alternative}")
 
 
 def check_library(module: str, needed_for: str, fix: str) -> Check:
