@@ -1754,6 +1754,27 @@ def test_a_seed_whose_rerun_failed_beside_an_earlier_result_is_lost_on_its_own_r
     assert "smollm135 × lora: seed 2 failed." in report["markdown"]
 
 
+@pytest.mark.parametrize("resolved", [pytest.param({"lr": 2.0e-4}, id="tuned-rate-as-configured"),
+                                      pytest.param({"prompt": "chat"}, id="style-as-configured")])
+def test_a_retry_refused_before_its_keys_differs_only_where_the_finished_cell_resolved_more(tmp_path, resolved):
+    """A relaunch refused on a machine that cannot run it (no CUDA) records its rate and prompt style as configured,
+    while the finished result holds the tuned rate it trained at and its key's style: the same cell, nothing lost."""
+    write_row(tmp_path, "smollm135", "zeroshot", "gsm8k", 20)
+    for seed in TRAINED_SEEDS:
+        path = write_cell(tmp_path, "smollm135", "lora", "gsm8k", seed, first(30 + seed))
+        record = json.loads(path.read_text())
+        record["config"]["method"]["lr"] = 5.0e-5
+        path.write_text(json.dumps(record))
+        attempt = _fail_beside(path, **({"lr": resolved["lr"]} if "lr" in resolved else {}))
+        if "prompt" in resolved:
+            record = json.loads(attempt.read_text())
+            record["config"].setdefault("prompt", {})["style"] = resolved["prompt"]
+            attempt.write_text(json.dumps(record))
+    report = write_report([tmp_path], tmp_path / "report", plots=False)
+    assert [(row["n"], row["not_completed"]) for row in report["rows"] if row["method"] == "lora"] == [(3, None)]
+    assert report["collection"].failed_attempts == []
+
+
 def test_a_failed_retry_beside_a_result_of_its_own_configuration_loses_no_seed(tmp_path):
     """A retry of a completed cell that failed before its keys were known (a set it could not read this time): the
     finished result.json is that cell's, so no seed is lost."""

@@ -430,6 +430,11 @@ def collect(dirs: Sequence[str | os.PathLike]) -> Collection:
     return collection
 
 
+# settings a cell resolves before its keys are known (run.resolve_lr, the key's prompt style), which a record
+# written before that holds as configured
+RESOLVED_BEFORE_KEYS = ("method.lr", "prompt.style")
+
+
 def failed_attempt(record: dict[str, Any]) -> dict[str, Any] | None:
     """The attempt in result.failed.json beside a finished ``record`` (a rerun that failed before it could set the
     earlier result aside: run.py keeps that result.json and writes the failure beside it), read as a record, when
@@ -446,7 +451,14 @@ def failed_attempt(record: dict[str, Any]) -> dict[str, Any] | None:
         attempt = read_result(path)
     except ValueError:
         return None
-    return None if configuration_settings(attempt) == configuration_settings(record) else attempt
+    ours, theirs = configuration_settings(attempt), configuration_settings(record)
+    if not attempt.get("identity"):
+        # failed before its keys were known: what a cell resolves on its way there (a tuned or searched rate into
+        # method.lr, the prompt style its key holds) is resolved in the finished record only, so it tells nothing
+        for key in RESOLVED_BEFORE_KEYS:
+            ours.pop(key, None)
+            theirs.pop(key, None)
+    return None if ours == theirs else attempt
 
 
 def unwritten_cells(dirs: Sequence[str | os.PathLike],
