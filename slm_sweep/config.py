@@ -224,19 +224,24 @@ def _check_cpu_strategy(strategy: Any, why: str) -> None:
                           "train it on a GPU machine, or use trainer.strategy=ddp on the CPU (trainer=ddp_cpu)")
 
 
+def _accelerator_here(name: str) -> bool:
+    """Whether this machine has the accelerator Lightning registers as ``name``, as its registry says."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    return AcceleratorRegistry[name]["accelerator"].is_available()
+
+
 def _available_accelerators() -> list[str]:
     """The accelerators other than the CPU that Lightning finds on this machine."""
     from lightning.pytorch.accelerators import AcceleratorRegistry
 
     return [name for name in sorted(AcceleratorRegistry.available_accelerators())
-            if name != "cpu" and AcceleratorRegistry[name]["accelerator"].is_available()]
+            if name != "cpu" and _accelerator_here(name)]
 
 
 def _check_accelerator_here(accelerator: str) -> None:
-    """An accelerator Lightning knows (mps, tpu, ...) that this machine has, as Lightning's registry says."""
-    from lightning.pytorch.accelerators import AcceleratorRegistry
-
-    if not AcceleratorRegistry[accelerator]["accelerator"].is_available():
+    """An accelerator Lightning knows (mps, tpu, ...) that this machine has."""
+    if not _accelerator_here(accelerator):
         here = ", ".join(["auto", "cpu", *_available_accelerators()])
         raise ConfigError(f"trainer.accelerator={accelerator} but Lightning finds no {accelerator} device on this "
                           f"machine; the accelerators available here: {here}")

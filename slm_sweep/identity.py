@@ -113,7 +113,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "train/optimizers.py", "train/rank_allocation.py", "methods.py", "placement.py")
 SCORING_SOURCES_SHA256 = {18: "1ebfd88992fa66a146be061a2f310ffb51bd15ddb32af4e8db09800f313c191a"}
-TRAINING_SOURCES_SHA256 = {7: "062770049f522d12431369ad9d4935ddb3f07aebc37447c56d3bc77545513ee5"}
+TRAINING_SOURCES_SHA256 = {7: "0368eb3f1b1306c2efa206fb9619671c03c1a0656c483c2b434929750987ceea"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

@@ -30,7 +30,7 @@ import logging
 import math
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -397,7 +397,7 @@ def collect(dirs: Sequence[str | os.PathLike]) -> Collection:
     if not collection.files:
         raise NoResultsError(f"no {RESULT_FILE} found under: {', '.join(str(d) for d in dirs)}")
     readable = []
-    earlier: list[Path] = []  # result.json files of an earlier run, beside a failed attempt of other settings
+    earlier: list[dict[str, Any]] = []  # results of an earlier run, beside a failed attempt of other settings
     for path in collection.files:
         try:
             record = read_result(path)
@@ -411,7 +411,7 @@ def collect(dirs: Sequence[str | os.PathLike]) -> Collection:
         attempt = failed_attempt(record)
         if attempt is not None:
             collection.failed_attempts.append(Path(attempt["result_path"]))
-            earlier.append(path)
+            earlier.append(record)
         readable.append(attempt or record)
     if not readable and not collection.validation:
         listed = "; ".join(f"{path}: {why}" for path, why in collection.malformed[:5])
@@ -560,9 +560,9 @@ def _agrees(settings: dict[str, str], overrides: dict[str, Any], composed: dict[
 
 
 def _grid_points(dirs: Sequence[str | os.PathLike], current: Sequence[dict[str, Any]],
-                 collection: Collection, earlier: Sequence[Path] = ()) -> list[dict[str, Any]]:
-    """The completed results a rerun set aside (in superseded*/, and the ``earlier`` result.json files a failed
-    attempt of other settings left in place) that are still points of the sweep's grid: a grid extended into the
+                 collection: Collection, earlier: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The completed results a rerun set aside (in superseded*/, and the ``earlier`` results, read already, that a
+    failed attempt of other settings left in place) that are still points of the sweep's grid: a grid extended into the
     same sweep folder (method.r=8,16, then method.r=16,32) puts r=32 in r=8's job folder, and r=8 differs from the
     cells there only in a setting the sweep varies. A result that differs in a setting the sweep does not vary
     (a rerun that changed max_steps for every cell), or that a rerun recomputed (other code or data), was
@@ -574,11 +574,8 @@ def _grid_points(dirs: Sequence[str | os.PathLike], current: Sequence[dict[str, 
     for record in current:
         groups[record["dataset"], record["model"], record["method"]].append(configuration_settings(record))
     points = []
-    for path in [*find_result_files(dirs, set_aside=True), *earlier]:
-        try:
-            record = read_result(path)
-        except ValueError:
-            continue  # validation-split cells and unreadable files of earlier runs: not cells of this sweep
+    for path, record in [*_readable(find_result_files(dirs, set_aside=True)),
+                         *((Path(r["result_path"]), r) for r in earlier)]:
         if record.get("status") != COMPLETED:
             continue
         others = groups.get((record["dataset"], record["model"], record["method"]), [])
@@ -588,6 +585,16 @@ def _grid_points(dirs: Sequence[str | os.PathLike], current: Sequence[dict[str, 
         else:
             collection.replaced.append(path)
     return points
+
+
+def _readable(paths: Sequence[Path]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(path, record) of each file that reads as a record; validation-split cells and unreadable files of earlier
+    runs are not cells of this sweep."""
+    for path in paths:
+        try:
+            yield path, read_result(path)
+        except ValueError:
+            continue
 
 
 def _a_point_of(settings: dict[str, str], current: list[dict[str, str]]) -> bool:

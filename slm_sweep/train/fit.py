@@ -67,7 +67,8 @@ def prepare_model(model, trainer_cfg: Mapping[str, Any]) -> dict | None:
     """Train mode (Hugging Face loads models in eval mode), gradient checkpointing and torch.compile, as the
     trainer config asks; return what was compiled (None: nothing)."""
     scope = str(trainer_cfg.get("compile_scope") or "layers")
-    problem = training_problem(model, trainer_cfg, scope == "model" or not repeated_layers(model),
+    whole_model = bool(trainer_cfg.get("compile")) and (scope == "model" or not repeated_layers(model))
+    problem = training_problem(model, trainer_cfg, whole_model,
                                graph_replaying_setting(trainer_cfg.get("compile_mode"),
                                                        trainer_cfg.get("compile_backend")))
     if problem:
