@@ -111,6 +111,23 @@ GRID_CUDAGRAPHS = ["trainer.compile_scope=model", "trainer.compile_backend=cudag
 GRID_STEPS, GRID_TEST_LIMIT = 20, 128
 
 
+def at_least(minimum: int):
+    """An argparse type: a whole number of at least ``minimum`` (argparse names the option beside the message)."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (expected one of at least {minimum})") \
+                from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}: expected a whole number of at least {minimum}")
+        return value
+
+    whole_number.__name__ = f"whole number of at least {minimum}"
+    return whole_number
+
+
 def default_timeouts(dry_run: bool, grid_full: bool, job_budget: int) -> list[int]:
     """Seconds per stage when --timeouts is not given: the study's slice (--grid-full) gets GRID_FULL_LIMIT_S from
     its own start, since its floor is the whole run (the other stages share the job's budget)."""
@@ -128,18 +145,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-root", type=Path, default=None, help="default: .gpu/data, else ../shared/data")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="sweep and scratch files (default: a new folder under the system's temporary folder)")
-    parser.add_argument("--train-steps", type=int, default=None, help="measured steps per method (default 20)")
-    parser.add_argument("--eval-questions", type=int, default=None, help="default: all 1319")
+    parser.add_argument("--train-steps", type=at_least(1), default=None,
+                        help="measured steps per method (default 20)")
+    parser.add_argument("--eval-questions", type=at_least(1), default=None, help="default: all 1319")
     parser.add_argument("--eval-override", action="append", default=[], metavar="eval.KEY=VALUE",
-                        help="an eval setting for the eval stage, e.g. eval.dtype=float32 (repeatable)")
-    parser.add_argument("--grid-steps", type=int, default=None,
+                        help="an eval setting for the eval stage, e.g. eval.dtype=float32 (repeatable; not "
+                             "eval.max_new_tokens: the stage's floor is defined at 256 new tokens)")
+    parser.add_argument("--grid-steps", type=at_least(1), default=None,
                         help=f"trainer.max_steps of the grid (default {GRID_STEPS})")
-    parser.add_argument("--grid-test-limit", type=int, default=None,
+    parser.add_argument("--grid-test-limit", type=at_least(1), default=None,
                         help=f"test questions per cell (default {GRID_TEST_LIMIT})")
     parser.add_argument("--grid-full", action="store_true",
                         help="the grid at the study's size: 460 steps (1.06 epochs) and all 1319 test questions, "
                              f"under a limit of {GRID_FULL_LIMIT_S} s from its own start (with --timeouts: its "
-                             "third value), judged against the 6-minute slice floor")
+                             "third value), cut to what is left of --command-limit less the script's "
+                             f"{SCRIPT_OVERHEAD_S} s, judged against the 6-minute slice floor")
     parser.add_argument("--grid-cudagraphs", action="store_true",
                         help="the grid's trained cells with the whole step replayed as CUDA graphs ("
                              + " ".join(GRID_CUDAGRAPHS) + "), when train_variants measured that the faster")
@@ -149,33 +169,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", default=None, choices=list(TRAIN_VARIANTS),
                         help="the train_variants stage's variants, in this order (default: all, in the order "
                              f"{', '.join(TRAIN_VARIANTS)}; with --dry-run: cudagraphs packing)")
-    parser.add_argument("--timeouts", type=int, nargs=4, default=None, metavar=("TRAIN", "EVAL", "GRID", "VARIANTS"),
-                        help="seconds per stage (default on a GPU {}, the grid the job's budget with --grid-full, "
-                             "each cut to what is left of the job's budget with the weights' conversion ({} s at "
-                             "most))".format(
-                                 " ".join(map(str, GPU_TIMEOUTS)), PREPARE_TIMEOUT_S))
-    parser.add_argument("--job-budget", type=int, default=JOB_BUDGET_S, metavar="SECONDS",
-                        help=f"the whole command's seconds on a GPU (default {JOB_BUDGET_S}: the acceptance check "
-                             "stays under 6 minutes; a longer measuring run may raise it)")
+    parser.add_argument("--timeouts", type=at_least(1), nargs=4, default=None,
+                        metavar=("TRAIN", "EVAL", "GRID", "VARIANTS"),
+                        help="seconds per stage (default on a GPU {}), each cut to what is left of the job's budget "
+                             "after the weights' conversion ({} s at most); with --grid-full the grid gets {} s by "
+                             "default, timed from its own start and cut to what is left of --command-limit less {} "
+                             "s".format(" ".join(map(str, GPU_TIMEOUTS)), PREPARE_TIMEOUT_S, GRID_FULL_LIMIT_S,
+                                        SCRIPT_OVERHEAD_S))
+    parser.add_argument("--job-budget", type=int, default=None, metavar="SECONDS",
+                        help=f"the whole command's seconds on a GPU (default {JOB_BUDGET_S}, or --command-limit less "
+                             f"{SCRIPT_OVERHEAD_S} s when that is shorter: the acceptance check stays under 6 "
+                             "minutes; a longer measuring run may raise it)")
     parser.add_argument("--command-limit", type=int, default=COMMAND_LIMIT_S, metavar="SECONDS",
                         help=f"the longest one command may run on the machine (default {COMMAND_LIMIT_S}); "
-                             f"--job-budget and --grid-full's limit must fit it, less {SCRIPT_OVERHEAD_S} s for the "
-                             "shell script's own work")
+                             f"--job-budget must fit it, less {SCRIPT_OVERHEAD_S} s for the shell script's own work, "
+                             "and --grid-full's limit is cut at run time to what is left of that")
     args = parser.parse_args(argv)
-    if args.job_budget < STAGE_MIN_S:
-        parser.error(f"--job-budget {args.job_budget}: a job needs at least {STAGE_MIN_S} s")
     longest = args.command_limit - SCRIPT_OVERHEAD_S
-    if args.job_budget > longest:
-        parser.error(f"--job-budget {args.job_budget}: with a command limit of {args.command_limit} s "
-                     f"(--command-limit), {SCRIPT_OVERHEAD_S} of them the script's own, at most {longest}")
+    if longest < STAGE_MIN_S:
+        parser.error(f"--command-limit {args.command_limit}: {longest} s once the script's own {SCRIPT_OVERHEAD_S} s "
+                     f"are taken, under the {STAGE_MIN_S} s a job needs at least; allowed: --command-limit "
+                     f"{STAGE_MIN_S + SCRIPT_OVERHEAD_S} or more")
     if args.grid_full:
         if args.stages != ["grid"]:
             parser.error(f"--grid-full with --stages {' '.join(args.stages)}: the study's slice is timed from its own "
                          "start and takes a command of its own (--stages grid)")
-        grid = args.timeouts[2] if args.timeouts else GRID_FULL_LIMIT_S
-        if PREPARE_TIMEOUT_S + grid > longest:
-            parser.error(f"--grid-full: the weights' conversion ({PREPARE_TIMEOUT_S} s at most) and the grid's "
-                         f"{grid} s would pass the {longest} s one command may take (--command-limit)")
+        # the grid's limit is cut at run time to what the command has left (grid_stage); refused here is only a
+        # command too short for the weights' conversion at its limit and the smallest grid worth starting
+        if PREPARE_TIMEOUT_S + GRID_MIN_S > longest:
+            parser.error(f"--grid-full with --command-limit {args.command_limit}: {longest} s once the script's own "
+                         f"{SCRIPT_OVERHEAD_S} s are taken, under the weights' conversion ({PREPARE_TIMEOUT_S} s at "
+                         f"most) and the {GRID_MIN_S} s a grid needs at least; allowed: --command-limit "
+                         f"{PREPARE_TIMEOUT_S + GRID_MIN_S + SCRIPT_OVERHEAD_S} or more")
+    if args.job_budget is None:  # the default, within what one command may take
+        args.job_budget = min(JOB_BUDGET_S, longest)
+    if args.job_budget < STAGE_MIN_S:
+        parser.error(f"--job-budget {args.job_budget}: a job needs at least {STAGE_MIN_S} s")
+    if args.job_budget > longest:
+        parser.error(f"--job-budget {args.job_budget}: with a command limit of {args.command_limit} s "
+                     f"(--command-limit), {SCRIPT_OVERHEAD_S} of them the script's own, at most {longest}")
     if args.grid_cudagraphs:
         args.grid_override = [*GRID_CUDAGRAPHS, *args.grid_override]
     for override in args.grid_override:
@@ -185,6 +217,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     for override in args.eval_override:
         if not override.startswith("eval.") or "=" not in override:
             parser.error(f"--eval-override {override!r}: expected eval.KEY=VALUE, e.g. eval.dtype=float32")
+        if override.split("=", 1)[0].strip() == "eval.max_new_tokens":
+            parser.error(f"--eval-override {override!r}: the eval stage sets eval.max_new_tokens itself, since its "
+                         "floor is defined at 256 new tokens (lm-eval's); any other eval.KEY is allowed")
     return args
 
 
@@ -313,8 +348,10 @@ def train_variants_stage(args, model_overrides, device, work) -> dict:
         limit = max(VARIANT_MIN_S, left - VARIANT_MIN_S * (len(variants) - index - 1))
         figures[name] = train_speed(args, model_overrides, device, work, name, limit, list(methods), overrides)
         figures[name]["trainer_overrides"] = overrides
-    ran = [f for f in figures.values() if "skipped" not in f]  # none: no time was left, which is no failure
-    figures["returncode"] = 0 if not ran or any(f.get("returncode") == 0 for f in ran) else 1
+    ran = [f for f in figures.values() if "skipped" not in f]
+    if not ran:  # no time was left for any: a skipped stage (skipped_stages), as a main stage without time
+        return {**figures, "skipped": f"no variant had {VARIANT_MIN_S} s left in the job", "returncode": None}
+    figures["returncode"] = 0 if any(f.get("returncode") == 0 for f in ran) else 1
     return figures
 
 
@@ -369,6 +406,14 @@ def eval_stage(args, model_overrides, device, work) -> dict:
     return figures
 
 
+def eval_worker_overrides(overrides: list[str], data_root: Path, dry_run: bool) -> list[str]:
+    """The eval stage's Hydra overrides: the model's and the user's (--eval-override) after the stage's own, so
+    that the user's settings win, as in the grid stage; but eval.max_new_tokens, last: the floor is stated for
+    lm-eval's 256 new tokens (the cells' default is 512), and parse_args refuses the user's."""
+    return [f"eval={'default' if dry_run else 'gpu'}", f"data_root={data_root}", "method=zeroshot",
+            "eval.progress=false", *overrides, f"eval.max_new_tokens={16 if dry_run else 256}"]
+
+
 def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bool, overrides: list[str],
                 time_limit: float = float("inf")) -> None:
     """Runs in the eval stage's own process: the evaluator on GSM8K test, as a cell would call it."""
@@ -381,12 +426,8 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
     from slm_sweep.placement import resolve_placement, to_device, to_dtype
     from slm_sweep.results import atomic_write_text
 
-    eval_group = "default" if dry_run else "gpu"
     with initialize_config_dir(config_dir=str(ROOT / "slm_sweep" / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, f"eval={eval_group}", f"data_root={data_root}",
-                                           "method=zeroshot", "eval.progress=false",
-                                           # the floor is stated for lm-eval's 256 (the cells' default is 512)
-                                           f"eval.max_new_tokens={16 if dry_run else 256}"])
+        cfg = compose("config", overrides=eval_worker_overrides(overrides, data_root, dry_run))
     start = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(cfg.model, cache_dir=Path(str(cfg.cache_dir)))
     load_s = time.perf_counter() - start
@@ -559,29 +600,38 @@ def grid_stage(args, model_overrides, device, work) -> dict:
                f"hydra.sweep.dir={sweep_dir}"]
     # the study's slice is timed from its own start, whatever the stages before it took; a smaller grid shares the
     # job's budget
+    cut = None
     if args.grid_full and not args.dry_run:  # and never past what one command may take (--command-limit)
-        longest = getattr(args, "command_limit", COMMAND_LIMIT_S) - SCRIPT_OVERHEAD_S
-        limit = int(min(args.timeouts[2], longest - (time.perf_counter() - WORKER_START)))
+        command_limit = getattr(args, "command_limit", COMMAND_LIMIT_S)
+        left = int(command_limit - SCRIPT_OVERHEAD_S - (time.perf_counter() - WORKER_START))
+        limit = max(1, min(args.timeouts[2], left))
+        if limit < args.timeouts[2]:
+            cut = (f"{args.timeouts[2]} s cut to {limit} s: what was left of --command-limit {command_limit} less "
+                   f"the script's {SCRIPT_OVERHEAD_S} s when the grid started")
     else:
         limit = stage_limit(args, 2)
     if not args.grid_full and not args.dry_run and limit < GRID_MIN_S:
         return {"skipped": f"{limit} s left of the job, the grid needs about {GRID_MIN_S} s: run it as a command of "
                            "its own (--stages grid)", "returncode": None}
     figures = run_stage(command, limit, "grid", work)
+    figures["limit_s"] = limit
+    if cut:
+        figures["limit_cut"] = cut
     if figures.get("timed_out"):
         figures["killed_at_s"] = limit  # the grid ran at least this long: a slice verdict on it is a measured one
     figures["cells"] = cells = collect_cells(sweep_dir)
     # the dry run's grid is the tiny CPU one whatever --grid-full says: no slice to judge
-    figures.update(grid_verdicts(cells, figures.get("seconds"), device, args.grid_full and not args.dry_run))
+    figures.update(grid_verdicts(cells, figures.get("seconds"), device, args.grid_full and not args.dry_run,
+                                 killed=bool(figures.get("timed_out"))))
     return figures
 
 
-def grid_verdicts(cells: dict, seconds: float | None, device: str, full: bool) -> dict:
+def grid_verdicts(cells: dict, seconds: float | None, device: str, full: bool, killed: bool = False) -> dict:
     """Whether every cell completed, and trained and evaluated on ``device``; on a GPU the training floors read
     from the trained cells (each trained in the sweep, as users train); with ``full`` (the study's slice) whether
-    the whole grid ran inside the slice's floor. Beside the grid's seconds, its cells' own training and evaluation
-    seconds (``cells_train_eval_s``) and the ratio of the two (``seconds_over_cells``): what the run spent outside
-    them (loading, preflight, the sweep's own work)."""
+    the whole grid ran inside the slice's floor (never when it was ``killed`` at its limit). Beside the grid's
+    seconds, its cells' own training and evaluation seconds (``cells_train_eval_s``) and the ratio of the two
+    (``seconds_over_cells``): what the run spent outside them (loading, preflight, the sweep's own work)."""
     want = "cuda" if device == "cuda" else "cpu"
     verdicts = {
         "all_completed": len(cells) == len(METHODS) and all(c["status"] == "completed" for c in cells.values()),
@@ -600,7 +650,7 @@ def grid_verdicts(cells: dict, seconds: float | None, device: str, full: bool) -
         verdicts["cells_train_eval_s"] = round(own, 1)
         verdicts["seconds_over_cells"] = round(seconds / own, 2)
     if full:
-        verdicts["slice_floor_met"] = bool(verdicts["all_completed"] and verdicts["all_on_device"]
+        verdicts["slice_floor_met"] = bool(verdicts["all_completed"] and verdicts["all_on_device"] and not killed
                                            and seconds is not None and seconds <= FLOORS["slice_seconds_max"])
     return verdicts
 

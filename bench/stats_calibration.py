@@ -81,19 +81,62 @@ def rejection_rate(questions: int, seeds_a: int, seeds_b: int, seed_sd: float, r
                                   models=models, uneven=uneven) < alpha))
 
 
+def at_least(minimum: int):
+    """An argparse type: a whole number of at least ``minimum`` (argparse names the option beside the message)."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (expected one of at least {minimum})") \
+                from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}: expected a whole number of at least {minimum}")
+        return value
+
+    return whole_number
+
+
+def design(text: str) -> tuple[int, int]:
+    """An argparse type: ``AxB``, the seeds of A and of B, each a whole number of at least 1."""
+    parts = text.lower().split("x")
+    if len(parts) == 2 and all(part.strip().isdigit() and int(part) >= 1 for part in parts):
+        return int(parts[0]), int(parts[1])
+    raise argparse.ArgumentTypeError(f"{text!r}: expected AxB, the seeds of A and of B, each a whole number of at "
+                                     "least 1 (e.g. 3x1)")
+
+
+def number_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
+    """An argparse type: a number between ``low`` and ``high`` (``*_open``: that end excluded)."""
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (low < value if low_open else low <= value) or not (value < high if high_open else value <= high):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number in {'(' if low_open else '['}{low:g}, "
+                                             f"{high:g}{')' if high_open else ']'}")
+        return value
+
+    return number
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--questions", type=int, nargs="+", default=[1319, 200])
-    parser.add_argument("--designs", nargs="+", default=["3x1", "3x3", "2x1", "5x1"],
-                        help="seeds of A x seeds of B")
-    parser.add_argument("--seed-sds", type=float, nargs="+", default=[0.0, 0.015, 0.03, 0.06])
-    parser.add_argument("--effect", type=float, default=0.03, help="A's true advantage for the power column")
-    parser.add_argument("--models", type=int, nargs="+", default=[1],
+    parser.add_argument("--questions", type=at_least(1), nargs="+", default=[1319, 200])
+    parser.add_argument("--designs", type=design, nargs="+", default=[(3, 1), (3, 3), (2, 1), (5, 1)],
+                        metavar="AxB", help="seeds of A x seeds of B, e.g. 3x1 (default: 3x1 3x3 2x1 5x1)")
+    parser.add_argument("--seed-sds", type=number_in(0.0, 1.0), nargs="+", default=[0.0, 0.015, 0.03, 0.06])
+    parser.add_argument("--effect", type=number_in(-1.0, 1.0), default=0.03,
+                        help="A's true advantage for the power column")
+    parser.add_argument("--models", type=at_least(1), nargs="+", default=[1],
                         help="models a comparison pools (1: one model's paired test; K: the pooled test over K)")
     parser.add_argument("--uneven", action="store_true",
                         help="with --models: the first model's seeds spread four times as far as the others'")
-    parser.add_argument("--reps", type=int, default=400)
-    parser.add_argument("--alphas", type=float, nargs="+", default=[ALPHA, 0.01, 0.005],
+    parser.add_argument("--reps", type=at_least(1), default=400)
+    parser.add_argument("--alphas", type=number_in(0.0, 1.0, low_open=True, high_open=True), nargs="+",
+                        default=[ALPHA, 0.01, 0.005],
                         help="levels to count rejections at: a claim family of m comparisons tests each at about "
                              "alpha / m (Holm, Bonferroni), so the level must hold below 0.05 too")
     args = parser.parse_args(argv)
@@ -108,8 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     for models in args.models:
         for questions in args.questions:
-            for design in args.designs:
-                seeds_a, seeds_b = (int(x) for x in design.split("x"))
+            for seeds_a, seeds_b in args.designs:
                 for seed_sd in args.seed_sds:
                     null = p_values(questions, seeds_a, seeds_b, seed_sd, args.reps, models=models,
                                     uneven=args.uneven)

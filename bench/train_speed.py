@@ -1,8 +1,9 @@
 """Training throughput of slm_sweep's training path against a plain PyTorch loop, in one process.
 
 Both paths train the same model from the same weights on the same micro-batches (slm_sweep's token-budget
-batcher, epoch 0 of the run seed) with the same optimizer, schedule, clipping, loss and precision, for the same
-number of optimizer steps. Both leave the first ``--warmup`` steps out of the rate and count non-padding tokens.
+batcher, epoch 0 of the run seed) with the same optimizer, schedule, clipping, loss and precision (32-true or
+bf16-mixed, the two the plain loop reproduces; any other trainer precision is refused), for the same number of
+optimizer steps. Both leave the first ``--warmup`` steps out of the rate and count non-padding tokens.
 The plain loop gets its batches already collated; slm_sweep collates inside its loop. The plain loop is always
 eager; slm_sweep's path compiles where the trainer config says so (``trainer=gpu`` does), and its warm-up time
 (compilation included) is reported apart.
@@ -40,6 +41,7 @@ from slm_sweep.config import compose  # noqa: E402
 from slm_sweep.data import dataset_spec, load_splits  # noqa: E402
 from slm_sweep.data.encode import encode_all  # noqa: E402
 from slm_sweep.data.prompts import resolve_style  # noqa: E402
+from slm_sweep.identity import PRECISION_ALIASES  # noqa: E402
 from slm_sweep.methods import apply_method  # noqa: E402
 from slm_sweep.models import load_model_and_tokenizer  # noqa: E402
 from slm_sweep.results import atomic_write_text  # noqa: E402
@@ -49,6 +51,39 @@ from slm_sweep.train.module import micro_batch_loss  # noqa: E402
 from slm_sweep.train.optimizers import build_optimizer, lr_factor  # noqa: E402
 
 METHODS = ("full", "lora", "dora")
+# the trainer precisions the plain loop reproduces: float32 weights, with bf16 autocast for bf16-mixed. The others
+# (bf16-true's bf16 weights, 16-mixed's fp16 autocast with a gradient scaler, ...) it does not, and its rate would
+# then be of another dtype than slm_sweep's
+PLAIN_LOOP_PRECISIONS = ("32-true", "bf16-mixed")
+
+
+def at_least(minimum: int):
+    """An argparse type: a whole number of at least ``minimum`` (argparse names the option beside the message)."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (expected one of at least {minimum})") \
+                from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}: expected a whole number of at least {minimum}")
+        return value
+
+    whole_number.__name__ = f"whole number of at least {minimum}"
+    return whole_number
+
+
+def plain_loop_precision(precision) -> str:
+    """``precision`` (the trainer config's, aliases resolved as Lightning resolves them) when the plain loop mirrors
+    it; a ValueError naming it and the ones it mirrors otherwise."""
+    name = PRECISION_ALIASES.get(str(precision), str(precision))
+    if name not in PLAIN_LOOP_PRECISIONS:
+        allowed = ", ".join(f"{p} (or {a})" if (a := next((k for k, v in PRECISION_ALIASES.items() if v == p), None))
+                            else p for p in PLAIN_LOOP_PRECISIONS)
+        raise ValueError(f"trainer precision {precision!r}: the plain loop mirrors only {allowed}, so its rate would "
+                         "not be of the same dtypes as slm_sweep's")
+    return name
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,25 +97,31 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_model_arguments(parser)
-    parser.add_argument("--steps", type=int, default=20, help="measured optimizer steps")
-    parser.add_argument("--warmup", type=int, default=2, help="optimizer steps run first and left out of the rate")
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step")
-    parser.add_argument("--micro-batch-size", type=int, default=None, help="default: the trainer config's")
-    parser.add_argument("--micro-batch-tokens", type=int, default=None, help="token budget per micro-batch")
-    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--steps", type=at_least(1), default=20, help="measured optimizer steps")
+    parser.add_argument("--warmup", type=at_least(0), default=2,
+                        help="optimizer steps run first and left out of the rate (0: every step is measured)")
+    parser.add_argument("--batch-size", type=at_least(1), default=16, help="sequences per optimizer step")
+    parser.add_argument("--micro-batch-size", type=at_least(1), default=None, help="default: the trainer config's")
+    parser.add_argument("--micro-batch-tokens", type=at_least(1), default=None, help="token budget per micro-batch")
+    parser.add_argument("--max-length", type=at_least(1), default=512)
     parser.add_argument("--trainer-override", nargs="*", default=[], metavar="KEY=VALUE",
                         help="trainer settings, e.g. compile=true packing=true micro_batch_tokens=4096")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--repeats", type=int, default=1,
+    parser.add_argument("--repeats", type=at_least(1), default=1,
                         help="alternate plain/slm_sweep runs; the fastest of each and the median pair ratio are "
                              "reported")
     parser.add_argument("--progress-bar", action="store_true", help="keep Lightning's progress bar on")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=at_least(1), default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--cache-dir", default=str(ROOT / ".cache" / "slm_sweep"))
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:  # the trainer config's precision, with --trainer-override's: refused here, before any model loads
+        plain_loop_precision(trainer_config(args)["precision"])
+    except ValueError as error:
+        parser.error(f"{error} (--trainer-override precision=...)")
+    return args
 
 
 def trainer_config(args) -> dict:
@@ -133,9 +174,10 @@ def synchronize(device: str) -> None:
 
 
 def plain_loop(model, steps: list[list[dict]], cfg: dict, method_cfg, device: str, warmup: int) -> dict:
-    """The reference: forward, backward, clip, AdamW step, schedule step; nothing else. With the attention
-    kernels slm_sweep trains with (no cuDNN attention on CUDA, as ``fit``): the ratio compares the loops, not the
-    kernels."""
+    """The reference: forward, backward, clip, AdamW step, schedule step; nothing else, always eager. With the
+    attention kernels slm_sweep trains with (no cuDNN attention on CUDA, as ``fit``), so that between an eager
+    slm_sweep path and this loop the ratio compares the loops; where slm_sweep's path compiles (``trainer=gpu``),
+    its fused kernels are part of the ratio as well."""
     with without_cudnn_attention(device):
         return _plain_loop(model, steps, cfg, method_cfg, device, warmup)
 
@@ -148,7 +190,7 @@ def _plain_loop(model, steps: list[list[dict]], cfg: dict, method_cfg, device: s
         optimizer, lambda s: lr_factor(s, int(cfg["warmup_steps"]), int(cfg["max_steps"]),
                                        str(cfg.get("lr_schedule") or "cosine")))
     params = [p for p in model.parameters() if p.requires_grad]
-    bf16 = str(cfg["precision"]).startswith("bf16")
+    bf16 = plain_loop_precision(cfg["precision"]) == "bf16-mixed"  # 32-true otherwise: float32 throughout
     tokens, start, cpu_start = 0, None, None
     for i, step in enumerate(steps):
         if i == warmup:
@@ -187,6 +229,10 @@ class StepClock(L.Callback):
 
     def on_train_start(self, trainer, pl_module):
         self.train_start = time.perf_counter()
+        if self.warmup == 0:  # no warm-up step: every step is measured, from here (as the plain loop's clock)
+            synchronize(self.device)
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
+            self.step_ends.append(self._mark())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.steps >= self.warmup:

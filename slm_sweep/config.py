@@ -176,6 +176,7 @@ def check_trainer_choices(trainer: Mapping, devices: bool = True) -> None:
         raise ConfigError(f"trainer.strategy={strategy!r} is not a strategy Lightning knows"
                           + (f" (did you mean {', '.join(close)}?)" if close else "")
                           + f"; it knows: {', '.join(strategies)}")
+    _check_process_launcher(strategy, strategies)
     _check_trainer_libraries(trainer)
     if accelerator == "cpu":
         _check_cpu_strategy(strategy, "trainer.accelerator=cpu")
@@ -215,6 +216,29 @@ def _check_trainer_libraries(trainer: Mapping) -> None:
         if needs(value) and importlib.util.find_spec(module) is None:
             raise ConfigError(f"trainer.{key}={value} needs the {module} package, which is not installed here: "
                               f"{fix}")
+
+
+# Lightning's launchers that train in processes started by multiprocessing: those send the weights back, but not
+# the trainer's step count, losses and throughput, which a result records (they stay at their values before fit)
+_MULTIPROCESSING_STARTS = ("spawn", "fork", "forkserver")
+
+
+def _check_process_launcher(strategy: Any, strategies: list[str]) -> None:
+    """A strategy trained in processes started by multiprocessing (ddp_spawn, ddp_fork, ddp_notebook): the cell
+    would train to the end and then find none of its steps counted."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    def start(name: str):
+        return (StrategyRegistry[name].get("init_params") or {}).get("start_method") if name in StrategyRegistry \
+            else None
+
+    if not isinstance(strategy, str) or start(strategy) not in _MULTIPROCESSING_STARTS:
+        return
+    usable = [name for name in strategies if name.startswith("ddp") and start(name) not in _MULTIPROCESSING_STARTS]
+    raise ConfigError(f"trainer.strategy={strategy} trains in processes started by multiprocessing "
+                      f"({start(strategy)}), which return the weights but not the steps, losses and throughput a "
+                      f"result records; use one that starts each device's process as a script: {', '.join(usable)} "
+                      "(trainer=ddp, or trainer=ddp_cpu on the CPU)")
 
 
 def _check_cpu_strategy(strategy: Any, why: str) -> None:

@@ -112,8 +112,8 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "placement.py", "methods.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "train/optimizers.py", "train/rank_allocation.py", "methods.py", "placement.py")
-SCORING_SOURCES_SHA256 = {18: "1ebfd88992fa66a146be061a2f310ffb51bd15ddb32af4e8db09800f313c191a"}
-TRAINING_SOURCES_SHA256 = {7: "0368eb3f1b1306c2efa206fb9619671c03c1a0656c483c2b434929750987ceea"}
+SCORING_SOURCES_SHA256 = {18: "3f75bc1a0707470b6b678df1495a364a45221b77e483fd1e96e0ed49ddd5b9b4"}
+TRAINING_SOURCES_SHA256 = {7: "85ae590ede902daac297965cd65aefe2622c6f18c2aa05eec4e90a2246c4606f"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

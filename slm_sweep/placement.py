@@ -139,7 +139,12 @@ def configured_dtype(model_cfg) -> torch.dtype:
 def resolve_placement(eval_cfg, model_cfg, model, trained_on: torch.device | str | None = None) -> Placement:
     device = resolve_device(eval_cfg.get("device"), trained_on)
     if getattr(model, "is_quantized", False):  # quantized weights keep the dtypes they were loaded in
-        return Placement(device, model_dtype(model), quantized_compute_dtype(model))
+        placement = Placement(device, model_dtype(model), quantized_compute_dtype(model))
+        if str(eval_cfg.get("dtype") or "auto") != "auto":
+            log.warning("eval.dtype=%s is set aside for a quantized model (QLoRA): it generates in the dtypes it "
+                        "was loaded in (%s, quantized layers computing in %s), as result.json's placement records",
+                        eval_cfg.get("dtype"), placement.dtype, placement.compute_dtype)
+        return placement
     dtype = resolve_dtype(eval_cfg.get("dtype"), device, configured_dtype(model_cfg))
     warn_float16_overflow(model, dtype, eval_cfg.get("dtype"), device)
     return Placement(device, dtype)

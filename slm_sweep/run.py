@@ -68,9 +68,9 @@ from slm_sweep.sweep.resume import (
 log = logging.getLogger(__name__)
 
 # What the training stage records in result.json's metrics; a cell that re-scores kept weights copies them.
-TRAINING_METRICS = ("train_time_s", "train_loss", "val_loss", "train_steps", "train_tokens", "train_tokens_per_s",
-                    "mfu", "step_time_s", "train_padding_fraction", "train_oom_halvings", "train_grad_norm_median",
-                    "train_clipped_fraction", "train_loss_tail_mean", "train_examples",
+TRAINING_METRICS = ("train_time_s", "final_validation_s", "train_loss", "val_loss", "train_steps", "train_tokens",
+                    "train_tokens_per_s", "mfu", "step_time_s", "train_padding_fraction", "train_oom_halvings",
+                    "train_grad_norm_median", "train_clipped_fraction", "train_loss_tail_mean", "train_examples",
                     "train_too_long_fraction", "throughput_warmup_steps")
 
 ADAPTER_DIR, MODEL_DIR = KEPT_WEIGHTS

@@ -104,7 +104,7 @@ class EvalSettings:
     # auto: the accelerator that trained the model, else CUDA when present, else CPU | cpu | cuda | cuda:N
     device: str = "auto"
     # auto: bfloat16 on a GPU of compute capability >= 8, float16 on an older GPU, model.dtype on CPU (float32 for
-    # auto) | float32 | bfloat16 | float16
+    # auto) | float32 | bfloat16 | float16; a quantized model (QLoRA) keeps the dtypes it was loaded in (a warning)
     dtype: str = "auto"
     # Python modules imported before scoring, each registering metrics with slm_sweep.scoring.register_metric;
     # every registered metric is scored (accuracy_<name> in result.json)

@@ -109,13 +109,13 @@ def start_wandb_run(logger_cfg: Mapping[str, Any], name: str, group: str, job_ty
     id of its own, never resumed: a WANDB_RUN_ID or WANDB_RESUME left in the environment (a batch script, an agent)
     would otherwise send every cell of a process into one run.
     """
-    import wandb
-
     global _online_failure
     mode = wandb_mode(logger_cfg)
     api_key = logger_cfg.get("api_key")
-    if mode == "disabled":
+    if mode == "disabled":  # before the import: a machine without wandb runs with it disabled
         return None
+    import wandb
+
     if mode == "online" and _online_failure is not None:
         log.warning("W&B failed online earlier in this process (%s): logging offline into %s/wandb (upload later "
                     "with `wandb sync %s/wandb/offline-run-*`)", _online_failure, out_dir, out_dir)

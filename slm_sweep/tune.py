@@ -108,7 +108,8 @@ def _positive_number(value: Any) -> bool:
 
 
 def read_table(path: str | Path) -> dict[str, Any]:
-    """The table as plain data; every learning rate checked. Raises TuningError naming the file and key."""
+    """The table as plain data; every learning rate checked, and the shape of what the guards of a tuned cell read
+    of it (``searched``, ``searches``). Raises TuningError naming the file and key."""
     path = Path(path)
     if not path.is_file():
         raise TuningError(f"the learning-rate table {path} does not exist: write it with "
@@ -126,22 +127,49 @@ def read_table(path: str | Path) -> dict[str, Any]:
     if lr is None:
         data["lr"] = lr = {}
     _check_level(path, "lr", lr, ("dataset", "model", "method"))
+    _check_level(path, "searched", data.get("searched"), ("dataset", "model", "method"), _check_search_record,
+                 "its search record")
+    _check_list(path, "searches", data.get("searches"), "the search folders the table was written from")
     return data
 
 
-def _check_level(path: Path, key: str, value: Any, levels: Sequence[str]) -> None:
+def _check_rate(path: Path, key: str, value: Any) -> None:
+    if not _positive_number(value):
+        raise TuningError(f"{path}: {key}={value!r} must be a positive number (a learning rate)")
+
+
+def _check_level(path: Path, key: str, value: Any, levels: Sequence[str], check_leaf=_check_rate,
+                 leaf: str = "its learning rate") -> None:
     if not levels:
-        if not _positive_number(value):
-            raise TuningError(f"{path}: {key}={value!r} must be a positive number (a learning rate)")
+        check_leaf(path, key, value)
         return
     if value is None:
         return
     if not isinstance(value, dict):
         raise TuningError(f"{path}: {key} must map each {levels[0]} to "
-                          + ("its learning rate" if len(levels) == 1 else f"a mapping of {levels[1]}s")
-                          + f", not {value!r}")
+                          + (leaf if len(levels) == 1 else f"a mapping of {levels[1]}s") + f", not {value!r}")
     for name, item in value.items():
-        _check_level(path, f"{key}.{name}", item, levels[1:])
+        _check_level(path, f"{key}.{name}", item, levels[1:], check_leaf, leaf)
+
+
+def _check_search_record(path: Path, key: str, value: Any) -> None:
+    """An entry of ``searched`` as a tuned cell reads it: a mapping whose ``candidates`` are mappings."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise TuningError(f"{path}: {key}={value!r} must be a mapping (the search record of the rate: metric, "
+                          "chosen, candidates, seeds, ...)")
+    _check_list(path, f"{key}.candidates", value.get("candidates"), "each rate compared, a mapping of its scores")
+    _check_list(path, f"{key}.searches", value.get("searches"), "the search folders the entry was chosen from")
+    for i, candidate in enumerate(value.get("candidates") or []):
+        if not isinstance(candidate, dict):
+            raise TuningError(f"{path}: {key}.candidates[{i}]={candidate!r} must be a mapping (a rate compared "
+                              "and its scores)")
+
+
+def _check_list(path: Path, key: str, value: Any, what: str) -> None:
+    if value is not None and not isinstance(value, list):
+        raise TuningError(f"{path}: {key}={value!r} must be a list ({what})")
 
 
 def lookup(table: Mapping[str, Any], dataset: str, model: str, method: str) -> float | None:
@@ -319,15 +347,17 @@ def validate(cfg: DictConfig) -> None:
     from slm_sweep.config_sources import group_options
 
     methods = group_options("method")
-    unknown = sorted(str(name) for name in (tuning.get("lr_grid") or {}) if name not in methods)
+    grid = tuning.get("lr_grid")
+    if grid is not None and not isinstance(grid, Mapping):
+        raise ConfigError(f"tuning.lr_grid={_plain(grid)!r} must map each method to a list of positive learning "
+                          f"rates ('+tuning.lr_grid.{method}=[...]')")
+    unknown = sorted(str(name) for name in (grid or {}) if name not in methods)
     if unknown:  # a misspelt method's candidates would be left unused, and the grid around method.lr searched
         raise ConfigError(f"tuning.lr_grid has candidates for {', '.join(map(repr, unknown))}, which is no method; "
                           f"one of: {', '.join(methods)}")
-    given = (tuning.get("lr_grid") or {}).get(method)
+    given = (grid or {}).get(method)
     if given is not None:
-        for i, value in enumerate(list(given)):
-            if not _positive_number(value):
-                raise ConfigError(f"tuning.lr_grid.{method}[{i}]={value!r} must be a positive number")
+        _check_grid(method, given)
     if given is None and not _positive_number(cfg.method.get("lr")):
         raise ConfigError(f"method.lr={cfg.method.get('lr')!r} must be a positive number: a search's candidates "
                           f"are built around it (or give them: '+tuning.lr_grid.{method}=[...]')")
@@ -346,6 +376,21 @@ def validate(cfg: DictConfig) -> None:
                           f"validation split carved from train, but eval.split={split!r}: candidates compared on "
                           "the test split would choose the rate on the questions it is reported on. Set "
                           "eval.split=val (hparams_search=lr_grid does)")
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def _check_grid(method: str, given: Any) -> None:
+    """``tuning.lr_grid.<method>``: a list of positive rates (one candidate without brackets is no list, and a
+    string would be read character by character)."""
+    if not (OmegaConf.is_list(given) or isinstance(given, list)):
+        raise ConfigError(f"tuning.lr_grid.{method}={_plain(given)!r} must be a list of positive learning rates, "
+                          f"e.g. '+tuning.lr_grid.{method}=[1e-4,3e-4]'")
+    for i, value in enumerate(given):
+        if not _positive_number(value):
+            raise ConfigError(f"tuning.lr_grid.{method}[{i}]={value!r} must be a positive number")
 
 
 def _search_of(cfg: DictConfig) -> str | None:
@@ -1079,11 +1124,11 @@ def render(chosen: Mapping[tuple[str, str, str], Mapping[str, Any]]) -> str:
 
 
 def read_search(dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """Every readable result.json under ``dirs``, one per evaluation key (a result reused in another folder
-    counts once), with the file's path (``result_path``) and the folder of ``dirs`` it was found under
-    (``search_dir``). The report's reader is not used: it takes a completed cell without test scores as
-    malformed. A record that is no result, or whose recorded grid cannot be read (``_unreadable_grid``), is skipped
-    with a warning."""
+    """Every readable result.json under ``dirs``, one per evaluation key (``_outranks``: a result reused in
+    another folder, or a failed attempt at a cell rerun since, counts once), with the file's path
+    (``result_path``) and the folder of ``dirs`` it was found under (``search_dir``). The report's reader is not
+    used: it takes a completed cell without test scores as malformed. A record that is no result, or whose
+    recorded grid cannot be read (``_unreadable_grid``), is skipped with a warning."""
     from slm_sweep.results import RESULT_FILE, SUPERSEDED, read_result
 
     records: dict[str, dict[str, Any]] = {}
@@ -1104,9 +1149,19 @@ def read_search(dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
                 log.warning("skipping %s: %s", path, why)
                 continue
             key = (record.get("identity") or {}).get("evaluation_key") or str(path)
-            if key not in records or (records[key].get("reused_from") and not record.get("reused_from")):
+            if key not in records or _outranks(record, records[key]):
                 records[key] = {**record, "result_path": str(path), "search_dir": str(d)}
     return list(records.values())
+
+
+def _outranks(record: Mapping[str, Any], kept: Mapping[str, Any]) -> bool:
+    """Whether ``record`` replaces ``kept``, a record of the same evaluation key: a completed one wins over a
+    failed, interrupted or running attempt at the same cell, whatever order the folders come in; then the cell's
+    own result over a reuse of it; else the first found stays."""
+    def rank(r: Mapping[str, Any]) -> tuple[bool, bool]:
+        return r.get("status") == "completed", not r.get("reused_from")
+
+    return rank(record) > rank(kept)
 
 
 def _unreadable_grid(record: Mapping[str, Any]) -> str | None:
@@ -1178,10 +1233,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the table to write (default: %(default)s); its entries of other searches are kept")
     parser.add_argument("--replace", action="store_true",
                         help="write the table afresh from the rates chosen here (with none chosen, only the entries "
-                             "searched here are dropped)")
+                             "searched here are dropped; with --keep-unchosen, the earlier entries of those searched "
+                             "here that got no rate are kept)")
     parser.add_argument("--keep-unchosen", action="store_true",
                         help="keep the table's earlier entry of a dataset x model x method searched here that no "
-                             "rate was chosen for (by default it is dropped, and the command exits 1)")
+                             "rate was chosen for, under --replace too (by default it is dropped, and the command "
+                             "exits 1)")
     parser.add_argument("--metric", default=None,
                         help="validation accuracy to maximise, val_accuracy_<metric> (default: each dataset's "
                              "claims metric, val_accuracy_flexible; val_accuracy_lenient on OrcaMath)")
@@ -1197,10 +1254,13 @@ def main(argv: list[str] | None = None) -> int:
             raise TuningError(f"no search cell under {', '.join(args.dirs)} (a trained method scored with "
                               "eval.split=val): the table is left as it was")
         out = Path(args.out)
-        # the table as it is, unless --replace starts it afresh from the rates chosen; with none chosen, --replace
-        # keeps the others and drops only the entries searched again (as without it)
-        earlier = read_table(out) if out.exists() and not (args.replace and chosen) else None
-        keep = None if args.replace and chosen else earlier
+        # the table as it is, unless --replace starts it afresh from the rates chosen (keeping only what
+        # --keep-unchosen keeps); with none chosen, --replace keeps the others and drops only the entries searched
+        # again (as without it)
+        fresh = bool(args.replace and chosen)
+        earlier = read_table(out) if out.exists() and (not fresh or args.keep_unchosen and unchosen) else None
+        kept = [k for k in unchosen if args.keep_unchosen and earlier is not None and lookup(earlier, *k) is not None]
+        keep = _entries(earlier, kept) if fresh and earlier is not None else earlier
         dropped = [] if args.keep_unchosen or earlier is None else [k for k in unchosen
                                                                      if lookup(earlier, *k) is not None]
         path = write_table(chosen, out, [str(d) for d in args.dirs], args.metric, keep, drop=dropped) \
@@ -1211,18 +1271,37 @@ def main(argv: list[str] | None = None) -> int:
     if chosen:
         print(render(chosen))
     print(f"Wrote {path}" if path else f"{out} is left as it was")
-    return _report_unchosen(parser.prog, unchosen, dropped, args.keep_unchosen)
+    return _report_unchosen(parser.prog, unchosen, dropped, kept, args.keep_unchosen)
+
+
+def _entries(table: Mapping[str, Any], keys: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
+    """``table`` with only the entries of ``keys`` (dataset, model, method), their rates and search records, and
+    the searches they name (their own, else the table's): what --replace --keep-unchosen keeps."""
+    lr: dict[str, Any] = {}
+    searched: dict[str, Any] = {}
+    searches: list[str] = []
+    for dataset, model, method in keys:
+        lr.setdefault(dataset, {}).setdefault(model, {})[method] = lookup(table, dataset, model, method)
+        record = _searched(table, dataset, model, method)
+        if record:
+            searched.setdefault(dataset, {}).setdefault(model, {})[method] = record
+        own = record.get("searches")
+        searches += own if isinstance(own, list) else table.get("searches") or []
+    return {"lr": lr, "searched": searched, "searches": list(dict.fromkeys(searches))}
 
 
 def _report_unchosen(prog: str, unchosen: Sequence[tuple[str, str, str]], dropped: Sequence[tuple[str, str, str]],
-                     keep_unchosen: bool) -> int:
+                     kept: Sequence[tuple[str, str, str]], keep_unchosen: bool) -> int:
     """Exit status: 0 when every dataset x model x method searched got a rate (or --keep-unchosen kept the
-    earlier entries of those that did not), else 1, naming them and the entries dropped."""
+    earlier entries, ``kept``, of those that did not), else 1, naming them and the entries dropped."""
     if not unchosen:
         return 0
     if keep_unchosen:
-        print(f"{prog}: warning: no rate of {_names(unchosen)} completed every seed; the table's earlier entries of "
-              "them, if any, are kept as they were (--keep-unchosen)", file=sys.stderr)
+        none = [k for k in unchosen if k not in kept]
+        what = [*([f"the table keeps its earlier entry of {_names(kept)} as it was (--keep-unchosen)"] if kept else []),
+                *([f"the table has no entry of {_names(none)} (none earlier to keep)"] if none else [])]
+        print(f"{prog}: warning: no rate of {_names(unchosen)} completed every seed; {'; '.join(what)}",
+              file=sys.stderr)
         return 0
     gone = f" (its earlier entry of {_names(dropped)} is dropped: searched again, no rate chosen)" if dropped else ""
     print(f"{prog}: error: no rate of {_names(unchosen)} completed every seed, so the table has none{gone}. Search "

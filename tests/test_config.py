@@ -245,6 +245,11 @@ def nothing_but_the_cpu(monkeypatch):
     ("trainer.accelerator=tpu", "trainer.accelerator=tpu needs the torch_xla package"),
     ("trainer.accelerator=cpu trainer.strategy=fsdp", "trainer.strategy=fsdp shards training over GPUs, but "
                                                       "trainer.accelerator=cpu trains on the CPU"),
+    # its processes would train to the end and send back the weights but no step count, losses or throughput
+    ("trainer.accelerator=cpu trainer.devices=2 trainer.strategy=ddp_spawn",
+     "trainer.strategy=ddp_spawn trains in processes started by multiprocessing (spawn), which return the weights "
+     "but not the steps, losses and throughput a result records; use one that starts each device's process as a "
+     "script: ddp, ddp_find_unused_parameters_false"),
 ])
 def test_what_no_machine_with_these_packages_can_train_is_refused_by_a_sweeps_preflight_too(nothing_but_the_cpu,
                                                                                            override, message):

@@ -90,6 +90,14 @@ def test_prompts_are_left_truncated_to_the_window():
         encode_prompts(tokenizer, [text], max_prompt_tokens=0)
 
 
+def test_new_tokens_that_fill_the_context_window_are_refused_naming_the_setting_and_the_window():
+    model, tokenizer = _tiny()
+    window = context_window(model, tokenizer)
+    with pytest.raises(ValueError, match=f"eval.max_new_tokens={window} leaves no room for a prompt in the model's "
+                                         f"context window of {window} tokens: use at most {window - 1}"):
+        generate(model, tokenizer, ["How many?"], max_new_tokens=window)
+
+
 def test_bos_is_added_as_the_tokenizer_does_unless_the_prompt_starts_with_it():
     from tokenizers import processors
 

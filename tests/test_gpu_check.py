@@ -181,9 +181,25 @@ def test_variants_with_no_time_left_in_the_job_are_skipped_not_failed(tmp_path):
 
     args = argparse.Namespace(timeouts=[1, 1, 1, 60], job_deadline=0.0, dry_run=False)
     figures = gpu_check.train_variants_stage(args, ["model=tiny"], "cuda", tmp_path)
-    assert figures["returncode"] == 0
+    # no variant ran: the stage itself is a skipped one, as a main stage without time is
+    assert figures["returncode"] is None
+    assert figures["skipped"] == f"no variant had {gpu_check.VARIANT_MIN_S} s left in the job"
     assert all(figures[name] == {"skipped": f"under {gpu_check.VARIANT_MIN_S} s left in the job"}
                for name in gpu_check.TRAIN_VARIANTS)
+
+
+def test_a_train_variants_stage_where_no_variant_ran_is_listed_as_skipped_and_fails_the_job(tmp_path, capsys):
+    """The documented procedure's first command is ``--stages train_variants``: with no time for any variant it
+    measured nothing, which must neither pass nor go unlisted."""
+    import gpu_check
+
+    out = tmp_path / "out"
+    code = gpu_check.main(["--dry-run", "--stages", "train_variants", "--timeouts", "240", "120", "300",
+                           str(gpu_check.VARIANT_MIN_S - 15), "--out", str(out), "--work-dir", str(tmp_path / "work")])
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["skipped_stages"] == ["train_variants"] and report["failed_stages"] == []
+    assert code == 1  # every stage asked for was skipped
+    assert "skipped for want of time: train_variants" in capsys.readouterr().out
 
 
 def test_the_variants_asked_for_run_in_the_order_asked(tmp_path):
@@ -193,7 +209,7 @@ def test_the_variants_asked_for_run_in_the_order_asked(tmp_path):
 
     args = argparse.Namespace(timeouts=[1, 1, 1, 60], job_deadline=0.0, dry_run=False, variants=["eager", "graphs"])
     figures = gpu_check.train_variants_stage(args, ["model=tiny"], "cuda", tmp_path)
-    assert [name for name in figures if name != "returncode"] == ["eager", "graphs"]
+    assert [name for name in figures if name not in ("returncode", "skipped")] == ["eager", "graphs"]
     # the default order: the unmeasured lever with the shortest warm-up first, then what it is measured against
     assert list(gpu_check.TRAIN_VARIANTS)[:3] == ["cudagraphs", "eager", "graphs"]
     assert "compile_mode=reduce-overhead" in gpu_check.TRAIN_VARIANTS["graphs"][1]
@@ -211,6 +227,24 @@ def test_the_step_clock_tells_the_steady_state_from_steps_that_recorded_graphs()
     for _ in range(3):
         clock.on_train_batch_end(None, None, None, {"num_tokens": 4, "last_in_step": True}, 0)
     assert len(clock.step_ends) == 3 and clock.step_spread()["slow_steps"] >= 0
+
+
+def test_the_step_clock_with_no_warmup_measures_from_the_start_of_training():
+    """--warmup 0: every step is measured, from the start of training, as the plain loop's clock starts at its
+    first step (the clock used to start never, leaving its rates and CPU time relative to 0.0)."""
+    import train_speed
+
+    clock = train_speed.StepClock(warmup=0, device="cpu")
+    before = time.perf_counter()
+    clock.on_train_start(None, None)
+    for _ in range(3):
+        time.sleep(0.01)
+        clock.on_train_batch_end(None, None, None, {"num_tokens": 4, "last_in_step": True}, 0)
+    clock.on_train_end(None, None)
+    elapsed = time.perf_counter() - before
+    assert before <= clock.start and 0.03 <= clock.seconds <= elapsed
+    assert 0 <= clock.cpu_seconds <= elapsed + 0.5 and clock.tokens == 12 and clock.warmup_seconds == 0.0
+    assert len(clock.step_ends) == 4 and clock.step_spread()["step_time_median_s"] >= 0.01  # all three steps
 
 
 def test_each_variant_leaves_the_minimum_to_every_variant_after_it(tmp_path, monkeypatch):
@@ -326,14 +360,99 @@ def test_the_studys_slice_is_timed_from_its_own_start_and_a_small_grid_without_t
     (["--grid-override", "model=tiny"], "--grid-override 'model=tiny': expected a cell setting"),
     (["--grid-full"], "--grid-full with --stages train eval grid train_variants: the study's slice is timed from its "
                       "own start and takes a command of its own"),
-    (["--grid-full", "--stages", "grid", "--timeouts", "100", "100", "520", "100"],
-     "the grid's 520 s would pass the 570 s"),
+    # a command too short for the conversion's 90 s and the smallest grid's 120 s, once the script's 30 s are taken
+    (["--grid-full", "--stages", "grid", "--command-limit", "200"],
+     "--grid-full with --command-limit 200: 170 s once the script's own 30 s are taken, under the weights' "
+     "conversion (90 s at most) and the 120 s a grid needs at least; allowed: --command-limit 240 or more"),
+    (["--command-limit", "30"], "--command-limit 30: 0 s once the script's own 30 s are taken"),
 ])
 def test_a_job_that_cannot_fit_one_command_is_refused_before_anything_runs(tmp_path, argv, message):
     bad = subprocess.run([sys.executable, "bench/gpu_check.py", "--out", str(tmp_path), *argv], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and message in bad.stderr, bad.stderr[-2000:]
     assert not (tmp_path / "gpu_check.json").exists()
+
+
+@pytest.mark.parametrize("limit", [500, 300, 240])
+def test_the_studys_slice_runs_under_the_command_limit_it_is_given(limit):
+    """--grid-full with the limit the command really runs under (500 s in the documented procedure): accepted, the
+    grid's limit cut at run time rather than refused here (the default job budget fits that limit too)."""
+    import gpu_check
+
+    args = gpu_check.parse_args(["--stages", "grid", "--grid-full", "--command-limit", str(limit)])
+    assert args.command_limit == limit and args.job_budget == min(gpu_check.JOB_BUDGET_S, limit - 30)
+    # a grid limit past what the command allows is accepted too: it is cut when the grid starts
+    args = gpu_check.parse_args(["--stages", "grid", "--grid-full", "--command-limit", str(limit),
+                                 "--timeouts", "100", "100", "520", "100"])
+    assert args.timeouts[2] == 520
+
+
+def test_the_studys_slice_is_cut_to_what_the_command_has_left_and_says_so(tmp_path, monkeypatch):
+    """The grid's 420 s cut to the command limit less the script's 30 s less what ran before it (the conversion);
+    a grid killed at that limit has killed_at_s and no slice verdict, even when every cell had written its
+    result before the kill."""
+    import argparse
+
+    import gpu_check
+
+    limits = []
+    monkeypatch.setattr(gpu_check, "run_stage", lambda command, limit, *rest: limits.append(limit) or {
+        "returncode": -9, "timed_out": True, "seconds": limit + 0.3})
+    done = {m: {"method": m, "status": "completed", "eval_device": "cuda:0",
+                "train_device": "cuda:0" if m in gpu_check.TRAINED else None} for m in gpu_check.METHODS}
+    monkeypatch.setattr(gpu_check, "collect_cells", lambda sweep_dir: done)
+    monkeypatch.setattr(gpu_check, "WORKER_START", time.perf_counter() - 100)  # imports and conversion: 100 s
+    args = argparse.Namespace(timeouts=[1, 1, gpu_check.GRID_FULL_LIMIT_S, 1], job_deadline=0.0, dry_run=False,
+                              grid_full=True, grid_override=[], data_root=tmp_path, grid_steps=None,
+                              grid_test_limit=None, command_limit=400)
+    figures = gpu_check.grid_stage(args, ["model=tiny"], "cuda", tmp_path)
+    (limit,) = limits
+    assert 268 <= limit <= 270  # 400 - 30 - 100
+    assert figures["limit_s"] == limit and figures["killed_at_s"] == limit
+    assert figures["limit_cut"].startswith(f"420 s cut to {limit} s: what was left of --command-limit 400")
+    assert figures["all_completed"] is True and figures["slice_floor_met"] is False
+    # with room for the whole 420 s nothing is cut, and a grid that ends inside the floor meets it
+    monkeypatch.setattr(gpu_check, "run_stage", lambda command, limit, *rest: limits.append(limit) or {
+        "returncode": 0, "timed_out": False, "seconds": 300.0})
+    args.command_limit = 600
+    figures = gpu_check.grid_stage(args, ["model=tiny"], "cuda", tmp_path)
+    assert limits[-1] == gpu_check.GRID_FULL_LIMIT_S and "limit_cut" not in figures and "killed_at_s" not in figures
+    assert figures["slice_floor_met"] is True
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--train-steps", "0"], "argument --train-steps: 0: expected a whole number of at least 1"),
+    (["--eval-questions", "-3"], "argument --eval-questions: -3: expected a whole number of at least 1"),
+    (["--grid-steps", "0"], "argument --grid-steps: 0: expected a whole number of at least 1"),
+    (["--grid-test-limit", "0"], "argument --grid-test-limit: 0: expected a whole number of at least 1"),
+    (["--timeouts", "240", "0", "280", "120"], "argument --timeouts: 0: expected a whole number of at least 1"),
+    (["--train-steps", "ten"], "argument --train-steps: 'ten' is not a whole number"),
+])
+def test_a_bad_size_is_refused_naming_the_option_and_the_value(argv, message, capsys):
+    import gpu_check
+
+    with pytest.raises(SystemExit) as exit_:
+        gpu_check.parse_args(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_eval_stages_new_tokens_are_its_own_and_the_users_other_settings_win(capsys):
+    """The eval floor is defined at 256 new tokens: a user's eval.max_new_tokens would have been silently replaced,
+    so it is refused, naming it; any other eval setting is the user's, after the stage's own."""
+    import gpu_check
+
+    with pytest.raises(SystemExit) as exit_:
+        gpu_check.parse_args(["--eval-override", "eval.max_new_tokens=64"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "--eval-override 'eval.max_new_tokens=64': the eval stage sets eval.max_new_tokens itself" in err
+    assert "floor is defined at 256 new tokens" in err
+    assert gpu_check.parse_args(["--eval-override", "eval.dtype=float32"]).eval_override == ["eval.dtype=float32"]
+
+    cfg = gpu_check._composed(gpu_check.eval_worker_overrides(
+        ["model=tiny", "eval.progress=true", "eval.max_batch_size=8"], Path("/data"), dry_run=False))
+    assert cfg.eval.progress is True and cfg.eval.max_batch_size == 8  # the user's, over the stage's own
+    assert cfg.eval.max_new_tokens == 256 and cfg.method.name == "zeroshot"
 
 
 def test_the_command_limit_is_a_default_a_machine_without_one_raises():

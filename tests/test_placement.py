@@ -226,7 +226,7 @@ def test_moving_to_a_gpu_makes_it_the_current_device(monkeypatch):
 
 
 @pytest.mark.parametrize("compute", [torch.bfloat16, "bfloat16", "torch.bfloat16"])
-def test_a_quantized_model_records_the_dtype_its_quantized_layers_compute_in(compute):
+def test_a_quantized_model_records_the_dtype_its_quantized_layers_compute_in(compute, caplog):
     """After k-bit preparation a 4-bit model's first weights are float32 embeddings; its 4-bit layers compute in
     bnb_4bit_compute_dtype, which is what a reader of result.json needs."""
     from omegaconf import OmegaConf
@@ -246,6 +246,11 @@ def test_a_quantized_model_records_the_dtype_its_quantized_layers_compute_in(com
     placement = resolve_placement(OmegaConf.create({"device": "cpu", "dtype": "auto"}), OmegaConf.create({}),
                                   Quantized())
     assert placement.describe()["dtype"] == "float32" and placement.describe()["compute_dtype"] == "bfloat16"
+    with caplog.at_level("WARNING", logger="slm_sweep.placement"):
+        asked = resolve_placement(OmegaConf.create({"device": "cpu", "dtype": "float16"}), OmegaConf.create({}),
+                                  Quantized())
+    assert asked == placement  # the setting does not change a quantized model's dtypes, and says so
+    assert "eval.dtype=float16 is set aside for a quantized model (QLoRA)" in caplog.text
     plain = resolve_placement(OmegaConf.create({"device": "cpu", "dtype": "auto"}), OmegaConf.create({}),
                               torch.nn.Linear(2, 2))
     assert "compute_dtype" not in plain.describe()

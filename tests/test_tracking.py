@@ -295,6 +295,23 @@ def test_w_and_b_not_importable_leaves_a_logger_without_a_run(monkeypatch, tmp_p
     tracker.finish("completed")
 
 
+@pytest.mark.parametrize("how", ["setting", "environment"])
+def test_w_and_b_disabled_needs_no_wandb_installed(monkeypatch, tmp_path, caplog, how):
+    """The GPU machine has no wandb and runs with WANDB_MODE=disabled: no error, and the result says disabled."""
+    import sys
+
+    from slm_sweep.tracking import Tracker
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    entry = {"_target_": "slm_sweep.tracking.WandbRun", "mode": "disabled" if how == "setting" else "auto"}
+    if how == "environment":
+        monkeypatch.setenv("WANDB_MODE", "disabled")
+    cell = {"model": "tiny", "method": "zeroshot", "dataset": "gsm8k", "seed": 0}
+    with caplog.at_level("ERROR", logger="slm_sweep.tracking"):
+        tracker = Tracker(entry, cell, {}, tmp_path)
+    assert tracker.tracking["wandb"] == "disabled" and "W&B could not start" not in caplog.text
+
+
 def test_a_credential_written_into_the_config_is_refused_and_one_read_from_the_environment_is_not(tiny_cfg,
                                                                                                  tmp_path):
     """Hydra prints a sweep's overrides and the submitit launchers pickle every job's config to disk: a key given

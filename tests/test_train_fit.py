@@ -106,6 +106,32 @@ def weights(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
+def test_the_pass_on_the_final_weights_is_timed_apart_from_training(examples, tmp_path):
+    """train_time_s is training's time: the validation pass on the final weights, whose share of a cell differs
+    between methods, is final_validation_s (here made slow: a second per batch)."""
+    import time
+
+    class SlowFinalValidation(L.Callback):
+        batches = 0
+
+        def on_validation_batch_end(self, trainer, *args, **kwargs):
+            if trainer.validating:  # trainer.validate after fit, not a check during it
+                self.batches += 1
+                time.sleep(1.0)
+
+    slow = SlowFinalValidation()
+    model, tokenizer = tiny()
+    model = apply_method(model, method_config("lora"))
+    began = time.perf_counter()
+    outcome = fit(model, examples[:8], examples[8:12], trainer_config(), method_config("lora"), seed=SEED,
+                  out_dir=tmp_path, pad_token_id=tokenizer.pad_token_id, extra_callbacks=[slow])
+    wall = time.perf_counter() - began
+    assert slow.batches >= 1 and outcome.val_loss is not None
+    assert outcome.perf["final_validation_s"] >= slow.batches
+    assert outcome.train_time_s < wall - slow.batches
+    assert outcome.train_time_s + outcome.perf["final_validation_s"] <= wall
+
+
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_the_micro_batch_changes_neither_gradients_nor_weights(examples, tmp_path, method):
     runs = {}

@@ -197,6 +197,9 @@ def test_the_shipped_table_parses_and_the_paper_reads_it(tiny_cfg):
     assert resolve_lr(cfg)["source"] in ("tuned", "method")
 
 
+RATE = "lr: {gsm8k: {tiny: {lora: 1.0e-4}}}\n"
+
+
 @pytest.mark.parametrize("text, message", [
     ("lr: {gsm8k: {tiny: {lora: fast}}}\n", "lr.gsm8k.tiny.lora='fast' must be a positive number"),
     ("lr: {gsm8k: {tiny: {lora: -1.0e-4}}}\n", "lr.gsm8k.tiny.lora=-0.0001 must be a positive number"),
@@ -206,6 +209,15 @@ def test_the_shipped_table_parses_and_the_paper_reads_it(tiny_cfg):
     ("lr: {gsm8k: {tiny: [1.0e-4]}}\n", "lr.gsm8k.tiny must map each method to its learning rate"),
     ("lr: 3.0e-4\n", "lr must map each dataset to a mapping of models"),
     ("- 3.0e-4\n", "must be a mapping with an 'lr' key"),
+    # the search records the guards of a tuned cell read: the wrong shape names its key, not an AttributeError
+    (f"{RATE}searched: [1, 2]\n", "searched must map each dataset to a mapping of models, not [1, 2]"),
+    (f"{RATE}searched: {{gsm8k: 5}}\n", "searched.gsm8k must map each model to a mapping of methods, not 5"),
+    (f"{RATE}searched: {{gsm8k: {{tiny: 5}}}}\n", "searched.gsm8k.tiny must map each method to its search record"),
+    (f"{RATE}searched: {{gsm8k: {{tiny: {{lora: {{metric: val_accuracy_flexible, best: 0.3, candidates: 5}}}}}}}}\n",
+     "searched.gsm8k.tiny.lora.candidates=5 must be a list"),
+    (f"{RATE}searched: {{gsm8k: {{tiny: {{lora: {{candidates: [5]}}}}}}}}\n",
+     "searched.gsm8k.tiny.lora.candidates[0]=5 must be a mapping"),
+    (f"{RATE}searches: multirun/x\n", "searches='multirun/x' must be a list"),
 ])
 def test_bad_table_values_fail_before_anything_loads_naming_the_file_and_key(tiny_cfg, tmp_path, text, message):
     table = write_table(tmp_path / "lr.yaml", text)
@@ -230,6 +242,13 @@ def test_a_missing_table_says_how_to_write_it(tiny_cfg, tmp_path):
      "tuning.lr_candidate=2 must be an index into tuning.lr_grid.lora, which has 2 candidates (0 to 1)"),
     (["method=lora", "+tuning.lr_candidate=0", "+tuning.lr_grid={lora: [x]}"],
      "tuning.lr_grid.lora[0]='x' must be a positive number"),
+    # one candidate without brackets, and a string: no list, named as such (not a TypeError, nor split into letters)
+    (["method=lora", "+tuning.lr_candidate=0", "+tuning.lr_grid.lora=3e-4"],
+     "tuning.lr_grid.lora=0.0003 must be a list of positive learning rates"),
+    (["method=lora", "+tuning.lr_candidate=0", "+tuning.lr_grid.lora=abc"],
+     "tuning.lr_grid.lora='abc' must be a list of positive learning rates"),
+    (["method=lora", "+tuning.lr_candidate=0", "+tuning.lr_grid=3"],
+     "tuning.lr_grid=3 must map each method to a list of positive learning rates"),
     (["method=lora", "+tuning.lr_candidate=0", "+tuning.lr_grid={lora: [1e-4]}", "tuning.lr=tuned"],
      "tuning.lr=tuned cannot be combined with a learning-rate search"),
     (["method=lora", "tuning.lr=best"], "tuning.lr='best' is not one of: method, tuned"),
@@ -533,6 +552,37 @@ def test_a_search_reads_neither_set_aside_results_nor_other_folders_results_twic
     write(tmp_path / "0-cell", 1e-4)
     write(tmp_path / "0-cell" / "superseded", 5e-4)
     assert [r["learning_rate"]["value"] for r in read_search([tmp_path])] == [1e-4]
+
+
+def test_a_completed_rerun_of_a_failed_cell_counts_whatever_order_the_folders_come_in(tmp_path):
+    """A cell that failed (out of memory) and was rerun into a new search folder: one evaluation key twice. The
+    completed rerun is the cell's result whichever folder is named first, so the table is the same either way."""
+    _write_cell(tmp_path / "first" / "0", _record("lora", 1e-4, 0.0, status="failed"), "kA")
+    _write_cell(tmp_path / "first" / "1", _record("lora", 2e-4, 0.30), "kB")
+    _write_cell(tmp_path / "second" / "0", _record("lora", 1e-4, 0.40), "kA")
+    tables = []
+    for order in (["first", "second"], ["second", "first"]):
+        out = tmp_path / f"{order[0]}.yaml"
+        assert main([*(str(tmp_path / d) for d in order), "--out", str(out)]) == 0
+        tables.append(yaml.safe_load(out.read_text()))
+    assert tables[0]["lr"] == tables[1]["lr"] == {"gsm8k": {"m": {"lora": 1e-4}}}
+    assert tables[0]["searched"] == tables[1]["searched"]
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_of_one_cells_results_a_completed_one_counts_then_the_cells_own_over_a_reuse(tmp_path, order):
+    from slm_sweep.tune import read_search
+
+    def write(folder, lr, status, reused):
+        record = {**_record("lora", lr, 0.3, status=status), **({"reused_from": "elsewhere"} if reused else {})}
+        _write_cell(tmp_path / folder, record, "k")
+        return tmp_path / folder
+
+    failed_own, completed_reuse = write("a", 1e-4, "failed", False), write("b", 2e-4, "completed", True)
+    completed_own = write("c", 5e-4, "completed", False)
+    for pair, kept in (((failed_own, completed_reuse), 2e-4), ((completed_reuse, completed_own), 5e-4)):
+        (record,) = read_search([pair[i] for i in order])
+        assert record["learning_rate"]["value"] == kept
 
 
 def test_a_system_message_the_plain_style_leaves_out_does_not_refuse_the_tuned_rate(requires_data, tmp_path):
@@ -1029,6 +1079,26 @@ def test_replace_with_no_rate_chosen_drops_only_the_entries_searched_again(tmp_p
     chosen = _write_cells(tmp_path / "chosen", [_record("full", 1e-5, 0.2), _record("full", 2e-5, 0.3)])
     assert main([str(chosen), "--out", str(table), "--replace"]) == 0
     assert yaml.safe_load(table.read_text())["lr"] == {"gsm8k": {"m": {"full": 2e-5}}}
+
+
+def test_replace_keeps_the_unchosen_entries_keep_unchosen_says_it_keeps(tmp_path, capsys):
+    """--replace --keep-unchosen: the table is written afresh from the rates chosen, but a dataset x model x method
+    searched here that got no rate keeps its earlier entry, as the warning says; the rest of the earlier table goes."""
+    earlier = ("searches: [searchA]\nlr: {gsm8k: {m: {full: 2.0e-5, lora: 1.0e-4}, other: {lora: 1.0e-4}}}\n"
+               "searched: {gsm8k: {m: {full: {metric: val_accuracy_flexible, chosen: 2.0e-5, best: 0.3, "
+               "searches: [searchA], seeds: [1000]}}}}\n")
+    search = _write_cells(tmp_path / "searchB", [
+        _record("lora", 1e-4, 0.3), _record("lora", 2e-4, 0.4), _record("full", 1e-5, 0.0, status="diverged"),
+        _record("dora", 1e-4, 0.0, status="diverged")])
+    table = write_table(tmp_path / "lr.yaml", earlier)
+    assert main([str(search), "--out", str(table), "--replace", "--keep-unchosen"]) == 0
+    err = capsys.readouterr().err
+    assert "the table keeps its earlier entry of gsm8k/m/full as it was (--keep-unchosen)" in err
+    assert "the table has no entry of gsm8k/m/dora (none earlier to keep)" in err
+    data = yaml.safe_load(table.read_text())
+    assert data["lr"] == {"gsm8k": {"m": {"full": 2e-5, "lora": 2e-4}}}
+    assert data["searched"]["gsm8k"]["m"]["full"] == yaml.safe_load(earlier)["searched"]["gsm8k"]["m"]["full"]
+    assert data["searches"] == ["searchA", str(search)]
 
 
 def test_a_tuned_cell_names_only_its_own_entrys_search_seeds_and_metric(tmp_path):

@@ -93,7 +93,11 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
         raise ValueError(f"eval.generation_config={generation_config!r} is not one of: neutral, model")
     neutral = generation_config == "neutral"
     engine = _usable_engine(model, engine, neutral)
-    encoded = encode_prompts(tokenizer, prompts, context_window(model, tokenizer) - max_new_tokens)
+    window = context_window(model, tokenizer)
+    if max_new_tokens >= window:
+        raise ValueError(f"eval.max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's context "
+                         f"window of {window} tokens: use at most {window - 1}")
+    encoded = encode_prompts(tokenizer, prompts, window - max_new_tokens)
     settings = Decoding(
         max_new_tokens=max_new_tokens,
         stop_check=StopCheck(tokenizer, stop, eos_token_ids(model, tokenizer)),

@@ -230,13 +230,17 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
                 if "scope" in compiled:
                     compiled.update(compile_figures_since(before))
                 remove_compiled(model, compiled)
-        # A validation pass on the final weights, so val/loss always describes the model that is evaluated.
+        train_time = time.perf_counter() - start
+        # A validation pass on the final weights, so val/loss always describes the model that is evaluated; timed
+        # apart: its share of a cell's time differs between methods (DoRA's forward costs more than LoRA's).
+        validated = time.perf_counter()
         if val:
             trainer.validate(module, datamodule=data, verbose=False)
-    train_time = time.perf_counter() - start
+        final_validation = time.perf_counter() - validated if val else None
     return TrainOutcome(train_time_s=train_time, train_steps=trainer.global_step,
                         train_loss=module.last_train_loss, val_loss=module.last_val_loss,
-                        perf={**throughput.result, "train_oom_halvings": module.oom_halvings,
+                        perf={**throughput.result, "final_validation_s": final_validation,
+                              "train_oom_halvings": module.oom_halvings,
                               **module.clipping_figures(), **module.loss_figures()},
                         placement={**training_placement(trainer, model), "compiled": compiled,
                                    **({"trainable_upcast_to_float32": upcast} if upcast else {})})
