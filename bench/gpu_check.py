@@ -643,9 +643,10 @@ def grid_verdicts(cells: dict, seconds: float | None, device: str, full: bool, k
             {m: {"slm_sweep_tokens_per_s": c.get("train_tokens_per_s"), "slm_sweep_step_time_s": c.get("step_time_s"),
                  "compiled": c.get("compiled")}
              for m, c in cells.items() if m in TRAINED and c.get("status") == "completed"}, device)
-    # the whole evaluation stage of each cell (every set it scores), falling back to the scored split's time
-    own = sum((c.get("train_time_s") or 0.0) + (c.get("eval_time_all_sets_s") or c.get("eval_time_s") or 0.0)
-              for c in cells.values())
+    # training, the validation pass on the final weights and the whole evaluation stage of each cell (every set it
+    # scores), falling back to the scored split's time
+    own = sum((c.get("train_time_s") or 0.0) + (c.get("final_validation_s") or 0.0)
+              + (c.get("eval_time_all_sets_s") or c.get("eval_time_s") or 0.0) for c in cells.values())
     if seconds and own:
         verdicts["cells_train_eval_s"] = round(own, 1)
         verdicts["seconds_over_cells"] = round(seconds / own, 2)
@@ -673,8 +674,8 @@ def collect_cells(sweep_dir: Path) -> dict:
             "device_name": (placement.get("eval") or {}).get("device_name"),
             "engine": decoding.get("engine"), "cuda_graphs": decoding.get("cuda_graphs"),
             **{k: metrics.get(k) for k in ("accuracy_strict", "accuracy_flexible", "n_eval", "train_steps",
-                                           "train_time_s", "train_tokens_per_s", "step_time_s", "eval_time_s",
-                                           "eval_time_all_sets_s", "mfu", "peak_memory_mb")},
+                                           "train_time_s", "final_validation_s", "train_tokens_per_s", "step_time_s",
+                                           "eval_time_s", "eval_time_all_sets_s", "mfu", "peak_memory_mb")},
         }
     return cells
 

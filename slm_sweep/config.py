@@ -194,6 +194,7 @@ def check_trainer_choices(trainer: Mapping, devices: bool = True) -> None:
     if accelerator == "auto" and not _available_accelerators():
         _check_cpu_strategy(strategy, "trainer.accelerator=auto finds no accelerator here and")
     _check_batch_split(trainer)
+    _check_interactive_devices(trainer)
 
 
 # what a trainer setting needs installed besides Lightning and torch, which Lightning finds missing only when it
@@ -239,6 +240,22 @@ def _check_process_launcher(strategy: Any, strategies: list[str]) -> None:
                       f"({start(strategy)}), which return the weights but not the steps, losses and throughput a "
                       f"result records; use one that starts each device's process as a script: {', '.join(usable)} "
                       "(trainer=ddp, or trainer=ddp_cpu on the CPU)")
+
+
+def _check_interactive_devices(trainer: Mapping) -> None:
+    """Several devices in an interactive session (Jupyter, ``python -i``), where Lightning trains in forked
+    processes (strategy auto) or refuses ddp: the same end as ``_check_process_launcher``'s, found only after the
+    data and the model have loaded."""
+    from lightning.pytorch.trainer.connectors import accelerator_connector
+
+    from slm_sweep.identity import planned_world_size
+
+    count = planned_world_size(trainer)
+    if count > 1 and accelerator_connector._IS_INTERACTIVE:
+        raise ConfigError(f"trainer.devices={trainer.get('devices')} trains in {count} processes, which Lightning "
+                          "starts by forking in an interactive session (Jupyter, python -i), and those return no "
+                          "steps, losses or throughput for a result: run the cell as a script (python -m slm_sweep "
+                          "...), or set trainer.devices=1")
 
 
 def _check_cpu_strategy(strategy: Any, why: str) -> None:
@@ -726,6 +743,18 @@ def _check_gguf_keys(model: DictConfig) -> None:
                           f"ships {model.gguf_file}) nor model.gguf_dir (a folder holding it)")
 
 
+def settings_elsewhere(group: str, key: str) -> list[str]:
+    """The settings named ``key`` outside ``group`` (a settings group, ``tuning``, or "" for the top level):
+    ``settings_elsewhere("eval", "test_limit")`` is ["dataset.test_limit"]."""
+    from slm_sweep.settings import SCHEMAS, field_names
+
+    groups = {**{name: field_names(schema) for name, schema in SCHEMAS.items()}, "tuning": list(TUNING_KEYS)}
+    found = [f"{name}.{key}" for name, keys in groups.items() if name != group and key in keys]
+    if group and key in (*TOP_LEVEL_KEYS, *SCHEMAS):  # eval.seed: seed; dataset.logger: logger
+        found.append(key)
+    return found
+
+
 def _validate_known_keys(cfg: DictConfig) -> None:
     """Every key of a typed node is a setting of its schema (slm_sweep/settings.py). Hydra refuses other keys when
     it composes, except those added with ``+key=value``, which would otherwise be silently unread."""
@@ -734,8 +763,10 @@ def _validate_known_keys(cfg: DictConfig) -> None:
     from slm_sweep.settings import SCHEMAS, field_names, nested_schema
 
     def unknown(path: str, key: str, known: list[str], where_known: str) -> ConfigError:
-        close = difflib.get_close_matches(str(key), known, n=1)
-        hint = f"did you mean {path}{close[0]}? " if close else ""
+        # a setting of another group (eval.test_limit: dataset.test_limit) is likelier meant than a near spelling
+        elsewhere = settings_elsewhere(path.rstrip("."), str(key)) if path.count(".") <= 1 else []
+        close = elsewhere or [f"{path}{k}" for k in difflib.get_close_matches(str(key), known, n=1)]
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
         return ConfigError(f"{path}{key} is not a setting: no code reads it; {hint}the {path.rstrip('.') or 'top-level'} "
                            f"settings are {', '.join(known)} ({where_known})")
 

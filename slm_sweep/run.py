@@ -718,8 +718,11 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
         # the training figures below were measured by that run, with its code, versions and hardware
         record["training_provenance"] = training_provenance(source, trained_result)
         record["placement"]["train"] = (source.get("placement") or {}).get("train")
+        measured = source.get("metrics") or {}
         for key in TRAINING_METRICS:
-            metrics[key] = (source.get("metrics") or {}).get(key)
+            # a source without final_validation_s counted that pass in train_time_s: the copy lacks it too
+            if key in measured or key != "final_validation_s":
+                metrics[key] = measured.get(key)
         # its training time covers what that run trained, from a checkpoint if it resumed from one (the report
         # leaves such a seed out of the mean training time)
         record["resumed_from_checkpoint"] = source.get("resumed_from_checkpoint")

@@ -525,8 +525,8 @@ def _tuned_provenance(table: Mapping[str, Any], path: Path, dataset: str, model:
         log.warning("%s", detail)
         return {"detail": detail, "searches": []}
     if searched.get("metric") and searched.get("best") is not None:
-        detail += (f" (best {searched['metric']} {searched['best']} of {len(searched.get('candidates') or [])} "
-                   f"candidates on {searched.get('val_examples')} validation examples)")
+        detail += (f" (best {searched['metric']} {searched['best']} on {searched.get('val_examples')} validation "
+                   f"examples, {_compared_count(searched)})")
     edge = next((c.get("at_edge") for c in searched.get("candidates") or []
                  if isinstance(c, Mapping) and c.get("lr") == rate and c.get("at_edge")), None)
     lead, note = _recorded_lead(searched)
@@ -537,6 +537,19 @@ def _tuned_provenance(table: Mapping[str, Any], path: Path, dataset: str, model:
     return {"detail": detail, "searches": list(searches), **scope,
             **{k: searched[k] for k in ("metric", "seeds") if k in searched},
             **({"at_edge": str(edge)} if edge else {}), **lead}
+
+
+def _compared_count(searched: Mapping[str, Any]) -> str:
+    """``of N candidates compared``: the rates that were scored on every seed, with how many of the grid were not
+    (a rate not run, or one that lost a seed, is listed among the candidates but was never compared)."""
+    candidates = [c for c in searched.get("candidates") or [] if isinstance(c, Mapping)]
+    left_out = [c for c in candidates if c.get("not_eligible") or c.get(searched["metric"]) is None]
+    compared = len(candidates) - len(left_out)
+    text = f"of {compared} candidate{'s' if compared != 1 else ''} compared"
+    if left_out:
+        reasons = sorted({str(c.get("not_eligible") or "no score") for c in left_out})
+        text += f"; {len(left_out)} not compared: {'; '.join(reasons)}"
+    return text
 
 
 def _recorded_lead(searched: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
@@ -1155,13 +1168,13 @@ def read_search(dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
 
 
 def _outranks(record: Mapping[str, Any], kept: Mapping[str, Any]) -> bool:
-    """Whether ``record`` replaces ``kept``, a record of the same evaluation key: a completed one wins over a
-    failed, interrupted or running attempt at the same cell, whatever order the folders come in; then the cell's
-    own result over a reuse of it; else the first found stays."""
-    def rank(r: Mapping[str, Any]) -> tuple[bool, bool]:
-        return r.get("status") == "completed", not r.get("reused_from")
+    """Whether ``record`` replaces ``kept``, a record of the same evaluation key, by the report's rule
+    (``result_preference``: a completed one over a failed, interrupted or running attempt at the same cell, the
+    cell's own result over a reuse, then the latest), so that the table does not depend on the folders' order;
+    of equals the first found stays."""
+    from slm_sweep.report.collect import result_preference
 
-    return rank(record) > rank(kept)
+    return result_preference(record) > result_preference(kept)
 
 
 def _unreadable_grid(record: Mapping[str, Any]) -> str | None:
@@ -1219,9 +1232,30 @@ def run_paper_search(extra: Sequence[str]) -> int:
     return main([PAPER_SEARCH_DIR])
 
 
+def paper_search_help() -> str:
+    """``--paper-search --help``: what it runs and the overrides it takes (Hydra's own help cannot compose the
+    search's comma lists outside a multirun)."""
+    return "\n".join([
+        f"usage: {PAPER_SEARCH} [OVERRIDE ...]",
+        "",
+        "The validation search of every trained cell of experiment=paper (make paper-search), then the table "
+        f"experiment=paper reads ({table_path(DEFAULT_TABLE)}). It runs:",
+        "",
+        "  " + " ".join(paper_search_command(extra=["[OVERRIDE ...]"])),
+        f"  {PAPER_TUNE}",
+        "",
+        "OVERRIDE: any override of python -m slm_sweep, appended to the search, e.g.",
+        "  data_root=DIR         the folder holding the datasets",
+        "  preflight.only=true   list the search's cells and what they miss, run none, write no table",
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--paper-search"]:
+        if {"-h", "--help"} & set(argv[1:]):
+            print(paper_search_help())
+            return 0
         return run_paper_search(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m slm_sweep.tune",

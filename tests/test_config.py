@@ -181,6 +181,21 @@ def test_bad_values_are_named_with_what_is_allowed(override, message):
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize(("override", "meant"), [
+    ("+eval.test_limit=3", "dataset.test_limit"),  # Hydra's own hint for eval.test_limit=3; eval.ood_limit is near
+    ("+test_limit=3", "dataset.test_limit"),
+    ("+eval.lr_candidate=1", "tuning.lr_candidate"),
+    ("+tuning.max_steps=5", "trainer.max_steps"),
+    ("+eval.seed=1", "seed"),
+])
+def test_a_setting_of_another_group_is_named_as_the_one_meant(override, meant):
+    cfg = compose_config(["method=lora", override])
+    key = override.lstrip("+").split("=")[0]
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert f"{key} is not a setting: no code reads it; did you mean {meant}? " in str(err.value)
+
+
 @pytest.mark.parametrize("devices", ["1", "-1", "auto", "[0,1]", "'0,1'", "2"])
 def test_the_device_counts_lightning_takes_pass(devices):
     validate_config(compose_config(["method=lora", f"trainer.devices={devices}"]))
@@ -293,6 +308,21 @@ def test_all_devices_split_the_batch_as_this_machines_gpus_count(monkeypatch):
     check_trainer_choices(trainer, devices=False)  # a sweep's preflight: the GPUs are counted where the cells run
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     check_trainer_choices(trainer)
+
+
+def test_several_devices_in_an_interactive_session_are_refused_before_anything_loads(monkeypatch):
+    """There Lightning forks each device's process (strategy auto), which returns no step count to the cell."""
+    from lightning.pytorch.trainer.connectors import accelerator_connector
+
+    from slm_sweep.config import check_trainer_choices
+
+    trainer = compose_config(["method=lora", "trainer=ddp_cpu"]).trainer
+    check_trainer_choices(trainer)
+    monkeypatch.setattr(accelerator_connector, "_IS_INTERACTIVE", True)
+    with pytest.raises(ConfigError, match=re.escape("trainer.devices=2 trains in 2 processes, which Lightning starts "
+                                                    "by forking in an interactive session")):
+        check_trainer_choices(trainer)
+    check_trainer_choices(compose_config(["method=lora"]).trainer)  # one device: nothing forked
 
 
 @pytest.mark.parametrize("override", ["trainer.precision=transformer-engine", "trainer.accelerator=mps"])

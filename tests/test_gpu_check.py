@@ -309,10 +309,10 @@ def test_the_grid_judges_its_cells_the_training_floors_and_the_studys_slice():
     assert gpu_check.grid_verdicts(cells, 361.0, "cuda", full=True)["slice_floor_met"] is False
     assert "slice_floor_met" not in gpu_check.grid_verdicts(cells, 300.0, "cuda", full=False)
     # the grid against its cells' own training and evaluation, measured in the same run
-    timed = {m: {**c, "train_time_s": 20.0 if m in gpu_check.TRAINED else None, "eval_time_s": 10.0}
-             for m, c in cells.items()}
-    verdicts = gpu_check.grid_verdicts(timed, 220.0, "cuda", full=False)
-    assert verdicts["cells_train_eval_s"] == 110.0 and verdicts["seconds_over_cells"] == 2.0
+    timed = {m: {**c, "train_time_s": 20.0 if m in gpu_check.TRAINED else None, "eval_time_s": 10.0,
+                 "final_validation_s": 5.0 if m in gpu_check.TRAINED else None} for m, c in cells.items()}
+    verdicts = gpu_check.grid_verdicts(timed, 250.0, "cuda", full=False)
+    assert verdicts["cells_train_eval_s"] == 125.0 and verdicts["seconds_over_cells"] == 2.0
     cells["lora"] = cell("lora", device="cpu")
     verdicts = gpu_check.grid_verdicts(cells, 300.0, "cuda", full=True)
     assert verdicts["all_on_device"] is False and verdicts["slice_floor_met"] is False

@@ -454,6 +454,17 @@ def test_a_new_evaluation_in_the_same_folder_rescores_its_own_adapter(tiny_cfg, 
     training = set(first["metrics"]) - set(untrained) - {"peak_memory_mb"}
     assert training <= set(TRAINING_METRICS)
     assert {k: second["metrics"][k] for k in TRAINING_METRICS} == {k: first["metrics"].get(k) for k in TRAINING_METRICS}
+    # a training run written before the final validation pass was timed apart counted it in train_time_s: a
+    # re-score of it says so as that file does, without final_validation_s (the report then leaves its time out)
+    source = tmp_path / "cell" / "superseded" / "result.json"
+    for written in (source, tmp_path / "cell" / "result.json"):  # the training run and the re-score copying it
+        older = json.loads(written.read_text())
+        del older["metrics"]["final_validation_s"]
+        written.write_text(json.dumps(older))
+    fourth = run(tiny_cfg("method=lora", *resume, "eval.max_new_tokens=4"), out_dir=tmp_path / "cell")
+    assert fourth["training_provenance"]["result_path"] == str(source)
+    assert "final_validation_s" not in fourth["metrics"]
+    assert fourth["metrics"]["train_time_s"] == first["metrics"]["train_time_s"]
 
 
 def test_a_rerun_that_fails_before_its_keys_are_known_keeps_the_earlier_result(tiny_cfg, tmp_path):

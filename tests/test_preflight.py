@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -299,6 +300,27 @@ def test_a_gpu_grid_submitted_to_slurm_from_a_machine_without_cuda_keeps_its_tra
             assert device.ok and "not checked here: SlurmLauncher runs the cells on other machines" in device.line()
 
 
+@pytest.mark.parametrize(("task", "launcher", "warned"), [
+    (["method=zeroshot,lora", "seed=0,1"], "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", True),
+    (["seed=0,1", "method=zeroshot,lora"], "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", False),
+    (["method=zeroshot,lora", "seed=0,1"], "hydra._internal.core_plugins.basic_launcher.BasicLauncher", False),
+    (["method=lora", "seed=0,1"], "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", False),
+])
+def test_a_launcher_that_starts_a_baselines_seeds_together_is_told_to_put_the_seed_first(requires_data, composer,
+                                                                                         task, launcher, warned):
+    """Seeds adjacent in the grid start side by side under a parallel launcher, before the first has finished the
+    baseline they would copy: each computes it. With the seed first, every seed-0 cell comes first."""
+    cfg = sweep_config([f"data_root={DATA_ROOT}", "model=tiny", *task])
+    cfg.hydra.launcher = {"_target_": launcher}
+    plan = plan_grid(cfg, composer)
+    assert plan.refused is None
+    note = [line for line in plan.summary_lines() if "start side by side" in line]
+    assert bool(note) == warned
+    if warned:
+        assert note[0].startswith("under the JoblibLauncher, the seeds of a zero- or few-shot baseline start side by "
+                                  "side and each computes it (the report keeps one): put seed first in the sweep")
+
+
 @pytest.mark.parametrize("order", ["default,gpu", "gpu,default"])
 def test_each_trainer_of_a_grid_is_checked_for_the_device_it_needs(requires_data, composer, order):
     """Cells that differ only in their trainer do not share a verdict: on a machine without CUDA, trainer=gpu is
@@ -336,7 +358,8 @@ def test_trained_cells_without_a_tuned_rate_are_told_in_one_line(requires_data, 
 def test_a_grid_that_refuses_untuned_cells_is_refused_at_once_one_line_per_missing_rate(requires_data, composer,
                                                                                         tmp_path):
     """tuning.on_missing=refuse (experiment=paper): trained cells the table has no rate for stop the grid before
-    anything is checked or runs, each missing dataset x model x method named once, whatever the seeds."""
+    anything runs, each missing dataset x model x method named once, whatever the seeds; the models and data are
+    still checked, so that what else is missing is named with them (none here)."""
     import yaml
 
     from slm_sweep.identity import TRAINING_CODE_VERSION
@@ -351,7 +374,7 @@ def test_a_grid_that_refuses_untuned_cells_is_refused_at_once_one_line_per_missi
     grid = [f"data_root={DATA_ROOT}", "model=tiny", "method=zeroshot,lora,dora,full", "seed=0,1,2",
             "tuning.lr=tuned", f"tuning.table={table}"]
     plan = plan_grid(sweep_config([*grid, "tuning.on_missing=refuse"]), composer)
-    assert plan.refused is not None and not plan.checked  # at once: no model or data set was looked for
+    assert plan.refused is not None and plan.checked and not plan.missing
     lines = plan.refused.splitlines()
     assert lines[0] == ("preflight: refusing to start the sweep, nothing ran: 6 of 12 cells have no tuned learning "
                         f"rate in {table} (tuning.on_missing=refuse)")
@@ -381,7 +404,8 @@ def test_a_grid_that_refuses_untuned_cells_is_refused_at_once_one_line_per_missi
 
 def test_the_paper_grid_without_its_rates_is_refused_and_preflight_only_lists_it(requires_data, tmp_path):
     """experiment=paper with an empty table: the sweep exits non-zero before any cell, naming each missing rate
-    once and `make paper-search`; preflight.only=true lists the cells first."""
+    once and `make paper-search`, and what else the cells need (here CUDA for trainer=gpu), so that nothing new
+    stops the grid after the search; preflight.only=true lists the cells first."""
     table = tmp_path / "lr.yaml"
     table.write_text("lr: {}\n")
     proc = sweep(["experiment=paper", "method=zeroshot,full,lora", "dataset=gsm8k", "seed=0,1", f"tuning.table={table}",
@@ -390,8 +414,12 @@ def test_the_paper_grid_without_its_rates_is_refused_and_preflight_only_lists_it
     assert "4 of 6 cells have no tuned learning rate" in proc.stderr and "make paper-search" in proc.stderr
     assert [line for line in proc.stderr.splitlines() if line.startswith("no tuned rate: ")] == [
         "no tuned rate: lr.gsm8k.tiny.full (2 cells)", "no tuned rate: lr.gsm8k.tiny.lora (2 cells)"]
-    assert "preflight.only: the grid of 6 cells is refused (4 have no tuned learning rate, marked !)" in proc.stdout
-    assert "! method=full seed=1" in proc.stdout.splitlines() and "  method=zeroshot seed=0" in proc.stdout.splitlines()
+    if not torch.cuda.is_available():
+        assert "missing: device cuda — trainer.accelerator=gpu asks for a CUDA GPU" in proc.stderr
+        assert ("preflight.only: the grid of 6 cells is refused (4 have no tuned learning rate, 4 need something "
+                "missing, marked !)") in proc.stdout
+    lines = proc.stdout.splitlines()
+    assert "! seed=1 method=full" in lines and "  seed=0 method=zeroshot" in lines
     assert not list(tmp_path.rglob("result.json"))
 
 
@@ -416,6 +444,11 @@ def test_plan_refuses_cells_with_config_errors_before_any_runs(requires_data, co
             ["method=full method.r=0", "method=full method.r=8"],
     }
     assert plan.to_json()["cells_to_run"] == 0 and plan.to_json()["config_errors"] == plan.config_errors
+    # preflight.only lists every cell, those with an error marked, under a count of what stops them
+    head, *cells = plan.listing(Path("plan.json"))
+    assert head.startswith("preflight.only: the grid of 4 cells is refused (3 have a configuration error, marked !)")
+    assert cells == ["! method=lora method.r=0", "  method=lora method.r=8", "! method=full method.r=0",
+                     "! method=full method.r=8"]
     assert plan_grid(sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=lora,dora", "method.r=4,8"]),
                      composer).refused is None
 
@@ -439,6 +472,8 @@ def test_a_misspelt_option_or_key_in_a_sweep_is_told_what_it_may_have_meant(requ
     from slm_sweep.sweep.preflight import composition_error
 
     assert "did you mean" not in composition_error("Could not override 'eval.max_new_tokens'.")
+    # a setting of another group is likelier meant than a near spelling (eval.ood_limit)
+    assert composition_error("Could not override 'eval.test_limit'.").endswith("(did you mean dataset.test_limit?)")
 
 
 # ---------------------------------------------------------------------------------------------- real sweeps

@@ -55,7 +55,7 @@ def make_record(model, method, seed, flexible, strict, *, status="completed", fi
         "n_eval": 100,
         "trainable_params": trainable,
         "total_params": total,
-        "train_time_s": 50.0 + 10 * seed if fine_tuned else 0.0,
+        "train_time_s": 50.0 + 10 * seed if fine_tuned else 0.0, "final_validation_s": 2.0 if fine_tuned else None,
         "eval_time_s": 5.0,
         "eval_time_all_sets_s": 7.0,  # the scored split and the out-of-domain sets, as a cell records them
         "train_loss": 1.0 if fine_tuned else None,
@@ -474,6 +474,20 @@ def test_cli_errors(tmp_path):
     broken = run_cli(tmp_path / "broken", cwd=tmp_path)
     assert broken.returncode == 2 and not (tmp_path / "broken" / "report").exists()
     assert f"none of the 1 result.json files under {tmp_path / 'broken'} could be read" in broken.stderr
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_cli_out_naming_a_file_is_an_argument_error(tmp_path, capsys, below):
+    """--out summary.md (or a folder under a file): one argparse line naming the path, no FileExistsError."""
+    from slm_sweep.report.__main__ import main
+
+    (tmp_path / "summary.md").write_text("")
+    out = tmp_path / "summary.md" / below if below else tmp_path / "summary.md"
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path), "--out", str(out), "--no-plots"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and error.startswith("python -m slm_sweep.report: error: argument --out: ")
+    assert f"{tmp_path / 'summary.md'} is a file; --out expects a folder" in error and str(out) in error
 
 
 def test_report_does_not_import_ml_frameworks(grid, tmp_path):
@@ -1061,6 +1075,24 @@ def test_a_seed_resumed_from_a_checkpoint_is_left_out_of_the_training_time(tmp_p
            "1 of 3; none left: empty)" in report["markdown"]
     with (tmp_path / "out" / "summary.csv").open() as f:
         assert next(csv.DictReader(f))["train_time_resumed_seeds"] == "1"
+
+
+def test_a_seed_whose_training_time_counts_its_final_validation_is_left_out_of_the_training_time(tmp_path):
+    """A result file written before the pass on the final weights was timed apart (no final_validation_s) counted
+    that pass in train_time_s: averaged with the others it would mix two measures."""
+    for seed in SEEDS:
+        record = make_record("beta", "lora", seed, 0.4, 0.3)  # train_time_s 50, 60, 70
+        if seed == 2:
+            del record["metrics"]["final_validation_s"]
+        write_json(tmp_path / str(seed) / "result.json", record)
+    report = write_report([tmp_path], tmp_path / "out", plots=False)
+    (row,) = report["rows"]
+    assert row["train_time_s_mean"] == pytest.approx(55.0) and row["train_time_older_seeds"] == 1
+    assert row["train_time_resumed_seeds"] == 0
+    assert "seeds whose result files counted the validation pass on the final weights in it, written before that " \
+           "pass was timed apart (beta × lora: 1 of 3; none left: empty)" in report["markdown"]
+    with (tmp_path / "out" / "summary.csv").open() as f:
+        assert next(csv.DictReader(f))["train_time_older_seeds"] == "1"
 
 
 def test_a_row_of_one_seed_is_drawn_without_an_error_bar():

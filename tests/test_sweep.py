@@ -312,6 +312,27 @@ def test_an_early_failed_attempt_completed_in_another_folder_is_no_failure(tmp_p
     assert failed_cells(tmp_path) == []
 
 
+def test_a_result_json_that_cannot_be_read_is_named_unreadable_not_missing(tmp_path, monkeypatch):
+    """A truncated result.json exists: summary.md and the sweep's exit message give its error, not "no result.json"."""
+    import slm_sweep.report as report
+    from slm_sweep.report.sweep_notes import sweep_sections
+    from slm_sweep.sweep.callbacks import AggregateSweep
+
+    job = _job(tmp_path, "1-tiny-lora-gsm8k-seed0", "completed", "k-lora")
+    (job / "result.json").write_text((job / "result.json").read_text()[:40])
+    (tmp_path / "2-tiny-dora-gsm8k-seed0" / ".hydra").mkdir(parents=True)
+    (tmp_path / "2-tiny-dora-gsm8k-seed0" / ".hydra" / "overrides.yaml").write_text("- method=dora\n")
+    listed = [line for line in sweep_sections([tmp_path]) if line.startswith("- ")]
+    assert listed[0].startswith("- `1-tiny-lora-gsm8k-seed0`: result.json unreadable: Unterminated string")
+    assert listed[1] == "- `2-tiny-dora-gsm8k-seed0`: no result.json (the cell stopped before writing it)"
+    monkeypatch.setattr(report, "write_report", lambda *args, **kwargs: None)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "eval": {"split": "test"},
+                               "logger": None})
+    with pytest.raises(SystemExit) as stop:
+        AggregateSweep().on_multirun_end(config)
+    assert "1-tiny-lora-gsm8k-seed0: result.json unreadable: Unterminated string" in str(stop.value)
+
+
 def test_a_learning_rate_grid_whose_cell_failed_exits_non_zero_and_one_that_diverged_does_not(tmp_path):
     """A diverged rate is a result of a search (the tune command leaves it out); a crashed cell is not, and a grid
     search (the basic sweeper) says so by its exit status. Optuna applies its own max_failure_rate."""

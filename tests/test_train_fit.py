@@ -115,7 +115,7 @@ def test_the_pass_on_the_final_weights_is_timed_apart_from_training(examples, tm
         batches = 0
 
         def on_validation_batch_end(self, trainer, *args, **kwargs):
-            if trainer.validating:  # trainer.validate after fit, not a check during it
+            if trainer.validating:  # a 2-step fit validates only in the pass after it
                 self.batches += 1
                 time.sleep(1.0)
 

@@ -571,16 +571,20 @@ def test_a_completed_rerun_of_a_failed_cell_counts_whatever_order_the_folders_co
 
 @pytest.mark.parametrize("order", [(0, 1), (1, 0)])
 def test_of_one_cells_results_a_completed_one_counts_then_the_cells_own_over_a_reuse(tmp_path, order):
+    """The report's rule: completed, then the cell's own, then the latest finished."""
     from slm_sweep.tune import read_search
 
-    def write(folder, lr, status, reused):
-        record = {**_record("lora", lr, 0.3, status=status), **({"reused_from": "elsewhere"} if reused else {})}
+    def write(folder, lr, status, reused, finished_at="2026-01-01T00:00:00+00:00"):
+        record = {**_record("lora", lr, 0.3, status=status), **({"reused_from": "elsewhere"} if reused else {}),
+                  "finished_at": finished_at}
         _write_cell(tmp_path / folder, record, "k")
         return tmp_path / folder
 
     failed_own, completed_reuse = write("a", 1e-4, "failed", False), write("b", 2e-4, "completed", True)
     completed_own = write("c", 5e-4, "completed", False)
-    for pair, kept in (((failed_own, completed_reuse), 2e-4), ((completed_reuse, completed_own), 5e-4)):
+    rerun_own = write("d", 3e-4, "completed", False, finished_at="2026-01-02T00:00:00+00:00")
+    for pair, kept in (((failed_own, completed_reuse), 2e-4), ((completed_reuse, completed_own), 5e-4),
+                       ((completed_own, rerun_own), 3e-4)):
         (record,) = read_search([pair[i] for i in order])
         assert record["learning_rate"]["value"] == kept
 
@@ -745,6 +749,19 @@ def test_make_paper_search_searches_every_trained_paper_cell_as_the_paper_trains
         with pytest.raises(ConfigError, match=r"trainer.precision: searched \"32-true\", here \"bf16-mixed\""):
             check_tuned_under(cell("experiment=paper", "model=smollm135", "method=lora", "dataset=gsm8k", "seed=0"),
                               elsewhere, path)
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_paper_search_help_says_what_it_runs_and_runs_nothing(flag, capsys, monkeypatch):
+    """`tune --paper-search --help` is tune's help, not Hydra's (which cannot compose the search's comma lists)."""
+    import slm_sweep.tune as tune
+
+    monkeypatch.setattr(tune, "run_paper_search", lambda extra: pytest.fail(f"ran the search with {extra}"))
+    assert main(["--paper-search", "data_root=x", flag]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"usage: {tune.PAPER_SEARCH} [OVERRIDE ...]")
+    assert " ".join(tune.paper_search_command()[1:]) in shown and tune.PAPER_TUNE in shown
+    assert "data_root=DIR" in shown and "preflight.only=true" in shown
 
 
 def test_make_help_lists_paper_search_before_paper():
@@ -1019,6 +1036,22 @@ def test_grid_rates_that_never_ran_are_listed_as_not_run(caplog):
     assert "lr 0.0005 is not a candidate (not run)" in caplog.text
     # the largest rate compared, though the grid goes on: the best may lie beyond it
     assert lora["lr"] == 2e-4 and lora["candidates"][2]["at_edge"] == "largest"
+
+
+def test_a_tuned_cell_counts_only_the_candidates_its_search_compared(tmp_path):
+    """3 of a 5-rate grid ran: result.json's learning_rate.detail says 3 were compared, and why the 2 others were
+    not, not "of 5 candidates"."""
+    from tests.conftest import compose_config
+
+    grid = [5e-5, 1e-4, 2e-4, 5e-4, 1e-3]
+    search = _write_cells(tmp_path / "search", [{**_grid_record(lr, accuracy, grid, seed=1000), "model": "tiny"}
+                                                for lr, accuracy in zip(grid, (0.20, 0.25, 0.30))])
+    table = tmp_path / "lr.yaml"
+    assert main([str(search), "--out", str(table)]) == 0
+    rate = resolve_lr(compose_config([*FAST_TINY, "method=lora", "tuning.lr=tuned", f"tuning.table={table}"]))
+    assert rate["value"] == 2e-4
+    assert ("(best val_accuracy_flexible 0.3 on 500 validation examples, of 3 candidates compared; 2 not compared: "
+            "not run)") in rate["detail"]
 
 
 def test_a_search_that_chooses_no_rate_drops_the_earlier_entry_and_exits_non_zero(tmp_path, capsys):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from . import ALPHA, CORRECTIONS, DEFAULT_CLAIMS, HOLM, ClaimsError, write_report
 from .collect import ReportError
@@ -26,6 +27,18 @@ def _alpha(text: str) -> float:
     return value
 
 
+def _out_dir(text: str) -> str:
+    """--out: a folder, existing or not; a file there (or above it) would stop the report after reading the sweep."""
+    path = Path(text)
+    blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    expected = "--out expects a folder (the report writes summary.md and the rest into it)"
+    if blocking == path:
+        raise argparse.ArgumentTypeError(f"{text} is a file; {expected}")
+    if blocking is not None:
+        raise argparse.ArgumentTypeError(f"{text} cannot be a folder: {blocking} is a file; {expected}")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m slm_sweep.report",
@@ -33,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                     "the study's claims against them.",
     )
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="sweep or run directory, searched recursively")
-    parser.add_argument("--out", metavar="OUTDIR", help="where to write the report (default: the first DIR)")
+    parser.add_argument("--out", type=_out_dir, metavar="OUTDIR",
+                        help="the folder to write the report into (default: the first DIR)")
     parser.add_argument("--no-plots", action="store_true", help="write only the tables")
     parser.add_argument("--claims", nargs="?", const=str(DEFAULT_CLAIMS), metavar="FILE",
                         help="check the claims declared in FILE (without FILE: the study's, "

@@ -470,6 +470,12 @@ def _same_inputs(row: dict[str, Any], baseline: dict[str, Any]) -> bool:
     return all(a[k] == b[k] for k in a.keys() & b.keys() if not k.startswith(("method.", "trainer.")))
 
 
+def counts_final_validation(metrics: Mapping[str, Any]) -> bool:
+    """Whether a trained cell's ``train_time_s`` includes the validation pass on the final weights: written before
+    that pass was timed apart (``final_validation_s``), which such a file lacks."""
+    return bool(metrics.get("train_time_s")) and "final_validation_s" not in metrics
+
+
 def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str], eval_set_key: str,
                           deltas: bool, alpha: float, correction: str) -> None:
     """Set delta_<baseline>, its paired test (delta_<baseline>_p, delta_<baseline>_test), the Holm-adjusted p
@@ -570,10 +576,14 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
         row.update(_accuracy_columns(metrics, metric_names))
         row["trainable_params"] = _first_int(m.get("trainable_params") for m in metrics)
         row["total_params"] = _first_int(m.get("total_params") for m in metrics)
-        # a seed resumed from a checkpoint timed only the steps after it (docs/results.md): its time is left out
-        fresh = [m for m, r in zip(metrics, group) if not r.get("resumed_from_checkpoint")]
-        row["train_time_s_mean"] = _mean_or_none(m.get("train_time_s") for m in fresh)
-        row["train_time_resumed_seeds"] = len(metrics) - len(fresh)
+        # a seed resumed from a checkpoint timed only the steps after it, and one written before the pass on the
+        # final weights was timed apart counted that pass too (docs/results.md): their times are left out
+        resumed = [bool(r.get("resumed_from_checkpoint")) for r in group]
+        older = [not gone and counts_final_validation(m) for m, gone in zip(metrics, resumed)]
+        row["train_time_s_mean"] = _mean_or_none(m.get("train_time_s") for m, gone, old in zip(metrics, resumed, older)
+                                                 if not gone and not old)
+        row["train_time_resumed_seeds"] = sum(resumed)
+        row["train_time_older_seeds"] = sum(older)
         row["train_tokens_per_s_mean"] = _mean_or_none(m.get("train_tokens_per_s") for m in metrics)
         row["step_time_s_mean"] = _mean_or_none(m.get("step_time_s") for m in metrics)
         row["mfu_mean"] = _mean_or_none(m.get("mfu") for m in metrics)

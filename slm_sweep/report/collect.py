@@ -30,7 +30,7 @@ import logging
 import math
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -336,9 +336,11 @@ def _timestamp(value: Any) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _preference(record: dict[str, Any]) -> tuple[bool, bool, datetime, datetime]:
+def result_preference(record: Mapping[str, Any]) -> tuple[bool, bool, datetime, datetime]:
+    """Which of several results of one cell counts (the greatest): a completed one, then the cell's own over a
+    reuse, then the latest finished, then the latest started. The report and the rate search both choose by it."""
     return (
-        record["status"] == COMPLETED,
+        record.get("status") == COMPLETED,
         not record.get("reused_from"),
         _timestamp(record.get("finished_at")),
         _timestamp(record.get("started_at")),
@@ -361,7 +363,7 @@ def deduplicate(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]]
     kept: list[dict[str, Any]] = []
     dropped: list[tuple[Path, Path]] = []
     for group in by_cell.values():
-        best = max(group, key=_preference)  # max keeps the first of equals: earlier arguments win ties
+        best = max(group, key=result_preference)  # max keeps the first of equals: earlier arguments win ties
         kept.append(best)
         for other in group:
             if other is best:

@@ -75,12 +75,24 @@ def _not_completed(records: dict[Path, dict | None], done: set[str], finished: l
                 and not (record.get("identity") or {}).get("evaluation_key") and record.get("config") in finished):
             continue  # failed before its keys were computed, and the same configuration completed since elsewhere
         if record is None:
-            out.append((job, f"no {RESULT_FILE} (the cell stopped before writing it)"))
+            out.append((job, _missing_result(job)))
         elif record.get("status") == "running":
             out.append((job, "running: still running, or stopped without recording why"))
         elif record.get("status") != "completed":
             out.append((job, f"{record.get('status')}: {_error(record)}"))
     return out
+
+
+def _missing_result(job: Path) -> str:
+    """Why a job has no readable result.json: none was written, or the one written cannot be read."""
+    path = job / RESULT_FILE
+    if not path.exists():
+        return f"no {RESULT_FILE} (the cell stopped before writing it)"
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return f"{RESULT_FILE} unreadable: {' '.join(str(err).split())[:500]}"
+    return f"{RESULT_FILE} holds no record"
 
 
 def _error(record: dict) -> str:

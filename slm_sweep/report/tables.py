@@ -52,7 +52,7 @@ def summary_columns(metrics: Sequence[str] = ACCURACY_METRICS) -> tuple[str, ...
         "dataset", "model", "method", "variant", "trained", "n", "seeds",
         *(f"{m}_{s}" for m in metrics for s in _STATISTICS),
         "n_eval", "trainable_params", "total_params", "train_time_s_mean", "train_time_resumed_seeds",
-        "train_tokens_per_s_mean",
+        "train_time_older_seeds", "train_tokens_per_s_mean",
         "step_time_s_mean", "mfu_mean", "train_padding_fraction_mean", "train_clipped_fraction_mean",
         "peak_memory_mb_max", "eval_time_s_mean", "truncated_fraction_mean", "delta_metric",
         "delta_zeroshot", "delta_zeroshot_p", "delta_zeroshot_p_adjusted", "delta_zeroshot_significant",
@@ -347,6 +347,12 @@ def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Se
         listed = "; ".join(f"{model} × {method}: {k} of {n}" for model, method, k, n in resumed)
         lines += [f"Train time is the mean over seeds that trained from the first step: seeds resumed from a "
                   f"checkpoint timed only the steps after it and are left out of it ({listed}; none left: empty).", ""]
+    older = [(r["model"], method_label(r), r["train_time_older_seeds"], r["n"]) for r in rows
+             if r.get("train_time_older_seeds")]
+    if older:
+        listed = "; ".join(f"{model} × {method}: {k} of {n}" for model, method, k, n in older)
+        lines += [f"Train time leaves out seeds whose result files counted the validation pass on the final weights in "
+                  f"it, written before that pass was timed apart ({listed}; none left: empty).", ""]
     lost = [(r["model"], method_label(r), r["not_completed"]) for r in rows if r.get("not_completed")]
     if lost:
         listed = "; ".join(f"{model} × {method}: {cells}" for model, method, cells in lost)

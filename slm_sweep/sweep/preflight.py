@@ -405,8 +405,11 @@ class Plan:
     config_errors: dict[str, list[str]] = field(default_factory=dict)  # error -> the cells (overrides) it hits
     refused: str | None = None
     to_run: list[str] = field(default_factory=list)  # each cell that will run, as its swept overrides
-    blocked: list[str] = field(default_factory=list)  # each cell that needs something missing, as its overrides
+    blocked: list[str] = field(default_factory=list)  # each cell that cannot start, as its overrides
+    lacking: int = 0  # of those, the cells that need something missing
     computations: int = 0  # of those, the ones computed: a seed-independent baseline once over its seeds
+    # a launcher that starts cells together, under which a baseline's seeds would start before its first finished
+    concurrent_seeds: str | None = None
     # trained cells with tuning.lr=tuned that the tuned table has no rate for (they train at method.lr), and it
     untuned: list[str] = field(default_factory=list)
     untuned_table: str | None = None
@@ -432,6 +435,11 @@ class Plan:
                          f"have no rate in {self.untuned_table} and train at method.lr ({_first_few(self.untuned)}; "
                          "tuning.on_missing=method): run the learning-rate search first (make paper-search for "
                          "experiment=paper's cells; docs/tuning.md), or the claims will say 'rate not tuned'")
+        if self.concurrent_seeds:
+            lines.append(f"under {self.concurrent_seeds}, the seeds of a zero- or few-shot baseline start side by side "
+                         "and each computes it (the report keeps one): put seed first in the sweep (seed=0,1,2 "
+                         "before the other keys), so that every seed-0 cell starts first and the other seeds copy "
+                         "their finished baselines")
         if self.dedup_skipped:
             lines.append(f"training is not deduplicated against {', '.join(self.dedup_skipped)}, which cannot be "
                          "read (dataset.dedup.on_missing=skip; result.json records it under dedup.skipped): "
@@ -466,11 +474,12 @@ class Plan:
         """What ``preflight.only=true`` prints: the count, then one line per cell that would run; for a grid that
         is refused, every cell planned, those that need something missing marked."""
         if self.refused:
-            why = f"{len(self.blocked)} need something missing"
-            if self.missing_rates:  # refused at once, for rates the table lacks (and config errors beside them)
-                untuned = sum(len(cells) for cells in self.missing_rates.values())
-                bad = sum(len(cells) for cells in self.config_errors.values())
-                why = f"{untuned} have no tuned learning rate" + (f", {bad} a configuration error" if bad else "")
+            untuned = sum(len(cells) for cells in self.missing_rates.values())
+            bad = sum(len(cells) for cells in self.config_errors.values())
+            why = ", ".join([*([f"{untuned} have no tuned learning rate"] if untuned else []),
+                             *([f"{bad} have a configuration error"] if bad else []),
+                             *([f"{self.lacking} need something missing"] if self.lacking or not (untuned or bad)
+                               else [])])
             head = f"preflight.only: the grid of {self.cells} cells is refused ({why}, marked !); nothing ran (plan: {path})"
             blocked = set(self.blocked)
             return [head, *(f"{'!' if cell in blocked else ' '} {cell}" for cell in self.to_run)]
@@ -549,11 +558,11 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
         return " ".join(redact_overrides([f"{k}={job[k]}" for k in named]))
 
     cells = [_composed_cell(compose, [f"{k}={job[k]}" for k in keys], plan, label=label(job)) for job in jobs]
-    if plan.missing_rates:  # every planned cell, those that cannot start marked, for preflight.only's listing
-        plan.to_run = [label(job) for job in jobs]
-        stopped = {c for cells in (*plan.missing_rates.values(), *plan.config_errors.values()) for c in cells}
-        plan.blocked = [cell for cell in plan.to_run if cell in stopped]
-    if plan.config_errors or plan.missing_rates:
+    # every planned cell, those that cannot start marked, for preflight.only's listing even of a refused grid
+    plan.to_run = [label(job) for job in jobs]
+    stopped = {c for cells in (*plan.missing_rates.values(), *plan.config_errors.values()) for c in cells}
+    plan.blocked = [cell for cell in plan.to_run if cell in stopped]
+    if plan.config_errors:  # a cell that cannot be composed cannot be checked
         return _refuse_config(plan)
     verdicts: dict[tuple, tuple[list[Check], list[Check], list[str]]] = {}
     for job, cell in zip(jobs, cells):
@@ -566,8 +575,10 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
     verdict = [verdicts[tuple(job[k] for k in relevant)] for job in jobs]
     # every planned cell and the ones that need something missing: listed even for a grid that is refused
     blocked = [bool(v[0]) for v in verdict]
-    plan.to_run = [label(job) for job in jobs]
-    plan.blocked = [label(job) for job, b in zip(jobs, blocked) if b]
+    plan.lacking = sum(blocked)
+    plan.blocked = [label(job) for job, b in zip(jobs, blocked) if b or label(job) in stopped]
+    if plan.missing_rates:  # refused for its rates, what else the cells need named beside them
+        return _refuse_config(plan)
     if on_missing == "refuse" and plan.missing:
         return _refuse(plan, "preflight.on_missing=refuse asks for the whole grid")
     if on_missing == "warn":  # the grid as asked: what is missing is listed, nothing is left out
@@ -597,6 +608,13 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
 
     plan.to_run = [label(job) for job in alive]
     plan.computations = len({_computation(job, cell) for job, cell in zip(jobs, cells) if job in alive})
+    launcher = OmegaConf.select(cfg, "hydra.launcher._target_", default=None)
+    # Hydra's grid varies its first key slowest: with the seed first, a baseline's other seeds come a whole grid of
+    # cells after its first
+    seeds = [k for k in swept if _base_key(k) == "seed"]
+    if plan.computations < len(alive) and launcher not in (None, LOCAL_LAUNCHERS[0]) and seeds \
+            and swept.index(seeds[0]) > 0:
+        plan.concurrent_seeds = f"the {launcher.rsplit('.', 1)[-1]}"
     kept = [v for job, v in zip(jobs, verdict) if job in alive]
     dropped = sorted({c.name for v in kept for c in v[1]})
     if dropped:
@@ -762,10 +780,14 @@ def composition_error(text: str) -> str:
             reason += f" (available: {', '.join(options)})"
     missing = re.match(r"Could not override '([^']+)'", reason)
     if missing:
+        from slm_sweep.config import settings_elsewhere
+
         group, _, key = missing.group(1).partition(".")
         known = field_names(SCHEMAS[group]) if group in SCHEMAS and key and "." not in key else []
-        close = [k for k in difflib.get_close_matches(key, known, n=2) if k != key][:1]
-        reason += (f" (did you mean {group}.{close[0]}?)" if close else " (these cells' configs have no such key)")
+        # a setting of another group (eval.test_limit: dataset.test_limit) is likelier meant than a near spelling
+        close = (settings_elsewhere(group, key) if known else []) or \
+            [f"{group}.{k}" for k in difflib.get_close_matches(key, known, n=2) if k != key][:1]
+        reason += (f" (did you mean {' or '.join(close)}?)" if close else " (these cells' configs have no such key)")
     return reason
 
 
@@ -792,6 +814,7 @@ def _refuse_config(plan: Plan) -> Plan:
         lines.append(f"no tuned rate: {entry} ({len(cells)} cell{'s' if len(cells) != 1 else ''})")
     if untuned:
         lines.append(f"fix: {missing_rate_fix()}")
+    lines += [c.line() for c in plan.missing]  # checked where every cell could be composed
     plan.refused = "\n".join(lines)
     return plan
 
