@@ -250,8 +250,11 @@ def _check_interactive_devices(trainer: Mapping) -> None:
 
     from slm_sweep.identity import planned_world_size
 
-    count = planned_world_size(trainer)
-    if count > 1 and accelerator_connector._IS_INTERACTIVE:
+    if not accelerator_connector._IS_INTERACTIVE:
+        return
+    count = planned_world_size(OmegaConf.to_container(trainer, resolve=True) if isinstance(trainer, DictConfig)
+                               else dict(trainer))
+    if count > 1:
         raise ConfigError(f"trainer.devices={trainer.get('devices')} trains in {count} processes, which Lightning "
                           "starts by forking in an interactive session (Jupyter, python -i), and those return no "
                           "steps, losses or throughput for a result: run the cell as a script (python -m slm_sweep "
@@ -748,7 +751,9 @@ def settings_elsewhere(group: str, key: str) -> list[str]:
     ``settings_elsewhere("eval", "test_limit")`` is ["dataset.test_limit"]."""
     from slm_sweep.settings import SCHEMAS, field_names
 
-    groups = {**{name: field_names(schema) for name, schema in SCHEMAS.items()}, "tuning": list(TUNING_KEYS)}
+    # the method's settings first: +trainer.lr meant method.lr (tuning.lr only says whether the rate is tuned)
+    groups = {"method": list(METHOD_KEYS), **{name: field_names(schema) for name, schema in SCHEMAS.items()},
+              "tuning": list(TUNING_KEYS)}
     found = [f"{name}.{key}" for name, keys in groups.items() if name != group and key in keys]
     if group and key in (*TOP_LEVEL_KEYS, *SCHEMAS):  # eval.seed: seed; dataset.logger: logger
         found.append(key)

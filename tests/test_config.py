@@ -187,6 +187,7 @@ def test_bad_values_are_named_with_what_is_allowed(override, message):
     ("+eval.lr_candidate=1", "tuning.lr_candidate"),
     ("+tuning.max_steps=5", "trainer.max_steps"),
     ("+eval.seed=1", "seed"),
+    ("+trainer.lr=1e-4", "method.lr or tuning.lr"),  # the rate first: tuning.lr only takes method or tuned
 ])
 def test_a_setting_of_another_group_is_named_as_the_one_meant(override, meant):
     cfg = compose_config(["method=lora", override])
@@ -318,7 +319,11 @@ def test_several_devices_in_an_interactive_session_are_refused_before_anything_l
 
     trainer = compose_config(["method=lora", "trainer=ddp_cpu"]).trainer
     check_trainer_choices(trainer)
+    listed = compose_config(["method=lora", "trainer=ddp_cpu", "trainer.devices=[0,1]"]).trainer  # a ListConfig
+    check_trainer_choices(listed)
     monkeypatch.setattr(accelerator_connector, "_IS_INTERACTIVE", True)
+    with pytest.raises(ConfigError, match=re.escape("trainer.devices=[0, 1] trains in 2 processes")):
+        check_trainer_choices(listed)
     with pytest.raises(ConfigError, match=re.escape("trainer.devices=2 trains in 2 processes, which Lightning starts "
                                                     "by forking in an interactive session")):
         check_trainer_choices(trainer)

@@ -305,20 +305,24 @@ def test_a_gpu_grid_submitted_to_slurm_from_a_machine_without_cuda_keeps_its_tra
     (["seed=0,1", "method=zeroshot,lora"], "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", False),
     (["method=zeroshot,lora", "seed=0,1"], "hydra._internal.core_plugins.basic_launcher.BasicLauncher", False),
     (["method=lora", "seed=0,1"], "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", False),
+    (["method=zeroshot,lora", "seed=0,1", "preflight.on_missing=warn"],
+     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", True),
 ])
 def test_a_launcher_that_starts_a_baselines_seeds_together_is_told_to_put_the_seed_first(requires_data, composer,
                                                                                          task, launcher, warned):
     """Seeds adjacent in the grid start side by side under a parallel launcher, before the first has finished the
     baseline they would copy: each computes it. With the seed first, every seed-0 cell comes first."""
-    cfg = sweep_config([f"data_root={DATA_ROOT}", "model=tiny", *task])
+    warn = "preflight.on_missing=warn" in task
+    cfg = sweep_config([f"data_root={DATA_ROOT}", "model=tiny", *task], on_missing="warn" if warn else "skip")
     cfg.hydra.launcher = {"_target_": launcher}
     plan = plan_grid(cfg, composer)
     assert plan.refused is None
     note = [line for line in plan.summary_lines() if "start side by side" in line]
     assert bool(note) == warned
     if warned:
-        assert note[0].startswith("under the JoblibLauncher, the seeds of a zero- or few-shot baseline start side by "
-                                  "side and each computes it (the report keeps one): put seed first in the sweep")
+        assert note[0].startswith(f"under the {launcher.rsplit('.', 1)[-1]}, the seeds of a zero- or few-shot "
+                                  "baseline start side by side and each computes it (the report keeps one): put seed "
+                                  "first in the sweep")
 
 
 @pytest.mark.parametrize("order", ["default,gpu", "gpu,default"])

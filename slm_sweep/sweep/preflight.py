@@ -583,6 +583,7 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
         return _refuse(plan, "preflight.on_missing=refuse asks for the whole grid")
     if on_missing == "warn":  # the grid as asked: what is missing is listed, nothing is left out
         plan.computations = len({_computation(job, cell) for job, cell in zip(jobs, cells)})
+        plan.concurrent_seeds = _concurrent_seeds(cfg, swept, plan.computations < len(jobs))
         return plan
 
     if any(blocked):
@@ -608,13 +609,7 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
 
     plan.to_run = [label(job) for job in alive]
     plan.computations = len({_computation(job, cell) for job, cell in zip(jobs, cells) if job in alive})
-    launcher = OmegaConf.select(cfg, "hydra.launcher._target_", default=None)
-    # Hydra's grid varies its first key slowest: with the seed first, a baseline's other seeds come a whole grid of
-    # cells after its first
-    seeds = [k for k in swept if _base_key(k) == "seed"]
-    if plan.computations < len(alive) and launcher not in (None, LOCAL_LAUNCHERS[0]) and seeds \
-            and swept.index(seeds[0]) > 0:
-        plan.concurrent_seeds = f"the {launcher.rsplit('.', 1)[-1]}"
+    plan.concurrent_seeds = _concurrent_seeds(cfg, swept, plan.computations < len(alive))
     kept = [v for job, v in zip(jobs, verdict) if job in alive]
     dropped = sorted({c.name for v in kept for c in v[1]})
     if dropped:
@@ -628,6 +623,18 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
             if check.kind == "ood set":
                 plan.reasons[f"ood set {check.name}"] = check.line()
     return plan
+
+
+def _concurrent_seeds(cfg: DictConfig, swept: Sequence[str], copies: bool) -> str | None:
+    """The launcher under which a grid with baselines copied to other seeds (``copies``) starts those seeds side
+    by side with the first, before it has finished: one that runs cells at once, with a swept key before the seed
+    (Hydra's grid varies its first key slowest, so with the seed first a baseline's other seeds come a whole grid
+    of cells after its first). None otherwise."""
+    launcher = OmegaConf.select(cfg, "hydra.launcher._target_", default=None)
+    seeds = [k for k in swept if _base_key(k) == "seed"]
+    if copies and launcher not in (None, LOCAL_LAUNCHERS[0]) and seeds and swept.index(seeds[0]) > 0:
+        return f"the {launcher.rsplit('.', 1)[-1]}"
+    return None
 
 
 def _computation(job: Mapping[str, str], cell: DictConfig) -> tuple:
