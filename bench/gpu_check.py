@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from arguments import at_least  # noqa: E402
 from gpu_bundle import BUNDLE, GGUF_NAME  # noqa: E402
 
 METHODS = ("zeroshot", "fewshot", "full", "lora", "dora")
@@ -109,23 +110,6 @@ GRID_CUDAGRAPHS = ["trainer.compile_scope=model", "trainer.compile_backend=cudag
 # the default grid's size: a check that every cell trains and evaluates on the GPU, small enough to fit the job
 # after the train and eval stages (--grid-steps and --grid-test-limit for a longer one, --grid-full the study's)
 GRID_STEPS, GRID_TEST_LIMIT = 20, 128
-
-
-def at_least(minimum: int):
-    """An argparse type: a whole number of at least ``minimum`` (argparse names the option beside the message)."""
-
-    def whole_number(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (expected one of at least {minimum})") \
-                from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value}: expected a whole number of at least {minimum}")
-        return value
-
-    whole_number.__name__ = f"whole number of at least {minimum}"
-    return whole_number
 
 
 def default_timeouts(dry_run: bool, grid_full: bool, job_budget: int) -> list[int]:

@@ -29,6 +29,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from arguments import at_least  # noqa: E402
 
 from slm_sweep.report.stats import ALPHA, paired_test, pooled_paired_test  # noqa: E402
 
@@ -79,22 +82,6 @@ def rejection_rate(questions: int, seeds_a: int, seeds_b: int, seed_sd: float, r
     """The share of ``reps`` simulated comparisons whose paired test is significant at ``alpha``."""
     return float(np.mean(p_values(questions, seeds_a, seeds_b, seed_sd, reps, effect=effect, rng_seed=rng_seed,
                                   models=models, uneven=uneven) < alpha))
-
-
-def at_least(minimum: int):
-    """An argparse type: a whole number of at least ``minimum`` (argparse names the option beside the message)."""
-
-    def whole_number(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (expected one of at least {minimum})") \
-                from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value}: expected a whole number of at least {minimum}")
-        return value
-
-    return whole_number
 
 
 def design(text: str) -> tuple[int, int]:

@@ -36,6 +36,9 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from arguments import at_least  # noqa: E402
 
 from slm_sweep.config import compose  # noqa: E402
 from slm_sweep.data import dataset_spec, load_splits  # noqa: E402
@@ -55,23 +58,6 @@ METHODS = ("full", "lora", "dora")
 # (bf16-true's bf16 weights, 16-mixed's fp16 autocast with a gradient scaler, ...) it does not, and its rate would
 # then be of another dtype than slm_sweep's
 PLAIN_LOOP_PRECISIONS = ("32-true", "bf16-mixed")
-
-
-def at_least(minimum: int):
-    """An argparse type: a whole number of at least ``minimum`` (argparse names the option beside the message)."""
-
-    def whole_number(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (expected one of at least {minimum})") \
-                from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value}: expected a whole number of at least {minimum}")
-        return value
-
-    whole_number.__name__ = f"whole number of at least {minimum}"
-    return whole_number
 
 
 def plain_loop_precision(precision) -> str:

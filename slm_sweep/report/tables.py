@@ -302,6 +302,15 @@ def _level_text(alpha: float, correction: str) -> str:
     return f"p<{alpha:g}" + (", Holm" if correction == HOLM else "")
 
 
+# the seeds a row's mean training time leaves out, per column that counts them, and why
+_TRAIN_TIME_LEFT_OUT = (
+    ("train_time_resumed_seeds", "Train time is the mean over seeds that trained from the first step: seeds resumed "
+                                 "from a checkpoint timed only the steps after it and are left out of it"),
+    ("train_time_older_seeds", "Train time leaves out seeds whose result files counted the validation pass on the "
+                               "final weights in it, written before that pass was timed apart"),
+)
+
+
 def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Sequence[str],
                        alpha: float, correction: str) -> list[str]:
     # what the deltas are on: one metric in the headers, or (rows run with other claims metrics) a column of its own
@@ -341,18 +350,11 @@ def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Se
     if len(on) > 1:
         lines += [f"Rows of {dataset} were run with different claims metrics ({', '.join(on)}): each row's deltas and "
                   f"marks are on its own (Δ on), and its claims read side A's.", ""]
-    resumed = [(r["model"], method_label(r), r["train_time_resumed_seeds"], r["n"]) for r in rows
-               if r.get("train_time_resumed_seeds")]
-    if resumed:
-        listed = "; ".join(f"{model} × {method}: {k} of {n}" for model, method, k, n in resumed)
-        lines += [f"Train time is the mean over seeds that trained from the first step: seeds resumed from a "
-                  f"checkpoint timed only the steps after it and are left out of it ({listed}; none left: empty).", ""]
-    older = [(r["model"], method_label(r), r["train_time_older_seeds"], r["n"]) for r in rows
-             if r.get("train_time_older_seeds")]
-    if older:
-        listed = "; ".join(f"{model} × {method}: {k} of {n}" for model, method, k, n in older)
-        lines += [f"Train time leaves out seeds whose result files counted the validation pass on the final weights in "
-                  f"it, written before that pass was timed apart ({listed}; none left: empty).", ""]
+    for column, why in _TRAIN_TIME_LEFT_OUT:
+        counted = [(r["model"], method_label(r), r[column], r["n"]) for r in rows if r.get(column)]
+        if counted:
+            listed = "; ".join(f"{model} × {method}: {k} of {n}" for model, method, k, n in counted)
+            lines += [f"{why} ({listed}; none left: empty).", ""]
     lost = [(r["model"], method_label(r), r["not_completed"]) for r in rows if r.get("not_completed")]
     if lost:
         listed = "; ".join(f"{model} × {method}: {cells}" for model, method, cells in lost)

@@ -1,0 +1,22 @@
+"""Argument types the benchmarks share."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def at_least(minimum: int):
+    """An argparse type: a whole number of at least ``minimum`` (argparse names the option beside the message)."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (expected one of at least {minimum})") \
+                from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}: expected a whole number of at least {minimum}")
+        return value
+
+    whole_number.__name__ = f"whole number of at least {minimum}"
+    return whole_number
