@@ -252,8 +252,7 @@ def _check_interactive_devices(trainer: Mapping) -> None:
 
     if not accelerator_connector._IS_INTERACTIVE:
         return
-    count = planned_world_size(OmegaConf.to_container(trainer, resolve=True) if isinstance(trainer, DictConfig)
-                               else dict(trainer))
+    count = planned_world_size(trainer)
     if count > 1:
         raise ConfigError(f"trainer.devices={trainer.get('devices')} trains in {count} processes, which Lightning "
                           "starts by forking in an interactive session (Jupyter, python -i), and those return no "

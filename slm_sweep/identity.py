@@ -489,7 +489,7 @@ def planned_world_size(trainer: Mapping[str, Any]) -> int:
     CUDA device when training on one). With several, the epoch's last step is cut to a multiple of them
     (slm_sweep.train.batching.step_groups), so the count is in the training key when it is more than one."""
     devices = trainer.get("devices", 1)
-    if isinstance(devices, (list, tuple)):
+    if isinstance(devices, Sequence) and not isinstance(devices, str):  # a list, also as an OmegaConf node
         count = len(devices)
     elif isinstance(devices, str) and "," in devices:
         count = len([d for d in devices.split(",") if d.strip()])

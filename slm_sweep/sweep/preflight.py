@@ -576,7 +576,7 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
     # every planned cell and the ones that need something missing: listed even for a grid that is refused
     blocked = [bool(v[0]) for v in verdict]
     plan.lacking = sum(blocked)
-    plan.blocked = [label(job) for job, b in zip(jobs, blocked) if b or label(job) in stopped]
+    plan.blocked = [cell for cell, b in zip(plan.to_run, blocked) if b or cell in stopped]
     if plan.missing_rates:  # refused for its rates, what else the cells need named beside them
         return _refuse_config(plan)
     if on_missing == "refuse" and plan.missing:
