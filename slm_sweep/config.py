@@ -864,6 +864,11 @@ def _validate_method(cfg: DictConfig) -> None:
     if method.train:
         _number(cfg, "method.lr", "a positive number")
         _validate_optimizer(method, float(cfg.trainer.weight_decay))
+        if method.get("peft") is None and cfg.model.get("quantization") is not None:
+            raise ConfigError(
+                f"method={method.name!r} trains every weight, and model.quantization (model={cfg.model.get('name')}) "
+                "loads them quantized, which cannot be trained: use an adapter method (method=lora, method=qlora), "
+                "or drop model.quantization")
     elif method.get("peft") is not None:
         raise ConfigError(f"method={method.name!r} has a peft block but train=false: adapters that are never "
                           "trained change nothing; set method.train=true or drop method.peft")

@@ -1,13 +1,15 @@
 """The identity of a cell, defined once and used by resume, reuse and the report.
 
 - The **training key** covers what changes the trained weights: the training code's version, the versions of the
-  libraries that change numerics, the model's resolved weights (hub commit, GGUF file hash, or the random
-  architecture's settings), the method's settings, the training and validation data's content, the prompt format
-  (``prompt.style`` as rendered: an explicit ``chat`` where ``auto`` gives chat is keyed as ``auto``),
-  the trainer's numeric settings (one spelling per value), the device count when training runs on several, the
-  configured callbacks other than progress display, the deduplication setting (``dataset.dedup`` without ``on_missing``: a set
-  skipped as unreadable changes the training data's content, which is in the key) and the seed. A method that
-  trains nothing has none.
+  libraries that change numerics (with Lightning's when a weight-changing Lightning callback is configured, and
+  bitsandbytes' when ``model.quantization`` loads with it), the model's resolved weights (hub commit, GGUF file
+  hash, or the random architecture's settings), the method's settings, the training and validation data's
+  content, the prompt format (``prompt.style`` as rendered: an explicit ``chat`` where ``auto`` gives chat is
+  keyed as ``auto``), the trainer's numeric settings (one spelling per value), the device count when training runs
+  on several, the strategy's family unless it is DDP or plain single-device training (FSDP, DeepSpeed: on any
+  number of devices), the configured callbacks other than progress display, the deduplication setting
+  (``dataset.dedup`` without ``on_missing``: a set skipped as unreadable changes the training data's content,
+  which is in the key) and the seed. A method that trains nothing has none.
 - The **evaluation key** is the training key (or, untrained, the model's identity) plus what changes the scores:
   the scoring version, the prompts (shots, system message), the evaluation data's content (test split and every
   out-of-domain set), decoding and the dtype generation runs in.
@@ -19,6 +21,12 @@ another order or shape, not the same bits: micro-batches of another size sum the
 dropout masks for other shapes, another chip or a fused optimizer rounds differently, and in bfloat16 another
 batch composition can flip a greedy token near a tie (the GPU job's batch_invariance stage measures how often).
 A result reused under a key is one draw of what that configuration computes, not a bit-exact rerun of it.
+
+Keys are computed from the config redacted with digests (``redact(..., digests=True)``): a number or boolean
+under a credential-like name (results.SECRET_KEY: ``key``, ``token``, ...), which is never a credential (an
+optimizer's PRNG ``key``), is keyed by a hash of it, so that cells differing only there never share a key; a
+string (or list, or mapping) there is keyed as ``<redacted>``, whatever it holds: a credential is not keyed, so
+that neither the keys nor their recorded parts give it away, and another user's or a rotated token keeps them.
 """
 
 from __future__ import annotations
@@ -36,8 +44,9 @@ from typing import Any
 from slm_sweep.settings import TrainerSettings
 
 # Bump when a change to the training path alters the weights it produces (loss, batching order, schedule, ...).
-TRAINING_CODE_VERSION = 7  # 7: under a token budget (trainer.micro_batch_tokens, packing) every epoch trains all of
-# its micro-batches in whole steps (an epoch with more than the first's ended early, its last step spilling into
+TRAINING_CODE_VERSION = 8  # 8: a half-precision cast keeps every rotary frequency buffer in float32, Gemma 3's one
+# pair per attention type included (only those named exactly inv_freq were kept); 7: under a token budget
+# (trainer.micro_batch_tokens, packing) every epoch trains all of its micro-batches in whole steps (an epoch with more than the first's ended early, its last step spilling into
 # the next epoch's first) (6: on several devices each device draws its own dropout masks (train.module's
 # device_step_seed); they drew the same ones for micro-batches of one shape; validation inside an optimizer step
 # (trainer.val_check_interval, which counts micro-batches) no longer drops the step's gradients so far; a half
@@ -55,7 +64,11 @@ TRAINING_CODE_VERSION = 7  # 7: under a token budget (trainer.micro_batch_tokens
 # TRAINING_SOURCES_SHA256 below hold the hash of the sources behind each version, so an edit of one of them
 # without a bump, or a recorded statement that it changes no result, fails a test; and a cell run from edited
 # sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
-SCORING_VERSION = 18  # 18: an "Answer:" line is a marker only with the answer alone on it; 17: lenient keeps a
+SCORING_VERSION = 19  # 19: lenient reads an unmarked final sentence as a prose reference is read (the value the
+# sentence states, not a number after it), a "that/who ... is" clause or a ", since/because ..." justification after
+# a stated value is not the answer (conflicting readings: no reference, the row left out), a side clause that works
+# the value out ("= 50") is read; Gemma 3 evaluated in bf16 keeps its rotary frequencies in float32; 18: an
+# "Answer:" line is a marker only with the answer alone on it; 17: lenient keeps a
 # closing "check" paragraph that works out a value not written before it, reads "Answer:" lines as a marker, a
 # spaced sign inside \boxed{}, "x 10^n", a bare power of ten and a brace-less \frac, and records the exact value
 # it compared; 16: adapters on a half-precision base merged into the evaluation dtype (float32 kept all of their
@@ -111,9 +124,10 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py", "evaluate/attention.py",
                    "placement.py", "methods.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
-                    "train/fit.py", "train/optimizers.py", "train/rank_allocation.py", "methods.py", "placement.py")
-SCORING_SOURCES_SHA256 = {18: "3f75bc1a0707470b6b678df1495a364a45221b77e483fd1e96e0ed49ddd5b9b4"}
-TRAINING_SOURCES_SHA256 = {7: "85ae590ede902daac297965cd65aefe2622c6f18c2aa05eec4e90a2246c4606f"}
+                    "train/fit.py", "train/optimizers.py", "train/rank_allocation.py", "methods.py", "placement.py",
+                    "train/interrupt.py")  # which steps a resumed run trains (align_to_plan, rewind_to_last_step)
+SCORING_SOURCES_SHA256 = {19: "eb01a1095931263f0604d190a32e0b859d0af5c76e1d7553eb3774caf7a0c264"}
+TRAINING_SOURCES_SHA256 = {8: "15f5ef4de4797e3e6a1e84f88c461f61dea9078dfb7f54585583a6330d0cbd5a"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",
@@ -226,10 +240,11 @@ def fingerprint(examples: Iterable) -> str:
     return f"{count}:{h.hexdigest()[:16]}"
 
 
-def numeric_versions() -> dict[str, str | None]:
-    """major.minor of each library whose numerics can change a result."""
+def numeric_versions(*more: str) -> dict[str, str | None]:
+    """major.minor of each library whose numerics can change a result (NUMERIC_LIBRARIES), and of the
+    distributions ``more`` names (those a cell's settings bring in: Lightning's callbacks, bitsandbytes)."""
     versions = {}
-    for name in NUMERIC_LIBRARIES:
+    for name in (*NUMERIC_LIBRARIES, *more):
         try:
             versions[name] = ".".join(metadata.version(name).split("+")[0].split(".")[:2])
         except metadata.PackageNotFoundError:
@@ -450,7 +465,8 @@ def optimizer_source(method: Mapping[str, Any]) -> Any:
 
 def callback_sources(callbacks: Mapping[str, Any]) -> dict[str, Any]:
     """The code (``external_code``) of each weight-changing callback outside Lightning, whose version the key
-    holds already: a callback edited in place trains other weights."""
+    holds when one of its callbacks is configured (added_libraries): a callback edited in place trains other
+    weights."""
     sources = {}
     for name, entry in callbacks.items():
         target = str(entry.get("_target_") or "")
@@ -501,6 +517,56 @@ def planned_world_size(trainer: Mapping[str, Any]) -> int:
     else:
         count = int(devices)
     return max(count, 1) * int(trainer.get("num_nodes") or 1)
+
+
+def strategy_family(trainer: Mapping[str, Any]) -> str | None:
+    """The family of ``trainer.strategy`` when it computes otherwise than plain training (one device) or DDP
+    (several): ``fsdp`` (Lightning gives any FSDP strategy its own precision plugin, whose bf16-mixed casts the
+    parameters, gradients and buffers to bf16 where DDP and one device autocast over float32 weights, on one
+    device too), ``deepspeed`` (likewise), or another strategy's name; None for DDP, ``auto`` and
+    ``single_device``. Keyed whatever the device count, so that a one-GPU FSDP run (``trainer=fsdp`` with its
+    ``devices: -1`` on a one-GPU node, ``fsdp_cpu_offload``) is not taken for plain training; the keys of
+    single-device and DDP runs stay as they were."""
+    strategy = str(trainer.get("strategy") or "auto")
+    if strategy in ("auto", "single_device") or strategy.startswith("ddp"):
+        return None
+    return next((family for family in ("fsdp", "deepspeed") if strategy.startswith(family)), strategy)
+
+
+def added_libraries(config: Mapping[str, Any], callbacks: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """The distributions beyond NUMERIC_LIBRARIES whose version changes this cell's weights: Lightning's when a
+    weight-changing callback of its own is configured (``callbacks``: weight_changing_callbacks), bitsandbytes
+    when ``model.quantization`` loads the weights with it. In the key only then, so that other keys stay valid."""
+    added = []
+    tops = {str(entry.get("_target_") or "").split(".")[0] for entry in (callbacks or {}).values()}
+    if "lightning" in tops:
+        added.append("lightning")
+    if "pytorch_lightning" in tops:
+        added.append("pytorch-lightning")
+    quantization = (config.get("model") or {}).get("quantization")
+    if isinstance(quantization, Mapping) and "BitsAndBytes" in str(quantization.get("_target_") or ""):
+        added.append("bitsandbytes")
+    return tuple(added)
+
+
+def method_eval_identity(method: Mapping[str, Any]) -> dict[str, Any]:
+    """The method's settings that shape the scored prompts (METHOD_EVAL_KEYS), each default spelt out keyed as
+    when unset, in the way that keeps the keys of the shipped configs: ``shot_seed`` without shots is null (no
+    shot is drawn); a trained method, scored as trained and without shots (config validation refuses others),
+    keys ``num_fewshot: 0`` as unset and leaves ``prompt_format: as_trained`` out (the prompt keys are in the key
+    only when set: older keys stay valid)."""
+    shots = int(method.get("num_fewshot") or 0)
+    keyed: dict[str, Any] = {"name": method["name"]}
+    for key in METHOD_EVAL_KEYS:
+        value = method.get(key)
+        if key == "shot_seed" and not shots:
+            value = None
+        if method.get("train") and ((key == "num_fewshot" and not value) or
+                                    (key == "prompt_format" and value == "as_trained")):
+            value = None
+        if key not in METHOD_PROMPT_KEYS or value is not None:
+            keyed[key] = value
+    return keyed
 
 
 def scored_as_trained(method: Mapping[str, Any]) -> bool:
@@ -605,13 +671,14 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
 
         trainer = config["trainer"]
         world_size = planned_world_size(trainer)
+        strategy = strategy_family(trainer)
         callbacks = weight_changing_callbacks(config.get("callbacks"))
         sources = callback_sources(callbacks)
         edited = edited_sources(TRAINING_SOURCES, TRAINING_SOURCES_SHA256, TRAINING_CODE_VERSION)
         training = {
             "code": TRAINING_CODE_VERSION,
             **({"edited_sources": edited} if edited else {}),
-            "libraries": numeric_versions(),
+            "libraries": numeric_versions(*added_libraries(config, callbacks)),
             "model": model,
             "method": {k: v for k, v in method.items() if k not in METHOD_EVAL_KEYS},
             "data": {"train": fingerprint(train), "val": fingerprint(val)},
@@ -624,6 +691,7 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
             # in the key only when they matter, so that the keys of single-device runs without such callbacks
             # stay as they were
             **({"world_size": world_size} if world_size > 1 else {}),
+            **({"strategy": strategy} if strategy else {}),
             **({"callbacks": callbacks} if callbacks else {}),
             **({"callback_sources": sources} if sources else {}),
         }
@@ -634,9 +702,8 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
     evaluation = {
         "scoring": SCORING_VERSION,
         **({"edited_sources": edited} if edited else {}),
-        "weights": training_key or {"model": model, "libraries": numeric_versions()},
-        "method": {"name": method["name"], **{k: method.get(k) for k in METHOD_EVAL_KEYS
-                                              if k not in METHOD_PROMPT_KEYS or method.get(k) is not None}},
+        "weights": training_key or {"model": model, "libraries": numeric_versions(*added_libraries(config))},
+        "method": method_eval_identity(method),
         "shot_pool": fingerprint(train) if shots else None,
         # prompt.style and prompt.system shape the prompts only of methods prompted as trained cells are
         "prompt": prompt if scored_as_trained(method) else None,

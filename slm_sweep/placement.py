@@ -178,8 +178,9 @@ def quantized_compute_dtype(model) -> torch.dtype | None:
     return value if isinstance(value, torch.dtype) else None
 
 
-# transformers' rotary embeddings: the inverse frequencies in use and the ones they were initialised with
-ROTARY_BUFFERS = ("inv_freq", "original_inv_freq")
+# transformers' rotary embeddings: the inverse frequencies in use and the ones they were initialised with; models
+# with several attention types name one pair per type (Gemma 3: ``sliding_attention_inv_freq``, ...)
+ROTARY_BUFFER_SUFFIXES = ("inv_freq", "original_inv_freq")
 
 
 def to_device(model, device: torch.device):
@@ -217,7 +218,7 @@ def float32_rotary_buffers(model) -> list[tuple[torch.nn.Module, str, torch.Tens
     replaces the tensors, not the modules, so ``restore_buffers`` can put them back."""
     return [(module, name, buffer) for module in model.modules()
             for name, buffer in module.named_buffers(recurse=False)
-            if name in ROTARY_BUFFERS and buffer.dtype == torch.float32]
+            if name.endswith(ROTARY_BUFFER_SUFFIXES) and buffer.dtype == torch.float32]
 
 
 def restore_buffers(kept: list[tuple[torch.nn.Module, str, torch.Tensor]]) -> None:

@@ -229,13 +229,28 @@ def redact_overrides(overrides: Sequence[str]) -> list[str]:
     return out
 
 
-def redact(value: Any) -> Any:
-    """A copy of a config with every value under a key that looks like a credential replaced."""
+def redact(value: Any, digests: bool = False) -> Any:
+    """A copy of a config with every value under a key that looks like a credential replaced by ``<redacted>``.
+    With ``digests`` (what a cell's identity keys), a number or boolean there, which is never a credential (an
+    optimizer's PRNG ``key``, ``lr_scale={key: 4}``), is replaced by ``<redacted sha256:...>`` (16 hex digits
+    of a hash of it) instead, so that two values of such a setting give two keys; a string, list or mapping
+    stays ``<redacted>``: a credential is not keyed (an unsalted hash of a short password is recovered by
+    trying candidates, and a rotated token would change every key)."""
     if isinstance(value, Mapping):
-        return {k: ("<redacted>" if SECRET_KEY.search(str(k)) and v else redact(v)) for k, v in value.items()}
+        return {k: (_redacted(v, digests) if SECRET_KEY.search(str(k)) and v else redact(v, digests))
+                for k, v in value.items()}
     if isinstance(value, list):
-        return [redact(v) for v in value]
+        return [redact(v, digests) for v in value]
     return value
+
+
+def _redacted(value: Any, digest: bool) -> str:
+    if not digest or not isinstance(value, (bool, int, float)):
+        return "<redacted>"
+    if isinstance(value, float) and value.is_integer():  # 4.0 and 4 are one value, as in the keys
+        value = int(value)
+    text = json.dumps(value, sort_keys=True, default=str)
+    return f"<redacted sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}>"
 
 
 def library_versions() -> dict[str, str | None]:

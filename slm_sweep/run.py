@@ -147,6 +147,13 @@ def _resume_dirs(cfg: DictConfig, out: Path) -> list[Path]:
     return search_dirs(out, _sweep_dir(), *(Path(str(d)).expanduser().absolute() for d in searched))
 
 
+def _resume_off(cfg: DictConfig) -> bool:
+    """``resume.enabled=false``: no finished result is reused and no checkpoint resumed, the cell's own included.
+    (``auto`` outside a sweep searches no other folder but resumes the cell's own checkpoint.)"""
+    enabled = cfg.resume.enabled
+    return enabled != "auto" and not enabled
+
+
 def _base_record(cfg: DictConfig, config: dict) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
@@ -219,7 +226,9 @@ def load_data(cfg: DictConfig) -> CellData:
 
 
 def identify(cfg: DictConfig, config: dict, data: CellData) -> CellIdentity:
-    """The cell's training and evaluation keys (slm_sweep.identity), before any model is loaded."""
+    """The cell's training and evaluation keys (slm_sweep.identity), before any model is loaded. ``config``: the
+    resolved config they are computed from, redacted with digests (``keyed_config``); one redacted for the record
+    (``<redacted>``) would key every number under a credential-like name alike, an unredacted one a credential."""
     from slm_sweep.identity import cell_identity, model_identity
     from slm_sweep.placement import configured_dtype, dtype_name, resolve_device, resolve_dtype
 
@@ -229,6 +238,13 @@ def identify(cfg: DictConfig, config: dict, data: CellData) -> CellIdentity:
     return cell_identity(config, model=model_identity(config["model"]), train=data.splits.train,
                          val=data.splits.val, test=data.splits.val if on_val else data.splits.test,
                          ood=data.ood_sets, eval_dtype=eval_dtype, auto_style=auto_prompt_style(cfg))
+
+
+def keyed_config(resolved: dict) -> dict:
+    """The resolved config the cell's keys are computed from: each number or boolean under a credential-like name
+    replaced by a hash of it (results.redact with digests), so that the keys tell such values apart (a PRNG
+    ``key``) without holding them; a string there, which may be a credential, is ``<redacted>`` as recorded."""
+    return redact(resolved, digests=True)
 
 
 def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
@@ -251,14 +267,16 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         return _refused_cell(cfg, _output_dir(out_dir), err)
     out = _output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = redact(OmegaConf.to_container(cfg, resolve=True))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    config = redact(resolved)  # what is recorded and logged; the keys hash the numbers it redacts (keyed_config)
+    keyed = keyed_config(resolved)
     record = _base_record(cfg, config)
     record["learning_rate"] = learning_rate
     dirs = _resume_dirs(cfg, out)
     if global_rank() != 0:
         # Other ranks of a distributed run only join training; rank 0 evaluates and writes every file.
         data = load_data(cfg)
-        _run_cell(cfg, out, record, None, [], data, identify(cfg, config, data), dirs, train_only=True)
+        _run_cell(cfg, out, record, None, [], data, identify(cfg, keyed, data), dirs, train_only=True)
         return record
 
     from slm_sweep.train.interrupt import CheckpointOnInterrupt, is_interrupt, sigterm_as_interrupt
@@ -279,7 +297,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
             _check_model_readable(cfg)
         data = load_data(cfg)
         record["dedup"] = data.splits.dedup
-        identity = identify(cfg, config, data)
+        identity = identify(cfg, keyed, data)
         record["identity"] = identity.as_record()
         check_tuned_data(cfg, learning_rate, identity.parts.get("training"))
         # quantized weights generate in the dtypes they were loaded in (placement.resolve_placement)
@@ -289,7 +307,15 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         trained = (find_trained(dirs, identity.training_key, own=out)
                    if cfg.method.train and previous is None and reloads_exactly(cfg.method) else None)
         trained_record = read_result(trained) if trained is not None else None
-        aside = set_aside_earlier(out, identity.evaluation_key, identity.training_key)
+        # the weights a re-score loads, resolved once, here: if they are gone or replaced by the time they load,
+        # the cell fails (it never scores a fresh adapter under the trained cell's key)
+        trained_weights = kept_weights(trained, identity.training_key, trained_record) if trained else None
+        # a result copied here from another folder takes the earlier run's kept weights aside with its result; a
+        # finished result of this configuration that the cell computes again (resume.enabled=false, a single run
+        # under auto) goes aside too, so that a rerun that fails loses nothing
+        copying = previous is not None and previous.resolve() != out.resolve()
+        aside = set_aside_earlier(out, identity.evaluation_key, identity.training_key, with_weights=copying,
+                                  recomputing=previous is None)
         set_aside = True
         # where the record of the run that trained the weights to re-score is now: moved aside with it when it was
         # this folder's, gone when it was an unfinished attempt here that this record replaces
@@ -315,7 +341,8 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         tracker = Tracker(cfg.logger, {**record, "sweep_tag": _sweep_tag()}, config, out)
         record["tracking"] = tracker.tracking
         _run_cell(cfg, out, record, tracker, predictions, data, identity, dirs, callbacks=[interrupt],
-                  trained=trained, trained_record=trained_record, trained_result=trained_result)
+                  trained=trained, trained_record=trained_record, trained_result=trained_result,
+                  trained_weights=trained_weights)
         record["status"] = "completed"
         if not cfg.trainer.get("keep_checkpoints", False):
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -617,6 +644,26 @@ def load_model(cfg: DictConfig, trained: Path | None):
     return apply_method(model, cfg.method), tokenizer
 
 
+def load_kept(cfg: DictConfig, weights: Path | None, training_key: str | None, trained: Path):
+    """The base model with the kept weights a re-score found in ``trained`` (``weights``, resolved when it looked
+    them up). A FileNotFoundError when they are gone or were replaced before or while they loaded (another run
+    writing into that folder): a re-score never scores a fresh adapter, or another training's weights, under the
+    trained cell's key and figures."""
+    def stamp() -> str | None:
+        if weights is None or not weights.is_dir() or stamped_key(weights) not in (None, training_key):
+            raise FileNotFoundError(
+                f"the kept weights in {weights or trained} that this cell was to re-score (training key "
+                f"{training_key}) were moved or replaced after it found them (another run writing into that "
+                "folder): rerun the cell")
+        return stamped_key(weights)
+
+    before = stamp()
+    loaded = load_model(cfg, weights)
+    if stamp() != before:
+        raise FileNotFoundError(f"the kept weights in {weights} were replaced while they loaded: rerun the cell")
+    return loaded
+
+
 def train_stage(cfg: DictConfig, out: Path, record: dict, model, tokenizer, data: CellData,
                 identity: CellIdentity, dirs: list[Path], tracker, callbacks: list | None):
     """Train (resuming from this cell's checkpoint when one exists) and keep what a re-scoring run needs."""
@@ -640,7 +687,10 @@ def train_stage(cfg: DictConfig, out: Path, record: dict, model, tokenizer, data
     if int(cfg.trainer.warmup_steps) >= int(cfg.trainer.max_steps):
         log.warning("trainer.warmup_steps=%d is not below trainer.max_steps=%d: the learning rate never reaches "
                     "the method's %s", cfg.trainer.warmup_steps, cfg.trainer.max_steps, cfg.method.lr)
-    resume_from = own_checkpoint(out, identity.training_key) or find_checkpoint(dirs, identity.training_key, own=out)
+    # resume.enabled=false resumes nothing, the cell's own checkpoint included (moved aside, training starts afresh)
+    resuming = not _resume_off(cfg)
+    resume_from = (own_checkpoint(out, identity.training_key, resume=resuming)
+                   or find_checkpoint(dirs, identity.training_key, own=out))
     record["resumed_from_checkpoint"] = str(resume_from) if resume_from else None
     # the step training picks up at: train_steps counts from zero, train_tokens and train_time_s from here
     record["resumed_at_step"] = checkpoint_step(resume_from) if resume_from else None
@@ -650,7 +700,7 @@ def train_stage(cfg: DictConfig, out: Path, record: dict, model, tokenizer, data
                   # every rank alike: where rank 0 has no Lightning logger of its own (W&B disabled) as on the
                   # others (which log nothing), a stand-in, or a callback needing one fails on one rank only
                   loggers=(tracker.lightning_loggers if tracker else None) or stand_in_loggers(cfg.get("logger")),
-                  resume_from=resume_from, extra_callbacks=callbacks,
+                  resume_from=resume_from, resume_own=resuming, extra_callbacks=callbacks,
                   callbacks_cfg=cfg.get("callbacks"))
     if outcome.train_steps < int(cfg.trainer.max_steps):
         raise RuntimeError(f"training ran {outcome.train_steps} of trainer.max_steps={cfg.trainer.max_steps} "
@@ -681,7 +731,8 @@ def keep_trained_weights(model, out: Path, training_key: str, keep_full: bool) -
 def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: list[dict], data: CellData,
               identity: CellIdentity, dirs: list[Path], train_only: bool = False,
               callbacks: list | None = None, trained: Path | None = None,
-              trained_record: dict | None = None, trained_result: Path | None = None) -> None:
+              trained_record: dict | None = None, trained_result: Path | None = None,
+              trained_weights: Path | None = None) -> None:
     import lightning as L
 
     from slm_sweep.data.prompts import resolve_format
@@ -697,7 +748,10 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
     record["skipped_rows"] = dict(splits.skipped)  # rows without a numeric reference, per source split
     record["skipped_rows_asking_who"] = dict(splits.skipped_asking_who)  # of which questions asking who
 
-    model, tokenizer = load_model(cfg, kept_weights(trained, identity.training_key) if trained else None)
+    if trained is not None:
+        model, tokenizer = load_kept(cfg, trained_weights, identity.training_key, trained)
+    else:
+        model, tokenizer = load_model(cfg, None)
     trainable, total = count_parameters(model)
     # how the questions are put to the model: the method's own format (few-shot), else as trained cells are prompted
     prompt_format = resolve_format(method, cfg.prompt, tokenizer, int(cfg.seed))

@@ -22,9 +22,14 @@ but they can never equal a reference, so the score is the same.
 ``lenient`` is the same for every method and reads the answer wherever a chat model states it: from the last
 ``\\boxed{...}``, else the rest of the sentence after the last ``####`` or, failing that, the last "the answer
 is" (any case) or line that starts "Answer:" / "Final Answer:" (any case, in bold or a markdown heading:
-"**Final Answer:** 14") with a number next on it, else the last number of the text once closing remarks are cut
-off (a last paragraph starting "Note", a last paragraph checking a value already written, a last sentence
-labelled so with a colon, "Note: ..." or "Check: ...", a parenthesised remark at the end). A check that arrives
+"**Final Answer:** 14") with a number next on it, else the last sentence that holds a number once closing remarks
+are cut off (a last paragraph starting "Note", a last paragraph or sentence checking a value already written, a
+last sentence labelled so with a colon, "Note: ..." or "Check: ...", a parenthesised remark at the end), read as a
+prose reference's final sentence is (``prose_reference_value``), so that a reference solution states its own
+answer ("So, 15 apples are left after 3 days." is 15; "... is 45, since 45 - 15 = 30" is 45), or its last
+number where that reading gives no one value; in a sentence that holds an ordinal, also where no verb or "=" states
+the value read ("After moving ahead 1 spot, she finished in 6th place." is 6, as a model's ordinal may answer;
+"There were 360 people on the 2nd day." is 360). A check that arrives
 at a value written nowhere before it works the answer out and is kept ("Let's check how many apples remain: 12 -
 5 = 7"; so is one that converts the answer, "45/60 = 0.75 hours" after "Total = 45 minutes", which is then read). Where the part read holds an "=", the result after the last one counts ("the answer is 16 - 3 - 4 = 9
 eggs" is 9). An explicit marker therefore wins over numbers written after it ("The answer is 12. Wait, she has
@@ -67,6 +72,7 @@ accept an answer that rounds to it (15.3, 15.304, 46/3 for ≈15.33); lm-eval's 
 as written; ``plain_reference`` gives the number alone.
 """
 
+import bisect
 import math
 import re
 from collections.abc import Callable
@@ -133,8 +139,9 @@ _LATEX_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|,\\!|\\,)(?=\d{3}(?!\d))")
 _BRACELESS_FRAC = re.compile(r"(\\[dt]?frac)\s*(\d)\s*(\d)")
 _RUPEES = re.compile(r"\bRs\.?\s?(?=\d)")
 # an amount in dollars and cents ("18 dollars and 50 cents", "$18 and 5 cents"): one value, 18.50 and 18.05
+# (not from inside a number: each start in a long run of digits would try the rest of it again)
 _DOLLARS_AND_CENTS = re.compile(
-    r"(?P<sign>\$\s?)?(?P<dollars>\d{1,3}(?:,\d{3})+|\d+)(?(sign)(?:\s*dollars?)?|\s*dollars?)"
+    r"(?P<sign>\$\s?)?(?<!\d)(?<!\d,)(?P<dollars>\d{1,3}(?:,\d{3})+|\d+)(?(sign)(?:\s*dollars?)?|\s*dollars?)"
     r"\s+and\s+(?P<cents>\d{1,2})\s*(?:cents?\b|¢)", re.IGNORECASE)
 _BOXED = re.compile(r"\\boxed\s*\{")
 # A value stated as a rounding: a word or sign right before it ("approximately $15.33", "\\approx 2.67", "~0.5"),
@@ -153,22 +160,27 @@ _ANSWER_LEAD = " :\t\r\n*_`"
 # dollar ("#### **$18**", "#### \\$18"); not a markdown heading ("#### Step 2: Money", "#### **2. Income**"). A
 # numbered heading's title ends no sentence: "#### 18. That is 9 eggs at $2 each." is a marker.
 _MARKUP = r"[*_`]*"
-_NUMBER_NEXT = rf"[ \t]*{_MARKUP}[ \t]*[-−]?[ \t]*\\?[$€£¥₹]?[ \t]?\.?\d"  # a number next on the line
-_NUMBERED_HEADING = (rf"[ \t]*{_MARKUP}[ \t]*\d+[.):][ \t]+{_MARKUP}[A-Za-z](?:[^\n]*[^\s.!?*_`])?"
+# Two runs of spaces never stand side by side in these patterns (only after markup, a sign or a "#" does a second
+# run start): a long run (a degenerate output) would otherwise be split between them in every way, quadratic or
+# worse in its length.
+_SPACED_MARKUP = r"(?:[*_`]+[ \t]*)?"
+_NUMBER_NEXT = rf"[ \t]*{_SPACED_MARKUP}(?:[-−][ \t]*)?\\?[$€£¥₹]?[ \t]?\.?\d"  # a number next on the line
+_NUMBERED_HEADING = (rf"[ \t]*{_SPACED_MARKUP}\d+[.):][ \t]+{_MARKUP}[A-Za-z](?:[^\n]*[^\s.!?*_`])?"
                      rf"[ \t\r*_`]*(?:\n|\Z)")
-_GSM8K_MARKER = re.compile(rf"####(?!{_NUMBERED_HEADING})(?=[ \t]*:?{_NUMBER_NEXT})")
+_GSM8K_MARKER = re.compile(rf"####(?!{_NUMBERED_HEADING})(?=(?:[ \t]*:)?{_NUMBER_NEXT})")
 # "the (final) answer is" (any case), or a line that starts "Answer:" / "Final Answer:" (any case, in bold or a
 # markdown heading: "**Final Answer:** 14", "## Answer: $18") with a number next on it, as "####" needs, and no
 # other number on that line (_after_answer_marker): a line "Answer:" over a worked solution ("**Answer:** Janet's
 # ducks lay 16 eggs ...", "Answer: 48 / 2 = 24 clips in May. 48 + 24 = 72 clips.") marks no answer
 _ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\b", re.IGNORECASE)
 _ANSWER_LINE = re.compile(
-    rf"^[ \t]*(?:#+[ \t]*)?{_MARKUP}[ \t]*(?:final[ \t]+)?answer[ \t]*{_MARKUP}[ \t]*:"
-    rf"(?=[ \t]*(?:\\\()?{_NUMBER_NEXT})",
+    rf"^[ \t]*(?:#+[ \t]*)?{_SPACED_MARKUP}(?:final[ \t]+)?answer[ \t]*{_SPACED_MARKUP}:"
+    rf"(?=(?:[ \t]*\\\()?{_NUMBER_NEXT})",
     re.IGNORECASE | re.MULTILINE)
 # In a reference, only a line that is "####" and a number counts: "#### 2. Cost of pears" is a heading
 _GSM8K_ANSWER_LINE = re.compile(
-    r"^[ \t]*####[ \t]*:?[ \t]*(?P<answer>[-−]?[ \t]*[$€£¥₹]?[0-9.,]*\d[0-9.,]*)[ \t\r]*$", re.MULTILINE)
+    r"^[ \t]*####(?:[ \t]*:)?[ \t]*(?P<answer>(?:[-−][ \t]*)?[$€£¥₹]?(?=[0-9.,]*\d)[0-9.,]+)[ \t\r]*$",
+    re.MULTILINE)
 # a full stop after these abbreviations ends no sentence ("Rs. 300 is the interest", "approx. 15")
 _NOT_AN_END = "".join(rf"(?<!\b{word}\.)" for word in ("Rs", "No", "Mr", "Mrs", "Ms", "Dr", "vs", "approx"))
 _SENTENCE_END = re.compile(rf"[.!?]{_NOT_AN_END}(?=\s|$)|\n")
@@ -195,6 +207,7 @@ _TRAILING_REMARK = re.compile(r"(?<!\\)\((?!\s*[=≈])[^()]*(?<!\\)\)[\s.]*$")  
 # introduces the conclusion ("..., so she has 12.5 apples left."), a verb that states the value ("15% of 240
 # is 36", "8 pencils cost $2"), then "=".
 _CONCLUSION = re.compile(r"\b(?:so|therefore|thus|hence|which means|that means)\b", re.IGNORECASE)
+_WORKED_OUT = re.compile(rf"{_CONCLUSION.pattern}|\brounds?(?:\s+(?:up|down|off))?\s+to\b", re.IGNORECASE)
 _STATEMENT = re.compile(r"\b(?:is|are|was|were|be|equals?|costs?)\b", re.IGNORECASE)
 # a statement verb followed by a number, at most one word between ("is 15", "is approximately 3.33", "are $20")
 _VALUE_VERBS = r"is|are|was|were|equals?|costs?"
@@ -218,14 +231,43 @@ _VALUE_AFTER_VERB = re.compile(rf"\b(?:{_VALUE_VERBS}|be)\s+(?:[A-Za-z]+\s+)?[-�
 # a model's "#### 6th" still answers "What place did she finish in?"
 _ORDINAL = re.compile(r"(?<![\w.,])\d+(?:[.,]\d+)*(?:st|nd|rd|th\b|-digit)", re.IGNORECASE)
 _PERCENT_AFTER = re.compile(r"\d\s*(?:%|percent\b)", re.IGNORECASE)
-_SIDE_CLAUSE = re.compile(r",?\s+(?:which|when|whereas|while)\b|,\s+and\b|;", re.IGNORECASE)
+# A clause after the result that may comment on it (``_main_clause``), a relative clause among them ("there are 9
+# numbers that are divisible by 11": its verb states no value of the main clause). Here and below, "(?<!\s)" lets a
+# run of spaces start a match only where the run starts: a search would otherwise scan the rest of a long run from
+# each of its characters.
+_SIDE_CLAUSE = re.compile(r",?(?<!\s)\s+(?:which|when|whereas|while)\b|(?<!\s)\s+(?:that|who)\s+(?:is|are|was|were)\b"
+                          r"|,\s+and\b|;", re.IGNORECASE)
+# A relative clause ends the main clause only once a statement verb has come before it ("there are 9 numbers that
+# are ..."; not "The 3 boys who were late missed 10 minutes", "In 5 years, John, who is now 15, will be 20")
+_RELATIVE = re.compile(r"\s+(?:that|who)\b", re.IGNORECASE)
+# A side clause that goes on to state the result ("..., which leaves her with 9 apples", "..., which means he has 9",
+# "..., which produces x = 18") comments on no value before it
+_RESULT_CLAUSE = re.compile(
+    r",?\s*(?:which|that)\s+(?:means|leaves|left|gives|gave|results\s+in|produces|brings|makes|amounts\s+to"
+    r"|adds\s+up\s+to|comes\s+to|totals)\b", re.IGNORECASE)
 # A clause that points back at the result ("..., and 20% of it is 16") comments on it; one that does not states
 # another result.
 _BACK_REFERENCE = re.compile(r"\b(?:it|its|this|that|them|these|those)\b", re.IGNORECASE)
 # After "the answer is" or "####": a restatement of the result ("16 - 3 - 4, which is 9") is the answer; else
 # the answer ends where a justification starts ("4 because 4 x 3 = 12", "5 (since 5 * 2 = 10)", "3, as ...").
-_RESTATED = re.compile(r",?\s*\b(?:which|that)\s+(?:is|equals|gives|makes)\b", re.IGNORECASE)
-_JUSTIFICATION = re.compile(r",\s|\s*\((?!\s*[=≈])|\s+(?:because|since|as|given|where)\b", re.IGNORECASE)
+_RESTATED = re.compile(r",?(?<!\s)\s*\b(?:which|that)\s+(?:is|equals|gives|makes)\b", re.IGNORECASE)
+_JUSTIFICATION = re.compile(r",\s|(?<!\s)\s*\((?!\s*[=≈])|(?<!\s)\s+(?:because|since|as|given|where)\b",
+                            re.IGNORECASE)
+# In a final sentence without a marker, fewer words start one: "..., since 45 - 15 = 30", "... because 150 / 35 =
+# 4.29" (a comma alone may set off the unit or a restatement; ", as a result ..." and ", as calculated ..." lead
+# into a result)
+_FINAL_JUSTIFICATION = re.compile(r",\s*(?:because|since|as(?!\s+(?:well|a\s+result|calculated)\b)|given)\b"
+                                  r"|(?<!\s)(?<!\band)(?<!\bbut)\s+(?:because|since)\b", re.IGNORECASE)
+# where a comma sets off the next part of a sentence (``_before_justification``)
+_COMMA_BREAK = re.compile(r",\s")
+# A value a sentence states: right after a statement verb or an "=", or right before a statement verb, at most one
+# word between ("were 360 people", "= 6 miles", "15 is", "15 apples are")
+_STATED_BEFORE = re.compile(rf"(?:=|\b(?:{_VALUE_VERBS}|be)(?:\s+[A-Za-z]+)?)\s*[-−]?[$€£¥₹]?\s?$",
+                            re.IGNORECASE)
+_STATED_AFTER = re.compile(rf"\s*(?:%\s*)?(?:[A-Za-z]+\s+)?(?:{_VALUE_VERBS})\b", re.IGNORECASE)
+# A subject that counts some of a group ("4 of the 10 numbers are equal to 2"): its count and the value after the
+# verb are two readings
+_PARTITIVE = re.compile(r"[-−]?\d+\s+(?:out\s+)?of\s+(?:the\s+|these\s+|those\s+)?\d", re.IGNORECASE)
 # A marker's answer that offers several values of one kind: two values joined as alternatives or a range ("12 or
 # 13", "12 to 15 apples", "between 12 and 20", "either 12 or 20", "12-15"), listed ("\\boxed{12, 13}") or left
 # as an unevaluated expression ("12 - 3", "2 \\times 3"). Not a hedge: one value restated in another unit ("45
@@ -233,8 +275,9 @@ _JUSTIFICATION = re.compile(r",\s|\s*\((?!\s*[=≈])|\s+(?:because|since|as|give
 # eggs at $2 each", "4 and 2 left over", "3:00 pm", "6 handshakes between the 4 friends").
 # right before the first number, at most one word between ("between about 12 and 20")
 _RANGE_WORD = re.compile(r"\b(?:either|between)\s+(?:[A-Za-z]+\s+)?$", re.IGNORECASE)
-_RANGE_JOIN = re.compile(r"[^\d]*?\s*\b(?:and|or)\s*", re.IGNORECASE)  # "12 and 20", "12 apples and 20"
-_ALTERNATIVE = re.compile(r"(?P<unit>[^\d]*?)\s*\b(?:or|to|through)\s*", re.IGNORECASE)
+# (the words before "and" / "or" end in no space, so that the space before it is split no other way)
+_RANGE_JOIN = re.compile(r"(?:[^\d]*?[^\d\s])??\s*\b(?:and|or)\s*", re.IGNORECASE)  # "12 and 20", "12 apples and 20"
+_ALTERNATIVE = re.compile(r"(?P<unit>(?:[^\d]*?[^\d\s])??)\s*\b(?:or|to|through)\s*", re.IGNORECASE)
 _PERCENT_UNITS = ("%", "percent")
 _OPERATOR = re.compile(r"\s*(?:[,+*×÷±]|\bx\b|\\(?:times|cdot|div|pm))\s*")
 _SPACED_MINUS = re.compile(r"\s+[-−]\s*|\s*[-−]\s+")
@@ -530,10 +573,90 @@ def lenient_number(text: str) -> tuple[Fraction, int | None] | None:
     for rest in rests:
         if rest is not None and numbers_in(stated := _stated_answer(rest)):
             return _one_answer(stated)
-    sentences = _sentences_with_numbers(text)
-    while len(sentences) > 1 and _is_labelled_remark(sentences[-1].strip()):
-        sentences.pop()
-    return written_numbers(sentences[-1])[-1] if sentences else None
+    return _final_sentence_number(text)
+
+
+def _final_sentence_number(text: str) -> tuple[Fraction, int | None] | None:
+    """The value the last sentence of ``text`` that holds a number states, read as a reference's final sentence is
+    (``_final_sentence_value``: a side clause or a justification after the value is cut), with the decimals it is
+    written with; else, where that reading gives no one value, its last number. A reference solution so states its
+    own answer. Ordinals are no numbers in that reading, but a model's ordinal may answer ("she finished in 6th
+    place"): in a sentence that holds one, the reading stands only where a verb or an "=" states its value ("there
+    were 360 people on the 2nd day", "15 is the 3rd smallest", "150 - 144 = 6 miles on the 13th day")."""
+    sentences = _final_sentences(text)
+    if not sentences:
+        return None
+    last = sentences[-1]
+    found = written_numbers(last)
+    without_ordinals = _ORDINAL.sub("#", last)
+    value = _final_sentence_value(without_ordinals) if numbers_in(without_ordinals) else None
+    if value is not None and (without_ordinals == last or _states_value(_written_form(without_ordinals), value)):
+        return next((number for number in reversed(found) if number[0] == value), (value, None))
+    return found[-1]
+
+
+def _states_value(sentence: str, value: Fraction) -> bool:
+    """Whether ``sentence`` (in ``_written_form``) writes ``value`` right after a statement verb or an "=", or right
+    before a statement verb, at most one word between ("were 360 people", "= 6 miles", "15 is", "15 apples are")."""
+    for number, _, start, end in _number_spans(sentence):
+        if number == value and (_STATED_BEFORE.search(sentence[max(0, start - 40):start])
+                                or _STATED_AFTER.match(sentence, end)):
+            return True
+    return False
+
+
+def _final_sentences(text: str) -> list[str]:
+    """The sentences of ``text`` that hold a number, once closing paragraphs and closing sentences
+    (``_is_closing_sentence``) are cut off."""
+    return _without_closing(_sentences_with_numbers(text), _is_closing_sentence)
+
+
+class _Before:
+    """The parts of a text before the one a closing remark may be (the first ``end``), as ``_is_closing_remark``
+    asks about them: each part is read once however many closing parts are cut from the end."""
+
+    def __init__(self, parts: list[str]):
+        self.parts, self.end = parts, len(parts)
+        self._first_with: dict[Fraction, int] | None = None  # each value: the first part that holds it
+        self._first_result = len(parts)  # the first part that states a result (``_STATES_RESULT``)
+
+    def _read(self) -> dict[Fraction, int]:
+        if self._first_with is None:
+            self._first_with = {}
+            for at, part in enumerate(self.parts):
+                for value in numbers_in(part):
+                    self._first_with.setdefault(value, at)
+                if self._first_result == len(self.parts) and _STATES_RESULT.search(part):
+                    self._first_result = at
+        return self._first_with
+
+    def holds(self, value: Fraction) -> bool:
+        return self._read().get(value, self.end) < self.end
+
+    def states_result(self) -> bool:
+        self._read()
+        return self._first_result < self.end
+
+
+def _without_closing(parts: list[str], is_closing: Callable[[str, _Before], bool]) -> list[str]:
+    """``parts`` less the closing ones at the end (``is_closing`` of a last part and those before it); the first is
+    kept."""
+    before, end = _Before(parts), len(parts)
+    while end > 1:
+        before.end = end - 1
+        if not is_closing(parts[end - 1].strip(), before):
+            break
+        end -= 1
+    return parts[:end]
+
+
+def _is_closing_sentence(sentence: str, before: _Before) -> bool:
+    """A last sentence labelled a remark with a colon ("Note: ...", "Check: 42 - 12 = 30"), or one that checks a
+    value written before it as a reference's closing check is cut ("We can verify that 3 * 7 + 2 = 23", "Indeed, 16
+    + 18 + 20 = 54"); "Note that he pays $50, so his change is $30" may state the answer."""
+    start = _NOTE_START.match(sentence)
+    return start is not None and (_is_labelled_remark(sentence)
+                                  or (not start["remark"] and _is_closing_remark(sentence, before)))
 
 
 def _is_labelled_remark(sentence: str) -> bool:
@@ -660,9 +783,7 @@ def _single_value(text: str) -> Fraction | None:
 
 def _without_notes(text: str) -> str:
     paragraphs = [p for p in _PARAGRAPH_SPLIT.split(text.strip()) if p.strip()]
-    while len(paragraphs) > 1 and _is_closing_remark(paragraphs[-1].strip(), paragraphs[:-1]):
-        paragraphs.pop()
-    text = "\n\n".join(paragraphs)
+    text = "\n\n".join(_without_closing(paragraphs, _is_closing_remark))
     while True:
         cut = _TRAILING_REMARK.sub("", text).rstrip()
         if cut == text.rstrip():
@@ -670,7 +791,7 @@ def _without_notes(text: str) -> str:
         text = cut
 
 
-def _is_closing_remark(paragraph: str, before: list[str]) -> bool:
+def _is_closing_remark(paragraph: str, before: _Before) -> bool:
     """Whether a last paragraph (or sentence) remarks on or checks the answer in ``before`` (``_NOTE_START``)."""
     start = _NOTE_START.match(paragraph)
     if start is None:
@@ -678,9 +799,9 @@ def _is_closing_remark(paragraph: str, before: list[str]) -> bool:
     if start["remark"] or _CHECK_COLON.match(paragraph, start.end()):
         return True
     if start["confirmation"]:
-        return any(_STATES_RESULT.search(p) for p in before)
+        return before.states_result()
     arrived_at = _arrived_at(paragraph)
-    return arrived_at is not None and any(arrived_at in numbers_in(p) for p in before)
+    return arrived_at is not None and before.holds(arrived_at)
 
 
 def _arrived_at(check: str) -> Fraction | None:
@@ -705,18 +826,25 @@ def prose_reference_value(text: str) -> Fraction | None:
     narrowed to what follows its last "so" / "therefore" / "thus" / "hence" / "which means" / "that means",
     then to what follows its last "is" / "are" / "was" / "were" / "be" / "equals" / "costs", each step only
     when a number follows; a clause that comments on a result already stated is cut off first ("..., which is 20%
-    less than ...", "... when 25 is divided by 11"), and a sentence stating two results ("the boys are 15 and
-    the girls are 20", "the boat's speed is 15 km/h, and the stream's is 5 km/h", unless the second points back
-    at the first: "..., and 20% of it is 16") gives None. After a marker, the answer ends where a
-    justification starts ("5, since 5 + 5 = 10" is 5). Of the part chosen, what follows its last "=" counts when
-    that holds a number. The part must hold exactly one value, written once or more in any form ("11/4, or
+    less than ...", "... when 25 is divided by 11", a relative clause: "there are 9 numbers that are divisible by
+    11" is 9), unless it goes on to work a value out ("..., and each got 2, so 20 / 2 = 10 boys went", "...,
+    which rounds up to 17%"), and a sentence stating two results ("the boys are 15 and the girls are 20", "the
+    boat's speed is 15 km/h, and the stream's is 5 km/h", unless the second points back at the first: "..., and
+    20% of it is 16") gives None. The answer ends where a justification starts, after a marker ("5, since 5 + 5 =
+    10" is 5) and in the final sentence ("..., since 45 - 15 = 30", "... because 150 / 35 = 4.29 ...", not a "since"
+    clause that leads into a comma-part holding a number: "After 3 days, since she eats 2 a day, she has 9 left"; ",
+    as a result ..." and ", as calculated ..." start none). A relative clause before the main clause's verb ("In 5
+    years, John, who is now 15, will be 20") and a clause that states the result ("..., which leaves her with 9
+    apples", "..., which means he has 9") are part of the main clause. Of the part chosen, what follows its last "="
+    counts when that holds a number. The part must hold exactly one value, written once or more in any form ("11/4, or
     2 3/4"): "5 hours and 30 minutes", "12 boys and 15 girls", "the ratio is 3:4" or "Jin saves $100 in 8 weeks"
     give None, and such rows are dropped (``unparsable_answers: skip``) rather than guessed. Also None, since the
     answer is not one plain number or not clearly which: a value the sentence restates as another ("25% of the
     students, which is 10 students"), a comparison of two values ("15 is 5 more than 10"), a number word from
     eleven up or a weekday beside the digits, a multiple of pi, a root or a variable ("25π", "\\sqrt{50}", "4x"),
     and an answer after "the answer is" that a later sentence states otherwise without working with it ("...
-    4.67 buses. ..., 5 buses are needed."). A clause that starts with its value keeps it when the verb has no
+    4.67 buses. ..., 5 buses are needed."), and a subject that counts some of a group beside a value after the verb
+    ("4 of the 10 numbers are equal to 2"). A clause that starts with its value keeps it when the verb has no
     value right after it ("Rs. 300 is the interest for 3 years"); a closing check in the last paragraph ("Check:
     3 * 7 + 2 = 23.", "Indeed, 9 × 4 = 36.") is cut by the rules of a closing paragraph; "0.333..." is a rounding;
     ordinals and "3-digit" are no numbers.
@@ -736,9 +864,12 @@ def prose_reference_value(text: str) -> Fraction | None:
                       for s in later)
         return None if revised else value
     sentences = _stated_sentences(text)
-    if not sentences:
-        return None
-    sentence = sentences[-1]
+    return _final_sentence_value(sentences[-1]) if sentences else None
+
+
+def _final_sentence_value(sentence: str) -> Fraction | None:
+    """The value a solution's final sentence states, by ``prose_reference_value``'s rules; None where it is not one
+    clear number."""
     main = _main_clause(sentence)
     value = _narrowed_value(main)
     side = sentence[len(main):]
@@ -760,10 +891,7 @@ def prose_reference_value(text: str) -> Fraction | None:
 def _stated_sentences(text: str) -> list[str]:
     """The sentences of ``text`` that hold a number, closing remarks cut off: closing paragraphs, then closing
     checks in the last paragraph ("... x = 7. Check: 3 * 7 + 2 = 23.")."""
-    sentences = _sentences_with_numbers(text)
-    while len(sentences) > 1 and _is_closing_remark(sentences[-1].strip(), sentences[:-1]):
-        sentences.pop()
-    return sentences
+    return _without_closing(_sentences_with_numbers(text), _is_closing_remark)
 
 
 def _sentences_with_numbers(text: str) -> list[str]:
@@ -776,12 +904,15 @@ def _narrowed_value(sentence: str) -> Fraction | None:
     rest = _after_last(_CONCLUSION, sentence)
     if rest is not None and numbers_in(rest):
         sentence = rest
+    sentence = _before_justification(sentence)
     if len(_NUMBER_STATEMENT.findall(sentence)) > 1:  # "the boys are 15 and the girls are 20": two results
         return None
     sentence = _written_form(sentence)
     verbs = list(_STATEMENT.finditer(sentence))
     rest = sentence[verbs[-1].end():] if verbs else None
     subject = sentence[: verbs[-1].start()].lstrip(" ,:*") if verbs else ""
+    if rest is not None and numbers_in(rest) and _PARTITIVE.match(subject):
+        return None  # "4 of the 10 numbers are equal to 2": the count or the value, not clearly which
     if rest is not None and numbers_in(rest) and _NUMBER.match(subject) and len(numbers_in(subject)) == 1 \
             and "=" not in rest and not _VALUE_AFTER_VERB.match(sentence, verbs[-1].start()):
         # "Rs. 300 is the interest for 3 years", "7/8 is bigger than 0.85": the clause starts with its value, and
@@ -798,17 +929,69 @@ def _narrowed_value(sentence: str) -> Fraction | None:
     return _single_value(_result_part(sentence))
 
 
+def _before_justification(sentence: str) -> str:
+    """The sentence up to where a justification starts, when a number comes before it ("the number is 45, since
+    45 - 15 = 30"; "5 buses are needed because 150 / 35 = 4.29 ..."); not a clause that leads into the next comma-part
+    when that holds a number ("At 132 mph, since distance = speed * time, he covers 528 miles", "After 3 days, since
+    she eats 2 apples a day, she has 9 apples left")."""
+    commas = [comma.end() for comma in _COMMA_BREAK.finditer(sentence)]
+    parts_with_numbers: dict[int, bool] = {}  # each comma-part read once, however many boundaries lead into it
+    number_before, first_digit = False, _first_digit(sentence)
+    for boundary in _FINAL_JUSTIFICATION.finditer(sentence):
+        at = bisect.bisect_left(commas, boundary.end() + 1)  # the first comma-part that starts after the boundary
+        if at < len(commas):
+            if at not in parts_with_numbers:
+                part_end = commas[at + 1] if at + 1 < len(commas) else len(sentence)
+                parts_with_numbers[at] = bool(numbers_in(sentence[commas[at]:part_end]))
+            if parts_with_numbers[at]:
+                continue  # it leads into the result
+        start = boundary.start()
+        number_before = number_before or (first_digit < start and bool(numbers_in(sentence[:start])))
+        if number_before:
+            return sentence[:start]
+    return sentence
+
+
 def _main_clause(sentence: str) -> str:
     """The sentence up to its first clause that only comments on a result already stated ("..., which is 20% less
-    than ...", "... when 25 is divided by 11", "..., and 20% of it is 16"), when a number comes before it."""
-    for clause in _SIDE_CLAUSE.finditer(sentence):
-        if numbers_in(sentence[: clause.start()]):
-            after = sentence[clause.end():]
+    than ...", "... when 25 is divided by 11", "..., and 20% of it is 16", "there are 9 numbers that are divisible
+    by 11"), when a number comes before it; a clause that goes on to work a value out ("..., and each got 2, so 20 /
+    2 = 10 boys went") or to state it ("..., which leaves her with 9 apples") is no comment, and a relative clause
+    before the main clause's verb ("The 3 boys who were late missed 10 minutes") is part of the main clause."""
+    clauses = list(_SIDE_CLAUSE.finditer(sentence))
+    number_before, first_digit = False, _first_digit(sentence)
+    for at, clause in enumerate(clauses):
+        start = clause.start()
+        if _RELATIVE.match(sentence, start) and _STATEMENT.search(sentence, 0, start) is None:
+            continue  # "In 5 years, John, who is now 15, will be 20": the main clause's verb comes after it
+        clause_end = clauses[at + 1].start() if at + 1 < len(clauses) else len(sentence)
+        if _RESULT_CLAUSE.match(sentence, start) and numbers_in(sentence[start:clause_end]):
+            continue  # "..., which leaves her with 9 apples": it states the result
+        number_before = number_before or (first_digit < start and bool(numbers_in(sentence[:start])))
+        after = sentence[clause.end():]
+        if number_before and not _works_out(after):
             if (clause.group(0).lstrip(", ").lower().startswith("and") and not _BACK_REFERENCE.search(after)
-                    and _NUMBER_STATEMENT.search(after) and _NUMBER_STATEMENT.search(sentence[: clause.start()])):
+                    and _NUMBER_STATEMENT.search(after) and _NUMBER_STATEMENT.search(sentence[:start])):
                 return ""  # "the boat's speed is 15 km/h, and the stream's is 5 km/h": two results, no answer
-            return sentence[: clause.start()]
+            return sentence[:start]
     return sentence
+
+
+def _first_digit(text: str) -> int:
+    """Where the first digit of ``text`` is (its length without one): no number is written before it."""
+    digit = _DIGIT.search(text)
+    return digit.start() if digit is not None else len(text)
+
+
+def _works_out(clause: str) -> bool:
+    """Whether a clause works a value out: an "=" with a number on either side ("... so 24 + 10 = 34"; not "when x =
+    5"), or a conclusion word or a rounding with a number after it ("..., so she has 12 left", "..., which rounds up
+    to 17%")."""
+    before, *results = clause.split("=")
+    if numbers_in(before) and any(numbers_in(result) for result in results):
+        return True
+    rest = _after_last(_WORKED_OUT, clause)
+    return rest is not None and bool(numbers_in(rest))
 
 
 def reference_answer(answer: str | float | int) -> str | None:

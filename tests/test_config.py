@@ -407,6 +407,17 @@ def test_a_misspelt_key_in_a_yaml_file_fails_when_the_config_is_composed(tmp_pat
         assert f"Key '{key}' not in" in text and f"{group}/mine" in text
 
 
+def test_full_fine_tuning_of_a_quantized_model_is_refused_before_anything_loads():
+    """Quantized weights cannot be made trainable: refused in validation, not after data and model have loaded;
+    adapter methods and the baselines keep the quantized model."""
+    quantized = "+model.quantization={_target_: transformers.BitsAndBytesConfig, load_in_4bit: true}"
+    with pytest.raises(ConfigError, match=re.escape("method='full' trains every weight, and model.quantization "
+                                                    "(model=tiny) loads them quantized")):
+        validate_config(compose_config(["method=full", quantized]))
+    for method in ("lora", "zeroshot"):
+        validate_config(compose_config([f"method={method}", quantized]))
+
+
 def test_a_method_file_with_a_key_nothing_reads_is_refused_and_short_names_are_allowed(tmp_path):
     """The method group is untyped (each peft config has its own arguments): a key that no code and no
     interpolation reads is refused, so a misspelt rank cannot run as the default rank under the new name."""

@@ -229,7 +229,7 @@ def test_orcamath_heldout_test_is_deterministic_sized_and_disjoint(caplog):
     train, val, test = questions(first.train), questions(first.val), questions(first.test)
     assert not train & test and not val & test and not train & val
     assert len(train | val | test) == 40
-    assert "train_limit=6973 exceeds the 25 examples" in caplog.text
+    assert "train_limit=6954 exceeds the 25 examples" in caplog.text
 
 
 def test_orcamath_heldout_test_does_not_depend_on_need_train_or_val_size():
@@ -340,6 +340,14 @@ def test_a_question_asking_who_is_named_as_such_when_rows_without_a_reference_ar
 ])
 def test_asks_who(question, asks):
     assert asks_who(question) is asks
+
+
+@needs_shared_data
+def test_orcamath_trains_on_as_many_examples_as_a_gsm8k_cell():
+    """The two study datasets are size-matched: OrcaMath's train_limit (counted after deduplication) is the number
+    of examples a GSM8K cell keeps after its validation split and deduplication."""
+    gsm8k = load_splits(dataset_spec("gsm8k"), data_root=SHARED_DATA, deduplicate=True)
+    assert dataset_spec("orcamath")["train_limit"] == len(gsm8k.train)
 
 
 def test_orcamath_train_limit_applies_after_carving():

@@ -19,14 +19,18 @@ from slm_sweep.identity import (
     TRAINING_SOURCES_SHA256,
     sources_digest,
 )
-from slm_sweep.results import read_result, redact
-from slm_sweep.run import TRAINING_METRICS, identify, load_data, run
+from slm_sweep.results import read_result
+from slm_sweep.run import TRAINING_METRICS, identify, keyed_config, load_data, run
 from slm_sweep.sweep.resume import KEY_STAMP, kept_weights, stamped_key
 
 
+def identity_of(cfg):
+    """The cell's identity as run() computes it (from the config before redaction)."""
+    return identify(cfg, keyed_config(OmegaConf.to_container(cfg, resolve=True)), load_data(cfg))
+
+
 def keys(cfg):
-    config = redact(OmegaConf.to_container(cfg, resolve=True))
-    identity = identify(cfg, config, load_data(cfg))
+    identity = identity_of(cfg)
     return identity.training_key, identity.evaluation_key
 
 
@@ -420,9 +424,7 @@ def _predictions(folder):
 
 def test_configuration_key_groups_seeds(tiny_cfg):
     def key(*extra):
-        cfg = tiny_cfg("method=lora", *extra)
-        config = redact(OmegaConf.to_container(cfg, resolve=True))
-        return identify(cfg, config, load_data(cfg)).configuration_key
+        return identity_of(tiny_cfg("method=lora", *extra)).configuration_key
 
     assert key("seed=1") == key("seed=2") == key()
     assert key("method.r=8") != key()
@@ -605,3 +607,208 @@ def test_a_reused_cell_keeps_whether_its_source_resumed_from_a_checkpoint(tmp_pa
     copied = _reuse(tmp_path / "source", tmp_path / "copy", record)
     assert copied["resumed_from_checkpoint"] == "/run/checkpoints/last.ckpt"
     assert copied["metrics"]["train_time_s"] == 12.0
+
+
+def test_a_rescore_whose_kept_weights_vanish_before_loading_fails_instead_of_scoring_a_fresh_adapter(
+        tiny_cfg, tmp_path, monkeypatch):
+    """The kept adapter a re-score found is moved away (another run writing into that folder) before it loads: the
+    cell fails, never scoring the base model with a fresh adapter under the trained cell's key and figures."""
+    import shutil
+
+    import slm_sweep.run as run_module
+
+    search = ["resume.enabled=true", f"resume.search_dir={tmp_path}"]
+    assert run(tiny_cfg("method=lora", *search), out_dir=tmp_path / "a")["status"] == "completed"
+    set_aside = run_module.set_aside_earlier
+
+    def moved_meanwhile(out, *args, **kwargs):  # right after the re-score's lookup
+        shutil.move(str(tmp_path / "a" / "adapter"), str(tmp_path / "moved-adapter"))
+        return set_aside(out, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "set_aside_earlier", moved_meanwhile)
+    monkeypatch.setattr(run_module, "load_model", lambda cfg, trained: pytest.fail(f"loaded with {trained}"))
+    rescore = run(tiny_cfg("method=lora", *search, "eval.max_new_tokens=6"), out_dir=tmp_path / "g")
+    assert rescore["status"] == "failed" and "FileNotFoundError" in rescore["error"], rescore.get("error")
+    assert str(tmp_path / "a" / "adapter") in rescore["error"] and not rescore.get("trained_in")
+
+
+CREDENTIAL_NAMED_CALLBACK = """
+from lightning.pytorch.callbacks import Callback
+
+
+class Keyed(Callback):
+    def __init__(self, token=None, key=None):
+        self.token, self.key = token, key
+"""
+
+
+def test_a_number_named_like_a_credential_is_keyed_and_a_credential_is_not(tiny_cfg, tmp_path, monkeypatch):
+    """A number under a credential-like name (a callback's or optimizer's PRNG ``key``) is never a credential: two
+    values give two keys. A string there (a ``token``, a password) is not keyed: two users' tokens give one key,
+    and neither result.json nor its keys' parts hold the token or a hash of it (an unsalted hash of a short
+    password is recovered by trying candidates)."""
+    import slm_sweep.tune as tune
+
+    (tmp_path / "keyed_callback.py").write_text(CREDENTIAL_NAMED_CALLBACK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    class KeysKnown(Exception):
+        pass
+
+    def stop(*args):  # the cell's keys are computed and recorded: nothing more is needed
+        raise KeysKnown
+
+    monkeypatch.setattr(tune, "check_tuned_data", stop)
+
+    def cell(name, setting):
+        callback = f"+callbacks.keyed={{_target_:keyed_callback.Keyed,{setting}}}"
+        record = run(tiny_cfg("method=lora", callback), out_dir=tmp_path / name)
+        assert "KeysKnown" in record["error"], record.get("error")
+        return record, read_result(tmp_path / name), (tmp_path / name / "result.json").read_text()
+
+    tokens = {}
+    for value in ("first-secret-value", "second-secret-value"):
+        record, written, text = cell(value, f"token:{value}")
+        assert "secret-value" not in text and "sha256" not in text
+        assert written["config"]["callbacks"]["keyed"]["token"] == "<redacted>"
+        assert written["identity"]["parts"]["training"]["callbacks"]["keyed"]["token"] == "<redacted>"
+        tokens[value] = record["identity"]
+    first, second = tokens.values()
+    assert first["training_key"] == second["training_key"] and first["evaluation_key"] == second["evaluation_key"]
+
+    seeds = {}
+    for value in (1, 2):
+        record, written, _ = cell(f"key{value}", f"key:{value}")
+        assert written["config"]["callbacks"]["keyed"]["key"] == "<redacted>"
+        assert written["identity"]["parts"]["training"]["callbacks"]["keyed"]["key"].startswith("<redacted sha256:")
+        seeds[value] = record["identity"]
+    assert seeds[1]["training_key"] != seeds[2]["training_key"] != first["training_key"]
+    assert seeds[1]["evaluation_key"] != seeds[2]["evaluation_key"]
+
+
+def test_fsdp_and_deepspeed_are_keyed_apart_from_ddp_and_from_one_device_training(base, tiny_cfg):
+    """FSDP's bf16-mixed computes in bf16 where DDP and plain training autocast over float32 weights, on one
+    device too (Lightning gives any FSDP strategy its own precision plugin): another training, whatever the device
+    count. DDP (and auto, DDP on several devices) and plain single-device training keep the keys they had."""
+    ddp = base("trainer=ddp_cpu")
+    assert base("trainer=ddp_cpu", "trainer.strategy=auto") == ddp
+    fsdp = base("trainer=ddp_cpu", "trainer.strategy=fsdp")
+    assert fsdp[0] != ddp[0] and base("trainer=ddp_cpu", "trainer.strategy=fsdp_cpu_offload") == fsdp
+    assert base("trainer=ddp_cpu", "trainer.strategy=deepspeed_stage_2")[0] not in (ddp[0], fsdp[0])
+    parts = identity_of(tiny_cfg("method=lora", "trainer=ddp_cpu")).parts["training"]
+    assert parts["world_size"] == 2 and "strategy" not in parts
+    # one device: FSDP and DeepSpeed are keyed, plain training (auto, single_device) is as it was
+    one = base()
+    assert base("trainer.strategy=single_device") == one
+    fsdp_one = base("trainer.strategy=fsdp")
+    assert fsdp_one[0] != one[0] and base("trainer.strategy=fsdp_cpu_offload") == fsdp_one
+    assert base("trainer.strategy=deepspeed_stage_2")[0] not in (one[0], fsdp_one[0])
+    parts = identity_of(tiny_cfg("method=lora", "trainer.strategy=fsdp")).parts["training"]
+    assert parts["strategy"] == "fsdp" and "world_size" not in parts
+
+
+def test_lightning_s_version_is_keyed_with_its_callbacks_and_bitsandbytes_with_its_quantization(tiny_cfg):
+    """A weight-changing Lightning callback runs Lightning's code, bitsandbytes quantizes the weights it loads:
+    their versions are in the key with them, and only then (other keys stay as they were)."""
+    def libraries(*extra):
+        identity = identity_of(tiny_cfg(*extra))
+        return (identity.parts["training"] or identity.parts["evaluation"]["weights"])["libraries"]
+
+    assert set(libraries("method=lora")) == {"torch", "transformers", "peft"}
+    swa = "+callbacks.swa={_target_:lightning.pytorch.callbacks.StochasticWeightAveraging,swa_lrs:0.01}"
+    assert set(libraries("method=lora", swa)) == {"torch", "transformers", "peft", "lightning"}
+    quantized = "model.quantization={_target_:transformers.BitsAndBytesConfig,load_in_4bit:true}"
+    assert "bitsandbytes" in libraries("method=lora", quantized)
+    assert "bitsandbytes" in libraries("method=zeroshot", quantized)  # quantized for evaluation too
+    assert "bitsandbytes" not in libraries("method=zeroshot")
+
+
+def test_the_resume_logic_is_among_the_training_sources():
+    """train/interrupt.py decides which steps a resumed run trains: an edit of it is an edit of the training."""
+    assert "train/interrupt.py" in TRAINING_SOURCES
+
+
+def test_a_rescore_never_reports_one_run_s_training_figures_with_another_run_s_weights(tiny_cfg, tmp_path):
+    """Folder f trained its adapter (run 1); a rerun into f copies another folder's finished result of the same
+    training key. The copy describes other weights than f's adapter: run 1's adapter goes aside with run 1's
+    record, and a later re-score loads it with run 1's figures, never the copy's."""
+    def cell(out, search, *extra):
+        return run(tiny_cfg("method=lora", "resume.enabled=true", f"resume.search_dir={tmp_path / search}",
+                            *extra), out_dir=tmp_path / out)
+
+    first = cell("f", "none")
+    other = cell("x", "none", "eval.max_new_tokens=6")
+    assert other["identity"]["training_key"] == first["identity"]["training_key"]
+    source = json.loads((tmp_path / "x" / "result.json").read_text())
+    source["metrics"]["train_loss"] = 999.0  # the other run's figures, told apart
+    (tmp_path / "x" / "result.json").write_text(json.dumps(source))
+    copied = cell("f", "x", "eval.max_new_tokens=6")
+    assert copied["reused_from"] == str(tmp_path / "x" / "result.json")
+    aside = tmp_path / "f" / "superseded"
+    assert not (tmp_path / "f" / "adapter").exists() and stamped_key(aside / "adapter") == \
+        first["identity"]["training_key"]
+    rescore = cell("g", "f", "eval.max_new_tokens=5")
+    assert rescore["status"] == "completed", rescore.get("error")
+    assert rescore["trained_in"] == str(aside)
+    assert rescore["metrics"]["train_loss"] == first["metrics"]["train_loss"] != 999.0
+    assert rescore["training_provenance"]["started_at"] == first["started_at"]
+
+
+def test_resume_disabled_trains_afresh_and_keeps_the_cell_s_own_checkpoint_aside(tiny_cfg, tmp_path):
+    """resume.enabled=false resumes nothing, the cell's own checkpoint included: it goes aside to
+    checkpoints.superseded (nothing computed is lost) and training starts from step 0."""
+    keep = ["trainer.checkpoint_every_n_steps=1", "trainer.keep_checkpoints=true", "resume.enabled=false"]
+    first = run(tiny_cfg("method=lora", *keep), out_dir=tmp_path / "cell")
+    assert (tmp_path / "cell" / "checkpoints" / "last.ckpt").is_file()
+    again = run(tiny_cfg("method=lora", *keep), out_dir=tmp_path / "cell")
+    assert again["status"] == "completed" and again["resumed_from_checkpoint"] is None, again["resumed_from_checkpoint"]
+    assert again["resumed_at_step"] is None and again["metrics"]["train_steps"] == 3
+    assert again["metrics"]["train_tokens"] == first["metrics"]["train_tokens"]
+    aside = tmp_path / "cell" / "checkpoints.superseded"
+    assert (aside / "last.ckpt").is_file() and stamped_key(aside) == first["identity"]["training_key"]
+
+
+@pytest.mark.parametrize("resume", ["resume.enabled=false", "resume.enabled=auto"])  # auto: a single run
+def test_a_rerun_that_computes_a_finished_result_again_sets_it_aside_first(tiny_cfg, tmp_path, monkeypatch, resume):
+    """A cell that runs again where a finished result of its own configuration is (resume.enabled=false, or a
+    single run under auto, which reuses nothing) moves that result and its predictions to superseded/ before it
+    writes anything: a rerun that fails (here, loading the model) loses nothing, and the reuse search finds it."""
+    import slm_sweep.run as run_module
+
+    cell = tmp_path / "cell"
+    first = run(tiny_cfg("method=zeroshot", resume), out_dir=cell)
+    assert first["status"] == "completed" and (cell / "predictions.jsonl").is_file()
+    predictions = (cell / "predictions.jsonl").read_bytes()
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("out of memory (injected)")
+
+    monkeypatch.setattr(run_module, "load_model", fails)
+    again = run(tiny_cfg("method=zeroshot", resume), out_dir=cell)
+    assert again["status"] == "failed" and again["identity"] == first["identity"]
+    assert read_result(cell)["status"] == "failed"
+    aside = cell / "superseded"
+    kept = read_result(aside)
+    assert kept["status"] == "completed" and kept["started_at"] == first["started_at"]
+    assert kept["metrics"] == first["metrics"] and (aside / "predictions.jsonl").read_bytes() == predictions
+    monkeypatch.undo()
+    reused = run(tiny_cfg("method=zeroshot", "resume.enabled=true", f"resume.search_dir={tmp_path / 'none'}"),
+                 out_dir=cell)
+    assert reused["reused_from"] == str(aside / "result.json") and reused["metrics"] == first["metrics"]
+
+
+def test_defaults_written_out_give_the_keys_of_leaving_them_unset(tiny_cfg):
+    """A trained method scored as trained (prompt_format=as_trained) and without shots (num_fewshot=0), and a
+    shot_seed where no shot is drawn, are the configurations that leave them unset; the shipped configs keep
+    their keys (the method part of the evaluation key is as it was)."""
+    lora = keys(tiny_cfg("method=lora"))
+    assert keys(tiny_cfg("method=lora", "+method.prompt_format=as_trained", "+method.num_fewshot=0")) == lora
+    assert keys(tiny_cfg("method=lora", "+method.shot_seed=7")) == lora
+    zeroshot = keys(tiny_cfg("method=zeroshot"))
+    assert keys(tiny_cfg("method=zeroshot", "+method.shot_seed=1234")) == zeroshot
+    method = {name: identity_of(tiny_cfg(f"method={name}")).parts["evaluation"]["method"]
+              for name in ("lora", "zeroshot", "fewshot")}
+    assert method == {"lora": {"name": "lora", "num_fewshot": None, "shot_seed": None},
+                      "zeroshot": {"name": "zeroshot", "num_fewshot": 0, "shot_seed": None,
+                                   "prompt_format": "as_trained"},
+                      "fewshot": {"name": "fewshot", "num_fewshot": 5, "shot_seed": 1234, "prompt_format": "lm_eval"}}

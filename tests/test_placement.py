@@ -256,10 +256,27 @@ def test_a_quantized_model_records_the_dtype_its_quantized_layers_compute_in(com
     assert "compute_dtype" not in plain.describe()
 
 
-def test_a_cast_for_evaluation_computes_what_loading_in_that_dtype_does(tmp_path):
+def tiny_gemma3():
+    """A small random Gemma 3 (gemma270's architecture): one rotary frequency pair per attention type."""
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(Gemma3TextConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
+        layer_types=["sliding_attention", "full_attention"]))
+
+
+def rotary_dtypes(model) -> dict[str, torch.dtype]:
+    return {name: buffer.dtype for name, buffer in model.named_buffers() if name.endswith("inv_freq")}
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma3"])
+def test_a_cast_for_evaluation_computes_what_loading_in_that_dtype_does(tmp_path, architecture):
     """Evaluation casts a float32 model to bf16 (eval=gpu) and merges adapters through float32: the weights are
-    cast, the rotary frequencies stay float32 as from_pretrained(dtype=bfloat16) keeps them, so the logits are
-    those of the model loaded in bf16, at every position (a rounded frequency moves the later angles most)."""
+    cast, the rotary frequencies stay float32 as from_pretrained(dtype=bfloat16) keeps them (Gemma 3's one pair
+    per attention type too), so the logits are those of the model loaded in bf16, at every position (a rounded
+    frequency moves the later angles most)."""
     from transformers import AutoModelForCausalLM
 
     from slm_sweep.methods import apply_method, merge_adapters_for_eval
@@ -267,17 +284,18 @@ def test_a_cast_for_evaluation_computes_what_loading_in_that_dtype_does(tmp_path
     from tests.conftest import compose_config
     from tests.test_methods import tiny
 
-    tiny()[0].save_pretrained(tmp_path / "model")
-    ids = torch.randint(0, 100, (1, 200))
+    (tiny()[0] if architecture == "llama" else tiny_gemma3()).save_pretrained(tmp_path / "model")
+    ids = torch.randint(0, 100, (1, 600))
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.bfloat16)
+    assert rotary_dtypes(loaded) and set(rotary_dtypes(loaded).values()) == {torch.float32}
     cast = to_dtype(AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32), torch.bfloat16)
-    assert cast.model.rotary_emb.inv_freq.dtype == torch.float32 and cast.dtype == torch.bfloat16
+    assert rotary_dtypes(cast) == rotary_dtypes(loaded) and cast.dtype == torch.bfloat16
     with torch.no_grad():
         torch.testing.assert_close(cast(ids).logits, loaded(ids).logits, rtol=0, atol=0)
 
     adapted = apply_method(AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.bfloat16),
                            compose_config(["method=lora"]).method)
     merged = merge_adapters_for_eval(adapted)  # LoRA's B starts at zero: the base's function
-    assert merged.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert rotary_dtypes(merged) == rotary_dtypes(loaded)
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, loaded(ids).logits, rtol=0, atol=0)

@@ -268,6 +268,18 @@ def test_the_seed_test_is_deterministic_and_its_interval_agrees_with_its_p_value
     assert test.ci_low is None and paired_test(keyed, [dict(enumerate(b[0]))], interval=True).ci_low == once.ci_low
 
 
+def test_the_seed_test_s_interval_stays_within_what_a_difference_of_accuracies_can_be():
+    """At a claim family's Bonferroni level on three seeds a side (a t on 2 degrees of freedom), or on one
+    question, the half-width runs past 100 points: the interval is clipped to [-1, 1], its p-value unchanged."""
+    a, b = [[q < k for q in range(60)] for k in (30, 33, 36)], [[q < 20 for q in range(60)]]
+    for alpha in (0.05, 0.05 / 40):
+        test = seeds_and_questions_test(a, b, alpha=alpha)
+        assert -1.0 <= test.ci_low < test.difference < test.ci_high <= 1.0
+        assert test.p_value == seeds_and_questions_test(a, b, alpha=0.05).p_value
+    one = seeds_and_questions_test([[True], [False], [True]], [[False]])
+    assert -1.0 <= one.ci_low < one.difference < one.ci_high == 1.0
+
+
 def test_the_seed_test_holds_its_level_where_resampling_seeds_did_not():
     # three trained seeds that spread by 6 points against a baseline decoded once, no true difference: resampling
     # the three seeds with replacement (the test before this one) rejected 0.16 of these 150 comparisons
@@ -869,6 +881,100 @@ def test_a_pooled_claim_missing_a_model_or_a_seed_says_so(tmp_path):
     assert pooled.stated_verdict == "inconclusive (incomplete)"
 
 
+def test_a_model_with_an_extra_variant_joins_the_pool_with_its_rows_at_the_others_settings(tmp_path):
+    """Qwen2.5-0.5B also ran LoRA and DoRA at r=8: its rows read r=16 and r=8 where the other models' read '', yet
+    its r=16 rows are their configuration and pool with them; r=8 pools alone, over one of three models: a gap."""
+    sweep = tmp_path / "sweep"
+    _pooled_sweep(sweep, {"smollm135": 8, "gemma270": 8, "qwen05": 8})
+    for method, k in (("lora", 20), ("dora", 28)):
+        for offset, seed in enumerate(TRAINED_SEEDS):
+            _variant(write_cell(sweep / "r8", "qwen05", method, "gsm8k", seed, first(k + offset)), r=8)
+    results, _ = claims_of(sweep, claims=_pool_claims(tmp_path))
+    pooled = results["pooled"]
+    pools = {tuple((row["model"], row["variant"]) for row in constituents(i.a)): i for i in pooled.instances}
+    assert set(pools) == {(("smollm135", ""), ("gemma270", ""), ("qwen05", "r=16")), (("qwen05", "r=8"),)}
+    assert all(i.tested_verdict == "reproduced" for i in pooled.instances)
+    assert [gap for gap in pooled.gaps if "pooled over" in gap] == [
+        "dora (r=8) against lora (r=8) on gsm8k at method.r=8: pooled over 1 of the 3 models the claim pairs there "
+        "(qwen05); gemma270, smollm135 have no pair of these variants, and the mean over part of the models is "
+        "another quantity"]
+    assert pooled.stated_verdict == "reproduced (incomplete)"
+
+
+def _rerun(path: Path) -> None:
+    """The cell rerun under other code: keys of its own, settings the same."""
+    record = json.loads(path.read_text())
+    for key in ("evaluation_key", "configuration_key", "training_key"):
+        record["identity"][key] = "rerun-" + record["identity"][key]
+    path.write_text(json.dumps(record))
+
+
+def test_configurations_of_the_same_settings_pool_by_their_label_and_say_the_pool_is_partial(tmp_path):
+    """Qwen2.5-0.5B's LoRA and DoRA rerun under other code (keys of their own, settings the same): model by model,
+    each of its DoRA rows is paired with each of its LoRA rows; pooled, each such pair pools by its label, with no
+    other model's, and every pool over part of the models is a gap: the verdict says it is incomplete."""
+    sweep = tmp_path / "sweep"
+    _pooled_sweep(sweep, {"smollm135": 8, "gemma270": 8, "qwen05": 8})
+    for method, k in (("lora", 20), ("dora", 28)):
+        for offset, seed in enumerate(TRAINED_SEEDS):
+            _rerun(write_cell(sweep / "rerun", "qwen05", method, "gsm8k", seed, first(k + offset)))
+    results, _ = claims_of(sweep, claims=_pool_claims(tmp_path))
+    per_model, pooled = results["per-model"], results["pooled"]
+    qwen = sorted((i.a["variant"], i.b["variant"]) for i in per_model.instances if i.a["model"] == "qwen05")
+    assert qwen == [(a, b) for a in ("config qwen05-d", "config rerun-qw")
+                    for b in ("config qwen05-l", "config rerun-qw")]
+    assert not pairing_gaps(per_model) and per_model.stated_verdict == "reproduced"
+    pools = sorted(tuple((row["model"], row["variant"]) for row in constituents(i.a)) for i in pooled.instances)
+    assert pools == sorted([(("smollm135", ""), ("gemma270", "")), *[(("qwen05", a),) for a, _ in qwen]])
+    partial = [gap for gap in pooled.gaps if "pooled over" in gap]
+    assert len(partial) == len(set(partial)) == 5
+    assert partial[0] == ("dora against lora on gsm8k: pooled over 2 of the 3 models the claim pairs there (smollm135, "
+                          "gemma270); qwen05 has no pair of these variants, and the mean over part of the models is "
+                          "another quantity")
+    assert pooled.stated_verdict == "reproduced (incomplete)"
+
+
+def _at_rate(path: Path, lr: float) -> None:
+    """The cell at learning rate ``lr`` (tuned per dataset × model × method), with keys of its own."""
+    record = json.loads(path.read_text())
+    record["config"]["method"]["lr"] = lr
+    for key in ("evaluation_key", "configuration_key", "training_key"):
+        record["identity"][key] = f"lr{lr}-" + record["identity"][key]
+    path.write_text(json.dumps(record))
+
+
+def test_a_per_model_rate_keys_no_pool_and_a_model_with_two_pairs_alike_stays_out_of_it(tmp_path):
+    """Each model at its own tuned rate, Qwen2.5-0.5B also at a second (an ablation): no two models share a rate,
+    so the rate keys no pool and SmolLM2-135M and Gemma-3-270M pool together; Qwen's two pairs read alike on what
+    the pool is keyed by, so which joins cannot be told: it stays out, a gap names it, and the pool over two of
+    three models is a gap."""
+    sweep = tmp_path / "sweep"
+    rates = {"smollm135": 5e-4, "gemma270": 1e-4, "qwen05": 2e-4}
+    for model, lr in rates.items():
+        for method, k in (("lora", 20), ("dora", 28)):
+            for offset, seed in enumerate(TRAINED_SEEDS):
+                _at_rate(write_cell(sweep, model, method, "gsm8k", seed, first(k + offset)), lr)
+                if model == "qwen05":
+                    _at_rate(write_cell(sweep / "ablation", model, method, "gsm8k", seed, first(k + offset)), 1e-3)
+    results, _ = claims_of(sweep, claims=_pool_claims(tmp_path))
+    pooled = results["pooled"]
+    (instance,) = pooled.instances
+    assert [row["model"] for row in constituents(instance.a)] == ["smollm135", "gemma270"]
+    assert instance.tested_verdict == "reproduced"
+    assert pairing_gaps(pooled) == [
+        "qwen05 × dora against qwen05 × lora on gsm8k: dora (lr=0.0002) against lora (lr=0.0002), dora (lr=0.001) "
+        "against lora (lr=0.001) read alike on the settings the models' pool is keyed by (none: no setting that "
+        "tells a model's variants apart has a value two models share), so which of them joins the pool cannot be "
+        "told, and none does",
+        "dora against lora on gsm8k: pooled over 2 of the 3 models the claim pairs there (smollm135, gemma270); "
+        "qwen05 is left out as ambiguous (several pairs of it read alike), and the mean over part of the models is "
+        "another quantity"]
+    assert pooled.stated_verdict == "reproduced (incomplete)"
+    # model by model, each rate of Qwen is paired with its own
+    qwen = sorted(i.a["variant"] for i in results["per-model"].instances if i.a["model"] == "qwen05")
+    assert qwen == ["lr=0.0002", "lr=0.001"]
+
+
 @pytest.mark.parametrize(("entry", "message"), [
     ({"pool": "seeds"}, "pool='seeds' is not allowed; allowed: models"),
     ({"pool": "models", "a": {"method": "dora", "models": ["qwen05"]}}, "pairs across models"),
@@ -1202,6 +1308,33 @@ def test_non_inferior_within_the_margin_yet_significantly_below_says_so(tmp_path
     assert f"**reproduced** ({note}; {single}" in (tmp_path / "report" / "claims.md").read_text()
     (row,) = csv.DictReader(open(tmp_path / "report" / "claims.csv", newline=""))
     assert row["note"].startswith(f"{note}; {single}")
+
+
+def test_non_inferior_by_the_intersection_union_rule_yet_significantly_below_says_so(tmp_path):
+    """LoRA and DoRA 4 questions below zero-shot of 60 (one seed each): as a family of two, their Bonferroni
+    intervals reach past 0, so their verdicts there are inconclusive, while each alone lies below 0 and within the
+    16.5-point margin: the claim is reproduced by the intersection-union rule, and says they lie below B."""
+    claims = tmp_path / "claims.yaml"
+    claims.write_text("claims:\n  - {id: wide, text: LoRA and DoRA are not far below zero-shot., a: [lora, dora], "
+                      "b: zeroshot, direction: not_below, margin: 0.165}\n")
+    write_row(tmp_path, "gemma270", "zeroshot", "gsm8k", 40)
+    for method in ("lora", "dora"):
+        write_row(tmp_path, "gemma270", method, "gsm8k", 36, seeds=(0,))
+    results, _ = claims_of(tmp_path, claims=claims)
+    result = results["wide"]
+    assert (result.verdict, result.by_intersection_union) == ("reproduced", True)
+    assert all(i.verdict == "inconclusive" and i.test.ci_high > 0 and i.alone == "reproduced"
+               and -0.165 < i.test_alone.ci_low < i.test_alone.ci_high < 0 for i in result.instances)
+    note = "alone: within the 16.5-point margin, yet below B (the interval lies below 0)"
+    assert [row["note"].split("; ")[0] for row in csv.DictReader(open(tmp_path / "report" / "claims.csv"))] \
+        == [note, note]
+    roll_up = ("2 of 2 instances within the 16.5-point margin, yet significantly below B (the interval lies below "
+               "0, in the family or alone)")
+    markdown = (tmp_path / "report" / "claims.md").read_text()
+    assert f"(an intersection-union test); read one by one, the family's verdicts hold jointly. {roll_up[0].upper()}" \
+        f"{roll_up[1:]}." in markdown and f"**inconclusive** ({note};" in markdown
+    (entry,) = json.loads((tmp_path / "report" / "claims.json").read_text())["claims"]
+    assert entry["margin_note"] == roll_up
 
 
 def test_a_trained_side_at_an_untuned_or_edge_rate_is_named_in_the_verdict(tmp_path):

@@ -10,10 +10,12 @@ Where lm-eval's filter yields "[invalid]" the module returns None.
 """
 
 import ast
+import json
 import math
 import re
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -949,3 +951,212 @@ def test_lenient_reads_the_stated_answer_not_its_justification(text, reference):
 def test_a_model_s_indeed_that_states_its_result_is_not_cut_as_a_check():
     text = "She bakes 5 * 4 = 20 cookies.\n\nIndeed, after giving away 8, she has 12 cookies left."
     assert extract_answer(text, "lenient") == "12"
+
+
+# A review's findings on OrcaMath's claims metric (lenient) and its prose references. Without a marker, lenient read
+# the last number of the final sentence while the reference reader narrowed that sentence to the value it states,
+# so a model that wrote its answer as the reference solution does was scored wrong; a relative clause or a
+# justification after the answer supplied the reference; long runs of spaces took seconds to score.
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE_SOLUTIONS = [json.loads(line)["answer"] for name in ("orcamath", "orcamath_hard")
+                     for line in (REPO / "tests" / "fixtures" / name / "train.jsonl").read_text().splitlines()
+                     if line.strip()]
+# (GPT-4-style final sentence, its answer): the review's, each kept with its answer or dropped (None), never another
+REVIEW_FINAL_SENTENCES = [
+    pytest.param("So, 15 apples are left after 3 days.", "15", id="value-first-number-after"),
+    pytest.param("Therefore, 24 students are in the class when 6 are absent.", "24", id="when-clause"),
+    pytest.param("So, 2 must be added to 1056 to make it divisible by 23.", "2", id="must-be"),
+    pytest.param("Therefore, there were 360 people at the concert on the 2nd day.", "360", id="ordinal-after"),
+    pytest.param("So, the number of students is 40, which is 8 more than last year.", "40", id="which-compares"),
+    pytest.param("The number of students who passed is 40 - 15 = 25, which is 62.5% of the class.", "25",
+                 id="which-percent"),
+    pytest.param("Therefore, 12 is the number that when multiplied by 3 gives 36.", "12", id="that-when"),
+    pytest.param("Therefore, there are 9 numbers that are divisible by 11.", "9", id="relative-clause"),
+    pytest.param("So, there are 4 numbers between 1 and 20 that are divisible by 5.", None,
+                 id="relative-clause-after-a-range"),
+    pytest.param("There are 14 numbers less than 50 that are multiples of 7.", None,
+                 id="relative-clause-after-a-comparison"),
+    pytest.param("Therefore, 4 of the 10 numbers are equal to 2.", None, id="count-of-a-group-or-its-value"),
+    pytest.param("So, the original number is 45, since 45 - 15 = 30.", "45", id="since-justification"),
+    pytest.param("Therefore, the number we are looking for is 7, because 7 * 6 = 42.", "7",
+                 id="because-justification"),
+    pytest.param("She needs 3 boxes, since 25 / 10 = 2.5 and we round up.", "3", id="since-rounding-up"),
+    pytest.param("Therefore, 5 buses are needed because 150 / 35 = 4.29 is not a whole number.", "5",
+                 id="because-without-a-comma"),
+    pytest.param("So the answer is 45, since 45 - 15 = 30.", "45", id="justification-after-a-marker"),
+    pytest.param("Therefore, the length of the rectangle is 12 cm, since the width is 8 cm.", "12",
+                 id="since-another-value"),
+    pytest.param("So, the number of boys in the class is 18, given that there are 12 girls.", "18",
+                 id="given-another-value"),
+    pytest.param("Thus, the value of the expression is 25 when x = 5.", "25", id="when-a-variable-is-set"),
+    pytest.param("Therefore, the answer is 9, when we subtract 3 from 12.", "9", id="answer-is-then-when"),
+    pytest.param("Hence, the smallest number that must be added to 1056 to make it divisible by 23 is 2.", "2",
+                 id="value-last"),
+    pytest.param("Thus, there are 24 different ways to arrange the 4 books.", None, id="two-numbers"),
+    pytest.param("So, Jimin needs 4 more marbles to have 20 marbles.", None, id="two-numbers-no-verb"),
+    pytest.param("So the student needs to score 85 on the 5th test to get an average of 80.", None,
+                 id="two-numbers-and-an-ordinal"),
+    pytest.param("Let the number be x.\n\nx - 15 = 30\nx = 45\n\nSo, the original number is 45, since 45 - 15 = 30.",
+                 "45", id="whole-solution-justified"),
+    pytest.param("The multiples of 11 up to 100 are 11, 22, ..., 99: 99 / 11 = 9, so 9 of them.\n\nTherefore, there "
+                 "are 9 numbers that are divisible by 11.", "9", id="whole-solution-relative-clause"),
+]
+
+
+@pytest.mark.parametrize(("answer", "expected"), REVIEW_FINAL_SENTENCES)
+def test_a_final_sentence_gives_its_answer_or_none_never_a_number_after_it(answer, expected):
+    assert reference_answer(answer) == expected
+    if expected is not None:
+        assert is_correct(f"#### {expected}", answer, "lenient") and is_correct(f"The answer is {expected}.", answer,
+                                                                               "lenient")
+
+
+@pytest.mark.parametrize("solution", [
+    *(pytest.param(text, id=f"fixture-{n}") for n, text in enumerate(FIXTURE_SOLUTIONS)),
+    *(pytest.param(p.values[0], id=f"review-{p.id}") for p in REVIEW_FINAL_SENTENCES),
+    *(pytest.param(p.values[0], id=f"prose-{p.id}") for p in PROSE_REFERENCE_CASES),
+])
+def test_a_reference_solution_is_lenient_correct_against_itself(solution):
+    # a model that writes its answer as the reference solution does states the reference's answer
+    reference = reference_answer(solution)
+    assert reference is None or is_correct(solution, reference, "lenient")
+    assert reference is None or score(solution, reference, None)["correct_lenient"] is True
+
+
+# Without a marker, lenient reads the final sentence as a reference's is, and its last number only where that
+# gives no one value
+@pytest.mark.parametrize(("text", "expected"), [
+    pytest.param("She bought 3 bags. So, 15 apples are left after 3 days.", "15", id="value-first"),
+    pytest.param("So, there are 4 numbers between 1 and 20 that are divisible by 5.", "5", id="no-one-value"),
+    pytest.param("So, she has 9/2 cups, which is 4 1/2 cups.", "4.5", id="restated-in-another-form"),
+    pytest.param("So, the cost is $12.50, which is 2.5 more than last week.", "12.5", id="decimals-of-the-value"),
+    pytest.param("Let the number be x. Then 3x + 2 = 23, so x = 7. We can verify that 3 * 7 + 2 = 23.", "7",
+                 id="closing-check-sentence"),
+    pytest.param("The numbers are 16, 18 and 20, so the largest is 20. Indeed, 16 + 18 + 20 = 54.", "20",
+                 id="closing-confirmation-sentence"),
+    # GSM8K-style working in a side clause is no comment on a value before it: it works the answer out
+    pytest.param("She also needs 10 cups of water, which means the total she needs is 24+10 = 34", "34",
+                 id="which-means-works-it-out"),
+    pytest.param("The boys received 20 eggs, and if each got 2 eggs, then 20/2 = 10 boys went on the trip", "10",
+                 id="and-works-it-out"),
+    pytest.param("Greg was 2 years older than Marcia who was 14 so 2+14 = 16 years old", "16",
+                 id="relative-clause-works-it-out"),
+    pytest.param("768 minutes / 50 ounces/minute = 15.36 minutes, which rounds down to 15 minutes", "15",
+                 id="rounds-down-to"),
+    pytest.param("The fraction is 11/15, and since he shared 300 tickets, he got 11/15*300 = 220 tickets.", "220",
+                 id="and-since-is-no-justification"),
+    pytest.param("In four hours, driving at 132 miles per hour, since distance=speed*time, Felix will cover 132*4 = "
+                 "528 miles.", "528", id="since-clause-leads-into-the-result"),
+])
+def test_lenient_reads_a_final_sentence_as_a_reference_is(text, expected):
+    assert extract_answer(text, "lenient") == expected
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    pytest.param("She also needs 10 cups of water, which means the total she needs is 24+10 = 34", "34",
+                 id="which-means-works-it-out"),
+    pytest.param("He spent $45, and he had $95, so he has $95 - $45 = $50 left.", "50", id="and-works-it-out"),
+    pytest.param("768 minutes / 50 ounces/minute = 15.36 minutes, which rounds down to 15 minutes", None,
+                 id="rounded-to-another-value"),
+    pytest.param("So, 3 students who were absent came back.", "3", id="who-were"),
+    pytest.param("So, the number of books that are left on the 3 shelves is 12.", "12",
+                 id="relative-clause-before-the-value"),
+])
+def test_a_side_clause_that_works_a_value_out_is_read(answer, expected):
+    assert reference_answer(answer) == expected
+
+
+@pytest.mark.parametrize(("text", "read"), [
+    pytest.param(" " * 16000, score, id="spaces"),
+    pytest.param("\t" * 16000, score, id="tabs"),
+    pytest.param("1" * 16000, score, id="digits"),
+    pytest.param("Answer:" + " " * 200 + "x", score, id="spaces-after-answer-line"),
+    pytest.param("The answer is 5" + " " * 4000 + "or" + " " * 4000 + "x 6", score, id="spaces-in-a-hedge"),
+    pytest.param("####" + " " * 1000 + "x", reference_answer, id="spaces-after-a-gsm8k-marker"),
+])
+def test_long_runs_of_spaces_or_digits_are_read_in_linear_time(text, read):
+    # each took seconds (quadratic or worse backtracking); a degenerate output is scored once per prediction
+    start = time.perf_counter()
+    read(text, "12", None) if read is score else read(text)
+    assert time.perf_counter() - start < 1.0
+
+
+# A second review of those fixes: a relative clause before the main clause's verb, a fronted "since" / "as" clause,
+# a side clause that states the result, an ordinal in the final sentence and a long closing check were misread.
+SOLVED = "Let's solve this step by step.\n\n"
+
+
+# (final sentence, its answer): the relative clause belongs to the subject or a leading phrase; its number is none
+@pytest.mark.parametrize(("sentence", "expected"), [
+    pytest.param("In 5 years, John, who is now 15, will be 20.", "20", id="who-is-in-the-subject"),
+    pytest.param("In 3 years, Mary, who is 4 years older than Tom, will be 17 years old.", "17",
+                 id="who-is-with-a-number"),
+    pytest.param("After 3 days, the number of apples that are left is 12.", "12", id="that-are-before-the-verb"),
+    pytest.param("After 4 weeks, the money that was saved is $80.", "80", id="that-was-before-the-verb"),
+    pytest.param("The 3 boys who were late missed 10 minutes of class.", "10", id="who-were-counted-subject"),
+    pytest.param("The 4 friends who are going to the movies will spend $48 in total.", "48",
+                 id="who-are-counted-subject"),
+    pytest.param("In 2 years, the people who are left in the town number 300.", "300", id="who-are-no-statement-verb"),
+])
+def test_a_relative_clause_before_the_main_verb_is_part_of_the_main_clause(sentence, expected):
+    assert reference_answer(SOLVED + sentence) == expected
+    assert extract_answer(sentence, "lenient") == expected
+    assert is_correct(f"#### {expected}", SOLVED + sentence, "lenient")
+
+
+# (final sentence, its answer): the "since" / "as" clause leads into the result; the row is kept with its answer or
+# dropped, never read as the leading phrase's number
+@pytest.mark.parametrize(("sentence", "expected"), [
+    pytest.param("After 3 days, since she eats 2 apples a day, she has 9 apples left.", "9", id="after-since"),
+    pytest.param("For 3 boxes, since each box holds 6 eggs, she needs 18 eggs.", "18", id="for-since"),
+    pytest.param("At 60 mph, since distance is speed times time, he travels 120 miles.", "120", id="at-since"),
+    pytest.param("Over 7 days, as she reads 10 pages each day, she reads 70 pages.", "70", id="over-as"),
+    pytest.param("Thus, after 4 hours, since the tank loses 5 liters per hour, 20 liters have leaked.", "20",
+                 id="thus-after-since"),
+    pytest.param("After paying $20, as calculated above, she has $30 left.", "30", id="as-calculated"),
+    pytest.param("Tom gave 3 apples to Jane, as a result Jane has 8 apples.", "8", id="as-a-result"),
+])
+def test_a_fronted_since_or_as_clause_leads_into_the_result(sentence, expected):
+    assert reference_answer(SOLVED + sentence) in (expected, None)
+    assert extract_answer(sentence, "lenient") == expected
+
+
+# (final sentence, its answer): a side clause that states the result is no comment on a value before it
+@pytest.mark.parametrize(("sentence", "expected"), [
+    pytest.param("She gave away 3 apples, which leaves her with 9 apples.", "9", id="which-leaves"),
+    pytest.param("She spent $15 on lunch, which leaves her with $35.", "35", id="which-leaves-dollars"),
+    pytest.param("He sold 12 cupcakes, which left him with 8 cupcakes.", "8", id="which-left"),
+    pytest.param("He gave away 3 marbles, which means he now has 9 marbles.", "9", id="which-means"),
+    pytest.param("Subtracting 5 from both sides, which results in x = 7.", "7", id="which-results-in"),
+    pytest.param("Now we know that 2/3 * x = 12, where x is the number of vacuum cleaners Melanie started with. We can "
+                 "find x by dividing each side of the equation by 2/3, which produces x = 18", "18",
+                 id="gsm8k-which-produces"),
+])
+def test_lenient_reads_a_side_clause_that_states_the_result(sentence, expected):
+    assert extract_answer(sentence, "lenient") == expected
+    assert score(sentence, expected, None)["correct_lenient"] is True
+    assert reference_answer(SOLVED + sentence) in (expected, None)
+
+
+# (a model's final sentence, its answer): a model's ordinal may answer "What place did she finish in?" (GSM8K test
+# row 465); where a verb or an "=" states another value, that value is the answer
+@pytest.mark.parametrize(("text", "expected"), [
+    pytest.param("She finished the race moving ahead 1 spot, which is expressed as 7-1=6th place", "6",
+                 id="gsm8k-6th-place"),
+    pytest.param("After moving ahead 1 spot, she finished in 6th place.", "6", id="finished-in-6th-place"),
+    pytest.param("So, the winner of the 3 races finished 2nd overall.", "2", id="finished-2nd"),
+    pytest.param("Therefore, there were 360 people at the concert on the 2nd day.", "360", id="verb-states-the-value"),
+    pytest.param("So, he will ride 150 - 144 = 6 miles on the 13th day to finish his goal.", "6",
+                 id="equals-states-the-value"),
+    pytest.param("Therefore, 15 is the 3rd smallest number.", "15", id="value-before-the-verb"),
+])
+def test_lenient_reads_an_ordinal_in_the_final_sentence_as_an_answer(text, expected):
+    assert extract_answer(text, "lenient") == expected
+
+
+def test_a_long_closing_check_is_read_in_linear_time():
+    # each closing sentence checked every sentence before it again: 4.7 s at 16k characters
+    text = "1 apple. " * 900 + "So x = 7. " + "We can verify that 3 + 4 = 7. " * 270
+    start = time.perf_counter()
+    assert score(text, "7", None)["correct_lenient"] is True
+    assert time.perf_counter() - start < 1.0

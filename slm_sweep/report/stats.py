@@ -323,6 +323,9 @@ def pooled_seeds_and_questions_test(strata: Sequence[tuple[Sequence[Sequence[boo
     low, high = difference - half, difference + half
     if tango is not None:
         low, high = min(low, tango[0]), max(high, tango[1])
+    # a difference of two accuracies lies in [-1, 1]; at a Bonferroni level on few seeds the t half-width can run
+    # past it
+    low, high = max(-1.0, low), min(1.0, high)
     return SeedsAndQuestions(difference, p_value, low, high, question_se, side_se)
 
 

@@ -34,18 +34,23 @@ def stamped_key(folder: Path) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
-def own_checkpoint(out: Path, training_key: str) -> Path | None:
+def own_checkpoint(out: Path, training_key: str, resume: bool = True) -> Path | None:
     """The cell's own last.ckpt when its training key is this one. A checkpoint another configuration left in the
-    folder (a rerun with another learning rate, say) is moved aside, not resumed from and not deleted."""
+    folder (a rerun with another learning rate, say) is moved aside, not resumed from and not deleted; so is this
+    configuration's own when ``resume`` is off (``resume.enabled=false``: training starts afresh)."""
     ckpt = out / CHECKPOINT
     if not ckpt.is_file():
         return None
-    if stamped_key(ckpt.parent) == training_key:
+    if stamped_key(ckpt.parent) == training_key and resume:
         return ckpt
     aside = _free(ckpt.parent.with_name(ckpt.parent.name + ".superseded"))
     ckpt.parent.rename(aside)
-    log.warning("%s was written by a run with another training key (%s): moved to %s, training starts afresh",
-                ckpt, stamped_key(aside) or "not recorded", aside)
+    if stamped_key(aside) == training_key:
+        log.warning("resume.enabled=false: the checkpoint %s of this configuration moved to %s, training starts "
+                    "afresh", ckpt, aside)
+    else:
+        log.warning("%s was written by a run with another training key (%s): moved to %s, training starts afresh",
+                    ckpt, stamped_key(aside) or "not recorded", aside)
     return None
 
 
@@ -58,14 +63,24 @@ def _free(path: Path) -> Path:
     return found
 
 
-def set_aside_earlier(out: Path, evaluation_key: str, training_key: str | None) -> Path | None:
+def set_aside_earlier(out: Path, evaluation_key: str, training_key: str | None,
+                      with_weights: bool = False, recomputing: bool = False) -> Path | None:
     """Move a finished result of another configuration out of the way of this cell's files, instead of writing
     over it (a rerun into the same folder with other settings): its result.json and predictions go to
     ``out/superseded`` (where the reuse search still finds them, and the report reads them as a cell when
-    they differ from the sweep's cells only in settings the sweep varies), and so do its kept weights when they were trained under another training
-    key, with their training curve. Returns that folder, or None when there was nothing to keep."""
+    they differ from the sweep's cells only in settings the sweep varies), and so do its kept weights when they
+    were trained under another training key, with their training curve. ``with_weights`` (the cell copies
+    another folder's result here, which describes no weights of this folder): the kept weights and curve go with
+    the result whatever their key, so that they stay beside the record of the run that trained them.
+    ``recomputing`` (the cell runs again, reusing no finished result: ``resume.enabled=false``, a single run
+    under ``auto``): a finished result of this same configuration goes aside too, before the rerun writes
+    anything, so that a rerun that fails or is interrupted loses nothing. Returns that folder, or None when there
+    was nothing to keep."""
     record = read_result(out)
-    if not record or record.get("status") != "completed" or _key(record, "evaluation_key") == evaluation_key:
+    if not record or record.get("status") != "completed":
+        return None
+    same = _key(record, "evaluation_key") == evaluation_key
+    if same and not recomputing:
         return None
     aside = _free(out / SUPERSEDED)
     aside.mkdir(parents=True)
@@ -73,15 +88,19 @@ def set_aside_earlier(out: Path, evaluation_key: str, training_key: str | None) 
         if (out / name).is_file():
             (out / name).rename(aside / name)
     kept = [out / name for name in KEPT_WEIGHTS if (out / name).is_dir()]
-    moved = [weights for weights in kept if not _matches(weights, record, training_key)]
+    moved = [weights for weights in kept if with_weights or not _matches(weights, record, training_key)]
     for weights in moved:
         weights.rename(aside / weights.name)
     if moved or not kept:  # the training curve goes with the weights it trained (a re-score keeps both here)
         for curve in out.glob(f"*/{CURVE_FILE}"):
             if curve.parent != aside:
                 curve.parent.rename(aside / curve.parent.name)
-    log.warning("%s held the finished result of another configuration (evaluation key %s): moved to %s",
-                out, _key(record, "evaluation_key") or "not recorded", aside)
+    if same:
+        log.warning("%s held a finished result of this configuration, which this run computes again: moved to %s",
+                    out, aside)
+    else:
+        log.warning("%s held the finished result of another configuration (evaluation key %s): moved to %s",
+                    out, _key(record, "evaluation_key") or "not recorded", aside)
     return aside
 
 
@@ -194,12 +213,14 @@ def kept_weights(folder: Path, training_key: str | None = None, record: dict | N
 
 
 def find_trained(dirs: Sequence[Path], training_key: str | None, own: Path) -> Path | None:
-    """A run with this training key that finished training and kept its weights (the cell's own first)."""
+    """A run with this training key that finished training and kept its weights (the cell's own first). A copy of
+    another folder's result (``reused_from``) is passed over: its training figures are another run's than the
+    weights beside it."""
     if not dirs or training_key is None:
         return None
     for folder, record in _records(dirs, own):
         trained = (record.get("metrics") or {}).get("train_steps")
-        if _key(record, "training_key") == training_key and trained and \
+        if _key(record, "training_key") == training_key and trained and not record.get("reused_from") and \
                 kept_weights(folder, training_key, record) is not None:
             return folder
     return None

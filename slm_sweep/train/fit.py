@@ -183,8 +183,11 @@ def _callback_entries(callbacks_cfg: Mapping[str, Any] | None) -> list[tuple[str
 def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[str, Any], method_cfg: Mapping[str, Any],
         seed: int, out_dir: str | Path, pad_token_id: int, loggers: list | None = None,
         extra_callbacks: list | None = None, resume_from: str | Path | None = None,
-        callbacks_cfg: Mapping[str, Any] | None = None) -> TrainOutcome:
+        callbacks_cfg: Mapping[str, Any] | None = None, resume_own: bool = True) -> TrainOutcome:
     """Train ``model`` in place for ``trainer.max_steps`` optimizer steps of ``trainer.batch_size`` sequences.
+
+    Training resumes from ``resume_from``, else (``resume_own``) from the checkpoint ``out_dir`` holds; with
+    ``resume_own=False`` (``resume.enabled=false``) and no ``resume_from`` it starts afresh.
 
     The Trainer's callbacks: the throughput monitor (what result.json reports) and the checkpoint callback (what
     resume reads), which every cell has; those of ``callbacks_cfg`` (conf/callbacks/); then ``extra_callbacks``.
@@ -212,7 +215,7 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
     # the chip training runs on: a CPU run on a GPU machine has no bf16 peak (and gets no MFU)
     throughput.peak_flops = bf16_peak_flops(accelerator_name(trainer.strategy.root_device))
 
-    resume_from = resume_from or last_checkpoint(out_dir)
+    resume_from = resume_from or (last_checkpoint(out_dir) if resume_own else None)
     if resume_from:
         log.info("resuming training from %s", resume_from)
     start = time.perf_counter()
