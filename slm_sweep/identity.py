@@ -46,9 +46,10 @@ from slm_sweep.settings import TrainerSettings
 # Bump when a change to the training path alters the weights it produces (loss, batching order, schedule, ...).
 TRAINING_CODE_VERSION = 8  # 8: a half-precision cast keeps every rotary frequency buffer in float32, Gemma 3's one
 # pair per attention type included (only those named exactly inv_freq were kept); 7: under a token budget
-# (trainer.micro_batch_tokens, packing) every epoch trains all of its micro-batches in whole steps (an epoch with more than the first's ended early, its last step spilling into
-# the next epoch's first) (6: on several devices each device draws its own dropout masks (train.module's
-# device_step_seed); they drew the same ones for micro-batches of one shape; validation inside an optimizer step
+# (trainer.micro_batch_tokens, packing) every epoch trains all of its micro-batches in whole steps (an epoch with
+# more than the first's ended early, its last step spilling into the next epoch's first) (6: on several devices
+# each device draws its own dropout masks (train.module's device_step_seed); they drew the same ones for
+# micro-batches of one shape; validation inside an optimizer step
 # (trainer.val_check_interval, which counts micro-batches) no longer drops the step's gradients so far; a half
 # "true" precision (bf16-true) keeps the rotary frequencies in float32 (Lightning's cast rounded them)
 # 5: a run resumed under another micro-batch plan, or after a crash following a resume,
