@@ -112,6 +112,22 @@ def test_unreachable_hub_is_asked_once_per_item_then_not_at_all(monkeypatch):
     assert not again.ok and not other.ok and "unreachable" in other.reason
 
 
+def test_a_missing_local_folder_is_named_and_leaves_the_hub_to_the_other_items(monkeypatch, tmp_path):
+    """A model.id that is a path is no hub id: the hub's client refuses it before asking, which is no sign that
+    the hub cannot be reached (the hub answers every request here)."""
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, timeout=None, **kwargs: object())
+    hub = Hub()
+    typo = check_model({**HUB_MODEL, "id": str(tmp_path / "no-such-folder")}, hub)
+    assert not typo.ok and typo.reason == f"there is no folder {tmp_path / 'no-such-folder'} and it is no hub id"
+    assert "hf download" not in typo.fix
+    assert hub.problem("model", "/data/models/x", "main") == "'/data/models/x' is no hub id"
+    assert check_model(HUB_MODEL, hub).ok and hub.unreachable is None
+
+
 def test_local_folder_is_read_when_its_files_are_there(requires_data, tmp_path):
     hub = Hub()
     assert check_dataset(GSM8K, hub, DATA_ROOT, ("test", "train")).source == f"local folder {DATA_ROOT / 'gsm8k'}"

@@ -204,6 +204,10 @@ def test_throughput_is_measured_on_real_tokens_and_logged(examples, tmp_path):
             "train/loss", "train/lr"} <= logged
     final = [r for r in rows if r.get("perf/train_tokens_per_s")][-1]
     assert float(final["perf/train_tokens_per_s"]) == pytest.approx(perf["train_tokens_per_s"])
+    assert float(final["perf/mean_step_time_s"]) == pytest.approx(perf["step_time_s"])
+    # each window's figures once per step: the run's means are not logged again under the windows' names
+    logged_at = [(r["step"], k) for r in rows for k in ("perf/step_time_s", "perf/peak_memory_mb") if r.get(k)]
+    assert logged_at and len(logged_at) == len(set(logged_at))
 
 
 def test_training_on_the_cpu_reports_the_cpu_s_figures(examples, tmp_path):
@@ -275,6 +279,33 @@ def test_a_run_resumed_from_its_last_step_keeps_its_training_loss(examples, tmp_
     assert resumed.train_steps == 4 and finished.train_loss is not None
     assert resumed.train_loss == finished.train_loss
     assert resumed.perf["train_loss_tail_mean"] == finished.perf["train_loss_tail_mean"]
+    # trained nothing in this process: 0 tokens (null would read "training did not finish"), no rates
+    assert finished.perf["train_tokens"] > 0 and resumed.perf["train_tokens"] == 0
+    assert resumed.perf["train_tokens_per_s"] is None and "peak_memory_mb" in resumed.perf
+
+
+class InterruptInFinalValidation(L.Callback):
+    batches = 0
+
+    def on_validation_batch_end(self, trainer, *args, **kwargs):
+        if trainer.validating:  # a 2-step fit validates only in the pass after it
+            self.batches += 1
+            raise KeyboardInterrupt
+
+
+def test_an_interrupt_after_training_saves_no_checkpoint(examples, tmp_path):
+    """Lightning passes an exception in trainer.validate to the callbacks too: the final validation pass comes
+    after training, whose weights the cell keeps itself, so nothing is left to resume."""
+    from slm_sweep.train.interrupt import CheckpointOnInterrupt
+
+    model, tokenizer = tiny()
+    model = apply_method(model, method_config("lora"))
+    interrupt = InterruptInFinalValidation()
+    with pytest.raises(SystemExit):  # Lightning's handler of a KeyboardInterrupt exits
+        fit(model, examples[:8], examples[8:12], trainer_config(), method_config("lora"), seed=SEED,
+            out_dir=tmp_path, pad_token_id=tokenizer.pad_token_id,
+            extra_callbacks=[interrupt, CheckpointOnInterrupt(tmp_path / "checkpoints" / "last.ckpt")])
+    assert interrupt.batches == 1 and not (tmp_path / "checkpoints" / "last.ckpt").exists()
 
 
 def test_the_tail_loss_is_the_mean_of_the_last_tenth_of_the_steps(examples, tmp_path):

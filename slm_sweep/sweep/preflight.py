@@ -90,6 +90,8 @@ class Hub:
         return self._answers[key]
 
     def _ask(self, repo_type: str, repo_id: str, revision: str | None) -> str | None:
+        if not is_hub_id(repo_id):  # asking would fail before any request, and say nothing of the hub
+            return f"{repo_id!r} is no hub id"
         offline = self.offline_reason("HF_DATASETS_OFFLINE" if repo_type == "dataset" else "TRANSFORMERS_OFFLINE")
         if offline:
             return offline
@@ -124,6 +126,18 @@ class Hub:
             self.unreachable = f"the hub is unreachable ({type(err).__name__}: {str(err).splitlines()[0]})"
             return self.unreachable
         return None
+
+
+def is_hub_id(repo_id: str) -> bool:
+    """Whether ``repo_id`` has the form of a hub repository's id (``owner/name``), as a folder path may not."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return False
+    return True
 
 
 def _hub_cache_snapshot(repo_id: str, revision: str | None, repo_type: str) -> Path | None:
@@ -178,6 +192,9 @@ def check_model(model: Mapping[str, Any], hub: Hub, cache_dir: str | Path | None
         what = "config.json and *.safetensors" if needs_weights else "config.json"
         return Check("model", label, False, reason=f"the folder {folder} has no {what}",
                      fix="point model.id at a folder saved with save_pretrained (or a hub id)")
+    if not is_hub_id(model_id):
+        return Check("model", label, False, reason=f"there is no folder {model_id} and it is no hub id",
+                     fix="point model.id at a folder saved with save_pretrained, or at a hub id (owner/name)")
     snapshot = _hub_cache_snapshot(model_id, revision, "model")
     if snapshot and complete(snapshot):
         return Check("model", label, True, f"Hugging Face cache {snapshot}")

@@ -27,8 +27,9 @@ BF16_PEAK_FLOPS = {
     "L40S": 362e12,
     "L40": 181e12,
     "L4": 121e12,
-    "RTX 4090": 82.6e12,
-    "RTX 3090": 35.6e12,
+    "RTX 4090": 165.2e12,  # GeForce cards: the bf16 rate with fp32 accumulation, half the fp16-accumulate one
+    "RTX 3090 Ti": 80e12,
+    "RTX 3090": 71e12,
 }
 
 
@@ -224,7 +225,11 @@ class ThroughputMonitor(L.Callback):
             self.warmup["seconds"] = self._now(trainer) - self._train_start
         self._close_window(trainer, log=False)
         self.result = self.summary(trainer)
-        self._log(trainer, {f"perf/{k}": v for k, v in self.result.items()})
+        # the run's means under names of their own: under the windows' names they would read as a last window,
+        # logged twice at the final step (the peak memory is the last window's already)
+        renamed = {"step_time_s": "mean_step_time_s", "mfu": "mean_mfu", "peak_memory_mb": None}
+        self._log(trainer, {f"perf/{renamed.get(k, k)}": v for k, v in self.result.items()
+                            if renamed.get(k, k) is not None})
 
     def _close_window(self, trainer, log: bool, carry: bool = False) -> float | None:
         """Add the open window to the measured totals (and log its rates); returns when it ended. With ``carry``

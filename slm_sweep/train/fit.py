@@ -228,6 +228,8 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
             shapes = static_shape_count(trainer_cfg) if compiled and compiled.get("static_shapes") else None
             with tracing_settings(shapes) if compiled and "skipped" not in compiled else nullcontext():
                 trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
+            if not throughput.result:  # resumed from a checkpoint of the last step: Lightning trains nothing
+                throughput.result = throughput.summary(trainer)
         finally:
             if compiled:  # the last validation pass and evaluation run the eager model (no inference-mode recompile)
                 if "scope" in compiled:

@@ -38,9 +38,11 @@ class CheckpointOnInterrupt(L.Callback):
         self.training = False
 
     def on_exception(self, trainer, pl_module, exception):
-        self.training = False
+        # Lightning calls this in trainer.validate too: once training has finished there is nothing to resume, and
+        # a checkpoint would make the rerun skip training and record no training figures
+        training, self.training = self.training, False
         # is_interrupt: also a SystemExit with a code, as submitit's handler of a SLURM time-out signal raises
-        if is_interrupt(exception) and trainer.global_step > 0:
+        if training and is_interrupt(exception) and trainer.global_step > 0:
             rewind_to_last_step(trainer)
             self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
             trainer.save_checkpoint(self.checkpoint_path)
