@@ -340,6 +340,32 @@ def test_summary_files(grid, tmp_path):
     assert csv_rows[0]["delta_zeroshot_test"] == "" and csv_rows[1]["delta_zeroshot_test"] == "no per-question data"
 
 
+def test_a_report_removes_the_claims_and_plots_an_earlier_one_left_that_it_does_not_write(tmp_path, monkeypatch):
+    """Rewritten into a folder holding an earlier report (the sweep folder, the default --out) without --claims,
+    and drawing one plot of those the earlier report drew: the earlier claims and other plots go, so that none is
+    read as this report's; files of other names stay."""
+    from slm_sweep.report import plots
+
+    for seed in SEEDS:
+        write_json(tmp_path / "sweep" / str(seed) / "result.json", make_record("beta", "lora", seed, 0.3, 0.2))
+    out = tmp_path / "out"
+    earlier = ["claims.md", "claims.csv", "claims.json", "accuracy_by_model_gsm8k.png", "accuracy_vs_size_gsm8k.png",
+               "accuracy_vs_train_time_svamp.png", "ood_accuracy_gsm8k.png"]
+    others = ["accuracy.png", "my_claims.md", "loss_curve.png"]
+    for name in (*earlier, *others):
+        write_json(out / name, "earlier")
+
+    def drawn(rows, ood_rows, out_dir):
+        (out_dir / "accuracy_by_model_gsm8k.png").write_bytes(PNG_MAGIC)
+        return [out_dir / "accuracy_by_model_gsm8k.png"]
+
+    monkeypatch.setattr(plots, "write_plots", drawn)
+    write_report([tmp_path / "sweep"], out)
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        ["accuracy_by_model_gsm8k.png", *others, "report.json", "summary.csv", "summary.md", "summary_ood.csv"])
+    assert (out / "accuracy_by_model_gsm8k.png").read_bytes() == PNG_MAGIC
+
+
 def test_report_json_names_the_code_settings_and_every_input(grid, tmp_path):
     sweep, _ = grid
     failed = write_json(sweep / "failed" / "result.json", make_record("beta", "full", 3, None, None, status="failed"))
@@ -936,6 +962,36 @@ def test_results_a_rerun_set_aside_are_points_of_the_grid_or_replaced(tmp_path):
     assert "changed a setting the sweep does not vary), left out: 2" in report["markdown"]
 
 
+def test_a_finished_result_set_aside_by_a_recomputation_that_failed_is_the_cell_s_result(tmp_path):
+    """resume.enabled=false sets a cell's finished result aside (superseded/) before computing it again, so that a
+    rerun that fails loses nothing: when it failed, the set-aside result of its evaluation key is the cell's, in
+    the rows and in the sweep's failed cells (its exit status) alike. A retry that failed before its keys were
+    known, beside a set-aside result of its settings (seed 3), is a lost seed in both: no key says which it ran."""
+    from slm_sweep.report.sweep_notes import failed_cells
+
+    for seed in (0, 1, 2, 3):
+        config = {"method": {"name": "lora", "r": 16}, "seed": seed}
+        write_json(tmp_path / f"s{seed}" / "result.json",
+                   _with_identity(make_record("beta", "lora", seed, 0.3, 0.2), config, "cfg-r16"))
+        if seed < 2:
+            continue
+        job = tmp_path / f"s{seed}"
+        (job / "superseded").mkdir()
+        (job / "result.json").rename(job / "superseded" / "result.json")
+        finished = json.loads((job / "superseded" / "result.json").read_text())
+        failed = {**finished, "status": "failed", "error": "RuntimeError: boom", "metrics": {},
+                  "finished_at": "2024-01-02T13:00:00Z"}
+        write_json(job / "result.json", failed if seed == 2 else {**failed, "identity": None})
+    report = write_report([tmp_path], tmp_path / "out", plots=False)
+    (row,) = report["rows"]
+    assert (row["n"], row["seeds"], row["not_completed"]) == (3, [0, 1, 2], "seed 3 failed")
+    collection = report["collection"]
+    assert collection.replaced == [tmp_path / "s3" / "superseded" / "result.json"] and not collection.set_aside
+    assert collection.duplicates == [(tmp_path / "s2" / "superseded" / "result.json", tmp_path / "s2" / "result.json")]
+    assert failed_cells(tmp_path) == [(tmp_path / "s3", "failed: RuntimeError: boom")]
+    assert "## Cells that did not complete\n\n- `s3`: failed: RuntimeError: boom" in report["markdown"]
+
+
 def test_cells_without_an_identity_are_told_apart_by_their_settings_and_join_their_rerun(tmp_path):
     """Files of cells that have no identity (written before there was one, or failed before computing it): LoRA
     at r=8 and r=16 stay two cells, and a failed first attempt of a seed is the same cell as its completed rerun,
@@ -1188,6 +1244,27 @@ def test_a_seed_killed_before_writing_its_result_is_a_lost_seed_of_its_row(tmp_p
     assert gaps["lora"] == [f"1 cell stopped before writing result.json, and which configuration it ran cannot be "
                             f"told ({sweep / 'which'}): it may be a lost seed of the rows this claim reads"]
     assert gaps["full"] == []
+
+
+def test_a_seed_lost_in_a_rerun_at_other_code_is_not_held_by_the_earlier_sweep_s_seed(tmp_path):
+    """A rerun at new code (other configuration keys, the same settings) read with the earlier sweep: its seed 2,
+    killed before writing result.json, is a lost seed of the rerun's row, not held by the earlier code's seed 2;
+    its seed 3, failed before computing its identity, is not filed under the earlier code's seed 3 either: which
+    code it ran cannot be told, so it is named as of unknown configuration."""
+    config = {"method": {"name": "lora", "r": 16}}
+    for sweep, key, seeds in (("old", "aaaaaaaa-v1", (0, 1, 2, 3)), ("new", "bbbbbbbb-v2", (0, 1))):
+        for seed in seeds:
+            write_json(tmp_path / sweep / f"s{seed}" / "result.json",
+                       _with_identity(make_record("beta", "lora", seed, 0.3, 0.2), config, key))
+    _killed(tmp_path / "new" / "s2", ["method=lora", "seed=2"],
+            {"model": {"name": "beta"}, "method": {"name": "lora", "r": 16}, "dataset": {"name": DATASET}, "seed": 2})
+    write_json(tmp_path / "new" / "s3" / "result.json",
+               {**make_record("beta", "lora", 3, 0.3, 0.2, status="failed"), "config": config, "identity": None})
+    report = write_report([tmp_path / "old", tmp_path / "new"], tmp_path / "out", plots=False)
+    assert {row["variant"]: (row["n"], row["not_completed"]) for row in report["rows"]} == {
+        "config aaaaaaaa": (4, None), "config bbbbbbbb": (2, "seed 2 left no result.json")}
+    assert not report["collection"].duplicates and not report["collection"].unattributed
+    assert "beta × lora (config unknown) on gsm8k: seed 3 failed." in report["markdown"]
 
 
 def test_an_older_record_whose_eval_time_counted_its_out_of_domain_sets_is_not_averaged_with_newer_ones():

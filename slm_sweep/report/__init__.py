@@ -56,6 +56,10 @@ __all__ = [
     "write_report",
 ]
 
+# the names of the claims and plot files a report writes (claims.write_claims, plots.write_plots)
+CLAIMS_FILES = ("claims.md", "claims.csv", "claims.json")
+PLOT_FILES = ("accuracy_by_model_*.png", "accuracy_vs_*_*.png", "ood_accuracy_*.png")
+
 
 def default_out_dir(dirs: Sequence[str | os.PathLike]) -> Path:
     """The first given directory (its parent when it names a result.json)."""
@@ -72,7 +76,8 @@ def write_report(
     ``claims``: a claims file (``DEFAULT_CLAIMS`` for the study's) to check; its table is written to claims.md,
     claims.csv and claims.json and appended to summary.md. ``alpha``: the significance level of every paired
     test (deltas, negative transfer, claims). ``correction``: ``"holm"`` (the tests of one column of one summary
-    table are one family, and so are the instances of one claim) or ``"none"``; see claims.check_claim.
+    table are one family, and so are the instances of one claim) or ``"none"``; see claims.check_claim. Claims
+    and plot files an earlier report left in ``out_dir`` that this one does not write are removed.
 
     Raises FileNotFoundError when a directory does not exist, NoResultsError (a FileNotFoundError) when no
     result.json is found at all, and ClaimsError (a ValueError) for a claims file that cannot be used, before
@@ -117,6 +122,9 @@ def write_report(
         from .plots import write_plots  # matplotlib is imported only when plots are drawn
 
         plot_paths = write_plots(rows, ood_rows, out)
+    stale = [path for pattern in PLOT_FILES for path in out.glob(pattern) if path not in plot_paths]
+    for path in [*stale, *(out / name for name in CLAIMS_FILES if claims_report is None)]:
+        path.unlink(missing_ok=True)
     written = [summary_csv, summary_ood_csv, summary_md, *claim_paths.values(), *plot_paths]
     record = report_record(collection, alpha=alpha, correction=correction, claims=claims, plots=plots,
                            outputs=written)

@@ -91,7 +91,8 @@ class Collection:
     copies: list[tuple[Path, Path]] = field(default_factory=list)
     # completed results a rerun into the same folder set aside (superseded*/, or left as result.json beside the
     # rerun's failure of other settings: failed_attempts): points of the grid, read like any cell, or replaced by
-    # the rerun and left out (_grid_points says which)
+    # the rerun and left out (_grid_points says which); one whose recomputation did not complete is that cell's
+    # result, in neither
     set_aside: list[Path] = field(default_factory=list)
     replaced: list[Path] = field(default_factory=list)
     # result.failed.json files of another configuration than the finished result.json beside them, read as cells
@@ -349,9 +350,22 @@ def result_preference(record: Mapping[str, Any]) -> tuple[bool, bool, datetime, 
 
 def group_keys(records: Sequence[dict[str, Any]]) -> list[tuple]:
     """The cell each record belongs to (``cell_key``), in order. A record without an identity (a cell that failed
-    before computing it, a copy written without one) belongs with a run of the same settings that has one."""
-    keyed = {settings_key(r): cell_key(r) for r in records if identity_key(r, "evaluation_key")}
-    return [keyed.get(key, key) for key in map(cell_key, records)]
+    before computing it, a copy written without one) belongs with a run of the same settings that has one, when
+    those runs are of one configuration key; beside runs of other code (a rerun read with the earlier sweep) it
+    is a cell of its own, of unknown configuration."""
+    keyed: dict[tuple, tuple] = {}
+    configurations: dict[tuple, set[str | None]] = defaultdict(set)  # per settings, any seed: the keys run
+    for record in records:
+        if identity_key(record, "evaluation_key"):
+            model, method, dataset, _, settings = key = settings_key(record)
+            keyed[key] = cell_key(record)
+            configurations[model, method, dataset, settings].add(identity_key(record, "configuration_key"))
+    out = []
+    for key in map(cell_key, records):
+        if key in keyed and len(configurations[(*key[:3], key[4])]) == 1:
+            key = keyed[key]
+        out.append(key)
+    return out
 
 
 def deduplicate(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[Path, Path]]]:
@@ -470,16 +484,19 @@ def unwritten_cells(dirs: Sequence[str | os.PathLike],
 
     A job's model, method, dataset and seed come from its .hydra/ (sweep_notes.job_cell). Its configuration is the
     one of ``records`` (any status) of that model × method × dataset that its dotted overrides (``method.r=16``)
-    and, on the settings those configurations differ in, its config.yaml agree with; the record is that
-    configuration's with the job's seed and no keys, so that it is labelled and grouped as a lost seed of it. A
-    job that matches none or several, or whose names cannot be read, is unattributed. A seed some record already
-    holds (a requeued job that completed in another folder, a baseline's seed-independent cell) is not lost."""
+    and, on the settings those configurations differ in, its config.yaml agree with; of several configuration keys
+    of those settings (other code: a rerun read with the earlier sweep), the one with results in the job's own
+    sweep folder (``_in_its_sweep``). The record is that configuration's with the job's seed and configuration key
+    and no other keys, so that it is labelled and grouped as a lost seed of it. A job that matches none or
+    several, or whose names cannot be read, is unattributed. A seed some record of its configuration key (of its
+    settings, without one) already holds (a requeued job that completed in another folder, a baseline's
+    seed-independent cell) is not lost."""
     import copy
 
     from .aggregate import configuration_settings, varying_settings
     from .sweep_notes import job_cell
 
-    held = {settings_key(r) for r in records}
+    held = {_held_key(r) for r in records}
     unwritten: list[dict[str, Any]] = []
     unattributed: list[dict[str, Any]] = []
     for job in _unwritten_jobs(dirs):
@@ -492,21 +509,30 @@ def unwritten_cells(dirs: Sequence[str | os.PathLike],
             continue
         siblings = [r for r in records if (r["model"], r["method"], r["dataset"]) ==
                     (names["model"], names["method"], names["dataset"])]
-        configurations: dict[str, dict[str, Any]] = {}
+        by_settings: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for record in siblings:
-            configurations.setdefault(json.dumps(configuration_settings(record), sort_keys=True), record)
-        varying = varying_settings([json.loads(key) for key in configurations])
+            by_settings[json.dumps(configuration_settings(record), sort_keys=True)].append(record)
+        varying = varying_settings([json.loads(key) for key in by_settings])
         flat = flat_config(cell["config"])
-        matching = [record for key, record in configurations.items()
-                    if _agrees(json.loads(key), cell["overrides"], flat, varying)]
+        configurations: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for key, group in by_settings.items():
+            if _agrees(json.loads(key), cell["overrides"], flat, varying):
+                # a record without a configuration key names one only where no record of its settings has a key
+                keyed = [r for r in group if identity_key(r, "configuration_key")]
+                for record in keyed or group:
+                    configurations[identity_key(record, "configuration_key") or key].append(record)
+        matching = list(configurations.values())
+        if len(matching) > 1:
+            matching = _in_its_sweep(job, dirs, matching)
         if siblings and len(matching) != 1:
             unattributed.append({"job": job, **names})
             continue
         if matching:
-            record = copy.deepcopy(matching[0])
+            record = copy.deepcopy(matching[0][0])
             config = record.get("config") if isinstance(record.get("config"), dict) else {}
-            style = identity_key(record, "prompt_style")
-            identity = {"prompt_style": style} if style else None  # labelled as its configuration's cells are
+            # labelled as its configuration's cells are
+            identity = {name: identity_key(record, name) for name in ("prompt_style", "configuration_key")
+                        if identity_key(record, name)} or None
         else:  # no cell of it wrote a result: its configuration is what its method's config says
             method = cell["config"].get("method") if isinstance(cell["config"].get("method"), dict) else {}
             config = {"method": {"name": names["method"], **({"train": method["train"]}
@@ -516,10 +542,30 @@ def unwritten_cells(dirs: Sequence[str | os.PathLike],
         lost = {**names, "schema_version": SCHEMA_VERSION, "status": UNWRITTEN, "config": config,
                 "identity": identity, "reused_from": None, "metrics": {}, "eval_sets": {},
                 "error": f"the cell stopped before writing its {RESULT_FILE}", "result_path": str(job / RESULT_FILE)}
-        if settings_key(lost) not in held:
-            held.add(settings_key(lost))
+        if _held_key(lost) not in held:
+            held.add(_held_key(lost))
             unwritten.append(lost)
     return unwritten, unattributed
+
+
+def _held_key(record: dict[str, Any]) -> tuple:
+    """The seed a record holds, for ``unwritten_cells``: of its configuration key, else of its settings."""
+    key = identity_key(record, "configuration_key")
+    return (*settings_key(record)[:4], ("configuration", key)) if key else settings_key(record)
+
+
+def _in_its_sweep(job: Path, dirs: Sequence[str | os.PathLike],
+                  configurations: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    """Of the ``configurations`` (their records each) a killed job may have run, those with a record in its own
+    sweep folder: its parent, else the directory of ``dirs`` it lies in (all of them where none has)."""
+    job = job.resolve()
+    roots = [job.parent, *(root for root in (Path(d).resolve() for d in dirs) if job.is_relative_to(root))]
+    for root in roots:
+        near = [records for records in configurations
+                if any(Path(r["result_path"]).resolve().is_relative_to(root) for r in records)]
+        if near:
+            return near
+    return configurations
 
 
 def _unwritten_jobs(dirs: Sequence[str | os.PathLike]) -> list[Path]:
@@ -568,10 +614,13 @@ def _grid_points(dirs: Sequence[str | os.PathLike], current: Sequence[dict[str, 
     same sweep folder (method.r=8,16, then method.r=16,32) puts r=32 in r=8's job folder, and r=8 differs from the
     cells there only in a setting the sweep varies. A result that differs in a setting the sweep does not vary
     (a rerun that changed max_steps for every cell), or that a rerun recomputed (other code or data), was
-    replaced: left out."""
+    replaced: left out. One whose evaluation key a current cell that did not complete has (a recomputation,
+    ``resume.enabled=false``, that failed after setting it aside) is that cell's result: read, and kept over the
+    failure by ``deduplicate``."""
     from .aggregate import configuration_settings
 
     now = {settings_key(r) for r in current}
+    unfinished = {identity_key(r, "evaluation_key") for r in current if r.get("status") != COMPLETED} - {None}
     groups: dict[tuple, list[dict[str, str]]] = defaultdict(list)
     for record in current:
         groups[record["dataset"], record["model"], record["method"]].append(configuration_settings(record))
@@ -581,7 +630,9 @@ def _grid_points(dirs: Sequence[str | os.PathLike], current: Sequence[dict[str, 
         if record.get("status") != COMPLETED:
             continue
         others = groups.get((record["dataset"], record["model"], record["method"]), [])
-        if settings_key(record) not in now and _a_point_of(configuration_settings(record), others):
+        if identity_key(record, "evaluation_key") in unfinished:
+            points.append(record)
+        elif settings_key(record) not in now and _a_point_of(configuration_settings(record), others):
             collection.set_aside.append(path)
             points.append(record)
         else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from slm_sweep.results import FAILED_ATTEMPT_FILE, PREFLIGHT_FILE, RESULT_FILE, read_result
+from slm_sweep.results import FAILED_ATTEMPT_FILE, PREFLIGHT_FILE, RESULT_FILE, SUPERSEDED, read_result
 
 
 def read_plan(sweep_dir: str | Path) -> dict | None:
@@ -33,19 +33,25 @@ def preflight_notes(plan: dict | None) -> list[str]:
     return notes
 
 
-def _job_records(sweep_dir: Path) -> dict[Path, dict | None]:
-    """Every job folder of the sweep and its result.json (None where it has none)."""
+def _job_records(sweep_dir: Path) -> tuple[dict[Path, dict | None], list[dict | None]]:
+    """Every job folder of the sweep and its result.json (None where it has none), and the results a rerun set
+    aside (superseded*/), which are no job's."""
     if not sweep_dir.is_dir():
-        return {}
+        return {}, []
     jobs = {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
     jobs |= {p.parent for p in sweep_dir.rglob(RESULT_FILE)}
-    return {job: read_result(job) for job in sorted(jobs)}
+    aside = {job for job in jobs if any(part.startswith(SUPERSEDED) for part in job.relative_to(sweep_dir).parts)}
+    return {job: read_result(job) for job in sorted(jobs - aside)}, [read_result(job) for job in sorted(aside)]
 
 
-def _completed(records) -> tuple[set[str], list]:
-    """The evaluation keys and the configs of the completed records among ``records``."""
+def _completed(records, set_aside=()) -> tuple[set[str], list]:
+    """The evaluation keys and the configs of the completed records among ``records``, with the evaluation keys of
+    the completed results a rerun set aside (``set_aside``): as the report reads them (collect._grid_points), one
+    is the result of a cell whose recomputation did not complete, but not of a cell of its settings that failed
+    before its keys were known."""
     completed = [r for r in records if r is not None and r.get("status") == "completed"]
-    return ({(r.get("identity") or {}).get("evaluation_key") for r in completed} - {None},
+    aside = [r for r in set_aside if r is not None and r.get("status") == "completed"]
+    return ({(r.get("identity") or {}).get("evaluation_key") for r in (*completed, *aside)} - {None},
             [r.get("config") for r in completed])
 
 
@@ -53,8 +59,8 @@ def failed_cells(sweep_dir: Path) -> list[tuple[Path, str]]:
     """(job dir, '<status>: <error>') for every job of the sweep that has no completed result.json, unless
     another folder of the sweep completed the same cell (same evaluation key): a requeued sweep whose jobs were
     numbered otherwise resumes an interrupted cell in another folder."""
-    records = _job_records(sweep_dir)
-    return _not_completed(records, *_completed(records.values()))
+    records, aside = _job_records(sweep_dir)
+    return _not_completed(records, *_completed(records.values(), aside))
 
 
 def _not_completed(records: dict[Path, dict | None], done: set[str], finished: list) -> list[tuple[Path, str]]:
@@ -106,7 +112,7 @@ def unwritten_jobs(dirs) -> list[Path]:
     it is no seed of a planned grid."""
     found: dict[Path, Path] = {}
     for folder in dirs:
-        for job, record in _job_records(Path(folder)).items():
+        for job, record in _job_records(Path(folder))[0].items():
             if record is None and not (job / RESULT_FILE).exists() and not (job / FAILED_ATTEMPT_FILE).exists() \
                     and _hydra_mode(job) != "RUN":
                 found.setdefault(job.resolve(), job)
@@ -212,8 +218,9 @@ def sweep_sections(dirs) -> list[str]:
     did not complete (in any folder of ``dirs``)."""
     records = {Path(folder): _job_records(Path(folder)) for folder in dirs}
     # a cell interrupted in one folder and completed in another of the report (a resumed sweep) did complete
-    completed = _completed(r for jobs in records.values() for r in jobs.values())
+    completed = _completed((r for jobs, _ in records.values() for r in jobs.values()),
+                           (r for _, aside in records.values() for r in aside))
     lines: list[str] = []
-    for folder, jobs in records.items():
+    for folder, (jobs, _) in records.items():
         lines += sweep_notes_markdown(preflight_notes(read_plan(folder)), _not_completed(jobs, *completed), folder)
     return lines
