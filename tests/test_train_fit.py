@@ -205,6 +205,7 @@ def test_throughput_is_measured_on_real_tokens_and_logged(examples, tmp_path):
     final = [r for r in rows if r.get("perf/train_tokens_per_s")][-1]
     assert float(final["perf/train_tokens_per_s"]) == pytest.approx(perf["train_tokens_per_s"])
     assert float(final["perf/mean_step_time_s"]) == pytest.approx(perf["step_time_s"])
+    assert float(final["perf/run_peak_memory_mb"]) == pytest.approx(perf["peak_memory_mb"])
     # each window's figures once per step: the run's means are not logged again under the windows' names
     logged_at = [(r["step"], k) for r in rows for k in ("perf/step_time_s", "perf/peak_memory_mb") if r.get(k)]
     assert logged_at and len(logged_at) == len(set(logged_at))
@@ -293,19 +294,46 @@ class InterruptInFinalValidation(L.Callback):
             raise KeyboardInterrupt
 
 
-def test_an_interrupt_after_training_saves_no_checkpoint(examples, tmp_path):
-    """Lightning passes an exception in trainer.validate to the callbacks too: the final validation pass comes
-    after training, whose weights the cell keeps itself, so nothing is left to resume."""
+def fit_lora(examples, out_dir, callbacks, **trainer_overrides):
+    model, tokenizer = tiny()
+    torch.manual_seed(0)
+    model = apply_method(model, method_config("lora"))
+    return fit(model, examples[:8], examples[8:12], trainer_config(**trainer_overrides), method_config("lora"),
+               seed=SEED, out_dir=out_dir, pad_token_id=tokenizer.pad_token_id, extra_callbacks=callbacks)
+
+
+def test_an_interrupt_in_the_final_validation_pass_keeps_the_training(examples, tmp_path):
+    """Lightning passes an exception in trainer.validate to the callbacks too: the checkpoint of the last step
+    spares the rerun the training, which then trains nothing (0 tokens, no rates) and validates the same weights."""
     from slm_sweep.train.interrupt import CheckpointOnInterrupt
 
-    model, tokenizer = tiny()
-    model = apply_method(model, method_config("lora"))
-    interrupt = InterruptInFinalValidation()
+    straight = fit_lora(examples, tmp_path / "straight", [])
+    interrupt, out = InterruptInFinalValidation(), tmp_path / "interrupted"
     with pytest.raises(SystemExit):  # Lightning's handler of a KeyboardInterrupt exits
-        fit(model, examples[:8], examples[8:12], trainer_config(), method_config("lora"), seed=SEED,
-            out_dir=tmp_path, pad_token_id=tokenizer.pad_token_id,
-            extra_callbacks=[interrupt, CheckpointOnInterrupt(tmp_path / "checkpoints" / "last.ckpt")])
-    assert interrupt.batches == 1 and not (tmp_path / "checkpoints" / "last.ckpt").exists()
+        fit_lora(examples, out, [interrupt, CheckpointOnInterrupt(out / "checkpoints" / "last.ckpt")])
+    assert interrupt.batches == 1
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == straight.train_steps
+    rerun = fit_lora(examples, out, [])
+    assert rerun.train_steps == straight.train_steps and rerun.val_loss == pytest.approx(straight.val_loss)
+    assert rerun.perf["train_tokens"] == 0 and rerun.perf["train_tokens_per_s"] is None
+
+
+def test_a_sigterm_before_lightning_s_handler_is_in_place_stops_the_run(examples, tmp_path):
+    """Lightning sets up its SIGTERM handler only after on_fit_start and a checkpoint's restore: a SIGTERM before
+    it (a scheduler's preemption while a resumed run loads its optimizer state) stops the cell."""
+    import os
+    import signal
+
+    from slm_sweep.train.interrupt import CheckpointOnInterrupt, sigterm_as_interrupt
+
+    class SigtermAtFitStart(L.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    interrupt, steps = CheckpointOnInterrupt(tmp_path / "checkpoints" / "last.ckpt"), StepContents()
+    with pytest.raises((KeyboardInterrupt, SystemExit)), sigterm_as_interrupt(interrupt):
+        fit_lora(examples, tmp_path, [interrupt, SigtermAtFitStart(), steps], max_steps=3)
+    assert steps.steps == [] and not steps.current
 
 
 def test_the_tail_loss_is_the_mean_of_the_last_tenth_of_the_steps(examples, tmp_path):

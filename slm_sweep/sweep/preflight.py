@@ -288,7 +288,7 @@ def check_dataset(spec: Mapping[str, Any], hub: Hub, data_root: str | Path | Non
     if problem is None:
         return Check(kind, name, True, f"the Hugging Face hub ({path})")
     return Check(kind, name, False, reason=f"{path} is not in the local Hugging Face cache and {problem}",
-                 fix=f"{local_fix}, or allow hub access")
+                 fix=f"{local_fix}, or allow hub access" if is_hub_id(path) else local_fix)
 
 
 # ---------------------------------------------------------------------------------------------- one cell

@@ -225,11 +225,10 @@ class ThroughputMonitor(L.Callback):
             self.warmup["seconds"] = self._now(trainer) - self._train_start
         self._close_window(trainer, log=False)
         self.result = self.summary(trainer)
-        # the run's means under names of their own: under the windows' names they would read as a last window,
-        # logged twice at the final step (the peak memory is the last window's already)
-        renamed = {"step_time_s": "mean_step_time_s", "mfu": "mean_mfu", "peak_memory_mb": None}
-        self._log(trainer, {f"perf/{renamed.get(k, k)}": v for k, v in self.result.items()
-                            if renamed.get(k, k) is not None})
+        # the run's figures under names of their own: under the windows' names they would read as a last window,
+        # logged twice at the final step
+        renamed = {"step_time_s": "mean_step_time_s", "mfu": "mean_mfu", "peak_memory_mb": "run_peak_memory_mb"}
+        self._log(trainer, {f"perf/{renamed.get(k, k)}": v for k, v in self.result.items()})
 
     def _close_window(self, trainer, log: bool, carry: bool = False) -> float | None:
         """Add the open window to the measured totals (and log its rates); returns when it ended. With ``carry``

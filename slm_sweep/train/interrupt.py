@@ -28,21 +28,21 @@ class CheckpointOnInterrupt(L.Callback):
         self.checkpoint_path = Path(checkpoint_path)
         self.training = False
 
-    def on_fit_start(self, trainer, pl_module):
-        self.training = True
-
+    # ``training``: while Lightning's own SIGTERM handler is in place (set up after on_fit_start and the restore
+    # of a checkpoint, taken down after on_train_end), which stops training at the end of a step
     def on_train_start(self, trainer, pl_module):
+        self.training = True
         log.info("training from step %d (Ctrl-C or SIGTERM saves a checkpoint)", trainer.global_step)
 
-    def on_fit_end(self, trainer, pl_module):
+    def on_train_end(self, trainer, pl_module):
         self.training = False
 
     def on_exception(self, trainer, pl_module, exception):
-        # Lightning calls this in trainer.validate too: once training has finished there is nothing to resume, and
-        # a checkpoint would make the rerun skip training and record no training figures
-        training, self.training = self.training, False
+        # also in the validation pass on the final weights (trainer.validate): the checkpoint at the last step
+        # spares the rerun its training, which then trains nothing and records no rates
+        self.training = False
         # is_interrupt: also a SystemExit with a code, as submitit's handler of a SLURM time-out signal raises
-        if training and is_interrupt(exception) and trainer.global_step > 0:
+        if is_interrupt(exception) and trainer.global_step > 0:
             rewind_to_last_step(trainer)
             self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
             trainer.save_checkpoint(self.checkpoint_path)
