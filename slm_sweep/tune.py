@@ -207,10 +207,10 @@ def _differences(searched: Mapping[str, Any], here: Mapping[str, Any]) -> list[s
 
 def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> None:
     """Refuse a tuned rate that was searched under other training settings than the cell's (steps, batch,
-    precision, rank, data, prompt): its result.json would say ``source: tuned`` of a rate tuned for something
-    else. Refuse it too for a cell at one of the seeds it was searched on, which would report the search's winner.
-    Tables written before the settings or seeds were recorded are taken as they are (but for a cell with
-    ``tuning.on_missing=refuse``, which ``check_missing`` refuses)."""
+    precision, strategy, rank, data, prompt, training code): its result.json would say ``source: tuned`` of a rate
+    tuned for something else. Refuse it too for a cell at one of the seeds it was searched on, which would report
+    the search's winner. Tables written before the settings or seeds were recorded are taken as they are (but for a
+    cell with ``tuning.on_missing=refuse``, which ``check_missing`` refuses)."""
     dataset, model, method = cfg.dataset.name, cfg.model.name, cfg.method.name
     if lookup(table, dataset, model, method) is None:
         return
@@ -226,13 +226,18 @@ def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> 
     recorded = searched.get("trained_with")
     if not isinstance(recorded, Mapping):
         return
-    from slm_sweep.identity import TRAINING_CODE_VERSION
+    from slm_sweep.identity import (
+        TRAINING_CODE_VERSION,
+        TRAINING_SOURCES,
+        TRAINING_SOURCES_SHA256,
+        edited_sources,
+    )
 
-    cell = {"config": _cell_config(cfg), "identity": {"parts": {"training": {"code": TRAINING_CODE_VERSION}}}}
-    recorded = {k: v for k, v in recorded.items() if not k.startswith("data.")}  # check_tuned_data, once loaded
-    later = _LATER_SETTINGS + (() if "code.training" in recorded else _RECORDED_WITH_CODE)
-    here = {k: v for k, v in tuned_under(cell).items()
-            if not any(k.startswith(p) and not any(r.startswith(p) for r in recorded) for p in later)}
+    # what the cell's training key will say of its code; what else only its keys say, check_tuned_data compares
+    edited = edited_sources(TRAINING_SOURCES, TRAINING_SOURCES_SHA256, TRAINING_CODE_VERSION)
+    training = {"code": TRAINING_CODE_VERSION, **({"edited_sources": edited} if edited else {})}
+    cell = {"config": _cell_config(cfg), "identity": {"parts": {"training": training}}}
+    recorded, here = _compared(recorded, tuned_under(cell), once_keyed=False)
     if recorded.get("prompt.style") == "plain":  # a table written before the plain style's system message was null
         recorded = {**recorded, "prompt.system": here.get("prompt.system")}
     differing = _differences(recorded, here)
@@ -242,6 +247,21 @@ def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> 
             f"settings than this cell's ({'; '.join(differing)}). Search again with this cell's settings (the "
             "search takes the same overrides: trainer=..., method.r=..., dataset.*), or train at a rate of your "
             "choosing with tuning.lr=method method.lr=<rate>")
+
+
+def _compared(recorded: Mapping[str, Any], here: Mapping[str, Any],
+              once_keyed: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The settings of a table entry (``recorded``) and of a cell (``here``) that a guard compares: what a cell
+    knows only once it has computed its keys (``_ONCE_KEYED``, check_tuned_data), or the rest (check_tuned_under).
+    Left out of ``here``: the settings the table was written before recording (``_LATER_SETTINGS``; the code
+    version, scoring and callbacks before ``code.training``), and where the model's files sit when the table
+    records which weights were searched on (``model.weights``)."""
+    later = _LATER_SETTINGS + (() if "code.training" in recorded else _RECORDED_WITH_CODE)
+    unrecorded = tuple(p for p in later if not any(k.startswith(p) for k in recorded))
+    place = _WEIGHTS_PLACE if "model.weights" in recorded else ()
+    return ({k: v for k, v in recorded.items() if k.startswith(_ONCE_KEYED) == once_keyed},
+            {k: v for k, v in here.items() if k.startswith(_ONCE_KEYED) == once_keyed
+             and not k.startswith(unrecorded) and k not in place})
 
 
 # what a table entry's search record holds when the tune command wrote it, and each one's type: the guards of a
@@ -566,25 +586,35 @@ def _recorded_lead(searched: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
 
 def check_tuned_data(cfg: DictConfig, learning_rate: Mapping[str, Any] | None,
                      training: Mapping[str, Any] | None) -> None:
-    """Refuse a tuned rate searched on other training or validation examples than the cell's (a data file
-    replaced or edited since the search, under the same settings): the config-time check (``check_tuned_under``)
-    cannot see the files. ``training``: the cell's training identity (``identity.parts.training``), computed from
-    the examples it loaded. Tables written before they recorded the examples are taken as they are."""
+    """Refuse a tuned rate searched on other weights, examples, processes or code than the cell trains with, by
+    what only its keys say (``_ONCE_KEYED``): the weights its model resolves to (a hub branch moved on, a folder
+    retrained in place), the training and validation examples (a data file replaced or edited since the search,
+    under the same settings), the processes training runs in, and the code of an optimizer or callback from
+    outside torch and Lightning. The config-time check (``check_tuned_under``) cannot see them. ``training``: the
+    cell's training identity (``identity.parts.training``), computed from the examples it loaded. Tables written
+    before they recorded these are checked without them."""
     if not learning_rate or learning_rate.get("source") != "tuned" or not training:
         return
     parts = (cfg.dataset.name, cfg.model.name, cfg.method.name)
     recorded = _searched(read_table(learning_rate["table"]), *parts).get("trained_with")
     if not isinstance(recorded, Mapping):
         return
-    here = {f"data.{k}": v for k, v in (training.get("data") or {}).items()}
-    differing = [f"{key}: searched {recorded[key]}, here {here.get(key)}" for key in sorted(here)
-                 if key in recorded and recorded[key] != here.get(key)]
-    if differing:
+    here = {k: v for key, value in _keyed_settings(training).items() for k, v in _flat(key, value).items()}
+    differing = _differences(*_compared(recorded, here, once_keyed=True))
+    if not differing:
+        return
+    entry = f"the rate {'.'.join(['lr', *parts])} in {learning_rate['table']}"
+    if all(d.startswith("data.") for d in differing):
         raise ConfigError(
-            f"tuning.table: the rate {'.'.join(['lr', *parts])} in {learning_rate['table']} was searched on other "
-            f"examples than this cell loaded ({'; '.join(differing)}: examples counted, then a hash of their "
-            "content): the data files changed since the search. Search again on these files, or train at a rate "
-            "of your choosing with tuning.lr=method method.lr=<rate>")
+            f"tuning.table: {entry} was searched on other examples than this cell loaded ({'; '.join(differing)}: "
+            "examples counted, then a hash of their content): the data files changed since the search. Search "
+            "again on these files, or train at a rate of your choosing with tuning.lr=method method.lr=<rate>")
+    raise ConfigError(
+        f"tuning.table: {entry} was searched under other training than this cell's keys record "
+        f"({'; '.join(differing)}): the model's weights (the hub commit its revision points at, or its files' "
+        "content hash), the processes training runs in, or the code of an optimizer or callback from outside torch "
+        "and Lightning differ from the search's. Search again with this cell's model files, devices and code, or "
+        "train at a rate of your choosing with tuning.lr=method method.lr=<rate>")
 
 
 def _running_hydra_config():
@@ -615,37 +645,84 @@ def _mean(values: Sequence[float]) -> float | None:
 
 # model settings that do not change the weights a rate is tuned for (where files sit, the table's own key)
 _NOT_THE_WEIGHTS = ("name", "gguf_dir", "gguf_package")
+# where the weights were read from: left out where the training key says which weights they are, so that the
+# same weights in another folder are the same, and other weights in the same folder are not
+_WEIGHTS_PLACE = ("model.id", "model.revision")
+# what the model's identity adds to its settings: the weights resolved, and how a GGUF file was converted
+_RESOLVED_MODEL = ("weights", "conversion")
 # settings a table's trained_with holds since they were added: an older table is checked without them
-_LATER_SETTINGS = ("model.", "dataset.dedup.")
-# what a cell records with its keys, unknown for a cell that failed before computing them; the examples are compared
-# once the cell has loaded them (check_tuned_data)
-_FROM_KEYS = ("code.training", "data.train", "data.val")
+_LATER_SETTINGS = ("model.", "dataset.dedup.", "data.", "model.weights", "model.conversion", "trainer.strategy",
+                   "trainer.world_size", "code.training_edited", "code.optimizer", "code.callbacks")
+# what only a cell's training key records (_keyed_settings), unknown for a cell that failed before computing it
+_FROM_KEYS = ("code.", "data.", "model.weights", "model.conversion", "trainer.world_size")
+# of those, what a cell knows only once its data is loaded and its model's weights resolved: compared then
+# (check_tuned_data); its code version and edited sources are compared before anything loads
+_ONCE_KEYED = ("data.", "model.weights", "model.conversion", "trainer.world_size", "code.optimizer",
+               "code.callbacks")
 # recorded since the training code's version is: a table without it was written before, and is read without them
 _RECORDED_WITH_CODE = ("code.", "callbacks.", "eval.dtype", "eval.max_new_tokens", "dataset.test_size")
 
 
+def _training_parts(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """A record's training identity (``identity.parts.training``); None for a cell that failed before computing
+    its keys."""
+    parts = (record.get("identity") or {}).get("parts")
+    training = parts.get("training") if isinstance(parts, Mapping) else None
+    return training if isinstance(training, Mapping) else None
+
+
+def _keyed_settings(training: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a cell's training key holds that its config does not say, but the seed and the library versions: the
+    weights its model resolves to, the training code's version (a rate searched before gradients or dropout
+    changed is another search's) and the hash of its sources when edited, the code of an optimizer or callbacks
+    from outside torch and Lightning, the examples trained on and scored (count and content hash), and how many
+    processes trained (several cut the epoch's last step to a multiple of them). Nothing for a cell without keys
+    (``training`` None)."""
+    if training is None:
+        return {}
+    model = training.get("model") or {}
+    return {
+        **{f"model.{k}": model[k] for k in _RESOLVED_MODEL if k in model},
+        "code.training": training.get("code"),
+        "code.training_edited": training.get("edited_sources"),
+        "code.optimizer": training.get("optimizer_source"),
+        "code.callbacks": training.get("callback_sources") or None,
+        "trainer.world_size": training.get("world_size") or 1,
+        **{f"data.{k}": v for k, v in (training.get("data") or {}).items()},
+    }
+
+
 def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
-    """What a search cell trained and scored with, apart from its learning rate and seed: candidates compared
-    against each other must agree on all of it."""
+    """What a search cell trained and scored with, apart from its learning rate and seed: its training key's parts
+    (``_keyed_settings`` and the settings each part is computed from) and the scoring the rates were compared by.
+    Candidates compared against each other must agree on all of it."""
     from slm_sweep.data.specs import dedup_settings
     from slm_sweep.identity import (
         EVAL_SCORING_KEYS,
         method_identity,
+        strategy_family,
         trainer_identity,
         weight_changing_callbacks,
     )
 
     config = record.get("config") or {}
-    training = (((record.get("identity") or {}).get("parts") or {}).get("training") or {})
+    keyed = _keyed_settings(_training_parts(record))
     method = {k: v for k, v in method_identity(config.get("method") or {}).items() if k != "lr"}
     dataset = config.get("dataset") or {}
+    trainer = config.get("trainer") or {}
     # the weights trained from (a table is keyed by model.name, which another id, revision or dtype keeps)
-    model = {k: v for k, v in (config.get("model") or {}).items() if k not in _NOT_THE_WEIGHTS and v is not None}
+    model = {f"model.{k}": v for k, v in (config.get("model") or {}).items()
+             if k not in _NOT_THE_WEIGHTS and v is not None}
+    if "model.weights" in keyed:
+        model = {k: v for k, v in model.items() if k not in _WEIGHTS_PLACE}
     return {
-        **{f"model.{k}": v for k, v in model.items()},
+        **model,
         **{f"method.{k}": v for k, v in method.items()},
         **({f"dataset.dedup.{k}": v for k, v in dedup_settings(dataset).items()} if dataset.get("name") else {}),
-        **{f"trainer.{k}": v for k, v in trainer_identity(config.get("trainer") or {}).items()},
+        **{f"trainer.{k}": v for k, v in trainer_identity(trainer).items()},
+        # FSDP's and DeepSpeed's bf16-mixed cast the parameters themselves to bf16, where one device and DDP
+        # autocast over float32 weights: a rate searched on one is not tuned for the other
+        "trainer.strategy": strategy_family(trainer),
         **{f"dataset.{k}": dataset.get(k) for k in ("val_size", "train_limit", "split_seed", "test_split",
                                                     "test_size")},
         # the scoring the rates were compared by: bf16 rounds away part of full fine-tuning's updates, which a
@@ -653,15 +730,12 @@ def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
         **{f"eval.{k}": (config.get("eval") or {}).get(k) for k in (*EVAL_SCORING_KEYS, "dtype")},
         # callbacks that change the weights (stochastic weight averaging) are in the cell's training key too
         **{f"callbacks.{name}": entry for name, entry in weight_changing_callbacks(config.get("callbacks")).items()},
-        # the training code's version: a rate searched before gradients or dropout changed is another search's
-        "code.training": training.get("code"),
-        # the examples trained on and scored (count and content hash): the same files under the same settings
-        **{f"data.{k}": v for k, v in (training.get("data") or {}).items()},
+        **keyed,
         # as the cell's keys have it (a system message the plain style leaves out is null), where result.json
         # records what its keys were computed from
         **{f"prompt.{k}": v for k, v in (_keyed_prompt(record) or {}).items()},
         # as the cell's keys have it, where result.json says (a record of a search)
-        **({"prompt.style": keyed} if (keyed := (record.get("identity") or {}).get("prompt_style")) else {}),
+        **({"prompt.style": style} if (style := (record.get("identity") or {}).get("prompt_style")) else {}),
     }
 
 
@@ -669,8 +743,7 @@ def _keyed_prompt(record: Mapping[str, Any]) -> dict[str, Any] | None:
     """The prompt settings as a record's training key has them (``identity.parts``); for a record without them
     (older, or failed before its keys were computed) its config's, with the system message a plain style leaves
     out as null; None without either."""
-    parts = (record.get("identity") or {}).get("parts")
-    prompt = ((parts or {}).get("training") or {}).get("prompt") if isinstance(parts, Mapping) else None
+    prompt = (_training_parts(record) or {}).get("prompt")
     if isinstance(prompt, Mapping):
         return dict(prompt)
     from slm_sweep.identity import prompt_identity
@@ -683,20 +756,24 @@ def _keyed_prompt(record: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def tuned_under(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings a searched rate was chosen under that a cell training at it must share: the method (all but
-    the rate), the trainer's numeric settings, the training data, the prompt, the callbacks that change the
-    weights, the training code's version, and the scoring the rates were compared by (``eval.dtype``,
-    ``eval.max_new_tokens``). Not the split scored (the search scores the validation split, the cell the test split). ``record``: a result.json's ``config``
-    (and ``identity``, whose ``prompt_style`` is the style as keyed)."""
-    def flat(key: str, value: Any) -> dict[str, Any]:
-        if isinstance(value, Mapping):
-            return {k: v for name, item in value.items() for k, v in flat(f"{key}.{name}", item).items()}
-        return {key: value}
-
+    """The settings a searched rate was chosen under that a cell training at it must share: its training key's
+    parts but the rate, the seed and the library versions (the model's settings and the weights they resolve to,
+    the method, the trainer's numeric settings and strategy family, the processes, the training data and the
+    examples, the prompt, the callbacks that change the weights, the training code's version and edited sources),
+    and the scoring the rates were compared by (``eval.dtype``, ``eval.max_new_tokens``). Not the split scored
+    (the search scores the validation split, the cell the test split). ``record``: a result.json's ``config``
+    (and ``identity``: its ``parts``, and ``prompt_style``, the style as keyed)."""
     kept = ("eval.dtype", "eval.max_new_tokens")  # how the rates were compared; the split differs by design
     return {k: v for key, value in _training_settings(record).items()
             if (not key.startswith("eval.") or key in kept) and key != "dataset.test_split"
-            for k, v in flat(key, value).items()}
+            for k, v in _flat(key, value).items()}
+
+
+def _flat(key: str, value: Any) -> dict[str, Any]:
+    """A setting as dotted keys, one per value of a mapping."""
+    if isinstance(value, Mapping):
+        return {k: v for name, item in value.items() for k, v in _flat(f"{key}.{name}", item).items()}
+    return {key: value}
 
 
 def _recorded_grid(record: Mapping[str, Any]) -> list[float]:
@@ -927,13 +1004,19 @@ def choose(records: Sequence[Mapping[str, Any]], metric: str | None = None,
 
 def _check_alike(name: str, cells: Sequence[Mapping[str, Any]]) -> None:
     settings = [_training_settings(r) for r in cells]
-    # a cell that failed before computing its keys says nothing of the code or examples it would have used
-    differing = sorted(k for k in {k for s in settings for k in s}
-                       if len({repr(s.get(k)) for s in settings
-                               if not (k in _FROM_KEYS and s.get(k) is None)}) > 1)
+    weighed = any("model.weights" in s for s in settings)
+
+    def known(cell: Mapping[str, Any], key: str) -> bool:
+        # a cell that failed before computing its keys says nothing of the weights, code, examples or processes
+        # it would have used; where its model's files sat is no setting of cells that say which weights they used
+        unknown = key.startswith(_FROM_KEYS) or weighed and key in _WEIGHTS_PLACE
+        return _training_parts(cell) is not None or not unknown
+
+    values = {k: sorted({repr(s.get(k)) for c, s in zip(cells, settings) if known(c, k)})
+              for k in {k for s in settings for k in s}}
+    differing = "; ".join(f"{k}: {', '.join(seen)}" for k, seen in sorted(values.items()) if len(seen) > 1)
     if differing:
-        values = "; ".join(f"{k}: {', '.join(sorted({repr(s.get(k)) for s in settings}))}" for k in differing)
-        raise TuningError(f"the search cells of {name} differ in more than the learning rate ({values}): "
+        raise TuningError(f"the search cells of {name} differ in more than the learning rate ({differing}): "
                           "pass the directories of one search")
 
 
@@ -1021,6 +1104,12 @@ def _choose_one(name: str, cells: Sequence[Mapping[str, Any]], metric: str,
                         name, record.get("result_path") or f"a cell of seed {record.get('seed')}")
             continue
         by_lr[lr].append(record)
+    for lr, runs in by_lr.items():
+        # an attempt that stopped before computing its keys has no evaluation key to be matched with its rerun
+        # by (read_search): a completed run of its seed says all it would have
+        completed = {str(r.get("seed")) for r in runs if r.get("status") == "completed"}
+        by_lr[lr] = [r for r in runs if r.get("status") == "completed" or str(r.get("seed")) not in completed
+                     or (r.get("identity") or {}).get("evaluation_key")]
     n_val = _val_size(name, cells)
     all_seeds = sorted({r.get("seed") for r in cells}, key=str)
     candidates = [_candidate(name, lr, runs, all_seeds, metric) for lr, runs in by_lr.items()]
@@ -1049,7 +1138,7 @@ def _choose_one(name: str, cells: Sequence[Mapping[str, Any]], metric: str,
     return {"lr": best["lr"], "metric": metric, "best": best[metric], **lead, "val_examples": n_val,
             "candidates": candidates, "seeds": all_seeds,
             "searches": sorted({str(r["search_dir"]) for r in cells if r.get("search_dir")}),
-            # from a cell that computed its keys (the code version is known there)
+            # from a cell that computed its keys (its weights, code and examples are known there)
             "trained_with": tuned_under(next((c for c in cells if c.get("status") == "completed"), cells[0]))}
 
 

@@ -281,15 +281,28 @@ def test_every_trained_method_has_grid_candidates_and_a_new_one_needs_no_more_th
     assert resolve_lr(cfg)["value"] == cfg.method.lr == 5e-4  # the fourth of five around lora's 2e-4
 
 
-def searched_as(record: dict, cfg, lr: float) -> dict:
+def searched_code() -> dict:
+    """What the training key of a search cell run here says of its code: the version, and the sources' hash where
+    they differ from the version's."""
+    from slm_sweep.identity import (
+        TRAINING_CODE_VERSION,
+        TRAINING_SOURCES,
+        TRAINING_SOURCES_SHA256,
+        edited_sources,
+    )
+
+    edited = edited_sources(TRAINING_SOURCES, TRAINING_SOURCES_SHA256, TRAINING_CODE_VERSION)
+    return {"code": TRAINING_CODE_VERSION, **({"edited_sources": edited} if edited else {})}
+
+
+def searched_as(record: dict, cfg, lr: float, **training) -> dict:
     """``record`` as a search cell of ``cfg`` at rate ``lr`` writes it: the cell's config with the validation split
-    scored, and the training code's version in its identity."""
-    from slm_sweep.identity import TRAINING_CODE_VERSION
+    scored, and its training key's parts: the code's (``searched_code``), and ``training``."""
     from slm_sweep.tune import _cell_config
 
     config = _cell_config(cfg)
     config = {**config, "eval": {**config["eval"], "split": "val"}, "method": {**config["method"], "lr": lr}}
-    return {**record, "config": config, "identity": {"parts": {"training": {"code": TRAINING_CODE_VERSION}}}}
+    return {**record, "config": config, "identity": {"parts": {"training": {**searched_code(), **training}}}}
 
 
 def _record(method, lr, accuracy, val_loss=1.0, n_val=500, seed=0, status="completed", **config):
@@ -511,8 +524,87 @@ def test_a_tuned_rate_is_refused_for_a_cell_whose_data_files_changed_since_the_s
                   out_dir=tmp_path / "changed")
     assert changed["status"] == "failed"
     assert re.search(r"lr.gsm8k.tiny.lora in .* was searched on other examples than this cell loaded "
-                     r"\(data.train: searched 48:\w+, here 48:\w+; data.val: searched 8:", changed["error"])
+                     r'\(data.train: searched "48:\w+", here "48:\w+"; data.val: searched "8:', changed["error"])
     assert changed["metrics"].get("train_steps") in (None, 0) and not (tmp_path / "changed" / "checkpoints").exists()
+
+
+def test_a_tuned_rate_follows_the_weights_searched_on_not_the_folder_they_were_read_from(tiny_cfg, tmp_path):
+    """The training key names a model by the weights it resolves to (a hub commit, a folder's content hash), not by
+    where they sit, and so does the table: other weights in the searched folder (retrained in place, a hub branch
+    moved on) are refused once the cell has resolved them, the same weights copied elsewhere are taken, and search
+    cells that resolved to other weights are no one search."""
+    from slm_sweep.tune import check_tuned_data, check_tuned_under, read_table
+    from slm_sweep.tune import write_table as write_lr_table
+
+    def cell(folder, *overrides):
+        return tiny_cfg("model.source=hub", f"model.id={tmp_path / folder}", "model.name=mine", "method=lora",
+                        *overrides)
+
+    def searched(lr, accuracy, weights):
+        record = _record("lora", lr, accuracy, n_val=8, seed=1000)
+        return {**searched_as(record, cell("A"), lr, model={"source": "hub", "weights": weights}), "model": "mine"}
+
+    with pytest.raises(TuningError, match=r"differ in more than the learning rate \(model.weights: 'folder:1', "
+                                          r"'folder:2'\)"):
+        choose([searched(1e-4, 0.3, "folder:1"), searched(2e-4, 0.4, "folder:2")], min_val_examples=8)
+    chosen = choose([searched(1e-4, 0.3, "folder:1"), searched(2e-4, 0.4, "folder:1")], min_val_examples=8)
+    table = write_lr_table(chosen, tmp_path / "lr.yaml", ["search"], None)
+    trained_with = read_table(table)["searched"]["gsm8k"]["mine"]["lora"]["trained_with"]
+    assert trained_with["model.weights"] == "folder:1" and not {"model.id", "model.revision"} & set(trained_with)
+    tuned, rate = ("tuning.lr=tuned", f"tuning.table={table}"), {"source": "tuned", "table": str(table)}
+    moved = cell("C", *tuned)
+    check_tuned_under(moved, read_table(table), table)
+    check_tuned_data(moved, rate, {"model": {"source": "hub", "weights": "folder:1"}})
+    with pytest.raises(ConfigError, match=r'searched under other training than this cell\'s keys record '
+                                          r'\(model.weights: searched "folder:1", here "folder:2"\)'):
+        check_tuned_data(cell("A", *tuned), rate, {"model": {"source": "hub", "weights": "folder:2"}})
+    with pytest.raises(ConfigError, match=r"trainer.world_size: searched 1, here 2"):
+        check_tuned_data(moved, rate, {"model": {"weights": "folder:1"}, "world_size": 2})
+
+
+def test_a_rate_searched_on_one_device_is_no_tuned_rate_for_fsdp(tmp_path):
+    """FSDP's bf16-mixed casts the parameters themselves to bf16, where one device autocasts over float32 weights:
+    the training key tells the two apart, and so do the table and the search."""
+    from slm_sweep.tune import check_tuned_under, read_table
+    from slm_sweep.tune import write_table as write_lr_table
+    from tests.conftest import compose_config
+
+    def cell(trainer, *overrides):
+        return compose_config([*FAST_TINY, "method=full", "eval.dtype=float32", f"trainer={trainer}", *overrides])
+
+    records = {trainer: [{**searched_as(_record("full", lr, accuracy, n_val=8, seed=1000), cell(trainer), lr),
+                          "model": "tiny"} for lr, accuracy in ((1e-5, 0.3), (2e-5, 0.4))]
+               for trainer in ("gpu", "fsdp")}
+    with pytest.raises(TuningError, match=r"differ in more than the learning rate \(trainer.strategy: 'fsdp', "
+                                          r"None\)"):
+        choose([records["gpu"][0], records["fsdp"][1]], min_val_examples=8)
+    table = write_lr_table(choose(records["gpu"], min_val_examples=8), tmp_path / "lr.yaml", ["search"], None)
+    tuned = ("tuning.lr=tuned", f"tuning.table={table}")
+    check_tuned_under(cell("gpu", *tuned), read_table(table), table)
+    with pytest.raises(ConfigError, match=r'trainer.strategy: searched null, here "fsdp"'):
+        check_tuned_under(cell("fsdp", *tuned), read_table(table), table)
+    # a table written before the strategy was recorded is read without it
+    older = read_table(table)
+    del older["searched"]["gsm8k"]["tiny"]["full"]["trained_with"]["trainer.strategy"]
+    check_tuned_under(cell("fsdp", *tuned), older, table)
+
+
+def test_a_rate_searched_with_edited_training_code_is_no_tuned_rate_for_other_code(tiny_cfg, tmp_path):
+    """The training key keeps cells of edited training sources apart from the released code's (a rate searched
+    while the gradients or packing were being changed belongs to that code), and so do the table and the search."""
+    from slm_sweep.tune import write_table as write_lr_table
+
+    def searched(lr, accuracy, **training):
+        record = _record("lora", lr, accuracy, n_val=8, seed=1000)
+        return {**searched_as(record, tiny_cfg("method=lora"), lr, **training), "model": "tiny"}
+
+    edited = {"edited_sources": "0123456789abcdef"}
+    with pytest.raises(TuningError, match=r"differ in more than the learning rate \(code.training_edited: "):
+        choose([searched(1e-4, 0.3, **edited), searched(2e-4, 0.4)], min_val_examples=8)
+    chosen = choose([searched(1e-4, 0.3, **edited), searched(2e-4, 0.4, **edited)], min_val_examples=8)
+    table = write_lr_table(chosen, tmp_path / "lr.yaml", ["search"], None)
+    with pytest.raises(ConfigError, match=r'code.training_edited: searched "0123456789abcdef", here '):
+        validate_config(tiny_cfg("method=lora", "tuning.lr=tuned", f"tuning.table={table}"))
 
 
 def test_a_tuned_rate_is_refused_for_a_cell_at_a_seed_it_was_searched_on(tiny_cfg, tmp_path):
@@ -569,6 +661,26 @@ def test_a_completed_rerun_of_a_failed_cell_counts_whatever_order_the_folders_co
     assert tables[0]["searched"] == tables[1]["searched"]
 
 
+def test_a_cell_that_failed_before_its_keys_counts_by_its_rerun_in_another_folder(tmp_path):
+    """A grid cell that failed while reading its data has no evaluation key to match its rerun by: rerun into a new
+    search folder (lr_grid's are dated), the completed run counts, whatever order the folders come in."""
+    _write_cell(tmp_path / "first" / "0", _record("lora", 1e-4, 0.30, seed=1000), "kA")
+    (tmp_path / "first" / "1").mkdir()
+    (tmp_path / "first" / "1" / "result.json").write_text(json.dumps(
+        {**_record("lora", 2e-4, None, seed=1000, status="failed"), "identity": None}))
+    _write_cell(tmp_path / "second" / "1", _record("lora", 2e-4, 0.40, seed=1000), "kB")
+    for order in (["first", "second"], ["second", "first"]):
+        out = tmp_path / f"{order[0]}.yaml"
+        assert main([*(str(tmp_path / d) for d in order), "--out", str(out)]) == 0
+        lora = yaml.safe_load(out.read_text())["searched"]["gsm8k"]["m"]["lora"]
+        assert lora["chosen"] == 2e-4 and lora["candidates"][1]["runs"] == [
+            {"seed": 1000, "val_accuracy_flexible": 0.4, "val_loss": 1.0, "evaluation_key": "kB"}]
+    # not rerun, it still keeps its rate from being compared
+    assert main([str(tmp_path / "first"), "--out", str(tmp_path / "alone.yaml")]) == 0
+    alone = yaml.safe_load((tmp_path / "alone.yaml").read_text())["searched"]["gsm8k"]["m"]["lora"]
+    assert alone["candidates"][1]["not_eligible"] == "seeds not completed: failed"
+
+
 @pytest.mark.parametrize("order", [(0, 1), (1, 0)])
 def test_of_one_cells_results_a_completed_one_counts_then_the_cells_own_over_a_reuse(tmp_path, order):
     """The report's rule: completed, then the cell's own, then the latest finished."""
@@ -596,7 +708,7 @@ def test_a_system_message_the_plain_style_leaves_out_does_not_refuse_the_tuned_r
 
     from slm_sweep.results import redact
     from slm_sweep.run import identify, load_data
-    from slm_sweep.tune import check_tuned_under, tuned_under
+    from slm_sweep.tune import _FROM_KEYS, check_tuned_under, tuned_under
     from tests.conftest import compose_config
 
     plain = ["prompt.style=plain", "prompt.system=Be brief."]
@@ -612,9 +724,10 @@ def test_a_system_message_the_plain_style_leaves_out_does_not_refuse_the_tuned_r
                           table, tmp_path / "lr.yaml")
     # a record without identity (it failed before its keys were computed) and a table written before the plain
     # style's system message was keyed as null read the same settings
-    keyed = ("code.training", "data.train", "data.val")  # what only a record's keys say
-    without_code = {k: v for k, v in tuned_under(record).items() if k not in keyed}
-    assert {k: v for k, v in tuned_under({"config": config}).items() if k not in keyed} == without_code
+    def without_keys(settings):  # what only a record's keys say
+        return {k: v for k, v in settings.items() if not k.startswith(_FROM_KEYS)}
+
+    assert without_keys(tuned_under({"config": config})) == without_keys(tuned_under(record))
     searched = table["searched"]["gsm8k"]["tiny"]["lora"]
     searched["trained_with"] = {**searched["trained_with"], "prompt.system": "Be brief."}
     check_tuned_under(compose_config([*FAST_TINY, "method=lora", *plain, "tuning.lr=tuned"]), table,
@@ -684,7 +797,6 @@ def test_make_paper_search_searches_every_trained_paper_cell_as_the_paper_trains
     x dataset of experiment=paper."""
     from omegaconf import OmegaConf
 
-    from slm_sweep.identity import TRAINING_CODE_VERSION
     from slm_sweep.results import redact
     from slm_sweep.tune import PAPER_SEARCH, PAPER_TUNE, check_tuned_under, paper_search_command, tuned_under
 
@@ -724,7 +836,7 @@ def test_make_paper_search_searches_every_trained_paper_cell_as_the_paper_trains
                     lr = resolve_lr(search)["value"]  # what the search cell trains at, and records
                     assert search.eval.split == "val" and str(search.seed) not in paper.seed.split(",")
                     record = {"config": redact(OmegaConf.to_container(search, resolve=True)),
-                              "identity": {"parts": {"training": {"code": TRAINING_CODE_VERSION}}}}
+                              "identity": {"parts": {"training": searched_code()}}}
                     table["lr"].setdefault(dataset, {}).setdefault(model, {})[method] = lr
                     table["searched"].setdefault(dataset, {}).setdefault(model, {})[method] = {
                         "metric": search.optimized_metric, "seeds": [search.seed], "trained_with": tuned_under(record)}
@@ -745,7 +857,7 @@ def test_make_paper_search_searches_every_trained_paper_cell_as_the_paper_trains
         resolve_lr(cpu)
         elsewhere = {"lr": {"gsm8k": {"smollm135": {"lora": 2e-4}}}, "searched": {"gsm8k": {"smollm135": {"lora": {
             "trained_with": tuned_under({"config": redact(OmegaConf.to_container(cpu, resolve=True)),
-                                         "identity": {"parts": {"training": {"code": TRAINING_CODE_VERSION}}}})}}}}}
+                                         "identity": {"parts": {"training": searched_code()}}})}}}}}
         with pytest.raises(ConfigError, match=r"trainer.precision: searched \"32-true\", here \"bf16-mixed\""):
             check_tuned_under(cell("experiment=paper", "model=smollm135", "method=lora", "dataset=gsm8k", "seed=0"),
                               elsewhere, path)
@@ -1261,7 +1373,6 @@ def test_an_optuna_search_scores_as_the_paper_does_so_the_paper_accepts_its_rate
     trials had run."""
     from omegaconf import OmegaConf
 
-    from slm_sweep.identity import TRAINING_CODE_VERSION
     from slm_sweep.results import redact
     from slm_sweep.tune import check_tuned_under, tuned_under
 
@@ -1271,7 +1382,7 @@ def test_an_optuna_search_scores_as_the_paper_does_so_the_paper_accepts_its_rate
         paper = compose(config_name="config", overrides=["experiment=paper", *cell, "seed=0"])
     assert trial.eval.dtype == paper.eval.dtype == "float32" and trial.eval.split == "val"
     record = {"config": redact(OmegaConf.to_container(trial, resolve=True)),
-              "identity": {"parts": {"training": {"code": TRAINING_CODE_VERSION}}}}
+              "identity": {"parts": {"training": searched_code()}}}
     table = {"lr": {"gsm8k": {"smollm135": {"lora": 3e-4}}}, "searched": {"gsm8k": {"smollm135": {"lora": {
         "metric": trial.optimized_metric, "seeds": [trial.seed], "trained_with": tuned_under(record)}}}}}
     check_tuned_under(paper, table, tmp_path / "lr.yaml")
