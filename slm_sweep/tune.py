@@ -230,13 +230,25 @@ def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> 
         TRAINING_CODE_VERSION,
         TRAINING_SOURCES,
         TRAINING_SOURCES_SHA256,
+        callback_sources,
         edited_sources,
+        optimizer_source,
+        planned_world_size,
+        weight_changing_callbacks,
     )
 
-    # what the cell's training key will say of its code; what else only its keys say, check_tuned_data compares
+    # what the cell's training key will say of its code and processes, as identity.identify computes it from the
+    # config; what else only its keys say (data, resolved weights), check_tuned_data compares
+    config = _cell_config(cfg)
     edited = edited_sources(TRAINING_SOURCES, TRAINING_SOURCES_SHA256, TRAINING_CODE_VERSION)
-    training = {"code": TRAINING_CODE_VERSION, **({"edited_sources": edited} if edited else {})}
-    cell = {"config": _cell_config(cfg), "identity": {"parts": {"training": training}}}
+    world_size = planned_world_size(config["trainer"])
+    optimizer = optimizer_source(config["method"])
+    sources = callback_sources(weight_changing_callbacks(config.get("callbacks")))
+    training = {"code": TRAINING_CODE_VERSION, **({"edited_sources": edited} if edited else {}),
+                **({"world_size": world_size} if world_size > 1 else {}),
+                **({"optimizer_source": optimizer} if optimizer else {}),
+                **({"callback_sources": sources} if sources else {})}
+    cell = {"config": config, "identity": {"parts": {"training": training}}}
     recorded, here = _compared(recorded, tuned_under(cell), once_keyed=False)
     if recorded.get("prompt.style") == "plain":  # a table written before the plain style's system message was null
         recorded = {**recorded, "prompt.system": here.get("prompt.system")}
@@ -657,8 +669,7 @@ _LATER_SETTINGS = ("model.", "dataset.dedup.", "data.", "model.weights", "model.
 _FROM_KEYS = ("code.", "data.", "model.weights", "model.conversion", "trainer.world_size")
 # of those, what a cell knows only once its data is loaded and its model's weights resolved: compared then
 # (check_tuned_data); its code version and edited sources are compared before anything loads
-_ONCE_KEYED = ("data.", "model.weights", "model.conversion", "trainer.world_size", "code.optimizer",
-               "code.callbacks")
+_ONCE_KEYED = ("data.", "model.weights", "model.conversion")
 # recorded since the training code's version is: a table without it was written before, and is read without them
 _RECORDED_WITH_CODE = ("code.", "callbacks.", "eval.dtype", "eval.max_new_tokens", "dataset.test_size")
 

@@ -558,8 +558,9 @@ def test_a_tuned_rate_follows_the_weights_searched_on_not_the_folder_they_were_r
     with pytest.raises(ConfigError, match=r'searched under other training than this cell\'s keys record '
                                           r'\(model.weights: searched "folder:1", here "folder:2"\)'):
         check_tuned_data(cell("A", *tuned), rate, {"model": {"source": "hub", "weights": "folder:2"}})
+    # the processes are in the config: refused before anything loads, as in a sweep's preflight
     with pytest.raises(ConfigError, match=r"trainer.world_size: searched 1, here 2"):
-        check_tuned_data(moved, rate, {"model": {"weights": "folder:1"}, "world_size": 2})
+        check_tuned_under(cell("C", *tuned, "trainer=ddp_cpu"), read_table(table), table)
 
 
 def test_a_rate_searched_on_one_device_is_no_tuned_rate_for_fsdp(tmp_path):
