@@ -340,30 +340,48 @@ def test_summary_files(grid, tmp_path):
     assert csv_rows[0]["delta_zeroshot_test"] == "" and csv_rows[1]["delta_zeroshot_test"] == "no per-question data"
 
 
-def test_a_report_removes_the_claims_and_plots_an_earlier_one_left_that_it_does_not_write(tmp_path, monkeypatch):
+def test_a_report_removes_the_claims_and_plots_an_earlier_one_left_that_it_does_not_write(
+        tmp_path, monkeypatch, caplog):
     """Rewritten into a folder holding an earlier report (the sweep folder, the default --out) without --claims,
-    and drawing one plot of those the earlier report drew: the earlier claims and other plots go, so that none is
-    read as this report's; files of other names stay."""
+    and drawing one plot of those the earlier report drew: the claims and other plots its report.json lists as
+    written go, each logged and listed in report.json's ``removed``, so that none is read as this report's.
+    Files no report wrote stay whatever their names (a folder of the user's own figures given as --out), and
+    so does every file of a folder without an earlier report.json."""
     from slm_sweep.report import plots
 
     for seed in SEEDS:
         write_json(tmp_path / "sweep" / str(seed) / "result.json", make_record("beta", "lora", seed, 0.3, 0.2))
-    out = tmp_path / "out"
     earlier = ["claims.md", "claims.csv", "claims.json", "accuracy_by_model_gsm8k.png", "accuracy_vs_size_gsm8k.png",
                "accuracy_vs_train_time_svamp.png", "ood_accuracy_gsm8k.png"]
-    others = ["accuracy.png", "my_claims.md", "loss_curve.png"]
-    for name in (*earlier, *others):
-        write_json(out / name, "earlier")
+    others = ["accuracy.png", "my_claims.md", "loss_curve.png", "accuracy_vs_lr_gsm8k.png"]
 
     def drawn(rows, ood_rows, out_dir):
         (out_dir / "accuracy_by_model_gsm8k.png").write_bytes(PNG_MAGIC)
         return [out_dir / "accuracy_by_model_gsm8k.png"]
 
     monkeypatch.setattr(plots, "write_plots", drawn)
-    write_report([tmp_path / "sweep"], out)
-    assert sorted(path.name for path in out.iterdir()) == sorted(
-        ["accuracy_by_model_gsm8k.png", *others, "report.json", "summary.csv", "summary.md", "summary_ood.csv"])
+    written = ["report.json", "summary.csv", "summary.md", "summary_ood.csv"]
+    figures = tmp_path / "figures"
+    for name in (*earlier, *others):
+        write_json(figures / name, "mine")
+    report = write_report([tmp_path / "sweep"], figures)
+    assert sorted(path.name for path in figures.iterdir()) == sorted({*earlier, *others, *written})
+    assert report["removed"] == []
+
+    out = tmp_path / "out"
+    for name in (*earlier, *others):
+        write_json(out / name, "earlier")
+    write_json(out / REPORT_FILE, {"outputs": [str(out / name) for name in (*written[1:], *earlier)]})
+    with caplog.at_level(logging.WARNING, logger="slm_sweep.report"):
+        report = write_report([tmp_path / "sweep"], out)
+    gone = sorted(set(earlier) - {"accuracy_by_model_gsm8k.png"})
+    kept = ["accuracy_by_model_gsm8k.png", *others, *written]
+    assert sorted(path.name for path in out.iterdir()) == sorted(kept)
     assert (out / "accuracy_by_model_gsm8k.png").read_bytes() == PNG_MAGIC
+    assert report["removed"] == [out / name for name in gone]
+    assert json.loads((out / REPORT_FILE).read_text())["removed"] == [str(out / name) for name in gone]
+    assert [m for m in caplog.messages if m.startswith("removed ")] == [
+        f"removed {out / name}: the earlier report in {out} wrote it and this one does not" for name in gone]
 
 
 def test_report_json_names_the_code_settings_and_every_input(grid, tmp_path):
@@ -1265,6 +1283,43 @@ def test_a_seed_lost_in_a_rerun_at_other_code_is_not_held_by_the_earlier_sweep_s
         "config aaaaaaaa": (4, None), "config bbbbbbbb": (2, "seed 2 left no result.json")}
     assert not report["collection"].duplicates and not report["collection"].unattributed
     assert "beta × lora (config unknown) on gsm8k: seed 3 failed." in report["markdown"]
+
+
+def test_a_first_attempt_without_an_identity_whose_requeue_completed_in_a_rerun_loses_no_seed(tmp_path):
+    """A rerun at new code, read with the earlier sweep: its seed 2 failed before computing its identity, and
+    the requeue completed it in another folder. That attempt is the completed cell's duplicate, of the
+    configuration run in its own sweep folder, as when the rerun is read alone: no seed is lost."""
+    config = {"method": {"name": "lora", "r": 16}}
+    for sweep, key in (("old", "aaaaaaaa-v1"), ("new", "bbbbbbbb-v2")):
+        for seed in (0, 1, 2):
+            write_json(tmp_path / sweep / f"s{seed}" / "result.json",
+                       _with_identity(make_record("beta", "lora", seed, 0.3, 0.2), config, key))
+    failed = make_record("beta", "lora", 2, 0.3, 0.2, status="failed", finished_at="2024-01-01T10:00:00Z")
+    write_json(tmp_path / "new" / "s2-first" / "result.json", {**failed, "config": config, "identity": None})
+    report = write_report([tmp_path / "old", tmp_path / "new"], tmp_path / "out", plots=False)
+    assert {row["variant"]: (row["n"], row["not_completed"]) for row in report["rows"]} == {
+        "config aaaaaaaa": (3, None), "config bbbbbbbb": (3, None)}
+    assert report["collection"].duplicates == [(tmp_path / "new" / "s2" / "result.json",
+                                                tmp_path / "new" / "s2-first" / "result.json")]
+    assert "Skipped cells: 0 running, 0 failed, 0 diverged, 0 interrupted." in report["markdown"]
+
+
+def test_a_seed_killed_and_then_failed_before_its_identity_in_a_retry_is_counted_once(tmp_path):
+    """Seed 2 was killed before writing result.json, and its retry in another folder failed before computing
+    its identity: one lost seed, the failed retry, which holds the seed of the one configuration of its
+    settings."""
+    config = {"method": {"name": "lora", "r": 16}}
+    for seed in (0, 1):
+        write_json(tmp_path / f"s{seed}" / "result.json",
+                   _with_identity(make_record("beta", "lora", seed, 0.3, 0.2), config, "aaaaaaaa-v1"))
+    _killed(tmp_path / "s2-killed", ["method=lora", "seed=2"],
+            {"model": {"name": "beta"}, **config, "dataset": {"name": DATASET}, "seed": 2})
+    failed = make_record("beta", "lora", 2, 0.3, 0.2, status="failed")
+    write_json(tmp_path / "s2-retry" / "result.json", {**failed, "config": config, "identity": None})
+    report = write_report([tmp_path], tmp_path / "out", plots=False)
+    (row,) = report["rows"]
+    assert (row["n"], row["not_completed"]) == (2, "seed 2 failed") and not report["collection"].unwritten
+    assert "Skipped cells: 0 running, 1 failed, 0 diverged, 0 interrupted." in report["markdown"]
 
 
 def test_an_older_record_whose_eval_time_counted_its_out_of_domain_sets_is_not_averaged_with_newer_ones():

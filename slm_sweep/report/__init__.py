@@ -16,8 +16,11 @@ Command line: ``python -m slm_sweep.report DIR [DIR ...] [--out OUTDIR] [--claim
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Sequence
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,8 @@ __all__ = [
     "write_report",
 ]
 
+log = logging.getLogger(__name__)
+
 # the names of the claims and plot files a report writes (claims.write_claims, plots.write_plots)
 CLAIMS_FILES = ("claims.md", "claims.csv", "claims.json")
 PLOT_FILES = ("accuracy_by_model_*.png", "accuracy_vs_*_*.png", "ood_accuracy_*.png")
@@ -76,16 +81,19 @@ def write_report(
     ``claims``: a claims file (``DEFAULT_CLAIMS`` for the study's) to check; its table is written to claims.md,
     claims.csv and claims.json and appended to summary.md. ``alpha``: the significance level of every paired
     test (deltas, negative transfer, claims). ``correction``: ``"holm"`` (the tests of one column of one summary
-    table are one family, and so are the instances of one claim) or ``"none"``; see claims.check_claim. Claims
-    and plot files an earlier report left in ``out_dir`` that this one does not write are removed.
+    table are one family, and so are the instances of one claim) or ``"none"``; see claims.check_claim. The
+    claims and plot files an earlier report wrote into ``out_dir`` (its report.json's ``outputs``) that this
+    one does not write are removed (``_remove_stale_outputs``); files no report wrote stay, whatever their
+    names.
 
     Raises FileNotFoundError when a directory does not exist, NoResultsError (a FileNotFoundError) when no
     result.json is found at all, and ClaimsError (a ValueError) for a claims file that cannot be used, before
     anything is written. Returns a dict with the written paths (``summary_csv``, ``summary_ood_csv``,
     ``summary_md``, ``plots``, with claims ``claims_md``, ``claims_csv``, ``claims_json``, and ``report_json``;
-    all of them in ``files``), the summary ``rows`` and ``ood_rows``, the ``markdown`` text, the ``claims``
-    report (or None), report.json's ``record`` and the ``collection`` that was read. The rows and claims are over
-    ``collection.cells``: the records and the cells killed before writing a result.json (lost seeds).
+    all of them in ``files``), the earlier report's files it ``removed`` (report.json's ``removed``), the
+    summary ``rows`` and ``ood_rows``, the ``markdown`` text, the ``claims`` report (or None), report.json's
+    ``record`` and the ``collection`` that was read. The rows and claims are over ``collection.cells``: the
+    records and the cells killed before writing a result.json (lost seeds).
     """
     if isinstance(dirs, (str, os.PathLike)):
         dirs = [dirs]
@@ -122,12 +130,11 @@ def write_report(
         from .plots import write_plots  # matplotlib is imported only when plots are drawn
 
         plot_paths = write_plots(rows, ood_rows, out)
-    stale = [path for pattern in PLOT_FILES for path in out.glob(pattern) if path not in plot_paths]
-    for path in [*stale, *(out / name for name in CLAIMS_FILES if claims_report is None)]:
-        path.unlink(missing_ok=True)
     written = [summary_csv, summary_ood_csv, summary_md, *claim_paths.values(), *plot_paths]
+    removed = _remove_stale_outputs(out, {path.name for path in written})
     record = report_record(collection, alpha=alpha, correction=correction, claims=claims, plots=plots,
                            outputs=written)
+    record["removed"] = [str(path) for path in removed]
     report_json = write_report_record(out, record)
     return {
         "summary_csv": summary_csv,
@@ -138,9 +145,33 @@ def write_report(
         "report_json": report_json,
         "record": record,
         "files": [*written, report_json],
+        "removed": removed,
         "rows": rows,
         "ood_rows": ood_rows,
         "markdown": markdown,
         "claims": claims_report,
         "collection": collection,
     }
+
+
+def _remove_stale_outputs(out: Path, written: set[str]) -> list[Path]:
+    """Remove the claims and plot files that the earlier report in ``out`` lists in its report.json's
+    ``outputs`` and whose names are not ``written`` this time (claims.md of a run with --claims, a plot of a
+    dataset no longer read), so that none is read as this report's; return them. A file no report wrote is
+    never touched, whatever its name (a folder of the user's own figures given as --out)."""
+    try:
+        earlier = json.loads((out / REPORT_FILE).read_text(encoding="utf-8")).get("outputs")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(earlier, list):
+        return []
+    # by name in ``out``: a report writes its files there, and a relative --out named them from its own cwd
+    names = {Path(path).name for path in earlier if isinstance(path, str)}
+    removed = []
+    for name in sorted(names - written):
+        path = out / name
+        if any(fnmatch(name, pattern) for pattern in (*CLAIMS_FILES, *PLOT_FILES)) and path.is_file():
+            path.unlink()
+            log.warning("removed %s: the earlier report in %s wrote it and this one does not", path, out)
+            removed.append(path)
+    return removed

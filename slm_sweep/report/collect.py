@@ -56,6 +56,8 @@ PRIMARY_ACCURACY = accuracy_key(PRIMARY_METRIC)
 # A question's key in every cell that scored it: its position in the evaluation set and its text (as the text's
 # hash: it is compared within one process only, and the keys of a large sweep stay small).
 QuestionKey = tuple[int, int]
+# per model × method × dataset × settings, the records with an identity per configuration key
+Runs = dict[tuple, dict[str | None, list[dict[str, Any]]]]
 
 _EPOCH = datetime.min.replace(tzinfo=timezone.utc)
 
@@ -349,23 +351,50 @@ def result_preference(record: Mapping[str, Any]) -> tuple[bool, bool, datetime, 
 
 
 def group_keys(records: Sequence[dict[str, Any]]) -> list[tuple]:
-    """The cell each record belongs to (``cell_key``), in order. A record without an identity (a cell that failed
-    before computing it, a copy written without one) belongs with a run of the same settings that has one, when
-    those runs are of one configuration key; beside runs of other code (a rerun read with the earlier sweep) it
-    is a cell of its own, of unknown configuration."""
-    keyed: dict[tuple, tuple] = {}
-    configurations: dict[tuple, set[str | None]] = defaultdict(set)  # per settings, any seed: the keys run
+    """The cell each record belongs to (``cell_key``), in order. A record without an identity (a cell that
+    failed before computing it, a copy written without one) belongs with a run of the same settings and seed
+    that has one, in the configuration key ``_configurations_of`` gives it; where it gives none (runs of other
+    code, a rerun read with the earlier sweep, none or several of them in its own sweep folder) it is a cell
+    of its own, of unknown configuration."""
+    runs = _runs_by_configuration(records)
+    keyed: dict[tuple, dict[str | None, tuple]] = defaultdict(dict)  # per settings and seed: each key's cell
     for record in records:
         if identity_key(record, "evaluation_key"):
-            model, method, dataset, _, settings = key = settings_key(record)
-            keyed[key] = cell_key(record)
-            configurations[model, method, dataset, settings].add(identity_key(record, "configuration_key"))
+            keyed[settings_key(record)][identity_key(record, "configuration_key")] = cell_key(record)
     out = []
-    for key in map(cell_key, records):
-        if key in keyed and len(configurations[(*key[:3], key[4])]) == 1:
-            key = keyed[key]
+    for record, key in zip(records, map(cell_key, records)):
+        if key in keyed:
+            configurations = _configurations_of(record, runs)
+            if len(configurations) == 1:
+                key = keyed[key].get(configurations[0], key)
         out.append(key)
     return out
+
+
+def _runs_by_configuration(records: Sequence[dict[str, Any]]) -> Runs:
+    """``Runs``: each seed's record under its settings."""
+    runs: Runs = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        if identity_key(record, "evaluation_key"):
+            model, method, dataset, _, settings = settings_key(record)
+            runs[model, method, dataset, settings][identity_key(record, "configuration_key")].append(record)
+    return runs
+
+
+def _configurations_of(record: dict[str, Any], runs: Runs) -> list[str | None]:
+    """The configuration keys a record may be of: with an evaluation key, its own; without, its configuration
+    key (a lost seed, ``unwritten_cells``), else those that ran its settings (``runs``), of several the ones
+    with results in its own sweep folder (``_in_its_sweep``: a requeue at a rerun's code that completed)."""
+    own = identity_key(record, "configuration_key")
+    if identity_key(record, "evaluation_key"):
+        return [own]
+    model, method, dataset, _, settings = settings_key(record)
+    configurations = runs.get((model, method, dataset, settings), {})
+    if own:
+        return [own] if own in configurations else []
+    if len(configurations) > 1 and record.get("result_path"):
+        configurations = _in_its_sweep(Path(record["result_path"]).parent, (), configurations)
+    return list(configurations)
 
 
 def deduplicate(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[Path, Path]]]:
@@ -488,15 +517,21 @@ def unwritten_cells(dirs: Sequence[str | os.PathLike],
     of those settings (other code: a rerun read with the earlier sweep), the one with results in the job's own
     sweep folder (``_in_its_sweep``). The record is that configuration's with the job's seed and configuration key
     and no other keys, so that it is labelled and grouped as a lost seed of it. A job that matches none or
-    several, or whose names cannot be read, is unattributed. A seed some record of its configuration key (of its
-    settings, without one) already holds (a requeued job that completed in another folder, a baseline's
-    seed-independent cell) is not lost."""
+    several, or whose names cannot be read, is unattributed. A seed some record of its configuration key
+    already holds (a requeued job that completed in another folder, a baseline's seed-independent cell, a
+    retry that failed before computing its identity, in the configuration ``group_keys`` gives it) is not
+    lost; a record with no configuration key holds its seed of its settings."""
     import copy
 
     from .aggregate import configuration_settings, varying_settings
     from .sweep_notes import job_cell
 
-    held = {_held_key(r) for r in records}
+    runs = _runs_by_configuration(records)
+    held = set()
+    for record in records:
+        # a failure without an identity holds its seed in the configuration group_keys gives it
+        configurations = _configurations_of(record, runs) if record.get("status") != COMPLETED else []
+        held.add(_held_key(record, configurations[0] if len(configurations) == 1 else None))
     unwritten: list[dict[str, Any]] = []
     unattributed: list[dict[str, Any]] = []
     for job in _unwritten_jobs(dirs):
@@ -521,9 +556,9 @@ def unwritten_cells(dirs: Sequence[str | os.PathLike],
                 keyed = [r for r in group if identity_key(r, "configuration_key")]
                 for record in keyed or group:
                     configurations[identity_key(record, "configuration_key") or key].append(record)
+        if len(configurations) > 1:
+            configurations = _in_its_sweep(job, dirs, configurations)
         matching = list(configurations.values())
-        if len(matching) > 1:
-            matching = _in_its_sweep(job, dirs, matching)
         if siblings and len(matching) != 1:
             unattributed.append({"job": job, **names})
             continue
@@ -548,21 +583,23 @@ def unwritten_cells(dirs: Sequence[str | os.PathLike],
     return unwritten, unattributed
 
 
-def _held_key(record: dict[str, Any]) -> tuple:
-    """The seed a record holds, for ``unwritten_cells``: of its configuration key, else of its settings."""
-    key = identity_key(record, "configuration_key")
+def _held_key(record: dict[str, Any], configuration: str | None = None) -> tuple:
+    """The seed a record holds, for ``unwritten_cells``: of its configuration key (``configuration`` for one
+    without), else of its settings."""
+    key = identity_key(record, "configuration_key") or configuration
     return (*settings_key(record)[:4], ("configuration", key)) if key else settings_key(record)
 
 
 def _in_its_sweep(job: Path, dirs: Sequence[str | os.PathLike],
-                  configurations: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
-    """Of the ``configurations`` (their records each) a killed job may have run, those with a record in its own
-    sweep folder: its parent, else the directory of ``dirs`` it lies in (all of them where none has)."""
+                  configurations: dict[Any, list[dict[str, Any]]]) -> dict[Any, list[dict[str, Any]]]:
+    """Of the ``configurations`` (their records each) a job may have run, those with a record in its own sweep
+    folder: its parent, else the directory of ``dirs`` it lies in (all of them where none has)."""
     job = job.resolve()
     roots = [job.parent, *(root for root in (Path(d).resolve() for d in dirs) if job.is_relative_to(root))]
     for root in roots:
-        near = [records for records in configurations
-                if any(Path(r["result_path"]).resolve().is_relative_to(root) for r in records)]
+        near = {key: records for key, records in configurations.items()
+                if any(r.get("result_path") and Path(r["result_path"]).resolve().is_relative_to(root)
+                       for r in records)}
         if near:
             return near
     return configurations
