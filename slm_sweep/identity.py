@@ -128,7 +128,7 @@ TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "t
                     "train/fit.py", "train/optimizers.py", "train/rank_allocation.py", "methods.py", "placement.py",
                     "train/interrupt.py")  # which steps a resumed run trains (align_to_plan, rewind_to_last_step)
 SCORING_SOURCES_SHA256 = {19: "eb01a1095931263f0604d190a32e0b859d0af5c76e1d7553eb3774caf7a0c264"}
-TRAINING_SOURCES_SHA256 = {8: "658cf3658f00fece9630bb8f5cddb9330bfc4e8d53e16fb970c858f262a7a000"}
+TRAINING_SOURCES_SHA256 = {8: "06198aed0a7075c9a0f91479890c9d67b3aa529fbdefa15a3d3e1754858e1895"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

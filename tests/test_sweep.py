@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 from omegaconf import OmegaConf
 
@@ -233,6 +234,44 @@ def test_ddp_on_two_cpu_processes_trains_a_cell(requires_data, tmp_path):
     record = json.loads((tmp_path / "small_val" / "result.json").read_text())
     assert record["status"] == "failed" and "fewer than the 2 devices" in record["error"], record["error"]
     assert record["metrics"]["train_steps"] is None
+
+
+class SigtermOnTheFirstProcessAtStep(L.Callback):
+    """SIGTERM to the first process at the end of ``step``, as a scheduler's preemption reaches it (instantiated
+    by the cell from its YAML)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_rank == 0 and trainer.global_step == self.step and batch["last_in_step"]:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.slow  # two processes on two cores, twice: ~40 s
+def test_ddp_interrupted_by_sigterm_is_marked_interrupted_and_resumes(requires_data, tmp_path):
+    """Only the first process saves the checkpoint: a save that waited for the others, which stop on the same
+    signal, failed the cell with a lost connection instead of marking it interrupted."""
+    import torch
+
+    extra = tmp_path / "conf"
+    (extra / "callbacks").mkdir(parents=True)
+    (extra / "callbacks" / "sigterm.yaml").write_text(
+        "sigterm:\n  _target_: tests.test_sweep.SigtermOnTheFirstProcessAtStep\n  step: 2\n")
+    args = [*FAST_TINY, "trainer=ddp_cpu", "method=lora", "trainer.max_steps=4", "trainer.checkpoint_every_n_steps=null",
+            "logger=none", "resume.enabled=true", f"hydra.searchpath=[file://{extra}]", "hydra.run.dir=cell",
+            "callbacks=[default,sigterm]"]  # the rerun's too (a callback is in the training key): past step 2
+    proc = subprocess.run(cli(args, tmp_path), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+    assert (tmp_path / "cell" / "result.json").is_file(), proc.stderr[-4000:]
+    record = json.loads((tmp_path / "cell" / "result.json").read_text())
+    assert proc.returncode != 0 and record["status"] == "interrupted", record.get("error")
+    checkpoint = tmp_path / "cell" / "checkpoints" / "last.ckpt"
+    assert torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"] == 2
+    proc = subprocess.run(cli(args, tmp_path), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    record = json.loads((tmp_path / "cell" / "result.json").read_text())
+    assert record["status"] == "completed" and record["resumed_at_step"] == 2
+    assert record["metrics"]["train_steps"] == 4
 
 
 # With the slow tests (about 18 s): the lr_grid search's sweep in tests/test_tuning.py checks the same

@@ -577,6 +577,50 @@ def test_an_exit_by_a_time_out_handler_saves_the_checkpoint_a_requeued_job_resum
     assert_same_tensors(weights(straight), weights(resumed), rtol=0, atol=0)
 
 
+def test_an_interrupt_while_a_checkpoint_is_restored_leaves_that_checkpoint_whole(examples, tmp_path, monkeypatch):
+    """Lightning restores the step before the optimizer's and the scheduler's state: a checkpoint saved in between
+    would replace the one being restored by one without them, and the rerun would train on from it unflagged."""
+    from lightning.pytorch.trainer.connectors.checkpoint_connector import _CheckpointConnector
+
+    from slm_sweep.train.interrupt import CheckpointOnInterrupt
+
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.raises(SystemExit):
+        train(examples, tmp_path, "lora", max_steps=4, checkpoint_every_n_steps=None,
+              callbacks=[ExitAfterStep(2), CheckpointOnInterrupt(checkpoint)])
+    saved = checkpoint.read_bytes()
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_CheckpointConnector, "restore_optimizers_and_schedulers", interrupted)
+    with pytest.raises(SystemExit):
+        train(examples, tmp_path, "lora", max_steps=4, callbacks=[CheckpointOnInterrupt(checkpoint)])
+    assert checkpoint.read_bytes() == saved
+
+
+class SigtermAtTrainEnd(L.Callback):
+    def on_train_end(self, trainer, pl_module):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_sigterm_at_the_end_of_training_stops_the_run_with_the_last_step_s_checkpoint(examples, tmp_path):
+    """Lightning looks at a SIGTERM for the last time before the on_train_end hooks: one that arrives in them (an
+    earlier callback's, the throughput summary's) would let the cell run on into evaluation."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from slm_sweep.train.interrupt import CheckpointOnInterrupt
+
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.raises((SIGTERMException, SystemExit)):
+        train(examples, tmp_path, "lora", max_steps=2, checkpoint_every_n_steps=None,
+              callbacks=[SigtermAtTrainEnd(), CheckpointOnInterrupt(checkpoint)])
+    assert torch.load(checkpoint, weights_only=False)["global_step"] == 2
+
+
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_weights_loaded_in_bf16_train_as_float32_master_weights_under_mixed_precision(examples, tmp_path, method):
     """model.dtype=bfloat16 (or auto on a bf16 checkpoint) with bf16-mixed: AdamW on bf16 weights would lose every

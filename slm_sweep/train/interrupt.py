@@ -26,26 +26,35 @@ log = logging.getLogger(__name__)
 class CheckpointOnInterrupt(L.Callback):
     def __init__(self, checkpoint_path: str | Path):
         self.checkpoint_path = Path(checkpoint_path)
+        # training: while Lightning's own SIGTERM handler is in place (set up after on_fit_start and the restore of
+        # a checkpoint, taken down after on_train_end), which stops training at the end of a step
         self.training = False
+        # started: the restore of a checkpoint has finished (it sets the step before the optimizer's and the
+        # scheduler's state), so the state in hand is whole; still true in the validation pass on the final
+        # weights, whose checkpoint at the last step spares the rerun its training
+        self.started = False
 
-    # ``training``: while Lightning's own SIGTERM handler is in place (set up after on_fit_start and the restore
-    # of a checkpoint, taken down after on_train_end), which stops training at the end of a step
+    def on_fit_start(self, trainer, pl_module):
+        self.started = False
+
     def on_train_start(self, trainer, pl_module):
-        self.training = True
+        self.training = self.started = True
         log.info("training from step %d (Ctrl-C or SIGTERM saves a checkpoint)", trainer.global_step)
 
     def on_train_end(self, trainer, pl_module):
         self.training = False
+        if trainer.received_sigterm:  # in an earlier callback's on_train_end, past Lightning's last look at it
+            raise SIGTERMException
 
     def on_exception(self, trainer, pl_module, exception):
-        # also in the validation pass on the final weights (trainer.validate): the checkpoint at the last step
-        # spares the rerun its training, which then trains nothing and records no rates
         self.training = False
         # is_interrupt: also a SystemExit with a code, as submitit's handler of a SLURM time-out signal raises
-        if is_interrupt(exception) and trainer.global_step > 0:
+        if self.started and is_interrupt(exception) and trainer.global_step > 0:
             rewind_to_last_step(trainer)
             self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-            trainer.save_checkpoint(self.checkpoint_path)
+            # trainer.save_checkpoint would end in a barrier that the other processes of a distributed run,
+            # stopping on the same signal without this callback, never reach
+            trainer.strategy.save_checkpoint(trainer._checkpoint_connector.dump_checkpoint(), self.checkpoint_path)
             log.warning("interrupted at step %d: checkpoint saved to %s", trainer.global_step, self.checkpoint_path)
 
 
