@@ -180,6 +180,7 @@ def check_trainer_choices(trainer: Mapping, devices: bool = True) -> None:
     _check_trainer_libraries(trainer)
     if accelerator == "cpu":
         _check_cpu_strategy(strategy, "trainer.accelerator=cpu")
+        _check_cpu_devices(trainer.get("devices", 1), "trainer.accelerator=cpu")
     if not devices:
         return
     if accelerator in ("gpu", "cuda"):
@@ -193,6 +194,7 @@ def check_trainer_choices(trainer: Mapping, devices: bool = True) -> None:
         _check_accelerator_here(accelerator)
     if accelerator == "auto" and not _available_accelerators():
         _check_cpu_strategy(strategy, "trainer.accelerator=auto finds no accelerator here and")
+        _check_cpu_devices(trainer.get("devices", 1), "trainer.accelerator=auto finds no accelerator here and")
     _check_batch_split(trainer)
     _check_interactive_devices(trainer)
 
@@ -265,6 +267,22 @@ def _check_cpu_strategy(strategy: Any, why: str) -> None:
     if str(strategy).startswith(GPU_STRATEGIES):
         raise ConfigError(f"trainer.strategy={strategy} shards training over GPUs, but {why} trains on the CPU: "
                           "train it on a GPU machine, or use trainer.strategy=ddp on the CPU (trainer=ddp_cpu)")
+
+
+def _check_cpu_devices(devices: Any, why: str) -> None:
+    """trainer.devices as Lightning's CPU accelerator takes it, where training runs on the CPU (``why`` says so): a
+    number of processes, not the -1 or device list a GPU takes, which Lightning refuses after the model loads."""
+    if isinstance(devices, bool):
+        fine = False
+    elif isinstance(devices, int):
+        fine = devices >= 1
+    else:
+        fine = isinstance(devices, str) and (devices.strip() == "auto"
+                                             or (devices.strip().isdigit() and int(devices) >= 1))
+    if not fine:
+        raise ConfigError(f"trainer.devices={devices!r}: {why} trains on the CPU, which takes a number of processes "
+                          "(1 or more) or auto, not -1 or a list of devices: set trainer.devices=1, or trainer=ddp_cpu "
+                          "for several processes")
 
 
 def _accelerator_here(name: str) -> bool:
@@ -709,6 +727,12 @@ def validate_config(cfg: DictConfig) -> None:
     _validate_dataset_spec(dataset)
 
     _one_of(cfg.eval.get("split", "test"), ("test", "val"), "eval.split")
+    if cfg.eval.get("split") == "val" and dataset.get("eval_only"):
+        from slm_sweep.data.specs import training_datasets
+
+        raise ConfigError(f"eval.split='val' scores a validation split carved from the train split, which "
+                          f"dataset={dataset.name!r} does not have (it is an evaluation-only set): search on a "
+                          f"dataset with a train split: {', '.join(training_datasets())}")
     if cfg.eval.get("split") == "val" and not dataset.get("val_size"):
         raise ConfigError("eval.split='val' needs a validation split: set dataset.val_size to a positive integer")
     _one_of(cfg.eval.get("engine", "static"), ("static", "cache", "plain"), "eval.engine")
@@ -887,15 +911,49 @@ def _validate_method(cfg: DictConfig) -> None:
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ConfigError(f"method.dropout={dropout!r} must be a number in [0, 1)")
         try:
-            peft_config(method)
+            built = peft_config(method)
         except MethodError as err:
             raise ConfigError(str(err)) from None
         except (TypeError, ValueError) as err:  # the peft config's own checks of its arguments
             raise ConfigError(f"method.peft ({method.peft._target_}) refuses its arguments: {err}") from None
+        _check_peft_switches(OmegaConf.to_container(method.peft, resolve=True), type(built))
     if method.get("num_fewshot") is not None:
         _number(cfg, "method.num_fewshot", "a non-negative integer")
     if "shot_seed" in method:  # null: the run's seed draws the shots
         _number(cfg, "method.shot_seed", "a non-negative integer", allow_none=True)
+
+
+# how yaml 1.1 and command lines spell a switch: Hydra's override parser keeps some of them as strings
+_SWITCH_SPELLINGS = ("true", "false", "yes", "no", "on", "off", "y", "n", "1", "0")
+
+
+def _check_peft_switches(arguments: Mapping[str, Any], config_class: type) -> None:
+    """Each argument that the peft config class types as a bool (``use_dora``, ``use_rslora``) is true or false.
+    peft checks no types, and any non-empty string is true to it: ``method.peft.use_dora=no`` (a string in the
+    untyped method group) would train DoRA. A bool-or-choice argument (``init_lora_weights``) takes its other values
+    as peft judges them, but no spelling of a switch."""
+    import typing
+
+    try:
+        hints = typing.get_type_hints(config_class)
+    except Exception:  # noqa: BLE001 - hints that do not resolve here: peft's own checks are all there are
+        return
+    for key, value in arguments.items():
+        kinds = typing.get_args(hints.get(key)) or (hints.get(key),)
+        if bool not in kinds or isinstance(value, bool) or (value is None and type(None) in kinds):
+            continue
+        choices = [choice for kind in kinds if typing.get_origin(kind) is typing.Literal
+                   for choice in typing.get_args(kind)]
+        if choices and isinstance(value, str) and value.strip().lower() not in _SWITCH_SPELLINGS:
+            continue
+        if any(isinstance(value, kind) for kind in kinds if isinstance(kind, type) and kind not in (bool, type(None))):
+            continue
+        allowed = ["true", "false", *(["null"] if type(None) in kinds else []), *map(repr, choices)]
+        read_as = (f"would not read {value!r} as a switch" if choices
+                   else f"would read {value!r} as {str(bool(value)).lower()}")
+        raise ConfigError(f"method.peft.{key}={value!r} must be one of: {', '.join(allowed)} "
+                          f"({config_class.__name__}.{key} is a bool{' or one of those names' * bool(choices)}; "
+                          f"peft checks no types and {read_as})")
 
 
 def _validate_optimizer(method: DictConfig, weight_decay: float) -> None:

@@ -596,6 +596,11 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
         if key == "skipped_rows_asking_who" or record[key] not in ({}, []):
             record[key] = None
     record.update({key: value for key, value in source.items() if key not in PER_ATTEMPT_KEYS})
+    # the metric each out-of-domain set is read on is this attempt's, as the scored split's is (its config): it
+    # is no part of the evaluation key, so the source may have recorded another one, or none
+    for name, entry in (record.get("eval_sets") or {}).items():
+        if isinstance(entry, dict):
+            entry["claims_metric"] = eval_set_claims_metric(name)
     record["reused_from"] = str(previous / RESULT_FILE)
     if (previous / PREDICTIONS_FILE).is_file():
         copy_atomically(previous / PREDICTIONS_FILE, out / PREDICTIONS_FILE)
@@ -606,6 +611,14 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
     write_result(out, record)
     print(closing_line(record, out), flush=True)
     return record
+
+
+def eval_set_claims_metric(name: str) -> str:
+    """The ``claims_metric`` of the out-of-domain set ``name`` as its config says (a search-path folder's
+    included), recorded in its ``eval_sets`` entry: a report run later, outside the sweep, may not find that file."""
+    from slm_sweep.data import dataset_spec
+
+    return str(dataset_spec(name).claims_metric)
 
 
 def _track_short(cfg: DictConfig, record: dict[str, Any], config: dict, out: Path,
@@ -833,8 +846,9 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
                                  progress=bool(cfg.eval.progress))
         predictions.extend(preds)
         scores["eval_time_s"] = scores.pop("eval_set_time_s")
-        record["eval_sets"][name] = {k: scores[k] for k in (*ACCURACY_KEYS, "n_eval", "truncated_fraction",
-                                                            *EVAL_SET_FIGURES)}
+        record["eval_sets"][name] = {**{k: scores[k] for k in (*ACCURACY_KEYS, "n_eval", "truncated_fraction",
+                                                               *EVAL_SET_FIGURES)},
+                                     "claims_metric": eval_set_claims_metric(name)}
         graphs, more = record["decoding"]["cuda_graphs"], scores["cuda_graphs"]
         graphs["captured"] += more["captured"]
         graphs["failure"] = graphs["failure"] or more["failure"]

@@ -155,7 +155,7 @@ class LocalSource:
     """The dataset's own files, read from ``data_dir`` or ``<data_root>/<dir_name>/`` (.jsonl or .json)."""
 
     dir_name: str = MISSING
-    files: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # each role (train, test) to its file; else <role>.jsonl
 
 
 # The out-of-domain sets of the study (experiment=paper's eval.ood_sets): what training is deduplicated against by

@@ -172,6 +172,15 @@ def test_method_defaults():
         ("eval.metric_modules=[no_such_metrics_module]", "eval.metric_modules[0]='no_such_metrics_module' is not"),
         ("+method.peft.target_modules=[q_proj]", "method.peft.target_modules is set directly, so the short name "
                                                  "target_modules is no longer read"),
+        # peft checks no types: the string 'no' would switch DoRA on under method=lora
+        ("method.peft.use_dora=no", "method.peft.use_dora='no' must be one of: true, false (LoraConfig.use_dora is "
+                                    "a bool; peft checks no types and would read 'no' as true)"),
+        ("+method.peft.use_rslora=off", "method.peft.use_rslora='off' must be one of: true, false"),
+        ("method.peft.use_dora=1", "method.peft.use_dora=1 must be one of: true, false"),
+        ("+method.peft.init_lora_weights=no", "method.peft.init_lora_weights='no' must be one of: true, false, "
+                                              "'gaussian', 'eva', 'olora', 'pissa'"),
+        ("+dataset.hub.splits.validation=validation", "dataset 'gsm8k': hub.splits has the role 'validation', which "
+                                                      "nothing reads; the roles are: train, test"),
     ],
 )
 def test_bad_values_are_named_with_what_is_allowed(override, message):
@@ -179,6 +188,24 @@ def test_bad_values_are_named_with_what_is_allowed(override, message):
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("overrides", ["method=lora method.peft.use_dora=true", "method=dora",
+                                       "method=lora +method.peft.init_lora_weights=gaussian",
+                                       "method=lora +method.peft.init_lora_weights=false", "method=pissa"])
+def test_a_peft_switch_takes_a_bool_and_a_switch_or_choice_argument_its_choices(overrides):
+    validate_config(compose_config(overrides.split(" ")))
+
+
+def test_a_validation_split_of_an_evaluation_only_set_is_refused_without_advice_that_cannot_work():
+    """Setting dataset.val_size cannot give svamp a validation split: it has no train split to carve one from."""
+    for sizes in ([], ["dataset.val_size=10"]):
+        with pytest.raises(ConfigError) as err:
+            validate_config(compose_config(["dataset=svamp", "method=zeroshot", "eval.split=val", *sizes]))
+        assert ("eval.split='val' scores a validation split carved from the train split, which dataset='svamp' does "
+                "not have (it is an evaluation-only set): search on a dataset with a train split: gsm8k, "
+                "orcamath") in str(err.value)
+        assert "val_size" not in str(err.value)
 
 
 @pytest.mark.parametrize(("override", "meant"), [
@@ -296,6 +323,35 @@ def test_what_this_machine_cannot_train_on_is_refused_where_the_cell_runs(nothin
     check_classes(cfg, devices=False)
 
 
+@pytest.mark.parametrize(("override", "where"), [
+    ("trainer=ddp trainer.accelerator=cpu", "trainer.devices=-1: trainer.accelerator=cpu trains"),
+    ("trainer=ddp_cpu trainer.devices=-1", "trainer.devices=-1: trainer.accelerator=cpu trains"),
+    ("trainer=ddp_cpu trainer.devices=[0,1]", "trainer.devices=[0, 1]: trainer.accelerator=cpu trains"),
+    ("trainer.devices=[0]", "trainer.devices=[0]: trainer.accelerator=auto finds no accelerator here and trains"),
+    ("trainer=ddp trainer.accelerator=auto", "trainer.devices=-1: trainer.accelerator=auto finds no accelerator "
+                                             "here and trains"),
+])
+def test_a_device_list_or_all_devices_on_the_cpu_is_refused_before_anything_loads(nothing_but_the_cpu, override,
+                                                                                   where):
+    """Lightning's CPU accelerator takes a number of processes, and says so only after the data and the model
+    have loaded. trainer.accelerator=cpu is refused by a sweep's preflight too; auto where the cell runs."""
+    from slm_sweep.config import check_classes
+
+    cfg = compose_config(["method=lora", *override.split(" ")])
+    validate_config(cfg)
+    with pytest.raises(ConfigError) as err:
+        check_classes(cfg)
+    assert str(err.value).startswith(f"{where} on the CPU, which takes a number of processes (1 or more) or auto, "
+                                     "not -1 or a list of devices")
+    if "accelerator=cpu" in where:
+        with pytest.raises(ConfigError, match=re.escape(where)):
+            check_classes(cfg, devices=False)
+    else:
+        check_classes(cfg, devices=False)
+    for fine in ("trainer=ddp_cpu", "trainer=ddp_cpu trainer.devices=auto", "trainer.devices='1'"):
+        check_classes(compose_config(["method=lora", *fine.split(" ")]))
+
+
 def test_all_devices_split_the_batch_as_this_machines_gpus_count(monkeypatch):
     """trainer.devices=-1 (trainer=ddp) trains on every GPU here: the batch must split over them (faked CUDA)."""
     from slm_sweep.config import check_trainer_choices
@@ -315,11 +371,15 @@ def test_several_devices_in_an_interactive_session_are_refused_before_anything_l
     """There Lightning forks each device's process (strategy auto), which returns no step count to the cell."""
     from lightning.pytorch.trainer.connectors import accelerator_connector
 
+    import slm_sweep.config as config
     from slm_sweep.config import check_trainer_choices
 
     trainer = compose_config(["method=lora", "trainer=ddp_cpu"]).trainer
     check_trainer_choices(trainer)
-    listed = compose_config(["method=lora", "trainer=ddp_cpu", "trainer.devices=[0,1]"]).trainer  # a ListConfig
+    # a list of device indices (a ListConfig) is a GPU's (faked here): the CPU takes a count of processes
+    monkeypatch.setattr(config, "_available_accelerators", lambda: ["cuda"])
+    listed = compose_config(["method=lora", "trainer=ddp_cpu", "trainer.accelerator=auto",
+                             "trainer.devices=[0,1]"]).trainer
     check_trainer_choices(listed)
     monkeypatch.setattr(accelerator_connector, "_IS_INTERACTIVE", True)
     with pytest.raises(ConfigError, match=re.escape("trainer.devices=[0, 1] trains in 2 processes")):

@@ -663,6 +663,20 @@ def test_choices_name_the_bad_value_and_the_allowed_ones(small_dir, key, value, 
         load_splits(local_spec(small_dir, **{key: value}))
 
 
+@pytest.mark.parametrize(("source", "role"), [("local", "validation"), ("local", "tset"), ("hub", "validation")])
+def test_a_split_role_nothing_reads_is_refused_naming_the_roles(small_dir, source, role):
+    """A ``validation`` file would never be read (the validation split is carved from train), and a misspelt
+    ``tset`` would leave the test split to fall back to test.jsonl."""
+    key = "files" if source == "local" else "splits"
+    block = {**dataset_spec("gsm8k")[source], key: {"train": "train.jsonl", role: "x.jsonl"}}
+    with pytest.raises(DataError) as err:
+        resolved_spec(local_spec(small_dir, **{source: block}))
+    assert (f"dataset 'gsm8k': {source}.{key} has the role {role!r}, which nothing reads; the roles are: train, "
+            "test (the validation split is carved from train: val_size, split_seed)") in str(err.value)
+    for name in ALL_DATASETS:  # the package's sets name only roles that are read
+        resolved_spec(dataset_spec(name))
+
+
 @pytest.mark.parametrize("value", [-0.1, "tight", float("inf")])
 def test_answer_tolerance_must_be_a_non_negative_number(small_dir, value):
     with pytest.raises(DataError, match="answer_tolerance="):

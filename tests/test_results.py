@@ -200,3 +200,52 @@ def test_a_re_score_of_a_re_score_that_carried_no_provenance_names_no_training_r
     assert provenance["result_path"] is None and provenance["git_commit"] is None and provenance["versions"] is None
     trained_here = training_provenance({"git_commit": "trainer"}, "/y/result.json")
     assert trained_here["git_commit"] == "trainer" and trained_here["result_path"] == "/y/result.json"
+
+
+def test_each_out_of_domain_set_records_its_claims_metric_which_a_report_run_on_its_own_reads(tiny_cfg, tmp_path,
+                                                                                              caplog, one_thread):
+    """A prose set of a hydra.searchpath folder is read on lenient. The cell knows its file; ``python -m
+    slm_sweep.report`` run later does not, so the metric travels in result.json. A copy of a finished result takes
+    the set's metric as its file says now, as it takes the in-domain set's from its own config."""
+    import json
+    import logging
+
+    from slm_sweep.config_sources import use_config_sources
+    from slm_sweep.report.aggregate import summarize_ood
+    from slm_sweep.report.collect import load_results
+    from slm_sweep.run import run
+
+    conf, data = tmp_path / "conf", tmp_path / "mywords"
+    (conf / "dataset").mkdir(parents=True)
+    data.mkdir()
+    rows = [{"question": f"How many apples are {i} and {i}?", "answer": f"There are {2 * i} apples."} for i in (1, 2)]
+    (data / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    spec = (f"name: mywords\ndata_dir: {data}\nlocal: {{dir_name: mywords, files: {{test: test.jsonl}}}}\n"
+            "answer_format: prose\nval_size: null\neval_only: true\n")
+    (conf / "dataset" / "mywords.yaml").write_text(spec)
+    searched = [{"schema": "file", "path": str(conf), "provider": "hydra.searchpath"}]
+    use_config_sources(searched)  # as a Hydra job with hydra.searchpath=[file://conf] does
+    overrides = ("method=zeroshot", "dataset.test_limit=2", "eval.ood_sets=[mywords]", "eval.max_new_tokens=4")
+    record = run(tiny_cfg(*overrides), out_dir=tmp_path / "sweep" / "cell")
+    assert record["status"] == "completed", record.get("error")
+    assert record["eval_sets"]["mywords"]["claims_metric"] == "lenient"
+
+    use_config_sources(None)  # what a report run on its own knows: the package's datasets
+    (row,) = summarize_ood(load_results([tmp_path / "sweep"]))
+    assert (row["eval_set"], row["delta_metric"]) == ("mywords", "lenient")
+    # a file written before the entries recorded it: the primary metric, and a warning that names the set
+    path = tmp_path / "sweep" / "cell" / "result.json"
+    older = json.loads(path.read_text())
+    del older["eval_sets"]["mywords"]["claims_metric"]
+    path.write_text(json.dumps(older))
+    with caplog.at_level(logging.WARNING, logger="slm_sweep.report.aggregate"):
+        (row,) = summarize_ood(load_results([tmp_path / "sweep"]))
+    assert row["delta_metric"] == "flexible"
+    assert "dataset mywords: its result files record no claims metric and conf/dataset/ has no config of it" \
+        in caplog.text
+
+    use_config_sources(searched)
+    (conf / "dataset" / "mywords.yaml").write_text(spec + "claims_metric: strict\n")
+    copy = run(tiny_cfg(*overrides, "resume.enabled=true", f"resume.search_dir={tmp_path / 'sweep'}"),
+               out_dir=tmp_path / "copy")
+    assert copy["reused_from"] == str(path) and copy["eval_sets"]["mywords"]["claims_metric"] == "strict"

@@ -18,6 +18,9 @@ ANSWER_FORMATS = ("gsm8k", "prose", "number")
 TEST_SPLITS = ("test", "heldout")
 UNPARSABLE_POLICIES = ("skip", "error")
 SIZE_KEYS = ("val_size", "test_size", "train_limit", "test_limit")
+# the roles of local.files and hub.splits that the readers read (data/splits.py); the validation split is carved
+# from train (val_size, split_seed), a held-out test split too (test_split: heldout)
+SPLIT_ROLES = ("train", "test")
 DEDUP_ON_MISSING = ("skip", "error")
 # The settings that decide which training examples deduplication removes (on_missing only decides whether a set
 # that cannot be read stops the cell; what it removes then shows in the training data itself).
@@ -137,6 +140,7 @@ def validate(spec: dict[str, Any]) -> None:
     _check_seed(spec)
     _check_tolerance(spec)
     _check_field_names(spec)
+    _check_split_roles(spec)
     _check_split_layout(spec)
     _check_dedup(spec)
 
@@ -184,6 +188,19 @@ def _check_field_names(spec: dict[str, Any]) -> None:
         )
     if not isinstance(spec["answer"], str) or not spec["answer"]:
         raise DataError(f"dataset {spec['name']!r}: answer={spec['answer']!r} must be a field name")
+
+
+def _check_split_roles(spec: dict[str, Any]) -> None:
+    """Each role of ``local.files`` and ``hub.splits`` is one the readers read: another (``validation``, a misspelt
+    ``tset``) would never be read, and the role it was meant for would fall back to ``<role>.jsonl``."""
+    for source, key in (("local", "files"), ("hub", "splits")):
+        block = spec.get(source)
+        roles = block.get(key) if isinstance(block, Mapping) else None
+        for role in roles if isinstance(roles, Mapping) else ():
+            if role not in SPLIT_ROLES:
+                raise DataError(f"dataset {spec['name']!r}: {source}.{key} has the role {role!r}, which nothing "
+                                f"reads; the roles are: {', '.join(SPLIT_ROLES)} (the validation split is carved "
+                                "from train: val_size, split_seed)")
 
 
 def _check_split_layout(spec: dict[str, Any]) -> None:
@@ -243,11 +260,20 @@ def as_list(value: Any) -> list:
     return [value]
 
 
+def training_datasets() -> list[str]:
+    """The known datasets that have a train split (not ``eval_only``); a file that does not read is left out."""
+    trainable = []
+    for name in known_datasets():
+        try:
+            if not dataset_spec(name).eval_only:
+                trainable.append(name)
+        except DataError:
+            continue
+    return trainable
+
+
 def eval_only_message(name: str) -> str:
-    trainable = [
-        n for n in known_datasets() if not dataset_spec(n).eval_only
-    ]
     return (
         f"dataset {name!r} is eval-only (it has no train split): it can't be used for training or as the "
-        f"source of few-shot shots; use it as an evaluation set, or train on one of: {', '.join(trainable)}"
+        f"source of few-shot shots; use it as an evaluation set, or train on one of: {', '.join(training_datasets())}"
     )

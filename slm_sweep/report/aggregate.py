@@ -640,10 +640,26 @@ def claims_metric(records: Sequence[dict[str, Any]]) -> str:
     return dataset_claims_metric(records[0]["dataset"] if records else None)
 
 
+def eval_set_claims_metric(name: str, entries: Sequence[dict[str, Any]]) -> str:
+    """The metric an out-of-domain set is read on: its ``claims_metric`` as the records' ``eval_sets`` entries
+    record it (the cells read the set's config, a search-path folder's included, which a report run on its own may
+    not find), else (files written before the entries recorded it) as the set's config says now."""
+    recorded = Counter(str(entry["claims_metric"]).removeprefix("accuracy_") for entry in entries
+                       if isinstance(entry.get("claims_metric"), str))
+    if not recorded:
+        return dataset_claims_metric(name)
+    ranked = sorted(recorded, key=lambda metric: (-recorded[metric], metric))
+    if len(ranked) > 1:
+        log.warning("%s: the result files record different claims metrics for it (%s); its deltas are on %s", name,
+                    ", ".join(f"{metric} in {recorded[metric]} of its entries" for metric in ranked), ranked[0])
+    return ranked[0]
+
+
 def dataset_claims_metric(name: str | None) -> str:
-    """The ``claims_metric`` of the dataset ``name`` as its config (conf/dataset/) says now; the primary metric for
-    a dataset without a config here or whose config no longer reads. An out-of-domain set's is read so: a result
-    file's config records only the training dataset's."""
+    """The ``claims_metric`` of the dataset ``name`` as its config (conf/dataset/, or a folder of Hydra's search
+    path once ``config_sources`` knows it) says now; the primary metric, with a warning, for a dataset without a
+    config here or whose config no longer reads. What records that name no claims metric are read on."""
+    from slm_sweep.config_sources import where
     from slm_sweep.data.specs import dataset_spec, known_datasets
 
     try:
@@ -651,6 +667,11 @@ def dataset_claims_metric(name: str | None) -> str:
             return str(dataset_spec(name).get("claims_metric") or PRIMARY_METRIC).removeprefix("accuracy_")
     except Exception:  # noqa: BLE001 - a dataset file that no longer reads: the report still runs
         log.warning("dataset %s: its config cannot be read; its claims metric is taken as %s", name, PRIMARY_METRIC)
+        return PRIMARY_METRIC
+    if name is not None:
+        log.warning("dataset %s: its result files record no claims metric and %s has no config of it; its deltas "
+                    "are on %s, which may not be the metric it was meant to be read on", name, where("dataset"),
+                    PRIMARY_METRIC)
     return PRIMARY_METRIC
 
 
@@ -715,21 +736,23 @@ def summarize_ood(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
 
     Keys: dataset (the training dataset), eval_set, model, method, variant, trained, n, seeds, result_paths,
     <metric>_{mean,std,ci95,wilson_low,wilson_high} for each metric of ``accuracy_metrics``, n_eval,
-    truncated_fraction_mean, delta_metric (the evaluation set's ``claims_metric``: what the deltas and marks are
-    on), settings (as ``summarize``'s: what the zero-shot variant compared with is chosen by), delta_zeroshot,
-    delta_zeroshot_{p,test,p_adjusted,significant}, below_zeroshot, negative_transfer.
+    truncated_fraction_mean, delta_metric (the evaluation set's ``claims_metric``, as its entries record it: what
+    the deltas and marks are on), settings (as ``summarize``'s: what the zero-shot variant compared with is chosen
+    by), delta_zeroshot, delta_zeroshot_{p,test,p_adjusted,significant}, below_zeroshot, negative_transfer.
     """
     completed = labelled_records(records)
     metric_names = accuracy_metrics(completed)
     groups: dict[tuple[str, str, str, str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    entries_of: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in completed:
         for eval_set, entry in (record.get("eval_sets") or {}).items():
             if isinstance(entry, dict) and number(entry.get(PRIMARY_ACCURACY)) is not None:
                 key = (record["dataset"], eval_set, record["model"], record["method"], record["variant"])
                 groups[key].append((record, {**entry, "result_path": record.get("result_path")}))
+                entries_of[eval_set].append(entry)
     sizes = model_sizes(completed)
-    metrics_of = {name: delta_metric(dataset_claims_metric(name), metric_names, name)
-                  for name in {key[1] for key in groups}}
+    metrics_of = {name: delta_metric(eval_set_claims_metric(name, entries), metric_names, name)
+                  for name, entries in entries_of.items()}
 
     rows = []
     for (dataset, eval_set, model, method, variant), group in groups.items():
