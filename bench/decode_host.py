@@ -35,6 +35,9 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from arguments import at_least  # noqa: E402
 
 from slm_sweep.evaluate.decode import Decoding, LoopTimes, decode_static  # noqa: E402
 from slm_sweep.evaluate.stopping import StopCheck  # noqa: E402
@@ -88,8 +91,8 @@ def make_rows(questions: int, prompt_tokens: tuple[int, int], new_tokens: tuple[
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--questions", type=int, default=1319)
-    parser.add_argument("--slots", type=int, default=256)
+    parser.add_argument("--questions", type=at_least(1), default=1319)
+    parser.add_argument("--slots", type=at_least(1), default=256)
     parser.add_argument("--prompt-tokens", type=int, nargs=2, default=(100, 260), metavar=("MIN", "MAX"))
     parser.add_argument("--min-new", type=int, default=100)
     parser.add_argument("--max-new", type=int, default=256)
@@ -97,7 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--replay-ms", type=float, default=4.3, help="the model's time per decode step on the GPU")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sets", type=int, nargs="+", default=None, metavar="N",
+    parser.add_argument("--sets", type=at_least(1), nargs="+", default=None, metavar="N",
                         help="set sizes: one pass per set against one pass over all (ignores --questions)")
     parser.add_argument("--schedule", choices=("cuda", "cpu"), default="cuda",
                         help="the loop's schedule: a CUDA device's with graphs (refill once an eighth of the slots "

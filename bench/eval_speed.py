@@ -22,6 +22,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from arguments import at_least  # noqa: E402
 
 GSM8K_STOP = ["Question:", "</s>", "<|im_end|>"]
 LM_EVAL_SHOT_SEED = 1234
@@ -34,12 +37,13 @@ class Timed:
     cpu_seconds: float   # CPU time of this process (all its threads)
     outputs: list[str]
     accuracy: dict[str, float]
+    rounds_agree: bool = True  # folded runs (median_run): whether every round decoded the same outputs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm135_q4", help="a conf/model/*.yaml name")
-    parser.add_argument("--questions", type=int, default=16, help="first N GSM8K test questions")
+    parser.add_argument("--questions", type=at_least(1), default=16, help="first N GSM8K test questions")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--engines", nargs="+", default=["static"], help="our engines to time: static cache plain")
     parser.add_argument("--max-batch-size", type=int, default=64, help="our eval.max_batch_size")
@@ -47,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lm-eval-batch-sizes", nargs="+", default=["1"],
                         help="lm-eval HFLM batch_size values to time (1 is its default; 'auto' is allowed)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions of every run; medians shown")
+    parser.add_argument("--rounds", type=at_least(1), default=1,
+                        help="interleaved repetitions of every run; medians shown")
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--cache-dir", default=str(REPO / ".cache" / "slm_sweep"))
     return parser.parse_args(argv)
@@ -99,23 +104,32 @@ def warm_up(model, tokenizer) -> None:
 
 
 def median_run(runs: list[Timed]) -> Timed:
-    """The runs of one configuration folded into one: median wall and CPU time; outputs must agree."""
+    """The runs of one configuration folded into one: median wall and CPU time, the first round's outputs, and
+    whether every round's outputs agree with them."""
     first = runs[0]
-    same = all(r.outputs == first.outputs for r in runs)
     return Timed(first.name, statistics.median(r.seconds for r in runs), statistics.median(r.cpu_seconds for r in runs),
-                 first.outputs if same else [], first.accuracy)
+                 first.outputs, first.accuracy, rounds_agree=all(r.outputs == first.outputs for r in runs))
+
+
+def identical(run: Timed, reference: Timed) -> str:
+    """The "identical" column: yes only when both runs decoded the same outputs in every round."""
+    if not run.rounds_agree:
+        return "NO (its rounds differ)"
+    if not reference.rounds_agree:
+        return "NO (the reference's rounds differ)"
+    return "yes" if run.outputs == reference.outputs else "NO"
 
 
 def report(runs: list[Timed], reference: Timed, questions: int) -> None:
     print(f"\n{'run':<34} {'wall s':>8} {'cpu s':>8} {'q/s':>7} {'strict':>7} {'flex':>7} {'x ours':>7} identical")
     for run in runs:
-        same = run.outputs == reference.outputs
+        verdict = identical(run, reference)
         print(f"{run.name:<34} {run.seconds:8.1f} {run.cpu_seconds:8.1f} {questions / run.seconds:7.3f} "
               f"{run.accuracy['strict']:7.3f} {run.accuracy['flexible']:7.3f} {run.seconds / reference.seconds:7.2f} "
-              f"{'yes' if same else 'NO'}")
-        if not same:
+              f"{verdict}")
+        if verdict == "NO":
             differ = [i for i, (a, b) in enumerate(zip(run.outputs, reference.outputs)) if a != b] or "all"
-            print(f"    outputs differ from {reference.name} (or between rounds) at questions {differ}")
+            print(f"    outputs differ from {reference.name} at questions {differ}")
 
 
 def main(argv=None) -> None:

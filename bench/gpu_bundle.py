@@ -58,15 +58,40 @@ def split_file(source: Path, parts_root: Path, parts: int = 2) -> list[Path]:
     return written
 
 
-def join_parts(parts_root: Path, target_dir: Path) -> tuple[Path | None, str]:
-    """Rebuild the split file into ``target_dir``; returns (path or None, what happened in words)."""
+def read_manifest(parts_root: Path) -> dict | None:
     manifests = sorted(parts_root.glob(f"part*/{MANIFEST}"))
-    if not manifests:
-        return None, f"no parts under {parts_root}"
-    manifest = json.loads(manifests[0].read_text())
+    return json.loads(manifests[0].read_text()) if manifests else None
+
+
+def matches(target: Path, manifest: dict) -> bool:
+    return (target.is_file() and target.stat().st_size == manifest["size"]
+            and sha256(target) == manifest["sha256"])
+
+
+def verified_join(parts_root: Path, target_dir: Path) -> tuple[Path | None, str]:
+    """The joined file in ``target_dir`` when it is the one the parts' manifest names, checksum included;
+    else (None, why not in words). A file there that does not match (an earlier bundle's join) is not it."""
+    manifest = read_manifest(parts_root)
+    if manifest is None:
+        return None, f"no parts under {parts_root} to check a joined file against"
     target = target_dir / manifest["file"]
-    if target.is_file() and target.stat().st_size == manifest["size"] and sha256(target) == manifest["sha256"]:
+    if not target.is_file():
+        return None, f"{manifest['file']} was not joined (missing or damaged parts)"
+    if not matches(target, manifest):
+        return None, f"the joined {target} does not match the parts' checksum"
+    return target, f"{target}, checksum ok"
+
+
+def join_parts(parts_root: Path, target_dir: Path) -> tuple[Path | None, str]:
+    """Rebuild the split file into ``target_dir``; returns (path or None, what happened in words). A failed
+    join leaves no file there, not even one an earlier join left: that one is not the parts' file."""
+    manifest = read_manifest(parts_root)
+    if manifest is None:
+        return None, f"no parts under {parts_root}"
+    target = target_dir / manifest["file"]
+    if matches(target, manifest):
         return target, f"{target} already joined, checksum ok"
+    target.unlink(missing_ok=True)
     pieces = [parts_root / f"part{i}" / f"{manifest['file']}.part{i}" for i in range(1, manifest["parts"] + 1)]
     missing = [str(p.relative_to(parts_root)) for p in pieces if not p.is_file()]
     if missing:

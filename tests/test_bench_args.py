@@ -90,3 +90,49 @@ def test_stats_calibration_reads_its_designs(capsys):
                             "--alphas", "0.05"])
     out = capsys.readouterr().out
     assert "| 20 | 3 x 1 | 3 |" in out and "| 20 | 2 x 2 | 3 |" in out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--questions", "0"], "argument --questions: 0: expected a whole number of at least 1"),
+    (["--questions", "-2"], "argument --questions: -2: expected a whole number of at least 1"),
+    (["--rounds", "0"], "argument --rounds: 0: expected a whole number of at least 1"),
+])
+def test_eval_speed_refuses_a_size_it_cannot_measure(argv, message, capsys):
+    """--questions -2 ran test[:-2] (1317 questions) before lm-eval crashed; --rounds 0 crashed after
+    loading."""
+    import eval_speed
+
+    assert message in _refused(eval_speed.parse_args, argv, capsys)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--questions", "0"], "argument --questions: 0: expected a whole number of at least 1"),
+    (["--slots", "0"], "argument --slots: 0: expected a whole number of at least 1"),
+    (["--sets", "1319", "0"], "argument --sets: 0: expected a whole number of at least 1"),
+])
+def test_decode_host_refuses_a_size_it_cannot_measure(argv, message, capsys):
+    """--slots 0 decoded with one slot and printed "0 slots"; --questions 0 crashed in max()."""
+    import decode_host
+
+    assert message in _refused(decode_host.parse_args, argv, capsys)
+
+
+def test_eval_speed_says_identical_only_when_every_round_decoded_the_same(capsys):
+    """Runs whose rounds disagree were folded to no outputs, which compared equal: "identical: yes"."""
+    from eval_speed import Timed, median_run, report
+
+    accuracy = {"strict": 0.0, "flexible": 0.0}
+    steady = median_run([Timed("ours engine=static", 10, 10, ["a", "b"], accuracy)] * 2)
+    unsteady = median_run([Timed("ours engine=cache", 9, 9, ["a", "Y"], accuracy),
+                           Timed("ours engine=cache", 9, 9, ["Z", "b"], accuracy)])
+    other = median_run([Timed("lm-eval batch_size=1", 20, 20, ["a", "c"], accuracy)])
+    report([unsteady, steady], unsteady, 2)
+    out = capsys.readouterr().out
+    assert " yes" not in out
+    assert "NO (its rounds differ)" in out and "NO (the reference's rounds differ)" in out
+    report([steady, unsteady, other], steady, 2)
+    rows = {line.split("  ")[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert rows["ours engine=static"].endswith(" yes")
+    assert rows["ours engine=cache"].endswith("NO (its rounds differ)")
+    assert rows["lm-eval batch_size=1"].endswith(" NO")
+    assert steady.rounds_agree and not unsteady.rounds_agree and unsteady.outputs == ["a", "Y"]

