@@ -10,7 +10,7 @@ PIP := $(VENV)/bin/pip
 # Local data: a folder with one sub-folder per dataset in its own format (gsm8k/, svamp/, ...). Empty: the hub.
 DATA_ROOT ?= $(if $(wildcard ../shared/data/gsm8k/test.jsonl),../shared/data,)
 TORCH_SPEC ?= torch==2.13.0
-# test processes of make test (pytest-xdist); 1 runs the suite in this process
+# test processes of make test (pytest-xdist); 0 runs the suite in this process
 TEST_WORKERS ?= 2
 # the latest sweep that holds a cell's result (not one that was refused or only listed; hyperparameter searches
 # live under multirun/hparams/<date>/<time>/<cell>, a level deeper, or multirun/paper-search/<cell>, a level
@@ -45,7 +45,7 @@ demo: install ## One real cell offline on CPU: SmolLM2-135M (GGUF) x LoRA on a s
 	$(if $(DATA_ROOT),HF_HUB_OFFLINE=1) $(PY) -m slm_sweep model=smollm135_q4 method=lora \
 	  $(if $(DATA_ROOT),data_root=$(DATA_ROOT)) \
 	  dataset.train_limit=64 dataset.val_size=16 dataset.test_limit=16 \
-	  trainer.max_steps=8 trainer.batch_size=4 trainer.micro_batch_size=4 trainer.max_length=320 \
+	  trainer.max_steps=8 trainer.warmup_steps=2 trainer.batch_size=4 trainer.micro_batch_size=4 trainer.max_length=320 \
 	  eval.max_new_tokens=160 logger=csv
 
 smoke: install ## A 2 x 3 sweep on the two tiny models (under a minute on CPU)

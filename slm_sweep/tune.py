@@ -250,6 +250,9 @@ def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> 
                 **({"callback_sources": sources} if sources else {})}
     cell = {"config": config, "identity": {"parts": {"training": training}}}
     recorded, here = _compared(recorded, tuned_under(cell), once_keyed=False)
+    if counted_elsewhere(config["trainer"]):  # e.g. a SLURM grid's preflight on a login node: the cell checks
+        recorded.pop(_PROCESSES, None)
+        here.pop(_PROCESSES, None)
     if recorded.get("prompt.style") == "plain":  # a table written before the plain style's system message was null
         recorded = {**recorded, "prompt.system": here.get("prompt.system")}
     differing = _differences(recorded, here)
@@ -598,13 +601,13 @@ def _recorded_lead(searched: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
 
 def check_tuned_data(cfg: DictConfig, learning_rate: Mapping[str, Any] | None,
                      training: Mapping[str, Any] | None) -> None:
-    """Refuse a tuned rate searched on other weights, examples, processes or code than the cell trains with, by
-    what only its keys say (``_ONCE_KEYED``): the weights its model resolves to (a hub branch moved on, a folder
+    """Refuse a tuned rate searched on other weights, examples or processes than the cell trains with, by what
+    only its keys say (``_ONCE_KEYED``): the weights its model resolves to (a hub branch moved on, a folder
     retrained in place), the training and validation examples (a data file replaced or edited since the search,
-    under the same settings), the processes training runs in, and the code of an optimizer or callback from
-    outside torch and Lightning. The config-time check (``check_tuned_under``) cannot see them. ``training``: the
-    cell's training identity (``identity.parts.training``), computed from the examples it loaded. Tables written
-    before they recorded these are checked without them."""
+    under the same settings); and the processes training runs in, which the config-time check
+    (``check_tuned_under``) leaves out where they are counted on the machine that trains. ``training``: the cell's
+    training identity (``identity.parts.training``), computed from the examples it loaded. Tables written before
+    they recorded these are checked without them."""
     if not learning_rate or learning_rate.get("source") != "tuned" or not training:
         return
     parts = (cfg.dataset.name, cfg.model.name, cfg.method.name)
@@ -613,6 +616,8 @@ def check_tuned_data(cfg: DictConfig, learning_rate: Mapping[str, Any] | None,
         return
     here = {k: v for key, value in _keyed_settings(training).items() for k, v in _flat(key, value).items()}
     differing = _differences(*_compared(recorded, here, once_keyed=True))
+    if _PROCESSES in recorded:
+        differing += _differences({_PROCESSES: recorded[_PROCESSES]}, {_PROCESSES: here.get(_PROCESSES)})
     if not differing:
         return
     entry = f"the rate {'.'.join(['lr', *parts])} in {learning_rate['table']}"
@@ -624,8 +629,8 @@ def check_tuned_data(cfg: DictConfig, learning_rate: Mapping[str, Any] | None,
     raise ConfigError(
         f"tuning.table: {entry} was searched under other training than this cell's keys record "
         f"({'; '.join(differing)}): the model's weights (the hub commit its revision points at, or its files' "
-        "content hash), the processes training runs in, or the code of an optimizer or callback from outside torch "
-        "and Lightning differ from the search's. Search again with this cell's model files, devices and code, or "
+        "content hash) or the processes training runs in differ from the search's. Search again with this cell's "
+        "model files and devices, or "
         "train at a rate of your choosing with tuning.lr=method method.lr=<rate>")
 
 
@@ -670,6 +675,15 @@ _FROM_KEYS = ("code.", "data.", "model.weights", "model.conversion", "trainer.wo
 # of those, what a cell knows only once its data is loaded and its model's weights resolved: compared then
 # (check_tuned_data); its code version and edited sources are compared before anything loads
 _ONCE_KEYED = ("data.", "model.weights", "model.conversion")
+_PROCESSES = "trainer.world_size"
+
+
+def counted_elsewhere(trainer: Mapping[str, Any]) -> bool:
+    """Whether the processes ``trainer`` trains in are counted on the machine that trains (devices -1 or auto,
+    every CUDA device there) and this one, without CUDA, cannot count them."""
+    import torch
+
+    return str(trainer.get("devices", 1)) in ("-1", "auto") and not torch.cuda.is_available()
 # recorded since the training code's version is: a table without it was written before, and is read without them
 _RECORDED_WITH_CODE = ("code.", "callbacks.", "eval.dtype", "eval.max_new_tokens", "dataset.test_size")
 

@@ -561,6 +561,19 @@ def test_a_tuned_rate_follows_the_weights_searched_on_not_the_folder_they_were_r
     # the processes are in the config: refused before anything loads, as in a sweep's preflight
     with pytest.raises(ConfigError, match=r"trainer.world_size: searched 1, here 2"):
         check_tuned_under(cell("C", *tuned, "trainer=ddp_cpu"), read_table(table), table)
+    # searched on 4 GPUs with devices=-1, a grid launched from a machine without them (a SLURM login node): the
+    # processes are counted where the cell trains, and checked there with its keys
+    import yaml
+
+    on_four = read_table(table)
+    on_four["searched"]["gsm8k"]["mine"]["lora"]["trained_with"]["trainer.world_size"] = 4
+    (four := tmp_path / "four.yaml").write_text(yaml.safe_dump(on_four))
+    counted_there = cell("C", "tuning.lr=tuned", f"tuning.table={four}", "trainer.devices=-1")
+    check_tuned_under(counted_there, read_table(four), four)
+    rate_four = {"source": "tuned", "table": str(four)}
+    check_tuned_data(counted_there, rate_four, {"model": {"weights": "folder:1"}, "world_size": 4})
+    with pytest.raises(ConfigError, match=r"trainer.world_size: searched 4, here 1"):
+        check_tuned_data(counted_there, rate_four, {"model": {"weights": "folder:1"}})
 
 
 def test_a_rate_searched_on_one_device_is_no_tuned_rate_for_fsdp(tmp_path):
