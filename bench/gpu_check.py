@@ -115,10 +115,11 @@ GRID_STEPS, GRID_TEST_LIMIT = 20, 128
 # GSM8K test question (at the cells' 512 new tokens); its cells must record these sizes for slice_floor_met
 SLICE_STEPS, SLICE_QUESTIONS = 460, 1319
 # with --grid-full, the settings that size the slice (steps and sequences per step, the data, the questions
-# scored, the tokens generated for each): a --grid-override of one would time another grid against its floor
+# scored, the tokens generated for each and where generation stops, the prompts, the methods' own settings): a
+# --grid-override of one would time another grid against its floor
 SLICE_SIZE_KEYS = ("trainer.max_steps", "trainer.batch_size", "trainer.max_length", "dataset",
-                   "eval.max_new_tokens", "eval.split", "eval.ood_sets", "eval.ood_limit",
-                   "method.num_fewshot", "experiment", "hparams_search")
+                   "eval.max_new_tokens", "eval.stop", "eval.generation_config", "eval.split", "eval.ood_sets",
+                   "eval.ood_limit", "method", "prompt", "experiment", "hparams_search")
 
 
 def override_key(override: str) -> str:

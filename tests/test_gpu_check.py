@@ -520,7 +520,9 @@ def test_a_stage_that_fails_before_writing_reports_nothing_an_earlier_command_le
 
 @pytest.mark.parametrize("override", ["trainer.max_steps=20", "dataset.test_limit=128",
                                       "++dataset.train_limit=64", "eval.max_new_tokens=64",
-                                      "trainer.batch_size=8", "+eval.ood_limit=10", "experiment=smoke"])
+                                      "trainer.batch_size=8", "+eval.ood_limit=10", "experiment=smoke",
+                                      "eval.stop=[Question]", "method.target_modules=[q_proj]",
+                                      "prompt.style=plain"])
 def test_the_studys_slice_refuses_an_override_that_changes_its_size(override, capsys):
     """--grid-full is judged against the slice's 6-minute floor: an override of what sizes the slice (Hydra
     takes the last value, so it would win over the slice's own) is refused; a smaller grid takes it."""
