@@ -11,13 +11,13 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from slm_sweep.config import ConfigError, check_method_name
+    from slm_sweep.config import ConfigError, check_group_names
     from slm_sweep.config_sources import use_hydra_search_path
     from slm_sweep.run import global_rank, run
 
     use_hydra_search_path()  # dataset files of hydra.searchpath folders serve as ood and dedup sets too
     try:
-        check_method_name(cfg, HydraConfig.get().runtime.choices.get("method"))
+        check_group_names(cfg, HydraConfig.get().runtime.choices, HydraConfig.get().overrides.task)
         if cfg.get("preflight") and cfg.preflight.get("only") and HydraConfig.get().mode != RunMode.MULTIRUN:
             raise ConfigError("preflight.only=true checks a sweep's grid and lists its cells: run it with -m "
                               "(python -m slm_sweep -m ... preflight.only=true); a single run would train and "

@@ -666,9 +666,19 @@ def use_metric_modules_checked(cfg: DictConfig) -> None:
     _check_metric_names(cfg)
 
 
+# What a result's metrics record besides the accuracies (run.py; docs/results.md): numbers a sweeper could maximise
+RECORDED_FIGURES = ("n_eval", "val_n_eval", "truncated_fraction", "eval_time_s", "eval_new_tokens", "eval_tokens_per_s",
+                    "eval_oom_halvings", "eval_time_all_sets_s", "peak_memory_mb", "trainable_params", "total_params",
+                    "train_time_s", "final_validation_s", "train_loss", "val_loss", "train_loss_tail_mean",
+                    "train_steps", "train_tokens", "train_tokens_per_s", "mfu", "step_time_s",
+                    "train_padding_fraction", "train_oom_halvings", "train_grad_norm_median", "train_clipped_fraction",
+                    "train_examples", "train_too_long_fraction", "throughput_warmup_steps")
+
+
 def _check_metric_names(cfg: DictConfig) -> None:
-    """``dataset.claims_metric`` names a registered metric, and an accuracy that ``optimized_metric`` names is one
-    of a registered metric (a sweeper maximising a key no result has would compare nothing)."""
+    """``dataset.claims_metric`` names a registered metric, and ``optimized_metric`` a key that a result's metrics
+    record: the accuracy of a registered metric or another recorded figure (a sweeper maximising a key no result has
+    would train every trial and then fail it)."""
     from slm_sweep.scoring import METRICS, accuracy_key
 
     registered = ", ".join(METRICS)
@@ -677,11 +687,18 @@ def _check_metric_names(cfg: DictConfig) -> None:
         raise ConfigError(f"dataset.claims_metric={claims!r} is not a registered metric; one of: {registered} "
                           "(or one that a module of slm_sweep/metrics/ or eval.metric_modules registers)")
     optimized = cfg.get("optimized_metric")
-    accuracy = str(optimized).removeprefix("val_") if optimized is not None else ""
-    if accuracy.startswith("accuracy_") and accuracy not in {accuracy_key(name) for name in METRICS}:
-        allowed = ", ".join(f"{prefix}{accuracy_key(name)}" for prefix in ("", "val_") for name in METRICS)
+    if optimized is None:
+        return
+    accuracies = [f"{prefix}{accuracy_key(name)}" for prefix in ("", "val_") for name in METRICS]
+    if str(optimized) in (*accuracies, *RECORDED_FIGURES):
+        return
+    if str(optimized).removeprefix("val_").startswith("accuracy_"):
         raise ConfigError(f"optimized_metric={optimized!r} is the accuracy of no registered metric; one of: "
-                          f"{allowed}")
+                          f"{', '.join(accuracies)}")
+    close = difflib.get_close_matches(str(optimized), [*accuracies, *RECORDED_FIGURES], n=1, cutoff=0.6)
+    raise ConfigError(f"optimized_metric={optimized!r} is no metric a cell records"
+                      f"{f' (did you mean {close[0]}?)' if close else ''}; one of: {', '.join(accuracies)} (the "
+                      f"accuracies, val_ on the validation split) or {', '.join(RECORDED_FIGURES)}")
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -860,14 +877,31 @@ def _validate_method_keys(cfg: DictConfig) -> None:
             "block interpolates (r: 16 beside peft: {r: ${..r}}, conf/method/lora.yaml)")
 
 
-def check_method_name(cfg: DictConfig, choice: str | None) -> None:
-    """The method file chosen (``method=<choice>``) must name itself: one that inherits another method's
-    ``name`` would be recorded, stored and reported as that other method."""
-    if choice and "/" not in str(choice) and str(choice) != str(cfg.method.get("name")):
+NAMED_GROUPS = ("model", "method", "dataset")  # recorded, stored and reported by their config's name
+
+
+def check_group_names(cfg: DictConfig, choices: Mapping[str, Any], overrides: Sequence[str] = ()) -> None:
+    """The model, method and dataset files chosen (``model=<choice>``, Hydra's runtime choices) must each name
+    themselves, and no ``<group>.name=`` override may rename them: a cell is recorded, stored and reported by these
+    names, so a model or dataset named after another (``model.name=qwen05`` with the tiny model) would be counted
+    as that other one. ``overrides`` are the command line's, to tell a renaming override from a file's own name."""
+    for group in NAMED_GROUPS:
+        choice = choices.get(group)
+        name = (cfg.get(group) or {}).get("name")
+        if not choice or "/" in str(choice) or str(choice) == str(name):
+            continue
+        if any(str(o).split("=", 1)[0].lstrip("+~") == f"{group}.name" for o in overrides):
+            if name in group_options(group):
+                fix = f"to run {group} {name}, choose {group}={name}"
+            else:
+                fix = (f"to run a {group} of your own, write it to <folder>/{group}/{name}.yaml with `name: {name}`, "
+                       f"add hydra.searchpath=[file://<folder>] and choose {group}={name}; the {group} options: "
+                       f"{', '.join(group_options(group))}")
+            raise ConfigError(f"{group}.name={name!r} would record, store and report {group}={choice} as {name} "
+                              f"(a {group}'s name is its file's, not an override's): {fix}")
         raise ConfigError(
-            f"method={choice} composes a method named {cfg.method.get('name')!r} (conf/method/{choice}.yaml sets "
-            f"no name of its own, or another): add `name: {choice}` to it, so that its cells are recorded and "
-            f"reported as {choice}")
+            f"{group}={choice} composes a {group} named {name!r} (conf/{group}/{choice}.yaml sets no name of its own, "
+            f"or another): add `name: {choice}` to it, so that its cells are recorded and reported as {choice}")
 
 
 def _strings(value: Any) -> list[str]:

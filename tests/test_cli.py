@@ -86,6 +86,12 @@ def test_bad_value_fails_before_loading_anything(requires_data, tmp_path):
     assert "method.r=0 must be a positive integer" in proc.stderr
 
 
+def test_a_name_override_that_relabels_the_chosen_model_is_refused_before_loading_anything(requires_data, tmp_path):
+    proc = run_cli([*FAST_TINY, "model.name=qwen05"], cwd=tmp_path)
+    assert proc.returncode != 0 and "model.name='qwen05' would record, store and report model=tiny" in proc.stderr
+    assert "choose model=qwen05" in proc.stderr and not list(tmp_path.rglob("result.json"))
+
+
 def test_preflight_only_without_a_sweep_is_refused_not_ignored(requires_data, tmp_path):
     """A single run has no grid to check: it used to train and score the whole test split instead."""
     proc = run_cli([*FAST_TINY, "method=lora", "preflight.only=true"], cwd=tmp_path)

@@ -426,6 +426,30 @@ def test_unknown_group_option_is_rejected_by_hydra_with_the_choices(group, known
     assert f"{group}/gpt5" in text and known in text
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model.name=qwen05"], "model.name='qwen05' would record, store and report model=tiny as qwen05"),
+    (["dataset.name=orcamath"], "dataset.name='orcamath' would record, store and report dataset=gsm8k as orcamath"),
+    (["method=lora", "method.name=dora"], "choose method=dora"),
+    (["model.name=mine"], "write it to <folder>/model/mine.yaml with `name: mine`, add hydra.searchpath"),
+    ([], None), (["model=qwen05", "model.name=qwen05"], None), (["experiment=paper"], None),
+    (["experiment=smoke"], None), (["hparams_search=lr_grid"], None), (["hparams_search=optuna_rank"], None),
+])
+def test_a_name_override_that_relabels_the_chosen_model_method_or_dataset_is_refused(overrides, message):
+    """A cell is recorded and reported by these names: model.name=qwen05 with the tiny model was counted as
+    qwen05 by the claims, dataset.name=orcamath scored GSM8K as OrcaMath."""
+    from hydra import compose, initialize_config_dir
+
+    from slm_sweep.config import check_group_names
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    if message is None:
+        check_group_names(cfg, cfg.hydra.runtime.choices, cfg.hydra.overrides.task)
+    else:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_group_names(cfg, cfg.hydra.runtime.choices, cfg.hydra.overrides.task)
+
+
 # ------------------------------------------------------------------------------------------- typed settings
 
 
@@ -738,6 +762,19 @@ def test_the_metric_sweepers_optimise_is_the_one_claims_read_on_the_dataset(tiny
     cfg = tiny_cfg("optimized_metric=val_accuracy_flexibel")
     with pytest.raises(ConfigError, match="optimized_metric='val_accuracy_flexibel' is the accuracy of no registered"):
         use_metric_modules_checked(cfg)
+    # a name no result records: an Optuna search trained every trial, then failed each on its None
+    with pytest.raises(ConfigError, match=r"optimized_metric='val_acc' is no metric a cell records; one of: "
+                                          r"accuracy_strict, .*val_accuracy_flexible.* or n_eval, .*val_loss"):
+        use_metric_modules_checked(tiny_cfg("optimized_metric=val_acc"))
+    use_metric_modules_checked(tiny_cfg("optimized_metric=val_loss"))
+
+
+def test_the_figures_an_optimized_metric_may_name_are_those_a_result_records():
+    from slm_sweep.config import RECORDED_FIGURES
+    from slm_sweep.results import EVAL_SET_FIGURES
+    from slm_sweep.run import TRAINING_METRICS
+
+    assert set(TRAINING_METRICS) | set(EVAL_SET_FIGURES) <= set(RECORDED_FIGURES)
 
 
 def test_a_dataset_of_prose_answers_reads_its_claims_on_lenient_unless_its_file_names_a_metric(tmp_path):

@@ -685,6 +685,24 @@ def test_a_method_file_without_a_name_of_its_own_is_refused_before_the_first_cel
                      composer).refused is None
 
 
+def test_a_name_override_that_relabels_a_model_or_dataset_is_refused_before_the_first_cell(requires_data, composer):
+    """model.name=qwen05 without model=qwen05 trained the tiny model and reported it as qwen05; the groups a cell's
+    overrides leave alone are checked as the sweep's own config chose them."""
+    cfg = sweep_config([f"data_root={DATA_ROOT}", "model.name=qwen05", "method=zeroshot,lora"])
+    cfg.hydra.runtime = {"choices": {"model": "tiny", "method": "lora", "dataset": "gsm8k"}}
+    ((reason, cells),) = plan_grid(cfg, composer).config_errors.items()
+    assert reason.startswith("model.name='qwen05' would record, store and report model=tiny as qwen05")
+    assert "choose model=qwen05" in reason and cells == ["method=zeroshot", "method=lora"]
+    cfg = sweep_config([f"data_root={DATA_ROOT}", "model=tiny,tiny_wide", "dataset.name=svamp", "method=zeroshot"])
+    cfg.hydra.runtime = {"choices": {"model": "tiny", "dataset": "gsm8k"}}
+    plan = plan_grid(cfg, composer)
+    assert list(plan.config_errors) and all(r.startswith("dataset.name='svamp'") for r in plan.config_errors)
+    # a swept experiment may choose another model than the sweep's own config did: its choices do not hold
+    cfg = sweep_config([f"data_root={DATA_ROOT}", "experiment=smoke", "model.name=tiny"])
+    cfg.hydra.runtime = {"choices": {"model": "qwen05", "experiment": None}}
+    assert not plan_grid(cfg, composer).config_errors
+
+
 def test_the_cells_listed_by_the_preflight_keep_credentials_out(requires_data, composer):
     # a swept key is named in every cell's line: a swept credential (two accounts) must not be
     plan = plan_grid(sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=zeroshot",
