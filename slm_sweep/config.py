@@ -643,6 +643,25 @@ def _validate_dataset_spec(dataset: DictConfig) -> None:
         raise ConfigError(str(err)) from None
 
 
+def _validate_other_sets(cfg: DictConfig, dataset: DictConfig, known_sets: list[str]) -> None:
+    """The dataset files of the out-of-domain sets and of the sets training is deduplicated against, checked as
+    the cell's own is: the preflight sees only that their files are there, and deduplication would skip a set
+    whose file it cannot read as one it cannot find."""
+    from slm_sweep.data.errors import DataError
+    from slm_sweep.data.specs import dataset_spec, resolved_spec
+
+    dedup = dataset.get("dedup") or {}
+    against = list(dedup.get("against") or []) if dedup.get("enabled", True) else []
+    for setting, names in (("eval.ood_sets", cfg.eval.get("ood_sets") or []), ("dataset.dedup.against", against)):
+        for name in names:
+            if name not in known_sets or name == dataset.get("name"):
+                continue
+            try:
+                resolved_spec(dataset_spec(name))
+            except DataError as err:
+                raise ConfigError(f"{setting} has {name!r}, whose dataset file does not read: {err}") from None
+
+
 def use_metric_modules_checked(cfg: DictConfig) -> None:
     """Score with the metrics folder's modules and ``eval.metric_modules`` (imported, their metrics registered)
     after running each metric once on a made-up answer: a module that cannot be imported, or a metric that raises
@@ -764,6 +783,7 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"eval.ood_sets has {name!r}, the dataset the cell trains on and is tested on: its test "
                               "split is scored as the in-domain set already; leave it out of eval.ood_sets")
     _positive_int(cfg, "eval.ood_limit", allow_none=True)
+    _validate_other_sets(cfg, dataset, known_sets)
     _validate_metric_modules(cfg)
     _validate_placement(cfg)
 

@@ -491,6 +491,24 @@ def test_a_misspelt_key_in_a_yaml_file_fails_when_the_config_is_composed(tmp_pat
         assert f"Key '{key}' not in" in text and f"{group}/mine" in text
 
 
+def test_an_out_of_domain_or_dedup_set_whose_file_does_not_read_is_refused_before_anything_loads(tmp_path):
+    """Their files are checked as the cell's own dataset's: a preflight sees only that their data is there, each
+    cell then failed on the out-of-domain set, and deduplication skipped the set as one it could not find."""
+    from slm_sweep.config_sources import use_config_sources
+
+    svamp = (CONF_DIR / "dataset" / "svamp.yaml").read_text()
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "mine.yaml").write_text(
+        svamp.replace("name: svamp", "name: mine").replace("files: {test: SVAMP.json}",
+                                                           "files: {test: SVAMP.json, validation: v.json}"))
+    use_config_sources([{"schema": "file", "path": str(tmp_path), "provider": "hydra.searchpath"}])
+    searchpath = f"hydra.searchpath=[file://{tmp_path}]"
+    for setting in ("eval.ood_sets", "dataset.dedup.against"):
+        with pytest.raises(ConfigError, match=rf"{re.escape(setting)} has 'mine', whose dataset file does not "
+                                              r"read: dataset 'mine': local.files has the role 'validation'"):
+            validate_config(compose_config([searchpath, f"{setting}=[mine]"]))
+
+
 def test_full_fine_tuning_of_a_quantized_model_is_refused_before_anything_loads():
     """Quantized weights cannot be made trainable: refused in validation, not after data and model have loaded;
     adapter methods and the baselines keep the quantized model."""
