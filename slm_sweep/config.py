@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from slm_sweep.config_sources import CONF_DIR, group_options, where
+from slm_sweep.config_sources import CONF_DIR, group_file, group_options, where
 from slm_sweep.identity import PRECISION_ALIASES, planned_world_size
 from slm_sweep.settings import LR_SCHEDULES, TrainerSettings
 
@@ -647,19 +647,32 @@ def _validate_other_sets(cfg: DictConfig, dataset: DictConfig, known_sets: list[
     """The dataset files of the out-of-domain sets and of the sets training is deduplicated against, checked as
     the cell's own is: the preflight sees only that their files are there, and deduplication would skip a set
     whose file it cannot read as one it cannot find."""
-    from slm_sweep.data.errors import DataError
-    from slm_sweep.data.specs import dataset_spec, resolved_spec
-
     dedup = dataset.get("dedup") or {}
     against = list(dedup.get("against") or []) if dedup.get("enabled", True) else []
     for setting, names in (("eval.ood_sets", cfg.eval.get("ood_sets") or []), ("dataset.dedup.against", against)):
         for name in names:
-            if name not in known_sets or name == dataset.get("name"):
-                continue
-            try:
-                resolved_spec(dataset_spec(name))
-            except DataError as err:
-                raise ConfigError(f"{setting} has {name!r}, whose dataset file does not read: {err}") from None
+            if name in known_sets and name != dataset.get("name") and (problem := _dataset_file_problem(name)):
+                raise ConfigError(f"{setting} has {name!r}, whose dataset file does not read: {problem}")
+
+
+# a sweep's preflight validates every cell, each naming the same few sets: each file is read once while unchanged
+_DATASET_FILE_PROBLEMS: dict[tuple[str, str, int], str | None] = {}
+
+
+def _dataset_file_problem(name: str) -> str | None:
+    """Why the dataset file ``name`` does not read as a dataset, None when it does."""
+    from slm_sweep.data.errors import DataError
+    from slm_sweep.data.specs import dataset_spec, resolved_spec
+
+    path = group_file("dataset", name)
+    key = (name, str(path), path.stat().st_mtime_ns if path is not None else 0)
+    if key not in _DATASET_FILE_PROBLEMS:
+        try:
+            resolved_spec(dataset_spec(name))
+            _DATASET_FILE_PROBLEMS[key] = None
+        except DataError as err:
+            _DATASET_FILE_PROBLEMS[key] = str(err)
+    return _DATASET_FILE_PROBLEMS[key]
 
 
 def use_metric_modules_checked(cfg: DictConfig) -> None:
@@ -919,9 +932,16 @@ def check_group_names(cfg: DictConfig, choices: Mapping[str, Any], overrides: Se
                        f"{', '.join(group_options(group))}")
             raise ConfigError(f"{group}.name={name!r} would record, store and report {group}={choice} as {name} "
                               f"(a {group}'s name is its file's, not an override's): {fix}")
+        path = group_file(group, str(choice))
+        own = OmegaConf.load(path).get("name") if path is not None and path.suffix == ".yaml" else None
+        if own == choice:  # the option names itself: another file of the composition (an experiment) renames it
+            raise ConfigError(f"{group}={choice} composes a {group} named {name!r}: another config file of this "
+                              f"composition (an experiment or another group's option) sets {group}.name; choose "
+                              f"{group}={name} there instead of renaming {choice}")
         raise ConfigError(
-            f"{group}={choice} composes a {group} named {name!r} (conf/{group}/{choice}.yaml sets no name of its own, "
-            f"or another): add `name: {choice}` to it, so that its cells are recorded and reported as {choice}")
+            f"{group}={choice} composes a {group} named {name!r} ({path or f'{group}/{choice}.yaml'} sets no name of "
+            "its own, or another): add "
+            f"`name: {choice}` to it, so that its cells are recorded and reported as {choice}")
 
 
 def _strings(value: Any) -> list[str]:

@@ -410,7 +410,8 @@ def test_a_sweeps_preflight_refuses_a_cell_whose_precision_is_not_installed(noth
     cfg = sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=lora",
                         "trainer.precision=transformer-engine,32-true"])
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        plan = plan_grid(cfg, lambda overrides: compose(config_name="config", overrides=overrides))
+        plan = plan_grid(cfg, lambda overrides: compose(config_name="config", overrides=overrides,
+                                                        return_hydra_config=True))
     ((reason, cells),) = plan.config_errors.items()
     assert reason.startswith("trainer.precision=transformer-engine needs the transformer_engine package")
     assert cells == ["trainer.precision=transformer-engine"]

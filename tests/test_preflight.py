@@ -171,7 +171,7 @@ def sweep_config(task: list[str], params: dict | None = None, on_missing: str = 
 @pytest.fixture
 def composer():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        yield lambda overrides: compose(config_name="config", overrides=overrides)
+        yield lambda overrides: compose(config_name="config", overrides=overrides, return_hydra_config=True)
 
 
 def test_plan_leaves_out_missing_swept_values_and_ood_sets(requires_data, composer, tmp_path, monkeypatch):
@@ -619,16 +619,17 @@ def test_preflight_module_does_not_import_torch():
 
 
 def test_a_dataset_file_with_an_unknown_key_stops_the_sweep_and_names_file_and_key(requires_data, tmp_path):
-    """Hydra turns an error raised in a sweep callback into a warning and runs the cells anyway: the preflight
-    makes any failure to check the grid an exit, before any cell."""
+    """An out-of-domain set's file is validated with the cell's config: a configuration error of every cell, named
+    before any cell runs (Hydra would turn an error raised in a sweep callback into a warning and run the cells)."""
     conf = tmp_path / "myconf" / "dataset"
     conf.mkdir(parents=True)
     (conf / "badset.yaml").write_text("name: badset\nanswr: prose\neval_only: true\n")
     proc = sweep(["method=zeroshot", "eval.ood_sets=[badset]", f"hydra.searchpath=[file://{tmp_path / 'myconf'}]",
                   "preflight.only=true"], tmp_path)
     assert proc.returncode != 0
-    assert "preflight: the grid could not be checked, so no cell runs" in proc.stderr
-    assert f"dataset 'badset' ({conf / 'badset.yaml'})" in proc.stderr and "answr" in proc.stderr
+    assert "preflight: refusing to start the sweep, nothing ran: 1 of 1 cells have a configuration error" in proc.stderr
+    assert (f"config error: eval.ood_sets has 'badset', whose dataset file does not read: dataset 'badset' "
+            f"({conf / 'badset.yaml'}): Key 'answr' not in 'DatasetSettings'") in proc.stderr
     assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob(".hydra"))
 
 
@@ -676,31 +677,53 @@ def test_a_method_file_without_a_name_of_its_own_is_refused_before_the_first_cel
     (tmp_path / "method" / "lora_q.yaml").write_text("defaults: [lora, _self_]\ntarget_modules: [q_proj]\n")
     search = f"hydra.searchpath=[file://{tmp_path}]"
     plan = plan_grid(sweep_config([search, f"data_root={DATA_ROOT}", "model=tiny", "method=lora,lora_q"]), composer)
-    assert plan.config_errors == {"method=lora_q composes a method named 'lora' (conf/method/lora_q.yaml sets no "
-                                  "name of its own, or another): add `name: lora_q` to it, so that its cells are "
-                                  "recorded and reported as lora_q": ["method=lora_q"]}
+    ((reason, cells),) = plan.config_errors.items()
+    assert reason.startswith("method=lora_q composes a method named 'lora' (") and cells == ["method=lora_q"]
+    assert reason.endswith("method/lora_q.yaml sets no name of its own, or another): add `name: lora_q` to it, so "
+                           "that its cells are recorded and reported as lora_q")
+    # named by another file of the composition: that file is the one to change (the sweep's preflight reads
+    # group files from its search path, as set here)
+    from slm_sweep.config_sources import use_config_sources
+
+    use_config_sources([{"schema": "file", "path": str(tmp_path), "provider": "hydra.searchpath"}])
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "renamed.yaml").write_text("# @package _global_\nmodel:\n  name: qwen05\n")
+    plan = plan_grid(sweep_config([search, f"data_root={DATA_ROOT}", "experiment=renamed", "method=zeroshot"]),
+                     composer)
+    assert list(plan.config_errors) == ["model=tiny composes a model named 'qwen05': another config file of this "
+                                        "composition (an experiment or another group's option) sets model.name; "
+                                        "choose model=qwen05 there instead of renaming tiny"]
     (tmp_path / "method" / "lora_q.yaml").write_text("defaults: [lora, _self_]\nname: lora_q\n"
                                                      "target_modules: [q_proj]\n")
     assert plan_grid(sweep_config([search, f"data_root={DATA_ROOT}", "model=tiny", "method=lora,lora_q"]),
                      composer).refused is None
 
 
-def test_a_name_override_that_relabels_a_model_or_dataset_is_refused_before_the_first_cell(requires_data, composer):
-    """model.name=qwen05 without model=qwen05 trained the tiny model and reported it as qwen05; the groups a cell's
-    overrides leave alone are checked as the sweep's own config chose them."""
+def test_a_name_override_that_relabels_a_model_or_dataset_is_refused_before_the_first_cell(requires_data, composer,
+                                                                                           tmp_path):
+    """model.name=qwen05 without model=qwen05 trained the tiny model and reported it as qwen05; each cell is checked
+    against the options Hydra chose for it."""
     cfg = sweep_config([f"data_root={DATA_ROOT}", "model.name=qwen05", "method=zeroshot,lora"])
-    cfg.hydra.runtime = {"choices": {"model": "tiny", "method": "lora", "dataset": "gsm8k"}}
     ((reason, cells),) = plan_grid(cfg, composer).config_errors.items()
     assert reason.startswith("model.name='qwen05' would record, store and report model=tiny as qwen05")
     assert "choose model=qwen05" in reason and cells == ["method=zeroshot", "method=lora"]
     cfg = sweep_config([f"data_root={DATA_ROOT}", "model=tiny,tiny_wide", "dataset.name=svamp", "method=zeroshot"])
-    cfg.hydra.runtime = {"choices": {"model": "tiny", "dataset": "gsm8k"}}
     plan = plan_grid(cfg, composer)
     assert list(plan.config_errors) and all(r.startswith("dataset.name='svamp'") for r in plan.config_errors)
-    # a swept experiment may choose another model than the sweep's own config did: its choices do not hold
-    cfg = sweep_config([f"data_root={DATA_ROOT}", "experiment=smoke", "model.name=tiny"])
-    cfg.hydra.runtime = {"choices": {"model": "qwen05", "experiment": None}}
+    # another group's option that chooses the model (an experiment, a user's +variant=...): as composed
+    cfg = sweep_config([f"data_root={DATA_ROOT}", "experiment=smoke", "model.name=tiny", "method=zeroshot"])
     assert not plan_grid(cfg, composer).config_errors
+    for swept in ("callbacks=none,progress_bar", "callbacks=default,progress_bar"):
+        plan = plan_grid(sweep_config([f"data_root={DATA_ROOT}", "model.name=qwen05", "method=zeroshot", swept]),
+                         composer)
+        assert sum(len(cells) for cells in plan.config_errors.values()) == 2
+    (tmp_path / "variant").mkdir()
+    for variant, model in (("wide", "tiny_wide"), ("narrow", "tiny")):
+        (tmp_path / "variant" / f"{variant}.yaml").write_text(
+            f"# @package _global_\ndefaults:\n  - override /model: {model}\n")
+    plan = plan_grid(sweep_config([f"hydra.searchpath=[file://{tmp_path}]", f"data_root={DATA_ROOT}",
+                                   "+variant=wide,narrow", "method=zeroshot"]), composer)
+    assert not plan.config_errors
 
 
 def test_the_cells_listed_by_the_preflight_keep_credentials_out(requires_data, composer):

@@ -108,7 +108,8 @@ class Preflight(Callback):
 
 
 def _composer(config: DictConfig):
-    """compose(overrides) -> one cell's config, through the Hydra instance that runs the sweep."""
+    """compose(overrides) -> one cell's config with its hydra node (which options it chose), through the Hydra
+    instance that runs the sweep."""
     from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
 
@@ -117,7 +118,8 @@ def _composer(config: DictConfig):
     config_name = config.hydra.job.config_name
     # a user's config folders (hydra.searchpath=[file://...]) hold options the cells choose
     searchpath = [str(o) for o in config.hydra.overrides.hydra if str(o).startswith("hydra.searchpath=")]
-    return lambda overrides: compose(config_name=config_name, overrides=[*searchpath, *overrides])
+    return lambda overrides: compose(config_name=config_name, overrides=[*searchpath, *overrides],
+                                     return_hydra_config=True)
 
 
 class AggregateSweep(Callback):

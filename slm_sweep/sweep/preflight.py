@@ -574,9 +574,7 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
     def label(job: Mapping[str, str]) -> str:
         return " ".join(redact_overrides([f"{k}={job[k]}" for k in named]))
 
-    choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None) or {}
-    cells = [_composed_cell(compose, [f"{k}={job[k]}" for k in keys], plan, label=label(job), defaults=choices)
-             for job in jobs]
+    cells = [_composed_cell(compose, [f"{k}={job[k]}" for k in keys], plan, label=label(job)) for job in jobs]
     # every planned cell, those that cannot start marked, for preflight.only's listing even of a refused grid
     plan.to_run = [label(job) for job in jobs]
     stopped = {c for cells in (*plan.missing_rates.values(), *plan.config_errors.values()) for c in cells}
@@ -697,8 +695,7 @@ def _plan_base_only(cfg: DictConfig, compose, checker: Checker, plan: Plan) -> P
     fixed = [o.input_line for o in _parse([str(o) for o in cfg.hydra.overrides.task])
              if not o.is_sweep_override() and _base_key(o.get_key_element()) not in swept]
     plan.cells = 1
-    base = _composed_cell(compose, fixed, plan,
-                          defaults=OmegaConf.select(cfg, "hydra.runtime.choices", default=None))
+    base = _composed_cell(compose, fixed, plan)
     if base is not None:
         # the sampler sets each swept key as key=value on every trial: a key the cell does not have fails trial 0
         absent = [key for key in sorted(swept) if "." in key and OmegaConf.select(base, key, default=_ABSENT) is _ABSENT]
@@ -723,14 +720,13 @@ def _plan_base_only(cfg: DictConfig, compose, checker: Checker, plan: Plan) -> P
     return plan
 
 
-def _composed_cell(compose, overrides: list[str], plan: Plan, label: str = "",
-                   defaults: Mapping[str, str] | None = None) -> DictConfig | None:
-    """One cell's config, composed and validated as the cell will; a failure is recorded in the plan. ``defaults``:
-    the group options chosen where the overrides choose none (the sweep's hydra.runtime.choices)."""
+def _composed_cell(compose, overrides: list[str], plan: Plan, label: str = "") -> DictConfig | None:
+    """One cell's config, composed and validated as the cell will; a failure is recorded in the plan. A config
+    composed with its ``hydra`` node (return_hydra_config) says which group options Hydra chose for the cell,
+    whose names its model, method and dataset must have; else only the options its overrides choose are known."""
     from omegaconf.errors import OmegaConfBaseException
 
     from slm_sweep.config import (
-        NAMED_GROUPS,
         ConfigError,
         check_classes,
         check_group_names,
@@ -742,6 +738,11 @@ def _composed_cell(compose, overrides: list[str], plan: Plan, label: str = "",
 
     try:
         cell = compose(overrides)
+        chosen = {}
+        if "hydra" in cell:
+            chosen = OmegaConf.to_container(cell.hydra.runtime.choices)
+            with open_dict(cell):
+                del cell["hydra"]
         checked = rated = cell
         try:
             validate_config(cell)
@@ -761,11 +762,7 @@ def _composed_cell(compose, overrides: list[str], plan: Plan, label: str = "",
             validate_config(checked)
         use_metric_modules_checked(checked)
         given = {_base_key(o.split("=", 1)[0]): o.split("=", 1)[1] for o in overrides if "=" in o}
-        defaults = defaults or {}
-        # the groups the overrides do not choose as the sweep's own config chose them, unless the cell chooses
-        # another option of a group (experiment=a,b) that can choose them differently
-        same = all(str(defaults[k]) == v for k, v in given.items() if k in defaults and k not in NAMED_GROUPS)
-        check_group_names(checked, {**(defaults if same else {}), **given}, overrides)
+        check_group_names(checked, chosen or given, overrides)
         check_classes(checked, devices=False)  # a cell that needs CUDA is checked as one that needs a missing model
         tune_log = logging.getLogger("slm_sweep.tune")
         level = tune_log.level
