@@ -655,8 +655,9 @@ def _validate_other_sets(cfg: DictConfig, dataset: DictConfig, known_sets: list[
                 raise ConfigError(f"{setting} has {name!r}, whose dataset file does not read: {problem}")
 
 
-# a sweep's preflight validates every cell, each naming the same few sets: each file is read once while unchanged
-_DATASET_FILE_PROBLEMS: dict[tuple[str, str, int], str | None] = {}
+# a sweep's preflight validates every cell, each naming the same few sets: each is read once while no dataset file
+# changes (a file may build on others: its defaults list)
+_DATASET_FILE_PROBLEMS: dict[tuple, str | None] = {}
 
 
 def _dataset_file_problem(name: str) -> str | None:
@@ -664,8 +665,8 @@ def _dataset_file_problem(name: str) -> str | None:
     from slm_sweep.data.errors import DataError
     from slm_sweep.data.specs import dataset_spec, resolved_spec
 
-    path = group_file("dataset", name)
-    key = (name, str(path), path.stat().st_mtime_ns if path is not None else 0)
+    files = [group_file("dataset", option) for option in group_options("dataset")]
+    key = (name, *((str(path), path.stat().st_mtime_ns) for path in files if path is not None))
     if key not in _DATASET_FILE_PROBLEMS:
         try:
             resolved_spec(dataset_spec(name))
@@ -933,7 +934,9 @@ def check_group_names(cfg: DictConfig, choices: Mapping[str, Any], overrides: Se
             raise ConfigError(f"{group}.name={name!r} would record, store and report {group}={choice} as {name} "
                               f"(a {group}'s name is its file's, not an override's): {fix}")
         path = group_file(group, str(choice))
-        own = OmegaConf.load(path).get("name") if path is not None and path.suffix == ".yaml" else None
+        loaded = OmegaConf.load(path) if path is not None and path.suffix == ".yaml" else {}
+        # a file of package _global_ (conf/method/qlora.yaml) names itself under its group's key
+        own = loaded.get("name") or (loaded.get(group) or {}).get("name")
         if own == choice:  # the option names itself: another file of the composition (an experiment) renames it
             raise ConfigError(f"{group}={choice} composes a {group} named {name!r}: another config file of this "
                               f"composition (an experiment or another group's option) sets {group}.name; choose "

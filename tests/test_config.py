@@ -510,6 +510,29 @@ def test_an_out_of_domain_or_dedup_set_whose_file_does_not_read_is_refused_befor
             validate_config(compose_config([searchpath, f"{setting}=[mine]"]))
 
 
+def test_a_name_set_by_another_file_is_blamed_on_that_file_and_the_dataset_check_sees_files_built_on(tmp_path):
+    """conf/method/qlora.yaml (package _global_) names itself under method:, so an experiment's rename is the
+    experiment's; a dataset file read once is read again when a file it builds on changes."""
+    from slm_sweep.config import check_group_names
+    from slm_sweep.config_sources import use_config_sources
+
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "renamed.yaml").write_text("# @package _global_\nmethod:\n  name: other\n")
+    cfg = compose_config([f"hydra.searchpath=[file://{tmp_path}]", "method=qlora", "experiment=renamed"])
+    with pytest.raises(ConfigError, match=r"method=qlora composes a method named 'other': another config file"):
+        check_group_names(cfg, {"method": "qlora"})
+    (tmp_path / "dataset").mkdir()
+    svamp = (CONF_DIR / "dataset" / "svamp.yaml").read_text().replace("name: svamp", "name: base")
+    (tmp_path / "dataset" / "base.yaml").write_text(svamp)
+    (tmp_path / "dataset" / "derived.yaml").write_text("defaults: [base, _self_]\nname: derived\n")
+    use_config_sources([{"schema": "file", "path": str(tmp_path), "provider": "hydra.searchpath"}])
+    derived = compose_config([f"hydra.searchpath=[file://{tmp_path}]", "eval.ood_sets=[derived]"])
+    validate_config(derived)
+    (tmp_path / "dataset" / "base.yaml").write_text(svamp + "answr: prose\n")
+    with pytest.raises(ConfigError, match=r"eval.ood_sets has 'derived', whose dataset file does not read"):
+        validate_config(derived)
+
+
 def test_full_fine_tuning_of_a_quantized_model_is_refused_before_anything_loads():
     """Quantized weights cannot be made trainable: refused in validation, not after data and model have loaded;
     adapter methods and the baselines keep the quantized model."""
