@@ -464,6 +464,22 @@ def optimizer_source(method: Mapping[str, Any]) -> Any:
     return external_code(target) if "." in target and target.split(".")[0] != "torch" else None
 
 
+def code_and_process_parts(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a training key that the config decides of the code that trains and the processes it trains
+    in: the training code's version and its sources' hash when edited, the code of an optimizer or of
+    weight-changing callbacks from outside torch and Lightning, and the processes when more than one (each in the
+    key only when it matters, so that the keys of single-device runs without them stay as they were). A tuned
+    rate's check before anything loads compares the same (tune.check_tuned_under)."""
+    world_size = planned_world_size(config["trainer"])
+    edited = edited_sources(TRAINING_SOURCES, TRAINING_SOURCES_SHA256, TRAINING_CODE_VERSION)
+    optimizer = optimizer_source(method_identity(config["method"]))
+    sources = callback_sources(weight_changing_callbacks(config.get("callbacks")))
+    return {"code": TRAINING_CODE_VERSION, **({"edited_sources": edited} if edited else {}),
+            **({"optimizer_source": optimizer} if optimizer else {}),
+            **({"world_size": world_size} if world_size > 1 else {}),
+            **({"callback_sources": sources} if sources else {})}
+
+
 def callback_sources(callbacks: Mapping[str, Any]) -> dict[str, Any]:
     """The code (``external_code``) of each weight-changing callback outside Lightning, whose version the key
     holds when one of its callbacks is configured (added_libraries): a callback edited in place trains other
@@ -671,14 +687,10 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
         from slm_sweep.data.specs import dedup_settings
 
         trainer = config["trainer"]
-        world_size = planned_world_size(trainer)
         strategy = strategy_family(trainer)
         callbacks = weight_changing_callbacks(config.get("callbacks"))
-        sources = callback_sources(callbacks)
-        edited = edited_sources(TRAINING_SOURCES, TRAINING_SOURCES_SHA256, TRAINING_CODE_VERSION)
         training = {
-            "code": TRAINING_CODE_VERSION,
-            **({"edited_sources": edited} if edited else {}),
+            **code_and_process_parts(config),
             "libraries": numeric_versions(*added_libraries(config, callbacks)),
             "model": model,
             "method": {k: v for k, v in method.items() if k not in METHOD_EVAL_KEYS},
@@ -688,13 +700,10 @@ def cell_identity(config: Mapping[str, Any], *, model: Mapping[str, Any], train:
             "prompt": prompt,
             "trainer": trainer_identity(trainer),
             "seed": seed,
-            **({"optimizer_source": optimizer} if (optimizer := optimizer_source(method)) else {}),
             # in the key only when they matter, so that the keys of single-device runs without such callbacks
             # stay as they were
-            **({"world_size": world_size} if world_size > 1 else {}),
             **({"strategy": strategy} if strategy else {}),
             **({"callbacks": callbacks} if callbacks else {}),
-            **({"callback_sources": sources} if sources else {}),
         }
     training_key = digest(training) if training else None
     shots = int(method.get("num_fewshot") or 0)

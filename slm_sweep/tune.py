@@ -226,29 +226,12 @@ def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> 
     recorded = searched.get("trained_with")
     if not isinstance(recorded, Mapping):
         return
-    from slm_sweep.identity import (
-        TRAINING_CODE_VERSION,
-        TRAINING_SOURCES,
-        TRAINING_SOURCES_SHA256,
-        callback_sources,
-        edited_sources,
-        optimizer_source,
-        planned_world_size,
-        weight_changing_callbacks,
-    )
+    from slm_sweep.identity import code_and_process_parts
 
-    # what the cell's training key will say of its code and processes, as identity.identify computes it from the
-    # config; what else only its keys say (data, resolved weights), check_tuned_data compares
+    # what the cell's training key will say of its code and processes; what else only its keys say (data,
+    # resolved weights), check_tuned_data compares
     config = _cell_config(cfg)
-    edited = edited_sources(TRAINING_SOURCES, TRAINING_SOURCES_SHA256, TRAINING_CODE_VERSION)
-    world_size = planned_world_size(config["trainer"])
-    optimizer = optimizer_source(config["method"])
-    sources = callback_sources(weight_changing_callbacks(config.get("callbacks")))
-    training = {"code": TRAINING_CODE_VERSION, **({"edited_sources": edited} if edited else {}),
-                **({"world_size": world_size} if world_size > 1 else {}),
-                **({"optimizer_source": optimizer} if optimizer else {}),
-                **({"callback_sources": sources} if sources else {})}
-    cell = {"config": config, "identity": {"parts": {"training": training}}}
+    cell = {"config": config, "identity": {"parts": {"training": code_and_process_parts(config)}}}
     recorded, here = _compared(recorded, tuned_under(cell), once_keyed=False)
     if counted_elsewhere(config["trainer"]):  # e.g. a SLURM grid's preflight on a login node: the cell checks
         recorded.pop(_PROCESSES, None)
@@ -677,6 +660,9 @@ _FROM_KEYS = ("code.", "data.", "model.weights", "model.conversion", "trainer.wo
 _ONCE_KEYED = ("data.", "model.weights", "model.conversion")
 _PROCESSES = "trainer.world_size"
 
+# recorded since the training code's version is: a table without it was written before, and is read without them
+_RECORDED_WITH_CODE = ("code.", "callbacks.", "eval.dtype", "eval.max_new_tokens", "dataset.test_size")
+
 
 def counted_elsewhere(trainer: Mapping[str, Any]) -> bool:
     """Whether the processes ``trainer`` trains in are counted on the machine that trains (devices -1 or auto,
@@ -684,8 +670,6 @@ def counted_elsewhere(trainer: Mapping[str, Any]) -> bool:
     import torch
 
     return str(trainer.get("devices", 1)) in ("-1", "auto") and not torch.cuda.is_available()
-# recorded since the training code's version is: a table without it was written before, and is read without them
-_RECORDED_WITH_CODE = ("code.", "callbacks.", "eval.dtype", "eval.max_new_tokens", "dataset.test_size")
 
 
 def _training_parts(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
