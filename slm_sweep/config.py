@@ -461,15 +461,24 @@ def _validate_prompt_format(cfg: DictConfig) -> None:
 
 
 def instantiate_checked(path: str, spec: Any, base: type, naming: str, example: str, not_a: str,
-                        error: type[Exception]):
+                        error: type[Exception], named_only: bool = False):
     """``spec`` (a mapping with ``_target_``) built by ``hydra.utils.instantiate`` and checked to be a ``base``;
-    each failure raises ``error`` naming ``path`` and what is allowed."""
+    each failure raises ``error`` naming ``path`` and what is allowed. ``named_only``: a setting the class does
+    not name is refused even where it takes ``**kwargs`` (transformers' quantization configs keep an unknown
+    keyword as an unused attribute, so ``bnb_4bit_quant_typ: nf4`` would load fp4 without a word)."""
     from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
+    from hydra.utils import get_class, instantiate
 
     target = spec.get("_target_") if isinstance(spec, Mapping) else None
     if not target:
         raise error(f"{path}={spec!r} must be a mapping with a _target_ naming {naming}, e.g. {example}")
+    if named_only:
+        try:
+            cls = get_class(target)
+        except Exception as err:  # noqa: BLE001 - any import problem is the same mistake in the config
+            raise error(f"{path}._target_={target!r} cannot be imported ({err}); it must name {naming}, e.g. "
+                        f"{example}") from None
+        _check_arguments(path, spec, cls, error, var_keyword_ok=False)
     try:
         built = instantiate(spec, _convert_="all")
     except InstantiationException as err:
@@ -515,9 +524,11 @@ def target_class(path: str, entry: Any, kind: str, group: str, bases: tuple[type
     return cls
 
 
-def _check_arguments(path: str, entry: Mapping, cls: type) -> None:
+def _check_arguments(path: str, entry: Mapping, cls: type, error: type[Exception] = ConfigError,
+                     var_keyword_ok: bool = True) -> None:
     """The entry's settings are arguments of the class (``+logger.projct=x`` would fail only when the cell builds
-    its loggers, after loading data and model)."""
+    its loggers, after loading data and model); any setting goes to a class taking ``**kwargs`` unless
+    ``var_keyword_ok`` is false."""
     import inspect
 
     settings = {key: value for key, value in entry.items() if not str(key).startswith("_")}
@@ -525,14 +536,15 @@ def _check_arguments(path: str, entry: Mapping, cls: type) -> None:
         parameters = inspect.signature(cls).parameters
     except (TypeError, ValueError):  # a class without a readable signature: instantiation will tell
         return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    if var_keyword_ok and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return
     named = [name for name, p in parameters.items()
              if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
     unknown = sorted(set(settings) - set(named))
     if unknown:
-        raise ConfigError(f"{path}.{unknown[0]} is not an argument of {cls.__module__}.{cls.__qualname__}; "
-                          f"its arguments are: {', '.join(named)}")
+        close = difflib.get_close_matches(unknown[0], named, n=1)
+        raise error(f"{path}.{unknown[0]} is not an argument of {cls.__module__}.{cls.__qualname__}"
+                    f"{f' (did you mean {close[0]}?)' if close else ''}; its arguments are: {', '.join(named)}")
 
 
 def _target(path: str, entry: Any, kind: str, options: str) -> str:
@@ -748,6 +760,13 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"model={cfg.model.get('name')!r} has source {cfg.model.source} but no model.id")
     if cfg.model.source == "gguf":
         _check_gguf_keys(cfg.model)
+    if cfg.model.get("quantization") is not None:
+        from slm_sweep.models import ModelLoadError, quantization_config
+
+        try:
+            quantization_config(cfg.model)  # built here, so that a misspelt setting fails before anything loads
+        except ModelLoadError as err:
+            raise ConfigError(str(err)) from None
 
     method = cfg.method
     _validate_method_shape(cfg)

@@ -127,8 +127,8 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "train/optimizers.py", "train/rank_allocation.py", "methods.py", "placement.py",
                     "train/interrupt.py")  # which steps a resumed run trains (align_to_plan, rewind_to_last_step)
-SCORING_SOURCES_SHA256 = {19: "eb01a1095931263f0604d190a32e0b859d0af5c76e1d7553eb3774caf7a0c264"}
-TRAINING_SOURCES_SHA256 = {8: "06198aed0a7075c9a0f91479890c9d67b3aa529fbdefa15a3d3e1754858e1895"}
+SCORING_SOURCES_SHA256 = {19: "82a69d86a96cd7696f7e2b0c84fe5c12fabe6f240fe293cfaeb1e505a2634afe"}
+TRAINING_SOURCES_SHA256 = {8: "3856a949470727497b613a7e999461b78735717f30535ff6133aa6fe86036b86"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

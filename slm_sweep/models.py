@@ -134,7 +134,8 @@ def quantization_config(model_cfg: Mapping[str, Any]):
     return instantiate_checked(
         "model.quantization", spec, QuantizationConfigMixin, "a transformers quantization config",
         "{_target_: transformers.BitsAndBytesConfig, load_in_4bit: true}",
-        "a transformers quantization config (such as transformers.BitsAndBytesConfig)", ModelLoadError)
+        "a transformers quantization config (such as transformers.BitsAndBytesConfig)", ModelLoadError,
+        named_only=True)
 
 
 def _from_pretrained(model_cfg: Mapping[str, Any], path: str, **kwargs):

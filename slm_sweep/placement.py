@@ -1,7 +1,8 @@
 """Where a cell generates and in which dtype: ``eval.device`` and ``eval.dtype`` resolved once, before the first
 prompt, and recorded in result.json.
 
-``eval.device``: ``auto`` (the accelerator that trained the model; else CUDA when present; else the CPU), ``cpu``,
+``eval.device``: ``auto`` (the CUDA GPU that trained the model; else CUDA when present; else the CPU: a model
+trained on another accelerator, such as Apple's MPS, follows that rule too), ``cpu``,
 ``cuda`` or ``cuda:N``. ``eval.dtype``: ``auto`` (bfloat16 on a GPU of compute capability 8 or more, float16
 on an older GPU, ``model.dtype`` on the CPU, float32 for its ``auto``), or ``float32``, ``bfloat16``,
 ``float16``. The CPU's rule reads the config, never the loaded weights: the dtype is in the cell's evaluation

@@ -101,7 +101,7 @@ class EvalSettings:
     engine: str = "static"  # static | cache | plain (model.generate, for comparison)
     cuda_graphs: bool = False  # engine=static on CUDA: replay each decode step as a CUDA graph
     prefill_batch_size: int | None = None  # prompts per prefill forward; null: 1 on CPU, the whole batch on GPU
-    # auto: the accelerator that trained the model, else CUDA when present, else CPU | cpu | cuda | cuda:N
+    # auto: the CUDA GPU that trained the model, else CUDA when present, else CPU (also after MPS) | cpu | cuda | cuda:N
     device: str = "auto"
     # auto: bfloat16 on a GPU of compute capability >= 8, float16 on an older GPU, model.dtype on CPU (float32 for
     # auto) | float32 | bfloat16 | float16; a quantized model (QLoRA) keeps the dtypes it was loaded in (a warning)

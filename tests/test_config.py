@@ -544,6 +544,27 @@ def test_full_fine_tuning_of_a_quantized_model_is_refused_before_anything_loads(
         validate_config(compose_config([f"method={method}", quantized]))
 
 
+def test_a_misspelt_or_malformed_quantization_is_refused_before_anything_loads():
+    """transformers' quantization configs keep an unknown keyword as an unused attribute: a misspelt
+    ``bnb_4bit_quant_typ: nf4`` would load fp4 while the config (and the cell's key) said nf4. A value that is not
+    a config mapping is named as such, in validation, not as an AttributeError of the model check."""
+    bnb = "_target_: transformers.BitsAndBytesConfig, load_in_4bit: true"
+    with pytest.raises(ConfigError, match=re.escape("model.quantization.bnb_4bit_quant_typ is not an argument of "
+                                                    "transformers.utils.quantization_config.BitsAndBytesConfig "
+                                                    "(did you mean bnb_4bit_quant_type?)")):
+        validate_config(compose_config(["method=lora", f"+model.quantization={{{bnb}, bnb_4bit_quant_typ: nf4}}"]))
+    with pytest.raises(ConfigError, match="model.quantization.load_in_4bits is not an argument"):
+        validate_config(compose_config(
+            ["method=lora", "+model.quantization={_target_: transformers.BitsAndBytesConfig, load_in_4bits: true}"]))
+    with pytest.raises(ConfigError, match=re.escape("model.quantization='nf4' must be a mapping with a _target_")):
+        validate_config(compose_config(["method=lora", "+model.quantization=nf4"]))
+    with pytest.raises(ConfigError, match=re.escape("model.quantization._target_='transformers.NoSuchConfig' "
+                                                    "cannot be imported")):
+        validate_config(compose_config(["method=lora", "+model.quantization={_target_: transformers.NoSuchConfig}"]))
+    # the shipped QLoRA file, with its settings spelt as the class names them, still validates
+    validate_config(compose_config(["method=qlora", "model=smollm135"]))
+
+
 def test_a_method_file_with_a_key_nothing_reads_is_refused_and_short_names_are_allowed(tmp_path):
     """The method group is untyped (each peft config has its own arguments): a key that no code and no
     interpolation reads is refused, so a misspelt rank cannot run as the default rank under the new name."""

@@ -381,7 +381,8 @@ def check_cuda(asked_by: list[str]) -> Check:
 
 def quantized_with_bitsandbytes(model: Mapping[str, Any]) -> bool:
     """Whether the model is quantized at load time by bitsandbytes (``model.quantization``: QLoRA's 4-bit)."""
-    return "BitsAndBytes" in str((model.get("quantization") or {}).get("_target_", ""))
+    quantization = model.get("quantization")
+    return isinstance(quantization, Mapping) and "BitsAndBytes" in str(quantization.get("_target_") or "")
 
 
 def check_quantization_library(alternative: str) -> Check:
