@@ -268,6 +268,63 @@ def test_the_seed_test_is_deterministic_and_its_interval_agrees_with_its_p_value
     assert test.ci_low is None and paired_test(keyed, [dict(enumerate(b[0]))], interval=True).ci_low == once.ci_low
 
 
+def _sign_flip(per_question, alpha: float) -> tuple[float, float]:
+    """By enumeration of every sign pattern of the non-zero per-question differences: the two-sided p of their sum
+    and the sign-flip critical value (the largest |mean| of a pattern whose tail is at least alpha)."""
+    from itertools import product
+
+    weights = [abs(d) for d in per_question if d]
+    observed = abs(sum(per_question))
+    sums = [abs(sum(s * w for s, w in zip(signs, weights))) for signs in product((-1, 1), repeat=len(weights))]
+    tail = {v: sum(s >= v - 1e-9 for s in sums) / len(sums) for v in sums}
+    p = sum(s >= observed - 1e-9 for s in sums) / len(sums)
+    return p, max(v for v, t in tail.items() if t >= alpha) / len(per_question)
+
+
+def test_a_seed_spread_never_gives_a_lower_p_than_the_sign_flip_test_of_the_same_differences(tmp_path):
+    """Three LoRA seeds right on the same 5 questions zero-shot misses: the exact test, p = 0.0625. Seed 0 also
+    missing one question zero-shot gets right is less evidence, yet the seed spread it brings used to switch the
+    question part to Student's t and gave p = 0.0488 (below the best single seed's McNemar p, and `reproduced`).
+    With seeds that spread, p is the larger of that test's and the exact sign-flip test's of the same per-question
+    differences, and the interval is at least the sign-flip one, so that it holds 0 exactly when p >= alpha."""
+    import numpy as np
+
+    for questions in (60, 1319):
+        zeroshot = np.zeros((1, questions), bool)
+        zeroshot[0, 5:questions // 2 + 5] = True
+        agree = np.repeat(zeroshot, 3, axis=0)
+        agree[:, :5] = True
+        worse, better = agree.copy(), agree.copy()
+        worse[0, questions // 2] = False  # seed 0 misses a question zero-shot gets right
+        better[0, questions - 1] = True  # seed 0 right on one more that zero-shot misses
+        assert seeds_and_questions_test(agree, zeroshot).p_value == pytest.approx(0.0625)
+        for lora, expected in ((worse, 0.0625), (better, 0.03125)):
+            test = seeds_and_questions_test(lora, zeroshot)
+            per_question = lora.mean(axis=0) - zeroshot[0]
+            assert test.seed_se[0] > 0  # the seeds spread: not the exact path itself
+            assert test.p_value == pytest.approx(expected) == pytest.approx(_sign_flip(per_question, 0.05)[0])
+            for alpha in (0.01, 0.05, 0.1, 0.2):
+                at = seeds_and_questions_test(lora, zeroshot, alpha=alpha)
+                assert at.p_value == test.p_value
+                assert (at.ci_low <= 0 <= at.ci_high) == (at.p_value >= alpha)
+                half = _sign_flip(per_question, alpha)[1]
+                assert at.ci_low <= at.difference - half + 1e-9 and at.ci_high >= at.difference + half - 1e-9
+        # pooled over two models that answered alike: the same sign-flip floor on the averaged differences
+        pooled = pooled_seeds_and_questions_test([(worse, zeroshot), (worse, zeroshot)])
+        assert pooled.seed_se[0] > 0 and pooled.p_value >= 0.0625 - 1e-12
+
+    # through the report: "LoRA above zero-shot" stays inconclusive when a seed misses one more question
+    claims = tmp_path / "claims.yaml"
+    claims.write_text("claims:\n  - {id: c, text: t, a: lora, b: zeroshot, direction: above}\n")
+    write_row(tmp_path, "gemma270", "zeroshot", "gsm8k", 30)
+    for seed in TRAINED_SEEDS:
+        write_cell(tmp_path, "gemma270", "lora", "gsm8k", seed, [0 < q < 35 if seed == 0 else q < 35
+                                                                 for q in range(QUESTIONS)])
+    results, _ = claims_of(tmp_path, claims=claims)
+    (instance,) = results["c"].instances
+    assert instance.test.test == SEEDS_AND_QUESTIONS and instance.test.difference == pytest.approx(14 / 180)
+    assert instance.test.p_value == pytest.approx(0.0625) and instance.verdict == "inconclusive"
+
 def test_the_seed_test_s_interval_stays_within_what_a_difference_of_accuracies_can_be():
     """At a claim family's Bonferroni level on three seeds a side (a t on 2 degrees of freedom), or on one
     question, the half-width runs past 100 points: the interval is clipped to [-1, 1], its p-value unchanged."""
@@ -1293,6 +1350,116 @@ def test_holm_makes_the_instances_of_a_claim_hold_jointly(tmp_path):
     assert weak_instance.p_adjusted == pytest.approx(0.03125)
 
 
+def test_every_instance_contradicted_alone_contradicts_the_claim_by_the_intersection_union_rule(tmp_path):
+    """The mirror of the rule above: LoRA 6 questions above full fine-tuning on both datasets (one seed each, exact
+    McNemar p = 0.03125 each). "Full above LoRA" and "LoRA below full" are contradicted by each instance alone and
+    by neither in the family of two: "every instance is against the claim" is a conjunction too, so the claim is
+    contradicted, as "LoRA above full" on the same data is reproduced (both read inconclusive before). A
+    contradiction alone that rests on the survivor of the side it favours, which lost a seed, does not count."""
+    claims = tmp_path / "claims.yaml"
+    claims.write_text("claims:\n"
+                      "  - {id: lora-above-full, text: t, a: lora, b: full, direction: above}\n"
+                      "  - {id: full-above-lora, text: t, a: full, b: lora, direction: above}\n"
+                      "  - {id: lora-below-full, text: t, a: lora, b: full, direction: below}\n")
+    both = tmp_path / "both"
+    for dataset in ("gsm8k", "orcamath"):
+        write_row(both, "qwen05", "lora", dataset, 36, seeds=(0,))
+        write_row(both, "qwen05", "full", dataset, 30, seeds=(0,))
+    results, _ = claims_of(both, claims)
+    for claim_id, rule in (("full-above-lora", "contradicted"), ("lora-below-full", "contradicted"),
+                           ("lora-above-full", "reproduced")):
+        result = results[claim_id]
+        assert [(i.verdict, i.alone) for i in result.instances] == [("inconclusive", rule)] * 2
+        assert (result.verdict, result.by_intersection_union) == (rule, True)
+        assert result.intersection_union == rule
+    markdown = (both / "report" / "claims.md").read_text()
+    assert ("Every instance is contradicted at alpha=0.05 on its own, so the claim is contradicted: that every "
+            "instance is against it is a conjunction too (an intersection-union test, which went against the "
+            "claim)") in markdown
+    assert "Roll-up: reproduced (contradicted) when every instance is, in the family or at alpha on its own" \
+        in markdown
+    assert "contradicted at alpha on their own" not in markdown  # the claim is contradicted: no note of them
+    saved = {c["id"]: c for c in json.loads((both / "report" / "claims.json").read_text())["claims"]}
+    assert [(saved[c]["verdict"], saved[c]["by_intersection_union"], saved[c].get("intersection_union"))
+            for c in ("lora-above-full", "full-above-lora")] == [("reproduced", True, "reproduced"),
+                                                                  ("contradicted", True, "contradicted")]
+    assert saved["full-above-lora"]["by_metric"]["strict"]["intersection_union"] == "contradicted"
+
+    # LoRA, which "full above LoRA" contradicted would favour, lost its second seed on orcamath: that instance is
+    # contradicted alone only by the survivor, so inconclusive alone, and the family's verdicts decide (as they
+    # do for "LoRA above full", which the survivor cannot reproduce either)
+    lost = tmp_path / "lost"
+    for dataset in ("gsm8k", "orcamath"):
+        write_row(lost, "qwen05", "lora", dataset, 36, seeds=(0,))
+        write_row(lost, "qwen05", "full", dataset, 30, seeds=(0,))
+    _lose(lost, "qwen05", "lora", "orcamath", 1, "diverged")
+    results, _ = claims_of(lost, claims)
+    for claim_id in ("lora-above-full", "full-above-lora"):
+        result = results[claim_id]
+        assert result.instances[1].test.p_value == pytest.approx(0.03125) and result.instances[1].alone == \
+            "inconclusive"
+        assert (result.verdict, result.by_intersection_union) == ("inconclusive", False)
+
+
+def test_a_non_inferiority_claim_far_below_in_every_instance_is_contradicted(tmp_path):
+    """LoRA and DoRA 25 points below zero-shot over three seeds on Gemma (seeds 4 points apart): each 95% interval
+    lies beyond the 2-point margin, while the family's 97.5% ones reach past it. Every instance is contradicted
+    alone, so "LoRA and DoRA not below zero-shot" is contradicted: it read inconclusive, while LoRA and DoRA as far
+    above read reproduced."""
+    claims = tmp_path / "claims.yaml"
+    claims.write_text("claims:\n  - {id: peft, text: t, a: [lora, dora], b: zeroshot, direction: not_below, "
+                      "margin: 0.02}\n")
+    write_row(tmp_path, "gemma270", "zeroshot", "gsm8k", 30)
+    for method in ("lora", "dora"):
+        for seed, right in zip(TRAINED_SEEDS, (11, 15, 19)):
+            write_cell(tmp_path, "gemma270", method, "gsm8k", seed, first(right))
+    results, _ = claims_of(tmp_path, claims)
+    peft = results["peft"]
+    assert [(i.verdict, i.alone) for i in peft.instances] == [("inconclusive", "contradicted")] * 2
+    assert all(i.test_alone.ci_high < -0.02 < i.test.ci_high for i in peft.instances) and peft.tested == 2
+    assert (peft.verdict, peft.by_intersection_union) == ("contradicted", True)
+    (saved,) = json.loads((tmp_path / "report" / "claims.json").read_text())["claims"]
+    assert (saved["verdict"], saved.get("intersection_union")) == ("contradicted", "contradicted")
+
+
+def test_instances_contradicted_alone_but_not_in_the_family_are_counted_in_the_roll_up(tmp_path):
+    """A claim that is not contradicted, some of whose instances are contradicted at alpha on their own: at a
+    Bonferroni level on three seeds a family of many instances hides even a large deficit (the extension of
+    "LoRA and DoRA not below zero-shot" to every model read plain inconclusive with LoRA 25 points below on one of
+    them), so the roll-up line and claims.json count them. LoRA far below zero-shot on Gemma and level on SmolLM;
+    and, one seed each, full fine-tuning 6 questions below LoRA on GSM8K (contradicted alone) and 3 on OrcaMath."""
+    claims = tmp_path / "claims.yaml"
+    claims.write_text("claims:\n"
+                      "  - {id: lora-both, text: t, a: lora, b: zeroshot, direction: not_below, margin: 0.02, "
+                      "models: [gemma270, smollm135]}\n"
+                      "  - {id: full-above-lora, text: t, a: full, b: lora, direction: above, models: [qwen05]}\n")
+    for model in ("gemma270", "smollm135"):
+        write_row(tmp_path, model, "zeroshot", "gsm8k", 30)
+    for model, rights in (("gemma270", (11, 15, 19)), ("smollm135", (29, 30, 31))):
+        for seed, right in zip(TRAINED_SEEDS, rights):
+            write_cell(tmp_path, model, "lora", "gsm8k", seed, first(right))
+    for dataset, right in (("gsm8k", 36), ("orcamath", 33)):
+        write_row(tmp_path, "qwen05", "lora", dataset, right, seeds=(0,))
+        write_row(tmp_path, "qwen05", "full", dataset, 30, seeds=(0,))
+    results, _ = claims_of(tmp_path, claims)
+    markdown = (tmp_path / "report" / "claims.md").read_text()
+    saved = {c["id"]: c for c in json.loads((tmp_path / "report" / "claims.json").read_text())["claims"]}
+    note = "1 of 2 instances contradicted at alpha on its own (not in the family)"
+    for claim_id in ("lora-both", "full-above-lora"):
+        result = results[claim_id]
+        assert sorted(i.alone for i in result.instances) == ["contradicted", "inconclusive"]
+        assert all(i.verdict == "inconclusive" for i in result.instances) and result.verdict == "inconclusive"
+        section = markdown.split(f"# `{claim_id}`")[1].split("\n#")[0]
+        assert "Verdict: **inconclusive" in section and "(2 inconclusive). Family of 2 tested instances" in section
+        assert f"intervals. {note[0].upper()}{note[1:]}." in section
+        assert saved[claim_id].get("contradicted_alone_note") == note and saved[claim_id]["margin_note"] is None
+    # under --correction none each instance's verdict is its verdict alone: nothing hidden, no note
+    results, _ = claims_of(tmp_path, claims, correction="none")
+    assert results["full-above-lora"].verdict == "partly contradicted"
+    saved = {c["id"]: c for c in json.loads((tmp_path / "report-none" / "claims.json").read_text())["claims"]}
+    assert saved["full-above-lora"]["contradicted_alone_note"] is None
+
+
 def test_non_inferior_within_the_margin_yet_significantly_below_says_so(tmp_path):
     # LoRA 4 questions below zero-shot of 60 (one seed each): the interval lies below 0 but above a 17-point margin
     claims = tmp_path / "claims.yaml"
@@ -1918,3 +2085,40 @@ def test_a_failed_retry_beside_a_result_of_its_own_configuration_loses_no_seed(t
     report = write_report([tmp_path], tmp_path / "report", plots=False)
     assert [(row["n"], row["not_completed"]) for row in report["rows"] if row["method"] == "lora"] == [(3, None)]
     assert report["collection"].failed_attempts == [] and report["collection"].replaced == []
+
+
+def test_the_sign_flip_distribution_of_a_fine_grid_is_quick_and_its_fft_tail_equals_the_direct_one(monkeypatch):
+    """Five models pooled at 8 seeds a side with two seeds lost put the per-question differences on a grid of
+    1/6720: the direct convolution took minutes per test there. The grid step of the differences' common factor
+    and an FFT above the direct limit keep it under seconds, with the tails of the direct convolution."""
+    import time
+
+    import numpy as np
+
+    import slm_sweep.report.stats as stats
+
+    rng = np.random.default_rng(0)
+    n = 1319
+
+    def side(seeds, base):
+        return np.array([np.where(rng.random(n) < 0.15, ~base, base) for _ in range(seeds)])
+
+    designs = [(8, 8), (7, 8), (8, 6), (8, 8), (8, 8)]
+    strata = [(side(a, base), side(b, base)) for a, b in designs for base in [rng.random(n) < 0.5]]
+    scale = len(strata) * math.lcm(*(a.shape[0] * b.shape[0] for a, b in strata))
+    per_question = sum(a.mean(0) - b.mean(0) for a, b in strata) / len(strata)
+    observed = abs(per_question.sum())
+    started = time.perf_counter()
+    values, probabilities = stats.sign_flip_distribution(per_question, scale)
+    assert time.perf_counter() - started < 60  # minutes before the grid step and the FFT
+    assert probabilities.sum() == pytest.approx(1, abs=1e-12)
+    tail = probabilities[np.abs(values) >= observed - 1e-9].sum()
+
+    smaller = per_question[:400]  # direct and FFT on the same grid, both quick
+    direct = stats.sign_flip_distribution(smaller, scale)
+    monkeypatch.setattr(stats, "_DIRECT_CONVOLUTION_LIMIT", 0)
+    by_fft = stats.sign_flip_distribution(smaller, scale)
+    for cut in (0.0, abs(smaller.sum()), np.quantile(np.abs(direct[0]), 0.99)):
+        assert by_fft[1][np.abs(by_fft[0]) >= cut - 1e-9].sum() == pytest.approx(
+            direct[1][np.abs(direct[0]) >= cut - 1e-9].sum(), abs=1e-12)
+    assert 0 < tail <= 1

@@ -381,8 +381,9 @@ class ClaimResult:
     # GGUF); a model of a models_require: all list that matches nothing is a gap
     absent_models: list[str] = field(default_factory=list)
     tested: int = 0  # instances with a paired test: the size of the family a correction adjusts for
-    # reproduced because every instance is at alpha on its own (an intersection-union test of the claim), while
-    # the family's corrected verdicts, read one by one, are not all reproduced
+    # reproduced (contradicted) because every instance is reproduced (contradicted) at alpha on its own (an
+    # intersection-union test), while the family's corrected verdicts, read one by one, are not all so; the verdict
+    # says which way (``intersection_union``)
     by_intersection_union: bool = False
     interval_alpha: float = ALPHA  # the intervals are at 1 - interval_alpha (alpha / tested under Holm)
     # what the claim covers but the verdict could not use: lost seeds, cells without a completed seed, model
@@ -399,6 +400,12 @@ class ClaimResult:
     def stated_verdict(self) -> str:
         """The roll-up as the tables state it: qualified when part of what the claim covers is missing."""
         return f"{self.verdict} (incomplete)" if self.gaps and self.instances else self.verdict
+
+    @property
+    def intersection_union(self) -> str | None:
+        """The verdict the intersection-union rule gave (reproduced or contradicted); None where it decided
+        nothing (the family's verdicts did)."""
+        return self.verdict if self.by_intersection_union else None
 
     @property
     def counts(self) -> Counter:
@@ -452,6 +459,11 @@ class MetricReading:
     @property
     def counts(self) -> Counter:
         return Counter(i.verdict for i in self.instances)
+
+    @property
+    def intersection_union(self) -> str | None:
+        """``ClaimResult.intersection_union`` of this reading."""
+        return self.verdict if self.by_intersection_union else None
 
 
 @dataclass
@@ -535,6 +547,29 @@ def margin_roll_up(r: ClaimResult) -> str | None:
     return (f"{len(beyond)} of {len(r.instances)} instance{'s' if len(r.instances) != 1 else ''} within the "
             f"{100 * r.claim.margin:g}-point margin, yet significantly {side} B (the interval lies {side} 0, in the "
             "family or alone)")
+
+
+def contradicted_alone_roll_up(r: ClaimResult) -> str | None:
+    """The roll-up's word on the instances contradicted at alpha on their own but not in the family, where the
+    claim is not contradicted: a family of many instances at a Bonferroni level (or Holm-adjusted p) on three
+    seeds can hide a large difference against the claim, which only the "alone" column would otherwise show.
+    Under ``--correction none`` an instance's verdict is its verdict alone, so there are none."""
+    if r.verdict == CONTRADICTED:
+        return None
+    alone = [i for i in r.instances if i.alone == CONTRADICTED and i.verdict != CONTRADICTED]
+    if not alone:
+        return None
+    return (f"{len(alone)} of {len(r.instances)} instance{'s' if len(r.instances) != 1 else ''} "
+            f"{CONTRADICTED} at alpha on {'their' if len(alone) != 1 else 'its'} own (not in the family)")
+
+
+# the roll-up's notes, by their key in claims.json: each a sentence under the claim's heading in claims.md
+ROLL_UP_NOTES = {"margin_note": margin_roll_up, "contradicted_alone_note": contradicted_alone_roll_up}
+
+
+def roll_up_notes(r: ClaimResult) -> dict[str, str | None]:
+    """Each of ``ROLL_UP_NOTES`` of the claim, None where it has nothing to say."""
+    return {key: note(r) for key, note in ROLL_UP_NOTES.items()}
 
 
 def instance_note(claim: Claim, instance: Instance) -> str | None:
@@ -708,12 +743,16 @@ def learning_rate_notes(*rows: dict[str, Any]) -> list[str]:
 
 
 def roll_up_instances(instances: Sequence[Instance]) -> tuple[str, bool]:
-    """The roll-up of instances and whether it is reproduced by the intersection-union rule only."""
+    """The roll-up of instances and whether it is reproduced, or contradicted, by the intersection-union rule only
+    (the verdict says which)."""
     verdict = roll_up([i.verdict for i in instances])
-    if instances and verdict != REPRODUCED and all(i.alone == REPRODUCED for i in instances):
-        # the claim is the conjunction of its instances: every one significant at alpha on its own rejects the
-        # union of their nulls at alpha (an intersection-union test), whatever their number
-        return REPRODUCED, True
+    for rule in (REPRODUCED, CONTRADICTED):
+        if instances and verdict != rule and all(i.alone == rule for i in instances):
+            # the claim is the conjunction of its instances, and so is "every instance is against it": every one
+            # significant at alpha on its own (untested ones are not; a verdict whose favoured side lost seeds is
+            # already inconclusive alone) rejects the union of their nulls at alpha (an intersection-union test),
+            # whatever their number
+            return rule, True
     return verdict, False
 
 
@@ -962,9 +1001,9 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
 
     ``correction="holm"``: the claim's m tested instances are one family. above/below verdicts use Holm-adjusted
     p-values, and every interval is a Bonferroni one at 1 - alpha/m (so non-inferiority verdicts hold jointly
-    too). ``"none"``: each instance at alpha on its own. An all-``reproduced`` claim needs every instance
-    significant either way (an intersection-union test, valid at alpha without a correction); the correction
-    matters for the instances read one by one and for the partial roll-ups.
+    too). ``"none"``: each instance at alpha on its own. An all-``reproduced`` (all-``contradicted``) claim needs
+    every instance significant either way (an intersection-union test, valid at alpha without a correction); the
+    correction matters for the instances read one by one and for the partial roll-ups.
 
     ``lost``: aggregate.not_completed of the records, so that cells the claim covers but that did not complete
     are named in ``gaps``. A significant verdict (reproduced or contradicted) whose favoured side lost seeds
@@ -1160,13 +1199,15 @@ def _correction_text(report: ClaimsReport) -> str:
         return (f"The instances of a claim are one family: the p-values are Holm-adjusted over its m tested "
                 f"instances (above/below verdicts use them) and the intervals are Bonferroni intervals at "
                 f"1 − alpha/m, so every verdict of a claim holds jointly at alpha={report.alpha:g}. Roll-up: "
-                f"{REPRODUCED} when every instance is, in the family or at alpha on its own (\"alone\": the "
-                f"claim is the conjunction of its instances, and every one significant at alpha rejects the "
-                f"union of their nulls at alpha, an intersection-union test that needs no correction); the "
-                f"partial roll-ups read the family's verdicts.")
+                f"{REPRODUCED} ({CONTRADICTED}) when every instance is, in the family or at alpha on its own "
+                f"(\"alone\": the claim is the conjunction of its instances, as is \"every instance is against "
+                f"it\", and every one significant at alpha rejects the union of their nulls at alpha, an "
+                f"intersection-union test that needs no correction); the partial roll-ups read the family's "
+                f"verdicts.")
     return (f"Each instance at alpha={report.alpha:g} on its own, no correction for the number of instances "
-            f"(`--correction none`): an all-{REPRODUCED} roll-up is still a valid test at alpha (every instance "
-            f"must be significant), but single instances and partial roll-ups are not corrected.")
+            f"(`--correction none`): an all-{REPRODUCED} or all-{CONTRADICTED} roll-up is still a valid test at "
+            f"alpha (every instance must be significant), but single instances and partial roll-ups are not "
+            f"corrected.")
 
 
 def report_metrics(report: ClaimsReport) -> list[str]:
@@ -1219,12 +1260,17 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
             continue
         family = (f" Family of {r.tested} tested instance{'s' if r.tested != 1 else ''}: Holm-adjusted p, "
                   f"{_level(r.interval_alpha)} intervals." if report.correction == HOLM else "")
-        if r.by_intersection_union:
+        if r.intersection_union == REPRODUCED:
             family += (f" Every instance is {REPRODUCED} at alpha={report.alpha:g} on its own, so the claim, their "
                        "conjunction, is (an intersection-union test); read one by one, the family's verdicts hold "
                        "jointly.")
-        beyond = margin_roll_up(r)
-        family += f" {beyond[0].upper()}{beyond[1:]}." if beyond else ""
+        elif r.intersection_union == CONTRADICTED:
+            family += (f" Every instance is {CONTRADICTED} at alpha={report.alpha:g} on its own, so the claim is "
+                       f"{CONTRADICTED}: that every instance is against it is a conjunction too (an "
+                       "intersection-union test, which went against the claim); read one by one, the family's "
+                       "verdicts hold jointly.")
+        for note in roll_up_notes(r).values():
+            family += f" {note[0].upper()}{note[1:]}." if note else ""
         wording = f" By wording: {_wording_text(r)}." if r.by_wording() else ""
         readings = ", ".join(_reading_text(reading, len(r.instances)) for reading in r.by_metric.values())
         if readings:
@@ -1308,7 +1354,8 @@ def claims_json(report: ClaimsReport) -> dict[str, Any]:
             "id": r.claim.id, "text": r.claim.text, "a": list(r.claim.a.methods), "b": list(r.claim.b.methods),
             "description": r.claim.describe(), "direction": r.claim.direction, "metric": metrics_text(r),
             "margin": r.claim.margin, "pool": r.claim.pool, "verdict": r.verdict, "by_intersection_union": r.by_intersection_union,
-            "complete": not r.gaps, "gaps": r.gaps, "margin_note": margin_roll_up(r),
+            "intersection_union": r.intersection_union,
+            "complete": not r.gaps, "gaps": r.gaps, **roll_up_notes(r),
             "excluded": r.excluded,
             "counts": dict(r.counts),
             "by_sides": [{"a": a, "b": b, "counts": dict(c)} for a, b, c in r.by_sides()],
@@ -1317,6 +1364,7 @@ def claims_json(report: ClaimsReport) -> dict[str, Any]:
             "metric_sensitive": r.metric_sensitive if r.instances else None,
             "by_metric": {metric: {"verdict": reading.verdict, "counts": dict(reading.counts),
                                    "by_intersection_union": reading.by_intersection_union,
+                                   "intersection_union": reading.intersection_union,
                                    "instances": len(reading.instances), "skipped": reading.skipped}
                           for metric, reading in r.by_metric.items()},
             "not_in_results": r.absent, "models_not_in_results": r.absent_models, "not_covered": r.reason if not r.instances else None,

@@ -6,7 +6,8 @@ Pure Python, numpy and scipy (the report imports no torch).
 - ``wilson_interval``: 95% Wilson score interval of an accuracy over the n test questions.
 - ``mcnemar_exact``: the exact two-sided McNemar test, from the binomial distribution of the discordant pairs.
 - ``seeds_and_questions_test``: the difference of two rows of which one has several seeds, with the questions'
-  paired noise and each side's spread over seeds as separate parts of its error (Behrens-Fisher form).
+  paired noise and each side's spread over seeds as separate parts of its error (Behrens-Fisher form), never more
+  significant than the exact sign-flip test of the same per-question differences.
 - ``tango_paired_interval``: the score interval of a difference of two accuracies on the same questions (one seed
   each), which keeps a width when no question is discordant.
 - ``paired_test``: pairs two rows' per-question scores by question and picks the test: exact McNemar when each
@@ -173,26 +174,37 @@ def within_seed_noise(scores) -> float:
     return residual / (seeds * questions)
 
 
+_DIRECT_CONVOLUTION_LIMIT = 20_000_000  # products of lengths np.convolve does quickly and exactly; FFT above
+
+
 def sign_flip_distribution(differences, scale: int):
     """The exact distribution of sum(s_i * |d_i|) over independent fair signs s_i, for per-question differences
     ``d_i`` that are multiples of 1 / ``scale`` (a difference of two means over m and k seeds: scale m * k): the
     randomisation distribution of the paired difference under "no difference" on each question. Returns (sorted
     values, their probabilities), values in the units of ``differences``. One seed a side, it is exact
-    McNemar's."""
+    McNemar's. A large grid (pooled models with unequal seed counts: a scale in the thousands) is convolved by
+    FFT, whose rounding (about 1e-16 of the largest probability) is cut off: a tail it changes by less than
+    1e-12."""
     import numpy as np
+    from scipy.signal import fftconvolve
     from scipy.stats import binom
 
     weights = np.rint(np.abs(np.asarray(differences, dtype=np.float64)) * scale).astype(np.int64)
     weights = weights[weights > 0]
-    dist = np.ones(1)  # over sums from -total to total, in steps of 1
+    step = int(np.gcd.reduce(weights)) if len(weights) else 1  # sums are multiples of it: a grid step times shorter
+    weights //= step
+    dist, rounded = np.ones(1), False  # over sums from -total to total, in steps of ``step``
     for weight, count in zip(*np.unique(weights, return_counts=True)):
         # count questions of this weight: weight * (2 j - count), j ~ Binomial(count, 1/2)
         part = np.zeros(2 * weight * count + 1)
         part[:: 2 * weight] = binom.pmf(np.arange(count + 1), count, 0.5)
-        dist = np.convolve(dist, part)
+        if len(dist) * len(part) > _DIRECT_CONVOLUTION_LIMIT:
+            dist, rounded = fftconvolve(dist, part), True
+        else:
+            dist = np.convolve(dist, part)
     total = (len(dist) - 1) // 2
-    keep = dist > 0
-    return np.arange(-total, total + 1)[keep] / scale, dist[keep]
+    keep = dist > (dist.max() * 1e-15 if rounded else 0)
+    return np.arange(-total, total + 1)[keep] * step / scale, dist[keep] / dist[keep].sum()
 
 
 @dataclass(frozen=True)
@@ -220,6 +232,9 @@ def seeds_and_questions_test(a: Sequence[Sequence[bool]], b: Sequence[Sequence[b
     degrees of freedom (the Behrens-Fisher form, generalised to three parts); the two-sided p-value is
     P(|sum| >= |d|) and the interval d +- c with P(|sum| >= c) = alpha. The seed parts are drawn (``draws`` of
     them, a fixed ``seed``: the same inputs give the same result) and the question part is integrated exactly.
+    Without seed spread the question part is the exact sign-flip distribution of the per-question differences;
+    with it, p is never below that sign-flip test's p (the larger of the two) and the interval never narrower than
+    its, so that seed spread on the same per-question differences cannot make a difference more significant.
 
     Unlike resampling three seeds with replacement (which shrinks their spread by a third and reads it on normal
     quantiles), this holds its level with two or three seeds, also at the small alphas a Holm family or a
@@ -282,27 +297,36 @@ def pooled_seeds_and_questions_test(strata: Sequence[tuple[Sequence[Sequence[boo
     question_se = math.sqrt(max(question_variance, 0.0))
     side_se = (math.hypot(*seed_se[0::2]), math.hypot(*seed_se[1::2]))
 
-    # When no side's seed means differ (one seed each, or seeds that answered alike), the test is a paired
-    # test on the questions alone: its question part is then the exact sign-flip distribution of the
-    # per-question differences, not Student's t, which on a few discordant questions rejects more often than
-    # alpha, and with every question alike would give p = 0.
-    exact = None
-    if not any(seed_se):
-        scale = k * math.lcm(*(first.shape[0] * second.shape[0] for first, second in arrays))
-        values, probs = sign_flip_distribution(per_question, scale)
-        exact = (np.abs(values) / questions, probs)  # |difference of the means| each sign pattern gives
+    # The exact sign-flip (randomisation) distribution of the per-question differences: the test on the questions
+    # alone, as if no side's seeds spread.
+    scale = k * math.lcm(*(first.shape[0] * second.shape[0] for first, second in arrays))
+    values, probs = sign_flip_distribution(per_question, scale)
+    exact = (np.abs(values) / questions, probs)  # |difference of the means| each sign pattern gives
+    spread = any(seed_se)
+
+    def exact_tail(c: float) -> float:
+        """P(|difference| >= c) over the sign patterns of the per-question differences."""
+        return float(exact[1][exact[0] >= c - 1e-12].sum())
 
     def tail(c: float) -> float:
-        """P(|seed part + question part| >= c) under no difference."""
-        if exact is not None:
-            return float(exact[1][exact[0] >= c - 1e-12].sum())
+        """P(|seed part + question part| >= c) under no difference. When no side's seed means differ (one seed
+        each, or seeds that answered alike), the test is a paired test on the questions alone: its question part
+        is then the exact sign-flip distribution, not Student's t, which on a few discordant questions rejects
+        more often than alpha, and with every question alike would give p = 0."""
+        if not spread:
+            return exact_tail(c)
         if question_se == 0:
             return float(np.mean(np.abs(seed_part) >= c - 1e-12))
         upper = student_t.sf((c - seed_part) / question_se, questions - 1)
         lower = student_t.cdf((-c - seed_part) / question_se, questions - 1)
         return float(np.mean(upper + lower))
 
+    # A seed spread only adds uncertainty to the same per-question differences: p is never below the exact
+    # sign-flip test's of them (else one seed missing one more question could turn p = 0.0625 into 0.049). The
+    # larger of two tests at alpha is a test at alpha; its interval is the union of theirs (below).
     p_value = min(1.0, tail(abs(difference)))
+    if spread:
+        p_value = min(1.0, max(p_value, exact_tail(abs(difference))))
     if not interval:
         return SeedsAndQuestions(difference, p_value, None, None, question_se, side_se)
     # Without seed spread, Tango's interval on the seeds' mean discordance, as for one seed a side: with every
@@ -310,7 +334,7 @@ def pooled_seeds_and_questions_test(strata: Sequence[tuple[Sequence[Sequence[boo
     # answers on 20 questions into certainty; Tango keeps +-16 points on 20, +-0.3 on 1319), and on a few
     # discordant questions the sign-flip distribution's critical value alone is narrower than Tango's.
     tango = None
-    if not any(seed_se):
+    if not spread:
         only_first = float(np.clip(per_question, 0, None).sum())
         only_second = float(np.clip(-per_question, 0, None).sum())
         tango = tango_paired_interval(only_first, only_second, questions, alpha)
@@ -320,6 +344,16 @@ def pooled_seeds_and_questions_test(strata: Sequence[tuple[Sequence[Sequence[boo
     while tail(high) > alpha:
         high *= 2
     half = falling_crossing(tail, alpha, 0.0, high, steps=40)
+    if spread:
+        # at least the sign-flip interval, d +- its critical value: the largest |difference| of a sign pattern
+        # whose tail is still >= alpha, found among the patterns' values (exact, where a bisection of a step
+        # function could land a hair either side), so that the interval holds 0 exactly when p >= alpha
+        atoms = np.unique(exact[0])  # ascending; the tail falls along them, the smallest's is 1
+        holds, past = 0, len(atoms)  # exact_tail(atoms[holds]) >= alpha; from atoms[past] on, below alpha
+        while past - holds > 1:
+            middle = (holds + past) // 2
+            holds, past = (middle, past) if exact_tail(float(atoms[middle])) >= alpha else (holds, middle)
+        half = max(half, float(atoms[holds]) + 1e-12)  # |d| within float error of that atom: p >= alpha, 0 inside
     low, high = difference - half, difference + half
     if tango is not None:
         low, high = min(low, tango[0]), max(high, tango[1])
