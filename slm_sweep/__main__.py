@@ -13,7 +13,10 @@ def main(cfg: DictConfig) -> float | None:
 
     from slm_sweep.config import ConfigError, check_group_names
     from slm_sweep.config_sources import use_hydra_search_path
+    from slm_sweep.identity import pin_running_code
     from slm_sweep.run import global_rank, run
+
+    pin_running_code()  # a sweep's preflight did so already; --help, --cfg and preflight.only never get here
 
     use_hydra_search_path()  # dataset files of hydra.searchpath folders serve as ood and dedup sets too
     try:

@@ -717,7 +717,7 @@ RECORDED_FIGURES = ("n_eval", "val_n_eval", "truncated_fraction", "eval_time_s",
                     "train_time_s", "final_validation_s", "train_loss", "val_loss", "train_loss_tail_mean",
                     "train_steps", "train_tokens", "train_tokens_per_s", "mfu", "step_time_s",
                     "train_padding_fraction", "train_oom_halvings", "train_grad_norm_median", "train_clipped_fraction",
-                    "train_examples", "train_too_long_fraction", "throughput_warmup_steps")
+                    "train_examples", "train_too_long_fraction", "throughput_warmup_steps", "train_peak_memory_mb")
 
 
 def _check_metric_names(cfg: DictConfig) -> None:

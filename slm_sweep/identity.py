@@ -127,8 +127,8 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "train/optimizers.py", "train/rank_allocation.py", "methods.py", "placement.py",
                     "train/interrupt.py")  # which steps a resumed run trains (align_to_plan, rewind_to_last_step)
-SCORING_SOURCES_SHA256 = {19: "82a69d86a96cd7696f7e2b0c84fe5c12fabe6f240fe293cfaeb1e505a2634afe"}
-TRAINING_SOURCES_SHA256 = {8: "3856a949470727497b613a7e999461b78735717f30535ff6133aa6fe86036b86"}
+SCORING_SOURCES_SHA256 = {19: "5780414b049cb4a1ad27aae1e75dcb892b2b5044dd40a74a32c48bc338141a2c"}
+TRAINING_SOURCES_SHA256 = {8: "7c7c9ae1de1777077de3a5c80bf9e07c68741e8597036058e1775af57b2e0145"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",
@@ -188,6 +188,25 @@ class CellIdentity:
         return {"training_key": self.training_key, "evaluation_key": self.evaluation_key,
                 "configuration_key": self.configuration_key, "scored_with": self.scored_with,
                 "prompt_style": self.prompt_style, "parts": self.parts}
+
+
+@functools.cache
+def pin_running_code() -> None:
+    """Import every hashed module of the package, then read the sources' hashes and the git state, once per
+    process, as it starts: the cells of a sweep run in one process run the code it imported then, so a key
+    (``edited_sources``) and a record (git commit, changed files) must describe that code, not what the working
+    tree holds by the time a later cell computes them (a checkout edited during the first cells). Called by a
+    sweep's preflight (unless preflight.only), the entry point's task function and each cell; only the first call
+    does anything. It imports torch, transformers and Lightning: --help, --cfg and dry runs do not call it."""
+    import importlib
+
+    from slm_sweep.results import own_code_provenance
+
+    for name in dict.fromkeys((*SCORING_SOURCES, *TRAINING_SOURCES)):
+        importlib.import_module(f"{__package__}.{name.removesuffix('.py').replace('/', '.')}")
+    sources_digest(SCORING_SOURCES)
+    sources_digest(TRAINING_SOURCES)
+    own_code_provenance()
 
 
 @functools.cache

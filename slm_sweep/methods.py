@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from slm_sweep.results import share_as_umask_allows
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TASK_TYPE = "CAUSAL_LM"  # every model here is a causal LM; a peft config that names no task gets this one
@@ -146,6 +148,7 @@ def save_atomically(model, target: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         model.save_pretrained(tmp)
+        share_as_umask_allows(tmp)  # mkdtemp's folder, and what a library writes, are its owner's only
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

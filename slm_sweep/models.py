@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from slm_sweep.config import MODEL_SOURCES
+from slm_sweep.results import share_as_umask_allows
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +295,7 @@ def convert_gguf(model_cfg: Mapping[str, Any], cache_dir: str | Path | None = No
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_root))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        share_as_umask_allows(tmp)  # mkdtemp's folder, and what a library writes, are its owner's only
         try:
             os.replace(tmp, target)
         except OSError:  # another job finished first

@@ -6,6 +6,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
@@ -47,8 +48,13 @@ PER_ATTEMPT_KEYS = frozenset({"model", "model_id", "method", "dataset", "seed", 
 # eval_sets: the time of generating and scoring its questions (its prompts built beforehand), the tokens generated,
 # their rate (eval_new_tokens / eval_time_s) and the generation batches halved after running out of memory
 EVAL_SET_FIGURES = ("eval_time_s", "eval_new_tokens", "eval_tokens_per_s", "eval_oom_halvings")
-# What training_provenance records of the run that trained the weights a cell re-scores
-TRAINING_PROVENANCE_KEYS = ("git_commit", "git_dirty_files", "versions", "hardware", "started_at", "finished_at")
+# What training_provenance records of the run that trained the weights a cell re-scores (earlier_attempts: the
+# attempts whose steps that run resumed, ATTEMPT_PROVENANCE_KEYS of each)
+TRAINING_PROVENANCE_KEYS = ("git_commit", "git_dirty_files", "versions", "hardware", "started_at", "finished_at",
+                            "earlier_attempts")
+# What earlier_attempts records of each earlier attempt of a cell in its folder, whose checkpoint training resumed
+ATTEMPT_PROVENANCE_KEYS = ("status", "checkpoint_step", "git_commit", "git_dirty_files", "versions", "hardware",
+                           "started_at", "finished_at")
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "lightning", "hydra-core", "omegaconf", "wandb", "datasets",
                     "tokenizers", "safetensors", "gguf", "bitsandbytes", "accelerate", "triton", "numpy", "slm_sweep")
 # the module a distribution is imported as, where the two names differ
@@ -63,6 +69,9 @@ SECRET_KEY = re.compile(r"(?:api|access|private|ssh|encryption|signing|service[_
                         r"|(?:^|[_.-])(?:key|token)[_-]?(?:file|path)$", re.IGNORECASE)
 
 
+log = logging.getLogger(__name__)
+
+
 def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -75,6 +84,20 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()
+
+
+def share_as_umask_allows(folder: str | Path) -> None:
+    """Give ``folder`` (made by ``tempfile.mkdtemp``, its owner's only), the folders under it and its files the
+    modes a folder and a file made under the umask get, as result files have (``atomic_write``): kept weights and
+    converted models are read by the others of a shared cluster (another user's cell with the same training key
+    re-scores them), and a library may write its files for their owner only."""
+    folder = Path(folder)
+    os.chmod(folder, 0o777 & ~_UMASK)
+    for parent, folders, files in os.walk(folder):
+        for name in folders:
+            os.chmod(Path(parent) / name, 0o777 & ~_UMASK)
+        for name in files:
+            os.chmod(Path(parent) / name, 0o666 & ~_UMASK)
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
@@ -190,14 +213,70 @@ def training_provenance(trained: Mapping[str, Any], result_path: str | Path | No
 
 
 def read_result(path: str | Path) -> dict | None:
-    """The record at ``path`` (a result.json or its directory), or None when absent or unreadable."""
+    """The record at ``path`` (a result.json or its directory), or None when absent or unreadable; a file that is
+    there but cannot be read as a record (damaged JSON, not an object) is named in a warning, once per version of
+    it, so that a cell that treats it as absent does not do so unseen."""
     path = Path(path)
     if path.is_dir():
         path = path / RESULT_FILE
+    record, why = _parse_result(path)
+    if why is not None:
+        try:
+            version = (path.stat().st_mtime_ns, path.stat().st_size)
+        except OSError:
+            version = None
+        if (str(path), version) not in _WARNED:
+            _WARNED.add((str(path), version))
+            log.warning("%s cannot be read as a result (%s): taken as no result", path, why)
+    return record
+
+
+_WARNED: set[tuple[str, tuple[int, int] | None]] = set()  # (path, its mtime and size)
+
+
+def _parse_result(path: Path) -> tuple[dict | None, str | None]:
+    """(the record at ``path``, None) or (None, why it cannot be read); (None, None) when there is no file."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return None, None
+    except (OSError, ValueError) as err:  # ValueError: not UTF-8
+        return None, f"{type(err).__name__}: {err}"
+    try:
+        record = json.loads(text)
+    except ValueError as err:
+        return None, f"{type(err).__name__}: {err}"
+    if not isinstance(record, dict):
+        return None, f"the top level is a {type(record).__name__}, not an object"
+    return record, None
+
+
+def set_aside_damaged(out: str | Path) -> Path | None:
+    """Rename a result.json in ``out`` that is there but cannot be read as a record (a bad copy, a hand edit that
+    broke it) to ``result.damaged-<time>.json``, and the predictions beside it to
+    ``predictions.damaged-<time>.jsonl``, with a warning naming them: a cell that starts in the folder treats it
+    as holding no result, and would otherwise write over what may still be recovered. Returns the new path of the
+    result, None when there was nothing to set aside."""
+    out = Path(out)
+    path = out / RESULT_FILE
+    if not path.is_file():
         return None
+    record, why = _parse_result(path)
+    if record is not None or why is None:
+        return None
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    number, suffix = 1, ""
+    while (out / f"result.damaged-{stamp}{suffix}.json").exists() or \
+            (out / f"predictions.damaged-{stamp}{suffix}.jsonl").exists():
+        number += 1
+        suffix = f"-{number}"
+    target = path.rename(out / f"result.damaged-{stamp}{suffix}.json")
+    predictions = out / PREDICTIONS_FILE
+    moved = predictions.rename(out / f"predictions.damaged-{stamp}{suffix}.jsonl") if predictions.is_file() else None
+    _fsync_directory(out)
+    log.warning("%s cannot be read as a result (%s): moved to %s%s; this cell runs as in a folder without a result",
+                path, why, target, f", its predictions to {moved}" if moved else "")
+    return target
 
 
 def read_predictions(path: str | Path) -> list[dict]:

@@ -30,6 +30,7 @@ from slm_sweep.config import (
 )
 from slm_sweep.identity import CellIdentity, auto_prompt_style
 from slm_sweep.results import (
+    ATTEMPT_PROVENANCE_KEYS,
     EVAL_SET_FIGURES,
     FAILED_ATTEMPT_FILE,
     FAILED_ATTEMPT_LOGS,
@@ -46,6 +47,7 @@ from slm_sweep.results import (
     now_iso,
     read_result,
     redact,
+    set_aside_damaged,
     training_provenance,
     write_predictions,
     write_result,
@@ -71,7 +73,7 @@ log = logging.getLogger(__name__)
 TRAINING_METRICS = ("train_time_s", "final_validation_s", "train_loss", "val_loss", "train_steps", "train_tokens",
                     "train_tokens_per_s", "mfu", "step_time_s", "train_padding_fraction", "train_oom_halvings",
                     "train_grad_norm_median", "train_clipped_fraction", "train_loss_tail_mean", "train_examples",
-                    "train_too_long_fraction", "throughput_warmup_steps")
+                    "train_too_long_fraction", "throughput_warmup_steps", "train_peak_memory_mb")
 
 ADAPTER_DIR, MODEL_DIR = KEPT_WEIGHTS
 
@@ -253,8 +255,10 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     A configuration error raises ConfigError before anything is written; in a sweep it fails this cell only
     (result.json says why), so that the other cells run and the sweep's summary names it.
     """
+    from slm_sweep.identity import pin_running_code
     from slm_sweep.tune import check_tuned_data, resolve_lr
 
+    pin_running_code()  # a no-op after the entry point's call: the code and git state of this process
     try:
         validate_config(cfg)
         validate_job_environment(_job_env_set())
@@ -281,6 +285,8 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
 
     from slm_sweep.train.interrupt import CheckpointOnInterrupt, is_interrupt, sigterm_as_interrupt
 
+    # a result.json that cannot be read is renamed, not written over: what it held may still be recovered
+    set_aside_damaged(out)
     interrupt = CheckpointOnInterrupt(out / "checkpoints" / "last.ckpt")
     predictions: list[dict] = []
     tracker = None
@@ -331,6 +337,18 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
             if reused is record:  # a copy made now: the dashboard gets a run for it, as for every other cell
                 _track_short(cfg, reused, config, out)
             return reused
+        # the attempts whose checkpoint in this folder training would resume (read before this record replaces
+        # theirs), only where it may resume it (not with resume.enabled=false, which sets it aside); a re-score
+        # names them only if its kept weights cannot be read and it trains after all (_run_cell)
+        attempts = (_earlier_attempts(out, identity.training_key)
+                    if cfg.method.train and not _resume_off(cfg) else {})
+        if trained is not None and trained.resolve() == out.resolve():
+            # the record this one replaces is the one that names the kept weights: their training figures are in
+            # it before it is written, so that an attempt that stops before it loads them (a hub error, a
+            # preemption) leaves them named, and the next attempt re-scores them too instead of training again
+            take_training(record, record["metrics"], trained, trained_record, trained_result)
+        elif trained is None:
+            record.update(attempts)
         write_result(out, record)
         keep_earlier_curves(out)
         from slm_sweep.tracking import Tracker
@@ -342,7 +360,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         record["tracking"] = tracker.tracking
         _run_cell(cfg, out, record, tracker, predictions, data, identity, dirs, callbacks=[interrupt],
                   trained=trained, trained_record=trained_record, trained_result=trained_result,
-                  trained_weights=trained_weights)
+                  trained_weights=trained_weights, attempts=attempts)
         record["status"] = "completed"
         if not cfg.trainer.get("keep_checkpoints", False):
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -375,7 +393,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
             # failed before its keys were known, or while it reused a finished result (its own, or one copied in
             # already): a finished result in the folder stays result.json; the failure is written beside it
             earlier = read_result(out) if not set_aside or previous is not None else None
-            kept = earlier is not None and earlier.get("status") == "completed" and record["status"] != "completed"
+            kept = keeps_earlier(earlier, record, took_over=set_aside)
             written = FAILED_ATTEMPT_FILE if kept else RESULT_FILE
             try:
                 if set_aside and not kept:  # what predictions.jsonl holds now is this attempt's
@@ -394,8 +412,10 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
                 log.error("writing %s failed (%s): the scores are in the loggers and the closing line only",
                           out / written, _error_text(err))
             if kept:
-                log.error("%s still holds the finished result of an earlier run; this attempt's failure is in %s",
-                          out, FAILED_ATTEMPT_FILE)
+                held = ("the finished result" if earlier.get("status") == "completed" else
+                        f"the {earlier.get('status')} record, with its keys,")
+                log.error("%s still holds %s of an earlier run; this attempt's failure is in %s", out, held,
+                          FAILED_ATTEMPT_FILE)
             try:
                 if tracker is not None:
                     try:
@@ -437,6 +457,35 @@ def _own_checkpoint_step(out: Path, record: dict[str, Any]) -> int | None:
     return checkpoint_step(path)
 
 
+def keeps_earlier(earlier: Mapping[str, Any] | None, record: Mapping[str, Any], took_over: bool = False) -> bool:
+    """Whether the record ``earlier`` in the folder stays its result.json, and an attempt that did not complete
+    (``record``) is written beside it (result.failed.json): a finished result, or one that knows its keys (a
+    trained attempt's figures, which the next attempt needs to find the weights it kept and re-score them, and the
+    checkpoint it left) against an attempt that stopped before it knew its own, or before it took the folder over
+    (``took_over``: wrote its own record there) for the same training."""
+    if earlier is None or record.get("status") == "completed":
+        return False
+    if earlier.get("status") == "completed":
+        return True
+    known, own = (earlier.get("identity") or {}), (record.get("identity") or {})
+    return bool(known) and (not own or (not took_over and own.get("training_key") is not None
+                                        and own.get("training_key") == known.get("training_key")))
+
+
+def _earlier_attempts(out: Path, training_key: str | None) -> dict[str, Any]:
+    """``{"earlier_attempts": [...]}`` when the folder's record, which this attempt's replaces, is an unfinished
+    attempt of the same training whose checkpoint this one may resume: what ran its steps (and those of the
+    attempts before it), ``ATTEMPT_PROVENANCE_KEYS`` of each; empty otherwise. Dropped again when training does
+    not resume from the folder's checkpoint (train_stage)."""
+    replaced = read_result(out)
+    if (replaced is None or replaced.get("status") == "completed" or training_key is None
+            or (replaced.get("identity") or {}).get("training_key") != training_key
+            or stamped_key(out / CHECKPOINT.parent) != training_key or not (out / CHECKPOINT).is_file()):
+        return {}
+    before = [dict(a) for a in replaced.get("earlier_attempts") or [] if isinstance(a, Mapping)]
+    return {"earlier_attempts": [*before, {key: replaced.get(key) for key in ATTEMPT_PROVENANCE_KEYS}]}
+
+
 def _refused_cell(cfg: DictConfig, out: Path, err: Exception) -> dict[str, Any]:
     """The failed record of a sweep's cell whose configuration cannot run, written to ``out``."""
     try:
@@ -457,7 +506,9 @@ def _refused_cell(cfg: DictConfig, out: Path, err: Exception) -> dict[str, Any]:
     record.update(status="failed", error=f"config error: {err}", finished_at=now_iso())
     log.error("cell failed: config error: %s", err)
     out.mkdir(parents=True, exist_ok=True)
-    written = FAILED_ATTEMPT_FILE if (read_result(out) or {}).get("status") == "completed" else RESULT_FILE
+    if global_rank() == 0:
+        set_aside_damaged(out)
+    written = FAILED_ATTEMPT_FILE if keeps_earlier(read_result(out), record) else RESULT_FILE
     if written == RESULT_FILE:  # the predictions of an unfinished attempt this record replaces are not its own
         (out / PREDICTIONS_FILE).unlink(missing_ok=True)
     write_result(out, record, written)
@@ -657,11 +708,14 @@ def load_model(cfg: DictConfig, trained: Path | None):
     return apply_method(model, cfg.method), tokenizer
 
 
-def load_kept(cfg: DictConfig, weights: Path | None, training_key: str | None, trained: Path):
+def load_kept(cfg: DictConfig, weights: Path | None, training_key: str | None, trained: Path,
+              trained_record: Mapping[str, Any] | None = None):
     """The base model with the kept weights a re-score found in ``trained`` (``weights``, resolved when it looked
     them up). A FileNotFoundError when they are gone or were replaced before or while they loaded (another run
     writing into that folder): a re-score never scores a fresh adapter, or another training's weights, under the
-    trained cell's key and figures."""
+    trained cell's key and figures. None when their files cannot be read (``unreadable_weights``: a truncated copy,
+    a file missing): they are moved aside (``set_aside_unreadable``), so that this cell, and every later one,
+    trains them again instead of failing on them; any other error (the base model's hub, memory) is raised."""
     def stamp() -> str | None:
         if weights is None or not weights.is_dir() or stamped_key(weights) not in (None, training_key):
             raise FileNotFoundError(
@@ -671,10 +725,92 @@ def load_kept(cfg: DictConfig, weights: Path | None, training_key: str | None, t
         return stamped_key(weights)
 
     before = stamp()
-    loaded = load_model(cfg, weights)
+    why = None
+    try:
+        loaded = load_model(cfg, weights)
+    except Exception:
+        if stamp() != before:
+            raise FileNotFoundError(f"the kept weights in {weights} were replaced while they loaded: rerun the "
+                                    "cell") from None
+        try:
+            why = unreadable_weights(weights)
+        except OSError:  # the file system's error, not the files': they may read next time
+            why = None
+        if why is None:
+            raise
+    if why is not None:  # here, not in the except block: the model half built goes with the error
+        set_aside_unreadable(weights, why, trained_record)
+        return None
     if stamp() != before:
         raise FileNotFoundError(f"the kept weights in {weights} were replaced while they loaded: rerun the cell")
     return loaded
+
+
+# what a kept-weights folder moved aside because it cannot be read keeps of the record that named it (its training
+# figures and provenance, which no result names any more): not result.json, which a search would read as a cell
+UNREADABLE_WEIGHTS_RECORD = "trained_record.json"
+
+
+def unreadable_weights(folder: Path) -> str | None:
+    """Why the kept weights in ``folder`` (``adapter/`` or ``model/``, as keep_trained_weights saved them) cannot be
+    read: a config missing or not JSON, no weights file, a safetensors file whose header does not parse or does not
+    match its size (truncated), a sharded model's index naming a missing file; None when they read. An OSError
+    (the file system, not the files) is raised."""
+    import json
+
+    from safetensors import safe_open
+
+    config = folder / ("adapter_config.json" if folder.name == ADAPTER_DIR else "config.json")
+    try:
+        if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
+            return f"{config.name} is not a JSON object"
+    except FileNotFoundError:
+        return f"{config.name} is missing"
+    except ValueError as err:
+        return f"{config.name}: {type(err).__name__}: {err}"
+    index = next(iter(sorted(folder.glob("*.safetensors.index.json"))), None)
+    if index is not None:
+        try:
+            named = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            return f"{index.name}: {type(err).__name__}: {err}"
+        missing = sorted(name for name in named if not (folder / str(name)).is_file())
+        if missing:
+            return f"{index.name} names {', '.join(missing)}, which is missing"
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return "it holds no .safetensors weights file" if not any(folder.glob("*.bin")) else None
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as f:  # the header, checked against the file's size
+                f.keys()
+        except OSError:
+            raise
+        except Exception as err:  # noqa: BLE001 - safetensors' SafetensorError, which is no subclass of a builtin
+            return f"{path.name}: {type(err).__name__}: {err}"
+    return None
+
+
+def set_aside_unreadable(weights: Path, why: str, record: Mapping[str, Any] | None) -> Path:
+    """Rename kept weights that cannot be read (``unreadable_weights``: ``why``) to ``<name>.damaged-<UTC time>``
+    beside them, with the record that named them (``record``, as UNREADABLE_WEIGHTS_RECORD), and say so: a
+    search no longer finds them (sweep.resume.kept_weights), so the cell trains again, and nothing is deleted."""
+    import datetime as dt
+
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target, number = weights.with_name(f"{weights.name}.damaged-{stamp}"), 1
+    while target.exists():
+        number += 1
+        target = weights.with_name(f"{weights.name}.damaged-{stamp}-{number}")
+    weights.rename(target)
+    if record is not None:
+        try:
+            write_result(target, record, UNREADABLE_WEIGHTS_RECORD)
+        except (OSError, TypeError) as err:
+            log.error("could not write %s: %s", target / UNREADABLE_WEIGHTS_RECORD, _error_text(err))
+    log.warning("the kept weights in %s cannot be read (%s): moved to %s; the cell trains them again", weights,
+                why, target)
+    return target
 
 
 def train_stage(cfg: DictConfig, out: Path, record: dict, model, tokenizer, data: CellData,
@@ -705,6 +841,8 @@ def train_stage(cfg: DictConfig, out: Path, record: dict, model, tokenizer, data
     resume_from = (own_checkpoint(out, identity.training_key, resume=resuming)
                    or find_checkpoint(dirs, identity.training_key, own=out))
     record["resumed_from_checkpoint"] = str(resume_from) if resume_from else None
+    if resume_from is None or resume_from != out / CHECKPOINT:  # the earlier attempts here trained none of it
+        record.pop("earlier_attempts", None)
     # the step training picks up at: train_steps counts from zero, train_tokens and train_time_s from here
     record["resumed_at_step"] = checkpoint_step(resume_from) if resume_from else None
     stamp_training_key(out / CHECKPOINT.parent, identity.training_key)
@@ -721,11 +859,47 @@ def train_stage(cfg: DictConfig, out: Path, record: dict, model, tokenizer, data
     if global_rank() != 0:
         return outcome
     record["placement"]["train"] = outcome.placement
+    # peak_memory_mb is the cell's, training and evaluation (set when it ends); the training's own peak is kept
+    # apart, so that a cell re-scoring these weights copies it with the other training figures
     record["metrics"].update(train_time_s=outcome.train_time_s, train_loss=outcome.train_loss,
-                             val_loss=outcome.val_loss, train_steps=outcome.train_steps, **outcome.perf)
+                             val_loss=outcome.val_loss, train_steps=outcome.train_steps, **outcome.perf,
+                             train_peak_memory_mb=outcome.perf.get("peak_memory_mb"))
     keep_trained_weights(model, out, identity.training_key, keep_full=bool(cfg.trainer.get("keep_model", False)))
     write_result(out, record)  # training is the expensive part: keep its numbers even if evaluation fails
     return outcome
+
+
+def take_training(record: dict[str, Any], metrics: dict[str, Any], trained: Path, trained_record: dict | None,
+                  trained_result: Path | None) -> None:
+    """What a re-score of the weights kept in ``trained`` copies from the record of the run that trained them
+    (``trained_record``, found at ``trained_result``): where they were trained and by what, their placement, the
+    training figures (into ``metrics``) and the checkpoint that run resumed from."""
+    source = trained_record or {}
+    record["trained_in"] = str(trained)
+    # the training figures below were measured by that run, with its code, versions and hardware
+    record["training_provenance"] = training_provenance(source, trained_result)
+    record["placement"]["train"] = (source.get("placement") or {}).get("train")
+    measured = source.get("metrics") or {}
+    for key in TRAINING_METRICS:
+        # a source without final_validation_s counted that pass in train_time_s: the copy lacks it too
+        if key in measured or key != "final_validation_s":
+            metrics[key] = measured.get(key)
+    # its training time covers what that run trained, from a checkpoint if it resumed from one (the report
+    # leaves such a seed out of the mean training time)
+    record["resumed_from_checkpoint"] = source.get("resumed_from_checkpoint")
+    record["resumed_at_step"] = source.get("resumed_at_step")
+    if "trainable_params" in measured:
+        metrics["trainable_params"] = measured["trainable_params"]
+
+
+def drop_training(record: dict[str, Any]) -> None:
+    """Undo ``take_training`` in ``record``: it re-scores no kept weights after all (they cannot be read), so it
+    names none and holds none of their training figures (``metrics`` empty, as a cell's before its model loads)."""
+    record.pop("trained_in", None)
+    record.pop("training_provenance", None)
+    record["placement"]["train"] = None
+    record["metrics"] = {}
+    record["resumed_from_checkpoint"] = record["resumed_at_step"] = None
 
 
 def keep_trained_weights(model, out: Path, training_key: str, keep_full: bool) -> None:
@@ -745,7 +919,10 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
               identity: CellIdentity, dirs: list[Path], train_only: bool = False,
               callbacks: list | None = None, trained: Path | None = None,
               trained_record: dict | None = None, trained_result: Path | None = None,
-              trained_weights: Path | None = None) -> None:
+              trained_weights: Path | None = None, attempts: Mapping[str, Any] | None = None) -> None:
+    """Load, train (or take the kept weights ``trained_weights`` found in ``trained``: a re-score) and evaluate.
+    ``attempts``: the ``earlier_attempts`` of the folder's checkpoint (run._earlier_attempts), for a re-score whose
+    kept weights cannot be read and which trains after all."""
     import lightning as L
 
     from slm_sweep.data.prompts import resolve_format
@@ -761,10 +938,17 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
     record["skipped_rows"] = dict(splits.skipped)  # rows without a numeric reference, per source split
     record["skipped_rows_asking_who"] = dict(splits.skipped_asking_who)  # of which questions asking who
 
+    loaded = None
     if trained is not None:
-        model, tokenizer = load_kept(cfg, trained_weights, identity.training_key, trained)
-    else:
-        model, tokenizer = load_model(cfg, None)
+        loaded = load_kept(cfg, trained_weights, identity.training_key, trained, trained_record)
+        if loaded is None:  # they cannot be read, and were moved aside: this cell trains, as if none were kept
+            trained = None
+            drop_training(record)
+            record.update(attempts or {})
+            write_result(out, record)  # no longer naming the weights it does not use, nor their figures
+            reset_peak_memory()  # what the failed load held is not this cell's
+            L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # as a cell that trains from the start
+    model, tokenizer = loaded if loaded is not None else load_model(cfg, None)
     trainable, total = count_parameters(model)
     # how the questions are put to the model: the method's own format (few-shot), else as trained cells are prompted
     prompt_format = resolve_format(method, cfg.prompt, tokenizer, int(cfg.seed))
@@ -779,22 +963,8 @@ def _run_cell(cfg: DictConfig, out: Path, record: dict, tracker, predictions: li
 
     if trained is not None:
         # same training key: the weights are the ones this cell would train; only its evaluation differs
-        source = trained_record or {}
         log.info("re-scoring the weights trained in %s (same training key)", trained)
-        record["trained_in"] = str(trained)
-        # the training figures below were measured by that run, with its code, versions and hardware
-        record["training_provenance"] = training_provenance(source, trained_result)
-        record["placement"]["train"] = (source.get("placement") or {}).get("train")
-        measured = source.get("metrics") or {}
-        for key in TRAINING_METRICS:
-            # a source without final_validation_s counted that pass in train_time_s: the copy lacks it too
-            if key in measured or key != "final_validation_s":
-                metrics[key] = measured.get(key)
-        # its training time covers what that run trained, from a checkpoint if it resumed from one (the report
-        # leaves such a seed out of the mean training time)
-        record["resumed_from_checkpoint"] = source.get("resumed_from_checkpoint")
-        record["resumed_at_step"] = source.get("resumed_at_step")
-        metrics["trainable_params"] = (source.get("metrics") or {}).get("trainable_params", trainable)
+        take_training(record, metrics, trained, trained_record, trained_result)
     elif method.train:
         train_stage(cfg, out, record, model, tokenizer, data, identity, dirs, tracker, callbacks)
     if train_only:

@@ -205,6 +205,11 @@ class CellLogger:
         """Always called, also when the cell failed."""
 
 
+# What a W&B run's config records under ``provenance``, from result.json (with ``out_dir`` and ``result_path``)
+PROVENANCE_KEYS = ("identity", "git_commit", "git_dirty_files", "versions", "hardware", "learning_rate",
+                   "reused_from", "trained_in", "training_provenance", "earlier_attempts")
+
+
 class WandbRun(CellLogger):
     """A W&B run per cell, grouped by configuration (``model-method-dataset-<configuration key>``, ``-val`` for a
     search cell: a group is a row of the report), named with the seed, tagged with the model, method, dataset,
@@ -238,12 +243,12 @@ class WandbRun(CellLogger):
         lr = (cell.get("learning_rate") or {}).get("value")
         name = f"{cell['model']}-{cell['method']}-{cell['dataset']}" + (f"-lr{lr:g}" if split == "val" and lr else "")
         # what result.json says produced the numbers, so that a run on the dashboard can be traced to its code, its
-        # machine and its files
-        provenance = {key: cell.get(key) for key in ("identity", "git_commit", "git_dirty_files", "versions",
-                                                     "hardware", "learning_rate", "reused_from")
-                      if cell.get(key) is not None}
+        # machine and its files; a re-score's training figures, to the run that trained its weights (trained_in,
+        # training_provenance), and resumed training's first steps to the attempts that trained them
+        provenance = {key: cell.get(key) for key in PROVENANCE_KEYS if cell.get(key) is not None}
         folder = Path(out_dir).absolute()
         provenance.update(out_dir=str(folder), result_path=str(folder / RESULT_FILE))
+        self.provenance = provenance
         try:
             self.run = start_wandb_run(settings, name=f"{name}-seed{cell['seed']}" + ("-val" if split == "val" else ""),
                                        group=group, job_type=cell["method"], tags=run_tags,
@@ -277,6 +282,15 @@ class WandbRun(CellLogger):
 
         if record.get("status") != "completed":
             self.run.summary.update({"status": record.get("status"), "error": record.get("error")})
+        # the provenance as the final record has it: what it learnt after the run started (a re-score names its
+        # training run once it loaded the weights), so that the figures logged below are traced to the run that
+        # measured them, and without what it no longer holds (earlier_attempts of training that did not resume
+        # from their checkpoint after all, trained_in of kept weights that could not be read and were trained again)
+        now = {key: record[key] for key in PROVENANCE_KEYS if record.get(key) is not None}
+        provenance = {**{k: v for k, v in self.provenance.items() if k not in PROVENANCE_KEYS}, **now}
+        if provenance != self.provenance:
+            self.provenance = provenance
+            self.run.config.update({"provenance": self.provenance}, allow_val_change=True)
         if not has_figures(record):
             return
         values = {**result_metrics(record), "trainer/global_step": result_step(record), "status": record.get("status")}

@@ -339,3 +339,227 @@ def test_a_copy_of_an_older_result_keeps_none_of_the_copying_process_s_provenanc
     assert copy["git_commit"] == "aaaa-dirty" and copy["git_dirty_files"] is None
     assert copy["hardware"] is None and copy["eval_sets"] == {} and copy["skipped_rows_asking_who"] is None
     assert copy["schema_version"] == 1  # the meaning its copied figures were written under
+
+
+def _trained_then_failed_to_evaluate(tiny_cfg, out: Path, monkeypatch, *overrides: str) -> dict:
+    """An attempt of a cell that trains and keeps its adapter, then fails while it evaluates."""
+    import slm_sweep.evaluate.evaluator as evaluator
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("evaluation failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluator, "evaluate", fails)
+        record = run(tiny_cfg(*overrides), out_dir=out)
+    assert record["status"] == "failed" and record["metrics"]["train_steps"] == 3, record.get("error")
+    assert (out / "adapter").is_dir()
+    return record
+
+
+def test_a_re_score_carries_the_training_run_s_peak_memory_and_the_report_shows_the_larger(tiny_cfg, tmp_path,
+                                                                                           monkeypatch):
+    """A cell that re-scores kept weights measures the peak of its evaluation alone: the training run's peak
+    travels with the other training figures (train_peak_memory_mb), and the report's peak memory includes it."""
+    from slm_sweep.report import collect, summarize
+
+    common = ("method=lora", "resume.enabled=true", "dataset.test_limit=4")
+    first = _trained_then_failed_to_evaluate(tiny_cfg, tmp_path / "cell", monkeypatch, *common)
+    trained_peak = first["metrics"]["train_peak_memory_mb"]
+    assert trained_peak > 0
+    rescored = run(tiny_cfg(*common), out_dir=tmp_path / "cell")
+    assert rescored["status"] == "completed" and rescored["trained_in"] == str(tmp_path / "cell")
+    metrics = rescored["metrics"]
+    assert metrics["train_peak_memory_mb"] == trained_peak and metrics["peak_memory_mb"] > 0
+    assert metrics["train_time_s"] == first["metrics"]["train_time_s"]
+    (row,) = summarize(collect([tmp_path / "cell"]).records)
+    assert row["peak_memory_mb_max"] == max(trained_peak, metrics["peak_memory_mb"])
+    assert row["peak_memory_unknown_seeds"] == 0
+    # a cell that trained itself records both, its own peak covering its training
+    trained = run(tiny_cfg("method=lora", "dataset.test_limit=2"), out_dir=tmp_path / "fresh")["metrics"]
+    assert 0 < trained["train_peak_memory_mb"] <= trained["peak_memory_mb"]
+
+
+def test_an_attempt_that_stops_before_loading_what_it_re_scores_leaves_the_trained_record(tiny_cfg, tmp_path,
+                                                                                          monkeypatch):
+    """A requeued attempt preempted while it reads its data (before its keys), or one that fails before it loads
+    the weights it was to re-score, does not write over the record of the attempt that trained: the next attempt
+    still finds the kept adapter through it and re-scores it instead of training again."""
+    import slm_sweep.run as run_module
+    import slm_sweep.train.fit as fit_module
+    from slm_sweep.report import collect
+
+    cell = tmp_path / "cell"
+    common = ("method=lora", "resume.enabled=true", "dataset.test_limit=4")
+    first = _trained_then_failed_to_evaluate(tiny_cfg, cell, monkeypatch, *common)
+    trained = (cell / "result.json").read_bytes()
+
+    def preempted(cfg):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "load_data", preempted)
+        with pytest.raises(KeyboardInterrupt):
+            run(tiny_cfg(*common), out_dir=cell)
+    assert (cell / "result.json").read_bytes() == trained
+    attempt = read_result(cell / "result.failed.json")
+    assert attempt["status"] == "interrupted" and attempt["identity"] is None
+    # the report reads the folder as one cell, the one that did not complete
+    (record,) = collect([cell]).records
+    assert record["status"] == "failed" and record["error"] == first["error"]
+
+    def preempted_while_searching(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:  # its keys known, before it took the folder over
+        patch.setattr(run_module, "find_completed", preempted_while_searching)
+        with pytest.raises(KeyboardInterrupt):
+            run(tiny_cfg(*common), out_dir=cell)
+    assert (cell / "result.json").read_bytes() == trained
+    attempt = read_result(cell / "result.failed.json")
+    assert attempt["status"] == "interrupted" and attempt["identity"] == first["identity"]
+
+    def unreachable(*args, **kwargs):
+        raise OSError("the hub did not answer")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "load_kept", unreachable)
+        failed = run(tiny_cfg(*common), out_dir=cell)
+    assert failed["status"] == "failed" and "the hub did not answer" in failed["error"]
+    written = read_result(cell)
+    assert written["trained_in"] == str(cell) and written["training_provenance"]["started_at"] == first["started_at"]
+    assert written["metrics"]["train_time_s"] == first["metrics"]["train_time_s"]
+    assert not (cell / "result.failed.json").exists()  # superseded by an attempt that knew its keys
+
+    monkeypatch.setattr(fit_module, "fit", lambda *a, **k: pytest.fail("trained again"))
+    rescored = run(tiny_cfg(*common), out_dir=cell)
+    assert rescored["status"] == "completed" and rescored["trained_in"] == str(cell)
+    assert rescored["metrics"]["train_time_s"] == first["metrics"]["train_time_s"]
+    assert rescored["training_provenance"]["started_at"] == first["started_at"]
+
+
+def test_a_sweep_cell_refused_for_its_config_leaves_the_record_of_an_attempt_that_trained(tiny_cfg, tmp_path):
+    from slm_sweep.config import ConfigError
+    from slm_sweep.results import write_result
+    from slm_sweep.run import _refused_cell
+
+    trained = {"status": "interrupted", "model": "tiny", "method": "lora", "dataset": "gsm8k", "seed": 0,
+               "identity": {"training_key": "0123456789abcdef"}, "metrics": {"train_steps": 3}}
+    write_result(tmp_path, trained)
+    before = (tmp_path / "result.json").read_bytes()
+    record = _refused_cell(tiny_cfg("method=lora"), tmp_path, ConfigError("method.lr=-1 must be positive"))
+    assert (tmp_path / "result.json").read_bytes() == before
+    assert read_result(tmp_path / "result.failed.json") == json.loads(json.dumps(record))
+
+
+def test_a_damaged_result_is_set_aside_and_named_not_written_over(tiny_cfg, tmp_path, caplog):
+    """A finished result.json that no longer parses (a bad copy, a hand edit): the rerun renames it and the
+    predictions beside it, says so, and runs as in an empty folder."""
+    cfg = tiny_cfg("method=zeroshot", "dataset.test_limit=2", "resume.enabled=true")
+    assert run(cfg, out_dir=tmp_path)["status"] == "completed"
+    damaged = (tmp_path / "result.json").read_bytes() + b"x"
+    (tmp_path / "result.json").write_bytes(damaged)
+    predictions = (tmp_path / "predictions.jsonl").read_bytes()
+    with caplog.at_level("WARNING"):
+        again = run(cfg, out_dir=tmp_path)
+    assert again["status"] == "completed" and read_result(tmp_path)["status"] == "completed"
+    (aside,) = tmp_path.glob("result.damaged-*.json")
+    assert aside.read_bytes() == damaged
+    (kept,) = tmp_path.glob("predictions.damaged-*.jsonl")
+    assert kept.read_bytes() == predictions and kept.name.removeprefix("predictions.") == \
+        aside.name.removeprefix("result.").replace(".json", ".jsonl")
+    assert any(str(aside) in r.getMessage() and str(tmp_path / "result.json") in r.getMessage()
+               for r in caplog.records)
+
+
+def test_an_early_failure_of_another_cell_beside_an_unfinished_record_is_that_cell_s_lost_seed(tiny_cfg, tmp_path,
+                                                                                              monkeypatch):
+    """A job folder of a renumbered sweep (or a reused hydra.run.dir) holds an attempt of another cell that trained
+    and failed; this job's cell fails there before its keys. The trained record stays result.json (its kept
+    weights are found through it), and the report reads the folder as this job's cell, a lost seed of its own,
+    as the sweep's list of failed cells does; each counted once, also after either completes elsewhere."""
+    import slm_sweep.run as run_module
+    from slm_sweep.report import collect
+    from slm_sweep.report.sweep_notes import failed_cells
+
+    sweep = tmp_path / "sweep"
+    job = sweep / "1"
+    common = ("method=lora", "dataset.test_limit=2")
+    _trained_then_failed_to_evaluate(tiny_cfg, job, monkeypatch, *common, "seed=0")
+    trained = (job / "result.json").read_bytes()
+
+    def unreadable(cfg):
+        raise OSError("hub error while reading data")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "load_data", unreadable)
+        assert run(tiny_cfg(*common, "seed=1"), out_dir=job)["status"] == "failed"
+    assert (job / "result.json").read_bytes() == trained  # nothing lost: the adapter is still named
+    assert read_result(job / "result.failed.json")["seed"] == 1
+
+    def cells() -> list[tuple]:
+        return sorted((r["seed"], r["status"]) for r in collect([sweep]).records)
+
+    assert cells() == [(1, "failed")]
+    ((listed, why),) = failed_cells(sweep)
+    assert listed == job and why.startswith("failed: OSError: hub error while reading data")
+    # this job's cell completes in another folder: no seed of it is lost, and none is listed
+    assert run(tiny_cfg(*common, "seed=1"), out_dir=sweep / "2")["status"] == "completed"
+    assert cells() == [(1, "completed")]
+    assert failed_cells(sweep) == []
+    # and so does the cell that trained in the folder
+    assert run(tiny_cfg(*common, "seed=0"), out_dir=sweep / "3")["status"] == "completed"
+    assert cells() == [(0, "completed"), (1, "completed")]
+    assert failed_cells(sweep) == []
+
+
+def test_kept_weights_that_cannot_be_read_are_moved_aside_and_the_cell_trains_them_again(tiny_cfg, tmp_path,
+                                                                                         monkeypatch, caplog):
+    """A kept adapter whose file was damaged (a truncated copy, a full disk): a re-score of it would fail the same
+    way on every rerun. It is renamed, with the record of the run that trained it, a warning names both, and the
+    cell trains again, as a cell that kept nothing: the same weights, and a record that names no kept weights and
+    holds none of their figures, also when that training fails."""
+    import torch
+    from safetensors.torch import load_file
+
+    import slm_sweep.train.fit as fit_module
+
+    common = ("method=lora", "resume.enabled=true", "dataset.test_limit=2")
+
+    def damaged(cell: Path) -> tuple[dict, dict, bytes]:
+        first = _trained_then_failed_to_evaluate(tiny_cfg, cell, monkeypatch, *common)
+        weights = cell / "adapter" / "adapter_model.safetensors"
+        tensors = {key: tensor.clone() for key, tensor in load_file(weights).items()}  # not the mapped file
+        weights.write_bytes(weights.read_bytes()[:1000])
+        return first, tensors, weights.read_bytes()
+
+    cell = tmp_path / "cell"
+    first, tensors, truncated = damaged(cell)
+    with caplog.at_level("WARNING"):
+        again = run(tiny_cfg(*common), out_dir=cell)
+    assert again["status"] == "completed", again.get("error")
+    assert "trained_in" not in again and "training_provenance" not in again
+    assert again["metrics"]["train_loss"] == first["metrics"]["train_loss"]
+    retrained = {key: tensor.clone() for key, tensor in load_file(cell / "adapter" / "adapter_model.safetensors").items()}
+    assert retrained.keys() == tensors.keys() and all(torch.equal(retrained[k], tensors[k]) for k in tensors)
+    (aside,) = cell.glob("adapter.damaged-*")
+    assert (aside / "adapter_model.safetensors").read_bytes() == truncated
+    kept = read_result(aside / "trained_record.json")  # the figures of those weights stay with them
+    assert kept["started_at"] == first["started_at"] and kept["metrics"] == first["metrics"]
+    assert any(str(cell / "adapter") in r.getMessage() and str(aside) in r.getMessage()
+               and "trains them again" in r.getMessage() for r in caplog.records)
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("training failed")
+
+    cell = tmp_path / "fails"
+    damaged(cell)
+    with monkeypatch.context() as patch:
+        patch.setattr(fit_module, "fit", fails)
+        failed = run(tiny_cfg(*common), out_dir=cell)
+    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: training failed"
+    for record in (failed, read_result(cell)):
+        assert "trained_in" not in record and "training_provenance" not in record
+        assert record["placement"]["train"] is None and record["resumed_from_checkpoint"] is None
+        assert all(record["metrics"].get(key) is None for key in
+                   ("train_time_s", "train_loss", "train_steps", "train_peak_memory_mb", "train_tokens_per_s"))
+    assert len(list(cell.glob("adapter.damaged-*"))) == 1 and not (cell / "adapter").exists()

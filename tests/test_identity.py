@@ -4,6 +4,7 @@ from kept adapters by those keys."""
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -280,6 +281,53 @@ def test_a_cell_of_edited_sources_never_shares_a_key_with_the_released_code(base
     assert base()[0] != released[0]
     monkeypatch.undo()
     assert base() == released
+
+
+_EDITED_WHILE_RUNNING = """
+import json, sys
+from pathlib import Path
+from hydra import compose, initialize_config_dir
+from slm_sweep.run import run
+
+overrides = json.loads(sys.argv[1])
+
+def cell(method, out):
+    with initialize_config_dir(config_dir=str(Path("slm_sweep/conf").resolve()), version_base="1.3"):
+        return run(compose(config_name="config", overrides=[*overrides, f"method={method}"]), out_dir=out)
+
+assert cell("zeroshot", "zeroshot")["status"] == "completed"
+module = Path("slm_sweep/train/module.py")
+module.write_text(module.read_text() + "\\n# edited while the first cell of the sweep ran\\n")
+lora = cell("lora", "lora")
+print(json.dumps({"status": lora["status"],
+                  "edited_sources": lora["identity"]["parts"]["training"].get("edited_sources")}))
+"""
+
+
+def test_a_checkout_edited_while_a_sweep_runs_does_not_change_the_keys_of_its_later_cells(tmp_path):
+    """The cells of a one-process sweep run the code the process imported when it started: a training source
+    edited while its first (untrained) cell runs must not put its hash into a later trained cell's key, which
+    would file the old code's numbers under the edited code's key (a cell of the edited code would reuse them)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import FAST_TINY
+
+    import slm_sweep
+    import slm_sweep.identity as identity
+
+    shutil.copytree(Path(slm_sweep.__file__).parent, tmp_path / "slm_sweep",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run([sys.executable, "-c", _EDITED_WHILE_RUNNING, json.dumps(FAST_TINY)], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path), "WANDB_MODE": "disabled"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lora = json.loads(done.stdout.strip().splitlines()[-1])
+    released = identity.edited_sources(TRAINING_SOURCES, TRAINING_SOURCES_SHA256, TRAINING_CODE_VERSION)
+    assert lora["status"] == "completed"
+    assert lora["edited_sources"] == released, lora  # the sources as the process started
 
 
 def test_rerun_into_its_own_folder_does_nothing_again(tiny_cfg, tmp_path, monkeypatch):

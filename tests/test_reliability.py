@@ -202,3 +202,105 @@ def test_a_rerun_that_fails_after_finding_its_finished_result_keeps_that_result(
     assert (tmp_path / "cell" / "result.json").read_bytes() == finished
     failure = json.loads((tmp_path / "cell" / "result.failed.json").read_text())
     assert failure["status"] == ("failed" if fault is BrokenPipeError else "interrupted")
+
+
+
+STOP_AT_STEP = """
+import os
+
+from lightning.pytorch.callbacks import Callback
+
+
+class StopAt(Callback):
+    changes_weights = False  # out of the keys: the attempts that stop and the one that finishes are one training
+
+    def on_train_batch_end(self, trainer, *args, **kwargs):
+        step = os.environ.get("STOP_AT_STEP")
+        if step and trainer.global_step >= int(step):
+            raise KeyboardInterrupt
+"""
+
+
+def test_training_resumed_in_its_folder_names_the_attempts_that_trained_the_steps_before(tiny_cfg, tmp_path,
+                                                                                           monkeypatch):
+    """A requeued job resumes the checkpoint an interrupted one left (Ctrl-C here, at steps 2 and 4): the final
+    record names the processes that trained the first steps (commit, versions, host, SLURM job), whose records it
+    replaced and whose checkpoint is deleted when the cell completes; a re-score of the weights passes them on."""
+    from slm_sweep.results import ATTEMPT_PROVENANCE_KEYS
+    from tests.test_cell import documented_fields
+
+    (tmp_path / "stop_at.py").write_text(STOP_AT_STEP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    common = ("method=lora", "trainer.max_steps=6", "resume.enabled=true", "+callbacks.stop._target_=stop_at.StopAt",
+              "dataset.test_limit=2")
+    cell = tmp_path / "cell"
+    attempts = []
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        for job, step in (("111", 2), ("222", 4)):
+            monkeypatch.setenv("SLURM_JOB_ID", job)
+            monkeypatch.setenv("STOP_AT_STEP", str(step))
+            with pytest.raises((KeyboardInterrupt, SystemExit)):
+                run(tiny_cfg(*common), out_dir=cell)
+            attempts.append(json.loads((cell / "result.json").read_text()))
+            assert attempts[-1]["status"] == "interrupted" and attempts[-1]["checkpoint_step"] == step
+    finally:
+        signal.signal(signal.SIGINT, sigint)  # Lightning ignores Ctrl-C once it has handled one
+    first, second = attempts
+    assert "earlier_attempts" not in first
+    assert second["resumed_at_step"] == 2 and second["earlier_attempts"] == [
+        {key: first[key] for key in ATTEMPT_PROVENANCE_KEYS}]
+
+    monkeypatch.setenv("SLURM_JOB_ID", "333")
+    monkeypatch.delenv("STOP_AT_STEP")
+    done = run(tiny_cfg(*common), out_dir=cell)
+    assert done["status"] == "completed" and done["resumed_at_step"] == 4 and done["metrics"]["train_steps"] == 6
+    assert done["resumed_from_checkpoint"] == str(cell / "checkpoints" / "last.ckpt")
+    assert not (cell / "checkpoints").exists()  # deleted at completion: the attempts name who trained steps 0-4
+    earlier = done["earlier_attempts"]
+    assert [(a["hardware"]["slurm_job_id"], a["checkpoint_step"], a["status"]) for a in earlier] == \
+        [("111", 2, "interrupted"), ("222", 4, "interrupted")]
+    assert earlier[1] == {key: second[key] for key in ATTEMPT_PROVENANCE_KEYS}
+    assert done["hardware"]["slurm_job_id"] == "333"
+    assert set(done) - documented_fields()["result.json"] == set()
+
+    # a re-score of the weights with another evaluation names them in its training run's provenance
+    rescored = run(tiny_cfg(*common, "eval.max_new_tokens=6"), out_dir=cell)
+    assert rescored["trained_in"] == str(cell) and "earlier_attempts" not in rescored
+    assert rescored["training_provenance"]["earlier_attempts"] == earlier
+
+
+def test_an_attempt_that_may_not_resume_names_no_earlier_attempt(tiny_cfg, tmp_path, monkeypatch):
+    """resume.enabled=false sets the checkpoint an interrupted attempt left aside instead of resuming it: an
+    attempt that fails before it trains names no earlier attempt as having trained its steps, as one that trains
+    from the first step names none."""
+    import slm_sweep.run as run_module
+    from slm_sweep.results import read_result
+
+    (tmp_path / "stop_at.py").write_text(STOP_AT_STEP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    common = ("method=lora", "trainer.max_steps=6", "+callbacks.stop._target_=stop_at.StopAt", "dataset.test_limit=2")
+    cell = tmp_path / "cell"
+    sigint = signal.getsignal(signal.SIGINT)
+    monkeypatch.setenv("SLURM_JOB_ID", "111")
+    monkeypatch.setenv("STOP_AT_STEP", "2")
+    try:
+        with pytest.raises((KeyboardInterrupt, SystemExit)):
+            run(tiny_cfg(*common, "resume.enabled=true"), out_dir=cell)
+    finally:
+        signal.signal(signal.SIGINT, sigint)  # Lightning ignores Ctrl-C once it has handled one
+    assert read_result(cell)["checkpoint_step"] == 2
+    monkeypatch.setenv("SLURM_JOB_ID", "222")
+    monkeypatch.delenv("STOP_AT_STEP")
+
+    def unreachable(*args, **kwargs):
+        raise OSError("hub error")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "load_model", unreachable)
+        failed = run(tiny_cfg(*common, "resume.enabled=false"), out_dir=cell)
+    assert failed["status"] == "failed" and failed["resumed_from_checkpoint"] is None
+    assert "earlier_attempts" not in failed and "earlier_attempts" not in read_result(cell)
+    done = run(tiny_cfg(*common, "resume.enabled=false"), out_dir=cell)
+    assert done["status"] == "completed" and done["resumed_from_checkpoint"] is None
+    assert "earlier_attempts" not in done

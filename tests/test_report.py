@@ -1169,6 +1169,62 @@ def test_a_seed_whose_training_time_counts_its_final_validation_is_left_out_of_t
         assert next(csv.DictReader(f))["train_time_older_seeds"] == "1"
 
 
+def test_the_peak_memory_of_a_re_scored_seed_is_its_training_run_s(tmp_path):
+    """A seed that re-scored kept weights peaked in evaluation alone (peak_memory_mb): its training run's peak
+    (train_peak_memory_mb, copied with the other training figures) counts instead where larger; a re-scored file
+    written before that peak was recorded is left out and named, not read as the method's memory; a file of a
+    seed that trained itself, with or without the key, reads as before."""
+    for seed in SEEDS:
+        record = make_record("beta", "full", seed, 0.4, 0.3)  # peak_memory_mb 512, 612, 712
+        if seed == 0:
+            record["trained_in"] = "/elsewhere/cell"
+            record["metrics"]["train_peak_memory_mb"] = 4096.0
+        if seed == 1:
+            record["metrics"]["train_peak_memory_mb"] = 600.0
+        if seed == 2:  # re-scored, written before the training peak was recorded: its 712 is evaluation's alone
+            record["trained_in"] = "/elsewhere/older"
+        write_json(tmp_path / str(seed) / "result.json", record)
+    report = write_report([tmp_path], tmp_path / "out", plots=False)
+    (row,) = report["rows"]
+    assert row["peak_memory_mb_max"] == pytest.approx(4096.0) and row["peak_memory_unknown_seeds"] == 1
+    assert "| 4.0 GiB |" in report["markdown"]
+    assert "seeds that re-scored kept weights from a result file that records no training peak " \
+           "(`train_peak_memory_mb`, written before it was recorded) peaked in evaluation alone and are left out " \
+           "of it (beta × full: 1 of 3; none left: empty)" in report["markdown"]
+    with (tmp_path / "out" / "summary.csv").open() as f:
+        assert next(csv.DictReader(f))["peak_memory_unknown_seeds"] == "1"
+
+
+def test_the_peak_memory_of_a_seed_is_of_one_kind_of_memory(tmp_path):
+    """A cell's own peak is the GPU's where training or evaluation ran on one, else the process's resident memory
+    (run.py). Weights trained on a GPU and re-scored on the CPU: the re-score's own peak is host memory, its copied
+    training peak the GPU's; the seed's peak is the GPU's, as for a seed of the same placement that trained itself,
+    not the larger of the two kinds. Of one kind (both stages on the CPU), the larger."""
+    from slm_sweep.report.aggregate import cell_peak_memory_mb
+
+    gpu_train, host = {"device": "cuda:0"}, {"device": "cpu"}
+    for seed in SEEDS:
+        record = make_record("beta", "full", seed, 0.4, 0.3)
+        record["placement"] = {"train": gpu_train, "eval": host}
+        if seed == 0:  # trained here: its own peak is the GPU's, training included
+            record["metrics"].update(train_peak_memory_mb=900.0, peak_memory_mb=900.0)
+        else:  # re-scored on the CPU: its own peak is the process's resident memory
+            record["trained_in"] = "/elsewhere/cell"
+            record["metrics"].update(train_peak_memory_mb=800.0 + seed, peak_memory_mb=2600.0)
+        write_json(tmp_path / "gpu" / str(seed) / "result.json", record)
+    (row,) = write_report([tmp_path / "gpu"], tmp_path / "out", plots=False)["rows"]
+    assert row["peak_memory_mb_max"] == pytest.approx(900.0) and row["peak_memory_unknown_seeds"] == 0
+    on_cpu = {"trained_in": "/elsewhere/cell", "placement": {"train": host, "eval": host},
+              "metrics": {"train_peak_memory_mb": 700.0, "peak_memory_mb": 1200.0}}
+    assert cell_peak_memory_mb(on_cpu) == 1200.0
+    # weights trained on the CPU, scored on a GPU: the GPU's, the evaluation's
+    on_gpu = {**on_cpu, "placement": {"train": host, "eval": {"device": "cuda:0"}},
+              "metrics": {"train_peak_memory_mb": 1500.0, "peak_memory_mb": 300.0}}
+    assert cell_peak_memory_mb(on_gpu) == 300.0
+    # a seed that trained itself reads as before: its own peak, the GPU's where either stage ran on one
+    assert cell_peak_memory_mb({**on_gpu, "trained_in": None}) == 300.0
+
+
 def test_a_row_of_one_seed_is_drawn_without_an_error_bar():
     from slm_sweep.report.plots import _error_bar
 
@@ -1343,3 +1399,65 @@ def test_every_schema_version_this_code_knows_reads_quietly_and_others_are_named
     with caplog.at_level(logging.WARNING, logger="slm_sweep.report.collect"):
         assert read_result(path)["model"] == "alpha"
     assert (f"schema_version {version!r}, this code reads 1 to 2" in caplog.text) == warned
+
+
+def test_a_completed_result_beside_an_early_failure_is_its_cell_s_when_another_folder_failed_early_at_it(tmp_path):
+    """A grid extended into the same sweep folder (method.r=8,16, then r=16,32) while the hub is down: job 0 holds
+    r=8's finished result beside r=16's early failure, job 1 r=16's finished result beside r=32's. The completed
+    r=16 seed 0 is r=16's result, kept over its failure in job 0, not dropped as replaced; r=32 is lost once."""
+    from test_report_claims import _fail_beside, _variant, first, write_cell, write_row
+
+    from slm_sweep.report.sweep_notes import failed_cells
+
+    write_row(tmp_path, "smollm135", "zeroshot", "gsm8k", 20)
+    for job, (old, new) in enumerate([(8, 16), (16, 32)]):
+        path = write_cell(tmp_path / f"job{job}", "smollm135", "lora", "gsm8k", 0, first(30 + old))
+        _variant(path, r=old)
+        _fail_beside(path, r=new)
+    report = write_report([tmp_path], tmp_path / "report", plots=False)
+    rows = {row["variant"]: (row["seeds"], row["not_completed"]) for row in report["rows"] if row["method"] == "lora"}
+    assert rows == {"r=8": ([0], None), "r=16": ([0], None)}
+    collection = report["collection"]
+    assert collection.replaced == []
+    lora = sorted((r["config"]["method"]["r"], r["status"]) for r in collection.records if r["method"] == "lora")
+    assert lora == [(8, "completed"), (16, "completed"), (32, "failed")]  # each cell once
+    assert "smollm135 × lora (r=32) on gsm8k: seed 0 failed." in report["markdown"]
+    assert "(r=16) on gsm8k: seed 0 failed" not in report["markdown"]
+    assert [job.name for job in map(lambda f: f[0].parent, failed_cells(tmp_path))] == ["job1"]  # r=32's folder
+
+
+def test_an_early_failure_after_its_rate_was_resolved_is_another_cell_beside_another_rate_s_result(tmp_path):
+    """A method.lr=1e-4,2e-4 sweep rerun into the same folders: lr=2e-4 seed 0 fails in load_data, after
+    resolve_lr (its record has learning_rate, its config the rate it resolved), beside lr=1e-4 seed 0's finished
+    result. Its rate tells the cells apart: lr=2e-4 seed 0 is lost on its row, and the sweep notes agree."""
+    from test_report_claims import _variant, first, write_cell, write_row
+
+    from slm_sweep.report.collect import other_cell
+    from slm_sweep.report.sweep_notes import failed_cells
+
+    write_row(tmp_path, "smollm135", "zeroshot", "gsm8k", 20)
+    for lr in (1e-4, 2e-4):
+        for seed in (0, 1, 2):
+            if (lr, seed) == (2e-4, 0):
+                continue
+            path = write_cell(tmp_path / f"lr{lr}-job{seed}", "smollm135", "lora", "gsm8k", seed,
+                              first(30 + seed + (10 if lr == 2e-4 else 0)))
+            record = json.loads(path.read_text())
+            record["config"]["seed"] = seed
+            path.write_text(json.dumps(record))
+            _variant(path, lr=lr)
+    finished = tmp_path / "lr0.0001-job0" / "smollm135-lora-gsm8k-seed0" / "result.json"
+    attempt = json.loads(finished.read_text())
+    attempt["config"]["method"]["lr"] = 2e-4
+    attempt.update(status="failed", error="OSError: hub error while reading data", identity=None, metrics={},
+                   eval_sets={}, learning_rate={"value": 2e-4, "source": "method", "detail": "method.lr"})
+    write_json(finished.parent / "result.failed.json", attempt)
+    assert other_cell(attempt, json.loads(finished.read_text()))
+    refused = {k: v for k, v in attempt.items() if k != "learning_rate"}  # refused before resolve_lr: as configured
+    assert not other_cell(refused, json.loads(finished.read_text()))
+    report = write_report([tmp_path], tmp_path / "report", plots=False)
+    rows = {row["variant"]: (row["seeds"], row["not_completed"]) for row in report["rows"] if row["method"] == "lora"}
+    assert rows == {"lr=0.0001": ([0, 1, 2], None), "lr=0.0002": ([1, 2], "seed 0 failed")}
+    assert report["collection"].replaced == []
+    (job, why), = failed_cells(tmp_path)
+    assert job == finished.parent and "another cell's finished result" in why

@@ -249,3 +249,67 @@ def test_each_out_of_domain_set_records_its_claims_metric_which_a_report_run_on_
     copy = run(tiny_cfg(*overrides, "resume.enabled=true", f"resume.search_dir={tmp_path / 'sweep'}"),
                out_dir=tmp_path / "copy")
     assert copy["reused_from"] == str(path) and copy["eval_sets"]["mywords"]["claims_metric"] == "strict"
+
+
+def _modes_as_the_umask_allows(folder) -> list[str]:
+    """The paths under ``folder`` (itself included) whose mode is not what the umask gives a new folder or file."""
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    wrong = []
+    for path in [folder, *folder.rglob("*")]:
+        expected = (0o777 if path.is_dir() else 0o666) & ~mask
+        if stat.S_IMODE(path.stat().st_mode) != expected:
+            wrong.append(f"{path.relative_to(folder.parent)}: {oct(stat.S_IMODE(path.stat().st_mode))}")
+    return wrong
+
+
+def test_kept_weights_are_readable_as_the_umask_allows_as_result_files_are(tiny_cfg, tmp_path):
+    """Another user's cell with the same training key re-scores kept weights (resume.search_dir): a folder left
+    readable by its owner only (mkdtemp's 0700, safetensors' 0600) failed that cell."""
+    from slm_sweep.run import run
+
+    for method, kept in (("lora", "adapter"), ("full", "model")):
+        record = run(tiny_cfg(f"method={method}", "trainer.keep_model=true", "dataset.test_limit=2"),
+                     out_dir=tmp_path / method)
+        assert record["status"] == "completed", record.get("error")
+        assert (tmp_path / method / kept / "training_key").is_file()
+        assert _modes_as_the_umask_allows(tmp_path / method / kept) == []
+
+
+@pytest.mark.slow
+def test_the_dequantized_copy_of_a_gguf_model_is_readable_as_the_umask_allows(tmp_path):
+    import importlib.util
+
+    from omegaconf import OmegaConf
+
+    from slm_sweep.models import convert_gguf
+    from tests.conftest import CONF_DIR
+
+    cfg = OmegaConf.load(CONF_DIR / "model" / "smollm135_q4.yaml")
+    if importlib.util.find_spec(cfg.gguf_package) is None:
+        pytest.skip(f"{cfg.gguf_package} is not installed")
+    target = convert_gguf(cfg, tmp_path / "cache")
+    assert (target / "model.safetensors").is_file()
+    assert _modes_as_the_umask_allows(target) == []
+
+
+def test_a_result_file_that_cannot_be_read_is_named_in_a_warning_once(tmp_path, caplog):
+    """Read as no result (a cell then runs as in an empty folder), but never unseen."""
+    from slm_sweep.results import read_result
+
+    path = tmp_path / "result.json"
+    path.write_text('{"status": "completed"')
+    with caplog.at_level("WARNING", logger="slm_sweep.results"):
+        assert read_result(tmp_path) is None and read_result(path) is None
+        assert read_result(tmp_path / "absent") is None
+    named = [r.getMessage() for r in caplog.records]
+    assert len(named) == 1 and named[0].startswith(f"{path} cannot be read as a result (JSONDecodeError: ")
+    caplog.clear()
+    path.write_text("[1, 2]")  # JSON, but no record
+    with caplog.at_level("WARNING", logger="slm_sweep.results"):
+        assert read_result(path) is None
+    assert [r.getMessage() for r in caplog.records] == \
+        [f"{path} cannot be read as a result (the top level is a list, not an object): taken as no result"]

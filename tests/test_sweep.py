@@ -334,6 +334,31 @@ def test_a_report_of_two_sweeps_lists_no_cell_the_later_one_completed(tmp_path):
          "- `1-tiny-dora-gsm8k-seed0`: interrupted: KeyboardInterrupt"]
 
 
+def test_a_sweep_stopped_before_some_planned_cells_says_how_many_never_started(tmp_path):
+    """A one-process sweep stopped by Ctrl-C or SIGTERM writes no summary and leaves no folder for the cells it
+    never reached: the report on it counts them from the preflight's plan, beside the interrupted cell."""
+    from slm_sweep.report.sweep_notes import _BASIC_SWEEPER, sweep_sections
+    from slm_sweep.results import PREFLIGHT_FILE
+    from slm_sweep.sweep.preflight import BASIC_SWEEPER
+
+    assert _BASIC_SWEEPER == BASIC_SWEEPER
+    _job(tmp_path, "0-tiny-zeroshot-gsm8k-seed0", "completed", "k-zeroshot")
+    _job(tmp_path, "1-tiny-full-gsm8k-seed0", "interrupted", "k-full")
+    plan = {"sweeper": BASIC_SWEEPER, "refused": None, "cells_to_run": 4}
+    (tmp_path / PREFLIGHT_FILE).write_text(json.dumps(plan))
+    assert [line for line in sweep_sections([tmp_path]) if line.startswith("- ")] == [
+        "- `1-tiny-full-gsm8k-seed0`: interrupted: KeyboardInterrupt",
+        f"- 2 planned cells never started: the sweep was stopped before them, or is still running ({PREFLIGHT_FILE} "
+        "lists the cells it planned; the same command runs what is missing and reuses what completed)"]
+    rerun = tmp_path.parent / f"{tmp_path.name}-rerun"  # the same command again, in a folder of its own
+    _job(rerun, "0-tiny-full-gsm8k-seed0", "completed", "k-full")
+    assert not any("never started" in line for line in sweep_sections([tmp_path, rerun]))
+    (tmp_path / PREFLIGHT_FILE).write_text(json.dumps({**plan, "cells_to_run": 2}))  # every planned cell started
+    assert not any("never started" in line for line in sweep_sections([tmp_path]))
+    (tmp_path / PREFLIGHT_FILE).write_text(json.dumps({**plan, "sweeper": "hydra_plugins.optuna.OptunaSweeper"}))
+    assert not any("never started" in line for line in sweep_sections([tmp_path]))  # an Optuna search plans none
+
+
 def test_an_early_failed_attempt_completed_in_another_folder_is_no_failure(tmp_path):
     """A requeued sweep reran into folder 0 a configuration that failed there early (result.failed.json beside an
     earlier run's result), and completed it in folder 5."""

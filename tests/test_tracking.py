@@ -101,7 +101,7 @@ def test_an_unknown_logger_lists_the_logger_files(tiny_cfg):
      "logger._target_='lightning.pytorch.loggers.NoSuchLogger' cannot be imported"),
     ("callbacks.progress_bar._target_=collections.OrderedDict",
      "callbacks.progress_bar._target_='collections.OrderedDict' is not a callback"),
-    ("+logger.nme=x", "logger.nme is not an argument of lightning.pytorch.loggers.csv_logs.CSVLogger; its "
+    ("+logger.nme=x", "logger.nme is not an argument of lightning.pytorch.loggers.csv_logs.CSVLogger (did you mean name?); its "
                       "arguments are: save_dir, name, version, prefix, flush_logs_every_n_steps"),
     ("logger._target_=collections.OrderedDict", "logger._target_='collections.OrderedDict' is not a logger "
      "(lightning.pytorch.loggers.logger.Logger or slm_sweep.tracking.CellLogger); the loggers in conf/logger/ are: "
@@ -433,3 +433,64 @@ def test_a_cell_refused_for_its_logger_settings_builds_no_logger_and_one_refused
     record = _refused_cell(good, tmp_path / "good", ConfigError("trainer.max_steps=-3 must be a positive integer"))
     assert record["status"] == "failed"
     assert b"trainer.max_steps=-3" in offline_run_data(tmp_path / "good", b"trainer.max_steps=-3")
+
+
+def test_a_re_score_s_w_and_b_run_names_the_run_that_trained_its_weights(tiny_cfg, tmp_path, monkeypatch):
+    """The training figures a re-score logs (result/train_time_s, ...) were measured by the run that trained the
+    weights, on its machine, with its code: the W&B run's provenance says so (trained_in, training_provenance),
+    as result.json does, beside the re-scoring run's own hardware and commit."""
+    import slm_sweep.evaluate.evaluator as evaluator
+    from slm_sweep.tracking import WandbRun
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    common = ("method=lora", "resume.enabled=true", "dataset.test_limit=2")
+    cell = tmp_path / "cell"
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("evaluation failed")
+
+    monkeypatch.setenv("SLURM_JOB_ID", "trainer-job-111")
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluator, "evaluate", fails)
+        assert run(tiny_cfg(*common), out_dir=cell)["status"] == "failed"
+    monkeypatch.setenv("SLURM_JOB_ID", "rescorer-job-222")
+    rescored = run(tiny_cfg(*common, "logger=wandb", "logger.mode=offline"), out_dir=cell)
+    assert rescored["status"] == "completed" and rescored["trained_in"] == str(cell)
+    assert rescored["training_provenance"]["hardware"]["slurm_job_id"] == "trainer-job-111"
+    expected = (b"training_provenance", b"trained_in", b"trainer-job-111", b"rescorer-job-222", b"train_time_s")
+    data = offline_run_data(cell, *expected)
+    for text in expected:
+        assert text in data, text
+
+    # a record that learns where its weights were trained after its run started: the run's config is updated
+    logger = WandbRun(cell={"model": "tiny", "method": "lora", "dataset": "gsm8k", "seed": 0},
+                      config={"seed": 0}, out_dir=tmp_path / "later", mode="offline")
+    later = {**rescored, "training_provenance": {**rescored["training_provenance"], "git_commit": "f" * 40}}
+    logger.log_result(later, [])
+    logger.finish("completed")
+    assert logger.provenance["training_provenance"]["git_commit"] == "f" * 40
+    assert ("f" * 40).encode() in offline_run_data(tmp_path / "later", ("f" * 40).encode())
+
+
+def test_a_w_and_b_run_s_provenance_drops_what_the_final_record_no_longer_holds(tmp_path, monkeypatch):
+    """A record started with keys it drops later (earlier_attempts of training that did not resume from their
+    checkpoint after all; trained_in and training_provenance of kept weights that could not be read and were
+    trained again): the run's provenance is the final record's, not naming what did not produce its figures."""
+    from slm_sweep.tracking import WandbRun
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cell = {"model": "tiny", "method": "lora", "dataset": "gsm8k", "seed": 0, "git_commit": "a" * 40,
+            "earlier_attempts": [{"status": "interrupted", "checkpoint_step": 2}], "trained_in": "/elsewhere",
+            "training_provenance": {"git_commit": "b" * 40}}
+    logger = WandbRun(cell=cell, config={"seed": 0}, out_dir=tmp_path / "cell", mode="offline")
+    assert logger.run is not None and "earlier_attempts" in logger.run.config["provenance"]
+    final = {key: value for key, value in cell.items()
+             if key not in ("earlier_attempts", "trained_in", "training_provenance")}
+    logger.log_result({**final, "status": "failed", "error": "RuntimeError: boom"}, [])
+    provenance = dict(logger.run.config["provenance"])
+    logger.finish("failed")
+    for gone in ("earlier_attempts", "trained_in", "training_provenance"):
+        assert gone not in logger.provenance and gone not in provenance
+    assert provenance["git_commit"] == "a" * 40 and provenance["out_dir"] == str((tmp_path / "cell").absolute())

@@ -470,6 +470,43 @@ def _same_inputs(row: dict[str, Any], baseline: dict[str, Any]) -> bool:
     return all(a[k] == b[k] for k in a.keys() & b.keys() if not k.startswith(("method.", "trainer.")))
 
 
+def cell_peak_memory_mb(record: Mapping[str, Any]) -> float | None:
+    """A cell's peak memory, training included, of one kind of memory as run.py measures a cell's own: the GPU's
+    where training or evaluation ran on one, else the process's resident memory. Of its training's peak
+    (``train_peak_memory_mb``, of the training device: a cell that re-scored kept weights copies it from the run
+    that trained them) and its own (``peak_memory_mb``: of a cell that trained itself, training included, the
+    GPU's if either stage ran on one; of a re-score, its evaluation's, of the evaluation device), the larger where
+    both are of one kind, else the GPU's (the training's for weights trained on a GPU and re-scored on the CPU);
+    where a kind is not recorded, the cell's own for a cell that trained itself, else the training's. None for a
+    re-scored cell whose file has no training peak (written before it was recorded): its own leaves training
+    out."""
+    metrics = record.get("metrics") or {}
+    trained, own = number(metrics.get("train_peak_memory_mb")), number(metrics.get("peak_memory_mb"))
+    rescored = bool(record.get("trained_in"))
+    if trained is None:
+        return None if rescored else own
+    if own is None:
+        return trained
+    placement = record.get("placement") if isinstance(record.get("placement"), Mapping) else {}
+    train_kind, eval_kind = (_memory_kind(placement.get(stage)) for stage in ("train", "eval"))
+    # run.py: a cell that trained itself measures the GPU where either stage ran on one
+    own_kind = eval_kind if rescored else ("gpu" if "gpu" in (train_kind, eval_kind) else eval_kind)
+    if train_kind is not None and train_kind == own_kind:
+        return max(trained, own)
+    if "gpu" in (train_kind, own_kind):
+        return trained if train_kind == "gpu" else own
+    return trained if rescored else own
+
+
+def _memory_kind(stage: Any) -> str | None:
+    """The memory a stage's peak is of (train.callbacks.peak_memory_mb), by its placement: ``gpu`` on a CUDA
+    device, ``host`` (the process's resident memory) on any other; None where the record does not say."""
+    device = stage.get("device") if isinstance(stage, Mapping) else None
+    if not device:
+        return None
+    return "gpu" if str(device).startswith("cuda") else "host"
+
+
 def counts_final_validation(metrics: Mapping[str, Any]) -> bool:
     """Whether a trained cell's ``train_time_s`` includes the validation pass on the final weights: written before
     that pass was timed apart (``final_validation_s``), which such a file lacks."""
@@ -530,7 +567,8 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
     <metric>_{mean,std,ci95,wilson_low,wilson_high} for each metric of ``accuracy_metrics`` (ci95: over seeds;
     wilson: over the test questions), n_eval, trainable_params, total_params, train_time_s_mean,
     train_tokens_per_s_mean, step_time_s_mean, mfu_mean, train_padding_fraction_mean, train_clipped_fraction_mean,
-    peak_memory_mb_max,
+    peak_memory_mb_max (the largest of the seeds' ``cell_peak_memory_mb``), peak_memory_unknown_seeds (re-scored
+    seeds left out of it: their files record no training peak),
     eval_time_s_mean, truncated_fraction_mean (answers cut off at eval.max_new_tokens), claims_metric,
     delta_metric (what the deltas and marks are on: ``delta_metric``), delta_zeroshot, delta_fewshot,
     delta_{zeroshot,fewshot}_{p,test} (the paired test of that delta), _p_adjusted (Holm, over the column of the
@@ -589,7 +627,10 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
         row["mfu_mean"] = _mean_or_none(m.get("mfu") for m in metrics)
         row["train_padding_fraction_mean"] = _mean_or_none(m.get("train_padding_fraction") for m in metrics)
         row["train_clipped_fraction_mean"] = _mean_or_none(m.get("train_clipped_fraction") for m in metrics)
-        row["peak_memory_mb_max"] = _max_or_none(m.get("peak_memory_mb") for m in metrics)
+        # training included: a re-scored seed's own peak is of its evaluation alone (docs/results.md)
+        row["peak_memory_mb_max"] = _max_or_none(cell_peak_memory_mb(r) for r in group)
+        row["peak_memory_unknown_seeds"] = sum(cell_peak_memory_mb(r) is None and bool(r.get("trained_in"))
+                                               for r in group)
         row["eval_time_s_mean"] = _mean_or_none(scored_split_eval_time(r) for r in group)
         row["truncated_fraction_mean"] = _mean_or_none(m.get("truncated_fraction") for m in metrics)
         rows.append(row)

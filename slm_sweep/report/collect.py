@@ -14,9 +14,10 @@ has one (``group_keys``).
 A cell killed before it wrote a result.json leaves only the job folder Hydra started (``.hydra/``): it is read
 from there as a lost seed of its configuration (``unwritten_cells``; ``Collection.cells``), as a seed that
 diverged is, so that the rows and claims do not read its survivors as all there was. A rerun with other settings
-that failed early in a folder holding an earlier run's finished result leaves its failure in result.failed.json
-beside it (run.py): that attempt is the folder's cell, a lost seed of its own configuration, and the finished
-result is read as set aside (``failed_attempt``).
+that failed early in a folder holding an earlier run's finished result (or an unfinished one that has its keys)
+leaves its failure in result.failed.json beside it (run.py): where that attempt is of another cell, it is the
+folder's cell, a lost seed of its own configuration, and the earlier result is read as set aside
+(``failed_attempt``).
 
 Per-question correctness comes from the cell's ``predictions.jsonl`` beside its result.json
 (``question_scores``), keyed by the question's ``index`` in its evaluation set and its text, and only when that
@@ -97,7 +98,7 @@ class Collection:
     # result, in neither
     set_aside: list[Path] = field(default_factory=list)
     replaced: list[Path] = field(default_factory=list)
-    # result.failed.json files of another configuration than the finished result.json beside them, read as cells
+    # result.failed.json files of another cell than the result.json beside them, read as cells
     failed_attempts: list[Path] = field(default_factory=list)
     # cells killed before writing a result.json (a job folder with .hydra/ and no result): a record each, of status
     # UNWRITTEN, with the configuration of the cells it is a seed of (``unwritten_cells``), so that the rows and
@@ -435,8 +436,8 @@ def completed_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]
 
 def collect(dirs: Sequence[str | os.PathLike]) -> Collection:
     """Read every result.json under ``dirs``; raise NoResultsError when there is none at all. A folder whose
-    result.failed.json is of another configuration than its result.json is read as that failed attempt, its
-    result.json as set aside (``failed_attempt``)."""
+    result.failed.json is of another cell than its result.json is read as that failed attempt, its result.json as
+    set aside (``failed_attempt``)."""
     collection = Collection(dirs=[Path(d) for d in dirs])
     collection.files = find_result_files(dirs)
     if not collection.files:
@@ -480,30 +481,70 @@ def collect(dirs: Sequence[str | os.PathLike]) -> Collection:
 RESOLVED_BEFORE_KEYS = ("method.lr", "prompt.style")
 
 
-def failed_attempt(record: dict[str, Any]) -> dict[str, Any] | None:
-    """The attempt in result.failed.json beside a finished ``record`` (a rerun that failed before it could set the
-    earlier result aside: run.py keeps that result.json and writes the failure beside it), read as a record, when
-    its configuration differs from the record's: the folder's cell is then that attempt, a lost seed of its own
-    configuration, and ``record`` an earlier run's result. None where there is no such file, it cannot be read
-    (its cell is named in summary.md's "Cells that did not complete" all the same), or it is of ``record``'s
-    configuration (a failed retry of a cell that did complete: no seed is lost)."""
-    from .aggregate import configuration_settings
+def unresolved_settings(attempt: Mapping[str, Any]) -> tuple[str, ...]:
+    """What of ``RESOLVED_BEFORE_KEYS`` a record without keys holds as configured: all of it for one refused before
+    run.resolve_lr (no ``learning_rate`` entry, ``_refused_cell``); the prompt style only for one that failed after
+    (a hub error in load_data, a preemption), whose config holds the rate it resolved; nothing for one with keys."""
+    if attempt.get("identity"):
+        return ()
+    return RESOLVED_BEFORE_KEYS if "learning_rate" not in attempt else ("prompt.style",)
 
+
+def _settings_key_less(record: dict[str, Any], settings: Sequence[str]) -> tuple:
+    """``settings_key`` less ``settings``."""
+    *cell, configuration = settings_key(record)
+    configuration = {k: v for k, v in json.loads(configuration).items() if k not in settings}
+    return (*cell, json.dumps(configuration, sort_keys=True))
+
+
+def failed_attempt(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The attempt in result.failed.json beside ``record`` (a rerun that failed before it could set the earlier
+    result aside: run.py keeps a finished result.json, or an unfinished one that has its keys, and writes the
+    failure beside it), read as a record, when it is of another cell (``other_cell``): the folder's cell is then
+    that attempt, a lost seed of its own configuration, and ``record`` an earlier run's (a finished one read as set
+    aside; an unfinished one is no cell of the report: the seed of another cell that did not complete, which its
+    own folder, if the sweep still runs it, counts). None where there is no such file, it cannot be read (its
+    cell is named in summary.md's "Cells that did not complete" all the same), or it is of ``record``'s cell (a
+    failed retry of a cell that did complete: no seed is lost; of one that did not: its seed is lost once)."""
     path = Path(record["result_path"]).parent / FAILED_ATTEMPT_FILE
-    if record.get("status") != COMPLETED or not path.is_file():
+    if not path.is_file():
         return None
     try:
         attempt = read_result(path)
     except ValueError:
         return None
+    return attempt if other_cell(attempt, record) else None
+
+
+def other_cell(attempt: Mapping[str, Any], record: Mapping[str, Any]) -> bool:
+    """Whether a failed ``attempt`` (result.failed.json) is of another cell than the ``record`` beside it: not the
+    same evaluation key, and another model, method, dataset, seed (of a method whose numbers depend on it) or
+    configuration (``configuration_settings``; for an attempt that failed before its keys were known, less what a
+    cell resolves on its way there, ``RESOLVED_BEFORE_KEYS``). sweep_notes.failed_cells asks it too."""
+    from slm_sweep.identity import is_seed_independent
+
+    from .aggregate import configuration_settings
+
+    # a record as sweep_notes reads it, not checked: a name it lacks is unknown
+    attempt, record = ({**dict.fromkeys(("model", "method", "dataset", "seed")), **cell} for cell in (attempt, record))
+    key = identity_key(attempt, "evaluation_key")
+    if key and key == identity_key(record, "evaluation_key"):
+        return False
     ours, theirs = configuration_settings(attempt), configuration_settings(record)
-    if not attempt.get("identity"):
-        # failed before its keys were known: what a cell resolves on its way there (a tuned or searched rate into
-        # method.lr, the prompt style its key holds) is resolved in the finished record only, so it tells nothing
-        for key in RESOLVED_BEFORE_KEYS:
-            ours.pop(key, None)
-            theirs.pop(key, None)
-    return None if ours == theirs else attempt
+    # failed before its keys were known: what a cell resolves on its way there and the attempt holds as configured
+    # (a tuned or searched rate into method.lr before resolve_lr, the prompt style its key holds) is resolved in
+    # the record that has them only, so it tells nothing
+    for setting in unresolved_settings(attempt):
+        ours.pop(setting, None)
+        theirs.pop(setting, None)
+
+    def names(cell: dict[str, Any]) -> tuple:
+        method = (cell.get("config") if isinstance(cell.get("config"), dict) else {}).get("method")
+        independent = isinstance(method, dict) and "train" in method and is_seed_independent(method)
+        return (cell.get("model"), cell.get("method"), cell.get("dataset"),
+                None if independent else cell.get("seed"))
+
+    return (names(attempt), ours) != (names(record), theirs)
 
 
 def unwritten_cells(dirs: Sequence[str | os.PathLike],
@@ -652,12 +693,22 @@ def _grid_points(dirs: Sequence[str | os.PathLike], current: Sequence[dict[str, 
     cells there only in a setting the sweep varies. A result that differs in a setting the sweep does not vary
     (a rerun that changed max_steps for every cell), or that a rerun recomputed (other code or data), was
     replaced: left out. One whose evaluation key a current cell that did not complete has (a recomputation,
-    ``resume.enabled=false``, that failed after setting it aside) is that cell's result: read, and kept over the
-    failure by ``deduplicate``."""
+    ``resume.enabled=false``, that failed after setting it aside), or, of the ``earlier`` results, one whose
+    settings a current cell that failed before its keys has (less what that one holds as configured,
+    ``unresolved_settings``: the same cell, failed in another folder, as ``deduplicate`` groups them) is that cell's
+    result: read, and kept over the failure by ``deduplicate``. A result in superseded*/ beside such a failure is
+    not: its folder's rerun set it aside to compute it again, and no key says what the failure ran."""
     from .aggregate import configuration_settings
 
     now = {settings_key(r) for r in current}
     unfinished = {identity_key(r, "evaluation_key") for r in current if r.get("status") != COMPLETED} - {None}
+    # current cells that did not complete, failed before their keys (a hub error, a preemption), by their settings
+    # less what they hold as configured (``unresolved_settings``)
+    early = [r for r in current if r.get("status") != COMPLETED and not identity_key(r, "evaluation_key")]
+    early_keys = {(less, _settings_key_less(r, less)) for r in early for less in [unresolved_settings(r)]}
+    kinds = {less for less, _ in early_keys}
+    of_early: list[tuple[Path, dict[str, Any]]] = []
+    left_in_place = {id(r) for r in earlier}  # not in superseded/: no rerun of its own cell set it aside
     groups: dict[tuple, list[dict[str, str]]] = defaultdict(list)
     for record in current:
         groups[record["dataset"], record["model"], record["method"]].append(configuration_settings(record))
@@ -672,8 +723,18 @@ def _grid_points(dirs: Sequence[str | os.PathLike], current: Sequence[dict[str, 
         elif settings_key(record) not in now and _a_point_of(configuration_settings(record), others):
             collection.set_aside.append(path)
             points.append(record)
+        elif id(record) in left_in_place and any((less, _settings_key_less(record, less)) in early_keys
+                                                 for less in kinds):
+            of_early.append((path, record))
         else:
             collection.replaced.append(path)
+    if of_early:  # that cell's result where deduplicate groups it so (one cell, never a seed both kept and lost)
+        read = [*current, *points]
+        keys = group_keys([*read, *(r for _, r in of_early)])
+        early_ids = {id(r) for r in early}
+        failed = {key for r, key in zip(read, keys) if id(r) in early_ids}
+        for (path, record), key in zip(of_early, keys[len(read):]):
+            points.append(record) if key in failed else collection.replaced.append(path)
     return points
 
 

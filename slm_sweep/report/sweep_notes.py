@@ -66,14 +66,24 @@ def failed_cells(sweep_dir: Path) -> list[tuple[Path, str]]:
 def _not_completed(records: dict[Path, dict | None], done: set[str], finished: list) -> list[tuple[Path, str]]:
     """``failed_cells`` of the jobs ``records`` holds, given the evaluation keys and configs completed
     (``_completed``) in any folder the report reads."""
+    from .collect import other_cell
+
     out = []
     for job, record in records.items():
         attempt = read_result(job / FAILED_ATTEMPT_FILE)
+        # of another cell, the attempt is the folder's cell and result.json an earlier run's, which the report
+        # does not count (collect.failed_attempt): not listed once the attempt's configuration completed
+        other = attempt is not None and record is not None and other_cell(attempt, record)
         if attempt is not None and attempt.get("config") in finished:
+            if other:
+                continue  # the folder's cell completed in another folder of the sweep (a requeue)
             attempt = None  # the same configuration completed in another folder of the sweep (a requeue)
-        if attempt is not None:  # the last attempt failed early; the finished result.json it left is another run's
+        if attempt is not None:  # the last attempt failed early; the result.json it left is another run's
+            held = ("finished result" if (record or {}).get("status") == "completed" else
+                    f"{(record or {}).get('status')} record, kept for its keys and trained weights")
+            whose = "another cell's" if other else "an earlier run's"
             out.append((job, f"{attempt.get('status')}: {_error(attempt)} (in {FAILED_ATTEMPT_FILE}; the folder's "
-                             f"{RESULT_FILE} is an earlier run's finished result)"))
+                             f"{RESULT_FILE} is {whose} {held})"))
             continue
         if record is not None and (record.get("identity") or {}).get("evaluation_key") in done:
             continue
@@ -200,16 +210,34 @@ def _value(text: str):
         return text
 
 
-def sweep_notes_markdown(notes: list[str], failed: list[tuple[Path, str]], sweep_dir: Path) -> list[str]:
+def never_started(plan: dict | None, jobs: int) -> int:
+    """How many of the cells a grid's preflight planned to run have no job folder: a sweep stopped (Ctrl-C, a
+    SIGTERM, a time limit) before it reached them, or one still running. Counted, not named: a job folder's
+    overrides are not matched to the preflight's labels. 0 for an Optuna search (its trials are not planned)."""
+    if not plan or plan.get("refused") or plan.get("sweeper") != _BASIC_SWEEPER:
+        return 0
+    planned = plan.get("cells_to_run")
+    return max(0, planned - jobs) if isinstance(planned, int) else 0
+
+
+_BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # preflight.BASIC_SWEEPER (no import)
+
+
+def sweep_notes_markdown(notes: list[str], failed: list[tuple[Path, str]], sweep_dir: Path,
+                         unstarted: int = 0) -> list[str]:
     lines: list[str] = []
     if notes:
         lines += ["", "## Left out by the preflight", "",
                   "These could not be read when the sweep started (details in preflight.json); the sweep ran "
                   "without them:",
                   "", *(f"- {note}" for note in notes)]
-    if failed:
+    if failed or unstarted:
         lines += ["", "## Cells that did not complete", "",
                   *(f"- `{job.relative_to(sweep_dir)}`: {why}" for job, why in failed)]
+    if unstarted:
+        lines.append(f"- {unstarted} planned cell{'s' * (unstarted != 1)} never started: the sweep was stopped before "
+                     f"{'them' if unstarted != 1 else 'it'}, or is still running ({PREFLIGHT_FILE} lists the cells "
+                     "it planned; the same command runs what is missing and reuses what completed)")
     return lines
 
 
@@ -222,5 +250,9 @@ def sweep_sections(dirs) -> list[str]:
                            (r for _, aside in records.values() for r in aside))
     lines: list[str] = []
     for folder, (jobs, _) in records.items():
-        lines += sweep_notes_markdown(preflight_notes(read_plan(folder)), _not_completed(jobs, *completed), folder)
+        plan = read_plan(folder)
+        # counted for a report of one sweep folder only: the same command run again starts another folder, whose
+        # jobs would have to be matched to this plan's cells to say which of them started there
+        unstarted = never_started(plan, len(jobs)) if len(records) == 1 else 0
+        lines += sweep_notes_markdown(preflight_notes(plan), _not_completed(jobs, *completed), folder, unstarted)
     return lines

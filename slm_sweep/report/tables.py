@@ -54,7 +54,7 @@ def summary_columns(metrics: Sequence[str] = ACCURACY_METRICS) -> tuple[str, ...
         "n_eval", "trainable_params", "total_params", "train_time_s_mean", "train_time_resumed_seeds",
         "train_time_older_seeds", "train_tokens_per_s_mean",
         "step_time_s_mean", "mfu_mean", "train_padding_fraction_mean", "train_clipped_fraction_mean",
-        "peak_memory_mb_max", "eval_time_s_mean", "truncated_fraction_mean", "delta_metric",
+        "peak_memory_mb_max", "peak_memory_unknown_seeds", "eval_time_s_mean", "truncated_fraction_mean", "delta_metric",
         "delta_zeroshot", "delta_zeroshot_p", "delta_zeroshot_p_adjusted", "delta_zeroshot_significant",
         "delta_zeroshot_test", "delta_fewshot", "delta_fewshot_p", "delta_fewshot_p_adjusted",
         "delta_fewshot_significant", "delta_fewshot_test", "below_zeroshot", "negative_transfer", "not_completed",
@@ -302,12 +302,16 @@ def _level_text(alpha: float, correction: str) -> str:
     return f"p<{alpha:g}" + (", Holm" if correction == HOLM else "")
 
 
-# the seeds a row's mean training time leaves out, per column that counts them, and why
-_TRAIN_TIME_LEFT_OUT = (
+# the seeds a row's mean training time or its peak memory leaves out, per column that counts them, and why
+_SEEDS_LEFT_OUT = (
     ("train_time_resumed_seeds", "Train time is the mean over seeds that trained from the first step: seeds resumed "
                                  "from a checkpoint timed only the steps after it and are left out of it"),
     ("train_time_older_seeds", "Train time leaves out seeds whose result files counted the validation pass on the "
                                "final weights in it, written before that pass was timed apart"),
+    ("peak_memory_unknown_seeds", "Peak memory is the largest of the seeds' peaks, training included: seeds that "
+                                  "re-scored kept weights from a result file that records no training peak "
+                                  "(`train_peak_memory_mb`, written before it was recorded) peaked in evaluation "
+                                  "alone and are left out of it"),
 )
 
 
@@ -350,7 +354,7 @@ def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Se
     if len(on) > 1:
         lines += [f"Rows of {dataset} were run with different claims metrics ({', '.join(on)}): each row's deltas and "
                   f"marks are on its own (Δ on), and its claims read side A's.", ""]
-    for column, why in _TRAIN_TIME_LEFT_OUT:
+    for column, why in _SEEDS_LEFT_OUT:
         counted = [(r["model"], method_label(r), r[column], r["n"]) for r in rows if r.get(column)]
         if counted:
             listed = "; ".join(f"{model} × {method}: {k} of {n}" for model, method, k, n in counted)

@@ -76,7 +76,11 @@ class Preflight(Callback):
         from slm_sweep.sweep.preflight import apply_plan, plan_grid, write_plan
 
         use_config_sources(OmegaConf.select(config, "hydra.runtime.config_sources"))
+        from slm_sweep.identity import pin_running_code
         from slm_sweep.tune import check_search_scoring
+
+        if not OmegaConf.select(config, "preflight.only", default=False):  # a dry run imports no torch
+            pin_running_code()  # before the preflight computes any key: the code the sweep's cells will run
 
         try:
             validate_preflight(config)
