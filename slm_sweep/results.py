@@ -251,6 +251,19 @@ def _parse_result(path: Path) -> tuple[dict | None, str | None]:
     return record, None
 
 
+def damaged_names(*paths: Path) -> list[Path]:
+    """Where to move files or folders that cannot be read: ``<stem>.damaged-<UTC time><suffix>`` beside each of
+    ``paths`` (``-2``, ``-3``... after the time, the same for all of them, where one is taken)."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    number = 1
+    while True:
+        tail = f"-{number}" if number > 1 else ""
+        names = [path.with_name(f"{path.stem}.damaged-{stamp}{tail}{path.suffix}") for path in paths]
+        if not any(name.exists() for name in names):
+            return names
+        number += 1
+
+
 def set_aside_damaged(out: str | Path) -> Path | None:
     """Rename a result.json in ``out`` that is there but cannot be read as a record (a bad copy, a hand edit that
     broke it) to ``result.damaged-<time>.json``, and the predictions beside it to
@@ -264,15 +277,10 @@ def set_aside_damaged(out: str | Path) -> Path | None:
     record, why = _parse_result(path)
     if record is not None or why is None:
         return None
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    number, suffix = 1, ""
-    while (out / f"result.damaged-{stamp}{suffix}.json").exists() or \
-            (out / f"predictions.damaged-{stamp}{suffix}.jsonl").exists():
-        number += 1
-        suffix = f"-{number}"
-    target = path.rename(out / f"result.damaged-{stamp}{suffix}.json")
     predictions = out / PREDICTIONS_FILE
-    moved = predictions.rename(out / f"predictions.damaged-{stamp}{suffix}.jsonl") if predictions.is_file() else None
+    target, predictions_target = damaged_names(path, predictions)
+    target = path.rename(target)
+    moved = predictions.rename(predictions_target) if predictions.is_file() else None
     _fsync_directory(out)
     log.warning("%s cannot be read as a result (%s): moved to %s%s; this cell runs as in a folder without a result",
                 path, why, target, f", its predictions to {moved}" if moved else "")

@@ -39,6 +39,7 @@ from slm_sweep.results import (
     RESULT_FILE,
     SCHEMA_VERSION,
     copy_atomically,
+    damaged_names,
     describe_predictions,
     git_commit,
     git_dirty_files,
@@ -795,13 +796,7 @@ def set_aside_unreadable(weights: Path, why: str, record: Mapping[str, Any] | No
     """Rename kept weights that cannot be read (``unreadable_weights``: ``why``) to ``<name>.damaged-<UTC time>``
     beside them, with the record that named them (``record``, as UNREADABLE_WEIGHTS_RECORD), and say so: a
     search no longer finds them (sweep.resume.kept_weights), so the cell trains again, and nothing is deleted."""
-    import datetime as dt
-
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    target, number = weights.with_name(f"{weights.name}.damaged-{stamp}"), 1
-    while target.exists():
-        number += 1
-        target = weights.with_name(f"{weights.name}.damaged-{stamp}-{number}")
+    (target,) = damaged_names(weights)
     weights.rename(target)
     if record is not None:
         try:

@@ -210,6 +210,10 @@ PROVENANCE_KEYS = ("identity", "git_commit", "git_dirty_files", "versions", "har
                    "reused_from", "trained_in", "training_provenance", "earlier_attempts")
 
 
+def _provenance(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: record[key] for key in PROVENANCE_KEYS if record.get(key) is not None}
+
+
 class WandbRun(CellLogger):
     """A W&B run per cell, grouped by configuration (``model-method-dataset-<configuration key>``, ``-val`` for a
     search cell: a group is a row of the report), named with the seed, tagged with the model, method, dataset,
@@ -245,7 +249,7 @@ class WandbRun(CellLogger):
         # what result.json says produced the numbers, so that a run on the dashboard can be traced to its code, its
         # machine and its files; a re-score's training figures, to the run that trained its weights (trained_in,
         # training_provenance), and resumed training's first steps to the attempts that trained them
-        provenance = {key: cell.get(key) for key in PROVENANCE_KEYS if cell.get(key) is not None}
+        provenance = _provenance(cell)
         folder = Path(out_dir).absolute()
         provenance.update(out_dir=str(folder), result_path=str(folder / RESULT_FILE))
         self.provenance = provenance
@@ -286,8 +290,7 @@ class WandbRun(CellLogger):
         # training run once it loaded the weights), so that the figures logged below are traced to the run that
         # measured them, and without what it no longer holds (earlier_attempts of training that did not resume
         # from their checkpoint after all, trained_in of kept weights that could not be read and were trained again)
-        now = {key: record[key] for key in PROVENANCE_KEYS if record.get(key) is not None}
-        provenance = {**{k: v for k, v in self.provenance.items() if k not in PROVENANCE_KEYS}, **now}
+        provenance = {**{k: v for k, v in self.provenance.items() if k not in PROVENANCE_KEYS}, **_provenance(record)}
         if provenance != self.provenance:
             self.provenance = provenance
             self.run.config.update({"provenance": self.provenance}, allow_val_change=True)
