@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -35,5 +37,17 @@ def main(cfg: DictConfig) -> float | None:
     return (record.get("metrics") or {}).get(cfg.optimized_metric)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The command (``python -m slm_sweep``, ``slm-sweep``): a mistyped setting is refused with the settings there
+    are before Hydra composes, whose own refusal names the key only."""
+    from slm_sweep.config import ConfigError, check_command_line_keys
+
+    try:
+        check_command_line_keys(sys.argv[1:])
+    except ConfigError as error:
+        raise SystemExit(f"config error: {error}") from None
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -853,26 +853,64 @@ def settings_elsewhere(group: str, key: str) -> list[str]:
     return found
 
 
-def _validate_known_keys(cfg: DictConfig) -> None:
-    """Every key of a typed node is a setting of its schema (slm_sweep/settings.py). Hydra refuses other keys when
-    it composes, except those added with ``+key=value``, which would otherwise be silently unread."""
-    import difflib
+def _unknown_setting(path: str, key: str, known: Sequence[str], where_known: str) -> ConfigError:
+    """The error for ``{path}{key}``, a key no code reads; ``path`` is its node with a trailing dot ("" at the top)."""
+    # a setting of another group (eval.test_limit: dataset.test_limit) is likelier meant than a near spelling
+    elsewhere = settings_elsewhere(path.rstrip("."), str(key)) if path.count(".") <= 1 else []
+    close = elsewhere or [f"{path}{k}" for k in difflib.get_close_matches(str(key), list(known), n=1)]
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return ConfigError(f"{path}{key} is not a setting: no code reads it; {hint}the {path.rstrip('.') or 'top-level'} "
+                       f"settings are {', '.join(known)} ({where_known})")
+
+
+def check_command_line_keys(overrides: Sequence[str]) -> None:
+    """Refuse a plain ``node.key=value`` whose key is not a setting of a typed node (or of ``tuning``) before Hydra
+    composes: Hydra's own refusal names the key but not the settings there are, nor the one likelier meant
+    (``eval.test_limit=3``: ``dataset.test_limit``). Additions (``+key=value``) are checked once composed; method
+    keys are not checked here, since a method file may declare keys of its own."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
 
     from slm_sweep.settings import SCHEMAS, field_names, nested_schema
 
-    def unknown(path: str, key: str, known: list[str], where_known: str) -> ConfigError:
-        # a setting of another group (eval.test_limit: dataset.test_limit) is likelier meant than a near spelling
-        elsewhere = settings_elsewhere(path.rstrip("."), str(key)) if path.count(".") <= 1 else []
-        close = elsewhere or [f"{path}{k}" for k in difflib.get_close_matches(str(key), known, n=1)]
-        hint = f"did you mean {' or '.join(close)}? " if close else ""
-        return ConfigError(f"{path}{key} is not a setting: no code reads it; {hint}the {path.rstrip('.') or 'top-level'} "
-                           f"settings are {', '.join(known)} ({where_known})")
+    parser = OverridesParser.create()
+    for argument in overrides:
+        if argument.startswith("-") or "=" not in argument:
+            continue  # Hydra's flags (-m, --config-dir) and their values
+        try:
+            (override,) = parser.parse_overrides([argument])
+        except Exception:  # noqa: BLE001 - a malformed override is Hydra's to report, with its own message
+            continue
+        if override.type != OverrideType.CHANGE or override.package is not None:
+            continue
+        node, *keys = override.key_or_group.split(".")
+        if not keys:
+            continue
+        if node == "tuning":
+            if keys[0] not in TUNING_KEYS:
+                raise _unknown_setting("tuning.", keys[0], TUNING_KEYS,
+                                       "conf/config.yaml and conf/hparams_search/lr_grid.yaml")
+            continue
+        schema = SCHEMAS.get(node)
+        path = f"{node}."
+        for key in keys:
+            if schema is None:
+                break
+            if key not in field_names(schema):
+                raise _unknown_setting(path, key, field_names(schema), f"{schema.__name__} in slm_sweep/settings.py")
+            schema, path = nested_schema(schema, key), f"{path}{key}."
+
+
+def _validate_known_keys(cfg: DictConfig) -> None:
+    """Every key of a typed node is a setting of its schema (slm_sweep/settings.py). Hydra refuses other keys when
+    it composes, except those added with ``+key=value``, which would otherwise be silently unread."""
+    from slm_sweep.settings import SCHEMAS, field_names, nested_schema
 
     def check(node: Any, schema: type, path: str) -> None:
         known = field_names(schema)
         for key in node:
             if key not in known:
-                raise unknown(path, key, known, f"{schema.__name__} in slm_sweep/settings.py")
+                raise _unknown_setting(path, key, known, f"{schema.__name__} in slm_sweep/settings.py")
             inner = nested_schema(schema, key)
             if inner is not None and isinstance(node[key], DictConfig):
                 check(node[key], inner, f"{path}{key}.")
@@ -883,12 +921,12 @@ def _validate_known_keys(cfg: DictConfig) -> None:
     top = [*SCHEMAS, *TOP_LEVEL_KEYS]
     for key in cfg:
         if key not in top:
-            raise unknown("", key, top, "conf/config.yaml and the config groups")
+            raise _unknown_setting("", key, top, "conf/config.yaml and the config groups")
     tuning = cfg.get("tuning")
     if isinstance(tuning, DictConfig):
         for key in tuning:
             if key not in TUNING_KEYS:
-                raise unknown("tuning.", key, list(TUNING_KEYS), "conf/config.yaml and conf/hparams_search/lr_grid.yaml")
+                raise _unknown_setting("tuning.", key, list(TUNING_KEYS), "conf/config.yaml and conf/hparams_search/lr_grid.yaml")
 
 
 def _validate_method_shape(cfg: DictConfig) -> None:

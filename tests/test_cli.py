@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import FAST_TINY, REPO
 
@@ -92,6 +93,20 @@ def test_a_name_override_that_relabels_the_chosen_model_is_refused_before_loadin
     assert "choose model=qwen05" in proc.stderr and not list(tmp_path.rglob("result.json"))
 
 
+def test_a_mistyped_setting_on_the_command_line_is_named_with_the_one_meant_and_the_settings_there_are(tmp_path):
+    """Hydra's own refusal of ``eval.test_limit=3`` named the key only: the user was left to find dataset.test_limit."""
+    for mode in ([], ["-m"]):
+        proc = run_cli([*mode, *FAST_TINY, "method=lora,dora", "eval.test_limit=3"], cwd=tmp_path)
+        assert proc.returncode != 0
+        assert ("config error: eval.test_limit is not a setting: no code reads it; did you mean dataset.test_limit? "
+                "the eval settings are split, max_new_tokens") in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and not list(tmp_path.rglob("*.json"))
+    script = Path(sys.executable).parent / "slm-sweep"  # the installed command takes the same way in
+    proc = subprocess.run([str(script), *FAST_TINY, "eval.test_limit=3"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and "did you mean dataset.test_limit?" in proc.stderr, proc.stderr[-2000:]
+
+
 def test_preflight_only_without_a_sweep_is_refused_not_ignored(requires_data, tmp_path):
     """A single run has no grid to check: it used to train and score the whole test split instead."""
     proc = run_cli([*FAST_TINY, "method=lora", "preflight.only=true"], cwd=tmp_path)
@@ -101,8 +116,6 @@ def test_preflight_only_without_a_sweep_is_refused_not_ignored(requires_data, tm
 
 def test_the_installed_console_scripts_find_the_packaged_configs(tmp_path):
     """`slm-sweep` (not `python -m slm_sweep`) finds conf/ as the module slm_sweep.conf, from any directory."""
-    from pathlib import Path
-
     import pytest
 
     scripts = Path(sys.executable).parent

@@ -224,6 +224,33 @@ def test_a_setting_of_another_group_is_named_as_the_one_meant(override, meant):
     assert f"{key} is not a setting: no code reads it; did you mean {meant}? " in str(err.value)
 
 
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["eval.test_limit=3"], "eval.test_limit is not a setting: no code reads it; did you mean dataset.test_limit?"),
+    (["-m", "model=tiny", "trainer.max_stepz=1,2"], "did you mean trainer.max_steps? the trainer settings are"),
+    (["dataset.hub.revison=abc"], "dataset.hub.revison is not a setting: no code reads it; did you mean "
+                                  "dataset.hub.revision?"),
+    (["--config-dir", "/tmp", "tuning.lrr=tuned"], "tuning.lrr is not a setting: no code reads it; did you mean "
+                                                    "tuning.lr?"),
+])
+def test_a_mistyped_setting_on_the_command_line_is_refused_before_hydra_composes(arguments, message):
+    from slm_sweep.config import check_command_line_keys
+
+    with pytest.raises(ConfigError) as err:
+        check_command_line_keys(arguments)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("arguments", [
+    ["-m", "model=tiny,smollm135", "method=lora", "dataset.test_limit=3", "trainer.max_steps=1,2"],
+    ["+method.rank=8", "method.my_own_key=1", "model.quantization.load_in_4bit=true", "hydra.run.dir=/tmp/x"],
+    ["~eval.stop", "++eval.max_new_tokens=8", "model@other=tiny", "not an override", "dataset.hub.path=a/b"],
+])
+def test_the_command_line_check_leaves_real_settings_additions_and_method_keys_to_composition(arguments):
+    from slm_sweep.config import check_command_line_keys
+
+    check_command_line_keys(arguments)
+
+
 @pytest.mark.parametrize("devices", ["1", "-1", "auto", "[0,1]", "'0,1'", "2"])
 def test_the_device_counts_lightning_takes_pass(devices):
     validate_config(compose_config(["method=lora", f"trainer.devices={devices}"]))
