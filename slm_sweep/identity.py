@@ -65,7 +65,10 @@ TRAINING_CODE_VERSION = 8  # 8: a half-precision cast keeps every rotary frequen
 # TRAINING_SOURCES_SHA256 below hold the hash of the sources behind each version, so an edit of one of them
 # without a bump, or a recorded statement that it changes no result, fails a test; and a cell run from edited
 # sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
-SCORING_VERSION = 19  # 19: lenient reads an unmarked final sentence as a prose reference is read (the value the
+SCORING_VERSION = 20  # 20: a final sentence that states two results after ", and", ", while", "whereas" or ";",
+# with any verb ("Jimin has 12 marbles, and Yoongi has 8 marbles"), gives no prose reference (it gave the first
+# value; the row is left out) and lenient reads it as its last number, as it read "... is 15, and ... is 5";
+# 19: lenient reads an unmarked final sentence as a prose reference is read (the value the
 # sentence states, not a number after it), a "that/who ... is" clause or a ", since/because ..." justification after
 # a stated value is not the answer (conflicting readings: no reference, the row left out), a side clause that works
 # the value out ("= 50") is read; Gemma 3 evaluated in bf16 keeps its rotary frequencies in float32; 18: an
@@ -127,7 +130,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "train/optimizers.py", "train/rank_allocation.py", "methods.py", "placement.py",
                     "train/interrupt.py")  # which steps a resumed run trains (align_to_plan, rewind_to_last_step)
-SCORING_SOURCES_SHA256 = {19: "5780414b049cb4a1ad27aae1e75dcb892b2b5044dd40a74a32c48bc338141a2c"}
+SCORING_SOURCES_SHA256 = {20: "1f2f190869caaf3cc56079ca9985d3134dea5279cc2a7a648bee05f642ea73b6"}
 TRAINING_SOURCES_SHA256 = {8: "7c7c9ae1de1777077de3a5c80bf9e07c68741e8597036058e1775af57b2e0145"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.

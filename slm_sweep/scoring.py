@@ -248,6 +248,9 @@ _RESULT_CLAUSE = re.compile(
 # A clause that points back at the result ("..., and 20% of it is 16") comments on it; one that does not states
 # another result.
 _BACK_REFERENCE = re.compile(r"\b(?:it|its|this|that|them|these|those)\b", re.IGNORECASE)
+# The side clauses that may state a second result rather than comment on the first: ", and", ", while", "whereas"
+# and ";" (a "while" without a comma may say when: "he reads 20 pages while riding the bus for 30 minutes")
+_TWO_RESULTS = re.compile(r",\s*(?:and|while)\b|,?\s*whereas\b|;", re.IGNORECASE)
 # After "the answer is" or "####": a restatement of the result ("16 - 3 - 4, which is 9") is the answer; else
 # the answer ends where a justification starts ("4 because 4 x 3 = 12", "5 (since 5 * 2 = 10)", "3, as ...").
 _RESTATED = re.compile(r",?(?<!\s)\s*\b(?:which|that)\s+(?:is|equals|gives|makes)\b", re.IGNORECASE)
@@ -829,11 +832,12 @@ def prose_reference_value(text: str) -> Fraction | None:
     less than ...", "... when 25 is divided by 11", a relative clause: "there are 9 numbers that are divisible by
     11" is 9), unless it goes on to work a value out ("..., and each got 2, so 20 / 2 = 10 boys went", "...,
     which rounds up to 17%"), and a sentence stating two results ("the boys are 15 and the girls are 20", "the
-    boat's speed is 15 km/h, and the stream's is 5 km/h", unless the second points back at the first: "..., and
-    20% of it is 16") gives None. The answer ends where a justification starts, after a marker ("5, since 5 + 5 =
-    10" is 5) and in the final sentence ("..., since 45 - 15 = 30", "... because 150 / 35 = 4.29 ...", not a "since"
-    clause that leads into a comma-part holding a number: "After 3 days, since she eats 2 a day, she has 9 left"; ",
-    as a result ..." and ", as calculated ..." start none). A relative clause before the main clause's verb ("In 5
+    boat's speed is 15 km/h, and the stream's is 5 km/h", "Jimin has 12 marbles, and Yoongi has 8" with any verb
+    and after ", and", ", while", "whereas" or ";", unless the second points back at the first, "..., and 20% of
+    it is 16", or holds no number) gives None. The answer ends where a justification starts, after a marker ("5,
+    since 5 + 5 = 10" is 5) and in the final sentence ("..., since 45 - 15 = 30", "... because 150 / 35 = 4.29
+    ...", not a "since" clause that leads into a comma-part holding a number: "After 3 days, since she eats 2 a
+    day, she has 9 left"; ", as a result ..." and ", as calculated ..." start none). A relative clause before the main clause's verb ("In 5
     years, John, who is now 15, will be 20") and a clause that states the result ("..., which leaves her with 9
     apples", "..., which means he has 9") are part of the main clause. Of the part chosen, what follows its last "="
     counts when that holds a number. The part must hold exactly one value, written once or more in any form ("11/4, or
@@ -957,7 +961,9 @@ def _main_clause(sentence: str) -> str:
     than ...", "... when 25 is divided by 11", "..., and 20% of it is 16", "there are 9 numbers that are divisible
     by 11"), when a number comes before it; a clause that goes on to work a value out ("..., and each got 2, so 20 /
     2 = 10 boys went") or to state it ("..., which leaves her with 9 apples") is no comment, and a relative clause
-    before the main clause's verb ("The 3 boys who were late missed 10 minutes") is part of the main clause."""
+    before the main clause's verb ("The 3 boys who were late missed 10 minutes") is part of the main clause. A
+    clause after ", and", ", while", "whereas" or ";" that holds a number and does not point back at the result
+    ("Jimin has 12 marbles, and Yoongi has 8 marbles") states a second result: then the main clause is empty."""
     clauses = list(_SIDE_CLAUSE.finditer(sentence))
     number_before, first_digit = False, _first_digit(sentence)
     for at, clause in enumerate(clauses):
@@ -970,9 +976,10 @@ def _main_clause(sentence: str) -> str:
         number_before = number_before or (first_digit < start and bool(numbers_in(sentence[:start])))
         after = sentence[clause.end():]
         if number_before and not _works_out(after):
-            if (clause.group(0).lstrip(", ").lower().startswith("and") and not _BACK_REFERENCE.search(after)
-                    and _NUMBER_STATEMENT.search(after) and _NUMBER_STATEMENT.search(sentence[:start])):
-                return ""  # "the boat's speed is 15 km/h, and the stream's is 5 km/h": two results, no answer
+            if _TWO_RESULTS.match(clause.group(0)) and not _BACK_REFERENCE.search(after) and numbers_in(after):
+                # "the boat's speed is 15 km/h, and the stream's is 5 km/h", "Jimin has 12 marbles, and Yoongi has 8
+                # marbles": two results, whatever their verbs, so no answer
+                return ""
             return sentence[:start]
     return sentence
 

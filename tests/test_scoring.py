@@ -694,6 +694,50 @@ def test_a_closing_sentence_gives_its_answer_or_none_never_another_number(answer
     assert reference_answer(answer) == expected
 
 
+# A review's finding: a final sentence that states two results with a comma gave its first value as the reference
+# unless both were stated by "is" / "equals" / "costs" ("Therefore, Jimin has 12 marbles, and Yoongi has 8 marbles."
+# gave 12, though the question may ask about Yoongi), while the same sentence without the comma gave None.
+JIMIN_AND_YOONGI = ("Let Yoongi have y marbles. Then y + (y + 4) = 20, so 2y = 16 and y = 8.\n\n"
+                    "Therefore, Jimin has 12 marbles, and Yoongi has 8 marbles.")
+
+
+@pytest.mark.parametrize("answer", [
+    pytest.param(JIMIN_AND_YOONGI, id="comma-and"),
+    pytest.param(JIMIN_AND_YOONGI.replace("marbles, and", "marbles and"), id="and-without-a-comma"),
+    pytest.param(JIMIN_AND_YOONGI.replace(", and", ", while"), id="comma-while"),
+    pytest.param(JIMIN_AND_YOONGI.replace(", and", ", whereas"), id="comma-whereas"),
+    pytest.param(JIMIN_AND_YOONGI.replace(", and", ";"), id="semicolon"),
+    pytest.param("So, the man can row 5 km/hr in still water, and the speed of the current is 1 km/hr.",
+                 id="can-row-then-is"),
+    pytest.param("So, the shopkeeper bought 40 pens, and the cost of each pen was $3.", id="bought-then-was"),
+    pytest.param("Thus, there are 15 boys in the class, while the number of girls is 20.", id="there-are-then-is"),
+])
+def test_a_final_sentence_stating_two_results_with_any_verb_gives_no_reference(answer):
+    assert reference_answer(answer) is None and prose_reference_value(answer) is None
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    pytest.param("So, Yoongi has 8 marbles, and that is the answer.", "8", id="and-points-back"),
+    pytest.param("So, Yoongi has 8 marbles, and 2 of them are red.", "8", id="and-a-number-of-them"),
+    pytest.param("So, she has 12 apples left, while her brother has none.", "12", id="while-without-a-number"),
+    pytest.param("So, she has 12 apples left; that is the answer.", "12", id="semicolon-points-back"),
+    pytest.param("Each gets 2.5 cookies, and there is no need for rounding.", "2.5", id="and-without-a-number"),
+    pytest.param("Yoongi has 8 marbles.", "8", id="one-result"),
+])
+def test_a_side_clause_that_comments_on_the_one_result_keeps_it_for_references_and_models(answer, expected):
+    assert reference_answer(answer) == expected
+    assert extract_answer(answer, "lenient") == expected  # a model's answer in that style is read as before
+
+
+def test_a_model_answer_stating_two_results_reads_the_same_with_or_without_the_comma():
+    """Lenient reads a model's two-result sentence as it reads "the boys are 15, and the girls are 20": no one
+    value, so its last number; a comma no longer makes it the first."""
+    final = JIMIN_AND_YOONGI.split("\n\n")[-1]
+    without_comma = final.replace("marbles, and", "marbles and")
+    assert extract_answer(final, "lenient") == extract_answer(without_comma, "lenient") == "8"
+    assert extract_answer(final.replace(", and", ", while"), "lenient") == "8"
+
+
 def test_a_repeating_decimal_reference_accepts_the_exact_answer():
     reference = reference_answer("1 ÷ 3 = 0.333...\n\nSo, 1/3 as a decimal is 0.333...")
     assert all(is_correct(text, reference, "lenient", 1e-15) for text in ("The answer is 1/3.", "#### 0.3333"))

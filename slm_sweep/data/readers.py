@@ -322,10 +322,11 @@ def asks_who(question: str) -> bool:
     """Whether a question asks for a person: its last question (the last sentence ending in "?", else its last
     sentence) starts with who/whose/whom ("Who has the most?"), has it after a list or an "among ..." opening
     ("Among A, B and C, who is the tallest?", "..., who then has more?"), asks to find out who ("Find out whose
-    bag is heavier.") or which person ("Which student read more?"), or, with no digit in it, which team, box or
-    bag or which of alternatives ("Which is heavier, bag A or bag B?", not "Which is greater, 3/4 or 0.7?"); a
-    question that asks how many or how much asks for a number ("How many students, who like math, are left?",
-    "Who read more, and by how much?")."""
+    bag is heavier.") or which person ("Which student read more?") or the name of one ("What is the name of the
+    tallest student?"), or, with no digit in it, which team, box, color, fruit or other thing that is no number
+    ("Which color has more balls?", not "Which number is the largest?") or which of alternatives ("Which is
+    heavier, bag A or bag B?", not "Which is greater, 3/4 or 0.7?"); a question that asks how many or how much
+    asks for a number ("How many students, who like math, are left?", "Who read more, and by how much?")."""
     sentences = [s.strip() for s in _SENTENCE.split(question.strip()) if s.strip()]
     if not sentences:
         return False
@@ -338,8 +339,8 @@ def asks_who(question: str) -> bool:
     # "If Jimin, who is 10, ..., what is Yuna's age?": a clause about a person inside a question asking for a number
     if _WHAT_NUMBER.search(asked) and not _WHO_FIRST.search(asked):
         return False
-    # which team, box or bag, or which of alternatives: no number unless the alternatives are numbers ("Which is
-    # greater, 3/4 or 0.7?")
+    # which team, box, color or fruit, or which of alternatives: no number unless the alternatives are numbers
+    # ("Which is greater, 3/4 or 0.7?")
     return _WHO.search(asked) is not None or (_WHICH_OF.search(asked) is not None and not numbers)
 
 
@@ -348,12 +349,28 @@ _WHO = re.compile(r"^(?:who|whose|whom)\b|[,:;]\s*(?:who|whose|whom)\b|(?:^|\ban
                   r"|\b(?:find|determine|tell|guess|identify|say|know|wonder|write down)\s+(?:out\s+|me\s+|us\s+)?(?:who|whose|whom)\b"
                   r"|^which\s+(?:person|student|child|kid|friend|boy|girl|man|woman|player|one of them)\b",
                   re.IGNORECASE)
-_WHICH_OF = re.compile(r"^which\s+(?:team|class|group|box|bag|one)\b|^which\b[^?]*\bor\b", re.IGNORECASE)
+# "Which team/box/color/fruit ...": a noun whose answer is a name or a category; not one whose answer is a number
+# ("Which number ...", "Which year ...", "Which two numbers ...", "Which natural number ..."), nor a verb in the
+# noun's place ("Which is the largest?" may ask for a number); also after an opening "Among A, B and C, ..."
+_QUANTITY_NOUN = (r"(?:number|numeral|digit|value|amount|quantity|sum|total|difference|product|quotient|fraction"
+                  r"|decimal|integer|multiple|factor|divisor|remainder|result|answer|figure|percent|percentage|ratio"
+                  r"|rate|price|cost|score|age|year|page|floor|row|length|width|height|weight|area|volume|distance"
+                  r"|speed|time)s?")
+# the same after a word that qualifies it ("two", "natural", "three-digit"): only nouns that are no verb as well
+# ("Which fruit costs more?" asks for a fruit)
+_QUALIFIED_QUANTITY = (r"[\w-]+\s+(?:number|numeral|digit|value|amount|quantity|sum|fraction|decimal|integer|multiple"
+                       r"|factor|divisor)s?")
+_NOT_A_NOUN = r"(?:is|are|was|were|has|have|had|do|does|did|will|would|can|could|should|must|may|might|of)"
+_WHICH_OF = re.compile(
+    rf"^(?:among\b[^?]*,\s*)?which\s+(?!(?:{_QUANTITY_NOUN}|{_QUALIFIED_QUANTITY}|{_NOT_A_NOUN})\b)[a-z]"
+    r"|^which\b[^?]*\bor\b", re.IGNORECASE)
 _HOW_MUCH = re.compile(r"\bhow\s+(?:many|much)\b", re.IGNORECASE)
 _PERSON = r"(?:person|people|student|child|kid|friend|boy|girl|man|woman|player|one)s?"
 # a question that wants a name: "the name of the person ...", "Find the person who ...", "Which of the two ..."
-_NAME_ASKED = re.compile(rf"\bnames?\s+of\s+the\s+{_PERSON}\b|\b(?:find|identify|determine|name)\s+the\s+{_PERSON}\s+"
-                         r"(?:who|whose|with|that)\b", re.IGNORECASE)
+# ("the name of the tallest student": up to three words, no number, before the person)
+_NAME_ASKED = re.compile(rf"\bnames?\s+of\s+the\s+(?:[a-z-]+\s+){{0,3}}?{_PERSON}\b"
+                         rf"|\b(?:find|identify|determine|name)\s+the\s+{_PERSON}\s+(?:who|whose|with|that)\b",
+                         re.IGNORECASE)
 _WHICH_OF_THEM = re.compile(r"^which\s+of\s+(?:them|the\s+(?:two|three|four|five)|these\s+(?:two|three))\b",
                             re.IGNORECASE)
 _WHAT_NUMBER = re.compile(r"\bwhat\s+(?:is|are|was|were|will\s+be)\b|\bhow\s+(?:old|long|far|tall|heavy|fast)\b",
