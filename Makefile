@@ -54,12 +54,15 @@ smoke: install ## A 2 x 3 sweep on the two tiny models (under a minute on CPU)
 # The learning-rate search of every trained cell of experiment=paper, trained and scored as the paper's cells are
 # (trainer=gpu eval=gpu; hparams_search=lr_grid scores in float32, as the paper does), so that each rate it chooses
 # is one `make paper` accepts; then the table from it (slm_sweep/tuned/lr.yaml, which experiment=paper reads).
-# slm_sweep/tune.py holds the same command (PAPER_SEARCH), which a refused paper cell names.
+# slm_sweep/tune.py holds the same command (PAPER_SEARCH), which a refused paper cell names. A search with a cell
+# that did not complete writes no table, and says which cells and how to go on.
+# PREFLIGHT_ONLY is passed on as preflight.only's value and read as Hydra reads it: 1, true, yes list the cells and
+# run none; 0, false, no run them (as without it).
 paper-search: install ## The validation search of the paper's rates (5 models x full, lora, dora x gsm8k, orcamath x 5 rates), then the table make paper reads: run it first (PREFLIGHT_ONLY=1: list its cells)
-	$(PY) -m slm_sweep.tune --paper-search $(if $(DATA_ROOT),data_root=$(DATA_ROOT)) $(if $(PREFLIGHT_ONLY),preflight.only=true)
+	$(PY) -m slm_sweep.tune --paper-search $(if $(DATA_ROOT),data_root=$(DATA_ROOT)) $(if $(PREFLIGHT_ONLY),preflight.only=$(PREFLIGHT_ONLY))
 
 paper: install ## The study's whole grid: 5 models x 7 methods (4 baselines, full, lora, dora) x gsm8k, orcamath x seeds 0,1,2, at the rates of make paper-search (refused without them; PREFLIGHT_ONLY=1: list its cells, run none)
-	$(PY) -m slm_sweep -m experiment=paper $(if $(DATA_ROOT),data_root=$(DATA_ROOT)) $(if $(PREFLIGHT_ONLY),preflight.only=true)
+	$(PY) -m slm_sweep -m experiment=paper $(if $(DATA_ROOT),data_root=$(DATA_ROOT)) $(if $(PREFLIGHT_ONLY),preflight.only=$(PREFLIGHT_ONLY))
 
 report: install ## Tables, plots and the study's claims of a sweep: make report SWEEP=multirun/<date>/<time> (default: the latest; CLAIMS=my_claims.yaml; CORRECTION=none)
 	@test -n "$(SWEEP)" || { echo "no sweep under multirun/ holds a result.json; run one first or pass SWEEP=DIR"; exit 2; }

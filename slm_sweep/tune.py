@@ -207,8 +207,9 @@ def _differences(searched: Mapping[str, Any], here: Mapping[str, Any]) -> list[s
 
 def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> None:
     """Refuse a tuned rate that was searched under other training settings than the cell's (steps, batch,
-    precision, strategy, rank, data, prompt, training code): its result.json would say ``source: tuned`` of a rate
-    tuned for something else. Refuse it too for a cell at one of the seeds it was searched on, which would report
+    precision, strategy, rank, data, prompt, training code), or chosen on validation scores computed otherwise than
+    the cell is scored (stop strings, generation config, max_new_tokens, dtype, scoring code): its result.json would
+    say ``source: tuned`` of a rate tuned for something else. Refuse it too for a cell at one of the seeds it was searched on, which would report
     the search's winner. Tables written before the settings or seeds were recorded are taken as they are (but for a
     cell with ``tuning.on_missing=refuse``, which ``check_missing`` refuses)."""
     dataset, model, method = cfg.dataset.name, cfg.model.name, cfg.method.name
@@ -228,10 +229,12 @@ def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> 
         return
     from slm_sweep.identity import code_and_process_parts
 
-    # what the cell's training key will say of its code and processes; what else only its keys say (data,
-    # resolved weights), check_tuned_data compares
+    # what the cell's training key will say of its code and processes, and its evaluation key of its scoring code;
+    # what else only its keys say (data, resolved weights), check_tuned_data compares
     config = _cell_config(cfg)
-    cell = {"config": config, "identity": {"parts": {"training": code_and_process_parts(config)}}}
+    modules = any(str(k).startswith("code.metric_modules") for k in recorded)
+    cell = {"config": config, "identity": {"parts": {"training": code_and_process_parts(config)},
+                                           "scored_with": _running_scoring(config, modules)}}
     recorded, here = _compared(recorded, tuned_under(cell), once_keyed=False)
     if counted_elsewhere(config["trainer"]):  # e.g. a SLURM grid's preflight on a login node: the cell checks
         recorded.pop(_PROCESSES, None)
@@ -240,11 +243,40 @@ def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> 
         recorded = {**recorded, "prompt.system": here.get("prompt.system")}
     differing = _differences(recorded, here)
     if differing:
+        scoring = [d.split(":")[0] for d in differing if d.startswith(("eval.", "code.scoring", "code.metric_modules"))]
+        hint = (f" The rates were compared on validation scores computed otherwise than this cell is scored "
+                f"({', '.join(scoring)}): the rate that won there need not win under this cell's scoring, as "
+                "for another eval.max_new_tokens or eval.dtype.") if scoring else ""
+        code = any(d.startswith(("code.scoring", "code.metric_modules")) for d in differing)
+        again = (" For other scoring code, rerun the search with this code (`make paper-search` for "
+                 "experiment=paper's cells: a cell whose weights were kept is re-scored, not trained again), then "
+                 "the tune command.") if code else ""
         raise ConfigError(
             f"tuning.table: the rate lr.{dataset}.{model}.{method} in {path} was searched under other training "
-            f"settings than this cell's ({'; '.join(differing)}). Search again with this cell's settings (the "
-            "search takes the same overrides: trainer=..., method.r=..., dataset.*), or train at a rate of your "
-            "choosing with tuning.lr=method method.lr=<rate>")
+            f"settings than this cell's ({'; '.join(differing)}).{hint}{again} Search again with this cell's "
+            "settings (the search takes the same overrides: trainer=..., method.r=..., dataset.*, eval.*), or train "
+            "at a rate of your choosing with tuning.lr=method method.lr=<rate>")
+
+
+def _running_scoring(config: Mapping[str, Any], modules: bool) -> dict[str, Any]:
+    """What a cell's ``scored_with`` will say of the code that scores it, as this process runs it: the scoring
+    version, its sources' hash where edited from that version's, and (``modules``: only where the table records
+    them, as importing them is not free) the code of the metric modules it scores with."""
+    from slm_sweep.identity import (
+        SCORING_SOURCES,
+        SCORING_SOURCES_SHA256,
+        SCORING_VERSION,
+        edited_sources,
+        metric_modules_identity,
+    )
+
+    edited = edited_sources(SCORING_SOURCES, SCORING_SOURCES_SHA256, SCORING_VERSION)
+    scored = {"scoring": SCORING_VERSION, **({"edited_sources": edited} if edited else {})}
+    if modules:
+        from slm_sweep.scoring import metric_module_names
+
+        scored.update(metric_modules_identity(metric_module_names((config.get("eval") or {}).get("metric_modules"))))
+    return scored
 
 
 def _compared(recorded: Mapping[str, Any], here: Mapping[str, Any],
@@ -650,9 +682,25 @@ _NOT_THE_WEIGHTS = ("name", "gguf_dir", "gguf_package")
 _WEIGHTS_PLACE = ("model.id", "model.revision")
 # what the model's identity adds to its settings: the weights resolved, and how a GGUF file was converted
 _RESOLVED_MODEL = ("weights", "conversion")
-# settings a table's trained_with holds since they were added: an older table is checked without them
+# settings a table's trained_with holds since they were added: an older table is checked without them (its rate
+# is taken as chosen under the cell's own settings of that kind, as before they were recorded)
 _LATER_SETTINGS = ("model.", "dataset.dedup.", "data.", "model.weights", "model.conversion", "trainer.strategy",
-                   "trainer.world_size", "code.training_edited", "code.optimizer", "code.callbacks")
+                   "trainer.world_size", "code.training_edited", "code.optimizer", "code.callbacks", "eval.stop",
+                   "eval.generation_config", "code.scoring", "code.metric_modules")
+# What a record's scored_with (identity.scored_with: how its answers were generated and scored, the split aside)
+# says beyond its config's eval settings, and the setting each is compared as: the scoring code's version and the
+# hash of its sources where edited from that version's, the code of the metric modules it scored with, and the
+# dtype generation ran in as resolved (eval.dtype=auto is bfloat16 on one GPU, float16 on an older one). Another
+# entry of scored_with is compared between candidates as scored_with.<entry>. Unknown for a cell that failed before
+# computing its keys.
+_SCORED_AS = {"scoring": "code.scoring", "edited_sources": "code.scoring_edited",
+              "metric_modules": "code.metric_modules", "dtype": "eval.dtype_resolved"}
+# scored_with's entries that the config's eval settings give too (eval.<entry>, _training_settings)
+_SCORED_IN_CONFIG = ("split", "max_new_tokens", "stop", "generation_config")
+# The eval settings a table's trained_with keeps (tuned_under): every one the validation scores depend on, but the
+# split (the search scores the validation split, the cell the test split); with the scoring code (code.scoring*,
+# code.metric_modules where the metric chosen on is a module's), a cell compares them before anything loads.
+_KEPT_SCORING = ("eval.dtype", "eval.max_new_tokens", "eval.stop", "eval.generation_config")
 # what only a cell's training key records (_keyed_settings), unknown for a cell that failed before computing it
 _FROM_KEYS = ("code.", "data.", "model.weights", "model.conversion", "trainer.world_size")
 # of those, what a cell knows only once its data is loaded and its model's weights resolved: compared then
@@ -701,10 +749,51 @@ def _keyed_settings(training: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def _scored_with(record: Mapping[str, Any]) -> dict[str, Any] | None:
+    """How a record's answers were generated and scored (``identity.scored_with``; for a record written before it
+    was, the same read from ``identity.parts.evaluation``); None for a cell that failed before computing its
+    keys."""
+    identity = record.get("identity")
+    if not isinstance(identity, Mapping):
+        return None
+    if isinstance(identity.get("scored_with"), Mapping):
+        return dict(identity["scored_with"])
+    evaluation = (identity.get("parts") or {}).get("evaluation") if isinstance(identity.get("parts"), Mapping) \
+        else None
+    if not isinstance(evaluation, Mapping):
+        return None
+    return {"scoring": evaluation.get("scoring"),
+            **({"edited_sources": evaluation["edited_sources"]} if evaluation.get("edited_sources") else {}),
+            **{k: v for k, v in (evaluation.get("eval") or {}).items() if k != "split"}}
+
+
+def _scoring_settings(scored: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A record's ``scored_with`` as settings (``_SCORED_AS``), but what its config's eval settings say; nothing
+    when it is unknown."""
+    if scored is None:
+        return {}
+    return {**{setting: scored.get(entry) for entry, setting in _SCORED_AS.items()},
+            **{f"scored_with.{k}": v for k, v in scored.items() if k not in _SCORED_AS and k not in _SCORED_IN_CONFIG}}
+
+
+def _from_scoring(key: str) -> bool:
+    """Whether ``key`` is one of what only a record's ``scored_with`` says (``_scoring_settings``)."""
+    return key in _SCORED_AS.values() or key.startswith("scored_with.")
+
+
+def _eval_setting(eval_cfg: Mapping[str, Any], key: str) -> Any:
+    """``eval.<key>`` as the evaluation key has it: stop strings as a set (a generation is cut at the earliest)."""
+    from slm_sweep.identity import stop_strings
+
+    value = eval_cfg.get(key)
+    return stop_strings(value) if key == "stop" and value is not None else value
+
+
 def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
     """What a search cell trained and scored with, apart from its learning rate and seed: its training key's parts
-    (``_keyed_settings`` and the settings each part is computed from) and the scoring the rates were compared by.
-    Candidates compared against each other must agree on all of it."""
+    (``_keyed_settings`` and the settings each part is computed from) and the scoring the rates were compared by
+    (its eval settings and its ``scored_with``: the scoring code's version and edited sources, its metric modules,
+    the dtype generation ran in). Candidates compared against each other must agree on all of it."""
     from slm_sweep.data.specs import dedup_settings
     from slm_sweep.identity import (
         EVAL_SCORING_KEYS,
@@ -735,8 +824,10 @@ def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
         **{f"dataset.{k}": dataset.get(k) for k in ("val_size", "train_limit", "split_seed", "test_split",
                                                     "test_size")},
         # the scoring the rates were compared by: bf16 rounds away part of full fine-tuning's updates, which a
-        # float32 paper cell keeps, so a rate chosen in bf16 is not the one chosen in float32
-        **{f"eval.{k}": (config.get("eval") or {}).get(k) for k in (*EVAL_SCORING_KEYS, "dtype")},
+        # float32 paper cell keeps, so a rate chosen in bf16 is not the one chosen in float32; other stop strings,
+        # generation settings or scoring code count other answers correct
+        **{f"eval.{k}": _eval_setting(config.get("eval") or {}, k) for k in (*EVAL_SCORING_KEYS, "dtype")},
+        **_scoring_settings(_scored_with(record)),
         # callbacks that change the weights (stochastic weight averaging) are in the cell's training key too
         **{f"callbacks.{name}": entry for name, entry in weight_changing_callbacks(config.get("callbacks")).items()},
         **keyed,
@@ -764,18 +855,31 @@ def _keyed_prompt(record: Mapping[str, Any]) -> dict[str, Any] | None:
     return prompt_identity({**prompt, "style": keyed}, None)
 
 
-def tuned_under(record: Mapping[str, Any]) -> dict[str, Any]:
+def tuned_under(record: Mapping[str, Any], metric: str | None = None) -> dict[str, Any]:
     """The settings a searched rate was chosen under that a cell training at it must share: its training key's
     parts but the rate, the seed and the library versions (the model's settings and the weights they resolve to,
     the method, the trainer's numeric settings and strategy family, the processes, the training data and the
     examples, the prompt, the callbacks that change the weights, the training code's version and edited sources),
-    and the scoring the rates were compared by (``eval.dtype``, ``eval.max_new_tokens``). Not the split scored
-    (the search scores the validation split, the cell the test split). ``record``: a result.json's ``config``
-    (and ``identity``: its ``parts``, and ``prompt_style``, the style as keyed)."""
-    kept = ("eval.dtype", "eval.max_new_tokens")  # how the rates were compared; the split differs by design
+    and the scoring the rates were compared by: every setting of a cell's config the validation scores depend on
+    (``eval.dtype``, ``eval.max_new_tokens``, ``eval.stop``, ``eval.generation_config``) and the scoring code that
+    computed them (``code.scoring``, ``code.scoring_edited``; ``code.metric_modules`` unless ``metric``, the score
+    chosen on, is a built-in metric, which no metric module changes). Not the split scored (the search scores the
+    validation split, the cell the test split), nor what a cell knows only once it generates (the dtype ``auto``
+    resolves to). ``record``: a result.json's ``config`` (and ``identity``: its ``parts``, ``prompt_style``, the
+    style as keyed, and ``scored_with``)."""
+    modules = metric is None or not _built_in_metric(metric)
     return {k: v for key, value in _training_settings(record).items()
-            if (not key.startswith("eval.") or key in kept) and key != "dataset.test_split"
+            if (not key.startswith(("eval.", "scored_with.")) or key in _KEPT_SCORING)
+            and key != "dataset.test_split" and (modules or key != "code.metric_modules")
             for k, v in _flat(key, value).items()}
+
+
+def _built_in_metric(metric: str) -> bool:
+    """Whether ``metric`` (``val_accuracy_<name>``) is a built-in metric's score, not a metric module's."""
+    from slm_sweep import scoring
+
+    built_in = getattr(scoring, "_BUILT_IN", None) or scoring.METRICS
+    return metric.removeprefix("val_") in {accuracy_key(name) for name in built_in}
 
 
 def _flat(key: str, value: Any) -> dict[str, Any]:
@@ -1012,21 +1116,54 @@ def choose(records: Sequence[Mapping[str, Any]], metric: str | None = None,
 
 
 def _check_alike(name: str, cells: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse the cells of one dataset x model x method unless they trained and were scored alike but for the rate
+    and the seed (``_training_settings``): rates trained otherwise, or scored by other scoring code or settings
+    (their validation accuracies are not comparable), are no one search. The message names each setting that
+    differs, its values, and the cells that hold each."""
     settings = [_training_settings(r) for r in cells]
     weighed = any("model.weights" in s for s in settings)
 
     def known(cell: Mapping[str, Any], key: str) -> bool:
         # a cell that failed before computing its keys says nothing of the weights, code, examples or processes
-        # it would have used; where its model's files sat is no setting of cells that say which weights they used
+        # it would have used, nor of how it would have been scored; where its model's files sat is no setting of
+        # cells that say which weights they used
+        if _from_scoring(key):
+            return _scored_with(cell) is not None
         unknown = key.startswith(_FROM_KEYS) or weighed and key in _WEIGHTS_PLACE
         return _training_parts(cell) is not None or not unknown
 
-    values = {k: sorted({repr(s.get(k)) for c, s in zip(cells, settings) if known(c, k)})
-              for k in {k for s in settings for k in s}}
-    differing = "; ".join(f"{k}: {', '.join(seen)}" for k, seen in sorted(values.items()) if len(seen) > 1)
-    if differing:
-        raise TuningError(f"the search cells of {name} differ in more than the learning rate ({differing}): "
-                          "pass the directories of one search")
+    values: dict[str, dict[str, list[Mapping[str, Any]]]] = {}
+    for key in sorted({k for s in settings for k in s}):
+        for cell, setting in zip(cells, settings):
+            if known(cell, key):
+                values.setdefault(key, {}).setdefault(repr(setting.get(key)), []).append(cell)
+    differing = {k: seen for k, seen in values.items() if len(seen) > 1}
+    if not differing:
+        return
+    what = "; ".join(f"{k}: {', '.join(sorted(seen))}" for k, seen in differing.items())
+    where = "; ".join(f"{k}={value}: {_cell_names(held)}" for k, seen in differing.items()
+                      for value, held in sorted(seen.items()))
+    scoring = sorted(k for k in differing if _from_scoring(k) or k.startswith("eval."))
+    hint = (f". Their validation accuracies were computed by other scoring ({', '.join(scoring)}: result.json's "
+            "identity.scored_with and config.eval), so they cannot be ranked against each other: score them all with "
+            "one code and one set of eval settings (rerun the searches scored otherwise with the code and settings "
+            "of the others: a cell whose weights were kept is re-scored, not trained again), or pass only the "
+            "folders scored alike") if scoring else ""
+    raise TuningError(f"the search cells of {name} differ in more than the learning rate ({what}): pass the "
+                      f"directories of one search{hint}. The cells of each value: {where}")
+
+
+def _cell_names(cells: Sequence[Mapping[str, Any]], shown: int = 3) -> str:
+    """The cells' folders (their rate and seed where a record names no file), the first ``shown`` and a count."""
+    def named(cell: Mapping[str, Any]) -> str:
+        if cell.get("result_path"):
+            return str(Path(cell["result_path"]).parent)
+        lr = _record_lr(cell)
+        return f"lr {'?' if lr is None else f'{lr:g}'} seed {cell.get('seed')}"
+
+    names = sorted(named(c) for c in cells)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{len(names)} cell{'s' if len(names) != 1 else ''} ({', '.join(names[:shown])}{more})"
 
 
 def _val_size(name: str, cells: Sequence[Mapping[str, Any]]) -> int | None:
@@ -1148,7 +1285,8 @@ def _choose_one(name: str, cells: Sequence[Mapping[str, Any]], metric: str,
             "candidates": candidates, "seeds": all_seeds,
             "searches": sorted({str(r["search_dir"]) for r in cells if r.get("search_dir")}),
             # from a cell that computed its keys (its weights, code and examples are known there)
-            "trained_with": tuned_under(next((c for c in cells if c.get("status") == "completed"), cells[0]))}
+            "trained_with": tuned_under(next((c for c in cells if c.get("status") == "completed"), cells[0]),
+                                        metric)}
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -1317,17 +1455,100 @@ def paper_search_command(experiment: str | Path = PAPER_EXPERIMENT, extra: Seque
             f"hydra.sweep.dir={PAPER_SEARCH_DIR}", *extra]
 
 
+def _override_value(overrides: Sequence[str], key: str) -> tuple[bool, Any]:
+    """(given, value) of the last override of ``key`` in ``overrides`` as Hydra parses it (``key=true`` and
+    ``key=True`` are True, ``'key=/a b'`` is ``/a b``; ``+key=`` and ``++key=`` set it too, ``~key`` drops it);
+    (False, None) when none sets it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    given, value = False, None
+    for text in overrides:
+        try:
+            override = parser.parse_override(str(text))
+        except Exception:  # noqa: BLE001 - not an override Hydra reads: the search refuses it itself
+            continue
+        if override.key_or_group != key:
+            continue
+        given, value = (False, None) if override.is_delete() else (True, override.value())
+    return given, value
+
+
+def search_dir_of(extra: Sequence[str]) -> str:
+    """The folder the paper's search writes to: PAPER_SEARCH_DIR, or the last ``hydra.sweep.dir=`` of ``extra``
+    (Hydra takes the last). Raises TuningError for one Hydra would resolve when the search starts
+    (``${now:...}``), which this command could not find again."""
+    given, value = _override_value(extra, "hydra.sweep.dir")
+    if not given or value is None:
+        return PAPER_SEARCH_DIR
+    if "${" in str(value):
+        raise TuningError(f"hydra.sweep.dir={value}: the table is written from the search's folder, which an "
+                          "interpolation resolved when the search starts would hide from this command; give the "
+                          "folder itself")
+    return str(value)
+
+
+def preflight_only(extra: Sequence[str]) -> bool:
+    """Whether ``extra`` makes the search only list its cells: the last ``preflight.only=`` read as OmegaConf reads
+    the typed setting (true, True, yes, on, 1; false, no, off, 0 run the search). A value that is none of them
+    (an interpolation, resolved only in the search) counts as true: no table is written from what the search may
+    not have run."""
+    from omegaconf import BooleanNode
+
+    given, value = _override_value(extra, "preflight.only")
+    if not given:
+        return False
+    try:
+        return BooleanNode(value)._value() is not False
+    except Exception:  # noqa: BLE001 - no boolean: the search refuses it itself, and no table is written
+        return True
+
+
 def run_paper_search(extra: Sequence[str]) -> int:
-    """``make paper-search``: the search (paper_search_command), then the table from it, unless it only listed its
-    cells (preflight.only=true) or a cell failed."""
+    """``make paper-search``: the search (paper_search_command), then the table from the folder it wrote to
+    (``search_dir_of``: an appended ``hydra.sweep.dir=`` is where it writes), unless it only listed its cells
+    (``preflight_only``). A search that exits non-zero (a cell that did not complete, a refused preflight) writes
+    no table: rates chosen without some cells would be chosen among fewer candidates than the study says; the
+    message names those cells and how to go on."""
     import subprocess
 
+    try:
+        search_dir = search_dir_of(extra)
+    except TuningError as err:
+        print(f"{PAPER_SEARCH}: error: {err}", file=sys.stderr)
+        return 2
     command = [sys.executable, *paper_search_command(extra=extra)[1:]]
     print(" ".join(["python", *command[1:]]), flush=True)
     returncode = subprocess.call(command)
-    if returncode != 0 or "preflight.only=true" in extra:
+    if preflight_only(extra):
+        if returncode == 0:
+            print("preflight.only: the search listed its cells and ran none; no table written", flush=True)
         return returncode
-    return main([PAPER_SEARCH_DIR])
+    if returncode != 0:
+        print(_no_table_written(search_dir, returncode), file=sys.stderr, flush=True)
+        return returncode
+    return main([search_dir])
+
+
+def _no_table_written(search_dir: str, returncode: int) -> str:
+    """Why the paper's search wrote no table: the cells of ``search_dir`` that did not complete (a diverged rate is
+    a result, not one of them), or a search stopped before any did."""
+    from slm_sweep.report.sweep_notes import failed_cells
+
+    try:
+        broken = [(job, why) for job, why in failed_cells(Path(search_dir)) if not why.startswith("diverged:")]
+    except Exception:  # noqa: BLE001 - the folder unreadable or absent: the search's own message says why
+        broken = []
+    head = f"{PAPER_SEARCH}: error: the search in {search_dir} exited with status {returncode}, so no table was written"
+    if not broken:
+        return (f"{head} ({table_path(DEFAULT_TABLE)} is left as it was): none of its cells is recorded as failed, so "
+                "it stopped before or outside them (its message above says why). Fix that and run it again")
+    cells = "\n".join(f"  {job}: {why}" for job, why in broken)
+    return (f"{head} ({table_path(DEFAULT_TABLE)} is left as it was): {len(broken)} cell(s) did not complete, and a "
+            f"rate that lost a cell would be no candidate:\n{cells}\nRun `make paper-search` again (the completed "
+            f"cells are reused, these run again), or write the table from the completed cells on purpose with "
+            f"`python -m slm_sweep.tune {search_dir}` (each rate that lost a cell is then listed as not eligible, and "
+            "the command exits 1 where no rate of a dataset x model x method is left)")
 
 
 def paper_search_help() -> str:
@@ -1345,6 +1566,10 @@ def paper_search_help() -> str:
         "OVERRIDE: any override of python -m slm_sweep, appended to the search, e.g.",
         "  data_root=DIR         the folder holding the datasets",
         "  preflight.only=true   list the search's cells and what they miss, run none, write no table",
+        f"  hydra.sweep.dir=DIR   search into DIR in place of {PAPER_SEARCH_DIR}; the table is written from DIR",
+        "",
+        "A search with a cell that did not complete (a diverged rate is a result) writes no table: the message names "
+        "the cells.",
     ])
 
 

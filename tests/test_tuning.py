@@ -1435,3 +1435,243 @@ def test_an_optuna_study_on_the_test_split_stops_before_its_first_trial(requires
     assert proc.stderr.count("config error: hparams_search=optuna is a hyperparameter search") == 1, \
         proc.stderr[-2000:]
     assert not list(tmp_path.rglob("result.json"))
+
+
+# ------------------------------------------------------------------------ scoring, make paper-search, the docs
+
+
+def _scored(**changes) -> dict:
+    """A search cell's ``identity.scored_with`` as the code here records it, with ``changes``."""
+    from slm_sweep.identity import SCORING_SOURCES, SCORING_SOURCES_SHA256, SCORING_VERSION, edited_sources
+
+    edited = edited_sources(SCORING_SOURCES, SCORING_SOURCES_SHA256, SCORING_VERSION)
+    scored = {"scoring": SCORING_VERSION, **({"edited_sources": edited} if edited else {}), "max_new_tokens": 512,
+              "stop": ["</s>", "<|im_end|>", "Question:"], "generation_config": "neutral", "dtype": "float32"}
+    return {k: v for k, v in {**scored, **changes}.items() if v is not None}
+
+
+def _scored_record(lr, accuracy, folder, seed=1000, scored=None, **eval_settings):
+    """A search cell of lora at ``lr`` in ``folder``, scored as ``scored`` says (``_scored()``)."""
+    record = _record("lora", lr, accuracy, n_val=8, seed=seed)
+    record["config"]["eval"].update(eval_settings)
+    record["identity"] = {"scored_with": scored or _scored(), "parts": {"training": searched_code()}}
+    record["result_path"] = f"/searches/{folder}/{lr:g}-{seed}/result.json"
+    return record
+
+
+def test_candidates_scored_by_other_scoring_code_or_settings_are_no_one_search():
+    """Accuracies computed by another scoring version, edited scoring sources, other metric modules or other
+    generation settings cannot be ranked against each other (the report refuses to compare such rows): the tune
+    command refuses them as it refuses another rank, naming what differs and the cells holding each value."""
+    alike = [_scored_record(1e-4, 0.3, "one"), _scored_record(2e-4, 0.4, "one")]
+    assert choose(alike, min_val_examples=8)["gsm8k", "m", "lora"]["lr"] == 2e-4
+    for changed, named in (({"edited_sources": "0dcd64585d5de857"}, "code.scoring_edited"),
+                           ({"scoring": 1}, "code.scoring"),
+                           ({"metric_modules": {"mine": "abc"}}, "code.metric_modules"),
+                           ({"dtype": "bfloat16"}, "eval.dtype_resolved")):
+        other = _scored_record(3e-3, 1.0, "other", scored=_scored(**changed))
+        with pytest.raises(TuningError) as err:
+            choose([*alike, other], min_val_examples=8)
+        message = str(err.value)
+        assert re.search(rf"gsm8k/m/lora differ in more than the learning rate \({re.escape(named)}: ", message)
+        assert "computed by other scoring" in message and "pass only the folders scored alike" in message
+        # the cells of each value, by their folders
+        assert "1 cell (/searches/other/0.003-1000)" in message
+        assert "2 cells (/searches/one/0.0001-1000, /searches/one/0.0002-1000)" in message
+    # the eval settings of the config: another stop string or generation config
+    for setting, value in (("stop", ["</s>"]), ("generation_config", "model"), ("max_new_tokens", 256)):
+        other = _scored_record(3e-3, 1.0, "other", **{setting: value})
+        with pytest.raises(TuningError, match=rf"differ in more than the learning rate \(eval.{setting}: "):
+            choose([*alike, other], min_val_examples=8)
+    # the same stop strings in another order stop every generation alike
+    ordered = [_scored_record(lr, a, "one", stop=stop) for lr, a, stop in (
+        (1e-4, 0.3, ["Question:", "</s>"]), (2e-4, 0.4, ["</s>", "Question:"]))]
+    assert choose(ordered, min_val_examples=8)["gsm8k", "m", "lora"]["lr"] == 2e-4
+    # a cell that failed before its keys were computed says nothing of its scoring: it refuses nothing
+    failed = _scored_record(5e-4, None, "one")
+    failed.update(status="failed", identity=None)
+    assert choose([*alike, failed], min_val_examples=8)["gsm8k", "m", "lora"]["lr"] == 2e-4
+
+
+def test_a_tuned_rate_is_refused_for_a_cell_scored_otherwise_than_its_search(tiny_cfg, tmp_path):
+    """The table keeps every setting the validation scores depended on that a cell's config says, as it keeps
+    eval.max_new_tokens and eval.dtype: the rate that won under one scoring need not win under another. A cell
+    scored with other stop strings, another generation config or other scoring code is refused; a table written
+    before these were recorded is read without them."""
+    from slm_sweep.identity import SCORING_VERSION
+    from slm_sweep.tune import check_tuned_under, read_table, tuned_under
+    from slm_sweep.tune import write_table as write_lr_table
+
+    searched = tiny_cfg("method=lora", "eval.dtype=float32")
+    scored = _scored(max_new_tokens=searched.eval.max_new_tokens)
+    records = [{**searched_as(_record("lora", lr, accuracy, n_val=8, seed=1000), searched, lr), "model": "tiny"}
+               for lr, accuracy in ((1e-4, 0.3), (2e-4, 0.4))]
+    for record in records:
+        record["identity"]["scored_with"] = scored
+    table = write_lr_table(choose(records, min_val_examples=8), tmp_path / "lr.yaml", ["search"], None)
+    trained_with = read_table(table)["searched"]["gsm8k"]["tiny"]["lora"]["trained_with"]
+    assert trained_with["eval.stop"] == ["</s>", "<|im_end|>", "Question:"]
+    assert trained_with["eval.generation_config"] == "neutral" and trained_with["code.scoring"] == SCORING_VERSION
+    assert "code.scoring_edited" in trained_with
+    # a built-in metric was chosen on, which no metric module changes; nor is the dtype auto resolved to kept
+    assert not any(k.startswith(("code.metric_modules", "eval.dtype_resolved")) for k in trained_with)
+
+    def cell(*overrides):
+        return tiny_cfg("method=lora", "eval.dtype=float32", *overrides, "tuning.lr=tuned", f"tuning.table={table}")
+
+    validate_config(cell())
+    validate_config(cell("eval.stop=['Question:','<|im_end|>','</s>']"))  # the same strings in another order
+    for overrides, named in ((["eval.stop=['</s>']"], r'eval.stop: searched \["</s>", "<\|im_end\|>", "Question:"\], '
+                                                      r'here \["</s>"\]'),
+                             (["eval.generation_config=model"], 'eval.generation_config: searched "neutral", here '
+                                                                '"model"'),
+                             (["eval.max_new_tokens=8"], "eval.max_new_tokens: searched 12, here 8")):
+        with pytest.raises(ConfigError, match=rf"lr.gsm8k.tiny.lora in {table} was searched under other training "
+                                              rf"settings than this cell's \({named}\)\. The rates were compared on "
+                                              "validation scores computed otherwise"):
+            validate_config(cell(*overrides))
+    # scored by another version of the scoring code
+    older = read_table(table)
+    older["searched"]["gsm8k"]["tiny"]["lora"]["trained_with"]["code.scoring"] = SCORING_VERSION - 1
+    table.write_text(yaml.safe_dump(older))
+    with pytest.raises(ConfigError, match=rf"code.scoring: searched {SCORING_VERSION - 1}, here {SCORING_VERSION}\)"
+                                          r".* rerun the search with this code \(`make paper-search`"):
+        validate_config(cell())
+    # a table written before the stop strings, the generation config and the scoring code were recorded: read
+    # without them (its rate taken as compared under the cell's own scoring)
+    recorded = older["searched"]["gsm8k"]["tiny"]["lora"]["trained_with"]
+    older["searched"]["gsm8k"]["tiny"]["lora"]["trained_with"] = {
+        k: v for k, v in recorded.items() if not k.startswith(("eval.stop", "eval.generation_config", "code.scoring"))}
+    table.write_text(yaml.safe_dump(older))
+    validate_config(cell("eval.stop=['</s>']", "eval.generation_config=model"))
+    # a rate chosen on a metric module's metric: the modules' code is kept, and a cell scored without it refused
+    module_record = {**records[0], "identity": {**records[0]["identity"],
+                                                "scored_with": {**scored, "metric_modules": {"mine": "abc"}}}}
+    assert "code.metric_modules" not in tuned_under(module_record, "val_accuracy_flexible")
+    kept = tuned_under(module_record, "val_accuracy_mine")
+    assert kept["code.metric_modules.mine"] == "abc"
+    entry = {"metric": "val_accuracy_mine", "seeds": [1000], "trained_with": kept}
+    with pytest.raises(ConfigError, match=r'code.metric_modules.mine: searched "abc", here null'):
+        check_tuned_under(cell(), {"lr": {"gsm8k": {"tiny": {"lora": 2e-4}}},
+                                   "searched": {"gsm8k": {"tiny": {"lora": entry}}}}, table)
+
+
+def _paper_search(monkeypatch, tmp_path, extra, returncode=0):
+    """``tune --paper-search *extra`` run in ``tmp_path``, the search itself replaced by a stub exiting
+    ``returncode`` (it needs GPUs); the table written to tmp_path/lr.yaml. Returns its exit status and the search's
+    command."""
+    import slm_sweep.tune as tune
+
+    ran = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tune, "DEFAULT_TABLE", str(tmp_path / "lr.yaml"))
+    monkeypatch.setattr(tune, "MIN_VAL_EXAMPLES", 8)
+    monkeypatch.setattr(subprocess, "call", lambda command: ran.append(command) or returncode)
+    return tune.main(["--paper-search", *extra]), ran
+
+
+def test_make_paper_search_writes_the_table_from_the_folder_its_search_wrote_to(monkeypatch, tmp_path):
+    """An appended hydra.sweep.dir is where the search writes (Hydra takes the last value): the table comes from
+    there, not from an earlier search in multirun/paper-search."""
+    _write_cells(tmp_path / "multirun" / "paper-search", [_record("lora", lr, a, n_val=8, seed=1000)
+                                                          for lr, a in ((1e-4, 0.5), (2e-4, 0.1))])
+    scratch = _write_cells(tmp_path / "scratch" / "search", [_record("lora", lr, a, n_val=8, seed=1000)
+                                                             for lr, a in ((1e-4, 0.1), (2e-4, 0.5))])
+    status, ran = _paper_search(monkeypatch, tmp_path, ["data_root=x", f"hydra.sweep.dir={scratch}"])
+    assert status == 0 and ran[0][-1] == f"hydra.sweep.dir={scratch}"
+    table = yaml.safe_load((tmp_path / "lr.yaml").read_text())
+    assert table["searches"] == [str(scratch)] and table["lr"]["gsm8k"]["m"]["lora"] == 2e-4
+    # a folder Hydra would resolve as the search starts cannot be found again: refused before it runs
+    status, ran = _paper_search(monkeypatch, tmp_path, ["hydra.sweep.dir=multirun/${now:%H-%M}"])
+    assert status == 2 and not ran
+
+
+@pytest.mark.parametrize("value", ["true", "True", "yes", "1"])
+def test_make_paper_search_writes_no_table_when_it_only_listed_its_cells(monkeypatch, tmp_path, capsys, value):
+    """preflight.only as Hydra reads its value (True and yes are true): the search ran nothing, and the table is
+    not written from what an earlier search left in its folder."""
+    _write_cells(tmp_path / "multirun" / "paper-search", [_record("lora", lr, a, n_val=8, seed=1000)
+                                                          for lr, a in ((1e-4, 0.5), (2e-4, 0.1))])
+    status, ran = _paper_search(monkeypatch, tmp_path, [f"preflight.only={value}"])
+    assert status == 0 and len(ran) == 1 and not (tmp_path / "lr.yaml").exists()
+    assert "no table written" in capsys.readouterr().out
+    # false runs the search, and the table is written
+    assert _paper_search(monkeypatch, tmp_path, [f"preflight.only={value}", "preflight.only=false"])[0] == 0
+    assert (tmp_path / "lr.yaml").exists()
+
+
+def test_make_paper_search_says_which_cells_failed_and_that_no_table_was_written(monkeypatch, tmp_path, capsys):
+    """A search cell that failed (not diverged) makes the search exit non-zero: the table is not written from the
+    other cells (their rates would be chosen among fewer candidates than the study says), and the message names
+    the cells and how to go on."""
+    (tmp_path / "lr.yaml").write_text("lr: {}\n")
+    failed = {**_record("lora", 5e-4, None, n_val=8, seed=1000, status="failed"), "error": "CUDA out of memory"}
+    _write_cells(tmp_path / "multirun" / "paper-search", [
+        _record("lora", 1e-4, 0.3, n_val=8, seed=1000), _record("lora", 2e-4, 0.0, n_val=8, seed=1000,
+                                                                status="diverged"), failed])
+    status, _ = _paper_search(monkeypatch, tmp_path, [], returncode=1)
+    err = capsys.readouterr().err
+    assert status == 1 and (tmp_path / "lr.yaml").read_text() == "lr: {}\n"
+    assert "the search in multirun/paper-search exited with status 1, so no table was written" in err
+    assert "1 cell(s) did not complete" in err and "paper-search/2: failed: CUDA out of memory" in err
+    assert "paper-search/1" not in err  # a diverged rate is a result
+    assert "Run `make paper-search` again" in err and "python -m slm_sweep.tune multirun/paper-search" in err
+    # a search refused before any cell ran: said so too
+    status, _ = _paper_search(monkeypatch, tmp_path, ["hydra.sweep.dir=nowhere"], returncode=2)
+    assert status == 2 and "none of its cells is recorded as failed" in capsys.readouterr().err
+
+
+def test_make_passes_preflight_only_as_its_value():
+    """PREFLIGHT_ONLY=0 runs the search and the grid, as Hydra reads preflight.only=0; 1 lists their cells."""
+    for target in ("paper-search", "paper"):
+        (listed,) = make_commands(target, "DATA_ROOT=", "PREFLIGHT_ONLY=1")
+        (run_it,) = make_commands(target, "DATA_ROOT=", "PREFLIGHT_ONLY=0")
+        assert listed[-1] == "preflight.only=1" and run_it[-1] == "preflight.only=0"
+        (plain,) = make_commands(target, "DATA_ROOT=")
+        assert not any(o.startswith("preflight.only") for o in plain)
+
+
+def test_the_documented_optuna_searches_give_rates_a_paper_cell_accepts(tmp_path):
+    """docs/tuning.md's Optuna commands, composed as written: each study trains and scores as experiment=paper's
+    cells do, so the paper accepts its rate."""
+    import shlex
+
+    from omegaconf import OmegaConf
+
+    from slm_sweep.results import redact
+    from slm_sweep.tune import check_tuned_under, tuned_under
+
+    shown = (REPO / "docs" / "tuning.md").read_text()
+    commands = [shlex.split(line) for line in shown.splitlines()
+                if line.startswith("python -m slm_sweep -m hparams_search=optuna")]
+    assert len(commands) == 2
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for command in commands:
+            trial = compose(config_name="config", overrides=[*command[4:], "dataset=gsm8k"])
+            paper = compose(config_name="config", overrides=["experiment=paper", f"model={trial.model.name}",
+                                                             f"method={trial.method.name}", "dataset=gsm8k",
+                                                             "seed=0"])
+            record = {"config": redact(OmegaConf.to_container(trial, resolve=True)),
+                      "identity": {"parts": {"training": searched_code()}}}
+            table = {"lr": {"gsm8k": {trial.model.name: {trial.method.name: 3e-4}}},
+                     "searched": {"gsm8k": {trial.model.name: {trial.method.name: {
+                         "metric": trial.optimized_metric, "seeds": [trial.seed],
+                         "trained_with": tuned_under(record)}}}}}
+            check_tuned_under(paper, table, tmp_path / "lr.yaml")
+
+
+def test_the_architecture_tables_imports_are_the_modules_imports():
+    """docs/architecture.md's imports column names every module of the package each of these modules imports."""
+    import ast
+
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([^`]+)` \| .* \| ([^|]*) \|$",
+                                                         (REPO / "docs" / "architecture.md").read_text(), re.M)}
+    for name in ("methods.py", "tracking.py", "identity.py", "models.py", "tune.py"):
+        named = set(re.findall(r"[\w.]+", rows[name]))
+        tree = ast.parse((REPO / "slm_sweep" / name).read_text())
+        imported = {node.module.removeprefix("slm_sweep.") if node.module != "slm_sweep" else alias.name
+                    for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                    and (node.module or "").split(".")[0] == "slm_sweep" for alias in node.names}
+        missing = sorted(m for m in imported - {name.removesuffix(".py")}
+                         if m not in named and m.rsplit(".", 1)[-1] not in named)
+        assert not missing, f"docs/architecture.md: {name} imports {', '.join(missing)}, which its row does not name"
