@@ -638,6 +638,7 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
     assert source is not None
     if previous.resolve() == out.resolve():
         log.info("this cell already finished in %s: nothing to do", out)
+        _say_claims_metric(source, record)
         print(closing_line(source, out), flush=True)
         return source
     log.info("reusing the finished result in %s", previous)
@@ -663,6 +664,38 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
     write_result(out, record)
     print(closing_line(record, out), flush=True)
     return record
+
+
+def _say_claims_metric(source: Mapping[str, Any], record: Mapping[str, Any]) -> None:
+    """A finished result kept as it is recorded the claims metric of its dataset (and of each out-of-domain set)
+    that its own run's config named, which is in no key; one line per set where this run's config names another,
+    saying which the summary reads: a sweep's own summary reads this config's (report.sweep_notes.
+    sweep_claims_metrics), a report run later the result's unless given ``--claims-metric``."""
+    from slm_sweep.report.aggregate import recorded_claims_metric
+    from slm_sweep.scoring import accuracy_key
+
+    sets = [(str(record.get("dataset")), recorded_claims_metric(source), recorded_claims_metric(record),
+             source.get("metrics"))]
+    for name, entry in (source.get("eval_sets") or {}).items():
+        if isinstance(entry, dict) and isinstance(entry.get("claims_metric"), str):
+            try:
+                asked = eval_set_claims_metric(name)
+            except Exception:  # noqa: BLE001 - a set whose config no longer reads: nothing to compare with
+                continue
+            sets.append((name, entry["claims_metric"].removeprefix("accuracy_"), asked.removeprefix("accuracy_"),
+                         entry))
+    in_sweep = _sweep_dir() is not None
+    for name, recorded, asked, scores in sets:
+        if recorded is None or asked is None or recorded == asked:
+            continue
+        if not isinstance(scores, dict) or scores.get(accuracy_key(asked)) is None:
+            log.warning("%s: this finished result recorded claims_metric %s, this run's config names %s, of which it "
+                        "holds no accuracy: its deltas stay on %s", name, recorded, asked, recorded)
+            continue
+        later = f"python -m slm_sweep.report reads {recorded} unless given --claims-metric {name}={asked}"
+        log.warning("%s: this finished result recorded claims_metric %s, this run's config names %s; %s", name,
+                    recorded, asked, f"the sweep's summary reads {name} on {asked} ({later})" if in_sweep
+                    else f"it is kept as it is ({later})")
 
 
 def eval_set_claims_metric(name: str) -> str:

@@ -199,10 +199,11 @@ class CellLogger:
     state: str | None = None
 
     def log_result(self, record: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> None:
-        """Final metrics and predictions; must not raise (the result files are written already)."""
+        """Final metrics and predictions. An error raised here is logged, naming this logger, and goes no further
+        (the result files are written already; the sweep goes on to its summary)."""
 
     def finish(self, status: str) -> None:
-        """Always called, also when the cell failed."""
+        """Always called, also when the cell failed; an error raised here is logged, as ``log_result``'s is."""
 
 
 # What a W&B run's config records under ``provenance``, from result.json (with ``out_dir`` and ``result_path``)
@@ -421,7 +422,10 @@ class Tracker:
         numbers (``result_metrics``) at the last step. A logger's failure is logged, not raised: result.json is
         written already."""
         for logger in self.cell_loggers:
-            logger.log_result(record, predictions)
+            try:
+                logger.log_result(record, predictions)
+            except Exception:  # noqa: BLE001 - a user's logger: the result files are written already
+                log.exception("logging the result to logger %s failed; result.json has it", _logger_name(logger))
         if not has_figures(record):
             return
         values = result_metrics(record)
@@ -433,9 +437,13 @@ class Tracker:
                 log.exception("logging the result to %s failed; result.json has it", type(logger).__name__)
 
     def finish(self, status: str) -> None:
-        """Always called, also when the cell failed, so W&B never leaves a run open."""
+        """Always called, also when the cell failed, so W&B never leaves a run open. A logger's failure is logged,
+        not raised: the cell's outcome is recorded already, and the other loggers are still closed."""
         for logger in self.cell_loggers:
-            logger.finish(status)
+            try:
+                logger.finish(status)
+            except Exception:  # noqa: BLE001 - closing a logger must not hide the run's outcome
+                log.exception("closing logger %s failed", _logger_name(logger))
         self.cell_loggers = []
         for logger in self._plain:
             try:
@@ -444,6 +452,12 @@ class Tracker:
             except Exception:  # noqa: BLE001 - closing a logger must not hide the run's outcome
                 log.exception("closing logger %s failed", logger)
         self._plain = []
+
+
+def _logger_name(logger: CellLogger) -> str:
+    """A CellLogger as a log line names it: its ``name`` and its class (``jsonsummary (mylog.JsonSummary)``)."""
+    cls = type(logger)
+    return f"{getattr(logger, 'name', None) or '?'} ({cls.__module__}.{cls.__qualname__})"
 
 
 def _finish_wandb_run(logger, status: str) -> None:

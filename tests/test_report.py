@@ -394,7 +394,7 @@ def test_report_json_names_the_code_settings_and_every_input(grid, tmp_path):
     assert report["report_json"] == out / REPORT_FILE and report["files"][-1] == out / REPORT_FILE
     assert record["git_commit"] and record["versions"]["numpy"] and record["versions"]["slm_sweep"]
     assert record["settings"] == {"alpha": 0.01, "correction": "none", "seed_test_draws": SEED_TEST_DRAWS,
-                                  "seed_test_seed": SEED_TEST_SEED, "plots": False,
+                                  "seed_test_seed": SEED_TEST_SEED, "plots": False, "claims_metrics": None,
                                   "claims": {"path": str(DEFAULT_CLAIMS), "sha256": file_sha256(DEFAULT_CLAIMS)}}
     inputs = record["inputs"]
     assert inputs["result_files"] == 26 and inputs["dirs"] == [str(sweep)]

@@ -1189,6 +1189,63 @@ def test_out_of_domain_deltas_read_the_evaluation_set_s_claims_metric(tmp_path):
     assert svamp_cell.endswith("▼") and svamp_cell.startswith(f"{100 * lora['accuracy_flexible_mean']:.1f}")
 
 
+def test_claims_metric_option_reads_a_set_s_deltas_marks_and_claims_on_another_metric(tmp_path, capsys):
+    """--claims-metric NAME=METRIC reads a dataset's (or an out-of-domain set's) deltas, tests, marks and claims on
+    METRIC instead of the claims metric its result files recorded (which a rerun that reuses finished cells keeps),
+    and summary.md says so; a set or a metric the results do not have is refused, naming what they have."""
+    sweep = tmp_path / "sweep"
+    _prose_lora_against_zeroshot(sweep, datasets=("orcamath",), ood=("svamp",))
+    assert main([str(sweep), "--out", str(tmp_path / "recorded"), "--no-plots", "--claims"]) == 0
+    recorded = json.loads((tmp_path / "recorded" / "report.json").read_text())
+    assert recorded["settings"]["claims_metrics"] is None
+    assert "as --claims-metric asks" not in (tmp_path / "recorded" / "summary.md").read_text()
+    capsys.readouterr()
+
+    out = tmp_path / "asked"
+    assert main([str(sweep), "--out", str(out), "--no-plots", "--claims", "--claims-metric", "orcamath=flexible",
+                 "--claims-metric", "svamp=accuracy_lenient"]) == 0
+    with (out / "summary.csv").open(newline="") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    # in-domain: recorded lenient (15 points above zero-shot); read on flexible, LoRA's prose is far below
+    assert {r["delta_metric"] for r in rows.values()} == {"flexible"}
+    assert rows["lora"]["negative_transfer"] == "True"
+    assert float(rows["lora"]["delta_zeroshot"]) == pytest.approx(
+        float(rows["lora"]["accuracy_flexible_mean"]) - float(rows["zeroshot"]["accuracy_flexible_mean"]))
+    claims = json.loads((out / "claims.json").read_text())
+    (instance,) = [i for c in claims["claims"] if c["id"] == "peft-not-below-zeroshot-all-models"
+                   for i in c["instances"] if i["dataset"] == "orcamath"]
+    assert instance["metric"] == "flexible" and instance["verdict"] == "contradicted"
+    # out of domain: svamp's entries record none (its config: flexible, far below); read on lenient, above
+    with (out / "summary_ood.csv").open(newline="") as f:
+        ood = {r["method"]: r for r in csv.DictReader(f)}
+    assert {r["delta_metric"] for r in ood.values()} == {"lenient"}
+    assert ood["lora"]["negative_transfer"] == "False" and float(ood["lora"]["delta_zeroshot"]) > 0
+    summary = (out / "summary.md").read_text()
+    assert "orcamath: deltas on flexible as --claims-metric asks; its 4 results recorded lenient\n" in summary
+    assert "svamp: deltas on lenient as --claims-metric asks; its 4 results recorded no claims metric\n" in summary
+    assert "Δ on: flexible (orcamath)" in summary
+    settings = json.loads((out / "report.json").read_text())["settings"]
+    assert settings["claims_metrics"] == {"metrics": {"orcamath": "flexible", "svamp": "lenient"}, "from": "option"}
+    capsys.readouterr()
+
+    refused = tmp_path / "refused"
+    assert main([str(sweep), "--out", str(refused), "--claims-metric", "orcamath=last_digit"]) == 2
+    err = capsys.readouterr().err
+    assert "orcamath=last_digit: the results on orcamath hold no accuracy of 'last_digit'" in err
+    assert "they hold: " in err and "flexible" in err and "lenient" in err
+    assert main([str(sweep), "--out", str(refused), "--claims-metric", "gsm8k=flexible"]) == 2
+    assert "no dataset or out-of-domain set 'gsm8k' in the completed results; they have: orcamath, svamp" in \
+        capsys.readouterr().err
+    assert not refused.exists(), "nothing is written before the claims metrics are checked"
+    for bad in (["--claims-metric", "orcamath"], ["--claims-metric", "orcamath=flexible", "--claims-metric",
+                                                  "orcamath=strict"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([str(sweep), "--out", str(refused), *bad])
+        assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "'orcamath' is not NAME=METRIC" in err and "--claims-metric names orcamath more than once" in err
+
+
 def run_cli(*args, cwd):
     """``python -m slm_sweep.report`` in a subprocess that finds the package from the repository root."""
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))

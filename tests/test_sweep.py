@@ -145,6 +145,35 @@ def test_a_sweep_killed_and_rerun_into_its_own_folder_redoes_nothing_and_resumes
         assert all(json.loads(line) for line in path.read_text().splitlines())
 
 
+def test_a_rerun_with_another_claims_metric_reads_its_reused_cells_on_it_and_says_so(requires_data, tmp_path):
+    """The claims metric is in no key (it changes no number): a rerun of a finished sweep with
+    dataset.claims_metric=strict reuses every cell, whose records keep the flexible they recorded. Each reused cell
+    says so, and the sweep's summary reads the deltas, marks and claims on strict, as the sweep's config says,
+    naming the results that recorded flexible (it stayed on flexible, without a word)."""
+    sweep = tmp_path / "sweep"
+    args = ["method=zeroshot", "dataset.test_limit=2,3", "eval.max_new_tokens=4", f"hydra.sweep.dir={sweep}"]
+    run_sweep(args, tmp_path)
+    first = (sweep / "summary.md").read_text()
+    assert "Δ on: flexible (gsm8k)" in first and "as this sweep's config says" not in first
+    before = {path: path.read_bytes() for path in sweep.glob("*/result.json")}
+    assert len(before) == 2
+
+    proc = run_sweep([*args, "dataset.claims_metric=strict"], tmp_path)
+    output = proc.stdout + proc.stderr
+    assert output.count("already finished") == 2
+    assert {path: path.read_bytes() for path in sweep.glob("*/result.json")} == before, "a finished cell was redone"
+    assert output.count("gsm8k: this finished result recorded claims_metric flexible, this run's config names "
+                        "strict; the sweep's summary reads gsm8k on strict") == 2
+    note = "gsm8k: deltas on strict as this sweep's config says; its 2 reused results recorded flexible"
+    summary = (sweep / "summary.md").read_text()
+    assert "Δ on: strict (gsm8k)" in summary and f"\n{note}\n" in summary
+    assert note in output  # logged at the end of the sweep too
+    with open(sweep / "summary.csv", newline="") as f:
+        assert [row["delta_metric"] for row in csv.DictReader(f)] == ["strict", "strict"]
+    settings = json.loads((sweep / "report.json").read_text())["settings"]
+    assert settings["claims_metrics"] == {"metrics": {"gsm8k": "strict"}, "from": "sweep"}
+
+
 # submitit's local launcher (what the SLURM launcher builds on) runs with -m slow; joblib's runs by default
 # Both launchers run with the slow tests (the default suite stays under 10 minutes on 2 cores); every launcher
 # config is composed and checked against the code in tests/test_config.py.
@@ -435,6 +464,35 @@ def test_a_cell_that_failed_before_its_keys_and_completed_in_another_folder_is_n
     assert [job for job, _ in failed_cells(tmp_path)] == [early]  # another configuration completed: still failed
     (done / "result.json").write_text(json.dumps({**record, "config": config}))
     assert failed_cells(tmp_path) == []
+
+
+def test_the_sweeps_claims_metrics_are_its_job_configs_where_the_results_it_reused_recorded_others(tmp_path, caplog):
+    """What the end-of-sweep summary reads instead of the recorded claims metrics: a dataset's, as its jobs'
+    .hydra/config.yaml say (resolved as the cells resolve it; the latest written where they differ), an
+    out-of-domain set's, as its config says now; none where the results recorded it already, or hold no accuracy
+    of it."""
+    from slm_sweep.report.sweep_notes import sweep_claims_metrics
+
+    def job(name: str, dataset: str, recorded: str, asked: str, eval_sets=None, written: float = 0) -> None:
+        folder = _job(tmp_path, name, "completed", f"k-{name}")
+        record = json.loads((folder / "result.json").read_text())
+        record.update(dataset=dataset, config={"dataset": {"name": dataset, "claims_metric": recorded}},
+                      eval_sets=eval_sets or {})
+        (folder / "result.json").write_text(json.dumps(record))
+        (folder / ".hydra").mkdir()
+        (folder / ".hydra" / "config.yaml").write_text(
+            f"dataset:\n  name: {dataset}\n  answer_format: prose\n  claims_metric: {asked}\n")
+        os.utime(folder / ".hydra" / "config.yaml", (written, written))
+
+    svamp = {"svamp": {"accuracy_flexible": 0.5, "accuracy_lenient": 0.5, "n_eval": 4, "claims_metric": "lenient"}}
+    # asked through the default's interpolation (prose: lenient), by a job written after one that asked strict
+    job("0-tiny-lora-gsm8k-seed0", "gsm8k", "flexible", "strict", written=1_000)
+    job("1-tiny-lora-gsm8k-seed1", "gsm8k", "flexible", "${slm_sweep.claims_metric:${.answer_format}}", svamp,
+        written=2_000)
+    job("2-tiny-lora-orcamath-seed0", "orcamath", "lenient", "lenient")  # recorded as asked
+    job("3-tiny-lora-mysums-seed0", "mysums", "flexible", "last_digit")  # its results hold no last_digit
+    assert sweep_claims_metrics(tmp_path) == {"gsm8k": "lenient", "svamp": "flexible"}
+    assert "mysums: this sweep's config reads it on last_digit, which none of its results holds" in caplog.text
 
 
 def test_a_summary_that_fails_neither_hides_the_failed_cells_nor_exits_zero(tmp_path, monkeypatch):

@@ -494,3 +494,88 @@ def test_a_w_and_b_run_s_provenance_drops_what_the_final_record_no_longer_holds(
     for gone in ("earlier_attempts", "trained_in", "training_provenance"):
         assert gone not in logger.provenance and gone not in provenance
     assert provenance["git_commit"] == "a" * 40 and provenance["out_dir"] == str((tmp_path / "cell").absolute())
+
+
+BROKEN_LOGGERS = '''\
+from pathlib import Path
+
+from slm_sweep.tracking import CellLogger
+
+
+class Broken(CellLogger):
+    name = "broken"
+
+    def __init__(self, *, cell, config, out_dir):
+        pass
+
+    def log_result(self, record, predictions):
+        raise RuntimeError("my logger broke in log_result")
+
+    def finish(self, status):
+        raise RuntimeError("my logger broke in finish")
+
+
+class Recorder(CellLogger):
+    name = "recorder"
+
+    def __init__(self, *, cell, config, out_dir):
+        self.path = Path(out_dir) / "recorder.txt"
+
+    def log_result(self, record, predictions):
+        with open(self.path, "a") as f:
+            f.write(f"result {record['status']}\\n")
+
+    def finish(self, status):
+        with open(self.path, "a") as f:
+            f.write(f"finish {status}\\n")
+'''
+
+BROKEN_LOGGER_FILE = """\
+broken:
+  _target_: broken_loggers.Broken
+recorder:
+  _target_: broken_loggers.Recorder
+csv:
+  _target_: lightning.pytorch.loggers.CSVLogger
+  save_dir: null
+  name: csv
+  version: ""
+"""
+
+
+def test_a_user_logger_that_raises_leaves_the_sweep_its_summary_and_its_exit_status(requires_data, tmp_path):
+    """A CellLogger (README: a logger that also gets the cell and its result) whose log_result and finish raise:
+    the error is logged, naming the logger, and goes no further; the cell's other loggers still get the result and
+    are closed, and the sweep, whose cells all completed, writes its summary and exits 0 (the error escaped the
+    Hydra job: no summary, exit status 1)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = tmp_path / "usercode"
+    code.mkdir()
+    (code / "broken_loggers.py").write_text(BROKEN_LOGGERS)
+    extra = tmp_path / "conf"
+    (extra / "logger").mkdir(parents=True)
+    (extra / "logger" / "broken.yaml").write_text(BROKEN_LOGGER_FILE)
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "-m", "slm_sweep", "-m", *FAST_TINY, "method=zeroshot",
+                           "dataset.test_limit=2,3", f"hydra.searchpath=[file://{extra}]", "logger=broken",
+                           f"hydra.sweep.dir={sweep}"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{code}"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p.parent for p in sweep.glob("*/result.json"))
+    assert len(jobs) == 2
+    for job in jobs:
+        assert read_result(job)["status"] == "completed"
+        assert (job / "recorder.txt").read_text() == "result completed\nfinish completed\n"
+        with open(job / "csv" / "metrics.csv", newline="") as f:
+            assert any(row.get("eval/accuracy_flexible") for row in csv.DictReader(f))
+    assert (sweep / "summary.md").is_file()
+    output = proc.stdout + proc.stderr
+    assert output.count("logging the result to logger broken (broken_loggers.Broken) failed") == 2
+    assert output.count("closing logger broken (broken_loggers.Broken) failed") == 2
+    assert "my logger broke in log_result" in output and "my logger broke in finish" in output

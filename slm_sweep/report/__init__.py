@@ -11,7 +11,7 @@ Works on result files alone: nothing here imports torch, transformers, lightning
   ``claims`` claims.md, claims.csv and claims.json, and report.json.
 
 Command line: ``python -m slm_sweep.report DIR [DIR ...] [--out OUTDIR] [--claims [FILE]] [--alpha A]
-[--correction holm|none]``.
+[--correction holm|none] [--claims-metric NAME=METRIC ...]``.
 """
 
 from __future__ import annotations
@@ -19,12 +19,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from .aggregate import not_completed, row_metrics, summarize, summarize_ood
+from .aggregate import (
+    CLAIMS_METRIC_OPTION,
+    CLAIMS_METRIC_SWEEP,
+    check_claims_metrics,
+    claims_metric_notes,
+    not_completed,
+    row_metrics,
+    summarize,
+    summarize_ood,
+)
 from .claims import (
     DEFAULT_CLAIMS,
     ClaimsError,
@@ -42,6 +51,8 @@ from .tables import ood_columns, render_markdown, summary_columns, write_csv
 
 __all__ = [
     "ALPHA",
+    "CLAIMS_METRIC_OPTION",
+    "CLAIMS_METRIC_SWEEP",
     "REPORT_FILE",
     "CORRECTIONS",
     "HOLM",
@@ -75,6 +86,7 @@ def default_out_dir(dirs: Sequence[str | os.PathLike]) -> Path:
 def write_report(
     dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None, *, plots: bool = True,
     claims: str | os.PathLike | None = None, alpha: float = ALPHA, correction: str = HOLM,
+    claims_metrics: Mapping[str, str] | None = None, claims_metrics_from: str = CLAIMS_METRIC_OPTION,
 ) -> dict[str, Any]:
     """Aggregate every result.json under ``dirs`` and write the report into ``out_dir``.
 
@@ -84,7 +96,11 @@ def write_report(
     table are one family, and so are the instances of one claim) or ``"none"``; see claims.check_claim. The
     claims and plot files an earlier report wrote into ``out_dir`` (its report.json's ``outputs``) that this
     one does not write are removed (``_remove_stale_outputs``); files no report wrote stay, whatever their
-    names.
+    names. ``claims_metrics``: {dataset or out-of-domain set: metric}, the metric its deltas, tests, marks and
+    claims are read on instead of the ``claims_metric`` its records recorded; each must be a set the completed
+    records have and a metric some of them hold an accuracy of (a ReportError otherwise). summary.md says so, one
+    line per set (``claims_metric_notes``; ``claims_metrics_from``: ``CLAIMS_METRIC_OPTION``, asked for, or
+    ``CLAIMS_METRIC_SWEEP``, the end-of-sweep summary's own config over the results its cells reused).
 
     Raises FileNotFoundError when a directory does not exist, NoResultsError (a FileNotFoundError) when no
     result.json is found at all, and ClaimsError (a ValueError) for a claims file that cannot be used, before
@@ -92,7 +108,7 @@ def write_report(
     ``summary_md``, ``plots``, with claims ``claims_md``, ``claims_csv``, ``claims_json``, and ``report_json``;
     all of them in ``files``), the earlier report's files it ``removed`` (report.json's ``removed``), the
     summary ``rows`` and ``ood_rows``, the ``markdown`` text, the ``claims`` report (or None), report.json's
-    ``record`` and the ``collection`` that was read. The rows and claims are over ``collection.cells``: the
+    ``record``, the ``collection`` that was read and the ``claims_metric_notes``. The rows and claims are over ``collection.cells``: the
     records and the cells killed before writing a result.json (lost seeds).
     """
     if isinstance(dirs, (str, os.PathLike)):
@@ -104,8 +120,11 @@ def write_report(
     collection = collect(dirs)
     # every cell, those killed before writing a result.json included: a lost seed whichever way it was lost
     cells = collection.cells
-    rows = summarize(cells, alpha=alpha, correction=correction)
-    ood_rows = summarize_ood(cells, alpha=alpha, correction=correction)
+    # one mapping, read by every choice of a set's claims metric: rows, deltas, marks, plots and claims
+    overrides = check_claims_metrics(claims_metrics, cells)
+    notes = claims_metric_notes(overrides, cells, claims_metrics_from) if overrides else []
+    rows = summarize(cells, alpha=alpha, correction=correction, claims_metrics=overrides)
+    ood_rows = summarize_ood(cells, alpha=alpha, correction=correction, claims_metrics=overrides)
     claims_report = (check_claims(declared, rows, alpha=alpha, correction=correction, source=claims,
                                   lost=not_completed(cells),
                                   unreadable=[str(path) for path, _ in collection.malformed],
@@ -114,7 +133,8 @@ def write_report(
 
     out = Path(out_dir) if out_dir is not None else default_out_dir(dirs)
     out.mkdir(parents=True, exist_ok=True)
-    markdown = render_markdown(collection, rows, ood_rows, alpha=alpha, correction=correction)
+    markdown = render_markdown(collection, rows, ood_rows, alpha=alpha, correction=correction,
+                               claims_metric_notes=notes)
     if claims_report is not None:
         markdown += "\n\n" + render_claims_markdown(claims_report, level=2)
     sections = sweep_sections(dirs)  # what a sweep's preflight left out, its cells that did not complete
@@ -133,7 +153,8 @@ def write_report(
     written = [summary_csv, summary_ood_csv, summary_md, *claim_paths.values(), *plot_paths]
     removed = _remove_stale_outputs(out, {path.name for path in written})
     record = report_record(collection, alpha=alpha, correction=correction, claims=claims, plots=plots,
-                           outputs=written)
+                           outputs=written,
+                           claims_metrics={"metrics": overrides, "from": claims_metrics_from} if overrides else None)
     record["removed"] = [str(path) for path in removed]
     report_json = write_report_record(out, record)
     return {
@@ -151,6 +172,7 @@ def write_report(
         "markdown": markdown,
         "claims": claims_report,
         "collection": collection,
+        "claims_metric_notes": notes,
     }
 
 

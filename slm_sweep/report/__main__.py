@@ -1,8 +1,8 @@
-"""``python -m slm_sweep.report DIR [DIR ...] [--out OUTDIR] [--claims [FILE]] [--alpha A] [--correction C]``:
-write and print the sweep report.
+"""``python -m slm_sweep.report DIR [DIR ...] [--out OUTDIR] [--claims [FILE]] [--alpha A] [--correction C]
+[--claims-metric NAME=METRIC ...]``: write and print the sweep report.
 
-Exit code 0 on success, 2 when a directory does not exist, no result.json is found, or the claims file cannot
-be used.
+Exit code 0 on success, 2 when a directory does not exist, no result.json is found, the claims file cannot
+be used, or a --claims-metric names a set or a metric the results do not have.
 """
 
 from __future__ import annotations
@@ -39,6 +39,16 @@ def _out_dir(text: str) -> str:
     return text
 
 
+def _claims_metric(text: str) -> tuple[str, str]:
+    """--claims-metric NAME=METRIC: a dataset or out-of-domain set and the metric its deltas are read on."""
+    name, sign, metric = text.partition("=")
+    name, metric = name.strip(), metric.strip().removeprefix("accuracy_")
+    if not sign or not name or not metric:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=METRIC (a dataset or out-of-domain set and a "
+                                         "metric, e.g. gsm8k=strict)")
+    return name, metric
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m slm_sweep.report",
@@ -59,12 +69,22 @@ def main(argv: list[str] | None = None) -> int:
                              "table are Holm-adjusted as one family, a claim's instances get Holm-adjusted "
                              "p-values and Bonferroni intervals, so marks and verdicts hold jointly) or none "
                              "(each test at alpha on its own)")
+    parser.add_argument("--claims-metric", type=_claims_metric, action="append", default=[],
+                        metavar="NAME=METRIC",
+                        help="read the deltas, tests, marks and claims of the dataset or out-of-domain set NAME on "
+                             "METRIC (a metric its results hold), instead of the claims_metric its result files "
+                             "recorded; repeatable, one per set")
     args = parser.parse_args(argv)
+    claims_metrics = dict(args.claims_metric)
+    if len(claims_metrics) < len(args.claims_metric):
+        twice = sorted({name for name, _ in args.claims_metric
+                        if sum(n == name for n, _ in args.claims_metric) > 1})
+        parser.error(f"--claims-metric names {', '.join(twice)} more than once")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
 
     try:
         report = write_report(args.dirs, args.out, plots=not args.no_plots, claims=args.claims, alpha=args.alpha,
-                              correction=args.correction)
+                              correction=args.correction, claims_metrics=claims_metrics)
     except (FileNotFoundError, ClaimsError, ReportError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -18,7 +18,8 @@ McNemar for single seeds, the seeds-and-questions test otherwise; none when the 
 accuracy is below the zero-shot row of the same model and dataset and that test is significant at ``alpha``.
 Deltas, tests and marks are on the row's ``delta_metric``: the ``claims_metric`` of the set it is scored on (its
 dataset's, flexible, lenient on OrcaMath; an out-of-domain row's evaluation set's), the metric the claims read, so
-that the summary and the claims agree. Out-of-domain rows are compared with the zero-shot row of the same model,
+that the summary and the claims agree; ``claims_metrics`` ({set: metric}: ``--claims-metric``, or a sweep's config
+over the results it reused) replaces what the records recorded. Out-of-domain rows are compared with the zero-shot row of the same model,
 training dataset and evaluation set.
 """
 
@@ -559,8 +560,8 @@ def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str],
         row["negative_transfer"] = bool(below and row["delta_zeroshot_significant"])
 
 
-def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
-              correction: str = HOLM) -> list[dict[str, Any]]:
+def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA, correction: str = HOLM,
+              claims_metrics: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """One row per dataset × model × method × variant over the completed records' seeds, in report order.
 
     Keys: dataset, model, method, variant, trained, n, seeds, result_paths (one per seed),
@@ -574,7 +575,8 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
     delta_{zeroshot,fewshot}_{p,test} (the paired test of that delta), _p_adjusted (Holm, over the column of the
     dataset's table) and _significant, below_zeroshot, negative_transfer (below and significant at ``alpha``
     after ``correction``), lr, lr_source, lr_at_edge, lr_within_noise, lr_tied (``learning_rate_columns``).
-    Accuracies are fractions.
+    Accuracies are fractions. ``claims_metrics``: {dataset: metric} read instead of what the records recorded
+    (``claims_metric``; checked by ``check_claims_metrics``).
     """
     completed = labelled_records(records)
     metric_names = accuracy_metrics(completed)
@@ -590,7 +592,7 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
         group.sort(key=lambda r: r["seed"])
         _check_same_questions(group, lambda r: r["metrics"].get("n_eval"), dataset)
         metrics = [r["metrics"] for r in group]
-        claimed = claims_metric(group)
+        claimed = claims_metric(group, claims_metrics)
         if (dataset, claimed) not in delta_metrics:
             delta_metrics[dataset, claimed] = delta_metric(claimed, metric_names, dataset)
         row: dict[str, Any] = {
@@ -671,20 +673,37 @@ def scored_split_eval_time(record: dict[str, Any]) -> float | None:
     return metrics.get("eval_time_s")
 
 
-def claims_metric(records: Sequence[dict[str, Any]]) -> str:
-    """The metric claims read on the records' dataset: its ``claims_metric`` as their configs record it, else (a
-    file written before datasets declared one) as the dataset's config says now, else the primary metric."""
+def recorded_claims_metric(record: Mapping[str, Any]) -> str | None:
+    """The claims metric of a record's dataset as its config records it (None for a file written before datasets
+    declared one)."""
+    config = record.get("config")
+    dataset = config.get("dataset") if isinstance(config, dict) else None
+    if isinstance(dataset, dict) and isinstance(dataset.get("claims_metric"), str):
+        return dataset["claims_metric"].removeprefix("accuracy_")
+    return None
+
+
+def claims_metric(records: Sequence[dict[str, Any]], overrides: Mapping[str, str] | None = None) -> str:
+    """The metric claims read on the records' dataset: the one ``overrides`` names for it (``--claims-metric``, a
+    sweep's config: ``check_claims_metrics``), else its ``claims_metric`` as their configs record it, else (a file
+    written before datasets declared one) as the dataset's config says now, else the primary metric."""
+    name = records[0]["dataset"] if records else None
+    if overrides and name in overrides:
+        return overrides[name]
     for record in records:
-        dataset = (record.get("config") or {}).get("dataset") if isinstance(record.get("config"), dict) else None
-        if isinstance(dataset, dict) and isinstance(dataset.get("claims_metric"), str):
-            return dataset["claims_metric"].removeprefix("accuracy_")
-    return dataset_claims_metric(records[0]["dataset"] if records else None)
+        if (recorded := recorded_claims_metric(record)) is not None:
+            return recorded
+    return dataset_claims_metric(name)
 
 
-def eval_set_claims_metric(name: str, entries: Sequence[dict[str, Any]]) -> str:
-    """The metric an out-of-domain set is read on: its ``claims_metric`` as the records' ``eval_sets`` entries
-    record it (the cells read the set's config, a search-path folder's included, which a report run on its own may
-    not find), else (files written before the entries recorded it) as the set's config says now."""
+def eval_set_claims_metric(name: str, entries: Sequence[dict[str, Any]],
+                           overrides: Mapping[str, str] | None = None) -> str:
+    """The metric an out-of-domain set is read on: the one ``overrides`` names for it (as ``claims_metric``'s),
+    else its ``claims_metric`` as the records' ``eval_sets`` entries record it (the cells read the set's config, a
+    search-path folder's included, which a report run on its own may not find), else (files written before the
+    entries recorded it) as the set's config says now."""
+    if overrides and name in overrides:
+        return overrides[name]
     recorded = Counter(str(entry["claims_metric"]).removeprefix("accuracy_") for entry in entries
                        if isinstance(entry.get("claims_metric"), str))
     if not recorded:
@@ -724,6 +743,82 @@ def delta_metric(claimed: str, metric_names: Sequence[str], where: str) -> str:
     log.warning("%s: claims_metric %r is in none of the result files (%s); its deltas are on %s", where, claimed,
                 ", ".join(m.removeprefix("accuracy_") for m in metric_names), PRIMARY_METRIC)
     return PRIMARY_METRIC
+
+
+def _entry_claims_metric(entry: Any) -> str | None:
+    """The claims metric an out-of-domain set's ``eval_sets`` entry records (None where it records none)."""
+    if isinstance(entry, dict) and isinstance(entry.get("claims_metric"), str):
+        return entry["claims_metric"].removeprefix("accuracy_")
+    return None
+
+
+def held_metrics(records: Iterable[dict[str, Any]]) -> dict[str, set[str]]:
+    """Per dataset and out-of-domain set of the completed ``records``, the metrics (``flexible``) some record holds
+    an accuracy of on it: what a set's deltas can be read on."""
+    held: dict[str, set[str]] = defaultdict(set)
+
+    def add(name: Any, scores: Any) -> None:
+        if isinstance(name, str) and isinstance(scores, dict):
+            held[name].update(k.removeprefix("accuracy_") for k, v in scores.items()
+                              if k.startswith("accuracy_") and len(k) > len("accuracy_") and number(v) is not None)
+
+    for record in labelled_records(records):
+        add(record.get("dataset"), record.get("metrics"))
+        for eval_set, entry in (record.get("eval_sets") or {}).items():
+            add(eval_set, entry)
+    return dict(held)
+
+
+def check_claims_metrics(overrides: Mapping[str, str] | None,
+                         records: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """``overrides`` ({dataset or out-of-domain set: metric}, ``accuracy_`` prefixes dropped) checked against the
+    completed records: a ReportError names a set the records have no row of, or a metric none of that set's records
+    holds an accuracy of (and the metrics they hold)."""
+    if not overrides:
+        return {}
+    held = held_metrics(records)
+    checked = {}
+    for name, metric in overrides.items():
+        metric = str(metric).removeprefix("accuracy_")
+        if name not in held:
+            raise ReportError(f"claims metric {name}={metric}: no dataset or out-of-domain set {name!r} in the "
+                              f"completed results; they have: {', '.join(sorted(held)) or 'none'}")
+        if metric not in held[name]:
+            raise ReportError(f"claims metric {name}={metric}: the results on {name} hold no accuracy of {metric!r}; "
+                              f"they hold: {', '.join(sorted(held[name]))}")
+        checked[name] = metric
+    return checked
+
+
+# Where the claims metrics of a report that reads other ones than its records recorded come from, and how its
+# summary says so: (why, what the records that recorded another one are)
+CLAIMS_METRIC_OPTION = "option"  # python -m slm_sweep.report --claims-metric NAME=METRIC
+CLAIMS_METRIC_SWEEP = "sweep"  # the end-of-sweep summary: the sweep's config, over results its cells reused
+CLAIMS_METRIC_SOURCES = {CLAIMS_METRIC_OPTION: ("as --claims-metric asks", "results"),
+                         CLAIMS_METRIC_SWEEP: ("as this sweep's config says", "reused results")}
+
+
+def claims_metric_notes(overrides: Mapping[str, str], records: Iterable[dict[str, Any]],
+                        source: str = CLAIMS_METRIC_OPTION) -> list[str]:
+    """One line per set of ``overrides`` (checked): ``mysums: deltas on last_digit as --claims-metric asks; its 2
+    results recorded flexible``, counting the completed records (in-domain) and ``eval_sets`` entries (out of
+    domain) that recorded another claims metric for it."""
+    why, what = CLAIMS_METRIC_SOURCES[source]
+    completed = labelled_records(records)
+    notes = []
+    for name, metric in overrides.items():
+        recorded = Counter(recorded_claims_metric(r) or "no claims metric" for r in completed if r.get("dataset") == name)
+        recorded.update(_entry_claims_metric(entry) or "no claims metric" for r in completed
+                        for eval_set, entry in (r.get("eval_sets") or {}).items() if eval_set == name)
+        other = {m: n for m, n in recorded.items() if m != metric}
+        if other:
+            listed = ", ".join(f"{m} ({n})" if len(other) > 1 else m for m, n in sorted(other.items()))
+            n = sum(other.values())
+            what_n = what if n != 1 else what.removesuffix("s")
+            notes.append(f"{name}: deltas on {metric} {why}; its {n} {what_n} recorded {listed}")
+        else:
+            notes.append(f"{name}: deltas on {metric} {why}, the claims metric its results recorded")
+    return notes
 
 
 def model_source(records: Sequence[dict[str, Any]]) -> str | None:
@@ -771,8 +866,8 @@ def _check_same_questions(group: Sequence[dict[str, Any]], n_eval, eval_set: str
                           f"numbers of questions, so they cannot be averaged: {listed}")
 
 
-def summarize_ood(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
-                  correction: str = HOLM) -> list[dict[str, Any]]:
+def summarize_ood(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA, correction: str = HOLM,
+                  claims_metrics: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """One row per training dataset × eval set × model × method from the records' ``eval_sets``.
 
     Keys: dataset (the training dataset), eval_set, model, method, variant, trained, n, seeds, result_paths,
@@ -780,6 +875,7 @@ def summarize_ood(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
     truncated_fraction_mean, delta_metric (the evaluation set's ``claims_metric``, as its entries record it: what
     the deltas and marks are on), settings (as ``summarize``'s: what the zero-shot variant compared with is chosen
     by), delta_zeroshot, delta_zeroshot_{p,test,p_adjusted,significant}, below_zeroshot, negative_transfer.
+    ``claims_metrics``: {evaluation set: metric} read instead of what the entries recorded (as ``summarize``'s).
     """
     completed = labelled_records(records)
     metric_names = accuracy_metrics(completed)
@@ -792,7 +888,7 @@ def summarize_ood(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA,
                 groups[key].append((record, {**entry, "result_path": record.get("result_path")}))
                 entries_of[eval_set].append(entry)
     sizes = model_sizes(completed)
-    metrics_of = {name: delta_metric(eval_set_claims_metric(name, entries), metric_names, name)
+    metrics_of = {name: delta_metric(eval_set_claims_metric(name, entries, claims_metrics), metric_names, name)
                   for name, entries in entries_of.items()}
 
     rows = []

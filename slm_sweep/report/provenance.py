@@ -43,9 +43,11 @@ def _input(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def report_record(collection: Collection, *, alpha: float, correction: str, claims: str | os.PathLike | None,
-                  plots: bool, outputs: Sequence[Path]) -> dict[str, Any]:
+                  plots: bool, outputs: Sequence[Path],
+                  claims_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report's own record: when and by which code it was made, its settings (with the claims file's
-    hash), every result file it read and what became of it, and the files it wrote."""
+    hash; ``claims_metrics``: the metrics read instead of the recorded ones, and where they came from, None for
+    none), every result file it read and what became of it, and the files it wrote."""
     used = [_input(r) for r in collection.records if r.get("status") == COMPLETED]
     claims_file = None
     if claims is not None:
@@ -58,7 +60,8 @@ def report_record(collection: Collection, *, alpha: float, correction: str, clai
         "git_commit": git_commit(),
         "versions": {"python": platform.python_version(), **{name: _version(name) for name in REPORT_PACKAGES}},
         "settings": {"alpha": alpha, "correction": correction, "seed_test_draws": SEED_TEST_DRAWS,
-                     "seed_test_seed": SEED_TEST_SEED, "claims": claims_file, "plots": plots},
+                     "seed_test_seed": SEED_TEST_SEED, "claims": claims_file, "plots": plots,
+                     "claims_metrics": claims_metrics},
         "inputs": {
             "dirs": [str(d) for d in collection.dirs],
             "result_files": len(collection.files),

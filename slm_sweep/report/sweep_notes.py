@@ -201,6 +201,88 @@ def job_cell(job: Path) -> dict:
     return cell
 
 
+def job_claims_metric(job: Path) -> str | None:
+    """The claims metric of its dataset that a job folder's .hydra/config.yaml (written by the job's latest launch,
+    also one that reused the folder's finished result) says, resolved as the cell resolves it; None where it does
+    not say or cannot be read."""
+    from omegaconf import OmegaConf
+
+    from slm_sweep.settings import CLAIMS_METRIC_RESOLVER, claims_metric_for
+
+    try:
+        if not OmegaConf.has_resolver(CLAIMS_METRIC_RESOLVER):
+            OmegaConf.register_new_resolver(CLAIMS_METRIC_RESOLVER, claims_metric_for)
+        metric = OmegaConf.select(OmegaConf.load(job / ".hydra" / "config.yaml"), "dataset.claims_metric",
+                                  default=None)
+    except Exception:  # noqa: BLE001 - a config that cannot be read or resolved says nothing
+        return None
+    return metric.removeprefix("accuracy_") if isinstance(metric, str) and metric else None
+
+
+def _set_claims_metric(name: str) -> str | None:
+    """The claims metric an out-of-domain set's config (conf/dataset/, or a search-path folder the sweep named)
+    says now; None without one that reads."""
+    from slm_sweep.data.specs import dataset_spec, known_datasets
+
+    try:
+        if name in known_datasets():
+            metric = dataset_spec(name).get("claims_metric")
+            return str(metric).removeprefix("accuracy_") if metric else None
+    except Exception:  # noqa: BLE001 - the report still runs on what the entries recorded
+        pass
+    return None
+
+
+def sweep_claims_metrics(sweep_dir: str | Path) -> dict[str, str]:
+    """{dataset or out-of-domain set: claims metric} as the sweep's own config reads it, for each whose completed
+    results in the sweep's job folders recorded another one: cells that found their finished result in their
+    folder reused it as it is (their claims metric is in no key: it changes no number), whatever the sweep's
+    ``dataset.claims_metric`` says now. A dataset's is its jobs' .hydra/config.yaml's (the latest written, where
+    they differ); an out-of-domain set's, its config's now. A metric none of those results holds an accuracy of is
+    left out, with a warning (the deltas stay on what the results recorded)."""
+    import logging
+
+    from .aggregate import _entry_claims_metric, held_metrics, recorded_claims_metric
+
+    log = logging.getLogger(__name__)
+    records, _ = _job_records(Path(sweep_dir))
+    completed = {job: r for job, r in records.items() if r is not None and r.get("status") == "completed"}
+
+    def written(job: Path) -> float:
+        try:
+            return (job / ".hydra" / "config.yaml").stat().st_mtime
+        except OSError:
+            return 0.0
+
+    asked: dict[str, str] = {}
+    for job in sorted(completed, key=written):  # the latest launch last
+        metric = job_claims_metric(job)
+        if metric is not None and isinstance(completed[job].get("dataset"), str):
+            asked[completed[job]["dataset"]] = metric
+    recorded: dict[str, set[str]] = {}
+    for record in completed.values():
+        recorded.setdefault(record.get("dataset"), set()).add(recorded_claims_metric(record))
+        for name, entry in (record.get("eval_sets") or {}).items():
+            recorded.setdefault(name, set()).add(_entry_claims_metric(entry))
+    for name in recorded:
+        if name not in asked and any(isinstance(r.get("eval_sets"), dict) and name in r["eval_sets"]
+                                     for r in completed.values()):
+            metric = _set_claims_metric(name)
+            if metric is not None:
+                asked[name] = metric
+    held = held_metrics(completed.values())
+    overrides = {}
+    for name, metric in asked.items():
+        if not (recorded.get(name, set()) - {None, metric}):
+            continue  # what the results recorded is what the sweep reads them on
+        if metric not in held.get(name, set()):
+            log.warning("%s: this sweep's config reads it on %s, which none of its results holds; its deltas stay on "
+                        "what its results recorded", name, metric)
+            continue
+        overrides[name] = metric
+    return overrides
+
+
 def _value(text: str):
     import yaml
 

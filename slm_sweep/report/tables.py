@@ -462,8 +462,10 @@ def _tests_note(rows: Sequence[dict[str, Any]], alpha: float, correction: str) -
 
 def render_markdown(
     collection: Collection, rows: Sequence[dict[str, Any]], ood_rows: Sequence[dict[str, Any]],
-    alpha: float = ALPHA, correction: str = HOLM,
+    alpha: float = ALPHA, correction: str = HOLM, claims_metric_notes: Sequence[str] = (),
 ) -> str:
+    """summary.md. ``claims_metric_notes``: the lines saying which sets are read on another claims metric than
+    their results recorded (aggregate.claims_metric_notes), below the "Δ on" line."""
     lines = ["# Sweep summary", "", *_sources(collection)]
     metrics = row_metrics(rows)
     datasets = list(dict.fromkeys(row["dataset"] for row in rows))
@@ -473,6 +475,8 @@ def render_markdown(
         lines += [f"Δ on: {delta_metrics_text(rows)}. Each dataset's deltas, their tests, "
                   f"{SIGNIFICANT_MARK} and {NEGATIVE_MARK} are on its `claims_metric`, the metric its claims read "
                   f"(docs/results.md); its accuracy columns show every metric.", ""]
+    for note in claims_metric_notes:
+        lines += [note, ""]
     for dataset in datasets:
         lines += _in_domain_section(dataset, [r for r in rows if r["dataset"] == dataset], metrics, alpha,
                                     correction)

@@ -160,17 +160,27 @@ class AggregateSweep(Callback):
                                  "rate is a result; these are not):\n"
                                  + "\n".join(f"  {job}: {why}" for job, why in broken))
             return
-        from slm_sweep.report import DEFAULT_CLAIMS, ReportError
+        from slm_sweep.report import CLAIMS_METRIC_SWEEP, DEFAULT_CLAIMS, ReportError
+        from slm_sweep.report.sweep_notes import sweep_claims_metrics
 
         # Hydra turns an exception of this callback into a warning and exits 0: every failure of the summary is
         # caught here, and the sweep's exit status (failed cells, a summary that could not be written) is
         # decided after it
         problems: list[str] = []
         report = None
+        claims_metrics: dict[str, str] = {}
+        try:
+            # a cell that found its finished result in its folder reused it with the claims metric it recorded
+            # (no key holds it: it changes no number); the summary reads it on the one this sweep's config names
+            claims_metrics = sweep_claims_metrics(sweep_dir)
+        except Exception:  # noqa: BLE001 - see above; the summary then reads what the results recorded
+            log.exception("reading the claims metrics of this sweep's config failed; the summary reads the ones its "
+                          "results recorded")
         try:
             # the claims (the study's unless hydra.callbacks.aggregate_sweep.claims names a file), for the cells
             # this sweep has (the others are listed as not covered)
-            report = write_report([sweep_dir], sweep_dir, claims=self.claims or DEFAULT_CLAIMS)
+            report = write_report([sweep_dir], sweep_dir, claims=self.claims or DEFAULT_CLAIMS,
+                                  claims_metrics=claims_metrics, claims_metrics_from=CLAIMS_METRIC_SWEEP)
         except FileNotFoundError as err:
             log.warning("no sweep summary written: %s", err)
         except ReportError as err:  # the results are kept; only their summary cannot be written honestly
@@ -179,6 +189,8 @@ class AggregateSweep(Callback):
             log.exception("writing the sweep summary failed")
             problems.append(f"no sweep summary written: {type(err).__name__}: {err}")
         if report is not None:
+            for note in report["claims_metric_notes"]:
+                log.warning("%s", note)
             log.info("sweep summary: %s", report["summary_md"])
             from slm_sweep.tracking import wandb_settings
 
