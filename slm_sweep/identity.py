@@ -66,10 +66,13 @@ TRAINING_CODE_VERSION = 8  # 8: a half-precision cast keeps every rotary frequen
 # without a bump, or a recorded statement that it changes no result, fails a test; and a cell run from edited
 # sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
 SCORING_VERSION = 20  # 20: a final sentence that states two results after ", and", ", while", "whereas" or ";",
-# with any verb ("Jimin has 12 marbles, and Yoongi has 8 marbles"), gives no prose reference (it gave the first
-# value; the row is left out) and lenient reads it as its last number, as it read "... is 15, and ... is 5";
-# 19: lenient reads an unmarked final sentence as a prose reference is read (the value the
-# sentence states, not a number after it), a "that/who ... is" clause or a ", since/because ..." justification after
+# with any verb ("Jimin has 12 marbles, and Yoongi has 8 marbles", "the length is 12 cm, and its width is 8 cm": a
+# possessive "its" or a relative "that" points back at nothing), gives no prose reference (it gave the first value;
+# the row is left out); lenient reads a model's final sentence as 19 did ("So, Yoongi has 8 marbles, and he gave 4
+# away." is 8); questions asking for a name or a category ("What is the name of the shape?", "What color/In which
+# box ...?") are left out (data/readers.py: keyed by the data fingerprints);
+# 19: lenient reads an unmarked final sentence as a prose reference is read (the value the sentence states, not a
+# number after it), a "that/who ... is" clause or a ", since/because ..." justification after
 # a stated value is not the answer (conflicting readings: no reference, the row left out), a side clause that works
 # the value out ("= 50") is read; Gemma 3 evaluated in bf16 keeps its rotary frequencies in float32; 18: an
 # "Answer:" line is a marker only with the answer alone on it; 17: lenient keeps a
@@ -130,7 +133,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "train/optimizers.py", "train/rank_allocation.py", "methods.py", "placement.py",
                     "train/interrupt.py")  # which steps a resumed run trains (align_to_plan, rewind_to_last_step)
-SCORING_SOURCES_SHA256 = {20: "1f2f190869caaf3cc56079ca9985d3134dea5279cc2a7a648bee05f642ea73b6"}
+SCORING_SOURCES_SHA256 = {20: "7c171c787d7ecad78c91a2ed467d08d390a3be9aeb0fd0b4d8bef4738296a9ba"}
 TRAINING_SOURCES_SHA256 = {8: "7c7c9ae1de1777077de3a5c80bf9e07c68741e8597036058e1775af57b2e0145"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
@@ -205,6 +208,7 @@ def pin_running_code() -> None:
 
     from slm_sweep.results import own_code_provenance
 
+    _pin_metric_modules_as_imported()  # before any cell imports one
     for name in dict.fromkeys((*SCORING_SOURCES, *TRAINING_SOURCES)):
         importlib.import_module(f"{__package__}.{name.removesuffix('.py').replace('/', '.')}")
     sources_digest(SCORING_SOURCES)
@@ -375,17 +379,84 @@ def model_identity(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def metric_modules_identity(names: Sequence[str] | None) -> dict[str, Any]:
-    """The source of each metric module a cell scores with (scoring.metric_module_names: the metrics folder's and
-    eval.metric_modules; what their metrics compute); nothing when there is none, so that the keys of cells
-    without added metrics stay as they were."""
+    """The code of each metric module a cell scores with (scoring.metric_module_names: the metrics folder's and
+    eval.metric_modules; what their metrics compute), as this process runs it (running_metric_source); nothing when
+    there is none, so that the keys of cells without added metrics stay as they were."""
     if not names:
         return {}
-    return {"metric_modules": {str(name): module_source(str(name)) for name in names}}
+    return {"metric_modules": {str(name): running_metric_source(str(name)) for name in names}}
+
+
+# What this process runs of code from outside the hashed sources, hashed once, when it was imported to run: the
+# cells of a one-process sweep run what was imported at the first cell that used it, so a key computed by a later
+# cell must describe that code, not the file as edited since (pin_running_code does the same for the package's
+# own sources). A new process hashes the files as they are then.
+_METRIC_SOURCES: dict[str, Any] = {}  # metric module -> metric_module_code as it was imported (pin_metric_module)
+_EXTERNAL_CODE: dict[str, Any] = {}  # callback or optimizer class path -> external_code as first keyed
+
+
+def forget_running_code() -> None:
+    """Forget the code this process pinned (metric modules, callbacks, optimizers) and the metrics modules
+    registered (scoring.forget_metric_modules): the next key imports them again and hashes the files as they are
+    then, as a new process would. For tests that edit such a file and key it again in one process."""
+    from slm_sweep.scoring import forget_metric_modules
+
+    _METRIC_SOURCES.clear()
+    _EXTERNAL_CODE.clear()
+    forget_metric_modules()
+
+
+def pin_metric_module(name: str) -> None:
+    """Record the code of a metric module as it is now: called by scoring.import_metric_module right after the
+    module is imported (or reloaded) to score with, which is the code the cells of this process run."""
+    _METRIC_SOURCES[name] = metric_module_code(name)
+
+
+@functools.cache
+def _pin_metric_modules_as_imported() -> None:
+    """Have scoring.import_metric_module call pin_metric_module (scoring imports nothing of the package): from
+    pin_running_code, as a process starts, and before a key imports a metric module itself."""
+    from slm_sweep.scoring import METRIC_MODULE_IMPORTED
+
+    METRIC_MODULE_IMPORTED.append(pin_metric_module)
+
+
+def running_metric_source(name: str) -> Any:
+    """The code of a metric module as this process imported it to score with (pin_metric_module): a module not
+    imported yet is imported now (scoring.import_metric_module, which records its metrics for the cells that
+    name it), so that the file keyed is the file run. One that cannot be imported is keyed as it is on disk (its
+    cell fails before it scores: config.use_metric_modules_checked)."""
+    if name not in _METRIC_SOURCES:
+        from slm_sweep.scoring import import_metric_module
+
+        _pin_metric_modules_as_imported()
+        try:
+            import_metric_module(name)
+        except Exception:  # noqa: BLE001 - the cell's own import of it names the problem
+            return metric_module_code(name)
+        # imported before pin_running_code (tune.check_metric) or forget_running_code: hashed at its first key
+        _METRIC_SOURCES.setdefault(name, metric_module_code(name))
+    return _METRIC_SOURCES[name]
+
+
+def metric_module_code(name: str) -> str | None:
+    """What a metric module runs, as it is on disk: a module of the metrics folder by the whole folder (every
+    Python file of slm_sweep/metrics/, its ``_*.py`` helpers too); another by its top-level package when it is in
+    one (every Python file: a metric may call its siblings), a single top-level module by its own file (a
+    top-level package by every file of it). A module of slm_sweep outside the metrics folder by its own file."""
+    from slm_sweep.scoring import METRICS_PACKAGE
+
+    if name.startswith(METRICS_PACKAGE + "."):
+        return module_source(METRICS_PACKAGE)
+    top = name.split(".")[0]
+    return module_source(name if top in ("slm_sweep", name) else top)
 
 
 def module_source(name: str) -> str | None:
-    """The sha256 of a module's file (of every Python file of a package); None when it cannot be found."""
+    """The sha256 of a module's file (of every Python file of a package, in each folder of its ``__path__`` when
+    it is imported); None when it cannot be found."""
     import importlib.util
+    import sys
 
     try:
         spec = importlib.util.find_spec(name)
@@ -393,8 +464,10 @@ def module_source(name: str) -> str | None:
         return None
     origin = getattr(spec, "origin", None)
     if spec is not None and spec.submodule_search_locations:  # a package: every Python file of it
-        root = Path(list(spec.submodule_search_locations)[0])
-        return digest([(p.relative_to(root).as_posix(), file_sha256(p)) for p in sorted(root.rglob("*.py"))])
+        imported = getattr(sys.modules.get(name), "__path__", None)  # folders added to it since (a test's)
+        roots = [Path(root) for root in (imported if imported is not None else spec.submodule_search_locations)]
+        return digest([(p.relative_to(root).as_posix(), file_sha256(p))
+                       for root in roots if root.is_dir() for p in sorted(root.rglob("*.py"))])
     return file_sha256(origin) if origin and Path(origin).is_file() else None
 
 
@@ -523,7 +596,21 @@ def external_code(target: str) -> Any:
     """What decides the behaviour of a class from outside the libraries whose versions are keyed: the source of
     its top-level package (every Python file: the class may call its siblings), with the version of the
     distribution that installed it when one did (its compiled parts); a module of slm_sweep by its own file. A
-    single-file module outside any distribution gives its file's hash alone."""
+    single-file module outside any distribution gives its file's hash alone. Hashed once per process, as the
+    class's module is imported (here, when it is not yet): the cells of a one-process sweep run the class as first
+    imported, so a later cell's key must not take in the file as edited since (forget_running_code: tests)."""
+    if target not in _EXTERNAL_CODE:
+        import importlib
+
+        try:
+            importlib.import_module(target.rpartition(".")[0])
+        except Exception:  # noqa: BLE001 - the cell's own import of the class reports it, with its message
+            pass
+        _EXTERNAL_CODE[target] = _external_code(target)
+    return _EXTERNAL_CODE[target]
+
+
+def _external_code(target: str) -> Any:
     module = target.rpartition(".")[0]
     top = module.split(".")[0]
     if top == "slm_sweep":

@@ -27,7 +27,8 @@ are cut off (a last paragraph starting "Note", a last paragraph or sentence chec
 last sentence labelled so with a colon, "Note: ..." or "Check: ...", a parenthesised remark at the end), read as a
 prose reference's final sentence is (``prose_reference_value``), so that a reference solution states its own
 answer ("So, 15 apples are left after 3 days." is 15; "... is 45, since 45 - 15 = 30" is 45), or its last
-number where that reading gives no one value; in a sentence that holds an ordinal, also where no verb or "=" states
+number where that reading gives no one value; a second result after ", and" / ";" makes it none only as scoring
+version 19 read it (``_main_clause``: "So, Yoongi has 8 marbles, and he gave 4 away." is 8); in a sentence that holds an ordinal, also where no verb or "=" states
 the value read ("After moving ahead 1 spot, she finished in 6th place." is 6, as a model's ordinal may answer;
 "There were 360 people on the 2nd day." is 360). A check that arrives
 at a value written nowhere before it works the answer out and is kept ("Let's check how many apples remain: 12 -
@@ -245,9 +246,16 @@ _RELATIVE = re.compile(r"\s+(?:that|who)\b", re.IGNORECASE)
 _RESULT_CLAUSE = re.compile(
     r",?\s*(?:which|that)\s+(?:means|leaves|left|gives|gave|results\s+in|produces|brings|makes|amounts\s+to"
     r"|adds\s+up\s+to|comes\s+to|totals)\b", re.IGNORECASE)
-# A clause that points back at the result ("..., and 20% of it is 16") comments on it; one that does not states
-# another result.
-_BACK_REFERENCE = re.compile(r"\b(?:it|its|this|that|them|these|those)\b", re.IGNORECASE)
+# In a reference, a clause that points back at the result comments on it: a pronoun standing for the value, as the
+# clause's subject ("..., and that is the answer", "; it is divisible by 3", "..., and this is 2 more than Jimin";
+# not "those who failed") or after "of" ("..., and 20% of it is 16", "..., and 2 of them are red"); one that does
+# not states another result, a possessive "its" or a relative "that" among them ("..., and its width is 8 cm").
+_BACK_REFERENCE = re.compile(r"^\s*(?:and\s+)?(?:that|this|these|those)\b(?!\s+who\b)"
+                             r"|\b(?:it|this|them|of\s+(?:that|these|those))\b", re.IGNORECASE)
+# A model's output is read as before scoring version 20: a clause after ", and" states a second result only with a
+# statement verb before a number on both sides and no pronoun at all ("So, Yoongi has 8 marbles, and he gave 4
+# away." states 8)
+_ANY_PRONOUN = re.compile(r"\b(?:it|its|this|that|them|these|those)\b", re.IGNORECASE)
 # The side clauses that may state a second result rather than comment on the first: ", and", ", while", "whereas"
 # and ";" (a "while" without a comma may say when: "he reads 20 pages while riding the bus for 30 minutes")
 _TWO_RESULTS = re.compile(r",\s*(?:and|while)\b|,?\s*whereas\b|;", re.IGNORECASE)
@@ -592,7 +600,7 @@ def _final_sentence_number(text: str) -> tuple[Fraction, int | None] | None:
     last = sentences[-1]
     found = written_numbers(last)
     without_ordinals = _ORDINAL.sub("#", last)
-    value = _final_sentence_value(without_ordinals) if numbers_in(without_ordinals) else None
+    value = _final_sentence_value(without_ordinals, reference=False) if numbers_in(without_ordinals) else None
     if value is not None and (without_ordinals == last or _states_value(_written_form(without_ordinals), value)):
         return next((number for number in reversed(found) if number[0] == value), (value, None))
     return found[-1]
@@ -833,8 +841,9 @@ def prose_reference_value(text: str) -> Fraction | None:
     11" is 9), unless it goes on to work a value out ("..., and each got 2, so 20 / 2 = 10 boys went", "...,
     which rounds up to 17%"), and a sentence stating two results ("the boys are 15 and the girls are 20", "the
     boat's speed is 15 km/h, and the stream's is 5 km/h", "Jimin has 12 marbles, and Yoongi has 8" with any verb
-    and after ", and", ", while", "whereas" or ";", unless the second points back at the first, "..., and 20% of
-    it is 16", or holds no number) gives None. The answer ends where a justification starts, after a marker ("5,
+    and after ", and", ", while", "whereas" or ";", also "the length is 12 cm, and its width is 8 cm", unless the
+    second points back at the first, "..., and 20% of it is 16", "..., and 2 of them are red", or holds no number)
+    gives None. The answer ends where a justification starts, after a marker ("5,
     since 5 + 5 = 10" is 5) and in the final sentence ("..., since 45 - 15 = 30", "... because 150 / 35 = 4.29
     ...", not a "since" clause that leads into a comma-part holding a number: "After 3 days, since she eats 2 a
     day, she has 9 left"; ", as a result ..." and ", as calculated ..." start none). A relative clause before the main clause's verb ("In 5
@@ -868,13 +877,13 @@ def prose_reference_value(text: str) -> Fraction | None:
                       for s in later)
         return None if revised else value
     sentences = _stated_sentences(text)
-    return _final_sentence_value(sentences[-1]) if sentences else None
+    return _final_sentence_value(sentences[-1], reference=True) if sentences else None
 
 
-def _final_sentence_value(sentence: str) -> Fraction | None:
+def _final_sentence_value(sentence: str, *, reference: bool) -> Fraction | None:
     """The value a solution's final sentence states, by ``prose_reference_value``'s rules; None where it is not one
-    clear number."""
-    main = _main_clause(sentence)
+    clear number. ``reference``: whether the sentence ends a reference, not a model's output (``_main_clause``)."""
+    main = _main_clause(sentence, reference=reference)
     value = _narrowed_value(main)
     side = sentence[len(main):]
     if value is None and side:
@@ -956,14 +965,19 @@ def _before_justification(sentence: str) -> str:
     return sentence
 
 
-def _main_clause(sentence: str) -> str:
+def _main_clause(sentence: str, *, reference: bool) -> str:
     """The sentence up to its first clause that only comments on a result already stated ("..., which is 20% less
     than ...", "... when 25 is divided by 11", "..., and 20% of it is 16", "there are 9 numbers that are divisible
     by 11"), when a number comes before it; a clause that goes on to work a value out ("..., and each got 2, so 20 /
     2 = 10 boys went") or to state it ("..., which leaves her with 9 apples") is no comment, and a relative clause
     before the main clause's verb ("The 3 boys who were late missed 10 minutes") is part of the main clause. A
-    clause after ", and", ", while", "whereas" or ";" that holds a number and does not point back at the result
-    ("Jimin has 12 marbles, and Yoongi has 8 marbles") states a second result: then the main clause is empty."""
+    clause that states a second result leaves the main clause empty: in a ``reference``, one after ", and", ",
+    while", "whereas" or ";" that holds a number and does not point back at the result ("Jimin has 12 marbles, and
+    Yoongi has 8 marbles", "the length is 12 cm; its width is 8 cm"; not "..., and 2 of them are red"); in a model's
+    output, as before scoring version 20, only one after ", and" with a statement verb before a number on both
+    sides and no pronoun ("the boat's speed is 15 km/h, and the stream's is 5 km/h"; "So, Yoongi has 8 marbles, and
+    he gave 4 away." and "12 is the answer, and 3 is the remainder" state the first value: a model that states its
+    answer first is read so)."""
     clauses = list(_SIDE_CLAUSE.finditer(sentence))
     number_before, first_digit = False, _first_digit(sentence)
     for at, clause in enumerate(clauses):
@@ -976,9 +990,16 @@ def _main_clause(sentence: str) -> str:
         number_before = number_before or (first_digit < start and bool(numbers_in(sentence[:start])))
         after = sentence[clause.end():]
         if number_before and not _works_out(after):
-            if _TWO_RESULTS.match(clause.group(0)) and not _BACK_REFERENCE.search(after) and numbers_in(after):
+            if reference:
                 # "the boat's speed is 15 km/h, and the stream's is 5 km/h", "Jimin has 12 marbles, and Yoongi has 8
                 # marbles": two results, whatever their verbs, so no answer
+                second = (_TWO_RESULTS.match(clause.group(0)) is not None and not _BACK_REFERENCE.search(after)
+                          and bool(numbers_in(after)))
+            else:
+                second = (clause.group(0).lstrip(", ").lower().startswith("and") and not _ANY_PRONOUN.search(after)
+                          and _NUMBER_STATEMENT.search(after) is not None
+                          and _NUMBER_STATEMENT.search(sentence[:start]) is not None)
+            if second:
                 return ""
             return sentence[:start]
     return sentence
@@ -1155,6 +1176,9 @@ def _derive_names() -> None:
 
 _BUILT_IN: dict[str, Metric] = dict(METRICS)
 _REGISTERED_BY: dict[str, dict[str, Metric]] = {}  # module name -> the metrics its import registered
+# Called with a metric module's name right after import_metric_module imported it to score with: slm_sweep.identity
+# hashes the module's code there (pin_metric_module), the code the cells of this process score with.
+METRIC_MODULE_IMPORTED: list[Callable[[str], None]] = []
 
 
 METRICS_PACKAGE = "slm_sweep.metrics"
@@ -1183,25 +1207,49 @@ def use_metric_modules(names) -> None:
     sweep share a process. So each module's metrics are remembered and put back for every cell that names it,
     and a metric of an earlier cell's module does not carry over into a cell that does not.
     """
-    import importlib
-    import sys
-
     METRICS.clear()
     METRICS.update(_BUILT_IN)
     for name in map(str, names or ()):
-        if name not in _REGISTERED_BY:
-            before = set(METRICS)
-            if name in sys.modules:  # imported by other code than this: importing again registers nothing
-                importlib.reload(sys.modules[name])
-            else:
-                importlib.import_module(name)
-            _REGISTERED_BY[name] = {k: v for k, v in METRICS.items() if k not in before}
-        for metric_name, metric in _REGISTERED_BY[name].items():
+        for metric_name, metric in import_metric_module(name).items():
             if METRICS.get(metric_name, metric) is not metric:
                 raise ValueError(f"eval.metric_modules: {name} registers a metric named {metric_name!r}, which "
                                  "another module of the list registers too")
             METRICS[metric_name] = metric
     _derive_names()
+
+
+def import_metric_module(name: str) -> dict[str, Metric]:
+    """The metrics a metric module registers, importing it the first time (once per process; reloaded when other
+    code imported it already, whose import registered nothing here) with only the built-in metrics registered,
+    which are left as they were. Then each of METRIC_MODULE_IMPORTED is called with its name: identity hashes its
+    code there, since the cells of the process score with what was imported then, and their keys must hold that
+    code, not the file as edited since."""
+    import importlib
+    import sys
+
+    if name not in _REGISTERED_BY:
+        current = dict(METRICS)
+        METRICS.clear()
+        METRICS.update(_BUILT_IN)
+        try:
+            if name in sys.modules:  # imported by other code than this: importing again registers nothing
+                importlib.reload(sys.modules[name])
+            else:
+                importlib.import_module(name)
+            _REGISTERED_BY[name] = {k: v for k, v in METRICS.items() if k not in _BUILT_IN}
+        finally:
+            METRICS.clear()
+            METRICS.update(current)
+            _derive_names()
+        for imported in METRIC_MODULE_IMPORTED:
+            imported(name)
+    return _REGISTERED_BY[name]
+
+
+def forget_metric_modules() -> None:
+    """Forget which metrics each module registered: the next use imports (reloads) it again. For tests
+    (identity.forget_running_code)."""
+    _REGISTERED_BY.clear()
 
 
 def check_mode(mode: str) -> None:

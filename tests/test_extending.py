@@ -121,12 +121,18 @@ FAST = ["trainer.max_steps=2", "trainer.batch_size=4", "trainer.micro_batch_size
 
 @pytest.fixture
 def restored_metrics(monkeypatch):
-    """Metrics registered by a test, and the modules that registered them, are gone after it."""
+    """Metrics registered by a test, and the modules that registered them, are gone after it, and so is the code
+    of metric modules its keys pinned (identity.forget_running_code: a later test's module of the same name is
+    imported and hashed anew)."""
+    from slm_sweep.identity import forget_running_code
+
     saved = dict(scoring.METRICS)
     for name in ("MODES", "ACCURACY_KEYS", "PREDICTION_FIELDS"):
         monkeypatch.setattr(scoring, name, getattr(scoring, name))
     monkeypatch.setattr(scoring, "_REGISTERED_BY", {})
+    forget_running_code()
     yield
+    forget_running_code()
     scoring.METRICS.clear()
     scoring.METRICS.update(saved)
     sys.modules.pop("mymetrics", None)
@@ -333,7 +339,11 @@ def test_a_faulty_metric_fails_the_cell_before_it_reads_data(restored_metrics, t
     sys.modules.pop("faultymetrics", None)
 
 
-def test_a_metric_module_changes_the_evaluation_key_but_not_the_training_key(tiny_cfg, tmp_path, monkeypatch):
+def test_a_metric_module_changes_the_evaluation_key_but_not_the_training_key(tiny_cfg, tmp_path, monkeypatch,
+                                                                           restored_metrics):
+    """The module's code is in the evaluation key as this process imported it to score with: an edit made since
+    keeps the key (the process still scores with the code it imported), a new process keys the edited file."""
+    from slm_sweep.identity import forget_running_code
     from slm_sweep.results import redact
     from slm_sweep.run import identify, load_data
 
@@ -348,6 +358,8 @@ def test_a_metric_module_changes_the_evaluation_key_but_not_the_training_key(tin
     plain, with_metric = keys(), keys("eval.metric_modules=[mymetrics]")
     assert with_metric[0] == plain[0] and with_metric[1] != plain[1]
     (tmp_path / "mymetrics.py").write_text(METRIC_MODULE.replace("[-1]", "[0]"))  # the metric's code changed
+    assert keys("eval.metric_modules=[mymetrics]") == with_metric  # still scored with the code imported
+    forget_running_code()  # as a new process: imported and hashed again
     assert keys("eval.metric_modules=[mymetrics]")[1] != with_metric[1]
 
 
@@ -387,6 +399,157 @@ def test_a_metric_dropped_into_the_metrics_folder_is_scored_by_every_cell_with_n
         use_metric_modules_checked(tiny_cfg("dataset.claims_metric=last_digit"))
 
 
+HELPER = """\
+import re
+
+
+def last_digit(text):
+    digits = re.findall(r"[0-9]", str(text))
+    return digits[-1] if digits else None
+"""
+
+HELPED_METRIC = """\
+from slm_sweep.metrics._digits import last_digit
+from slm_sweep.scoring import register_metric
+
+register_metric("digit_match", last_digit,
+                lambda text, reference, tolerance: last_digit(text) is not None and last_digit(text) == last_digit(reference))
+"""
+
+
+def test_a_helper_module_of_the_metrics_folder_is_in_the_evaluation_key(tiny_cfg, tmp_path, monkeypatch,
+                                                                       restored_metrics):
+    """The metrics folder is keyed as a whole: a metric whose logic lives in a private helper of the folder
+    (``_digits.py``, which is no metric) re-scores when the helper is edited, and only the evaluation key moves."""
+    import slm_sweep.metrics
+    from slm_sweep.identity import forget_running_code
+    from slm_sweep.results import redact
+    from slm_sweep.run import identify, load_data
+
+    def keys():
+        cfg = tiny_cfg("method=lora")
+        identity = identify(cfg, redact(OmegaConf.to_container(cfg, resolve=True)), load_data(cfg))
+        return identity.training_key, identity.evaluation_key
+
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    (folder / "digit_match.py").write_text(HELPED_METRIC)
+    (folder / "_digits.py").write_text(HELPER)
+    monkeypatch.setattr(slm_sweep.metrics, "__path__", [*slm_sweep.metrics.__path__, str(folder)])
+    for name in ("slm_sweep.metrics.digit_match", "slm_sweep.metrics._digits"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert scoring.folder_metric_modules() == ["slm_sweep.metrics.digit_match"]
+    before = keys()
+    (folder / "_digits.py").write_text(HELPER.replace("[-1]", "[0]"))  # the metric's logic changed
+    forget_running_code()  # a new process
+    for name in ("slm_sweep.metrics.digit_match", "slm_sweep.metrics._digits"):
+        sys.modules.pop(name, None)
+    after = keys()
+    assert after[0] == before[0] and after[1] != before[1]
+
+
+EDITED_MID_SWEEP = """
+import json, sys
+from pathlib import Path
+from hydra import compose, initialize_config_dir
+import slm_sweep, slm_sweep.metrics
+from slm_sweep.run import run
+
+overrides, edits = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+slm_sweep.metrics.__path__.append(str(Path("metrics").resolve()))  # a metric dropped into the metrics folder
+conf = Path(slm_sweep.__file__).parent / "conf"
+
+
+def cell(seed):
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        record = run(compose(config_name="config", overrides=[*overrides, f"seed={seed}"]), out_dir=f"seed{seed}")
+    return {"status": record["status"], "error": record.get("error"), "metrics": record["metrics"],
+            "callbacks": record["identity"]["parts"]["training"]["callback_sources"],
+            "metric_modules": record["identity"]["scored_with"]["metric_modules"]}
+
+
+first = cell(0)
+for path, text in edits.items():  # edited while the sweep runs, after its first cell
+    Path(path).write_text(text)
+print(json.dumps([first, cell(1)]))
+"""
+
+MARKER_CALLBACK = """\
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
+
+VERSION = "v1"
+
+
+class Marker(Callback):
+    def on_train_start(self, trainer, pl_module):
+        with open(Path(__file__).with_name("ran.txt"), "a") as f:
+            f.write(VERSION + "\\n")
+"""
+
+VERSIONED_METRIC = """\
+from slm_sweep.scoring import register_metric
+
+VERSION = "v1"
+register_metric("mine", lambda text: VERSION, lambda text, reference, tolerance: VERSION == "v2")
+"""
+
+FLAG_HELPER = "FLAG = False\n"
+FLAGGED_METRIC = """\
+from slm_sweep.metrics._flag import FLAG
+from slm_sweep.scoring import register_metric
+
+register_metric("flagged", lambda text: str(FLAG), lambda text, reference, tolerance: FLAG)
+"""
+
+
+def test_code_edited_while_a_one_process_sweep_runs_keeps_the_keys_of_the_code_its_cells_ran(tmp_path,
+                                                                                              requires_data):
+    """The cells of a one-process sweep (Hydra's basic launcher) run a metric module, a weight-changing callback
+    and a metrics folder's helper as imported at the first cell that used them: a later cell's keys must hold
+    that code's hash, not the files' as edited since (which would file the old code's numbers under the edited
+    code's key, for a run of the edited code to reuse). A new process keys the edited files."""
+    import hashlib
+
+    import slm_sweep.metrics
+    from slm_sweep.identity import metric_module_code
+    from tests.conftest import FAST_TINY
+
+    (tmp_path / "user_marker.py").write_text(MARKER_CALLBACK)
+    (tmp_path / "user_metric.py").write_text(VERSIONED_METRIC)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "flagged.py").write_text(FLAGGED_METRIC)
+    (tmp_path / "metrics" / "_flag.py").write_text(FLAG_HELPER)
+    edits = {"user_marker.py": MARKER_CALLBACK.replace('"v1"', '"v2"'),
+             "user_metric.py": VERSIONED_METRIC.replace('"v1"', '"v2"'), "metrics/_flag.py": "FLAG = True\n"}
+    overrides = [*FAST_TINY, "method=lora", "dataset.train_limit=16", "dataset.val_size=4", "dataset.test_limit=4",
+                 "trainer.max_steps=2", "eval.max_new_tokens=4",
+                 "+callbacks.marker={_target_:user_marker.Marker}", "eval.metric_modules=[user_metric]"]
+    done = subprocess.run([sys.executable, "-c", EDITED_MID_SWEEP, json.dumps(overrides), json.dumps(edits)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]),
+                               "WANDB_MODE": "disabled"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = json.loads(done.stdout.strip().splitlines()[-1])
+    assert first["status"] == second["status"] == "completed", (first["error"], second["error"])
+    assert (tmp_path / "ran.txt").read_text() == "v1\nv1\n"  # both cells trained with the callback as imported
+    assert second["metrics"]["accuracy_mine"] == second["metrics"]["accuracy_flagged"] == 0.0  # scored by v1
+    assert second["callbacks"] == first["callbacks"] == {
+        "marker": hashlib.sha256(MARKER_CALLBACK.encode()).hexdigest()}
+    assert second["metric_modules"] == first["metric_modules"]
+    assert first["metric_modules"]["user_metric"] == hashlib.sha256(VERSIONED_METRIC.encode()).hexdigest()
+    # a new process keys what is on disk now
+    assert hashlib.sha256(edits["user_metric.py"].encode()).hexdigest() != first["metric_modules"]["user_metric"]
+    path = slm_sweep.metrics.__path__
+    try:
+        slm_sweep.metrics.__path__ = [*path, str(tmp_path / "metrics")]
+        edited = metric_module_code("slm_sweep.metrics.flagged")
+    finally:
+        slm_sweep.metrics.__path__ = path
+    assert edited != first["metric_modules"]["slm_sweep.metrics.flagged"]
+
+
 def test_a_method_file_in_a_user_config_folder_composes_and_validates(tmp_path):
     from slm_sweep.config import validate_config
 
@@ -409,14 +572,24 @@ def test_a_metric_module_of_one_cell_does_not_carry_over_into_the_next(restored_
     assert scoring.score("so 17", "7", None)["correct_last_digit"] is True
 
 
-def test_every_file_of_a_metric_package_is_in_the_evaluation_key(tmp_path, monkeypatch):
-    from slm_sweep.identity import metric_modules_identity
+def test_every_file_of_a_metric_package_is_in_the_evaluation_key(tmp_path, monkeypatch, restored_metrics):
+    """A module of eval.metric_modules in a package is keyed by its top-level package, every file of it: the
+    metric may call its siblings."""
+    from slm_sweep.identity import forget_running_code, metric_modules_identity
 
     package = tmp_path / "mypackage"
-    package.mkdir()
+    (package / "sub").mkdir(parents=True)
     (package / "__init__.py").write_text("from .impl import *\n")
     (package / "impl.py").write_text("THRESHOLD = 1\n")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "metric.py").write_text("from mypackage.impl import THRESHOLD\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    before = metric_modules_identity(["mypackage"])
+    for name in ("mypackage", "mypackage.impl", "mypackage.sub", "mypackage.sub.metric"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    before = metric_modules_identity(["mypackage", "mypackage.sub.metric"])
     (package / "impl.py").write_text("THRESHOLD = 2\n")
-    assert metric_modules_identity(["mypackage"]) != before
+    assert metric_modules_identity(["mypackage", "mypackage.sub.metric"]) == before  # the code imported
+    forget_running_code()
+    after = metric_modules_identity(["mypackage", "mypackage.sub.metric"])["metric_modules"]
+    assert after["mypackage"] != before["metric_modules"]["mypackage"]
+    assert after["mypackage.sub.metric"] != before["metric_modules"]["mypackage.sub.metric"]

@@ -116,7 +116,11 @@ class {name}(Callback):
 def test_a_callback_that_declares_it_changes_no_weight_stays_out_and_an_edited_one_retrains(base, tmp_path,
                                                                                              monkeypatch):
     """A user's callback that only prints says so (``changes_weights = False``) and changes neither key; one that
-    may change the weights is in the training key with its module's source, so editing it in place retrains."""
+    may change the weights is in the training key with its module's source, so editing it in place retrains. The
+    source is hashed once per process, as the module is imported: a process trains with the callback it imported,
+    so its later keys keep that code (a new process, here forget_running_code, keys the edited file)."""
+    from slm_sweep.identity import forget_running_code
+
     monkeypatch.syspath_prepend(str(tmp_path))
     (tmp_path / "user_printer.py").write_text(USER_CALLBACK.format(name="Printer", changes=False, body="print(1)"))
     (tmp_path / "user_clamp.py").write_text(USER_CALLBACK.format(name="Clamp", changes=True, body="pass"))
@@ -124,6 +128,8 @@ def test_a_callback_that_declares_it_changes_no_weight_stays_out_and_an_edited_o
     clamped = base("+callbacks.clamp={_target_:user_clamp.Clamp}")
     assert clamped[0] != base()[0]
     (tmp_path / "user_clamp.py").write_text(USER_CALLBACK.format(name="Clamp", changes=True, body="return None"))
+    assert base("+callbacks.clamp={_target_:user_clamp.Clamp}") == clamped  # the code this process runs
+    forget_running_code()
     assert base("+callbacks.clamp={_target_:user_clamp.Clamp}")[0] != clamped[0]
 
 
@@ -139,7 +145,10 @@ class Mine(torch.optim.SGD):
 
 def test_one_optimizer_setting_has_one_key_and_an_edited_optimizer_module_retrains(base, tmp_path, monkeypatch):
     """A null optimizer and an empty lr_scale are the defaults, factors 16 and 16.0 one value, cosine the
-    schedule of every earlier key; an optimizer class from outside torch is keyed with its module's source."""
+    schedule of every earlier key; an optimizer class from outside torch is keyed with its module's source (as
+    imported by this process: forget_running_code stands for a new process, which keys the edited file)."""
+    from slm_sweep.identity import forget_running_code
+
     assert base("+method.optimizer=null", "+method.lr_scale={}", "trainer.lr_schedule=cosine") == base()
     assert base("+method.lr_scale={lora_B:16}") == base("+method.lr_scale={lora_B:16.0}")
     # what trains the same weights has one key: AdamW at its defaults however spelt, a factor of 1, kernels
@@ -153,6 +162,8 @@ def test_one_optimizer_setting_has_one_key_and_an_edited_optimizer_module_retrai
     mine = base("+method.optimizer={_target_:user_optim.Mine}")
     assert mine[0] != base()[0]
     (tmp_path / "user_optim.py").write_text(USER_OPTIMIZER.format(extra="  # edited"))
+    assert base("+method.optimizer={_target_:user_optim.Mine}") == mine  # the code this process runs
+    forget_running_code()
     assert base("+method.optimizer={_target_:user_optim.Mine}")[0] != mine[0]
     # in a package, the update may live in a sibling module of the class's: the package's code is keyed
     package = tmp_path / "user_optpkg"
@@ -162,6 +173,8 @@ def test_one_optimizer_setting_has_one_key_and_an_edited_optimizer_module_retrai
     (package / "optim" / "__init__.py").write_text(USER_OPTIMIZER.format(extra="") + "\nfrom user_optpkg import functional\n")
     packaged = base("+method.optimizer={_target_:user_optpkg.optim.Mine}")
     (package / "functional.py").write_text("SCALE = 2.0\n")
+    assert base("+method.optimizer={_target_:user_optpkg.optim.Mine}") == packaged
+    forget_running_code()
     assert base("+method.optimizer={_target_:user_optpkg.optim.Mine}")[0] != packaged[0]
 
 

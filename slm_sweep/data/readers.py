@@ -323,10 +323,14 @@ def asks_who(question: str) -> bool:
     sentence) starts with who/whose/whom ("Who has the most?"), has it after a list or an "among ..." opening
     ("Among A, B and C, who is the tallest?", "..., who then has more?"), asks to find out who ("Find out whose
     bag is heavier.") or which person ("Which student read more?") or the name of one ("What is the name of the
-    tallest student?"), or, with no digit in it, which team, box, color, fruit or other thing that is no number
-    ("Which color has more balls?", not "Which number is the largest?") or which of alternatives ("Which is
-    heavier, bag A or bag B?", not "Which is greater, 3/4 or 0.7?"); a question that asks how many or how much
-    asks for a number ("How many students, who like math, are left?", "Who read more, and by how much?")."""
+    2nd tallest student?") or of a thing that is no number ("What is the name of the shape?", not "What is the
+    name of the largest number?"), or, with no digit in it, which (or what) team, box, color, fruit or other thing
+    that is no number ("Which color has more balls?", "In which box are there more apples?", "What fruit is more
+    expensive?"; not "Which number is the largest?", "In which year ...?", "Which smallest natural number ...?")
+    or which of alternatives ("Which is heavier, bag A or bag B?", not "Which is greater, 3/4 or 0.7?"); "which
+    one" asks for a number where the question lists the numbers compared ("There are 0.8, 1/2 and 0.9. Among
+    them, which one is the largest?"); a question that asks how many or how much asks for a number ("How many
+    students, who like math, are left?", "Who read more, and by how much?")."""
     sentences = [s.strip() for s in _SENTENCE.split(question.strip()) if s.strip()]
     if not sentences:
         return False
@@ -339,9 +343,14 @@ def asks_who(question: str) -> bool:
     # "If Jimin, who is 10, ..., what is Yuna's age?": a clause about a person inside a question asking for a number
     if _WHAT_NUMBER.search(asked) and not _WHO_FIRST.search(asked):
         return False
+    if _WHO.search(asked) is not None:
+        return True
+    # "There are 0.8, 1/2 and 0.9. Among them, which one is the largest?": the ones compared are the numbers listed
+    if _WHICH_ONE.search(asked) and _NUMBER_LIST.search(" ".join(s for s in sentences if s is not asked)):
+        return False
     # which team, box, color or fruit, or which of alternatives: no number unless the alternatives are numbers
     # ("Which is greater, 3/4 or 0.7?")
-    return _WHO.search(asked) is not None or (_WHICH_OF.search(asked) is not None and not numbers)
+    return _WHICH_OF.search(asked) is not None and not numbers
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -356,20 +365,33 @@ _QUANTITY_NOUN = (r"(?:number|numeral|digit|value|amount|quantity|sum|total|diff
                   r"|decimal|integer|multiple|factor|divisor|remainder|result|answer|figure|percent|percentage|ratio"
                   r"|rate|price|cost|score|age|year|page|floor|row|length|width|height|weight|area|volume|distance"
                   r"|speed|time)s?")
-# the same after a word that qualifies it ("two", "natural", "three-digit"): only nouns that are no verb as well
-# ("Which fruit costs more?" asks for a fruit)
-_QUALIFIED_QUANTITY = (r"[\w-]+\s+(?:number|numeral|digit|value|amount|quantity|sum|fraction|decimal|integer|multiple"
-                       r"|factor|divisor)s?")
 _NOT_A_NOUN = r"(?:is|are|was|were|has|have|had|do|does|did|will|would|can|could|should|must|may|might|of)"
+# the same after up to three words that qualify it ("two", "natural", "smallest natural", "three-digit"), none a verb
+# ("Which box has the largest number?" asks for a box): only nouns that are no verb as well ("Which fruit costs
+# more?" asks for a fruit)
+_QUALIFIED_QUANTITY = (rf"(?:(?!{_NOT_A_NOUN}\b)[\w-]+\s+){{1,3}}?(?:number|numeral|digit|value|amount|quantity|sum"
+                       r"|fraction|decimal|integer|multiple|factor|divisor)s?")
+# ... also after a preposition ("In which box ...?", not "In which year ...?"), and "What color/fruit ...?"
 _WHICH_OF = re.compile(
-    rf"^(?:among\b[^?]*,\s*)?which\s+(?!(?:{_QUANTITY_NOUN}|{_QUALIFIED_QUANTITY}|{_NOT_A_NOUN})\b)[a-z]"
+    rf"^(?:among\b[^?]*,\s*)?(?:(?:in|on|at|from|to|for|into|by|with)\s+)?which\s+"
+    rf"(?!(?:{_QUANTITY_NOUN}|{_QUALIFIED_QUANTITY}|{_NOT_A_NOUN})\b)[a-z]"
+    r"|^(?:(?:in|on|at|from|to|for|into|by|with)\s+)?what\s+(?:colou?r|fruit|shape|animal|flower|vegetable|sport)s?\b"
     r"|^which\b[^?]*\bor\b", re.IGNORECASE)
+# "Which one ...?" (not "which one of them", a person: ``_WHO``), and numbers listed in the question ("0.8, 1/2 and
+# 0.9", "3, 5, and 7"; not "1,000", nor "3 red and 4 blue balls")
+_WHICH_ONE = re.compile(r"^(?:among\b[^?]*,\s*)?which\s+one\b(?!\s+of\b)", re.IGNORECASE)
+_NUMBER_LIST = re.compile(r"\d(?:[\d./]*\d)?\s*(?:,\s+(?:and\s+)?|\s+and\s+)-?\.?\d")
 _HOW_MUCH = re.compile(r"\bhow\s+(?:many|much)\b", re.IGNORECASE)
 _PERSON = r"(?:person|people|student|child|kid|friend|boy|girl|man|woman|player|one)s?"
 # a question that wants a name: "the name of the person ...", "Find the person who ...", "Which of the two ..."
-# ("the name of the tallest student": up to three words, no number, before the person)
-_NAME_ASKED = re.compile(rf"\bnames?\s+of\s+the\s+(?:[a-z-]+\s+){{0,3}}?{_PERSON}\b"
-                         rf"|\b(?:find|identify|determine|name)\s+the\s+{_PERSON}\s+(?:who|whose|with|that)\b",
+# ("the name of the tallest student", "the name of the 2nd tallest student": up to three words, an ordinal among
+# them, before the person), or the name of a thing when it is asked for and no number ("What is the name of the
+# shape?", "Write the names of the polygons."; not "What is the name of the largest number?")
+_NAME_ASKED = re.compile(rf"\bnames?\s+of\s+the\s+(?:(?:[a-z-]+|\d+(?:st|nd|rd|th))\s+){{0,3}}?{_PERSON}\b"
+                         rf"|\b(?:find|identify|determine|name)\s+the\s+{_PERSON}\s+(?:who|whose|with|that)\b"
+                         r"|(?:^what(?:'s|\s+(?:is|are|was|were|will\s+be))|\b(?:find|write|give|tell|state|identify"
+                         r"|determine)(?:\s+(?:me|us|down))?)\s+the\s+names?\s+of\s+(?:the|this|that|these|those|a|an)\s+"
+                         rf"(?!(?:{_QUANTITY_NOUN}|{_QUALIFIED_QUANTITY})\b)",
                          re.IGNORECASE)
 _WHICH_OF_THEM = re.compile(r"^which\s+of\s+(?:them|the\s+(?:two|three|four|five)|these\s+(?:two|three))\b",
                             re.IGNORECASE)
