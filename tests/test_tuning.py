@@ -1659,19 +1659,3 @@ def test_the_documented_optuna_searches_give_rates_a_paper_cell_accepts(tmp_path
                          "trained_with": tuned_under(record)}}}}}
             check_tuned_under(paper, table, tmp_path / "lr.yaml")
 
-
-def test_the_architecture_tables_imports_are_the_modules_imports():
-    """docs/architecture.md's imports column names every module of the package each of these modules imports."""
-    import ast
-
-    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([^`]+)` \| .* \| ([^|]*) \|$",
-                                                         (REPO / "docs" / "architecture.md").read_text(), re.M)}
-    for name in ("methods.py", "tracking.py", "identity.py", "models.py", "tune.py"):
-        named = set(re.findall(r"[\w.]+", rows[name]))
-        tree = ast.parse((REPO / "slm_sweep" / name).read_text())
-        imported = {node.module.removeprefix("slm_sweep.") if node.module != "slm_sweep" else alias.name
-                    for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                    and (node.module or "").split(".")[0] == "slm_sweep" for alias in node.names}
-        missing = sorted(m for m in imported - {name.removesuffix(".py")}
-                         if m not in named and m.rsplit(".", 1)[-1] not in named)
-        assert not missing, f"docs/architecture.md: {name} imports {', '.join(missing)}, which its row does not name"
