@@ -1246,6 +1246,65 @@ def test_claims_metric_option_reads_a_set_s_deltas_marks_and_claims_on_another_m
     assert "'orcamath' is not NAME=METRIC" in err and "--claims-metric names orcamath more than once" in err
 
 
+def test_the_sweeps_claims_metrics_read_a_sets_in_domain_and_out_of_domain_rows_apart(tmp_path, monkeypatch):
+    """One sweep folder, two grids: SVAMP zero-shot and LoRA run with dataset.claims_metric=lenient, then OrcaMath
+    evaluated out of domain on SVAMP, whose entries record SVAMP's own flexible. The end-of-sweep summary reads
+    each as it was run: the SVAMP job configs' lenient is no out-of-domain set's (it read the out-of-domain rows on
+    lenient and called the fresh results "reused"), and it agrees with a report run later. An out-of-domain set
+    whose config changed is read on its config's metric out of domain only, its in-domain rows staying on theirs."""
+    import functools
+
+    import slm_sweep.report as report
+    from slm_sweep.sweep.callbacks import AggregateSweep
+
+    sweep = tmp_path / "sweep"
+    _prose_lora_against_zeroshot(sweep, datasets=("orcamath",), ood=("svamp",))
+    _prose_lora_against_zeroshot(sweep, datasets=("svamp",))
+
+    def run_with(svamp_in_domain: str, svamp_out_of_domain: str) -> None:
+        for path in sweep.glob("*/result.json"):
+            record = json.loads(path.read_text())
+            if record["dataset"] == "svamp":
+                record["config"]["dataset"]["claims_metric"] = svamp_in_domain
+            for entry in record["eval_sets"].values():
+                entry["claims_metric"] = svamp_out_of_domain
+            path.write_text(json.dumps(record))
+            (path.parent / ".hydra").mkdir(exist_ok=True)
+            (path.parent / ".hydra" / "config.yaml").write_text(
+                f"dataset:\n  name: {record['dataset']}\n  claims_metric: {record['config']['dataset']['claims_metric']}\n")
+
+    monkeypatch.setattr(report, "write_report", functools.partial(report.write_report, plots=False))
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "eval": {"split": "test"}, "logger": None})
+
+    run_with(svamp_in_domain="lenient", svamp_out_of_domain="flexible")  # each as its own grid asked
+    AggregateSweep().on_multirun_end(config)
+    summary = (sweep / "summary.md").read_text()
+    assert "as this sweep's config says" not in summary and "reused results" not in summary
+    assert json.loads((sweep / "report.json").read_text())["settings"]["claims_metrics"] is None
+    with (sweep / "summary_ood.csv").open(newline="") as f:
+        ood = {r["method"]: r for r in csv.DictReader(f)}
+    assert {r["delta_metric"] for r in ood.values()} == {"flexible"} and ood["lora"]["negative_transfer"] == "True"
+    with (sweep / "summary.csv").open(newline="") as f:
+        assert {r["dataset"]: r["delta_metric"] for r in csv.DictReader(f)} == {"orcamath": "lenient",
+                                                                                 "svamp": "lenient"}
+    later = write_report([sweep], tmp_path / "later", plots=False, claims=DEFAULT_CLAIMS)
+    assert f"{later['markdown']}\n" == summary, "the sweep's summary and a later report disagree"
+
+    # SVAMP's entries recorded lenient (its config said so then); its config says flexible now
+    run_with(svamp_in_domain="lenient", svamp_out_of_domain="lenient")
+    AggregateSweep().on_multirun_end(config)
+    summary = (sweep / "summary.md").read_text()
+    assert ("\nsvamp (out of domain): deltas on flexible as this sweep's config says; its 4 results recorded "
+            "lenient\n") in summary
+    assert json.loads((sweep / "report.json").read_text())["settings"]["claims_metrics"] == {
+        "metrics": {}, "out_of_domain": {"svamp": "flexible"}, "from": "sweep"}
+    with (sweep / "summary_ood.csv").open(newline="") as f:
+        assert {r["delta_metric"] for r in csv.DictReader(f)} == {"flexible"}
+    with (sweep / "summary.csv").open(newline="") as f:
+        assert {r["dataset"]: r["delta_metric"] for r in csv.DictReader(f)} == {"orcamath": "lenient",
+                                                                                 "svamp": "lenient"}
+
+
 def run_cli(*args, cwd):
     """``python -m slm_sweep.report`` in a subprocess that finds the package from the repository root."""
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))

@@ -164,14 +164,14 @@ def test_a_rerun_with_another_claims_metric_reads_its_reused_cells_on_it_and_say
     assert {path: path.read_bytes() for path in sweep.glob("*/result.json")} == before, "a finished cell was redone"
     assert output.count("gsm8k: this finished result recorded claims_metric flexible, this run's config names "
                         "strict; the sweep's summary reads gsm8k on strict") == 2
-    note = "gsm8k: deltas on strict as this sweep's config says; its 2 reused results recorded flexible"
+    note = "gsm8k: deltas on strict as this sweep's config says; its 2 results recorded flexible"
     summary = (sweep / "summary.md").read_text()
     assert "Δ on: strict (gsm8k)" in summary and f"\n{note}\n" in summary
     assert note in output  # logged at the end of the sweep too
     with open(sweep / "summary.csv", newline="") as f:
         assert [row["delta_metric"] for row in csv.DictReader(f)] == ["strict", "strict"]
     settings = json.loads((sweep / "report.json").read_text())["settings"]
-    assert settings["claims_metrics"] == {"metrics": {"gsm8k": "strict"}, "from": "sweep"}
+    assert settings["claims_metrics"] == {"metrics": {"gsm8k": "strict"}, "out_of_domain": {}, "from": "sweep"}
 
 
 # submitit's local launcher (what the SLURM launcher builds on) runs with -m slow; joblib's runs by default
@@ -491,8 +491,37 @@ def test_the_sweeps_claims_metrics_are_its_job_configs_where_the_results_it_reus
         written=2_000)
     job("2-tiny-lora-orcamath-seed0", "orcamath", "lenient", "lenient")  # recorded as asked
     job("3-tiny-lora-mysums-seed0", "mysums", "flexible", "last_digit")  # its results hold no last_digit
-    assert sweep_claims_metrics(tmp_path) == {"gsm8k": "lenient", "svamp": "flexible"}
+    assert sweep_claims_metrics(tmp_path) == ({"gsm8k": "lenient"}, {"svamp": "flexible"})
     assert "mysums: this sweep's config reads it on last_digit, which none of its results holds" in caplog.text
+
+
+def test_the_sweeps_claims_metric_of_a_set_is_its_job_configs_in_domain_and_its_config_out_of_domain(tmp_path):
+    """A set trained on in one grid of the folder (dataset.claims_metric=last_digit) and evaluated out of domain in
+    another: its jobs' config says nothing of its out-of-domain rows, nor its config of its in-domain rows; each is
+    compared only with the results of its own kind."""
+    from slm_sweep.report.sweep_notes import sweep_claims_metrics
+
+    def job(sweep: Path, name: str, dataset: str, recorded: str, asked: str, eval_sets=None) -> None:
+        folder = _job(sweep, name, "completed", f"k-{name}")
+        record = json.loads((folder / "result.json").read_text())
+        record["metrics"]["accuracy_last_digit"] = 0.1
+        record.update(dataset=dataset, config={"dataset": {"name": dataset, "claims_metric": recorded}},
+                      eval_sets=eval_sets or {})
+        (folder / "result.json").write_text(json.dumps(record))
+        (folder / ".hydra").mkdir()
+        (folder / ".hydra" / "config.yaml").write_text(f"dataset:\n  name: {dataset}\n  claims_metric: {asked}\n")
+
+    def svamp(recorded: str) -> dict:
+        return {"svamp": {"accuracy_flexible": 0.5, "accuracy_last_digit": 0.5, "n_eval": 4,
+                          "claims_metric": recorded}}
+
+    for sweep, entries in ((tmp_path / "as-run", "flexible"), (tmp_path / "set-changed", "last_digit")):
+        job(sweep, "0-tiny-zeroshot-svamp-seed0", "svamp", "last_digit", "last_digit")
+        job(sweep, "1-tiny-lora-gsm8k-seed0", "gsm8k", "flexible", "flexible", svamp(entries))
+    # svamp's config says flexible: the entries that recorded it are read on it, whatever svamp's jobs asked
+    assert sweep_claims_metrics(tmp_path / "as-run") == ({}, {})
+    # and the entries that recorded last_digit are read on flexible, svamp's in-domain rows staying on last_digit
+    assert sweep_claims_metrics(tmp_path / "set-changed") == ({}, {"svamp": "flexible"})
 
 
 def test_a_summary_that_fails_neither_hides_the_failed_cells_nor_exits_zero(tmp_path, monkeypatch):

@@ -87,6 +87,7 @@ def write_report(
     dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None, *, plots: bool = True,
     claims: str | os.PathLike | None = None, alpha: float = ALPHA, correction: str = HOLM,
     claims_metrics: Mapping[str, str] | None = None, claims_metrics_from: str = CLAIMS_METRIC_OPTION,
+    ood_claims_metrics: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Aggregate every result.json under ``dirs`` and write the report into ``out_dir``.
 
@@ -100,7 +101,10 @@ def write_report(
     claims are read on instead of the ``claims_metric`` its records recorded; each must be a set the completed
     records have and a metric some of them hold an accuracy of (a ReportError otherwise). summary.md says so, one
     line per set (``claims_metric_notes``; ``claims_metrics_from``: ``CLAIMS_METRIC_OPTION``, asked for, or
-    ``CLAIMS_METRIC_SWEEP``, the end-of-sweep summary's own config over the results its cells reused).
+    ``CLAIMS_METRIC_SWEEP``, the end-of-sweep summary's own config over results that recorded another metric).
+    ``ood_claims_metrics``: {out-of-domain set: metric} for the out-of-domain rows, ``claims_metrics`` then being
+    for the in-domain rows only (the end-of-sweep summary's: a dataset's jobs' config and a set's config are not
+    the same); None: ``claims_metrics`` is for both, by the set's name (``--claims-metric``).
 
     Raises FileNotFoundError when a directory does not exist, NoResultsError (a FileNotFoundError) when no
     result.json is found at all, and ClaimsError (a ValueError) for a claims file that cannot be used, before
@@ -120,11 +124,17 @@ def write_report(
     collection = collect(dirs)
     # every cell, those killed before writing a result.json included: a lost seed whichever way it was lost
     cells = collection.cells
-    # one mapping, read by every choice of a set's claims metric: rows, deltas, marks, plots and claims
-    overrides = check_claims_metrics(claims_metrics, cells)
-    notes = claims_metric_notes(overrides, cells, claims_metrics_from) if overrides else []
+    # read by every choice of a set's claims metric: rows, deltas, marks, plots and claims; one mapping for both
+    # kinds of rows of a set (--claims-metric names a set), or one per kind (the sweep's config)
+    apart = ood_claims_metrics is not None
+    overrides = check_claims_metrics(claims_metrics, cells, out_of_domain=not apart)
+    notes = claims_metric_notes(overrides, cells, claims_metrics_from, out_of_domain=not apart) if overrides else []
+    ood_overrides = overrides
+    if apart:
+        ood_overrides = check_claims_metrics(ood_claims_metrics, cells, in_domain=False)
+        notes += claims_metric_notes(ood_overrides, cells, claims_metrics_from, in_domain=False)
     rows = summarize(cells, alpha=alpha, correction=correction, claims_metrics=overrides)
-    ood_rows = summarize_ood(cells, alpha=alpha, correction=correction, claims_metrics=overrides)
+    ood_rows = summarize_ood(cells, alpha=alpha, correction=correction, claims_metrics=ood_overrides)
     claims_report = (check_claims(declared, rows, alpha=alpha, correction=correction, source=claims,
                                   lost=not_completed(cells),
                                   unreadable=[str(path) for path, _ in collection.malformed],
@@ -154,7 +164,8 @@ def write_report(
     removed = _remove_stale_outputs(out, {path.name for path in written})
     record = report_record(collection, alpha=alpha, correction=correction, claims=claims, plots=plots,
                            outputs=written,
-                           claims_metrics={"metrics": overrides, "from": claims_metrics_from} if overrides else None)
+                           claims_metrics=_claims_metrics_record(overrides, ood_overrides if apart else None,
+                                                                 claims_metrics_from))
     record["removed"] = [str(path) for path in removed]
     report_json = write_report_record(out, record)
     return {
@@ -174,6 +185,20 @@ def write_report(
         "collection": collection,
         "claims_metric_notes": notes,
     }
+
+
+def _claims_metrics_record(overrides: Mapping[str, str], ood_overrides: Mapping[str, str] | None,
+                           source: str) -> dict[str, Any] | None:
+    """report.json's ``settings.claims_metrics``: the metrics read instead of the recorded ones (``metrics``; with
+    ``out_of_domain``, given apart, those of the out-of-domain rows, ``metrics`` then being the in-domain rows'),
+    and where they came from; None for none."""
+    if not overrides and not ood_overrides:
+        return None
+    record: dict[str, Any] = {"metrics": dict(overrides)}
+    if ood_overrides is not None:
+        record["out_of_domain"] = dict(ood_overrides)
+    record["from"] = source
+    return record
 
 
 def _remove_stale_outputs(out: Path, written: set[str]) -> list[Path]:

@@ -19,7 +19,8 @@ accuracy is below the zero-shot row of the same model and dataset and that test 
 Deltas, tests and marks are on the row's ``delta_metric``: the ``claims_metric`` of the set it is scored on (its
 dataset's, flexible, lenient on OrcaMath; an out-of-domain row's evaluation set's), the metric the claims read, so
 that the summary and the claims agree; ``claims_metrics`` ({set: metric}: ``--claims-metric``, or a sweep's config
-over the results it reused) replaces what the records recorded. Out-of-domain rows are compared with the zero-shot row of the same model,
+over results that recorded another, given apart for in-domain and out-of-domain rows) replaces what the records
+recorded. Out-of-domain rows are compared with the zero-shot row of the same model,
 training dataset and evaluation set.
 """
 
@@ -752,9 +753,11 @@ def _entry_claims_metric(entry: Any) -> str | None:
     return None
 
 
-def held_metrics(records: Iterable[dict[str, Any]]) -> dict[str, set[str]]:
+def held_metrics(records: Iterable[dict[str, Any]], *, in_domain: bool = True,
+                 out_of_domain: bool = True) -> dict[str, set[str]]:
     """Per dataset and out-of-domain set of the completed ``records``, the metrics (``flexible``) some record holds
-    an accuracy of on it: what a set's deltas can be read on."""
+    an accuracy of on it: what a set's deltas can be read on. ``in_domain``, ``out_of_domain``: whether the
+    records' own scores, and their ``eval_sets`` entries, count."""
     held: dict[str, set[str]] = defaultdict(set)
 
     def add(name: Any, scores: Any) -> None:
@@ -763,25 +766,28 @@ def held_metrics(records: Iterable[dict[str, Any]]) -> dict[str, set[str]]:
                               if k.startswith("accuracy_") and len(k) > len("accuracy_") and number(v) is not None)
 
     for record in labelled_records(records):
-        add(record.get("dataset"), record.get("metrics"))
-        for eval_set, entry in (record.get("eval_sets") or {}).items():
+        if in_domain:
+            add(record.get("dataset"), record.get("metrics"))
+        for eval_set, entry in (record.get("eval_sets") or {}).items() if out_of_domain else ():
             add(eval_set, entry)
     return dict(held)
 
 
-def check_claims_metrics(overrides: Mapping[str, str] | None,
-                         records: Iterable[dict[str, Any]]) -> dict[str, str]:
+def check_claims_metrics(overrides: Mapping[str, str] | None, records: Iterable[dict[str, Any]], *,
+                         in_domain: bool = True, out_of_domain: bool = True) -> dict[str, str]:
     """``overrides`` ({dataset or out-of-domain set: metric}, ``accuracy_`` prefixes dropped) checked against the
     completed records: a ReportError names a set the records have no row of, or a metric none of that set's records
-    holds an accuracy of (and the metrics they hold)."""
+    holds an accuracy of (and the metrics they hold). ``in_domain``, ``out_of_domain``: which rows of a set the
+    mapping is for (``held_metrics``: the end-of-sweep summary gives a dataset's and an out-of-domain set's apart)."""
     if not overrides:
         return {}
-    held = held_metrics(records)
+    held = held_metrics(records, in_domain=in_domain, out_of_domain=out_of_domain)
+    kind = " or ".join(k for k, on in (("dataset", in_domain), ("out-of-domain set", out_of_domain)) if on)
     checked = {}
     for name, metric in overrides.items():
         metric = str(metric).removeprefix("accuracy_")
         if name not in held:
-            raise ReportError(f"claims metric {name}={metric}: no dataset or out-of-domain set {name!r} in the "
+            raise ReportError(f"claims metric {name}={metric}: no {kind} {name!r} in the "
                               f"completed results; they have: {', '.join(sorted(held)) or 'none'}")
         if metric not in held[name]:
             raise ReportError(f"claims metric {name}={metric}: the results on {name} hold no accuracy of {metric!r}; "
@@ -791,33 +797,44 @@ def check_claims_metrics(overrides: Mapping[str, str] | None,
 
 
 # Where the claims metrics of a report that reads other ones than its records recorded come from, and how its
-# summary says so: (why, what the records that recorded another one are)
+# summary says so: why
 CLAIMS_METRIC_OPTION = "option"  # python -m slm_sweep.report --claims-metric NAME=METRIC
-CLAIMS_METRIC_SWEEP = "sweep"  # the end-of-sweep summary: the sweep's config, over results its cells reused
-CLAIMS_METRIC_SOURCES = {CLAIMS_METRIC_OPTION: ("as --claims-metric asks", "results"),
-                         CLAIMS_METRIC_SWEEP: ("as this sweep's config says", "reused results")}
+# the end-of-sweep summary: the sweep's config (a dataset's, its jobs'; an out-of-domain set's, its config now), over
+# results that recorded another one (cells that reused their finished result, or ran in an earlier grid of the folder)
+CLAIMS_METRIC_SWEEP = "sweep"
+CLAIMS_METRIC_SOURCES = {CLAIMS_METRIC_OPTION: "as --claims-metric asks",
+                         CLAIMS_METRIC_SWEEP: "as this sweep's config says"}
 
 
 def claims_metric_notes(overrides: Mapping[str, str], records: Iterable[dict[str, Any]],
-                        source: str = CLAIMS_METRIC_OPTION) -> list[str]:
+                        source: str = CLAIMS_METRIC_OPTION, *, in_domain: bool = True,
+                        out_of_domain: bool = True) -> list[str]:
     """One line per set of ``overrides`` (checked): ``mysums: deltas on last_digit as --claims-metric asks; its 2
-    results recorded flexible``, counting the completed records (in-domain) and ``eval_sets`` entries (out of
-    domain) that recorded another claims metric for it."""
-    why, what = CLAIMS_METRIC_SOURCES[source]
+    results recorded flexible``, counting the completed records (in-domain, unless not ``in_domain``) and
+    ``eval_sets`` entries (out of domain, unless not ``out_of_domain``) that recorded another claims metric for it.
+    A mapping for one kind of rows names it where the set has rows of the other kind too (``svamp (out of
+    domain): ...``)."""
+    why = CLAIMS_METRIC_SOURCES[source]
     completed = labelled_records(records)
     notes = []
     for name, metric in overrides.items():
-        recorded = Counter(recorded_claims_metric(r) or "no claims metric" for r in completed if r.get("dataset") == name)
-        recorded.update(_entry_claims_metric(entry) or "no claims metric" for r in completed
-                        for eval_set, entry in (r.get("eval_sets") or {}).items() if eval_set == name)
+        own = [recorded_claims_metric(r) for r in completed if r.get("dataset") == name]
+        ood = [_entry_claims_metric(entry) for r in completed
+               for eval_set, entry in (r.get("eval_sets") or {}).items() if eval_set == name]
+        recorded = Counter(m or "no claims metric"
+                           for m in [*(own if in_domain else ()), *(ood if out_of_domain else ())])
+        label = name
+        if not out_of_domain and ood:
+            label = f"{name} (in-domain)"
+        elif not in_domain and own:
+            label = f"{name} (out of domain)"
         other = {m: n for m, n in recorded.items() if m != metric}
         if other:
             listed = ", ".join(f"{m} ({n})" if len(other) > 1 else m for m, n in sorted(other.items()))
             n = sum(other.values())
-            what_n = what if n != 1 else what.removesuffix("s")
-            notes.append(f"{name}: deltas on {metric} {why}; its {n} {what_n} recorded {listed}")
+            notes.append(f"{label}: deltas on {metric} {why}; its {n} result{'s' * (n != 1)} recorded {listed}")
         else:
-            notes.append(f"{name}: deltas on {metric} {why}, the claims metric its results recorded")
+            notes.append(f"{label}: deltas on {metric} {why}, the claims metric its results recorded")
     return notes
 
 

@@ -233,13 +233,16 @@ def _set_claims_metric(name: str) -> str | None:
     return None
 
 
-def sweep_claims_metrics(sweep_dir: str | Path) -> dict[str, str]:
-    """{dataset or out-of-domain set: claims metric} as the sweep's own config reads it, for each whose completed
-    results in the sweep's job folders recorded another one: cells that found their finished result in their
-    folder reused it as it is (their claims metric is in no key: it changes no number), whatever the sweep's
-    ``dataset.claims_metric`` says now. A dataset's is its jobs' .hydra/config.yaml's (the latest written, where
-    they differ); an out-of-domain set's, its config's now. A metric none of those results holds an accuracy of is
-    left out, with a warning (the deltas stay on what the results recorded)."""
+def sweep_claims_metrics(sweep_dir: str | Path) -> tuple[dict[str, str], dict[str, str]]:
+    """({dataset: claims metric}, {out-of-domain set: claims metric}) as the sweep's own config reads them, for each
+    whose completed results in the sweep's job folders recorded another one: cells that found their finished
+    result in their folder reused it as it is (their claims metric is in no key: it changes no number), whatever
+    the sweep's ``dataset.claims_metric`` says now. A dataset's is its jobs' .hydra/config.yaml's (the latest
+    written, where they differ), compared with the in-domain results only; an out-of-domain set's, its config's
+    now, compared with the results' ``eval_sets`` entries only (a job that trained on a set says nothing of the
+    set's out-of-domain rows, nor the reverse), and passed apart (``write_report``'s ``ood_claims_metrics``). A
+    metric none of those results holds an accuracy of is left out, with a warning (the deltas stay on what the
+    results recorded)."""
     import logging
 
     from .aggregate import _entry_claims_metric, held_metrics, recorded_claims_metric
@@ -259,28 +262,30 @@ def sweep_claims_metrics(sweep_dir: str | Path) -> dict[str, str]:
         metric = job_claims_metric(job)
         if metric is not None and isinstance(completed[job].get("dataset"), str):
             asked[completed[job]["dataset"]] = metric
-    recorded: dict[str, set[str]] = {}
+    recorded: dict[str, set[str | None]] = {}
+    ood_recorded: dict[str, set[str | None]] = {}
     for record in completed.values():
         recorded.setdefault(record.get("dataset"), set()).add(recorded_claims_metric(record))
         for name, entry in (record.get("eval_sets") or {}).items():
-            recorded.setdefault(name, set()).add(_entry_claims_metric(entry))
-    for name in recorded:
-        if name not in asked and any(isinstance(r.get("eval_sets"), dict) and name in r["eval_sets"]
-                                     for r in completed.values()):
-            metric = _set_claims_metric(name)
-            if metric is not None:
-                asked[name] = metric
-    held = held_metrics(completed.values())
-    overrides = {}
-    for name, metric in asked.items():
-        if not (recorded.get(name, set()) - {None, metric}):
-            continue  # what the results recorded is what the sweep reads them on
-        if metric not in held.get(name, set()):
-            log.warning("%s: this sweep's config reads it on %s, which none of its results holds; its deltas stay on "
-                        "what its results recorded", name, metric)
-            continue
-        overrides[name] = metric
-    return overrides
+            ood_recorded.setdefault(name, set()).add(_entry_claims_metric(entry))
+    ood_asked = {name: metric for name in ood_recorded if (metric := _set_claims_metric(name)) is not None}
+
+    def read_on(asked: dict[str, str], recorded: dict[str, set[str | None]], held: dict[str, set[str]],
+                rows: str) -> dict[str, str]:
+        overrides = {}
+        for name, metric in asked.items():
+            if not (recorded.get(name, set()) - {None, metric}):
+                continue  # what the results recorded is what the sweep reads them on
+            if metric not in held.get(name, set()):
+                log.warning("%s%s: this sweep's config reads it on %s, which none of its results holds; its deltas "
+                            "stay on what its results recorded", name, rows, metric)
+                continue
+            overrides[name] = metric
+        return overrides
+
+    results = list(completed.values())
+    return (read_on(asked, recorded, held_metrics(results, out_of_domain=False), ""),
+            read_on(ood_asked, ood_recorded, held_metrics(results, in_domain=False), " (out of domain)"))
 
 
 def _value(text: str):

@@ -169,10 +169,12 @@ class AggregateSweep(Callback):
         problems: list[str] = []
         report = None
         claims_metrics: dict[str, str] = {}
+        ood_claims_metrics: dict[str, str] = {}
         try:
             # a cell that found its finished result in its folder reused it with the claims metric it recorded
-            # (no key holds it: it changes no number); the summary reads it on the one this sweep's config names
-            claims_metrics = sweep_claims_metrics(sweep_dir)
+            # (no key holds it: it changes no number); the summary reads it on the one this sweep's config names,
+            # a dataset's (in-domain rows) and an out-of-domain set's (its rows) apart
+            claims_metrics, ood_claims_metrics = sweep_claims_metrics(sweep_dir)
         except Exception:  # noqa: BLE001 - see above; the summary then reads what the results recorded
             log.exception("reading the claims metrics of this sweep's config failed; the summary reads the ones its "
                           "results recorded")
@@ -180,7 +182,8 @@ class AggregateSweep(Callback):
             # the claims (the study's unless hydra.callbacks.aggregate_sweep.claims names a file), for the cells
             # this sweep has (the others are listed as not covered)
             report = write_report([sweep_dir], sweep_dir, claims=self.claims or DEFAULT_CLAIMS,
-                                  claims_metrics=claims_metrics, claims_metrics_from=CLAIMS_METRIC_SWEEP)
+                                  claims_metrics=claims_metrics, ood_claims_metrics=ood_claims_metrics,
+                                  claims_metrics_from=CLAIMS_METRIC_SWEEP)
         except FileNotFoundError as err:
             log.warning("no sweep summary written: %s", err)
         except ReportError as err:  # the results are kept; only their summary cannot be written honestly
