@@ -65,7 +65,15 @@ TRAINING_CODE_VERSION = 8  # 8: a half-precision cast keeps every rotary frequen
 # TRAINING_SOURCES_SHA256 below hold the hash of the sources behind each version, so an edit of one of them
 # without a bump, or a recorded statement that it changes no result, fails a test; and a cell run from edited
 # sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
-SCORING_VERSION = 20  # 20: a final sentence that states two results after ", and", ", while", "whereas" or ";",
+SCORING_VERSION = 21  # 21: lenient reads a model's final sentence as 19 did ("So, Yoongi has 8 marbles, and he
+# gave 4 away." is 8), which 20 read by the references' rule (no value); in a prose reference a pronoun points back
+# at the result only as its clause's subject before "is"/"was"/"are"/"were"/"equals" or after "of" ("..., and
+# this year he is 13", "..., and it takes 20 seconds to cross the pole" state a second result: no reference), and a
+# side clause that checks the value stated gives none ("the number is 7, and indeed 7 x 3 = 21": it gave 21);
+# questions asking in which of the two things, the color or the kind of a thing, or "Which one ...?" after a list
+# of people's or things' numbers are left out, "Which of the two numbers/years ...?" kept (data/readers.py: keyed
+# by the data fingerprints);
+# 20: a final sentence that states two results after ", and", ", while", "whereas" or ";",
 # with any verb ("Jimin has 12 marbles, and Yoongi has 8 marbles", "the length is 12 cm, and its width is 8 cm": a
 # possessive "its" or a relative "that" points back at nothing), gives no prose reference (it gave the first value;
 # the row is left out); lenient reads a model's final sentence as 19 did ("So, Yoongi has 8 marbles, and he gave 4
@@ -133,7 +141,7 @@ SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "eva
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
                     "train/fit.py", "train/optimizers.py", "train/rank_allocation.py", "methods.py", "placement.py",
                     "train/interrupt.py")  # which steps a resumed run trains (align_to_plan, rewind_to_last_step)
-SCORING_SOURCES_SHA256 = {20: "7c171c787d7ecad78c91a2ed467d08d390a3be9aeb0fd0b4d8bef4738296a9ba"}
+SCORING_SOURCES_SHA256 = {21: "3787cf85b716feabe9de7688eaa0dac0ff0078b9bb56ec8f372cebc4324362ca"}
 TRAINING_SOURCES_SHA256 = {8: "7c7c9ae1de1777077de3a5c80bf9e07c68741e8597036058e1775af57b2e0145"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.

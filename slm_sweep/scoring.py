@@ -247,11 +247,23 @@ _RESULT_CLAUSE = re.compile(
     r",?\s*(?:which|that)\s+(?:means|leaves|left|gives|gave|results\s+in|produces|brings|makes|amounts\s+to"
     r"|adds\s+up\s+to|comes\s+to|totals)\b", re.IGNORECASE)
 # In a reference, a clause that points back at the result comments on it: a pronoun standing for the value, as the
-# clause's subject ("..., and that is the answer", "; it is divisible by 3", "..., and this is 2 more than Jimin";
-# not "those who failed") or after "of" ("..., and 20% of it is 16", "..., and 2 of them are red"); one that does
-# not states another result, a possessive "its" or a relative "that" among them ("..., and its width is 8 cm").
-_BACK_REFERENCE = re.compile(r"^\s*(?:and\s+)?(?:that|this|these|those)\b(?!\s+who\b)"
-                             r"|\b(?:it|this|them|of\s+(?:that|these|those))\b", re.IGNORECASE)
+# clause's subject right before "is" / "was" / "are" / "were" / "equals" ("..., and that is the answer", "; it is
+# divisible by 3", "..., and this is 2 more than Jimin", "..., and that's 5 more than Yuna") or after "of" ("...,
+# and 20% of it is 16", "..., and 2 of them are red"); one that does not states another result, a possessive "its",
+# a relative "that", a pronoun before a noun or a verb among them ("..., and its width is 8 cm", "..., and this year
+# he is 13", "..., and these two numbers add up to 30", "..., and it takes 20 seconds to cross the pole", "...,
+# and those who passed are 24").
+_BACK_REFERENCE = re.compile(r"^\s*(?:and\s+)?(?:that|this|these|those|it)(?:'s\b|\s+(?:is|was|are|were|equals)\b)"
+                             r"|\bof\s+(?:it|them|that|this|these|those)\b", re.IGNORECASE)
+# In a reference, a side clause that checks the value the sentence states, working out another: "the number is 7,
+# and indeed 7 x 3 = 21", "x is 5, and it satisfies the equation 2x + 3 = 13", "..., and we can check: 7 x 3 = 21".
+# The answer is the value stated, but a model's output is read as before scoring version 21, as the check's result,
+# so the reference is none (the row is left out) rather than one that the solution itself would not score as
+# correct against.
+_CHECK_CLAUSE = re.compile(
+    r"\s*(?:and\s+)?(?:indeed\b|(?:(?:it|this|that)\s+)?satisf(?:ies|ying)\b"
+    r"|(?:(?:we|you|one)\s+can\s+|let(?:'s|\s+us)\s+|to\s+)?(?:check|verify|confirm|double[- ]check)(?:ing)?\b)",
+    re.IGNORECASE)
 # A model's output is read as before scoring version 20: a clause after ", and" states a second result only with a
 # statement verb before a number on both sides and no pronoun at all ("So, Yoongi has 8 marbles, and he gave 4
 # away." states 8)
@@ -841,10 +853,11 @@ def prose_reference_value(text: str) -> Fraction | None:
     11" is 9), unless it goes on to work a value out ("..., and each got 2, so 20 / 2 = 10 boys went", "...,
     which rounds up to 17%"), and a sentence stating two results ("the boys are 15 and the girls are 20", "the
     boat's speed is 15 km/h, and the stream's is 5 km/h", "Jimin has 12 marbles, and Yoongi has 8" with any verb
-    and after ", and", ", while", "whereas" or ";", also "the length is 12 cm, and its width is 8 cm", unless the
-    second points back at the first, "..., and 20% of it is 16", "..., and 2 of them are red", or holds no number)
-    gives None. The answer ends where a justification starts, after a marker ("5,
-    since 5 + 5 = 10" is 5) and in the final sentence ("..., since 45 - 15 = 30", "... because 150 / 35 = 4.29
+    and after ", and", ", while", "whereas" or ";", also "the length is 12 cm, and its width is 8 cm" and "..., and
+    this year he is 13", unless the second points back at the first, "..., and it is divisible by 3", "..., and 20%
+    of it is 16", "..., and 2 of them are red", or holds no number; also one that checks the value stated by
+    working out another, "the number is 7, and indeed 7 x 3 = 21") gives None. The answer ends where a
+    justification starts, after a marker ("5, since 5 + 5 = 10" is 5) and in the final sentence ("..., since 45 - 15 = 30", "... because 150 / 35 = 4.29
     ...", not a "since" clause that leads into a comma-part holding a number: "After 3 days, since she eats 2 a
     day, she has 9 left"; ", as a result ..." and ", as calculated ..." start none). A relative clause before the main clause's verb ("In 5
     years, John, who is now 15, will be 20") and a clause that states the result ("..., which leaves her with 9
@@ -977,7 +990,8 @@ def _main_clause(sentence: str, *, reference: bool) -> str:
     output, as before scoring version 20, only one after ", and" with a statement verb before a number on both
     sides and no pronoun ("the boat's speed is 15 km/h, and the stream's is 5 km/h"; "So, Yoongi has 8 marbles, and
     he gave 4 away." and "12 is the answer, and 3 is the remainder" state the first value: a model that states its
-    answer first is read so)."""
+    answer first is read so). In a ``reference``, a clause that checks the value stated by working out another
+    ("the number is 7, and indeed 7 x 3 = 21", ``_CHECK_CLAUSE``) leaves it empty too."""
     clauses = list(_SIDE_CLAUSE.finditer(sentence))
     number_before, first_digit = False, _first_digit(sentence)
     for at, clause in enumerate(clauses):
@@ -989,6 +1003,8 @@ def _main_clause(sentence: str, *, reference: bool) -> str:
             continue  # "..., which leaves her with 9 apples": it states the result
         number_before = number_before or (first_digit < start and bool(numbers_in(sentence[:start])))
         after = sentence[clause.end():]
+        if number_before and reference and _CHECK_CLAUSE.match(after) and _works_out(after):
+            return ""  # "the number is 7, and indeed 7 x 3 = 21": a check of the value stated (``_CHECK_CLAUSE``)
         if number_before and not _works_out(after):
             if reference:
                 # "the boat's speed is 15 km/h, and the stream's is 5 km/h", "Jimin has 12 marbles, and Yoongi has 8

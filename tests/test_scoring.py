@@ -769,6 +769,47 @@ def test_a_model_answer_stating_its_answer_then_another_number_is_read_as_before
     assert extract_answer(text, "lenient") == expected
 
 
+# A third review's findings. A pronoun anywhere in the second clause counted as pointing back at the first value, so
+# "this year he is 13" (a determiner) and "it takes 20 seconds" (the train, not the value) gave the FIRST value as the
+# reference: only a pronoun as the clause's subject before "is"/"was"/"are"/"were"/"equals", or after "of", points
+# back. And a clause that checks the value stated gave the check's result (21 for "the number is 7"). A model's output
+# is read as in scoring version 19 (the first value, the check's result).
+@pytest.mark.parametrize(("sentence", "lenient"), [
+    pytest.param("So, Jimin was 12 years old last year, and this year he is 13 years old.", "12",
+                 id="this-before-a-noun"),
+    pytest.param("So, Tom had 12 apples last year, and this year he has 15 apples.", "12", id="this-year-has"),
+    pytest.param("So, the first number is 12, and these two numbers add up to 30.", "12", id="these-before-a-noun"),
+    pytest.param("So, the tank holds 50 liters, and it takes 10 minutes to fill.", "50", id="it-takes"),
+    pytest.param("So, the train is 150 meters long, and it takes 20 seconds to cross the pole.", "150",
+                 id="it-takes-to-cross"),
+    pytest.param("Therefore, the train's speed is 60 km/h, and it covers 180 km in 3 hours.", "60", id="it-covers"),
+    pytest.param("So, Jimin is 15 years old, and this means Yoongi is 12.", "15", id="this-means"),
+    pytest.param("Therefore, the value of x is 5, and it satisfies the equation 2x + 3 = 13.", "13",
+                 id="check-it-satisfies"),
+    pytest.param("So, the number is 7, and indeed 7 x 3 = 21.", "21", id="check-indeed"),
+    pytest.param("So, the number is 7, and we can check: 7 x 3 = 21.", "21", id="check-we-can-check"),
+    pytest.param("Therefore, x is 5, which satisfies 2x + 3 = 13.", "13", id="check-which-satisfies"),
+])
+def test_a_second_clause_whose_pronoun_stands_for_no_value_or_that_checks_gives_no_reference(sentence, lenient):
+    text = "Let me work it out step by step.\n\n" + sentence
+    assert reference_answer(text) is None and prose_reference_value(text) is None
+    assert extract_answer(text, "lenient") == lenient  # as in scoring version 19
+
+
+@pytest.mark.parametrize(("sentence", "expected"), [
+    pytest.param("Thus, the smallest number is 102, and it is divisible by 3.", "102", id="it-is"),
+    pytest.param("So, the number is 48; it is 6 more than 42.", "48", id="semicolon-it-is"),
+    pytest.param("Therefore, Jimin collected 25 stamps, and that's 5 more than Yuna.", "25", id="thats"),
+    pytest.param("So, the sum is 48, and this was 8 more than last week.", "48", id="this-was"),
+    pytest.param("So, there are 20 apples, and 25% of them are red, which is 5.", "20", id="of-them"),
+    pytest.param("The value of x is 5, and it satisfies the equation.", "5", id="check-without-a-number"),
+])
+def test_a_pronoun_standing_for_the_value_still_comments_on_it(sentence, expected):
+    text = "Let me work it out step by step.\n\n" + sentence
+    assert reference_answer(text) == expected
+    assert extract_answer(text, "lenient") == expected
+
+
 def test_a_repeating_decimal_reference_accepts_the_exact_answer():
     reference = reference_answer("1 ÷ 3 = 0.333...\n\nSo, 1/3 as a decimal is 0.333...")
     assert all(is_correct(text, reference, "lenient", 1e-15) for text in ("The answer is 1/3.", "#### 0.3333"))

@@ -325,12 +325,15 @@ def asks_who(question: str) -> bool:
     bag is heavier.") or which person ("Which student read more?") or the name of one ("What is the name of the
     2nd tallest student?") or of a thing that is no number ("What is the name of the shape?", not "What is the
     name of the largest number?"), or, with no digit in it, which (or what) team, box, color, fruit or other thing
-    that is no number ("Which color has more balls?", "In which box are there more apples?", "What fruit is more
-    expensive?"; not "Which number is the largest?", "In which year ...?", "Which smallest natural number ...?")
-    or which of alternatives ("Which is heavier, bag A or bag B?", not "Which is greater, 3/4 or 0.7?"); "which
-    one" asks for a number where the question lists the numbers compared ("There are 0.8, 1/2 and 0.9. Among
-    them, which one is the largest?"); a question that asks how many or how much asks for a number ("How many
-    students, who like math, are left?", "Who read more, and by how much?")."""
+    that is no number ("Which color has more balls?", "In which box are there more apples?", "In which of the two
+    boxes ...?", "What fruit is more expensive?", "What is the color of ...?", "What kind of fruit ...?"; not
+    "Which number is the largest?", "In which year ...?", "In which of the two years ...?", "Which smallest
+    natural number ...?") or which of alternatives ("Which is heavier, bag A or bag B?", not "Which is greater,
+    3/4 or 0.7?"); "which one" asks for a number where a sentence of the question lists the numbers themselves
+    ("There are 0.8, 1/2 and 0.9. Among them, which one is the largest?", "The numbers 10, 11 and 12 are ...";
+    not "The heights of Yuna, Jimin and Yoongi are 150, 145 and 148 cm. Which one is the tallest?"); a question
+    that asks how many or how much asks for a number ("How many students, who like math, are left?", "Who read
+    more, and by how much?")."""
     sentences = [s.strip() for s in _SENTENCE.split(question.strip()) if s.strip()]
     if not sentences:
         return False
@@ -338,7 +341,7 @@ def asks_who(question: str) -> bool:
     if _HOW_MUCH.search(asked):
         return False
     numbers = re.search(r"\d", asked) is not None
-    if _NAME_ASKED.search(asked) or (_WHICH_OF_THEM.search(asked) and not numbers):
+    if _NAME_ASKED.search(asked) or ((_WHICH_OF_THEM.search(asked) or _CATEGORY_ASKED.search(asked)) and not numbers):
         return True
     # "If Jimin, who is 10, ..., what is Yuna's age?": a clause about a person inside a question asking for a number
     if _WHAT_NUMBER.search(asked) and not _WHO_FIRST.search(asked):
@@ -346,7 +349,8 @@ def asks_who(question: str) -> bool:
     if _WHO.search(asked) is not None:
         return True
     # "There are 0.8, 1/2 and 0.9. Among them, which one is the largest?": the ones compared are the numbers listed
-    if _WHICH_ONE.search(asked) and _NUMBER_LIST.search(" ".join(s for s in sentences if s is not asked)):
+    # (not "The heights of Yuna, Jimin and Yoongi are 150, 145 and 148 cm. Which one is the tallest?")
+    if _WHICH_ONE.search(asked) and any(_lists_numbers(s) for s in sentences if s is not asked):
         return False
     # which team, box, color or fruit, or which of alternatives: no number unless the alternatives are numbers
     # ("Which is greater, 3/4 or 0.7?")
@@ -381,6 +385,21 @@ _WHICH_OF = re.compile(
 # 0.9", "3, 5, and 7"; not "1,000", nor "3 red and 4 blue balls")
 _WHICH_ONE = re.compile(r"^(?:among\b[^?]*,\s*)?which\s+one\b(?!\s+of\b)", re.IGNORECASE)
 _NUMBER_LIST = re.compile(r"\d(?:[\d./]*\d)?\s*(?:,\s+(?:and\s+)?|\s+and\s+)-?\.?\d")
+# A sentence that lists the numbers themselves: it says "numbers" ("There are four numbers 0.8, 1/2, 0.9, and 1/3.",
+# "The numbers 10, 11 and 12 are written on cards.") or names nothing beside them ("There are 0.8, 1/2 and 0.9."):
+# no name (a capitalised word after the first: "The heights of Yuna, Jimin and Yoongi are 150, 145 and 148 cm.",
+# "Students A, B and C scored 80, 90 and 85 points.") and no list of things ("the pencil, the pen and the crayon")
+_NUMBERS_WORD = re.compile(r"\bnumbers?\b", re.IGNORECASE)
+_NAMED = re.compile(r"(?<=\s)(?!I\b)[A-Z]|\b[a-z]+,\s+(?:and\s+)?the\s+[a-z]+\b|\b[a-z]+,\s+[a-z]+,?\s+and\s+[a-z]+\b")
+
+
+def _lists_numbers(sentence: str) -> bool:
+    """Whether ``sentence`` lists numbers and is about the numbers themselves (``_NUMBERS_WORD``, ``_NAMED``)."""
+    if _NUMBER_LIST.search(sentence) is None:
+        return False
+    return _NUMBERS_WORD.search(sentence) is not None or _NAMED.search(sentence) is None
+
+
 _HOW_MUCH = re.compile(r"\bhow\s+(?:many|much)\b", re.IGNORECASE)
 _PERSON = r"(?:person|people|student|child|kid|friend|boy|girl|man|woman|player|one)s?"
 # a question that wants a name: "the name of the person ...", "Find the person who ...", "Which of the two ..."
@@ -393,8 +412,15 @@ _NAME_ASKED = re.compile(rf"\bnames?\s+of\s+the\s+(?:(?:[a-z-]+|\d+(?:st|nd|rd|t
                          r"|determine)(?:\s+(?:me|us|down))?)\s+the\s+names?\s+of\s+(?:the|this|that|these|those|a|an)\s+"
                          rf"(?!(?:{_QUANTITY_NOUN}|{_QUALIFIED_QUANTITY})\b)",
                          re.IGNORECASE)
-_WHICH_OF_THEM = re.compile(r"^which\s+of\s+(?:them|the\s+(?:two|three|four|five)|these\s+(?:two|three))\b",
+# "Which of them/the two ...?", also after a preposition ("In which of the two boxes ...?"); not of numbers or years
+# ("In which of the two years ...?", "Which of the two numbers is larger?")
+_WHICH_OF_THEM = re.compile(r"^(?:(?:in|on|at|from|to|for|into|by|with)\s+)?which\s+of\s+(?:them|the\s+(?:two|three"
+                            rf"|four|five)|these\s+(?:two|three))\b(?!\s+{_QUANTITY_NOUN}\b)",
                             re.IGNORECASE)
+# a color or a kind asked for ("What is the color of the balls that are more numerous?", "What kind of fruit is
+# more expensive?"): no number when the question holds no digit
+_CATEGORY_ASKED = re.compile(r"^what(?:'s|\s+(?:is|are|was|were))\s+the\s+colou?rs?\s+of\b"
+                             r"|^what\s+(?:kinds?|types?|sorts?)\s+of\b", re.IGNORECASE)
 _WHAT_NUMBER = re.compile(r"\bwhat\s+(?:is|are|was|were|will\s+be)\b|\bhow\s+(?:old|long|far|tall|heavy|fast)\b",
                           re.IGNORECASE)
 _WHO_FIRST = re.compile(r"^(?:who|whose|whom)\b", re.IGNORECASE)
