@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from slm_sweep.config_sources import CONF_DIR, group_file, group_options, where
-from slm_sweep.identity import PRECISION_ALIASES, planned_world_size
+from slm_sweep.identity import PRECISION_ALIASES, pin_outside_code, planned_world_size
 from slm_sweep.settings import LR_SCHEDULES, TrainerSettings
 
 MODEL_SOURCES = ("hub", "gguf", "tiny", "random")
@@ -751,6 +751,7 @@ def validate_config(cfg: DictConfig) -> None:
     for key in ("model", "method", "dataset", "trainer", "eval", "logger"):
         if key not in cfg or cfg[key] is None:
             raise ConfigError(f"the config has no {key!r} group; choose one of: {', '.join(group_options(key))}")
+    pin_outside_code(cfg)  # before any check imports the callbacks' or optimizer's classes: what runs is what is keyed
     _validate_known_keys(cfg)
     _number(cfg, "seed", "a non-negative integer")
 

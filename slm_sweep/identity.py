@@ -618,6 +618,23 @@ def external_code(target: str) -> Any:
     return _EXTERNAL_CODE[target]
 
 
+def pin_outside_code(config: Mapping[str, Any]) -> None:
+    """Import and hash (external_code) the code from outside torch and Lightning that a cell's config names, its
+    callbacks' and its optimizer's, before any other check imports it: the key must name the code the process runs,
+    which is the code as first imported (the preflight's and each cell's class checks import it before any key is
+    computed, and a file edited in between was keyed as edited but ran as imported). Called by
+    config.validate_config, the first step of every check and of every cell."""
+    for entry in (config.get("callbacks") or {}).values():
+        target = str(entry.get("_target_") or "") if isinstance(entry, Mapping) else ""
+        if "." in target and target.split(".")[0] not in ("lightning", "pytorch_lightning"):
+            external_code(target)
+    method = config.get("method")
+    if isinstance(method, Mapping) and isinstance(method.get("optimizer"), Mapping):
+        target = str(method["optimizer"].get("_target_") or "")
+        if "." in target and target.split(".")[0] != "torch":
+            external_code(target)
+
+
 def _external_code(target: str) -> Any:
     module = target.rpartition(".")[0]
     top = module.split(".")[0]

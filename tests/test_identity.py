@@ -178,6 +178,35 @@ def test_one_optimizer_setting_has_one_key_and_an_edited_optimizer_module_retrai
     assert base("+method.optimizer={_target_:user_optpkg.optim.Mine}")[0] != packaged[0]
 
 
+def test_outside_code_imported_by_the_checks_before_any_key_is_keyed_as_it_was_imported(tiny_cfg, tmp_path,
+                                                                                        monkeypatch):
+    """A cell's checks import its callbacks' and optimizer's classes before its keys are computed (validate_config
+    builds the optimizer, check_classes the callbacks); a file edited in between ran as imported, so its key must
+    hold the code as imported, not as edited (it held the edit, and a later run of the edited code reused it)."""
+    import hashlib
+
+    from slm_sweep.config import check_classes, validate_config
+    from slm_sweep.identity import code_and_process_parts, forget_running_code
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    callback = USER_CALLBACK.format(name="Early", changes=True, body="pass")
+    optimizer = USER_OPTIMIZER.format(extra="")
+    (tmp_path / "user_early_cb.py").write_text(callback)
+    (tmp_path / "user_early_opt.py").write_text(optimizer)
+    cfg = tiny_cfg("method=lora", "+callbacks.early={_target_:user_early_cb.Early}",
+                   "+method.optimizer={_target_:user_early_opt.Mine}")
+    try:
+        validate_config(cfg)  # a cell's first steps, which import both classes
+        check_classes(cfg)
+        (tmp_path / "user_early_cb.py").write_text(callback.replace("pass", "return None"))
+        (tmp_path / "user_early_opt.py").write_text(optimizer + "# edited\n")
+        parts = code_and_process_parts(OmegaConf.to_container(cfg, resolve=True))
+        assert parts["callback_sources"]["early"] == hashlib.sha256(callback.encode()).hexdigest()
+        assert parts["optimizer_source"] == hashlib.sha256(optimizer.encode()).hexdigest()
+    finally:
+        forget_running_code()
+
+
 def test_moving_the_data_folder_changes_nothing_its_content_does_not(base, requires_data, tmp_path):
     copy = tmp_path / "data"
     (copy / "gsm8k").mkdir(parents=True)
