@@ -675,7 +675,7 @@ def _say_claims_metric(source: Mapping[str, Any], record: Mapping[str, Any]) -> 
     from slm_sweep.scoring import accuracy_key
 
     sets = [(str(record.get("dataset")), recorded_claims_metric(source), recorded_claims_metric(record),
-             source.get("metrics"))]
+             source.get("metrics"), "in-domain")]
     for name, entry in (source.get("eval_sets") or {}).items():
         if isinstance(entry, dict) and isinstance(entry.get("claims_metric"), str):
             try:
@@ -683,19 +683,21 @@ def _say_claims_metric(source: Mapping[str, Any], record: Mapping[str, Any]) -> 
             except Exception:  # noqa: BLE001 - a set whose config no longer reads: nothing to compare with
                 continue
             sets.append((name, entry["claims_metric"].removeprefix("accuracy_"), asked.removeprefix("accuracy_"),
-                         entry))
+                         entry, "out-of-domain"))
     in_sweep = _sweep_dir() is not None
-    for name, recorded, asked, scores in sets:
+    for name, recorded, asked, scores, kind in sets:
         if recorded is None or asked is None or recorded == asked:
             continue
         if not isinstance(scores, dict) or scores.get(accuracy_key(asked)) is None:
             log.warning("%s: this finished result recorded claims_metric %s, this run's config names %s, of which it "
                         "holds no accuracy: its deltas stay on %s", name, recorded, asked, recorded)
             continue
-        later = f"python -m slm_sweep.report reads {recorded} unless given --claims-metric {name}={asked}"
-        log.warning("%s: this finished result recorded claims_metric %s, this run's config names %s; %s", name,
-                    recorded, asked, f"the sweep's summary reads {name} on {asked} ({later})" if in_sweep
-                    else f"it is kept as it is ({later})")
+        # the option reads a set's rows of both kinds on one metric; the sweep's summary moves this kind only
+        later = (f"python -m slm_sweep.report reads {recorded} unless given --claims-metric {name}={asked}, which "
+                 f"reads {name}'s in-domain and out-of-domain rows alike")
+        log.warning("%s (%s): this finished result recorded claims_metric %s, this run's config names %s; %s", name,
+                    kind, recorded, asked, f"the sweep's summary reads {name}'s {kind} rows on {asked} ({later})"
+                    if in_sweep else f"it is kept as it is ({later})")
 
 
 def eval_set_claims_metric(name: str) -> str:

@@ -162,8 +162,10 @@ def test_a_rerun_with_another_claims_metric_reads_its_reused_cells_on_it_and_say
     output = proc.stdout + proc.stderr
     assert output.count("already finished") == 2
     assert {path: path.read_bytes() for path in sweep.glob("*/result.json")} == before, "a finished cell was redone"
-    assert output.count("gsm8k: this finished result recorded claims_metric flexible, this run's config names "
-                        "strict; the sweep's summary reads gsm8k on strict") == 2
+    assert output.count("gsm8k (in-domain): this finished result recorded claims_metric flexible, this run's config "
+                        "names strict; the sweep's summary reads gsm8k's in-domain rows on strict (python -m "
+                        "slm_sweep.report reads flexible unless given --claims-metric gsm8k=strict, which reads "
+                        "gsm8k's in-domain and out-of-domain rows alike)") == 2
     note = "gsm8k: deltas on strict as this sweep's config says; its 2 results recorded flexible"
     summary = (sweep / "summary.md").read_text()
     assert "Δ on: strict (gsm8k)" in summary and f"\n{note}\n" in summary
