@@ -671,19 +671,18 @@ def _say_claims_metric(source: Mapping[str, Any], record: Mapping[str, Any]) -> 
     that its own run's config named, which is in no key; one line per set where this run's config names another,
     saying which the summary reads: a sweep's own summary reads this config's (report.sweep_notes.
     sweep_claims_metrics), a report run later the result's unless given ``--claims-metric``."""
-    from slm_sweep.report.aggregate import recorded_claims_metric
+    from slm_sweep.report.aggregate import entry_claims_metric, recorded_claims_metric
     from slm_sweep.scoring import accuracy_key
 
     sets = [(str(record.get("dataset")), recorded_claims_metric(source), recorded_claims_metric(record),
              source.get("metrics"), "in-domain")]
     for name, entry in (source.get("eval_sets") or {}).items():
-        if isinstance(entry, dict) and isinstance(entry.get("claims_metric"), str):
+        if (recorded := entry_claims_metric(entry)) is not None:
             try:
                 asked = eval_set_claims_metric(name)
             except Exception:  # noqa: BLE001 - a set whose config no longer reads: nothing to compare with
                 continue
-            sets.append((name, entry["claims_metric"].removeprefix("accuracy_"), asked.removeprefix("accuracy_"),
-                         entry, "out-of-domain"))
+            sets.append((name, recorded, asked.removeprefix("accuracy_"), entry, "out-of-domain"))
     in_sweep = _sweep_dir() is not None
     for name, recorded, asked, scores, kind in sets:
         if recorded is None or asked is None or recorded == asked:

@@ -705,8 +705,7 @@ def eval_set_claims_metric(name: str, entries: Sequence[dict[str, Any]],
     entries recorded it) as the set's config says now."""
     if overrides and name in overrides:
         return overrides[name]
-    recorded = Counter(str(entry["claims_metric"]).removeprefix("accuracy_") for entry in entries
-                       if isinstance(entry.get("claims_metric"), str))
+    recorded = Counter(metric for entry in entries if (metric := entry_claims_metric(entry)) is not None)
     if not recorded:
         return dataset_claims_metric(name)
     ranked = sorted(recorded, key=lambda metric: (-recorded[metric], metric))
@@ -716,19 +715,32 @@ def eval_set_claims_metric(name: str, entries: Sequence[dict[str, Any]],
     return ranked[0]
 
 
+def configured_claims_metric(name: str | None) -> str | None:
+    """The ``claims_metric`` of the dataset ``name`` as its config (conf/dataset/, or a folder of Hydra's search
+    path once ``config_sources`` knows it) says now; None for a set without a config here, or whose config names
+    none. A config that no longer reads raises."""
+    from slm_sweep.data.specs import dataset_spec, known_datasets
+
+    if name not in known_datasets():
+        return None
+    metric = dataset_spec(name).get("claims_metric")
+    return str(metric).removeprefix("accuracy_") if metric else None
+
+
 def dataset_claims_metric(name: str | None) -> str:
     """The ``claims_metric`` of the dataset ``name`` as its config (conf/dataset/, or a folder of Hydra's search
     path once ``config_sources`` knows it) says now; the primary metric, with a warning, for a dataset without a
     config here or whose config no longer reads. What records that name no claims metric are read on."""
     from slm_sweep.config_sources import where
-    from slm_sweep.data.specs import dataset_spec, known_datasets
+    from slm_sweep.data.specs import known_datasets
 
     try:
-        if name in known_datasets():
-            return str(dataset_spec(name).get("claims_metric") or PRIMARY_METRIC).removeprefix("accuracy_")
+        configured = configured_claims_metric(name)
     except Exception:  # noqa: BLE001 - a dataset file that no longer reads: the report still runs
         log.warning("dataset %s: its config cannot be read; its claims metric is taken as %s", name, PRIMARY_METRIC)
         return PRIMARY_METRIC
+    if configured is not None or name in known_datasets():
+        return configured or PRIMARY_METRIC
     if name is not None:
         log.warning("dataset %s: its result files record no claims metric and %s has no config of it; its deltas "
                     "are on %s, which may not be the metric it was meant to be read on", name, where("dataset"),
@@ -746,7 +758,7 @@ def delta_metric(claimed: str, metric_names: Sequence[str], where: str) -> str:
     return PRIMARY_METRIC
 
 
-def _entry_claims_metric(entry: Any) -> str | None:
+def entry_claims_metric(entry: Any) -> str | None:
     """The claims metric an out-of-domain set's ``eval_sets`` entry records (None where it records none)."""
     if isinstance(entry, dict) and isinstance(entry.get("claims_metric"), str):
         return entry["claims_metric"].removeprefix("accuracy_")
@@ -819,7 +831,7 @@ def claims_metric_notes(overrides: Mapping[str, str], records: Iterable[dict[str
     notes = []
     for name, metric in overrides.items():
         own = [recorded_claims_metric(r) for r in completed if r.get("dataset") == name]
-        ood = [_entry_claims_metric(entry) for r in completed
+        ood = [entry_claims_metric(entry) for r in completed
                for eval_set, entry in (r.get("eval_sets") or {}).items() if eval_set == name]
         recorded = Counter(m or "no claims metric"
                            for m in [*(own if in_domain else ()), *(ood if out_of_domain else ())])

@@ -222,15 +222,12 @@ def job_claims_metric(job: Path) -> str | None:
 def _set_claims_metric(name: str) -> str | None:
     """The claims metric an out-of-domain set's config (conf/dataset/, or a search-path folder the sweep named)
     says now; None without one that reads."""
-    from slm_sweep.data.specs import dataset_spec, known_datasets
+    from .aggregate import configured_claims_metric
 
     try:
-        if name in known_datasets():
-            metric = dataset_spec(name).get("claims_metric")
-            return str(metric).removeprefix("accuracy_") if metric else None
+        return configured_claims_metric(name)
     except Exception:  # noqa: BLE001 - the report still runs on what the entries recorded
-        pass
-    return None
+        return None
 
 
 def sweep_claims_metrics(sweep_dir: str | Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -245,7 +242,7 @@ def sweep_claims_metrics(sweep_dir: str | Path) -> tuple[dict[str, str], dict[st
     results recorded)."""
     import logging
 
-    from .aggregate import _entry_claims_metric, held_metrics, recorded_claims_metric
+    from .aggregate import entry_claims_metric, held_metrics, recorded_claims_metric
 
     log = logging.getLogger(__name__)
     records, _ = _job_records(Path(sweep_dir))
@@ -267,7 +264,7 @@ def sweep_claims_metrics(sweep_dir: str | Path) -> tuple[dict[str, str], dict[st
     for record in completed.values():
         recorded.setdefault(record.get("dataset"), set()).add(recorded_claims_metric(record))
         for name, entry in (record.get("eval_sets") or {}).items():
-            ood_recorded.setdefault(name, set()).add(_entry_claims_metric(entry))
+            ood_recorded.setdefault(name, set()).add(entry_claims_metric(entry))
     ood_asked = {name: metric for name in ood_recorded if (metric := _set_claims_metric(name)) is not None}
 
     def read_on(asked: dict[str, str], recorded: dict[str, set[str | None]], held: dict[str, set[str]],
