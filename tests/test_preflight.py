@@ -205,6 +205,25 @@ def test_plan_leaves_out_missing_swept_values_and_ood_sets(requires_data, compos
                                               "eval.ood_sets=[svamp]"]
 
 
+def test_a_set_missing_for_cells_that_read_different_splits_is_named_once(requires_data, composer, monkeypatch,
+                                                                         tmp_path):
+    """Zero-shot cells read GSM8K's test split, LoRA's its test and train splits: one line names the set with
+    both files, where the first was; a set missing from two data roots is named once for each."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "svamp").symlink_to(DATA_ROOT / "svamp")
+    plan = plan_grid(sweep_config(["model=tiny", f"data_root={tmp_path / 'a'}", "eval.ood_sets=[svamp]",
+                                   "dataset.test_limit=4,5"], params={"method": "zeroshot,lora"}), composer)
+    lines = [line for line in plan.summary_lines() if line.startswith("missing:")]
+    assert len(lines) == 1 and lines[0].startswith("missing: dataset gsm8k — openai/gsm8k is not in the local")
+    assert f"put gsm8k/test.jsonl, train.jsonl into data_root={tmp_path / 'a'}" in lines[0]
+    roots = plan_grid(sweep_config(["model=tiny", "method=zeroshot,lora", "eval.ood_sets=[svamp]"],
+                                   params={"data_root": f"{tmp_path / 'a'},{tmp_path / 'b'}"}), composer)
+    assert [c.location for c in roots.missing] == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert all(c.files == ("test.jsonl", "train.jsonl") for c in roots.missing)
+
+
 def test_plan_refuses_a_fixed_missing_value_nothing_left_or_refuse_mode(requires_data, composer, monkeypatch,
                                                                         tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

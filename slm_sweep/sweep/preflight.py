@@ -55,6 +55,14 @@ class Check:
     source: str = ""  # where it will be read from, when ok
     reason: str = ""  # why it cannot be read, when missing
     fix: str = ""
+    files: tuple[str, ...] = ()  # a data set's: the files its cells read, and where from (data_root or data_dir)
+    location: str = ""
+
+    def covers(self, other: Check) -> bool:
+        """Whether this missing data set's line says all that ``other``'s does: the same set, read from the same
+        place, for all of ``other``'s files (zero-shot cells read a test split, trained cells test and train)."""
+        return (bool(self.files) and (self.kind, self.name, self.location) == (other.kind, other.name, other.location)
+                and set(other.files) <= set(self.files))
 
     def line(self) -> str:
         if self.ok:
@@ -249,8 +257,9 @@ def check_dataset(spec: Mapping[str, Any], hub: Hub, data_root: str | Path | Non
     files = local.get("files") or {}
     wanted = [f for role in roles for f in as_list(files.get(role)) or [f"{role}.jsonl"]]
     hub_spec = spec.get("hub") or {}
+    read = {"files": tuple(wanted), "location": str(spec.get("data_dir") or data_root or "")}
     if data_root is not None and not Path(str(data_root)).expanduser().is_dir() and spec.get("data_dir") is None:
-        return Check(kind, name, False, reason=f"data_root={data_root} is not a directory",
+        return Check(kind, name, False, **read, reason=f"data_root={data_root} is not a directory",
                      fix="point data_root at the folder that holds one folder per dataset")
     in_data_root = data_root is not None and read_from_data_root(spec, data_root)
     if spec.get("data_dir") is not None or in_data_root:
@@ -266,9 +275,9 @@ def check_dataset(spec: Mapping[str, Any], hub: Hub, data_root: str | Path | Non
                 fix += f", or remove {folder}/ to read it from the hub"
         absent = [f for f in wanted if not (folder / f).is_file()]
         if not absent:
-            return Check(kind, name, True, f"local folder {folder}")
+            return Check(kind, name, True, **read, source=f"local folder {folder}")
         where = f"{folder}/ does not exist" if not folder.is_dir() else f"{folder}/ has no {', '.join(absent)}"
-        return Check(kind, name, False, reason=f"{where} ({origin} is set, so cells read only that folder)",
+        return Check(kind, name, False, **read, reason=f"{where} ({origin} is set, so cells read only that folder)",
                      fix=fix)
     dir_name = local.get("dir_name") or name
     if data_root is not None:
@@ -277,17 +286,17 @@ def check_dataset(spec: Mapping[str, Any], hub: Hub, data_root: str | Path | Non
         local_fix = f"set data_root=<folder holding {dir_name}/{', '.join(wanted)}>" + (
             " or dataset.data_dir" if kind == "dataset" else "")
     if not hub_spec.get("path"):
-        return Check(kind, name, False, reason="it is local only (no hub id) and neither data_root nor "
+        return Check(kind, name, False, **read, reason="it is local only (no hub id) and neither data_root nor "
                      "dataset.data_dir is set", fix=local_fix)
     path, revision = str(hub_spec["path"]), hub_spec.get("revision")
     hub_splits = [str(split) for role in roles for split in as_list((hub_spec.get("splits") or {}).get(role) or role)]
     cached = _datasets_cache(path, hub_spec.get("name"), hub_splits) or _hub_cache_snapshot(path, revision, "dataset")
     if cached:
-        return Check(kind, name, True, f"Hugging Face cache {cached}")
+        return Check(kind, name, True, **read, source=f"Hugging Face cache {cached}")
     problem = hub.problem("dataset", path, revision)
     if problem is None:
-        return Check(kind, name, True, f"the Hugging Face hub ({path})")
-    return Check(kind, name, False, reason=f"{path} is not in the local Hugging Face cache and {problem}",
+        return Check(kind, name, True, **read, source=f"the Hugging Face hub ({path})")
+    return Check(kind, name, False, **read, reason=f"{path} is not in the local Hugging Face cache and {problem}",
                  fix=f"{local_fix}, or allow hub access" if is_hub_id(path) else local_fix)
 
 
@@ -437,7 +446,17 @@ class Plan:
     @property
     def missing(self) -> list[Check]:
         """What cannot be read; dedup sets that cells train without (dedup.on_missing=skip) are listed apart."""
-        return [c for c in self.checked if not c.ok and not (c.kind == "dedup set" and c.name in self.dedup_skipped)]
+        found = [c for c in self.checked if not c.ok and not (c.kind == "dedup set" and c.name in self.dedup_skipped)]
+        kept: list[Check] = []  # each line once, a data set once for all the splits its cells read
+        for check in found:
+            if any(k.covers(check) or k.line() == check.line() for k in kept):
+                continue
+            narrower = [i for i, k in enumerate(kept) if check.covers(k)]
+            if narrower:  # in the place of the first line it says more than
+                kept = [check if i == narrower[0] else k for i, k in enumerate(kept) if i not in narrower[1:]]
+            else:
+                kept.append(check)
+        return kept
 
     def summary_lines(self) -> list[str]:
         lines = [c.line() for c in self.missing]
