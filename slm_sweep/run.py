@@ -849,6 +849,7 @@ def train_stage(cfg: DictConfig, out: Path, record: dict, model, tokenizer, data
     from slm_sweep.data.prompts import resolve_style
     from slm_sweep.tracking import stand_in_loggers
     from slm_sweep.train.fit import fit
+    from slm_sweep.train.ranks import SameTrainingKeyOnEveryRank
 
     style = resolve_style(cfg.prompt.style, tokenizer)
     max_length = int(cfg.trainer.max_length)
@@ -880,7 +881,8 @@ def train_stage(cfg: DictConfig, out: Path, record: dict, model, tokenizer, data
                   # every rank alike: where rank 0 has no Lightning logger of its own (W&B disabled) as on the
                   # others (which log nothing), a stand-in, or a callback needing one fails on one rank only
                   loggers=(tracker.lightning_loggers if tracker else None) or stand_in_loggers(cfg.get("logger")),
-                  resume_from=resume_from, resume_own=resuming, extra_callbacks=callbacks,
+                  resume_from=resume_from, resume_own=resuming,
+                  extra_callbacks=[SameTrainingKeyOnEveryRank(identity.training_key), *(callbacks or [])],
                   callbacks_cfg=cfg.get("callbacks"))
     if outcome.train_steps < int(cfg.trainer.max_steps):
         raise RuntimeError(f"training ran {outcome.train_steps} of trainer.max_steps={cfg.trainer.max_steps} "

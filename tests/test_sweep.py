@@ -16,7 +16,7 @@ import lightning as L
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import FAST_TINY, REPO
+from tests.conftest import DATA_ROOT, FAST_TINY, REPO
 
 SWEEP_SETTINGS = [o for o in FAST_TINY if not o.startswith("resume.")]
 
@@ -264,6 +264,40 @@ def test_ddp_on_two_cpu_processes_trains_a_cell(requires_data, tmp_path):
     assert proc.returncode != 0
     record = json.loads((tmp_path / "small_val" / "result.json").read_text())
     assert record["status"] == "failed" and "fewer than the 2 devices" in record["error"], record["error"]
+    assert record["metrics"]["train_steps"] is None
+
+
+class EditsTrainingDataAsTrainingStarts(L.Callback):
+    """Rewrites every training answer when the first process builds its trainer: after that process read its
+    data, before the second process starts and reads it (instantiated by the cell from its YAML)."""
+
+    def __init__(self, path: str):
+        if "LOCAL_RANK" not in os.environ:
+            Path(path).write_text(Path(path).read_text().replace("####", "so the answer is\\n####"))
+
+
+@pytest.mark.slow  # two processes on two cores: ~20 s
+def test_ddp_processes_that_read_different_data_stop_before_training(requires_data, tmp_path):
+    """Each process computes the cell's training key from what it read; the second one starts when training does,
+    so a data file edited in between would have it train on other data than rank 0's key records."""
+    data = tmp_path / "data" / "gsm8k"
+    data.mkdir(parents=True)
+    for split in ("train", "test"):  # a copy, edited below
+        (data / f"{split}.jsonl").write_bytes((DATA_ROOT / "gsm8k" / f"{split}.jsonl").read_bytes())
+    extra = tmp_path / "conf"
+    (extra / "callbacks").mkdir(parents=True)
+    (extra / "callbacks" / "edit.yaml").write_text(
+        f"edit:\n  _target_: tests.test_sweep.EditsTrainingDataAsTrainingStarts\n  path: {data / 'train.jsonl'}\n")
+    proc = subprocess.run(cli([*FAST_TINY, f"data_root={tmp_path / 'data'}", "trainer=ddp_cpu", "method=lora",
+                               "trainer.max_steps=2", "logger=none", "dataset.dedup.enabled=false",
+                               f"hydra.searchpath=[file://{extra}]", "callbacks=[default,edit]",
+                               "hydra.run.dir=cell"], tmp_path),
+                          cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    record = json.loads((tmp_path / "cell" / "result.json").read_text())
+    assert record["status"] == "failed", record.get("error")
+    assert "would train different cells" in record["error"] and "rank 1 computed" in record["error"], record["error"]
+    assert record["identity"]["training_key"] in record["error"]
     assert record["metrics"]["train_steps"] is None
 
 
