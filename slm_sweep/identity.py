@@ -135,14 +135,16 @@ NUMERIC_LIBRARIES = ("torch", "transformers", "peft")
 # The sources (under slm_sweep/) that decide a cell's scores and its trained weights, and their hash at each
 # version. After an edit: bump the version if results can change, else record the new hash for the same version
 # (a change that cannot alter any score or weight: speed, messages, docs).
-SCORING_SOURCES = ("scoring.py", "data/prompts.py", "evaluate/batching.py", "evaluate/stopping.py",
+# Every module these import is one of them or said not to change a result (tests/test_identity.py).
+SCORING_SOURCES = ("scoring.py", "data/prompts.py", "data/encode.py", "evaluate/batching.py", "evaluate/stopping.py",
                    "evaluate/decode.py", "evaluate/generate.py", "evaluate/evaluator.py", "evaluate/attention.py",
-                   "placement.py", "methods.py")
+                   "evaluate/weight_first.py", "placement.py", "methods.py", "models.py")
 TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "train/data.py", "train/module.py",
-                    "train/fit.py", "train/optimizers.py", "train/rank_allocation.py", "methods.py", "placement.py",
+                    "train/fit.py", "train/optimizers.py", "train/rank_allocation.py", "train/compilation.py",
+                    "methods.py", "placement.py", "models.py",
                     "train/interrupt.py")  # which steps a resumed run trains (align_to_plan, rewind_to_last_step)
-SCORING_SOURCES_SHA256 = {21: "3787cf85b716feabe9de7688eaa0dac0ff0078b9bb56ec8f372cebc4324362ca"}
-TRAINING_SOURCES_SHA256 = {8: "7c7c9ae1de1777077de3a5c80bf9e07c68741e8597036058e1775af57b2e0145"}
+SCORING_SOURCES_SHA256 = {21: "61e119c02254bbaeb8e2f3f1ecb3661a9a80537cab6513aac25c14e2fdffb74a"}
+TRAINING_SOURCES_SHA256 = {8: "4b06a317937af17f8de767c2114ca6c042393d0976adfa1305d8f036e63842e1"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

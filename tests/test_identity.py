@@ -813,9 +813,40 @@ def test_lightning_s_version_is_keyed_with_its_callbacks_and_bitsandbytes_with_i
     assert "bitsandbytes" not in libraries("method=zeroshot")
 
 
-def test_the_resume_logic_is_among_the_training_sources():
-    """train/interrupt.py decides which steps a resumed run trains: an edit of it is an edit of the training."""
-    assert "train/interrupt.py" in TRAINING_SOURCES
+# Modules of the package that hashed sources import, which change no score and no weight, and why.
+CHANGE_NO_RESULT = {
+    "config": "checks a config and instantiates the classes it names (both keyed); nothing it computes enters a "
+              "forward pass or an optimizer step",
+    "identity": "resolves a revision and hashes files for the keys",
+    "memory": "recognises out-of-memory errors",
+    "results": "file permissions of what a cell writes",
+    "settings": "the settings' defaults, which reach a cell through its config (keyed)",
+    "train.callbacks": "measures throughput, memory and MFU",
+    "train.checkpoint_io": "writes and reads checkpoints atomically",
+}
+# Modules of evaluate/ and train/ that are not hashed, and why.
+NOT_HASHED = {"evaluate.lm_eval_gsm8k": "runs lm-eval, the reference of the parity tests and the benchmark",
+              "train.progress": "a progress bar",
+              "train.ranks": "checks that a distributed cell's processes computed one key",
+              **{name: why for name, why in CHANGE_NO_RESULT.items() if name.startswith("train.")}}
+
+
+@pytest.mark.parametrize("sources", [SCORING_SOURCES, TRAINING_SOURCES], ids=["scoring", "training"])
+def test_every_module_behind_a_score_or_a_weight_is_hashed(sources):
+    """What a hashed source imports from the package is hashed with it, or changes no result (CHANGE_NO_RESULT):
+    evaluation tokenized its prompts with data/encode.py and decoded a few rows on the CPU through
+    evaluate/weight_first.py, neither of them in the scoring sources, so an edit of either changed scores under
+    the released key. Every module of evaluate/ (scoring) and train/ (training) is hashed, or listed in NOT_HASHED."""
+    from tests.test_architecture import PACKAGE, imports_of
+
+    hashed = {name.removesuffix(".py").replace("/", ".") for name in sources}
+    unlisted = {f"{module} (imported by {source})" for source in sorted(hashed)
+                for module in imports_of(PACKAGE / f"{source.replace('.', '/')}.py")[0]
+                if module not in hashed and module not in CHANGE_NO_RESULT}
+    assert not unlisted, f"hash these with the others in slm_sweep/identity.py: {sorted(unlisted)}"
+    folder = "evaluate" if sources is SCORING_SOURCES else "train"
+    modules = {f"{folder}.{path.stem}" for path in (PACKAGE / folder).glob("*.py") if path.stem != "__init__"}
+    assert modules - hashed - NOT_HASHED.keys() == set()
 
 
 def test_a_rescore_never_reports_one_run_s_training_figures_with_another_run_s_weights(tiny_cfg, tmp_path):
