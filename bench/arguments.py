@@ -20,3 +20,19 @@ def at_least(minimum: int):
 
     whole_number.__name__ = f"whole number of at least {minimum}"
     return whole_number
+
+
+def number_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
+    """An argparse type: a number between ``low`` and ``high`` (``*_open``: that end excluded)."""
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (low < value if low_open else low <= value) or not (value < high if high_open else value <= high):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number in {'(' if low_open else '['}{low:g}, "
+                                             f"{high:g}{')' if high_open else ']'}")
+        return value
+
+    return number

@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from arguments import at_least  # noqa: E402
+from arguments import at_least, number_in  # noqa: E402
 
 from slm_sweep.evaluate.decode import Decoding, LoopTimes, decode_static  # noqa: E402
 from slm_sweep.evaluate.stopping import StopCheck  # noqa: E402
@@ -93,12 +93,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--questions", type=at_least(1), default=1319)
     parser.add_argument("--slots", type=at_least(1), default=256)
-    parser.add_argument("--prompt-tokens", type=int, nargs=2, default=(100, 260), metavar=("MIN", "MAX"))
-    parser.add_argument("--min-new", type=int, default=100)
-    parser.add_argument("--max-new", type=int, default=256)
-    parser.add_argument("--truncated-share", type=float, default=0.25)
+    # a one-token prompt's prefill would read as a decode step
+    parser.add_argument("--prompt-tokens", type=at_least(2), nargs=2, default=(100, 260), metavar=("MIN", "MAX"))
+    parser.add_argument("--min-new", type=at_least(1), default=100)
+    parser.add_argument("--max-new", type=at_least(2), default=256)
+    parser.add_argument("--truncated-share", type=number_in(0, 1), default=0.25)
     parser.add_argument("--replay-ms", type=float, default=4.3, help="the model's time per decode step on the GPU")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=at_least(1), default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sets", type=at_least(1), nargs="+", default=None, metavar="N",
                         help="set sizes: one pass per set against one pass over all (ignores --questions)")
@@ -106,7 +107,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="the loop's schedule: a CUDA device's with graphs (refill once an eighth of the slots "
                              "are free, prefill them together, pack in halving steps) or this CPU's own")
     parser.add_argument("--json", type=Path, default=None)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.prompt_tokens[0] > args.prompt_tokens[1]:
+        parser.error(f"--prompt-tokens {args.prompt_tokens[0]} {args.prompt_tokens[1]}: expected MIN MAX, MIN at "
+                     "most MAX")
+    if args.min_new >= args.max_new:
+        parser.error(f"--min-new {args.min_new} must be below --max-new {args.max_new}: the lengths of the questions "
+                     "that do not run to --max-new are drawn from --min-new up to, not including, --max-new")
+    return args
 
 
 def decode(rows: list[list[int]], planned: list[int], args: argparse.Namespace) -> dict:

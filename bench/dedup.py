@@ -21,17 +21,22 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from arguments import at_least, number_in  # noqa: E402
 
 from slm_sweep.data import dataset_spec, load_eval_set, load_splits  # noqa: E402
 from slm_sweep.data.dedup import DedupIndex  # noqa: E402
+from slm_sweep.data.specs import known_datasets  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", default="gsm8k")
+    parser.add_argument("--dataset", choices=known_datasets(), default="gsm8k")
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
-    parser.add_argument("--thresholds", nargs="+", type=float, default=[0.4, 0.5, 0.6, 1.0])
-    parser.add_argument("--examples", type=int, default=0, help="removed pairs to print per threshold")
+    parser.add_argument("--thresholds", nargs="+", type=number_in(0, 1, low_open=True), default=[0.4, 0.5, 0.6, 1.0],
+                        help="dataset.dedup.near_threshold values")
+    parser.add_argument("--examples", type=at_least(0), default=0, help="removed pairs to print per threshold")
     return parser.parse_args(argv)
 
 

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from arguments import at_least  # noqa: E402
 from train_speed import add_model_arguments, load_model_config  # noqa: E402
 
 from slm_sweep.config import compose  # noqa: E402
@@ -40,6 +41,9 @@ from slm_sweep.methods import apply_method  # noqa: E402
 from slm_sweep.models import load_model_and_tokenizer  # noqa: E402
 from slm_sweep.results import atomic_write_text  # noqa: E402
 from slm_sweep.train.module import micro_batch_loss  # noqa: E402
+
+# the positions each row of the decode step holds in the cache before the step
+CACHED = 4
 
 
 class DispatchCount(TorchDispatchMode):
@@ -65,10 +69,11 @@ class DispatchCount(TorchDispatchMode):
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_model_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=2, help="sequences in the training step")
-    parser.add_argument("--length", type=int, default=32, help="tokens per sequence in the training step")
-    parser.add_argument("--slots", type=int, default=4, help="rows of the decode step")
-    parser.add_argument("--columns", type=int, default=48, help="KV-cache columns of the decode step")
+    parser.add_argument("--batch-size", type=at_least(1), default=2, help="sequences in the training step")
+    parser.add_argument("--length", type=at_least(1), default=32, help="tokens per sequence in the training step")
+    parser.add_argument("--slots", type=at_least(1), default=4, help="rows of the decode step")
+    parser.add_argument("--columns", type=at_least(CACHED), default=48,
+                        help=f"KV-cache columns of the decode step (each row holds {CACHED} cached positions)")
     parser.add_argument("--json", type=Path, default=None)
     return parser.parse_args(argv)
 
@@ -95,7 +100,8 @@ def decode_step(model, slots: int, columns: int) -> dict:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     dtype = next(model.parameters()).dtype
-    layers = [(torch.zeros((1, kv_heads, 4, head_dim), dtype=dtype),) * 2 for _ in range(config.num_hidden_layers)]
+    layers = [(torch.zeros((1, kv_heads, CACHED, head_dim), dtype=dtype),) * 2
+              for _ in range(config.num_hidden_layers)]
     cache = SlotKVCache(layers, slots, columns)
     for index in range(slots):
         cache.write(torch.tensor([index]), layers)

@@ -26,6 +26,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from arguments import at_least  # noqa: E402
 
+from slm_sweep.evaluate.generate import ENGINES  # noqa: E402
+
 GSM8K_STOP = ["Question:", "</s>", "<|im_end|>"]
 LM_EVAL_SHOT_SEED = 1234
 
@@ -44,13 +46,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm135_q4", help="a conf/model/*.yaml name")
     parser.add_argument("--questions", type=at_least(1), default=16, help="first N GSM8K test questions")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--engines", nargs="+", default=["static"], help="our engines to time: static cache plain")
-    parser.add_argument("--max-batch-size", type=int, default=64, help="our eval.max_batch_size")
-    parser.add_argument("--token-budget", type=int, default=65536, help="our eval.token_budget")
+    parser.add_argument("--max-new-tokens", type=at_least(1), default=256)
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=["static"], help="our engines to time")
+    parser.add_argument("--max-batch-size", type=at_least(1), default=64, help="our eval.max_batch_size")
+    parser.add_argument("--token-budget", type=at_least(1), default=65536, help="our eval.token_budget")
     parser.add_argument("--lm-eval-batch-sizes", nargs="+", default=["1"],
                         help="lm-eval HFLM batch_size values to time (1 is its default; 'auto' is allowed)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=at_least(1), default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--rounds", type=at_least(1), default=1,
                         help="interleaved repetitions of every run; medians shown")
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))

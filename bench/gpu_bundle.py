@@ -22,6 +22,10 @@ import shutil
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from arguments import at_least  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / ".gpu"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -159,7 +163,7 @@ def main(argv=None) -> None:
     build = sub.add_parser("build", help="data, architecture and GGUF parts into .gpu/")
     build.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
     build.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "slm_sweep")
-    build.add_argument("--parts", type=int, default=2, metavar="N",
+    build.add_argument("--parts", type=at_least(1), default=2, metavar="N",
                        help="split the GGUF into N parts of nearly equal size (default 2: 46.9 MiB each)")
     join = sub.add_parser("join", help="rebuild the GGUF from its parts")
     join.add_argument("--parts", type=Path, default=BUNDLE / "gguf")
@@ -170,8 +174,6 @@ def main(argv=None) -> None:
     if args.command == "build":
         copy_data(args.data_root, BUNDLE / "data")
         write_architecture(BUNDLE / "smollm135", args.cache_dir)
-        if args.parts < 1:
-            parser.error(f"--parts {args.parts}: at least 1")
         shutil.rmtree(BUNDLE / "gguf", ignore_errors=True)  # no part left over from an earlier split
         split_file(packaged_gguf(), BUNDLE / "gguf", args.parts)
         args.command = "size"

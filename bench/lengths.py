@@ -38,10 +38,25 @@ PERCENTILES = (50, 90, 95, 99)
 DEFAULT_SETS = ["gsm8k:train", "gsm8k:test", f"orcamath={ROOT / 'tests' / 'fixtures' / 'orcamath'}"]
 
 
+def data_set(text: str) -> str:
+    """An argparse type: ``<dataset>:<split>`` (train or test) or ``<name>=<folder>``, as ``examples`` reads it."""
+    if "=" in text:
+        name, folder = text.split("=", 1)
+        if name and folder:
+            return text
+    else:
+        name, _, split = text.partition(":")
+        if name and split in ("train", "test"):
+            return text
+    raise argparse.ArgumentTypeError(f"{text!r}: expected <dataset>:<split> (split: train or test, e.g. gsm8k:test) "
+                                     "or <name>=<folder>")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm135_q4", help="a conf/model/*.yaml name")
-    parser.add_argument("--sets", nargs="+", default=DEFAULT_SETS, help="<dataset>:<split> or <name>=<folder>")
+    parser.add_argument("--sets", type=data_set, nargs="+", default=DEFAULT_SETS,
+                        help="<dataset>:<split> or <name>=<folder>")
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. trainer.max_length=1024 eval.max_new_tokens=512")

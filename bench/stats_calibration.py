@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from arguments import at_least  # noqa: E402
+from arguments import at_least, number_in  # noqa: E402
 
 from slm_sweep.report.stats import ALPHA, paired_test, pooled_paired_test  # noqa: E402
 
@@ -91,22 +91,6 @@ def design(text: str) -> tuple[int, int]:
         return int(parts[0]), int(parts[1])
     raise argparse.ArgumentTypeError(f"{text!r}: expected AxB, the seeds of A and of B, each a whole number of at "
                                      "least 1 (e.g. 3x1)")
-
-
-def number_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
-    """An argparse type: a number between ``low`` and ``high`` (``*_open``: that end excluded)."""
-
-    def number(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
-        if not (low < value if low_open else low <= value) or not (value < high if high_open else value <= high):
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a number in {'(' if low_open else '['}{low:g}, "
-                                             f"{high:g}{')' if high_open else ']'}")
-        return value
-
-    return number
 
 
 def main(argv: list[str] | None = None) -> None:

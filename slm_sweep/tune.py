@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 # a data file the tune command writes, not a config group: beside conf/, not in it
 DEFAULT_TABLE = "tuned/lr.yaml"
+# the top level of a table write_table writes
+TABLE_KEYS = ("metric", "written_at", "searches", "lr", "searched")
 PACKAGE_DIR = Path(__file__).resolve().parent
 # what the table records as its metric when each dataset was searched on its own claims metric
 CLAIMS_METRIC = "claims_metric"
@@ -111,6 +113,9 @@ def read_table(path: str | Path) -> dict[str, Any]:
     """The table as plain data; every learning rate checked, and the shape of what the guards of a tuned cell read
     of it (``searched``, ``searches``). Raises TuningError naming the file and key."""
     path = Path(path)
+    if path.is_dir():
+        raise TuningError(f"the learning-rate table {path} is a folder: name the table's file (such as "
+                          f"{path / 'lr.yaml'})")
     if not path.is_file():
         raise TuningError(f"the learning-rate table {path} does not exist: write it with "
                           "`python -m slm_sweep.tune <search dir>`, or set tuning.lr=method")
@@ -131,6 +136,26 @@ def read_table(path: str | Path) -> dict[str, Any]:
                  "its search record")
     _check_list(path, "searches", data.get("searches"), "the search folders the table was written from")
     return data
+
+
+def check_table_file(path: Path) -> None:
+    """tune's --out, when it exists: refuse a file that is no learning-rate table (a result.json, an experiment's
+    YAML), which writing the table would replace. Only its top level is read: --replace rewrites a table whose
+    entries do not parse."""
+    try:
+        node = OmegaConf.load(path)
+    except Exception as err:  # noqa: BLE001 - any YAML problem: not a table this command wrote
+        raise TuningError(f"--out {path} is not a learning-rate table (it cannot be read as YAML: {err}); it is "
+                          "left as it was: give --out a table or a new file") from None
+    if not isinstance(node, DictConfig):
+        raise TuningError(f"--out {path} is not a learning-rate table (a mapping with an 'lr' key) but a list; it "
+                          "is left as it was: give --out a table or a new file")
+    foreign = [str(key) for key in node if str(key) not in TABLE_KEYS]
+    if foreign:
+        named = ", ".join(foreign[:6]) + (f", ... ({len(foreign)} keys)" if len(foreign) > 6 else "")
+        raise TuningError(f"--out {path} is not a learning-rate table: its top level holds {named}, "
+                          f"which a table does not (a table holds {', '.join(TABLE_KEYS)}); it is left as it was: "
+                          "give --out a table or a new file")
 
 
 def _check_rate(path: Path, key: str, value: Any) -> None:
@@ -1573,6 +1598,35 @@ def paper_search_help() -> str:
     ])
 
 
+def _at_least(minimum: int):
+    """An argparse type: a whole number of at least ``minimum`` (argparse names the option beside the message)."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (expected one of at least {minimum})") \
+                from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}: expected a whole number of at least {minimum}")
+        return value
+
+    whole_number.__name__ = f"whole number of at least {minimum}"
+    return whole_number
+
+
+def _table_out(text: str) -> str:
+    """--out: a file, existing or not; a folder there, or a file above it, could not be written as one."""
+    path = Path(text)
+    expected = "--out expects the path of the table's file"
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; {expected} (such as {path / 'lr.yaml'})")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise argparse.ArgumentTypeError(f"{text} cannot be written: {blocking} is a file, not a folder; {expected}")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--paper-search"]:
@@ -1586,7 +1640,7 @@ def main(argv: list[str] | None = None) -> int:
                     "and write the table that cells with tuning.lr=tuned read. `python -m slm_sweep.tune "
                     "--paper-search [OVERRIDE ...]` runs experiment=paper's search first (make paper-search).")
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="search directory (multirun/hparams/...), recursive")
-    parser.add_argument("--out", metavar="FILE", default=str(table_path(DEFAULT_TABLE)),
+    parser.add_argument("--out", type=_table_out, metavar="FILE", default=str(table_path(DEFAULT_TABLE)),
                         help="the table to write (default: %(default)s); its entries of other searches are kept")
     parser.add_argument("--replace", action="store_true",
                         help="write the table afresh from the rates chosen here (with none chosen, only the entries "
@@ -1599,11 +1653,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric", default=None,
                         help="validation accuracy to maximise, val_accuracy_<metric> (default: each dataset's "
                              "claims metric, val_accuracy_flexible; val_accuracy_lenient on OrcaMath)")
-    parser.add_argument("--min-val-examples", type=int, default=MIN_VAL_EXAMPLES, metavar="N",
+    parser.add_argument("--min-val-examples", type=_at_least(0), default=MIN_VAL_EXAMPLES, metavar="N",
                         help="refuse searches scored on fewer validation questions (%(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
+        if Path(args.out).exists():
+            check_table_file(Path(args.out))
         records = read_search(args.dirs)
         chosen = choose(records, args.metric, args.min_val_examples)
         unchosen = [key for key in search_groups(records) if key not in chosen]

@@ -136,3 +136,95 @@ def test_eval_speed_says_identical_only_when_every_round_decoded_the_same(capsys
     assert rows["ours engine=cache"].endswith("NO (its rounds differ)")
     assert rows["lm-eval batch_size=1"].endswith(" NO")
     assert steady.rounds_agree and not unsteady.rounds_agree and unsteady.outputs == ["a", "Y"]
+
+
+def test_gpu_bundle_refuses_parts_before_it_rewrites_anything(monkeypatch, tmp_path, capsys):
+    """build --parts 0 was refused only after .gpu/data and .gpu/smollm135 had been deleted and written again."""
+    import gpu_bundle
+
+    bundle = tmp_path / ".gpu"
+    monkeypatch.setattr(gpu_bundle, "BUNDLE", bundle)
+    (data_root := tmp_path / "data" / "gsm8k").mkdir(parents=True)
+    (data_root / "test.jsonl").write_text("{}\n")
+    for parts in ("0", "-1"):
+        err = _refused(gpu_bundle.main, ["build", "--data-root", str(data_root.parent), "--parts", parts], capsys)
+        assert f"argument --parts: {parts}: expected a whole number of at least 1" in err
+    assert not bundle.exists()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--batch-size", "0"], "argument --batch-size: 0: expected a whole number of at least 1"),
+    (["--length", "0"], "argument --length: 0: expected a whole number of at least 1"),
+    (["--slots", "-1"], "argument --slots: -1: expected a whole number of at least 1"),
+    (["--columns", "3"], "argument --columns: 3: expected a whole number of at least 4"),
+])
+def test_dispatch_count_refuses_a_shape_it_cannot_build(argv, message, capsys):
+    """--batch-size 0 and --slots -1 crashed in torch after loading the model."""
+    import dispatch_count
+
+    assert message in _refused(dispatch_count.parse_args, argv, capsys)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--threads", "0"], "argument --threads: 0: expected a whole number of at least 1"),
+    (["--prompt-tokens", "260", "100"], "--prompt-tokens 260 100: expected MIN MAX, MIN at most MAX"),
+    (["--prompt-tokens", "1", "100"], "argument --prompt-tokens: 1: expected a whole number of at least 2"),
+    (["--min-new", "300", "--max-new", "100"], "--min-new 300 must be below --max-new 100"),
+    (["--min-new", "100", "--max-new", "100"], "--min-new 100 must be below --max-new 100"),
+    (["--min-new", "0"], "argument --min-new: 0: expected a whole number of at least 1"),
+    (["--truncated-share", "2"], "argument --truncated-share: '2': expected a number in [0, 1]"),
+    (["--truncated-share", "-0.1"], "argument --truncated-share: '-0.1': expected a number in [0, 1]"),
+])
+def test_decode_host_refuses_lengths_and_shares_it_cannot_draw(argv, message, capsys):
+    """--threads 0 and reversed ranges crashed in torch; --truncated-share 2 ran, every question truncated."""
+    import decode_host
+
+    assert message in _refused(decode_host.parse_args, argv, capsys)
+
+
+def test_decode_host_takes_the_narrowest_ranges_it_can_draw():
+    import decode_host
+
+    args = decode_host.parse_args(["--prompt-tokens", "2", "2", "--min-new", "1", "--max-new", "2",
+                                   "--truncated-share", "1", "--threads", "1"])
+    assert (tuple(args.prompt_tokens), args.min_new, args.max_new, args.truncated_share) == ((2, 2), 1, 2, 1.0)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--max-new-tokens", "-5"], "argument --max-new-tokens: -5: expected a whole number of at least 1"),
+    (["--engines", "static", "foo"], "argument --engines: invalid choice: 'foo' (choose from 'static', 'cache', "
+                                     "'plain')"),
+    (["--max-batch-size", "0"], "argument --max-batch-size: 0: expected a whole number of at least 1"),
+    (["--token-budget", "0"], "argument --token-budget: 0: expected a whole number of at least 1"),
+    (["--threads", "0"], "argument --threads: 0: expected a whole number of at least 1"),
+])
+def test_eval_speed_refuses_a_setting_before_it_loads_the_model(argv, message, capsys):
+    """--max-new-tokens -5 and --engines foo failed after loading the model and data; --max-batch-size 0 ran,
+    its timing labelled with a setting generate had clamped."""
+    import eval_speed
+
+    assert message in _refused(eval_speed.parse_args, argv, capsys)
+
+
+@pytest.mark.parametrize("value", ["foo", "gsm8k", "gsm8k:val", ":test", "=tests/fixtures/orcamath", "orcamath="])
+def test_lengths_refuses_a_set_it_cannot_read_naming_the_forms_it_takes(value, capsys):
+    """--sets foo ended in "ValueError: not enough values to unpack"; gsm8k:val read the test split."""
+    import lengths
+
+    err = _refused(lengths.parse_args, ["--sets", "gsm8k:train", value], capsys)
+    assert (f"argument --sets: {value!r}: expected <dataset>:<split> (split: train or test, e.g. gsm8k:test) or "
+            "<name>=<folder>") in err
+    assert lengths.parse_args(["--sets", "gsm8k:test", "orcamath=tests/fixtures/orcamath"]).sets == [
+        "gsm8k:test", "orcamath=tests/fixtures/orcamath"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--dataset", "gsm8"], "argument --dataset: invalid choice: 'gsm8' (choose from 'gsm8k', "),
+    (["--thresholds", "0.5", "2"], "argument --thresholds: '2': expected a number in (0, 1]"),
+    (["--thresholds", "0"], "argument --thresholds: '0': expected a number in (0, 1]"),
+    (["--examples", "-1"], "argument --examples: -1: expected a whole number of at least 0"),
+])
+def test_dedup_refuses_a_dataset_or_threshold_it_cannot_deduplicate(argv, message, capsys):
+    import dedup
+
+    assert message in _refused(dedup.parse_args, argv, capsys)

@@ -1659,3 +1659,57 @@ def test_the_documented_optuna_searches_give_rates_a_paper_cell_accepts(tmp_path
                          "trained_with": tuned_under(record)}}}}}
             check_tuned_under(paper, table, tmp_path / "lr.yaml")
 
+
+
+def test_the_tune_command_refuses_an_out_that_is_not_a_table_and_leaves_it_as_it_was(tmp_path, capsys):
+    """A result.json or an experiment's YAML given as --out was read as an empty table and replaced; --replace
+    replaced it without reading it."""
+    search = _write_cells(tmp_path / "search", [_record("lora", lr, a) for lr, a in ((1e-4, 0.2), (2e-4, 0.3))])
+    result = tmp_path / "result.json"
+    result.write_text(json.dumps({"schema_version": 1, "status": "completed", "lr": {}, "metrics": {}}))
+    experiment = tmp_path / "smoke.yaml"
+    shutil.copy(CONF_DIR / "experiment" / "smoke.yaml", experiment)
+    for out, named in ((result, "schema_version, status, metrics"), (experiment, "defaults, ")):
+        before = out.read_text()
+        for extra in ([], ["--replace"]):
+            assert main([str(search), "--out", str(out), *extra]) == 2
+            err = capsys.readouterr().err
+            assert f"--out {out} is not a learning-rate table: its top level holds {named}" in err
+            assert "it is left as it was" in err and out.read_text() == before
+    # a table this command wrote is one
+    table = tmp_path / "lr.yaml"
+    assert main([str(search), "--out", str(table)]) == 0
+    assert main([str(search), "--out", str(table), "--replace"]) == 0
+
+
+def test_the_tune_command_refuses_a_folder_or_a_file_below_a_file_as_out(tmp_path, capsys):
+    """A folder got "the learning-rate table ... does not exist: write it with python -m slm_sweep.tune"; a path
+    below a file a FileExistsError traceback."""
+    search = _write_cells(tmp_path / "search", [_record("lora", lr, a) for lr, a in ((1e-4, 0.2), (2e-4, 0.3))])
+    (folder := tmp_path / "tables").mkdir()
+    (afile := tmp_path / "notes.txt").write_text("notes\n")
+    for out, message in ((folder, f"{folder} is a folder; --out expects the path of the table's file (such as "
+                                  f"{folder / 'lr.yaml'})"),
+                         (afile / "lr.yaml", f"{afile / 'lr.yaml'} cannot be written: {afile} is a file, not a "
+                                             "folder; --out expects the path of the table's file")):
+        with pytest.raises(SystemExit) as exit_:
+            main([str(search), "--out", str(out)])
+        assert exit_.value.code == 2 and f"argument --out: {message}" in capsys.readouterr().err
+    assert list(folder.iterdir()) == [] and afile.read_text() == "notes\n"
+
+
+def test_a_table_setting_that_names_a_folder_says_so(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("method=lora", "tuning.lr=tuned", f"tuning.table={tmp_path}")
+    with pytest.raises(ConfigError, match=f"tuning.table: the learning-rate table {tmp_path} is a folder: name the "
+                                          f"table's file \\(such as {tmp_path / 'lr.yaml'}\\)"):
+        validate_config(cfg)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("-5", "argument --min-val-examples: -5: expected a whole number of at least 0"),
+    ("2.5", "argument --min-val-examples: '2.5' is not a whole number (expected one of at least 0)")])
+def test_the_tune_command_refuses_a_negative_minimum_of_validation_examples(tmp_path, capsys, value, message):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path), "--min-val-examples", value, "--out", str(tmp_path / "lr.yaml")])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "lr.yaml").exists()

@@ -31,6 +31,7 @@ from .aggregate import (
     claims_metric_notes,
     not_completed,
     row_metrics,
+    shared_paired_tests,
     summarize,
     summarize_ood,
 )
@@ -97,7 +98,8 @@ def write_report(
     table are one family, and so are the instances of one claim) or ``"none"``; see claims.check_claim. The
     claims and plot files an earlier report wrote into ``out_dir`` (its report.json's ``outputs``) that this
     one does not write are removed (``_remove_stale_outputs``); files no report wrote stay, whatever their
-    names. ``claims_metrics``: {dataset or out-of-domain set: metric}, the metric its deltas, tests, marks and
+    names, and a summary, claims or report.json file there that no report wrote is refused (a ReportError,
+    ``_refuse_foreign_files``) before anything is written. ``claims_metrics``: {dataset or out-of-domain set: metric}, the metric its deltas, tests, marks and
     claims are read on instead of the ``claims_metric`` its records recorded; each must be a set the completed
     records have and a metric some of them hold an accuracy of (a ReportError otherwise). summary.md says so, one
     line per set (``claims_metric_notes``; ``claims_metrics_from``: ``CLAIMS_METRIC_OPTION``, asked for, or
@@ -133,15 +135,22 @@ def write_report(
     if apart:
         ood_overrides = check_claims_metrics(ood_claims_metrics, cells, in_domain=False)
         notes += claims_metric_notes(ood_overrides, cells, claims_metrics_from, in_domain=False)
-    rows = summarize(cells, alpha=alpha, correction=correction, claims_metrics=overrides)
-    ood_rows = summarize_ood(cells, alpha=alpha, correction=correction, claims_metrics=ood_overrides)
-    claims_report = (check_claims(declared, rows, alpha=alpha, correction=correction, source=claims,
-                                  lost=not_completed(cells),
-                                  unreadable=[str(path) for path, _ in collection.malformed],
-                                  unattributed=collection.unattributed)
-                     if declared is not None else None)
+    # the tables and the claims test many of the same pairs of rows: each test once, a batch of them side by side
+    with shared_paired_tests():
+        rows = summarize(cells, alpha=alpha, correction=correction, claims_metrics=overrides)
+        ood_rows = summarize_ood(cells, alpha=alpha, correction=correction, claims_metrics=ood_overrides)
+        claims_report = (check_claims(declared, rows, alpha=alpha, correction=correction, source=claims,
+                                      lost=not_completed(cells),
+                                      unreadable=[str(path) for path, _ in collection.malformed],
+                                      unattributed=collection.unattributed)
+                         if declared is not None else None)
 
     out = Path(out_dir) if out_dir is not None else default_out_dir(dirs)
+    # a folder of the results read is the reports' own (its summary may predate report.json, or a report may have
+    # stopped between writing the two); elsewhere a summary or claims file that no report wrote is refused
+    if out.resolve() not in {default_out_dir([d]).resolve() for d in dirs}:
+        _refuse_foreign_files(out, ["summary.md", "summary.csv", "summary_ood.csv", REPORT_FILE,
+                                    *(CLAIMS_FILES if claims_report is not None else ())])
     out.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(collection, rows, ood_rows, alpha=alpha, correction=correction,
                                claims_metric_notes=notes)
@@ -201,19 +210,41 @@ def _claims_metrics_record(overrides: Mapping[str, str], ood_overrides: Mapping[
     return record
 
 
+def _earlier_outputs(out: Path) -> set[str] | None:
+    """The names of the files the earlier report in ``out`` wrote (its report.json's ``outputs``); None when
+    ``out`` holds no report.json a report wrote."""
+    try:
+        earlier = json.loads((out / REPORT_FILE).read_text(encoding="utf-8")).get("outputs")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(earlier, list):
+        return None
+    # by name in ``out``: a report writes its files there, and a relative --out named them from its own cwd
+    return {Path(path).name for path in earlier if isinstance(path, str)}
+
+
+def _refuse_foreign_files(out: Path, names: Sequence[str]) -> None:
+    """Refuse to write into ``out`` over files of these names that no report wrote (none listed in a report.json
+    there): a folder of the user's own notes given as --out. Raises ReportError naming them. Plots are not
+    checked: their names are known only as they are drawn, and a figure of the same name is replaced."""
+    earlier = _earlier_outputs(out)
+    written = (earlier or set()) | ({REPORT_FILE} if earlier is not None else set())
+    foreign = [name for name in names if name not in written and (out / name).exists()]
+    if foreign:
+        them = "it" if len(foreign) == 1 else "them"
+        raise ReportError(f"{out} holds {', '.join(foreign)}, which no report wrote (no report.json there lists "
+                          f"{them}), and this report would replace {them}: move {them} away or write the report "
+                          "into another folder (--out)")
+
+
 def _remove_stale_outputs(out: Path, written: set[str]) -> list[Path]:
     """Remove the claims and plot files that the earlier report in ``out`` lists in its report.json's
     ``outputs`` and whose names are not ``written`` this time (claims.md of a run with --claims, a plot of a
     dataset no longer read), so that none is read as this report's; return them. A file no report wrote is
     never touched, whatever its name (a folder of the user's own figures given as --out)."""
-    try:
-        earlier = json.loads((out / REPORT_FILE).read_text(encoding="utf-8")).get("outputs")
-    except (OSError, ValueError, AttributeError):
+    names = _earlier_outputs(out)
+    if names is None:
         return []
-    if not isinstance(earlier, list):
-        return []
-    # by name in ``out``: a report writes its files there, and a relative --out named them from its own cwd
-    names = {Path(path).name for path in earlier if isinstance(path, str)}
     removed = []
     for name in sorted(names - written):
         path = out / name

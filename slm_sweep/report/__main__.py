@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+from slm_sweep.results import RESULT_FILE
+
 from . import ALPHA, CORRECTIONS, DEFAULT_CLAIMS, HOLM, ClaimsError, write_report
 from .collect import ReportError
 from .tables import cells_used
@@ -25,6 +27,15 @@ def _alpha(text: str) -> float:
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a significance level between 0 and 1 (e.g. 0.05)")
     return value
+
+
+def _results_dir(text: str) -> str:
+    """DIR: a folder (searched recursively) or a cell's result.json; another file would be read as no results."""
+    path = Path(text)
+    if path.is_file() and path.name != RESULT_FILE:
+        raise argparse.ArgumentTypeError(f"{text} is a file; DIR expects a sweep or run folder (searched "
+                                         f"recursively) or a cell's {RESULT_FILE}")
+    return text
 
 
 def _out_dir(text: str) -> str:
@@ -55,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Aggregate the result.json files found under DIRs into summary tables and plots, and check "
                     "the study's claims against them.",
     )
-    parser.add_argument("dirs", nargs="+", metavar="DIR", help="sweep or run directory, searched recursively")
+    parser.add_argument("dirs", type=_results_dir, nargs="+", metavar="DIR",
+                        help="sweep or run directory, searched recursively, or a cell's result.json")
     parser.add_argument("--out", type=_out_dir, metavar="OUTDIR",
                         help="the folder to write the report into (default: the first DIR)")
     parser.add_argument("--no-plots", action="store_true", help="write only the tables")

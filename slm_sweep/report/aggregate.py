@@ -26,13 +26,18 @@ training dataset and evaluation set.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import json
 import logging
 import math
+import os
 import re
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from slm_sweep.identity import EVAL_SCORING_KEYS, TRAINER_NUMERIC_KEYS, prompt_matters
@@ -303,15 +308,63 @@ def compare_rows(first: dict[str, Any], second: dict[str, Any], eval_set: str, m
     """The paired test of two summary rows (first minus second) on ``eval_set`` under ``metric`` (a registry
     name such as ``flexible``), from the per-question scores of every seed of each row. Two pooled rows
     (``pooled_row``, built from pairs of rows model by model) get the pooled test of their models' pairs."""
+    return compare_many([(first, second, eval_set, metric)], alpha=alpha, interval=interval)[0]
+
+
+def compare_many(requests: Sequence[tuple[dict[str, Any], dict[str, Any], str, str]], *, alpha: float = ALPHA,
+                 interval: bool = False) -> list[PairedTest]:
+    """``compare_rows`` of each (first, second, eval_set, metric) of ``requests``, in order. Inside
+    ``shared_paired_tests`` a test already computed for the same rows is not computed again, and the others
+    are computed side by side in its threads."""
+    shared = _SHARED.get()
+    tests: list[PairedTest | None] = [None] * len(requests)
+    waiting: dict[tuple, list[int]] = {}  # the requests of each test to compute, by its key
+    calls: list[tuple[tuple, Any, tuple]] = []  # (key, the test or its call, the rows it reads)
+    for index, (first, second, eval_set, metric) in enumerate(requests):
+        key = _test_key(first, second, eval_set, metric, alpha, interval)
+        if shared is not None and key in shared.tests:
+            tests[index] = shared.tests[key][0]
+        elif key in waiting:
+            waiting[key].append(index)
+        else:
+            waiting[key] = [index]
+            rows = (*constituents(first), *constituents(second))
+            calls.append((key, _prepare_test(first, second, eval_set, metric, alpha, interval), rows))
+    pending = [(key, call) for key, call, _ in calls if not isinstance(call, PairedTest)]
+    if shared is not None and len(pending) > 1 and shared.workers > 1:
+        computed = dict(zip((key for key, _ in pending), shared.map(call for _, call in pending)))
+    else:
+        computed = {key: call() for key, call in pending}
+    for key, call, rows in calls:
+        test = call if isinstance(call, PairedTest) else computed[key]
+        if shared is not None:
+            shared.tests[key] = (test, rows)  # the rows held, so that their ids name them while the report runs
+        for index in waiting[key]:
+            tests[index] = test
+    return tests  # type: ignore[return-value]
+
+
+def _test_key(first: dict[str, Any], second: dict[str, Any], eval_set: str, metric: str, alpha: float,
+              interval: bool) -> tuple:
+    """What a paired test is a function of: the rows (the pooled rows' own rows), the set, metric and level."""
+    pooled = POOLED_FROM in first or POOLED_FROM in second
+    return (pooled, tuple(map(id, constituents(first))), tuple(map(id, constituents(second))), eval_set, metric,
+            alpha, interval)
+
+
+def _prepare_test(first: dict[str, Any], second: dict[str, Any], eval_set: str, metric: str, alpha: float,
+                  interval: bool) -> PairedTest | Callable[[], PairedTest]:
+    """The per-question scores of both rows read, and the test on them to call; a PairedTest saying why there
+    is none."""
     if POOLED_FROM in first or POOLED_FROM in second:
         pairs = list(zip(constituents(first), constituents(second)))
         if len(constituents(first)) != len(constituents(second)) or any(a["model"] != b["model"] for a, b in pairs):
             raise ValueError("pooled rows must be built from pairs of rows of the same models, in the same order")
-        return compare_pooled(pairs, eval_set, metric, alpha=alpha, interval=interval)
+        return _prepare_pooled(pairs, eval_set, metric, alpha, interval)
     sides = _pair_scores(first, second, eval_set, metric)
     if isinstance(sides, PairedTest):
         return sides
-    return paired_test(sides[0], sides[1], alpha=alpha, interval=interval)
+    return functools.partial(paired_test, sides[0], sides[1], alpha=alpha, interval=interval)
 
 
 def compare_pooled(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], eval_set: str,
@@ -319,13 +372,74 @@ def compare_pooled(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], eval_
     """The pooled test (stats.pooled_paired_test) of pairs of summary rows, one pair per model (first minus
     second): the mean over the models of each one's difference, every model weighted equally. Each pair must be
     scored alike (its two rows); the models may differ from one another in how they were scored."""
+    call = _prepare_pooled(pairs, eval_set, metric, alpha, interval)
+    return call if isinstance(call, PairedTest) else call()
+
+
+def _prepare_pooled(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], eval_set: str, metric: str,
+                    alpha: float, interval: bool) -> PairedTest | Callable[[], PairedTest]:
     strata = []
     for first, second in pairs:
         sides = _pair_scores(first, second, eval_set, metric)
         if isinstance(sides, PairedTest):
             return no_test(f"{first['model']}: {sides.reason}")
         strata.append(sides)
-    return pooled_paired_test(strata, alpha=alpha, interval=interval)
+    return functools.partial(pooled_paired_test, strata, alpha=alpha, interval=interval)
+
+
+class _SharedTests:
+    """The paired tests of one report (``shared_paired_tests``), by ``_test_key``, and the threads that compute
+    a batch of them."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.tests: dict[tuple, tuple[PairedTest, tuple[dict[str, Any], ...]]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    def map(self, calls: Iterable[Callable[[], PairedTest]]) -> list[PairedTest]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="paired-test")
+        return list(self._pool.map(lambda call: call(), calls))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+
+# the report's own in each thread or task that writes one
+_SHARED: contextvars.ContextVar[_SharedTests | None] = contextvars.ContextVar("shared_paired_tests", default=None)
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the system says, else all of them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def shared_paired_tests(workers: int | None = None) -> Iterator[None]:
+    """While it lasts, ``compare_rows`` and ``compare_many`` compute the paired test of the same two row objects
+    on the same set, metric, alpha and interval once (a report's tables and several claims test the same pairs),
+    and ``compare_many`` computes the tests of a batch in ``workers`` threads (default: ``available_cpus``, at
+    most 32).
+    Each test is a function of its rows' per-question scores and those arguments alone (its seed draws come from
+    a fixed seed), so every result is the one computed on its own; most of a test's time is spent in scipy's
+    Student t tails, which run outside the GIL. The rows must not change while it lasts. Nested, the outer one
+    serves."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers={workers!r}: expected a whole number of threads, at least 1")
+    if _SHARED.get() is not None:
+        yield
+        return
+    shared = _SharedTests(workers if workers is not None else min(32, available_cpus()))
+    token = _SHARED.set(shared)
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+        shared.close()
 
 
 def _pair_scores(first: dict[str, Any], second: dict[str, Any], eval_set: str,
@@ -526,6 +640,7 @@ def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str],
     candidates: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         candidates[tuple(row[k] for k in group_keys), row["method"]].append(row)
+    tested: list[tuple[dict[str, Any], str, dict[str, Any], str]] = []  # (row, baseline, its row, metric)
     for row in rows:
         group = tuple(row[k] for k in group_keys)
         metric = row.get("delta_metric") or PRIMARY_METRIC  # both rows are read on this row's
@@ -538,12 +653,17 @@ def _add_baseline_columns(rows: list[dict[str, Any]], group_keys: Sequence[str],
             delta = (None if reference_mean is None or mean is None or reference is row
                      else 0.0 if math.isclose(mean, reference_mean, rel_tol=1e-9, abs_tol=1e-12)
                      else mean - reference_mean)
-            test = None
-            if delta is not None:
-                test = compare_rows(row, reference, row[eval_set_key], metric, alpha=alpha)
             row[f"delta_{baseline}"] = delta
-            row[f"delta_{baseline}_p"] = test.p_value if test else None
-            row[f"delta_{baseline}_test"] = (_test_name(test) if test else SEVERAL_BASELINES if several else None)
+            row[f"delta_{baseline}_p"] = None  # the test's, set below for a delta
+            row[f"delta_{baseline}_test"] = SEVERAL_BASELINES if several else None
+            if delta is not None:
+                tested.append((row, baseline, reference, metric))
+    # every delta's test at once: side by side inside shared_paired_tests
+    tests = compare_many([(row, reference, row[eval_set_key], metric) for row, _, reference, metric in tested],
+                         alpha=alpha)
+    for (row, baseline, _, _), test in zip(tested, tests):
+        row[f"delta_{baseline}_p"] = test.p_value
+        row[f"delta_{baseline}_test"] = _test_name(test)
     tables: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         tables[tuple(row[k] for k in group_keys if k != "model")].append(row)

@@ -27,7 +27,7 @@ from slm_sweep.scoring import METRICS, PRIMARY_METRIC, accuracy_key
 from .aggregate import (
     POOLED_FROM,
     UNTRAINED_SOURCES,
-    compare_rows,
+    compare_many,
     constituents,
     method_label,
     method_sort_key,
@@ -963,15 +963,19 @@ def judge_instances(claim: Claim, pairs: Sequence[tuple[dict[str, Any], dict[str
     done = {} if done is None else done
     intervals = intervals or claim.direction in (NOT_BELOW, NOT_ABOVE)
 
-    def compare(a: dict[str, Any], b: dict[str, Any], metric: str, level: float) -> PairedTest:
-        key = (id(a), id(b), metric, level)
-        for cached in ((*key, True), (*key, intervals)):  # a test with its interval serves either
-            if cached in done:
-                return done[cached]
-        done[(*key, intervals)] = compare_rows(a, b, a["dataset"], metric, alpha=level, interval=intervals)
-        return done[(*key, intervals)]
+    def compare(requests: Sequence[tuple[dict[str, Any], dict[str, Any], str]], level: float) -> list[PairedTest]:
+        """The tests of (a, b, metric) at ``level``: from ``done``, else computed together (compare_many)."""
+        keys = [(id(a), id(b), metric, level) for a, b, metric in requests]
+        missing: dict[tuple, tuple[dict[str, Any], dict[str, Any], str, str]] = {}
+        for (a, b, metric), key in zip(requests, keys):
+            if (*key, True) not in done and (*key, intervals) not in done:
+                missing.setdefault(key, (a, b, a["dataset"], metric))
+        for key, test in zip(missing, compare_many(list(missing.values()), alpha=level, interval=intervals)):
+            done[(*key, intervals)] = test
+        # a test with its interval serves either
+        return [done[(*key, True)] if (*key, True) in done else done[(*key, intervals)] for key in keys]
 
-    tests = [compare(a, b, metric, alpha) for (a, b), metric in zip(pairs, metrics)]
+    tests = compare([(a, b, metric) for (a, b), metric in zip(pairs, metrics)], alpha)
     alone_tests = tests
     tested = sum(t.p_value is not None for t in tests)
     interval_alpha = alpha
@@ -981,8 +985,9 @@ def judge_instances(claim: Claim, pairs: Sequence[tuple[dict[str, Any], dict[str
         if tested > 1 and intervals:
             interval_alpha = alpha / tested
             # the p-values do not depend on alpha; only the intervals are computed again, wider
-            tests = [compare(a, b, metric, interval_alpha) if t.p_value is not None else t
-                     for (a, b), t, metric in zip(pairs, tests, metrics)]
+            wider = iter(compare([(a, b, metric) for (a, b), t, metric in zip(pairs, tests, metrics)
+                                  if t.p_value is not None], interval_alpha))
+            tests = [next(wider) if t.p_value is not None else t for t in tests]
     instances = []
     for (a, b), test, p, test_alone, metric in zip(pairs, tests, adjusted, alone_tests, metrics):
         verdict = judge(claim.direction, test, alpha, claim.margin, p_value=p)
