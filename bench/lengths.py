@@ -33,6 +33,7 @@ from slm_sweep.config import compose  # noqa: E402
 from slm_sweep.data import dataset_spec, load_splits  # noqa: E402
 from slm_sweep.data.encode import encode_for_training  # noqa: E402
 from slm_sweep.data.prompts import build_target, resolve_style  # noqa: E402
+from slm_sweep.models import load_tokenizer  # noqa: E402
 
 PERCENTILES = (50, 90, 95, 99)
 DEFAULT_SETS = ["gsm8k:train", "gsm8k:test", f"orcamath={ROOT / 'tests' / 'fixtures' / 'orcamath'}"]
@@ -62,30 +63,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="config overrides, e.g. trainer.max_length=1024 eval.max_new_tokens=512")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     return parser.parse_args(argv)
-
-
-def load_tokenizer(model_cfg, cache_dir: Path):
-    """The model's tokenizer alone: from the converted cache when a cell has built it, else from the GGUF file's
-    metadata or the hub id (no weights are read)."""
-    from transformers import AutoTokenizer
-
-    from slm_sweep.models import build_tiny_tokenizer, gguf_cache_dir, gguf_path
-
-    source = model_cfg.source
-    if source == "tiny":
-        tokenizer = build_tiny_tokenizer(int(model_cfg.vocab_size))
-    elif source == "gguf":
-        cached = gguf_cache_dir(model_cfg, cache_dir)
-        if (cached / "tokenizer.json").is_file():
-            tokenizer = AutoTokenizer.from_pretrained(str(cached))
-        else:
-            path = gguf_path(model_cfg)
-            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_cfg.id), revision=model_cfg.get("revision") or "main")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def examples(item: str, data_root: str) -> tuple[str, list]:
@@ -119,7 +96,10 @@ def describe(values: np.ndarray, limit: int) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = compose([f"model={args.model}", *args.override])
+    # as a cell reads it (no weights): a GGUF's tokenizer with its pre-tokenizer set, the converted cache's or the hub's
     tokenizer = load_tokenizer(cfg.model, Path(str(cfg.cache_dir)).expanduser())
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     style = resolve_style(cfg.prompt.style, tokenizer)
     max_length, max_new = int(cfg.trainer.max_length), int(cfg.eval.max_new_tokens)
     print(f"model {args.model}, prompt style {style}; trainer.max_length={max_length}, "
