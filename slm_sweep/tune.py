@@ -153,9 +153,10 @@ def check_table_file(path: Path) -> None:
     foreign = [str(key) for key in node if str(key) not in TABLE_KEYS]
     if foreign:
         named = ", ".join(foreign[:6]) + (f", ... ({len(foreign)} keys)" if len(foreign) > 6 else "")
-        raise TuningError(f"--out {path} is not a learning-rate table: its top level holds {named}, "
-                          f"which a table does not (a table holds {', '.join(TABLE_KEYS)}); it is left as it was: "
-                          "give --out a table or a new file")
+        raise TuningError(f"--out {path} holds {named} at its top level, which a table this command writes does not "
+                          f"(it writes {', '.join(TABLE_KEYS)}): a file that is no table (a result.json, an "
+                          "experiment's YAML), or a table with keys of its own, which writing it would drop; it is "
+                          "left as it was: give --out a table without them or a new file")
 
 
 def _check_rate(path: Path, key: str, value: Any) -> None:

@@ -1674,7 +1674,7 @@ def test_the_tune_command_refuses_an_out_that_is_not_a_table_and_leaves_it_as_it
         for extra in ([], ["--replace"]):
             assert main([str(search), "--out", str(out), *extra]) == 2
             err = capsys.readouterr().err
-            assert f"--out {out} is not a learning-rate table: its top level holds {named}" in err
+            assert f"--out {out} holds {named}" in err and "which writing it would drop" in err
             assert "it is left as it was" in err and out.read_text() == before
     # a table this command wrote is one
     table = tmp_path / "lr.yaml"

@@ -123,6 +123,12 @@ def write_report(
         raise ValueError(f"alpha={alpha} must be between 0 and 1")
     check_correction(correction)
     declared = load_claims(claims) if claims is not None else None
+    out = Path(out_dir) if out_dir is not None else default_out_dir(dirs)
+    ours = ["summary.md", "summary.csv", "summary_ood.csv", *(CLAIMS_FILES if declared is not None else ())]
+    # a folder of the results read is the reports' own (its summary may predate report.json); elsewhere a summary
+    # or claims file that no report wrote is refused, before anything is computed
+    if out.resolve() not in {default_out_dir([d]).resolve() for d in dirs}:
+        _refuse_foreign_files(out, [*ours, REPORT_FILE])
     collection = collect(dirs)
     # every cell, those killed before writing a result.json included: a lost seed whichever way it was lost
     cells = collection.cells
@@ -145,13 +151,11 @@ def write_report(
                                       unattributed=collection.unattributed)
                          if declared is not None else None)
 
-    out = Path(out_dir) if out_dir is not None else default_out_dir(dirs)
-    # a folder of the results read is the reports' own (its summary may predate report.json, or a report may have
-    # stopped between writing the two); elsewhere a summary or claims file that no report wrote is refused
-    if out.resolve() not in {default_out_dir([d]).resolve() for d in dirs}:
-        _refuse_foreign_files(out, ["summary.md", "summary.csv", "summary_ood.csv", REPORT_FILE,
-                                    *(CLAIMS_FILES if claims_report is not None else ())])
     out.mkdir(parents=True, exist_ok=True)
+    # until the finished record replaces it, report.json names the files being written (and the earlier report's):
+    # a report stopped midway leaves them as a report's, which the next one replaces and cleans up after
+    write_report_record(out, {"status": "unfinished: the report writing these files stopped before it finished",
+                              "outputs": sorted((_earlier_outputs(out) or set()) | set(ours))})
     markdown = render_markdown(collection, rows, ood_rows, alpha=alpha, correction=correction,
                                claims_metric_notes=notes)
     if claims_report is not None:
