@@ -37,8 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from arguments import at_least, number_in  # noqa: E402
-
+from slm_sweep.arguments import at_least, number_in  # noqa: E402
 from slm_sweep.evaluate.decode import Decoding, LoopTimes, decode_static  # noqa: E402
 from slm_sweep.evaluate.stopping import StopCheck  # noqa: E402
 

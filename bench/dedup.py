@@ -23,8 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from arguments import at_least, number_in  # noqa: E402
-
+from slm_sweep.arguments import at_least, number_in  # noqa: E402
 from slm_sweep.data import dataset_spec, load_eval_set, load_splits  # noqa: E402
 from slm_sweep.data.dedup import DedupIndex  # noqa: E402
 from slm_sweep.data.specs import known_datasets  # noqa: E402

@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from arguments import at_least  # noqa: E402
 from train_speed import add_model_arguments, load_model_config  # noqa: E402
 
+from slm_sweep.arguments import at_least  # noqa: E402
 from slm_sweep.config import compose  # noqa: E402
 from slm_sweep.evaluate.attention import stacked_gqa_decoding  # noqa: E402
 from slm_sweep.evaluate.decode import SlotKVCache, _DecodeStep  # noqa: E402

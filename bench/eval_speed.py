@@ -24,8 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from arguments import at_least  # noqa: E402
-
+from slm_sweep.arguments import at_least  # noqa: E402
 from slm_sweep.evaluate.generate import ENGINES  # noqa: E402
 
 GSM8K_STOP = ["Question:", "</s>", "<|im_end|>"]

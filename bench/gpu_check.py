@@ -50,8 +50,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from arguments import at_least  # noqa: E402
 from gpu_bundle import BUNDLE, verified_join  # noqa: E402
+
+from slm_sweep.arguments import at_least  # noqa: E402
 
 METHODS = ("zeroshot", "fewshot", "full", "lora", "dora")
 TRAINED = ("full", "lora", "dora")

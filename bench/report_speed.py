@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from arguments import at_least  # noqa: E402
+from slm_sweep.arguments import at_least  # noqa: E402
 
 CONF_DIR = REPO / "slm_sweep" / "conf"
 PAPER = CONF_DIR / "experiment" / "paper.yaml"

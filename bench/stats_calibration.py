@@ -31,8 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from arguments import at_least, number_in  # noqa: E402
-
+from slm_sweep.arguments import at_least, number_in  # noqa: E402
 from slm_sweep.report.stats import ALPHA, paired_test, pooled_paired_test  # noqa: E402
 
 MODEL_SD = 0.1  # how far a model's chance on a question lies from the questions' shared difficulty

@@ -38,8 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from arguments import at_least  # noqa: E402
-
+from slm_sweep.arguments import at_least  # noqa: E402
 from slm_sweep.config import compose  # noqa: E402
 from slm_sweep.data import dataset_spec, load_splits  # noqa: E402
 from slm_sweep.data.encode import encode_all  # noqa: E402

@@ -123,15 +123,51 @@ def _job_env_set() -> Any:
         return None
 
 
+def _launch_dir() -> Path:
+    """The directory the run was launched from (``hydra.runtime.cwd``), where a relative path on its command line
+    points: with ``hydra.job.chdir=true`` the job runs in its own folder. The working directory outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return Path(str(HydraConfig.get().runtime.cwd))
+    except (ImportError, ValueError):
+        pass
+    return Path.cwd()
+
+
+CHDIR_REFUSED = ("hydra.job.chdir=true is not supported: a cell reads its relative paths (data_root, cache_dir, "
+                 "dataset.data_dir, model.gguf_dir, ...) from the folder it runs in; leave hydra.job.chdir false "
+                 "(every file a cell writes goes into its own output folder anyway)")
+
+
+def _refuse_chdir() -> None:
+    """``hydra.job.chdir=true`` is refused (CHDIR_REFUSED)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        chdir = HydraConfig.initialized() and bool(HydraConfig.get().job.chdir)
+    except (ImportError, ValueError):
+        return
+    if chdir:
+        raise ConfigError(CHDIR_REFUSED)
+
+
+def _from_launch_dir(path: str) -> Path:
+    """``path`` (``~`` expanded) as an absolute path, a relative one taken from the launch directory."""
+    found = Path(path).expanduser()
+    return found if found.is_absolute() else _launch_dir() / found
+
+
 def _sweep_dir() -> Path | None:
-    """The directory of the multirun this job belongs to, None for a single run."""
+    """The directory of the multirun this job belongs to (absolute), None for a single run."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
         hc = HydraConfig.get()
         if hc.mode == RunMode.MULTIRUN:
-            return Path(str(hc.sweep.dir))
+            return _from_launch_dir(str(hc.sweep.dir))
     except (ImportError, ValueError):
         pass
     return None
@@ -147,7 +183,7 @@ def _resume_dirs(cfg: DictConfig, out: Path) -> list[Path]:
         return []
     searched = cfg.resume.search_dir
     searched = [searched] if isinstance(searched, str) else list(searched or [])
-    return search_dirs(out, _sweep_dir(), *(Path(str(d)).expanduser().absolute() for d in searched))
+    return search_dirs(out, _sweep_dir(), *(_from_launch_dir(str(d)) for d in searched))
 
 
 def _resume_off(cfg: DictConfig) -> bool:
@@ -261,6 +297,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
 
     pin_running_code()  # a no-op after the entry point's call: the code and git state of this process
     try:
+        _refuse_chdir()
         validate_config(cfg)
         validate_job_environment(_job_env_set())
         use_metric_modules_checked(cfg)

@@ -38,6 +38,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from slm_sweep.arguments import at_least
 from slm_sweep.config import ConfigError
 from slm_sweep.config_sources import CONF_DIR
 from slm_sweep.scoring import accuracy_key
@@ -1599,23 +1600,6 @@ def paper_search_help() -> str:
     ])
 
 
-def _at_least(minimum: int):
-    """An argparse type: a whole number of at least ``minimum`` (argparse names the option beside the message)."""
-
-    def whole_number(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (expected one of at least {minimum})") \
-                from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value}: expected a whole number of at least {minimum}")
-        return value
-
-    whole_number.__name__ = f"whole number of at least {minimum}"
-    return whole_number
-
-
 def _table_out(text: str) -> str:
     """--out: a file, existing or not; a folder there, or a file above it, could not be written as one."""
     path = Path(text)
@@ -1654,7 +1638,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric", default=None,
                         help="validation accuracy to maximise, val_accuracy_<metric> (default: each dataset's "
                              "claims metric, val_accuracy_flexible; val_accuracy_lenient on OrcaMath)")
-    parser.add_argument("--min-val-examples", type=_at_least(0), default=MIN_VAL_EXAMPLES, metavar="N",
+    parser.add_argument("--min-val-examples", type=at_least(0), default=MIN_VAL_EXAMPLES, metavar="N",
                         help="refuse searches scored on fewer validation questions (%(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)

@@ -307,6 +307,24 @@ def test_predictions_sit_only_beside_the_result_they_belong_to_and_a_copy_replac
     assert not (tmp_path / "e" / "predictions.jsonl").exists()
 
 
+def test_a_copy_is_reused_where_no_original_of_its_key_is_found(tiny_cfg, tmp_path):
+    """A finished original is preferred to a copy of it; once the original's folder is gone (an older sweep
+    removed), a complete copy with the same evaluation key is reused, naming the file it copied: its numbers and
+    predictions are the original's, and nothing is computed again."""
+    import shutil
+
+    search = ("method=zeroshot", "dataset.test_limit=2", "resume.enabled=true", f"resume.search_dir={tmp_path}")
+    original = run(tiny_cfg(*search, "seed=0"), out_dir=tmp_path / "a")
+    assert run(tiny_cfg(*search, "seed=1"), out_dir=tmp_path / "b")["reused_from"] == str(tmp_path / "a" / "result.json")
+    assert run(tiny_cfg(*search, "seed=2"), out_dir=tmp_path / "c")["reused_from"] == str(tmp_path / "a" / "result.json")
+    predictions = (tmp_path / "a" / "predictions.jsonl").read_bytes()
+    shutil.rmtree(tmp_path / "a")
+    again = run(tiny_cfg(*search, "seed=3"), out_dir=tmp_path / "d")
+    assert again["reused_from"] in (str(tmp_path / "b" / "result.json"), str(tmp_path / "c" / "result.json"))
+    assert again["metrics"] == original["metrics"]
+    assert (tmp_path / "d" / "predictions.jsonl").read_bytes() == predictions
+
+
 def test_an_attempt_that_fails_beside_a_finished_result_leaves_its_training_curve_as_it_was(tiny_cfg, tmp_path):
     """A rerun into the folder of a finished cell that fails before its keys are known (data it cannot read) keeps
     the finished result.json, and its loggers write under failed-attempt/, not over the finished run's curve."""

@@ -752,3 +752,78 @@ def test_the_cells_listed_by_the_preflight_keep_credentials_out(requires_data, c
     # CSVLogger takes no api_key: both cells are refused, and the refusal names them without the credential
     assert plan.refused is not None and "logger.api_key" in plan.refused
     assert "SECRETKEY" not in json.dumps(plan.to_json()) and "+logger.api_key=<redacted>" in plan.refused
+
+
+# ---------------------------------------------------------------------------------------------- launches into one folder
+
+
+def left_out_notes(sweep_dir: Path) -> list[str]:
+    """The lines of summary.md's "Left out by the preflight" section."""
+    summary = (sweep_dir / "summary.md").read_text()
+    if "## Left out by the preflight" not in summary:
+        return []
+    section = summary.split("## Left out by the preflight")[1].split("\n## ")[0]
+    return [line for line in section.splitlines() if line.startswith("- ")]
+
+
+def test_a_launch_that_runs_nothing_leaves_what_the_sweeps_report_says_alone(requires_data, tmp_path):
+    """A launch into a finished sweep's folder that the preflight refuses, or one with preflight.only=true, runs no
+    cell: it writes its plan beside preflight.json and says where, and the report of the folder still says what
+    the sweep's launch left out."""
+    folder = tmp_path / "sweep"
+    at = f"hydra.sweep.dir={folder}"
+    fresh = sweep(["method=zeroshot", "model=tiny", "preflight.only=true", at], tmp_path)  # a fresh folder
+    assert f"nothing ran (plan: {folder / 'preflight.json'})" in fresh.stdout, fresh.stderr[-4000:]
+    first = sweep(["method=zeroshot", "model=tiny,smollm135", at], tmp_path)
+    assert first.returncode == 0, first.stderr[-4000:]
+    record = (folder / "preflight.json").read_text()
+    aside = folder / "preflight-not-run.json"
+    refused = sweep(["method=zeroshot,lorra", "model=tiny,smollm135", at], tmp_path)  # a typo: refused
+    assert refused.returncode != 0 and "refusing to start the sweep, nothing ran" in refused.stderr
+    assert f"(details: {aside})" in refused.stderr
+    assert json.loads(aside.read_text())["config_errors"]
+    listed = sweep(["method=zeroshot", "model=tiny", "preflight.only=true", at], tmp_path)
+    assert listed.returncode == 0, listed.stderr[-4000:]
+    assert f"nothing ran (plan: {aside})" in listed.stdout
+    assert json.loads(aside.read_text())["preflight_only"] is True
+    assert (folder / "preflight.json").read_text() == record and not json.loads(record)["preflight_only"]
+    report = subprocess.run([sys.executable, "-m", "slm_sweep.report", str(folder), "--no-plots"], env=env(),
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-4000:]
+    (note,) = left_out_notes(folder)
+    assert note.startswith("- model=smollm135: missing: model smollm135")
+
+
+
+MALFORMED_PLANS = ['{"left_out": 5}', '{"left_out": {"dataset": 5}}', '{"reasons": [], "left_out": {"d": ["x"]}}',
+                   '{"ood_sets_dropped": 3}', '["left_out"]']
+
+
+@pytest.mark.parametrize("text", MALFORMED_PLANS)
+def test_a_malformed_preflight_record_is_no_plan(tmp_path, text):
+    """A preflight.json that is JSON but not a plan (hand-edited, another tool's): the report reads no plan from
+    it, a launch that runs no cell leaves it alone, and one that runs cells replaces it."""
+    from slm_sweep.report.sweep_notes import read_plan, sweep_sections
+
+    (tmp_path / "preflight.json").write_text(text)
+    assert read_plan(tmp_path) is None and sweep_sections([tmp_path]) == []
+    listing = preflight.Plan("skip", BASIC_SWEEPER, cells=1, to_run=["method=zeroshot"], only=True)
+    assert preflight.write_plan(listing, tmp_path).name == "preflight-not-run.json"
+    assert (tmp_path / "preflight.json").read_text() == text
+    preflight.write_plan(preflight.Plan("skip", BASIC_SWEEPER, cells=1, to_run=["method=zeroshot"]), tmp_path)
+    assert read_plan(tmp_path)["cells"] == ["method=zeroshot"]
+
+
+def test_a_listing_into_a_folder_whose_preflight_record_is_malformed_runs_and_leaves_it(requires_data, tmp_path):
+    """preflight.only=true into a folder whose preflight.json is JSON but no plan: the preflight checks the grid,
+    lists it and writes its plan beside the file, which it leaves as it was."""
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    (folder / "preflight.json").write_text('["left_out"]')
+    listed = sweep(["method=zeroshot", "model=tiny,smollm135", "preflight.only=true", f"hydra.sweep.dir={folder}"],
+                   tmp_path)
+    assert listed.returncode == 0, listed.stderr[-4000:]
+    assert "preflight.only: 1 of 2 cells would run" in listed.stdout
+    assert f"nothing ran (plan: {folder / 'preflight-not-run.json'})" in listed.stdout
+    assert (folder / "preflight.json").read_text() == '["left_out"]'
+    assert not list(folder.glob("*/result.json"))

@@ -980,11 +980,12 @@ def test_results_a_rerun_set_aside_are_points_of_the_grid_or_replaced(tmp_path):
     assert "changed a setting the sweep does not vary), left out: 2" in report["markdown"]
 
 
-def test_a_finished_result_set_aside_by_a_recomputation_that_failed_is_the_cell_s_result(tmp_path):
+def test_a_recomputation_that_failed_is_the_cell_not_the_finished_result_it_set_aside(tmp_path):
     """resume.enabled=false sets a cell's finished result aside (superseded/) before computing it again, so that a
-    rerun that fails loses nothing: when it failed, the set-aside result of its evaluation key is the cell's, in
-    the rows and in the sweep's failed cells (its exit status) alike. A retry that failed before its keys were
-    known, beside a set-aside result of its settings (seed 3), is a lost seed in both: no key says which it ran."""
+    rerun that fails loses nothing. When it failed, the cell is that failed attempt: a lost seed in the rows, counted
+    and listed as failed (the sweep's exit status), and the set-aside result is left out as replaced, not shown as
+    the sweep's numbers; the list says where it is kept. A retry that failed before its keys were known, beside a
+    set-aside result of its settings (seed 3), is a lost seed in both too: no key says which it ran."""
     from slm_sweep.report.sweep_notes import failed_cells
 
     for seed in (0, 1, 2, 3):
@@ -1002,12 +1003,76 @@ def test_a_finished_result_set_aside_by_a_recomputation_that_failed_is_the_cell_
         write_json(job / "result.json", failed if seed == 2 else {**failed, "identity": None})
     report = write_report([tmp_path], tmp_path / "out", plots=False)
     (row,) = report["rows"]
-    assert (row["n"], row["seeds"], row["not_completed"]) == (3, [0, 1, 2], "seed 3 failed")
+    assert (row["n"], row["seeds"], row["not_completed"]) == (2, [0, 1], "seed 2 failed; seed 3 failed")
     collection = report["collection"]
-    assert collection.replaced == [tmp_path / "s3" / "superseded" / "result.json"] and not collection.set_aside
-    assert collection.duplicates == [(tmp_path / "s2" / "superseded" / "result.json", tmp_path / "s2" / "result.json")]
-    assert failed_cells(tmp_path) == [(tmp_path / "s3", "failed: RuntimeError: boom")]
-    assert "## Cells that did not complete\n\n- `s3`: failed: RuntimeError: boom" in report["markdown"]
+    assert sorted(collection.replaced) == [tmp_path / "s2" / "superseded" / "result.json",
+                                           tmp_path / "s3" / "superseded" / "result.json"]
+    assert not collection.set_aside and not collection.duplicates
+    kept = ("failed: RuntimeError: boom (the finished result of this configuration that it was computing again is "
+            "kept in `superseded/`; running it again with resume.enabled=true, or a sweep without "
+            "resume.enabled=false, reuses it)")
+    assert failed_cells(tmp_path) == [(tmp_path / "s2", kept), (tmp_path / "s3", "failed: RuntimeError: boom")]
+    assert "Skipped cells: 0 running, 2 failed, 0 diverged, 0 interrupted." in report["markdown"]
+    assert ("Set-aside results that a rerun replaced (recomputed them, or tried to and did not complete: the cell is "
+            "that attempt; copied them back") in report["markdown"] and "left out: 2 (listed" in report["markdown"]
+    assert f"## Cells that did not complete\n\n- `s2`: {kept}\n- `s3`: failed: RuntimeError: boom" in report["markdown"]
+
+
+def test_a_result_set_aside_by_a_config_change_stays_a_point_beside_a_failure_of_its_key_elsewhere(tmp_path):
+    """A grid extended into the same sweep folder (r=8,16, then r=16,32) sets r=8's result aside in superseded/ of
+    the job folder r=32 now runs in; a failed run of r=8's key in another folder (S2, which did not search S1)
+    recomputed nothing there: r=8 stays a row, and the failure is the same cell completed, not listed."""
+    from slm_sweep.report.sweep_notes import sweep_sections
+
+    def lora(r, seed=0, **changes):
+        record = _with_identity(make_record("beta", "lora", seed, 0.3, 0.2), {"method": {"name": "lora", "r": r}},
+                                f"cfg-r{r}")
+        return {**record, **changes}
+
+    write_json(tmp_path / "S1" / "0" / "superseded" / "result.json", lora(8))
+    write_json(tmp_path / "S1" / "0" / "result.json", lora(32))
+    write_json(tmp_path / "S1" / "1" / "result.json", lora(16))
+    write_json(tmp_path / "S2" / "0" / "result.json",
+               lora(8, status="failed", error="RuntimeError: boom", metrics={}, finished_at="2024-01-02T13:00:00Z"))
+    report = write_report([tmp_path / "S1", tmp_path / "S2"], tmp_path / "out", plots=False)
+    assert sorted((row["variant"], row["n"], row["not_completed"]) for row in report["rows"]) == [
+        ("r=16", 1, None), ("r=32", 1, None), ("r=8", 1, None)]
+    assert not report["collection"].replaced
+    assert "Skipped cells: 0 running, 0 failed, 0 diverged, 0 interrupted." in report["markdown"]
+    assert "## Cells that did not complete" not in "\n".join(sweep_sections([tmp_path / "S1", tmp_path / "S2"]))
+
+
+def test_the_cells_that_did_not_complete_are_listed_as_the_summary_counts_them(tmp_path):
+    """Both seeds of a zero-shot baseline failed after their keys were known (one evaluation key), both of a few-shot
+    baseline with a fixed shot seed before (one setting that does not depend on the seed): each is one cell,
+    counted once and listed once, naming its job folders; each seed of a trained method is a cell of its own."""
+    methods = {"zeroshot": {"name": "zeroshot", "train": False},
+               "fewshot": {"name": "fewshot", "train": False, "num_fewshot": 2, "shot_seed": 1234},
+               "lora": {"name": "lora", "train": True, "r": 16}}
+    job = 0
+    for method, config in methods.items():
+        for seed in (0, 1):
+            record = _with_identity(make_record("beta", method, seed, 0.3, 0.2, status="failed"), {"method": config},
+                                    method, evaluation_key=f"{method}-eval" if method == "zeroshot" else None)
+            if method == "fewshot":
+                record["identity"] = None
+            write_json(tmp_path / f"{job}-{method}-seed{seed}" / "result.json", record)
+            job += 1
+    write_json(tmp_path / "6-alpha-zeroshot" / "result.json",
+               _with_identity(make_record("alpha", "zeroshot", 0, 0.3, 0.2), {"method": methods["zeroshot"]}, "zs"))
+    markdown = write_report([tmp_path], tmp_path / "out", plots=False)["markdown"]
+    assert "Skipped cells: 0 running, 4 failed, 0 diverged, 0 interrupted." in markdown
+    listed = markdown.split("## Cells that did not complete\n\n")[1].split("\n\n")[0].splitlines()
+    assert listed == ["- `0-zeroshot-seed0`, `1-zeroshot-seed1` (one cell, run in 2 job folders): failed: "
+                      "RuntimeError: boom",
+                      "- `2-fewshot-seed0`, `3-fewshot-seed1` (one cell, run in 2 job folders): failed: "
+                      "RuntimeError: boom",
+                      "- `4-lora-seed0`: failed: RuntimeError: boom", "- `5-lora-seed1`: failed: RuntimeError: boom"]
+    from slm_sweep.report.sweep_notes import failed_cell_groups
+
+    assert [[job.name for job, _ in cell] for cell in failed_cell_groups(tmp_path)] == [
+        ["0-zeroshot-seed0", "1-zeroshot-seed1"], ["2-fewshot-seed0", "3-fewshot-seed1"], ["4-lora-seed0"],
+        ["5-lora-seed1"]]
 
 
 def test_cells_without_an_identity_are_told_apart_by_their_settings_and_join_their_rerun(tmp_path):
@@ -1461,3 +1526,85 @@ def test_an_early_failure_after_its_rate_was_resolved_is_another_cell_beside_ano
     assert report["collection"].replaced == []
     (job, why), = failed_cells(tmp_path)
     assert job == finished.parent and "another cell's finished result" in why
+
+
+def test_a_report_refuses_to_replace_summaries_no_report_wrote(grid, tmp_path, capsys):
+    """--out a folder holding the user's own summary.md and summary.csv: both were replaced without a word. The
+    files of an earlier report (listed in its report.json) are replaced as before."""
+    from slm_sweep.report.__main__ import main
+
+    sweep, _ = grid
+    mine = tmp_path / "notes"
+    write_json(mine / "summary.md", "my hand-written notes")
+    write_json(mine / "summary.csv", "a,b")
+    assert main([str(sweep), "--out", str(mine), "--no-plots"]) == 2
+    assert (f"error: {mine} holds summary.md, summary.csv, which no report wrote (no report.json there lists "
+            "them), and this report would replace them: move them away or write the report into another folder "
+            "(--out)") in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["summary.csv", "summary.md"]
+    assert (mine / "summary.md").read_text() == "my hand-written notes" and (mine / "summary.csv").read_text() == "a,b"
+    # the claims files when the report writes them, and a report.json that is no report's record
+    write_json(tmp_path / "claims" / "claims.md", "mine")
+    with pytest.raises(ReportError, match=r"holds claims.md, which no report wrote \(no report.json there lists it\)"):
+        write_report([sweep], tmp_path / "claims", plots=False, claims=DEFAULT_CLAIMS)
+    write_report([sweep], tmp_path / "claims", plots=False)  # without --claims it writes none of them
+    write_json(tmp_path / "record" / REPORT_FILE, {"mine": 1})
+    with pytest.raises(ReportError, match=f"holds {REPORT_FILE}, which no report wrote"):
+        write_report([sweep], tmp_path / "record", plots=False)
+    # a report's own folder, written again, with claims this time
+    out = tmp_path / "report"
+    write_report([sweep], out, plots=False)
+    write_report([sweep], out, plots=False, claims=DEFAULT_CLAIMS)
+    assert (out / "claims.md").exists()
+    # the sweep's own folder is the reports' whatever it holds: a summary written before report.json existed, or
+    # by a report that stopped before writing report.json
+    (sweep / REPORT_FILE).unlink(missing_ok=True)
+    write_json(sweep / "summary.md", "an older report's summary")
+    write_report([sweep], plots=False)
+    assert (sweep / "summary.md").read_text().startswith("# Sweep summary") and (sweep / REPORT_FILE).is_file()
+
+
+def test_cli_dir_naming_a_file_other_than_a_result_is_an_argument_error(grid, tmp_path, capsys):
+    """A file that is not a result.json was read as a folder holding none: "no result.json found under: FILE"."""
+    from slm_sweep.report.__main__ import main
+
+    sweep, _ = grid
+    notes = write_json(tmp_path / "notes.txt", "notes")
+    with pytest.raises(SystemExit) as stop:
+        main([str(sweep), str(notes), "--out", str(tmp_path / "out"), "--no-plots"])
+    assert stop.value.code == 2 and (f"argument DIR: {notes} is a file; DIR expects a sweep or run folder (searched "
+                                     "recursively) or a cell's result.json") in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main([str(sweep / "0" / "result.json"), "--out", str(tmp_path / "one"), "--no-plots"]) == 0
+
+
+def test_a_report_stopped_midway_is_replaced_by_the_next_and_a_refusal_comes_first(grid, tmp_path, monkeypatch):
+    """A report stopped while drawing its plots left summaries without the report.json naming them, and the next
+    report into that --out was refused as if the user had written them; a folder that would be refused was
+    refused only after the whole report was computed."""
+    import slm_sweep.report as report
+    import slm_sweep.report.plots as plots
+
+    sweep, _ = grid
+    out = tmp_path / "out"
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(plots, "write_plots", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            write_report([sweep], out, claims=DEFAULT_CLAIMS)
+    assert {"summary.md", "claims.md", REPORT_FILE} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / REPORT_FILE).read_text())["status"].startswith("unfinished")
+    finished = write_report([sweep], out, plots=False, claims=DEFAULT_CLAIMS)
+    assert finished["record"].get("status") is None and (out / "claims.md").is_file()
+
+    write_json(tmp_path / "notes" / "summary.md", "mine")
+
+    def computed(*args, **kwargs):
+        raise AssertionError("the report was computed before the refusal")
+
+    monkeypatch.setattr(report, "collect", computed)
+    with pytest.raises(ReportError, match="holds summary.md, which no report wrote"):
+        write_report([sweep], tmp_path / "notes", plots=False)

@@ -25,13 +25,14 @@ def cli(args: list[str], cwd: Path) -> list[str]:
     return [sys.executable, "-m", "slm_sweep", *args]
 
 
-def env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "1"}
+def env(**extra: str) -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "1", **extra}
 
 
-def run_sweep(args: list[str], cwd: Path, timeout: int = 600, ok: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cli(["-m", *SWEEP_SETTINGS, *args], cwd), cwd=cwd, env=env(), capture_output=True,
-                          text=True, timeout=timeout)
+def run_sweep(args: list[str], cwd: Path, timeout: int = 600, ok: bool = True,
+              **environ: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cli(["-m", *SWEEP_SETTINGS, *args], cwd), cwd=cwd, env=env(**environ),
+                          capture_output=True, text=True, timeout=timeout)
     assert (proc.returncode == 0) == ok, proc.stderr[-4000:]
     return proc
 
@@ -174,6 +175,69 @@ def test_a_rerun_with_another_claims_metric_reads_its_reused_cells_on_it_and_say
         assert [row["delta_metric"] for row in csv.DictReader(f)] == ["strict", "strict"]
     settings = json.loads((sweep / "report.json").read_text())["settings"]
     assert settings["claims_metrics"] == {"metrics": {"gsm8k": "strict"}, "out_of_domain": {}, "from": "sweep"}
+
+
+# a metric whose scoring fails when FAIL_SCORING is set: its code, and so every key, is the same either way, so that
+# a cell fails after its keys are known, as one whose scoring hits a bug or a full disk
+FLAKY_METRIC = """import os
+
+from slm_sweep.scoring import register_metric
+
+
+def extract(text):
+    if os.environ.get("FAIL_SCORING") and "####" not in text:  # the preflight's probe has one
+        raise RuntimeError("scoring failed (FAIL_SCORING is set)")
+    return None
+
+
+register_metric("flaky", extract, lambda extracted, reference, tolerance=None: False)
+"""
+
+
+def test_a_recomputation_that_fails_fails_the_sweep_and_the_result_it_set_aside_is_reused_later(requires_data,
+                                                                                                  tmp_path):
+    """resume.enabled=false computes a finished cell again, its result first moved to superseded/. When that fails,
+    the sweep names the cell, counts it and exits non-zero after writing its summary, whose row is not the
+    set-aside result (those are not this sweep's numbers); a rerun with resume on reuses that result."""
+    (tmp_path / "flaky_metric.py").write_text(FLAKY_METRIC)  # importable: `python -m` runs from tmp_path
+    sweep = tmp_path / "sweep"
+    args = ["method=zeroshot", "eval.metric_modules=[flaky_metric]", f"hydra.sweep.dir={sweep}"]
+    run_sweep(args, tmp_path)
+    job = sweep / "0-tiny-zeroshot-gsm8k-seed0"
+    finished = json.loads((job / "result.json").read_text())
+
+    proc = run_sweep([*args, "resume.enabled=false"], tmp_path, ok=False, FAIL_SCORING="1")
+    assert json.loads((job / "result.json").read_text())["status"] == "failed"
+    assert json.loads((job / "superseded" / "result.json").read_text()) == finished
+    summary = (sweep / "summary.md").read_text()
+    assert "Skipped cells: 0 running, 1 failed, 0 diverged, 0 interrupted." in summary
+    assert f"## Cells that did not complete\n\n- `{job.name}`: failed: MetricError: " in summary
+    assert ("kept in `superseded/`; running it again with resume.enabled=true, or a sweep without "
+            "resume.enabled=false, reuses it") in summary
+    with open(sweep / "summary.csv", newline="") as f:
+        assert list(csv.DictReader(f)) == []  # no completed cell: no row of the old numbers
+    assert "1 cell(s) of the sweep" in proc.stderr and f"{job}: failed: MetricError: " in proc.stderr
+
+    run_sweep(args, tmp_path)
+    again = json.loads((job / "result.json").read_text())
+    assert again["status"] == "completed" and again["reused_from"] == str(job / "superseded" / "result.json")
+    assert again["metrics"] == finished["metrics"]
+    assert "Skipped cells: 0 running, 0 failed" in (sweep / "summary.md").read_text()
+
+
+def test_a_sweep_or_run_whose_jobs_would_change_directory_is_refused_before_any_cell(requires_data, tmp_path):
+    """hydra.job.chdir=true would run each job in its own folder, where relative paths (data_root, cache_dir) no
+    longer point where they were written: refused, naming the setting, before any cell runs."""
+    (tmp_path / "data").symlink_to(DATA_ROOT)
+    proc = run_sweep(["method=zeroshot", "data_root=data", "hydra.job.chdir=true", "hydra.sweep.dir=multirun/A"],
+                     tmp_path, ok=False)
+    assert "preflight: hydra.job.chdir=true is not supported" in proc.stderr
+    assert not list((tmp_path / "multirun" / "A").glob("*/result.json"))
+    single = subprocess.run(cli([*SWEEP_SETTINGS, "method=zeroshot", "hydra.job.chdir=true",
+                                 "hydra.run.dir=single"], tmp_path), cwd=tmp_path, env=env(),
+                            capture_output=True, text=True, timeout=600)
+    assert single.returncode != 0 and "config error: hydra.job.chdir=true is not supported" in single.stderr
+    assert not (tmp_path / "single" / "result.json").exists()
 
 
 # submitit's local launcher (what the SLURM launcher builds on) runs with -m slow; joblib's runs by default
@@ -580,6 +644,69 @@ def test_a_summary_that_fails_neither_hides_the_failed_cells_nor_exits_zero(tmp_
     assert "no sweep summary written: RuntimeError: plots could not be drawn" in message
 
 
+def test_the_sweeps_closing_message_counts_the_cells_its_summary_counts(tmp_path):
+    """Two job folders of one cell (one evaluation key: a baseline's seeds, a cell requeued into another folder)
+    count once, in summary.md and in the message the sweep exits with, which names each folder."""
+    from slm_sweep.sweep.callbacks import AggregateSweep
+
+    for name, key in (("0-tiny-lora-gsm8k-seed0", "k-lora"), ("1-tiny-dora-gsm8k-seed0", "k-dora"),
+                      ("2-tiny-lora-gsm8k-seed0", "k-lora")):
+        _job(tmp_path, name, "failed", key)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "eval": {"split": "test"},
+                               "logger": None})
+    with pytest.raises(SystemExit) as stop:
+        AggregateSweep().on_multirun_end(config)
+    message = str(stop.value).splitlines()
+    assert message[0] == (f"2 cell(s) of the sweep in {tmp_path} did not complete, in 3 job folders (one cell's "
+                          "seeds or attempts in several count once):")
+    assert {line.strip().split(":")[0] for line in message[1:]} == {str(tmp_path / f) for f in (
+        "0-tiny-lora-gsm8k-seed0", "1-tiny-dora-gsm8k-seed0", "2-tiny-lora-gsm8k-seed0")}
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Skipped cells: 0 running, 2 failed, 0 diverged, 0 interrupted." in summary
+    assert ("- `0-tiny-lora-gsm8k-seed0`, `2-tiny-lora-gsm8k-seed0` (one cell, run in 2 job folders): failed: "
+            "KeyboardInterrupt\n- `1-tiny-dora-gsm8k-seed0`: failed: KeyboardInterrupt") in summary
+
+
+def test_a_malformed_result_json_is_a_cell_of_its_own_and_the_sweep_still_exits_non_zero(tmp_path):
+    """A result.json whose config is no mapping (hand-edited, another tool's) cannot be grouped with any other: it is
+    listed as a cell of its own, named by its folder, beside the others, and the sweep exits non-zero naming them."""
+    from slm_sweep.report.sweep_notes import failed_cell_groups
+    from slm_sweep.sweep.callbacks import AggregateSweep
+
+    for name in ("0-tiny-lora-gsm8k-seed0", "1-tiny-lora-gsm8k-seed0"):
+        _job(tmp_path, name, "failed", "k-lora")
+    odd = _job(tmp_path, "9-odd", "failed", "k-odd")
+    (odd / "result.json").write_text(json.dumps({**json.loads((odd / "result.json").read_text()), "config": "x",
+                                                 "error": "boom"}))
+    assert failed_cell_groups(tmp_path) == [
+        [(tmp_path / "0-tiny-lora-gsm8k-seed0", "failed: KeyboardInterrupt"),
+         (tmp_path / "1-tiny-lora-gsm8k-seed0", "failed: KeyboardInterrupt")], [(odd, "failed: boom")]]
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "eval": {"split": "test"},
+                               "logger": None})
+    with pytest.raises(SystemExit) as stop:
+        AggregateSweep().on_multirun_end(config)
+    message = str(stop.value).splitlines()
+    assert message[0] == (f"2 cell(s) of the sweep in {tmp_path} did not complete, in 3 job folders (one cell's "
+                          "seeds or attempts in several count once):")
+    assert f"  {odd}: failed: boom" in message
+
+
+def test_a_malformed_preflight_record_neither_hides_the_failed_cells_nor_the_summary(tmp_path):
+    """A preflight.json that is JSON but no plan (hand-edited, another tool's) is read as none: the sweep's summary
+    is written and the sweep exits non-zero naming its failed cell."""
+    from slm_sweep.sweep.callbacks import AggregateSweep
+
+    job = _job(tmp_path, "0-tiny-lora-gsm8k-seed0", "failed", "k-lora")
+    (tmp_path / "preflight.json").write_text('{"left_out": {"dataset": 5}}')
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "eval": {"split": "test"},
+                               "logger": None})
+    with pytest.raises(SystemExit) as stop:
+        AggregateSweep().on_multirun_end(config)
+    assert str(stop.value).splitlines() == [f"1 cell(s) of the sweep in {tmp_path} did not complete:",
+                                            f"  {job}: failed: KeyboardInterrupt"]
+    assert "Skipped cells: 0 running, 1 failed" in (tmp_path / "summary.md").read_text()
+
+
 def test_the_sweeps_summary_checks_the_claims_file_its_config_names(tmp_path, monkeypatch):
     """hydra.callbacks.aggregate_sweep.claims: a new claim reaches the sweep's own summary without editing the
     package's claims file."""
@@ -693,3 +820,4 @@ def test_a_relative_sweep_folder_is_scrubbed_from_where_the_sweep_started_though
     config.hydra.mode = RunMode.MULTIRUN
     RedactSecrets().on_job_start(config)
     assert "abc123secret" not in (sweep / "multirun.yaml").read_text()
+

@@ -94,8 +94,8 @@ class Collection:
     copies: list[tuple[Path, Path]] = field(default_factory=list)
     # completed results a rerun into the same folder set aside (superseded*/, or left as result.json beside the
     # rerun's failure of other settings: failed_attempts): points of the grid, read like any cell, or replaced by
-    # the rerun and left out (_grid_points says which); one whose recomputation did not complete is that cell's
-    # result, in neither
+    # the rerun and left out (_grid_points says which): one whose recomputation did not complete too (the cell is
+    # that attempt)
     set_aside: list[Path] = field(default_factory=list)
     replaced: list[Path] = field(default_factory=list)
     # result.failed.json files of another cell than the result.json beside them, read as cells
@@ -692,8 +692,10 @@ def _grid_points(dirs: Sequence[str | os.PathLike], current: Sequence[dict[str, 
     same sweep folder (method.r=8,16, then method.r=16,32) puts r=32 in r=8's job folder, and r=8 differs from the
     cells there only in a setting the sweep varies. A result that differs in a setting the sweep does not vary
     (a rerun that changed max_steps for every cell), or that a rerun recomputed (other code or data), was
-    replaced: left out. One whose evaluation key a current cell that did not complete has (a recomputation,
-    ``resume.enabled=false``, that failed after setting it aside), or, of the ``earlier`` results, one whose
+    replaced: left out, and so is one in the superseded*/ of the job folder of a current cell of its evaluation key
+    that did not complete (a recomputation, ``resume.enabled=false``, that failed after setting it aside: the cell
+    is that attempt, which did not complete, not the result it was asked to compute again). Of the ``earlier`` results, one whose
+    evaluation key a current cell that did not complete has (a job folder's result, completed there), or whose
     settings a current cell that failed before its keys has (less what that one holds as configured,
     ``unresolved_settings``: the same cell, failed in another folder, as ``deduplicate`` groups them) is that cell's
     result: read, and kept over the failure by ``deduplicate``. A result in superseded*/ beside such a failure is
@@ -701,7 +703,12 @@ def _grid_points(dirs: Sequence[str | os.PathLike], current: Sequence[dict[str, 
     from .aggregate import configuration_settings
 
     now = {settings_key(r) for r in current}
-    unfinished = {identity_key(r, "evaluation_key") for r in current if r.get("status") != COMPLETED} - {None}
+    # the evaluation keys of current cells that did not complete, each with their job folders: a result in
+    # superseded*/ of one of those folders is the one that recomputation set aside
+    unfinished: dict[str, set[Path]] = defaultdict(set)
+    for r in current:
+        if r.get("status") != COMPLETED and identity_key(r, "evaluation_key"):
+            unfinished[identity_key(r, "evaluation_key")].add(Path(r["result_path"]).resolve().parent)
     # current cells that did not complete, failed before their keys (a hub error, a preemption), by their settings
     # less what they hold as configured (``unresolved_settings``)
     early = [r for r in current if r.get("status") != COMPLETED and not identity_key(r, "evaluation_key")]
@@ -718,8 +725,10 @@ def _grid_points(dirs: Sequence[str | os.PathLike], current: Sequence[dict[str, 
         if record.get("status") != COMPLETED:
             continue
         others = groups.get((record["dataset"], record["model"], record["method"]), [])
-        if identity_key(record, "evaluation_key") in unfinished:
-            points.append(record)
+        key = identity_key(record, "evaluation_key")
+        if key in unfinished:
+            recomputed = id(record) not in left_in_place and path.resolve().parent.parent in unfinished[key]
+            collection.replaced.append(path) if recomputed else points.append(record)
         elif settings_key(record) not in now and _a_point_of(configuration_settings(record), others):
             collection.set_aside.append(path)
             points.append(record)

@@ -12,11 +12,29 @@ from slm_sweep.results import FAILED_ATTEMPT_FILE, PREFLIGHT_FILE, RESULT_FILE, 
 
 
 def read_plan(sweep_dir: str | Path) -> dict | None:
-    """The preflight's record of a sweep (preflight.json), None without a readable one."""
+    """The preflight's record of a sweep (preflight.json), None without a readable one: a file that is no JSON, or
+    whose fields the report reads are not of their kind (hand-edited, another tool's) is none."""
     try:
-        return json.loads((Path(sweep_dir) / PREFLIGHT_FILE).read_text(encoding="utf-8"))
+        plan = json.loads((Path(sweep_dir) / PREFLIGHT_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return plan if _well_formed(plan) else None
+
+
+# the fields of a plan that the report reads, each absent, null or of its kind
+_PLAN_FIELDS = {"left_out": dict, "reasons": dict, "ood_sets_dropped": list, "dedup_skipped": list}
+
+
+def _well_formed(plan) -> bool:
+    return (isinstance(plan, dict)
+            and all(plan.get(name) is None or isinstance(plan[name], kind) for name, kind in _PLAN_FIELDS.items())
+            and all(isinstance(values, list) for values in (plan.get("left_out") or {}).values()))
+
+
+def ran_cells(plan: dict) -> bool:
+    """Whether the launch whose plan (read_plan's) this is ran cells: not refused by its preflight, nor a listing
+    (preflight.only=true)."""
+    return not plan.get("refused") and not plan.get("preflight_only")
 
 
 def preflight_notes(plan: dict | None) -> list[str]:
@@ -33,39 +51,58 @@ def preflight_notes(plan: dict | None) -> list[str]:
     return notes
 
 
-def _job_records(sweep_dir: Path) -> tuple[dict[Path, dict | None], list[dict | None]]:
+def _done(record: dict | None) -> bool:
+    return isinstance(record, dict) and record.get("status") == "completed"
+
+
+def _job_records(sweep_dir: Path) -> tuple[dict[Path, dict | None], dict[Path, dict | None]]:
     """Every job folder of the sweep and its result.json (None where it has none), and the results a rerun set
-    aside (superseded*/), which are no job's."""
+    aside (superseded*/), which are no job's, by their folders."""
     if not sweep_dir.is_dir():
-        return {}, []
+        return {}, {}
     jobs = {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
     jobs |= {p.parent for p in sweep_dir.rglob(RESULT_FILE)}
     aside = {job for job in jobs if any(part.startswith(SUPERSEDED) for part in job.relative_to(sweep_dir).parts)}
-    return {job: read_result(job) for job in sorted(jobs - aside)}, [read_result(job) for job in sorted(aside)]
+    return ({job: read_result(job) for job in sorted(jobs - aside)},
+            {job: read_result(job) for job in sorted(aside)})
 
 
-def _completed(records, set_aside=()) -> tuple[set[str], list]:
-    """The evaluation keys and the configs of the completed records among ``records``, with the evaluation keys of
-    the completed results a rerun set aside (``set_aside``): as the report reads them (collect._grid_points), one
-    is the result of a cell whose recomputation did not complete, but not of a cell of its settings that failed
-    before its keys were known."""
-    completed = [r for r in records if r is not None and r.get("status") == "completed"]
-    aside = [r for r in set_aside if r is not None and r.get("status") == "completed"]
-    return ({(r.get("identity") or {}).get("evaluation_key") for r in (*completed, *aside)} - {None},
-            [r.get("config") for r in completed])
+def _completed(records: dict[Path, dict | None], set_aside: dict[Path, dict | None]) -> tuple[set[str], list]:
+    """The evaluation keys and the configs of the completed records among ``records`` (by job folder), with the
+    evaluation keys of the completed results a rerun set aside (``set_aside``, by their superseded*/ folders): as
+    the report reads them (collect._grid_points), but one that the recomputation of its own job folder set aside and
+    did not complete (``resume.enabled=false``) is replaced by that attempt, which is listed."""
+    def key(record):
+        return (record.get("identity") or {}).get("evaluation_key")
+
+    completed = [r for r in records.values() if _done(r)]
+    recomputing = {(job, key(r)) for job, r in records.items() if isinstance(r, dict) and not _done(r) and key(r)}
+    aside = [r for folder, r in set_aside.items() if _done(r) and (folder.parent, key(r)) not in recomputing]
+    return {key(r) for r in (*completed, *aside)} - {None}, [r.get("config") for r in completed]
 
 
 def failed_cells(sweep_dir: Path) -> list[tuple[Path, str]]:
     """(job dir, '<status>: <error>') for every job of the sweep that has no completed result.json, unless
     another folder of the sweep completed the same cell (same evaluation key): a requeued sweep whose jobs were
     numbered otherwise resumes an interrupted cell in another folder."""
+    return [(job, why) for job, why, _ in _listed(Path(sweep_dir))]
+
+
+def failed_cell_groups(sweep_dir: Path) -> list[list[tuple[Path, str]]]:
+    """``failed_cells`` grouped by cell, as the report counts them ("Skipped cells"): the seeds of a baseline whose
+    result does not depend on the seed, or a cell's attempts in several folders of a requeued sweep, are one."""
+    return _by_cell(_listed(Path(sweep_dir)))
+
+
+def _listed(sweep_dir: Path) -> list[tuple[Path, str, dict | None]]:
     records, aside = _job_records(sweep_dir)
-    return _not_completed(records, *_completed(records.values(), aside))
+    return _not_completed(records, *_completed(records, aside))
 
 
-def _not_completed(records: dict[Path, dict | None], done: set[str], finished: list) -> list[tuple[Path, str]]:
+def _not_completed(records: dict[Path, dict | None], done: set[str],
+                   finished: list) -> list[tuple[Path, str, dict | None]]:
     """``failed_cells`` of the jobs ``records`` holds, given the evaluation keys and configs completed
-    (``_completed``) in any folder the report reads."""
+    (``_completed``) in any folder the report reads, each with the record it lists (None: none could be read)."""
     from .collect import other_cell
 
     out = []
@@ -83,7 +120,7 @@ def _not_completed(records: dict[Path, dict | None], done: set[str], finished: l
                     f"{(record or {}).get('status')} record, kept for its keys and trained weights")
             whose = "another cell's" if other else "an earlier run's"
             out.append((job, f"{attempt.get('status')}: {_error(attempt)} (in {FAILED_ATTEMPT_FILE}; the folder's "
-                             f"{RESULT_FILE} is {whose} {held})"))
+                             f"{RESULT_FILE} is {whose} {held})", attempt if other else record))
             continue
         if record is not None and (record.get("identity") or {}).get("evaluation_key") in done:
             continue
@@ -91,12 +128,55 @@ def _not_completed(records: dict[Path, dict | None], done: set[str], finished: l
                 and not (record.get("identity") or {}).get("evaluation_key") and record.get("config") in finished):
             continue  # failed before its keys were computed, and the same configuration completed since elsewhere
         if record is None:
-            out.append((job, _missing_result(job)))
+            out.append((job, _missing_result(job), None))
         elif record.get("status") == "running":
-            out.append((job, "running: still running, or stopped without recording why"))
+            out.append((job, "running: still running, or stopped without recording why" + _kept_aside(job, record),
+                        record))
         elif record.get("status") != "completed":
-            out.append((job, f"{record.get('status')}: {_error(record)}"))
+            out.append((job, f"{record.get('status')}: {_error(record)}{_kept_aside(job, record)}", record))
     return out
+
+
+def _kept_aside(job: Path, record: dict) -> str:
+    """Where the finished result of the same evaluation key that this attempt set aside to compute again is kept
+    (``resume.enabled=false``: run.py moves it to superseded*/ first), as a note; '' where there is none."""
+    key = (record.get("identity") or {}).get("evaluation_key")
+    if not key:
+        return ""
+    for path in sorted(job.glob(f"{SUPERSEDED}*/{RESULT_FILE}")):
+        aside = read_result(path.parent)
+        if aside and aside.get("status") == "completed" and (aside.get("identity") or {}).get("evaluation_key") == key:
+            return (f" (the finished result of this configuration that it was computing again is kept in "
+                    f"`{path.parent.name}/`; running it again with resume.enabled=true, or a sweep without "
+                    f"resume.enabled=false, reuses it)")
+    return ""
+
+
+def _by_cell(listed: list[tuple[Path, str, dict | None]]) -> list[list[tuple[Path, str]]]:
+    """The listed jobs grouped by the cell each is of, as the report groups their records (collect.group_keys); a
+    job without a readable record is a cell of its own."""
+    from .collect import group_keys
+
+    def groupable(record: dict) -> bool:
+        try:
+            group_keys([record])
+        except Exception:  # noqa: BLE001 - a malformed record (a name that is no string, a config that is no mapping)
+            return False
+        return True
+
+    # a record as the report reads it (collect.read_result checks these names; a missing one is unknown here); a
+    # malformed one, which the report skips, is a cell of its own
+    readable = [(job, read) for job, _, record in listed if isinstance(record, dict)
+                for read in [{**dict.fromkeys(("model", "method", "dataset", "seed")), **record,
+                              "result_path": str(job / RESULT_FILE)}] if groupable(read)]
+    try:
+        keys = dict(zip((job for job, _ in readable), group_keys([record for _, record in readable])))
+    except Exception:  # noqa: BLE001 - records that group alone but not together: each job alone
+        keys = {}
+    groups: dict = {}
+    for job, why, _ in listed:
+        groups.setdefault(keys.get(job, ("job", job)), []).append((job, why))
+    return list(groups.values())
 
 
 def _missing_result(job: Path) -> str:
@@ -298,7 +378,7 @@ def never_started(plan: dict | None, jobs: int) -> int:
     """How many of the cells a grid's preflight planned to run have no job folder: a sweep stopped (Ctrl-C, a
     SIGTERM, a time limit) before it reached them, or one still running. Counted, not named: a job folder's
     overrides are not matched to the preflight's labels. 0 for an Optuna search (its trials are not planned)."""
-    if not plan or plan.get("refused") or plan.get("sweeper") != _BASIC_SWEEPER:
+    if not plan or not ran_cells(plan) or plan.get("sweeper") != _BASIC_SWEEPER:
         return 0
     planned = plan.get("cells_to_run")
     return max(0, planned - jobs) if isinstance(planned, int) else 0
@@ -307,8 +387,22 @@ def never_started(plan: dict | None, jobs: int) -> int:
 _BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # preflight.BASIC_SWEEPER (no import)
 
 
-def sweep_notes_markdown(notes: list[str], failed: list[tuple[Path, str]], sweep_dir: Path,
+def describe_cell(jobs: list[tuple[Path, str]], sweep_dir: Path) -> str:
+    """One cell of ``failed_cell_groups`` as summary.md lists it, its job folders named relative to ``sweep_dir``."""
+    if len(jobs) == 1:
+        (job, why), = jobs
+        return f"`{job.relative_to(sweep_dir)}`: {why}"
+    whys = {why for _, why in jobs}
+    if len(whys) == 1:
+        return (", ".join(f"`{job.relative_to(sweep_dir)}`" for job, _ in jobs)
+                + f" (one cell, run in {len(jobs)} job folders): {whys.pop()}")
+    return f"one cell, run in {len(jobs)} job folders: " + "; ".join(f"`{job.relative_to(sweep_dir)}`: {why}"
+                                                                      for job, why in jobs)
+
+
+def sweep_notes_markdown(notes: list[str], failed: list[list[tuple[Path, str]]], sweep_dir: Path,
                          unstarted: int = 0) -> list[str]:
+    """``failed``: the cells that did not complete, each its job folders (``failed_cell_groups``)."""
     lines: list[str] = []
     if notes:
         lines += ["", "## Left out by the preflight", "",
@@ -317,7 +411,7 @@ def sweep_notes_markdown(notes: list[str], failed: list[tuple[Path, str]], sweep
                   "", *(f"- {note}" for note in notes)]
     if failed or unstarted:
         lines += ["", "## Cells that did not complete", "",
-                  *(f"- `{job.relative_to(sweep_dir)}`: {why}" for job, why in failed)]
+                  *(f"- {describe_cell(jobs, sweep_dir)}" for jobs in failed)]
     if unstarted:
         lines.append(f"- {unstarted} planned cell{'s' * (unstarted != 1)} never started: the sweep was stopped before "
                      f"{'them' if unstarted != 1 else 'it'}, or is still running ({PREFLIGHT_FILE} lists the cells "
@@ -330,13 +424,14 @@ def sweep_sections(dirs) -> list[str]:
     did not complete (in any folder of ``dirs``)."""
     records = {Path(folder): _job_records(Path(folder)) for folder in dirs}
     # a cell interrupted in one folder and completed in another of the report (a resumed sweep) did complete
-    completed = _completed((r for jobs, _ in records.values() for r in jobs.values()),
-                           (r for _, aside in records.values() for r in aside))
+    completed = _completed({job: r for jobs, _ in records.values() for job, r in jobs.items()},
+                           {folder: r for _, aside in records.values() for folder, r in aside.items()})
     lines: list[str] = []
     for folder, (jobs, _) in records.items():
         plan = read_plan(folder)
         # counted for a report of one sweep folder only: the same command run again starts another folder, whose
         # jobs would have to be matched to this plan's cells to say which of them started there
         unstarted = never_started(plan, len(jobs)) if len(records) == 1 else 0
-        lines += sweep_notes_markdown(preflight_notes(plan), _not_completed(jobs, *completed), folder, unstarted)
+        lines += sweep_notes_markdown(preflight_notes(plan), _by_cell(_not_completed(jobs, *completed)),
+                                      folder, unstarted)
     return lines

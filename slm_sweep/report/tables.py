@@ -255,7 +255,8 @@ def _sources(collection: Collection) -> list[str]:
                   f"cell has, read as cells of their own (another point of the grid): {len(collection.set_aside)} "
                   f"(listed in `report.json`).", ""]
     if collection.replaced:
-        lines += [f"Set-aside results that a rerun replaced (recomputed them, or changed a setting the sweep does "
+        lines += [f"Set-aside results that a rerun replaced (recomputed them, or tried to and did not complete: the "
+                  f"cell is that attempt; copied them back: the copy is read; or changed a setting the sweep does "
                   f"not vary), left out: {len(collection.replaced)} (listed in `report.json`).", ""]
     if collection.copies:
         lines += [f"Copies of a computed cell (a baseline reused for another seed), counted once: "

@@ -67,14 +67,19 @@ class Preflight(Callback):
     """Before the first cell: check that every model, training dataset and out-of-domain set of the grid can be
     read; leave out the swept values (and out-of-domain sets) that cannot, or refuse the whole sweep (exit
     non-zero) when nothing could run, a fixed value is missing, or preflight.on_missing=refuse (warn: only list
-    them). Writes <sweep dir>/preflight.json either way. With preflight.only=true it then lists the cells that
-    would run and stops the sweep before any does."""
+    them). Writes <sweep dir>/preflight.json either way, unless this launch runs no cell and that file is the plan of
+    a launch that ran cells (preflight.write_plan: then preflight-not-run.json). With preflight.only=true it then
+    lists the cells that would run and stops the sweep before any does."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from slm_sweep.config import ConfigError, validate_job_environment, validate_preflight
         from slm_sweep.config_sources import use_config_sources
         from slm_sweep.sweep.preflight import apply_plan, plan_grid, write_plan
 
+        if OmegaConf.select(config, "hydra.job.chdir", default=False):
+            from slm_sweep.run import CHDIR_REFUSED
+
+            raise SystemExit(f"preflight: {CHDIR_REFUSED}; no cell runs")
         use_config_sources(OmegaConf.select(config, "hydra.runtime.config_sources"))
         from slm_sweep.identity import pin_running_code
         from slm_sweep.tune import check_search_scoring
@@ -95,7 +100,12 @@ class Preflight(Callback):
         except Exception as error:  # noqa: BLE001 - Hydra only warns about a callback's error and runs the cells
             raise SystemExit(f"preflight: the grid could not be checked, so no cell runs: "
                              f"{type(error).__name__}: {error}") from None
-        path = write_plan(plan, Path(str(config.hydra.sweep.dir)))
+        plan.only = bool(OmegaConf.select(config, "preflight.only", default=False))
+        try:
+            path = write_plan(plan, Path(str(config.hydra.sweep.dir)))
+        except Exception as error:  # noqa: BLE001 - see above
+            raise SystemExit(f"preflight: the plan could not be written, so no cell runs: "
+                             f"{type(error).__name__}: {error}") from None
         if plan.refused:
             if OmegaConf.select(config, "preflight.only", default=False):
                 print("\n".join(plan.listing(path)), flush=True)
@@ -137,12 +147,17 @@ class AggregateSweep(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from slm_sweep.report import write_report
-        from slm_sweep.report.sweep_notes import failed_cells, preflight_notes, read_plan
+        from slm_sweep.report.sweep_notes import failed_cell_groups, failed_cells
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        plan = read_plan(sweep_dir)
-        notes = preflight_notes(plan)
-        failed = failed_cells(sweep_dir)
+        # the cells that did not complete, each its job folders (the seeds of a baseline whose result does not
+        # depend on the seed are one cell, as the summary counts them)
+        try:
+            groups = failed_cell_groups(sweep_dir)
+        except Exception:  # noqa: BLE001 - Hydra would only warn and exit 0, naming none of them: each folder alone
+            log.exception("grouping the cells that did not complete failed; each job folder is listed as a cell")
+            groups = [[entry] for entry in failed_cells(sweep_dir)]
+        failed = [entry for jobs in groups for entry in jobs]
         if config.get("eval") and config.eval.get("split", "test") != "test":
             # A hyperparameter search scores the validation split; the tune command reads it, and Optuna writes its
             # own summary. A learning rate that diverges is an ordinary outcome of a search (the tune command
@@ -161,13 +176,18 @@ class AggregateSweep(Callback):
                                  + "\n".join(f"  {job}: {why}" for job, why in broken))
             return
         from slm_sweep.report import CLAIMS_METRIC_SWEEP, DEFAULT_CLAIMS, ReportError
-        from slm_sweep.report.sweep_notes import sweep_claims_metrics
+        from slm_sweep.report.sweep_notes import preflight_notes, read_plan, sweep_claims_metrics
 
         # Hydra turns an exception of this callback into a warning and exits 0: every failure of the summary is
         # caught here, and the sweep's exit status (failed cells, a summary that could not be written) is
         # decided after it
         problems: list[str] = []
         report = None
+        notes: list[str] = []
+        try:
+            notes = preflight_notes(read_plan(sweep_dir))
+        except Exception:  # noqa: BLE001 - see above; summary.md says what its own reading of the plan finds
+            log.exception("reading what the preflight left out failed")
         claims_metrics: dict[str, str] = {}
         ood_claims_metrics: dict[str, str] = {}
         try:
@@ -206,7 +226,9 @@ class AggregateSweep(Callback):
         for note in notes:
             log.warning("preflight left out %s", note)
         if failed:
-            problems.insert(0, f"{len(failed)} cell(s) of the sweep in {sweep_dir} did not complete:\n"
+            folders = f", in {len(failed)} job folders (one cell's seeds or attempts in several count once)" \
+                if len(groups) != len(failed) else ""
+            problems.insert(0, f"{len(groups)} cell(s) of the sweep in {sweep_dir} did not complete{folders}:\n"
                             + "\n".join(f"  {job}: {why}" for job, why in failed))
         if problems:
             raise SystemExit("\n".join(problems))

@@ -442,6 +442,7 @@ class Plan:
     untuned_table: str | None = None
     # of those, the ones with tuning.on_missing=refuse, which refuse the grid: lr.<dataset>.<model>.<method> -> cells
     missing_rates: dict[str, list[str]] = field(default_factory=dict)
+    only: bool = False  # preflight.only=true: the launch lists the cells and runs none
 
     @property
     def missing(self) -> list[Check]:
@@ -505,6 +506,7 @@ class Plan:
             "untuned_cells": self.untuned,
             "untuned_table": self.untuned_table,
             "missing_rates": self.missing_rates,
+            "preflight_only": self.only,
         }
 
     def listing(self, path: Path) -> list[str]:
@@ -900,8 +902,27 @@ def _pruned(line: str, left_out: Mapping[str, list[str]]) -> str:
     return f"{key}={','.join(values)}"
 
 
+# where a launch that runs no cell (refused, or preflight.only=true) writes its plan when the sweep folder's
+# preflight.json was written by a launch that ran cells (or cannot be read), which it leaves as it is
+PREFLIGHT_NOT_RUN_FILE = "preflight-not-run.json"
+
+
 def write_plan(plan: Plan, sweep_dir: str | Path) -> Path:
-    path = Path(sweep_dir) / PREFLIGHT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(plan.to_json(), indent=2) + "\n", encoding="utf-8")
+    """Write the plan where the report reads it (preflight.json), and return the file. A launch that runs no cell
+    writes PREFLIGHT_NOT_RUN_FILE instead where preflight.json is the plan of a launch that ran cells, or one that
+    cannot be read: the report of the sweep then says what it said."""
+    from slm_sweep.report.sweep_notes import ran_cells, read_plan
+    from slm_sweep.results import atomic_write_text
+
+    folder = Path(sweep_dir)
+    path = folder / PREFLIGHT_FILE
+    if path.exists():
+        existing = read_plan(folder)
+        if plan.refused or plan.only:
+            if existing is None or ran_cells(existing):
+                path = folder / PREFLIGHT_NOT_RUN_FILE
+        elif existing is None:
+            log.warning("preflight: %s cannot be read; this launch's plan replaces it", path)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(plan.to_json(), indent=2) + "\n")
     return path

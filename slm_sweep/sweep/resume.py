@@ -156,12 +156,13 @@ def _key(record: dict, name: str) -> str | None:
 
 def find_completed(dirs: Sequence[Path], evaluation_key: str, own: Path, eval_dtype: str | None = None) -> Path | None:
     """A directory holding a complete result with this evaluation key: the cell's own when it has one, else the
-    most recently finished original (not itself a copy). With ``eval_dtype`` (the dtype the key names), a result
-    that generated in another dtype is passed over: the key's dtype once came from the config while generation
-    followed the weights, so results of bf16 weights scored on the CPU carry a float32 key."""
+    most recently finished original, else (its original's folder removed or not searched) the most recently
+    finished copy, whose numbers and predictions are that original's. With ``eval_dtype`` (the dtype the key
+    names), a result that generated in another dtype is passed over: the key's dtype once came from the config
+    while generation followed the weights, so results of bf16 weights scored on the CPU carry a float32 key."""
     if not dirs:
         return None
-    best: tuple[str, Path] | None = None
+    best: dict[bool, tuple[str, Path]] = {}  # per kind (a copy or not): the latest finished
     for folder, record in _records(dirs, own):
         if _key(record, "evaluation_key") != evaluation_key or not is_complete(record):
             continue
@@ -170,11 +171,12 @@ def find_completed(dirs: Sequence[Path], evaluation_key: str, own: Path, eval_dt
             continue
         if _same(folder, own):
             return folder
-        if not record.get("reused_from"):
-            stamp = record.get("finished_at") or ""
-            if best is None or stamp > best[0]:
-                best = (stamp, folder)
-    return best[1] if best else None
+        copy = bool(record.get("reused_from"))
+        stamp = record.get("finished_at") or ""
+        if copy not in best or stamp > best[copy][0]:
+            best[copy] = (stamp, folder)
+    found = best.get(False) or best.get(True)
+    return found[1] if found else None
 
 
 def find_checkpoint(dirs: Sequence[Path], training_key: str | None, own: Path) -> Path | None:

@@ -1,4 +1,4 @@
-"""Argument types the benchmarks share."""
+"""argparse types the command lines share: whole numbers of at least a minimum, numbers in a range."""
 
 from __future__ import annotations
 
