@@ -123,22 +123,10 @@ def _job_env_set() -> Any:
         return None
 
 
-def _launch_dir() -> Path:
-    """The directory the run was launched from (``hydra.runtime.cwd``), where a relative path on its command line
-    points: with ``hydra.job.chdir=true`` the job runs in its own folder. The working directory outside Hydra."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        if HydraConfig.initialized():
-            return Path(str(HydraConfig.get().runtime.cwd))
-    except (ImportError, ValueError):
-        pass
-    return Path.cwd()
-
-
-CHDIR_REFUSED = ("hydra.job.chdir=true is not supported: a cell reads its relative paths (data_root, cache_dir, "
-                 "dataset.data_dir, model.gguf_dir, ...) from the folder it runs in; leave hydra.job.chdir false "
-                 "(every file a cell writes goes into its own output folder anyway)")
+CHDIR_REFUSED = ("hydra.job.chdir=true is not supported: a cell reads and writes its relative paths (data_root, "
+                 "cache_dir, dataset.data_dir, model.gguf_dir, resume.search_dir, ...) from the folder it runs in, "
+                 "and each job would run in its own; leave hydra.job.chdir false (a cell's results go into its "
+                 "output folder either way)")
 
 
 def _refuse_chdir() -> None:
@@ -153,12 +141,6 @@ def _refuse_chdir() -> None:
         raise ConfigError(CHDIR_REFUSED)
 
 
-def _from_launch_dir(path: str) -> Path:
-    """``path`` (``~`` expanded) as an absolute path, a relative one taken from the launch directory."""
-    found = Path(path).expanduser()
-    return found if found.is_absolute() else _launch_dir() / found
-
-
 def _sweep_dir() -> Path | None:
     """The directory of the multirun this job belongs to (absolute), None for a single run."""
     try:
@@ -167,7 +149,7 @@ def _sweep_dir() -> Path | None:
 
         hc = HydraConfig.get()
         if hc.mode == RunMode.MULTIRUN:
-            return _from_launch_dir(str(hc.sweep.dir))
+            return Path(str(hc.sweep.dir)).absolute()  # as Hydra writes it: a literal ~ is a folder name
     except (ImportError, ValueError):
         pass
     return None
@@ -183,7 +165,7 @@ def _resume_dirs(cfg: DictConfig, out: Path) -> list[Path]:
         return []
     searched = cfg.resume.search_dir
     searched = [searched] if isinstance(searched, str) else list(searched or [])
-    return search_dirs(out, _sweep_dir(), *(_from_launch_dir(str(d)) for d in searched))
+    return search_dirs(out, _sweep_dir(), *(Path(str(d)).expanduser().absolute() for d in searched))
 
 
 def _resume_off(cfg: DictConfig) -> bool:

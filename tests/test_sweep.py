@@ -689,6 +689,11 @@ def test_a_malformed_result_json_is_a_cell_of_its_own_and_the_sweep_still_exits_
     assert message[0] == (f"2 cell(s) of the sweep in {tmp_path} did not complete, in 3 job folders (one cell's "
                           "seeds or attempts in several count once):")
     assert f"  {odd}: failed: boom" in message
+    # an identity that is no mapping likewise (the fallback listing each folder read it too, and the sweep exited 0)
+    (odd / "result.json").write_text(json.dumps({**json.loads((odd / "result.json").read_text()), "identity": "x"}))
+    with pytest.raises(SystemExit) as stop:
+        AggregateSweep().on_multirun_end(config)
+    assert f"  {odd}: failed: boom" in str(stop.value).splitlines()
 
 
 def test_a_malformed_preflight_record_neither_hides_the_failed_cells_nor_the_summary(tmp_path):

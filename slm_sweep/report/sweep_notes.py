@@ -63,8 +63,15 @@ def _job_records(sweep_dir: Path) -> tuple[dict[Path, dict | None], dict[Path, d
     jobs = {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
     jobs |= {p.parent for p in sweep_dir.rglob(RESULT_FILE)}
     aside = {job for job in jobs if any(part.startswith(SUPERSEDED) for part in job.relative_to(sweep_dir).parts)}
-    return ({job: read_result(job) for job in sorted(jobs - aside)},
-            {job: read_result(job) for job in sorted(aside)})
+    return ({job: _shaped(read_result(job)) for job in sorted(jobs - aside)},
+            {job: _shaped(read_result(job)) for job in sorted(aside)})
+
+
+def _shaped(record: dict | None) -> dict | None:
+    """A record whose identity or config is no mapping (hand-edited, another tool's) read as one without them."""
+    if not isinstance(record, dict):
+        return None
+    return {**record, **{key: None for key in ("identity", "config") if not isinstance(record.get(key), (dict, type(None)))}}
 
 
 def _completed(records: dict[Path, dict | None], set_aside: dict[Path, dict | None]) -> tuple[set[str], list]:
