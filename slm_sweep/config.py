@@ -47,6 +47,12 @@ class ConfigError(ValueError):
     """A configuration value is not allowed."""
 
 
+CHDIR_REFUSED = ("hydra.job.chdir=true is not supported: a cell reads and writes its relative paths (data_root, "
+                 "cache_dir, dataset.data_dir, model.gguf_dir, resume.search_dir, ...) from the folder it runs in, "
+                 "and each job would run in its own; leave hydra.job.chdir false (a cell's results go into its "
+                 "output folder either way)")
+
+
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
     """The config that ``python -m slm_sweep`` composes with these overrides, for scripts and notebooks (outside
     a Hydra application)."""

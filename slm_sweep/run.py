@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from slm_sweep.config import (
+    CHDIR_REFUSED,
     ConfigError,
     check_classes,
     use_metric_modules_checked,
@@ -121,12 +122,6 @@ def _job_env_set() -> Any:
         return HydraConfig.get().job.get("env_set") if HydraConfig.initialized() else None
     except (ImportError, ValueError):
         return None
-
-
-CHDIR_REFUSED = ("hydra.job.chdir=true is not supported: a cell reads and writes its relative paths (data_root, "
-                 "cache_dir, dataset.data_dir, model.gguf_dir, resume.search_dir, ...) from the folder it runs in, "
-                 "and each job would run in its own; leave hydra.job.chdir false (a cell's results go into its "
-                 "output folder either way)")
 
 
 def _refuse_chdir() -> None:

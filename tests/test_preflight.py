@@ -766,6 +766,7 @@ def left_out_notes(sweep_dir: Path) -> list[str]:
     return [line for line in section.splitlines() if line.startswith("- ")]
 
 
+@pytest.mark.slow  # three real launches: ~45 s; write_plan's choice is tested in test_a_malformed_preflight_record_is_no_plan
 def test_a_launch_that_runs_nothing_leaves_what_the_sweeps_report_says_alone(requires_data, tmp_path):
     """A launch into a finished sweep's folder that the preflight refuses, or one with preflight.only=true, runs no
     cell: it writes its plan beside preflight.json and says where, and the report of the folder still says what
@@ -812,6 +813,12 @@ def test_a_malformed_preflight_record_is_no_plan(tmp_path, text):
     assert (tmp_path / "preflight.json").read_text() == text
     preflight.write_plan(preflight.Plan("skip", BASIC_SWEEPER, cells=1, to_run=["method=zeroshot"]), tmp_path)
     assert read_plan(tmp_path)["cells"] == ["method=zeroshot"]
+    # over the plan of a launch that ran cells, a listing and a refused launch write beside it
+    ran = (tmp_path / "preflight.json").read_text()
+    refused = preflight.Plan("skip", BASIC_SWEEPER, cells=1, refused="no cell of the grid could run")
+    for plan in (listing, refused):
+        assert preflight.write_plan(plan, tmp_path).name == "preflight-not-run.json"
+        assert (tmp_path / "preflight.json").read_text() == ran
 
 
 def test_a_listing_into_a_folder_whose_preflight_record_is_malformed_runs_and_leaves_it(requires_data, tmp_path):

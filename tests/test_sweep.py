@@ -194,6 +194,7 @@ register_metric("flaky", extract, lambda extracted, reference, tolerance=None: F
 """
 
 
+@pytest.mark.slow  # three real sweeps: ~30 s; the report's reading is tested in tests/test_report.py
 def test_a_recomputation_that_fails_fails_the_sweep_and_the_result_it_set_aside_is_reused_later(requires_data,
                                                                                                   tmp_path):
     """resume.enabled=false computes a finished cell again, its result first moved to superseded/. When that fails,

@@ -77,7 +77,7 @@ class Preflight(Callback):
         from slm_sweep.sweep.preflight import apply_plan, plan_grid, write_plan
 
         if OmegaConf.select(config, "hydra.job.chdir", default=False):
-            from slm_sweep.run import CHDIR_REFUSED
+            from slm_sweep.config import CHDIR_REFUSED
 
             raise SystemExit(f"preflight: {CHDIR_REFUSED}; no cell runs")
         use_config_sources(OmegaConf.select(config, "hydra.runtime.config_sources"))
