@@ -21,6 +21,17 @@ from tests.conftest import DATA_ROOT, FAST_TINY, REPO
 SWEEP_SETTINGS = [o for o in FAST_TINY if not o.startswith("resume.")]
 
 
+def _failed_sweep_message(sweep_dir: Path) -> str:
+    """What the sweep's end-of-run callback exits with over ``sweep_dir``, whose cells did not all complete."""
+    from slm_sweep.sweep.callbacks import AggregateSweep
+
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}, "eval": {"split": "test"},
+                               "logger": None})
+    with pytest.raises(SystemExit) as stop:
+        AggregateSweep().on_multirun_end(config)
+    return str(stop.value)
+
+
 def cli(args: list[str], cwd: Path) -> list[str]:
     return [sys.executable, "-m", "slm_sweep", *args]
 
@@ -510,7 +521,6 @@ def test_a_result_json_that_cannot_be_read_is_named_unreadable_not_missing(tmp_p
     """A truncated result.json exists: summary.md and the sweep's exit message give its error, not "no result.json"."""
     import slm_sweep.report as report
     from slm_sweep.report.sweep_notes import sweep_sections
-    from slm_sweep.sweep.callbacks import AggregateSweep
 
     job = _job(tmp_path, "1-tiny-lora-gsm8k-seed0", "completed", "k-lora")
     (job / "result.json").write_text((job / "result.json").read_text()[:40])
@@ -520,11 +530,7 @@ def test_a_result_json_that_cannot_be_read_is_named_unreadable_not_missing(tmp_p
     assert listed[0].startswith("- `1-tiny-lora-gsm8k-seed0`: result.json unreadable: Unterminated string")
     assert listed[1] == "- `2-tiny-dora-gsm8k-seed0`: no result.json (the cell stopped before writing it)"
     monkeypatch.setattr(report, "write_report", lambda *args, **kwargs: None)
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "eval": {"split": "test"},
-                               "logger": None})
-    with pytest.raises(SystemExit) as stop:
-        AggregateSweep().on_multirun_end(config)
-    assert "1-tiny-lora-gsm8k-seed0: result.json unreadable: Unterminated string" in str(stop.value)
+    assert "1-tiny-lora-gsm8k-seed0: result.json unreadable: Unterminated string" in _failed_sweep_message(tmp_path)
 
 
 def test_a_learning_rate_grid_whose_cell_failed_exits_non_zero_and_one_that_diverged_does_not(tmp_path):
@@ -628,7 +634,6 @@ def test_the_sweeps_claims_metric_of_a_set_is_its_job_configs_in_domain_and_its_
 def test_a_summary_that_fails_neither_hides_the_failed_cells_nor_exits_zero(tmp_path, monkeypatch):
     """Hydra turns an exception of on_multirun_end into a warning and exits 0: the callback must decide the exit."""
     import slm_sweep.report as report
-    from slm_sweep.sweep.callbacks import AggregateSweep
 
     _job(tmp_path, "0-tiny-lora-gsm8k-seed0", "failed", "k-lora")
 
@@ -636,11 +641,7 @@ def test_a_summary_that_fails_neither_hides_the_failed_cells_nor_exits_zero(tmp_
         raise RuntimeError("plots could not be drawn")
 
     monkeypatch.setattr(report, "write_report", broken)
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "eval": {"split": "test"},
-                               "logger": None})
-    with pytest.raises(SystemExit) as stop:
-        AggregateSweep().on_multirun_end(config)
-    message = str(stop.value)
+    message = _failed_sweep_message(tmp_path)
     assert "1 cell(s) of the sweep" in message and "0-tiny-lora-gsm8k-seed0: failed: KeyboardInterrupt" in message
     assert "no sweep summary written: RuntimeError: plots could not be drawn" in message
 
@@ -648,16 +649,11 @@ def test_a_summary_that_fails_neither_hides_the_failed_cells_nor_exits_zero(tmp_
 def test_the_sweeps_closing_message_counts_the_cells_its_summary_counts(tmp_path):
     """Two job folders of one cell (one evaluation key: a baseline's seeds, a cell requeued into another folder)
     count once, in summary.md and in the message the sweep exits with, which names each folder."""
-    from slm_sweep.sweep.callbacks import AggregateSweep
 
     for name, key in (("0-tiny-lora-gsm8k-seed0", "k-lora"), ("1-tiny-dora-gsm8k-seed0", "k-dora"),
                       ("2-tiny-lora-gsm8k-seed0", "k-lora")):
         _job(tmp_path, name, "failed", key)
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "eval": {"split": "test"},
-                               "logger": None})
-    with pytest.raises(SystemExit) as stop:
-        AggregateSweep().on_multirun_end(config)
-    message = str(stop.value).splitlines()
+    message = _failed_sweep_message(tmp_path).splitlines()
     assert message[0] == (f"2 cell(s) of the sweep in {tmp_path} did not complete, in 3 job folders (one cell's "
                           "seeds or attempts in several count once):")
     assert {line.strip().split(":")[0] for line in message[1:]} == {str(tmp_path / f) for f in (
@@ -672,7 +668,6 @@ def test_a_malformed_result_json_is_a_cell_of_its_own_and_the_sweep_still_exits_
     """A result.json whose config is no mapping (hand-edited, another tool's) cannot be grouped with any other: it is
     listed as a cell of its own, named by its folder, beside the others, and the sweep exits non-zero naming them."""
     from slm_sweep.report.sweep_notes import failed_cell_groups
-    from slm_sweep.sweep.callbacks import AggregateSweep
 
     for name in ("0-tiny-lora-gsm8k-seed0", "1-tiny-lora-gsm8k-seed0"):
         _job(tmp_path, name, "failed", "k-lora")
@@ -682,33 +677,22 @@ def test_a_malformed_result_json_is_a_cell_of_its_own_and_the_sweep_still_exits_
     assert failed_cell_groups(tmp_path) == [
         [(tmp_path / "0-tiny-lora-gsm8k-seed0", "failed: KeyboardInterrupt"),
          (tmp_path / "1-tiny-lora-gsm8k-seed0", "failed: KeyboardInterrupt")], [(odd, "failed: boom")]]
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "eval": {"split": "test"},
-                               "logger": None})
-    with pytest.raises(SystemExit) as stop:
-        AggregateSweep().on_multirun_end(config)
-    message = str(stop.value).splitlines()
+    message = _failed_sweep_message(tmp_path).splitlines()
     assert message[0] == (f"2 cell(s) of the sweep in {tmp_path} did not complete, in 3 job folders (one cell's "
                           "seeds or attempts in several count once):")
     assert f"  {odd}: failed: boom" in message
     # an identity that is no mapping likewise (the fallback listing each folder read it too, and the sweep exited 0)
     (odd / "result.json").write_text(json.dumps({**json.loads((odd / "result.json").read_text()), "identity": "x"}))
-    with pytest.raises(SystemExit) as stop:
-        AggregateSweep().on_multirun_end(config)
-    assert f"  {odd}: failed: boom" in str(stop.value).splitlines()
+    assert f"  {odd}: failed: boom" in _failed_sweep_message(tmp_path).splitlines()
 
 
 def test_a_malformed_preflight_record_neither_hides_the_failed_cells_nor_the_summary(tmp_path):
     """A preflight.json that is JSON but no plan (hand-edited, another tool's) is read as none: the sweep's summary
     is written and the sweep exits non-zero naming its failed cell."""
-    from slm_sweep.sweep.callbacks import AggregateSweep
 
     job = _job(tmp_path, "0-tiny-lora-gsm8k-seed0", "failed", "k-lora")
     (tmp_path / "preflight.json").write_text('{"left_out": {"dataset": 5}}')
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "eval": {"split": "test"},
-                               "logger": None})
-    with pytest.raises(SystemExit) as stop:
-        AggregateSweep().on_multirun_end(config)
-    assert str(stop.value).splitlines() == [f"1 cell(s) of the sweep in {tmp_path} did not complete:",
+    assert _failed_sweep_message(tmp_path).splitlines() == [f"1 cell(s) of the sweep in {tmp_path} did not complete:",
                                             f"  {job}: failed: KeyboardInterrupt"]
     assert "Skipped cells: 0 running, 1 failed" in (tmp_path / "summary.md").read_text()
 
