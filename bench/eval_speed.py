@@ -39,6 +39,7 @@ class Timed:
     outputs: list[str]
     accuracy: dict[str, float]
     rounds_agree: bool = True  # folded runs (median_run): whether every round decoded the same outputs
+    phases: str = ""  # ours: where the evaluator's time went (its decode profile), printed with the round
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,7 +84,17 @@ def time_ours(model, tokenizer, args, engine: str) -> Timed:
     records, metrics = evaluate(model, tokenizer, test, prompts, eval_cfg, "gsm8k", progress=False)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     return Timed(f"ours engine={engine}", seconds, cpu, [r["output"] for r in records],
-                 {"strict": metrics["accuracy_strict"], "flexible": metrics["accuracy_flexible"]})
+                 {"strict": metrics["accuracy_strict"], "flexible": metrics["accuracy_flexible"]},
+                 phases=describe_phases(metrics["decode_profile"]))
+
+
+def describe_phases(profile: dict | None) -> str:
+    """The static engine's split of its time (``LoopTimes``): reading the prompts, the decode steps."""
+    if not profile:
+        return ""
+    return (f"prompts read {profile['prefill_s']:.1f} s in {profile['prefill_forwards']} forwards, "
+            f"{profile['decode_steps']} decode steps {profile['decode_s']:.1f} s "
+            f"({profile['decode_ms_per_step']:.1f} ms each)")
 
 
 def time_lm_eval(model, tokenizer, args, batch_size: str) -> Timed:
@@ -152,7 +163,7 @@ def main(argv=None) -> None:
             result = time_run(model, tokenizer, args, setting)
             timed[(kind, setting)].append(result)
             print(f"round {round_index + 1}: {result.name}: {result.seconds:.1f} s wall, {result.cpu_seconds:.1f} s cpu, "
-                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+                  f"load {os.getloadavg()[0]:.1f}" + (f"; {result.phases}" if result.phases else ""), flush=True)
     folded = [median_run(timed[run]) for run in runs]
     report(folded, folded[0], args.questions)
 

@@ -228,3 +228,14 @@ def test_dedup_refuses_a_dataset_or_threshold_it_cannot_deduplicate(argv, messag
     import dedup
 
     assert message in _refused(dedup.parse_args, argv, capsys)
+
+
+def test_eval_speed_prints_where_the_static_engines_time_went():
+    from eval_speed import describe_phases
+
+    from slm_sweep.evaluate.decode import LoopTimes
+
+    times = LoopTimes(prefill_forwards=32, prefill_s=47.23, decode_steps=255, decode_s=16.03)
+    assert describe_phases(times.as_dict()) == ("prompts read 47.2 s in 32 forwards, "
+                                                "255 decode steps 16.0 s (62.9 ms each)")
+    assert describe_phases(None) == ""  # the other engines keep no profile
