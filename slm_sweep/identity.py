@@ -144,7 +144,7 @@ TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "t
                     "methods.py", "placement.py", "models.py",
                     "train/interrupt.py")  # which steps a resumed run trains (align_to_plan, rewind_to_last_step)
 SCORING_SOURCES_SHA256 = {21: "61e119c02254bbaeb8e2f3f1ecb3661a9a80537cab6513aac25c14e2fdffb74a"}
-TRAINING_SOURCES_SHA256 = {8: "4b06a317937af17f8de767c2114ca6c042393d0976adfa1305d8f036e63842e1"}
+TRAINING_SOURCES_SHA256 = {8: "c53e2c084a4f31ad5a808e47a0cd20b6756f1dea21b12e7e7cca270319f7e49c"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

@@ -11,8 +11,9 @@
   ``trainer.warmup_steps``: ``cosine`` decays to zero at ``max_steps``, ``linear`` likewise in a straight line,
   ``constant`` keeps it.
 
-Weight decay (``trainer.weight_decay``) applies to matrices only, never to vectors (norms, biases, DoRA
-magnitudes).
+Weight decay (``trainer.weight_decay``) applies to parameters of two or more dimensions only, never to vectors
+(norms, biases, DoRA magnitudes). AdaLoRA's singular values are decayed: peft stores them as an (r, 1) column, and a
+rule by shape cannot tell it from a rank-1 LoRA matrix.
 """
 
 from __future__ import annotations
