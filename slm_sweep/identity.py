@@ -143,8 +143,8 @@ TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "t
                     "train/fit.py", "train/optimizers.py", "train/rank_allocation.py", "train/compilation.py",
                     "methods.py", "placement.py", "models.py",
                     "train/interrupt.py")  # which steps a resumed run trains (align_to_plan, rewind_to_last_step)
-SCORING_SOURCES_SHA256 = {21: "61e119c02254bbaeb8e2f3f1ecb3661a9a80537cab6513aac25c14e2fdffb74a"}
-TRAINING_SOURCES_SHA256 = {8: "c53e2c084a4f31ad5a808e47a0cd20b6756f1dea21b12e7e7cca270319f7e49c"}
+SCORING_SOURCES_SHA256 = {21: "dda6978ce0625bebbb48c5c769635059af942500d569697b3b6f0f305fc39fd8"}
+TRAINING_SOURCES_SHA256 = {8: "d95629d48560c4a2cce6c6bb91371fbc79a68447f5de7ce2f346cd6c719a321b"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

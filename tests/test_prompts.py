@@ -154,3 +154,39 @@ def test_a_dated_chat_template_gets_a_fixed_date_not_today():
     assert f"Today Date: {CHAT_TEMPLATE_DATE}" in prompt
     undated = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
     assert "Today Date: " in undated and CHAT_TEMPLATE_DATE not in undated  # what the template does on its own
+
+
+def test_a_system_message_that_plain_prompts_leave_out_is_not_recorded(caplog):
+    """result.json recorded a system message the plain prompts never held (the evaluation key held none)."""
+    from slm_sweep.data.prompts import resolve_format
+    from slm_sweep.models import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    zeroshot = {"name": "zeroshot", "num_fewshot": 0, "prompt_format": "as_trained"}
+    tutor = "You are a careful math tutor."
+    with caplog.at_level("WARNING"):
+        plain = resolve_format(zeroshot, {"style": "plain", "system": tutor}, tokenizer, seed=0)
+    assert plain.describe()["system"] is None and plain.render(tokenizer, "What is 2+2?") == \
+        "Question: What is 2+2?\nAnswer:"
+    assert "prompt.system is set but the prompts are plain text" in caplog.text
+    tokenizer.chat_template = None  # auto resolves to plain: the same
+    assert resolve_format(zeroshot, {"style": "auto", "system": tutor}, tokenizer, seed=0).system is None
+
+
+def test_a_tokenizer_with_named_chat_templates_ends_a_turn_and_generates():
+    """Several named templates load as a dict, which end_of_turn's cache could not hash: every chat cell failed."""
+    from omegaconf import OmegaConf
+
+    from slm_sweep.config import CONF_DIR
+    from slm_sweep.data.prompts import end_of_turn
+    from slm_sweep.evaluate.generate import generate
+    from slm_sweep.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(OmegaConf.load(CONF_DIR / "model" / "tiny.yaml"))
+    template = tokenizer.chat_template
+    tokenizer.chat_template = {"default": template, "tool_use": template}
+    assert end_of_turn(tokenizer) == "<|im_end|>"
+    prompt = build_prompt(tokenizer, "What is 2+2?", style="chat")
+    assert prompt == "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    [generation] = generate(model, tokenizer, [prompt], max_new_tokens=4)
+    assert generation.new_tokens >= 1

@@ -14,17 +14,21 @@ A cell's evaluation prompts follow its method's ``prompt_format`` (``PromptForma
 - ``lm_eval``: lm-eval's gsm8k task as its CLI runs it by default: plain text, whatever ``prompt.style`` says.
 - ``lm_eval_chat``: lm-eval's gsm8k with ``--apply_chat_template --fewshot_as_multiturn``: each shot is a user
   turn ``Question: ...\\nAnswer:`` and an assistant turn with its worked answer, then the question as the last
-  user turn and the template's generation prompt; no system message.
+  user turn and the template's generation prompt; no system message is passed (a template's own default system
+  message, as Qwen2.5's and Llama 3's write, stays, as in lm-eval).
 
 An ``instruction`` is appended to the evaluated question (never to the shots), after a blank line.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 STYLES = ("auto", "chat", "plain")
 PROMPT_FORMATS = ("as_trained", "lm_eval", "lm_eval_chat")
@@ -97,7 +101,8 @@ def end_of_turn(tokenizer) -> str:
     ``<|eot_id|>``, ``<end_of_turn>``), so that a trained turn ends as the template ends one. It is not always
     the tokenizer's ``eos_token``: Gemma 3's is ``<eos>``, which its template never writes. The tokenizer's
     ``eos_token`` when the template writes no special token there."""
-    key = (id(tokenizer), tokenizer.chat_template, tokenizer.eos_token)
+    # repr: a tokenizer with several named templates holds them as a dict
+    key = (id(tokenizer), repr(tokenizer.chat_template), tokenizer.eos_token)
     if key not in _END_OF_TURN:
         _END_OF_TURN[key] = _template_end_of_turn(tokenizer) or tokenizer.eos_token or ""
     return _END_OF_TURN[key]
@@ -155,8 +160,14 @@ def resolve_format(method: Mapping[str, Any], prompt: Mapping[str, Any], tokeniz
     common = {"instruction": method.get("instruction") or None, "num_fewshot": int(method.get("num_fewshot") or 0),
               "shot_seed": shot_seed(method, seed)}
     if name == "as_trained":
-        return PromptFormat(name, resolve_style(str(prompt.get("style") or "auto"), tokenizer),
-                            prompt.get("system") or None, **common)
+        style = resolve_style(str(prompt.get("style") or "auto"), tokenizer)
+        system = prompt.get("system") or None
+        if system and style != "chat":
+            log.warning("prompt.system is set but the prompts are plain text (prompt.style=%s resolved to %s), "
+                        "which has no system message: it is left out of the prompts and of result.json",
+                        prompt.get("style") or "auto", style)
+            system = None
+        return PromptFormat(name, style, system, **common)
     if name == "lm_eval_chat" and not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"method={method.get('name')!r} (prompt_format lm_eval_chat) needs a chat template and "
                          "this tokenizer has none; use method=fewshot (lm-eval's plain format) for this model")
