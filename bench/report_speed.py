@@ -229,6 +229,36 @@ def _set_scores(rows: Sequence[dict[str, Any]], rng: random.Random) -> dict[str,
             "eval_new_tokens": tokens, "eval_tokens_per_s": tokens / seconds, "eval_oom_halvings": 0}
 
 
+# A trained cell's training examples at experiment=paper: GSM8K's 7473 less its 500 validation ones and those removed
+# as repeats of evaluation questions; OrcaMath's train_limit keeps as many
+TRAIN_SPLIT = 6954
+
+
+def training_figures(cfg, rng: random.Random) -> dict[str, Any]:
+    """What run.py's training stage records of a finished training: every key of ``run.TRAINING_METRICS``, drawn at
+    figures of the config's trainer settings. A key drawn nothing for here is recorded as None, as run.py records a
+    figure it could not measure."""
+    from slm_sweep.run import TRAINING_METRICS
+
+    steps, batch = int(cfg.trainer.max_steps), int(cfg.trainer.batch_size)
+    too_long = rng.uniform(0, 0.01)
+    step_time = rng.uniform(0.2, 2.0)
+    tokens = int(steps * batch * rng.uniform(180, 260))
+    train_loss = rng.uniform(0.3, 0.9)
+    drawn = {
+        "train_time_s": steps * step_time + rng.uniform(20, 120),  # compilation and warm-up steps on top
+        "final_validation_s": rng.uniform(2, 30), "train_loss": train_loss, "val_loss": rng.uniform(0.4, 1.0),
+        "train_steps": steps, "train_tokens": tokens, "train_tokens_per_s": tokens / (steps * step_time),
+        "mfu": rng.uniform(0.1, 0.4), "step_time_s": step_time, "train_padding_fraction": rng.uniform(0.05, 0.25),
+        "train_oom_halvings": 0, "train_grad_norm_median": rng.uniform(0.2, 2.0),
+        "train_clipped_fraction": rng.uniform(0, 0.3), "train_loss_tail_mean": train_loss * rng.uniform(0.9, 1.1),
+        "train_examples": round(TRAIN_SPLIT * (1 - too_long)), "train_too_long_fraction": too_long,
+        "throughput_warmup_steps": int(cfg.trainer.throughput_warmup_steps),
+        "train_peak_memory_mb": rng.uniform(2_000, 60_000),
+    }
+    return {key: drawn.get(key) for key in TRAINING_METRICS}
+
+
 class SweepBuilder:
     """Writes the cells of a grid into ``root/<job number>/``, as a Hydra sweep of experiment=paper lays them."""
 
@@ -319,14 +349,15 @@ class SweepBuilder:
         styles = styles_of(method, dataset)
         size = PARAMS[model]
         adapter = size // 150 if method in ("lora", "dora") else 0
+        # run._run_cell's figures of a method that trains nothing; a trained method's training stage replaces them
         metrics: dict[str, Any] = {
             "trainable_params": size if method == "full" else adapter, "total_params": size + adapter,
-            "train_time_s": rng.uniform(600, 3600) if trained else 0.0,
-            "train_loss": rng.uniform(0.3, 0.9) if trained else None,
-            "val_loss": rng.uniform(0.4, 1.0) if trained else None,
-            "train_steps": 1000 if trained else 0, "train_tokens": 8_000_000 if trained else 0,
-            "train_tokens_per_s": rng.uniform(5e3, 5e4) if trained else None, "mfu": rng.uniform(0.1, 0.4) if trained else None,
+            "train_time_s": 0.0, "train_loss": None, "val_loss": None, "train_steps": 0, "train_tokens": 0,
+            "train_tokens_per_s": None, "mfu": None,
         }
+        if trained:  # drawn apart, so that the answers drawn below do not move with the training figures run.py has
+            metrics.update(training_figures(cfg, random.Random(f"{self.rng_seed}-{model}-{method}-{dataset}-{seed}-"
+                                                               "training")))
         record["metrics"] = metrics
         device = {"device": "cuda:0", "device_name": "NVIDIA H200"}
         record["placement"] = {"train": {**device, "precision": "bf16-mixed"} if trained else None,
@@ -346,7 +377,8 @@ class SweepBuilder:
                                              "claims_metric": self._claims_metric(name)}
         metrics["eval_time_all_sets_s"] = sum(s.get("eval_time_s", 0) for s in record["eval_sets"].values()) \
             + metrics["eval_time_s"]
-        metrics["peak_memory_mb"] = rng.uniform(2_000, 40_000)
+        # the cell's peak, training included
+        metrics["peak_memory_mb"] = max(rng.uniform(2_000, 40_000), metrics.get("train_peak_memory_mb") or 0)
         write_predictions(out, predictions)
         self.rows += len(predictions)
         record["status"] = "completed"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from slm_sweep.report import DEFAULT_CLAIMS, aggregate, collect, summarize
+from slm_sweep.report import DEFAULT_CLAIMS, aggregate, collect, summarize, write_report
 from slm_sweep.report.aggregate import compare_many, compare_rows, shared_paired_tests
 from slm_sweep.report.claims import check_claims, load_claims, write_claims
 from slm_sweep.report.stats import SEEDS_AND_QUESTIONS
@@ -124,6 +124,36 @@ def test_a_report_computes_each_paired_test_once_and_gets_what_each_test_alone_g
     assert shared_rows == rows
     for name in ("claims.json", "claims.csv", "claims.md"):
         assert (tmp_path / "shared" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
+
+
+def test_a_built_cell_records_what_run_py_records_and_the_report_draws_every_plot_of_it(tiny_cfg, one_thread,
+                                                                                        tmp_path):
+    """A built cell's metrics have the keys run.py writes of a finished cell of its kind, a trained one's training
+    figures (run.TRAINING_METRICS) included: without final_validation_s the report reads every trained seed as a
+    file that counted the final validation pass in its training time, leaves that time out and draws no
+    accuracy-vs-training-time plot, which the benchmark then never times."""
+    from slm_sweep.run import TRAINING_METRICS, run
+
+    written = {method: run(tiny_cfg(f"method={method}"), out_dir=tmp_path / "run" / method)
+               for method in ("zeroshot", "lora")}
+    assert [r["status"] for r in written.values()] == ["completed", "completed"]
+    grid = report_speed.Grid(models=("smollm135",), methods=("zeroshot", "lora", "dora"), datasets=("gsm8k",),
+                             seeds=(0,), ood_sets=("svamp",))
+    report_speed.SweepBuilder(tmp_path / "sweep", grid, questions=QUESTIONS).build()
+    built = {r["method"]: r for r in (json.loads(path.read_text(encoding="utf-8"))
+                                      for path in (tmp_path / "sweep").rglob("result.json"))}
+    assert set(built["zeroshot"]["metrics"]) == set(written["zeroshot"]["metrics"])
+    assert set(built["lora"]["metrics"]) == set(built["dora"]["metrics"]) == set(written["lora"]["metrics"])
+    for method in ("lora", "dora"):
+        figures = {key: built[method]["metrics"][key] for key in TRAINING_METRICS}
+        assert all(type(value) in (int, float) for value in figures.values()), (method, figures)
+
+    report = write_report([tmp_path / "sweep"], tmp_path / "report", plots=True)
+    assert "accuracy_vs_train_time_gsm8k.png" in {path.name for path in report["plots"]}
+    rows = {row["method"]: row for row in _csv(tmp_path / "report" / "summary.csv")}
+    for method in ("lora", "dora"):
+        assert rows[method]["train_time_older_seeds"] == "0"
+        assert float(rows[method]["train_time_s_mean"]) == pytest.approx(built[method]["metrics"]["train_time_s"])
 
 
 def test_tests_over_seeds_computed_side_by_side_are_the_tests_computed_one_by_one(tmp_path):
