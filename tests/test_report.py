@@ -555,17 +555,27 @@ def test_parameter_counts_read_as_people_write_them(count, text):
     assert human_count(count) == text
 
 
-def test_accuracy_axes_stay_within_0_and_100_percent(monkeypatch):
+@pytest.mark.parametrize(("means", "std", "top"), [
+    ((0.10, 0.20), 0.02, 1.15 * 22.0),  # 1.15 x the highest mean + std: 20 % data fill most of the axis
+    ((0.01, 0.01), None, 5.0),          # at least 5 %: a near-zero row still gets an axis
+    ((0.80, 0.95), 0.05, 100.0),        # never above 100 %
+])
+def test_accuracy_axes_end_a_little_above_the_data_within_0_and_100_percent(monkeypatch, means, std, top):
+    """Accuracies of a few percent on a 0-100 axis sit in its bottom fifth: the axis ends 15 % above the highest
+    mean + std drawn (bars and lines alike), at least at 5 % and at most at 100 %, and starts at 0."""
     import slm_sweep.report.plots as plots
 
-    rows = [{"model": "tiny", "method": m, "dataset": "gsm8k", "total_params": 104_000,
-             "accuracy_flexible_mean": 0.01, "accuracy_flexible_std": 0.05} for m in ("zeroshot", "lora")]
-    captured = {}
-    monkeypatch.setattr(plots, "_save", lambda fig, path: captured.setdefault("fig", fig))
+    rows = [{"model": "tiny", "method": m, "dataset": "gsm8k", "total_params": 104_000, "trainable_params": 1000 * i,
+             "accuracy_flexible_mean": mean, "accuracy_flexible_std": std}
+            for i, (m, mean) in enumerate(zip(("zeroshot", "lora"), means), start=1)]
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
     plots.plot_accuracy_by_model(rows, "gsm8k", None, plots.label_colors(rows))
-    ax = captured["fig"].axes[0]
-    assert ax.get_ylim() == (0.0, 100.0)
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["tiny\n104K"]
+    plots.plot_accuracy_vs(rows, "gsm8k", None, plots.label_colors(rows), lambda r: r["trainable_params"],
+                           "trainable parameters", "accuracy vs trainable parameters", True)
+    for fig in figures:
+        assert fig.axes[0].get_ylim() == pytest.approx((0.0, top))
+    assert [t.get_text() for t in figures[0].axes[0].get_xticklabels()] == ["tiny\n104K"]
 
 
 def test_plots_draw_each_dataset_s_claims_metric_and_name_it(monkeypatch):
@@ -626,6 +636,70 @@ def test_plot_titles_fit_and_a_size_axis_spanning_less_than_a_decade_reads_in_co
     labels = [t.get_text() for t in (*size_axis.get_majorticklabels(), *size_axis.get_minorticklabels())
               if t.get_text()]
     assert labels and all(re.fullmatch(r"\d+(\.\d)?[KMB]", text) for text in labels), labels
+
+
+def test_the_out_of_domain_heatmap_slants_its_set_names_and_spans_its_colours_over_the_data(monkeypatch, tmp_path):
+    """Level set names as long as "mawps_addsub" run into each other: they are slanted, each ending under its
+    column. The colours span 0 to the largest cell, not 0-100 %, and the colourbar says so; the title says the
+    cells are means over seeds and over how many."""
+    import numpy as np
+
+    import slm_sweep.report.plots as plots
+
+    def row(method, n, mean, **extra):
+        return {"model": "smollm360", "method": method, "dataset": "gsm8k", "n": n, "delta_metric": "flexible",
+                "accuracy_flexible_mean": mean, "accuracy_flexible_std": None, **extra}
+
+    in_domain = [row("zeroshot", 1, 0.06), row("lora", 3, 0.20)]
+    ood = [row(method, n, mean, eval_set=s) for s in ("mawps_addsub", "mawps_singleeq", "mawps_singleop")
+           for method, n, mean in (("zeroshot", 1, 0.12), ("lora", 3, 0.295))]
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
+    plots.plot_ood_heatmap(in_domain, ood, "gsm8k", tmp_path / "ood.png")
+    fig = figures[0]
+    ax, colorbar = fig.axes
+    labels = ax.get_xticklabels()
+    assert [t.get_text().split("\n")[0] for t in labels] == ["gsm8k", "mawps_addsub", "mawps_singleeq",
+                                                              "mawps_singleop"]
+    assert all(t.get_rotation() == 30 and t.get_horizontalalignment() == "right" for t in labels)
+    (image,) = ax.images
+    assert (image.norm.vmin, image.norm.vmax) == (0, pytest.approx(29.5))
+    assert np.allclose(image.to_rgba(29.5), image.cmap(1.0))  # the largest cell takes the brightest colour
+    assert "scale 0–29.5, not 0–100" in colorbar.get_ylabel()
+    assert "mean over 1–3 seeds per row" in ax.get_title()
+    # the slanted names stay inside the figure
+    renderer = fig.canvas.get_renderer()
+    assert all(t.get_window_extent(renderer).y0 >= 0 for t in labels)
+
+
+def test_a_model_is_named_once_where_its_methods_share_a_point(monkeypatch, tmp_path):
+    """LoRA and DoRA of one model train as many parameters: their points nearly coincide on the trainable-parameters
+    plot, and a label per point printed the model's name over itself. Such points share one label (full
+    fine-tuning's point, far away, keeps its own), and no two labels overlap."""
+    import slm_sweep.report.plots as plots
+
+    sizes = {"smollm135": (134_515_008, 896_832), "smollm360": (361_821_120, 2_411_520)}
+    means = {("smollm135", "lora"): 0.037, ("smollm135", "dora"): 0.040, ("smollm135", "full"): 0.042,
+             ("smollm360", "lora"): 0.202, ("smollm360", "dora"): 0.195, ("smollm360", "full"): 0.125}
+    rows = [{"model": model, "method": method, "dataset": "gsm8k", "n": 3, "total_params": total,
+             "trainable_params": total if method == "full" else adapter,
+             "accuracy_flexible_mean": means[model, method], "accuracy_flexible_std": 0.01}
+            for model, (total, adapter) in sizes.items() for method in ("full", "lora", "dora")]
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
+    plots.plot_accuracy_vs(rows, "gsm8k", tmp_path / "trainable.png", plots.label_colors(rows),
+                           lambda r: r["trainable_params"], "trainable parameters",
+                           "accuracy vs trainable parameters (fine-tuned methods)", True)
+    fig = figures[0]
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    labels = [(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts]
+    assert sorted(text for text, _ in labels) == ["smollm135", "smollm135", "smollm360", "smollm360"]
+    for i, (text, box) in enumerate(labels):
+        for other, other_box in labels[i + 1:]:
+            assert not box.overlaps(other_box), (text, other)
 
 
 def _with_identity(record, config, configuration_key, evaluation_key=None, reused_from=None):
@@ -762,6 +836,66 @@ def test_each_row_carries_the_test_questions_interval(grid, tmp_path):
         assert low < row["accuracy_flexible_mean"] < high and high - low < 0.25  # 100 questions
     report = write_report([sweep], tmp_path / "out", plots=False)
     assert "questions 95% CI" in report["markdown"] and "Wilson interval" in report["markdown"]
+
+
+def _table(markdown: str, section: str) -> list[dict[str, str]]:
+    """The rows of the first markdown table after ``section``, as header -> cell (repeated headers numbered)."""
+    lines = [line for line in markdown.split(section, 1)[1].split("\n\n", 2)[1].splitlines()]
+    header = [cell.strip() for cell in lines[0].strip("|").split(" | ")]
+    named = [h if header[:i].count(h) == 0 else f"{h} #{header[:i].count(h) + 1}" for i, h in enumerate(header)]
+    return [dict(zip(named, (cell.strip() for cell in line.strip("|").split(" | ")))) for line in lines[2:]]
+
+
+def test_a_dataset_s_table_leads_with_the_metric_its_deltas_are_on(grid, tmp_path):
+    """A dataset whose deltas are on another metric than the primary one (lenient on OrcaMath; strict here, as
+    --claims-metric asks) shows that metric first, with the questions' interval, beside the deltas it gives; the
+    count columns name the CSV columns they are, and a baseline, which trains nothing, shows no training time."""
+    sweep, _ = grid
+    report = write_report([sweep], tmp_path / "out", plots=False, claims_metrics={DATASET: "strict"})
+    rows = {(r["model"], r["method"]): r for r in report["rows"]}
+    table = _table(report["markdown"], f"## {DATASET}")
+    assert list(table[0])[:9] == ["model", "method", "seeds (n)", "questions (n_eval)", "strict (%)", "seeds 95% CI",
+                                  "questions 95% CI", "flexible (%)", "seeds 95% CI #2"]
+    assert "Δ zero-shot (pp on strict, * p<0.05, Holm)" in table[0]
+    for cells in table:
+        row = rows[cells["model"], cells["method"]]
+        assert cells["strict (%)"].startswith(f"{100 * row['accuracy_strict_mean']:.1f}")
+        assert cells["questions 95% CI"] == (f"[{100 * row['accuracy_strict_wilson_low']:.1f}, "
+                                             f"{100 * row['accuracy_strict_wilson_high']:.1f}]")
+        assert (cells["seeds (n)"], cells["questions (n_eval)"]) == (str(row["n"]), "100")
+        trained = cells["method"] in ("full", "lora")
+        assert (cells["train time"] == "–") is not trained, cells  # baselines: "–", not "0.0 s"
+        assert (cells["train tok/s"] == "–") is not trained and (cells["MFU"] == "–") is not trained
+    assert "`zeroshot` row's, `fewshot` row's" in report["markdown"]
+    # the primary metric leads where the deltas are on it
+    default = _table(write_report([sweep], tmp_path / "default", plots=False)["markdown"], f"## {DATASET}")
+    assert list(default[0])[4:7] == ["flexible (%)", "seeds 95% CI", "questions 95% CI"]
+
+
+def test_an_out_of_domain_cell_carries_the_mark_of_its_zero_shot_delta():
+    """The out-of-domain table shows accuracies, not deltas: a cell whose Δ vs the zero-shot row on that set is
+    significant is marked * (above zero-shot as well as below, as in the in-domain tables), one not tested †, a
+    trained method significantly below ▼ as well; a tested, not significant one is unmarked."""
+    from slm_sweep.report.tables import _ood_section
+
+    def row(method, mean, delta, significant, eval_set=None, negative=False):
+        return {"model": "smollm360", "method": method, "dataset": "gsm8k", "n": 1 if method in ("zeroshot", "fewshot") else 3,
+                "n_eval": 200, "delta_metric": "flexible", "accuracy_flexible_mean": mean,
+                "accuracy_flexible_std": 0.01, "delta_zeroshot": delta, "delta_zeroshot_significant": significant,
+                "negative_transfer": negative, **({"eval_set": eval_set} if eval_set else {})}
+
+    in_domain = [row("zeroshot", 0.06, None, None), row("fewshot", 0.13, 0.07, False),
+                 row("lora", 0.20, 0.14, None), row("full", 0.02, -0.04, True, negative=True)]
+    ood = [row("zeroshot", 0.08, None, None, "mawps_singleop"), row("fewshot", 0.25, 0.17, True, "mawps_singleop"),
+           row("lora", 0.28, 0.20, False, "mawps_singleop"), row("full", 0.01, -0.07, True, "mawps_singleop", True)]
+    cells = {(c["method"], s): c[h] for c in _table("\n".join(_ood_section("gsm8k", in_domain, ood)), "### ")
+             for s, h in (("in", "gsm8k (n=200, flexible), in-domain"), ("ood", "mawps_singleop (n=200, flexible)"))}
+    assert cells == {
+        ("zeroshot", "in"): "6.0", ("zeroshot", "ood"): "8.0",
+        ("fewshot", "in"): "13.0", ("fewshot", "ood"): "25.0*",
+        ("lora", "in"): "20.0 ± 1.0†", ("lora", "ood"): "28.0 ± 1.0",
+        ("full", "in"): "2.0 ± 1.0* ▼", ("full", "ood"): "1.0 ± 1.0* ▼",
+    }
 
 
 def test_a_mirrored_setting_is_named_once_and_decimal_variants_sort_as_numbers(tmp_path):

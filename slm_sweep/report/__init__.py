@@ -148,7 +148,8 @@ def write_report(
         claims_report = (check_claims(declared, rows, alpha=alpha, correction=correction, source=claims,
                                       lost=not_completed(cells),
                                       unreadable=[str(path) for path, _ in collection.malformed],
-                                      unattributed=collection.unattributed)
+                                      unattributed=collection.unattributed, dirs=collection.dirs,
+                                      report_json=REPORT_FILE)
                          if declared is not None else None)
 
     out.mkdir(parents=True, exist_ok=True)

@@ -79,7 +79,8 @@ _SCALE = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9}
 MARGIN_LIMIT = 0.2
 
 CSV_COLUMNS = (
-    "claim", "text", "direction", "metric", "margin", "dataset", "model_a", "method_a", "model_b", "method_b",
+    "claim", "text", "claim_verdict", "complete", "direction", "metric", "margin", "dataset", "model_a", "method_a",
+    "model_b", "method_b",
     "n_a", "mean_a", "wilson_low_a", "wilson_high_a", "n_b", "mean_b", "wilson_low_b", "wilson_high_b",
     "difference", "difference_ci_low", "difference_ci_high", "ci_level", "n_questions", "test", "p_value",
     "p_adjusted", "correction", "alpha", "verdict", "difference_ci_low_alone", "difference_ci_high_alone",
@@ -472,16 +473,24 @@ class ClaimsReport:
     alpha: float
     results: list[ClaimResult]
     correction: str = HOLM
+    # what the claims were checked on and with: the folders read, the code's commit, the claims file's hash, and
+    # the name of the report.json beside the claims files that names every result file, version and setting (None
+    # where a report writes none)
+    dirs: list[str] = field(default_factory=list)
+    git_commit: str | None = None
+    claims_sha256: str | None = None
+    report_json: str | None = None
 
 
 def judge(direction: str, test: PairedTest, alpha: float, margin: float = 0.0,
           p_value: float | None = None) -> str:
     """An instance's verdict. above/below: the paired test's p-value (``p_value``, the adjusted one, when given)
     below ``alpha`` with the difference in the claimed direction (reproduced) or against it (contradicted).
-    not_below/not_above: non-inferiority within ``margin``, from the interval of the difference (Tango's
-    paired score interval for one seed each, else the seeds-and-questions test's; at the level the test was computed at):
-    entirely on the claimed side of -margin (reproduced) or entirely beyond it (contradicted). Anything else, and
-    no per-question data, is inconclusive."""
+    not_below/not_above: non-inferiority within ``margin``, from the interval of the difference (for one seed
+    each the hull of Tango's paired score interval and the exact McNemar test's conditional one, else the
+    seeds-and-questions test's; at the level the test was computed at): entirely on the claimed side of -margin
+    (reproduced) or entirely beyond it (contradicted); its p, of no difference, decides nothing. Anything else,
+    and no per-question data, is inconclusive."""
     if test.p_value is None or test.difference is None:
         return INCONCLUSIVE
     p = test.p_value if p_value is None else p_value
@@ -602,7 +611,18 @@ def instance_note(claim: Claim, instance: Instance) -> str | None:
 
 
 def _points(a: float | None, b: float | None) -> str:
-    return "–" if a is None or b is None else f"{100 * (a - b):+.1f}"
+    return "–" if a is None or b is None else signed_points(a - b)
+
+
+def zero_noise(value: float) -> float:
+    """``value``, read as 0.0 within 1e-12 of 0: float noise (a difference of -2.2e-18 between two rows of equal
+    means) neither prints as -0.0 nor reads as a sign."""
+    return 0.0 if abs(value) < 1e-12 else value
+
+
+def signed_points(value: float) -> str:
+    """A difference of accuracies in points with its sign: ``+2.5``, ``+0.0`` for 0 and float noise."""
+    return f"{100 * zero_noise(value):+.1f}"
 
 
 def _pooled_pairs(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]],
@@ -1132,12 +1152,20 @@ def metrics_text(r: ClaimResult) -> str:
 def check_claims(claims: Sequence[Claim], rows: Sequence[dict[str, Any]], *, alpha: float = ALPHA,
                  correction: str = HOLM, source: str | os.PathLike = "",
                  lost: dict[tuple, str] | None = None, unreadable: Sequence[str] = (),
-                 unattributed: Sequence[dict[str, Any]] = ()) -> ClaimsReport:
+                 unattributed: Sequence[dict[str, Any]] = (), dirs: Sequence[str | os.PathLike] = (),
+                 report_json: str | os.PathLike | None = None) -> ClaimsReport:
+    """Every claim checked on ``rows`` (check_claim). ``dirs``: the folders the rows were read from, and
+    ``report_json``: the name of the report's record written beside the claims files, both named in their headers
+    with the code's commit and the claims file's sha256."""
+    from slm_sweep.identity import file_sha256
+    from slm_sweep.results import git_commit
+
     check_correction(correction)
-    return ClaimsReport(str(source), alpha, [check_claim(claim, rows, alpha=alpha, correction=correction,
-                                                         lost=lost, source=str(source), unreadable=unreadable,
-                                                         unattributed=unattributed)
-                                             for claim in claims], correction)
+    results = [check_claim(claim, rows, alpha=alpha, correction=correction, lost=lost, source=str(source),
+                           unreadable=unreadable, unattributed=unattributed) for claim in claims]
+    sha256 = file_sha256(source) if str(source) and Path(source).is_file() else None
+    return ClaimsReport(str(source), alpha, results, correction, [str(d) for d in dirs], git_commit(), sha256,
+                        str(report_json) if report_json is not None else None)
 
 
 # ---------------------------------------------------------------- writing
@@ -1158,8 +1186,8 @@ def _side_cell(row: dict[str, Any], metric: str) -> str:
 def _difference_cell(test: PairedTest) -> str:
     if test.difference is None:
         return "–"
-    interval = f" [{100 * test.ci_low:+.1f}, {100 * test.ci_high:+.1f}]" if test.ci_low is not None else ""
-    return f"{100 * test.difference:+.1f}{interval}"
+    interval = f" [{signed_points(test.ci_low)}, {signed_points(test.ci_high)}]" if test.ci_low is not None else ""
+    return f"{signed_points(test.difference)}{interval}"
 
 
 def _test_cell(test: PairedTest) -> str:
@@ -1199,11 +1227,55 @@ def _level(interval_alpha: float) -> str:
     return f"{100 * (1 - interval_alpha):.4g}%"
 
 
+HOLM_MARK = "†"
+
+
+def holm_beyond_interval(correction: str, claim: Claim, instance: Instance) -> bool:
+    """Whether an above/below instance is significant in the family by its Holm-adjusted p while its Bonferroni
+    interval (at 1 - alpha/m) holds 0: Holm's step-down test rejects more than the intervals exclude 0 (never the
+    other way round), and claims.md marks such a row."""
+    test = instance.test
+    return (correction == HOLM and claim.direction in (ABOVE, BELOW)
+            and instance.verdict in (REPRODUCED, CONTRADICTED) and test.ci_low is not None
+            and test.ci_low <= 0 <= test.ci_high)
+
+
+def _margin_rule(claim: Claim, correction: str) -> str:
+    """How a non-inferiority verdict is read, and what its p is not."""
+    if claim.direction == NOT_BELOW:
+        bound = f"lies entirely above −{100 * claim.margin:g} pp, {CONTRADICTED} when entirely below it"
+    else:
+        bound = f"lies entirely below +{100 * claim.margin:g} pp, {CONTRADICTED} when entirely above it"
+    return (f"The verdict is the interval's bound against the margin ({REPRODUCED} when the interval of A − B "
+            f"{bound}); p tests no difference (A = B), not the margin, and decides nothing here"
+            + (", so no Holm-adjusted p is shown." if correction == HOLM else "."))
+
+
+def _provenance_text(report: ClaimsReport) -> str:
+    """What the claims were checked on and with, for the header of claims.md; '' when nothing is known."""
+    parts = []
+    if report.dirs:
+        parts.append("Results read from " + ", ".join(f"`{d}`" for d in report.dirs))
+    if report.git_commit:
+        parts.append(f"code at commit `{report.git_commit}`")
+    if report.claims_sha256:
+        parts.append(f"claims file sha256 `{report.claims_sha256}`")
+    if report.report_json:
+        parts.append(f"`{report.report_json}` beside this file names every result file read, the library versions "
+                     "and the settings")
+    if not parts:
+        return ""
+    text = "; ".join(parts) + "."
+    return text[0].upper() + text[1:]
+
+
 def _correction_text(report: ClaimsReport) -> str:
     if report.correction == HOLM:
         return (f"The instances of a claim are one family: the p-values are Holm-adjusted over its m tested "
-                f"instances (above/below verdicts use them) and the intervals are Bonferroni intervals at "
-                f"1 − alpha/m, so every verdict of a claim holds jointly at alpha={report.alpha:g}. Roll-up: "
+                f"instances (above/below verdicts use them) and the intervals are Bonferroni simultaneous intervals "
+                f"at 1 − alpha/m (non-inferiority verdicts read them), so every verdict of a claim holds jointly at "
+                f"alpha={report.alpha:g}; Holm's step-down test rejects more than these intervals exclude 0, and "
+                f"a verdict it reaches beside a Bonferroni interval that holds 0 is marked {HOLM_MARK}. Roll-up: "
                 f"{REPRODUCED} ({CONTRADICTED}) when every instance is, in the family or at alpha on its own "
                 f"(\"alone\": the claim is the conjunction of its instances, as is \"every instance is against "
                 f"it\", and every one significant at alpha rejects the union of their nulls at alpha, an "
@@ -1228,6 +1300,7 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
     lines = [
         f"{h} Claims",
         "",
+        *([provenance, ""] if (provenance := _provenance_text(report)) else []),
         f"Claims from `{report.source}`. Each instance compares side A with side B on one dataset and model "
         f"(rows of summary.csv), on the metric the claim names (else the dataset's claims metric: lenient on "
         f"OrcaMath, whose prose answers the flexible extraction misreads, flexible elsewhere), over the test "
@@ -1237,8 +1310,10 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
         f"two-sided, alpha={report.alpha:g}. "
         f"above/below: {REPRODUCED} when the difference is significant in the claimed direction, {CONTRADICTED} "
         f"when significant against it, else {INCONCLUSIVE}. not_below/not_above: non-inferiority, from the "
-        f"interval of A − B (Tango's paired score interval when both rows are one seed, else that test's) "
-        f"against the claim's margin. Sides: mean accuracy (%) with the 95% Wilson interval over the test "
+        f"interval of A − B (when both rows are one seed, the hull of Tango's paired score interval and the "
+        f"exact McNemar test's conditional interval, else that test's) against the claim's margin; their p "
+        f"tests no difference (A = B), not the margin. Each interval excludes 0 exactly when its p is below its "
+        f"level's alpha. Sides: mean accuracy (%) with the 95% Wilson interval over the test "
         f"questions. {_correction_text(report)} A side that lists a baseline's wordings (require: any) is checked "
         f"against each, and the claim needs them all: \"by wording\" gives the verdict against each alone. "
         f"\"On other metrics\": the claim read on each other metric the rows carry ({', '.join(report_metrics(report))}), by the "
@@ -1263,8 +1338,16 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
     for r in results:
         if not r.instances:
             continue
-        family = (f" Family of {r.tested} tested instance{'s' if r.tested != 1 else ''}: Holm-adjusted p, "
-                  f"{_level(r.interval_alpha)} intervals." if report.correction == HOLM else "")
+        margin_claim = r.claim.direction in (NOT_BELOW, NOT_ABOVE)
+        family = ""
+        if report.correction == HOLM:
+            family = (f" Family of {r.tested} tested instance{'s' if r.tested != 1 else ''}: "
+                      + (f"{_level(r.interval_alpha)} Bonferroni simultaneous intervals (at 1 − alpha/m), which "
+                         "the verdicts read." if margin_claim else
+                         f"verdicts from Holm-adjusted p, {_level(r.interval_alpha)} Bonferroni simultaneous "
+                         "intervals (at 1 − alpha/m)."))
+        if margin_claim:
+            family += " " + _margin_rule(r.claim, report.correction)
         if r.intersection_union == REPRODUCED:
             family += (f" Every instance is {REPRODUCED} at alpha={report.alpha:g} on its own, so the claim, their "
                        "conjunction, is (an intersection-union test); read one by one, the family's verdicts hold "
@@ -1283,11 +1366,14 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
                         r.metric_sensitive else f" The same on other metrics: {readings}.")
         lines += [f"{h}# `{r.claim.id}`: {r.claim.text}", "", f"{r.claim.describe()}. Verdict: "
                   f"**{r.stated_verdict}** ({_counts_text(r.counts)}).{family}{wording}{readings}", ""]
-        body = []
+        body, any_marked = [], False
         for i in r.instances:
             model = i.a["model"] if i.a["model"] == i.b["model"] else f"{i.a['model']} / {i.b['model']}"
-            family_cells = ((i.alone, _difference_cell(i.test), format_p(i.p_adjusted, report.alpha))
+            marked = holm_beyond_interval(report.correction, r.claim, i)
+            family_cells = ((i.alone, _difference_cell(i.test) + (HOLM_MARK if marked else ""),
+                             "–" if margin_claim else format_p(i.p_adjusted, report.alpha))
                             if report.correction == HOLM else ())
+            any_marked = any_marked or marked
             note = instance_note(r.claim, i)
             others = "; ".join(f"{metric}: {verdict}" for metric, verdict in r.verdicts_by_metric(i).items()
                                if metric != i.metric)  # its own metric's is its verdict, but for the family
@@ -1295,11 +1381,18 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
                          _side_cell(i.b, i.metric), _difference_cell(i.test_alone or i.test),
                          _test_cell(i.test), format_p(i.test.p_value, report.alpha), *family_cells,
                          f"**{i.verdict}**" + (f" ({note})" if note else ""), others or "–"))
-        holm_columns = (("alone", f"A − B [{_level(r.interval_alpha)} CI]", "p (Holm)")
+        holm_columns = (("alone", f"A − B [{_level(r.interval_alpha)} Bonferroni CI]", "p (Holm)")
                         if report.correction == HOLM else ())
         lines += markdown_table(("dataset", "metric", "model", "A", "A (%)", "B", "B (%)",
-                         f"A − B (pp) [{_level(report.alpha)} CI]", "test", "p", *holm_columns,
-                         "verdict" + (" (family)" if report.correction == HOLM else ""), "on other metrics"), body)
+                         f"A − B (pp) [{_level(report.alpha)} CI]", "test", "p (A = B)" if margin_claim else "p",
+                         *holm_columns, "verdict" + (" (family)" if report.correction == HOLM else ""),
+                         "on other metrics"), body)
+        if any_marked:
+            lines += ["", f"{HOLM_MARK} Holm's step-down test rejects, while the {_level(r.interval_alpha)} "
+                          "Bonferroni interval still holds 0: the interval tests every instance at alpha/m, Holm's "
+                          "test only the smallest p (the next at alpha/(m − 1), and so on), so the interval is the "
+                          "more conservative of the two; both hold the family-wise error at "
+                          f"alpha={report.alpha:g}, and the verdict is Holm's."]
         if r.absent or r.absent_models:
             named = [*sorted(set(r.absent), key=method_sort_key), *(f"model {m}" for m in r.absent_models)]
             lines += ["", f"Not in these results: {', '.join(named)}."]
@@ -1321,7 +1414,8 @@ def render_claims_markdown(report: ClaimsReport, level: int = 1) -> str:
 def _flat_rows(r: ClaimResult, alpha: float, correction: str) -> list[dict[str, Any]]:
     """One flat row per instance of a claim, or one saying it is not covered."""
     claim = r.claim
-    common = {"claim": claim.id, "text": claim.text, "direction": claim.direction, "metric": metrics_text(r),
+    common = {"claim": claim.id, "text": claim.text, "claim_verdict": r.verdict, "complete": not r.gaps,
+              "direction": claim.direction, "metric": metrics_text(r),
               "margin": claim.margin if claim.direction in (NOT_BELOW, NOT_ABOVE) else None, "alpha": alpha,
               "correction": correction, "metric_sensitive": r.metric_sensitive if r.instances else None}
     if not r.instances:
@@ -1334,11 +1428,14 @@ def _flat_rows(r: ClaimResult, alpha: float, correction: str) -> list[dict[str, 
             "model_b": i.b["model"], "method_b": method_label(i.b), "n_a": i.a["n"], "n_b": i.b["n"],
             **{f"{stat}_{side}": row.get(f"{key}_{stat}") for side, row in (("a", i.a), ("b", i.b))
                for stat in ("mean", "wilson_low", "wilson_high")},
-            "difference": i.test.difference, "difference_ci_low": i.test.ci_low,
+            "difference": zero_noise(i.test.difference) if i.test.difference is not None else None,
+            "difference_ci_low": i.test.ci_low,
             "difference_ci_high": i.test.ci_high,
             "ci_level": round(1 - r.interval_alpha, 6) if i.test.ci_low is not None else None,
             "n_questions": i.test.n_questions or None, "test": i.test.test, "p_value": i.test.p_value,
-            "p_adjusted": i.p_adjusted, "verdict": i.verdict, "verdict_alone": i.alone,
+            # a margin claim's verdict reads its interval: an adjusted p of "no difference" decides nothing there
+            "p_adjusted": None if claim.direction in (NOT_BELOW, NOT_ABOVE) else i.p_adjusted,
+            "verdict": i.verdict, "verdict_alone": i.alone,
             "difference_ci_low_alone": (i.test_alone or i.test).ci_low,
             "difference_ci_high_alone": (i.test_alone or i.test).ci_high,
             "note": i.test.reason or instance_note(claim, i),
@@ -1376,7 +1473,9 @@ def claims_json(report: ClaimsReport) -> dict[str, Any]:
             "tested_instances": r.tested, "interval_level": round(1 - r.interval_alpha, 6),
             "instances": _flat_rows(r, report.alpha, report.correction) if r.instances else [],
         })  # fmt: skip
-    return {"source": report.source, "alpha": report.alpha, "correction": report.correction,
+    return {"source": report.source, "claims_sha256": report.claims_sha256, "sweep_dirs": report.dirs,
+            "git_commit": report.git_commit, "report_json": report.report_json,
+            "alpha": report.alpha, "correction": report.correction,
             "tests": {"single seeds": MCNEMAR, "several seeds": SEEDS_AND_QUESTIONS, "pooled over models": POOLED,
                       "seed_test_draws": SEED_TEST_DRAWS, "seed_test_seed": SEED_TEST_SEED},
             "claims": claims}

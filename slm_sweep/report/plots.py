@@ -20,6 +20,10 @@ reduce to the same text):
   ``<dataset>`` (rows model · method) on every evaluation set (columns, in-domain first); only written
   when there are out-of-domain results.
 
+The accuracy axes end a little above the highest mean + std drawn (``accuracy_top``), and the heatmap's colours
+span 0 to its largest cell, so that accuracies of a few percent are not squeezed into the bottom of a 0-100 scale;
+the heatmap's colourbar names its range.
+
 Figures are drawn with the Agg canvas directly and never through pyplot, so no global backend is
 switched and a caller's own matplotlib state is left alone.
 """
@@ -127,12 +131,44 @@ def _count_axis(axis) -> None:
 
 
 CAVEAT = "(mean ± std over seeds; no bar: one seed)"
+# the accuracy axis and the heatmap's colours end above the data, not at 100 %: accuracies of a few percent would
+# otherwise sit in the bottom strip of the plot and share one colour
+HEADROOM = 1.15
+MIN_TOP = 5.0
 
 
-def _accuracy_axis(ax, metric: str = PRIMARY_METRIC) -> None:
-    """Accuracy lives in [0, 100] %: error bars must not draw the axis below 0 or above 100."""
-    ax.set_ylim(0, 100)
+def accuracy_top(values: Sequence[float]) -> float:
+    """Where an accuracy axis of these values (percent, mean + spread; NaN ignored) ends: HEADROOM above the
+    largest, at least MIN_TOP, at most 100."""
+    finite = [v for v in values if not math.isnan(v)]
+    return min(100.0, max(MIN_TOP, HEADROOM * max(finite, default=0.0)))
+
+
+def _accuracy_axis(ax, metric: str = PRIMARY_METRIC, tops: Sequence[float] = ()) -> None:
+    """An accuracy axis from 0 (error bars must not draw it below) to ``accuracy_top`` of ``tops``, the drawn
+    means plus their error bars."""
+    ax.set_ylim(0, accuracy_top(tops))
     ax.set_ylabel(f"{metric} accuracy (%)")
+
+
+def _tops(ys: Sequence[float], errs: Sequence[float]) -> list[float]:
+    """Each drawn value's highest point: its mean plus its error bar (none for one seed)."""
+    return [y + (0.0 if math.isnan(e) else e) for y, e in zip(ys, errs)]
+
+
+def _legend(ax) -> None:
+    """The method legend beside the axes, where it covers no bar or point of an axis that ends near the data."""
+    ax.legend(title="method", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title_fontsize=8)
+
+
+def seeds_text(rows: Sequence[dict[str, Any]]) -> str:
+    """How many seeds the rows' means are over: ``3 seeds``, ``1–3 seeds per row``, ``seeds`` where unknown."""
+    counts = sorted({r["n"] for r in rows if r.get("n")})
+    if not counts:
+        return "seeds"
+    if len(counts) == 1:
+        return f"{counts[0]} seed{'' if counts[0] == 1 else 's'}"
+    return f"{counts[0]}–{counts[-1]} seeds per row"
 
 
 def _methods(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -160,6 +196,7 @@ def plot_accuracy_by_model(rows: Sequence[dict[str, Any]], dataset: str, path: P
     fig = Figure(figsize=(max(6.0, 1.2 * len(models) * max(1, len(methods)) / 2.5), 4.5))
     ax = fig.subplots()
     width = 0.8 / len(methods)
+    tops: list[float] = []
     for i, method in enumerate(methods):
         xs, ys, errs = [], [], []
         for j, model in enumerate(models):
@@ -170,11 +207,12 @@ def plot_accuracy_by_model(rows: Sequence[dict[str, Any]], dataset: str, path: P
             ys.append(_percent(_mean(row, metric)))
             errs.append(_error_bar(row, metric))
         ax.bar(xs, ys, width, yerr=errs, capsize=3, label=method, color=colors[method])
+        tops += _tops(ys, errs)
     labels = [m if sizes.get(m) is None else f"{m}\n{human_count(sizes[m])}" for m in models]
     ax.set_xticks(range(len(models)), labels)
-    _accuracy_axis(ax, metric)
+    _accuracy_axis(ax, metric, tops)
     ax.set_title(f"{dataset}: accuracy by model\n{CAVEAT}", fontsize=10)  # on one line it overflows 6 inches
-    ax.legend(title="method")
+    _legend(ax)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
@@ -193,7 +231,8 @@ def plot_accuracy_vs(
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     metric = plotted_metric(rows)
-    drawn = False
+    tops: list[float] = []
+    named: list[tuple[str, float, float]] = []  # (model, x, y) of every drawn point, for its label
     for method in _methods(rows):
         points = []
         for row in rows:
@@ -212,21 +251,41 @@ def plot_accuracy_vs(
         ys = [_percent(_mean(r, metric)) for _, r in points]
         errs = [_error_bar(r, metric) for _, r in points]
         ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=method, color=colors[method])
-        if annotate:
-            for x, y, (_, row) in zip(xs, ys, points):
-                ax.annotate(row["model"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        drawn = True
-    if not drawn:
+        tops += _tops(ys, errs)
+        named += [(row["model"], x, y) for x, y, (_, row) in zip(xs, ys, points)]
+    if not named:
         return None
     ax.set_xscale("log")
     ax.set_xlabel(x_label)
     if "parameters" in x_label:
         _count_axis(ax.xaxis)
-    _accuracy_axis(ax, metric)
+    _accuracy_axis(ax, metric, tops)
+    if annotate:
+        _label_models(ax, named)
     ax.set_title(f"{dataset}: {title}\n{CAVEAT}", fontsize=10)
-    ax.legend(title="method")
+    _legend(ax)
     ax.grid(alpha=0.3, which="both")
     return _save(fig, path)
+
+
+# points of one model closer than this (fractions of the axes' width and height: about a 7-point label's size on
+# these 7 x 4.5 inch plots) would print their labels over each other, and share one
+_LABEL_NEAR = (0.1, 0.045)
+
+
+def _label_models(ax, points: Sequence[tuple[str, float, float]]) -> None:
+    """Name each point's model, once where several of its points lie within a label's size (methods of one model
+    often share an x: LoRA and DoRA train as many parameters), which a label per point printed over itself; the
+    highest of them carries it. Call after the axes' scales and limits are set."""
+    ax.get_xlim()  # settles the autoscaled x limits, which the transform reads
+    to_axes = ax.transData + ax.transAxes.inverted()
+    labelled: dict[str, list[tuple[float, float]]] = {}
+    for model, x, y in sorted(points, key=lambda p: -p[2]):
+        px, py = to_axes.transform((x, y))
+        if any(abs(px - lx) < _LABEL_NEAR[0] and abs(py - ly) < _LABEL_NEAR[1] for lx, ly in labelled.get(model, ())):
+            continue
+        labelled.setdefault(model, []).append((px, py))
+        ax.annotate(model, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
 
 
 def plot_ood_heatmap(
@@ -249,9 +308,13 @@ def plot_ood_heatmap(
 
     fig = Figure(figsize=(max(5.0, 1.4 * len(eval_sets) + 3), max(3.0, 0.35 * len(order) + 1.5)))
     ax = fig.subplots()
-    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis", vmin=0, vmax=100)
+    # colours span 0 to the largest cell (at least MIN_TOP), not 0 to 100 %: the colourbar says so
+    vmax = max(MIN_TOP, float(np.nanmax(values, initial=0.0)))
+    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
+    # set names run into each other when level: slanted, each ending under its column
     ax.set_xticks(range(len(eval_sets)), [f"{dataset}\n(in-domain, {metrics[0]})",
-                                          *(f"{s}\n({m})" for s, m in zip(eval_sets[1:], metrics[1:]))])
+                                          *(f"{s}\n({m})" for s, m in zip(eval_sets[1:], metrics[1:]))],
+                  rotation=30, ha="right", rotation_mode="anchor")
     ax.set_yticks(range(len(order)), [f"{model} · {method}" for model, method in order])
     for i in range(len(order)):
         for j in range(len(eval_sets)):
@@ -260,8 +323,9 @@ def plot_ood_heatmap(
                 ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=7, color=color)
     shared = set(metrics)
     label = f"{metrics[0]} accuracy (%)" if len(shared) == 1 else "accuracy (%), metric per set"
-    fig.colorbar(image, ax=ax, label=label)
-    ax.set_title(f"trained on {dataset}: accuracy per evaluation set")
+    fig.colorbar(image, ax=ax, label=f"{label}\n(scale 0–{vmax:.1f}, not 0–100)")
+    ax.set_title(f"trained on {dataset}: accuracy per evaluation set\n"
+                 f"(mean over {seeds_text([*in_domain, *ood])}; no spread shown)", fontsize=10)
     return _save(fig, path)
 
 

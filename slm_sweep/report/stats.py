@@ -10,6 +10,10 @@ Pure Python, numpy and scipy (the report imports no torch).
   significant than the exact sign-flip test of the same per-question differences.
 - ``tango_paired_interval``: the score interval of a difference of two accuracies on the same questions (one seed
   each), which keeps a width when no question is discordant.
+- ``conditional_exact_interval``: the interval that inverts the exact McNemar test (Clopper-Pearson on the share
+  of the discordant questions the first side gets right); ``paired_difference_interval``, the interval of a
+  one-seed-each difference, is the hull of it and Tango's, so that it excludes 0 exactly when the exact McNemar
+  p is below alpha (Tango's alone lies above 0 beside p = 0.0625 for b=5, c=0 of 200 questions).
 - ``paired_test``: pairs two rows' per-question scores by question and picks the test: exact McNemar when each
   side is a single seed, the seeds-and-questions test when either side has several.
 - ``pooled_paired_test``: the same test of the mean over models of each model's difference (a claim with
@@ -134,6 +138,55 @@ def tango_paired_interval(only_first: int, only_second: int, questions: int,
     return lower, upper
 
 
+def conditional_exact_interval(only_first: int, only_second: int, questions: int,
+                               alpha: float = ALPHA) -> tuple[float, float] | None:
+    """(1 - alpha) interval of a one-seed-each difference that inverts the exact McNemar test: given the m = b + c
+    discordant questions, the Clopper-Pearson interval [pi_L, pi_U] of pi, the share of them the first side gets
+    right (b of m), mapped to the difference (b - c) / n = m (2 pi - 1) / n. It excludes 0 (pi = 1/2) exactly when
+    the two-sided exact McNemar p is below alpha. None without a discordant question (nothing to condition on)."""
+    b, c, n = only_first, only_second, questions
+    if min(b, c) < 0 or b + c > n or n == 0:
+        raise ValueError(f"need 0 <= only_first + only_second <= questions > 0, got {b}, {c}, {n}")
+    m = b + c
+    if m == 0:
+        return None
+    from scipy.stats import beta
+
+    low = float(beta.ppf(alpha / 2, b, c + 1)) if b > 0 else 0.0
+    high = float(beta.ppf(1 - alpha / 2, b + 1, c)) if c > 0 else 1.0
+    return m * (2 * low - 1) / n, m * (2 * high - 1) / n
+
+
+def exact_hull(asymptotic: tuple[float, float], exact: tuple[float, float] | None, p_value: float,
+               alpha: float) -> tuple[float, float]:
+    """The hull (union) of an asymptotic interval and an ``exact`` one that excludes 0 exactly when its test's
+    ``p_value`` is below ``alpha``, holding 0 exactly when that p does not reject. The asymptotic interval only
+    widens it: where the exact test rejects and the asymptotic interval crosses 0, the bound on 0's side is the
+    exact one's (Tango's crosses 0 beside an exact McNemar p below alpha only at alphas under 0.001, b=0, c=12 at
+    0.0005, and beside the sign-flip test of fractional differences, more powerful than McNemar's on their sums,
+    often). ``exact`` None: the asymptotic interval alone."""
+    low, high = asymptotic
+    if exact is not None:
+        low, high = min(low, exact[0]), max(high, exact[1])
+        if p_value < alpha and low <= 0 <= high:
+            low, high = (exact[0], high) if exact[0] > 0 else (low, exact[1])
+    if p_value >= alpha:  # at a tie (p = alpha) an exact bound lies on 0 up to rounding
+        low, high = min(low, 0.0), max(high, 0.0)
+    return low, high
+
+
+def paired_difference_interval(only_first: int, only_second: int, questions: int,
+                               alpha: float = ALPHA, p_value: float | None = None) -> tuple[float, float]:
+    """(1 - alpha) interval of a one-seed-each difference: the hull of Tango's score interval (a width without
+    discordant questions) and the conditional exact interval that inverts the exact McNemar test, so that it
+    excludes 0 exactly when the exact McNemar p (``p_value``, else computed) is below alpha. Tango's alone can
+    exclude 0 beside an exact p above alpha (b=5, c=0: p = 0.0625, Tango's 95% interval above 0)."""
+    if p_value is None:
+        p_value = mcnemar_exact(only_first, only_second)
+    return exact_hull(tango_paired_interval(only_first, only_second, questions, alpha),
+                      conditional_exact_interval(only_first, only_second, questions, alpha), p_value, alpha)
+
+
 def falling_crossing(function, target: float, low: float, high: float, steps: int = 100) -> float:
     """Where a function that falls from above ``target`` at ``low`` to below it at ``high`` crosses it
     (bisection)."""
@@ -232,9 +285,12 @@ def seeds_and_questions_test(a: Sequence[Sequence[bool]], b: Sequence[Sequence[b
     degrees of freedom (the Behrens-Fisher form, generalised to three parts); the two-sided p-value is
     P(|sum| >= |d|) and the interval d +- c with P(|sum| >= c) = alpha. The seed parts are drawn (``draws`` of
     them, a fixed ``seed``: the same inputs give the same result) and the question part is integrated exactly.
-    Without seed spread the question part is the exact sign-flip distribution of the per-question differences;
-    with it, p is never below that sign-flip test's p (the larger of the two) and the interval never narrower than
-    its, so that seed spread on the same per-question differences cannot make a difference more significant.
+    Without seed spread the question part is the exact sign-flip distribution of the per-question differences (for
+    seeds that answered alike, exact McNemar's), and the interval is as for one seed a side: the hull of Tango's on
+    the seeds' mean discordance and the test's exact interval (``exact_hull``); with spread, p is never below that
+    sign-flip test's p (the larger of the two) and the interval never narrower than its, so that seed spread on the
+    same per-question differences cannot make a difference more significant. Either way the interval excludes 0
+    exactly when p < alpha.
 
     Unlike resampling three seeds with replacement (which shrinks their spread by a third and reads it on normal
     quantiles), this holds its level with two or three seeds, also at the small alphas a Holm family or a
@@ -329,37 +385,40 @@ def pooled_seeds_and_questions_test(strata: Sequence[tuple[Sequence[Sequence[boo
         p_value = min(1.0, max(p_value, exact_tail(abs(difference))))
     if not interval:
         return SeedsAndQuestions(difference, p_value, None, None, question_se, side_se)
-    # Without seed spread, Tango's interval on the seeds' mean discordance, as for one seed a side: with every
-    # question and seed alike there is no spread to read a width from (a zero-width interval would turn identical
-    # answers on 20 questions into certainty; Tango keeps +-16 points on 20, +-0.3 on 1319), and on a few
-    # discordant questions the sign-flip distribution's critical value alone is narrower than Tango's.
-    tango = None
+    # the sign-flip interval, d +- its critical value: the largest |difference| of a sign pattern whose tail is
+    # still >= alpha, found among the patterns' values (exact, where a bisection of a step function could land a
+    # hair either side), so that it holds 0 exactly when the sign-flip p >= alpha
+    atoms = np.unique(exact[0])  # ascending; the tail falls along them, the smallest's is 1
+    holds, past = 0, len(atoms)  # exact_tail(atoms[holds]) >= alpha; from atoms[past] on, below alpha
+    while past - holds > 1:
+        middle = (holds + past) // 2
+        holds, past = (middle, past) if exact_tail(float(atoms[middle])) >= alpha else (holds, middle)
+    exact_half = float(atoms[holds]) + 1e-12  # |d| within float error of that atom: p >= alpha, 0 inside
     if not spread:
+        # Without seed spread p is the sign-flip p, and the interval is as for one seed a side, from the seeds'
+        # mean discordance: Tango's (with every question and seed alike there is no spread to read a width from: a
+        # zero-width interval would turn identical answers on 20 questions into certainty; Tango keeps +-16 points
+        # on 20, +-0.3 on 1319) hulled with an exact interval of the test, so that it excludes 0 exactly when
+        # p < alpha. Differences of -1, 0 or 1 (seeds that answered alike) give exact McNemar's p and its
+        # conditional interval; fractional ones (seeds alike in their means only, models pooled) the sign-flip
+        # interval, where Tango's on their sums can cross 0 beside a p below alpha (exact_hull).
         only_first = float(np.clip(per_question, 0, None).sum())
         only_second = float(np.clip(-per_question, 0, None).sum())
-        tango = tango_paired_interval(only_first, only_second, questions, alpha)
-        if question_se == 0:
-            return SeedsAndQuestions(difference, p_value, tango[0], tango[1], 0.0, (0.0, 0.0))
+        if np.allclose(per_question, np.rint(per_question), rtol=0, atol=1e-9):
+            low, high = paired_difference_interval(round(only_first), round(only_second), questions, alpha,
+                                                   p_value=p_value)
+        else:
+            low, high = exact_hull(tango_paired_interval(only_first, only_second, questions, alpha),
+                                   (difference - exact_half, difference + exact_half), p_value, alpha)
+        return SeedsAndQuestions(difference, p_value, max(-1.0, low), min(1.0, high), question_se, side_se)
     high = abs(difference) + 10 * (question_se + sum(seed_se)) + 1e-9
     while tail(high) > alpha:
         high *= 2
-    half = falling_crossing(tail, alpha, 0.0, high, steps=40)
-    if spread:
-        # at least the sign-flip interval, d +- its critical value: the largest |difference| of a sign pattern
-        # whose tail is still >= alpha, found among the patterns' values (exact, where a bisection of a step
-        # function could land a hair either side), so that the interval holds 0 exactly when p >= alpha
-        atoms = np.unique(exact[0])  # ascending; the tail falls along them, the smallest's is 1
-        holds, past = 0, len(atoms)  # exact_tail(atoms[holds]) >= alpha; from atoms[past] on, below alpha
-        while past - holds > 1:
-            middle = (holds + past) // 2
-            holds, past = (middle, past) if exact_tail(float(atoms[middle])) >= alpha else (holds, middle)
-        half = max(half, float(atoms[holds]) + 1e-12)  # |d| within float error of that atom: p >= alpha, 0 inside
-    low, high = difference - half, difference + half
-    if tango is not None:
-        low, high = min(low, tango[0]), max(high, tango[1])
+    # at least the sign-flip interval, so that the interval holds 0 exactly when p >= alpha
+    half = max(falling_crossing(tail, alpha, 0.0, high, steps=40), exact_half)
     # a difference of two accuracies lies in [-1, 1]; at a Bonferroni level on few seeds the t half-width can run
     # past it
-    low, high = max(-1.0, low), min(1.0, high)
+    low, high = max(-1.0, difference - half), min(1.0, difference + half)
     return SeedsAndQuestions(difference, p_value, low, high, question_se, side_se)
 
 
@@ -387,7 +446,9 @@ class PairedTest:
     test: str | None  # MCNEMAR, SEEDS_AND_QUESTIONS, or None when there is no per-question data
     p_value: float | None
     difference: float | None  # mean accuracy of the first side minus the second, on the paired questions
-    ci_low: float | None = None  # (1 - alpha) interval of the difference (Tango one seed each, else seeds_and_questions_test)
+    # (1 - alpha) interval of the difference (one seed each: paired_difference_interval, else
+    # seeds_and_questions_test's); it excludes 0 exactly when p_value < alpha
+    ci_low: float | None = None
     ci_high: float | None = None
     n_questions: int = 0
     seeds: tuple[int, int] = (0, 0)
@@ -458,8 +519,9 @@ def paired_test(a: Sequence[Mapping[Hashable, bool]], b: Sequence[Mapping[Hashab
     """Compare two rows given as one {question key: correct} per seed; every seed of both must have scored the
     same questions (else there is no test: the rows' means would be over different questions, and a test on the
     shared ones could even point the other way). Exact McNemar when both sides are one seed, else the
-    seeds-and-questions test; ``interval`` also computes an interval of the difference (Tango's paired score
-    interval for single seeds)."""
+    seeds-and-questions test; ``interval`` also computes an interval of the difference (for single seeds the hull
+    of Tango's paired score interval and the conditional exact interval of the McNemar test,
+    ``paired_difference_interval``: it excludes 0 exactly when p < alpha)."""
     if not a or not b:
         return no_test("a side has no seeds")
     keys = _question_keys([a, b])
@@ -471,9 +533,10 @@ def paired_test(a: Sequence[Mapping[Hashable, bool]], b: Sequence[Mapping[Hashab
         only_first = sum(x and not y for x, y in zip(first[0], second[0]))
         only_second = sum(y and not x for x, y in zip(first[0], second[0]))
         low = high = None
+        p_value = mcnemar_exact(only_first, only_second)
         if interval:
-            low, high = tango_paired_interval(only_first, only_second, len(keys), alpha)
-        return PairedTest(MCNEMAR, mcnemar_exact(only_first, only_second), (only_first - only_second) / len(keys),
+            low, high = paired_difference_interval(only_first, only_second, len(keys), alpha, p_value=p_value)
+        return PairedTest(MCNEMAR, p_value, (only_first - only_second) / len(keys),
                           low, high, len(keys), seeds, (only_first, only_second))
     result = seeds_and_questions_test(first, second, draws=draws, seed=seed, alpha=alpha, interval=interval)
     return PairedTest(SEEDS_AND_QUESTIONS, result.p_value, result.difference, result.ci_low, result.ci_high,

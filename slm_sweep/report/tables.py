@@ -2,9 +2,10 @@
 
 The CSV files keep the raw values (accuracies as fractions, empty cells for missing values); the markdown
 shows accuracies as percentages (``mean ± std``, the mean alone for a single seed), deltas in percentage points
-with ``*`` where their paired test is significant, and marks negative transfer (significant) with ``▼``. Deltas,
-tests and marks are on each row's ``delta_metric`` (its set's ``claims_metric``, which the claims read too), and
-both files say which.
+with ``*`` where their paired test is significant, and marks negative transfer (significant) with ``▼``; an
+out-of-domain cell carries its zero-shot delta's mark. Deltas, tests and marks are on each row's ``delta_metric``
+(its set's ``claims_metric``, which the claims read too), whose accuracy columns come first in a dataset's table
+with the interval over questions, and both files say which.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .aggregate import (
     NO_DATA,
     PRIMARY_ACCURACY,
     SEVERAL_BASELINES,
+    is_fine_tuned,
     method_label,
     not_completed,
     row_metrics,
@@ -127,8 +129,12 @@ def points(delta: float | None, significant: bool | None = None) -> str:
     tested (``significant`` None: no per-question data, or rows scored on other questions or otherwise)."""
     if delta is None:
         return EMPTY
-    mark = SIGNIFICANT_MARK if significant else UNTESTED_MARK if significant is None else ""
-    return f"{100 * delta:+.1f}{mark}"
+    return f"{100 * delta:+.1f}{delta_mark(significant)}"
+
+
+def delta_mark(significant: bool | None) -> str:
+    """``*`` for a significant paired test, ``†`` for none (``significant`` None), nothing for one that is not."""
+    return SIGNIFICANT_MARK if significant else UNTESTED_MARK if significant is None else ""
 
 
 def params(count: int | None) -> str:
@@ -285,18 +291,30 @@ def delta_metrics_text(rows: Sequence[dict[str, Any]], key: str = "dataset") -> 
     return ", ".join(f"{metric} ({name})" for metric, name in pairs)
 
 
-def _accuracy_cells(row: dict[str, Any], metrics: Sequence[str]) -> list[str]:
+def _accuracy_cells(row: dict[str, Any], metrics: Sequence[str], with_questions: str = PRIMARY_ACCURACY) -> list[str]:
     """Mean ± std and CI half-width of every accuracy metric, the one the row's deltas are on marked for negative
-    transfer."""
+    transfer; ``with_questions`` (a table's leading metric) also gets the Wilson interval over the questions."""
     cells = []
     for metric in metrics:
         text = _spread(row, metric)
         if metric == accuracy_key(delta_metric_of(row)) and row["negative_transfer"]:
             text += f" {NEGATIVE_MARK}"
         cells += [text, half_width(row[f"{metric}_ci95"])]
-        if metric == PRIMARY_ACCURACY:
+        if metric == with_questions:
             cells.append(interval(row[f"{metric}_wilson_low"], row[f"{metric}_wilson_high"]))
     return cells
+
+
+def leading_metric(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> str:
+    """The accuracy column a dataset's table starts with and gives the questions' interval for: the metric its
+    deltas are on where its rows agree on one (lenient on OrcaMath), else the primary one."""
+    on = {accuracy_key(delta_metric_of(r)) for r in rows}
+    lead = next(iter(on)) if len(on) == 1 else PRIMARY_ACCURACY
+    return lead if lead in metrics else PRIMARY_ACCURACY
+
+
+def _trained(row: dict[str, Any]) -> bool:
+    return bool(row.get("trained", is_fine_tuned(row["method"])))
 
 
 def _level_text(alpha: float, correction: str) -> str:
@@ -321,11 +339,13 @@ def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Se
     # what the deltas are on: one metric in the headers, or (rows run with other claims metrics) a column of its own
     on = list(dict.fromkeys(delta_metric_of(r) for r in rows))
     unit = f"pp on {on[0]}" if len(on) == 1 else "pp on the row's Δ on"
+    # the metric the deltas are on leads, with the questions' interval, so that a row's Δ reads against its neighbour
+    lead = leading_metric(rows, metrics)
+    metrics = [lead, *(m for m in metrics if m != lead)]
     header = (
-        "model", "method", "seeds", "questions",
+        "model", "method", "seeds (n)", "questions (n_eval)",
         *(h for m in metrics
-          for h in (f"{_metric_name(m)} (%)", "seeds 95% CI",
-                    *(("questions 95% CI",) if m == PRIMARY_ACCURACY else ()))),
+          for h in (f"{_metric_name(m)} (%)", "seeds 95% CI", *(("questions 95% CI",) if m == lead else ()))),
         *(("Δ on",) if len(on) > 1 else ()),
         f"Δ zero-shot ({unit}, {SIGNIFICANT_MARK} {_level_text(alpha, correction)})",
         f"Δ few-shot ({unit}, {SIGNIFICANT_MARK} {_level_text(alpha, correction)})",
@@ -339,13 +359,13 @@ def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Se
                 method_label(row),
                 str(row["n"]),
                 EMPTY if row.get("n_eval") is None else str(row["n_eval"]),
-                *_accuracy_cells(row, metrics),
+                *_accuracy_cells(row, metrics, lead),
                 *((delta_metric_of(row),) if len(on) > 1 else ()),
                 points(row["delta_zeroshot"], row["delta_zeroshot_significant"]),
                 points(row["delta_fewshot"], row["delta_fewshot_significant"]),
                 params(row["trainable_params"]),
                 params(row["total_params"]),
-                duration(row["train_time_s_mean"]),
+                duration(row["train_time_s_mean"]) if _trained(row) else EMPTY,  # a baseline trained for no time
                 rate(row["train_tokens_per_s_mean"]),
                 f"{percent(row['mfu_mean'])} %" if row["mfu_mean"] is not None else EMPTY,
                 megabytes(row["peak_memory_mb_max"]),
@@ -377,7 +397,9 @@ def _ood_section(
     seeds = {(row["model"], method_label(row)): row["n"] for row in in_domain}
 
     def put(row: dict[str, Any], column: str) -> None:
-        text = _spread(row, accuracy_key(delta_metric_of(row)))  # the metric its ▼ is on
+        text = _spread(row, accuracy_key(delta_metric_of(row)))  # the metric its marks are on
+        if row.get("delta_zeroshot") is not None:  # the mark of its Δ vs the zero-shot row on that set
+            text += delta_mark(row.get("delta_zeroshot_significant"))
         if row["negative_transfer"]:
             text += f" {NEGATIVE_MARK}"
         expected = seeds.get((row["model"], method_label(row)))
@@ -475,7 +497,7 @@ def render_markdown(
     else:
         lines += [f"Δ on: {delta_metrics_text(rows)}. Each dataset's deltas, their tests, "
                   f"{SIGNIFICANT_MARK} and {NEGATIVE_MARK} are on its `claims_metric`, the metric its claims read "
-                  f"(docs/results.md); its accuracy columns show every metric.", ""]
+                  f"(docs/results.md); its accuracy columns show every metric, that one first.", ""]
     for note in claims_metric_notes:
         lines += [note, ""]
     for dataset in datasets:
@@ -498,9 +520,15 @@ def render_markdown(
     lines += [
         f"Accuracy ({', '.join(_metric_name(m) for m in metrics)}; docs/results.md): mean ± sample std "
         f"over seeds (the mean alone for one seed, such as a baseline computed once); seeds 95% CI: half-width "
-        f"from Student's t over the seeds; questions 95% CI: Wilson interval of the "
-        f"{_metric_name(PRIMARY_ACCURACY)} mean over the row's test questions (the test set's sampling noise). "
-        f"The seeds and questions columns count what a row's mean is over. "
+        f"from Student's t over the seeds; questions 95% CI: Wilson interval of the first accuracy column's mean "
+        f"(the metric the deltas are on; {_metric_name(PRIMARY_ACCURACY)} where a dataset's rows are on several) "
+        f"over the row's test questions (the test set's sampling noise). "
+        f"The seeds (n) and questions (n_eval) columns count what a row's mean is over (summary.csv: `n` and "
+        f"`n_eval`; its `seeds` lists the seeds themselves). "
+        f"Δ zero-shot, Δ few-shot: the row's mean minus the same model's `zeroshot` row's, `fewshot` row's (the "
+        f"methods of those names, not another baseline such as `zeroshot_instructed` or `fewshot_chat`), in "
+        f"percentage points. Train time, train tok/s and MFU: "
+        f"{EMPTY} for a row that trains nothing. "
         f"{NEGATIVE_MARK} = negative transfer: a trained method's mean below the model's zero-shot mean on the "
         f"metric its deltas are on (Δ on), significant at alpha={alpha:g}"
         f"{' (Holm-adjusted, below)' if correction == HOLM else ''}; the mark stands beside that metric's accuracy.",
@@ -517,8 +545,12 @@ def render_markdown(
         lines += [
             f"Mean ± std accuracy (%) on each evaluation set of the models trained on one dataset, on the set's "
             f"`claims_metric` (named in its header: the training dataset's in-domain, the evaluation set's own "
-            f"out of domain; Δ on: {delta_metrics_text(ood_rows, 'eval_set')}); {NEGATIVE_MARK} = below the "
-            f"zero-shot mean on that set and metric, significant at alpha={alpha:g} (paired test as above).",
+            f"out of domain; Δ on: {delta_metrics_text(ood_rows, 'eval_set')}). The mark after a cell is its "
+            f"Δ vs the `zeroshot` row on that set and metric, as in the tables above: {SIGNIFICANT_MARK} "
+            f"significant at alpha={alpha:g} either way (paired test as above; "
+            f"{'Holm-adjusted over one column' if correction == HOLM else 'no correction'}), {UNTESTED_MARK} not "
+            f"tested, none: tested and not significant (summary_ood.csv has the delta and its p-values); "
+            f"{NEGATIVE_MARK} = negative transfer, a trained method significantly below it.",
             "",
         ]
     for dataset in ood_datasets:
