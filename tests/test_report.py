@@ -609,9 +609,10 @@ def test_plots_draw_each_dataset_s_claims_metric_and_name_it(monkeypatch):
     assert captured[-1].axes[0].get_ylabel() == "flexible accuracy (%)"
 
 
-def test_plot_titles_fit_and_a_size_axis_spanning_less_than_a_decade_reads_in_counts(monkeypatch, tmp_path):
-    """The bar chart's title, caveat included, fits its narrowest figure (6 inches); models of 135M and 268M put no
-    decade on the size axis, whose labels are then the minor ticks': counts as people write them, not 2×10^8."""
+def test_plot_titles_fit_and_a_count_axis_spanning_less_than_a_decade_reads_in_counts(monkeypatch, tmp_path):
+    """The bar chart's title, caveat included, fits its narrowest figure (6 inches); counts of 135M and 268M put no
+    decade on a log axis of parameters, whose labels are then the minor ticks': counts as people write them, not
+    2×10^8."""
     import re
 
     import slm_sweep.report.plots as plots
@@ -624,16 +625,17 @@ def test_plot_titles_fit_and_a_size_axis_spanning_less_than_a_decade_reads_in_co
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
     plots.plot_accuracy_by_model(rows, "gsm8k", tmp_path / "bars.png", plots.label_colors(rows))
-    plots.plot_accuracy_vs(rows, "gsm8k", tmp_path / "size.png", plots.label_colors(rows),
-                           lambda r: r["total_params"], "model parameters (base)", "accuracy vs model size", False)
+    plots.plot_accuracy_vs(rows, "gsm8k", tmp_path / "trainable.png", plots.label_colors(rows),
+                           lambda r: r["total_params"], "trainable parameters", "accuracy vs trainable parameters",
+                           False)
     for fig in figures:
         fig.canvas.draw()
         ax = fig.axes[0]
         title = ax.title.get_window_extent(fig.canvas.get_renderer())
         assert "no bar: one seed" in ax.get_title()
         assert 0 <= title.x0 and title.x1 <= fig.bbox.width and title.y1 <= fig.bbox.height
-    size_axis = figures[1].axes[0].xaxis
-    labels = [t.get_text() for t in (*size_axis.get_majorticklabels(), *size_axis.get_minorticklabels())
+    count_axis = figures[1].axes[0].xaxis
+    labels = [t.get_text() for t in (*count_axis.get_majorticklabels(), *count_axis.get_minorticklabels())
               if t.get_text()]
     assert labels and all(re.fullmatch(r"\d+(\.\d)?[KMB]", text) for text in labels), labels
 
@@ -700,6 +702,63 @@ def test_a_model_is_named_once_where_its_methods_share_a_point(monkeypatch, tmp_
     for i, (text, box) in enumerate(labels):
         for other, other_box in labels[i + 1:]:
             assert not box.overlaps(other_box), (text, other)
+
+
+def test_a_heatmap_whose_largest_cell_is_100_percent_does_not_say_its_scale_is_not_0_to_100(monkeypatch):
+    """The colourbar names a scale narrower than 0-100 ("scale 0–29.5, not 0–100"); a cell at 100 % spans the full
+    scale, which "scale 0–100.0, not 0–100" contradicted."""
+    import slm_sweep.report.plots as plots
+
+    rows = [{"model": "qwen05", "method": method, "dataset": "gsm8k", "n": n, "delta_metric": "flexible",
+             "accuracy_flexible_mean": mean, "accuracy_flexible_std": None}
+            for method, n, mean in (("zeroshot", 1, 0.5), ("lora", 3, 0.9996))]
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    plots.plot_ood_heatmap(rows, [{**r, "eval_set": "svamp"} for r in rows], "gsm8k", None)
+    ax, colorbar = figures[0].axes
+    assert ax.images[0].norm.vmax == 100
+    assert colorbar.get_ylabel() == "flexible accuracy (%)"
+
+
+_SIZES = {"smollm135": 134_515_008, "gemma270": 268_098_176, "smollm360": 361_821_120, "qwen05": 494_032_768,
+          "llama1b": 1_235_814_400, "smollm370": 370_000_000}
+
+
+@pytest.mark.parametrize(("models", "scale", "labels"), [
+    (("smollm135", "gemma270", "smollm360"), "linear", ["135M", "268M", "362M"]),  # 2.7x: a log axis gains nothing
+    (("smollm135", "gemma270", "smollm360", "qwen05", "llama1b"), "log", ["135M", "268M", "362M", "494M", "1.2B"]),
+    (("smollm135", "smollm360", "smollm370", "llama1b"), "log", ["135M", "362M", "370M", "1.2B"]),  # two sizes close
+])
+def test_the_size_axis_is_ticked_at_each_model_s_size(monkeypatch, tmp_path, models, scale, labels):
+    """The models' own sizes carry the ticks, labelled as the bar plot labels them (135M): the axis's own ticks
+    fell at 200M and 300M, between the models; a log axis where the sizes span more than 3x, where a linear one would
+    crowd the small models; labels of close sizes go on two lines rather than over each other."""
+    from matplotlib.transforms import Bbox
+
+    import slm_sweep.report.plots as plots
+
+    rows = [{"model": model, "method": method, "dataset": "gsm8k", "n": 1 if method == "zeroshot" else 3,
+             "trained": method == "lora", "total_params": _SIZES[model] + (1_000_000 if method == "lora" else 0),
+             "trainable_params": 1_000_000 if method == "lora" else 0, "train_time_s_mean": None,
+             "accuracy_flexible_mean": 0.1 + 0.01 * i, "accuracy_flexible_std": None}
+            for i, model in enumerate(models) for method in ("zeroshot", "lora")]
+    figures = {}
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(path.name, fig) and save(fig, path))
+    plots.write_plots(rows, [], tmp_path)
+    fig = figures["accuracy_vs_size_gsm8k.png"]
+    ax = fig.axes[0]
+    assert ax.get_xscale() == scale
+    assert list(ax.get_xticks()) == sorted(_SIZES[m] for m in models)
+    assert [t.get_text().strip() for t in ax.get_xticklabels()] == labels
+    assert not [t.get_text() for t in ax.xaxis.get_minorticklabels() if t.get_text()]
+    renderer = fig.canvas.get_renderer()
+    boxes = []
+    for label in ax.get_xticklabels():  # the printed line of a label moved down by blank lines above it
+        box, lines = label.get_window_extent(renderer), label.get_text().count("\n") + 1
+        boxes.append(Bbox.from_extents(box.x0, box.y0, box.x1, box.y0 + box.height / lines))
+    assert all(0 <= box.x0 and box.x1 <= fig.bbox.width and box.y0 >= 0 for box in boxes)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), [tuple(b.extents) for b in boxes]
 
 
 def _with_identity(record, config, configuration_key, evaluation_key=None, reused_from=None):
@@ -896,6 +955,25 @@ def test_an_out_of_domain_cell_carries_the_mark_of_its_zero_shot_delta():
         ("lora", "in"): "20.0 ± 1.0†", ("lora", "ood"): "28.0 ± 1.0",
         ("full", "in"): "2.0 ± 1.0* ▼", ("full", "ood"): "1.0 ± 1.0* ▼",
     }
+
+
+def test_an_out_of_domain_cell_without_a_zero_shot_row_to_compare_with_is_marked_untested(tmp_path):
+    """Zero-shot was not scored on svamp, so LoRA's svamp cell has no delta and no test: unmarked it would read as
+    "tested and not significant", which the legend says a cell with no mark is; it is marked † (not tested), and
+    the zero-shot row, the reference, carries no mark."""
+    from test_report_claims import first, write_cell
+
+    write_cell(tmp_path / "sweep", "qwen05", "zeroshot", "gsm8k", 0, first(30))
+    for seed in SEEDS:
+        write_cell(tmp_path / "sweep", "qwen05", "lora", "gsm8k", seed, first(44 + seed),
+                   ood={"svamp": first(20 + seed)})
+    report = write_report([tmp_path / "sweep"], tmp_path / "out", plots=False)
+    (lora,) = [r for r in report["ood_rows"] if r["method"] == "lora"]
+    assert lora["delta_zeroshot"] is None
+    cells = {c["method"]: c for c in _table(report["markdown"], "### trained on gsm8k")}
+    assert cells["lora"]["svamp (n=60, flexible)"] == "35.0 ± 1.7†"
+    assert cells["zeroshot"]["gsm8k (n=60, flexible), in-domain"] == "50.0"
+    assert "no `zeroshot` row on that set to compare with" in report["markdown"]
 
 
 def test_a_mirrored_setting_is_named_once_and_decimal_variants_sort_as_numbers(tmp_path):

@@ -9,8 +9,10 @@ Files (``<dataset>`` is the dataset name reduced to ``[A-Za-z0-9_.-]``, made uni
 reduce to the same text):
 
 - ``accuracy_by_model_<dataset>.png``: grouped bars, models on x by size, one bar per method, std error bars.
-- ``accuracy_vs_size_<dataset>.png``: accuracy against total parameters (log x, labelled as counts: 135M), a line
-  per method; the baselines are included since their total parameters are the base model's.
+- ``accuracy_vs_size_<dataset>.png``: accuracy against total parameters, a line per method, ticked at each
+  model's size and labelled as the bar plot labels it (135M); log x where the sizes span more than
+  ``LOG_SIZE_SPAN`` (the study's 135M to 1.2B), linear otherwise. The baselines are included since their total
+  parameters are the base model's.
 - ``accuracy_vs_trainable_<dataset>.png`` and ``accuracy_vs_train_time_<dataset>.png``:
   accuracy against trainable parameters / mean training time (log x), a line per fine-tuned method.
   Zero-shot and few-shot train nothing (0 trainable parameters, 0 s), which has no place on a log axis,
@@ -22,7 +24,7 @@ reduce to the same text):
 
 The accuracy axes end a little above the highest mean + std drawn (``accuracy_top``), and the heatmap's colours
 span 0 to its largest cell, so that accuracies of a few percent are not squeezed into the bottom of a 0-100 scale;
-the heatmap's colourbar names its range.
+the heatmap's colourbar names its range where it is not 0-100.
 
 Figures are drawn with the Agg canvas directly and never through pyplot, so no global backend is
 switched and a caller's own matplotlib state is left alone.
@@ -40,7 +42,7 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatterSciNotation
+from matplotlib.ticker import LogFormatterSciNotation, NullLocator
 
 from slm_sweep.scoring import PRIMARY_METRIC, accuracy_key
 
@@ -128,6 +130,41 @@ def _count_axis(axis) -> None:
     """Label a log axis of parameter counts as people write them, major and minor ticks alike."""
     axis.set_major_formatter(HumanCountFormatter())
     axis.set_minor_formatter(HumanCountFormatter(labelOnlyBase=False))
+
+
+# model sizes spanning more than this are drawn on a log axis; within it a log axis only bends a few sizes' spacing
+LOG_SIZE_SPAN = 3.0
+
+
+def _size_axis(ax, sizes: Sequence[float]) -> None:
+    """Tick the x axis at the models' own ``sizes`` only, labelled as the bar plot labels them (135M): an axis's
+    own ticks fall between the models (200M, 300M). Log where the sizes span more than LOG_SIZE_SPAN."""
+    sizes = sorted(set(sizes))
+    if sizes[-1] > LOG_SIZE_SPAN * sizes[0]:
+        ax.set_xscale("log")
+    ax.set_xticks(sizes, [human_count(size) for size in sizes])
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def _stagger_tick_labels(fig: Figure, ax) -> None:
+    """Put each x tick label on the first line below the axis where it clears the labels already there, so that
+    labels of close ticks (362M beside 370M) do not print over each other. Lays the figure out first: where a
+    tick lands depends on the axes' final width."""
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    renderer = fig.canvas.get_renderer()
+    pad = renderer.points_to_pixels(4)
+    ends: list[float] = []  # the right end of the last label on each line
+    ticks, texts = [], []
+    for tick, label in sorted(zip(ax.get_xticks(), ax.get_xticklabels()), key=lambda pair: pair[0]):
+        centre = ax.transData.transform((tick, 0))[0]
+        half = label.get_window_extent(renderer).width / 2
+        line = next((i for i, end in enumerate(ends) if end + pad <= centre - half), len(ends))
+        ends[line:line + 1] = [centre + half]
+        ticks.append(tick)
+        texts.append("\n" * line + label.get_text())
+    if len(ends) > 1:
+        ax.set_xticks(ticks, texts)
 
 
 CAVEAT = "(mean ± std over seeds; no bar: one seed)"
@@ -226,8 +263,10 @@ def plot_accuracy_vs(
     x_label: str,
     title: str,
     annotate: bool,
+    size_axis: bool = False,
 ) -> Path | None:
-    """Accuracy (``plotted_metric``) against a positive quantity on a log axis, one line per method."""
+    """Accuracy (``plotted_metric``) against a positive quantity on a log axis, one line per method;
+    ``size_axis``: the quantity is the models' sizes, which carry the ticks (``_size_axis``)."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     metric = plotted_metric(rows)
@@ -255,16 +294,21 @@ def plot_accuracy_vs(
         named += [(row["model"], x, y) for x, y, (_, row) in zip(xs, ys, points)]
     if not named:
         return None
-    ax.set_xscale("log")
+    if size_axis:
+        _size_axis(ax, [x for _, x, _ in named])
+    else:
+        ax.set_xscale("log")
+        if "parameters" in x_label:
+            _count_axis(ax.xaxis)
     ax.set_xlabel(x_label)
-    if "parameters" in x_label:
-        _count_axis(ax.xaxis)
     _accuracy_axis(ax, metric, tops)
     if annotate:
         _label_models(ax, named)
     ax.set_title(f"{dataset}: {title}\n{CAVEAT}", fontsize=10)
     _legend(ax)
     ax.grid(alpha=0.3, which="both")
+    if size_axis:
+        _stagger_tick_labels(fig, ax)
     return _save(fig, path)
 
 
@@ -308,8 +352,10 @@ def plot_ood_heatmap(
 
     fig = Figure(figsize=(max(5.0, 1.4 * len(eval_sets) + 3), max(3.0, 0.35 * len(order) + 1.5)))
     ax = fig.subplots()
-    # colours span 0 to the largest cell (at least MIN_TOP), not 0 to 100 %: the colourbar says so
+    # colours span 0 to the largest cell (at least MIN_TOP), not 0 to 100 %: the colourbar says so, unless that cell
+    # reads 100.0
     vmax = max(MIN_TOP, float(np.nanmax(values, initial=0.0)))
+    vmax = 100.0 if f"{vmax:.1f}" == "100.0" else vmax
     image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
     # set names run into each other when level: slanted, each ending under its column
     ax.set_xticks(range(len(eval_sets)), [f"{dataset}\n(in-domain, {metrics[0]})",
@@ -323,7 +369,7 @@ def plot_ood_heatmap(
                 ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=7, color=color)
     shared = set(metrics)
     label = f"{metrics[0]} accuracy (%)" if len(shared) == 1 else "accuracy (%), metric per set"
-    fig.colorbar(image, ax=ax, label=f"{label}\n(scale 0–{vmax:.1f}, not 0–100)")
+    fig.colorbar(image, ax=ax, label=label if vmax == 100 else f"{label}\n(scale 0–{vmax:.1f}, not 0–100)")
     ax.set_title(f"trained on {dataset}: accuracy per evaluation set\n"
                  f"(mean over {seeds_text([*in_domain, *ood])}; no spread shown)", fontsize=10)
     return _save(fig, path)
@@ -359,13 +405,13 @@ def write_plots(
         shared = any(len(models) > 1 for models in sizes.values())  # two models at one size: name the points
         candidates = [
             (pretrained, "size", lambda r, base=base: base.get(r["model"]), "model parameters (base)",
-             "accuracy vs model size", shared),
+             "accuracy vs model size", shared, True),
             (fine_tuned, "trainable", lambda r: r["trainable_params"], "trainable parameters",
-             "accuracy vs trainable parameters (fine-tuned methods)", True),
+             "accuracy vs trainable parameters (fine-tuned methods)", True, False),
             (fine_tuned, "train_time", lambda r: r["train_time_s_mean"], "mean training time (s)",
-             "accuracy vs training time (fine-tuned methods)", True),
+             "accuracy vs training time (fine-tuned methods)", True, False),
         ]  # fmt: skip
-        for plot_rows, kind, x_of, x_label, title, annotate in candidates:
+        for plot_rows, kind, x_of, x_label, title, annotate, size_axis in candidates:
             path = plot_accuracy_vs(
                 plot_rows,
                 dataset,
@@ -375,6 +421,7 @@ def write_plots(
                 x_label,
                 title,
                 annotate,
+                size_axis,
             )
             if path is not None:
                 written.append(path)

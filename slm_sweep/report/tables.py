@@ -400,6 +400,8 @@ def _ood_section(
         text = _spread(row, accuracy_key(delta_metric_of(row)))  # the metric its marks are on
         if row.get("delta_zeroshot") is not None:  # the mark of its Δ vs the zero-shot row on that set
             text += delta_mark(row.get("delta_zeroshot_significant"))
+        elif row["method"] != "zeroshot" and text != EMPTY:  # no zero-shot row to compare with: not tested either
+            text += UNTESTED_MARK
         if row["negative_transfer"]:
             text += f" {NEGATIVE_MARK}"
         expected = seeds.get((row["model"], method_label(row)))
@@ -549,7 +551,8 @@ def render_markdown(
             f"Δ vs the `zeroshot` row on that set and metric, as in the tables above: {SIGNIFICANT_MARK} "
             f"significant at alpha={alpha:g} either way (paired test as above; "
             f"{'Holm-adjusted over one column' if correction == HOLM else 'no correction'}), {UNTESTED_MARK} not "
-            f"tested, none: tested and not significant (summary_ood.csv has the delta and its p-values); "
+            f"tested (as above, or no `zeroshot` row on that set to compare with: no delta), none: tested and not "
+            f"significant (summary_ood.csv has the delta and its p-values), or the `zeroshot` row itself; "
             f"{NEGATIVE_MARK} = negative transfer, a trained method significantly below it.",
             "",
         ]
