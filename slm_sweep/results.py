@@ -53,8 +53,9 @@ EVAL_SET_FIGURES = ("eval_time_s", "eval_new_tokens", "eval_tokens_per_s", "eval
 TRAINING_PROVENANCE_KEYS = ("git_commit", "git_dirty_files", "versions", "hardware", "started_at", "finished_at",
                             "earlier_attempts")
 # What earlier_attempts records of each earlier attempt of a cell in its folder, whose checkpoint training resumed
+# (tracking: its W&B run, whose curves hold the steps before the checkpoint)
 ATTEMPT_PROVENANCE_KEYS = ("status", "checkpoint_step", "git_commit", "git_dirty_files", "versions", "hardware",
-                           "started_at", "finished_at")
+                           "started_at", "finished_at", "tracking")
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "lightning", "hydra-core", "omegaconf", "wandb", "datasets",
                     "tokenizers", "safetensors", "gguf", "bitsandbytes", "accelerate", "triton", "numpy", "slm_sweep")
 # the module a distribution is imported as, where the two names differ
@@ -151,6 +152,28 @@ def write_result(out_dir: str | Path, record: Mapping[str, Any], name: str = RES
     path = Path(out_dir) / name
     atomic_write_text(path, json.dumps(plain, indent=2, sort_keys=False, allow_nan=False) + "\n")
     return path
+
+
+def non_finite_places(record: Mapping[str, Any]) -> list[str]:
+    """The places ``write_result`` writes as null and lists under ``non_finite`` (``metrics.val_loss``): the NaN and
+    infinite numbers of ``record``, with those a record read back from a file lists already."""
+    found: list[str] = []
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(item, f"{where}.{key}" if where else str(key))
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+        elif isinstance(value, float) and not math.isfinite(value):
+            found.append(where)
+        elif getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a numpy or torch scalar
+            walk(value.item(), where)
+
+    walk(record, "")
+    listed = record.get("non_finite")
+    return sorted(set(found) | set(listed if isinstance(listed, list) else []))
 
 
 def _json_ready(value: Any, where: str, non_finite: list[str]) -> Any:

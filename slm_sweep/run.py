@@ -366,12 +366,14 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
             record.update(attempts)
         write_result(out, record)
         keep_earlier_curves(out)
-        from slm_sweep.tracking import Tracker
+        from slm_sweep.tracking import Tracker, superseded_runs
 
         # inside the try: a logger that cannot be built fails the cell instead of leaving it "running" (a W&B run
-        # that cannot start is left out by the logger itself, and recorded under "tracking")
+        # that cannot start is left out by the logger itself, and recorded under "tracking"); a rerun names the
+        # runs of the finished result of this computation it set aside, which stay in its W&B group
         loggers_tried = True
-        tracker = Tracker(cfg.logger, {**record, "sweep_tag": _sweep_tag()}, config, out)
+        tracker = Tracker(cfg.logger, {**record, "sweep_tag": _sweep_tag(),
+                                       "supersedes": superseded_runs(aside, identity.evaluation_key)}, config, out)
         record["tracking"] = tracker.tracking
         _run_cell(cfg, out, record, tracker, predictions, data, identity, dirs, callbacks=[interrupt],
                   trained=trained, trained_record=trained_record, trained_result=trained_result,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import netrc
 import os
 import secrets
@@ -27,12 +28,20 @@ from pathlib import Path
 from typing import Any
 
 from slm_sweep import scoring
-from slm_sweep.results import EVAL_SET_FIGURES, RESULT_FILE, redact
+from slm_sweep.results import (
+    EVAL_SET_FIGURES,
+    RESULT_FILE,
+    non_finite_places,
+    read_result,
+    redact,
+    redact_overrides,
+)
 
 log = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ("eval_set", "index", "question", "reference", "output")  # then every metric's fields
 WANDB_TARGET = "slm_sweep.tracking.WandbRun"
+WANDB_GROUP_COLUMN = "wandb_group"  # the last column of the sweep's summary tables in W&B: each row's run groups
 # the figures of the split a cell scores, logged under eval/ with its accuracies (each out-of-domain set's under
 # eval_<set>/); the others, eval_time_all_sets_s among them, go under result/
 _SCORE_KEYS = ("n_eval", "val_n_eval", "truncated_fraction", *EVAL_SET_FIGURES)
@@ -80,6 +89,58 @@ def group_name(model: str, method: str, dataset: str, configuration_key: str | N
     if configuration_key:
         name += f"-{configuration_key[:8]}"
     return name + ("-val" if split == "val" else "")
+
+
+def record_split(record: Mapping[str, Any]) -> str:
+    """The split a cell or its result record scores (its config's ``eval.split``): ``test`` unless set."""
+    config = record.get("config") if isinstance(record.get("config"), Mapping) else {}
+    return str((config.get("eval") or {}).get("split") or "test")
+
+
+def run_group(cell: Mapping[str, Any], split: str) -> str:
+    """The W&B group of a cell's run (``group_name``), ``-reused`` for a copy of another folder's result: a copy
+    is a second run of one computation, kept out of the configuration's group, whose runs a dashboard averages
+    over seeds (a baseline copied to three seeds, or a cell reused by a later sweep, would count twice)."""
+    configuration = (cell.get("identity") or {}).get("configuration_key")
+    return group_name(cell["model"], cell["method"], cell["dataset"], configuration, split) + (
+        "-reused" if cell.get("reused_from") else "")
+
+
+def run_name(cell: Mapping[str, Any], split: str) -> str:
+    """A run's name: its group (``run_group``), then a search cell's learning rate, then the seed, so that two
+    configurations of one model, method and dataset (``method.r=4,8``) never share a name."""
+    lr = (cell.get("learning_rate") or {}).get("value")
+    return run_group(cell, split) + (f"-lr{lr:g}" if split == "val" and lr else "") + f"-seed{cell['seed']}"
+
+
+def task_overrides() -> list[str] | None:
+    """The command-line overrides of the Hydra job running now (a sweep job's own values), credentials redacted;
+    None outside a Hydra job."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.task
+    except (ImportError, ValueError):  # ValueError: no Hydra job is running
+        return None
+    return redact_overrides([str(item) for item in overrides])
+
+
+def tracked_runs(record: Mapping[str, Any] | None) -> list[str]:
+    """The ids of the W&B runs a result record names under ``tracking`` (``offline run <id>``)."""
+    states = (record or {}).get("tracking")
+    if not isinstance(states, Mapping):
+        return []
+    return [state.split()[-1] for state in states.values()
+            if isinstance(state, str) and state.startswith(("offline run ", "online run "))]
+
+
+def superseded_runs(aside: str | Path | None, evaluation_key: str) -> list[str]:
+    """The W&B runs of the finished result of this same computation (``evaluation_key``) that a cell computed
+    again has set aside into ``aside`` (sweep.resume.set_aside_earlier), which stay in the run's group."""
+    record = read_result(aside) if aside is not None else None
+    if not record or (record.get("identity") or {}).get("evaluation_key") != evaluation_key:
+        return []
+    return tracked_runs(record)
 
 
 MAX_TAG_LENGTH = 64  # W&B refuses a longer tag, and with it the run
@@ -162,14 +223,19 @@ def _remove_partial_run(out_dir: Path, run_id: str) -> None:
 
 def result_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     """A result's numbers as the loggers record them: the scores of the split it generated on under ``eval/``,
-    each out-of-domain set's under ``eval_<set>/``, everything else result.json holds under ``result/``."""
+    each out-of-domain set's under ``eval_<set>/``, everything else result.json holds under ``result/``; a NaN or
+    infinite number is left out, as result.json writes it as null."""
     metrics = record.get("metrics") or {}
     values = {(f"eval/{k}" if k in _SCORE_KEYS or k.startswith(("accuracy_", "val_accuracy_")) else f"result/{k}"): v
-              for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+              for k, v in metrics.items() if _finite(v)}
     for name, scores in (record.get("eval_sets") or {}).items():
-        values.update({f"eval_{name}/{k}": v for k, v in scores.items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        values.update({f"eval_{name}/{k}": v for k, v in scores.items() if _finite(v)})
     return values
+
+
+def _finite(value: Any) -> bool:
+    """A number to log: NaN and infinities are null in result.json (listed under ``non_finite``), and left out."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def result_step(record: Mapping[str, Any]) -> int:
@@ -208,7 +274,8 @@ class CellLogger:
 
 # What a W&B run's config records under ``provenance``, from result.json (with ``out_dir`` and ``result_path``)
 PROVENANCE_KEYS = ("identity", "git_commit", "git_dirty_files", "versions", "hardware", "learning_rate",
-                   "reused_from", "trained_in", "training_provenance", "earlier_attempts")
+                   "reused_from", "trained_in", "training_provenance", "earlier_attempts", "resumed_from_checkpoint",
+                   "resumed_at_step")
 
 
 def _provenance(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -217,11 +284,13 @@ def _provenance(record: Mapping[str, Any]) -> dict[str, Any]:
 
 class WandbRun(CellLogger):
     """A W&B run per cell, grouped by configuration (``model-method-dataset-<configuration key>``, ``-val`` for a
-    search cell: a group is a row of the report), named with the seed, tagged with the model, method, dataset,
-    split and sweep, and at the end with ``status:<status>`` (a dashboard filters the attempts that did not
-    complete out of a group); offline without an API key or with WANDB_MODE=offline, offline when online fails
-    (and for every later cell of the process), left out (``state``: ``not started: <error>``) when it cannot start
-    at all; the scores and a predictions table at the end, at the last optimizer step."""
+    search cell: a group is a row of the report), named ``<group>-seed<seed>``, tagged with the model, method,
+    dataset, split and sweep, ``rerun`` when it computes again a finished result of its folder (whose runs it
+    names under ``provenance.supersedes``), and at the end with ``status:<status>`` (a dashboard filters the
+    attempts that did not complete out of a group); offline without an API key or with WANDB_MODE=offline,
+    offline when online fails (and for every later cell of the process), left out (``state``: ``not started:
+    <error>``) when it cannot start at all; the scores and a predictions table at the end, at the last optimizer
+    step."""
 
     name = "wandb"
 
@@ -240,23 +309,26 @@ class WandbRun(CellLogger):
             run_tags.append(cell["sweep_tag"])
         if cell.get("reused_from"):
             run_tags.append("reused")
-        configuration = (cell.get("identity") or {}).get("configuration_key")
-        # a copy is a second run of one computation: kept out of the configuration's group, whose runs a dashboard
-        # averages over seeds (a baseline copied to three seeds, or a cell reused by a later sweep, would count twice)
-        group = group_name(cell["model"], cell["method"], cell["dataset"], configuration, split) + (
-            "-reused" if cell.get("reused_from") else "")
-        lr = (cell.get("learning_rate") or {}).get("value")
-        name = f"{cell['model']}-{cell['method']}-{cell['dataset']}" + (f"-lr{lr:g}" if split == "val" and lr else "")
+        # the runs of the result this one computes again stay in the group beside it, each seed counted twice
+        supersedes = list(cell.get("supersedes") or [])
+        if supersedes:
+            run_tags.append("rerun")
         # what result.json says produced the numbers, so that a run on the dashboard can be traced to its code, its
         # machine and its files; a re-score's training figures, to the run that trained its weights (trained_in,
-        # training_provenance), and resumed training's first steps to the attempts that trained them
+        # training_provenance), and resumed training's first steps to the attempts that trained them (their runs
+        # under earlier_attempts' tracking); the job's command-line overrides, to the command that ran it
         provenance = _provenance(cell)
         folder = Path(out_dir).absolute()
         provenance.update(out_dir=str(folder), result_path=str(folder / RESULT_FILE))
+        overrides = task_overrides()
+        if overrides is not None:
+            provenance["overrides"] = overrides
+        if supersedes:
+            provenance["supersedes"] = supersedes
         self.provenance = provenance
         try:
-            self.run = start_wandb_run(settings, name=f"{name}-seed{cell['seed']}" + ("-val" if split == "val" else ""),
-                                       group=group, job_type=cell["method"], tags=run_tags,
+            self.run = start_wandb_run(settings, name=run_name(cell, split), group=run_group(cell, split),
+                                       job_type=cell["method"], tags=run_tags,
                                        config={**config, "provenance": provenance}, out_dir=out_dir)
         except Exception as err:  # noqa: BLE001 - W&B is a copy of result.json: the cell goes on without it
             self.run = None
@@ -298,6 +370,9 @@ class WandbRun(CellLogger):
         if not has_figures(record):
             return
         values = {**result_metrics(record), "trainer/global_step": result_step(record), "status": record.get("status")}
+        non_finite = non_finite_places(record)  # left out of the values, as result.json writes them as null
+        if non_finite:
+            self.run.summary["non_finite"] = non_finite
         # where and how it generated, to filter runs by in the dashboard (not logged as a step)
         placement = (record.get("placement") or {}).get("eval") or {}
         decoding = record.get("decoding") or {}

@@ -41,7 +41,7 @@ def test_a_single_run_writes_under_outputs_logs_to_wandb_offline_and_csv_and_kee
     # the run's record stream (protobuf) holds the keys and names as plain strings
     stream = wandb_files[0].read_bytes()
     configuration = json.loads(result.read_text())["identity"]["configuration_key"][:8]
-    for expected in (f"tiny-lora-gsm8k-{configuration}".encode(), b"tiny-lora-gsm8k-seed0", b"train/loss",
+    for expected in (f"tiny-lora-gsm8k-{configuration}".encode(), f"tiny-lora-gsm8k-{configuration}-seed0".encode(), b"train/loss",
                      b"val/loss", b"eval/accuracy_strict", b"eval/accuracy_flexible", b"perf/tokens_per_s",
                      b"result/train_loss", b"split:test", b"trainer/global_step",
                      b"placement/eval_device", b"decoding/engine", b"decoding/cuda_graphs_captured"):

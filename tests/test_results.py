@@ -171,6 +171,22 @@ def test_result_json_is_strict_json_with_scalars_as_numbers_and_non_finite_value
     assert read_result(tmp_path) == record  # the earlier file is left as it was
 
 
+def test_the_non_finite_places_of_a_record_are_those_its_result_json_lists(tmp_path):
+    """What the loggers leave out of a result and list under non_finite (tracking.WandbRun) is what result.json
+    writes as null and lists, also for a record read back from its file (a copied cell's)."""
+    import numpy as np
+
+    from slm_sweep.results import non_finite_places, read_result, write_result
+
+    record = {"metrics": {"a": np.float32("inf"), "b": float("nan"), "c": 1.0, "d": None},
+              "eval_sets": {"svamp": {"x": [1.0, float("-inf")], "y": 0.5}}}
+    write_result(tmp_path, record)
+    written = read_result(tmp_path)
+    assert non_finite_places(record) == written["non_finite"] == ["eval_sets.svamp.x[1]", "metrics.a", "metrics.b"]
+    assert non_finite_places(written) == written["non_finite"]
+    assert non_finite_places({"metrics": {"a": 1.0, "b": np.float64(2.0)}}) == []
+
+
 def test_an_atomic_write_syncs_the_folder_too(tmp_path, monkeypatch):
     """The rename is in the folder's entry: unsynced, a node that loses power may come back with the old file."""
     import os

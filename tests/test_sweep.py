@@ -739,12 +739,12 @@ def test_the_sweeps_w_and_b_summary_holds_the_out_of_domain_table_too(tmp_path, 
     log_summary_to_wandb({"mode": "offline"}, tmp_path / "multirun" / "2026-01-01" / "00-00-00", report)
     (summary,) = [p for p in tmp_path.rglob("summary_*.table.json") if "summary_ood" not in p.name]
     logged = json.loads(summary.read_text())
-    assert logged["columns"] == list(summary_columns(("accuracy_flexible",)))
+    assert logged["columns"] == [*summary_columns(("accuracy_flexible",)), "wandb_group"]
     row = dict(zip(logged["columns"], logged["data"][1]))
     assert row["method"] == "lora" and row["seeds"] == "[0, 1]" and json.loads(row["scored_with"])["dtype"] == "bfloat16"
     (table,) = tmp_path.rglob("summary_ood*.table.json")
     logged = json.loads(table.read_text())
-    assert logged["columns"] == list(ood_columns(("accuracy_flexible",))) and len(logged["data"]) == 1
+    assert logged["columns"] == [*ood_columns(("accuracy_flexible",)), "wandb_group"] and len(logged["data"]) == 1
 
 
 def test_a_credential_in_a_jobs_environment_setting_stops_the_sweep_before_its_first_job():

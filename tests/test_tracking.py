@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 
 import pytest
@@ -43,10 +44,16 @@ def test_a_callback_from_a_yaml_file_of_its_own_runs_in_a_cell_with_two_loggers(
         rows = list(csv.DictReader(f))
     rates = [float(v) for r in rows for k, v in r.items() if k.startswith("lr-AdamW") and v]  # per param group
     assert rates and all(0 < lr <= cfg.method.lr for lr in rates)
-    # the monitor logs on the optimizer-step axis slm_sweep's metrics use, never going back (Lightning's counter
-    # counted micro-batches: 0-5 for these 3 steps of 2); it still logs at each micro-batch of a step
-    monitored = [int(r["step"]) for r in rows if any(k.startswith("lr-AdamW") and v for k, v in r.items())]
-    assert monitored == sorted(monitored) and set(monitored) == set(range(cfg.trainer.max_steps))
+    # the monitor logs on the axis slm_sweep's metrics use, the optimizer steps done (Lightning's counter counted
+    # micro-batches: 0-5 for these 3 steps of 2), but at each micro-batch, before the step: at step s, once per
+    # micro-batch of step s + 1, the rate step s + 1 trains at, which train/lr logs at s + 1 (README, W&B)
+    steps, micro_batches = cfg.trainer.max_steps, cfg.trainer.batch_size // cfg.trainer.micro_batch_size
+    trained_at = {int(r["step"]): float(r["train/lr"]) for r in rows if r.get("train/lr")}
+    assert sorted(trained_at) == list(range(1, steps + 1))
+    assert len(set(trained_at.values())) == steps  # warming up: one step's rate is no other's
+    monitored = [(int(r["step"]), float(r["lr-AdamW/pg1"])) for r in rows if r.get("lr-AdamW/pg1")]
+    assert [step for step, _ in monitored] == [step for step in range(steps) for _ in range(micro_batches)]
+    assert all(lr == pytest.approx(trained_at[step + 1]) for step, lr in monitored)
     assert any(r.get("train/loss") for r in rows)
     assert not (tmp_path / "cell" / "wandb").exists()  # the W&B entry was built, and disabled
     # the scores, at the last step, as result.json has them
@@ -168,11 +175,11 @@ def test_a_cell_copied_from_another_folder_still_gets_its_w_and_b_run(tiny_cfg, 
     assert first["status"] == copy["status"] == "completed" and copy["reused_from"]
     assert (tmp_path / "b" / "csv" / "metrics.earlier-1.csv").read_text() == "step,train/loss\n1,2.5\n"
     assert "eval/accuracy_flexible" in (tmp_path / "b" / "csv" / "metrics.csv").read_text()
-    data = offline_run_data(tmp_path / "b", b"reused", b"eval/accuracy_flexible", b"tiny-zeroshot-gsm8k-seed1")
-    assert b"reused" in data and b"eval/accuracy_flexible" in data and b"tiny-zeroshot-gsm8k-seed1" in data
-    # out of the group that averages the configuration's computations
+    # out of the group that averages the configuration's computations, and named after its group
     group = group_name("tiny", "zeroshot", "gsm8k", copy["identity"]["configuration_key"])
-    assert f"{group}-reused".encode() in data
+    logged = offline_run(tmp_path / "b")
+    assert logged["run"]["group"] == f"{group}-reused" and logged["run"]["name"] == f"{group}-reused-seed1"
+    assert "reused" in logged["run"]["tags"] and "eval/accuracy_flexible" in logged["summary"]
 
 
 def test_w_and_b_tags_fit_its_limit_and_one_tag_may_be_a_string(tiny_cfg, tmp_path, monkeypatch):
@@ -209,6 +216,219 @@ def offline_run_data(folder, *expected: bytes, wait_s: float = 30.0) -> bytes:
         if all(e in data for e in expected) or time.monotonic() > deadline:
             return data
         time.sleep(0.2)
+
+
+WANDB_BLOCK = 32768  # the record log of a .wandb file: LevelDB's log format, in blocks of this size
+
+
+def offline_runs(folder, wait_s: float = 30.0) -> list[dict]:
+    """Each offline W&B run under ``folder``/wandb, read from its .wandb stream once it holds the run's exit record
+    (W&B's service process may still be writing when ``run.finish()`` has returned): ``run`` (id, name, group,
+    job_type, tags as the last run record has them), ``config``, ``summary`` (the last value of each key) and
+    ``history`` (one dict per logged row)."""
+    import struct
+    import time
+
+    from wandb.proto import wandb_internal_pb2
+
+    def records(data: bytes):
+        pos, pending = 7, b""  # after the header ":W&B" and its version
+        while pos + 7 <= len(data):
+            left = WANDB_BLOCK - pos % WANDB_BLOCK
+            if left < 7:
+                pos += left
+                continue
+            _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+            if kind == 0 and length == 0:
+                pos += left
+                continue
+            chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+            if kind == 1:  # a whole record; 2, 3, 4: its first, middle and last parts
+                yield chunk
+            elif kind == 2:
+                pending = chunk
+            elif kind == 3:
+                pending += chunk
+            elif kind == 4:
+                yield pending + chunk
+
+    def read(path) -> dict | None:
+        out = {"run": {}, "config": {}, "summary": {}, "history": []}
+        exited = False
+        for data in records(path.read_bytes()):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(data)
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                run = record.run
+                out["run"] = {"id": run.run_id, "name": run.display_name, "group": run.run_group,
+                              "job_type": run.job_type, "tags": list(run.tags)}
+                updates = run.config.update
+            elif kind == "config":
+                updates = record.config.update
+            elif kind == "summary":
+                out["summary"].update({u.key or "/".join(u.nested_key): json.loads(u.value_json)
+                                       for u in record.summary.update})
+                continue
+            elif kind == "history":
+                out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                                       for i in record.history.item})
+                continue
+            else:
+                exited |= kind == "exit"
+                continue
+            for update in updates:
+                out["config"][update.key or "/".join(update.nested_key)] = json.loads(update.value_json)
+        return out if exited else None
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        streams = sorted(folder.glob("wandb/offline-run-*/*.wandb"))
+        runs = [read(stream) for stream in streams]
+        if (streams and all(runs)) or time.monotonic() > deadline:
+            assert streams and all(runs), f"no finished W&B run under {folder}"
+            return runs
+        time.sleep(0.2)
+
+
+def offline_run(folder) -> dict:
+    """The one offline W&B run under ``folder`` (``offline_runs``)."""
+    (run_data,) = offline_runs(folder)
+    return run_data
+
+
+def test_runs_of_two_configurations_are_told_apart_by_name_and_command_and_found_from_the_summary(tmp_path,
+                                                                                                    monkeypatch):
+    """``method.r=4,8`` gave two runs named ``tiny-lora-gsm8k-seed0``: a run is named after its group (which holds
+    the configuration key), records the job's overrides (credentials redacted), and the sweep's summary table in
+    W&B names each row's group."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from slm_sweep.report import write_report
+    from slm_sweep.sweep.callbacks import log_summary_to_wandb
+    from slm_sweep.tracking import group_name
+    from tests.conftest import compose_config
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    sweep = tmp_path / "multirun" / "2026-01-01" / "00-00-00"
+    runs = {}
+    for tokens in (4, 6):
+        overrides = [*FAST_TINY, "method=zeroshot", "dataset.test_limit=2", "logger=wandb",
+                     f"eval.max_new_tokens={tokens}"]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            job = compose(config_name="config", overrides=[*overrides, "+eval.hf_token=abc123secret"],
+                          return_hydra_config=True)
+        HydraConfig.instance().set_config(job)  # the job Hydra runs the cell in
+        try:
+            record = run(compose_config(overrides), out_dir=sweep / f"cell{tokens}")
+        finally:
+            HydraConfig.instance().cfg = None
+        assert record["status"] == "completed", record.get("error")
+        logged = offline_run(sweep / f"cell{tokens}")
+        group = group_name("tiny", "zeroshot", "gsm8k", record["identity"]["configuration_key"])
+        assert logged["run"]["group"] == group and logged["run"]["name"] == f"{group}-seed0"
+        provenance = logged["config"]["provenance"]
+        assert f"eval.max_new_tokens={tokens}" in provenance["overrides"]
+        assert "+eval.hf_token=<redacted>" in provenance["overrides"]
+        assert b"abc123secret" not in next((sweep / f"cell{tokens}").glob("wandb/offline-run-*/*.wandb")).read_bytes()
+        runs[record["identity"]["configuration_key"]] = logged["run"]
+    assert len({r["name"] for r in runs.values()}) == 2
+    # a row of the sweep's summary in W&B names the group of its seeds' runs
+    report = write_report([sweep], tmp_path / "report", plots=False)
+    log_summary_to_wandb({"mode": "offline"}, sweep, report)
+    (table,) = sweep.glob("wandb/offline-run-*/files/media/table/sweep/summary_*.table.json")
+    logged = json.loads(table.read_text())
+    assert logged["columns"][-1] == "wandb_group"
+    assert sorted(row[-1] for row in logged["data"]) == sorted(r["group"] for r in runs.values())
+
+
+def test_a_cell_computed_again_in_its_folder_names_the_run_it_replaces(tiny_cfg, tmp_path, monkeypatch):
+    """resume.enabled=false sets the folder's finished result aside (superseded/) and computes it again: the first
+    run stays in the group with the same name and tags, and a group mean would count the seed twice. The new run
+    is tagged rerun and names the run it replaces; a rerun with other settings, another configuration, does not."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    common = ("method=zeroshot", "dataset.test_limit=2", "logger=wandb", "resume.enabled=false")
+    cell = tmp_path / "cell"
+    first = run(tiny_cfg(*common), out_dir=cell)
+    second = run(tiny_cfg(*common), out_dir=cell)
+    other = run(tiny_cfg(*common, "eval.max_new_tokens=4"), out_dir=cell)
+    assert first["status"] == second["status"] == other["status"] == "completed"
+    assert read_result(cell / "superseded")["tracking"] == first["tracking"]
+    ids = [record["tracking"]["wandb"].removeprefix("offline run ") for record in (first, second, other)]
+    runs = {logged["run"]["id"]: logged for logged in offline_runs(cell)}
+    assert sorted(runs) == sorted(ids)
+    old, new, another = (runs[run_id] for run_id in ids)
+    assert old["run"]["group"] == new["run"]["group"] and old["run"]["name"] == new["run"]["name"]
+    assert new["config"]["provenance"]["supersedes"] == [ids[0]] and "rerun" in new["run"]["tags"]
+    for logged in (old, another):
+        assert "supersedes" not in logged["config"]["provenance"] and "rerun" not in logged["run"]["tags"]
+
+
+def test_a_non_finite_number_is_left_out_of_w_and_b_and_listed_as_result_json_lists_it(tmp_path, monkeypatch):
+    """NaN and infinities reached the run's summary where result.json has null: they are left out of what is
+    logged, and the summary lists their places under non_finite, as result.json does."""
+    from slm_sweep.results import write_result
+    from slm_sweep.tracking import WandbRun, result_metrics
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    record = {"status": "completed", "metrics": {"train_steps": 3, "val_loss": float("nan"),
+                                                  "train_loss": float("inf"), "accuracy_flexible": 0.5},
+              "eval_sets": {"svamp": {"accuracy_flexible": float("nan"), "n_eval": 2}}}
+    assert set(result_metrics(record)) == {"result/train_steps", "eval/accuracy_flexible", "eval_svamp/n_eval"}
+    logger = WandbRun(cell={"model": "tiny", "method": "full", "dataset": "gsm8k", "seed": 0}, config={"seed": 0},
+                      out_dir=tmp_path / "cell", mode="offline")
+    logger.log_result(record, [])
+    logger.finish("completed")
+    logged = offline_run(tmp_path / "cell")
+    written = json.loads(write_result(tmp_path, record).read_text())
+    assert logged["summary"]["non_finite"] == written["non_finite"] == [
+        "eval_sets.svamp.accuracy_flexible", "metrics.train_loss", "metrics.val_loss"]
+    assert logged["summary"]["eval/accuracy_flexible"] == 0.5 and logged["summary"]["eval_svamp/n_eval"] == 2
+    for gone in ("result/val_loss", "result/train_loss", "eval_svamp/accuracy_flexible"):
+        assert gone not in logged["summary"] and all(gone not in row for row in logged["history"])
+
+
+def test_a_resumed_cell_s_run_names_the_step_it_resumed_from_and_the_run_that_trained_the_steps_before(
+        tiny_cfg, tmp_path, monkeypatch):
+    """An interrupted cell resumed from its checkpoint leaves two runs: the resumed one names the step and the
+    checkpoint it resumed from, and (earlier_attempts, as result.json has them) the run of the attempt that trained
+    the steps before."""
+    import signal
+
+    from tests.test_reliability import STOP_AT_STEP
+
+    (tmp_path / "stop_at.py").write_text(STOP_AT_STEP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    common = ("method=lora", "trainer.max_steps=4", "resume.enabled=true", "+callbacks.stop._target_=stop_at.StopAt",
+              "dataset.test_limit=2", "logger=wandb")
+    cell = tmp_path / "cell"
+    sigint = signal.getsignal(signal.SIGINT)
+    monkeypatch.setenv("STOP_AT_STEP", "2")
+    try:
+        with pytest.raises((KeyboardInterrupt, SystemExit)):
+            run(tiny_cfg(*common), out_dir=cell)
+    finally:
+        signal.signal(signal.SIGINT, sigint)  # Lightning ignores Ctrl-C once it has handled one
+    first = read_result(cell)
+    assert first["status"] == "interrupted" and first["tracking"]["wandb"].startswith("offline run ")
+    monkeypatch.delenv("STOP_AT_STEP")
+    done = run(tiny_cfg(*common), out_dir=cell)
+    assert done["status"] == "completed" and done["resumed_at_step"] == 2
+    assert [attempt["tracking"] for attempt in done["earlier_attempts"]] == [first["tracking"]]
+    runs = {logged["run"]["id"]: logged for logged in offline_runs(cell)}
+    interrupted = runs[first["tracking"]["wandb"].removeprefix("offline run ")]
+    resumed = runs[done["tracking"]["wandb"].removeprefix("offline run ")]
+    assert "status:interrupted" in interrupted["run"]["tags"] and "status:completed" in resumed["run"]["tags"]
+    provenance = resumed["config"]["provenance"]
+    assert provenance["resumed_at_step"] == 2
+    checkpoint = str(cell / "checkpoints" / "last.ckpt")
+    assert provenance["resumed_from_checkpoint"] == done["resumed_from_checkpoint"] == checkpoint
+    assert [attempt["tracking"] for attempt in provenance["earlier_attempts"]] == [first["tracking"]]
 
 
 def test_a_w_and_b_run_names_its_code_and_a_failed_cell_its_error(tiny_cfg, tmp_path, monkeypatch):

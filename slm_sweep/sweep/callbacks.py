@@ -242,12 +242,13 @@ def sweep_tag(sweep_dir: str | Path) -> str:
 def log_summary_to_wandb(settings, sweep_dir: Path, report: dict[str, Any]) -> None:
     """The sweep's summary rows, its out-of-domain rows and, when checked, its claims (one table each; each
     claim's verdict in the run's summary), in a W&B run of their own whose config holds the report's settings.
-    ``settings``: the W&B logger entry of the sweep's config (slm_sweep.tracking.wandb_settings); ``report``:
-    what write_report returned."""
+    A summary row ends with ``wandb_group``: the W&B groups of its seeds' runs (``row_groups``), so that a row of
+    the report can be found in the dashboard. ``settings``: the W&B logger entry of the sweep's config
+    (slm_sweep.tracking.wandb_settings); ``report``: what write_report returned."""
     from slm_sweep.report.aggregate import row_metrics
     from slm_sweep.report.claims import CSV_COLUMNS, claims_rows
     from slm_sweep.report.tables import ood_columns, summary_columns
-    from slm_sweep.tracking import start_wandb_run
+    from slm_sweep.tracking import WANDB_GROUP_COLUMN, start_wandb_run
 
     record = report["record"]
     run = start_wandb_run(
@@ -266,11 +267,12 @@ def log_summary_to_wandb(settings, sweep_dir: Path, report: dict[str, Any]) -> N
     def table(rows: list[dict], columns: list[str]) -> wandb.Table:
         return wandb.Table(columns=columns, data=[[cell(r.get(c)) for c in columns] for r in rows])
 
-    # the columns of summary.csv and summary_ood.csv
+    # the columns of summary.csv and summary_ood.csv, then the rows' W&B groups
     rows, ood_rows = report["rows"], report.get("ood_rows") or []
-    logged = {"sweep/summary": table(rows, list(summary_columns(row_metrics(rows))))}
+    rows, ood_rows = ([{**row, WANDB_GROUP_COLUMN: row_groups(row)} for row in kind] for kind in (rows, ood_rows))
+    logged = {"sweep/summary": table(rows, [*summary_columns(row_metrics(rows)), WANDB_GROUP_COLUMN])}
     if ood_rows:
-        logged["sweep/summary_ood"] = table(ood_rows, list(ood_columns(row_metrics(ood_rows))))
+        logged["sweep/summary_ood"] = table(ood_rows, [*ood_columns(row_metrics(ood_rows)), WANDB_GROUP_COLUMN])
     claims = report.get("claims")
     if claims is not None:
         logged["sweep/claims"] = table(claims_rows(claims), list(CSV_COLUMNS))
@@ -278,3 +280,18 @@ def log_summary_to_wandb(settings, sweep_dir: Path, report: dict[str, Any]) -> N
             run.summary[f"claims/{result.claim.id}"] = result.stated_verdict
     run.log(logged)
     run.finish()
+
+
+def row_groups(row: dict[str, Any]) -> str | None:
+    """The W&B groups of the runs of a summary row's seeds (read from their result files, ``result_paths``),
+    comma-separated: the configuration's group, and ``<group>-reused`` where a seed is a copy of another folder's
+    result; None when none of its files can be read."""
+    from slm_sweep.results import read_result
+    from slm_sweep.tracking import record_split, run_group
+
+    groups = set()
+    for path in row.get("result_paths") or []:
+        record = read_result(path)
+        if record and all(record.get(key) for key in ("model", "method", "dataset")):
+            groups.add(run_group(record, record_split(record)))
+    return ", ".join(sorted(groups)) or None
