@@ -1376,12 +1376,13 @@ def _excludes_zero(low: float, high: float) -> bool:
     return low > 0 or high < 0
 
 
-@pytest.mark.parametrize("alpha", [0.2, 0.125, 0.0625, 0.05, 0.025, 0.01, 0.05 / 18, 0.0005])
+@pytest.mark.parametrize("alpha", [0.2, 0.125, 0.0625, 92 / 512, 0.05, 0.025, 0.01, 0.05 / 18, 0.0005])
 def test_a_one_seed_interval_excludes_zero_exactly_when_the_exact_mcnemar_p_is_below_alpha(alpha):
     """The interval of a one-seed-each difference is the hull of Tango's and the conditional exact interval that
     inverts the exact McNemar test, so that it never reads otherwise than the verdict beside it: Tango's alone
     excluded 0 beside p = 0.0625 (b=5, c=0), and at alpha 0.0005 holds 0 beside p = 0.00049 (b=0, c=12). Ties
-    (p = alpha: b=5, c=0 at 0.0625, b=4, c=0 at 0.125) hold 0."""
+    (p = alpha: b=5, c=0 at 0.0625, b=4, c=0 at 0.125, b=2, c=7 at 92/512) hold 0: at the last both Tango's
+    interval and the exact one stop short of it (the exact bound by float error)."""
     for n in (20, 200, 1319):
         for b in range(min(n, 40) + 1):
             for c in range(min(n - b, 40) + 1):
@@ -1771,8 +1772,9 @@ def _table_rows(section: str) -> dict[str, dict[str, str]]:
 def test_a_holm_verdict_beside_a_bonferroni_interval_holding_zero_is_marked_and_explained(tmp_path):
     """LoRA above full fine-tuning, one seed each: 40 questions apart on GSM8K, 6 on OrcaMath (exact McNemar
     p = 0.031). Holm steps down: OrcaMath is tested at 0.05 once GSM8K is rejected, and is reproduced, while its
-    Bonferroni interval at 97.5% (alpha/2 for every instance) holds 0. The row is marked and the mark explained;
-    the header names the intervals Bonferroni simultaneous ones and the verdicts Holm's."""
+    Bonferroni interval at 97.5% (alpha/2 for every instance) holds 0. The row is marked (‡: summary.md's tables
+    above the claims mark an untested delta †) and the mark explained; the header names the intervals Bonferroni
+    simultaneous ones and the verdicts Holm's."""
     for dataset, right in (("gsm8k", 50), ("orcamath", 36)):
         write_row(tmp_path, "qwen05", "lora", dataset, right, seeds=(0,))
         write_row(tmp_path, "qwen05", "full", dataset, 10 if dataset == "gsm8k" else 30, seeds=(0,))
@@ -1786,12 +1788,16 @@ def test_a_holm_verdict_beside_a_bonferroni_interval_holding_zero_is_marked_and_
     assert "Family of 2 tested instances: verdicts from Holm-adjusted p, 97.5% Bonferroni simultaneous " \
            "intervals" in section
     rows = _table_rows(section)
-    assert rows["orcamath"]["A − B [97.5% Bonferroni CI]"].endswith("]†")
-    assert not rows["gsm8k"]["A − B [97.5% Bonferroni CI]"].endswith("†")
-    assert section.count("† Holm's step-down test rejects, while the 97.5% Bonferroni interval still holds 0") == 1
+    assert rows["orcamath"]["A − B [97.5% Bonferroni CI]"].endswith("]‡")
+    assert not rows["gsm8k"]["A − B [97.5% Bonferroni CI]"].endswith("‡")
+    assert section.count("‡ Holm's step-down test rejects, while the 97.5% Bonferroni interval still holds 0") == 1
+    # summary.md ends with the claims, below tables whose † says "not tested": the claims' mark is another one
+    tables, claims_section = (tmp_path / "report" / "summary.md").read_text().split("\n## Claims\n")
+    assert "†: not tested" in tables and "‡" not in tables
+    assert "]‡" in claims_section and "†" not in claims_section
     # without a row so marked, no footnote
     results, _ = claims_of(tmp_path, claims, correction="none")
-    assert "†" not in (tmp_path / "report-none" / "claims.md").read_text()
+    assert "‡" not in (tmp_path / "report-none" / "claims.md").read_text()
 
 
 def test_a_margin_claim_shows_no_holm_p_and_says_its_p_tests_no_difference(tmp_path):
