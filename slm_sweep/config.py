@@ -599,7 +599,7 @@ def validate_logger(cfg: DictConfig) -> None:
                 if isinstance(tag, bool) or not isinstance(tag, (str, int, float)) \
                         or not 0 < len(str(tag)) <= MAX_TAG_LENGTH:
                     raise ConfigError(f"{path}.tags has {tag!r}: a W&B tag is a non-empty string of at most "
-                                      f"{MAX_TAG_LENGTH} characters (logger.tags=[paper,rerun])")
+                                      f"{MAX_TAG_LENGTH} characters (logger.tags=[paper,v2])")
 
 
 # a setting that only names the environment variable holding the credential (``${oc.env:WANDB_API_KEY}``, with

@@ -330,12 +330,20 @@ def is_complete(record: Mapping[str, Any] | None) -> bool:
     return all(metrics.get(prefix + k) is not None for k in (*ACCURACY_KEYS, "n_eval"))
 
 
+# a key inside an override's dict value (Hydra's grammar: unquoted, up to its colon), ``{settings: {api_key: x}}``
+_OVERRIDE_DICT_KEY = re.compile(r"[{,]\s*([^{}\[\],:=]+?)\s*:")
+
+
 def redact_overrides(overrides: Sequence[str]) -> list[str]:
-    """Command-line overrides (``key=value``) with the value of every credential-like key replaced."""
+    """Command-line overrides (``key=value``) with the value of every credential-like key replaced, the whole
+    value where it is a dict holding such a key (``+logger.extra={settings: {api_key: ...}}``), as ``redact``
+    redacts it in the config."""
     out = []
     for item in overrides:
         key, sep, value = str(item).partition("=")
-        out.append(f"{key}{sep}<redacted>" if sep and SECRET_KEY.search(key) else str(item))
+        secret = SECRET_KEY.search(key) or any(SECRET_KEY.search(inner.strip())
+                                               for inner in _OVERRIDE_DICT_KEY.findall(value))
+        out.append(f"{key}{sep}<redacted>" if sep and secret else str(item))
     return out
 
 

@@ -29,6 +29,20 @@ def test_redact_keeps_settings_and_hides_credentials():
                               "logger": {"api_key": "<redacted>"}, "hub": {"hf_token": "<redacted>"}}
 
 
+def test_an_override_is_redacted_where_redact_would_redact_its_value_in_the_config():
+    """A credential given as a key's value, or inside a dict value (a job's sweep choices too), which the config
+    validation lets through below a logger entry's top level: the overrides (W&B's provenance.overrides,
+    multirun.yaml, preflight.json) hide it as result.json's config does; settings that are no credentials stay."""
+    from slm_sweep.results import redact_overrides
+
+    hidden = ["+logger.api_key=abc", "+logger.extra={settings: {api_key: abc}}", "+x=[{password: abc}]",
+              "+x={a: 1},{hf_token: abc}", "+x=choice({a: 1},{client_secret: abc})"]
+    kept = ["method.r=4,8", "eval.generation_config={max_new_tokens: 5, do_sample: false}",
+            "method.lr_scale={lora_B: 16}", "+logger.extra={url: '${oc.env:HF_TOKEN,null}'}", "~logger.api_key"]
+    assert redact_overrides([*hidden, *kept]) == [f"{item.partition('=')[0]}=<redacted>" for item in hidden] + kept
+    assert redact({"logger": {"extra": {"settings": {"api_key": "abc"}}}})["logger"]["extra"]["settings"] == {
+        "api_key": "<redacted>"}
+
 def test_result_files_are_readable_as_the_umask_allows_not_by_their_owner_only(tmp_path):
     """On a shared cluster the others of a group read a sweep's results; mkstemp alone leaves them 0600."""
     import os

@@ -317,7 +317,10 @@ def test_runs_of_two_configurations_are_told_apart_by_name_and_command_and_found
         overrides = [*FAST_TINY, "method=zeroshot", "dataset.test_limit=2", "logger=wandb",
                      f"eval.max_new_tokens={tokens}"]
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            job = compose(config_name="config", overrides=[*overrides, "+eval.hf_token=abc123secret"],
+            # a credential as a key's value, and one inside a dict value (a logger entry's settings), which the
+            # config validation lets through and result.json's config redacts
+            job = compose(config_name="config", overrides=[*overrides, "+eval.hf_token=abc123secret",
+                                                           "+logger.extra={settings: {api_key: nested123secret}}"],
                           return_hydra_config=True)
         HydraConfig.instance().set_config(job)  # the job Hydra runs the cell in
         try:
@@ -331,7 +334,9 @@ def test_runs_of_two_configurations_are_told_apart_by_name_and_command_and_found
         provenance = logged["config"]["provenance"]
         assert f"eval.max_new_tokens={tokens}" in provenance["overrides"]
         assert "+eval.hf_token=<redacted>" in provenance["overrides"]
-        assert b"abc123secret" not in next((sweep / f"cell{tokens}").glob("wandb/offline-run-*/*.wandb")).read_bytes()
+        assert "+logger.extra=<redacted>" in provenance["overrides"]
+        stream = next((sweep / f"cell{tokens}").glob("wandb/offline-run-*/*.wandb")).read_bytes()
+        assert b"abc123secret" not in stream and b"nested123secret" not in stream
         runs[record["identity"]["configuration_key"]] = logged["run"]
     assert len({r["name"] for r in runs.values()}) == 2
     # a row of the sweep's summary in W&B names the group of its seeds' runs
