@@ -1878,7 +1878,7 @@ def test_the_claims_files_name_the_sweep_the_code_the_claims_file_and_the_report
         == ([str(sweep)], record["git_commit"], sha, "report.json")
     header = (out / "claims.md").read_text().split("\n\n")[1]
     assert f"Results read from `{sweep}`" in header and f"claims file sha256 `{sha}`" in header
-    assert f"code at commit `{record['git_commit']}`" in header if record["git_commit"] else "commit" not in header
+    assert f"report code at commit `{record['git_commit']}`" in header if record["git_commit"] else "commit" not in header
     assert "`report.json` beside this file names every result file read" in header
     assert header in report["markdown"]  # summary.md's claims section too
     verdicts = {r.claim.id: (r.verdict, not r.gaps) for r in report["claims"].results}

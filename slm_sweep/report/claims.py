@@ -1258,7 +1258,8 @@ def _provenance_text(report: ClaimsReport) -> str:
     if report.dirs:
         parts.append("Results read from " + ", ".join(f"`{d}`" for d in report.dirs))
     if report.git_commit:
-        parts.append(f"code at commit `{report.git_commit}`")
+        parts.append(f"checked by the report code at commit `{report.git_commit}` (the commits that computed the "
+                     "cells: report.json's `inputs.cell_commits`)")
     if report.claims_sha256:
         parts.append(f"claims file sha256 `{report.claims_sha256}`")
     if report.report_json:
