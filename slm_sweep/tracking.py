@@ -91,9 +91,9 @@ def group_name(model: str, method: str, dataset: str, configuration_key: str | N
     return name + ("-val" if split == "val" else "")
 
 
-def record_split(record: Mapping[str, Any]) -> str:
-    """The split a cell or its result record scores (its config's ``eval.split``): ``test`` unless set."""
-    config = record.get("config") if isinstance(record.get("config"), Mapping) else {}
+def scored_split(config: Mapping[str, Any] | None) -> str:
+    """The split a cell's config scores (``eval.split``): ``test`` unless set."""
+    config = config if isinstance(config, Mapping) else {}
     return str((config.get("eval") or {}).get("split") or "test")
 
 
@@ -303,7 +303,7 @@ class WandbRun(CellLogger):
         self.log_predictions = log_predictions
         settings = {"project": project, "entity": entity, "mode": mode, "tags": _as_tags(tags),
                     "init_timeout": init_timeout, "api_key": api_key}
-        split = str(((config.get("eval") or {}).get("split")) or "test")
+        split = scored_split(config)
         run_tags = [cell["model"], cell["method"], cell["dataset"], f"split:{split}"]
         if cell.get("sweep_tag"):
             run_tags.append(cell["sweep_tag"])

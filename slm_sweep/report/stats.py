@@ -108,6 +108,12 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
+def _check_discordant(only_first: int, only_second: int, questions: int) -> None:
+    if min(only_first, only_second) < 0 or only_first + only_second > questions or questions == 0:
+        raise ValueError(f"need 0 <= only_first + only_second <= questions > 0, "
+                         f"got {only_first}, {only_second}, {questions}")
+
+
 def tango_paired_interval(only_first: int, only_second: int, questions: int,
                           alpha: float = ALPHA) -> tuple[float, float]:
     """(1 - alpha) interval of the difference of two accuracies measured on the same ``questions``: Tango's
@@ -118,8 +124,7 @@ def tango_paired_interval(only_first: int, only_second: int, questions: int,
     likelihood of "second side alone right" under d. It keeps a width when no question is discordant, at any
     accuracy: 0 of n discordant gives +-z^2 / (n + z^2), about +-16 points on 20 questions, +-0.3 on 1319."""
     b, c, n = only_first, only_second, questions
-    if min(b, c) < 0 or b + c > n or n == 0:
-        raise ValueError(f"need 0 <= only_first + only_second <= questions > 0, got {b}, {c}, {n}")
+    _check_discordant(b, c, n)
     z = statistics.NormalDist().inv_cdf(1 - alpha / 2)
 
     def score(d: float) -> float:
@@ -145,8 +150,7 @@ def conditional_exact_interval(only_first: int, only_second: int, questions: int
     right (b of m), mapped to the difference (b - c) / n = m (2 pi - 1) / n. It excludes 0 (pi = 1/2) exactly when
     the two-sided exact McNemar p is below alpha. None without a discordant question (nothing to condition on)."""
     b, c, n = only_first, only_second, questions
-    if min(b, c) < 0 or b + c > n or n == 0:
-        raise ValueError(f"need 0 <= only_first + only_second <= questions > 0, got {b}, {c}, {n}")
+    _check_discordant(b, c, n)
     m = b + c
     if m == 0:
         return None

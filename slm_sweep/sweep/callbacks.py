@@ -287,11 +287,11 @@ def row_groups(row: dict[str, Any]) -> str | None:
     comma-separated: the configuration's group, and ``<group>-reused`` where a seed is a copy of another folder's
     result; None when none of its files can be read."""
     from slm_sweep.results import read_result
-    from slm_sweep.tracking import record_split, run_group
+    from slm_sweep.tracking import run_group, scored_split
 
     groups = set()
     for path in row.get("result_paths") or []:
         record = read_result(path)
         if record and all(record.get(key) for key in ("model", "method", "dataset")):
-            groups.add(run_group(record, record_split(record)))
+            groups.add(run_group(record, scored_split(record.get("config"))))
     return ", ".join(sorted(groups)) or None
