@@ -102,15 +102,17 @@ def run_group(cell: Mapping[str, Any], split: str) -> str:
     is a second run of one computation, kept out of the configuration's group, whose runs a dashboard averages
     over seeds (a baseline copied to three seeds, or a cell reused by a later sweep, would count twice)."""
     configuration = (cell.get("identity") or {}).get("configuration_key")
-    return group_name(cell["model"], cell["method"], cell["dataset"], configuration, split) + (
-        "-reused" if cell.get("reused_from") else "")
+    return _shortened(group_name(cell["model"], cell["method"], cell["dataset"], configuration, split) + (
+        "-reused" if cell.get("reused_from") else ""), MAX_NAME_LENGTH)
 
 
 def run_name(cell: Mapping[str, Any], split: str) -> str:
     """A run's name: its group (``run_group``), then a search cell's learning rate, then the seed, so that two
-    configurations of one model, method and dataset (``method.r=4,8``) never share a name."""
+    configurations of one model, method and dataset (``method.r=4,8``) never share a name. A long group is cut
+    (``_shortened``) so that the learning rate and seed stay at the end."""
     lr = (cell.get("learning_rate") or {}).get("value")
-    return run_group(cell, split) + (f"-lr{lr:g}" if split == "val" and lr else "") + f"-seed{cell['seed']}"
+    suffix = (f"-lr{lr:g}" if split == "val" and lr else "") + f"-seed{cell['seed']}"
+    return _shortened(run_group(cell, split), MAX_NAME_LENGTH - len(suffix)) + suffix
 
 
 def task_overrides() -> list[str] | None:
@@ -144,15 +146,21 @@ def superseded_runs(aside: str | Path | None, evaluation_key: str) -> list[str]:
 
 
 MAX_TAG_LENGTH = 64  # W&B refuses a longer tag, and with it the run
+MAX_NAME_LENGTH = 128  # the same for a run's name or group (a model named by a long hub id, say)
+
+
+def _shortened(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, the last 9 a ``~`` and a hash of the whole, so that two long texts
+    that share their first characters stay two."""
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{text[:limit - 9]}~{digest}"
 
 
 def wandb_tag(text: str) -> str:
-    """``text`` as a W&B tag: cut to MAX_TAG_LENGTH with a hash of the whole, so that two long sweep folders that
-    share their first characters still get two tags."""
-    if len(text) <= MAX_TAG_LENGTH:
-        return text
-    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    return f"{text[:MAX_TAG_LENGTH - 9]}~{digest}"
+    """``text`` as a W&B tag (MAX_TAG_LENGTH at most: ``_shortened``)."""
+    return _shortened(text, MAX_TAG_LENGTH)
 
 
 def new_run_id() -> str:

@@ -555,6 +555,38 @@ def test_parameter_counts_read_as_people_write_them(count, text):
     assert human_count(count) == text
 
 
+@pytest.mark.parametrize(("seconds", "text"), [(42, "42 s"), (7.25, "7.2 s"), (400, "6.7 min"), (600, "10 min"),
+                                               (5400, "1.5 h"), (7200, "2 h"), (0.5, "0.5 s")])
+def test_durations_read_as_people_write_them(seconds, text):
+    from slm_sweep.report.plots import human_duration
+
+    assert human_duration(seconds) == text
+
+
+def test_the_training_time_plot_writes_its_axis_in_seconds_and_minutes(monkeypatch, tmp_path):
+    """Mean training times of 300-700 s put no decade on the log axis, whose labels were then matplotlib's
+    4×10^2: the plot's axis now reads as durations."""
+    import re
+
+    import slm_sweep.report.plots as plots
+
+    figures = {}
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(path.name, fig) and save(fig, path))
+    rows = [{"model": "smollm135", "method": method, "dataset": "gsm8k", "n": 3, "trainable_params": trainable,
+             "total_params": 134_515_008, "train_time_s_mean": seconds, "accuracy_flexible_mean": 0.3,
+             "accuracy_flexible_std": 0.01}
+            for method, trainable, seconds in (("full", 134_515_008, 700.0), ("lora", 4_884_480, 300.0),
+                                               ("dora", 4_967_424, 450.0))]
+    plots.write_plots(rows, [], tmp_path)
+    (fig,) = [fig for name, fig in figures.items() if name.startswith("accuracy_vs_train_time")]
+    fig.canvas.draw()
+    axis = fig.axes[0].xaxis
+    labels = [t.get_text() for t in (*axis.get_majorticklabels(), *axis.get_minorticklabels()) if t.get_text()]
+    assert labels and all(re.fullmatch(r"\d+(\.\d)? (s|min|h)", text) for text in labels), labels
+    assert fig.axes[0].get_xlabel() == "mean training time"
+
+
 @pytest.mark.parametrize(("means", "std", "top"), [
     ((0.10, 0.20), 0.02, 1.15 * 22.0),  # 1.15 x the highest mean + std: 20 % data fill most of the axis
     ((0.01, 0.01), None, 5.0),          # at least 5 %: a near-zero row still gets an axis
@@ -627,7 +659,7 @@ def test_plot_titles_fit_and_a_count_axis_spanning_less_than_a_decade_reads_in_c
     plots.plot_accuracy_by_model(rows, "gsm8k", tmp_path / "bars.png", plots.label_colors(rows))
     plots.plot_accuracy_vs(rows, "gsm8k", tmp_path / "trainable.png", plots.label_colors(rows),
                            lambda r: r["total_params"], "trainable parameters", "accuracy vs trainable parameters",
-                           False)
+                           False, write_x=plots.human_count)
     for fig in figures:
         fig.canvas.draw()
         ax = fig.axes[0]
@@ -702,6 +734,37 @@ def test_a_model_is_named_once_where_its_methods_share_a_point(monkeypatch, tmp_
     for i, (text, box) in enumerate(labels):
         for other, other_box in labels[i + 1:]:
             assert not box.overlaps(other_box), (text, other)
+
+
+def test_labels_of_two_models_side_by_side_cover_neither_each_other_nor_a_marker(monkeypatch, tmp_path):
+    """Two models' adapters of about one size at about one accuracy put their points side by side: each label
+    printed above right covered the other model's label and marker. A label now takes the first free place."""
+    import slm_sweep.report.plots as plots
+
+    points = {("smollm360", "lora"): (2_411_520, 0.202), ("qwen05", "lora"): (2_162_688, 0.205),
+              ("smollm360", "dora"): (2_535_936, 0.195), ("qwen05", "dora"): (2_269_184, 0.199)}
+    rows = [{"model": model, "method": method, "dataset": "gsm8k", "n": 3, "trainable_params": trainable,
+             "accuracy_flexible_mean": mean, "accuracy_flexible_std": 0.01}
+            for (model, method), (trainable, mean) in points.items()]
+    rows += [{**row, "method": "full", "trainable_params": size, "accuracy_flexible_mean": 0.12}
+             for row, size in ((rows[0], 361_821_120), (rows[1], 494_032_768))]
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
+    plots.plot_accuracy_vs(rows, "gsm8k", tmp_path / "trainable.png", plots.label_colors(rows),
+                           lambda r: r["trainable_params"], "trainable parameters",
+                           "accuracy vs trainable parameters (fine-tuned methods)", True)
+    fig = figures[0]
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    labels = [(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts]
+    assert sorted(text for text, _ in labels) == ["qwen05", "qwen05", "smollm360", "smollm360"]
+    for i, (text, box) in enumerate(labels):
+        for other, other_box in labels[i + 1:]:
+            assert not box.overlaps(other_box), (text, other)
+    markers = ax.transData.transform([(r["trainable_params"], 100 * r["accuracy_flexible_mean"]) for r in rows])
+    for text, box in labels:
+        assert not any(box.contains(mx, my) for mx, my in markers), text
 
 
 def test_a_heatmap_whose_largest_cell_is_100_percent_does_not_say_its_scale_is_not_0_to_100(monkeypatch):

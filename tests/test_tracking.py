@@ -160,6 +160,25 @@ def test_a_w_and_b_group_is_a_row_of_the_report_and_a_search_cell_is_named_apart
     assert group_name("m", "lora", "gsm8k", "0123456789abcdef", "val") == "m-lora-gsm8k-01234567-val"
 
 
+def test_a_run_s_name_and_group_fit_w_and_b_s_limit_and_keep_their_seed():
+    """W&B refuses a run whose name or group is over 128 characters; a model named by a long hub id got there."""
+    from slm_sweep.tracking import MAX_NAME_LENGTH, run_group, run_name
+
+    def cell(model, seed=0, lr=None):
+        return {"model": model, "method": "lora", "dataset": "gsm8k", "seed": seed,
+                "identity": {"configuration_key": "0123456789abcdef"}, "learning_rate": {"value": lr}}
+
+    long = "an-organisation-with-a-long-name/a-model-fine-tuned-on-mathematics-word-problems-v2-instruct-" + "x" * 40
+    group, name = run_group(cell(long), "test"), run_name(cell(long, seed=2, lr=3e-4), "val")
+    assert len(group) == len(name) == MAX_NAME_LENGTH
+    assert name.endswith("-lr0.0003-seed2") and group.startswith(long[:100])
+    assert run_group(cell(long + "y"), "test") != group  # two long names sharing their start stay two groups
+    assert run_name(cell(long, seed=3), "test") != run_name(cell(long, seed=4), "test")
+    short = cell("smollm135", seed=1)
+    assert run_group(short, "test") == "smollm135-lora-gsm8k-01234567"
+    assert run_name(short, "test") == "smollm135-lora-gsm8k-01234567-seed1"
+
+
 def test_a_cell_copied_from_another_folder_still_gets_its_w_and_b_run(tiny_cfg, tmp_path, monkeypatch):
     """Filtering the dashboard by sweep must show every cell, the reused ones too (tagged reused)."""
     from slm_sweep.tracking import group_name

@@ -43,6 +43,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatterSciNotation, NullLocator
+from matplotlib.transforms import Bbox
 
 from slm_sweep.scoring import PRIMARY_METRIC, accuracy_key
 
@@ -118,18 +119,32 @@ def human_count(n: float) -> str:
     return f"{n:.0f}"
 
 
-class HumanCountFormatter(LogFormatterSciNotation):
-    """A log axis's labels as ``human_count`` writes them (135M, not 1.35×10^8), on the ticks the axis labels by
-    itself: the decades, and minor ticks where it spans too little for a decade to show (models of 135M to 268M)."""
+def human_duration(seconds: float) -> str:
+    """A duration as people write it: 40 s, 6.5 min, 2 h."""
+    for unit, scale in (("h", 3600), ("min", 60)):
+        if abs(seconds) >= scale:
+            value = seconds / scale
+            return f"{value:.1f} {unit}" if value < 10 and round(value, 1) != round(value) else f"{value:.0f} {unit}"
+    return f"{seconds:.1f} s" if abs(seconds) < 10 and round(seconds, 1) != round(seconds) else f"{seconds:.0f} s"
+
+
+class ReadableLogFormatter(LogFormatterSciNotation):
+    """A log axis's labels as ``write`` writes them (135M, not 1.35×10^8; 6.7 min, not 4×10^2), on the ticks the
+    axis labels by itself: the decades, and minor ticks where it spans too little for a decade to show (models of
+    135M to 268M)."""
+
+    def __init__(self, write: Callable[[float], str], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.write = write
 
     def __call__(self, x: float, pos: int | None = None) -> str:
-        return human_count(x) if super().__call__(x, pos) else ""
+        return self.write(x) if super().__call__(x, pos) else ""
 
 
-def _count_axis(axis) -> None:
-    """Label a log axis of parameter counts as people write them, major and minor ticks alike."""
-    axis.set_major_formatter(HumanCountFormatter())
-    axis.set_minor_formatter(HumanCountFormatter(labelOnlyBase=False))
+def _readable_log_axis(axis, write: Callable[[float], str]) -> None:
+    """Label a log axis as people write its quantity (``write``), major and minor ticks alike."""
+    axis.set_major_formatter(ReadableLogFormatter(write))
+    axis.set_minor_formatter(ReadableLogFormatter(write, labelOnlyBase=False))
 
 
 # model sizes spanning more than this are drawn on a log axis; within it a log axis only bends a few sizes' spacing
@@ -264,9 +279,11 @@ def plot_accuracy_vs(
     title: str,
     annotate: bool,
     size_axis: bool = False,
+    write_x: Callable[[float], str] | None = None,
 ) -> Path | None:
     """Accuracy (``plotted_metric``) against a positive quantity on a log axis, one line per method;
-    ``size_axis``: the quantity is the models' sizes, which carry the ticks (``_size_axis``)."""
+    ``size_axis``: the quantity is the models' sizes, which carry the ticks (``_size_axis``); ``write_x``: how the
+    axis's labels write the quantity (``human_count``), matplotlib's powers of ten without it."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     metric = plotted_metric(rows)
@@ -298,15 +315,15 @@ def plot_accuracy_vs(
         _size_axis(ax, [x for _, x, _ in named])
     else:
         ax.set_xscale("log")
-        if "parameters" in x_label:
-            _count_axis(ax.xaxis)
+        if write_x is not None:
+            _readable_log_axis(ax.xaxis, write_x)
     ax.set_xlabel(x_label)
     _accuracy_axis(ax, metric, tops)
-    if annotate:
-        _label_models(ax, named)
     ax.set_title(f"{dataset}: {title}\n{CAVEAT}", fontsize=10)
     _legend(ax)
     ax.grid(alpha=0.3, which="both")
+    if annotate:
+        _label_models(fig, ax, named)
     if size_axis:
         _stagger_tick_labels(fig, ax)
     return _save(fig, path)
@@ -315,21 +332,45 @@ def plot_accuracy_vs(
 # points of one model closer than this (fractions of the axes' width and height: about a 7-point label's size on
 # these 7 x 4.5 inch plots) would print their labels over each other, and share one
 _LABEL_NEAR = (0.1, 0.045)
+# where a label may sit, in points from its point: beside it (above right first, then below right, above left,
+# below left), then a line and two lines further up or down, where four points crowd one spot
+_LABEL_PLACES = tuple((dx, sign * rise, "left" if dx > 0 else "right", "bottom" if sign > 0 else "top")
+                      for rise in (4, 12, 20) for dx in (4, -4) for sign in (1, -1))
+_MARKER_RADIUS = 3.5  # points: errorbar's marker "o" is 6 points across
 
 
-def _label_models(ax, points: Sequence[tuple[str, float, float]]) -> None:
+def _label_models(fig: Figure, ax, points: Sequence[tuple[str, float, float]]) -> None:
     """Name each point's model, once where several of its points lie within a label's size (methods of one model
     often share an x: LoRA and DoRA train as many parameters), which a label per point printed over itself; the
-    highest of them carries it. Call after the axes' scales and limits are set."""
-    ax.get_xlim()  # settles the autoscaled x limits, which the transform reads
+    highest of them carries it. Each label takes the first of _LABEL_PLACES where it covers no label already placed
+    and no point's marker (two models' adapters of about one size put their points side by side), the first place
+    where none is free. Call once the axes, title and legend are set: places are found on the laid-out figure."""
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    renderer = fig.canvas.get_renderer()
     to_axes = ax.transData + ax.transAxes.inverted()
+    radius = renderer.points_to_pixels(_MARKER_RADIUS)
+    taken = [Bbox.from_extents(px - radius, py - radius, px + radius, py + radius)
+             for px, py in ax.transData.transform([(x, y) for _, x, y in points])]
     labelled: dict[str, list[tuple[float, float]]] = {}
     for model, x, y in sorted(points, key=lambda p: -p[2]):
         px, py = to_axes.transform((x, y))
         if any(abs(px - lx) < _LABEL_NEAR[0] and abs(py - ly) < _LABEL_NEAR[1] for lx, ly in labelled.get(model, ())):
             continue
         labelled.setdefault(model, []).append((px, py))
-        ax.annotate(model, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for place in _LABEL_PLACES:
+            box = _annotate(ax, model, (x, y), place).get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in taken):
+                break
+            ax.texts[-1].remove()
+        else:
+            box = _annotate(ax, model, (x, y), _LABEL_PLACES[0]).get_window_extent(renderer)
+        taken.append(box)
+
+
+def _annotate(ax, text: str, xy: tuple[float, float], place: tuple[float, float, str, str]):
+    dx, dy, ha, va = place
+    return ax.annotate(text, xy, textcoords="offset points", xytext=(dx, dy), fontsize=7, ha=ha, va=va)
 
 
 def plot_ood_heatmap(
@@ -405,13 +446,13 @@ def write_plots(
         shared = any(len(models) > 1 for models in sizes.values())  # two models at one size: name the points
         candidates = [
             (pretrained, "size", lambda r, base=base: base.get(r["model"]), "model parameters (base)",
-             "accuracy vs model size", shared, True),
+             "accuracy vs model size", shared, True, None),
             (fine_tuned, "trainable", lambda r: r["trainable_params"], "trainable parameters",
-             "accuracy vs trainable parameters (fine-tuned methods)", True, False),
-            (fine_tuned, "train_time", lambda r: r["train_time_s_mean"], "mean training time (s)",
-             "accuracy vs training time (fine-tuned methods)", True, False),
+             "accuracy vs trainable parameters (fine-tuned methods)", True, False, human_count),
+            (fine_tuned, "train_time", lambda r: r["train_time_s_mean"], "mean training time",
+             "accuracy vs training time (fine-tuned methods)", True, False, human_duration),
         ]  # fmt: skip
-        for plot_rows, kind, x_of, x_label, title, annotate, size_axis in candidates:
+        for plot_rows, kind, x_of, x_label, title, annotate, size_axis, write_x in candidates:
             path = plot_accuracy_vs(
                 plot_rows,
                 dataset,
@@ -422,6 +463,7 @@ def write_plots(
                 title,
                 annotate,
                 size_axis,
+                write_x,
             )
             if path is not None:
                 written.append(path)
