@@ -8,10 +8,12 @@ import torch
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """True for torch's out-of-memory error (CUDA, MPS, XPU) and for the older RuntimeError spellings of it."""
+    """True for torch's out-of-memory error (CUDA, MPS, XPU), for the older RuntimeError spellings of it, and for the
+    CPU allocator's refusal (a static KV cache of too many slots, on a machine without a GPU)."""
     if isinstance(error, torch.OutOfMemoryError):
         return True
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def release_cached_memory() -> None:

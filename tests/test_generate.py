@@ -453,6 +453,17 @@ def test_out_of_memory_while_slots_are_refilled_keeps_the_answers_already_report
     assert sorted(reported) == list(range(len(many_prompts))), "each answer is reported once"
 
 
+def test_the_cpu_allocator_s_refusal_counts_as_out_of_memory():
+    """On a CPU an allocation past the machine's memory raises a plain RuntimeError ("DefaultCPUAllocator: can't
+    allocate memory"), which failed the cell instead of halving its batch as on a GPU."""
+    from slm_sweep.memory import is_out_of_memory
+
+    with pytest.raises(RuntimeError) as refused:
+        torch.empty(1 << 50, dtype=torch.uint8)  # a pebibyte: more than any address space maps
+    assert is_out_of_memory(refused.value)
+    assert not is_out_of_memory(RuntimeError("The size of tensor a (4) must match the size of tensor b (5)"))
+
+
 def test_out_of_memory_on_a_single_prompt_is_a_clear_error(varied_tiny, zero_shot_prompts):
     model, tokenizer = varied_tiny
     fault = OutOfMemoryAbove(model, rows=0)
