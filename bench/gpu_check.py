@@ -688,6 +688,9 @@ def grid_verdicts(cells: dict, seconds: float | None, device: str, full: bool, k
             (c["eval_device"] or "").startswith(want)
             and (c["method"] not in TRAINED or (c["train_device"] or "").startswith(want)) for c in cells.values())}
     if device == "cuda":
+        # cuDNN's attention backward gives NaN gradients on masked queries (slm_sweep.train.fit.without_cudnn_attention)
+        verdicts["cudnn_attention_off"] = all(c.get("cudnn_attention") is False for c in cells.values()
+                                              if c["method"] in TRAINED and c["status"] == "completed")
         verdicts["train_floors"] = train_floors(
             {m: {"slm_sweep_tokens_per_s": c.get("train_tokens_per_s"), "slm_sweep_step_time_s": c.get("step_time_s"),
                  "compiled": c.get("compiled")}
@@ -725,6 +728,7 @@ def collect_cells(sweep_dir: Path) -> dict:
             "train_device": (placement.get("train") or {}).get("device"),
             "train_precision": (placement.get("train") or {}).get("precision"),
             "compiled": (placement.get("train") or {}).get("compiled"),
+            "cudnn_attention": (placement.get("train") or {}).get("cudnn_attention"),
             "eval_device": (placement.get("eval") or {}).get("device"),
             "eval_dtype": (placement.get("eval") or {}).get("dtype"),
             "device_name": (placement.get("eval") or {}).get("device_name"),
@@ -848,7 +852,7 @@ def main(argv=None) -> int:
         if "skipped" in figures:  # no time left for it: said in the summary, and no failure of what ran
             skipped.append(name)
         elif figures.get("returncode") != 0 or figures.get("all_completed") is False \
-                or figures.get("all_on_device") is False \
+                or figures.get("all_on_device") is False or figures.get("cudnn_attention_off") is False \
                 or (figures.get("padded_prefill") or {}).get("logits_finite") is False:
             failed.append(name)
         print(f"=== stage {name}: " + json.dumps({k: v for k, v in figures.items()

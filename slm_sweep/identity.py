@@ -144,7 +144,7 @@ TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "t
                     "methods.py", "placement.py", "models.py",
                     "train/interrupt.py")  # which steps a resumed run trains (align_to_plan, rewind_to_last_step)
 SCORING_SOURCES_SHA256 = {21: "dda6978ce0625bebbb48c5c769635059af942500d569697b3b6f0f305fc39fd8"}
-TRAINING_SOURCES_SHA256 = {8: "d95629d48560c4a2cce6c6bb91371fbc79a68447f5de7ce2f346cd6c719a321b"}
+TRAINING_SOURCES_SHA256 = {8: "142b358dc97d8546060104660a416cc2905f111ccd66355d3ab2f785e88fe418"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

@@ -607,25 +607,41 @@ def test_a_method_file_with_a_key_nothing_reads_is_refused_and_short_names_are_a
 
 
 def test_each_default_is_held_once_by_the_settings_and_yaml_files_set_only_what_differs():
-    """The typed groups' defaults live in slm_sweep/settings.py alone: no yaml file restates one of them."""
+    """The typed groups' defaults live in slm_sweep/settings.py alone: no yaml file restates one of them, and a file
+    built on other options of its group (trainer=gpu on default) restates neither a default nor what they set."""
     from omegaconf import OmegaConf
 
     from slm_sweep.settings import SCHEMAS, defaults
 
+    def own_and_parents(folder, name) -> tuple[dict, list[str]]:
+        raw = OmegaConf.to_container(OmegaConf.load(folder / f"{name}.yaml"))
+        entries = raw.pop("defaults", [])
+        assert all(isinstance(e, str) and "/" not in e and " " not in e for e in entries), (name, entries)
+        return raw, [e for e in entries if e != "_self_"]
+
+    def sets(folder, name) -> dict:
+        """What an option sets: its parents' settings, a later one winning, under its own keys."""
+        own, parents = own_and_parents(folder, name)
+        return OmegaConf.to_container(OmegaConf.merge(*(sets(folder, p) for p in parents), own))
+
     assert OmegaConf.load(CONF_DIR / "trainer" / "default.yaml") == {}
     assert OmegaConf.load(CONF_DIR / "eval" / "default.yaml") == {}
+    children = set()
     for group, schema in SCHEMAS.items():
         folder = CONF_DIR / group
         if not folder.is_dir():
             continue
         schema_defaults = defaults(schema)
         for path in sorted(folder.glob("*.yaml")):
-            raw = OmegaConf.to_container(OmegaConf.load(path))
-            parents = [d for d in raw.pop("defaults", []) if d != "_self_"]
-            for key, value in raw.items():
-                if parents or key not in schema_defaults:
-                    continue  # a file on top of another option may restate what that option changed
-                assert value != schema_defaults[key], f"{path.name}: {group}.{key}={value!r} is the default"
+            own, parents = own_and_parents(folder, path.stem)
+            inherited = OmegaConf.to_container(OmegaConf.merge({}, *(sets(folder, p) for p in parents)))
+            for key, value in own.items():
+                if key in inherited:  # a child may restore a default its parent changed, but not repeat the parent
+                    assert value != inherited[key], f"{path.name}: {group}.{key}={value!r} is what {parents} set"
+                elif key in schema_defaults:
+                    assert value != schema_defaults[key], f"{path.name}: {group}.{key}={value!r} is the default"
+                    children |= {f"{group}/{path.name}"} if parents else set()
+    assert {"trainer/gpu.yaml", "trainer/ddp_cpu.yaml", "eval/gpu.yaml"} <= children  # files with parents are checked
     composed = compose_config(["trainer=gpu", "eval=gpu"])
     assert composed.trainer.precision == "bf16-mixed" and composed.trainer.max_steps == defaults(SCHEMAS["trainer"])["max_steps"]
 
@@ -777,21 +793,47 @@ def group_options_all() -> set[str]:
     return {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
 
 
+def _config_reads() -> tuple[set[str], set[tuple[str, str]]]:
+    """What the package's code reads from a config, outside settings.py and config.py (which declare and validate
+    every setting): the keys of ``.get("<key>", ...)`` and ``["<key>"]``, and ``(<owner>, <name>)`` of each
+    ``<owner>.<name>`` or ``<owner>_cfg.<name>`` (cfg.trainer.max_steps, trainer_cfg.max_steps). Comments and
+    docstrings are not code: the files are parsed."""
+    import ast
+
+    keyed, attributes = set(), set()
+    for path in CONF_DIR.parent.rglob("*.py"):
+        if path.name in ("settings.py", "config.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
+                    and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                keyed.add(node.args[0].value)
+            elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
+                    and isinstance(node.slice.value, str):
+                keyed.add(node.slice.value)
+            elif isinstance(node, ast.Attribute):
+                owner = node.value.attr if isinstance(node.value, ast.Attribute) else getattr(node.value, "id", None)
+                if owner:
+                    attributes.add((owner.removesuffix("_cfg"), node.attr))
+    return keyed, attributes
+
+
 def test_every_typed_setting_is_read_by_the_code():
     from dataclasses import fields, is_dataclass
     from typing import get_type_hints
 
     from slm_sweep.settings import SCHEMAS
 
-    names = _source_names()
-    schemas, unread = list(SCHEMAS.values()), []
-    while schemas:  # the typed nodes and the dataclasses nested in them (dataset.hub, dataset.local, ...)
-        schema = schemas.pop()
+    keyed, attributes = _config_reads()
+    # the typed nodes and the dataclasses nested in them (dataset.hub, dataset.dedup, ...), each with its node's name
+    schemas, unread = [(schema, group) for group, schema in SCHEMAS.items()], []
+    while schemas:
+        schema, node = schemas.pop()
         for f in fields(schema):
             hint = get_type_hints(schema)[f.name]
-            schemas += [a for a in (hint, *getattr(hint, "__args__", ())) if is_dataclass(a)]
-            if f.name not in names:
-                unread.append(f"{schema.__name__}.{f.name}")
+            schemas += [(a, f.name) for a in (hint, *getattr(hint, "__args__", ())) if is_dataclass(a)]
+            if f.name not in keyed and (node, f.name) not in attributes:
+                unread.append(f"{node}.{f.name} ({schema.__name__})")
     assert not unread, f"settings no code reads: {unread}"
 
 
@@ -895,6 +937,13 @@ def test_the_paper_evaluates_on_the_sets_training_is_deduplicated_against():
 
     paper = OmegaConf.load(CONF_DIR / "experiment" / "paper.yaml")
     assert list(paper.eval.ood_sets) == STUDY_OOD_SETS
+    datasets = paper.hydra.sweeper.params.dataset.split(",")
+    assert datasets == ["gsm8k", "orcamath"]
+    for dataset in datasets:  # what a paper cell is composed as (experiment's own dataset keys included)
+        cfg = compose_config(["experiment=paper", f"dataset={dataset}", "method=lora"])
+        assert cfg.dataset.dedup is not None and cfg.dataset.dedup.enabled, dataset
+        missing = set(cfg.eval.ood_sets) - set(cfg.dataset.dedup.against)
+        assert not missing, f"{dataset}: scored on {sorted(missing)} but not deduplicated against them"
 
 
 def test_the_paper_scores_every_method_in_float32_on_a_gpu():

@@ -754,10 +754,14 @@ def test_spec_must_be_a_mapping():
 
 
 class FakeHub:
-    """Stands in for datasets.load_dataset: records calls, serves given splits or fails like an offline hub."""
+    """Stands in for datasets.load_dataset: records calls, serves given splits as the datasets.Dataset the hub
+    gives (iterated by rows, sliced by columns) or fails like an offline hub."""
 
     def __init__(self, splits: dict[str, list[dict]] | None = None):
-        self.splits = splits
+        import datasets
+
+        self.splits = None if splits is None else {
+            name: datasets.Dataset.from_list(rows) for name, rows in splits.items()}
         self.calls = []
 
     def __call__(self, path, name=None, split=None, revision=None):

@@ -297,13 +297,16 @@ def test_the_grid_judges_its_cells_the_training_floors_and_the_studys_slice():
         trained = method in gpu_check.TRAINED
         return {"method": method, "status": status, "eval_device": device, "train_device": device if trained else None,
                 "train_tokens_per_s": train_rate, "step_time_s": step, "n_eval": gpu_check.SLICE_QUESTIONS,
-                "train_steps": gpu_check.SLICE_STEPS if trained else 0}
+                "train_steps": gpu_check.SLICE_STEPS if trained else 0, "cudnn_attention": False if trained else None}
 
     cells = {"zeroshot": cell("zeroshot"), "fewshot": cell("fewshot"), "full": cell("full", 70_036, 0.049),
              "lora": cell("lora", 38_613, 0.089), "dora": cell("dora", 21_087, 0.164)}
     verdicts = gpu_check.grid_verdicts(cells, 300.0, "cuda", full=True)
     assert verdicts["all_completed"] is True and verdicts["all_on_device"] is True
-    assert verdicts["slice_floor_met"] is True
+    assert verdicts["slice_floor_met"] is True and verdicts["cudnn_attention_off"] is True
+    # a trained cell whose training ran with cuDNN's attention on (its NaN backward) fails the stage
+    assert gpu_check.grid_verdicts({**cells, "dora": {**cells["dora"], "cudnn_attention": True}}, 300.0, "cuda",
+                                   full=True)["cudnn_attention_off"] is False
     floors = verdicts["train_floors"]
     assert floors["full_met"] is True and floors["lora_met"] is False
     assert floors["dora_step_over_lora"] == 1.843 and floors["dora_met"] is False

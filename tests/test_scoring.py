@@ -216,9 +216,9 @@ def test_reference_answer(answer, expected):
     assert reference_answer(answer) == expected
 
 
-@pytest.mark.parametrize("answer", [True, None, [1]])
-def test_reference_answer_rejects_other_types(answer):
-    with pytest.raises(TypeError):
+@pytest.mark.parametrize(("answer", "type_name"), [(True, "bool"), (None, "NoneType"), ([1], "list")])
+def test_reference_answer_rejects_other_types(answer, type_name):
+    with pytest.raises(TypeError, match=f"^reference answer must be str, int or float, not {type_name}$"):
         reference_answer(answer)
 
 

@@ -86,6 +86,19 @@ class StopAfter(L.Callback):
             trainer.should_stop = True
 
 
+class StepContents(L.Callback):
+    """The sequences (as sums of their token ids) each optimizer step was computed from."""
+
+    def __init__(self):
+        self.current, self.steps = [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.current += [int(row.sum()) for row in batch["input_ids"]]
+        if batch["last_in_step"]:
+            self.steps.append(sorted(self.current))
+            self.current = []
+
+
 def train(examples, tmp_path, method="full", method_overrides=None, callbacks=(), loggers=None, **trainer_overrides):
     model, tokenizer = tiny()
     torch.manual_seed(0)  # the same adapter initialisation in every run
@@ -93,6 +106,15 @@ def train(examples, tmp_path, method="full", method_overrides=None, callbacks=()
     outcome = fit(model, examples, [], trainer_config(**trainer_overrides), method_config(method), seed=SEED,
                   out_dir=tmp_path, pad_token_id=tokenizer.pad_token_id, loggers=loggers,
                   extra_callbacks=list(callbacks))
+    return model, outcome
+
+
+def train_resumed(examples, out_dir, method="full", method_overrides=None, *, at: int, **trainer_overrides):
+    """Rerun an interrupted run in ``out_dir`` whose checkpoint is at step ``at``: it trains only the steps after it
+    (a rerun from step 0 of this deterministic training would end with the same weights)."""
+    steps = StepContents()
+    model, outcome = train(examples, out_dir, method, method_overrides, callbacks=[steps], **trainer_overrides)
+    assert len(steps.steps) == trainer_overrides["max_steps"] - at and not steps.current
     return model, outcome
 
 
@@ -263,7 +285,8 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(examples, tmp_path, 
     """LoRA's dropout (0.05) draws from the random state the checkpoint restores."""
     straight, uninterrupted = train(examples, tmp_path / "straight", method, max_steps=6)
     train(examples, tmp_path / "resumed", method, max_steps=6, checkpoint_every_n_steps=5, callbacks=[StopAfter(5)])
-    resumed, outcome = train(examples, tmp_path / "resumed", method, max_steps=6, checkpoint_every_n_steps=5)
+    resumed, outcome = train_resumed(examples, tmp_path / "resumed", method, at=5, max_steps=6,
+                                     checkpoint_every_n_steps=5)
     assert outcome.train_steps == 6
     assert_same_tensors(weights(straight), weights(resumed), rtol=0, atol=0)
     # the gradient norms of the steps before the checkpoint come back with it
@@ -358,7 +381,7 @@ def test_a_resumed_run_s_tail_loss_holds_the_steps_before_its_checkpoint(example
     settings = {"max_steps": 20, "log_every_n_steps": 4}
     _, straight = train(examples, tmp_path / "straight", **settings)
     train(examples, tmp_path / "resumed", checkpoint_every_n_steps=19, callbacks=[StopAfter(19)], **settings)
-    _, resumed = train(examples, tmp_path / "resumed", checkpoint_every_n_steps=19, **settings)
+    _, resumed = train_resumed(examples, tmp_path / "resumed", at=19, checkpoint_every_n_steps=19, **settings)
     assert resumed.train_steps == 20
     assert resumed.perf["train_loss_tail_mean"] == straight.perf["train_loss_tail_mean"] != straight.train_loss
 
@@ -373,19 +396,6 @@ class SigtermBetweenMicroBatches(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step == self.step and not batch["last_in_step"]:
             trainer._signal_connector.received_sigterm = True
-
-
-class StepContents(L.Callback):
-    """The sequences (as sums of their token ids) each optimizer step was computed from."""
-
-    def __init__(self):
-        self.current, self.steps = [], []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.current += [int(row.sum()) for row in batch["input_ids"]]
-        if batch["last_in_step"]:
-            self.steps.append(sorted(self.current))
-            self.current = []
 
 
 def test_an_interrupt_between_micro_batches_resumes_at_the_step_and_keeps_every_epoch_whole(examples, tmp_path):
@@ -572,7 +582,7 @@ def test_an_exit_by_a_time_out_handler_saves_the_checkpoint_a_requeued_job_resum
         train(examples, out, "lora", max_steps=5, checkpoint_every_n_steps=None,
               callbacks=[ExitAfterStep(3), CheckpointOnInterrupt(out / "checkpoints" / "last.ckpt")])
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
-    resumed, outcome = train(examples, out, "lora", max_steps=5)
+    resumed, outcome = train_resumed(examples, out, "lora", at=3, max_steps=5)
     assert outcome.train_steps == 5
     assert_same_tensors(weights(straight), weights(resumed), rtol=0, atol=0)
 
@@ -1106,8 +1116,8 @@ def test_a_resumed_adalora_run_reallocates_as_an_uninterrupted_one(examples, tmp
     straight, _ = train(examples, tmp_path / "straight", "adalora", ADALORA, max_steps=6)
     train(examples, tmp_path / "resumed", "adalora", ADALORA, max_steps=6, checkpoint_every_n_steps=at,
           callbacks=[StopAfter(at)])
-    resumed, outcome = train(examples, tmp_path / "resumed", "adalora", ADALORA, max_steps=6,
-                             checkpoint_every_n_steps=at)
+    resumed, outcome = train_resumed(examples, tmp_path / "resumed", "adalora", ADALORA, at=at, max_steps=6,
+                                     checkpoint_every_n_steps=at)
     assert outcome.train_steps == 6
     assert rank_pattern(resumed) == rank_pattern(straight)
     assert_same_tensors(weights(straight), weights(resumed), rtol=0, atol=0)

@@ -224,6 +224,9 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
         # warning that the data loader cannot does not apply.
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
         before = compile_counters()
+        # read, not assumed from the device: the record shows what training ran under
+        cudnn_attention = (torch.backends.cuda.cudnn_sdp_enabled()
+                           if trainer.strategy.root_device.type == "cuda" else None)
         try:
             shapes = static_shape_count(trainer_cfg) if compiled and compiled.get("static_shapes") else None
             with tracing_settings(shapes) if compiled and "skipped" not in compiled else nullcontext():
@@ -247,7 +250,7 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
                         perf={**throughput.result, "final_validation_s": final_validation,
                               "train_oom_halvings": module.oom_halvings,
                               **module.clipping_figures(), **module.loss_figures()},
-                        placement={**training_placement(trainer, model), "compiled": compiled,
+                        placement={**training_placement(trainer, model, cudnn_attention), "compiled": compiled,
                                    **({"trainable_upcast_to_float32": upcast} if upcast else {})})
 
 
@@ -291,14 +294,15 @@ def without_cudnn_attention(device: torch.device | str):
         torch.backends.cuda.enable_cudnn_sdp(enabled)
 
 
-def training_placement(trainer: L.Trainer, model) -> dict[str, Any]:
-    """Where the run trained. Read from the strategy: Lightning moves the model back to the CPU when fit ends."""
+def training_placement(trainer: L.Trainer, model, cudnn_attention: bool | None = None) -> dict[str, Any]:
+    """Where the run trained. Read from the strategy: Lightning moves the model back to the CPU when fit ends.
+    ``cudnn_attention``: whether cuDNN's attention kernels were on while it trained (None off CUDA)."""
     from slm_sweep.placement import device_name, dtype_name, model_dtype
 
     device = trainer.strategy.root_device
     return {"device": str(device), "device_name": device_name(device), "precision": str(trainer.precision),
             "dtype": dtype_name(model_dtype(model)), "devices": trainer.num_devices,
-            "cudnn_attention": False if device.type == "cuda" else None}
+            "cudnn_attention": cudnn_attention}
 
 
 def last_checkpoint(out_dir: str | Path) -> Path | None:
