@@ -679,22 +679,29 @@ def test_a_mark_on_a_trained_method_of_one_seed_says_it_speaks_for_that_run(tmp_
 
 
 def test_negative_transfer_and_delta_marks_need_a_significant_paired_test(tmp_path):
-    write_row(tmp_path, "smollm135", "zeroshot", "gsm8k", 40)
-    write_row(tmp_path, "smollm135", "full", "gsm8k", 10)   # far below: significant
-    write_row(tmp_path, "smollm135", "lora", "gsm8k", 38)   # a little below: not significant
-    write_row(tmp_path, "smollm135", "fewshot", "gsm8k", 46)  # 6 questions more than zero-shot, one seed each
+    for model in ("smollm135", "gemma270"):  # two models with the same scores: one gsm8k table of both
+        write_row(tmp_path, model, "zeroshot", "gsm8k", 40)
+        write_row(tmp_path, model, "full", "gsm8k", 10)   # far below: significant
+        write_row(tmp_path, model, "lora", "gsm8k", 38)   # a little below: not significant
+        write_row(tmp_path, model, "fewshot", "gsm8k", 46)  # 6 questions more than zero-shot, one seed each
     report = write_report([tmp_path], tmp_path / "out", plots=False)
-    rows = {r["method"]: r for r in report["rows"]}
+    both = {(r["model"], r["method"]): r for r in report["rows"]}
+    rows = {method: r for (model, method), r in both.items() if model == "smollm135"}
     assert rows["full"]["negative_transfer"] is True and rows["full"]["delta_zeroshot_test"] == SEEDS_AND_QUESTIONS
     assert rows["lora"]["below_zeroshot"] is True and rows["lora"]["negative_transfer"] is False
     assert rows["lora"]["delta_zeroshot_p"] > 0.05
     assert rows["fewshot"]["delta_zeroshot_test"] == MCNEMAR
     assert rows["fewshot"]["delta_zeroshot_p"] == pytest.approx(0.03125)
     assert rows["zeroshot"]["delta_zeroshot_test"] is None and rows["zeroshot"]["negative_transfer"] is False
-    # the zero-shot column of the gsm8k table is one family of three tests (full, lora, fewshot): Holm doubles
-    # fewshot's p, the second smallest, so its 6 questions are no longer marked; full's stays far below alpha
-    assert rows["fewshot"]["delta_zeroshot_p_adjusted"] == pytest.approx(2 * 0.03125)
-    assert rows["fewshot"]["delta_zeroshot_significant"] is False and rows["full"]["delta_zeroshot_significant"]
+    # the zero-shot column of the gsm8k table is one family of the six tests of both models (full, lora, fewshot
+    # each): the two fewshot p's (0.03125) rank third and fourth, after the two full's, far smaller, so Holm
+    # multiplies them by 6 - 3 + 1 = 4, and its 6 questions are no longer marked; full's stays far below alpha.
+    # A family per model (three tests) would double them instead.
+    assert 6 * rows["full"]["delta_zeroshot_p"] < 4 * 0.03125
+    for model in ("smollm135", "gemma270"):
+        assert both[model, "fewshot"]["delta_zeroshot_p_adjusted"] == pytest.approx(4 * 0.03125)
+        assert both[model, "fewshot"]["delta_zeroshot_significant"] is False
+        assert both[model, "full"]["delta_zeroshot_significant"] is True
     assert rows["zeroshot"]["delta_zeroshot_p_adjusted"] is None and rows["zeroshot"]["delta_zeroshot_significant"] is None
 
     def lines(markdown):
@@ -703,11 +710,14 @@ def test_negative_transfer_and_delta_marks_need_a_significant_paired_test(tmp_pa
     held = lines(report["markdown"])
     assert "▼" in held["full"] and "▼" not in held["lora"]
     assert "| +10.0 |" in held["fewshot"] and "| -3.3 |" in held["lora"]
+    # full against zero-shot (10 against 40 of 60 right) and against few-shot (46): both marked; zero-shot against
+    # few-shot (McNemar's 0.03125) is not: Holm at least doubles it in the few-shot column's family of six tests
+    assert "| -50.0* | -60.0* |" in held["full"] and "| – | -10.0 | 0 |" in held["zeroshot"]
     assert "Δ zero-shot (pp on flexible, * p<0.05, Holm)" in report["markdown"] and "Holm-adjusted as one family" in report["markdown"]
     assert "trained method with one seed" not in report["markdown"]  # full and lora have three
     with open(tmp_path / "out" / "summary.csv", newline="") as f:
         fewshot = next(r for r in csv.DictReader(f) if r["method"] == "fewshot")
-    assert float(fewshot["delta_zeroshot_p_adjusted"]) == pytest.approx(0.0625)
+    assert float(fewshot["delta_zeroshot_p_adjusted"]) == pytest.approx(4 * 0.03125)
     assert fewshot["delta_zeroshot_significant"] == "False"
     # each test on its own: the one-seed difference of 6 questions is marked, and not at a stricter level
     alone = write_report([tmp_path], tmp_path / "alone", plots=False, correction="none")

@@ -156,8 +156,10 @@ def test_a_built_cell_records_what_run_py_records_and_the_report_draws_every_plo
         assert float(rows[method]["train_time_s_mean"]) == pytest.approx(built[method]["metrics"]["train_time_s"])
 
 
-def test_tests_over_seeds_computed_side_by_side_are_the_tests_computed_one_by_one(tmp_path):
+def test_tests_over_seeds_computed_side_by_side_are_the_tests_computed_one_by_one(tmp_path, monkeypatch):
     """The seeds-and-questions test draws its seed parts: threads must not change a bit of it."""
+    import threading
+
     grid = report_speed.Grid(models=("smollm135",), methods=("zeroshot", "lora", "dora"), datasets=("gsm8k",),
                              seeds=(0, 1), ood_sets=("svamp",))
     built = report_speed.SweepBuilder(tmp_path, grid, questions=QUESTIONS).build()
@@ -172,10 +174,20 @@ def test_tests_over_seeds_computed_side_by_side_are_the_tests_computed_one_by_on
     pairs = [(rows[a], rows[b], eval_set, metric) for a, b in (("dora", "lora"), ("lora", "zeroshot"))
              for eval_set in ("gsm8k", "svamp") for metric in ("flexible", "lenient")]
     one_by_one = [compare_rows(*pair, alpha=0.01, interval=True) for pair in pairs]
+    threads = []  # the thread each test of the batch ran on
+    real_test = aggregate.paired_test
+
+    def on_its_thread(a, b, **options):
+        threads.append(threading.current_thread())
+        return real_test(a, b, **options)
+
+    monkeypatch.setattr(aggregate, "paired_test", on_its_thread)
     with shared_paired_tests(workers=4):
         together = compare_many(pairs, alpha=0.01, interval=True)
     assert all(t.test == SEEDS_AND_QUESTIONS and t.ci_low is not None for t in one_by_one)
     assert together == one_by_one
+    # side by side: every test of the batch ran on one of the threads, none on the caller's
+    assert len(threads) == len(pairs) and threading.main_thread() not in threads
 
 
 @pytest.mark.parametrize("workers", [0, -1, 1.5, True])
