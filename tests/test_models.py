@@ -165,6 +165,41 @@ def test_tiny_model_loads_quantized_to_4_bit():
     assert count_parameters(model)[1] == count_parameters(plain)[1]
 
 
+def test_a_4_bit_model_s_gradients_survive_an_evaluation_pass_on_the_cpu():
+    """bitsandbytes repacked a 4-bit layer for its AVX512-BF16 CPU kernel at its first forward without gradients,
+    after which no gradient passed through it: QLoRA steps after a validation pass trained on other gradients
+    (three quarters of one adapter's gradient lost), and layers of the tiny model's width (48) failed outright."""
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes: pip install 'slm_sweep[qlora]'")
+    from slm_sweep.methods import apply_method
+
+    cfg = compose_config(["model=tiny", "method=qlora", "method.r=4",
+                          "model.quantization.bnb_4bit_compute_dtype=float32"])
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    model = apply_method(model, cfg.method)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:  # zero at initialisation: the adapters' A matrices would get no gradient
+                parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
+    ids = torch.tensor([tokenizer("she bought 12 eggs and sold 5 of them")["input_ids"]])
+
+    def gradients():
+        torch.manual_seed(0)  # the same dropout draws
+        model.train()
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    before = gradients()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)  # what a validation pass or an evaluation does
+    after = gradients()
+    assert before.keys() == after.keys() and len(before) > 0
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_a_hub_model_loads_at_the_commit_its_identity_records(monkeypatch, tmp_path):
     """The branch is resolved once, through the local cache (offline here), and the commit is what loads."""
     import huggingface_hub.constants
