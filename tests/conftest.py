@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,63 @@ class OutOfMemoryAbove:
 
     def remove(self) -> None:
         self.handle.remove()
+
+
+# A metric module from outside the package (eval.metric_modules): whether the last digit an answer writes, 0 where it
+# writes none, is the reference's last digit. The tiny models answer with no digit at all, so it is right on the
+# references that end in 0 and wrong on the others, and training that makes a model write digits moves it.
+LAST_DIGIT_METRIC = '''\
+"""A metric from outside slm_sweep: whether the last digit written (0 where none is) is the reference's last digit."""
+import re
+
+from slm_sweep.scoring import register_metric
+
+
+def last_digit(text):
+    digits = re.findall(r"[0-9]", str(text))
+    return digits[-1] if digits else None
+
+
+def correct(text, reference, tolerance):
+    return (last_digit(text) or "0") == last_digit(reference)
+
+
+register_metric("last_digit", last_digit, correct)
+'''
+
+
+def last_digit_verdict(output: str, reference: str) -> bool:
+    """LAST_DIGIT_METRIC's verdict on one answer, worked out apart from it."""
+    written = [c for c in output if c in "0123456789"]
+    return (written[-1] if written else "0") == reference[-1]
+
+
+@pytest.fixture
+def restored_metrics(monkeypatch):
+    """Metrics registered by a test, and the modules that registered them, are gone after it, and so is the code
+    of metric modules its keys pinned (identity.forget_running_code: a later test's module of the same name is
+    imported and hashed anew)."""
+    from slm_sweep import scoring
+    from slm_sweep.identity import forget_running_code
+
+    saved = dict(scoring.METRICS)
+    for name in ("MODES", "ACCURACY_KEYS", "PREDICTION_FIELDS"):
+        monkeypatch.setattr(scoring, name, getattr(scoring, name))
+    monkeypatch.setattr(scoring, "_REGISTERED_BY", {})
+    forget_running_code()
+    yield
+    forget_running_code()
+    scoring.METRICS.clear()
+    scoring.METRICS.update(saved)
+    sys.modules.pop("mymetrics", None)
+
+
+@pytest.fixture
+def last_digit_metric(tmp_path_factory, monkeypatch, restored_metrics):
+    """LAST_DIGIT_METRIC as an importable module; its name, for eval.metric_modules."""
+    folder = tmp_path_factory.mktemp("metric_module")
+    (folder / "last_digit_metric.py").write_text(LAST_DIGIT_METRIC)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, "last_digit_metric", raising=False)
+    yield "last_digit_metric"
+    sys.modules.pop("last_digit_metric", None)

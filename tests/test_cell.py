@@ -9,7 +9,9 @@ import pytest
 
 from slm_sweep.results import read_predictions, read_result
 from slm_sweep.run import run
+from slm_sweep.scoring import METRICS
 from slm_sweep.train.callbacks import peak_memory_mb
+from tests.conftest import last_digit_verdict
 
 METHODS = ("zeroshot", "fewshot", "full", "lora", "dora")
 REQUIRED_METRICS = ("accuracy_strict", "accuracy_flexible", "n_eval", "trainable_params", "total_params",
@@ -17,8 +19,9 @@ REQUIRED_METRICS = ("accuracy_strict", "accuracy_flexible", "n_eval", "trainable
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_cell_runs_end_to_end(tiny_cfg, tmp_path, method):
-    cfg = tiny_cfg(f"method={method}", "method.num_fewshot=2" if method == "fewshot" else "seed=0")
+def test_cell_runs_end_to_end(tiny_cfg, tmp_path, method, last_digit_metric):
+    cfg = tiny_cfg(f"method={method}", "method.num_fewshot=2" if method == "fewshot" else "seed=0",
+                   f"eval.metric_modules=[{last_digit_metric}]")
     returned = run(cfg, out_dir=tmp_path)
 
     record = read_result(tmp_path)
@@ -50,10 +53,16 @@ def test_cell_runs_end_to_end(tiny_cfg, tmp_path, method):
     predictions = read_predictions(tmp_path)
     assert len(predictions) == 12
     fields = {"question", "reference", "output", "extracted_strict", "extracted_flexible", "correct_strict",
-              "correct_flexible"}
+              "correct_flexible", "correct_last_digit"}
     assert all(fields <= set(p) for p in predictions)
-    accuracy = sum(p["correct_flexible"] for p in predictions) / len(predictions)
-    assert accuracy == metrics["accuracy_flexible"]
+    # each verdict is its metric's on the answer; the built-in metrics score the tiny model 0, the last-digit one not
+    for name in ("strict", "flexible"):
+        verdicts = [METRICS[name].correct(p["output"], p["reference"], None) for p in predictions]
+        assert [p[f"correct_{name}"] for p in predictions] == verdicts, name
+        assert metrics[f"accuracy_{name}"] == sum(verdicts) / len(predictions), name
+    hits = [last_digit_verdict(p["output"], p["reference"]) for p in predictions]
+    assert [p["correct_last_digit"] for p in predictions] == hits
+    assert 0 < sum(hits) < len(hits) and metrics["accuracy_last_digit"] == sum(hits) / len(hits)
     # result.json names the predictions file it belongs to
     assert record["files"]["predictions"] == {"rows": 12, "sha256": _sha256(tmp_path / "predictions.jsonl")}
     assert not list(tmp_path.glob(".*.tmp*")), "no temporary files left behind"
@@ -211,11 +220,27 @@ def test_a_result_file_that_cannot_be_written_still_reaches_the_loggers_and_the_
 
 
 def test_over_long_training_examples_are_dropped_and_counted(tiny_cfg, tmp_path):
-    record = run(tiny_cfg("method=lora", "trainer.max_length=150"), out_dir=tmp_path)
+    """An example is kept where its prompt and whole answer, with the token that ends the turn, fit in
+    trainer.max_length tokens, counted here with the tokenizer; max_length is one example's own length."""
+    from slm_sweep.data.prompts import build_prompt, build_target
+    from slm_sweep.models import load_model_and_tokenizer
+    from slm_sweep.run import load_data
+
+    cfg = tiny_cfg("method=lora")
+    _, tokenizer = load_model_and_tokenizer(cfg.model)
+    train = load_data(cfg).splits.train
+    assert len(train) == 48  # dataset.train_limit
+    lengths = [len(tokenizer(build_prompt(tokenizer, ex.question, style="chat"))["input_ids"])
+               + len(tokenizer(build_target(tokenizer, ex.answer, "chat"), add_special_tokens=False)["input_ids"])
+               for ex in train]
+    max_length = sorted(lengths)[11]
+    fitting = sum(length <= max_length for length in lengths)
+    assert 12 <= fitting < 48
+    record = run(tiny_cfg("method=lora", f"trainer.max_length={max_length}"), out_dir=tmp_path)
     assert record["status"] == "completed", record.get("error")
     metrics = record["metrics"]
-    assert 0 < metrics["train_too_long_fraction"] < 1
-    assert metrics["train_examples"] == round(40 * (1 - metrics["train_too_long_fraction"]))
+    assert metrics["train_examples"] == fitting
+    assert metrics["train_too_long_fraction"] == pytest.approx(1 - fitting / 48)
     assert 0 <= metrics["truncated_fraction"] <= 1
 
 

@@ -16,7 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from slm_sweep import scoring
-from tests.conftest import REPO, compose_config
+from tests.conftest import LAST_DIGIT_METRIC, REPO, compose_config, last_digit_verdict
 
 MODEL = """\
 # a random Llama smaller than tiny, with its own seed
@@ -63,25 +63,6 @@ peft:
   feedforward_modules: [down_proj]
 """
 
-METRIC_MODULE = '''\
-"""A metric from outside slm_sweep: whether the last digit written is the reference's last digit."""
-import re
-
-from slm_sweep.scoring import register_metric
-
-
-def last_digit(text):
-    digits = re.findall(r"[0-9]", str(text))
-    return digits[-1] if digits else None
-
-
-def correct(text, reference, tolerance):
-    return last_digit(text) is not None and last_digit(text) == last_digit(reference)
-
-
-register_metric("last_digit", last_digit, correct)
-'''
-
 LAUNCHER = """\
 # the cells one after another in this process, as Hydra's basic launcher runs them
 defaults:
@@ -98,7 +79,7 @@ def write_extensions(root: Path) -> dict[str, Path]:
     (conf / "dataset" / "mydiffs.yaml").write_text(OOD_DATASET)
     (conf / "method" / "ia3.yaml").write_text(METHOD)
     (conf / "hydra" / "launcher" / "inline.yaml").write_text(LAUNCHER)
-    (root / "mymetrics.py").write_text(METRIC_MODULE)
+    (root / "mymetrics.py").write_text(LAST_DIGIT_METRIC)
     data.mkdir(parents=True)
     for split, count, offset in (("train", 24, 0), ("test", 4, 100)):
         rows = [{"problem": f"What is {offset + i} plus {i + 3}?", "result": offset + 2 * i + 3} for i in range(count)]
@@ -117,25 +98,6 @@ OOD_AND_DEDUP = ["eval.ood_sets=[mydiffs]", "dataset.dedup.against=[mydiffs]"]
 FAST = ["trainer.max_steps=2", "trainer.batch_size=4", "trainer.micro_batch_size=4", "trainer.max_length=64",
         "trainer.progress_bar=false", "trainer.checkpoint_every_n_steps=null", "trainer.log_every_n_steps=1",
         "eval.max_new_tokens=4", "eval.progress=false", "logger=none"]
-
-
-@pytest.fixture
-def restored_metrics(monkeypatch):
-    """Metrics registered by a test, and the modules that registered them, are gone after it, and so is the code
-    of metric modules its keys pinned (identity.forget_running_code: a later test's module of the same name is
-    imported and hashed anew)."""
-    from slm_sweep.identity import forget_running_code
-
-    saved = dict(scoring.METRICS)
-    for name in ("MODES", "ACCURACY_KEYS", "PREDICTION_FIELDS"):
-        monkeypatch.setattr(scoring, name, getattr(scoring, name))
-    monkeypatch.setattr(scoring, "_REGISTERED_BY", {})
-    forget_running_code()
-    yield
-    forget_running_code()
-    scoring.METRICS.clear()
-    scoring.METRICS.update(saved)
-    sys.modules.pop("mymetrics", None)
 
 
 def test_a_model_dataset_method_and_metric_from_outside_the_package_run_a_cell(tmp_path, monkeypatch,
@@ -160,10 +122,14 @@ def test_a_model_dataset_method_and_metric_from_outside_the_package_run_a_cell(t
     assert 0 < metrics["trainable_params"] < metrics["total_params"]
     predictions = [json.loads(line) for line in (tmp_path / "cell" / "predictions.jsonl").read_text().splitlines()]
     assert {p["reference"] for p in predictions if p["eval_set"] == "mydiffs"} == {"50"}
-    predictions = [p for p in predictions if p["eval_set"] == "mysums"]
-    assert {p["reference"] for p in predictions} == {"103", "105", "107", "109"}
-    hits = [p["correct_last_digit"] for p in predictions]
-    assert metrics["accuracy_last_digit"] == pytest.approx(sum(hits) / len(hits))
+    assert {p["reference"] for p in predictions if p["eval_set"] == "mysums"} == {"103", "105", "107", "109"}
+    verdicts = []
+    for eval_set, scores in (("mysums", metrics), ("mydiffs", record["eval_sets"]["mydiffs"])):
+        hits = [last_digit_verdict(p["output"], p["reference"]) for p in predictions if p["eval_set"] == eval_set]
+        assert [p["correct_last_digit"] for p in predictions if p["eval_set"] == eval_set] == hits, eval_set
+        assert scores["accuracy_last_digit"] == pytest.approx(sum(hits) / len(hits)), eval_set
+        verdicts += hits
+    assert len(set(verdicts)) == 2, "the metric is right on some answers and wrong on others"
     adapter = json.loads((tmp_path / "cell" / "adapter" / "adapter_config.json").read_text())
     assert adapter["peft_type"] == "IA3" and sorted(adapter["target_modules"]) == ["down_proj", "k_proj", "v_proj"]
 
@@ -347,7 +313,7 @@ def test_a_metric_module_changes_the_evaluation_key_but_not_the_training_key(tin
     from slm_sweep.results import redact
     from slm_sweep.run import identify, load_data
 
-    (tmp_path / "mymetrics.py").write_text(METRIC_MODULE)
+    (tmp_path / "mymetrics.py").write_text(LAST_DIGIT_METRIC)
     monkeypatch.syspath_prepend(str(tmp_path))
 
     def keys(*extra):
@@ -357,7 +323,7 @@ def test_a_metric_module_changes_the_evaluation_key_but_not_the_training_key(tin
 
     plain, with_metric = keys(), keys("eval.metric_modules=[mymetrics]")
     assert with_metric[0] == plain[0] and with_metric[1] != plain[1]
-    (tmp_path / "mymetrics.py").write_text(METRIC_MODULE.replace("[-1]", "[0]"))  # the metric's code changed
+    (tmp_path / "mymetrics.py").write_text(LAST_DIGIT_METRIC.replace("[-1]", "[0]"))  # the metric's code changed
     assert keys("eval.metric_modules=[mymetrics]") == with_metric  # still scored with the code imported
     forget_running_code()  # as a new process: imported and hashed again
     assert keys("eval.metric_modules=[mymetrics]")[1] != with_metric[1]
@@ -381,7 +347,7 @@ def test_a_metric_dropped_into_the_metrics_folder_is_scored_by_every_cell_with_n
     plain = keys()
     folder = tmp_path / "metrics"
     folder.mkdir()
-    (folder / "last_digit.py").write_text(METRIC_MODULE)
+    (folder / "last_digit.py").write_text(LAST_DIGIT_METRIC)
     (folder / "_helpers.py").write_text("raise RuntimeError('a private module is not a metric')\n")
     monkeypatch.setattr(slm_sweep.metrics, "__path__", [*slm_sweep.metrics.__path__, str(folder)])
     monkeypatch.delitem(sys.modules, "slm_sweep.metrics.last_digit", raising=False)
@@ -562,7 +528,7 @@ def test_a_method_file_in_a_user_config_folder_composes_and_validates(tmp_path):
 def test_a_metric_module_of_one_cell_does_not_carry_over_into_the_next(restored_metrics, tmp_path, monkeypatch):
     """The cells of a sweep share one process: a cell without eval.metric_modules scores the built-in metrics
     only, and a later cell naming the module again gets its metric back (Python imports a module once)."""
-    (tmp_path / "mymetrics.py").write_text(METRIC_MODULE)
+    (tmp_path / "mymetrics.py").write_text(LAST_DIGIT_METRIC)
     monkeypatch.syspath_prepend(str(tmp_path))
     scoring.use_metric_modules(["mymetrics"])
     assert "accuracy_last_digit" in scoring.ACCURACY_KEYS

@@ -371,16 +371,33 @@ def test_each_generation_is_reported_when_it_ends(varied_tiny, zero_shot_prompts
 
 
 def test_evaluate_scores_the_generations_and_reports_throughput(varied_tiny, requires_data):
+    """Questions 0, 2 and 4 get the last number their own (greedy, so known beforehand) answer writes as the
+    reference; the others keep GSM8K's, which these random answers do not write: half are right."""
+    import re
+    from dataclasses import replace
+
+    from slm_sweep.scoring import METRICS
+
     model, tokenizer = varied_tiny
     examples = load_splits(dataset_spec("gsm8k"), data_root=requires_data, need_train=False).test[:6]
     prompts = [f"Question: {ex.question}\nAnswer:" for ex in examples]
+    direct = generate(model, tokenizer, prompts, max_new_tokens=16, stop=VARIED_STOP)
+    answered = (0, 2, 4)
+    numbers = [re.findall(r"[0-9]+", g.text) for g in direct]
+    assert all(numbers[i] for i in answered), [g.text for g in direct]
+    examples = [replace(ex, reference=numbers[i][-1]) if i in answered else ex for i, ex in enumerate(examples)]
     eval_cfg = {"max_new_tokens": 16, "stop": VARIED_STOP, "max_batch_size": 4}
     records, metrics = evaluate(model, tokenizer, examples, prompts, eval_cfg, "gsm8k", progress=True)
     assert [r["index"] for r in records] == list(range(6))
-    assert metrics["n_eval"] == 6 and 0 <= metrics["accuracy_flexible"] <= 1
-    assert metrics["eval_new_tokens"] > 0 and metrics["eval_tokens_per_s"] > 0
-    direct = generate(model, tokenizer, prompts, max_new_tokens=16, stop=VARIED_STOP)
     assert [r["output"] for r in records] == [g.text for g in direct]
+    assert [r["reference"] for r in records] == [ex.reference for ex in examples]
+    assert [r["correct_flexible"] for r in records] == [i in answered for i in range(6)]
+    assert metrics["n_eval"] == 6 and metrics["accuracy_flexible"] == 0.5
+    for name, metric in METRICS.items():
+        verdicts = [metric.correct(r["output"], r["reference"], None) for r in records]
+        assert [r[f"correct_{name}"] for r in records] == verdicts, name
+        assert metrics[f"accuracy_{name}"] == pytest.approx(sum(verdicts) / 6), name
+    assert metrics["eval_new_tokens"] == sum(g.new_tokens for g in direct) and metrics["eval_tokens_per_s"] > 0
 
 
 def test_unknown_engine_is_an_error(varied_tiny):

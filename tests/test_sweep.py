@@ -16,7 +16,8 @@ import lightning as L
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import DATA_ROOT, FAST_TINY, REPO
+from slm_sweep.results import read_predictions
+from tests.conftest import DATA_ROOT, FAST_TINY, LAST_DIGIT_METRIC, REPO, last_digit_verdict
 
 SWEEP_SETTINGS = [o for o in FAST_TINY if not o.startswith("resume.")]
 
@@ -61,9 +62,15 @@ def results(sweep: Path) -> dict[tuple, dict]:
 
 
 def test_tiny_grid_sweep_writes_every_cell_and_a_correct_summary(requires_data, tmp_path):
+    """The summary's means, spreads and deltas are of scores that differ between seeds and methods: the built-in
+    metrics score the tiny models 0, so the deltas are read on a metric of the working directory (claims_metric)
+    that the tiny models' answers score apart, and a learning rate that changes those answers in 3 steps, for
+    each seed otherwise."""
     # full fine-tuning runs in a multirun in the GPU job's dry run (tests/test_gpu_check.py) and its rows are
     # checked in tests/test_report.py; a baseline and one trained method keep the default suite within its time
-    run_sweep(["model=tiny,tiny_wide", "method=zeroshot,lora", "seed=0,1"], tmp_path)
+    (tmp_path / "last_digit_metric.py").write_text(LAST_DIGIT_METRIC)
+    run_sweep(["model=tiny,tiny_wide", "method=zeroshot,lora", "seed=0,1", "eval.metric_modules=[last_digit_metric]",
+               "dataset.claims_metric=last_digit", "++method.lr=0.5", "trainer.warmup_steps=0"], tmp_path)
     (sweep,) = sweep_dirs(tmp_path)
     cells = results(sweep)
     assert len(cells) == 8
@@ -79,23 +86,34 @@ def test_tiny_grid_sweep_writes_every_cell_and_a_correct_summary(requires_data, 
         assert cells[(model, "zeroshot", 1)]["reused_from"].endswith("seed0/result.json")
         assert cells[(model, "zeroshot", 1)]["metrics"]["accuracy_flexible"] == \
             cells[(model, "zeroshot", 0)]["metrics"]["accuracy_flexible"]
+    # each cell's score worked out here from its answers
+    scores = {}
+    for key, cell in cells.items():
+        hits = [last_digit_verdict(p["output"], p["reference"]) for p in read_predictions(cell["dir"])]
+        assert len(hits) == 12 and cell["metrics"]["accuracy_last_digit"] == pytest.approx(sum(hits) / 12), key
+        scores[key] = sum(hits) / 12
 
     with open(sweep / "summary.csv", newline="") as f:
         rows = {(r["model"], r["method"]): r for r in csv.DictReader(f)}
     assert set(rows) == {(m, k) for m in ("tiny", "tiny_wide") for k in ("zeroshot", "lora")}
+    spread, deltas = set(), set()
     for (model, method), row in rows.items():
         # a seed-independent baseline is one computation: it counts once, with no spread over seeds
         seeds = (0,) if method == "zeroshot" else (0, 1)
-        values = [cells[(model, method, s)]["metrics"]["accuracy_flexible"] for s in seeds]
-        assert int(row["n"]) == len(seeds) and row["variant"] == ""
-        assert float(row["accuracy_flexible_mean"]) == pytest.approx(statistics.mean(values))
-        if len(values) > 1:
-            assert float(row["accuracy_flexible_std"]) == pytest.approx(statistics.stdev(values))
-        else:  # one seed has no spread: empty, not 0
-            assert row["accuracy_flexible_std"] == ""
+        assert int(row["n"]) == len(seeds) and row["variant"] == "" and row["delta_metric"] == "last_digit"
+        for metric in ("accuracy_flexible", "accuracy_last_digit"):
+            values = [cells[(model, method, s)]["metrics"][metric] for s in seeds]
+            assert float(row[f"{metric}_mean"]) == pytest.approx(statistics.mean(values))
+            if len(values) > 1:
+                assert float(row[f"{metric}_std"]) == pytest.approx(statistics.stdev(values))
+            else:  # one seed has no spread: empty, not 0
+                assert row[f"{metric}_std"] == ""
+        values = [scores[(model, method, s)] for s in seeds]
+        spread.add(len(set(values)))
         assert int(row["trainable_params"]) == cells[(model, method, 0)]["metrics"]["trainable_params"]
         if method != "zeroshot":
-            zs = statistics.mean(cells[(model, "zeroshot", s)]["metrics"]["accuracy_flexible"] for s in (0, 1))
+            zs = statistics.mean(scores[(model, "zeroshot", s)] for s in (0, 1))
+            deltas.add(statistics.mean(values) - zs)
             assert float(row["delta_zeroshot"]) == pytest.approx(statistics.mean(values) - zs)
             assert (row["below_zeroshot"] == "True") == (statistics.mean(values) < zs)
             # negative transfer is a significant drop: the paired test's Holm-adjusted p-value below alpha
@@ -103,6 +121,7 @@ def test_tiny_grid_sweep_writes_every_cell_and_a_correct_summary(requires_data, 
             assert row["negative_transfer"] == str(row["below_zeroshot"] == "True" and p_value not in ("", None)
                                                    and float(p_value) < 0.05)
             assert p_value in ("", None) or float(p_value) >= float(row["delta_zeroshot_p"])
+    assert 2 in spread and deltas - {0.0}, "some row's seeds score apart, and some trained row apart from zero-shot"
     assert (sweep / "summary.md").read_text().count("tiny_wide") >= 3
     for name in ("accuracy_by_model_gsm8k.png", "accuracy_vs_size_gsm8k.png", "accuracy_vs_trainable_gsm8k.png",
                  "accuracy_vs_train_time_gsm8k.png"):
