@@ -68,7 +68,8 @@ TRAINING_CODE_VERSION = 9  # 9: a 4-bit model (QLoRA) on a CPU with AVX512-BF16 
 # without a bump, or a recorded statement that it changes no result, fails a test; and a cell run from edited
 # sources carries their hash in its keys, so it is never reused as, or reuses, a result of the released code.
 SCORING_VERSION = 22  # 22: a 4-bit model generating on a CPU with AVX512-BF16 computes in its
-# bnb_4bit_compute_dtype (bitsandbytes' repacked kernel computed in bf16); 21: lenient reads a model's final sentence as 19 did ("So, Yoongi has 8 marbles, and he
+# bnb_4bit_compute_dtype (bitsandbytes' repacked kernel computed in bf16);
+# 21: lenient reads a model's final sentence as 19 did ("So, Yoongi has 8 marbles, and he
 # gave 4 away." is 8), which 20 read by the references' rule (no value); in a prose reference a pronoun points back
 # at the result only as its clause's subject before "is"/"was"/"are"/"were"/"equals" or after "of" ("..., and
 # this year he is 13", "..., and it takes 20 seconds to cross the pole" state a second result: no reference), and a
@@ -146,8 +147,8 @@ TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "t
                     "train/fit.py", "train/optimizers.py", "train/rank_allocation.py", "train/compilation.py",
                     "methods.py", "placement.py", "models.py",
                     "train/interrupt.py")  # which steps a resumed run trains (align_to_plan, rewind_to_last_step)
-SCORING_SOURCES_SHA256 = {22: "bb92d0e28c7ebe4e54ed2323149a399010c5ac56c1fcfe41ebe6e848751b33c0"}
-TRAINING_SOURCES_SHA256 = {9: "d2cf500a5169b2f7c6d6a45934631615c11bb84d5107dd8e834d50101fcb345f"}
+SCORING_SOURCES_SHA256 = {22: "e8ba4ba40aa64d1c281f0c40fd9c20b1b1c5c207a40e34c1ebbf59b1041caee2"}
+TRAINING_SOURCES_SHA256 = {9: "51597566b0e6d394d7123f4d83088a457e8067025c7c200db96028c9166a1be5"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

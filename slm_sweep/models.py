@@ -145,8 +145,8 @@ def _from_pretrained(model_cfg: Mapping[str, Any], path: str, **kwargs):
     from transformers import AutoModelForCausalLM
 
     quantization = quantization_config(model_cfg)
-    if quantization is None:
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if quantization is None:  # a checkpoint saved quantized (its config.json says so) loads 4-bit all the same
+        return without_cpu_repacking(AutoModelForCausalLM.from_pretrained(path, **kwargs))
     try:
         model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization, **kwargs)
     except ImportError as err:

@@ -199,10 +199,10 @@ def start_wandb_run(logger_cfg: Mapping[str, Any], name: str, group: str, job_ty
     kwargs = dict(
         project=logger_cfg.get("project", "slm_sweep"),
         entity=logger_cfg.get("entity"),
-        group=group,
+        group=_shortened(group, MAX_NAME_LENGTH),  # run_group and run_name fit already; a sweep's summary run may not
         job_type=job_type,
         tags=sorted({wandb_tag(str(tag)) for tag in (*tags, *_as_tags(logger_cfg.get("tags")))}),
-        name=name,
+        name=_shortened(name, MAX_NAME_LENGTH),
         config=redact(dict(config)),
         dir=str(out_dir),
         id=new_run_id(),

@@ -200,6 +200,22 @@ def test_a_4_bit_model_s_gradients_survive_an_evaluation_pass_on_the_cpu():
         torch.testing.assert_close(after[name], before[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
+def test_a_checkpoint_saved_in_4_bit_loads_without_the_repacking_kernel_too(tmp_path):
+    """A folder whose config.json carries a bitsandbytes quantization (a pre-quantized hub repository) loads 4-bit
+    without model.quantization: bitsandbytes' repacking kernel is off there as well."""
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes: pip install 'slm_sweep[qlora]'")
+    from slm_sweep.methods import is_quantized
+
+    quantized = compose_config(["model=tiny", "method=qlora"])
+    model, tokenizer = load_model_and_tokenizer(quantized.model)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    saved = compose_config(["model=tiny", "model.source=hub", f"model.id={tmp_path}"])  # no model.quantization
+    loaded, _ = load_model_and_tokenizer(saved.model)
+    layers = [m for m in loaded.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    assert is_quantized(loaded) and layers and not any(m.support_avx512bf16_for_cpu for m in layers)
+
+
 def test_a_hub_model_loads_at_the_commit_its_identity_records(monkeypatch, tmp_path):
     """The branch is resolved once, through the local cache (offline here), and the commit is what loads."""
     import huggingface_hub.constants

@@ -561,7 +561,8 @@ def test_report_does_not_import_ml_frameworks(grid, tmp_path):
 
 
 @pytest.mark.parametrize(("count", "text"), [(104_000, "104K"), (134_515_008, "135M"), (1_235_814_400, "1.2B"),
-                                             (2_000_000_000, "2B"), (270_000, "270K"), (999, "999")])
+                                             (2_000_000_000, "2B"), (270_000, "270K"), (999, "999"),
+                                             (999_950, "1M")])
 def test_parameter_counts_read_as_people_write_them(count, text):
     from slm_sweep.report.plots import human_count
 
@@ -569,7 +570,8 @@ def test_parameter_counts_read_as_people_write_them(count, text):
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(42, "42 s"), (7.25, "7.2 s"), (400, "6.7 min"), (600, "10 min"),
-                                               (5400, "1.5 h"), (7200, "2 h"), (0.5, "0.5 s")])
+                                               (5400, "1.5 h"), (7200, "2 h"), (0.5, "0.5 s"),
+                                               (59.9, "1 min"), (3599, "1 h")])
 def test_durations_read_as_people_write_them(seconds, text):
     from slm_sweep.report.plots import human_duration
 

@@ -65,18 +65,19 @@ def test_tiny_grid_sweep_writes_every_cell_and_a_correct_summary(requires_data, 
     """The summary's means, spreads and deltas are of scores that differ between seeds and methods: the built-in
     metrics score the tiny models 0, so the deltas are read on a metric of the working directory (claims_metric)
     that the tiny models' answers score apart, and a learning rate that changes those answers in 3 steps, for
-    each seed otherwise."""
+    each seed otherwise. Which seeds tie depends on the CPU's kernels (those answers are chaotic): three seeds on
+    two models make a row whose seeds all tie everywhere unlikely."""
     # full fine-tuning runs in a multirun in the GPU job's dry run (tests/test_gpu_check.py) and its rows are
     # checked in tests/test_report.py; a baseline and one trained method keep the default suite within its time
     (tmp_path / "last_digit_metric.py").write_text(LAST_DIGIT_METRIC)
-    run_sweep(["model=tiny,tiny_wide", "method=zeroshot,lora", "seed=0,1", "eval.metric_modules=[last_digit_metric]",
+    run_sweep(["model=tiny,tiny_wide", "method=zeroshot,lora", "seed=0,1,2", "eval.metric_modules=[last_digit_metric]",
                "dataset.claims_metric=last_digit", "++method.lr=0.5", "trainer.warmup_steps=0"], tmp_path)
     (sweep,) = sweep_dirs(tmp_path)
     cells = results(sweep)
-    assert len(cells) == 8
+    assert len(cells) == 12
     assert all(c["status"] == "completed" for c in cells.values())
     job_dirs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert len(job_dirs) == 8 and len(set(job_dirs)) == 8
+    assert len(job_dirs) == 12 and len(set(job_dirs)) == 12
     for cell in cells.values():
         assert (cell["dir"] / "predictions.jsonl").is_file() and (cell["dir"] / ".hydra" / "config.yaml").is_file()
         assert cell["dir"].name.endswith(f"-{cell['model']}-{cell['method']}-gsm8k-seed{cell['seed']}")
@@ -99,7 +100,7 @@ def test_tiny_grid_sweep_writes_every_cell_and_a_correct_summary(requires_data, 
     spread, deltas = set(), set()
     for (model, method), row in rows.items():
         # a seed-independent baseline is one computation: it counts once, with no spread over seeds
-        seeds = (0,) if method == "zeroshot" else (0, 1)
+        seeds = (0,) if method == "zeroshot" else (0, 1, 2)
         assert int(row["n"]) == len(seeds) and row["variant"] == "" and row["delta_metric"] == "last_digit"
         for metric in ("accuracy_flexible", "accuracy_last_digit"):
             values = [cells[(model, method, s)]["metrics"][metric] for s in seeds]
@@ -112,7 +113,7 @@ def test_tiny_grid_sweep_writes_every_cell_and_a_correct_summary(requires_data, 
         spread.add(len(set(values)))
         assert int(row["trainable_params"]) == cells[(model, method, 0)]["metrics"]["trainable_params"]
         if method != "zeroshot":
-            zs = statistics.mean(scores[(model, "zeroshot", s)] for s in (0, 1))
+            zs = statistics.mean(scores[(model, "zeroshot", s)] for s in (0, 1, 2))
             deltas.add(statistics.mean(values) - zs)
             assert float(row["delta_zeroshot"]) == pytest.approx(statistics.mean(values) - zs)
             assert (row["below_zeroshot"] == "True") == (statistics.mean(values) < zs)
@@ -121,7 +122,7 @@ def test_tiny_grid_sweep_writes_every_cell_and_a_correct_summary(requires_data, 
             assert row["negative_transfer"] == str(row["below_zeroshot"] == "True" and p_value not in ("", None)
                                                    and float(p_value) < 0.05)
             assert p_value in ("", None) or float(p_value) >= float(row["delta_zeroshot_p"])
-    assert 2 in spread and deltas - {0.0}, "some row's seeds score apart, and some trained row apart from zero-shot"
+    assert max(spread) > 1 and deltas - {0.0}, "some row's seeds score apart, and some trained row apart from zero-shot"
     assert (sweep / "summary.md").read_text().count("tiny_wide") >= 3
     for name in ("accuracy_by_model_gsm8k.png", "accuracy_vs_size_gsm8k.png", "accuracy_vs_trainable_gsm8k.png",
                  "accuracy_vs_train_time_gsm8k.png"):

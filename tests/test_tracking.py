@@ -316,6 +316,21 @@ def offline_run(folder) -> dict:
     return run_data
 
 
+def test_any_run_s_name_and_group_are_cut_to_w_and_b_s_limit(tmp_path, monkeypatch):
+    """A sweep's summary run is named after its folder, which a long hydra.sweep.dir makes as long as it is."""
+    from slm_sweep.tracking import MAX_NAME_LENGTH, start_wandb_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    name, group = "an-experiment-folder-" + "x" * 150 + "-summary", "sweep-summary-" + "y" * 150
+    run = start_wandb_run({"mode": "offline"}, name=name, group=group, job_type="summary", tags=[], config={},
+                          out_dir=tmp_path)
+    run.finish()
+    logged = offline_run(tmp_path)["run"]
+    assert len(logged["name"]) == len(logged["group"]) == MAX_NAME_LENGTH
+    assert logged["name"].startswith(name[:100]) and logged["group"].startswith(group[:100])
+
+
 def test_runs_of_two_configurations_are_told_apart_by_name_and_command_and_found_from_the_summary(tmp_path,
                                                                                                     monkeypatch):
     """``method.r=4,8`` gave two runs named ``tiny-lora-gsm8k-seed0``: a run is named after its group (which holds

@@ -110,22 +110,30 @@ def _percent(value: float | None) -> float:
     return math.nan if value is None else 100 * value
 
 
+def _short_number(value: float) -> str:
+    """One decimal below 10 where it shows (1.2, 6.7), none otherwise (2, 135)."""
+    return f"{value:.1f}" if abs(value) < 10 and round(value, 1) != round(value) else f"{value:.0f}"
+
+
+def _in_units(value: float, units: Sequence[tuple[str, float, float]]) -> str:
+    """``value`` in the first of ``units`` (name, scale, the next unit's size in this one) where it reads below the
+    next unit once rounded (999,950 is 1M, not 1000K)."""
+    for name, scale, next_size in units:
+        text = _short_number(value / scale)
+        if abs(float(text)) < next_size:
+            return text + name
+    name, scale, _ = units[-1]
+    return _short_number(value / scale) + name
+
+
 def human_count(n: float) -> str:
     """A parameter count as people write it: 104K, 135M, 1.2B."""
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            value = n / scale
-            return f"{value:.1f}{unit}" if value < 10 and round(value, 1) != round(value) else f"{value:.0f}{unit}"
-    return f"{n:.0f}"
+    return _in_units(n, (("", 1, 1e3), ("K", 1e3, 1e3), ("M", 1e6, 1e3), ("B", 1e9, math.inf)))
 
 
 def human_duration(seconds: float) -> str:
     """A duration as people write it: 40 s, 6.5 min, 2 h."""
-    for unit, scale in (("h", 3600), ("min", 60)):
-        if abs(seconds) >= scale:
-            value = seconds / scale
-            return f"{value:.1f} {unit}" if value < 10 and round(value, 1) != round(value) else f"{value:.0f} {unit}"
-    return f"{seconds:.1f} s" if abs(seconds) < 10 and round(seconds, 1) != round(seconds) else f"{seconds:.0f} s"
+    return _in_units(seconds, ((" s", 1, 60), (" min", 60, 60), (" h", 3600, math.inf)))
 
 
 class ReadableLogFormatter(LogFormatterSciNotation):
@@ -322,10 +330,10 @@ def plot_accuracy_vs(
     ax.set_title(f"{dataset}: {title}\n{CAVEAT}", fontsize=10)
     _legend(ax)
     ax.grid(alpha=0.3, which="both")
+    if size_axis:  # before the labels: staggered tick labels change the layout the labels are placed on
+        _stagger_tick_labels(fig, ax)
     if annotate:
         _label_models(fig, ax, named)
-    if size_axis:
-        _stagger_tick_labels(fig, ax)
     return _save(fig, path)
 
 

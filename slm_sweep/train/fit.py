@@ -224,13 +224,13 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
         # warning that the data loader cannot does not apply.
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
         before = compile_counters()
-        # read, not assumed from the device: the record shows what training ran under
-        cudnn_attention = (torch.backends.cuda.cudnn_sdp_enabled()
-                           if trainer.strategy.root_device.type == "cuda" else None)
         try:
             shapes = static_shape_count(trainer_cfg) if compiled and compiled.get("static_shapes") else None
             with tracing_settings(shapes) if compiled and "skipped" not in compiled else nullcontext():
                 trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
+            # read as training ends, not assumed from the device: on if training turned it back on
+            cudnn_attention = (torch.backends.cuda.cudnn_sdp_enabled()
+                               if trainer.strategy.root_device.type == "cuda" else None)
             if not throughput.result:  # resumed from a checkpoint of the last step: Lightning trains nothing
                 throughput.result = throughput.summary(trainer)
         finally:
