@@ -722,12 +722,31 @@ def test_the_out_of_domain_heatmap_slants_its_set_names_and_spans_its_colours_ov
     assert all(t.get_window_extent(renderer).y0 >= 0 for t in labels)
 
 
+def labelled_trainable_plot(monkeypatch, tmp_path, rows):
+    """The trainable-parameters plot of ``rows`` as saved: its axes and each label's text and box, no two of which
+    overlap."""
+    import slm_sweep.report.plots as plots
+
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
+    plots.plot_accuracy_vs(rows, "gsm8k", tmp_path / "trainable.png", plots.label_colors(rows),
+                           lambda r: r["trainable_params"], "trainable parameters",
+                           "accuracy vs trainable parameters (fine-tuned methods)", True)
+    fig = figures[0]
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    labels = [(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts]
+    for i, (text, box) in enumerate(labels):
+        for other, other_box in labels[i + 1:]:
+            assert not box.overlaps(other_box), (text, other)
+    return ax, labels
+
+
 def test_a_model_is_named_once_where_its_methods_share_a_point(monkeypatch, tmp_path):
     """LoRA and DoRA of one model train as many parameters: their points nearly coincide on the trainable-parameters
     plot, and a label per point printed the model's name over itself. Such points share one label (full
     fine-tuning's point, far away, keeps its own), and no two labels overlap."""
-    import slm_sweep.report.plots as plots
-
     sizes = {"smollm135": (134_515_008, 896_832), "smollm360": (361_821_120, 2_411_520)}
     means = {("smollm135", "lora"): 0.037, ("smollm135", "dora"): 0.040, ("smollm135", "full"): 0.042,
              ("smollm360", "lora"): 0.202, ("smollm360", "dora"): 0.195, ("smollm360", "full"): 0.125}
@@ -735,27 +754,13 @@ def test_a_model_is_named_once_where_its_methods_share_a_point(monkeypatch, tmp_
              "trainable_params": total if method == "full" else adapter,
              "accuracy_flexible_mean": means[model, method], "accuracy_flexible_std": 0.01}
             for model, (total, adapter) in sizes.items() for method in ("full", "lora", "dora")]
-    figures = []
-    save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
-    plots.plot_accuracy_vs(rows, "gsm8k", tmp_path / "trainable.png", plots.label_colors(rows),
-                           lambda r: r["trainable_params"], "trainable parameters",
-                           "accuracy vs trainable parameters (fine-tuned methods)", True)
-    fig = figures[0]
-    ax = fig.axes[0]
-    renderer = fig.canvas.get_renderer()
-    labels = [(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts]
+    _, labels = labelled_trainable_plot(monkeypatch, tmp_path, rows)
     assert sorted(text for text, _ in labels) == ["smollm135", "smollm135", "smollm360", "smollm360"]
-    for i, (text, box) in enumerate(labels):
-        for other, other_box in labels[i + 1:]:
-            assert not box.overlaps(other_box), (text, other)
 
 
 def test_labels_of_two_models_side_by_side_cover_neither_each_other_nor_a_marker(monkeypatch, tmp_path):
     """Two models' adapters of about one size at about one accuracy put their points side by side: each label
     printed above right covered the other model's label and marker. A label now takes the first free place."""
-    import slm_sweep.report.plots as plots
-
     points = {("smollm360", "lora"): (2_411_520, 0.202), ("qwen05", "lora"): (2_162_688, 0.205),
               ("smollm360", "dora"): (2_535_936, 0.195), ("qwen05", "dora"): (2_269_184, 0.199)}
     rows = [{"model": model, "method": method, "dataset": "gsm8k", "n": 3, "trainable_params": trainable,
@@ -763,20 +768,8 @@ def test_labels_of_two_models_side_by_side_cover_neither_each_other_nor_a_marker
             for (model, method), (trainable, mean) in points.items()]
     rows += [{**row, "method": "full", "trainable_params": size, "accuracy_flexible_mean": 0.12}
              for row, size in ((rows[0], 361_821_120), (rows[1], 494_032_768))]
-    figures = []
-    save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
-    plots.plot_accuracy_vs(rows, "gsm8k", tmp_path / "trainable.png", plots.label_colors(rows),
-                           lambda r: r["trainable_params"], "trainable parameters",
-                           "accuracy vs trainable parameters (fine-tuned methods)", True)
-    fig = figures[0]
-    ax = fig.axes[0]
-    renderer = fig.canvas.get_renderer()
-    labels = [(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts]
+    ax, labels = labelled_trainable_plot(monkeypatch, tmp_path, rows)
     assert sorted(text for text, _ in labels) == ["qwen05", "qwen05", "smollm360", "smollm360"]
-    for i, (text, box) in enumerate(labels):
-        for other, other_box in labels[i + 1:]:
-            assert not box.overlaps(other_box), (text, other)
     markers = ax.transData.transform([(r["trainable_params"], 100 * r["accuracy_flexible_mean"]) for r in rows])
     for text, box in labels:
         assert not any(box.contains(mx, my) for mx, my in markers), text
