@@ -116,14 +116,13 @@ def _short_number(value: float) -> str:
 
 
 def _in_units(value: float, units: Sequence[tuple[str, float, float]]) -> str:
-    """``value`` in the first of ``units`` (name, scale, the next unit's size in this one) where it reads below the
-    next unit once rounded (999,950 is 1M, not 1000K)."""
+    """``value`` in the first of ``units`` (name, scale, the next unit's size in this one; the last unit's is
+    infinite) where it reads below the next unit once rounded (999,950 is 1M, not 1000K)."""
     for name, scale, next_size in units:
         text = _short_number(value / scale)
         if abs(float(text)) < next_size:
             return text + name
-    name, scale, _ = units[-1]
-    return _short_number(value / scale) + name
+    raise ValueError(f"{value} is past the last unit of {units}")
 
 
 def human_count(n: float) -> str:
@@ -367,10 +366,11 @@ def _label_models(fig: Figure, ax, points: Sequence[tuple[str, float, float]]) -
             continue
         labelled.setdefault(model, []).append((px, py))
         for place in _LABEL_PLACES:
-            box = _annotate(ax, model, (x, y), place).get_window_extent(renderer)
+            label = _annotate(ax, model, (x, y), place)
+            box = label.get_window_extent(renderer)
             if not any(box.overlaps(other) for other in taken):
                 break
-            ax.texts[-1].remove()
+            label.remove()
         else:
             box = _annotate(ax, model, (x, y), _LABEL_PLACES[0]).get_window_extent(renderer)
         taken.append(box)
