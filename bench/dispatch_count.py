@@ -11,8 +11,8 @@ value), each of which waits for a GPU. Float32 weights with the forward under bf
     python bench/dispatch_count.py --model smollm135_random --model-override id=.gpu/smollm135
 
 The training step is the project's (``micro_batch_loss`` and its backward, adapters as ``conf/method/*.yaml``
-build them, bf16 weights); the decode step is the static engine's, under the attention it decodes with. Prints
-the counts and each method's ratio to full fine-tuning; --json writes them.
+build them, float32 weights under bf16 autocast); the decode step is the static engine's, under the attention it
+decodes with. Prints the counts and each method's ratio to full fine-tuning; --json writes them.
 """
 
 from __future__ import annotations

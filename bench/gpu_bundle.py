@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / ".gpu"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MANIFEST = "MANIFEST.json"
-# GSM8K and the sets its training is deduplicated against (dataset.dedup.against): without them the grid would
-# train on a few more examples than the study's cells
+# the datasets the grid trains on; data_folders() adds the sets their training is deduplicated against
+# (dataset.dedup.against), without which the grid would train on a few more examples than the study's cells
 DATASET_NAMES = ("gsm8k",)
 CHUNK = 1 << 20
 

@@ -58,8 +58,9 @@ METHODS = ("zeroshot", "fewshot", "full", "lora", "dora")
 TRAINED = ("full", "lora", "dora")
 FLOORS = {"train_tokens_per_s_min": 45_000, "dora_step_over_lora_max": 1.3, "eval_seconds_max": 15.0,
           "slice_seconds_max": 360.0}
-# the batch-invariance check runs only when the evaluation left this much of the eval stage's limit unused
-BATCH_CHECK_QUESTIONS, BATCH_CHECK_AFTER_S = 256, 20.0
+# the batch-invariance check runs only when the evaluation itself took at most this long (and the projected pass
+# fits in what is left of the stage)
+BATCH_CHECK_QUESTIONS, BATCH_CHECK_MAX_EVAL_S = 256, 20.0
 # graphs against eager steps: run when the eager pass, projected at this many times the graphs' pass on CUDA (1x
 # elsewhere, where both passes are eager), fits in what is left of the stage's limit with a margin (measured on an
 # H200 in bf16: 12.5 and 13.6 times)
@@ -134,7 +135,7 @@ def sizes_the_slice(override: str) -> bool:
     return any(key == fixed or key.startswith(fixed + ".") for fixed in SLICE_SIZE_KEYS)
 
 
-def default_timeouts(dry_run: bool, grid_full: bool, job_budget: int) -> list[int]:
+def default_timeouts(dry_run: bool, grid_full: bool) -> list[int]:
     """Seconds per stage when --timeouts is not given: the study's slice (--grid-full) gets GRID_FULL_LIMIT_S from
     its own start, since its floor is the whole run (the other stages share the job's budget)."""
     timeouts = list(DRY_RUN_TIMEOUTS if dry_run else GPU_TIMEOUTS)
@@ -519,7 +520,7 @@ def eval_worker(figures_path: Path, data_root: Path, questions: int, dry_run: bo
     atomic_write_text(figures_path, json.dumps(figures, indent=2, default=str))
     left = time_limit - (time.perf_counter() - WORKER_START) - MARGIN_S
     needed = seconds * min(len(test), BATCH_CHECK_QUESTIONS) / len(test) * BATCH_CHECK_SLOWDOWN
-    if seconds > BATCH_CHECK_AFTER_S or left < needed:
+    if seconds > BATCH_CHECK_MAX_EVAL_S or left < needed:
         figures["batch_invariance"] = {"skipped": f"the evaluation took {seconds:.0f} s; {left:.0f} s left in the "
                                                   f"stage, the pass projected at {needed:.0f} s"}
     else:
@@ -637,7 +638,8 @@ def grid_stage(args, model_overrides, device, work) -> dict:
     else:
         steps = SLICE_STEPS if args.grid_full else (args.grid_steps or GRID_STEPS)
         test_limit = None if args.grid_full else (args.grid_test_limit or GRID_TEST_LIMIT)
-        # the slice generates up to lm-eval's 256 tokens, as the eval stage; --grid-full keeps the cells' 512
+        # the default grid generates up to lm-eval's 256 tokens, as the eval stage; the slice (--grid-full) keeps the
+        # cells' 512
         size = ["trainer=gpu", "eval=gpu", f"trainer.max_steps={steps}",
                 *([f"dataset.test_limit={test_limit}", "eval.max_new_tokens=256"] if test_limit else [])]
     command = [sys.executable, "-m", "slm_sweep", "-m", *model_overrides,
@@ -805,7 +807,7 @@ def main(argv=None) -> int:
     if device == "cpu" and not args.dry_run:
         print("no CUDA device: running the dry run instead (tiny model on the CPU)", flush=True)
         args.dry_run = True
-    args.timeouts = args.timeouts or default_timeouts(args.dry_run, args.grid_full, args.job_budget)
+    args.timeouts = args.timeouts or default_timeouts(args.dry_run, args.grid_full)
     if args.data_root is None:
         args.data_root = BUNDLE / "data" if (BUNDLE / "data" / "gsm8k").is_dir() else ROOT.parent / "shared" / "data"
     args.out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,8 @@ def main(cfg: DictConfig) -> float | None:
     from slm_sweep.identity import pin_running_code
     from slm_sweep.run import global_rank, run
 
-    pin_running_code()  # a sweep's preflight did so already; --help, --cfg and preflight.only never get here
+    # a sweep's preflight did so already; --help, --cfg and a sweep's preflight.only never get here
+    pin_running_code()
 
     use_hydra_search_path()  # dataset files of hydra.searchpath folders serve as ood and dedup sets too
     try:

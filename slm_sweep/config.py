@@ -315,10 +315,12 @@ def _check_accelerator_here(accelerator: str) -> None:
 
 
 def check_classes(cfg: DictConfig, devices: bool = True) -> None:
-    """Import the cell's logger and callback classes, and check its trainer's accelerator and strategy and (with
-    ``devices``) that this machine has the devices it asks for, before any data or model is read: validate_config
-    does not import Lightning or torch, and a misspelt name should not cost a data and a model load first. A
-    sweep's preflight checks the devices apart (a cell that needs CUDA is one to leave out there, not an error)."""
+    """Import the cell's logger classes and, for a trained method, its callback classes and check its trainer's
+    choices (check_trainer_choices); with ``devices``, also that this machine has the devices eval.device and the
+    trainer ask for. All before any data or model is read: validate_config checks logger and callback entries by
+    name only (it imports the callbacks' modules only to hash them: pin_outside_code), and a misspelt name should
+    not cost a data and a model load first. A sweep's preflight checks the devices apart (a cell that needs CUDA is
+    one to leave out there, not an error)."""
     from slm_sweep.placement import PlacementError, resolve_device
     from slm_sweep.tracking import logger_class, logger_entries
     from slm_sweep.train.fit import callback_classes
@@ -554,8 +556,8 @@ def _check_arguments(path: str, entry: Mapping, cls: type, error: type[Exception
 
 
 def _target(path: str, entry: Any, kind: str, options: str) -> str:
-    """The entry's ``_target_``, checked without importing it (validation must not import Lightning): a string
-    whose top-level package is installed."""
+    """The entry's ``_target_``, checked without importing it (target_class, which cells call, imports it): a
+    string whose top-level package is installed."""
     import importlib.util
 
     target = entry.get("_target_") if isinstance(entry, Mapping) else None

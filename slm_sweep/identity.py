@@ -7,7 +7,8 @@
   content, the prompt format (``prompt.style`` as rendered: an explicit ``chat`` where ``auto`` gives chat is
   keyed as ``auto``), the trainer's numeric settings (one spelling per value), the device count when training runs
   on several, the strategy's family unless it is DDP or plain single-device training (FSDP, DeepSpeed: on any
-  number of devices), the configured callbacks other than progress display, the deduplication setting
+  number of devices), the configured callbacks that may change the weights (not those that only display or log),
+  the deduplication setting
   (``dataset.dedup`` without ``on_missing``: a set skipped as unreadable changes the training data's content,
   which is in the key) and the seed. A method that trains nothing has none.
 - The **evaluation key** is the training key (or, untrained, the model's identity) plus what changes the scores:
@@ -147,8 +148,8 @@ TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "t
                     "train/fit.py", "train/optimizers.py", "train/rank_allocation.py", "train/compilation.py",
                     "methods.py", "placement.py", "models.py",
                     "train/interrupt.py")  # which steps a resumed run trains (align_to_plan, rewind_to_last_step)
-SCORING_SOURCES_SHA256 = {22: "e8ba4ba40aa64d1c281f0c40fd9c20b1b1c5c207a40e34c1ebbf59b1041caee2"}
-TRAINING_SOURCES_SHA256 = {9: "51597566b0e6d394d7123f4d83088a457e8067025c7c200db96028c9166a1be5"}
+SCORING_SOURCES_SHA256 = {22: "9a2291ece841e336445c9d213001da828750e9445cace8b96efef7dc694f0b02"}
+TRAINING_SOURCES_SHA256 = {9: "47cf17ba77981b33474b6d5401245f8d96b31b620f58cb6135921d5494e20be0"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.
 TRAINER_NUMERIC_KEYS = ("max_steps", "batch_size", "max_length", "warmup_steps", "weight_decay",

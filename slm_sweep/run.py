@@ -3,8 +3,9 @@
     validate -> load data -> identify (training key, evaluation key) -> reuse a finished cell?
       -> load model (+ method, or trained weights kept by an earlier run) -> train -> place -> evaluate -> write
 
-``run(cfg)`` is what the Hydra entry point calls and what tests call directly. Whatever happens, the cell's
-result.json says so: ``completed``, ``failed`` (with the error), ``diverged`` or ``interrupted``.
+``run(cfg)`` is what the Hydra entry point calls and what tests call directly. Once it starts, the cell records
+how it ended (``completed``, ``failed`` with the error, ``diverged`` or ``interrupted``) in result.json, or in
+result.failed.json beside a finished result; a config error in a single run is raised before anything is written.
 """
 
 from __future__ import annotations
@@ -211,10 +212,6 @@ class CellData:
     splits: Any
     ood_sets: dict[str, list] = field(default_factory=dict)
     sampler: Any = None
-
-    @property
-    def scored(self) -> list:
-        return self.splits.test
 
 
 def load_data(cfg: DictConfig) -> CellData:

@@ -58,7 +58,9 @@ class TrainerSettings:
     # has the kernel (CUDA, CPU)
     fused_adamw: bool | None = None
     gradient_checkpointing: bool = False
-    compile: bool = False  # torch.compile for training (dynamic shapes), compiled during the first step
+    # torch.compile for training (dynamic shapes; static ones with compile_backend=cudagraphs), compiled during the
+    # first step
+    compile: bool = False
     compile_scope: str = "layers"  # layers: each decoder layer, one graph shared by all; model: the whole forward
     # null: torch.compile's default; reduce-overhead (or max-autotune) also replays the step's kernels as CUDA
     # graphs, one per micro-batch shape (pad_to_multiple_of bounds how many), with compile_scope=model only
@@ -169,7 +171,8 @@ class DedupSettings:
     ``against`` sets are removed before training (slm_sweep/data/dedup.py; docs/results.md#deduplication): exact
     duplicates (equal normalised text: lower case, words, numbers and arithmetic signs) and near duplicates (Jaccard
     similarity of character 5-gram sets >= ``near_threshold``). Fixed per dataset, never taken from
-    ``eval.ood_sets``: scoring one more set does not change what is trained. Applies only to trained methods."""
+    ``eval.ood_sets``: scoring one more set does not change what is trained. Applies to trained methods, and to
+    any method scoring the validation split (eval.split=val)."""
 
     enabled: bool = True
     against: list[str] = field(default_factory=lambda: list(STUDY_OOD_SETS))  # besides the dataset's own test split
@@ -185,7 +188,8 @@ class DatasetSettings:
     The defaults are GSM8K's layout; a dataset file sets what differs."""
 
     name: str = MISSING
-    hub: HubSource | None = None  # datasets.load_dataset source, used when neither data_dir nor data_root is given
+    # datasets.load_dataset source, used when data_dir is unset and data_root is unset or has no folder for this set
+    hub: HubSource | None = None
     local: LocalSource | None = None  # null: hub only
     data_dir: str | None = None  # read the local files from this folder instead of the hub
     question: list[str] = field(default_factory=lambda: ["question"])  # field(s) joined into the question text
@@ -222,7 +226,9 @@ class ResumeSettings:
     """Reuse finished work: a cell whose complete result.json with the same identity exists under ``search_dir``
     (one folder or several) is not run again, and one that stopped mid-training resumes from its last checkpoint."""
 
-    enabled: Any = "auto"  # auto: in sweeps (-m) only; true: also for single runs; false: never
+    # auto: in sweeps (-m); a single run resumes only its own folder's checkpoint | true: also for single runs |
+    # false: never
+    enabled: Any = "auto"
     # a folder or a list of folders: where sweeps (multirun/) and single runs (outputs/) write by default
     search_dir: Any = field(default_factory=lambda: ["multirun", "outputs"])
 

@@ -105,7 +105,7 @@ def test_the_static_engine_decodes_a_grouped_query_model_as_model_generate_does(
     prompts = ["Question: 3 + 4 = ?\nAnswer:", "Question: a train leaves at 9 and arrives at 11?\nAnswer:", "Q: 7"]
     seen = []
     static = generate(model, tokenizer, prompts, max_new_tokens=10, engine="static", max_batch_size=2,
-                      on_batch=lambda idx, gens: seen.append(model.config._attn_implementation))
+                      on_done=lambda idx, gens: seen.append(model.config._attn_implementation))
     plain = generate(model, tokenizer, prompts, max_new_tokens=10, engine="plain", max_batch_size=1)
     assert [g.text for g in static] == [g.text for g in plain]
     assert all(g.new_tokens == 10 for g in static)  # random weights: every row runs to the limit, nothing to hide

@@ -365,7 +365,7 @@ def test_each_generation_is_reported_when_it_ends(varied_tiny, zero_shot_prompts
     model, tokenizer = varied_tiny
     seen: list[tuple[int, int]] = []
     generations = _run(model, tokenizer, zero_shot_prompts, engine, max_batch_size=16,
-                       on_batch=lambda indices, gens: seen.extend((i, g.new_tokens) for i, g in zip(indices, gens)))
+                       on_done=lambda indices, gens: seen.extend((i, g.new_tokens) for i, g in zip(indices, gens)))
     assert sorted(i for i, _ in seen) == list(range(16))
     assert [n for _, n in seen] == sorted(g.new_tokens for g in generations)
 
@@ -435,7 +435,7 @@ def test_out_of_memory_in_evaluation_halves_the_batch_and_gives_the_same_answers
     fault = OutOfMemoryAbove(model, rows=4)
     try:
         got = _run(model, tokenizer, zero_shot_prompts, engine, max_batch_size=16, stats=stats,
-                   on_batch=lambda indices, gens: reported.extend(indices))
+                   on_done=lambda indices, gens: reported.extend(indices))
     finally:
         fault.remove()
     assert fault.refused == 2 and stats["oom_halvings"] == 2  # 16 rows fail, then 8, then 4 fit
@@ -462,7 +462,7 @@ def test_out_of_memory_while_slots_are_refilled_keeps_the_answers_already_report
     handle = model.register_forward_pre_hook(fail_once_midway, with_kwargs=True)
     try:
         got = _run(model, tokenizer, many_prompts, "static", max_batch_size=8, stats=stats,
-                   on_batch=lambda indices, gens: reported.extend(indices))
+                   on_done=lambda indices, gens: reported.extend(indices))
     finally:
         handle.remove()
     assert forwards["refused"] == 1 and stats["oom_halvings"] == 1

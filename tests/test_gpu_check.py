@@ -322,10 +322,9 @@ def test_the_grid_judges_its_cells_the_training_floors_and_the_studys_slice():
     assert verdicts["all_on_device"] is False and verdicts["slice_floor_met"] is False
     assert "train_floors" not in gpu_check.grid_verdicts(cells, 300.0, "cpu", full=False)
 
-    budget = gpu_check.JOB_BUDGET_S
-    assert gpu_check.default_timeouts(False, True, budget)[2] == gpu_check.GRID_FULL_LIMIT_S
-    assert gpu_check.default_timeouts(False, False, budget) == list(gpu_check.GPU_TIMEOUTS)
-    assert gpu_check.default_timeouts(True, True, budget) == list(gpu_check.DRY_RUN_TIMEOUTS)
+    assert gpu_check.default_timeouts(False, True)[2] == gpu_check.GRID_FULL_LIMIT_S
+    assert gpu_check.default_timeouts(False, False) == list(gpu_check.GPU_TIMEOUTS)
+    assert gpu_check.default_timeouts(True, True) == list(gpu_check.DRY_RUN_TIMEOUTS)
     # a method whose frames failed to compile ran eagerly: its rate is named as not its settings'
     cells["lora"] = {**cell("lora", 50_000, 0.08), "compiled": {"scope": "model", "failed_frames": 2}}
     floors = gpu_check.grid_verdicts(cells, 300.0, "cuda", full=True)["train_floors"]

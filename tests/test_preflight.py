@@ -195,10 +195,10 @@ def test_plan_leaves_out_missing_swept_values_and_ood_sets(requires_data, compos
     assert any(line.startswith("training is not deduplicated against gsm_hard, mawps_addsub") for line in
                plan.summary_lines())
     # the cells that will run, by their swept values
-    assert len(plan.to_run) == 6 and plan.to_json()["cells"] == plan.to_run
+    assert len(plan.planned) == 6 and plan.to_json()["cells"] == plan.planned
     assert plan.computations == 4  # zero-shot once for seeds 0, 1, 2; LoRA per seed
-    assert all("model=tiny" in c and "dataset=gsm8k" in c for c in plan.to_run)
-    assert {c.split("method=")[1].split()[0] for c in plan.to_run} == {"zeroshot", "lora"}
+    assert all("model=tiny" in c and "dataset=gsm8k" in c for c in plan.planned)
+    assert {c.split("method=")[1].split()[0] for c in plan.planned} == {"zeroshot", "lora"}
     apply_plan(cfg, plan)
     assert dict(cfg.hydra.sweeper.params) == {"model": "tiny", "method": "zeroshot,lora"}
     assert list(cfg.hydra.overrides.task) == [f"data_root={tmp_path}", "dataset=gsm8k", "seed=0,1,2",
@@ -248,11 +248,11 @@ def test_plan_refuses_a_fixed_missing_value_nothing_left_or_refuse_mode(requires
     warn = plan_grid(sweep_config([root, "model=tiny", "dataset=gsm8k,orcamath"], on_missing="warn"), composer)
     assert warn.refused is None and [c.name for c in warn.missing] == ["orcamath"]
     # warn runs the grid as asked: nothing left out, every cell listed, even when no cell could read its data
-    assert warn.left_out == {} and len(warn.to_run) == warn.cells == 2 and warn.summary_lines()[0].startswith(
+    assert warn.left_out == {} and len(warn.planned) == warn.cells == 2 and warn.summary_lines()[0].startswith(
         "missing: dataset orcamath")
     all_missing = plan_grid(sweep_config([root, "model=smollm135,qwen05", "method=zeroshot"], on_missing="warn"),
                             composer)
-    assert all_missing.refused is None and len(all_missing.to_run) == 2
+    assert all_missing.refused is None and len(all_missing.planned) == 2
     # a refused grid still lists every planned cell for preflight.only, those that need something missing marked
     listing = nothing.listing(Path("plan.json"))
     assert listing[0].startswith("preflight.only: the grid of 2 cells is refused (2 need something missing")
@@ -307,7 +307,7 @@ def test_a_tuned_rate_of_a_missing_model_leaves_that_model_out_instead_of_stoppi
                                    f"tuning.table={table}", "prompt.style=chat"],
                                   params={"model": "tiny,smollm135"}), composer)
     assert plan.refused is None and plan.left_out == {"model": ["smollm135"]}
-    assert len(plan.to_run) == 1 and "model=tiny" in plan.to_run[0]
+    assert len(plan.planned) == 1 and "model=tiny" in plan.planned[0]
     # the cell's other settings are still checked: a bad one is named now, not when the cell starts
     bad = plan_grid(sweep_config([f"data_root={DATA_ROOT}", "method=lora", "tuning.lr=tuned", f"tuning.table={table}",
                                   "prompt.style=chat", "model=smollm135", "trainer.max_steps=-3"]), composer)
@@ -330,7 +330,7 @@ def test_a_gpu_grid_submitted_to_slurm_from_a_machine_without_cuda_keeps_its_tra
         plan = plan_grid(cfg, composer)
         assert (plan.refused is not None) == refused, launcher
         if not refused:
-            assert plan.cells == 2 and len(plan.to_run) == 2 and not plan.missing
+            assert plan.cells == 2 and len(plan.planned) == 2 and not plan.missing
             device = next(c for c in plan.checked if c.kind == "device")
             assert device.ok and "not checked here: SlurmLauncher runs the cells on other machines" in device.line()
 
@@ -371,7 +371,7 @@ def test_each_trainer_of_a_grid_is_checked_for_the_device_it_needs(requires_data
     plan = plan_grid(sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=lora", f"trainer={order}"]),
                      composer)
     assert plan.refused is None
-    assert plan.left_out == {"trainer": ["gpu"]} and plan.to_run == ["trainer=default"]
+    assert plan.left_out == {"trainer": ["gpu"]} and plan.planned == ["trainer=default"]
 
 
 def test_a_tuned_rate_a_cell_cannot_take_is_a_config_error_before_any_runs(requires_data, composer, tmp_path):
@@ -808,10 +808,10 @@ def test_a_malformed_preflight_record_is_no_plan(tmp_path, text):
 
     (tmp_path / "preflight.json").write_text(text)
     assert read_plan(tmp_path) is None and sweep_sections([tmp_path]) == []
-    listing = preflight.Plan("skip", BASIC_SWEEPER, cells=1, to_run=["method=zeroshot"], only=True)
+    listing = preflight.Plan("skip", BASIC_SWEEPER, cells=1, planned=["method=zeroshot"], only=True)
     assert preflight.write_plan(listing, tmp_path).name == "preflight-not-run.json"
     assert (tmp_path / "preflight.json").read_text() == text
-    preflight.write_plan(preflight.Plan("skip", BASIC_SWEEPER, cells=1, to_run=["method=zeroshot"]), tmp_path)
+    preflight.write_plan(preflight.Plan("skip", BASIC_SWEEPER, cells=1, planned=["method=zeroshot"]), tmp_path)
     assert read_plan(tmp_path)["cells"] == ["method=zeroshot"]
     # over the plan of a launch that ran cells, a listing and a refused launch write beside it
     ran = (tmp_path / "preflight.json").read_text()

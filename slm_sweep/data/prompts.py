@@ -85,8 +85,8 @@ def build_prompt(tokenizer, question: str, shots: Sequence[QA] = (), style: str 
 
 
 def build_target(tokenizer, answer: str, style: str) -> str:
-    """The text the model is trained to produce after the prompt: the answer and the token that ends it
-    (``end_of_turn``)."""
+    """The text the model is trained to produce after the prompt: in the chat style the answer and the token that
+    ends its turn (``end_of_turn``); in the plain style a space, the answer and the tokenizer's EOS."""
     if style == "plain":
         return PLAIN_TARGET_DELIMITER + answer + (tokenizer.eos_token or "")
     return answer + end_of_turn(tokenizer)

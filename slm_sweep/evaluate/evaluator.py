@@ -36,9 +36,9 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
              eval_set: str, tolerance: float | None = None, progress: bool = True) -> tuple[list[dict], dict]:
     """Generate for every prompt and score it; returns (prediction records in input order, metrics).
 
-    ``eval_cfg`` keys (conf/eval/default.yaml): max_new_tokens, stop, token_budget, max_batch_size, and optionally
-    engine (static | cache | plain), cuda_graphs, prefill_batch_size. The model generates where it is: the caller
-    places it (``slm_sweep.placement``).
+    ``eval_cfg`` keys (EvalSettings in slm_sweep/settings.py, whose defaults fill any left out): max_new_tokens,
+    stop, token_budget, max_batch_size, engine (static | cache | plain), cuda_graphs, prefill_batch_size,
+    generation_config. The model generates where it is: the caller places it (``slm_sweep.placement``).
     """
     from tqdm.auto import tqdm
 
@@ -46,7 +46,7 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
     scored: dict[int, dict[str, Any]] = {}
     correct = dict.fromkeys(METRICS, 0)
 
-    def on_batch(indices, gens):
+    def on_done(indices, gens):
         for i, g in zip(indices, gens):
             scored[i] = score_output(g.text, examples[i].reference, tolerance)
             for mode in correct:
@@ -63,7 +63,7 @@ def evaluate(model, tokenizer, examples: Sequence, prompts: Sequence[str], eval_
         stop=list(eval_cfg.get("stop", _DEFAULTS.stop) or []),
         token_budget=int(eval_cfg.get("token_budget", _DEFAULTS.token_budget)),
         max_batch_size=int(eval_cfg.get("max_batch_size", _DEFAULTS.max_batch_size)),
-        on_batch=on_batch,
+        on_done=on_done,
         engine=str(eval_cfg.get("engine") or _DEFAULTS.engine),
         cuda_graphs=bool(eval_cfg.get("cuda_graphs", _DEFAULTS.cuda_graphs)),
         prefill_batch_size=eval_cfg.get("prefill_batch_size", _DEFAULTS.prefill_batch_size),

@@ -20,9 +20,11 @@ always passes a mask, so grouped-query attention takes another SDPA path than un
 
 Prompt encoding and stopping follow lm-evaluation-harness's HF backend (``HFLM.generate_until``): the tokenizer's
 default special tokens unless the prompt already starts with the BOS text; prompts left-truncated to the context
-window minus ``max_new_tokens``; the model's ``generation_config.eos_token_id`` ends a sequence; a stop string ends
-it when it appears in the decoded continuation (special tokens included, as lm-eval's stopping criterion decodes);
-the answer is the continuation decoded without special tokens and cut at the first stop string.
+window minus ``max_new_tokens``; the model's ``generation_config.eos_token_id``, the tokenizer's EOS and the chat
+template's end-of-turn token end a sequence (``stopping.eos_token_ids``; lm-eval stops at the first two, the EOS as
+a stop string); a stop string ends it when it appears in the decoded continuation (special tokens included, as
+lm-eval's stopping criterion decodes); the answer is the continuation decoded without special tokens and cut at the
+first stop string.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ _UNSUPPORTED_PROCESSORS = ("no_repeat_ngram_size", "bad_words_ids", "suppress_to
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256, stop: Sequence[str] = (),
              token_budget: int = 65536, max_batch_size: int = 64,
-             on_batch: Callable[[list[int], list[Generation]], None] | None = None,
+             on_done: Callable[[list[int], list[Generation]], None] | None = None,
              engine: str = "static", cuda_graphs: bool = False,
              prefill_batch_size: int | None = None, stats: dict | None = None,
              generation_config: str = "model") -> list[Generation]:
@@ -73,7 +75,8 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
     same for every model. Decoding is greedy either way (sampling and beam search, ``ALWAYS_GREEDY``, are set
     aside), and ``stats["generation_config_ignored"]`` lists what was set aside.
 
-    ``on_batch(indices, generations)`` sees the generations as they finish, a row at a time.
+    ``on_done(indices, generations)`` is called once per finished row, with its index and generation (lists of
+    one).
 
     ``static`` decodes every prompt through one set of slots (see ``slot_count``), a slot taking the next prompt
     as soon as its sequence ends; the other engines decode one token-budget batch at a time. Running out of
@@ -134,7 +137,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
             for batch, size in runs:
                 indices = [pending[j] for j in batch]
                 rows = [encoded[i] for i in indices]
-                done = _reporter(indices, results, tokenizer, settings.stop_check, on_batch)
+                done = _reporter(indices, results, tokenizer, settings.stop_check, on_done)
                 try:
                     with weight_first_linears(model):
                         if engine == "static":
@@ -179,13 +182,13 @@ def graph_report(requested: bool, engine: str, model, graphs: GraphUse) -> dict:
     return {"requested": bool(requested), "captured": graphs.captured, "failure": graphs.failure, "not_used": reason}
 
 
-def _reporter(indices: list[int], results: list, tokenizer, stop_check: StopCheck, on_batch) -> RowDone:
+def _reporter(indices: list[int], results: list, tokenizer, stop_check: StopCheck, on_done) -> RowDone:
     """The ``done`` callback of one batch: decode the row's tokens, store and report them under its index."""
 
     def done(row: int, tokens: list[int]) -> None:
         results[indices[row]] = generation = to_generation(tokenizer, tokens, stop_check)
-        if on_batch:
-            on_batch([indices[row]], [generation])
+        if on_done:
+            on_done([indices[row]], [generation])
 
     return done
 

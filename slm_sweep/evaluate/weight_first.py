@@ -36,7 +36,9 @@ def _weight_first(layer: torch.nn.Linear, max_rows: int):
 def weight_first_linears(model) -> Iterator[None]:
     """Within the block, the model's plain ``nn.Linear`` layers on the CPU compute few-row products weight-first
     (the output layer up to ``OUTPUT_LAYER_MAX_ROWS`` rows, the others up to ``LAYER_MAX_ROWS``); nothing
-    changes on other devices, for quantized or adapter layers (subclasses), or after the block."""
+    changes on other devices, for quantized layers (``nn.Linear`` subclasses), or after the block. An unmerged
+    adapter's own linears (PEFT's ``lora_A``, ``lora_B``, and a plain ``base_layer``) are plain ``nn.Linear`` and
+    are patched too (evaluation merges adapters first, except on quantized weights)."""
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     patched = []
     try:

@@ -109,8 +109,10 @@ def write_report(
     the same); None: ``claims_metrics`` is for both, by the set's name (``--claims-metric``).
 
     Raises FileNotFoundError when a directory does not exist, NoResultsError (a FileNotFoundError) when no
-    result.json is found at all, and ClaimsError (a ValueError) for a claims file that cannot be used, before
-    anything is written. Returns a dict with the written paths (``summary_csv``, ``summary_ood_csv``,
+    result.json is found at all, ClaimsError (a ValueError) for a claims file that cannot be used, and
+    ReportError (a ValueError) for files in ``out_dir`` that no report wrote, a ``claims_metrics`` entry the
+    records do not have, or seeds of one row that scored different numbers of questions, before anything is
+    written. Returns a dict with the written paths (``summary_csv``, ``summary_ood_csv``,
     ``summary_md``, ``plots``, with claims ``claims_md``, ``claims_csv``, ``claims_json``, and ``report_json``;
     all of them in ``files``), the earlier report's files it ``removed`` (report.json's ``removed``), the
     summary ``rows`` and ``ood_rows``, the ``markdown`` text, the ``claims`` report (or None), report.json's

@@ -2,7 +2,8 @@
 [--claims-metric NAME=METRIC ...]``: write and print the sweep report.
 
 Exit code 0 on success, 2 when a directory does not exist, no result.json is found, the claims file cannot
-be used, or a --claims-metric names a set or a metric the results do not have.
+be used, a --claims-metric names a set or a metric the results do not have, the --out folder holds a summary,
+claims or report.json file that no report wrote, or the seeds of one row scored different numbers of questions.
 """
 
 from __future__ import annotations

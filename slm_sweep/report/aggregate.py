@@ -555,7 +555,8 @@ def _accuracy_columns(entries: Sequence[dict[str, Any]], metrics: Sequence[str])
 
 
 def _test_name(test: PairedTest) -> str:
-    """The test's name, or why there is none: no per-question data, or rows scored on different questions."""
+    """The test's name, or why there is none: rows scored on different questions, rows scored differently, or else
+    no per-question data."""
     if test.test:
         return test.test
     for kind in (DIFFERENT_QUESTIONS, DIFFERENT_SCORING):

@@ -476,15 +476,16 @@ def collect(dirs: Sequence[str | os.PathLike]) -> Collection:
     return collection
 
 
-# settings a cell resolves before its keys are known (run.resolve_lr, the key's prompt style), which a record
-# written before that holds as configured
+# settings a cell resolves before its keys are known (the learning rate: resolve_lr, which run.run calls before the
+# keys; the key's prompt style), which a record written before that holds as configured
 RESOLVED_BEFORE_KEYS = ("method.lr", "prompt.style")
 
 
 def unresolved_settings(attempt: Mapping[str, Any]) -> tuple[str, ...]:
     """What of ``RESOLVED_BEFORE_KEYS`` a record without keys holds as configured: all of it for one refused before
-    run.resolve_lr (no ``learning_rate`` entry, ``_refused_cell``); the prompt style only for one that failed after
-    (a hub error in load_data, a preemption), whose config holds the rate it resolved; nothing for one with keys."""
+    the rate was resolved (resolve_lr in run.run; no ``learning_rate`` entry, ``_refused_cell``); the prompt style
+    only for one that failed after (a hub error in load_data, a preemption), whose config holds the rate it
+    resolved; nothing for one with keys."""
     if attempt.get("identity"):
         return ()
     return RESOLVED_BEFORE_KEYS if "learning_rate" not in attempt else ("prompt.style",)

@@ -289,7 +289,8 @@ def plot_accuracy_vs(
     write_x: Callable[[float], str] | None = None,
 ) -> Path | None:
     """Accuracy (``plotted_metric``) against a positive quantity on a log axis, one line per method;
-    ``size_axis``: the quantity is the models' sizes, which carry the ticks (``_size_axis``); ``write_x``: how the
+    ``size_axis``: the quantity is the models' sizes, which carry the ticks (``_size_axis``), on a log axis only
+    where they span more than LOG_SIZE_SPAN; ``write_x``: how the
     axis's labels write the quantity (``human_count``), matplotlib's powers of ten without it."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()

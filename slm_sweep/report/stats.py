@@ -82,7 +82,7 @@ def describe(values: Sequence[float]) -> tuple[float | None, float | None, float
 
 def wilson_interval(p: float | None, n: int | None, z: float = _Z_975) -> tuple[float | None, float | None]:
     """95% Wilson score interval of an accuracy ``p`` measured on ``n`` questions: the test set's own sampling
-    noise (about ±2.5 points at 50 % on GSM8K's 1319 questions), which no number of seeds averages away."""
+    noise (about ±2.7 points at 50 % on GSM8K's 1319 questions), which no number of seeds averages away."""
     if p is None or not n:
         return None, None
     if not math.isfinite(p):
@@ -447,7 +447,7 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
 class PairedTest:
     """A paired comparison of two rows (first minus second) on the questions both scored."""
 
-    test: str | None  # MCNEMAR, SEEDS_AND_QUESTIONS, or None when there is no per-question data
+    test: str | None  # MCNEMAR, SEEDS_AND_QUESTIONS, POOLED, or None when there is no test (``reason`` says why)
     p_value: float | None
     difference: float | None  # mean accuracy of the first side minus the second, on the paired questions
     # (1 - alpha) interval of the difference (one seed each: paired_difference_interval, else

@@ -84,7 +84,7 @@ class Preflight(Callback):
         from slm_sweep.identity import pin_running_code
         from slm_sweep.tune import check_search_scoring
 
-        if not OmegaConf.select(config, "preflight.only", default=False):  # a dry run imports no torch
+        if not OmegaConf.select(config, "preflight.only", default=False):  # a dry run runs no cell: no code to pin
             pin_running_code()  # before the preflight computes any key: the code the sweep's cells will run
 
         try:

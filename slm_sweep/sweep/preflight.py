@@ -5,7 +5,8 @@ Each item is looked for where a cell would read it: a local folder (``dataset.da
 gated models with access). ``plan_grid`` enumerates the grid's jobs the way Hydra's BasicSweeper does, checks each
 distinct item once, and says which swept values to leave out; ``apply_plan`` rewrites the sweep config to match.
 
-No torch here: this runs in the Hydra process before any cell starts.
+Runs in the Hydra process before any cell starts; validating the cells imports torch and Lightning, but no model
+is loaded.
 """
 
 from __future__ import annotations
@@ -333,7 +334,9 @@ class Checker:
         return self._once([kind, name, data_root, roles], check_dataset, spec, self.hub, data_root, roles, kind=kind)
 
     def cell(self, cfg: DictConfig) -> tuple[list[Check], list[Check]]:
-        """(blocking problems: model and training dataset; out-of-domain sets that cannot be read)."""
+        """The checks that failed, as (those that stop the cell: its model, training dataset, bitsandbytes for a
+        BitsAndBytesConfig, a CUDA device it asks for, dedup sets under dataset.dedup.on_missing=error; its
+        out-of-domain sets)."""
         from slm_sweep.data.specs import DEDUP_DEFAULTS, DEFAULTS, known_datasets, train_split_use
 
         model = _plain(cfg.model)
@@ -396,7 +399,8 @@ def quantized_with_bitsandbytes(model: Mapping[str, Any]) -> bool:
 
 def check_quantization_library(alternative: str) -> Check:
     """bitsandbytes installed, which a model quantized by it needs; ``alternative``: the fix other than
-    installing it."""
+    installing it. Asked only for a BitsAndBytesConfig (quantized_with_bitsandbytes): another quantization
+    config's library is not checked here (building the config, or loading the model, says it is missing)."""
     return check_library("bitsandbytes", "model.quantization (BitsAndBytesConfig: method=qlora, 4- and 8-bit "
                          "loading)", f"pip install 'slm_sweep[qlora]' (a CUDA GPU), {alternative}")
 
@@ -431,10 +435,12 @@ class Plan:
     reasons: dict[str, str] = field(default_factory=dict)  # "dataset=orcamath" / "ood set svamp" -> missing line
     config_errors: dict[str, list[str]] = field(default_factory=dict)  # error -> the cells (overrides) it hits
     refused: str | None = None
-    to_run: list[str] = field(default_factory=list)  # each cell that will run, as its swept overrides
+    # the cells that will run, as their swept overrides; for a refused grid, every cell planned (blocked: those that
+    # cannot start)
+    planned: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)  # each cell that cannot start, as its overrides
     lacking: int = 0  # of those, the cells that need something missing
-    computations: int = 0  # of those, the ones computed: a seed-independent baseline once over its seeds
+    computations: int = 0  # of the cells to run, the ones computed: a seed-independent baseline once over its seeds
     # a launcher that starts cells together, under which a baseline's seeds would start before its first finished
     concurrent_seeds: str | None = None
     # trained cells with tuning.lr=tuned that the tuned table has no rate for (they train at method.lr), and it
@@ -499,8 +505,8 @@ class Plan:
             "reasons": self.reasons,
             "config_errors": self.config_errors,
             "refused": self.refused,
-            "cells": [] if self.refused else self.to_run,
-            "cells_planned_list": self.to_run if self.refused else None,
+            "cells": [] if self.refused else self.planned,
+            "cells_planned_list": self.planned if self.refused else None,
             "cells_blocked": self.blocked,
             "computations": 0 if self.refused else self.computations,
             "untuned_cells": self.untuned,
@@ -521,14 +527,14 @@ class Plan:
                                else [])])
             head = f"preflight.only: the grid of {self.cells} cells is refused ({why}, marked !); nothing ran (plan: {path})"
             blocked = set(self.blocked)
-            return [head, *(f"{'!' if cell in blocked else ' '} {cell}" for cell in self.to_run)]
+            return [head, *(f"{'!' if cell in blocked else ' '} {cell}" for cell in self.planned)]
         to_run = self.cells - self.left_out_cells
         shared = (f" ({self.computations} computed: a zero- or few-shot baseline is computed once per model and "
                   f"dataset and copied to each seed)" if self.computations and self.computations < to_run else "")
         head = f"preflight.only: {to_run} of {self.cells} cells would run{shared}; nothing ran (plan: {path})"
         if self.sweeper != BASIC_SWEEPER:
             return [f"{head}; the search ({self.sweeper.rsplit('.', 1)[-1]}) chooses its trials as it goes"]
-        return [head, *(f"  {cell}" for cell in self.to_run)]
+        return [head, *(f"  {cell}" for cell in self.planned)]
 
 
 def _base_key(key_element: str) -> str:
@@ -598,9 +604,9 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
 
     cells = [_composed_cell(compose, [f"{k}={job[k]}" for k in keys], plan, label=label(job)) for job in jobs]
     # every planned cell, those that cannot start marked, for preflight.only's listing even of a refused grid
-    plan.to_run = [label(job) for job in jobs]
+    plan.planned = [label(job) for job in jobs]
     stopped = {c for cells in (*plan.missing_rates.values(), *plan.config_errors.values()) for c in cells}
-    plan.blocked = [cell for cell in plan.to_run if cell in stopped]
+    plan.blocked = [cell for cell in plan.planned if cell in stopped]
     if plan.config_errors:  # a cell that cannot be composed cannot be checked
         return _refuse_config(plan)
     verdicts: dict[tuple, tuple[list[Check], list[Check], list[str]]] = {}
@@ -615,7 +621,7 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
     # every planned cell and the ones that need something missing: listed even for a grid that is refused
     blocked = [bool(v[0]) for v in verdict]
     plan.lacking = sum(blocked)
-    plan.blocked = [cell for cell, b in zip(plan.to_run, blocked) if b or cell in stopped]
+    plan.blocked = [cell for cell, b in zip(plan.planned, blocked) if b or cell in stopped]
     if plan.missing_rates:  # refused for its rates, what else the cells need named beside them
         return _refuse_config(plan)
     if on_missing == "refuse" and plan.missing:
@@ -646,7 +652,7 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
     else:
         alive = jobs
 
-    plan.to_run = [label(job) for job in alive]
+    plan.planned = [label(job) for job in alive]
     plan.computations = len({_computation(job, cell) for job, cell in zip(jobs, cells) if job in alive})
     plan.concurrent_seeds = _concurrent_seeds(cfg, swept, plan.computations < len(alive))
     kept = [v for job, v in zip(jobs, verdict) if job in alive]

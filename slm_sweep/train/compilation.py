@@ -6,7 +6,8 @@ one. With frozen embeddings (LoRA, DoRA) the first layer's input would need no g
 which makes a second graph; the embeddings' output is marked as needing one instead (transformers'
 ``enable_input_require_grads``), at the cost of the first layer's input gradient. ``model`` compiles the whole
 forward as one graph, whose trace grows with the layers unless they are regions (below; SmolLM2-135M with
-Inductor on this CPU, unrolled: eleven minutes against one for the layers scope; docs/performance.md).
+Inductor on this CPU, unrolled: eleven minutes against under one for the layers scope, measured before the single
+trace; docs/performance.md).
 ``trainer.compile_mode=reduce-overhead`` with the model scope also records the step's forward and backward as CUDA
 graphs and replays them: a small model's step on a GPU is bound by the host's
 dispatch of its kernels (docs/performance.md, "First run on an H200"), which a replay leaves out. A graph is
@@ -20,8 +21,9 @@ the next layer reads.
 With the model scope each decoder layer is marked as a nested compile region (``torch.compiler.
 nested_compile_region``; ``trainer.compile_regions``): Dynamo traces one layer and stamps it out for the others
 instead of unrolling all of them (SmolLM2-135M, LoRA, cudagraphs backend, on this CPU: a warm-up of 40 s against
-72 s; docs/performance.md). A graph break inside a region is an error, not a break: the layers compile without
-any (``graph_breaks``), and with gradient checkpointing or a quantized model they are traced unrolled.
+72 s, measured before static shapes; docs/performance.md). A graph break inside a region is an error, not a
+break: the layers compile without any (``graph_breaks``), and with gradient checkpointing or a quantized model
+they are traced unrolled.
 
 ``fit`` trains a compiled model under ``tracing_settings()``, which specialize on the modules' float constants
 (norm epsilons, attention and LoRA scalings, dropout probabilities): traced as symbols, as torch.compile does with

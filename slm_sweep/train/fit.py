@@ -102,8 +102,8 @@ def build_data(train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
 
 def build_module(model, trainer_cfg: Mapping[str, Any], method_cfg: Mapping[str, Any],
                  compiled: dict | None = None, seed: int = 0) -> CausalLMModule:
-    """The training module; ``compiled`` is what ``prepare_model`` compiled (its mode decides whether the module
-    must keep the step safe for CUDA-graph replays)."""
+    """The training module; ``compiled`` is what ``prepare_model`` compiled (its mode or backend decides whether
+    the module must keep the step safe for CUDA-graph replays)."""
     replays_graphs = bool(compiled) and graph_replaying_setting(compiled.get("mode"), compiled.get("backend")) is not None
     problem = graph_replay_step_problem(trainer_cfg) if replays_graphs else None
     if problem:
@@ -189,8 +189,9 @@ def fit(model, train: Sequence[dict], val: Sequence[dict], trainer_cfg: Mapping[
     Training resumes from ``resume_from``, else (``resume_own``) from the checkpoint ``out_dir`` holds; with
     ``resume_own=False`` (``resume.enabled=false``) and no ``resume_from`` it starts afresh.
 
-    The Trainer's callbacks: the throughput monitor (what result.json reports) and the checkpoint callback (what
-    resume reads), which every cell has; those of ``callbacks_cfg`` (conf/callbacks/); then ``extra_callbacks``.
+    The Trainer's callbacks: the throughput monitor (what result.json reports), those of ``callbacks_cfg``
+    (conf/callbacks/), then ``extra_callbacks``; with ``trainer.checkpoint_every_n_steps``, the checkpoint callback
+    (what resume reads).
     """
     out_dir = Path(out_dir)
     upcast = trainable_in_float32(model, str(trainer_cfg.get("precision", "32-true")))

@@ -27,7 +27,7 @@ class CheckpointOnInterrupt(L.Callback):
     def __init__(self, checkpoint_path: str | Path):
         self.checkpoint_path = Path(checkpoint_path)
         # training: while Lightning's own SIGTERM handler is in place (set up after on_fit_start and the restore of
-        # a checkpoint, taken down after on_train_end), which stops training at the end of a step
+        # a checkpoint, taken down after on_train_end), which stops training at the end of the current micro-batch
         self.training = False
         # started: the restore of a checkpoint has finished (it sets the step before the optimizer's and the
         # scheduler's state), so the state in hand is whole; still true in the validation pass on the final
@@ -139,7 +139,7 @@ def sigterm_as_interrupt(callback: CheckpointOnInterrupt | None = None):
 
     def handler(signum, frame):
         if callback is not None and callback.training:
-            return  # Lightning's handler stops training at the end of the step
+            return  # Lightning's handler stops training at the end of the current micro-batch
         raise KeyboardInterrupt(f"received signal {signum}")
 
     try:

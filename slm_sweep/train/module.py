@@ -92,9 +92,10 @@ class CausalLMModule(L.LightningModule):
     accumulate until the batch marked ``last_in_step``, then the optimizer steps. The loss is read back from the
     device only every ``log_every_n_steps`` steps, so the host never waits on the accelerator in between.
 
-    Out of accelerator memory on one device, the step starts over: its gradients are dropped and its
-    micro-batches so far are replayed cut in halves (and every later micro-batch too). The step's sequences and
-    the loss normalisation stay the same, so the effective batch and the gradient do not change.
+    Out of accelerator memory in a single-device run (without CUDA-graph replay), the step starts over: its
+    gradients are dropped and its micro-batches so far are replayed cut in halves (and every later micro-batch
+    too). The step's sequences and the loss normalisation stay the same, so the effective batch and the gradient
+    do not change.
     """
 
     def __init__(self, model, lr: float, weight_decay: float = 0.0, warmup_steps: int = 0,

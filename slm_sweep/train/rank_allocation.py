@@ -95,11 +95,12 @@ def training_problem(model, trainer_cfg: Mapping[str, Any], whole_model_compiled
                      replaying: str | None) -> str | None:
     """Why such adapters cannot train under these trainer settings (None: they can). Refused, each for a reason:
     float16 (a step its loss scaler skips leaves non-finite gradients, which the reallocation would carry in its
-    importance averages for the rest of the run, masking nothing), a sharding strategy (the reallocation reads
-    each adapter whole), compiling the whole model (its trace fails in Dynamo on the regularizer's loop over the
-    weights; ``whole_model_compiled`` also where the layers scope finds no repeated layers) and a step replayed as
-    CUDA graphs (``replaying``: the setting that asks for it), which would hold the regularizer's state of its
-    recording while the reallocation rewrites weights between replays, which nothing here has checked."""
+    importance averages for the rest of the run, masking nothing), an FSDP strategy (the reallocation reads each
+    adapter whole; DeepSpeed is not checked), compiling the whole model (its trace fails in Dynamo on the
+    regularizer's loop over the weights; ``whole_model_compiled`` also where the layers scope finds no repeated
+    layers) and a step replayed as CUDA graphs (``replaying``: the setting that asks for it), which would hold the
+    regularizer's state of its recording while the reallocation rewrites weights between replays, which nothing
+    here has checked."""
     if rank_allocation(model) is None and not adds_loss_regularizer(model):
         return None
     kind = f"{type(_tuner(model)).__name__}'s adapters (a rank reallocation after each step, a loss regularizer)"
