@@ -405,12 +405,12 @@ def test_a_grid_that_refuses_untuned_cells_is_refused_at_once_one_line_per_missi
     import yaml
 
     from slm_sweep.identity import TRAINING_CODE_VERSION
-    from slm_sweep.tune.trained_with import _cell_config, tuned_under
+    from slm_sweep.tune.trained_with import cell_config, tuned_under
 
     table = tmp_path / "lr.yaml"
     # lora's rate as the tune command writes it: with the search record a refusing grid asks for
     searched = composer([f"data_root={DATA_ROOT}", "model=tiny", "method=lora"])
-    record = {"config": _cell_config(searched), "identity": {"parts": {"training": {"code": TRAINING_CODE_VERSION}}}}
+    record = {"config": cell_config(searched), "identity": {"parts": {"training": {"code": TRAINING_CODE_VERSION}}}}
     table.write_text(yaml.safe_dump({"lr": {"gsm8k": {"tiny": {"lora": 0.0005}}}, "searched": {"gsm8k": {"tiny": {
         "lora": {"metric": "val_accuracy_flexible", "seeds": [1000], "trained_with": tuned_under(record)}}}}}))
     grid = [f"data_root={DATA_ROOT}", "model=tiny", "method=zeroshot,lora,dora,full", "seed=0,1,2",

@@ -301,9 +301,9 @@ def searched_code() -> dict:
 def searched_as(record: dict, cfg, lr: float, **training) -> dict:
     """``record`` as a search cell of ``cfg`` at rate ``lr`` writes it: the cell's config with the validation split
     scored, and its training key's parts: the code's (``searched_code``), and ``training``."""
-    from slm_sweep.tune.trained_with import _cell_config
+    from slm_sweep.tune.trained_with import cell_config
 
-    config = _cell_config(cfg)
+    config = cell_config(cfg)
     config = {**config, "eval": {**config["eval"], "split": "val"}, "method": {**config["method"], "lr": lr}}
     return {**record, "config": config, "identity": {"parts": {"training": {**searched_code(), **training}}}}
 
@@ -429,14 +429,14 @@ def test_a_tuned_rate_is_refused_for_a_cell_trained_otherwise_than_its_search(ti
     would train at a rate tuned for something else while its result.json says source: tuned."""
     from slm_sweep.identity import TRAINING_CODE_VERSION
     from slm_sweep.tune.table import write_table as write_lr_table
-    from slm_sweep.tune.trained_with import _cell_config, tuned_under
+    from slm_sweep.tune.trained_with import cell_config, tuned_under
 
     searched = tiny_cfg("method=lora", "trainer.max_steps=3")
     records = [{**searched_as(_record("lora", lr, accuracy, n_val=8, seed=1000), searched, lr), "model": "tiny"}
                for lr, accuracy in ((1e-4, 0.3), (2e-4, 0.4))]
     chosen = choose(records, min_val_examples=8)
     trained_with = chosen["gsm8k", "tiny", "lora"]["trained_with"]
-    assert trained_with == tuned_under({"config": _cell_config(searched), "identity": records[0]["identity"]})
+    assert trained_with == tuned_under({"config": cell_config(searched), "identity": records[0]["identity"]})
     assert trained_with["code.training"] == TRAINING_CODE_VERSION and trained_with["eval.dtype"] == "auto"
     table = write_lr_table(chosen, tmp_path / "lr.yaml", ["search"], "val_accuracy_flexible")
     assert "trainer.max_steps" in yaml.safe_load(table.read_text())["searched"]["gsm8k"]["tiny"]["lora"]["trained_with"]
@@ -727,7 +727,7 @@ def test_a_system_message_the_plain_style_leaves_out_does_not_refuse_the_tuned_r
 
     from slm_sweep.results import redact
     from slm_sweep.run import identify, load_data
-    from slm_sweep.tune.trained_with import _FROM_KEYS, check_tuned_under, tuned_under
+    from slm_sweep.tune.trained_with import FROM_KEYS, check_tuned_under, tuned_under
     from tests.conftest import compose_config
 
     plain = ["prompt.style=plain", "prompt.system=Be brief."]
@@ -744,7 +744,7 @@ def test_a_system_message_the_plain_style_leaves_out_does_not_refuse_the_tuned_r
     # a record without identity (it failed before its keys were computed) and a table written before the plain
     # style's system message was keyed as null read the same settings
     def without_keys(settings):  # what only a record's keys say
-        return {k: v for k, v in settings.items() if not k.startswith(_FROM_KEYS)}
+        return {k: v for k, v in settings.items() if not k.startswith(FROM_KEYS)}
 
     assert without_keys(tuned_under({"config": config})) == without_keys(tuned_under(record))
     searched = table["searched"]["gsm8k"]["tiny"]["lora"]

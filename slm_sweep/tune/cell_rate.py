@@ -20,12 +20,12 @@ from slm_sweep.tune.table import (
     LEAD_KEYS,
     SEARCH_RECORD,
     TuningError,
-    _positive_number,
-    _searched,
     has_search_record,
     lookup,
     not_the_search_choice,
+    positive_number,
     read_table,
+    search_record,
     table_path,
 )
 from slm_sweep.tune.trained_with import check_tuned_under
@@ -124,7 +124,7 @@ def validate(cfg: DictConfig) -> None:
     given = (grid or {}).get(method)
     if given is not None:
         _check_grid(method, given)
-    if given is None and not _positive_number(cfg.method.get("lr")):
+    if given is None and not positive_number(cfg.method.get("lr")):
         raise ConfigError(f"method.lr={cfg.method.get('lr')!r} must be a positive number: a search's candidates "
                           f"are built around it (or give them: '+tuning.lr_grid.{method}=[...]')")
     values, where = method_grid(cfg)
@@ -155,7 +155,7 @@ def _check_grid(method: str, given: Any) -> None:
         raise ConfigError(f"tuning.lr_grid.{method}={_plain(given)!r} must be a list of positive learning rates, "
                           f"e.g. '+tuning.lr_grid.{method}=[1e-4,3e-4]'")
     for i, value in enumerate(given):
-        if not _positive_number(value):
+        if not positive_number(value):
             raise ConfigError(f"tuning.lr_grid.{method}[{i}]={value!r} must be a positive number")
 
 
@@ -300,7 +300,7 @@ def _tuned_provenance(table: Mapping[str, Any], path: Path, dataset: str, model:
     ``seeds`` and ``metric``, ``at_edge`` and the lead. A rate that is not its search's choice gets none of the
     search's record; an entry written before its lead test (``margin_test``) was recorded, not that lead's error
     and verdict; one written before its own ``searches``, the table's (``searches_scope: table``)."""
-    searched = _searched(table, dataset, model, method)
+    searched = search_record(table, dataset, model, method)
     rate = lookup(table, dataset, model, method)
     recorded = has_search_record(table, dataset, model, method)
     detail = f"lr.{dataset}.{model}.{method} in {path}"

@@ -13,16 +13,16 @@ from typing import Any
 
 from slm_sweep.scoring import accuracy_key
 from slm_sweep.tune.cell_rate import MIN_VAL_EXAMPLES
-from slm_sweep.tune.lead import _lead
-from slm_sweep.tune.records import _record_lr, _recorded_grid, search_groups
+from slm_sweep.tune.lead import winner_lead
+from slm_sweep.tune.records import record_lr, recorded_grid, search_groups
 from slm_sweep.tune.table import TuningError
 from slm_sweep.tune.trained_with import (
-    _FROM_KEYS,
-    _WEIGHTS_PLACE,
-    _from_scoring,
-    _scored_with,
-    _training_parts,
-    _training_settings,
+    FROM_KEYS,
+    WEIGHTS_PLACE,
+    from_scoring,
+    record_scoring,
+    training_parts,
+    training_settings,
     tuned_under,
 )
 
@@ -83,7 +83,7 @@ def _choose_one(name: str, cells: Sequence[Mapping[str, Any]], metric: str,
     _check_alike(name, cells)
     by_lr: dict[float, list[Mapping[str, Any]]] = defaultdict(list)
     for record in cells:
-        lr = _record_lr(record)
+        lr = record_lr(record)
         if lr is None:
             log.warning("%s: %s is left out: it records no learning rate, nor a candidate of a grid it records",
                         name, record.get("result_path") or f"a cell of seed {record.get('seed')}")
@@ -99,7 +99,7 @@ def _choose_one(name: str, cells: Sequence[Mapping[str, Any]], metric: str,
     all_seeds = sorted({r.get("seed") for r in cells}, key=str)
     candidates = [_candidate(name, lr, runs, all_seeds, metric) for lr, runs in by_lr.items()]
     # the grid the cells record: a rate of it that no cell ran (an interrupted search, a folder not passed)
-    grid = {lr for record in cells for lr in _recorded_grid(record)} - set(by_lr)
+    grid = {lr for record in cells for lr in recorded_grid(record)} - set(by_lr)
     candidates += [{"lr": lr, metric: None, "val_loss": None, "seeds": 0, "not_eligible": "not run"} for lr in grid]
     candidates.sort(key=lambda c: c["lr"])
     for c in candidates:
@@ -118,7 +118,7 @@ def _choose_one(name: str, cells: Sequence[Mapping[str, Any]], metric: str,
                                            c["lr"]))
     best = ranked[0]
     _mark_edge(name, best, scored)
-    lead = _lead(name, best, ranked[1], metric, n_val, by_lr) if len(ranked) > 1 else {}
+    lead = winner_lead(name, best, ranked[1], metric, n_val, by_lr) if len(ranked) > 1 else {}
     _warn_lead(name, best, lead, metric)
     return {"lr": best["lr"], "metric": metric, "best": best[metric], **lead, "val_examples": n_val,
             "candidates": candidates, "seeds": all_seeds,
@@ -130,20 +130,20 @@ def _choose_one(name: str, cells: Sequence[Mapping[str, Any]], metric: str,
 
 def _check_alike(name: str, cells: Sequence[Mapping[str, Any]]) -> None:
     """Refuse the cells of one dataset x model x method unless they trained and were scored alike but for the rate
-    and the seed (``_training_settings``): rates trained otherwise, or scored by other scoring code or settings
+    and the seed (``training_settings``): rates trained otherwise, or scored by other scoring code or settings
     (their validation accuracies are not comparable), are no one search. The message names each setting that
     differs, its values, and the cells that hold each."""
-    settings = [_training_settings(r) for r in cells]
+    settings = [training_settings(r) for r in cells]
     weighed = any("model.weights" in s for s in settings)
 
     def known(cell: Mapping[str, Any], key: str) -> bool:
         # a cell that failed before computing its keys says nothing of the weights, code, examples or processes
         # it would have used, nor of how it would have been scored; where its model's files sat is no setting of
         # cells that say which weights they used
-        if _from_scoring(key):
-            return _scored_with(cell) is not None
-        unknown = key.startswith(_FROM_KEYS) or weighed and key in _WEIGHTS_PLACE
-        return _training_parts(cell) is not None or not unknown
+        if from_scoring(key):
+            return record_scoring(cell) is not None
+        unknown = key.startswith(FROM_KEYS) or weighed and key in WEIGHTS_PLACE
+        return training_parts(cell) is not None or not unknown
 
     values: dict[str, dict[str, list[Mapping[str, Any]]]] = {}
     for key in sorted({k for s in settings for k in s}):
@@ -156,7 +156,7 @@ def _check_alike(name: str, cells: Sequence[Mapping[str, Any]]) -> None:
     what = "; ".join(f"{k}: {', '.join(sorted(seen))}" for k, seen in differing.items())
     where = "; ".join(f"{k}={value}: {_cell_names(held)}" for k, seen in differing.items()
                       for value, held in sorted(seen.items()))
-    scoring = sorted(k for k in differing if _from_scoring(k) or k.startswith("eval."))
+    scoring = sorted(k for k in differing if from_scoring(k) or k.startswith("eval."))
     hint = (f". Their validation accuracies were computed by other scoring ({', '.join(scoring)}: result.json's "
             "identity.scored_with and config.eval), so they cannot be ranked against each other: score them all with "
             "one code and one set of eval settings (rerun the searches scored otherwise with the code and settings "
@@ -171,7 +171,7 @@ def _cell_names(cells: Sequence[Mapping[str, Any]], shown: int = 3) -> str:
     def named(cell: Mapping[str, Any]) -> str:
         if cell.get("result_path"):
             return str(Path(cell["result_path"]).parent)
-        lr = _record_lr(cell)
+        lr = record_lr(cell)
         return f"lr {'?' if lr is None else f'{lr:g}'} seed {cell.get('seed')}"
 
     names = sorted(named(c) for c in cells)

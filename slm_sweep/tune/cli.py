@@ -18,11 +18,11 @@ from slm_sweep.tune.records import read_search, search_groups
 from slm_sweep.tune.table import (
     DEFAULT_TABLE,
     TuningError,
-    _searched,
     check_table_file,
     lookup,
     read_table,
     render,
+    search_record,
     table_path,
     write_table,
 )
@@ -111,7 +111,7 @@ def _entries(table: Mapping[str, Any], keys: Sequence[tuple[str, str, str]]) -> 
     searches: list[str] = []
     for dataset, model, method in keys:
         lr.setdefault(dataset, {}).setdefault(model, {})[method] = lookup(table, dataset, model, method)
-        record = _searched(table, dataset, model, method)
+        record = search_record(table, dataset, model, method)
         if record:
             searched.setdefault(dataset, {}).setdefault(model, {})[method] = record
         own = record.get("searches")

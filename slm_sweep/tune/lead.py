@@ -1,4 +1,4 @@
-"""The chosen rate's lead over the runner-up (``_lead``): its standard error, how it was measured
+"""The chosen rate's lead over the runner-up (``winner_lead``): its standard error, how it was measured
 (``margin_test``: report.stats' paired seeds-and-questions test where every run's predictions are at hand, else a
 test of the scores alone) and whether the search separated the two (``within_noise``)."""
 
@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from slm_sweep.tune.records import _record_lr
+from slm_sweep.tune.records import record_lr
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +21,8 @@ SEED_SPREAD_TEST = "spread of the per-seed differences plus the questions' unpai
 BINOMIAL_TEST = "binomial, unpaired (no predictions)" + ONE_SEED_NOTE
 
 
-def _lead(name: str, best: Mapping[str, Any], runner_up: Mapping[str, Any], metric: str, n_val: int,
-          runs: Mapping[float, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+def winner_lead(name: str, best: Mapping[str, Any], runner_up: Mapping[str, Any], metric: str, n_val: int,
+                runs: Mapping[float, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
     """The winner's lead over the runner-up, its standard error (``margin_test`` says how it was measured), and
     ``within_noise`` when the search did not separate the two. The seeds scored the same questions, so more seeds
     measure the runs' spread but do not shrink the questions' noise:
@@ -65,7 +65,7 @@ def _question_scores(record: Mapping[str, Any], metric: str) -> dict:
 
     path = record.get("result_path")
     if not path:
-        raise NoQuestionData(f"the run of seed {record.get('seed')} at lr {_record_lr(record)} names no "
+        raise NoQuestionData(f"the run of seed {record.get('seed')} at lr {record_lr(record)} names no "
                              "result.json to find its predictions beside")
     eval_set = f"{record['dataset']}/val"
     try:

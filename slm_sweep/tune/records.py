@@ -1,6 +1,6 @@
 """A search's records: its cells' result.json files read from its folders (``read_search``), grouped by
-dataset x model x method (``search_groups``), and the rate each cell trained at (``_record_lr``) of the grid it
-records (``_recorded_grid``)."""
+dataset x model x method (``search_groups``), and the rate each cell trained at (``record_lr``) of the grid it
+records (``recorded_grid``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from slm_sweep.tune.cell_rate import method_grid
-from slm_sweep.tune.table import _positive_number
+from slm_sweep.tune.table import positive_number
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _unreadable_grid(record: Mapping[str, Any]) -> str | None:
         return f"config.tuning={tuning!r} is not a mapping"
     grid = tuning.get("lr_grid")
     if grid is None or isinstance(grid, Mapping) and all(
-            isinstance(rates, list) and all(_positive_number(v) for v in rates) for rates in grid.values()):
+            isinstance(rates, list) and all(positive_number(v) for v in rates) for rates in grid.values()):
         return None
     return (f"config.tuning.lr_grid={grid!r} is not what a search records: a mapping of each method to a list of "
             "positive learning rates")
@@ -85,13 +85,13 @@ def search_groups(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, 
     return dict(sorted(groups.items()))
 
 
-def _recorded_grid(record: Mapping[str, Any]) -> list[float]:
+def recorded_grid(record: Mapping[str, Any]) -> list[float]:
     """The grid a search cell's rate was a candidate of: ``learning_rate.candidates``, else the grid its config
     gives its candidate (a cell refused before its rate was set records no ``learning_rate``); [] for a cell of
     no grid."""
     candidates = (record.get("learning_rate") or {}).get("candidates")
     if isinstance(candidates, list):
-        return [float(v) for v in candidates if _positive_number(v)]
+        return [float(v) for v in candidates if positive_number(v)]
     config = record.get("config") or {}
     if (config.get("tuning") or {}).get("lr_candidate") is None:
         return []
@@ -101,7 +101,7 @@ def _recorded_grid(record: Mapping[str, Any]) -> list[float]:
         return []
 
 
-def _record_lr(record: Mapping[str, Any]) -> float | None:
+def record_lr(record: Mapping[str, Any]) -> float | None:
     """The rate a search cell trained at. A grid cell refused before its rate was set records none, and its
     ``method.lr`` is the method's, not its candidate's: its candidate of the grid its config gives. None when
     neither tells."""
@@ -109,9 +109,9 @@ def _record_lr(record: Mapping[str, Any]) -> float | None:
     config = record.get("config") or {}
     candidate = (config.get("tuning") or {}).get("lr_candidate")
     if value is None and candidate is not None:
-        grid = _recorded_grid(record)
+        grid = recorded_grid(record)
         index_ok = isinstance(candidate, int) and not isinstance(candidate, bool) and 0 <= candidate < len(grid)
         value = grid[candidate] if index_ok else None
     elif value is None:
         value = (config.get("method") or {}).get("lr")  # an Optuna trial: its sampled rate
-    return float(value) if _positive_number(value) else None
+    return float(value) if positive_number(value) else None

@@ -48,7 +48,7 @@ def table_path(table: str | Path) -> Path:
     return path if path.is_absolute() else PACKAGE_DIR / path
 
 
-def _positive_number(value: Any) -> bool:
+def positive_number(value: Any) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             and value > 0)
 
@@ -104,7 +104,7 @@ def check_table_file(path: Path) -> None:
 
 
 def _check_rate(path: Path, key: str, value: Any) -> None:
-    if not _positive_number(value):
+    if not positive_number(value):
         raise TuningError(f"{path}: {key}={value!r} must be a positive number (a learning rate)")
 
 
@@ -147,26 +147,26 @@ def lookup(table: Mapping[str, Any], dataset: str, model: str, method: str) -> f
     return None if entry is None else float(entry)
 
 
-def _searched(table: Mapping[str, Any], dataset: str, model: str, method: str) -> Mapping[str, Any]:
+def search_record(table: Mapping[str, Any], dataset: str, model: str, method: str) -> Mapping[str, Any]:
     entry = (((table.get("searched") or {}).get(dataset) or {}).get(model) or {}).get(method)
     return entry if isinstance(entry, Mapping) else {}
 
 
 def has_search_record(table: Mapping[str, Any], dataset: str, model: str, method: str) -> bool:
-    searched = _searched(table, dataset, model, method)
+    searched = search_record(table, dataset, model, method)
     return all(isinstance(searched.get(key), kind) for key, kind in SEARCH_RECORD.items())
 
 
 def _search_choice(searched: Mapping[str, Any]) -> list[float] | None:
     """The rate an entry's search chose: its ``chosen``; for an entry written before that was recorded, the
     candidates that scored its ``best``; None when the entry cannot tell."""
-    if _positive_number(searched.get("chosen")):
+    if positive_number(searched.get("chosen")):
         return [float(searched["chosen"])]
     metric, best = searched.get("metric"), searched.get("best")
     if not isinstance(metric, str) or not isinstance(best, (int, float)) or isinstance(best, bool):
         return None
     return [float(c["lr"]) for c in searched.get("candidates") or []
-            if isinstance(c, Mapping) and _positive_number(c.get("lr")) and not c.get("not_eligible")
+            if isinstance(c, Mapping) and positive_number(c.get("lr")) and not c.get("not_eligible")
             and isinstance(c.get(metric), (int, float)) and round(c[metric], 9) == round(best, 9)] or None
 
 
@@ -174,7 +174,7 @@ def not_the_search_choice(table: Mapping[str, Any], dataset: str, model: str, me
     """The rate(s) the search of ``lr.<dataset>.<model>.<method>`` chose when the table's rate is not one of them
     (a rate edited after the search); None when it is, or when the entry does not say."""
     rate = lookup(table, dataset, model, method)
-    chose = _search_choice(_searched(table, dataset, model, method))
+    chose = _search_choice(search_record(table, dataset, model, method))
     if rate is None or chose is None or any(math.isclose(rate, c, rel_tol=1e-9) for c in chose):
         return None
     return " or ".join(f"{c:g}" for c in chose)

@@ -12,13 +12,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from slm_sweep.config import ConfigError
 from slm_sweep.scoring import accuracy_key
-from slm_sweep.tune.table import _searched, lookup, read_table
+from slm_sweep.tune.table import lookup, read_table, search_record
 
 # model settings that do not change the weights a rate is tuned for (where files sit, the table's own key)
 _NOT_THE_WEIGHTS = ("name", "gguf_dir", "gguf_package")
 # where the weights were read from: left out where the training key says which weights they are, so that the
 # same weights in another folder are the same, and other weights in the same folder are not
-_WEIGHTS_PLACE = ("model.id", "model.revision")
+WEIGHTS_PLACE = ("model.id", "model.revision")
 # what the model's identity adds to its settings: the weights resolved, and how a GGUF file was converted
 _RESOLVED_MODEL = ("weights", "conversion")
 # settings a table's trained_with holds since they were added: an older table is checked without them (its rate
@@ -34,14 +34,14 @@ _LATER_SETTINGS = ("model.", "dataset.dedup.", "data.", "model.weights", "model.
 # computing its keys.
 _SCORED_AS = {"scoring": "code.scoring", "edited_sources": "code.scoring_edited",
               "metric_modules": "code.metric_modules", "dtype": "eval.dtype_resolved"}
-# scored_with's entries that the config's eval settings give too (eval.<entry>, _training_settings)
+# scored_with's entries that the config's eval settings give too (eval.<entry>, training_settings)
 _SCORED_IN_CONFIG = ("split", "max_new_tokens", "stop", "generation_config")
 # The eval settings a table's trained_with keeps (tuned_under): every one the validation scores depend on, but the
 # split (the search scores the validation split, the cell the test split); with the scoring code (code.scoring*,
 # code.metric_modules where the metric chosen on is a module's), a cell compares them before anything loads.
 _KEPT_SCORING = ("eval.dtype", "eval.max_new_tokens", "eval.stop", "eval.generation_config")
 # what only a cell's training key records (_keyed_settings), unknown for a cell that failed before computing it
-_FROM_KEYS = ("code.", "data.", "model.weights", "model.conversion", "trainer.world_size")
+FROM_KEYS = ("code.", "data.", "model.weights", "model.conversion", "trainer.world_size")
 # of those, what a cell knows only once its data is loaded and its model's weights resolved: compared then
 # (check_tuned_data); its code version and edited sources are compared before anything loads
 _ONCE_KEYED = ("data.", "model.weights", "model.conversion")
@@ -63,13 +63,13 @@ def tuned_under(record: Mapping[str, Any], metric: str | None = None) -> dict[st
     resolves to). ``record``: a result.json's ``config`` (and ``identity``: its ``parts``, ``prompt_style``, the
     style as keyed, and ``scored_with``)."""
     modules = metric is None or not _built_in_metric(metric)
-    return {k: v for key, value in _training_settings(record).items()
+    return {k: v for key, value in training_settings(record).items()
             if (not key.startswith(("eval.", "scored_with.")) or key in _KEPT_SCORING)
             and key != "dataset.test_split" and (modules or key != "code.metric_modules")
             for k, v in _flat(key, value).items()}
 
 
-def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
+def training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
     """What a search cell trained and scored with, apart from its learning rate and seed: its training key's parts
     (``_keyed_settings`` and the settings each part is computed from) and the scoring the rates were compared by
     (its eval settings and its ``scored_with``: the scoring code's version and edited sources, its metric modules,
@@ -84,7 +84,7 @@ def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
     )
 
     config = record.get("config") or {}
-    keyed = _keyed_settings(_training_parts(record))
+    keyed = _keyed_settings(training_parts(record))
     method = {k: v for k, v in method_identity(config.get("method") or {}).items() if k != "lr"}
     dataset = config.get("dataset") or {}
     trainer = config.get("trainer") or {}
@@ -92,7 +92,7 @@ def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
     model = {f"model.{k}": v for k, v in (config.get("model") or {}).items()
              if k not in _NOT_THE_WEIGHTS and v is not None}
     if "model.weights" in keyed:
-        model = {k: v for k, v in model.items() if k not in _WEIGHTS_PLACE}
+        model = {k: v for k, v in model.items() if k not in WEIGHTS_PLACE}
     return {
         **model,
         **{f"method.{k}": v for k, v in method.items()},
@@ -107,7 +107,7 @@ def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
         # float32 paper cell keeps, so a rate chosen in bf16 is not the one chosen in float32; other stop strings,
         # generation settings or scoring code count other answers correct
         **{f"eval.{k}": _eval_setting(config.get("eval") or {}, k) for k in (*EVAL_SCORING_KEYS, "dtype")},
-        **_scoring_settings(_scored_with(record)),
+        **_scoring_settings(record_scoring(record)),
         # callbacks that change the weights (stochastic weight averaging) are in the cell's training key too
         **{f"callbacks.{name}": entry for name, entry in weight_changing_callbacks(config.get("callbacks")).items()},
         **keyed,
@@ -119,7 +119,7 @@ def _training_settings(record: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _training_parts(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def training_parts(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """A record's training identity (``identity.parts.training``); None for a cell that failed before computing
     its keys."""
     parts = (record.get("identity") or {}).get("parts")
@@ -148,7 +148,7 @@ def _keyed_settings(training: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def _scored_with(record: Mapping[str, Any]) -> dict[str, Any] | None:
+def record_scoring(record: Mapping[str, Any]) -> dict[str, Any] | None:
     """How a record's answers were generated and scored (``identity.scored_with``; for a record written before it
     was, the same read from ``identity.parts.evaluation``); None for a cell that failed before computing its
     keys."""
@@ -175,7 +175,7 @@ def _scoring_settings(scored: Mapping[str, Any] | None) -> dict[str, Any]:
             **{f"scored_with.{k}": v for k, v in scored.items() if k not in _SCORED_AS and k not in _SCORED_IN_CONFIG}}
 
 
-def _from_scoring(key: str) -> bool:
+def from_scoring(key: str) -> bool:
     """Whether ``key`` is one of what only a record's ``scored_with`` says (``_scoring_settings``)."""
     return key in _SCORED_AS.values() or key.startswith("scored_with.")
 
@@ -192,7 +192,7 @@ def _keyed_prompt(record: Mapping[str, Any]) -> dict[str, Any] | None:
     """The prompt settings as a record's training key has them (``identity.parts``); for a record without them
     (older, or failed before its keys were computed) its config's, with the system message a plain style leaves
     out as null; None without either."""
-    prompt = (_training_parts(record) or {}).get("prompt")
+    prompt = (training_parts(record) or {}).get("prompt")
     if isinstance(prompt, Mapping):
         return dict(prompt)
     from slm_sweep.identity import prompt_identity
@@ -229,7 +229,7 @@ def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> 
     dataset, model, method = cfg.dataset.name, cfg.model.name, cfg.method.name
     if lookup(table, dataset, model, method) is None:
         return
-    searched = _searched(table, dataset, model, method)
+    searched = search_record(table, dataset, model, method)
     seeds = searched.get("seeds")
     if isinstance(seeds, list) and any(str(seed) == str(cfg.seed) for seed in seeds):
         raise ConfigError(
@@ -245,7 +245,7 @@ def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> 
 
     # what the cell's training key will say of its code and processes, and its evaluation key of its scoring code;
     # what else only its keys say (data, resolved weights), check_tuned_data compares
-    config = _cell_config(cfg)
+    config = cell_config(cfg)
     modules = any(str(k).startswith("code.metric_modules") for k in recorded)
     cell = {"config": config, "identity": {"parts": {"training": code_and_process_parts(config)},
                                            "scored_with": _running_scoring(config, modules)}}
@@ -272,7 +272,7 @@ def check_tuned_under(cfg: DictConfig, table: Mapping[str, Any], path: Path) -> 
             "at a rate of your choosing with tuning.lr=method method.lr=<rate>")
 
 
-def _cell_config(cfg: DictConfig) -> dict[str, Any]:
+def cell_config(cfg: DictConfig) -> dict[str, Any]:
     """The parts of a composed cell that ``tuned_under`` reads, as result.json records them; ``prompt.style`` as
     the cell's keys have it (an explicit style that auto renders is auto)."""
     from slm_sweep.identity import auto_prompt_style, prompt_identity
@@ -315,7 +315,7 @@ def _compared(recorded: Mapping[str, Any], here: Mapping[str, Any],
     records which weights were searched on (``model.weights``)."""
     later = _LATER_SETTINGS + (() if "code.training" in recorded else _RECORDED_WITH_CODE)
     unrecorded = tuple(p for p in later if not any(k.startswith(p) for k in recorded))
-    place = _WEIGHTS_PLACE if "model.weights" in recorded else ()
+    place = WEIGHTS_PLACE if "model.weights" in recorded else ()
     return ({k: v for k, v in recorded.items() if k.startswith(_ONCE_KEYED) == once_keyed},
             {k: v for k, v in here.items() if k.startswith(_ONCE_KEYED) == once_keyed
              and not k.startswith(unrecorded) and k not in place})
@@ -343,7 +343,7 @@ def check_tuned_data(cfg: DictConfig, learning_rate: Mapping[str, Any] | None,
     if not learning_rate or learning_rate.get("source") != "tuned" or not training:
         return
     parts = (cfg.dataset.name, cfg.model.name, cfg.method.name)
-    recorded = _searched(read_table(learning_rate["table"]), *parts).get("trained_with")
+    recorded = search_record(read_table(learning_rate["table"]), *parts).get("trained_with")
     if not isinstance(recorded, Mapping):
         return
     here = {k: v for key, value in _keyed_settings(training).items() for k, v in _flat(key, value).items()}
