@@ -77,6 +77,15 @@ def missing_rate_fix(dataset: str = "<dataset>", model: str = "<model>", method:
             "table's rates where it has them and method.lr elsewhere")
 
 
+def _configured_table(tuning) -> tuple[dict[str, Any], Path]:
+    """The table ``tuning.table`` names, read, and its path; a table that cannot be used is a config error."""
+    path = table_path(tuning.get("table") or DEFAULT_TABLE)
+    try:
+        return read_table(path), path
+    except TuningError as err:
+        raise ConfigError(f"tuning.table: {err}") from None
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the ``tuning`` settings, that a hyperparameter search scores the validation split
     (``check_search_scoring``), and a grid search's candidate, before anything reads ``method.lr``; with
@@ -95,11 +104,7 @@ def validate(cfg: DictConfig) -> None:
     candidate = tuning.get("lr_candidate")
     if candidate is None:
         if source == "tuned" and cfg.method.get("train"):
-            path = table_path(tuning.get("table") or DEFAULT_TABLE)
-            try:
-                table = read_table(path)
-            except TuningError as err:
-                raise ConfigError(f"tuning.table: {err}") from None
+            table, path = _configured_table(tuning)
             check_missing(cfg, table, path)
             check_tuned_under(cfg, table, path)
         return
@@ -243,11 +248,7 @@ def resolve_lr(cfg: DictConfig) -> dict[str, Any] | None:
     if given is not None:
         raise ConfigError(f"{given} is given on the command line, but tuning.lr=tuned takes the rate from the tuned "
                           f"table (experiment=paper sets it): to train at that rate, add tuning.lr=method")
-    path = table_path(tuning.get("table") or DEFAULT_TABLE)
-    try:
-        table = read_table(path)
-    except TuningError as err:
-        raise ConfigError(f"tuning.table: {err}") from None
+    table, path = _configured_table(tuning)
     check_missing(cfg, table, path)
     dataset, model, method = cfg.dataset.name, cfg.model.name, cfg.method.name
     tuned = lookup(table, dataset, model, method)
