@@ -315,7 +315,7 @@ class SweepBuilder:
         )
         from slm_sweep.run import _base_record, _reuse
         from slm_sweep.scoring import ACCURACY_KEYS
-        from slm_sweep.tune import resolve_lr
+        from slm_sweep.tune.cell_rate import resolve_lr
 
         cfg = self._config(model, method, dataset).copy()
         cfg.seed = seed  # as the sweep's seed=N override sets it

@@ -780,7 +780,7 @@ def validate_config(cfg: DictConfig) -> None:
     method = cfg.method
     _validate_method_shape(cfg)
     _validate_method_keys(cfg)
-    from slm_sweep.tune import validate as validate_tuning
+    from slm_sweep.tune.cell_rate import validate as validate_tuning
 
     validate_tuning(cfg)  # before method.lr is read: a grid search's candidate sets it
     _validate_method(cfg)

@@ -449,7 +449,7 @@ def running_metric_source(name: str) -> Any:
             import_metric_module(name)
         except Exception:  # noqa: BLE001 - the cell's own import of it names the problem
             return metric_module_code(name)
-        # imported before pin_running_code (tune.check_metric) or forget_running_code: hashed at its first key
+        # imported before pin_running_code (tune.choose.check_metric) or forget_running_code: hashed at its first key
         _METRIC_SOURCES.setdefault(name, metric_module_code(name))
     return _METRIC_SOURCES[name]
 
@@ -579,7 +579,7 @@ def code_and_process_parts(config: Mapping[str, Any]) -> dict[str, Any]:
     in: the training code's version and its sources' hash when edited, the code of an optimizer or of
     weight-changing callbacks from outside torch and Lightning, and the processes when more than one (each in the
     key only when it matters, so that the keys of single-device runs without them stay as they were). A tuned
-    rate's check before anything loads compares the same (tune.check_tuned_under)."""
+    rate's check before anything loads compares the same (tune.trained_with.check_tuned_under)."""
     world_size = planned_world_size(config["trainer"])
     edited = edited_sources(TRAINING_SOURCES, TRAINING_SOURCES_SHA256, TRAINING_CODE_VERSION)
     optimizer = optimizer_source(method_identity(config["method"]))

@@ -267,7 +267,8 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     (result.json says why), so that the other cells run and the sweep's summary names it.
     """
     from slm_sweep.identity import pin_running_code
-    from slm_sweep.tune import check_tuned_data, resolve_lr
+    from slm_sweep.tune.cell_rate import resolve_lr
+    from slm_sweep.tune.trained_with import check_tuned_data
 
     pin_running_code()  # a no-op after the entry point's call: the code and git state of this process
     try:

@@ -727,9 +727,9 @@ def _target_above(composed, parts: list[str]) -> str | None:
 
 def test_the_tuned_tables_pass_their_own_shape_check():
     """A table under slm_sweep/tuned/ holds model, dataset and method names as keys once a search has written it
-    (``make paper-search``): a data file that tune.read_table checks, kept out of conf/ where Hydra would list it
+    (``make paper-search``): a data file that tune.table.read_table checks, kept out of conf/ where Hydra would list it
     as a config group (``--help``) that no config composes."""
-    from slm_sweep.tune import DEFAULT_TABLE, read_table, table_path
+    from slm_sweep.tune.table import DEFAULT_TABLE, read_table, table_path
 
     tables = sorted(table_path(DEFAULT_TABLE).parent.glob("*.yaml"))
     assert table_path(DEFAULT_TABLE) in tables and not (CONF_DIR / "tuned").exists()

@@ -285,7 +285,7 @@ def test_spellings_of_one_configuration_share_its_keys(tiny_cfg):
 
 
 def test_a_tuned_learning_rate_is_in_the_training_key_as_the_rate_itself(tiny_cfg, tmp_path):
-    from slm_sweep.tune import resolve_lr
+    from slm_sweep.tune.cell_rate import resolve_lr
 
     table = tmp_path / "lr.yaml"
 
@@ -737,7 +737,7 @@ def test_a_number_named_like_a_credential_is_keyed_and_a_credential_is_not(tiny_
     values give two keys. A string there (a ``token``, a password) is not keyed: two users' tokens give one key,
     and neither result.json nor its keys' parts hold the token or a hash of it (an unsalted hash of a short
     password is recovered by trying candidates)."""
-    import slm_sweep.tune as tune
+    import slm_sweep.tune.trained_with as trained_with
 
     (tmp_path / "keyed_callback.py").write_text(CREDENTIAL_NAMED_CALLBACK)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -748,7 +748,7 @@ def test_a_number_named_like_a_credential_is_keyed_and_a_credential_is_not(tiny_
     def stop(*args):  # the cell's keys are computed and recorded: nothing more is needed
         raise KeysKnown
 
-    monkeypatch.setattr(tune, "check_tuned_data", stop)
+    monkeypatch.setattr(trained_with, "check_tuned_data", stop)
 
     def cell(name, setting):
         callback = f"+callbacks.keyed={{_target_:keyed_callback.Keyed,{setting}}}"

@@ -383,7 +383,9 @@ def test_a_tuned_rate_a_cell_cannot_take_is_a_config_error_before_any_runs(requi
     assert cells == ["method=lora", "method=dora"]
 
 
-def test_trained_cells_without_a_tuned_rate_are_told_in_one_line(requires_data, composer, tmp_path):
+def test_trained_cells_without_a_tuned_rate_are_told_in_one_line(requires_data, composer, tmp_path, caplog):
+    """The grid's one line replaces each cell's own note on its missing rate, which slm_sweep.tune's modules log
+    (slm_sweep.tune.cell_rate) under the logger the preflight silences (slm_sweep.tune)."""
     table = tmp_path / "lr.yaml"
     table.write_text("lr: {gsm8k: {tiny: {lora: 0.0005}}}\n")
     plan = plan_grid(sweep_config([f"data_root={DATA_ROOT}", "model=tiny", "method=zeroshot,lora,dora", "seed=0,1",
@@ -392,6 +394,7 @@ def test_trained_cells_without_a_tuned_rate_are_told_in_one_line(requires_data, 
     (line,) = [line for line in plan.summary_lines() if "tuning.lr=tuned" in line]
     assert line.startswith(f"2 trained cells with tuning.lr=tuned have no rate in {table} and train at method.lr")
     assert plan.to_json()["untuned_cells"] == plan.untuned
+    assert not [record.getMessage() for record in caplog.records if record.name.startswith("slm_sweep.tune")]
 
 
 def test_a_grid_that_refuses_untuned_cells_is_refused_at_once_one_line_per_missing_rate(requires_data, composer,
@@ -402,12 +405,12 @@ def test_a_grid_that_refuses_untuned_cells_is_refused_at_once_one_line_per_missi
     import yaml
 
     from slm_sweep.identity import TRAINING_CODE_VERSION
-    from slm_sweep.tune import _cell_config, tuned_under
+    from slm_sweep.tune.trained_with import cell_config, tuned_under
 
     table = tmp_path / "lr.yaml"
     # lora's rate as the tune command writes it: with the search record a refusing grid asks for
     searched = composer([f"data_root={DATA_ROOT}", "model=tiny", "method=lora"])
-    record = {"config": _cell_config(searched), "identity": {"parts": {"training": {"code": TRAINING_CODE_VERSION}}}}
+    record = {"config": cell_config(searched), "identity": {"parts": {"training": {"code": TRAINING_CODE_VERSION}}}}
     table.write_text(yaml.safe_dump({"lr": {"gsm8k": {"tiny": {"lora": 0.0005}}}, "searched": {"gsm8k": {"tiny": {
         "lora": {"metric": "val_accuracy_flexible", "seeds": [1000], "trained_with": tuned_under(record)}}}}}))
     grid = [f"data_root={DATA_ROOT}", "model=tiny", "method=zeroshot,lora,dora,full", "seed=0,1,2",

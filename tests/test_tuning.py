@@ -19,7 +19,10 @@ from omegaconf import open_dict
 
 from slm_sweep.config import ConfigError, validate_config
 from slm_sweep.run import run
-from slm_sweep.tune import TuningError, choose, main, render, resolve_lr
+from slm_sweep.tune.cell_rate import resolve_lr
+from slm_sweep.tune.choose import choose
+from slm_sweep.tune.cli import main
+from slm_sweep.tune.table import TuningError, render
 from tests.conftest import CONF_DIR, DATA_ROOT, FAST_TINY, REPO
 from tests.test_sweep import SWEEP_SETTINGS, env
 
@@ -118,7 +121,7 @@ def test_the_grid_gives_each_method_its_own_candidates(tiny_cfg, method, candida
                                       (3e-4, [1e-4, 2e-4, 3e-4, 5e-4, 1e-3]), (5e-6, [1e-6, 2e-6, 5e-6, 1e-5, 2e-5]),
                                       (9.99e-5, [2e-5, 5e-5, 9.99e-5, 2e-4, 5e-4])])  # no near-duplicate 1e-4
 def test_a_grid_is_the_1_2_5_series_around_the_rate(lr, grid):
-    from slm_sweep.tune import lr_grid
+    from slm_sweep.tune.cell_rate import lr_grid
 
     assert lr_grid(lr) == grid
 
@@ -148,7 +151,7 @@ def test_a_rate_given_on_the_command_line_is_not_silently_replaced_by_the_tuned_
     from hydra.core.hydra_config import HydraConfig
 
     from slm_sweep.config import ConfigError
-    from slm_sweep.tune import resolve_lr
+    from slm_sweep.tune.cell_rate import resolve_lr
     from tests.conftest import CONF_DIR
 
     table = write_table(tmp_path / "lr.yaml", "lr: {gsm8k: {tiny: {lora: 3.0e-4}}}\n")
@@ -298,9 +301,9 @@ def searched_code() -> dict:
 def searched_as(record: dict, cfg, lr: float, **training) -> dict:
     """``record`` as a search cell of ``cfg`` at rate ``lr`` writes it: the cell's config with the validation split
     scored, and its training key's parts: the code's (``searched_code``), and ``training``."""
-    from slm_sweep.tune import _cell_config
+    from slm_sweep.tune.trained_with import cell_config
 
-    config = _cell_config(cfg)
+    config = cell_config(cfg)
     config = {**config, "eval": {**config["eval"], "split": "val"}, "method": {**config["method"], "lr": lr}}
     return {**record, "config": config, "identity": {"parts": {"training": {**searched_code(), **training}}}}
 
@@ -425,15 +428,15 @@ def test_a_tuned_rate_is_refused_for_a_cell_trained_otherwise_than_its_search(ti
     """The table records what each rate was searched under; a cell with another step count, rank or precision
     would train at a rate tuned for something else while its result.json says source: tuned."""
     from slm_sweep.identity import TRAINING_CODE_VERSION
-    from slm_sweep.tune import _cell_config, tuned_under
-    from slm_sweep.tune import write_table as write_lr_table
+    from slm_sweep.tune.table import write_table as write_lr_table
+    from slm_sweep.tune.trained_with import cell_config, tuned_under
 
     searched = tiny_cfg("method=lora", "trainer.max_steps=3")
     records = [{**searched_as(_record("lora", lr, accuracy, n_val=8, seed=1000), searched, lr), "model": "tiny"}
                for lr, accuracy in ((1e-4, 0.3), (2e-4, 0.4))]
     chosen = choose(records, min_val_examples=8)
     trained_with = chosen["gsm8k", "tiny", "lora"]["trained_with"]
-    assert trained_with == tuned_under({"config": _cell_config(searched), "identity": records[0]["identity"]})
+    assert trained_with == tuned_under({"config": cell_config(searched), "identity": records[0]["identity"]})
     assert trained_with["code.training"] == TRAINING_CODE_VERSION and trained_with["eval.dtype"] == "auto"
     table = write_lr_table(chosen, tmp_path / "lr.yaml", ["search"], "val_accuracy_flexible")
     assert "trainer.max_steps" in yaml.safe_load(table.read_text())["searched"]["gsm8k"]["tiny"]["lora"]["trained_with"]
@@ -493,7 +496,7 @@ def test_a_tuned_rate_is_refused_for_a_cell_whose_data_files_changed_since_the_s
     from omegaconf import OmegaConf
 
     from slm_sweep.run import identify, load_data
-    from slm_sweep.tune import write_table as write_lr_table
+    from slm_sweep.tune.table import write_table as write_lr_table
 
     def cell(*overrides):
         return tiny_cfg("method=lora", "trainer.max_steps=2", "dataset.test_limit=2", *overrides)
@@ -533,8 +536,9 @@ def test_a_tuned_rate_follows_the_weights_searched_on_not_the_folder_they_were_r
     where they sit, and so does the table: other weights in the searched folder (retrained in place, a hub branch
     moved on) are refused once the cell has resolved them, the same weights copied elsewhere are taken, and search
     cells that resolved to other weights are no one search."""
-    from slm_sweep.tune import check_tuned_data, check_tuned_under, read_table
-    from slm_sweep.tune import write_table as write_lr_table
+    from slm_sweep.tune.table import read_table
+    from slm_sweep.tune.table import write_table as write_lr_table
+    from slm_sweep.tune.trained_with import check_tuned_data, check_tuned_under
 
     def cell(folder, *overrides):
         return tiny_cfg("model.source=hub", f"model.id={tmp_path / folder}", "model.name=mine", "method=lora",
@@ -579,8 +583,9 @@ def test_a_tuned_rate_follows_the_weights_searched_on_not_the_folder_they_were_r
 def test_a_rate_searched_on_one_device_is_no_tuned_rate_for_fsdp(tmp_path):
     """FSDP's bf16-mixed casts the parameters themselves to bf16, where one device autocasts over float32 weights:
     the training key tells the two apart, and so do the table and the search."""
-    from slm_sweep.tune import check_tuned_under, read_table
-    from slm_sweep.tune import write_table as write_lr_table
+    from slm_sweep.tune.table import read_table
+    from slm_sweep.tune.table import write_table as write_lr_table
+    from slm_sweep.tune.trained_with import check_tuned_under
     from tests.conftest import compose_config
 
     def cell(trainer, *overrides):
@@ -606,7 +611,7 @@ def test_a_rate_searched_on_one_device_is_no_tuned_rate_for_fsdp(tmp_path):
 def test_a_rate_searched_with_edited_training_code_is_no_tuned_rate_for_other_code(tiny_cfg, tmp_path):
     """The training key keeps cells of edited training sources apart from the released code's (a rate searched
     while the gradients or packing were being changed belongs to that code), and so do the table and the search."""
-    from slm_sweep.tune import write_table as write_lr_table
+    from slm_sweep.tune.table import write_table as write_lr_table
 
     def searched(lr, accuracy, **training):
         record = _record("lora", lr, accuracy, n_val=8, seed=1000)
@@ -624,7 +629,7 @@ def test_a_rate_searched_with_edited_training_code_is_no_tuned_rate_for_other_co
 def test_a_tuned_rate_is_refused_for_a_cell_at_a_seed_it_was_searched_on(tiny_cfg, tmp_path):
     """The search's winner did best on validation partly by its seed's luck: a reported cell at that rate and seed
     is the same run again. The searches run seed 1000 unless told, apart from the reported 0, 1, 2."""
-    from slm_sweep.tune import write_table as write_lr_table
+    from slm_sweep.tune.table import write_table as write_lr_table
 
     assert tiny_cfg("hparams_search=lr_grid").seed == tiny_cfg("hparams_search=optuna").seed == 1000
     records = [searched_as(_record("lora", lr, accuracy, n_val=8, seed=seed), tiny_cfg("method=lora"), lr)
@@ -647,7 +652,7 @@ def test_a_search_reads_neither_set_aside_results_nor_other_folders_results_twic
     """A result a rerun set aside (superseded/) is what the rerun replaced, not a candidate of the search."""
     import json
 
-    from slm_sweep.tune import read_search
+    from slm_sweep.tune.records import read_search
 
     def write(folder, lr):
         folder.mkdir(parents=True)
@@ -698,7 +703,7 @@ def test_a_cell_that_failed_before_its_keys_counts_by_its_rerun_in_another_folde
 @pytest.mark.parametrize("order", [(0, 1), (1, 0)])
 def test_of_one_cells_results_a_completed_one_counts_then_the_cells_own_over_a_reuse(tmp_path, order):
     """The report's rule: completed, then the cell's own, then the latest finished."""
-    from slm_sweep.tune import read_search
+    from slm_sweep.tune.records import read_search
 
     def write(folder, lr, status, reused, finished_at="2026-01-01T00:00:00+00:00"):
         record = {**_record("lora", lr, 0.3, status=status), **({"reused_from": "elsewhere"} if reused else {}),
@@ -722,7 +727,7 @@ def test_a_system_message_the_plain_style_leaves_out_does_not_refuse_the_tuned_r
 
     from slm_sweep.results import redact
     from slm_sweep.run import identify, load_data
-    from slm_sweep.tune import _FROM_KEYS, check_tuned_under, tuned_under
+    from slm_sweep.tune.trained_with import FROM_KEYS, check_tuned_under, tuned_under
     from tests.conftest import compose_config
 
     plain = ["prompt.style=plain", "prompt.system=Be brief."]
@@ -739,7 +744,7 @@ def test_a_system_message_the_plain_style_leaves_out_does_not_refuse_the_tuned_r
     # a record without identity (it failed before its keys were computed) and a table written before the plain
     # style's system message was keyed as null read the same settings
     def without_keys(settings):  # what only a record's keys say
-        return {k: v for k, v in settings.items() if not k.startswith(_FROM_KEYS)}
+        return {k: v for k, v in settings.items() if not k.startswith(FROM_KEYS)}
 
     assert without_keys(tuned_under({"config": config})) == without_keys(tuned_under(record))
     searched = table["searched"]["gsm8k"]["tiny"]["lora"]
@@ -812,7 +817,9 @@ def test_make_paper_search_searches_every_trained_paper_cell_as_the_paper_trains
     from omegaconf import OmegaConf
 
     from slm_sweep.results import redact
-    from slm_sweep.tune import PAPER_SEARCH, PAPER_TUNE, check_tuned_under, paper_search_command, tuned_under
+    from slm_sweep.tune.cell_rate import PAPER_SEARCH, PAPER_TUNE
+    from slm_sweep.tune.cli import paper_search_command
+    from slm_sweep.tune.trained_with import check_tuned_under, tuned_under
 
     (target,) = make_commands("paper-search", "DATA_ROOT=")
     # what a refused paper cell tells the user to run is what the target runs
@@ -880,13 +887,14 @@ def test_make_paper_search_searches_every_trained_paper_cell_as_the_paper_trains
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_paper_search_help_says_what_it_runs_and_runs_nothing(flag, capsys, monkeypatch):
     """`tune --paper-search --help` is tune's help, not Hydra's (which cannot compose the search's comma lists)."""
-    import slm_sweep.tune as tune
+    import slm_sweep.tune.cli as tune_cli
+    from slm_sweep.tune.cell_rate import PAPER_SEARCH, PAPER_TUNE
 
-    monkeypatch.setattr(tune, "run_paper_search", lambda extra: pytest.fail(f"ran the search with {extra}"))
+    monkeypatch.setattr(tune_cli, "run_paper_search", lambda extra: pytest.fail(f"ran the search with {extra}"))
     assert main(["--paper-search", "data_root=x", flag]) == 0
     shown = capsys.readouterr().out
-    assert shown.startswith(f"usage: {tune.PAPER_SEARCH} [OVERRIDE ...]")
-    assert " ".join(tune.paper_search_command()[1:]) in shown and tune.PAPER_TUNE in shown
+    assert shown.startswith(f"usage: {PAPER_SEARCH} [OVERRIDE ...]")
+    assert " ".join(tune_cli.paper_search_command()[1:]) in shown and PAPER_TUNE in shown
     assert "data_root=DIR" in shown and "preflight.only=true" in shown
 
 
@@ -934,7 +942,7 @@ def test_a_lead_the_seeds_disagree_on_is_within_noise_however_many_seeds():
     separated, and nor is one the seeds agree on, whose questions are as noisy as one seed's."""
     import statistics
 
-    from slm_sweep.tune import SEED_SPREAD_TEST
+    from slm_sweep.tune.lead import SEED_SPREAD_TEST
 
     def binomial(p, q):
         return (p * (1 - p) + q * (1 - q)) / 500
@@ -960,7 +968,7 @@ def test_a_lead_is_judged_by_the_claims_paired_test_when_the_validation_answers_
     the winner's), and not when they are other questions (175 against 155 discordant), whatever the binomial
     error of the two accuracies says."""
     from slm_sweep.report.stats import SEEDS_AND_QUESTIONS
-    from slm_sweep.tune import read_search
+    from slm_sweep.tune.records import read_search
 
     def search(name, runner_up_right):
         folder = tmp_path / name
@@ -997,7 +1005,8 @@ def test_without_predictions_seeds_that_agree_reach_the_paired_tests_verdict(tmp
     """The winner and the runner-up get other questions right, alike on every seed: the paired test finds the
     4-point lead within noise, and so must the test without predictions, though its seeds agree."""
     from slm_sweep.report.stats import SEEDS_AND_QUESTIONS
-    from slm_sweep.tune import SEED_SPREAD_TEST, read_search
+    from slm_sweep.tune.lead import SEED_SPREAD_TEST
+    from slm_sweep.tune.records import read_search
 
     paired = choose(read_search([_three_seed_search(tmp_path / "paired")]))["gsm8k", "m", "lora"]
     unpaired = choose(read_search([_three_seed_search(tmp_path / "unpaired", False)]))["gsm8k", "m", "lora"]
@@ -1016,7 +1025,8 @@ def test_a_search_whose_predictions_cannot_be_paired_says_why_and_keeps_the_verd
                                                                                      reason):
     """One answer of 3000 flipped, a row lost or a file missing: the lead falls back to the test without
     predictions, with a warning naming the run and why, the reason in the entry, and the same verdict."""
-    from slm_sweep.tune import SEED_SPREAD_TEST, read_search
+    from slm_sweep.tune.lead import SEED_SPREAD_TEST
+    from slm_sweep.tune.records import read_search
 
     folder = _three_seed_search(tmp_path / "search")
     predictions = folder / "0" / "predictions.jsonl"
@@ -1388,7 +1398,7 @@ def test_an_optuna_search_scores_as_the_paper_does_so_the_paper_accepts_its_rate
     from omegaconf import OmegaConf
 
     from slm_sweep.results import redact
-    from slm_sweep.tune import check_tuned_under, tuned_under
+    from slm_sweep.tune.trained_with import check_tuned_under, tuned_under
 
     cell = ("model=smollm135", "method=lora", "dataset=gsm8k")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -1499,8 +1509,9 @@ def test_a_tuned_rate_is_refused_for_a_cell_scored_otherwise_than_its_search(tin
     scored with other stop strings, another generation config or other scoring code is refused; a table written
     before these were recorded is read without them."""
     from slm_sweep.identity import SCORING_VERSION
-    from slm_sweep.tune import check_tuned_under, read_table, tuned_under
-    from slm_sweep.tune import write_table as write_lr_table
+    from slm_sweep.tune.table import read_table
+    from slm_sweep.tune.table import write_table as write_lr_table
+    from slm_sweep.tune.trained_with import check_tuned_under, tuned_under
 
     searched = tiny_cfg("method=lora", "eval.dtype=float32")
     scored = _scored(max_new_tokens=searched.eval.max_new_tokens)
@@ -1560,14 +1571,14 @@ def _paper_search(monkeypatch, tmp_path, extra, returncode=0):
     """``tune --paper-search *extra`` run in ``tmp_path``, the search itself replaced by a stub exiting
     ``returncode`` (it needs GPUs); the table written to tmp_path/lr.yaml. Returns its exit status and the search's
     command."""
-    import slm_sweep.tune as tune
+    import slm_sweep.tune.cli as tune_cli
 
     ran = []
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(tune, "DEFAULT_TABLE", str(tmp_path / "lr.yaml"))
-    monkeypatch.setattr(tune, "MIN_VAL_EXAMPLES", 8)
+    monkeypatch.setattr(tune_cli, "DEFAULT_TABLE", str(tmp_path / "lr.yaml"))
+    monkeypatch.setattr(tune_cli, "MIN_VAL_EXAMPLES", 8)
     monkeypatch.setattr(subprocess, "call", lambda command: ran.append(command) or returncode)
-    return tune.main(["--paper-search", *extra]), ran
+    return tune_cli.main(["--paper-search", *extra]), ran
 
 
 def test_make_paper_search_writes_the_table_from_the_folder_its_search_wrote_to(monkeypatch, tmp_path):
@@ -1639,7 +1650,7 @@ def test_the_documented_optuna_searches_give_rates_a_paper_cell_accepts(tmp_path
     from omegaconf import OmegaConf
 
     from slm_sweep.results import redact
-    from slm_sweep.tune import check_tuned_under, tuned_under
+    from slm_sweep.tune.trained_with import check_tuned_under, tuned_under
 
     shown = (REPO / "docs" / "tuning.md").read_text()
     commands = [shlex.split(line) for line in shown.splitlines()

@@ -82,7 +82,7 @@ class Preflight(Callback):
             raise SystemExit(f"preflight: {CHDIR_REFUSED}; no cell runs")
         use_config_sources(OmegaConf.select(config, "hydra.runtime.config_sources"))
         from slm_sweep.identity import pin_running_code
-        from slm_sweep.tune import check_search_scoring
+        from slm_sweep.tune.cell_rate import check_search_scoring
 
         if not OmegaConf.select(config, "preflight.only", default=False):  # a dry run runs no cell: no code to pin
             pin_running_code()  # before the preflight computes any key: the code the sweep's cells will run

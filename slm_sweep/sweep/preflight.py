@@ -762,7 +762,7 @@ def _composed_cell(compose, overrides: list[str], plan: Plan, label: str = "") -
         validate_config,
     )
     from slm_sweep.models import ModelLoadError
-    from slm_sweep.tune import MissingTunedRate, resolve_lr
+    from slm_sweep.tune.cell_rate import MissingTunedRate, resolve_lr
 
     try:
         cell = compose(overrides)
@@ -858,7 +858,7 @@ def _first_few(cells: Sequence[str]) -> str:
 def _refuse_config(plan: Plan) -> Plan:
     """Refuse the grid for its cells' configuration errors and the tuned rates its cells need that the table lacks
     (tuning.on_missing=refuse): one line per error, one per missing dataset x model x method whatever its seeds."""
-    from slm_sweep.tune import missing_rate_fix
+    from slm_sweep.tune.cell_rate import missing_rate_fix
 
     bad = sum(len(cells) for cells in plan.config_errors.values())
     untuned = sum(len(cells) for cells in plan.missing_rates.values())
