@@ -325,7 +325,7 @@ def test_failing_cell_is_recorded_the_others_go_on_and_the_sweep_exits_non_zero(
     verdicts = {row[claims["columns"].index("claim")]: row[claims["columns"].index("verdict")]
                 for row in claims["data"]}
     from slm_sweep.report import DEFAULT_CLAIMS
-    from slm_sweep.report.claims import load_claims
+    from slm_sweep.report.claim_declaration import load_claims
 
     assert set(verdicts) == {claim.id for claim in load_claims(DEFAULT_CLAIMS)}
     assert set(verdicts.values()) == {"not covered"}

@@ -246,7 +246,7 @@ def log_summary_to_wandb(settings, sweep_dir: Path, report: dict[str, Any]) -> N
     the report can be found in the dashboard. ``settings``: the W&B logger entry of the sweep's config
     (slm_sweep.tracking.wandb_settings); ``report``: what write_report returned."""
     from slm_sweep.report.aggregate import row_metrics
-    from slm_sweep.report.claims import CSV_COLUMNS, claims_rows
+    from slm_sweep.report.claims_output import CSV_COLUMNS, claims_rows
     from slm_sweep.report.tables import ood_columns, summary_columns
     from slm_sweep.tracking import WANDB_GROUP_COLUMN, start_wandb_run
 
