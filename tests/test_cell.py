@@ -522,7 +522,7 @@ def test_an_early_failure_of_another_cell_beside_an_unfinished_record_is_that_ce
     as the sweep's list of failed cells does; each counted once, also after either completes elsewhere."""
     import slm_sweep.run as run_module
     from slm_sweep.report import collect
-    from slm_sweep.report.sweep_notes import failed_cells
+    from slm_sweep.report.sweep_notes import incomplete_cells
 
     sweep = tmp_path / "sweep"
     job = sweep / "1"
@@ -543,16 +543,16 @@ def test_an_early_failure_of_another_cell_beside_an_unfinished_record_is_that_ce
         return sorted((r["seed"], r["status"]) for r in collect([sweep]).records)
 
     assert cells() == [(1, "failed")]
-    ((listed, why),) = failed_cells(sweep)
+    ((listed, why),) = incomplete_cells(sweep)
     assert listed == job and why.startswith("failed: OSError: hub error while reading data")
     # this job's cell completes in another folder: no seed of it is lost, and none is listed
     assert run(tiny_cfg(*common, "seed=1"), out_dir=sweep / "2")["status"] == "completed"
     assert cells() == [(1, "completed")]
-    assert failed_cells(sweep) == []
+    assert incomplete_cells(sweep) == []
     # and so does the cell that trained in the folder
     assert run(tiny_cfg(*common, "seed=0"), out_dir=sweep / "3")["status"] == "completed"
     assert cells() == [(0, "completed"), (1, "completed")]
-    assert failed_cells(sweep) == []
+    assert incomplete_cells(sweep) == []
 
 
 def test_kept_weights_that_cannot_be_read_are_moved_aside_and_the_cell_trains_them_again(tiny_cfg, tmp_path,

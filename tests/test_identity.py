@@ -564,7 +564,7 @@ def test_a_rerun_that_fails_before_its_keys_are_known_keeps_the_earlier_result(t
     tell whether the finished result is its own configuration's: result.json and the predictions stay as they
     are, for the report and the reuse search, and the failure is written beside them, where the sweep's list of
     failed cells finds it."""
-    from slm_sweep.report.sweep_notes import failed_cells
+    from slm_sweep.report.sweep_notes import incomplete_cells
     from slm_sweep.results import FAILED_ATTEMPT_FILE
 
     first = run(tiny_cfg("method=zeroshot"), out_dir=tmp_path / "cell")
@@ -575,13 +575,13 @@ def test_a_rerun_that_fails_before_its_keys_are_known_keeps_the_earlier_result(t
     assert read_result(tmp_path / "cell") == json.loads(json.dumps(first, default=str))
     assert (tmp_path / "cell" / "predictions.jsonl").read_text() == predictions
     assert read_result(tmp_path / "cell" / FAILED_ATTEMPT_FILE)["status"] == "failed"
-    ((job, why),) = failed_cells(tmp_path)
+    ((job, why),) = incomplete_cells(tmp_path)
     assert job == tmp_path / "cell" and why.startswith("failed: DataError") and FAILED_ATTEMPT_FILE in why
     # the next attempt that gets through clears it
     again = run(tiny_cfg("method=zeroshot", "resume.enabled=true", f"resume.search_dir={tmp_path / 'none'}"),
                 out_dir=tmp_path / "cell")
     assert again["status"] == "completed" and again["metrics"] == first["metrics"]
-    assert not (tmp_path / "cell" / FAILED_ATTEMPT_FILE).exists() and failed_cells(tmp_path) == []
+    assert not (tmp_path / "cell" / FAILED_ATTEMPT_FILE).exists() and incomplete_cells(tmp_path) == []
 
 
 def test_training_curves_of_earlier_runs_in_the_folder_are_kept(tiny_cfg, tmp_path):

@@ -1276,7 +1276,7 @@ def test_a_recomputation_that_failed_is_the_cell_not_the_finished_result_it_set_
     and listed as failed (the sweep's exit status), and the set-aside result is left out as replaced, not shown as
     the sweep's numbers; the list says where it is kept. A retry that failed before its keys were known, beside a
     set-aside result of its settings (seed 3), is a lost seed in both too: no key says which it ran."""
-    from slm_sweep.report.sweep_notes import failed_cells
+    from slm_sweep.report.sweep_notes import incomplete_cells
 
     for seed in (0, 1, 2, 3):
         config = {"method": {"name": "lora", "r": 16}, "seed": seed}
@@ -1301,7 +1301,7 @@ def test_a_recomputation_that_failed_is_the_cell_not_the_finished_result_it_set_
     kept = ("failed: RuntimeError: boom (the finished result of this configuration that it was computing again is "
             "kept in `superseded/`; running it again with resume.enabled=true, or a sweep without "
             "resume.enabled=false, reuses it)")
-    assert failed_cells(tmp_path) == [(tmp_path / "s2", kept), (tmp_path / "s3", "failed: RuntimeError: boom")]
+    assert incomplete_cells(tmp_path) == [(tmp_path / "s2", kept), (tmp_path / "s3", "failed: RuntimeError: boom")]
     assert "Skipped cells: 0 running, 2 failed, 0 diverged, 0 interrupted." in report["markdown"]
     assert ("Set-aside results that a rerun replaced (recomputed them, or tried to and did not complete: the cell is "
             "that attempt; copied them back") in report["markdown"] and "left out: 2 (listed" in report["markdown"]
@@ -1358,9 +1358,9 @@ def test_the_cells_that_did_not_complete_are_listed_as_the_summary_counts_them(t
                       "- `2-fewshot-seed0`, `3-fewshot-seed1` (one cell, run in 2 job folders): failed: "
                       "RuntimeError: boom",
                       "- `4-lora-seed0`: failed: RuntimeError: boom", "- `5-lora-seed1`: failed: RuntimeError: boom"]
-    from slm_sweep.report.sweep_notes import failed_cell_groups
+    from slm_sweep.report.sweep_notes import incomplete_cell_groups
 
-    assert [[job.name for job, _ in cell] for cell in failed_cell_groups(tmp_path)] == [
+    assert [[job.name for job, _ in cell] for cell in incomplete_cell_groups(tmp_path)] == [
         ["0-zeroshot-seed0", "1-zeroshot-seed1"], ["2-fewshot-seed0", "3-fewshot-seed1"], ["4-lora-seed0"],
         ["5-lora-seed1"]]
 
@@ -1764,7 +1764,7 @@ def test_a_completed_result_beside_an_early_failure_is_its_cell_s_when_another_f
     r=16 seed 0 is r=16's result, kept over its failure in job 0, not dropped as replaced; r=32 is lost once."""
     from test_report_claims import _fail_beside, _variant, first, write_cell, write_row
 
-    from slm_sweep.report.sweep_notes import failed_cells
+    from slm_sweep.report.sweep_notes import incomplete_cells
 
     write_row(tmp_path, "smollm135", "zeroshot", "gsm8k", 20)
     for job, (old, new) in enumerate([(8, 16), (16, 32)]):
@@ -1780,7 +1780,7 @@ def test_a_completed_result_beside_an_early_failure_is_its_cell_s_when_another_f
     assert lora == [(8, "completed"), (16, "completed"), (32, "failed")]  # each cell once
     assert "smollm135 × lora (r=32) on gsm8k: seed 0 failed." in report["markdown"]
     assert "(r=16) on gsm8k: seed 0 failed" not in report["markdown"]
-    assert [job.name for job in map(lambda f: f[0].parent, failed_cells(tmp_path))] == ["job1"]  # r=32's folder
+    assert [job.name for job in map(lambda f: f[0].parent, incomplete_cells(tmp_path))] == ["job1"]  # r=32's folder
 
 
 def test_an_early_failure_after_its_rate_was_resolved_is_another_cell_beside_another_rate_s_result(tmp_path):
@@ -1790,7 +1790,7 @@ def test_an_early_failure_after_its_rate_was_resolved_is_another_cell_beside_ano
     from test_report_claims import _variant, first, write_cell, write_row
 
     from slm_sweep.report.collect import other_cell
-    from slm_sweep.report.sweep_notes import failed_cells
+    from slm_sweep.report.sweep_notes import incomplete_cells
 
     write_row(tmp_path, "smollm135", "zeroshot", "gsm8k", 20)
     for lr in (1e-4, 2e-4):
@@ -1816,7 +1816,7 @@ def test_an_early_failure_after_its_rate_was_resolved_is_another_cell_beside_ano
     rows = {row["variant"]: (row["seeds"], row["not_completed"]) for row in report["rows"] if row["method"] == "lora"}
     assert rows == {"lr=0.0001": ([0, 1, 2], None), "lr=0.0002": ([1, 2], "seed 0 failed")}
     assert report["collection"].replaced == []
-    (job, why), = failed_cells(tmp_path)
+    (job, why), = incomplete_cells(tmp_path)
     assert job == finished.parent and "another cell's finished result" in why
 
 

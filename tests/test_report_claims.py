@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 from slm_sweep.report import DEFAULT_CLAIMS, ClaimsError, write_report
 from slm_sweep.report.__main__ import main
 from slm_sweep.report.aggregate import constituents
-from slm_sweep.report.claims import check_claims, load_claims
+from slm_sweep.report.claim_declaration import load_claims
+from slm_sweep.report.claims import check_claims
 from slm_sweep.report.collect import NoQuestionData, question_scores
 from slm_sweep.report.stats import (
     MCNEMAR,
@@ -1844,7 +1845,7 @@ def test_a_margin_claim_shows_no_holm_p_and_says_its_p_tests_no_difference(tmp_p
 def test_a_difference_of_float_noise_prints_and_saves_as_zero(tmp_path):
     """Three LoRA seeds right on 1, 2 and 3 of 60 questions against zero-shot's 2: the means are equal, and the
     mean of the per-question differences is -9.3e-19, which printed as -0.0 (summary.md: +0.0)."""
-    from slm_sweep.report.claims import signed_points, zero_noise
+    from slm_sweep.report.claims_output import signed_points, zero_noise
 
     assert seeds_and_questions_test(_seeds(1, 2, 3, questions=60), _seeds(2, questions=60)).difference < 0
     assert (signed_points(-2.22e-18), signed_points(2e-13), signed_points(-0.0125)) == ("+0.0", "+0.0", "-1.2")

@@ -17,7 +17,9 @@ import pytest
 
 from slm_sweep.report import DEFAULT_CLAIMS, aggregate, collect, summarize, write_report
 from slm_sweep.report.aggregate import compare_many, compare_rows, shared_paired_tests
-from slm_sweep.report.claims import check_claims, load_claims, write_claims
+from slm_sweep.report.claim_declaration import load_claims
+from slm_sweep.report.claims import check_claims
+from slm_sweep.report.claims_output import write_claims
 from slm_sweep.report.stats import SEEDS_AND_QUESTIONS
 
 REPO = Path(__file__).resolve().parents[1]

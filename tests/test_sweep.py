@@ -325,7 +325,7 @@ def test_failing_cell_is_recorded_the_others_go_on_and_the_sweep_exits_non_zero(
     verdicts = {row[claims["columns"].index("claim")]: row[claims["columns"].index("verdict")]
                 for row in claims["data"]}
     from slm_sweep.report import DEFAULT_CLAIMS
-    from slm_sweep.report.claims import load_claims
+    from slm_sweep.report.claim_declaration import load_claims
 
     assert set(verdicts) == {claim.id for claim in load_claims(DEFAULT_CLAIMS)}
     assert set(verdicts.values()) == {"not covered"}
@@ -471,12 +471,12 @@ def _job(sweep: Path, name: str, status: str, key: str) -> Path:
 
 def test_a_cell_completed_in_another_folder_of_a_requeued_sweep_is_no_failure(tmp_path):
     """A requeued sweep numbered its jobs otherwise: the interrupted cell resumed and completed in another folder."""
-    from slm_sweep.report.sweep_notes import failed_cells
+    from slm_sweep.report.sweep_notes import incomplete_cells
 
     _job(tmp_path, "0-tiny-lora-gsm8k-seed0", "interrupted", "k-lora")
     _job(tmp_path, "1-tiny-lora-gsm8k-seed0", "completed", "k-lora")
     failed = _job(tmp_path, "2-tiny-dora-gsm8k-seed0", "failed", "k-dora")
-    assert [job for job, _ in failed_cells(tmp_path)] == [failed]
+    assert [job for job, _ in incomplete_cells(tmp_path)] == [failed]
 
 
 def test_a_report_of_two_sweeps_lists_no_cell_the_later_one_completed(tmp_path):
@@ -523,18 +523,18 @@ def test_a_sweep_stopped_before_some_planned_cells_says_how_many_never_started(t
 def test_an_early_failed_attempt_completed_in_another_folder_is_no_failure(tmp_path):
     """A requeued sweep reran into folder 0 a configuration that failed there early (result.failed.json beside an
     earlier run's result), and completed it in folder 5."""
-    from slm_sweep.report.sweep_notes import failed_cells
+    from slm_sweep.report.sweep_notes import incomplete_cells
     from slm_sweep.results import FAILED_ATTEMPT_FILE
 
     job = _job(tmp_path, "0-tiny-zeroshot-gsm8k-seed0", "completed", "k-x")
     attempt = {"status": "failed", "error": "DataError: hub offline", "config": {"method": {"name": "y"}}}
     (job / FAILED_ATTEMPT_FILE).write_text(json.dumps(attempt))
-    ((listed, why),) = failed_cells(tmp_path)
+    ((listed, why),) = incomplete_cells(tmp_path)
     assert listed == job and why.startswith("failed: DataError: hub offline") and FAILED_ATTEMPT_FILE in why
     done = _job(tmp_path, "5-tiny-y-gsm8k-seed0", "completed", "k-y")
     record = json.loads((done / "result.json").read_text())
     (done / "result.json").write_text(json.dumps({**record, "config": attempt["config"]}))
-    assert failed_cells(tmp_path) == []
+    assert incomplete_cells(tmp_path) == []
 
 
 def test_a_result_json_that_cannot_be_read_is_named_unreadable_not_missing(tmp_path, monkeypatch):
@@ -576,21 +576,21 @@ def test_a_learning_rate_grid_whose_cell_failed_exits_non_zero_and_one_that_dive
 def test_a_cell_that_failed_before_its_keys_and_completed_in_another_folder_is_no_failure(tmp_path):
     """A grid extended into the same sweep folder numbers its jobs otherwise: a cell that failed early (no keys:
     a data file that did not read) reran, and completed, in another folder once the file was fixed."""
-    from slm_sweep.report.sweep_notes import failed_cells
+    from slm_sweep.report.sweep_notes import incomplete_cells
 
     config = {"method": {"name": "zeroshot"}, "seed": 0}
     early = tmp_path / "2-tiny-zeroshot-gsm8k-seed0"
     early.mkdir()
     (early / "result.json").write_text(json.dumps({"status": "failed", "error": "DataError: line 3", "config": config,
                                                    "identity": None}))
-    ((listed, why),) = failed_cells(tmp_path)
+    ((listed, why),) = incomplete_cells(tmp_path)
     assert listed == early and why == "failed: DataError: line 3"
     done = _job(tmp_path, "4-tiny-zeroshot-gsm8k-seed0", "completed", "k-z")
     record = json.loads((done / "result.json").read_text())
     (done / "result.json").write_text(json.dumps({**record, "config": {**config, "seed": 1}}))
-    assert [job for job, _ in failed_cells(tmp_path)] == [early]  # another configuration completed: still failed
+    assert [job for job, _ in incomplete_cells(tmp_path)] == [early]  # another configuration completed: still failed
     (done / "result.json").write_text(json.dumps({**record, "config": config}))
-    assert failed_cells(tmp_path) == []
+    assert incomplete_cells(tmp_path) == []
 
 
 def test_the_sweeps_claims_metrics_are_its_job_configs_where_the_results_it_reused_recorded_others(tmp_path, caplog):
@@ -687,14 +687,14 @@ def test_the_sweeps_closing_message_counts_the_cells_its_summary_counts(tmp_path
 def test_a_malformed_result_json_is_a_cell_of_its_own_and_the_sweep_still_exits_non_zero(tmp_path):
     """A result.json whose config is no mapping (hand-edited, another tool's) cannot be grouped with any other: it is
     listed as a cell of its own, named by its folder, beside the others, and the sweep exits non-zero naming them."""
-    from slm_sweep.report.sweep_notes import failed_cell_groups
+    from slm_sweep.report.sweep_notes import incomplete_cell_groups
 
     for name in ("0-tiny-lora-gsm8k-seed0", "1-tiny-lora-gsm8k-seed0"):
         _job(tmp_path, name, "failed", "k-lora")
     odd = _job(tmp_path, "9-odd", "failed", "k-odd")
     (odd / "result.json").write_text(json.dumps({**json.loads((odd / "result.json").read_text()), "config": "x",
                                                  "error": "boom"}))
-    assert failed_cell_groups(tmp_path) == [
+    assert incomplete_cell_groups(tmp_path) == [
         [(tmp_path / "0-tiny-lora-gsm8k-seed0", "failed: KeyboardInterrupt"),
          (tmp_path / "1-tiny-lora-gsm8k-seed0", "failed: KeyboardInterrupt")], [(odd, "failed: boom")]]
     message = _failed_sweep_message(tmp_path).splitlines()

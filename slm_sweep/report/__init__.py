@@ -5,7 +5,9 @@ Works on result files alone: nothing here imports torch, transformers, lightning
 - ``collect.py``: finding, reading and deduplicating result files; per-question scores from predictions.jsonl.
 - ``aggregate.py``: summary rows (``summarize``: in-domain, ``summarize_ood``: out-of-domain).
 - ``stats.py``: intervals and paired tests (exact McNemar, the seeds-and-questions test).
-- ``claims.py``: claims declared in a YAML file (``claim_files/paper.yaml``: the study's), checked on the rows.
+- ``claim_declaration.py``: claims declared in a YAML file (``claim_files/paper.yaml``: the study's).
+- ``claims.py``: the claims checked on the rows (``claim_pooling.py``: a claim's rows pooled over models).
+- ``claims_output.py``: the checked claims written to claims.md, claims.csv and claims.json.
 - ``provenance.py``: report.json, the report's own record (code, versions, settings, every input file).
 - ``write_report(dirs, out_dir)``: writes summary.csv, summary_ood.csv, summary.md, the PNG plots, with
   ``claims`` claims.md, claims.csv and claims.json, and report.json.
@@ -35,15 +37,9 @@ from .aggregate import (
     summarize,
     summarize_ood,
 )
-from .claims import (
-    DEFAULT_CLAIMS,
-    ClaimsError,
-    check_claims,
-    check_correction,
-    load_claims,
-    render_claims_markdown,
-    write_claims,
-)
+from .claim_declaration import DEFAULT_CLAIMS, ClaimsError, load_claims
+from .claims import check_claims, check_correction
+from .claims_output import render_claims_markdown, write_claims
 from .collect import Collection, NoResultsError, ReportError, collect, load_results
 from .provenance import REPORT_FILE, report_record, write_report_record
 from .stats import ALPHA, CORRECTIONS, HOLM, describe
@@ -73,7 +69,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# the names of the claims and plot files a report writes (claims.write_claims, plots.write_plots)
+# the names of the claims and plot files a report writes (claims_output.write_claims, plots.write_plots)
 CLAIMS_FILES = ("claims.md", "claims.csv", "claims.json")
 PLOT_FILES = ("accuracy_by_model_*.png", "accuracy_vs_*_*.png", "ood_accuracy_*.png")
 

@@ -521,7 +521,7 @@ def other_cell(attempt: Mapping[str, Any], record: Mapping[str, Any]) -> bool:
     """Whether a failed ``attempt`` (result.failed.json) is of another cell than the ``record`` beside it: not the
     same evaluation key, and another model, method, dataset, seed (of a method whose numbers depend on it) or
     configuration (``configuration_settings``; for an attempt that failed before its keys were known, less what a
-    cell resolves on its way there, ``RESOLVED_BEFORE_KEYS``). sweep_notes.failed_cells asks it too."""
+    cell resolves on its way there, ``RESOLVED_BEFORE_KEYS``). sweep_notes.incomplete_cells asks it too."""
     from slm_sweep.identity import is_seed_independent
 
     from .aggregate import configuration_settings

@@ -88,7 +88,7 @@ def _completed(records: dict[Path, dict | None], set_aside: dict[Path, dict | No
     return {key(r) for r in (*completed, *aside)} - {None}, [r.get("config") for r in completed]
 
 
-def failed_cells(sweep_dir: Path) -> list[tuple[Path, str]]:
+def incomplete_cells(sweep_dir: Path) -> list[tuple[Path, str]]:
     """(job dir, '<status>: <error>') for every job of the sweep that has no completed result.json (failed,
     diverged, interrupted, still running, or no readable result.json: not only failed ones), unless another
     folder of the sweep completed the same cell (same evaluation key): a requeued sweep whose jobs were numbered
@@ -96,9 +96,10 @@ def failed_cells(sweep_dir: Path) -> list[tuple[Path, str]]:
     return [(job, why) for job, why, _ in _listed(Path(sweep_dir))]
 
 
-def failed_cell_groups(sweep_dir: Path) -> list[list[tuple[Path, str]]]:
-    """``failed_cells`` grouped by cell, as the report counts them ("Skipped cells"): the seeds of a baseline whose
-    result does not depend on the seed, or a cell's attempts in several folders of a requeued sweep, are one."""
+def incomplete_cell_groups(sweep_dir: Path) -> list[list[tuple[Path, str]]]:
+    """``incomplete_cells`` grouped by cell, as the report counts them ("Skipped cells"): the seeds of a baseline
+    whose result does not depend on the seed, or a cell's attempts in several folders of a requeued sweep, are
+    one."""
     return _by_cell(_listed(Path(sweep_dir)))
 
 
@@ -109,7 +110,7 @@ def _listed(sweep_dir: Path) -> list[tuple[Path, str, dict | None]]:
 
 def _not_completed(records: dict[Path, dict | None], done: set[str],
                    finished: list) -> list[tuple[Path, str, dict | None]]:
-    """``failed_cells`` of the jobs ``records`` holds, given the evaluation keys and configs completed
+    """``incomplete_cells`` of the jobs ``records`` holds, given the evaluation keys and configs completed
     (``_completed``) in any folder the report reads, each with the record it lists (None: none could be read)."""
     from .collect import other_cell
 
@@ -396,7 +397,8 @@ _BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # pr
 
 
 def describe_cell(jobs: list[tuple[Path, str]], sweep_dir: Path) -> str:
-    """One cell of ``failed_cell_groups`` as summary.md lists it, its job folders named relative to ``sweep_dir``."""
+    """One cell of ``incomplete_cell_groups`` as summary.md lists it, its job folders named relative to
+    ``sweep_dir``."""
     if len(jobs) == 1:
         (job, why), = jobs
         return f"`{job.relative_to(sweep_dir)}`: {why}"
@@ -410,7 +412,7 @@ def describe_cell(jobs: list[tuple[Path, str]], sweep_dir: Path) -> str:
 
 def sweep_notes_markdown(notes: list[str], failed: list[list[tuple[Path, str]]], sweep_dir: Path,
                          unstarted: int = 0) -> list[str]:
-    """``failed``: the cells that did not complete, each its job folders (``failed_cell_groups``)."""
+    """``failed``: the cells that did not complete, each its job folders (``incomplete_cell_groups``)."""
     lines: list[str] = []
     if notes:
         lines += ["", "## Left out by the preflight", "",

@@ -147,16 +147,16 @@ class AggregateSweep(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from slm_sweep.report import write_report
-        from slm_sweep.report.sweep_notes import failed_cell_groups, failed_cells
+        from slm_sweep.report.sweep_notes import incomplete_cell_groups, incomplete_cells
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         # the cells that did not complete, each its job folders (the seeds of a baseline whose result does not
         # depend on the seed are one cell, as the summary counts them)
         try:
-            groups = failed_cell_groups(sweep_dir)
+            groups = incomplete_cell_groups(sweep_dir)
         except Exception:  # noqa: BLE001 - Hydra would only warn and exit 0, naming none of them: each folder alone
             log.exception("grouping the cells that did not complete failed; each job folder is listed as a cell")
-            groups = [[entry] for entry in failed_cells(sweep_dir)]
+            groups = [[entry] for entry in incomplete_cells(sweep_dir)]
         failed = [entry for jobs in groups for entry in jobs]
         if config.get("eval") and config.eval.get("split", "test") != "test":
             # A hyperparameter search scores the validation split; the tune command reads it, and Optuna writes its
@@ -246,7 +246,7 @@ def log_summary_to_wandb(settings, sweep_dir: Path, report: dict[str, Any]) -> N
     the report can be found in the dashboard. ``settings``: the W&B logger entry of the sweep's config
     (slm_sweep.tracking.wandb_settings); ``report``: what write_report returned."""
     from slm_sweep.report.aggregate import row_metrics
-    from slm_sweep.report.claims import CSV_COLUMNS, claims_rows
+    from slm_sweep.report.claims_output import CSV_COLUMNS, claims_rows
     from slm_sweep.report.tables import ood_columns, summary_columns
     from slm_sweep.tracking import WANDB_GROUP_COLUMN, start_wandb_run
 

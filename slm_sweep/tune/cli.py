@@ -247,10 +247,10 @@ def run_paper_search(extra: Sequence[str]) -> int:
 def _no_table_written(search_dir: str, returncode: int) -> str:
     """Why the paper's search wrote no table: the cells of ``search_dir`` that did not complete (a diverged rate is
     a result, not one of them), or a search stopped before any did."""
-    from slm_sweep.report.sweep_notes import failed_cells
+    from slm_sweep.report.sweep_notes import incomplete_cells
 
     try:
-        broken = [(job, why) for job, why in failed_cells(Path(search_dir)) if not why.startswith("diverged:")]
+        broken = [(job, why) for job, why in incomplete_cells(Path(search_dir)) if not why.startswith("diverged:")]
     except Exception:  # noqa: BLE001 - the folder unreadable or absent: the search's own message says why
         broken = []
     head = f"{PAPER_SEARCH}: error: the search in {search_dir} exited with status {returncode}, so no table was written"
