@@ -54,7 +54,8 @@ smoke: install ## A 2 x 3 sweep on the two tiny models (under a minute on CPU)
 # The learning-rate search of every trained cell of experiment=paper, trained and scored as the paper's cells are
 # (trainer=gpu eval=gpu; hparams_search=lr_grid scores in float32, as the paper does), so that each rate it chooses
 # is one `make paper` accepts; then the table from it (slm_sweep/tuned/lr.yaml, which experiment=paper reads).
-# slm_sweep/tune/ holds the same command (PAPER_SEARCH), which a refused paper cell names. A search with a cell
+# slm_sweep/tune/cli.py builds the same command (paper_search_command; tune/cell_rate.py's PAPER_SEARCH is what a
+# refused paper cell names). A search with a cell
 # that did not complete writes no table, and says which cells and how to go on.
 # PREFLIGHT_ONLY is passed on as preflight.only's value and read as Hydra reads it: 1, true, yes list the cells and
 # run none; 0, false, no run them (as without it).

@@ -148,7 +148,7 @@ TRAINING_SOURCES = ("data/prompts.py", "data/encode.py", "train/batching.py", "t
                     "train/fit.py", "train/optimizers.py", "train/rank_allocation.py", "train/compilation.py",
                     "methods.py", "placement.py", "models.py",
                     "train/interrupt.py")  # which steps a resumed run trains (align_to_plan, rewind_to_last_step)
-SCORING_SOURCES_SHA256 = {22: "9a2291ece841e336445c9d213001da828750e9445cace8b96efef7dc694f0b02"}
+SCORING_SOURCES_SHA256 = {22: "70eb8e1f630404670241949e82137c1d70c5da7c1638a238496bdf8692d9d840"}
 TRAINING_SOURCES_SHA256 = {9: "47cf17ba77981b33474b6d5401245f8d96b31b620f58cb6135921d5494e20be0"}
 
 # Trainer settings that change the trained weights; the others change only speed, memory or logging.

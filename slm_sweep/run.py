@@ -5,7 +5,8 @@
 
 ``run(cfg)`` is what the Hydra entry point calls and what tests call directly. Once it starts, the cell records
 how it ended (``completed``, ``failed`` with the error, ``diverged`` or ``interrupted``) in result.json, or in
-result.failed.json beside a finished result; a config error in a single run is raised before anything is written.
+result.failed.json beside a finished result. A config error that validation finds is raised in a single run
+before anything is written; one found once the keys are known (``check_tuned_data``) is recorded as failed.
 """
 
 from __future__ import annotations

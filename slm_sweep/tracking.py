@@ -294,7 +294,7 @@ class WandbRun(CellLogger):
     """A W&B run per cell, grouped by configuration (``model-method-dataset-<configuration key>``, ``-val`` for a
     search cell: a group is a row of the report; ``-reused`` for a copy of another folder's result), named
     ``<group>[-lr<rate>]-seed<seed>`` (the rate for a search cell), tagged with the model, method,
-    dataset, split and sweep, ``rerun`` when it computes again a finished result of its folder (whose runs it
+    dataset, split and sweep, ``reused`` for a copy, ``rerun`` when it computes again a finished result of its folder (whose runs it
     names under ``provenance.supersedes``), and at the end with ``status:<status>`` (a dashboard filters the
     attempts that did not complete out of a group); offline without an API key or with WANDB_MODE=offline,
     offline when online fails (and for every later cell of the process), left out (``state``: ``not started:

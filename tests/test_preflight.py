@@ -205,6 +205,24 @@ def test_plan_leaves_out_missing_swept_values_and_ood_sets(requires_data, compos
                                               "eval.ood_sets=[svamp]"]
 
 
+def test_a_grid_refused_for_its_cells_different_ood_sets_lists_every_planned_cell(requires_data, composer,
+                                                                                 monkeypatch, tmp_path):
+    """A missing out-of-domain set cannot be left out with one override when the cells list different sets: the
+    grid is refused, and its listing still holds every planned cell, those of a missing model marked, not only the
+    cells that would have run had the model been left out."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "gsm8k").symlink_to(DATA_ROOT / "gsm8k")
+    (tmp_path / "svamp").symlink_to(DATA_ROOT / "svamp")
+    plan = plan_grid(sweep_config([f"data_root={tmp_path}", "method=zeroshot"],
+                                  params={"model": "tiny,smollm135", "eval.ood_sets": "[svamp,gsm_hard],[gsm_hard]"}),
+                     composer)
+    assert "the cells list different eval.ood_sets" in plan.refused
+    assert plan.cells == 4 and len(plan.planned) == 4
+    assert sorted(plan.blocked) == sorted(cell for cell in plan.planned if "model=smollm135" in cell)
+    listing = plan.listing(Path("plan.json"))
+    assert sorted(line[0] for line in listing[1:]) == [" ", " ", "!", "!"]
+
+
 def test_a_set_missing_for_cells_that_read_different_splits_is_named_once(requires_data, composer, monkeypatch,
                                                                          tmp_path):
     """Zero-shot cells read GSM8K's test split, LoRA's its test and train splits: one line names the set with

@@ -1,5 +1,5 @@
 """The decode loops behind ``generate``: greedy, the same tokens in every engine up to floating-point rounding
-(which can flip a near-tie: ``generate``'s docstring).
+(which can flip a near-tie: generate.py's docstring).
 
 - ``decode_static``: a preallocated KV cache of a fixed number of slots (``SlotKVCache``), refilled as sequences
   end, each decode step optionally replayed as a CUDA graph (``_DecodeStep``).

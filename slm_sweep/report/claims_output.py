@@ -1,4 +1,4 @@
-"""Checked claims written out: claims.md (``render_claims_markdown``, which also ends summary.md), claims.csv and
+"""Checked claims written out: claims.md (``render_claims_markdown``, which summary.md also holds below its tables), claims.csv and
 claims.json (``write_claims``; ``claims_rows``, the CSV's rows, are also the W&B table's), with the notes beside
 each verdict and roll-up.
 """

@@ -90,7 +90,8 @@ def _completed(records: dict[Path, dict | None], set_aside: dict[Path, dict | No
 
 def incomplete_cells(sweep_dir: Path) -> list[tuple[Path, str]]:
     """(job dir, '<status>: <error>') for every job of the sweep that has no completed result.json (failed,
-    diverged, interrupted, still running, or no readable result.json: not only failed ones), unless another
+    diverged, interrupted, still running, no readable result.json, or a last attempt that failed beside a finished
+    result in result.failed.json: not only failed ones), unless another
     folder of the sweep completed the same cell (same evaluation key): a requeued sweep whose jobs were numbered
     otherwise resumes an interrupted cell in another folder."""
     return [(job, why) for job, why, _ in _listed(Path(sweep_dir))]

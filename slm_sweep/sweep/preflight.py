@@ -652,16 +652,16 @@ def plan_grid(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], check
     else:
         alive = jobs
 
+    kept = [v for job, v in zip(jobs, verdict) if job in alive]
+    dropped = sorted({c.name for v in kept for c in v[1]})
+    lists = {tuple(v[2]) for v in kept}
+    if dropped and len(lists) > 1:  # refused before planned is cut down: the listing holds every planned cell
+        return _refuse(plan, "the cells list different eval.ood_sets, so the missing ones cannot be "
+                             "left out with one override; set eval.ood_sets yourself")
     plan.planned = [label(job) for job in alive]
     plan.computations = len({_computation(job, cell) for job, cell in zip(jobs, cells) if job in alive})
     plan.concurrent_seeds = _concurrent_seeds(cfg, swept, plan.computations < len(alive))
-    kept = [v for job, v in zip(jobs, verdict) if job in alive]
-    dropped = sorted({c.name for v in kept for c in v[1]})
     if dropped:
-        lists = {tuple(v[2]) for v in kept}
-        if len(lists) > 1:
-            return _refuse(plan, "the cells list different eval.ood_sets, so the missing ones cannot be "
-                                 "left out with one override; set eval.ood_sets yourself")
         plan.ood_dropped = dropped
         plan.ood_sets = [s for s in next(iter(lists)) if s not in dropped]
         for check in plan.missing:
