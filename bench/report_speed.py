@@ -444,7 +444,7 @@ class PhaseClock:
 
     def __enter__(self) -> PhaseClock:
         import slm_sweep.report as report
-        from slm_sweep.report import aggregate, plots
+        from slm_sweep.report import comparisons, plots
 
         # write_report's steps, as slm_sweep.report looks them up
         for name, phase in (("load_claims", "claims"), ("collect", "read"), ("summarize", "tables"),
@@ -455,9 +455,9 @@ class PhaseClock:
             self.wrap(report, name, phase)
         self.wrap(plots, "write_plots", "plots")
         # within the tables and claims: reading each cell's per-question scores, and the paired tests
-        self.wrap(aggregate, "question_scores", "per-question scores")
-        self.wrap(aggregate, "paired_test", "paired tests")
-        self.wrap(aggregate, "pooled_paired_test", "paired tests")
+        self.wrap(comparisons, "question_scores", "per-question scores")
+        self.wrap(comparisons, "paired_test", "paired tests")
+        self.wrap(comparisons, "pooled_paired_test", "paired tests")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -492,7 +492,7 @@ def time_report(sweep: Path, out: Path, plots: bool = True, profile: str | None 
 
 
 def main(argv=None) -> int:
-    from slm_sweep.report.aggregate import available_cpus
+    from slm_sweep.report.comparisons import available_cpus
 
     args = parse_args(argv)
     try:

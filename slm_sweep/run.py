@@ -686,7 +686,7 @@ def _say_claims_metric(source: Mapping[str, Any], record: Mapping[str, Any]) -> 
     that its own run's config named, which is in no key; one line per set where this run's config names another,
     saying which the summary reads: a sweep's own summary reads this config's (report.sweep_notes.
     sweep_claims_metrics), a report run later the result's unless given ``--claims-metric``."""
-    from slm_sweep.report.aggregate import entry_claims_metric, recorded_claims_metric
+    from slm_sweep.report.claims_metric import entry_claims_metric, recorded_claims_metric
     from slm_sweep.scoring import accuracy_key
 
     sets = [(str(record.get("dataset")), recorded_claims_metric(source), recorded_claims_metric(record),

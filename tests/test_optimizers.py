@@ -12,7 +12,7 @@ import torch
 from slm_sweep.config import ConfigError, validate_config
 from slm_sweep.identity import trainer_identity
 from slm_sweep.methods import apply_method
-from slm_sweep.report.aggregate import configuration_settings
+from slm_sweep.report.variants import configuration_settings
 from slm_sweep.train.fit import build_module
 from slm_sweep.train.optimizers import (
     OptimizerError,

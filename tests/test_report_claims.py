@@ -21,10 +21,10 @@ from omegaconf import OmegaConf
 
 from slm_sweep.report import DEFAULT_CLAIMS, ClaimsError, write_report
 from slm_sweep.report.__main__ import main
-from slm_sweep.report.aggregate import constituents
 from slm_sweep.report.claim_declaration import load_claims
 from slm_sweep.report.claims import check_claims
 from slm_sweep.report.collect import NoQuestionData, question_scores
+from slm_sweep.report.comparisons import constituents
 from slm_sweep.report.stats import (
     MCNEMAR,
     POOLED,
@@ -500,7 +500,7 @@ def test_a_verdict_that_hinges_on_the_metric_says_so_beside_the_claims_metric_s(
     flexible filter (GSM8K's claims metric) scores wrong, while full fine-tuning learnt "#### 18": on flexible full
     fine-tuning is above zero-shot, on lenient far below. The verdict stays flexible's; the report gives each
     other metric's, by the same tests and correction, and marks the claim metric-sensitive."""
-    from slm_sweep.report.aggregate import compare_rows
+    from slm_sweep.report.comparisons import compare_rows
 
     write_cell(tmp_path, "smollm135", "zeroshot", "gsm8k", 0, first(45), styles=ZERO_SHOT_PROSE)
     write_row(tmp_path, "smollm135", "full", "gsm8k", 20)
@@ -1130,7 +1130,7 @@ def test_the_summary_s_deltas_and_marks_read_each_dataset_s_claims_metric_as_its
     """On OrcaMath flexible and lenient disagree about LoRA against zero-shot: flexible puts it far below (its prose
     ends with a check's number), lenient 15 points above. The summary's delta, its test, ▼ and the claim read
     lenient there and agree; on GSM8K all of them read flexible, as before."""
-    from slm_sweep.report.aggregate import compare_rows
+    from slm_sweep.report.comparisons import compare_rows
 
     _prose_lora_against_zeroshot(tmp_path)
     results, report = claims_of(tmp_path)

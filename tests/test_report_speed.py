@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from slm_sweep.report import DEFAULT_CLAIMS, aggregate, collect, summarize, write_report
-from slm_sweep.report.aggregate import compare_many, compare_rows, shared_paired_tests
+from slm_sweep.report import DEFAULT_CLAIMS, collect, comparisons, summarize, write_report
 from slm_sweep.report.claim_declaration import load_claims
 from slm_sweep.report.claims import check_claims
 from slm_sweep.report.claims_output import write_claims
+from slm_sweep.report.comparisons import compare_many, compare_rows, shared_paired_tests
 from slm_sweep.report.stats import SEEDS_AND_QUESTIONS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def test_a_report_computes_each_paired_test_once_and_gets_what_each_test_alone_g
 
     computed: Counter = Counter()
     read_from: dict[int, tuple[str, str, str]] = {}  # each per-question score mapping's file, set and metric
-    real_scores, real_test = aggregate.question_scores, aggregate.paired_test
+    real_scores, real_test = comparisons.question_scores, comparisons.paired_test
 
     def recorded(path, eval_set, metric):
         scores = real_scores(path, eval_set, metric)
@@ -116,8 +116,8 @@ def test_a_report_computes_each_paired_test_once_and_gets_what_each_test_alone_g
         computed[sides, tuple(sorted(options.items()))] += 1
         return real_test(a, b, **options)
 
-    monkeypatch.setattr(aggregate, "question_scores", recorded)
-    monkeypatch.setattr(aggregate, "paired_test", counted)
+    monkeypatch.setattr(comparisons, "question_scores", recorded)
+    monkeypatch.setattr(comparisons, "paired_test", counted)
     with shared_paired_tests(workers=2):
         shared_rows = summarize(cells)
         shared = check_claims(declared, shared_rows)
@@ -177,13 +177,13 @@ def test_tests_over_seeds_computed_side_by_side_are_the_tests_computed_one_by_on
              for eval_set in ("gsm8k", "svamp") for metric in ("flexible", "lenient")]
     one_by_one = [compare_rows(*pair, alpha=0.01, interval=True) for pair in pairs]
     threads = []  # the thread each test of the batch ran on
-    real_test = aggregate.paired_test
+    real_test = comparisons.paired_test
 
     def on_its_thread(a, b, **options):
         threads.append(threading.current_thread())
         return real_test(a, b, **options)
 
-    monkeypatch.setattr(aggregate, "paired_test", on_its_thread)
+    monkeypatch.setattr(comparisons, "paired_test", on_its_thread)
     with shared_paired_tests(workers=4):
         together = compare_many(pairs, alpha=0.01, interval=True)
     assert all(t.test == SEEDS_AND_QUESTIONS and t.ci_low is not None for t in one_by_one)

@@ -268,7 +268,7 @@ def test_each_out_of_domain_set_records_its_claims_metric_which_a_report_run_on_
     older = json.loads(path.read_text())
     del older["eval_sets"]["mywords"]["claims_metric"]
     path.write_text(json.dumps(older))
-    with caplog.at_level(logging.WARNING, logger="slm_sweep.report.aggregate"):
+    with caplog.at_level(logging.WARNING, logger="slm_sweep.report.claims_metric"):
         (row,) = summarize_ood(load_results([tmp_path / "sweep"]))
     assert row["delta_metric"] == "flexible"
     assert "dataset mywords: its result files record no claims metric and conf/dataset/ has no config of it" \

@@ -4,6 +4,10 @@ Works on result files alone: nothing here imports torch, transformers, lightning
 
 - ``collect.py``: finding, reading and deduplicating result files; per-question scores from predictions.jsonl.
 - ``aggregate.py``: summary rows (``summarize``: in-domain, ``summarize_ood``: out-of-domain).
+- ``variants.py``: a row's variant, the settings that tell its configuration apart from the others' (``r=8``).
+- ``ordering.py``: methods (baselines first) and models (by size) in report order, and their labels.
+- ``comparisons.py``: paired tests of two rows, computed once per report (``shared_paired_tests``).
+- ``claims_metric.py``: which metric a set's claims and deltas are read on (``--claims-metric``).
 - ``stats.py``: intervals and paired tests (exact McNemar, the seeds-and-questions test).
 - ``claim_declaration.py``: claims declared in a YAML file (``claim_files/paper.yaml``: the study's).
 - ``claims.py``: the claims checked on the rows (``claim_pooling.py``: a claim's rows pooled over models).
@@ -26,25 +30,23 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from .aggregate import (
+from .aggregate import row_metrics, summarize, summarize_ood
+from .claim_declaration import DEFAULT_CLAIMS, ClaimsError, load_claims
+from .claims import check_claims, check_correction
+from .claims_metric import (
     CLAIMS_METRIC_OPTION,
     CLAIMS_METRIC_SWEEP,
     check_claims_metrics,
     claims_metric_notes,
-    not_completed,
-    row_metrics,
-    shared_paired_tests,
-    summarize,
-    summarize_ood,
 )
-from .claim_declaration import DEFAULT_CLAIMS, ClaimsError, load_claims
-from .claims import check_claims, check_correction
 from .claims_output import render_claims_markdown, write_claims
 from .collect import Collection, NoResultsError, ReportError, collect, load_results
+from .comparisons import shared_paired_tests
 from .provenance import REPORT_FILE, report_record, write_report_record
 from .stats import ALPHA, CORRECTIONS, HOLM, describe
 from .sweep_notes import sweep_sections
 from .tables import ood_columns, render_markdown, summary_columns, write_csv
+from .variants import not_completed
 
 __all__ = [
     "ALPHA",

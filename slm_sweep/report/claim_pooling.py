@@ -4,17 +4,21 @@ pair of pooled rows per dataset, pair of methods and variant (``pooled_pairs``),
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from .aggregate import constituents, method_label, pooled_row, varying_settings
+from .aggregate import row_metrics
+from .comparisons import POOLED_FROM, constituents
+from .ordering import method_label
+from .variants import varying_settings
 
 
 def pooled_pairs(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]],
                  gaps: list[str]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """The pairs of one dataset, pair of methods (and variants) and claims metrics, each pooled over its models
-    into one pair of pooled rows (aggregate.pooled_row). A model's variant joins the other models' rows by the
+    into one pair of pooled rows (``pooled_row``). A model's variant joins the other models' rows by the
     values of the settings that tell any model's variants apart and that two models or more share a value of, not
     by its label: a label names what differs among one model's own rows, so the r=16 of a model that also ran r=8
     reads ``r=16`` where the r=16 of a model that ran it alone reads ``''``; a learning rate tuned per model tells no
@@ -64,6 +68,32 @@ def pooled_pairs(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]],
                         f"{'; '.join(w for w in why if w)}, and the mean over part of the models is another quantity")
         pooled.append((a, b))
     return pooled
+
+
+# what a pooled row keeps of its models' rows, when they agree (one method and variant on one dataset)
+_POOLED_SAME = ("dataset", "method", "variant", "trained", "claims_metric", "delta_metric", "settings",
+                "n_eval")
+
+
+def pooled_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A summary row standing for one method's rows of several models on one dataset: each accuracy the mean
+    of the models' means, every model weighted equally (no interval over questions: the models' errors on a
+    question are not independent); ``n`` the seeds of them all, ``not_completed`` their lost seeds by model,
+    ``pooled_from`` the rows (``compare_rows`` tests two such rows model by model)."""
+    if not rows:
+        raise ValueError("a pooled row needs at least one row")
+    row: dict[str, Any] = {key: rows[0].get(key) for key in _POOLED_SAME
+                           if all(r.get(key) == rows[0].get(key) for r in rows)}
+    models = [r["model"] for r in rows]
+    row.update(model=f"{len(rows)} model{'s' if len(rows) != 1 else ''} pooled ({', '.join(models)})",
+               n=sum(r["n"] for r in rows), seeds=[seed for r in rows for seed in r.get("seeds") or []],
+               not_completed="; ".join(f"{r['model']}: {r['not_completed']}" for r in rows
+                                       if r.get("not_completed")) or None,
+               **{POOLED_FROM: list(rows)})
+    for key in row_metrics(rows):
+        means = [r.get(f"{key}_mean") for r in rows]
+        row[f"{key}_mean"] = statistics.fmean(means) if all(m is not None for m in means) else None
+    return row
 
 
 def _model_rows(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> dict[tuple, list[dict[str, Any]]]:

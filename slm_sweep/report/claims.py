@@ -3,7 +3,7 @@
 Each claim compares two sides (``a`` and ``b``: a method, or a list of methods evaluated one at a time, such as
 the wordings of a baseline) in a direction, on one metric; an instance is one pair of summary rows on the same
 dataset (and the same model, unless a side selects its own models). Each instance gets the paired test of
-``aggregate.compare_rows`` and a verdict; each claim a roll-up. By default the instances of a claim are one family:
+``comparisons.compare_rows`` and a verdict; each claim a roll-up. By default the instances of a claim are one family:
 Holm-adjusted p-values and Bonferroni intervals, so that every verdict of a claim holds jointly at alpha. The
 file format and the rules are in
 docs/results.md#claims; the study's own claims are in ``claim_files/paper.yaml`` beside this module, which
@@ -23,14 +23,7 @@ from typing import Any
 
 from slm_sweep.scoring import METRICS, PRIMARY_METRIC, accuracy_key
 
-from .aggregate import (
-    UNTRAINED_SOURCES,
-    compare_many,
-    constituents,
-    method_label,
-    row_metrics,
-    varying_settings,
-)
+from .aggregate import UNTRAINED_SOURCES, row_metrics
 from .claim_declaration import (
     ABOVE,
     BELOW,
@@ -45,7 +38,10 @@ from .claim_declaration import (
     count_text,
 )
 from .claim_pooling import pooled_pairs
+from .comparisons import compare_many, constituents
+from .ordering import method_label
 from .stats import ALPHA, CORRECTIONS, HOLM, PairedTest, holm
+from .variants import varying_settings
 
 REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive"
 NOT_COVERED = "not covered"
@@ -503,7 +499,7 @@ def check_claim(claim: Claim, rows: Sequence[dict[str, Any]], *, alpha: float = 
     every instance significant either way (an intersection-union test, valid at alpha without a correction); the
     correction matters for the instances read one by one and for the partial roll-ups.
 
-    ``lost``: aggregate.not_completed of the records, so that cells the claim covers but that did not complete
+    ``lost``: variants.not_completed of the records, so that cells the claim covers but that did not complete
     are named in ``gaps``. A significant verdict (reproduced or contradicted) whose favoured side lost seeds
     (``favoured_side``) is inconclusive: the seeds that diverged, failed or were killed are evidence its survivors
     cannot stand in for. Also gaps: a

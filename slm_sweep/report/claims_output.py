@@ -14,7 +14,6 @@ from typing import Any
 
 from slm_sweep.scoring import METRICS, accuracy_key
 
-from .aggregate import POOLED_FROM, constituents, method_label, method_sort_key
 from .claim_declaration import ABOVE, BELOW, NOT_ABOVE, NOT_BELOW, Claim
 from .claims import (
     CONTRADICTED,
@@ -27,6 +26,8 @@ from .claims import (
     MetricReading,
     single_runs,
 )
+from .comparisons import POOLED_FROM, constituents
+from .ordering import method_label, method_sort_key
 from .stats import (
     HOLM,
     MCNEMAR,

@@ -317,7 +317,7 @@ def settings_key(record: dict[str, Any]) -> tuple:
     whatever seeds ran it, as its evaluation key makes it: three copies are one measurement, not three."""
     from slm_sweep.identity import is_seed_independent
 
-    from .aggregate import configuration_settings
+    from .variants import configuration_settings
 
     settings = json.dumps(configuration_settings(record), sort_keys=True)
     method = (record.get("config") or {}).get("method")
@@ -524,7 +524,7 @@ def other_cell(attempt: Mapping[str, Any], record: Mapping[str, Any]) -> bool:
     cell resolves on its way there, ``RESOLVED_BEFORE_KEYS``). sweep_notes.incomplete_cells asks it too."""
     from slm_sweep.identity import is_seed_independent
 
-    from .aggregate import configuration_settings
+    from .variants import configuration_settings
 
     # a record as sweep_notes reads it, not checked: a name it lacks is unknown
     attempt, record = ({**dict.fromkeys(("model", "method", "dataset", "seed")), **cell} for cell in (attempt, record))
@@ -565,8 +565,8 @@ def unwritten_cells(dirs: Sequence[str | os.PathLike],
     lost; a record with no configuration key holds its seed of its settings."""
     import copy
 
-    from .aggregate import configuration_settings, varying_settings
     from .sweep_notes import job_cell
+    from .variants import configuration_settings, varying_settings
 
     runs = _runs_by_configuration(records)
     held = set()
@@ -701,7 +701,7 @@ def _grid_points(dirs: Sequence[str | os.PathLike], current: Sequence[dict[str, 
     ``unresolved_settings``: the same cell, failed in another folder, as ``deduplicate`` groups them) is that cell's
     result: read, and kept over the failure by ``deduplicate``. A result in superseded*/ beside such a failure is
     not: its folder's rerun set it aside to compute it again, and no key says what the failure ran."""
-    from .aggregate import configuration_settings
+    from .variants import configuration_settings
 
     now = {settings_key(r) for r in current}
     # the evaluation keys of current cells that did not complete, each with their job folders: a result in
@@ -761,7 +761,7 @@ def _readable(paths: Sequence[Path]) -> Iterator[tuple[Path, dict[str, Any]]]:
 def _a_point_of(settings: dict[str, str], current: list[dict[str, str]]) -> bool:
     """Whether ``settings`` differ from one of the ``current`` cells' only in settings the current cells vary
     among themselves (or not at all: another seed of a current configuration)."""
-    from .aggregate import varying_settings
+    from .variants import varying_settings
 
     if not current:
         return True

@@ -47,7 +47,8 @@ from matplotlib.transforms import Bbox
 
 from slm_sweep.scoring import PRIMARY_METRIC, accuracy_key
 
-from .aggregate import DELTA_BASELINES, UNTRAINED_SOURCES, is_fine_tuned, method_label, row_sort_key
+from .aggregate import DELTA_BASELINES, UNTRAINED_SOURCES
+from .ordering import is_fine_tuned, method_label, row_sort_key
 
 DPI = 120
 # the primary metric's columns: what rows without a delta_metric (made before rows had one) are drawn on

@@ -312,7 +312,7 @@ def job_claims_metric(job: Path) -> str | None:
 def _set_claims_metric(name: str) -> str | None:
     """The claims metric an out-of-domain set's config (conf/dataset/, or a search-path folder the sweep named)
     says now; None without one that reads."""
-    from .aggregate import configured_claims_metric
+    from .claims_metric import configured_claims_metric
 
     try:
         return configured_claims_metric(name)
@@ -332,7 +332,7 @@ def sweep_claims_metrics(sweep_dir: str | Path) -> tuple[dict[str, str], dict[st
     results recorded)."""
     import logging
 
-    from .aggregate import entry_claims_metric, held_metrics, recorded_claims_metric
+    from .claims_metric import entry_claims_metric, held_metrics, recorded_claims_metric
 
     log = logging.getLogger(__name__)
     records, _ = _job_records(Path(sweep_dir))

@@ -19,19 +19,12 @@ from typing import Any
 
 from slm_sweep.scoring import PRIMARY_METRIC, accuracy_key
 
-from .aggregate import (
-    ACCURACY_METRICS,
-    DELTA_BASELINES,
-    NO_DATA,
-    PRIMARY_ACCURACY,
-    SEVERAL_BASELINES,
-    is_fine_tuned,
-    method_label,
-    not_completed,
-    row_metrics,
-)
-from .collect import Collection
+from .aggregate import ACCURACY_METRICS, DELTA_BASELINES, SEVERAL_BASELINES, row_metrics
+from .collect import PRIMARY_ACCURACY, Collection
+from .comparisons import NO_DATA
+from .ordering import is_fine_tuned, method_label
 from .stats import ALPHA, DIFFERENT_QUESTIONS, DIFFERENT_SCORING, HOLM, MCNEMAR, SEEDS_AND_QUESTIONS
+from .variants import not_completed
 
 NEGATIVE_MARK = "▼"
 SIGNIFICANT_MARK = "*"
@@ -490,7 +483,7 @@ def render_markdown(
     alpha: float = ALPHA, correction: str = HOLM, claims_metric_notes: Sequence[str] = (),
 ) -> str:
     """summary.md. ``claims_metric_notes``: the lines saying which sets are read on another claims metric than
-    their results recorded (aggregate.claims_metric_notes), below the "Δ on" line."""
+    their results recorded (claims_metric.claims_metric_notes), below the "Δ on" line."""
     lines = ["# Sweep summary", "", *_sources(collection)]
     metrics = row_metrics(rows)
     datasets = list(dict.fromkeys(row["dataset"] for row in rows))

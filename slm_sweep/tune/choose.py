@@ -53,7 +53,7 @@ def choose(records: Sequence[Mapping[str, Any]], metric: str | None = None,
 def search_metric(cells: Sequence[Mapping[str, Any]]) -> str:
     """The validation metric a search of one dataset is chosen on: its claims metric, as the report reads it (a
     rate chosen on flexible would be tuned for another score than the one OrcaMath's claims read, lenient)."""
-    from slm_sweep.report.aggregate import claims_metric
+    from slm_sweep.report.claims_metric import claims_metric
 
     return f"val_{accuracy_key(claims_metric(cells))}"
 
