@@ -1,6 +1,6 @@
-"""Checked claims written out: claims.md (``render_claims_markdown``, which summary.md also holds below its tables), claims.csv and
-claims.json (``write_claims``; ``claims_rows``, the CSV's rows, are also the W&B table's), with the notes beside
-each verdict and roll-up.
+"""Checked claims written out: claims.md (``render_claims_markdown``, which summary.md also holds below its
+tables), claims.csv and claims.json (``write_claims``; ``claims_rows``, the CSV's rows, are also the W&B table's),
+with the notes beside each verdict and roll-up.
 """
 
 from __future__ import annotations
