@@ -15,6 +15,7 @@ def main(cfg: DictConfig) -> float | None:
 
     from slm_sweep.config import ConfigError, check_group_names
     from slm_sweep.config_sources import use_hydra_search_path
+    from slm_sweep.folder_lock import FolderInUse
     from slm_sweep.identity import pin_running_code
     from slm_sweep.run import global_rank, run
 
@@ -31,6 +32,8 @@ def main(cfg: DictConfig) -> float | None:
         record = run(cfg)
     except ConfigError as error:  # the message says it all; a traceback would only hide it
         raise SystemExit(f"config error: {error}") from None
+    except FolderInUse as error:
+        raise SystemExit(str(error)) from None
     if global_rank() != 0:
         return None  # the other processes of a distributed cell only train; the first reports
     if record["status"] != "completed" and HydraConfig.get().mode != RunMode.MULTIRUN:

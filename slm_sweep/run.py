@@ -265,11 +265,12 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Run one cell and return its result record (also written to ``out_dir/result.json``).
 
     A configuration error raises ConfigError before anything is written; in a sweep it fails this cell only
-    (result.json says why), so that the other cells run and the sweep's summary names it.
+    (result.json says why), so that the other cells run and the sweep's summary names it. A folder another running
+    launch holds (slm_sweep.folder_lock) raises FolderInUse in a single run, and in a sweep returns a failed record
+    that is not written: that launch's files stay as they are.
     """
     from slm_sweep.identity import pin_running_code
     from slm_sweep.tune.cell_rate import resolve_lr
-    from slm_sweep.tune.trained_with import check_tuned_data
 
     pin_running_code()  # a no-op after the entry point's call: the code and git state of this process
     try:
@@ -297,7 +298,26 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         _run_cell(cfg, out, record, None, [], data, identify(cfg, keyed, data), dirs, train_only=True)
         return record
 
+    from slm_sweep.folder_lock import RUN_SETTING, SWEEP_SETTING, FolderInUse, folder_lock
+
+    held = contextlib.ExitStack()
+    try:  # before anything is written here: another launch running this folder's cell owns its files
+        held.enter_context(folder_lock(out, SWEEP_SETTING if _sweep_dir() is not None else RUN_SETTING))
+    except FolderInUse as err:
+        if _sweep_dir() is None:
+            raise
+        log.error("cell not run: %s", err)
+        return {**record, "status": "failed", "error": str(err)}
+    with held:
+        return _run_here(cfg, out, record, config, keyed, learning_rate, dirs)
+
+
+def _run_here(cfg: DictConfig, out: Path, record: dict[str, Any], config: dict, keyed: dict, learning_rate: Any,
+              dirs: list[Path]) -> dict[str, Any]:
+    """``run`` on the first (or only) process, holding the cell folder's lock: every stage, and the record of how
+    the cell ended."""
     from slm_sweep.train.interrupt import CheckpointOnInterrupt, is_interrupt, sigterm_as_interrupt
+    from slm_sweep.tune.trained_with import check_tuned_data
 
     # a result.json that cannot be read is renamed, not written over: what it held may still be recovered
     set_aside_damaged(out)

@@ -639,7 +639,7 @@ def test_sweep_of_missing_models_refuses_before_the_first_cell(requires_data, tm
     assert all("HF_HUB_OFFLINE=1" in line and "; fix: " in line for line in lines)
     assert "refusing to start the sweep, nothing ran" in proc.stderr
     sweep_dir = only_sweep_dir(tmp_path)
-    assert [p.name for p in sweep_dir.iterdir()] == ["preflight.json"]
+    assert sorted(p.name for p in sweep_dir.iterdir()) == [".slm_sweep.lock", "preflight.json"]
     assert json.loads((sweep_dir / "preflight.json").read_text())["cells_to_run"] == 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from slm_sweep.folder_lock import held_elsewhere
 from slm_sweep.results import FAILED_ATTEMPT_FILE, PREFLIGHT_FILE, RESULT_FILE, SUPERSEDED, read_result
 
 
@@ -140,8 +141,10 @@ def _not_completed(records: dict[Path, dict | None], done: set[str],
         if record is None:
             out.append((job, _missing_result(job), None))
         elif record.get("status") == "running":
-            out.append((job, "running: still running, or stopped without recording why" + _kept_aside(job, record),
-                        record))
+            holder = held_elsewhere(job)
+            why = (f"running in another launch ({holder})" if holder else
+                   "still running, or stopped without recording why")
+            out.append((job, f"running: {why}{_kept_aside(job, record)}", record))
         elif record.get("status") != "completed":
             out.append((job, f"{record.get('status')}: {_error(record)}{_kept_aside(job, record)}", record))
     return out

@@ -69,7 +69,9 @@ class Preflight(Callback):
     non-zero) when nothing could run, a fixed value is missing, or preflight.on_missing=refuse (warn: only list
     them). Writes <sweep dir>/preflight.json either way, unless this launch runs no cell and that file is the plan of
     a launch that ran cells (preflight.write_plan: then preflight-not-run.json). With preflight.only=true it then
-    lists the cells that would run and stops the sweep before any does."""
+    lists the cells that would run and stops the sweep before any does. Before it writes anything, a launch that runs
+    cells takes the sweep directory's lock (slm_sweep.folder_lock) until it exits: one started while another holds
+    it is refused."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from slm_sweep.config import ConfigError, validate_job_environment, validate_preflight
@@ -80,6 +82,14 @@ class Preflight(Callback):
             from slm_sweep.config import CHDIR_REFUSED
 
             raise SystemExit(f"preflight: {CHDIR_REFUSED}; no cell runs")
+        sweep_dir = OmegaConf.select(config, "hydra.sweep.dir", default=None)
+        if sweep_dir and not OmegaConf.select(config, "preflight.only", default=False):  # a dry run runs no cell
+            from slm_sweep.folder_lock import FolderInUse, lock_until_exit
+
+            try:  # before this launch writes anything there: its plan, its cells
+                lock_until_exit(Path(str(sweep_dir)))
+            except FolderInUse as error:
+                raise SystemExit(f"preflight: {error}") from None
         use_config_sources(OmegaConf.select(config, "hydra.runtime.config_sources"))
         from slm_sweep.identity import pin_running_code
         from slm_sweep.tune.cell_rate import check_search_scoring
