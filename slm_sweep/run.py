@@ -61,6 +61,7 @@ from slm_sweep.sweep.resume import (
     KEPT_WEIGHTS,
     find_checkpoint,
     find_completed,
+    find_diverged,
     find_trained,
     keep_earlier_curves,
     kept_weights,
@@ -350,6 +351,13 @@ def _run_here(cfg: DictConfig, out: Path, record: dict[str, Any], config: dict, 
         # the weights a re-score loads, resolved once, here: if they are gone or replaced by the time they load,
         # the cell fails (it never scores a fresh adapter under the trained cell's key)
         trained_weights = kept_weights(trained, identity.training_key, trained_record) if trained else None
+        # training that diverged under this training key is this cell's outcome too (kept as it is, or copied from
+        # another folder), not trained again until it comes out otherwise: a retry is asked for
+        # (resume.retry_diverged=true) and recorded with the divergence it retries
+        diverged = (find_diverged(dirs, identity.training_key, own=out)
+                    if cfg.method.train and previous is None and trained is None else None)
+        if diverged is not None and not cfg.resume.retry_diverged:
+            previous = diverged
         # a result copied here from another folder takes the earlier run's kept weights aside with its result; a
         # finished result of this configuration that the cell computes again (resume.enabled=false, a single run
         # under auto) goes aside too, so that a rerun that fails loses nothing
@@ -357,6 +365,8 @@ def _run_here(cfg: DictConfig, out: Path, record: dict[str, Any], config: dict, 
         aside = set_aside_earlier(out, identity.evaluation_key, identity.training_key, with_weights=copying,
                                   recomputing=previous is None)
         set_aside = True
+        if (retried := _retried_divergence(aside, diverged, identity.training_key)) is not None:
+            record["retried_divergence"] = retried
         # where the record of the run that trained the weights to re-score is now: moved aside with it when it was
         # this folder's, gone when it was an unfinished attempt here that this record replaces
         trained_result = None if trained is None else trained / RESULT_FILE
@@ -522,6 +532,19 @@ def _earlier_attempts(out: Path, training_key: str | None) -> dict[str, Any]:
     return {"earlier_attempts": [*before, {key: replaced.get(key) for key in ATTEMPT_PROVENANCE_KEYS}]}
 
 
+def _retried_divergence(aside: Path | None, diverged: Path | None, training_key: str) -> dict[str, Any] | None:
+    """What ``retried_divergence`` records of the diverged run of this training that the cell trains again: the
+    folder's own (set aside, with ``resume.enabled=false`` too) or another folder's (``resume.retry_diverged``),
+    None where it retries none."""
+    for folder in (aside, diverged):
+        earlier = read_result(folder) if folder is not None else None
+        if earlier and earlier.get("status") == "diverged" and \
+                (earlier.get("identity") or {}).get("training_key") == training_key:
+            return {"result_path": str(folder / RESULT_FILE), "error": earlier.get("error"),
+                    **{key: earlier.get(key) for key in ATTEMPT_PROVENANCE_KEYS}}
+    return None
+
+
 def _refused_cell(cfg: DictConfig, out: Path, err: Exception) -> dict[str, Any]:
     """The failed record of a sweep's cell whose configuration cannot run, written to ``out``."""
     try:
@@ -667,16 +690,22 @@ def reloads_exactly(method: Mapping[str, Any]) -> bool:
 
 
 def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
-    """A finished cell with the same evaluation key: its own earlier result (kept as it is), or another
-    directory's, whose numbers are copied here instead of being computed again."""
+    """A finished cell with the same evaluation key, or training with the same training key that diverged: its
+    own earlier record (kept as it is), or another directory's, whose numbers or divergence are copied here
+    instead of being computed again."""
     source = read_result(previous)
     assert source is not None
+    diverged = source.get("status") == "diverged"
     if previous.resolve() == out.resolve():
-        log.info("this cell already finished in %s: nothing to do", out)
-        _say_claims_metric(source, record)
+        if diverged:
+            log.warning("this cell's training diverged in an earlier run (%s), which stays its outcome: "
+                        "resume.retry_diverged=true trains it again", source.get("error"))
+        else:
+            log.info("this cell already finished in %s: nothing to do", out)
+            _say_claims_metric(source, record)
         print(closing_line(source, out), flush=True)
         return source
-    log.info("reusing the finished result in %s", previous)
+    log.info("reusing the %s in %s", "divergence of this training" if diverged else "finished result", previous)
     # what computed the numbers travels with them (the source's code, versions, hardware, decoding, where its weights
     # were trained), and nothing of this process's own: a key an older source lacks is unknown (None), but for the
     # empty collections a reader iterates (no out-of-domain set, no skipped rows)
@@ -690,6 +719,9 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
         if isinstance(entry, dict):
             entry["claims_metric"] = eval_set_claims_metric(name)
     record["reused_from"] = str(previous / RESULT_FILE)
+    if diverged:
+        record["error"] = (f"{source.get('error')} (this training's divergence in {record['reused_from']}; "
+                           "resume.retry_diverged=true trains it again)")
     if (previous / PREDICTIONS_FILE).is_file():
         copy_atomically(previous / PREDICTIONS_FILE, out / PREDICTIONS_FILE)
     else:

@@ -231,6 +231,9 @@ class ResumeSettings:
     enabled: Any = "auto"
     # a folder or a list of folders: where sweeps (multirun/) and single runs (outputs/) write by default
     search_dir: Any = field(default_factory=lambda: ["multirun", "outputs"])
+    # a cell whose training diverged under the same training key keeps that outcome (copied from another folder
+    # where it was found there) | true: train it again; the divergence is kept (superseded/) and named in the record
+    retry_diverged: bool = False
 
 
 @dataclass

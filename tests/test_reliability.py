@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 
 import pytest
 
+from slm_sweep.results import ATTEMPT_PROVENANCE_KEYS
 from slm_sweep.run import run
 from tests.conftest import FAST_TINY, REPO
 
@@ -46,6 +48,58 @@ def test_exploding_loss_stops_the_cell_as_diverged(tiny_cfg, tmp_path):
     assert record["status"] == "diverged", record.get("error")
     assert "loss" in record["error"]
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "diverged"
+
+
+def test_a_divergence_stays_the_outcome_of_its_training_and_is_trained_again_only_when_asked(tiny_cfg, tmp_path):
+    """Training again until a seed comes out would keep the lucky runs: a rerun keeps the divergence (its own, or
+    another folder's copied), for another evaluation of the same training too; resume.retry_diverged=true trains it
+    again and records the divergence, kept in superseded/."""
+    diverging = ["method=full", "method.lr=1e30", "trainer.gradient_clip_val=null", "trainer.max_steps=6",
+                 "resume.enabled=true", f"resume.search_dir={tmp_path}"]
+    cell = tmp_path / "cell"
+    first = run(tiny_cfg(*diverging), out_dir=cell)
+    assert first["status"] == "diverged"
+    written = (cell / "result.json").read_bytes()
+
+    again = run(tiny_cfg(*diverging), out_dir=cell)
+    assert again["status"] == "diverged" and again["error"] == first["error"]
+    assert (cell / "result.json").read_bytes() == written, "the cell trained again"
+
+    other = run(tiny_cfg(*diverging, "eval.max_new_tokens=8"), out_dir=tmp_path / "other")  # another evaluation key
+    assert other["identity"]["evaluation_key"] != first["identity"]["evaluation_key"]
+    assert other["status"] == "diverged" and other["reused_from"] == str(cell / "result.json")
+    assert other["error"] == (f"{first['error']} (this training's divergence in {cell / 'result.json'}; "
+                              "resume.retry_diverged=true trains it again)")
+    assert "train_time_s" not in other["metrics"] or other["metrics"] == first["metrics"]
+
+    retried = run(tiny_cfg(*diverging, "resume.retry_diverged=true"), out_dir=cell)
+    assert retried["status"] == "diverged" and retried["started_at"] >= first["finished_at"]
+    assert (cell / "superseded" / "result.json").read_bytes() == written
+    assert retried["retried_divergence"] == {
+        "result_path": str(cell / "superseded" / "result.json"), "error": first["error"],
+        **{key: first.get(key) for key in ATTEMPT_PROVENANCE_KEYS}}
+
+
+def test_a_retried_divergence_that_completes_names_the_divergence_it_replaced(tiny_cfg, tmp_path):
+    """A divergence that training again does not repeat (on a GPU, whose kernels are not deterministic): written
+    here as the record of this cell's own training, diverged, since the CPU repeats every run exactly."""
+    settings = ["method=lora", "resume.enabled=true"]
+    completed = run(tiny_cfg(*settings), out_dir=tmp_path)
+    assert completed["status"] == "completed"
+    diverged = {**completed, "status": "diverged", "error": "training loss is nan at step 2",
+                "metrics": {"train_steps": 2}}
+    (tmp_path / "result.json").write_text(json.dumps(diverged))
+    (tmp_path / "predictions.jsonl").unlink()
+    shutil.rmtree(tmp_path / "adapter")
+
+    kept = run(tiny_cfg(*settings), out_dir=tmp_path)
+    assert kept["status"] == "diverged" and kept["finished_at"] == completed["finished_at"]
+    retried = run(tiny_cfg(*settings, "resume.retry_diverged=true"), out_dir=tmp_path)
+    assert retried["status"] == "completed"
+    assert retried["metrics"]["accuracy_strict"] == completed["metrics"]["accuracy_strict"]
+    assert retried["retried_divergence"]["result_path"] == str(tmp_path / "superseded" / "result.json")
+    assert retried["retried_divergence"]["error"] == "training loss is nan at step 2"
+    assert json.loads((tmp_path / "result.json").read_text())["retried_divergence"] == retried["retried_divergence"]
 
 
 def test_unknown_launcher_lists_the_choices(tmp_path):

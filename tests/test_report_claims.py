@@ -2281,13 +2281,19 @@ def test_a_model_the_claim_lists_but_its_size_bound_leaves_out_is_named(tmp_path
     assert saved["full-below-zeroshot-under-300m"]["excluded"] == [left_out]
 
 
-def _trained_side(sweep: Path, method: str, k: int, lose: bool) -> None:
-    """Three seeds of a trained method (k-1, k, k+1 right), seed 2 diverged when ``lose``."""
+def _trained_side(sweep: Path, method: str, k: int, lose: bool, how: str = "diverged") -> None:
+    """Three seeds of a trained method (k-1, k, k+1 right), seed 2 diverged when ``lose``: lost, or (``how`` is
+    "retried") completed when trained again (resume.retry_diverged), its record naming the divergence."""
     for seed in TRAINED_SEEDS:
-        if lose and seed == 2:
+        if lose and seed == 2 and how == "diverged":
             _lose(sweep, "qwen05", method, "gsm8k", seed, "diverged")
-        else:
-            write_cell(sweep, "qwen05", method, "gsm8k", seed, first(k + seed - 1))
+            continue
+        path = write_cell(sweep, "qwen05", method, "gsm8k", seed, first(k + seed - 1))
+        if lose and seed == 2:
+            record = json.loads(path.read_text())
+            record["retried_divergence"] = {"result_path": str(path.parent / "superseded" / "result.json"),
+                                            "error": "training loss is nan at step 40", "status": "diverged"}
+            path.write_text(json.dumps(record))
 
 
 @pytest.mark.parametrize(("a", "b", "direction", "k_a", "k_b", "lost", "tested", "verdict"), [
@@ -2306,10 +2312,12 @@ def _trained_side(sweep: Path, method: str, k: int, lose: bool) -> None:
     ("lora", "full", "not_below", 45, 20, "b", "reproduced", "reproduced"),
     ("lora", "full", "not_above", 20, 45, "a", "reproduced", "reproduced"),
 ])  # fmt: skip
+@pytest.mark.parametrize("how", ["diverged", "retried"])
 def test_a_verdict_is_not_shown_by_the_survivors_of_the_side_it_favours(tmp_path, a, b, direction, k_a, k_b, lost,
-                                                                       tested, verdict):
-    """Seeds that diverged leave the survivors of their side the lucky ones: a significant verdict (reproduced or
-    contradicted) that favours that side is inconclusive; one that favours the other side stands."""
+                                                                       tested, verdict, how):
+    """Seeds that diverged leave the survivors of their side the lucky ones, and so does a seed that diverged and
+    completed when trained again: a significant verdict (reproduced or contradicted) that favours that side is
+    inconclusive; one that favours the other side stands."""
     margin = ", margin: 0.02" if direction.startswith("not_") else ""
     claims = tmp_path / "claims.yaml"
     claims.write_text(f"claims:\n  - {{id: c, text: t, a: {a}, b: {b}, direction: {direction}{margin}}}\n")
@@ -2317,10 +2325,20 @@ def test_a_verdict_is_not_shown_by_the_survivors_of_the_side_it_favours(tmp_path
         if method == "zeroshot":
             write_row(tmp_path, "qwen05", method, "gsm8k", k)
         else:
-            _trained_side(tmp_path, method, k, lose=lost == side)
+            _trained_side(tmp_path, method, k, lose=lost == side, how=how)
     results, _ = claims_of(tmp_path, claims=claims)
     (instance,) = results["c"].instances
-    assert (instance.a if lost == "a" else instance.b)["not_completed"] == "seed 2 diverged"
+    losing = instance.a if lost == "a" else instance.b
+    if how == "diverged":
+        assert losing["not_completed"] == "seed 2 diverged" and losing["retried"] is None
+    else:
+        assert losing["not_completed"] is None and losing["n"] == 3
+        assert losing["retried"] == "seed 2 diverged, then completed on a retry"
+        assert f"{losing['method']} kept seeds by a retry (seed 2 diverged, then completed on a retry)" in \
+            (tmp_path / "report" / "claims.md").read_text()
+        summary = (tmp_path / "report" / "summary.md").read_text()
+        assert "Completed only when trained again after diverging" in summary
+        assert f"qwen05 × {losing['method']}: seed 2 diverged, then completed on a retry." in summary
     assert instance.tested_verdict == tested and instance.verdict == verdict and instance.alone == verdict
     assert instance.downgraded == (verdict != tested)
     if instance.downgraded:

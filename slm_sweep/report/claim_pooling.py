@@ -79,7 +79,7 @@ def pooled_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """A summary row standing for one method's rows of several models on one dataset: each accuracy the mean
     of the models' means, every model weighted equally (no interval over questions: the models' errors on a
     question are not independent); ``n`` the seeds of them all, ``not_completed`` their lost seeds by model,
-    ``pooled_from`` the rows (``compare_rows`` tests two such rows model by model)."""
+    ``retried`` the seeds they kept by a retry after a divergence, ``pooled_from`` the rows (``compare_rows`` tests two such rows model by model)."""
     if not rows:
         raise ValueError("a pooled row needs at least one row")
     row: dict[str, Any] = {key: rows[0].get(key) for key in _POOLED_SAME
@@ -89,6 +89,7 @@ def pooled_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                n=sum(r["n"] for r in rows), seeds=[seed for r in rows for seed in r.get("seeds") or []],
                not_completed="; ".join(f"{r['model']}: {r['not_completed']}" for r in rows
                                        if r.get("not_completed")) or None,
+               retried="; ".join(f"{r['model']}: {r['retried']}" for r in rows if r.get("retried")) or None,
                **{POOLED_FROM: list(rows)})
     for key in row_metrics(rows):
         means = [r.get(f"{key}_mean") for r in rows]

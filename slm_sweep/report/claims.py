@@ -218,11 +218,13 @@ def favoured_side(claim: Claim, verdict: str) -> str | None:
 
 
 def survivors_cannot_show(claim: Claim, a: dict[str, Any], b: dict[str, Any], verdict: str) -> bool:
-    """Whether the side that a significant ``verdict`` favours lost seeds (diverged, failed, killed): its completed
-    seeds are the lucky ones, and the lost ones are evidence against that verdict that they cannot stand in for.
-    The other side's losses only add to what the verdict says."""
+    """Whether the side that a significant ``verdict`` favours lost seeds (diverged, failed, killed), or kept a seed
+    only by training it again after it diverged (``retried``): its completed seeds are the lucky ones, and the lost
+    ones are evidence against that verdict that they cannot stand in for. The other side's losses only add to what
+    the verdict says."""
     side = favoured_side(claim, verdict)
-    return side is not None and bool((a if side == "a" else b).get("not_completed"))
+    row = a if side == "a" else b
+    return side is not None and bool(row.get("not_completed") or row.get("retried"))
 
 
 def single_runs(*rows: dict[str, Any]) -> list[dict[str, Any]]:

@@ -110,6 +110,8 @@ def instance_note(claim: Claim, instance: Instance) -> str | None:
     notes = [instance_margin_note(claim, instance)]
     lost = [f"{row['method']} lost seeds ({row['not_completed']})" for row in (instance.a, instance.b)
             if row.get("not_completed")]
+    lost += [f"{row['method']} kept seeds by a retry ({row['retried']})" for row in (instance.a, instance.b)
+             if row.get("retried")]
     if instance.downgraded:
         shown = "the claim" if instance.tested_verdict == REPRODUCED else "the contradiction"
         lost.append(f"its completed seeds alone cannot show {shown}")

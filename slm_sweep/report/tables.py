@@ -53,7 +53,7 @@ def summary_columns(metrics: Sequence[str] = ACCURACY_METRICS) -> tuple[str, ...
         "delta_zeroshot", "delta_zeroshot_p", "delta_zeroshot_p_adjusted", "delta_zeroshot_significant",
         "delta_zeroshot_test", "delta_fewshot", "delta_fewshot_p", "delta_fewshot_p_adjusted",
         "delta_fewshot_significant", "delta_fewshot_test", "below_zeroshot", "negative_transfer", "not_completed",
-        "model_source", "lr", "lr_source", "lr_at_edge", "lr_within_noise", "lr_tied",
+        "retried", "model_source", "lr", "lr_source", "lr_at_edge", "lr_within_noise", "lr_tied",
         "scored_with",
     )  # fmt: skip
 
@@ -378,6 +378,12 @@ def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Se
         listed = "; ".join(f"{model} × {method}: {cells}" for model, method, cells in lost)
         lines += [f"Not completed, so left out of the rows above (a row's mean and n are over its completed seeds): "
                   f"{listed}.", ""]
+    retried = [(r["model"], method_label(r), r["retried"]) for r in rows if r.get("retried")]
+    if retried:
+        listed = "; ".join(f"{model} × {method}: {seeds}" for model, method, seeds in retried)
+        lines += [f"Completed only when trained again after diverging (resume.retry_diverged=true; each divergence is "
+                  f"named under retried_divergence in its result.json), so counted in the rows above and read by the "
+                  f"claims as lost: {listed}.", ""]
     return lines
 
 

@@ -8,7 +8,7 @@ finished and resumes what it started), then its sweep's directory and ``resume.s
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from slm_sweep.results import PREDICTIONS_FILE, RESULT_FILE, SUPERSEDED, is_complete, read_result
@@ -74,10 +74,13 @@ def set_aside_earlier(out: Path, evaluation_key: str, training_key: str | None,
     the result whatever their key, so that they stay beside the record of the run that trained them.
     ``recomputing`` (the cell runs again, reusing no finished result: ``resume.enabled=false``, a single run
     under ``auto``): a finished result of this same configuration goes aside too, before the rerun writes
-    anything, so that a rerun that fails or is interrupted loses nothing. Returns that folder, or None when there
-    was nothing to keep."""
+    anything, so that a rerun that fails or is interrupted loses nothing; so does the record of this training's
+    divergence, which the cell then trains again (``resume.retry_diverged``). Returns that folder, or None when
+    there was nothing to keep."""
     record = read_result(out)
-    if not record or record.get("status") != "completed":
+    retried = (recomputing and record is not None and record.get("status") == "diverged"
+               and training_key is not None and _key(record, "training_key") == training_key)
+    if not record or (record.get("status") != "completed" and not retried):
         return None
     same = _key(record, "evaluation_key") == evaluation_key
     if same and not recomputing:
@@ -95,7 +98,9 @@ def set_aside_earlier(out: Path, evaluation_key: str, training_key: str | None,
         for curve in out.glob(f"*/{CURVE_FILE}"):
             if curve.parent != aside:
                 curve.parent.rename(aside / curve.parent.name)
-    if same:
+    if retried:
+        log.warning("%s held the divergence of this training, which this run trains again: moved to %s", out, aside)
+    elif same:
         log.warning("%s held a finished result of this configuration, which this run computes again: moved to %s",
                     out, aside)
     else:
@@ -160,14 +165,31 @@ def find_completed(dirs: Sequence[Path], evaluation_key: str, own: Path, eval_dt
     finished copy, whose numbers and predictions are that original's. With ``eval_dtype`` (the dtype the key
     names), a result that generated in another dtype is passed over: the key's dtype once came from the config
     while generation followed the weights, so results of bf16 weights scored on the CPU carry a float32 key."""
+    def finished(record: dict) -> bool:
+        if _key(record, "evaluation_key") != evaluation_key or not is_complete(record):
+            return False
+        generated_in = ((record.get("placement") or {}).get("eval") or {}).get("dtype")
+        return eval_dtype is None or generated_in is None or generated_in == eval_dtype
+
+    return _preferred(dirs, own, finished)
+
+
+def find_diverged(dirs: Sequence[Path], training_key: str | None, own: Path) -> Path | None:
+    """A directory holding a run with this training key whose training diverged, chosen as ``find_completed``
+    chooses: a divergence is the outcome of training these weights, whatever the evaluation that was to follow."""
+    if training_key is None:
+        return None
+    return _preferred(dirs, own, lambda r: r.get("status") == "diverged" and _key(r, "training_key") == training_key)
+
+
+def _preferred(dirs: Sequence[Path], own: Path, accept: Callable[[dict], bool]) -> Path | None:
+    """Of the folders whose record ``accept``s: the cell's own, else the one of the most recently finished
+    original, else of the most recently finished copy (``reused_from``)."""
     if not dirs:
         return None
     best: dict[bool, tuple[str, Path]] = {}  # per kind (a copy or not): the latest finished
     for folder, record in _records(dirs, own):
-        if _key(record, "evaluation_key") != evaluation_key or not is_complete(record):
-            continue
-        generated_in = ((record.get("placement") or {}).get("eval") or {}).get("dtype")
-        if eval_dtype is not None and generated_in is not None and generated_in != eval_dtype:
+        if not accept(record):
             continue
         if _same(folder, own):
             return folder
