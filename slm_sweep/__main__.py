@@ -17,7 +17,8 @@ def main(cfg: DictConfig) -> float | None:
     from slm_sweep.config_sources import use_hydra_search_path
     from slm_sweep.folder_lock import FolderInUse
     from slm_sweep.identity import pin_running_code
-    from slm_sweep.run import global_rank, run
+    from slm_sweep.results import global_rank
+    from slm_sweep.run import run
 
     # a sweep's preflight did so already; --help, --cfg and a sweep's preflight.only never get here
     pin_running_code()

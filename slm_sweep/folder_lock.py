@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,7 +64,7 @@ def _acquire(folder: Path, setting: str) -> int | None:
     path = folder / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _lock_exclusive(fd)
     except BlockingIOError:
         with open(path, encoding="utf-8", errors="replace") as held:
             holder = _describe(held.read())
@@ -81,10 +82,24 @@ def _acquire(folder: Path, setting: str) -> int | None:
     return fd
 
 
+def _lock_exclusive(fd: int, tries: int = 10) -> None:
+    """``flock`` without waiting for a launch, tried a few times 20 ms apart: ``held_elsewhere`` holds a shared lock
+    for an instant while it looks (a report reading the folder)."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.02)
+
+
 def _release(fd: int | None) -> None:
     if fd is not None:
         os.ftruncate(fd, 0)
-        os.close(fd)  # closing the last descriptor of the file releases the lock
+        fcntl.flock(fd, fcntl.LOCK_UN)  # released now, whatever copies of the descriptor a fork left
+        os.close(fd)
 
 
 @contextmanager

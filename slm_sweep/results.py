@@ -447,6 +447,15 @@ def git_dirty_files(package_dir: str | Path | None = None) -> list[str] | None:
     return list(provenance.dirty_files) or None
 
 
+def global_rank() -> int:
+    """This process's rank in a distributed run (0 when not distributed), from the launcher's environment: the
+    first process writes a cell's files, the others only join its training."""
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
 def hardware_info() -> dict[str, Any]:
     """The machine, the job that ran on it (SLURM) and its accelerator, so that a record left at ``running`` by a
     killed node can be traced to the node and the job."""

@@ -46,6 +46,7 @@ from slm_sweep.results import (
     describe_predictions,
     git_commit,
     git_dirty_files,
+    global_rank,
     hardware_info,
     library_versions,
     now_iso,
@@ -61,8 +62,10 @@ from slm_sweep.sweep.resume import (
     KEPT_WEIGHTS,
     find_checkpoint,
     find_completed,
+    find_completed_training,
     find_diverged,
     find_trained,
+    holds_divergence,
     keep_earlier_curves,
     kept_weights,
     own_checkpoint,
@@ -105,16 +108,6 @@ def _sweep_tag() -> str | None:
     except (ImportError, ValueError):
         pass
     return None
-
-
-def global_rank() -> int:
-    """This process's rank in a distributed run (0 when not distributed), from the launcher's environment."""
-    import os
-
-    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
 
 
 def _job_env_set() -> Any:
@@ -343,7 +336,12 @@ def _run_here(cfg: DictConfig, out: Path, record: dict[str, Any], config: dict, 
         check_tuned_data(cfg, learning_rate, identity.parts.get("training"))
         # quantized weights generate in the dtypes they were loaded in (placement.resolve_placement)
         eval_dtype = None if cfg.model.get("quantization") else identity.eval_dtype
-        previous = find_completed(dirs, identity.evaluation_key, own=out, eval_dtype=eval_dtype)
+        retry = bool(cfg.resume.retry_diverged)
+        # this folder's own divergence of this training stays its outcome, whatever another folder completed since
+        keeps_divergence = bool(dirs) and cfg.method.train and not retry and \
+            holds_divergence(out, identity.training_key)
+        previous = out if keeps_divergence else \
+            find_completed(dirs, identity.evaluation_key, own=out, eval_dtype=eval_dtype)
         # looked up before an earlier result in the same folder is set aside (its weights may be this cell's)
         trained = (find_trained(dirs, identity.training_key, own=out)
                    if cfg.method.train and previous is None and reloads_exactly(cfg.method) else None)
@@ -351,13 +349,16 @@ def _run_here(cfg: DictConfig, out: Path, record: dict[str, Any], config: dict, 
         # the weights a re-score loads, resolved once, here: if they are gone or replaced by the time they load,
         # the cell fails (it never scores a fresh adapter under the trained cell's key)
         trained_weights = kept_weights(trained, identity.training_key, trained_record) if trained else None
-        # training that diverged under this training key is this cell's outcome too (kept as it is, or copied from
-        # another folder), not trained again until it comes out otherwise: a retry is asked for
-        # (resume.retry_diverged=true) and recorded with the divergence it retries
-        diverged = (find_diverged(dirs, identity.training_key, own=out)
-                    if cfg.method.train and previous is None and trained is None else None)
-        if diverged is not None and not cfg.resume.retry_diverged:
-            previous = diverged
+        # training that diverged under this training key is this cell's outcome too (copied from another folder),
+        # not trained again until a retry is asked for (resume.retry_diverged=true) or a run of it completed (whose
+        # kept weights, if any, were found above); the cell that trains again names the divergence
+        diverged = completed_training = None
+        if cfg.method.train and previous is None and trained is None:
+            diverged = find_diverged(dirs, identity.training_key, own=out)
+            if diverged is not None and not retry:
+                completed_training = find_completed_training(dirs, identity.training_key, own=out)
+                if completed_training is None:
+                    previous = diverged
         # a result copied here from another folder takes the earlier run's kept weights aside with its result; a
         # finished result of this configuration that the cell computes again (resume.enabled=false, a single run
         # under auto) goes aside too, so that a rerun that fails loses nothing
@@ -365,7 +366,10 @@ def _run_here(cfg: DictConfig, out: Path, record: dict[str, Any], config: dict, 
         aside = set_aside_earlier(out, identity.evaluation_key, identity.training_key, with_weights=copying,
                                   recomputing=previous is None)
         set_aside = True
-        if (retried := _retried_divergence(aside, diverged, identity.training_key)) is not None:
+        # a cell that trains again, or copies a completed result over its own divergence, names the divergence
+        keeps = previous is not None and holds_divergence(previous, identity.training_key)
+        if not keeps and (retried := _retried_divergence(aside, diverged, completed_training,
+                                                         identity.training_key)) is not None:
             record["retried_divergence"] = retried
         # where the record of the run that trained the weights to re-score is now: moved aside with it when it was
         # this folder's, gone when it was an unfinished attempt here that this record replaces
@@ -532,17 +536,23 @@ def _earlier_attempts(out: Path, training_key: str | None) -> dict[str, Any]:
     return {"earlier_attempts": [*before, {key: replaced.get(key) for key in ATTEMPT_PROVENANCE_KEYS}]}
 
 
-def _retried_divergence(aside: Path | None, diverged: Path | None, training_key: str) -> dict[str, Any] | None:
+def _retried_divergence(aside: Path | None, diverged: Path | None, completed_training: Path | None,
+                        training_key: str) -> dict[str, Any] | None:
     """What ``retried_divergence`` records of the diverged run of this training that the cell trains again: the
-    folder's own (set aside, with ``resume.enabled=false`` too) or another folder's (``resume.retry_diverged``),
-    None where it retries none."""
-    for folder in (aside, diverged):
-        earlier = read_result(folder) if folder is not None else None
-        if earlier and earlier.get("status") == "diverged" and \
-                (earlier.get("identity") or {}).get("training_key") == training_key:
-            return {"result_path": str(folder / RESULT_FILE), "error": earlier.get("error"),
-                    **{key: earlier.get(key) for key in ATTEMPT_PROVENANCE_KEYS}}
-    return None
+    folder's own (set aside: ``resume.retry_diverged``, or a run that searches no folder), the one a completed run of
+    this training names (that run retried it), or another folder's; None where there is none."""
+    completed = read_result(completed_training) if completed_training is not None else None
+    return (_divergence_in(aside, training_key) or (completed or {}).get("retried_divergence")
+            or _divergence_in(diverged, training_key))
+
+
+def _divergence_in(folder: Path | None, training_key: str) -> dict[str, Any] | None:
+    """``retried_divergence`` of the record in ``folder`` when it is a divergence of this training, else None."""
+    earlier = read_result(folder) if folder is not None else None
+    if not (earlier and holds_divergence(folder, training_key, earlier)):
+        return None
+    return {"result_path": str(folder / RESULT_FILE), "error": earlier.get("error"),
+            **{key: earlier.get(key) for key in ATTEMPT_PROVENANCE_KEYS}}
 
 
 def _refused_cell(cfg: DictConfig, out: Path, err: Exception) -> dict[str, Any]:
@@ -712,16 +722,20 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
     for key in [key for key in record if key not in PER_ATTEMPT_KEYS and key not in source]:
         if key == "skipped_rows_asking_who" or record[key] not in ({}, []):
             record[key] = None
+    own_divergence = record.get("retried_divergence")  # this folder's, set aside for the copy: the one it names
     record.update({key: value for key, value in source.items() if key not in PER_ATTEMPT_KEYS})
+    if own_divergence is not None:
+        record["retried_divergence"] = own_divergence
     # the metric each out-of-domain set is read on is this attempt's, as the scored split's is (its config): it
     # is no part of the evaluation key, so the source may have recorded another one, or none
     for name, entry in (record.get("eval_sets") or {}).items():
         if isinstance(entry, dict):
             entry["claims_metric"] = eval_set_claims_metric(name)
     record["reused_from"] = str(previous / RESULT_FILE)
-    if diverged:
-        record["error"] = (f"{source.get('error')} (this training's divergence in {record['reused_from']}; "
-                           "resume.retry_diverged=true trains it again)")
+    if diverged:  # a copy's own error names the divergence it copied already
+        record["error"] = source.get("error") if source.get("reused_from") else (
+            f"{source.get('error')} (this training's divergence in {record['reused_from']}; "
+            "resume.retry_diverged=true trains it again)")
     if (previous / PREDICTIONS_FILE).is_file():
         copy_atomically(previous / PREDICTIONS_FILE, out / PREDICTIONS_FILE)
     else:
@@ -988,6 +1002,8 @@ def take_training(record: dict[str, Any], metrics: dict[str, Any], trained: Path
     record["resumed_at_step"] = source.get("resumed_at_step")
     if "trainable_params" in measured:
         metrics["trainable_params"] = measured["trainable_params"]
+    if source.get("retried_divergence"):  # the weights came out of a retried divergence, and the seed stays marked
+        record["retried_divergence"] = source["retried_divergence"]
 
 
 def drop_training(record: dict[str, Any]) -> None:

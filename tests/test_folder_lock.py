@@ -108,8 +108,21 @@ def test_a_sweeps_cell_whose_folder_another_launch_holds_is_not_run_and_its_file
     with holding_process(cell) as holder:
         proc = run_sweep(["method=zeroshot", f"hydra.sweep.dir={sweep}"], tmp_path, ok=False)
     assert "1 cell(s) of the sweep" in proc.stderr
-    assert f"{cell}: running: running in another launch (pid {holder.pid} on " in proc.stderr
+    assert f"{cell}: running: in another launch (pid {holder.pid} on " in proc.stderr
     assert (cell / "result.json").read_bytes() == before
     assert f"cell not run: {cell} is in use by another launch" in (cell / "__main__.log").read_text()
     assert incomplete_cells(sweep) == [(cell, "running: still running, or stopped without recording why")], \
         "a launch that has ended holds nothing"
+
+
+def test_a_cell_another_launch_holds_is_listed_as_running_there_whatever_its_folder_still_says(tmp_path):
+    """Until that launch writes its own record, the folder holds an earlier attempt's (failed here)."""
+    job = tmp_path / "sweep" / "0-tiny-lora-gsm8k-seed0"
+    job.mkdir(parents=True)
+    (job / "result.json").write_text(json.dumps({"status": "failed", "error": "RuntimeError: out of memory",
+                                                 "model": "tiny", "method": "lora", "dataset": "gsm8k", "seed": 0}))
+    with holding_process(job) as holder:
+        ((listed, why),) = incomplete_cells(tmp_path / "sweep")
+        assert listed == job and why.startswith(f"running: in another launch (pid {holder.pid} on ")
+    ((listed, why),) = incomplete_cells(tmp_path / "sweep")
+    assert why == "failed: RuntimeError: out of memory"

@@ -86,11 +86,7 @@ def test_a_retried_divergence_that_completes_names_the_divergence_it_replaced(ti
     settings = ["method=lora", "resume.enabled=true"]
     completed = run(tiny_cfg(*settings), out_dir=tmp_path)
     assert completed["status"] == "completed"
-    diverged = {**completed, "status": "diverged", "error": "training loss is nan at step 2",
-                "metrics": {"train_steps": 2}}
-    (tmp_path / "result.json").write_text(json.dumps(diverged))
-    (tmp_path / "predictions.jsonl").unlink()
-    shutil.rmtree(tmp_path / "adapter")
+    _diverged_here(tmp_path, completed)
 
     kept = run(tiny_cfg(*settings), out_dir=tmp_path)
     assert kept["status"] == "diverged" and kept["finished_at"] == completed["finished_at"]
@@ -100,6 +96,70 @@ def test_a_retried_divergence_that_completes_names_the_divergence_it_replaced(ti
     assert retried["retried_divergence"]["result_path"] == str(tmp_path / "superseded" / "result.json")
     assert retried["retried_divergence"]["error"] == "training loss is nan at step 2"
     assert json.loads((tmp_path / "result.json").read_text())["retried_divergence"] == retried["retried_divergence"]
+
+
+def _diverged_here(folder, completed: dict) -> None:
+    """``folder``'s record made the divergence of its own training (as a GPU run that a retry does not repeat
+    leaves it), its weights and predictions gone."""
+    diverged = {**completed, "status": "diverged", "error": "training loss is nan at step 2",
+                "metrics": {"train_steps": 2}}
+    (folder / "result.json").write_text(json.dumps(diverged))
+    (folder / "predictions.jsonl").unlink()
+    shutil.rmtree(folder / "adapter", ignore_errors=True)
+    shutil.rmtree(folder / "model", ignore_errors=True)
+
+
+def test_a_retried_seed_stays_marked_in_every_later_evaluation_of_its_training(tiny_cfg, tmp_path):
+    """Re-scoring the weights a retry kept (LoRA), or training again where none were kept (full fine-tuning),
+    carries the divergence the seed came out of; a divergence a retry answered does not stand in for the
+    training."""
+    for method in ("lora", "full"):
+        settings = [f"method={method}", "resume.enabled=true", f"resume.search_dir={tmp_path / method}"]
+        cell = tmp_path / method / "cell"
+        completed = run(tiny_cfg(*settings), out_dir=cell)
+        _diverged_here(cell, completed)
+        retried = run(tiny_cfg(*settings, "resume.retry_diverged=true"), out_dir=cell)
+        assert retried["status"] == "completed" and retried["retried_divergence"]["error"].startswith("training loss")
+        later = run(tiny_cfg(*settings, "eval.max_new_tokens=8"), out_dir=tmp_path / method / "later")
+        assert later["status"] == "completed", later.get("error")
+        assert later["retried_divergence"] == retried["retried_divergence"]
+        assert (later.get("trained_in") == str(cell)) == (method == "lora")  # full kept no weights: trained again
+
+
+def test_a_folders_own_divergence_is_kept_on_a_rerun_and_set_aside_when_a_retry_copies_a_completed_run(tiny_cfg,
+                                                                                                     tmp_path):
+    """Sweep a's seed diverged and sweep b retried it: a's rerun keeps a's divergence; a's own retry copies b's
+    completed result, setting a's divergence aside (with its checkpoints) and naming it there."""
+    settings = ["method=lora", "resume.enabled=true", f"resume.search_dir={tmp_path}"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    completed = run(tiny_cfg(*settings), out_dir=a)
+    _diverged_here(a, completed)
+    (a / "checkpoints").mkdir()
+    (a / "checkpoints" / "last.ckpt").write_bytes(b"the diverged run's")
+    diverged = (a / "result.json").read_bytes()
+    in_b = run(tiny_cfg(*settings, "resume.retry_diverged=true"), out_dir=b)
+    assert in_b["status"] == "completed" and in_b["retried_divergence"]["result_path"] == str(a / "result.json")
+
+    rerun = run(tiny_cfg(*settings), out_dir=a)
+    assert rerun["status"] == "diverged" and (a / "result.json").read_bytes() == diverged
+
+    retried = run(tiny_cfg(*settings, "resume.retry_diverged=true"), out_dir=a)
+    assert retried["status"] == "completed" and retried["reused_from"] == str(b / "result.json")
+    assert (a / "superseded" / "result.json").read_bytes() == diverged
+    assert (a / "superseded" / "checkpoints" / "last.ckpt").read_bytes() == b"the diverged run's"
+    assert retried["retried_divergence"]["result_path"] == str(a / "superseded" / "result.json")
+
+
+def test_a_retry_trains_from_the_start_not_from_the_diverged_runs_checkpoint(tiny_cfg, tmp_path):
+    diverging = ["method=full", "method.lr=1e30", "trainer.gradient_clip_val=null", "trainer.max_steps=6",
+                 "trainer.checkpoint_every_n_steps=1", "resume.enabled=true", f"resume.search_dir={tmp_path}"]
+    first = run(tiny_cfg(*diverging), out_dir=tmp_path / "cell")
+    assert first["status"] == "diverged" and first["checkpoint_step"] is not None
+    elsewhere = run(tiny_cfg(*diverging, "resume.retry_diverged=true"), out_dir=tmp_path / "elsewhere")
+    assert elsewhere["resumed_from_checkpoint"] is None  # the other folder's diverged checkpoint is not resumed
+    retried = run(tiny_cfg(*diverging, "resume.retry_diverged=true"), out_dir=tmp_path / "cell")
+    assert retried["resumed_from_checkpoint"] is None and retried.get("earlier_attempts") is None
+    assert (tmp_path / "cell" / "superseded" / "checkpoints").is_dir()
 
 
 def test_unknown_launcher_lists_the_choices(tmp_path):

@@ -939,6 +939,24 @@ def test_a_baseline_computed_once_counts_once(tmp_path):
     assert f"counted once: {len(SEEDS) - 1} (listed in `report.json`)" in report["markdown"]
 
 
+def test_a_divergence_copied_into_another_sweep_counts_once_and_is_no_duplicate(tmp_path):
+    """A rerun in another sweep copies the divergence of the same training (run.py) instead of training again."""
+    config = {"method": {"name": "lora"}}
+    first, second = tmp_path / "first", tmp_path / "second"
+    for seed in (0, 1):
+        write_json(first / str(seed) / "result.json",
+                   _with_identity(make_record("beta", "lora", seed, 0.3, 0.2), config, "lora"))
+    lost = {**make_record("beta", "lora", 2, None, None, status="diverged"), "error": "training loss is nan at step 4"}
+    write_json(first / "2" / "result.json", _with_identity(lost, config, "lora"))
+    write_json(second / "2" / "result.json",
+               _with_identity(lost, config, "lora", reused_from=str(first / "2" / "result.json")))
+    collection = collect([first, second])
+    assert not collection.duplicates
+    assert collection.copies == [(first / "2" / "result.json", second / "2" / "result.json")]
+    (row,) = summarize(collection.records)
+    assert row["n"] == 2 and row["not_completed"] == "seed 2 diverged"
+
+
 def test_wilson_interval_matches_the_closed_form():
     from slm_sweep.report.stats import wilson_interval
 

@@ -363,6 +363,19 @@ def test_ddp_on_two_cpu_processes_trains_a_cell(requires_data, tmp_path):
     assert record["metrics"]["train_steps"] is None
 
 
+@pytest.mark.slow  # two processes on two cores, two cells: ~40 s
+def test_a_sweep_of_cells_trained_on_two_processes_completes_under_its_folders_lock(requires_data, tmp_path):
+    """Lightning starts a cell's second process with the sweep's own command (-m), whose preflight runs again
+    there: that process joins the first's launch instead of being refused the sweep folder the first holds."""
+    sweep = tmp_path / "sweep"
+    proc = run_sweep(["trainer=ddp_cpu", "method=lora", "seed=0,1", "trainer.max_steps=2", "logger=none",
+                      f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert "is in use by another launch" not in proc.stderr
+    records = results(sweep)
+    assert sorted(records) == [("tiny", "lora", 0), ("tiny", "lora", 1)]
+    assert all(r["status"] == "completed" and r["config"]["trainer"]["devices"] == 2 for r in records.values())
+
+
 class EditsTrainingDataAsTrainingStarts(L.Callback):
     """Rewrites every training answer when the first process builds its trainer: after that process read its
     data, before the second process starts and reads it (instantiated by the cell from its YAML)."""

@@ -338,6 +338,18 @@ def test_a_rate_that_is_the_only_one_compared_is_marked_at_an_edge(caplog):
     assert "only one learning rate (5e-06) could be compared" in caplog.text
 
 
+def test_a_rate_that_kept_a_seed_only_by_training_it_again_after_it_diverged_is_no_candidate(caplog):
+    """A retry that completed (resume.retry_diverged) keeps the lucky run: the rate is as unstable as one that lost
+    the seed."""
+    retried = {**_record("lora", 1e-3, 0.50, seed=1),
+               "retried_divergence": {"result_path": "x/superseded/result.json", "error": "training loss is nan"}}
+    chosen = choose([*(_record("lora", 1e-4, 0.30, seed=s) for s in range(2)), _record("lora", 1e-3, 0.45), retried])
+    lora = chosen["gsm8k", "m", "lora"]
+    assert lora["lr"] == 1e-4
+    assert lora["candidates"][1]["not_eligible"] == "seeds completed on a retry after diverging: 1"
+    assert "lr 0.001 is not a candidate (seeds completed on a retry after diverging: 1)" in caplog.text
+
+
 def test_a_rate_that_lost_seeds_is_no_candidate_however_well_its_survivors_scored(caplog):
     """Averaging only the seeds a rate did not lose would favour unstable rates."""
     chosen = choose([*(_record("lora", 1e-4, 0.30, seed=s) for s in range(3)),

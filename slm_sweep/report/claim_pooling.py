@@ -79,7 +79,8 @@ def pooled_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """A summary row standing for one method's rows of several models on one dataset: each accuracy the mean
     of the models' means, every model weighted equally (no interval over questions: the models' errors on a
     question are not independent); ``n`` the seeds of them all, ``not_completed`` their lost seeds by model,
-    ``retried`` the seeds they kept by a retry after a divergence, ``pooled_from`` the rows (``compare_rows`` tests two such rows model by model)."""
+    ``retried`` the seeds they kept by a retry after a divergence, ``pooled_from`` the rows (``compare_rows``
+    tests two such rows model by model)."""
     if not rows:
         raise ValueError("a pooled row needs at least one row")
     row: dict[str, Any] = {key: rows[0].get(key) for key in _POOLED_SAME

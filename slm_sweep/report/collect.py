@@ -412,8 +412,9 @@ def deduplicate(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]]
         for other in group:
             if other is best:
                 continue
-            if other.get("reused_from") and other["status"] == COMPLETED:
-                continue  # a copy of the kept computation (a baseline reused for another seed): counts once
+            if other.get("reused_from") and other.get("status") == best.get("status"):
+                # a copy of the kept computation (a baseline reused for another seed, a divergence): counts once
+                continue
             pair = (Path(best.get("result_path", "?")), Path(other.get("result_path", "?")))
             dropped.append(pair)
             log.warning(
@@ -471,7 +472,8 @@ def collect(dirs: Sequence[str | os.PathLike]) -> Collection:
     by_cell = {key: r for r, key in zip(readable, keys) if id(r) in kept}
     collection.copies = [(Path(by_cell[key].get("result_path", "?")), Path(r.get("result_path", "?")))
                          for r, key in zip(readable, keys)
-                         if id(r) not in kept and r.get("reused_from") and r["status"] == COMPLETED]
+                         if id(r) not in kept and r.get("reused_from")
+                         and r.get("status") == by_cell[key].get("status")]
     collection.unwritten, collection.unattributed = unwritten_cells(dirs, collection.records)
     return collection
 

@@ -138,13 +138,13 @@ def _not_completed(records: dict[Path, dict | None], done: set[str],
         if (record is not None and record.get("status") not in ("completed", "running")
                 and not (record.get("identity") or {}).get("evaluation_key") and record.get("config") in finished):
             continue  # failed before its keys were computed, and the same configuration completed since elsewhere
-        if record is None:
+        if (holder := held_elsewhere(job)) is not None:  # whatever its record says until that launch writes its own
+            out.append((job, f"running: in another launch ({holder})", record))
+        elif record is None:
             out.append((job, _missing_result(job), None))
         elif record.get("status") == "running":
-            holder = held_elsewhere(job)
-            why = (f"running in another launch ({holder})" if holder else
-                   "still running, or stopped without recording why")
-            out.append((job, f"running: {why}{_kept_aside(job, record)}", record))
+            out.append((job, "running: still running, or stopped without recording why" + _kept_aside(job, record),
+                        record))
         elif record.get("status") != "completed":
             out.append((job, f"{record.get('status')}: {_error(record)}{_kept_aside(job, record)}", record))
     return out

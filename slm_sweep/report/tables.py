@@ -258,7 +258,7 @@ def _sources(collection: Collection) -> list[str]:
                   f"cell is that attempt; copied them back: the copy is read; or changed a setting the sweep does "
                   f"not vary), left out: {len(collection.replaced)} (listed in `report.json`).", ""]
     if collection.copies:
-        lines += [f"Copies of a computed cell (a baseline reused for another seed), counted once: "
+        lines += [f"Copies of a computed cell (a baseline reused for another seed, a divergence), counted once: "
                   f"{len(collection.copies)} (listed in `report.json`).", ""]
     return lines
 

@@ -11,7 +11,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from slm_sweep.results import atomic_write_text, redact, redact_overrides
+from slm_sweep.results import atomic_write_text, global_rank, redact, redact_overrides
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,9 @@ class Preflight(Callback):
 
             raise SystemExit(f"preflight: {CHDIR_REFUSED}; no cell runs")
         sweep_dir = OmegaConf.select(config, "hydra.sweep.dir", default=None)
-        if sweep_dir and not OmegaConf.select(config, "preflight.only", default=False):  # a dry run runs no cell
+        # a dry run runs no cell; the other processes of a distributed cell run the sweep's command again (Lightning
+        # starts them so), under the lock of the first
+        if sweep_dir and not OmegaConf.select(config, "preflight.only", default=False) and global_rank() == 0:
             from slm_sweep.folder_lock import FolderInUse, lock_until_exit
 
             try:  # before this launch writes anything there: its plan, its cells

@@ -74,16 +74,16 @@ def set_aside_earlier(out: Path, evaluation_key: str, training_key: str | None,
     the result whatever their key, so that they stay beside the record of the run that trained them.
     ``recomputing`` (the cell runs again, reusing no finished result: ``resume.enabled=false``, a single run
     under ``auto``): a finished result of this same configuration goes aside too, before the rerun writes
-    anything, so that a rerun that fails or is interrupted loses nothing; so does the record of this training's
-    divergence, which the cell then trains again (``resume.retry_diverged``). Returns that folder, or None when
-    there was nothing to keep."""
+    anything, so that a rerun that fails or is interrupted loses nothing. The record of this training's divergence
+    goes aside, with its checkpoints, whenever the cell does not keep it (it trains again, or copies another
+    folder's result here). Returns that folder, or None when there was nothing to keep."""
     record = read_result(out)
-    retried = (recomputing and record is not None and record.get("status") == "diverged"
-               and training_key is not None and _key(record, "training_key") == training_key)
+    # the divergence of this training, which the cell does not keep: it trains again, or copies a result here
+    retried = record is not None and (recomputing or with_weights) and _diverged(record, training_key)
     if not record or (record.get("status") != "completed" and not retried):
         return None
     same = _key(record, "evaluation_key") == evaluation_key
-    if same and not recomputing:
+    if same and not recomputing and not retried:
         return None
     aside = _free(out / SUPERSEDED)
     aside.mkdir(parents=True)
@@ -99,7 +99,10 @@ def set_aside_earlier(out: Path, evaluation_key: str, training_key: str | None,
             if curve.parent != aside:
                 curve.parent.rename(aside / curve.parent.name)
     if retried:
-        log.warning("%s held the divergence of this training, which this run trains again: moved to %s", out, aside)
+        if (out / CHECKPOINT.parent).is_dir():  # the diverged run's: a retry trains from the start
+            (out / CHECKPOINT.parent).rename(aside / CHECKPOINT.parent.name)
+        log.warning("%s held the divergence of this training, which this run %s: moved to %s", out,
+                    "trains again" if recomputing else "replaces by a copy of a completed run", aside)
     elif same:
         log.warning("%s held a finished result of this configuration, which this run computes again: moved to %s",
                     out, aside)
@@ -174,12 +177,27 @@ def find_completed(dirs: Sequence[Path], evaluation_key: str, own: Path, eval_dt
     return _preferred(dirs, own, finished)
 
 
+def holds_divergence(folder: Path, training_key: str | None, record: dict | None = None) -> bool:
+    """Whether ``folder``'s record (``record`` when read already) is a divergence of this training."""
+    record = read_result(folder) if record is None else record
+    return bool(record) and _diverged(record, training_key)
+
+
+def _diverged(record: dict, training_key: str | None) -> bool:
+    return training_key is not None and record.get("status") == "diverged" and \
+        _key(record, "training_key") == training_key
+
+
 def find_diverged(dirs: Sequence[Path], training_key: str | None, own: Path) -> Path | None:
     """A directory holding a run with this training key whose training diverged, chosen as ``find_completed``
     chooses: a divergence is the outcome of training these weights, whatever the evaluation that was to follow."""
-    if training_key is None:
-        return None
-    return _preferred(dirs, own, lambda r: r.get("status") == "diverged" and _key(r, "training_key") == training_key)
+    return _preferred(dirs, own, lambda r: _diverged(r, training_key))
+
+
+def find_completed_training(dirs: Sequence[Path], training_key: str | None, own: Path) -> Path | None:
+    """A directory holding a completed run of this training (any evaluation of it, a copy included)."""
+    return _preferred(dirs, own, lambda r: training_key is not None and r.get("status") == "completed"
+                      and _key(r, "training_key") == training_key)
 
 
 def _preferred(dirs: Sequence[Path], own: Path, accept: Callable[[dict], bool]) -> Path | None:
@@ -212,7 +230,8 @@ def find_checkpoint(dirs: Sequence[Path], training_key: str | None, own: Path) -
         ckpt = folder / CHECKPOINT
         if _same(folder, own):
             continue  # own_checkpoint decides on the cell's own one
-        if _matches(ckpt.parent, record, training_key) and ckpt.is_file():
+        # a diverged run's checkpoint is never resumed: a retry trains from the start
+        if _matches(ckpt.parent, record, training_key) and ckpt.is_file() and record.get("status") != "diverged":
             found.append((ckpt.stat().st_mtime, ckpt))
     return max(found)[1] if found else None
 

@@ -198,11 +198,15 @@ def _candidate(name: str, lr: float, runs: Sequence[Mapping[str, Any]], all_seed
             and isinstance((r.get("metrics") or {}).get(metric), (int, float))]
     statuses = sorted({str(r.get("status")) for r in runs} - {"completed"})
     missing = [x for x in all_seeds if x not in seeds]
-    # a rate is compared only over the seeds every rate ran, all completed: dropping the seeds a rate lost
-    # (diverged, failed) would favour rates that are unstable
+    # a rate is compared only over the seeds every rate ran, all completed at their first training: dropping the
+    # seeds a rate lost (diverged, failed), or keeping one trained again after it diverged, would favour rates that
+    # are unstable
+    retried = [str(r.get("seed")) for r in done if r.get("retried_divergence")]
     reasons = []
     if len(done) < len(runs):
         reasons.append(f"seeds not completed: {', '.join(statuses)}")
+    if retried:
+        reasons.append(f"seeds completed on a retry after diverging: {', '.join(retried)}")
     if missing:
         reasons.append(f"seeds not run: {', '.join(map(str, missing))}")
     why = "; ".join(reasons) or None
