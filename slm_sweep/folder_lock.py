@@ -82,9 +82,9 @@ def _acquire(folder: Path, setting: str) -> int | None:
     return fd
 
 
-def _lock_exclusive(fd: int, tries: int = 10) -> None:
-    """``flock`` without waiting for a launch, tried a few times 20 ms apart: ``held_elsewhere`` holds a shared lock
-    for an instant while it looks (a report reading the folder)."""
+def _lock_exclusive(fd: int, tries: int = 50) -> None:
+    """``flock`` without waiting for a launch, tried for up to a second, 20 ms apart: ``held_elsewhere`` holds a
+    shared lock for an instant while it looks (a report reading the folder; longer on a network file system)."""
     for attempt in range(tries):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -60,6 +60,7 @@ from slm_sweep.results import (
 from slm_sweep.sweep.resume import (
     CHECKPOINT,
     KEPT_WEIGHTS,
+    divergence_history,
     find_checkpoint,
     find_completed,
     find_completed_training,
@@ -352,13 +353,10 @@ def _run_here(cfg: DictConfig, out: Path, record: dict[str, Any], config: dict, 
         # training that diverged under this training key is this cell's outcome too (copied from another folder),
         # not trained again until a retry is asked for (resume.retry_diverged=true) or a run of it completed (whose
         # kept weights, if any, were found above); the cell that trains again names the divergence
-        diverged = completed_training = None
-        if cfg.method.train and previous is None and trained is None:
+        if cfg.method.train and previous is None and trained is None and not retry:
             diverged = find_diverged(dirs, identity.training_key, own=out)
-            if diverged is not None and not retry:
-                completed_training = find_completed_training(dirs, identity.training_key, own=out)
-                if completed_training is None:
-                    previous = diverged
+            if diverged is not None and find_completed_training(dirs, identity.training_key, own=out) is None:
+                previous = diverged
         # a result copied here from another folder takes the earlier run's kept weights aside with its result; a
         # finished result of this configuration that the cell computes again (resume.enabled=false, a single run
         # under auto) goes aside too, so that a rerun that fails loses nothing
@@ -366,11 +364,12 @@ def _run_here(cfg: DictConfig, out: Path, record: dict[str, Any], config: dict, 
         aside = set_aside_earlier(out, identity.evaluation_key, identity.training_key, with_weights=copying,
                                   recomputing=previous is None)
         set_aside = True
-        # a cell that trains again, or copies a completed result over its own divergence, names the divergence
+        # a cell that trains or re-scores a training that diverged before, or copies a completed result over its own
+        # divergence, names the divergence: the seed came out of a retry
         keeps = previous is not None and holds_divergence(previous, identity.training_key)
-        if not keeps and (retried := _retried_divergence(aside, diverged, completed_training,
-                                                         identity.training_key)) is not None:
-            record["retried_divergence"] = retried
+        if cfg.method.train and (previous is None or copying) and not keeps and \
+                (history := divergence_history(out, dirs, identity.training_key)) is not None:
+            record["retried_divergence"] = history
         # where the record of the run that trained the weights to re-score is now: moved aside with it when it was
         # this folder's, gone when it was an unfinished attempt here that this record replaces
         trained_result = None if trained is None else trained / RESULT_FILE
@@ -534,25 +533,6 @@ def _earlier_attempts(out: Path, training_key: str | None) -> dict[str, Any]:
         return {}
     before = [dict(a) for a in replaced.get("earlier_attempts") or [] if isinstance(a, Mapping)]
     return {"earlier_attempts": [*before, {key: replaced.get(key) for key in ATTEMPT_PROVENANCE_KEYS}]}
-
-
-def _retried_divergence(aside: Path | None, diverged: Path | None, completed_training: Path | None,
-                        training_key: str) -> dict[str, Any] | None:
-    """What ``retried_divergence`` records of the diverged run of this training that the cell trains again: the
-    folder's own (set aside: ``resume.retry_diverged``, or a run that searches no folder), the one a completed run of
-    this training names (that run retried it), or another folder's; None where there is none."""
-    completed = read_result(completed_training) if completed_training is not None else None
-    return (_divergence_in(aside, training_key) or (completed or {}).get("retried_divergence")
-            or _divergence_in(diverged, training_key))
-
-
-def _divergence_in(folder: Path | None, training_key: str) -> dict[str, Any] | None:
-    """``retried_divergence`` of the record in ``folder`` when it is a divergence of this training, else None."""
-    earlier = read_result(folder) if folder is not None else None
-    if not (earlier and holds_divergence(folder, training_key, earlier)):
-        return None
-    return {"result_path": str(folder / RESULT_FILE), "error": earlier.get("error"),
-            **{key: earlier.get(key) for key in ATTEMPT_PROVENANCE_KEYS}}
 
 
 def _refused_cell(cfg: DictConfig, out: Path, err: Exception) -> dict[str, Any]:
@@ -1002,7 +982,7 @@ def take_training(record: dict[str, Any], metrics: dict[str, Any], trained: Path
     record["resumed_at_step"] = source.get("resumed_at_step")
     if "trainable_params" in measured:
         metrics["trainable_params"] = measured["trainable_params"]
-    if source.get("retried_divergence"):  # the weights came out of a retried divergence, and the seed stays marked
+    if source.get("retried_divergence") and not record.get("retried_divergence"):  # came out of a retry: marked
         record["retried_divergence"] = source["retried_divergence"]
 
 

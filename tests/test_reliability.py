@@ -162,6 +162,69 @@ def test_a_retry_trains_from_the_start_not_from_the_diverged_runs_checkpoint(tin
     assert (tmp_path / "cell" / "superseded" / "checkpoints").is_dir()
 
 
+@pytest.mark.parametrize("resume", ["auto", "false"])
+def test_a_run_that_searches_no_folder_keeps_the_mark_of_its_folders_retried_divergence(tiny_cfg, tmp_path,
+                                                                                         monkeypatch, resume):
+    """A single run under auto (or resume.enabled=false) computes again what its folder holds: the divergence it
+    sets aside, then the retry it sets aside, then after a retry that failed, each run names the divergence."""
+    from slm_sweep.train import fit as fit_module
+
+    settings = ["method=full", f"resume.enabled={resume}"]
+    completed = run(tiny_cfg(*settings), out_dir=tmp_path)
+    _diverged_here(tmp_path, completed)
+    divergence = tmp_path / "superseded" / "result.json"
+    retried = run(tiny_cfg(*settings), out_dir=tmp_path)
+    assert retried["status"] == "completed" and retried["retried_divergence"]["result_path"] == str(divergence)
+    again = run(tiny_cfg(*settings), out_dir=tmp_path)
+    assert again["status"] == "completed" and again["retried_divergence"] == retried["retried_divergence"]
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (injected)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fit_module, "fit", out_of_memory)
+        failed = run(tiny_cfg(*settings), out_dir=tmp_path)
+    assert failed["status"] == "failed" and failed["retried_divergence"] == retried["retried_divergence"]
+    after = run(tiny_cfg(*settings), out_dir=tmp_path)
+    assert after["status"] == "completed" and after["retried_divergence"]["result_path"] == str(divergence)
+
+
+def test_a_training_whose_runs_diverged_and_completed_is_marked_in_every_later_evaluation(tiny_cfg, tmp_path):
+    """Runs of one training that came out differently (on a GPU): one completed, one diverged. A later evaluation
+    re-scores the completed run's weights (LoRA) or trains again (full fine-tuning, no weights kept), and either
+    way names the divergence; kept weights that cannot be read, trained again, too."""
+    for method in ("lora", "full"):
+        root = tmp_path / method
+        settings = [f"method={method}", "resume.enabled=true", f"resume.search_dir={root}"]
+        completed = run(tiny_cfg(*settings), out_dir=root / "b")
+        (root / "a").mkdir()
+        shutil.copy(root / "b" / "result.json", root / "a" / "result.json")
+        shutil.copy(root / "b" / "predictions.jsonl", root / "a" / "predictions.jsonl")
+        _diverged_here(root / "a", {**completed, "finished_at": "2099-01-01T00:00:00+00:00"})
+        later = run(tiny_cfg(*settings, "eval.max_new_tokens=8"), out_dir=root / "c")
+        assert later["status"] == "completed"
+        assert later["retried_divergence"]["result_path"] == str(root / "a" / "result.json")
+        assert (later.get("trained_in") == str(root / "b")) == (method == "lora")
+    for weights in (tmp_path / "lora" / "b" / "adapter").glob("*.safetensors"):
+        weights.write_bytes(b"not a tensor file")
+    settings = ["method=lora", "resume.enabled=true", f"resume.search_dir={tmp_path / 'lora'}"]
+    unreadable = run(tiny_cfg(*settings, "eval.max_new_tokens=6"), out_dir=tmp_path / "lora" / "d")
+    assert unreadable["status"] == "completed" and unreadable.get("trained_in") is None
+    assert unreadable["retried_divergence"]["result_path"] == str(tmp_path / "lora" / "a" / "result.json")
+
+
+def test_another_configurations_divergence_in_the_folder_is_set_aside_not_written_over(tiny_cfg, tmp_path):
+    """A divergence is a result: a rerun into the folder with other settings keeps it beside, as a finished one."""
+    first = run(tiny_cfg("method=full", "method.lr=1e30", "trainer.gradient_clip_val=null", "trainer.max_steps=6",
+                         "trainer.checkpoint_every_n_steps=1"), out_dir=tmp_path)
+    assert first["status"] == "diverged"
+    diverged = (tmp_path / "result.json").read_bytes()
+    other = run(tiny_cfg("method=full"), out_dir=tmp_path)
+    assert other["status"] == "completed" and "retried_divergence" not in other
+    assert (tmp_path / "superseded" / "result.json").read_bytes() == diverged
+    assert (tmp_path / "superseded" / "checkpoints").is_dir() and other["resumed_from_checkpoint"] is None
+
+
 def test_unknown_launcher_lists_the_choices(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "slm_sweep", "-m", "hydra/launcher=nope"], cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)

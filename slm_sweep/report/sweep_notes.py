@@ -118,6 +118,9 @@ def _not_completed(records: dict[Path, dict | None], done: set[str],
 
     out = []
     for job, record in records.items():
+        if (holder := held_elsewhere(job)) is not None:  # whatever its files say until that launch writes its own
+            out.append((job, f"running: in another launch ({holder})", record))
+            continue
         attempt = read_result(job / FAILED_ATTEMPT_FILE)
         # of another cell, the attempt is the folder's cell and result.json an earlier run's, which the report
         # does not count (collect.failed_attempt): not listed once the attempt's configuration completed
@@ -138,9 +141,7 @@ def _not_completed(records: dict[Path, dict | None], done: set[str],
         if (record is not None and record.get("status") not in ("completed", "running")
                 and not (record.get("identity") or {}).get("evaluation_key") and record.get("config") in finished):
             continue  # failed before its keys were computed, and the same configuration completed since elsewhere
-        if (holder := held_elsewhere(job)) is not None:  # whatever its record says until that launch writes its own
-            out.append((job, f"running: in another launch ({holder})", record))
-        elif record is None:
+        if record is None:
             out.append((job, _missing_result(job), None))
         elif record.get("status") == "running":
             out.append((job, "running: still running, or stopped without recording why" + _kept_aside(job, record),

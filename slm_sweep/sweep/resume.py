@@ -10,8 +10,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from slm_sweep.results import PREDICTIONS_FILE, RESULT_FILE, SUPERSEDED, is_complete, read_result
+from slm_sweep.results import (
+    ATTEMPT_PROVENANCE_KEYS,
+    FAILED_ATTEMPT_FILE,
+    PREDICTIONS_FILE,
+    RESULT_FILE,
+    SUPERSEDED,
+    is_complete,
+    read_result,
+)
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 KEPT_WEIGHTS = ("adapter", "model")  # LoRA/DoRA adapter folder; full weights (trainer.keep_model)
@@ -74,16 +83,20 @@ def set_aside_earlier(out: Path, evaluation_key: str, training_key: str | None,
     the result whatever their key, so that they stay beside the record of the run that trained them.
     ``recomputing`` (the cell runs again, reusing no finished result: ``resume.enabled=false``, a single run
     under ``auto``): a finished result of this same configuration goes aside too, before the rerun writes
-    anything, so that a rerun that fails or is interrupted loses nothing. The record of this training's divergence
-    goes aside, with its checkpoints, whenever the cell does not keep it (it trains again, or copies another
-    folder's result here). Returns that folder, or None when there was nothing to keep."""
+    anything, so that a rerun that fails or is interrupted loses nothing. A divergence goes aside with its
+    checkpoints too: another configuration's, and this training's whenever the cell does not keep it (it trains
+    again, or copies another folder's result here). Returns that folder, or None when there was nothing to
+    keep."""
     record = read_result(out)
-    # the divergence of this training, which the cell does not keep: it trains again, or copies a result here
-    retried = record is not None and (recomputing or with_weights) and _diverged(record, training_key)
-    if not record or (record.get("status") != "completed" and not retried):
+    if not record or record.get("status") not in ("completed", "diverged"):
+        return None
+    diverged = record.get("status") == "diverged"
+    # the divergence of this training: the cell's outcome, unless it trains again or copies a result here
+    retried = _diverged(record, training_key)
+    if retried and not (recomputing or with_weights):
         return None
     same = _key(record, "evaluation_key") == evaluation_key
-    if same and not recomputing and not retried:
+    if same and not diverged and not recomputing:
         return None
     aside = _free(out / SUPERSEDED)
     aside.mkdir(parents=True)
@@ -98,11 +111,14 @@ def set_aside_earlier(out: Path, evaluation_key: str, training_key: str | None,
         for curve in out.glob(f"*/{CURVE_FILE}"):
             if curve.parent != aside:
                 curve.parent.rename(aside / curve.parent.name)
+    if diverged and (out / CHECKPOINT.parent).is_dir():  # a diverged run's: never resumed, kept beside its record
+        (out / CHECKPOINT.parent).rename(aside / CHECKPOINT.parent.name)
     if retried:
-        if (out / CHECKPOINT.parent).is_dir():  # the diverged run's: a retry trains from the start
-            (out / CHECKPOINT.parent).rename(aside / CHECKPOINT.parent.name)
         log.warning("%s held the divergence of this training, which this run %s: moved to %s", out,
                     "trains again" if recomputing else "replaces by a copy of a completed run", aside)
+    elif diverged:
+        log.warning("%s held the divergence of another configuration (training key %s): moved to %s", out,
+                    _key(record, "training_key") or "not recorded", aside)
     elif same:
         log.warning("%s held a finished result of this configuration, which this run computes again: moved to %s",
                     out, aside)
@@ -192,6 +208,29 @@ def find_diverged(dirs: Sequence[Path], training_key: str | None, own: Path) -> 
     """A directory holding a run with this training key whose training diverged, chosen as ``find_completed``
     chooses: a divergence is the outcome of training these weights, whatever the evaluation that was to follow."""
     return _preferred(dirs, own, lambda r: _diverged(r, training_key))
+
+
+def divergence_history(out: Path, dirs: Sequence[Path], training_key: str | None) -> dict[str, Any] | None:
+    """What a cell that trains or re-scores this training names as ``retried_divergence``: a diverged run of it,
+    else the divergence a run of it names already; looked for in the cell's own folder first (its result, failed
+    attempt and set-aside records, whatever ``resume`` says: they are this folder's history), then in ``dirs``;
+    the latest finished first. None where this training never diverged as far as can be seen."""
+    if training_key is None:
+        return None
+    own = [path for path in (out / RESULT_FILE, out / FAILED_ATTEMPT_FILE,
+                             *sorted(out.glob(f"{SUPERSEDED}*/{RESULT_FILE}"))) if path.is_file()]
+    elsewhere = [(folder / RESULT_FILE, record) for folder, record in _records(dirs, out) if not _same(folder, out)]
+    for found in ([(path, read_result(path)) for path in own], elsewhere):
+        ours = sorted(((path, r) for path, r in found if r and _key(r, "training_key") == training_key),
+                      key=lambda item: item[1].get("finished_at") or "", reverse=True)
+        for path, record in ours:
+            if record.get("status") == "diverged":
+                return {"result_path": str(path), "error": record.get("error"),
+                        **{key: record.get(key) for key in ATTEMPT_PROVENANCE_KEYS}}
+        for _, record in ours:
+            if record.get("retried_divergence"):
+                return record["retried_divergence"]
+    return None
 
 
 def find_completed_training(dirs: Sequence[Path], training_key: str | None, own: Path) -> Path | None:
