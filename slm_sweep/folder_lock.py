@@ -34,7 +34,7 @@ RUN_SETTING = "hydra.run.dir"
 
 log = logging.getLogger(__name__)
 
-# folder (resolved) -> the descriptor of its lock file, for the locks this process holds until it exits
+# folder (absolute path) -> the descriptor of its lock file, for the locks this process holds until it exits
 _held_to_exit: dict[Path, int] = {}
 
 

@@ -353,10 +353,11 @@ def _run_here(cfg: DictConfig, out: Path, record: dict[str, Any], config: dict, 
         # training that diverged under this training key is this cell's outcome too (copied from another folder),
         # not trained again until a retry is asked for (resume.retry_diverged=true) or a run of it completed (whose
         # kept weights, if any, were found above); the cell that trains again names the divergence
+        copied_divergence = None
         if cfg.method.train and previous is None and trained is None and not retry:
             diverged = find_diverged(dirs, identity.training_key, own=out)
             if diverged is not None and find_completed_training(dirs, identity.training_key, own=out) is None:
-                previous = diverged
+                previous = copied_divergence = diverged
         # a result copied here from another folder takes the earlier run's kept weights aside with its result; a
         # finished result of this configuration that the cell computes again (resume.enabled=false, a single run
         # under auto) goes aside too, so that a rerun that fails loses nothing
@@ -364,10 +365,10 @@ def _run_here(cfg: DictConfig, out: Path, record: dict[str, Any], config: dict, 
         aside = set_aside_earlier(out, identity.evaluation_key, identity.training_key, with_weights=copying,
                                   recomputing=previous is None)
         set_aside = True
-        # a cell that trains or re-scores a training that diverged before, or copies a completed result over its own
-        # divergence, names the divergence: the seed came out of a retry
-        keeps = previous is not None and holds_divergence(previous, identity.training_key)
-        if cfg.method.train and (previous is None or copying) and not keeps and \
+        # a cell that trains, re-scores or copies a completed result of a training that diverged before (here or in a
+        # folder it searches) names the divergence: the seed came out of a retry
+        reuses_divergence = keeps_divergence or copied_divergence is not None
+        if cfg.method.train and (previous is None or copying) and not reuses_divergence and \
                 (history := divergence_history(out, dirs, identity.training_key)) is not None:
             record["retried_divergence"] = history
         # where the record of the run that trained the weights to re-score is now: moved aside with it when it was
@@ -689,7 +690,7 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
     if previous.resolve() == out.resolve():
         if diverged:
             log.warning("this cell's training diverged in an earlier run (%s), which stays its outcome: "
-                        "resume.retry_diverged=true trains it again", source.get("error"))
+                        "resume.retry_diverged=true does not keep it", source.get("error"))
         else:
             log.info("this cell already finished in %s: nothing to do", out)
             _say_claims_metric(source, record)
@@ -702,10 +703,10 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
     for key in [key for key in record if key not in PER_ATTEMPT_KEYS and key not in source]:
         if key == "skipped_rows_asking_who" or record[key] not in ({}, []):
             record[key] = None
-    own_divergence = record.get("retried_divergence")  # this folder's, set aside for the copy: the one it names
+    named = record.get("retried_divergence")  # the divergence this cell names (divergence_history), not the source's
     record.update({key: value for key, value in source.items() if key not in PER_ATTEMPT_KEYS})
-    if own_divergence is not None:
-        record["retried_divergence"] = own_divergence
+    if named is not None:
+        record["retried_divergence"] = named
     # the metric each out-of-domain set is read on is this attempt's, as the scored split's is (its config): it
     # is no part of the evaluation key, so the source may have recorded another one, or none
     for name, entry in (record.get("eval_sets") or {}).items():
@@ -715,7 +716,7 @@ def _reuse(previous: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
     if diverged:  # a copy's own error names the divergence it copied already
         record["error"] = source.get("error") if source.get("reused_from") else (
             f"{source.get('error')} (this training's divergence in {record['reused_from']}; "
-            "resume.retry_diverged=true trains it again)")
+            "resume.retry_diverged=true does not keep it)")
     if (previous / PREDICTIONS_FILE).is_file():
         copy_atomically(previous / PREDICTIONS_FILE, out / PREDICTIONS_FILE)
     else:

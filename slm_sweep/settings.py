@@ -231,8 +231,9 @@ class ResumeSettings:
     enabled: Any = "auto"
     # a folder or a list of folders: where sweeps (multirun/) and single runs (outputs/) write by default
     search_dir: Any = field(default_factory=lambda: ["multirun", "outputs"])
-    # a cell whose training diverged under the same training key keeps that outcome (copied from another folder
-    # where it was found there) | true: train it again; the divergence is kept (superseded/) and named in the record
+    # a cell whose training diverged under the same training key keeps that outcome (its folder's own, else copied
+    # from another folder it searches, unless a run of that training completed) | true: reuse a completed run of
+    # it, else train again; the divergence is set aside (superseded/) and named in retried_divergence
     retry_diverged: bool = False
 
 

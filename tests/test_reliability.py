@@ -69,7 +69,7 @@ def test_a_divergence_stays_the_outcome_of_its_training_and_is_trained_again_onl
     assert other["identity"]["evaluation_key"] != first["identity"]["evaluation_key"]
     assert other["status"] == "diverged" and other["reused_from"] == str(cell / "result.json")
     assert other["error"] == (f"{first['error']} (this training's divergence in {cell / 'result.json'}; "
-                              "resume.retry_diverged=true trains it again)")
+                              "resume.retry_diverged=true does not keep it)")
     assert "train_time_s" not in other["metrics"] or other["metrics"] == first["metrics"]
 
     retried = run(tiny_cfg(*diverging, "resume.retry_diverged=true"), out_dir=cell)

@@ -87,8 +87,8 @@ def _mean_or_none(values: Iterable[Any]) -> float | None:
     return statistics.fmean(numbers) if numbers else None
 
 
-def retried_divergences(group: Sequence[dict[str, Any]]) -> str | None:
-    """The seeds of a row whose training diverged and that completed when trained again (resume.retry_diverged):
+def retried_note(group: Sequence[dict[str, Any]]) -> str | None:
+    """The note naming a row's seeds that completed only after their training diverged (``retried_divergence``):
     "seed 2 diverged, then completed on a retry"; None where none did. A claim reads them as lost seeds."""
     seeds = [str(r.get("seed")) for r in group if r.get("retried_divergence")]
     if not seeds:
@@ -291,7 +291,7 @@ def summarize(records: Iterable[dict[str, Any]], *, alpha: float = ALPHA, correc
             "seeds": [r["seed"] for r in group],
             "result_paths": [r.get("result_path") for r in group if r.get("result_path")],
             "not_completed": left_out.get((dataset, model, method, variant)),
-            "retried": retried_divergences(group),
+            "retried": retried_note(group),
             "model_source": model_source(group),
             "claims_metric": claimed,
             "delta_metric": delta_metrics[dataset, claimed],

@@ -381,9 +381,8 @@ def _in_domain_section(dataset: str, rows: Sequence[dict[str, Any]], metrics: Se
     retried = [(r["model"], method_label(r), r["retried"]) for r in rows if r.get("retried")]
     if retried:
         listed = "; ".join(f"{model} × {method}: {seeds}" for model, method, seeds in retried)
-        lines += [f"Completed only when trained again after diverging (resume.retry_diverged=true; each divergence is "
-                  f"named under retried_divergence in its result.json), so counted in the rows above and read by the "
-                  f"claims as lost: {listed}.", ""]
+        lines += [f"Completed only when trained again after diverging (each divergence named under retried_divergence "
+                  f"in its result.json), so counted in the rows above and read by the claims as lost: {listed}.", ""]
     return lines
 
 

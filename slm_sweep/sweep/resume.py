@@ -1,5 +1,6 @@
 """Finding earlier runs of a cell by its identity (slm_sweep.identity): a finished result to reuse (same
-evaluation key), a checkpoint to resume training from, or kept trained weights to re-score (same training key).
+evaluation key), a checkpoint to resume training from, kept trained weights to re-score, or a divergence of its
+training, which stays its outcome (same training key); setting aside what a cell replaces.
 
 The cell's own directory is searched first (a rerun into the same folder, or a requeued array job, skips what it
 finished and resumes what it started), then its sweep's directory and ``resume.search_dir``.
@@ -92,8 +93,8 @@ def set_aside_earlier(out: Path, evaluation_key: str, training_key: str | None,
         return None
     diverged = record.get("status") == "diverged"
     # the divergence of this training: the cell's outcome, unless it trains again or copies a result here
-    retried = _diverged(record, training_key)
-    if retried and not (recomputing or with_weights):
+    this_training = _diverged(record, training_key)
+    if this_training and not (recomputing or with_weights):
         return None
     same = _key(record, "evaluation_key") == evaluation_key
     if same and not diverged and not recomputing:
@@ -113,7 +114,7 @@ def set_aside_earlier(out: Path, evaluation_key: str, training_key: str | None,
                 curve.parent.rename(aside / curve.parent.name)
     if diverged and (out / CHECKPOINT.parent).is_dir():  # a diverged run's: never resumed, kept beside its record
         (out / CHECKPOINT.parent).rename(aside / CHECKPOINT.parent.name)
-    if retried:
+    if this_training:
         log.warning("%s held the divergence of this training, which this run %s: moved to %s", out,
                     "trains again" if recomputing else "replaces by a copy of a completed run", aside)
     elif diverged:
@@ -193,9 +194,9 @@ def find_completed(dirs: Sequence[Path], evaluation_key: str, own: Path, eval_dt
     return _preferred(dirs, own, finished)
 
 
-def holds_divergence(folder: Path, training_key: str | None, record: dict | None = None) -> bool:
-    """Whether ``folder``'s record (``record`` when read already) is a divergence of this training."""
-    record = read_result(folder) if record is None else record
+def holds_divergence(folder: Path, training_key: str | None) -> bool:
+    """Whether ``folder``'s record is a divergence of this training."""
+    record = read_result(folder)
     return bool(record) and _diverged(record, training_key)
 
 
@@ -211,10 +212,11 @@ def find_diverged(dirs: Sequence[Path], training_key: str | None, own: Path) -> 
 
 
 def divergence_history(out: Path, dirs: Sequence[Path], training_key: str | None) -> dict[str, Any] | None:
-    """What a cell that trains or re-scores this training names as ``retried_divergence``: a diverged run of it,
-    else the divergence a run of it names already; looked for in the cell's own folder first (its result, failed
-    attempt and set-aside records, whatever ``resume`` says: they are this folder's history), then in ``dirs``;
-    the latest finished first. None where this training never diverged as far as can be seen."""
+    """What a cell that trains, re-scores or copies a completed result of this training names as
+    ``retried_divergence``. It searches the cell's own folder first (its result, failed attempt and set-aside
+    records, whatever ``resume`` says: they are this folder's history), then ``dirs``; in each it takes the latest
+    diverged run of this training, else the ``retried_divergence`` a run of it carries already. None where this
+    training never diverged as far as can be seen."""
     if training_key is None:
         return None
     own = [path for path in (out / RESULT_FILE, out / FAILED_ATTEMPT_FILE,
