@@ -983,8 +983,6 @@ def take_training(record: dict[str, Any], metrics: dict[str, Any], trained: Path
     record["resumed_at_step"] = source.get("resumed_at_step")
     if "trainable_params" in measured:
         metrics["trainable_params"] = measured["trainable_params"]
-    if source.get("retried_divergence") and not record.get("retried_divergence"):  # came out of a retry: marked
-        record["retried_divergence"] = source["retried_divergence"]
 
 
 def drop_training(record: dict[str, Any]) -> None:
