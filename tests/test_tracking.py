@@ -248,6 +248,7 @@ def offline_runs(folder, wait_s: float = 30.0) -> list[dict]:
     import struct
     import time
 
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2
 
     def records(data: bytes):
@@ -276,7 +277,10 @@ def offline_runs(folder, wait_s: float = 30.0) -> list[dict]:
         exited = False
         for data in records(path.read_bytes()):
             record = wandb_internal_pb2.Record()
-            record.ParseFromString(data)
+            try:
+                record.ParseFromString(data)
+            except DecodeError:  # a record wandb-core is still writing: read the stream again
+                return None
             kind = record.WhichOneof("record_type")
             if kind == "run":
                 run = record.run
